@@ -1,0 +1,193 @@
+package dir
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/exchange"
+)
+
+// tempPrefix marks relay's own partial files; 1C only reads Message_* names.
+const tempPrefix = ".relay-"
+
+// Publisher is a delivery: Publish returns only after the destination folder
+// holds the complete file under its final name (temp file, fsync, rename,
+// fsync of the folder). A reader of the folder never sees partial content.
+type Publisher struct {
+	node string
+	cfg  DeliverConfig
+	log  *slog.Logger
+	lim  exchange.Limits
+}
+
+var _ message.Publisher = (*Publisher)(nil)
+
+// NewPublisher makes the delivery of node into cfg.Path, creating the folder
+// and removing partial files an earlier crash left behind.
+func NewPublisher(node string, cfg DeliverConfig, log *slog.Logger) (*Publisher, error) {
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("dir %s: %w", node, errors.Join(errs...))
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Publisher{node: node, cfg: cfg, log: log.With("node", node, "adapter", "dir", "path", cfg.Path), lim: exchange.DefaultLimits()}
+	if err := os.MkdirAll(cfg.Path, 0o750); err != nil {
+		return nil, fmt.Errorf("dir %s: create %s: %w", node, cfg.Path, err)
+	}
+	p.removeStaleParts(10 * time.Minute)
+	return p, nil
+}
+
+func (p *Publisher) removeStaleParts(olderThan time.Duration) {
+	entries, err := os.ReadDir(p.cfg.Path)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), tempPrefix) || !strings.HasSuffix(e.Name(), ".part") {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > olderThan {
+			if os.Remove(filepath.Join(p.cfg.Path, e.Name())) == nil {
+				p.log.Info("removed partial file of an interrupted delivery", "file", e.Name())
+			}
+		}
+	}
+}
+
+// Publish delivers each message; the topic is ignored (one destination).
+func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		if err := p.deliver(m.Context(), m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
+	name := m.Metadata.Get(exchange.MetaFileName)
+	if _, err := exchange.ParseName(name); err != nil {
+		return exchange.Permanent(fmt.Errorf("dir %s: %w", p.node, err))
+	}
+	h, err := exchange.HeaderOf(m)
+	if err != nil {
+		return exchange.Permanent(fmt.Errorf("dir %s: %s: %w", p.node, name, err))
+	}
+	dst := filepath.Join(p.cfg.Path, name)
+	if err := p.checkNotNewer(dst, h); err != nil {
+		return err
+	}
+	want, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
+	if err != nil {
+		return exchange.Permanent(fmt.Errorf("dir %s: %s: bad size metadata: %w", p.node, name, err))
+	}
+
+	body, err := exchange.Body(ctx, m)
+	if err != nil {
+		return fmt.Errorf("dir %s: %s: open body: %w", p.node, name, err)
+	}
+	defer body.Close()
+	tmp, err := os.CreateTemp(p.cfg.Path, tempPrefix+"*.part")
+	if err != nil {
+		return fmt.Errorf("dir %s: create temp for %s: %w", p.node, name, err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	sum := sha256.New()
+	n, err := io.CopyBuffer(io.MultiWriter(tmp, sum), ctxReader{ctx, body}, make([]byte, 256<<10))
+	if err != nil {
+		return fmt.Errorf("dir %s: write %s: %w", p.node, name, err)
+	}
+	if n != want {
+		return fmt.Errorf("dir %s: %s: got %d bytes, want %d", p.node, name, n, want)
+	}
+	if got, wantSum := hex.EncodeToString(sum.Sum(nil)), m.Metadata.Get(exchange.MetaSHA256); wantSum != "" && got != wantSum {
+		return fmt.Errorf("dir %s: %s: sha256 %s, want %s", p.node, name, got, wantSum)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("dir %s: fsync %s: %w", p.node, name, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("dir %s: close %s: %w", p.node, name, err)
+	}
+	// A newer message may have landed while this one was copied.
+	if err := p.checkNotNewer(dst, h); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("dir %s: rename to %s: %w", p.node, name, err)
+	}
+	done = true
+	if d, err := os.Open(p.cfg.Path); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	p.log.Debug("delivered", "file", name, "message_no", h.MessageNo, "bytes", n)
+	return nil
+}
+
+// checkNotNewer refuses to replace a file of the same channel with a higher
+// MessageNo: an older message never overwrites a newer one (DESIGN.md §6.3).
+func (p *Publisher) checkNotNewer(dst string, h exchange.Header) error {
+	f, err := os.Open(dst)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var have exchange.Header
+	if strings.EqualFold(filepath.Ext(dst), ".zip") {
+		fi, err := f.Stat()
+		if err != nil {
+			return nil
+		}
+		info, err := exchange.Inspect(f, fi.Size(), p.lim)
+		if err != nil {
+			return nil
+		}
+		have = info.Header
+	} else {
+		have, err = exchange.ReadHeader(f, p.lim)
+		if err != nil {
+			return nil // unreadable: ours replaces it
+		}
+	}
+	if have.ExchangePlan == h.ExchangePlan && have.From == h.From && have.To == h.To && have.MessageNo > h.MessageNo {
+		return fmt.Errorf("dir %s: %s holds No %d, this is No %d: %w", p.node, filepath.Base(dst), have.MessageNo, h.MessageNo, exchange.ErrStale)
+	}
+	return nil
+}
+
+// ctxReader stops a copy when the context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(b []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(b)
+}
+
+// Close has nothing to release; it exists for message.Publisher.
+func (p *Publisher) Close() error { return nil }

@@ -1,0 +1,127 @@
+// Package adapters is the one table of endpoint kinds: it maps each key that
+// routing.yaml may use under pickup/deliver (dir, ftp, ...) to the adapter
+// package that implements it, and checks their options for `relay validate`.
+package adapters
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/adapters/dir"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/pipeline"
+)
+
+// kind is one endpoint kind; a nil function means the role is not offered.
+type kind struct {
+	checkPickup  func(r *Registry, e *config.Endpoint) []error
+	checkDeliver func(r *Registry, e *config.Endpoint) []error
+	pickup       func(r *Registry, node string, e *config.Endpoint, mem *pipeline.Memory, log *slog.Logger) (message.Subscriber, error)
+	deliver      func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error)
+}
+
+// kinds lists every endpoint kind this build knows.
+var kinds = map[string]kind{
+	"dir": {
+		checkPickup: func(r *Registry, e *config.Endpoint) []error {
+			c, err := dir.DecodePickup(&e.Options)
+			if err != nil {
+				return []error{err}
+			}
+			return c.Validate()
+		},
+		checkDeliver: func(r *Registry, e *config.Endpoint) []error {
+			c, err := dir.DecodeDeliver(&e.Options)
+			if err != nil {
+				return []error{err}
+			}
+			return c.Validate()
+		},
+		pickup: func(r *Registry, node string, e *config.Endpoint, mem *pipeline.Memory, log *slog.Logger) (message.Subscriber, error) {
+			c, err := dir.DecodePickup(&e.Options)
+			if err != nil {
+				return nil, err
+			}
+			c.Path = r.cfg.Resolve(c.Path)
+			return dir.NewSubscriber(node, c, e.After, mem, log)
+		},
+		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
+			c, err := dir.DecodeDeliver(&e.Options)
+			if err != nil {
+				return nil, err
+			}
+			c.Path = r.cfg.Resolve(c.Path)
+			return dir.NewPublisher(node, c, log)
+		},
+	},
+}
+
+// planned are kinds from DESIGN.md that this build does not have yet.
+var planned = map[string]bool{"ftp": true, "imap": true, "smtp": true, "http": true, "http_pull": true}
+
+// Registry builds adapters for one config.
+type Registry struct{ cfg *config.Config }
+
+// New returns the registry for cfg (paths resolve against cfg's folder).
+func New(cfg *config.Config) *Registry { return &Registry{cfg: cfg} }
+
+var _ pipeline.Endpoints = (*Registry)(nil)
+var _ config.EndpointChecker = (*Registry)(nil)
+
+func (r *Registry) lookup(role string, e *config.Endpoint) (kind, error) {
+	k, ok := kinds[e.Kind]
+	switch {
+	case ok && role == "pickup" && k.pickup == nil, ok && role == "deliver" && k.deliver == nil:
+		return k, fmt.Errorf("%s cannot be used for %s", e.Kind, role)
+	case ok:
+		return k, nil
+	case planned[e.Kind]:
+		return k, fmt.Errorf("%s endpoints are not available in this build yet", e.Kind)
+	}
+	names := make([]string, 0, len(kinds))
+	for n := range kinds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return k, fmt.Errorf("unknown endpoint kind %q (known: %v)", e.Kind, names)
+}
+
+// CheckEndpoint validates one endpoint's options without any I/O.
+func (r *Registry) CheckEndpoint(role string, e *config.Endpoint) []error {
+	k, err := r.lookup(role, e)
+	if err != nil {
+		return []error{err}
+	}
+	if role == "pickup" {
+		return k.checkPickup(r, e)
+	}
+	return k.checkDeliver(r, e)
+}
+
+// Pickup builds the node's pickup subscriber.
+func (r *Registry) Pickup(node string, e *config.Endpoint, mem *pipeline.Memory, log *slog.Logger) (message.Subscriber, error) {
+	k, err := r.lookup("pickup", e)
+	if err != nil {
+		return nil, err
+	}
+	if errs := k.checkPickup(r, e); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return k.pickup(r, node, e, mem, log)
+}
+
+// Deliver builds the node's delivery publisher.
+func (r *Registry) Deliver(node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
+	k, err := r.lookup("deliver", e)
+	if err != nil {
+		return nil, err
+	}
+	if errs := k.checkDeliver(r, e); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return k.deliver(r, node, e, log)
+}

@@ -1,0 +1,88 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/relay1c/relay/pipeline"
+)
+
+// Client talks to a running relay's API; the CLI uses it.
+type Client struct {
+	// Base is http://host:port of relay.listen.
+	Base string
+	// Token is the bearer token, if the relay requires one.
+	Token string
+	HTTP  *http.Client
+}
+
+// NewClient makes a client for the relay listening on addr.
+func NewClient(addr, token string) *Client {
+	return &Client{Base: "http://" + addr, Token: token, HTTP: &http.Client{Timeout: 30 * time.Second}}
+}
+
+// maxReply bounds how much of a reply the client reads.
+const maxReply = 64 << 20
+
+func (c *Client) do(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, nil)
+	if err != nil {
+		return err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("relay is not reachable at %s (is `relay run` running with this config?): %w", c.Base, err)
+	}
+	defer resp.Body.Close()
+	body := io.LimitReader(resp.Body, maxReply)
+	if resp.StatusCode >= 300 {
+		var e ErrorBody
+		if json.NewDecoder(body).Decode(&e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	return json.NewDecoder(body).Decode(out)
+}
+
+// Channels lists channel state.
+func (c *Client) Channels(ctx context.Context) ([]ChannelView, error) {
+	var out []ChannelView
+	return out, c.do(ctx, http.MethodGet, "/api/v1/channels", &out)
+}
+
+// Nodes lists the configured nodes.
+func (c *Client) Nodes(ctx context.Context) ([]NodeView, error) {
+	var out []NodeView
+	return out, c.do(ctx, http.MethodGet, "/api/v1/nodes", &out)
+}
+
+// DeadLetters lists dead letters.
+func (c *Client) DeadLetters(ctx context.Context) ([]pipeline.DeadLetter, error) {
+	var out []pipeline.DeadLetter
+	return out, c.do(ctx, http.MethodGet, "/api/v1/dead", &out)
+}
+
+// RetryDead queues a dead letter again and returns the message id.
+func (c *Client) RetryDead(ctx context.Context, seq uint64) (string, error) {
+	var out map[string]string
+	err := c.do(ctx, http.MethodPost, "/api/v1/dead/"+strconv.FormatUint(seq, 10)+"/retry", &out)
+	return out["id"], err
+}
+
+// DropDead deletes a dead letter and its payload.
+func (c *Client) DropDead(ctx context.Context, seq uint64) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/dead/"+strconv.FormatUint(seq, 10), nil)
+}

@@ -1,0 +1,349 @@
+// Package bus opens the NATS that carries exchange messages — an embedded
+// server on the relay's data directory, or an external cluster — and lays out
+// the JetStream names fixed by DESIGN.md §3.
+package bus
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/config"
+)
+
+// JetStream names (part of the contract, DESIGN.md §3).
+const (
+	// StreamExchange holds one small record per exchange message.
+	StreamExchange = "EXCHANGE"
+	// SubjectPrefix is followed by <plan>.<from>.<to>, each an encoded Token.
+	SubjectPrefix = "exchange.msg."
+	// BucketPayloads is the object store holding message bodies (claim check).
+	BucketPayloads = "EXCHANGE_PAYLOADS"
+	// BucketChannels is the KV bucket holding each channel's state.
+	BucketChannels = "EXCHANGE_CHANNELS"
+	// StreamDead holds dead letters with their reason.
+	StreamDead = "EXCHANGE_DEAD"
+	// DeadSubjectPrefix is followed by the encoded node the dead letter concerns.
+	DeadSubjectPrefix = "exchange.dead."
+	// BucketTaken remembers what `after: keep` pickups already took.
+	BucketTaken = "EXCHANGE_TAKEN"
+)
+
+// DuplicateWindow is how long a Nats-Msg-Id is remembered, so a file picked up
+// again after a crash (before its source was committed) is dropped.
+const DuplicateWindow = 24 * time.Hour
+
+// Token encodes a node code or plan name as one NATS subject token that is
+// also a valid consumer name and KV key: [A-Za-z0-9_-] stay, every other byte
+// becomes =XX (hex). The encoding is injective, so tokens never collide.
+func Token(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '_' || c == '-' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "=%02X", c)
+	}
+	if b.Len() == 0 {
+		return "="
+	}
+	return b.String()
+}
+
+// Untoken reverses Token.
+func Untoken(t string) (string, error) {
+	if t == "=" {
+		return "", nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(t); i++ {
+		if t[i] != '=' {
+			b.WriteByte(t[i])
+			continue
+		}
+		if i+2 >= len(t) {
+			return "", fmt.Errorf("token %q: short escape", t)
+		}
+		v, err := strconv.ParseUint(t[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", fmt.Errorf("token %q: bad escape: %w", t, err)
+		}
+		b.WriteByte(byte(v))
+		i += 2
+	}
+	return b.String(), nil
+}
+
+// Subject is the EXCHANGE subject of a channel.
+func Subject(plan, from, to string) string {
+	return SubjectPrefix + Token(plan) + "." + Token(from) + "." + Token(to)
+}
+
+// DeliverSubjects is the filter of the node's delivery consumer: every
+// channel whose To is the node.
+func DeliverSubjects(node string) string {
+	return SubjectPrefix + "*.*." + Token(node)
+}
+
+// ConsumerName is the durable delivery consumer of a node.
+func ConsumerName(node string) string { return "deliver_" + Token(node) }
+
+// ChannelKey is the EXCHANGE_CHANNELS key of a channel.
+func ChannelKey(plan, from, to string) string {
+	return Token(plan) + "." + Token(from) + "." + Token(to)
+}
+
+// Bus is an open NATS connection with the exchange layout provisioned.
+type Bus struct {
+	// Conn is the NATS connection (in-process for the embedded server).
+	Conn *nats.Conn
+	// JS is the JetStream API on Conn.
+	JS jetstream.JetStream
+	// Exchange, Dead are the two streams.
+	Exchange, Dead jetstream.Stream
+	// Payloads stores message bodies.
+	Payloads jetstream.ObjectStore
+	// Channels stores channel state.
+	Channels jetstream.KeyValue
+	// Taken remembers kept pickups.
+	Taken jetstream.KeyValue
+
+	server *server.Server
+	log    *slog.Logger
+}
+
+// Open starts the embedded server (cfg.URL empty) or connects to cfg.URL,
+// then creates or updates every stream and bucket. It is idempotent.
+func Open(ctx context.Context, cfg config.NATS, dataDir, id string, log *slog.Logger) (*Bus, error) {
+	b := &Bus{log: log}
+	var err error
+	if cfg.URL == "" {
+		b.server, err = startEmbedded(cfg, dataDir, id)
+		if err != nil {
+			return nil, err
+		}
+		b.Conn, err = nats.Connect("", nats.InProcessServer(b.server), nats.Name("relay-"+id), nats.MaxReconnects(-1))
+	} else {
+		b.Conn, err = connectExternal(cfg, id, log)
+	}
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("nats: connect: %w", err)
+	}
+	if err := b.provision(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func startEmbedded(cfg config.NATS, dataDir, id string) (*server.Server, error) {
+	store := filepath.Join(dataDir, "jetstream")
+	if err := os.MkdirAll(store, 0o750); err != nil {
+		return nil, fmt.Errorf("nats: data dir: %w", err)
+	}
+	opts := &server.Options{
+		ServerName:         "relay-" + id,
+		JetStream:          true,
+		StoreDir:           store,
+		NoSigs:             true,
+		NoLog:              true,
+		DontListen:         true,
+		MaxPayload:         1 << 20,
+		JetStreamMaxMemory: 64 << 20,
+	}
+	if cfg.Listen != "" {
+		host, port, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("nats.listen: %w", err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("nats.listen: port %q: %w", port, err)
+		}
+		opts.DontListen = false
+		opts.Host, opts.Port = host, p
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats: embedded server: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("nats: embedded server did not start within 30s (is another relay using " + store + "?)")
+	}
+	return ns, nil
+}
+
+func connectExternal(cfg config.NATS, id string, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name("relay-" + id),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.ReconnectJitter(500*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("nats disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
+		}),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.TLS != nil {
+		tc, err := clientTLS(cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		return nil, err
+	}
+	// RetryOnFailedConnect returns at once; wait a bounded time for the first connection.
+	deadline := time.Now().Add(30 * time.Second)
+	for !nc.IsConnected() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !nc.IsConnected() {
+		nc.Close()
+		return nil, fmt.Errorf("no server reachable at %s within 30s", cfg.URL)
+	}
+	return nc, nil
+}
+
+func clientTLS(t *config.TLS) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("nats.tls.ca_file %s: no certificates", t.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if t.CertFile != "" || t.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats.tls cert/key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+func (b *Bus) provision(ctx context.Context) error {
+	js, err := jetstream.New(b.Conn)
+	if err != nil {
+		return fmt.Errorf("nats: jetstream: %w", err)
+	}
+	b.JS = js
+	b.Exchange, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        StreamExchange,
+		Description: "1C exchange messages: header fields and a claim check to " + BucketPayloads,
+		Subjects:    []string{SubjectPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      30 * 24 * time.Hour,
+		Duplicates:  DuplicateWindow,
+		AllowDirect: true,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: stream %s: %w", StreamExchange, err)
+	}
+	b.Dead, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        StreamDead,
+		Description: "dead letters: messages relay could not route or deliver, with the reason",
+		Subjects:    []string{DeadSubjectPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		AllowDirect: true,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: stream %s: %w", StreamDead, err)
+	}
+	b.Payloads, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      BucketPayloads,
+		Description: "exchange message bodies",
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: object store %s: %w", BucketPayloads, err)
+	}
+	b.Channels, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketChannels,
+		Description: "state of each exchange channel (plan, from, to)",
+		Storage:     jetstream.FileStorage,
+		History:     1,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: kv %s: %w", BucketChannels, err)
+	}
+	b.Taken, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketTaken,
+		Description: "files taken by pickups with after: keep",
+		Storage:     jetstream.FileStorage,
+		History:     1,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: kv %s: %w", BucketTaken, err)
+	}
+	return nil
+}
+
+// Connected reports whether the NATS connection is up (for /readyz).
+func (b *Bus) Connected() bool { return b.Conn != nil && b.Conn.IsConnected() }
+
+// Close drains the connection and stops the embedded server, if any.
+func (b *Bus) Close() {
+	if b.Conn != nil {
+		_ = b.Conn.Drain()
+		deadline := time.Now().Add(5 * time.Second)
+		for !b.Conn.IsClosed() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		b.Conn.Close()
+	}
+	if b.server != nil {
+		b.server.Shutdown()
+		b.server.WaitForShutdown()
+	}
+}
+
+// NewConn opens one more connection to the same NATS, for a component that
+// must not share its connection's lifetime with the others (a Watermill
+// subscriber drains its connection on Close).
+func (b *Bus) NewConn(name string) (*nats.Conn, error) {
+	if b.server != nil {
+		return nats.Connect("", nats.InProcessServer(b.server), nats.Name(name), nats.MaxReconnects(-1))
+	}
+	opts := b.Conn.Opts
+	opts.Name = name
+	nc, err := opts.Connect()
+	if err != nil {
+		return nil, fmt.Errorf("nats: connect %s: %w", name, err)
+	}
+	return nc, nil
+}

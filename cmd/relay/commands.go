@@ -1,0 +1,267 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/relay1c/relay/adapters"
+	"github.com/relay1c/relay/api"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/daemon"
+	"github.com/relay1c/relay/exchange"
+)
+
+func runCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "run",
+		Short: "Run the relay (embedded NATS unless nats.url is set)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			cfg, err := config.Load(g.config)
+			if err != nil {
+				return err
+			}
+			r, err := daemon.Start(cmd.Context(), cfg, log, daemon.Options{})
+			if err != nil {
+				return err
+			}
+			log.Info("relay started", "config", g.config, "id", cfg.Relay.ID, "listen", cfg.Relay.Listen)
+			return r.Run(cmd.Context())
+		},
+	}
+}
+
+func validateCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "validate",
+		Short: "Check routing.yaml and print every problem with its path",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(g.config)
+			if err != nil {
+				return err
+			}
+			problems := cfg.Problems(adapters.New(cfg))
+			for _, p := range problems {
+				fmt.Fprintln(g.stderr, p)
+			}
+			if len(problems) > 0 {
+				return fmt.Errorf("%s: %d problem(s)", g.config, len(problems))
+			}
+			fmt.Fprintf(g.stdout, "%s: OK, %d node(s)\n", g.config, len(cfg.Nodes))
+			return nil
+		},
+	}
+}
+
+func inspectCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect FILE",
+		Short: "Show an exchange message's header, size and sha256 (proves it complete)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			fi, err := f.Stat()
+			if err != nil {
+				return err
+			}
+			info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits())
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			nameNote := "ok"
+			if n, err := exchange.ParseName(fi.Name()); err != nil {
+				nameNote = err.Error()
+			} else if err := n.Check(info.Header); err != nil {
+				nameNote = err.Error()
+			}
+			h := info.Header
+			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
+			fmt.Fprintf(w, "file\t%s\n", args[0])
+			fmt.Fprintf(w, "name\t%s\n", nameNote)
+			fmt.Fprintf(w, "format\t%s\n", info.Format)
+			if info.Entry != "" {
+				fmt.Fprintf(w, "entry\t%s\n", info.Entry)
+			}
+			fmt.Fprintf(w, "dialect\t%s\n", h.Dialect)
+			fmt.Fprintf(w, "plan\t%s\n", h.ExchangePlan)
+			fmt.Fprintf(w, "from\t%s\n", h.From)
+			fmt.Fprintf(w, "to\t%s\n", h.To)
+			fmt.Fprintf(w, "message_no\t%d\n", h.MessageNo)
+			fmt.Fprintf(w, "received_no\t%d\n", h.ReceivedNo)
+			fmt.Fprintf(w, "size\t%d\n", info.Size)
+			fmt.Fprintf(w, "sha256\t%s\n", info.SHA256)
+			return w.Flush()
+		},
+	}
+}
+
+// client builds an API client from the config's relay.listen and token.
+func (g *globals) client() (*api.Client, error) {
+	cfg, err := config.Load(g.config)
+	if err != nil {
+		return nil, err
+	}
+	token := ""
+	if cfg.Relay.APITokenEnv != "" {
+		token = os.Getenv(cfg.Relay.APITokenEnv)
+	}
+	return api.NewClient(cfg.Relay.Listen, token), nil
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "One row per channel: last picked-up, delivered and acknowledged No, pending, age, last error",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			chans, err := c.Channels(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(chans)
+			}
+			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
+			fmt.Fprintln(w, "PLAN\tCHANNEL\tPICKED\tDELIVERED\tACKED\tPENDING\tAGE\tLAST ERROR")
+			for _, ch := range chans {
+				fmt.Fprintf(w, "%s\t%s → %s\t%d\t%d\t%d\t%d\t%s\t%s\n", ch.Plan, ch.From, ch.To,
+					ch.PickedNo, ch.DeliveredNo, ch.AckedNo, ch.Pending, age(ch.LastDeliveredAt, ch.LastPickupAt), oneLine(ch.LastError, 80))
+			}
+			if len(chans) == 0 {
+				fmt.Fprintln(w, "(no channel has carried a message yet)")
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// age is the time since the channel last moved.
+func age(ts ...time.Time) string {
+	var last time.Time
+	for _, t := range ts {
+		if t.After(last) {
+			last = t
+		}
+	}
+	if last.IsZero() {
+		return "-"
+	}
+	return time.Since(last).Round(time.Second).String()
+}
+
+func oneLine(s string, max int) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if r := []rune(s); len(r) > max {
+		return string(r[:max-1]) + "…"
+	}
+	return s
+}
+
+func deadCmd(g *globals) *cobra.Command {
+	dead := &cobra.Command{Use: "dead", Short: "List, retry or drop dead letters"}
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List dead letters with their reason",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ls, err := c.DeadLetters(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(ls)
+			}
+			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tTIME\tNODE\tSTAGE\tFILE\tREASON")
+			for _, l := range ls {
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, l.FileName, oneLine(l.Reason, 120))
+			}
+			return w.Flush()
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	retry := &cobra.Command{
+		Use:   "retry ID...",
+		Short: "Queue dead letters again (after fixing routing.yaml or the destination)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return eachSeq(g, cmd, args, func(c *api.Client, seq uint64) error {
+				id, err := c.RetryDead(cmd.Context(), seq)
+				if err == nil {
+					fmt.Fprintf(g.stdout, "%d: queued as %s\n", seq, id)
+				}
+				return err
+			})
+		},
+	}
+	drop := &cobra.Command{
+		Use:   "drop ID...",
+		Short: "Delete dead letters and their payloads",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return eachSeq(g, cmd, args, func(c *api.Client, seq uint64) error {
+				err := c.DropDead(cmd.Context(), seq)
+				if err == nil {
+					fmt.Fprintf(g.stdout, "%d: dropped\n", seq)
+				}
+				return err
+			})
+		},
+	}
+	dead.AddCommand(list, retry, drop)
+	return dead
+}
+
+func eachSeq(g *globals, cmd *cobra.Command, args []string, fn func(*api.Client, uint64) error) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for _, a := range args {
+		seq, err := strconv.ParseUint(a, 10, 64)
+		if err == nil {
+			err = fn(c, seq)
+		}
+		if err != nil {
+			fmt.Fprintf(g.stderr, "%s: %v\n", a, err)
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d failed", failed, len(args))
+	}
+	return nil
+}

@@ -1,0 +1,386 @@
+// Package config loads and checks routing.yaml, the one file that says which
+// nodes exist, where their messages are picked up and where they are delivered.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is routing.yaml as a whole.
+type Config struct {
+	// Relay holds this instance's own settings.
+	Relay Relay `yaml:"relay"`
+	// NATS says which NATS to use; empty URL means an embedded server.
+	NATS NATS `yaml:"nats"`
+	// Nodes maps a node code, exactly as 1C writes it in From/To, to its endpoints.
+	Nodes map[string]*Node `yaml:"nodes"`
+
+	// path is the file the config was read from; relative paths resolve against its folder.
+	path string
+}
+
+// Relay is the `relay:` section.
+type Relay struct {
+	// ID names this instance; it serves nodes whose `relay` is this ID or empty.
+	ID string `yaml:"id"`
+	// DataDir holds the embedded JetStream store and the spool.
+	DataDir string `yaml:"data_dir"`
+	// Listen is the address of the HTTP API, health and metrics.
+	Listen string `yaml:"listen"`
+	// APITokenEnv names the variable holding the API bearer token; unset means loopback-only API.
+	APITokenEnv string `yaml:"api_token_env"`
+}
+
+// NATS is the `nats:` section.
+type NATS struct {
+	// URL of an external NATS (nats://, tls://, comma-separated for a cluster); empty runs an embedded server.
+	URL string `yaml:"url"`
+	// CredsFile is a NATS credentials file for the external server.
+	CredsFile string `yaml:"creds_file"`
+	// TLS configures the connection to an external server.
+	TLS *TLS `yaml:"tls"`
+	// Listen, for the embedded server, opens a client port (e.g. 127.0.0.1:4222); empty keeps it in-process only.
+	Listen string `yaml:"listen"`
+}
+
+// TLS holds client TLS files.
+type TLS struct {
+	// CAFile verifies the server.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile authenticate this client (optional).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Mode says how a node's incoming channels are ordered.
+type Mode string
+
+// Delivery modes (DESIGN.md §2).
+const (
+	// ModeLatest delivers the newest message; older undelivered ones are superseded.
+	ModeLatest Mode = "latest"
+	// ModeSequential delivers every message in MessageNo order and holds on a gap.
+	ModeSequential Mode = "sequential"
+)
+
+// Node is one 1C node (an infobase) and its endpoints.
+type Node struct {
+	// Title is a human name shown to operators.
+	Title string `yaml:"title"`
+	// Relay is the relay instance that serves this node; empty = every relay.
+	Relay string `yaml:"relay"`
+	// Mode is latest (default) or sequential.
+	Mode Mode `yaml:"mode"`
+	// Pickup is where the node leaves its outgoing messages.
+	Pickup *Endpoint `yaml:"pickup"`
+	// Deliver is where the node reads its incoming messages.
+	Deliver *Endpoint `yaml:"deliver"`
+}
+
+// After says what a pickup does with a source once JetStream holds the message.
+type After struct {
+	// Action is delete, move or keep.
+	Action string
+	// Folder is the target of move.
+	Folder string
+}
+
+// After actions.
+const (
+	AfterDelete = "delete"
+	AfterMove   = "move"
+	AfterKeep   = "keep"
+)
+
+// String formats After as routing.yaml writes it.
+func (a After) String() string {
+	if a.Action == AfterMove {
+		return "move:" + a.Folder
+	}
+	return a.Action
+}
+
+// Endpoint is one pickup or deliver entry: exactly one kind key (dir, ftp,
+// imap, smtp, http, ...) whose value is that adapter's own options, plus the
+// generic `after` for pickups.
+type Endpoint struct {
+	// Kind is the adapter name (the key).
+	Kind string
+	// Options is the raw value under the kind key, decoded by the adapter.
+	Options yaml.Node
+	// After applies to pickups only.
+	After After
+}
+
+// UnmarshalYAML reads `{ <kind>: <options>, after: ... }`.
+func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: an endpoint is a mapping like { dir: ./path }", n.Line)
+	}
+	after := ""
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "after":
+			if v.Kind != yaml.ScalarNode {
+				return fmt.Errorf("line %d: after: want delete, move:<folder> or keep", v.Line)
+			}
+			after = v.Value
+		default:
+			if e.Kind != "" {
+				return fmt.Errorf("line %d: endpoint has two kinds, %s and %s; one endpoint is one kind", k.Line, e.Kind, k.Value)
+			}
+			e.Kind = k.Value
+			e.Options = *v
+		}
+	}
+	if e.Kind == "" {
+		return fmt.Errorf("line %d: endpoint names no kind (dir, ftp, imap, smtp, http)", n.Line)
+	}
+	a, err := ParseAfter(after)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	e.After = a
+	return nil
+}
+
+// ParseAfter reads `delete`, `move:<folder>` or `keep`; empty means delete.
+func ParseAfter(s string) (After, error) {
+	switch {
+	case s == "" || s == AfterDelete:
+		return After{Action: AfterDelete}, nil
+	case s == AfterKeep:
+		return After{Action: AfterKeep}, nil
+	case strings.HasPrefix(s, "move:") && strings.TrimSpace(s[len("move:"):]) != "":
+		return After{Action: AfterMove, Folder: strings.TrimSpace(s[len("move:"):])}, nil
+	}
+	return After{}, fmt.Errorf("after: %q is not delete, move:<folder> or keep", s)
+}
+
+// Duration is a time.Duration written as "10s", "2m" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses Go duration syntax.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 10s or 2m", n.Line, n.Value)
+	}
+	if v < 0 {
+		return fmt.Errorf("line %d: duration %q is negative", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Std returns the value as a time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+// MaxConfigSize bounds routing.yaml; a bigger file is a mistake, not a config.
+const MaxConfigSize = 4 << 20
+
+// Load reads and decodes a routing.yaml file and fills defaults. It does not
+// validate adapter options; call Validate for that.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(data) > MaxConfigSize {
+		return nil, fmt.Errorf("config %s: larger than %d bytes", path, MaxConfigSize)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	c.path = path
+	return c, nil
+}
+
+// Parse decodes routing.yaml bytes strictly (unknown top-level keys fail) and fills defaults.
+func Parse(data []byte) (*Config, error) {
+	c := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("file is empty")
+		}
+		return nil, err
+	}
+	c.setDefaults()
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Relay.ID == "" {
+		c.Relay.ID = "relay"
+	}
+	if c.Relay.DataDir == "" {
+		c.Relay.DataDir = "./data"
+	}
+	if c.Relay.Listen == "" {
+		c.Relay.Listen = "127.0.0.1:8088"
+	}
+	for _, n := range c.Nodes {
+		if n == nil {
+			continue
+		}
+		if n.Mode == "" {
+			n.Mode = ModeLatest
+		}
+	}
+}
+
+// Resolve turns a path from the config into one relative to the working
+// directory: relative paths are taken from the config file's folder.
+func (c *Config) Resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.path == "" {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.path), p)
+}
+
+// Serves reports whether this relay runs the node's pickup and delivery.
+func (c *Config) Serves(n *Node) bool {
+	return n.Relay == "" || n.Relay == c.Relay.ID
+}
+
+// NodeNames returns the node codes in a stable order.
+func (c *Config) NodeNames() []string {
+	names := make([]string, 0, len(c.Nodes))
+	for k := range c.Nodes {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// EndpointChecker validates one endpoint's adapter options; implemented by
+// the adapter registry. It returns every problem, each prefixed by the path
+// inside the options (e.g. "url: missing").
+type EndpointChecker interface {
+	CheckEndpoint(role string, e *Endpoint) []error
+}
+
+// Problems lists every error in the config with its path
+// (nodes.SHOP1.pickup.ftp.url: ...). An empty result means valid.
+func (c *Config) Problems(ep EndpointChecker) []string {
+	var out []string
+	add := func(path, format string, a ...any) {
+		out = append(out, path+": "+fmt.Sprintf(format, a...))
+	}
+	if strings.ContainsAny(c.Relay.ID, " .*>\t") {
+		add("relay.id", "%q must not contain spaces, '.', '*' or '>'", c.Relay.ID)
+	}
+	if _, _, err := net.SplitHostPort(c.Relay.Listen); err != nil {
+		add("relay.listen", "%q is not host:port", c.Relay.Listen)
+	}
+	if c.Relay.APITokenEnv != "" && !validEnvName(c.Relay.APITokenEnv) {
+		add("relay.api_token_env", "%q is not an environment variable name", c.Relay.APITokenEnv)
+	}
+	if c.NATS.URL == "" && (c.NATS.CredsFile != "" || c.NATS.TLS != nil) {
+		add("nats", "creds_file and tls apply to an external server; set nats.url or remove them")
+	}
+	if c.NATS.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.NATS.Listen); err != nil {
+			add("nats.listen", "%q is not host:port", c.NATS.Listen)
+		}
+	}
+	if c.NATS.URL != "" && c.NATS.Listen != "" {
+		add("nats.listen", "only for the embedded server; remove it or nats.url")
+	}
+	if len(c.Nodes) == 0 {
+		add("nodes", "no nodes defined")
+	}
+	for _, name := range c.NodeNames() {
+		n := c.Nodes[name]
+		p := "nodes." + name
+		if strings.TrimSpace(name) != name || name == "" {
+			add(p, "node code has leading or trailing spaces")
+		}
+		if strings.ContainsAny(name, "/\\\x00") {
+			add(p, "node code must not contain '/', '\\' or NUL")
+		}
+		if n == nil {
+			add(p, "empty node; give it a pickup and/or deliver")
+			continue
+		}
+		if n.Mode != ModeLatest && n.Mode != ModeSequential {
+			add(p+".mode", "%q is not latest or sequential", n.Mode)
+		}
+		if n.Pickup == nil && n.Deliver == nil {
+			add(p, "has neither pickup nor deliver")
+		}
+		for _, role := range []string{"pickup", "deliver"} {
+			e := n.Pickup
+			if role == "deliver" {
+				e = n.Deliver
+			}
+			if e == nil {
+				continue
+			}
+			if role == "deliver" && e.After.Action != AfterDelete {
+				add(p+".deliver.after", "after applies to pickups only")
+			}
+			if ep == nil {
+				continue
+			}
+			for _, err := range ep.CheckEndpoint(role, e) {
+				add(p+"."+role+"."+e.Kind, "%s", strings.TrimPrefix(err.Error(), e.Kind+": "))
+			}
+		}
+	}
+	return out
+}
+
+// validEnvName accepts POSIX-ish variable names.
+func validEnvName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		ok := r == '_' || (r >= 'A' && r <= 'Z') || (r >= 'a' && r <= 'z') || (i > 0 && r >= '0' && r <= '9')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidEnvName reports whether s can name an environment variable; adapters
+// use it for their *_env options.
+func ValidEnvName(s string) bool { return validEnvName(s) }
+
+// DecodeOptions decodes an adapter's option node into v, refusing unknown
+// keys so a typo is an error, not a silently ignored option. (yaml.Node.Decode
+// has no strict switch, so the node is re-encoded and decoded strictly.)
+func DecodeOptions(n *yaml.Node, v any) error {
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+// Package daemon is one running relay: it wires routing.yaml, NATS, the
+// pipeline and the HTTP API together. `relay run` and the in-process
+// end-to-end tests start relays through it.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync/atomic"
+
+	"github.com/relay1c/relay/adapters"
+	"github.com/relay1c/relay/api"
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/pipeline"
+)
+
+// Relay is a started relay.
+type Relay struct {
+	cfg  *config.Config
+	bus  *bus.Bus
+	pipe *pipeline.Pipeline
+	api  *api.Server
+	log  *slog.Logger
+	live atomic.Bool
+}
+
+// Options tune a relay beyond routing.yaml (tests shorten timeouts).
+type Options struct {
+	Pipeline pipeline.Options
+}
+
+// Start validates cfg, opens NATS and builds the pipeline. Call Run next.
+func Start(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) (*Relay, error) {
+	reg := adapters.New(cfg)
+	if problems := cfg.Problems(reg); len(problems) > 0 {
+		return nil, fmt.Errorf("routing.yaml is not valid:\n  %s", strings.Join(problems, "\n  "))
+	}
+	token := ""
+	if cfg.Relay.APITokenEnv != "" {
+		token = os.Getenv(cfg.Relay.APITokenEnv)
+	}
+	b, err := bus.Open(ctx, cfg.NATS, cfg.Resolve(cfg.Relay.DataDir), cfg.Relay.ID, log)
+	if err != nil {
+		return nil, err
+	}
+	pipe, err := pipeline.New(cfg, b, reg, log, opts.Pipeline)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	r := &Relay{cfg: cfg, bus: b, pipe: pipe, log: log}
+	r.api = api.NewServer(cfg, r, token, log.With("component", "api"))
+	return r, nil
+}
+
+// Run serves until ctx ends, then stops everything and closes NATS.
+func (r *Relay) Run(ctx context.Context) error {
+	defer r.bus.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	apiErr := make(chan error, 1)
+	go func() { apiErr <- r.api.Serve(ctx, r.cfg.Relay.Listen) }()
+	r.live.Store(true)
+	pipeErr := make(chan error, 1)
+	go func() { pipeErr <- r.pipe.Run(ctx) }()
+	var err error
+	select {
+	case err = <-apiErr:
+		cancel()
+		<-pipeErr
+	case err = <-pipeErr:
+		cancel()
+		<-apiErr
+	case <-ctx.Done():
+		err = errors.Join(<-pipeErr, <-apiErr)
+	}
+	r.live.Store(false)
+	return err
+}
+
+// Live implements api.Backend.
+func (r *Relay) Live() bool { return r.live.Load() }
+
+// Ready implements api.Backend: NATS connected and every adapter started.
+func (r *Relay) Ready() (bool, string) {
+	switch {
+	case !r.bus.Connected():
+		return false, "NATS not connected"
+	case !r.pipe.Ready():
+		return false, "adapters not started"
+	}
+	return true, ""
+}
+
+// Channels implements api.Backend.
+func (r *Relay) Channels(ctx context.Context) ([]pipeline.Channel, error) {
+	return r.pipe.States().List(ctx)
+}
+
+// DeadLetters implements api.Backend.
+func (r *Relay) DeadLetters(ctx context.Context) ([]pipeline.DeadLetter, error) {
+	return r.pipe.Dead().List(ctx)
+}
+
+// DeadLetter implements api.Backend.
+func (r *Relay) DeadLetter(ctx context.Context, seq uint64) (pipeline.DeadLetter, error) {
+	return r.pipe.Dead().Get(ctx, seq)
+}
+
+// RetryDead implements api.Backend.
+func (r *Relay) RetryDead(ctx context.Context, seq uint64) (string, error) {
+	return r.pipe.Retry(ctx, seq)
+}
+
+// DropDead implements api.Backend.
+func (r *Relay) DropDead(ctx context.Context, seq uint64) error {
+	return r.pipe.Dead().Drop(ctx, seq)
+}
+
+// Bus exposes the NATS side for tests and tools.
+func (r *Relay) Bus() *bus.Bus { return r.bus }

@@ -1,0 +1,119 @@
+package exchange
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Metadata keys of a Watermill message that carries an exchange message
+// between adapters and the pipeline. The same keys travel as NATS headers on
+// the EXCHANGE stream, so a record there is readable without the payload.
+const (
+	MetaPlan       = "Relay-Plan"
+	MetaFrom       = "Relay-From"
+	MetaTo         = "Relay-To"
+	MetaMessageNo  = "Relay-Message-No"
+	MetaReceivedNo = "Relay-Received-No"
+	MetaDialect    = "Relay-Dialect"
+	// MetaFileName is the file name the message travels under (Message_A_B.xml).
+	MetaFileName = "Relay-File"
+	// MetaSize is the payload size in bytes.
+	MetaSize = "Relay-Size"
+	// MetaSHA256 is the lower-case hex sha256 of the payload.
+	MetaSHA256 = "Relay-Sha256"
+	// MetaObject is the payload's name in the object store (claim check).
+	MetaObject = "Relay-Object"
+	// MetaSource says where a pickup found the message (dir:/path/file).
+	MetaSource = "Relay-Source"
+	// MetaNode is the node whose pickup produced the message.
+	MetaNode = "Relay-Node"
+	// MetaProblem, set by a pickup, is the one-line reason the file is not a
+	// valid message; the pipeline dead-letters such messages.
+	MetaProblem = "Relay-Problem"
+)
+
+// SetHeader writes h into the message metadata.
+func SetHeader(m *message.Message, h Header) {
+	m.Metadata.Set(MetaPlan, h.ExchangePlan)
+	m.Metadata.Set(MetaFrom, h.From)
+	m.Metadata.Set(MetaTo, h.To)
+	m.Metadata.Set(MetaMessageNo, strconv.FormatUint(h.MessageNo, 10))
+	m.Metadata.Set(MetaReceivedNo, strconv.FormatUint(h.ReceivedNo, 10))
+	m.Metadata.Set(MetaDialect, string(h.Dialect))
+}
+
+// HeaderOf reads the header back from message metadata.
+func HeaderOf(m *message.Message) (Header, error) {
+	h := Header{
+		ExchangePlan: m.Metadata.Get(MetaPlan),
+		From:         m.Metadata.Get(MetaFrom),
+		To:           m.Metadata.Get(MetaTo),
+		Dialect:      Dialect(m.Metadata.Get(MetaDialect)),
+	}
+	var err error
+	if h.MessageNo, err = strconv.ParseUint(m.Metadata.Get(MetaMessageNo), 10, 64); err != nil || h.MessageNo == 0 {
+		return h, fmt.Errorf("%w: metadata %s %q", ErrBadHeader, MetaMessageNo, m.Metadata.Get(MetaMessageNo))
+	}
+	if v := m.Metadata.Get(MetaReceivedNo); v != "" {
+		if h.ReceivedNo, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return h, fmt.Errorf("%w: metadata %s %q", ErrBadHeader, MetaReceivedNo, v)
+		}
+	}
+	if h.ExchangePlan == "" || h.From == "" || h.To == "" {
+		return h, fmt.Errorf("%w: metadata lacks plan, from or to", ErrBadHeader)
+	}
+	return h, nil
+}
+
+// Opener opens a fresh stream of a message body; it may be called again for
+// a retry, and every returned reader must be closed.
+type Opener func(ctx context.Context) (io.ReadCloser, error)
+
+type bodyKey struct{}
+
+// SetBody attaches the body opener to the message. The body never rides in
+// the Watermill payload: that would hold gigabytes in memory.
+func SetBody(m *message.Message, open Opener) {
+	m.SetContext(context.WithValue(m.Context(), bodyKey{}, open))
+}
+
+// ErrNoBody is returned by Body for a message without an opener.
+var ErrNoBody = errors.New("message has no body opener")
+
+// Body opens the message body attached with SetBody.
+func Body(ctx context.Context, m *message.Message) (io.ReadCloser, error) {
+	open, ok := m.Context().Value(bodyKey{}).(Opener)
+	if !ok || open == nil {
+		return nil, ErrNoBody
+	}
+	return open(ctx)
+}
+
+// ErrStale is returned by a delivery when the destination already holds a
+// newer message of the same channel; the pipeline drops and counts it.
+var ErrStale = errors.New("destination already holds a newer message")
+
+type permanentError struct{ error }
+
+func (p permanentError) Unwrap() error { return p.error }
+
+// Permanent marks a delivery error that no retry can fix (a 5xx SMTP reply, a
+// 4xx HTTP status, a name the destination refuses): the pipeline dead-letters
+// the message instead of retrying it.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}

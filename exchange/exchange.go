@@ -1,0 +1,263 @@
+// Package exchange understands 1C:Enterprise exchange message files
+// (Message_<FROM>_<TO>.xml|.zip): it parses their names, reads their routing
+// header and proves a file complete, streaming with bounded buffers so that a
+// multi-gigabyte body is never held in memory.
+package exchange
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Sentinel errors. Every error returned by this package wraps exactly one of
+// them (or an I/O error of the caller's reader), so callers can route bad
+// input with errors.Is while err.Error() stays a one-line reason.
+var (
+	// ErrBadName marks a file name that is not an exchange message name.
+	ErrBadName = errors.New("exchange: bad message file name")
+	// ErrNameMismatch marks a file name whose codes contradict the header (the header wins).
+	ErrNameMismatch = errors.New("exchange: file name contradicts header")
+	// ErrNotXML marks content that is not (well-formed) XML.
+	ErrNotXML = errors.New("exchange: not well-formed XML")
+	// ErrIncomplete marks a file that ends early: probably still being written, try later.
+	ErrIncomplete = errors.New("exchange: message incomplete")
+	// ErrNoHeader marks a message whose header element is missing.
+	ErrNoHeader = errors.New("exchange: no message header")
+	// ErrBadHeader marks a header with a missing, empty or invalid field.
+	ErrBadHeader = errors.New("exchange: bad message header")
+	// ErrUnknownDialect marks XML whose root is none of the known message formats.
+	ErrUnknownDialect = errors.New("exchange: unknown message format")
+	// ErrBadZip marks a zip that is complete but not one plain .xml message.
+	ErrBadZip = errors.New("exchange: bad zip")
+	// ErrEncrypted marks a password-protected zip: its header cannot be read without the password.
+	ErrEncrypted = errors.New("exchange: encrypted zip")
+	// ErrZipBomb marks a zip entry that decompresses to more than it declares or than the ratio limit allows.
+	ErrZipBomb = errors.New("exchange: zip bomb")
+	// ErrTooLarge marks input beyond one of the Limits.
+	ErrTooLarge = errors.New("exchange: too large")
+	// ErrDTD marks XML with a DOCTYPE or other <! directive, refused to rule out entity expansion.
+	ErrDTD = errors.New("exchange: DTD not allowed")
+)
+
+var sentinels = []error{ErrBadName, ErrNameMismatch, ErrNotXML, ErrIncomplete, ErrNoHeader,
+	ErrBadHeader, ErrUnknownDialect, ErrBadZip, ErrEncrypted, ErrZipBomb, ErrTooLarge, ErrDTD}
+
+// ours reports whether err already carries one of this package's sentinels.
+func ours(err error) bool {
+	for _, s := range sentinels {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Dialect names the header format a message was written in.
+type Dialect string
+
+// The three header dialects 1C writes.
+const (
+	// DialectPlatform is the platform's own format: root Message + Header in ns http://v8.1c.ru/messages.
+	DialectPlatform Dialect = "v8msg"
+	// DialectEnterpriseData is the SSL/XDTO format: <Message>, Header/Confirmation in http://www.1c.ru/SSL/Exchange/Message.
+	DialectEnterpriseData Dialect = "enterprisedata"
+	// DialectRules is rules-based exchange (КД2): <ФайлОбмена> with a <ДанныеПоОбмену .../> element.
+	DialectRules Dialect = "rules"
+)
+
+// Header is the routing part of a message.
+type Header struct {
+	Dialect      Dialect
+	ExchangePlan string
+	From, To     string
+	MessageNo    uint64 // >= 1
+	ReceivedNo   uint64 // absent = 0
+}
+
+// Format is the container: plain XML or a zip holding one XML.
+type Format string
+
+// The two containers 1C writes.
+const (
+	// FormatXML is a plain XML message file.
+	FormatXML Format = "xml"
+	// FormatZip is a zip archive holding exactly one XML message.
+	FormatZip Format = "zip"
+)
+
+// Name is a parsed file name.
+type Name struct {
+	Prefix, From, To string
+	Format           Format
+}
+
+// namePrefix is case-sensitive: 1C always writes "Message_", and accepting
+// other spellings would let stray files (message_a_b.xml) look like messages.
+const namePrefix = "Message_"
+
+// ParseName parses a message file base name: "Message_" then FROM_TO or
+// PREFIX_FROM_TO (non-empty parts) then ".xml" or ".zip" (extension
+// case-insensitive, the "Message_" prefix is not). Names with path separators,
+// "..", control characters or invalid UTF-8 are refused so a name can never
+// escape a folder. Errors wrap ErrBadName.
+func ParseName(base string) (Name, error) {
+	bad := func(why string) (Name, error) {
+		return Name{}, fmt.Errorf("%w: %s: %s", ErrBadName, quote(base), why)
+	}
+	if !utf8.ValidString(base) {
+		return bad("not valid UTF-8")
+	}
+	if strings.ContainsAny(base, `/\`) {
+		return bad("contains a path separator")
+	}
+	if strings.Contains(base, "..") {
+		return bad(`contains ".."`)
+	}
+	if strings.IndexFunc(base, unicode.IsControl) >= 0 {
+		return bad("contains a control character")
+	}
+	if !strings.HasPrefix(base, namePrefix) {
+		return bad(`does not start with "Message_"`)
+	}
+	rest := base[len(namePrefix):]
+	if len(rest) < 4 {
+		return bad("no .xml or .zip extension")
+	}
+	var n Name
+	switch ext := strings.ToLower(rest[len(rest)-4:]); ext {
+	case ".xml":
+		n.Format = FormatXML
+	case ".zip":
+		n.Format = FormatZip
+	default:
+		return bad("extension is not .xml or .zip")
+	}
+	parts := strings.Split(rest[:len(rest)-4], "_")
+	for _, p := range parts {
+		if p == "" {
+			return bad("empty code")
+		}
+	}
+	switch len(parts) {
+	case 2:
+		n.From, n.To = parts[0], parts[1]
+	case 3:
+		n.Prefix, n.From, n.To = parts[0], parts[1], parts[2]
+	default:
+		return bad("want Message_FROM_TO or Message_PREFIX_FROM_TO")
+	}
+	return n, nil
+}
+
+// stem is the name without its extension, as shown in mismatch errors.
+func (n Name) stem() string {
+	if n.Prefix != "" {
+		return namePrefix + n.Prefix + "_" + n.From + "_" + n.To
+	}
+	return namePrefix + n.From + "_" + n.To
+}
+
+// String formats the name back; it round-trips ParseName (extension in lower case).
+func (n Name) String() string {
+	return n.stem() + "." + strings.ToLower(string(n.Format))
+}
+
+// FileName is the name 1C gives a message from one node to another: "Message_<from>_<to>.<f>".
+func FileName(from, to string, f Format) string {
+	return namePrefix + from + "_" + to + "." + string(f)
+}
+
+// Check compares the name with the header, which is the truth: From and To
+// must equal the header's. Because codes may themselves contain '_', a
+// three-part name also matches a header whose From_To equals the joined parts
+// (Message_A_B_C.xml fits From "A_B" To "C"). Errors wrap ErrNameMismatch.
+func (n Name) Check(h Header) error {
+	if n.From == h.From && n.To == h.To {
+		return nil
+	}
+	if n.Prefix != "" && n.Prefix+"_"+n.From+"_"+n.To == h.From+"_"+h.To {
+		return nil
+	}
+	return fmt.Errorf("%w: file name says %s but header says From %s To %s",
+		ErrNameMismatch, oneLine(n.stem()), quote(h.From), quote(h.To))
+}
+
+// Limits bound every input. Zero (or negative) fields mean the default.
+type Limits struct {
+	MaxHeaderBytes int64 // bytes of XML read before the header must be complete; default 1 MiB
+	MaxSize        int64 // max file size and max uncompressed XML size; default 16 GiB
+	MaxZipEntries  int   // central-directory entries accepted before refusing; default 16 (but exactly one must be an XML message)
+	MaxZipRatio    int64 // max uncompressed/compressed ratio of the entry; default 1000
+	// MaxTokenBytes bounds one XML token (a text run, a tag with its attributes,
+	// a comment): encoding/xml holds a whole token in memory, so this is what
+	// keeps memory flat on a body with one huge text node; default 64 MiB.
+	MaxTokenBytes int64
+}
+
+// Default limits.
+const (
+	defMaxHeaderBytes = 1 << 20
+	defMaxSize        = 16 << 30
+	defMaxZipEntries  = 16
+	defMaxZipRatio    = 1000
+	defMaxTokenBytes  = 64 << 20
+)
+
+// DefaultLimits returns the limits used for zero fields: generous for real
+// 1C messages, tight enough that hostile input cannot exhaust memory or disk.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxHeaderBytes: defMaxHeaderBytes,
+		MaxSize:        defMaxSize,
+		MaxZipEntries:  defMaxZipEntries,
+		MaxZipRatio:    defMaxZipRatio,
+		MaxTokenBytes:  defMaxTokenBytes,
+	}
+}
+
+// norm fills zero or negative fields with defaults.
+func (l Limits) norm() Limits {
+	d := DefaultLimits()
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = d.MaxHeaderBytes
+	}
+	if l.MaxSize <= 0 {
+		l.MaxSize = d.MaxSize
+	}
+	if l.MaxZipEntries <= 0 {
+		l.MaxZipEntries = d.MaxZipEntries
+	}
+	if l.MaxZipRatio <= 0 {
+		l.MaxZipRatio = d.MaxZipRatio
+	}
+	if l.MaxTokenBytes <= 0 {
+		l.MaxTokenBytes = d.MaxTokenBytes
+	}
+	return l
+}
+
+// quote renders an untrusted value for an error message: at most 64
+// characters, quoted, so the message stays one short line.
+func quote(s string) string {
+	const max = 64
+	if utf8.RuneCountInString(s) > max {
+		r := []rune(s)
+		s = string(r[:max]) + "…"
+	}
+	return strconv.Quote(s)
+}
+
+// oneLine replaces control characters (newlines included) so that an error
+// message built from foreign text stays on one line.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+}

@@ -1,0 +1,336 @@
+package exchange
+
+import (
+	"archive/zip"
+	"bytes"
+	"compress/flate"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"math/bits"
+	"strings"
+	"unicode/utf8"
+)
+
+// Info is what Inspect learns about one message file.
+type Info struct {
+	Header Header
+	Format Format
+	Size   int64  // bytes of the file as given
+	SHA256 string // lower-case hex of the file bytes as given (the zip bytes for a zip)
+	Entry  string // zip: the name of the XML entry inside
+}
+
+// Inspect proves a whole message file complete and reads its header, so a
+// pickup takes only finished, routable files. The format is detected from
+// the content (a zip signature "PK\x03\x04", or "PK\x05\x06" for an empty
+// zip, versus XML), never from the name. A zip must hold exactly one plain
+// .xml file with a bare name, unencrypted, within the size and ratio limits;
+// the entry is streamed through CheckXML. SHA256 covers all size bytes of r.
+// On error the fields learnt so far (Format, Size, often Header) are set.
+func Inspect(r io.ReaderAt, size int64, lim Limits) (Info, error) {
+	lim = lim.norm()
+	info := Info{Size: size}
+	switch {
+	case size < 0:
+		return info, fmt.Errorf("exchange: invalid size %d", size)
+	case size == 0:
+		return info, fmt.Errorf("%w: file is empty", ErrIncomplete)
+	case size > lim.MaxSize:
+		return info, fmt.Errorf("%w: file is %d bytes, more than %d", ErrTooLarge, size, lim.MaxSize)
+	}
+	magic := make([]byte, min(size, 4))
+	if n, err := r.ReadAt(magic, 0); n < len(magic) {
+		return info, readAtErr(err)
+	}
+	if isZip(magic) {
+		info.Format = FormatZip
+		return inspectZip(r, size, lim, info)
+	}
+	if len(magic) < 4 && (bytes.HasPrefix([]byte("PK\x03\x04"), magic) || bytes.HasPrefix([]byte("PK\x05\x06"), magic)) {
+		info.Format = FormatZip
+		return info, fmt.Errorf("%w: file starts like a zip but ends after %d bytes", ErrIncomplete, size)
+	}
+	info.Format = FormatXML
+	h := &countHash{h: sha256.New()}
+	hdr, err := CheckXML(io.TeeReader(io.NewSectionReader(r, 0, size), h), lim)
+	info.Header = hdr
+	if err != nil {
+		return info, err
+	}
+	if h.n != size {
+		return info, fmt.Errorf("%w: read %d of %d bytes", ErrIncomplete, h.n, size)
+	}
+	info.SHA256 = hex.EncodeToString(h.h.Sum(nil))
+	return info, nil
+}
+
+func isZip(b []byte) bool {
+	return len(b) == 4 && b[0] == 'P' && b[1] == 'K' &&
+		((b[2] == 3 && b[3] == 4) || (b[2] == 5 && b[3] == 6) || (b[2] == 7 && b[3] == 8))
+}
+
+// readAtErr explains a short ReadAt: a file shorter than its stated size is still being written.
+func readAtErr(err error) error {
+	if err == nil || err == io.EOF {
+		return fmt.Errorf("%w: file is shorter than its size", ErrIncomplete)
+	}
+	return fmt.Errorf("exchange: reading message: %w", err)
+}
+
+// countHash hashes and counts what is written to it.
+type countHash struct {
+	h hash.Hash
+	n int64
+}
+
+func (c *countHash) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return c.h.Write(p)
+}
+
+func inspectZip(r io.ReaderAt, size int64, lim Limits, info Info) (Info, error) {
+	if err := zipDirCheck(r, size, lim); err != nil {
+		return info, err
+	}
+	zr, err := zip.NewReader(r, size)
+	if err != nil {
+		if errors.Is(err, zip.ErrInsecurePath) {
+			return info, fmt.Errorf("%w: an entry name is a path traversal", ErrBadZip)
+		}
+		return info, fmt.Errorf("%w: central directory does not read: %s", ErrBadZip, oneLine(err.Error()))
+	}
+	switch len(zr.File) {
+	case 1:
+	case 0:
+		return info, fmt.Errorf("%w: zip holds no entries, want one .xml message", ErrBadZip)
+	default:
+		return info, fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, len(zr.File))
+	}
+	f := zr.File[0]
+	name := entryName(f)
+	info.Entry = name
+	if err := checkEntry(f, name, lim); err != nil {
+		return info, err
+	}
+	raw, err := f.OpenRaw()
+	if err != nil {
+		return info, fmt.Errorf("%w: entry %s does not open: %s", ErrBadZip, quote(name), oneLine(err.Error()))
+	}
+	var data io.Reader = raw
+	if f.Method == zip.Deflate {
+		fr := flate.NewReader(raw)
+		defer fr.Close()
+		data = fr
+	}
+	hdr, err := CheckXML(&entryReader{r: data, name: name, declared: f.UncompressedSize64, crc: f.CRC32}, lim)
+	info.Header = hdr
+	if err != nil {
+		if errors.Is(err, ErrIncomplete) {
+			// The zip is finished, so its XML will never be: broken, not "try later".
+			return info, fmt.Errorf("%w: entry %s: %s", ErrBadZip, quote(name), err.Error())
+		}
+		return info, fmt.Errorf("zip entry %s: %w", quote(name), err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, io.NewSectionReader(r, 0, size))
+	if err != nil {
+		return info, fmt.Errorf("exchange: reading message: %w", err)
+	}
+	if n != size {
+		return info, fmt.Errorf("%w: read %d of %d bytes", ErrIncomplete, n, size)
+	}
+	info.SHA256 = hex.EncodeToString(h.Sum(nil))
+	return info, nil
+}
+
+// checkEntry refuses an entry that is not a plain, unencrypted, bare-named
+// .xml file within the limits, before a byte of it is decompressed.
+func checkEntry(f *zip.File, name string, lim Limits) error {
+	q := quote(name)
+	switch {
+	case strings.HasSuffix(f.Name, "/") || f.Mode().IsDir():
+		return fmt.Errorf("%w: entry %s is a directory, want one .xml message", ErrBadZip, q)
+	case f.Name == "":
+		return fmt.Errorf("%w: entry has an empty name", ErrBadZip)
+	case strings.ContainsAny(f.Name, `/\:`) || strings.Contains(f.Name, ".."):
+		return fmt.Errorf("%w: entry %s is a path traversal: want a bare file name", ErrBadZip, q)
+	case strings.ContainsFunc(f.Name, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return fmt.Errorf("%w: entry %s has control characters in its name", ErrBadZip, q)
+	case !f.Mode().IsRegular():
+		return fmt.Errorf("%w: entry %s is not a plain file (%s)", ErrBadZip, q, f.Mode().Type())
+	case f.Flags&1 != 0:
+		return fmt.Errorf("%w: entry %s is password-protected", ErrEncrypted, q)
+	case !strings.EqualFold(extOf(f.Name), ".xml"):
+		return fmt.Errorf("%w: entry %s is not an .xml file", ErrBadZip, q)
+	case f.Method != zip.Store && f.Method != zip.Deflate:
+		return fmt.Errorf("%w: entry %s uses unsupported compression method %d", ErrBadZip, q, f.Method)
+	case f.UncompressedSize64 > uint64(lim.MaxSize):
+		return fmt.Errorf("%w: entry %s declares %d bytes, more than %d", ErrTooLarge, q, f.UncompressedSize64, lim.MaxSize)
+	}
+	u, c := f.UncompressedSize64, f.CompressedSize64
+	if hi, lo := bits.Mul64(c, uint64(lim.MaxZipRatio)); hi == 0 && u > lo {
+		return fmt.Errorf("%w: entry %s expands %d bytes to %d, more than %d times", ErrZipBomb, q, c, u, lim.MaxZipRatio)
+	}
+	return nil
+}
+
+func extOf(name string) string {
+	if i := strings.LastIndexByte(name, '.'); i >= 0 {
+		return name[i:]
+	}
+	return ""
+}
+
+// entryName is the entry's name as UTF-8. Zips without the UTF-8 flag carry
+// the writer's OEM code page; for 1C on Windows that is CP866, so a name that
+// is not valid UTF-8 is decoded as CP866 (Cyrillic node codes stay readable).
+func entryName(f *zip.File) string {
+	if utf8.ValidString(f.Name) {
+		return f.Name
+	}
+	var b strings.Builder
+	for i := 0; i < len(f.Name); i++ {
+		c := f.Name[i]
+		switch {
+		case c < 0x80:
+			b.WriteByte(c)
+		case c <= 0xAF:
+			b.WriteRune(rune(0x410 + int(c) - 0x80)) // А-Я, а-п
+		case c >= 0xE0 && c <= 0xEF:
+			b.WriteRune(rune(0x440 + int(c) - 0xE0)) // р-я
+		case c == 0xF0:
+			b.WriteRune('Ё')
+		case c == 0xF1:
+			b.WriteRune('ё')
+		default:
+			b.WriteRune(utf8.RuneError)
+		}
+	}
+	return b.String()
+}
+
+// entryReader yields an entry's decompressed bytes and fails with ErrZipBomb
+// as soon as they exceed the declared size; at the end it checks the size and
+// CRC-32, so a finished zip with a damaged entry is ErrBadZip.
+type entryReader struct {
+	r        io.Reader
+	name     string
+	declared uint64
+	crc      uint32
+	n        uint64
+	sum      uint32
+	err      error
+}
+
+func (e *entryReader) Read(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	n, err := e.r.Read(p)
+	e.n += uint64(n)
+	if e.n > e.declared {
+		e.err = fmt.Errorf("%w: entry %s yields more than its declared %d bytes", ErrZipBomb, quote(e.name), e.declared)
+		return 0, e.err
+	}
+	e.sum = crc32.Update(e.sum, crc32.IEEETable, p[:n])
+	switch {
+	case err == io.EOF:
+		if e.n < e.declared {
+			e.err = fmt.Errorf("%w: entry %s holds %d bytes, fewer than its declared %d", ErrBadZip, quote(e.name), e.n, e.declared)
+		} else if e.sum != e.crc {
+			e.err = fmt.Errorf("%w: entry %s fails its CRC-32 check", ErrBadZip, quote(e.name))
+		} else {
+			e.err = io.EOF
+		}
+	case err != nil:
+		e.err = fmt.Errorf("%w: entry %s does not decompress: %s", ErrBadZip, quote(e.name), oneLine(err.Error()))
+	}
+	return n, e.err
+}
+
+// Zip record layouts used by zipDirCheck (APPNOTE 4.3.16, 4.3.15, 4.3.14).
+const (
+	eocdLen       = 22
+	eocd64LocLen  = 20
+	eocd64Len     = 56
+	cdHeaderLen   = 46
+	maxCDEntryLen = cdHeaderLen + 3*0xFFFF // fixed part + name, extra, comment
+)
+
+// zipDirCheck reads the end-of-central-directory record the way archive/zip
+// finds it and refuses, before archive/zip parses anything, a zip that is
+// still being written (no record: ErrIncomplete) or whose central directory
+// is larger than MaxZipEntries entries can be.
+func zipDirCheck(r io.ReaderAt, size int64, lim Limits) error {
+	var buf []byte
+	end := int64(-1)
+	for i, n := range []int64{1024, 65 * 1024} {
+		n = min(n, size)
+		buf = make([]byte, n)
+		if k, err := r.ReadAt(buf, size-n); int64(k) < n {
+			return readAtErr(err)
+		}
+		if p := findEOCD(buf); p >= 0 {
+			buf, end = buf[p:], size-n+int64(p)
+			break
+		}
+		if i == 1 || n == size {
+			return fmt.Errorf("%w: zip has no end of central directory (still being written?)", ErrIncomplete)
+		}
+	}
+	le := binary.LittleEndian
+	records := uint64(le.Uint16(buf[10:]))
+	dirSize := uint64(le.Uint32(buf[12:]))
+	dirOff := uint64(le.Uint32(buf[16:]))
+	if (records == 0xFFFF || dirSize == 0xFFFF || dirSize == 0xFFFFFFFF || dirOff == 0xFFFFFFFF) && end >= eocd64LocLen {
+		loc := make([]byte, eocd64LocLen)
+		if k, err := r.ReadAt(loc, end-eocd64LocLen); k < len(loc) {
+			return readAtErr(err)
+		}
+		if le.Uint32(loc) == 0x07064b50 && le.Uint32(loc[4:]) == 0 && le.Uint32(loc[16:]) == 1 {
+			off := le.Uint64(loc[8:])
+			if off > uint64(size)-eocd64Len || size < eocd64Len {
+				return fmt.Errorf("%w: zip64 end of central directory is outside the file", ErrBadZip)
+			}
+			rec := make([]byte, eocd64Len)
+			if k, err := r.ReadAt(rec, int64(off)); k < len(rec) {
+				return readAtErr(err)
+			}
+			if le.Uint32(rec) != 0x06064b50 {
+				return fmt.Errorf("%w: zip64 end of central directory does not read", ErrBadZip)
+			}
+			records, dirSize, dirOff = le.Uint64(rec[32:]), le.Uint64(rec[40:]), le.Uint64(rec[48:])
+			end = int64(off)
+		}
+	}
+	max := uint64(lim.MaxZipEntries)
+	if records > max {
+		return fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, records)
+	}
+	bound := max * maxCDEntryLen
+	if dirSize > bound || (dirOff < uint64(end) && uint64(end)-dirOff > bound) {
+		return fmt.Errorf("%w: central directory is larger than %d entries can be", ErrBadZip, max)
+	}
+	return nil
+}
+
+// findEOCD is archive/zip's search for the end-of-central-directory record
+// in a block: the last signature whose comment fits the block.
+func findEOCD(b []byte) int {
+	for i := len(b) - eocdLen; i >= 0; i-- {
+		if b[i] == 'P' && b[i+1] == 'K' && b[i+2] == 5 && b[i+3] == 6 {
+			n := int(b[i+eocdLen-2]) | int(b[i+eocdLen-1])<<8
+			if n+eocdLen+i > len(b) {
+				return -1
+			}
+			return i
+		}
+	}
+	return -1
+}

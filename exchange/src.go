@@ -1,0 +1,137 @@
+package exchange
+
+import (
+	"errors"
+	"io"
+)
+
+var errBadCount = errors.New("exchange: reader returned an invalid byte count")
+
+// bufSize is the read buffer under the XML decoder: big enough for fast
+// sequential reads, small enough that reading a header pulls in little body.
+const bufSize = 64 << 10
+
+// byteSrc is the buffered reader under encoding/xml. Unlike bufio.Reader it
+// knows how many bytes were consumed, enforces a consumption limit exactly
+// (the limit can be raised once the header is read), bounds the size of a
+// single token, and remembers whether the underlying reader hit EOF, which is
+// how a truncated document is told apart from a malformed one.
+type byteSrc struct {
+	r    io.Reader
+	buf  []byte
+	rpos int // next byte to hand out
+	end  int // bytes in buf[:end] may be handed out; buf[end:wpos] are past the limit
+	wpos int // bytes in buf[:wpos] were read from r
+
+	total    int64 // bytes read from r
+	limit    int64 // bytes that may be consumed in all
+	limitErr error // returned when the consumer wants byte limit+1
+
+	tokStart int64 // stream offset where the current token began
+	maxTok   int64 // max bytes for one token (0: unbounded)
+	tokErr   error
+
+	err    error // sticky error of r (io.EOF included)
+	sawEOF bool  // the consumer was handed io.EOF
+}
+
+func newByteSrc(r io.Reader) *byteSrc {
+	return &byteSrc{r: r, buf: make([]byte, bufSize)}
+}
+
+// pos is the stream offset of the next byte to hand out.
+func (s *byteSrc) pos() int64 { return s.total - int64(s.wpos-s.rpos) }
+
+// setLimit changes how many bytes may be consumed in all and the error given past it.
+func (s *byteSrc) setLimit(n int64, err error) {
+	s.limit, s.limitErr = n, err
+	s.setEnd()
+}
+
+func (s *byteSrc) setEnd() {
+	s.end = s.wpos
+	start := s.total - int64(s.wpos) // stream offset of buf[0]
+	if start+int64(s.wpos) > s.limit {
+		e := s.limit - start
+		if e < int64(s.rpos) {
+			e = int64(s.rpos)
+		}
+		s.end = int(e)
+	}
+}
+
+// ReadByte is what encoding/xml calls for every byte; the fast path is tiny.
+func (s *byteSrc) ReadByte() (byte, error) {
+	if s.rpos < s.end {
+		b := s.buf[s.rpos]
+		s.rpos++
+		return b, nil
+	}
+	if err := s.more(); err != nil {
+		return 0, err
+	}
+	b := s.buf[s.rpos]
+	s.rpos++
+	return b, nil
+}
+
+// unreadByte steps back one byte; valid right after a successful ReadByte.
+func (s *byteSrc) unreadByte() {
+	if s.rpos > 0 {
+		s.rpos--
+	}
+}
+
+// Read lets byteSrc serve as the decoder's io.Reader (it is only used through ReadByte).
+func (s *byteSrc) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if s.rpos >= s.end {
+		if err := s.more(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, s.buf[s.rpos:s.end])
+	s.rpos += n
+	return n, nil
+}
+
+// more makes at least one byte available or says why it cannot.
+func (s *byteSrc) more() error {
+	for s.rpos >= s.end {
+		if s.end < s.wpos {
+			return s.limitErr
+		}
+		if s.err != nil {
+			if s.err == io.EOF {
+				s.sawEOF = true
+			}
+			return s.err
+		}
+		if s.maxTok > 0 && s.pos()-s.tokStart > s.maxTok {
+			return s.tokErr
+		}
+		n, err := readSome(s.r, s.buf)
+		s.rpos, s.wpos = 0, n
+		s.total += int64(n)
+		s.err = err
+		s.setEnd()
+	}
+	return nil
+}
+
+// readSome reads at least one byte or returns an error, refusing to spin on
+// a reader that keeps returning 0, nil.
+func readSome(r io.Reader, p []byte) (int, error) {
+	for i := 0; i < 100; i++ {
+		n, err := r.Read(p)
+		if n < 0 || n > len(p) {
+			return 0, errBadCount
+		}
+		if n > 0 || err != nil {
+			return n, err // bytes first; a sticky err is reported once they are used up
+		}
+	}
+	return 0, io.ErrNoProgress
+}

@@ -1,0 +1,164 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Stages at which a message can die.
+const (
+	StagePickup  = "pickup"  // the file is not a valid exchange message
+	StageRoute   = "route"   // valid, but nowhere to deliver it
+	StageDeliver = "deliver" // the destination refused it for good
+)
+
+// DeadLetter is one message relay could not move, with the one-line reason.
+// Its payload stays in the object store under Object until dropped.
+type DeadLetter struct {
+	// Seq is the EXCHANGE_DEAD sequence; it identifies the letter for retry/drop.
+	Seq      uint64           `json:"seq"`
+	Time     time.Time        `json:"time"`
+	Node     string           `json:"node"`
+	Stage    string           `json:"stage"`
+	Reason   string           `json:"reason"`
+	Source   string           `json:"source,omitempty"`
+	FileName string           `json:"file_name,omitempty"`
+	Header   *exchange.Header `json:"header,omitempty"`
+	MsgID    string           `json:"msg_id,omitempty"`
+	Object   string           `json:"object,omitempty"`
+	Size     int64            `json:"size"`
+	SHA256   string           `json:"sha256,omitempty"`
+}
+
+// Dead reads and writes the EXCHANGE_DEAD stream.
+type Dead struct {
+	b *bus.Bus
+}
+
+// put records a dead letter.
+func (d *Dead) put(ctx context.Context, l DeadLetter) error {
+	if l.Time.IsZero() {
+		l.Time = time.Now().UTC()
+	}
+	data, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	if _, err := d.b.JS.Publish(ctx, bus.DeadSubjectPrefix+bus.Token(l.Node), data); err != nil {
+		return fmt.Errorf("dead letter for %s: %w", l.FileName, err)
+	}
+	return nil
+}
+
+// maxDeadList bounds what List returns.
+const maxDeadList = 10000
+
+// List returns the dead letters, oldest first (at most 10,000).
+func (d *Dead) List(ctx context.Context) ([]DeadLetter, error) {
+	info, err := d.b.Dead.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	if info.State.Msgs == 0 {
+		return []DeadLetter{}, nil
+	}
+	cons, err := d.b.Dead.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	out := []DeadLetter{}
+	for len(out) < maxDeadList {
+		batch, err := cons.FetchNoWait(256)
+		if err != nil {
+			return nil, fmt.Errorf("dead letters: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			l, err := decodeDead(m.Data())
+			if err != nil {
+				continue
+			}
+			md, err := m.Metadata()
+			if err == nil {
+				l.Seq = md.Sequence.Stream
+			}
+			out = append(out, l)
+		}
+		if n == 0 || batch.Error() != nil {
+			break
+		}
+		if len(out) > 0 && out[len(out)-1].Seq >= info.State.LastSeq {
+			break
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out, nil
+}
+
+func decodeDead(b []byte) (DeadLetter, error) {
+	var l DeadLetter
+	err := json.Unmarshal(b, &l)
+	return l, err
+}
+
+// ErrNoDeadLetter means the sequence names no dead letter.
+var ErrNoDeadLetter = errors.New("no such dead letter")
+
+// Get returns one dead letter.
+func (d *Dead) Get(ctx context.Context, seq uint64) (DeadLetter, error) {
+	m, err := d.b.Dead.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return DeadLetter{}, fmt.Errorf("dead letter %d: %w", seq, ErrNoDeadLetter)
+	}
+	if err != nil {
+		return DeadLetter{}, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	l, err := decodeDead(m.Data)
+	if err != nil {
+		return l, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	l.Seq = seq
+	return l, nil
+}
+
+// Drop deletes a dead letter and its payload.
+func (d *Dead) Drop(ctx context.Context, seq uint64) error {
+	l, err := d.Get(ctx, seq)
+	if err != nil {
+		return err
+	}
+	if l.Object != "" {
+		if err := d.b.Payloads.Delete(ctx, l.Object); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			return fmt.Errorf("dead letter %d: delete payload: %w", seq, err)
+		}
+	}
+	if err := d.b.Dead.DeleteMsg(ctx, seq); err != nil {
+		return fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	return nil
+}
+
+// storeDeadPayload keeps a refused file's bytes so the operator can retry it.
+func storeDeadPayload(ctx context.Context, b *bus.Bus, name string, r io.Reader, limit int64) (int64, string, error) {
+	lr := &io.LimitedReader{R: r, N: limit + 1}
+	h := newHashReader(lr)
+	if _, err := b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: name}, h); err != nil {
+		return 0, "", fmt.Errorf("store dead payload %s: %w", name, err)
+	}
+	if lr.N <= 0 {
+		_ = b.Payloads.Delete(ctx, name)
+		return h.n, "", fmt.Errorf("store dead payload %s: larger than %d bytes", name, limit)
+	}
+	return h.n, h.sum(), nil
+}

@@ -1,0 +1,272 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+// inflightKey is the metadata key under which the delivery subscriber leaves
+// a handle to the JetStream message, so a long delivery can say "in progress".
+const inflightKey = "_relay_inflight"
+
+// inflight holds the JetStream messages being handled, by handle.
+type inflight struct {
+	msgs sync.Map
+	seq  atomic.Uint64
+}
+
+// stashUnmarshaler is Watermill's default unmarshaler plus the in-flight handle.
+type stashUnmarshaler struct{ in *inflight }
+
+func (u stashUnmarshaler) Unmarshal(msg jetstream.Msg) (*message.Message, error) {
+	wm, err := wmjs.DefaultUnmarshaler{}.Unmarshal(msg)
+	if err != nil {
+		// watermill-nats would dereference a nil message; hand over an empty one
+		// that the handler dead-letters instead.
+		wm = message.NewMessage("", nil)
+		wm.Metadata.Set(exchange.MetaProblem, "unreadable record: "+err.Error())
+	}
+	tok := strconv.FormatUint(u.in.seq.Add(1), 10)
+	u.in.msgs.Store(tok, msg)
+	wm.Metadata.Set(inflightKey, tok)
+	return wm, nil
+}
+
+// backoffDelay is the capped exponential wait before a nacked delivery is
+// offered again: 1s, 2s, 4s, ... up to the cap.
+type backoffDelay struct{ max time.Duration }
+
+func (b backoffDelay) WaitTime(n uint64) time.Duration {
+	if n > 20 {
+		n = 20
+	}
+	d := time.Second << (n - min(n, 1))
+	return min(d, b.max)
+}
+
+// deliverySubscriber subscribes to the node's durable consumer on its own
+// connection: one message in flight per node, so a channel is never
+// delivered out of order, and JetStream offers it again if the relay dies.
+func (p *Pipeline) deliverySubscriber(node string) (message.Subscriber, func() error, error) {
+	nc, err := p.b.NewConn("deliver " + node)
+	if err != nil {
+		return nil, nil, err
+	}
+	in := &inflight{}
+	ackWait := p.opts.AckWait
+	sub, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
+		Conn:           nc,
+		Logger:         p.router.Logger(),
+		AckWaitTimeout: 7 * 24 * time.Hour, // the handler decides; JetStream's AckWait covers a crash
+		NakDelay:       backoffDelay{max: p.opts.MaxRetryDelay},
+		Unmarshaler:    stashUnmarshaler{in: in},
+		ResourceInitializer: func(ctx context.Context, js jetstream.JetStream, _ string) (jetstream.Consumer, func(context.Context, watermill.LoggerAdapter), error) {
+			c, err := js.CreateOrUpdateConsumer(ctx, bus.StreamExchange, jetstream.ConsumerConfig{
+				Durable:       bus.ConsumerName(node),
+				Description:   "delivery to node " + node,
+				FilterSubject: bus.DeliverSubjects(node),
+				AckPolicy:     jetstream.AckExplicitPolicy,
+				AckWait:       ackWait,
+				MaxDeliver:    -1,
+				MaxAckPending: 1,
+				DeliverPolicy: jetstream.DeliverAllPolicy,
+			})
+			if err != nil {
+				return nil, nil, fmt.Errorf("consumer %s: %w", bus.ConsumerName(node), err)
+			}
+			return c, nil, nil
+		},
+	})
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("delivery subscriber %s: %w", node, err)
+	}
+	p.mu.Lock()
+	if p.inflight == nil {
+		p.inflight = map[string]*inflight{}
+	}
+	p.inflight[node] = in
+	p.mu.Unlock()
+	return sub, func() error { nc.Close(); return nil }, nil
+}
+
+// keepAlive tells JetStream the message is still being worked on until the
+// returned stop is called, and forgets the in-flight handle.
+func (p *Pipeline) keepAlive(node string, m *message.Message) (stop func()) {
+	p.mu.Lock()
+	in := p.inflight[node]
+	p.mu.Unlock()
+	tok := m.Metadata.Get(inflightKey)
+	v, ok := in.msgs.Load(tok)
+	if !ok {
+		return func() {}
+	}
+	jm := v.(jetstream.Msg)
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(p.opts.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = jm.InProgress()
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		in.msgs.Delete(tok)
+	}
+}
+
+// errHold nacks a message that must wait (a gap in sequential mode).
+var errHold = errors.New("held")
+
+// deliverHandler delivers one record to the node's adapter. nil acks it
+// (delivered, or dropped for a counted reason, or dead-lettered); an error
+// nacks it and JetStream offers it again after a backoff.
+func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publisher) message.NoPublishHandlerFunc {
+	return func(m *message.Message) error {
+		stop := p.keepAlive(node, m)
+		defer stop()
+		ctx := m.Context()
+		log := p.log.With("node", node, "message_id", m.UUID, "file", m.Metadata.Get(exchange.MetaFileName))
+
+		h, herr := exchange.HeaderOf(m)
+		if problem := m.Metadata.Get(exchange.MetaProblem); problem != "" || herr != nil {
+			if problem == "" {
+				problem = herr.Error()
+			}
+			log.Error("dead letter: unreadable record", "reason", problem)
+			return p.dead.put(ctx, DeadLetter{Node: node, Stage: StageDeliver, Reason: problem, MsgID: m.UUID})
+		}
+		log = log.With("channel", channelName(h), "message_no", h.MessageNo)
+		obj := m.Metadata.Get(exchange.MetaObject)
+
+		st, err := p.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+		if err != nil {
+			return err
+		}
+		if h.MessageNo <= st.DeliveredNo {
+			dup := h.MessageNo == st.DeliveredNo
+			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
+			return p.finish(ctx, h, obj, func(c *Channel) {
+				if dup {
+					c.Duplicates++
+				} else {
+					c.Stale++
+				}
+			})
+		}
+		switch n.Mode {
+		case config.ModeLatest:
+			if last, ok := p.lastNo(ctx, h); ok && last > h.MessageNo {
+				log.Info("superseded by a newer queued message", "newer_no", last)
+				return p.finish(ctx, h, obj, func(c *Channel) { c.Superseded++ })
+			}
+		case config.ModeSequential:
+			if st.DeliveredNo > 0 && h.MessageNo > st.DeliveredNo+1 {
+				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, st.DeliveredNo+1)
+				p.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
+				log.Warn(msg)
+				return errHold
+			}
+		}
+
+		out := message.NewMessage(m.UUID, nil)
+		for k, v := range m.Metadata {
+			if k != inflightKey {
+				out.Metadata.Set(k, v)
+			}
+		}
+		out.SetContext(ctx)
+		exchange.SetBody(out, func(ctx context.Context) (io.ReadCloser, error) {
+			return p.b.Payloads.Get(ctx, obj)
+		})
+		err = pub.Publish(node, out)
+		switch {
+		case err == nil:
+			now := p.states.now()
+			log.Info("delivered")
+			return p.finish(ctx, h, obj, func(c *Channel) {
+				if h.MessageNo > c.DeliveredNo {
+					c.DeliveredNo = h.MessageNo
+				}
+				if h.MessageNo > c.PickedNo {
+					c.PickedNo = h.MessageNo
+				}
+				c.LastDeliveredAt = now
+				c.LastError = ""
+			})
+		case errors.Is(err, exchange.ErrStale):
+			log.Info("dropped: " + err.Error())
+			return p.finish(ctx, h, obj, func(c *Channel) { c.Stale++ })
+		case exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound):
+			reason := err.Error()
+			log.Error("dead letter", "stage", StageDeliver, "reason", reason)
+			if derr := p.dead.put(ctx, DeadLetter{
+				Node: node, Stage: StageDeliver, Reason: reason, Header: &h, MsgID: m.UUID, Object: obj,
+				Size: atoi64(m.Metadata.Get(exchange.MetaSize)), SHA256: m.Metadata.Get(exchange.MetaSHA256),
+				Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
+			}); derr != nil {
+				return derr
+			}
+			return p.finish(ctx, h, "", func(c *Channel) {
+				c.Dead++
+				c.LastError, c.LastErrorAt = reason, p.states.now()
+			})
+		default:
+			log.Warn("delivery failed; will retry", "err", err)
+			p.states.setError(ctx, h.ExchangePlan, h.From, h.To, err.Error())
+			return err
+		}
+	}
+}
+
+// finish records the outcome of a resolved message and frees its payload.
+func (p *Pipeline) finish(ctx context.Context, h exchange.Header, obj string, fn func(c *Channel)) error {
+	if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+		fn(c)
+		c.Resolved++
+	}); err != nil {
+		return err
+	}
+	if obj != "" {
+		if err := p.b.Payloads.Delete(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			p.log.Warn("payload not deleted", "object", obj, "err", err)
+		}
+	}
+	return nil
+}
+
+// lastNo is the MessageNo of the newest record queued on the channel.
+func (p *Pipeline) lastNo(ctx context.Context, h exchange.Header) (uint64, bool) {
+	raw, err := p.b.Exchange.GetLastMsgForSubject(ctx, bus.Subject(h.ExchangePlan, h.From, h.To))
+	if err != nil {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(raw.Header.Get(exchange.MetaMessageNo), 10, 64)
+	return n, err == nil
+}
+
+func atoi64(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}

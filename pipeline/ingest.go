@@ -1,0 +1,187 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
+)
+
+// MessageID is the message's identity on the bus and its Nats-Msg-Id: the
+// same file picked up twice gets the same ID and JetStream drops the second.
+func MessageID(h exchange.Header, sha string) string {
+	return bus.Token(h.ExchangePlan) + "/" + bus.Token(h.From) + "/" + bus.Token(h.To) + "/" +
+		strconv.FormatUint(h.MessageNo, 10) + "/" + sha
+}
+
+// ingestHandler takes one picked-up message into JetStream. Returning nil
+// acks it, which lets the pickup commit its source; an error nacks it and the
+// source stays for a later attempt.
+func (p *Pipeline) ingestHandler(node string) message.NoPublishHandlerFunc {
+	return func(m *message.Message) error {
+		ctx := m.Context()
+		log := p.log.With("node", node, "file", m.Metadata.Get(exchange.MetaFileName), "source", m.Metadata.Get(exchange.MetaSource))
+		if problem := m.Metadata.Get(exchange.MetaProblem); problem != "" {
+			return p.deadFromPickup(ctx, node, m, nil, problem)
+		}
+		h, err := exchange.HeaderOf(m)
+		if err != nil {
+			return p.deadFromPickup(ctx, node, m, nil, err.Error())
+		}
+		if h.From != node {
+			return p.deadFromPickup(ctx, node, m, &h, fmt.Sprintf("message from %q found in the outbox of node %q", h.From, node))
+		}
+		size, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
+		if err != nil {
+			return fmt.Errorf("ingest %s: bad size metadata: %w", node, err)
+		}
+		sha := m.Metadata.Get(exchange.MetaSHA256)
+		id := MessageID(h, sha)
+		log = log.With("message_id", id, "channel", channelName(h))
+
+		st, err := p.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+		if err != nil {
+			return err
+		}
+		if h.MessageNo <= st.DeliveredNo {
+			dup := h.MessageNo == st.DeliveredNo
+			_, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+				if dup {
+					c.Duplicates++
+				} else {
+					c.Stale++
+				}
+			})
+			log.Info("dropped at pickup: destination already has this or a newer message", "message_no", h.MessageNo, "delivered_no", st.DeliveredNo)
+			return err
+		}
+
+		if err := p.putPayload(ctx, m, id, size, sha); err != nil {
+			return err
+		}
+		if reason := p.routeProblem(h); reason != "" {
+			err := p.dead.put(ctx, DeadLetter{
+				Node: h.To, Stage: StageRoute, Reason: reason, Header: &h, MsgID: id, Object: id, Size: size, SHA256: sha,
+				Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
+			})
+			if err != nil {
+				return err
+			}
+			_, _ = p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+				c.Dead++
+				c.LastError, c.LastErrorAt = reason, p.states.now()
+			})
+			log.Warn("dead letter", "stage", StageRoute, "reason", reason)
+			return nil
+		}
+
+		rec := message.NewMessage(id, nil)
+		for k, v := range m.Metadata {
+			rec.Metadata.Set(k, v)
+		}
+		rec.Metadata.Set(exchange.MetaObject, id)
+		if err := p.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
+			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
+		}
+		now := p.states.now()
+		if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+			if h.MessageNo > c.PickedNo {
+				c.PickedNo = h.MessageNo
+				c.Queued++
+			}
+			c.LastPickupAt = now
+		}); err != nil {
+			log.Warn("channel state not updated", "err", err)
+		}
+		p.acknowledge(ctx, h, now)
+		log.Info("picked up", "message_no", h.MessageNo, "received_no", h.ReceivedNo, "bytes", size)
+		return nil
+	}
+}
+
+// acknowledge applies ReceivedNo: it acknowledges the reverse channel.
+func (p *Pipeline) acknowledge(ctx context.Context, h exchange.Header, now time.Time) {
+	if h.ReceivedNo == 0 {
+		return
+	}
+	if _, err := p.states.Update(ctx, h.ExchangePlan, h.To, h.From, func(c *Channel) {
+		if h.ReceivedNo > c.AckedNo {
+			c.AckedNo = h.ReceivedNo
+			c.LastAckAt = now
+		}
+	}); err != nil {
+		p.log.Warn("acknowledgement not recorded", "err", err)
+	}
+}
+
+// routeProblem says why a valid message cannot be delivered, or "".
+func (p *Pipeline) routeProblem(h exchange.Header) string {
+	to, ok := p.cfg.Nodes[h.To]
+	switch {
+	case !ok || to == nil:
+		return fmt.Sprintf("unknown node %q: not in routing.yaml", h.To)
+	case to.Deliver == nil:
+		return fmt.Sprintf("node %q has no deliver endpoint", h.To)
+	}
+	return ""
+}
+
+// putPayload streams the body into the object store and checks it is the
+// file the pickup inspected (same size and sha256).
+func (p *Pipeline) putPayload(ctx context.Context, m *message.Message, id string, size int64, sha string) error {
+	body, err := exchange.Body(ctx, m)
+	if err != nil {
+		return fmt.Errorf("ingest: open %s: %w", id, err)
+	}
+	defer body.Close()
+	hr := newHashReader(io.LimitReader(body, size+1))
+	if _, err := p.b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: id}, hr); err != nil {
+		return fmt.Errorf("ingest: store payload %s: %w", id, err)
+	}
+	if hr.n != size || (sha != "" && hr.sum() != sha) {
+		_ = p.b.Payloads.Delete(ctx, id)
+		return fmt.Errorf("ingest: %s changed while it was read (%d bytes, want %d)", id, hr.n, size)
+	}
+	return nil
+}
+
+// deadFromPickup stores a refused file and records why; the source is then
+// committed like any other, its bytes being safe in the dead letter.
+func (p *Pipeline) deadFromPickup(ctx context.Context, node string, m *message.Message, h *exchange.Header, reason string) error {
+	obj := "dead/" + watermill.NewUUID()
+	body, err := exchange.Body(ctx, m)
+	if err != nil {
+		return fmt.Errorf("dead letter: open %s: %w", m.Metadata.Get(exchange.MetaSource), err)
+	}
+	defer body.Close()
+	size, sha, err := storeDeadPayload(ctx, p.b, obj, body, p.opts.Limits.MaxSize)
+	if err != nil && !errors.Is(err, context.Canceled) && size > p.opts.Limits.MaxSize {
+		obj = "" // too large to keep; the reason still says what it was
+		reason += fmt.Sprintf(" (payload of %d+ bytes not kept)", size)
+	} else if err != nil {
+		return err
+	}
+	l := DeadLetter{
+		Node: node, Stage: StagePickup, Reason: reason, Header: h, Object: obj, Size: size, SHA256: sha,
+		Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
+	}
+	if err := p.dead.put(ctx, l); err != nil {
+		if obj != "" {
+			_ = p.b.Payloads.Delete(ctx, obj)
+		}
+		return err
+	}
+	p.log.Warn("dead letter", "node", node, "stage", StagePickup, "file", l.FileName, "reason", reason)
+	return nil
+}
+
+func channelName(h exchange.Header) string { return h.ExchangePlan + ":" + h.From + "->" + h.To }

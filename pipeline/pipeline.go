@@ -1,0 +1,163 @@
+// Package pipeline moves exchange messages: ingest handlers take what pickups
+// emit into JetStream (payload to the object store, a small record to the
+// EXCHANGE stream), delivery handlers take each node's records from a durable
+// consumer and hand them to the node's deliver adapter. It owns routing,
+// channel state, ordering (latest / sequential), dedup and dead letters.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/nats-io/nats.go"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Endpoints builds adapters from routing.yaml endpoints; the adapter registry
+// implements it.
+type Endpoints interface {
+	Pickup(node string, e *config.Endpoint, mem *Memory, log *slog.Logger) (message.Subscriber, error)
+	Deliver(node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error)
+}
+
+// Options tune the pipeline; zero values take defaults.
+type Options struct {
+	// AckWait is how long a delivery may go without a progress signal before
+	// JetStream offers the message again (default 30s; long deliveries send
+	// progress every AckWait/3).
+	AckWait time.Duration
+	// MaxRetryDelay caps the backoff between delivery attempts (default 5m).
+	MaxRetryDelay time.Duration
+	// Limits bound what a message may be.
+	Limits exchange.Limits
+}
+
+// Pipeline is one relay's running set of handlers.
+type Pipeline struct {
+	cfg    *config.Config
+	b      *bus.Bus
+	eps    Endpoints
+	log    *slog.Logger
+	opts   Options
+	states *States
+	dead   *Dead
+	mem    *Memory
+	pub    message.Publisher // to the EXCHANGE stream
+
+	router  *message.Router
+	started atomic.Bool
+	closers []func() error
+	mu      sync.Mutex
+	inflight map[string]*inflight
+}
+
+// New wires the pipeline for every node this relay serves. It starts nothing.
+func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts Options) (*Pipeline, error) {
+	if opts.AckWait == 0 {
+		opts.AckWait = 30 * time.Second
+	}
+	if opts.MaxRetryDelay == 0 {
+		opts.MaxRetryDelay = 5 * time.Minute
+	}
+	if opts.Limits == (exchange.Limits{}) {
+		opts.Limits = exchange.DefaultLimits()
+	}
+	p := &Pipeline{
+		cfg: cfg, b: b, eps: eps, log: log, opts: opts,
+		states: NewStates(b.Channels),
+		dead:   &Dead{b: b},
+		mem:    NewMemory(b.Taken),
+	}
+	wlog := watermill.NewSlogLoggerWithLevelMapping(log.With("component", "watermill"), map[slog.Level]slog.Level{
+		slog.LevelInfo: slog.LevelDebug,
+	})
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 30 * time.Second}, wlog)
+	if err != nil {
+		return nil, err
+	}
+	router.AddMiddleware(middleware.Recoverer)
+	p.router = router
+
+	pubConn, err := b.NewConn("ingest")
+	if err != nil {
+		return nil, err
+	}
+	p.closers = append(p.closers, func() error { pubConn.Close(); return nil })
+	p.pub, err = wmnats.NewPublisherWithNatsConn(pubConn, wmnats.PublisherPublishConfig{
+		Marshaler:         &wmnats.NATSMarshaler{},
+		SubjectCalculator: wmnats.DefaultSubjectCalculator,
+		JetStream:         wmnats.JetStreamConfig{TrackMsgId: true, PublishOptions: []nats.PubOpt{nats.ExpectStream(bus.StreamExchange)}},
+	}, wlog)
+	if err != nil {
+		return nil, fmt.Errorf("ingest publisher: %w", err)
+	}
+
+	for _, name := range cfg.NodeNames() {
+		n := cfg.Nodes[name]
+		if n == nil || !cfg.Serves(n) {
+			continue
+		}
+		nlog := log.With("node", name)
+		if n.Pickup != nil {
+			sub, err := eps.Pickup(name, n.Pickup, p.mem, nlog)
+			if err != nil {
+				return nil, fmt.Errorf("nodes.%s.pickup: %w", name, err)
+			}
+			router.AddConsumerHandler("ingest "+name, name, sub, p.ingestHandler(name))
+		}
+		if n.Deliver != nil {
+			pub, err := eps.Deliver(name, n.Deliver, nlog)
+			if err != nil {
+				return nil, fmt.Errorf("nodes.%s.deliver: %w", name, err)
+			}
+			sub, closeSub, err := p.deliverySubscriber(name)
+			if err != nil {
+				return nil, err
+			}
+			p.closers = append(p.closers, closeSub, pub.Close)
+			router.AddConsumerHandler("deliver "+name, name, sub, p.deliverHandler(name, n, pub))
+		}
+	}
+	return p, nil
+}
+
+// Run runs the handlers until ctx ends, then closes everything.
+func (p *Pipeline) Run(ctx context.Context) error {
+	go func() {
+		<-p.router.Running()
+		p.started.Store(true)
+		p.log.Info("pipeline running", "handlers", len(p.router.Handlers()))
+	}()
+	err := p.router.Run(ctx)
+	p.started.Store(false)
+	for i := len(p.closers) - 1; i >= 0; i-- {
+		if cerr := p.closers[i](); cerr != nil {
+			p.log.Warn("close", "err", cerr)
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// Ready reports whether every handler has started (for /readyz).
+func (p *Pipeline) Ready() bool { return p.started.Load() }
+
+// States gives read access to channel state.
+func (p *Pipeline) States() *States { return p.states }
+
+// Dead gives access to dead letters.
+func (p *Pipeline) Dead() *Dead { return p.dead }

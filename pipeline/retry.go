@@ -1,0 +1,124 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Retry puts a dead letter back on its way: a message that was valid is
+// queued again for delivery; a file refused at pickup is inspected again
+// (useful after routing.yaml gained its node) and queued if it now passes.
+// The dead letter is removed only once the message is queued.
+func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
+	l, err := p.dead.Get(ctx, seq)
+	if err != nil {
+		return "", err
+	}
+	if l.Object == "" {
+		return "", fmt.Errorf("dead letter %d: its payload was not kept; it cannot be retried", seq)
+	}
+	h, size, sha, obj := l.Header, l.Size, l.SHA256, l.Object
+	if l.Stage == StagePickup || h == nil {
+		info, err := p.reinspect(ctx, l)
+		if err != nil {
+			return "", fmt.Errorf("dead letter %d: still not a valid message: %w", seq, err)
+		}
+		h, size, sha = &info.Header, info.Size, info.SHA256
+		obj = MessageID(info.Header, sha)
+		if err := p.copyObject(ctx, l.Object, obj); err != nil {
+			return "", err
+		}
+	}
+	if reason := p.routeProblem(*h); reason != "" {
+		return "", fmt.Errorf("dead letter %d: still cannot be routed: %s", seq, reason)
+	}
+	id := MessageID(*h, sha)
+	rec := message.NewMessage(id+"/retry-"+strconv.FormatUint(seq, 10), nil)
+	exchange.SetHeader(rec, *h)
+	rec.Metadata.Set(exchange.MetaFileName, fileNameFor(l, *h))
+	rec.Metadata.Set(exchange.MetaSize, strconv.FormatInt(size, 10))
+	rec.Metadata.Set(exchange.MetaSHA256, sha)
+	rec.Metadata.Set(exchange.MetaObject, obj)
+	rec.Metadata.Set(exchange.MetaSource, "dead:"+strconv.FormatUint(seq, 10))
+	rec.Metadata.Set(exchange.MetaNode, l.Node)
+	if err := p.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
+		return "", fmt.Errorf("dead letter %d: publish: %w", seq, err)
+	}
+	if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) { c.Queued++ }); err != nil {
+		p.log.Warn("channel state not updated", "err", err)
+	}
+	if obj != l.Object {
+		_ = p.b.Payloads.Delete(ctx, l.Object)
+	}
+	if err := p.b.Dead.DeleteMsg(ctx, seq); err != nil {
+		return id, fmt.Errorf("dead letter %d: queued as %s but not removed: %w", seq, id, err)
+	}
+	return id, nil
+}
+
+// fileNameFor keeps the original name when it is a valid one, else derives
+// it from the header.
+func fileNameFor(l DeadLetter, h exchange.Header) string {
+	if n, err := exchange.ParseName(l.FileName); err == nil && n.Check(h) == nil {
+		return l.FileName
+	}
+	return exchange.FileName(h.From, h.To, exchange.FormatXML)
+}
+
+// reinspect spools a dead payload to disk (a zip needs random access) and
+// inspects it again.
+func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter) (exchange.Info, error) {
+	spool := filepath.Join(p.cfg.Resolve(p.cfg.Relay.DataDir), "spool")
+	if err := os.MkdirAll(spool, 0o750); err != nil {
+		return exchange.Info{}, err
+	}
+	f, err := os.CreateTemp(spool, "retry-*")
+	if err != nil {
+		return exchange.Info{}, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	r, err := p.b.Payloads.Get(ctx, l.Object)
+	if err != nil {
+		return exchange.Info{}, fmt.Errorf("payload %s: %w", l.Object, err)
+	}
+	n, err := io.Copy(f, r)
+	r.Close()
+	if err != nil {
+		return exchange.Info{}, fmt.Errorf("payload %s: %w", l.Object, err)
+	}
+	info, err := exchange.Inspect(f, n, p.opts.Limits)
+	if err != nil {
+		return info, err
+	}
+	if name, nerr := exchange.ParseName(l.FileName); nerr == nil {
+		if err := name.Check(info.Header); err != nil {
+			return info, err
+		}
+	}
+	return info, nil
+}
+
+// copyObject copies a payload to a new name within the object store.
+func (p *Pipeline) copyObject(ctx context.Context, from, to string) error {
+	r, err := p.b.Payloads.Get(ctx, from)
+	if err != nil {
+		return fmt.Errorf("payload %s: %w", from, err)
+	}
+	defer r.Close()
+	if _, err := p.b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: to}, r); err != nil {
+		return fmt.Errorf("payload %s: %w", to, err)
+	}
+	return nil
+}
+

@@ -1,0 +1,143 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+)
+
+// Channel is the state of one exchange channel (plan, from → to), kept in
+// the EXCHANGE_CHANNELS bucket so every relay replica and `relay status` see
+// the same numbers.
+type Channel struct {
+	Plan string `json:"plan"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	// PickedNo is the highest MessageNo picked up from From's outbox.
+	PickedNo uint64 `json:"picked_no"`
+	// DeliveredNo is the highest MessageNo written to To's inbox.
+	DeliveredNo uint64 `json:"delivered_no"`
+	// AckedNo is the highest ReceivedNo To sent back on the reverse channel.
+	AckedNo uint64 `json:"acked_no"`
+	// Queued and Resolved count messages taken in and messages finished
+	// (delivered, dropped or dead); their difference is what is waiting.
+	Queued   uint64 `json:"queued"`
+	Resolved uint64 `json:"resolved"`
+	// Dropped counters (DESIGN.md §6.3).
+	Duplicates uint64 `json:"duplicates"`
+	Stale      uint64 `json:"stale"`
+	Superseded uint64 `json:"superseded"`
+	Dead       uint64 `json:"dead"`
+
+	LastPickupAt    time.Time `json:"last_pickup_at,omitzero"`
+	LastDeliveredAt time.Time `json:"last_delivered_at,omitzero"`
+	LastAckAt       time.Time `json:"last_ack_at,omitzero"`
+	LastError       string    `json:"last_error,omitempty"`
+	LastErrorAt     time.Time `json:"last_error_at,omitzero"`
+}
+
+// Pending is the number of messages taken in and not yet finished.
+func (c *Channel) Pending() uint64 {
+	if c.Queued < c.Resolved {
+		return 0
+	}
+	return c.Queued - c.Resolved
+}
+
+// States reads and updates channel state with compare-and-set, so concurrent
+// ingest and delivery (and replicas) never lose each other's updates.
+type States struct {
+	kv  jetstream.KeyValue
+	now func() time.Time
+}
+
+// NewStates wraps the channels bucket.
+func NewStates(kv jetstream.KeyValue) *States { return &States{kv: kv, now: time.Now} }
+
+// Get returns the channel's state; a channel never seen is zero with its names set.
+func (s *States) Get(ctx context.Context, plan, from, to string) (Channel, error) {
+	c, _, err := s.get(ctx, bus.ChannelKey(plan, from, to))
+	if err != nil {
+		return c, err
+	}
+	c.Plan, c.From, c.To = plan, from, to
+	return c, nil
+}
+
+func (s *States) get(ctx context.Context, key string) (Channel, uint64, error) {
+	var c Channel
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return c, 0, nil
+	}
+	if err != nil {
+		return c, 0, fmt.Errorf("channel state %s: %w", key, err)
+	}
+	if err := json.Unmarshal(e.Value(), &c); err != nil {
+		return c, 0, fmt.Errorf("channel state %s: %w", key, err)
+	}
+	return c, e.Revision(), nil
+}
+
+// Update applies fn to the channel's state and stores it, retrying on a
+// concurrent change. fn may be called more than once.
+func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *Channel)) (Channel, error) {
+	key := bus.ChannelKey(plan, from, to)
+	for attempt := 0; ; attempt++ {
+		c, rev, err := s.get(ctx, key)
+		if err != nil {
+			return c, err
+		}
+		c.Plan, c.From, c.To = plan, from, to
+		fn(&c)
+		b, err := json.Marshal(c)
+		if err != nil {
+			return c, err
+		}
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, key, b)
+		} else {
+			_, err = s.kv.Update(ctx, key, b, rev)
+		}
+		if err == nil {
+			return c, nil
+		}
+		if attempt >= 50 || ctx.Err() != nil {
+			return c, fmt.Errorf("channel state %s: %w", key, err)
+		}
+	}
+}
+
+// List returns every channel's state.
+func (s *States) List(ctx context.Context) ([]Channel, error) {
+	lister, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("channel states: %w", err)
+	}
+	var out []Channel
+	for key := range lister.Keys() {
+		c, _, err := s.get(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		if c.From == "" { // deleted between list and get
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// setError records a failure on the channel without touching the numbers.
+func (s *States) setError(ctx context.Context, plan, from, to, msg string) {
+	_, _ = s.Update(ctx, plan, from, to, func(c *Channel) {
+		c.LastError = msg
+		c.LastErrorAt = s.now()
+	})
+}
