@@ -56,10 +56,10 @@ type Pipeline struct {
 	mem    *Memory
 	pub    message.Publisher // to the EXCHANGE stream
 
-	router  *message.Router
-	started atomic.Bool
-	closers []func() error
-	mu      sync.Mutex
+	router   *message.Router
+	started  atomic.Bool
+	closers  []func() error
+	mu       sync.Mutex
 	inflight map[string]*inflight
 }
 

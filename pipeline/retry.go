@@ -121,4 +121,3 @@ func (p *Pipeline) copyObject(ctx context.Context, from, to string) error {
 	}
 	return nil
 }
-

@@ -101,4 +101,3 @@ func decode(n *yaml.Node, path *string, into any) error {
 	}
 	return fmt.Errorf("line %d: want a path or a mapping with path:", n.Line)
 }
-
