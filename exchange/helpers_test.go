@@ -78,3 +78,5 @@ func v8with(no string) string {
 }
 
 const smallBody = `<d:Data xmlns:d="http://v8.1c.ru/dataexchange"><d:Item a="1">x &amp; y</d:Item><d:Empty/></d:Data>`
+
+func statFixtures() (os.FileInfo, error) { return os.Stat(fixturesDir) }

@@ -131,9 +131,12 @@ func inspectZip(r io.ReaderAt, size int64, lim Limits, info Info) (Info, error) 
 	hdr, err := CheckXML(&entryReader{r: data, name: name, declared: f.UncompressedSize64, crc: f.CRC32}, lim)
 	info.Header = hdr
 	if err != nil {
-		if errors.Is(err, ErrIncomplete) {
+		switch {
+		case errors.Is(err, ErrIncomplete):
 			// The zip is finished, so its XML will never be: broken, not "try later".
-			return info, fmt.Errorf("%w: entry %s: %s", ErrBadZip, quote(name), err.Error())
+			return info, fmt.Errorf("%w: entry %s: %s", ErrBadZip, quote(name), strings.TrimPrefix(err.Error(), "exchange: "))
+		case errors.Is(err, ErrZipBomb) || errors.Is(err, ErrBadZip):
+			return info, err // from entryReader, which names the entry
 		}
 		return info, fmt.Errorf("zip entry %s: %w", quote(name), err)
 	}

@@ -48,15 +48,22 @@ func (s *byteSrc) setLimit(n int64, err error) {
 	s.setEnd()
 }
 
+// setEnd exposes the bytes in buf that are within both the total limit and
+// the current token's limit; the rest wait in buf until a limit moves.
 func (s *byteSrc) setEnd() {
-	s.end = s.wpos
 	start := s.total - int64(s.wpos) // stream offset of buf[0]
-	if start+int64(s.wpos) > s.limit {
-		e := s.limit - start
-		if e < int64(s.rpos) {
-			e = int64(s.rpos)
-		}
-		s.end = int(e)
+	e := s.limit - start
+	if s.maxTok > 0 {
+		e = min(e, s.tokStart+s.maxTok-start)
+	}
+	s.end = int(max(int64(s.rpos), min(e, int64(s.wpos))))
+}
+
+// startToken marks where the next token starts, for the per-token limit.
+func (s *byteSrc) startToken() {
+	s.tokStart = s.pos()
+	if s.maxTok > 0 {
+		s.setEnd()
 	}
 }
 
@@ -100,17 +107,17 @@ func (s *byteSrc) Read(p []byte) (int, error) {
 // more makes at least one byte available or says why it cannot.
 func (s *byteSrc) more() error {
 	for s.rpos >= s.end {
-		if s.end < s.wpos {
-			return s.limitErr
+		if s.rpos < s.wpos { // bytes are there but held back by a limit
+			if s.pos() >= s.limit {
+				return s.limitErr
+			}
+			return s.tokErr
 		}
 		if s.err != nil {
 			if s.err == io.EOF {
 				s.sawEOF = true
 			}
 			return s.err
-		}
-		if s.maxTok > 0 && s.pos()-s.tokStart > s.maxTok {
-			return s.tokErr
 		}
 		n, err := readSome(s.r, s.buf)
 		s.rpos, s.wpos = 0, n

@@ -94,8 +94,12 @@ func newParser(r io.Reader, lim Limits) *parser {
 // readHeader reads up to the end of the header and leaves the parser ready
 // to read the rest of the document.
 func (p *parser) readHeader() (Header, error) {
-	p.s.setLimit(p.lim.MaxHeaderBytes,
-		fmt.Errorf("%w: header not complete within the first %d bytes", ErrTooLarge, p.lim.MaxHeaderBytes))
+	if p.lim.MaxSize < p.lim.MaxHeaderBytes {
+		p.s.setLimit(p.lim.MaxSize, fmt.Errorf("%w: XML larger than %d bytes", ErrTooLarge, p.lim.MaxSize))
+	} else {
+		p.s.setLimit(p.lim.MaxHeaderBytes,
+			fmt.Errorf("%w: header not complete within the first %d bytes", ErrTooLarge, p.lim.MaxHeaderBytes))
+	}
 	if err := p.start(); err != nil {
 		return Header{}, err
 	}
@@ -180,7 +184,7 @@ func (p *parser) early(err error, why string) error {
 // tok returns the next token and enforces the well-formedness rules RawToken
 // leaves out. At the clean end of a complete document it returns io.EOF.
 func (p *parser) tok() (xml.Token, error) {
-	p.s.tokStart = p.s.pos()
+	p.s.startToken()
 	t, err := p.d.RawToken()
 	if err != nil {
 		if err == io.EOF && p.rootClosed {

@@ -60,8 +60,8 @@ func (b backoffDelay) WaitTime(n uint64) time.Duration {
 }
 
 // deliverySubscriber subscribes to the node's durable consumer on its own
-// connection: one message in flight per node, so a channel is never
-// delivered out of order, and JetStream offers it again if the relay dies.
+// connection. Messages are handled one at a time per node, and JetStream
+// offers a message again if the relay dies before acking it.
 func (p *Pipeline) deliverySubscriber(node string) (message.Subscriber, func() error, error) {
 	nc, err := p.b.NewConn("deliver " + node)
 	if err != nil {
@@ -75,6 +75,9 @@ func (p *Pipeline) deliverySubscriber(node string) (message.Subscriber, func() e
 		AckWaitTimeout: 7 * 24 * time.Hour, // the handler decides; JetStream's AckWait covers a crash
 		NakDelay:       backoffDelay{max: p.opts.MaxRetryDelay},
 		Unmarshaler:    stashUnmarshaler{in: in},
+		// Fetch one at a time: a prefetched message's AckWait would run out
+		// while a long delivery is in progress.
+		ConsumeOptions: []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(1)},
 		ResourceInitializer: func(ctx context.Context, js jetstream.JetStream, _ string) (jetstream.Consumer, func(context.Context, watermill.LoggerAdapter), error) {
 			c, err := js.CreateOrUpdateConsumer(ctx, bus.StreamExchange, jetstream.ConsumerConfig{
 				Durable:       bus.ConsumerName(node),
@@ -83,7 +86,11 @@ func (p *Pipeline) deliverySubscriber(node string) (message.Subscriber, func() e
 				AckPolicy:     jetstream.AckExplicitPolicy,
 				AckWait:       ackWait,
 				MaxDeliver:    -1,
-				MaxAckPending: 1,
+				// Several may be outstanding so a held message (a gap in
+				// sequential mode) does not block the node's other channels;
+				// the handler still runs one at a time and the channel state
+				// decides what is delivered, so order is kept.
+				MaxAckPending: 64,
 				DeliverPolicy: jetstream.DeliverAllPolicy,
 			})
 			if err != nil {

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/exchange"
+)
+
+// runBaselineThroughput moves the same files the raw way: per channel the
+// producer writes the file to out/, reads it back, publishes it inline to a
+// JetStream stream (waiting for the ack), deletes it and writes the next; a
+// durable pull consumer hands each record to one writer per destination
+// node (so a channel stays in order, the same parallelism the relay has),
+// which writes it to <to>/in through a temp file and a rename (with fsync of
+// file and folder when o.BaselineFsync, as the relay does) and acks it.
+// Embedded nats-server, JetStream file storage in a temp dir, in-process
+// connections only.
+func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res tpResult, err error) {
+	res = tpResult{Side: "baseline", Messages: w.messages, Bytes: w.bytes}
+	root, err := tempDir(o.Dir, "relay-bench-base-")
+	if err != nil {
+		return res, err
+	}
+	defer removeTemp(root)
+	if err := makeSite(root, w.nodes); err != nil {
+		return res, err
+	}
+
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "bench-baseline",
+		JetStream:  true,
+		StoreDir:   filepath.Join(root, "jetstream"),
+		NoSigs:     true,
+		NoLog:      true,
+		DontListen: true,
+		MaxPayload: 1 << 20,
+	})
+	if err != nil {
+		return res, err
+	}
+	go ns.Start()
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		return res, errors.New("baseline nats-server did not start")
+	}
+	pubConn, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("bench-pub"))
+	if err != nil {
+		return res, err
+	}
+	defer pubConn.Close()
+	subConn, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("bench-sub"))
+	if err != nil {
+		return res, err
+	}
+	defer subConn.Close()
+	pjs, err := jetstream.New(pubConn)
+	if err != nil {
+		return res, err
+	}
+	sjs, err := jetstream.New(subConn)
+	if err != nil {
+		return res, err
+	}
+	if _, err := pjs.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "BENCH", Subjects: []string{"bench.>"}, Storage: jetstream.FileStorage,
+	}); err != nil {
+		return res, err
+	}
+	cons, err := sjs.CreateOrUpdateConsumer(ctx, "BENCH", jetstream.ConsumerConfig{
+		Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return res, err
+	}
+
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	inW, err := watchDirs(root, w.nodes, "in")
+	if err != nil {
+		return res, err
+	}
+	defer inW.Close()
+	tr := newTracker(root, w)
+	go tr.run(wctx, inW)
+
+	// Consumer side: one writer per destination node.
+	writeErr := make(chan error, 1)
+	queues := map[string]chan jetstream.Msg{}
+	var writers sync.WaitGroup
+	for _, n := range w.nodes {
+		q := make(chan jetstream.Msg, 64)
+		queues[n] = q
+		dir := filepath.Join(root, n, "in")
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			for m := range q {
+				if err := writeOut(dir, m, o.BaselineFsync); err != nil {
+					sendErr(writeErr, err)
+					return
+				}
+				if err := m.Ack(); err != nil {
+					sendErr(writeErr, err)
+					return
+				}
+			}
+		}()
+	}
+	iter, err := cons.Messages()
+	if err != nil {
+		return res, err
+	}
+	dispatchDone := make(chan struct{})
+	go func() {
+		defer close(dispatchDone)
+		for {
+			m, err := iter.Next()
+			if err != nil {
+				return // iter.Stop
+			}
+			// bench.<from>.<to>
+			parts := strings.Split(m.Subject(), ".")
+			q := queues[parts[len(parts)-1]]
+			if q == nil {
+				sendErr(writeErr, fmt.Errorf("baseline: unexpected subject %s", m.Subject()))
+				continue
+			}
+			select {
+			case q <- m:
+			case <-wctx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		iter.Stop()
+		stopWatch()
+		<-dispatchDone
+		for _, q := range queues {
+			close(q)
+		}
+		writers.Wait()
+	}()
+
+	o.logf("baseline: %d messages on %d channels", w.messages, len(w.channels))
+	start := time.Now()
+	prodErr := produce(wctx, root, w, func(ctx context.Context, path string, c *channel, _ sent) error {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if _, err := pjs.Publish(ctx, "bench."+c.from+"."+c.to, data); err != nil {
+			return err
+		}
+		return os.Remove(path)
+	})
+	// A writer failure ends the run as a producer failure would.
+	merged := make(chan error, 1)
+	go func() {
+		select {
+		case err, ok := <-prodErr:
+			if ok && err != nil {
+				sendErr(merged, err)
+				return
+			}
+			// producers done: keep watching writers
+			select {
+			case err := <-writeErr:
+				sendErr(merged, err)
+			case <-wctx.Done():
+			}
+		case err := <-writeErr:
+			sendErr(merged, err)
+		case <-wctx.Done():
+		}
+	}()
+	if err := waitRun(ctx, tr, merged, o.Timeout); err != nil {
+		return res, fmt.Errorf("baseline: %w", err)
+	}
+	res.Elapsed = tr.doneAt.Sub(start)
+	if p := tr.problems(); len(p) > 0 {
+		return res, fmt.Errorf("baseline: %s", strings.Join(p, "; "))
+	}
+	tr.mu.Lock()
+	res.Observed = tr.observed
+	tr.mu.Unlock()
+	res.Delivered = uint64(w.messages)
+	o.logf("baseline: %.0f msg/s, %d seen in in/", res.msgsPerSec(), res.Observed)
+	return res, nil
+}
+
+// writeOut writes one record into dir: temp file, (fsync), rename, (fsync dir).
+func writeOut(dir string, m jetstream.Msg, fsync bool) error {
+	parts := strings.Split(m.Subject(), ".")
+	if len(parts) != 3 {
+		return fmt.Errorf("baseline: bad subject %s", m.Subject())
+	}
+	name := exchange.FileName(parts[1], parts[2], exchange.FormatXML)
+	tmp, err := os.CreateTemp(dir, ".bench-*.part")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(m.Data()); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if fsync {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+			return err
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if fsync {
+		if d, err := os.Open(dir); err == nil {
+			_ = d.Sync()
+			d.Close()
+		}
+	}
+	return nil
+}

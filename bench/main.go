@@ -1,0 +1,279 @@
+// Command bench measures relay against a raw baseline in the same run:
+//
+//	go run ./bench -scenario throughput   # 2,000 × 10 KB on 200 channels, dir→dir, vs plain JetStream
+//	go run ./bench -scenario big          # one 1 GiB message through the relay binary, vs cp
+//	go run ./bench                        # both
+//
+// See bench/README.md for what each number means.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	scenario := fs.String("scenario", "all", "throughput | big | all")
+	messages := fs.Int("messages", 2000, "throughput: messages in all")
+	channels := fs.Int("channels", 200, "throughput: channels (plan, from, to); nodes = smallest n with n(n-1) >= channels")
+	size := fs.String("size", "10240", "throughput: body size of each message (file is ~0.4 KB more)")
+	mode := fs.String("mode", "sequential", "throughput: node mode, sequential (every message written) or latest")
+	settle := fs.Duration("settle", 50*time.Millisecond, "dir pickup settle")
+	poll := fs.Duration("poll", 100*time.Millisecond, "dir pickup poll_interval (>= 100ms)")
+	baseFsync := fs.Bool("baseline-fsync", true, "baseline fsyncs each written file and its folder, as the relay does")
+	bigSize := fs.String("bigsize", "1GiB", "big: size of the message file")
+	relayBin := fs.String("relay-bin", "", "big: relay binary to run (default: go build ./cmd/relay into the temp dir)")
+	dir := fs.String("dir", "", "parent of the temp folders (default $TMPDIR); must have room for ~3× -bigsize")
+	timeout := fs.Duration("timeout", 10*time.Minute, "per run")
+	logLevel := fs.String("relay-log-level", "info", "throughput: in-process relay log level (logs are formatted, then discarded)")
+	cpuProfile := fs.String("cpuprofile", "", "throughput: write a CPU profile of the relay run here")
+	quiet := fs.Bool("q", false, "no progress lines")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	bodySize, err := parseSize(*size)
+	if err != nil {
+		fmt.Fprintln(stderr, "bench: -size:", err)
+		return 2
+	}
+	bigBytes, err := parseSize(*bigSize)
+	if err != nil {
+		fmt.Fprintln(stderr, "bench: -bigsize:", err)
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintln(stderr, "bench: -relay-log-level:", err)
+		return 2
+	}
+	doTP, doBig := false, false
+	switch *scenario {
+	case "throughput":
+		doTP = true
+	case "big":
+		doBig = true
+	case "all":
+		doTP, doBig = true, true
+	default:
+		fmt.Fprintf(stderr, "bench: -scenario %q: want throughput, big or all\n", *scenario)
+		return 2
+	}
+	var verbose io.Writer = stderr
+	if *quiet {
+		verbose = nil
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go lastResort(ctx)
+
+	fmt.Fprintf(stdout, "relay bench: nproc=%d GOMAXPROCS=%d %s %s/%s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	rep := &report{}
+	failed := false
+	if doTP {
+		o := tpOptions{Dir: *dir, Settle: *settle, Poll: *poll, Mode: *mode, BaselineFsync: *baseFsync,
+			Timeout: *timeout, LogLevel: lvl, CPUProfile: *cpuProfile, Verbose: verbose}
+		tp, err := runThroughput(ctx, *messages, *channels, bodySize, o)
+		if err != nil {
+			fmt.Fprintln(stderr, "bench: throughput:", err)
+			failed = true
+		} else {
+			rep.tp = &tp
+		}
+	}
+	if doBig && ctx.Err() == nil {
+		o := bigOptions{Dir: *dir, Size: bigBytes, RelayBin: *relayBin, Settle: *settle, Poll: *poll, Timeout: *timeout, Verbose: verbose}
+		b, err := runBig(ctx, o)
+		if err != nil {
+			fmt.Fprintln(stderr, "bench: big:", err)
+			failed = true
+		} else {
+			rep.big, rep.bigSettle = &b, o.Settle
+		}
+	}
+	rep.print(stdout)
+	if failed || ctx.Err() != nil {
+		return 1
+	}
+	return 0
+}
+
+// tpReport is the throughput scenario's outcome.
+type tpReport struct {
+	w               *workload
+	opts            tpOptions
+	relay, baseline tpResult
+}
+
+func (t tpReport) ratio() float64 { return t.relay.msgsPerSec() / t.baseline.msgsPerSec() }
+
+// runThroughput generates the workload once, then runs the baseline and the
+// relay on it, each on a fresh site.
+func runThroughput(ctx context.Context, messages, channels int, bodySize int64, o tpOptions) (tpReport, error) {
+	w, err := newWorkload(messages, channels, bodySize)
+	if err != nil {
+		return tpReport{}, err
+	}
+	rep := tpReport{w: w, opts: o}
+	if rep.baseline, err = runBaselineThroughput(ctx, w, o); err != nil {
+		return rep, err
+	}
+	if rep.relay, err = runRelayThroughput(ctx, w, o); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+type report struct {
+	tp        *tpReport
+	big       *bigResult
+	bigSettle time.Duration
+}
+
+func (r *report) print(out io.Writer) {
+	tw := tabwriter.NewWriter(out, 0, 2, 2, ' ', 0)
+	defer tw.Flush()
+	if t := r.tp; t != nil {
+		fmt.Fprintf(tw, "\nthroughput: %d messages, %s avg, on %d channels / %d nodes; dir pickup settle %s, poll_interval %s; mode %s; baseline fsync %v\n",
+			t.w.messages, humanBytes(t.w.bytes/int64(t.w.messages)), len(t.w.channels), len(t.w.nodes), t.opts.Settle, t.opts.Poll, t.opts.Mode, t.opts.BaselineFsync)
+		fmt.Fprintln(tw, "METRIC\tRELAY\tBASELINE\tRELAY/BASELINE")
+		fmt.Fprintf(tw, "elapsed\t%s\t%s\t%.2f\n", t.relay.Elapsed.Round(time.Millisecond), t.baseline.Elapsed.Round(time.Millisecond), t.relay.Elapsed.Seconds()/t.baseline.Elapsed.Seconds())
+		fmt.Fprintf(tw, "messages/s\t%.1f\t%.1f\t%.2f  (target >= 0.50: %s)\n", t.relay.msgsPerSec(), t.baseline.msgsPerSec(), t.ratio(), okIf(t.ratio() >= 0.5))
+		fmt.Fprintf(tw, "MB/s\t%.2f\t%.2f\t%.2f\n", t.relay.mbPerSec(), t.baseline.mbPerSec(), t.relay.mbPerSec()/t.baseline.mbPerSec())
+		fmt.Fprintf(tw, "written to in/\t%d (+%d superseded)\t%d\t\n", t.relay.Delivered, t.relay.Superseded, t.baseline.Delivered)
+		fmt.Fprintf(tw, "seen+sha256 ok\t%d\t%d\t\n", t.relay.Observed, t.baseline.Observed)
+	}
+	if b := r.big; b != nil {
+		fmt.Fprintf(tw, "\nbig: one %s message, relay binary as a child process, dir pickup settle %s\n", humanBytes(b.Size), r.bigSettle)
+		fmt.Fprintln(tw, "METRIC\tRELAY\tREFERENCE\tRATIO")
+		fmt.Fprintf(tw, "wall, out/ → in/\t%s\tcp %s\t%.2f× cp\n", b.Relay.Round(time.Millisecond), b.Cp.Round(time.Millisecond), b.Relay.Seconds()/b.Cp.Seconds())
+		fmt.Fprintf(tw, "\t\tcp+fsync %s\t%.2f× cp+fsync\n", b.CpFsync.Round(time.Millisecond), b.Relay.Seconds()/b.CpFsync.Seconds())
+		fmt.Fprintf(tw, "  of which ingest\t%s\t\t\n", b.Ingested.Round(time.Millisecond))
+		fmt.Fprintf(tw, "MB/s\t%.1f\tcp %.1f\t\n", float64(b.Size)/1e6/b.Relay.Seconds(), float64(b.Size)/1e6/b.Cp.Seconds())
+		fmt.Fprintf(tw, "peak RSS (VmHWM)\t%s\t\ttarget < 150 MiB: %s\n", humanBytes(b.PeakRSS), okIf(b.PeakRSS < 150<<20))
+		fmt.Fprintf(tw, "RSS at stop\t%s\t\t\n", humanBytes(b.RSSAtStop))
+	}
+}
+
+func okIf(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+// parseSize reads 10240, 10KiB, 64MiB, 1GiB (K/M/G and KB/MB/GB are binary too).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suf string
+		m   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(strings.ToUpper(t), strings.ToUpper(u.suf)) {
+			t, mult = strings.TrimSpace(t[:len(t)-len(u.suf)]), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a positive size", s)
+	}
+	return n * mult, nil
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// Cleanup registry: the scenarios stop their children and remove their
+// folders with defers; if a signal arrives while a step that does not watch
+// the context runs (generating or hashing a big file), lastResort does it.
+var cleanup = struct {
+	sync.Mutex
+	pids map[int]bool
+	dirs map[string]bool
+}{pids: map[int]bool{}, dirs: map[string]bool{}}
+
+func registerChild(pid int) {
+	cleanup.Lock()
+	cleanup.pids[pid] = true
+	cleanup.Unlock()
+}
+
+func unregisterChild(pid int) {
+	cleanup.Lock()
+	delete(cleanup.pids, pid)
+	cleanup.Unlock()
+}
+
+func tempDir(parent, pattern string) (string, error) {
+	d, err := os.MkdirTemp(parent, pattern)
+	if err != nil {
+		return "", err
+	}
+	cleanup.Lock()
+	cleanup.dirs[d] = true
+	cleanup.Unlock()
+	return d, nil
+}
+
+func removeTemp(d string) {
+	if err := os.RemoveAll(d); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: cleanup:", err)
+	}
+	cleanup.Lock()
+	delete(cleanup.dirs, d)
+	cleanup.Unlock()
+}
+
+// lastResort waits after a signal for the defers to finish the job; if they
+// have not within 20s (or a second signal comes), it kills the children by
+// PID, removes the folders and exits.
+func lastResort(ctx context.Context) {
+	<-ctx.Done()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	select {
+	case <-time.After(20 * time.Second):
+	case <-again:
+	}
+	cleanup.Lock()
+	for pid := range cleanup.pids {
+		if p, err := os.FindProcess(pid); err == nil {
+			_ = p.Signal(syscall.SIGKILL)
+		}
+	}
+	for d := range cleanup.dirs {
+		_ = os.RemoveAll(d)
+	}
+	cleanup.Unlock()
+	fmt.Fprintln(os.Stderr, "bench: interrupted; children killed, temp folders removed")
+	os.Exit(130)
+}

@@ -1,0 +1,122 @@
+package exchange
+
+import (
+	"archive/zip"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"testing"
+)
+
+// seeds are the fixtures plus variants, for every fuzz target.
+func seeds(f *testing.F) [][]byte {
+	var out [][]byte
+	if _, err := statFixtures(); err == nil {
+		for _, kind := range []string{"good", "bad"} {
+			for _, b := range fixtures(f, kind) {
+				out = append(out, b)
+			}
+		}
+	}
+	for _, s := range []string{
+		v8msg(v8fields, smallBody),
+		strings.TrimPrefix(v8msg(v8fields, ""), "\ufeff"),
+		v8msg(v8with("0"), ""),
+		edMsg(edConf, "<x>Ц</x>"),
+		rulesMsg(`ПланОбмена="П" ОтКого="А" Кому="Б" НомерИсходящегоСообщения="9"`, "<ПравилаОбмена/>"),
+		"<!DOCTYPE x [<!ENTITY a \"b\">]><x>&a;</x>",
+		"", "\ufeff", "PK\x03\x04", "PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+	} {
+		out = append(out, []byte(s))
+	}
+	out = append(out, makeZip(f, zipEntry{name: "m.xml", data: v8msg(v8fields, smallBody), method: zip.Deflate}))
+	out = append(out, makeZip(f, zipEntry{name: "m.xml", data: edMsg(edConf, ""), method: zip.Store}))
+	return out
+}
+
+// checkResult asserts what must hold for any input: errors are ours and one
+// line; success means a usable header.
+func checkResult(t *testing.T, what string, h Header, err error) {
+	t.Helper()
+	if err != nil {
+		if !ours(err) {
+			t.Fatalf("%s: error wraps no sentinel: %v", what, err)
+		}
+		oneLineErr(t, what, err)
+		return
+	}
+	if h.ExchangePlan == "" || h.From == "" || h.To == "" || h.MessageNo < 1 || h.Dialect == "" {
+		t.Fatalf("%s: success with an unusable header %+v", what, h)
+	}
+}
+
+func FuzzInspect(f *testing.F) {
+	for _, s := range seeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		lim := Limits{MaxHeaderBytes: 64 << 10, MaxTokenBytes: 1 << 20, MaxSize: 8 << 20}
+		info, err := Inspect(bytes.NewReader(data), int64(len(data)), lim)
+		checkResult(t, "Inspect", info.Header, err)
+		if err != nil {
+			return
+		}
+		sum := sha256.Sum256(data)
+		if info.SHA256 != hex.EncodeToString(sum[:]) || info.Size != int64(len(data)) {
+			t.Fatalf("sha/size %s/%d wrong", info.SHA256, info.Size)
+		}
+		if info.Format == FormatXML {
+			h, err := ReadHeader(bytes.NewReader(data), lim)
+			if err != nil || h != info.Header {
+				t.Fatalf("Inspect ok with %+v but ReadHeader = %+v, %v", info.Header, h, err)
+			}
+		}
+	})
+}
+
+func FuzzReadHeader(f *testing.F) {
+	for _, s := range seeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		lim := Limits{MaxHeaderBytes: 64 << 10, MaxTokenBytes: 1 << 20}
+		h, err := ReadHeader(bytes.NewReader(data), lim)
+		checkResult(t, "ReadHeader", h, err)
+		ch, cerr := CheckXML(bytes.NewReader(data), lim)
+		checkResult(t, "CheckXML", ch, cerr)
+		if cerr == nil && (err != nil || h != ch) {
+			t.Fatalf("CheckXML ok with %+v but ReadHeader = %+v, %v", ch, h, err)
+		}
+		if err != nil && cerr != nil && err.Error() != cerr.Error() {
+			t.Fatalf("ReadHeader and CheckXML disagree: %v / %v", err, cerr)
+		}
+	})
+}
+
+func FuzzParseName(f *testing.F) {
+	for _, s := range []string{"Message_CO_SHOP1.xml", "Message_ЦО_ОП.ZIP", "Message_P_A_B.zip", "Message_A.xml",
+		"../Message_A_B.xml", "Message_A_B_C_D.xml", "message_a_b.xml", "Message_A_B.xml\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseName(s)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), ErrBadName.Error()) {
+				t.Fatalf("error does not wrap ErrBadName: %v", err)
+			}
+			oneLineErr(t, "ParseName", err)
+			return
+		}
+		if !strings.EqualFold(n.String(), s) || !strings.HasPrefix(s, n.String()[:len(n.String())-4]) {
+			t.Fatalf("%q.String() = %q", s, n.String())
+		}
+		n2, err := ParseName(n.String())
+		if err != nil || n2 != n {
+			t.Fatalf("round trip of %q: %+v, %v; want %+v", s, n2, err, n)
+		}
+		if n.From == "" || n.To == "" || strings.ContainsAny(n.String(), `/\`) {
+			t.Fatalf("bad parse %+v", n)
+		}
+	})
+}

@@ -1,0 +1,96 @@
+package exchange
+
+import "testing"
+
+func TestParseName(t *testing.T) {
+	good := []struct {
+		in   string
+		want Name
+		str  string // String(), if not in
+	}{
+		{in: "Message_CO_SHOP1.xml", want: Name{"", "CO", "SHOP1", FormatXML}},
+		{in: "Message_CO_SHOP1.zip", want: Name{"", "CO", "SHOP1", FormatZip}},
+		{in: "Message_ЦО_ОП.xml", want: Name{"", "ЦО", "ОП", FormatXML}},
+		{in: "Message_ЦО_ОП.ZIP", want: Name{"", "ЦО", "ОП", FormatZip}, str: "Message_ЦО_ОП.zip"},
+		{in: "Message_CO_SHOP1.Xml", want: Name{"", "CO", "SHOP1", FormatXML}, str: "Message_CO_SHOP1.xml"},
+		{in: "Message_Магазины_ЦО_ОП.xml", want: Name{"Магазины", "ЦО", "ОП", FormatXML}},
+		{in: "Message_PFX_A_B.zip", want: Name{"PFX", "A", "B", FormatZip}},
+		{in: "Message_A.1_B 2.xml", want: Name{"", "A.1", "B 2", FormatXML}},
+	}
+	for _, tc := range good {
+		n, err := ParseName(tc.in)
+		if err != nil || n != tc.want {
+			t.Errorf("ParseName(%q) = %+v, %v; want %+v", tc.in, n, err, tc.want)
+			continue
+		}
+		str := tc.str
+		if str == "" {
+			str = tc.in
+		}
+		if n.String() != str {
+			t.Errorf("%q.String() = %q, want %q", tc.in, n.String(), str)
+		}
+	}
+	bad := []string{
+		"", "Message_A.xml", "Message__B.xml", "Message_A_.xml", "Message_A_B_.xml", "Message_A_B.txt",
+		"Message_A_B", "Message_A_B.", "Message_.xml", "Message_A_B_C_D.xml", "../Message_A_B.xml",
+		"dir/Message_A_B.xml", `dir\Message_A_B.xml`, "Message_A..B_C.xml", "Message_A_B.xml\x00",
+		"Message_A\nB_C.xml", "Message_A_B\x7f.xml", "Message_A_B.xml.zip.xml.gz", "Message_\xff_B.xml",
+		// "Message_" is case-sensitive: 1C always writes it so, and other
+		// spellings are not messages (an operator's message_a_b.xml is left alone).
+		"message_a_b.xml", "MESSAGE_A_B.xml", "Msg_A_B.xml", " Message_A_B.xml",
+	}
+	for _, in := range bad {
+		_, err := ParseName(in)
+		wantErr(t, "ParseName("+in+")", err, ErrBadName)
+	}
+}
+
+func TestFileName(t *testing.T) {
+	if got := FileName("ЦО", "ОП", FormatZip); got != "Message_ЦО_ОП.zip" {
+		t.Errorf("FileName = %q", got)
+	}
+	n, err := ParseName(FileName("CO", "SHOP1", FormatXML))
+	if err != nil || n != (Name{"", "CO", "SHOP1", FormatXML}) {
+		t.Errorf("FileName does not round-trip: %+v, %v", n, err)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	h := Header{DialectPlatform, "Stores", "CO", "SHOP1", 5, 1}
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"Message_CO_SHOP1.xml", true},
+		{"Message_X_CO_SHOP1.zip", true},
+		{"Message_SHOP1_CO.xml", false},
+		{"Message_CO_SHOP2.xml", false},
+		{"Message_co_SHOP1.xml", false},
+	} {
+		n, err := ParseName(tc.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = n.Check(h)
+		if tc.ok && err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		if !tc.ok {
+			wantErr(t, tc.name, err, ErrNameMismatch)
+		}
+	}
+	n, _ := ParseName("Message_SHOP2_CO.xml")
+	err := n.Check(h)
+	if want := `exchange: file name contradicts header: file name says Message_SHOP2_CO but header says From "CO" To "SHOP1"`; err == nil || err.Error() != want {
+		t.Errorf("message = %v, want %s", err, want)
+	}
+	// Codes with '_' match the joined name.
+	n, _ = ParseName("Message_SHOP_1_CO.xml")
+	if err := n.Check(Header{From: "SHOP_1", To: "CO"}); err != nil {
+		t.Errorf("underscore code: %v", err)
+	}
+	if err := n.Check(Header{From: "1", To: "CO"}); err != nil {
+		t.Errorf("prefixed name: %v", err)
+	}
+}

@@ -1,0 +1,656 @@
+package e2e
+
+// Crash tests: the real binary is SIGKILLed at random instants while 1C-like
+// writers feed every channel (DESIGN.md §6.1: nothing lost, nothing
+// half-written ever visible, numbers never go backwards), and a relay started
+// on a backlog takes everything that waited for it.
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+// moduleRoot finds the directory holding go.mod above the test's folder.
+func moduleRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("go.mod not found above the test directory")
+		}
+		dir = parent
+	}
+}
+
+// buildRelay builds ./cmd/relay into a temp folder and returns the binary.
+func buildRelay(t testing.TB) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "relay")
+	if runtime.GOOS == "windows" {
+		bin += ".exe"
+	}
+	cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/relay")
+	cmd.Dir = moduleRoot(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/relay: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// relayProc is `relay run` as a child process that can be killed and restarted.
+type relayProc struct {
+	t       testing.TB
+	bin     string
+	site    *site
+	logPath string
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan struct{}
+	starts  int
+	started time.Time // when the current process was started
+}
+
+func newRelayProc(t testing.TB, bin string, s *site) *relayProc {
+	rp := &relayProc{t: t, bin: bin, site: s, logPath: filepath.Join(s.root, "relay.log")}
+	// Registered before any start: on every exit path (t.Fatal included) the
+	// child is killed by PID and waited for; on failure its log tail is shown.
+	t.Cleanup(func() {
+		rp.kill()
+		if t.Failed() {
+			t.Logf("relay log (tail of %s):\n%s", rp.logPath, tailFile(rp.logPath, 80))
+		}
+	})
+	return rp
+}
+
+// start runs a new `relay run -c routing.yaml`; its output is appended to the log.
+func (rp *relayProc) start() {
+	rp.t.Helper()
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if rp.cmd != nil {
+		rp.t.Fatal("relay already running")
+	}
+	logf, err := os.OpenFile(rp.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		rp.t.Fatal(err)
+	}
+	defer logf.Close() // the child holds its own descriptor
+	rp.starts++
+	fmt.Fprintf(logf, "===== test: start #%d at %s\n", rp.starts, time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(rp.bin, "run", "-c", rp.site.cfg, "--log-level", "info")
+	cmd.Dir = rp.site.root
+	cmd.Stdout, cmd.Stderr = logf, logf
+	rp.started = time.Now()
+	if err := cmd.Start(); err != nil {
+		rp.t.Fatalf("start relay: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	rp.cmd, rp.done = cmd, done
+}
+
+// kill SIGKILLs the running child (if any) by PID and waits for it to exit.
+func (rp *relayProc) kill() {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if rp.cmd == nil {
+		return
+	}
+	_ = rp.cmd.Process.Kill() // SIGKILL on Unix
+	select {
+	case <-rp.done:
+	case <-time.After(30 * time.Second):
+		rp.t.Errorf("relay pid %d did not exit after SIGKILL", rp.cmd.Process.Pid)
+	}
+	if logf, err := os.OpenFile(rp.logPath, os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+		fmt.Fprintf(logf, "===== test: SIGKILL pid %d at %s\n", rp.cmd.Process.Pid, time.Now().Format(time.RFC3339Nano))
+		logf.Close()
+	}
+	rp.cmd, rp.done = nil, nil
+}
+
+// exited reports whether the current child died on its own.
+func (rp *relayProc) exited() bool {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if rp.cmd == nil {
+		return false
+	}
+	select {
+	case <-rp.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func tailFile(path string, lines int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// crashChannel is one (from, to) pair with what its writer wrote.
+type crashChannel struct {
+	from, to string
+
+	mu   sync.Mutex
+	sums map[uint64]string // MessageNo -> sha256 of the bytes written for it
+}
+
+func (c *crashChannel) name() string { return exchange.FileName(c.from, c.to, exchange.FormatXML) }
+
+func (c *crashChannel) sum(no uint64) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.sums[no]
+	return s, ok
+}
+
+// writeLike1C writes data straight to its final name in a few pieces with
+// pauses between them, so a half-written file sits in the folder for a while.
+// Some pauses are longer than the pickup's settle time: then only the XML
+// completeness check stands between the relay and a partial file. The last
+// piece always carries the closing tag, so the document is never complete
+// before the file is.
+func writeLike1C(path string, data []byte, rng *rand.Rand) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	pieces := 2 + rng.IntN(4)
+	limit := len(data) - 64
+	cuts := []int{0}
+	for i := 1; i < pieces; i++ {
+		cuts = append(cuts, 1+rng.IntN(limit-1))
+	}
+	cuts = append(cuts, len(data))
+	sortInts(cuts)
+	for i := 0; i+1 < len(cuts); i++ {
+		if _, err := f.Write(data[cuts[i]:cuts[i+1]]); err != nil {
+			f.Close()
+			return err
+		}
+		if i+2 < len(cuts) {
+			pause := time.Duration(5+rng.IntN(60)) * time.Millisecond
+			if rng.IntN(6) == 0 {
+				pause = time.Duration(250+rng.IntN(200)) * time.Millisecond // > settle (200ms)
+			}
+			time.Sleep(pause)
+		}
+	}
+	return f.Close()
+}
+
+func sortInts(a []int) {
+	for i := 1; i < len(a); i++ {
+		for j := i; j > 0 && a[j] < a[j-1]; j-- {
+			a[j], a[j-1] = a[j-1], a[j]
+		}
+	}
+}
+
+// inboxChecker scans every in/ folder continuously and records each time a
+// final-name file is not a complete message, is not what the writer wrote
+// for its number, or holds a lower MessageNo than seen before.
+type inboxChecker struct {
+	s     *site
+	chans map[string]*crashChannel // by file name
+
+	mu         sync.Mutex
+	violations []string
+	last       map[string]uint64 // path -> highest MessageNo seen
+	scans      int
+}
+
+func (c *inboxChecker) violate(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.violations) < 50 {
+		c.violations = append(c.violations, time.Now().Format("15:04:05.000")+" "+fmt.Sprintf(format, args...))
+	}
+}
+
+func (c *inboxChecker) run(ctx context.Context) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		c.scan()
+		select {
+		case <-ctx.Done():
+			c.scan()
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (c *inboxChecker) scan() {
+	for _, node := range c.s.nodes {
+		dir := c.s.in(node)
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			c.violate("list %s: %v", dir, err)
+			continue
+		}
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), "Message_") {
+				continue
+			}
+			c.check(filepath.Join(dir, e.Name()), node)
+		}
+	}
+	c.mu.Lock()
+	c.scans++
+	c.mu.Unlock()
+}
+
+func (c *inboxChecker) check(path, node string) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		c.violate("%s vanished from the inbox", path)
+		return
+	}
+	if err != nil {
+		c.violate("open %s: %v", path, err)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		c.violate("stat %s: %v", path, err)
+		return
+	}
+	info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits())
+	if err != nil {
+		c.violate("PARTIAL/INVALID file under a final name: %s (%d bytes): %v", path, fi.Size(), err)
+		return
+	}
+	h := info.Header
+	ch := c.chans[filepath.Base(path)]
+	if ch == nil || h.To != node || h.From != ch.from || h.To != ch.to {
+		c.violate("unexpected file %s in the inbox of %s: header %s→%s No %d", path, node, h.From, h.To, h.MessageNo)
+		return
+	}
+	if want, ok := ch.sum(h.MessageNo); !ok {
+		c.violate("%s holds No %d, which the writer never wrote", path, h.MessageNo)
+	} else if want != info.SHA256 {
+		c.violate("%s holds No %d with sha256 %s, the writer wrote %s", path, h.MessageNo, info.SHA256, want)
+	}
+	c.mu.Lock()
+	prev := c.last[path]
+	if h.MessageNo > prev {
+		c.last[path] = h.MessageNo
+	}
+	c.mu.Unlock()
+	if h.MessageNo < prev {
+		c.violate("BACKWARDS: %s went from No %d to No %d", path, prev, h.MessageNo)
+	}
+}
+
+// relayStatus runs `relay status --json -c routing.yaml` with the binary.
+func relayStatus(t testing.TB, bin string, s *site) ([]statusRow, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "status", "--json", "-c", s.cfg)
+	cmd.Dir = s.root
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("relay status: %v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	var rows []statusRow
+	if err := json.Unmarshal(stdout.Bytes(), &rows); err != nil {
+		return nil, fmt.Errorf("relay status --json: %v:\n%s", err, stdout.String())
+	}
+	return rows, nil
+}
+
+type statusRow struct {
+	Plan        string `json:"plan"`
+	From        string `json:"from"`
+	To          string `json:"to"`
+	PickedNo    uint64 `json:"picked_no"`
+	DeliveredNo uint64 `json:"delivered_no"`
+	LastError   string `json:"last_error"`
+}
+
+func TestCrashSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SIGKILL crash test skipped under -short")
+	}
+	const (
+		perChannel = 20 // N messages per channel
+		kills      = 6
+	)
+	began := time.Now()
+	bin := buildRelay(t)
+	t.Logf("built relay in %s", time.Since(began).Round(time.Millisecond))
+
+	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "ОП"}, nodeSpec{code: "SHOP1"})
+	var chans []*crashChannel
+	byName := map[string]*crashChannel{}
+	for _, from := range s.nodes {
+		for _, to := range s.nodes {
+			if from != to {
+				ch := &crashChannel{from: from, to: to, sums: map[uint64]string{}}
+				chans = append(chans, ch)
+				byName[ch.name()] = ch
+			}
+		}
+	}
+
+	rp := newRelayProc(t, bin, s)
+	rp.start()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	checker := &inboxChecker{s: s, chans: byName, last: map[string]uint64{}}
+	checkerDone := make(chan struct{})
+	go func() { defer close(checkerDone); checker.run(ctx) }()
+	defer func() { cancel(); <-checkerDone }()
+
+	// Writers: one per channel, like 1C: message n+1 only after n was taken.
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	var wg sync.WaitGroup
+	writerErr := make(chan error, len(chans))
+	for i, ch := range chans {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(seed, uint64(i)))
+			path := filepath.Join(s.out(ch.from), ch.name())
+			for n := uint64(1); n <= perChannel; n++ {
+				var buf bytes.Buffer
+				if err := exchangetest.WriteXML(&buf, header(ch.from, ch.to, n, n-1), int64(512+rng.IntN(48<<10))); err != nil {
+					writerErr <- err
+					return
+				}
+				sum := sha256.Sum256(buf.Bytes())
+				ch.mu.Lock()
+				ch.sums[n] = hex.EncodeToString(sum[:])
+				ch.mu.Unlock()
+				if err := writeLike1C(path, buf.Bytes(), rng); err != nil {
+					writerErr <- fmt.Errorf("%s No %d: %w", ch.name(), n, err)
+					return
+				}
+				deadline := time.Now().Add(45 * time.Second)
+				for {
+					if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+						break
+					}
+					if ctx.Err() != nil {
+						return
+					}
+					if time.Now().After(deadline) {
+						writerErr <- fmt.Errorf("%s No %d: not taken from %s within 45s", ch.name(), n, s.out(ch.from))
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	writersDone := make(chan struct{})
+	go func() { wg.Wait(); close(writersDone) }()
+
+	// The killer: SIGKILL at random instants, restart at once, same data dir.
+	krng := rand.New(rand.NewPCG(seed, 1<<32))
+	var lastStart time.Time
+	for k := 1; k <= kills; k++ {
+		time.Sleep(time.Duration(300+krng.IntN(1700)) * time.Millisecond)
+		if rp.exited() {
+			t.Fatalf("relay exited on its own before kill #%d", k)
+		}
+		rp.kill()
+		rp.start()
+		lastStart = rp.started
+	}
+	t.Logf("%d kills done after %s", kills, time.Since(began).Round(time.Millisecond))
+
+	select {
+	case <-writersDone:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("writers did not finish within 60s of the last restart")
+	}
+	close(writerErr)
+	for err := range writerErr {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	t.Logf("writers done after %s", time.Since(began).Round(time.Millisecond))
+
+	// Drain: every channel's destination holds N, byte-identical.
+	drained := func() bool {
+		for _, ch := range chans {
+			want, _ := ch.sum(perChannel)
+			p := filepath.Join(s.in(ch.to), ch.name())
+			if readNo(p) != perChannel {
+				return false
+			}
+			if got := sha(t, p); got != want {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !drained() {
+		if rp.exited() {
+			t.Fatal("relay exited on its own while draining")
+		}
+		if time.Now().After(deadline) {
+			for _, ch := range chans {
+				p := filepath.Join(s.in(ch.to), ch.name())
+				t.Errorf("%s: destination holds No %d, want %d", ch.name(), readNo(p), perChannel)
+			}
+			t.FailNow()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("drained after %s", time.Since(began).Round(time.Millisecond))
+
+	// The checker saw every version: never partial, never foreign, never backwards.
+	cancel()
+	<-checkerDone
+	checker.mu.Lock()
+	for _, v := range checker.violations {
+		t.Error(v)
+	}
+	t.Logf("inbox checker: %d scans", checker.scans)
+	checker.mu.Unlock()
+
+	for _, ch := range chans {
+		want, _ := ch.sum(perChannel)
+		if got := sha(t, filepath.Join(s.in(ch.to), ch.name())); got != want {
+			t.Errorf("%s: final content sha256 %s, writer wrote %s", ch.name(), got, want)
+		}
+	}
+	for _, node := range s.nodes {
+		entries, err := os.ReadDir(s.out(node))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			t.Errorf("source left in %s: %s", s.out(node), e.Name())
+		}
+		entries, err = os.ReadDir(s.in(node))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			name := e.Name()
+			switch {
+			case strings.HasPrefix(name, "Message_"):
+			case strings.HasPrefix(name, ".relay-") && strings.HasSuffix(name, ".part"):
+				fi, err := e.Info()
+				if err != nil {
+					continue
+				}
+				if !fi.ModTime().Before(lastStart) {
+					t.Errorf("partial file %s in %s written by the last (live) relay is left behind (mtime %s, last start %s)",
+						name, s.in(node), fi.ModTime().Format(time.RFC3339Nano), lastStart.Format(time.RFC3339Nano))
+				} else {
+					t.Logf("leftover of a killed delivery (not under a final name): %s/%s, %d bytes", node, name, fi.Size())
+				}
+			default:
+				t.Errorf("unexpected file in %s: %s", s.in(node), name)
+			}
+		}
+	}
+
+	// The operator's view agrees.
+	var rows []statusRow
+	var err error
+	waitFor(t, 15*time.Second, "relay status to answer", func() bool {
+		rows, err = relayStatus(t, bin, s)
+		return err == nil
+	})
+	got := map[string]statusRow{}
+	for _, r := range rows {
+		got[r.From+"→"+r.To] = r
+	}
+	for _, ch := range chans {
+		r, ok := got[ch.from+"→"+ch.to]
+		switch {
+		case !ok:
+			t.Errorf("relay status has no channel %s → %s: %+v", ch.from, ch.to, rows)
+		case r.DeliveredNo != perChannel:
+			t.Errorf("relay status %s → %s: delivered_no %d, want %d (%+v)", ch.from, ch.to, r.DeliveredNo, perChannel, r)
+		case r.Plan != "Магазины":
+			t.Errorf("relay status %s → %s: plan %q", ch.from, ch.to, r.Plan)
+		}
+	}
+	t.Logf("total %s, %d relay starts", time.Since(began).Round(time.Millisecond), rp.starts)
+}
+
+func TestRestartWithBacklog(t *testing.T) {
+	// ОП is sequential: a channel the relay first sees at No 3 must not be
+	// held waiting for 1 and 2, which never existed on the relay's watch.
+	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "ОП", mode: "sequential"}, nodeSpec{code: "SHOP1"})
+	type sent struct {
+		h    exchange.Header
+		data []byte
+	}
+	var all []sent
+	for _, from := range s.nodes {
+		for _, to := range s.nodes {
+			if from == to {
+				continue
+			}
+			no := uint64(1)
+			if from == "ЦО" && to == "ОП" {
+				no = 3
+			}
+			h := header(from, to, no, 0)
+			var buf bytes.Buffer
+			if err := exchangetest.WriteXML(&buf, h, int64(1000+len(all)*3000)); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(s.out(from), exchange.FileName(from, to, exchange.FormatXML)), buf.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, sent{h, buf.Bytes()})
+		}
+	}
+	// Let the files age past settle before anything looks at them.
+	time.Sleep(300 * time.Millisecond)
+
+	s.start(t)
+
+	arrived := func(m sent) bool {
+		got, err := os.ReadFile(filepath.Join(s.in(m.h.To), exchange.FileName(m.h.From, m.h.To, exchange.FormatXML)))
+		return err == nil && bytes.Equal(got, m.data)
+	}
+	outEmpty := func() bool {
+		for _, n := range s.nodes {
+			if es, err := os.ReadDir(s.out(n)); err != nil || len(es) > 0 {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		done := outEmpty()
+		for _, m := range all {
+			done = done && arrived(m)
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			for _, m := range all {
+				if !arrived(m) {
+					p := filepath.Join(s.in(m.h.To), exchange.FileName(m.h.From, m.h.To, exchange.FormatXML))
+					t.Errorf("%s → %s No %d: not delivered byte-identical to %s (destination holds No %d)", m.h.From, m.h.To, m.h.MessageNo, p, readNo(p))
+				}
+			}
+			for _, n := range s.nodes {
+				es, _ := os.ReadDir(s.out(n))
+				for _, e := range es {
+					t.Errorf("source left in %s: %s", s.out(n), e.Name())
+				}
+			}
+			t.FailNow()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Nothing else shows up in the inboxes (no temp files, no strays).
+	for _, n := range s.nodes {
+		es, err := os.ReadDir(s.in(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			if !strings.HasPrefix(e.Name(), "Message_") {
+				t.Errorf("unexpected file in %s: %s", s.in(n), e.Name())
+			}
+		}
+		if len(es) != 2 {
+			t.Errorf("%s holds %d files, want 2", s.in(n), len(es))
+		}
+	}
+}

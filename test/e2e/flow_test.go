@@ -1,0 +1,199 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relay1c/relay/api"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+var threeNodes = []nodeSpec{{code: "ЦО"}, {code: "ОП"}, {code: "SHOP1"}}
+
+func channelsOf(nodes []string) [][2]string {
+	var out [][2]string
+	for _, a := range nodes {
+		for _, b := range nodes {
+			if a != b {
+				out = append(out, [2]string{a, b})
+			}
+		}
+	}
+	return out
+}
+
+func gone(path string) bool {
+	_, err := os.Stat(path)
+	return os.IsNotExist(err)
+}
+
+// TestFlowEveryMessageDelivered: six channels, 40 messages each, every one
+// delivered byte-identical to the right inbox. The receiving "1C node" reads
+// and removes each delivered file before its sender writes the next message,
+// so nothing is superseded and every message must arrive.
+func TestFlowEveryMessageDelivered(t *testing.T) {
+	const perChannel = 40
+	s := newSite(t, threeNodes...)
+	s.start(t)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for _, ch := range channelsOf(s.nodes) {
+		wg.Add(1)
+		go func(from, to string) {
+			defer wg.Done()
+			src := filepath.Join(s.out(from), exchange.FileName(from, to, exchange.FormatXML))
+			dst := filepath.Join(s.in(to), exchange.FileName(from, to, exchange.FormatXML))
+			for n := uint64(1); n <= perChannel; n++ {
+				if _, err := exchangetest.WriteFile(s.out(from), header(from, to, n, 0), int64(500+int(n)*37), exchange.FormatXML); err != nil {
+					errs <- err
+					return
+				}
+				want := sha(t, src)
+				deadline := time.Now().Add(30 * time.Second)
+				for readNo(dst) != n {
+					if time.Now().After(deadline) {
+						errs <- fmt.Errorf("%s→%s: message %d not delivered in 30s", from, to, n)
+						return
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				if got := sha(t, dst); got != want {
+					errs <- fmt.Errorf("%s→%s: message %d delivered with sha %s, sent %s", from, to, n, got, want)
+					return
+				}
+				if !gone(src) {
+					// The source is committed (deleted) after JetStream acked; give it a moment.
+					waitForErr := time.Now().Add(5 * time.Second)
+					for !gone(src) && time.Now().Before(waitForErr) {
+						time.Sleep(10 * time.Millisecond)
+					}
+					if !gone(src) {
+						errs <- fmt.Errorf("%s→%s: source of %d not removed after delivery", from, to, n)
+						return
+					}
+				}
+				if err := os.Remove(dst); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(ch[0], ch[1])
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	chans := statusOf(t, s)
+	if len(chans) != 6 {
+		t.Fatalf("status shows %d channels, want 6", len(chans))
+	}
+	for _, c := range chans {
+		if c.DeliveredNo != perChannel || c.PickedNo != perChannel || c.Pending != 0 || c.Duplicates+c.Stale+c.Superseded+c.Dead != 0 {
+			t.Errorf("channel %s→%s: %+v", c.From, c.To, c)
+		}
+	}
+}
+
+// TestLatestNeverGoesBackwards: a node rewrites the same file name with
+// rising numbers, in pieces, without waiting (as 1C does). The inbox never
+// shows a partial file and its MessageNo never decreases; it ends at the last.
+func TestLatestNeverGoesBackwards(t *testing.T) {
+	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "ОП"})
+	s.start(t)
+	dst := filepath.Join(s.in("ОП"), "Message_ЦО_ОП.xml")
+	src := filepath.Join(s.out("ЦО"), "Message_ЦО_ОП.xml")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	checkErr := make(chan error, 1)
+	go func() {
+		var last uint64
+		for ctx.Err() == nil {
+			if _, err := os.Stat(dst); err == nil {
+				no := readNo(dst)
+				if no == 0 {
+					checkErr <- fmt.Errorf("inbox file is not a complete message")
+					return
+				}
+				if no < last {
+					checkErr <- fmt.Errorf("inbox went backwards: %d after %d", no, last)
+					return
+				}
+				last = no
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		checkErr <- nil
+	}()
+
+	const last = 30
+	for n := uint64(1); n <= last; n++ {
+		writeInPieces(t, src, header("ЦО", "ОП", n, 0), 64<<10, 4, 30*time.Millisecond)
+		time.Sleep(time.Duration(n%4) * 100 * time.Millisecond)
+	}
+	waitFor(t, 30*time.Second, "last message delivered", func() bool { return readNo(dst) == last })
+	cancel()
+	if err := <-checkErr; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "source taken", func() bool { return gone(src) })
+	c := channel(t, s, "ЦО", "ОП")
+	if c.DeliveredNo != last {
+		t.Fatalf("delivered_no %d, want %d", c.DeliveredNo, last)
+	}
+}
+
+// writeInPieces overwrites path with a message in n pieces with pauses, the
+// way a slow writer leaves a half-written file behind for a while.
+func writeInPieces(t testing.TB, path string, h exchange.Header, size int64, n int, pause time.Duration) {
+	t.Helper()
+	var b strings.Builder
+	if err := exchangetest.WriteXML(&b, h, size); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte(b.String())
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	step := len(data)/n + 1
+	for i := 0; i < len(data); i += step {
+		end := min(i+step, len(data))
+		if _, err := f.Write(data[i:end]); err != nil {
+			t.Fatal(err)
+		}
+		if end < len(data) {
+			time.Sleep(pause)
+		}
+	}
+}
+
+func statusOf(t testing.TB, s *site) []api.ChannelView {
+	t.Helper()
+	cs, err := api.NewClient(s.listen, "").Channels(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+func channel(t testing.TB, s *site, from, to string) api.ChannelView {
+	t.Helper()
+	for _, c := range statusOf(t, s) {
+		if c.From == from && c.To == to {
+			return c
+		}
+	}
+	t.Fatalf("no channel %s→%s in status", from, to)
+	return api.ChannelView{}
+}
