@@ -325,23 +325,22 @@ func (c *inboxChecker) check(path, node string) {
 	}
 }
 
-// relayStatus runs `relay status --json -c routing.yaml` with the binary.
-func relayStatus(t testing.TB, bin string, s *site) ([]statusRow, error) {
-	t.Helper()
+// relayJSON runs `relay <args> --json -c routing.yaml` with the binary and
+// decodes its output into v.
+func relayJSON(bin string, s *site, v any, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "status", "--json", "-c", s.cfg)
+	cmd := exec.CommandContext(ctx, bin, append(args, "--json", "-c", s.cfg)...)
 	cmd.Dir = s.root
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("relay status: %v: %s", err, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("relay %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
-	var rows []statusRow
-	if err := json.Unmarshal(stdout.Bytes(), &rows); err != nil {
-		return nil, fmt.Errorf("relay status --json: %v:\n%s", err, stdout.String())
+	if err := json.Unmarshal(stdout.Bytes(), v); err != nil {
+		return fmt.Errorf("relay %s --json: %v:\n%s", strings.Join(args, " "), err, stdout.String())
 	}
-	return rows, nil
+	return nil
 }
 
 type statusRow struct {
@@ -350,6 +349,8 @@ type statusRow struct {
 	To          string `json:"to"`
 	PickedNo    uint64 `json:"picked_no"`
 	DeliveredNo uint64 `json:"delivered_no"`
+	Superseded  uint64 `json:"superseded"`
+	Dead        uint64 `json:"dead"`
 	LastError   string `json:"last_error"`
 }
 
@@ -365,7 +366,9 @@ func TestCrashSIGKILL(t *testing.T) {
 	bin := buildRelay(t)
 	t.Logf("built relay in %s", time.Since(began).Round(time.Millisecond))
 
-	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "ОП"}, nodeSpec{code: "SHOP1"})
+	// ОП receives in sequential mode: there every message must arrive, in
+	// order, so a message lost in a crash would hold its channel for good.
+	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "ОП", mode: "sequential"}, nodeSpec{code: "SHOP1"})
 	var chans []*crashChannel
 	byName := map[string]*crashChannel{}
 	for _, from := range s.nodes {
@@ -545,7 +548,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	var rows []statusRow
 	var err error
 	waitFor(t, 15*time.Second, "relay status to answer", func() bool {
-		rows, err = relayStatus(t, bin, s)
+		err = relayJSON(bin, s, &rows, "status")
 		return err == nil
 	})
 	got := map[string]statusRow{}
@@ -561,7 +564,18 @@ func TestCrashSIGKILL(t *testing.T) {
 			t.Errorf("relay status %s → %s: delivered_no %d, want %d (%+v)", ch.from, ch.to, r.DeliveredNo, perChannel, r)
 		case r.Plan != "Магазины":
 			t.Errorf("relay status %s → %s: plan %q", ch.from, ch.to, r.Plan)
+		case r.Dead != 0:
+			t.Errorf("relay status %s → %s: %d dead letter(s): %+v", ch.from, ch.to, r.Dead, r)
+		case ch.to == "ОП" && r.Superseded != 0:
+			t.Errorf("relay status %s → %s: sequential channel has %d superseded messages", ch.from, ch.to, r.Superseded)
 		}
+	}
+	var dead []json.RawMessage
+	if err := relayJSON(bin, s, &dead, "dead", "list"); err != nil {
+		t.Error(err)
+	}
+	for _, d := range dead {
+		t.Errorf("dead letter: %s", d)
 	}
 	t.Logf("total %s, %d relay starts", time.Since(began).Round(time.Millisecond), rp.starts)
 }

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Runs every test of relay: vet and format checks, unit tests (with -race),
+# short fuzz runs, the end-to-end tests with the embedded NATS, and the same
+# end-to-end tests against Debian's nats-server started here on 127.0.0.1.
+# Installs missing servers with apt-get when run as root. Every process it
+# starts is stopped by PID on every exit path.
+#
+#   scripts/test.sh            # everything
+#   FUZZTIME=30s scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZTIME=${FUZZTIME:-10s}
+tmp=$(mktemp -d -t relay-test.XXXXXX)
+pids=()
+
+cleanup() {
+	local rc=$?
+	for pid in "${pids[@]}"; do
+		if kill -0 "$pid" 2>/dev/null; then
+			kill "$pid" 2>/dev/null || true
+			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			kill -9 "$pid" 2>/dev/null || true
+			wait "$pid" 2>/dev/null || true
+		fi
+	done
+	rm -rf "$tmp"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# install_missing BIN PKG: apt-get install PKG when BIN is not on PATH.
+install_missing() {
+	local bin=$1 pkg=$2
+	command -v "$bin" >/dev/null 2>&1 && return 0
+	if [ "$(id -u)" != 0 ]; then
+		echo "missing $bin: install the Debian package $pkg (or run this script as root)" >&2
+		exit 1
+	fi
+	step "installing $pkg"
+	if [ -z "${apt_updated:-}" ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
+		apt_updated=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" </dev/null >/dev/null
+}
+
+# free_port prints a TCP port on 127.0.0.1 nobody listens on.
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() {
+	local port=$1 what=$2
+	for _ in $(seq 100); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "$what did not open 127.0.0.1:$port" >&2
+	return 1
+}
+
+step "go vet, gofmt, go mod tidy"
+go vet ./...
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "not gofmt'ed: $unformatted" >&2
+	exit 1
+fi
+cp go.mod "$tmp/go.mod.before"; cp go.sum "$tmp/go.sum.before"
+go mod tidy
+if ! cmp -s go.mod "$tmp/go.mod.before" || ! cmp -s go.sum "$tmp/go.sum.before"; then
+	cp "$tmp/go.mod.before" go.mod; cp "$tmp/go.sum.before" go.sum
+	echo "go.mod/go.sum are not tidy: run go mod tidy" >&2
+	exit 1
+fi
+
+step "unit tests with the race detector"
+go test -count=1 -race $(go list ./... | grep -v -e /test/e2e -e /bench)
+
+step "fuzz targets, $FUZZTIME each"
+for pkg in $(go list ./...); do
+	dir=$(go list -f '{{.Dir}}' "$pkg")
+	for fz in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+		echo "fuzz $pkg $fz"
+		go test -run '^$' -fuzz "^${fz}\$" -fuzztime "$FUZZTIME" "$pkg" >"$tmp/fuzz.log" 2>&1 || { cat "$tmp/fuzz.log"; exit 1; }
+	done
+done
+
+step "end-to-end and bench smoke tests, embedded NATS"
+go test -count=1 -timeout 20m ./test/e2e/... ./bench/...
+
+step "end-to-end tests against Debian's nats-server on 127.0.0.1"
+install_missing nats-server nats-server
+nats_port=$(free_port)
+mkdir -p "$tmp/nats"
+nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$tmp/nats" >"$tmp/nats.log" 2>&1 &
+pids+=($!)
+wait_port "$nats_port" nats-server || { cat "$tmp/nats.log"; exit 1; }
+RELAY_TEST_NATS_URL="nats://127.0.0.1:$nats_port" go test -count=1 -timeout 20m ./test/e2e/... || { tail -50 "$tmp/nats.log"; exit 1; }
+
+step "all tests passed"
