@@ -1,0 +1,108 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// kindChecker accepts dir and refuses everything else, like a registry that
+// only has dir; it also requires a path.
+type kindChecker struct{}
+
+func (kindChecker) CheckEndpoint(role string, e *Endpoint) []error {
+	if e.Kind != "dir" {
+		return []error{errors.New(e.Kind + " endpoints are not available")}
+	}
+	if e.Options.Value == "" && len(e.Options.Content) == 0 {
+		return []error{errors.New("path: missing")}
+	}
+	return nil
+}
+
+func TestProblems(t *testing.T) {
+	cases := []struct {
+		name string
+		yaml string
+		want []string // each must appear as a whole line prefix
+	}{
+		{"ok", "nodes:\n  A:\n    pickup: { dir: ./a }\n    deliver: { dir: ./b }\n", nil},
+		{"no nodes", "relay: { id: x }\n", []string{"nodes: no nodes defined"}},
+		{"bad mode", "nodes:\n  A:\n    mode: fastest\n    deliver: { dir: ./b }\n", []string{`nodes.A.mode: "fastest" is not latest or sequential`}},
+		{"empty node", "nodes:\n  A: {}\n", []string{"nodes.A: has neither pickup nor deliver"}},
+		{"kind refused", "nodes:\n  SHOP1:\n    pickup: { ftp: { url: x } }\n", []string{"nodes.SHOP1.pickup.ftp: ftp endpoints are not available"}},
+		{"after on deliver", "nodes:\n  A:\n    deliver: { dir: ./b, after: keep }\n", []string{"nodes.A.deliver.after: after applies to pickups only"}},
+		{"bad listen", "relay: { listen: nowhere }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "nowhere" is not host:port`}},
+		{"bad env name", "relay: { api_token_env: 'MY TOKEN' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.api_token_env: "MY TOKEN" is not an environment variable name`}},
+		{"creds without url", "nats: { creds_file: /x }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: creds_file and tls apply to an external server"}},
+		{"several at once", "relay: { listen: x }\nnodes:\n  A:\n    mode: m\n    pickup: { imap: {} }\n", []string{"relay.listen:", "nodes.A.mode:", "nodes.A.pickup.imap:"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(c.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := cfg.Problems(kindChecker{})
+			if len(got) != len(c.want) {
+				t.Fatalf("got %d problems %q, want %d", len(got), got, len(c.want))
+			}
+			for i, w := range c.want {
+				if !strings.HasPrefix(got[i], w) {
+					t.Errorf("problem %d = %q, want prefix %q", i, got[i], w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	cases := map[string]string{
+		"":                                "empty",
+		"relay: { idd: x }":               "field idd not found",
+		"nodes:\n  A:\n    pickup: ./x\n": "an endpoint is a mapping",
+		"nodes:\n  A:\n    pickup: {}\n":  "names no kind",
+		"nodes:\n  A:\n    pickup: { dir: a, ftp: b }\n":         "two kinds",
+		"nodes:\n  A:\n    pickup: { dir: a, after: shred }\n":   `"shred" is not delete`,
+		"nodes:\n  A:\n    pickup: { dir: a, after: 'move:' }\n": "is not delete",
+	}
+	for in, want := range cases {
+		_, err := Parse([]byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want error containing %q", in, err, want)
+		}
+	}
+}
+
+func TestAfterAndDefaults(t *testing.T) {
+	cfg, err := Parse([]byte("nodes:\n  A:\n    pickup: { dir: a, after: 'move:sent' }\n  B:\n    relay: other\n    deliver: { dir: b }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.Nodes["A"].Pickup.After; a.Action != AfterMove || a.Folder != "sent" || a.String() != "move:sent" {
+		t.Errorf("after = %+v", a)
+	}
+	if cfg.Nodes["A"].Mode != ModeLatest || cfg.Relay.ID != "relay" || cfg.Relay.Listen != "127.0.0.1:8088" {
+		t.Errorf("defaults not applied: %+v %+v", cfg.Relay, cfg.Nodes["A"])
+	}
+	if !cfg.Serves(cfg.Nodes["A"]) || cfg.Serves(cfg.Nodes["B"]) {
+		t.Error("Serves: nodes without relay are served, nodes of another relay are not")
+	}
+}
+
+// TestShippedRoutingYAML: the routing.yaml at the repository root is valid.
+func TestShippedRoutingYAML(t *testing.T) {
+	cfg, err := Load("../routing.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Problems(kindChecker{}); len(p) > 0 {
+		t.Fatalf("shipped routing.yaml: %q", p)
+	}
+	if len(cfg.Nodes) < 3 {
+		t.Fatalf("shipped routing.yaml has %d nodes, want 3", len(cfg.Nodes))
+	}
+	if got := cfg.Resolve("./data"); got != "../data" {
+		t.Errorf("Resolve relative to the config's folder: %q", got)
+	}
+}
