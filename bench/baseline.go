@@ -155,7 +155,7 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 
 	o.logf("baseline: %d messages on %d channels", w.messages, len(w.channels))
 	start := time.Now()
-	prodErr := produce(wctx, root, w, func(ctx context.Context, path string, c *channel, _ sent) error {
+	prodErr := produce(wctx, root, w, &tr.mu, func(ctx context.Context, path string, c *channel, _ sent) error {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return err
@@ -195,8 +195,10 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 	tr.mu.Lock()
 	res.Observed = tr.observed
 	tr.mu.Unlock()
+	res.Lat = w.latencies(&tr.mu)
 	res.Delivered = uint64(w.messages)
 	o.logf("baseline: %.0f msg/s, %d seen in in/", res.msgsPerSec(), res.Observed)
+	o.logf("baseline: write→taken %s; taken→in/ %s", res.Lat.pickup, res.Lat.deliver)
 	return res, nil
 }
 

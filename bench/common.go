@@ -32,11 +32,18 @@ type sent struct {
 	sha  string
 }
 
+// stamps are when one message was written to out/, gone from out/ (taken)
+// and seen in in/, per side run; zero when not observed.
+type stamps struct {
+	written, taken, seen time.Time
+}
+
 // channel is one bench channel (benchPlan, from → to) with the messages its
 // producer writes, MessageNo 1..len(msgs).
 type channel struct {
 	from, to string
 	msgs     []sent
+	times    []stamps // reset before each side's run
 }
 
 func (c *channel) name() string { return exchange.FileName(c.from, c.to, exchange.FormatXML) }
@@ -155,6 +162,7 @@ type chanTrack struct {
 func newTracker(root string, w *workload) *tracker {
 	t := &tracker{root: root, chans: map[string]*chanTrack{}, remaining: len(w.channels), done: make(chan struct{})}
 	for _, c := range w.channels {
+		c.times = make([]stamps, len(c.msgs))
 		t.chans[c.key()] = &chanTrack{ch: c, seen: make([]bool, len(c.msgs)+1)}
 	}
 	return t
@@ -189,6 +197,7 @@ func (t *tracker) observe(path string) {
 	if ct.seen[h.MessageNo] {
 		return
 	}
+	ct.ch.times[h.MessageNo-1].seen = at
 	sum := sha256.Sum256(data)
 	if got, want := hex.EncodeToString(sum[:]), ct.ch.msgs[h.MessageNo-1].sha; got != want {
 		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: No %d has sha256 %s, sent %s", path, h.MessageNo, got, want))
@@ -327,4 +336,49 @@ func (s *takenSignals) waitGone(ctx context.Context, path string) error {
 // writeLike1C writes data straight to the final name (no temp file).
 func writeLike1C(path string, data []byte) error {
 	return os.WriteFile(path, data, 0o644)
+}
+
+// latencies sums up the stamps of the last run: write → taken (pickup) and
+// taken → seen in in/ (delivery).
+type latencies struct {
+	pickup, deliver dist
+}
+
+type dist struct {
+	n                  int
+	p50, p90, p99, max time.Duration
+}
+
+func (d dist) String() string {
+	if d.n == 0 {
+		return "-"
+	}
+	r := func(x time.Duration) time.Duration { return x.Round(time.Millisecond) }
+	return fmt.Sprintf("p50 %s p90 %s p99 %s max %s", r(d.p50), r(d.p90), r(d.p99), r(d.max))
+}
+
+func distOf(xs []time.Duration) dist {
+	if len(xs) == 0 {
+		return dist{}
+	}
+	sort.Slice(xs, func(i, j int) bool { return xs[i] < xs[j] })
+	q := func(f float64) time.Duration { return xs[min(len(xs)-1, int(f*float64(len(xs))))] }
+	return dist{n: len(xs), p50: q(0.5), p90: q(0.9), p99: q(0.99), max: xs[len(xs)-1]}
+}
+
+func (w *workload) latencies(mu *sync.Mutex) latencies {
+	mu.Lock()
+	defer mu.Unlock()
+	var pick, del []time.Duration
+	for _, c := range w.channels {
+		for _, s := range c.times {
+			if !s.written.IsZero() && !s.taken.IsZero() {
+				pick = append(pick, s.taken.Sub(s.written))
+			}
+			if !s.taken.IsZero() && !s.seen.IsZero() {
+				del = append(del, s.seen.Sub(s.taken))
+			}
+		}
+	}
+	return latencies{pickup: distOf(pick), deliver: distOf(del)}
 }

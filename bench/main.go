@@ -45,6 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("timeout", 10*time.Minute, "per run")
 	logLevel := fs.String("relay-log-level", "info", "throughput: in-process relay log level (logs are formatted, then discarded)")
 	cpuProfile := fs.String("cpuprofile", "", "throughput: write a CPU profile of the relay run here")
+	blockProfile := fs.String("blockprofile", "", "throughput: write a blocking profile of the relay run here")
 	quiet := fs.Bool("q", false, "no progress lines")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -90,7 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	failed := false
 	if doTP {
 		o := tpOptions{Dir: *dir, Settle: *settle, Poll: *poll, Mode: *mode, BaselineFsync: *baseFsync,
-			Timeout: *timeout, LogLevel: lvl, CPUProfile: *cpuProfile, Verbose: verbose}
+			Timeout: *timeout, LogLevel: lvl, CPUProfile: *cpuProfile, BlockProfile: *blockProfile, Verbose: verbose}
 		tp, err := runThroughput(ctx, *messages, *channels, bodySize, o)
 		if err != nil {
 			fmt.Fprintln(stderr, "bench: throughput:", err)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ type tpOptions struct {
 	Timeout       time.Duration
 	LogLevel      slog.Level // the in-process relay logs at this level into io.Discard
 	CPUProfile    string     // CPU profile of the relay run, if set
+	BlockProfile  string     // blocking profile of the relay run (where goroutines wait), if set
 	Verbose       io.Writer  // progress lines, or nil
 }
 
@@ -38,6 +40,7 @@ type tpResult struct {
 	Bytes    int64
 	Elapsed  time.Duration
 	Observed int // versions the tracker saw in in/ with the right sha256
+	Lat      latencies
 
 	// From the relay's channel state (relay side only).
 	Delivered, Superseded, Stale, Duplicates, Dead uint64
@@ -69,8 +72,8 @@ func routingYAML(listen string, nodes []string, o tpOptions) string {
 
 // produce runs one producer per channel, as a 1C node would: write message
 // n+1 (straight to the final name) only once message n has been taken.
-// taken blocks until the file at path was taken.
-func produce(ctx context.Context, root string, w *workload, taken func(ctx context.Context, path string, c *channel, m sent) error) <-chan error {
+// taken blocks until the file at path was taken. mu guards the stamps.
+func produce(ctx context.Context, root string, w *workload, mu *sync.Mutex, taken func(ctx context.Context, path string, c *channel, m sent) error) <-chan error {
 	errc := make(chan error, 1)
 	var wg sync.WaitGroup
 	for _, c := range w.channels {
@@ -78,7 +81,10 @@ func produce(ctx context.Context, root string, w *workload, taken func(ctx conte
 		go func() {
 			defer wg.Done()
 			path := filepath.Join(root, c.from, "out", c.name())
-			for _, m := range c.msgs {
+			for i, m := range c.msgs {
+				mu.Lock()
+				c.times[i].written = time.Now()
+				mu.Unlock()
 				if err := writeLike1C(path, m.data); err != nil {
 					sendErr(errc, fmt.Errorf("producer %s→%s: %w", c.from, c.to, err))
 					return
@@ -89,6 +95,9 @@ func produce(ctx context.Context, root string, w *workload, taken func(ctx conte
 					}
 					return
 				}
+				mu.Lock()
+				c.times[i].taken = time.Now()
+				mu.Unlock()
 			}
 		}()
 	}
@@ -209,9 +218,20 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 		defer pprof.StopCPUProfile()
 	}
 
+	if o.BlockProfile != "" {
+		runtime.SetBlockProfileRate(int(10 * time.Microsecond))
+		defer func() {
+			runtime.SetBlockProfileRate(0)
+			if f, ferr := os.Create(o.BlockProfile); ferr == nil {
+				_ = pprof.Lookup("block").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
+
 	o.logf("relay: %d messages on %d channels, %d nodes", w.messages, len(w.channels), len(w.nodes))
 	start := time.Now()
-	prodErr := produce(wctx, root, w, func(ctx context.Context, path string, _ *channel, _ sent) error {
+	prodErr := produce(wctx, root, w, &tr.mu, func(ctx context.Context, path string, _ *channel, _ sent) error {
 		return sig.waitGone(ctx, path)
 	})
 	if err := waitRun(ctx, tr, prodErr, o.Timeout); err != nil {
@@ -227,6 +247,7 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 	tr.mu.Lock()
 	res.Observed = tr.observed
 	tr.mu.Unlock()
+	res.Lat = w.latencies(&tr.mu)
 
 	// Every message must be accounted for by the channel state (the numbers
 	// `relay status --json` prints): resolved = sent, the final No
@@ -235,6 +256,7 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 		return res, fmt.Errorf("relay: %w", err)
 	}
 	o.logf("relay: %.0f msg/s, %d delivered, %d superseded, %d seen in in/", res.msgsPerSec(), res.Delivered, res.Superseded, res.Observed)
+	o.logf("relay: write→taken %s; taken→in/ %s", res.Lat.pickup, res.Lat.deliver)
 	return res, nil
 }
 

@@ -337,3 +337,30 @@ func findEOCD(b []byte) int {
 	}
 	return -1
 }
+
+// ReadFileHeader reads only the header of a message file, XML or zip,
+// without proving the file complete: cheap enough for a delivery to look at
+// what the destination already holds before replacing it.
+func ReadFileHeader(r io.ReaderAt, size int64, lim Limits) (Header, error) {
+	lim = lim.norm()
+	magic := make([]byte, min(max(size, 0), 4))
+	if n, err := r.ReadAt(magic, 0); n < len(magic) || size <= 0 {
+		return Header{}, readAtErr(err)
+	}
+	if !isZip(magic) {
+		return ReadHeader(io.NewSectionReader(r, 0, size), lim)
+	}
+	zr, err := zip.NewReader(r, size)
+	if err != nil {
+		return Header{}, fmt.Errorf("%w: central directory does not read: %s", ErrBadZip, oneLine(err.Error()))
+	}
+	if len(zr.File) != 1 {
+		return Header{}, fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, len(zr.File))
+	}
+	rc, err := zr.File[0].Open()
+	if err != nil {
+		return Header{}, fmt.Errorf("%w: entry does not open: %s", ErrBadZip, oneLine(err.Error()))
+	}
+	defer rc.Close()
+	return ReadHeader(rc, lim)
+}

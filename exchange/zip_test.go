@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"compress/flate"
+	"errors"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -164,5 +165,24 @@ func TestZipBeingWritten(t *testing.T) {
 		if t.Failed() {
 			t.Fatalf("at prefix %d/%d", n, len(z))
 		}
+	}
+}
+
+func TestReadFileHeader(t *testing.T) {
+	good := fixtures(t, "good")
+	for _, name := range []string{"Message_CO_SHOP1.zip", "Message_CO_SHOP1.xml", "Message_ЦО_ОП.xml"} {
+		b := good[name]
+		r := bytes.NewReader(b)
+		h, err := ReadFileHeader(r, int64(len(b)), Limits{})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		info, err := Inspect(r, int64(len(b)), Limits{})
+		if err != nil || info.Header != h {
+			t.Fatalf("%s: ReadFileHeader %+v, Inspect %+v, %v", name, h, info.Header, err)
+		}
+	}
+	if _, err := ReadFileHeader(bytes.NewReader(nil), 0, Limits{}); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("empty file: %v", err)
 	}
 }

@@ -153,22 +153,13 @@ func (p *Publisher) checkNotNewer(dst string, h exchange.Header) error {
 		return nil
 	}
 	defer f.Close()
-	var have exchange.Header
-	if strings.EqualFold(filepath.Ext(dst), ".zip") {
-		fi, err := f.Stat()
-		if err != nil {
-			return nil
-		}
-		info, err := exchange.Inspect(f, fi.Size(), p.lim)
-		if err != nil {
-			return nil
-		}
-		have = info.Header
-	} else {
-		have, err = exchange.ReadHeader(f, p.lim)
-		if err != nil {
-			return nil // unreadable: ours replaces it
-		}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	have, err := exchange.ReadFileHeader(f, fi.Size(), p.lim)
+	if err != nil {
+		return nil // unreadable: ours replaces it
 	}
 	if have.ExchangePlan == h.ExchangePlan && have.From == h.From && have.To == h.To && have.MessageNo > h.MessageNo {
 		return fmt.Errorf("dir %s: %s holds No %d, this is No %d: %w", p.node, filepath.Base(dst), have.MessageNo, h.MessageNo, exchange.ErrStale)
