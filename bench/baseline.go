@@ -154,6 +154,7 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 	}()
 
 	o.logf("baseline: %d messages on %d channels", w.messages, len(w.channels))
+	cpu0 := cpuTime()
 	start := time.Now()
 	prodErr := produce(wctx, root, w, &tr.mu, func(ctx context.Context, path string, c *channel, _ sent) error {
 		data, err := os.ReadFile(path)
@@ -189,6 +190,7 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 		return res, fmt.Errorf("baseline: %w", err)
 	}
 	res.Elapsed = tr.doneAt.Sub(start)
+	res.CPU = cpuTime() - cpu0
 	if p := tr.problems(); len(p) > 0 {
 		return res, fmt.Errorf("baseline: %s", strings.Join(p, "; "))
 	}
@@ -198,6 +200,7 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 	res.Lat = w.latencies(&tr.mu)
 	res.Delivered = uint64(w.messages)
 	o.logf("baseline: %.0f msg/s, %d seen in in/", res.msgsPerSec(), res.Observed)
+	o.logf("baseline: CPU %s (%.0f%% of one core over the run)", res.CPU.Round(time.Millisecond), 100*res.CPU.Seconds()/res.Elapsed.Seconds())
 	o.logf("baseline: write→taken %s; taken→in/ %s", res.Lat.pickup, res.Lat.deliver)
 	return res, nil
 }

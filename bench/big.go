@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -51,6 +52,10 @@ type bigResult struct {
 	Relay     time.Duration // file in out/ → file renamed into in/
 	PeakRSS   int64         // VmHWM of the relay process, bytes
 	RSSAtStop int64         // VmRSS just before stopping
+	RSSIdle   int64         // VmRSS once ready, before the file arrived
+	// Sampled VmRSS maxima (every 50ms) while ingesting (file still in
+	// out/) and while delivering (after it left out/).
+	RSSIngest, RSSDeliver int64
 }
 
 // runBig times one big message through the real relay binary, against cp
@@ -142,6 +147,36 @@ func runBig(ctx context.Context, o bigOptions) (res bigResult, err error) {
 		return res, err
 	}
 
+	if _, res.RSSIdle, err = procMem(child.cmd.Process.Pid); err != nil {
+		return res, err
+	}
+	// Sample VmRSS to tell which phase drives the peak.
+	var ingested atomic.Bool
+	sampleCtx, stopSample := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-sampleCtx.Done():
+				return
+			case <-tk.C:
+			}
+			_, rss, err := procMem(child.cmd.Process.Pid)
+			if err != nil {
+				continue
+			}
+			if ingested.Load() {
+				res.RSSDeliver = max(res.RSSDeliver, rss)
+			} else {
+				res.RSSIngest = max(res.RSSIngest, rss)
+			}
+		}
+	}()
+	defer func() { stopSample(); <-sampled }()
+
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return res, err
@@ -170,6 +205,7 @@ func runBig(ctx context.Context, o bigOptions) (res bigResult, err error) {
 			switch {
 			case ev.Name == filepath.Join(outDir, name) && ev.Has(fsnotify.Remove) && res.Ingested == 0:
 				res.Ingested = time.Since(t0)
+				ingested.Store(true)
 				o.logf("big: ingested after %s", res.Ingested.Round(time.Millisecond))
 			case ev.Name == delivered && ev.Has(fsnotify.Create):
 				res.Relay = time.Since(t0)
@@ -221,6 +257,8 @@ func runBig(ctx context.Context, o bigOptions) (res bigResult, err error) {
 	if got != sentSHA {
 		return res, fmt.Errorf("delivered file sha256 %s, sent %s", got, sentSHA)
 	}
+	stopSample()
+	<-sampled
 	res.PeakRSS, res.RSSAtStop, err = procMem(child.cmd.Process.Pid)
 	if err != nil {
 		return res, err

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -381,4 +382,13 @@ func (w *workload) latencies(mu *sync.Mutex) latencies {
 		}
 	}
 	return latencies{pickup: distOf(pick), deliver: distOf(del)}
+}
+
+// cpuTime is the CPU (user+sys) this process has used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

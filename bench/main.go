@@ -170,7 +170,7 @@ func (r *report) print(out io.Writer) {
 		fmt.Fprintf(tw, "  of which ingest\t%s\t\t\n", b.Ingested.Round(time.Millisecond))
 		fmt.Fprintf(tw, "MB/s\t%.1f\tcp %.1f\t\n", float64(b.Size)/1e6/b.Relay.Seconds(), float64(b.Size)/1e6/b.Cp.Seconds())
 		fmt.Fprintf(tw, "peak RSS (VmHWM)\t%s\t\ttarget < 150 MiB: %s\n", humanBytes(b.PeakRSS), okIf(b.PeakRSS < 150<<20))
-		fmt.Fprintf(tw, "RSS at stop\t%s\t\t\n", humanBytes(b.RSSAtStop))
+		fmt.Fprintf(tw, "RSS idle / ingest / deliver / stop\t%s / %s / %s / %s\t\t\n", humanBytes(b.RSSIdle), humanBytes(b.RSSIngest), humanBytes(b.RSSDeliver), humanBytes(b.RSSAtStop))
 	}
 }
 

@@ -41,6 +41,7 @@ type tpResult struct {
 	Elapsed  time.Duration
 	Observed int // versions the tracker saw in in/ with the right sha256
 	Lat      latencies
+	CPU      time.Duration // CPU of the whole bench process from first write to last delivery
 
 	// From the relay's channel state (relay side only).
 	Delivered, Superseded, Stale, Duplicates, Dead uint64
@@ -230,6 +231,7 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 	}
 
 	o.logf("relay: %d messages on %d channels, %d nodes", w.messages, len(w.channels), len(w.nodes))
+	cpu0 := cpuTime()
 	start := time.Now()
 	prodErr := produce(wctx, root, w, &tr.mu, func(ctx context.Context, path string, _ *channel, _ sent) error {
 		return sig.waitGone(ctx, path)
@@ -238,6 +240,7 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 		return res, fmt.Errorf("relay: %w", err)
 	}
 	res.Elapsed = tr.doneAt.Sub(start)
+	res.CPU = cpuTime() - cpu0
 	if o.CPUProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -256,6 +259,7 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 		return res, fmt.Errorf("relay: %w", err)
 	}
 	o.logf("relay: %.0f msg/s, %d delivered, %d superseded, %d seen in in/", res.msgsPerSec(), res.Delivered, res.Superseded, res.Observed)
+	o.logf("relay: CPU %s (%.0f%% of one core over the run)", res.CPU.Round(time.Millisecond), 100*res.CPU.Seconds()/res.Elapsed.Seconds())
 	o.logf("relay: write→taken %s; taken→in/ %s", res.Lat.pickup, res.Lat.deliver)
 	return res, nil
 }

@@ -34,12 +34,12 @@ func gone(path string) bool {
 	return os.IsNotExist(err)
 }
 
-// TestFlowEveryMessageDelivered: six channels, 40 messages each, every one
+// TestFlowEveryMessageDelivered: six channels, 50 messages each, every one
 // delivered byte-identical to the right inbox. The receiving "1C node" reads
 // and removes each delivered file before its sender writes the next message,
 // so nothing is superseded and every message must arrive.
 func TestFlowEveryMessageDelivered(t *testing.T) {
-	const perChannel = 40
+	const perChannel = 50
 	s := newSite(t, threeNodes...)
 	s.start(t)
 
@@ -196,4 +196,37 @@ func channel(t testing.TB, s *site, from, to string) api.ChannelView {
 	}
 	t.Fatalf("no channel %s→%s in status", from, to)
 	return api.ChannelView{}
+}
+
+// TestLatestSupersedes: while a node's inbox is unavailable, its sender
+// writes 1, 2, 3. When the inbox is back, only 3 is delivered; 1 and 2 are
+// counted as superseded, and the failure was shown as the channel's last error.
+func TestLatestSupersedes(t *testing.T) {
+	s := newSite(t, nodeSpec{code: "A"}, nodeSpec{code: "B"})
+	s.start(t)
+	in := s.in("B")
+	// Break the inbox: a file where the folder should be.
+	if err := os.RemoveAll(in); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(in, []byte("not a folder"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(s.out("A"), "Message_A_B.xml")
+	for n := uint64(1); n <= 3; n++ {
+		exchangetest.WriteFile(s.out("A"), header("A", "B", n, 0), 400, exchange.FormatXML)
+		waitFor(t, 10*time.Second, "taken", func() bool { return gone(src) })
+	}
+	waitFor(t, 10*time.Second, "failure shown", func() bool { return channel(t, s, "A", "B").LastError != "" })
+	if c := channel(t, s, "A", "B"); c.PickedNo != 3 || c.DeliveredNo != 0 || c.Pending != 3 {
+		t.Fatalf("while the inbox is broken: %+v", c)
+	}
+	os.Remove(in)
+	os.MkdirAll(in, 0o755)
+	dst := filepath.Join(in, "Message_A_B.xml")
+	waitFor(t, 20*time.Second, "3 delivered", func() bool { return readNo(dst) == 3 })
+	waitFor(t, 5*time.Second, "counted", func() bool {
+		c := channel(t, s, "A", "B")
+		return c.Superseded == 2 && c.DeliveredNo == 3 && c.Pending == 0 && c.LastError == ""
+	})
 }

@@ -1,0 +1,268 @@
+package dir
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+func hdr(no uint64) exchange.Header {
+	return exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: no}
+}
+
+func fastPickup(path string) PickupConfig {
+	return PickupConfig{Path: path, Settle: config.Duration(50 * time.Millisecond), PollInterval: config.Duration(100 * time.Millisecond), IncompleteTimeout: config.Duration(time.Second)}
+}
+
+// memMemory is an in-memory Memory.
+type memMemory struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (m *memMemory) Seen(_ context.Context, k, fp string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.m[k] == fp, nil
+}
+
+func (m *memMemory) Remember(_ context.Context, k, fp string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.m[k] = fp
+	return nil
+}
+
+func subscribe(t *testing.T, cfg PickupConfig, after string, mem Memory) <-chan *message.Message {
+	t.Helper()
+	a, err := config.ParseAfter(after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSubscriber("A", cfg, a, mem, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := s.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); s.Close() })
+	return ch
+}
+
+func next(t *testing.T, ch <-chan *message.Message, d time.Duration) *message.Message {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(d):
+		return nil
+	}
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// TestPickupCommitsOnlyOnAck: a nacked file stays and comes again; an acked
+// one is deleted. The body opener reads the whole file; the header is set.
+func TestPickupCommitsOnlyOnAck(t *testing.T) {
+	dir := t.TempDir()
+	ch := subscribe(t, fastPickup(dir), "delete", nil)
+	path, _ := exchangetest.WriteFile(dir, hdr(3), 1000, exchange.FormatXML)
+	m := next(t, ch, 5*time.Second)
+	if m == nil {
+		t.Fatal("no message")
+	}
+	h, err := exchange.HeaderOf(m)
+	if err != nil || h.MessageNo != 3 || m.Metadata.Get(exchange.MetaProblem) != "" {
+		t.Fatalf("header %+v %v, problem %q", h, err, m.Metadata.Get(exchange.MetaProblem))
+	}
+	body, err := exchange.Body(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(body)
+	body.Close()
+	want, _ := os.ReadFile(path)
+	if string(got) != string(want) {
+		t.Fatal("body differs from the file")
+	}
+	m.Nack()
+	time.Sleep(200 * time.Millisecond)
+	if !exists(path) {
+		t.Fatal("nacked file was removed")
+	}
+	m = next(t, ch, 5*time.Second) // offered again after backoff (1s)
+	if m == nil {
+		t.Fatal("nacked file not offered again")
+	}
+	m.Ack()
+	deadline := time.Now().Add(2 * time.Second)
+	for exists(path) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if exists(path) {
+		t.Fatal("acked file not deleted")
+	}
+}
+
+// TestPickupWaitsForCompleteFile: a half-written file is not offered while
+// it is being written, nor while it is incomplete, until incomplete_timeout;
+// then it is offered with a problem, never silently dropped.
+func TestPickupWaitsForCompleteFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := fastPickup(dir)
+	cfg.IncompleteTimeout = config.Duration(1500 * time.Millisecond)
+	ch := subscribe(t, cfg, "delete", nil)
+	var b strings.Builder
+	exchangetest.WriteXML(&b, hdr(1), 5000)
+	full := b.String()
+	path := filepath.Join(dir, "Message_A_B.xml")
+	os.WriteFile(path, []byte(full[:len(full)/2]), 0o644)
+	if m := next(t, ch, 700*time.Millisecond); m != nil {
+		t.Fatalf("half-written file offered: problem %q", m.Metadata.Get(exchange.MetaProblem))
+	}
+	m := next(t, ch, 3*time.Second)
+	if m == nil || !strings.Contains(m.Metadata.Get(exchange.MetaProblem), "incomplete") {
+		t.Fatalf("stuck incomplete file not reported: %v", m)
+	}
+	m.Nack()
+	// The writer finishes: now the file is complete and offered without a problem.
+	os.WriteFile(path, []byte(full), 0o644)
+	m = next(t, ch, 5*time.Second)
+	if m == nil || m.Metadata.Get(exchange.MetaProblem) != "" {
+		t.Fatalf("completed file: %v", m)
+	}
+	m.Ack()
+}
+
+// TestPickupFilters: only Message_* .xml/.zip files naming this node as the
+// sender are looked at; a bad Message_ name is offered with a problem.
+func TestPickupFilters(t *testing.T) {
+	dir := t.TempDir()
+	ch := subscribe(t, fastPickup(dir), "delete", nil)
+	exchangetest.WriteFile(dir, exchange.Header{ExchangePlan: "P", From: "B", To: "A", MessageNo: 1}, 100, exchange.FormatXML) // inbound file in a shared folder
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(dir, "Message_A_B.txt"), []byte("x"), 0o644)
+	if m := next(t, ch, 500*time.Millisecond); m != nil {
+		t.Fatalf("offered %s", m.Metadata.Get(exchange.MetaFileName))
+	}
+	os.WriteFile(filepath.Join(dir, "Message_A.xml"), []byte("<x/>"), 0o644)
+	m := next(t, ch, 3*time.Second)
+	if m == nil || !strings.Contains(m.Metadata.Get(exchange.MetaProblem), "name") {
+		t.Fatalf("bad name not reported: %v", m)
+	}
+	m.Ack()
+}
+
+// TestPickupKeepAndMove: keep never takes the same version twice; move puts
+// the file into the folder without overwriting an earlier one.
+func TestPickupKeepAndMove(t *testing.T) {
+	dir := t.TempDir()
+	mem := &memMemory{m: map[string]string{}}
+	ch := subscribe(t, fastPickup(dir), "keep", mem)
+	path, _ := exchangetest.WriteFile(dir, hdr(1), 100, exchange.FormatXML)
+	next(t, ch, 3*time.Second).Ack()
+	if m := next(t, ch, 700*time.Millisecond); m != nil {
+		t.Fatal("kept file offered twice")
+	}
+	if !exists(path) {
+		t.Fatal("keep removed the file")
+	}
+	time.Sleep(20 * time.Millisecond)
+	exchangetest.WriteFile(dir, hdr(2), 120, exchange.FormatXML)
+	if m := next(t, ch, 3*time.Second); m == nil || m.Metadata.Get(exchange.MetaMessageNo) != "2" {
+		t.Fatalf("new version not offered: %v", m)
+	} else {
+		m.Ack()
+	}
+
+	mdir := t.TempDir()
+	mch := subscribe(t, fastPickup(mdir), "move:done", nil)
+	for n := uint64(1); n <= 2; n++ {
+		p, _ := exchangetest.WriteFile(mdir, hdr(n), 100, exchange.FormatZip)
+		next(t, mch, 3*time.Second).Ack()
+		deadline := time.Now().Add(2 * time.Second)
+		for exists(p) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(mdir, "done"))
+	if len(ents) != 2 {
+		t.Fatalf("move: %d files in done/, want 2", len(ents))
+	}
+}
+
+func deliverMsg(t *testing.T, src string, h exchange.Header) *message.Message {
+	t.Helper()
+	fi, err := os.Stat(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := message.NewMessage(watermill.NewUUID(), nil)
+	exchange.SetHeader(m, h)
+	m.Metadata.Set(exchange.MetaFileName, exchange.FileName(h.From, h.To, exchange.FormatXML))
+	m.Metadata.Set(exchange.MetaSize, strconv.FormatInt(fi.Size(), 10))
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return os.Open(src) })
+	return m
+}
+
+// TestDeliverAtomicAndNeverBackwards: a delivery lands whole under the final
+// name with no temp file left; an older message never replaces a newer one.
+func TestDeliverAtomicAndNeverBackwards(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f5, _ := exchangetest.WriteFile(src, hdr(5), 3000, exchange.FormatXML)
+	if err := p.Publish("", deliverMsg(t, f5, hdr(5))); err != nil {
+		t.Fatal(err)
+	}
+	f4, _ := exchangetest.WriteFile(t.TempDir(), hdr(4), 3000, exchange.FormatXML)
+	err = p.Publish("", deliverMsg(t, f4, hdr(4)))
+	if !errors.Is(err, exchange.ErrStale) {
+		t.Fatalf("older over newer: err %v, want ErrStale", err)
+	}
+	ents, _ := os.ReadDir(dst)
+	if len(ents) != 1 || ents[0].Name() != "Message_A_B.xml" {
+		t.Fatalf("destination holds %v", ents)
+	}
+	got, _ := os.ReadFile(filepath.Join(dst, "Message_A_B.xml"))
+	want, _ := os.ReadFile(f5)
+	if string(got) != string(want) {
+		t.Fatal("delivered file differs")
+	}
+	// A body shorter than announced fails and leaves nothing behind.
+	m := deliverMsg(t, f5, hdr(6))
+	m.Metadata.Set(exchange.MetaSize, "999999")
+	if err := p.Publish("", m); err == nil {
+		t.Fatal("short body accepted")
+	}
+	ents, _ = os.ReadDir(dst)
+	if len(ents) != 1 {
+		t.Fatalf("failed delivery left %v", ents)
+	}
+	// A name that is not a message name is a permanent error.
+	bad := deliverMsg(t, f5, hdr(7))
+	bad.Metadata.Set(exchange.MetaFileName, "../escape.xml")
+	if err := p.Publish("", bad); !exchange.IsPermanent(err) {
+		t.Fatalf("bad name: %v, want a permanent error", err)
+	}
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+func run(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	root := newRoot(&out, &errb)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), errb.String(), err
+}
+
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("relay: { listen: nowhere }\nnodes:\n  SHOP1:\n    mode: fast\n    pickup: { ftp: { url: x } }\n    deliver: { dir: { path: '' } }\n"), 0o644)
+	_, stderr, err := run(t, "validate", "-c", bad)
+	if err == nil {
+		t.Fatal("validate accepted a broken config")
+	}
+	for _, want := range []string{
+		`relay.listen: "nowhere" is not host:port`,
+		`nodes.SHOP1.mode: "fast" is not latest or sequential`,
+		"nodes.SHOP1.pickup.ftp: ftp endpoints are not available in this build yet",
+		"nodes.SHOP1.deliver.dir: path: missing",
+	} {
+		if !strings.Contains(stderr, want+"\n") {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	out, _, err := run(t, "validate", "-c", "../../routing.yaml")
+	if err != nil || !strings.Contains(out, "OK, 3 node(s)") {
+		t.Fatalf("shipped routing.yaml: %v %s", err, out)
+	}
+}
+
+func TestInspect(t *testing.T) {
+	dir := t.TempDir()
+	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 20, ReceivedNo: 15}
+	path, err := exchangetest.WriteFile(dir, h, 1000, exchange.FormatZip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := run(t, "inspect", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"format       zip", "plan         Магазины", "from         ЦО", "message_no   20", "received_no  15", "name         ok", "sha256       "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect output lacks %q:\n%s", want, out)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "Message_X_Y.xml"), []byte("<v8msg:Message xmlns:v8msg=\"http://v8.1c.ru/messages\"><v8msg:Hea"), 0o644)
+	if _, _, err := run(t, "inspect", filepath.Join(dir, "Message_X_Y.xml")); err == nil || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("truncated file: %v (want a one-line error)", err)
+	}
+}
+
+func TestStatusWithoutRelay(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "r.yaml")
+	os.WriteFile(cfg, []byte("relay: { listen: '127.0.0.1:1' }\nnodes:\n  A:\n    deliver: { dir: a }\n"), 0o644)
+	_, _, err := run(t, "status", "-c", cfg)
+	if err == nil || !strings.Contains(err.Error(), "relay is not reachable") {
+		t.Fatalf("status without a relay: %v", err)
+	}
+}
