@@ -4,14 +4,18 @@
 package adapters
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sort"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/relay1c/relay/adapters/dir"
+	"github.com/relay1c/relay/adapters/ftp"
+	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/pipeline"
 )
@@ -22,6 +26,8 @@ type kind struct {
 	checkDeliver func(r *Registry, e *config.Endpoint) []error
 	pickup       func(r *Registry, node string, e *config.Endpoint, mem *pipeline.Memory, log *slog.Logger) (message.Subscriber, error)
 	deliver      func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error)
+	// check proves the endpoint usable (connect, list, write a probe).
+	check func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error
 }
 
 // kinds lists every endpoint kind this build knows.
@@ -57,11 +63,78 @@ var kinds = map[string]kind{
 			c.Path = r.cfg.Resolve(c.Path)
 			return dir.NewPublisher(node, c, log)
 		},
+		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
+			var path string
+			if role == "pickup" {
+				c, err := dir.DecodePickup(&e.Options)
+				if err != nil {
+					return err
+				}
+				path = c.Path
+			} else {
+				c, err := dir.DecodeDeliver(&e.Options)
+				if err != nil {
+					return err
+				}
+				path = c.Path
+			}
+			return dir.Check(r.cfg.Resolve(path))
+		},
+	},
+	"ftp": {
+		checkPickup:  func(r *Registry, e *config.Endpoint) []error { return checkFTP(e, "pickup") },
+		checkDeliver: func(r *Registry, e *config.Endpoint) []error { return checkFTP(e, "deliver") },
+		pickup: func(r *Registry, node string, e *config.Endpoint, mem *pipeline.Memory, log *slog.Logger) (message.Subscriber, error) {
+			c, err := r.ftpConfig(e, "pickup")
+			if err != nil {
+				return nil, err
+			}
+			return ftp.NewSubscriber(node, c, e.After, mem, r.spool(node), log)
+		},
+		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
+			c, err := r.ftpConfig(e, "deliver")
+			if err != nil {
+				return nil, err
+			}
+			return ftp.NewPublisher(node, c, log)
+		},
+		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
+			c, err := r.ftpConfig(e, role)
+			if err != nil {
+				return err
+			}
+			return ftp.Check(ctx, node, role, c, log)
+		},
 	},
 }
 
+func checkFTP(e *config.Endpoint, role string) []error {
+	c, err := ftp.Decode(&e.Options, role)
+	if err != nil {
+		return []error{err}
+	}
+	return c.Validate()
+}
+
+func (r *Registry) ftpConfig(e *config.Endpoint, role string) (ftp.Config, error) {
+	c, err := ftp.Decode(&e.Options, role)
+	if err != nil {
+		return c, err
+	}
+	if c.CAFile != "" {
+		c.CAFile = r.cfg.Resolve(c.CAFile)
+	}
+	return c, nil
+}
+
+// spool is where a remote pickup of node downloads files before they are
+// checked and stored: under relay.data_dir, on the relay's own disk.
+func (r *Registry) spool(node string) string {
+	return filepath.Join(r.cfg.Resolve(r.cfg.Relay.DataDir), "spool", bus.Token(node))
+}
+
 // planned are kinds from DESIGN.md that this build does not have yet.
-var planned = map[string]bool{"ftp": true, "imap": true, "smtp": true, "http": true, "http_pull": true}
+var planned = map[string]bool{"imap": true, "smtp": true, "http": true, "http_pull": true}
 
 // Registry builds adapters for one config.
 type Registry struct{ cfg *config.Config }
@@ -112,6 +185,19 @@ func (r *Registry) Pickup(node string, e *config.Endpoint, mem *pipeline.Memory,
 		return nil, errors.Join(errs...)
 	}
 	return k.pickup(r, node, e, mem, log)
+}
+
+// Check proves one endpoint usable: for remote ones it connects, logs in,
+// lists and writes and deletes a probe file.
+func (r *Registry) Check(ctx context.Context, node, role string, e *config.Endpoint, log *slog.Logger) error {
+	k, err := r.lookup(role, e)
+	if err != nil {
+		return err
+	}
+	if errs := r.CheckEndpoint(role, e); len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return k.check(ctx, r, node, role, e, log)
 }
 
 // Deliver builds the node's delivery publisher.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -113,7 +114,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		}
 	}()
 	sum := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(tmp, sum), ctxReader{ctx, body}, make([]byte, 256<<10))
+	n, err := io.CopyBuffer(io.MultiWriter(tmp, sum), folder.CtxReader{Ctx: ctx, R: body}, make([]byte, 256<<10))
 	if err != nil {
 		return fmt.Errorf("dir %s: write %s: %w", p.node, name, err)
 	}
@@ -167,18 +168,22 @@ func (p *Publisher) checkNotNewer(dst string, h exchange.Header) error {
 	return nil
 }
 
-// ctxReader stops a copy when the context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(b []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(b)
-}
-
 // Close has nothing to release; it exists for message.Publisher.
 func (p *Publisher) Close() error { return nil }
+
+// Check proves a folder usable: it exists or can be created, and a probe
+// file can be written and removed.
+func Check(path string) error {
+	if err := os.MkdirAll(path, 0o750); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	f, err := os.CreateTemp(path, tempPrefix+"check-*.part")
+	if err != nil {
+		return fmt.Errorf("write probe file in %s: %w (hint: permission denied?)", path, err)
+	}
+	f.Close()
+	if err := os.Remove(f.Name()); err != nil {
+		return fmt.Errorf("remove probe file %s: %w", f.Name(), err)
+	}
+	return nil
+}

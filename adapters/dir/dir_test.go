@@ -16,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
@@ -48,7 +49,7 @@ func (m *memMemory) Remember(_ context.Context, k, fp string) error {
 	return nil
 }
 
-func subscribe(t *testing.T, cfg PickupConfig, after string, mem Memory) <-chan *message.Message {
+func subscribe(t *testing.T, cfg PickupConfig, after string, mem folder.Memory) <-chan *message.Message {
 	t.Helper()
 	a, err := config.ParseAfter(after)
 	if err != nil {

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -264,4 +266,77 @@ func eachSeq(g *globals, cmd *cobra.Command, args []string, fn func(*api.Client,
 		return fmt.Errorf("%d of %d failed", failed, len(args))
 	}
 	return nil
+}
+
+func checkCmd(g *globals) *cobra.Command {
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "check [NODE...]",
+		Short: "Connect to every endpoint, list, write and delete a probe file; one line per node",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			cfg, err := config.Load(g.config)
+			if err != nil {
+				return err
+			}
+			nodes := args
+			if len(nodes) == 0 {
+				nodes = cfg.NodeNames()
+			}
+			for _, n := range nodes {
+				if cfg.Nodes[n] == nil {
+					return fmt.Errorf("no node %q in %s", n, g.config)
+				}
+			}
+			reg := adapters.New(cfg)
+			lines := make([]string, len(nodes))
+			failed := make([]bool, len(nodes))
+			var wg sync.WaitGroup
+			for i, name := range nodes {
+				wg.Go(func() {
+					n := cfg.Nodes[name]
+					var probs []string
+					for _, ep := range []struct {
+						role string
+						e    *config.Endpoint
+					}{{"pickup", n.Pickup}, {"deliver", n.Deliver}} {
+						if ep.e == nil {
+							continue
+						}
+						ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+						err := reg.Check(ctx, name, ep.role, ep.e, log)
+						cancel()
+						if err != nil {
+							probs = append(probs, fmt.Sprintf("%s %s: %v", ep.role, ep.e.Kind, err))
+						}
+					}
+					if len(probs) == 0 {
+						lines[i] = name + "\tOK"
+						return
+					}
+					failed[i] = true
+					lines[i] = name + "\tFAIL\t" + strings.Join(probs, "; ")
+				})
+			}
+			wg.Wait()
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			bad := 0
+			for i, l := range lines {
+				fmt.Fprintln(tw, l)
+				if failed[i] {
+					bad++
+				}
+			}
+			tw.Flush()
+			if bad > 0 {
+				return fmt.Errorf("%d of %d node(s) failed the check", bad, len(nodes))
+			}
+			return nil
+		},
+	}
+	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "time limit per endpoint")
+	return c
 }

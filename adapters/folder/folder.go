@@ -1,0 +1,118 @@
+// Package folder is the drop-folder pickup that the dir and ftp adapters
+// share: a 1C node writes Message_<FROM>_<TO> files into a folder, and relay
+// takes each one once it is stable and complete, hands it to the pipeline,
+// and commits it (delete, move, keep) only when JetStream holds it. The
+// transport (local disk, FTP) is a Source; everything that decides when a
+// file is safe to take lives here once.
+package folder
+
+import (
+	"context"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+)
+
+// File is one regular file of a pickup folder as a listing shows it.
+type File struct {
+	Name    string
+	Size    int64
+	ModTime time.Time
+}
+
+// Fetched is a local, random-access copy of one file's content: the open
+// file itself for a local folder, a spooled download for a remote one. What
+// is inspected is exactly what the pipeline reads, even if the source changes.
+type Fetched struct {
+	File *os.File
+	Size int64
+	// Release closes File and removes a spool copy; called once the pipeline
+	// has answered.
+	Release func()
+}
+
+// Source is a folder the pickup reads: local disk or an FTP server.
+type Source interface {
+	// List returns the regular files directly in the folder.
+	List(ctx context.Context) ([]File, error)
+	// Fetch makes the content of f available locally; an error is transient
+	// (the file is looked at again later), never a verdict on the content.
+	Fetch(ctx context.Context, f File) (Fetched, error)
+	// Stat returns name as it is now.
+	Stat(ctx context.Context, name string) (File, error)
+	// Remove deletes name from the folder.
+	Remove(ctx context.Context, name string) error
+	// Move moves name into folder (relative to the pickup folder, or
+	// absolute), never overwriting an earlier moved file.
+	Move(ctx context.Context, name, folder string) error
+	// Where names a file for logs, metadata and keep-memory keys, e.g.
+	// "dir:/srv/out/Message_A_B.xml" or "ftp://shop1@host:21/out/Message_A_B.xml".
+	Where(name string) string
+}
+
+// Notifier is implemented by sources that can tell when the folder changed
+// (fsnotify); others are polled every poll_interval.
+type Notifier interface {
+	// Notify returns a channel that receives after changes to Message_*
+	// files; it closes when ctx ends.
+	Notify(ctx context.Context) (<-chan struct{}, error)
+}
+
+// Memory remembers what an `after: keep` pickup already took, so a file left
+// in place is not taken twice. Keys and fingerprints are opaque strings.
+type Memory interface {
+	Seen(ctx context.Context, key, fingerprint string) (bool, error)
+	Remember(ctx context.Context, key, fingerprint string) error
+}
+
+// IsMessageName is the cheap filter: Message_*.xml|.zip, extension in any case.
+func IsMessageName(base string) bool {
+	if !strings.HasPrefix(base, "Message_") {
+		return false
+	}
+	ext := strings.ToLower(path.Ext(base))
+	return ext == ".xml" || ext == ".zip"
+}
+
+// Spool downloads r into a new file in dir and returns it positioned for
+// random access; at most limit bytes are accepted. The file is removed by
+// Release.
+func Spool(ctx context.Context, dir string, r io.Reader, limit int64) (Fetched, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return Fetched{}, err
+	}
+	f, err := os.CreateTemp(dir, "pickup-*.spool")
+	if err != nil {
+		return Fetched{}, err
+	}
+	release := func() { f.Close(); os.Remove(f.Name()) }
+	n, err := io.CopyBuffer(f, io.LimitReader(CtxReader{Ctx: ctx, R: r}, limit+1), make([]byte, 256<<10))
+	if err == nil && n > limit {
+		err = errTooBig{limit}
+	}
+	if err != nil {
+		release()
+		return Fetched{}, err
+	}
+	return Fetched{File: f, Size: n, Release: release}, nil
+}
+
+type errTooBig struct{ limit int64 }
+
+func (e errTooBig) Error() string { return "file is larger than the size limit" }
+
+// CtxReader stops a copy when the context ends.
+type CtxReader struct {
+	Ctx context.Context
+	R   io.Reader
+}
+
+// Read fails with the context's error once it is done.
+func (c CtxReader) Read(b []byte) (int, error) {
+	if err := c.Ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.R.Read(b)
+}

@@ -1,0 +1,405 @@
+package folder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Options configure a Pickup.
+type Options struct {
+	// Node is the node code whose outgoing folder this is; only files that
+	// name it as sender are taken.
+	Node string
+	// Adapter names the transport in logs ("dir", "ftp").
+	Adapter string
+	// Settle is how long size and mtime must stay unchanged before a file is read.
+	Settle time.Duration
+	// PollInterval is the rescan period (behind fsnotify where there is one).
+	PollInterval time.Duration
+	// IncompleteTimeout is how long a stable but incomplete file is waited
+	// for before it is dead-lettered.
+	IncompleteTimeout time.Duration
+	// After is what happens to a file once JetStream holds it.
+	After config.After
+	// Memory is required for after: keep.
+	Memory Memory
+	// Limits bound what a file may be.
+	Limits exchange.Limits
+	Log    *slog.Logger
+}
+
+// Pickup is a Watermill Subscriber that emits one message per complete
+// exchange file of a Source and commits the file only when the message is
+// acked. A nacked file stays and is offered again after a backoff.
+type Pickup struct {
+	src Source
+	o   Options
+	log *slog.Logger
+	now func() time.Time
+
+	mu      sync.Mutex
+	lastErr string
+	errAt   time.Time
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+var _ message.Subscriber = (*Pickup)(nil)
+
+// NewPickup makes the pickup of o.Node from src.
+func NewPickup(src Source, o Options) (*Pickup, error) {
+	if o.Settle < 0 || o.PollInterval < 100*time.Millisecond || o.IncompleteTimeout < o.Settle {
+		return nil, fmt.Errorf("%s %s: bad timing: settle %s, poll_interval %s, incomplete_timeout %s", o.Adapter, o.Node, o.Settle, o.PollInterval, o.IncompleteTimeout)
+	}
+	if o.After.Action == config.AfterKeep && o.Memory == nil {
+		return nil, fmt.Errorf("%s %s: after: keep needs a memory", o.Adapter, o.Node)
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Limits == (exchange.Limits{}) {
+		o.Limits = exchange.DefaultLimits()
+	}
+	return &Pickup{
+		src: src, o: o,
+		log:     o.Log.With("node", o.Node, "adapter", o.Adapter),
+		now:     time.Now,
+		closing: make(chan struct{}),
+	}, nil
+}
+
+// LastError is the pickup's current trouble (cannot list, cannot download),
+// "" when its last scan went well; `relay status` shows it.
+func (p *Pickup) LastError() (string, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr, p.errAt
+}
+
+func (p *Pickup) setErr(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil {
+		p.lastErr, p.errAt = "", time.Time{}
+		return
+	}
+	if msg := err.Error(); msg != p.lastErr {
+		p.lastErr, p.errAt = msg, p.now()
+	}
+}
+
+// candidate is what the scanner knows of one file.
+type candidate struct {
+	size    int64
+	mtime   time.Time
+	since   time.Time // when this size/mtime was first seen
+	retryAt time.Time // after a nack, a failed fetch or an incomplete read
+	fails   int
+}
+
+// Subscribe starts scanning; the topic is ignored (a pickup has one source).
+// The channel closes when ctx ends or Close is called.
+func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var notify <-chan struct{}
+	if n, ok := p.src.(Notifier); ok {
+		ch, err := n.Notify(ctx)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		notify = ch
+	}
+	out := make(chan *message.Message)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(out)
+		defer cancel()
+		p.loop(ctx, notify, out)
+	}()
+	return out, nil
+}
+
+func (p *Pickup) loop(ctx context.Context, notify <-chan struct{}, out chan<- *message.Message) {
+	seen := map[string]*candidate{}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.closing:
+			return
+		case _, ok := <-notify:
+			if !ok {
+				notify = nil
+				continue
+			}
+			// Let the writer go on; look again once it could have settled.
+			resetTimer(timer, p.o.Settle)
+			continue
+		case <-timer.C:
+		}
+		next := p.scan(ctx, seen, out)
+		if next <= 0 || next > p.o.PollInterval {
+			next = p.o.PollInterval
+		}
+		resetTimer(timer, next)
+	}
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	t.Stop()
+	select {
+	case <-t.C:
+	default:
+	}
+	t.Reset(d)
+}
+
+// scan lists the folder once, hands every settled file to the pipeline in
+// mtime order, and returns when it wants to look again.
+func (p *Pickup) scan(ctx context.Context, seen map[string]*candidate, out chan<- *message.Message) time.Duration {
+	files, err := p.src.List(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.setErr(err)
+			p.log.Error("cannot list pickup folder", "err", err)
+		}
+		return 0
+	}
+	p.setErr(nil)
+	now := p.now()
+	next := time.Duration(0)
+	wantAt := func(t time.Time) {
+		if d := t.Sub(now); d > 0 && (next == 0 || d < next) {
+			next = d
+		}
+	}
+	present := map[string]bool{}
+	var ready []string
+	for _, f := range files {
+		if !IsMessageName(f.Name) {
+			continue
+		}
+		if n, err := exchange.ParseName(f.Name); err == nil && n.From != p.o.Node {
+			continue // another node's file, e.g. one delivered into a shared folder
+		}
+		present[f.Name] = true
+		c := seen[f.Name]
+		if c == nil || c.size != f.Size || !c.mtime.Equal(f.ModTime) {
+			fails := 0
+			if c != nil {
+				fails = c.fails
+			}
+			seen[f.Name] = &candidate{size: f.Size, mtime: f.ModTime, since: now, fails: fails}
+			wantAt(now.Add(p.o.Settle))
+			continue
+		}
+		if now.Before(c.since.Add(p.o.Settle)) {
+			wantAt(c.since.Add(p.o.Settle))
+			continue
+		}
+		if now.Before(c.retryAt) {
+			wantAt(c.retryAt)
+			continue
+		}
+		ready = append(ready, f.Name)
+	}
+	for name := range seen {
+		if !present[name] {
+			delete(seen, name)
+		}
+	}
+	sort.Slice(ready, func(i, j int) bool {
+		a, b := seen[ready[i]], seen[ready[j]]
+		if !a.mtime.Equal(b.mtime) {
+			return a.mtime.Before(b.mtime)
+		}
+		return ready[i] < ready[j]
+	})
+	for _, name := range ready {
+		if ctx.Err() != nil {
+			return 0
+		}
+		c := seen[name]
+		if !p.take(ctx, name, c, out) {
+			wantAt(c.retryAt)
+		}
+	}
+	return next
+}
+
+// fingerprint identifies one version of a file for keep-memory and for the
+// "changed since taken" check.
+func fingerprint(size int64, mtime time.Time) string {
+	return strconv.FormatInt(size, 10) + "/" + strconv.FormatInt(mtime.UnixNano(), 10)
+}
+
+// later schedules the next look at c after a failure.
+func (p *Pickup) later(c *candidate) {
+	c.retryAt = p.now().Add(Backoff(c.fails))
+	c.fails++
+}
+
+// take proves one file complete, emits it and waits for the verdict. It
+// returns true when the file is done with (committed or left for good).
+func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<- *message.Message) bool {
+	where := p.src.Where(name)
+	log := p.log.With("file", where)
+	fp := fingerprint(c.size, c.mtime)
+	if p.o.After.Action == config.AfterKeep {
+		ok, err := p.o.Memory.Seen(ctx, where, fp)
+		if err != nil {
+			log.Warn("cannot read pickup memory; will retry", "err", err)
+			p.later(c)
+			return false
+		}
+		if ok {
+			c.retryAt = farFuture
+			return true
+		}
+	}
+
+	fetched, err := p.src.Fetch(ctx, File{Name: name, Size: c.size, ModTime: c.mtime})
+	if err != nil {
+		if ctx.Err() == nil {
+			p.setErr(err)
+			log.Warn("cannot read the file; will retry", "err", err)
+		}
+		p.later(c)
+		return false
+	}
+	defer fetched.Release()
+	if fetched.Size != c.size {
+		// Still being written: wait for it to settle again.
+		log.Debug("file grew while it was read; waiting", "listed", c.size, "read", fetched.Size)
+		c.size, c.since = -1, p.now()
+		c.retryAt = p.now().Add(p.o.Settle)
+		return false
+	}
+
+	msg := message.NewMessage(watermill.NewUUID(), nil)
+	msg.Metadata.Set(exchange.MetaNode, p.o.Node)
+	msg.Metadata.Set(exchange.MetaSource, where)
+	msg.Metadata.Set(exchange.MetaFileName, name)
+
+	info, problem := p.inspect(name, fetched)
+	if errors.Is(problem, exchange.ErrIncomplete) && p.now().Sub(c.since) < p.o.IncompleteTimeout {
+		log.Debug("file not complete yet; waiting", "reason", problem)
+		c.retryAt = p.now().Add(max(p.o.Settle, time.Second))
+		return false
+	}
+	if problem != nil {
+		msg.Metadata.Set(exchange.MetaProblem, problem.Error())
+		msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(fetched.Size, 10))
+	} else {
+		exchange.SetHeader(msg, info.Header)
+		msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(info.Size, 10))
+		msg.Metadata.Set(exchange.MetaSHA256, info.SHA256)
+	}
+	f, size := fetched.File, fetched.Size
+	exchange.SetBody(msg, func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(io.NewSectionReader(f, 0, size)), nil
+	})
+
+	select {
+	case out <- msg:
+	case <-ctx.Done():
+		return false
+	case <-p.closing:
+		return false
+	}
+	select {
+	case <-msg.Acked():
+		p.commit(ctx, log, name, where, c)
+		c.fails = 0
+		return true
+	case <-msg.Nacked():
+		p.later(c)
+		log.Warn("pipeline refused the file; it stays and is retried", "retry_in", c.retryAt.Sub(p.now()).Round(time.Second))
+		return false
+	case <-ctx.Done():
+		return false
+	case <-p.closing:
+		return false
+	}
+}
+
+var farFuture = time.Unix(1<<40, 0)
+
+// inspect checks the whole content; the name must agree with the header.
+func (p *Pickup) inspect(name string, f Fetched) (exchange.Info, error) {
+	n, err := exchange.ParseName(name)
+	if err != nil {
+		return exchange.Info{}, err
+	}
+	info, err := exchange.Inspect(f.File, f.Size, p.o.Limits)
+	if err != nil {
+		return info, err
+	}
+	if err := n.Check(info.Header); err != nil {
+		return info, err
+	}
+	return info, nil
+}
+
+// commit applies `after` once JetStream holds the message. A file that changed
+// since it was read is a new message from the node: it is left in place.
+func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where string, c *candidate) {
+	now, err := p.src.Stat(ctx, name)
+	if err != nil {
+		log.Warn("cannot look at the file before commit; it may be taken again and dropped as a duplicate", "err", err)
+		return
+	}
+	if now.Size != c.size || !now.ModTime.Equal(c.mtime) {
+		log.Info("file changed after it was taken; leaving the new version for the next scan")
+		return
+	}
+	switch p.o.After.Action {
+	case config.AfterDelete:
+		err = p.src.Remove(ctx, name)
+	case config.AfterMove:
+		err = p.src.Move(ctx, name, p.o.After.Folder)
+	case config.AfterKeep:
+		err = p.o.Memory.Remember(ctx, where, fingerprint(c.size, c.mtime))
+	}
+	if err != nil {
+		// The message is safe in JetStream; a second pickup is dropped as a duplicate.
+		log.Error("commit failed; the file may be taken again and dropped as a duplicate", "after", p.o.After.String(), "err", err)
+		return
+	}
+	log.Debug("committed", "after", p.o.After.String())
+}
+
+// Backoff is capped exponential: 1s, 2s, 4s ... 5m.
+func Backoff(fails int) time.Duration {
+	if fails > 8 {
+		fails = 8
+	}
+	return min(time.Second<<fails, 5*time.Minute)
+}
+
+// Close stops the scanner; it is idempotent and safe while a message waits
+// for its ack.
+func (p *Pickup) Close() error {
+	p.closeOnce.Do(func() { close(p.closing) })
+	p.wg.Wait()
+	return nil
+}

@@ -1,0 +1,322 @@
+package ftp
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/textproto"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jlaffaye/ftp"
+	"golang.org/x/text/encoding/charmap"
+)
+
+// client is one endpoint's control connection, kept open between uses and
+// re-dialed after a failure with capped exponential backoff. A
+// jlaffaye/ftp.ServerConn is not safe for concurrent use: every use holds mu.
+type client struct {
+	node string
+	cfg  Config
+	t    target
+	log  *slog.Logger
+
+	tlsConf *tls.Config // nil without TLS; shared so sessions resume across data connections
+	cp1251  bool
+	noMLSD  bool // tests: force LIST on a server that has MLSD
+
+	mu       sync.Mutex
+	conn     *ftp.ServerConn
+	sockets  *dialer // the current connection's sockets, closed to interrupt it
+	fails    int
+	retryAt  time.Time
+	lastDial error
+}
+
+func newClient(node string, cfg Config, log *slog.Logger) (*client, error) {
+	t, err := cfg.target()
+	if err != nil {
+		return nil, fmt.Errorf("ftp %s: url: %w", node, err)
+	}
+	c := &client{node: node, cfg: cfg, t: t, log: log}
+	switch strings.ToLower(cfg.Encoding) {
+	case "cp1251", "windows-1251":
+		c.cp1251 = true
+	}
+	if cfg.TLS != TLSNone {
+		c.tlsConf = &tls.Config{
+			ServerName: t.host,
+			// vsftpd's default require_ssl_reuse=YES refuses data connections
+			// that do not resume the control connection's TLS session.
+			ClientSessionCache: tls.NewLRUClientSessionCache(8),
+			InsecureSkipVerify: cfg.InsecureSkipVerify,
+			MinVersion:         tls.VersionTLS12,
+		}
+		if cfg.CAFile != "" {
+			pem, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("ftp %s: ca_file: %w", node, err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("ftp %s: ca_file %s: no PEM certificates", node, cfg.CAFile)
+			}
+			c.tlsConf.RootCAs = pool
+		}
+	}
+	return c, nil
+}
+
+// remote converts a name to what the server expects on the wire.
+func (c *client) remote(name string) string {
+	if !c.cp1251 {
+		return name
+	}
+	s, err := charmap.Windows1251.NewEncoder().String(name)
+	if err != nil {
+		return name // not representable: the server will say the file is missing
+	}
+	return s
+}
+
+// local converts a name the server listed into UTF-8.
+func (c *client) local(name string) string {
+	if !c.cp1251 {
+		return name
+	}
+	s, err := charmap.Windows1251.NewDecoder().String(name)
+	if err != nil {
+		return name
+	}
+	return s
+}
+
+// path joins the endpoint folder and a name, in the server's encoding.
+func (c *client) path(name string) string {
+	if c.t.dir == "" {
+		return c.remote(name)
+	}
+	return c.remote(c.t.dir + "/" + name)
+}
+
+// step names the operation that failed, for errors and `relay check` hints.
+type stepError struct {
+	step string
+	err  error
+}
+
+func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
+func step(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &stepError{step: name, err: err}
+}
+
+// with runs fn on the open connection, dialing first if needed. A broken
+// connection is dropped so the next use re-dials; a server reply (4xx/5xx)
+// keeps it. ctx cancellation closes the connection under fn.
+func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		if wait := time.Until(c.retryAt); wait > 0 && c.lastDial != nil {
+			return fmt.Errorf("ftp %s: %s: %w (next attempt in %s)", c.node, c.t.display, c.lastDial, wait.Round(time.Second))
+		}
+		conn, d, err := c.dial(ctx)
+		if err != nil {
+			c.lastDial = err
+			c.retryAt = time.Now().Add(min(time.Second<<min(c.fails, 6), time.Minute))
+			c.fails++
+			return fmt.Errorf("ftp %s: %s: %w", c.node, c.t.display, err)
+		}
+		c.conn, c.sockets, c.fails, c.lastDial = conn, d, 0, nil
+	}
+	conn := c.conn
+	stop := context.AfterFunc(ctx, c.sockets.closeAll)
+	err := fn(conn)
+	// After anything but a server reply the connection may be out of step
+	// (a broken transfer, a timeout): keep it only if it still answers NOOP.
+	if !stop() || (err != nil && !isReply(err) && conn.NoOp() != nil) {
+		c.sockets.closeAll()
+		c.conn = nil
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+		return fmt.Errorf("ftp %s: %s: %w", c.node, c.t.display, err)
+	}
+	return nil
+}
+
+// isReply reports whether err is the server's answer (the control connection
+// is still in step) rather than a broken connection.
+func isReply(err error) bool {
+	var te *textproto.Error
+	return errors.As(err, &te)
+}
+
+// replyCode is the FTP reply code in err, or 0.
+func replyCode(err error) int {
+	var te *textproto.Error
+	if errors.As(err, &te) {
+		return te.Code
+	}
+	return 0
+}
+
+// dial connects and logs in, bounded by connect_timeout.
+func (c *client) dial(ctx context.Context) (*ftp.ServerConn, *dialer, error) {
+	pass, err := c.cfg.password()
+	if err != nil {
+		return nil, nil, step("login", err)
+	}
+	if c.cfg.InsecureSkipVerify {
+		c.log.Warn("TLS certificate verification is OFF for this endpoint (insecure_skip_verify): anyone on the path can read and change the exchange")
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout.Std())
+	defer cancel()
+	d := &dialer{c: c, ctx: dctx}
+	opts := []ftp.DialOption{
+		ftp.DialWithDialFunc(d.dial),
+		ftp.DialWithDisabledUTF8(c.cp1251),
+		ftp.DialWithDisabledMLSD(c.noMLSD),
+		ftp.DialWithShutTimeout(c.cfg.IOTimeout.Std()),
+	}
+	if c.cfg.TLS == TLSExplicit {
+		opts = append(opts, ftp.DialWithExplicitTLS(c.tlsConf))
+	}
+	// The greeting and login must also finish within connect_timeout.
+	var conn *ftp.ServerConn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		conn, err = ftp.Dial(c.t.addr, opts...)
+		if err != nil {
+			err = classifyDial(err, c.cfg.TLS)
+			return
+		}
+		if lerr := conn.Login(c.t.user, pass); lerr != nil {
+			conn.Quit()
+			conn, err = nil, step("login", lerr)
+		}
+	}()
+	select {
+	case <-done:
+	case <-dctx.Done():
+		d.closeAll()
+		<-done
+		if err == nil {
+			conn.Quit()
+		}
+		return nil, nil, step("connect", fmt.Errorf("no answer within %s", c.cfg.ConnectTimeout.Std()))
+	}
+	return conn, d, err
+}
+
+func classifyDial(err error, mode string) error {
+	var terr *tls.CertificateVerificationError
+	var rerr tls.RecordHeaderError
+	switch {
+	case errors.As(err, &terr), errors.As(err, &rerr), strings.Contains(err.Error(), "tls:"), strings.Contains(err.Error(), "x509:"):
+		return step("tls handshake", err)
+	case mode == TLSExplicit && isReply(err):
+		return step("tls handshake", fmt.Errorf("AUTH TLS refused: %w", err))
+	}
+	return step("connect", err)
+}
+
+// dialer makes the control connection and every data connection of one
+// ServerConn, so that both carry the io_timeout deadlines and, with TLS,
+// the data connections resume the control connection's session.
+type dialer struct {
+	c   *client
+	ctx context.Context
+
+	mu    sync.Mutex
+	conns []net.Conn
+	n     int
+}
+
+func (d *dialer) dial(network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	first := d.n == 0
+	d.n++
+	d.mu.Unlock()
+	nd := net.Dialer{Timeout: d.c.cfg.ConnectTimeout.Std()}
+	ctx := d.ctx
+	if !first {
+		// Data connections outlive the dial context.
+		ctx = context.Background()
+	}
+	raw, err := nd.DialContext(ctx, network, addr)
+	if err != nil {
+		if !first {
+			return nil, step("data connection (passive mode)", err)
+		}
+		return nil, err
+	}
+	var conn net.Conn = &deadlineConn{Conn: raw, timeout: d.c.cfg.IOTimeout.Std()}
+	d.mu.Lock()
+	d.conns = append(d.conns[:0:0], append(openOnly(d.conns), raw)...)
+	d.mu.Unlock()
+	switch {
+	case d.c.cfg.TLS == TLSImplicit, d.c.cfg.TLS == TLSExplicit && !first:
+		conn = tls.Client(conn, d.c.tlsConf)
+	}
+	return conn, nil
+}
+
+// openOnly keeps the sockets worth remembering: the control connection
+// (first) and the latest data connection; older data sockets are closed by
+// the transfer that used them.
+func openOnly(conns []net.Conn) []net.Conn {
+	if len(conns) > 2 {
+		return []net.Conn{conns[0], conns[len(conns)-1]}
+	}
+	return conns
+}
+
+func (d *dialer) closeAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.conns {
+		c.Close()
+	}
+}
+
+// deadlineConn gives up on a connection that stays silent for timeout.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *deadlineConn) Read(b []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Read(b)
+}
+
+func (c *deadlineConn) Write(b []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(b)
+}
+
+// close drops the connection; the next use re-dials.
+func (c *client) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		c.conn.Quit()
+		c.sockets.closeAll()
+		c.conn = nil
+	}
+}

@@ -1,0 +1,192 @@
+package ftp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jlaffaye/ftp"
+
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Publisher is an FTP delivery: Publish returns only after the server holds
+// the complete file under its final name. The upload goes to a hidden temp
+// name in the same folder (.relay-<name>.part: vsftpd and most servers hide
+// dot-files, 1C reads only Message_*), its size is checked with SIZE, and it
+// is renamed over the final name.
+type Publisher struct {
+	node string
+	c    *client
+	log  *slog.Logger
+	lim  exchange.Limits
+
+	mu      sync.Mutex
+	lastErr string
+	errAt   time.Time
+}
+
+var _ message.Publisher = (*Publisher)(nil)
+
+// NewPublisher makes the delivery of node into an FTP folder. It does not
+// connect: the first delivery does, so a server that is down at start only
+// delays that node.
+func NewPublisher(node string, cfg Config, log *slog.Logger) (*Publisher, error) {
+	cfg.role = "deliver"
+	cfg.setDefaults()
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("ftp %s: %w", node, errors.Join(errs...))
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c, err := newClient(node, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With("node", node, "adapter", "ftp", "url", c.t.display)
+	c.log = log
+	return &Publisher{node: node, c: c, log: log, lim: exchange.DefaultLimits()}, nil
+}
+
+// Publish delivers each message; the topic is ignored (one destination).
+func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		err := p.deliver(m.Context(), m)
+		p.setErr(err)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LastError is the last delivery failure, "" after a success.
+func (p *Publisher) LastError() (string, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr, p.errAt
+}
+
+func (p *Publisher) setErr(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case err == nil:
+		p.lastErr, p.errAt = "", time.Time{}
+	case errors.Is(err, exchange.ErrStale):
+	case err.Error() != p.lastErr:
+		p.lastErr, p.errAt = err.Error(), time.Now()
+	}
+}
+
+// tempName is the upload name of a final name: fixed, so an interrupted
+// upload is overwritten by the next one instead of leaving litter.
+func tempName(name string) string { return ".relay-" + name + ".part" }
+
+func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
+	name := m.Metadata.Get(exchange.MetaFileName)
+	if _, err := exchange.ParseName(name); err != nil {
+		return exchange.Permanent(fmt.Errorf("ftp %s: %w", p.node, err))
+	}
+	h, err := exchange.HeaderOf(m)
+	if err != nil {
+		return exchange.Permanent(fmt.Errorf("ftp %s: %s: %w", p.node, name, err))
+	}
+	want, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
+	if err != nil {
+		return exchange.Permanent(fmt.Errorf("ftp %s: %s: bad size metadata: %w", p.node, name, err))
+	}
+	body, err := exchange.Body(ctx, m)
+	if err != nil {
+		return fmt.Errorf("ftp %s: %s: open body: %w", p.node, name, err)
+	}
+	defer body.Close()
+
+	final, tmp := p.c.path(name), p.c.path(tempName(name))
+	return p.c.with(ctx, func(conn *ftp.ServerConn) error {
+		mkdirAll(conn, p.c, p.c.t.dir)
+		if err := p.checkNotNewer(conn, name, h); err != nil {
+			return err
+		}
+		cr := &countingReader{r: folder.CtxReader{Ctx: ctx, R: body}}
+		if err := conn.Stor(tmp, cr); err != nil {
+			return step("upload "+tempName(name), err)
+		}
+		if cr.n != want {
+			return fmt.Errorf("%s: read %d bytes from the object store, want %d", name, cr.n, want)
+		}
+		got, err := conn.FileSize(tmp)
+		if err != nil {
+			return step("size "+tempName(name), err)
+		}
+		if got != want {
+			return fmt.Errorf("%s: server holds %d bytes after upload, sent %d", tempName(name), got, want)
+		}
+		if err := conn.Rename(tmp, final); err != nil {
+			if replyCode(err) < 500 {
+				return step("rename to "+name, err)
+			}
+			p.log.Warn("server refused to rename over the existing file; deleting it first", "file", name, "reply", err)
+			if derr := conn.Delete(final); derr != nil {
+				return step("delete old "+name, derr)
+			}
+			if err := conn.Rename(tmp, final); err != nil {
+				return step("rename to "+name, err)
+			}
+		}
+		p.log.Debug("delivered", "file", name, "message_no", h.MessageNo, "bytes", want)
+		return nil
+	})
+}
+
+// checkNotNewer refuses to replace a file of the same channel with a higher
+// MessageNo (DESIGN.md §6.3). Only .xml files are checked: reading a zip's
+// header needs its central directory, i.e. the whole download; for those the
+// channel state in JetStream is the guard.
+func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.Header) error {
+	if !strings.EqualFold(name[len(name)-4:], ".xml") {
+		return nil
+	}
+	resp, err := conn.Retr(p.c.path(name))
+	if err != nil {
+		if isReply(err) {
+			return nil // no such file
+		}
+		return step("read "+name, err)
+	}
+	have, herr := exchange.ReadHeader(resp, p.lim)
+	_ = resp.Close() // closing early makes the server report an aborted transfer
+	if herr != nil {
+		return nil // unreadable: ours replaces it
+	}
+	if have.ExchangePlan == h.ExchangePlan && have.From == h.From && have.To == h.To && have.MessageNo > h.MessageNo {
+		return fmt.Errorf("%s holds No %d, this is No %d: %w", name, have.MessageNo, h.MessageNo, exchange.ErrStale)
+	}
+	return nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
+}
+
+// Close drops the control connection.
+func (p *Publisher) Close() error {
+	p.c.close()
+	return nil
+}

@@ -1,0 +1,396 @@
+package ftp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	ftpserver "goftp.io/server/v2"
+	"goftp.io/server/v2/driver/file"
+	"golang.org/x/text/encoding/charmap"
+
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+const testPass = "s3cret"
+
+// startServer runs an in-process FTP server (goftp.io/server, MLSD capable)
+// on 127.0.0.1 over root and returns the URL of root/<dir>.
+func startServer(t *testing.T, root, dir string) string {
+	t.Helper()
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	srv, err := ftpserver.NewServer(&ftpserver.Options{
+		Driver:   drv,
+		Auth:     &ftpserver.SimpleAuth{Name: "relay", Password: testPass},
+		Perm:     ftpserver.NewSimplePerm("relay", "relay"),
+		Hostname: "127.0.0.1",
+		PublicIP: "127.0.0.1",
+		Port:     port,
+		Logger:   quietLogger{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown() })
+	t.Setenv("TEST_FTP_PASSWORD", testPass)
+	return "ftp://relay@127.0.0.1:" + strconv.Itoa(port) + "/" + dir
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Print(string, any)                   {}
+func (quietLogger) Printf(string, string, ...any)       {}
+func (quietLogger) PrintCommand(string, string, string) {}
+func (quietLogger) PrintResponse(string, int, string)   {}
+
+func testConfig(url, role string) Config {
+	c := Config{URL: url, PasswordEnv: "TEST_FTP_PASSWORD", role: role, IOTimeout: config.Duration(5 * time.Second)}
+	if role == "pickup" {
+		c.Settle, c.PollInterval, c.IncompleteTimeout = config.Duration(50*time.Millisecond), config.Duration(100*time.Millisecond), config.Duration(2*time.Second)
+	}
+	c.setDefaults()
+	return c
+}
+
+func hdr(from, to string, no uint64) exchange.Header {
+	return exchange.Header{ExchangePlan: "Полный", From: from, To: to, MessageNo: no}
+}
+
+// pickup subscribes a pickup of node A; list forces LIST instead of MLSD.
+func pickup(t *testing.T, cfg Config, node string, list bool) <-chan *message.Message {
+	t.Helper()
+	c, err := newClient(node, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.noMLSD = list
+	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
+		Node: node, Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
+		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterDelete},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := p.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); p.Close(); c.close() })
+	return ch
+}
+
+func next(ch <-chan *message.Message, d time.Duration) *message.Message {
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(d):
+		return nil
+	}
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func waitGone(t *testing.T, p string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); exists(p); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still there", p)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPickup, over MLSD and over LIST: a complete file is emitted with its
+// header and exact body; nack leaves it, ack deletes it; a file another node
+// sent is not touched.
+func TestPickup(t *testing.T) {
+	for _, list := range []bool{false, true} {
+		t.Run(map[bool]string{false: "MLSD", true: "LIST"}[list], func(t *testing.T) {
+			root := t.TempDir()
+			out := filepath.Join(root, "out")
+			os.MkdirAll(out, 0o755)
+			ch := pickup(t, testConfig(startServer(t, root, "out"), "pickup"), "ЦО", list)
+			path, err := exchangetest.WriteFile(out, hdr("ЦО", "ОП", 7), 50_000, exchange.FormatXML)
+			if err != nil {
+				t.Fatal(err)
+			}
+			foreign, _ := exchangetest.WriteFile(out, hdr("ОП", "ЦО", 1), 100, exchange.FormatXML)
+			m := next(ch, 5*time.Second)
+			if m == nil {
+				t.Fatal("no message")
+			}
+			if p := m.Metadata.Get(exchange.MetaProblem); p != "" {
+				t.Fatalf("problem: %s", p)
+			}
+			h, err := exchange.HeaderOf(m)
+			if err != nil || h.MessageNo != 7 || h.From != "ЦО" {
+				t.Fatalf("header %+v %v", h, err)
+			}
+			if src := m.Metadata.Get(exchange.MetaSource); !strings.HasPrefix(src, "ftp://relay@127.0.0.1:") || !strings.HasSuffix(src, "/out/Message_ЦО_ОП.xml") {
+				t.Fatalf("source %q", src)
+			}
+			body, _ := exchange.Body(context.Background(), m)
+			got, _ := io.ReadAll(body)
+			want, _ := os.ReadFile(path)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("body: %d bytes, want %d", len(got), len(want))
+			}
+			m.Nack()
+			time.Sleep(300 * time.Millisecond)
+			if !exists(path) {
+				t.Fatal("nacked file removed")
+			}
+			if m = next(ch, 5*time.Second); m == nil {
+				t.Fatal("nacked file not offered again")
+			}
+			m.Ack()
+			waitGone(t, path)
+			if !exists(foreign) {
+				t.Fatal("another node's file was touched")
+			}
+		})
+	}
+}
+
+// TestPickupWaitsForSlowWriter: a file written in pieces straight to its
+// final name (as 1C does over FTP) is not emitted until it is complete.
+func TestPickupWaitsForSlowWriter(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	os.MkdirAll(out, 0o755)
+	cfg := testConfig(startServer(t, root, "out"), "pickup")
+	cfg.IncompleteTimeout = config.Duration(time.Minute)
+	ch := pickup(t, cfg, "A", false)
+	var full bytes.Buffer
+	exchangetest.WriteXML(&full, hdr("A", "B", 1), 20_000)
+	dst := filepath.Join(out, "Message_A_B.xml")
+	f, _ := os.Create(dst)
+	data := full.Bytes()
+	for i := 0; i < 4; i++ {
+		f.Write(data[i*len(data)/5 : (i+1)*len(data)/5])
+		f.Sync()
+		if m := next(ch, 400*time.Millisecond); m != nil {
+			t.Fatalf("emitted after piece %d of 5 (problem %q)", i+1, m.Metadata.Get(exchange.MetaProblem))
+		}
+	}
+	f.Write(data[4*len(data)/5:])
+	f.Close()
+	m := next(ch, 5*time.Second)
+	if m == nil || m.Metadata.Get(exchange.MetaProblem) != "" {
+		t.Fatalf("complete file: %v", m)
+	}
+	m.Ack()
+}
+
+// TestPickupCP1251: a server that stores and lists names in Windows-1251.
+func TestPickupCP1251(t *testing.T) {
+	root := t.TempDir()
+	cfg := testConfig(startServer(t, root, ""), "pickup")
+	cfg.Encoding = "cp1251"
+	ch := pickup(t, cfg, "ЦО", false)
+	var buf bytes.Buffer
+	exchangetest.WriteXML(&buf, hdr("ЦО", "ОП", 2), 100)
+	raw, _ := charmap.Windows1251.NewEncoder().String("Message_ЦО_ОП.xml")
+	os.WriteFile(filepath.Join(root, raw), buf.Bytes(), 0o644)
+	m := next(ch, 5*time.Second)
+	if m == nil || m.Metadata.Get(exchange.MetaFileName) != "Message_ЦО_ОП.xml" || m.Metadata.Get(exchange.MetaProblem) != "" {
+		t.Fatalf("got %v", m)
+	}
+	m.Ack()
+	waitGone(t, filepath.Join(root, raw))
+}
+
+func deliverMsg(t *testing.T, h exchange.Header, body []byte) *message.Message {
+	m := message.NewMessage(watermill.NewUUID(), nil)
+	exchange.SetHeader(m, h)
+	m.Metadata.Set(exchange.MetaFileName, exchange.FileName(h.From, h.To, exchange.FormatXML))
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil })
+	return m
+}
+
+// TestDeliver: the folder is created, the file lands complete under its final
+// name with no temp file left, a newer file replaces it, an older one is
+// refused as stale.
+func TestDeliver(t *testing.T) {
+	root := t.TempDir()
+	p, err := NewPublisher("ОП", testConfig(startServer(t, root, "in/ОП"), "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var b2, b3 bytes.Buffer
+	exchangetest.WriteXML(&b2, hdr("ЦО", "ОП", 2), 30_000)
+	exchangetest.WriteXML(&b3, hdr("ЦО", "ОП", 3), 30_000)
+	dst := filepath.Join(root, "in", "ОП", "Message_ЦО_ОП.xml")
+	for _, b := range []*bytes.Buffer{&b2, &b3} {
+		if err := p.Publish("", deliverMsg(t, mustHeader(t, b.Bytes()), b.Bytes())); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(dst)
+		if !bytes.Equal(got, b.Bytes()) {
+			t.Fatal("delivered file differs")
+		}
+	}
+	err = p.Publish("", deliverMsg(t, mustHeader(t, b2.Bytes()), b2.Bytes()))
+	if !errors.Is(err, exchange.ErrStale) {
+		t.Fatalf("older message over a newer one: %v", err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(dst))
+	if len(entries) != 1 {
+		t.Fatalf("folder holds %d entries, want only the delivered file", len(entries))
+	}
+	if e, _ := p.LastError(); e != "" {
+		t.Fatalf("last error %q after success and stale", e)
+	}
+}
+
+func mustHeader(t *testing.T, b []byte) exchange.Header {
+	h, err := exchange.ReadHeader(bytes.NewReader(b), exchange.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// TestDeliverShortBody: a body that ends early never reaches the final name.
+func TestDeliverShortBody(t *testing.T) {
+	root := t.TempDir()
+	p, err := NewPublisher("B", testConfig(startServer(t, root, "in"), "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var b bytes.Buffer
+	exchangetest.WriteXML(&b, hdr("A", "B", 1), 10_000)
+	m := deliverMsg(t, mustHeader(t, b.Bytes()), b.Bytes()[:5000])
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(b.Len()))
+	if err := p.Publish("", m); err == nil {
+		t.Fatal("short body delivered")
+	}
+	if exists(filepath.Join(root, "in", "Message_A_B.xml")) {
+		t.Fatal("final name refers to partial content")
+	}
+	if e, _ := p.LastError(); e == "" {
+		t.Fatal("failure not recorded")
+	}
+}
+
+// TestCheck: OK on a good endpoint; each broken one names its step and a hint.
+func TestCheck(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "out"), 0o755)
+	url := startServer(t, root, "out")
+	ctx := context.Background()
+	if err := Check(ctx, "A", "pickup", testConfig(url, "pickup"), nil); err != nil {
+		t.Fatalf("good endpoint: %v", err)
+	}
+	if err := Check(ctx, "A", "deliver", testConfig(url+"/new/folder", "deliver"), nil); err != nil {
+		t.Fatalf("deliver creates its folder: %v", err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	closed := ln.Addr().String()
+	ln.Close()
+	for _, tc := range []struct {
+		name string
+		cfg  func() Config
+		want []string
+	}{
+		{"wrong password", func() Config {
+			c := testConfig(url, "pickup")
+			c.PasswordEnv = "TEST_FTP_WRONG"
+			t.Setenv("TEST_FTP_WRONG", "nope")
+			return c
+		}, []string{"login:", "530", "hint: wrong user or password"}},
+		{"password unset", func() Config {
+			c := testConfig(url, "pickup")
+			c.PasswordEnv = "TEST_FTP_UNSET_VAR"
+			return c
+		}, []string{"TEST_FTP_UNSET_VAR", "is not set"}},
+		{"folder missing", func() Config { return testConfig(url+"x", "pickup") }, []string{"list outx", "hint: folder missing"}},
+		{"nothing listens", func() Config {
+			return testConfig("ftp://relay@"+closed+"/out", "pickup")
+		}, []string{"connect:", "hint: nothing listens there"}},
+		{"tls on a plain server", func() Config {
+			c := testConfig(url, "pickup")
+			c.TLS = TLSExplicit
+			return c
+		}, []string{"tls handshake", "hint: check tls"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Check(ctx, "A", "pickup", tc.cfg(), nil)
+			if err == nil {
+				t.Fatal("check passed")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestConfig: URL forms and option errors.
+func TestConfig(t *testing.T) {
+	for _, tc := range []struct {
+		url, tls string
+		addr     string
+		dir      string
+		err      string
+	}{
+		{url: "ftp://u@h/out", addr: "h:21", dir: "out"},
+		{url: "ftp://u@h:2121/a/b/", addr: "h:2121", dir: "a/b"},
+		{url: "ftp://u@h", addr: "h:21", dir: ""},
+		{url: "ftp://u@h//srv/out", addr: "h:21", dir: "/srv/out"},
+		{url: "ftp://u@h/x", tls: TLSImplicit, addr: "h:990", dir: "x"},
+		{url: "ftps://u@h/x", err: "scheme"},
+		{url: "ftp://h/x", err: "no user"},
+		{url: "ftp://u:p@h/x", err: "password_env"},
+	} {
+		c := Config{URL: tc.url, TLS: tc.tls}
+		c.setDefaults()
+		tg, err := c.target()
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: err %v, want %q", tc.url, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || tg.addr != tc.addr || tg.dir != tc.dir {
+			t.Errorf("%s: %+v %v", tc.url, tg, err)
+		}
+	}
+	c := Config{URL: "ftp://u@h/x", TLS: "maybe", Encoding: "koi8", PasswordEnv: "A B", role: "deliver", Settle: config.Duration(time.Second)}
+	c.setDefaults()
+	got := errors.Join(c.Validate()...).Error()
+	for _, w := range []string{"tls:", "encoding:", "password_env:", "settle: only for pickup"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("validate %q lacks %q", got, w)
+		}
+	}
+}

@@ -1,0 +1,180 @@
+package ftp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/jlaffaye/ftp"
+
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+// NewSubscriber makes the pickup of node from an FTP folder: a folder.Pickup
+// that lists the folder every poll_interval (MLSD where the server has it,
+// LIST otherwise) and downloads each settled file into spoolDir before it is
+// inspected and streamed to the object store.
+func NewSubscriber(node string, cfg Config, after config.After, mem folder.Memory, spoolDir string, log *slog.Logger) (*folder.Pickup, error) {
+	cfg.role = "pickup"
+	cfg.setDefaults()
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("ftp %s: %w", node, errors.Join(errs...))
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c, err := newClient(node, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With("url", c.t.display)
+	c.log = log
+	src := &source{c: c, spool: spoolDir, lim: exchange.DefaultLimits()}
+	return folder.NewPickup(src, folder.Options{
+		Node: node, Adapter: "ftp",
+		Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(), IncompleteTimeout: cfg.IncompleteTimeout.Std(),
+		After: after, Memory: mem, Log: log,
+	})
+}
+
+// source is an FTP pickup folder.
+type source struct {
+	c     *client
+	spool string
+	lim   exchange.Limits
+}
+
+func (s *source) list(conn *ftp.ServerConn, dir string) ([]folder.File, error) {
+	entries, err := conn.List(s.c.remote(dir))
+	if err != nil {
+		return nil, step("list "+orLogin(dir), err)
+	}
+	var files []folder.File
+	for _, e := range entries {
+		if e.Type != ftp.EntryTypeFile {
+			continue
+		}
+		name := path.Base(s.c.local(e.Name))
+		files = append(files, folder.File{Name: name, Size: int64(e.Size), ModTime: e.Time})
+	}
+	return files, nil
+}
+
+func orLogin(dir string) string {
+	if dir == "" {
+		return "login folder"
+	}
+	return dir
+}
+
+func (s *source) List(ctx context.Context) ([]folder.File, error) {
+	var files []folder.File
+	err := s.c.with(ctx, func(conn *ftp.ServerConn) error {
+		all, err := s.list(conn, s.c.t.dir)
+		for _, f := range all {
+			if folder.IsMessageName(f.Name) {
+				files = append(files, f)
+			}
+		}
+		return err
+	})
+	return files, err
+}
+
+func (s *source) Stat(ctx context.Context, name string) (folder.File, error) {
+	files, err := s.List(ctx)
+	if err != nil {
+		return folder.File{}, err
+	}
+	for _, f := range files {
+		if f.Name == name {
+			return f, nil
+		}
+	}
+	return folder.File{}, fmt.Errorf("ftp %s: %s: %w", s.c.node, name, fs.ErrNotExist)
+}
+
+// Fetch downloads the file into the spool: one transfer serves both the
+// completeness check and the upload to the object store.
+func (s *source) Fetch(ctx context.Context, f folder.File) (folder.Fetched, error) {
+	var out folder.Fetched
+	err := s.c.with(ctx, func(conn *ftp.ServerConn) error {
+		resp, err := conn.Retr(s.c.path(f.Name))
+		if err != nil {
+			return step("download "+f.Name, err)
+		}
+		got, err := folder.Spool(ctx, s.spool, resp, s.lim.MaxSize)
+		cerr := resp.Close()
+		if err != nil {
+			return step("download "+f.Name, err)
+		}
+		if cerr != nil {
+			got.Release()
+			return step("download "+f.Name, cerr)
+		}
+		out = got
+		return nil
+	})
+	return out, err
+}
+
+func (s *source) Remove(ctx context.Context, name string) error {
+	return s.c.with(ctx, func(conn *ftp.ServerConn) error {
+		return step("delete "+name, conn.Delete(s.c.path(name)))
+	})
+}
+
+// Move renames name into folder (relative to the pickup folder unless it
+// starts with /), creating it, and never overwrites an earlier moved file.
+func (s *source) Move(ctx context.Context, name, to string) error {
+	if !path.IsAbs(to) && s.c.t.dir != "" {
+		to = s.c.t.dir + "/" + to
+	}
+	return s.c.with(ctx, func(conn *ftp.ServerConn) error {
+		mkdirAll(conn, s.c, to)
+		dst := to + "/" + name
+		if existing, err := s.list(conn, to); err == nil {
+			for _, f := range existing {
+				if f.Name == name {
+					dst = to + "/" + time.Now().UTC().Format("20060102T150405.000000000Z") + "_" + name
+				}
+			}
+		}
+		return step("move "+name+" to "+to, conn.Rename(s.c.path(name), s.c.remote(dst)))
+	})
+}
+
+func (s *source) Where(name string) string {
+	if s.c.t.dir == "" {
+		return s.c.t.display + name
+	}
+	return s.c.t.display + "/" + name
+}
+
+// mkdirAll creates dir and its parents, ignoring "exists" replies: FTP has no
+// portable way to ask, and a real problem shows on the next command.
+func mkdirAll(conn *ftp.ServerConn, c *client, dir string) {
+	if dir == "" {
+		return
+	}
+	prefix := ""
+	if path.IsAbs(dir) {
+		prefix = "/"
+	}
+	var parts []string
+	for _, p := range strings.Split(dir, "/") {
+		if p != "" && p != "." {
+			parts = append(parts, p)
+		}
+	}
+	for i := range parts {
+		_ = conn.MakeDir(c.remote(prefix + path.Join(parts[:i+1]...)))
+	}
+}
