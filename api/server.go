@@ -30,6 +30,8 @@ type Backend interface {
 	DeadLetter(ctx context.Context, seq uint64) (pipeline.DeadLetter, error)
 	RetryDead(ctx context.Context, seq uint64) (string, error)
 	DropDead(ctx context.Context, seq uint64) error
+	// EndpointErrors is a served node's current pickup and delivery trouble.
+	EndpointErrors(node string) (pickup, deliver string)
 }
 
 // ChannelView is one channel as the API shows it.
@@ -47,6 +49,10 @@ type NodeView struct {
 	Served  bool   `json:"served"`
 	Pickup  string `json:"pickup,omitempty"`
 	Deliver string `json:"deliver,omitempty"`
+	// PickupError and DeliverError are the endpoints' current trouble
+	// (cannot connect, log in, list), empty when they work.
+	PickupError  string `json:"pickup_error,omitempty"`
+	DeliverError string `json:"deliver_error,omitempty"`
 }
 
 // Server is the HTTP handler.
@@ -162,6 +168,9 @@ func (s *Server) nodes(w http.ResponseWriter, _ *http.Request) {
 			continue
 		}
 		v := NodeView{Code: code, Title: n.Title, Mode: string(n.Mode), Relay: n.Relay, Served: s.cfg.Serves(n)}
+		if v.Served {
+			v.PickupError, v.DeliverError = s.be.EndpointErrors(code)
+		}
 		if n.Pickup != nil {
 			v.Pickup = n.Pickup.Kind
 		}

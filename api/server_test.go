@@ -20,6 +20,12 @@ type fakeBackend struct {
 }
 
 func (f *fakeBackend) Live() bool { return true }
+func (f *fakeBackend) EndpointErrors(node string) (string, string) {
+	if node == "B" {
+		return "ftp B: login: 530 Login incorrect.", ""
+	}
+	return "", ""
+}
 func (f *fakeBackend) Ready() (bool, string) {
 	if !f.ready {
 		return false, "NATS not connected"

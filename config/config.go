@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -344,12 +345,21 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 				continue
 			}
 			for _, err := range ep.CheckEndpoint(role, e) {
-				add(p+"."+role+"."+e.Kind, "%s", strings.TrimPrefix(err.Error(), e.Kind+": "))
+				msg := strings.TrimPrefix(err.Error(), e.Kind+": ")
+				at := p + "." + role + "." + e.Kind
+				// "url: bad" from an adapter becomes ...ftp.url: bad
+				if key, rest, ok := strings.Cut(msg, ": "); ok && optionKey.MatchString(key) {
+					at, msg = at+"."+key, rest
+				}
+				add(at, "%s", msg)
 			}
 		}
 	}
 	return out
 }
+
+// optionKey is an adapter option name at the start of an adapter's error.
+var optionKey = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 
 // validEnvName accepts POSIX-ish variable names.
 func validEnvName(s string) bool {

@@ -124,3 +124,8 @@ func (r *Relay) DropDead(ctx context.Context, seq uint64) error {
 
 // Bus exposes the NATS side for tests and tools.
 func (r *Relay) Bus() *bus.Bus { return r.bus }
+
+// EndpointErrors implements api.Backend.
+func (r *Relay) EndpointErrors(node string) (pickup, deliver string) {
+	return r.pipe.EndpointErrors(node)
+}

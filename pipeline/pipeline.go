@@ -61,6 +61,31 @@ type Pipeline struct {
 	closers  []func() error
 	mu       sync.Mutex
 	inflight map[string]*inflight
+	health   map[string]*endpoints
+}
+
+// errorReporter is implemented by adapters that can say what is wrong with
+// their endpoint right now (cannot log in, cannot list); `relay status` shows it.
+type errorReporter interface {
+	LastError() (string, time.Time)
+}
+
+type endpoints struct{ pickup, deliver errorReporter }
+
+// EndpointErrors returns the current trouble of a node's pickup and delivery
+// endpoints, "" where there is none or the adapter cannot tell.
+func (p *Pipeline) EndpointErrors(node string) (pickup, deliver string) {
+	e := p.health[node]
+	if e == nil {
+		return "", ""
+	}
+	if e.pickup != nil {
+		pickup, _ = e.pickup.LastError()
+	}
+	if e.deliver != nil {
+		deliver, _ = e.deliver.LastError()
+	}
+	return pickup, deliver
 }
 
 // New wires the pipeline for every node this relay serves. It starts nothing.
@@ -79,6 +104,7 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 		states: NewStates(b.Channels),
 		dead:   &Dead{b: b},
 		mem:    NewMemory(b.Taken),
+		health: map[string]*endpoints{},
 	}
 	wlog := watermill.NewSlogLoggerWithLevelMapping(log.With("component", "watermill"), map[slog.Level]slog.Level{
 		slog.LevelInfo: slog.LevelDebug,
@@ -110,11 +136,14 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 			continue
 		}
 		nlog := log.With("node", name)
+		h := &endpoints{}
+		p.health[name] = h
 		if n.Pickup != nil {
 			sub, err := eps.Pickup(name, n.Pickup, p.mem, nlog)
 			if err != nil {
 				return nil, fmt.Errorf("nodes.%s.pickup: %w", name, err)
 			}
+			h.pickup, _ = sub.(errorReporter)
 			router.AddConsumerHandler("ingest "+name, name, sub, p.ingestHandler(name))
 		}
 		if n.Deliver != nil {
@@ -126,6 +155,7 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 			if err != nil {
 				return nil, err
 			}
+			h.deliver, _ = pub.(errorReporter)
 			p.closers = append(p.closers, closeSub, pub.Close)
 			router.AddConsumerHandler("deliver "+name, name, sub, p.deliverHandler(name, n, pub))
 		}

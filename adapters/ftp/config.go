@@ -173,7 +173,7 @@ type target struct {
 
 func (c *Config) target() (target, error) {
 	u, err := url.Parse(c.URL)
-	if err != nil {
+	if err != nil || u.Scheme == "" {
 		return target{}, errors.New("not a URL like ftp://user@host:21/folder")
 	}
 	if u.Scheme != "ftp" {

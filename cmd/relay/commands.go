@@ -155,7 +155,21 @@ func statusCmd(g *globals) *cobra.Command {
 			if len(chans) == 0 {
 				fmt.Fprintln(w, "(no channel has carried a message yet)")
 			}
-			return w.Flush()
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			nodes, err := c.Nodes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, n := range nodes {
+				for _, e := range []struct{ role, err string }{{"pickup", n.PickupError}, {"deliver", n.DeliverError}} {
+					if e.err != "" {
+						fmt.Fprintf(g.stdout, "node %s %s: %s\n", n.Code, e.role, oneLine(e.err, 160))
+					}
+				}
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

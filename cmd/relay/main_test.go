@@ -31,8 +31,8 @@ func TestValidate(t *testing.T) {
 	for _, want := range []string{
 		`relay.listen: "nowhere" is not host:port`,
 		`nodes.SHOP1.mode: "fast" is not latest or sequential`,
-		"nodes.SHOP1.pickup.ftp: ftp endpoints are not available in this build yet",
-		"nodes.SHOP1.deliver.dir: path: missing",
+		"nodes.SHOP1.pickup.ftp.url: not a URL like ftp://user@host:21/folder",
+		"nodes.SHOP1.deliver.dir.path: missing",
 	} {
 		if !strings.Contains(stderr, want+"\n") {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
