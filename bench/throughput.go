@@ -165,7 +165,7 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 	}
 
 	rctx, stopRelay := context.WithCancel(ctx)
-	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: o.LogLevel}))
+	log := slog.New(slog.NewTextHandler(relayLogOut(), &slog.HandlerOptions{Level: o.LogLevel}))
 	r, err := daemon.Start(rctx, cfg, log, daemon.Options{})
 	if err != nil {
 		stopRelay()
@@ -346,4 +346,14 @@ func checkStates(ctx context.Context, r *daemon.Relay, w *workload, res *tpResul
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// relayLogOut is where the in-process relay logs: $BENCH_RELAY_LOG, or nowhere.
+func relayLogOut() io.Writer {
+	if p := os.Getenv("BENCH_RELAY_LOG"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			return f
+		}
+	}
+	return io.Discard
 }

@@ -118,6 +118,8 @@ type Bus struct {
 	Exchange, Dead jetstream.Stream
 	// Payloads stores message bodies.
 	Payloads jetstream.ObjectStore
+	// payloadStream is the object store's stream, read chunk by chunk by OpenPayload.
+	payloadStream jetstream.Stream
 	// Channels stores channel state.
 	Channels jetstream.KeyValue
 	// Taken remembers kept pickups.
@@ -255,7 +257,10 @@ func clientTLS(t *config.TLS) (*tls.Config, error) {
 }
 
 func (b *Bus) provision(ctx context.Context) error {
-	js, err := jetstream.New(b.Conn)
+	// Object store puts publish 128 KiB chunks asynchronously; the default of
+	// 4,000 in flight lets a 1 GiB payload pile up ~250 MiB in memory before
+	// the server persists it. 32 keeps ~4 MiB in flight and is no slower.
+	js, err := jetstream.New(b.Conn, jetstream.WithPublishAsyncMaxPending(32))
 	if err != nil {
 		return fmt.Errorf("nats: jetstream: %w", err)
 	}
@@ -290,6 +295,9 @@ func (b *Bus) provision(ctx context.Context) error {
 		Storage:     jetstream.FileStorage,
 	})
 	if err != nil {
+		return fmt.Errorf("nats: object store %s: %w", BucketPayloads, err)
+	}
+	if b.payloadStream, err = js.Stream(ctx, "OBJ_"+BucketPayloads); err != nil {
 		return fmt.Errorf("nats: object store %s: %w", BucketPayloads, err)
 	}
 	b.Channels, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{

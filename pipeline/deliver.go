@@ -28,6 +28,11 @@ const inflightKey = "_relay_inflight"
 type inflight struct {
 	msgs sync.Map
 	seq  atomic.Uint64
+	// held is set by the handler just before it returns errHold, and read by
+	// the nack delay that Watermill asks for right after: messages of one
+	// node are handled one at a time, so the flag always belongs to the
+	// message being nacked.
+	held atomic.Bool
 }
 
 // stashUnmarshaler is Watermill's default unmarshaler plus the in-flight handle.
@@ -48,10 +53,22 @@ func (u stashUnmarshaler) Unmarshal(msg jetstream.Msg) (*message.Message, error)
 }
 
 // backoffDelay is the capped exponential wait before a nacked delivery is
-// offered again: 1s, 2s, 4s, ... up to the cap.
-type backoffDelay struct{ max time.Duration }
+// offered again: 1s, 2s, 4s, ... up to the cap. A held message (a gap in
+// sequential mode) waits holdDelay instead: it is not failing, it waits for
+// its predecessor, and must follow it soon after the gap closes rather than
+// after a backoff that grew while it was waiting.
+type backoffDelay struct {
+	max time.Duration
+	in  *inflight
+}
+
+// holdDelay is how soon a held message is looked at again.
+const holdDelay = time.Second
 
 func (b backoffDelay) WaitTime(n uint64) time.Duration {
+	if b.in != nil && b.in.held.Swap(false) {
+		return holdDelay
+	}
 	if n > 20 {
 		n = 20
 	}
@@ -73,7 +90,7 @@ func (p *Pipeline) deliverySubscriber(node string) (message.Subscriber, func() e
 		Conn:           nc,
 		Logger:         p.router.Logger(),
 		AckWaitTimeout: 7 * 24 * time.Hour, // the handler decides; JetStream's AckWait covers a crash
-		NakDelay:       backoffDelay{max: p.opts.MaxRetryDelay},
+		NakDelay:       backoffDelay{max: p.opts.MaxRetryDelay, in: in},
 		Unmarshaler:    stashUnmarshaler{in: in},
 		// Fetch one at a time: a prefetched message's AckWait would run out
 		// while a long delivery is in progress.
@@ -143,6 +160,16 @@ func (p *Pipeline) keepAlive(node string, m *message.Message) (stop func()) {
 	}
 }
 
+// markHeld tells the node's nack delay that the message being nacked is held.
+func (p *Pipeline) markHeld(node string) {
+	p.mu.Lock()
+	in := p.inflight[node]
+	p.mu.Unlock()
+	if in != nil {
+		in.held.Store(true)
+	}
+}
+
 // errHold nacks a message that must wait (a gap in sequential mode).
 var errHold = errors.New("held")
 
@@ -193,6 +220,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, st.DeliveredNo+1)
 				p.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
 				log.Warn(msg)
+				p.markHeld(node)
 				return errHold
 			}
 		}
@@ -205,7 +233,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		}
 		out.SetContext(ctx)
 		exchange.SetBody(out, func(ctx context.Context) (io.ReadCloser, error) {
-			return p.b.Payloads.Get(ctx, obj)
+			return p.b.OpenPayload(ctx, obj)
 		})
 		err = pub.Publish(node, out)
 		switch {

@@ -88,7 +88,7 @@ func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter) (exchange.Info, 
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	r, err := p.b.Payloads.Get(ctx, l.Object)
+	r, err := p.b.OpenPayload(ctx, l.Object)
 	if err != nil {
 		return exchange.Info{}, fmt.Errorf("payload %s: %w", l.Object, err)
 	}
@@ -111,7 +111,7 @@ func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter) (exchange.Info, 
 
 // copyObject copies a payload to a new name within the object store.
 func (p *Pipeline) copyObject(ctx context.Context, from, to string) error {
-	r, err := p.b.Payloads.Get(ctx, from)
+	r, err := p.b.OpenPayload(ctx, from)
 	if err != nil {
 		return fmt.Errorf("payload %s: %w", from, err)
 	}

@@ -179,7 +179,7 @@ func Check(path string) error {
 	}
 	f, err := os.CreateTemp(path, tempPrefix+"check-*.part")
 	if err != nil {
-		return fmt.Errorf("write probe file in %s: %w (hint: permission denied?)", path, err)
+		return fmt.Errorf("write probe file in %s: %w", path, err)
 	}
 	f.Close()
 	if err := os.Remove(f.Name()); err != nil {

@@ -34,7 +34,7 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 		if role == "deliver" {
 			mkdirAll(conn, c, c.t.dir)
 		}
-		if _, err := conn.List(c.remote(c.t.dir)); err != nil {
+		if _, err := c.listDir(conn, c.t.dir); err != nil {
 			return step("list "+orLogin(c.t.dir), err)
 		}
 		if err := conn.Stor(c.path(probe), strings.NewReader("relay check\n")); err != nil {

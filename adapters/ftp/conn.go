@@ -192,8 +192,16 @@ func (c *client) dial(ctx context.Context) (*ftp.ServerConn, *dialer, error) {
 		ftp.DialWithDisabledMLSD(c.noMLSD),
 		ftp.DialWithShutTimeout(c.cfg.IOTimeout.Std()),
 	}
-	if c.cfg.TLS == TLSExplicit {
+	switch c.cfg.TLS {
+	case TLSExplicit:
 		opts = append(opts, ftp.DialWithExplicitTLS(c.tlsConf))
+	case TLSImplicit:
+		// The dialer already wraps every socket in TLS; the option is what
+		// makes jlaffaye/ftp send PBSZ 0 / PROT P after login. Without it
+		// the server expects clear-text data connections and a server that
+		// requires protected data (vsftpd force_local_data_ssl) answers
+		// every LIST/RETR/STOR with 522.
+		opts = append(opts, ftp.DialWithTLS(c.tlsConf))
 	}
 	// The greeting and login must also finish within connect_timeout.
 	var conn *ftp.ServerConn

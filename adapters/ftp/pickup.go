@@ -52,7 +52,7 @@ type source struct {
 }
 
 func (s *source) list(conn *ftp.ServerConn, dir string) ([]folder.File, error) {
-	entries, err := conn.List(s.c.remote(dir))
+	entries, err := s.c.listDir(conn, dir)
 	if err != nil {
 		return nil, step("list "+orLogin(dir), err)
 	}
@@ -65,6 +65,32 @@ func (s *source) list(conn *ftp.ServerConn, dir string) ([]folder.File, error) {
 		files = append(files, folder.File{Name: name, Size: int64(e.Size), ModTime: e.Time})
 	}
 	return files, nil
+}
+
+// listDir lists dir (relative to the login folder). vsftpd answers LIST of
+// a folder that does not exist with an empty listing and "226 Transfer done
+// (but failed to open directory)", so an empty answer is confirmed by
+// changing into the folder and back; a missing folder then fails with the
+// server's 550 instead of looking like an empty one.
+func (c *client) listDir(conn *ftp.ServerConn, dir string) ([]*ftp.Entry, error) {
+	entries, err := conn.List(c.remote(dir))
+	if err != nil || len(entries) > 0 || dir == "" {
+		return entries, err
+	}
+	home, err := conn.CurrentDir()
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.ChangeDir(c.remote(dir)); err != nil {
+		return nil, err
+	}
+	if err := conn.ChangeDir(home); err != nil {
+		// Every path is relative to the login folder: this connection is
+		// no use any more. Not a server reply, so with() drops it.
+		c.sockets.closeAll()
+		return nil, fmt.Errorf("back to the login folder %s: %s", home, err.Error())
+	}
+	return entries, nil
 }
 
 func orLogin(dir string) string {
