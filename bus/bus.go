@@ -355,3 +355,48 @@ func (b *Bus) NewConn(name string) (*nats.Conn, error) {
 	}
 	return nc, nil
 }
+
+// Lane is the exchange layout bound to a connection of its own. Requests on
+// one NATS connection are served one after another, so a node's ingest and
+// delivery each get a lane instead of queueing behind every other node's
+// state reads and payload chunks on the main connection.
+func (b *Bus) Lane(ctx context.Context, name string) (*Bus, error) {
+	nc, err := b.NewConn(name)
+	if err != nil {
+		return nil, err
+	}
+	l := &Bus{Conn: nc, log: b.log}
+	fail := func(what string, err error) (*Bus, error) {
+		nc.Close()
+		return nil, fmt.Errorf("nats: lane %s: %s: %w", name, what, err)
+	}
+	if l.JS, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(32)); err != nil {
+		return fail("jetstream", err)
+	}
+	if l.Exchange, err = l.JS.Stream(ctx, StreamExchange); err != nil {
+		return fail(StreamExchange, err)
+	}
+	if l.Dead, err = l.JS.Stream(ctx, StreamDead); err != nil {
+		return fail(StreamDead, err)
+	}
+	if l.Payloads, err = l.JS.ObjectStore(ctx, BucketPayloads); err != nil {
+		return fail(BucketPayloads, err)
+	}
+	if l.payloadStream, err = l.JS.Stream(ctx, "OBJ_"+BucketPayloads); err != nil {
+		return fail(BucketPayloads, err)
+	}
+	if l.Channels, err = l.JS.KeyValue(ctx, BucketChannels); err != nil {
+		return fail(BucketChannels, err)
+	}
+	if l.Taken, err = l.JS.KeyValue(ctx, BucketTaken); err != nil {
+		return fail(BucketTaken, err)
+	}
+	return l, nil
+}
+
+// CloseLane closes a lane's connection (not the server).
+func (b *Bus) CloseLane() {
+	if b.Conn != nil {
+		b.Conn.Close()
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"strconv"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
@@ -28,11 +30,11 @@ const inflightKey = "_relay_inflight"
 type inflight struct {
 	msgs sync.Map
 	seq  atomic.Uint64
-	// held is set by the handler just before it returns errHold, and read by
-	// the nack delay that Watermill asks for right after: messages of one
-	// node are handled one at a time, so the flag always belongs to the
-	// message being nacked.
-	held atomic.Bool
+	// held counts messages the handler is about to nack with errHold; the
+	// nack delay Watermill asks for right after consumes one. With several
+	// workers per node two concurrent nacks may swap delays; the count stays
+	// right, so no held message waits out a long backoff.
+	held atomic.Int64
 }
 
 // stashUnmarshaler is Watermill's default unmarshaler plus the in-flight handle.
@@ -66,8 +68,16 @@ type backoffDelay struct {
 const holdDelay = time.Second
 
 func (b backoffDelay) WaitTime(n uint64) time.Duration {
-	if b.in != nil && b.in.held.Swap(false) {
-		return holdDelay
+	if b.in != nil {
+		for {
+			h := b.in.held.Load()
+			if h <= 0 {
+				break
+			}
+			if b.in.held.CompareAndSwap(h, h-1) {
+				return holdDelay
+			}
+		}
 	}
 	if n > 20 {
 		n = 20
@@ -76,15 +86,37 @@ func (b backoffDelay) WaitTime(n uint64) time.Duration {
 	return min(d, b.max)
 }
 
-// deliverySubscriber subscribes to the node's durable consumer on its own
-// connection. Messages are handled one at a time per node, and JetStream
-// offers a message again if the relay dies before acking it.
-func (p *Pipeline) deliverySubscriber(node string) (message.Subscriber, func() error, error) {
+// deliverySubscribers makes workers subscriptions to the node's durable
+// consumer, sharing one connection of their own. Each worker handles one
+// message at a time; a channel's messages never run side by side (see
+// channelLocks), and JetStream offers a message again if the relay dies
+// before acking it.
+func (p *Pipeline) deliverySubscribers(node string, workers int) ([]message.Subscriber, func() error, error) {
 	nc, err := p.b.NewConn("deliver " + node)
 	if err != nil {
 		return nil, nil, err
 	}
 	in := &inflight{}
+	var subs []message.Subscriber
+	for range workers {
+		sub, err := p.deliverySubscriber(node, nc, in)
+		if err != nil {
+			nc.Close()
+			return nil, nil, err
+		}
+		subs = append(subs, sub)
+	}
+	p.mu.Lock()
+	if p.inflight == nil {
+		p.inflight = map[string]*inflight{}
+	}
+	p.inflight[node] = in
+	p.mu.Unlock()
+	return subs, func() error { nc.Close(); return nil }, nil
+}
+
+// deliverySubscriber is one worker's subscription to the node's durable consumer.
+func (p *Pipeline) deliverySubscriber(node string, nc *nats.Conn, in *inflight) (message.Subscriber, error) {
 	ackWait := p.opts.AckWait
 	sub, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
 		Conn:           nc,
@@ -117,16 +149,9 @@ func (p *Pipeline) deliverySubscriber(node string) (message.Subscriber, func() e
 		},
 	})
 	if err != nil {
-		nc.Close()
-		return nil, nil, fmt.Errorf("delivery subscriber %s: %w", node, err)
+		return nil, fmt.Errorf("delivery subscriber %s: %w", node, err)
 	}
-	p.mu.Lock()
-	if p.inflight == nil {
-		p.inflight = map[string]*inflight{}
-	}
-	p.inflight[node] = in
-	p.mu.Unlock()
-	return sub, func() error { nc.Close(); return nil }, nil
+	return sub, nil
 }
 
 // keepAlive tells JetStream the message is still being worked on until the
@@ -166,7 +191,7 @@ func (p *Pipeline) markHeld(node string) {
 	in := p.inflight[node]
 	p.mu.Unlock()
 	if in != nil {
-		in.held.Store(true)
+		in.held.Add(1)
 	}
 }
 
@@ -176,7 +201,7 @@ var errHold = errors.New("held")
 // deliverHandler delivers one record to the node's adapter. nil acks it
 // (delivered, or dropped for a counted reason, or dead-lettered); an error
 // nacks it and JetStream offers it again after a backoff.
-func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publisher) message.NoPublishHandlerFunc {
+func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publisher, l *lane) message.NoPublishHandlerFunc {
 	return func(m *message.Message) error {
 		stop := p.keepAlive(node, m)
 		defer stop()
@@ -189,19 +214,21 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 				problem = herr.Error()
 			}
 			log.Error("dead letter: unreadable record", "reason", problem)
-			return p.dead.put(ctx, DeadLetter{Node: node, Stage: StageDeliver, Reason: problem, MsgID: m.UUID})
+			return l.dead.put(ctx, DeadLetter{Node: node, Stage: StageDeliver, Reason: problem, MsgID: m.UUID})
 		}
 		log = log.With("channel", channelName(h), "message_no", h.MessageNo)
 		obj := m.Metadata.Get(exchange.MetaObject)
+		unlock := p.chanLocks.lock(bus.ChannelKey(h.ExchangePlan, h.From, h.To))
+		defer unlock()
 
-		st, err := p.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
 		if err != nil {
 			return err
 		}
 		if h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
-			return p.finish(ctx, h, obj, func(c *Channel) {
+			return l.finish(ctx, h, obj, func(c *Channel) {
 				if dup {
 					c.Duplicates++
 				} else {
@@ -211,14 +238,14 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		}
 		switch n.Mode {
 		case config.ModeLatest:
-			if last, ok := p.lastNo(ctx, h); ok && last > h.MessageNo {
+			if last, ok := l.lastNo(ctx, h); ok && last > h.MessageNo {
 				log.Info("superseded by a newer queued message", "newer_no", last)
-				return p.finish(ctx, h, obj, func(c *Channel) { c.Superseded++ })
+				return l.finish(ctx, h, obj, func(c *Channel) { c.Superseded++ })
 			}
 		case config.ModeSequential:
 			if st.DeliveredNo > 0 && h.MessageNo > st.DeliveredNo+1 {
 				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, st.DeliveredNo+1)
-				p.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
+				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
 				log.Warn(msg)
 				p.markHeld(node)
 				return errHold
@@ -233,14 +260,14 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		}
 		out.SetContext(ctx)
 		exchange.SetBody(out, func(ctx context.Context) (io.ReadCloser, error) {
-			return p.b.OpenPayload(ctx, obj)
+			return l.b.OpenPayload(ctx, obj)
 		})
 		err = pub.Publish(node, out)
 		switch {
 		case err == nil:
-			now := p.states.now()
+			now := l.states.now()
 			log.Info("delivered")
-			return p.finish(ctx, h, obj, func(c *Channel) {
+			return l.finish(ctx, h, obj, func(c *Channel) {
 				if h.MessageNo > c.DeliveredNo {
 					c.DeliveredNo = h.MessageNo
 				}
@@ -252,48 +279,48 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			})
 		case errors.Is(err, exchange.ErrStale):
 			log.Info("dropped: " + err.Error())
-			return p.finish(ctx, h, obj, func(c *Channel) { c.Stale++ })
+			return l.finish(ctx, h, obj, func(c *Channel) { c.Stale++ })
 		case exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound):
 			reason := err.Error()
 			log.Error("dead letter", "stage", StageDeliver, "reason", reason)
-			if derr := p.dead.put(ctx, DeadLetter{
+			if derr := l.dead.put(ctx, DeadLetter{
 				Node: node, Stage: StageDeliver, Reason: reason, Header: &h, MsgID: m.UUID, Object: obj,
 				Size: atoi64(m.Metadata.Get(exchange.MetaSize)), SHA256: m.Metadata.Get(exchange.MetaSHA256),
 				Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
 			}); derr != nil {
 				return derr
 			}
-			return p.finish(ctx, h, "", func(c *Channel) {
+			return l.finish(ctx, h, "", func(c *Channel) {
 				c.Dead++
-				c.LastError, c.LastErrorAt = reason, p.states.now()
+				c.LastError, c.LastErrorAt = reason, l.states.now()
 			})
 		default:
 			log.Warn("delivery failed; will retry", "err", err)
-			p.states.setError(ctx, h.ExchangePlan, h.From, h.To, err.Error())
+			l.states.setError(ctx, h.ExchangePlan, h.From, h.To, err.Error())
 			return err
 		}
 	}
 }
 
 // finish records the outcome of a resolved message and frees its payload.
-func (p *Pipeline) finish(ctx context.Context, h exchange.Header, obj string, fn func(c *Channel)) error {
-	if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+func (l *lane) finish(ctx context.Context, h exchange.Header, obj string, fn func(c *Channel)) error {
+	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 		fn(c)
 		c.Resolved++
 	}); err != nil {
 		return err
 	}
 	if obj != "" {
-		if err := p.b.Payloads.Delete(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			p.log.Warn("payload not deleted", "object", obj, "err", err)
+		if err := l.b.Payloads.Delete(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			l.log.Warn("payload not deleted", "object", obj, "err", err)
 		}
 	}
 	return nil
 }
 
 // lastNo is the MessageNo of the newest record queued on the channel.
-func (p *Pipeline) lastNo(ctx context.Context, h exchange.Header) (uint64, bool) {
-	raw, err := p.b.Exchange.GetLastMsgForSubject(ctx, bus.Subject(h.ExchangePlan, h.From, h.To))
+func (l *lane) lastNo(ctx context.Context, h exchange.Header) (uint64, bool) {
+	raw, err := l.b.Exchange.GetLastMsgForSubject(ctx, bus.Subject(h.ExchangePlan, h.From, h.To))
 	if err != nil {
 		return 0, false
 	}
@@ -304,4 +331,18 @@ func (p *Pipeline) lastNo(ctx context.Context, h exchange.Header) (uint64, bool)
 func atoi64(s string) int64 {
 	n, _ := strconv.ParseInt(s, 10, 64)
 	return n
+}
+
+// channelLocks keeps one channel's deliveries in this process from running
+// side by side (the state check, the write and the state update must not
+// interleave), while different channels of a node proceed in parallel.
+// Striped: a fixed set of mutexes, a channel maps to one by hash.
+type channelLocks [64]sync.Mutex
+
+func (l *channelLocks) lock(key string) (unlock func()) {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	m := &l[h.Sum32()%uint32(len(l))]
+	m.Lock()
+	return m.Unlock
 }

@@ -26,19 +26,19 @@ func MessageID(h exchange.Header, sha string) string {
 // ingestHandler takes one picked-up message into JetStream. Returning nil
 // acks it, which lets the pickup commit its source; an error nacks it and the
 // source stays for a later attempt.
-func (p *Pipeline) ingestHandler(node string) message.NoPublishHandlerFunc {
+func (p *Pipeline) ingestHandler(node string, l *lane) message.NoPublishHandlerFunc {
 	return func(m *message.Message) error {
 		ctx := m.Context()
 		log := p.log.With("node", node, "file", m.Metadata.Get(exchange.MetaFileName), "source", m.Metadata.Get(exchange.MetaSource))
 		if problem := m.Metadata.Get(exchange.MetaProblem); problem != "" {
-			return p.deadFromPickup(ctx, node, m, nil, problem)
+			return l.deadFromPickup(ctx, node, m, nil, problem)
 		}
 		h, err := exchange.HeaderOf(m)
 		if err != nil {
-			return p.deadFromPickup(ctx, node, m, nil, err.Error())
+			return l.deadFromPickup(ctx, node, m, nil, err.Error())
 		}
 		if h.From != node {
-			return p.deadFromPickup(ctx, node, m, &h, fmt.Sprintf("message from %q found in the outbox of node %q", h.From, node))
+			return l.deadFromPickup(ctx, node, m, &h, fmt.Sprintf("message from %q found in the outbox of node %q", h.From, node))
 		}
 		size, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
 		if err != nil {
@@ -48,13 +48,13 @@ func (p *Pipeline) ingestHandler(node string) message.NoPublishHandlerFunc {
 		id := MessageID(h, sha)
 		log = log.With("message_id", id, "channel", channelName(h))
 
-		st, err := p.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
 		if err != nil {
 			return err
 		}
 		if h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
-			_, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+			_, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 				if dup {
 					c.Duplicates++
 				} else {
@@ -65,20 +65,20 @@ func (p *Pipeline) ingestHandler(node string) message.NoPublishHandlerFunc {
 			return err
 		}
 
-		if err := p.putPayload(ctx, m, id, size, sha); err != nil {
+		if err := l.putPayload(ctx, m, id, size, sha); err != nil {
 			return err
 		}
 		if reason := p.routeProblem(h); reason != "" {
-			err := p.dead.put(ctx, DeadLetter{
+			err := l.dead.put(ctx, DeadLetter{
 				Node: h.To, Stage: StageRoute, Reason: reason, Header: &h, MsgID: id, Object: id, Size: size, SHA256: sha,
 				Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
 			})
 			if err != nil {
 				return err
 			}
-			_, _ = p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+			_, _ = l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 				c.Dead++
-				c.LastError, c.LastErrorAt = reason, p.states.now()
+				c.LastError, c.LastErrorAt = reason, l.states.now()
 			})
 			log.Warn("dead letter", "stage", StageRoute, "reason", reason)
 			return nil
@@ -89,11 +89,11 @@ func (p *Pipeline) ingestHandler(node string) message.NoPublishHandlerFunc {
 			rec.Metadata.Set(k, v)
 		}
 		rec.Metadata.Set(exchange.MetaObject, id)
-		if err := p.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
+		if err := l.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
 			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 		}
-		now := p.states.now()
-		if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+		now := l.states.now()
+		if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 			if h.MessageNo > c.PickedNo {
 				c.PickedNo = h.MessageNo
 				c.Queued++
@@ -102,24 +102,24 @@ func (p *Pipeline) ingestHandler(node string) message.NoPublishHandlerFunc {
 		}); err != nil {
 			log.Warn("channel state not updated", "err", err)
 		}
-		p.acknowledge(ctx, h, now)
+		l.acknowledge(ctx, h, now)
 		log.Info("picked up", "message_no", h.MessageNo, "received_no", h.ReceivedNo, "bytes", size)
 		return nil
 	}
 }
 
 // acknowledge applies ReceivedNo: it acknowledges the reverse channel.
-func (p *Pipeline) acknowledge(ctx context.Context, h exchange.Header, now time.Time) {
+func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time) {
 	if h.ReceivedNo == 0 {
 		return
 	}
-	if _, err := p.states.Update(ctx, h.ExchangePlan, h.To, h.From, func(c *Channel) {
+	if _, err := l.states.Update(ctx, h.ExchangePlan, h.To, h.From, func(c *Channel) {
 		if h.ReceivedNo > c.AckedNo {
 			c.AckedNo = h.ReceivedNo
 			c.LastAckAt = now
 		}
 	}); err != nil {
-		p.log.Warn("acknowledgement not recorded", "err", err)
+		l.log.Warn("acknowledgement not recorded", "err", err)
 	}
 }
 
@@ -137,18 +137,18 @@ func (p *Pipeline) routeProblem(h exchange.Header) string {
 
 // putPayload streams the body into the object store and checks it is the
 // file the pickup inspected (same size and sha256).
-func (p *Pipeline) putPayload(ctx context.Context, m *message.Message, id string, size int64, sha string) error {
+func (l *lane) putPayload(ctx context.Context, m *message.Message, id string, size int64, sha string) error {
 	body, err := exchange.Body(ctx, m)
 	if err != nil {
 		return fmt.Errorf("ingest: open %s: %w", id, err)
 	}
 	defer body.Close()
 	hr := newHashReader(io.LimitReader(body, size+1))
-	if _, err := p.b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: id}, hr); err != nil {
+	if _, err := l.b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: id}, hr); err != nil {
 		return fmt.Errorf("ingest: store payload %s: %w", id, err)
 	}
 	if hr.n != size || (sha != "" && hr.sum() != sha) {
-		_ = p.b.Payloads.Delete(ctx, id)
+		_ = l.b.Payloads.Delete(ctx, id)
 		return fmt.Errorf("ingest: %s changed while it was read (%d bytes, want %d)", id, hr.n, size)
 	}
 	return nil
@@ -156,31 +156,31 @@ func (p *Pipeline) putPayload(ctx context.Context, m *message.Message, id string
 
 // deadFromPickup stores a refused file and records why; the source is then
 // committed like any other, its bytes being safe in the dead letter.
-func (p *Pipeline) deadFromPickup(ctx context.Context, node string, m *message.Message, h *exchange.Header, reason string) error {
+func (l *lane) deadFromPickup(ctx context.Context, node string, m *message.Message, h *exchange.Header, reason string) error {
 	obj := "dead/" + watermill.NewUUID()
 	body, err := exchange.Body(ctx, m)
 	if err != nil {
 		return fmt.Errorf("dead letter: open %s: %w", m.Metadata.Get(exchange.MetaSource), err)
 	}
 	defer body.Close()
-	size, sha, err := storeDeadPayload(ctx, p.b, obj, body, p.opts.Limits.MaxSize)
-	if err != nil && !errors.Is(err, context.Canceled) && size > p.opts.Limits.MaxSize {
+	size, sha, err := storeDeadPayload(ctx, l.b, obj, body, l.opts.Limits.MaxSize)
+	if err != nil && !errors.Is(err, context.Canceled) && size > l.opts.Limits.MaxSize {
 		obj = "" // too large to keep; the reason still says what it was
 		reason += fmt.Sprintf(" (payload of %d+ bytes not kept)", size)
 	} else if err != nil {
 		return err
 	}
-	l := DeadLetter{
+	dl := DeadLetter{
 		Node: node, Stage: StagePickup, Reason: reason, Header: h, Object: obj, Size: size, SHA256: sha,
 		Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
 	}
-	if err := p.dead.put(ctx, l); err != nil {
+	if err := l.dead.put(ctx, dl); err != nil {
 		if obj != "" {
-			_ = p.b.Payloads.Delete(ctx, obj)
+			_ = l.b.Payloads.Delete(ctx, obj)
 		}
 		return err
 	}
-	p.log.Warn("dead letter", "node", node, "stage", StagePickup, "file", l.FileName, "reason", reason)
+	l.log.Warn("dead letter", "node", node, "stage", StagePickup, "file", dl.FileName, "reason", reason)
 	return nil
 }
 

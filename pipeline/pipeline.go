@@ -62,7 +62,13 @@ type Pipeline struct {
 	mu       sync.Mutex
 	inflight map[string]*inflight
 	health   map[string]*endpoints
+	// chanLocks serialises one channel's deliveries across the node's workers.
+	chanLocks channelLocks
 }
+
+// deliveryWorkers is how many messages of one node are delivered at once
+// (different channels; a channel's messages wait for each other).
+const deliveryWorkers = 4
 
 // errorReporter is implemented by adapters that can say what is wrong with
 // their endpoint right now (cannot log in, cannot list); `relay status` shows it.
@@ -116,51 +122,98 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 	router.AddMiddleware(middleware.Recoverer)
 	p.router = router
 
-	pubConn, err := b.NewConn("ingest")
+	if err := p.wire(wlog); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// lane is what one node's ingest or delivery handler works with: the bus on
+// a connection of its own, so nodes do not queue behind each other's
+// requests on one connection.
+type lane struct {
+	b      *bus.Bus
+	states *States
+	dead   *Dead
+	pub    message.Publisher // ingest: to the EXCHANGE stream
+	log    *slog.Logger
+	opts   Options
+}
+
+// newLane opens a lane named for logs and NATS monitoring.
+func (p *Pipeline) newLane(name string, wlog watermill.LoggerAdapter) (*lane, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lb, err := p.b.Lane(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	p.closers = append(p.closers, func() error { pubConn.Close(); return nil })
-	p.pub, err = wmnats.NewPublisherWithNatsConn(pubConn, wmnats.PublisherPublishConfig{
+	p.closers = append(p.closers, func() error { lb.CloseLane(); return nil })
+	l := &lane{b: lb, states: NewStates(lb.Channels), dead: &Dead{b: lb}, log: p.log, opts: p.opts}
+	l.pub, err = wmnats.NewPublisherWithNatsConn(lb.Conn, wmnats.PublisherPublishConfig{
 		Marshaler:         &wmnats.NATSMarshaler{},
 		SubjectCalculator: wmnats.DefaultSubjectCalculator,
 		JetStream:         wmnats.JetStreamConfig{TrackMsgId: true, PublishOptions: []nats.PubOpt{nats.ExpectStream(bus.StreamExchange)}},
 	}, wlog)
 	if err != nil {
-		return nil, fmt.Errorf("ingest publisher: %w", err)
+		return nil, fmt.Errorf("%s: publisher: %w", name, err)
 	}
+	return l, nil
+}
 
+// wire adds the handlers of every served node to the router.
+func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
+	cfg, eps, router := p.cfg, p.eps, p.router
+	main, err := p.newLane("relay", wlog)
+	if err != nil {
+		return err
+	}
+	p.pub = main.pub
 	for _, name := range cfg.NodeNames() {
 		n := cfg.Nodes[name]
 		if n == nil || !cfg.Serves(n) {
 			continue
 		}
-		nlog := log.With("node", name)
+		nlog := p.log.With("node", name)
 		h := &endpoints{}
 		p.health[name] = h
 		if n.Pickup != nil {
 			sub, err := eps.Pickup(name, n.Pickup, p.mem, nlog)
 			if err != nil {
-				return nil, fmt.Errorf("nodes.%s.pickup: %w", name, err)
+				return fmt.Errorf("nodes.%s.pickup: %w", name, err)
 			}
+			p.closers = append(p.closers, sub.Close)
 			h.pickup, _ = sub.(errorReporter)
-			router.AddConsumerHandler("ingest "+name, name, sub, p.ingestHandler(name))
+			l, err := p.newLane("ingest "+name, wlog)
+			if err != nil {
+				return err
+			}
+			router.AddConsumerHandler("ingest "+name, name, sub, p.ingestHandler(name, l))
 		}
 		if n.Deliver != nil {
 			pub, err := eps.Deliver(name, n.Deliver, nlog)
 			if err != nil {
-				return nil, fmt.Errorf("nodes.%s.deliver: %w", name, err)
+				return fmt.Errorf("nodes.%s.deliver: %w", name, err)
 			}
-			sub, closeSub, err := p.deliverySubscriber(name)
+			p.closers = append(p.closers, pub.Close)
+			subs, closeSub, err := p.deliverySubscribers(name, deliveryWorkers)
 			if err != nil {
-				return nil, err
+				return err
 			}
+			p.closers = append(p.closers, closeSub)
 			h.deliver, _ = pub.(errorReporter)
-			p.closers = append(p.closers, closeSub, pub.Close)
-			router.AddConsumerHandler("deliver "+name, name, sub, p.deliverHandler(name, n, pub))
+			l, err := p.newLane("deliver "+name, wlog)
+			if err != nil {
+				return err
+			}
+			handle := p.deliverHandler(name, n, pub, l)
+			for i, sub := range subs {
+				router.AddConsumerHandler(fmt.Sprintf("deliver %s #%d", name, i+1), name, sub, handle)
+			}
 		}
 	}
-	return p, nil
+	return nil
 }
 
 // Run runs the handlers until ctx ends, then closes everything.
@@ -172,15 +225,21 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}()
 	err := p.router.Run(ctx)
 	p.started.Store(false)
+	p.close()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// close releases what New opened, newest first.
+func (p *Pipeline) close() {
 	for i := len(p.closers) - 1; i >= 0; i-- {
 		if cerr := p.closers[i](); cerr != nil {
 			p.log.Warn("close", "err", cerr)
 		}
 	}
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
+	p.closers = nil
 }
 
 // Ready reports whether every handler has started (for /readyz).

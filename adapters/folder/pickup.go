@@ -234,17 +234,35 @@ func (p *Pickup) scan(ctx context.Context, seen map[string]*candidate, out chan<
 		}
 		return ready[i] < ready[j]
 	})
+	// Files in one folder belong to different channels (a channel has one
+	// file name), so they can travel side by side; the folder is scanned
+	// again only when all of them are answered.
+	sem := make(chan struct{}, takeParallel)
+	var wg sync.WaitGroup
 	for _, name := range ready {
 		if ctx.Err() != nil {
-			return 0
+			break
 		}
 		c := seen[name]
-		if !p.take(ctx, name, c, out) {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			p.take(ctx, name, c, out)
+		}()
+	}
+	wg.Wait()
+	for _, name := range ready {
+		if c := seen[name]; c.retryAt.After(now) {
 			wantAt(c.retryAt)
 		}
 	}
 	return next
 }
+
+// takeParallel is how many files of one folder are in the pipeline at once.
+const takeParallel = 8
 
 // fingerprint identifies one version of a file for keep-memory and for the
 // "changed since taken" check.
