@@ -9,8 +9,10 @@ package folder
 import (
 	"context"
 	"io"
+	"log/slog"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -83,7 +85,7 @@ func Spool(ctx context.Context, dir string, r io.Reader, limit int64) (Fetched, 
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return Fetched{}, err
 	}
-	f, err := os.CreateTemp(dir, "pickup-*.spool")
+	f, err := os.CreateTemp(dir, spoolPattern)
 	if err != nil {
 		return Fetched{}, err
 	}
@@ -98,6 +100,24 @@ func Spool(ctx context.Context, dir string, r io.Reader, limit int64) (Fetched, 
 	}
 	return Fetched{File: f, Size: n, Release: release}, nil
 }
+
+// ClearSpool removes the spool copies a killed relay left in dir: a
+// download cut off by SIGKILL or a power loss is never released, and each
+// one is as large as its message. dir belongs to one pickup, which calls
+// this before it starts.
+func ClearSpool(dir string, log *slog.Logger) {
+	olds, _ := filepath.Glob(filepath.Join(dir, spoolPattern))
+	for _, f := range olds {
+		if err := os.Remove(f); err != nil {
+			log.Warn("cannot remove a spool file left by an earlier run", "file", f, "err", err)
+			continue
+		}
+		log.Info("removed a spool file left by an earlier run", "file", f)
+	}
+}
+
+// spoolPattern names spool files (os.CreateTemp pattern and glob alike).
+const spoolPattern = "pickup-*.spool"
 
 type errTooBig struct{ limit int64 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/textproto"
@@ -278,10 +279,42 @@ func (d *dialer) dial(network, addr string) (net.Conn, error) {
 	d.conns = append(d.conns[:0:0], append(openOnly(d.conns), raw)...)
 	d.mu.Unlock()
 	switch {
-	case d.c.cfg.TLS == TLSImplicit, d.c.cfg.TLS == TLSExplicit && !first:
+	case d.c.cfg.TLS != TLSNone && !first:
+		conn = &tlsDataConn{Conn: tls.Client(conn, d.c.tlsConf)}
+	case d.c.cfg.TLS == TLSImplicit:
 		conn = tls.Client(conn, d.c.tlsConf)
 	}
 	return conn, nil
+}
+
+// tlsDataConn closes a TLS data connection cleanly. With TLS 1.3 the server
+// sends session tickets after the handshake; an upload never reads them, and
+// closing a socket with unread input makes the kernel send RST instead of
+// FIN, which discards the upload's tail still queued at the server: vsftpd
+// answers "426 Failure reading network stream" and keeps a truncated file
+// (most multi-megabyte STORs failed that way). So Close first sends
+// close_notify, then reads (and drops) what the server still sends until its
+// own close_notify or EOF, bounded, and only then closes the socket.
+type tlsDataConn struct {
+	*tls.Conn
+}
+
+// dataDrainLimit and dataDrainTimeout bound what Close reads: an upload's
+// leftovers are a few hundred bytes and the server's close_notify follows
+// ours at once; a download closed early (a header read) is cut off here.
+const (
+	dataDrainLimit   = 256 << 10
+	dataDrainTimeout = 2 * time.Second
+)
+
+func (c *tlsDataConn) Close() error {
+	if c.Conn.ConnectionState().HandshakeComplete && c.Conn.CloseWrite() == nil {
+		if dc, ok := c.Conn.NetConn().(*deadlineConn); ok {
+			dc.fixReadDeadline(time.Now().Add(dataDrainTimeout))
+		}
+		_, _ = io.CopyN(io.Discard, c.Conn, dataDrainLimit)
+	}
+	return c.Conn.Close()
 }
 
 // openOnly keeps the sockets worth remembering: the control connection
@@ -306,11 +339,21 @@ func (d *dialer) closeAll() {
 type deadlineConn struct {
 	net.Conn
 	timeout time.Duration
+	fixed   bool // a final read deadline is set: Read keeps it
 }
 
 func (c *deadlineConn) Read(b []byte) (int, error) {
-	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	if !c.fixed {
+		c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	}
 	return c.Conn.Read(b)
+}
+
+// fixReadDeadline sets a read deadline that later reads do not extend; it
+// is called from the goroutine that reads.
+func (c *deadlineConn) fixReadDeadline(t time.Time) {
+	c.fixed = true
+	c.Conn.SetReadDeadline(t)
 }
 
 func (c *deadlineConn) Write(b []byte) (int, error) {

@@ -36,6 +36,7 @@ func NewSubscriber(node string, cfg Config, after config.After, mem folder.Memor
 	}
 	log = log.With("url", c.t.display)
 	c.log = log
+	folder.ClearSpool(spoolDir, log)
 	src := &source{c: c, spool: spoolDir, lim: exchange.DefaultLimits()}
 	return folder.NewPickup(src, folder.Options{
 		Node: node, Adapter: "ftp",
@@ -104,12 +105,30 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 	var files []folder.File
 	err := s.c.with(ctx, func(conn *ftp.ServerConn) error {
 		all, err := s.list(conn, s.c.t.dir)
-		for _, f := range all {
-			if folder.IsMessageName(f.Name) {
-				files = append(files, f)
-			}
+		if err != nil {
+			return err
 		}
-		return err
+		// LIST times have minute precision on many servers (vsftpd): a file
+		// rewritten with the same size within that minute would look
+		// unchanged between download and commit. MDTM has seconds.
+		precise := conn.IsTimePreciseInList() || !conn.IsGetTimeSupported()
+		for _, f := range all {
+			if !folder.IsMessageName(f.Name) {
+				continue
+			}
+			if !precise {
+				t, err := conn.GetTime(s.c.path(f.Name))
+				if err != nil {
+					if isReply(err) {
+						continue // gone since the listing
+					}
+					return step("mdtm "+f.Name, err)
+				}
+				f.ModTime = t
+			}
+			files = append(files, f)
+		}
+		return nil
 	})
 	return files, err
 }

@@ -41,10 +41,15 @@ type site struct {
 }
 
 // nodeSpec adds per-node YAML (mode, after...) to the generated config.
+// pickupYAML and deliverYAML, when set, are the raw flow-style values of
+// `pickup:` and `deliver:` (e.g. `{ ftp: { url: ... }, after: delete }`)
+// used instead of the dir defaults; `after` applies to the default only.
 type nodeSpec struct {
-	code  string
-	mode  string
-	after string
+	code        string
+	mode        string
+	after       string
+	pickupYAML  string
+	deliverYAML string
 }
 
 func freeAddr(t testing.TB) string {
@@ -74,8 +79,16 @@ func newSite(t testing.TB, specs ...nodeSpec) *site {
 		if sp.after != "" {
 			after = fmt.Sprintf(", after: %q", sp.after)
 		}
-		fmt.Fprintf(&b, "    pickup: { dir: { path: ./%s/out, settle: 200ms, poll_interval: 500ms, incomplete_timeout: 3s }%s }\n", sp.code, after)
-		fmt.Fprintf(&b, "    deliver: { dir: ./%s/in }\n", sp.code)
+		if sp.pickupYAML != "" {
+			fmt.Fprintf(&b, "    pickup: %s\n", sp.pickupYAML)
+		} else {
+			fmt.Fprintf(&b, "    pickup: { dir: { path: ./%s/out, settle: 200ms, poll_interval: 500ms, incomplete_timeout: 3s }%s }\n", sp.code, after)
+		}
+		if sp.deliverYAML != "" {
+			fmt.Fprintf(&b, "    deliver: %s\n", sp.deliverYAML)
+		} else {
+			fmt.Fprintf(&b, "    deliver: { dir: ./%s/in }\n", sp.code)
+		}
 		for _, d := range []string{"out", "in"} {
 			if err := os.MkdirAll(filepath.Join(s.root, sp.code, d), 0o755); err != nil {
 				t.Fatal(err)
