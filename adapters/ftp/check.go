@@ -18,12 +18,7 @@ import (
 // list the folder, upload and delete a probe file. The error names the step
 // that failed and ends with a hint for the administrator.
 func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger) error {
-	cfg.role = role
-	cfg.setDefaults()
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	c, err := newClient(node, cfg, log)
+	c, err := newClient(node, role, cfg, log)
 	if err != nil {
 		return err
 	}

@@ -40,12 +40,22 @@ type client struct {
 	lastDial error
 }
 
-func newClient(node string, cfg Config, log *slog.Logger) (*client, error) {
+// newClient validates cfg for role (pickup or deliver) and prepares the
+// endpoint's connection; it does not connect.
+func newClient(node, role string, cfg Config, log *slog.Logger) (*client, error) {
+	cfg.role = role
+	cfg.setDefaults()
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("ftp %s: %w", node, errors.Join(errs...))
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	t, err := cfg.target()
 	if err != nil {
 		return nil, fmt.Errorf("ftp %s: url: %w", node, err)
 	}
-	c := &client{node: node, cfg: cfg, t: t, log: log}
+	c := &client{node: node, cfg: cfg, t: t, log: log.With("url", t.display)}
 	switch strings.ToLower(cfg.Encoding) {
 	case "cp1251", "windows-1251":
 		c.cp1251 = true

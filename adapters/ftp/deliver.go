@@ -40,19 +40,11 @@ var _ message.Publisher = (*Publisher)(nil)
 // connect: the first delivery does, so a server that is down at start only
 // delays that node.
 func NewPublisher(node string, cfg Config, log *slog.Logger) (*Publisher, error) {
-	cfg.role = "deliver"
-	cfg.setDefaults()
-	if errs := cfg.Validate(); len(errs) > 0 {
-		return nil, fmt.Errorf("ftp %s: %w", node, errors.Join(errs...))
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	c, err := newClient(node, cfg, log)
+	c, err := newClient(node, "deliver", cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	log = log.With("node", node, "adapter", "ftp", "url", c.t.display)
+	log = c.log.With("node", node, "adapter", "ftp")
 	c.log = log
 	return &Publisher{node: node, c: c, log: log, lim: exchange.DefaultLimits()}, nil
 }

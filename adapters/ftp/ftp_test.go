@@ -82,7 +82,7 @@ func hdr(from, to string, no uint64) exchange.Header {
 // pickup subscribes a pickup of node A; list forces LIST instead of MLSD.
 func pickup(t *testing.T, cfg Config, node string, list bool) <-chan *message.Message {
 	t.Helper()
-	c, err := newClient(node, cfg, slog.New(slog.DiscardHandler))
+	c, err := newClient(node, "pickup", cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package ftp
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -22,26 +21,16 @@ import (
 // LIST otherwise) and downloads each settled file into spoolDir before it is
 // inspected and streamed to the object store.
 func NewSubscriber(node string, cfg Config, after config.After, mem folder.Memory, spoolDir string, log *slog.Logger) (*folder.Pickup, error) {
-	cfg.role = "pickup"
-	cfg.setDefaults()
-	if errs := cfg.Validate(); len(errs) > 0 {
-		return nil, fmt.Errorf("ftp %s: %w", node, errors.Join(errs...))
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	c, err := newClient(node, cfg, log)
+	c, err := newClient(node, "pickup", cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	log = log.With("url", c.t.display)
-	c.log = log
-	folder.ClearSpool(spoolDir, log)
+	folder.ClearSpool(spoolDir, c.log)
 	src := &source{c: c, spool: spoolDir, lim: exchange.DefaultLimits()}
 	return folder.NewPickup(src, folder.Options{
 		Node: node, Adapter: "ftp",
 		Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(), IncompleteTimeout: cfg.IncompleteTimeout.Std(),
-		After: after, Memory: mem, Log: log,
+		After: after, Memory: mem, Log: c.log,
 	})
 }
 

@@ -451,18 +451,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	}
 	t.Logf("%d kills done after %s", kills, time.Since(began).Round(time.Millisecond))
 
-	select {
-	case <-writersDone:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("writers did not finish within 60s of the last restart")
-	}
-	close(writerErr)
-	for err := range writerErr {
-		t.Error(err)
-	}
-	if t.Failed() {
-		t.FailNow()
-	}
+	awaitWriters(t, writersDone, writerErr, 60*time.Second)
 	t.Logf("writers done after %s", time.Since(began).Round(time.Millisecond))
 
 	// Drain: every channel's destination holds N, byte-identical.
@@ -666,5 +655,23 @@ func TestRestartWithBacklog(t *testing.T) {
 		if len(es) != 2 {
 			t.Errorf("%s holds %d files, want 2", s.in(n), len(es))
 		}
+	}
+}
+
+// awaitWriters waits for the writer goroutines of a crash test and fails the
+// test with every error they reported.
+func awaitWriters(t *testing.T, done <-chan struct{}, errs chan error, d time.Duration) {
+	t.Helper()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("writers did not finish within %s of the last restart", d)
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
 	}
 }

@@ -883,18 +883,7 @@ func TestFTPCrash(t *testing.T) {
 		t.Errorf("the kills did not land inside transfers (downloads %d, uploads %d): the test proved little", landed["download"], landed["upload"])
 	}
 
-	select {
-	case <-writersDone:
-	case <-time.After(90 * time.Second):
-		t.Fatalf("writers did not finish within 90s of the last restart")
-	}
-	close(writerErr)
-	for err := range writerErr {
-		t.Error(err)
-	}
-	if t.Failed() {
-		t.FailNow()
-	}
+	awaitWriters(t, writersDone, writerErr, 90*time.Second)
 	t.Logf("writers done after %s", time.Since(began).Round(time.Millisecond))
 
 	drained := func() bool {
