@@ -36,6 +36,12 @@ func startServer(t *testing.T, root, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serve(t, drv, dir)
+}
+
+// serve runs drv on 127.0.0.1 and returns the URL of <dir>.
+func serve(t *testing.T, drv ftpserver.Driver, dir string) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -391,6 +397,46 @@ func TestConfig(t *testing.T) {
 	for _, w := range []string{"tls:", "encoding:", "password_env:", "settle: only for pickup"} {
 		if !strings.Contains(got, w) {
 			t.Errorf("validate %q lacks %q", got, w)
+		}
+	}
+}
+
+// noReplace is a server whose RNTO refuses an existing target, as some
+// Windows FTP servers do.
+type noReplace struct {
+	ftpserver.Driver
+	root string
+}
+
+func (d noReplace) Rename(ctx *ftpserver.Context, from, to string) error {
+	if _, err := os.Stat(filepath.Join(d.root, to)); err == nil {
+		return errors.New("target exists")
+	}
+	return d.Driver.Rename(ctx, from, to)
+}
+
+// TestDeliverWhereRenameCannotReplace: the old file is deleted, then the
+// temp file renamed; the final name never holds partial content.
+func TestDeliverWhereRenameCannotReplace(t *testing.T) {
+	root := t.TempDir()
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPublisher("B", testConfig(serve(t, noReplace{drv, root}, "in"), "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	dst := filepath.Join(root, "in", "Message_A_B.xml")
+	for no := uint64(1); no <= 2; no++ {
+		var b bytes.Buffer
+		exchangetest.WriteXML(&b, hdr("A", "B", no), 5000)
+		if err := p.Publish("", deliverMsg(t, mustHeader(t, b.Bytes()), b.Bytes())); err != nil {
+			t.Fatalf("No %d: %v", no, err)
+		}
+		if got, _ := os.ReadFile(dst); !bytes.Equal(got, b.Bytes()) {
+			t.Fatalf("No %d: delivered file differs", no)
 		}
 	}
 }
