@@ -2,7 +2,9 @@
 //
 //	go run ./bench -scenario throughput   # 2,000 × 10 KB on 200 channels, dir→dir, vs plain JetStream
 //	go run ./bench -scenario big          # one 1 GiB message through the relay binary, vs cp
-//	go run ./bench                        # both
+//	go run ./bench -scenario ftp          # 500 × 100 KB FTP→FTP (vsftpd) on 20 channels through the relay binary, vs curl
+//	go run ./bench -scenario ftpbig       # one 1 GiB message FTP→FTP through the relay binary, vs curl
+//	go run ./bench                        # all: throughput, big and ftp
 //
 // See bench/README.md for what each number means.
 package main
@@ -31,17 +33,21 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	scenario := fs.String("scenario", "all", "throughput | big | all")
+	scenario := fs.String("scenario", "all", "throughput | big | ftp | ftpbig | all (= throughput, big, ftp)")
 	messages := fs.Int("messages", 2000, "throughput: messages in all")
 	channels := fs.Int("channels", 200, "throughput: channels (plan, from, to); nodes = smallest n with n(n-1) >= channels")
 	size := fs.String("size", "10240", "throughput: body size of each message (file is ~0.4 KB more)")
 	mode := fs.String("mode", "sequential", "throughput: node mode, sequential (every message written) or latest")
-	settle := fs.Duration("settle", 50*time.Millisecond, "dir pickup settle")
-	poll := fs.Duration("poll", 100*time.Millisecond, "dir pickup poll_interval (>= 100ms)")
+	settle := fs.Duration("settle", 50*time.Millisecond, "pickup settle (dir and ftp pickups)")
+	poll := fs.Duration("poll", 100*time.Millisecond, "pickup poll_interval, >= 100ms (dir and ftp pickups)")
 	baseFsync := fs.Bool("baseline-fsync", true, "baseline fsyncs each written file and its folder, as the relay does")
-	bigSize := fs.String("bigsize", "1GiB", "big: size of the message file")
-	relayBin := fs.String("relay-bin", "", "big: relay binary to run (default: go build ./cmd/relay into the temp dir)")
-	dir := fs.String("dir", "", "parent of the temp folders (default $TMPDIR); must have room for ~3× -bigsize")
+	bigSize := fs.String("bigsize", "1GiB", "big, ftpbig: size of the message file")
+	relayBin := fs.String("relay-bin", "", "big, ftp, ftpbig: relay binary to run (default: go build ./cmd/relay into the temp dir)")
+	ftpMessages := fs.Int("ftp-messages", 500, "ftp: messages in all")
+	ftpChannels := fs.Int("ftp-channels", 20, "ftp: destination nodes (channels A→Bnnn, all delivering into b/in); each gets messages/channels, written one after the other; < 50 (vsftpd's per-address connection limit, see README)")
+	ftpSize := fs.String("ftp-size", "100KiB", "ftp: body size of each message (file is ~0.4 KB more)")
+	ftpBaseline := fs.String("ftp-baseline", "batch", "ftp: curl baselines to run, comma-separated: batch (one curl per pass, one login), perfile (one curl per file)")
+	dir := fs.String("dir", "", "parent of the temp folders (default $TMPDIR); must have room for ~3× -bigsize (~4× for ftpbig); for ftp/ftpbig every folder above it must be enterable by others (vsftpd's user)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "per run")
 	logLevel := fs.String("relay-log-level", "info", "throughput: in-process relay log level (logs are formatted, then discarded)")
 	cpuProfile := fs.String("cpuprofile", "", "throughput: write a CPU profile of the relay run here")
@@ -65,16 +71,35 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bench: -relay-log-level:", err)
 		return 2
 	}
-	doTP, doBig := false, false
+	ftpBody, err := parseSize(*ftpSize)
+	if err != nil {
+		fmt.Fprintln(stderr, "bench: -ftp-size:", err)
+		return 2
+	}
+	var ftpBaselines []string
+	for _, b := range strings.Split(*ftpBaseline, ",") {
+		switch b = strings.TrimSpace(b); b {
+		case "batch", "perfile":
+			ftpBaselines = append(ftpBaselines, b)
+		default:
+			fmt.Fprintf(stderr, "bench: -ftp-baseline %q: want batch, perfile or both comma-separated\n", b)
+			return 2
+		}
+	}
+	doTP, doBig, doFTP, doFTPBig := false, false, false, false
 	switch *scenario {
 	case "throughput":
 		doTP = true
 	case "big":
 		doBig = true
+	case "ftp":
+		doFTP = true
+	case "ftpbig":
+		doFTPBig = true
 	case "all":
-		doTP, doBig = true, true
+		doTP, doBig, doFTP = true, true, true
 	default:
-		fmt.Fprintf(stderr, "bench: -scenario %q: want throughput, big or all\n", *scenario)
+		fmt.Fprintf(stderr, "bench: -scenario %q: want throughput, big, ftp, ftpbig or all\n", *scenario)
 		return 2
 	}
 	var verbose io.Writer = stderr
@@ -108,6 +133,36 @@ func run(args []string, stdout, stderr io.Writer) int {
 			failed = true
 		} else {
 			rep.big, rep.bigSettle = &b, o.Settle
+		}
+	}
+	if doFTP && *ftpChannels+1 > 50 {
+		fmt.Fprintf(stderr, "bench: warning: -ftp-channels %d: the relay keeps one FTP connection per node (%d here) and vsftpd serves at most 50 per client address; expect 421 refusals and retries\n", *ftpChannels, *ftpChannels+1)
+	}
+	if doFTP && *scenario == "all" {
+		if err := ftpAvailable(); err != nil {
+			fmt.Fprintf(stderr, "bench: ftp: skipped in -scenario all: %v\n", err)
+			doFTP = false
+		}
+	}
+	if doFTP && ctx.Err() == nil {
+		o := ftpOptions{Dir: *dir, Messages: *ftpMessages, Channels: *ftpChannels, Size: ftpBody, Settle: *settle, Poll: *poll,
+			RelayBin: *relayBin, Baselines: ftpBaselines, Timeout: *timeout, Verbose: verbose}
+		f, err := runFTP(ctx, o)
+		if err != nil {
+			fmt.Fprintln(stderr, "bench: ftp:", err)
+			failed = true
+		} else {
+			rep.ftp = &f
+		}
+	}
+	if doFTPBig && ctx.Err() == nil {
+		o := ftpBigOptions{Dir: *dir, Size: bigBytes, RelayBin: *relayBin, Settle: *settle, Poll: *poll, Timeout: *timeout, Verbose: verbose}
+		b, err := runFTPBig(ctx, o)
+		if err != nil {
+			fmt.Fprintln(stderr, "bench: ftpbig:", err)
+			failed = true
+		} else {
+			rep.ftpBig, rep.ftpBigSettle = &b, o.Settle
 		}
 	}
 	rep.print(stdout)
@@ -144,9 +199,12 @@ func runThroughput(ctx context.Context, messages, channels int, bodySize int64, 
 }
 
 type report struct {
-	tp        *tpReport
-	big       *bigResult
-	bigSettle time.Duration
+	tp           *tpReport
+	big          *bigResult
+	bigSettle    time.Duration
+	ftp          *ftpReport
+	ftpBig       *ftpBigResult
+	ftpBigSettle time.Duration
 }
 
 func (r *report) print(out io.Writer) {
@@ -171,6 +229,12 @@ func (r *report) print(out io.Writer) {
 		fmt.Fprintf(tw, "MB/s\t%.1f\tcp %.1f\t\n", float64(b.Size)/1e6/b.Relay.Seconds(), float64(b.Size)/1e6/b.Cp.Seconds())
 		fmt.Fprintf(tw, "peak RSS (VmHWM)\t%s\t\ttarget < 150 MiB: %s\n", humanBytes(b.PeakRSS), okIf(b.PeakRSS < 150<<20))
 		fmt.Fprintf(tw, "RSS idle / ingest / deliver / stop\t%s / %s / %s / %s\t\t\n", humanBytes(b.RSSIdle), humanBytes(b.RSSIngest), humanBytes(b.RSSDeliver), humanBytes(b.RSSAtStop))
+	}
+	if f := r.ftp; f != nil {
+		printFTP(tw, f)
+	}
+	if b := r.ftpBig; b != nil {
+		printFTPBig(tw, b, r.ftpBigSettle)
 	}
 }
 
@@ -218,9 +282,25 @@ func humanBytes(n int64) string {
 // the context runs (generating or hashing a big file), lastResort does it.
 var cleanup = struct {
 	sync.Mutex
-	pids map[int]bool
-	dirs map[string]bool
-}{pids: map[int]bool{}, dirs: map[string]bool{}}
+	pids  map[int]bool
+	dirs  map[string]bool
+	stops map[int]func() // servers that need more than one kill (vsftpd and its sessions)
+	next  int
+}{pids: map[int]bool{}, dirs: map[string]bool{}, stops: map[int]func(){}}
+
+// registerStop makes lastResort call stop; the returned func unregisters it.
+func registerStop(stop func()) (unregister func()) {
+	cleanup.Lock()
+	id := cleanup.next
+	cleanup.next++
+	cleanup.stops[id] = stop
+	cleanup.Unlock()
+	return func() {
+		cleanup.Lock()
+		delete(cleanup.stops, id)
+		cleanup.Unlock()
+	}
+}
 
 func registerChild(pid int) {
 	cleanup.Lock()
@@ -270,6 +350,9 @@ func lastResort(ctx context.Context) {
 		if p, err := os.FindProcess(pid); err == nil {
 			_ = p.Signal(syscall.SIGKILL)
 		}
+	}
+	for _, stop := range cleanup.stops {
+		stop()
 	}
 	for d := range cleanup.dirs {
 		_ = os.RemoveAll(d)

@@ -34,7 +34,10 @@ type client struct {
 
 	mu       sync.Mutex
 	conn     *ftp.ServerConn
-	sockets  *dialer // the current connection's sockets, closed to interrupt it
+	sockets  *dialer         // the current connection's sockets, closed to interrupt it
+	made     map[string]bool // folders created on this connection
+	lastUse  time.Time
+	idle     *time.Timer
 	fails    int
 	retryAt  time.Time
 	lastDial error
@@ -150,6 +153,13 @@ func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error
 			return fmt.Errorf("ftp %s: %s: %w", c.node, c.t.display, err)
 		}
 		c.conn, c.sockets, c.fails, c.lastDial = conn, d, 0, nil
+		c.made = map[string]bool{}
+	}
+	c.lastUse = time.Now()
+	if c.idle == nil {
+		c.idle = time.AfterFunc(idleClose, c.closeIdle)
+	} else {
+		c.idle.Reset(idleClose)
 	}
 	conn := c.conn
 	stop := context.AfterFunc(ctx, c.sockets.closeAll)
@@ -371,10 +381,29 @@ func (c *deadlineConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
+// idleClose is how long an unused control connection stays open. A delivery
+// endpoint is idle most of the time, and servers limit connections per
+// client address (vsftpd: 50), so many nodes on one server must not each
+// hold a connection forever; a pickup polls more often and keeps its own.
+const idleClose = 30 * time.Second
+
+func (c *client) closeIdle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil && time.Since(c.lastUse) >= idleClose {
+		c.conn.Quit()
+		c.sockets.closeAll()
+		c.conn = nil
+	}
+}
+
 // close drops the connection; the next use re-dials.
 func (c *client) close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.idle != nil {
+		c.idle.Stop()
+	}
 	if c.conn != nil {
 		c.conn.Quit()
 		c.sockets.closeAll()

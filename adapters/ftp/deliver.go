@@ -111,6 +111,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		}
 		cr := &countingReader{r: folder.CtxReader{Ctx: ctx, R: body}}
 		if err := conn.Stor(tmp, cr); err != nil {
+			delete(p.c.made, p.c.t.dir) // the folder may be gone: create it again next time
 			return step("upload "+tempName(name), err)
 		}
 		if cr.n != want {

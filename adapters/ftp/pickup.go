@@ -105,6 +105,9 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 			if !folder.IsMessageName(f.Name) {
 				continue
 			}
+			if n, err := exchange.ParseName(f.Name); err == nil && n.From != s.c.node {
+				continue // another node's file: not ours to take
+			}
 			if !precise {
 				t, err := conn.GetTime(s.c.path(f.Name))
 				if err != nil {
@@ -122,17 +125,44 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 	return files, err
 }
 
+// Stat asks for one file with SIZE and MDTM where the listing's times come
+// from MDTM anyway, so a commit costs two commands, not a listing of the
+// whole folder.
 func (s *source) Stat(ctx context.Context, name string) (folder.File, error) {
-	files, err := s.List(ctx)
+	var f *folder.File
+	err := s.c.with(ctx, func(conn *ftp.ServerConn) error {
+		p := s.c.path(name)
+		if !conn.IsTimePreciseInList() && conn.IsGetTimeSupported() {
+			size, err := conn.FileSize(p)
+			if isReply(err) {
+				return nil // no such file
+			} else if err != nil {
+				return step("size "+name, err)
+			}
+			t, err := conn.GetTime(p)
+			if isReply(err) {
+				return nil
+			} else if err != nil {
+				return step("mdtm "+name, err)
+			}
+			f = &folder.File{Name: name, Size: size, ModTime: t}
+			return nil
+		}
+		all, err := s.list(conn, s.c.t.dir)
+		for i := range all {
+			if all[i].Name == name {
+				f = &all[i]
+			}
+		}
+		return err
+	})
 	if err != nil {
 		return folder.File{}, err
 	}
-	for _, f := range files {
-		if f.Name == name {
-			return f, nil
-		}
+	if f == nil {
+		return folder.File{}, fmt.Errorf("ftp %s: %s: %w", s.c.node, name, fs.ErrNotExist)
 	}
-	return folder.File{}, fmt.Errorf("ftp %s: %s: %w", s.c.node, name, fs.ErrNotExist)
+	return *f, nil
 }
 
 // Fetch downloads the file into the spool: one transfer serves both the
@@ -195,9 +225,10 @@ func (s *source) Where(name string) string {
 // mkdirAll creates dir and its parents, ignoring "exists" replies: FTP has no
 // portable way to ask, and a real problem shows on the next command.
 func mkdirAll(conn *ftp.ServerConn, c *client, dir string) {
-	if dir == "" {
+	if dir == "" || c.made[dir] {
 		return
 	}
+	defer func() { c.made[dir] = true }()
 	prefix := ""
 	if path.IsAbs(dir) {
 		prefix = "/"

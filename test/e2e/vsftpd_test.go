@@ -4,87 +4,37 @@ package e2e
 // for the FTP endpoint tests: plain FTP, explicit FTPS (AUTH TLS) and
 // implicit FTPS, one server per test, stopped by PID in t.Cleanup.
 //
-// Facts about Debian's vsftpd 3.0.3 that this harness relies on, checked
-// here (see also /work/shared/REALSERVERS.md):
-//   - It runs in the foreground (background=NO) from its own config file;
-//     inside this sandbox it also needs seccomp_sandbox=NO, isolate=NO and
-//     isolate_network=NO.
-//   - PAM (pam_service_name=vsftpd, Debian's /etc/pam.d/vsftpd) refuses a
-//     user whose shell is not in /etc/shells (pam_shells): on Debian that
-//     rules out /usr/sbin/nologin and /bin/false.
-//   - After PAM, a local login enters the user's HOME first and only then
-//     local_root: with useradd -M the home does not exist and every login
-//     ends in "500 OOPS: cannot change directory:/home/relayftp". So the
-//     harness creates the (empty) home.
-//   - It enters local_root as the user, so every directory on the way must
-//     be traversable by that user: os.MkdirTemp makes 0700, hence the chmod.
-//     A chroot that the user can write to is refused unless
-//     allow_writeable_chroot=YES. secure_chroot_dir must exist.
-//   - Such "500 OOPS" fatal errors are not in vsftpd_log_file, and over TLS
-//     they are sent in clear text on the encrypted control connection:
-//     jlaffaye/ftp then reports "tls: received record with version 3030 when
-//     expecting version 303" (0x3030 = "00" of "500 OOPS"). Read it as
-//     "the server aborted the session", e.g. a missing home or a 0700 parent.
-//   - Each connection is served by two processes forked from the listener
-//     that call setsid (own session and process group) and outlive the
-//     listener: killing only the listener leaves logged-in clients connected
-//     (NOOP still answered), so a "server down" test would not be one. Stop
-//     therefore signals the listener's children by PID too. SIGTERM ends a
-//     session. Orphaned session processes show as zombies of PID 1 for a
-//     while in this sandbox.
-//   - With TLS, the default require_ssl_reuse=YES refuses a data connection
-//     whose TLS session is not resumed from the control connection: "522 SSL
-//     connection failed: session reuse required" (log: "No SSL session reuse
-//     on data channel."). The client's tls.Config needs ClientSessionCache and
-//     ServerName. Left on, as on real servers.
-//   - No MLSD/MLST: LIST only, with minute-precision times; dot-files are
-//     hidden from LIST (the smoke test checks it).
-//   - UTF-8 (Cyrillic) names work with utf8_filesystem=YES; vsftpd.log shows
-//     their non-ASCII bytes as "?", and PASS as "<password>".
-//   - The ports are chosen below the kernel's ephemeral range
-//     (/proc/sys/net/ipv4/ip_local_port_range), not with 127.0.0.1:0: a
-//     client retrying 127.0.0.1:P while the server is down may otherwise get
-//     P itself as its source port (a TCP self-connect to the closed port), and
-//     then Start cannot bind P again.
+// This file is the testing.TB face of test/realserver (StartVsftpd), which
+// starts, stops and configures the server, makes its user, cert and ports,
+// and whose header lists the vsftpd facts all this relies on. The bench
+// starts the same server outside `go test`.
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
-	mrand "math/rand/v2"
 	"net"
-	"net/url"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
-	"runtime"
-	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jlaffaye/ftp"
+
+	"github.com/relay1c/relay/test/realserver"
 )
 
 const (
 	// ftpUser is the local system user every test vsftpd logs in; it is
 	// created on first use (root only) and kept.
-	ftpUser     = "relayftp"
-	ftpPassword = "relay-e2e-ftp-Pw1"
+	ftpUser     = realserver.FTPUser
+	ftpPassword = realserver.FTPPassword
 	// ftpPasvPorts is the size of each server's passive port range.
-	ftpPasvPorts = 20
+	ftpPasvPorts = realserver.PasvPorts
 )
 
 // ftpOptions configures startVsftpd.
@@ -92,24 +42,13 @@ type ftpOptions struct {
 	TLS string // "none" (or ""), "explicit" (AUTH TLS on the control port), "implicit"
 }
 
-// ftpServer is one vsftpd started by a test on 127.0.0.1.
+// ftpServer is one vsftpd started by a test on 127.0.0.1. The fields (Host,
+// Port, User, Password, Root, CAFile, TLS, UID, GID) and Addr and URL come
+// from realserver.Vsftpd; the methods below fail the test instead of
+// returning errors.
 type ftpServer struct {
-	Host           string // "127.0.0.1"
-	Port           int
-	User, Password string
-	Root           string // local path of the user's FTP root (local_root, chrooted); tests put/read files here directly
-	CAFile         string // PEM of the self-signed cert when TLS is on, else ""
-	TLS            string // "none" | "explicit" | "implicit"
-	UID, GID       int    // owner of Root and of what the server writes
-
-	t    testing.TB
-	bin  string
-	dir  string // temp dir: vsftpd.conf, logs, cert, root/, empty/
-	conf string
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has been waited for
+	*realserver.Vsftpd
+	t testing.TB
 }
 
 // serversRequired reports whether a missing server is a failure
@@ -126,479 +65,56 @@ func missingServer(t testing.TB, format string, args ...any) {
 	t.Skip(msg)
 }
 
-// sbinPath finds a program on PATH or in the sbin directories, which are
-// not on every PATH (vsftpd, useradd and chpasswd live in /usr/sbin).
-func sbinPath(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found on PATH or in /usr/sbin, /sbin", name)
-}
+// sbinPath finds a program on PATH or in the sbin directories.
+func sbinPath(name string) (string, error) { return realserver.SbinPath(name) }
 
-var ftpUserSetup struct {
-	once     sync.Once
-	uid, gid int
-	err      error
-}
-
-// ftpUserIDs creates the local user ftpUser once per test process if it is
-// missing, sets its password, and returns its uid and gid.
-func ftpUserIDs() (uid, gid int, err error) {
-	ftpUserSetup.once.Do(func() {
-		ftpUserSetup.uid, ftpUserSetup.gid, ftpUserSetup.err = setupFTPUser()
-	})
-	return ftpUserSetup.uid, ftpUserSetup.gid, ftpUserSetup.err
-}
-
-func setupFTPUser() (int, int, error) {
-	if _, err := user.Lookup(ftpUser); err != nil {
-		shell, err := listedShell()
-		if err != nil {
-			return 0, 0, err
-		}
-		useradd, err := sbinPath("useradd")
-		if err != nil {
-			return 0, 0, err
-		}
-		out, err := retryShadow(func() *exec.Cmd {
-			return exec.Command(useradd, "-M", "-s", shell, "-c", "relay e2e FTP test user", ftpUser)
-		})
-		if err != nil {
-			// Another test process may have created it meanwhile.
-			if _, lerr := user.Lookup(ftpUser); lerr != nil {
-				return 0, 0, fmt.Errorf("useradd %s: %v: %s", ftpUser, err, out)
-			}
-		}
-	}
-	chpasswd, err := sbinPath("chpasswd")
-	if err != nil {
-		return 0, 0, err
-	}
-	if out, err := retryShadow(func() *exec.Cmd {
-		c := exec.Command(chpasswd)
-		c.Stdin = strings.NewReader(ftpUser + ":" + ftpPassword + "\n")
-		return c
-	}); err != nil {
-		return 0, 0, fmt.Errorf("chpasswd %s: %v: %s", ftpUser, err, out)
-	}
-	u, err := user.Lookup(ftpUser)
-	if err != nil {
-		return 0, 0, err
-	}
-	uid, err := strconv.Atoi(u.Uid)
-	if err != nil {
-		return 0, 0, err
-	}
-	gid, err := strconv.Atoi(u.Gid)
-	if err != nil {
-		return 0, 0, err
-	}
-	// vsftpd enters the home directory before local_root and refuses the
-	// login ("500 OOPS: cannot change directory") when it is missing, which
-	// it is after useradd -M: make it, empty.
-	if u.HomeDir == "" || u.HomeDir == "/" {
-		return uid, gid, nil
-	}
-	if _, err := os.Stat(u.HomeDir); os.IsNotExist(err) {
-		if err := os.MkdirAll(u.HomeDir, 0o755); err != nil {
-			return 0, 0, err
-		}
-		if err := os.Chown(u.HomeDir, uid, gid); err != nil {
-			return 0, 0, err
-		}
-	}
-	return uid, gid, nil
-}
-
-// retryShadow runs a command that locks /etc/passwd or /etc/shadow a few
-// times, since another test process may hold the lock.
-func retryShadow(mk func() *exec.Cmd) ([]byte, error) {
-	var out []byte
-	var err error
-	for i := 0; i < 10; i++ {
-		if out, err = mk().CombinedOutput(); err == nil {
-			return out, nil
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return out, err
-}
-
-// listedShell picks a shell listed in /etc/shells (PAM's pam_shells refuses
-// any other), preferring ones that give no interactive login.
-func listedShell() (string, error) {
-	b, err := os.ReadFile("/etc/shells")
-	if err != nil {
-		return "", err
-	}
-	listed := map[string]bool{}
-	var first string
-	for _, l := range strings.Split(string(b), "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		if _, err := os.Stat(l); err != nil {
-			continue
-		}
-		listed[l] = true
-		if first == "" {
-			first = l
-		}
-	}
-	for _, s := range []string{"/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false", "/bin/sh", "/usr/bin/sh", "/bin/bash"} {
-		if listed[s] {
-			return s, nil
-		}
-	}
-	if first == "" {
-		return "", errors.New("/etc/shells lists no existing shell")
-	}
-	return first, nil
-}
+// freePortBlock finds n consecutive free TCP ports on 127.0.0.1 below the
+// kernel's ephemeral range and returns the first.
+func freePortBlock(n int) (int, error) { return realserver.FreePortBlock(n) }
 
 // startVsftpd starts a vsftpd on 127.0.0.1 with its own config, root and
 // ports, waits until its port accepts, and registers t.Cleanup(Stop).
 func startVsftpd(t testing.TB, o ftpOptions) *ftpServer {
 	t.Helper()
-	mode := o.TLS
-	if mode == "" {
-		mode = "none"
-	}
-	if mode != "none" && mode != "explicit" && mode != "implicit" {
-		t.Fatalf("startVsftpd: TLS %q: want none, explicit or implicit", o.TLS)
-	}
-	bin, err := sbinPath("vsftpd")
-	if err != nil {
+	v, err := realserver.StartVsftpd(realserver.VsftpdOptions{TLS: o.TLS, Logf: t.Logf})
+	switch {
+	case errors.Is(err, realserver.ErrNotInstalled):
 		missingServer(t, "vsftpd not installed; scripts/test.sh installs it")
-	}
-	if os.Geteuid() != 0 {
+	case errors.Is(err, realserver.ErrNotRoot):
 		missingServer(t, "vsftpd tests need root (useradd %s, chown of the FTP root)", ftpUser)
-	}
-	uid, gid, err := ftpUserIDs()
-	if err != nil {
-		t.Fatalf("vsftpd test user: %v", err)
-	}
-
-	dir, err := os.MkdirTemp("", "relay-vsftpd-")
-	if err != nil {
+	case err != nil:
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	// The login enters local_root as the user: the path must be traversable.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	s := &ftpServer{
-		Host: "127.0.0.1", User: ftpUser, Password: ftpPassword,
-		Root: filepath.Join(dir, "root"), TLS: mode, UID: uid, GID: gid,
-		t: t, bin: bin, dir: dir, conf: filepath.Join(dir, "vsftpd.conf"),
-	}
-	for _, d := range []string{s.Root, filepath.Join(dir, "empty")} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
+	s := &ftpServer{Vsftpd: v, t: t}
+	t.Cleanup(func() {
+		if err := v.Close(); err != nil {
+			t.Error(err)
 		}
-	}
-	if err := os.Chown(s.Root, uid, gid); err != nil {
-		t.Fatal(err)
-	}
-	var certFile, keyFile string
-	if mode != "none" {
-		certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-		if err := writeSelfSignedCert(certFile, keyFile); err != nil {
-			t.Fatal(err)
-		}
-		s.CAFile = certFile
-	}
+	})
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("vsftpd on 127.0.0.1:%d (%s), log tail:\n%s", s.Port, s.TLS, s.logTail())
+			t.Logf("vsftpd on 127.0.0.1:%d (%s), log tail:\n%s", s.Port, s.TLS, s.LogTail())
 		}
 	})
 	t.Cleanup(s.Stop)
-
-	// Another process may take a port between the check and vsftpd's bind:
-	// try fresh ports a few times.
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		base, err := freePortBlock(1 + ftpPasvPorts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Port = base
-		if err := os.WriteFile(s.conf, []byte(s.config(base+1, base+ftpPasvPorts, certFile, keyFile)), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if lastErr = s.launch(); lastErr == nil {
-			return s
-		}
-		t.Logf("vsftpd attempt %d on port %d: %v", attempt+1, base, lastErr)
-	}
-	t.Fatalf("vsftpd did not start: %v\n%s", lastErr, s.logTail())
-	return nil
+	return s
 }
 
-// config renders vsftpd.conf.
-func (s *ftpServer) config(pasvMin, pasvMax int, certFile, keyFile string) string {
-	var b strings.Builder
-	kv := func(k string, v any) { fmt.Fprintf(&b, "%s=%v\n", k, v) }
-	kv("listen", "YES")
-	kv("listen_ipv6", "NO")
-	kv("listen_address", s.Host)
-	kv("listen_port", s.Port)
-	kv("background", "NO")
-	kv("ftpd_banner", "relay e2e vsftpd")
-	kv("anonymous_enable", "NO")
-	kv("local_enable", "YES")
-	kv("write_enable", "YES")
-	kv("local_umask", "022")
-	kv("file_open_mode", "0666")
-	kv("local_root", s.Root)
-	kv("chroot_local_user", "YES")
-	kv("allow_writeable_chroot", "YES")
-	kv("pam_service_name", "vsftpd")
-	kv("secure_chroot_dir", filepath.Join(s.dir, "empty"))
-	kv("connect_from_port_20", "NO")
-	kv("pasv_enable", "YES")
-	kv("pasv_address", s.Host)
-	kv("pasv_min_port", pasvMin)
-	kv("pasv_max_port", pasvMax)
-	kv("utf8_filesystem", "YES")
-	kv("use_localtime", "NO")
-	kv("seccomp_sandbox", "NO")
-	kv("isolate", "NO")
-	kv("isolate_network", "NO")
-	kv("syslog_enable", "NO")
-	kv("xferlog_enable", "YES")
-	kv("dual_log_enable", "YES")
-	kv("xferlog_file", filepath.Join(s.dir, "xferlog"))
-	kv("vsftpd_log_file", filepath.Join(s.dir, "vsftpd.log"))
-	kv("log_ftp_protocol", "YES")
-	if s.TLS != "none" {
-		kv("ssl_enable", "YES")
-		kv("rsa_cert_file", certFile)
-		kv("rsa_private_key_file", keyFile)
-		kv("force_local_logins_ssl", "YES")
-		kv("force_local_data_ssl", "YES")
-		// require_ssl_reuse stays at its default, YES.
-		if s.TLS == "implicit" {
-			kv("implicit_ssl", "YES")
-		}
-	}
-	return b.String()
-}
-
-// launch starts vsftpd and waits until its port accepts. On failure the
-// process is stopped again.
-func (s *ftpServer) launch() error {
-	out, err := os.OpenFile(filepath.Join(s.dir, "vsftpd.out"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(s.bin, s.conf)
-	cmd.Dir = s.dir
-	cmd.Stdout, cmd.Stderr = out, out
-	// If the test binary dies without its cleanups (a -timeout panic, a
-	// kill), the listener gets SIGTERM. Pdeathsig follows the thread that
-	// forked, not the process: that goroutine stays locked to its thread
-	// and blocked in Wait for the server's whole life.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	started := make(chan error, 1)
-	done := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer out.Close()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-		close(done)
-	}()
-	if err := <-started; err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.cmd, s.done = cmd, done
-	s.mu.Unlock()
-
-	addr := s.Addr()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case <-done:
-			s.Stop()
-			return fmt.Errorf("vsftpd exited at start: %v", cmd.ProcessState)
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			s.Stop()
-			return fmt.Errorf("vsftpd did not open %s within 10s", addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// Stop stops this vsftpd and every connection it serves: SIGTERM by PID to
-// the listener and to each session it forked, SIGKILL to whatever is left
-// after 5s, and waits. It may be called any number of times.
-//
-// vsftpd serves each connection in processes forked from the listener that
-// call setsid (own session and process group, pgid = pid of the listener's
-// child) and outlive the listener: signalling the listener alone leaves
-// logged-in clients connected. So the listener is held with SIGSTOP (it
-// cannot fork more), its children are read from /proc, and each child's
-// process group is signalled.
+// Stop stops this vsftpd and every connection it serves (by PID, SIGKILL
+// after 5s) and waits. It may be called any number of times.
 func (s *ftpServer) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return
+	if err := s.Vsftpd.Stop(); err != nil {
+		s.t.Error(err)
 	}
-	pid, done := s.cmd.Process.Pid, s.done
-	exited := func() bool {
-		select {
-		case <-done:
-			return true
-		default:
-			return false
-		}
-	}
-	var groups []int
-	if !exited() {
-		syscall.Kill(pid, syscall.SIGSTOP)
-		for _, p := range procTable() {
-			if p.ppid == pid {
-				groups = append(groups, p.pid)
-			}
-		}
-	}
-	signal := func(sig syscall.Signal) {
-		for _, g := range groups {
-			syscall.Kill(-g, sig) // ESRCH until the child has called setsid
-			syscall.Kill(g, sig)
-		}
-		if !exited() {
-			syscall.Kill(pid, sig)
-			syscall.Kill(pid, syscall.SIGCONT)
-		}
-	}
-	// gone: the listener is reaped and no session process is left but
-	// zombies (orphans are reparented to PID 1, which need not reap them).
-	gone := func() bool {
-		if !exited() {
-			return false
-		}
-		if len(groups) == 0 {
-			return true
-		}
-		for _, p := range procTable() {
-			if p.state != 'Z' && p.state != 'X' && (slices.Contains(groups, p.pid) || slices.Contains(groups, p.pgid)) {
-				return false
-			}
-		}
-		return true
-	}
-	wait := func(d time.Duration) bool {
-		for deadline := time.Now().Add(d); !gone(); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				return false
-			}
-		}
-		return true
-	}
-	signal(syscall.SIGTERM)
-	if !wait(5 * time.Second) {
-		signal(syscall.SIGKILL)
-		if !wait(5 * time.Second) {
-			s.t.Errorf("vsftpd %d or its sessions %v did not exit after SIGKILL", pid, groups)
-		}
-	}
-	s.cmd, s.done = nil, nil
-}
-
-// procInfo is one line of /proc/<pid>/stat.
-type procInfo struct {
-	pid, ppid, pgid int
-	state           byte
-}
-
-// procTable lists the processes in /proc.
-func procTable() []procInfo {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var ps []procInfo
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // exited meanwhile
-		}
-		// pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 3 || len(f[0]) != 1 {
-			continue
-		}
-		ppid, err1 := strconv.Atoi(f[1])
-		pgid, err2 := strconv.Atoi(f[2])
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		ps = append(ps, procInfo{pid: pid, ppid: ppid, pgid: pgid, state: f[0][0]})
-	}
-	return ps
 }
 
 // Start starts the server again on the same port with the same config, after
 // Stop. It does nothing while the server runs.
 func (s *ftpServer) Start() {
 	s.t.Helper()
-	s.mu.Lock()
-	running := s.cmd != nil
-	s.mu.Unlock()
-	if running {
-		return
+	if err := s.Vsftpd.Start(); err != nil {
+		s.t.Fatalf("vsftpd restart on %s: %v\n%s", s.Addr(), err, s.LogTail())
 	}
-	var err error
-	// The port was ours a moment ago; give a lingering socket a few tries.
-	for attempt := 0; attempt < 3; attempt++ {
-		if err = s.launch(); err == nil {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	s.t.Fatalf("vsftpd restart on %s: %v\n%s", s.Addr(), err, s.logTail())
-}
-
-// Addr is "127.0.0.1:<port>".
-func (s *ftpServer) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
-
-// URL is "ftp://<user>@127.0.0.1:<port>/<path>" (no password: the relay
-// takes it from password_env). Non-ASCII path bytes are percent-encoded.
-func (s *ftpServer) URL(path string) string {
-	u := url.URL{Scheme: "ftp", User: url.User(s.User), Host: s.Addr(), Path: "/" + strings.TrimPrefix(path, "/")}
-	return u.String()
 }
 
 // TLSConfig is a client config that trusts CAFile, for TLS servers; nil for
@@ -606,32 +122,20 @@ func (s *ftpServer) URL(path string) string {
 // require_ssl_reuse needs.
 func (s *ftpServer) TLSConfig(t testing.TB) *tls.Config {
 	t.Helper()
-	if s.TLS == "none" {
-		return nil
-	}
-	pem, err := os.ReadFile(s.CAFile)
+	c, err := s.Vsftpd.TLSConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		t.Fatalf("no certificate in %s", s.CAFile)
-	}
-	return &tls.Config{
-		RootCAs:            pool,
-		ServerName:         s.Host,
-		ClientSessionCache: tls.NewLRUClientSessionCache(16),
-		MinVersion:         tls.VersionTLS12,
-	}
+	return c
 }
 
 // Dial connects with jlaffaye/ftp in the server's TLS mode and logs in; the
 // connection is closed at cleanup.
 func (s *ftpServer) Dial(t testing.TB) *ftp.ServerConn {
 	t.Helper()
-	c, err := s.dial(t)
+	c, err := s.Vsftpd.DialNoLogin()
 	if err != nil {
-		t.Fatalf("ftp dial %s (%s): %v", s.Addr(), s.TLS, err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Quit() })
 	if err := c.Login(s.User, s.Password); err != nil {
@@ -640,124 +144,13 @@ func (s *ftpServer) Dial(t testing.TB) *ftp.ServerConn {
 	return c
 }
 
-func (s *ftpServer) dial(t testing.TB) (*ftp.ServerConn, error) {
-	opts := []ftp.DialOption{ftp.DialWithTimeout(10 * time.Second)}
-	switch s.TLS {
-	case "explicit":
-		opts = append(opts, ftp.DialWithExplicitTLS(s.TLSConfig(t)))
-	case "implicit":
-		opts = append(opts, ftp.DialWithTLS(s.TLSConfig(t)))
-	}
-	return ftp.Dial(s.Addr(), opts...)
-}
-
 // WriteFile puts a file under Root as the FTP user would own it (parent
 // directories too), so the server can rename and delete it.
 func (s *ftpServer) WriteFile(t testing.TB, rel string, data []byte) {
 	t.Helper()
-	p := filepath.Join(s.Root, filepath.FromSlash(rel))
-	var mk []string
-	for d := filepath.Dir(p); d != s.Root && len(d) > len(s.Root); d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
-		}
-		mk = append(mk, d)
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+	if err := s.Vsftpd.WriteFile(rel, data); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range append(mk, p) {
-		if err := os.Chown(f, s.UID, s.GID); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// logTail is the end of vsftpd's own output and of its log file.
-func (s *ftpServer) logTail() string {
-	var b strings.Builder
-	for _, name := range []string{"vsftpd.out", "vsftpd.log"} {
-		data, err := os.ReadFile(filepath.Join(s.dir, name))
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
-		}
-		fmt.Fprintf(&b, "--- %s\n%s\n", name, strings.Join(lines, "\n"))
-	}
-	return b.String()
-}
-
-// freePortBlock finds n consecutive free TCP ports on 127.0.0.1 below the
-// kernel's ephemeral range (see the note at the top of the file) and returns
-// the first.
-func freePortBlock(n int) (int, error) {
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil {
-				low = v
-			}
-		}
-	}
-	lo, hi := 10000, low-n // base in [lo, hi)
-	if hi-lo < 1000 {
-		lo, hi = 1024, 65535-n
-	}
-	for try := 0; try < 200; try++ {
-		base := lo + mrand.IntN(hi-lo)
-		ok := true
-		for p := base; p < base+n && ok; p++ {
-			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-			if err != nil {
-				ok = false
-				break
-			}
-			ln.Close()
-		}
-		if ok {
-			return base, nil
-		}
-	}
-	return 0, fmt.Errorf("no %d consecutive free ports on 127.0.0.1", n)
-}
-
-// writeSelfSignedCert writes a self-signed RSA certificate for 127.0.0.1
-// and localhost and its key as PEM files.
-func writeSelfSignedCert(certFile, keyFile string) error {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "127.0.0.1", Organization: []string{"relay e2e"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600)
 }
 
 // TestVsftpdHarness checks the harness itself against each TLS mode: login,
