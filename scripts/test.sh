@@ -94,6 +94,7 @@ done
 # missing server fails them instead of skipping them. vsftpd is in /usr/sbin,
 # which need not be on PATH: check it by its path.
 install_missing /usr/sbin/vsftpd vsftpd
+install_missing curl curl # the FTP bench's baseline client
 export RELAY_E2E_REQUIRE_SERVERS=1
 
 step "end-to-end and bench smoke tests, embedded NATS"
