@@ -136,8 +136,26 @@ func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Messa
 	return out, nil
 }
 
+// scanner is the loop's state: what it knows of each file, and which files
+// are in the pipeline right now.
+type scanner struct {
+	seen    map[string]*candidate
+	busy    map[string]bool
+	results chan takeResult
+	waiting bool // ready files were left for a free slot
+}
+
+// takeResult is a take's verdict on one file, sent back to the loop that
+// owns the candidates.
+type takeResult struct {
+	name  string
+	c     candidate // the candidate as the take left it
+	size  int64     // the version that was taken
+	mtime time.Time
+}
+
 func (p *Pickup) loop(ctx context.Context, notify <-chan struct{}, out chan<- *message.Message) {
-	seen := map[string]*candidate{}
+	sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel)}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -154,9 +172,20 @@ func (p *Pickup) loop(ctx context.Context, notify <-chan struct{}, out chan<- *m
 			// Let the writer go on; look again once it could have settled.
 			resetTimer(timer, p.o.Settle)
 			continue
+		case r := <-sc.results:
+			delete(sc.busy, r.name)
+			if c := sc.seen[r.name]; c != nil && c.size == r.size && c.mtime.Equal(r.mtime) {
+				*c = r.c
+			}
+			// A freed slot serves files that waited for one; otherwise the
+			// next look comes with the timer or a change in the folder.
+			if sc.waiting || len(sc.busy) == 0 {
+				resetTimer(timer, 0)
+			}
+			continue
 		case <-timer.C:
 		}
-		next := p.scan(ctx, seen, out)
+		next := p.scan(ctx, sc, out)
 		if next <= 0 || next > p.o.PollInterval {
 			next = p.o.PollInterval
 		}
@@ -173,9 +202,11 @@ func resetTimer(t *time.Timer, d time.Duration) {
 	t.Reset(d)
 }
 
-// scan lists the folder once, hands every settled file to the pipeline in
-// mtime order, and returns when it wants to look again.
-func (p *Pickup) scan(ctx context.Context, seen map[string]*candidate, out chan<- *message.Message) time.Duration {
+// scan lists the folder once, starts a take for every settled file not yet
+// in the pipeline (oldest first, at most takeParallel at once), and returns
+// when it wants to look again. Files in one folder belong to different
+// channels (a channel has one file name), so they travel side by side.
+func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Message) time.Duration {
 	files, err := p.src.List(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -202,13 +233,16 @@ func (p *Pickup) scan(ctx context.Context, seen map[string]*candidate, out chan<
 			continue // another node's file, e.g. one delivered into a shared folder
 		}
 		present[f.Name] = true
-		c := seen[f.Name]
+		if sc.busy[f.Name] {
+			continue // its take decides; the candidate is not touched meanwhile
+		}
+		c := sc.seen[f.Name]
 		if c == nil || c.size != f.Size || !c.mtime.Equal(f.ModTime) {
 			fails := 0
 			if c != nil {
 				fails = c.fails
 			}
-			seen[f.Name] = &candidate{size: f.Size, mtime: f.ModTime, since: now, fails: fails}
+			sc.seen[f.Name] = &candidate{size: f.Size, mtime: f.ModTime, since: now, fails: fails}
 			wantAt(now.Add(p.o.Settle))
 			continue
 		}
@@ -222,41 +256,38 @@ func (p *Pickup) scan(ctx context.Context, seen map[string]*candidate, out chan<
 		}
 		ready = append(ready, f.Name)
 	}
-	for name := range seen {
-		if !present[name] {
-			delete(seen, name)
+	for name := range sc.seen {
+		if !present[name] && !sc.busy[name] {
+			delete(sc.seen, name)
 		}
 	}
 	sort.Slice(ready, func(i, j int) bool {
-		a, b := seen[ready[i]], seen[ready[j]]
+		a, b := sc.seen[ready[i]], sc.seen[ready[j]]
 		if !a.mtime.Equal(b.mtime) {
 			return a.mtime.Before(b.mtime)
 		}
 		return ready[i] < ready[j]
 	})
-	// Files in one folder belong to different channels (a channel has one
-	// file name), so they can travel side by side; the folder is scanned
-	// again only when all of them are answered.
-	sem := make(chan struct{}, takeParallel)
-	var wg sync.WaitGroup
+	sc.waiting = false
 	for _, name := range ready {
-		if ctx.Err() != nil {
+		if len(sc.busy) >= takeParallel {
+			sc.waiting = true
 			break
 		}
-		c := seen[name]
-		sem <- struct{}{}
-		wg.Add(1)
+		sc.busy[name] = true
+		cc := *sc.seen[name]
+		p.wg.Add(1)
 		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			p.take(ctx, name, c, out)
+			defer p.wg.Done()
+			r := takeResult{name: name, size: cc.size, mtime: cc.mtime}
+			p.take(ctx, name, &cc, out)
+			r.c = cc
+			select {
+			case sc.results <- r:
+			case <-ctx.Done():
+			case <-p.closing:
+			}
 		}()
-	}
-	wg.Wait()
-	for _, name := range ready {
-		if c := seen[name]; c.retryAt.After(now) {
-			wantAt(c.retryAt)
-		}
 	}
 	return next
 }
