@@ -28,14 +28,11 @@ import (
 // connections only.
 func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res tpResult, err error) {
 	res = tpResult{Side: "baseline", Messages: w.messages, Bytes: w.bytes}
-	root, err := tempDir(o.Dir, "relay-bench-base-")
+	root, err := tempSite(o.Dir, "relay-bench-base-", w.nodes)
 	if err != nil {
 		return res, err
 	}
 	defer removeTemp(root)
-	if err := makeSite(root, w.nodes); err != nil {
-		return res, err
-	}
 
 	ns, err := server.NewServer(&server.Options{
 		ServerName: "bench-baseline",
@@ -84,15 +81,14 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 		return res, err
 	}
 
+	s := dirSite(root)
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	inW, err := watchDirs(root, w.nodes, "in")
+	tr, err := startTracker(wctx, s, w)
 	if err != nil {
 		return res, err
 	}
-	defer inW.Close()
-	tr := newTracker(root, w)
-	go tr.run(wctx, inW)
+	defer tr.close()
 
 	// Consumer side: one writer per destination node.
 	writeErr := make(chan error, 1)
@@ -153,10 +149,8 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 		writers.Wait()
 	}()
 
-	o.logf("baseline: %d messages on %d channels", w.messages, len(w.channels))
-	cpu0 := cpuTime()
-	start := time.Now()
-	prodErr := produce(wctx, root, w, &tr.mu, func(ctx context.Context, path string, c *channel, _ sent) error {
+	// The producer takes its file itself: read, publish, delete.
+	publish := func(ctx context.Context, path string, c *channel) error {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return err
@@ -165,38 +159,18 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 			return err
 		}
 		return os.Remove(path)
-	})
+	}
+	o.logf("baseline: %d messages on %d channels", w.messages, len(w.channels))
+	cpu0 := cpuTime()
+	start := time.Now()
+	prodErr := producer{s, writeLike1C, publish}.run(wctx, w, &tr.mu)
 	// A writer failure ends the run as a producer failure would.
-	merged := make(chan error, 1)
-	go func() {
-		select {
-		case err, ok := <-prodErr:
-			if ok && err != nil {
-				sendErr(merged, err)
-				return
-			}
-			// producers done: keep watching writers
-			select {
-			case err := <-writeErr:
-				sendErr(merged, err)
-			case <-wctx.Done():
-			}
-		case err := <-writeErr:
-			sendErr(merged, err)
-		case <-wctx.Done():
-		}
-	}()
-	if err := waitRun(ctx, tr, merged, o.Timeout); err != nil {
+	if err := tr.wait(ctx, o.Timeout, prodErr, writeErr); err != nil {
 		return res, fmt.Errorf("baseline: %w", err)
 	}
 	res.Elapsed = tr.doneAt.Sub(start)
 	res.CPU = cpuTime() - cpu0
-	if p := tr.problems(); len(p) > 0 {
-		return res, fmt.Errorf("baseline: %s", strings.Join(p, "; "))
-	}
-	tr.mu.Lock()
-	res.Observed = tr.observed
-	tr.mu.Unlock()
+	res.Observed = tr.seen()
 	res.Lat = w.latencies(&tr.mu)
 	res.Delivered = uint64(w.messages)
 	o.logf("baseline: %.0f msg/s, %d seen in in/", res.msgsPerSec(), res.Observed)

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -25,6 +26,24 @@ import (
 
 // benchPlan is the exchange plan of every generated message.
 const benchPlan = "Bench"
+
+// progress writes a scenario's progress lines, each after prefix.
+type progress struct {
+	Verbose io.Writer // stderr, or nil for no progress lines (-q)
+	prefix  string
+}
+
+func (p progress) logf(format string, args ...any) {
+	if p.Verbose != nil {
+		fmt.Fprintf(p.Verbose, p.prefix+format+"\n", args...)
+	}
+}
+
+// with is p with prefix added to its lines' prefix.
+func (p progress) with(prefix string) progress {
+	p.prefix += prefix
+	return p
+}
 
 // sent is one generated message: its bytes and their sha256.
 type sent struct {
@@ -87,7 +106,14 @@ func newWorkload(messages, channels int, bodySize int64) (*workload, error) {
 			w.channels = append(w.channels, &channel{from: w.nodes[i], to: w.nodes[(i+d)%nn]})
 		}
 	}
-	per, extra := messages/channels, messages%channels
+	return w, w.generate(bodySize)
+}
+
+// generate spreads w.messages evenly over w.channels (the first ones get
+// one more when it does not divide) and makes each message in memory:
+// MessageNo 1..n per channel, ReceivedNo one less, bodySize bytes of body.
+func (w *workload) generate(bodySize int64) error {
+	per, extra := w.messages/len(w.channels), w.messages%len(w.channels)
 	var buf bytes.Buffer
 	for ci, c := range w.channels {
 		count := per
@@ -98,7 +124,7 @@ func newWorkload(messages, channels int, bodySize int64) (*workload, error) {
 			buf.Reset()
 			h := exchange.Header{ExchangePlan: benchPlan, From: c.from, To: c.to, MessageNo: uint64(k), ReceivedNo: uint64(k - 1)}
 			if err := exchangetest.WriteXML(&buf, h, bodySize); err != nil {
-				return nil, err
+				return err
 			}
 			data := bytes.Clone(buf.Bytes())
 			sum := sha256.Sum256(data)
@@ -106,19 +132,57 @@ func newWorkload(messages, channels int, bodySize int64) (*workload, error) {
 			w.bytes += int64(len(data))
 		}
 	}
-	return w, nil
+	return nil
 }
 
-// makeSite creates <root>/<node>/out and <root>/<node>/in for every node.
-func makeSite(root string, nodes []string) error {
+// tempSite makes a temp folder (pattern) under dir with <node>/out and
+// <node>/in for every node; the caller removes it with removeTemp.
+func tempSite(dir, pattern string, nodes []string) (string, error) {
+	root, err := tempDir(dir, pattern)
+	if err != nil {
+		return "", err
+	}
 	for _, n := range nodes {
 		for _, d := range []string{"out", "in"} {
 			if err := os.MkdirAll(filepath.Join(root, n, d), 0o755); err != nil {
-				return err
+				removeTemp(root)
+				return "", err
 			}
 		}
 	}
-	return nil
+	return root, nil
+}
+
+// site is where a scenario's nodes keep their folders: channel c's files
+// are written into out(c) and delivered into in(c), both below root.
+type site struct {
+	root    string
+	out, in func(c *channel) string
+}
+
+// dirSite is the layout of tempSite: <root>/<from>/out → <root>/<to>/in.
+func dirSite(root string) site {
+	return site{
+		root: root,
+		out:  func(c *channel) string { return filepath.Join(c.from, "out") },
+		in:   func(c *channel) string { return filepath.Join(c.to, "in") },
+	}
+}
+
+func (s site) outPath(c *channel) string { return filepath.Join(s.root, s.out(c), c.name()) }
+func (s site) inPath(c *channel) string  { return filepath.Join(s.root, s.in(c), c.name()) }
+
+// folders lists, once each, the folders which(c) names for w's channels.
+func (s site) folders(w *workload, which func(c *channel) string) []string {
+	var dirs []string
+	seen := map[string]bool{}
+	for _, c := range w.channels {
+		if d := filepath.Join(s.root, which(c)); !seen[d] {
+			seen[d] = true
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
 }
 
 func freeAddr() (string, error) {
@@ -135,18 +199,63 @@ func isMessageName(base string) bool {
 	return strings.HasPrefix(base, "Message_") && strings.HasSuffix(strings.ToLower(base), ".xml")
 }
 
-// tracker plays every receiving node: it watches the in/ folders and, each
-// time a message file appears (rename of the deliverer's temp file), reads
-// it, checks its sha256 against what was sent for that (channel, MessageNo)
-// and notes the number. The run is complete when every channel's in/ file
-// holds the channel's final MessageNo. Versions overwritten by the next one
-// before the tracker read them are not seen here; the relay run checks them
+// newWatcher makes one fsnotify watcher over dirs.
+func newWatcher(dirs ...string) (*fsnotify.Watcher, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range dirs {
+		if err := w.Add(d); err != nil {
+			w.Close()
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// eachEvent calls onEvent for every event of w, and onTick every tick when
+// tick > 0, until ctx ends or w is closed.
+func eachEvent(ctx context.Context, w *fsnotify.Watcher, tick time.Duration, onEvent func(fsnotify.Event), onTick func()) {
+	var ticks <-chan time.Time // nil: never
+	if tick > 0 {
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		ticks = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			onEvent(ev)
+		case _, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+		case <-ticks:
+			onTick()
+		}
+	}
+}
+
+// tracker plays every receiving node: it watches the delivery folders of a
+// site and, each time a message file appears (rename of the deliverer's
+// temp file), reads it, checks it is in its channel's place and its sha256
+// against what was sent for that (channel, MessageNo), and notes the
+// number. The run is complete when every channel's delivered file holds the
+// channel's final MessageNo. Versions overwritten by the next one before
+// the tracker read them are not seen here; the relay runs check them
 // through the channel state.
 type tracker struct {
-	root  string
-	chans map[string]*chanTrack
+	site  site
+	chans map[string]*chanTrack // by channel key
+	watch *fsnotify.Watcher
 
-	mu        sync.Mutex
+	mu        sync.Mutex // also guards the channels' stamps
 	remaining int
 	observed  int // distinct (channel, No) seen with the right sha256
 	corrupt   []string
@@ -160,14 +269,23 @@ type chanTrack struct {
 	complete bool
 }
 
-func newTracker(root string, w *workload) *tracker {
-	t := &tracker{root: root, chans: map[string]*chanTrack{}, remaining: len(w.channels), done: make(chan struct{})}
+// startTracker resets the stamps of w's channels and tracks s's delivery
+// folders until ctx ends; close stops its watcher.
+func startTracker(ctx context.Context, s site, w *workload) (*tracker, error) {
+	t := &tracker{site: s, chans: map[string]*chanTrack{}, remaining: len(w.channels), done: make(chan struct{})}
 	for _, c := range w.channels {
 		c.times = make([]stamps, len(c.msgs))
 		t.chans[c.key()] = &chanTrack{ch: c, seen: make([]bool, len(c.msgs)+1)}
 	}
-	return t
+	var err error
+	if t.watch, err = newWatcher(s.folders(w, s.in)...); err != nil {
+		return nil, err
+	}
+	go t.run(ctx)
+	return t, nil
 }
+
+func (t *tracker) close() { t.watch.Close() }
 
 // observe reads one delivered file.
 func (t *tracker) observe(path string) {
@@ -188,14 +306,13 @@ func (t *tracker) observe(path string) {
 	case ct == nil || h.ExchangePlan != benchPlan:
 		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: unexpected message %s %s→%s", path, h.ExchangePlan, h.From, h.To))
 		return
-	case filepath.Base(path) != ct.ch.name() || filepath.Base(filepath.Dir(filepath.Dir(path))) != h.To:
+	case path != t.site.inPath(ct.ch):
 		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: message %s→%s delivered to the wrong place", path, h.From, h.To))
 		return
 	case h.MessageNo < 1 || h.MessageNo > ct.ch.final():
 		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: MessageNo %d was never sent", path, h.MessageNo))
 		return
-	}
-	if ct.seen[h.MessageNo] {
+	case ct.seen[h.MessageNo]:
 		return
 	}
 	ct.ch.times[h.MessageNo-1].seen = at
@@ -216,37 +333,33 @@ func (t *tracker) observe(path string) {
 	}
 }
 
-// run watches the in/ folders until ctx ends. A slow rescan of the
+// run watches the delivery folders until ctx ends. A slow rescan of the
 // channels not yet complete covers events fsnotify might drop.
-func (t *tracker) run(ctx context.Context, w *fsnotify.Watcher) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			if ev.Has(fsnotify.Create) && isMessageName(filepath.Base(ev.Name)) {
-				t.observe(ev.Name)
-			}
-		case <-w.Errors:
-		case <-tick.C:
-			t.mu.Lock()
-			var paths []string
-			for _, ct := range t.chans {
-				if !ct.complete {
-					paths = append(paths, filepath.Join(t.root, ct.ch.to, "in", ct.ch.name()))
-				}
-			}
-			t.mu.Unlock()
-			for _, p := range paths {
-				t.observe(p)
+func (t *tracker) run(ctx context.Context) {
+	eachEvent(ctx, t.watch, time.Second, func(ev fsnotify.Event) {
+		if ev.Has(fsnotify.Create) && isMessageName(filepath.Base(ev.Name)) {
+			t.observe(ev.Name)
+		}
+	}, func() {
+		t.mu.Lock()
+		var paths []string
+		for _, ct := range t.chans {
+			if !ct.complete {
+				paths = append(paths, t.site.inPath(ct.ch))
 			}
 		}
-	}
+		t.mu.Unlock()
+		for _, p := range paths {
+			t.observe(p)
+		}
+	})
+}
+
+// seen is the number of distinct (channel, No) seen with the right sha256.
+func (t *tracker) seen() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.observed
 }
 
 // problems returns what the tracker found wrong.
@@ -256,71 +369,140 @@ func (t *tracker) problems() []string {
 	out := append([]string(nil), t.corrupt...)
 	for _, ct := range t.chans {
 		if !ct.complete {
-			out = append(out, fmt.Sprintf("%s→%s: final No %d never seen in %s/in", ct.ch.from, ct.ch.to, ct.ch.final(), ct.ch.to))
+			out = append(out, fmt.Sprintf("%s→%s: final No %d never seen in %s", ct.ch.from, ct.ch.to, ct.ch.final(), filepath.ToSlash(t.site.in(ct.ch))))
 		}
 	}
 	sort.Strings(out)
 	return out
 }
 
-// watchDirs makes one fsnotify watcher over the given sub-folder of every node.
-func watchDirs(root string, nodes []string, sub string) (*fsnotify.Watcher, error) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range nodes {
-		if err := w.Add(filepath.Join(root, n, sub)); err != nil {
-			w.Close()
-			return nil, err
-		}
-	}
-	return w, nil
-}
-
-// takenSignals tells a producer that its file left out/ (the pickup
-// deleted it). A signal only wakes the producer; it then checks the file
-// is really gone, so a stale signal cannot make it write too early.
-type takenSignals struct {
-	sig map[string]chan struct{} // by full path
-}
-
-func newTakenSignals(root string, w *workload) *takenSignals {
-	s := &takenSignals{sig: map[string]chan struct{}{}}
-	for _, c := range w.channels {
-		s.sig[filepath.Join(root, c.from, "out", c.name())] = make(chan struct{}, 1)
-	}
-	return s
-}
-
-func (s *takenSignals) run(ctx context.Context, w *fsnotify.Watcher) {
+// wait blocks until the tracker saw every channel's final message (then it
+// returns what it found wrong, if anything), prodErr or sideErr yields an
+// error (a closed one is done; a nil one never yields), the timeout passes,
+// or ctx ends.
+func (t *tracker) wait(ctx context.Context, timeout time.Duration, prodErr, sideErr <-chan error) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
 	for {
 		select {
+		case <-t.done:
+			if p := t.problems(); len(p) > 0 {
+				return errors.New(strings.Join(p, "; "))
+			}
+			return nil
+		case err, ok := <-prodErr:
+			if ok && err != nil {
+				return err
+			}
+			prodErr = nil // all producers finished; deliveries may still be on their way
+		case err, ok := <-sideErr:
+			if ok && err != nil {
+				return err
+			}
+			sideErr = nil
+		case <-deadline.C:
+			return fmt.Errorf("timed out after %s: %s", timeout, firstFew(t.problems()))
 		case <-ctx.Done():
-			return
-		case ev, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
-				if ch := s.sig[ev.Name]; ch != nil {
-					select {
-					case ch <- struct{}{}:
-					default:
-					}
-				}
-			}
-		case <-w.Errors:
+			return ctx.Err()
 		}
 	}
 }
 
-// waitGone waits until path no longer exists.
-func (s *takenSignals) waitGone(ctx context.Context, path string) error {
+// firstFew joins the first five of list, and says how many more there are.
+func firstFew(list []string) string {
+	if len(list) > 5 {
+		list = append(list[:5:5], fmt.Sprintf("... %d more", len(list)-5))
+	}
+	return strings.Join(list, "; ")
+}
+
+// sideRun is one side's run of a many-message scenario on a site whose
+// pickup deletes the files it took: the producers, the tracker on the
+// delivery folders and the taken signals on the pickup folders.
+type sideRun struct {
+	ctx    context.Context // the run's: ends with cancel or stop
+	cancel context.CancelFunc
+	site   site
+	w      *workload
+	tr     *tracker
+	sig    *takenSignals
+}
+
+// startSide starts watching a side's run of w on s. The caller ends it
+// with stop.
+func startSide(ctx context.Context, s site, w *workload) (*sideRun, error) {
+	r := &sideRun{site: s, w: w}
+	r.ctx, r.cancel = context.WithCancel(ctx)
+	var err error
+	if r.tr, err = startTracker(r.ctx, s, w); err != nil {
+		r.cancel()
+		return nil, err
+	}
+	if r.sig, err = startTakenSignals(r.ctx, s, w); err != nil {
+		r.tr.close()
+		r.cancel()
+		return nil, err
+	}
+	return r, nil
+}
+
+// produce starts the producers, each putting its files with write and
+// waiting until the pickup deleted them; see producer.run.
+func (r *sideRun) produce(write func(path string, data []byte) error) <-chan error {
+	return producer{r.site, write, r.sig.gone}.run(r.ctx, r.w, &r.tr.mu)
+}
+
+// stop closes the watchers and ends the run's context.
+func (r *sideRun) stop() {
+	r.sig.close()
+	r.tr.close()
+	r.cancel()
+}
+
+// takenSignals tells a producer that its file left the pickup folder (the
+// pickup or the baseline deleted it). A signal only wakes the producer; it
+// then checks the file is really gone, so a stale signal cannot make it
+// write too early.
+type takenSignals struct {
+	sig   map[string]chan struct{} // by full path
+	watch *fsnotify.Watcher
+}
+
+// startTakenSignals watches s's pickup folders until ctx ends; close stops
+// its watcher.
+func startTakenSignals(ctx context.Context, s site, w *workload) (*takenSignals, error) {
+	ts := &takenSignals{sig: map[string]chan struct{}{}}
+	for _, c := range w.channels {
+		ts.sig[s.outPath(c)] = make(chan struct{}, 1)
+	}
+	var err error
+	if ts.watch, err = newWatcher(s.folders(w, s.out)...); err != nil {
+		return nil, err
+	}
+	go eachEvent(ctx, ts.watch, 0, func(ev fsnotify.Event) {
+		if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+			if ch := ts.sig[ev.Name]; ch != nil {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}, nil)
+	return ts, nil
+}
+
+func (s *takenSignals) close() { s.watch.Close() }
+
+// gone is a producer's taken: it waits until path no longer exists.
+func (s *takenSignals) gone(ctx context.Context, path string, _ *channel) error {
 	ch := s.sig[path]
 	t := time.NewTimer(250 * time.Millisecond)
 	defer t.Stop()
 	for {
+		if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		select {
 		case <-ch:
 		case <-t.C:
@@ -328,9 +510,56 @@ func (s *takenSignals) waitGone(ctx context.Context, path string) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
+	}
+}
+
+// producer plays the sending nodes, one goroutine per channel, as a 1C
+// node does: it writes message n+1 only once message n has been taken.
+type producer struct {
+	site  site
+	write func(path string, data []byte) error                     // puts one message at path
+	taken func(ctx context.Context, path string, c *channel) error // blocks until the file at path was taken
+}
+
+// run starts the producers; the channel yields the first error, or closes
+// when every message was written and taken. mu guards the stamps.
+func (p producer) run(ctx context.Context, w *workload, mu *sync.Mutex) <-chan error {
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	for _, c := range w.channels {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			path := p.site.outPath(c)
+			for i, m := range c.msgs {
+				mu.Lock()
+				c.times[i].written = time.Now()
+				mu.Unlock()
+				if err := p.write(path, m.data); err != nil {
+					sendErr(errc, fmt.Errorf("producer %s→%s: %w", c.from, c.to, err))
+					return
+				}
+				if err := p.taken(ctx, path, c); err != nil {
+					if ctx.Err() == nil {
+						sendErr(errc, fmt.Errorf("producer %s→%s No %d: %w", c.from, c.to, m.no, err))
+					}
+					return
+				}
+				mu.Lock()
+				c.times[i].taken = time.Now()
+				mu.Unlock()
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(errc) }()
+	return errc
+}
+
+// sendErr hands err over unless an error is waiting already.
+func sendErr(c chan<- error, err error) {
+	select {
+	case c <- err:
+	default:
 	}
 }
 
@@ -367,21 +596,29 @@ func distOf(xs []time.Duration) dist {
 	return dist{n: len(xs), p50: q(0.5), p90: q(0.9), p99: q(0.99), max: xs[len(xs)-1]}
 }
 
-func (w *workload) latencies(mu *sync.Mutex) latencies {
+// Stamp selectors for spans.
+func stampWritten(s stamps) time.Time { return s.written }
+func stampTaken(s stamps) time.Time   { return s.taken }
+func stampSeen(s stamps) time.Time    { return s.seen }
+
+// span is the distribution, over the messages of the last run where both
+// stamps were observed, of the time from one stamp to the other.
+func (w *workload) span(mu *sync.Mutex, from, to func(stamps) time.Time) dist {
 	mu.Lock()
 	defer mu.Unlock()
-	var pick, del []time.Duration
+	var xs []time.Duration
 	for _, c := range w.channels {
 		for _, s := range c.times {
-			if !s.written.IsZero() && !s.taken.IsZero() {
-				pick = append(pick, s.taken.Sub(s.written))
-			}
-			if !s.taken.IsZero() && !s.seen.IsZero() {
-				del = append(del, s.seen.Sub(s.taken))
+			if a, b := from(s), to(s); !a.IsZero() && !b.IsZero() {
+				xs = append(xs, b.Sub(a))
 			}
 		}
 	}
-	return latencies{pickup: distOf(pick), deliver: distOf(del)}
+	return distOf(xs)
+}
+
+func (w *workload) latencies(mu *sync.Mutex) latencies {
+	return latencies{pickup: w.span(mu, stampWritten, stampTaken), deliver: w.span(mu, stampTaken, stampSeen)}
 }
 
 // cpuTime is the CPU (user+sys) this process has used so far.

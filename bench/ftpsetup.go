@@ -1,7 +1,8 @@
 package main
 
 // Shared by the ftp and ftpbig scenarios: one vsftpd on 127.0.0.1 (from
-// test/realserver), the relay binary, the curl client of the baselines.
+// test/realserver), its folders and the relay's routing on them, the curl
+// client of the baselines.
 
 import (
 	"bufio"
@@ -72,6 +73,93 @@ func ftpServer(parent string, logf func(string, ...any)) (v *realserver.Vsftpd, 
 	return v, closeFn, nil
 }
 
+// ftpBench is what both ftp scenarios run on: curl, a temp folder, the
+// relay binary and one vsftpd serving the folder.
+type ftpBench struct {
+	curl, root, bin string
+	v               *realserver.Vsftpd
+	closeServer     func() error
+}
+
+// startFTPBench finds curl, makes a temp folder (pattern) under dir, finds
+// the relay binary (relayBin, or built into the folder), starts vsftpd on
+// the folder and sets ftpPasswordEnv for the relay children. The caller
+// undoes it with close; when startFTPBench fails it has undone it already.
+func startFTPBench(ctx context.Context, dir, pattern, relayBin string, logf func(string, ...any)) (b *ftpBench, err error) {
+	b = &ftpBench{}
+	if b.curl, err = curlPath(); err != nil {
+		return nil, err
+	}
+	if b.root, err = tempDir(dir, pattern); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			removeTemp(b.root)
+		}
+	}()
+	if b.bin, err = relayBinary(ctx, relayBin, b.root, logf); err != nil {
+		return nil, err
+	}
+	if b.v, b.closeServer, err = ftpServer(b.root, logf); err != nil {
+		return nil, err
+	}
+	if err = os.Setenv(ftpPasswordEnv, b.v.Password); err != nil {
+		b.closeServer()
+		return nil, err
+	}
+	return b, nil
+}
+
+// close stops vsftpd by its PIDs and removes the temp folder; a failure to
+// stop becomes *err if there was none.
+func (b *ftpBench) close(err *error) {
+	if cerr := b.closeServer(); cerr != nil && *err == nil {
+		*err = cerr
+	}
+	removeTemp(b.root)
+}
+
+// ftpSite is the layout of the ftp scenarios: every channel is written
+// into a/out and delivered into b/in of the server.
+func ftpSite(v *realserver.Vsftpd) site {
+	return site{
+		root: v.Root,
+		out:  func(*channel) string { return filepath.FromSlash(ftpOutDir) },
+		in:   func(*channel) string { return filepath.FromSlash(ftpInDir) },
+	}
+}
+
+// ftpWrite is the ftp producers' write: under a hidden temp name owned by
+// the FTP user, then renamed to path, so that the curl baseline, which has
+// no settle, never reads half a file.
+func ftpWrite(v *realserver.Vsftpd) func(path string, data []byte) error {
+	return func(path string, data []byte) error {
+		tmp := filepath.Join(filepath.Dir(path), ".bench-"+filepath.Base(path))
+		if err := os.WriteFile(tmp, data, 0o644); err != nil {
+			return err
+		}
+		if err := os.Chown(tmp, v.UID, v.GID); err != nil {
+			return err
+		}
+		return os.Rename(tmp, path)
+	}
+}
+
+// ftpRoutingYAML is the relay's config on the server: node from picks up
+// from a/out, every node of to delivers into b/in, in mode ("" = the
+// default).
+func ftpRoutingYAML(id, listen string, v *realserver.Vsftpd, from string, to []string, mode string, settle, poll time.Duration) string {
+	var b strings.Builder
+	b.WriteString(relayYAML(id, listen))
+	fmt.Fprintf(&b, "  %q:\n    pickup: { ftp: { url: %q, password_env: %s, settle: %s, poll_interval: %s, incomplete_timeout: 10m } }\n",
+		from, v.URL(ftpOutDir), ftpPasswordEnv, settle, poll)
+	for _, n := range to {
+		fmt.Fprintf(&b, "  %q:\n%s    deliver: { ftp: { url: %q, password_env: %s } }\n", n, modeYAML(mode), v.URL(ftpInDir), ftpPasswordEnv)
+	}
+	return b.String()
+}
+
 // ftpAvailable says why the ftp scenarios cannot run here, or nil.
 func ftpAvailable() error {
 	if _, err := realserver.SbinPath("vsftpd"); err != nil {
@@ -103,21 +191,6 @@ func emptyFolder(v *realserver.Vsftpd, rel string) error {
 		}
 	}
 	return nil
-}
-
-// relayBinary returns bin, or builds ./cmd/relay into dir.
-func relayBinary(ctx context.Context, bin, dir string, logf func(string, ...any)) (string, error) {
-	if bin != "" {
-		return bin, nil
-	}
-	bin = filepath.Join(dir, "relay")
-	logf("go build -o %s ./cmd/relay", bin)
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/relay1c/relay/cmd/relay")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return "", fmt.Errorf("build relay: %w", err)
-	}
-	return bin, nil
 }
 
 // curlPath finds curl, the client of the baselines.
@@ -213,27 +286,4 @@ func curlList(ctx context.Context, curl string, v *realserver.Vsftpd, rel string
 		}
 	}
 	return names, sc.Err()
-}
-
-// procCPU is the user+system CPU a process has used, from /proc/<pid>/stat.
-func procCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unreadable", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: short", pid)
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad times", pid)
-	}
-	const hz = 100 // USER_HZ on Linux
-	return time.Duration(ut+st) * time.Second / hz, nil
 }

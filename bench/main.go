@@ -56,24 +56,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	bodySize, err := parseSize(*size)
-	if err != nil {
-		fmt.Fprintln(stderr, "bench: -size:", err)
-		return 2
-	}
-	bigBytes, err := parseSize(*bigSize)
-	if err != nil {
-		fmt.Fprintln(stderr, "bench: -bigsize:", err)
-		return 2
+	var bodySize, bigBytes, ftpBody int64
+	for _, f := range []struct {
+		name string
+		val  string
+		n    *int64
+	}{{"size", *size, &bodySize}, {"bigsize", *bigSize, &bigBytes}, {"ftp-size", *ftpSize, &ftpBody}} {
+		var err error
+		if *f.n, err = parseSize(f.val); err != nil {
+			fmt.Fprintf(stderr, "bench: -%s: %v\n", f.name, err)
+			return 2
+		}
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
 		fmt.Fprintln(stderr, "bench: -relay-log-level:", err)
-		return 2
-	}
-	ftpBody, err := parseSize(*ftpSize)
-	if err != nil {
-		fmt.Fprintln(stderr, "bench: -ftp-size:", err)
 		return 2
 	}
 	var ftpBaselines []string
@@ -114,25 +111,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "relay bench: nproc=%d GOMAXPROCS=%d %s %s/%s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	rep := &report{}
 	failed := false
+	// ok reports a scenario's failure on stderr; it says whether there was none.
+	ok := func(scenario string, err error) bool {
+		if err != nil {
+			fmt.Fprintf(stderr, "bench: %s: %v\n", scenario, err)
+			failed = true
+		}
+		return err == nil
+	}
+	log := progress{Verbose: verbose}
 	if doTP {
 		o := tpOptions{Dir: *dir, Settle: *settle, Poll: *poll, Mode: *mode, BaselineFsync: *baseFsync,
-			Timeout: *timeout, LogLevel: lvl, CPUProfile: *cpuProfile, BlockProfile: *blockProfile, Verbose: verbose}
-		tp, err := runThroughput(ctx, *messages, *channels, bodySize, o)
-		if err != nil {
-			fmt.Fprintln(stderr, "bench: throughput:", err)
-			failed = true
-		} else {
+			Timeout: *timeout, LogLevel: lvl, CPUProfile: *cpuProfile, BlockProfile: *blockProfile, progress: log}
+		if tp, err := runThroughput(ctx, *messages, *channels, bodySize, o); ok("throughput", err) {
 			rep.tp = &tp
 		}
 	}
+	bo := bigOptions{Dir: *dir, Size: bigBytes, RelayBin: *relayBin, Settle: *settle, Poll: *poll, Timeout: *timeout, progress: log}
 	if doBig && ctx.Err() == nil {
-		o := bigOptions{Dir: *dir, Size: bigBytes, RelayBin: *relayBin, Settle: *settle, Poll: *poll, Timeout: *timeout, Verbose: verbose}
-		b, err := runBig(ctx, o)
-		if err != nil {
-			fmt.Fprintln(stderr, "bench: big:", err)
-			failed = true
-		} else {
-			rep.big, rep.bigSettle = &b, o.Settle
+		if b, err := runBig(ctx, bo); ok("big", err) {
+			rep.big, rep.bigSettle = &b, bo.Settle
 		}
 	}
 	if doFTP && *ftpChannels+1 > 50 {
@@ -146,23 +144,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if doFTP && ctx.Err() == nil {
 		o := ftpOptions{Dir: *dir, Messages: *ftpMessages, Channels: *ftpChannels, Size: ftpBody, Settle: *settle, Poll: *poll,
-			RelayBin: *relayBin, Baselines: ftpBaselines, Timeout: *timeout, Verbose: verbose}
-		f, err := runFTP(ctx, o)
-		if err != nil {
-			fmt.Fprintln(stderr, "bench: ftp:", err)
-			failed = true
-		} else {
+			RelayBin: *relayBin, Baselines: ftpBaselines, Timeout: *timeout, progress: log}
+		if f, err := runFTP(ctx, o); ok("ftp", err) {
 			rep.ftp = &f
 		}
 	}
 	if doFTPBig && ctx.Err() == nil {
-		o := ftpBigOptions{Dir: *dir, Size: bigBytes, RelayBin: *relayBin, Settle: *settle, Poll: *poll, Timeout: *timeout, Verbose: verbose}
-		b, err := runFTPBig(ctx, o)
-		if err != nil {
-			fmt.Fprintln(stderr, "bench: ftpbig:", err)
-			failed = true
-		} else {
-			rep.ftpBig, rep.ftpBigSettle = &b, o.Settle
+		if b, err := runFTPBig(ctx, bo); ok("ftpbig", err) {
+			rep.ftpBig, rep.ftpBigSettle = &b, bo.Settle
 		}
 	}
 	rep.print(stdout)

@@ -129,9 +129,12 @@ func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Messa
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		defer close(out)
-		defer cancel()
-		p.loop(ctx, notify, out)
+		var takes sync.WaitGroup
+		p.loop(ctx, notify, out, &takes)
+		// Takes still running send on out: stop them before closing it.
+		cancel()
+		takes.Wait()
+		close(out)
 	}()
 	return out, nil
 }
@@ -143,6 +146,7 @@ type scanner struct {
 	busy    map[string]bool
 	results chan takeResult
 	waiting bool // ready files were left for a free slot
+	takes   *sync.WaitGroup
 }
 
 // takeResult is a take's verdict on one file, sent back to the loop that
@@ -154,8 +158,8 @@ type takeResult struct {
 	mtime time.Time
 }
 
-func (p *Pickup) loop(ctx context.Context, notify <-chan struct{}, out chan<- *message.Message) {
-	sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel)}
+func (p *Pickup) loop(ctx context.Context, notify <-chan struct{}, out chan<- *message.Message, takes *sync.WaitGroup) {
+	sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: takes}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -276,9 +280,9 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 		}
 		sc.busy[name] = true
 		cc := *sc.seen[name]
-		p.wg.Add(1)
+		sc.takes.Add(1)
 		go func() {
-			defer p.wg.Done()
+			defer sc.takes.Done()
 			r := takeResult{name: name, size: cc.size, mtime: cc.mtime}
 			p.take(ctx, name, &cc, out)
 			r.c = cc

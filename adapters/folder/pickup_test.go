@@ -1,0 +1,160 @@
+package folder
+
+import (
+	"bytes"
+	"context"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+// memSource is a folder held in memory; Fetch spools like a remote source.
+type memSource struct {
+	mu    sync.Mutex
+	files map[string][]byte
+	mtime time.Time
+	spool string
+}
+
+func (m *memSource) List(context.Context) ([]File, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []File
+	for n, b := range m.files {
+		out = append(out, File{Name: n, Size: int64(len(b)), ModTime: m.mtime})
+	}
+	return out, nil
+}
+
+func (m *memSource) Stat(_ context.Context, name string) (File, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.files[name]
+	if !ok {
+		return File{}, fs.ErrNotExist
+	}
+	return File{Name: name, Size: int64(len(b)), ModTime: m.mtime}, nil
+}
+
+func (m *memSource) Fetch(ctx context.Context, f File) (Fetched, error) {
+	m.mu.Lock()
+	b := m.files[f.Name]
+	m.mu.Unlock()
+	return Spool(ctx, m.spool, bytes.NewReader(b), 1<<30)
+}
+
+func (m *memSource) Remove(_ context.Context, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.files, name)
+	return nil
+}
+
+func (m *memSource) Move(context.Context, string, string) error { return nil }
+func (m *memSource) Where(name string) string                   { return "mem:" + name }
+
+func newMem(t *testing.T, n int) *memSource {
+	m := &memSource{files: map[string][]byte{}, mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
+	for i := range n {
+		var b bytes.Buffer
+		to := string(rune('B' + i))
+		exchangetest.WriteXML(&b, exchange.Header{ExchangePlan: "P", From: "A", To: to, MessageNo: 1}, 100)
+		m.files[exchange.FileName("A", to, exchange.FormatXML)] = b.Bytes()
+	}
+	return m
+}
+
+func fastOptions() Options {
+	return Options{Node: "A", Adapter: "mem", Settle: 10 * time.Millisecond, PollInterval: 100 * time.Millisecond,
+		IncompleteTimeout: time.Second, After: config.After{Action: config.AfterDelete}}
+}
+
+// TestCloseWhileTaking: closing a pickup whose takes are blocked handing
+// messages over (nobody reads) returns promptly and does not panic; the
+// files stay where they were.
+func TestCloseWhileTaking(t *testing.T) {
+	m := newMem(t, 5)
+	p, err := NewPickup(m, fastOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := p.Subscribe(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ch // one is handed over and waits for its verdict; the others wait to be handed over
+	time.Sleep(50 * time.Millisecond)
+	done := make(chan struct{})
+	go func() { p.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close hangs")
+	}
+	for range ch { // closed after Close
+	}
+	if len(m.files) != 5 {
+		t.Fatalf("%d files left, want 5: nothing was acked", len(m.files))
+	}
+	if left, _ := filepath.Glob(filepath.Join(m.spool, "*")); len(left) != 0 {
+		t.Fatalf("spool files left: %v", left)
+	}
+}
+
+// TestTakesInParallel: files of different channels are all handed over
+// before any is answered, and each is committed on its ack.
+func TestTakesInParallel(t *testing.T) {
+	m := newMem(t, 6)
+	p, err := NewPickup(m, fastOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := p.Subscribe(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var got []*message.Message
+	for len(got) < takeParallel && len(got) < 6 {
+		select {
+		case msg := <-ch:
+			got = append(got, msg)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %d of 6 handed over before any answer", len(got))
+		}
+	}
+	for _, msg := range got {
+		msg.Ack()
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		m.mu.Lock()
+		n := len(m.files)
+		m.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d files not committed after their ack", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSpoolLimit(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Spool(context.Background(), dir, bytes.NewReader(make([]byte, 100)), 99); err == nil {
+		t.Fatal("spooled past the limit")
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Fatal("spool file left after refusal")
+	}
+}
