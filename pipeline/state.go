@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -55,10 +56,38 @@ func (c *Channel) Pending() uint64 {
 type States struct {
 	kv  jetstream.KeyValue
 	now func() time.Time
+
+	// last is the newest state this States read or wrote per key, with its
+	// revision: Update first tries a compare-and-set against it and reads
+	// the bucket only when someone else changed the key meanwhile.
+	mu   sync.Mutex
+	last map[string]revState
+}
+
+type revState struct {
+	c   Channel
+	rev uint64
 }
 
 // NewStates wraps the channels bucket.
-func NewStates(kv jetstream.KeyValue) *States { return &States{kv: kv, now: time.Now} }
+func NewStates(kv jetstream.KeyValue) *States {
+	return &States{kv: kv, now: time.Now, last: map[string]revState{}}
+}
+
+func (s *States) remember(key string, c Channel, rev uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.last[key]; !ok || rev >= old.rev {
+		s.last[key] = revState{c, rev}
+	}
+}
+
+func (s *States) cached(key string) (Channel, uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.last[key]
+	return r.c, r.rev, ok
+}
 
 // Get returns the channel's state; a channel never seen is zero with its names set.
 func (s *States) Get(ctx context.Context, plan, from, to string) (Channel, error) {
@@ -82,6 +111,7 @@ func (s *States) get(ctx context.Context, key string) (Channel, uint64, error) {
 	if err := json.Unmarshal(e.Value(), &c); err != nil {
 		return c, 0, fmt.Errorf("channel state %s: %w", key, err)
 	}
+	s.remember(key, c, e.Revision())
 	return c, e.Revision(), nil
 }
 
@@ -90,9 +120,12 @@ func (s *States) get(ctx context.Context, key string) (Channel, uint64, error) {
 func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *Channel)) (Channel, error) {
 	key := bus.ChannelKey(plan, from, to)
 	for attempt := 0; ; attempt++ {
-		c, rev, err := s.get(ctx, key)
-		if err != nil {
-			return c, err
+		c, rev, ok := s.cached(key)
+		if !ok || attempt > 0 {
+			var err error
+			if c, rev, err = s.get(ctx, key); err != nil {
+				return c, err
+			}
 		}
 		c.Plan, c.From, c.To = plan, from, to
 		fn(&c)
@@ -100,12 +133,14 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 		if err != nil {
 			return c, err
 		}
+		var nrev uint64
 		if rev == 0 {
-			_, err = s.kv.Create(ctx, key, b)
+			nrev, err = s.kv.Create(ctx, key, b)
 		} else {
-			_, err = s.kv.Update(ctx, key, b, rev)
+			nrev, err = s.kv.Update(ctx, key, b, rev)
 		}
 		if err == nil {
+			s.remember(key, c, nrev)
 			return c, nil
 		}
 		if attempt >= 50 || ctx.Err() != nil {

@@ -89,9 +89,6 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		return exchange.Permanent(fmt.Errorf("dir %s: %s: %w", p.node, name, err))
 	}
 	dst := filepath.Join(p.cfg.Path, name)
-	if err := p.checkNotNewer(dst, h); err != nil {
-		return err
-	}
 	want, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
 	if err != nil {
 		return exchange.Permanent(fmt.Errorf("dir %s: %s: bad size metadata: %w", p.node, name, err))
@@ -130,7 +127,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("dir %s: close %s: %w", p.node, name, err)
 	}
-	// A newer message may have landed while this one was copied.
+	// Checked once, last: a newer message may also land while this one is copied.
 	if err := p.checkNotNewer(dst, h); err != nil {
 		return err
 	}
