@@ -559,13 +559,7 @@ func TestCrashSIGKILL(t *testing.T) {
 			t.Errorf("relay status %s → %s: sequential channel has %d superseded messages", ch.from, ch.to, r.Superseded)
 		}
 	}
-	var dead []json.RawMessage
-	if err := relayJSON(bin, s, &dead, "dead", "list"); err != nil {
-		t.Error(err)
-	}
-	for _, d := range dead {
-		t.Errorf("dead letter: %s", d)
-	}
+	noDeadLetters(t, bin, s)
 	t.Logf("total %s, %d relay starts", time.Since(began).Round(time.Millisecond), rp.starts)
 }
 
@@ -673,5 +667,17 @@ func awaitWriters(t *testing.T, done <-chan struct{}, errs chan error, d time.Du
 	}
 	if t.Failed() {
 		t.FailNow()
+	}
+}
+
+// noDeadLetters fails the test for every dead letter `relay dead list` shows.
+func noDeadLetters(t *testing.T, bin string, s *site) {
+	t.Helper()
+	var dead []json.RawMessage
+	if err := relayJSON(bin, s, &dead, "dead", "list"); err != nil {
+		t.Error(err)
+	}
+	for _, d := range dead {
+		t.Errorf("dead letter: %s", d)
 	}
 }

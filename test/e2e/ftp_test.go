@@ -955,13 +955,7 @@ func TestFTPCrash(t *testing.T) {
 			t.Errorf("relay status %s → %s: %+v, want delivered %d, nothing dead or superseded", ch.from, ch.to, r, perChannel)
 		}
 	}
-	var dead []map[string]any
-	if err := relayJSON(bin, s, &dead, "dead", "list"); err != nil {
-		t.Error(err)
-	}
-	for _, d := range dead {
-		t.Errorf("dead letter: %v", d)
-	}
+	noDeadLetters(t, bin, s)
 	t.Logf("total %s, %d relay starts", time.Since(began).Round(time.Millisecond), rp.starts)
 }
 
