@@ -14,7 +14,7 @@ import (
 	"github.com/relay1c/relay/pipeline"
 )
 
-const fixtures = "../../../shared/fixtures"
+const fixtures = "../../testdata/fixtures"
 
 func copyFile(t testing.TB, src, dst string) {
 	t.Helper()
@@ -31,9 +31,6 @@ func copyFile(t testing.TB, src, dst string) {
 // under a message name, ends as a dead letter with its one-line reason; the
 // relay keeps running and good messages still flow; nothing is delivered.
 func TestBadInputGoesToDeadLetters(t *testing.T) {
-	if _, err := os.Stat(fixtures); err != nil {
-		t.Skipf("shared fixtures not found at %s", fixtures)
-	}
 	s := newSite(t, nodeSpec{code: "CO"}, nodeSpec{code: "SHOP1"}, nodeSpec{code: "SHOP2"})
 	s.start(t)
 	cases := []struct {
