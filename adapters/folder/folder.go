@@ -8,6 +8,7 @@ package folder
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -121,7 +122,7 @@ const spoolPattern = "pickup-*.spool"
 
 type errTooBig struct{ limit int64 }
 
-func (e errTooBig) Error() string { return "file is larger than the size limit" }
+func (e errTooBig) Error() string { return fmt.Sprintf("file is larger than the %d-byte limit", e.limit) }
 
 // CtxReader stops a copy when the context ends.
 type CtxReader struct {
