@@ -122,7 +122,9 @@ const spoolPattern = "pickup-*.spool"
 
 type errTooBig struct{ limit int64 }
 
-func (e errTooBig) Error() string { return fmt.Sprintf("file is larger than the %d-byte limit", e.limit) }
+func (e errTooBig) Error() string {
+	return fmt.Sprintf("file is larger than the %d-byte limit", e.limit)
+}
 
 // CtxReader stops a copy when the context ends.
 type CtxReader struct {
