@@ -157,9 +157,9 @@ func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error
 	}
 	c.lastUse = time.Now()
 	if c.idle == nil {
-		c.idle = time.AfterFunc(idleClose, c.closeIdle)
+		c.idle = time.AfterFunc(c.idleAfter(), c.closeIdle)
 	} else {
-		c.idle.Reset(idleClose)
+		c.idle.Reset(c.idleAfter())
 	}
 	conn := c.conn
 	stop := context.AfterFunc(ctx, c.sockets.closeAll)
@@ -381,16 +381,26 @@ func (c *deadlineConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
-// idleClose is how long an unused control connection stays open. A delivery
-// endpoint is idle most of the time, and servers limit connections per
-// client address (vsftpd: 50), so many nodes on one server must not each
-// hold a connection forever; a pickup polls more often and keeps its own.
+// idleClose is how long an unused control connection stays open at most.
+// Servers limit connections per client address (vsftpd: 50), and one relay
+// may serve dozens of nodes on one server: a delivery endpoint is idle most
+// of the time, and a pickup that polls every few seconds or more lets its
+// connection go between polls (idleAfter), so only busy endpoints hold one.
 const idleClose = 30 * time.Second
+
+// idleAfter is this endpoint's idle time: half the poll interval for a
+// pickup that polls slower than every 2 s, else idleClose.
+func (c *client) idleAfter() time.Duration {
+	if poll := c.cfg.PollInterval.Std(); c.cfg.role == "pickup" && poll >= 2*time.Second {
+		return min(idleClose, poll/2)
+	}
+	return idleClose
+}
 
 func (c *client) closeIdle() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.conn != nil && time.Since(c.lastUse) >= idleClose {
+	if c.conn != nil && time.Since(c.lastUse) >= c.idleAfter() {
 		c.conn.Quit()
 		c.sockets.closeAll()
 		c.conn = nil

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jlaffaye/ftp"
 	ftpserver "goftp.io/server/v2"
 	"goftp.io/server/v2/driver/file"
 	"golang.org/x/text/encoding/charmap"
@@ -438,5 +439,41 @@ func TestDeliverWhereRenameCannotReplace(t *testing.T) {
 		if got, _ := os.ReadFile(dst); !bytes.Equal(got, b.Bytes()) {
 			t.Fatalf("No %d: delivered file differs", no)
 		}
+	}
+}
+
+// TestIdleConnectionClosed: a pickup that polls every 2 s lets its control
+// connection go after 1 s unused; a delivery keeps it for idleClose.
+func TestIdleConnectionClosed(t *testing.T) {
+	root := t.TempDir()
+	url := startServer(t, root, "")
+	open := func(c *client) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.conn != nil
+	}
+	cfg := testConfig(url, "pickup")
+	cfg.PollInterval = config.Duration(2 * time.Second)
+	pick, err := newClient("A", "pickup", cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pick.close()
+	del, err := newClient("A", "deliver", testConfig(url, "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer del.close()
+	for _, c := range []*client{pick, del} {
+		if err := c.with(context.Background(), func(conn *ftp.ServerConn) error { return conn.NoOp() }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if open(pick) {
+		t.Error("pickup connection still open after 1.5 s idle with a 2 s poll interval")
+	}
+	if !open(del) {
+		t.Error("delivery connection closed before idleClose")
 	}
 }
