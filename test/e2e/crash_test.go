@@ -487,12 +487,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	// The checker saw every version: never partial, never foreign, never backwards.
 	cancel()
 	<-checkerDone
-	checker.mu.Lock()
-	for _, v := range checker.violations {
-		t.Error(v)
-	}
-	t.Logf("inbox checker: %d scans", checker.scans)
-	checker.mu.Unlock()
+	checker.report(t)
 
 	for _, ch := range chans {
 		want, _ := ch.sum(perChannel)
@@ -680,4 +675,15 @@ func noDeadLetters(t *testing.T, bin string, s *site) {
 	for _, d := range dead {
 		t.Errorf("dead letter: %s", d)
 	}
+}
+
+// report fails the test for every violation the stopped checker saw.
+func (c *inboxChecker) report(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, v := range c.violations {
+		t.Error(v)
+	}
+	t.Logf("inbox checker: %d scans", c.scans)
 }

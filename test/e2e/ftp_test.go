@@ -906,12 +906,7 @@ func TestFTPCrash(t *testing.T) {
 
 	cancel()
 	<-checkerDone
-	checker.mu.Lock()
-	for _, v := range checker.violations {
-		t.Error(v)
-	}
-	t.Logf("inbox checker: %d scans", checker.scans)
-	checker.mu.Unlock()
+	checker.report(t)
 
 	// Outboxes empty; in ОП's folder only the two final messages, no temp
 	// file (each name's last upload renamed its .part away).
