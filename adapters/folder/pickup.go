@@ -32,6 +32,11 @@ type Options struct {
 	// IncompleteTimeout is how long a stable but incomplete file is waited
 	// for before it is dead-lettered.
 	IncompleteTimeout time.Duration
+	// TrustMTime lets a file whose mtime is already older than Settle count
+	// as settled when first seen (mtime moves with every write). Only for
+	// sources whose clock is the relay's (a local disk); the completeness
+	// check applies all the same.
+	TrustMTime bool
 	// After is what happens to a file once JetStream holds it.
 	After config.After
 	// Memory is required for after: keep.
@@ -246,9 +251,16 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 			if c != nil {
 				fails = c.fails
 			}
-			sc.seen[f.Name] = &candidate{size: f.Size, mtime: f.ModTime, since: now, fails: fails}
-			wantAt(now.Add(p.o.Settle))
-			continue
+			since := now
+			if p.o.TrustMTime && c == nil && now.Sub(f.ModTime) >= p.o.Settle {
+				since = now.Add(-p.o.Settle)
+			}
+			c = &candidate{size: f.Size, mtime: f.ModTime, since: since, fails: fails}
+			sc.seen[f.Name] = c
+			if since == now {
+				wantAt(now.Add(p.o.Settle))
+				continue
+			}
 		}
 		if now.Before(c.since.Add(p.o.Settle)) {
 			wantAt(c.since.Add(p.o.Settle))
