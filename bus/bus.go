@@ -256,11 +256,16 @@ func clientTLS(t *config.TLS) (*tls.Config, error) {
 	return tc, nil
 }
 
+// newJetStream is the JetStream API on nc. Object store puts publish 128 KiB
+// chunks asynchronously; the default of 4,000 in flight lets a 1 GiB payload
+// pile up ~250 MiB in memory before the server persists it. 32 keeps ~4 MiB
+// in flight and is no slower.
+func newJetStream(nc *nats.Conn) (jetstream.JetStream, error) {
+	return jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(32))
+}
+
 func (b *Bus) provision(ctx context.Context) error {
-	// Object store puts publish 128 KiB chunks asynchronously; the default of
-	// 4,000 in flight lets a 1 GiB payload pile up ~250 MiB in memory before
-	// the server persists it. 32 keeps ~4 MiB in flight and is no slower.
-	js, err := jetstream.New(b.Conn, jetstream.WithPublishAsyncMaxPending(32))
+	js, err := newJetStream(b.Conn)
 	if err != nil {
 		return fmt.Errorf("nats: jetstream: %w", err)
 	}
@@ -370,7 +375,7 @@ func (b *Bus) Lane(ctx context.Context, name string) (*Bus, error) {
 		nc.Close()
 		return nil, fmt.Errorf("nats: lane %s: %s: %w", name, what, err)
 	}
-	if l.JS, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(32)); err != nil {
+	if l.JS, err = newJetStream(nc); err != nil {
 		return fail("jetstream", err)
 	}
 	if l.Exchange, err = l.JS.Stream(ctx, StreamExchange); err != nil {

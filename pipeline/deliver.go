@@ -91,12 +91,11 @@ func (b backoffDelay) WaitTime(n uint64) time.Duration {
 // message at a time; a channel's messages never run side by side (see
 // channelLocks), and JetStream offers a message again if the relay dies
 // before acking it.
-func (p *Pipeline) deliverySubscribers(node string, workers int) ([]message.Subscriber, func() error, error) {
+func (p *Pipeline) deliverySubscribers(node string, workers int, in *inflight) ([]message.Subscriber, func() error, error) {
 	nc, err := p.b.NewConn("deliver " + node)
 	if err != nil {
 		return nil, nil, err
 	}
-	in := &inflight{}
 	var subs []message.Subscriber
 	for range workers {
 		sub, err := p.deliverySubscriber(node, nc, in)
@@ -106,12 +105,6 @@ func (p *Pipeline) deliverySubscribers(node string, workers int) ([]message.Subs
 		}
 		subs = append(subs, sub)
 	}
-	p.mu.Lock()
-	if p.inflight == nil {
-		p.inflight = map[string]*inflight{}
-	}
-	p.inflight[node] = in
-	p.mu.Unlock()
 	return subs, func() error { nc.Close(); return nil }, nil
 }
 
@@ -156,10 +149,7 @@ func (p *Pipeline) deliverySubscriber(node string, nc *nats.Conn, in *inflight) 
 
 // keepAlive tells JetStream the message is still being worked on until the
 // returned stop is called, and forgets the in-flight handle.
-func (p *Pipeline) keepAlive(node string, m *message.Message) (stop func()) {
-	p.mu.Lock()
-	in := p.inflight[node]
-	p.mu.Unlock()
+func (p *Pipeline) keepAlive(in *inflight, m *message.Message) (stop func()) {
 	tok := m.Metadata.Get(inflightKey)
 	v, ok := in.msgs.Load(tok)
 	if !ok {
@@ -185,25 +175,15 @@ func (p *Pipeline) keepAlive(node string, m *message.Message) (stop func()) {
 	}
 }
 
-// markHeld tells the node's nack delay that the message being nacked is held.
-func (p *Pipeline) markHeld(node string) {
-	p.mu.Lock()
-	in := p.inflight[node]
-	p.mu.Unlock()
-	if in != nil {
-		in.held.Add(1)
-	}
-}
-
 // errHold nacks a message that must wait (a gap in sequential mode).
 var errHold = errors.New("held")
 
 // deliverHandler delivers one record to the node's adapter. nil acks it
 // (delivered, or dropped for a counted reason, or dead-lettered); an error
 // nacks it and JetStream offers it again after a backoff.
-func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publisher, l *lane) message.NoPublishHandlerFunc {
+func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publisher, l *lane, in *inflight) message.NoPublishHandlerFunc {
 	return func(m *message.Message) error {
-		stop := p.keepAlive(node, m)
+		stop := p.keepAlive(in, m)
 		defer stop()
 		ctx := m.Context()
 		log := p.log.With("node", node, "message_id", m.UUID, "file", m.Metadata.Get(exchange.MetaFileName))
@@ -247,7 +227,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, st.DeliveredNo+1)
 				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
 				log.Warn(msg)
-				p.markHeld(node)
+				in.held.Add(1) // tells the nack delay this one is held
 				return errHold
 			}
 		}

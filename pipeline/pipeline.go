@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,12 +55,10 @@ type Pipeline struct {
 	mem    *Memory
 	pub    message.Publisher // to the EXCHANGE stream
 
-	router   *message.Router
-	started  atomic.Bool
-	closers  []func() error
-	mu       sync.Mutex
-	inflight map[string]*inflight
-	health   map[string]*endpoints
+	router  *message.Router
+	started atomic.Bool
+	closers []func() error
+	health  map[string]*endpoints
 	// chanLocks serialises one channel's deliveries across the node's workers.
 	chanLocks channelLocks
 }
@@ -154,25 +151,31 @@ func (p *Pipeline) newLane(name string, wlog watermill.LoggerAdapter) (*lane, er
 	}
 	p.closers = append(p.closers, func() error { lb.CloseLane(); return nil })
 	l := &lane{b: lb, states: NewStates(lb.Channels), dead: &Dead{b: lb}, log: p.log, opts: p.opts}
-	l.pub, err = wmnats.NewPublisherWithNatsConn(lb.Conn, wmnats.PublisherPublishConfig{
-		Marshaler:         &wmnats.NATSMarshaler{},
-		SubjectCalculator: wmnats.DefaultSubjectCalculator,
-		JetStream:         wmnats.JetStreamConfig{TrackMsgId: true, PublishOptions: []nats.PubOpt{nats.ExpectStream(bus.StreamExchange)}},
-	}, wlog)
-	if err != nil {
+	if l.pub, err = exchangePublisher(lb.Conn, wlog); err != nil {
 		return nil, fmt.Errorf("%s: publisher: %w", name, err)
 	}
 	return l, nil
 }
 
+// exchangePublisher publishes records to the EXCHANGE stream with
+// Nats-Msg-Id set, so the stream's duplicate window drops a re-publish.
+func exchangePublisher(nc *nats.Conn, wlog watermill.LoggerAdapter) (message.Publisher, error) {
+	return wmnats.NewPublisherWithNatsConn(nc, wmnats.PublisherPublishConfig{
+		Marshaler:         &wmnats.NATSMarshaler{},
+		SubjectCalculator: wmnats.DefaultSubjectCalculator,
+		JetStream:         wmnats.JetStreamConfig{TrackMsgId: true, PublishOptions: []nats.PubOpt{nats.ExpectStream(bus.StreamExchange)}},
+	}, wlog)
+}
+
 // wire adds the handlers of every served node to the router.
 func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 	cfg, eps, router := p.cfg, p.eps, p.router
-	main, err := p.newLane("relay", wlog)
+	// Retries of dead letters are rare: they publish on the main connection.
+	pub, err := exchangePublisher(p.b.Conn, wlog)
 	if err != nil {
-		return err
+		return fmt.Errorf("retry publisher: %w", err)
 	}
-	p.pub = main.pub
+	p.pub = pub
 	for _, name := range cfg.NodeNames() {
 		n := cfg.Nodes[name]
 		if n == nil || !cfg.Serves(n) {
@@ -200,7 +203,8 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 				return fmt.Errorf("nodes.%s.deliver: %w", name, err)
 			}
 			p.closers = append(p.closers, pub.Close)
-			subs, closeSub, err := p.deliverySubscribers(name, deliveryWorkers)
+			in := &inflight{}
+			subs, closeSub, err := p.deliverySubscribers(name, deliveryWorkers, in)
 			if err != nil {
 				return err
 			}
@@ -210,7 +214,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 			if err != nil {
 				return err
 			}
-			handle := p.deliverHandler(name, n, pub, l)
+			handle := p.deliverHandler(name, n, pub, l, in)
 			for i, sub := range subs {
 				router.AddConsumerHandler(fmt.Sprintf("deliver %s #%d", name, i+1), name, sub, handle)
 			}
