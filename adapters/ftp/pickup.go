@@ -97,18 +97,15 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 		if err != nil {
 			return err
 		}
-		// LIST times have minute precision on many servers (vsftpd): a file
-		// rewritten with the same size within that minute would look
-		// unchanged between download and commit. MDTM has seconds.
-		precise := conn.IsTimePreciseInList() || !conn.IsGetTimeSupported()
+		mdtm := useMDTM(conn)
 		for _, f := range all {
 			if !folder.IsMessageName(f.Name) {
 				continue
 			}
 			if n, err := exchange.ParseName(f.Name); err == nil && n.From != s.c.node {
-				continue // another node's file: not ours to take
+				continue // another node's file: spare it the MDTM (the pickup skips it too)
 			}
-			if !precise {
+			if mdtm {
 				t, err := conn.GetTime(s.c.path(f.Name))
 				if err != nil {
 					if isReply(err) {
@@ -125,6 +122,14 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 	return files, err
 }
 
+// useMDTM reports whether file times come from MDTM instead of the listing.
+// LIST times have minute precision on many servers (vsftpd): a file
+// rewritten with the same size within that minute would look unchanged
+// between download and commit. MDTM has seconds.
+func useMDTM(conn *ftp.ServerConn) bool {
+	return !conn.IsTimePreciseInList() && conn.IsGetTimeSupported()
+}
+
 // Stat asks for one file with SIZE and MDTM where the listing's times come
 // from MDTM anyway, so a commit costs two commands, not a listing of the
 // whole folder.
@@ -132,7 +137,7 @@ func (s *source) Stat(ctx context.Context, name string) (folder.File, error) {
 	var f *folder.File
 	err := s.c.with(ctx, func(conn *ftp.ServerConn) error {
 		p := s.c.path(name)
-		if !conn.IsTimePreciseInList() && conn.IsGetTimeSupported() {
+		if useMDTM(conn) {
 			size, err := conn.FileSize(p)
 			if isReply(err) {
 				return nil // no such file
