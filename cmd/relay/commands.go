@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -24,17 +25,23 @@ import (
 // defaultMemoryLimit is the soft memory limit of `relay run` (see runCmd).
 const defaultMemoryLimit = 100 << 20
 
+// loggerAndConfig is what the commands that use endpoints start with.
+func (g *globals) loggerAndConfig() (*slog.Logger, *config.Config, error) {
+	log, err := g.logger()
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := config.Load(g.config)
+	return log, cfg, err
+}
+
 func runCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "run",
 		Short: "Run the relay (embedded NATS unless nats.url is set)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			cfg, err := config.Load(g.config)
+			log, cfg, err := g.loggerAndConfig()
 			if err != nil {
 				return err
 			}
@@ -299,11 +306,7 @@ func checkCmd(g *globals) *cobra.Command {
 		Use:   "check [NODE...]",
 		Short: "Connect to every endpoint, list, write and delete a probe file; one line per node",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			cfg, err := config.Load(g.config)
+			log, cfg, err := g.loggerAndConfig()
 			if err != nil {
 				return err
 			}
