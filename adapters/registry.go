@@ -15,6 +15,7 @@ import (
 
 	"github.com/relay1c/relay/adapters/dir"
 	"github.com/relay1c/relay/adapters/ftp"
+	"github.com/relay1c/relay/adapters/mail"
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/pipeline"
@@ -106,6 +107,72 @@ var kinds = map[string]kind{
 			return ftp.Check(ctx, node, role, c, log)
 		},
 	},
+	"imap": {
+		checkPickup: func(r *Registry, e *config.Endpoint) []error {
+			c, err := mail.DecodeIMAP(&e.Options)
+			if err != nil {
+				return []error{err}
+			}
+			return c.Validate()
+		},
+		pickup: func(r *Registry, node string, e *config.Endpoint, mem *pipeline.Memory, log *slog.Logger) (message.Subscriber, error) {
+			c, err := r.imapConfig(e)
+			if err != nil {
+				return nil, err
+			}
+			return mail.NewPickup(node, c, e.After, mem, r.spool(node), log)
+		},
+		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
+			c, err := r.imapConfig(e)
+			if err != nil {
+				return err
+			}
+			note, err := mail.CheckIMAP(ctx, node, c, log)
+			if note != "" {
+				log.Warn(note, "node", node)
+			}
+			return err
+		},
+	},
+	"smtp": {
+		checkDeliver: func(r *Registry, e *config.Endpoint) []error {
+			c, err := mail.DecodeSMTP(&e.Options)
+			if err != nil {
+				return []error{err}
+			}
+			return c.Validate()
+		},
+		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
+			c, err := r.smtpConfig(e)
+			if err != nil {
+				return nil, err
+			}
+			return mail.NewPublisher(node, c, r.spool(node), log)
+		},
+		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
+			c, err := r.smtpConfig(e)
+			if err != nil {
+				return err
+			}
+			return mail.CheckSMTP(ctx, node, c, log)
+		},
+	},
+}
+
+func (r *Registry) imapConfig(e *config.Endpoint) (mail.IMAPConfig, error) {
+	c, err := mail.DecodeIMAP(&e.Options)
+	if err == nil && c.CAFile != "" {
+		c.CAFile = r.cfg.Resolve(c.CAFile)
+	}
+	return c, err
+}
+
+func (r *Registry) smtpConfig(e *config.Endpoint) (mail.SMTPConfig, error) {
+	c, err := mail.DecodeSMTP(&e.Options)
+	if err == nil && c.CAFile != "" {
+		c.CAFile = r.cfg.Resolve(c.CAFile)
+	}
+	return c, err
 }
 
 func checkFTP(e *config.Endpoint, role string) []error {
@@ -134,7 +201,7 @@ func (r *Registry) spool(node string) string {
 }
 
 // planned are kinds from DESIGN.md that this build does not have yet.
-var planned = map[string]bool{"imap": true, "smtp": true, "http": true, "http_pull": true}
+var planned = map[string]bool{"http": true, "http_pull": true}
 
 // Registry builds adapters for one config.
 type Registry struct{ cfg *config.Config }

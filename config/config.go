@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
 )
 
@@ -188,6 +190,22 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 
 // Std returns the value as a time.Duration.
 func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+// Size is a byte count written as "10MiB", "25MB" or a plain number in YAML.
+type Size int64
+
+// UnmarshalYAML parses sizes with IEC (KiB, MiB, GiB) or SI (kB, MB, GB) units.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	v, err := humanize.ParseBytes(n.Value)
+	if err != nil || v > math.MaxInt64 {
+		return fmt.Errorf("line %d: %q is not a size like 10MiB or 25MB", n.Line, n.Value)
+	}
+	*s = Size(v)
+	return nil
+}
+
+// String writes the size with IEC units.
+func (s Size) String() string { return humanize.IBytes(uint64(s)) }
 
 // MaxConfigSize bounds routing.yaml; a bigger file is a mistake, not a config.
 const MaxConfigSize = 4 << 20

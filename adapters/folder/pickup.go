@@ -360,62 +360,93 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		return false
 	}
 
-	msg := message.NewMessage(watermill.NewUUID(), nil)
-	msg.Metadata.Set(exchange.MetaNode, p.o.Node)
-	msg.Metadata.Set(exchange.MetaSource, where)
-	msg.Metadata.Set(exchange.MetaFileName, name)
-
-	info, problem := p.inspect(name, fetched)
+	msg, problem := NewMessage(p.o.Node, where, name, fetched, p.o.Limits)
 	if errors.Is(problem, exchange.ErrIncomplete) && p.now().Sub(c.since) < p.o.IncompleteTimeout {
 		log.Debug("file not complete yet; waiting", "reason", problem)
 		c.retryAt = p.now().Add(max(p.o.Settle, time.Second))
 		return false
 	}
+	switch Hand(ctx, p.closing, out, msg) {
+	case Acked:
+		p.commit(ctx, log, name, where, c)
+		c.fails = 0
+		return true
+	case Nacked:
+		p.later(c)
+		log.Warn("pipeline refused the file; it stays and is retried", "retry_in", c.retryAt.Sub(p.now()).Round(time.Second))
+	}
+	return false
+}
+
+// NewMessage is the pipeline message for one fetched file of node, found
+// at where under name: its header in the metadata when name and content
+// make a valid message, else the problem, also set as MetaProblem so that
+// the pipeline dead-letters it. The body reads f, which must stay open
+// until the pipeline answers.
+func NewMessage(node, where, name string, f Fetched, lim exchange.Limits) (*message.Message, error) {
+	msg := message.NewMessage(watermill.NewUUID(), nil)
+	msg.Metadata.Set(exchange.MetaNode, node)
+	msg.Metadata.Set(exchange.MetaSource, where)
+	msg.Metadata.Set(exchange.MetaFileName, name)
+	info, problem := inspect(name, f, lim)
 	if problem != nil {
 		msg.Metadata.Set(exchange.MetaProblem, problem.Error())
-		msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(fetched.Size, 10))
+		msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(f.Size, 10))
 	} else {
 		exchange.SetHeader(msg, info.Header)
 		msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(info.Size, 10))
 		msg.Metadata.Set(exchange.MetaSHA256, info.SHA256)
 	}
-	f, size := fetched.File, fetched.Size
+	file, size := f.File, f.Size
 	exchange.SetBody(msg, func(context.Context) (io.ReadCloser, error) {
-		return io.NopCloser(io.NewSectionReader(f, 0, size)), nil
+		return io.NopCloser(io.NewSectionReader(file, 0, size)), nil
 	})
+	return msg, problem
+}
 
+// Verdict is the pipeline's answer to a handed-over message.
+type Verdict int
+
+// Verdicts.
+const (
+	// Stopped: the pickup is stopping, no answer came.
+	Stopped Verdict = iota
+	// Acked: JetStream holds the message (or its dead letter); commit the source.
+	Acked
+	// Nacked: the pipeline could not take it now; leave the source and retry.
+	Nacked
+)
+
+// Hand gives msg to the pipeline on out and waits for its answer, or until
+// ctx ends or stop closes.
+func Hand(ctx context.Context, stop <-chan struct{}, out chan<- *message.Message, msg *message.Message) Verdict {
 	select {
 	case out <- msg:
 	case <-ctx.Done():
-		return false
-	case <-p.closing:
-		return false
+		return Stopped
+	case <-stop:
+		return Stopped
 	}
 	select {
 	case <-msg.Acked():
-		p.commit(ctx, log, name, where, c)
-		c.fails = 0
-		return true
+		return Acked
 	case <-msg.Nacked():
-		p.later(c)
-		log.Warn("pipeline refused the file; it stays and is retried", "retry_in", c.retryAt.Sub(p.now()).Round(time.Second))
-		return false
+		return Nacked
 	case <-ctx.Done():
-		return false
-	case <-p.closing:
-		return false
+	case <-stop:
 	}
+	return Stopped
 }
 
 var farFuture = time.Unix(1<<40, 0)
 
 // inspect checks the whole content; the name must agree with the header.
-func (p *Pickup) inspect(name string, f Fetched) (exchange.Info, error) {
+func inspect(name string, f Fetched, lim exchange.Limits) (exchange.Info, error) {
 	n, err := exchange.ParseName(name)
 	if err != nil {
 		return exchange.Info{}, err
 	}
-	info, err := exchange.Inspect(f.File, f.Size, p.o.Limits)
+	info, err := exchange.Inspect(f.File, f.Size, lim)
 	if err != nil {
 		return info, err
 	}

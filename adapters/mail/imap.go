@@ -1,0 +1,878 @@
+package mail
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	gomessage "github.com/emersion/go-message"
+	"github.com/emersion/go-message/charset"
+	gomail "github.com/emersion/go-message/mail"
+	"github.com/emersion/go-message/textproto"
+
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Pickup is an IMAP pickup, a Watermill Subscriber: it emits one message per
+// exchange mail (or per complete set of parts) in a mailbox and commits the
+// mail (after: delete, move or keep) only when the message is acked. Mails
+// whose subject is not an exchange subject, or whose sender is not allowed,
+// are never touched. A matching mail that is malformed goes to dead letters
+// with the reason and is moved to the quarantine folder.
+type Pickup struct {
+	node    string
+	cfg     IMAPConfig
+	t       target
+	tc      *tls.Config
+	after   config.After
+	mem     folder.Memory
+	spool   string
+	lim     exchange.Limits
+	pattern *regexp.Regexp
+	log     *slog.Logger
+	now     func() time.Time
+
+	mu      sync.Mutex
+	lastErr string
+	errAt   time.Time
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+
+	// Owned by the run goroutine.
+	validity  uint32
+	known     map[imap.UID]verdict
+	transfers map[string]*transfer
+	wake      chan struct{}
+}
+
+// verdict is what the pickup decided about a mail it has looked at.
+type verdict int
+
+const (
+	ignored    verdict = iota + 1 // not an exchange mail, or from a stranger: never touched
+	inTransfer                    // a part, waiting for its set
+	done                          // taken and kept (after: keep)
+)
+
+// transfer collects the parts of one split file.
+type transfer struct {
+	id    string
+	file  string
+	sha   string
+	n     int
+	parts map[int][]imap.UID // a part may arrive twice when a sender retried
+	first time.Time
+}
+
+func (t *transfer) complete() bool { return len(t.parts) == t.n }
+
+func (t *transfer) uids() []imap.UID {
+	var all []imap.UID
+	for _, u := range t.parts {
+		all = append(all, u...)
+	}
+	slices.Sort(all)
+	return all
+}
+
+var _ message.Subscriber = (*Pickup)(nil)
+
+// NewPickup makes the pickup of node from an IMAP mailbox. spool is where
+// attachments are downloaded before they are checked and stored; mem is
+// needed for after: keep.
+func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memory, spool string, log *slog.Logger) (*Pickup, error) {
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if after.Action == config.AfterKeep && mem == nil {
+		return nil, fmt.Errorf("imap %s: after: keep needs a memory", node)
+	}
+	t, err := cfg.target()
+	if err != nil {
+		return nil, err
+	}
+	tc, err := cfg.tlsConfig(t.host)
+	if err != nil {
+		return nil, fmt.Errorf("imap %s: %w", node, err)
+	}
+	pattern, _ := cfg.pattern()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Pickup{
+		node: node, cfg: cfg, t: t, tc: tc, after: after, mem: mem, spool: spool,
+		lim: exchange.DefaultLimits(), pattern: pattern,
+		log:     log.With("node", node, "adapter", "imap", "mailbox", t.display),
+		now:     time.Now,
+		closing: make(chan struct{}),
+		known:   map[imap.UID]verdict{}, transfers: map[string]*transfer{},
+		wake: make(chan struct{}, 1),
+	}, nil
+}
+
+// LastError is the pickup's current trouble (cannot connect, log in,
+// search), "" once a session works.
+func (p *Pickup) LastError() (string, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr, p.errAt
+}
+
+func (p *Pickup) setErr(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case err == nil:
+		p.lastErr, p.errAt = "", time.Time{}
+	case err.Error() != p.lastErr:
+		p.lastErr, p.errAt = err.Error(), p.now()
+	}
+}
+
+// Subscribe starts reading the mailbox; the topic is ignored. The channel
+// closes when ctx ends or Close is called.
+func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	folder.ClearSpool(p.spool, p.log)
+	out := make(chan *message.Message)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(out)
+		p.run(ctx, out)
+	}()
+	return out, nil
+}
+
+// Close stops the pickup; it is idempotent and safe while a message waits
+// for its ack.
+func (p *Pickup) Close() error {
+	p.closeOnce.Do(func() { close(p.closing) })
+	p.wg.Wait()
+	return nil
+}
+
+func (p *Pickup) stopped(ctx context.Context) bool {
+	select {
+	case <-p.closing:
+		return true
+	default:
+		return ctx.Err() != nil
+	}
+}
+
+// run keeps a session open, reconnecting with capped backoff.
+func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
+	fails := 0
+	for !p.stopped(ctx) {
+		worked, err := p.session(ctx, out)
+		if p.stopped(ctx) {
+			return
+		}
+		if worked {
+			fails = 0
+		}
+		p.setErr(err)
+		wait := folder.Backoff(fails)
+		fails++
+		p.log.Warn("mailbox session ended; reconnecting", "err", err, "retry_in", wait)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		case <-p.closing:
+		}
+	}
+}
+
+// session logs in, selects the mailbox and scans it until an error.
+// worked tells whether it got as far as a scan.
+func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (worked bool, err error) {
+	c, err := dialIMAP(ctx, &p.cfg.Server, p.t, p.tc, p.log, &imapclient.UnilateralDataHandler{
+		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+			if d.NumMessages != nil {
+				select {
+				case p.wake <- struct{}{}:
+				default:
+				}
+			}
+		},
+	})
+	if err != nil {
+		return false, fmt.Errorf("imap %s: %w", p.node, err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	sel, err := c.Select(p.t.mailbox, nil).Wait()
+	if err != nil {
+		return false, fmt.Errorf("imap %s: select %s: %w", p.node, p.t.mailbox, err)
+	}
+	if sel.UIDValidity != p.validity {
+		if p.validity != 0 {
+			p.log.Warn("mailbox UIDVALIDITY changed; looking at every mail again", "old", p.validity, "new", sel.UIDValidity)
+		}
+		p.validity = sel.UIDValidity
+		clear(p.known)
+		clear(p.transfers)
+	}
+	for {
+		if err := p.scan(ctx, c, out); err != nil {
+			return worked, err
+		}
+		if !worked {
+			worked = true
+			p.setErr(nil)
+		}
+		if err := p.wait(ctx, c); err != nil {
+			return worked, err
+		}
+		if p.stopped(ctx) {
+			return worked, nil
+		}
+	}
+}
+
+// wait returns when new mail may have arrived: at once with IDLE, or after
+// poll_interval (also the IDLE safety net: parts time out, servers forget).
+func (p *Pickup) wait(ctx context.Context, c *imapclient.Client) error {
+	timer := time.NewTimer(p.cfg.PollInterval.Std())
+	defer timer.Stop()
+	var idle *imapclient.IdleCommand
+	if *p.cfg.IDLE && c.Caps().Has(imap.CapIdle) {
+		var err error
+		if idle, err = c.Idle(); err != nil {
+			return fmt.Errorf("imap %s: IDLE: %w", p.node, err)
+		}
+	}
+	select {
+	case <-p.wake:
+	case <-timer.C:
+	case <-ctx.Done():
+	case <-p.closing:
+	case <-c.Closed():
+	}
+	if idle != nil {
+		if err := idle.Close(); err != nil {
+			return fmt.Errorf("imap %s: end IDLE: %w", p.node, err)
+		}
+		if err := idle.Wait(); err != nil {
+			return fmt.Errorf("imap %s: IDLE: %w", p.node, err)
+		}
+	}
+	return nil
+}
+
+// candidate is a matching mail seen by a scan.
+type candidate struct {
+	uid  imap.UID
+	file string // from the subject; may lack its extension
+	sha  string // X-Relay-Sha256, "" when absent
+	size int64  // RFC822.SIZE
+}
+
+// scan looks at every mail not yet judged, takes the single ones (oldest
+// first) and every complete set of parts, and gives up sets that waited
+// longer than part_timeout.
+func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *message.Message) error {
+	data, err := c.UIDSearch(&imap.SearchCriteria{}, nil).Wait()
+	if err != nil {
+		return fmt.Errorf("imap %s: search: %w", p.node, err)
+	}
+	uids := data.AllUIDs()
+	present := make(map[imap.UID]bool, len(uids))
+	var fresh []imap.UID
+	for _, u := range uids {
+		present[u] = true
+		if _, ok := p.known[u]; !ok {
+			fresh = append(fresh, u)
+		}
+	}
+	for u := range p.known {
+		if !present[u] {
+			delete(p.known, u)
+		}
+	}
+	for id, t := range p.transfers {
+		for i, us := range t.parts {
+			us = slices.DeleteFunc(us, func(u imap.UID) bool { return !present[u] })
+			if len(us) == 0 {
+				delete(t.parts, i)
+			} else {
+				t.parts[i] = us
+			}
+		}
+		if len(t.parts) == 0 {
+			delete(p.transfers, id)
+		}
+	}
+	var singles []candidate
+	for start := 0; start < len(fresh); start += headerBatch {
+		batch := fresh[start:min(start+headerBatch, len(fresh))]
+		s, err := p.classify(c, batch)
+		if err != nil {
+			return err
+		}
+		singles = append(singles, s...)
+	}
+	for _, m := range singles {
+		if p.stopped(ctx) {
+			return nil
+		}
+		if err := p.takeOne(ctx, c, m, out); err != nil {
+			return err
+		}
+	}
+	ids := make([]string, 0, len(p.transfers))
+	for id := range p.transfers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if p.stopped(ctx) {
+			return nil
+		}
+		t := p.transfers[id]
+		var err error
+		switch {
+		case t.complete():
+			err = p.takeSet(ctx, c, t, out)
+		case p.now().Sub(t.first) > p.cfg.PartTimeout.Std():
+			err = p.giveUpSet(ctx, c, t, out)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// headerBatch is how many mails' headers one FETCH asks for.
+const headerBatch = 200
+
+// maxHeaderFields bounds the header fields fetched to classify one mail.
+const maxHeaderFields = 64 << 10
+
+// classify fetches the few header fields that decide what a mail is and
+// records the verdict; it returns the single-file exchange mails.
+func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, error) {
+	section := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, HeaderFields: pickupHeaders, Peek: true}
+	cmd := c.Fetch(imap.UIDSetNum(uids...), &imap.FetchOptions{UID: true, RFC822Size: true, InternalDate: true, BodySection: []*imap.FetchItemBodySection{section}})
+	defer cmd.Close()
+	var singles []candidate
+	for m := cmd.Next(); m != nil; m = cmd.Next() {
+		var (
+			uid     imap.UID
+			size    int64
+			arrived time.Time
+			hdr     gomail.Header
+			hdrErr  error
+		)
+		for item := m.Next(); item != nil; item = m.Next() {
+			switch it := item.(type) {
+			case imapclient.FetchItemDataUID:
+				uid = it.UID
+			case imapclient.FetchItemDataRFC822Size:
+				size = it.Size
+			case imapclient.FetchItemDataInternalDate:
+				arrived = it.Time
+			case imapclient.FetchItemDataBodySection:
+				var h textproto.Header
+				h, hdrErr = textproto.ReadHeader(bufio.NewReader(io.LimitReader(it.Literal, maxHeaderFields)))
+				hdr = gomail.Header{Header: gomessage.Header{Header: h}}
+				_, _ = io.Copy(io.Discard, it.Literal)
+			}
+		}
+		if uid == 0 {
+			continue
+		}
+		if hdrErr != nil {
+			p.known[uid] = ignored
+			p.log.Info("mail with an unreadable header left alone", "uid", uid, "err", hdrErr)
+			continue
+		}
+		subject, _ := hdr.Subject()
+		file := subjectFile(subject, p.pattern)
+		if file == "" {
+			p.known[uid] = ignored
+			continue
+		}
+		from := ""
+		if addrs, err := hdr.AddressList("From"); err == nil && len(addrs) > 0 {
+			from = addrs[0].Address
+		}
+		if !p.cfg.allowed(from) {
+			p.known[uid] = ignored
+			p.log.Warn("exchange mail from a sender not in allowed_senders left alone", "uid", uid, "from", from, "subject", subject)
+			continue
+		}
+		sha := strings.ToLower(strings.TrimSpace(hdr.Get(HeaderSHA256)))
+		if v := hdr.Get(HeaderPart); v != "" {
+			pt, ok := parsePart(v)
+			id := strings.TrimSpace(hdr.Get(HeaderTransfer))
+			name, _ := hdr.Text(HeaderFile)
+			if ok && validTransfer.MatchString(id) && validSHA256.MatchString(sha) {
+				if name == "" {
+					name = file
+				}
+				p.addPart(uid, id, name, sha, pt, arrived)
+				continue
+			}
+			p.log.Warn("part mail with bad part headers; taken as a single mail", "uid", uid, "part", v, "transfer", id)
+		}
+		singles = append(singles, candidate{uid: uid, file: file, sha: sha, size: size})
+	}
+	if err := cmd.Close(); err != nil {
+		return nil, fmt.Errorf("imap %s: fetch headers: %w", p.node, err)
+	}
+	slices.SortFunc(singles, func(a, b candidate) int { return int(a.uid) - int(b.uid) })
+	return singles, nil
+}
+
+func (p *Pickup) addPart(uid imap.UID, id, file, sha string, pt part, arrived time.Time) {
+	t := p.transfers[id]
+	if t == nil {
+		if arrived.IsZero() {
+			arrived = p.now()
+		}
+		t = &transfer{id: id, file: file, sha: sha, n: pt.n, parts: map[int][]imap.UID{}, first: arrived}
+		p.transfers[id] = t
+	}
+	if t.n != pt.n || t.sha != sha {
+		// Another sender's parts under the same id: keep the first set's view;
+		// this one is judged on its own after the set is done.
+		p.log.Warn("part disagrees with its set; left alone", "uid", uid, "transfer", id, "part", pt.String())
+		p.known[uid] = ignored
+		return
+	}
+	if !arrived.IsZero() && arrived.Before(t.first) {
+		t.first = arrived
+	}
+	t.parts[pt.i] = append(t.parts[pt.i], uid)
+	p.known[uid] = inTransfer
+}
+
+// where names a mail for logs, metadata and keep-memory keys, as an IMAP
+// URL (RFC 5092).
+func (p *Pickup) where(uid imap.UID) string {
+	return fmt.Sprintf("%s;UIDVALIDITY=%d/;UID=%d", p.t.display, p.validity, uid)
+}
+
+// errGone is a mail expunged by someone else between search and fetch.
+var errGone = errors.New("mail is gone")
+
+// takeOne takes a single-file exchange mail. Errors end the session;
+// problems with the mail itself go to dead letters.
+func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate, out chan<- *message.Message) error {
+	where := p.where(m.uid)
+	log := p.log.With("uid", m.uid, "source", where)
+	if p.after.Action == config.AfterKeep {
+		seen, err := p.mem.Seen(ctx, where, "taken")
+		if err != nil {
+			return err
+		}
+		if seen {
+			p.known[m.uid] = done
+			return nil
+		}
+	}
+	spooled, err := p.newSpool()
+	if err != nil {
+		return err
+	}
+	defer spooled.Release()
+	attach, err := p.fetchAttachment(c, m.uid, spooled.File)
+	if errors.Is(err, errGone) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	spooled.Size = attach.size
+	name, problem := m.file, ""
+	switch {
+	case !attach.found:
+		problem = "mail has no attachment"
+	case attach.tooBig:
+		problem = fmt.Sprintf("attachment is larger than the %d-byte limit", p.lim.MaxSize)
+	case isMessageName(attach.name):
+		if !sameStem(attach.name, m.file) {
+			problem = fmt.Sprintf("subject names %s but the attachment is %s", m.file, attach.name)
+		}
+		name = attach.name
+	case !isMessageName(name):
+		// Older 1C subjects carry the name without its extension and an
+		// attachment with another name: the content decides.
+		name += extOf(spooled.File)
+	}
+	return p.emit(ctx, c, log, []imap.UID{m.uid}, name, m.sha, spooled, problem, out)
+}
+
+// emit hands one exchange file to the pipeline and commits its mails.
+func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logger, uids []imap.UID, name, sha string, f folder.Fetched, problem string, out chan<- *message.Message) error {
+	where := p.where(uids[0])
+	msg, bad := folder.NewMessage(p.node, where, name, f, p.lim)
+	switch {
+	case problem != "":
+	case bad != nil:
+		problem = bad.Error()
+	case sha != "" && msg.Metadata.Get(exchange.MetaSHA256) != sha:
+		problem = fmt.Sprintf("sha256 of the attachment is %s, the mail says %s", msg.Metadata.Get(exchange.MetaSHA256), sha)
+	}
+	if problem != "" {
+		msg.Metadata.Set(exchange.MetaProblem, problem)
+	}
+	switch folder.Hand(ctx, p.closing, out, msg) {
+	case folder.Acked:
+	case folder.Nacked:
+		// Left in the mailbox; the next scan offers it again.
+		for _, u := range uids {
+			delete(p.known, u)
+		}
+		log.Warn("pipeline refused the mail; it stays and is retried")
+		return nil
+	default:
+		return nil
+	}
+	if problem != "" {
+		log.Warn("malformed exchange mail moved to quarantine", "file", name, "reason", problem, "folder", p.cfg.Quarantine)
+		return p.move(c, uids, p.cfg.Quarantine)
+	}
+	return p.commit(ctx, c, log, uids)
+}
+
+// commit applies `after` to the mails of a message JetStream holds.
+func (p *Pickup) commit(ctx context.Context, c *imapclient.Client, log *slog.Logger, uids []imap.UID) error {
+	set := imap.UIDSetNum(uids...)
+	switch p.after.Action {
+	case config.AfterMove:
+		return p.move(c, uids, p.after.Folder)
+	case config.AfterKeep:
+		if err := c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagSeen}}, nil).Close(); err != nil {
+			return fmt.Errorf("imap %s: mark seen: %w", p.node, err)
+		}
+		for _, u := range uids {
+			if err := p.mem.Remember(ctx, p.where(u), "taken"); err != nil {
+				log.Error("cannot remember a kept mail; it may be taken again and dropped as a duplicate", "err", err)
+			}
+			p.known[u] = done
+		}
+		return nil
+	}
+	return p.expunge(c, set)
+}
+
+// move moves mails into a folder, creating it when the server asks to.
+// Without MOVE it copies, and deletes only once the copy succeeded
+// (imapclient's own fallback sends COPY, STORE and EXPUNGE at once, so a
+// failed COPY would lose the mail).
+func (p *Pickup) move(c *imapclient.Client, uids []imap.UID, to string) error {
+	set := imap.UIDSetNum(uids...)
+	hasMove := c.Caps().Has(imap.CapMove)
+	try := func() error {
+		if hasMove {
+			_, err := c.Move(set, to).Wait()
+			return err
+		}
+		_, err := c.Copy(set, to).Wait()
+		return err
+	}
+	err := try()
+	var ie *imap.Error
+	if errors.As(err, &ie) && ie.Code == imap.ResponseCodeTryCreate {
+		if cerr := c.Create(to, nil).Wait(); cerr != nil {
+			return fmt.Errorf("imap %s: create folder %s: %w", p.node, to, cerr)
+		}
+		err = try()
+	}
+	if err != nil {
+		return fmt.Errorf("imap %s: move to %s: %w", p.node, to, err)
+	}
+	if !hasMove {
+		if err := p.expunge(c, set); err != nil {
+			return err
+		}
+	}
+	for _, u := range uids {
+		delete(p.known, u)
+	}
+	return nil
+}
+
+// expunge deletes mails: \Deleted, then UID EXPUNGE where the server has
+// UIDPLUS (only these mails), else EXPUNGE.
+func (p *Pickup) expunge(c *imapclient.Client, set imap.UIDSet) error {
+	if err := c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close(); err != nil {
+		return fmt.Errorf("imap %s: delete: %w", p.node, err)
+	}
+	var err error
+	if c.Caps().Has(imap.CapUIDPlus) {
+		err = c.UIDExpunge(set).Close()
+	} else {
+		err = c.Expunge().Close()
+	}
+	if err != nil {
+		return fmt.Errorf("imap %s: expunge: %w", p.node, err)
+	}
+	return nil
+}
+
+// takeSet joins the parts of a complete set in order and takes the file.
+func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer, out chan<- *message.Message) error {
+	uids := t.uids()
+	log := p.log.With("transfer", t.id, "file", t.file, "parts", t.n)
+	spooled, err := p.newSpool()
+	if err != nil {
+		return err
+	}
+	defer spooled.Release()
+	problem := ""
+	for i := 1; i <= t.n && problem == ""; i++ {
+		a, err := p.fetchAttachment(c, t.parts[i][0], spooled.File)
+		if errors.Is(err, errGone) {
+			return nil // the next scan sees the set without it
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case !a.found:
+			problem = fmt.Sprintf("part %d/%d has no attachment", i, t.n)
+		case a.tooBig || spooled.Size+a.size > p.lim.MaxSize:
+			problem = fmt.Sprintf("joined parts are larger than the %d-byte limit", p.lim.MaxSize)
+		}
+		spooled.Size += a.size
+	}
+	delete(p.transfers, t.id)
+	name := t.file
+	if !isMessageName(name) {
+		name += extOf(spooled.File)
+	}
+	log.Debug("parts joined", "bytes", spooled.Size)
+	return p.emit(ctx, c, log, uids, name, t.sha, spooled, problem, out)
+}
+
+// giveUpSet dead-letters a set whose parts did not all arrive in time and
+// moves the parts it has to quarantine.
+func (p *Pickup) giveUpSet(ctx context.Context, c *imapclient.Client, t *transfer, out chan<- *message.Message) error {
+	var have []string
+	for i := 1; i <= t.n; i++ {
+		if len(t.parts[i]) > 0 {
+			have = append(have, strconv.Itoa(i))
+		}
+	}
+	problem := fmt.Sprintf("incomplete: only parts %s of %d of %s (transfer %s) arrived within part_timeout %s",
+		strings.Join(have, ","), t.n, t.file, t.id, p.cfg.PartTimeout.Std())
+	spooled, err := p.newSpool()
+	if err != nil {
+		return err
+	}
+	defer spooled.Release()
+	delete(p.transfers, t.id)
+	name := t.file
+	if !isMessageName(name) {
+		name += ".xml"
+	}
+	return p.emit(ctx, c, p.log.With("transfer", t.id), t.uids(), name, "", spooled, problem, out)
+}
+
+// newSpool makes an empty spool file for one message.
+func (p *Pickup) newSpool() (folder.Fetched, error) {
+	f, err := folder.Spool(context.Background(), p.spool, strings.NewReader(""), 0)
+	if err != nil {
+		return f, fmt.Errorf("imap %s: spool: %w", p.node, err)
+	}
+	return f, nil
+}
+
+// attachment is what fetchAttachment found in one mail.
+type attachment struct {
+	found  bool
+	name   string
+	size   int64
+	tooBig bool
+}
+
+// fetchAttachment streams one mail and appends its exchange attachment to
+// f: the first attachment named Message_*, else the first attachment. The
+// mail is never held in memory; \Seen is not set (BODY.PEEK).
+func (p *Pickup) fetchAttachment(c *imapclient.Client, uid imap.UID, f *os.File) (attachment, error) {
+	var a attachment
+	start, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return a, err
+	}
+	cmd := c.Fetch(imap.UIDSetNum(uid), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}})
+	defer cmd.Close()
+	m := cmd.Next()
+	if m == nil {
+		if err := cmd.Close(); err != nil {
+			return a, fmt.Errorf("imap %s: fetch UID %d: %w", p.node, uid, err)
+		}
+		return a, errGone
+	}
+	for item := m.Next(); item != nil; item = m.Next() {
+		body, ok := item.(imapclient.FetchItemDataBodySection)
+		if !ok || body.Literal == nil {
+			continue
+		}
+		a, err = p.readAttachment(body.Literal, f, start)
+		if err != nil {
+			return a, fmt.Errorf("imap %s: read UID %d: %w", p.node, uid, err)
+		}
+		_, _ = io.Copy(io.Discard, body.Literal)
+	}
+	if err := cmd.Close(); err != nil {
+		return a, fmt.Errorf("imap %s: fetch UID %d: %w", p.node, uid, err)
+	}
+	return a, nil
+}
+
+// readAttachment parses a mail from r and copies the chosen attachment to
+// f at offset start. A mail that does not parse is not an error: it has no
+// attachment.
+func (p *Pickup) readAttachment(r io.Reader, f *os.File, start int64) (attachment, error) {
+	var a attachment
+	mr, err := gomail.CreateReader(r)
+	if err != nil && !gomessage.IsUnknownCharset(err) {
+		return a, nil
+	}
+	defer mr.Close()
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			return a, nil
+		}
+		if err != nil && !gomessage.IsUnknownCharset(err) {
+			if isNetErr(err) {
+				return a, err
+			}
+			return a, nil // broken MIME: what was found so far stands
+		}
+		ah, ok := part.Header.(*gomail.AttachmentHeader)
+		if !ok {
+			continue
+		}
+		name, _ := ah.Filename()
+		if a.found && (isMessageName(a.name) || !isMessageName(name)) {
+			continue
+		}
+		// The first attachment, or the first one named like a message
+		// after an unnamed one: (re)write it at start.
+		if _, err := f.Seek(start, io.SeekStart); err != nil {
+			return a, err
+		}
+		if err := f.Truncate(start); err != nil {
+			return a, err
+		}
+		n, err := io.CopyBuffer(f, io.LimitReader(part.Body, p.lim.MaxSize+1), make([]byte, 256<<10))
+		if err != nil && isNetErr(err) {
+			return a, err
+		}
+		a = attachment{found: true, name: name, size: n, tooBig: n > p.lim.MaxSize}
+		if err != nil {
+			// Bad base64 and the like: the content check will say so.
+			p.log.Debug("attachment did not decode to its end", "name", name, "err", err)
+		}
+	}
+}
+
+// isNetErr tells a broken connection from broken mail content.
+func isNetErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
+}
+
+func isMessageName(name string) bool {
+	_, err := exchange.ParseName(name)
+	return err == nil
+}
+
+// extOf says .zip or .xml by the spooled content's first bytes.
+func extOf(f *os.File) string {
+	var b [4]byte
+	if n, _ := f.ReadAt(b[:], 0); n == 4 && string(b[:]) == "PK\x03\x04" {
+		return ".zip"
+	}
+	return ".xml"
+}
+
+// dialIMAP opens an authenticated session: connect, TLS (implicit or
+// STARTTLS), LOGIN. Pickup and `relay check` share it.
+func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slog.Logger, h *imapclient.UnilateralDataHandler) (*imapclient.Client, error) {
+	pass, err := s.password()
+	if err != nil {
+		return nil, err
+	}
+	if s.InsecureSkipVerify && t.tls() {
+		log.Warn("TLS certificate checks are off (insecure_skip_verify)")
+	}
+	d := net.Dialer{Timeout: s.ConnectTimeout.Std()}
+	raw, err := d.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", t.addr, err)
+	}
+	opts := &imapclient.Options{
+		TLSConfig:             tc,
+		UnilateralDataHandler: h,
+		WordDecoder:           &mime.WordDecoder{CharsetReader: charset.Reader},
+	}
+	raw.SetDeadline(time.Now().Add(s.ConnectTimeout.Std()))
+	var c *imapclient.Client
+	switch {
+	case t.implicitTLS:
+		tconn := tls.Client(raw, tc)
+		if err = tconn.HandshakeContext(ctx); err != nil {
+			err = fmt.Errorf("tls handshake: %w", err)
+			break
+		}
+		c = imapclient.New(tconn, opts)
+	case t.startTLS:
+		if c, err = imapclient.NewStartTLS(raw, opts); err != nil {
+			err = fmt.Errorf("STARTTLS: %w", err)
+		}
+	default:
+		c = imapclient.New(raw, opts)
+	}
+	if err == nil {
+		if err = c.WaitGreeting(); err != nil {
+			err = fmt.Errorf("greeting: %w", err)
+		}
+	}
+	if err == nil {
+		if err = c.Login(t.user, pass).Wait(); err != nil {
+			err = fmt.Errorf("LOGIN as %s: %w", t.user, err)
+		}
+	}
+	raw.SetDeadline(time.Time{})
+	if err != nil {
+		if c != nil {
+			c.Close()
+		} else {
+			raw.Close()
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	return c, nil
+}

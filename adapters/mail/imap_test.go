@@ -1,0 +1,535 @@
+package mail
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"golang.org/x/text/encoding/charmap"
+
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+// memIMAP is an in-process IMAP server with one user "relay" (password
+// "secret") and an INBOX.
+type memIMAP struct {
+	addr string
+	user *imapmemserver.User
+}
+
+func startMemIMAP(t *testing.T, caps imap.CapSet) *memIMAP {
+	t.Helper()
+	mem := imapmemserver.New()
+	u := imapmemserver.NewUser("relay", "secret")
+	if err := u.Create("INBOX", nil); err != nil {
+		t.Fatal(err)
+	}
+	mem.AddUser(u)
+	if caps == nil {
+		caps = imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIdle: {}, imap.CapMove: {}, imap.CapUIDPlus: {}}
+	}
+	srv := imapserver.New(&imapserver.Options{
+		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return mem.NewSession(), nil, nil
+		},
+		Caps:         caps,
+		InsecureAuth: true,
+		Logger:       quietIMAPLog{},
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return &memIMAP{addr: ln.Addr().String(), user: u}
+}
+
+type quietIMAPLog struct{}
+
+func (quietIMAPLog) Printf(string, ...any) {}
+func (quietIMAPLog) Println(...any)        {}
+
+type literal struct {
+	*bytes.Reader
+}
+
+func (l literal) Size() int64 { return l.Reader.Size() }
+
+// add appends a raw mail to a folder of the server.
+func (s *memIMAP) add(t *testing.T, folder string, raw []byte) {
+	t.Helper()
+	if _, err := s.user.Append(folder, literal{bytes.NewReader(raw)}, &imap.AppendOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// count returns how many mails a folder holds, and how many are \Seen.
+func (s *memIMAP) count(t *testing.T, folder string) (n, seen int) {
+	t.Helper()
+	st, err := s.user.Status(folder, &imap.StatusOptions{NumMessages: true, NumUnseen: true})
+	if err != nil {
+		return 0, 0
+	}
+	return int(*st.NumMessages), int(*st.NumMessages - *st.NumUnseen)
+}
+
+func imapTestConfig(addr string) IMAPConfig {
+	var c IMAPConfig
+	c.URL = "imap://relay@" + addr + "/INBOX"
+	c.PasswordEnv = "RELAY_TEST_IMAP_PASSWORD"
+	c.StartTLS = StartTLSOff
+	c.Server.setDefaults()
+	c.PollInterval = config.Duration(time.Minute)
+	t := true
+	c.IDLE = &t
+	c.Quarantine = DefaultQuarantine
+	c.PartTimeout = config.Duration(DefaultPartTimeout)
+	return c
+}
+
+// testMail builds the mail a relay sends for one exchange file (all of it,
+// or one part of it).
+func testMail(t *testing.T, name string, content []byte, pt part, per int64) []byte {
+	t.Helper()
+	var sc SMTPConfig
+	sc.URL = "smtp://127.0.0.1:25"
+	sc.From = "shop@example.com"
+	sc.To = []string{"relay@example.com"}
+	sc.SubjectPrefix = DefaultSubjectPrefix
+	sc.Helo = "test"
+	pub := &Publisher{cfg: sc, now: time.Now}
+	h, err := exchange.ReadHeader(bytes.NewReader(content), exchange.DefaultLimits())
+	if err != nil && !strings.HasSuffix(name, ".zip") {
+		h = exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 1}
+	}
+	sum := sha256.Sum256(content)
+	out := outgoing{name: name, h: h, size: int64(len(content)), sha: hex.EncodeToString(sum[:])}
+	chunk := content
+	attach := name
+	if pt.n > 1 {
+		lo := int64(pt.i-1) * per
+		chunk = content[lo:min(lo+per, int64(len(content)))]
+		attach = fmt.Sprintf("%s.%03d", name, pt.i)
+	}
+	var b bytes.Buffer
+	if err := pub.write(&b, out, pt, bytes.NewReader(chunk), attach); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func fixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile("../../testdata/fixtures/good/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// genXML makes a valid message A→B of about size bytes.
+func genXML(t *testing.T, from, to string, no uint64, size int64) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := exchangetest.WriteXML(&b, exchange.Header{ExchangePlan: "Plan", From: from, To: to, MessageNo: no}, size); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+type memMemory struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (m *memMemory) Seen(_ context.Context, k, fp string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.m[k] == fp, nil
+}
+
+func (m *memMemory) Remember(_ context.Context, k, fp string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.m[k] = fp
+	return nil
+}
+
+// runPickup subscribes a pickup of node; cancel with the returned func.
+func runPickup(t *testing.T, node string, c IMAPConfig, after config.After, mem *memMemory) (<-chan *message.Message, *Pickup) {
+	t.Helper()
+	return runPickupWith(t, node, c, after, mem, nil)
+}
+
+// runPickupWith lets setup change the pickup before it starts.
+func runPickupWith(t *testing.T, node string, c IMAPConfig, after config.After, mem *memMemory, setup func(*Pickup)) (<-chan *message.Message, *Pickup) {
+	t.Helper()
+	t.Setenv("RELAY_TEST_IMAP_PASSWORD", "secret")
+	var m folderMemory
+	if mem != nil {
+		m = mem
+	}
+	p, err := NewPickup(node, c, after, m, t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(p)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	out, err := p.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); p.Close() })
+	return out, p
+}
+
+type folderMemory interface {
+	Seen(context.Context, string, string) (bool, error)
+	Remember(context.Context, string, string) error
+}
+
+func next(t *testing.T, out <-chan *message.Message) *message.Message {
+	t.Helper()
+	select {
+	case m := <-out:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message from the pickup")
+	}
+	return nil
+}
+
+func none(t *testing.T, out <-chan *message.Message, d time.Duration) {
+	t.Helper()
+	select {
+	case m := <-out:
+		t.Fatalf("unexpected message %s problem=%q", m.Metadata.Get(exchange.MetaFileName), m.Metadata.Get(exchange.MetaProblem))
+	case <-time.After(d):
+	}
+}
+
+func bodyOf(t *testing.T, m *message.Message) []byte {
+	t.Helper()
+	r, err := exchange.Body(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestIMAPPickupTakesAndDeletes(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	content := fixture(t, "Message_ЦО_ОП.xml")
+	s.add(t, "INBOX", []byte("From: a@example.com\r\nSubject: hello\r\n\r\nnot an exchange mail\r\n"))
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", content, part{1, 1}, 0))
+	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	if p := m.Metadata.Get(exchange.MetaProblem); p != "" {
+		t.Fatalf("problem: %s", p)
+	}
+	if got := m.Metadata.Get(exchange.MetaFileName); got != "Message_ЦО_ОП.xml" {
+		t.Errorf("file name %q", got)
+	}
+	if m.Metadata.Get(exchange.MetaFrom) != "ЦО" || m.Metadata.Get(exchange.MetaTo) != "ОП" {
+		t.Errorf("header metadata %v", m.Metadata)
+	}
+	if !bytes.Equal(bodyOf(t, m), content) {
+		t.Fatal("body differs from the attached file")
+	}
+	if !strings.HasPrefix(m.Metadata.Get(exchange.MetaSource), "imap://relay@"+s.addr+"/INBOX;UIDVALIDITY=") {
+		t.Errorf("source %q", m.Metadata.Get(exchange.MetaSource))
+	}
+	m.Ack()
+	waitFor(t, "the mail to be deleted", func() bool { n, _ := s.count(t, "INBOX"); return n == 1 })
+	none(t, out, 300*time.Millisecond)
+}
+
+func TestIMAPPickupIdleSeesNewMail(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Hour) // only IDLE can find the mail
+	out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	time.Sleep(300 * time.Millisecond) // let the first scan end and IDLE start
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
+	m := next(t, out)
+	m.Ack()
+}
+
+func TestIMAPPickupNackLeavesMail(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	next(t, out).Nack()
+	m := next(t, out) // offered again
+	if n, _ := s.count(t, "INBOX"); n != 1 {
+		t.Fatalf("mail gone after a nack: %d in INBOX", n)
+	}
+	m.Ack()
+	waitFor(t, "delete", func() bool { n, _ := s.count(t, "INBOX"); return n == 0 })
+}
+
+func TestIMAPPickupStrangerAndForeignSubjectUntouched(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	raw := testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0)
+	s.add(t, "INBOX", raw) // From: shop@example.com
+	s.add(t, "INBOX", []byte("From: x@example.com\r\nSubject: Re: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n\r\nhi\r\n"))
+	c := imapTestConfig(s.addr)
+	c.AllowedSenders = []string{"wh@example.com", "@other.example"}
+	out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	none(t, out, time.Second)
+	if n, seen := s.count(t, "INBOX"); n != 2 || seen != 0 {
+		t.Fatalf("INBOX has %d mails, %d seen; want 2, 0", n, seen)
+	}
+}
+
+func TestIMAPPickupAllowedSender(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
+	c := imapTestConfig(s.addr)
+	c.AllowedSenders = []string{"@EXAMPLE.com"}
+	out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	next(t, out).Ack()
+}
+
+func TestIMAPPickupQuarantinesMalformed(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	// Matching subject, no attachment.
+	s.add(t, "INBOX", []byte("From: a@example.com\r\nSubject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n\r\nno file here\r\n"))
+	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	if p := m.Metadata.Get(exchange.MetaProblem); !strings.Contains(p, "no attachment") {
+		t.Fatalf("problem %q, want no attachment", p)
+	}
+	m.Ack()
+	waitFor(t, "quarantine", func() bool { n, _ := s.count(t, DefaultQuarantine); return n == 1 })
+	if n, _ := s.count(t, "INBOX"); n != 0 {
+		t.Fatalf("INBOX still has %d", n)
+	}
+}
+
+func TestIMAPPickupBadSHA(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	raw := testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0)
+	i := bytes.Index(raw, []byte(HeaderSHA256+": "))
+	copy(raw[i+len(HeaderSHA256)+2:], strings.Repeat("0", 64))
+	s.add(t, "INBOX", raw)
+	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	if p := m.Metadata.Get(exchange.MetaProblem); !strings.Contains(p, "sha256") {
+		t.Fatalf("problem %q, want a sha256 mismatch", p)
+	}
+	m.Ack()
+	waitFor(t, "quarantine", func() bool { n, _ := s.count(t, DefaultQuarantine); return n == 1 })
+}
+
+func TestIMAPPickupJoinsParts(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
+	per := int64(100 << 10)
+	n := int((int64(len(content)) + per - 1) / per)
+	// Out of order, part 2 twice (a retried send), plus an unrelated mail.
+	s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{2, n}, per))
+	s.add(t, "INBOX", []byte("From: a@example.com\r\nSubject: lunch\r\n\r\nhi\r\n"))
+	for i := n; i >= 1; i-- {
+		s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{i, n}, per))
+	}
+	out, _ := runPickup(t, "SHOP1", imapTestConfig(s.addr), config.After{Action: config.AfterMove, Folder: "Done"}, nil)
+	m := next(t, out)
+	if p := m.Metadata.Get(exchange.MetaProblem); p != "" {
+		t.Fatalf("problem: %s", p)
+	}
+	if !bytes.Equal(bodyOf(t, m), content) {
+		t.Fatal("joined parts differ from the file")
+	}
+	if m.Metadata.Get(exchange.MetaFileName) != "Message_SHOP1_ЦО.xml" {
+		t.Errorf("name %q", m.Metadata.Get(exchange.MetaFileName))
+	}
+	m.Ack()
+	waitFor(t, "parts moved", func() bool { k, _ := s.count(t, "Done"); return k == n+1 })
+	if k, _ := s.count(t, "INBOX"); k != 1 {
+		t.Fatalf("INBOX has %d mails, want only the unrelated one", k)
+	}
+	none(t, out, 300*time.Millisecond)
+}
+
+func TestIMAPPickupIncompleteSetTimesOut(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
+	s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{1, 3}, 100<<10))
+	s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{3, 3}, 100<<10))
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	var skew atomic.Int64
+	out, _ := runPickupWith(t, "SHOP1", c, config.After{Action: config.AfterDelete}, nil, func(p *Pickup) {
+		p.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	})
+	none(t, out, 1500*time.Millisecond) // waiting for part 2
+	skew.Store(int64(25 * time.Hour))
+	m := next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); !strings.Contains(pr, "only parts 1,3 of 3") {
+		t.Fatalf("problem %q", pr)
+	}
+	m.Ack()
+	waitFor(t, "quarantine", func() bool { k, _ := s.count(t, DefaultQuarantine); return k == 2 })
+}
+
+func TestIMAPPickupKeepRemembers(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
+	mem := &memMemory{m: map[string]string{}}
+	c := imapTestConfig(s.addr)
+	out, p := runPickup(t, "ЦО", c, config.After{Action: config.AfterKeep}, mem)
+	next(t, out).Ack()
+	waitFor(t, "seen flag", func() bool { _, seen := s.count(t, "INBOX"); return seen == 1 })
+	p.Close()
+	// A restarted pickup does not take it again.
+	out2, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterKeep}, mem)
+	none(t, out2, time.Second)
+	if n, _ := s.count(t, "INBOX"); n != 1 {
+		t.Fatalf("keep removed the mail")
+	}
+}
+
+// A mail written by 1C's own transport: subject "Exchange message (...)"
+// in RFC 2047 windows-1251, attachment name in RFC 2231, no relay headers.
+func TestIMAPPickupOneCStyle(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	var zipped bytes.Buffer
+	if err := exchangetest.WriteZip(&zipped, exchange.Header{ExchangePlan: "Полный", From: "ЦО", To: "ОП", MessageNo: 3}, 5000); err != nil {
+		t.Fatal(err)
+	}
+	raw := "From: base@example.com\r\n" +
+		"Subject: =?windows-1251?B?" + cp1251B64("Exchange message (Message_ЦО_ОП)") + "?=\r\n" +
+		"MIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=XYZ\r\n\r\n" +
+		"--XYZ\r\nContent-Type: text/plain\r\n\r\n\r\n" +
+		"--XYZ\r\nContent-Type: application/octet-stream\r\n" +
+		"Content-Disposition: attachment; filename*=utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.zip\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\n" + base64Lines(zipped.Bytes()) + "\r\n--XYZ--\r\n"
+	s.add(t, "INBOX", []byte(raw))
+	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	if p := m.Metadata.Get(exchange.MetaProblem); p != "" {
+		t.Fatalf("problem: %s", p)
+	}
+	if m.Metadata.Get(exchange.MetaFileName) != "Message_ЦО_ОП.zip" || m.Metadata.Get(exchange.MetaMessageNo) != "3" {
+		t.Fatalf("metadata %v", m.Metadata)
+	}
+	if !bytes.Equal(bodyOf(t, m), zipped.Bytes()) {
+		t.Fatal("body differs")
+	}
+	m.Ack()
+}
+
+func TestIMAPPickupWithoutIdleAndMove(t *testing.T) {
+	s := startMemIMAP(t, imap.CapSet{imap.CapIMAP4rev1: {}})
+	s.add(t, "INBOX", []byte("From: a@example.com\r\nSubject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n\r\nno file\r\n"))
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	f := false
+	c.IDLE = &f
+	out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	if m.Metadata.Get(exchange.MetaProblem) == "" {
+		t.Fatal("want the malformed mail first (lower UID)")
+	}
+	m.Ack()
+	next(t, out).Ack()
+	waitFor(t, "both handled", func() bool {
+		n, _ := s.count(t, "INBOX")
+		q, _ := s.count(t, DefaultQuarantine)
+		return n == 0 && q == 1
+	})
+}
+
+func TestIMAPPickupReconnects(t *testing.T) {
+	// Nothing listens at first: the pickup reports it and keeps trying.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, p := runPickup(t, "ЦО", imapTestConfig(addr), config.After{Action: config.AfterDelete}, nil)
+	waitFor(t, "an error", func() bool { e, _ := p.LastError(); return strings.Contains(e, "connect") })
+}
+
+func TestIMAPCheck(t *testing.T) {
+	s := startMemIMAP(t, imap.CapSet{imap.CapIMAP4rev1: {}})
+	t.Setenv("RELAY_TEST_IMAP_PASSWORD", "secret")
+	c := imapTestConfig(s.addr)
+	note, err := CheckIMAP(context.Background(), "ЦО", c, slog.New(slog.DiscardHandler))
+	if err != nil || note != "" { // imapserver always offers IDLE
+		t.Fatalf("check: %v, note %q", err, note)
+	}
+	t.Setenv("RELAY_TEST_IMAP_PASSWORD", "wrong")
+	if _, err := CheckIMAP(context.Background(), "ЦО", c, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "hint: wrong user or password") {
+		t.Fatalf("wrong password: %v", err)
+	}
+	c.URL = "imap://relay@" + s.addr + "/Nope"
+	t.Setenv("RELAY_TEST_IMAP_PASSWORD", "secret")
+	if _, err := CheckIMAP(context.Background(), "ЦО", c, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "select Nope") {
+		t.Fatalf("missing folder: %v", err)
+	}
+}
+
+// base64Lines is base64 in 76-character lines, as mail carries it.
+func base64Lines(b []byte) string {
+	enc := base64.StdEncoding.EncodeToString(b)
+	var out strings.Builder
+	for len(enc) > 76 {
+		out.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	out.WriteString(enc)
+	return out.String()
+}
+
+// cp1251B64 is s in Windows-1251, base64-encoded (for an RFC 2047 word).
+func cp1251B64(s string) string {
+	b, err := charmap.Windows1251.NewEncoder().Bytes([]byte(s))
+	if err != nil {
+		panic(err)
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}

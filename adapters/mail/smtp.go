@@ -1,0 +1,508 @@
+package mail
+
+import (
+	"archive/zip"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	gomail "github.com/emersion/go-message/mail"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Publisher is an SMTP delivery: Publish returns only after the server
+// accepted every mail of the message (250 after DATA). A file whose mail
+// would exceed the size limit goes as parts; parts the server already
+// accepted are not sent again when a later part fails and the delivery is
+// retried.
+type Publisher struct {
+	node  string
+	cfg   SMTPConfig
+	t     target
+	tc    *tls.Config
+	spool string
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu      sync.Mutex
+	lastErr string
+	errAt   time.Time
+	// sent remembers, per transfer, the parts a server accepted, so a retry
+	// after a failed part sends only the rest.
+	sent map[string]map[int]bool
+}
+
+var _ message.Publisher = (*Publisher)(nil)
+
+// NewPublisher makes the delivery of node to a mailbox over SMTP; spool is
+// where compress: zip packs files. It does not connect: the first delivery
+// does, so a server that is down at start only delays that node.
+func NewPublisher(node string, cfg SMTPConfig, spool string, log *slog.Logger) (*Publisher, error) {
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	t, err := cfg.target()
+	if err != nil {
+		return nil, err
+	}
+	tc, err := cfg.tlsConfig(t.host)
+	if err != nil {
+		return nil, fmt.Errorf("smtp %s: %w", node, err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	// Zips a killed relay left behind are as large as their messages.
+	olds, _ := filepath.Glob(filepath.Join(spool, smtpSpoolPattern))
+	for _, f := range olds {
+		_ = os.Remove(f)
+	}
+	return &Publisher{
+		node: node, cfg: cfg, t: t, tc: tc, spool: spool,
+		log: log.With("node", node, "adapter", "smtp", "server", t.display),
+		now: time.Now, sent: map[string]map[int]bool{},
+	}, nil
+}
+
+// Publish delivers each message; the topic is ignored (one destination).
+func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		err := p.deliver(m.Context(), m)
+		p.setErr(err)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LastError is the last delivery failure, "" after a success.
+func (p *Publisher) LastError() (string, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr, p.errAt
+}
+
+func (p *Publisher) setErr(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case err == nil:
+		p.lastErr, p.errAt = "", time.Time{}
+	case err.Error() != p.lastErr:
+		p.lastErr, p.errAt = err.Error(), p.now()
+	}
+}
+
+// Close has nothing to release: each delivery has its own session.
+func (p *Publisher) Close() error { return nil }
+
+// outgoing is one exchange file as it is sent.
+type outgoing struct {
+	name string
+	h    exchange.Header
+	size int64
+	sha  string
+	body io.Reader
+}
+
+func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
+	name := m.Metadata.Get(exchange.MetaFileName)
+	if _, err := exchange.ParseName(name); err != nil {
+		return exchange.Permanent(fmt.Errorf("smtp %s: %w", p.node, err))
+	}
+	h, err := exchange.HeaderOf(m)
+	if err != nil {
+		return exchange.Permanent(fmt.Errorf("smtp %s: %s: %w", p.node, name, err))
+	}
+	size, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
+	if err != nil {
+		return exchange.Permanent(fmt.Errorf("smtp %s: %s: bad size metadata: %w", p.node, name, err))
+	}
+	body, err := exchange.Body(ctx, m)
+	if err != nil {
+		return fmt.Errorf("smtp %s: %s: open body: %w", p.node, name, err)
+	}
+	defer body.Close()
+	out := outgoing{name: name, h: h, size: size, sha: m.Metadata.Get(exchange.MetaSHA256), body: folder.CtxReader{Ctx: ctx, R: body}}
+	if p.cfg.Compress == "zip" && strings.EqualFold(name[len(name)-4:], ".xml") {
+		zipped, release, err := p.zip(ctx, out)
+		if err != nil {
+			return fmt.Errorf("smtp %s: %s: compress: %w", p.node, name, err)
+		}
+		defer release()
+		out = zipped
+	}
+
+	c, closeSession, err := dialSMTP(ctx, &p.cfg, p.t, p.tc, p.log)
+	if err != nil {
+		return fmt.Errorf("smtp %s: %w", p.node, err)
+	}
+	defer closeSession()
+	limit := int64(p.cfg.MaxMessageSize)
+	if s, ok := c.MaxMessageSize(); ok && s > 0 && int64(s) < limit {
+		limit = int64(s)
+	}
+	per := rawPerMail(limit)
+	if out.size <= per {
+		cr := &countingReader{r: out.body}
+		if err := p.send(c, out, part{1, 1}, cr, out.name); err != nil {
+			return err
+		}
+		if cr.n != out.size {
+			return fmt.Errorf("smtp %s: %s: read %d bytes from the object store, want %d", p.node, name, cr.n, out.size)
+		}
+	} else if err := p.sendParts(c, out, per); err != nil {
+		return err
+	}
+	_ = c.Quit()
+	p.log.Debug("delivered", "file", out.name, "message_no", h.MessageNo, "bytes", out.size)
+	return nil
+}
+
+// sendParts sends a file as ceil(size/per) mails of per bytes each.
+func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
+	n := int((out.size + per - 1) / per)
+	if n > maxParts {
+		return exchange.Permanent(fmt.Errorf("smtp %s: %s: %d bytes would need %d parts of %d bytes (at most %d)", p.node, out.name, out.size, n, per, maxParts))
+	}
+	tid := transferID(out.h, out.sha)
+	p.mu.Lock()
+	done := p.sent[tid]
+	if done == nil {
+		done = map[int]bool{}
+		p.sent[tid] = done
+	}
+	p.mu.Unlock()
+	for i := 1; i <= n; i++ {
+		chunk := &countingReader{r: io.LimitReader(out.body, per)}
+		want := min(per, out.size-int64(i-1)*per)
+		p.mu.Lock()
+		skip := done[i]
+		p.mu.Unlock()
+		if skip {
+			if _, err := io.Copy(io.Discard, chunk); err != nil {
+				return fmt.Errorf("smtp %s: %s: read body: %w", p.node, out.name, err)
+			}
+		} else if err := p.send(c, out, part{i, n}, chunk, fmt.Sprintf("%s.%03d", out.name, i)); err != nil {
+			return err
+		}
+		if chunk.n != want {
+			return fmt.Errorf("smtp %s: %s: part %d/%d: read %d bytes from the object store, want %d", p.node, out.name, i, n, chunk.n, want)
+		}
+		p.mu.Lock()
+		done[i] = true
+		p.mu.Unlock()
+		if !skip {
+			p.log.Debug("part sent", "file", out.name, "part", part{i, n}.String(), "transfer", tid)
+		}
+	}
+	p.mu.Lock()
+	delete(p.sent, tid)
+	p.mu.Unlock()
+	return nil
+}
+
+// rawPerMail is how many file bytes fit in a mail of limit bytes: base64
+// turns 57 bytes into a 78-byte line, and 16 KiB are left for the headers
+// and the text part.
+func rawPerMail(limit int64) int64 {
+	per := (limit - 16<<10) / 78 * 57
+	return max(per, 57)
+}
+
+// send runs one mail transaction: MAIL, RCPT for each recipient, DATA.
+func (p *Publisher) send(c *smtp.Client, out outgoing, pt part, r io.Reader, attachName string) error {
+	if err := c.Mail(p.cfg.From, nil); err != nil {
+		return p.fail("MAIL FROM "+p.cfg.From, err, false)
+	}
+	for _, to := range p.cfg.To {
+		if err := c.Rcpt(to, nil); err != nil {
+			return p.fail("RCPT TO "+to, err, true)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return p.fail("DATA", err, true)
+	}
+	if err := p.write(w, out, pt, r, attachName); err != nil {
+		_ = w.Close()
+		return fmt.Errorf("smtp %s: %s: write mail: %w", p.node, out.name, err)
+	}
+	if err := w.Close(); err != nil {
+		what := "end of DATA"
+		if pt.n > 1 {
+			what += " (part " + pt.String() + ")"
+		}
+		return p.fail(what, err, true)
+	}
+	return nil
+}
+
+// fail names the failing step; a 5xx reply to a message's own transaction
+// (RCPT, DATA) is permanent and dead-letters the message with the server's
+// words. Earlier steps fail for every message alike (wrong password, server
+// trouble): those are retried, and the endpoint shows as failing.
+func (p *Publisher) fail(step string, err error, perMessage bool) error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		e := fmt.Errorf("smtp %s: %s: %d %s", p.node, step, se.Code, oneLine(se.Message))
+		if se.Code >= 500 && perMessage {
+			return exchange.Permanent(e)
+		}
+		return e
+	}
+	return fmt.Errorf("smtp %s: %s: %w", p.node, step, err)
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// write writes the whole mail: a header with the message's routing fields,
+// a short text part for people, and the file (or part) as a base64 attachment.
+func (p *Publisher) write(w io.Writer, out outgoing, pt part, r io.Reader, attachName string) error {
+	var h gomail.Header
+	h.SetDate(p.now())
+	h.SetAddressList("From", []*gomail.Address{{Address: p.cfg.From}})
+	to := make([]*gomail.Address, len(p.cfg.To))
+	for i, a := range p.cfg.To {
+		to[i] = &gomail.Address{Address: a}
+	}
+	h.SetAddressList("To", to)
+	subject := p.cfg.SubjectPrefix + out.name
+	if pt.n > 1 {
+		subject += " (part " + pt.String() + ")"
+	}
+	h.SetSubject(subject)
+	if err := h.GenerateMessageIDWithHostname(p.cfg.Helo); err != nil {
+		return err
+	}
+	h.SetText(HeaderPlan, out.h.ExchangePlan)
+	h.SetText(HeaderFrom, out.h.From)
+	h.SetText(HeaderTo, out.h.To)
+	h.Set(HeaderMessageNo, strconv.FormatUint(out.h.MessageNo, 10))
+	h.Set(HeaderReceivedNo, strconv.FormatUint(out.h.ReceivedNo, 10))
+	h.SetText(HeaderFile, out.name)
+	h.Set(HeaderSize, strconv.FormatInt(out.size, 10))
+	h.Set(HeaderSHA256, out.sha)
+	if pt.n > 1 {
+		h.Set(HeaderTransfer, transferID(out.h, out.sha))
+		h.Set(HeaderPart, pt.String())
+	}
+	mw, err := gomail.CreateWriter(w, h)
+	if err != nil {
+		return err
+	}
+	var th gomail.InlineHeader
+	th.SetContentType("text/plain", map[string]string{"charset": "utf-8"})
+	tw, err := mw.CreateSingleInline(th)
+	if err != nil {
+		return err
+	}
+	text := fmt.Sprintf("1C exchange message %s\r\nplan %s, from %s to %s, No %d, received No %d\r\n%d bytes, sha256 %s\r\n",
+		out.name, out.h.ExchangePlan, out.h.From, out.h.To, out.h.MessageNo, out.h.ReceivedNo, out.size, out.sha)
+	if pt.n > 1 {
+		text += fmt.Sprintf("This mail is part %s; relay joins the parts.\r\n", pt)
+	}
+	if _, err := io.WriteString(tw, text); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	var ah gomail.AttachmentHeader
+	ctype := contentType(out.name)
+	if pt.n > 1 {
+		ctype = "application/octet-stream"
+	}
+	// mime.FormatMediaType writes a non-ASCII name as RFC 2231
+	// (filename*=utf-8''...), which go-message's SetFilename would not.
+	ah.Set("Content-Type", mime.FormatMediaType(ctype, map[string]string{"name": attachName}))
+	ah.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": attachName}))
+	aw, err := mw.CreateAttachment(ah)
+	if err != nil {
+		return err
+	}
+	if _, err := io.CopyBuffer(aw, r, make([]byte, 64<<10)); err != nil {
+		return err
+	}
+	if err := aw.Close(); err != nil {
+		return err
+	}
+	return mw.Close()
+}
+
+// smtpSpoolPattern names the zips compress: zip spools.
+const smtpSpoolPattern = "smtp-*.zip"
+
+// zip packs an .xml message into a spooled Message_A_B.zip with one entry.
+func (p *Publisher) zip(ctx context.Context, in outgoing) (outgoing, func(), error) {
+	if err := os.MkdirAll(p.spool, 0o750); err != nil {
+		return in, nil, err
+	}
+	f, err := os.CreateTemp(p.spool, smtpSpoolPattern)
+	if err != nil {
+		return in, nil, err
+	}
+	release := func() { f.Close(); os.Remove(f.Name()) }
+	sum := sha256.New()
+	cw := &countingWriter{w: io.MultiWriter(f, sum)}
+	zw := zip.NewWriter(cw)
+	ew, err := zw.CreateHeader(&zip.FileHeader{Name: in.name, Method: zip.Deflate, Modified: p.now()})
+	if err == nil {
+		var n int64
+		n, err = io.CopyBuffer(ew, in.body, make([]byte, 256<<10))
+		if err == nil && n != in.size {
+			err = fmt.Errorf("read %d bytes from the object store, want %d", n, in.size)
+		}
+	}
+	if err == nil {
+		err = zw.Close()
+	}
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		release()
+		return in, nil, err
+	}
+	out := in
+	out.name = in.name[:len(in.name)-4] + ".zip"
+	out.size = cw.n
+	out.sha = hex.EncodeToString(sum.Sum(nil))
+	out.body = folder.CtxReader{Ctx: ctx, R: f}
+	return out, release, nil
+}
+
+// dialSMTP opens a session: connect, TLS (implicit or STARTTLS), EHLO,
+// AUTH; delivery and `relay check` share it. The session is cut when ctx
+// ends; closeSession ends it.
+func dialSMTP(ctx context.Context, cfg *SMTPConfig, t target, tc *tls.Config, log *slog.Logger) (c *smtp.Client, closeSession func(), err error) {
+	pass, err := cfg.password()
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.InsecureSkipVerify && t.tls() {
+		log.Warn("TLS certificate checks are off (insecure_skip_verify)")
+	}
+	d := net.Dialer{Timeout: cfg.ConnectTimeout.Std()}
+	raw, err := d.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect %s: %w", t.addr, err)
+	}
+	// A cancelled delivery (shutdown) must not wait for a stalled server.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	var conn net.Conn = &writeTimeoutConn{Conn: raw, timeout: cfg.IOTimeout.Std()}
+	raw.SetDeadline(time.Now().Add(cfg.ConnectTimeout.Std()))
+	switch {
+	case t.implicitTLS:
+		tconn := tls.Client(conn, tc)
+		if err = tconn.HandshakeContext(ctx); err != nil {
+			err = fmt.Errorf("tls handshake: %w", err)
+			break
+		}
+		c = smtp.NewClient(tconn)
+	case t.startTLS:
+		c, err = smtp.NewClientStartTLS(conn, tc)
+		if err != nil {
+			err = fmt.Errorf("STARTTLS: %w", err)
+		}
+	default:
+		c = smtp.NewClient(conn)
+	}
+	if err == nil {
+		c.CommandTimeout = cfg.IOTimeout.Std()
+		c.SubmissionTimeout = cfg.IOTimeout.Std()
+		if err = c.Hello(cfg.Helo); err != nil {
+			err = fmt.Errorf("EHLO: %w", err)
+		}
+	}
+	if err == nil && t.user != "" {
+		err = auth(c, t.user, pass)
+	}
+	raw.SetDeadline(time.Time{})
+	if err != nil {
+		stop()
+		if c != nil {
+			c.Close()
+		} else {
+			raw.Close()
+		}
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		return nil, nil, err
+	}
+	return c, func() { stop(); c.Close() }, nil
+}
+
+// auth logs in with PLAIN, or LOGIN when that is all the server offers.
+func auth(c *smtp.Client, user, pass string) error {
+	var mech sasl.Client
+	switch {
+	case c.SupportsAuth(sasl.Plain):
+		mech = sasl.NewPlainClient("", user, pass)
+	case c.SupportsAuth(sasl.Login):
+		mech = sasl.NewLoginClient(user, pass)
+	default:
+		if ok, _ := c.Extension("AUTH"); !ok {
+			return fmt.Errorf("AUTH: the server offers no authentication (on a plain connection many offer it only after STARTTLS)")
+		}
+		return fmt.Errorf("AUTH: the server offers neither PLAIN nor LOGIN")
+	}
+	if err := c.Auth(mech); err != nil {
+		return fmt.Errorf("AUTH as %s: %w", user, err)
+	}
+	return nil
+}
+
+// writeTimeoutConn gives up a write that the server does not take within
+// timeout: go-smtp bounds each reply wait but not the DATA writes.
+type writeTimeoutConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *writeTimeoutConn) Write(b []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(b)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += int64(n)
+	return n, err
+}
