@@ -78,6 +78,25 @@ if ! cmp -s go.mod "$tmp/go.mod.before" || ! cmp -s go.sum "$tmp/go.sum.before";
 	exit 1
 fi
 
+# Servers first: test/realserver's own tests run with the unit tests.
+# The FTP tests start their own vsftpd (stopped by PID by the tests); here a
+# missing server fails them instead of skipping them. vsftpd is in /usr/sbin,
+# which need not be on PATH: check it by its path.
+install_missing /usr/sbin/vsftpd vsftpd
+# The mail tests start their own dovecot (IMAP, LMTP) and postfix (SMTP) the
+# same way. The imap and lmtp programs come in their own packages; postfix
+# asks debconf questions unless preseeded.
+install_missing /usr/lib/dovecot/imap dovecot-imapd
+install_missing /usr/lib/dovecot/lmtp dovecot-lmtpd
+if [ ! -x /usr/sbin/postfix ] && [ "$(id -u)" = 0 ]; then
+	printf '%s\n' 'postfix postfix/main_mailer_type select Local only' \
+		'postfix postfix/mailname string localhost' | debconf-set-selections
+fi
+install_missing /usr/sbin/postfix postfix
+install_missing curl curl # the FTP bench's baseline client, the mail tests' independent client
+install_missing nats-server nats-server
+export RELAY_E2E_REQUIRE_SERVERS=1
+
 step "unit tests with the race detector"
 go test -count=1 -race $(go list ./... | grep -v -e /test/e2e -e /bench)
 
@@ -90,18 +109,10 @@ for pkg in $(go list ./...); do
 	done
 done
 
-# The FTP tests start their own vsftpd (stopped by PID by the tests); here a
-# missing server fails them instead of skipping them. vsftpd is in /usr/sbin,
-# which need not be on PATH: check it by its path.
-install_missing /usr/sbin/vsftpd vsftpd
-install_missing curl curl # the FTP bench's baseline client
-export RELAY_E2E_REQUIRE_SERVERS=1
-
 step "end-to-end and bench smoke tests, embedded NATS"
 go test -count=1 -timeout 20m ./test/e2e/... ./bench/...
 
 step "end-to-end tests against Debian's nats-server on 127.0.0.1"
-install_missing nats-server nats-server
 nats_port=$(free_port)
 mkdir -p "$tmp/nats"
 nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$tmp/nats" >"$tmp/nats.log" 2>&1 &

@@ -124,8 +124,8 @@ const maxParts = 10000
 
 // transferID names all parts of one file; it depends only on the message,
 // so a retried delivery sends parts the receiver recognises as the same.
-func transferID(h exchange.Header, sha string) string {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%s", h.ExchangePlan, h.From, h.To, h.MessageNo, sha)))
+func transferID(h exchange.Header, sha string, n int) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%s\x00%d", h.ExchangePlan, h.From, h.To, h.MessageNo, sha, n)))
 	return hex.EncodeToString(sum[:12])
 }
 

@@ -161,14 +161,13 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	if s, ok := c.MaxMessageSize(); ok && s > 0 && int64(s) < limit {
 		limit = int64(s)
 	}
+	if limit < minMessageSize {
+		return fmt.Errorf("smtp %s: the server accepts mails of at most %d bytes (SIZE), too small to carry exchange files", p.node, limit)
+	}
 	per := rawPerMail(limit)
 	if out.size <= per {
-		cr := &countingReader{r: out.body}
-		if err := p.send(c, out, part{1, 1}, cr, out.name); err != nil {
+		if err := p.send(c, out, part{1, 1}, &exactReader{r: io.LimitReader(out.body, out.size+1), left: out.size}, out.name); err != nil {
 			return err
-		}
-		if cr.n != out.size {
-			return fmt.Errorf("smtp %s: %s: read %d bytes from the object store, want %d", p.node, name, cr.n, out.size)
 		}
 	} else if err := p.sendParts(c, out, per); err != nil {
 		return err
@@ -184,10 +183,13 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 	if n > maxParts {
 		return exchange.Permanent(fmt.Errorf("smtp %s: %s: %d bytes would need %d parts of %d bytes (at most %d)", p.node, out.name, out.size, n, per, maxParts))
 	}
-	tid := transferID(out.h, out.sha)
+	tid := transferID(out.h, out.sha, n)
 	p.mu.Lock()
 	done := p.sent[tid]
 	if done == nil {
+		if len(p.sent) >= maxTransfersRemembered {
+			clear(p.sent) // transfers given up long ago; at worst parts are sent again
+		}
 		done = map[int]bool{}
 		p.sent[tid] = done
 	}
@@ -202,7 +204,7 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 			if _, err := io.Copy(io.Discard, chunk); err != nil {
 				return fmt.Errorf("smtp %s: %s: read body: %w", p.node, out.name, err)
 			}
-		} else if err := p.send(c, out, part{i, n}, chunk, fmt.Sprintf("%s.%03d", out.name, i)); err != nil {
+		} else if err := p.send(c, out, part{i, n}, &exactReader{r: chunk, left: want}, fmt.Sprintf("%s.%03d", out.name, i)); err != nil {
 			return err
 		}
 		if chunk.n != want {
@@ -221,6 +223,10 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 	return nil
 }
 
+// maxTransfersRemembered bounds the memory of partly sent transfers (one
+// entry per split file whose delivery failed midway and was not retried yet).
+const maxTransfersRemembered = 1000
+
 // rawPerMail is how many file bytes fit in a mail of limit bytes: base64
 // turns 57 bytes into a 78-byte line, and 16 KiB are left for the headers
 // and the text part.
@@ -231,10 +237,12 @@ func rawPerMail(limit int64) int64 {
 
 // send runs one mail transaction: MAIL, RCPT for each recipient, DATA.
 func (p *Publisher) send(c *smtp.Client, out outgoing, pt part, r io.Reader, attachName string) error {
-	if err := c.Mail(p.cfg.From, nil); err != nil {
-		return p.fail("MAIL FROM "+p.cfg.From, err, false)
+	from := address(p.cfg.From).Address
+	if err := c.Mail(from, nil); err != nil {
+		return p.fail("MAIL FROM "+from, err, false)
 	}
-	for _, to := range p.cfg.To {
+	for _, a := range p.cfg.To {
+		to := address(a).Address
 		if err := c.Rcpt(to, nil); err != nil {
 			return p.fail("RCPT TO "+to, err, true)
 		}
@@ -244,7 +252,9 @@ func (p *Publisher) send(c *smtp.Client, out outgoing, pt part, r io.Reader, att
 		return p.fail("DATA", err, true)
 	}
 	if err := p.write(w, out, pt, r, attachName); err != nil {
-		_ = w.Close()
+		// Never end DATA on a broken mail: dropping the connection makes
+		// the server discard the transaction.
+		_ = c.Close()
 		return fmt.Errorf("smtp %s: %s: write mail: %w", p.node, out.name, err)
 	}
 	if err := w.Close(); err != nil {
@@ -273,6 +283,15 @@ func (p *Publisher) fail(step string, err error, perMessage bool) error {
 	return fmt.Errorf("smtp %s: %s: %w", p.node, step, err)
 }
 
+// address parses a validated from or to: the envelope takes its bare
+// address, the header keeps the display name.
+func address(s string) *gomail.Address {
+	if a, err := gomail.ParseAddress(s); err == nil {
+		return a
+	}
+	return &gomail.Address{Address: s}
+}
+
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // write writes the whole mail: a header with the message's routing fields,
@@ -280,10 +299,10 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 func (p *Publisher) write(w io.Writer, out outgoing, pt part, r io.Reader, attachName string) error {
 	var h gomail.Header
 	h.SetDate(p.now())
-	h.SetAddressList("From", []*gomail.Address{{Address: p.cfg.From}})
+	h.SetAddressList("From", []*gomail.Address{address(p.cfg.From)})
 	to := make([]*gomail.Address, len(p.cfg.To))
 	for i, a := range p.cfg.To {
-		to[i] = &gomail.Address{Address: a}
+		to[i] = address(a)
 	}
 	h.SetAddressList("To", to)
 	subject := p.cfg.SubjectPrefix + out.name
@@ -303,7 +322,7 @@ func (p *Publisher) write(w io.Writer, out outgoing, pt part, r io.Reader, attac
 	h.Set(HeaderSize, strconv.FormatInt(out.size, 10))
 	h.Set(HeaderSHA256, out.sha)
 	if pt.n > 1 {
-		h.Set(HeaderTransfer, transferID(out.h, out.sha))
+		h.Set(HeaderTransfer, transferID(out.h, out.sha, pt.n))
 		h.Set(HeaderPart, pt.String())
 	}
 	mw, err := gomail.CreateWriter(w, h)
@@ -411,6 +430,9 @@ func dialSMTP(ctx context.Context, cfg *SMTPConfig, t target, tc *tls.Config, lo
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	var conn net.Conn = &writeTimeoutConn{Conn: raw, timeout: cfg.IOTimeout.Std()}
 	raw.SetDeadline(time.Now().Add(cfg.ConnectTimeout.Std()))
+	// go-smtp clears the deadline after every command and greets under its
+	// own 5-minute timeout: bound the whole login by connect_timeout.
+	loginTimer := time.AfterFunc(cfg.ConnectTimeout.Std(), func() { raw.Close() })
 	switch {
 	case t.implicitTLS:
 		tconn := tls.Client(conn, tc)
@@ -438,6 +460,12 @@ func dialSMTP(ctx context.Context, cfg *SMTPConfig, t target, tc *tls.Config, lo
 		err = auth(c, t.user, pass)
 	}
 	raw.SetDeadline(time.Time{})
+	if !loginTimer.Stop() && ctx.Err() == nil {
+		if err == nil {
+			c.Close()
+		}
+		err = fmt.Errorf("login not done within connect_timeout %s: %v", cfg.ConnectTimeout.Std(), err)
+	}
 	if err != nil {
 		stop()
 		if c != nil {
@@ -483,6 +511,25 @@ type writeTimeoutConn struct {
 func (c *writeTimeoutConn) Write(b []byte) (int, error) {
 	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	return c.Conn.Write(b)
+}
+
+// exactReader fails a body that ends before left bytes or goes past them,
+// so a short object never becomes a complete-looking mail.
+type exactReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (e *exactReader) Read(b []byte) (int, error) {
+	n, err := e.r.Read(b)
+	e.left -= int64(n)
+	switch {
+	case e.left < 0:
+		return n, errors.New("the object store holds more bytes than the size metadata")
+	case err == io.EOF && e.left > 0:
+		return n, fmt.Errorf("the object store ended %d bytes early: %w", e.left, io.ErrUnexpectedEOF)
+	}
+	return n, err
 }
 
 type countingReader struct {

@@ -1,0 +1,1189 @@
+package mail
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	gomail "github.com/emersion/go-message/mail"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+// --- certificates -----------------------------------------------------
+
+type testCert struct {
+	cert tls.Certificate
+	pem  []byte
+}
+
+// newTestCert makes a self-signed certificate for 127.0.0.1.
+func newTestCert() (testCert, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return testCert{}, err
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		return testCert{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "relay test " + serial.String()},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return testCert{}, err
+	}
+	return testCert{
+		cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		pem:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+	}, nil
+}
+
+var (
+	serverCert = sync.OnceValues(newTestCert)
+	otherCert  = sync.OnceValues(newTestCert)
+)
+
+// caFile writes the PEM of c (serverCert when nil) to a temporary file.
+func caFile(t *testing.T, c func() (testCert, error)) string {
+	t.Helper()
+	if c == nil {
+		c = serverCert
+	}
+	tc, err := c()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(p, tc.pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// --- an in-process SMTP server ----------------------------------------
+
+const (
+	smtpUser   = "relay"
+	smtpPass   = "s3cret"
+	smtpPassEV = "RELAY_TEST_SMTP_PASSWORD"
+)
+
+// smtpTLS is how the test server secures connections.
+type smtpTLS int
+
+const (
+	plainSMTP    smtpTLS = iota // no TLS at all, AUTH allowed in clear text
+	startTLSSMTP                // STARTTLS offered, AUTH only after it
+	implicitSMTP                // TLS from the first byte (smtps)
+)
+
+// gotMail is one DATA the server received.
+type gotMail struct {
+	from string
+	to   []string
+	raw  []byte
+	tls  bool
+	user string
+}
+
+// smtpServer records what clients do; hooks decide the replies.
+type smtpServer struct {
+	addr string
+
+	mu       sync.Mutex
+	mails    []gotMail // accepted (250 after DATA)
+	attempts []gotMail // every DATA body, accepted or not
+	mailCmds int
+	auths    []string // user:password of every AUTH, good or bad
+	noAuth   bool     // offer no AUTH mechanism
+
+	// rcpt, when set, answers RCPT TO.
+	rcpt func(to string) error
+	// data, when set, answers the end of DATA; attempt counts from 1.
+	data func(attempt int, raw []byte) error
+}
+
+func (s *smtpServer) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	return &smtpSession{srv: s, conn: c}, nil
+}
+
+func (s *smtpServer) accepted() []gotMail {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]gotMail(nil), s.mails...)
+}
+
+func (s *smtpServer) tried() []gotMail {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]gotMail(nil), s.attempts...)
+}
+
+func (s *smtpServer) counts() (mailCmds, auths int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mailCmds, len(s.auths)
+}
+
+type smtpSession struct {
+	srv  *smtpServer
+	conn *smtp.Conn
+	user string
+	from string
+	to   []string
+}
+
+func (s *smtpSession) Reset()        { s.from, s.to = "", nil }
+func (s *smtpSession) Logout() error { return nil }
+
+func (s *smtpSession) AuthMechanisms() []string {
+	if s.srv.noAuth {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
+	if mech != sasl.Plain {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return sasl.NewPlainServer(func(_, user, pass string) error {
+		s.srv.mu.Lock()
+		s.srv.auths = append(s.srv.auths, user+":"+pass)
+		s.srv.mu.Unlock()
+		if user != smtpUser || pass != smtpPass {
+			return smtp.ErrAuthFailed
+		}
+		s.user = user
+		return nil
+	}), nil
+}
+
+func (s *smtpSession) Mail(from string, _ *smtp.MailOptions) error {
+	s.srv.mu.Lock()
+	s.srv.mailCmds++
+	s.srv.mu.Unlock()
+	s.from = from
+	return nil
+}
+
+func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if s.srv.rcpt != nil {
+		if err := s.srv.rcpt(to); err != nil {
+			return err
+		}
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *smtpSession) Data(r io.Reader) error {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return err // 552 when MaxMessageBytes is exceeded
+	}
+	_, isTLS := s.conn.TLSConnectionState()
+	m := gotMail{from: s.from, to: append([]string(nil), s.to...), raw: raw, tls: isTLS, user: s.user}
+	s.srv.mu.Lock()
+	s.srv.attempts = append(s.srv.attempts, m)
+	n := len(s.srv.attempts)
+	s.srv.mu.Unlock()
+	if s.srv.data != nil {
+		if err := s.srv.data(n, raw); err != nil {
+			return err
+		}
+	}
+	s.srv.mu.Lock()
+	s.srv.mails = append(s.srv.mails, m)
+	s.srv.mu.Unlock()
+	return nil
+}
+
+type quietSMTPLog struct{}
+
+func (quietSMTPLog) Printf(string, ...any) {}
+func (quietSMTPLog) Println(...any)        {}
+
+// startSMTP runs a go-smtp server on 127.0.0.1; maxBytes > 0 announces SIZE.
+func startSMTP(t *testing.T, mode smtpTLS, maxBytes int64) *smtpServer {
+	t.Helper()
+	tc, err := serverCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &smtpServer{}
+	srv := smtp.NewServer(rec)
+	srv.Domain = "127.0.0.1"
+	srv.MaxMessageBytes = maxBytes
+	srv.ErrorLog = quietSMTPLog{}
+	srv.ReadTimeout, srv.WriteTimeout = 30*time.Second, 30*time.Second
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{tc.cert}, MinVersion: tls.VersionTLS12}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.addr = ln.Addr().String()
+	switch mode {
+	case plainSMTP:
+		srv.AllowInsecureAuth = true
+	case startTLSSMTP:
+		srv.TLSConfig = tlsCfg
+	case implicitSMTP:
+		srv.TLSConfig = tlsCfg
+		ln = tls.NewListener(ln, tlsCfg)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return rec
+}
+
+// --- the delivery side ------------------------------------------------
+
+// smtpConf is a delivery config for url; ca is the ca_file ("" for none),
+// extra more YAML lines.
+func smtpConf(t *testing.T, url, ca, extra string) SMTPConfig {
+	t.Helper()
+	t.Setenv(smtpPassEV, smtpPass)
+	lines := []string{
+		"url: " + url,
+		"from: relay@example.com",
+		"to: [wh@example.com, archive@example.com]",
+		"connect_timeout: 5s",
+		"io_timeout: 5s",
+		"helo: relay.test",
+	}
+	if strings.Contains(url, "@") {
+		lines = append(lines, "password_env: "+smtpPassEV)
+	}
+	if ca != "" {
+		lines = append(lines, "ca_file: "+ca)
+	}
+	src := extra
+	for _, l := range lines {
+		// extra overrides a default line with the same key
+		if key, _, _ := strings.Cut(l, ":"); !strings.Contains("\n"+extra, "\n"+key+":") {
+			src += l + "\n"
+		}
+	}
+	cfg, err := DecodeSMTP(yamlValue(t, src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func newTestPublisher(t *testing.T, cfg SMTPConfig) *Publisher {
+	t.Helper()
+	p, err := NewPublisher("ОП", cfg, filepath.Join(t.TempDir(), "spool"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func smtpURL(s *smtpServer, scheme string) string {
+	return scheme + "://" + smtpUser + "@" + s.addr
+}
+
+// readFixture reads a file of testdata/fixtures/good.
+func readFixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "fixtures", "good", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// bigXML makes a message ЦО→ОП of about size bytes.
+func bigXML(t *testing.T, no uint64, size int64) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: no, ReceivedNo: 7}
+	if err := exchangetest.WriteXML(&b, h, size); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// outMsg is a delivery message for an .xml body, the way the pipeline
+// hands it over: header and file metadata, and a body opener.
+func outMsg(t *testing.T, ctx context.Context, body []byte) *message.Message {
+	t.Helper()
+	h, err := exchange.ReadHeader(bytes.NewReader(body), exchange.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return outMsgAs(ctx, h, exchange.FileName(h.From, h.To, exchange.FormatXML), body)
+}
+
+func outMsgAs(ctx context.Context, h exchange.Header, name string, body []byte) *message.Message {
+	m := message.NewMessage(watermill.NewUUID(), nil)
+	if ctx != nil {
+		m.SetContext(ctx)
+	}
+	exchange.SetHeader(m, h)
+	m.Metadata.Set(exchange.MetaFileName, name)
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
+	m.Metadata.Set(exchange.MetaSHA256, sha256Hex(body))
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil })
+	return m
+}
+
+// parsedMail is a received mail taken apart.
+type parsedMail struct {
+	h          gomail.Header
+	rawHeader  string
+	text       string
+	attachName string
+	attachType string
+	attachHdr  string // the attachment's raw header
+	attach     []byte
+}
+
+func parseMail(t *testing.T, raw []byte) parsedMail {
+	t.Helper()
+	var pm parsedMail
+	if i := bytes.Index(raw, []byte("\r\n\r\n")); i > 0 {
+		pm.rawHeader = string(raw[:i+2])
+	} else {
+		t.Fatalf("mail without a header end:\n%s", raw)
+	}
+	mr, err := gomail.CreateReader(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.h = mr.Header
+	attachments := 0
+	for {
+		p, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(p.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch h := p.Header.(type) {
+		case *gomail.InlineHeader:
+			pm.text += string(b)
+		case *gomail.AttachmentHeader:
+			attachments++
+			pm.attachName, err = h.Filename()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pm.attachType, _, _ = h.ContentType()
+			pm.attach = b
+			var sb strings.Builder
+			for f := h.Fields(); f.Next(); {
+				fmt.Fprintf(&sb, "%s: %s\r\n", f.Key(), f.Value())
+			}
+			pm.attachHdr = sb.String()
+		}
+	}
+	if attachments != 1 {
+		t.Fatalf("%d attachments, want 1", attachments)
+	}
+	return pm
+}
+
+func (pm parsedMail) text1(t *testing.T, key string) string {
+	t.Helper()
+	v, err := pm.h.Text(key)
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	return v
+}
+
+func addresses(t *testing.T, h gomail.Header, key string) []string {
+	t.Helper()
+	l, err := h.AddressList(key)
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	var out []string
+	for _, a := range l {
+		out = append(out, a.Address)
+	}
+	return out
+}
+
+func publish(p *Publisher, m *message.Message) error { return p.Publish("deliver", m) }
+
+// --- tests ------------------------------------------------------------
+
+// TestSMTPDeliverStartTLS: one message over STARTTLS with AUTH PLAIN
+// arrives as one 7-bit mail: right envelope, subject, routing headers and
+// an attachment with the exact bytes under its Cyrillic name (RFC 2231).
+func TestSMTPDeliverStartTLS(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), ""))
+	body := readFixture(t, "Message_ЦО_ОП.xml")
+	if err := publish(p, outMsg(t, nil, body)); err != nil {
+		t.Fatal(err)
+	}
+	got := srv.accepted()
+	if len(got) != 1 {
+		t.Fatalf("%d mails, want 1", len(got))
+	}
+	m := got[0]
+	if !m.tls || m.user != smtpUser {
+		t.Errorf("mail sent with tls=%v as %q, want TLS and AUTH as %q", m.tls, m.user, smtpUser)
+	}
+	if m.from != "relay@example.com" || strings.Join(m.to, ",") != "wh@example.com,archive@example.com" {
+		t.Errorf("envelope MAIL FROM %q RCPT TO %q", m.from, m.to)
+	}
+	for i, c := range m.raw {
+		if c >= 0x80 || c == 0 {
+			t.Fatalf("byte %d of the mail is %#x: the mail must be 7-bit (no 8BITMIME is declared)", i, c)
+		}
+	}
+	pm := parseMail(t, m.raw)
+	if s, err := pm.h.Subject(); err != nil || s != "EXCHANGE_MESSAGE:Message_ЦО_ОП.xml" {
+		t.Errorf("subject %q, %v", s, err)
+	}
+	if f := addresses(t, pm.h, "From"); len(f) != 1 || f[0] != "relay@example.com" {
+		t.Errorf("From %v", f)
+	}
+	if to := addresses(t, pm.h, "To"); strings.Join(to, ",") != "wh@example.com,archive@example.com" {
+		t.Errorf("To %v", to)
+	}
+	if id, err := pm.h.MessageID(); err != nil || !strings.HasSuffix(id, "@relay.test") {
+		t.Errorf("Message-Id %q, %v", id, err)
+	}
+	if d, err := pm.h.Date(); err != nil || time.Since(d) > time.Hour {
+		t.Errorf("Date %v, %v", d, err)
+	}
+	for k, want := range map[string]string{
+		HeaderPlan:       "Магазины",
+		HeaderFrom:       "ЦО",
+		HeaderTo:         "ОП",
+		HeaderMessageNo:  "20",
+		HeaderReceivedNo: "15",
+		HeaderFile:       "Message_ЦО_ОП.xml",
+		HeaderSize:       strconv.Itoa(len(body)),
+		HeaderSHA256:     sha256Hex(body),
+		HeaderTransfer:   "",
+		HeaderPart:       "",
+	} {
+		if got := pm.text1(t, k); got != want {
+			t.Errorf("%s: %q, want %q", k, got, want)
+		}
+	}
+	if !strings.Contains(pm.text, "1C exchange message Message_ЦО_ОП.xml") || !strings.Contains(pm.text, sha256Hex(body)) {
+		t.Errorf("text part %q", pm.text)
+	}
+	if pm.attachName != "Message_ЦО_ОП.xml" {
+		t.Errorf("attachment name %q", pm.attachName)
+	}
+	const encoded = "utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml"
+	if !strings.Contains(pm.attachHdr, "filename*="+encoded) || !strings.Contains(pm.attachHdr, "name*="+encoded) {
+		t.Errorf("attachment header does not name the file the RFC 2231 way:\n%s", pm.attachHdr)
+	}
+	if pm.attachType != "application/xml" {
+		t.Errorf("attachment type %q", pm.attachType)
+	}
+	if !bytes.Equal(pm.attach, body) {
+		t.Errorf("attachment differs from the file (%d bytes, want %d)", len(pm.attach), len(body))
+	}
+	if e, at := p.LastError(); e != "" || !at.IsZero() {
+		t.Errorf("LastError %q %v after a success", e, at)
+	}
+}
+
+// TestSMTPDeliverImplicitTLS: smtps:// talks TLS from the first byte.
+func TestSMTPDeliverImplicitTLS(t *testing.T) {
+	srv := startSMTP(t, implicitSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtps"), caFile(t, nil), "subject_prefix: \"СООБЩЕНИЕ_ОБМЕНА:\"\n"))
+	body := readFixture(t, "Message_ЦО_ОП.xml")
+	if err := publish(p, outMsg(t, nil, body)); err != nil {
+		t.Fatal(err)
+	}
+	got := srv.accepted()
+	if len(got) != 1 || !got[0].tls || got[0].user != smtpUser {
+		t.Fatalf("mails %d, want 1 over TLS after AUTH", len(got))
+	}
+	pm := parseMail(t, got[0].raw)
+	if s, _ := pm.h.Subject(); s != "СООБЩЕНИЕ_ОБМЕНА:Message_ЦО_ОП.xml" || subjectFile(s, nil) != "Message_ЦО_ОП.xml" {
+		t.Errorf("subject %q", s)
+	}
+	if !bytes.Equal(pm.attach, body) {
+		t.Error("attachment differs from the file")
+	}
+}
+
+// TestSMTPPlainNoAuth: starttls: off to a local server, no user: no TLS,
+// no AUTH, the mail still goes.
+func TestSMTPPlainNoAuth(t *testing.T) {
+	srv := startSMTP(t, plainSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, "smtp://"+srv.addr, "", "starttls: \"off\"\n"))
+	if err := publish(p, outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml"))); err != nil {
+		t.Fatal(err)
+	}
+	got := srv.accepted()
+	if len(got) != 1 {
+		t.Fatalf("%d mails, want 1", len(got))
+	}
+	if got[0].tls || got[0].user != "" {
+		t.Errorf("mail sent with tls=%v as %q, want clear text without AUTH", got[0].tls, got[0].user)
+	}
+	if _, auths := srv.counts(); auths != 0 {
+		t.Fatal("AUTH attempted without a user")
+	}
+}
+
+// TestSMTPStartTLSRequired: a server without STARTTLS gets nothing, not
+// even the password, even though it offers AUTH in clear text.
+func TestSMTPStartTLSRequired(t *testing.T) {
+	srv := startSMTP(t, plainSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), "", ""))
+	err := publish(p, outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml")))
+	if err == nil || !strings.Contains(err.Error(), "STARTTLS") {
+		t.Fatalf("got %v, want an error about STARTTLS", err)
+	}
+	if exchange.IsPermanent(err) {
+		t.Error("a server without STARTTLS is endpoint trouble, not the message's: must be retried")
+	}
+	if mails, auths := srv.counts(); mails != 0 || auths != 0 {
+		t.Fatalf("server saw %d MAIL and %d AUTH", mails, auths)
+	}
+	if e, at := p.LastError(); e != err.Error() || at.IsZero() {
+		t.Errorf("LastError %q at %v, want %q", e, at, err)
+	}
+}
+
+// TestSMTPWrongCA: a certificate the ca_file does not vouch for stops the
+// session before AUTH, with STARTTLS and with implicit TLS.
+func TestSMTPWrongCA(t *testing.T) {
+	for _, c := range []struct {
+		mode   smtpTLS
+		scheme string
+	}{{startTLSSMTP, "smtp"}, {implicitSMTP, "smtps"}} {
+		t.Run(c.scheme, func(t *testing.T) {
+			srv := startSMTP(t, c.mode, 0)
+			p := newTestPublisher(t, smtpConf(t, smtpURL(srv, c.scheme), caFile(t, otherCert), ""))
+			err := publish(p, outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml")))
+			if err == nil || !strings.Contains(err.Error(), "certificate") {
+				t.Fatalf("got %v, want a certificate error", err)
+			}
+			if exchange.IsPermanent(err) {
+				t.Error("a TLS failure must be retried")
+			}
+			if mails, auths := srv.counts(); mails != 0 || auths != 0 {
+				t.Fatalf("server saw %d MAIL and %d AUTH", mails, auths)
+			}
+		})
+	}
+}
+
+// checkParts checks a split delivery: n mails ≤ limit, parts 1..n in order
+// with a common transfer id and the whole file's sha256, joining to body.
+func checkParts(t *testing.T, mails []gotMail, body []byte, name string, limit int64) {
+	t.Helper()
+	per := rawPerMail(limit)
+	n := (int64(len(body)) + per - 1) / per
+	if n < 2 || int64(len(mails)) != n {
+		t.Fatalf("%d mails for %d bytes at %d a mail, want %d (> 1)", len(mails), len(body), per, n)
+	}
+	var joined []byte
+	var tid string
+	for i, m := range mails {
+		if int64(len(m.raw)) > limit {
+			t.Errorf("mail %d is %d bytes, over the limit %d", i+1, len(m.raw), limit)
+		}
+		pm := parseMail(t, m.raw)
+		pt := part{i + 1, int(n)}
+		if v := pm.text1(t, HeaderPart); v != pt.String() {
+			t.Errorf("mail %d: %s %q, want %q", i+1, HeaderPart, v, pt)
+		} else if back, ok := parsePart(v); !ok || back != pt {
+			t.Errorf("mail %d: parsePart(%q) = %v, %v", i+1, v, back, ok)
+		}
+		id := pm.text1(t, HeaderTransfer)
+		if i == 0 {
+			tid = id
+			if !validTransfer.MatchString(id) {
+				t.Errorf("transfer id %q refused by the pickup's check", id)
+			}
+		} else if id != tid {
+			t.Errorf("mail %d: transfer %q, want %q", i+1, id, tid)
+		}
+		if v := pm.text1(t, HeaderSHA256); v != sha256Hex(body) {
+			t.Errorf("mail %d: %s %q is not the whole file's", i+1, HeaderSHA256, v)
+		}
+		if v := pm.text1(t, HeaderSize); v != strconv.Itoa(len(body)) {
+			t.Errorf("mail %d: %s %q, want the whole file's %d", i+1, HeaderSize, v, len(body))
+		}
+		if v := pm.text1(t, HeaderFile); v != name {
+			t.Errorf("mail %d: %s %q", i+1, HeaderFile, v)
+		}
+		s, _ := pm.h.Subject()
+		if want := DefaultSubjectPrefix + name + " (part " + pt.String() + ")"; s != want {
+			t.Errorf("mail %d: subject %q, want %q", i+1, s, want)
+		}
+		if subjectFile(s, nil) != name {
+			t.Errorf("mail %d: the pickup reads %q from subject %q", i+1, subjectFile(s, nil), s)
+		}
+		if want := fmt.Sprintf("%s.%03d", name, i+1); pm.attachName != want {
+			t.Errorf("mail %d: attachment %q, want %q", i+1, pm.attachName, want)
+		}
+		if pm.attachType != "application/octet-stream" {
+			t.Errorf("mail %d: attachment type %q", i+1, pm.attachType)
+		}
+		if int64(i+1) < n && int64(len(pm.attach)) != per {
+			t.Errorf("mail %d carries %d bytes, want %d", i+1, len(pm.attach), per)
+		}
+		joined = append(joined, pm.attach...)
+	}
+	if !bytes.Equal(joined, body) {
+		t.Fatalf("joined parts (%d bytes) differ from the file (%d bytes)", len(joined), len(body))
+	}
+}
+
+// TestSMTPServerSizeWins: a server SIZE below max_message_size splits the file.
+func TestSMTPServerSizeWins(t *testing.T) {
+	const serverSize = 100 << 10
+	srv := startSMTP(t, startTLSSMTP, serverSize)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), ""))
+	body := bigXML(t, 30, 200_000)
+	if err := publish(p, outMsg(t, nil, body)); err != nil {
+		t.Fatal(err)
+	}
+	checkParts(t, srv.accepted(), body, "Message_ЦО_ОП.xml", serverSize)
+}
+
+// TestSMTPMaxMessageSize: max_message_size: 64KiB and a ~300 KB file.
+func TestSMTPMaxMessageSize(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
+	body := bigXML(t, 31, 300_000)
+	if err := publish(p, outMsg(t, nil, body)); err != nil {
+		t.Fatal(err)
+	}
+	checkParts(t, srv.accepted(), body, "Message_ЦО_ОП.xml", 64<<10)
+	p.mu.Lock()
+	left := len(p.sent)
+	p.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d transfers still remembered after a complete delivery", left)
+	}
+}
+
+// TestSMTPTemporaryFailure: 451 at the end of DATA is retried (not
+// permanent), names the step, and shows in LastError until a success.
+func TestSMTPTemporaryFailure(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	var fail sync.Mutex
+	failing := true
+	srv.data = func(int, []byte) error {
+		fail.Lock()
+		defer fail.Unlock()
+		if failing {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Queue full, try later"}
+		}
+		return nil
+	}
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), ""))
+	m := outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml"))
+	err := publish(p, m)
+	if err == nil {
+		t.Fatal("delivered although the server answered 451")
+	}
+	if exchange.IsPermanent(err) {
+		t.Errorf("451 made permanent: %v", err)
+	}
+	if !strings.Contains(err.Error(), "end of DATA") || !strings.Contains(err.Error(), "451") || !strings.Contains(err.Error(), "Queue full, try later") {
+		t.Errorf("error %q does not name the step, the code and the server's words", err)
+	}
+	e, at := p.LastError()
+	if e != err.Error() || at.IsZero() {
+		t.Errorf("LastError %q at %v after a failure", e, at)
+	}
+	// the same failure again keeps the time it started
+	if err2 := publish(p, m); err2 == nil {
+		t.Fatal("delivered although the server answered 451")
+	}
+	if _, at2 := p.LastError(); !at2.Equal(at) {
+		t.Errorf("LastError time moved from %v to %v for the same error", at, at2)
+	}
+
+	fail.Lock()
+	failing = false
+	fail.Unlock()
+	if err := publish(p, m); err != nil {
+		t.Fatal(err)
+	}
+	if e, at := p.LastError(); e != "" || !at.IsZero() {
+		t.Errorf("LastError %q %v after a success", e, at)
+	}
+	if n := len(srv.accepted()); n != 1 {
+		t.Errorf("%d mails accepted, want 1", n)
+	}
+}
+
+// TestSMTPRcptRefused: 550 to a recipient dead-letters the message with
+// the server's words.
+func TestSMTPRcptRefused(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	srv.rcpt = func(to string) error {
+		if to == "archive@example.com" {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user here"}
+		}
+		return nil
+	}
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), ""))
+	err := publish(p, outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml")))
+	if err == nil {
+		t.Fatal("delivered although RCPT was refused")
+	}
+	if !exchange.IsPermanent(err) {
+		t.Errorf("550 to RCPT is not permanent: %v", err)
+	}
+	for _, w := range []string{"RCPT TO archive@example.com", "550", "No such user here"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+	if len(srv.tried()) != 0 {
+		t.Error("DATA sent after a refused recipient")
+	}
+}
+
+// TestSMTPDataRefused: a 5xx at the end of DATA is permanent.
+func TestSMTPDataRefused(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	srv.data = func(int, []byte) error {
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Attachment type refused"}
+	}
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), ""))
+	err := publish(p, outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml")))
+	if !exchange.IsPermanent(err) || !strings.Contains(err.Error(), "end of DATA: 554 Attachment type refused") {
+		t.Fatalf("got %v, want a permanent error with the server's words", err)
+	}
+}
+
+// TestSMTPAuthFailed: a wrong password is the endpoint's trouble: retried.
+func TestSMTPAuthFailed(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	cfg := smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "")
+	t.Setenv(smtpPassEV, "wrong")
+	p := newTestPublisher(t, cfg)
+	err := publish(p, outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml")))
+	if err == nil {
+		t.Fatal("delivered with a wrong password")
+	}
+	if exchange.IsPermanent(err) {
+		t.Errorf("a failed AUTH is permanent: %v", err)
+	}
+	if !strings.Contains(err.Error(), "AUTH") || !strings.Contains(err.Error(), "535") {
+		t.Errorf("error %q does not name AUTH and the reply", err)
+	}
+	mails, auths := srv.counts()
+	if mails != 0 || auths != 1 {
+		t.Errorf("server saw %d MAIL and %d AUTH, want 0 and 1", mails, auths)
+	}
+	srv.mu.Lock()
+	if len(srv.auths) == 1 && srv.auths[0] != smtpUser+":wrong" {
+		t.Errorf("AUTH sent %q", srv.auths[0])
+	}
+	srv.mu.Unlock()
+}
+
+// TestSMTPNoAuthOffered: a user is configured but the server offers no
+// AUTH: the delivery fails instead of sending unauthenticated.
+func TestSMTPNoAuthOffered(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	srv.noAuth = true
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), ""))
+	err := publish(p, outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml")))
+	if err == nil || !strings.Contains(err.Error(), "offers no authentication") || exchange.IsPermanent(err) {
+		t.Fatalf("got %v", err)
+	}
+	if mails, _ := srv.counts(); mails != 0 {
+		t.Fatal("MAIL sent without AUTH")
+	}
+}
+
+// TestSMTPPartRetry: part 3 of 5 fails with 451; the retry sends only
+// parts 3..5, under the same transfer id.
+func TestSMTPPartRetry(t *testing.T) {
+	const limit = 64 << 10
+	per := rawPerMail(limit)
+	srv := startSMTP(t, startTLSSMTP, 0)
+	srv.data = func(attempt int, _ []byte) error {
+		if attempt == 3 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "Temporary trouble"}
+		}
+		return nil
+	}
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
+	body := bigXML(t, 32, 4*per+per/2)
+	if n := (int64(len(body)) + per - 1) / per; n != 5 {
+		t.Fatalf("test body makes %d parts, want 5", n)
+	}
+	m := outMsg(t, nil, body)
+	err := publish(p, m)
+	if err == nil {
+		t.Fatal("delivered although part 3 failed")
+	}
+	if exchange.IsPermanent(err) || !strings.Contains(err.Error(), "part 3/5") || !strings.Contains(err.Error(), "451") {
+		t.Fatalf("error %v: want a temporary one naming part 3/5", err)
+	}
+	if n := len(srv.accepted()); n != 2 {
+		t.Fatalf("%d parts accepted before the failure, want 2", n)
+	}
+	if err := publish(p, m); err != nil {
+		t.Fatal(err)
+	}
+	var tried []string
+	for _, a := range srv.tried() {
+		tried = append(tried, parseMail(t, a.raw).text1(t, HeaderPart))
+	}
+	if got := strings.Join(tried, " "); got != "1/5 2/5 3/5 3/5 4/5 5/5" {
+		t.Errorf("server saw parts %s, want 1/5 2/5 3/5 3/5 4/5 5/5", got)
+	}
+	checkParts(t, srv.accepted(), body, "Message_ЦО_ОП.xml", limit)
+}
+
+// TestSMTPCompressZip: compress: zip sends an .xml as Message_A_B.zip with
+// one entry, and the sha256 and size headers describe the zip.
+func TestSMTPCompressZip(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	cfg := smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "compress: zip\n")
+	spool := filepath.Join(t.TempDir(), "spool")
+	p, err := NewPublisher("ОП", cfg, spool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readFixture(t, "Message_ЦО_ОП.xml")
+	if err := publish(p, outMsg(t, nil, body)); err != nil {
+		t.Fatal(err)
+	}
+	got := srv.accepted()
+	if len(got) != 1 {
+		t.Fatalf("%d mails", len(got))
+	}
+	pm := parseMail(t, got[0].raw)
+	if pm.attachName != "Message_ЦО_ОП.zip" || pm.attachType != "application/zip" {
+		t.Errorf("attachment %q %q", pm.attachName, pm.attachType)
+	}
+	if s, _ := pm.h.Subject(); s != "EXCHANGE_MESSAGE:Message_ЦО_ОП.zip" {
+		t.Errorf("subject %q", s)
+	}
+	if v := pm.text1(t, HeaderFile); v != "Message_ЦО_ОП.zip" {
+		t.Errorf("%s %q", HeaderFile, v)
+	}
+	if v := pm.text1(t, HeaderSHA256); v != sha256Hex(pm.attach) {
+		t.Errorf("%s %q is not the zip's sha256", HeaderSHA256, v)
+	}
+	if v := pm.text1(t, HeaderSize); v != strconv.Itoa(len(pm.attach)) {
+		t.Errorf("%s %q is not the zip's size %d", HeaderSize, v, len(pm.attach))
+	}
+	zr, err := zip.NewReader(bytes.NewReader(pm.attach), int64(len(pm.attach)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(zr.File) != 1 || zr.File[0].Name != "Message_ЦО_ОП.xml" {
+		t.Fatalf("zip entries %v", zr.File)
+	}
+	rc, err := zr.File[0].Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(inner, body) {
+		t.Error("zip entry differs from the original xml")
+	}
+	if left, _ := os.ReadDir(spool); len(left) != 0 {
+		t.Errorf("spool keeps %d files after the delivery", len(left))
+	}
+
+	// a .zip message goes as it is
+	zbody := readFixture(t, "Message_CO_SHOP1.zip")
+	h := exchange.Header{ExchangePlan: "Полный", From: "CO", To: "SHOP1", MessageNo: 3}
+	if err := publish(p, outMsgAs(nil, h, "Message_CO_SHOP1.zip", zbody)); err != nil {
+		t.Fatal(err)
+	}
+	got = srv.accepted()
+	pm = parseMail(t, got[len(got)-1].raw)
+	if pm.attachName != "Message_CO_SHOP1.zip" || !bytes.Equal(pm.attach, zbody) || pm.text1(t, HeaderSHA256) != sha256Hex(zbody) {
+		t.Errorf("zip message changed on the way: %q, %d bytes", pm.attachName, len(pm.attach))
+	}
+}
+
+// TestSMTPCancelWhileStalled: a message whose context ends while the
+// server sits on the end of DATA returns promptly with an error.
+func TestSMTPCancelWhileStalled(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	var once sync.Once
+	srv.data = func(int, []byte) error {
+		once.Do(func() { close(entered) })
+		<-release
+		return nil
+	}
+	// io_timeout is long: only the cancellation can end the wait
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "io_timeout: 2m\n"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := outMsg(t, ctx, readFixture(t, "Message_ЦО_ОП.xml"))
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- publish(p, m) }()
+	select {
+	case <-entered:
+	case err := <-done:
+		t.Fatalf("Publish returned before the server stalled: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the mail never reached the server")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Publish succeeded although cancelled")
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("Publish took %v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Publish did not return after the context was cancelled")
+	}
+}
+
+// TestSMTPBadMetadata: a message the delivery cannot even describe is
+// dead-lettered, without a connection.
+func TestSMTPBadMetadata(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), ""))
+	body := readFixture(t, "Message_ЦО_ОП.xml")
+	for name, spoil := range map[string]func(m *message.Message){
+		"file name":  func(m *message.Message) { m.Metadata.Set(exchange.MetaFileName, "../Message_ЦО_ОП.xml") },
+		"message no": func(m *message.Message) { m.Metadata.Set(exchange.MetaMessageNo, "x") },
+		"size":       func(m *message.Message) { m.Metadata.Set(exchange.MetaSize, "") },
+	} {
+		m := outMsg(t, nil, body)
+		spoil(m)
+		if err := publish(p, m); !exchange.IsPermanent(err) {
+			t.Errorf("%s: got %v, want a permanent error", name, err)
+		}
+	}
+	if mails, _ := srv.counts(); mails != 0 {
+		t.Errorf("server saw %d MAIL for messages without valid metadata", mails)
+	}
+	// a body shorter than its size never counts as delivered (that no
+	// truncated mail reaches the server is TestSMTPBrokenBodySendsNothing)
+	m := outMsg(t, nil, body)
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)+10))
+	if err := publish(p, m); err == nil || exchange.IsPermanent(err) {
+		t.Errorf("short body: got %v, want a temporary error", err)
+	}
+}
+
+// --- defects found while writing these tests, fixed -------------------
+
+// failingReader yields n bytes of r, then an error.
+type failingReader struct {
+	r io.Reader
+	n int
+}
+
+func (f *failingReader) Read(b []byte) (int, error) {
+	if f.n <= 0 {
+		return 0, errors.New("object store went away")
+	}
+	if len(b) > f.n {
+		b = b[:f.n]
+	}
+	n, err := f.r.Read(b)
+	f.n -= n
+	return n, err
+}
+
+// TestSMTPBrokenBodySendsNothing: a body that fails or ends early while the
+// mail is written must not become an accepted (truncated) mail.
+func TestSMTPBrokenBodySendsNothing(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), ""))
+	body := bigXML(t, 40, 200_000)
+
+	m := outMsg(t, nil, body)
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(&failingReader{r: bytes.NewReader(body), n: 100_000}), nil
+	})
+	if err := publish(p, m); err == nil {
+		t.Fatal("a body read error was not reported")
+	}
+	if n := len(srv.accepted()); n != 0 {
+		t.Errorf("read error mid-body: the server accepted %d truncated mail(s)", n)
+	}
+
+	short := outMsg(t, nil, body[:100_000])
+	short.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
+	before := len(srv.accepted())
+	if err := publish(p, short); err == nil {
+		t.Fatal("a short body was not reported")
+	}
+	if n := len(srv.accepted()) - before; n != 0 {
+		t.Errorf("short body: the server accepted %d truncated mail(s)", n)
+	}
+}
+
+// TestSMTPDisplayNameAddresses: Validate accepts `Name <addr>` in from and
+// to; then the envelope must carry the bare address (or the config must be
+// refused up front).
+func TestSMTPDisplayNameAddresses(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	cfg := smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "from: \"Relay <relay@example.com>\"\nto: [\"Склад <wh@example.com>\"]\n")
+	p, err := NewPublisher("ОП", cfg, t.TempDir(), nil)
+	if err != nil {
+		if !strings.Contains(err.Error(), "from: ") || !strings.Contains(err.Error(), "to[0]: ") {
+			t.Fatalf("config refused, but not for from and to[0]: %v", err)
+		}
+		return // refusing display names up front is a fix too
+	}
+	if err := publish(p, outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml"))); err != nil {
+		t.Fatal(err)
+	}
+	got := srv.accepted()
+	if len(got) != 1 || got[0].from != "relay@example.com" || strings.Join(got[0].to, ",") != "wh@example.com" {
+		t.Fatalf("envelope %+v", got)
+	}
+	pm := parseMail(t, got[0].raw)
+	if f := addresses(t, pm.h, "From"); len(f) != 1 || f[0] != "relay@example.com" {
+		t.Errorf("header From %v", f)
+	}
+	if to := addresses(t, pm.h, "To"); len(to) != 1 || to[0] != "wh@example.com" {
+		t.Errorf("header To %v", to)
+	}
+}
+
+// TestSMTPConnectTimeoutBoundsGreeting: a server that accepts the
+// connection but never greets is given up after connect_timeout, not after
+// go-smtp's default 5-minute command timeout.
+func TestSMTPConnectTimeoutBoundsGreeting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, silent
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	p := newTestPublisher(t, smtpConf(t, "smtp://relay@"+ln.Addr().String(), caFile(t, nil), "connect_timeout: 1s\nio_timeout: 1m\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	err = publish(p, outMsg(t, ctx, readFixture(t, "Message_ЦО_ОП.xml")))
+	if err == nil {
+		t.Fatal("delivered to a silent server")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("gave up after %v (%v), want about connect_timeout (1s)", d, err)
+	}
+}
+
+// TestSMTPPartRetryAfterLimitChange: when the size limit changes between
+// attempts (another server behind the name, a smaller SIZE), the retry must
+// not mix parts of different sizes under one transfer id.
+func TestSMTPPartRetryAfterLimitChange(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	srv.data = func(attempt int, _ []byte) error {
+		if attempt == 3 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}
+		}
+		return nil
+	}
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
+	body := bigXML(t, 41, 300_000)
+	m := outMsg(t, nil, body)
+	if err := publish(p, m); err == nil {
+		t.Fatal("part 3 did not fail")
+	}
+	first := len(srv.accepted())
+	p.cfg.MaxMessageSize = 128 << 10 // as if the server's SIZE had changed
+	if err := publish(p, m); err != nil {
+		t.Fatal(err)
+	}
+	all := srv.accepted()
+	nOf := map[string]string{} // transfer id → part count
+	for i, a := range all {
+		pm := parseMail(t, a.raw)
+		id, v := pm.text1(t, HeaderTransfer), pm.text1(t, HeaderPart)
+		pt, _ := parsePart(v)
+		if n, ok := nOf[id]; ok && n != strconv.Itoa(pt.n) {
+			t.Errorf("mail %d: part %s under transfer %s, which already has parts of %s", i+1, v, id, n)
+		}
+		nOf[id] = strconv.Itoa(pt.n)
+	}
+	checkParts(t, all[first:], body, "Message_ЦО_ОП.xml", 128<<10)
+}
