@@ -365,6 +365,9 @@ func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *mes
 	return nil
 }
 
+// nackRetry is how soon a mail the pipeline refused is offered again.
+const nackRetry = 2 * time.Second
+
 // headerBatch is how many mails' headers one FETCH asks for.
 const headerBatch = 200
 
@@ -499,6 +502,11 @@ func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate,
 		return err
 	}
 	defer spooled.Release()
+	if m.size > maxMailSize(p.lim) {
+		// Not even fetched: go-message reads a mail's headers whole.
+		return p.emit(ctx, c, log, []imap.UID{m.uid}, withExt(m.file), "", spooled,
+			fmt.Sprintf("mail of %d bytes is larger than an exchange file of the %d-byte limit can be", m.size, p.lim.MaxSize), out)
+	}
 	attach, err := p.fetchAttachment(c, m.uid, spooled.File)
 	if errors.Is(err, errGone) {
 		return nil
@@ -526,6 +534,12 @@ func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate,
 	return p.emit(ctx, c, log, []imap.UID{m.uid}, name, m.sha, spooled, problem, out)
 }
 
+// maxMailSize is the largest mail that can carry a file within lim: base64
+// grows it by 78/57, and 1 MiB is left for headers and other parts.
+func maxMailSize(lim exchange.Limits) int64 {
+	return lim.MaxSize/57*78 + 1<<20
+}
+
 // emit hands one exchange file to the pipeline and commits its mails.
 func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logger, uids []imap.UID, name, sha string, f folder.Fetched, problem string, out chan<- *message.Message) error {
 	where := p.where(uids[0])
@@ -547,7 +561,14 @@ func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logge
 		for _, u := range uids {
 			delete(p.known, u)
 		}
-		log.Warn("pipeline refused the mail; it stays and is retried")
+		log.Warn("pipeline refused the mail; it stays and is retried", "retry_in", nackRetry)
+		// IDLE would otherwise wait for new mail or poll_interval.
+		time.AfterFunc(nackRetry, func() {
+			select {
+			case p.wake <- struct{}{}:
+			default:
+			}
+		})
 		return nil
 	default:
 		return nil
@@ -687,11 +708,7 @@ func (p *Pickup) giveUpSet(ctx context.Context, c *imapclient.Client, t *transfe
 	}
 	defer spooled.Release()
 	delete(p.transfers, t.id)
-	name := t.file
-	if !isMessageName(name) {
-		name += ".xml"
-	}
-	return p.emit(ctx, c, p.log.With("transfer", t.id), t.uids(), name, "", spooled, problem, out)
+	return p.emit(ctx, c, p.log.With("transfer", t.id), t.uids(), withExt(t.file), "", spooled, problem, out)
 }
 
 // newSpool makes an empty spool file for one message.
@@ -799,6 +816,15 @@ func (p *Pickup) readAttachment(r io.Reader, f *os.File, start int64) (attachmen
 func isNetErr(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
+}
+
+// withExt names a file whose content is unknown: as is when it has an
+// extension, else as .xml.
+func withExt(name string) string {
+	if isMessageName(name) {
+		return name
+	}
+	return name + ".xml"
 }
 
 func isMessageName(name string) bool {

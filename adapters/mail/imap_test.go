@@ -533,3 +533,18 @@ func cp1251B64(s string) string {
 	}
 	return base64.StdEncoding.EncodeToString(b)
 }
+
+func TestIMAPPickupRefusesHugeMailUnread(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	content := genXML(t, "ЦО", "ОП", 2, 2<<20)
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", content, part{1, 1}, 0))
+	out, _ := runPickupWith(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil, func(p *Pickup) {
+		p.lim.MaxSize = 10000 // so the largest acceptable mail is about 1 MiB
+	})
+	m := next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); !strings.Contains(pr, "larger than") || m.Metadata.Get(exchange.MetaFileName) != "Message_ЦО_ОП.xml" {
+		t.Fatalf("problem %q, file %q", pr, m.Metadata.Get(exchange.MetaFileName))
+	}
+	m.Ack()
+	waitFor(t, "quarantine", func() bool { n, _ := s.count(t, DefaultQuarantine); return n == 1 })
+}
