@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -1186,4 +1187,32 @@ func TestSMTPPartRetryAfterLimitChange(t *testing.T) {
 		nOf[id] = strconv.Itoa(pt.n)
 	}
 	checkParts(t, all[first:], body, "Message_ЦО_ОП.xml", 128<<10)
+}
+
+func TestSMTPCheck(t *testing.T) {
+	s := startSMTP(t, startTLSSMTP, 0)
+	ca := caFile(t, nil)
+	log := slog.New(slog.DiscardHandler)
+	if err := CheckSMTP(context.Background(), "ОП", smtpConf(t, smtpURL(s, "smtp"), ca, ""), log); err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	if got := s.tried(); len(got) != 0 {
+		t.Fatalf("check sent %d mails", len(got))
+	}
+	if cmds, auths := s.counts(); cmds != 1 || auths != 1 {
+		t.Fatalf("check: %d MAIL, %d AUTH; want 1, 1", cmds, auths)
+	}
+	s.rcpt = func(to string) error {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user " + to}
+	}
+	err := CheckSMTP(context.Background(), "ОП", smtpConf(t, smtpURL(s, "smtp"), ca, ""), log)
+	if err == nil || !strings.Contains(err.Error(), "RCPT TO wh@example.com") || !strings.Contains(err.Error(), "hint:") {
+		t.Fatalf("refused recipient: %v", err)
+	}
+	s.rcpt = nil
+	cfg := smtpConf(t, smtpURL(s, "smtp"), ca, "")
+	t.Setenv(smtpPassEV, "wrong")
+	if err := CheckSMTP(context.Background(), "ОП", cfg, log); err == nil || !strings.Contains(err.Error(), "hint: wrong user or password") {
+		t.Fatalf("wrong password: %v", err)
+	}
 }
