@@ -9,7 +9,9 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"mime"
 	"net/http"
@@ -360,4 +362,58 @@ func fxNodesOK(s *site) bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
+}
+
+// TestMailCheck: `relay check` against the real servers says OK for good
+// endpoints and names the failing step, with a hint, for a wrong password,
+// a missing folder and a recipient postfix does not know.
+func TestMailCheck(t *testing.T) {
+	bin := buildRelay(t)
+	m := startMail(t, realserver.MailOptions{TLS: true})
+	t.Setenv(mxPasswordEnv, realserver.MailPassword)
+	t.Setenv("RELAY_E2E_WRONG_PASSWORD", "wrong")
+	bad := strings.Replace(mxIMAP(m, "relay"), "password_env: "+mxPasswordEnv, "password_env: RELAY_E2E_WRONG_PASSWORD", 1)
+	s := newSite(t,
+		nodeSpec{code: "GOOD", pickupYAML: mxIMAP(m, "relay"), deliverYAML: mxSMTP(m, "wh")},
+		nodeSpec{code: "BADPW", pickupYAML: bad},
+		nodeSpec{code: "NOBOX", pickupYAML: strings.Replace(mxIMAP(m, "relay"), "/INBOX", "/Nope", 1)},
+		nodeSpec{code: "NORCPT", deliverYAML: mxSMTP(m, "nobody")})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "check", "-c", s.cfg)
+	cmd.Dir = s.root
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	t.Logf("relay check:\n%s%s", stdout.String(), stderr.String())
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Errorf("relay check: %v, want exit status 1", err)
+	}
+	lines := map[string]string{}
+	for _, line := range strings.Split(stdout.String(), "\n") {
+		if f := strings.Fields(line); len(f) > 1 {
+			lines[f[0]] = line
+		}
+	}
+	if f := strings.Fields(lines["GOOD"]); len(f) != 2 || f[1] != "OK" {
+		t.Errorf("GOOD: %q, want OK", lines["GOOD"])
+	}
+	for code, want := range map[string][]string{
+		"BADPW":  {"FAIL", "LOGIN as relay", "hint: wrong user or password"},
+		"NOBOX":  {"FAIL", "select Nope", "hint: the mailbox folder does not exist"},
+		"NORCPT": {"FAIL", "RCPT TO nobody@localhost", "550", "hint:"},
+	} {
+		for _, w := range want {
+			if !strings.Contains(lines[code], w) {
+				t.Errorf("%s: %q, want %q in it", code, lines[code], w)
+			}
+		}
+	}
+	if n := mailCount(m, "wh"); n != 0 {
+		t.Errorf("relay check sent %d mails", n)
+	}
+	if strings.Contains(stdout.String()+stderr.String(), realserver.MailPassword) {
+		t.Errorf("relay check output shows the password")
+	}
 }
