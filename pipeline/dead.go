@@ -72,35 +72,22 @@ func (d *Dead) List(ctx context.Context) ([]DeadLetter, error) {
 	if info.State.Msgs == 0 {
 		return []DeadLetter{}, nil
 	}
-	cons, err := d.b.Dead.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return nil, fmt.Errorf("dead letters: %w", err)
-	}
+	// Direct gets, one letter after another: a consumer per call would pile
+	// up ephemeral consumers under a dashboard or a script polling the list.
 	out := []DeadLetter{}
-	for len(out) < maxDeadList {
-		batch, err := cons.FetchNoWait(256)
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && len(out) < maxDeadList; {
+		m, err := d.b.Dead.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(bus.DeadSubjectPrefix+">"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
 		if err != nil {
 			return nil, fmt.Errorf("dead letters: %w", err)
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			l, err := decodeDead(m.Data())
-			if err != nil {
-				continue
-			}
-			md, err := m.Metadata()
-			if err == nil {
-				l.Seq = md.Sequence.Stream
-			}
+		if l, err := decodeDead(m.Data); err == nil {
+			l.Seq = m.Sequence
 			out = append(out, l)
 		}
-		if n == 0 || batch.Error() != nil {
-			break
-		}
-		if len(out) > 0 && out[len(out)-1].Seq >= info.State.LastSeq {
-			break
-		}
+		seq = m.Sequence + 1
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
 	return out, nil

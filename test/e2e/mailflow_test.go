@@ -417,3 +417,40 @@ func TestMailCheck(t *testing.T) {
 		t.Errorf("relay check output shows the password")
 	}
 }
+
+// TestMailRefused: postfix refuses the recipient (550): the message goes to
+// dead letters with the server's words, and other nodes keep flowing. A
+// file bigger than postfix's SIZE (1 MiB here) but within max_message_size
+// goes as parts: the server's limit wins.
+func TestMailRefused(t *testing.T) {
+	m := startMail(t, realserver.MailOptions{TLS: true, MessageSizeLimit: 1 << 20})
+	t.Setenv(mxPasswordEnv, realserver.MailPassword)
+	s := newSite(t,
+		nodeSpec{code: "ЦО"},
+		nodeSpec{code: "NOBODY", deliverYAML: mxSMTP(m, "nobody")},
+		nodeSpec{code: "WH", deliverYAML: mxSMTP(m, "wh", "max_message_size: 4MiB")},
+		nodeSpec{code: "ОП"})
+	s.start(t)
+	for _, to := range []string{"NOBODY", "WH"} {
+		data := fxXML(t, header("ЦО", to, 1, 0), 2<<20)
+		if err := os.WriteFile(filepath.Join(s.out("ЦО"), exchange.FileName("ЦО", to, exchange.FormatXML)), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := fxXML(t, header("ЦО", "ОП", 1, 0), 1000)
+	if err := os.WriteFile(filepath.Join(s.out("ЦО"), exchange.FileName("ЦО", "ОП", exchange.FormatXML)), good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !fxAwait(30*time.Second, func() bool { return len(fxDead(t, s)) == 1 && deliveredNo(t, s, "ЦО", "WH") == 1 }) {
+		t.Fatalf("dead letters: %+v; nodes %+v", fxDead(t, s), fxNodes(t, s))
+	}
+	if d := fxDead(t, s)[0]; d.Node != "NOBODY" || !strings.Contains(d.Reason, "smtp NOBODY: RCPT TO nobody@localhost: 550") {
+		t.Errorf("dead letter %+v, want NOBODY's with the server's 550 reply", d)
+	}
+	if readNo(filepath.Join(s.in("ОП"), exchange.FileName("ЦО", "ОП", exchange.FormatXML))) != 1 {
+		t.Errorf("ЦО→ОП not delivered")
+	}
+	if !fxAwait(10*time.Second, func() bool { return mailCount(m, "wh") >= 3 }) {
+		t.Errorf("wh got %d mails, want the 2 MB file in parts of at most 1 MiB", mailCount(m, "wh"))
+	}
+}
