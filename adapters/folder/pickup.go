@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/relay1c/relay/adapters/trouble"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 )
@@ -55,9 +56,7 @@ type Pickup struct {
 	log *slog.Logger
 	now func() time.Time
 
-	mu      sync.Mutex
-	lastErr string
-	errAt   time.Time
+	trouble.Last
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -86,26 +85,6 @@ func NewPickup(src Source, o Options) (*Pickup, error) {
 		now:     time.Now,
 		closing: make(chan struct{}),
 	}, nil
-}
-
-// LastError is the pickup's current trouble (cannot list, cannot download),
-// "" when its last scan went well; `relay status` shows it.
-func (p *Pickup) LastError() (string, time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.lastErr, p.errAt
-}
-
-func (p *Pickup) setErr(err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err == nil {
-		p.lastErr, p.errAt = "", time.Time{}
-		return
-	}
-	if msg := err.Error(); msg != p.lastErr {
-		p.lastErr, p.errAt = msg, p.now()
-	}
 }
 
 // candidate is what the scanner knows of one file.
@@ -219,12 +198,12 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 	files, err := p.src.List(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			p.setErr(err)
+			p.Last.Set(err)
 			p.log.Error("cannot list pickup folder", "err", err)
 		}
 		return 0
 	}
-	p.setErr(nil)
+	p.Last.Set(nil)
 	now := p.now()
 	next := time.Duration(0)
 	wantAt := func(t time.Time) {
@@ -345,7 +324,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	fetched, err := p.src.Fetch(ctx, File{Name: name, Size: c.size, ModTime: c.mtime})
 	if err != nil {
 		if ctx.Err() == nil {
-			p.setErr(err)
+			p.Last.Set(err)
 			log.Warn("cannot read the file; will retry", "err", err)
 		}
 		p.later(c)

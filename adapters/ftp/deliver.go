@@ -2,19 +2,17 @@ package ftp
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jlaffaye/ftp"
 
 	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/trouble"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -29,9 +27,7 @@ type Publisher struct {
 	log  *slog.Logger
 	lim  exchange.Limits
 
-	mu      sync.Mutex
-	lastErr string
-	errAt   time.Time
+	trouble.Last
 }
 
 var _ message.Publisher = (*Publisher)(nil)
@@ -53,31 +49,12 @@ func NewPublisher(node string, cfg Config, log *slog.Logger) (*Publisher, error)
 func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
 	for _, m := range msgs {
 		err := p.deliver(m.Context(), m)
-		p.setErr(err)
+		p.Last.Set(err)
 		if err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// LastError is the last delivery failure, "" after a success.
-func (p *Publisher) LastError() (string, time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.lastErr, p.errAt
-}
-
-func (p *Publisher) setErr(err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch {
-	case err == nil:
-		p.lastErr, p.errAt = "", time.Time{}
-	case errors.Is(err, exchange.ErrStale):
-	case err.Error() != p.lastErr:
-		p.lastErr, p.errAt = err.Error(), time.Now()
-	}
 }
 
 // tempName is the upload name of a final name: fixed, so an interrupted

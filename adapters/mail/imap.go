@@ -27,6 +27,7 @@ import (
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/trouble"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 )
@@ -50,9 +51,7 @@ type Pickup struct {
 	log     *slog.Logger
 	now     func() time.Time
 
-	mu      sync.Mutex
-	lastErr string
-	errAt   time.Time
+	trouble.Last
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -130,25 +129,6 @@ func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memor
 	}, nil
 }
 
-// LastError is the pickup's current trouble (cannot connect, log in,
-// search), "" once a session works.
-func (p *Pickup) LastError() (string, time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.lastErr, p.errAt
-}
-
-func (p *Pickup) setErr(err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch {
-	case err == nil:
-		p.lastErr, p.errAt = "", time.Time{}
-	case err.Error() != p.lastErr:
-		p.lastErr, p.errAt = err.Error(), p.now()
-	}
-}
-
 // Subscribe starts reading the mailbox; the topic is ignored. The channel
 // closes when ctx ends or Close is called.
 func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
@@ -191,7 +171,7 @@ func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 		if worked {
 			fails = 0
 		}
-		p.setErr(err)
+		p.Last.Set(err)
 		wait := folder.Backoff(fails)
 		fails++
 		p.log.Warn("mailbox session ended; reconnecting", "err", err, "retry_in", wait)
@@ -240,7 +220,7 @@ func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (work
 		}
 		if !worked {
 			worked = true
-			p.setErr(nil)
+			p.Last.Set(nil)
 		}
 		if err := p.wait(ctx, c); err != nil {
 			return worked, err

@@ -25,6 +25,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/trouble"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -42,9 +43,9 @@ type Publisher struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	mu      sync.Mutex
-	lastErr string
-	errAt   time.Time
+	trouble.Last
+
+	mu sync.Mutex
 	// sent remembers, per transfer, the parts a server accepted, so a retry
 	// after a failed part sends only the rest.
 	sent map[string]map[int]bool
@@ -86,30 +87,12 @@ func NewPublisher(node string, cfg SMTPConfig, spool string, log *slog.Logger) (
 func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
 	for _, m := range msgs {
 		err := p.deliver(m.Context(), m)
-		p.setErr(err)
+		p.Last.Set(err)
 		if err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// LastError is the last delivery failure, "" after a success.
-func (p *Publisher) LastError() (string, time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.lastErr, p.errAt
-}
-
-func (p *Publisher) setErr(err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch {
-	case err == nil:
-		p.lastErr, p.errAt = "", time.Time{}
-	case err.Error() != p.lastErr:
-		p.lastErr, p.errAt = err.Error(), p.now()
-	}
 }
 
 // Close has nothing to release: each delivery has its own session.

@@ -36,6 +36,31 @@ import (
 // (t.Setenv: in-process relays read it, child processes inherit it).
 const fxPasswordEnv = "RELAY_E2E_FTP_PASSWORD"
 
+// relayCheck runs `relay check` on the site's config, expects exit status
+// 1 (some node fails), and returns its line per node code and all output.
+func relayCheck(t testing.TB, bin string, s *site) (lines map[string]string, output string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "check", "-c", s.cfg)
+	cmd.Dir = s.root
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	t.Logf("relay check:\n%s%s", stdout.String(), stderr.String())
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Errorf("relay check: %v, want exit status 1", err)
+	}
+	lines = map[string]string{}
+	for _, line := range strings.Split(stdout.String(), "\n") {
+		if f := strings.Fields(line); len(f) > 1 {
+			lines[f[0]] = line
+		}
+	}
+	return lines, stdout.String() + stderr.String()
+}
+
 // fxMkdir creates rel (and its parents) under the server's root, owned by
 // the FTP user so that vsftpd can write and delete there.
 func fxMkdir(t testing.TB, s *ftpServer, rel string) string {
@@ -1065,24 +1090,7 @@ func TestFTPBadInput(t *testing.T) {
 	}
 
 	// relay check: one line per node, exit status 1.
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "check", "-c", s.cfg)
-	cmd.Dir = s.root
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	t.Logf("relay check:\n%s%s", stdout.String(), stderr.String())
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-		t.Errorf("relay check: %v, want exit status 1", err)
-	}
-	lines := map[string]string{}
-	for _, line := range strings.Split(stdout.String(), "\n") {
-		if f := strings.Fields(line); len(f) > 1 {
-			lines[f[0]] = line
-		}
-	}
+	lines, output := relayCheck(t, bin, s)
 	for _, code := range []string{"GOOD", "D"} {
 		if f := strings.Fields(lines[code]); len(f) != 2 || f[1] != "OK" {
 			t.Errorf("relay check line for %s: %q, want OK", code, lines[code])
@@ -1094,7 +1102,7 @@ func TestFTPBadInput(t *testing.T) {
 	if l := lines["NOFOLDER"]; !strings.Contains(l, "FAIL") || !strings.Contains(l, "missing/out") || !strings.Contains(l, "hint: folder missing") {
 		t.Errorf("relay check line for NOFOLDER: %q, want FAIL naming missing/out with a hint", l)
 	}
-	if strings.Contains(stdout.String()+stderr.String(), srv.Password) {
+	if strings.Contains(output, srv.Password) {
 		t.Errorf("relay check output shows the password")
 	}
 }

@@ -333,44 +333,21 @@ func VmailIDs() (uid, gid int, err error) {
 }
 
 func setupVmail() (int, int, error) {
-	if _, err := user.Lookup(VmailUser); err != nil {
-		useradd, err := SbinPath("useradd")
-		if err != nil {
-			return 0, 0, err
-		}
-		// No login: PAM is not involved, dovecot only needs the ids.
-		shell := "/bin/false"
-		for _, s := range []string{"/usr/sbin/nologin", "/sbin/nologin"} {
-			if _, err := os.Stat(s); err == nil {
-				shell = s
-				break
-			}
-		}
-		args := []string{"-r", "-M", "-d", "/nonexistent", "-s", shell, "-c", "relay e2e mail storage"}
-		if _, err := user.LookupGroup(VmailUser); err == nil {
-			args = append(args, "-g", VmailUser)
-		} else {
-			args = append(args, "-U")
-		}
-		out, err := retryShadow(func() *exec.Cmd {
-			return exec.Command(useradd, append(args, VmailUser)...)
-		})
-		if err != nil {
-			// Another process may have created it meanwhile.
-			if _, lerr := user.Lookup(VmailUser); lerr != nil {
-				return 0, 0, fmt.Errorf("useradd %s: %v: %s", VmailUser, err, out)
-			}
+	// No login: PAM is not involved, dovecot only needs the ids.
+	shell := "/bin/false"
+	for _, s := range []string{"/usr/sbin/nologin", "/sbin/nologin"} {
+		if _, err := os.Stat(s); err == nil {
+			shell = s
+			break
 		}
 	}
-	u, err := user.Lookup(VmailUser)
-	if err != nil {
-		return 0, 0, err
+	args := []string{"-r", "-M", "-d", "/nonexistent", "-s", shell, "-c", "relay e2e mail storage"}
+	if _, err := user.LookupGroup(VmailUser); err == nil {
+		args = append(args, "-g", VmailUser)
+	} else {
+		args = append(args, "-U")
 	}
-	uid, err := strconv.Atoi(u.Uid)
-	if err != nil {
-		return 0, 0, err
-	}
-	gid, err := strconv.Atoi(u.Gid)
+	_, uid, gid, err := ensureUser(VmailUser, args...)
 	if err != nil {
 		return 0, 0, err
 	}

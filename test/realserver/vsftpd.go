@@ -168,24 +168,13 @@ func FTPUserIDs() (uid, gid int, err error) {
 }
 
 func setupFTPUser() (int, int, error) {
-	if _, err := user.Lookup(FTPUser); err != nil {
-		shell, err := listedShell()
-		if err != nil {
-			return 0, 0, err
-		}
-		useradd, err := SbinPath("useradd")
-		if err != nil {
-			return 0, 0, err
-		}
-		out, err := retryShadow(func() *exec.Cmd {
-			return exec.Command(useradd, "-M", "-s", shell, "-c", "relay e2e FTP test user", FTPUser)
-		})
-		if err != nil {
-			// Another process may have created it meanwhile.
-			if _, lerr := user.Lookup(FTPUser); lerr != nil {
-				return 0, 0, fmt.Errorf("useradd %s: %v: %s", FTPUser, err, out)
-			}
-		}
+	shell, err := listedShell()
+	if err != nil {
+		return 0, 0, err
+	}
+	u, uid, gid, err := ensureUser(FTPUser, "-M", "-s", shell, "-c", "relay e2e FTP test user")
+	if err != nil {
+		return 0, 0, err
 	}
 	chpasswd, err := SbinPath("chpasswd")
 	if err != nil {
@@ -197,18 +186,6 @@ func setupFTPUser() (int, int, error) {
 		return c
 	}); err != nil {
 		return 0, 0, fmt.Errorf("chpasswd %s: %v: %s", FTPUser, err, out)
-	}
-	u, err := user.Lookup(FTPUser)
-	if err != nil {
-		return 0, 0, err
-	}
-	uid, err := strconv.Atoi(u.Uid)
-	if err != nil {
-		return 0, 0, err
-	}
-	gid, err := strconv.Atoi(u.Gid)
-	if err != nil {
-		return 0, 0, err
 	}
 	// vsftpd enters the home directory before local_root and refuses the
 	// login ("500 OOPS: cannot change directory") when it is missing, which
@@ -225,6 +202,39 @@ func setupFTPUser() (int, int, error) {
 		}
 	}
 	return uid, gid, nil
+}
+
+// ensureUser creates the local user name with useradd args unless it
+// exists, and returns it with its uid and gid.
+func ensureUser(name string, args ...string) (*user.User, int, int, error) {
+	if _, err := user.Lookup(name); err != nil {
+		useradd, err := SbinPath("useradd")
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		out, err := retryShadow(func() *exec.Cmd {
+			return exec.Command(useradd, append(args, name)...)
+		})
+		if err != nil {
+			// Another process may have created it meanwhile.
+			if _, lerr := user.Lookup(name); lerr != nil {
+				return nil, 0, 0, fmt.Errorf("useradd %s: %v: %s", name, err, out)
+			}
+		}
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	uid, err := strconv.Atoi(u.Uid)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	gid, err := strconv.Atoi(u.Gid)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	return u, uid, gid, nil
 }
 
 // retryShadow runs a command that locks /etc/passwd or /etc/shadow a few
