@@ -94,6 +94,38 @@ func Body(ctx context.Context, m *message.Message) (io.ReadCloser, error) {
 	return open(ctx)
 }
 
+// Delivery is what a delivery adapter reads of a message: the file name,
+// header and size from the metadata, checked, and the opened body.
+type Delivery struct {
+	Name   string
+	Header Header
+	Size   int64
+	SHA256 string
+	// Body streams the payload; the caller closes it.
+	Body io.ReadCloser
+}
+
+// OpenDelivery checks a message's delivery metadata and opens its body.
+// Errors start with who (e.g. "ftp SHOP1"); bad metadata is Permanent, as no
+// retry can fix it, while a body that cannot be opened is worth a retry.
+func OpenDelivery(ctx context.Context, m *message.Message, who string) (Delivery, error) {
+	d := Delivery{Name: m.Metadata.Get(MetaFileName), SHA256: m.Metadata.Get(MetaSHA256)}
+	if _, err := ParseName(d.Name); err != nil {
+		return d, Permanent(fmt.Errorf("%s: %w", who, err))
+	}
+	var err error
+	if d.Header, err = HeaderOf(m); err != nil {
+		return d, Permanent(fmt.Errorf("%s: %s: %w", who, d.Name, err))
+	}
+	if d.Size, err = strconv.ParseInt(m.Metadata.Get(MetaSize), 10, 64); err != nil || d.Size < 0 {
+		return d, Permanent(fmt.Errorf("%s: %s: bad size metadata %q", who, d.Name, m.Metadata.Get(MetaSize)))
+	}
+	if d.Body, err = Body(ctx, m); err != nil {
+		return d, fmt.Errorf("%s: %s: open body: %w", who, d.Name, err)
+	}
+	return d, nil
+}
+
 // ErrStale is returned by a delivery when the destination already holds a
 // newer message of the same channel; the pipeline drops and counts it.
 var ErrStale = errors.New("destination already holds a newer message")

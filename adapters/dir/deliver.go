@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -80,25 +79,13 @@ func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
 }
 
 func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
-	name := m.Metadata.Get(exchange.MetaFileName)
-	if _, err := exchange.ParseName(name); err != nil {
-		return exchange.Permanent(fmt.Errorf("dir %s: %w", p.node, err))
-	}
-	h, err := exchange.HeaderOf(m)
+	d, err := exchange.OpenDelivery(ctx, m, "dir "+p.node)
 	if err != nil {
-		return exchange.Permanent(fmt.Errorf("dir %s: %s: %w", p.node, name, err))
+		return err
 	}
+	defer d.Body.Close()
+	name, h, want, body := d.Name, d.Header, d.Size, d.Body
 	dst := filepath.Join(p.cfg.Path, name)
-	want, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
-	if err != nil {
-		return exchange.Permanent(fmt.Errorf("dir %s: %s: bad size metadata: %w", p.node, name, err))
-	}
-
-	body, err := exchange.Body(ctx, m)
-	if err != nil {
-		return fmt.Errorf("dir %s: %s: open body: %w", p.node, name, err)
-	}
-	defer body.Close()
 	tmp, err := os.CreateTemp(p.cfg.Path, tempPrefix+"*.part")
 	if err != nil {
 		return fmt.Errorf("dir %s: create temp for %s: %w", p.node, name, err)

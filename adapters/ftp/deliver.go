@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strconv"
 	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -62,23 +61,12 @@ func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
 func tempName(name string) string { return ".relay-" + name + ".part" }
 
 func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
-	name := m.Metadata.Get(exchange.MetaFileName)
-	if _, err := exchange.ParseName(name); err != nil {
-		return exchange.Permanent(fmt.Errorf("ftp %s: %w", p.node, err))
-	}
-	h, err := exchange.HeaderOf(m)
+	d, err := exchange.OpenDelivery(ctx, m, "ftp "+p.node)
 	if err != nil {
-		return exchange.Permanent(fmt.Errorf("ftp %s: %s: %w", p.node, name, err))
+		return err
 	}
-	want, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
-	if err != nil {
-		return exchange.Permanent(fmt.Errorf("ftp %s: %s: bad size metadata: %w", p.node, name, err))
-	}
-	body, err := exchange.Body(ctx, m)
-	if err != nil {
-		return fmt.Errorf("ftp %s: %s: open body: %w", p.node, name, err)
-	}
-	defer body.Close()
+	defer d.Body.Close()
+	name, h, want, body := d.Name, d.Header, d.Size, d.Body
 
 	final, tmp := p.c.path(name), p.c.path(tempName(name))
 	return p.c.with(ctx, func(conn *ftp.ServerConn) error {

@@ -108,24 +108,13 @@ type outgoing struct {
 }
 
 func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
-	name := m.Metadata.Get(exchange.MetaFileName)
-	if _, err := exchange.ParseName(name); err != nil {
-		return exchange.Permanent(fmt.Errorf("smtp %s: %w", p.node, err))
-	}
-	h, err := exchange.HeaderOf(m)
+	d, err := exchange.OpenDelivery(ctx, m, "smtp "+p.node)
 	if err != nil {
-		return exchange.Permanent(fmt.Errorf("smtp %s: %s: %w", p.node, name, err))
+		return err
 	}
-	size, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
-	if err != nil {
-		return exchange.Permanent(fmt.Errorf("smtp %s: %s: bad size metadata: %w", p.node, name, err))
-	}
-	body, err := exchange.Body(ctx, m)
-	if err != nil {
-		return fmt.Errorf("smtp %s: %s: open body: %w", p.node, name, err)
-	}
-	defer body.Close()
-	out := outgoing{name: name, h: h, size: size, sha: m.Metadata.Get(exchange.MetaSHA256), body: folder.CtxReader{Ctx: ctx, R: body}}
+	defer d.Body.Close()
+	name, h := d.Name, d.Header
+	out := outgoing{name: name, h: h, size: d.Size, sha: d.SHA256, body: folder.CtxReader{Ctx: ctx, R: d.Body}}
 	if p.cfg.Compress == "zip" && strings.EqualFold(name[len(name)-4:], ".xml") {
 		zipped, release, err := p.zip(ctx, out)
 		if err != nil {
