@@ -16,6 +16,7 @@ import (
 	"github.com/relay1c/relay/adapters/dir"
 	"github.com/relay1c/relay/adapters/ftp"
 	"github.com/relay1c/relay/adapters/mail"
+	"github.com/relay1c/relay/adapters/pull"
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/pipeline"
@@ -157,6 +158,28 @@ var kinds = map[string]kind{
 			return mail.CheckSMTP(ctx, node, c, log)
 		},
 	},
+	"http_pull": {
+		checkDeliver: func(r *Registry, e *config.Endpoint) []error {
+			c, err := pull.Decode(&e.Options)
+			if err != nil {
+				return []error{err}
+			}
+			return c.Validate()
+		},
+		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
+			c, err := pull.Decode(&e.Options)
+			if err != nil {
+				return nil, err
+			}
+			return pull.NewMailbox(node, c, log), nil
+		},
+		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
+			if n := r.cfg.Nodes[node]; n == nil || n.APITokenEnv == "" {
+				return fmt.Errorf("http_pull %s: the node pulls with its own token: set nodes.%s.api_token_env", node, node)
+			}
+			return nil
+		},
+	},
 }
 
 func (r *Registry) imapConfig(e *config.Endpoint) (mail.IMAPConfig, error) {
@@ -201,7 +224,7 @@ func (r *Registry) spool(node string) string {
 }
 
 // planned are kinds from DESIGN.md that this build does not have yet.
-var planned = map[string]bool{"http": true, "http_pull": true}
+var planned = map[string]bool{"http": true}
 
 // Registry builds adapters for one config.
 type Registry struct{ cfg *config.Config }

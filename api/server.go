@@ -6,17 +6,23 @@ package api
 import (
 	"context"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/pipeline"
 )
@@ -32,6 +38,11 @@ type Backend interface {
 	DropDead(ctx context.Context, seq uint64) error
 	// EndpointErrors is a served node's current pickup and delivery trouble.
 	EndpointErrors(node string) (pickup, deliver string)
+	// Push takes a message pushed through the API into JetStream; nil
+	// means JetStream holds it.
+	Push(ctx context.Context, m *message.Message) error
+	// Outbox is the http_pull mailbox of a served node, nil when it has none.
+	Outbox(node string) Outbox
 }
 
 // ChannelView is one channel as the API shows it.
@@ -60,13 +71,39 @@ type Server struct {
 	cfg   *config.Config
 	be    Backend
 	token string
-	log   *slog.Logger
-	mux   *http.ServeMux
+	// nodeTokens maps a node's own token to its code.
+	nodeTokens map[string]string
+	spool      string
+	log        *slog.Logger
+	mux        *http.ServeMux
 }
 
-// NewServer builds the handler. An empty token restricts /api/ to loopback clients.
+// NewServer builds the handler. An empty token restricts the operator's
+// endpoints to loopback clients; nodes with api_token_env authenticate with
+// their own tokens from anywhere, for their own messages only.
 func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *Server {
-	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{},
+		spool: filepath.Join(cfg.Resolve(cfg.Relay.DataDir), "spool", "api")}
+	for _, code := range cfg.NodeNames() {
+		n := cfg.Nodes[code]
+		if n == nil || n.APITokenEnv == "" {
+			continue
+		}
+		t := os.Getenv(n.APITokenEnv)
+		switch {
+		case t == "":
+			log.Warn("node token not set: the node cannot use the API", "node", code, "env", n.APITokenEnv)
+		case t == token || s.nodeTokens[t] != "":
+			log.Error("node token is not unique: ignored", "node", code, "env", n.APITokenEnv)
+		default:
+			s.nodeTokens[t] = code
+		}
+	}
+	folder.ClearSpool(s.spool, log)
+	s.mux.HandleFunc("GET /api/v1/openapi.json", s.openapi)
+	s.mux.HandleFunc("POST /api/v1/messages", s.push)
+	s.mux.HandleFunc("GET /api/v1/nodes/{code}/messages/next", s.pullNext)
+	s.mux.HandleFunc("POST /api/v1/nodes/{code}/messages/{id}/ack", s.pullAck)
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /api/v1/channels", s.auth(s.channels))
@@ -101,24 +138,62 @@ func (s *Server) Serve(ctx context.Context, addr string) error {
 	return nil
 }
 
+// caller is who made a request: the operator (admin) or a node with its
+// own token.
+type caller struct {
+	admin bool
+	node  string
+}
+
+// identify authenticates a request; on failure it has answered it.
+func (s *Server) identify(w http.ResponseWriter, r *http.Request) (caller, bool) {
+	if got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		if s.token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1 {
+			return caller{admin: true}, true
+		}
+		for t, code := range s.nodeTokens {
+			if subtle.ConstantTimeCompare([]byte(got), []byte(t)) == 1 {
+				return caller{node: code}, true
+			}
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
+		writeErr(w, http.StatusUnauthorized, "wrong bearer token")
+		return caller{}, false
+	}
+	if s.token == "" {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			return caller{admin: true}, true
+		}
+		writeErr(w, http.StatusForbidden, "the API answers loopback clients only unless relay.api_token_env is set (or a node's own token is sent)")
+		return caller{}, false
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
+	writeErr(w, http.StatusUnauthorized, "missing bearer token")
+	return caller{}, false
+}
+
+// auth lets only the operator through.
 func (s *Server) auth(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.token == "" {
-			host, _, _ := net.SplitHostPort(r.RemoteAddr)
-			if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-				writeErr(w, http.StatusForbidden, "the API answers loopback clients only unless relay.api_token_env is set")
-				return
-			}
-		} else {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
-				writeErr(w, http.StatusUnauthorized, "missing or wrong bearer token")
-				return
-			}
+		c, ok := s.identify(w, r)
+		if !ok {
+			return
+		}
+		if !c.admin {
+			writeErr(w, http.StatusForbidden, fmt.Sprintf("the token of node %q gives access to its own messages only", c.node))
+			return
 		}
 		h(w, r)
 	})
+}
+
+//go:embed openapi.json
+var openapiDoc []byte
+
+func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openapiDoc)
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/pipeline"
 )
@@ -50,6 +52,8 @@ func (f *fakeBackend) RetryDead(_ context.Context, seq uint64) (string, error) {
 	}
 	return "", errors.New("still cannot be routed")
 }
+func (f *fakeBackend) Push(context.Context, *message.Message) error { return nil }
+func (f *fakeBackend) Outbox(string) Outbox                         { return nil }
 func (f *fakeBackend) DropDead(_ context.Context, seq uint64) error {
 	f.dropped = append(f.dropped, seq)
 	return nil

@@ -43,6 +43,8 @@ type Relay struct {
 	Listen string `yaml:"listen"`
 	// APITokenEnv names the variable holding the API bearer token; unset means loopback-only API.
 	APITokenEnv string `yaml:"api_token_env"`
+	// MaxMessageSize bounds a message pushed to POST /api/v1/messages (default 2GiB).
+	MaxMessageSize Size `yaml:"max_message_size"`
 }
 
 // NATS is the `nats:` section.
@@ -89,6 +91,9 @@ type Node struct {
 	Pickup *Endpoint `yaml:"pickup"`
 	// Deliver is where the node reads its incoming messages.
 	Deliver *Endpoint `yaml:"deliver"`
+	// APITokenEnv names the variable holding this node's own API token: with
+	// it the node may push messages whose From is itself and pull its own.
+	APITokenEnv string `yaml:"api_token_env"`
 }
 
 // After says what a pickup does with a source once JetStream holds the message.
@@ -207,6 +212,9 @@ func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 // String writes the size with IEC units.
 func (s Size) String() string { return humanize.IBytes(uint64(s)) }
 
+// DefaultMaxMessageSize is relay.max_message_size when unset.
+const DefaultMaxMessageSize = 2 << 30
+
 // MaxConfigSize bounds routing.yaml; a bigger file is a mistake, not a config.
 const MaxConfigSize = 4 << 20
 
@@ -257,6 +265,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Relay.Listen == "" {
 		c.Relay.Listen = "127.0.0.1:8088"
+	}
+	if c.Relay.MaxMessageSize == 0 {
+		c.Relay.MaxMessageSize = DefaultMaxMessageSize
 	}
 	for _, n := range c.Nodes {
 		if n == nil {
@@ -345,8 +356,11 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		if n.Mode != ModeLatest && n.Mode != ModeSequential {
 			add(p+".mode", "%q is not latest or sequential", n.Mode)
 		}
-		if n.Pickup == nil && n.Deliver == nil {
-			add(p, "has neither pickup nor deliver")
+		if n.Pickup == nil && n.Deliver == nil && n.APITokenEnv == "" {
+			add(p, "has neither pickup nor deliver (nor api_token_env to push through the API)")
+		}
+		if n.APITokenEnv != "" && !validEnvName(n.APITokenEnv) {
+			add(p+".api_token_env", "%q is not an environment variable name", n.APITokenEnv)
 		}
 		for _, role := range []string{"pickup", "deliver"} {
 			e := n.Pickup
@@ -358,6 +372,9 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 			}
 			if role == "deliver" && e.After.Action != AfterDelete {
 				add(p+".deliver.after", "after applies to pickups only")
+			}
+			if role == "deliver" && e.Kind == "http_pull" && n.APITokenEnv == "" {
+				add(p+".deliver.http_pull", "the node pulls with its own token: set %s.api_token_env", p)
 			}
 			if ep == nil {
 				continue

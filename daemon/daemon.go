@@ -12,7 +12,10 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
 	"github.com/relay1c/relay/adapters"
+	"github.com/relay1c/relay/adapters/pull"
 	"github.com/relay1c/relay/api"
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
@@ -128,4 +131,15 @@ func (r *Relay) Bus() *bus.Bus { return r.bus }
 // EndpointErrors implements api.Backend.
 func (r *Relay) EndpointErrors(node string) (pickup, deliver string) {
 	return r.pipe.EndpointErrors(node)
+}
+
+// Push implements api.Backend.
+func (r *Relay) Push(ctx context.Context, m *message.Message) error { return r.pipe.Push(ctx, m) }
+
+// Outbox implements api.Backend: the node's http_pull mailbox, if it has one.
+func (r *Relay) Outbox(node string) api.Outbox {
+	if mb, ok := r.pipe.DeliverPublisher(node).(*pull.Mailbox); ok && mb != nil {
+		return mb
+	}
+	return nil
 }

@@ -82,6 +82,15 @@ func SetBody(m *message.Message, open Opener) {
 	m.SetContext(context.WithValue(m.Context(), bodyKey{}, open))
 }
 
+// Rebase moves the message onto ctx (a request's, say) and keeps its body.
+func Rebase(m *message.Message, ctx context.Context) {
+	open, _ := m.Context().Value(bodyKey{}).(Opener)
+	m.SetContext(ctx)
+	if open != nil {
+		SetBody(m, open)
+	}
+}
+
 // ErrNoBody is returned by Body for a message without an opener.
 var ErrNoBody = errors.New("message has no body opener")
 

@@ -59,6 +59,11 @@ type Pipeline struct {
 	started atomic.Bool
 	closers []func() error
 	health  map[string]*endpoints
+	// delivers are the served nodes' delivery publishers (the API reaches
+	// http_pull mailboxes through them).
+	delivers map[string]message.Publisher
+	// pushLane carries messages pushed through the API.
+	pushLane *lane
 	// chanLocks serialises one channel's deliveries across the node's workers.
 	chanLocks channelLocks
 }
@@ -111,6 +116,8 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 		dead:   &Dead{b: b},
 		mem:    NewMemory(b.Taken),
 		health: map[string]*endpoints{},
+
+		delivers: map[string]message.Publisher{},
 	}
 	wlog := watermill.NewSlogLoggerWithLevelMapping(log.With("component", "watermill"), map[slog.Level]slog.Level{
 		slog.LevelInfo: slog.LevelDebug,
@@ -176,6 +183,9 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 		return fmt.Errorf("retry publisher: %w", err)
 	}
 	p.pub = pub
+	if p.pushLane, err = p.newLane("push", wlog); err != nil {
+		return err
+	}
 	for _, name := range cfg.NodeNames() {
 		n := cfg.Nodes[name]
 		if n == nil || !cfg.Serves(n) {
@@ -203,6 +213,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 				return fmt.Errorf("nodes.%s.deliver: %w", name, err)
 			}
 			p.closers = append(p.closers, pub.Close)
+			p.delivers[name] = pub
 			in := &inflight{}
 			subs, closeSub, err := p.deliverySubscribers(name, deliveryWorkers, in)
 			if err != nil {
@@ -251,6 +262,26 @@ func (p *Pipeline) close() {
 
 // Ready reports whether every handler has started (for /readyz).
 func (p *Pipeline) Ready() bool { return p.started.Load() }
+
+// DeliverPublisher is the delivery adapter of a node this relay serves, nil
+// for others.
+func (p *Pipeline) DeliverPublisher(node string) message.Publisher { return p.delivers[node] }
+
+// Push takes a message handed in through the API (POST /api/v1/messages)
+// into JetStream exactly as a pickup of its sender would: nil means
+// JetStream holds it (or it was dropped as a duplicate or stale, or dead-
+// lettered for a route problem); an error means it was not taken.
+func (p *Pipeline) Push(ctx context.Context, m *message.Message) error {
+	if !p.started.Load() {
+		return errors.New("pipeline not running")
+	}
+	from := m.Metadata.Get(exchange.MetaFrom)
+	if n := p.cfg.Nodes[from]; n == nil {
+		return fmt.Errorf("push: unknown node %q", from)
+	}
+	exchange.Rebase(m, ctx)
+	return p.ingestHandler(from, p.pushLane)(m)
+}
 
 // States gives read access to channel state.
 func (p *Pipeline) States() *States { return p.states }

@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/relay1c/relay/exchange"
 )
 
 // File is one regular file of a pickup folder as a listing shows it.
@@ -125,6 +127,9 @@ type errTooBig struct{ limit int64 }
 func (e errTooBig) Error() string {
 	return fmt.Sprintf("file is larger than the %d-byte limit", e.limit)
 }
+
+// Unwrap makes errors.Is(err, exchange.ErrTooLarge) true.
+func (e errTooBig) Unwrap() error { return exchange.ErrTooLarge }
 
 // CtxReader stops a copy when the context ends.
 type CtxReader struct {

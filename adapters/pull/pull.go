@@ -1,0 +1,220 @@
+// Package pull is the delivery of nodes that can only make outbound HTTP
+// requests (mobile and offline 1C clients): a message waits in the relay
+// until the node fetches it (GET /api/v1/nodes/{code}/messages/next) and
+// acknowledges it (POST .../messages/{id}/ack). The delivery counts as done
+// only at the acknowledgement; a fetched message that is not acknowledged
+// within the lease is offered again.
+package pull
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"gopkg.in/yaml.v3"
+
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Config is the value under `http_pull:`.
+type Config struct {
+	// Lease is how long a fetched message is reserved for the client that
+	// fetched it; unacknowledged after that, it is offered again (default 5m).
+	Lease config.Duration `yaml:"lease"`
+}
+
+// DefaultLease is the lease when none is configured.
+const DefaultLease = 5 * time.Minute
+
+// Decode reads the value under `http_pull:` ({} or a mapping).
+func Decode(n *yaml.Node) (Config, error) {
+	var c Config
+	if n.Kind == yaml.MappingNode {
+		if err := config.DecodeOptions(n, &c); err != nil {
+			return c, err
+		}
+	} else if n.Kind != 0 && !(n.Kind == yaml.ScalarNode && (n.Value == "" || n.Tag == "!!null")) {
+		return c, fmt.Errorf("line %d: want {} or a mapping with lease:", n.Line)
+	}
+	if c.Lease == 0 {
+		c.Lease = config.Duration(DefaultLease)
+	}
+	return c, nil
+}
+
+// Validate reports every problem of the options, each prefixed with its key.
+func (c Config) Validate() []error {
+	if c.Lease.Std() < time.Second {
+		return []error{fmt.Errorf("lease: %s is below 1s", c.Lease.Std())}
+	}
+	return nil
+}
+
+// Offer is a message handed to a pulling client.
+type Offer struct {
+	// ID names the offer in the acknowledgement URL: stable for the message
+	// (the same after a redelivery), URL-safe.
+	ID     string
+	Name   string
+	Header exchange.Header
+	Size   int64
+	SHA256 string
+	// LeaseUntil is when the offer goes back to the queue unless acknowledged.
+	LeaseUntil time.Time
+	// Open streams the file; each call opens a fresh reader.
+	Open func(ctx context.Context) (io.ReadCloser, error)
+}
+
+type offer struct {
+	Offer
+	leasedUntil time.Time
+	acked       chan struct{}
+}
+
+// Mailbox is a node's http_pull delivery, a Watermill Publisher: Publish
+// parks the message until a client acknowledges it (or the relay stops).
+type Mailbox struct {
+	node  string
+	lease time.Duration
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu      sync.Mutex
+	offers  []*offer // in arrival order
+	closing chan struct{}
+	once    sync.Once
+}
+
+var _ message.Publisher = (*Mailbox)(nil)
+
+// NewMailbox makes the pull delivery of node.
+func NewMailbox(node string, cfg Config, log *slog.Logger) *Mailbox {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Mailbox{node: node, lease: cfg.Lease.Std(), log: log.With("node", node, "adapter", "http_pull"), now: time.Now, closing: make(chan struct{})}
+}
+
+// ErrUnknownOffer is returned by Ack for an id that is not waiting.
+var ErrUnknownOffer = errors.New("no such message waiting")
+
+// errClosed makes a parked delivery fail when the relay stops; JetStream
+// offers the message again after the restart.
+var errClosed = errors.New("relay stopping")
+
+// OfferID is the acknowledgement id of a message with the given relay id.
+func OfferID(messageID string) string {
+	sum := sha256.Sum256([]byte(messageID))
+	return hex.EncodeToString(sum[:16])
+}
+
+// Publish parks each message until a client acknowledges it; the topic is
+// ignored.
+func (mb *Mailbox) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		if err := mb.park(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (mb *Mailbox) park(m *message.Message) error {
+	d, err := exchange.OpenDelivery(m.Context(), m, "http_pull "+mb.node)
+	if err != nil {
+		return err
+	}
+	d.Body.Close() // each fetch opens its own
+	o := &offer{
+		Offer: Offer{
+			ID: OfferID(m.UUID), Name: d.Name, Header: d.Header, Size: d.Size, SHA256: d.SHA256,
+			Open: func(ctx context.Context) (io.ReadCloser, error) { return exchange.Body(ctx, m) },
+		},
+		acked: make(chan struct{}),
+	}
+	mb.mu.Lock()
+	for _, x := range mb.offers {
+		if x.ID == o.ID {
+			mb.mu.Unlock()
+			return fmt.Errorf("http_pull %s: %s is already waiting", mb.node, d.Name)
+		}
+	}
+	mb.offers = append(mb.offers, o)
+	mb.mu.Unlock()
+	mb.log.Debug("waiting for the node to pull", "file", d.Name, "id", o.ID)
+	select {
+	case <-o.acked:
+		mb.log.Debug("delivered: the node acknowledged", "file", d.Name, "id", o.ID)
+		return nil
+	case <-m.Context().Done():
+		mb.remove(o)
+		return m.Context().Err()
+	case <-mb.closing:
+		mb.remove(o)
+		return errClosed
+	}
+}
+
+func (mb *Mailbox) remove(o *offer) {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	for i, x := range mb.offers {
+		if x == o {
+			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
+			return
+		}
+	}
+}
+
+// Next leases the oldest waiting message that no client holds, false when
+// there is none.
+func (mb *Mailbox) Next() (Offer, bool) {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	now := mb.now()
+	for _, o := range mb.offers {
+		if !now.Before(o.leasedUntil) {
+			o.leasedUntil = now.Add(mb.lease)
+			out := o.Offer
+			out.LeaseUntil = o.leasedUntil
+			return out, true
+		}
+	}
+	return Offer{}, false
+}
+
+// Ack completes the delivery of the waiting message id (also after its
+// lease ran out, as long as it is still waiting).
+func (mb *Mailbox) Ack(id string) error {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	for i, o := range mb.offers {
+		if o.ID == id {
+			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
+			close(o.acked)
+			return nil
+		}
+	}
+	return fmt.Errorf("http_pull %s: %s: %w", mb.node, id, ErrUnknownOffer)
+}
+
+// Waiting is how many messages wait for the node.
+func (mb *Mailbox) Waiting() int {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	return len(mb.offers)
+}
+
+// Close makes parked deliveries return (they are offered again later).
+func (mb *Mailbox) Close() error {
+	mb.once.Do(func() { close(mb.closing) })
+	return nil
+}

@@ -1,0 +1,135 @@
+package pull
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"gopkg.in/yaml.v3"
+
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+func testMsg(t *testing.T, id string, no uint64, body string) *message.Message {
+	t.Helper()
+	m := message.NewMessage(id, nil)
+	exchange.SetHeader(m, exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: no})
+	m.Metadata.Set(exchange.MetaFileName, "Message_A_B.xml")
+	m.Metadata.Set(exchange.MetaSize, "4")
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(body)), nil })
+	return m
+}
+
+func TestMailbox(t *testing.T) {
+	var clock atomic.Int64
+	mb := NewMailbox("B", Config{Lease: config.Duration(time.Minute)}, nil)
+	mb.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	if _, ok := mb.Next(); ok {
+		t.Fatal("empty mailbox offered something")
+	}
+	done := make(chan error, 1)
+	go func() { done <- mb.Publish("", testMsg(t, "id-1", 1, "data")) }()
+	var o Offer
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var ok bool
+		if o, ok = mb.Next(); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never offered")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if o.ID != OfferID("id-1") || o.Name != "Message_A_B.xml" || o.Header.MessageNo != 1 || o.Size != 4 {
+		t.Fatalf("offer %+v", o)
+	}
+	r, err := o.Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r)
+	if !bytes.Equal(b, []byte("data")) {
+		t.Fatalf("body %q", b)
+	}
+	if _, ok := mb.Next(); ok {
+		t.Fatal("leased offer handed out twice")
+	}
+	clock.Add(int64(time.Minute))
+	o2, ok := mb.Next()
+	if !ok || o2.ID != o.ID {
+		t.Fatal("not offered again after the lease")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Publish returned before the ack: %v", err)
+	default:
+	}
+	if err := mb.Ack("nope"); err == nil {
+		t.Fatal("ack of an unknown id succeeded")
+	}
+	if err := mb.Ack(o.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Publish after the ack: %v", err)
+	}
+	if mb.Waiting() != 0 {
+		t.Fatal("still waiting after the ack")
+	}
+}
+
+func TestMailboxStops(t *testing.T) {
+	mb := NewMailbox("B", Config{Lease: config.Duration(time.Minute)}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	m := testMsg(t, "id-2", 2, "data")
+	exchange.Rebase(m, ctx)
+	done := make(chan error, 2)
+	go func() { done <- mb.Publish("", m) }()
+	go func() { done <- mb.Publish("", testMsg(t, "id-3", 3, "data")) }()
+	for mb.Waiting() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("a cancelled message's Publish returned nil")
+	}
+	mb.Close()
+	if err := <-done; err == nil {
+		t.Fatal("Publish returned nil on Close")
+	}
+	if mb.Waiting() != 0 {
+		t.Fatalf("%d still waiting", mb.Waiting())
+	}
+}
+
+func TestDecode(t *testing.T) {
+	for _, c := range []struct {
+		src  string
+		want time.Duration
+		bad  bool
+	}{
+		{"{}", DefaultLease, false},
+		{"{ lease: 30s }", 30 * time.Second, false},
+		{"{ lease: 10ms }", 0, true},
+		{"{ leas: 1m }", 0, true},
+	} {
+		var n yaml.Node
+		if err := yaml.Unmarshal([]byte(c.src), &n); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := Decode(n.Content[0])
+		if err == nil && len(cfg.Validate()) > 0 {
+			err = cfg.Validate()[0]
+		}
+		if (err != nil) != c.bad || (!c.bad && cfg.Lease.Std() != c.want) {
+			t.Errorf("%s: %+v %v", c.src, cfg, err)
+		}
+	}
+}

@@ -1,0 +1,254 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/pull"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/pipeline"
+)
+
+// Outbox is a node's http_pull mailbox as the API uses it.
+type Outbox interface {
+	// Next leases the next waiting message, false when there is none.
+	Next() (pull.Offer, bool)
+	// Ack completes the delivery of a waiting message.
+	Ack(id string) error
+}
+
+// PushReply is the answer to an accepted POST /api/v1/messages.
+type PushReply struct {
+	// ID is the message's relay id (as in `relay status`, dead letters, trace).
+	ID        string `json:"id"`
+	File      string `json:"file"`
+	MessageNo uint64 `json:"message_no"`
+	Size      int64  `json:"size"`
+	SHA256    string `json:"sha256"`
+}
+
+// push takes one message file, raw or as the first file of a multipart
+// form, spools it, checks it like a pickup does and answers 202 only once
+// JetStream holds it. A bad file is refused with 400 and not stored.
+func (s *Server) push(w http.ResponseWriter, r *http.Request) {
+	c, ok := s.identify(w, r)
+	if !ok {
+		return
+	}
+	limit := int64(s.cfg.Relay.MaxMessageSize)
+	if r.ContentLength > limit {
+		writeErr(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("message of %d bytes is larger than relay.max_message_size (%d bytes)", r.ContentLength, limit))
+		return
+	}
+	// The multipart envelope adds a little to the file.
+	r.Body = http.MaxBytesReader(w, r.Body, limit+64<<10)
+	name, body, err := pushedFile(r)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	f, err := folder.Spool(r.Context(), s.spool, body, limit)
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.Is(err, exchange.ErrTooLarge) || errors.As(err, &mbe):
+		writeErr(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("message is larger than relay.max_message_size (%d bytes)", limit))
+		return
+	case err != nil:
+		// Mostly a client that went away mid-upload: nothing was stored.
+		s.log.Warn("push: upload broken off", "remote", r.RemoteAddr, "err", err)
+		writeErr(w, http.StatusBadRequest, "upload broken off: "+err.Error())
+		return
+	}
+	defer f.Release()
+	if name == "" {
+		// The header names sender and addressee: the usual name follows.
+		h, err := exchange.ReadFileHeader(f.File, f.Size, exchange.DefaultLimits())
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, oneLine(err.Error()))
+			return
+		}
+		format := exchange.FormatXML
+		if extOf(f) == ".zip" {
+			format = exchange.FormatZip
+		}
+		name = exchange.FileName(h.From, h.To, format)
+	}
+	where := "api:" + r.RemoteAddr
+	if c.node != "" {
+		where = "api:" + c.node + "@" + r.RemoteAddr
+	}
+	msg, problem := folder.NewMessage("", where, name, f, exchange.DefaultLimits())
+	if problem != nil {
+		writeErr(w, http.StatusBadRequest, oneLine(problem.Error()))
+		return
+	}
+	h, err := exchange.HeaderOf(msg)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, oneLine(err.Error()))
+		return
+	}
+	if c.node != "" && h.From != c.node {
+		writeErr(w, http.StatusForbidden, fmt.Sprintf("the token of node %q cannot send messages from %q", c.node, h.From))
+		return
+	}
+	if s.cfg.Nodes[h.From] == nil {
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("unknown sender node %q: not in routing.yaml", h.From))
+		return
+	}
+	msg.Metadata.Set(exchange.MetaNode, h.From)
+	if err := s.be.Push(r.Context(), msg); err != nil {
+		s.log.Error("push: not stored", "file", name, "err", err)
+		writeErr(w, http.StatusServiceUnavailable, "not stored, try again: "+err.Error())
+		return
+	}
+	sha := msg.Metadata.Get(exchange.MetaSHA256)
+	id := pipeline.MessageID(h, sha)
+	s.log.Info("message pushed", "file", name, "message_id", id, "remote", r.RemoteAddr)
+	writeJSON(w, http.StatusAccepted, PushReply{ID: id, File: name, MessageNo: h.MessageNo, Size: f.Size, SHA256: sha})
+}
+
+// pushedFile finds the file in a push: the first file part of a
+// multipart/form-data body, or the raw body; its name comes from the part,
+// the ?name= query, X-Relay-File or Content-Disposition, or "" (the header
+// decides).
+func pushedFile(r *http.Request) (string, io.Reader, error) {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt == "multipart/form-data" {
+		mr, err := r.MultipartReader()
+		if err != nil {
+			return "", nil, fmt.Errorf("multipart body: %w", err)
+		}
+		for {
+			p, err := mr.NextPart()
+			if err != nil {
+				return "", nil, errors.New("multipart body has no file part")
+			}
+			if p.FileName() != "" {
+				return filepath.Base(p.FileName()), p, nil
+			}
+		}
+	}
+	name := r.URL.Query().Get("name")
+	if name == "" {
+		name = decodeHeader(r.Header.Get("X-Relay-File"))
+	}
+	if name == "" {
+		if _, params, err := mime.ParseMediaType(r.Header.Get("Content-Disposition")); err == nil {
+			name = params["filename"]
+		}
+	}
+	if strings.ContainsAny(name, `/\`) {
+		return "", nil, fmt.Errorf("file name %q: no folders", name)
+	}
+	return name, r.Body, nil
+}
+
+// extOf says .zip or .xml by a spooled file's first bytes.
+func extOf(f folder.Fetched) string {
+	var b [4]byte
+	if n, _ := f.File.ReadAt(b[:], 0); n == 4 && string(b[:]) == "PK\x03\x04" {
+		return ".zip"
+	}
+	return ".xml"
+}
+
+// decodeHeader reads a header value relay writes RFC 2047-encoded when it
+// is not ASCII; anything else is taken as it is.
+func decodeHeader(v string) string {
+	if d, err := new(mime.WordDecoder).DecodeHeader(v); err == nil {
+		return d
+	}
+	return v
+}
+
+// encodeHeader writes a header value, RFC 2047 (Q) when it is not ASCII.
+func encodeHeader(v string) string { return mime.QEncoding.Encode("utf-8", v) }
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// pullNext hands the node its next waiting message: 200 with the file and
+// its id in Relay-Message-Id, 204 when nothing waits.
+func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
+	ob, code, ok := s.outbox(w, r)
+	if !ok {
+		return
+	}
+	o, any := ob.Next()
+	if !any {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	body, err := o.Open(r.Context())
+	if err != nil {
+		writeErr(w, http.StatusServiceUnavailable, "cannot read the message, try again: "+err.Error())
+		return
+	}
+	defer body.Close()
+	ctype := "application/xml"
+	if strings.HasSuffix(strings.ToLower(o.Name), ".zip") {
+		ctype = "application/zip"
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", ctype)
+	hd.Set("Content-Length", strconv.FormatInt(o.Size, 10))
+	hd.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": o.Name}))
+	hd.Set("Relay-Message-Id", o.ID)
+	hd.Set("Relay-Lease-Until", o.LeaseUntil.UTC().Format(time.RFC3339))
+	hd.Set("X-Relay-File", encodeHeader(o.Name))
+	hd.Set("X-Relay-Plan", encodeHeader(o.Header.ExchangePlan))
+	hd.Set("X-Relay-From", encodeHeader(o.Header.From))
+	hd.Set("X-Relay-To", encodeHeader(o.Header.To))
+	hd.Set("X-Relay-Message-No", strconv.FormatUint(o.Header.MessageNo, 10))
+	hd.Set("X-Relay-Received-No", strconv.FormatUint(o.Header.ReceivedNo, 10))
+	hd.Set("X-Relay-Sha256", o.SHA256)
+	w.WriteHeader(http.StatusOK)
+	if _, err := io.Copy(w, body); err != nil {
+		s.log.Warn("pull: transfer broken off; the message is offered again after its lease", "node", code, "file", o.Name, "err", err)
+	}
+}
+
+// pullAck completes the delivery of a fetched message.
+func (s *Server) pullAck(w http.ResponseWriter, r *http.Request) {
+	ob, code, ok := s.outbox(w, r)
+	if !ok {
+		return
+	}
+	id := r.PathValue("id")
+	if err := ob.Ack(id); err != nil {
+		if errors.Is(err, pull.ErrUnknownOffer) {
+			writeErr(w, http.StatusNotFound, fmt.Sprintf("no message %q waits for node %q (already acknowledged?)", id, code))
+			return
+		}
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	s.log.Info("pulled message acknowledged", "node", code, "id", id)
+	writeJSON(w, http.StatusOK, map[string]string{"acked": id})
+}
+
+// outbox authenticates a pull: only the node's own token may pull it.
+func (s *Server) outbox(w http.ResponseWriter, r *http.Request) (Outbox, string, bool) {
+	c, ok := s.identify(w, r)
+	if !ok {
+		return nil, "", false
+	}
+	code := r.PathValue("code")
+	if c.node != code {
+		writeErr(w, http.StatusForbidden, fmt.Sprintf("pulling the messages of node %q needs that node's own token (nodes.%s.api_token_env)", code, code))
+		return nil, "", false
+	}
+	ob := s.be.Outbox(code)
+	if ob == nil {
+		writeErr(w, http.StatusNotFound, fmt.Sprintf("node %q does not deliver by http_pull on this relay", code))
+		return nil, "", false
+	}
+	return ob, code, true
+}
