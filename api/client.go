@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -31,9 +32,17 @@ func NewClient(addr, token string) *Client {
 const maxReply = 64 << 20
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, nil)
+	return c.send(ctx, method, path, nil, nil, out)
+}
+
+// send is do with a request body.
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader, size *int64, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, body)
 	if err != nil {
 		return err
+	}
+	if size != nil {
+		req.ContentLength = *size
 	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
@@ -43,10 +52,10 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 		return fmt.Errorf("relay is not reachable at %s (is `relay run` running with this config?): %w", c.Base, err)
 	}
 	defer resp.Body.Close()
-	body := io.LimitReader(resp.Body, maxReply)
+	reply := io.LimitReader(resp.Body, maxReply)
 	if resp.StatusCode >= 300 {
 		var e ErrorBody
-		if json.NewDecoder(body).Decode(&e) == nil && e.Error != "" {
+		if json.NewDecoder(reply).Decode(&e) == nil && e.Error != "" {
 			return errors.New(e.Error)
 		}
 		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
@@ -54,7 +63,7 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		return nil
 	}
-	return json.NewDecoder(body).Decode(out)
+	return json.NewDecoder(reply).Decode(out)
 }
 
 // Channels lists channel state.
@@ -85,4 +94,16 @@ func (c *Client) RetryDead(ctx context.Context, seq uint64) (string, error) {
 // DropDead deletes a dead letter and its payload.
 func (c *Client) DropDead(ctx context.Context, seq uint64) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/dead/"+strconv.FormatUint(seq, 10), nil)
+}
+
+// Push sends one message file to the relay (POST /api/v1/messages). The
+// file streams; the client waits as long as ctx allows, not its usual 30 s.
+func (c *Client) Push(ctx context.Context, name string, r io.Reader, size int64) (PushReply, error) {
+	var out PushReply
+	hc := *c
+	long := *c.HTTP
+	long.Timeout = 0
+	hc.HTTP = &long
+	err := hc.send(ctx, http.MethodPost, "/api/v1/messages?name="+url.QueryEscape(name), r, &size, &out)
+	return out, err
 }

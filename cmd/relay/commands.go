@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -367,4 +368,45 @@ func checkCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "time limit per endpoint")
 	return c
+}
+
+func sendCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "send FILE...",
+		Short: "Hand message files to the running relay (as if its sender had left them), through its API",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			failed := 0
+			for _, path := range args {
+				err := func() error {
+					f, err := os.Open(path)
+					if err != nil {
+						return err
+					}
+					defer f.Close()
+					st, err := f.Stat()
+					if err != nil {
+						return err
+					}
+					rep, err := c.Push(cmd.Context(), filepath.Base(path), f, st.Size())
+					if err == nil {
+						fmt.Fprintf(g.stdout, "%s: stored as %s\n", path, rep.ID)
+					}
+					return err
+				}()
+				if err != nil {
+					fmt.Fprintf(g.stderr, "%s: %v\n", path, err)
+					failed++
+				}
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d file(s) not sent", failed, len(args))
+			}
+			return nil
+		},
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -250,8 +251,19 @@ func TestPushCrash(t *testing.T) {
 	if !fxAwait(30*time.Second, func() bool { return fxNodesOK(s) }) {
 		t.Fatal("relay not ready")
 	}
-	sums := map[uint64]string{}
 	dir := t.TempDir()
+	// relay send: one good file is stored and delivered, a bad one is refused.
+	good := filepath.Join(dir, "Message_ЦО_ОП.xml")
+	os.WriteFile(good, fxXML(t, header("ЦО", "ОП", 1, 0), 5000), 0o644)
+	out, err := exec.Command(bin, "send", "-c", s.cfg, good, "../../testdata/fixtures/bad/not_xml.xml").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "stored as") || !strings.Contains(string(out), "not_xml.xml: ") {
+		t.Fatalf("relay send: %v\n%s", err, out)
+	}
+	if !fxAwait(10*time.Second, func() bool { return readNo(filepath.Join(s.in("ОП"), "Message_ЦО_ОП.xml")) == 1 }) {
+		t.Fatalf("relay send: not delivered\n%s", out)
+	}
+	sums := map[uint64]string{}
 	for no := uint64(1); no <= 3; no++ {
 		data := fxXML(t, header("ЦО", "MOB", no, 0), 100000+int64(no))
 		p := filepath.Join(dir, fmt.Sprintf("m%d.xml", no))
