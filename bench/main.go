@@ -4,7 +4,10 @@
 //	go run ./bench -scenario big          # one 1 GiB message through the relay binary, vs cp
 //	go run ./bench -scenario ftp          # 500 × 100 KB FTP→FTP (vsftpd) on 20 channels through the relay binary, vs curl
 //	go run ./bench -scenario ftpbig       # one 1 GiB message FTP→FTP through the relay binary, vs curl
-//	go run ./bench                        # all: throughput, big and ftp
+//	go run ./bench -scenario mail         # 200 × 200 KB by mail (relay A → SMTP → postfix → IMAP → relay B) on 20 channels, vs go-smtp + go-imap
+//	go run ./bench -scenario mailbig      # one 200 MiB message by mail in 10 MiB parts, vs go-smtp + go-imap; both relays' peak RSS
+//	go run ./bench -scenario push         # 2,000 × 10 KB POSTed to /api/v1/messages of the relay binary, vs a plain net/http server
+//	go run ./bench                        # all: throughput, big, ftp, mail and push
 //
 // See bench/README.md for what each number means.
 package main
@@ -33,7 +36,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	scenario := fs.String("scenario", "all", "throughput | big | ftp | ftpbig | all (= throughput, big, ftp)")
+	scenario := fs.String("scenario", "all", "throughput | big | ftp | ftpbig | mail | mailbig | push | all (= throughput, big, ftp, mail, push)")
 	messages := fs.Int("messages", 2000, "throughput: messages in all")
 	channels := fs.Int("channels", 200, "throughput: channels (plan, from, to); nodes = smallest n with n(n-1) >= channels")
 	size := fs.String("size", "10240", "throughput: body size of each message (file is ~0.4 KB more)")
@@ -42,12 +45,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	poll := fs.Duration("poll", 100*time.Millisecond, "pickup poll_interval, >= 100ms (dir and ftp pickups)")
 	baseFsync := fs.Bool("baseline-fsync", true, "baseline fsyncs each written file and its folder, as the relay does")
 	bigSize := fs.String("bigsize", "1GiB", "big, ftpbig: size of the message file")
-	relayBin := fs.String("relay-bin", "", "big, ftp, ftpbig: relay binary to run (default: go build ./cmd/relay into the temp dir)")
+	relayBin := fs.String("relay-bin", "", "big, ftp, ftpbig, mail, mailbig: relay binary to run (default: go build ./cmd/relay into the temp dir)")
 	ftpMessages := fs.Int("ftp-messages", 500, "ftp: messages in all")
 	ftpChannels := fs.Int("ftp-channels", 20, "ftp: destination nodes (channels A→Bnnn, all delivering into b/in); each gets messages/channels, written one after the other; < 50 (vsftpd's per-address connection limit, see README)")
 	ftpSize := fs.String("ftp-size", "100KiB", "ftp: body size of each message (file is ~0.4 KB more)")
 	ftpBaseline := fs.String("ftp-baseline", "batch", "ftp: curl baselines to run, comma-separated: batch (one curl per pass, one login), perfile (one curl per file)")
-	dir := fs.String("dir", "", "parent of the temp folders (default $TMPDIR); must have room for ~3× -bigsize (~4× for ftpbig); for ftp/ftpbig every folder above it must be enterable by others (vsftpd's user)")
+	mailMessages := fs.Int("mail-messages", 200, "mail: messages in all")
+	mailChannels := fs.Int("mail-channels", 20, "mail: destination nodes (channels ЦО→WH01..WHnn, all through one mailbox); each gets messages/channels, written one after the other")
+	mailSize := fs.String("mail-size", "200KiB", "mail: body size of each message (file is ~0.4 KB more)")
+	mailMaxSize := fs.String("mail-max-size", "10MiB", "mail, mailbig: relay A's max_message_size and postfix's message_size_limit (>= 64KiB)")
+	mailBigSize := fs.String("mail-bigsize", "200MiB", "mailbig: size of the message file")
+	pushMessages := fs.Int("push-messages", 2000, "push: messages in all")
+	pushSize := fs.String("push-size", "10KiB", "push: body size of each message (file is ~0.4 KB more)")
+	pushConc := fs.Int("push-concurrency", 8, "push: requests in flight")
+	dir := fs.String("dir", "", "parent of the temp folders (default $TMPDIR); must have room for ~3× -bigsize (~4× for ftpbig, ~5× -mail-bigsize for mailbig, whose mail server keeps its Maildirs under $TMPDIR); for ftp/ftpbig every folder above it must be enterable by others (vsftpd's user)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "per run")
 	logLevel := fs.String("relay-log-level", "info", "throughput: in-process relay log level (logs are formatted, then discarded)")
 	cpuProfile := fs.String("cpuprofile", "", "throughput: write a CPU profile of the relay run here")
@@ -56,17 +67,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var bodySize, bigBytes, ftpBody int64
+	var bodySize, bigBytes, ftpBody, mailBody, mailMax, mailBig, pushBody int64
 	for _, f := range []struct {
 		name string
 		val  string
 		n    *int64
-	}{{"size", *size, &bodySize}, {"bigsize", *bigSize, &bigBytes}, {"ftp-size", *ftpSize, &ftpBody}} {
+	}{{"size", *size, &bodySize}, {"bigsize", *bigSize, &bigBytes}, {"ftp-size", *ftpSize, &ftpBody},
+		{"mail-size", *mailSize, &mailBody}, {"mail-max-size", *mailMaxSize, &mailMax}, {"mail-bigsize", *mailBigSize, &mailBig},
+		{"push-size", *pushSize, &pushBody}} {
 		var err error
 		if *f.n, err = parseSize(f.val); err != nil {
 			fmt.Fprintf(stderr, "bench: -%s: %v\n", f.name, err)
 			return 2
 		}
+	}
+	if mailMax < 64<<10 {
+		fmt.Fprintf(stderr, "bench: -mail-max-size %s: below 64KiB, the smallest max_message_size relay accepts\n", *mailMaxSize)
+		return 2
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -83,7 +100,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
-	doTP, doBig, doFTP, doFTPBig := false, false, false, false
+	doTP, doBig, doFTP, doFTPBig, doMail, doMailBig, doPush := false, false, false, false, false, false, false
 	switch *scenario {
 	case "throughput":
 		doTP = true
@@ -93,10 +110,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		doFTP = true
 	case "ftpbig":
 		doFTPBig = true
+	case "mail":
+		doMail = true
+	case "mailbig":
+		doMailBig = true
+	case "push":
+		doPush = true
 	case "all":
-		doTP, doBig, doFTP = true, true, true
+		doTP, doBig, doFTP, doMail, doPush = true, true, true, true, true
 	default:
-		fmt.Fprintf(stderr, "bench: -scenario %q: want throughput, big, ftp, ftpbig or all\n", *scenario)
+		fmt.Fprintf(stderr, "bench: -scenario %q: want throughput, big, ftp, ftpbig, mail, mailbig, push or all\n", *scenario)
 		return 2
 	}
 	var verbose io.Writer = stderr
@@ -154,6 +177,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 			rep.ftpBig, rep.ftpBigSettle = &b, bo.Settle
 		}
 	}
+	if doMail && *scenario == "all" {
+		if err := mailAvailable(); err != nil {
+			fmt.Fprintf(stderr, "bench: mail: skipped in -scenario all: %v\n", err)
+			doMail = false
+		}
+	}
+	mo := mailOptions{Dir: *dir, Messages: *mailMessages, Channels: *mailChannels, Size: mailBody, MaxSize: mailMax, BigSize: mailBig,
+		Settle: *settle, Poll: *poll, RelayBin: *relayBin, Timeout: *timeout, progress: log}
+	if doMail && ctx.Err() == nil {
+		if m, err := runMail(ctx, mo); ok("mail", err) {
+			rep.mail = &m
+		}
+	}
+	if doMailBig && ctx.Err() == nil {
+		if b, err := runMailBig(ctx, mo); ok("mailbig", err) {
+			rep.mailBig = &b
+		}
+	}
+	if doPush && ctx.Err() == nil {
+		o := pushOptions{Dir: *dir, Bin: *relayBin, Concurrency: *pushConc, Timeout: *timeout, progress: log}
+		if p, err := runPush(ctx, *pushMessages, *channels, pushBody, o); ok("push", err) {
+			rep.push = &p
+		}
+	}
 	rep.print(stdout)
 	if failed || ctx.Err() != nil {
 		return 1
@@ -194,6 +241,9 @@ type report struct {
 	ftp          *ftpReport
 	ftpBig       *ftpBigResult
 	ftpBigSettle time.Duration
+	mail         *mailReport
+	mailBig      *mailBigResult
+	push         *pushReport
 }
 
 func (r *report) print(out io.Writer) {
@@ -224,6 +274,16 @@ func (r *report) print(out io.Writer) {
 	}
 	if b := r.ftpBig; b != nil {
 		printFTPBig(tw, b, r.ftpBigSettle)
+	}
+	if m := r.mail; m != nil {
+		printMail(tw, m)
+	}
+	if b := r.mailBig; b != nil {
+		printMailBig(tw, b)
+	}
+	if p := r.push; p != nil {
+		fmt.Fprintln(tw)
+		p.print(tw)
 	}
 }
 
