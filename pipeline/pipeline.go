@@ -157,7 +157,7 @@ func (p *Pipeline) newLane(name string, wlog watermill.LoggerAdapter) (*lane, er
 		return nil, err
 	}
 	p.closers = append(p.closers, func() error { lb.CloseLane(); return nil })
-	l := &lane{b: lb, states: NewStates(lb.Channels), dead: &Dead{b: lb}, log: p.log, opts: p.opts}
+	l := &lane{b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: p.log, opts: p.opts}
 	if l.pub, err = exchangePublisher(lb.Conn, wlog); err != nil {
 		return nil, fmt.Errorf("%s: publisher: %w", name, err)
 	}

@@ -56,10 +56,14 @@ func (c *Channel) Pending() uint64 {
 type States struct {
 	kv  jetstream.KeyValue
 	now func() time.Time
+	*revCache
+}
 
-	// last is the newest state this States read or wrote per key, with its
-	// revision: Update first tries a compare-and-set against it and reads
-	// the bucket only when someone else changed the key meanwhile.
+// revCache is the newest state read or written per key, with its revision:
+// Update first tries a compare-and-set against it and reads the bucket only
+// when someone else changed the key meanwhile. The lanes of one relay share
+// it, so ingest and delivery of a channel do not make each other's CAS fail.
+type revCache struct {
 	mu   sync.Mutex
 	last map[string]revState
 }
@@ -71,10 +75,16 @@ type revState struct {
 
 // NewStates wraps the channels bucket.
 func NewStates(kv jetstream.KeyValue) *States {
-	return &States{kv: kv, now: time.Now, last: map[string]revState{}}
+	return &States{kv: kv, now: time.Now, revCache: &revCache{last: map[string]revState{}}}
 }
 
-func (s *States) remember(key string, c Channel, rev uint64) {
+// on is s working through kv (another connection's handle on the same
+// bucket) and sharing s's cache.
+func (s *States) on(kv jetstream.KeyValue) *States {
+	return &States{kv: kv, now: s.now, revCache: s.revCache}
+}
+
+func (s *revCache) remember(key string, c Channel, rev uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.last[key]; !ok || rev >= old.rev {
@@ -82,7 +92,7 @@ func (s *States) remember(key string, c Channel, rev uint64) {
 	}
 }
 
-func (s *States) cached(key string) (Channel, uint64, bool) {
+func (s *revCache) cached(key string) (Channel, uint64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.last[key]
