@@ -345,9 +345,8 @@ func (b *Bus) Close() {
 	}
 }
 
-// NewConn opens one more connection to the same NATS, for a component that
-// must not share its connection's lifetime with the others (a Watermill
-// subscriber drains its connection on Close).
+// NewConn opens one more connection to the same NATS, for a component whose
+// requests should not queue behind the others' (a node's delivery workers).
 func (b *Bus) NewConn(name string) (*nats.Conn, error) {
 	if b.server != nil {
 		return nats.Connect("", nats.InProcessServer(b.server), nats.Name(name), nats.MaxReconnects(-1))

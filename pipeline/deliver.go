@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
@@ -30,7 +29,7 @@ const inflightKey = "_relay_inflight"
 type inflight struct {
 	msgs sync.Map
 	seq  atomic.Uint64
-	// held counts messages the handler is about to nack with errHold; the
+	// held counts messages the handler is about to nack as held; the
 	// nack delay Watermill asks for right after consumes one. With several
 	// workers per node two concurrent nacks may swap delays; the count stays
 	// right, so no held message waits out a long backoff.
@@ -43,8 +42,8 @@ type stashUnmarshaler struct{ in *inflight }
 func (u stashUnmarshaler) Unmarshal(msg jetstream.Msg) (*message.Message, error) {
 	wm, err := wmjs.DefaultUnmarshaler{}.Unmarshal(msg)
 	if err != nil {
-		// watermill-nats would dereference a nil message; hand over an empty one
-		// that the handler dead-letters instead.
+		// Hand over an empty message that the handler dead-letters, rather
+		// than one JetStream would offer again forever.
 		wm = message.NewMessage("", nil)
 		wm.Metadata.Set(exchange.MetaProblem, "unreadable record: "+err.Error())
 	}
@@ -108,38 +107,33 @@ func (p *Pipeline) deliverySubscribers(node string, workers int, in *inflight) (
 	return subs, func() error { nc.Close(); return nil }, nil
 }
 
-// deliverySubscriber is one worker's subscription to the node's durable consumer.
+// deliverySubscriber is one worker's subscription to the node's durable
+// consumer (see consumerSubscriber: it closes without racing its callbacks
+// and leaves the shared connection to deliverySubscribers' closer).
 func (p *Pipeline) deliverySubscriber(node string, nc *nats.Conn, in *inflight) (message.Subscriber, error) {
-	ackWait := p.opts.AckWait
-	sub, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
-		Conn:           nc,
-		Logger:         p.router.Logger(),
-		AckWaitTimeout: 7 * 24 * time.Hour, // the handler decides; JetStream's AckWait covers a crash
-		NakDelay:       backoffDelay{max: p.opts.MaxRetryDelay, in: in},
-		Unmarshaler:    stashUnmarshaler{in: in},
+	sub, err := newConsumerSubscriber(consumerSubscriberConfig{
+		Conn:   nc,
+		Stream: bus.StreamExchange,
+		Consumer: jetstream.ConsumerConfig{
+			Durable:       bus.ConsumerName(node),
+			Description:   "delivery to node " + node,
+			FilterSubject: bus.DeliverSubjects(node),
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       p.opts.AckWait, // offered again if no ack or progress (keepAlive) by then: covers a crash
+			MaxDeliver:    -1,
+			// Several may be outstanding so a held message (a gap in
+			// sequential mode) does not block the node's other channels;
+			// the handler still runs one at a time and the channel state
+			// decides what is delivered, so order is kept.
+			MaxAckPending: 64,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+		},
 		// Fetch one at a time: a prefetched message's AckWait would run out
 		// while a long delivery is in progress.
 		ConsumeOptions: []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(1)},
-		ResourceInitializer: func(ctx context.Context, js jetstream.JetStream, _ string) (jetstream.Consumer, func(context.Context, watermill.LoggerAdapter), error) {
-			c, err := js.CreateOrUpdateConsumer(ctx, bus.StreamExchange, jetstream.ConsumerConfig{
-				Durable:       bus.ConsumerName(node),
-				Description:   "delivery to node " + node,
-				FilterSubject: bus.DeliverSubjects(node),
-				AckPolicy:     jetstream.AckExplicitPolicy,
-				AckWait:       ackWait,
-				MaxDeliver:    -1,
-				// Several may be outstanding so a held message (a gap in
-				// sequential mode) does not block the node's other channels;
-				// the handler still runs one at a time and the channel state
-				// decides what is delivered, so order is kept.
-				MaxAckPending: 64,
-				DeliverPolicy: jetstream.DeliverAllPolicy,
-			})
-			if err != nil {
-				return nil, nil, fmt.Errorf("consumer %s: %w", bus.ConsumerName(node), err)
-			}
-			return c, nil, nil
-		},
+		NakDelay:       backoffDelay{max: p.opts.MaxRetryDelay, in: in},
+		Unmarshaler:    stashUnmarshaler{in: in},
+		Logger:         p.router.Logger(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("delivery subscriber %s: %w", node, err)
@@ -174,9 +168,6 @@ func (p *Pipeline) keepAlive(in *inflight, m *message.Message) (stop func()) {
 		in.msgs.Delete(tok)
 	}
 }
-
-// errHold nacks a message that must wait (a gap in sequential mode).
-var errHold = errors.New("held")
 
 // deliverHandler delivers one record to the node's adapter. nil acks it
 // (delivered, or dropped for a counted reason, or dead-lettered); an error
@@ -228,7 +219,10 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
 				log.Warn(msg)
 				in.held.Add(1) // tells the nack delay this one is held
-				return errHold
+				// Nacked here rather than by returning an error: the router
+				// would log every hold, once a second, as a handler failure.
+				m.Nack()
+				return nil
 			}
 		}
 
@@ -243,6 +237,10 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			return l.b.OpenPayload(ctx, obj)
 		})
 		err = pub.Publish(node, out)
+		// The destination's answer is in: record it even if the relay is
+		// stopping now, or the message would be delivered a second time.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
 		switch {
 		case err == nil:
 			now := l.states.now()

@@ -1,0 +1,314 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// consumerSubscriber is a Watermill subscriber on a durable JetStream pull
+// consumer. It replaces watermill-nats' jetstream.Subscriber, whose close
+// races a message callback: its monitor goroutine closes the output channel
+// while a callback may be selecting between "closing" and a send on that
+// channel, and the send can win (panic: send on closed channel, v2.1.3
+// message_handler.go:44). It also drained the connection on Close, which our
+// workers share.
+//
+// Here only the consume callbacks send on a subscription's output, a send
+// only starts while the subscription is open (checked under mu), and the
+// output is closed after the subscription is marked closed under mu, so no
+// send can be in progress or start later.
+type consumerSubscriber struct {
+	js           jetstream.JetStream
+	stream       string
+	consumer     jetstream.ConsumerConfig
+	consumeOpts  []jetstream.PullConsumeOpt
+	unmarshaler  msgUnmarshaler
+	nakDelay     nakDelayer
+	logger       watermill.LoggerAdapter
+	closeTimeout time.Duration
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*consumeSub]struct{}
+}
+
+// msgUnmarshaler turns a JetStream message into a Watermill message.
+type msgUnmarshaler interface {
+	Unmarshal(jetstream.Msg) (*message.Message, error)
+}
+
+// nakDelayer is how long a nacked message waits, by its delivery count.
+type nakDelayer interface {
+	WaitTime(numDelivered uint64) time.Duration
+}
+
+// consumerSubscriberConfig configures a consumerSubscriber.
+type consumerSubscriberConfig struct {
+	// Conn is used, never drained or closed: its owner closes it.
+	Conn *nats.Conn
+	// Stream and Consumer: the durable consumer is created or updated with
+	// this config on every Subscribe.
+	Stream   string
+	Consumer jetstream.ConsumerConfig
+	// ConsumeOptions are passed to Consume (e.g. PullMaxMessages(1)).
+	ConsumeOptions []jetstream.PullConsumeOpt
+	Unmarshaler    msgUnmarshaler
+	// NakDelay, if set, delays the redelivery of a nacked message.
+	NakDelay nakDelayer
+	Logger   watermill.LoggerAdapter
+	// CloseTimeout bounds how long Close waits for the consume callbacks
+	// (default 30s).
+	CloseTimeout time.Duration
+}
+
+// ackTimeout bounds the wait for the server's reply to an ack.
+const ackTimeout = 5 * time.Second
+
+func newConsumerSubscriber(cfg consumerSubscriberConfig) (*consumerSubscriber, error) {
+	if cfg.Conn == nil || cfg.Unmarshaler == nil || cfg.Stream == "" {
+		return nil, errors.New("consumer subscriber: Conn, Stream and Unmarshaler are required")
+	}
+	js, err := jetstream.New(cfg.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = watermill.NopLogger{}
+	}
+	if cfg.CloseTimeout <= 0 {
+		cfg.CloseTimeout = 30 * time.Second
+	}
+	return &consumerSubscriber{
+		js: js, stream: cfg.Stream, consumer: cfg.Consumer, consumeOpts: cfg.ConsumeOptions,
+		unmarshaler: cfg.Unmarshaler, nakDelay: cfg.NakDelay, logger: cfg.Logger,
+		closeTimeout: cfg.CloseTimeout,
+		subs:         map[*consumeSub]struct{}{},
+	}, nil
+}
+
+// consumeSub is one Subscribe: a Consume on the durable consumer feeding one
+// output channel.
+type consumeSub struct {
+	s      *consumerSubscriber
+	output chan *message.Message
+	cc     jetstream.ConsumeContext
+	// ctx is the parent of the messages' contexts; cancelled at close.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// mu orders the callbacks' wg.Add and sends against close: a callback
+	// holds it shared while it checks closed and (then) sends; close takes
+	// it exclusively to set closed.
+	mu     sync.RWMutex
+	closed bool
+	wg     sync.WaitGroup
+
+	once sync.Once
+	err  error
+	done chan struct{} // closed when the subscription is fully closed
+}
+
+// Subscribe creates or updates the durable consumer and starts consuming it.
+// topic is not used: the consumer's config says what it reads. The returned
+// channel is closed when ctx ends or the subscriber is closed, after every
+// consume callback has returned.
+func (s *consumerSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errors.New("subscriber closed")
+	}
+	c, err := s.js.CreateOrUpdateConsumer(ctx, s.stream, s.consumer)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w", s.consumer.Durable, err)
+	}
+	sub := &consumeSub{s: s, output: make(chan *message.Message), done: make(chan struct{})}
+	sub.ctx, sub.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	sub.cc, err = c.Consume(sub.handle, s.consumeOpts...)
+	if err != nil {
+		sub.cancel()
+		return nil, fmt.Errorf("consume %s: %w", s.consumer.Durable, err)
+	}
+	s.subs[sub] = struct{}{}
+	go func() {
+		select {
+		case <-ctx.Done():
+			if err := sub.close(); err != nil {
+				s.logger.Error("Closing subscription", err, nil)
+			}
+		case <-sub.done:
+		}
+	}()
+	return sub.output, nil
+}
+
+// Close stops every subscription and waits for them (each bounded by
+// CloseTimeout). It is idempotent and leaves the connection open.
+func (s *consumerSubscriber) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	subs := make([]*consumeSub, 0, len(s.subs))
+	for sub := range s.subs {
+		subs = append(subs, sub)
+	}
+	s.mu.Unlock()
+
+	errs := make([]error, len(subs))
+	var wg sync.WaitGroup
+	for i, sub := range subs {
+		wg.Go(func() { errs[i] = sub.close() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// close ends the subscription, once; later calls wait for the first.
+//
+// The order matters:
+//  1. cancel the messages' contexts: the handler gives up, a callback waiting
+//     to send or for an ack returns;
+//  2. stop the consume context, so no new callback starts (one that the
+//     subscription is already delivering may still run: step 3 covers it);
+//  3. mark closed under mu: a callback starting after this returns at once,
+//     one that was sending has finished (it held mu shared, and its select
+//     was woken by step 1); no send is in progress or can start;
+//  4. wait for the callbacks that were running to return (acks in flight
+//     finish), bounded by closeTimeout;
+//  5. close the output: safe by 3 even if 4 timed out.
+func (sub *consumeSub) close() error {
+	sub.once.Do(func() {
+		sub.cancel()
+		sub.cc.Stop()
+		sub.mu.Lock()
+		sub.closed = true
+		sub.mu.Unlock()
+
+		waited := make(chan struct{})
+		go func() { sub.wg.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(sub.s.closeTimeout):
+			sub.err = fmt.Errorf("consumer %s: callbacks still running after %s", sub.s.consumer.Durable, sub.s.closeTimeout)
+		}
+		close(sub.output)
+
+		sub.s.mu.Lock()
+		delete(sub.s.subs, sub)
+		sub.s.mu.Unlock()
+		close(sub.done)
+	})
+	<-sub.done
+	return sub.err
+}
+
+// enter registers a running callback; false when the subscription is closed.
+func (sub *consumeSub) enter() bool {
+	sub.mu.RLock()
+	defer sub.mu.RUnlock()
+	if sub.closed {
+		return false
+	}
+	sub.wg.Add(1)
+	return true
+}
+
+// send hands m to the output unless the subscription is closing.
+func (sub *consumeSub) send(m *message.Message) bool {
+	sub.mu.RLock()
+	defer sub.mu.RUnlock()
+	if sub.closed || sub.ctx.Err() != nil {
+		return false
+	}
+	select {
+	case sub.output <- m:
+		return true
+	case <-sub.ctx.Done():
+		return false
+	}
+}
+
+// handle is the consume callback: one JetStream message, handed to the
+// output, then acked or nacked as the handler decides. If the subscription
+// closes first nothing is sent: JetStream offers the message again after the
+// consumer's AckWait.
+func (sub *consumeSub) handle(msg jetstream.Msg) {
+	if !sub.enter() {
+		return
+	}
+	defer sub.wg.Done()
+	s := sub.s
+	m, err := s.unmarshaler.Unmarshal(msg)
+	if err != nil || m == nil {
+		// Not ours to judge: leave it to AckWait, as a close would.
+		s.logger.Error("Cannot unmarshal message", err, watermill.LogFields{"subject": msg.Subject()})
+		return
+	}
+	fields := watermill.LogFields{"message_uuid": m.UUID, "subject": msg.Subject()}
+	ctx, cancel := context.WithCancel(sub.ctx)
+	defer cancel()
+	m.SetContext(ctx)
+	if !sub.send(m) {
+		s.logger.Trace("Closing, message not handed over", fields)
+		return
+	}
+	select {
+	case <-m.Acked():
+		sub.ack(msg, fields)
+	case <-m.Nacked():
+		sub.nak(msg, fields)
+	case <-ctx.Done():
+		// Closing. A decision made at the same moment still counts.
+		select {
+		case <-m.Acked():
+			sub.ack(msg, fields)
+		case <-m.Nacked():
+			sub.nak(msg, fields)
+		default:
+			s.logger.Trace("Closing, message left to redelivery", fields)
+		}
+	}
+}
+
+// ack acks and waits for the server to confirm. The wait is bounded but not
+// tied to the subscription: an ack made just before close still gets through.
+func (sub *consumeSub) ack(msg jetstream.Msg, fields watermill.LogFields) {
+	ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+	defer cancel()
+	if err := msg.DoubleAck(ctx); err != nil {
+		sub.s.logger.Error("Cannot send ack", err, fields)
+		return
+	}
+	sub.s.logger.Trace("Message acked", fields)
+}
+
+// nak asks for redelivery after the nak delay for the delivery count.
+func (sub *consumeSub) nak(msg jetstream.Msg, fields watermill.LogFields) {
+	var delay time.Duration
+	if sub.s.nakDelay != nil {
+		md, err := msg.Metadata()
+		if err != nil {
+			sub.s.logger.Error("Cannot read message metadata, nak without delay", err, fields)
+		} else {
+			delay = sub.s.nakDelay.WaitTime(md.NumDelivered)
+		}
+	}
+	var err error
+	if delay > 0 {
+		err = msg.NakWithDelay(delay)
+	} else {
+		err = msg.Nak()
+	}
+	if err != nil {
+		sub.s.logger.Error("Cannot send nak", err, fields)
+		return
+	}
+	sub.s.logger.Trace("Message nacked", fields.Add(watermill.LogFields{"delay": delay.String()}))
+}
