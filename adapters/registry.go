@@ -15,6 +15,7 @@ import (
 
 	"github.com/relay1c/relay/adapters/dir"
 	"github.com/relay1c/relay/adapters/ftp"
+	"github.com/relay1c/relay/adapters/http"
 	"github.com/relay1c/relay/adapters/mail"
 	"github.com/relay1c/relay/adapters/pull"
 	"github.com/relay1c/relay/bus"
@@ -158,6 +159,31 @@ var kinds = map[string]kind{
 			return mail.CheckSMTP(ctx, node, c, log)
 		},
 	},
+	"http": {
+		checkPickup:  func(r *Registry, e *config.Endpoint) []error { return checkHTTP(e, "pickup") },
+		checkDeliver: func(r *Registry, e *config.Endpoint) []error { return checkHTTP(e, "deliver") },
+		pickup: func(r *Registry, node string, e *config.Endpoint, mem *pipeline.Memory, log *slog.Logger) (message.Subscriber, error) {
+			c, err := r.httpConfig(e, "pickup")
+			if err != nil {
+				return nil, err
+			}
+			return http.NewPickup(node, c, r.spool(node), log)
+		},
+		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
+			c, err := r.httpConfig(e, "deliver")
+			if err != nil {
+				return nil, err
+			}
+			return http.NewPublisher(node, c, log)
+		},
+		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
+			c, err := r.httpConfig(e, role)
+			if err != nil {
+				return err
+			}
+			return http.Check(ctx, node, role, c, log)
+		},
+	},
 	"http_pull": {
 		checkDeliver: func(r *Registry, e *config.Endpoint) []error {
 			c, err := pull.Decode(&e.Options)
@@ -206,6 +232,32 @@ func checkFTP(e *config.Endpoint, role string) []error {
 	return c.Validate()
 }
 
+// checkHTTP validates an http endpoint. An HTTP pickup cannot commit: what
+// the service returns next is its own business, so after: is only delete
+// (the default, meaning nothing here).
+func checkHTTP(e *config.Endpoint, role string) []error {
+	c, err := http.Decode(&e.Options, role)
+	if err != nil {
+		return []error{err}
+	}
+	errs := c.Validate()
+	if role == "pickup" && e.After.Action != config.AfterDelete {
+		errs = append(errs, fmt.Errorf("after: %s is not possible for an http pickup (the service decides what it serves next)", e.After))
+	}
+	return errs
+}
+
+func (r *Registry) httpConfig(e *config.Endpoint, role string) (http.Config, error) {
+	c, err := http.Decode(&e.Options, role)
+	if err != nil {
+		return c, err
+	}
+	if c.CAFile != "" {
+		c.CAFile = r.cfg.Resolve(c.CAFile)
+	}
+	return c, nil
+}
+
 func (r *Registry) ftpConfig(e *config.Endpoint, role string) (ftp.Config, error) {
 	c, err := ftp.Decode(&e.Options, role)
 	if err != nil {
@@ -224,7 +276,7 @@ func (r *Registry) spool(node string) string {
 }
 
 // planned are kinds from DESIGN.md that this build does not have yet.
-var planned = map[string]bool{"http": true}
+var planned = map[string]bool{}
 
 // Registry builds adapters for one config.
 type Registry struct{ cfg *config.Config }

@@ -94,6 +94,9 @@ if [ ! -x /usr/sbin/postfix ] && [ "$(id -u)" = 0 ]; then
 fi
 install_missing /usr/sbin/postfix postfix
 install_missing curl curl # the FTP bench's baseline client, the mail tests' independent client
+# The http tests start their own nginx as a WebDAV target. Debian 12's nginx
+# has the DAV module (PUT) built in; nginx-light only adds the echo module.
+install_missing /usr/sbin/nginx nginx
 install_missing nats-server nats-server
 export RELAY_E2E_REQUIRE_SERVERS=1
 

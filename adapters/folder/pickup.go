@@ -465,8 +465,8 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 
 // Backoff is capped exponential: 1s, 2s, 4s ... 5m.
 func Backoff(fails int) time.Duration {
-	if fails > 8 {
-		fails = 8
+	if fails > 9 {
+		fails = 9
 	}
 	return min(time.Second<<fails, 5*time.Minute)
 }

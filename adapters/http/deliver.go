@@ -1,0 +1,379 @@
+package http
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	stdhttp "net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/cenkalti/backoff/v5"
+
+	"github.com/relay1c/relay/adapters/trouble"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Publisher is an HTTP delivery, a Watermill Publisher: Publish returns nil
+// only once the service answered 2xx to the whole file.
+//
+// Outcomes: 2xx is delivered, unless the reply is 1C's remote-query error
+// convention {"error": true, "errorDescription": "..."}, which dead-letters
+// the message with that description. 408, 425, 429, 5xx and network errors
+// are retried within Publish with capped exponential backoff (1s doubling,
+// at most 5 attempts and 3 minutes, Retry-After honoured up to 5 minutes),
+// then returned as a plain error: the pipeline retries later. 401 and 407
+// (credentials), certificate failures and redirects relay does not follow
+// are the endpoint's trouble: returned at once, retried by the pipeline.
+// Every other 4xx is the service's verdict on this message: a permanent
+// error (dead letter) with the status and the start of the reply.
+type Publisher struct {
+	c     *client
+	retry retryPolicy
+
+	trouble.Last
+}
+
+var _ message.Publisher = (*Publisher)(nil)
+
+// retryPolicy bounds the retries within one Publish.
+type retryPolicy struct {
+	initial, maxInterval time.Duration
+	tries                uint
+	elapsed              time.Duration
+	// maxRetryAfter caps a server's Retry-After.
+	maxRetryAfter time.Duration
+}
+
+var defaultRetry = retryPolicy{
+	initial:       time.Second,
+	maxInterval:   time.Minute,
+	tries:         5,
+	elapsed:       3 * time.Minute,
+	maxRetryAfter: 5 * time.Minute,
+}
+
+// NewPublisher makes the delivery of node to an HTTP service. It does not
+// connect: the first delivery does, so a service that is down at start
+// only delays that node.
+func NewPublisher(node string, cfg Config, log *slog.Logger) (*Publisher, error) {
+	if cfg.role == "" {
+		cfg.role = "deliver"
+	}
+	c, err := newClient(node, cfg, "http", log)
+	if err != nil {
+		return nil, err
+	}
+	return &Publisher{c: c, retry: defaultRetry}, nil
+}
+
+// Publish delivers each message; the topic is ignored (one destination).
+// The message's context bounds the delivery: cancelling it stops a
+// request and the waits between retries at once.
+func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		err := p.deliver(m.Context(), m)
+		p.Last.Set(err)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close drops idle connections; it is idempotent.
+func (p *Publisher) Close() error {
+	p.c.hc.CloseIdleConnections()
+	return nil
+}
+
+// outcome is one attempt's failure and what to do about it.
+type outcome struct {
+	err       error
+	retry     bool // worth another attempt within this Publish
+	permanent bool // the service's verdict on this message: dead letter
+	after     time.Duration
+}
+
+// retryAfterErr carries an attempt's error together with the server's
+// Retry-After for backoff.Retry.
+type retryAfterErr struct {
+	err   error
+	after *backoff.RetryAfterError
+}
+
+func (e *retryAfterErr) Error() string   { return e.err.Error() }
+func (e *retryAfterErr) Unwrap() []error { return []error{e.err, e.after} }
+
+func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
+	d, err := exchange.OpenDelivery(ctx, m, "http "+p.c.node)
+	if err != nil {
+		return err
+	}
+	// The first attempt streams the body OpenDelivery opened; a retry or a
+	// 307/308 redirect opens it again.
+	first := d.Body
+	defer func() {
+		if first != nil {
+			first.Close()
+		}
+	}()
+	open := func(ctx context.Context) (io.ReadCloser, error) {
+		if first != nil {
+			b := first
+			first = nil
+			return b, nil
+		}
+		return exchange.Body(ctx, m)
+	}
+
+	target := p.c.u
+	if p.c.cfg.Method == "PUT" {
+		target = target.JoinPath(url.PathEscape(d.Name))
+	}
+	where := fmt.Sprintf("http %s: %s %s", p.c.node, p.c.cfg.Method, display(target))
+	log := p.c.log.With("file", d.Name, "message_id", m.UUID, "message_no", d.Header.MessageNo)
+
+	attempts := 0
+	var last error
+	op := func() (struct{}, error) {
+		attempts++
+		o := p.attempt(ctx, m.UUID, d, open, target)
+		if o == nil {
+			return struct{}{}, nil
+		}
+		last = fmt.Errorf("%s: %w", where, o.err)
+		switch {
+		case o.permanent:
+			return struct{}{}, backoff.Permanent(exchange.Permanent(last))
+		case !o.retry:
+			return struct{}{}, backoff.Permanent(last)
+		case o.after > 0:
+			return struct{}{}, &retryAfterErr{err: last, after: &backoff.RetryAfterError{Duration: o.after}}
+		}
+		return struct{}{}, last
+	}
+	started := time.Now()
+	_, err = backoff.Retry(ctx, op,
+		backoff.WithBackOff(&backoff.ExponentialBackOff{
+			InitialInterval:     p.retry.initial,
+			RandomizationFactor: 0.2,
+			Multiplier:          2,
+			MaxInterval:         p.retry.maxInterval,
+		}),
+		backoff.WithMaxTries(p.retry.tries),
+		backoff.WithMaxElapsedTime(p.retry.elapsed),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			// Show the trouble while Publish still retries.
+			p.Last.Set(err)
+			log.Warn("delivery attempt failed; retrying", "attempt", attempts, "err", err, "retry_in", wait.Round(time.Millisecond))
+		}))
+	if err == nil {
+		log.Debug("delivered", "bytes", d.Size, "attempts", attempts)
+		return nil
+	}
+	var stop *backoff.PermanentError
+	if errors.As(err, &stop) {
+		err = stop.Err
+	}
+	var ra *retryAfterErr
+	if errors.As(err, &ra) {
+		err = ra.err
+	}
+	if exchange.IsPermanent(err) {
+		return err
+	}
+	if ctx.Err() != nil {
+		switch {
+		case last == nil:
+			return fmt.Errorf("%s: %w", where, context.Cause(ctx))
+		case errors.Is(last, ctx.Err()):
+			return last
+		}
+		return fmt.Errorf("%w (stopped: %w)", last, context.Cause(ctx))
+	}
+	if attempts > 1 {
+		return fmt.Errorf("%w (%d attempts in %s)", err, attempts, time.Since(started).Round(time.Second))
+	}
+	return err
+}
+
+// attempt sends the file once; nil means delivered.
+func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery, open func(context.Context) (io.ReadCloser, error), target *url.URL) *outcome {
+	rctx, guard, done := p.c.newAttemptContext(ctx)
+	defer done()
+	newBody := func() (io.ReadCloser, error) {
+		if d.Size == 0 {
+			return stdhttp.NoBody, nil
+		}
+		r, err := open(rctx)
+		if err != nil {
+			return nil, fmt.Errorf("open body: %w", err)
+		}
+		return &sendBody{r: r, left: d.Size, g: guard}, nil
+	}
+	body, err := newBody()
+	if err != nil {
+		return &outcome{err: err, retry: true}
+	}
+	req, err := stdhttp.NewRequestWithContext(rctx, p.c.cfg.Method, target.String(), body)
+	if err != nil {
+		body.Close()
+		return &outcome{err: err}
+	}
+	req.ContentLength = d.Size
+	req.GetBody = newBody
+	if err := p.c.authorize(req); err != nil {
+		body.Close()
+		return &outcome{err: err}
+	}
+	h := req.Header
+	h.Set("Content-Type", contentType(d.Name))
+	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": d.Name}))
+	h.Set(HeaderIdempotencyKey, id)
+	h.Set(HeaderPlan, encodeValue(d.Header.ExchangePlan))
+	h.Set(HeaderFrom, encodeValue(d.Header.From))
+	h.Set(HeaderTo, encodeValue(d.Header.To))
+	h.Set(HeaderMessageNo, strconv.FormatUint(d.Header.MessageNo, 10))
+	h.Set(HeaderReceivedNo, strconv.FormatUint(d.Header.ReceivedNo, 10))
+	h.Set(HeaderFile, encodeValue(d.Name))
+	if d.SHA256 != "" {
+		h.Set(HeaderSHA256, d.SHA256)
+	}
+
+	resp, err := p.c.hc.Do(req)
+	if err != nil {
+		err = requestErr(rctx, err)
+		switch {
+		case ctx.Err() != nil:
+			return &outcome{err: err}
+		case errors.Is(err, errRedirect), certError(err):
+			return &outcome{err: err}
+		}
+		return &outcome{err: err, retry: true}
+	}
+	defer resp.Body.Close()
+	reply := guardedReader{r: resp.Body, g: guard}
+	code := resp.StatusCode
+	switch {
+	case code >= 200 && code < 300:
+		if desc, failed := oneCError(reply); failed {
+			return &outcome{err: fmt.Errorf("%s: the service reported an error: %s", resp.Status, desc), permanent: true}
+		}
+		drain(reply)
+		return nil
+	case code == stdhttp.StatusRequestTimeout, code == stdhttp.StatusTooEarly, code == stdhttp.StatusTooManyRequests, code >= 500:
+		e := statusError(resp, reply)
+		return &outcome{err: e, retry: true, after: retryAfter(resp.Header.Get("Retry-After"), time.Now(), p.retry.maxRetryAfter)}
+	case code == stdhttp.StatusUnauthorized, code == stdhttp.StatusProxyAuthRequired, code >= 300 && code < 400:
+		// The endpoint's trouble (credentials, a redirect to a GET): the
+		// same for every message, so not this message's dead letter.
+		return &outcome{err: statusError(resp, reply)}
+	case code >= 400 && code < 500:
+		return &outcome{err: statusError(resp, reply), permanent: true}
+	}
+	return &outcome{err: statusError(resp, reply)}
+}
+
+// sendBody streams the file to the connection: it fails a body that ends
+// before size or goes past it (a short object never becomes a
+// complete-looking request), and kicks the idle guard while the connection
+// takes bytes.
+type sendBody struct {
+	r    io.ReadCloser
+	left int64
+	g    *idleGuard
+}
+
+func (b *sendBody) Read(p []byte) (int, error) {
+	b.g.kick()
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	switch {
+	case b.left < 0:
+		return n, errors.New("the object store holds more bytes than the size metadata")
+	case err == io.EOF && b.left > 0:
+		return n, fmt.Errorf("the object store ended %d bytes early: %w", b.left, io.ErrUnexpectedEOF)
+	case b.left == 0:
+		// All sent: the wait for the answer is response_timeout's.
+		b.g.pause()
+	}
+	return n, err
+}
+
+func (b *sendBody) Close() error { return b.r.Close() }
+
+// contentType is the media type of an exchange file by its extension.
+func contentType(name string) string {
+	if strings.HasSuffix(strings.ToLower(name), ".zip") {
+		return "application/zip"
+	}
+	return "application/xml"
+}
+
+// maxReply is how much of a 2xx reply is read for 1C's error convention.
+const maxReply = 64 << 10
+
+// oneCError reads a 2xx reply (at most 64 KiB) and reports whether it is
+// 1C's remote-query error convention {"error": true, "errorDescription": "..."}.
+func oneCError(r io.Reader) (string, bool) {
+	b, _ := io.ReadAll(io.LimitReader(r, maxReply))
+	b = bytes.TrimSpace(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf")))
+	if len(b) == 0 || b[0] != '{' {
+		return "", false
+	}
+	var v struct {
+		Error            any    `json:"error"`
+		ErrorDescription string `json:"errorDescription"`
+	}
+	if json.Unmarshal(b, &v) != nil {
+		return "", false
+	}
+	switch e := v.Error.(type) {
+	case bool:
+		if !e {
+			return "", false
+		}
+	case string:
+		if !strings.EqualFold(e, "true") {
+			return "", false
+		}
+	default:
+		return "", false
+	}
+	desc := strings.Join(strings.Fields(v.ErrorDescription), " ")
+	if desc == "" {
+		desc = "error: true without errorDescription"
+	}
+	return desc, true
+}
+
+// retryAfter reads a Retry-After header (seconds or an HTTP date), at most
+// max; 0 when absent or unreadable.
+func retryAfter(v string, now time.Time, limit time.Duration) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		if secs > int64(limit/time.Second) {
+			return limit
+		}
+		d = time.Duration(secs) * time.Second
+	} else if t, err := stdhttp.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), limit)
+}

@@ -1,0 +1,1272 @@
+package http
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"mime"
+	"net"
+	stdhttp "net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"gopkg.in/yaml.v3"
+
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+// --- helpers ------------------------------------------------------------
+
+func hdr(no uint64) exchange.Header {
+	return exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: no, ReceivedNo: no - 1}
+}
+
+func xmlOf(t testing.TB, h exchange.Header, size int64) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := exchangetest.WriteXML(&b, h, size); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func zipOf(t testing.TB, h exchange.Header, size int64) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := exchangetest.WriteZip(&b, h, size); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// testMsg is a delivery message whose body opener counts its calls.
+type testMsg struct {
+	*message.Message
+	opens atomic.Int32
+}
+
+// newMsg makes a delivery message as the pipeline hands it; open, when
+// set, replaces the plain reader over body.
+func newMsg(h exchange.Header, name string, body []byte, open func() io.Reader) *testMsg {
+	m := &testMsg{Message: message.NewMessage(watermill.NewUUID(), nil)}
+	exchange.SetHeader(m.Message, h)
+	m.Metadata.Set(exchange.MetaFileName, name)
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
+	m.Metadata.Set(exchange.MetaSHA256, sum(body))
+	exchange.SetBody(m.Message, func(context.Context) (io.ReadCloser, error) {
+		m.opens.Add(1)
+		if open != nil {
+			return io.NopCloser(open()), nil
+		}
+		return io.NopCloser(bytes.NewReader(body)), nil
+	})
+	return m
+}
+
+// fastRetry keeps the retry shape but in milliseconds.
+var fastRetry = retryPolicy{initial: 20 * time.Millisecond, maxInterval: 100 * time.Millisecond, tries: 5, elapsed: 10 * time.Second, maxRetryAfter: 5 * time.Second}
+
+func newPub(t testing.TB, cfg Config) *Publisher {
+	t.Helper()
+	p, err := NewPublisher("ERP", cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.retry = fastRetry
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// request is what a test server saw of one request.
+type request struct {
+	method, path, rawURI string
+	header               stdhttp.Header
+	body                 []byte
+	at                   time.Time
+}
+
+// recorder is a test server that records requests and answers each with
+// the next of its replies (the last one repeats).
+type recorder struct {
+	mu      sync.Mutex
+	reqs    []request
+	replies []func(w stdhttp.ResponseWriter, r *stdhttp.Request)
+}
+
+func (rc *recorder) ServeHTTP(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+	body, _ := io.ReadAll(r.Body)
+	rc.mu.Lock()
+	n := len(rc.reqs)
+	rc.reqs = append(rc.reqs, request{method: r.Method, path: r.URL.Path, rawURI: r.RequestURI, header: r.Header.Clone(), body: body, at: time.Now()})
+	reply := rc.replies[min(n, len(rc.replies)-1)]
+	rc.mu.Unlock()
+	reply(w, r)
+}
+
+func (rc *recorder) requests() []request {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]request(nil), rc.reqs...)
+}
+
+func status(code int, body string, hdrs ...string) func(stdhttp.ResponseWriter, *stdhttp.Request) {
+	return func(w stdhttp.ResponseWriter, _ *stdhttp.Request) {
+		for i := 0; i+1 < len(hdrs); i += 2 {
+			w.Header().Set(hdrs[i], hdrs[i+1])
+		}
+		w.WriteHeader(code)
+		io.WriteString(w, body)
+	}
+}
+
+func serve(t testing.TB, replies ...func(stdhttp.ResponseWriter, *stdhttp.Request)) (*recorder, *httptest.Server) {
+	t.Helper()
+	rc := &recorder{replies: replies}
+	srv := httptest.NewServer(rc)
+	t.Cleanup(srv.Close)
+	return rc, srv
+}
+
+func mustContain(t testing.TB, err error, parts ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want one containing %q", parts)
+	}
+	for _, p := range parts {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("error %q does not contain %q", err, p)
+		}
+	}
+}
+
+// --- delivery -------------------------------------------------------------
+
+// TestDeliverPOST: the body arrives byte-identical with every header,
+// Cyrillic values percent-encoded, the file name in Content-Disposition
+// (RFC 2231) and the message id as Idempotency-Key.
+func TestDeliverPOST(t *testing.T) {
+	rc, srv := serve(t, status(200, "OK"))
+	p := newPub(t, Config{URL: srv.URL + "/base/hs/exchange/message?mode=1", Headers: map[string]string{"X-Base": "trade"}})
+	for _, tc := range []struct {
+		name, ctype string
+		body        []byte
+	}{
+		{"Message_ЦО_ОП.xml", "application/xml", xmlOf(t, hdr(7), 200_000)},
+		{"Message_ЦО_ОП.zip", "application/zip", zipOf(t, hdr(8), 200_000)},
+	} {
+		h := hdr(7)
+		if strings.HasSuffix(tc.name, ".zip") {
+			h = hdr(8)
+		}
+		m := newMsg(h, tc.name, tc.body, nil)
+		if err := p.Publish("", m.Message); err != nil {
+			t.Fatal(err)
+		}
+		reqs := rc.requests()
+		r := reqs[len(reqs)-1]
+		if r.method != "POST" || r.path != "/base/hs/exchange/message" || !strings.HasSuffix(r.rawURI, "?mode=1") {
+			t.Errorf("%s %s (%s), want POST to the URL as is", r.method, r.path, r.rawURI)
+		}
+		if !bytes.Equal(r.body, tc.body) {
+			t.Fatalf("%s: body of %d bytes differs from the %d sent", tc.name, len(r.body), len(tc.body))
+		}
+		want := map[string]string{
+			"Content-Type":        tc.ctype,
+			"Content-Length":      strconv.Itoa(len(tc.body)),
+			"Idempotency-Key":     m.UUID,
+			"X-Relay-Plan":        "%D0%9C%D0%B0%D0%B3%D0%B0%D0%B7%D0%B8%D0%BD%D1%8B",
+			"X-Relay-From":        "%D0%A6%D0%9E",
+			"X-Relay-To":          "%D0%9E%D0%9F",
+			"X-Relay-Message-No":  strconv.FormatUint(h.MessageNo, 10),
+			"X-Relay-Received-No": strconv.FormatUint(h.ReceivedNo, 10),
+			"X-Relay-Sha256":      sum(tc.body),
+			"X-Base":              "trade",
+		}
+		for k, v := range want {
+			if got := r.header.Get(k); got != v {
+				t.Errorf("%s: header %s = %q, want %q", tc.name, k, got, v)
+			}
+		}
+		if got := decodeValue(r.header.Get("X-Relay-File")); got != tc.name {
+			t.Errorf("X-Relay-File decodes to %q, want %q", got, tc.name)
+		}
+		if got := decodeValue(r.header.Get("X-Relay-Plan")); got != "Магазины" {
+			t.Errorf("X-Relay-Plan decodes to %q", got)
+		}
+		cd := r.header.Get("Content-Disposition")
+		if !strings.HasPrefix(cd, "attachment; filename*=utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.") {
+			t.Errorf("Content-Disposition %q, want attachment; filename*=utf-8''...", cd)
+		}
+		if _, params, err := mime.ParseMediaType(cd); err != nil || params["filename"] != tc.name {
+			t.Errorf("Content-Disposition %q names %q (%v), want %s", cd, params["filename"], err, tc.name)
+		}
+		if m.opens.Load() != 1 {
+			t.Errorf("body opened %d times, want 1", m.opens.Load())
+		}
+	}
+	if e, _ := p.LastError(); e != "" {
+		t.Errorf("LastError %q after deliveries", e)
+	}
+	// An ASCII name goes as a plain filename.
+	ascii := xmlOf(t, exchange.Header{ExchangePlan: "Shops", From: "A", To: "B", MessageNo: 1}, 100)
+	if err := p.Publish("", newMsg(exchange.Header{ExchangePlan: "Shops", From: "A", To: "B", MessageNo: 1}, "Message_A_B.xml", ascii, nil).Message); err != nil {
+		t.Fatal(err)
+	}
+	reqs := rc.requests()
+	if r := reqs[len(reqs)-1]; r.header.Get("Content-Disposition") != "attachment; filename=Message_A_B.xml" || r.header.Get("X-Relay-From") != "A" {
+		t.Errorf("ASCII names: Content-Disposition %q, X-Relay-From %q", r.header.Get("Content-Disposition"), r.header.Get("X-Relay-From"))
+	}
+}
+
+// TestDeliverPUT: with PUT the file name is appended to the URL's path,
+// URL-escaped, with or without a trailing slash.
+func TestDeliverPUT(t *testing.T) {
+	rc, srv := serve(t, status(201, ""))
+	body := xmlOf(t, hdr(3), 5000)
+	for _, u := range []string{srv.URL + "/dav/in/", srv.URL + "/dav/in"} {
+		p := newPub(t, Config{URL: u, Method: "put"})
+		if err := p.Publish("", newMsg(hdr(3), "Message_ЦО_ОП.xml", body, nil).Message); err != nil {
+			t.Fatal(err)
+		}
+		reqs := rc.requests()
+		r := reqs[len(reqs)-1]
+		if r.method != "PUT" || r.path != "/dav/in/Message_ЦО_ОП.xml" || r.rawURI != "/dav/in/Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml" {
+			t.Errorf("url %s: %s %s (%s), want PUT /dav/in/Message_ЦО_ОП.xml escaped", u, r.method, r.path, r.rawURI)
+		}
+		if !bytes.Equal(r.body, body) {
+			t.Error("PUT body differs")
+		}
+	}
+}
+
+// TestDeliverOneCError: a 2xx reply in 1C's remote-query error convention
+// is a permanent failure carrying the description; other 2xx JSON is success.
+func TestDeliverOneCError(t *testing.T) {
+	rc, srv := serve(t, status(200, "\ufeff{\"error\": true, \"errorDescription\": \"Узел ОП не найден\\nв плане обмена\"}", "Content-Type", "application/json"))
+	p := newPub(t, Config{URL: srv.URL + "/hs/exchange/message"})
+	err := p.Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", xmlOf(t, hdr(2), 100), nil).Message)
+	mustContain(t, err, "http ERP: POST "+srv.URL+"/hs/exchange/message: 200 OK: the service reported an error: Узел ОП не найден в плане обмена")
+	if !exchange.IsPermanent(err) {
+		t.Errorf("1C error reply not permanent: %v", err)
+	}
+	if n := len(rc.requests()); n != 1 {
+		t.Errorf("%d requests, want 1 (no retry of a verdict)", n)
+	}
+	if e, _ := p.LastError(); e == "" {
+		t.Error("LastError empty after a failure")
+	}
+
+	for _, reply := range []string{`{"error": false, "errorDescription": ""}`, `{"result": "ok"}`, `{"error": true`, "Принято"} {
+		_, srv := serve(t, status(200, reply))
+		p := newPub(t, Config{URL: srv.URL})
+		if err := p.Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", xmlOf(t, hdr(2), 100), nil).Message); err != nil {
+			t.Errorf("reply %q: %v, want delivered", reply, err)
+		}
+	}
+}
+
+func TestOneCError(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		desc string
+		fail bool
+	}{
+		{`{"error":true,"errorDescription":"x"}`, "x", true},
+		{`  {"Error": "true", "ErrorDescription": " a\r\n b "}`, "a b", true},
+		{`{"error": true}`, "error: true without errorDescription", true},
+		{`{"error": 1}`, "", false},
+		{`{"error": false}`, "", false},
+		{`[{"error": true}]`, "", false},
+		{`<ok/>`, "", false},
+		{``, "", false},
+		{`{"error": true, "pad": "` + strings.Repeat("x", maxReply) + `"}`, "", false}, // beyond 64 KiB: not read whole
+	} {
+		desc, fail := oneCError(strings.NewReader(c.in))
+		if desc != c.desc || fail != c.fail {
+			t.Errorf("oneCError(%.40q) = %q, %v; want %q, %v", c.in, desc, fail, c.desc, c.fail)
+		}
+	}
+}
+
+// TestDeliverClientErrors: other 4xx are permanent, with the status and the
+// first 200 bytes of the reply on one line; 401 is the endpoint's trouble.
+func TestDeliverClientErrors(t *testing.T) {
+	long := "Line one\nline two\t" + strings.Repeat("ж", 300)
+	for _, c := range []struct {
+		code      int
+		permanent bool
+	}{{400, true}, {403, true}, {404, true}, {409, true}, {413, true}, {401, false}} {
+		t.Run(strconv.Itoa(c.code), func(t *testing.T) {
+			rc, srv := serve(t, status(c.code, long))
+			p := newPub(t, Config{URL: srv.URL + "/hs/x"})
+			err := p.Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", xmlOf(t, hdr(2), 100), nil).Message)
+			st := fmt.Sprintf("%d %s", c.code, stdhttp.StatusText(c.code))
+			mustContain(t, err, "http ERP: POST "+srv.URL+"/hs/x: "+st+": Line one line two жжж")
+			if exchange.IsPermanent(err) != c.permanent {
+				t.Errorf("permanent = %v, want %v: %v", exchange.IsPermanent(err), c.permanent, err)
+			}
+			if strings.Contains(err.Error(), "\n") || len(err.Error()) > 400 {
+				t.Errorf("error not one short line: %q", err)
+			}
+			if n := len(rc.requests()); n != 1 {
+				t.Errorf("%d requests, want 1", n)
+			}
+		})
+	}
+}
+
+// TestDeliverRetries5xx: a 500 is retried within Publish, the body opened
+// again and sent whole.
+func TestDeliverRetries5xx(t *testing.T) {
+	rc, srv := serve(t, status(500, "busy"), status(200, ""))
+	p := newPub(t, Config{URL: srv.URL})
+	body := xmlOf(t, hdr(4), 300_000)
+	m := newMsg(hdr(4), "Message_ЦО_ОП.xml", body, nil)
+	if err := p.Publish("", m.Message); err != nil {
+		t.Fatal(err)
+	}
+	reqs := rc.requests()
+	if len(reqs) != 2 {
+		t.Fatalf("%d requests, want 2", len(reqs))
+	}
+	for i, r := range reqs {
+		if !bytes.Equal(r.body, body) {
+			t.Errorf("attempt %d: body of %d bytes, want %d", i+1, len(r.body), len(body))
+		}
+		if r.header.Get("Idempotency-Key") != m.UUID {
+			t.Errorf("attempt %d: Idempotency-Key %q, want %q", i+1, r.header.Get("Idempotency-Key"), m.UUID)
+		}
+	}
+	if m.opens.Load() != 2 {
+		t.Errorf("body opened %d times, want 2", m.opens.Load())
+	}
+	if e, _ := p.LastError(); e != "" {
+		t.Errorf("LastError %q after the retry succeeded", e)
+	}
+}
+
+// TestDeliverRetryAfter: a 429 with Retry-After: 1 is waited for.
+func TestDeliverRetryAfter(t *testing.T) {
+	rc, srv := serve(t, status(429, "slow down", "Retry-After", "1"), status(200, ""))
+	p := newPub(t, Config{URL: srv.URL})
+	if err := p.Publish("", newMsg(hdr(4), "Message_ЦО_ОП.xml", xmlOf(t, hdr(4), 1000), nil).Message); err != nil {
+		t.Fatal(err)
+	}
+	reqs := rc.requests()
+	if len(reqs) != 2 {
+		t.Fatalf("%d requests, want 2", len(reqs))
+	}
+	if gap := reqs[1].at.Sub(reqs[0].at); gap < 900*time.Millisecond || gap > 5*time.Second {
+		t.Errorf("second attempt %s after the first, want about 1s (Retry-After)", gap)
+	}
+}
+
+func TestRetryAfterHeader(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, c := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0}, {"1", time.Second}, {" 120 ", 2 * time.Minute}, {"0", 0}, {"-5", 0},
+		{"999999999999999999", 5 * time.Minute}, {"soon", 0},
+		{now.Add(30 * time.Second).Format(stdhttp.TimeFormat), 30 * time.Second},
+		{now.Add(time.Hour).Format(stdhttp.TimeFormat), 5 * time.Minute},
+		{now.Add(-time.Hour).Format(stdhttp.TimeFormat), 0},
+	} {
+		if got := retryAfter(c.in, now, 5*time.Minute); got != c.want {
+			t.Errorf("retryAfter(%q) = %s, want %s", c.in, got, c.want)
+		}
+	}
+}
+
+// TestDeliverUnavailable: a 503 that lasts gives up after the attempts
+// with a non-permanent error (the pipeline retries later); so does a
+// service that does not answer at all.
+func TestDeliverUnavailable(t *testing.T) {
+	rc, srv := serve(t, status(503, "maintenance"))
+	p := newPub(t, Config{URL: srv.URL})
+	start := time.Now()
+	err := p.Publish("", newMsg(hdr(4), "Message_ЦО_ОП.xml", xmlOf(t, hdr(4), 1000), nil).Message)
+	took := time.Since(start)
+	mustContain(t, err, "503 Service Unavailable: maintenance", "5 attempts")
+	if exchange.IsPermanent(err) {
+		t.Errorf("503 made permanent: %v", err)
+	}
+	if n := len(rc.requests()); n != 5 {
+		t.Errorf("%d requests, want 5", n)
+	}
+	// 20+40+80+100 ms of backoff, ±20%.
+	if took < 150*time.Millisecond || took > 3*time.Second {
+		t.Errorf("gave up after %s", took)
+	}
+	if e, _ := p.LastError(); !strings.Contains(e, "503") {
+		t.Errorf("LastError %q, want the 503", e)
+	}
+
+	// The elapsed bound: many tries allowed, but only so much time.
+	p.retry = retryPolicy{initial: 50 * time.Millisecond, maxInterval: 50 * time.Millisecond, tries: 1000, elapsed: 400 * time.Millisecond, maxRetryAfter: time.Second}
+	start = time.Now()
+	err = p.Publish("", newMsg(hdr(4), "Message_ЦО_ОП.xml", xmlOf(t, hdr(4), 1000), nil).Message)
+	if took := time.Since(start); err == nil || took > 2*time.Second {
+		t.Errorf("elapsed bound: %v after %s", err, took)
+	}
+
+	// Nothing listens: a network error, retried, not permanent.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	p = newPub(t, Config{URL: "http://" + addr + "/x"})
+	err = p.Publish("", newMsg(hdr(4), "Message_ЦО_ОП.xml", xmlOf(t, hdr(4), 1000), nil).Message)
+	t.Log(err)
+	mustContain(t, err, "http ERP: POST http://"+addr+"/x: ", "connection refused", "5 attempts")
+	if exchange.IsPermanent(err) {
+		t.Errorf("connection refused made permanent: %v", err)
+	}
+	if h := Hint(err); !strings.Contains(h, "nothing listens") {
+		t.Errorf("hint %q", h)
+	}
+}
+
+// TestDeliverRedirects: 307 and 308 are followed with the body sent again;
+// more than 5 redirects fail; a 302 (which would turn POST into GET) is
+// not followed and is the endpoint's trouble, not a dead letter.
+func TestDeliverRedirects(t *testing.T) {
+	var mu sync.Mutex
+	bodies := map[string][]byte{}
+	mux := stdhttp.NewServeMux()
+	mux.HandleFunc("/old", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		stdhttp.Redirect(w, r, "/older", stdhttp.StatusTemporaryRedirect)
+	})
+	mux.HandleFunc("/older", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		stdhttp.Redirect(w, r, "/new", stdhttp.StatusPermanentRedirect)
+	})
+	mux.HandleFunc("/new", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies[r.Method] = b
+		mu.Unlock()
+		w.WriteHeader(201)
+	})
+	var loops atomic.Int32
+	mux.HandleFunc("/loop", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		loops.Add(1)
+		stdhttp.Redirect(w, r, "/loop", stdhttp.StatusTemporaryRedirect)
+	})
+	mux.HandleFunc("/login", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		stdhttp.Redirect(w, r, "/new", stdhttp.StatusFound)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	body := xmlOf(t, hdr(5), 100_000)
+	m := newMsg(hdr(5), "Message_ЦО_ОП.xml", body, nil)
+	if err := newPub(t, Config{URL: srv.URL + "/old"}).Publish("", m.Message); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(bodies["POST"], body) {
+		t.Errorf("after 307 and 308 the POST body is %d bytes, want %d", len(bodies["POST"]), len(body))
+	}
+	if m.opens.Load() != 3 {
+		t.Errorf("body opened %d times, want 3 (one per request)", m.opens.Load())
+	}
+
+	p := newPub(t, Config{URL: srv.URL + "/loop"})
+	err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", body, nil).Message)
+	mustContain(t, err, "stopped after 5 redirects")
+	if exchange.IsPermanent(err) {
+		t.Errorf("redirect loop made permanent: %v", err)
+	}
+	if n := loops.Load(); n != 6 {
+		t.Errorf("%d requests to /loop, want 6 (the first and 5 redirects)", n)
+	}
+
+	err = newPub(t, Config{URL: srv.URL + "/login"}).Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", body, nil).Message)
+	mustContain(t, err, "302 Found to /new")
+	if exchange.IsPermanent(err) {
+		t.Errorf("302 made permanent: %v", err)
+	}
+	if _, ok := bodies["GET"]; ok {
+		t.Error("a 302 turned the POST into a GET")
+	}
+	if h := Hint(err); !strings.Contains(h, "redirects") {
+		t.Errorf("hint %q", h)
+	}
+}
+
+// TestDeliverResponseTimeout: a service that takes the body but does not
+// answer within response_timeout fails the attempt.
+func TestDeliverResponseTimeout(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	p := newPub(t, Config{URL: srv.URL, ResponseTimeout: config.Duration(300 * time.Millisecond)})
+	p.retry.tries = 2
+	start := time.Now()
+	err := p.Publish("", newMsg(hdr(4), "Message_ЦО_ОП.xml", xmlOf(t, hdr(4), 1000), nil).Message)
+	took := time.Since(start)
+	t.Log(err)
+	mustContain(t, err, "timeout awaiting response headers", "2 attempts")
+	if exchange.IsPermanent(err) {
+		t.Errorf("timeout made permanent: %v", err)
+	}
+	if took < 600*time.Millisecond || took > 3*time.Second {
+		t.Errorf("gave up after %s, want about 2×300ms", took)
+	}
+}
+
+// trickle hands out a body in pieces with a pause before each but the
+// first; stall, when set, is a longer pause before piece stallAt.
+type trickle struct {
+	data    []byte
+	piece   int
+	pause   time.Duration
+	stallAt int
+	stall   time.Duration
+	n       int
+}
+
+func (r *trickle) Read(b []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	if r.n > 0 {
+		d := r.pause
+		if r.stall > 0 && r.n == r.stallAt {
+			d = r.stall
+		}
+		time.Sleep(d)
+	}
+	r.n++
+	k := min(r.piece, len(b), len(r.data))
+	copy(b, r.data[:k])
+	r.data = r.data[k:]
+	return k, nil
+}
+
+// TestDeliverSlowUpload: an upload that keeps moving is never cut by
+// response_timeout, however long it takes in all; one that stalls longer
+// than response_timeout is.
+func TestDeliverSlowUpload(t *testing.T) {
+	rc, srv := serve(t, status(200, ""))
+	body := xmlOf(t, hdr(6), 64<<10)
+	p := newPub(t, Config{URL: srv.URL, ResponseTimeout: config.Duration(400 * time.Millisecond)})
+	start := time.Now()
+	m := newMsg(hdr(6), "Message_ЦО_ОП.xml", body, func() io.Reader {
+		return &trickle{data: body, piece: 4 << 10, pause: 100 * time.Millisecond}
+	})
+	if err := p.Publish("", m.Message); err != nil {
+		t.Fatalf("slow but moving upload failed after %s: %v", time.Since(start), err)
+	}
+	if took := time.Since(start); took < time.Second {
+		t.Fatalf("upload took %s: not slow enough to prove anything", took)
+	}
+	if reqs := rc.requests(); len(reqs) != 1 || !bytes.Equal(reqs[0].body, body) {
+		t.Fatalf("%d requests; body not delivered whole", len(reqs))
+	}
+
+	p.retry.tries = 1
+	m = newMsg(hdr(6), "Message_ЦО_ОП.xml", body, func() io.Reader {
+		return &trickle{data: body, piece: 4 << 10, pause: 10 * time.Millisecond, stallAt: 3, stall: 1500 * time.Millisecond}
+	})
+	err := p.Publish("", m.Message)
+	t.Log(err)
+	mustContain(t, err, "no progress for 400ms (response_timeout)")
+	if exchange.IsPermanent(err) {
+		t.Errorf("stall made permanent: %v", err)
+	}
+	if reqs := rc.requests(); len(reqs) > 1 && bytes.Equal(reqs[1].body, body) {
+		t.Error("the stalled upload reached the handler complete")
+	}
+}
+
+// TestDeliverCancel: cancelling the message's context stops a hanging
+// request and a wait between retries at once.
+func TestDeliverCancel(t *testing.T) {
+	hang := make(chan struct{})
+	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	defer srv.Close()
+	defer close(hang)
+	_, srv503 := serve(t, status(503, ""))
+
+	for _, c := range []struct {
+		what string
+		url  string
+	}{{"hanging request", srv.URL}, {"backoff wait", srv503.URL}} {
+		p := newPub(t, Config{URL: c.url})
+		p.retry.initial, p.retry.maxInterval, p.retry.elapsed = 10*time.Second, 10*time.Second, time.Minute
+		m := newMsg(hdr(4), "Message_ЦО_ОП.xml", xmlOf(t, hdr(4), 1000), nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		m.SetContext(ctx)
+		exchange.SetBody(m.Message, func(context.Context) (io.ReadCloser, error) {
+			return io.NopCloser(strings.NewReader(strings.Repeat("x", 1000))), nil
+		})
+		m.Metadata.Set(exchange.MetaSize, "1000")
+		time.AfterFunc(300*time.Millisecond, cancel)
+		start := time.Now()
+		err := p.Publish("", m.Message)
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("%s: Publish returned %s after cancel", c.what, took-300*time.Millisecond)
+		}
+		t.Logf("%s: %v", c.what, err)
+		if !errors.Is(err, context.Canceled) || exchange.IsPermanent(err) {
+			t.Errorf("%s: %v, want a non-permanent context.Canceled", c.what, err)
+		}
+	}
+}
+
+// TestDeliverAuth: basic and bearer credentials come from the environment;
+// a missing variable is the endpoint's trouble and names the option.
+func TestDeliverAuth(t *testing.T) {
+	t.Setenv("RELAY_TEST_HTTP_PASSWORD", "пароль-1")
+	t.Setenv("RELAY_TEST_HTTP_TOKEN", "tok-2")
+	rc, srv := serve(t, status(200, ""))
+	body := xmlOf(t, hdr(2), 100)
+
+	if err := newPub(t, Config{URL: srv.URL, User: "relay", PasswordEnv: "RELAY_TEST_HTTP_PASSWORD"}).Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", body, nil).Message); err != nil {
+		t.Fatal(err)
+	}
+	r := rc.requests()[0]
+	req := &stdhttp.Request{Header: r.header}
+	if u, pw, ok := req.BasicAuth(); !ok || u != "relay" || pw != "пароль-1" {
+		t.Errorf("basic auth %q %q %v", u, pw, ok)
+	}
+
+	if err := newPub(t, Config{URL: srv.URL, TokenEnv: "RELAY_TEST_HTTP_TOKEN"}).Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", body, nil).Message); err != nil {
+		t.Fatal(err)
+	}
+	if got := rc.requests()[1].header.Get("Authorization"); got != "Bearer tok-2" {
+		t.Errorf("Authorization %q, want the bearer token", got)
+	}
+
+	p := newPub(t, Config{URL: srv.URL, TokenEnv: "RELAY_TEST_HTTP_UNSET"})
+	err := p.Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", body, nil).Message)
+	mustContain(t, err, "RELAY_TEST_HTTP_UNSET (token_env) is not set")
+	if exchange.IsPermanent(err) {
+		t.Errorf("missing token made permanent")
+	}
+	if len(rc.requests()) != 2 {
+		t.Error("a request went out without its credentials")
+	}
+}
+
+// newCAFile writes a PEM certificate to a temp file.
+func newCAFile(t testing.TB, der []byte) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// otherCA is a self-signed certificate no test server uses.
+func otherCA(t testing.TB) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "not the server"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// TestDeliverTLS: https with ca_file works; a wrong CA fails at once
+// (no retry helps), not permanently, with a hint.
+func TestDeliverTLS(t *testing.T) {
+	rc := &recorder{replies: []func(stdhttp.ResponseWriter, *stdhttp.Request){status(200, "")}}
+	srv := httptest.NewTLSServer(rc)
+	defer srv.Close()
+	body := xmlOf(t, hdr(2), 10_000)
+
+	p := newPub(t, Config{URL: srv.URL + "/in", CAFile: newCAFile(t, srv.Certificate().Raw)})
+	if err := p.Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", body, nil).Message); err != nil {
+		t.Fatal(err)
+	}
+	if r := rc.requests(); len(r) != 1 || !bytes.Equal(r[0].body, body) {
+		t.Fatal("not delivered over TLS")
+	}
+
+	p = newPub(t, Config{URL: srv.URL + "/in", CAFile: newCAFile(t, otherCA(t))})
+	err := p.Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", body, nil).Message)
+	t.Log(err)
+	mustContain(t, err, "http ERP: POST "+srv.URL+"/in: ", "certificate")
+	if exchange.IsPermanent(err) || strings.Contains(err.Error(), "attempts") {
+		t.Errorf("wrong CA: %v, want one non-permanent attempt", err)
+	}
+	if h := Hint(err); !strings.Contains(h, "ca_file") {
+		t.Errorf("hint %q", h)
+	}
+
+	p = newPub(t, Config{URL: srv.URL + "/in", InsecureSkipVerify: true})
+	if err := p.Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", body, nil).Message); err != nil {
+		t.Errorf("insecure_skip_verify: %v", err)
+	}
+
+	// Never from https down to http.
+	_, plain := serve(t, status(200, ""))
+	down := httptest.NewTLSServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		stdhttp.Redirect(w, r, plain.URL+"/in", stdhttp.StatusTemporaryRedirect)
+	}))
+	defer down.Close()
+	p = newPub(t, Config{URL: down.URL, CAFile: newCAFile(t, down.Certificate().Raw)})
+	err = p.Publish("", newMsg(hdr(2), "Message_ЦО_ОП.xml", body, nil).Message)
+	mustContain(t, err, "refused to follow a redirect from https to "+plain.URL+"/in")
+	if exchange.IsPermanent(err) {
+		t.Errorf("https→http redirect made permanent: %v", err)
+	}
+}
+
+// TestDeliverBadMetadata: a message without a valid name or size is
+// permanent before any request.
+func TestDeliverBadMetadata(t *testing.T) {
+	rc, srv := serve(t, status(200, ""))
+	p := newPub(t, Config{URL: srv.URL})
+	m := newMsg(hdr(2), "notes.txt", []byte("x"), nil)
+	if err := p.Publish("", m.Message); !exchange.IsPermanent(err) {
+		t.Errorf("bad name: %v, want permanent", err)
+	}
+	if len(rc.requests()) != 0 {
+		t.Error("a request went out")
+	}
+}
+
+// --- config -------------------------------------------------------------
+
+func decodeYAML(t testing.TB, src, role string) (Config, error) {
+	t.Helper()
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &n); err != nil {
+		t.Fatal(err)
+	}
+	return Decode(n.Content[0], role)
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c, err := decodeYAML(t, `https://erp.example/base/hs/exchange/message`, "deliver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := c.Validate(); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	if c.Method != "POST" || c.ConnectTimeout.Std() != 15*time.Second || c.Timeout.Std() != 10*time.Minute || c.ResponseTimeout.Std() != 2*time.Minute || c.Interval != 0 {
+		t.Errorf("deliver defaults: %+v", c)
+	}
+	c, err = decodeYAML(t, `{ url: "http://h/next", interval: 30s }`, "pickup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := c.Validate(); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	if c.Method != "" || c.Interval.Std() != 30*time.Second {
+		t.Errorf("pickup defaults: %+v", c)
+	}
+	c, _ = decodeYAML(t, `{ url: "http://h/next" }`, "pickup")
+	if c.Interval.Std() != time.Minute {
+		t.Errorf("pickup interval default %s", c.Interval.Std())
+	}
+}
+
+// TestConfigValidate: every error path, each prefixed with its key.
+func TestConfigValidate(t *testing.T) {
+	t.Setenv("RELAY_TEST_HTTP_PASSWORD", "x")
+	for _, c := range []struct {
+		role, src string
+		want      []string
+	}{
+		{"deliver", `{ method: PUT }`, []string{"url: required"}},
+		{"deliver", `":nope"`, []string{"url: not a URL"}},
+		{"deliver", `ftp://h/in`, []string{`url: scheme "ftp"`}},
+		{"deliver", `http:///x`, []string{"url: no host"}},
+		{"deliver", `http://u:p@h/x`, []string{"url: has a user"}},
+		{"deliver", `http://h/x#frag`, []string{"url: a fragment"}},
+		{"deliver", `{ url: http://h/, method: GET }`, []string{`method: "GET" is not POST or PUT`}},
+		{"pickup", `{ url: http://h/, method: POST }`, []string{"method: only for deliver"}},
+		{"deliver", `{ url: http://h/, user: "a:b", password_env: P }`, []string{"user: "}},
+		{"deliver", `{ url: http://h/, user: relay }`, []string{"password_env: needed with user"}},
+		{"deliver", `{ url: http://h/, password_env: P }`, []string{"password_env: set, but user is not"}},
+		{"deliver", `{ url: http://h/, user: relay, password_env: "1-X" }`, []string{"password_env: \"1-X\" is not"}},
+		{"deliver", `{ url: http://h/, token_env: "A B" }`, []string{"token_env: \"A B\" is not"}},
+		{"deliver", `{ url: http://h/, token_env: T, user: relay, password_env: P }`, []string{"token_env: cannot go with user"}},
+		{"pickup", `{ url: http://h/, health_url: http://h/ping }`, []string{"health_url: only for deliver"}},
+		{"deliver", `{ url: http://h/, health_url: "mailto:x" }`, []string{"health_url: "}},
+		{"deliver", `{ url: http://h/, ca_file: ca.pem }`, []string{"ca_file: set, but the URL is not https://"}},
+		{"deliver", `{ url: http://h/, insecure_skip_verify: true }`, []string{"insecure_skip_verify: set, but the URL is not https://"}},
+		{"deliver", `{ url: https://h/, ca_file: ca.pem, insecure_skip_verify: true }`, []string{"insecure_skip_verify: cannot go with ca_file"}},
+		{"deliver", `{ url: https://h/, connect_timeout: 10ms }`, []string{"connect_timeout: 10ms is below 1s"}},
+		{"deliver", `{ url: https://h/, timeout: 10ms }`, []string{"timeout: 10ms is below 1s", "response_timeout: 2m0s is longer than timeout"}},
+		{"deliver", `{ url: https://h/, response_timeout: 1ms }`, []string{"response_timeout: 1ms is below 100ms"}},
+		{"deliver", `{ url: https://h/, timeout: 1m, response_timeout: 2m }`, []string{"response_timeout: 2m0s is longer than timeout 1m0s"}},
+		{"deliver", `{ url: https://h/, headers: { "Bad Name": x } }`, []string{`headers: "Bad Name" is not a header name`}},
+		{"deliver", `{ url: https://h/, headers: { Authorization: "Basic eA==" } }`, []string{"headers: Authorization is set by relay (use user + password_env or token_env)"}},
+		{"deliver", `{ url: https://h/, headers: { content-type: text/plain } }`, []string{"headers: content-type is set by relay"}},
+		{"deliver", `{ url: https://h/, headers: { X-Relay-From: A } }`, []string{"headers: X-Relay-From is set by relay"}},
+		{"deliver", `{ url: https://h/, headers: { X-Ok: "a\nb" } }`, []string{"headers: X-Ok: the value cannot hold a line break"}},
+		{"pickup", `{ url: https://h/, interval: 10ms }`, []string{"interval: 10ms is below 100ms"}},
+		{"deliver", `{ url: https://h/, interval: 1m }`, []string{"interval: only for pickup"}},
+		{"deliver", `{ url: https://h/, user: relay, password_env: RELAY_TEST_HTTP_PASSWORD, method: put, headers: { X-Base: a }, health_url: "https://h/ping" }`, nil},
+	} {
+		cfg, err := decodeYAML(t, c.src, c.role)
+		if err != nil {
+			t.Errorf("%s %s: decode: %v", c.role, c.src, err)
+			continue
+		}
+		errs := cfg.Validate()
+		if len(errs) != len(c.want) {
+			t.Errorf("%s %s: errors %q, want %d: %q", c.role, c.src, errs, len(c.want), c.want)
+			continue
+		}
+		for i, w := range c.want {
+			if !strings.HasPrefix(errs[i].Error(), w) {
+				t.Errorf("%s %s: error %q, want it to start with %q", c.role, c.src, errs[i], w)
+			}
+		}
+		if len(c.want) > 0 {
+			if c.role == "deliver" {
+				if _, err := NewPublisher("X", cfg, nil); err == nil {
+					t.Errorf("%s: NewPublisher accepted a config Validate refuses", c.src)
+				}
+			} else if _, err := NewPickup("X", cfg, t.TempDir(), nil); err == nil {
+				t.Errorf("%s: NewPickup accepted a config Validate refuses", c.src)
+			}
+		}
+	}
+	for _, src := range []string{`{ url: http://h/, bogus: 1 }`, `[http://h/]`, `{ url: http://h/, timeout: soon }`} {
+		if _, err := decodeYAML(t, src, "deliver"); err == nil {
+			t.Errorf("Decode(%s) accepted it", src)
+		}
+	}
+	if _, err := NewPublisher("X", Config{URL: "https://h/", CAFile: filepath.Join(t.TempDir(), "missing.pem")}, nil); err == nil || !strings.Contains(err.Error(), "ca_file") {
+		t.Errorf("missing ca_file: %v", err)
+	}
+}
+
+// --- pickup -------------------------------------------------------------
+
+func newPickup(t testing.TB, url string, interval time.Duration) (*Pickup, <-chan *message.Message) {
+	t.Helper()
+	p, err := NewPickup("ЦО", Config{URL: url, Interval: config.Duration(interval)}, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := p.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		p.Close()
+	})
+	return p, ch
+}
+
+func next(t testing.TB, ch <-chan *message.Message, d time.Duration) *message.Message {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(d):
+		t.Fatalf("no message within %s", d)
+		return nil
+	}
+}
+
+func bodyOf(t testing.TB, m *message.Message) []byte {
+	t.Helper()
+	r, err := exchange.Body(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// fileServer serves what its serve function returns: status, headers, body.
+type fileServer struct {
+	mu    sync.Mutex
+	gets  int
+	reply func(n int) (int, map[string]string, []byte)
+}
+
+func (f *fileServer) ServeHTTP(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+	f.mu.Lock()
+	f.gets++
+	n := f.gets
+	f.mu.Unlock()
+	code, h, b := f.reply(n)
+	for k, v := range h {
+		w.Header().Set(k, v)
+	}
+	w.WriteHeader(code)
+	w.Write(b)
+}
+
+func (f *fileServer) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gets
+}
+
+// TestPickupNothing: 204 and 404 are "nothing waits": no message, no trouble.
+func TestPickupNothing(t *testing.T) {
+	for _, code := range []int{204, 404} {
+		fs := &fileServer{reply: func(int) (int, map[string]string, []byte) { return code, nil, nil }}
+		srv := httptest.NewServer(fs)
+		p, ch := newPickup(t, srv.URL+"/next", 100*time.Millisecond)
+		select {
+		case m := <-ch:
+			t.Fatalf("%d: got a message %v", code, m.Metadata)
+		case <-time.After(600 * time.Millisecond):
+		}
+		if n := fs.count(); n < 3 || n > 8 {
+			t.Errorf("%d: %d polls in 600ms at 100ms interval", code, n)
+		}
+		if e, _ := p.LastError(); e != "" {
+			t.Errorf("%d: LastError %q", code, e)
+		}
+		srv.Close()
+	}
+}
+
+// TestPickupFile: a 200 with Content-Disposition is one message whose body
+// is the served bytes and whose metadata has the header; after the ack the
+// URL is asked again at once; the same file served again is not handed again.
+func TestPickupFile(t *testing.T) {
+	data := xmlOf(t, hdr(9), 100_000)
+	name := "Message_ЦО_ОП.xml"
+	var served atomic.Int32
+	fs := &fileServer{reply: func(n int) (int, map[string]string, []byte) {
+		if n <= 2 {
+			served.Add(1)
+			return 200, map[string]string{"Content-Disposition": mime.FormatMediaType("attachment", map[string]string{"filename": name}), HeaderSHA256: sum(data)}, data
+		}
+		return 204, nil, nil
+	}}
+	srv := httptest.NewServer(fs)
+	defer srv.Close()
+	p, ch := newPickup(t, srv.URL+"/hs/exchange/next", 2*time.Second)
+
+	m := next(t, ch, 5*time.Second)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("problem %q", pr)
+	}
+	want := map[string]string{
+		exchange.MetaFileName: name, exchange.MetaNode: "ЦО", exchange.MetaSource: srv.URL + "/hs/exchange/next",
+		exchange.MetaPlan: "Магазины", exchange.MetaFrom: "ЦО", exchange.MetaTo: "ОП", exchange.MetaMessageNo: "9",
+		exchange.MetaReceivedNo: "8", exchange.MetaSize: strconv.Itoa(len(data)), exchange.MetaSHA256: sum(data),
+	}
+	for k, v := range want {
+		if got := m.Metadata.Get(k); got != v {
+			t.Errorf("metadata %s = %q, want %q", k, got, v)
+		}
+	}
+	if !bytes.Equal(bodyOf(t, m), data) {
+		t.Fatal("body differs from the served bytes")
+	}
+	acked := time.Now()
+	m.Ack()
+	// Asked again at once (not after the 2s interval): the same file, not
+	// handed again; then 204.
+	deadline := time.Now().Add(time.Second)
+	for fs.count() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if fs.count() < 2 || time.Since(acked) > time.Second {
+		t.Fatalf("not polled again at once after the ack (%d GETs)", fs.count())
+	}
+	select {
+	case m := <-ch:
+		t.Fatalf("the same file handed twice: %v", m.Metadata)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if e, _ := p.LastError(); e != "" {
+		t.Errorf("LastError %q", e)
+	}
+}
+
+// TestPickupNames: the name comes from Content-Disposition (RFC 2231 or
+// quoted), else X-Relay-File, else the URL's last path element.
+func TestPickupNames(t *testing.T) {
+	u := mustURL(t, "http://h/out/Message_A_B.zip")
+	for _, c := range []struct {
+		h    map[string]string
+		want string
+	}{
+		{map[string]string{"Content-Disposition": `attachment; filename*=utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml`}, "Message_ЦО_ОП.xml"},
+		{map[string]string{"Content-Disposition": `attachment; filename="Message_X_Y.xml"`}, "Message_X_Y.xml"},
+		{map[string]string{"Content-Disposition": `attachment; filename="../../etc/Message_X_Y.xml"`}, "Message_X_Y.xml"},
+		{map[string]string{"Content-Disposition": `inline`, HeaderFile: "Message_%D0%A6%D0%9E_B.xml"}, "Message_ЦО_B.xml"},
+		{map[string]string{HeaderFile: "=?utf-8?q?Message=5F=D0=A6=D0=9E=5FB.xml?="}, "Message_ЦО_B.xml"},
+		{nil, "Message_A_B.zip"},
+	} {
+		resp := &stdhttp.Response{Header: stdhttp.Header{}}
+		for k, v := range c.h {
+			resp.Header.Set(k, v)
+		}
+		if got := fileName(resp, u); got != c.want {
+			t.Errorf("fileName(%v) = %q, want %q", c.h, got, c.want)
+		}
+	}
+}
+
+// TestPickupJunk: a 200 that is not an exchange message is handed with a
+// problem (the pipeline dead-letters it), once.
+func TestPickupJunk(t *testing.T) {
+	fs := &fileServer{reply: func(int) (int, map[string]string, []byte) {
+		return 200, map[string]string{"Content-Type": "text/html"}, []byte("<html><body>Log in first</body></html>")
+	}}
+	srv := httptest.NewServer(fs)
+	defer srv.Close()
+	_, ch := newPickup(t, srv.URL+"/hs/exchange/next", 100*time.Millisecond)
+	m := next(t, ch, 5*time.Second)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr == "" {
+		t.Fatalf("junk handed without a problem: %v", m.Metadata)
+	}
+	if m.Metadata.Get(exchange.MetaFileName) != "next" {
+		t.Errorf("file name %q, want the URL's last element", m.Metadata.Get(exchange.MetaFileName))
+	}
+	m.Ack()
+	select {
+	case m := <-ch:
+		t.Fatalf("the same junk handed again: %v", m.Metadata)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if fs.count() < 3 {
+		t.Errorf("%d GETs: polling stopped", fs.count())
+	}
+}
+
+// TestPickupNack: a refused message is offered again after the interval.
+func TestPickupNack(t *testing.T) {
+	data := xmlOf(t, hdr(3), 1000)
+	fs := &fileServer{reply: func(int) (int, map[string]string, []byte) {
+		return 200, map[string]string{HeaderFile: "Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml"}, data
+	}}
+	srv := httptest.NewServer(fs)
+	defer srv.Close()
+	_, ch := newPickup(t, srv.URL, 300*time.Millisecond)
+	m := next(t, ch, 5*time.Second)
+	nacked := time.Now()
+	m.Nack()
+	m = next(t, ch, 5*time.Second)
+	if d := time.Since(nacked); d < 250*time.Millisecond {
+		t.Errorf("offered again %s after the nack, want the interval", d)
+	}
+	if !bytes.Equal(bodyOf(t, m), data) || m.Metadata.Get(exchange.MetaFileName) != "Message_ЦО_ОП.xml" {
+		t.Error("second offer differs")
+	}
+	m.Ack()
+}
+
+// TestPickupServerDown: a service that is down shows as LastError; when it
+// is back the waiting message arrives and the trouble clears.
+func TestPickupServerDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	p, ch := newPickup(t, "http://"+addr+"/next", 100*time.Millisecond)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if e, _ := p.LastError(); strings.Contains(e, "connection refused") {
+			if !strings.HasPrefix(e, "http ЦО: GET http://"+addr+"/next: ") {
+				t.Errorf("LastError %q does not name the node and the step", e)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			e, _ := p.LastError()
+			t.Fatalf("LastError %q, want connection refused", e)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	data := xmlOf(t, hdr(4), 1000)
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot listen on %s again: %v", addr, err)
+	}
+	srv := httptest.NewUnstartedServer(&fileServer{reply: func(n int) (int, map[string]string, []byte) {
+		if n == 1 {
+			return 200, map[string]string{"Content-Disposition": `attachment; filename="Message_ЦО_ОП.xml"`}, data
+		}
+		return 204, nil, nil
+	}})
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	defer srv.Close()
+	m := next(t, ch, 10*time.Second)
+	if m.Metadata.Get(exchange.MetaProblem) != "" || !bytes.Equal(bodyOf(t, m), data) {
+		t.Fatalf("message after recovery: %v", m.Metadata)
+	}
+	m.Ack()
+	deadline = time.Now().Add(5 * time.Second)
+	for e, _ := p.LastError(); e != ""; e, _ = p.LastError() {
+		if time.Now().After(deadline) {
+			t.Fatalf("LastError %q after recovery", e)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPickupErrorStatus: a 5xx is trouble, not a message; 401 too.
+func TestPickupErrorStatus(t *testing.T) {
+	fs := &fileServer{reply: func(int) (int, map[string]string, []byte) { return 401, nil, []byte("who are you") }}
+	srv := httptest.NewServer(fs)
+	defer srv.Close()
+	p, ch := newPickup(t, srv.URL, 100*time.Millisecond)
+	deadline := time.Now().Add(3 * time.Second)
+	for e, _ := p.LastError(); !strings.Contains(e, "401 Unauthorized: who are you"); e, _ = p.LastError() {
+		if time.Now().After(deadline) {
+			t.Fatalf("LastError %q", e)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case m := <-ch:
+		t.Fatalf("an error reply handed as a message: %v", m.Metadata)
+	default:
+	}
+}
+
+// TestPickupCloseWhileWaiting: Close returns while a message waits for its ack.
+func TestPickupCloseWhileWaiting(t *testing.T) {
+	data := xmlOf(t, hdr(4), 1000)
+	srv := httptest.NewServer(&fileServer{reply: func(int) (int, map[string]string, []byte) {
+		return 200, map[string]string{HeaderFile: "Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml"}, data
+	}})
+	defer srv.Close()
+	p, err := NewPickup("ЦО", Config{URL: srv.URL, Interval: config.Duration(time.Second)}, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, _ := p.Subscribe(context.Background(), "")
+	next(t, ch, 5*time.Second) // never answered
+	done := make(chan struct{})
+	go func() { p.Close(); p.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Close hangs while a message waits for its ack")
+	}
+	if _, ok := <-ch; ok {
+		t.Error("channel not closed")
+	}
+}
+
+func mustURL(t testing.TB, s string) *url.URL {
+	t.Helper()
+	u, err := parseURL(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// --- check --------------------------------------------------------------
+
+func TestCheck(t *testing.T) {
+	mux := stdhttp.NewServeMux()
+	mux.HandleFunc("/dav/in/", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		if r.Method != "OPTIONS" {
+			t.Errorf("deliver check sent %s", r.Method)
+		}
+		w.WriteHeader(405)
+	})
+	mux.HandleFunc("/locked/", func(w stdhttp.ResponseWriter, r *stdhttp.Request) { w.WriteHeader(401) })
+	mux.HandleFunc("/ping", func(w stdhttp.ResponseWriter, r *stdhttp.Request) { w.WriteHeader(200) })
+	mux.HandleFunc("/sick", func(w stdhttp.ResponseWriter, r *stdhttp.Request) { w.WriteHeader(503) })
+	mux.HandleFunc("/next", func(w stdhttp.ResponseWriter, r *stdhttp.Request) { w.WriteHeader(204) })
+	mux.HandleFunc("/broken", func(w stdhttp.ResponseWriter, r *stdhttp.Request) { w.WriteHeader(500) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	ctx := context.Background()
+	for _, c := range []struct {
+		role string
+		cfg  Config
+		want []string // nil: ok
+	}{
+		{"deliver", Config{URL: srv.URL + "/dav/in/", Method: "PUT"}, nil},
+		{"deliver", Config{URL: srv.URL + "/locked/"}, []string{"http N: OPTIONS " + srv.URL + "/locked/: 401 Unauthorized", "hint: wrong user or password"}},
+		{"deliver", Config{URL: srv.URL + "/locked/", HealthURL: srv.URL + "/ping"}, nil},
+		{"deliver", Config{URL: srv.URL + "/x", HealthURL: srv.URL + "/sick"}, []string{"GET " + srv.URL + "/sick: 503", "hint: the service is failing"}},
+		{"pickup", Config{URL: srv.URL + "/next"}, nil},
+		{"pickup", Config{URL: srv.URL + "/nothing-here"}, nil},
+		{"pickup", Config{URL: srv.URL + "/broken"}, []string{"GET " + srv.URL + "/broken: 500 Internal Server Error"}},
+		{"deliver", Config{URL: srv.URL, User: "u", PasswordEnv: "RELAY_TEST_HTTP_UNSET"}, []string{"(password_env) is not set", "hint: export the password"}},
+	} {
+		err := Check(ctx, "N", c.role, c.cfg, nil)
+		if c.want == nil {
+			if err != nil {
+				t.Errorf("%s %s: %v", c.role, c.cfg.URL, err)
+			}
+			continue
+		}
+		mustContain(t, err, c.want...)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	mustContain(t, Check(ctx, "N", "pickup", Config{URL: "http://" + addr + "/"}, nil), "connection refused", "hint: nothing listens there")
+}

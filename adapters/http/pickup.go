@@ -1,0 +1,242 @@
+package http
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	stdhttp "net/http"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/trouble"
+	"github.com/relay1c/relay/exchange"
+)
+
+// Pickup polls an HTTP service for the node's outgoing messages, a
+// Watermill Subscriber: every interval it GETs the URL; 204 or 404 means
+// nothing waits, 200 is one exchange file. The file streams into the
+// spool folder, is checked like any picked-up file and handed to the
+// pipeline; a file that is not a valid message (junk body, a name that is
+// not Message_*) is handed with its problem and dead-lettered. After an
+// acked message the URL is polled again at once (more may wait); a nack or
+// nothing waits for the next interval, a failure backs off (1s doubling,
+// at most 5m, never sooner than interval).
+//
+// HTTP has no commit: the service decides what its next GET returns. A
+// service that keeps serving the same file is asked again only every
+// interval, and the repeat is not handed again (JetStream would drop it as
+// a duplicate anyway).
+type Pickup struct {
+	c     *client
+	spool string
+	lim   exchange.Limits
+	log   *slog.Logger
+
+	trouble.Last
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+
+	// last is the sha256 of the last file the pipeline acked; run goroutine only.
+	last string
+}
+
+var _ message.Subscriber = (*Pickup)(nil)
+
+// NewPickup makes the pickup of node from an HTTP service; spool is where
+// files are downloaded before they are checked and stored.
+func NewPickup(node string, cfg Config, spool string, log *slog.Logger) (*Pickup, error) {
+	cfg.role = "pickup"
+	c, err := newClient(node, cfg, "http", log)
+	if err != nil {
+		return nil, err
+	}
+	return &Pickup{
+		c: c, spool: spool, lim: exchange.DefaultLimits(), log: c.log,
+		closing: make(chan struct{}),
+	}, nil
+}
+
+// Subscribe starts polling; the topic is ignored. The channel closes when
+// ctx ends or Close is called.
+func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	folder.ClearSpool(p.spool, p.log)
+	out := make(chan *message.Message)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(out)
+		p.run(ctx, out)
+	}()
+	return out, nil
+}
+
+// Close stops the pickup; it is idempotent and safe while a message waits
+// for its ack.
+func (p *Pickup) Close() error {
+	p.closeOnce.Do(func() { close(p.closing) })
+	p.wg.Wait()
+	p.c.hc.CloseIdleConnections()
+	return nil
+}
+
+func (p *Pickup) stopped(ctx context.Context) bool {
+	select {
+	case <-p.closing:
+		return true
+	default:
+		return ctx.Err() != nil
+	}
+}
+
+func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
+	interval := p.c.cfg.Interval.Std()
+	fails := 0
+	for !p.stopped(ctx) {
+		took, err := p.poll(ctx, out)
+		if p.stopped(ctx) {
+			return
+		}
+		p.Last.Set(err)
+		wait := interval
+		switch {
+		case err != nil:
+			wait = max(interval, folder.Backoff(fails))
+			fails++
+			p.log.Warn("poll failed", "err", err, "retry_in", wait)
+		case took:
+			fails = 0
+			continue // more may wait
+		default:
+			fails = 0
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		case <-p.closing:
+		}
+		t.Stop()
+	}
+}
+
+// poll GETs the URL once; took tells whether a new file was handed and acked.
+func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bool, err error) {
+	where := display(p.c.u)
+	fail := func(err error) error { return fmt.Errorf("http %s: GET %s: %w", p.c.node, where, err) }
+	rctx, guard, done := p.c.newAttemptContext(ctx)
+	defer done()
+	req, err := stdhttp.NewRequestWithContext(rctx, stdhttp.MethodGet, p.c.u.String(), nil)
+	if err != nil {
+		return false, fail(err)
+	}
+	if err := p.c.authorize(req); err != nil {
+		return false, fail(err)
+	}
+	if req.Header.Get("Accept") == "" {
+		req.Header.Set("Accept", "application/xml, application/zip, */*;q=0.5")
+	}
+	resp, err := p.c.hc.Do(req)
+	if err != nil {
+		if p.stopped(ctx) {
+			return false, nil
+		}
+		return false, fail(requestErr(rctx, err))
+	}
+	defer resp.Body.Close()
+	body := guardedReader{r: resp.Body, g: guard}
+	switch resp.StatusCode {
+	case stdhttp.StatusOK:
+	case stdhttp.StatusNoContent, stdhttp.StatusNotFound:
+		drain(body)
+		return false, nil
+	default:
+		return false, fail(statusError(resp, body))
+	}
+
+	name := fileName(resp, p.c.u)
+	problem := ""
+	var f folder.Fetched
+	sum := sha256.New()
+	if resp.ContentLength > p.lim.MaxSize {
+		problem = fmt.Sprintf("the service offers %d bytes, more than the %d-byte limit", resp.ContentLength, p.lim.MaxSize)
+		_, _ = io.WriteString(sum, problem+name)
+		f, err = folder.Spool(rctx, p.spool, strings.NewReader(""), 0)
+	} else {
+		f, err = folder.Spool(rctx, p.spool, io.TeeReader(body, sum), p.lim.MaxSize)
+		if errors.Is(err, exchange.ErrTooLarge) {
+			problem = fmt.Sprintf("the body is larger than the %d-byte limit", p.lim.MaxSize)
+			f, err = folder.Spool(rctx, p.spool, strings.NewReader(""), 0)
+		}
+	}
+	if err != nil {
+		if p.stopped(ctx) {
+			return false, nil
+		}
+		return false, fail(fmt.Errorf("read body: %w", requestErr(rctx, err)))
+	}
+	guard.stop() // all read: the wait for the pipeline is not the service's
+	defer f.Release()
+	digest := hex.EncodeToString(sum.Sum(nil))
+	log := p.log.With("file", name, "bytes", f.Size)
+	if digest == p.last {
+		log.Debug("the service serves the file it served before; asking again after interval")
+		return false, nil
+	}
+
+	msg, bad := folder.NewMessage(p.c.node, where, name, f, p.lim)
+	if want := strings.ToLower(strings.TrimSpace(resp.Header.Get(HeaderSHA256))); problem == "" && bad == nil && want != "" && msg.Metadata.Get(exchange.MetaSHA256) != want {
+		problem = fmt.Sprintf("sha256 of the body is %s, %s says %s", msg.Metadata.Get(exchange.MetaSHA256), HeaderSHA256, want)
+	}
+	if problem != "" {
+		msg.Metadata.Set(exchange.MetaProblem, problem)
+	} else if bad != nil {
+		problem = bad.Error()
+	}
+	switch folder.Hand(ctx, p.closing, out, msg) {
+	case folder.Acked:
+		p.last = digest
+		if problem != "" {
+			log.Warn("not a valid exchange message; dead-lettered", "reason", problem)
+		} else {
+			log.Debug("taken")
+		}
+		return true, nil
+	case folder.Nacked:
+		log.Warn("pipeline refused the file; asking again after interval")
+	}
+	return false, nil
+}
+
+// fileName is the name a 200 reply gives its file: Content-Disposition's
+// filename (RFC 2231 filename*= or quoted), else X-Relay-File, else the
+// last element of the URL's path. Only the base name counts.
+func fileName(resp *stdhttp.Response, u *url.URL) string {
+	name := ""
+	if _, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition")); err == nil {
+		name = params["filename"]
+	}
+	if name == "" {
+		name = decodeValue(resp.Header.Get(HeaderFile))
+	}
+	if name == "" {
+		name = path.Base(u.Path)
+	}
+	name = path.Base(strings.ReplaceAll(name, `\`, "/"))
+	if name == "." || name == "/" {
+		return ""
+	}
+	return name
+}
