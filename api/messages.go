@@ -138,7 +138,7 @@ func pushedFile(r *http.Request) (string, io.Reader, error) {
 	}
 	name := r.URL.Query().Get("name")
 	if name == "" {
-		name = decodeHeader(r.Header.Get("X-Relay-File"))
+		name = exchange.DecodeHeaderValue(r.Header.Get("X-Relay-File"))
 	}
 	if name == "" {
 		if _, params, err := mime.ParseMediaType(r.Header.Get("Content-Disposition")); err == nil {
@@ -159,18 +159,6 @@ func extOf(f folder.Fetched) string {
 	}
 	return ".xml"
 }
-
-// decodeHeader reads a header value relay writes RFC 2047-encoded when it
-// is not ASCII; anything else is taken as it is.
-func decodeHeader(v string) string {
-	if d, err := new(mime.WordDecoder).DecodeHeader(v); err == nil {
-		return d
-	}
-	return v
-}
-
-// encodeHeader writes a header value, RFC 2047 (Q) when it is not ASCII.
-func encodeHeader(v string) string { return mime.QEncoding.Encode("utf-8", v) }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
@@ -202,10 +190,10 @@ func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": o.Name}))
 	hd.Set("Relay-Message-Id", o.ID)
 	hd.Set("Relay-Lease-Until", o.LeaseUntil.UTC().Format(time.RFC3339))
-	hd.Set("X-Relay-File", encodeHeader(o.Name))
-	hd.Set("X-Relay-Plan", encodeHeader(o.Header.ExchangePlan))
-	hd.Set("X-Relay-From", encodeHeader(o.Header.From))
-	hd.Set("X-Relay-To", encodeHeader(o.Header.To))
+	hd.Set("X-Relay-File", exchange.EncodeHeaderValue(o.Name))
+	hd.Set("X-Relay-Plan", exchange.EncodeHeaderValue(o.Header.ExchangePlan))
+	hd.Set("X-Relay-From", exchange.EncodeHeaderValue(o.Header.From))
+	hd.Set("X-Relay-To", exchange.EncodeHeaderValue(o.Header.To))
 	hd.Set("X-Relay-Message-No", strconv.FormatUint(o.Header.MessageNo, 10))
 	hd.Set("X-Relay-Received-No", strconv.FormatUint(o.Header.ReceivedNo, 10))
 	hd.Set("X-Relay-Sha256", o.SHA256)

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
+	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 )
@@ -133,6 +136,28 @@ func OpenDelivery(ctx context.Context, m *message.Message, who string) (Delivery
 		return d, fmt.Errorf("%s: %s: open body: %w", who, d.Name, err)
 	}
 	return d, nil
+}
+
+// EncodeHeaderValue writes a value for an HTTP header relay sends
+// (X-Relay-From, X-Relay-File ...): percent-encoded UTF-8 (RFC 3986, as
+// url.PathEscape writes it: ЦО is %D0%A6%D0%9E); plain ASCII names and
+// numbers stay as they are. 1C decodes it with РаскодироватьСтроку(...,
+// СпособКодированияСтроки.КодировкаURL).
+func EncodeHeaderValue(s string) string { return url.PathEscape(s) }
+
+// DecodeHeaderValue reads a header value written by EncodeHeaderValue, or
+// an RFC 2047 encoded word, or plain text.
+func DecodeHeaderValue(s string) string {
+	s = strings.TrimSpace(s)
+	if strings.HasPrefix(s, "=?") {
+		if d, err := new(mime.WordDecoder).DecodeHeader(s); err == nil {
+			return d
+		}
+	}
+	if d, err := url.PathUnescape(s); err == nil {
+		return d
+	}
+	return s
 }
 
 // ErrStale is returned by a delivery when the destination already holds a

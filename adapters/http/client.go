@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net"
 	stdhttp "net/http"
 	"net/url"
@@ -276,28 +275,6 @@ func display(u *url.URL) string {
 	s := u.Scheme + "://" + u.Host + u.Path
 	if u.RawQuery != "" {
 		s += "?" + u.RawQuery
-	}
-	return s
-}
-
-// encodeValue writes a header value as percent-encoded UTF-8; plain ASCII
-// names and numbers stay as they are.
-func encodeValue(s string) string { return url.PathEscape(s) }
-
-// wordDecoder decodes RFC 2047 words (UTF-8, and the charsets Go knows).
-var wordDecoder = new(mime.WordDecoder)
-
-// decodeValue reads a header value written by encodeValue, or an RFC 2047
-// encoded word, or plain text.
-func decodeValue(s string) string {
-	s = strings.TrimSpace(s)
-	if strings.HasPrefix(s, "=?") {
-		if d, err := wordDecoder.DecodeHeader(s); err == nil {
-			return d
-		}
-	}
-	if d, err := url.PathUnescape(s); err == nil {
-		return d
 	}
 	return s
 }

@@ -215,10 +215,10 @@ func TestDeliverPOST(t *testing.T) {
 				t.Errorf("%s: header %s = %q, want %q", tc.name, k, got, v)
 			}
 		}
-		if got := decodeValue(r.header.Get("X-Relay-File")); got != tc.name {
+		if got := exchange.DecodeHeaderValue(r.header.Get("X-Relay-File")); got != tc.name {
 			t.Errorf("X-Relay-File decodes to %q, want %q", got, tc.name)
 		}
-		if got := decodeValue(r.header.Get("X-Relay-Plan")); got != "Магазины" {
+		if got := exchange.DecodeHeaderValue(r.header.Get("X-Relay-Plan")); got != "Магазины" {
 			t.Errorf("X-Relay-Plan decodes to %q", got)
 		}
 		cd := r.header.Get("Content-Disposition")

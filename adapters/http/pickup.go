@@ -229,7 +229,7 @@ func fileName(resp *stdhttp.Response, u *url.URL) string {
 		name = params["filename"]
 	}
 	if name == "" {
-		name = decodeValue(resp.Header.Get(HeaderFile))
+		name = exchange.DecodeHeaderValue(resp.Header.Get(HeaderFile))
 	}
 	if name == "" {
 		name = path.Base(u.Path)

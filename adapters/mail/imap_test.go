@@ -548,3 +548,29 @@ func TestIMAPPickupRefusesHugeMailUnread(t *testing.T) {
 	m.Ack()
 	waitFor(t, "quarantine", func() bool { n, _ := s.count(t, DefaultQuarantine); return n == 1 })
 }
+
+// FuzzReadAttachment feeds arbitrary bytes as a fetched mail: no panic, and
+// what is spooled never exceeds the limit.
+func FuzzReadAttachment(f *testing.F) {
+	f.Add([]byte("From: a@b\r\nSubject: x\r\n\r\nbody\r\n"))
+	f.Add([]byte("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Disposition: attachment; filename*=utf-8''Message_%D0%A6_B.xml\r\nContent-Transfer-Encoding: base64\r\n\r\nPD94bWw/Pg==\r\n--b--\r\n"))
+	f.Add([]byte("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/zip; name=\"Message_A_B.zip\"\r\n\r\nPK\x03\x04junk\r\n--b"))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		p := &Pickup{lim: exchange.Limits{MaxSize: 1 << 16}, log: slog.New(slog.DiscardHandler)}
+		file, err := os.CreateTemp(dir, "fuzz-*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(file.Name())
+		defer file.Close()
+		a, err := p.readAttachment(bytes.NewReader(raw), file, 0)
+		if err != nil {
+			return
+		}
+		st, _ := file.Stat()
+		if st.Size() > 1<<16+1 || a.size > 1<<16+1 {
+			t.Fatalf("spooled %d bytes past the limit", st.Size())
+		}
+	})
+}
