@@ -122,7 +122,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -811,9 +810,9 @@ type mailDaemon struct {
 	watchdog bool
 
 	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has been waited for
-	wd   *exec.Cmd     // the watchdog
-	wdW  *os.File      // write end of the watchdog's stdin
+	done <-chan struct{} // closed when cmd has been waited for
+	wd   *exec.Cmd       // the watchdog
+	wdW  *os.File        // write end of the watchdog's stdin
 }
 
 // start starts the master. If the calling process dies without stopping it
@@ -837,21 +836,8 @@ func (d *mailDaemon) start() error {
 	cmd.Dir = filepath.Dir(d.out)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: d.setpgid}
-	started := make(chan error, 1)
-	done := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer out.Close()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-		close(done)
-	}()
-	if err := <-started; err != nil {
+	done, err := startDaemon(cmd, out)
+	if err != nil {
 		return fmt.Errorf("%s: %w", d.name, err)
 	}
 	d.cmd, d.done = cmd, done

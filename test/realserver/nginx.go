@@ -55,7 +55,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,7 +97,7 @@ type Nginx struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has been waited for
+	done <-chan struct{} // closed when cmd has been waited for
 }
 
 // StartNginx starts an nginx on 127.0.0.1 with its own config, root and
@@ -195,21 +194,8 @@ func (n *Nginx) launch() error {
 	// follows the thread that forked: that goroutine stays locked to its
 	// thread and blocked in Wait for the server's whole life.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	started := make(chan error, 1)
-	done := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer out.Close()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-		close(done)
-	}()
-	if err := <-started; err != nil {
+	done, err := startDaemon(cmd, out)
+	if err != nil {
 		return err
 	}
 	n.mu.Lock()

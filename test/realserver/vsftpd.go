@@ -73,7 +73,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -134,7 +133,7 @@ type Vsftpd struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has been waited for
+	done <-chan struct{} // closed when cmd has been waited for
 }
 
 // SbinPath finds a program on PATH or in the sbin directories, which are
@@ -440,21 +439,8 @@ func (s *Vsftpd) launch() error {
 	// the thread that forked, not the process: that goroutine stays locked
 	// to its thread and blocked in Wait for the server's whole life.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	started := make(chan error, 1)
-	done := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer out.Close()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-		close(done)
-	}()
-	if err := <-started; err != nil {
+	done, err := startDaemon(cmd, out)
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()

@@ -1,0 +1,36 @@
+package realserver
+
+import (
+	"os"
+	"os/exec"
+	"runtime"
+)
+
+// startDaemon starts cmd, whose output goes to out (closed when the process
+// ends), and returns a channel closed once it has exited and been reaped.
+//
+// cmd.SysProcAttr.Pdeathsig, which the servers here set so that they get
+// SIGTERM if the test process dies without stopping them, follows the
+// thread that forked, not the process: the goroutine that starts the
+// process stays locked to its thread and blocked in Wait for the server's
+// whole life.
+func startDaemon(cmd *exec.Cmd, out *os.File) (<-chan struct{}, error) {
+	started := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		defer out.Close()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		cmd.Wait()
+		close(done)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return done, nil
+}
