@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/config"
@@ -43,6 +45,8 @@ type Backend interface {
 	Push(ctx context.Context, m *message.Message) error
 	// Outbox is the http_pull mailbox of a served node, nil when it has none.
 	Outbox(node string) Outbox
+	// Gatherer holds the relay's Prometheus metrics.
+	Gatherer() prometheus.Gatherer
 }
 
 // ChannelView is one channel as the API shows it.
@@ -101,6 +105,7 @@ func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *
 	}
 	folder.ClearSpool(s.spool, log)
 	s.mux.HandleFunc("GET /api/v1/openapi.json", s.openapi)
+	s.mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(be.Gatherer(), promhttp.HandlerOpts{ErrorLog: slogErrors{log}}).ServeHTTP))
 	s.mux.HandleFunc("POST /api/v1/messages", s.push)
 	s.mux.HandleFunc("GET /api/v1/nodes/{code}/messages/next", s.pullNext)
 	s.mux.HandleFunc("POST /api/v1/nodes/{code}/messages/{id}/ack", s.pullAck)
@@ -187,6 +192,11 @@ func (s *Server) auth(h http.HandlerFunc) http.Handler {
 		h(w, r)
 	})
 }
+
+// slogErrors lets promhttp report gathering errors in the relay's log.
+type slogErrors struct{ log *slog.Logger }
+
+func (l slogErrors) Println(v ...any) { l.log.Warn("metrics: " + fmt.Sprint(v...)) }
 
 //go:embed openapi.json
 var openapiDoc []byte

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/pipeline"
@@ -54,6 +55,7 @@ func (f *fakeBackend) RetryDead(_ context.Context, seq uint64) (string, error) {
 }
 func (f *fakeBackend) Push(context.Context, *message.Message) error { return nil }
 func (f *fakeBackend) Outbox(string) Outbox                         { return nil }
+func (f *fakeBackend) Gatherer() prometheus.Gatherer                { return prometheus.NewRegistry() }
 func (f *fakeBackend) DropDead(_ context.Context, seq uint64) error {
 	f.dropped = append(f.dropped, seq)
 	return nil

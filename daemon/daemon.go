@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relay1c/relay/adapters"
 	"github.com/relay1c/relay/adapters/pull"
@@ -143,3 +144,6 @@ func (r *Relay) Outbox(node string) api.Outbox {
 	}
 	return nil
 }
+
+// Gatherer implements api.Backend.
+func (r *Relay) Gatherer() prometheus.Gatherer { return r.pipe.Gatherer() }

@@ -185,7 +185,11 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 				problem = herr.Error()
 			}
 			log.Error("dead letter: unreadable record", "reason", problem)
-			return l.dead.put(ctx, DeadLetter{Node: node, Stage: StageDeliver, Reason: problem, MsgID: m.UUID})
+			if err := l.dead.put(ctx, DeadLetter{Node: node, Stage: StageDeliver, Reason: problem, MsgID: m.UUID}); err != nil {
+				return err
+			}
+			l.m.dead.WithLabelValues(node, StageDeliver).Inc()
+			return nil
 		}
 		log = log.With("channel", channelName(h), "message_no", h.MessageNo)
 		obj := m.Metadata.Get(exchange.MetaObject)
@@ -199,6 +203,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		if h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
+			l.m.dropped.WithLabelValues(node, dropReason(dup)).Inc()
 			return l.finish(ctx, h, obj, func(c *Channel) {
 				if dup {
 					c.Duplicates++
@@ -211,6 +216,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		case config.ModeLatest:
 			if last, ok := l.lastNo(ctx, h); ok && last > h.MessageNo {
 				log.Info("superseded by a newer queued message", "newer_no", last)
+				l.m.dropped.WithLabelValues(node, "superseded").Inc()
 				return l.finish(ctx, h, obj, func(c *Channel) { c.Superseded++ })
 			}
 		case config.ModeSequential:
@@ -236,7 +242,12 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		exchange.SetBody(out, func(ctx context.Context) (io.ReadCloser, error) {
 			return l.b.OpenPayload(ctx, obj)
 		})
+		adapter := p.adapterOf(node, "deliver")
+		l.m.attempts.WithLabelValues(node, adapter).Inc()
 		err = pub.Publish(node, out)
+		if err != nil && !errors.Is(err, exchange.ErrStale) {
+			l.m.attemptErrors.WithLabelValues(node, adapter).Inc()
+		}
 		// The destination's answer is in: record it even if the relay is
 		// stopping now, or the message would be delivered a second time.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -245,6 +256,9 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		case err == nil:
 			now := l.states.now()
 			log.Info("delivered")
+			l.m.delivered.WithLabelValues(node, adapter).Inc()
+			l.m.deliveredBytes.WithLabelValues(node, adapter).Add(payloadSize(m.Metadata))
+			l.m.observeLatency(node, m.Metadata)
 			return l.finish(ctx, h, obj, func(c *Channel) {
 				if h.MessageNo > c.DeliveredNo {
 					c.DeliveredNo = h.MessageNo
@@ -257,6 +271,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			})
 		case errors.Is(err, exchange.ErrStale):
 			log.Info("dropped: " + err.Error())
+			l.m.dropped.WithLabelValues(node, "stale").Inc()
 			return l.finish(ctx, h, obj, func(c *Channel) { c.Stale++ })
 		case exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound):
 			reason := err.Error()
@@ -268,6 +283,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			}); derr != nil {
 				return derr
 			}
+			l.m.dead.WithLabelValues(node, StageDeliver).Inc()
 			return l.finish(ctx, h, "", func(c *Channel) {
 				c.Dead++
 				c.LastError, c.LastErrorAt = reason, l.states.now()

@@ -26,7 +26,7 @@ func MessageID(h exchange.Header, sha string) string {
 // ingestHandler takes one picked-up message into JetStream. Returning nil
 // acks it, which lets the pickup commit its source; an error nacks it and the
 // source stays for a later attempt.
-func (p *Pipeline) ingestHandler(node string, l *lane) message.NoPublishHandlerFunc {
+func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublishHandlerFunc {
 	return func(m *message.Message) error {
 		ctx := m.Context()
 		log := p.log.With("node", node, "file", m.Metadata.Get(exchange.MetaFileName), "source", m.Metadata.Get(exchange.MetaSource))
@@ -61,6 +61,7 @@ func (p *Pipeline) ingestHandler(node string, l *lane) message.NoPublishHandlerF
 					c.Stale++
 				}
 			})
+			l.m.dropped.WithLabelValues(h.To, dropReason(dup)).Inc()
 			log.Info("dropped at pickup: destination already has this or a newer message", "message_no", h.MessageNo, "delivered_no", st.DeliveredNo)
 			return err
 		}
@@ -80,6 +81,7 @@ func (p *Pipeline) ingestHandler(node string, l *lane) message.NoPublishHandlerF
 				c.Dead++
 				c.LastError, c.LastErrorAt = reason, l.states.now()
 			})
+			l.m.dead.WithLabelValues(h.To, StageRoute).Inc()
 			log.Warn("dead letter", "stage", StageRoute, "reason", reason)
 			return nil
 		}
@@ -89,6 +91,7 @@ func (p *Pipeline) ingestHandler(node string, l *lane) message.NoPublishHandlerF
 			rec.Metadata.Set(k, v)
 		}
 		rec.Metadata.Set(exchange.MetaObject, id)
+		rec.Metadata.Set(metaPickedAt, strconv.FormatInt(time.Now().UnixNano(), 10))
 		if err := l.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
 			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 		}
@@ -103,6 +106,8 @@ func (p *Pipeline) ingestHandler(node string, l *lane) message.NoPublishHandlerF
 			log.Warn("channel state not updated", "err", err)
 		}
 		l.acknowledge(ctx, h, now)
+		l.m.picked.WithLabelValues(node, adapter).Inc()
+		l.m.pickedBytes.WithLabelValues(node, adapter).Add(float64(size))
 		log.Info("picked up", "message_no", h.MessageNo, "received_no", h.ReceivedNo, "bytes", size)
 		return nil
 	}
@@ -180,8 +185,17 @@ func (l *lane) deadFromPickup(ctx context.Context, node string, m *message.Messa
 		}
 		return err
 	}
+	l.m.dead.WithLabelValues(node, StagePickup).Inc()
 	l.log.Warn("dead letter", "node", node, "stage", StagePickup, "file", dl.FileName, "reason", reason)
 	return nil
+}
+
+// dropReason labels a message dropped because the destination has it (or newer).
+func dropReason(dup bool) string {
+	if dup {
+		return "duplicate"
+	}
+	return "stale"
 }
 
 func channelName(h exchange.Header) string { return h.ExchangePlan + ":" + h.From + "->" + h.To }

@@ -64,6 +64,7 @@ type Pipeline struct {
 	delivers map[string]message.Publisher
 	// pushLane carries messages pushed through the API.
 	pushLane *lane
+	metrics  *metrics
 	// chanLocks serialises one channel's deliveries across the node's workers.
 	chanLocks channelLocks
 }
@@ -119,6 +120,7 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 
 		delivers: map[string]message.Publisher{},
 	}
+	p.metrics = newMetrics(p)
 	wlog := watermill.NewSlogLoggerWithLevelMapping(log.With("component", "watermill"), map[slog.Level]slog.Level{
 		slog.LevelInfo: slog.LevelDebug,
 	})
@@ -140,6 +142,7 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 // a connection of its own, so nodes do not queue behind each other's
 // requests on one connection.
 type lane struct {
+	m      *metrics
 	b      *bus.Bus
 	states *States
 	dead   *Dead
@@ -157,7 +160,7 @@ func (p *Pipeline) newLane(name string, wlog watermill.LoggerAdapter) (*lane, er
 		return nil, err
 	}
 	p.closers = append(p.closers, func() error { lb.CloseLane(); return nil })
-	l := &lane{b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: p.log, opts: p.opts}
+	l := &lane{m: p.metrics, b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: p.log, opts: p.opts}
 	if l.pub, err = exchangePublisher(lb.Conn, wlog); err != nil {
 		return nil, fmt.Errorf("%s: publisher: %w", name, err)
 	}
@@ -205,7 +208,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 			if err != nil {
 				return err
 			}
-			router.AddConsumerHandler("ingest "+name, name, sub, p.ingestHandler(name, l))
+			router.AddConsumerHandler("ingest "+name, name, sub, p.ingestHandler(name, n.Pickup.Kind, l))
 		}
 		if n.Deliver != nil {
 			pub, err := eps.Deliver(name, n.Deliver, nlog)
@@ -280,7 +283,7 @@ func (p *Pipeline) Push(ctx context.Context, m *message.Message) error {
 		return fmt.Errorf("push: unknown node %q", from)
 	}
 	exchange.Rebase(m, ctx)
-	return p.ingestHandler(from, p.pushLane)(m)
+	return p.ingestHandler(from, "api", p.pushLane)(m)
 }
 
 // States gives read access to channel state.

@@ -16,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/trouble"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -30,6 +31,8 @@ type Publisher struct {
 	cfg  DeliverConfig
 	log  *slog.Logger
 	lim  exchange.Limits
+
+	trouble.Last
 }
 
 var _ message.Publisher = (*Publisher)(nil)
@@ -71,7 +74,9 @@ func (p *Publisher) removeStaleParts(olderThan time.Duration) {
 // Publish delivers each message; the topic is ignored (one destination).
 func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
 	for _, m := range msgs {
-		if err := p.deliver(m.Context(), m); err != nil {
+		err := p.deliver(m.Context(), m)
+		p.Last.Set(err)
+		if err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/relay1c/relay/exchange"
+)
+
+// scrape reads /metrics into sample values keyed by name{label="v",...}
+// (labels sorted as the exposition writes them).
+func scrape(t testing.TB, s *site) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + s.listen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for name, f := range fams {
+		for _, m := range f.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, l.GetName()+"="+l.GetValue())
+			}
+			key := name + "{" + strings.Join(ls, ",") + "}"
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				out[key] = m.GetCounter().GetValue()
+			case dto.MetricType_GAUGE:
+				out[key] = m.GetGauge().GetValue()
+			case dto.MetricType_HISTOGRAM:
+				out[name+"_count{"+strings.Join(ls, ",")+"}"] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
+}
+
+// TestMetricsAgree: after a mixed run — good messages, a junk file, a
+// message for an unknown node, a destination that fails — /metrics says
+// what happened, and the same as the channel state.
+func TestMetricsAgree(t *testing.T) {
+	s := newSite(t, nodeSpec{code: "A"}, nodeSpec{code: "B"}, nodeSpec{code: "C"})
+	s.start(t)
+	// C's inbox breaks: a file where the folder should be.
+	if err := os.RemoveAll(s.in("C")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.in("C"), []byte("not a folder"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, data []byte) {
+		if err := os.WriteFile(filepath.Join(s.out("A"), name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	toB := exchange.FileName("A", "B", exchange.FormatXML)
+	for no := uint64(1); no <= 3; no++ {
+		write(toB, fxXML(t, header("A", "B", no, 0), 2000))
+		if !fxAwait(10*time.Second, func() bool { return readNo(filepath.Join(s.in("B"), toB)) == no }) {
+			t.Fatalf("A→B No %d not delivered", no)
+		}
+	}
+	write(exchange.FileName("A", "C", exchange.FormatXML), fxXML(t, header("A", "C", 1, 0), 2000))
+	write(exchange.FileName("A", "NOPE", exchange.FormatXML), fxXML(t, header("A", "NOPE", 1, 0), 2000))
+	write("Message_A_B.zip", []byte("not a zip at all"))
+
+	want := map[string]float64{
+		`relay_messages_picked_up_total{adapter=dir,node=A}`:                 4, // 3 to B, 1 to C
+		`relay_messages_delivered_total{adapter=dir,node=B}`:                 3,
+		`relay_delivery_latency_seconds_count{node=B}`:                       3,
+		`relay_messages_dead_total{node=A,stage=pickup}`:                     1,
+		`relay_messages_dead_total{node=NOPE,stage=route}`:                   1,
+		`relay_endpoint_up{adapter=dir,node=C,role=deliver}`:                 0,
+		`relay_endpoint_up{adapter=dir,node=B,role=deliver}`:                 1,
+		`relay_endpoint_up{adapter=dir,node=A,role=pickup}`:                  1,
+		`relay_channel_pending{from=A,plan=Магазины,to=C}`:                   1,
+		`relay_channel_message_no{from=A,kind=delivered,plan=Магазины,to=B}`: 3,
+	}
+	var got map[string]float64
+	if !fxAwait(20*time.Second, func() bool {
+		got = scrape(t, s)
+		for k, v := range want {
+			if got[k] != v {
+				return false
+			}
+		}
+		return got[`relay_delivery_errors_total{adapter=dir,node=C}`] >= 1
+	}) {
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s = %v, want %v", k, got[k], v)
+			}
+		}
+		t.Errorf("delivery errors of C: %v", got[`relay_delivery_errors_total{adapter=dir,node=C}`])
+		t.FailNow()
+	}
+	// The channel state says the same.
+	if c := channel(t, s, "A", "B"); float64(c.DeliveredNo) != got[`relay_channel_message_no{from=A,kind=delivered,plan=Магазины,to=B}`] {
+		t.Errorf("status %+v disagrees with metrics", c)
+	}
+	if c := channel(t, s, "A", "C"); c.Pending != 1 || c.LastError == "" {
+		t.Errorf("A→C: %+v", c)
+	}
+	if d := fxDead(t, s); len(d) != 2 {
+		t.Errorf("dead letters %+v, want 2 as the metrics say", d)
+	}
+}
