@@ -84,6 +84,12 @@ func (c *Client) DeadLetters(ctx context.Context) ([]pipeline.DeadLetter, error)
 	return out, c.do(ctx, http.MethodGet, "/api/v1/dead", &out)
 }
 
+// DeadLetter reads one dead letter.
+func (c *Client) DeadLetter(ctx context.Context, seq uint64) (pipeline.DeadLetter, error) {
+	var out pipeline.DeadLetter
+	return out, c.do(ctx, http.MethodGet, "/api/v1/dead/"+strconv.FormatUint(seq, 10), &out)
+}
+
 // RetryDead queues a dead letter again and returns the message id.
 func (c *Client) RetryDead(ctx context.Context, seq uint64) (string, error) {
 	var out map[string]string

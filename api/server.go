@@ -53,6 +53,25 @@ type Backend interface {
 type ChannelView struct {
 	pipeline.Channel
 	Pending uint64 `json:"pending"`
+	// Alerts are what an operator must look at now: an acknowledgement
+	// overdue (relay.ack_alert_after), a sender restored from a backup, a
+	// sequential channel held on a gap.
+	Alerts []string `json:"alerts,omitempty"`
+}
+
+// alerts judges a channel at now.
+func alerts(c pipeline.Channel, ackAlertAfter time.Duration, now time.Time) []string {
+	var out []string
+	if c.AckedNo < c.DeliveredNo && !c.LastDeliveredAt.IsZero() && now.Sub(c.LastDeliveredAt) > ackAlertAfter {
+		out = append(out, fmt.Sprintf("no acknowledgement for %s: delivered up to No %d, acknowledged No %d", now.Sub(c.LastDeliveredAt).Round(time.Minute), c.DeliveredNo, c.AckedNo))
+	}
+	if c.Warning != "" {
+		out = append(out, c.Warning)
+	}
+	if strings.HasPrefix(c.LastError, "gap: ") && c.Pending() > 0 {
+		out = append(out, c.LastError)
+	}
+	return out
 }
 
 // NodeView is one node as the API shows it.
@@ -229,8 +248,9 @@ func (s *Server) channels(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := make([]ChannelView, 0, len(cs))
+	now := time.Now()
 	for _, c := range cs {
-		out = append(out, ChannelView{Channel: c, Pending: c.Pending()})
+		out = append(out, ChannelView{Channel: c, Pending: c.Pending(), Alerts: alerts(c, s.cfg.Relay.AckAlertAfter.Std(), now)})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]

@@ -45,6 +45,9 @@ type Relay struct {
 	APITokenEnv string `yaml:"api_token_env"`
 	// MaxMessageSize bounds a message pushed to POST /api/v1/messages (default 2GiB).
 	MaxMessageSize Size `yaml:"max_message_size"`
+	// AckAlertAfter is how long a delivered message may wait for its
+	// acknowledgement before the channel is flagged (default 24h).
+	AckAlertAfter Duration `yaml:"ack_alert_after"`
 }
 
 // NATS is the `nats:` section.
@@ -268,6 +271,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Relay.MaxMessageSize == 0 {
 		c.Relay.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.Relay.AckAlertAfter == 0 {
+		c.Relay.AckAlertAfter = Duration(24 * time.Hour)
 	}
 	for _, n := range c.Nodes {
 		if n == nil {

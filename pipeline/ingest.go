@@ -118,13 +118,13 @@ func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time
 	if h.ReceivedNo == 0 {
 		return
 	}
-	if _, err := l.states.Update(ctx, h.ExchangePlan, h.To, h.From, func(c *Channel) {
-		if h.ReceivedNo > c.AckedNo {
-			c.AckedNo = h.ReceivedNo
-			c.LastAckAt = now
-		}
-	}); err != nil {
+	c, err := l.states.Update(ctx, h.ExchangePlan, h.To, h.From, func(c *Channel) { c.applyAck(h.ReceivedNo, now) })
+	if err != nil {
 		l.log.Warn("acknowledgement not recorded", "err", err)
+		return
+	}
+	if c.Warning != "" && c.WarningAt.Equal(now) {
+		l.log.Warn(c.Warning, "channel", channelName(exchange.Header{ExchangePlan: h.ExchangePlan, From: h.To, To: h.From}))
 	}
 }
 

@@ -41,6 +41,33 @@ type Channel struct {
 	LastAckAt       time.Time `json:"last_ack_at,omitzero"`
 	LastError       string    `json:"last_error,omitempty"`
 	LastErrorAt     time.Time `json:"last_error_at,omitzero"`
+	// Warning is a standing inconsistency an operator must look at (the
+	// sender was restored from a backup); it clears when the numbers agree.
+	Warning   string    `json:"warning,omitempty"`
+	WarningAt time.Time `json:"warning_at,omitzero"`
+}
+
+// applyAck records an acknowledgement of this channel: its addressee (To)
+// sent a message back whose ReceivedNo says the last of this channel's
+// messages it received. A ReceivedNo above anything relay carried on the
+// channel means the sender (From) sent numbers it no longer has — 1C's
+// "restored from a backup" — or To receives From's messages another way.
+func (c *Channel) applyAck(receivedNo uint64, now time.Time) {
+	if receivedNo > c.AckedNo {
+		c.AckedNo = receivedNo
+		c.LastAckAt = now
+	}
+	carried := max(c.PickedNo, c.DeliveredNo)
+	switch {
+	case carried > 0 && receivedNo > carried:
+		if c.Warning == "" {
+			c.WarningAt = now
+		}
+		c.Warning = fmt.Sprintf("%s acknowledged No %d of %s → %s, but relay carried only up to No %d: %s was probably restored from a backup, or %s gets %s's messages another way",
+			c.To, receivedNo, c.From, c.To, carried, c.From, c.To, c.From)
+	case c.Warning != "" && carried >= c.AckedNo:
+		c.Warning, c.WarningAt = "", time.Time{}
+	}
 }
 
 // Pending is the number of messages taken in and not yet finished.

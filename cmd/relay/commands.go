@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -148,28 +150,57 @@ func (g *globals) client() (*api.Client, error) {
 func statusCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "One row per channel: last picked-up, delivered and acknowledged No, pending, age, last error",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use:   "status [NODE]",
+		Short: "One row per channel: last picked-up, delivered and acknowledged No, pending, age, alerts, last error; with NODE only its channels and endpoints",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			chans, err := c.Channels(cmd.Context())
+			all, err := c.Channels(cmd.Context())
 			if err != nil {
 				return err
+			}
+			node := ""
+			if len(args) == 1 {
+				node = args[0]
+			}
+			chans := all[:0:0]
+			for _, ch := range all {
+				if node == "" || ch.From == node || ch.To == node {
+					chans = append(chans, ch)
+				}
+			}
+			nodes, err := c.Nodes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if node != "" && !slices.ContainsFunc(nodes, func(n api.NodeView) bool { return n.Code == node }) {
+				return fmt.Errorf("no node %q in %s", node, g.config)
 			}
 			if asJSON {
 				enc := json.NewEncoder(g.stdout)
 				enc.SetIndent("", "  ")
 				return enc.Encode(chans)
 			}
+			paint := colours(g.stdout)
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
-			fmt.Fprintln(w, "PLAN\tCHANNEL\tPICKED\tDELIVERED\tACKED\tPENDING\tAGE\tLAST ERROR")
+			fmt.Fprintln(w, "PLAN\tCHANNEL\tPICKED\tDELIVERED\tACKED\tPENDING\tAGE\tALERT / LAST ERROR")
 			for _, ch := range chans {
-				fmt.Fprintf(w, "%s\t%s → %s\t%d\t%d\t%d\t%d\t%s\t%s\n", ch.Plan, ch.From, ch.To,
-					ch.PickedNo, ch.DeliveredNo, ch.AckedNo, ch.Pending, age(ch.LastDeliveredAt, ch.LastPickupAt), oneLine(ch.LastError, 80))
+				note, colour := ch.LastError, ""
+				switch {
+				case len(ch.Alerts) > 0:
+					note, colour = strings.Join(ch.Alerts, "; "), red
+				case ch.LastError != "":
+					colour = red
+				case ch.Pending > 0:
+					colour = yellow
+				default:
+					colour = green
+				}
+				fmt.Fprintf(w, "%s\t%s → %s\t%d\t%d\t%d\t%d\t%s\t%s\n", ch.Plan, paint(colour, ch.From), paint(colour, ch.To),
+					ch.PickedNo, ch.DeliveredNo, ch.AckedNo, ch.Pending, age(ch.LastDeliveredAt, ch.LastPickupAt), oneLine(note, 120))
 			}
 			if len(chans) == 0 {
 				fmt.Fprintln(w, "(no channel has carried a message yet)")
@@ -177,14 +208,16 @@ func statusCmd(g *globals) *cobra.Command {
 			if err := w.Flush(); err != nil {
 				return err
 			}
-			nodes, err := c.Nodes(cmd.Context())
-			if err != nil {
-				return err
-			}
 			for _, n := range nodes {
-				for _, e := range []struct{ role, err string }{{"pickup", n.PickupError}, {"deliver", n.DeliverError}} {
-					if e.err != "" {
-						fmt.Fprintf(g.stdout, "node %s %s: %s\n", n.Code, e.role, oneLine(e.err, 160))
+				if node != "" && n.Code != node {
+					continue
+				}
+				for _, e := range []struct{ role, kind, err string }{{"pickup", n.Pickup, n.PickupError}, {"deliver", n.Deliver, n.DeliverError}} {
+					switch {
+					case e.err != "":
+						fmt.Fprintf(g.stdout, "node %s %s: %s\n", n.Code, e.role, paint(red, oneLine(e.err, 160)))
+					case node != "" && e.kind != "":
+						fmt.Fprintf(g.stdout, "node %s %s (%s): %s\n", n.Code, e.role, e.kind, paint(green, "ok"))
 					}
 				}
 			}
@@ -193,6 +226,27 @@ func statusCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// Terminal colours for `relay status`.
+const (
+	red    = "\x1b[31m"
+	yellow = "\x1b[33m"
+	green  = "\x1b[32m"
+)
+
+// colours returns a painter that colours text when out is a terminal and
+// NO_COLOR is not set, and leaves it plain otherwise.
+func colours(out io.Writer) func(colour, s string) string {
+	plain := func(_, s string) string { return s }
+	f, ok := out.(*os.File)
+	if !ok || os.Getenv("NO_COLOR") != "" {
+		return plain
+	}
+	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		return plain
+	}
+	return func(colour, s string) string { return colour + s + "\x1b[0m" }
 }
 
 // age is the time since the channel last moved.
@@ -218,7 +272,7 @@ func oneLine(s string, max int) string {
 }
 
 func deadCmd(g *globals) *cobra.Command {
-	dead := &cobra.Command{Use: "dead", Short: "List, retry or drop dead letters"}
+	dead := &cobra.Command{Use: "dead", Short: "List, show, retry or drop dead letters"}
 	var asJSON bool
 	list := &cobra.Command{
 		Use:   "list",
@@ -275,7 +329,36 @@ func deadCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	dead.AddCommand(list, retry, drop)
+	show := &cobra.Command{
+		Use:   "show ID...",
+		Short: "Everything about dead letters: reason, source, time, the message header, the stored payload",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return eachSeq(g, cmd, args, func(c *api.Client, seq uint64) error {
+				l, err := c.DeadLetter(cmd.Context(), seq)
+				if err != nil {
+					return err
+				}
+				w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
+				fmt.Fprintf(w, "id\t%d\ntime\t%s\nnode\t%s\nstage\t%s\nreason\t%s\nsource\t%s\nfile\t%s\n",
+					l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, l.Reason, l.Source, l.FileName)
+				if h := l.Header; h != nil {
+					fmt.Fprintf(w, "header\t%s, %s → %s, No %d, received No %d (%s)\n", h.ExchangePlan, h.From, h.To, h.MessageNo, h.ReceivedNo, h.Dialect)
+				}
+				if l.MsgID != "" {
+					fmt.Fprintf(w, "message id\t%s\n", l.MsgID)
+				}
+				if l.Object != "" {
+					fmt.Fprintf(w, "payload\t%d bytes, sha256 %s (kept; `relay dead retry %d` sends it again)\n", l.Size, l.SHA256, l.Seq)
+				} else {
+					fmt.Fprintf(w, "payload\tnot kept\n")
+				}
+				fmt.Fprintln(w)
+				return w.Flush()
+			})
+		},
+	}
+	dead.AddCommand(list, show, retry, drop)
 	return dead
 }
 

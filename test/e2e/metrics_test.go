@@ -3,7 +3,9 @@ package e2e
 import (
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -119,7 +121,24 @@ func TestMetricsAgree(t *testing.T) {
 	if c := channel(t, s, "A", "C"); c.Pending != 1 || c.LastError == "" {
 		t.Errorf("A→C: %+v", c)
 	}
-	if d := fxDead(t, s); len(d) != 2 {
-		t.Errorf("dead letters %+v, want 2 as the metrics say", d)
+	dead := fxDead(t, s)
+	if len(dead) != 2 {
+		t.Fatalf("dead letters %+v, want 2 as the metrics say", dead)
+	}
+
+	// The CLI shows the same: `relay status C` has only C's channel and its
+	// failing endpoint; `relay dead show` the whole letter.
+	bin := buildRelay(t)
+	out, err := exec.Command(bin, "status", "-c", s.cfg, "C").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "A → C") || strings.Contains(string(out), "A → B") ||
+		!strings.Contains(string(out), "node C deliver: dir C: create temp") {
+		t.Errorf("relay status C: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "status", "-c", s.cfg, "NOPE").CombinedOutput(); err == nil {
+		t.Errorf("relay status of an unknown node succeeded:\n%s", out)
+	}
+	out, err = exec.Command(bin, "dead", "show", "-c", s.cfg, strconv.FormatUint(dead[0].Seq, 10)).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "reason") || !strings.Contains(string(out), dead[0].Reason) {
+		t.Errorf("relay dead show: %v\n%s", err, out)
 	}
 }

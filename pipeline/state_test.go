@@ -1,0 +1,39 @@
+package pipeline
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestApplyAck(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	t1 := t0.Add(time.Hour)
+	c := Channel{Plan: "P", From: "B", To: "A", PickedNo: 7, DeliveredNo: 7}
+	c.applyAck(5, t0)
+	if c.AckedNo != 5 || !c.LastAckAt.Equal(t0) || c.Warning != "" {
+		t.Fatalf("ack 5: %+v", c)
+	}
+	c.applyAck(3, t1) // an older ReceivedNo never moves the number back
+	if c.AckedNo != 5 || !c.LastAckAt.Equal(t0) {
+		t.Fatalf("ack 3 after 5: %+v", c)
+	}
+	c.applyAck(9, t1) // more than relay ever carried: B went back in time
+	if c.AckedNo != 9 || !strings.Contains(c.Warning, "restored from a backup") || !c.WarningAt.Equal(t1) {
+		t.Fatalf("ack 9 of 7 carried: %+v", c)
+	}
+	c.applyAck(9, t1.Add(time.Hour)) // still so: the first time stays
+	if !c.WarningAt.Equal(t1) {
+		t.Fatalf("warning time moved: %+v", c)
+	}
+	c.PickedNo, c.DeliveredNo = 10, 10 // B sends on; the numbers agree again
+	c.applyAck(10, t1.Add(2*time.Hour))
+	if c.Warning != "" || !c.WarningAt.IsZero() {
+		t.Fatalf("warning not cleared: %+v", c)
+	}
+	fresh := Channel{From: "B", To: "A"} // relay never carried B→A: nothing to compare
+	fresh.applyAck(40, t0)
+	if fresh.Warning != "" || fresh.AckedNo != 40 {
+		t.Fatalf("fresh channel: %+v", fresh)
+	}
+}
