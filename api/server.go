@@ -123,6 +123,7 @@ func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *
 		}
 	}
 	folder.ClearSpool(s.spool, log)
+	s.mux.HandleFunc("GET /{$}", s.dashboard)
 	s.mux.HandleFunc("GET /api/v1/openapi.json", s.openapi)
 	s.mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(be.Gatherer(), promhttp.HandlerOpts{ErrorLog: slogErrors{log}}).ServeHTTP))
 	s.mux.HandleFunc("POST /api/v1/messages", s.push)
@@ -219,6 +220,18 @@ func (l slogErrors) Println(v ...any) { l.log.Warn("metrics: " + fmt.Sprint(v...
 
 //go:embed openapi.json
 var openapiDoc []byte
+
+// dashboardPage is the operator's page: static, it reads the API (with the
+// token the operator gives it), so it shows only what the token allows.
+//
+//go:embed dashboard.html
+var dashboardPage []byte
+
+func (s *Server) dashboard(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'")
+	_, _ = w.Write(dashboardPage)
+}
 
 func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")

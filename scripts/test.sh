@@ -98,6 +98,7 @@ install_missing curl curl # the FTP bench's baseline client, the mail tests' ind
 # has the DAV module (PUT) built in; nginx-light only adds the echo module.
 install_missing /usr/sbin/nginx nginx
 install_missing nats-server nats-server
+install_missing chromium chromium # the dashboard test's real browser (headless)
 export RELAY_E2E_REQUIRE_SERVERS=1
 
 step "unit tests with the race detector"

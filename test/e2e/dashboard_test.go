@@ -1,0 +1,95 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/relay1c/relay/exchange"
+)
+
+// headless runs Debian's chromium headless on url with extra flags (a DOM
+// dump or a screenshot) and returns its stdout. chromium forks helpers; it
+// runs in its own process group, which is killed by PID when it is done.
+func headless(t testing.TB, url string, flags ...string) string {
+	t.Helper()
+	bin := ""
+	for _, b := range []string{"chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(b); err == nil {
+			bin = p
+			break
+		}
+	}
+	if bin == "" {
+		missingServer(t, "chromium not installed; scripts/test.sh installs it")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+		"--user-data-dir=" + t.TempDir(), "--virtual-time-budget=8000"}, flags...)
+	cmd := exec.CommandContext(ctx, bin, append(args, url)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if cmd.Process != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // helpers left behind
+	}
+	if err != nil {
+		t.Fatalf("chromium: %v\n%s", err, stderr.String())
+	}
+	return string(out)
+}
+
+// TestDashboard loads the dashboard in a real browser: every node is shown,
+// a flowing channel as flowing and a channel whose destination fails as
+// failing.
+func TestDashboard(t *testing.T) {
+	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "SHOP1"}, nodeSpec{code: "WH"})
+	s.start(t)
+	if err := os.RemoveAll(s.in("WH")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.in("WH"), []byte("not a folder"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ok := exchange.FileName("ЦО", "SHOP1", exchange.FormatXML)
+	os.WriteFile(filepath.Join(s.out("ЦО"), ok), fxXML(t, header("ЦО", "SHOP1", 1, 0), 1000), 0o644)
+	os.WriteFile(filepath.Join(s.out("ЦО"), exchange.FileName("ЦО", "WH", exchange.FormatXML)), fxXML(t, header("ЦО", "WH", 1, 0), 1000), 0o644)
+	if !fxAwait(15*time.Second, func() bool {
+		return readNo(filepath.Join(s.in("SHOP1"), ok)) == 1 && channel(t, s, "ЦО", "WH").LastError != ""
+	}) {
+		t.Fatalf("setup: %+v", fxNodes(t, s))
+	}
+
+	dom := headless(t, "http://"+s.listen+"/", "--dump-dom")
+	for _, code := range []string{"ЦО", "SHOP1", "WH"} {
+		if !strings.Contains(dom, `data-node="`+code+`"`) {
+			t.Errorf("node %s not on the page", code)
+		}
+	}
+	for ch, want := range map[string]string{"ЦО→SHOP1": "flowing", "ЦО→WH": "failing"} {
+		re := regexp.MustCompile(`data-channel="` + ch + `" data-state="([a-z]+)"`)
+		m := re.FindStringSubmatch(dom)
+		if m == nil || m[1] != want {
+			t.Errorf("channel %s shown as %v, want %s", ch, m, want)
+		}
+	}
+	if !strings.Contains(dom, "not a directory") {
+		t.Errorf("the failing channel's error is not on the page")
+	}
+	if t.Failed() {
+		t.Logf("DOM:\n%s", dom)
+	}
+	// RELAY_DASHBOARD_SCREENSHOT=path keeps a picture (the README's).
+	if shot := os.Getenv("RELAY_DASHBOARD_SCREENSHOT"); shot != "" {
+		headless(t, "http://"+s.listen+"/", "--screenshot="+shot, "--window-size=1100,700", "--hide-scrollbars")
+	}
+}
