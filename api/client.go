@@ -90,6 +90,12 @@ func (c *Client) DeadLetter(ctx context.Context, seq uint64) (pipeline.DeadLette
 	return out, c.do(ctx, http.MethodGet, "/api/v1/dead/"+strconv.FormatUint(seq, 10), &out)
 }
 
+// Trace reads the recorded steps of the messages with this id or file name.
+func (c *Client) Trace(ctx context.Context, match string) ([]pipeline.Event, error) {
+	var out []pipeline.Event
+	return out, c.do(ctx, http.MethodGet, "/api/v1/trace?q="+url.QueryEscape(match), &out)
+}
+
 // RetryDead queues a dead letter again and returns the message id.
 func (c *Client) RetryDead(ctx context.Context, seq uint64) (string, error) {
 	var out map[string]string

@@ -47,6 +47,8 @@ type Backend interface {
 	Outbox(node string) Outbox
 	// Gatherer holds the relay's Prometheus metrics.
 	Gatherer() prometheus.Gatherer
+	// Trace returns the recorded steps of messages.
+	Trace(ctx context.Context, q pipeline.TraceQuery) ([]pipeline.Event, error)
 }
 
 // ChannelView is one channel as the API shows it.
@@ -134,6 +136,7 @@ func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *
 	s.mux.Handle("GET /api/v1/channels", s.auth(s.channels))
 	s.mux.Handle("GET /api/v1/nodes", s.auth(s.nodes))
 	s.mux.Handle("GET /api/v1/dead", s.auth(s.deadList))
+	s.mux.Handle("GET /api/v1/trace", s.auth(s.trace))
 	s.mux.Handle("GET /api/v1/dead/{seq}", s.auth(s.deadGet))
 	s.mux.Handle("POST /api/v1/dead/{seq}/retry", s.auth(s.deadRetry))
 	s.mux.Handle("DELETE /api/v1/dead/{seq}", s.auth(s.deadDrop))
@@ -307,6 +310,30 @@ func (s *Server) deadList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, ls)
+}
+
+// trace answers ?q=<message id or file name>, or ?node=<code> for a node's
+// latest events; limit caps the count.
+func (s *Server) trace(w http.ResponseWriter, r *http.Request) {
+	q := pipeline.TraceQuery{Match: r.URL.Query().Get("q"), Node: r.URL.Query().Get("node")}
+	if q.Match == "" && q.Node == "" {
+		writeErr(w, http.StatusBadRequest, "give q=<message id or file name> or node=<code>")
+		return
+	}
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeErr(w, http.StatusBadRequest, "limit: want a positive number")
+			return
+		}
+		q.Limit = n
+	}
+	evs, err := s.be.Trace(r.Context(), q)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, evs)
 }
 
 func seqOf(w http.ResponseWriter, r *http.Request) (uint64, bool) {

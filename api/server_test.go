@@ -56,6 +56,9 @@ func (f *fakeBackend) RetryDead(_ context.Context, seq uint64) (string, error) {
 func (f *fakeBackend) Push(context.Context, *message.Message) error { return nil }
 func (f *fakeBackend) Outbox(string) Outbox                         { return nil }
 func (f *fakeBackend) Gatherer() prometheus.Gatherer                { return prometheus.NewRegistry() }
+func (f *fakeBackend) Trace(context.Context, pipeline.TraceQuery) ([]pipeline.Event, error) {
+	return nil, nil
+}
 func (f *fakeBackend) DropDead(_ context.Context, seq uint64) error {
 	f.dropped = append(f.dropped, seq)
 	return nil

@@ -40,6 +40,17 @@ const (
 	DeadSubjectPrefix = "exchange.dead."
 	// BucketTaken remembers what `after: keep` pickups already took.
 	BucketTaken = "EXCHANGE_TAKEN"
+	// StreamEvents keeps every step of every message for `relay trace`,
+	// for EventsMaxAge or EventsMaxBytes, whichever ends first.
+	StreamEvents = "EXCHANGE_EVENTS"
+	// EventSubjectPrefix is followed by a hash of the message id.
+	EventSubjectPrefix = "exchange.event."
+)
+
+// Retention of EXCHANGE_EVENTS.
+const (
+	EventsMaxAge   = 7 * 24 * time.Hour
+	EventsMaxBytes = 256 << 20
 )
 
 // DuplicateWindow is how long a Nats-Msg-Id is remembered, so a file picked up
@@ -114,8 +125,8 @@ type Bus struct {
 	Conn *nats.Conn
 	// JS is the JetStream API on Conn.
 	JS jetstream.JetStream
-	// Exchange, Dead are the two streams.
-	Exchange, Dead jetstream.Stream
+	// Exchange, Dead, Events are the streams.
+	Exchange, Dead, Events jetstream.Stream
 	// Payloads stores message bodies.
 	Payloads jetstream.ObjectStore
 	// payloadStream is the object store's stream, read chunk by chunk by OpenPayload.
@@ -293,6 +304,20 @@ func (b *Bus) provision(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("nats: stream %s: %w", StreamDead, err)
+	}
+	b.Events, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        StreamEvents,
+		Description: "every step of every message (picked up, delivered, failed, dropped, dead), for relay trace",
+		Subjects:    []string{EventSubjectPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      EventsMaxAge,
+		MaxBytes:    EventsMaxBytes,
+		Discard:     jetstream.DiscardOld,
+		AllowDirect: true,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: stream %s: %w", StreamEvents, err)
 	}
 	b.Payloads, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      BucketPayloads,

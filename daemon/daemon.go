@@ -147,3 +147,8 @@ func (r *Relay) Outbox(node string) api.Outbox {
 
 // Gatherer implements api.Backend.
 func (r *Relay) Gatherer() prometheus.Gatherer { return r.pipe.Gatherer() }
+
+// Trace implements api.Backend.
+func (r *Relay) Trace(ctx context.Context, q pipeline.TraceQuery) ([]pipeline.Event, error) {
+	return r.pipe.Trace(ctx, q)
+}

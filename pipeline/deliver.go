@@ -192,6 +192,9 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			return nil
 		}
 		log = log.With("channel", channelName(h), "message_no", h.MessageNo)
+		ev := func(step, detail string) {
+			l.event(Event{Step: step, MsgID: m.UUID, File: m.Metadata.Get(exchange.MetaFileName), Node: node, Channel: channelName(h), No: h.MessageNo, Detail: detail})
+		}
 		obj := m.Metadata.Get(exchange.MetaObject)
 		unlock := p.chanLocks.lock(bus.ChannelKey(h.ExchangePlan, h.From, h.To))
 		defer unlock()
@@ -204,6 +207,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
 			l.m.dropped.WithLabelValues(node, dropReason(dup)).Inc()
+			ev(StepDropped, fmt.Sprintf("%s already has No %d (%s)", node, st.DeliveredNo, dropReason(dup)))
 			return l.finish(ctx, h, obj, func(c *Channel) {
 				if dup {
 					c.Duplicates++
@@ -217,6 +221,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			if last, ok := l.lastNo(ctx, h); ok && last > h.MessageNo {
 				log.Info("superseded by a newer queued message", "newer_no", last)
 				l.m.dropped.WithLabelValues(node, "superseded").Inc()
+				ev(StepDropped, fmt.Sprintf("superseded by No %d", last))
 				return l.finish(ctx, h, obj, func(c *Channel) { c.Superseded++ })
 			}
 		case config.ModeSequential:
@@ -259,6 +264,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			l.m.delivered.WithLabelValues(node, adapter).Inc()
 			l.m.deliveredBytes.WithLabelValues(node, adapter).Add(payloadSize(m.Metadata))
 			l.m.observeLatency(node, m.Metadata)
+			ev(StepDelivered, "by "+adapter)
 			return l.finish(ctx, h, obj, func(c *Channel) {
 				if h.MessageNo > c.DeliveredNo {
 					c.DeliveredNo = h.MessageNo
@@ -272,6 +278,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		case errors.Is(err, exchange.ErrStale):
 			log.Info("dropped: " + err.Error())
 			l.m.dropped.WithLabelValues(node, "stale").Inc()
+			ev(StepDropped, err.Error())
 			return l.finish(ctx, h, obj, func(c *Channel) { c.Stale++ })
 		case exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound):
 			reason := err.Error()
@@ -284,12 +291,14 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 				return derr
 			}
 			l.m.dead.WithLabelValues(node, StageDeliver).Inc()
+			ev(StepDead, reason)
 			return l.finish(ctx, h, "", func(c *Channel) {
 				c.Dead++
 				c.LastError, c.LastErrorAt = reason, l.states.now()
 			})
 		default:
 			log.Warn("delivery failed; will retry", "err", err)
+			ev(StepDeliveryFailed, err.Error())
 			l.states.setError(ctx, h.ExchangePlan, h.From, h.To, err.Error())
 			return err
 		}

@@ -62,6 +62,8 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 				}
 			})
 			l.m.dropped.WithLabelValues(h.To, dropReason(dup)).Inc()
+			l.event(Event{Step: StepDropped, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: h.To, Channel: channelName(h), No: h.MessageNo,
+				Source: m.Metadata.Get(exchange.MetaSource), Detail: fmt.Sprintf("at pickup: %s already has No %d (%s)", h.To, st.DeliveredNo, dropReason(dup))})
 			log.Info("dropped at pickup: destination already has this or a newer message", "message_no", h.MessageNo, "delivered_no", st.DeliveredNo)
 			return err
 		}
@@ -82,6 +84,8 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 				c.LastError, c.LastErrorAt = reason, l.states.now()
 			})
 			l.m.dead.WithLabelValues(h.To, StageRoute).Inc()
+			l.event(Event{Step: StepDead, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: h.To, Channel: channelName(h), No: h.MessageNo,
+				Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha, Detail: reason})
 			log.Warn("dead letter", "stage", StageRoute, "reason", reason)
 			return nil
 		}
@@ -105,7 +109,11 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		}); err != nil {
 			log.Warn("channel state not updated", "err", err)
 		}
-		l.acknowledge(ctx, h, now)
+		file := m.Metadata.Get(exchange.MetaFileName)
+		l.event(Event{Step: StepPickedUp, MsgID: id, File: file, Node: node, Channel: channelName(h), No: h.MessageNo,
+			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha,
+			Detail: fmt.Sprintf("stored for %s by %s (received No %d)", h.To, adapter, h.ReceivedNo)})
+		l.acknowledge(ctx, h, now, id, file)
 		l.m.picked.WithLabelValues(node, adapter).Inc()
 		l.m.pickedBytes.WithLabelValues(node, adapter).Add(float64(size))
 		log.Info("picked up", "message_no", h.MessageNo, "received_no", h.ReceivedNo, "bytes", size)
@@ -114,17 +122,20 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 }
 
 // acknowledge applies ReceivedNo: it acknowledges the reverse channel.
-func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time) {
+func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time, id, file string) {
 	if h.ReceivedNo == 0 {
 		return
 	}
+	reverse := exchange.Header{ExchangePlan: h.ExchangePlan, From: h.To, To: h.From}
+	l.event(Event{Step: StepAcknowledges, MsgID: id, File: file, Node: h.From, Channel: channelName(reverse), No: h.ReceivedNo,
+		Detail: fmt.Sprintf("%s → %s up to No %d", h.To, h.From, h.ReceivedNo)})
 	c, err := l.states.Update(ctx, h.ExchangePlan, h.To, h.From, func(c *Channel) { c.applyAck(h.ReceivedNo, now) })
 	if err != nil {
 		l.log.Warn("acknowledgement not recorded", "err", err)
 		return
 	}
 	if c.Warning != "" && c.WarningAt.Equal(now) {
-		l.log.Warn(c.Warning, "channel", channelName(exchange.Header{ExchangePlan: h.ExchangePlan, From: h.To, To: h.From}))
+		l.log.Warn(c.Warning, "channel", channelName(reverse))
 	}
 }
 
@@ -186,6 +197,7 @@ func (l *lane) deadFromPickup(ctx context.Context, node string, m *message.Messa
 		return err
 	}
 	l.m.dead.WithLabelValues(node, StagePickup).Inc()
+	l.event(Event{Step: StepDead, File: dl.FileName, Node: node, Source: dl.Source, Size: size, SHA256: sha, Detail: "at pickup: " + reason})
 	l.log.Warn("dead letter", "node", node, "stage", StagePickup, "file", dl.FileName, "reason", reason)
 	return nil
 }

@@ -493,3 +493,46 @@ func sendCmd(g *globals) *cobra.Command {
 		},
 	}
 }
+
+func traceCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "trace MESSAGE-ID|FILE-NAME",
+		Short: "Every step of a message: picked up (where, size, sha256), delivery attempts and errors, delivered, dropped or dead, acknowledged by which message",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			evs, err := c.Trace(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(evs)
+			}
+			if len(evs) == 0 {
+				return fmt.Errorf("no recorded step of %q (events are kept 7 days)", args[0])
+			}
+			last := ""
+			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
+			for _, e := range evs {
+				if e.MsgID != last && e.MsgID != "" {
+					fmt.Fprintf(w, "\n%s\t%s No %d\t\t\n", e.MsgID, e.Channel, e.No)
+					last = e.MsgID
+				}
+				detail := e.Detail
+				if e.Step == "picked_up" {
+					detail = fmt.Sprintf("%s; from %s, %d bytes, sha256 %s", e.Detail, e.Source, e.Size, e.SHA256)
+				}
+				fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Step, e.Node, oneLine(detail, 160))
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

@@ -46,7 +46,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVarP(&g.config, "config", "c", "routing.yaml", "routing.yaml to use")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(runCmd(g), validateCmd(g), inspectCmd(g), statusCmd(g), deadCmd(g), checkCmd(g), sendCmd(g))
+	root.AddCommand(runCmd(g), validateCmd(g), inspectCmd(g), statusCmd(g), deadCmd(g), checkCmd(g), sendCmd(g), traceCmd(g))
 	return root
 }
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,6 +88,11 @@ func TestDashboard(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("DOM:\n%s", dom)
+	}
+	// The node page lists the node's recent events.
+	page := headless(t, "http://"+s.listen+"/?node="+url.QueryEscape("ЦО"), "--dump-dom")
+	if !strings.Contains(page, `data-step="picked_up"`) {
+		t.Errorf("node page of ЦО shows no picked_up event:\n%s", page)
 	}
 	// RELAY_DASHBOARD_SCREENSHOT=path keeps a picture (the README's).
 	if shot := os.Getenv("RELAY_DASHBOARD_SCREENSHOT"); shot != "" {

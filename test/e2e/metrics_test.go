@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,7 +15,9 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/relay1c/relay/api"
 	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/pipeline"
 )
 
 // scrape reads /metrics into sample values keyed by name{label="v",...}
@@ -74,8 +77,10 @@ func TestMetricsAgree(t *testing.T) {
 		}
 	}
 	toB := exchange.FileName("A", "B", exchange.FormatXML)
+	var third []byte
 	for no := uint64(1); no <= 3; no++ {
-		write(toB, fxXML(t, header("A", "B", no, 0), 2000))
+		third = fxXML(t, header("A", "B", no, 0), 2000)
+		write(toB, third)
 		if !fxAwait(10*time.Second, func() bool { return readNo(filepath.Join(s.in("B"), toB)) == no }) {
 			t.Fatalf("A→B No %d not delivered", no)
 		}
@@ -126,6 +131,34 @@ func TestMetricsAgree(t *testing.T) {
 		t.Fatalf("dead letters %+v, want 2 as the metrics say", dead)
 	}
 
+	// B answers with ReceivedNo 3: the trace of A→B No 3 shows every step
+	// and the acknowledgement.
+	back := fxXML(t, header("B", "A", 1, 3), 1000)
+	if err := os.WriteFile(filepath.Join(s.out("B"), exchange.FileName("B", "A", exchange.FormatXML)), back, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	id := pipeline.MessageID(header("A", "B", 3, 0), fxSum(third))
+	var evs []pipeline.Event
+	steps := func() string {
+		var ss []string
+		for _, e := range evs {
+			ss = append(ss, e.Step)
+		}
+		return strings.Join(ss, ",")
+	}
+	if !fxAwait(15*time.Second, func() bool {
+		evs, _ = api.NewClient(s.listen, "").Trace(context.Background(), id)
+		return steps() == "picked_up,delivered,acknowledged"
+	}) {
+		t.Errorf("trace of %s: %s, want picked_up,delivered,acknowledged: %+v", id, steps(), evs)
+	}
+	if evs, _ = api.NewClient(s.listen, "").Trace(context.Background(), "Message_A_C.xml"); !strings.HasPrefix(steps(), "picked_up,delivery_failed") {
+		t.Errorf("trace of Message_A_C.xml: %s", steps())
+	}
+	if evs, _ = api.NewClient(s.listen, "").Trace(context.Background(), "Message_A_B.zip"); steps() != "dead" {
+		t.Errorf("trace of the junk file: %s", steps())
+	}
+
 	// The CLI shows the same: `relay status C` has only C's channel and its
 	// failing endpoint; `relay dead show` the whole letter.
 	bin := buildRelay(t)
@@ -136,6 +169,9 @@ func TestMetricsAgree(t *testing.T) {
 	}
 	if out, err := exec.Command(bin, "status", "-c", s.cfg, "NOPE").CombinedOutput(); err == nil {
 		t.Errorf("relay status of an unknown node succeeded:\n%s", out)
+	}
+	if out, err := exec.Command(bin, "trace", "-c", s.cfg, id).CombinedOutput(); err != nil || !strings.Contains(string(out), "acknowledged") || !strings.Contains(string(out), "picked_up") {
+		t.Errorf("relay trace: %v\n%s", err, out)
 	}
 	out, err = exec.Command(bin, "dead", "show", "-c", s.cfg, strconv.FormatUint(dead[0].Seq, 10)).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "reason") || !strings.Contains(string(out), dead[0].Reason) {

@@ -1,0 +1,157 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+)
+
+// Event is one step of a message's way through relay. The pipeline writes
+// them to EXCHANGE_EVENTS as it goes (no log scraping); `relay trace`,
+// the API and the dashboard read them back.
+type Event struct {
+	Time time.Time `json:"time"`
+	// Step is picked_up, delivered, delivery_failed, dropped, dead or
+	// acknowledges.
+	Step  string `json:"step"`
+	MsgID string `json:"msg_id,omitempty"`
+	File  string `json:"file,omitempty"`
+	// Node is where it happened: the pickup's node, or the destination.
+	Node string `json:"node,omitempty"`
+	// Channel (plan:from->to) and No place the message; for acknowledges
+	// they are the acknowledged channel and its acknowledged No.
+	Channel string `json:"channel,omitempty"`
+	No      uint64 `json:"no,omitempty"`
+	Source  string `json:"source,omitempty"`
+	Size    int64  `json:"size,omitempty"`
+	SHA256  string `json:"sha256,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+// Trace steps.
+const (
+	StepPickedUp       = "picked_up"
+	StepDelivered      = "delivered"
+	StepDeliveryFailed = "delivery_failed"
+	StepDropped        = "dropped"
+	StepDead           = "dead"
+	StepAcknowledges   = "acknowledges"
+)
+
+// event records e without waiting: a lost event costs a line of a trace,
+// never a message, so the pipeline does not slow down for it.
+func (l *lane) event(e Event) {
+	e.Time = time.Now().UTC()
+	b, err := json.Marshal(e)
+	if err != nil {
+		return
+	}
+	key := e.MsgID
+	if key == "" {
+		key = e.Source + "\x00" + e.File
+	}
+	sum := sha256.Sum256([]byte(key))
+	if _, err := l.b.JS.PublishAsync(bus.EventSubjectPrefix+hex.EncodeToString(sum[:12]), b); err != nil {
+		l.log.Debug("trace event not recorded", "step", e.Step, "err", err)
+	}
+}
+
+// traceScan bounds how many of the newest events a trace reads.
+const traceScan = 100_000
+
+// TraceQuery selects events: those of a message id, of a file name, or the
+// latest of a node.
+type TraceQuery struct {
+	// Match is a message id or a file name.
+	Match string
+	// Node, when Match is empty, asks for that node's latest events.
+	Node string
+	// Limit caps the result (newest kept); 0 means 1000.
+	Limit int
+}
+
+// Trace returns the matching events, oldest first. For every message that
+// was delivered it adds the acknowledgement that covers it, if one came: a
+// message back on the reverse channel whose ReceivedNo reached its No.
+func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
+	if q.Limit <= 0 {
+		q.Limit = 1000
+	}
+	info, err := p.b.Events.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("trace: %w", err)
+	}
+	out := []Event{}
+	if info.State.Msgs == 0 {
+		return out, nil
+	}
+	start := info.State.FirstSeq
+	if info.State.LastSeq > traceScan && info.State.LastSeq-traceScan > start {
+		start = info.State.LastSeq - traceScan
+	}
+	cons, err := p.b.Events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("trace: %w", err)
+	}
+	var acks []Event
+	for seq := start; seq < info.State.LastSeq; {
+		batch, err := cons.FetchNoWait(512)
+		if err != nil {
+			return nil, fmt.Errorf("trace: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			if md, err := m.Metadata(); err == nil {
+				seq = md.Sequence.Stream
+			}
+			var e Event
+			if json.Unmarshal(m.Data(), &e) != nil {
+				continue
+			}
+			if e.Step == StepAcknowledges {
+				acks = append(acks, e)
+			}
+			switch {
+			case q.Match != "" && (e.MsgID == q.Match || e.File == q.Match):
+			case q.Match == "" && q.Node != "" && e.Node == q.Node:
+			default:
+				continue
+			}
+			out = append(out, e)
+		}
+		if n == 0 || batch.Error() != nil {
+			break
+		}
+	}
+	// The acknowledgement of each delivered message, once.
+	seen := map[string]bool{}
+	for _, e := range out {
+		if e.Step != StepDelivered || seen[e.MsgID] || q.Match == "" {
+			continue
+		}
+		seen[e.MsgID] = true
+		for _, a := range acks {
+			if a.Channel == e.Channel && a.No >= e.No && !a.Time.Before(e.Time) {
+				out = append(out, Event{Time: a.Time, Step: "acknowledged", MsgID: e.MsgID, File: e.File, Node: e.Node,
+					Channel: e.Channel, No: e.No, Detail: fmt.Sprintf("by %s (%s, received No %d)", a.MsgID, a.File, a.No)})
+				break
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	if len(out) > q.Limit {
+		out = out[len(out)-q.Limit:]
+	}
+	return out, nil
+}
