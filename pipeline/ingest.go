@@ -95,7 +95,10 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 			rec.Metadata.Set(k, v)
 		}
 		rec.Metadata.Set(exchange.MetaObject, id)
-		rec.Metadata.Set(metaPickedAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+		// Taken in now: before the publish, so that every later step (the
+		// delivery may start the moment JetStream has the record) is later.
+		pickedAt := time.Now()
+		rec.Metadata.Set(metaPickedAt, strconv.FormatInt(pickedAt.UnixNano(), 10))
 		if err := l.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
 			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 		}
@@ -110,7 +113,7 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 			log.Warn("channel state not updated", "err", err)
 		}
 		file := m.Metadata.Get(exchange.MetaFileName)
-		l.event(Event{Step: StepPickedUp, MsgID: id, File: file, Node: node, Channel: channelName(h), No: h.MessageNo,
+		l.event(Event{Time: pickedAt, Step: StepPickedUp, MsgID: id, File: file, Node: node, Channel: channelName(h), No: h.MessageNo,
 			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha,
 			Detail: fmt.Sprintf("stored for %s by %s (received No %d)", h.To, adapter, h.ReceivedNo)})
 		l.acknowledge(ctx, h, now, id, file)

@@ -49,7 +49,10 @@ const (
 // event records e without waiting: a lost event costs a line of a trace,
 // never a message, so the pipeline does not slow down for it.
 func (l *lane) event(e Event) {
-	e.Time = time.Now().UTC()
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	e.Time = e.Time.UTC()
 	b, err := json.Marshal(e)
 	if err != nil {
 		return

@@ -131,7 +131,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		_ = d.Sync()
 		d.Close()
 	}
-	p.log.Debug("delivered", "file", name, "message_no", h.MessageNo, "bytes", n)
+	p.log.Debug("delivered", "message_id", m.UUID, "file", name, "message_no", h.MessageNo, "bytes", n)
 	return nil
 }
 

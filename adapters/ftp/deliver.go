@@ -101,7 +101,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 				return step("rename to "+name, err)
 			}
 		}
-		p.log.Debug("delivered", "file", name, "message_no", h.MessageNo, "bytes", want)
+		p.log.Debug("delivered", "message_id", m.UUID, "file", name, "message_no", h.MessageNo, "bytes", want)
 		return nil
 	})
 }

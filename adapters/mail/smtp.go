@@ -145,7 +145,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		return err
 	}
 	_ = c.Quit()
-	p.log.Debug("delivered", "file", out.name, "message_no", h.MessageNo, "bytes", out.size)
+	p.log.Debug("delivered", "message_id", m.UUID, "file", out.name, "message_no", h.MessageNo, "bytes", out.size)
 	return nil
 }
 

@@ -149,10 +149,10 @@ func (mb *Mailbox) park(m *message.Message) error {
 	}
 	mb.offers = append(mb.offers, o)
 	mb.mu.Unlock()
-	mb.log.Debug("waiting for the node to pull", "file", d.Name, "id", o.ID)
+	mb.log.Debug("waiting for the node to pull", "message_id", m.UUID, "file", d.Name, "id", o.ID)
 	select {
 	case <-o.acked:
-		mb.log.Debug("delivered: the node acknowledged", "file", d.Name, "id", o.ID)
+		mb.log.Debug("delivered: the node acknowledged", "message_id", m.UUID, "file", d.Name, "id", o.ID)
 		return nil
 	case <-m.Context().Done():
 		mb.remove(o)
