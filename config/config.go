@@ -420,6 +420,19 @@ func validEnvName(s string) bool {
 // use it for their *_env options.
 func ValidEnvName(s string) bool { return validEnvName(s) }
 
+// DecodeURLOrOptions decodes an endpoint value that is either a URL (the
+// short form, stored in *url) or a mapping of options decoded into v.
+func DecodeURLOrOptions(n *yaml.Node, v any, url *string) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		*url = n.Value
+		return nil
+	case yaml.MappingNode:
+		return DecodeOptions(n, v)
+	}
+	return fmt.Errorf("line %d: want a URL or a mapping with url:", n.Line)
+}
+
 // DecodeOptions decodes an adapter's option node into v, refusing unknown
 // keys so a typo is an error, not a silently ignored option. (yaml.Node.Decode
 // has no strict switch, so the node is re-encoded and decoded strictly.)

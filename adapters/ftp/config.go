@@ -76,15 +76,8 @@ const (
 // Decode reads the value under `ftp:`; role is "pickup" or "deliver".
 func Decode(n *yaml.Node, role string) (Config, error) {
 	var c Config
-	switch n.Kind {
-	case yaml.ScalarNode:
-		c.URL = n.Value
-	case yaml.MappingNode:
-		if err := config.DecodeOptions(n, &c); err != nil {
-			return c, err
-		}
-	default:
-		return c, fmt.Errorf("line %d: want a URL or a mapping with url:", n.Line)
+	if err := config.DecodeURLOrOptions(n, &c, &c.URL); err != nil {
+		return c, err
 	}
 	c.role = role
 	c.setDefaults()

@@ -100,21 +100,10 @@ type IMAPConfig struct {
 	PartTimeout config.Duration `yaml:"part_timeout"`
 }
 
-func decodeInto(n *yaml.Node, v any, url *string) error {
-	switch n.Kind {
-	case yaml.ScalarNode:
-		*url = n.Value
-		return nil
-	case yaml.MappingNode:
-		return config.DecodeOptions(n, v)
-	}
-	return fmt.Errorf("line %d: want a URL or a mapping with url:", n.Line)
-}
-
 // DecodeSMTP reads the value under `smtp:`.
 func DecodeSMTP(n *yaml.Node) (SMTPConfig, error) {
 	var c SMTPConfig
-	if err := decodeInto(n, &c, &c.URL); err != nil {
+	if err := config.DecodeURLOrOptions(n, &c, &c.URL); err != nil {
 		return c, err
 	}
 	c.Server.setDefaults()
@@ -136,7 +125,7 @@ func DecodeSMTP(n *yaml.Node) (SMTPConfig, error) {
 // DecodeIMAP reads the value under `imap:`.
 func DecodeIMAP(n *yaml.Node) (IMAPConfig, error) {
 	var c IMAPConfig
-	if err := decodeInto(n, &c, &c.URL); err != nil {
+	if err := config.DecodeURLOrOptions(n, &c, &c.URL); err != nil {
 		return c, err
 	}
 	c.Server.setDefaults()

@@ -949,14 +949,7 @@ func (d *mailDaemon) stop() error {
 		return nil
 	}
 	pid, done := d.cmd.Process.Pid, d.done
-	exited := func() bool {
-		select {
-		case <-done:
-			return true
-		default:
-			return false
-		}
-	}
+	exited := func() bool { return closed(done) }
 	// Its process group outlives the master as long as one member does, so
 	// the number is not reused meanwhile: matching on PGID is safe, on a
 	// PID seen earlier it would not be.
@@ -970,21 +963,12 @@ func (d *mailDaemon) stop() error {
 		return ps
 	}
 	gone := func() bool { return exited() && len(left()) == 0 }
-	wait := func(timeout time.Duration) bool {
-		for deadline := time.Now().Add(timeout); !gone(); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				return false
-			}
-		}
-		return true
-	}
+	wait := func(timeout time.Duration) bool { return waitUntil(timeout, 20*time.Millisecond, gone) }
 	var err error
 	if !exited() {
 		syscall.Kill(pid, syscall.SIGTERM)
 	}
-	for deadline := time.Now().Add(10 * time.Second); !exited() && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitUntil(10*time.Second, 20*time.Millisecond, exited)
 	// dovecot's master exits after about 1s, leaving logged-in IMAP
 	// sessions (and its log process) running for 10s more: SIGTERM ends
 	// them at once. The group is signalled only while it has members, so

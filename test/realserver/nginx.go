@@ -243,14 +243,7 @@ func (n *Nginx) Stop() error {
 		return nil
 	}
 	pid, done := n.cmd.Process.Pid, n.done
-	exited := func() bool {
-		select {
-		case <-done:
-			return true
-		default:
-			return false
-		}
-	}
+	exited := func() bool { return closed(done) }
 	gone := func() bool {
 		if !exited() {
 			return false
@@ -262,14 +255,7 @@ func (n *Nginx) Stop() error {
 		}
 		return true
 	}
-	wait := func(d time.Duration) bool {
-		for deadline := time.Now().Add(d); !gone(); time.Sleep(10 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				return false
-			}
-		}
-		return true
-	}
+	wait := func(d time.Duration) bool { return waitUntil(d, 10*time.Millisecond, gone) }
 	var err error
 	syscall.Kill(pid, syscall.SIGTERM)
 	if !wait(5 * time.Second) {

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"time"
 )
 
 // startDaemon starts cmd, whose output goes to out (closed when the process
@@ -33,4 +34,26 @@ func startDaemon(cmd *exec.Cmd, out *os.File) (<-chan struct{}, error) {
 		return nil, err
 	}
 	return done, nil
+}
+
+// closed reports whether done is closed: the daemon has exited and been
+// reaped.
+func closed(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitUntil asks ok every step until it says true (true) or d has passed
+// (false).
+func waitUntil(d, step time.Duration, ok func() bool) bool {
+	for deadline := time.Now().Add(d); !ok(); time.Sleep(step) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }

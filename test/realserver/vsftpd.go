@@ -496,14 +496,7 @@ func (s *Vsftpd) Stop() error {
 		return nil
 	}
 	pid, done := s.cmd.Process.Pid, s.done
-	exited := func() bool {
-		select {
-		case <-done:
-			return true
-		default:
-			return false
-		}
-	}
+	exited := func() bool { return closed(done) }
 	var groups []int
 	if !exited() {
 		syscall.Kill(pid, syscall.SIGSTOP)
@@ -539,14 +532,7 @@ func (s *Vsftpd) Stop() error {
 		}
 		return true
 	}
-	wait := func(d time.Duration) bool {
-		for deadline := time.Now().Add(d); !gone(); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				return false
-			}
-		}
-		return true
-	}
+	wait := func(d time.Duration) bool { return waitUntil(d, 20*time.Millisecond, gone) }
 	var err error
 	signal(syscall.SIGTERM)
 	if !wait(5 * time.Second) {
