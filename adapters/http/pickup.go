@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"path"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -45,9 +44,7 @@ type Pickup struct {
 
 	trouble.Last
 
-	closing   chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup
+	folder.Loop
 
 	// last is the sha256 of the last file the pipeline acked; run goroutine only.
 	last string
@@ -65,48 +62,29 @@ func NewPickup(node string, cfg Config, spool string, log *slog.Logger) (*Pickup
 	}
 	return &Pickup{
 		c: c, spool: spool, lim: exchange.DefaultLimits(), log: c.log,
-		closing: make(chan struct{}),
 	}, nil
 }
 
 // Subscribe starts polling; the topic is ignored. The channel closes when
 // ctx ends or Close is called.
 func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
-	folder.ClearSpool(p.spool, p.log)
-	out := make(chan *message.Message)
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		defer close(out)
-		p.run(ctx, out)
-	}()
-	return out, nil
+	return p.Start(ctx, p.spool, p.log, p.run), nil
 }
 
-// Close stops the pickup; it is idempotent and safe while a message waits
-// for its ack.
+// Close stops the pickup and drops idle connections; it is idempotent and
+// safe while a message waits for its ack.
 func (p *Pickup) Close() error {
-	p.closeOnce.Do(func() { close(p.closing) })
-	p.wg.Wait()
+	err := p.Loop.Close()
 	p.c.hc.CloseIdleConnections()
-	return nil
-}
-
-func (p *Pickup) stopped(ctx context.Context) bool {
-	select {
-	case <-p.closing:
-		return true
-	default:
-		return ctx.Err() != nil
-	}
+	return err
 }
 
 func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 	interval := p.c.cfg.Interval.Std()
 	fails := 0
-	for !p.stopped(ctx) {
+	for !p.Stopped(ctx) {
 		took, err := p.poll(ctx, out)
-		if p.stopped(ctx) {
+		if p.Stopped(ctx) {
 			return
 		}
 		p.Last.Set(err)
@@ -126,7 +104,7 @@ func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-		case <-p.closing:
+		case <-p.Closing():
 		}
 		t.Stop()
 	}
@@ -150,7 +128,7 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 	}
 	resp, err := p.c.hc.Do(req)
 	if err != nil {
-		if p.stopped(ctx) {
+		if p.Stopped(ctx) {
 			return false, nil
 		}
 		return false, fail(requestErr(rctx, err))
@@ -182,7 +160,7 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 		}
 	}
 	if err != nil {
-		if p.stopped(ctx) {
+		if p.Stopped(ctx) {
 			return false, nil
 		}
 		return false, fail(fmt.Errorf("read body: %w", requestErr(rctx, err)))
@@ -205,7 +183,7 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 	} else if bad != nil {
 		problem = bad.Error()
 	}
-	switch folder.Hand(ctx, p.closing, out, msg) {
+	switch folder.Hand(ctx, p.Closing(), out, msg) {
 	case folder.Acked:
 		p.last = digest
 		if problem != "" {

@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -53,9 +52,7 @@ type Pickup struct {
 
 	trouble.Last
 
-	closing   chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup
+	folder.Loop
 
 	// Owned by the run goroutine.
 	validity  uint32
@@ -121,10 +118,9 @@ func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memor
 	return &Pickup{
 		node: node, cfg: cfg, t: t, tc: tc, after: after, mem: mem, spool: spool,
 		lim: exchange.DefaultLimits(), pattern: pattern,
-		log:     log.With("node", node, "adapter", "imap", "mailbox", t.display),
-		now:     time.Now,
-		closing: make(chan struct{}),
-		known:   map[imap.UID]verdict{}, transfers: map[string]*transfer{},
+		log:   log.With("node", node, "adapter", "imap", "mailbox", t.display),
+		now:   time.Now,
+		known: map[imap.UID]verdict{}, transfers: map[string]*transfer{},
 		wake: make(chan struct{}, 1),
 	}, nil
 }
@@ -132,40 +128,15 @@ func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memor
 // Subscribe starts reading the mailbox; the topic is ignored. The channel
 // closes when ctx ends or Close is called.
 func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
-	folder.ClearSpool(p.spool, p.log)
-	out := make(chan *message.Message)
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		defer close(out)
-		p.run(ctx, out)
-	}()
-	return out, nil
-}
-
-// Close stops the pickup; it is idempotent and safe while a message waits
-// for its ack.
-func (p *Pickup) Close() error {
-	p.closeOnce.Do(func() { close(p.closing) })
-	p.wg.Wait()
-	return nil
-}
-
-func (p *Pickup) stopped(ctx context.Context) bool {
-	select {
-	case <-p.closing:
-		return true
-	default:
-		return ctx.Err() != nil
-	}
+	return p.Start(ctx, p.spool, p.log, p.run), nil
 }
 
 // run keeps a session open, reconnecting with capped backoff.
 func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 	fails := 0
-	for !p.stopped(ctx) {
+	for !p.Stopped(ctx) {
 		worked, err := p.session(ctx, out)
-		if p.stopped(ctx) {
+		if p.Stopped(ctx) {
 			return
 		}
 		if worked {
@@ -178,7 +149,7 @@ func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-		case <-p.closing:
+		case <-p.Closing():
 		}
 	}
 }
@@ -225,7 +196,7 @@ func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (work
 		if err := p.wait(ctx, c); err != nil {
 			return worked, err
 		}
-		if p.stopped(ctx) {
+		if p.Stopped(ctx) {
 			return worked, nil
 		}
 	}
@@ -247,7 +218,7 @@ func (p *Pickup) wait(ctx context.Context, c *imapclient.Client) error {
 	case <-p.wake:
 	case <-timer.C:
 	case <-ctx.Done():
-	case <-p.closing:
+	case <-p.Closing():
 	case <-c.Closed():
 	}
 	if idle != nil {
@@ -314,7 +285,7 @@ func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *mes
 		singles = append(singles, s...)
 	}
 	for _, m := range singles {
-		if p.stopped(ctx) {
+		if p.Stopped(ctx) {
 			return nil
 		}
 		if err := p.takeOne(ctx, c, m, out); err != nil {
@@ -327,7 +298,7 @@ func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *mes
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		if p.stopped(ctx) {
+		if p.Stopped(ctx) {
 			return nil
 		}
 		t := p.transfers[id]
@@ -534,7 +505,7 @@ func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logge
 	if problem != "" {
 		msg.Metadata.Set(exchange.MetaProblem, problem)
 	}
-	switch folder.Hand(ctx, p.closing, out, msg) {
+	switch folder.Hand(ctx, p.Closing(), out, msg) {
 	case folder.Acked:
 	case folder.Nacked:
 		// Left in the mailbox; the next scan offers it again.
