@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -48,6 +49,10 @@ type Relay struct {
 	// AckAlertAfter is how long a delivered message may wait for its
 	// acknowledgement before the channel is flagged (default 24h).
 	AckAlertAfter Duration `yaml:"ack_alert_after"`
+	// LeaseTTL is how long a replica's hold on a pickup endpoint lasts
+	// without renewal on a shared NATS (default 6s): the failover time after
+	// a replica dies.
+	LeaseTTL Duration `yaml:"lease_ttl"`
 }
 
 // NATS is the `nats:` section.
@@ -60,6 +65,23 @@ type NATS struct {
 	TLS *TLS `yaml:"tls"`
 	// Listen, for the embedded server, opens a client port (e.g. 127.0.0.1:4222); empty keeps it in-process only.
 	Listen string `yaml:"listen"`
+	// Replicas is how many servers of an external cluster keep each stream
+	// and bucket (default 1; 3 on a three-server cluster, so one may stop).
+	Replicas int `yaml:"replicas"`
+	// Leaf, for the embedded server, connects it as a leaf node to a remote
+	// cluster (the head office): messages are stored here and move to and
+	// from the remote relays' JetStream domains whenever the link is up.
+	Leaf *Leaf `yaml:"leaf"`
+}
+
+// Leaf is the `nats.leaf:` section.
+type Leaf struct {
+	// URL is the remote's leaf node port: nats-leaf://host:7422 (or tls://).
+	URL string `yaml:"url"`
+	// CredsFile authenticates the leaf connection.
+	CredsFile string `yaml:"creds_file"`
+	// TLS configures the leaf connection.
+	TLS *TLS `yaml:"tls"`
 }
 
 // TLS holds client TLS files.
@@ -275,6 +297,12 @@ func (c *Config) setDefaults() {
 	if c.Relay.AckAlertAfter == 0 {
 		c.Relay.AckAlertAfter = Duration(24 * time.Hour)
 	}
+	if c.Relay.LeaseTTL == 0 {
+		c.Relay.LeaseTTL = Duration(DefaultLeaseTTL)
+	}
+	if c.NATS.Replicas == 0 {
+		c.NATS.Replicas = 1
+	}
 	for _, n := range c.Nodes {
 		if n == nil {
 			continue
@@ -343,6 +371,22 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	if c.NATS.URL != "" && c.NATS.Listen != "" {
 		add("nats.listen", "only for the embedded server; remove it or nats.url")
 	}
+	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
+		add("nats.replicas", "%d is not between 1 and 5", c.NATS.Replicas)
+	} else if c.NATS.Replicas > 1 && c.NATS.URL == "" {
+		add("nats.replicas", "applies to an external cluster; set nats.url or remove it")
+	}
+	if time.Duration(c.Relay.LeaseTTL) < time.Second {
+		add("relay.lease_ttl", "%s is shorter than 1s", time.Duration(c.Relay.LeaseTTL))
+	}
+	if l := c.NATS.Leaf; l != nil {
+		if c.NATS.URL != "" {
+			add("nats.leaf", "a leaf node is the embedded server; remove nats.url or nats.leaf")
+		}
+		if u, err := url.Parse(l.URL); err != nil || u.Host == "" || !leafSchemes[u.Scheme] {
+			add("nats.leaf.url", "%q is not nats-leaf://host:port (or tls://, nats://, ws://, wss://)", l.URL)
+		}
+	}
 	if len(c.Nodes) == 0 {
 		add("nodes", "no nodes defined")
 	}
@@ -398,6 +442,12 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	}
 	return out
 }
+
+// DefaultLeaseTTL is relay.lease_ttl when unset.
+const DefaultLeaseTTL = 6 * time.Second
+
+// leafSchemes are the URL schemes nats-server accepts for a leaf remote.
+var leafSchemes = map[string]bool{"nats-leaf": true, "nats": true, "tls": true, "ws": true, "wss": true}
 
 // optionKey is an adapter option name at the start of an adapter's error.
 var optionKey = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)

@@ -35,6 +35,12 @@ func TestProblems(t *testing.T) {
 		{"bad listen", "relay: { listen: nowhere }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "nowhere" is not host:port`}},
 		{"bad env name", "relay: { api_token_env: 'MY TOKEN' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.api_token_env: "MY TOKEN" is not an environment variable name`}},
 		{"creds without url", "nats: { creds_file: /x }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: creds_file and tls apply to an external server"}},
+		{"leaf ok", "relay: { id: office1 }\nnats: { leaf: { url: 'nats-leaf://hq.example:7422', creds_file: /x } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
+		{"leaf with url", "nats: { url: 'nats://a:4222', leaf: { url: 'nats-leaf://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.leaf: a leaf node is the embedded server"}},
+		{"leaf bad url", "nats: { leaf: { url: 'http://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.leaf.url: "http://hq:7422" is not nats-leaf://host:port`}},
+		{"replicas embedded", "nats: { replicas: 3 }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.replicas: applies to an external cluster"}},
+		{"replicas range", "nats: { url: 'nats://a:4222', replicas: 7 }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.replicas: 7 is not between 1 and 5"}},
+		{"lease too short", "relay: { lease_ttl: 100ms }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"relay.lease_ttl: 100ms is shorter than 1s"}},
 		{"several at once", "relay: { listen: x }\nnodes:\n  A:\n    mode: m\n    pickup: { imap: {} }\n", []string{"relay.listen:", "nodes.A.mode:", "nodes.A.pickup.imap:"}},
 	}
 	for _, c := range cases {
