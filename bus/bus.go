@@ -7,10 +7,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -40,6 +42,10 @@ const (
 	DeadSubjectPrefix = "exchange.dead."
 	// BucketTaken remembers what `after: keep` pickups already took.
 	BucketTaken = "EXCHANGE_TAKEN"
+	// BucketLeases holds the leases of a shared NATS: which replica runs a
+	// pickup or fetch, which delivers a channel right now. Entries expire
+	// after the lease TTL unless renewed.
+	BucketLeases = "EXCHANGE_LEASES"
 	// StreamEvents keeps every step of every message for `relay trace`,
 	// for EventsMaxAge or EventsMaxBytes, whichever ends first.
 	StreamEvents = "EXCHANGE_EVENTS"
@@ -135,18 +141,39 @@ type Bus struct {
 	Channels jetstream.KeyValue
 	// Taken remembers kept pickups.
 	Taken jetstream.KeyValue
+	// Leases holds the leases of replicas sharing an external NATS.
+	Leases jetstream.KeyValue
 
-	server *server.Server
-	log    *slog.Logger
+	server   *server.Server
+	log      *slog.Logger
+	replicas int
+	leaseTTL time.Duration
 }
 
-// Open starts the embedded server (cfg.URL empty) or connects to cfg.URL,
+// Settings say which NATS to open and how to lay it out.
+type Settings struct {
+	// NATS is routing.yaml's nats section.
+	NATS config.NATS
+	// DataDir holds the embedded server's store.
+	DataDir string
+	// ID is the relay id: the embedded server's name and, as a leaf node,
+	// its JetStream domain.
+	ID string
+	// LeaseTTL is how long an unrenewed lease lasts (EXCHANGE_LEASES' TTL).
+	LeaseTTL time.Duration
+}
+
+// Open starts the embedded server (NATS.URL empty) or connects to NATS.URL,
 // then creates or updates every stream and bucket. It is idempotent.
-func Open(ctx context.Context, cfg config.NATS, dataDir, id string, log *slog.Logger) (*Bus, error) {
-	b := &Bus{log: log}
+func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
+	cfg, id := set.NATS, set.ID
+	b := &Bus{log: log, replicas: max(cfg.Replicas, 1), leaseTTL: set.LeaseTTL}
+	if b.leaseTTL <= 0 {
+		b.leaseTTL = config.DefaultLeaseTTL
+	}
 	var err error
 	if cfg.URL == "" {
-		b.server, err = startEmbedded(cfg, dataDir, id)
+		b.server, err = startEmbedded(cfg, set.DataDir, id)
 		if err != nil {
 			return nil, err
 		}
@@ -180,6 +207,11 @@ func startEmbedded(cfg config.NATS, dataDir, id string) (*server.Server, error) 
 		MaxPayload:         1 << 20,
 		JetStreamMaxMemory: 64 << 20,
 	}
+	if cfg.Leaf != nil {
+		if err := leafOptions(opts, cfg.Leaf, id); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Listen != "" {
 		host, port, err := net.SplitHostPort(cfg.Listen)
 		if err != nil {
@@ -202,6 +234,44 @@ func startEmbedded(cfg config.NATS, dataDir, id string) (*server.Server, error) 
 		return nil, errors.New("nats: embedded server did not start within 30s (is another relay using " + store + "?)")
 	}
 	return ns, nil
+}
+
+// LeafDeny are the subjects that never cross the leaf connection, either
+// way. The remote cluster has streams and buckets of the same names and
+// subjects (in its own JetStream domain); letting a publish cross would store
+// it twice, once without its payload. Messages move between domains only by
+// a relay fetching them through the JetStream API ($JS.<domain>.API), which
+// stays open.
+var LeafDeny = []string{"exchange.>", "$O.>", "$KV.>"}
+
+// leafOptions makes the embedded server a leaf node of l.URL with its own
+// JetStream domain named after the relay: it stores everything locally and
+// keeps working while the link is down.
+func leafOptions(opts *server.Options, l *config.Leaf, id string) error {
+	u, err := url.Parse(l.URL)
+	if err != nil {
+		return fmt.Errorf("nats.leaf.url: %w", err)
+	}
+	remote := &server.RemoteLeafOpts{
+		URLs:        []*url.URL{u},
+		Credentials: l.CredsFile,
+		DenyImports: LeafDeny,
+		DenyExports: LeafDeny,
+	}
+	if l.TLS != nil || u.Scheme == "tls" || u.Scheme == "wss" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if l.TLS != nil {
+			if tc, err = clientTLS(l.TLS); err != nil {
+				return fmt.Errorf("nats.leaf: %w", err)
+			}
+		}
+		tc.ServerName = u.Hostname()
+		remote.TLS, remote.TLSConfig = true, tc
+	}
+	opts.JetStreamDomain = id
+	opts.LeafNode.Remotes = []*server.RemoteLeafOpts{remote}
+	opts.LeafNode.ReconnectInterval = 2 * time.Second
+	return nil
 }
 
 func connectExternal(cfg config.NATS, id string, log *slog.Logger) (*nats.Conn, error) {
@@ -286,6 +356,7 @@ func (b *Bus) provision(ctx context.Context) error {
 		Description: "1C exchange messages: header fields and a claim check to " + BucketPayloads,
 		Subjects:    []string{SubjectPrefix + ">"},
 		Storage:     jetstream.FileStorage,
+		Replicas:    b.replicas,
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      30 * 24 * time.Hour,
 		Duplicates:  DuplicateWindow,
@@ -299,6 +370,7 @@ func (b *Bus) provision(ctx context.Context) error {
 		Description: "dead letters: messages relay could not route or deliver, with the reason",
 		Subjects:    []string{DeadSubjectPrefix + ">"},
 		Storage:     jetstream.FileStorage,
+		Replicas:    b.replicas,
 		Retention:   jetstream.LimitsPolicy,
 		AllowDirect: true,
 	})
@@ -310,6 +382,7 @@ func (b *Bus) provision(ctx context.Context) error {
 		Description: "every step of every message (picked up, delivered, failed, dropped, dead), for relay trace",
 		Subjects:    []string{EventSubjectPrefix + ">"},
 		Storage:     jetstream.FileStorage,
+		Replicas:    b.replicas,
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      EventsMaxAge,
 		MaxBytes:    EventsMaxBytes,
@@ -323,6 +396,7 @@ func (b *Bus) provision(ctx context.Context) error {
 		Bucket:      BucketPayloads,
 		Description: "exchange message bodies",
 		Storage:     jetstream.FileStorage,
+		Replicas:    b.replicas,
 	})
 	if err != nil {
 		return fmt.Errorf("nats: object store %s: %w", BucketPayloads, err)
@@ -334,6 +408,7 @@ func (b *Bus) provision(ctx context.Context) error {
 		Bucket:      BucketChannels,
 		Description: "state of each exchange channel (plan, from, to)",
 		Storage:     jetstream.FileStorage,
+		Replicas:    b.replicas,
 		History:     1,
 	})
 	if err != nil {
@@ -343,10 +418,22 @@ func (b *Bus) provision(ctx context.Context) error {
 		Bucket:      BucketTaken,
 		Description: "files taken by pickups with after: keep",
 		Storage:     jetstream.FileStorage,
+		Replicas:    b.replicas,
 		History:     1,
 	})
 	if err != nil {
 		return fmt.Errorf("nats: kv %s: %w", BucketTaken, err)
+	}
+	b.Leases, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketLeases,
+		Description: "leases of relay replicas sharing this NATS (pickups, fetches, channel deliveries)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    b.replicas,
+		History:     1,
+		TTL:         b.leaseTTL,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: kv %s: %w", BucketLeases, err)
 	}
 	return nil
 }
@@ -420,7 +507,57 @@ func (b *Bus) Lane(ctx context.Context, name string) (*Bus, error) {
 	if l.Taken, err = l.JS.KeyValue(ctx, BucketTaken); err != nil {
 		return fail(BucketTaken, err)
 	}
+	if l.Leases, err = l.JS.KeyValue(ctx, BucketLeases); err != nil {
+		return fail(BucketLeases, err)
+	}
 	return l, nil
+}
+
+// Shared reports whether other relay processes may use the same JetStream
+// (an external NATS): replicas then coordinate through EXCHANGE_LEASES. An
+// embedded server's store, leaf node or not, belongs to this process alone.
+func (b *Bus) Shared() bool { return b.server == nil }
+
+// Remote is the exchange layout of another relay's JetStream domain, reached
+// through the JetStream API over nc ($JS.<domain>.API): EXCHANGE to fetch
+// records from and EXCHANGE_PAYLOADS to read bodies from. Nothing is
+// published there. It fails while the domain cannot be reached.
+func Remote(ctx context.Context, nc *nats.Conn, domain string) (*Bus, error) {
+	r := &Bus{Conn: nc}
+	var err error
+	if r.JS, err = jetstream.NewWithDomain(nc, domain); err != nil {
+		return nil, fmt.Errorf("nats: domain %s: %w", domain, err)
+	}
+	if r.Exchange, err = r.JS.Stream(ctx, StreamExchange); err != nil {
+		return nil, fmt.Errorf("nats: domain %s: stream %s: %w", domain, StreamExchange, err)
+	}
+	if r.Payloads, err = r.JS.ObjectStore(ctx, BucketPayloads); err != nil {
+		return nil, fmt.Errorf("nats: domain %s: object store %s: %w", domain, BucketPayloads, err)
+	}
+	if r.payloadStream, err = r.JS.Stream(ctx, "OBJ_"+BucketPayloads); err != nil {
+		return nil, fmt.Errorf("nats: domain %s: object store %s: %w", domain, BucketPayloads, err)
+	}
+	return r, nil
+}
+
+// DropPayload removes a payload of a Remote domain through the JetStream
+// API: ObjectStore.Delete publishes a delete marker on the bucket's subject,
+// which does not cross a leaf connection (LeafDeny), so the object's chunk
+// and meta subjects are purged instead.
+func (b *Bus) DropPayload(ctx context.Context, name string) error {
+	info, err := b.Payloads.GetInfo(ctx, name, jetstream.GetObjectInfoShowDeleted())
+	if err != nil {
+		return fmt.Errorf("payload %s: %w", name, err)
+	}
+	for _, subj := range []string{
+		"$O." + BucketPayloads + ".C." + info.NUID,
+		"$O." + BucketPayloads + ".M." + base64.URLEncoding.EncodeToString([]byte(name)),
+	} {
+		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return fmt.Errorf("payload %s: purge %s: %w", name, subj, err)
+		}
+	}
+	return nil
 }
 
 // CloseLane closes a lane's connection (not the server).

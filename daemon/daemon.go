@@ -48,7 +48,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Optio
 	if cfg.Relay.APITokenEnv != "" {
 		token = os.Getenv(cfg.Relay.APITokenEnv)
 	}
-	b, err := bus.Open(ctx, cfg.NATS, cfg.Resolve(cfg.Relay.DataDir), cfg.Relay.ID, log)
+	b, err := bus.Open(ctx, bus.Settings{
+		NATS: cfg.NATS, DataDir: cfg.Resolve(cfg.Relay.DataDir), ID: cfg.Relay.ID, LeaseTTL: cfg.Relay.LeaseTTL.Std(),
+	}, log)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
-	"github.com/relay1c/relay/config"
 )
 
 // testBus starts an embedded NATS with JetStream on a temp dir.
@@ -25,7 +24,7 @@ func testBus(t *testing.T) *bus.Bus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := bus.Open(ctx, config.NATS{}, t.TempDir(), "test", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := bus.Open(ctx, bus.Settings{DataDir: t.TempDir(), ID: "test"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -149,22 +149,9 @@ func (p *Pipeline) keepAlive(in *inflight, m *message.Message) (stop func()) {
 	if !ok {
 		return func() {}
 	}
-	jm := v.(jetstream.Msg)
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(p.opts.AckWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = jm.InProgress()
-			}
-		}
-	}()
+	halt := progress(v.(jetstream.Msg), p.opts.AckWait/3)
 	return func() {
-		close(done)
+		halt()
 		in.msgs.Delete(tok)
 	}
 }
@@ -198,6 +185,25 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		obj := m.Metadata.Get(exchange.MetaObject)
 		unlock := p.chanLocks.lock(bus.ChannelKey(h.ExchangePlan, h.From, h.To))
 		defer unlock()
+
+		if p.leases != nil {
+			// Replicas share the node's consumer: a channel's messages
+			// must still be written one after another, or an older one
+			// could land over a newer one. The claim ends the delivery if
+			// it cannot be renewed.
+			claim, err := p.leases.try(ctx, "channel."+bus.ChannelKey(h.ExchangePlan, h.From, h.To))
+			if errors.Is(err, errLeaseHeld) {
+				log.Debug("another replica is delivering on this channel; waiting")
+				in.held.Add(1)
+				m.Nack()
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			defer claim.Release()
+			ctx = claim.Context()
+		}
 
 		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
 		if err != nil {

@@ -23,6 +23,7 @@ type metrics struct {
 	delivered, deliveredBytes *prometheus.CounterVec
 	dead, dropped             *prometheus.CounterVec
 	attempts, attemptErrors   *prometheus.CounterVec
+	fetched                   *prometheus.CounterVec
 	latency                   *prometheus.HistogramVec
 }
 
@@ -41,6 +42,7 @@ func newMetrics(p *Pipeline) *metrics {
 	m.dropped = counter("messages_dropped_total", "Valid messages not delivered on purpose, by destination node and reason (duplicate, stale, superseded).", "node", "reason")
 	m.attempts = counter("delivery_attempts_total", "Calls of a node's delivery adapter.", "node", "adapter")
 	m.attemptErrors = counter("delivery_errors_total", "Delivery attempts that failed (retried later, or dead-lettered).", "node", "adapter")
+	m.fetched = counter("messages_fetched_total", "Messages for a node this relay serves moved here from another relay's JetStream domain (an office, the head office).", "node", "relay")
 	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "relay", Name: "delivery_latency_seconds",
 		Help:    "Time from pickup (JetStream holds the message) to delivery (the destination holds it).",

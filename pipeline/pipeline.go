@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -67,6 +68,10 @@ type Pipeline struct {
 	metrics  *metrics
 	// chanLocks serialises one channel's deliveries across the node's workers.
 	chanLocks channelLocks
+	// leases coordinate replicas on a shared NATS; nil on an embedded one.
+	leases *leases
+	// fetches move records for served nodes from other relays' domains.
+	fetches []*fetch
 }
 
 // deliveryWorkers is how many messages of one node are delivered at once
@@ -121,6 +126,9 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 		delivers: map[string]message.Publisher{},
 	}
 	p.metrics = newMetrics(p)
+	if b.Shared() {
+		p.leases = &leases{kv: b.Leases, owner: instanceName(cfg), ttl: cfg.Relay.LeaseTTL.Std(), log: log}
+	}
 	wlog := watermill.NewSlogLoggerWithLevelMapping(log.With("component", "watermill"), map[slog.Level]slog.Level{
 		slog.LevelInfo: slog.LevelDebug,
 	})
@@ -202,6 +210,15 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 			if err != nil {
 				return fmt.Errorf("nodes.%s.pickup: %w", name, err)
 			}
+			if p.leases != nil {
+				// Replicas share the cluster: this one runs the pickup
+				// only while it holds the node's lease, each term with
+				// an adapter of its own.
+				_ = sub.Close()
+				sub = newLeasedPickup(p.leases, "pickup."+bus.Token(name), func() (message.Subscriber, error) {
+					return eps.Pickup(name, n.Pickup, p.mem, nlog)
+				}, nlog)
+			}
 			p.closers = append(p.closers, sub.Close)
 			h.pickup, _ = sub.(errorReporter)
 			l, err := p.newLane("ingest "+name, wlog)
@@ -234,7 +251,15 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 			}
 		}
 	}
-	return nil
+	return p.wireFetches()
+}
+
+// instanceName names this relay process among replicas of the same id:
+// the host (a pod's name on Kubernetes) and the API address, stable across
+// a restart in place and different between replicas.
+func instanceName(cfg *config.Config) string {
+	host, _ := os.Hostname()
+	return cfg.Relay.ID + "@" + host + "/" + cfg.Relay.Listen
 }
 
 // Run runs the handlers until ctx ends, then closes everything.
@@ -244,7 +269,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		p.started.Store(true)
 		p.log.Info("pipeline running", "handlers", len(p.router.Handlers()))
 	}()
+	fctx, stopFetches := context.WithCancel(ctx)
+	fetchDone := p.runFetches(fctx)
 	err := p.router.Run(ctx)
+	stopFetches()
+	<-fetchDone
 	p.started.Store(false)
 	p.close()
 	if errors.Is(err, context.Canceled) {

@@ -44,6 +44,8 @@ const (
 	StepDropped        = "dropped"
 	StepDead           = "dead"
 	StepAcknowledges   = "acknowledges"
+	// StepFetched: the message moved here from another relay's domain.
+	StepFetched = "fetched"
 )
 
 // event records e without waiting: a lost event costs a line of a trace,

@@ -1,0 +1,288 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
+)
+
+// fetch moves the records addressed to one node this relay serves from
+// another relay's JetStream domain into this relay's own: an office relay
+// fetches what the head office picked up for its nodes, the head office
+// fetches what the office picked up for the head office's nodes. A relay
+// only ever writes to its own domain; it reads another's through the
+// JetStream API ($JS.<relay id>.API), which is all that crosses a leaf
+// connection (bus.LeafDeny). While the other domain cannot be reached the
+// records wait there, stored, and move when it can.
+//
+// One record at a time, in stream order: copy the payload, publish the
+// record here (its Nats-Msg-Id drops a second copy after a crash), drop the
+// payload there, ack there.
+type fetch struct {
+	p     *Pipeline
+	relay string // the other relay's id: its JetStream domain
+	node  string
+	log   *slog.Logger
+}
+
+// fetchConsumer is the durable consumer, in the other relay's EXCHANGE
+// stream, of the records for node.
+func fetchConsumer(node string) string { return "fetch_" + bus.Token(node) }
+
+// wireFetches plans a fetch for every node this relay serves by name
+// (nodes.X.relay is its id) from every other relay routing.yaml names.
+func (p *Pipeline) wireFetches() error {
+	others := map[string]bool{}
+	for _, n := range p.cfg.Nodes {
+		if n != nil && n.Relay != "" && n.Relay != p.cfg.Relay.ID {
+			others[n.Relay] = true
+		}
+	}
+	if len(others) == 0 {
+		return nil
+	}
+	relays := make([]string, 0, len(others))
+	for r := range others {
+		relays = append(relays, r)
+	}
+	sort.Strings(relays)
+	if !p.b.Shared() && p.cfg.NATS.Leaf == nil {
+		p.log.Warn("routing.yaml names other relays, but this one runs a standalone embedded NATS: messages to and from their nodes wait here until nats.leaf or nats.url connects it", "relays", strings.Join(relays, ", "))
+		return nil
+	}
+	for _, name := range p.cfg.NodeNames() {
+		n := p.cfg.Nodes[name]
+		if n == nil || n.Relay != p.cfg.Relay.ID || n.Deliver == nil {
+			continue
+		}
+		for _, r := range relays {
+			p.fetches = append(p.fetches, &fetch{p: p, relay: r, node: name, log: p.log.With("node", name, "from_relay", r)})
+		}
+	}
+	return nil
+}
+
+// runFetches starts every fetch; the channel closes when all have ended
+// with ctx.
+func (p *Pipeline) runFetches(ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	n := len(p.fetches)
+	ended := make(chan struct{}, n)
+	for _, f := range p.fetches {
+		go func() {
+			f.run(ctx)
+			ended <- struct{}{}
+		}()
+	}
+	go func() {
+		for range n {
+			<-ended
+		}
+		close(done)
+	}()
+	return done
+}
+
+// fetchRetryMax caps the wait between attempts to reach the other domain.
+const fetchRetryMax = 30 * time.Second
+
+// run keeps a fetch session going until ctx ends, waiting longer after each
+// failure (up to fetchRetryMax) and starting over once a session worked.
+func (f *fetch) run(ctx context.Context) {
+	wait := time.Second
+	for ctx.Err() == nil {
+		worked, err := f.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if worked {
+			wait = time.Second
+		}
+		f.log.Warn("fetch from relay "+f.relay+" interrupted; will retry", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, fetchRetryMax)
+	}
+}
+
+// session fetches until an error; worked says it reached the other domain.
+func (f *fetch) session(ctx context.Context) (worked bool, err error) {
+	p := f.p
+	if p.leases != nil {
+		l, err := p.leases.hold(ctx, "fetch."+bus.Token(f.relay)+"."+bus.Token(f.node))
+		if err != nil {
+			return false, err
+		}
+		defer l.Release()
+		ctx = l.Context()
+	}
+	lb, err := p.b.Lane(ctx, "fetch "+f.node+" from "+f.relay)
+	if err != nil {
+		return false, err
+	}
+	defer lb.CloseLane()
+	l := &lane{m: p.metrics, b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: f.log, opts: p.opts}
+	remote, err := bus.Remote(ctx, lb.Conn, f.relay)
+	if err != nil {
+		return false, err
+	}
+	cons, err := remote.Exchange.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       fetchConsumer(f.node),
+		Description:   "relay " + p.cfg.Relay.ID + " fetches the messages for node " + f.node,
+		FilterSubject: bus.DeliverSubjects(f.node),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       fetchAckWait,
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return false, fmt.Errorf("relay %s: consumer %s: %w", f.relay, fetchConsumer(f.node), err)
+	}
+	f.log.Info("fetching from relay " + f.relay)
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(16, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return true, fmt.Errorf("relay %s: fetch: %w", f.relay, err)
+		}
+		for msg := range batch.Messages() {
+			if err := f.copy(ctx, l, remote, msg); err != nil {
+				_ = msg.Nak()
+				return true, err
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return true, fmt.Errorf("relay %s: fetch: %w", f.relay, err)
+		}
+	}
+	return true, ctx.Err()
+}
+
+// fetchAckWait is how long the other relay waits for a fetched record's ack
+// before offering it again; a long payload copy sends progress meanwhile.
+const fetchAckWait = time.Minute
+
+// copy takes one record (and its payload) into this relay's domain.
+func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstream.Msg) error {
+	hdr := msg.Headers()
+	obj := hdr.Get(exchange.MetaObject)
+	id := hdr.Get("_watermill_message_uuid")
+	stop := progress(msg, fetchAckWait/3)
+	defer stop()
+
+	h, herr := headerOf(hdr)
+	if obj != "" {
+		gone, err := f.copyPayload(ctx, l, remote, obj)
+		if err != nil {
+			return err
+		}
+		if gone {
+			reason := fmt.Sprintf("payload %s is gone from relay %s", obj, f.relay)
+			f.log.Error("dead letter", "reason", reason)
+			dl := DeadLetter{Node: f.node, Stage: StageDeliver, Reason: reason, MsgID: id, FileName: hdr.Get(exchange.MetaFileName)}
+			if herr == nil {
+				dl.Header = &h
+			}
+			if err := l.dead.put(ctx, dl); err != nil {
+				return err
+			}
+			l.m.dead.WithLabelValues(f.node, StageDeliver).Inc()
+			return msg.DoubleAck(ctx)
+		}
+	}
+	rec := nats.NewMsg(msg.Subject())
+	for k, v := range hdr {
+		if !strings.HasPrefix(k, "Nats-Expected-") {
+			rec.Header[k] = v
+		}
+	}
+	rec.Data = msg.Data()
+	ack, err := l.b.JS.PublishMsg(ctx, rec, jetstream.WithExpectStream(bus.StreamExchange))
+	if err != nil {
+		return fmt.Errorf("fetch %s: publish here: %w", id, err)
+	}
+	if !ack.Duplicate && herr == nil {
+		now := l.states.now()
+		if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+			if h.MessageNo > c.PickedNo {
+				c.PickedNo = h.MessageNo
+				c.Queued++
+			}
+			c.LastPickupAt = now
+		}); err != nil {
+			f.log.Warn("channel state not updated", "err", err)
+		}
+		l.event(Event{Step: StepFetched, MsgID: id, File: hdr.Get(exchange.MetaFileName), Node: f.node, Channel: channelName(h), No: h.MessageNo,
+			Size: atoi64(hdr.Get(exchange.MetaSize)), Detail: "from relay " + f.relay})
+		l.m.fetched.WithLabelValues(f.node, f.relay).Inc()
+		f.log.Info("fetched", "message_id", id, "channel", channelName(h), "message_no", h.MessageNo)
+	}
+	if obj != "" {
+		if err := remote.DropPayload(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			f.log.Warn("payload not dropped at relay "+f.relay, "object", obj, "err", err)
+		}
+	}
+	return msg.DoubleAck(ctx)
+}
+
+// copyPayload copies the object from the other domain; gone says it is in
+// neither (a copy here counts: an earlier attempt copied it and dropped
+// the original, then stopped before its ack).
+func (f *fetch) copyPayload(ctx context.Context, l *lane, remote *bus.Bus, obj string) (gone bool, err error) {
+	rc, err := remote.OpenPayload(ctx, obj)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		if _, lerr := l.b.Payloads.GetInfo(ctx, obj); lerr == nil {
+			return false, nil
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("relay %s: %w", f.relay, err)
+	}
+	defer rc.Close()
+	if _, err := l.b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: obj}, rc); err != nil {
+		return false, fmt.Errorf("fetch: store payload %s here: %w", obj, err)
+	}
+	return false, nil
+}
+
+// headerOf reads the exchange header a record carries in its NATS headers.
+func headerOf(hdr nats.Header) (exchange.Header, error) {
+	m := message.NewMessage("", nil)
+	for k := range hdr {
+		m.Metadata.Set(k, hdr.Get(k))
+	}
+	return exchange.HeaderOf(m)
+}
+
+// progress tells JetStream every period that msg is still being worked on,
+// until stop is called.
+func progress(msg jetstream.Msg, period time.Duration) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
+}
