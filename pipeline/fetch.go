@@ -95,21 +95,26 @@ func (p *Pipeline) runFetches(ctx context.Context) <-chan struct{} {
 }
 
 // fetchRetryMax caps the wait between attempts to reach the other domain.
-const fetchRetryMax = 30 * time.Second
+const fetchRetryMax = 10 * time.Second
 
 // run keeps a fetch session going until ctx ends, waiting longer after each
 // failure (up to fetchRetryMax) and starting over once a session worked.
 func (f *fetch) run(ctx context.Context) {
 	wait := time.Second
-	for ctx.Err() == nil {
+	for failures := 0; ctx.Err() == nil; failures++ {
 		worked, err := f.session(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		if worked {
-			wait = time.Second
+			wait, failures = time.Second, 0
 		}
-		f.log.Warn("fetch from relay "+f.relay+" interrupted; will retry", "err", err, "in", wait)
+		// An office may be unreachable for days: say so once, then quietly.
+		level := slog.LevelWarn
+		if failures > 0 {
+			level = slog.LevelDebug
+		}
+		f.log.Log(ctx, level, "fetch from relay "+f.relay+" interrupted; will retry", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
 			return

@@ -117,7 +117,7 @@ func resetExternal(t testing.TB) {
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, s := range []string{bus.StreamExchange, bus.StreamDead, bus.StreamEvents, "OBJ_" + bus.BucketPayloads, "KV_" + bus.BucketChannels, "KV_" + bus.BucketTaken} {
+	for _, s := range []string{bus.StreamExchange, bus.StreamDead, bus.StreamEvents, "OBJ_" + bus.BucketPayloads, "KV_" + bus.BucketChannels, "KV_" + bus.BucketTaken, "KV_" + bus.BucketLeases} {
 		if err := js.DeleteStream(ctx, s); err != nil && err != jetstream.ErrStreamNotFound {
 			t.Fatalf("reset %s: %v", s, err)
 		}

@@ -1,0 +1,411 @@
+package e2e
+
+// Several relays: two replicas of one relay id on a three-server JetStream
+// cluster of Debian nats-server processes (the head office), and an office
+// relay whose embedded NATS is a leaf node of that cluster.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+	"github.com/relay1c/relay/pipeline"
+	"github.com/relay1c/relay/test/realserver"
+)
+
+// startCluster starts three nats-servers in JetStream domain hq. The
+// cluster tests start their own servers, so they run once: not again in the
+// script's pass against a single external server.
+func startCluster(t *testing.T) *realserver.NATSCluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("cluster tests skipped under -short")
+	}
+	if natsURL() != "" {
+		t.Skip("the cluster tests start their own nats-servers; they ran in the embedded pass")
+	}
+	c, err := realserver.StartNATSCluster(t.TempDir(), 3, "hq")
+	if err != nil {
+		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") != "1" && strings.Contains(err.Error(), "not found") {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("nats-server n1 log tail:\n%s", c.LogTail(0))
+		}
+	})
+	return c
+}
+
+// relayDir writes a relay's routing.yaml into a folder of its own (its data
+// dir and log live there); the exchange folders are shared, absolute paths.
+func relayDir(t *testing.T, relay, nats, nodes string) *site {
+	t.Helper()
+	s := &site{root: t.TempDir(), listen: freeAddr(t)}
+	s.cfg = filepath.Join(s.root, "routing.yaml")
+	yaml := fmt.Sprintf("relay:\n  id: %s\n  data_dir: ./data\n  listen: %s\nnats: %s\n%s", relay, s.listen, nats, nodes)
+	if err := os.WriteFile(s.cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// dirNode is a node's YAML with dir endpoints under root/<code>/{out,in}.
+func dirNode(t *testing.T, root, code, relay, mode string) string {
+	t.Helper()
+	for _, d := range []string{"out", "in"} {
+		if err := os.MkdirAll(filepath.Join(root, code, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := ""
+	if mode != "" {
+		m = "    mode: " + mode + "\n"
+	}
+	return fmt.Sprintf("  %s:\n    relay: %s\n%s    pickup: { dir: { path: %q, settle: 150ms, poll_interval: 300ms } }\n    deliver: { dir: %q }\n",
+		code, relay, m, filepath.Join(root, code, "out"), filepath.Join(root, code, "in"))
+}
+
+// waitReady waits for a relay process's /readyz.
+func waitReady(t *testing.T, s *site, d time.Duration) {
+	t.Helper()
+	waitFor(t, d, "relay ready on "+s.listen, func() bool {
+		resp, err := http.Get("http://" + s.listen + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// jsOn is a JetStream client of the cluster, for the test's own checks.
+func jsOn(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// channelState reads a channel's state from EXCHANGE_CHANNELS.
+func channelState(ctx context.Context, js jetstream.JetStream, plan, from, to string) (pipeline.Channel, error) {
+	var c pipeline.Channel
+	kv, err := js.KeyValue(ctx, bus.BucketChannels)
+	if err != nil {
+		return c, err
+	}
+	e, err := kv.Get(ctx, bus.ChannelKey(plan, from, to))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return c, nil
+	}
+	if err != nil {
+		return c, err
+	}
+	return c, json.Unmarshal(e.Value(), &c)
+}
+
+// leaseHolder is the instance holding a lease ("" when none).
+func leaseHolder(ctx context.Context, js jetstream.JetStream, key string) string {
+	kv, err := js.KeyValue(ctx, bus.BucketLeases)
+	if err != nil {
+		return ""
+	}
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		return ""
+	}
+	return string(e.Value())
+}
+
+// events reads every event of EXCHANGE_EVENTS.
+func events(ctx context.Context, t *testing.T, js jetstream.JetStream) []pipeline.Event {
+	t.Helper()
+	s, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []pipeline.Event
+	for uint64(len(out)) < info.State.Msgs {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("events: %v after %d of %d", err, len(out), info.State.Msgs)
+		}
+		var e pipeline.Event
+		if err := json.Unmarshal(m.Data(), &e); err == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// oneCWriter writes No 1, 2, ... of one channel into the sender's outbox,
+// each only after the previous was taken, as 1C does.
+type oneCWriter struct {
+	path     string
+	from, to string
+	last     atomic.Uint64
+	err      error
+	stop     chan struct{}
+	done     chan struct{}
+	halted   sync.Once
+}
+
+func startWriter(path, from, to string) *oneCWriter {
+	w := &oneCWriter{path: path, from: from, to: to, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for n := uint64(1); ; n++ {
+			var buf bytes.Buffer
+			if w.err = exchangetest.WriteXML(&buf, header(from, to, n, 0), 4<<10); w.err != nil {
+				return
+			}
+			tmp := w.path + ".tmp~"
+			if w.err = os.WriteFile(tmp, buf.Bytes(), 0o644); w.err != nil {
+				return
+			}
+			if w.err = os.Rename(tmp, w.path); w.err != nil {
+				return
+			}
+			w.last.Store(n)
+			for {
+				select {
+				case <-w.stop:
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+				if _, err := os.Stat(w.path); errors.Is(err, fs.ErrNotExist) {
+					break
+				}
+			}
+			// pace: about 10 messages a second
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return w
+}
+
+// halt stops writing and returns the last number written (and taken, or
+// waiting in the outbox).
+func (w *oneCWriter) halt() uint64 {
+	w.halted.Do(func() { close(w.stop) })
+	<-w.done
+	return w.last.Load()
+}
+
+// TestClusterReplicas: two relays with the same id on a three-server
+// cluster share one node's pickup through a lease and its deliveries
+// through the durable consumer. The lease holder is SIGKILLed five times
+// while messages flow (the other takes the pickup over; the time it takes
+// is the failover figure), then one NATS server is stopped. Every message
+// arrives, in order, once.
+func TestClusterReplicas(t *testing.T) {
+	c := startCluster(t)
+	bin := buildRelay(t)
+	ex := t.TempDir()
+	nodes := "nodes:\n" + dirNode(t, ex, "A", "hq", "") + dirNode(t, ex, "B", "hq", "sequential")
+	natsYAML := fmt.Sprintf("{ url: %q, replicas: 3 }", c.ClientURL())
+	sites := []*site{relayDir(t, "hq", natsYAML, nodes), relayDir(t, "hq", natsYAML, nodes)}
+	procs := []*relayProc{newRelayProc(t, bin, sites[0]), newRelayProc(t, bin, sites[1])}
+	for i, p := range procs {
+		p.start()
+		waitReady(t, sites[i], 60*time.Second)
+	}
+	js := jsOn(t, c.ClientURL())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	out := filepath.Join(ex, "A", "out", "Message_A_B.xml")
+	w := startWriter(out, "A", "B")
+	defer w.halt()
+	holder := func() int {
+		h := leaseHolder(ctx, js, "pickup."+bus.Token("A"))
+		for i, s := range sites {
+			if strings.HasSuffix(h, "/"+s.listen) {
+				return i
+			}
+		}
+		return -1
+	}
+	waitFor(t, 30*time.Second, "a pickup lease holder", func() bool { return holder() >= 0 })
+
+	var failovers []time.Duration
+	for round := 1; round <= 5; round++ {
+		time.Sleep(1500 * time.Millisecond)
+		// Kill while a message waits in the outbox: it is taken by the
+		// other replica; the time until then is the failover.
+		waitFor(t, 10*time.Second, "a message waiting in the outbox", func() bool {
+			_, err := os.Stat(out)
+			return err == nil
+		})
+		h := holder()
+		if h < 0 {
+			t.Fatalf("round %d: no lease holder", round)
+		}
+		waiting := w.last.Load()
+		t0 := time.Now()
+		procs[h].kill()
+		waitFor(t, 60*time.Second, fmt.Sprintf("round %d: No %d taken by the other replica", round, waiting), func() bool {
+			_, err := os.Stat(out)
+			return errors.Is(err, fs.ErrNotExist) || w.last.Load() > waiting
+		})
+		failovers = append(failovers, time.Since(t0))
+		if got := holder(); got != 1-h {
+			t.Fatalf("round %d: after killing replica %d the lease is held by %d", round, h, got)
+		}
+		procs[h].start()
+		waitReady(t, sites[h], 60*time.Second)
+	}
+	slices.Sort(failovers)
+	t.Logf("FIGURE failover (SIGKILL of the lease holder to the first pickup by the other replica), lease_ttl 6s: median %s, min %s, max %s, all %v",
+		failovers[2].Round(10*time.Millisecond), failovers[0].Round(10*time.Millisecond), failovers[4].Round(10*time.Millisecond), failovers)
+
+	// One NATS server stops: the flow goes on through the other two.
+	before := w.last.Load()
+	if err := c.Stop(1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "10 more messages picked up with one NATS server stopped", func() bool {
+		return w.last.Load() >= before+10
+	})
+	st, _ := channelState(ctx, js, "Магазины", "A", "B")
+	t.Logf("with n2 stopped: written up to No %d, delivered No %d", w.last.Load(), st.DeliveredNo)
+	if err := c.Start(1); err != nil {
+		t.Fatal(err)
+	}
+
+	last := w.halt()
+	// Every number arrives: B is sequential, so a lost message would hold
+	// the channel below it for good. The killed replicas' in-flight
+	// deliveries come back after the delivery ack wait (30s).
+	waitFor(t, 120*time.Second, fmt.Sprintf("B to hold No %d", last), func() bool {
+		st, err := channelState(ctx, js, "Магазины", "A", "B")
+		return err == nil && st.DeliveredNo == last
+	})
+	if got := readNo(filepath.Join(ex, "B", "in", "Message_A_B.xml")); got != last {
+		t.Fatalf("B's inbox holds No %d, want %d", got, last)
+	}
+	// None delivered twice.
+	delivered := map[uint64]int{}
+	for _, e := range events(ctx, t, js) {
+		if e.Step == pipeline.StepDelivered && e.Node == "B" {
+			delivered[e.No]++
+		}
+	}
+	for no, n := range delivered {
+		if n > 1 {
+			t.Errorf("No %d delivered %d times", no, n)
+		}
+	}
+	t.Logf("%d messages, %d delivery events, all delivered once", last, len(delivered))
+	var dead []json.RawMessage
+	if err := relayJSON(bin, sites[0], &dead, "dead", "list"); err != nil {
+		t.Fatal(err)
+	}
+	if len(dead) != 0 {
+		t.Fatalf("dead letters: %s", dead)
+	}
+}
+
+// TestOfficeLeaf: an office relay whose embedded NATS is a leaf node of the
+// head office cluster. Messages cross both ways; with the whole cluster
+// stopped for 30s the office keeps taking in and delivering locally, and
+// what it took in for head office nodes arrives once the cluster is back.
+func TestOfficeLeaf(t *testing.T) {
+	c := startCluster(t)
+	bin := buildRelay(t)
+	ex := t.TempDir()
+	nodes := "nodes:\n" + dirNode(t, ex, "HQ1", "hq", "") + dirNode(t, ex, "OFF", "office1", "") + dirNode(t, ex, "OFF2", "office1", "")
+	hq := relayDir(t, "hq", fmt.Sprintf("{ url: %q, replicas: 3 }", c.ClientURL()), nodes)
+	office := relayDir(t, "office1", fmt.Sprintf("{ leaf: { url: %q } }", c.LeafURL(0)), nodes)
+	hqp, offp := newRelayProc(t, bin, hq), newRelayProc(t, bin, office)
+	hqp.start()
+	offp.start()
+	waitReady(t, hq, 60*time.Second)
+	waitReady(t, office, 60*time.Second)
+
+	put := func(from, to string, no uint64) {
+		t.Helper()
+		if _, err := exchangetest.WriteFile(filepath.Join(ex, from, "out"), header(from, to, no, 0), 2<<10, exchange.FormatXML); err != nil {
+			t.Fatal(err)
+		}
+	}
+	arrived := func(from, to string, no uint64) func() bool {
+		return func() bool { return readNo(filepath.Join(ex, to, "in", "Message_"+from+"_"+to+".xml")) == no }
+	}
+
+	// Link up: both ways.
+	put("HQ1", "OFF", 1)
+	put("OFF", "HQ1", 1)
+	waitFor(t, 60*time.Second, "HQ1→OFF No 1 at the office", arrived("HQ1", "OFF", 1))
+	waitFor(t, 60*time.Second, "OFF→HQ1 No 1 at the head office", arrived("OFF", "HQ1", 1))
+
+	// The head office goes away for 30s.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	down := time.Now()
+	put("OFF", "OFF2", 1)
+	put("OFF", "HQ1", 2)
+	waitFor(t, 20*time.Second, "OFF→OFF2 delivered at the office while the cluster is down", arrived("OFF", "OFF2", 1))
+	waitFor(t, 20*time.Second, "OFF→HQ1 No 2 taken in by the office while the cluster is down", func() bool {
+		_, err := os.Stat(filepath.Join(ex, "OFF", "out", "Message_OFF_HQ1.xml"))
+		return errors.Is(err, fs.ErrNotExist)
+	})
+	if arrived("OFF", "HQ1", 2)() {
+		t.Fatal("OFF→HQ1 No 2 arrived with the head office down")
+	}
+	time.Sleep(time.Until(down.Add(30 * time.Second)))
+	for i := range 3 {
+		if err := c.Start(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back := time.Now()
+	waitFor(t, 90*time.Second, "OFF→HQ1 No 2 at the head office after the cluster returned", arrived("OFF", "HQ1", 2))
+	t.Logf("OFF→HQ1 No 2 arrived %s after the cluster returned", time.Since(back).Round(100*time.Millisecond))
+	if exited := hqp.exited() || offp.exited(); exited {
+		t.Fatal("a relay exited during the outage")
+	}
+}
