@@ -248,24 +248,28 @@ var LeafDeny = []string{"exchange.>", "$O.>", "$KV.>"}
 // JetStream domain named after the relay: it stores everything locally and
 // keeps working while the link is down.
 func leafOptions(opts *server.Options, l *config.Leaf, id string) error {
-	u, err := url.Parse(l.URL)
-	if err != nil {
-		return fmt.Errorf("nats.leaf.url: %w", err)
+	var urls []*url.URL
+	for _, one := range l.URLs() {
+		u, err := url.Parse(one)
+		if err != nil {
+			return fmt.Errorf("nats.leaf.url: %w", err)
+		}
+		urls = append(urls, u)
 	}
 	remote := &server.RemoteLeafOpts{
-		URLs:        []*url.URL{u},
+		URLs:        urls,
 		Credentials: l.CredsFile,
 		DenyImports: LeafDeny,
 		DenyExports: LeafDeny,
 	}
-	if l.TLS != nil || u.Scheme == "tls" || u.Scheme == "wss" {
+	if l.TLS != nil || urls[0].Scheme == "tls" || urls[0].Scheme == "wss" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
 		if l.TLS != nil {
+			var err error
 			if tc, err = clientTLS(l.TLS); err != nil {
 				return fmt.Errorf("nats.leaf: %w", err)
 			}
 		}
-		tc.ServerName = u.Hostname()
 		remote.TLS, remote.TLSConfig = true, tc
 	}
 	opts.JetStreamDomain = id

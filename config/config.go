@@ -76,7 +76,8 @@ type NATS struct {
 
 // Leaf is the `nats.leaf:` section.
 type Leaf struct {
-	// URL is the remote's leaf node port: nats-leaf://host:7422 (or tls://).
+	// URL is the remote's leaf node port: nats-leaf://host:7422 (or tls://);
+	// several, comma-separated, are tried in turn.
 	URL string `yaml:"url"`
 	// CredsFile authenticates the leaf connection.
 	CredsFile string `yaml:"creds_file"`
@@ -383,8 +384,10 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		if c.NATS.URL != "" {
 			add("nats.leaf", "a leaf node is the embedded server; remove nats.url or nats.leaf")
 		}
-		if u, err := url.Parse(l.URL); err != nil || u.Host == "" || !leafSchemes[u.Scheme] {
-			add("nats.leaf.url", "%q is not nats-leaf://host:port (or tls://, nats://, ws://, wss://)", l.URL)
+		for _, one := range l.URLs() {
+			if u, err := url.Parse(one); err != nil || u.Host == "" || !leafSchemes[u.Scheme] {
+				add("nats.leaf.url", "%q is not nats-leaf://host:port (or tls://, nats://, ws://, wss://)", one)
+			}
 		}
 	}
 	if len(c.Nodes) == 0 {
@@ -439,6 +442,15 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 				add(at, "%s", msg)
 			}
 		}
+	}
+	return out
+}
+
+// URLs splits URL at commas.
+func (l *Leaf) URLs() []string {
+	var out []string
+	for _, u := range strings.Split(l.URL, ",") {
+		out = append(out, strings.TrimSpace(u))
 	}
 	return out
 }

@@ -61,6 +61,19 @@ func (p *Pipeline) wireFetches() error {
 		p.log.Warn("routing.yaml names other relays, but this one runs a standalone embedded NATS: messages to and from their nodes wait here until nats.leaf or nats.url connects it", "relays", strings.Join(relays, ", "))
 		return nil
 	}
+	if p.b.Shared() {
+		// Other relays reach this one's streams by JetStream domain = relay id.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		info, err := p.b.JS.AccountInfo(ctx)
+		if err != nil {
+			return fmt.Errorf("nats: account info: %w", err)
+		}
+		if info.Domain != p.cfg.Relay.ID {
+			return fmt.Errorf("the NATS cluster's JetStream domain is %q, but relays %s find this relay's messages in domain %q (its relay.id): set `jetstream { domain: %s }` on every server of the cluster",
+				info.Domain, strings.Join(relays, ", "), p.cfg.Relay.ID, p.cfg.Relay.ID)
+		}
+	}
 	for _, name := range p.cfg.NodeNames() {
 		n := p.cfg.Nodes[name]
 		if n == nil || n.Relay != p.cfg.Relay.ID || n.Deliver == nil {
