@@ -74,6 +74,7 @@ func (p *Pipeline) wireFetches() error {
 				info.Domain, strings.Join(relays, ", "), p.cfg.Relay.ID, p.cfg.Relay.ID)
 		}
 	}
+	p.handovers = p.wireHandovers()
 	for _, name := range p.cfg.NodeNames() {
 		n := p.cfg.Nodes[name]
 		if n == nil || n.Relay != p.cfg.Relay.ID || n.Deliver == nil {
@@ -86,15 +87,22 @@ func (p *Pipeline) wireFetches() error {
 	return nil
 }
 
-// runFetches starts every fetch; the channel closes when all have ended
-// with ctx.
+// runFetches starts every fetch and handover watch; the channel closes
+// when all have ended with ctx.
 func (p *Pipeline) runFetches(ctx context.Context) <-chan struct{} {
 	done := make(chan struct{})
-	n := len(p.fetches)
-	ended := make(chan struct{}, n)
+	var runs []func(context.Context)
 	for _, f := range p.fetches {
+		runs = append(runs, f.run)
+	}
+	for _, h := range p.handovers {
+		runs = append(runs, h.run)
+	}
+	n := len(runs)
+	ended := make(chan struct{}, n)
+	for _, run := range runs {
 		go func() {
-			f.run(ctx)
+			run(ctx)
 			ended <- struct{}{}
 		}()
 	}

@@ -72,6 +72,8 @@ type Pipeline struct {
 	leases *leases
 	// fetches move records for served nodes from other relays' domains.
 	fetches []*fetch
+	// handovers count what other relays fetched from here.
+	handovers []*handover
 }
 
 // deliveryWorkers is how many messages of one node are delivered at once

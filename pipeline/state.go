@@ -27,7 +27,8 @@ type Channel struct {
 	// AckedNo is the highest ReceivedNo To sent back on the reverse channel.
 	AckedNo uint64 `json:"acked_no"`
 	// Queued and Resolved count messages taken in and messages finished
-	// (delivered, dropped or dead); their difference is what is waiting.
+	// (delivered, dropped, dead, or handed to the relay serving To); their
+	// difference is what is waiting.
 	Queued   uint64 `json:"queued"`
 	Resolved uint64 `json:"resolved"`
 	// Dropped counters (DESIGN.md §6.3).
@@ -35,6 +36,14 @@ type Channel struct {
 	Stale      uint64 `json:"stale"`
 	Superseded uint64 `json:"superseded"`
 	Dead       uint64 `json:"dead"`
+
+	// HandedNo is the highest MessageNo another relay (HandedTo, the one
+	// serving To) fetched from here; HandedSeq is that record's stream
+	// sequence, so none is counted twice.
+	HandedNo     uint64    `json:"handed_no,omitempty"`
+	HandedTo     string    `json:"handed_to,omitempty"`
+	HandedSeq    uint64    `json:"handed_seq,omitempty"`
+	LastHandedAt time.Time `json:"last_handed_at,omitzero"`
 
 	LastPickupAt    time.Time `json:"last_pickup_at,omitzero"`
 	LastDeliveredAt time.Time `json:"last_delivered_at,omitzero"`

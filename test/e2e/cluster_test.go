@@ -408,4 +408,36 @@ func TestOfficeLeaf(t *testing.T) {
 	if exited := hqp.exited() || offp.exited(); exited {
 		t.Fatal("a relay exited during the outage")
 	}
+
+	// Each relay's status: what went to the other relay is handed over,
+	// not pending; what came from it was delivered here.
+	type row struct {
+		pipeline.Channel
+		Pending uint64 `json:"pending"`
+	}
+	status := func(s *site) map[string]row {
+		var rows []row
+		if err := relayJSON(bin, s, &rows, "status"); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]row{}
+		for _, r := range rows {
+			out[r.From+"→"+r.To] = r
+		}
+		return out
+	}
+	waitFor(t, 30*time.Second, "the office's status to show OFF→HQ1 handed to hq", func() bool {
+		r := status(office)["OFF→HQ1"]
+		return r.HandedTo == "hq" && r.HandedNo == 2 && r.Pending == 0
+	})
+	waitFor(t, 30*time.Second, "the head office's status to show HQ1→OFF handed to office1", func() bool {
+		r := status(hq)["HQ1→OFF"]
+		return r.HandedTo == "office1" && r.HandedNo == 1 && r.Pending == 0
+	})
+	if r := status(hq)["OFF→HQ1"]; r.DeliveredNo != 2 || r.Pending != 0 {
+		t.Errorf("head office status of OFF→HQ1: delivered %d, pending %d; want 2, 0", r.DeliveredNo, r.Pending)
+	}
+	if r := status(office)["OFF→OFF2"]; r.DeliveredNo != 1 || r.Pending != 0 {
+		t.Errorf("office status of OFF→OFF2: delivered %d, pending %d; want 1, 0", r.DeliveredNo, r.Pending)
+	}
 }
