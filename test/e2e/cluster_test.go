@@ -36,6 +36,8 @@ import (
 // script's pass against a single external server.
 func startCluster(t *testing.T) *realserver.NATSCluster {
 	t.Helper()
+	// Mostly waiting (lease lapses, an outage): run beside each other.
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("cluster tests skipped under -short")
 	}
