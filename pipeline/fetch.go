@@ -241,16 +241,7 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 		return fmt.Errorf("fetch %s: publish here: %w", id, err)
 	}
 	if !ack.Duplicate && herr == nil {
-		now := l.states.now()
-		if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
-			if h.MessageNo > c.PickedNo {
-				c.PickedNo = h.MessageNo
-				c.Queued++
-			}
-			c.LastPickupAt = now
-		}); err != nil {
-			f.log.Warn("channel state not updated", "err", err)
-		}
+		l.taken(ctx, h)
 		l.event(Event{Step: StepFetched, MsgID: id, File: hdr.Get(exchange.MetaFileName), Node: f.node, Channel: channelName(h), No: h.MessageNo,
 			Size: atoi64(hdr.Get(exchange.MetaSize)), Detail: "from relay " + f.relay})
 		l.m.fetched.WithLabelValues(f.node, f.relay).Inc()

@@ -102,16 +102,7 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		if err := l.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
 			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 		}
-		now := l.states.now()
-		if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
-			if h.MessageNo > c.PickedNo {
-				c.PickedNo = h.MessageNo
-				c.Queued++
-			}
-			c.LastPickupAt = now
-		}); err != nil {
-			log.Warn("channel state not updated", "err", err)
-		}
+		now := l.taken(ctx, h)
 		file := m.Metadata.Get(exchange.MetaFileName)
 		l.event(Event{Time: pickedAt, Step: StepPickedUp, MsgID: id, File: file, Node: node, Channel: channelName(h), No: h.MessageNo,
 			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha,
@@ -122,6 +113,22 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		log.Info("picked up", "message_no", h.MessageNo, "received_no", h.ReceivedNo, "bytes", size)
 		return nil
 	}
+}
+
+// taken records in the channel state that a message was taken in (picked
+// up here, or fetched from another relay) and returns when.
+func (l *lane) taken(ctx context.Context, h exchange.Header) time.Time {
+	now := l.states.now()
+	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+		if h.MessageNo > c.PickedNo {
+			c.PickedNo = h.MessageNo
+			c.Queued++
+		}
+		c.LastPickupAt = now
+	}); err != nil {
+		l.log.Warn("channel state not updated", "channel", channelName(h), "err", err)
+	}
+	return now
 }
 
 // acknowledge applies ReceivedNo: it acknowledges the reverse channel.

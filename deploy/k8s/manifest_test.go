@@ -281,49 +281,33 @@ func (b *build) configMap(name string) *corev1.ConfigMap {
 	return nil
 }
 
-func (b *build) deployment(name string) *appsv1.Deployment {
-	for _, d := range objects[*appsv1.Deployment](b) {
-		if d.Name == name {
-			return d
+// named is the object of type T called name, nil if there is none.
+func named[T interface{ GetName() string }](b *build, name string) T {
+	for _, o := range objects[T](b) {
+		if o.GetName() == name {
+			return o
 		}
 	}
-	return nil
+	var none T
+	return none
+}
+
+func (b *build) deployment(name string) *appsv1.Deployment {
+	return named[*appsv1.Deployment](b, name)
 }
 
 func (b *build) statefulSet(name string) *appsv1.StatefulSet {
-	for _, s := range objects[*appsv1.StatefulSet](b) {
-		if s.Name == name {
-			return s
-		}
-	}
-	return nil
+	return named[*appsv1.StatefulSet](b, name)
 }
 
-func (b *build) service(name string) *corev1.Service {
-	for _, s := range objects[*corev1.Service](b) {
-		if s.Name == name {
-			return s
-		}
-	}
-	return nil
-}
+func (b *build) service(name string) *corev1.Service { return named[*corev1.Service](b, name) }
 
 func (b *build) pvc(name string) *corev1.PersistentVolumeClaim {
-	for _, p := range objects[*corev1.PersistentVolumeClaim](b) {
-		if p.Name == name {
-			return p
-		}
-	}
-	return nil
+	return named[*corev1.PersistentVolumeClaim](b, name)
 }
 
 func (b *build) pdb(name string) *policyv1.PodDisruptionBudget {
-	for _, p := range objects[*policyv1.PodDisruptionBudget](b) {
-		if p.Name == name {
-			return p
-		}
-	}
-	return nil
+	return named[*policyv1.PodDisruptionBudget](b, name)
 }
 
 // workload is a Deployment or StatefulSet seen through its pod template.
