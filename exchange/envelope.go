@@ -164,6 +164,12 @@ func DecodeHeaderValue(s string) string {
 // newer message of the same channel; the pipeline drops and counts it.
 var ErrStale = errors.New("destination already holds a newer message")
 
+// ErrNotTaken is returned by a delivery that handed the message back
+// without trying: its destination did not come for it here (a pulling node
+// talking to another relay replica). The pipeline offers it again soon, to
+// any replica, without counting a failure.
+var ErrNotTaken = errors.New("destination did not take the message here")
+
 type permanentError struct{ error }
 
 func (p permanentError) Unwrap() error { return p.error }

@@ -258,6 +258,12 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		adapter := p.adapterOf(node, "deliver")
 		l.m.attempts.WithLabelValues(node, adapter).Inc()
 		err = pub.Publish(node, out)
+		if errors.Is(err, exchange.ErrNotTaken) {
+			log.Debug("handed back: " + err.Error())
+			in.held.Add(1)
+			m.Nack()
+			return nil
+		}
 		if err != nil && !errors.Is(err, exchange.ErrStale) {
 			l.m.attemptErrors.WithLabelValues(node, adapter).Inc()
 		}

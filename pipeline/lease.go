@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
 )
 
 // leases hands out named leases in EXCHANGE_LEASES, so that relay replicas
@@ -132,4 +135,46 @@ func (l *lease) Context() context.Context { return l.ctx }
 func (l *lease) Release() {
 	l.cancel()
 	<-l.done
+}
+
+// pulls records in EXCHANGE_LEASES which replica a pulling (http_pull)
+// node talks to: polled notes a pull here (at most every ttl/3, in the
+// background; the entry lapses ttl after the node's last pull), elsewhere
+// says the node lately pulled from another replica (read at most once a
+// second). A message parked here while the node pulls elsewhere is handed
+// back, and comes round to the replica the node talks to.
+func (ls *leases) pulls(node string) (polled func(), elsewhere func() bool) {
+	key := "pull." + bus.Token(node)
+	var mu sync.Mutex
+	var wrote, read time.Time
+	var other bool
+	polled = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(wrote) < ls.ttl/3 {
+			return
+		}
+		wrote = time.Now()
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), ls.ttl/3)
+			defer cancel()
+			if _, err := ls.kv.Put(ctx, key, []byte(ls.owner)); err != nil {
+				ls.log.Debug("pull not recorded", "node", node, "err", err)
+			}
+		}()
+	}
+	elsewhere = func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(read) < time.Second {
+			return other
+		}
+		read = time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		e, err := ls.kv.Get(ctx, key)
+		other = err == nil && string(e.Value()) != ls.owner
+		return other
+	}
+	return polled, elsewhere
 }

@@ -182,3 +182,25 @@ func TestLeasedPickupFailsOver(t *testing.T) {
 	}
 	pb.Close()
 }
+
+func TestPullsSharedBetweenReplicas(t *testing.T) {
+	a, b := testLeases(t)
+	polledA, elsewhereA := a.pulls("M")
+	_, elsewhereB := b.pulls("M")
+	if elsewhereB() {
+		t.Fatal("node pulls elsewhere before it pulled at all")
+	}
+	polledA()
+	time.Sleep(1100 * time.Millisecond) // past B's one-second cache
+	if !elsewhereB() {
+		t.Fatal("replica b does not see that the node pulls from a")
+	}
+	if elsewhereA() {
+		t.Fatal("replica a thinks the node pulls elsewhere")
+	}
+	// The node stops pulling: the record lapses with the lease TTL.
+	time.Sleep(testLeaseTTL + 1100*time.Millisecond)
+	if elsewhereB() {
+		t.Fatal("the record of the node's pulls did not lapse")
+	}
+}

@@ -83,6 +83,13 @@ type Pipeline struct {
 // msg/s, 2 ~630, 4 ~560, three runs each).
 const deliveryWorkers = 2
 
+// pollSharer is implemented by deliveries that wait for the node to come
+// for its messages (http_pull): with replicas, the node comes to one of
+// them, so they share where it pulls (see leases.pulls).
+type pollSharer interface {
+	Share(polled func(), elsewhere func() bool)
+}
+
 // errorReporter is implemented by adapters that can say what is wrong with
 // their endpoint right now (cannot log in, cannot list); `relay status` shows it.
 type errorReporter interface {
@@ -235,6 +242,9 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 				return fmt.Errorf("nodes.%s.deliver: %w", name, err)
 			}
 			p.closers = append(p.closers, pub.Close)
+			if ps, ok := pub.(pollSharer); ok && p.leases != nil {
+				ps.Share(p.leases.pulls(name))
+			}
 			p.delivers[name] = pub
 			in := &inflight{}
 			subs, closeSub, err := p.deliverySubscribers(name, deliveryWorkers, in)

@@ -87,6 +87,10 @@ type Mailbox struct {
 	log   *slog.Logger
 	now   func() time.Time
 
+	// polled and elsewhere coordinate relay replicas (see Share).
+	polled    func()
+	elsewhere func() bool
+
 	mu      sync.Mutex
 	offers  []*offer // in arrival order
 	closing chan struct{}
@@ -150,17 +154,61 @@ func (mb *Mailbox) park(m *message.Message) error {
 	mb.offers = append(mb.offers, o)
 	mb.mu.Unlock()
 	mb.log.Debug("waiting for the node to pull", "message_id", m.UUID, "file", d.Name, "id", o.ID)
-	select {
-	case <-o.acked:
-		mb.log.Debug("delivered: the node acknowledged", "message_id", m.UUID, "file", d.Name, "id", o.ID)
-		return nil
-	case <-m.Context().Done():
-		mb.remove(o)
-		return m.Context().Err()
-	case <-mb.closing:
-		mb.remove(o)
-		return errClosed
+	var check <-chan time.Time
+	if mb.elsewhere != nil {
+		t := time.NewTicker(handBackCheck)
+		defer t.Stop()
+		check = t.C
 	}
+	for {
+		select {
+		case <-o.acked:
+			mb.log.Debug("delivered: the node acknowledged", "message_id", m.UUID, "file", d.Name, "id", o.ID)
+			return nil
+		case <-m.Context().Done():
+			mb.remove(o)
+			return m.Context().Err()
+		case <-mb.closing:
+			mb.remove(o)
+			return errClosed
+		case <-check:
+			if mb.elsewhere() && mb.removeUnleased(o) {
+				return fmt.Errorf("http_pull %s: %s: the node pulls from another replica: %w", mb.node, d.Name, exchange.ErrNotTaken)
+			}
+		}
+	}
+}
+
+// handBackCheck is how often a parked message asks whether its node pulls
+// from another replica.
+const handBackCheck = time.Second
+
+// Share coordinates the mailboxes of one node in several relay replicas:
+// the node pulls from one of them (whichever its HTTP requests reach), but
+// any replica may take the node's message from JetStream. polled is called
+// on every pull here (the pipeline records it where all replicas see it);
+// elsewhere reports that the node has lately been pulling from another
+// replica, and a message no client holds then leaves this mailbox (Publish
+// returns exchange.ErrNotTaken) to be offered again, to any replica. Set
+// before use.
+func (mb *Mailbox) Share(polled func(), elsewhere func() bool) {
+	mb.polled, mb.elsewhere = polled, elsewhere
+}
+
+// removeUnleased takes o out of the mailbox unless a client holds it now.
+func (mb *Mailbox) removeUnleased(o *offer) bool {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if mb.now().Before(o.leasedUntil) {
+		return false
+	}
+	for i, x := range mb.offers {
+		if x == o {
+			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 func (mb *Mailbox) remove(o *offer) {
@@ -177,6 +225,9 @@ func (mb *Mailbox) remove(o *offer) {
 // Next leases the oldest waiting message that no client holds, false when
 // there is none.
 func (mb *Mailbox) Next() (Offer, bool) {
+	if mb.polled != nil {
+		mb.polled()
+	}
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
 	now := mb.now()

@@ -3,6 +3,7 @@ package pull
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"sync/atomic"
@@ -131,5 +132,56 @@ func TestDecode(t *testing.T) {
 		if (err != nil) != c.bad || (!c.bad && cfg.Lease.Std() != c.want) {
 			t.Errorf("%s: %+v %v", c.src, cfg, err)
 		}
+	}
+}
+
+// With replicas, a message no client holds leaves the mailbox once the node
+// pulls from another replica; one a client holds stays until its
+// acknowledgement.
+func TestMailboxHandBack(t *testing.T) {
+	mb := NewMailbox("B", Config{Lease: config.Duration(time.Minute)}, nil)
+	var elsewhere, polls atomic.Int64
+	mb.Share(func() { polls.Add(1) }, func() bool { return elsewhere.Load() == 1 })
+
+	done := make(chan error, 1)
+	go func() { done <- mb.Publish("", testMsg(t, "id-1", 1, "data")) }()
+	time.Sleep(2500 * time.Millisecond) // two checks: the node pulls nowhere else
+	select {
+	case err := <-done:
+		t.Fatalf("handed back while the node pulls nowhere else: %v", err)
+	default:
+	}
+	elsewhere.Store(1)
+	select {
+	case err := <-done:
+		if !errors.Is(err, exchange.ErrNotTaken) {
+			t.Fatalf("err %v, want ErrNotTaken", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not handed back though the node pulls elsewhere")
+	}
+	if mb.Waiting() != 0 {
+		t.Fatal("handed-back message still waiting")
+	}
+
+	go func() { done <- mb.Publish("", testMsg(t, "id-2", 2, "data")) }()
+	var o Offer
+	for ok := false; !ok; o, ok = mb.Next() {
+		time.Sleep(time.Millisecond)
+	}
+	if polls.Load() == 0 {
+		t.Fatal("pulls not reported")
+	}
+	time.Sleep(2500 * time.Millisecond) // leased: stays, though elsewhere
+	select {
+	case err := <-done:
+		t.Fatalf("fetched message handed back: %v", err)
+	default:
+	}
+	if err := mb.Ack(o.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("acknowledged delivery: %v", err)
 	}
 }

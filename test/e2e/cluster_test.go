@@ -184,6 +184,9 @@ type oneCWriter struct {
 	path     string
 	from, to string
 	last     atomic.Uint64
+	// takenAt is when the writer saw each number leave the outbox.
+	mu      sync.Mutex
+	takenAt map[uint64]time.Time
 	err      error
 	stop     chan struct{}
 	done     chan struct{}
@@ -191,7 +194,7 @@ type oneCWriter struct {
 }
 
 func startWriter(path, from, to string) *oneCWriter {
-	w := &oneCWriter{path: path, from: from, to: to, stop: make(chan struct{}), done: make(chan struct{})}
+	w := &oneCWriter{path: path, from: from, to: to, stop: make(chan struct{}), done: make(chan struct{}), takenAt: map[uint64]time.Time{}}
 	go func() {
 		defer close(w.done)
 		for n := uint64(1); ; n++ {
@@ -214,6 +217,9 @@ func startWriter(path, from, to string) *oneCWriter {
 				case <-time.After(10 * time.Millisecond):
 				}
 				if _, err := os.Stat(w.path); errors.Is(err, fs.ErrNotExist) {
+					w.mu.Lock()
+					w.takenAt[n] = time.Now()
+					w.mu.Unlock()
 					break
 				}
 			}
@@ -226,6 +232,14 @@ func startWriter(path, from, to string) *oneCWriter {
 		}
 	}()
 	return w
+}
+
+// taken is when number n left the outbox.
+func (w *oneCWriter) taken(n uint64) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	at, ok := w.takenAt[n]
+	return at, ok
 }
 
 // halt stops writing and returns the last number written (and taken, or
@@ -246,11 +260,15 @@ func TestClusterReplicas(t *testing.T) {
 	c := startCluster(t)
 	bin := buildRelay(t)
 	ex := t.TempDir()
-	nodes := "nodes:\n" + dirNode(t, ex, "A", "hq", "") + dirNode(t, ex, "B", "hq", "sequential")
+	// M pulls its messages over HTTP (http_pull), from one replica only.
+	const mToken = "m-secret-token"
+	nodes := "nodes:\n" + dirNode(t, ex, "A", "hq", "") + dirNode(t, ex, "B", "hq", "sequential") +
+		"  M:\n    relay: hq\n    api_token_env: RELAY_E2E_M_TOKEN\n    deliver: { http_pull: {} }\n"
 	natsYAML := fmt.Sprintf("{ url: %q, replicas: 3 }", c.ClientURL())
 	sites := []*site{relayDir(t, "hq", natsYAML, nodes), relayDir(t, "hq", natsYAML, nodes)}
 	procs := []*relayProc{newRelayProc(t, bin, sites[0]), newRelayProc(t, bin, sites[1])}
 	for i, p := range procs {
+		p.env = []string{"RELAY_E2E_M_TOKEN=" + mToken}
 		p.start()
 		waitReady(t, sites[i], 60*time.Second)
 	}
@@ -275,8 +293,9 @@ func TestClusterReplicas(t *testing.T) {
 	var failovers []time.Duration
 	for round := 1; round <= 5; round++ {
 		time.Sleep(1500 * time.Millisecond)
-		// Kill while a message waits in the outbox: it is taken by the
-		// other replica; the time until then is the failover.
+		// Kill while a message waits in the outbox. The dying holder may
+		// still take that one; once the lease has moved, whatever waits is
+		// taken by the other replica, and when it is, is the failover.
 		waitFor(t, 10*time.Second, "a message waiting in the outbox", func() bool {
 			_, err := os.Stat(out)
 			return err == nil
@@ -285,17 +304,20 @@ func TestClusterReplicas(t *testing.T) {
 		if h < 0 {
 			t.Fatalf("round %d: no lease holder", round)
 		}
-		waiting := w.last.Load()
 		t0 := time.Now()
 		procs[h].kill()
-		waitFor(t, 60*time.Second, fmt.Sprintf("round %d: No %d taken by the other replica", round, waiting), func() bool {
-			_, err := os.Stat(out)
-			return errors.Is(err, fs.ErrNotExist) || w.last.Load() > waiting
-		})
-		failovers = append(failovers, time.Since(t0))
-		if got := holder(); got != 1-h {
-			t.Fatalf("round %d: after killing replica %d the lease is held by %d", round, h, got)
+		waitFor(t, 60*time.Second, fmt.Sprintf("round %d: the lease to move from replica %d", round, h), func() bool { return holder() == 1-h })
+		next := w.last.Load() // waiting now, or about to be written
+		if _, done := w.taken(next); done {
+			next++ // taken by the dying holder; the next is the other's
 		}
+		var at time.Time
+		waitFor(t, 60*time.Second, fmt.Sprintf("round %d: No %d taken by the other replica", round, next), func() bool {
+			var ok bool
+			at, ok = w.taken(next)
+			return ok
+		})
+		failovers = append(failovers, at.Sub(t0))
 		procs[h].start()
 		waitReady(t, sites[h], 60*time.Second)
 	}
@@ -341,6 +363,47 @@ func TestClusterReplicas(t *testing.T) {
 		}
 	}
 	t.Logf("%d messages, %d delivery events, all delivered once", last, len(delivered))
+
+	// A message for M waits in the mailbox of the replica that took it
+	// from JetStream; M talks to replica 0 only. With replica 0 down, the
+	// message parks at replica 1; unfetched there, it goes back to
+	// JetStream after 2 × lease_ttl and comes round to replica 0.
+	procs[0].kill()
+	if _, err := exchangetest.WriteFile(filepath.Join(ex, "A", "out"), header("A", "M", 1, 0), 2<<10, exchange.FormatXML); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "A→M taken in by replica 1", func() bool {
+		st, err := channelState(ctx, js, "Магазины", "A", "M")
+		return err == nil && st.PickedNo == 1
+	})
+	time.Sleep(time.Second) // parked in replica 1's mailbox
+	procs[0].start()
+	waitReady(t, sites[0], 60*time.Second)
+	pull := func(method, path string) (int, http.Header) {
+		req, _ := http.NewRequestWithContext(ctx, method, "http://"+sites[0].listen+path, nil)
+		req.Header.Set("Authorization", "Bearer "+mToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header
+	}
+	t0 := time.Now()
+	var offer http.Header
+	waitFor(t, 90*time.Second, "M's message offered by replica 0", func() bool {
+		code, hdr := pull(http.MethodGet, "/api/v1/nodes/M/messages/next")
+		offer = hdr
+		return code == http.StatusOK
+	})
+	if code, _ := pull(http.MethodPost, "/api/v1/nodes/M/messages/"+offer.Get("Relay-Message-Id")+"/ack"); code != http.StatusOK {
+		t.Fatalf("ack on replica 0: %d", code)
+	}
+	waitFor(t, 30*time.Second, "A→M delivered", func() bool {
+		st, err := channelState(ctx, js, "Магазины", "A", "M")
+		return err == nil && st.DeliveredNo == 1
+	})
+	t.Logf("M pulled its message from replica 0 after %s", time.Since(t0).Round(100*time.Millisecond))
 	var dead []json.RawMessage
 	if err := relayJSON(bin, sites[0], &dead, "dead", "list"); err != nil {
 		t.Fatal(err)

@@ -72,6 +72,8 @@ type relayProc struct {
 	bin     string
 	site    *site
 	logPath string
+	// env is added to the environment of the relay (NAME=value).
+	env []string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -110,6 +112,7 @@ func (rp *relayProc) start() {
 	fmt.Fprintf(logf, "===== test: start #%d at %s\n", rp.starts, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(rp.bin, "run", "-c", rp.site.cfg, "--log-level", "info")
 	cmd.Dir = rp.site.root
+	cmd.Env = append(os.Environ(), rp.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	rp.started = time.Now()
 	if err := cmd.Start(); err != nil {
