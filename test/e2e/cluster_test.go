@@ -34,7 +34,7 @@ import (
 // startCluster starts three nats-servers in JetStream domain hq. The
 // cluster tests start their own servers, so they run once: not again in the
 // script's pass against a single external server.
-func startCluster(t *testing.T) *realserver.NATSCluster {
+func startCluster(t *testing.T, leafTLS bool) *realserver.NATSCluster {
 	t.Helper()
 	// Mostly waiting (lease lapses, an outage): run beside each other.
 	t.Parallel()
@@ -44,7 +44,7 @@ func startCluster(t *testing.T) *realserver.NATSCluster {
 	if natsURL() != "" {
 		t.Skip("the cluster tests start their own nats-servers; they ran in the embedded pass")
 	}
-	c, err := realserver.StartNATSCluster(t.TempDir(), 3, "hq")
+	c, err := realserver.StartNATSCluster(t.TempDir(), 3, "hq", leafTLS)
 	if err != nil {
 		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") != "1" && strings.Contains(err.Error(), "not found") {
 			t.Skip(err)
@@ -257,7 +257,7 @@ func (w *oneCWriter) halt() uint64 {
 // is the failover figure), then one NATS server is stopped. Every message
 // arrives, in order, once.
 func TestClusterReplicas(t *testing.T) {
-	c := startCluster(t)
+	c := startCluster(t, false)
 	bin := buildRelay(t)
 	ex := t.TempDir()
 	// M pulls its messages over HTTP (http_pull), from one replica only.
@@ -414,16 +414,17 @@ func TestClusterReplicas(t *testing.T) {
 }
 
 // TestOfficeLeaf: an office relay whose embedded NATS is a leaf node of the
-// head office cluster. Messages cross both ways; with the whole cluster
+// head office cluster, over TLS. Messages cross both ways; with the whole cluster
 // stopped for 30s the office keeps taking in and delivering locally, and
 // what it took in for head office nodes arrives once the cluster is back.
 func TestOfficeLeaf(t *testing.T) {
-	c := startCluster(t)
+	c := startCluster(t, true)
 	bin := buildRelay(t)
 	ex := t.TempDir()
 	nodes := "nodes:\n" + dirNode(t, ex, "HQ1", "hq", "") + dirNode(t, ex, "OFF", "office1", "") + dirNode(t, ex, "OFF2", "office1", "")
 	hq := relayDir(t, "hq", fmt.Sprintf("{ url: %q, replicas: 3 }", c.ClientURL()), nodes)
-	office := relayDir(t, "office1", fmt.Sprintf("{ leaf: { url: %q } }", c.LeafURL(0)), nodes)
+	// The link is TLS, verified against the head office's certificate.
+	office := relayDir(t, "office1", fmt.Sprintf("{ leaf: { url: %q, tls: { ca_file: %q } } }", c.LeafURL(0), c.CertFile), nodes)
 	hqp, offp := newRelayProc(t, bin, hq), newRelayProc(t, bin, office)
 	hqp.start()
 	offp.start()
@@ -480,11 +481,13 @@ func TestOfficeLeaf(t *testing.T) {
 		pipeline.Channel
 		Pending uint64 `json:"pending"`
 	}
+	// Right after the outage JetStream may still answer "temporarily
+	// unavailable": ask until it answers.
 	status := func(s *site) map[string]row {
 		var rows []row
-		if err := relayJSON(bin, s, &rows, "status"); err != nil {
-			t.Fatal(err)
-		}
+		waitFor(t, 30*time.Second, "relay status to answer", func() bool {
+			return relayJSON(bin, s, &rows, "status") == nil
+		})
 		out := map[string]row{}
 		for _, r := range rows {
 			out[r.From+"→"+r.To] = r

@@ -22,6 +22,10 @@ type NATSCluster struct {
 	// Domain is the cluster's JetStream domain (the head office relay's id).
 	Domain string
 
+	// CertFile is the leaf node port's self-signed certificate (for
+	// 127.0.0.1), "" without TLS: an office's nats.leaf.tls.ca_file.
+	CertFile string
+
 	bin     string
 	dir     string
 	servers []*natsServer
@@ -38,9 +42,10 @@ type natsServer struct {
 }
 
 // StartNATSCluster writes the configs of n servers under dir and starts
-// them; it returns once the cluster has a JetStream meta leader. On failure
-// every started server is stopped.
-func StartNATSCluster(dir string, n int, domain string) (*NATSCluster, error) {
+// them; it returns once every server is healthy. With leafTLS the leaf node
+// ports require TLS (a self-signed certificate, CertFile). On failure every
+// started server is stopped.
+func StartNATSCluster(dir string, n int, domain string, leafTLS bool) (*NATSCluster, error) {
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
 		if bin, err = SbinPath("nats-server"); err != nil {
@@ -57,6 +62,15 @@ func StartNATSCluster(dir string, n int, domain string) (*NATSCluster, error) {
 		c.servers = append(c.servers, &natsServer{
 			name: fmt.Sprintf("n%d", i+1), client: p, route: p + 1, leaf: p + 2, monitorPt: p + 3,
 		})
+	}
+	leafTLSConf := ""
+	if leafTLS {
+		c.CertFile = filepath.Join(dir, "leaf-cert.pem")
+		key := filepath.Join(dir, "leaf-key.pem")
+		if err := writeSelfSignedCert(c.CertFile, key); err != nil {
+			return nil, err
+		}
+		leafTLSConf = fmt.Sprintf("\n  tls { cert_file: %q, key_file: %q }", c.CertFile, key)
 	}
 	var routes []string
 	for _, s := range c.servers {
@@ -87,9 +101,9 @@ cluster {
 }
 leafnodes {
   host: 127.0.0.1
-  port: %d
+  port: %d%s
 }
-`, s.name, s.client, s.monitorPt, store, domain, domain, s.route, strings.Join(routes, ", "), s.leaf)
+`, s.name, s.client, s.monitorPt, store, domain, domain, s.route, strings.Join(routes, ", "), s.leaf, leafTLSConf)
 		if err := os.WriteFile(s.conf, []byte(conf), 0o644); err != nil {
 			return nil, err
 		}
@@ -118,7 +132,11 @@ func (c *NATSCluster) ClientURL() string {
 
 // LeafURL is server i's leaf node URL (nats.leaf.url of an office).
 func (c *NATSCluster) LeafURL(i int) string {
-	return fmt.Sprintf("nats-leaf://127.0.0.1:%d", c.servers[i].leaf)
+	scheme := "nats-leaf"
+	if c.CertFile != "" {
+		scheme = "tls"
+	}
+	return fmt.Sprintf("%s://127.0.0.1:%d", scheme, c.servers[i].leaf)
 }
 
 // Start starts server i (again) and waits until its client port accepts.
