@@ -57,6 +57,15 @@ func (p *Pipeline) wireFetches() error {
 		relays = append(relays, r)
 	}
 	sort.Strings(relays)
+	var unassigned []string
+	for _, name := range p.cfg.NodeNames() {
+		if n := p.cfg.Nodes[name]; n != nil && n.Relay == "" {
+			unassigned = append(unassigned, name)
+		}
+	}
+	if len(unassigned) > 0 {
+		p.log.Warn("nodes without `relay` are served by every relay, here and at "+strings.Join(relays, ", ")+": give each its relay", "nodes", strings.Join(unassigned, ", "))
+	}
 	if !p.b.Shared() && p.cfg.NATS.Leaf == nil {
 		p.log.Warn("routing.yaml names other relays, but this one runs a standalone embedded NATS: messages to and from their nodes wait here until nats.leaf or nats.url connects it", "relays", strings.Join(relays, ", "))
 		return nil
