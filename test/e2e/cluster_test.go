@@ -187,10 +187,10 @@ type oneCWriter struct {
 	// takenAt is when the writer saw each number leave the outbox.
 	mu      sync.Mutex
 	takenAt map[uint64]time.Time
-	err      error
-	stop     chan struct{}
-	done     chan struct{}
-	halted   sync.Once
+	err     error
+	stop    chan struct{}
+	done    chan struct{}
+	halted  sync.Once
 }
 
 func startWriter(path, from, to string) *oneCWriter {
