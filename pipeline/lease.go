@@ -101,7 +101,7 @@ func (ls *leases) keep(parent context.Context, key string, rev uint64) *lease {
 			case <-ctx.Done():
 				// Released (or the parent ended): free it for the others.
 				dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-				_ = ls.kv.Delete(dctx, key, jetstream.LastRevision(rev))
+				ls.drop(dctx, key, rev)
 				dcancel()
 				return
 			case <-t.C:
@@ -125,6 +125,26 @@ func (ls *leases) keep(parent context.Context, key string, rev uint64) *lease {
 		}
 	}()
 	return l
+}
+
+// drop deletes a released lease if it is still ours. A renewal cut short by
+// the release may have reached the server without its answer reaching us,
+// leaving a newer revision than rev: then the key is read to make sure.
+func (ls *leases) drop(ctx context.Context, key string, rev uint64) {
+	err := ls.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+	if err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !isWrongSeq(err) {
+		return
+	}
+	if e, gerr := ls.kv.Get(ctx, key); gerr == nil && string(e.Value()) == ls.owner {
+		_ = ls.kv.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
+	}
+}
+
+// isWrongSeq reports a compare-and-set refused because the key changed.
+func isWrongSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // Context ends when the lease is lost or released.
