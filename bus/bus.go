@@ -493,17 +493,11 @@ func (b *Bus) Lane(ctx context.Context, name string) (*Bus, error) {
 	if l.JS, err = newJetStream(nc); err != nil {
 		return fail("jetstream", err)
 	}
-	if l.Exchange, err = l.JS.Stream(ctx, StreamExchange); err != nil {
-		return fail(StreamExchange, err)
+	if what, err := l.bindExchange(ctx); err != nil {
+		return fail(what, err)
 	}
 	if l.Dead, err = l.JS.Stream(ctx, StreamDead); err != nil {
 		return fail(StreamDead, err)
-	}
-	if l.Payloads, err = l.JS.ObjectStore(ctx, BucketPayloads); err != nil {
-		return fail(BucketPayloads, err)
-	}
-	if l.payloadStream, err = l.JS.Stream(ctx, "OBJ_"+BucketPayloads); err != nil {
-		return fail(BucketPayloads, err)
 	}
 	if l.Channels, err = l.JS.KeyValue(ctx, BucketChannels); err != nil {
 		return fail(BucketChannels, err)
@@ -532,16 +526,25 @@ func Remote(ctx context.Context, nc *nats.Conn, domain string) (*Bus, error) {
 	if r.JS, err = jetstream.NewWithDomain(nc, domain); err != nil {
 		return nil, fmt.Errorf("nats: domain %s: %w", domain, err)
 	}
-	if r.Exchange, err = r.JS.Stream(ctx, StreamExchange); err != nil {
-		return nil, fmt.Errorf("nats: domain %s: stream %s: %w", domain, StreamExchange, err)
-	}
-	if r.Payloads, err = r.JS.ObjectStore(ctx, BucketPayloads); err != nil {
-		return nil, fmt.Errorf("nats: domain %s: object store %s: %w", domain, BucketPayloads, err)
-	}
-	if r.payloadStream, err = r.JS.Stream(ctx, "OBJ_"+BucketPayloads); err != nil {
-		return nil, fmt.Errorf("nats: domain %s: object store %s: %w", domain, BucketPayloads, err)
+	if what, err := r.bindExchange(ctx); err != nil {
+		return nil, fmt.Errorf("nats: domain %s: %s: %w", domain, what, err)
 	}
 	return r, nil
+}
+
+// bindExchange looks up, through b.JS, the EXCHANGE stream and the payload
+// object store with its stream; on failure it names what was not found.
+func (b *Bus) bindExchange(ctx context.Context) (what string, err error) {
+	if b.Exchange, err = b.JS.Stream(ctx, StreamExchange); err != nil {
+		return StreamExchange, err
+	}
+	if b.Payloads, err = b.JS.ObjectStore(ctx, BucketPayloads); err != nil {
+		return BucketPayloads, err
+	}
+	if b.payloadStream, err = b.JS.Stream(ctx, "OBJ_"+BucketPayloads); err != nil {
+		return BucketPayloads, err
+	}
+	return "", nil
 }
 
 // DropPayload removes a payload of a Remote domain through the JetStream
@@ -554,7 +557,7 @@ func (b *Bus) DropPayload(ctx context.Context, name string) error {
 		return fmt.Errorf("payload %s: %w", name, err)
 	}
 	for _, subj := range []string{
-		"$O." + BucketPayloads + ".C." + info.NUID,
+		chunkSubject(info.NUID),
 		"$O." + BucketPayloads + ".M." + base64.URLEncoding.EncodeToString([]byte(name)),
 	} {
 		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {

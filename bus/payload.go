@@ -25,10 +25,13 @@ func (b *Bus) OpenPayload(ctx context.Context, name string) (io.ReadCloser, erro
 	}
 	return &payloadReader{
 		ctx: ctx, s: b.payloadStream, name: name,
-		subject: "$O." + BucketPayloads + ".C." + info.NUID,
+		subject: chunkSubject(info.NUID),
 		want:    info.Digest, left: int64(info.Size), sum: sha256.New(),
 	}, nil
 }
+
+// chunkSubject is the subject of an object's chunks in EXCHANGE_PAYLOADS.
+func chunkSubject(nuid string) string { return "$O." + BucketPayloads + ".C." + nuid }
 
 type payloadReader struct {
 	ctx     context.Context

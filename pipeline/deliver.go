@@ -184,6 +184,16 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		ev := func(step, detail string) {
 			l.event(Event{Step: step, MsgID: m.UUID, File: m.Metadata.Get(exchange.MetaFileName), Node: node, Channel: channelName(h), No: h.MessageNo, Detail: detail})
 		}
+		// hold gives the message back to be looked at again after
+		// holdDelay: it waits (for its predecessor, another replica, the
+		// node), it is not failing. Nacked here rather than by returning an
+		// error: the router would log every hold, once a second, as a
+		// handler failure.
+		hold := func() error {
+			in.held.Add(1) // tells the nack delay this one is held
+			m.Nack()
+			return nil
+		}
 		obj := m.Metadata.Get(exchange.MetaObject)
 		unlock := p.chanLocks.lock(bus.ChannelKey(h.ExchangePlan, h.From, h.To))
 		defer unlock()
@@ -196,9 +206,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			claim, err := p.leases.try(ctx, "channel."+bus.ChannelKey(h.ExchangePlan, h.From, h.To))
 			if errors.Is(err, errLeaseHeld) {
 				log.Debug("another replica is delivering on this channel; waiting")
-				in.held.Add(1)
-				m.Nack()
-				return nil
+				return hold()
 			}
 			if err != nil {
 				return err
@@ -237,11 +245,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, st.DeliveredNo+1)
 				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
 				log.Warn(msg)
-				in.held.Add(1) // tells the nack delay this one is held
-				// Nacked here rather than by returning an error: the router
-				// would log every hold, once a second, as a handler failure.
-				m.Nack()
-				return nil
+				return hold()
 			}
 		}
 
@@ -260,9 +264,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		err = pub.Publish(node, out)
 		if errors.Is(err, exchange.ErrNotTaken) {
 			log.Debug("handed back: " + err.Error())
-			in.held.Add(1)
-			m.Nack()
-			return nil
+			return hold()
 		}
 		if err != nil && !errors.Is(err, exchange.ErrStale) {
 			l.m.attemptErrors.WithLabelValues(node, adapter).Inc()

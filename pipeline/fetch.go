@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -99,26 +100,16 @@ func (p *Pipeline) wireFetches() error {
 // runFetches starts every fetch and handover watch; the channel closes
 // when all have ended with ctx.
 func (p *Pipeline) runFetches(ctx context.Context) <-chan struct{} {
-	done := make(chan struct{})
-	var runs []func(context.Context)
+	var wg sync.WaitGroup
 	for _, f := range p.fetches {
-		runs = append(runs, f.run)
+		wg.Go(func() { f.run(ctx) })
 	}
 	for _, h := range p.handovers {
-		runs = append(runs, h.run)
+		wg.Go(func() { h.run(ctx) })
 	}
-	n := len(runs)
-	ended := make(chan struct{}, n)
-	for _, run := range runs {
-		go func() {
-			run(ctx)
-			ended <- struct{}{}
-		}()
-	}
+	done := make(chan struct{})
 	go func() {
-		for range n {
-			<-ended
-		}
+		wg.Wait()
 		close(done)
 	}()
 	return done
@@ -170,7 +161,7 @@ func (f *fetch) session(ctx context.Context) (worked bool, err error) {
 		return false, err
 	}
 	defer lb.CloseLane()
-	l := &lane{m: p.metrics, b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: f.log, opts: p.opts}
+	l := p.laneOn(lb, f.log)
 	remote, err := bus.Remote(ctx, lb.Conn, f.relay)
 	if err != nil {
 		return false, err

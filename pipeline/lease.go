@@ -131,20 +131,12 @@ func (ls *leases) keep(parent context.Context, key string, rev uint64) *lease {
 // the release may have reached the server without its answer reaching us,
 // leaving a newer revision than rev: then the key is read to make sure.
 func (ls *leases) drop(ctx context.Context, key string, rev uint64) {
-	err := ls.kv.Delete(ctx, key, jetstream.LastRevision(rev))
-	if err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !isWrongSeq(err) {
+	if ls.kv.Delete(ctx, key, jetstream.LastRevision(rev)) == nil {
 		return
 	}
-	if e, gerr := ls.kv.Get(ctx, key); gerr == nil && string(e.Value()) == ls.owner {
+	if e, err := ls.kv.Get(ctx, key); err == nil && string(e.Value()) == ls.owner {
 		_ = ls.kv.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
 	}
-}
-
-// isWrongSeq reports a compare-and-set refused because the key changed.
-func isWrongSeq(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // Context ends when the lease is lost or released.

@@ -177,11 +177,16 @@ func (p *Pipeline) newLane(name string, wlog watermill.LoggerAdapter) (*lane, er
 		return nil, err
 	}
 	p.closers = append(p.closers, func() error { lb.CloseLane(); return nil })
-	l := &lane{m: p.metrics, b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: p.log, opts: p.opts}
+	l := p.laneOn(lb, p.log)
 	if l.pub, err = exchangePublisher(lb.Conn, wlog); err != nil {
 		return nil, fmt.Errorf("%s: publisher: %w", name, err)
 	}
 	return l, nil
+}
+
+// laneOn is a lane working through lb (a bus.Lane), without a publisher.
+func (p *Pipeline) laneOn(lb *bus.Bus, log *slog.Logger) *lane {
+	return &lane{m: p.metrics, b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: log, opts: p.opts}
 }
 
 // exchangePublisher publishes records to the EXCHANGE stream with
