@@ -148,6 +148,7 @@ type Bus struct {
 	log      *slog.Logger
 	replicas int
 	leaseTTL time.Duration
+	leaf     bool
 }
 
 // Settings say which NATS to open and how to lay it out.
@@ -167,7 +168,7 @@ type Settings struct {
 // then creates or updates every stream and bucket. It is idempotent.
 func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 	cfg, id := set.NATS, set.ID
-	b := &Bus{log: log, replicas: max(cfg.Replicas, 1), leaseTTL: set.LeaseTTL}
+	b := &Bus{log: log, replicas: max(cfg.Replicas, 1), leaseTTL: set.LeaseTTL, leaf: cfg.Leaf != nil}
 	if b.leaseTTL <= 0 {
 		b.leaseTTL = config.DefaultLeaseTTL
 	}
@@ -515,6 +516,11 @@ func (b *Bus) Lane(ctx context.Context, name string) (*Bus, error) {
 // (an external NATS): replicas then coordinate through EXCHANGE_LEASES. An
 // embedded server's store, leaf node or not, belongs to this process alone.
 func (b *Bus) Shared() bool { return b.server == nil }
+
+// Linked reports whether other relays' JetStream domains can be reached:
+// through a shared cluster, or through the embedded server's leaf
+// connection. A standalone embedded server reaches no one.
+func (b *Bus) Linked() bool { return b.server == nil || b.leaf }
 
 // Remote is the exchange layout of another relay's JetStream domain, reached
 // through the JetStream API over nc ($JS.<domain>.API): EXCHANGE to fetch

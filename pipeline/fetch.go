@@ -67,7 +67,7 @@ func (p *Pipeline) wireFetches() error {
 	if len(unassigned) > 0 {
 		p.log.Warn("nodes without `relay` are served by every relay, here and at "+strings.Join(relays, ", ")+": give each its relay", "nodes", strings.Join(unassigned, ", "))
 	}
-	if !p.b.Shared() && p.cfg.NATS.Leaf == nil {
+	if !p.b.Linked() {
 		p.log.Warn("routing.yaml names other relays, but this one runs a standalone embedded NATS: messages to and from their nodes wait here until nats.leaf or nats.url connects it", "relays", strings.Join(relays, ", "))
 		return nil
 	}
@@ -210,24 +210,33 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 	defer stop()
 
 	h, herr := headerOf(hdr)
+	gone := false
 	if obj != "" {
-		gone, err := f.copyPayload(ctx, l, remote, obj)
-		if err != nil {
+		var err error
+		if gone, err = f.copyPayload(ctx, l, remote, obj); err != nil {
 			return err
 		}
+	}
+	// A record that cannot be delivered stays here as a dead letter (with
+	// its payload, when there is one) rather than going into the stream.
+	if gone || herr != nil {
+		dl := DeadLetter{Node: f.node, Stage: StageDeliver, MsgID: id, FileName: hdr.Get(exchange.MetaFileName)}
 		if gone {
-			reason := fmt.Sprintf("payload %s is gone from relay %s", obj, f.relay)
-			f.log.Error("dead letter", "reason", reason)
-			dl := DeadLetter{Node: f.node, Stage: StageDeliver, Reason: reason, MsgID: id, FileName: hdr.Get(exchange.MetaFileName)}
-			if herr == nil {
-				dl.Header = &h
-			}
-			if err := l.dead.put(ctx, dl); err != nil {
-				return err
-			}
-			l.m.dead.WithLabelValues(f.node, StageDeliver).Inc()
-			return msg.DoubleAck(ctx)
+			dl.Reason = fmt.Sprintf("payload %s is gone from relay %s", obj, f.relay)
+		} else {
+			dl.Reason = fmt.Sprintf("unreadable record from relay %s: %v", f.relay, herr)
+			dl.Object, dl.Size, dl.SHA256 = obj, atoi64(hdr.Get(exchange.MetaSize)), hdr.Get(exchange.MetaSHA256)
 		}
+		if herr == nil {
+			dl.Header = &h
+		}
+		f.log.Error("dead letter", "message_id", id, "reason", dl.Reason)
+		if err := l.dead.put(ctx, dl); err != nil {
+			return err
+		}
+		l.m.dead.WithLabelValues(f.node, StageDeliver).Inc()
+		f.dropRemote(ctx, remote, obj)
+		return msg.DoubleAck(ctx)
 	}
 	rec := nats.NewMsg(msg.Subject())
 	for k, v := range hdr {
@@ -240,19 +249,25 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 	if err != nil {
 		return fmt.Errorf("fetch %s: publish here: %w", id, err)
 	}
-	if !ack.Duplicate && herr == nil {
+	if !ack.Duplicate {
 		l.taken(ctx, h)
 		l.event(Event{Step: StepFetched, MsgID: id, File: hdr.Get(exchange.MetaFileName), Node: f.node, Channel: channelName(h), No: h.MessageNo,
 			Size: atoi64(hdr.Get(exchange.MetaSize)), Detail: "from relay " + f.relay})
 		l.m.fetched.WithLabelValues(f.node, f.relay).Inc()
 		f.log.Info("fetched", "message_id", id, "channel", channelName(h), "message_no", h.MessageNo)
 	}
-	if obj != "" {
-		if err := remote.DropPayload(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			f.log.Warn("payload not dropped at relay "+f.relay, "object", obj, "err", err)
-		}
-	}
+	f.dropRemote(ctx, remote, obj)
 	return msg.DoubleAck(ctx)
+}
+
+// dropRemote removes the other relay's copy of a payload now held here.
+func (f *fetch) dropRemote(ctx context.Context, remote *bus.Bus, obj string) {
+	if obj == "" {
+		return
+	}
+	if err := remote.DropPayload(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		f.log.Warn("payload not dropped at relay "+f.relay, "object", obj, "err", err)
+	}
 }
 
 // copyPayload copies the object from the other domain; gone says it is in

@@ -1,0 +1,213 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+// recordingDelivery is a deliver adapter that keeps what it was given.
+type recordingDelivery struct {
+	mu   sync.Mutex
+	got  map[uint64][]byte // by MessageNo
+	node string
+}
+
+func (r *recordingDelivery) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		d, err := exchange.OpenDelivery(m.Context(), m, "test "+r.node)
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(d.Body)
+		d.Body.Close()
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.got[d.Header.MessageNo] = b
+		r.mu.Unlock()
+	}
+	return nil
+}
+
+func (r *recordingDelivery) Close() error { return nil }
+
+func (r *recordingDelivery) body(no uint64) ([]byte, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b, ok := r.got[no]
+	return b, ok
+}
+
+// testEndpoints hands out one recording delivery per node and no pickups.
+type testEndpoints struct{ delivers map[string]*recordingDelivery }
+
+func (e testEndpoints) Pickup(node string, _ *config.Endpoint, _ *Memory, _ *slog.Logger) (message.Subscriber, error) {
+	return nil, fmt.Errorf("no pickup for %s in this test", node)
+}
+
+func (e testEndpoints) Deliver(node string, _ *config.Endpoint, _ *slog.Logger) (message.Publisher, error) {
+	return e.delivers[node], nil
+}
+
+// hubServer is the head office: an embedded server in JetStream domain hq
+// with a leaf node port.
+func hubServer(t *testing.T) (ns *server.Server, leafURL string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	ns, err = server.NewServer(&server.Options{
+		ServerName: "hub", Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+		JetStream: true, JetStreamDomain: "hq", StoreDir: t.TempDir(),
+		LeafNode: server.LeafNodeOpts{Host: "127.0.0.1", Port: leafPort},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("hub not ready")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns, fmt.Sprintf("nats-leaf://127.0.0.1:%d", leafPort)
+}
+
+// The office relay fetches its node's records from the head office's
+// domain over a leaf connection. A record without a readable header and a
+// record whose payload is gone become dead letters with their reason; the
+// fetch goes on and the good record after them arrives byte-identical.
+func TestFetchAcrossDomains(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	hub, leafURL := hubServer(t)
+	hb, err := bus.Open(ctx, bus.Settings{NATS: config.NATS{URL: hub.ClientURL()}, ID: "hq"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hb.Close)
+
+	cfg, err := config.Parse([]byte(`relay: { id: office1, listen: "127.0.0.1:1" }
+nodes:
+  HQ1: { relay: hq, deliver: { dir: ./hq1 } }
+  OFF: { relay: office1, deliver: { dir: ./off } }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, err := bus.Open(ctx, bus.Settings{
+		NATS: config.NATS{Leaf: &config.Leaf{URL: leafURL}}, DataDir: t.TempDir(), ID: "office1",
+	}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ob.Close)
+
+	// At the head office: a record without a header, one whose payload is
+	// missing, and a good one, in that order, all for OFF.
+	pub, err := exchangePublisher(hb.Conn, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func(no uint64, withHeader bool, payload []byte) {
+		t.Helper()
+		id := "HQ1/OFF/" + strconv.FormatUint(no, 10)
+		m := message.NewMessage(id, nil)
+		if withHeader {
+			exchange.SetHeader(m, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: no})
+		}
+		m.Metadata.Set(exchange.MetaFileName, "Message_HQ1_OFF.xml")
+		m.Metadata.Set(exchange.MetaObject, id)
+		if payload != nil {
+			m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(payload)))
+			if _, err := hb.Payloads.Put(ctx, jetstream.ObjectMeta{Name: id}, bytes.NewReader(payload)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := pub.Publish(bus.Subject("P", "HQ1", "OFF"), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := bytes.Repeat([]byte("<v8msg/>"), 40000) // several object chunks
+	record(1, false, []byte("x"))
+	record(2, true, nil)
+	record(3, true, good)
+
+	off := &recordingDelivery{got: map[uint64][]byte{}, node: "OFF"}
+	p, err := New(cfg, ob, testEndpoints{delivers: map[string]*recordingDelivery{"OFF": off}}, log, Options{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(rctx) }()
+	defer func() { stop(); <-done }()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if b, ok := off.body(3); ok {
+			if !bytes.Equal(b, good) {
+				t.Fatalf("fetched payload differs: %d bytes, want %d", len(b), len(good))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the good record was not fetched and delivered")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var reasons []string
+	for time.Now().Before(deadline) && len(reasons) < 2 {
+		dls, err := p.Dead().List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reasons = reasons[:0]
+		for _, d := range dls {
+			reasons = append(reasons, d.Reason)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	all := strings.Join(reasons, "\n")
+	for _, want := range []string{"unreadable record from relay hq: exchange: bad message header", "payload HQ1/OFF/2 is gone from relay hq"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no dead letter saying %q; dead letters:\n%s", want, all)
+		}
+	}
+	if _, ok := off.body(2); ok {
+		t.Error("the record without a payload was delivered")
+	}
+	// The head office's copies of the fetched payloads are dropped; the
+	// unreadable record's payload is kept here with its dead letter.
+	for _, obj := range []string{"HQ1/OFF/1", "HQ1/OFF/3"} {
+		if _, err := hb.Payloads.GetInfo(ctx, obj); err == nil {
+			t.Errorf("payload %s still at the head office after the fetch", obj)
+		}
+	}
+	if _, err := ob.Payloads.GetInfo(ctx, "HQ1/OFF/1"); err != nil {
+		t.Errorf("the unreadable record's payload is not kept with its dead letter: %v", err)
+	}
+}
