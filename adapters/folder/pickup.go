@@ -144,8 +144,8 @@ type takeResult struct {
 
 func (p *Pickup) loop(ctx context.Context, notify <-chan struct{}, out chan<- *message.Message, takes *sync.WaitGroup) {
 	sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: takes}
-	timer := time.NewTimer(0)
-	defer timer.Stop()
+	w := newWake()
+	defer w.t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -158,7 +158,10 @@ func (p *Pickup) loop(ctx context.Context, notify <-chan struct{}, out chan<- *m
 				continue
 			}
 			// Let the writer go on; look again once it could have settled.
-			resetTimer(timer, p.o.Settle)
+			// Not later than a look already planned: in a busy folder the
+			// events never pause, and pushing the look back on each of them
+			// would leave settled files waiting.
+			w.within(p.o.Settle)
 			continue
 		case r := <-sc.results:
 			delete(sc.busy, r.name)
@@ -168,27 +171,47 @@ func (p *Pickup) loop(ctx context.Context, notify <-chan struct{}, out chan<- *m
 			// A freed slot serves files that waited for one; otherwise the
 			// next look comes with the timer or a change in the folder.
 			if sc.waiting || len(sc.busy) == 0 {
-				resetTimer(timer, 0)
+				w.within(0)
 			}
 			continue
-		case <-timer.C:
+		case <-w.t.C:
+			w.fired()
 		}
 		next := p.scan(ctx, sc, out)
 		if next <= 0 || next > p.o.PollInterval {
 			next = p.o.PollInterval
 		}
-		resetTimer(timer, next)
+		w.within(next)
 	}
 }
 
-func resetTimer(t *time.Timer, d time.Duration) {
-	t.Stop()
+// wake is the loop's timer and when it is due (by the wall clock the timer
+// runs on).
+type wake struct {
+	t  *time.Timer
+	at time.Time // zero once fired
+}
+
+func newWake() *wake { return &wake{t: time.NewTimer(0), at: time.Now()} }
+
+// within makes the timer fire within d: sooner if it is due later (or not
+// due at all), never later than already planned.
+func (w *wake) within(d time.Duration) {
+	at := time.Now().Add(d)
+	if !w.at.IsZero() && !w.at.After(at) {
+		return
+	}
+	w.t.Stop()
 	select {
-	case <-t.C:
+	case <-w.t.C:
 	default:
 	}
-	t.Reset(d)
+	w.t.Reset(d)
+	w.at = at
 }
+
+// fired records that the timer's value was received.
+func (w *wake) fired() { w.at = time.Time{} }
 
 // scan lists the folder once, starts a take for every settled file not yet
 // in the pipeline (oldest first, at most takeParallel at once), and returns

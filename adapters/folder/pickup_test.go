@@ -158,3 +158,62 @@ func TestSpoolLimit(t *testing.T) {
 		t.Fatal("spool file left after refusal")
 	}
 }
+
+// busySource is a memSource whose folder never stops changing: it notifies
+// every few milliseconds, as a folder does where many channels write.
+type busySource struct {
+	*memSource
+	every time.Duration
+}
+
+func (b busySource) Notify(ctx context.Context) (<-chan struct{}, error) {
+	ch := make(chan struct{}, 1)
+	go func() {
+		defer close(ch)
+		t := time.NewTicker(b.every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// TestBusyFolderIsScanned: change events that never pause must not keep
+// postponing the next look; a file that appears is taken about a settle
+// time later (the poll as a safety net, at the latest).
+func TestBusyFolderIsScanned(t *testing.T) {
+	src := busySource{memSource: newMem(t, 0), every: 5 * time.Millisecond}
+	o := fastOptions()
+	o.Settle = 30 * time.Millisecond
+	p, err := NewPickup(src, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := p.Subscribe(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	time.Sleep(100 * time.Millisecond) // the first scans found nothing
+	one := newMem(t, 1)
+	src.mu.Lock()
+	for n, b := range one.files {
+		src.files[n] = b
+	}
+	src.mu.Unlock()
+	select {
+	case msg := <-ch:
+		msg.Ack()
+	case <-time.After(3 * time.Second):
+		t.Fatal("a file in a folder with steady change events was not taken within 3s")
+	}
+}
