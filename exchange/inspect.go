@@ -58,7 +58,7 @@ func Inspect(r io.ReaderAt, size int64, lim Limits) (Info, error) {
 	}
 	info.Format = FormatXML
 	h := &countHash{h: sha256.New()}
-	hdr, err := CheckXML(io.TeeReader(io.NewSectionReader(r, 0, size), h), lim)
+	hdr, err := checkXML(io.TeeReader(io.NewSectionReader(r, 0, size), h), lim, size)
 	info.Header = hdr
 	if err != nil {
 		return info, err
@@ -128,7 +128,7 @@ func inspectZip(r io.ReaderAt, size int64, lim Limits, info Info) (Info, error) 
 		defer fr.Close()
 		data = fr
 	}
-	hdr, err := CheckXML(&entryReader{r: data, name: name, declared: f.UncompressedSize64, crc: f.CRC32}, lim)
+	hdr, err := checkXML(&entryReader{r: data, name: name, declared: f.UncompressedSize64, crc: f.CRC32}, lim, int64(min(f.UncompressedSize64, bufSize)))
 	info.Header = hdr
 	if err != nil {
 		switch {
@@ -348,7 +348,7 @@ func ReadFileHeader(r io.ReaderAt, size int64, lim Limits) (Header, error) {
 		return Header{}, readAtErr(err)
 	}
 	if !isZip(magic) {
-		return ReadHeader(io.NewSectionReader(r, 0, size), lim)
+		return newParser(io.NewSectionReader(r, 0, size), lim, size).readHeader()
 	}
 	zr, err := zip.NewReader(r, size)
 	if err != nil {

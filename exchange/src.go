@@ -35,8 +35,15 @@ type byteSrc struct {
 	sawEOF bool  // the consumer was handed io.EOF
 }
 
-func newByteSrc(r io.Reader) *byteSrc {
-	return &byteSrc{r: r, buf: make([]byte, bufSize)}
+// newByteSrc reads r through a buffer of bufSize, or of size+1 bytes when
+// the document is known to be smaller (size > 0): the +1 lets the first
+// read also see the end.
+func newByteSrc(r io.Reader, size int64) *byteSrc {
+	n := bufSize
+	if size > 0 && size < bufSize {
+		n = int(size) + 1
+	}
+	return &byteSrc{r: r, buf: make([]byte, n)}
 }
 
 // pos is the stream offset of the next byte to hand out.

@@ -424,3 +424,19 @@ func TestDefaultLimits(t *testing.T) {
 		t.Errorf("zero/negative limits do not mean the defaults")
 	}
 }
+
+// The read buffer is sized by the document's size when it is known; any
+// size, even a wrong one (a zip entry's declared size), reads the same.
+func TestBufferSizeHint(t *testing.T) {
+	for _, kind := range []string{"good", "bad"} {
+		for name, b := range fixtures(t, kind) {
+			wantH, wantErr := CheckXML(bytes.NewReader(b), Limits{})
+			for _, hint := range []int64{1, 2, 7, int64(len(b)) - 1, int64(len(b)), bufSize + 5} {
+				h, err := checkXML(bytes.NewReader(b), Limits{}, hint)
+				if h != wantH || fmt.Sprint(err) != fmt.Sprint(wantErr) {
+					t.Errorf("%s/%s, size hint %d: %+v, %v; without hint %+v, %v", kind, name, hint, h, err, wantH, wantErr)
+				}
+			}
+		}
+	}
+}
