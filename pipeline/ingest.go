@@ -10,7 +10,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
@@ -48,7 +47,7 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		id := MessageID(h, sha)
 		log = log.With("message_id", id, "channel", channelName(h))
 
-		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+		st, err := l.states.Recent(ctx, h.ExchangePlan, h.From, h.To)
 		if err != nil {
 			return err
 		}
@@ -170,7 +169,7 @@ func (l *lane) putPayload(ctx context.Context, m *message.Message, id string, si
 	}
 	defer body.Close()
 	hr := newHashReader(io.LimitReader(body, size+1))
-	if _, err := l.b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: id}, hr); err != nil {
+	if _, err := l.b.Payloads.Put(ctx, bus.PayloadMeta(id, size), hr); err != nil {
 		return fmt.Errorf("ingest: store payload %s: %w", id, err)
 	}
 	if hr.n != size || (sha != "" && hr.sum() != sha) {
