@@ -145,6 +145,19 @@ func (s *States) Get(ctx context.Context, plan, from, to string) (Channel, error
 	return c, nil
 }
 
+// Recent is the channel's state as this relay last read or wrote it, read
+// from the bucket only when it has not seen the channel yet. Its numbers
+// may lag behind the bucket's (numbers only grow), never run ahead: good for
+// an early drop at pickup, which the delivery's own Get backs up.
+func (s *States) Recent(ctx context.Context, plan, from, to string) (Channel, error) {
+	c, _, ok := s.cached(bus.ChannelKey(plan, from, to))
+	if !ok {
+		return s.Get(ctx, plan, from, to)
+	}
+	c.Plan, c.From, c.To = plan, from, to
+	return c, nil
+}
+
 func (s *States) get(ctx context.Context, key string) (Channel, uint64, error) {
 	var c Channel
 	e, err := s.kv.Get(ctx, key)

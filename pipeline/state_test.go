@@ -1,9 +1,13 @@
 package pipeline
 
 import (
+	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/relay1c/relay/bus"
 )
 
 func TestApplyAck(t *testing.T) {
@@ -35,5 +39,42 @@ func TestApplyAck(t *testing.T) {
 	fresh.applyAck(40, t0)
 	if fresh.Warning != "" || fresh.AckedNo != 40 {
 		t.Fatalf("fresh channel: %+v", fresh)
+	}
+}
+
+// Recent answers from what this relay last read or wrote; only a channel it
+// has not seen yet costs a read. Get always reads.
+func TestStatesRecent(t *testing.T) {
+	b := testBus(t)
+	ctx := context.Background()
+	s := NewStates(b.Channels)
+	key := bus.ChannelKey("P", "A", "B")
+
+	// Written elsewhere before this relay saw the channel: read.
+	raw, _ := json.Marshal(Channel{DeliveredNo: 3})
+	if _, err := b.Channels.Put(ctx, key, raw); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Recent(ctx, "P", "A", "B")
+	if err != nil || c.DeliveredNo != 3 || c.Plan != "P" || c.From != "A" || c.To != "B" {
+		t.Fatalf("first Recent = %+v, %v; want DeliveredNo 3 with names", c, err)
+	}
+	if _, err := s.Update(ctx, "P", "A", "B", func(c *Channel) { c.DeliveredNo = 5 }); err != nil {
+		t.Fatal(err)
+	}
+	// Moved on behind this relay's back: Recent still says 5, a lower
+	// bound; Get reads 9.
+	raw, _ = json.Marshal(Channel{DeliveredNo: 9})
+	if _, err := b.Channels.Put(ctx, key, raw); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := s.Recent(ctx, "P", "A", "B"); err != nil || c.DeliveredNo != 5 {
+		t.Fatalf("Recent after own update = %+v, %v; want DeliveredNo 5", c, err)
+	}
+	if c, err := s.Get(ctx, "P", "A", "B"); err != nil || c.DeliveredNo != 9 {
+		t.Fatalf("Get = %+v, %v; want DeliveredNo 9", c, err)
+	}
+	if c, err := s.Recent(ctx, "P", "A", "B"); err != nil || c.DeliveredNo != 9 {
+		t.Fatalf("Recent after Get = %+v, %v; want DeliveredNo 9", c, err)
 	}
 }
