@@ -1,6 +1,6 @@
 // Command bench measures relay against a raw baseline in the same run:
 //
-//	go run ./bench -scenario throughput   # 2,000 × 10 KB on 200 channels, dir→dir, vs plain JetStream
+//	go run ./bench -scenario throughput   # 2,000 × 10 KB on 200 channels, dir→dir, vs plain JetStream (-rounds 5: median of 5)
 //	go run ./bench -scenario big          # one 1 GiB message through the relay binary, vs cp
 //	go run ./bench -scenario ftp          # 500 × 100 KB FTP→FTP (vsftpd) on 20 channels through the relay binary, vs curl
 //	go run ./bench -scenario ftpbig       # one 1 GiB message FTP→FTP through the relay binary, vs curl
@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	scenario := fs.String("scenario", "all", "throughput | big | ftp | ftpbig | mail | mailbig | push | all (= throughput, big, ftp, mail, push)")
 	messages := fs.Int("messages", 2000, "throughput: messages in all")
+	rounds := fs.Int("rounds", 1, "throughput: rounds of baseline then relay on fresh sites; the table shows the round with the median ratio and lists every round's ratio")
 	channels := fs.Int("channels", 200, "throughput: channels (plan, from, to); nodes = smallest n with n(n-1) >= channels")
 	size := fs.String("size", "10240", "throughput: body size of each message (file is ~0.4 KB more)")
 	mode := fs.String("mode", "sequential", "throughput: node mode, sequential (every message written) or latest")
@@ -146,7 +148,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if doTP {
 		o := tpOptions{Dir: *dir, Settle: *settle, Poll: *poll, Mode: *mode, BaselineFsync: *baseFsync,
 			Timeout: *timeout, LogLevel: lvl, CPUProfile: *cpuProfile, BlockProfile: *blockProfile, progress: log}
-		if tp, err := runThroughput(ctx, *messages, *channels, bodySize, o); ok("throughput", err) {
+		if tp, err := runThroughput(ctx, *messages, *channels, bodySize, *rounds, o); ok("throughput", err) {
 			rep.tp = &tp
 		}
 	}
@@ -208,29 +210,54 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// tpReport is the throughput scenario's outcome.
+// tpReport is the throughput scenario's outcome: the round with the median
+// ratio, and every round's ratio.
 type tpReport struct {
 	w               *workload
 	opts            tpOptions
 	relay, baseline tpResult
+	ratios          []float64 // relay/baseline msg/s of each round, in run order
 }
 
 func (t tpReport) ratio() float64 { return t.relay.msgsPerSec() / t.baseline.msgsPerSec() }
 
 // runThroughput generates the workload once, then runs the baseline and the
-// relay on it, each on a fresh site.
-func runThroughput(ctx context.Context, messages, channels int, bodySize int64, o tpOptions) (tpReport, error) {
+// relay on it, each on a fresh site, rounds times. This machine's speed
+// drifts between runs; a ratio from runs seconds apart, taken as the median
+// of several rounds, is what the figure means.
+func runThroughput(ctx context.Context, messages, channels int, bodySize int64, rounds int, o tpOptions) (tpReport, error) {
+	if rounds < 1 {
+		return tpReport{}, fmt.Errorf("-rounds %d: want at least 1", rounds)
+	}
 	w, err := newWorkload(messages, channels, bodySize)
 	if err != nil {
 		return tpReport{}, err
 	}
+	type round struct{ relay, baseline tpResult }
+	var runs []round
 	rep := tpReport{w: w, opts: o}
-	if rep.baseline, err = runBaselineThroughput(ctx, w, o); err != nil {
-		return rep, err
+	for i := range rounds {
+		if i > 0 {
+			o.CPUProfile, o.BlockProfile = "", "" // profiles are of the first round
+		}
+		var r round
+		if r.baseline, err = runBaselineThroughput(ctx, w, o); err != nil {
+			return rep, err
+		}
+		if r.relay, err = runRelayThroughput(ctx, w, o); err != nil {
+			return rep, err
+		}
+		runs = append(runs, r)
+		rep.ratios = append(rep.ratios, r.relay.msgsPerSec()/r.baseline.msgsPerSec())
+		o.logf("round %d of %d: ratio %.2f", i+1, rounds, rep.ratios[i])
 	}
-	if rep.relay, err = runRelayThroughput(ctx, w, o); err != nil {
-		return rep, err
+	order := make([]int, len(runs))
+	for i := range order {
+		order[i] = i
 	}
+	sort.Slice(order, func(a, b int) bool { return rep.ratios[order[a]] < rep.ratios[order[b]] })
+	med := runs[order[len(order)/2]]
+	rep.relay, rep.baseline = med.relay, med.baseline
 	return rep, nil
 }
 
@@ -255,6 +282,13 @@ func (r *report) print(out io.Writer) {
 		fmt.Fprintln(tw, "METRIC\tRELAY\tBASELINE\tRELAY/BASELINE")
 		fmt.Fprintf(tw, "elapsed\t%s\t%s\t%.2f\n", t.relay.Elapsed.Round(time.Millisecond), t.baseline.Elapsed.Round(time.Millisecond), t.relay.Elapsed.Seconds()/t.baseline.Elapsed.Seconds())
 		fmt.Fprintf(tw, "messages/s\t%.1f\t%.1f\t%.2f  (target >= 0.50: %s)\n", t.relay.msgsPerSec(), t.baseline.msgsPerSec(), t.ratio(), okIf(t.ratio() >= 0.5))
+		if len(t.ratios) > 1 {
+			rs := make([]string, len(t.ratios))
+			for i, r := range t.ratios {
+				rs[i] = fmt.Sprintf("%.2f", r)
+			}
+			fmt.Fprintf(tw, "  ratio by round\t%s (the median round is shown)\t\t\n", strings.Join(rs, " "))
+		}
 		fmt.Fprintf(tw, "MB/s\t%.2f\t%.2f\t%.2f\n", t.relay.mbPerSec(), t.baseline.mbPerSec(), t.relay.mbPerSec()/t.baseline.mbPerSec())
 		fmt.Fprintf(tw, "written to in/\t%d (+%d superseded)\t%d\t\n", t.relay.Delivered, t.relay.Superseded, t.baseline.Delivered)
 		fmt.Fprintf(tw, "seen+sha256 ok\t%d\t%d\t\n", t.relay.Observed, t.baseline.Observed)
