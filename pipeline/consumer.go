@@ -29,7 +29,7 @@ type consumerSubscriber struct {
 	js           jetstream.JetStream
 	stream       string
 	consumer     jetstream.ConsumerConfig
-	consumeOpts  []jetstream.PullConsumeOpt
+	pullOpts     []jetstream.PullMessagesOpt
 	unmarshaler  msgUnmarshaler
 	nakDelay     nakDelayer
 	logger       watermill.LoggerAdapter
@@ -58,9 +58,9 @@ type consumerSubscriberConfig struct {
 	// this config on every Subscribe.
 	Stream   string
 	Consumer jetstream.ConsumerConfig
-	// ConsumeOptions are passed to Consume (e.g. PullMaxMessages(1)).
-	ConsumeOptions []jetstream.PullConsumeOpt
-	Unmarshaler    msgUnmarshaler
+	// PullOptions are passed to Messages (e.g. PullMaxMessages(1)).
+	PullOptions []jetstream.PullMessagesOpt
+	Unmarshaler msgUnmarshaler
 	// NakDelay, if set, delays the redelivery of a nacked message.
 	NakDelay nakDelayer
 	Logger   watermill.LoggerAdapter
@@ -87,7 +87,7 @@ func newConsumerSubscriber(cfg consumerSubscriberConfig) (*consumerSubscriber, e
 		cfg.CloseTimeout = 30 * time.Second
 	}
 	return &consumerSubscriber{
-		js: js, stream: cfg.Stream, consumer: cfg.Consumer, consumeOpts: cfg.ConsumeOptions,
+		js: js, stream: cfg.Stream, consumer: cfg.Consumer, pullOpts: cfg.PullOptions,
 		unmarshaler: cfg.Unmarshaler, nakDelay: cfg.NakDelay, logger: cfg.Logger,
 		closeTimeout: cfg.CloseTimeout,
 		subs:         map[*consumeSub]struct{}{},
@@ -99,7 +99,7 @@ func newConsumerSubscriber(cfg consumerSubscriberConfig) (*consumerSubscriber, e
 type consumeSub struct {
 	s      *consumerSubscriber
 	output chan *message.Message
-	cc     jetstream.ConsumeContext
+	it     jetstream.MessagesContext
 	// ctx is the parent of the messages' contexts; cancelled at close.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -132,12 +132,14 @@ func (s *consumerSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *m
 	}
 	sub := &consumeSub{s: s, output: make(chan *message.Message), done: make(chan struct{})}
 	sub.ctx, sub.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	sub.cc, err = c.Consume(sub.handle, s.consumeOpts...)
+	sub.it, err = c.Messages(s.pullOpts...)
 	if err != nil {
 		sub.cancel()
 		return nil, fmt.Errorf("consume %s: %w", s.consumer.Durable, err)
 	}
 	s.subs[sub] = struct{}{}
+	sub.wg.Add(1)
+	go sub.loop()
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -175,8 +177,8 @@ func (s *consumerSubscriber) Close() error {
 // The order matters:
 //  1. cancel the messages' contexts: the handler gives up, a callback waiting
 //     to send or for an ack returns;
-//  2. stop the consume context, so no new callback starts (one that the
-//     subscription is already delivering may still run: step 3 covers it);
+//  2. stop the iterator, so the loop takes no new message (one it already
+//     took may still be handled: step 3 covers it);
 //  3. mark closed under mu: a callback starting after this returns at once,
 //     one that was sending has finished (it held mu shared, and its select
 //     was woken by step 1); no send is in progress or can start;
@@ -186,7 +188,7 @@ func (s *consumerSubscriber) Close() error {
 func (sub *consumeSub) close() error {
 	sub.once.Do(func() {
 		sub.cancel()
-		sub.cc.Stop()
+		sub.it.Stop()
 		sub.mu.Lock()
 		sub.closed = true
 		sub.mu.Unlock()
@@ -232,6 +234,32 @@ func (sub *consumeSub) send(m *message.Message) bool {
 		return true
 	case <-sub.ctx.Done():
 		return false
+	}
+}
+
+// nextWait bounds each wait of the loop for a message. The iterator asks the
+// server for the next message when it is called, but skips the request
+// while its previous one is still being sent (nats.go v1.55.0, the
+// fetchInProgress check in checkPending): a message handled faster than
+// that leaves no request outstanding, and the consumer would stall until two
+// heartbeats were missed (10 s). Each new wait asks again.
+const nextWait = time.Second
+
+// loop takes one message at a time from the iterator and handles it, until
+// the iterator is stopped.
+func (sub *consumeSub) loop() {
+	defer sub.wg.Done()
+	for {
+		msg, err := sub.it.Next(jetstream.NextMaxWait(nextWait))
+		switch {
+		case err == nil:
+			sub.handle(msg)
+		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			return
+		case errors.Is(err, nats.ErrTimeout):
+		default:
+			sub.s.logger.Error("Cannot take the next message", err, watermill.LogFields{"consumer": sub.s.consumer.Durable})
+		}
 	}
 }
 

@@ -76,10 +76,10 @@ func newTestSubscriber(t *testing.T, nc *nats.Conn, node string, ackWait time.Du
 			MaxAckPending: 64,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		},
-		ConsumeOptions: []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(1)},
-		NakDelay:       delay,
-		Unmarshaler:    stashUnmarshaler{in: in},
-		CloseTimeout:   10 * time.Second,
+		PullOptions:  deliveryPullOpts(),
+		NakDelay:     delay,
+		Unmarshaler:  stashUnmarshaler{in: in},
+		CloseTimeout: 10 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -128,19 +128,23 @@ func (p *Pipeline) deliverySubscriber(node string, nc *nats.Conn, in *inflight) 
 			MaxAckPending: 64,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		},
-		// Fetch one at a time: a prefetched message's AckWait would run out
-		// while a long delivery is in progress. Pull requests last 10s
-		// (heartbeat 5s) rather than 30s: after a NATS outage the first
-		// pull may be lost, and a missed heartbeat (2 × 5s) renews it.
-		ConsumeOptions: []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(1), jetstream.PullExpiry(10 * time.Second)},
-		NakDelay:       backoffDelay{max: p.opts.MaxRetryDelay, in: in},
-		Unmarshaler:    stashUnmarshaler{in: in},
-		Logger:         p.router.Logger(),
+		PullOptions: deliveryPullOpts(),
+		NakDelay:    backoffDelay{max: p.opts.MaxRetryDelay, in: in},
+		Unmarshaler: stashUnmarshaler{in: in},
+		Logger:      p.router.Logger(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("delivery subscriber %s: %w", node, err)
 	}
 	return sub, nil
+}
+
+// deliveryPullOpts take a node's records one at a time: a prefetched
+// message's AckWait would run out while a long delivery is in progress. Pull
+// requests last 10s (heartbeat 5s) rather than 30s: after a NATS outage the
+// first pull may be lost, and a missed heartbeat (2 × 5s) renews it.
+func deliveryPullOpts() []jetstream.PullMessagesOpt {
+	return []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(1), jetstream.PullExpiry(10 * time.Second)}
 }
 
 // keepAlive tells JetStream the message is still being worked on until the
