@@ -73,6 +73,21 @@ func newMem(t *testing.T, n int) *memSource {
 	return m
 }
 
+// subscribed starts a pickup of src, closed when the test ends.
+func subscribed(t *testing.T, src Source, o Options) <-chan *message.Message {
+	t.Helper()
+	p, err := NewPickup(src, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := p.Subscribe(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return ch
+}
+
 func fastOptions() Options {
 	return Options{Node: "A", Adapter: "mem", Settle: 10 * time.Millisecond, PollInterval: 100 * time.Millisecond,
 		IncompleteTimeout: time.Second, After: config.After{Action: config.AfterDelete}}
@@ -114,15 +129,7 @@ func TestCloseWhileTaking(t *testing.T) {
 // before any is answered, and each is committed on its ack.
 func TestTakesInParallel(t *testing.T) {
 	m := newMem(t, 6)
-	p, err := NewPickup(m, fastOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := p.Subscribe(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	ch := subscribed(t, m, fastOptions())
 	var got []*message.Message
 	for len(got) < takeParallel && len(got) < 6 {
 		select {
@@ -194,15 +201,7 @@ func TestBusyFolderIsScanned(t *testing.T) {
 	src := busySource{memSource: newMem(t, 0), every: 5 * time.Millisecond}
 	o := fastOptions()
 	o.Settle = 30 * time.Millisecond
-	p, err := NewPickup(src, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := p.Subscribe(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	ch := subscribed(t, src, o)
 	time.Sleep(100 * time.Millisecond) // the first scans found nothing
 	one := newMem(t, 1)
 	src.mu.Lock()
