@@ -1,0 +1,188 @@
+package bus
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+
+	"github.com/relay1c/relay/config"
+)
+
+// trust is an operator with a system account and one application account
+// (JetStream enabled), as `nsc` would make them, signed in memory.
+type trust struct {
+	t        *testing.T
+	operator *jwt.OperatorClaims
+	sysPub   string
+	accounts *server.MemAccResolver
+	appKey   nkeys.KeyPair
+}
+
+func newTrust(t *testing.T) *trust {
+	t.Helper()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	okp, err := nkeys.CreateOperator()
+	must(err)
+	opub, err := okp.PublicKey()
+	must(err)
+	account := func(name string, js bool) (nkeys.KeyPair, string, string) {
+		kp, err := nkeys.CreateAccount()
+		must(err)
+		pub, err := kp.PublicKey()
+		must(err)
+		ac := jwt.NewAccountClaims(pub)
+		ac.Name = name
+		if js {
+			ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+		}
+		tok, err := ac.Encode(okp)
+		must(err)
+		return kp, pub, tok
+	}
+	_, sysPub, sysJWT := account("SYS", false)
+	appKey, appPub, appJWT := account("APP", true)
+	oc := jwt.NewOperatorClaims(opub)
+	oc.Name = "test"
+	oc.SystemAccount = sysPub
+	otok, err := oc.Encode(okp)
+	must(err)
+	operator, err := jwt.DecodeOperatorClaims(otok)
+	must(err)
+	accounts := &server.MemAccResolver{}
+	must(accounts.Store(sysPub, sysJWT))
+	must(accounts.Store(appPub, appJWT))
+	return &trust{t: t, operator: operator, sysPub: sysPub, accounts: accounts, appKey: appKey}
+}
+
+// creds writes a credentials file for a new user of account (signed by its
+// key) and returns its path.
+func (tr *trust) creds(account nkeys.KeyPair, name string) string {
+	t := tr.t
+	t.Helper()
+	ukp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	upub, _ := ukp.PublicKey()
+	seed, _ := ukp.Seed()
+	uc := jwt.NewUserClaims(upub)
+	uc.Name = name
+	tok, err := uc.Encode(account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := jwt.FormatUserConfig(tok, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), name+".creds")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// hub is a head office server in operator mode: JetStream domain hq, a leaf
+// port that only users of the trusted accounts may connect to.
+func (tr *trust) hub() (ns *server.Server, leafURL string) {
+	t := tr.t
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	ns, err = server.NewServer(&server.Options{
+		ServerName: "hub", Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+		JetStream: true, JetStreamDomain: "hq", StoreDir: t.TempDir(),
+		TrustedOperators: []*jwt.OperatorClaims{tr.operator}, SystemAccount: tr.sysPub, AccountResolver: tr.accounts,
+		LeafNode: server.LeafNodeOpts{Host: "127.0.0.1", Port: leafPort},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("hub not ready")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns, "nats-leaf://127.0.0.1:" + strconv.Itoa(leafPort)
+}
+
+// nats.creds_file and nats.leaf.creds_file against a head office that
+// requires JWT credentials: the head office relay connects with its user's
+// creds, the office's leaf node with another user's, and the office reaches
+// the head office's JetStream domain through the leaf. A leaf whose creds
+// the head office does not trust is refused.
+func TestLeafWithCreds(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tr := newTrust(t)
+	hub, leafURL := tr.hub()
+
+	hq, err := Open(ctx, Settings{NATS: config.NATS{URL: hub.ClientURL(), CredsFile: tr.creds(tr.appKey, "hq")}, ID: "hq"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hq.Close)
+
+	office, err := Open(ctx, Settings{
+		NATS: config.NATS{Leaf: &config.Leaf{URL: leafURL, CredsFile: tr.creds(tr.appKey, "office1")}}, DataDir: t.TempDir(), ID: "office1",
+	}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(office.Close)
+	var remote *Bus
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if remote, err = Remote(ctx, office.Conn, "hq"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("head office domain not reachable through the leaf with creds (leaf nodes at the hub: %d): %v", hub.NumLeafNodes(), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if info, err := remote.Exchange.Info(ctx); err != nil || info.Config.Name != StreamExchange {
+		t.Fatalf("head office EXCHANGE through the leaf: %+v, %v", info, err)
+	}
+
+	// Creds of an account the hub does not know: refused.
+	strangerKey, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := Open(ctx, Settings{
+		NATS: config.NATS{Leaf: &config.Leaf{URL: leafURL, CredsFile: tr.creds(strangerKey, "stranger")}}, DataDir: t.TempDir(), ID: "office2",
+	}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+	time.Sleep(3 * time.Second)
+	if n := hub.NumLeafNodes(); n != 1 {
+		t.Fatalf("%d leaf nodes at the hub, want 1: a leaf with untrusted creds got in", n)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer rcancel()
+	if _, err := Remote(rctx, other.Conn, "hq"); err == nil {
+		t.Fatal("the head office domain is reachable from a leaf with untrusted creds")
+	}
+}
