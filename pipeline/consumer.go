@@ -237,28 +237,46 @@ func (sub *consumeSub) send(m *message.Message) bool {
 	}
 }
 
-// nextWait bounds each wait of the loop for a message. The iterator asks the
-// server for the next message when it is called, but skips the request
-// while its previous one is still being sent (nats.go v1.55.0, the
-// fetchInProgress check in checkPending): a message handled faster than
-// that leaves no request outstanding, and the consumer would stall until two
-// heartbeats were missed (10 s). Each new wait asks again.
+// nextWait bounds the first wait for a message after one was handled. The
+// iterator asks the server for the next message when Next is called, but
+// skips the request while its previous one is still being sent (nats.go
+// v1.55.0, the fetchInProgress check in checkPending): a message handled
+// faster than that leaves no request outstanding, and the worker would wait
+// until two heartbeats were missed (10s). A second Next asks again. That one
+// waits without a bound: only a long wait keeps the heartbeat check that
+// replaces a request lost in a NATS outage (it is per call, 2 × 5s).
 const nextWait = time.Second
 
 // loop takes one message at a time from the iterator and handles it, until
-// the iterator is stopped.
+// the iterator is stopped. The subscription (one inbox) lives as long as the
+// loop, so a message the server sends late to a pull request still arrives.
 func (sub *consumeSub) loop() {
 	defer sub.wg.Done()
+	log := watermill.LogFields{"consumer": sub.s.consumer.Durable}
+	bounded := true
 	for {
-		msg, err := sub.it.Next(jetstream.NextMaxWait(nextWait))
+		var msg jetstream.Msg
+		var err error
+		if bounded {
+			msg, err = sub.it.Next(jetstream.NextMaxWait(nextWait))
+		} else {
+			msg, err = sub.it.Next()
+		}
 		switch {
 		case err == nil:
 			sub.handle(msg)
+			bounded = true
 		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
 			return
 		case errors.Is(err, nats.ErrTimeout):
+			bounded = false
 		default:
-			sub.s.logger.Error("Cannot take the next message", err, watermill.LogFields{"consumer": sub.s.consumer.Durable})
+			sub.s.logger.Error("Cannot take the next message", err, log)
+			select {
+			case <-sub.ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
 		}
 	}
 }
