@@ -4,10 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/test/realserver"
 )
 
 // trust is an operator with a system account and one application account
@@ -102,27 +101,16 @@ func (tr *trust) creds(account nkeys.KeyPair, name string) string {
 func (tr *trust) hub() (ns *server.Server, leafURL string) {
 	t := tr.t
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafPort := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	ns, err = server.NewServer(&server.Options{
-		ServerName: "hub", Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
-		JetStream: true, JetStreamDomain: "hq", StoreDir: t.TempDir(),
-		TrustedOperators: []*jwt.OperatorClaims{tr.operator}, SystemAccount: tr.sysPub, AccountResolver: tr.accounts,
-		LeafNode: server.LeafNodeOpts{Host: "127.0.0.1", Port: leafPort},
+	ns, leafURL, err := realserver.StartHub(t.TempDir(), func(o *server.Options) {
+		o.TrustedOperators = []*jwt.OperatorClaims{tr.operator}
+		o.SystemAccount = tr.sysPub
+		o.AccountResolver = tr.accounts
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("hub not ready")
-	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns, "nats-leaf://127.0.0.1:" + strconv.Itoa(leafPort)
+	return ns, leafURL
 }
 
 // nats.creds_file and nats.leaf.creds_file against a head office that

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/test/realserver"
 )
 
 // recordingDelivery is a deliver adapter that keeps what it was given.
@@ -69,29 +69,15 @@ func (e testEndpoints) Deliver(node string, _ *config.Endpoint, _ *slog.Logger) 
 }
 
 // hubServer is the head office: an embedded server in JetStream domain hq
-// with a leaf node port.
+// with a leaf node port, stopped when the test ends.
 func hubServer(t *testing.T) (ns *server.Server, leafURL string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ns, leafURL, err := realserver.StartHub(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
-	}
-	leafPort := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	ns, err = server.NewServer(&server.Options{
-		ServerName: "hub", Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
-		JetStream: true, JetStreamDomain: "hq", StoreDir: t.TempDir(),
-		LeafNode: server.LeafNodeOpts{Host: "127.0.0.1", Port: leafPort},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("hub not ready")
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns, fmt.Sprintf("nats-leaf://127.0.0.1:%d", leafPort)
+	return ns, leafURL
 }
 
 // The office relay fetches its node's records from the head office's
