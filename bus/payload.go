@@ -9,6 +9,8 @@ import (
 	"io"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/exchange"
 )
 
 // OpenPayload streams an object of EXCHANGE_PAYLOADS one chunk at a time and
@@ -30,17 +32,13 @@ func (b *Bus) OpenPayload(ctx context.Context, name string) (io.ReadCloser, erro
 	}, nil
 }
 
-// PayloadMeta names a payload of size bytes for ObjectStore.Put. Put
-// allocates one chunk buffer per call, 128 KiB by default; a payload known
-// to be smaller gets a chunk of its size plus one byte (so a file that grew
-// meanwhile still reads past its size), and is stored as one chunk.
+// PayloadMeta names a payload of size bytes (-1: unknown) for
+// ObjectStore.Put. Put allocates one chunk buffer per call, 128 KiB by
+// default; a smaller payload gets a chunk of exchange.BufferSize (its size
+// plus one byte, so a file that grew meanwhile still reads past its size)
+// and is stored as one chunk.
 func PayloadMeta(name string, size int64) jetstream.ObjectMeta {
-	const defaultChunk = 128 << 10
-	m := jetstream.ObjectMeta{Name: name}
-	if size >= 0 && size < defaultChunk {
-		m.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(size) + 1}
-	}
-	return m
+	return jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(exchange.BufferSize(size, 128<<10))}}
 }
 
 // chunkSubject is the subject of an object's chunks in EXCHANGE_PAYLOADS.

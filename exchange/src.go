@@ -35,15 +35,21 @@ type byteSrc struct {
 	sawEOF bool  // the consumer was handed io.EOF
 }
 
-// newByteSrc reads r through a buffer of bufSize, or of size+1 bytes when
-// the document is known to be smaller (size > 0): the +1 lets the first
-// read also see the end.
+// newByteSrc reads r, a document of size bytes (-1: unknown), through a
+// buffer of BufferSize(size, bufSize).
 func newByteSrc(r io.Reader, size int64) *byteSrc {
-	n := bufSize
-	if size > 0 && size < bufSize {
-		n = int(size) + 1
+	return &byteSrc{r: r, buf: make([]byte, BufferSize(size, bufSize))}
+}
+
+// BufferSize is the size of a buffer that reads a body of size bytes (-1:
+// unknown) in as few reads as max allows: size+1 for a smaller body (the
+// extra byte lets the last read see the end), else max. A 10 KB message
+// needs no 256 KiB buffer.
+func BufferSize(size int64, max int) int {
+	if size >= 0 && size < int64(max) {
+		return int(size) + 1
 	}
-	return &byteSrc{r: r, buf: make([]byte, n)}
+	return max
 }
 
 // pos is the stream offset of the next byte to hand out.

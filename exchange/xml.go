@@ -26,7 +26,7 @@ const maxDepth = 4096
 // read the body, apart from what one 64 KiB buffer pulls in) and returns it.
 // Use it to route; use CheckXML or Inspect to prove a file complete.
 func ReadHeader(r io.Reader, lim Limits) (Header, error) {
-	return newParser(r, lim, 0).readHeader()
+	return newParser(r, lim, -1).readHeader()
 }
 
 // CheckXML reads the whole document from r, proving it well-formed up to and
@@ -36,10 +36,10 @@ func ReadHeader(r io.Reader, lim Limits) (Header, error) {
 // rest is bad, the header is returned along with the error, so the reason can
 // name the message.
 func CheckXML(r io.Reader, lim Limits) (Header, error) {
-	return checkXML(r, lim, 0)
+	return checkXML(r, lim, -1)
 }
 
-// checkXML is CheckXML for a document of about size bytes (0: unknown),
+// checkXML is CheckXML for a document of about size bytes (-1: unknown),
 // which sizes the read buffer: a 10 KB message needs no 64 KiB one.
 func checkXML(r io.Reader, lim Limits, size int64) (Header, error) {
 	p := newParser(r, lim, size)

@@ -103,7 +103,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		}
 	}()
 	sum := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(tmp, sum), folder.CtxReader{Ctx: ctx, R: body}, make([]byte, copyBufSize(want)))
+	n, err := io.CopyBuffer(io.MultiWriter(tmp, sum), folder.CtxReader{Ctx: ctx, R: body}, make([]byte, exchange.BufferSize(want, 256<<10)))
 	if err != nil {
 		return fmt.Errorf("dir %s: write %s: %w", p.node, name, err)
 	}
@@ -133,17 +133,6 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	}
 	p.log.Debug("delivered", "message_id", m.UUID, "file", name, "message_no", h.MessageNo, "bytes", n)
 	return nil
-}
-
-// copyBufSize is the copy buffer for a file of size bytes: 256 KiB for a
-// big one, no more than the file (plus the read that sees its end) for a
-// small one.
-func copyBufSize(size int64) int {
-	const max = 256 << 10
-	if size >= 0 && size < max {
-		return int(size) + 1
-	}
-	return max
 }
 
 // checkNotNewer refuses to replace a file of the same channel with a higher
