@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -19,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -257,6 +259,14 @@ func leafOptions(opts *server.Options, l *config.Leaf, id string) error {
 		}
 		urls = append(urls, u)
 	}
+	if l.CredsFile != "" {
+		// The server reads the file at each connection attempt and only
+		// logs a failure: an office whose path is wrong would run without
+		// ever linking. Say so at start.
+		if err := checkCreds(l.CredsFile); err != nil {
+			return fmt.Errorf("nats.leaf.creds_file: %w", err)
+		}
+	}
 	remote := &server.RemoteLeafOpts{
 		URLs:        urls,
 		Credentials: l.CredsFile,
@@ -276,6 +286,37 @@ func leafOptions(opts *server.Options, l *config.Leaf, id string) error {
 	opts.JetStreamDomain = id
 	opts.LeafNode.Remotes = []*server.RemoteLeafOpts{remote}
 	opts.LeafNode.ReconnectInterval = 2 * time.Second
+	return nil
+}
+
+// maxCredsSize bounds a credentials file (a user JWT and a seed: ~1 KB).
+const maxCredsSize = 64 << 10
+
+// checkCreds proves path a readable NATS credentials file: a user JWT and
+// an nkey seed.
+func checkCreds(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxCredsSize+1))
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if len(b) > maxCredsSize {
+		return fmt.Errorf("%s: more than %d bytes, not a credentials file", path, maxCredsSize)
+	}
+	tok, err := jwt.ParseDecoratedJWT(b)
+	if err == nil {
+		_, err = jwt.DecodeUserClaims(tok)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: no user JWT: %w", path, err)
+	}
+	if _, err := jwt.ParseDecoratedNKey(b); err != nil {
+		return fmt.Errorf("%s: no nkey seed: %w", path, err)
+	}
 	return nil
 }
 

@@ -1,11 +1,13 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,5 +174,45 @@ func TestLeafWithCreds(t *testing.T) {
 	defer rcancel()
 	if _, err := Remote(rctx, other.Conn, "hq"); err == nil {
 		t.Fatal("the head office domain is reachable from a leaf with untrusted creds")
+	}
+}
+
+// A leaf creds file that is missing, not a credentials file or too large
+// stops the start with its reason, rather than an office that never links.
+func TestLeafCredsChecked(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tr := newTrust(t)
+	good := tr.creds(tr.appKey, "office1")
+	raw, err := os.ReadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwtOnly := bytes.SplitAfter(raw, []byte("------END NATS USER JWT------"))[0]
+	for _, c := range []struct {
+		name, path, want string
+	}{
+		{"missing", filepath.Join(dir, "nope.creds"), "no such file"},
+		{"garbage", write("garbage.creds", []byte("password=secret\n")), "no user JWT"},
+		{"jwt without seed", write("jwt.creds", jwtOnly), "no nkey seed"},
+		{"too large", write("big.creds", bytes.Repeat([]byte("x"), maxCredsSize+1)), "not a credentials file"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Open(context.Background(), Settings{
+				NATS: config.NATS{Leaf: &config.Leaf{URL: "nats-leaf://127.0.0.1:1", CredsFile: c.path}}, DataDir: t.TempDir(), ID: "office1",
+			}, slog.New(slog.DiscardHandler))
+			if err == nil || !strings.Contains(err.Error(), "nats.leaf.creds_file: ") || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("Open = %v; want one line naming nats.leaf.creds_file and %q", err, c.want)
+			}
+		})
+	}
+	if err := checkCreds(good); err != nil {
+		t.Fatalf("a real creds file refused: %v", err)
 	}
 }
