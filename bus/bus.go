@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -605,7 +604,7 @@ func (b *Bus) DropPayload(ctx context.Context, name string) error {
 	}
 	for _, subj := range []string{
 		chunkSubject(info.NUID),
-		"$O." + BucketPayloads + ".M." + base64.URLEncoding.EncodeToString([]byte(name)),
+		metaSubject(name),
 	} {
 		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
 			return fmt.Errorf("payload %s: purge %s: %w", name, subj, err)

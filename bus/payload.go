@@ -1,13 +1,18 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/exchange"
@@ -32,13 +37,134 @@ func (b *Bus) OpenPayload(ctx context.Context, name string) (io.ReadCloser, erro
 	}, nil
 }
 
+// PutPayload stores the payload name from r, which holds about size bytes
+// (-1: unknown). A payload that fits one chunk (up to 128 KiB, the size of
+// nearly every exchange message) is written as ObjectStore.Put would write it
+// (a chunk, then the meta with a rollup), but on a chunk subject derived from
+// the name and in one round trip: Put also reads the old meta first and
+// opens a reply subscription of its own per call, three of the handful of
+// requests a message costs. The name must identify the content (ingest
+// names a payload by its message and sha256): the chunk is written only if
+// its subject is empty, so a second put of the same name finds its chunk
+// there and rewrites only the meta. Larger payloads go through Put.
+func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Reader) error {
+	buf := make([]byte, exchange.BufferSize(size, maxChunk))
+	n, err := io.ReadFull(r, buf)
+	switch {
+	case n == len(buf):
+		// Does not fit one chunk: stream the rest through Put.
+		_, err := b.Payloads.Put(ctx, PayloadMeta(name, size), io.MultiReader(bytes.NewReader(buf), r))
+		return err
+	case err != io.EOF && err != io.ErrUnexpectedEOF:
+		return err
+	}
+	data := buf[:n]
+	nuid := payloadNUID(name)
+	sum := sha256.Sum256(data)
+	info := jetstream.ObjectInfo{
+		ObjectMeta: PayloadMeta(name, int64(n)), Bucket: BucketPayloads, NUID: nuid,
+		Size: uint64(n), Digest: digestOf(sum[:]),
+	}
+	var chunk jetstream.PubAckFuture
+	if n > 0 {
+		info.Chunks = 1
+		chunk, err = b.JS.PublishAsync(chunkSubject(nuid), data, jetstream.WithExpectLastSequencePerSubject(0))
+		if err != nil {
+			return fmt.Errorf("payload %s: chunk: %w", name, err)
+		}
+	}
+	meta := nats.NewMsg(metaSubject(name))
+	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	if meta.Data, err = json.Marshal(info); err != nil {
+		return err
+	}
+	f, err := b.JS.PublishMsgAsync(meta)
+	if err != nil {
+		return fmt.Errorf("payload %s: meta: %w", name, err)
+	}
+	if chunk != nil {
+		if err := acked(ctx, chunk); err != nil && !wrongLastSeq(err) {
+			return fmt.Errorf("payload %s: chunk: %w", name, err)
+		}
+	}
+	if err := acked(ctx, f); err != nil {
+		return fmt.Errorf("payload %s: meta: %w", name, err)
+	}
+	return nil
+}
+
+// acked waits for an asynchronous publish's answer.
+func acked(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// wrongLastSeq says a publish was refused because its subject was not as
+// expected (for a chunk: it is there already).
+func wrongLastSeq(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && (api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// OpenKnownPayload is OpenPayload for a payload whose size and sha256 (hex)
+// the caller knows from the record: it reads the chunk subject PutPayload
+// wrote without looking the object up first, and falls back to OpenPayload
+// when that subject is empty (a payload stored by Put, or replaced).
+func (b *Bus) OpenKnownPayload(ctx context.Context, name string, size int64, sha256hex string) (io.ReadCloser, error) {
+	sum, err := hex.DecodeString(sha256hex)
+	if err != nil || len(sum) != sha256.Size || size < 0 || size > maxChunk {
+		return b.OpenPayload(ctx, name)
+	}
+	r := &payloadReader{
+		ctx: ctx, s: b.payloadStream, name: name,
+		subject: chunkSubject(payloadNUID(name)),
+		want:    digestOf(sum), left: size, sum: sha256.New(),
+	}
+	if size == 0 {
+		return r, nil
+	}
+	if err := r.fill(); err != nil {
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return b.OpenPayload(ctx, name)
+		}
+		return nil, err
+	}
+	return r, nil
+}
+
+// maxChunk is the largest chunk a payload is stored in (ObjectStore's default).
+const maxChunk = 128 << 10
+
+// payloadNUID is the chunk subject token PutPayload uses for name.
+func payloadNUID(name string) string {
+	sum := sha256.Sum256([]byte("relay payload " + name))
+	return hex.EncodeToString(sum[:16])
+}
+
+// digestOf is an object's digest as the object store writes it.
+func digestOf(sum []byte) string {
+	return "SHA-256=" + base64.URLEncoding.EncodeToString(sum)
+}
+
+// metaSubject is the subject of an object's meta in EXCHANGE_PAYLOADS.
+func metaSubject(name string) string {
+	return "$O." + BucketPayloads + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
+}
+
 // PayloadMeta names a payload of size bytes (-1: unknown) for
 // ObjectStore.Put. Put allocates one chunk buffer per call, 128 KiB by
 // default; a smaller payload gets a chunk of exchange.BufferSize (its size
 // plus one byte, so a file that grew meanwhile still reads past its size)
 // and is stored as one chunk.
 func PayloadMeta(name string, size int64) jetstream.ObjectMeta {
-	return jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(exchange.BufferSize(size, 128<<10))}}
+	return jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(exchange.BufferSize(size, maxChunk))}}
 }
 
 // chunkSubject is the subject of an object's chunks in EXCHANGE_PAYLOADS.
@@ -63,7 +189,7 @@ func (r *payloadReader) Read(p []byte) (int, error) {
 	}
 	for len(r.cur) == 0 {
 		if r.left == 0 {
-			got := "SHA-256=" + base64.URLEncoding.EncodeToString(r.sum.Sum(nil))
+			got := digestOf(r.sum.Sum(nil))
 			if r.want != "" && got != r.want {
 				r.err = fmt.Errorf("payload %s: digest %s, want %s", r.name, got, r.want)
 			} else {
@@ -71,23 +197,30 @@ func (r *payloadReader) Read(p []byte) (int, error) {
 			}
 			return 0, r.err
 		}
-		m, err := r.s.GetMsg(r.ctx, max(r.next, 1), jetstream.WithGetMsgSubject(r.subject))
-		if err != nil {
-			r.err = fmt.Errorf("payload %s: chunk after seq %d: %w", r.name, r.next, err)
-			return 0, r.err
+		if err := r.fill(); err != nil {
+			r.err = err
+			return 0, err
 		}
-		r.next = m.Sequence + 1
-		r.cur = m.Data
-		if int64(len(r.cur)) > r.left {
-			r.err = fmt.Errorf("payload %s: more data than its size", r.name)
-			return 0, r.err
-		}
-		r.left -= int64(len(r.cur))
-		r.sum.Write(r.cur)
 	}
 	n := copy(p, r.cur)
 	r.cur = r.cur[n:]
 	return n, nil
+}
+
+// fill reads the next chunk into cur.
+func (r *payloadReader) fill() error {
+	m, err := r.s.GetMsg(r.ctx, max(r.next, 1), jetstream.WithGetMsgSubject(r.subject))
+	if err != nil {
+		return fmt.Errorf("payload %s: chunk after seq %d: %w", r.name, r.next, err)
+	}
+	r.next = m.Sequence + 1
+	r.cur = m.Data
+	if int64(len(r.cur)) > r.left {
+		return fmt.Errorf("payload %s: more data than its size", r.name)
+	}
+	r.left -= int64(len(r.cur))
+	r.sum.Write(r.cur)
+	return nil
 }
 
 // Close releases nothing: a payload reader holds no server resources.

@@ -219,7 +219,15 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			ctx = claim.Context()
 		}
 
-		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+		// On an embedded NATS this process alone writes the channel
+		// states, so the newest it read or wrote is the bucket's (a write
+		// it lost track of only lags, and the update below re-reads).
+		// Replicas on a shared NATS must read the bucket.
+		get := l.states.Get
+		if p.leases == nil {
+			get = l.states.Recent
+		}
+		st, err := get(ctx, h.ExchangePlan, h.From, h.To)
 		if err != nil {
 			return err
 		}
@@ -261,7 +269,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		}
 		out.SetContext(ctx)
 		exchange.SetBody(out, func(ctx context.Context) (io.ReadCloser, error) {
-			return l.b.OpenPayload(ctx, obj)
+			return l.b.OpenKnownPayload(ctx, obj, atoi64(m.Metadata.Get(exchange.MetaSize)), m.Metadata.Get(exchange.MetaSHA256))
 		})
 		adapter := p.adapterOf(node, "deliver")
 		l.m.attempts.WithLabelValues(node, adapter).Inc()
@@ -334,9 +342,7 @@ func (l *lane) finish(ctx context.Context, h exchange.Header, obj string, fn fun
 		return err
 	}
 	if obj != "" {
-		if err := l.b.Payloads.Delete(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			l.log.Warn("payload not deleted", "object", obj, "err", err)
-		}
+		l.drop(obj)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -101,12 +102,17 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		if err := l.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
 			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 		}
-		now := l.taken(ctx, h)
 		file := m.Metadata.Get(exchange.MetaFileName)
 		l.event(Event{Time: pickedAt, Step: StepPickedUp, MsgID: id, File: file, Node: node, Channel: channelName(h), No: h.MessageNo,
 			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha,
 			Detail: fmt.Sprintf("stored for %s by %s (received No %d)", h.To, adapter, h.ReceivedNo)})
+		// Two channels' states, one round trip: they do not depend on
+		// each other.
+		now := l.states.now()
+		var wg sync.WaitGroup
+		wg.Go(func() { l.taken(ctx, h, now) })
 		l.acknowledge(ctx, h, now, id, file)
+		wg.Wait()
 		l.m.picked.WithLabelValues(node, adapter).Inc()
 		l.m.pickedBytes.WithLabelValues(node, adapter).Add(float64(size))
 		log.Info("picked up", "message_no", h.MessageNo, "received_no", h.ReceivedNo, "bytes", size)
@@ -115,9 +121,8 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 }
 
 // taken records in the channel state that a message was taken in (picked
-// up here, or fetched from another relay) and returns when.
-func (l *lane) taken(ctx context.Context, h exchange.Header) time.Time {
-	now := l.states.now()
+// up here, or fetched from another relay) at now.
+func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time) {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 		if h.MessageNo > c.PickedNo {
 			c.PickedNo = h.MessageNo
@@ -127,7 +132,6 @@ func (l *lane) taken(ctx context.Context, h exchange.Header) time.Time {
 	}); err != nil {
 		l.log.Warn("channel state not updated", "channel", channelName(h), "err", err)
 	}
-	return now
 }
 
 // acknowledge applies ReceivedNo: it acknowledges the reverse channel.
@@ -169,7 +173,7 @@ func (l *lane) putPayload(ctx context.Context, m *message.Message, id string, si
 	}
 	defer body.Close()
 	hr := newHashReader(io.LimitReader(body, size+1))
-	if _, err := l.b.Payloads.Put(ctx, bus.PayloadMeta(id, size), hr); err != nil {
+	if err := l.b.PutPayload(ctx, id, size, hr); err != nil {
 		return fmt.Errorf("ingest: store payload %s: %w", id, err)
 	}
 	if hr.n != size || (sha != "" && hr.sum() != sha) {

@@ -19,6 +19,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
@@ -166,6 +167,21 @@ type lane struct {
 	pub    message.Publisher // ingest: to the EXCHANGE stream
 	log    *slog.Logger
 	opts   Options
+	// dropper deletes finished payloads behind the handler; nil: inline.
+	dropper *dropper
+}
+
+// drop deletes a finished message's payload.
+func (l *lane) drop(obj string) {
+	if l.dropper != nil {
+		l.dropper.drop(obj)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := l.b.Payloads.Delete(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		l.log.Warn("payload not deleted", "object", obj, "err", err)
+	}
 }
 
 // newLane opens a lane named for logs and NATS monitoring.
@@ -181,6 +197,9 @@ func (p *Pipeline) newLane(name string, wlog watermill.LoggerAdapter) (*lane, er
 	if l.pub, err = exchangePublisher(lb.Conn, wlog); err != nil {
 		return nil, fmt.Errorf("%s: publisher: %w", name, err)
 	}
+	// Closed before the lane's connection (closers run newest first).
+	l.dropper = newDropper(lb.Payloads.Delete, l.log)
+	p.closers = append(p.closers, l.dropper.close)
 	return l, nil
 }
 

@@ -64,7 +64,9 @@ func (l *lane) event(e Event) {
 		key = e.Source + "\x00" + e.File
 	}
 	sum := sha256.Sum256([]byte(key))
-	if _, err := l.b.JS.PublishAsync(bus.EventSubjectPrefix+hex.EncodeToString(sum[:12]), b); err != nil {
+	// A plain publish: the stream stores it all the same, and no
+	// acknowledgement travels back for something nobody waits for.
+	if err := l.b.Conn.Publish(bus.EventSubjectPrefix+hex.EncodeToString(sum[:12]), b); err != nil {
 		l.log.Debug("trace event not recorded", "step", e.Step, "err", err)
 	}
 }

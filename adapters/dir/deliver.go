@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -32,8 +33,23 @@ type Publisher struct {
 	log  *slog.Logger
 	lim  exchange.Limits
 
+	// wrote remembers, per final path, the file this publisher renamed
+	// there last and its header, so the next delivery on the channel
+	// need not open and parse it again (checkNotNewer).
+	mu    sync.Mutex
+	wrote map[string]written
+
 	trouble.Last
 }
+
+// written is a file a delivery left under its final name.
+type written struct {
+	fi os.FileInfo
+	h  exchange.Header
+}
+
+// maxWritten bounds the remembered files (one per channel into the node).
+const maxWritten = 4096
 
 var _ message.Publisher = (*Publisher)(nil)
 
@@ -116,6 +132,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("dir %s: fsync %s: %w", p.node, name, err)
 	}
+	fi, ferr := tmp.Stat() // what dst holds after the rename
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("dir %s: close %s: %w", p.node, name, err)
 	}
@@ -127,6 +144,9 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		return fmt.Errorf("dir %s: rename to %s: %w", p.node, name, err)
 	}
 	done = true
+	if ferr == nil {
+		p.remember(dst, fi, h)
+	}
 	if d, err := os.Open(p.cfg.Path); err == nil {
 		_ = d.Sync()
 		d.Close()
@@ -138,23 +158,51 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 // checkNotNewer refuses to replace a file of the same channel with a higher
 // MessageNo: an older message never overwrites a newer one (DESIGN.md §6.3).
 func (p *Publisher) checkNotNewer(dst string, h exchange.Header) error {
-	f, err := os.Open(dst)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil
-	}
-	have, err := exchange.ReadFileHeader(f, fi.Size(), p.lim)
-	if err != nil {
-		return nil // unreadable: ours replaces it
+	have, ok := p.recall(dst)
+	if !ok {
+		f, err := os.Open(dst)
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return nil
+		}
+		if have, err = exchange.ReadFileHeader(f, fi.Size(), p.lim); err != nil {
+			return nil // unreadable: ours replaces it
+		}
 	}
 	if have.ExchangePlan == h.ExchangePlan && have.From == h.From && have.To == h.To && have.MessageNo > h.MessageNo {
 		return fmt.Errorf("dir %s: %s holds No %d, this is No %d: %w", p.node, filepath.Base(dst), have.MessageNo, h.MessageNo, exchange.ErrStale)
 	}
 	return nil
+}
+
+// remember notes that dst now holds the file fi with header h.
+func (p *Publisher) remember(dst string, fi os.FileInfo, h exchange.Header) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.wrote == nil || len(p.wrote) >= maxWritten {
+		p.wrote = map[string]written{}
+	}
+	p.wrote[dst] = written{fi, h}
+}
+
+// recall is the header of the file at dst if it is still the one this
+// publisher wrote there (same file, size and mtime).
+func (p *Publisher) recall(dst string) (exchange.Header, bool) {
+	p.mu.Lock()
+	w, ok := p.wrote[dst]
+	p.mu.Unlock()
+	if !ok {
+		return exchange.Header{}, false
+	}
+	fi, err := os.Lstat(dst)
+	if err != nil || !os.SameFile(fi, w.fi) || fi.Size() != w.fi.Size() || !fi.ModTime().Equal(w.fi.ModTime()) {
+		return exchange.Header{}, false
+	}
+	return w.h, true
 }
 
 // Close has nothing to release; it exists for message.Publisher.

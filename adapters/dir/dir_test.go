@@ -267,3 +267,57 @@ func TestDeliverAtomicAndNeverBackwards(t *testing.T) {
 		t.Fatalf("bad name: %v, want a permanent error", err)
 	}
 }
+
+// TestDeliverSeesReplacedFile: the delivery remembers the header of the
+// file it wrote last, but a file someone else put there since (a new file
+// renamed over it, or the same file rewritten) is read again, so a newer
+// number written by another hand still stops an older delivery.
+func TestDeliverSeesReplacedFile(t *testing.T) {
+	cases := map[string]func(t *testing.T, final, newer string){
+		"renamed over": func(t *testing.T, final, newer string) {
+			tmp := final + ".tmp"
+			copyFile(t, newer, tmp)
+			if err := os.Rename(tmp, final); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"rewritten in place": func(t *testing.T, final, newer string) {
+			copyFile(t, newer, final)
+		},
+	}
+	for name, replace := range cases {
+		t.Run(name, func(t *testing.T) {
+			src, dst := t.TempDir(), t.TempDir()
+			p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f5, _ := exchangetest.WriteFile(src, hdr(5), 3000, exchange.FormatXML)
+			if err := p.Publish("", deliverMsg(t, f5, hdr(5))); err != nil {
+				t.Fatal(err)
+			}
+			f7, _ := exchangetest.WriteFile(t.TempDir(), hdr(7), 5000, exchange.FormatXML)
+			replace(t, filepath.Join(dst, "Message_A_B.xml"), f7)
+			f6, _ := exchangetest.WriteFile(t.TempDir(), hdr(6), 3000, exchange.FormatXML)
+			if err := p.Publish("", deliverMsg(t, f6, hdr(6))); !errors.Is(err, exchange.ErrStale) {
+				t.Fatalf("No 6 over another hand's No 7: err %v, want ErrStale", err)
+			}
+			// With its own file there, the next number goes through.
+			f8, _ := exchangetest.WriteFile(t.TempDir(), hdr(8), 3000, exchange.FormatXML)
+			if err := p.Publish("", deliverMsg(t, f8, hdr(8))); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -33,10 +33,11 @@ type Options struct {
 	// IncompleteTimeout is how long a stable but incomplete file is waited
 	// for before it is dead-lettered.
 	IncompleteTimeout time.Duration
-	// TrustMTime lets a file whose mtime is already older than Settle count
-	// as settled when first seen (mtime moves with every write). Only for
-	// sources whose clock is the relay's (a local disk); the completeness
-	// check applies all the same.
+	// TrustMTime lets the settle time of a version run from its mtime
+	// rather than from the scan that first saw it (mtime moves with every
+	// write): a file last written Settle ago is taken when first seen. Only
+	// for sources whose clock is the relay's (a local disk); the
+	// completeness check applies all the same.
 	TrustMTime bool
 	// After is what happens to a file once JetStream holds it.
 	After config.After
@@ -254,15 +255,16 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 				fails = c.fails
 			}
 			since := now
-			if p.o.TrustMTime && c == nil && now.Sub(f.ModTime) >= p.o.Settle {
-				since = now.Add(-p.o.Settle)
+			if p.o.TrustMTime && !f.ModTime.After(now) {
+				// The last write was at mtime: the settle time runs
+				// from there, not from when this scan happened to look.
+				since = f.ModTime
+				if floor := now.Add(-p.o.Settle); since.Before(floor) {
+					since = floor
+				}
 			}
 			c = &candidate{size: f.Size, mtime: f.ModTime, since: since, fails: fails}
 			sc.seen[f.Name] = c
-			if since == now {
-				wantAt(now.Add(p.o.Settle))
-				continue
-			}
 		}
 		if now.Before(c.since.Add(p.o.Settle)) {
 			wantAt(c.since.Add(p.o.Settle))

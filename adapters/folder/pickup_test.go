@@ -216,3 +216,48 @@ func TestBusyFolderIsScanned(t *testing.T) {
 		t.Fatal("a file in a folder with steady change events was not taken within 3s")
 	}
 }
+
+// TestSettleFromMTime: where mtime is the relay's clock, a file's settle
+// time runs from its last write, not from the scan that first saw it; a
+// file written a moment ago is looked at again when it has settled, an
+// mtime in the future counts from now.
+func TestSettleFromMTime(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	const settle = 100 * time.Millisecond
+	cases := []struct {
+		name  string
+		age   time.Duration // now - mtime
+		trust bool
+		next  time.Duration // when scan wants to look again; 0: taken now
+	}{
+		{"written 30ms ago", 30 * time.Millisecond, true, 70 * time.Millisecond},
+		{"written 30ms ago, mtime not trusted", 30 * time.Millisecond, false, settle},
+		{"mtime in the future", -time.Second, true, settle},
+		{"settled before the first look", time.Second, true, 0},
+		{"settled, mtime not trusted", time.Second, false, settle},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m := newMem(t, 1)
+			m.mtime = now.Add(-c.age)
+			o := fastOptions()
+			o.Settle, o.TrustMTime = settle, c.trust
+			p, err := NewPickup(m, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.now = func() time.Time { return now }
+			ctx, cancel := context.WithCancel(context.Background())
+			var takes sync.WaitGroup
+			defer func() { cancel(); takes.Wait() }()
+			sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
+			next := p.scan(ctx, sc, make(chan *message.Message))
+			if next != c.next {
+				t.Errorf("next look in %s, want %s", next, c.next)
+			}
+			if taken := len(sc.busy) > 0; taken != (c.next == 0) {
+				t.Errorf("taken now: %v, want %v", taken, c.next == 0)
+			}
+		})
+	}
+}

@@ -1,0 +1,151 @@
+package bus
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/config"
+)
+
+func openEmbedded(t *testing.T) *Bus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := Open(ctx, Settings{NATS: config.NATS{}, DataDir: t.TempDir(), ID: "test"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+func hexSum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// readAll reads a payload through OpenKnownPayload and, as another relay
+// version or `relay dead` would, through the object store itself.
+func readBoth(t *testing.T, b *Bus, name string, data []byte) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := b.OpenKnownPayload(ctx, name, int64(len(data)), hexSum(data))
+	if err != nil {
+		t.Fatalf("OpenKnownPayload %s: %v", name, err)
+	}
+	got, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("OpenKnownPayload %s: %d bytes, %v; want %d bytes", name, len(got), err, len(data))
+	}
+	got, err = b.Payloads.GetBytes(ctx, name)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("ObjectStore.GetBytes %s: %d bytes, %v; want %d bytes", name, len(got), err, len(data))
+	}
+	info, err := b.Payloads.GetInfo(ctx, name)
+	if err != nil || info.Size != uint64(len(data)) {
+		t.Fatalf("GetInfo %s: %+v, %v", name, info, err)
+	}
+}
+
+// subjectMsgs counts the messages the payload stream holds on subj.
+func subjectMsgs(t *testing.T, b *Bus, subj string) uint64 {
+	t.Helper()
+	info, err := b.payloadStream.Info(context.Background(), jetstream.WithSubjectFilter(subj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[subj]
+}
+
+func TestPutPayload(t *testing.T) {
+	b := openEmbedded(t)
+	ctx := context.Background()
+	small := bytes.Repeat([]byte("<v8msg/>"), 1000)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 20_000) // 320,000 bytes: three chunks
+
+	cases := []struct {
+		name string
+		data []byte
+		size int64 // the size hint
+	}{
+		{"small", small, int64(len(small))},
+		{"small, size unknown", small, -1},
+		{"empty", nil, 0},
+		{"one chunk exactly", big[:maxChunk], maxChunk},
+		{"big", big, int64(len(big))},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if err := b.PutPayload(ctx, c.name, c.size, bytes.NewReader(c.data)); err != nil {
+				t.Fatal(err)
+			}
+			readBoth(t, b, c.name, c.data)
+			if err := b.Payloads.Delete(ctx, c.name); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.OpenKnownPayload(ctx, c.name, int64(len(c.data)), hexSum(c.data)); len(c.data) > 0 && !errors.Is(err, jetstream.ErrObjectNotFound) {
+				t.Fatalf("after delete: %v, want not found", err)
+			}
+		})
+	}
+
+	t.Run("put twice: one chunk, one delete", func(t *testing.T) {
+		for range 2 {
+			if err := b.PutPayload(ctx, "twice", int64(len(small)), bytes.NewReader(small)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		readBoth(t, b, "twice", small)
+		subj := chunkSubject(payloadNUID("twice"))
+		if n := subjectMsgs(t, b, subj); n != 1 {
+			t.Fatalf("%d chunks on %s, want 1", n, subj)
+		}
+		if err := b.Payloads.Delete(ctx, "twice"); err != nil {
+			t.Fatal(err)
+		}
+		if n := subjectMsgs(t, b, subj); n != 0 {
+			t.Fatalf("%d chunks left on %s after delete", n, subj)
+		}
+	})
+
+	t.Run("stored by ObjectStore.Put", func(t *testing.T) {
+		// A payload another relay version (or the fetch) stored: the
+		// reader finds no chunk on the derived subject and looks it up.
+		if _, err := b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: "by put"}, bytes.NewReader(small)); err != nil {
+			t.Fatal(err)
+		}
+		readBoth(t, b, "by put", small)
+	})
+
+	t.Run("wrong sha256 is refused", func(t *testing.T) {
+		if err := b.PutPayload(ctx, "sum", int64(len(small)), bytes.NewReader(small)); err != nil {
+			t.Fatal(err)
+		}
+		r, err := b.OpenKnownPayload(ctx, "sum", int64(len(small)), hexSum([]byte("other")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadAll(r); err == nil || !strings.Contains(err.Error(), "digest") {
+			t.Fatalf("read with the wrong sha256: %v, want a digest error", err)
+		}
+	})
+
+	t.Run("a failed put says which payload", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		err := b.PutPayload(cctx, "cancelled", int64(len(small)), bytes.NewReader(small))
+		if err == nil || !strings.Contains(err.Error(), "cancelled") {
+			t.Fatalf("put with a cancelled context: %v", err)
+		}
+	})
+}

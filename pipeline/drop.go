@@ -1,0 +1,63 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// dropper deletes the payloads of finished messages behind the delivery:
+// the delete costs three requests (look up, delete marker, purge of the
+// chunks) that the next message need not wait for. The state already says
+// the message is finished; a payload whose delete is lost (the relay
+// stopped first) only takes space.
+type dropper struct {
+	del  func(ctx context.Context, name string) error
+	q    chan string
+	done chan struct{}
+	once sync.Once
+	log  *slog.Logger
+}
+
+// dropQueue bounds the payloads waiting for their delete; a full queue makes
+// the delivery delete its payload itself.
+const dropQueue = 256
+
+func newDropper(del func(ctx context.Context, name string) error, log *slog.Logger) *dropper {
+	d := &dropper{del: del, q: make(chan string, dropQueue), done: make(chan struct{}), log: log}
+	go func() {
+		defer close(d.done)
+		for name := range d.q {
+			d.delete(name)
+		}
+	}()
+	return d
+}
+
+// drop deletes the payload name, soon.
+func (d *dropper) drop(name string) {
+	select {
+	case d.q <- name:
+	default:
+		d.delete(name)
+	}
+}
+
+func (d *dropper) delete(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.del(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		d.log.Warn("payload not deleted", "object", name, "err", err)
+	}
+}
+
+// close deletes what is queued and stops; no drop may follow.
+func (d *dropper) close() error {
+	d.once.Do(func() { close(d.q) })
+	<-d.done
+	return nil
+}
