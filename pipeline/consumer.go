@@ -69,9 +69,6 @@ type consumerSubscriberConfig struct {
 	CloseTimeout time.Duration
 }
 
-// ackTimeout bounds the wait for the server's reply to an ack.
-const ackTimeout = 5 * time.Second
-
 func newConsumerSubscriber(cfg consumerSubscriberConfig) (*consumerSubscriber, error) {
 	if cfg.Conn == nil || cfg.Unmarshaler == nil || cfg.Stream == "" {
 		return nil, errors.New("consumer subscriber: Conn, Stream and Unmarshaler are required")
@@ -323,12 +320,15 @@ func (sub *consumeSub) handle(msg jetstream.Msg) {
 	}
 }
 
-// ack acks and waits for the server to confirm. The wait is bounded but not
-// tied to the subscription: an ack made just before close still gets through.
+// ack acks without waiting for the server to confirm: the channel state,
+// written before, is what says the message is delivered. An ack that is
+// lost brings the message back after AckWait, and the delivery drops it as
+// one the destination has (waiting for the confirmation would not save it:
+// the message comes back all the same when the confirmation times out).
+// The connection flushes it on close, so an ack made just before close
+// still gets through.
 func (sub *consumeSub) ack(msg jetstream.Msg, fields watermill.LogFields) {
-	ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
-	defer cancel()
-	if err := msg.DoubleAck(ctx); err != nil {
+	if err := msg.Ack(); err != nil {
 		sub.s.logger.Error("Cannot send ack", err, fields)
 		return
 	}
