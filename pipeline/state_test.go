@@ -3,11 +3,13 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
 )
 
 func TestApplyAck(t *testing.T) {
@@ -76,5 +78,64 @@ func TestStatesRecent(t *testing.T) {
 	}
 	if c, err := s.Recent(ctx, "P", "A", "B"); err != nil || c.DeliveredNo != 9 {
 		t.Fatalf("Recent after Get = %+v, %v; want DeliveredNo 9", c, err)
+	}
+}
+
+// TestAcknowledgeWritesOnlyChanges: a ReceivedNo that acknowledges nothing
+// new (1C repeats it in every message) writes nothing; one that moves the
+// number, raises or clears the backup warning does.
+func TestAcknowledgeWritesOnlyChanges(t *testing.T) {
+	b := testBus(t)
+	ctx := context.Background()
+	l := &lane{b: b, states: NewStates(b.Channels), log: slog.New(slog.DiscardHandler)}
+	key := bus.ChannelKey("P", "B", "A") // acknowledged by A's messages to B
+	rev := func() uint64 {
+		e, err := b.Channels.Get(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Revision()
+	}
+	ack := func(no uint64) Channel {
+		l.acknowledge(ctx, exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 1, ReceivedNo: no}, time.Now(), "id", "file")
+		c, err := l.states.Get(ctx, "P", "B", "A")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if _, err := l.states.Update(ctx, "P", "B", "A", func(c *Channel) { c.PickedNo = 3 }); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		no     uint64
+		before func()
+		write  bool
+		check  func(c Channel) bool
+	}{
+		{no: 2, write: true, check: func(c Channel) bool { return c.AckedNo == 2 }},
+		{no: 2, write: false},
+		{no: 1, write: false, check: func(c Channel) bool { return c.AckedNo == 2 }},
+		{no: 3, write: true, check: func(c Channel) bool { return c.AckedNo == 3 }},
+		{no: 9, write: true, check: func(c Channel) bool { return c.AckedNo == 9 && c.Warning != "" }},
+		{no: 9, write: false},
+		{no: 9, write: true, check: func(c Channel) bool { return c.Warning == "" }, before: func() {
+			if _, err := l.states.Update(ctx, "P", "B", "A", func(c *Channel) { c.PickedNo = 10 }); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for i, s := range steps {
+		if s.before != nil {
+			s.before()
+		}
+		r0 := rev()
+		c := ack(s.no)
+		if wrote := rev() != r0; wrote != s.write {
+			t.Fatalf("step %d (ReceivedNo %d): wrote %v, want %v", i, s.no, wrote, s.write)
+		}
+		if s.check != nil && !s.check(c) {
+			t.Fatalf("step %d (ReceivedNo %d): %+v", i, s.no, c)
+		}
 	}
 }
