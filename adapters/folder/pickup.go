@@ -93,6 +93,7 @@ type candidate struct {
 	size    int64
 	mtime   time.Time
 	since   time.Time // when this size/mtime was first seen
+	listed  time.Time // when a scan last listed this size/mtime
 	retryAt time.Time // after a nack, a failed fetch or an incomplete read
 	fails   int
 }
@@ -258,14 +259,20 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 			if p.o.TrustMTime && !f.ModTime.After(now) {
 				// The last write was at mtime: the settle time runs
 				// from there, not from when this scan happened to look.
+				// A change came after the scan that listed the old
+				// version, whatever a coarse mtime says.
 				since = f.ModTime
 				if floor := now.Add(-p.o.Settle); since.Before(floor) {
 					since = floor
+				}
+				if c != nil && since.Before(c.listed) {
+					since = c.listed
 				}
 			}
 			c = &candidate{size: f.Size, mtime: f.ModTime, since: since, fails: fails}
 			sc.seen[f.Name] = c
 		}
+		c.listed = now
 		if now.Before(c.since.Add(p.o.Settle)) {
 			wantAt(c.since.Add(p.o.Settle))
 			continue

@@ -261,3 +261,36 @@ func TestSettleFromMTime(t *testing.T) {
 		})
 	}
 }
+
+// TestSettleAfterChange: a file that changed since the last scan waits a
+// full settle time from that scan even when its mtime (coarse on some file
+// systems) claims an older write.
+func TestSettleAfterChange(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	const settle = 100 * time.Millisecond
+	m := newMem(t, 1)
+	m.mtime = now.Add(-time.Second) // the same coarse mtime before and after the change
+	o := fastOptions()
+	o.Settle, o.TrustMTime = settle, true
+	p, err := NewPickup(m, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.now = func() time.Time { return now }
+	ctx, cancel := context.WithCancel(context.Background())
+	var takes sync.WaitGroup
+	defer func() { cancel(); takes.Wait() }()
+	sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
+	for name := range m.files {
+		// A scan listed it at now, settled; then it grows, its mtime stays.
+		sc.seen[name] = &candidate{size: int64(len(m.files[name])), mtime: m.mtime, since: now.Add(-time.Second), listed: now}
+		m.files[name] = append(m.files[name], ' ')
+	}
+	now = now.Add(30 * time.Millisecond)
+	if next := p.scan(ctx, sc, make(chan *message.Message)); next != 70*time.Millisecond {
+		t.Errorf("next look in %s, want 70ms (a settle time after the scan that saw the old size)", next)
+	}
+	if len(sc.busy) > 0 {
+		t.Error("changed file taken before it settled")
+	}
+}
