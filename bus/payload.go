@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -82,6 +83,10 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	if err != nil {
 		return fmt.Errorf("payload %s: meta: %w", name, err)
 	}
+	// An answer lost without a reconnect (which fails the futures) would
+	// leave the wait to ctx alone, and the ingest's ctx has no deadline.
+	ctx, cancel := context.WithTimeout(ctx, putAckWait)
+	defer cancel()
 	if chunk != nil {
 		if err := acked(ctx, chunk); err != nil && !wrongLastSeq(err) {
 			return fmt.Errorf("payload %s: chunk: %w", name, err)
@@ -92,6 +97,9 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	}
 	return nil
 }
+
+// putAckWait bounds the wait for JetStream's answers to a payload's writes.
+const putAckWait = 30 * time.Second
 
 // acked waits for an asynchronous publish's answer.
 func acked(ctx context.Context, f jetstream.PubAckFuture) error {
