@@ -53,8 +53,9 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	n, err := io.ReadFull(r, buf)
 	switch {
 	case n == len(buf):
-		// Does not fit one chunk: stream the rest through Put.
-		_, err := b.Payloads.Put(ctx, PayloadMeta(name, size), io.MultiReader(bytes.NewReader(buf), r))
+		// Larger than one chunk (or than size said): stream the rest
+		// through Put, in chunks of the largest size.
+		_, err := b.Payloads.Put(ctx, payloadMeta(name, -1), io.MultiReader(bytes.NewReader(buf), r))
 		return err
 	case err != io.EOF && err != io.ErrUnexpectedEOF:
 		return err
@@ -63,7 +64,7 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	nuid := payloadNUID(name)
 	sum := sha256.Sum256(data)
 	info := jetstream.ObjectInfo{
-		ObjectMeta: PayloadMeta(name, int64(n)), Bucket: BucketPayloads, NUID: nuid,
+		ObjectMeta: payloadMeta(name, int64(n)), Bucket: BucketPayloads, NUID: nuid,
 		Size: uint64(n), Digest: digestOf(sum[:]),
 	}
 	var chunk jetstream.PubAckFuture
@@ -166,12 +167,10 @@ func metaSubject(name string) string {
 	return "$O." + BucketPayloads + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
 }
 
-// PayloadMeta names a payload of size bytes (-1: unknown) for
-// ObjectStore.Put. Put allocates one chunk buffer per call, 128 KiB by
-// default; a smaller payload gets a chunk of exchange.BufferSize (its size
-// plus one byte, so a file that grew meanwhile still reads past its size)
-// and is stored as one chunk.
-func PayloadMeta(name string, size int64) jetstream.ObjectMeta {
+// payloadMeta is the object meta of a payload of size bytes (-1: unknown):
+// its chunk size is what the payload needs, up to maxChunk (the chunk size
+// ends up in the meta, and Put allocates one chunk buffer of it per call).
+func payloadMeta(name string, size int64) jetstream.ObjectMeta {
 	return jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(exchange.BufferSize(size, maxChunk))}}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -213,7 +214,11 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 	gone := false
 	if obj != "" {
 		var err error
-		if gone, err = f.copyPayload(ctx, l, remote, obj); err != nil {
+		size, serr := strconv.ParseInt(hdr.Get(exchange.MetaSize), 10, 64)
+		if serr != nil {
+			size = -1 // unknown: PutPayload finds out
+		}
+		if gone, err = f.copyPayload(ctx, l, remote, obj, size); err != nil {
 			return err
 		}
 	}
@@ -270,10 +275,11 @@ func (f *fetch) dropRemote(ctx context.Context, remote *bus.Bus, obj string) {
 	}
 }
 
-// copyPayload copies the object from the other domain; gone says it is in
-// neither (a copy here counts: an earlier attempt copied it and dropped
-// the original, then stopped before its ack).
-func (f *fetch) copyPayload(ctx context.Context, l *lane, remote *bus.Bus, obj string) (gone bool, err error) {
+// copyPayload copies the object (of about size bytes) from the other
+// domain; gone says it is in neither (a copy here counts: an earlier
+// attempt copied it and dropped the original, then stopped before its ack).
+// Object names are never reused for other content, as PutPayload needs.
+func (f *fetch) copyPayload(ctx context.Context, l *lane, remote *bus.Bus, obj string, size int64) (gone bool, err error) {
 	rc, err := remote.OpenPayload(ctx, obj)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		if _, lerr := l.b.Payloads.GetInfo(ctx, obj); lerr == nil {
@@ -285,7 +291,7 @@ func (f *fetch) copyPayload(ctx context.Context, l *lane, remote *bus.Bus, obj s
 		return false, fmt.Errorf("relay %s: %w", f.relay, err)
 	}
 	defer rc.Close()
-	if _, err := l.b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: obj}, rc); err != nil {
+	if err := l.b.PutPayload(ctx, obj, size, rc); err != nil {
 		return false, fmt.Errorf("fetch: store payload %s here: %w", obj, err)
 	}
 	return false, nil
