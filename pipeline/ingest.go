@@ -140,10 +140,10 @@ func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time
 		return
 	}
 	reverse := exchange.Header{ExchangePlan: h.ExchangePlan, From: h.To, To: h.From}
-	l.event(Event{Step: StepAcknowledges, MsgID: id, File: file, Node: h.From, Channel: channelName(reverse), No: h.ReceivedNo,
-		Detail: fmt.Sprintf("%s → %s up to No %d", h.To, h.From, h.ReceivedNo)})
 	// A node repeats its ReceivedNo in every message until it receives
-	// something new: most acknowledgements change nothing, and need no write.
+	// something new: most acknowledgements change nothing, and need no
+	// write and no trace event (a trace shows the first that covers a
+	// delivered message).
 	if c, err := l.states.Recent(ctx, h.ExchangePlan, h.To, h.From); err == nil {
 		changed := c
 		changed.applyAck(h.ReceivedNo, now)
@@ -151,6 +151,8 @@ func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time
 			return
 		}
 	}
+	l.event(Event{Step: StepAcknowledges, MsgID: id, File: file, Node: h.From, Channel: channelName(reverse), No: h.ReceivedNo,
+		Detail: fmt.Sprintf("%s → %s up to No %d", h.To, h.From, h.ReceivedNo)})
 	c, err := l.states.Update(ctx, h.ExchangePlan, h.To, h.From, func(c *Channel) { c.applyAck(h.ReceivedNo, now) })
 	if err != nil {
 		l.log.Warn("acknowledgement not recorded", "err", err)

@@ -2,7 +2,10 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -82,8 +85,9 @@ func TestStatesRecent(t *testing.T) {
 }
 
 // TestAcknowledgeWritesOnlyChanges: a ReceivedNo that acknowledges nothing
-// new (1C repeats it in every message) writes nothing; one that moves the
-// number, raises or clears the backup warning does.
+// new (1C repeats it in every message) writes nothing, state or trace
+// event; one that moves the number, raises or clears the backup warning
+// does both.
 func TestAcknowledgeWritesOnlyChanges(t *testing.T) {
 	b := testBus(t)
 	ctx := context.Background()
@@ -125,14 +129,40 @@ func TestAcknowledgeWritesOnlyChanges(t *testing.T) {
 			}
 		}},
 	}
+	// Trace events are plain publishes, stored after the call returns: a
+	// marker event after each step, once stored, says all before it are.
+	events := func(i int) uint64 {
+		marker := fmt.Sprint("marker ", i)
+		l.event(Event{Step: "marker", MsgID: marker})
+		sum := sha256.Sum256([]byte(marker))
+		subj := bus.EventSubjectPrefix + hex.EncodeToString(sum[:12])
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if _, err := b.Events.GetLastMsgForSubject(ctx, subj); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("marker event %d not stored", i)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		info, err := b.Events.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs - uint64(i) - 1 // not counting the markers
+	}
 	for i, s := range steps {
 		if s.before != nil {
 			s.before()
 		}
-		r0 := rev()
+		r0, e0 := rev(), events(2*i)
 		c := ack(s.no)
 		if wrote := rev() != r0; wrote != s.write {
 			t.Fatalf("step %d (ReceivedNo %d): wrote %v, want %v", i, s.no, wrote, s.write)
+		}
+		if evented := events(2*i+1) != e0; evented != s.write {
+			t.Fatalf("step %d (ReceivedNo %d): trace event %v, want %v", i, s.no, evented, s.write)
 		}
 		if s.check != nil && !s.check(c) {
 			t.Fatalf("step %d (ReceivedNo %d): %+v", i, s.no, c)
