@@ -47,11 +47,15 @@ func (d *dropper) drop(name string) {
 	}
 }
 
-func (d *dropper) delete(name string) {
+func (d *dropper) delete(name string) { deletePayload(d.del, name, d.log) }
+
+// deletePayload deletes the payload name through del, logging a failure:
+// the message is finished either way.
+func deletePayload(del func(ctx context.Context, name string) error, name string, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := d.del(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-		d.log.Warn("payload not deleted", "object", name, "err", err)
+	if err := del(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		log.Warn("payload not deleted", "object", name, "err", err)
 	}
 }
 

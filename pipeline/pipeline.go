@@ -19,7 +19,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
@@ -167,7 +166,7 @@ type lane struct {
 	pub    message.Publisher // ingest: to the EXCHANGE stream
 	log    *slog.Logger
 	opts   Options
-	// dropper deletes finished payloads behind the handler; nil: inline.
+	// dropper deletes finished payloads behind a delivery; nil: inline.
 	dropper *dropper
 }
 
@@ -177,11 +176,7 @@ func (l *lane) drop(obj string) {
 		l.dropper.drop(obj)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := l.b.Payloads.Delete(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-		l.log.Warn("payload not deleted", "object", obj, "err", err)
-	}
+	deletePayload(l.b.Payloads.Delete, obj, l.log)
 }
 
 // newLane opens a lane named for logs and NATS monitoring.
@@ -197,9 +192,6 @@ func (p *Pipeline) newLane(name string, wlog watermill.LoggerAdapter) (*lane, er
 	if l.pub, err = exchangePublisher(lb.Conn, wlog); err != nil {
 		return nil, fmt.Errorf("%s: publisher: %w", name, err)
 	}
-	// Closed before the lane's connection (closers run newest first).
-	l.dropper = newDropper(lb.Payloads.Delete, l.log)
-	p.closers = append(p.closers, l.dropper.close)
 	return l, nil
 }
 
@@ -281,6 +273,9 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 			if err != nil {
 				return err
 			}
+			// Closed before the lane's connection (closers run newest first).
+			l.dropper = newDropper(l.b.Payloads.Delete, l.log)
+			p.closers = append(p.closers, l.dropper.close)
 			handle := p.deliverHandler(name, n, pub, l, in)
 			for i, sub := range subs {
 				router.AddConsumerHandler(fmt.Sprintf("deliver %s #%d", name, i+1), name, sub, handle)
