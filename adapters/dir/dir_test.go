@@ -224,20 +224,28 @@ func deliverMsg(t *testing.T, src string, h exchange.Header) *message.Message {
 	return m
 }
 
-// TestDeliverAtomicAndNeverBackwards: a delivery lands whole under the final
-// name with no temp file left; an older message never replaces a newer one.
-func TestDeliverAtomicAndNeverBackwards(t *testing.T) {
-	src, dst := t.TempDir(), t.TempDir()
+// publisherWith5 is a delivery into a fresh folder dst that has delivered
+// No 5 (from the file f5) there.
+func publisherWith5(t *testing.T) (p *Publisher, dst, f5 string) {
+	t.Helper()
+	dst = t.TempDir()
 	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f5, _ := exchangetest.WriteFile(src, hdr(5), 3000, exchange.FormatXML)
+	f5, _ = exchangetest.WriteFile(t.TempDir(), hdr(5), 3000, exchange.FormatXML)
 	if err := p.Publish("", deliverMsg(t, f5, hdr(5))); err != nil {
 		t.Fatal(err)
 	}
+	return p, dst, f5
+}
+
+// TestDeliverAtomicAndNeverBackwards: a delivery lands whole under the final
+// name with no temp file left; an older message never replaces a newer one.
+func TestDeliverAtomicAndNeverBackwards(t *testing.T) {
+	p, dst, f5 := publisherWith5(t)
 	f4, _ := exchangetest.WriteFile(t.TempDir(), hdr(4), 3000, exchange.FormatXML)
-	err = p.Publish("", deliverMsg(t, f4, hdr(4)))
+	err := p.Publish("", deliverMsg(t, f4, hdr(4)))
 	if !errors.Is(err, exchange.ErrStale) {
 		t.Fatalf("older over newer: err %v, want ErrStale", err)
 	}
@@ -287,15 +295,7 @@ func TestDeliverSeesReplacedFile(t *testing.T) {
 	}
 	for name, replace := range cases {
 		t.Run(name, func(t *testing.T) {
-			src, dst := t.TempDir(), t.TempDir()
-			p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f5, _ := exchangetest.WriteFile(src, hdr(5), 3000, exchange.FormatXML)
-			if err := p.Publish("", deliverMsg(t, f5, hdr(5))); err != nil {
-				t.Fatal(err)
-			}
+			p, dst, _ := publisherWith5(t)
 			f7, _ := exchangetest.WriteFile(t.TempDir(), hdr(7), 5000, exchange.FormatXML)
 			replace(t, filepath.Join(dst, "Message_A_B.xml"), f7)
 			f6, _ := exchangetest.WriteFile(t.TempDir(), hdr(6), 3000, exchange.FormatXML)

@@ -217,6 +217,25 @@ func TestBusyFolderIsScanned(t *testing.T) {
 	}
 }
 
+// clockedScan is a pickup of m (settle, trust mtime or not) whose clock
+// reads *now, with its scanner and one scan of it as a call: for tests of
+// what a scan decides. Takes it starts are stopped when the test ends.
+func clockedScan(t *testing.T, m *memSource, settle time.Duration, trust bool, now *time.Time) (*scanner, func() time.Duration) {
+	t.Helper()
+	o := fastOptions()
+	o.Settle, o.TrustMTime = settle, trust
+	p, err := NewPickup(m, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.now = func() time.Time { return *now }
+	ctx, cancel := context.WithCancel(context.Background())
+	var takes sync.WaitGroup
+	t.Cleanup(func() { cancel(); takes.Wait() })
+	sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
+	return sc, func() time.Duration { return p.scan(ctx, sc, make(chan *message.Message)) }
+}
+
 // TestSettleFromMTime: where mtime is the relay's clock, a file's settle
 // time runs from its last write, not from the scan that first saw it; a
 // file written a moment ago is looked at again when it has settled, an
@@ -240,18 +259,8 @@ func TestSettleFromMTime(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			m := newMem(t, 1)
 			m.mtime = now.Add(-c.age)
-			o := fastOptions()
-			o.Settle, o.TrustMTime = settle, c.trust
-			p, err := NewPickup(m, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p.now = func() time.Time { return now }
-			ctx, cancel := context.WithCancel(context.Background())
-			var takes sync.WaitGroup
-			defer func() { cancel(); takes.Wait() }()
-			sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
-			next := p.scan(ctx, sc, make(chan *message.Message))
+			sc, scan := clockedScan(t, m, settle, c.trust, &now)
+			next := scan()
 			if next != c.next {
 				t.Errorf("next look in %s, want %s", next, c.next)
 			}
@@ -270,24 +279,14 @@ func TestSettleAfterChange(t *testing.T) {
 	const settle = 100 * time.Millisecond
 	m := newMem(t, 1)
 	m.mtime = now.Add(-time.Second) // the same coarse mtime before and after the change
-	o := fastOptions()
-	o.Settle, o.TrustMTime = settle, true
-	p, err := NewPickup(m, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.now = func() time.Time { return now }
-	ctx, cancel := context.WithCancel(context.Background())
-	var takes sync.WaitGroup
-	defer func() { cancel(); takes.Wait() }()
-	sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
+	sc, scan := clockedScan(t, m, settle, true, &now)
 	for name := range m.files {
 		// A scan listed it at now, settled; then it grows, its mtime stays.
 		sc.seen[name] = &candidate{size: int64(len(m.files[name])), mtime: m.mtime, since: now.Add(-time.Second), listed: now}
 		m.files[name] = append(m.files[name], ' ')
 	}
 	now = now.Add(30 * time.Millisecond)
-	if next := p.scan(ctx, sc, make(chan *message.Message)); next != 70*time.Millisecond {
+	if next := scan(); next != 70*time.Millisecond {
 		t.Errorf("next look in %s, want 70ms (a settle time after the scan that saw the old size)", next)
 	}
 	if len(sc.busy) > 0 {
