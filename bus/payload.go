@@ -48,17 +48,27 @@ func (b *Bus) OpenPayload(ctx context.Context, name string) (io.ReadCloser, erro
 // names a payload by its message and sha256): the chunk is written only if
 // its subject is empty, so a second put of the same name finds its chunk
 // there and rewrites only the meta. Larger payloads go through Put.
-func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Reader) error {
+//
+// It returns what it stored: the size and the sha256 (hex) of the bytes it
+// read, which the caller compares with what it expected.
+func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Reader) (stored int64, sha256hex string, err error) {
 	buf := make([]byte, exchange.BufferSize(size, maxChunk))
 	n, err := io.ReadFull(r, buf)
 	switch {
 	case n == len(buf):
 		// Larger than one chunk (or than size said): stream the rest
 		// through Put, in chunks of the largest size.
-		_, err := b.Payloads.Put(ctx, payloadMeta(name, -1), io.MultiReader(bytes.NewReader(buf), r))
-		return err
+		info, err := b.Payloads.Put(ctx, payloadMeta(name, -1), io.MultiReader(bytes.NewReader(buf), r))
+		if err != nil {
+			return 0, "", err
+		}
+		sum, err := jetstream.DecodeObjectDigest(info.Digest)
+		if err != nil {
+			return 0, "", fmt.Errorf("payload %s: digest %q: %w", name, info.Digest, err)
+		}
+		return int64(info.Size), hex.EncodeToString(sum), nil
 	case err != io.EOF && err != io.ErrUnexpectedEOF:
-		return err
+		return 0, "", err
 	}
 	data := buf[:n]
 	nuid := payloadNUID(name)
@@ -72,17 +82,17 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 		info.Chunks = 1
 		chunk, err = b.JS.PublishAsync(chunkSubject(nuid), data, jetstream.WithExpectLastSequencePerSubject(0))
 		if err != nil {
-			return fmt.Errorf("payload %s: chunk: %w", name, err)
+			return 0, "", fmt.Errorf("payload %s: chunk: %w", name, err)
 		}
 	}
 	meta := nats.NewMsg(metaSubject(name))
 	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	if meta.Data, err = json.Marshal(info); err != nil {
-		return err
+		return 0, "", err
 	}
 	f, err := b.JS.PublishMsgAsync(meta)
 	if err != nil {
-		return fmt.Errorf("payload %s: meta: %w", name, err)
+		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
 	}
 	// An answer lost without a reconnect (which fails the futures) would
 	// leave the wait to ctx alone, and the ingest's ctx has no deadline.
@@ -90,13 +100,13 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	defer cancel()
 	if chunk != nil {
 		if err := acked(ctx, chunk); err != nil && !wrongLastSeq(err) {
-			return fmt.Errorf("payload %s: chunk: %w", name, err)
+			return 0, "", fmt.Errorf("payload %s: chunk: %w", name, err)
 		}
 	}
 	if err := acked(ctx, f); err != nil {
-		return fmt.Errorf("payload %s: meta: %w", name, err)
+		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
 	}
-	return nil
+	return int64(n), hex.EncodeToString(sum[:]), nil
 }
 
 // putAckWait bounds the wait for JetStream's answers to a payload's writes.

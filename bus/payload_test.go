@@ -86,8 +86,12 @@ func TestPutPayload(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if err := b.PutPayload(ctx, c.name, c.size, bytes.NewReader(c.data)); err != nil {
+			n, sum, err := b.PutPayload(ctx, c.name, c.size, bytes.NewReader(c.data))
+			if err != nil {
 				t.Fatal(err)
+			}
+			if n != int64(len(c.data)) || sum != hexSum(c.data) {
+				t.Fatalf("stored %d bytes, sha256 %s; want %d, %s", n, sum, len(c.data), hexSum(c.data))
 			}
 			readBoth(t, b, c.name, c.data)
 			if err := b.Payloads.Delete(ctx, c.name); err != nil {
@@ -101,7 +105,7 @@ func TestPutPayload(t *testing.T) {
 
 	t.Run("put twice: one chunk, one delete", func(t *testing.T) {
 		for range 2 {
-			if err := b.PutPayload(ctx, "twice", int64(len(small)), bytes.NewReader(small)); err != nil {
+			if _, _, err := b.PutPayload(ctx, "twice", int64(len(small)), bytes.NewReader(small)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -128,7 +132,7 @@ func TestPutPayload(t *testing.T) {
 	})
 
 	t.Run("wrong sha256 is refused", func(t *testing.T) {
-		if err := b.PutPayload(ctx, "sum", int64(len(small)), bytes.NewReader(small)); err != nil {
+		if _, _, err := b.PutPayload(ctx, "sum", int64(len(small)), bytes.NewReader(small)); err != nil {
 			t.Fatal(err)
 		}
 		r, err := b.OpenKnownPayload(ctx, "sum", int64(len(small)), hexSum([]byte("other")))
@@ -143,7 +147,7 @@ func TestPutPayload(t *testing.T) {
 	t.Run("a failed put says which payload", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		err := b.PutPayload(cctx, "cancelled", int64(len(small)), bytes.NewReader(small))
+		_, _, err := b.PutPayload(cctx, "cancelled", int64(len(small)), bytes.NewReader(small))
 		if err == nil || !strings.Contains(err.Error(), "cancelled") {
 			t.Fatalf("put with a cancelled context: %v", err)
 		}

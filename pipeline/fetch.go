@@ -291,7 +291,7 @@ func (f *fetch) copyPayload(ctx context.Context, l *lane, remote *bus.Bus, obj s
 		return false, fmt.Errorf("relay %s: %w", f.relay, err)
 	}
 	defer rc.Close()
-	if err := l.b.PutPayload(ctx, obj, size, rc); err != nil {
+	if _, _, err := l.b.PutPayload(ctx, obj, size, rc); err != nil {
 		return false, fmt.Errorf("fetch: store payload %s here: %w", obj, err)
 	}
 	return false, nil

@@ -183,13 +183,13 @@ func (l *lane) putPayload(ctx context.Context, m *message.Message, id string, si
 		return fmt.Errorf("ingest: open %s: %w", id, err)
 	}
 	defer body.Close()
-	hr := newHashReader(io.LimitReader(body, size+1))
-	if err := l.b.PutPayload(ctx, id, size, hr); err != nil {
+	n, got, err := l.b.PutPayload(ctx, id, size, io.LimitReader(body, size+1))
+	if err != nil {
 		return fmt.Errorf("ingest: store payload %s: %w", id, err)
 	}
-	if hr.n != size || (sha != "" && hr.sum() != sha) {
+	if n != size || (sha != "" && got != sha) {
 		_ = l.b.Payloads.Delete(ctx, id)
-		return fmt.Errorf("ingest: %s changed while it was read (%d bytes, want %d)", id, hr.n, size)
+		return fmt.Errorf("ingest: %s changed while it was read (%d bytes, want %d)", id, n, size)
 	}
 	return nil
 }

@@ -148,7 +148,9 @@ func (s *States) Get(ctx context.Context, plan, from, to string) (Channel, error
 // Recent is the channel's state as this relay last read or wrote it, read
 // from the bucket only when it has not seen the channel yet. Its numbers
 // may lag behind the bucket's (numbers only grow), never run ahead: good for
-// an early drop at pickup, which the delivery's own Get backs up.
+// an early drop at pickup, for an acknowledgement that may change nothing,
+// and for the delivery's check where this relay alone writes the bucket
+// (an embedded NATS).
 func (s *States) Recent(ctx context.Context, plan, from, to string) (Channel, error) {
 	c, _, ok := s.cached(bus.ChannelKey(plan, from, to))
 	if !ok {
