@@ -131,6 +131,24 @@ func TestPutPayload(t *testing.T) {
 		readBoth(t, b, "by put", small)
 	})
 
+	t.Run("a record's bad size or sha256 falls back to the lookup", func(t *testing.T) {
+		if _, _, err := b.PutPayload(ctx, "hint", int64(len(small)), bytes.NewReader(small)); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			size int64
+			sha  string
+		}{{-1, hexSum(small)}, {int64(len(small)), "not hex"}, {int64(len(small)), "abcd"}, {maxChunk + 1, hexSum(small)}} {
+			r, err := b.OpenKnownPayload(ctx, "hint", c.size, c.sha)
+			if err != nil {
+				t.Fatalf("size %d, sha256 %q: %v", c.size, c.sha, err)
+			}
+			if got, err := io.ReadAll(r); err != nil || !bytes.Equal(got, small) {
+				t.Fatalf("size %d, sha256 %q: %d bytes, %v", c.size, c.sha, len(got), err)
+			}
+		}
+	})
+
 	t.Run("wrong sha256 is refused", func(t *testing.T) {
 		if _, _, err := b.PutPayload(ctx, "sum", int64(len(small)), bytes.NewReader(small)); err != nil {
 			t.Fatal(err)
