@@ -437,16 +437,7 @@ func (b *Bus) provision(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("nats: stream %s: %w", StreamEvents, err)
 	}
-	b.Payloads, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      BucketPayloads,
-		Description: "exchange message bodies",
-		Storage:     jetstream.FileStorage,
-		Replicas:    b.replicas,
-	})
-	if err != nil {
-		return fmt.Errorf("nats: object store %s: %w", BucketPayloads, err)
-	}
-	if b.payloadStream, err = js.Stream(ctx, "OBJ_"+BucketPayloads); err != nil {
+	if err := b.provisionPayloads(ctx); err != nil {
 		return fmt.Errorf("nats: object store %s: %w", BucketPayloads, err)
 	}
 	b.Channels, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -481,6 +472,48 @@ func (b *Bus) provision(ctx context.Context) error {
 		return fmt.Errorf("nats: kv %s: %w", BucketLeases, err)
 	}
 	return nil
+}
+
+// provisionPayloads creates EXCHANGE_PAYLOADS, or brings an existing one to
+// this relay's replicas, and binds it. With more than one replica its
+// stream answers no direct gets: any replica answers those, and one that
+// has not applied a put yet says "not found" for a payload whose record is
+// already out, which a delivery or a fetch would take for a payload that is
+// gone. A message get is answered by the stream's leader, which has every
+// acknowledged put. (CreateOrUpdateObjectStore would turn direct gets back
+// on at every start, so the store is created only when it is missing.)
+func (b *Bus) provisionPayloads(ctx context.Context) error {
+	_, err := b.JS.ObjectStore(ctx, BucketPayloads)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		_, err = b.JS.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      BucketPayloads,
+			Description: "exchange message bodies",
+			Storage:     jetstream.FileStorage,
+			Replicas:    b.replicas,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			err = nil // another replica starting beside this one made it
+		}
+	}
+	if err != nil {
+		return err
+	}
+	stream, err := b.JS.Stream(ctx, "OBJ_"+BucketPayloads)
+	if err != nil {
+		return err
+	}
+	have := stream.CachedInfo().Config
+	want := have
+	want.Replicas, want.AllowDirect = b.replicas, b.replicas == 1
+	if want.Replicas != have.Replicas || want.AllowDirect != have.AllowDirect {
+		if _, err := b.JS.UpdateStream(ctx, want); err != nil {
+			return err
+		}
+	}
+	// Bound afresh: the handles decide direct or not from the stream
+	// config they were made with.
+	_, err = b.bindExchange(ctx)
+	return err
 }
 
 // Connected reports whether the NATS connection is up (for /readyz).

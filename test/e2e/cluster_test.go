@@ -10,7 +10,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -25,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
 	"github.com/relay1c/relay/pipeline"
@@ -507,5 +510,59 @@ func TestOfficeLeaf(t *testing.T) {
 	}
 	if r := status(office)["OFF→OFF2"]; r.DeliveredNo != 1 || r.Pending != 0 {
 		t.Errorf("office status of OFF→OFF2: delivered %d, pending %d; want 1, 0", r.DeliveredNo, r.Pending)
+	}
+}
+
+// TestPayloadReadAfterWrite: on a three-server cluster, a payload is
+// readable the moment its put returns, from another connection (another
+// relay replica, or an office fetching it). Any replica may answer a direct
+// get, and one that has not applied the put yet answers "not found", which
+// a fetch would take for a payload that is gone.
+func TestPayloadReadAfterWrite(t *testing.T) {
+	c := startCluster(t, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	open := func() *bus.Bus {
+		b, err := bus.Open(ctx, bus.Settings{NATS: config.NATS{URL: c.ClientURL(), Replicas: 3}, ID: "hq"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		return b
+	}
+	w, r := open(), open()
+	misses := 0
+	for i := range 300 {
+		size := 2 << 10
+		if i%50 == 0 {
+			size = 300 << 10 // stored by Put, in three chunks
+		}
+		data := bytes.Repeat([]byte{byte(i)}, size)
+		name := fmt.Sprintf("read-after-write/%d", i)
+		n, sum, err := w.PutPayload(ctx, name, int64(size), bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, open := range []func() (io.ReadCloser, error){
+			func() (io.ReadCloser, error) { return r.OpenKnownPayload(ctx, name, n, sum) },
+			func() (io.ReadCloser, error) { return r.OpenPayload(ctx, name) },
+		} {
+			rc, err := open()
+			if err == nil {
+				var got []byte
+				got, err = io.ReadAll(rc)
+				rc.Close()
+				if err == nil && !bytes.Equal(got, data) {
+					err = fmt.Errorf("read %d bytes, not the %d written", len(got), len(data))
+				}
+			}
+			if err != nil {
+				misses++
+				t.Errorf("payload %s right after its put: %v", name, err)
+			}
+		}
+		if misses > 5 {
+			t.Fatal("giving up")
+		}
 	}
 }
