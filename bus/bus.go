@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -187,11 +188,33 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 		b.Close()
 		return nil, fmt.Errorf("nats: connect: %w", err)
 	}
-	if err := b.provision(ctx); err != nil {
+	// Provisioning is idempotent, so after a request that got no answer it
+	// starts again. Two relays creating the streams of a new cluster side by
+	// side (nats-server 2.9.10, three servers) get no answer to any stream
+	// create that overlaps the other's, although the stream is made: each
+	// try gets one stream further, about 30 s for all of them.
+	_, err = backoff.Retry(ctx, func() (struct{}, error) {
+		err := b.provision(ctx)
+		if err != nil && !unanswered(ctx, err) {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		return struct{}{}, err
+	},
+		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 500 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 5 * time.Second}),
+		backoff.WithMaxElapsedTime(2*time.Minute),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			log.Warn("nats: creating streams and buckets got no answer; trying again", "err", err, "retry_in", wait.Round(time.Millisecond))
+		}))
+	if err != nil {
 		b.Close()
 		return nil, err
 	}
 	return b, nil
+}
+
+// unanswered says a JetStream API request timed out while ctx still runs.
+func unanswered(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout))
 }
 
 func startEmbedded(cfg config.NATS, dataDir, id string) (*server.Server, error) {

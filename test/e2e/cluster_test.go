@@ -513,7 +513,8 @@ func TestOfficeLeaf(t *testing.T) {
 	}
 }
 
-// TestPayloadReadAfterWrite: on a three-server cluster, a payload is
+// TestPayloadReadAfterWrite: two relays start together on a new
+// three-server cluster (both create the streams), and a payload is
 // readable the moment its put returns, from another connection (another
 // relay replica, or an office fetching it). Any replica may answer a direct
 // get, and one that has not applied the put yet answers "not found", which
@@ -522,15 +523,25 @@ func TestPayloadReadAfterWrite(t *testing.T) {
 	c := startCluster(t, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	open := func() *bus.Bus {
-		b, err := bus.Open(ctx, bus.Settings{NATS: config.NATS{URL: c.ClientURL(), Replicas: 3}, ID: "hq"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
+	// Two replicas start at the same moment on the new cluster, and create
+	// the streams and buckets side by side. Their context has no deadline,
+	// as relay's has none: each request waits the client's default timeout.
+	var bs [2]*bus.Bus
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i := range bs {
+		wg.Go(func() {
+			bs[i], errs[i] = bus.Open(context.Background(), bus.Settings{NATS: config.NATS{URL: c.ClientURL(), Replicas: 3}, ID: "hq"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		})
+	}
+	wg.Wait()
+	for i, b := range bs {
+		if errs[i] != nil {
+			t.Fatalf("replica %d: %v", i, errs[i])
 		}
 		t.Cleanup(b.Close)
-		return b
 	}
-	w, r := open(), open()
+	w, r := bs[0], bs[1]
 	misses := 0
 	for i := range 300 {
 		size := 2 << 10
