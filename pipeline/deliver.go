@@ -269,7 +269,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		}
 		out.SetContext(ctx)
 		exchange.SetBody(out, func(ctx context.Context) (io.ReadCloser, error) {
-			return l.b.OpenKnownPayload(ctx, obj, atoi64(m.Metadata.Get(exchange.MetaSize)), m.Metadata.Get(exchange.MetaSHA256))
+			return l.b.OpenKnownPayload(ctx, obj, statedSize(m.Metadata.Get(exchange.MetaSize)), m.Metadata.Get(exchange.MetaSHA256))
 		})
 		adapter := p.adapterOf(node, "deliver")
 		l.m.attempts.WithLabelValues(node, adapter).Inc()
@@ -359,6 +359,16 @@ func (l *lane) lastNo(ctx context.Context, h exchange.Header) (uint64, bool) {
 
 func atoi64(s string) int64 {
 	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+// statedSize is the payload size a record states, -1 when it states none:
+// the payload's own meta then tells (atoi64's 0 would be a wrong size).
+func statedSize(s string) int64 {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return -1
+	}
 	return n
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -214,11 +213,7 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 	gone := false
 	if obj != "" {
 		var err error
-		size, serr := strconv.ParseInt(hdr.Get(exchange.MetaSize), 10, 64)
-		if serr != nil {
-			size = -1 // unknown: PutPayload finds out
-		}
-		if gone, err = f.copyPayload(ctx, l, remote, obj, size); err != nil {
+		if gone, err = f.copyPayload(ctx, l, remote, obj, statedSize(hdr.Get(exchange.MetaSize))); err != nil {
 			return err
 		}
 	}
