@@ -506,16 +506,17 @@ func (b *Bus) provision(ctx context.Context) error {
 // acknowledged put. (CreateOrUpdateObjectStore would turn direct gets back
 // on at every start, so the store is created only when it is missing.)
 func (b *Bus) provisionPayloads(ctx context.Context) error {
-	_, err := b.JS.ObjectStore(ctx, BucketPayloads)
+	store, err := b.JS.ObjectStore(ctx, BucketPayloads)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		_, err = b.JS.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		store, err = b.JS.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket:      BucketPayloads,
 			Description: "exchange message bodies",
 			Storage:     jetstream.FileStorage,
 			Replicas:    b.replicas,
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) {
-			err = nil // another replica starting beside this one made it
+			// Another replica starting beside this one made it.
+			store, err = b.JS.ObjectStore(ctx, BucketPayloads)
 		}
 	}
 	if err != nil {
@@ -529,14 +530,17 @@ func (b *Bus) provisionPayloads(ctx context.Context) error {
 	want := have
 	want.Replicas, want.AllowDirect = b.replicas, b.replicas == 1
 	if want.Replicas != have.Replicas || want.AllowDirect != have.AllowDirect {
-		if _, err := b.JS.UpdateStream(ctx, want); err != nil {
+		if stream, err = b.JS.UpdateStream(ctx, want); err != nil {
+			return err
+		}
+		// Bound afresh: a handle decides direct or not from the stream
+		// config it was made with.
+		if store, err = b.JS.ObjectStore(ctx, BucketPayloads); err != nil {
 			return err
 		}
 	}
-	// Bound afresh: the handles decide direct or not from the stream
-	// config they were made with.
-	_, err = b.bindExchange(ctx)
-	return err
+	b.Payloads, b.payloadStream = store, stream
+	return nil
 }
 
 // Connected reports whether the NATS connection is up (for /readyz).
