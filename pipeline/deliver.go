@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"strconv"
 	"sync"
@@ -374,14 +373,38 @@ func statedSize(s string) int64 {
 
 // channelLocks keeps one channel's deliveries in this process from running
 // side by side (the state check, the write and the state update must not
-// interleave), while different channels of a node proceed in parallel.
-// Striped: a fixed set of mutexes, a channel maps to one by hash.
-type channelLocks [64]sync.Mutex
+// interleave), while different channels proceed in parallel: one mutex per
+// channel that has a delivery running or waiting, so channels never wait
+// for each other.
+type channelLocks struct {
+	mu    sync.Mutex
+	locks map[string]*channelLock
+}
+
+type channelLock struct {
+	sync.Mutex
+	users int // deliveries holding or waiting for it
+}
 
 func (l *channelLocks) lock(key string) (unlock func()) {
-	h := fnv.New32a()
-	h.Write([]byte(key))
-	m := &l[h.Sum32()%uint32(len(l))]
-	m.Lock()
-	return m.Unlock
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = map[string]*channelLock{}
+	}
+	c := l.locks[key]
+	if c == nil {
+		c = &channelLock{}
+		l.locks[key] = c
+	}
+	c.users++
+	l.mu.Unlock()
+	c.Lock()
+	return func() {
+		c.Unlock()
+		l.mu.Lock()
+		if c.users--; c.users == 0 {
+			delete(l.locks, key)
+		}
+		l.mu.Unlock()
+	}
 }

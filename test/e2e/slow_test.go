@@ -1,0 +1,79 @@
+package e2e
+
+import (
+	"fmt"
+	"hash/fnv"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
+)
+
+// TestSlowDeliveryHoldsNoOtherChannel: while node SLOW's HTTP service holds
+// a delivery open, ЦО's messages to ОП on eight other channels (other
+// exchange plans) are delivered one after another. The plans are chosen so
+// that each channel shared a lock with the stuck one under the striped
+// channel locks relay had before (64 mutexes by FNV-1a of the channel key):
+// there every one of them waited for the stuck delivery.
+func TestSlowDeliveryHoldsNoOtherChannel(t *testing.T) {
+	release := make(chan struct{})
+	var got atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	defer close(release) // before srv.Close: let the held request end
+
+	s := newSite(t,
+		nodeSpec{code: "ЦО"},
+		nodeSpec{code: "ОП"},
+		nodeSpec{code: "SLOW", deliverYAML: fmt.Sprintf("{ http: { url: %q, method: PUT, response_timeout: 5m, timeout: 5m } }", srv.URL+"/in/")})
+	s.start(t)
+
+	stuck := header("ЦО", "SLOW", 1, 0)
+	write := func(h exchange.Header) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(s.out(h.From), exchange.FileName(h.From, h.To, exchange.FormatXML)), fxXML(t, h, 2000), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(stuck)
+	waitFor(t, 20*time.Second, "SLOW's delivery to reach its service", func() bool { return got.Load() > 0 })
+
+	stripe := func(plan, from, to string) uint32 {
+		h := fnv.New32a()
+		h.Write([]byte(bus.ChannelKey(plan, from, to)))
+		return h.Sum32() % 64
+	}
+	want := stripe(stuck.ExchangePlan, stuck.From, stuck.To)
+	var plans []string
+	for i := 0; len(plans) < 8; i++ {
+		if p := fmt.Sprintf("План%d", i); stripe(p, "ЦО", "ОП") == want {
+			plans = append(plans, p)
+		}
+	}
+	dst := filepath.Join(s.in("ОП"), exchange.FileName("ЦО", "ОП", exchange.FormatXML))
+	for i, plan := range plans {
+		h := exchange.Header{ExchangePlan: plan, From: "ЦО", To: "ОП", MessageNo: uint64(i + 1)}
+		waitFor(t, 10*time.Second, "ЦО's outbox free for the next message", func() bool {
+			return gone(filepath.Join(s.out("ЦО"), exchange.FileName("ЦО", "ОП", exchange.FormatXML)))
+		})
+		write(h)
+		waitFor(t, 15*time.Second, fmt.Sprintf("%s:ЦО→ОП No %d delivered while SLOW's delivery hangs", plan, h.MessageNo), func() bool { return readNo(dst) == h.MessageNo })
+	}
+	if n := got.Load(); n != 1 {
+		t.Errorf("SLOW's service got %d requests while the first was held, want 1", n)
+	}
+}
