@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -463,7 +464,7 @@ func (b *Bus) provision(ctx context.Context) error {
 	if err := b.provisionPayloads(ctx); err != nil {
 		return fmt.Errorf("nats: object store %s: %w", BucketPayloads, err)
 	}
-	b.Channels, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	b.Channels, err = b.provisionKV(ctx, jetstream.KeyValueConfig{
 		Bucket:      BucketChannels,
 		Description: "state of each exchange channel (plan, from, to)",
 		Storage:     jetstream.FileStorage,
@@ -473,7 +474,7 @@ func (b *Bus) provision(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("nats: kv %s: %w", BucketChannels, err)
 	}
-	b.Taken, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	b.Taken, err = b.provisionKV(ctx, jetstream.KeyValueConfig{
 		Bucket:      BucketTaken,
 		Description: "files taken by pickups with after: keep",
 		Storage:     jetstream.FileStorage,
@@ -483,7 +484,7 @@ func (b *Bus) provision(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("nats: kv %s: %w", BucketTaken, err)
 	}
-	b.Leases, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	b.Leases, err = b.provisionKV(ctx, jetstream.KeyValueConfig{
 		Bucket:      BucketLeases,
 		Description: "leases of relay replicas sharing this NATS (pickups, fetches, channel deliveries)",
 		Storage:     jetstream.FileStorage,
@@ -497,14 +498,10 @@ func (b *Bus) provision(ctx context.Context) error {
 	return nil
 }
 
-// provisionPayloads creates EXCHANGE_PAYLOADS, or brings an existing one to
-// this relay's replicas, and binds it. With more than one replica its
-// stream answers no direct gets: any replica answers those, and one that
-// has not applied a put yet says "not found" for a payload whose record is
-// already out, which a delivery or a fetch would take for a payload that is
-// gone. A message get is answered by the stream's leader, which has every
-// acknowledged put. (CreateOrUpdateObjectStore would turn direct gets back
-// on at every start, so the store is created only when it is missing.)
+// provisionPayloads creates EXCHANGE_PAYLOADS when it is missing, brings
+// it to this relay's replicas and read mode (see leaderReads), and binds
+// it. (CreateOrUpdateObjectStore would turn direct gets back on at every
+// start.)
 func (b *Bus) provisionPayloads(ctx context.Context) error {
 	store, err := b.JS.ObjectStore(ctx, BucketPayloads)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -522,17 +519,11 @@ func (b *Bus) provisionPayloads(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	stream, err := b.JS.Stream(ctx, "OBJ_"+BucketPayloads)
+	stream, changed, err := b.leaderReads(ctx, "OBJ_"+BucketPayloads, nil)
 	if err != nil {
 		return err
 	}
-	have := stream.CachedInfo().Config
-	want := have
-	want.Replicas, want.AllowDirect = b.replicas, b.replicas == 1
-	if want.Replicas != have.Replicas || want.AllowDirect != have.AllowDirect {
-		if stream, err = b.JS.UpdateStream(ctx, want); err != nil {
-			return err
-		}
+	if changed {
 		// Bound afresh: a handle decides direct or not from the stream
 		// config it was made with.
 		if store, err = b.JS.ObjectStore(ctx, BucketPayloads); err != nil {
@@ -541,6 +532,70 @@ func (b *Bus) provisionPayloads(ctx context.Context) error {
 	}
 	b.Payloads, b.payloadStream = store, stream
 	return nil
+}
+
+// provisionKV creates the bucket cfg describes when it is missing, brings
+// it to cfg and to this relay's replicas and read mode (see leaderReads),
+// and binds it. (CreateOrUpdateKeyValue would turn direct gets back on at
+// every start.)
+func (b *Bus) provisionKV(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := b.JS.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = b.JS.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = b.JS.KeyValue(ctx, cfg.Bucket)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, changed, err := b.leaderReads(ctx, "KV_"+cfg.Bucket, func(c *jetstream.StreamConfig) {
+		// What CreateOrUpdateKeyValue would update from cfg.
+		c.Description, c.MaxMsgsPerSubject, c.MaxAge = cfg.Description, int64(max(cfg.History, 1)), cfg.TTL
+		c.Duplicates = 2 * time.Minute
+		if cfg.TTL > 0 && cfg.TTL < c.Duplicates {
+			c.Duplicates = cfg.TTL
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if changed {
+		return b.JS.KeyValue(ctx, cfg.Bucket)
+	}
+	return kv, nil
+}
+
+// leaderReads brings the stream name to this relay's replicas and, with
+// more than one, turns its direct gets off; edit, if any, sets the rest of
+// the config the caller keeps in step. Direct gets are answered by any
+// replica, and nats-server (2.9 here; read-after-write came in 2.12) lets
+// one answer before it has applied the latest writes: a payload whose
+// record is already out is "not found", which a delivery or a fetch takes
+// for a payload that is gone; a channel state is a revision or more behind
+// (one read in ten right after a write, TestPayloadReadAfterWrite), which
+// makes a delivery hold a message for a gap that is not there or deliver
+// one again. A message get is answered by the stream's leader, which has
+// every acknowledged write. It reports whether the config changed: handles
+// bound before then must be bound again.
+func (b *Bus) leaderReads(ctx context.Context, name string, edit func(*jetstream.StreamConfig)) (jetstream.Stream, bool, error) {
+	stream, err := b.JS.Stream(ctx, name)
+	if err != nil {
+		return nil, false, err
+	}
+	have := stream.CachedInfo().Config
+	want := have
+	want.Replicas, want.AllowDirect = b.replicas, b.replicas == 1
+	if edit != nil {
+		edit(&want)
+	}
+	if reflect.DeepEqual(want, have) {
+		return stream, false, nil
+	}
+	if stream, err = b.JS.UpdateStream(ctx, want); err != nil {
+		return nil, false, err
+	}
+	return stream, true, nil
 }
 
 // Connected reports whether the NATS connection is up (for /readyz).
