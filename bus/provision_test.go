@@ -1,0 +1,48 @@
+package bus
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+)
+
+// TestOpenKeepsBucketsInStep: a start with another lease TTL brings the
+// existing lease bucket to it (expiry and duplicate window), and on one
+// server every bucket keeps its direct gets.
+func TestOpenKeepsBucketsInStep(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, ttl := range []time.Duration{10 * time.Second, 20 * time.Second, 5 * time.Minute} {
+		b, err := Open(ctx, Settings{DataDir: dir, ID: "t", LeaseTTL: ttl}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := b.JS.Stream(ctx, "KV_"+BucketLeases)
+		if err != nil {
+			b.Close()
+			t.Fatal(err)
+		}
+		cfg := st.CachedInfo().Config
+		wantDup := min(ttl, 2*time.Minute)
+		if cfg.MaxAge != ttl || cfg.Duplicates != wantDup {
+			t.Errorf("lease TTL %s: bucket MaxAge %s, Duplicates %s; want %s, %s", ttl, cfg.MaxAge, cfg.Duplicates, ttl, wantDup)
+		}
+		for _, name := range []string{"KV_" + BucketChannels, "KV_" + BucketTaken, "KV_" + BucketLeases, "OBJ_" + BucketPayloads} {
+			s, err := b.JS.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c := s.CachedInfo().Config; !c.AllowDirect || c.Replicas != 1 {
+				t.Errorf("%s: AllowDirect %v, Replicas %d on one server; want true, 1", name, c.AllowDirect, c.Replicas)
+			}
+		}
+		if _, err := b.Leases.Put(ctx, "k", []byte("v")); err != nil {
+			t.Errorf("lease bucket after a start with TTL %s: %v", ttl, err)
+		}
+		b.Close()
+	}
+}
