@@ -198,7 +198,14 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			return nil
 		}
 		obj := m.Metadata.Get(exchange.MetaObject)
-		unlock := p.chanLocks.lock(bus.ChannelKey(h.ExchangePlan, h.From, h.To))
+		unlock, ok := p.chanLocks.lock(ctx, bus.ChannelKey(h.ExchangePlan, h.From, h.To), lockWait)
+		if !ok {
+			// The channel's previous message is still being delivered
+			// (a big file, a slow destination): give this worker to the
+			// node's other channels and look again soon.
+			log.Debug("the channel's previous message is still being delivered; waiting")
+			return hold()
+		}
 		defer unlock()
 
 		if p.leases != nil {
@@ -373,7 +380,7 @@ func statedSize(s string) int64 {
 
 // channelLocks keeps one channel's deliveries in this process from running
 // side by side (the state check, the write and the state update must not
-// interleave), while different channels proceed in parallel: one mutex per
+// interleave), while different channels proceed in parallel: one lock per
 // channel that has a delivery running or waiting, so channels never wait
 // for each other.
 type channelLocks struct {
@@ -382,29 +389,54 @@ type channelLocks struct {
 }
 
 type channelLock struct {
-	sync.Mutex
-	users int // deliveries holding or waiting for it
+	sem   chan struct{} // holds a token while a delivery runs
+	users int           // deliveries holding or waiting for it
 }
 
-func (l *channelLocks) lock(key string) (unlock func()) {
+// lockWait is how long a delivery waits for its channel's previous one
+// before it hands its message back: long enough for ordinary deliveries to
+// follow each other without a hold, short enough that a node's workers are
+// not all tied up behind one long delivery.
+const lockWait = 2 * time.Second
+
+// lock takes key's lock, waiting at most wait (or until ctx ends); ok is
+// false when it was not taken.
+func (l *channelLocks) lock(ctx context.Context, key string, wait time.Duration) (unlock func(), ok bool) {
 	l.mu.Lock()
 	if l.locks == nil {
 		l.locks = map[string]*channelLock{}
 	}
 	c := l.locks[key]
 	if c == nil {
-		c = &channelLock{}
+		c = &channelLock{sem: make(chan struct{}, 1)}
 		l.locks[key] = c
 	}
 	c.users++
 	l.mu.Unlock()
-	c.Lock()
-	return func() {
-		c.Unlock()
+	leave := func() {
 		l.mu.Lock()
 		if c.users--; c.users == 0 {
 			delete(l.locks, key)
 		}
 		l.mu.Unlock()
 	}
+	select {
+	case c.sem <- struct{}{}:
+	default:
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case c.sem <- struct{}{}:
+		case <-t.C:
+			leave()
+			return nil, false
+		case <-ctx.Done():
+			leave()
+			return nil, false
+		}
+	}
+	return func() {
+		<-c.sem
+		leave()
+	}, true
 }

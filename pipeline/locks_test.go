@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -8,27 +9,45 @@ import (
 
 // TestChannelLocksIndependent: while one channel's delivery holds its lock
 // (a slow FTP upload, a hanging HTTP service), no other channel waits for
-// it; the same channel does. The striped locks this replaced (64 mutexes,
-// a channel mapped by hash) made about one channel in 64 wait for any slow
-// delivery, whatever its node.
+// it; the same channel waits, but only as long as it was told. The striped
+// locks this replaced (64 mutexes, a channel mapped by hash) made about one
+// channel in 64 wait for any slow delivery, whatever its node.
 func TestChannelLocksIndependent(t *testing.T) {
+	ctx := context.Background()
 	var l channelLocks
-	unlockSlow := l.lock("P.A.SLOW")
+	unlockSlow, ok := l.lock(ctx, "P.A.SLOW", time.Second)
+	if !ok {
+		t.Fatal("a free channel's lock was not taken")
+	}
 
 	for i := range 1000 {
 		key := fmt.Sprintf("P%d.A.B", i)
-		got := make(chan func(), 1)
-		go func() { got <- l.lock(key) }()
-		select {
-		case unlock := <-got:
-			unlock()
-		case <-time.After(5 * time.Second):
+		unlock, ok := l.lock(ctx, key, 5*time.Second)
+		if !ok {
 			t.Fatalf("channel %s waited for channel P.A.SLOW", key)
 		}
+		unlock()
+	}
+
+	start := time.Now()
+	if _, ok := l.lock(ctx, "P.A.SLOW", 50*time.Millisecond); ok {
+		t.Fatal("a second delivery on P.A.SLOW ran beside the first")
+	}
+	if waited := time.Since(start); waited < 50*time.Millisecond {
+		t.Errorf("a second delivery on P.A.SLOW gave up after %s, before its 50ms", waited)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, ok := l.lock(cctx, "P.A.SLOW", time.Minute); ok {
+		t.Fatal("a delivery whose context ended got the busy lock")
 	}
 
 	second := make(chan func(), 1)
-	go func() { second <- l.lock("P.A.SLOW") }()
+	go func() {
+		if unlock, ok := l.lock(ctx, "P.A.SLOW", time.Minute); ok {
+			second <- unlock
+		}
+	}()
 	select {
 	case <-second:
 		t.Fatal("a second delivery on P.A.SLOW ran beside the first")

@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -76,4 +78,67 @@ func TestSlowDeliveryHoldsNoOtherChannel(t *testing.T) {
 	if n := got.Load(); n != 1 {
 		t.Errorf("SLOW's service got %d requests while the first was held, want 1", n)
 	}
+}
+
+// TestLongDeliveryLeavesNodeFlowing: node ОП's HTTP service holds SHOP1's
+// message No 1 open (a big file on a slow line); SHOP1's No 2 arrives
+// meanwhile. ЦО's messages to ОП are still delivered: the worker that took
+// SHOP1's No 2 hands it back after a short wait for its channel instead of
+// waiting out No 1, which tied up both of the node's workers. No 2 follows
+// No 1 once that is done.
+func TestLongDeliveryLeavesNodeFlowing(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	got := map[string]int{} // requests begun, by sender
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		from := "ЦО"
+		if strings.Contains(r.URL.Path, "SHOP1") {
+			from = "SHOP1"
+		}
+		mu.Lock()
+		got[from]++
+		mu.Unlock()
+		if from == "SHOP1" {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free()
+	count := func(from string) int { mu.Lock(); defer mu.Unlock(); return got[from] }
+
+	s := newSite(t,
+		nodeSpec{code: "ЦО"},
+		nodeSpec{code: "SHOP1"},
+		nodeSpec{code: "ОП", deliverYAML: fmt.Sprintf("{ http: { url: %q, method: PUT, response_timeout: 5m, timeout: 5m } }", srv.URL+"/in/")})
+	s.start(t)
+	write := func(h exchange.Header) {
+		t.Helper()
+		path := filepath.Join(s.out(h.From), exchange.FileName(h.From, h.To, exchange.FormatXML))
+		waitFor(t, 10*time.Second, h.From+"'s outbox free for the next message", func() bool { return gone(path) })
+		if err := os.WriteFile(path, fxXML(t, h, 2000), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, fmt.Sprintf("%s→%s No %d picked up", h.From, h.To, h.MessageNo), func() bool { return gone(path) })
+	}
+
+	write(header("SHOP1", "ОП", 1, 0))
+	waitFor(t, 20*time.Second, "SHOP1's No 1 to reach ОП's service", func() bool { return count("SHOP1") == 1 })
+	write(header("SHOP1", "ОП", 2, 0))
+	time.Sleep(500 * time.Millisecond) // a worker takes No 2 and finds its channel busy
+	for no := uint64(1); no <= 3; no++ {
+		write(header("ЦО", "ОП", no, 0))
+		waitFor(t, 15*time.Second, fmt.Sprintf("ЦО→ОП No %d delivered while SHOP1's No 1 is held", no), func() bool { return count("ЦО") == int(no) })
+	}
+	if n := count("SHOP1"); n != 1 {
+		t.Fatalf("ОП's service got %d of SHOP1's messages while No 1 was held, want 1", n)
+	}
+	free()
+	waitFor(t, 20*time.Second, "SHOP1's No 2 delivered after No 1", func() bool { return count("SHOP1") == 2 })
 }
