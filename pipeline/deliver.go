@@ -391,6 +391,7 @@ type channelLocks struct {
 type channelLock struct {
 	sem   chan struct{} // holds a token while a delivery runs
 	users int           // deliveries holding or waiting for it
+	since time.Time     // when the running delivery took it (zero: just now)
 }
 
 // lockWait is how long a delivery waits for its channel's previous one
@@ -399,8 +400,9 @@ type channelLock struct {
 // not all tied up behind one long delivery.
 const lockWait = 2 * time.Second
 
-// lock takes key's lock, waiting at most wait (or until ctx ends); ok is
-// false when it was not taken.
+// lock takes key's lock, waiting until the running delivery has had it
+// for wait (a delivery that has run longer is not waited for at all) or ctx
+// ends; ok is false when it was not taken.
 func (l *channelLocks) lock(ctx context.Context, key string, wait time.Duration) (unlock func(), ok bool) {
 	l.mu.Lock()
 	if l.locks == nil {
@@ -412,6 +414,10 @@ func (l *channelLocks) lock(ctx context.Context, key string, wait time.Duration)
 		l.locks[key] = c
 	}
 	c.users++
+	left := wait // only used if the lock is busy
+	if !c.since.IsZero() {
+		left -= time.Since(c.since)
+	}
 	l.mu.Unlock()
 	leave := func() {
 		l.mu.Lock()
@@ -423,7 +429,11 @@ func (l *channelLocks) lock(ctx context.Context, key string, wait time.Duration)
 	select {
 	case c.sem <- struct{}{}:
 	default:
-		t := time.NewTimer(wait)
+		if left <= 0 {
+			leave()
+			return nil, false
+		}
+		t := time.NewTimer(left)
 		defer t.Stop()
 		select {
 		case c.sem <- struct{}{}:
@@ -435,7 +445,13 @@ func (l *channelLocks) lock(ctx context.Context, key string, wait time.Duration)
 			return nil, false
 		}
 	}
+	l.mu.Lock()
+	c.since = time.Now()
+	l.mu.Unlock()
 	return func() {
+		l.mu.Lock()
+		c.since = time.Time{} // zero while the next holder has yet to stamp it
+		l.mu.Unlock()
 		<-c.sem
 		leave()
 	}, true

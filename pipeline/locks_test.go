@@ -9,12 +9,14 @@ import (
 
 // TestChannelLocksIndependent: while one channel's delivery holds its lock
 // (a slow FTP upload, a hanging HTTP service), no other channel waits for
-// it; the same channel waits, but only as long as it was told. The striped
+// it; the same channel waits, but only until the running delivery has had
+// the channel as long as it was told. The striped
 // locks this replaced (64 mutexes, a channel mapped by hash) made about one
 // channel in 64 wait for any slow delivery, whatever its node.
 func TestChannelLocksIndependent(t *testing.T) {
 	ctx := context.Background()
 	var l channelLocks
+	took := time.Now()
 	unlockSlow, ok := l.lock(ctx, "P.A.SLOW", time.Second)
 	if !ok {
 		t.Fatal("a free channel's lock was not taken")
@@ -29,12 +31,20 @@ func TestChannelLocksIndependent(t *testing.T) {
 		unlock()
 	}
 
-	start := time.Now()
-	if _, ok := l.lock(ctx, "P.A.SLOW", 50*time.Millisecond); ok {
+	if _, ok := l.lock(ctx, "P.A.SLOW", 200*time.Millisecond); ok {
 		t.Fatal("a second delivery on P.A.SLOW ran beside the first")
 	}
-	if waited := time.Since(start); waited < 50*time.Millisecond {
-		t.Errorf("a second delivery on P.A.SLOW gave up after %s, before its 50ms", waited)
+	if held := time.Since(took); held < 200*time.Millisecond {
+		t.Errorf("a second delivery on P.A.SLOW gave up when the first had run %s, before the 200ms it was to wait", held)
+	}
+	// P.A.SLOW has now run longer than 200ms: a delivery that would wait
+	// 200ms for it does not wait at all.
+	start := time.Now()
+	if _, ok := l.lock(ctx, "P.A.SLOW", 200*time.Millisecond); ok {
+		t.Fatal("a second delivery on P.A.SLOW ran beside the first")
+	}
+	if waited := time.Since(start); waited > 100*time.Millisecond {
+		t.Errorf("waited %s for a delivery that had run longer than the 200ms to wait", waited)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
