@@ -43,7 +43,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	channels := fs.Int("channels", 200, "throughput: channels (plan, from, to); nodes = smallest n with n(n-1) >= channels")
 	size := fs.String("size", "10240", "throughput: body size of each message (file is ~0.4 KB more)")
 	mode := fs.String("mode", "sequential", "throughput: node mode, sequential (every message written) or latest")
-	settle := fs.Duration("settle", 50*time.Millisecond, "pickup settle (dir and ftp pickups)")
+	settle := fs.Duration("settle", 50*time.Millisecond, "pickup settle (dir and ftp pickups), > 0")
 	poll := fs.Duration("poll", 100*time.Millisecond, "pickup poll_interval, >= 100ms (dir and ftp pickups)")
 	baseFsync := fs.Bool("baseline-fsync", true, "baseline fsyncs each written file and its folder, as the relay does")
 	bigSize := fs.String("bigsize", "1GiB", "big, ftpbig: size of the message file")
@@ -82,6 +82,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "bench: -%s: %v\n", f.name, err)
 			return 2
 		}
+	}
+	if *settle <= 0 {
+		// 0 in routing.yaml means "unset": the pickup would settle for its
+		// default (2s dir, 5s ftp), not for no time at all.
+		fmt.Fprintf(stderr, "bench: -settle %s: want more than 0 (0 in routing.yaml means the pickup's default)\n", *settle)
+		return 2
 	}
 	if mailMax < 64<<10 {
 		fmt.Fprintf(stderr, "bench: -mail-max-size %s: below 64KiB, the smallest max_message_size relay accepts\n", *mailMaxSize)
