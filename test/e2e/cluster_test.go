@@ -578,7 +578,7 @@ func TestPayloadReadAfterWrite(t *testing.T) {
 		}
 	}
 
-	// The buckets: a value read from another replica right after its
+	// The buckets: a value read from another connection right after its
 	// write is that write (a channel state one revision behind makes a
 	// delivery hold for a gap that is not there, or deliver again).
 	for _, kv := range [][2]jetstream.KeyValue{{w.Channels, r.Channels}, {w.Taken, r.Taken}, {w.Leases, r.Leases}} {
