@@ -56,10 +56,14 @@ type Pipeline struct {
 	mem    *Memory
 	pub    message.Publisher // to the EXCHANGE stream
 
-	router  *message.Router
-	started atomic.Bool
-	closers []func() error
-	health  map[string]*endpoints
+	router *message.Router
+	// handlers counts the router's handlers, for the start log line: the
+	// router's own Handlers reads its map without the lock its stopping
+	// handlers take to delete themselves (a data race).
+	handlers int
+	started  atomic.Bool
+	closers  []func() error
+	health   map[string]*endpoints
 	// delivers are the served nodes' delivery publishers (the API reaches
 	// http_pull mailboxes through them).
 	delivers map[string]message.Publisher
@@ -251,6 +255,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 				return err
 			}
 			router.AddConsumerHandler("ingest "+name, name, sub, p.ingestHandler(name, n.Pickup.Kind, l))
+			p.handlers++
 		}
 		if n.Deliver != nil {
 			pub, err := eps.Deliver(name, n.Deliver, nlog)
@@ -279,6 +284,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 			handle := p.deliverHandler(name, n, pub, l, in)
 			for i, sub := range subs {
 				router.AddConsumerHandler(fmt.Sprintf("deliver %s #%d", name, i+1), name, sub, handle)
+				p.handlers++
 			}
 		}
 	}
@@ -298,7 +304,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	go func() {
 		<-p.router.Running()
 		p.started.Store(true)
-		p.log.Info("pipeline running", "handlers", len(p.router.Handlers()))
+		p.log.Info("pipeline running", "handlers", p.handlers)
 	}()
 	fctx, stopFetches := context.WithCancel(ctx)
 	fetchDone := p.runFetches(fctx)
