@@ -394,10 +394,11 @@ type channelLock struct {
 	since time.Time     // when the running delivery took it (zero: just now)
 }
 
-// lockWait is how long a delivery waits for its channel's previous one
-// before it hands its message back: long enough for ordinary deliveries to
-// follow each other without a hold, short enough that a node's workers are
-// not all tied up behind one long delivery.
+// lockWait is how long, counted from its start, a channel's running
+// delivery is waited for by the channel's next message before that one is
+// handed back: long enough for ordinary deliveries to follow each other
+// without a hold, short enough that a node's workers are not all tied up
+// behind one long delivery.
 const lockWait = 2 * time.Second
 
 // lock takes key's lock, waiting until the running delivery has had it
