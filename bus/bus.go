@@ -503,19 +503,16 @@ func (b *Bus) provision(ctx context.Context) error {
 // it. (CreateOrUpdateObjectStore would turn direct gets back on at every
 // start.)
 func (b *Bus) provisionPayloads(ctx context.Context) error {
-	store, err := b.JS.ObjectStore(ctx, BucketPayloads)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		store, err = b.JS.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
-			Bucket:      BucketPayloads,
-			Description: "exchange message bodies",
-			Storage:     jetstream.FileStorage,
-			Replicas:    b.replicas,
+	store, err := bucket(
+		func() (jetstream.ObjectStore, error) { return b.JS.ObjectStore(ctx, BucketPayloads) },
+		func() (jetstream.ObjectStore, error) {
+			return b.JS.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+				Bucket:      BucketPayloads,
+				Description: "exchange message bodies",
+				Storage:     jetstream.FileStorage,
+				Replicas:    b.replicas,
+			})
 		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			// Another replica starting beside this one made it.
-			store, err = b.JS.ObjectStore(ctx, BucketPayloads)
-		}
-	}
 	if err != nil {
 		return err
 	}
@@ -539,13 +536,9 @@ func (b *Bus) provisionPayloads(ctx context.Context) error {
 // and binds it. (CreateOrUpdateKeyValue would turn direct gets back on at
 // every start.)
 func (b *Bus) provisionKV(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	kv, err := b.JS.KeyValue(ctx, cfg.Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = b.JS.CreateKeyValue(ctx, cfg)
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = b.JS.KeyValue(ctx, cfg.Bucket)
-		}
-	}
+	kv, err := bucket(
+		func() (jetstream.KeyValue, error) { return b.JS.KeyValue(ctx, cfg.Bucket) },
+		func() (jetstream.KeyValue, error) { return b.JS.CreateKeyValue(ctx, cfg) })
 	if err != nil {
 		return nil, err
 	}
@@ -564,6 +557,20 @@ func (b *Bus) provisionKV(ctx context.Context, cfg jetstream.KeyValueConfig) (je
 		return b.JS.KeyValue(ctx, cfg.Bucket)
 	}
 	return kv, nil
+}
+
+// bucket binds the bucket lookup finds, making it with create first when it
+// is missing; a create that lost to another replica starting beside this
+// one binds the bucket that replica made.
+func bucket[T any](lookup, create func() (T, error)) (T, error) {
+	v, err := lookup()
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		v, err = create()
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			v, err = lookup()
+		}
+	}
+	return v, err
 }
 
 // leaderReads brings the stream name to this relay's replicas and, with
