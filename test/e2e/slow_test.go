@@ -6,10 +6,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path"
 	"path/filepath"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,27 +23,15 @@ import (
 // channel locks relay had before (64 mutexes by FNV-1a of the channel key):
 // there every one of them waited for the stuck delivery.
 func TestSlowDeliveryHoldsNoOtherChannel(t *testing.T) {
-	release := make(chan struct{})
-	var got atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got.Add(1)
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer srv.Close()
-	defer close(release) // before srv.Close: let the held request end
-
+	stuck := header("ЦО", "SLOW", 1, 0)
+	stuckFile := exchange.FileName(stuck.From, stuck.To, exchange.FormatXML)
+	svc := startHoldingService(t, func(string) bool { return true })
 	s := newSite(t,
 		nodeSpec{code: "ЦО"},
 		nodeSpec{code: "ОП"},
-		nodeSpec{code: "SLOW", deliverYAML: fmt.Sprintf("{ http: { url: %q, method: PUT, response_timeout: 5m, timeout: 5m } }", srv.URL+"/in/")})
+		nodeSpec{code: "SLOW", deliverYAML: svc.deliverYAML()})
 	s.start(t)
 
-	stuck := header("ЦО", "SLOW", 1, 0)
 	write := func(h exchange.Header) {
 		t.Helper()
 		if err := os.WriteFile(filepath.Join(s.out(h.From), exchange.FileName(h.From, h.To, exchange.FormatXML)), fxXML(t, h, 2000), 0o644); err != nil {
@@ -52,7 +39,7 @@ func TestSlowDeliveryHoldsNoOtherChannel(t *testing.T) {
 		}
 	}
 	write(stuck)
-	waitFor(t, 20*time.Second, "SLOW's delivery to reach its service", func() bool { return got.Load() > 0 })
+	waitFor(t, 20*time.Second, "SLOW's delivery to reach its service", func() bool { return svc.count(stuckFile) > 0 })
 
 	stripe := func(plan, from, to string) uint32 {
 		h := fnv.New32a()
@@ -75,7 +62,7 @@ func TestSlowDeliveryHoldsNoOtherChannel(t *testing.T) {
 		write(h)
 		waitFor(t, 15*time.Second, fmt.Sprintf("%s:ЦО→ОП No %d delivered while SLOW's delivery hangs", plan, h.MessageNo), func() bool { return readNo(dst) == h.MessageNo })
 	}
-	if n := got.Load(); n != 1 {
+	if n := svc.count(stuckFile); n != 1 {
 		t.Errorf("SLOW's service got %d requests while the first was held, want 1", n)
 	}
 }
@@ -87,36 +74,15 @@ func TestSlowDeliveryHoldsNoOtherChannel(t *testing.T) {
 // waiting out No 1, which tied up both of the node's workers. No 2 follows
 // No 1 once that is done.
 func TestLongDeliveryLeavesNodeFlowing(t *testing.T) {
-	release := make(chan struct{})
-	var mu sync.Mutex
-	got := map[string]int{} // requests begun, by sender
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		from := "ЦО"
-		if strings.Contains(r.URL.Path, "SHOP1") {
-			from = "SHOP1"
-		}
-		mu.Lock()
-		got[from]++
-		mu.Unlock()
-		if from == "SHOP1" {
-			select {
-			case <-release:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer srv.Close()
-	var once sync.Once
-	free := func() { once.Do(func() { close(release) }) }
-	defer free()
-	count := func(from string) int { mu.Lock(); defer mu.Unlock(); return got[from] }
+	shopFile := exchange.FileName("SHOP1", "ОП", exchange.FormatXML)
+	svc := startHoldingService(t, func(file string) bool { return file == shopFile })
+	// requests begun, by sender
+	count := func(from string) int { return svc.count(exchange.FileName(from, "ОП", exchange.FormatXML)) }
 
 	s := newSite(t,
 		nodeSpec{code: "ЦО"},
 		nodeSpec{code: "SHOP1"},
-		nodeSpec{code: "ОП", deliverYAML: fmt.Sprintf("{ http: { url: %q, method: PUT, response_timeout: 5m, timeout: 5m } }", srv.URL+"/in/")})
+		nodeSpec{code: "ОП", deliverYAML: svc.deliverYAML()})
 	s.start(t)
 	write := func(h exchange.Header) {
 		t.Helper()
@@ -139,6 +105,53 @@ func TestLongDeliveryLeavesNodeFlowing(t *testing.T) {
 	if n := count("SHOP1"); n != 1 {
 		t.Fatalf("ОП's service got %d of SHOP1's messages while No 1 was held, want 1", n)
 	}
-	free()
+	svc.release()
 	waitFor(t, 20*time.Second, "SHOP1's No 2 delivered after No 1", func() bool { return count("SHOP1") == 2 })
+}
+
+// holdingService is a node's HTTP service on 127.0.0.1 that counts the
+// requests it gets by file name and holds open those hold picks until
+// release (called at the latest when the test ends) or until the request
+// ends.
+type holdingService struct {
+	srv     *httptest.Server
+	mu      sync.Mutex
+	got     map[string]int
+	release func()
+}
+
+func startHoldingService(t *testing.T, hold func(file string) bool) *holdingService {
+	t.Helper()
+	released := make(chan struct{})
+	var once sync.Once
+	h := &holdingService{got: map[string]int{}, release: func() { once.Do(func() { close(released) }) }}
+	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		file := path.Base(r.URL.Path)
+		h.mu.Lock()
+		h.got[file]++
+		h.mu.Unlock()
+		if hold(file) {
+			select {
+			case <-released:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(h.srv.Close)
+	t.Cleanup(h.release) // runs first: lets a held request end before the close
+	return h
+}
+
+// count is how many requests for file the service got.
+func (h *holdingService) count(file string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.got[file]
+}
+
+// deliverYAML is a node's deliver endpoint PUTting into the service.
+func (h *holdingService) deliverYAML() string {
+	return fmt.Sprintf("{ http: { url: %q, method: PUT, response_timeout: 5m, timeout: 5m } }", h.srv.URL+"/in/")
 }
