@@ -952,7 +952,7 @@ func TestSMTPCompressZip(t *testing.T) {
 	// a .zip message goes as it is
 	zbody := readFixture(t, "Message_CO_SHOP1.zip")
 	h := exchange.Header{ExchangePlan: "Полный", From: "CO", To: "SHOP1", MessageNo: 3}
-	if err := publish(p, outMsgAs(nil, h, "Message_CO_SHOP1.zip", zbody)); err != nil {
+	if err := publish(p, outMsgAs(context.Background(), h, "Message_CO_SHOP1.zip", zbody)); err != nil {
 		t.Fatal(err)
 	}
 	got = srv.accepted()

@@ -52,7 +52,7 @@ func buildRelay(t testing.TB) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		t.Fatalf("build relay: no go on PATH: %v", err)
 	}
 	bin := filepath.Join(t.TempDir(), "relay")
 	if runtime.GOOS == "windows" {

@@ -33,8 +33,6 @@ const (
 	// created on first use (root only) and kept.
 	ftpUser     = realserver.FTPUser
 	ftpPassword = realserver.FTPPassword
-	// ftpPasvPorts is the size of each server's passive port range.
-	ftpPasvPorts = realserver.PasvPorts
 )
 
 // ftpOptions configures startVsftpd.
@@ -67,10 +65,6 @@ func missingServer(t testing.TB, format string, args ...any) {
 
 // sbinPath finds a program on PATH or in the sbin directories.
 func sbinPath(name string) (string, error) { return realserver.SbinPath(name) }
-
-// freePortBlock finds n consecutive free TCP ports on 127.0.0.1 below the
-// kernel's ephemeral range and returns the first.
-func freePortBlock(n int) (int, error) { return realserver.FreePortBlock(n) }
 
 // startVsftpd starts a vsftpd on 127.0.0.1 with its own config, root and
 // ports, waits until its port accepts, and registers t.Cleanup(Stop).
