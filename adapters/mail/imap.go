@@ -702,11 +702,17 @@ func (p *Pickup) fetchAttachment(c *imapclient.Client, uid imap.UID, f *os.File)
 		if !ok || body.Literal == nil {
 			continue
 		}
-		a, err = p.readAttachment(body.Literal, f, start)
+		lit := &srcReader{r: body.Literal}
+		a, err = p.readAttachment(lit, f, start)
 		if err != nil {
 			return a, fmt.Errorf("imap %s: read UID %d: %w", p.node, uid, err)
 		}
-		_, _ = io.Copy(io.Discard, body.Literal)
+		if _, err := io.Copy(io.Discard, lit); err != nil {
+			return a, fmt.Errorf("imap %s: read UID %d: %w", p.node, uid, err)
+		}
+		if size := body.Literal.Size(); lit.n != size {
+			return a, fmt.Errorf("imap %s: read UID %d: mail cut off after %d of %d bytes", p.node, uid, lit.n, size)
+		}
 	}
 	if err := cmd.Close(); err != nil {
 		return a, fmt.Errorf("imap %s: fetch UID %d: %w", p.node, uid, err)
@@ -719,7 +725,11 @@ func (p *Pickup) fetchAttachment(c *imapclient.Client, uid imap.UID, f *os.File)
 // attachment.
 func (p *Pickup) readAttachment(r io.Reader, f *os.File, start int64) (attachment, error) {
 	var a attachment
-	mr, err := gomail.CreateReader(r)
+	src, ok := r.(*srcReader)
+	if !ok {
+		src = &srcReader{r: r}
+	}
+	mr, err := gomail.CreateReader(src)
 	if err != nil && !gomessage.IsUnknownCharset(err) {
 		return a, nil
 	}
@@ -730,8 +740,8 @@ func (p *Pickup) readAttachment(r io.Reader, f *os.File, start int64) (attachmen
 			return a, nil
 		}
 		if err != nil && !gomessage.IsUnknownCharset(err) {
-			if isNetErr(err) {
-				return a, err
+			if src.err != nil {
+				return a, src.err
 			}
 			return a, nil // broken MIME: what was found so far stands
 		}
@@ -751,9 +761,13 @@ func (p *Pickup) readAttachment(r io.Reader, f *os.File, start int64) (attachmen
 		if err := f.Truncate(start); err != nil {
 			return a, err
 		}
-		n, err := io.CopyBuffer(f, io.LimitReader(part.Body, p.lim.MaxSize+1), make([]byte, 256<<10))
-		if err != nil && isNetErr(err) {
-			return a, err
+		w := &spoolWriter{w: f}
+		n, err := io.CopyBuffer(w, io.LimitReader(part.Body, p.lim.MaxSize+1), make([]byte, 256<<10))
+		if src.err != nil {
+			return a, src.err
+		}
+		if w.err != nil {
+			return a, w.err // the spool, not the mail
 		}
 		a = attachment{found: true, name: name, size: n, tooBig: n > p.lim.MaxSize}
 		if err != nil {
@@ -763,10 +777,38 @@ func (p *Pickup) readAttachment(r io.Reader, f *os.File, start int64) (attachmen
 	}
 }
 
-// isNetErr tells a broken connection from broken mail content.
-func isNetErr(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
+// spoolWriter remembers a failed write to the spool file.
+type spoolWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *spoolWriter) Write(b []byte) (int, error) {
+	n, err := s.w.Write(b)
+	if err != nil && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
+
+// srcReader is the mail as the server sends it. It remembers the first
+// error of the connection itself: the MIME and transfer decoders above it
+// turn a cut-short part or base64 into io.ErrUnexpectedEOF as well, which is
+// the mail's own fault (a dead letter), while an error here is the
+// session's (a retry).
+type srcReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (s *srcReader) Read(b []byte) (int, error) {
+	n, err := s.r.Read(b)
+	s.n += int64(n)
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	return n, err
 }
 
 // withExt names a file whose content is unknown: as is when it has an

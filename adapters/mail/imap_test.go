@@ -574,3 +574,39 @@ func FuzzReadAttachment(f *testing.F) {
 		}
 	})
 }
+
+// A mail whose attachment is cut short (base64 not a whole number of
+// quanta, a missing closing boundary) is broken content, not a broken
+// connection: it goes to quarantine, and the mails after it are taken.
+func TestIMAPPickupTruncatedAttachmentDoesNotBlock(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	bad := "From: a@example.com\r\nSubject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XYZ\r\n\r\n" +
+		"--XYZ\r\nContent-Type: text/plain\r\n\r\nhi\r\n" +
+		"--XYZ\r\nContent-Type: application/xml\r\n" +
+		"Content-Disposition: attachment; filename=Message_ЦО_ОП.xml\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\nPD94bWw\r\n--XYZ--\r\n"
+	s.add(t, "INBOX", []byte(bad))
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	out, p := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	if m.Metadata.Get(exchange.MetaProblem) == "" {
+		t.Fatalf("want the broken mail first, as a dead letter")
+	}
+	m.Ack()
+	m = next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("second mail: problem %q", pr)
+	}
+	m.Ack()
+	waitFor(t, "both handled", func() bool {
+		n, _ := s.count(t, "INBOX")
+		q, _ := s.count(t, DefaultQuarantine)
+		return n == 0 && q == 1
+	})
+	if e, _ := p.LastError(); e != "" {
+		t.Fatalf("pickup error %q", e)
+	}
+}
