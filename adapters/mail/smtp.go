@@ -343,6 +343,13 @@ func (p *Publisher) write(w io.Writer, out outgoing, pt part, r io.Reader, attac
 // smtpSpoolPattern names the zips compress: zip spools.
 const smtpSpoolPattern = "smtp-*.zip"
 
+// zipModified is the entry time of every zip compress: zip makes (the DOS
+// epoch, as reproducible builds use): the same message must pack into the
+// same bytes on every attempt, or a retried split file gets another sha256
+// and transfer id, its parts are all sent again, and the receiver is left
+// with the first attempt's parts as a set that never completes.
+var zipModified = time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
+
 // zip packs an .xml message into a spooled Message_A_B.zip with one entry.
 func (p *Publisher) zip(ctx context.Context, in outgoing) (outgoing, func(), error) {
 	if err := os.MkdirAll(p.spool, 0o750); err != nil {
@@ -356,7 +363,7 @@ func (p *Publisher) zip(ctx context.Context, in outgoing) (outgoing, func(), err
 	sum := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(f, sum)}
 	zw := zip.NewWriter(cw)
-	ew, err := zw.CreateHeader(&zip.FileHeader{Name: in.name, Method: zip.Deflate, Modified: p.now()})
+	ew, err := zw.CreateHeader(&zip.FileHeader{Name: in.name, Method: zip.Deflate, Modified: zipModified})
 	if err == nil {
 		var n int64
 		n, err = io.CopyBuffer(ew, in.body, make([]byte, 256<<10))

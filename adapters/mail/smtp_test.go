@@ -1216,3 +1216,46 @@ func TestSMTPCheck(t *testing.T) {
 		t.Fatalf("wrong password: %v", err)
 	}
 }
+
+// TestSMTPCompressZipPartRetry: with compress: zip, a retried delivery of a
+// split file packs the same zip again, so its parts keep their transfer id
+// and the parts the server already took are not sent again (else the
+// receiver holds an orphaned half set that dead-letters after part_timeout).
+func TestSMTPCompressZipPartRetry(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	srv.data = func(attempt int, _ []byte) error {
+		if attempt == 3 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "Temporary trouble"}
+		}
+		return nil
+	}
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\ncompress: zip\n"))
+	clock := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
+	p.now = func() time.Time { return clock }
+	var noise []byte
+	for i := 0; len(noise) < 200_000; i++ {
+		s := sha256.Sum256([]byte(strconv.Itoa(i)))
+		noise = append(noise, s[:]...)
+	}
+	body := []byte("<v8msg:Message xmlns:v8msg=\"http://v8.1c.ru/messages\"><v8msg:Header><v8msg:ExchangePlan>P</v8msg:ExchangePlan>" +
+		"<v8msg:To>ОП</v8msg:To><v8msg:From>ЦО</v8msg:From><v8msg:MessageNo>9</v8msg:MessageNo></v8msg:Header><v8msg:Body>" +
+		hex.EncodeToString(noise) + "</v8msg:Body></v8msg:Message>\n")
+	m := outMsg(t, nil, body)
+	if err := publish(p, m); err == nil {
+		t.Fatal("delivered although part 3 failed")
+	}
+	clock = clock.Add(5 * time.Second) // the pipeline retries later
+	if err := publish(p, m); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	var tried []string
+	for _, a := range srv.tried() {
+		pm := parseMail(t, a.raw)
+		ids[pm.text1(t, HeaderTransfer)] = true
+		tried = append(tried, pm.text1(t, HeaderPart))
+	}
+	if len(tried) < 5 || len(ids) != 1 || tried[2] != tried[3] {
+		t.Fatalf("server saw parts %v under %d transfer ids; want the retry to go on from part 3 of the same transfer", tried, len(ids))
+	}
+}
