@@ -379,7 +379,12 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	}
 	switch Hand(ctx, p.closing, out, msg) {
 	case Acked:
-		p.commit(ctx, log, name, where, c)
+		if !p.commit(ctx, log, name, where, c) {
+			// Taking it again at once would only store it again (a
+			// duplicate) in a loop as fast as the file reads.
+			p.later(c)
+			return false
+		}
 		c.fails = 0
 		return true
 	case Nacked:
@@ -469,15 +474,16 @@ func inspect(name string, f Fetched, lim exchange.Limits) (exchange.Info, error)
 
 // commit applies `after` once JetStream holds the message. A file that changed
 // since it was read is a new message from the node: it is left in place.
-func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where string, c *candidate) {
+// It returns false when the file stays because the commit failed.
+func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where string, c *candidate) bool {
 	now, err := p.src.Stat(ctx, name)
 	if err != nil {
 		log.Warn("cannot look at the file before commit; it may be taken again and dropped as a duplicate", "err", err)
-		return
+		return false
 	}
 	if now.Size != c.size || !now.ModTime.Equal(c.mtime) {
 		log.Info("file changed after it was taken; leaving the new version for the next scan")
-		return
+		return true
 	}
 	switch p.o.After.Action {
 	case config.AfterDelete:
@@ -490,9 +496,10 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 	if err != nil {
 		// The message is safe in JetStream; a second pickup is dropped as a duplicate.
 		log.Error("commit failed; the file may be taken again and dropped as a duplicate", "after", p.o.After.String(), "err", err)
-		return
+		return false
 	}
 	log.Debug("committed", "after", p.o.After.String())
+	return true
 }
 
 // Backoff is capped exponential: 1s, 2s, 4s ... 5m.

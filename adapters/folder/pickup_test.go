@@ -293,3 +293,44 @@ func TestSettleAfterChange(t *testing.T) {
 		t.Error("changed file taken before it settled")
 	}
 }
+
+// undeletable is a folder the relay may read but not change (a read-only
+// share, an FTP account without DELE).
+type undeletable struct {
+	*memSource
+	fetches int
+}
+
+func (u *undeletable) Fetch(ctx context.Context, f File) (Fetched, error) {
+	u.mu.Lock()
+	u.fetches++
+	u.mu.Unlock()
+	return u.memSource.Fetch(ctx, f)
+}
+
+func (u *undeletable) Remove(context.Context, string) error { return fs.ErrPermission }
+
+// TestCommitFailureBacksOff: a file whose commit fails (after: delete in a
+// folder the relay cannot delete from) is taken again only after a backoff,
+// not at once in a loop that reads and stores it over and over.
+func TestCommitFailureBacksOff(t *testing.T) {
+	u := &undeletable{memSource: newMem(t, 1)}
+	ch := subscribed(t, u, fastOptions())
+	deadline := time.After(time.Second)
+	acks := 0
+loop:
+	for {
+		select {
+		case msg := <-ch:
+			msg.Ack()
+			acks++
+		case <-deadline:
+			break loop
+		}
+	}
+	if acks > 2 {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		t.Fatalf("the undeletable file was handed over %d times (%d downloads) in 1s", acks, u.fetches)
+	}
+}
