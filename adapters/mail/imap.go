@@ -611,6 +611,21 @@ func (p *Pickup) expunge(c *imapclient.Client, set imap.UIDSet) error {
 func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer, out chan<- *message.Message) error {
 	uids := t.uids()
 	log := p.log.With("transfer", t.id, "file", t.file, "parts", t.n)
+	if p.after.Action == config.AfterKeep {
+		// Kept parts stay in the mailbox: a set taken before (also by an
+		// earlier run) is not taken again.
+		taken, err := p.keptSet(ctx, t)
+		if err != nil {
+			return err
+		}
+		if taken {
+			for _, u := range uids {
+				p.known[u] = done
+			}
+			delete(p.transfers, t.id)
+			return nil
+		}
+	}
 	spooled, err := p.newSpool()
 	if err != nil {
 		return err
@@ -640,6 +655,28 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 	}
 	log.Debug("parts joined", "bytes", spooled.Size)
 	return p.emit(ctx, c, log, uids, name, t.sha, spooled, problem, out)
+}
+
+// keptSet reports whether every part of t has a mail that after: keep
+// remembers as taken.
+func (p *Pickup) keptSet(ctx context.Context, t *transfer) (bool, error) {
+	for i := 1; i <= t.n; i++ {
+		kept := false
+		for _, u := range t.parts[i] {
+			seen, err := p.mem.Seen(ctx, p.where(u), "taken")
+			if err != nil {
+				return false, err
+			}
+			if seen {
+				kept = true
+				break
+			}
+		}
+		if !kept {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // giveUpSet dead-letters a set whose parts did not all arrive in time and

@@ -610,3 +610,27 @@ func TestIMAPPickupTruncatedAttachmentDoesNotBlock(t *testing.T) {
 		t.Fatalf("pickup error %q", e)
 	}
 }
+
+// TestIMAPPickupKeepRemembersParts: after: keep remembers the mails of a
+// joined set too, so a restarted pickup does not take the set again.
+func TestIMAPPickupKeepRemembersParts(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
+	per := int64(100 << 10)
+	n := int((int64(len(content)) + per - 1) / per)
+	for i := 1; i <= n; i++ {
+		s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{i, n}, per))
+	}
+	mem := &memMemory{m: map[string]string{}}
+	c := imapTestConfig(s.addr)
+	out, p := runPickup(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem)
+	m := next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("problem: %s", pr)
+	}
+	m.Ack()
+	waitFor(t, "seen flags", func() bool { _, seen := s.count(t, "INBOX"); return seen == n })
+	p.Close()
+	out2, _ := runPickup(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem)
+	none(t, out2, time.Second)
+}
