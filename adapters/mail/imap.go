@@ -526,7 +526,21 @@ func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logge
 	}
 	if problem != "" {
 		log.Warn("malformed exchange mail moved to quarantine", "file", name, "reason", problem, "folder", p.cfg.Quarantine)
-		return p.move(c, uids, p.cfg.Quarantine)
+		err := p.move(c, uids, p.cfg.Quarantine)
+		var ie *imap.Error
+		if errors.As(err, &ie) {
+			// The server refuses the folder (not allowed to create it, a
+			// namespace prefix): the dead letter is stored, so leave the
+			// mail where it is rather than end the session and take it,
+			// and only it, again and again.
+			p.Last.Set(err)
+			log.Error("cannot move the malformed mail to quarantine; it stays in the mailbox", "err", err)
+			for _, u := range uids {
+				p.known[u] = done
+			}
+			return nil
+		}
+		return err
 	}
 	return p.commit(ctx, c, log, uids)
 }

@@ -634,3 +634,58 @@ func TestIMAPPickupKeepRemembersParts(t *testing.T) {
 	out2, _ := runPickup(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem)
 	none(t, out2, time.Second)
 }
+
+// noCreate is a server session that refuses CREATE, as servers do that
+// keep folders under a prefix (Courier: INBOX.Quarantine) or forbid them.
+type noCreate struct{ imapserver.Session }
+
+func (noCreate) Create(string, *imap.CreateOptions) error {
+	return &imap.Error{Type: imap.StatusResponseTypeNo, Text: "Invalid mailbox name"}
+}
+
+// TestIMAPPickupQuarantineRefusedDoesNotBlock: when the server will not
+// take a malformed mail into quarantine, that mail (already a dead letter)
+// is left where it is and is not dead-lettered again and again, and the
+// mails after it are still taken.
+func TestIMAPPickupQuarantineRefusedDoesNotBlock(t *testing.T) {
+	mem := imapmemserver.New()
+	u := imapmemserver.NewUser("relay", "secret")
+	if err := u.Create("INBOX", nil); err != nil {
+		t.Fatal(err)
+	}
+	mem.AddUser(u)
+	srv := imapserver.New(&imapserver.Options{
+		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return noCreate{mem.NewSession()}, nil, nil
+		},
+		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}},
+		InsecureAuth: true,
+		Logger:       quietIMAPLog{},
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	s := &memIMAP{addr: ln.Addr().String(), user: u}
+	s.add(t, "INBOX", []byte("From: a@example.com\r\nSubject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n\r\nno file here\r\n"))
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	f := false
+	c.IDLE = &f
+	out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	if m.Metadata.Get(exchange.MetaProblem) == "" {
+		t.Fatal("want the malformed mail first")
+	}
+	m.Ack()
+	m = next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("the malformed mail again (%q) instead of the good one", pr)
+	}
+	m.Ack()
+	waitFor(t, "the good mail deleted", func() bool { n, _ := s.count(t, "INBOX"); return n == 1 })
+	none(t, out, 2500*time.Millisecond)
+}
