@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -107,7 +110,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	defer d.Body.Close()
 	name, h, want, body := d.Name, d.Header, d.Size, d.Body
 	dst := filepath.Join(p.cfg.Path, name)
-	tmp, err := os.CreateTemp(p.cfg.Path, tempPrefix+"*.part")
+	tmp, err := createPart(p.cfg.Path)
 	if err != nil {
 		return fmt.Errorf("dir %s: create temp for %s: %w", p.node, name, err)
 	}
@@ -153,6 +156,22 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	}
 	p.log.Debug("delivered", "message_id", m.UUID, "file", name, "message_no", h.MessageNo, "bytes", n)
 	return nil
+}
+
+// createPart makes a new, empty .relay-*.part file in dir with the mode
+// any program's new file gets (0666 less the umask); os.CreateTemp's 0600
+// would carry over to the delivered file, which the 1C server reading the
+// folder, usually another user, could then not open.
+func createPart(dir string) (*os.File, error) {
+	for range 100 {
+		name := filepath.Join(dir, tempPrefix+strconv.FormatUint(rand.Uint64(), 36)+".part")
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		return f, err
+	}
+	return nil, errors.New("no free temp name")
 }
 
 // checkNotNewer refuses to replace a file of the same channel with a higher
