@@ -265,6 +265,22 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 				log.Warn(msg)
 				return hold()
 			}
+			// Nothing delivered on the channel yet, so any number may
+			// start it; but a lower one queued before this one (nacked
+			// after a failure, or taken by the node's other worker) must
+			// go first, or it would be dropped as stale behind this one.
+			if st.DeliveredNo == 0 {
+				earlier, err := l.earlierNo(ctx, h, streamSeq(in, m))
+				if err != nil {
+					return err
+				}
+				if earlier > 0 {
+					msg := fmt.Sprintf("gap: holding No %d until No %d, queued before it, is delivered", h.MessageNo, earlier)
+					l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
+					log.Warn(msg)
+					return hold()
+				}
+			}
 		}
 
 		out := message.NewMessage(m.UUID, nil)
@@ -361,6 +377,43 @@ func (l *lane) lastNo(ctx context.Context, h exchange.Header) (uint64, bool) {
 	}
 	n, err := strconv.ParseUint(raw.Header.Get(exchange.MetaMessageNo), 10, 64)
 	return n, err == nil
+}
+
+// streamSeq is the EXCHANGE stream sequence of the record m, 0 when unknown.
+func streamSeq(in *inflight, m *message.Message) uint64 {
+	v, ok := in.msgs.Load(m.Metadata.Get(inflightKey))
+	if !ok {
+		return 0
+	}
+	md, err := v.(jetstream.Msg).Metadata()
+	if err != nil {
+		return 0
+	}
+	return md.Sequence.Stream
+}
+
+// earlierNo is a MessageNo below h's of a record queued on h's channel
+// before the record at stream sequence seq, 0 when there is none (or seq
+// is unknown).
+func (l *lane) earlierNo(ctx context.Context, h exchange.Header, seq uint64) (uint64, error) {
+	subject := bus.Subject(h.ExchangePlan, h.From, h.To)
+	for next := uint64(1); next < seq; {
+		raw, err := l.b.Exchange.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("records of %s before seq %d: %w", channelName(h), seq, err)
+		}
+		if raw.Sequence >= seq {
+			return 0, nil
+		}
+		if n, err := strconv.ParseUint(raw.Header.Get(exchange.MetaMessageNo), 10, 64); err == nil && n > 0 && n < h.MessageNo {
+			return n, nil
+		}
+		next = raw.Sequence + 1
+	}
+	return 0, nil
 }
 
 func atoi64(s string) int64 {

@@ -1,0 +1,145 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+// scriptedDelivery is a deliver adapter that records the MessageNo of every
+// message it took, in order, and fails the attempts fail says to.
+type scriptedDelivery struct {
+	mu   sync.Mutex
+	got  []uint64
+	fail func(no uint64, attempt int) error
+	seen map[uint64]int
+}
+
+func (d *scriptedDelivery) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		h, err := exchange.HeaderOf(m)
+		if err != nil {
+			return err
+		}
+		d.mu.Lock()
+		if d.seen == nil {
+			d.seen = map[uint64]int{}
+		}
+		d.seen[h.MessageNo]++
+		attempt := d.seen[h.MessageNo]
+		d.mu.Unlock()
+		if d.fail != nil {
+			if err := d.fail(h.MessageNo, attempt); err != nil {
+				return err
+			}
+		}
+		d.mu.Lock()
+		d.got = append(d.got, h.MessageNo)
+		d.mu.Unlock()
+	}
+	return nil
+}
+
+func (d *scriptedDelivery) Close() error { return nil }
+
+func (d *scriptedDelivery) delivered() []uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]uint64(nil), d.got...)
+}
+
+type scriptedEndpoints map[string]message.Publisher
+
+func (e scriptedEndpoints) Pickup(node string, _ *config.Endpoint, _ *Memory, _ *slog.Logger) (message.Subscriber, error) {
+	return nil, errors.New("no pickup in this test")
+}
+
+func (e scriptedEndpoints) Deliver(node string, _ *config.Endpoint, _ *slog.Logger) (message.Publisher, error) {
+	return e[node], nil
+}
+
+// runPipeline starts a pipeline for cfg on b until the test ends.
+func runPipeline(t *testing.T, yaml string, b *bus.Bus, eps Endpoints) *Pipeline {
+	t.Helper()
+	cfg, err := config.Parse([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p, err := New(cfg, b, eps, log, Options{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	return p
+}
+
+// publishRecord puts a record (no payload needed by scriptedDelivery) for
+// channel P: from → to on the EXCHANGE stream, as ingest would.
+func publishRecord(t *testing.T, b *bus.Bus, from, to string, no uint64) {
+	t.Helper()
+	pub, err := exchangePublisher(b.Conn, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := exchange.Header{ExchangePlan: "P", From: from, To: to, MessageNo: no}
+	m := message.NewMessage(MessageID(h, "sha"+strconv.FormatUint(no, 10)), nil)
+	exchange.SetHeader(m, h)
+	m.Metadata.Set(exchange.MetaFileName, exchange.FileName(from, to, exchange.FormatXML))
+	if err := pub.Publish(bus.Subject("P", from, to), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A sequential channel's first messages: No 1 fails once (the destination
+// hiccups), and No 2, queued behind it, must wait for it rather than be
+// written first, which would make No 1 stale and lose it.
+func TestSequentialFirstMessageNotOvertaken(t *testing.T) {
+	b := testBus(t)
+	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
+		if no == 1 && attempt == 1 {
+			return errors.New("destination busy")
+		}
+		return nil
+	}}
+	publishRecord(t, b, "SRC", "DST", 1)
+	publishRecord(t, b, "SRC", "DST", 2)
+	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: sequential, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+
+	ctx := context.Background()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := p.States().Get(ctx, "P", "SRC", "DST")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Resolved >= 2 && c.DeliveredNo == 2 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	got := d.delivered()
+	if len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		c, _ := p.States().Get(ctx, "P", "SRC", "DST")
+		t.Fatalf("sequential channel delivered %v, want [1 2]; state %+v", got, c)
+	}
+}
