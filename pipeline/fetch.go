@@ -250,7 +250,7 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 		return fmt.Errorf("fetch %s: publish here: %w", id, err)
 	}
 	if !ack.Duplicate {
-		l.taken(ctx, h, l.states.now())
+		l.taken(ctx, h, l.states.now(), true)
 		l.event(Event{Step: StepFetched, MsgID: id, File: hdr.Get(exchange.MetaFileName), Node: f.node, Channel: channelName(h), No: h.MessageNo,
 			Size: atoi64(hdr.Get(exchange.MetaSize)), Detail: "from relay " + f.relay})
 		l.m.fetched.WithLabelValues(f.node, f.relay).Inc()

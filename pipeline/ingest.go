@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
@@ -99,7 +101,8 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		// delivery may start the moment JetStream has the record) is later.
 		pickedAt := time.Now()
 		rec.Metadata.Set(metaPickedAt, strconv.FormatInt(pickedAt.UnixNano(), 10))
-		if err := l.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
+		dup, err := l.publishRecord(ctx, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
+		if err != nil {
 			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 		}
 		file := m.Metadata.Get(exchange.MetaFileName)
@@ -110,7 +113,7 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		// each other.
 		now := l.states.now()
 		var wg sync.WaitGroup
-		wg.Go(func() { l.taken(ctx, h, now) })
+		wg.Go(func() { l.taken(ctx, h, now, !dup) })
 		l.acknowledge(ctx, h, now, id, file)
 		wg.Wait()
 		l.m.picked.WithLabelValues(node, adapter).Inc()
@@ -121,13 +124,17 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 }
 
 // taken records in the channel state that a message was taken in (picked
-// up here, or fetched from another relay) at now.
-func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time) {
+// up here, or fetched from another relay) at now. fresh says the stream
+// took a new record: it is counted whatever its number (one picked up after
+// a higher one is queued all the same). A record the stream already had
+// (the same file picked up again) is counted only if its number is new to
+// the channel: the relay stopped between the publish and this update.
+func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fresh bool) {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
-		if h.MessageNo > c.PickedNo {
-			c.PickedNo = h.MessageNo
+		if fresh || h.MessageNo > c.PickedNo {
 			c.Queued++
 		}
+		c.PickedNo = max(c.PickedNo, h.MessageNo)
 		c.LastPickupAt = now
 	}); err != nil {
 		l.log.Warn("channel state not updated", "channel", channelName(h), "err", err)
@@ -161,6 +168,20 @@ func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time
 	if c.Warning != "" && c.WarningAt.Equal(now) {
 		l.log.Warn(c.Warning, "channel", channelName(reverse))
 	}
+}
+
+// publishRecord publishes rec on subject with its UUID as Nats-Msg-Id, as
+// exchangePublisher does; dup says the stream had it already and dropped it.
+func (l *lane) publishRecord(ctx context.Context, subject string, rec *message.Message) (dup bool, err error) {
+	nm, err := (&wmnats.NATSMarshaler{}).Marshal(subject, rec)
+	if err != nil {
+		return false, err
+	}
+	ack, err := l.b.JS.PublishMsg(ctx, nm, jetstream.WithMsgID(rec.UUID), jetstream.WithExpectStream(bus.StreamExchange))
+	if err != nil {
+		return false, err
+	}
+	return ack.Duplicate, nil
 }
 
 // routeProblem says why a valid message cannot be delivered, or "".

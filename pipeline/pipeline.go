@@ -167,7 +167,6 @@ type lane struct {
 	b      *bus.Bus
 	states *States
 	dead   *Dead
-	pub    message.Publisher // ingest: to the EXCHANGE stream
 	log    *slog.Logger
 	opts   Options
 	// dropper deletes finished payloads behind a delivery; nil: inline.
@@ -192,11 +191,7 @@ func (p *Pipeline) newLane(name string, wlog watermill.LoggerAdapter) (*lane, er
 		return nil, err
 	}
 	p.closers = append(p.closers, func() error { lb.CloseLane(); return nil })
-	l := p.laneOn(lb, p.log)
-	if l.pub, err = exchangePublisher(lb.Conn, wlog); err != nil {
-		return nil, fmt.Errorf("%s: publisher: %w", name, err)
-	}
-	return l, nil
+	return p.laneOn(lb, p.log), nil
 }
 
 // laneOn is a lane working through lb (a bus.Lane), without a publisher.
