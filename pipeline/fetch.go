@@ -217,6 +217,20 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 			return err
 		}
 	}
+	if gone && herr == nil {
+		// An earlier attempt copied the payload, took the record in here
+		// and dropped the payload there, and its ack was lost; the message
+		// may since have been delivered here and its payload dropped. One
+		// that the destination has (or newer) needs nothing more.
+		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+		if err != nil {
+			return err
+		}
+		if h.MessageNo <= st.DeliveredNo {
+			f.log.Info("fetched again after its delivery; nothing to do", "message_id", id, "channel", channelName(h), "message_no", h.MessageNo)
+			return msg.DoubleAck(ctx)
+		}
+	}
 	// A record that cannot be delivered stays here as a dead letter (with
 	// its payload, when there is one) rather than going into the stream.
 	if gone || herr != nil {

@@ -215,3 +215,93 @@ nodes:
 		t.Fatalf("a re-pickup was counted again: queued %d, want 2", c.Queued)
 	}
 }
+
+// The office relay fetched a record, dropped the head office's payload and
+// lost the link before its ack reached the head office; meanwhile the
+// record was delivered here and its payload dropped. The head office offers
+// the record again: its payload is in neither domain, but the message is
+// delivered, so that is no dead letter.
+func TestFetchAgainAfterDeliveryIsNoDeadLetter(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	hub, leafURL := hubServer(t)
+	hb, err := bus.Open(ctx, bus.Settings{NATS: config.NATS{URL: hub.ClientURL()}, ID: "hq"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hb.Close)
+	cfg, err := config.Parse([]byte(`relay: { id: office1, listen: "127.0.0.1:1" }
+nodes:
+  HQ1: { relay: hq, deliver: { dir: ./hq1 } }
+  OFF: { relay: office1, deliver: { dir: ./off } }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, err := bus.Open(ctx, bus.Settings{
+		NATS: config.NATS{Leaf: &config.Leaf{URL: leafURL}}, DataDir: t.TempDir(), ID: "office1",
+	}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ob.Close)
+
+	// Here: No 4 of HQ1 → OFF delivered, its payload dropped.
+	off := &scriptedDelivery{}
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": off}, log, Options{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.States().Update(ctx, "P", "HQ1", "OFF", func(c *Channel) {
+		c.PickedNo, c.DeliveredNo, c.Queued, c.Resolved = 4, 4, 1, 1
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// There: the record of No 4, its payload dropped by the first fetch;
+	// then No 5, with its payload.
+	pub, err := exchangePublisher(hb.Conn, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, no := range []uint64{4, 5} {
+		h := exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: no}
+		id := MessageID(h, "x")
+		m := message.NewMessage(id, nil)
+		exchange.SetHeader(m, h)
+		m.Metadata.Set(exchange.MetaFileName, "Message_HQ1_OFF.xml")
+		m.Metadata.Set(exchange.MetaObject, id)
+		m.Metadata.Set(exchange.MetaSize, "3")
+		if no == 5 {
+			if _, _, err := hb.PutPayload(ctx, id, 3, strings.NewReader("<a/")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := pub.Publish(bus.Subject("P", "HQ1", "OFF"), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(rctx) }()
+	defer func() { stop(); <-done }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if got := off.delivered(); len(got) == 1 && got[0] == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("No 5 not fetched and delivered; delivered %v", off.delivered())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	dls, err := p.Dead().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dls {
+		t.Errorf("dead letter for a message already delivered: %s", d.Reason)
+	}
+}
