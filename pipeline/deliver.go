@@ -237,12 +237,17 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		if err != nil {
 			return err
 		}
+		if m.UUID != "" && m.UUID == st.LastMsgID && timesOffered(in, m) > 1 {
+			// Resolved already; the relay stopped before its ack.
+			log.Info("offered again after it was resolved; acked")
+			return nil
+		}
 		if h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
 			l.m.dropped.WithLabelValues(node, dropReason(dup)).Inc()
 			ev(StepDropped, fmt.Sprintf("%s already has No %d (%s)", node, st.DeliveredNo, dropReason(dup)))
-			return l.finish(ctx, h, obj, func(c *Channel) {
+			return l.finish(ctx, h, m.UUID, obj, func(c *Channel) {
 				if dup {
 					c.Duplicates++
 				} else {
@@ -256,7 +261,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 				log.Info("superseded by a newer queued message", "newer_no", last)
 				l.m.dropped.WithLabelValues(node, "superseded").Inc()
 				ev(StepDropped, fmt.Sprintf("superseded by No %d", last))
-				return l.finish(ctx, h, obj, func(c *Channel) { c.Superseded++ })
+				return l.finish(ctx, h, m.UUID, obj, func(c *Channel) { c.Superseded++ })
 			}
 		case config.ModeSequential:
 			if st.DeliveredNo > 0 && h.MessageNo > st.DeliveredNo+1 {
@@ -315,7 +320,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			l.m.deliveredBytes.WithLabelValues(node, adapter).Add(payloadSize(m.Metadata))
 			l.m.observeLatency(node, m.Metadata)
 			ev(StepDelivered, "by "+adapter)
-			return l.finish(ctx, h, obj, func(c *Channel) {
+			return l.finish(ctx, h, m.UUID, obj, func(c *Channel) {
 				if h.MessageNo > c.DeliveredNo {
 					c.DeliveredNo = h.MessageNo
 				}
@@ -329,7 +334,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			log.Info("dropped: " + err.Error())
 			l.m.dropped.WithLabelValues(node, "stale").Inc()
 			ev(StepDropped, err.Error())
-			return l.finish(ctx, h, obj, func(c *Channel) { c.Stale++ })
+			return l.finish(ctx, h, m.UUID, obj, func(c *Channel) { c.Stale++ })
 		case exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound):
 			reason := err.Error()
 			log.Error("dead letter", "stage", StageDeliver, "reason", reason)
@@ -342,7 +347,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 			}
 			l.m.dead.WithLabelValues(node, StageDeliver).Inc()
 			ev(StepDead, reason)
-			return l.finish(ctx, h, "", func(c *Channel) {
+			return l.finish(ctx, h, m.UUID, "", func(c *Channel) {
 				c.Dead++
 				c.LastError, c.LastErrorAt = reason, l.states.now()
 			})
@@ -356,10 +361,11 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 }
 
 // finish records the outcome of a resolved message and frees its payload.
-func (l *lane) finish(ctx context.Context, h exchange.Header, obj string, fn func(c *Channel)) error {
+func (l *lane) finish(ctx context.Context, h exchange.Header, id, obj string, fn func(c *Channel)) error {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 		fn(c)
 		c.Resolved++
+		c.LastMsgID = id
 	}); err != nil {
 		return err
 	}
@@ -379,17 +385,34 @@ func (l *lane) lastNo(ctx context.Context, h exchange.Header) (uint64, bool) {
 	return n, err == nil
 }
 
-// streamSeq is the EXCHANGE stream sequence of the record m, 0 when unknown.
-func streamSeq(in *inflight, m *message.Message) uint64 {
+// jsMeta is the JetStream metadata of the record m, nil when unknown.
+func jsMeta(in *inflight, m *message.Message) *jetstream.MsgMetadata {
 	v, ok := in.msgs.Load(m.Metadata.Get(inflightKey))
 	if !ok {
-		return 0
+		return nil
 	}
 	md, err := v.(jetstream.Msg).Metadata()
 	if err != nil {
-		return 0
+		return nil
 	}
-	return md.Sequence.Stream
+	return md
+}
+
+// streamSeq is the EXCHANGE stream sequence of the record m, 0 when unknown.
+func streamSeq(in *inflight, m *message.Message) uint64 {
+	if md := jsMeta(in, m); md != nil {
+		return md.Sequence.Stream
+	}
+	return 0
+}
+
+// timesOffered is how many times JetStream has offered the record m, 0
+// when unknown.
+func timesOffered(in *inflight, m *message.Message) uint64 {
+	if md := jsMeta(in, m); md != nil {
+		return md.NumDelivered
+	}
+	return 0
 }
 
 // earlierNo is a MessageNo below h's of a record queued on h's channel

@@ -305,3 +305,61 @@ nodes:
 		t.Errorf("dead letter for a message already delivered: %s", d.Reason)
 	}
 }
+
+// A delivery whose ack is lost (the relay killed right after recording
+// it) is offered again by JetStream. It was counted as resolved once: the
+// second offer must not count it again (nor as a duplicate the sender
+// sent), or the channel shows one message fewer pending from then on.
+func TestRedeliveryOfResolvedRecordNotCountedTwice(t *testing.T) {
+	b := testBus(t)
+	d := &scriptedDelivery{}
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	ctx := context.Background()
+	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 1, 1 }); err != nil {
+		t.Fatal(err)
+	}
+	publishRecord(t, b, "SRC", "DST", 1)
+
+	in := &inflight{}
+	nc := testConn(t, b)
+	handle := p.deliverHandler("DST", p.cfg.Nodes["DST"], d, p.laneOn(b, p.log), in)
+	// First offer: delivered and recorded, then the relay stops before
+	// the ack.
+	s1 := newTestSubscriber(t, nc, "DST", time.Second, in, nil)
+	out, err := s1.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := handle(receive(t, out, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	closeWithin(t, s1, 10*time.Second)
+	// Offered again after the ack wait; this time the ack goes through.
+	s := newTestSubscriber(t, nc, "DST", time.Second, in, nil)
+	defer closeWithin(t, s, 10*time.Second)
+	if out, err = s.Subscribe(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	m := receive(t, out, 10*time.Second)
+	if n := numDelivered(t, in, m); n != 2 {
+		t.Fatalf("offered %d times, want 2", n)
+	}
+	if err := handle(m); err != nil {
+		t.Fatal(err)
+	}
+	m.Ack()
+	c, err := p.States().Get(ctx, "P", "SRC", "DST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.delivered(); len(got) != 1 {
+		t.Errorf("delivered %v, want [1]", got)
+	}
+	if c.Resolved != 1 || c.Duplicates != 0 || c.Pending() != 0 {
+		t.Fatalf("after one message and its redelivery: queued %d, resolved %d (want 1), duplicates %d (want 0)", c.Queued, c.Resolved, c.Duplicates)
+	}
+}

@@ -45,6 +45,10 @@ type Channel struct {
 	HandedSeq    uint64    `json:"handed_seq,omitempty"`
 	LastHandedAt time.Time `json:"last_handed_at,omitzero"`
 
+	// LastMsgID is the message id of the record resolved last, so that
+	// JetStream offering it again (its ack was lost) does not count it twice.
+	LastMsgID string `json:"last_msg_id,omitempty"`
+
 	LastPickupAt    time.Time `json:"last_pickup_at,omitzero"`
 	LastDeliveredAt time.Time `json:"last_delivered_at,omitzero"`
 	LastAckAt       time.Time `json:"last_ack_at,omitzero"`
