@@ -48,15 +48,11 @@ func testConn(t *testing.T, b *bus.Bus) *nats.Conn {
 // as the ingest side does.
 func publishN(t *testing.T, b *bus.Bus, node string, n int) {
 	t.Helper()
-	pub, err := exchangePublisher(b.Conn, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	subject := bus.Subject("Plan", "SRC", node)
 	for i := range n {
 		m := message.NewMessage(watermill.NewUUID(), []byte("body "+strconv.Itoa(i)))
 		m.Metadata.Set("n", strconv.Itoa(i))
-		if err := pub.Publish(subject, m); err != nil {
+		if _, err := publishRecord(context.Background(), b.JS, subject, m); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
@@ -114,10 +113,6 @@ nodes:
 
 	// At the head office: a record without a header, one whose payload is
 	// missing, and a good one, in that order, all for OFF.
-	pub, err := exchangePublisher(hb.Conn, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	record := func(no uint64, withHeader bool, payload []byte) {
 		t.Helper()
 		id := "HQ1/OFF/" + strconv.FormatUint(no, 10)
@@ -133,7 +128,7 @@ nodes:
 				t.Fatal(err)
 			}
 		}
-		if err := pub.Publish(bus.Subject("P", "HQ1", "OFF"), m); err != nil {
+		if _, err := publishRecord(ctx, hb.JS, bus.Subject("P", "HQ1", "OFF"), m); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -101,7 +101,7 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		// delivery may start the moment JetStream has the record) is later.
 		pickedAt := time.Now()
 		rec.Metadata.Set(metaPickedAt, strconv.FormatInt(pickedAt.UnixNano(), 10))
-		dup, err := l.publishRecord(ctx, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
+		dup, err := publishRecord(ctx, l.b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
 		if err != nil {
 			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 		}
@@ -170,14 +170,16 @@ func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time
 	}
 }
 
-// publishRecord publishes rec on subject with its UUID as Nats-Msg-Id, as
-// exchangePublisher does; dup says the stream had it already and dropped it.
-func (l *lane) publishRecord(ctx context.Context, subject string, rec *message.Message) (dup bool, err error) {
+// publishRecord publishes rec to the EXCHANGE stream on subject, with its
+// UUID as Nats-Msg-Id so that the stream's duplicate window drops a
+// re-publish; dup says the stream had it already. It marshals as
+// watermill-nats does, so the delivery subscriber reads it back.
+func publishRecord(ctx context.Context, js jetstream.JetStream, subject string, rec *message.Message) (dup bool, err error) {
 	nm, err := (&wmnats.NATSMarshaler{}).Marshal(subject, rec)
 	if err != nil {
 		return false, err
 	}
-	ack, err := l.b.JS.PublishMsg(ctx, nm, jetstream.WithMsgID(rec.UUID), jetstream.WithExpectStream(bus.StreamExchange))
+	ack, err := js.PublishMsg(ctx, nm, jetstream.WithMsgID(rec.UUID), jetstream.WithExpectStream(bus.StreamExchange))
 	if err != nil {
 		return false, err
 	}

@@ -15,10 +15,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	"github.com/nats-io/nats.go"
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
@@ -54,7 +52,6 @@ type Pipeline struct {
 	states *States
 	dead   *Dead
 	mem    *Memory
-	pub    message.Publisher // to the EXCHANGE stream
 
 	router *message.Router
 	// handlers counts the router's handlers, for the start log line: the
@@ -199,25 +196,10 @@ func (p *Pipeline) laneOn(lb *bus.Bus, log *slog.Logger) *lane {
 	return &lane{m: p.metrics, b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: log, opts: p.opts}
 }
 
-// exchangePublisher publishes records to the EXCHANGE stream with
-// Nats-Msg-Id set, so the stream's duplicate window drops a re-publish.
-func exchangePublisher(nc *nats.Conn, wlog watermill.LoggerAdapter) (message.Publisher, error) {
-	return wmnats.NewPublisherWithNatsConn(nc, wmnats.PublisherPublishConfig{
-		Marshaler:         &wmnats.NATSMarshaler{},
-		SubjectCalculator: wmnats.DefaultSubjectCalculator,
-		JetStream:         wmnats.JetStreamConfig{TrackMsgId: true, PublishOptions: []nats.PubOpt{nats.ExpectStream(bus.StreamExchange)}},
-	}, wlog)
-}
-
 // wire adds the handlers of every served node to the router.
 func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 	cfg, eps, router := p.cfg, p.eps, p.router
-	// Retries of dead letters are rare: they publish on the main connection.
-	pub, err := exchangePublisher(p.b.Conn, wlog)
-	if err != nil {
-		return fmt.Errorf("retry publisher: %w", err)
-	}
-	p.pub = pub
+	var err error
 	if p.pushLane, err = p.newLane("push", wlog); err != nil {
 		return err
 	}

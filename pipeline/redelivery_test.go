@@ -92,19 +92,15 @@ func runPipeline(t *testing.T, yaml string, b *bus.Bus, eps Endpoints) *Pipeline
 	return p
 }
 
-// publishRecord puts a record (no payload needed by scriptedDelivery) for
+// queueRecord puts a record (no payload needed by scriptedDelivery) for
 // channel P: from → to on the EXCHANGE stream, as ingest would.
-func publishRecord(t *testing.T, b *bus.Bus, from, to string, no uint64) {
+func queueRecord(t *testing.T, b *bus.Bus, from, to string, no uint64) {
 	t.Helper()
-	pub, err := exchangePublisher(b.Conn, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := exchange.Header{ExchangePlan: "P", From: from, To: to, MessageNo: no}
 	m := message.NewMessage(MessageID(h, "sha"+strconv.FormatUint(no, 10)), nil)
 	exchange.SetHeader(m, h)
 	m.Metadata.Set(exchange.MetaFileName, exchange.FileName(from, to, exchange.FormatXML))
-	if err := pub.Publish(bus.Subject("P", from, to), m); err != nil {
+	if _, err := publishRecord(context.Background(), b.JS, bus.Subject("P", from, to), m); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -120,8 +116,8 @@ func TestSequentialFirstMessageNotOvertaken(t *testing.T) {
 		}
 		return nil
 	}}
-	publishRecord(t, b, "SRC", "DST", 1)
-	publishRecord(t, b, "SRC", "DST", 2)
+	queueRecord(t, b, "SRC", "DST", 1)
+	queueRecord(t, b, "SRC", "DST", 2)
 	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
 nodes:
   SRC: { deliver: { dir: ./src } }
@@ -261,10 +257,6 @@ nodes:
 	}
 	// There: the record of No 4, its payload dropped by the first fetch;
 	// then No 5, with its payload.
-	pub, err := exchangePublisher(hb.Conn, watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, no := range []uint64{4, 5} {
 		h := exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: no}
 		id := MessageID(h, "x")
@@ -278,7 +270,7 @@ nodes:
 				t.Fatal(err)
 			}
 		}
-		if err := pub.Publish(bus.Subject("P", "HQ1", "OFF"), m); err != nil {
+		if _, err := publishRecord(ctx, hb.JS, bus.Subject("P", "HQ1", "OFF"), m); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -322,7 +314,7 @@ nodes:
 	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 1, 1 }); err != nil {
 		t.Fatal(err)
 	}
-	publishRecord(t, b, "SRC", "DST", 1)
+	queueRecord(t, b, "SRC", "DST", 1)
 
 	in := &inflight{}
 	nc := testConn(t, b)

@@ -35,12 +35,14 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 		}
 		h, size, sha = &info.Header, info.Size, info.SHA256
 		obj = MessageID(info.Header, sha)
-		if err := p.copyObject(ctx, l.Object, obj); err != nil {
-			return "", err
-		}
 	}
 	if reason := p.routeProblem(*h); reason != "" {
 		return "", fmt.Errorf("dead letter %d: still cannot be routed: %s", seq, reason)
+	}
+	if obj != l.Object {
+		if err := p.copyObject(ctx, l.Object, obj); err != nil {
+			return "", err
+		}
 	}
 	id := MessageID(*h, sha)
 	rec := message.NewMessage(id+"/retry-"+strconv.FormatUint(seq, 10), nil)
@@ -51,11 +53,17 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	rec.Metadata.Set(exchange.MetaObject, obj)
 	rec.Metadata.Set(exchange.MetaSource, "dead:"+strconv.FormatUint(seq, 10))
 	rec.Metadata.Set(exchange.MetaNode, l.Node)
-	if err := p.pub.Publish(bus.Subject(h.ExchangePlan, h.From, h.To), rec); err != nil {
+	// Retries of dead letters are rare: they publish on the main connection.
+	dup, err := publishRecord(ctx, p.b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
+	if err != nil {
 		return "", fmt.Errorf("dead letter %d: publish: %w", seq, err)
 	}
-	if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) { c.Queued++ }); err != nil {
-		p.log.Warn("channel state not updated", "err", err)
+	// A repeated retry (the first could not remove the dead letter) finds
+	// its record queued already: counted once.
+	if !dup {
+		if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) { c.Queued++ }); err != nil {
+			p.log.Warn("channel state not updated", "err", err)
+		}
 	}
 	if obj != l.Object {
 		_ = p.b.Payloads.Delete(ctx, l.Object)

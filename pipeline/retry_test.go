@@ -1,0 +1,106 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+const retryYAML = `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { deliver: { dir: ./dst } }
+`
+
+// pickupLetter stores a pickup-stage dead letter whose payload is a valid
+// message h (the node's config, not the file, was the trouble) and returns
+// it with its sequence.
+func pickupLetter(t *testing.T, p *Pipeline, b *bus.Bus, h exchange.Header) DeadLetter {
+	t.Helper()
+	ctx := context.Background()
+	var buf bytes.Buffer
+	if err := exchangetest.WriteXML(&buf, h, 200); err != nil {
+		t.Fatal(err)
+	}
+	obj := "dead/" + strconv.FormatUint(h.MessageNo, 10)
+	size, sha, err := storeDeadPayload(ctx, b, obj, &buf, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := DeadLetter{Node: h.From, Stage: StagePickup, Reason: "test", Object: obj, Size: size, SHA256: sha,
+		FileName: exchange.FileName(h.From, h.To, exchange.FormatXML)}
+	if err := p.Dead().put(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := p.Dead().List(ctx)
+	if err != nil || len(ls) == 0 {
+		t.Fatalf("dead letters %v, %v", ls, err)
+	}
+	return ls[len(ls)-1]
+}
+
+// A retry of a pickup-stage letter whose message still has nowhere to go
+// fails and leaves the object store as it was: no copy under the message's
+// id that nothing would ever delete.
+func TestRetryUnroutableLeavesNoCopy(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, retryYAML, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "NOWHERE", MessageNo: 3}
+	l := pickupLetter(t, p, b, h)
+
+	_, err := p.Retry(context.Background(), l.Seq)
+	if err == nil || !strings.Contains(err.Error(), "still cannot be routed") {
+		t.Fatalf("retry: %v, want still cannot be routed", err)
+	}
+	if _, err := b.Payloads.GetInfo(context.Background(), MessageID(h, l.SHA256)); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("payload copy under the message id: %v, want none", err)
+	}
+	if _, err := p.Dead().Get(context.Background(), l.Seq); err != nil {
+		t.Errorf("the dead letter must stay: %v", err)
+	}
+}
+
+// A retry repeated after the first queued the record but could not remove
+// the letter finds the record in the stream already (the same retry id):
+// the channel counts it once.
+func TestRetryRepeatedCountsOnce(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, retryYAML, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	ctx := context.Background()
+	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 4}
+	l := pickupLetter(t, p, b, h)
+
+	// What the first retry left: its record, under the id Retry gives it.
+	first := message.NewMessage(MessageID(h, l.SHA256)+"/retry-"+strconv.FormatUint(l.Seq, 10), nil)
+	exchange.SetHeader(first, h)
+	if dup, err := publishRecord(ctx, b.JS, bus.Subject("P", "SRC", "DST"), first); err != nil || dup {
+		t.Fatalf("first record: dup %v, %v", dup, err)
+	}
+	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued++ }); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := p.Retry(ctx, l.Seq); err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.States().Get(ctx, "P", "SRC", "DST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Queued != 1 {
+		t.Errorf("queued %d after a repeated retry, want 1", c.Queued)
+	}
+	if _, err := p.Dead().Get(ctx, l.Seq); err == nil {
+		t.Error("the dead letter is still there after the retry")
+	}
+}
