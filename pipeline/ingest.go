@@ -221,17 +221,25 @@ func (l *lane) putPayload(ctx context.Context, m *message.Message, id string, si
 // committed like any other, its bytes being safe in the dead letter.
 func (l *lane) deadFromPickup(ctx context.Context, node string, m *message.Message, h *exchange.Header, reason string) error {
 	obj := "dead/" + watermill.NewUUID()
-	body, err := exchange.Body(ctx, m)
-	if err != nil {
-		return fmt.Errorf("dead letter: open %s: %w", m.Metadata.Get(exchange.MetaSource), err)
-	}
-	defer body.Close()
-	size, sha, err := storeDeadPayload(ctx, l.b, obj, body, l.opts.Limits.MaxSize)
-	if err != nil && !errors.Is(err, context.Canceled) && size > l.opts.Limits.MaxSize {
-		obj = "" // too large to keep; the reason still says what it was
-		reason += fmt.Sprintf(" (payload of %d+ bytes not kept)", size)
-	} else if err != nil {
-		return err
+	var size int64
+	var sha string
+	if stated := statedSize(m.Metadata.Get(exchange.MetaSize)); stated > l.opts.Limits.MaxSize {
+		// The pickup says it is too large to keep: not read at all.
+		obj, size = "", stated
+		reason += " (payload not kept)"
+	} else {
+		body, err := exchange.Body(ctx, m)
+		if err != nil {
+			return fmt.Errorf("dead letter: open %s: %w", m.Metadata.Get(exchange.MetaSource), err)
+		}
+		defer body.Close()
+		size, sha, err = storeDeadPayload(ctx, l.b, obj, body, l.opts.Limits.MaxSize)
+		if err != nil && !errors.Is(err, context.Canceled) && size > l.opts.Limits.MaxSize {
+			obj = "" // too large to keep; the reason still says what it was
+			reason += fmt.Sprintf(" (payload of %d+ bytes not kept)", size)
+		} else if err != nil {
+			return err
+		}
 	}
 	dl := DeadLetter{
 		Node: node, Stage: StagePickup, Reason: reason, Header: h, Object: obj, Size: size, SHA256: sha,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -353,6 +354,9 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		}
 	}
 
+	if lim := p.o.Limits.MaxSize; lim > 0 && c.size > lim {
+		return p.leaveTooLarge(ctx, log, name, where, c, lim, out)
+	}
 	fetched, err := p.src.Fetch(ctx, File{Name: name, Size: c.size, ModTime: c.mtime})
 	if err != nil {
 		if ctx.Err() == nil {
@@ -390,6 +394,31 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	case Nacked:
 		p.later(c)
 		log.Warn("pipeline refused the file; it stays and is retried", "retry_in", c.retryAt.Sub(p.now()).Round(time.Second))
+	}
+	return false
+}
+
+// leaveTooLarge records a file over the size limit as a dead letter without
+// its bytes (none are read: the pipeline could not keep them) and leaves the
+// file where it is, since committing it would delete or move the only copy.
+// It is looked at again once it changes.
+func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, where string, c *candidate, lim int64, out chan<- *message.Message) bool {
+	problem := fmt.Errorf("%w: %d bytes, larger than the %d-byte limit; the file is left in place", exchange.ErrTooLarge, c.size, lim)
+	msg := message.NewMessage(watermill.NewUUID(), nil)
+	msg.Metadata.Set(exchange.MetaNode, p.o.Node)
+	msg.Metadata.Set(exchange.MetaSource, where)
+	msg.Metadata.Set(exchange.MetaFileName, name)
+	msg.Metadata.Set(exchange.MetaProblem, problem.Error())
+	msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(c.size, 10))
+	exchange.SetBody(msg, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("")), nil })
+	switch Hand(ctx, p.closing, out, msg) {
+	case Acked:
+		log.Error("file larger than the size limit: dead letter recorded, the file stays", "bytes", c.size, "limit", lim)
+		c.retryAt = farFuture
+		c.fails = 0
+		return true
+	case Nacked:
+		p.later(c)
 	}
 	return false
 }

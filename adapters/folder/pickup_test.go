@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -296,17 +297,7 @@ func TestSettleAfterChange(t *testing.T) {
 
 // undeletable is a folder the relay may read but not change (a read-only
 // share, an FTP account without DELE).
-type undeletable struct {
-	*memSource
-	fetches int
-}
-
-func (u *undeletable) Fetch(ctx context.Context, f File) (Fetched, error) {
-	u.mu.Lock()
-	u.fetches++
-	u.mu.Unlock()
-	return u.memSource.Fetch(ctx, f)
-}
+type undeletable struct{ *countingSource }
 
 func (u *undeletable) Remove(context.Context, string) error { return fs.ErrPermission }
 
@@ -314,7 +305,7 @@ func (u *undeletable) Remove(context.Context, string) error { return fs.ErrPermi
 // folder the relay cannot delete from) is taken again only after a backoff,
 // not at once in a loop that reads and stores it over and over.
 func TestCommitFailureBacksOff(t *testing.T) {
-	u := &undeletable{memSource: newMem(t, 1)}
+	u := &undeletable{&countingSource{memSource: newMem(t, 1)}}
 	ch := subscribed(t, u, fastOptions())
 	deadline := time.After(time.Second)
 	acks := 0
@@ -333,4 +324,52 @@ loop:
 		defer u.mu.Unlock()
 		t.Fatalf("the undeletable file was handed over %d times (%d downloads) in 1s", acks, u.fetches)
 	}
+}
+
+// TestTooLargeFileLeftInPlace: a file over the size limit is not read; the
+// pipeline gets one problem message (for a dead letter without the bytes),
+// and once that is acked the file stays where it is, not committed (that
+// would delete the only copy) and not handed over again.
+func TestTooLargeFileLeftInPlace(t *testing.T) {
+	m := newMem(t, 1)
+	f := &countingSource{memSource: m}
+	o := fastOptions()
+	o.Limits = exchange.DefaultLimits()
+	o.Limits.MaxSize = 50 // the file is ~0.5 KB
+	ch := subscribed(t, f, o)
+	var msg *message.Message
+	select {
+	case msg = <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no message")
+	}
+	if p := msg.Metadata.Get(exchange.MetaProblem); !strings.Contains(p, "larger than the 50-byte limit") || !strings.Contains(p, "left in place") {
+		t.Errorf("problem %q", p)
+	}
+	msg.Ack()
+	select {
+	case again := <-ch:
+		again.Ack()
+		t.Fatal("the file was handed over again")
+	case <-time.After(time.Second):
+	}
+	m.mu.Lock()
+	n, fetches := len(m.files), f.fetches
+	m.mu.Unlock()
+	if n != 1 || fetches != 0 {
+		t.Errorf("%d files left (want 1), %d downloads (want 0)", n, fetches)
+	}
+}
+
+// countingSource counts downloads.
+type countingSource struct {
+	*memSource
+	fetches int // under memSource.mu
+}
+
+func (c *countingSource) Fetch(ctx context.Context, f File) (Fetched, error) {
+	c.mu.Lock()
+	c.fetches++
+	c.mu.Unlock()
+	return c.memSource.Fetch(ctx, f)
 }
