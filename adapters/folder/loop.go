@@ -28,15 +28,27 @@ func (l *Loop) Closing() <-chan struct{} {
 }
 
 // Start clears the pickup's spool of what a killed relay left, then runs
-// run in its goroutine and returns the channel run sends on.
+// run in its goroutine and returns the channel run sends on. run's ctx ends
+// with Close too, so that Close also cuts short a long download or request
+// (the IMAP session closes its connection when ctx ends).
 func (l *Loop) Start(ctx context.Context, spool string, log *slog.Logger, run func(ctx context.Context, out chan<- *message.Message)) <-chan *message.Message {
 	l.init()
 	ClearSpool(spool, log)
 	out := make(chan *message.Message)
-	l.wg.Add(1)
+	ctx, cancel := context.WithCancel(ctx)
+	l.wg.Add(2)
+	go func() {
+		defer l.wg.Done()
+		select {
+		case <-l.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	go func() {
 		defer l.wg.Done()
 		defer close(out)
+		defer cancel()
 		run(ctx, out)
 	}()
 	return out
