@@ -25,9 +25,14 @@ import (
 // which writes it to <to>/in through a temp file and a rename (with fsync of
 // file and folder when o.BaselineFsync, as the relay does) and acks it.
 // Embedded nats-server, JetStream file storage in a temp dir, in-process
-// connections only.
-func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res tpResult, err error) {
+// connections only. With floor, the producer and the writers also do what
+// the contract asks for per message (see floorSteps): the side is "floor".
+func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions, floor bool) (res tpResult, err error) {
 	res = tpResult{Side: "baseline", Messages: w.messages, Bytes: w.bytes}
+	if floor {
+		res.Side = "floor"
+	}
+	side := res.Side
 	root, err := tempSite(o.Dir, "relay-bench-base-", w.nodes)
 	if err != nil {
 		return res, err
@@ -74,6 +79,13 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 	}); err != nil {
 		return res, err
 	}
+	var fl *floorSteps
+	if floor {
+		if fl, err = newFloor(ctx, pjs, sjs); err != nil {
+			return res, err
+		}
+		defer fl.wait()
+	}
 	cons, err := sjs.CreateOrUpdateConsumer(ctx, "BENCH", jetstream.ConsumerConfig{
 		Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
@@ -102,7 +114,11 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 		go func() {
 			defer writers.Done()
 			for m := range q {
-				if err := writeOut(dir, m, o.BaselineFsync); err != nil {
+				write := writeOut
+				if fl != nil {
+					write = func(dir string, m jetstream.Msg, fsync bool) error { return fl.deliver(ctx, dir, m, fsync) }
+				}
+				if err := write(dir, m, o.BaselineFsync); err != nil {
 					sendErr(writeErr, err)
 					return
 				}
@@ -129,7 +145,7 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 			parts := strings.Split(m.Subject(), ".")
 			q := queues[parts[len(parts)-1]]
 			if q == nil {
-				sendErr(writeErr, fmt.Errorf("baseline: unexpected subject %s", m.Subject()))
+				sendErr(writeErr, fmt.Errorf("%s: unexpected subject %s", side, m.Subject()))
 				continue
 			}
 			select {
@@ -151,6 +167,12 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 
 	// The producer takes its file itself: read, publish, delete.
 	publish := func(ctx context.Context, path string, c *channel) error {
+		if fl != nil {
+			if err := fl.ingest(ctx, path, c); err != nil {
+				return err
+			}
+			return os.Remove(path)
+		}
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return err
@@ -160,37 +182,42 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions) (res t
 		}
 		return os.Remove(path)
 	}
-	o.logf("baseline: %d messages on %d channels", w.messages, len(w.channels))
+	o.logf("%s: %d messages on %d channels", side, w.messages, len(w.channels))
 	cpu0 := cpuTime()
 	start := time.Now()
 	prodErr := producer{s, writeLike1C, publish}.run(wctx, w, &tr.mu)
 	// A writer failure ends the run as a producer failure would.
 	if err := tr.wait(ctx, o.Timeout, prodErr, writeErr); err != nil {
-		return res, fmt.Errorf("baseline: %w", err)
+		return res, fmt.Errorf("%s: %w", side, err)
 	}
 	res.Elapsed = tr.doneAt.Sub(start)
 	res.CPU = cpuTime() - cpu0
 	res.Observed = tr.seen()
 	res.Lat = w.latencies(&tr.mu)
 	res.Delivered = uint64(w.messages)
-	o.logf("baseline: %.0f msg/s, %d seen in in/", res.msgsPerSec(), res.Observed)
-	o.logf("baseline: CPU %s (%.0f%% of one core over the run)", res.CPU.Round(time.Millisecond), 100*res.CPU.Seconds()/res.Elapsed.Seconds())
-	o.logf("baseline: write→taken %s; taken→in/ %s", res.Lat.pickup, res.Lat.deliver)
+	o.logf("%s: %.0f msg/s, %d seen in in/", side, res.msgsPerSec(), res.Observed)
+	o.logf("%s: CPU %s (%.0f%% of one core over the run)", side, res.CPU.Round(time.Millisecond), 100*res.CPU.Seconds()/res.Elapsed.Seconds())
+	o.logf("%s: write→taken %s; taken→in/ %s", side, res.Lat.pickup, res.Lat.deliver)
 	return res, nil
 }
 
 // writeOut writes one record into dir: temp file, (fsync), rename, (fsync dir).
 func writeOut(dir string, m jetstream.Msg, fsync bool) error {
-	parts := strings.Split(m.Subject(), ".")
+	return writeData(dir, m.Subject(), m.Data(), fsync)
+}
+
+// writeData writes data as the file of the channel of subject (bench.<from>.<to>) into dir.
+func writeData(dir, subject string, data []byte, fsync bool) error {
+	parts := strings.Split(subject, ".")
 	if len(parts) != 3 {
-		return fmt.Errorf("baseline: bad subject %s", m.Subject())
+		return fmt.Errorf("bench: bad subject %s", subject)
 	}
 	name := exchange.FileName(parts[1], parts[2], exchange.FormatXML)
 	tmp, err := os.CreateTemp(dir, ".bench-*.part")
 	if err != nil {
 		return err
 	}
-	if _, err := tmp.Write(m.Data()); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
 		return err

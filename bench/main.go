@@ -46,6 +46,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	settle := fs.Duration("settle", 50*time.Millisecond, "pickup settle (dir and ftp pickups), > 0")
 	poll := fs.Duration("poll", 100*time.Millisecond, "pickup poll_interval, >= 100ms (dir and ftp pickups)")
 	baseFsync := fs.Bool("baseline-fsync", true, "baseline fsyncs each written file and its folder, as the relay does")
+	floor := fs.Bool("floor", true, "throughput: also run the floor each round (the baseline plus only what the contract asks for per message, no relay code)")
 	bigSize := fs.String("bigsize", "1GiB", "big, ftpbig: size of the message file")
 	relayBin := fs.String("relay-bin", "", "big, ftp, ftpbig, mail, mailbig: relay binary to run (default: go build ./cmd/relay into the temp dir)")
 	ftpMessages := fs.Int("ftp-messages", 500, "ftp: messages in all")
@@ -152,7 +153,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	log := progress{Verbose: verbose}
 	if doTP {
-		o := tpOptions{Dir: *dir, Settle: *settle, Poll: *poll, Mode: *mode, BaselineFsync: *baseFsync,
+		o := tpOptions{Dir: *dir, Settle: *settle, Poll: *poll, Mode: *mode, BaselineFsync: *baseFsync, Floor: *floor,
 			Timeout: *timeout, LogLevel: lvl, CPUProfile: *cpuProfile, BlockProfile: *blockProfile, progress: log}
 		if tp, err := runThroughput(ctx, *messages, *channels, bodySize, *rounds, o); ok("throughput", err) {
 			rep.tp = &tp
@@ -222,7 +223,9 @@ type tpReport struct {
 	w               *workload
 	opts            tpOptions
 	relay, baseline tpResult
+	floor           *tpResult // nil without -floor
 	ratios          []float64 // relay/baseline msg/s of each round, in run order
+	floorRatios     []float64 // floor/baseline msg/s of each round
 }
 
 func (t tpReport) ratio() float64 { return t.relay.msgsPerSec() / t.baseline.msgsPerSec() }
@@ -239,7 +242,7 @@ func runThroughput(ctx context.Context, messages, channels int, bodySize int64, 
 	if err != nil {
 		return tpReport{}, err
 	}
-	type round struct{ relay, baseline tpResult }
+	type round struct{ relay, baseline, floor tpResult }
 	var runs []round
 	rep := tpReport{w: w, opts: o}
 	for i := range rounds {
@@ -247,15 +250,25 @@ func runThroughput(ctx context.Context, messages, channels int, bodySize int64, 
 			o.CPUProfile, o.BlockProfile = "", "" // profiles are of the first round
 		}
 		var r round
-		if r.baseline, err = runBaselineThroughput(ctx, w, o); err != nil {
+		if r.baseline, err = runBaselineThroughput(ctx, w, o, false); err != nil {
 			return rep, err
+		}
+		if o.Floor {
+			if r.floor, err = runBaselineThroughput(ctx, w, o, true); err != nil {
+				return rep, err
+			}
+			rep.floorRatios = append(rep.floorRatios, r.floor.msgsPerSec()/r.baseline.msgsPerSec())
 		}
 		if r.relay, err = runRelayThroughput(ctx, w, o); err != nil {
 			return rep, err
 		}
 		runs = append(runs, r)
 		rep.ratios = append(rep.ratios, r.relay.msgsPerSec()/r.baseline.msgsPerSec())
-		o.logf("round %d of %d: ratio %.2f", i+1, rounds, rep.ratios[i])
+		if o.Floor {
+			o.logf("round %d of %d: ratio %.2f (floor %.2f)", i+1, rounds, rep.ratios[i], rep.floorRatios[i])
+		} else {
+			o.logf("round %d of %d: ratio %.2f", i+1, rounds, rep.ratios[i])
+		}
 	}
 	order := make([]int, len(runs))
 	for i := range order {
@@ -264,6 +277,9 @@ func runThroughput(ctx context.Context, messages, channels int, bodySize int64, 
 	sort.Slice(order, func(a, b int) bool { return rep.ratios[order[a]] < rep.ratios[order[b]] })
 	med := runs[order[len(order)/2]]
 	rep.relay, rep.baseline = med.relay, med.baseline
+	if o.Floor {
+		rep.floor = &med.floor
+	}
 	return rep, nil
 }
 
@@ -298,6 +314,18 @@ func (r *report) print(out io.Writer) {
 		fmt.Fprintf(tw, "MB/s\t%.2f\t%.2f\t%.2f\n", t.relay.mbPerSec(), t.baseline.mbPerSec(), t.relay.mbPerSec()/t.baseline.mbPerSec())
 		fmt.Fprintf(tw, "written to in/\t%d (+%d superseded)\t%d\t\n", t.relay.Delivered, t.relay.Superseded, t.baseline.Delivered)
 		fmt.Fprintf(tw, "seen+sha256 ok\t%d\t%d\t\n", t.relay.Observed, t.baseline.Observed)
+		fmt.Fprintf(tw, "CPU per message\t%s\t%s\t%.2f\n", t.relay.cpuPerMsg(), t.baseline.cpuPerMsg(), t.relay.CPU.Seconds()/t.baseline.CPU.Seconds())
+		if f := t.floor; f != nil {
+			fmt.Fprintf(tw, "floor messages/s\t%.1f (relay/floor %.2f)\t\t%.2f  (floor/baseline)\n", f.msgsPerSec(), t.relay.msgsPerSec()/f.msgsPerSec(), f.msgsPerSec()/t.baseline.msgsPerSec())
+			fmt.Fprintf(tw, "floor CPU per message\t%s\t\t%.2f\n", f.cpuPerMsg(), f.CPU.Seconds()/t.baseline.CPU.Seconds())
+			if len(t.floorRatios) > 1 {
+				rs := make([]string, len(t.floorRatios))
+				for i, r := range t.floorRatios {
+					rs[i] = fmt.Sprintf("%.2f", r)
+				}
+				fmt.Fprintf(tw, "  floor/baseline by round\t%s\t\t\n", strings.Join(rs, " "))
+			}
+		}
 	}
 	if b := r.big; b != nil {
 		fmt.Fprintf(tw, "\nbig: one %s message, relay binary as a child process, dir pickup settle %s\n", humanBytes(b.Size), r.bigSettle)

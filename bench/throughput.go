@@ -25,6 +25,7 @@ type tpOptions struct {
 	Poll          time.Duration // dir pickup poll_interval
 	Mode          string        // node mode: sequential | latest
 	BaselineFsync bool          // the baseline fsyncs file and folder like the relay does
+	Floor         bool          // also run the floor (floorSteps) each round
 	Timeout       time.Duration
 	LogLevel      slog.Level // the in-process relay logs at this level into io.Discard
 	CPUProfile    string     // CPU profile of the relay run, if set
@@ -48,6 +49,11 @@ type tpResult struct {
 
 func (r tpResult) msgsPerSec() float64 { return float64(r.Messages) / r.Elapsed.Seconds() }
 func (r tpResult) mbPerSec() float64   { return float64(r.Bytes) / 1e6 / r.Elapsed.Seconds() }
+
+// cpuPerMsg is the bench process's CPU per message over the run.
+func (r tpResult) cpuPerMsg() time.Duration {
+	return (r.CPU / time.Duration(max(r.Messages, 1))).Round(10 * time.Microsecond)
+}
 
 // dirRoutingYAML is the relay's config for a site of makeSite: every node
 // picks up from <node>/out and delivers into <node>/in, in mode ("" = the
