@@ -22,7 +22,8 @@ import (
 // (exchange.Inspect, as the relay's pickup does), the body stored as a claim
 // check (chunk and meta in one round trip), a record carrying the header
 // with a Nats-Msg-Id, one channel-state write at ingest and one at delivery
-// (revisions remembered, no reads), the body read back by one direct get and
+// (revisions remembered, no reads) and one more at ingest when the message's
+// ReceivedNo acknowledges something new on the reverse channel, the body read back by one direct get and
 // its sha256 checked, the body deleted after the delivery without being
 // waited for. No settle, no folder watching, no framework, no logs, no trace
 // events, no metrics, one consumer. What the floor costs over the baseline
@@ -34,9 +35,10 @@ type floorSteps struct {
 	inState  jetstream.KeyValue
 	outState jetstream.KeyValue
 
-	mu   sync.Mutex
-	revs map[string]uint64 // state key → last revision written
-	dels sync.WaitGroup
+	mu    sync.Mutex
+	revs  map[string]uint64 // state key → last revision written
+	acked map[string]uint64 // reverse channel → ReceivedNo recorded
+	dels  sync.WaitGroup
 }
 
 // floorRecord is what the floor's record carries instead of the payload.
@@ -72,7 +74,7 @@ func newFloor(ctx context.Context, pub, sub jetstream.JetStream) (*floorSteps, e
 	if err != nil {
 		return nil, fmt.Errorf("floor: payload stream: %w", err)
 	}
-	return &floorSteps{pub: pub, payloads: payloads, inState: in, outState: out, revs: map[string]uint64{}}, nil
+	return &floorSteps{pub: pub, payloads: payloads, inState: in, outState: out, revs: map[string]uint64{}, acked: map[string]uint64{}}, nil
 }
 
 // ingest takes the file at path of channel c in: check, store, record,
@@ -125,7 +127,21 @@ func (f *floorSteps) ingest(ctx context.Context, path string, c *channel) error 
 	if _, err := f.pub.PublishMsg(ctx, rec); err != nil {
 		return err
 	}
-	return f.state(ctx, f.inState, "picked."+hex.EncodeToString([]byte(c.from+"."+c.to)), h.MessageNo)
+	if err := f.state(ctx, f.inState, "picked."+hex.EncodeToString([]byte(c.from+"."+c.to)), h.MessageNo); err != nil {
+		return err
+	}
+	// The acknowledgement of the reverse channel, written when it moves.
+	reverse := "acked." + hex.EncodeToString([]byte(c.to+"."+c.from))
+	f.mu.Lock()
+	moved := h.ReceivedNo > f.acked[reverse]
+	if moved {
+		f.acked[reverse] = h.ReceivedNo
+	}
+	f.mu.Unlock()
+	if moved {
+		return f.state(ctx, f.inState, reverse, h.ReceivedNo)
+	}
+	return nil
 }
 
 // deliver writes the record m's payload into dir and records it; the
