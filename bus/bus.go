@@ -715,26 +715,6 @@ func (b *Bus) bindExchange(ctx context.Context) (what string, err error) {
 	return "", nil
 }
 
-// DropPayload removes a payload of a Remote domain through the JetStream
-// API: ObjectStore.Delete publishes a delete marker on the bucket's subject,
-// which does not cross a leaf connection (LeafDeny), so the object's chunk
-// and meta subjects are purged instead.
-func (b *Bus) DropPayload(ctx context.Context, name string) error {
-	info, err := b.Payloads.GetInfo(ctx, name, jetstream.GetObjectInfoShowDeleted())
-	if err != nil {
-		return fmt.Errorf("payload %s: %w", name, err)
-	}
-	for _, subj := range []string{
-		chunkSubject(info.NUID),
-		metaSubject(name),
-	} {
-		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
-			return fmt.Errorf("payload %s: purge %s: %w", name, subj, err)
-		}
-	}
-	return nil
-}
-
 // CloseLane closes a lane's connection (not the server).
 func (b *Bus) CloseLane() {
 	if b.Conn != nil {

@@ -158,6 +158,25 @@ func (b *Bus) OpenKnownPayload(ctx context.Context, name string, size int64, sha
 	return r, nil
 }
 
+// DeletePayload removes a payload and leaves nothing of it: its chunks and
+// its meta are purged. ObjectStore.Delete instead leaves a delete marker on
+// the meta subject for good, one per message in a bucket without a max age
+// (the store and the server's per-subject index would grow for ever), and
+// that marker, a publish, would not cross a leaf connection to another
+// relay's domain either. A payload already marked deleted is purged too.
+func (b *Bus) DeletePayload(ctx context.Context, name string) error {
+	info, err := b.Payloads.GetInfo(ctx, name, jetstream.GetObjectInfoShowDeleted())
+	if err != nil {
+		return fmt.Errorf("payload %s: %w", name, err)
+	}
+	for _, subj := range []string{chunkSubject(info.NUID), metaSubject(name)} {
+		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return fmt.Errorf("payload %s: purge %s: %w", name, subj, err)
+		}
+	}
+	return nil
+}
+
 // maxChunk is the largest chunk a payload is stored in (ObjectStore's default).
 const maxChunk = 128 << 10
 

@@ -94,7 +94,7 @@ func TestPutPayload(t *testing.T) {
 				t.Fatalf("stored %d bytes, sha256 %s; want %d, %s", n, sum, len(c.data), hexSum(c.data))
 			}
 			readBoth(t, b, c.name, c.data)
-			if err := b.Payloads.Delete(ctx, c.name); err != nil {
+			if err := b.DeletePayload(ctx, c.name); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := b.OpenKnownPayload(ctx, c.name, int64(len(c.data)), hexSum(c.data)); len(c.data) > 0 && !errors.Is(err, jetstream.ErrObjectNotFound) {
@@ -114,7 +114,7 @@ func TestPutPayload(t *testing.T) {
 		if n := subjectMsgs(t, b, subj); n != 1 {
 			t.Fatalf("%d chunks on %s, want 1", n, subj)
 		}
-		if err := b.Payloads.Delete(ctx, "twice"); err != nil {
+		if err := b.DeletePayload(ctx, "twice"); err != nil {
 			t.Fatal(err)
 		}
 		if n := subjectMsgs(t, b, subj); n != 0 {
@@ -130,6 +130,38 @@ func TestPutPayload(t *testing.T) {
 		}
 		readBoth(t, b, "by put", small)
 	})
+
+	t.Run("stored by ObjectStore.Put, deleted", func(t *testing.T) {
+		if err := b.DeletePayload(ctx, "by put"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Payloads.GetInfo(ctx, "by put", jetstream.GetObjectInfoShowDeleted()); !errors.Is(err, jetstream.ErrObjectNotFound) {
+			t.Fatalf("after delete: %v, want not found", err)
+		}
+	})
+
+	t.Run("a delete marker ObjectStore.Delete left is purged", func(t *testing.T) {
+		if _, _, err := b.PutPayload(ctx, "marked", int64(len(small)), bytes.NewReader(small)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Payloads.Delete(ctx, "marked"); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.DeletePayload(ctx, "marked"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	// Everything put above was deleted: nothing may be left behind, not
+	// even the delete markers ObjectStore.Delete leaves, one per message for
+	// good in a bucket without a max age.
+	info, err := b.payloadStream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 0 {
+		t.Fatalf("%d messages left in the payload store after every payload was deleted", info.State.Msgs)
+	}
 
 	t.Run("a record's bad size or sha256 falls back to the lookup", func(t *testing.T) {
 		if _, _, err := b.PutPayload(ctx, "hint", int64(len(small)), bytes.NewReader(small)); err != nil {

@@ -126,7 +126,7 @@ func (d *Dead) Drop(ctx context.Context, seq uint64) error {
 		return err
 	}
 	if l.Object != "" {
-		if err := d.b.Payloads.Delete(ctx, l.Object); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		if err := d.b.DeletePayload(ctx, l.Object); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 			return fmt.Errorf("dead letter %d: delete payload: %w", seq, err)
 		}
 	}
@@ -144,7 +144,7 @@ func storeDeadPayload(ctx context.Context, b *bus.Bus, name string, r io.Reader,
 		return 0, "", fmt.Errorf("store dead payload %s: %w", name, err)
 	}
 	if lr.N <= 0 {
-		_ = b.Payloads.Delete(ctx, name)
+		_ = b.DeletePayload(ctx, name)
 		return h.n, "", fmt.Errorf("store dead payload %s: larger than %d bytes", name, limit)
 	}
 	return h.n, h.sum(), nil

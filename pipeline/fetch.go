@@ -279,7 +279,7 @@ func (f *fetch) dropRemote(ctx context.Context, remote *bus.Bus, obj string) {
 	if obj == "" {
 		return
 	}
-	if err := remote.DropPayload(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+	if err := remote.DeletePayload(ctx, obj); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		f.log.Warn("payload not dropped at relay "+f.relay, "object", obj, "err", err)
 	}
 }

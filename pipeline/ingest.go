@@ -211,7 +211,7 @@ func (l *lane) putPayload(ctx context.Context, m *message.Message, id string, si
 		return fmt.Errorf("ingest: store payload %s: %w", id, err)
 	}
 	if n != size || (sha != "" && got != sha) {
-		_ = l.b.Payloads.Delete(ctx, id)
+		_ = l.b.DeletePayload(ctx, id)
 		return fmt.Errorf("ingest: %s changed while it was read (%d bytes, want %d)", id, n, size)
 	}
 	return nil
@@ -247,7 +247,7 @@ func (l *lane) deadFromPickup(ctx context.Context, node string, m *message.Messa
 	}
 	if err := l.dead.put(ctx, dl); err != nil {
 		if obj != "" {
-			_ = l.b.Payloads.Delete(ctx, obj)
+			_ = l.b.DeletePayload(ctx, obj)
 		}
 		return err
 	}

@@ -176,7 +176,7 @@ func (l *lane) drop(obj string) {
 		l.dropper.drop(obj)
 		return
 	}
-	deletePayload(l.b.Payloads.Delete, obj, l.log)
+	deletePayload(l.b.DeletePayload, obj, l.log)
 }
 
 // newLane opens a lane named for logs and NATS monitoring.
@@ -256,7 +256,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 				return err
 			}
 			// Closed before the lane's connection (closers run newest first).
-			l.dropper = newDropper(l.b.Payloads.Delete, l.log)
+			l.dropper = newDropper(l.b.DeletePayload, l.log)
 			p.closers = append(p.closers, l.dropper.close)
 			handle := p.deliverHandler(name, n, pub, l, in)
 			for i, sub := range subs {

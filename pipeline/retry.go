@@ -66,7 +66,7 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 		}
 	}
 	if obj != l.Object {
-		_ = p.b.Payloads.Delete(ctx, l.Object)
+		_ = p.b.DeletePayload(ctx, l.Object)
 	}
 	if err := p.b.Dead.DeleteMsg(ctx, seq); err != nil {
 		return id, fmt.Errorf("dead letter %d: queued as %s but not removed: %w", seq, id, err)
