@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,18 +18,29 @@ import (
 	"github.com/relay1c/relay/exchange"
 )
 
-// handPickup is a pickup whose messages the test hands over itself.
-type handPickup chan *message.Message
-
-func (h handPickup) Subscribe(context.Context, string) (<-chan *message.Message, error) {
-	return h, nil
+// handPickup is a pickup whose messages the test hands over itself. Like
+// any subscriber, it closes its channel once its context ends or on Close:
+// the router waits for that.
+type handPickup struct {
+	ch   chan *message.Message
+	once sync.Once
 }
 
-func (h handPickup) Close() error { return nil }
+func newHandPickup() *handPickup { return &handPickup{ch: make(chan *message.Message)} }
+
+func (h *handPickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	context.AfterFunc(ctx, func() { h.Close() })
+	return h.ch, nil
+}
+
+func (h *handPickup) Close() error {
+	h.once.Do(func() { close(h.ch) })
+	return nil
+}
 
 // channelEndpoints gives each node a pickup fed by the test and a scripted
 // delivery.
-type channelEndpoints struct{ pickups map[string]handPickup }
+type channelEndpoints struct{ pickups map[string]*handPickup }
 
 func (e channelEndpoints) Pickup(node string, _ *config.Endpoint, _ *Memory, _ *slog.Logger) (message.Subscriber, error) {
 	return e.pickups[node], nil
@@ -54,12 +66,12 @@ func (u unreadable) Read([]byte) (int, error) {
 // pipeline does not read a body it could not keep.
 func TestTooLargeFileDeadLetterWithoutPayload(t *testing.T) {
 	b := testBus(t)
-	in := make(handPickup)
+	in := newHandPickup()
 	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
 nodes:
   SRC: { pickup: { dir: ./src/out }, deliver: { dir: ./src/in } }
   DST: { deliver: { dir: ./dst/in } }
-`, b, channelEndpoints{pickups: map[string]handPickup{"SRC": in}})
+`, b, channelEndpoints{pickups: map[string]*handPickup{"SRC": in}})
 
 	size := exchange.DefaultLimits().MaxSize + 1
 	msg := message.NewMessage(watermill.NewUUID(), nil)
@@ -71,7 +83,7 @@ nodes:
 	read := make(chan struct{}, 1)
 	exchange.SetBody(msg, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(unreadable{read}), nil })
 	select {
-	case in <- msg:
+	case in.ch <- msg:
 	case <-time.After(20 * time.Second):
 		t.Fatal("the pipeline did not take the message")
 	}
