@@ -195,6 +195,8 @@ type Limits struct {
 	// MaxTokenBytes bounds one XML token (a text run, a tag with its attributes,
 	// a comment): encoding/xml holds a whole token in memory, so this is what
 	// keeps memory flat on a body with one huge text node; default 64 MiB.
+	// A tag is bounded tighter, by the smaller of this and 1 MiB, as its
+	// attributes cost far more memory than their bytes.
 	MaxTokenBytes int64
 }
 

@@ -30,6 +30,9 @@ type byteSrc struct {
 	tokStart int64 // stream offset where the current token began
 	maxTok   int64 // max bytes for one token (0: unbounded)
 	tokErr   error
+	maxTag   int64 // max bytes for one tag, if less than maxTok (0: maxTok)
+	tagErr   error
+	tokLim   int64 // the limit of the current token: maxTok, or maxTag for a tag
 
 	err    error // sticky error of r (io.EOF included)
 	sawEOF bool  // the consumer was handed io.EOF
@@ -66,18 +69,69 @@ func (s *byteSrc) setLimit(n int64, err error) {
 func (s *byteSrc) setEnd() {
 	start := s.total - int64(s.wpos) // stream offset of buf[0]
 	e := s.limit - start
-	if s.maxTok > 0 {
-		e = min(e, s.tokStart+s.maxTok-start)
+	if s.tokLim > 0 {
+		e = min(e, s.tokStart+s.tokLim-start)
 	}
 	s.end = int(max(int64(s.rpos), min(e, int64(s.wpos))))
 }
 
 // startToken marks where the next token starts, for the per-token limit.
+// A tag gets the smaller maxTag: encoding/xml turns every attribute into a
+// 48-byte xml.Attr, so a tag of tiny attributes (a="" a="" ...) takes some
+// 25 times its size in memory, while text, comments and CDATA cost about
+// their size.
 func (s *byteSrc) startToken() {
 	s.tokStart = s.pos()
 	if s.maxTok > 0 {
+		s.tokLim = s.maxTok
+		if s.maxTag > 0 && s.maxTag < s.maxTok && s.tagNext() {
+			s.tokLim = s.maxTag
+		}
 		s.setEnd()
 	}
+}
+
+// tagNext reports whether the next token is a tag (<name, </name, <?pi)
+// rather than text, a comment or CDATA (<!). encoding/xml ends a text token
+// by reading the '<' after it and holding it back, so when the last byte
+// handed out is '<' the next one is the second byte of the token.
+func (s *byteSrc) tagNext() bool {
+	if s.rpos > 0 && s.buf[s.rpos-1] == '<' {
+		c, ok := s.peek(0)
+		return ok && c != '!'
+	}
+	if c, ok := s.peek(0); !ok || c != '<' {
+		return false
+	}
+	c, ok := s.peek(1)
+	return ok && c != '!'
+}
+
+// peek returns the byte i places after the next one to hand out, reading
+// more input if need be (keeping the byte before the next one, for
+// tagNext); ok is false at the end of the input or on a read error, which
+// is reported when the byte is wanted.
+func (s *byteSrc) peek(i int) (byte, bool) {
+	for s.rpos+i >= s.wpos {
+		if s.err != nil {
+			return 0, false
+		}
+		if keep := max(s.rpos-1, 0); keep > 0 {
+			copy(s.buf, s.buf[keep:s.wpos])
+			s.rpos -= keep
+			s.wpos -= keep
+			s.setEnd()
+		}
+		if s.wpos == len(s.buf) {
+			return 0, false
+		}
+		n, err := readSome(s.r, s.buf[s.wpos:])
+		s.wpos += n
+		s.total += int64(n)
+		s.err = err
+		s.setEnd()
+	}
+	return s.buf[s.rpos+i], true
 }
 
 // ReadByte is what encoding/xml calls for every byte; the fast path is tiny.
@@ -123,6 +177,9 @@ func (s *byteSrc) more() error {
 		if s.rpos < s.wpos { // bytes are there but held back by a limit
 			if s.pos() >= s.limit {
 				return s.limitErr
+			}
+			if s.tokLim < s.maxTok {
+				return s.tagErr
 			}
 			return s.tokErr
 		}

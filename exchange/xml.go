@@ -22,6 +22,13 @@ const (
 // that grows with the body, and real messages nest a few dozen levels.
 const maxDepth = 4096
 
+// maxTagBytes bounds one tag (a start tag with its attributes, an end tag, a
+// processing instruction) below MaxTokenBytes: encoding/xml holds a tag's
+// attributes as 48-byte xml.Attr values, so a tag of tiny attributes costs
+// some 25 times its size. Real tags are a few hundred bytes; 1 MiB keeps
+// the worst one near 30 MiB of memory.
+const maxTagBytes = 1 << 20
+
 // ReadHeader reads from r only until the header is complete (it does NOT
 // read the body, apart from what one 64 KiB buffer pulls in) and returns it.
 // Use it to route; use CheckXML or Inspect to prove a file complete.
@@ -83,6 +90,8 @@ func newParser(r io.Reader, lim Limits, size int64) *parser {
 	s := newByteSrc(r, size)
 	s.maxTok = lim.MaxTokenBytes
 	s.tokErr = fmt.Errorf("%w: an XML token (text, tag or comment) is longer than %d bytes", ErrTooLarge, lim.MaxTokenBytes)
+	s.maxTag = maxTagBytes
+	s.tagErr = fmt.Errorf("%w: an XML tag (name and attributes) is longer than %d bytes", ErrTooLarge, maxTagBytes)
 	p := &parser{s: s, lim: lim, trackNS: true}
 	d := xml.NewDecoder(s) // s is an io.ByteReader, so the decoder adds no buffer of its own
 	d.Strict = true        // and Entity stays nil: only the five predefined entities exist
