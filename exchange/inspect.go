@@ -350,6 +350,11 @@ func ReadFileHeader(r io.ReaderAt, size int64, lim Limits) (Header, error) {
 	if !isZip(magic) {
 		return newParser(io.NewSectionReader(r, 0, size), lim, size).readHeader()
 	}
+	// As in Inspect: refuse a directory of many entries before archive/zip
+	// builds a zip.File for each (a push's zip is untrusted).
+	if err := zipDirCheck(r, size, lim); err != nil {
+		return Header{}, err
+	}
 	zr, err := zip.NewReader(r, size)
 	if err != nil {
 		return Header{}, fmt.Errorf("%w: central directory does not read: %s", ErrBadZip, oneLine(err.Error()))

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -184,5 +185,34 @@ func TestReadFileHeader(t *testing.T) {
 	}
 	if _, err := ReadFileHeader(bytes.NewReader(nil), 0, Limits{}); !errors.Is(err, ErrIncomplete) {
 		t.Fatalf("empty file: %v", err)
+	}
+}
+
+// TestReadFileHeaderZipDirectoryBounded: ReadFileHeader reads untrusted
+// zips too (a push without a name takes its name from the header), so it
+// must refuse a central directory of many entries before archive/zip builds
+// a zip.File for each, as Inspect does.
+func TestReadFileHeaderZipDirectoryBounded(t *testing.T) {
+	var buf bytes.Buffer
+	w := zip.NewWriter(&buf)
+	for i := 0; i < 300000; i++ {
+		if _, err := w.CreateHeader(&zip.FileHeader{Name: "a", Method: zip.Store}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := ReadFileHeader(bytes.NewReader(b), int64(len(b)), Limits{})
+	runtime.ReadMemStats(&after)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("%d-byte zip: %v; allocated %d KiB", len(b), err, alloc>>10)
+	wantErr(t, "ReadFileHeader", err, ErrBadZip)
+	if alloc > 4<<20 {
+		t.Errorf("allocated %d MiB for a %d MiB zip of 300000 entries", alloc>>20, len(b)>>20)
 	}
 }
