@@ -323,6 +323,28 @@ func (c *Config) Resolve(p string) string {
 	return filepath.Join(filepath.Dir(c.path), p)
 }
 
+// NATSSettings is the nats section with its files (creds_file, tls files,
+// and the leaf's) resolved like every other path of the config.
+func (c *Config) NATSSettings() NATS {
+	n := c.NATS
+	n.CredsFile = c.Resolve(n.CredsFile)
+	n.TLS = c.resolveTLS(n.TLS)
+	if n.Leaf != nil {
+		l := *n.Leaf
+		l.CredsFile = c.Resolve(l.CredsFile)
+		l.TLS = c.resolveTLS(l.TLS)
+		n.Leaf = &l
+	}
+	return n
+}
+
+func (c *Config) resolveTLS(t *TLS) *TLS {
+	if t == nil {
+		return nil
+	}
+	return &TLS{CAFile: c.Resolve(t.CAFile), CertFile: c.Resolve(t.CertFile), KeyFile: c.Resolve(t.KeyFile)}
+}
+
 // Serves reports whether this relay runs the node's pickup and delivery.
 func (c *Config) Serves(n *Node) bool {
 	return n.Relay == "" || n.Relay == c.Relay.ID

@@ -49,7 +49,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Optio
 		token = os.Getenv(cfg.Relay.APITokenEnv)
 	}
 	b, err := bus.Open(ctx, bus.Settings{
-		NATS: cfg.NATS, DataDir: cfg.Resolve(cfg.Relay.DataDir), ID: cfg.Relay.ID, LeaseTTL: cfg.Relay.LeaseTTL.Std(),
+		NATS: cfg.NATSSettings(), DataDir: cfg.Resolve(cfg.Relay.DataDir), ID: cfg.Relay.ID, LeaseTTL: cfg.Relay.LeaseTTL.Std(),
 	}, log)
 	if err != nil {
 		return nil, err
