@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -377,8 +378,11 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	if strings.ContainsAny(c.Relay.ID, " .*>\t") {
 		add("relay.id", "%q must not contain spaces, '.', '*' or '>'", c.Relay.ID)
 	}
-	if _, _, err := net.SplitHostPort(c.Relay.Listen); err != nil {
+	// As net.Listen reads it: a port number or a service name.
+	if _, port, err := net.SplitHostPort(c.Relay.Listen); err != nil {
 		add("relay.listen", "%q is not host:port", c.Relay.Listen)
+	} else if _, err := net.LookupPort("tcp", port); err != nil {
+		add("relay.listen", "%q is not host:port (port %q)", c.Relay.Listen, port)
 	}
 	if c.Relay.APITokenEnv != "" && !validEnvName(c.Relay.APITokenEnv) {
 		add("relay.api_token_env", "%q is not an environment variable name", c.Relay.APITokenEnv)
@@ -387,8 +391,11 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		add("nats", "creds_file and tls apply to an external server; set nats.url or remove them")
 	}
 	if c.NATS.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.NATS.Listen); err != nil {
+		// As the embedded server reads it: a port number (-1: any free one).
+		if _, port, err := net.SplitHostPort(c.NATS.Listen); err != nil {
 			add("nats.listen", "%q is not host:port", c.NATS.Listen)
+		} else if p, err := strconv.Atoi(port); err != nil || p < -1 || p > 65535 {
+			add("nats.listen", "%q is not host:port (port %q)", c.NATS.Listen, port)
 		}
 	}
 	if c.NATS.URL != "" && c.NATS.Listen != "" {

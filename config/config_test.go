@@ -41,6 +41,9 @@ func TestProblems(t *testing.T) {
 		{"replicas embedded", "nats: { replicas: 3 }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.replicas: applies to an external cluster"}},
 		{"replicas range", "nats: { url: 'nats://a:4222', replicas: 7 }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.replicas: 7 is not between 1 and 5"}},
 		{"lease too short", "relay: { lease_ttl: 100ms }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"relay.lease_ttl: 100ms is shorter than 1s"}},
+		{"listen port not a port", "relay: { listen: '127.0.0.1:99999' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "127.0.0.1:99999" is not host:port`}},
+		{"listen port a service name", "relay: { listen: 'localhost:http' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
+		{"nats listen port not a number", "nats: { listen: '127.0.0.1:nats' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.listen: "127.0.0.1:nats" is not host:port`}},
 		{"several at once", "relay: { listen: x }\nnodes:\n  A:\n    mode: m\n    pickup: { imap: {} }\n", []string{"relay.listen:", "nodes.A.mode:", "nodes.A.pickup.imap:"}},
 	}
 	for _, c := range cases {
