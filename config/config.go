@@ -422,6 +422,12 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	if len(c.Nodes) == 0 {
 		add("nodes", "no nodes defined")
 	}
+	// A token identifies one caller: the API ignores a node token that is
+	// also the operator's or another node's.
+	tokenOf := map[string]string{}
+	if c.Relay.APITokenEnv != "" {
+		tokenOf[c.Relay.APITokenEnv] = "relay.api_token_env"
+	}
 	for _, name := range c.NodeNames() {
 		n := c.Nodes[name]
 		p := "nodes." + name
@@ -443,6 +449,12 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		}
 		if n.APITokenEnv != "" && !validEnvName(n.APITokenEnv) {
 			add(p+".api_token_env", "%q is not an environment variable name", n.APITokenEnv)
+		} else if n.APITokenEnv != "" {
+			if other, ok := tokenOf[n.APITokenEnv]; ok {
+				add(p+".api_token_env", "%q is also the token of %s; every node needs its own", n.APITokenEnv, other)
+			} else {
+				tokenOf[n.APITokenEnv] = p
+			}
 		}
 		for _, role := range []string{"pickup", "deliver"} {
 			e := n.Pickup

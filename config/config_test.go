@@ -44,6 +44,8 @@ func TestProblems(t *testing.T) {
 		{"listen port not a port", "relay: { listen: '127.0.0.1:99999' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "127.0.0.1:99999" is not host:port`}},
 		{"listen port a service name", "relay: { listen: 'localhost:http' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
 		{"nats listen port not a number", "nats: { listen: '127.0.0.1:nats' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.listen: "127.0.0.1:nats" is not host:port`}},
+		{"node token shared", "nodes:\n  A:\n    api_token_env: T\n  B:\n    api_token_env: T\n", []string{`nodes.B.api_token_env: "T" is also the token of nodes.A`}},
+		{"node token is the operator's", "relay: { api_token_env: T }\nnodes:\n  A:\n    api_token_env: T\n", []string{`nodes.A.api_token_env: "T" is also the token of relay.api_token_env`}},
 		{"several at once", "relay: { listen: x }\nnodes:\n  A:\n    mode: m\n    pickup: { imap: {} }\n", []string{"relay.listen:", "nodes.A.mode:", "nodes.A.pickup.imap:"}},
 	}
 	for _, c := range cases {
