@@ -498,6 +498,11 @@ func inspect(name string, f Fetched, lim exchange.Limits) (exchange.Info, error)
 	if err := n.Check(info.Header); err != nil {
 		return info, err
 	}
+	// The name travels with the file: a zip named .xml (or the reverse)
+	// would reach the node under a name it cannot read.
+	if n.Format != info.Format {
+		return info, fmt.Errorf("%w: file name says .%s but the file is %s", exchange.ErrNameMismatch, n.Format, info.Format)
+	}
 	return info, nil
 }
 

@@ -1,0 +1,51 @@
+package api
+
+import (
+	"bytes"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/relay1c/relay/config"
+)
+
+// TestPushExtensionMustMatchContent: the file name's extension is part of
+// the name the message travels under (deliveries write it, the http
+// delivery sends Content-Type by it), so a zip pushed as Message_CO_SHOP1.xml
+// (or an XML as .zip) is refused like any other name that contradicts the
+// file, and nothing stays in the spool.
+func TestPushExtensionMustMatchContent(t *testing.T) {
+	data := t.TempDir()
+	cfg, err := config.Parse([]byte("relay: { data_dir: " + data + " }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(cfg, &fakeBackend{ready: true}, "", slog.New(slog.DiscardHandler))
+	for _, c := range []struct {
+		fixture, name string
+		code          int
+	}{
+		{"Message_CO_SHOP1.zip", "Message_CO_SHOP1.zip", 202},
+		{"Message_CO_SHOP1.xml", "Message_CO_SHOP1.xml", 202},
+		{"Message_CO_SHOP1.zip", "Message_CO_SHOP1.xml", 400},
+		{"Message_CO_SHOP1.xml", "Message_CO_SHOP1.zip", 400},
+	} {
+		body, err := os.ReadFile(filepath.Join("../testdata/fixtures/good", c.fixture))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := httptest.NewRequest("POST", "/api/v1/messages?name="+c.name, bytes.NewReader(body))
+		r.RemoteAddr = "127.0.0.1:5000"
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != c.code {
+			t.Errorf("%s pushed as %s: %d %s, want %d", c.fixture, c.name, w.Code, w.Body, c.code)
+		}
+	}
+	left, _ := filepath.Glob(filepath.Join(data, "spool", "api", "*"))
+	if len(left) > 0 {
+		t.Errorf("spool files left behind: %v", left)
+	}
+}
