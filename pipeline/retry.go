@@ -28,12 +28,16 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 		return "", fmt.Errorf("dead letter %d: its payload was not kept; it cannot be retried", seq)
 	}
 	h, size, sha, obj := l.Header, l.Size, l.SHA256, l.Object
+	format := exchange.FormatXML
+	if n, err := exchange.ParseName(l.FileName); err == nil {
+		format = n.Format
+	}
 	if l.Stage == StagePickup || h == nil {
 		info, err := p.reinspect(ctx, l)
 		if err != nil {
 			return "", fmt.Errorf("dead letter %d: still not a valid message: %w", seq, err)
 		}
-		h, size, sha = &info.Header, info.Size, info.SHA256
+		h, size, sha, format = &info.Header, info.Size, info.SHA256, info.Format
 		obj = MessageID(info.Header, sha)
 	}
 	if reason := p.routeProblem(*h); reason != "" {
@@ -47,7 +51,7 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	id := MessageID(*h, sha)
 	rec := message.NewMessage(id+"/retry-"+strconv.FormatUint(seq, 10), nil)
 	exchange.SetHeader(rec, *h)
-	rec.Metadata.Set(exchange.MetaFileName, fileNameFor(l, *h))
+	rec.Metadata.Set(exchange.MetaFileName, fileNameFor(l, *h, format))
 	rec.Metadata.Set(exchange.MetaSize, strconv.FormatInt(size, 10))
 	rec.Metadata.Set(exchange.MetaSHA256, sha)
 	rec.Metadata.Set(exchange.MetaObject, obj)
@@ -74,13 +78,13 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	return id, nil
 }
 
-// fileNameFor keeps the original name when it is a valid one, else derives
-// it from the header.
-func fileNameFor(l DeadLetter, h exchange.Header) string {
-	if n, err := exchange.ParseName(l.FileName); err == nil && n.Check(h) == nil {
+// fileNameFor keeps the original name when it is a valid one for the
+// message (header and format), else derives it from the header and format.
+func fileNameFor(l DeadLetter, h exchange.Header, format exchange.Format) string {
+	if n, err := exchange.ParseName(l.FileName); err == nil && n.Check(h) == nil && n.Format == format {
 		return l.FileName
 	}
-	return exchange.FileName(h.From, h.To, exchange.FormatXML)
+	return exchange.FileName(h.From, h.To, format)
 }
 
 // reinspect spools a dead payload to disk (a zip needs random access) and

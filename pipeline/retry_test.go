@@ -104,3 +104,39 @@ func TestRetryRepeatedCountsOnce(t *testing.T) {
 		t.Error("the dead letter is still there after the retry")
 	}
 }
+
+// A retried letter whose file name was wrong gets a name made from its
+// header, with the extension of what the payload is (a zip stays .zip).
+func TestRetryNamesByContent(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, retryYAML, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	ctx := context.Background()
+	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 5}
+	var buf bytes.Buffer
+	if err := exchangetest.WriteZip(&buf, h, 200); err != nil {
+		t.Fatal(err)
+	}
+	size, sha, err := storeDeadPayload(ctx, b, "dead/zip", &buf, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Dead().put(ctx, DeadLetter{Node: "SRC", Stage: StagePickup, Reason: "test", Object: "dead/zip", Size: size, SHA256: sha,
+		FileName: "export.zip"}); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := p.Dead().List(ctx)
+	if err != nil || len(ls) != 1 {
+		t.Fatalf("dead letters %v, %v", ls, err)
+	}
+	id, err := p.Retry(ctx, ls[0].Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := b.Exchange.GetLastMsgForSubject(ctx, bus.Subject("P", "SRC", "DST"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Header.Get(exchange.MetaFileName); got != "Message_SRC_DST.zip" {
+		t.Errorf("retried %s as %q, want Message_SRC_DST.zip", id, got)
+	}
+}
