@@ -79,15 +79,12 @@ func hubServer(t *testing.T) (ns *server.Server, leafURL string) {
 	return ns, leafURL
 }
 
-// The office relay fetches its node's records from the head office's
-// domain over a leaf connection. A record without a readable header and a
-// record whose payload is gone become dead letters with their reason; the
-// fetch goes on and the good record after them arrives byte-identical.
-func TestFetchAcrossDomains(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-
+// officeAndHub is a head office (JetStream domain hq, an embedded hub) and
+// the bus of an office relay (domain office1, a leaf of the hub), with the
+// office's config: HQ1 served by hq, OFF by office1. Closed when the test
+// ends.
+func officeAndHub(ctx context.Context, t *testing.T, log *slog.Logger) (*bus.Bus, *bus.Bus, *config.Config) {
+	t.Helper()
 	hub, leafURL := hubServer(t)
 	hb, err := bus.Open(ctx, bus.Settings{NATS: config.NATS{URL: hub.ClientURL()}, ID: "hq"}, log)
 	if err != nil {
@@ -110,6 +107,19 @@ nodes:
 		t.Fatal(err)
 	}
 	t.Cleanup(ob.Close)
+	return hb, ob, cfg
+}
+
+// The office relay fetches its node's records from the head office's
+// domain over a leaf connection. A record without a readable header and a
+// record whose payload is gone become dead letters with their reason; the
+// fetch goes on and the good record after them arrives byte-identical.
+func TestFetchAcrossDomains(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	hb, ob, cfg := officeAndHub(ctx, t, log)
 
 	// At the head office: a record without a header, one whose payload is
 	// missing, and a good one, in that order, all for OFF.

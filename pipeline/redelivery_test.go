@@ -222,27 +222,7 @@ func TestFetchAgainAfterDeliveryIsNoDeadLetter(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	hub, leafURL := hubServer(t)
-	hb, err := bus.Open(ctx, bus.Settings{NATS: config.NATS{URL: hub.ClientURL()}, ID: "hq"}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(hb.Close)
-	cfg, err := config.Parse([]byte(`relay: { id: office1, listen: "127.0.0.1:1" }
-nodes:
-  HQ1: { relay: hq, deliver: { dir: ./hq1 } }
-  OFF: { relay: office1, deliver: { dir: ./off } }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ob, err := bus.Open(ctx, bus.Settings{
-		NATS: config.NATS{Leaf: &config.Leaf{URL: leafURL}}, DataDir: t.TempDir(), ID: "office1",
-	}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ob.Close)
+	hb, ob, cfg := officeAndHub(ctx, t, log)
 
 	// Here: No 4 of HQ1 → OFF delivered, its payload dropped.
 	off := &scriptedDelivery{}

@@ -460,8 +460,11 @@ func TestIMAPPickupOneCStyle(t *testing.T) {
 	m.Ack()
 }
 
-func TestIMAPPickupWithoutIdleAndMove(t *testing.T) {
-	s := startMemIMAP(t, imap.CapSet{imap.CapIMAP4rev1: {}})
+// pollBadThenGood puts a malformed exchange mail (no attachment) and then a
+// good one into s's INBOX, and runs a polling pickup (no IDLE, after:
+// delete) of node ЦО on it.
+func pollBadThenGood(t *testing.T, s *memIMAP) <-chan *message.Message {
+	t.Helper()
 	s.add(t, "INBOX", []byte("From: a@example.com\r\nSubject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n\r\nno file\r\n"))
 	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
 	c := imapTestConfig(s.addr)
@@ -469,6 +472,12 @@ func TestIMAPPickupWithoutIdleAndMove(t *testing.T) {
 	f := false
 	c.IDLE = &f
 	out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	return out
+}
+
+func TestIMAPPickupWithoutIdleAndMove(t *testing.T) {
+	s := startMemIMAP(t, imap.CapSet{imap.CapIMAP4rev1: {}})
+	out := pollBadThenGood(t, s)
 	m := next(t, out)
 	if m.Metadata.Get(exchange.MetaProblem) == "" {
 		t.Fatal("want the malformed mail first (lower UID)")
@@ -669,13 +678,7 @@ func TestIMAPPickupQuarantineRefusedDoesNotBlock(t *testing.T) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	s := &memIMAP{addr: ln.Addr().String(), user: u}
-	s.add(t, "INBOX", []byte("From: a@example.com\r\nSubject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n\r\nno file here\r\n"))
-	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
-	c := imapTestConfig(s.addr)
-	c.PollInterval = config.Duration(time.Second)
-	f := false
-	c.IDLE = &f
-	out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	out := pollBadThenGood(t, s)
 	m := next(t, out)
 	if m.Metadata.Get(exchange.MetaProblem) == "" {
 		t.Fatal("want the malformed mail first")
