@@ -152,10 +152,7 @@ func TestFetchAcrossDomains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(rctx) }()
-	defer func() { stop(); <-done }()
+	runUntilEnd(t, p)
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -85,11 +85,17 @@ func runPipeline(t *testing.T, yaml string, b *bus.Bus, eps Endpoints) *Pipeline
 	if err != nil {
 		t.Fatal(err)
 	}
+	runUntilEnd(t, p)
+	return p
+}
+
+// runUntilEnd runs p until the test ends.
+func runUntilEnd(t *testing.T, p *Pipeline) {
+	t.Helper()
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
 	t.Cleanup(func() { stop(); <-done })
-	return p
 }
 
 // queueRecord puts a record (no payload needed by scriptedDelivery) for
@@ -255,10 +261,7 @@ func TestFetchAgainAfterDeliveryIsNoDeadLetter(t *testing.T) {
 		}
 	}
 
-	rctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(rctx) }()
-	defer func() { stop(); <-done }()
+	runUntilEnd(t, p)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if got := off.delivered(); len(got) == 1 && got[0] == 5 {

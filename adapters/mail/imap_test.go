@@ -37,6 +37,13 @@ type memIMAP struct {
 
 func startMemIMAP(t *testing.T, caps imap.CapSet) *memIMAP {
 	t.Helper()
+	return startMemIMAPWith(t, caps, nil)
+}
+
+// startMemIMAPWith is startMemIMAP whose sessions wrap changes (nil: none),
+// for a server that behaves otherwise.
+func startMemIMAPWith(t *testing.T, caps imap.CapSet, wrap func(imapserver.Session) imapserver.Session) *memIMAP {
+	t.Helper()
 	mem := imapmemserver.New()
 	u := imapmemserver.NewUser("relay", "secret")
 	if err := u.Create("INBOX", nil); err != nil {
@@ -48,6 +55,9 @@ func startMemIMAP(t *testing.T, caps imap.CapSet) *memIMAP {
 	}
 	srv := imapserver.New(&imapserver.Options{
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			if wrap != nil {
+				return wrap(mem.NewSession()), nil, nil
+			}
 			return mem.NewSession(), nil, nil
 		},
 		Caps:         caps,
@@ -475,6 +485,22 @@ func pollBadThenGood(t *testing.T, s *memIMAP) <-chan *message.Message {
 	return out
 }
 
+// badThenGood takes from out the malformed mail (handed over with its
+// problem, for a dead letter) and then the good one, acking both.
+func badThenGood(t *testing.T, out <-chan *message.Message) {
+	t.Helper()
+	m := next(t, out)
+	if m.Metadata.Get(exchange.MetaProblem) == "" {
+		t.Fatal("want the malformed mail first, as a dead letter")
+	}
+	m.Ack()
+	m = next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("the malformed mail again (%q) instead of the good one", pr)
+	}
+	m.Ack()
+}
+
 func TestIMAPPickupWithoutIdleAndMove(t *testing.T) {
 	s := startMemIMAP(t, imap.CapSet{imap.CapIMAP4rev1: {}})
 	out := pollBadThenGood(t, s)
@@ -600,16 +626,7 @@ func TestIMAPPickupTruncatedAttachmentDoesNotBlock(t *testing.T) {
 	c := imapTestConfig(s.addr)
 	c.PollInterval = config.Duration(time.Second)
 	out, p := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
-	m := next(t, out)
-	if m.Metadata.Get(exchange.MetaProblem) == "" {
-		t.Fatalf("want the broken mail first, as a dead letter")
-	}
-	m.Ack()
-	m = next(t, out)
-	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
-		t.Fatalf("second mail: problem %q", pr)
-	}
-	m.Ack()
+	badThenGood(t, out)
 	waitFor(t, "both handled", func() bool {
 		n, _ := s.count(t, "INBOX")
 		q, _ := s.count(t, DefaultQuarantine)
@@ -657,38 +674,10 @@ func (noCreate) Create(string, *imap.CreateOptions) error {
 // is left where it is and is not dead-lettered again and again, and the
 // mails after it are still taken.
 func TestIMAPPickupQuarantineRefusedDoesNotBlock(t *testing.T) {
-	mem := imapmemserver.New()
-	u := imapmemserver.NewUser("relay", "secret")
-	if err := u.Create("INBOX", nil); err != nil {
-		t.Fatal(err)
-	}
-	mem.AddUser(u)
-	srv := imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return noCreate{mem.NewSession()}, nil, nil
-		},
-		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}},
-		InsecureAuth: true,
-		Logger:       quietIMAPLog{},
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	s := &memIMAP{addr: ln.Addr().String(), user: u}
+	s := startMemIMAPWith(t, imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}},
+		func(s imapserver.Session) imapserver.Session { return noCreate{s} })
 	out := pollBadThenGood(t, s)
-	m := next(t, out)
-	if m.Metadata.Get(exchange.MetaProblem) == "" {
-		t.Fatal("want the malformed mail first")
-	}
-	m.Ack()
-	m = next(t, out)
-	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
-		t.Fatalf("the malformed mail again (%q) instead of the good one", pr)
-	}
-	m.Ack()
+	badThenGood(t, out)
 	waitFor(t, "the good mail deleted", func() bool { n, _ := s.count(t, "INBOX"); return n == 1 })
 	none(t, out, 2500*time.Millisecond)
 }
