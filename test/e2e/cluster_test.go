@@ -140,6 +140,27 @@ func channelState(ctx context.Context, js jetstream.JetStream, plan, from, to st
 	return c, json.Unmarshal(e.Value(), &c)
 }
 
+// traceStuck logs, for a test that failed, the channel's state and every
+// recorded step of the number after its delivered one: whether that message
+// was ever taken in, dead-lettered, dropped or delivered.
+func traceStuck(t *testing.T, js jetstream.JetStream, plan, from, to string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := channelState(ctx, js, plan, from, to)
+	if err != nil {
+		t.Logf("stuck channel: state: %v", err)
+		return
+	}
+	t.Logf("stuck channel %s:%s->%s: %+v", plan, from, to, st)
+	channel := plan + ":" + from + "->" + to
+	for _, e := range events(ctx, t, js) {
+		if e.Channel == channel && e.No == st.DeliveredNo+1 {
+			t.Logf("No %d: %s %s at %s: %s (msg %s, source %s)", e.No, e.Step, e.Node, e.Time.Format(time.RFC3339Nano), e.Detail, e.MsgID, e.Source)
+		}
+	}
+}
+
 // leaseHolder is the instance holding a lease ("" when none).
 func leaseHolder(ctx context.Context, js jetstream.JetStream, key string) string {
 	kv, err := js.KeyValue(ctx, bus.BucketLeases)
@@ -344,6 +365,11 @@ func TestClusterReplicas(t *testing.T) {
 	}
 
 	last := w.halt()
+	t.Cleanup(func() {
+		if t.Failed() {
+			traceStuck(t, js, "Магазины", "A", "B")
+		}
+	})
 	// Every number arrives: B is sequential, so a lost message would hold
 	// the channel below it for good. The killed replicas' in-flight
 	// deliveries come back after the delivery ack wait (30s).
