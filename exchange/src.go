@@ -113,25 +113,26 @@ func (s *byteSrc) tagNext() bool {
 // is reported when the byte is wanted.
 func (s *byteSrc) peek(i int) (byte, bool) {
 	for s.rpos+i >= s.wpos {
-		if s.err != nil {
+		from := max(s.rpos-1, 0)
+		if s.err != nil || s.wpos-from == len(s.buf) {
 			return 0, false
 		}
-		if keep := max(s.rpos-1, 0); keep > 0 {
-			copy(s.buf, s.buf[keep:s.wpos])
-			s.rpos -= keep
-			s.wpos -= keep
-			s.setEnd()
-		}
-		if s.wpos == len(s.buf) {
-			return 0, false
-		}
-		n, err := readSome(s.r, s.buf[s.wpos:])
-		s.wpos += n
-		s.total += int64(n)
-		s.err = err
-		s.setEnd()
+		s.refill(from)
 	}
 	return s.buf[s.rpos+i], true
+}
+
+// refill moves buf[from:wpos] (bytes still wanted) to the front of buf and
+// reads more after them.
+func (s *byteSrc) refill(from int) {
+	copy(s.buf, s.buf[from:s.wpos])
+	s.rpos -= from
+	s.wpos -= from
+	n, err := readSome(s.r, s.buf[s.wpos:])
+	s.wpos += n
+	s.total += int64(n)
+	s.err = err
+	s.setEnd()
 }
 
 // ReadByte is what encoding/xml calls for every byte; the fast path is tiny.
@@ -189,11 +190,7 @@ func (s *byteSrc) more() error {
 			}
 			return s.err
 		}
-		n, err := readSome(s.r, s.buf)
-		s.rpos, s.wpos = 0, n
-		s.total += int64(n)
-		s.err = err
-		s.setEnd()
+		s.refill(s.rpos) // all handed out: read into the whole buffer
 	}
 	return nil
 }
