@@ -404,10 +404,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 // It is looked at again once it changes.
 func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, where string, c *candidate, lim int64, out chan<- *message.Message) bool {
 	problem := fmt.Errorf("%w: %d bytes, larger than the %d-byte limit; the file is left in place", exchange.ErrTooLarge, c.size, lim)
-	msg := message.NewMessage(watermill.NewUUID(), nil)
-	msg.Metadata.Set(exchange.MetaNode, p.o.Node)
-	msg.Metadata.Set(exchange.MetaSource, where)
-	msg.Metadata.Set(exchange.MetaFileName, name)
+	msg := fileMessage(p.o.Node, where, name)
 	msg.Metadata.Set(exchange.MetaProblem, problem.Error())
 	msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(c.size, 10))
 	exchange.SetBody(msg, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("")), nil })
@@ -429,10 +426,7 @@ func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, wher
 // the pipeline dead-letters it. The body reads f, which must stay open
 // until the pipeline answers.
 func NewMessage(node, where, name string, f Fetched, lim exchange.Limits) (*message.Message, error) {
-	msg := message.NewMessage(watermill.NewUUID(), nil)
-	msg.Metadata.Set(exchange.MetaNode, node)
-	msg.Metadata.Set(exchange.MetaSource, where)
-	msg.Metadata.Set(exchange.MetaFileName, name)
+	msg := fileMessage(node, where, name)
 	info, problem := inspect(name, f, lim)
 	if problem != nil {
 		msg.Metadata.Set(exchange.MetaProblem, problem.Error())
@@ -447,6 +441,16 @@ func NewMessage(node, where, name string, f Fetched, lim exchange.Limits) (*mess
 		return io.NopCloser(io.NewSectionReader(file, 0, size)), nil
 	})
 	return msg, problem
+}
+
+// fileMessage is a pipeline message for the file of node found at where
+// under name, without its content yet.
+func fileMessage(node, where, name string) *message.Message {
+	msg := message.NewMessage(watermill.NewUUID(), nil)
+	msg.Metadata.Set(exchange.MetaNode, node)
+	msg.Metadata.Set(exchange.MetaSource, where)
+	msg.Metadata.Set(exchange.MetaFileName, name)
+	return msg
 }
 
 // Verdict is the pipeline's answer to a handed-over message.
