@@ -31,7 +31,6 @@ type consumerSubscriber struct {
 	consumer     jetstream.ConsumerConfig
 	pullOpts     []jetstream.PullMessagesOpt
 	unmarshaler  msgUnmarshaler
-	nakDelay     nakDelayer
 	logger       watermill.LoggerAdapter
 	closeTimeout time.Duration
 
@@ -45,9 +44,17 @@ type msgUnmarshaler interface {
 	Unmarshal(jetstream.Msg) (*message.Message, error)
 }
 
-// nakDelayer is how long a nacked message waits, by its delivery count.
-type nakDelayer interface {
-	WaitTime(numDelivered uint64) time.Duration
+// nakDelayKey is the metadata key in which a handler that nacks a message
+// says how long it is to wait before it is offered again (a Go duration);
+// without it the message is offered again at once. The handler decides
+// because only it knows why: a message waiting for its turn comes back
+// soon, one whose delivery failed backs off by its own failures (the
+// server's delivery count, which counts the waits too, would not tell).
+const nakDelayKey = "_relay_nak_delay"
+
+// setNakDelay says, on a message about to be nacked, how long it waits.
+func setNakDelay(m *message.Message, d time.Duration) {
+	m.Metadata.Set(nakDelayKey, d.String())
 }
 
 // consumerSubscriberConfig configures a consumerSubscriber.
@@ -61,9 +68,7 @@ type consumerSubscriberConfig struct {
 	// PullOptions are passed to Messages (e.g. PullMaxMessages(1)).
 	PullOptions []jetstream.PullMessagesOpt
 	Unmarshaler msgUnmarshaler
-	// NakDelay, if set, delays the redelivery of a nacked message.
-	NakDelay nakDelayer
-	Logger   watermill.LoggerAdapter
+	Logger      watermill.LoggerAdapter
 	// CloseTimeout bounds how long Close waits for the consume callbacks
 	// (default 30s).
 	CloseTimeout time.Duration
@@ -85,7 +90,7 @@ func newConsumerSubscriber(cfg consumerSubscriberConfig) (*consumerSubscriber, e
 	}
 	return &consumerSubscriber{
 		js: js, stream: cfg.Stream, consumer: cfg.Consumer, pullOpts: cfg.PullOptions,
-		unmarshaler: cfg.Unmarshaler, nakDelay: cfg.NakDelay, logger: cfg.Logger,
+		unmarshaler: cfg.Unmarshaler, logger: cfg.Logger,
 		closeTimeout: cfg.CloseTimeout,
 		subs:         map[*consumeSub]struct{}{},
 	}, nil
@@ -306,14 +311,14 @@ func (sub *consumeSub) handle(msg jetstream.Msg) {
 	case <-m.Acked():
 		sub.ack(msg, fields)
 	case <-m.Nacked():
-		sub.nak(msg, fields)
+		sub.nak(msg, m, fields)
 	case <-ctx.Done():
 		// Closing. A decision made at the same moment still counts.
 		select {
 		case <-m.Acked():
 			sub.ack(msg, fields)
 		case <-m.Nacked():
-			sub.nak(msg, fields)
+			sub.nak(msg, m, fields)
 		default:
 			s.logger.Trace("Closing, message left to redelivery", fields)
 		}
@@ -335,17 +340,10 @@ func (sub *consumeSub) ack(msg jetstream.Msg, fields watermill.LogFields) {
 	sub.s.logger.Trace("Message acked", fields)
 }
 
-// nak asks for redelivery after the nak delay for the delivery count.
-func (sub *consumeSub) nak(msg jetstream.Msg, fields watermill.LogFields) {
-	var delay time.Duration
-	if sub.s.nakDelay != nil {
-		md, err := msg.Metadata()
-		if err != nil {
-			sub.s.logger.Error("Cannot read message metadata, nak without delay", err, fields)
-		} else {
-			delay = sub.s.nakDelay.WaitTime(md.NumDelivered)
-		}
-	}
+// nak asks for redelivery after the delay the handler set on m (see
+// nakDelayKey).
+func (sub *consumeSub) nak(msg jetstream.Msg, m *message.Message, fields watermill.LogFields) {
+	delay, _ := time.ParseDuration(m.Metadata.Get(nakDelayKey))
 	var err error
 	if delay > 0 {
 		err = msg.NakWithDelay(delay)

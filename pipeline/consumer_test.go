@@ -58,7 +58,7 @@ func publishN(t *testing.T, b *bus.Bus, node string, n int) {
 	}
 }
 
-func newTestSubscriber(t *testing.T, nc *nats.Conn, node string, ackWait time.Duration, in *inflight, delay nakDelayer) *consumerSubscriber {
+func newTestSubscriber(t *testing.T, nc *nats.Conn, node string, ackWait time.Duration, in *inflight) *consumerSubscriber {
 	t.Helper()
 	s, err := newConsumerSubscriber(consumerSubscriberConfig{
 		Conn:   nc,
@@ -73,7 +73,6 @@ func newTestSubscriber(t *testing.T, nc *nats.Conn, node string, ackWait time.Du
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		},
 		PullOptions:  deliveryPullOpts(),
-		NakDelay:     delay,
 		Unmarshaler:  stashUnmarshaler{in: in},
 		CloseTimeout: 10 * time.Second,
 	})
@@ -132,7 +131,7 @@ func TestConsumerAckNack(t *testing.T) {
 	publishN(t, b, "N1", 5)
 	in := &inflight{}
 	const nak = 300 * time.Millisecond
-	s := newTestSubscriber(t, nc, "N1", 30*time.Second, in, backoffDelay{max: nak, in: in})
+	s := newTestSubscriber(t, nc, "N1", 30*time.Second, in)
 	defer closeWithin(t, s, 10*time.Second)
 
 	out, err := s.Subscribe(context.Background(), "N1")
@@ -173,6 +172,7 @@ func TestConsumerAckNack(t *testing.T) {
 		}
 		if next == 2 {
 			nackedID, nackedAt = m.UUID, time.Now()
+			setNakDelay(m, nak)
 			m.Nack()
 		} else {
 			m.Ack()
@@ -221,7 +221,7 @@ func TestConsumerCloseStress(t *testing.T) {
 		node := "N1"
 		in := &inflight{}
 		cfg := func() *consumerSubscriber {
-			s := newTestSubscriber(t, nc, node, time.Minute, in, backoffDelay{max: time.Millisecond})
+			s := newTestSubscriber(t, nc, node, time.Minute, in)
 			s.consumer.Durable = "stress_" + strconv.Itoa(r)
 			return s
 		}
@@ -307,7 +307,7 @@ func TestConsumerRedeliversInFlightAfterClose(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			in := &inflight{}
 			node := "N1"
-			a := newTestSubscriber(t, nc, node, ackWait, in, nil)
+			a := newTestSubscriber(t, nc, node, ackWait, in)
 			a.consumer.Durable = "redeliver_" + how
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -331,7 +331,7 @@ func TestConsumerRedeliversInFlightAfterClose(t *testing.T) {
 			held.Ack() // too late: the subscriber has let it go
 			closeWithin(t, a, 5*time.Second)
 
-			bsub := newTestSubscriber(t, nc, node, ackWait, in, nil)
+			bsub := newTestSubscriber(t, nc, node, ackWait, in)
 			bsub.consumer.Durable = a.consumer.Durable
 			defer closeWithin(t, bsub, 5*time.Second)
 			out, err = bsub.Subscribe(context.Background(), node)
@@ -373,7 +373,7 @@ func TestConsumerUnderRouter(t *testing.T) {
 			var handled atomic.Int64
 			var subs []*consumerSubscriber
 			for i := range 2 {
-				s := newTestSubscriber(t, nc, "N1", time.Minute, in, backoffDelay{max: time.Millisecond, in: in})
+				s := newTestSubscriber(t, nc, "N1", time.Minute, in)
 				s.consumer.Durable = "router_" + how
 				subs = append(subs, s)
 				router.AddConsumerHandler("h"+strconv.Itoa(i), "N1", s, func(m *message.Message) error {

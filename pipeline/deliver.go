@@ -24,15 +24,14 @@ import (
 // a handle to the JetStream message, so a long delivery can say "in progress".
 const inflightKey = "_relay_inflight"
 
-// inflight holds the JetStream messages being handled, by handle.
+// inflight holds the JetStream messages being handled, by handle, and the
+// failed attempts of the node's messages that are failing.
 type inflight struct {
 	msgs sync.Map
 	seq  atomic.Uint64
-	// held counts messages the handler is about to nack as held; the
-	// nack delay Watermill asks for right after consumes one. With several
-	// workers per node two concurrent nacks may swap delays; the count stays
-	// right, so no held message waits out a long backoff.
-	held atomic.Int64
+
+	mu    sync.Mutex
+	fails map[string]int // by message id, until it is resolved
 }
 
 // stashUnmarshaler is Watermill's default unmarshaler plus the in-flight handle.
@@ -49,39 +48,38 @@ func (u stashUnmarshaler) Unmarshal(msg jetstream.Msg) (*message.Message, error)
 	tok := strconv.FormatUint(u.in.seq.Add(1), 10)
 	u.in.msgs.Store(tok, msg)
 	wm.Metadata.Set(inflightKey, tok)
+	delete(wm.Metadata, nakDelayKey) // the handler's to say, not the record's
 	return wm, nil
 }
 
-// backoffDelay is the capped exponential wait before a nacked delivery is
-// offered again: 1s, 2s, 4s, ... up to the cap. A held message (a gap in
-// sequential mode) waits holdDelay instead: it is not failing, it waits for
-// its predecessor, and must follow it soon after the gap closes rather than
-// after a backoff that grew while it was waiting.
-type backoffDelay struct {
-	max time.Duration
-	in  *inflight
-}
-
-// holdDelay is how soon a held message is looked at again.
+// holdDelay is how soon a held message (waiting for its predecessor,
+// another replica, the node) is looked at again: it is not failing, and
+// must follow soon after what it waits for, however long it has waited.
 const holdDelay = time.Second
 
-func (b backoffDelay) WaitTime(n uint64) time.Duration {
-	if b.in != nil {
-		for {
-			h := b.in.held.Load()
-			if h <= 0 {
-				break
-			}
-			if b.in.held.CompareAndSwap(h, h-1) {
-				return holdDelay
-			}
-		}
+// maxFailing bounds how many failing messages a node's failure counts
+// remember (one resolved by another replica is never forgotten here); past
+// it they start again from one.
+const maxFailing = 4096
+
+// failed counts a failed attempt of message id and returns how long it
+// waits before the next: 1s, 2s, 4s, ... up to max, by its own failures.
+func (in *inflight) failed(id string, max time.Duration) time.Duration {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.fails == nil || len(in.fails) >= maxFailing {
+		in.fails = map[string]int{}
 	}
-	if n > 20 {
-		n = 20
-	}
-	d := time.Second << (n - min(n, 1))
-	return min(d, b.max)
+	in.fails[id]++
+	n := min(in.fails[id], 21)
+	return min(time.Second<<(n-1), max)
+}
+
+// resolved forgets the failures of message id.
+func (in *inflight) resolved(id string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	delete(in.fails, id)
 }
 
 // deliverySubscribers makes workers subscriptions to the node's durable
@@ -128,7 +126,6 @@ func (p *Pipeline) deliverySubscriber(node string, nc *nats.Conn, in *inflight) 
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		},
 		PullOptions: deliveryPullOpts(),
-		NakDelay:    backoffDelay{max: p.opts.MaxRetryDelay, in: in},
 		Unmarshaler: stashUnmarshaler{in: in},
 		Logger:      p.router.Logger(),
 	})
@@ -162,9 +159,25 @@ func (p *Pipeline) keepAlive(in *inflight, m *message.Message) (stop func()) {
 }
 
 // deliverHandler delivers one record to the node's adapter. nil acks it
-// (delivered, or dropped for a counted reason, or dead-lettered); an error
-// nacks it and JetStream offers it again after a backoff.
+// (delivered, or dropped for a counted reason, or dead-lettered) unless it
+// was held; an error nacks it and JetStream offers it again after a
+// backoff that grows with the message's failures.
 func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publisher, l *lane, in *inflight) message.NoPublishHandlerFunc {
+	deliver := p.deliverOne(node, n, pub, l, in)
+	return func(m *message.Message) error {
+		err := deliver(m)
+		switch {
+		case err != nil:
+			setNakDelay(m, in.failed(m.UUID, p.opts.MaxRetryDelay))
+		case m.Metadata.Get(nakDelayKey) == "": // not held: resolved
+			in.resolved(m.UUID)
+		}
+		return err
+	}
+}
+
+// deliverOne is deliverHandler's attempt at one record.
+func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher, l *lane, in *inflight) message.NoPublishHandlerFunc {
 	return func(m *message.Message) error {
 		stop := p.keepAlive(in, m)
 		defer stop()
@@ -193,7 +206,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		// error: the router would log every hold, once a second, as a
 		// handler failure.
 		hold := func() error {
-			in.held.Add(1) // tells the nack delay this one is held
+			setNakDelay(m, holdDelay)
 			m.Nack()
 			return nil
 		}

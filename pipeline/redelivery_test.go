@@ -304,7 +304,7 @@ nodes:
 	handle := p.deliverHandler("DST", p.cfg.Nodes["DST"], d, p.laneOn(b, p.log), in)
 	// First offer: delivered and recorded, then the relay stops before
 	// the ack.
-	s1 := newTestSubscriber(t, nc, "DST", time.Second, in, nil)
+	s1 := newTestSubscriber(t, nc, "DST", time.Second, in)
 	out, err := s1.Subscribe(ctx, "")
 	if err != nil {
 		t.Fatal(err)
@@ -314,7 +314,7 @@ nodes:
 	}
 	closeWithin(t, s1, 10*time.Second)
 	// Offered again after the ack wait; this time the ack goes through.
-	s := newTestSubscriber(t, nc, "DST", time.Second, in, nil)
+	s := newTestSubscriber(t, nc, "DST", time.Second, in)
 	defer closeWithin(t, s, 10*time.Second)
 	if out, err = s.Subscribe(ctx, ""); err != nil {
 		t.Fatal(err)
@@ -336,5 +336,53 @@ nodes:
 	}
 	if c.Resolved != 1 || c.Duplicates != 0 || c.Pending() != 0 {
 		t.Fatalf("after one message and its redelivery: queued %d, resolved %d (want 1), duplicates %d (want 0)", c.Queued, c.Resolved, c.Duplicates)
+	}
+}
+
+// A message held for a while (here: handed back by the node four times)
+// and then failing once is tried again after the first step of the
+// backoff, not after one sized by every time it was offered: its holds are
+// not failures. (A sequential channel's next message, held through a
+// failover and then failing once, waited minutes while the channel stood.)
+func TestHeldThenFailedRetriedSoon(t *testing.T) {
+	b := testBus(t)
+	var mu sync.Mutex
+	var failedAt, retriedAt time.Time
+	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case attempt <= 4:
+			return exchange.ErrNotTaken
+		case attempt == 5:
+			failedAt = time.Now()
+			return errors.New("destination busy")
+		case attempt == 6:
+			retriedAt = time.Now()
+		}
+		return nil
+	}}
+	queueRecord(t, b, "SRC", "DST", 1)
+	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: sequential, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+
+	ctx := context.Background()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := p.States().Get(ctx, "P", "SRC", "DST"); err == nil && c.DeliveredNo == 1 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if retriedAt.IsZero() {
+		t.Fatalf("not delivered within 30s (failed at %v)", failedAt)
+	}
+	if waited := retriedAt.Sub(failedAt); waited > 5*time.Second {
+		t.Fatalf("retried %s after its first failure; the backoff counted its holds", waited.Round(time.Millisecond))
 	}
 }
