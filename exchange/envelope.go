@@ -164,6 +164,33 @@ func DecodeHeaderValue(s string) string {
 // newer message of the same channel; the pipeline drops and counts it.
 var ErrStale = errors.New("destination already holds a newer message")
 
+// StaleError is ErrStale with the number the destination holds: the
+// channel's delivered number moves up to it, so that in sequential mode the
+// numbers up to it (which the destination has by another way) are not
+// waited for.
+type StaleError struct {
+	// Where names the destination file, e.g. "dir B: Message_A_B.xml".
+	Where string
+	// Have is the MessageNo the destination holds; No is the refused one.
+	Have, No uint64
+}
+
+func (e *StaleError) Error() string {
+	return fmt.Sprintf("%s holds No %d, this is No %d: %s", e.Where, e.Have, e.No, ErrStale)
+}
+
+// Unwrap makes errors.Is(err, ErrStale) hold.
+func (e *StaleError) Unwrap() error { return ErrStale }
+
+// StaleHave is the number the destination holds, if err says it (0 if not).
+func StaleHave(err error) uint64 {
+	var s *StaleError
+	if errors.As(err, &s) {
+		return s.Have
+	}
+	return 0
+}
+
 // ErrNotTaken is returned by a delivery that handed the message back
 // without trying: its destination did not come for it here (a pulling node
 // talking to another relay replica). The pipeline offers it again soon, to

@@ -347,7 +347,15 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			log.Info("dropped: " + err.Error())
 			l.m.dropped.WithLabelValues(node, "stale").Inc()
 			ev(StepDropped, err.Error())
-			return l.finish(ctx, h, m.UUID, obj, func(c *Channel) { c.Stale++ })
+			// The destination has a newer message (by another way, or
+			// restored): the channel has moved on to it. Nothing up to it
+			// is delivered any more, and in sequential mode the next
+			// number must not wait for one of these as a gap.
+			have := max(h.MessageNo, exchange.StaleHave(err))
+			return l.finish(ctx, h, m.UUID, obj, func(c *Channel) {
+				c.Stale++
+				c.DeliveredNo = max(c.DeliveredNo, have)
+			})
 		case exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound):
 			reason := err.Error()
 			log.Error("dead letter", "stage", StageDeliver, "reason", reason)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
@@ -384,5 +385,42 @@ nodes:
 	}
 	if waited := retriedAt.Sub(failedAt); waited > 5*time.Second {
 		t.Fatalf("retried %s after its first failure; the backoff counted its holds", waited.Round(time.Millisecond))
+	}
+}
+
+// A sequential channel whose destination already holds a newer message
+// (put there by another transport, or restored) answers the queued ones as
+// stale: they are dropped, and the channel moves past them to the numbers
+// the destination does not have yet, rather than holding the next one for
+// good as a gap behind a number that can never be delivered.
+func TestSequentialStaleMovesChannelOn(t *testing.T) {
+	b := testBus(t)
+	d := &scriptedDelivery{fail: func(no uint64, _ int) error {
+		if no < 10 {
+			return fmt.Errorf("deliver: %w", &exchange.StaleError{Where: "in/Message_SRC_DST.xml", Have: 10, No: no})
+		}
+		return nil
+	}}
+	for _, no := range []uint64{3, 4, 11} {
+		queueRecord(t, b, "SRC", "DST", no)
+	}
+	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: sequential, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+
+	ctx := context.Background()
+	var c Channel
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		var err error
+		if c, err = p.States().Get(ctx, "P", "SRC", "DST"); err == nil && c.DeliveredNo == 11 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := d.delivered(); len(got) != 1 || got[0] != 11 || c.Stale != 2 || c.Resolved != 3 {
+		t.Fatalf("delivered %v, want [11]; state: delivered No %d, stale %d, resolved %d, error %q", got, c.DeliveredNo, c.Stale, c.Resolved, c.LastError)
 	}
 }

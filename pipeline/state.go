@@ -22,7 +22,8 @@ type Channel struct {
 	To   string `json:"to"`
 	// PickedNo is the highest MessageNo picked up from From's outbox.
 	PickedNo uint64 `json:"picked_no"`
-	// DeliveredNo is the highest MessageNo written to To's inbox.
+	// DeliveredNo is the highest MessageNo written to To's inbox, or
+	// found there when a delivery was refused as stale.
 	DeliveredNo uint64 `json:"delivered_no"`
 	// AckedNo is the highest ReceivedNo To sent back on the reverse channel.
 	AckedNo uint64 `json:"acked_no"`

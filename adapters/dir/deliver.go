@@ -193,7 +193,7 @@ func (p *Publisher) checkNotNewer(dst string, h exchange.Header) error {
 		}
 	}
 	if have.ExchangePlan == h.ExchangePlan && have.From == h.From && have.To == h.To && have.MessageNo > h.MessageNo {
-		return fmt.Errorf("dir %s: %s holds No %d, this is No %d: %w", p.node, filepath.Base(dst), have.MessageNo, h.MessageNo, exchange.ErrStale)
+		return &exchange.StaleError{Where: "dir " + p.node + ": " + filepath.Base(dst), Have: have.MessageNo, No: h.MessageNo}
 	}
 	return nil
 }

@@ -246,8 +246,8 @@ func TestDeliverAtomicAndNeverBackwards(t *testing.T) {
 	p, dst, f5 := publisherWith5(t)
 	f4, _ := exchangetest.WriteFile(t.TempDir(), hdr(4), 3000, exchange.FormatXML)
 	err := p.Publish("", deliverMsg(t, f4, hdr(4)))
-	if !errors.Is(err, exchange.ErrStale) {
-		t.Fatalf("older over newer: err %v, want ErrStale", err)
+	if !errors.Is(err, exchange.ErrStale) || exchange.StaleHave(err) != 5 {
+		t.Fatalf("older over newer: err %v, want ErrStale saying the destination holds No 5", err)
 	}
 	ents, _ := os.ReadDir(dst)
 	if len(ents) != 1 || ents[0].Name() != "Message_A_B.xml" {

@@ -127,7 +127,7 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.
 		return nil // unreadable: ours replaces it
 	}
 	if have.ExchangePlan == h.ExchangePlan && have.From == h.From && have.To == h.To && have.MessageNo > h.MessageNo {
-		return fmt.Errorf("%s holds No %d, this is No %d: %w", name, have.MessageNo, h.MessageNo, exchange.ErrStale)
+		return &exchange.StaleError{Where: name, Have: have.MessageNo, No: h.MessageNo}
 	}
 	return nil
 }

@@ -264,8 +264,8 @@ func TestDeliver(t *testing.T) {
 		}
 	}
 	err = p.Publish("", deliverMsg(t, mustHeader(t, b2.Bytes()), b2.Bytes()))
-	if !errors.Is(err, exchange.ErrStale) {
-		t.Fatalf("older message over a newer one: %v", err)
+	if !errors.Is(err, exchange.ErrStale) || exchange.StaleHave(err) != 3 {
+		t.Fatalf("older message over a newer one: %v, want ErrStale saying the folder holds No 3", err)
 	}
 	entries, _ := os.ReadDir(filepath.Dir(dst))
 	if len(entries) != 1 {
