@@ -70,7 +70,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	defer f.Release()
 	if name == "" {
 		// The header names sender and addressee: the usual name follows.
-		h, err := exchange.ReadFileHeader(f.File, f.Size, exchange.DefaultLimits())
+		h, err := exchange.ReadFileHeader(f.File, f.Size, exchange.DefaultLimits(), "")
 		if err != nil {
 			writeErr(w, http.StatusBadRequest, oneLine(err.Error()))
 			return

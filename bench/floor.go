@@ -88,7 +88,7 @@ func (f *floorSteps) ingest(ctx context.Context, path string, c *channel) error 
 	if err != nil {
 		return err
 	}
-	info, err := exchange.Inspect(bytes.NewReader(data), int64(len(data)), exchange.DefaultLimits())
+	info, err := exchange.Inspect(bytes.NewReader(data), int64(len(data)), exchange.DefaultLimits(), "")
 	if err != nil {
 		return fmt.Errorf("floor: %s: %w", path, err)
 	}

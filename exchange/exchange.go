@@ -33,8 +33,12 @@ var (
 	ErrUnknownDialect = errors.New("exchange: unknown message format")
 	// ErrBadZip marks a zip that is complete but not one plain .xml message.
 	ErrBadZip = errors.New("exchange: bad zip")
-	// ErrEncrypted marks a password-protected zip: its header cannot be read without the password.
+	// ErrEncrypted marks a password-protected zip read without a password:
+	// its header cannot be read, so the caller routes it by its file name.
 	ErrEncrypted = errors.New("exchange: encrypted zip")
+	// ErrWrongPassword marks a password-protected zip whose password check
+	// fails: the node's configured password is not the one the sender used.
+	ErrWrongPassword = errors.New("exchange: wrong zip password")
 	// ErrZipBomb marks a zip entry that decompresses to more than it declares or than the ratio limit allows.
 	ErrZipBomb = errors.New("exchange: zip bomb")
 	// ErrTooLarge marks input beyond one of the Limits.
@@ -44,7 +48,7 @@ var (
 )
 
 var sentinels = []error{ErrBadName, ErrNameMismatch, ErrNotXML, ErrIncomplete, ErrNoHeader,
-	ErrBadHeader, ErrUnknownDialect, ErrBadZip, ErrEncrypted, ErrZipBomb, ErrTooLarge, ErrDTD}
+	ErrBadHeader, ErrUnknownDialect, ErrBadZip, ErrEncrypted, ErrWrongPassword, ErrZipBomb, ErrTooLarge, ErrDTD}
 
 // ours reports whether err already carries one of this package's sentinels.
 func ours(err error) bool {

@@ -57,7 +57,7 @@ func FuzzInspect(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		lim := Limits{MaxHeaderBytes: 64 << 10, MaxTokenBytes: 1 << 20, MaxSize: 8 << 20}
-		info, err := Inspect(bytes.NewReader(data), int64(len(data)), lim)
+		info, err := Inspect(bytes.NewReader(data), int64(len(data)), lim, "")
 		checkResult(t, "Inspect", info.Header, err)
 		if err != nil {
 			return

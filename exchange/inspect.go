@@ -29,11 +29,18 @@ type Info struct {
 // Inspect proves a whole message file complete and reads its header, so a
 // pickup takes only finished, routable files. The format is detected from
 // the content (a zip signature "PK\x03\x04", or "PK\x05\x06" for an empty
-// zip, versus XML), never from the name. A zip must hold exactly one plain
-// .xml file with a bare name, unencrypted, within the size and ratio limits;
-// the entry is streamed through CheckXML. SHA256 covers all size bytes of r.
-// On error the fields learnt so far (Format, Size, often Header) are set.
-func Inspect(r io.ReaderAt, size int64, lim Limits) (Info, error) {
+// zip, versus XML), never from the name. A zip must hold exactly one .xml
+// file with a bare name, within the size and ratio limits; the entry is
+// streamed through CheckXML. SHA256 covers all size bytes of r. On error the
+// fields learnt so far (Format, Size, often Header) are set.
+//
+// password is the node's zip password (1C's archive password), "" when it
+// has none. A password-protected entry (ZipCrypto or WinZip AES) is
+// decrypted with it as it streams, and is then checked as a plain one is; an
+// AES entry must also match its authentication code. Without a password
+// such an entry is ErrEncrypted (route it by its file name); with the wrong
+// one, ErrWrongPassword.
+func Inspect(r io.ReaderAt, size int64, lim Limits, password string) (Info, error) {
 	lim = lim.norm()
 	info := Info{Size: size}
 	switch {
@@ -50,7 +57,7 @@ func Inspect(r io.ReaderAt, size int64, lim Limits) (Info, error) {
 	}
 	if isZip(magic) {
 		info.Format = FormatZip
-		return inspectZip(r, size, lim, info)
+		return inspectZip(r, size, lim, password, info)
 	}
 	if len(magic) < 4 && (bytes.HasPrefix([]byte("PK\x03\x04"), magic) || bytes.HasPrefix([]byte("PK\x05\x06"), magic)) {
 		info.Format = FormatZip
@@ -94,7 +101,7 @@ func (c *countHash) Write(p []byte) (int, error) {
 	return c.h.Write(p)
 }
 
-func inspectZip(r io.ReaderAt, size int64, lim Limits, info Info) (Info, error) {
+func inspectZip(r io.ReaderAt, size int64, lim Limits, password string, info Info) (Info, error) {
 	if err := zipDirCheck(r, size, lim); err != nil {
 		return info, err
 	}
@@ -115,21 +122,27 @@ func inspectZip(r io.ReaderAt, size int64, lim Limits, info Info) (Info, error) 
 	f := zr.File[0]
 	name := entryName(f)
 	info.Entry = name
-	if err := checkEntry(f, name, lim); err != nil {
+	c, err := checkEntry(f, name, lim, password)
+	if err != nil {
 		return info, err
 	}
-	raw, err := f.OpenRaw()
+	e, err := openEntry(f, name, c, password)
 	if err != nil {
-		return info, fmt.Errorf("%w: entry %s does not open: %s", ErrBadZip, quote(name), oneLine(err.Error()))
+		return info, err
 	}
-	var data io.Reader = raw
-	if f.Method == zip.Deflate {
-		fr := flate.NewReader(raw)
-		defer fr.Close()
-		data = fr
-	}
-	hdr, err := checkXML(&entryReader{r: data, name: name, declared: f.UncompressedSize64, crc: f.CRC32}, lim, int64(min(f.UncompressedSize64, bufSize)))
+	defer e.close()
+	hdr, err := checkXML(e.r, lim, int64(min(f.UncompressedSize64, bufSize)))
 	info.Header = hdr
+	if e.dec != nil {
+		// An AES code covers every stored byte: read what the decompressor
+		// left, and let a failed code explain whatever else failed, since
+		// damage to an AES entry is damage whatever it did to the XML. Its
+		// header is then not to be trusted either.
+		if ferr := e.dec.finish(); ferr != nil && (err == nil || errors.Is(ferr, ErrBadZip)) {
+			info.Header = Header{}
+			return info, ferr
+		}
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, ErrIncomplete):
@@ -152,10 +165,37 @@ func inspectZip(r io.ReaderAt, size int64, lim Limits, info Info) (Info, error) 
 	return info, nil
 }
 
-// checkEntry refuses an entry that is not a plain, unencrypted, bare-named
-// .xml file within the limits, before a byte of it is decompressed.
-func checkEntry(f *zip.File, name string, lim Limits) error {
+// checkEntry refuses an entry that is not a plain, bare-named .xml file
+// within the limits, or that is encrypted in a way this package cannot
+// read, before a byte of it is decompressed, and tells how it is encrypted.
+func checkEntry(f *zip.File, name string, lim Limits, password string) (crypt, error) {
 	q := quote(name)
+	if err := checkEntryName(f, q); err != nil {
+		return crypt{}, err
+	}
+	c := crypt{method: f.Method}
+	if f.Flags&flagEncrypted != 0 {
+		var err error
+		if c, err = encryption(f, q, password); err != nil {
+			return c, err
+		}
+	}
+	switch {
+	case c.method != zip.Store && c.method != zip.Deflate:
+		return c, fmt.Errorf("%w: entry %s uses unsupported compression method %d", ErrBadZip, q, c.method)
+	case f.UncompressedSize64 > uint64(lim.MaxSize):
+		return c, fmt.Errorf("%w: entry %s declares %d bytes, more than %d", ErrTooLarge, q, f.UncompressedSize64, lim.MaxSize)
+	}
+	// The ratio is that of the compressed data, without what encryption adds.
+	u, comp := f.UncompressedSize64, f.CompressedSize64-c.overhead()
+	if hi, lo := bits.Mul64(comp, uint64(lim.MaxZipRatio)); hi == 0 && u > lo {
+		return c, fmt.Errorf("%w: entry %s expands %d bytes to %d, more than %d times", ErrZipBomb, q, comp, u, lim.MaxZipRatio)
+	}
+	return c, nil
+}
+
+// checkEntryName refuses an entry that is not a regular, bare-named .xml file.
+func checkEntryName(f *zip.File, q string) error {
 	switch {
 	case strings.HasSuffix(f.Name, "/") || f.Mode().IsDir():
 		return fmt.Errorf("%w: entry %s is a directory, want one .xml message", ErrBadZip, q)
@@ -167,20 +207,63 @@ func checkEntry(f *zip.File, name string, lim Limits) error {
 		return fmt.Errorf("%w: entry %s has control characters in its name", ErrBadZip, q)
 	case !f.Mode().IsRegular():
 		return fmt.Errorf("%w: entry %s is not a plain file (%s)", ErrBadZip, q, f.Mode().Type())
-	case f.Flags&1 != 0:
-		return fmt.Errorf("%w: entry %s is password-protected", ErrEncrypted, q)
 	case !strings.EqualFold(extOf(f.Name), ".xml"):
 		return fmt.Errorf("%w: entry %s is not an .xml file", ErrBadZip, q)
-	case f.Method != zip.Store && f.Method != zip.Deflate:
-		return fmt.Errorf("%w: entry %s uses unsupported compression method %d", ErrBadZip, q, f.Method)
-	case f.UncompressedSize64 > uint64(lim.MaxSize):
-		return fmt.Errorf("%w: entry %s declares %d bytes, more than %d", ErrTooLarge, q, f.UncompressedSize64, lim.MaxSize)
-	}
-	u, c := f.UncompressedSize64, f.CompressedSize64
-	if hi, lo := bits.Mul64(c, uint64(lim.MaxZipRatio)); hi == 0 && u > lo {
-		return fmt.Errorf("%w: entry %s expands %d bytes to %d, more than %d times", ErrZipBomb, q, c, u, lim.MaxZipRatio)
 	}
 	return nil
+}
+
+// encryption tells how an encrypted entry is encrypted, refusing it when
+// there is no password or when it is too short to hold what encryption adds.
+func encryption(f *zip.File, q, password string) (crypt, error) {
+	if password == "" {
+		return crypt{}, fmt.Errorf("%w: entry %s is password-protected and the node's zip_password_env is not set", ErrEncrypted, q)
+	}
+	c, err := cryptOf(f, q)
+	if err != nil {
+		return c, err
+	}
+	if over := c.overhead(); f.CompressedSize64 < over {
+		return c, fmt.Errorf("%w: entry %s (%s) holds %d bytes, fewer than the %d its encryption adds", ErrBadZip, q, c, f.CompressedSize64, over)
+	}
+	return c, nil
+}
+
+// entry is an open entry: its decompressed bytes, checked for size and CRC,
+// and for an encrypted one its decrypter, whose finish checks the rest.
+type entry struct {
+	r     *entryReader
+	dec   decrypter // nil for a plain entry
+	close func()
+}
+
+// openEntry opens an entry's bytes as they were before zipping: decrypted
+// (with the password, when c says it is encrypted), inflated, bounded by the
+// declared size and checked against the CRC-32 at the end.
+func openEntry(f *zip.File, name string, c crypt, password string) (entry, error) {
+	q := quote(name)
+	if c.method != zip.Store && c.method != zip.Deflate {
+		return entry{}, fmt.Errorf("%w: entry %s uses unsupported compression method %d", ErrBadZip, q, c.method)
+	}
+	raw, err := f.OpenRaw()
+	if err != nil {
+		return entry{}, fmt.Errorf("%w: entry %s does not open: %s", ErrBadZip, q, oneLine(err.Error()))
+	}
+	e := entry{close: func() {}}
+	var data io.Reader = raw
+	if c.kind != cryptNone {
+		if e.dec, err = decrypt(raw, f, c, name, password); err != nil {
+			return entry{}, err
+		}
+		data = e.dec
+	}
+	if c.method == zip.Deflate {
+		fr := flate.NewReader(data)
+		data, e.close = fr, func() { fr.Close() }
+	}
+	// AE-2 stores no CRC (the field is 0): its authentication code is the check.
+	e.r = &entryReader{r: data, name: name, declared: f.UncompressedSize64, crc: f.CRC32, noCRC: c.ae2}
+	return e, nil
 }
 
 func extOf(name string) string {
@@ -226,6 +309,7 @@ type entryReader struct {
 	name     string
 	declared uint64
 	crc      uint32
+	noCRC    bool // the entry has no CRC (AES AE-2)
 	n        uint64
 	sum      uint32
 	err      error
@@ -246,7 +330,7 @@ func (e *entryReader) Read(p []byte) (int, error) {
 	case err == io.EOF:
 		if e.n < e.declared {
 			e.err = fmt.Errorf("%w: entry %s holds %d bytes, fewer than its declared %d", ErrBadZip, quote(e.name), e.n, e.declared)
-		} else if e.sum != e.crc {
+		} else if e.sum != e.crc && !e.noCRC {
 			e.err = fmt.Errorf("%w: entry %s fails its CRC-32 check", ErrBadZip, quote(e.name))
 		} else {
 			e.err = io.EOF
@@ -340,8 +424,9 @@ func findEOCD(b []byte) int {
 
 // ReadFileHeader reads only the header of a message file, XML or zip,
 // without proving the file complete: cheap enough for a delivery to look at
-// what the destination already holds before replacing it.
-func ReadFileHeader(r io.ReaderAt, size int64, lim Limits) (Header, error) {
+// what the destination already holds before replacing it. password decrypts
+// a password-protected zip as in Inspect.
+func ReadFileHeader(r io.ReaderAt, size int64, lim Limits, password string) (Header, error) {
 	lim = lim.norm()
 	magic := make([]byte, min(max(size, 0), 4))
 	if n, err := r.ReadAt(magic, 0); n < len(magic) || size <= 0 {
@@ -362,10 +447,22 @@ func ReadFileHeader(r io.ReaderAt, size int64, lim Limits) (Header, error) {
 	if len(zr.File) != 1 {
 		return Header{}, fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, len(zr.File))
 	}
-	rc, err := zr.File[0].Open()
-	if err != nil {
-		return Header{}, fmt.Errorf("%w: entry does not open: %s", ErrBadZip, oneLine(err.Error()))
+	f := zr.File[0]
+	name := entryName(f)
+	c := crypt{method: f.Method}
+	if f.Flags&flagEncrypted != 0 {
+		if c, err = encryption(f, quote(name), password); err != nil {
+			return Header{}, err
+		}
 	}
-	defer rc.Close()
-	return ReadHeader(rc, lim)
+	e, err := openEntry(f, name, c, password)
+	if err != nil {
+		return Header{}, err
+	}
+	defer e.close()
+	// A peek stops after the header, so an AES entry's authentication code,
+	// which covers every stored byte, is not checked here: the password is
+	// (a wrong one fails), and Inspect checks the code before a message is
+	// taken.
+	return ReadHeader(e.r, lim)
 }

@@ -54,7 +54,7 @@ func TestFixturesGood(t *testing.T) {
 			if !ok {
 				t.Fatalf("good/%s is not in the test table: add its expected header", name)
 			}
-			info, err := Inspect(bytes.NewReader(data), int64(len(data)), Limits{})
+			info, err := Inspect(bytes.NewReader(data), int64(len(data)), Limits{}, "")
 			if err != nil {
 				t.Fatalf("Inspect: %v", err)
 			}
@@ -109,7 +109,7 @@ func TestFixturesBad(t *testing.T) {
 			if !ok {
 				t.Fatalf("bad/%s is not in the test table: add its expected error", name)
 			}
-			info, err := Inspect(bytes.NewReader(data), int64(len(data)), Limits{})
+			info, err := Inspect(bytes.NewReader(data), int64(len(data)), Limits{}, "")
 			if want == ErrNameMismatch {
 				if err != nil {
 					t.Fatalf("Inspect: %v", err)
@@ -242,7 +242,7 @@ func TestVariants(t *testing.T) {
 			} else if err != nil || h != tc.want {
 				t.Errorf("CheckXML = %+v, %v; want %+v", h, err, tc.want)
 			}
-			info, err := Inspect(strings.NewReader(tc.xml), int64(len(tc.xml)), tc.lim)
+			info, err := Inspect(strings.NewReader(tc.xml), int64(len(tc.xml)), tc.lim, "")
 			if tc.err != nil {
 				wantErr(t, "Inspect", err, tc.err)
 			} else if err != nil || info.Header != tc.want || info.Format != FormatXML {
@@ -303,7 +303,7 @@ func TestTruncation(t *testing.T) {
 				p := m.doc[:n]
 				what := fmt.Sprintf("prefix %d/%d %q", n, len(m.doc), tail(p))
 				_, err := CheckXML(strings.NewReader(p), Limits{})
-				_, ierr := Inspect(strings.NewReader(p), int64(n), Limits{})
+				_, ierr := Inspect(strings.NewReader(p), int64(n), Limits{}, "")
 				_, herr := ReadHeader(strings.NewReader(p), Limits{})
 				if n < rootEnd {
 					wantErr(t, "CheckXML "+what, err, ErrIncomplete)

@@ -66,7 +66,7 @@ func deflate(t testing.TB, s string) string {
 }
 
 func inspectBytes(b []byte, lim Limits) (Info, error) {
-	return Inspect(bytes.NewReader(b), int64(len(b)), lim)
+	return Inspect(bytes.NewReader(b), int64(len(b)), lim, "")
 }
 
 func TestZip(t *testing.T) {
@@ -174,16 +174,16 @@ func TestReadFileHeader(t *testing.T) {
 	for _, name := range []string{"Message_CO_SHOP1.zip", "Message_CO_SHOP1.xml", "Message_ЦО_ОП.xml"} {
 		b := good[name]
 		r := bytes.NewReader(b)
-		h, err := ReadFileHeader(r, int64(len(b)), Limits{})
+		h, err := ReadFileHeader(r, int64(len(b)), Limits{}, "")
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		info, err := Inspect(r, int64(len(b)), Limits{})
+		info, err := Inspect(r, int64(len(b)), Limits{}, "")
 		if err != nil || info.Header != h {
 			t.Fatalf("%s: ReadFileHeader %+v, Inspect %+v, %v", name, h, info.Header, err)
 		}
 	}
-	if _, err := ReadFileHeader(bytes.NewReader(nil), 0, Limits{}); !errors.Is(err, ErrIncomplete) {
+	if _, err := ReadFileHeader(bytes.NewReader(nil), 0, Limits{}, ""); !errors.Is(err, ErrIncomplete) {
 		t.Fatalf("empty file: %v", err)
 	}
 }
@@ -207,7 +207,7 @@ func TestReadFileHeaderZipDirectoryBounded(t *testing.T) {
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	_, err := ReadFileHeader(bytes.NewReader(b), int64(len(b)), Limits{})
+	_, err := ReadFileHeader(bytes.NewReader(b), int64(len(b)), Limits{}, "")
 	runtime.ReadMemStats(&after)
 	alloc := after.TotalAlloc - before.TotalAlloc
 	t.Logf("%d-byte zip: %v; allocated %d KiB", len(b), err, alloc>>10)

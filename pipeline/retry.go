@@ -109,7 +109,7 @@ func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter) (exchange.Info, 
 	if err != nil {
 		return exchange.Info{}, fmt.Errorf("payload %s: %w", l.Object, err)
 	}
-	info, err := exchange.Inspect(f, n, p.opts.Limits)
+	info, err := exchange.Inspect(f, n, p.opts.Limits, "")
 	if err != nil {
 		return info, err
 	}

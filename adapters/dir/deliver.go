@@ -188,7 +188,7 @@ func (p *Publisher) checkNotNewer(dst string, h exchange.Header) error {
 		if err != nil {
 			return nil
 		}
-		if have, err = exchange.ReadFileHeader(f, fi.Size(), p.lim); err != nil {
+		if have, err = exchange.ReadFileHeader(f, fi.Size(), p.lim, ""); err != nil {
 			return nil // unreadable: ours replaces it
 		}
 	}

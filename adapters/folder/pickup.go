@@ -495,7 +495,7 @@ func inspect(name string, f Fetched, lim exchange.Limits) (exchange.Info, error)
 	if err != nil {
 		return exchange.Info{}, err
 	}
-	info, err := exchange.Inspect(f.File, f.Size, lim)
+	info, err := exchange.Inspect(f.File, f.Size, lim, "")
 	if err != nil {
 		return info, err
 	}

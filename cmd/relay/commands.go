@@ -103,7 +103,7 @@ func inspectCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits())
+			info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits(), "")
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}

@@ -301,7 +301,7 @@ func (c *inboxChecker) check(path, node string) {
 		c.violate("stat %s: %v", path, err)
 		return
 	}
-	info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits())
+	info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits(), "")
 	if err != nil {
 		c.violate("PARTIAL/INVALID file under a final name: %s (%d bytes): %v", path, fi.Size(), err)
 		return

@@ -203,7 +203,7 @@ func readNo(path string) uint64 {
 	if err != nil {
 		return 0
 	}
-	info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits())
+	info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits(), "")
 	if err != nil {
 		return 0
 	}
