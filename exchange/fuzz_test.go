@@ -5,6 +5,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -32,6 +36,15 @@ func seeds(f *testing.F) [][]byte {
 	}
 	out = append(out, makeZip(f, zipEntry{name: "m.xml", data: v8msg(v8fields, smallBody), method: zip.Deflate}))
 	out = append(out, makeZip(f, zipEntry{name: "m.xml", data: edMsg(edConf, ""), method: zip.Store}))
+	// The password-protected fixtures, which FuzzInspect opens with their
+	// password so that mutations reach the decryption.
+	if ents, err := os.ReadDir(cryptDir); err == nil {
+		for _, e := range ents {
+			if b, err := os.ReadFile(filepath.Join(cryptDir, e.Name())); err == nil && filepath.Ext(e.Name()) == ".zip" {
+				out = append(out, b)
+			}
+		}
+	}
 	return out
 }
 
@@ -51,16 +64,33 @@ func checkResult(t *testing.T, what string, h Header, err error) {
 	}
 }
 
+// FuzzInspect runs Inspect with the fixtures' zip password, so that the
+// decryption of ZipCrypto and AES entries is fuzzed too, and checks that the
+// password changes nothing for input that is not encrypted and that
+// ReadFileHeader agrees with a successful Inspect.
 func FuzzInspect(f *testing.F) {
 	for _, s := range seeds(f) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		lim := Limits{MaxHeaderBytes: 64 << 10, MaxTokenBytes: 1 << 20, MaxSize: 8 << 20}
-		info, err := Inspect(bytes.NewReader(data), int64(len(data)), lim, "")
+		info, err := Inspect(bytes.NewReader(data), int64(len(data)), lim, cryptPassword)
 		checkResult(t, "Inspect", info.Header, err)
+		noPw, noPwErr := Inspect(bytes.NewReader(data), int64(len(data)), lim, "")
+		checkResult(t, "Inspect without a password", noPw.Header, noPwErr)
+		if !errors.Is(noPwErr, ErrEncrypted) && (noPw != info || fmt.Sprint(noPwErr) != fmt.Sprint(err)) {
+			t.Fatalf("the password changed a result that is not encrypted: %+v, %v; without: %+v, %v", info, err, noPw, noPwErr)
+		}
+		if errors.Is(err, ErrEncrypted) {
+			t.Fatalf("ErrEncrypted with a password: %v", err)
+		}
+		h, herr := ReadFileHeader(bytes.NewReader(data), int64(len(data)), lim, cryptPassword)
+		checkResult(t, "ReadFileHeader", h, herr)
 		if err != nil {
 			return
+		}
+		if herr != nil || h != info.Header {
+			t.Fatalf("Inspect ok with %+v but ReadFileHeader = %+v, %v", info.Header, h, herr)
 		}
 		sum := sha256.Sum256(data)
 		if info.SHA256 != hex.EncodeToString(sum[:]) || info.Size != int64(len(data)) {
