@@ -56,7 +56,7 @@ var kinds = map[string]kind{
 				return nil, err
 			}
 			c.Path = r.cfg.Resolve(c.Path)
-			return dir.NewSubscriber(node, c, e.After, mem, log)
+			return dir.NewSubscriber(node, c, e.After, mem, r.cfg.ZipPasswords, log)
 		},
 		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
 			c, err := dir.DecodeDeliver(&e.Options)
@@ -92,7 +92,7 @@ var kinds = map[string]kind{
 			if err != nil {
 				return nil, err
 			}
-			return ftp.NewSubscriber(node, c, e.After, mem, r.spool(node), log)
+			return ftp.NewSubscriber(node, c, e.After, mem, r.cfg.ZipPasswords, r.spool(node), log)
 		},
 		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
 			c, err := r.ftpConfig(e, "deliver")
@@ -122,7 +122,7 @@ var kinds = map[string]kind{
 			if err != nil {
 				return nil, err
 			}
-			return mail.NewPickup(node, c, e.After, mem, r.spool(node), log)
+			return mail.NewPickup(node, c, e.After, mem, r.cfg.ZipPasswords, r.spool(node), log)
 		},
 		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
 			c, err := r.imapConfig(e)
@@ -167,7 +167,7 @@ var kinds = map[string]kind{
 			if err != nil {
 				return nil, err
 			}
-			return http.NewPickup(node, c, r.spool(node), log)
+			return http.NewPickup(node, c, r.cfg.ZipPasswords, r.spool(node), log)
 		},
 		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
 			c, err := r.httpConfig(e, "deliver")

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -121,6 +122,29 @@ type Node struct {
 	// APITokenEnv names the variable holding this node's own API token: with
 	// it the node may push messages whose From is itself and pull its own.
 	APITokenEnv string `yaml:"api_token_env"`
+	// ZipPasswordEnv names the variable holding 1C's archive password of
+	// this node's exchange: with it relay reads the header of the
+	// password-protected zips the node writes and those written to it.
+	ZipPasswordEnv string `yaml:"zip_password_env"`
+}
+
+// ZipPasswords are the archive passwords to try, in order, on a
+// password-protected zip of the channel from → to: the sender's, then the
+// addressee's. 1C keeps the password per pair of nodes, on both sides, so
+// a head office talking to offices with different passwords has them set
+// on each office's node. Unset or empty variables are left out.
+func (c *Config) ZipPasswords(from, to string) []string {
+	var out []string
+	for _, code := range []string{from, to} {
+		n := c.Nodes[code]
+		if n == nil || n.ZipPasswordEnv == "" {
+			continue
+		}
+		if pw := os.Getenv(n.ZipPasswordEnv); pw != "" && !slices.Contains(out, pw) {
+			out = append(out, pw)
+		}
+	}
+	return out
 }
 
 // After says what a pickup does with a source once JetStream holds the message.
@@ -446,6 +470,9 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		}
 		if n.Pickup == nil && n.Deliver == nil && n.APITokenEnv == "" {
 			add(p, "has neither pickup nor deliver (nor api_token_env to push through the API)")
+		}
+		if n.ZipPasswordEnv != "" && !validEnvName(n.ZipPasswordEnv) {
+			add(p+".zip_password_env", "%q is not an environment variable name", n.ZipPasswordEnv)
 		}
 		if n.APITokenEnv != "" && !validEnvName(n.APITokenEnv) {
 			add(p+".api_token_env", "%q is not an environment variable name", n.APITokenEnv)

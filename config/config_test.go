@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -44,6 +45,7 @@ func TestProblems(t *testing.T) {
 		{"listen port not a port", "relay: { listen: '127.0.0.1:99999' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "127.0.0.1:99999" is not host:port`}},
 		{"listen port a service name", "relay: { listen: 'localhost:http' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
 		{"nats listen port not a number", "nats: { listen: '127.0.0.1:nats' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.listen: "127.0.0.1:nats" is not host:port`}},
+		{"bad zip password env", "nodes:\n  A:\n    zip_password_env: 'A PW'\n    deliver: { dir: ./a }\n", []string{`nodes.A.zip_password_env: "A PW" is not an environment variable name`}},
 		{"node token shared", "nodes:\n  A:\n    api_token_env: T\n  B:\n    api_token_env: T\n", []string{`nodes.B.api_token_env: "T" is also the token of nodes.A`}},
 		{"node token is the operator's", "relay: { api_token_env: T }\nnodes:\n  A:\n    api_token_env: T\n", []string{`nodes.A.api_token_env: "T" is also the token of relay.api_token_env`}},
 		{"several at once", "relay: { listen: x }\nnodes:\n  A:\n    mode: m\n    pickup: { imap: {} }\n", []string{"relay.listen:", "nodes.A.mode:", "nodes.A.pickup.imap:"}},
@@ -115,5 +117,40 @@ func TestShippedRoutingYAML(t *testing.T) {
 	}
 	if got := cfg.Resolve("./data"); got != "../data" {
 		t.Errorf("Resolve relative to the config's folder: %q", got)
+	}
+}
+
+// The sender's archive password comes first, then the addressee's; unset
+// and repeated ones are left out.
+func TestZipPasswords(t *testing.T) {
+	cfg, err := Parse([]byte(`nodes:
+  HQ: { zip_password_env: RELAY_T_PW_HQ, deliver: { dir: ./hq } }
+  A: { zip_password_env: RELAY_T_PW_A, deliver: { dir: ./a } }
+  B: { zip_password_env: RELAY_T_PW_B, deliver: { dir: ./b } }
+  C: { deliver: { dir: ./c } }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("RELAY_T_PW_HQ", "hq")
+	t.Setenv("RELAY_T_PW_A", "a")
+	t.Setenv("RELAY_T_PW_B", "")
+	for _, c := range []struct {
+		from, to string
+		want     []string
+	}{
+		{"HQ", "A", []string{"hq", "a"}},
+		{"A", "HQ", []string{"a", "hq"}},
+		{"HQ", "B", []string{"hq"}}, // B's variable is empty
+		{"C", "A", []string{"a"}},
+		{"C", "X", nil},
+	} {
+		if got := cfg.ZipPasswords(c.from, c.to); !slices.Equal(got, c.want) {
+			t.Errorf("%s → %s: %q, want %q", c.from, c.to, got, c.want)
+		}
+	}
+	t.Setenv("RELAY_T_PW_A", "hq")
+	if got := cfg.ZipPasswords("HQ", "A"); !slices.Equal(got, []string{"hq"}) {
+		t.Errorf("same password twice: %q", got)
 	}
 }

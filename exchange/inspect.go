@@ -77,6 +77,23 @@ func Inspect(r io.ReaderAt, size int64, lim Limits, password string) (Info, erro
 	return info, nil
 }
 
+// InspectWith is Inspect trying passwords in turn on a password-protected
+// zip until one is right (a wrong one fails at the entry's first bytes, so
+// trying costs little); with none it is Inspect without a password.
+func InspectWith(r io.ReaderAt, size int64, lim Limits, passwords []string) (Info, error) {
+	if len(passwords) == 0 {
+		return Inspect(r, size, lim, "")
+	}
+	var info Info
+	var err error
+	for _, pw := range passwords {
+		if info, err = Inspect(r, size, lim, pw); !errors.Is(err, ErrWrongPassword) {
+			break
+		}
+	}
+	return info, err
+}
+
 func isZip(b []byte) bool {
 	return len(b) == 4 && b[0] == 'P' && b[1] == 'K' &&
 		((b[2] == 3 && b[3] == 4) || (b[2] == 5 && b[3] == 6) || (b[2] == 7 && b[3] == 8))

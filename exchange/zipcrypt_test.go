@@ -599,3 +599,32 @@ func TestEncryptedReadError(t *testing.T) {
 		}
 	}
 }
+
+// InspectWith tries the channel's passwords in turn: a wrong one before the
+// right one costs nothing but the try; all wrong is ErrWrongPassword, none
+// ErrEncrypted; a plain message reads whatever is given.
+func TestInspectWithPasswords(t *testing.T) {
+	want := plainHeader(t)
+	files := cryptFiles(t)
+	plain := fixtures(t, "good")[cryptEntry]
+	for _, name := range []string{"zipcrypto-infozip-deflate.zip", "aes256-7zip-deflate.zip"} {
+		z := files[name]
+		for _, c := range []struct {
+			passwords []string
+			err       error
+		}{
+			{[]string{"other-pair's", cryptPassword}, nil},
+			{[]string{cryptPassword, "other-pair's"}, nil},
+			{[]string{"other-pair's", "guess"}, ErrWrongPassword},
+			{nil, ErrEncrypted},
+		} {
+			info, err := InspectWith(bytes.NewReader(z), int64(len(z)), Limits{}, c.passwords)
+			if !errors.Is(err, c.err) || (c.err == nil && info.Header != want) {
+				t.Errorf("%s with %q: header %+v, err %v; want err %v", name, c.passwords, info.Header, err, c.err)
+			}
+		}
+	}
+	if info, err := InspectWith(bytes.NewReader(plain), int64(len(plain)), Limits{}, []string{"guess"}); err != nil || info.Header != want {
+		t.Errorf("plain message with a password: %+v, %v", info.Header, err)
+	}
+}

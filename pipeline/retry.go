@@ -109,11 +109,18 @@ func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter) (exchange.Info, 
 	if err != nil {
 		return exchange.Info{}, fmt.Errorf("payload %s: %w", l.Object, err)
 	}
-	info, err := exchange.Inspect(f, n, p.opts.Limits, "")
+	// A password-protected zip is read with its channel's passwords, as
+	// at pickup (configured since, perhaps: the reason it was dead).
+	name, nerr := exchange.ParseName(l.FileName)
+	var passwords []string
+	if nerr == nil {
+		passwords = p.cfg.ZipPasswords(name.From, name.To)
+	}
+	info, err := exchange.InspectWith(f, n, p.opts.Limits, passwords)
 	if err != nil {
 		return info, err
 	}
-	if name, nerr := exchange.ParseName(l.FileName); nerr == nil {
+	if nerr == nil {
 		if err := name.Check(info.Header); err != nil {
 			return info, err
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -138,5 +139,43 @@ func TestRetryNamesByContent(t *testing.T) {
 	}
 	if got := m.Header.Get(exchange.MetaFileName); got != "Message_SRC_DST.zip" {
 		t.Errorf("retried %s as %q, want Message_SRC_DST.zip", id, got)
+	}
+}
+
+// A password-protected zip dead-lettered because its channel had no
+// password is taken in by a retry once the password is configured (here:
+// its variable set), read with the same passwords as at pickup.
+func TestRetryPasswordZipOnceConfigured(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  ЦО: { deliver: { dir: ./co } }
+  ОП: { zip_password_env: RELAY_T_RETRY_ZIP_PW, deliver: { dir: ./op } }
+`, b, scriptedEndpoints{"ЦО": &scriptedDelivery{}, "ОП": &scriptedDelivery{}})
+	ctx := context.Background()
+	z, err := os.ReadFile("../exchange/testdata/zipcrypt/zipcrypto-infozip-deflate.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, sha, err := storeDeadPayload(ctx, b, "dead/zip", bytes.NewReader(z), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Dead().put(ctx, DeadLetter{Node: "ЦО", Stage: StagePickup, Reason: "password-protected", Object: "dead/zip",
+		Size: size, SHA256: sha, FileName: "Message_ЦО_ОП.zip"}); err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := p.Dead().List(ctx)
+	t.Setenv("RELAY_T_RETRY_ZIP_PW", "")
+	if _, err := p.Retry(ctx, ls[0].Seq); !errors.Is(err, exchange.ErrEncrypted) {
+		t.Fatalf("retry without the password: %v, want ErrEncrypted", err)
+	}
+	t.Setenv("RELAY_T_RETRY_ZIP_PW", "relay-1C-test")
+	if _, err := p.Retry(ctx, ls[0].Seq); err != nil {
+		t.Fatalf("retry with the password: %v", err)
+	}
+	raw, err := b.Exchange.GetLastMsgForSubject(ctx, bus.Subject("Магазины", "ЦО", "ОП"))
+	if err != nil || raw.Header.Get(exchange.MetaMessageNo) != "20" {
+		t.Fatalf("record of the retried zip: %v, %v", raw, err)
 	}
 }

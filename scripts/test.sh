@@ -94,6 +94,7 @@ if [ ! -x /usr/sbin/postfix ] && [ "$(id -u)" = 0 ]; then
 fi
 install_missing /usr/sbin/postfix postfix
 install_missing curl curl # the FTP bench's baseline client, the mail tests' independent client
+install_missing zip zip # the password-protected zips of the e2e tests, written by an independent tool
 # The http tests start their own nginx as a WebDAV target. Debian 12's nginx
 # has the DAV module (PUT) built in; nginx-light only adds the echo module.
 install_missing /usr/sbin/nginx nginx

@@ -55,7 +55,7 @@ func subscribe(t *testing.T, cfg PickupConfig, after string, mem folder.Memory) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewSubscriber("A", cfg, a, mem, slog.New(slog.DiscardHandler))
+	s, err := NewSubscriber("A", cfg, a, mem, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,9 @@ import (
 )
 
 // NewSubscriber makes the pickup of node from cfg.Path: a folder.Pickup over
-// the local folder, woken by fsnotify. mem may be nil unless after is keep.
-func NewSubscriber(node string, cfg PickupConfig, after config.After, mem folder.Memory, log *slog.Logger) (*folder.Pickup, error) {
+// the local folder, woken by fsnotify. mem may be nil unless after is keep;
+// pw (may be nil) reads password-protected zips.
+func NewSubscriber(node string, cfg PickupConfig, after config.After, mem folder.Memory, pw folder.Passwords, log *slog.Logger) (*folder.Pickup, error) {
 	cfg.setDefaults()
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("dir %s: %w", node, errors.Join(errs...))
@@ -33,7 +34,7 @@ func NewSubscriber(node string, cfg PickupConfig, after config.After, mem folder
 	return folder.NewPickup(src, folder.Options{
 		Node: node, Adapter: "dir", TrustMTime: true,
 		Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(), IncompleteTimeout: cfg.IncompleteTimeout.Std(),
-		After: after, Memory: mem, Log: log.With("path", cfg.Path),
+		After: after, Memory: mem, Passwords: pw, Log: log.With("path", cfg.Path),
 	})
 }
 

@@ -46,7 +46,9 @@ type Options struct {
 	Memory Memory
 	// Limits bound what a file may be.
 	Limits exchange.Limits
-	Log    *slog.Logger
+	// Passwords read password-protected zips; nil: none.
+	Passwords Passwords
+	Log       *slog.Logger
 }
 
 // Pickup is a Watermill Subscriber that emits one message per complete
@@ -375,7 +377,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		return false
 	}
 
-	msg, problem := NewMessage(p.o.Node, where, name, fetched, p.o.Limits)
+	msg, problem := NewMessage(p.o.Node, where, name, fetched, p.o.Limits, p.o.Passwords)
 	if errors.Is(problem, exchange.ErrIncomplete) && p.now().Sub(c.since) < p.o.IncompleteTimeout {
 		log.Debug("file not complete yet; waiting", "reason", problem)
 		c.retryAt = p.now().Add(max(p.o.Settle, time.Second))
@@ -420,14 +422,18 @@ func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, wher
 	return false
 }
 
+// Passwords gives the archive passwords to try, in order, on a
+// password-protected zip of the channel from → to (config.ZipPasswords).
+type Passwords func(from, to string) []string
+
 // NewMessage is the pipeline message for one fetched file of node, found
 // at where under name: its header in the metadata when name and content
 // make a valid message, else the problem, also set as MetaProblem so that
-// the pipeline dead-letters it. The body reads f, which must stay open
-// until the pipeline answers.
-func NewMessage(node, where, name string, f Fetched, lim exchange.Limits) (*message.Message, error) {
+// the pipeline dead-letters it. pw (may be nil) reads a password-protected
+// zip. The body reads f, which must stay open until the pipeline answers.
+func NewMessage(node, where, name string, f Fetched, lim exchange.Limits, pw Passwords) (*message.Message, error) {
 	msg := fileMessage(node, where, name)
-	info, problem := inspect(name, f, lim)
+	info, problem := inspect(name, f, lim, pw)
 	if problem != nil {
 		msg.Metadata.Set(exchange.MetaProblem, problem.Error())
 		msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(f.Size, 10))
@@ -490,12 +496,17 @@ func Hand(ctx context.Context, stop <-chan struct{}, out chan<- *message.Message
 var farFuture = time.Unix(1<<40, 0)
 
 // inspect checks the whole content; the name must agree with the header.
-func inspect(name string, f Fetched, lim exchange.Limits) (exchange.Info, error) {
+// A password-protected zip is read with the channel's passwords.
+func inspect(name string, f Fetched, lim exchange.Limits, pw Passwords) (exchange.Info, error) {
 	n, err := exchange.ParseName(name)
 	if err != nil {
 		return exchange.Info{}, err
 	}
-	info, err := exchange.Inspect(f.File, f.Size, lim, "")
+	var passwords []string
+	if pw != nil {
+		passwords = pw(n.From, n.To)
+	}
+	info, err := exchange.InspectWith(f.File, f.Size, lim, passwords)
 	if err != nil {
 		return info, err
 	}

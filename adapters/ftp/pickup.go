@@ -20,7 +20,7 @@ import (
 // that lists the folder every poll_interval (MLSD where the server has it,
 // LIST otherwise) and downloads each settled file into spoolDir before it is
 // inspected and streamed to the object store.
-func NewSubscriber(node string, cfg Config, after config.After, mem folder.Memory, spoolDir string, log *slog.Logger) (*folder.Pickup, error) {
+func NewSubscriber(node string, cfg Config, after config.After, mem folder.Memory, pw folder.Passwords, spoolDir string, log *slog.Logger) (*folder.Pickup, error) {
 	c, err := newClient(node, "pickup", cfg, log)
 	if err != nil {
 		return nil, err
@@ -30,7 +30,7 @@ func NewSubscriber(node string, cfg Config, after config.After, mem folder.Memor
 	return folder.NewPickup(src, folder.Options{
 		Node: node, Adapter: "ftp",
 		Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(), IncompleteTimeout: cfg.IncompleteTimeout.Std(),
-		After: after, Memory: mem, Log: c.log,
+		After: after, Memory: mem, Passwords: pw, Log: c.log,
 	})
 }
 

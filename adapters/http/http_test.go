@@ -879,7 +879,7 @@ func TestConfigValidate(t *testing.T) {
 				if _, err := NewPublisher("X", cfg, nil); err == nil {
 					t.Errorf("%s: NewPublisher accepted a config Validate refuses", c.src)
 				}
-			} else if _, err := NewPickup("X", cfg, t.TempDir(), nil); err == nil {
+			} else if _, err := NewPickup("X", cfg, nil, t.TempDir(), nil); err == nil {
 				t.Errorf("%s: NewPickup accepted a config Validate refuses", c.src)
 			}
 		}
@@ -898,7 +898,7 @@ func TestConfigValidate(t *testing.T) {
 
 func newPickup(t testing.TB, url string, interval time.Duration) (*Pickup, <-chan *message.Message) {
 	t.Helper()
-	p, err := NewPickup("ЦО", Config{URL: url, Interval: config.Duration(interval)}, t.TempDir(), nil)
+	p, err := NewPickup("ЦО", Config{URL: url, Interval: config.Duration(interval)}, nil, t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1197,7 +1197,7 @@ func TestPickupCloseWhileWaiting(t *testing.T) {
 		return 200, map[string]string{HeaderFile: "Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml"}, data
 	}})
 	defer srv.Close()
-	p, err := NewPickup("ЦО", Config{URL: srv.URL, Interval: config.Duration(time.Second)}, t.TempDir(), nil)
+	p, err := NewPickup("ЦО", Config{URL: srv.URL, Interval: config.Duration(time.Second)}, nil, t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,6 +40,7 @@ type Pickup struct {
 	c     *client
 	spool string
 	lim   exchange.Limits
+	pw    folder.Passwords
 	log   *slog.Logger
 
 	trouble.Last
@@ -54,14 +55,14 @@ var _ message.Subscriber = (*Pickup)(nil)
 
 // NewPickup makes the pickup of node from an HTTP service; spool is where
 // files are downloaded before they are checked and stored.
-func NewPickup(node string, cfg Config, spool string, log *slog.Logger) (*Pickup, error) {
+func NewPickup(node string, cfg Config, pw folder.Passwords, spool string, log *slog.Logger) (*Pickup, error) {
 	cfg.role = "pickup"
 	c, err := newClient(node, cfg, "http", log)
 	if err != nil {
 		return nil, err
 	}
 	return &Pickup{
-		c: c, spool: spool, lim: exchange.DefaultLimits(), log: c.log,
+		c: c, spool: spool, lim: exchange.DefaultLimits(), pw: pw, log: c.log,
 	}, nil
 }
 
@@ -174,7 +175,7 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 		return false, nil
 	}
 
-	msg, bad := folder.NewMessage(p.c.node, where, name, f, p.lim)
+	msg, bad := folder.NewMessage(p.c.node, where, name, f, p.lim, p.pw)
 	if want := strings.ToLower(strings.TrimSpace(resp.Header.Get(HeaderSHA256))); problem == "" && bad == nil && want != "" && msg.Metadata.Get(exchange.MetaSHA256) != want {
 		problem = fmt.Sprintf("sha256 of the body is %s, %s says %s", msg.Metadata.Get(exchange.MetaSHA256), HeaderSHA256, want)
 	}

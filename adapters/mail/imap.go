@@ -46,6 +46,7 @@ type Pickup struct {
 	mem     folder.Memory
 	spool   string
 	lim     exchange.Limits
+	pw      folder.Passwords
 	pattern *regexp.Regexp
 	log     *slog.Logger
 	now     func() time.Time
@@ -96,7 +97,7 @@ var _ message.Subscriber = (*Pickup)(nil)
 // NewPickup makes the pickup of node from an IMAP mailbox. spool is where
 // attachments are downloaded before they are checked and stored; mem is
 // needed for after: keep.
-func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memory, spool string, log *slog.Logger) (*Pickup, error) {
+func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memory, pw folder.Passwords, spool string, log *slog.Logger) (*Pickup, error) {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -116,7 +117,7 @@ func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memor
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Pickup{
-		node: node, cfg: cfg, t: t, tc: tc, after: after, mem: mem, spool: spool,
+		node: node, cfg: cfg, t: t, tc: tc, after: after, mem: mem, pw: pw, spool: spool,
 		lim: exchange.DefaultLimits(), pattern: pattern,
 		log:   log.With("node", node, "adapter", "imap", "mailbox", t.display),
 		now:   time.Now,
@@ -494,7 +495,7 @@ func maxMailSize(lim exchange.Limits) int64 {
 // emit hands one exchange file to the pipeline and commits its mails.
 func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logger, uids []imap.UID, name, sha string, f folder.Fetched, problem string, out chan<- *message.Message) error {
 	where := p.where(uids[0])
-	msg, bad := folder.NewMessage(p.node, where, name, f, p.lim)
+	msg, bad := folder.NewMessage(p.node, where, name, f, p.lim, p.pw)
 	switch {
 	case problem != "":
 	case bad != nil:

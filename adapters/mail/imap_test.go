@@ -198,7 +198,7 @@ func runPickupWith(t *testing.T, node string, c IMAPConfig, after config.After, 
 	if mem != nil {
 		m = mem
 	}
-	p, err := NewPickup(node, c, after, m, t.TempDir(), slog.New(slog.DiscardHandler))
+	p, err := NewPickup(node, c, after, m, nil, t.TempDir(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

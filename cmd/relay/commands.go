@@ -89,11 +89,18 @@ func validateCmd(g *globals) *cobra.Command {
 }
 
 func inspectCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var passwordEnv string
+	cmd := &cobra.Command{
 		Use:   "inspect FILE",
 		Short: "Show an exchange message's header, size and sha256 (proves it complete)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			password := ""
+			if passwordEnv != "" {
+				if password = os.Getenv(passwordEnv); password == "" {
+					return fmt.Errorf("--zip-password-env: %s is not set", passwordEnv)
+				}
+			}
 			f, err := os.Open(args[0])
 			if err != nil {
 				return err
@@ -103,7 +110,7 @@ func inspectCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits(), "")
+			info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits(), password)
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
@@ -132,6 +139,8 @@ func inspectCmd(g *globals) *cobra.Command {
 			return w.Flush()
 		},
 	}
+	cmd.Flags().StringVar(&passwordEnv, "zip-password-env", "", "environment variable holding the archive password of a password-protected zip")
+	return cmd
 }
 
 // client builds an API client from the config's relay.listen and token.

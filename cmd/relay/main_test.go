@@ -66,6 +66,39 @@ func TestInspect(t *testing.T) {
 	}
 }
 
+// A password-protected zip (written by Info-ZIP and by 7-Zip's WinZip AES)
+// is read with --zip-password-env; without it, or with a wrong password,
+// inspect says why in one line.
+func TestInspectPasswordZip(t *testing.T) {
+	for _, fixture := range []string{"zipcrypto-infozip-deflate.zip", "aes256-7zip-deflate.zip"} {
+		path := filepath.Join("../../exchange/testdata/zipcrypt", fixture)
+		t.Setenv("RELAY_T_ZIP_PW", "relay-1C-test")
+		out, _, err := run(t, "inspect", "--zip-password-env", "RELAY_T_ZIP_PW", path)
+		if err != nil {
+			t.Fatalf("%s: %v", fixture, err)
+		}
+		for _, want := range []string{"format       zip", "from         ЦО", "to           ОП", "message_no   20", "received_no  15"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: inspect output lacks %q:\n%s", fixture, want, out)
+			}
+		}
+		for _, c := range []struct{ env, pw, want string }{
+			{"", "", "zip_password_env"},
+			{"RELAY_T_ZIP_PW", "not-the-password", "wrong zip password"},
+			{"RELAY_T_ZIP_PW", "", "RELAY_T_ZIP_PW is not set"},
+		} {
+			t.Setenv("RELAY_T_ZIP_PW", c.pw)
+			args := []string{"inspect", path}
+			if c.env != "" {
+				args = []string{"inspect", "--zip-password-env", c.env, path}
+			}
+			if _, _, err := run(t, args...); err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("%s %v: err %v, want one line saying %q", fixture, args, err, c.want)
+			}
+		}
+	}
+}
+
 func TestStatusWithoutRelay(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "r.yaml")

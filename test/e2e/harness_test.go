@@ -50,6 +50,8 @@ type nodeSpec struct {
 	after       string
 	pickupYAML  string
 	deliverYAML string
+	// extraYAML is more of the node's keys, one "key: value" per line.
+	extraYAML string
 }
 
 func freeAddr(t testing.TB) string {
@@ -74,6 +76,9 @@ func newSite(t testing.TB, specs ...nodeSpec) *site {
 		fmt.Fprintf(&b, "  %q:\n", sp.code)
 		if sp.mode != "" {
 			fmt.Fprintf(&b, "    mode: %s\n", sp.mode)
+		}
+		for line := range strings.Lines(sp.extraYAML) {
+			fmt.Fprintf(&b, "    %s\n", strings.TrimSpace(line))
 		}
 		after := ""
 		if sp.after != "" {
