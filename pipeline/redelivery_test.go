@@ -125,29 +125,38 @@ func TestSequentialFirstMessageNotOvertaken(t *testing.T) {
 	}}
 	queueRecord(t, b, "SRC", "DST", 1)
 	queueRecord(t, b, "SRC", "DST", 2)
-	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+	p := runSequential(t, b, d)
+
+	c := waitChannel(t, p, 20*time.Second, func(c Channel) bool { return c.Resolved >= 2 && c.DeliveredNo == 2 })
+	got := d.delivered()
+	if len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		t.Fatalf("sequential channel delivered %v, want [1 2]; state %+v", got, c)
+	}
+}
+
+// runSequential runs a pipeline whose node DST is sequential and delivers
+// through d (SRC is only there to send from).
+func runSequential(t *testing.T, b *bus.Bus, d *scriptedDelivery) *Pipeline {
+	t.Helper()
+	return runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
 nodes:
   SRC: { deliver: { dir: ./src } }
   DST: { mode: sequential, deliver: { dir: ./dst } }
 `, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+}
 
-	ctx := context.Background()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := p.States().Get(ctx, "P", "SRC", "DST")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c.Resolved >= 2 && c.DeliveredNo == 2 {
+// waitChannel polls the state of channel P: SRC → DST until ok or within
+// has passed, and returns the last state read.
+func waitChannel(t *testing.T, p *Pipeline, within time.Duration, ok func(Channel) bool) Channel {
+	t.Helper()
+	var c Channel
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var err error
+		if c, err = p.States().Get(context.Background(), "P", "SRC", "DST"); err == nil && ok(c) {
 			break
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	got := d.delivered()
-	if len(got) != 2 || got[0] != 1 || got[1] != 2 {
-		c, _ := p.States().Get(ctx, "P", "SRC", "DST")
-		t.Fatalf("sequential channel delivered %v, want [1 2]; state %+v", got, c)
-	}
+	return c
 }
 
 // newPipeline wires (without running) a pipeline for yaml on b; closed at
@@ -364,20 +373,9 @@ func TestHeldThenFailedRetriedSoon(t *testing.T) {
 		return nil
 	}}
 	queueRecord(t, b, "SRC", "DST", 1)
-	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
-nodes:
-  SRC: { deliver: { dir: ./src } }
-  DST: { mode: sequential, deliver: { dir: ./dst } }
-`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	p := runSequential(t, b, d)
 
-	ctx := context.Background()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := p.States().Get(ctx, "P", "SRC", "DST"); err == nil && c.DeliveredNo == 1 {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitChannel(t, p, 30*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 })
 	mu.Lock()
 	defer mu.Unlock()
 	if retriedAt.IsZero() {
@@ -404,22 +402,9 @@ func TestSequentialStaleMovesChannelOn(t *testing.T) {
 	for _, no := range []uint64{3, 4, 11} {
 		queueRecord(t, b, "SRC", "DST", no)
 	}
-	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
-nodes:
-  SRC: { deliver: { dir: ./src } }
-  DST: { mode: sequential, deliver: { dir: ./dst } }
-`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	p := runSequential(t, b, d)
 
-	ctx := context.Background()
-	var c Channel
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		var err error
-		if c, err = p.States().Get(ctx, "P", "SRC", "DST"); err == nil && c.DeliveredNo == 11 {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	c := waitChannel(t, p, 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 11 })
 	if got := d.delivered(); len(got) != 1 || got[0] != 11 || c.Stale != 2 || c.Resolved != 3 {
 		t.Fatalf("delivered %v, want [11]; state: delivered No %d, stale %d, resolved %d, error %q", got, c.DeliveredNo, c.Stale, c.Resolved, c.LastError)
 	}
