@@ -78,20 +78,28 @@ func Inspect(r io.ReaderAt, size int64, lim Limits, password string) (Info, erro
 }
 
 // InspectWith is Inspect trying passwords in turn on a password-protected
-// zip until one is right (a wrong one fails at the entry's first bytes, so
-// trying costs little); with none it is Inspect without a password.
+// zip until one reads it; with none it is Inspect without a password. A
+// wrong password mostly fails at the entry's first bytes, so trying costs
+// little; but one in 256 passes ZipCrypto's check byte and fails later (CRC,
+// inflate), so any failure moves on to the next. When none reads it, the
+// error is the first that is not ErrWrongPassword (the zip's own damage, or
+// such a lucky wrong password), else ErrWrongPassword.
 func InspectWith(r io.ReaderAt, size int64, lim Limits, passwords []string) (Info, error) {
 	if len(passwords) == 0 {
 		return Inspect(r, size, lim, "")
 	}
-	var info Info
-	var err error
-	for _, pw := range passwords {
-		if info, err = Inspect(r, size, lim, pw); !errors.Is(err, ErrWrongPassword) {
-			break
+	var first Info
+	var firstErr error
+	for i, pw := range passwords {
+		info, err := Inspect(r, size, lim, pw)
+		if err == nil || info.Format != FormatZip || errors.Is(err, ErrEncrypted) || errors.Is(err, ErrIncomplete) {
+			return info, err // read, or no password can help
+		}
+		if i == 0 || (errors.Is(firstErr, ErrWrongPassword) && !errors.Is(err, ErrWrongPassword)) {
+			first, firstErr = info, err
 		}
 	}
-	return info, err
+	return first, firstErr
 }
 
 func isZip(b []byte) bool {

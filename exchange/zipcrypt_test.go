@@ -627,4 +627,24 @@ func TestInspectWithPasswords(t *testing.T) {
 	if info, err := InspectWith(bytes.NewReader(plain), int64(len(plain)), Limits{}, []string{"guess"}); err != nil || info.Header != want {
 		t.Errorf("plain message with a password: %+v, %v", info.Header, err)
 	}
+
+	// A wrong password that passes ZipCrypto's check byte fails later, on
+	// the CRC or the inflate: the right one after it must still be tried.
+	z := files["zipcrypto-infozip-deflate.zip"]
+	lucky := ""
+	for i := 0; i < 4000 && lucky == ""; i++ {
+		if pw := fmt.Sprintf("wrong-%d", i); !errors.Is(func() error { _, err := inspectPw(z, pw); return err }(), ErrWrongPassword) {
+			lucky = pw
+		}
+	}
+	if lucky == "" {
+		t.Fatal("no wrong password passed the check byte in 4000 tries")
+	}
+	if info, err := InspectWith(bytes.NewReader(z), int64(len(z)), Limits{}, []string{lucky, cryptPassword}); err != nil || info.Header != want {
+		t.Errorf("%q (passes the check byte) then the right one: %+v, %v", lucky, info.Header, err)
+	}
+	info, err := InspectWith(bytes.NewReader(z), int64(len(z)), Limits{}, []string{"guess", lucky})
+	if err == nil || errors.Is(err, ErrWrongPassword) || info.Header != (Header{}) {
+		t.Errorf("a wrong password, then %q (passes the check byte): %+v, %v; want its later failure reported", lucky, info.Header, err)
+	}
 }
