@@ -13,8 +13,11 @@ import (
 	"hash/crc32"
 	"io"
 	"math/bits"
+	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"golang.org/x/text/encoding/charmap"
 )
 
 // Info is what Inspect learns about one message file.
@@ -90,7 +93,7 @@ func InspectWith(r io.ReaderAt, size int64, lim Limits, passwords []string) (Inf
 	}
 	var first Info
 	var firstErr error
-	for i, pw := range passwords {
+	for i, pw := range passwordVariants(passwords) {
 		info, err := Inspect(r, size, lim, pw)
 		if err == nil || info.Format != FormatZip || errors.Is(err, ErrEncrypted) || errors.Is(err, ErrIncomplete) {
 			return info, err // read, or no password can help
@@ -100,6 +103,31 @@ func InspectWith(r io.ReaderAt, size int64, lim Limits, passwords []string) (Inf
 		}
 	}
 	return first, firstErr
+}
+
+// passwordVariants are the byte strings a password may have been encrypted
+// with, in order: as written (UTF-8), then, for a password with letters
+// beyond ASCII, in the Windows code pages a 1C server on Windows may use
+// (ANSI 1251, OEM 866). The zip formats do not say which; a wrong variant
+// fails at the entry's first bytes like any wrong password.
+func passwordVariants(passwords []string) []string {
+	var out []string
+	add := func(pw string) {
+		if !slices.Contains(out, pw) {
+			out = append(out, pw)
+		}
+	}
+	for _, pw := range passwords {
+		add(pw)
+	}
+	for _, pw := range passwords {
+		for _, cp := range []*charmap.Charmap{charmap.Windows1251, charmap.CodePage866} {
+			if b, err := cp.NewEncoder().String(pw); err == nil {
+				add(b)
+			}
+		}
+	}
+	return out
 }
 
 func isZip(b []byte) bool {

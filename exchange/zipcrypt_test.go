@@ -17,6 +17,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"golang.org/x/text/encoding/charmap"
 )
 
 // The password-protected fixtures in testdata/zipcrypt (made by make.sh
@@ -646,5 +648,45 @@ func TestInspectWithPasswords(t *testing.T) {
 	info, err := InspectWith(bytes.NewReader(z), int64(len(z)), Limits{}, []string{"guess", lucky})
 	if err == nil || errors.Is(err, ErrWrongPassword) || info.Header != (Header{}) {
 		t.Errorf("a wrong password, then %q (passes the check byte): %+v, %v; want its later failure reported", lucky, info.Header, err)
+	}
+}
+
+// A Cyrillic archive password may have been encrypted in a Windows code
+// page rather than UTF-8 (the zip formats do not say which): InspectWith
+// reads a zip whose password bytes are ANSI 1251 or OEM 866, given the
+// password as configured (UTF-8). Info-ZIP encrypts with the raw bytes.
+func TestInspectWithCyrillicPassword(t *testing.T) {
+	zipBin, err := exec.LookPath("zip")
+	if err != nil {
+		t.Skip("no zip command to encrypt with")
+	}
+	const password = "Пароль-ЦО"
+	want := plainHeader(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, cryptEntry), fixtures(t, "good")[cryptEntry], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, cp := range []*charmap.Charmap{charmap.Windows1251, charmap.CodePage866, nil} {
+		raw := password
+		if cp != nil {
+			if raw, err = cp.NewEncoder().String(password); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out := filepath.Join(dir, "out.zip")
+		os.Remove(out)
+		cmd := exec.Command(zipBin, "-q", "-P", raw, "out.zip", cryptEntry)
+		cmd.Dir = dir
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("zip: %v: %s", err, b)
+		}
+		z, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := InspectWith(bytes.NewReader(z), int64(len(z)), Limits{}, []string{"other", password})
+		if err != nil || info.Header != want {
+			t.Errorf("password bytes in %v: %+v, %v", cp, info.Header, err)
+		}
 	}
 }

@@ -95,11 +95,13 @@ func inspectCmd(g *globals) *cobra.Command {
 		Short: "Show an exchange message's header, size and sha256 (proves it complete)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			password := ""
+			var passwords []string
 			if passwordEnv != "" {
-				if password = os.Getenv(passwordEnv); password == "" {
+				pw := os.Getenv(passwordEnv)
+				if pw == "" {
 					return fmt.Errorf("--zip-password-env: %s is not set", passwordEnv)
 				}
+				passwords = []string{pw}
 			}
 			f, err := os.Open(args[0])
 			if err != nil {
@@ -110,7 +112,7 @@ func inspectCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			info, err := exchange.Inspect(f, fi.Size(), exchange.DefaultLimits(), password)
+			info, err := exchange.InspectWith(f, fi.Size(), exchange.DefaultLimits(), passwords)
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
