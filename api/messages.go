@@ -154,7 +154,7 @@ func pushedFile(r *http.Request) (string, io.Reader, error) {
 // extOf says .zip or .xml by a spooled file's first bytes.
 func extOf(f folder.Fetched) string {
 	var b [4]byte
-	if n, _ := f.File.ReadAt(b[:], 0); n == 4 && string(b[:]) == "PK\x03\x04" {
+	if n, _ := f.File.ReadAt(b[:], 0); n == 4 && exchange.IsZip(b[:]) {
 		return ".zip"
 	}
 	return ".xml"

@@ -44,6 +44,20 @@ func TestPushExtensionMustMatchContent(t *testing.T) {
 			t.Errorf("%s pushed as %s: %d %s, want %d", c.fixture, c.name, w.Code, w.Body, c.code)
 		}
 	}
+	// Pushed without a name, a zip is named .zip by its content whatever
+	// zip signature it starts with; here the marker of a zip written for
+	// spanning, "PK\x07\x08", in front of the good fixture.
+	body, err := os.ReadFile("../testdata/fixtures/good/Message_CO_SHOP1.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest("POST", "/api/v1/messages", bytes.NewReader(append([]byte("PK\x07\x08"), body...)))
+	r.RemoteAddr = "127.0.0.1:5000"
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	if w.Code != 202 {
+		t.Errorf("zip starting with the spanning marker, pushed without a name: %d %s, want 202", w.Code, w.Body)
+	}
 	left, _ := filepath.Glob(filepath.Join(data, "spool", "api", "*"))
 	if len(left) > 0 {
 		t.Errorf("spool files left behind: %v", left)

@@ -58,7 +58,7 @@ func Inspect(r io.ReaderAt, size int64, lim Limits, password string) (Info, erro
 	if n, err := r.ReadAt(magic, 0); n < len(magic) {
 		return info, readAtErr(err)
 	}
-	if isZip(magic) {
+	if IsZip(magic) {
 		info.Format = FormatZip
 		return inspectZip(r, size, lim, password, info)
 	}
@@ -130,7 +130,10 @@ func passwordVariants(passwords []string) []string {
 	return out
 }
 
-func isZip(b []byte) bool {
+// IsZip says whether a file's first four bytes are a zip signature (a local
+// file header, an empty zip's end record, or a spanned zip's marker): the
+// format is told by content, never by name.
+func IsZip(b []byte) bool {
 	return len(b) == 4 && b[0] == 'P' && b[1] == 'K' &&
 		((b[2] == 3 && b[3] == 4) || (b[2] == 5 && b[3] == 6) || (b[2] == 7 && b[3] == 8))
 }
@@ -485,7 +488,7 @@ func ReadFileHeader(r io.ReaderAt, size int64, lim Limits, password string) (Hea
 	if n, err := r.ReadAt(magic, 0); n < len(magic) || size <= 0 {
 		return Header{}, readAtErr(err)
 	}
-	if !isZip(magic) {
+	if !IsZip(magic) {
 		return newParser(io.NewSectionReader(r, 0, size), lim, size).readHeader()
 	}
 	// As in Inspect: refuse a directory of many entries before archive/zip
