@@ -28,12 +28,13 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 		return "", fmt.Errorf("dead letter %d: its payload was not kept; it cannot be retried", seq)
 	}
 	h, size, sha, obj := l.Header, l.Size, l.SHA256, l.Object
+	name, nameErr := exchange.ParseName(l.FileName)
 	format := exchange.FormatXML
-	if n, err := exchange.ParseName(l.FileName); err == nil {
-		format = n.Format
+	if nameErr == nil {
+		format = name.Format
 	}
 	if l.Stage == StagePickup || h == nil {
-		info, err := p.reinspect(ctx, l)
+		info, err := p.reinspect(ctx, l, name, nameErr)
 		if err != nil {
 			return "", fmt.Errorf("dead letter %d: still not a valid message: %w", seq, err)
 		}
@@ -51,7 +52,7 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	id := MessageID(*h, sha)
 	rec := message.NewMessage(id+"/retry-"+strconv.FormatUint(seq, 10), nil)
 	exchange.SetHeader(rec, *h)
-	rec.Metadata.Set(exchange.MetaFileName, fileNameFor(l, *h, format))
+	rec.Metadata.Set(exchange.MetaFileName, fileNameFor(l.FileName, name, nameErr, *h, format))
 	rec.Metadata.Set(exchange.MetaSize, strconv.FormatInt(size, 10))
 	rec.Metadata.Set(exchange.MetaSHA256, sha)
 	rec.Metadata.Set(exchange.MetaObject, obj)
@@ -78,18 +79,19 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	return id, nil
 }
 
-// fileNameFor keeps the original name when it is a valid one for the
-// message (header and format), else derives it from the header and format.
-func fileNameFor(l DeadLetter, h exchange.Header, format exchange.Format) string {
-	if n, err := exchange.ParseName(l.FileName); err == nil && n.Check(h) == nil && n.Format == format {
-		return l.FileName
+// fileNameFor keeps the original name file (parsed as n, or nerr) when it
+// is a valid one for the message (header and format), else derives it from
+// the header and format.
+func fileNameFor(file string, n exchange.Name, nerr error, h exchange.Header, format exchange.Format) string {
+	if nerr == nil && n.Check(h) == nil && n.Format == format {
+		return file
 	}
 	return exchange.FileName(h.From, h.To, format)
 }
 
 // reinspect spools a dead payload to disk (a zip needs random access) and
-// inspects it again.
-func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter) (exchange.Info, error) {
+// inspects it again; name is its file name parsed (nerr: not a valid one).
+func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter, name exchange.Name, nerr error) (exchange.Info, error) {
 	spool := filepath.Join(p.cfg.Resolve(p.cfg.Relay.DataDir), "spool")
 	if err := os.MkdirAll(spool, 0o750); err != nil {
 		return exchange.Info{}, err
@@ -111,7 +113,6 @@ func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter) (exchange.Info, 
 	}
 	// A password-protected zip is read with its channel's passwords, as
 	// at pickup (configured since, perhaps: the reason it was dead).
-	name, nerr := exchange.ParseName(l.FileName)
 	var passwords []string
 	if nerr == nil {
 		passwords = p.cfg.ZipPasswords(name.From, name.To)
