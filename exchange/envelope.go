@@ -59,6 +59,13 @@ func HeaderOf(m *message.Message) (Header, error) {
 		Dialect:      Dialect(m.Metadata.Get(MetaDialect)),
 	}
 	var err error
+	if h.Dialect == DialectName {
+		// Routed by file name: no plan or numbers to read.
+		if h.From == "" || h.To == "" {
+			return h, fmt.Errorf("%w: metadata lacks from or to", ErrBadHeader)
+		}
+		return h, nil
+	}
 	if h.MessageNo, err = strconv.ParseUint(m.Metadata.Get(MetaMessageNo), 10, 64); err != nil || h.MessageNo == 0 {
 		return h, fmt.Errorf("%w: metadata %s %q", ErrBadHeader, MetaMessageNo, m.Metadata.Get(MetaMessageNo))
 	}

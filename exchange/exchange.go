@@ -71,6 +71,10 @@ const (
 	DialectEnterpriseData Dialect = "enterprisedata"
 	// DialectRules is rules-based exchange (КД2): <ФайлОбмена> with a <ДанныеПоОбмену .../> element.
 	DialectRules Dialect = "rules"
+	// DialectName marks a header taken from the file name of a
+	// password-protected zip that no configured password reads (DESIGN §2):
+	// From and To only; no plan, MessageNo or ReceivedNo.
+	DialectName Dialect = "name"
 )
 
 // Header is the routing part of a message.
@@ -174,6 +178,9 @@ func (n Name) String() string {
 func FileName(from, to string, f Format) string {
 	return namePrefix + from + "_" + to + "." + string(f)
 }
+
+// Sealed is the header of a message routed by this file name alone.
+func (n Name) Sealed() Header { return Header{Dialect: DialectName, From: n.From, To: n.To} }
 
 // Check compares the name with the header, which is the truth: From and To
 // must equal the header's. Because codes may themselves contain '_', a

@@ -84,6 +84,14 @@ func FuzzInspect(f *testing.F) {
 		if errors.Is(err, ErrEncrypted) {
 			t.Fatalf("ErrEncrypted with a password: %v", err)
 		}
+		// Routed by name: only a zip Inspect finds password-protected.
+		sealed, serr := InspectSealed(bytes.NewReader(data), int64(len(data)), lim)
+		if serr == nil {
+			sum := sha256.Sum256(data)
+			if !errors.Is(noPwErr, ErrEncrypted) || sealed.SHA256 != hex.EncodeToString(sum[:]) || sealed.Header != (Header{}) {
+				t.Fatalf("InspectSealed took %+v, which Inspect without a password calls %v", sealed, noPwErr)
+			}
+		}
 		h, herr := ReadFileHeader(bytes.NewReader(data), int64(len(data)), lim, cryptPassword)
 		checkResult(t, "ReadFileHeader", h, herr)
 		if err != nil {

@@ -105,6 +105,26 @@ func InspectWith(r io.ReaderAt, size int64, lim Limits, passwords []string) (Inf
 	return first, firstErr
 }
 
+// InspectFile is InspectWith for a file named n, whose header must agree
+// with the name. A password-protected zip that there is no password to try
+// for is routed by its name (DESIGN §2): proven complete by InspectSealed,
+// with n.Sealed() as its header.
+func InspectFile(r io.ReaderAt, size int64, lim Limits, n Name, passwords []string) (Info, error) {
+	info, err := InspectWith(r, size, lim, passwords)
+	if errors.Is(err, ErrEncrypted) && len(passwords) == 0 {
+		if info, err = InspectSealed(r, size, lim); err == nil {
+			info.Header = n.Sealed()
+		}
+	}
+	if err != nil {
+		return info, err
+	}
+	if err := n.Check(info.Header); err != nil {
+		return info, err
+	}
+	return info, nil
+}
+
 // passwordVariants are the byte strings a password may have been encrypted
 // with, in order: as written (UTF-8), then, for a password with letters
 // beyond ASCII, in the Windows code pages a 1C server on Windows may use
@@ -157,25 +177,33 @@ func (c *countHash) Write(p []byte) (int, error) {
 	return c.h.Write(p)
 }
 
-func inspectZip(r io.ReaderAt, size int64, lim Limits, password string, info Info) (Info, error) {
+// onlyEntry reads a zip's central directory (bounded first: a push's zip is
+// untrusted) and returns its one entry.
+func onlyEntry(r io.ReaderAt, size int64, lim Limits) (*zip.File, error) {
 	if err := zipDirCheck(r, size, lim); err != nil {
-		return info, err
+		return nil, err
 	}
 	zr, err := zip.NewReader(r, size)
 	if err != nil {
 		if errors.Is(err, zip.ErrInsecurePath) {
-			return info, fmt.Errorf("%w: an entry name is a path traversal", ErrBadZip)
+			return nil, fmt.Errorf("%w: an entry name is a path traversal", ErrBadZip)
 		}
-		return info, fmt.Errorf("%w: central directory does not read: %s", ErrBadZip, oneLine(err.Error()))
+		return nil, fmt.Errorf("%w: central directory does not read: %s", ErrBadZip, oneLine(err.Error()))
 	}
 	switch len(zr.File) {
 	case 1:
+		return zr.File[0], nil
 	case 0:
-		return info, fmt.Errorf("%w: zip holds no entries, want one .xml message", ErrBadZip)
-	default:
-		return info, fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, len(zr.File))
+		return nil, fmt.Errorf("%w: zip holds no entries, want one .xml message", ErrBadZip)
 	}
-	f := zr.File[0]
+	return nil, fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, len(zr.File))
+}
+
+func inspectZip(r io.ReaderAt, size int64, lim Limits, password string, info Info) (Info, error) {
+	f, err := onlyEntry(r, size, lim)
+	if err != nil {
+		return info, err
+	}
 	name := entryName(f)
 	info.Entry = name
 	c, err := checkEntry(f, name, lim, password)
@@ -209,16 +237,57 @@ func inspectZip(r io.ReaderAt, size int64, lim Limits, password string, info Inf
 		}
 		return info, fmt.Errorf("zip entry %s: %w", quote(name), err)
 	}
+	info.SHA256, err = fileSHA256(r, size)
+	return info, err
+}
+
+// fileSHA256 is the hex sha256 of size bytes of r.
+func fileSHA256(r io.ReaderAt, size int64) (string, error) {
 	h := sha256.New()
 	n, err := io.Copy(h, io.NewSectionReader(r, 0, size))
 	if err != nil {
-		return info, fmt.Errorf("exchange: reading message: %w", err)
+		return "", fmt.Errorf("exchange: reading message: %w", err)
 	}
 	if n != size {
-		return info, fmt.Errorf("%w: read %d of %d bytes", ErrIncomplete, n, size)
+		return "", fmt.Errorf("%w: read %d of %d bytes", ErrIncomplete, n, size)
 	}
-	info.SHA256 = hex.EncodeToString(h.Sum(nil))
-	return info, nil
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// InspectSealed proves a password-protected zip complete without its
+// password: the central directory reads and holds one encrypted .xml entry
+// within the limits (as far as they can be told without decrypting). Info
+// has no Header: the file is routed by its name (DESIGN §2), with the
+// header n.Sealed() gives.
+func InspectSealed(r io.ReaderAt, size int64, lim Limits) (Info, error) {
+	lim = lim.norm()
+	info := Info{Size: size, Format: FormatZip}
+	if size > lim.MaxSize {
+		return info, fmt.Errorf("%w: file is %d bytes, more than %d", ErrTooLarge, size, lim.MaxSize)
+	}
+	magic := make([]byte, min(max(size, 0), 4))
+	if n, err := r.ReadAt(magic, 0); n < len(magic) || size <= 0 {
+		return info, readAtErr(err)
+	}
+	if !IsZip(magic) {
+		return info, fmt.Errorf("%w: not a zip", ErrBadZip)
+	}
+	f, err := onlyEntry(r, size, lim)
+	if err != nil {
+		return info, err
+	}
+	name := entryName(f)
+	info.Entry = name
+	q := quote(name)
+	if f.Flags&flagEncrypted == 0 {
+		return info, fmt.Errorf("%w: entry %s is not password-protected", ErrBadZip, q)
+	}
+	// Any non-empty password gets the checks done before decryption.
+	if _, err := checkEntry(f, name, lim, "-"); err != nil {
+		return info, err
+	}
+	info.SHA256, err = fileSHA256(r, size)
+	return info, err
 }
 
 // checkEntry refuses an entry that is not a plain, bare-named .xml file
@@ -491,19 +560,10 @@ func ReadFileHeader(r io.ReaderAt, size int64, lim Limits, password string) (Hea
 	if !IsZip(magic) {
 		return newParser(io.NewSectionReader(r, 0, size), lim, size).readHeader()
 	}
-	// As in Inspect: refuse a directory of many entries before archive/zip
-	// builds a zip.File for each (a push's zip is untrusted).
-	if err := zipDirCheck(r, size, lim); err != nil {
+	f, err := onlyEntry(r, size, lim)
+	if err != nil {
 		return Header{}, err
 	}
-	zr, err := zip.NewReader(r, size)
-	if err != nil {
-		return Header{}, fmt.Errorf("%w: central directory does not read: %s", ErrBadZip, oneLine(err.Error()))
-	}
-	if len(zr.File) != 1 {
-		return Header{}, fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, len(zr.File))
-	}
-	f := zr.File[0]
 	name := entryName(f)
 	c := crypt{method: f.Method}
 	if f.Flags&flagEncrypted != 0 {

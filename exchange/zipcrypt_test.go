@@ -690,3 +690,40 @@ func TestInspectWithCyrillicPassword(t *testing.T) {
 		}
 	}
 }
+
+// Without a password to try, a password-protected zip is routed by its
+// file name (DESIGN §2): InspectSealed proves the container complete and
+// hashes it, InspectFile gives it the name's header. A wrong password is
+// not a reason to route by name, and a plain or broken zip is not sealed.
+func TestRoutedByName(t *testing.T) {
+	files := cryptFiles(t)
+	n, err := ParseName("Message_ЦО_ОП.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, z := range files {
+		info, err := InspectFile(bytes.NewReader(z), int64(len(z)), Limits{}, n, nil)
+		sum := sha256.Sum256(z)
+		if err != nil || info.Header != (Header{Dialect: DialectName, From: "ЦО", To: "ОП"}) || info.Format != FormatZip ||
+			info.SHA256 != hex.EncodeToString(sum[:]) || info.Entry != cryptEntry {
+			t.Errorf("%s without a password: %+v, %v", name, info, err)
+		}
+		if _, err := InspectFile(bytes.NewReader(z), int64(len(z)), Limits{}, n, []string{"guess"}); !errors.Is(err, ErrWrongPassword) {
+			t.Errorf("%s with a wrong password: %v, want ErrWrongPassword (not routed by name)", name, err)
+		}
+		for cut := int64(0); cut < int64(len(z)); cut += 97 {
+			if _, err := InspectSealed(bytes.NewReader(z[:cut]), cut, Limits{}); err == nil {
+				t.Errorf("%s cut at %d: sealed zip taken as complete", name, cut)
+			}
+		}
+	}
+	other, _ := ParseName("Message_A_B.zip")
+	z := files["aes256-7zip-deflate.zip"]
+	if _, err := InspectFile(bytes.NewReader(z), int64(len(z)), Limits{}, other, nil); err != nil {
+		t.Errorf("routed by name: the name is the only header there is: %v", err)
+	}
+	plain := fixtures(t, "good")["Message_CO_SHOP1.zip"]
+	if _, err := InspectSealed(bytes.NewReader(plain), int64(len(plain)), Limits{}); !errors.Is(err, ErrBadZip) {
+		t.Errorf("plain zip as sealed: %v, want ErrBadZip", err)
+	}
+}

@@ -255,12 +255,38 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			log.Info("offered again after it was resolved; acked")
 			return nil
 		}
-		if h.MessageNo <= st.DeliveredNo {
+		// A message routed by its file name has no number: its place in
+		// the channel is its place in the stream.
+		var seq uint64
+		if byName(h) {
+			seq = streamSeq(in, m)
+		}
+		if byName(h) && seq > 0 {
+			switch o, err := l.nameOrder(ctx, h, n.Mode, seq, st.NameSeq); {
+			case err != nil:
+				return err
+			case o == orderStale:
+				log.Info("dropped: a message queued after it on the channel was resolved already")
+				l.m.dropped.WithLabelValues(node, "stale").Inc()
+				ev(StepDropped, "routed by name: a message queued after it was resolved already (stale)")
+				return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) { c.Stale++ })
+			case o == orderSuperseded:
+				log.Info("superseded by a message queued after it")
+				l.m.dropped.WithLabelValues(node, "superseded").Inc()
+				ev(StepDropped, "routed by name: superseded by a message queued after it")
+				return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) { c.Superseded++ })
+			case o == orderHold:
+				msg := "holding a message routed by name until the one queued before it is resolved"
+				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
+				log.Warn(msg)
+				return hold()
+			}
+		} else if h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
 			l.m.dropped.WithLabelValues(node, dropReason(dup)).Inc()
 			ev(StepDropped, fmt.Sprintf("%s already has No %d (%s)", node, st.DeliveredNo, dropReason(dup)))
-			return l.finish(ctx, h, m.UUID, obj, func(c *Channel) {
+			return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) {
 				if dup {
 					c.Duplicates++
 				} else {
@@ -268,15 +294,17 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				}
 			})
 		}
-		switch n.Mode {
-		case config.ModeLatest:
+		switch {
+		case byName(h):
+			// Ordered above.
+		case n.Mode == config.ModeLatest:
 			if last, ok := l.lastNo(ctx, h); ok && last > h.MessageNo {
 				log.Info("superseded by a newer queued message", "newer_no", last)
 				l.m.dropped.WithLabelValues(node, "superseded").Inc()
 				ev(StepDropped, fmt.Sprintf("superseded by No %d", last))
-				return l.finish(ctx, h, m.UUID, obj, func(c *Channel) { c.Superseded++ })
+				return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) { c.Superseded++ })
 			}
-		case config.ModeSequential:
+		case n.Mode == config.ModeSequential:
 			if st.DeliveredNo > 0 && h.MessageNo > st.DeliveredNo+1 {
 				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, st.DeliveredNo+1)
 				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
@@ -333,7 +361,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			l.m.deliveredBytes.WithLabelValues(node, adapter).Add(payloadSize(m.Metadata))
 			l.m.observeLatency(node, m.Metadata)
 			ev(StepDelivered, "by "+adapter)
-			return l.finish(ctx, h, m.UUID, obj, func(c *Channel) {
+			return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) {
 				if h.MessageNo > c.DeliveredNo {
 					c.DeliveredNo = h.MessageNo
 				}
@@ -352,7 +380,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			// is delivered any more, and in sequential mode the next
 			// number must not wait for one of these as a gap.
 			have := max(h.MessageNo, exchange.StaleHave(err))
-			return l.finish(ctx, h, m.UUID, obj, func(c *Channel) {
+			return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) {
 				c.Stale++
 				c.DeliveredNo = max(c.DeliveredNo, have)
 			})
@@ -368,7 +396,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			}
 			l.m.dead.WithLabelValues(node, StageDeliver).Inc()
 			ev(StepDead, reason)
-			return l.finish(ctx, h, m.UUID, "", func(c *Channel) {
+			return l.finish(ctx, h, seq, m.UUID, "", func(c *Channel) {
 				c.Dead++
 				c.LastError, c.LastErrorAt = reason, l.states.now()
 			})
@@ -381,12 +409,14 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 	}
 }
 
-// finish records the outcome of a resolved message and frees its payload.
-func (l *lane) finish(ctx context.Context, h exchange.Header, id, obj string, fn func(c *Channel)) error {
+// finish records the outcome of a resolved message and frees its payload;
+// seq is the stream sequence of a message routed by name (0 for others).
+func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, obj string, fn func(c *Channel)) error {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 		fn(c)
 		c.Resolved++
 		c.LastMsgID = id
+		c.NameSeq = max(c.NameSeq, seq)
 	}); err != nil {
 		return err
 	}
@@ -404,6 +434,51 @@ func (l *lane) lastNo(ctx context.Context, h exchange.Header) (uint64, bool) {
 	}
 	n, err := strconv.ParseUint(raw.Header.Get(exchange.MetaMessageNo), 10, 64)
 	return n, err == nil
+}
+
+// byName says h was taken from a file name (a password-protected zip no
+// password reads): it has no plan or numbers, and its channel is ordered by
+// the stream.
+func byName(h exchange.Header) bool { return h.Dialect == exchange.DialectName }
+
+// order is where a message routed by name stands in its channel.
+type order int
+
+const (
+	orderNext       order = iota // deliver it
+	orderStale                   // one queued after it was resolved
+	orderSuperseded              // latest: one queued after it waits
+	orderHold                    // sequential: one queued before it waits
+)
+
+// nameOrder places the record at stream sequence seq of a channel routed by
+// name, whose last resolved record is at resolved: the stream order stands
+// in for the MessageNo the file does not show. An older one never follows
+// a newer one; in latest mode the newest queued wins, in sequential mode
+// every one goes in the order it was queued.
+func (l *lane) nameOrder(ctx context.Context, h exchange.Header, mode config.Mode, seq, resolved uint64) (order, error) {
+	if seq <= resolved {
+		return orderStale, nil
+	}
+	subject := bus.Subject(h.ExchangePlan, h.From, h.To)
+	var other *jetstream.RawStreamMsg
+	var err error
+	if mode == config.ModeSequential {
+		other, err = l.b.Exchange.GetMsg(ctx, resolved+1, jetstream.WithGetMsgSubject(subject))
+	} else {
+		other, err = l.b.Exchange.GetLastMsgForSubject(ctx, subject)
+	}
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return orderNext, nil
+	case err != nil:
+		return orderNext, fmt.Errorf("records of %s: %w", channelName(h), err)
+	case mode == config.ModeSequential && other.Sequence < seq:
+		return orderHold, nil
+	case mode != config.ModeSequential && other.Sequence > seq:
+		return orderSuperseded, nil
+	}
+	return orderNext, nil
 }
 
 // jsMeta is the JetStream metadata of the record m, nil when unknown.

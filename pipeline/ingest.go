@@ -50,11 +50,12 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		id := MessageID(h, sha)
 		log = log.With("message_id", id, "channel", channelName(h))
 
+		// A message routed by its file name has no number to compare.
 		st, err := l.states.Recent(ctx, h.ExchangePlan, h.From, h.To)
 		if err != nil {
 			return err
 		}
-		if h.MessageNo <= st.DeliveredNo {
+		if !byName(h) && h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
 			_, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 				if dup {

@@ -136,7 +136,7 @@ func TestSequentialFirstMessageNotOvertaken(t *testing.T) {
 
 // runSequential runs a pipeline whose node DST is sequential and delivers
 // through d (SRC is only there to send from).
-func runSequential(t *testing.T, b *bus.Bus, d *scriptedDelivery) *Pipeline {
+func runSequential(t *testing.T, b *bus.Bus, d message.Publisher) *Pipeline {
 	t.Helper()
 	return runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
 nodes:

@@ -111,22 +111,12 @@ func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter, name exchange.Na
 	if err != nil {
 		return exchange.Info{}, fmt.Errorf("payload %s: %w", l.Object, err)
 	}
-	// A password-protected zip is read with its channel's passwords, as
-	// at pickup (configured since, perhaps: the reason it was dead).
-	var passwords []string
-	if nerr == nil {
-		passwords = p.cfg.ZipPasswords(name.From, name.To)
+	// As at pickup: a password-protected zip is read with its channel's
+	// passwords (configured since, perhaps: the reason it was dead).
+	if nerr != nil {
+		return exchange.InspectWith(f, n, p.opts.Limits, nil)
 	}
-	info, err := exchange.InspectWith(f, n, p.opts.Limits, passwords)
-	if err != nil {
-		return info, err
-	}
-	if nerr == nil {
-		if err := name.Check(info.Header); err != nil {
-			return info, err
-		}
-	}
-	return info, nil
+	return exchange.InspectFile(f, n, p.opts.Limits, name, p.cfg.ZipPasswords(name.From, name.To))
 }
 
 // copyObject copies a payload to a new name within the object store.

@@ -142,9 +142,9 @@ func TestRetryNamesByContent(t *testing.T) {
 	}
 }
 
-// A password-protected zip dead-lettered because its channel had no
-// password is taken in by a retry once the password is configured (here:
-// its variable set), read with the same passwords as at pickup.
+// A password-protected zip dead-lettered because its channel's password
+// was wrong is taken in by a retry once the password is right (here: its
+// variable set again), read with the same passwords as at pickup.
 func TestRetryPasswordZipOnceConfigured(t *testing.T) {
 	b := testBus(t)
 	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
@@ -166,9 +166,9 @@ nodes:
 		t.Fatal(err)
 	}
 	ls, _ := p.Dead().List(ctx)
-	t.Setenv("RELAY_T_RETRY_ZIP_PW", "")
-	if _, err := p.Retry(ctx, ls[0].Seq); !errors.Is(err, exchange.ErrEncrypted) {
-		t.Fatalf("retry without the password: %v, want ErrEncrypted", err)
+	t.Setenv("RELAY_T_RETRY_ZIP_PW", "still-wrong")
+	if _, err := p.Retry(ctx, ls[0].Seq); !errors.Is(err, exchange.ErrWrongPassword) {
+		t.Fatalf("retry with a wrong password: %v, want ErrWrongPassword", err)
 	}
 	t.Setenv("RELAY_T_RETRY_ZIP_PW", "relay-1C-test")
 	if _, err := p.Retry(ctx, ls[0].Seq); err != nil {

@@ -46,6 +46,11 @@ type Channel struct {
 	HandedSeq    uint64    `json:"handed_seq,omitempty"`
 	LastHandedAt time.Time `json:"last_handed_at,omitzero"`
 
+	// NameSeq is the EXCHANGE stream sequence of the last resolved record
+	// of a channel routed by file name (no numbers): later records go
+	// after it, older ones are stale.
+	NameSeq uint64 `json:"name_seq,omitempty"`
+
 	// LastMsgID is the message id of the record resolved last, so that
 	// JetStream offering it again (its ack was lost) does not count it twice.
 	LastMsgID string `json:"last_msg_id,omitempty"`

@@ -496,7 +496,8 @@ func Hand(ctx context.Context, stop <-chan struct{}, out chan<- *message.Message
 var farFuture = time.Unix(1<<40, 0)
 
 // inspect checks the whole content; the name must agree with the header.
-// A password-protected zip is read with the channel's passwords.
+// A password-protected zip is read with the channel's passwords, or routed
+// by its name when there are none (exchange.InspectFile).
 func inspect(name string, f Fetched, lim exchange.Limits, pw Passwords) (exchange.Info, error) {
 	n, err := exchange.ParseName(name)
 	if err != nil {
@@ -506,11 +507,8 @@ func inspect(name string, f Fetched, lim exchange.Limits, pw Passwords) (exchang
 	if pw != nil {
 		passwords = pw(n.From, n.To)
 	}
-	info, err := exchange.InspectWith(f.File, f.Size, lim, passwords)
+	info, err := exchange.InspectFile(f.File, f.Size, lim, n, passwords)
 	if err != nil {
-		return info, err
-	}
-	if err := n.Check(info.Header); err != nil {
 		return info, err
 	}
 	// The name travels with the file: a zip named .xml (or the reverse)

@@ -213,7 +213,11 @@ func statusCmd(g *globals) *cobra.Command {
 				if note == "" && ch.HandedTo != "" {
 					note = fmt.Sprintf("handed to relay %s up to No %d", ch.HandedTo, ch.HandedNo)
 				}
-				fmt.Fprintf(w, "%s\t%s → %s\t%d\t%d\t%d\t%d\t%s\t%s\n", ch.Plan, paint(colour, ch.From), paint(colour, ch.To),
+				plan := ch.Plan
+				if plan == "" {
+					plan = "(by name)" // password-protected zips no password reads: no header, no numbers
+				}
+				fmt.Fprintf(w, "%s\t%s → %s\t%d\t%d\t%d\t%d\t%s\t%s\n", plan, paint(colour, ch.From), paint(colour, ch.To),
 					ch.PickedNo, ch.DeliveredNo, ch.AckedNo, ch.Pending, age(ch.LastDeliveredAt, ch.LastPickupAt), oneLine(note, 120))
 			}
 			if len(chans) == 0 {

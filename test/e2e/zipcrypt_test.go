@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,8 +46,9 @@ func encryptedZip(t *testing.T, dir string, h exchange.Header, password string) 
 // TestPasswordProtectedZip: 1C's archive password. A head office (CO) and
 // two offices, each office's password on its own node: CO's zip to SHOP1,
 // encrypted with SHOP1's password, and SHOP1's reply are read with it and
-// delivered byte-identical; a zip with a password nobody configured, and one
-// between nodes without any, become dead letters that say so.
+// delivered byte-identical; a zip with a password nobody configured becomes
+// a dead letter that says so; zips between nodes without any password are
+// routed by their file names (DESIGN §2).
 func TestPasswordProtectedZip(t *testing.T) {
 	t.Setenv("RELAY_E2E_ZIP_CO", "head-office-secret")
 	t.Setenv("RELAY_E2E_ZIP_SHOP1", "shop1-secret")
@@ -81,22 +83,34 @@ func TestPasswordProtectedZip(t *testing.T) {
 	}
 
 	// SHOP2 and SHOP3 have no password: SHOP2's zip to SHOP1 is tried
-	// with SHOP1's, which is not the one it was written with; its zip to
-	// SHOP3 has none to try.
-	for i, c := range []struct {
-		from, to, password, reason string
-	}{
-		{"SHOP2", "SHOP1", "guess", "wrong zip password"},
-		{"SHOP2", "SHOP3", "guess", "zip_password_env"},
-	} {
-		encryptedZip(t, s.out(c.from), header(c.from, c.to, 4, 0), c.password)
-		waitFor(t, 20*time.Second, c.from+"→"+c.to+" dead-lettered", func() bool {
-			ls, err := cl.DeadLetters(context.Background())
-			return err == nil && len(ls) == i+1
+	// with SHOP1's, which is not the one it was written with: a dead letter.
+	encryptedZip(t, s.out("SHOP2"), header("SHOP2", "SHOP1", 4, 0), "guess")
+	waitFor(t, 20*time.Second, "SHOP2→SHOP1 dead-lettered", func() bool {
+		ls, err := cl.DeadLetters(context.Background())
+		return err == nil && len(ls) == 1
+	})
+	ls, _ := cl.DeadLetters(context.Background())
+	if !strings.Contains(ls[0].Reason, "wrong zip password") || ls[0].Object == "" {
+		t.Fatalf("SHOP2→SHOP1: dead letter %+v, want a reason that says \"wrong zip password\" and the bytes kept", ls[0])
+	}
+
+	// Its zips to SHOP3 have no password to try: they are routed by their
+	// file name, no header read, in the order they were written (written
+	// one after the other, each once the last is taken, as 1C does).
+	dst := filepath.Join(s.in("SHOP3"), "Message_SHOP2_SHOP3.zip")
+	for no := uint64(5); no <= 7; no++ {
+		src := encryptedZip(t, s.out("SHOP2"), header("SHOP2", "SHOP3", no, 0), "shop2-to-shop3")
+		want := sha(t, src)
+		waitFor(t, 20*time.Second, fmt.Sprintf("SHOP2→SHOP3 No %d routed by name and delivered", no), func() bool {
+			_, err := os.Stat(dst)
+			return err == nil && sha(t, dst) == want
 		})
-		ls, _ := cl.DeadLetters(context.Background())
-		if !strings.Contains(ls[i].Reason, c.reason) || ls[i].Object == "" {
-			t.Fatalf("%s→%s: dead letter %+v, want a reason that says %q and the bytes kept", c.from, c.to, ls[i], c.reason)
-		}
+	}
+	c := channel(t, s, "SHOP2", "SHOP3")
+	if c.Plan != "" || c.Resolved != 3 || c.Pending != 0 || c.DeliveredNo != 0 {
+		t.Fatalf("SHOP2→SHOP3 by name: %+v, want no plan, no numbers, 3 resolved", c)
+	}
+	if ls, _ := cl.DeadLetters(context.Background()); len(ls) != 1 {
+		t.Fatalf("dead letters: %+v, want only SHOP2→SHOP1's", ls)
 	}
 }

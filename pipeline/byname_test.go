@@ -1,0 +1,129 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
+)
+
+// tagDelivery records the "tag" metadata of the messages it takes, in
+// order, and fails the attempts fail says to.
+type tagDelivery struct {
+	mu    sync.Mutex
+	got   []string
+	tries map[string]int
+	fail  func(tag string, attempt int) error
+}
+
+func (d *tagDelivery) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		tag := m.Metadata.Get("tag")
+		d.mu.Lock()
+		if d.tries == nil {
+			d.tries = map[string]int{}
+		}
+		d.tries[tag]++
+		attempt := d.tries[tag]
+		d.mu.Unlock()
+		if d.fail != nil {
+			if err := d.fail(tag, attempt); err != nil {
+				return err
+			}
+		}
+		d.mu.Lock()
+		d.got = append(d.got, tag)
+		d.mu.Unlock()
+	}
+	return nil
+}
+
+func (d *tagDelivery) Close() error { return nil }
+
+func (d *tagDelivery) delivered() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.got)
+}
+
+// queueByName puts a record of a message routed by its file name (a
+// password-protected zip no password reads) on channel SRC → DST, as
+// ingest would: no plan, no numbers.
+func queueByName(t *testing.T, b *bus.Bus, tag string) {
+	t.Helper()
+	h := exchange.Header{Dialect: exchange.DialectName, From: "SRC", To: "DST"}
+	m := message.NewMessage(MessageID(h, "sha-"+tag), nil)
+	exchange.SetHeader(m, h)
+	m.Metadata.Set(exchange.MetaFileName, "Message_SRC_DST.zip")
+	m.Metadata.Set("tag", tag)
+	if _, err := publishRecord(context.Background(), b.JS, bus.Subject("", "SRC", "DST"), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitByName polls the by-name channel SRC → DST until ok or within passes.
+func waitByName(t *testing.T, p *Pipeline, within time.Duration, ok func(Channel) bool) Channel {
+	t.Helper()
+	var c Channel
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var err error
+		if c, err = p.States().Get(context.Background(), "", "SRC", "DST"); err == nil && ok(c) {
+			break
+		}
+	}
+	return c
+}
+
+// Messages routed by name have no MessageNo: their order is the order they
+// were queued in. In latest mode the newest queued one supersedes the
+// others; none is dropped as "the destination has this number".
+func TestByNameLatest(t *testing.T) {
+	b := testBus(t)
+	for _, tag := range []string{"a", "b", "c"} {
+		queueByName(t, b, tag)
+	}
+	d := &tagDelivery{}
+	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	c := waitByName(t, p, 15*time.Second, func(c Channel) bool { return c.Resolved == 3 })
+	if got := d.delivered(); !slices.Equal(got, []string{"c"}) || c.Superseded != 2 || c.NameSeq == 0 {
+		t.Fatalf("delivered %v, want [c]; state %+v", got, c)
+	}
+	// A message queued later still goes: it is newer than all resolved.
+	queueByName(t, b, "d")
+	c = waitByName(t, p, 15*time.Second, func(c Channel) bool { return c.Resolved == 4 })
+	if got := d.delivered(); !slices.Equal(got, []string{"c", "d"}) {
+		t.Fatalf("delivered %v, want [c d]; state %+v", got, c)
+	}
+}
+
+// In sequential mode every message routed by name is delivered, in the
+// order it was queued: one that fails holds the ones queued after it, and
+// an older one never lands over a newer one.
+func TestByNameSequential(t *testing.T) {
+	b := testBus(t)
+	for _, tag := range []string{"a", "b", "c"} {
+		queueByName(t, b, tag)
+	}
+	d := &tagDelivery{fail: func(tag string, attempt int) error {
+		if tag == "a" && attempt == 1 {
+			return errors.New("destination busy")
+		}
+		return nil
+	}}
+	p := runSequential(t, b, d)
+	c := waitByName(t, p, 20*time.Second, func(c Channel) bool { return c.Resolved == 3 })
+	if got := d.delivered(); !slices.Equal(got, []string{"a", "b", "c"}) || c.Stale+c.Superseded+c.Duplicates != 0 {
+		t.Fatalf("delivered %v, want [a b c]; state %+v", got, c)
+	}
+}
