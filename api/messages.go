@@ -76,7 +76,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		format := exchange.FormatXML
-		if extOf(f) == ".zip" {
+		if f.Ext() == ".zip" {
 			format = exchange.FormatZip
 		}
 		name = exchange.FileName(h.From, h.To, format)
@@ -149,15 +149,6 @@ func pushedFile(r *http.Request) (string, io.Reader, error) {
 		return "", nil, fmt.Errorf("file name %q: no folders", name)
 	}
 	return name, r.Body, nil
-}
-
-// extOf says .zip or .xml by a spooled file's first bytes.
-func extOf(f folder.Fetched) string {
-	var b [4]byte
-	if n, _ := f.File.ReadAt(b[:], 0); n == 4 && exchange.IsZip(b[:]) {
-		return ".zip"
-	}
-	return ".xml"
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -281,7 +281,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				log.Warn(msg)
 				return hold()
 			}
-		} else if h.MessageNo <= st.DeliveredNo {
+		} else if !byName(h) && h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
 			l.m.dropped.WithLabelValues(node, dropReason(dup)).Inc()

@@ -38,6 +38,17 @@ type Fetched struct {
 	Release func()
 }
 
+// Ext is the extension a spooled file's content calls for, ".zip" or
+// ".xml", for a file that came without a name (a mail subject without its
+// extension, a push without a name): the format is told by content.
+func (f Fetched) Ext() string {
+	var b [4]byte
+	if n, _ := f.File.ReadAt(b[:], 0); n == 4 && exchange.IsZip(b[:]) {
+		return ".zip"
+	}
+	return ".xml"
+}
+
 // Source is a folder the pickup reads: local disk or an FTP server.
 type Source interface {
 	// List returns the regular files directly in the folder.

@@ -481,7 +481,7 @@ func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate,
 	case !isMessageName(name):
 		// Older 1C subjects carry the name without its extension and an
 		// attachment with another name: the content decides.
-		name += extOf(spooled.File)
+		name += spooled.Ext()
 	}
 	return p.emit(ctx, c, log, []imap.UID{m.uid}, name, m.sha, spooled, problem, out)
 }
@@ -666,7 +666,7 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 	delete(p.transfers, t.id)
 	name := t.file
 	if !isMessageName(name) {
-		name += extOf(spooled.File)
+		name += spooled.Ext()
 	}
 	log.Debug("parts joined", "bytes", spooled.Size)
 	return p.emit(ctx, c, log, uids, name, t.sha, spooled, problem, out)
@@ -875,15 +875,6 @@ func withExt(name string) string {
 func isMessageName(name string) bool {
 	_, err := exchange.ParseName(name)
 	return err == nil
-}
-
-// extOf says .zip or .xml by the spooled content's first bytes.
-func extOf(f *os.File) string {
-	var b [4]byte
-	if n, _ := f.ReadAt(b[:], 0); n == 4 && string(b[:]) == "PK\x03\x04" {
-		return ".zip"
-	}
-	return ".xml"
 }
 
 // dialIMAP opens an authenticated session: connect, TLS (implicit or
