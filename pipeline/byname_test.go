@@ -68,22 +68,10 @@ func queueByName(t *testing.T, b *bus.Bus, tag string) {
 	}
 }
 
-// waitByName polls the by-name channel SRC → DST until ok or within passes.
-func waitByName(t *testing.T, p *Pipeline, within time.Duration, ok func(Channel) bool) Channel {
-	t.Helper()
-	var c Channel
-	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		var err error
-		if c, err = p.States().Get(context.Background(), "", "SRC", "DST"); err == nil && ok(c) {
-			break
-		}
-	}
-	return c
-}
-
 // Messages routed by name have no MessageNo: their order is the order they
 // were queued in. In latest mode the newest queued one supersedes the
-// others; none is dropped as "the destination has this number".
+// others, and one of them coming up after it is stale; none is dropped as
+// "the destination has this number".
 func TestByNameLatest(t *testing.T) {
 	b := testBus(t)
 	for _, tag := range []string{"a", "b", "c"} {
@@ -95,13 +83,15 @@ nodes:
   SRC: { deliver: { dir: ./src } }
   DST: { deliver: { dir: ./dst } }
 `, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
-	c := waitByName(t, p, 15*time.Second, func(c Channel) bool { return c.Resolved == 3 })
-	if got := d.delivered(); !slices.Equal(got, []string{"c"}) || c.Superseded != 2 || c.NameSeq == 0 {
+	c := waitChannel(t, p, "", 15*time.Second, func(c Channel) bool { return c.Resolved == 3 })
+	// a and b are superseded if they come up before c, stale if after (the
+	// node's two workers take them side by side).
+	if got := d.delivered(); !slices.Equal(got, []string{"c"}) || c.Superseded+c.Stale != 2 || c.NameSeq == 0 {
 		t.Fatalf("delivered %v, want [c]; state %+v", got, c)
 	}
 	// A message queued later still goes: it is newer than all resolved.
 	queueByName(t, b, "d")
-	c = waitByName(t, p, 15*time.Second, func(c Channel) bool { return c.Resolved == 4 })
+	c = waitChannel(t, p, "", 15*time.Second, func(c Channel) bool { return c.Resolved == 4 })
 	if got := d.delivered(); !slices.Equal(got, []string{"c", "d"}) {
 		t.Fatalf("delivered %v, want [c d]; state %+v", got, c)
 	}
@@ -122,7 +112,7 @@ func TestByNameSequential(t *testing.T) {
 		return nil
 	}}
 	p := runSequential(t, b, d)
-	c := waitByName(t, p, 20*time.Second, func(c Channel) bool { return c.Resolved == 3 })
+	c := waitChannel(t, p, "", 20*time.Second, func(c Channel) bool { return c.Resolved == 3 })
 	if got := d.delivered(); !slices.Equal(got, []string{"a", "b", "c"}) || c.Stale+c.Superseded+c.Duplicates != 0 {
 		t.Fatalf("delivered %v, want [a b c]; state %+v", got, c)
 	}

@@ -127,7 +127,7 @@ func TestSequentialFirstMessageNotOvertaken(t *testing.T) {
 	queueRecord(t, b, "SRC", "DST", 2)
 	p := runSequential(t, b, d)
 
-	c := waitChannel(t, p, 20*time.Second, func(c Channel) bool { return c.Resolved >= 2 && c.DeliveredNo == 2 })
+	c := waitChannel(t, p, "P", 20*time.Second, func(c Channel) bool { return c.Resolved >= 2 && c.DeliveredNo == 2 })
 	got := d.delivered()
 	if len(got) != 2 || got[0] != 1 || got[1] != 2 {
 		t.Fatalf("sequential channel delivered %v, want [1 2]; state %+v", got, c)
@@ -145,14 +145,14 @@ nodes:
 `, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
 }
 
-// waitChannel polls the state of channel P: SRC → DST until ok or within
+// waitChannel polls the state of channel plan: SRC → DST until ok or within
 // has passed, and returns the last state read.
-func waitChannel(t *testing.T, p *Pipeline, within time.Duration, ok func(Channel) bool) Channel {
+func waitChannel(t *testing.T, p *Pipeline, plan string, within time.Duration, ok func(Channel) bool) Channel {
 	t.Helper()
 	var c Channel
 	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		var err error
-		if c, err = p.States().Get(context.Background(), "P", "SRC", "DST"); err == nil && ok(c) {
+		if c, err = p.States().Get(context.Background(), plan, "SRC", "DST"); err == nil && ok(c) {
 			break
 		}
 	}
@@ -375,7 +375,7 @@ func TestHeldThenFailedRetriedSoon(t *testing.T) {
 	queueRecord(t, b, "SRC", "DST", 1)
 	p := runSequential(t, b, d)
 
-	waitChannel(t, p, 30*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 })
+	waitChannel(t, p, "P", 30*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 })
 	mu.Lock()
 	defer mu.Unlock()
 	if retriedAt.IsZero() {
@@ -404,7 +404,7 @@ func TestSequentialStaleMovesChannelOn(t *testing.T) {
 	}
 	p := runSequential(t, b, d)
 
-	c := waitChannel(t, p, 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 11 })
+	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 11 })
 	if got := d.delivered(); len(got) != 1 || got[0] != 11 || c.Stale != 2 || c.Resolved != 3 {
 		t.Fatalf("delivered %v, want [11]; state: delivered No %d, stale %d, resolved %d, error %q", got, c.DeliveredNo, c.Stale, c.Resolved, c.LastError)
 	}
