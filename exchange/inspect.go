@@ -85,8 +85,8 @@ func Inspect(r io.ReaderAt, size int64, lim Limits, password string) (Info, erro
 // wrong password mostly fails at the entry's first bytes, so trying costs
 // little; but one in 256 passes ZipCrypto's check byte and fails later (CRC,
 // inflate), so any failure moves on to the next. When none reads it, the
-// error is the first that is not ErrWrongPassword (the zip's own damage, or
-// such a lucky wrong password), else ErrWrongPassword.
+// error is the first that got past the password check (the zip's own
+// damage, or such a lucky wrong password), else the first.
 func InspectWith(r io.ReaderAt, size int64, lim Limits, passwords []string) (Info, error) {
 	if len(passwords) == 0 {
 		return Inspect(r, size, lim, "")
@@ -98,7 +98,7 @@ func InspectWith(r io.ReaderAt, size int64, lim Limits, passwords []string) (Inf
 		if err == nil || info.Format != FormatZip || errors.Is(err, ErrEncrypted) || errors.Is(err, ErrIncomplete) {
 			return info, err // read, or no password can help
 		}
-		if i == 0 || (errors.Is(firstErr, ErrWrongPassword) && !errors.Is(err, ErrWrongPassword)) {
+		if i == 0 || (!pastCheck(firstErr) && pastCheck(err)) {
 			first, firstErr = info, err
 		}
 	}
@@ -123,6 +123,12 @@ func InspectFile(r io.ReaderAt, size int64, lim Limits, n Name, passwords []stri
 		return info, err
 	}
 	return info, nil
+}
+
+// pastCheck says err came after the password check passed: not a wrong
+// password told at once.
+func pastCheck(err error) bool {
+	return !errors.Is(err, ErrWrongPassword) || errors.Is(err, errPassedCheck)
 }
 
 // passwordVariants are the byte strings a password may have been encrypted
@@ -231,11 +237,21 @@ func inspectZip(r io.ReaderAt, size int64, lim Limits, password string, info Inf
 		switch {
 		case errors.Is(err, ErrIncomplete):
 			// The zip is finished, so its XML will never be: broken, not "try later".
-			return info, fmt.Errorf("%w: entry %s: %s", ErrBadZip, quote(name), strings.TrimPrefix(err.Error(), "exchange: "))
+			err = fmt.Errorf("%w: entry %s: %s", ErrBadZip, quote(name), strings.TrimPrefix(err.Error(), "exchange: "))
 		case errors.Is(err, ErrZipBomb) || errors.Is(err, ErrBadZip):
-			return info, err // from entryReader, which names the entry
+			// From entryReader, which names the entry.
+		default:
+			err = fmt.Errorf("zip entry %s: %w", quote(name), err)
 		}
-		return info, fmt.Errorf("zip entry %s: %w", quote(name), err)
+		if c.kind == cryptZip {
+			// ZipCrypto checks a password by one byte: one wrong password
+			// in 256 passes it and decrypts to garbage. A ZipCrypto entry
+			// that does not read is as likely that as damage, and says so
+			// (the next password, if any, is tried on it).
+			info.Header = Header{}
+			err = fmt.Errorf("%w, or the entry is damaged: %s %w but does not read (%w)", ErrWrongPassword, quote(name), errPassedCheck, err)
+		}
+		return info, err
 	}
 	info.SHA256, err = fileSHA256(r, size)
 	return info, err

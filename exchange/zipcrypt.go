@@ -39,6 +39,11 @@ const (
 	flagStrong      = 0x40 // PKWARE strong encryption (APPNOTE 7), which 1C does not write
 )
 
+// errPassedCheck marks a ZipCrypto entry whose password passed the
+// one-byte check but that then did not read: a wrong password as likely as
+// damage.
+var errPassedCheck = errors.New("passed ZipCrypto's one-byte password check")
+
 // crypt is how an entry is encrypted, learnt from its headers before a byte
 // of it is read; the zero value is a plain entry.
 type crypt struct {

@@ -185,7 +185,10 @@ func TestZipCryptoCheckBytePassed(t *testing.T) {
 			for i := 0; i < 4000 && found < 3; i++ {
 				pw := fmt.Sprintf("wrong-%d", i)
 				info, err := inspectPw(z, pw)
-				if errors.Is(err, ErrWrongPassword) {
+				if !errors.Is(err, errPassedCheck) {
+					if !errors.Is(err, ErrWrongPassword) {
+						t.Fatalf("wrong password %q: %v, want ErrWrongPassword", pw, err)
+					}
 					continue
 				}
 				found++
@@ -193,8 +196,8 @@ func TestZipCryptoCheckBytePassed(t *testing.T) {
 				if err == nil || info.Header != (Header{}) {
 					t.Fatalf("wrong password %q: header %+v, error %v", pw, info.Header, err)
 				}
-				if !errors.Is(err, ErrBadZip) && !errors.Is(err, ErrNotXML) {
-					t.Errorf("wrong password %q: %v, want ErrBadZip or ErrNotXML", pw, err)
+				if !errors.Is(err, ErrWrongPassword) || (!errors.Is(err, ErrBadZip) && !errors.Is(err, ErrNotXML)) {
+					t.Errorf("wrong password %q: %v, want ErrWrongPassword with the ErrBadZip or ErrNotXML it ran into", pw, err)
 				}
 				if h, err := readFileHeaderPw(z, pw); err == nil {
 					t.Errorf("ReadFileHeader with wrong password %q = %+v", pw, h)
@@ -635,7 +638,7 @@ func TestInspectWithPasswords(t *testing.T) {
 	z := files["zipcrypto-infozip-deflate.zip"]
 	lucky := ""
 	for i := 0; i < 4000 && lucky == ""; i++ {
-		if pw := fmt.Sprintf("wrong-%d", i); !errors.Is(func() error { _, err := inspectPw(z, pw); return err }(), ErrWrongPassword) {
+		if pw := fmt.Sprintf("wrong-%d", i); errors.Is(func() error { _, err := inspectPw(z, pw); return err }(), errPassedCheck) {
 			lucky = pw
 		}
 	}
@@ -646,7 +649,7 @@ func TestInspectWithPasswords(t *testing.T) {
 		t.Errorf("%q (passes the check byte) then the right one: %+v, %v", lucky, info.Header, err)
 	}
 	info, err := InspectWith(bytes.NewReader(z), int64(len(z)), Limits{}, []string{"guess", lucky})
-	if err == nil || errors.Is(err, ErrWrongPassword) || info.Header != (Header{}) {
+	if !errors.Is(err, errPassedCheck) || !errors.Is(err, ErrWrongPassword) || info.Header != (Header{}) {
 		t.Errorf("a wrong password, then %q (passes the check byte): %+v, %v; want its later failure reported", lucky, info.Header, err)
 	}
 }
