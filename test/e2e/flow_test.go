@@ -146,7 +146,7 @@ func TestLatestNeverGoesBackwards(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "source taken", func() bool { return gone(src) })
-	c := channel(t, s, "ЦО", "ОП")
+	c := channelWhen(t, s, "ЦО", "ОП", func(c api.ChannelView) bool { return c.DeliveredNo == last })
 	if c.DeliveredNo != last {
 		t.Fatalf("delivered_no %d, want %d", c.DeliveredNo, last)
 	}
@@ -196,6 +196,23 @@ func channel(t testing.TB, s *site, from, to string) api.ChannelView {
 	}
 	t.Fatalf("no channel %s→%s in status", from, to)
 	return api.ChannelView{}
+}
+
+// channelWhen waits up to 10 s for the channel from→to to satisfy ok and
+// returns its last view either way. A delivered file appears before the
+// relay records it (the rename comes first, so that a crash in between
+// delivers again rather than loses), so a test that has seen the file must
+// give the record a moment.
+func channelWhen(t testing.TB, s *site, from, to string, ok func(api.ChannelView) bool) api.ChannelView {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c := channel(t, s, from, to)
+		if ok(c) || time.Now().After(deadline) {
+			return c
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // TestLatestSupersedes: while a node's inbox is unavailable, its sender

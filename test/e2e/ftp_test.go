@@ -279,7 +279,7 @@ func TestFTPToFTP(t *testing.T) {
 			if es, _ := os.ReadDir(filepath.Join(srv.Root, "ЦО", "out")); len(es) != 0 {
 				t.Errorf("ЦО/out is not empty: %d entries", len(es))
 			}
-			c := channel(t, s, "ЦО", "ОП")
+			c := channelWhen(t, s, "ЦО", "ОП", func(c api.ChannelView) bool { return c.DeliveredNo == total && c.Pending == 0 })
 			if c.Plan != "Магазины" || c.PickedNo != total || c.DeliveredNo != total || c.Pending != 0 || c.Duplicates+c.Stale+c.Superseded+c.Dead != 0 || c.LastError != "" {
 				t.Errorf("channel ЦО→ОП: %+v", c)
 			}
@@ -387,7 +387,7 @@ func TestFTPAndDir(t *testing.T) {
 				t.Errorf("temp files left in shop1/in: %v", lo)
 			}
 			for _, l := range legs {
-				c := channel(t, s, l.from, l.to)
+				c := channelWhen(t, s, l.from, l.to, func(c api.ChannelView) bool { return c.DeliveredNo == total && c.Pending == 0 })
 				if c.DeliveredNo != total || c.Pending != 0 || c.Dead+c.Duplicates+c.Stale+c.Superseded != 0 {
 					t.Errorf("channel %s→%s: %+v", l.from, l.to, c)
 				}
@@ -530,7 +530,7 @@ func TestFTPSlowWriterNotEarly(t *testing.T) {
 			if ls := fxDead(t, s); len(ls) != 0 {
 				t.Errorf("dead letters: %+v", ls)
 			}
-			c := channel(t, s, "CO", "SHOP1")
+			c := channelWhen(t, s, "CO", "SHOP1", func(c api.ChannelView) bool { return c.DeliveredNo == 7 && c.Pending == 0 })
 			if c.PickedNo != 7 || c.DeliveredNo != 7 || c.Pending != 0 || c.Duplicates+c.Stale+c.Superseded+c.Dead != 0 {
 				t.Errorf("channel CO→SHOP1: %+v", c)
 			}

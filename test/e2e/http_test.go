@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relay1c/relay/api"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/pipeline"
 	"github.com/relay1c/relay/test/realserver"
@@ -104,7 +105,7 @@ func TestHTTPDeliverToNginx(t *testing.T) {
 		if es, err := os.ReadDir(ng.Root(l.dir)); err != nil || len(es) != 0 {
 			t.Errorf("%s holds %d entries (%v), want none left", l.dir, len(es), err)
 		}
-		c := channel(t, s, "ЦО", l.to)
+		c := channelWhen(t, s, "ЦО", l.to, func(c api.ChannelView) bool { return c.DeliveredNo == total && c.Pending == 0 })
 		if c.DeliveredNo != total || c.Pending != 0 || c.Dead+c.Duplicates+c.Stale+c.Superseded != 0 || c.LastError != "" {
 			t.Errorf("channel ЦО→%s: %+v", l.to, c)
 		}

@@ -76,7 +76,7 @@ func TestPasswordProtectedZip(t *testing.T) {
 		if got := sha(t, dst); got != want {
 			t.Fatalf("%s→%s: delivered sha256 %s, want %s", c.from, c.to, got, want)
 		}
-		st := channel(t, s, c.from, c.to)
+		st := channelWhen(t, s, c.from, c.to, func(c api.ChannelView) bool { return c.DeliveredNo == 3 })
 		if st.DeliveredNo != 3 {
 			t.Fatalf("%s→%s: delivered No %d, want 3 (the header read from the encrypted zip)", c.from, c.to, st.DeliveredNo)
 		}
@@ -106,7 +106,7 @@ func TestPasswordProtectedZip(t *testing.T) {
 			return err == nil && sha(t, dst) == want
 		})
 	}
-	c := channel(t, s, "SHOP2", "SHOP3")
+	c := channelWhen(t, s, "SHOP2", "SHOP3", func(c api.ChannelView) bool { return c.Resolved == 3 && c.Pending == 0 })
 	if c.Plan != "" || c.Resolved != 3 || c.Pending != 0 || c.DeliveredNo != 0 {
 		t.Fatalf("SHOP2→SHOP3 by name: %+v, want no plan, no numbers, 3 resolved", c)
 	}
