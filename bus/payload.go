@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/relay1c/relay/exchange"
 )
@@ -47,7 +48,7 @@ func (b *Bus) OpenPayload(ctx context.Context, name string) (io.ReadCloser, erro
 // requests a message costs. The name must identify the content (ingest
 // names a payload by its message and sha256): the chunk is written only if
 // its subject is empty, so a second put of the same name finds its chunk
-// there and rewrites only the meta. Larger payloads go through Put.
+// there and rewrites only the meta. Larger payloads go through putChunks.
 //
 // It returns what it stored: the size and the sha256 (hex) of the bytes it
 // read, which the caller compares with what it expected.
@@ -56,17 +57,8 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	n, err := io.ReadFull(r, buf)
 	switch {
 	case n == len(buf):
-		// Larger than one chunk (or than size said): stream the rest
-		// through Put, in chunks of the largest size.
-		info, err := b.Payloads.Put(ctx, payloadMeta(name, -1), io.MultiReader(bytes.NewReader(buf), r))
-		if err != nil {
-			return 0, "", err
-		}
-		sum, err := jetstream.DecodeObjectDigest(info.Digest)
-		if err != nil {
-			return 0, "", fmt.Errorf("payload %s: digest %q: %w", name, info.Digest, err)
-		}
-		return int64(info.Size), hex.EncodeToString(sum), nil
+		// Larger than one chunk (or than size said): stream the rest.
+		return b.putChunks(ctx, name, io.MultiReader(bytes.NewReader(buf), r))
 	case err != io.EOF && err != io.ErrUnexpectedEOF:
 		return 0, "", err
 	}
@@ -80,19 +72,14 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	var chunk jetstream.PubAckFuture
 	if n > 0 {
 		info.Chunks = 1
-		chunk, err = b.JS.PublishAsync(chunkSubject(nuid), data, jetstream.WithExpectLastSequencePerSubject(0))
+		chunk, err = b.JS.PublishAsync(chunkSubject(nuid), data, jetstream.WithExpectLastSequencePerSubject(0), jetstream.WithStallWait(putAckWait))
 		if err != nil {
 			return 0, "", fmt.Errorf("payload %s: chunk: %w", name, err)
 		}
 	}
-	meta := nats.NewMsg(metaSubject(name))
-	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
-	if meta.Data, err = json.Marshal(info); err != nil {
-		return 0, "", err
-	}
-	f, err := b.JS.PublishMsgAsync(meta)
+	f, err := b.publishMeta(&info)
 	if err != nil {
-		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
+		return 0, "", err
 	}
 	// An answer lost without a reconnect (which fails the futures) would
 	// leave the wait to ctx alone, and the ingest's ctx has no deadline.
@@ -109,6 +96,108 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	return int64(n), hex.EncodeToString(sum[:]), nil
 }
 
+// publishMeta publishes an object's meta, replacing the one before it.
+func (b *Bus) publishMeta(info *jetstream.ObjectInfo) (jetstream.PubAckFuture, error) {
+	meta := nats.NewMsg(metaSubject(info.Name))
+	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	var err error
+	if meta.Data, err = json.Marshal(info); err != nil {
+		return nil, fmt.Errorf("payload %s: meta: %w", info.Name, err)
+	}
+	f, err := b.JS.PublishMsgAsync(meta, jetstream.WithStallWait(putAckWait))
+	if err != nil {
+		return nil, fmt.Errorf("payload %s: meta: %w", info.Name, err)
+	}
+	return f, nil
+}
+
+// putWindow is how many chunks of one payload may await JetStream's answer
+// at once. ObjectStore.Put publishes on a JetStream context of its own that
+// allows 4,000 unanswered publishes: reading a large file faster than the
+// server stores it, it held ~130 MiB of chunks on the way for a 1 GiB
+// message. Eight chunks (1 MiB) keep the server busy and the memory flat.
+const putWindow = 8
+
+// putChunks stores a payload of any size as ObjectStore.Put would (its
+// chunks on a subject of their own, then the meta, and the chunks of the
+// payload it replaces purged), with at most putWindow chunks in flight,
+// each in a buffer of its own that is reused only once it is answered. A
+// failure purges the chunks written so far.
+func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored int64, sha256hex string, err error) {
+	old, err := b.Payloads.GetInfo(ctx, name, jetstream.GetObjectInfoShowDeleted())
+	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return 0, "", fmt.Errorf("payload %s: %w", name, err)
+	}
+	info := jetstream.ObjectInfo{ObjectMeta: payloadMeta(name, -1), Bucket: BucketPayloads, NUID: nuid.Next()}
+	subj := chunkSubject(info.NUID)
+	defer func() {
+		if err != nil {
+			// The chunks written so far are of no use; ctx may be what
+			// ended, so the purge has a short time of its own.
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj))
+		}
+	}()
+	type pending struct {
+		f   jetstream.PubAckFuture
+		buf []byte
+	}
+	var inflight []pending
+	var free [][]byte
+	sum := sha256.New()
+	for {
+		var buf []byte
+		switch {
+		case len(free) > 0:
+			buf, free = free[len(free)-1], free[:len(free)-1]
+		case len(inflight) < putWindow:
+			buf = make([]byte, maxChunk)
+		default:
+			// The window is full: wait for the oldest chunk's answer.
+			// A slow store is fine as long as it moves: the time limit
+			// is for one answer, not for the whole payload.
+			if err := ackedWithin(ctx, inflight[0].f, putAckWait); err != nil {
+				return 0, "", fmt.Errorf("payload %s: chunk %d: %w", name, info.Chunks-uint32(len(inflight))+1, err)
+			}
+			buf, inflight = inflight[0].buf, inflight[1:]
+		}
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			sum.Write(buf[:n])
+			f, err := b.JS.PublishAsync(subj, buf[:n], jetstream.WithStallWait(putAckWait))
+			if err != nil {
+				return 0, "", fmt.Errorf("payload %s: chunk %d: %w", name, info.Chunks+1, err)
+			}
+			inflight = append(inflight, pending{f, buf})
+			info.Chunks++
+			info.Size += uint64(n)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return 0, "", fmt.Errorf("payload %s: read: %w", name, rerr)
+		}
+	}
+	digest := sum.Sum(nil)
+	info.Digest = digestOf(digest)
+	f, err := b.publishMeta(&info)
+	if err != nil {
+		return 0, "", err
+	}
+	for i, p := range append(inflight, pending{f: f}) {
+		if err := ackedWithin(ctx, p.f, putAckWait); err != nil {
+			return 0, "", fmt.Errorf("payload %s: chunk %d of the last %d: %w", name, i+1, len(inflight)+1, err)
+		}
+	}
+	if old != nil && old.NUID != info.NUID {
+		// The payload it replaces: its chunks are unreachable now.
+		_ = b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(old.NUID)))
+	}
+	return int64(info.Size), hex.EncodeToString(digest), nil
+}
+
 // putAckWait bounds the wait for JetStream's answers to a payload's writes.
 const putAckWait = 30 * time.Second
 
@@ -121,6 +210,22 @@ func acked(ctx context.Context, f jetstream.PubAckFuture) error {
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// ackedWithin is acked with a time limit of its own.
+func ackedWithin(ctx context.Context, f jetstream.PubAckFuture, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("no answer from JetStream within %s", d)
 	}
 }
 

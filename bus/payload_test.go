@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -72,6 +73,10 @@ func TestPutPayload(t *testing.T) {
 	ctx := context.Background()
 	small := bytes.Repeat([]byte("<v8msg/>"), 1000)
 	big := bytes.Repeat([]byte("0123456789abcdef"), 20_000) // 320,000 bytes: three chunks
+	many := make([]byte, (2*putWindow+3)*maxChunk+17)       // a short last chunk
+	for i := range many {
+		many[i] = byte(i*7 + i/maxChunk)
+	}
 
 	cases := []struct {
 		name string
@@ -83,6 +88,8 @@ func TestPutPayload(t *testing.T) {
 		{"empty", nil, 0},
 		{"one chunk exactly", big[:maxChunk], maxChunk},
 		{"big", big, int64(len(big))},
+		{"more chunks than the window", many, int64(len(many))},
+		{"more chunks than the window, size unknown", many, -1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -137,6 +144,44 @@ func TestPutPayload(t *testing.T) {
 		}
 		if _, err := b.Payloads.GetInfo(ctx, "by put", jetstream.GetObjectInfoShowDeleted()); !errors.Is(err, jetstream.ErrObjectNotFound) {
 			t.Fatalf("after delete: %v, want not found", err)
+		}
+	})
+
+	t.Run("a large payload put again replaces its chunks", func(t *testing.T) {
+		if _, _, err := b.PutPayload(ctx, "again", int64(len(many)), bytes.NewReader(many)); err != nil {
+			t.Fatal(err)
+		}
+		first, err := b.Payloads.GetInfo(ctx, "again")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := b.PutPayload(ctx, "again", int64(len(many)), bytes.NewReader(many)); err != nil {
+			t.Fatal(err)
+		}
+		second, err := b.Payloads.GetInfo(ctx, "again")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBoth(t, b, "again", many)
+		if n := subjectMsgs(t, b, chunkSubject(first.NUID)); n != 0 {
+			t.Fatalf("%d chunks of the replaced payload left", n)
+		}
+		if n := subjectMsgs(t, b, chunkSubject(second.NUID)); n != uint64(second.Chunks) || n != uint64(len(many)/maxChunk+1) {
+			t.Fatalf("%d chunks stored, meta says %d", n, second.Chunks)
+		}
+		if err := b.DeletePayload(ctx, "again"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a large payload whose reader fails leaves nothing", func(t *testing.T) {
+		r := io.MultiReader(bytes.NewReader(many[:3*putWindow*maxChunk/2]), iotest.ErrReader(errors.New("disk gone")))
+		_, _, err := b.PutPayload(ctx, "broken", int64(len(many)), r)
+		if err == nil || !strings.Contains(err.Error(), "disk gone") || !strings.Contains(err.Error(), "broken") {
+			t.Fatalf("put from a failing reader: %v", err)
+		}
+		if _, err := b.Payloads.GetInfo(ctx, "broken"); !errors.Is(err, jetstream.ErrObjectNotFound) {
+			t.Fatalf("after a failed put: %v, want not found", err)
 		}
 	})
 

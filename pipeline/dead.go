@@ -138,14 +138,13 @@ func (d *Dead) Drop(ctx context.Context, seq uint64) error {
 
 // storeDeadPayload keeps a refused file's bytes so the operator can retry it.
 func storeDeadPayload(ctx context.Context, b *bus.Bus, name string, r io.Reader, limit int64) (int64, string, error) {
-	lr := &io.LimitedReader{R: r, N: limit + 1}
-	h := newHashReader(lr)
-	if _, err := b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: name}, h); err != nil {
-		return 0, "", fmt.Errorf("store dead payload %s: %w", name, err)
+	n, sum, err := b.PutPayload(ctx, name, -1, io.LimitReader(r, limit+1))
+	if err != nil {
+		return n, "", fmt.Errorf("store dead payload %s: %w", name, err)
 	}
-	if lr.N <= 0 {
+	if n > limit {
 		_ = b.DeletePayload(ctx, name)
-		return h.n, "", fmt.Errorf("store dead payload %s: larger than %d bytes", name, limit)
+		return n, "", fmt.Errorf("store dead payload %s: larger than %d bytes", name, limit)
 	}
-	return h.n, h.sum(), nil
+	return n, sum, nil
 }

@@ -9,7 +9,6 @@ import (
 	"strconv"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
@@ -45,7 +44,7 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 		return "", fmt.Errorf("dead letter %d: still cannot be routed: %s", seq, reason)
 	}
 	if obj != l.Object {
-		if err := p.copyObject(ctx, l.Object, obj); err != nil {
+		if err := p.copyObject(ctx, l.Object, obj, size, sha); err != nil {
 			return "", err
 		}
 	}
@@ -119,15 +118,21 @@ func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter, name exchange.Na
 	return exchange.InspectFile(f, n, p.opts.Limits, name, p.cfg.ZipPasswords(name.From, name.To))
 }
 
-// copyObject copies a payload to a new name within the object store.
-func (p *Pipeline) copyObject(ctx context.Context, from, to string) error {
+// copyObject copies a payload of size bytes and sha256 sha (hex) to a new
+// name within the object store.
+func (p *Pipeline) copyObject(ctx context.Context, from, to string, size int64, sha string) error {
 	r, err := p.b.OpenPayload(ctx, from)
 	if err != nil {
 		return fmt.Errorf("payload %s: %w", from, err)
 	}
 	defer r.Close()
-	if _, err := p.b.Payloads.Put(ctx, jetstream.ObjectMeta{Name: to}, r); err != nil {
+	n, got, err := p.b.PutPayload(ctx, to, size, r)
+	if err != nil {
 		return fmt.Errorf("payload %s: %w", to, err)
+	}
+	if n != size || got != sha {
+		_ = p.b.DeletePayload(ctx, to)
+		return fmt.Errorf("payload %s: copied %d bytes with sha256 %s, want %d, %s", to, n, got, size, sha)
 	}
 	return nil
 }
