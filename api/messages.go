@@ -182,11 +182,14 @@ func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Relay-Message-Id", o.ID)
 	hd.Set("Relay-Lease-Until", o.LeaseUntil.UTC().Format(time.RFC3339))
 	hd.Set("X-Relay-File", exchange.EncodeHeaderValue(o.Name))
-	hd.Set("X-Relay-Plan", exchange.EncodeHeaderValue(o.Header.ExchangePlan))
 	hd.Set("X-Relay-From", exchange.EncodeHeaderValue(o.Header.From))
 	hd.Set("X-Relay-To", exchange.EncodeHeaderValue(o.Header.To))
-	hd.Set("X-Relay-Message-No", strconv.FormatUint(o.Header.MessageNo, 10))
-	hd.Set("X-Relay-Received-No", strconv.FormatUint(o.Header.ReceivedNo, 10))
+	if !o.Header.ByName() {
+		// Routed by its file name: no plan or numbers to tell.
+		hd.Set("X-Relay-Plan", exchange.EncodeHeaderValue(o.Header.ExchangePlan))
+		hd.Set("X-Relay-Message-No", strconv.FormatUint(o.Header.MessageNo, 10))
+		hd.Set("X-Relay-Received-No", strconv.FormatUint(o.Header.ReceivedNo, 10))
+	}
 	hd.Set("X-Relay-Sha256", o.SHA256)
 	w.WriteHeader(http.StatusOK)
 	if _, err := io.Copy(w, body); err != nil {

@@ -179,6 +179,10 @@ func FileName(from, to string, f Format) string {
 	return namePrefix + from + "_" + to + "." + string(f)
 }
 
+// ByName says the header was taken from a file name (DialectName): it has
+// no plan and no numbers, so nothing downstream may show or compare them.
+func (h Header) ByName() bool { return h.Dialect == DialectName }
+
 // Sealed is the header of a message routed by this file name alone.
 func (n Name) Sealed() Header { return Header{Dialect: DialectName, From: n.From, To: n.To} }
 

@@ -258,10 +258,10 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		// A message routed by its file name has no number: its place in
 		// the channel is its place in the stream.
 		var seq uint64
-		if byName(h) {
+		if h.ByName() {
 			seq = streamSeq(in, m)
 		}
-		if byName(h) && seq > 0 {
+		if h.ByName() && seq > 0 {
 			switch o, err := l.nameOrder(ctx, h, n.Mode, seq, st.NameSeq); {
 			case err != nil:
 				return err
@@ -281,7 +281,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				log.Warn(msg)
 				return hold()
 			}
-		} else if !byName(h) && h.MessageNo <= st.DeliveredNo {
+		} else if !h.ByName() && h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
 			l.m.dropped.WithLabelValues(node, dropReason(dup)).Inc()
@@ -295,7 +295,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			})
 		}
 		switch {
-		case byName(h):
+		case h.ByName():
 			// Ordered above.
 		case n.Mode == config.ModeLatest:
 			if last, ok := l.lastNo(ctx, h); ok && last > h.MessageNo {
@@ -435,11 +435,6 @@ func (l *lane) lastNo(ctx context.Context, h exchange.Header) (uint64, bool) {
 	n, err := strconv.ParseUint(raw.Header.Get(exchange.MetaMessageNo), 10, 64)
 	return n, err == nil
 }
-
-// byName says h was taken from a file name (a password-protected zip no
-// password reads): it has no plan or numbers, and its channel is ordered by
-// the stream.
-func byName(h exchange.Header) bool { return h.Dialect == exchange.DialectName }
 
 // order is where a message routed by name stands in its channel.
 type order int

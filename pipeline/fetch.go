@@ -226,7 +226,7 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 		if err != nil {
 			return err
 		}
-		if !byName(h) && h.MessageNo <= st.DeliveredNo {
+		if !h.ByName() && h.MessageNo <= st.DeliveredNo {
 			f.log.Info("fetched again after its delivery; nothing to do", "message_id", id, "channel", channelName(h), "message_no", h.MessageNo)
 			return msg.DoubleAck(ctx)
 		}

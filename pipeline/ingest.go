@@ -55,7 +55,7 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		if err != nil {
 			return err
 		}
-		if !byName(h) && h.MessageNo <= st.DeliveredNo {
+		if !h.ByName() && h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
 			_, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 				if dup {

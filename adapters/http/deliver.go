@@ -239,11 +239,15 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 	h.Set("Content-Type", contentType(d.Name))
 	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": d.Name}))
 	h.Set(HeaderIdempotencyKey, id)
-	h.Set(HeaderPlan, exchange.EncodeHeaderValue(d.Header.ExchangePlan))
 	h.Set(HeaderFrom, exchange.EncodeHeaderValue(d.Header.From))
 	h.Set(HeaderTo, exchange.EncodeHeaderValue(d.Header.To))
-	h.Set(HeaderMessageNo, strconv.FormatUint(d.Header.MessageNo, 10))
-	h.Set(HeaderReceivedNo, strconv.FormatUint(d.Header.ReceivedNo, 10))
+	if !d.Header.ByName() {
+		// A message routed by its file name has no plan or numbers to
+		// tell: the headers are left out rather than sent empty or 0.
+		h.Set(HeaderPlan, exchange.EncodeHeaderValue(d.Header.ExchangePlan))
+		h.Set(HeaderMessageNo, strconv.FormatUint(d.Header.MessageNo, 10))
+		h.Set(HeaderReceivedNo, strconv.FormatUint(d.Header.ReceivedNo, 10))
+	}
 	h.Set(HeaderFile, exchange.EncodeHeaderValue(d.Name))
 	if d.SHA256 != "" {
 		h.Set(HeaderSHA256, d.SHA256)

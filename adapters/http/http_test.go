@@ -246,6 +246,34 @@ func TestDeliverPOST(t *testing.T) {
 	}
 }
 
+// TestDeliverByName: a message routed by its file name (a sealed zip) has
+// no plan or numbers; the request says From and To and leaves the rest out.
+func TestDeliverByName(t *testing.T) {
+	rc, srv := serve(t, status(200, "OK"))
+	p := newPub(t, Config{URL: srv.URL + "/in"})
+	name, err := exchange.ParseName("Message_ЦО_ОП.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte("PK\x03\x04 sealed")
+	if err := p.Publish("", newMsg(name.Sealed(), name.String(), body, nil).Message); err != nil {
+		t.Fatal(err)
+	}
+	reqs := rc.requests()
+	if len(reqs) != 1 {
+		t.Fatalf("%d requests, want 1", len(reqs))
+	}
+	r := reqs[0]
+	for _, k := range []string{HeaderPlan, HeaderMessageNo, HeaderReceivedNo} {
+		if v, ok := r.header[k]; ok {
+			t.Errorf("%s: %q, want no such header for a message routed by name", k, v)
+		}
+	}
+	if exchange.DecodeHeaderValue(r.header.Get(HeaderFrom)) != "ЦО" || exchange.DecodeHeaderValue(r.header.Get(HeaderTo)) != "ОП" || !bytes.Equal(r.body, body) {
+		t.Errorf("From %q, To %q, body of %d bytes", r.header.Get(HeaderFrom), r.header.Get(HeaderTo), len(r.body))
+	}
+}
+
 // TestDeliverPUT: with PUT the file name is appended to the URL's path,
 // URL-escaped, with or without a trailing slash.
 func TestDeliverPUT(t *testing.T) {

@@ -285,11 +285,14 @@ func (p *Publisher) write(w io.Writer, out outgoing, pt part, r io.Reader, attac
 	if err := h.GenerateMessageIDWithHostname(p.cfg.Helo); err != nil {
 		return err
 	}
-	h.SetText(HeaderPlan, out.h.ExchangePlan)
 	h.SetText(HeaderFrom, out.h.From)
 	h.SetText(HeaderTo, out.h.To)
-	h.Set(HeaderMessageNo, strconv.FormatUint(out.h.MessageNo, 10))
-	h.Set(HeaderReceivedNo, strconv.FormatUint(out.h.ReceivedNo, 10))
+	if !out.h.ByName() {
+		// Routed by its file name: no plan or numbers to tell.
+		h.SetText(HeaderPlan, out.h.ExchangePlan)
+		h.Set(HeaderMessageNo, strconv.FormatUint(out.h.MessageNo, 10))
+		h.Set(HeaderReceivedNo, strconv.FormatUint(out.h.ReceivedNo, 10))
+	}
 	h.SetText(HeaderFile, out.name)
 	h.Set(HeaderSize, strconv.FormatInt(out.size, 10))
 	h.Set(HeaderSHA256, out.sha)

@@ -539,6 +539,34 @@ func TestSMTPDeliverStartTLS(t *testing.T) {
 	}
 }
 
+// TestSMTPDeliverByName: a message routed by its file name (a sealed zip)
+// has no plan or numbers; the mail says From and To and leaves the rest out.
+func TestSMTPDeliverByName(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), ""))
+	name, err := exchange.ParseName("Message_ЦО_ОП.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte("PK\x03\x04 sealed")
+	if err := publish(p, outMsgAs(nil, name.Sealed(), name.String(), body)); err != nil {
+		t.Fatal(err)
+	}
+	got := srv.accepted()
+	if len(got) != 1 {
+		t.Fatalf("%d mails, want 1", len(got))
+	}
+	pm := parseMail(t, got[0].raw)
+	for _, k := range []string{HeaderPlan, HeaderMessageNo, HeaderReceivedNo} {
+		if pm.h.Has(k) {
+			t.Errorf("%s: %q, want no such header for a message routed by name", k, pm.h.Get(k))
+		}
+	}
+	if pm.text1(t, HeaderFrom) != "ЦО" || pm.text1(t, HeaderTo) != "ОП" || !bytes.Equal(pm.attach, body) {
+		t.Errorf("From %q, To %q, attachment of %d bytes", pm.text1(t, HeaderFrom), pm.text1(t, HeaderTo), len(pm.attach))
+	}
+}
+
 // TestSMTPDeliverImplicitTLS: smtps:// talks TLS from the first byte.
 func TestSMTPDeliverImplicitTLS(t *testing.T) {
 	srv := startSMTP(t, implicitSMTP, 0)
