@@ -112,32 +112,45 @@ func inspectCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			info, err := exchange.InspectWith(f, fi.Size(), exchange.DefaultLimits(), passwords)
+			// As a pickup reads it: a password-protected zip that no
+			// password reads is routed by its file name when that parses.
+			n, nameErr := exchange.ParseName(fi.Name())
+			var info exchange.Info
+			if nameErr == nil {
+				info, err = exchange.InspectFile(f, fi.Size(), exchange.DefaultLimits(), n, passwords)
+			} else {
+				info, err = exchange.InspectWith(f, fi.Size(), exchange.DefaultLimits(), passwords)
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			nameNote := "ok"
-			if n, err := exchange.ParseName(fi.Name()); err != nil {
-				nameNote = err.Error()
+			if nameErr != nil {
+				nameNote = nameErr.Error()
 			} else if err := n.Check(info.Header); err != nil {
 				nameNote = err.Error()
 			}
 			h := info.Header
-			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
-			fmt.Fprintf(w, "file\t%s\n", args[0])
-			fmt.Fprintf(w, "name\t%s\n", nameNote)
-			fmt.Fprintf(w, "format\t%s\n", info.Format)
-			if info.Entry != "" {
-				fmt.Fprintf(w, "entry\t%s\n", info.Entry)
+			rows := [][2]string{{"file", args[0]}, {"name", nameNote}}
+			if h.ByName() {
+				rows = append(rows,
+					[2]string{"format", string(info.Format) + " (password-protected; the zip itself is complete)"},
+					[2]string{"dialect", string(h.Dialect) + ": routed by its file name where neither node has a zip password; --zip-password-env reads the header"},
+					[2]string{"from", h.From}, [2]string{"to", h.To})
+			} else {
+				rows = append(rows, [2]string{"format", string(info.Format)})
+				if info.Entry != "" {
+					rows = append(rows, [2]string{"entry", info.Entry})
+				}
+				rows = append(rows, [2]string{"dialect", string(h.Dialect)}, [2]string{"plan", h.ExchangePlan},
+					[2]string{"from", h.From}, [2]string{"to", h.To},
+					[2]string{"message_no", strconv.FormatUint(h.MessageNo, 10)}, [2]string{"received_no", strconv.FormatUint(h.ReceivedNo, 10)})
 			}
-			fmt.Fprintf(w, "dialect\t%s\n", h.Dialect)
-			fmt.Fprintf(w, "plan\t%s\n", h.ExchangePlan)
-			fmt.Fprintf(w, "from\t%s\n", h.From)
-			fmt.Fprintf(w, "to\t%s\n", h.To)
-			fmt.Fprintf(w, "message_no\t%d\n", h.MessageNo)
-			fmt.Fprintf(w, "received_no\t%d\n", h.ReceivedNo)
-			fmt.Fprintf(w, "size\t%d\n", info.Size)
-			fmt.Fprintf(w, "sha256\t%s\n", info.SHA256)
+			rows = append(rows, [2]string{"size", strconv.FormatInt(info.Size, 10)}, [2]string{"sha256", info.SHA256})
+			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
+			for _, r := range rows {
+				fmt.Fprintf(w, "%s\t%s\n", r[0], r[1])
+			}
 			return w.Flush()
 		},
 	}

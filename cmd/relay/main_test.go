@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -96,6 +97,39 @@ func TestInspectPasswordZip(t *testing.T) {
 				t.Errorf("%s %v: err %v, want one line saying %q", fixture, args, err, c.want)
 			}
 		}
+	}
+}
+
+// A password-protected zip under a 1C file name, inspected without a
+// password, is what a pickup routes by that name: inspect shows the sealed
+// zip's sides, size and sha256, no plan or numbers, and succeeds.
+func TestInspectSealedZip(t *testing.T) {
+	src, err := os.ReadFile("../../exchange/testdata/zipcrypt/aes256-7zip-deflate.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "Message_ЦО_ОП.zip")
+	if err := os.WriteFile(path, src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := run(t, "inspect", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"password-protected", "routed by its file name", "from     ЦО", "to       ОП", "size     " + strconv.Itoa(len(src))} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "message_no") || strings.Contains(out, "plan") {
+		t.Errorf("inspect shows numbers a sealed zip does not tell:\n%s", out)
+	}
+	// Cut short, it is not a complete zip: no routing by name.
+	if err := os.WriteFile(path, src[:len(src)-30], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := run(t, "inspect", path); err == nil {
+		t.Error("a truncated sealed zip passed inspect")
 	}
 }
 
