@@ -130,20 +130,33 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 	}
 	info := jetstream.ObjectInfo{ObjectMeta: payloadMeta(name, -1), Bucket: BucketPayloads, NUID: nuid.Next()}
 	subj := chunkSubject(info.NUID)
-	defer func() {
-		if err != nil {
-			// The chunks written so far are of no use; ctx may be what
-			// ended, so the purge has a short time of its own.
-			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj))
-		}
-	}()
 	type pending struct {
 		f   jetstream.PubAckFuture
 		buf []byte
 	}
-	var inflight []pending
+	var inflight []pending // unanswered, oldest first
+	// next waits for the oldest unanswered publish and takes it off the list.
+	next := func(ctx context.Context) (buf []byte, err error) {
+		p := inflight[0]
+		inflight = inflight[1:]
+		// A slow store is fine as long as it moves: the time limit is
+		// for one answer, not for the whole payload.
+		return p.buf, ackedWithin(ctx, p.f, putAckWait)
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		// The chunks written so far are of no use. Those still on their
+		// way would land after a purge: wait for their answers first. ctx
+		// may be what ended, so this has a short time of its own.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		for len(inflight) > 0 && pctx.Err() == nil {
+			_, _ = next(pctx)
+		}
+		_ = b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj))
+	}()
 	var free [][]byte
 	sum := sha256.New()
 	for {
@@ -155,12 +168,10 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 			buf = make([]byte, maxChunk)
 		default:
 			// The window is full: wait for the oldest chunk's answer.
-			// A slow store is fine as long as it moves: the time limit
-			// is for one answer, not for the whole payload.
-			if err := ackedWithin(ctx, inflight[0].f, putAckWait); err != nil {
-				return 0, "", fmt.Errorf("payload %s: chunk %d: %w", name, info.Chunks-uint32(len(inflight))+1, err)
+			n := info.Chunks - uint32(len(inflight)) + 1
+			if buf, err = next(ctx); err != nil {
+				return 0, "", fmt.Errorf("payload %s: chunk %d: %w", name, n, err)
 			}
-			buf, inflight = inflight[0].buf, inflight[1:]
 		}
 		n, rerr := io.ReadFull(r, buf)
 		if n > 0 {
@@ -172,6 +183,8 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 			inflight = append(inflight, pending{f, buf})
 			info.Chunks++
 			info.Size += uint64(n)
+		} else {
+			free = append(free, buf)
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
@@ -186,9 +199,14 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 	if err != nil {
 		return 0, "", err
 	}
-	for i, p := range append(inflight, pending{f: f}) {
-		if err := ackedWithin(ctx, p.f, putAckWait); err != nil {
-			return 0, "", fmt.Errorf("payload %s: chunk %d of the last %d: %w", name, i+1, len(inflight)+1, err)
+	inflight = append(inflight, pending{f: f})
+	for len(inflight) > 0 {
+		left := len(inflight)
+		if _, err = next(ctx); err != nil {
+			if left == 1 {
+				return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
+			}
+			return 0, "", fmt.Errorf("payload %s: chunk %d: %w", name, int(info.Chunks)-left+2, err)
 		}
 	}
 	if old != nil && old.NUID != info.NUID {
