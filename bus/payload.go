@@ -121,8 +121,9 @@ const putWindow = 8
 // putChunks stores a payload of any size as ObjectStore.Put would (its
 // chunks on a subject of their own, then the meta, and the chunks of the
 // payload it replaces purged), with at most putWindow chunks in flight,
-// each in a buffer of its own that is reused only once it is answered. A
-// failure purges the chunks written so far.
+// each in a buffer of its own that is reused only once it is answered. The
+// meta is written once every chunk is stored; a failure before that purges
+// the chunks written so far.
 func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored int64, sha256hex string, err error) {
 	old, err := b.Payloads.GetInfo(ctx, name, jetstream.GetObjectInfoShowDeleted())
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
@@ -157,16 +158,12 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 		}
 		_ = b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj))
 	}()
-	var free [][]byte
 	sum := sha256.New()
 	for {
 		var buf []byte
-		switch {
-		case len(free) > 0:
-			buf, free = free[len(free)-1], free[:len(free)-1]
-		case len(inflight) < putWindow:
+		if len(inflight) < putWindow {
 			buf = make([]byte, maxChunk)
-		default:
+		} else {
 			// The window is full: wait for the oldest chunk's answer.
 			n := info.Chunks - uint32(len(inflight)) + 1
 			if buf, err = next(ctx); err != nil {
@@ -183,8 +180,6 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 			inflight = append(inflight, pending{f, buf})
 			info.Chunks++
 			info.Size += uint64(n)
-		} else {
-			free = append(free, buf)
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
@@ -193,21 +188,22 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 			return 0, "", fmt.Errorf("payload %s: read: %w", name, rerr)
 		}
 	}
+	// Every chunk is stored before the meta names them: a meta over a
+	// missing chunk would be a payload that fails only when read.
+	for len(inflight) > 0 {
+		n := info.Chunks - uint32(len(inflight)) + 1
+		if _, err = next(ctx); err != nil {
+			return 0, "", fmt.Errorf("payload %s: chunk %d: %w", name, n, err)
+		}
+	}
 	digest := sum.Sum(nil)
 	info.Digest = digestOf(digest)
 	f, err := b.publishMeta(&info)
 	if err != nil {
 		return 0, "", err
 	}
-	inflight = append(inflight, pending{f: f})
-	for len(inflight) > 0 {
-		left := len(inflight)
-		if _, err = next(ctx); err != nil {
-			if left == 1 {
-				return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
-			}
-			return 0, "", fmt.Errorf("payload %s: chunk %d: %w", name, int(info.Chunks)-left+2, err)
-		}
+	if err = ackedWithin(ctx, f, putAckWait); err != nil {
+		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
 	}
 	if old != nil && old.NUID != info.NUID {
 		// The payload it replaces: its chunks are unreachable now.
