@@ -677,14 +677,14 @@ func TestFTPServerDownAndBack(t *testing.T) {
 			time.Since(upAt).Round(time.Second), readNo(z), gone(xSrc), readNo(filepath.Join(wIn, ywName)), upNodes["X"], upNodes["W"])
 	}
 	t.Logf("recovered %s after the restart", time.Since(upAt).Round(100*time.Millisecond))
-	c := channel(t, s, "Y", "W")
+	c := channelWhen(t, s, "Y", "W", func(c api.ChannelView) bool { return c.DeliveredNo == ywLast && c.Pending == 0 })
 	if c.DeliveredNo != ywLast || c.Pending != 0 || c.Superseded+c.Dead+c.Stale+c.Duplicates != 0 || c.LastError != "" {
 		t.Errorf("Y→W after the restart: %+v (sequential: every message delivered)", c)
 	}
-	if c := channel(t, s, "X", "Z"); c.DeliveredNo != 2 || c.Pending != 0 || c.Dead != 0 {
+	if c := channelWhen(t, s, "X", "Z", func(c api.ChannelView) bool { return c.DeliveredNo == 2 && c.Pending == 0 }); c.DeliveredNo != 2 || c.Pending != 0 || c.Dead != 0 {
 		t.Errorf("X→Z after the restart: %+v", c)
 	}
-	if c := channel(t, s, "Y", "Z"); c.DeliveredNo != yzLast || c.Pending != 0 || c.Dead+c.Superseded != 0 {
+	if c := channelWhen(t, s, "Y", "Z", func(c api.ChannelView) bool { return c.DeliveredNo == yzLast && c.Pending == 0 }); c.DeliveredNo != yzLast || c.Pending != 0 || c.Dead+c.Superseded != 0 {
 		t.Errorf("Y→Z: %+v, want delivered %d", c, yzLast)
 	}
 	if lo := fxLeftovers(t, wIn); len(lo) > 0 {

@@ -179,7 +179,7 @@ func TestHTTPNginxDownAndBack(t *testing.T) {
 	t.Logf("delivered %s after nginx came back", time.Since(back).Round(100*time.Millisecond))
 	waitFor(t, 10*time.Second, "ОП's delivery error cleared", func() bool { return fxNodes(t, s)["ОП"].DeliverError == "" })
 	for _, m := range msgs {
-		if c := channel(t, s, m.from, "ОП"); c.DeliveredNo != 1 || c.Pending != 0 || c.Dead != 0 {
+		if c := channelWhen(t, s, m.from, "ОП", func(c api.ChannelView) bool { return c.DeliveredNo == 1 && c.Pending == 0 }); c.DeliveredNo != 1 || c.Pending != 0 || c.Dead != 0 {
 			t.Errorf("channel %s→ОП: %+v", m.from, c)
 		}
 	}
