@@ -123,7 +123,10 @@ const putWindow = 8
 // payload it replaces purged), with at most putWindow chunks in flight,
 // each in a buffer of its own that is reused only once it is answered. The
 // meta is written once every chunk is stored; a failure before that purges
-// the chunks written so far.
+// the chunks written so far. A put cut short by a crash cannot purge
+// anything: before its first chunk it leaves a marker (a meta marked
+// deleted, under partialName) that names its chunks, and the next put of
+// the same name (the file taken again after the restart) purges them.
 func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored int64, sha256hex string, err error) {
 	old, err := b.Payloads.GetInfo(ctx, name, jetstream.GetObjectInfoShowDeleted())
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
@@ -131,6 +134,9 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 	}
 	info := jetstream.ObjectInfo{ObjectMeta: payloadMeta(name, -1), Bucket: BucketPayloads, NUID: nuid.Next()}
 	subj := chunkSubject(info.NUID)
+	if err := b.markPartial(ctx, name, info.NUID); err != nil {
+		return 0, "", err
+	}
 	type pending struct {
 		f   jetstream.PubAckFuture
 		buf []byte
@@ -156,7 +162,9 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 		for len(inflight) > 0 && pctx.Err() == nil {
 			_, _ = next(pctx)
 		}
-		_ = b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj))
+		if b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj)) == nil {
+			_ = b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(metaSubject(partialName(name))))
+		}
 	}()
 	sum := sha256.New()
 	for {
@@ -205,6 +213,7 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 	if err = ackedWithin(ctx, f, putAckWait); err != nil {
 		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
 	}
+	_ = b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(partialName(name))))
 	if old != nil && old.NUID != info.NUID {
 		// The payload it replaces: its chunks are unreachable now.
 		_ = b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(old.NUID)))
@@ -225,6 +234,37 @@ func acked(ctx context.Context, f jetstream.PubAckFuture) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// partialName is the name of the marker a put of name leaves while it
+// writes its chunks. Object names are "<plan>/<from>/<to>/<no>/<sha256>" or
+// "dead/<uuid>", so this one is never a payload's.
+func partialName(name string) string { return "partial:" + name }
+
+// markPartial records that the chunks of the payload name are being written
+// on nuid's subject, after purging the chunks of an earlier put of the same
+// name that a crash cut short. The marker is a meta marked deleted: the
+// object store's own reads and listings do not see it.
+func (b *Bus) markPartial(ctx context.Context, name, nuid string) error {
+	marker := partialName(name)
+	prev, err := b.Payloads.GetInfo(ctx, marker, jetstream.GetObjectInfoShowDeleted())
+	switch {
+	case err == nil:
+		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(prev.NUID))); err != nil {
+			return fmt.Errorf("payload %s: purge the chunks of a put cut short: %w", name, err)
+		}
+	case !errors.Is(err, jetstream.ErrObjectNotFound):
+		return fmt.Errorf("payload %s: %w", name, err)
+	}
+	info := jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: marker}, Bucket: BucketPayloads, NUID: nuid, Deleted: true}
+	f, err := b.publishMeta(&info)
+	if err != nil {
+		return err
+	}
+	if err := ackedWithin(ctx, f, putAckWait); err != nil {
+		return fmt.Errorf("payload %s: marker: %w", name, err)
+	}
+	return nil
 }
 
 // ackedWithin is acked with a time limit of its own.

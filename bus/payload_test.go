@@ -248,3 +248,76 @@ func TestPutPayload(t *testing.T) {
 		}
 	})
 }
+
+// cutReader hands out r and, after n bytes, calls cut once.
+type cutReader struct {
+	r   io.Reader
+	n   int64
+	cut func()
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if c.n <= 0 && c.cut != nil {
+		c.cut()
+		c.cut = nil
+	}
+	if int64(len(p)) > c.n && c.n > 0 {
+		p = p[:c.n]
+	}
+	n, err := c.r.Read(p)
+	c.n -= int64(n)
+	return n, err
+}
+
+// TestPutCutShort: a large put whose connection dies half-way (as in a
+// crash: nothing can be purged) leaves chunks behind; the next put of the
+// same name, after a restart, removes them, so the store holds exactly the
+// payload's chunks and its meta.
+func TestPutCutShort(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *Bus {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		b, err := Open(ctx, Settings{DataDir: dir, ID: "test"}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	data := make([]byte, 3*putWindow*maxChunk+5)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	ctx := context.Background()
+
+	b := open()
+	r := &cutReader{r: bytes.NewReader(data), n: int64(2 * putWindow * maxChunk), cut: func() { b.Conn.Close() }}
+	if _, _, err := b.PutPayload(ctx, "cut", int64(len(data)), r); err == nil {
+		t.Fatal("a put over a closed connection succeeded")
+	}
+	b.Close()
+
+	b = open()
+	defer b.Close()
+	info, err := b.payloadStream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs < putWindow {
+		t.Fatalf("%d messages in the store after the cut: the test did not leave a partial put behind", info.State.Msgs)
+	}
+	if _, _, err := b.PutPayload(ctx, "cut", int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	readBoth(t, b, "cut", data)
+	meta, err := b.Payloads.GetInfo(ctx, "cut")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err = b.payloadStream.Info(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if want := uint64(meta.Chunks) + 1; info.State.Msgs != want {
+		t.Fatalf("%d messages in the store, want %d (the payload's chunks and its meta): a partial put was left behind", info.State.Msgs, want)
+	}
+}
