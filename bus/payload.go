@@ -162,7 +162,7 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 		for len(inflight) > 0 && pctx.Err() == nil {
 			_, _ = next(pctx)
 		}
-		if b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj)) == nil {
+		if b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj)) == nil && b.ownsMarker(pctx, name, info.NUID) {
 			_ = b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(metaSubject(partialName(name))))
 		}
 	}()
@@ -204,6 +204,12 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 			return 0, "", fmt.Errorf("payload %s: chunk %d: %w", name, n, err)
 		}
 	}
+	// Another put of the same name (the same bytes: names identify their
+	// content) that began after this one has purged these chunks, taking
+	// them for a crash's leftovers; its meta, not this one's, must stand.
+	if !b.ownsMarker(ctx, name, info.NUID) {
+		return 0, "", fmt.Errorf("payload %s: another put of it took over", name)
+	}
 	digest := sum.Sum(nil)
 	info.Digest = digestOf(digest)
 	f, err := b.publishMeta(&info)
@@ -213,7 +219,9 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 	if err = ackedWithin(ctx, f, putAckWait); err != nil {
 		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
 	}
-	_ = b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(partialName(name))))
+	if b.ownsMarker(ctx, name, info.NUID) {
+		_ = b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(partialName(name))))
+	}
 	if old != nil && old.NUID != info.NUID {
 		// The payload it replaces: its chunks are unreachable now.
 		_ = b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(old.NUID)))
@@ -265,6 +273,12 @@ func (b *Bus) markPartial(ctx context.Context, name, nuid string) error {
 		return fmt.Errorf("payload %s: marker: %w", name, err)
 	}
 	return nil
+}
+
+// ownsMarker says the partial-put marker of name still names nuid's chunks.
+func (b *Bus) ownsMarker(ctx context.Context, name, nuid string) bool {
+	m, err := b.Payloads.GetInfo(ctx, partialName(name), jetstream.GetObjectInfoShowDeleted())
+	return err == nil && m.NUID == nuid
 }
 
 // ackedWithin is acked with a time limit of its own.

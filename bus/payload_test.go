@@ -321,3 +321,45 @@ func TestPutCutShort(t *testing.T) {
 		t.Fatalf("%d messages in the store, want %d (the payload's chunks and its meta): a partial put was left behind", info.State.Msgs, want)
 	}
 }
+
+// TestPutTakenOver: two puts of one payload at once (a pickup lease moved
+// while the first was still storing). The second purges the first's chunks
+// as a crash's leftovers; the first then gives up instead of writing a meta
+// over chunks that are gone, and the payload reads whole, with nothing
+// else left in the store.
+func TestPutTakenOver(t *testing.T) {
+	b := openEmbedded(t)
+	ctx := context.Background()
+	data := make([]byte, 3*putWindow*maxChunk+5)
+	for i := range data {
+		data[i] = byte(i * 31)
+	}
+	half := make(chan struct{})
+	resume := make(chan struct{})
+	r := &cutReader{r: bytes.NewReader(data), n: int64(2 * putWindow * maxChunk), cut: func() { close(half); <-resume }}
+	first := make(chan error, 1)
+	go func() {
+		_, _, err := b.PutPayload(ctx, "twice at once", int64(len(data)), r)
+		first <- err
+	}()
+	<-half
+	if _, _, err := b.PutPayload(ctx, "twice at once", int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	close(resume)
+	if err := <-first; err == nil || !strings.Contains(err.Error(), "took over") {
+		t.Fatalf("the first put: %v, want it to give way", err)
+	}
+	readBoth(t, b, "twice at once", data)
+	meta, err := b.Payloads.GetInfo(ctx, "twice at once")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.payloadStream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := uint64(meta.Chunks) + 1; info.State.Msgs != want {
+		t.Fatalf("%d messages in the store, want %d (the payload's chunks and its meta)", info.State.Msgs, want)
+	}
+}
