@@ -81,16 +81,12 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	if err != nil {
 		return 0, "", err
 	}
-	// An answer lost without a reconnect (which fails the futures) would
-	// leave the wait to ctx alone, and the ingest's ctx has no deadline.
-	ctx, cancel := context.WithTimeout(ctx, putAckWait)
-	defer cancel()
 	if chunk != nil {
-		if err := acked(ctx, chunk); err != nil && !wrongLastSeq(err) {
+		if err := ackedWithin(ctx, chunk, putAckWait); err != nil && !wrongLastSeq(err) {
 			return 0, "", fmt.Errorf("payload %s: chunk: %w", name, err)
 		}
 	}
-	if err := acked(ctx, f); err != nil {
+	if err := ackedWithin(ctx, f, putAckWait); err != nil {
 		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
 	}
 	return int64(n), hex.EncodeToString(sum[:]), nil
@@ -232,18 +228,6 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 // putAckWait bounds the wait for JetStream's answers to a payload's writes.
 const putAckWait = 30 * time.Second
 
-// acked waits for an asynchronous publish's answer.
-func acked(ctx context.Context, f jetstream.PubAckFuture) error {
-	select {
-	case <-f.Ok():
-		return nil
-	case err := <-f.Err():
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // partialName is the name of the marker a put of name leaves while it
 // writes its chunks. Object names are "<plan>/<from>/<to>/<no>/<sha256>" or
 // "dead/<uuid>", so this one is never a payload's.
@@ -281,7 +265,9 @@ func (b *Bus) ownsMarker(ctx context.Context, name, nuid string) bool {
 	return err == nil && m.NUID == nuid
 }
 
-// ackedWithin is acked with a time limit of its own.
+// ackedWithin waits for an asynchronous publish's answer, for at most d:
+// an answer lost without a reconnect (which fails the futures) would leave
+// the wait to ctx alone, and the ingest's ctx has no deadline.
 func ackedWithin(ctx context.Context, f jetstream.PubAckFuture, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
