@@ -549,7 +549,7 @@ func TestSMTPDeliverByName(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := []byte("PK\x03\x04 sealed")
-	if err := publish(p, outMsgAs(nil, name.Sealed(), name.String(), body)); err != nil {
+	if err := publish(p, outMsgAs(context.Background(), name.Sealed(), name.String(), body)); err != nil {
 		t.Fatal(err)
 	}
 	got := srv.accepted()
