@@ -171,6 +171,12 @@ func DecodeHeaderValue(s string) string {
 // newer message of the same channel; the pipeline drops and counts it.
 var ErrStale = errors.New("destination already holds a newer message")
 
+// ErrInPlace is returned by a delivery when the destination already holds
+// this very message (same channel and number, same size): an earlier
+// attempt wrote it and the relay stopped before recording that. The
+// pipeline records it as delivered without writing it a second time.
+var ErrInPlace = errors.New("destination already holds this message")
+
 // StaleError is ErrStale with the number the destination holds: the
 // channel's delivered number moves up to it, so that in sequential mode the
 // numbers up to it (which the destination has by another way) are not
@@ -188,6 +194,26 @@ func (e *StaleError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrStale) hold.
 func (e *StaleError) Unwrap() error { return ErrStale }
+
+// CheckReplace is what a delivery that reads the header of the file it is
+// about to replace (have, of haveSize bytes, -1 if unknown; named where)
+// makes of it before writing h, of size bytes: a StaleError when the file
+// is of the same channel with a higher number (an older message never
+// overwrites a newer one, DESIGN §6.3), ErrInPlace when it is of the same
+// channel and number and size (this message, written by an attempt the
+// relay did not live to record), else nil.
+func CheckReplace(where string, have Header, haveSize int64, h Header, size int64) error {
+	if have.ExchangePlan != h.ExchangePlan || have.From != h.From || have.To != h.To || h.ByName() {
+		return nil
+	}
+	switch {
+	case have.MessageNo > h.MessageNo:
+		return &StaleError{Where: where, Have: have.MessageNo, No: h.MessageNo}
+	case have.MessageNo == h.MessageNo && haveSize == size:
+		return fmt.Errorf("%s holds No %d already: %w", where, h.MessageNo, ErrInPlace)
+	}
+	return nil
+}
 
 // StaleHave is the number the destination holds, if err says it (0 if not).
 func StaleHave(err error) uint64 {

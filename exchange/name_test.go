@@ -1,6 +1,10 @@
 package exchange
 
-import "testing"
+import (
+	"errors"
+	"strings"
+	"testing"
+)
 
 func TestParseName(t *testing.T) {
 	good := []struct {
@@ -92,5 +96,43 @@ func TestCheck(t *testing.T) {
 	}
 	if err := n.Check(Header{From: "1", To: "CO"}); err != nil {
 		t.Errorf("prefixed name: %v", err)
+	}
+}
+
+func TestCheckReplace(t *testing.T) {
+	at := func(no uint64) Header {
+		return Header{Dialect: DialectPlatform, ExchangePlan: "P", From: "A", To: "B", MessageNo: no}
+	}
+	other := at(9)
+	other.From = "C"
+	sealed := Name{From: "A", To: "B", Format: FormatZip}.Sealed()
+	cases := []struct {
+		what     string
+		have     Header
+		haveSize int64
+		h        Header
+		size     int64
+		want     error // nil, ErrStale or ErrInPlace
+	}{
+		{"older there", at(4), 100, at(5), 100, nil},
+		{"newer there", at(6), 100, at(5), 100, ErrStale},
+		{"this one there", at(5), 100, at(5), 100, ErrInPlace},
+		{"same number, other size", at(5), 99, at(5), 100, nil},
+		{"same number, size unknown", at(5), -1, at(5), 100, nil},
+		{"another channel's newer", other, 100, at(5), 100, nil},
+		{"another plan's", Header{ExchangePlan: "Q", From: "A", To: "B", MessageNo: 9}, 100, at(5), 100, nil},
+		{"routed by name", at(5), 100, sealed, 100, nil},
+	}
+	for _, c := range cases {
+		err := CheckReplace("in/Message_A_B.xml", c.have, c.haveSize, c.h, c.size)
+		switch {
+		case c.want == nil && err != nil, c.want != nil && !errors.Is(err, c.want):
+			t.Errorf("%s: %v, want %v", c.what, err, c.want)
+		case err != nil && (!strings.Contains(err.Error(), "in/Message_A_B.xml") || strings.Contains(err.Error(), "\n")):
+			t.Errorf("%s: %q does not name the file in one line", c.what, err)
+		}
+		if c.want == ErrStale && StaleHave(err) != c.have.MessageNo {
+			t.Errorf("%s: StaleHave %d, want %d", c.what, StaleHave(err), c.have.MessageNo)
+		}
 	}
 }

@@ -346,6 +346,10 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			log.Debug("handed back: " + err.Error())
 			return hold()
 		}
+		inPlace := errors.Is(err, exchange.ErrInPlace)
+		if inPlace {
+			err = nil
+		}
 		if err != nil && !errors.Is(err, exchange.ErrStale) {
 			l.m.attemptErrors.WithLabelValues(node, adapter).Inc()
 		}
@@ -356,12 +360,12 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		switch {
 		case err == nil:
 			now := l.states.now()
-			log.Info("delivered")
-			l.m.delivered.WithLabelValues(node, adapter).Inc()
-			l.m.deliveredBytes.WithLabelValues(node, adapter).Add(payloadSize(m.Metadata))
-			l.m.observeLatency(node, m.Metadata)
-			ev(StepDelivered, "by "+adapter)
-			return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) {
+			detail := "by " + adapter
+			if inPlace {
+				// Written by an attempt that stopped before this record.
+				detail += ", found in place (written before the relay stopped)"
+			}
+			if err := l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) {
 				if h.MessageNo > c.DeliveredNo {
 					c.DeliveredNo = h.MessageNo
 				}
@@ -370,7 +374,21 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				}
 				c.LastDeliveredAt = now
 				c.LastError = ""
-			})
+			}); err != nil {
+				return err
+			}
+			// Told once it is recorded: a relay stopped in between
+			// delivers it again, finds it in place, and tells it then.
+			if inPlace {
+				log.Info("delivered: found in place, written before the relay stopped")
+			} else {
+				log.Info("delivered")
+			}
+			l.m.delivered.WithLabelValues(node, adapter).Inc()
+			l.m.deliveredBytes.WithLabelValues(node, adapter).Add(payloadSize(m.Metadata))
+			l.m.observeLatency(node, m.Metadata)
+			ev(StepDelivered, detail)
+			return nil
 		case errors.Is(err, exchange.ErrStale):
 			log.Info("dropped: " + err.Error())
 			l.m.dropped.WithLabelValues(node, "stale").Inc()

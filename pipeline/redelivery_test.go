@@ -409,3 +409,51 @@ func TestSequentialStaleMovesChannelOn(t *testing.T) {
 		t.Fatalf("delivered %v, want [11]; state: delivered No %d, stale %d, resolved %d, error %q", got, c.DeliveredNo, c.Stale, c.Resolved, c.LastError)
 	}
 }
+
+// TestInPlaceCountsAsDelivered: a delivery that finds the message in place
+// (written by an attempt the relay did not live to record) is recorded as
+// delivered, with one delivered event that says so, and the channel goes on.
+func TestInPlaceCountsAsDelivered(t *testing.T) {
+	b := testBus(t)
+	d := &scriptedDelivery{fail: func(no uint64, _ int) error {
+		if no == 1 {
+			return fmt.Errorf("dir DST: in/Message_SRC_DST.xml holds No 1 already: %w", exchange.ErrInPlace)
+		}
+		return nil
+	}}
+	queueRecord(t, b, "SRC", "DST", 1)
+	queueRecord(t, b, "SRC", "DST", 2)
+	p := runSequential(t, b, d)
+	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 2 })
+	if got := d.delivered(); c.DeliveredNo != 2 || c.Resolved != 2 || c.Stale+c.Duplicates != 0 || len(got) != 1 || got[0] != 2 || c.LastError != "" {
+		t.Fatalf("written %v, state %+v; want No 1 taken as delivered, No 2 written after it", got, c)
+	}
+	var evs []Event
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var err error
+		if evs, err = p.Trace(context.Background(), TraceQuery{Node: "DST"}); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range evs {
+			if e.Step == StepDelivered {
+				n++
+			}
+		}
+		if n == 2 {
+			break
+		}
+	}
+	var inPlace, delivered int
+	for _, e := range evs {
+		if e.Step == StepDelivered {
+			delivered++
+			if e.No == 1 && strings.Contains(e.Detail, "found in place") {
+				inPlace++
+			}
+		}
+	}
+	if delivered != 2 || inPlace != 1 {
+		t.Fatalf("events %+v: want two delivered, No 1's saying it was found in place", evs)
+	}
+}

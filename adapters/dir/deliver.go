@@ -140,7 +140,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		return fmt.Errorf("dir %s: close %s: %w", p.node, name, err)
 	}
 	// Checked once, last: a newer message may also land while this one is copied.
-	if err := p.checkNotNewer(dst, h); err != nil {
+	if err := p.checkNotNewer(dst, h, want); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp.Name(), dst); err != nil {
@@ -176,8 +176,11 @@ func createPart(dir string) (*os.File, error) {
 
 // checkNotNewer refuses to replace a file of the same channel with a higher
 // MessageNo: an older message never overwrites a newer one (DESIGN.md §6.3).
-func (p *Publisher) checkNotNewer(dst string, h exchange.Header) error {
-	have, ok := p.recall(dst)
+// A file of the same channel and number and of the message's size is this
+// message, written by an attempt the relay did not live to record: it is
+// left as it is (exchange.ErrInPlace).
+func (p *Publisher) checkNotNewer(dst string, h exchange.Header, size int64) error {
+	have, haveSize, ok := p.recall(dst)
 	if !ok {
 		f, err := os.Open(dst)
 		if err != nil {
@@ -191,11 +194,9 @@ func (p *Publisher) checkNotNewer(dst string, h exchange.Header) error {
 		if have, err = exchange.ReadFileHeader(f, fi.Size(), p.lim, ""); err != nil {
 			return nil // unreadable: ours replaces it
 		}
+		haveSize = fi.Size()
 	}
-	if have.ExchangePlan == h.ExchangePlan && have.From == h.From && have.To == h.To && have.MessageNo > h.MessageNo {
-		return &exchange.StaleError{Where: "dir " + p.node + ": " + filepath.Base(dst), Have: have.MessageNo, No: h.MessageNo}
-	}
-	return nil
+	return exchange.CheckReplace("dir "+p.node+": "+filepath.Base(dst), have, haveSize, h, size)
 }
 
 // remember notes that dst now holds the file fi with header h.
@@ -208,20 +209,20 @@ func (p *Publisher) remember(dst string, fi os.FileInfo, h exchange.Header) {
 	p.wrote[dst] = written{fi, h}
 }
 
-// recall is the header of the file at dst if it is still the one this
-// publisher wrote there (same file, size and mtime).
-func (p *Publisher) recall(dst string) (exchange.Header, bool) {
+// recall is the header and size of the file at dst if it is still the one
+// this publisher wrote there (same file, size and mtime).
+func (p *Publisher) recall(dst string) (exchange.Header, int64, bool) {
 	p.mu.Lock()
 	w, ok := p.wrote[dst]
 	p.mu.Unlock()
 	if !ok {
-		return exchange.Header{}, false
+		return exchange.Header{}, 0, false
 	}
 	fi, err := os.Lstat(dst)
 	if err != nil || !os.SameFile(fi, w.fi) || fi.Size() != w.fi.Size() || !fi.ModTime().Equal(w.fi.ModTime()) {
-		return exchange.Header{}, false
+		return exchange.Header{}, 0, false
 	}
-	return w.h, true
+	return w.h, fi.Size(), true
 }
 
 // Close has nothing to release; it exists for message.Publisher.

@@ -2,6 +2,8 @@ package dir
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -274,6 +276,50 @@ func TestDeliverAtomicAndNeverBackwards(t *testing.T) {
 	if err := p.Publish("", bad); !exchange.IsPermanent(err) {
 		t.Fatalf("bad name: %v, want a permanent error", err)
 	}
+}
+
+// TestDeliverFindsItInPlace: delivered again after a restart that lost
+// the record (the publisher's memory too), a message the destination holds
+// already (same channel, number and size) is not written a second time:
+// ErrInPlace, the file untouched. A same-numbered file of another size is
+// not taken for it.
+func TestDeliverFindsItInPlace(t *testing.T) {
+	_, dst, f5 := publisherWith5(t)
+	final := filepath.Join(dst, "Message_A_B.xml")
+	past := time.Now().Add(-time.Hour).Truncate(time.Second)
+	if err := os.Chtimes(final, past, past); err != nil {
+		t.Fatal(err)
+	}
+	restarted, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := restarted.Publish("", deliverMsg(t, f5, hdr(5))); !errors.Is(err, exchange.ErrInPlace) || !strings.Contains(err.Error(), "No 5") {
+		t.Fatalf("No 5 over its own copy: %v, want ErrInPlace", err)
+	}
+	if fi, err := os.Stat(final); err != nil || !fi.ModTime().Equal(past) {
+		t.Fatalf("the file in place was written again (%v)", err)
+	}
+	if ents, _ := os.ReadDir(dst); len(ents) != 1 {
+		t.Fatalf("destination holds %v", ents)
+	}
+	other, _ := exchangetest.WriteFile(t.TempDir(), hdr(5), 4000, exchange.FormatXML)
+	if err := restarted.Publish("", deliverMsg(t, other, hdr(5))); err != nil {
+		t.Fatalf("No 5 of another size: %v, want it written", err)
+	}
+	if got, want := fileSum(t, final), fileSum(t, other); got != want {
+		t.Fatal("No 5 of another size was not written")
+	}
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }
 
 // TestDeliverSeesReplacedFile: the delivery remembers the header of the

@@ -71,7 +71,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	final, tmp := p.c.path(name), p.c.path(tempName(name))
 	return p.c.with(ctx, func(conn *ftp.ServerConn) error {
 		mkdirAll(conn, p.c, p.c.t.dir)
-		if err := p.checkNotNewer(conn, name, h); err != nil {
+		if err := p.checkNotNewer(conn, name, h, want); err != nil {
 			return err
 		}
 		cr := &countingReader{r: folder.CtxReader{Ctx: ctx, R: body}}
@@ -107,10 +107,12 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 }
 
 // checkNotNewer refuses to replace a file of the same channel with a higher
-// MessageNo (DESIGN.md §6.3). Only .xml files are checked: reading a zip's
+// MessageNo (DESIGN.md §6.3), and leaves one of the same number and size
+// (this message, written by an attempt the relay did not live to record)
+// as it is (exchange.CheckReplace). Only .xml files are checked: reading a zip's
 // header needs its central directory, i.e. the whole download; for those the
 // channel state in JetStream is the guard.
-func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.Header) error {
+func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.Header, size int64) error {
 	if !strings.EqualFold(name[len(name)-4:], ".xml") {
 		return nil
 	}
@@ -126,10 +128,16 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.
 	if herr != nil {
 		return nil // unreadable: ours replaces it
 	}
-	if have.ExchangePlan == h.ExchangePlan && have.From == h.From && have.To == h.To && have.MessageNo > h.MessageNo {
-		return &exchange.StaleError{Where: name, Have: have.MessageNo, No: h.MessageNo}
+	if have.ExchangePlan != h.ExchangePlan || have.From != h.From || have.To != h.To || have.MessageNo < h.MessageNo {
+		return nil
 	}
-	return nil
+	haveSize := int64(-1)
+	if have.MessageNo == h.MessageNo {
+		if n, err := conn.FileSize(p.c.path(name)); err == nil {
+			haveSize = n
+		}
+	}
+	return exchange.CheckReplace(name, have, haveSize, h, size)
 }
 
 type countingReader struct {

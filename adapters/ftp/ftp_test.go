@@ -267,12 +267,24 @@ func TestDeliver(t *testing.T) {
 	if !errors.Is(err, exchange.ErrStale) || exchange.StaleHave(err) != 3 {
 		t.Fatalf("older message over a newer one: %v, want ErrStale saying the folder holds No 3", err)
 	}
+	// No 3 again (after a restart that lost its record): it is there
+	// already, same number and size, and is not uploaded a second time.
+	past := time.Now().Add(-time.Hour).Truncate(time.Second)
+	if err := os.Chtimes(dst, past, past); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Publish("", deliverMsg(t, mustHeader(t, b3.Bytes()), b3.Bytes())); !errors.Is(err, exchange.ErrInPlace) {
+		t.Fatalf("the same message again: %v, want ErrInPlace", err)
+	}
+	if fi, err := os.Stat(dst); err != nil || !fi.ModTime().Equal(past) {
+		t.Fatalf("the file in place was uploaded again (%v)", err)
+	}
 	entries, _ := os.ReadDir(filepath.Dir(dst))
 	if len(entries) != 1 {
 		t.Fatalf("folder holds %d entries, want only the delivered file", len(entries))
 	}
 	if e, _ := p.LastError(); e != "" {
-		t.Fatalf("last error %q after success and stale", e)
+		t.Fatalf("last error %q after success, stale and in place", e)
 	}
 }
 

@@ -22,12 +22,13 @@ type Last struct {
 
 // Set records the outcome of the endpoint's latest attempt: nil clears the
 // trouble; the same message again keeps its first time. A stale message
-// (the destination holds a newer one) is not the endpoint's trouble.
+// (the destination holds a newer one) is not the endpoint's trouble; one
+// found in place (the destination holds it already) is its success.
 func (l *Last) Set(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, exchange.ErrInPlace):
 		l.msg, l.at = "", time.Time{}
 	case errors.Is(err, exchange.ErrStale):
 	case err.Error() != l.msg:

@@ -34,4 +34,9 @@ func TestLast(t *testing.T) {
 	if msg, at := l.LastError(); msg != "" || !at.IsZero() {
 		t.Errorf("after success: %q %v", msg, at)
 	}
+	l.Set(errors.New("login: 530"))
+	l.Set(fmt.Errorf("holds No 9 already: %w", exchange.ErrInPlace))
+	if msg, at := l.LastError(); msg != "" || !at.IsZero() {
+		t.Errorf("after a message found in place (a success): %q %v", msg, at)
+	}
 }
