@@ -363,3 +363,43 @@ func TestPutTakenOver(t *testing.T) {
 		t.Fatalf("%d messages in the store, want %d (the payload's chunks and its meta)", info.State.Msgs, want)
 	}
 }
+
+// TestSweepPartial: the leftovers of a put cut short that no later put
+// cleared (its marker and chunks) are removed once old enough; a marker
+// younger than that (a put that may still be writing) and whole payloads
+// are left alone.
+func TestSweepPartial(t *testing.T) {
+	b := openEmbedded(t)
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("0123456789abcdef"), 3*maxChunk/16)
+	if _, _, err := b.PutPayload(ctx, "whole", int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	count := func() uint64 {
+		info, err := b.payloadStream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+	whole := count()
+	const left = "dead/cut-short"
+	if err := b.markPartial(ctx, left, "LEFTNUID"); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := b.JS.Publish(ctx, chunkSubject("LEFTNUID"), data[:maxChunk]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := b.SweepPartial(ctx, time.Hour); err != nil || n != 0 || count() != whole+3 {
+		t.Fatalf("sweep of a young marker: removed %d (%v), %d messages; want it kept", n, err, count())
+	}
+	if n, err := b.SweepPartial(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("sweep: removed %d (%v), want 1", n, err)
+	}
+	if got := count(); got != whole {
+		t.Fatalf("%d messages after the sweep, want the whole payload's %d", got, whole)
+	}
+	readBoth(t, b, "whole", data)
+}

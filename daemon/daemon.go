@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,6 +75,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.live.Store(true)
 	pipeErr := make(chan error, 1)
 	go func() { pipeErr <- r.pipe.Run(ctx) }()
+	swept := make(chan struct{})
+	go func() { r.sweep(ctx); close(swept) }()
+	defer func() { cancel(); <-swept }() // before the bus closes
 	var err error
 	select {
 	case err = <-apiErr:
@@ -87,6 +91,29 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	r.live.Store(false)
 	return err
+}
+
+// partialAge is how old the marker of an unfinished payload put must be
+// before sweep removes it with its chunks: far longer than any put takes.
+const partialAge = 24 * time.Hour
+
+// sweep removes, at start and then daily, what payload puts cut short by a
+// crash left in the object store and no later put cleared.
+func (r *Relay) sweep(ctx context.Context) {
+	t := time.NewTicker(partialAge)
+	defer t.Stop()
+	for {
+		if n, err := r.bus.SweepPartial(ctx, partialAge); err != nil && ctx.Err() == nil {
+			r.log.Warn("cannot sweep unfinished payloads", "err", err)
+		} else if n > 0 {
+			r.log.Info("removed unfinished payloads a crash left behind", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Live implements api.Backend.
