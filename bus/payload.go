@@ -159,8 +159,8 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 		for len(inflight) > 0 && pctx.Err() == nil {
 			_, _ = next(pctx)
 		}
-		if b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj)) == nil && b.ownsMarker(pctx, name, info.NUID) {
-			_ = b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(metaSubject(partialName(name))))
+		if b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj)) == nil {
+			b.dropMarker(pctx, name, info.NUID)
 		}
 	}()
 	sum := sha256.New()
@@ -216,9 +216,7 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 	if err = ackedWithin(ctx, f, putAckWait); err != nil {
 		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
 	}
-	if b.ownsMarker(ctx, name, info.NUID) {
-		_ = b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(partialName(name))))
-	}
+	b.dropMarker(ctx, name, info.NUID)
 	if old != nil && old.NUID != info.NUID {
 		// The payload it replaces: its chunks are unreachable now.
 		_ = b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(old.NUID)))
@@ -264,6 +262,14 @@ func (b *Bus) markPartial(ctx context.Context, name, nuid string) error {
 func (b *Bus) ownsMarker(ctx context.Context, name, nuid string) bool {
 	m, err := b.Payloads.GetInfo(ctx, partialName(name), jetstream.GetObjectInfoShowDeleted())
 	return err == nil && m.NUID == nuid
+}
+
+// dropMarker removes the partial-put marker of name if it is still the one
+// naming nuid's chunks (another put of the same name may have replaced it).
+func (b *Bus) dropMarker(ctx context.Context, name, nuid string) {
+	if b.ownsMarker(ctx, name, nuid) {
+		_ = b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(partialName(name))))
+	}
 }
 
 // ackedWithin waits for an asynchronous publish's answer, for at most d:
@@ -329,7 +335,13 @@ func (b *Bus) DeletePayload(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("payload %s: %w", name, err)
 	}
-	for _, subj := range []string{chunkSubject(info.NUID), metaSubject(name)} {
+	return b.purgeObject(ctx, name, info.NUID)
+}
+
+// purgeObject purges the chunks (on nuid's subject) and the meta of the
+// object name.
+func (b *Bus) purgeObject(ctx context.Context, name, nuid string) error {
+	for _, subj := range []string{chunkSubject(nuid), metaSubject(name)} {
 		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
 			return fmt.Errorf("payload %s: purge %s: %w", name, subj, err)
 		}
@@ -353,8 +365,11 @@ func digestOf(sum []byte) string {
 
 // metaSubject is the subject of an object's meta in EXCHANGE_PAYLOADS.
 func metaSubject(name string) string {
-	return "$O." + BucketPayloads + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
+	return metaPrefix + base64.URLEncoding.EncodeToString([]byte(name))
 }
+
+// metaPrefix begins every meta subject of EXCHANGE_PAYLOADS.
+const metaPrefix = "$O." + BucketPayloads + ".M."
 
 // payloadMeta is the object meta of a payload of size bytes (-1: unknown):
 // its chunk size is what the payload needs, up to maxChunk (the chunk size
@@ -429,14 +444,13 @@ func (r *payloadReader) Close() error { return nil }
 // olderThan (a day: a 16 GiB message at 1 MB/s takes under five hours).
 // It returns how many it removed.
 func (b *Bus) SweepPartial(ctx context.Context, olderThan time.Duration) (int, error) {
-	prefix := "$O." + BucketPayloads + ".M."
-	info, err := b.payloadStream.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	info, err := b.payloadStream.Info(ctx, jetstream.WithSubjectFilter(metaPrefix+">"))
 	if err != nil {
 		return 0, fmt.Errorf("payloads: list metas: %w", err)
 	}
 	n := 0
 	for subj := range info.State.Subjects {
-		raw, err := base64.URLEncoding.DecodeString(strings.TrimPrefix(subj, prefix))
+		raw, err := base64.URLEncoding.DecodeString(strings.TrimPrefix(subj, metaPrefix))
 		if err != nil || !strings.HasPrefix(string(raw), partialName("")) {
 			continue
 		}
@@ -444,11 +458,8 @@ func (b *Bus) SweepPartial(ctx context.Context, olderThan time.Duration) (int, e
 		if err != nil || time.Since(m.ModTime) < olderThan {
 			continue
 		}
-		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(m.NUID))); err != nil {
-			return n, fmt.Errorf("payload %s: purge: %w", raw, err)
-		}
-		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
-			return n, fmt.Errorf("payload %s: purge: %w", raw, err)
+		if err := b.purgeObject(ctx, string(raw), m.NUID); err != nil {
+			return n, err
 		}
 		n++
 	}

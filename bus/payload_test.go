@@ -249,6 +249,34 @@ func TestPutPayload(t *testing.T) {
 	})
 }
 
+// patterned is n bytes that repeat only every 256 × k, so a chunk in the
+// wrong place shows.
+func patterned(n, k int) []byte {
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i * k)
+	}
+	return data
+}
+
+// onlyPayload fails unless the payload store holds exactly name's chunks
+// and its meta: nothing a put left behind.
+func onlyPayload(t *testing.T, b *Bus, name string) {
+	t.Helper()
+	ctx := context.Background()
+	meta, err := b.Payloads.GetInfo(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.payloadStream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := uint64(meta.Chunks) + 1; info.State.Msgs != want {
+		t.Fatalf("%d messages in the store, want %d (the payload's chunks and its meta): a put left something behind", info.State.Msgs, want)
+	}
+}
+
 // cutReader hands out r and, after n bytes, calls cut once.
 type cutReader struct {
 	r   io.Reader
@@ -284,10 +312,7 @@ func TestPutCutShort(t *testing.T) {
 		}
 		return b
 	}
-	data := make([]byte, 3*putWindow*maxChunk+5)
-	for i := range data {
-		data[i] = byte(i * 13)
-	}
+	data := patterned(3*putWindow*maxChunk+5, 13)
 	ctx := context.Background()
 
 	b := open()
@@ -310,16 +335,7 @@ func TestPutCutShort(t *testing.T) {
 		t.Fatal(err)
 	}
 	readBoth(t, b, "cut", data)
-	meta, err := b.Payloads.GetInfo(ctx, "cut")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info, err = b.payloadStream.Info(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if want := uint64(meta.Chunks) + 1; info.State.Msgs != want {
-		t.Fatalf("%d messages in the store, want %d (the payload's chunks and its meta): a partial put was left behind", info.State.Msgs, want)
-	}
+	onlyPayload(t, b, "cut")
 }
 
 // TestPutTakenOver: two puts of one payload at once (a pickup lease moved
@@ -330,10 +346,7 @@ func TestPutCutShort(t *testing.T) {
 func TestPutTakenOver(t *testing.T) {
 	b := openEmbedded(t)
 	ctx := context.Background()
-	data := make([]byte, 3*putWindow*maxChunk+5)
-	for i := range data {
-		data[i] = byte(i * 31)
-	}
+	data := patterned(3*putWindow*maxChunk+5, 31)
 	half := make(chan struct{})
 	resume := make(chan struct{})
 	r := &cutReader{r: bytes.NewReader(data), n: int64(2 * putWindow * maxChunk), cut: func() { close(half); <-resume }}
@@ -351,17 +364,7 @@ func TestPutTakenOver(t *testing.T) {
 		t.Fatalf("the first put: %v, want it to give way", err)
 	}
 	readBoth(t, b, "twice at once", data)
-	meta, err := b.Payloads.GetInfo(ctx, "twice at once")
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := b.payloadStream.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := uint64(meta.Chunks) + 1; info.State.Msgs != want {
-		t.Fatalf("%d messages in the store, want %d (the payload's chunks and its meta)", info.State.Msgs, want)
-	}
+	onlyPayload(t, b, "twice at once")
 }
 
 // TestSweepPartial: the leftovers of a put cut short that no later put

@@ -207,13 +207,28 @@ func (l *lane) putPayload(ctx context.Context, m *message.Message, id string, si
 		return fmt.Errorf("ingest: open %s: %w", id, err)
 	}
 	defer body.Close()
-	n, got, err := l.b.PutPayload(ctx, id, size, io.LimitReader(body, size+1))
-	if err != nil {
+	switch err := putExact(ctx, l.b, id, size, sha, body); {
+	case errors.Is(err, errNotExact):
+		return fmt.Errorf("ingest: %s changed while it was read (%w)", id, err)
+	case err != nil:
 		return fmt.Errorf("ingest: store payload %s: %w", id, err)
 	}
+	return nil
+}
+
+// errNotExact says a payload stored was not the bytes expected.
+var errNotExact = errors.New("not the bytes expected")
+
+// putExact stores r as the payload name and removes it again unless it was
+// exactly size bytes with sha256 sha (hex; "" takes any).
+func putExact(ctx context.Context, b *bus.Bus, name string, size int64, sha string, r io.Reader) error {
+	n, got, err := b.PutPayload(ctx, name, size, io.LimitReader(r, size+1))
+	if err != nil {
+		return err
+	}
 	if n != size || (sha != "" && got != sha) {
-		_ = l.b.DeletePayload(ctx, id)
-		return fmt.Errorf("ingest: %s changed while it was read (%d bytes, want %d)", id, n, size)
+		_ = b.DeletePayload(ctx, name)
+		return fmt.Errorf("%d bytes with sha256 %s, want %d bytes with sha256 %s: %w", n, got, size, sha, errNotExact)
 	}
 	return nil
 }

@@ -126,13 +126,8 @@ func (p *Pipeline) copyObject(ctx context.Context, from, to string, size int64, 
 		return fmt.Errorf("payload %s: %w", from, err)
 	}
 	defer r.Close()
-	n, got, err := p.b.PutPayload(ctx, to, size, r)
-	if err != nil {
-		return fmt.Errorf("payload %s: %w", to, err)
-	}
-	if n != size || got != sha {
-		_ = p.b.DeletePayload(ctx, to)
-		return fmt.Errorf("payload %s: copied %d bytes with sha256 %s, want %d, %s", to, n, got, size, sha)
+	if err := putExact(ctx, p.b, to, size, sha, r); err != nil {
+		return fmt.Errorf("payload %s: copy: %w", to, err)
 	}
 	return nil
 }
