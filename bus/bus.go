@@ -427,7 +427,10 @@ func (b *Bus) provision(ctx context.Context) error {
 		Storage:     jetstream.FileStorage,
 		Replicas:    b.replicas,
 		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      30 * 24 * time.Hour,
+		// No age limit: a record waits as long as its node does (an age
+		// limit would drop it unacked, silently). PurgeDone removes the
+		// records that are done.
+		MaxAge:      0,
 		Duplicates:  DuplicateWindow,
 		AllowDirect: true,
 	})

@@ -97,8 +97,14 @@ func (r *Relay) Run(ctx context.Context) error {
 // before sweep removes it with its chunks: far longer than any put takes.
 const partialAge = 24 * time.Hour
 
+// doneAge is how long a done record stays in EXCHANGE (bus.PurgeDone): as
+// long as its Nats-Msg-Id is remembered, which a restarted server relearns
+// from the records it holds.
+const doneAge = bus.DuplicateWindow
+
 // sweep removes, at start and then daily, what payload puts cut short by a
-// crash left in the object store and no later put cleared.
+// crash left in the object store and no later put cleared, and the records
+// of EXCHANGE that are done.
 func (r *Relay) sweep(ctx context.Context) {
 	t := time.NewTicker(partialAge)
 	defer t.Stop()
@@ -107,6 +113,9 @@ func (r *Relay) sweep(ctx context.Context) {
 			r.log.Warn("cannot sweep unfinished payloads", "err", err)
 		} else if n > 0 {
 			r.log.Info("removed unfinished payloads a crash left behind", "count", n)
+		}
+		if err := r.bus.PurgeDone(ctx, doneAge); err != nil && ctx.Err() == nil {
+			r.log.Warn("cannot remove done records", "err", err)
 		}
 		select {
 		case <-ctx.Done():
