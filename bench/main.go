@@ -138,7 +138,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	go lastResort(ctx)
+	finished := make(chan struct{})
+	defer close(finished) // before stop: lastResort is to see run end, not a signal
+	go lastResort(ctx, finished)
 
 	fmt.Fprintf(stdout, "relay bench: nproc=%d GOMAXPROCS=%d %s %s/%s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	rep := &report{}
@@ -453,12 +455,26 @@ func removeTemp(d string) {
 
 // lastResort waits after a signal for the defers to finish the job; if they
 // have not within 20s (or a second signal comes), it kills the children by
-// PID, removes the folders and exits.
-func lastResort(ctx context.Context) {
-	<-ctx.Done()
+// PID, removes the folders and exits. It returns when run has finished
+// (closed finished) before either: run is also called by the smoke tests,
+// whose process goes on.
+func lastResort(ctx context.Context, finished <-chan struct{}) {
+	select {
+	case <-finished:
+		return
+	case <-ctx.Done():
+	}
 	again := make(chan os.Signal, 1)
 	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
 	select {
+	case <-finished:
+		return
+	default:
+	}
+	select {
+	case <-finished:
+		return
 	case <-time.After(20 * time.Second):
 	case <-again:
 	}
