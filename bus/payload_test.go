@@ -20,13 +20,21 @@ import (
 
 func openEmbedded(t *testing.T) *Bus {
 	t.Helper()
+	b := openAt(t, t.TempDir())
+	t.Cleanup(b.Close)
+	return b
+}
+
+// openAt opens an embedded bus on dir, which the caller closes: a test that
+// restarts the server opens the same dir again.
+func openAt(t *testing.T, dir string) *Bus {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := Open(ctx, Settings{NATS: config.NATS{}, DataDir: t.TempDir(), ID: "test"}, slog.New(slog.DiscardHandler))
+	b, err := Open(ctx, Settings{NATS: config.NATS{}, DataDir: dir, ID: "test"}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(b.Close)
 	return b
 }
 
@@ -303,26 +311,17 @@ func (c *cutReader) Read(p []byte) (int, error) {
 // payload's chunks and its meta.
 func TestPutCutShort(t *testing.T) {
 	dir := t.TempDir()
-	open := func() *Bus {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		b, err := Open(ctx, Settings{DataDir: dir, ID: "test"}, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
 	data := patterned(3*putWindow*maxChunk+5, 13)
 	ctx := context.Background()
 
-	b := open()
+	b := openAt(t, dir)
 	r := &cutReader{r: bytes.NewReader(data), n: int64(2 * putWindow * maxChunk), cut: func() { b.Conn.Close() }}
 	if _, _, err := b.PutPayload(ctx, "cut", int64(len(data)), r); err == nil {
 		t.Fatal("a put over a closed connection succeeded")
 	}
 	b.Close()
 
-	b = open()
+	b = openAt(t, dir)
 	defer b.Close()
 	info, err := b.payloadStream.Info(ctx)
 	if err != nil {

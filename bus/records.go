@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -58,20 +59,20 @@ func (b *Bus) PurgeDone(ctx context.Context, olderThan time.Duration) error {
 	if err := infos.Err(); err != nil {
 		return fmt.Errorf("stream %s: consumers: %w", StreamExchange, err)
 	}
+	warned := map[string]bool{}
 	for node := range nodes {
 		limit := before - 1
 		for _, r := range readers {
-			for _, f := range r.filters {
-				if !server.SubjectsCollide(f, node) {
-					continue
-				}
-				limit = min(limit, r.floor)
-				if r.waiting && time.Since(r.lastAck) > idleReader {
-					b.log.Warn("records wait for a consumer that has acked nothing for a week: "+
-						"its relay is down, or it was left by a change of routing.yaml "+
-						"(then remove it: nats consumer rm "+StreamExchange+" "+r.name+")",
-						"consumer", r.name, "records", node, "last_ack", r.lastAck)
-				}
+			if !slices.ContainsFunc(r.filters, func(f string) bool { return server.SubjectsCollide(f, node) }) {
+				continue
+			}
+			limit = min(limit, r.floor)
+			if r.waiting && time.Since(r.lastAck) > idleReader && !warned[r.name] {
+				warned[r.name] = true
+				b.log.Warn("records wait for a consumer that has acked nothing for a week: "+
+					"its relay is down, or it was left by a change of routing.yaml "+
+					"(then remove it: nats consumer rm "+StreamExchange+" "+r.name+")",
+					"consumer", r.name, "records", node, "last_ack", r.lastAck)
 			}
 		}
 		if limit == 0 {

@@ -2,14 +2,11 @@ package bus
 
 import (
 	"context"
-	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/relay1c/relay/config"
 )
 
 // TestPurgeDone: only records every reader of their node has acked, and
@@ -118,21 +115,14 @@ func TestExchangeHasNoAgeLimit(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	open := func() *Bus {
-		b, err := Open(ctx, Settings{NATS: config.NATS{}, DataDir: dir, ID: "test"}, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	b := open()
+	b := openAt(t, dir)
 	cfg := b.Exchange.CachedInfo().Config
 	cfg.MaxAge = 30 * 24 * time.Hour
 	if _, err := b.JS.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
 	b.Close()
-	b = open()
+	b = openAt(t, dir)
 	defer b.Close()
 	info, err := b.Exchange.Info(ctx)
 	if err != nil {
