@@ -161,7 +161,7 @@ func (r *Relay) RetryDead(ctx context.Context, seq uint64) (string, error) {
 
 // DropDead implements api.Backend.
 func (r *Relay) DropDead(ctx context.Context, seq uint64) error {
-	return r.pipe.Dead().Drop(ctx, seq)
+	return r.pipe.DropDead(ctx, seq)
 }
 
 // Bus exposes the NATS side for tests and tools.

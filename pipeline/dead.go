@@ -136,6 +136,37 @@ func (d *Dead) Drop(ctx context.Context, seq uint64) error {
 	return nil
 }
 
+// DropDead deletes a dead letter and its payload. A message that died at
+// delivery on a sequential channel holds the numbers after it; dropping it
+// is the operator saying the channel goes on without it. The channel state
+// records that before the letter goes, so a relay stopped in between
+// leaves a letter to drop again, never a channel held by a letter that is
+// gone.
+func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
+	l, err := p.dead.Get(ctx, seq)
+	if err != nil {
+		return err
+	}
+	h := l.Header
+	if l.Stage == StageDeliver && h != nil && !h.ByName() {
+		if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+			c.DroppedNo = max(c.DroppedNo, h.MessageNo)
+			c.settle()
+		}); err != nil {
+			return fmt.Errorf("dead letter %d: %w", seq, err)
+		}
+	}
+	if err := p.dead.Drop(ctx, seq); err != nil {
+		return err
+	}
+	e := Event{Step: StepDropped, MsgID: l.MsgID, File: l.FileName, Node: l.Node, Source: l.Source, Detail: "dead letter dropped by the operator"}
+	if h != nil {
+		e.Channel, e.No = channelName(*h), h.MessageNo
+	}
+	recordEvent(p.b.Conn, p.log, e)
+	return nil
+}
+
 // storeDeadPayload keeps a refused file's bytes so the operator can retry it.
 func storeDeadPayload(ctx context.Context, b *bus.Bus, name string, r io.Reader, limit int64) (int64, string, error) {
 	n, sum, err := b.PutPayload(ctx, name, -1, io.LimitReader(r, limit+1))

@@ -305,8 +305,18 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) { c.Superseded++ })
 			}
 		case n.Mode == config.ModeSequential:
-			if st.DeliveredNo > 0 && h.MessageNo > st.DeliveredNo+1 {
-				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, st.DeliveredNo+1)
+			// A dead message holds the numbers after it: the addressee
+			// needs every one, and only the operator may say it goes on
+			// without it (relay dead drop).
+			if dead := st.deadHold(); dead > 0 && h.MessageNo > dead {
+				msg := fmt.Sprintf("gap: holding No %d: No %d is a dead letter; retry it once its cause is fixed, or drop it to go on without it (relay dead list)", h.MessageNo, dead)
+				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
+				log.Warn(msg)
+				return hold()
+			}
+			passed := st.passedNo()
+			if passed > 0 && h.MessageNo > passed+1 {
+				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, passed+1)
 				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
 				log.Warn(msg)
 				return hold()
@@ -315,7 +325,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			// start it; but a lower one queued before this one (nacked
 			// after a failure, or taken by the node's other worker) must
 			// go first, or it would be dropped as stale behind this one.
-			if st.DeliveredNo == 0 {
+			if passed == 0 {
 				earlier, err := l.earlierNo(ctx, h, streamSeq(in, m))
 				if err != nil {
 					return err
@@ -417,6 +427,9 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			return l.finish(ctx, h, seq, m.UUID, "", func(c *Channel) {
 				c.Dead++
 				c.LastError, c.LastErrorAt = reason, l.states.now()
+				if n.Mode == config.ModeSequential && !h.ByName() && (c.deadHold() == 0 || h.MessageNo < c.DeadNo) {
+					c.DeadNo = h.MessageNo
+				}
 			})
 		default:
 			log.Warn("delivery failed; will retry", "err", err)
@@ -432,6 +445,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, obj string, fn func(c *Channel)) error {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 		fn(c)
+		c.settle()
 		c.Resolved++
 		c.LastMsgID = id
 		c.NameSeq = max(c.NameSeq, seq)

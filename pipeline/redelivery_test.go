@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
@@ -99,14 +101,25 @@ func runUntilEnd(t *testing.T, p *Pipeline) {
 	t.Cleanup(func() { stop(); <-done })
 }
 
-// queueRecord puts a record (no payload needed by scriptedDelivery) for
-// channel P: from → to on the EXCHANGE stream, as ingest would.
+// queueRecord puts a record for channel P: from → to on the EXCHANGE
+// stream, with a small payload, as ingest would (scriptedDelivery does not
+// read the payload; a dead letter's retry needs it).
 func queueRecord(t *testing.T, b *bus.Bus, from, to string, no uint64) {
 	t.Helper()
 	h := exchange.Header{ExchangePlan: "P", From: from, To: to, MessageNo: no}
-	m := message.NewMessage(MessageID(h, "sha"+strconv.FormatUint(no, 10)), nil)
+	body := "No " + strconv.FormatUint(no, 10)
+	sum := sha256.Sum256([]byte(body))
+	sha := hex.EncodeToString(sum[:])
+	id := MessageID(h, sha)
+	if _, _, err := b.PutPayload(context.Background(), id, int64(len(body)), strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	m := message.NewMessage(id, nil)
 	exchange.SetHeader(m, h)
 	m.Metadata.Set(exchange.MetaFileName, exchange.FileName(from, to, exchange.FormatXML))
+	m.Metadata.Set(exchange.MetaObject, id)
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
+	m.Metadata.Set(exchange.MetaSHA256, sha)
 	if _, err := publishRecord(context.Background(), b.JS, bus.Subject("P", from, to), m); err != nil {
 		t.Fatal(err)
 	}
@@ -407,6 +420,96 @@ func TestSequentialStaleMovesChannelOn(t *testing.T) {
 	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 11 })
 	if got := d.delivered(); len(got) != 1 || got[0] != 11 || c.Stale != 2 || c.Resolved != 3 {
 		t.Fatalf("delivered %v, want [11]; state: delivered No %d, stale %d, resolved %d, error %q", got, c.DeliveredNo, c.Stale, c.Resolved, c.LastError)
+	}
+}
+
+// A message that dies at delivery on a sequential channel holds the
+// numbers after it, whether the channel delivered anything before it or
+// not, and however long it waits (its record purged from the stream
+// meanwhile): the addressee needs every number. Retried and delivered, it
+// lets the channel go on; dropped, the channel goes on without it, and the
+// message's trace says the operator dropped it.
+func TestSequentialDeadLetterHolds(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		queued []uint64
+		dies   uint64 // dies at its first attempt
+		retry  bool   // else dropped
+		want   []uint64
+	}{
+		{"first message retried", []uint64{5, 6}, 5, true, []uint64{5, 6}},
+		{"first message dropped", []uint64{5, 6}, 5, false, []uint64{6}},
+		{"after a delivered one, retried", []uint64{1, 2, 3}, 2, true, []uint64{1, 2, 3}},
+		{"after a delivered one, dropped", []uint64{1, 2, 3}, 2, false, []uint64{1, 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			b := testBus(t)
+			d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
+				if no == tc.dies && attempt == 1 {
+					return exchange.Permanent(errors.New("refused for good"))
+				}
+				return nil
+			}}
+			deadSeq := uint64(0)
+			for i, no := range tc.queued {
+				queueRecord(t, b, "SRC", "DST", no)
+				if no == tc.dies {
+					deadSeq = uint64(i + 1) // the only records in the stream
+				}
+			}
+			p := runSequential(t, b, d)
+			c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeadNo == tc.dies })
+			if c.DeadNo != tc.dies || c.Dead != 1 {
+				t.Fatalf("state %+v: want No %d dead and holding", c, tc.dies)
+			}
+			// The sweep purges done records a day on; the hold must not
+			// end with them.
+			if err := b.Exchange.Purge(ctx, jetstream.WithPurgeSubject(bus.Subject("P", "SRC", "DST")), jetstream.WithPurgeSequence(deadSeq+1)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2*holdDelay + 500*time.Millisecond)
+			if got := d.delivered(); len(got) > 0 && got[len(got)-1] > tc.dies {
+				t.Fatalf("delivered %v past dead No %d", got, tc.dies)
+			}
+			c, err := p.States().Get(ctx, "P", "SRC", "DST")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(c.LastError, fmt.Sprintf("No %d is a dead letter", tc.dies)) {
+				t.Fatalf("last error %q: want the hold on dead No %d told", c.LastError, tc.dies)
+			}
+			ls, err := p.Dead().List(ctx)
+			if err != nil || len(ls) != 1 {
+				t.Fatalf("dead letters %+v, %v: want one", ls, err)
+			}
+			if tc.retry {
+				_, err = p.Retry(ctx, ls[0].Seq)
+			} else {
+				err = p.DropDead(ctx, ls[0].Seq)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			last := tc.queued[len(tc.queued)-1]
+			c = waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == last })
+			if got := d.delivered(); !slices.Equal(got, tc.want) || c.DeadNo != 0 || c.Pending() != 0 {
+				t.Fatalf("delivered %v, want %v; state %+v", got, tc.want, c)
+			}
+			if !tc.retry {
+				if c.DroppedNo != tc.dies {
+					t.Fatalf("dropped No %d, want %d", c.DroppedNo, tc.dies)
+				}
+				evs, err := p.Trace(ctx, TraceQuery{Match: ls[0].MsgID})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.ContainsFunc(evs, func(e Event) bool { return e.Step == StepDropped && strings.Contains(e.Detail, "operator") }) {
+					t.Fatalf("trace %+v: no drop by the operator", evs)
+				}
+			}
+		})
 	}
 }
 

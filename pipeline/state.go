@@ -51,6 +51,15 @@ type Channel struct {
 	// after it, older ones are stale.
 	NameSeq uint64 `json:"name_seq,omitempty"`
 
+	// DeadNo is the number of a message that died at delivery on a
+	// sequential channel: the numbers after it wait until it is retried
+	// and delivered, or dropped by the operator. 0 when none waits.
+	DeadNo uint64 `json:"dead_no,omitempty"`
+	// DroppedNo is the highest number the operator dropped as a dead
+	// letter (`relay dead drop`): a sequential channel goes on past it as
+	// past a delivered one.
+	DroppedNo uint64 `json:"dropped_no,omitempty"`
+
 	// LastMsgID is the message id of the record resolved last, so that
 	// JetStream offering it again (its ack was lost) does not count it twice.
 	LastMsgID string `json:"last_msg_id,omitempty"`
@@ -86,6 +95,26 @@ func (c *Channel) applyAck(receivedNo uint64, now time.Time) {
 			c.To, receivedNo, c.From, c.To, carried, c.From, c.To, c.From)
 	case c.Warning != "" && carried >= c.AckedNo:
 		c.Warning, c.WarningAt = "", time.Time{}
+	}
+}
+
+// passedNo is the number a sequential channel has gone past: delivered,
+// found at the destination, or dropped by the operator.
+func (c *Channel) passedNo() uint64 { return max(c.DeliveredNo, c.DroppedNo) }
+
+// deadHold is the number of the dead message the channel's later numbers
+// wait for, 0 when there is none.
+func (c *Channel) deadHold() uint64 {
+	if c.DeadNo > c.passedNo() {
+		return c.DeadNo
+	}
+	return 0
+}
+
+// settle forgets a dead number the channel has gone past.
+func (c *Channel) settle() {
+	if c.deadHold() == 0 {
+		c.DeadNo = 0
 	}
 }
 

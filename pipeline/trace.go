@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
@@ -50,7 +52,10 @@ const (
 
 // event records e without waiting: a lost event costs a line of a trace,
 // never a message, so the pipeline does not slow down for it.
-func (l *lane) event(e Event) {
+func (l *lane) event(e Event) { recordEvent(l.b.Conn, l.log, e) }
+
+// recordEvent publishes e on conn (see lane.event).
+func recordEvent(conn *nats.Conn, log *slog.Logger, e Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
@@ -66,8 +71,8 @@ func (l *lane) event(e Event) {
 	sum := sha256.Sum256([]byte(key))
 	// A plain publish: the stream stores it all the same, and no
 	// acknowledgement travels back for something nobody waits for.
-	if err := l.b.Conn.Publish(bus.EventSubjectPrefix+hex.EncodeToString(sum[:12]), b); err != nil {
-		l.log.Debug("trace event not recorded", "step", e.Step, "err", err)
+	if err := conn.Publish(bus.EventSubjectPrefix+hex.EncodeToString(sum[:12]), b); err != nil {
+		log.Debug("trace event not recorded", "step", e.Step, "err", err)
 	}
 }
 
