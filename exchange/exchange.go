@@ -161,6 +161,14 @@ func ParseName(base string) (Name, error) {
 	return n, nil
 }
 
+// MayBeFrom says the file may be a message of node: its From, or, as codes
+// may contain '_' (see Check), its prefix and From joined. A pickup leaves
+// a name that cannot be node's alone: another node's file in a shared
+// folder or mailbox (1C's mail transport reads and writes one mailbox).
+func (n Name) MayBeFrom(node string) bool {
+	return n.From == node || (n.Prefix != "" && n.Prefix+"_"+n.From == node)
+}
+
 // stem is the name without its extension, as shown in mismatch errors.
 func (n Name) stem() string {
 	if n.Prefix != "" {

@@ -99,6 +99,33 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// MayBeFrom follows Check: a node's file is one whose header could say
+// From node, whichever way the codes split at '_'.
+func TestMayBeFrom(t *testing.T) {
+	for _, tc := range []struct {
+		file, node string
+		want       bool
+	}{
+		{"Message_CO_SHOP1.xml", "CO", true},
+		{"Message_CO_SHOP1.xml", "SHOP1", false},
+		{"Message_X_CO_SHOP1.zip", "CO", true},
+		{"Message_X_CO_SHOP1.zip", "X", false},
+		{"Message_SHOP_1_CO.xml", "SHOP_1", true},
+		{"Message_SHOP_1_CO.xml", "1", true}, // prefix SHOP
+		{"Message_SHOP_1_CO.xml", "SHOP", false},
+		{"Message_SHOP_1_CO.xml", "CO", false},
+		{"Message_ЦО_ОП.xml", "ЦО", true},
+	} {
+		n, err := ParseName(tc.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := n.MayBeFrom(tc.node); got != tc.want {
+			t.Errorf("%s may be from %s: %v, want %v", tc.file, tc.node, got, tc.want)
+		}
+	}
+}
+
 func TestCheckReplace(t *testing.T) {
 	at := func(no uint64) Header {
 		return Header{Dialect: DialectPlatform, ExchangePlan: "P", From: "A", To: "B", MessageNo: no}

@@ -367,3 +367,32 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// A node code may contain '_': SHOP_1 writes Message_SHOP_1_CO.xml, which
+// also reads as prefix SHOP, From 1. The pickup takes it as SHOP_1's (it
+// skipped it for good as another node's file).
+func TestPickupNodeCodeWithUnderscore(t *testing.T) {
+	dir := t.TempDir()
+	s, err := NewSubscriber("SHOP_1", fastPickup(dir), config.After{Action: config.AfterDelete}, nil, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := s.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); s.Close() })
+	path, err := exchangetest.WriteFile(dir, exchange.Header{ExchangePlan: "P", From: "SHOP_1", To: "CO", MessageNo: 4}, 1000, exchange.FormatXML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := next(t, ch, 3*time.Second)
+	if m == nil {
+		t.Fatalf("%s (From SHOP_1) was never taken by the pickup of node SHOP_1", path)
+	}
+	if p := m.Metadata.Get(exchange.MetaProblem); p != "" {
+		t.Fatalf("problem: %s", p)
+	}
+	m.Ack()
+}

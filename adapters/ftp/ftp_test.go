@@ -188,7 +188,9 @@ func TestPickup(t *testing.T) {
 func TestPickupWaitsForSlowWriter(t *testing.T) {
 	root := t.TempDir()
 	out := filepath.Join(root, "out")
-	os.MkdirAll(out, 0o755)
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cfg := testConfig(startServer(t, root, "out"), "pickup")
 	cfg.IncompleteTimeout = config.Duration(time.Minute)
 	ch := pickup(t, cfg, "A", false)
@@ -488,4 +490,29 @@ func TestIdleConnectionClosed(t *testing.T) {
 	if !open(del) {
 		t.Error("delivery connection closed before idleClose")
 	}
+}
+
+// A node code may contain '_': SHOP_1 writes Message_SHOP_1_CO.xml, which
+// also reads as prefix SHOP, From 1. Both the listing's filter and the
+// pickup's take it as SHOP_1's (they skipped it for good).
+func TestPickupNodeCodeWithUnderscore(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ch := pickup(t, testConfig(startServer(t, root, "out"), "pickup"), "SHOP_1", false)
+	path, err := exchangetest.WriteFile(out, hdr("SHOP_1", "CO", 3), 1000, exchange.FormatXML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := next(ch, 3*time.Second)
+	if m == nil {
+		t.Fatalf("%s was never taken by the pickup of node SHOP_1", filepath.Base(path))
+	}
+	if p := m.Metadata.Get(exchange.MetaProblem); p != "" {
+		t.Fatalf("problem: %s", p)
+	}
+	m.Ack()
+	waitGone(t, path)
 }
