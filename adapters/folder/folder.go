@@ -36,6 +36,11 @@ type Fetched struct {
 	// Release closes File and removes a spool copy; called once the pipeline
 	// has answered.
 	Release func()
+	// Copy says File is a copy (Spool): what the pipeline stores is what
+	// was copied, so the pickup compares the source with its listing after
+	// the copy (a local file is read again by the pipeline, whose size and
+	// sha256 check catches a rewrite instead).
+	Copy bool
 }
 
 // Ext is the extension a spooled file's content calls for, ".zip" or
@@ -112,7 +117,7 @@ func Spool(ctx context.Context, dir string, r io.Reader, limit int64) (Fetched, 
 		release()
 		return Fetched{}, err
 	}
-	return Fetched{File: f, Size: n, Release: release}, nil
+	return Fetched{File: f, Size: n, Release: release, Copy: true}, nil
 }
 
 // ClearSpool removes the spool copies a killed relay left in dir: a

@@ -114,6 +114,16 @@ func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Messa
 		}
 		notify = ch
 	}
+	// Close ends the context too: the loop may be waiting for the source
+	// (an FTP listing queued behind a take's long download), and only the
+	// context cuts that short.
+	go func() {
+		select {
+		case <-p.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	out := make(chan *message.Message)
 	p.wg.Add(1)
 	go func() {
@@ -369,9 +379,26 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		return false
 	}
 	defer fetched.Release()
-	if fetched.Size != c.size {
+	changed := fetched.Size != c.size
+	if !changed && fetched.Copy {
+		// 1C may have rewritten the file in place while it was copied:
+		// the copy would hold the head of one message and the tail of the
+		// next, well-formed and, consecutive messages being often the
+		// same size, of the listed size. Only a copy of a file unchanged
+		// since its listing is taken.
+		now, err := p.src.Stat(ctx, name)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("cannot look at the file after reading it; will retry", "err", err)
+			}
+			p.later(c)
+			return false
+		}
+		changed = now.Size != c.size || !now.ModTime.Equal(c.mtime)
+	}
+	if changed {
 		// Still being written: wait for it to settle again.
-		log.Debug("file grew while it was read; waiting", "listed", c.size, "read", fetched.Size)
+		log.Debug("file changed while it was read; waiting", "listed", c.size, "read", fetched.Size)
 		c.size, c.since = -1, p.now()
 		c.retryAt = p.now().Add(p.o.Settle)
 		return false

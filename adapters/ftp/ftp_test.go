@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -515,4 +516,171 @@ func TestPickupNodeCodeWithUnderscore(t *testing.T) {
 	}
 	m.Ack()
 	waitGone(t, path)
+}
+
+// rewriteDuringRetr is a server on whose disk 1C rewrites the message in
+// place (same inode, O_TRUNC) while the first download of it is running:
+// after the first chunk was sent, the file holds the next message.
+type rewriteDuringRetr struct {
+	ftpserver.Driver
+	root string
+	once sync.Once
+	next []byte
+}
+
+type rewritingReader struct {
+	io.ReadCloser
+	after func()
+	done  bool
+}
+
+func (r *rewritingReader) Read(b []byte) (int, error) {
+	if len(b) > 4096 {
+		b = b[:4096]
+	}
+	n, err := r.ReadCloser.Read(b)
+	if !r.done && n > 0 {
+		r.done = true
+		r.after()
+	}
+	return n, err
+}
+
+func (d *rewriteDuringRetr) GetFile(ctx *ftpserver.Context, p string, off int64) (int64, io.ReadCloser, error) {
+	size, rc, err := d.Driver.GetFile(ctx, p, off)
+	if err != nil || !strings.HasSuffix(p, "Message_A_B.xml") {
+		return size, rc, err
+	}
+	first := false
+	d.once.Do(func() { first = true })
+	if !first {
+		return size, rc, err
+	}
+	return size, &rewritingReader{ReadCloser: rc, after: func() {
+		// 1C overwrites the file under the same name (truncate + write).
+		_ = os.WriteFile(filepath.Join(d.root, p), d.next, 0o644) // a failure shows as No 7 taken
+	}}, nil
+}
+
+// 1C rewrites Message_A_B.xml in place with the next message, of the same
+// size, while relay downloads the previous one: the copy holds the head of
+// No 7 and the tail of No 8, well-formed. The pickup must not emit it; it
+// takes No 8 once that has settled.
+func TestPickupRewriteDuringDownload(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var a, b bytes.Buffer
+	if err := exchangetest.WriteXML(&a, hdr("A", "B", 7), 50_000); err != nil {
+		t.Fatal(err)
+	}
+	if err := exchangetest.WriteXML(&b, hdr("A", "B", 8), 50_000); err != nil {
+		t.Fatal(err)
+	}
+	if a.Len() != b.Len() {
+		t.Fatalf("sizes differ: %d %d", a.Len(), b.Len())
+	}
+	src := filepath.Join(out, "Message_A_B.xml")
+	if err := os.WriteFile(src, a.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(src, old, old); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := serve(t, &rewriteDuringRetr{Driver: drv, root: root, next: b.Bytes()}, "out")
+	ch := pickup(t, testConfig(url, "pickup"), "A", false)
+	m := next(ch, 10*time.Second)
+	if m == nil {
+		t.Fatal("nothing taken within 10s")
+	}
+	defer m.Ack()
+	body, err := exchange.Body(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(body)
+	body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := exchange.HeaderOf(m); !bytes.Equal(got, b.Bytes()) {
+		t.Fatalf("emitted header No %d, problem %q, %d bytes: not No 8 as 1C wrote it (equal to No 7: %v)",
+			h.MessageNo, m.Metadata.Get(exchange.MetaProblem), len(got), bytes.Equal(got, a.Bytes()))
+	}
+}
+
+// slowRetr serves message files slowly: a big message over a slow link.
+type slowRetr struct{ ftpserver.Driver }
+
+type slowReader struct{ io.ReadCloser }
+
+func (r slowReader) Read(b []byte) (int, error) {
+	time.Sleep(50 * time.Millisecond)
+	if len(b) > 1024 {
+		b = b[:1024]
+	}
+	return r.ReadCloser.Read(b)
+}
+
+func (d slowRetr) GetFile(ctx *ftpserver.Context, p string, off int64) (int64, io.ReadCloser, error) {
+	size, rc, err := d.Driver.GetFile(ctx, p, off)
+	if err != nil || !strings.Contains(p, "Message_") {
+		return size, rc, err
+	}
+	return size, slowReader{rc}, nil
+}
+
+// Close stops a pickup promptly (shutdown, lease handover) while a take
+// downloads a big file over a slow link: the next scan's listing waits for
+// the connection the download holds, and Close waited for the whole
+// download.
+func TestPickupCloseDuringLongDownload(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// ~200 KB at 1 KB per 50 ms: about 10 s to download.
+	if _, err := exchangetest.WriteFile(out, hdr("A", "B", 1), 200_000, exchange.FormatXML); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(serve(t, slowRetr{drv}, "out"), "pickup")
+	cfg.IOTimeout = config.Duration(30 * time.Second)
+	c, err := newClient("A", "pickup", cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
+		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
+		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterDelete},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := p.Subscribe(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1 * time.Second) // the download runs; a later scan waits for the connection
+	start := time.Now()
+	done := make(chan struct{})
+	go func() { p.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatalf("Close still blocked %s after it was called: it waits for the running download", time.Since(start).Round(time.Millisecond))
+	}
 }
