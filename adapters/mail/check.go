@@ -88,10 +88,16 @@ func hint(err error) string {
 		return "nothing listens there: wrong host or port, or the server is down"
 	case strings.Contains(msg, "no such host"):
 		return "the host name does not resolve"
-	case strings.Contains(msg, "STARTTLS"):
-		return "the server offers no STARTTLS here: use the TLS port with smtps:// or imaps://, or starttls: off for a server on this host"
+	// The AUTH error itself mentions STARTTLS (many servers offer AUTH only
+	// after it), so it must be told apart before the STARTTLS step's errors.
+	case strings.Contains(msg, "offers no authentication"):
+		return "the server offers no login on this connection: in clear text (starttls: off) many offer AUTH only after STARTTLS, so drop starttls: off or use smtps://; for a server that needs no login, leave the user out of the URL"
+	// A certificate refused during STARTTLS is a certificate problem, not a
+	// missing STARTTLS.
 	case strings.Contains(msg, "tls handshake") || strings.Contains(msg, "certificate"):
 		return "check the port (TLS vs STARTTLS), ca_file, and that the certificate names the host in the URL"
+	case strings.Contains(msg, "STARTTLS:"):
+		return "the server offers no STARTTLS here: use the TLS port with smtps:// or imaps://, or starttls: off for a server on this host"
 	case strings.Contains(msg, "AUTH") || strings.Contains(msg, "LOGIN"):
 		return "wrong user or password, or the server allows no login on this port"
 	case strings.Contains(msg, "RCPT TO"):

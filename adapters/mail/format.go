@@ -98,6 +98,23 @@ func sameStem(a, b string) bool {
 	return stem(a) == stem(b)
 }
 
+// fromOtherNode reports whether file, as a subject or X-Relay-File names it
+// (possibly without its extension), is a message another node than node
+// wrote. 1C's mail transport reads and writes one mailbox, so the pickup of
+// a node also sees the mails delivered to it; those are its 1C's to read.
+// A name that does not parse is not judged here: the content check says
+// what is wrong with it.
+func fromOtherNode(file, node string) bool {
+	if file == "" {
+		return false
+	}
+	n, err := exchange.ParseName(file)
+	if err != nil {
+		n, err = exchange.ParseName(file + ".xml")
+	}
+	return err == nil && !n.MayBeFrom(node)
+}
+
 // part is "i of n" of a split file.
 type part struct{ i, n int }
 
@@ -122,10 +139,13 @@ func (p part) String() string { return strconv.Itoa(p.i) + "/" + strconv.Itoa(p.
 // receiver tracks per transfer): 10,000 parts of 10 MiB mails is about 70 GiB.
 const maxParts = 10000
 
-// transferID names all parts of one file; it depends only on the message,
-// so a retried delivery sends parts the receiver recognises as the same.
-func transferID(h exchange.Header, sha string, n int) string {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%s\x00%d", h.ExchangePlan, h.From, h.To, h.MessageNo, sha, n)))
+// transferID names all parts of one file cut into n parts of per bytes; it
+// depends only on the message and the cutting, so a retried delivery sends
+// parts the receiver recognises as the same. per is in it because a changed
+// size limit can cut the same file into as many parts at other offsets: the
+// receiver must never join parts of two cuttings.
+func transferID(h exchange.Header, sha string, n int, per int64) string {
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%d\x00%s\x00%d\x00%d", h.ExchangePlan, h.From, h.To, h.MessageNo, sha, n, per))
 	return hex.EncodeToString(sum[:12])
 }
 

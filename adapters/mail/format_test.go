@@ -136,6 +136,32 @@ func TestSubjectFileOfOwnSubjects(t *testing.T) {
 	}
 }
 
+// TestFromOtherNode: the pickup of a node leaves the mails naming another
+// node's message; names with or without extension, with a node code that
+// has '_', and names that do not parse (not judged: taken and checked).
+func TestFromOtherNode(t *testing.T) {
+	for _, c := range []struct {
+		file, node string
+		other      bool
+	}{
+		{"Message_ЦО_ОП.xml", "ЦО", false},
+		{"Message_ОП_ЦО.xml", "ЦО", true},
+		{"Message_ОП_ЦО", "ЦО", true}, // 1C's subject without extension
+		{"Message_ЦО_ОП", "ЦО", false},
+		{"Message_ОП_ЦО.zip", "ЦО", true},
+		{"Message_Полный_ЦО_ОП.xml", "ЦО", false}, // with a prefix
+		{"Message_SHOP_1_ЦО.xml", "SHOP_1", false},
+		{"Message_SHOP_1_ЦО.xml", "1", false},
+		{"Message_SHOP_1_ЦО.xml", "SHOP", true},
+		{"Message_X", "ЦО", false},
+		{"", "ЦО", false},
+	} {
+		if got := fromOtherNode(c.file, c.node); got != c.other {
+			t.Errorf("fromOtherNode(%q, %q) = %v, want %v", c.file, c.node, got, c.other)
+		}
+	}
+}
+
 func TestSameStem(t *testing.T) {
 	for _, c := range []struct {
 		a, b string
@@ -223,16 +249,16 @@ func TestParsePart(t *testing.T) {
 func TestTransferID(t *testing.T) {
 	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 20}
 	sha := strings.Repeat("ab", 32)
-	id := transferID(h, sha, 3)
+	id := transferID(h, sha, 3, 1000)
 	if !validTransfer.MatchString(id) {
 		t.Fatalf("transferID %q is refused by validTransfer", id)
 	}
-	if transferID(h, sha, 3) != id {
+	if transferID(h, sha, 3, 1000) != id {
 		t.Fatal("transferID is not stable")
 	}
 	h2 := h
 	h2.ReceivedNo = 99 // not part of the identity
-	if transferID(h2, sha, 3) != id {
+	if transferID(h2, sha, 3, 1000) != id {
 		t.Fatal("transferID depends on ReceivedNo")
 	}
 	for _, o := range []exchange.Header{
@@ -240,15 +266,19 @@ func TestTransferID(t *testing.T) {
 		{ExchangePlan: "Магазины", From: "ОП", To: "ЦО", MessageNo: 20},
 		{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 21},
 	} {
-		if transferID(o, sha, 3) == id {
+		if transferID(o, sha, 3, 1000) == id {
 			t.Errorf("transferID of %+v equals that of %+v", o, h)
 		}
 	}
-	if transferID(h, strings.Repeat("cd", 32), 3) == id {
+	if transferID(h, strings.Repeat("cd", 32), 3, 1000) == id {
 		t.Error("transferID does not depend on the content")
 	}
-	if transferID(h, sha, 4) == id {
+	if transferID(h, sha, 4, 1000) == id {
 		t.Error("transferID does not depend on the number of parts")
+	}
+	// Two size limits can cut one file into as many parts at other offsets.
+	if transferID(h, sha, 3, 1001) == id {
+		t.Error("transferID does not depend on the bytes per part")
 	}
 	if contentType("Message_A_B.ZIP") != "application/zip" || contentType("Message_A_B.xml") != "application/xml" {
 		t.Error("contentType")
@@ -309,12 +339,12 @@ func TestRawPerMail(t *testing.T) {
 		}
 		for _, pt := range forms {
 			out := outgoing{name: name, h: h, size: per * int64(pt.n), sha: strings.Repeat("f", 64)}
-			attach := name
+			attach, tid := name, ""
 			if pt.n > 1 {
-				attach = name + ".9999"
+				attach, tid = name+".9999", transferID(h, out.sha, pt.n, per)
 			}
 			var n byteCounter
-			if err := p.write(&n, out, pt, io.LimitReader(&patternReader{}, per), attach); err != nil {
+			if err := p.write(&n, out, pt, tid, io.LimitReader(&patternReader{}, per), attach); err != nil {
 				t.Fatal(err)
 			}
 			if int64(n) > limit {

@@ -34,8 +34,9 @@ import (
 // Pickup is an IMAP pickup, a Watermill Subscriber: it emits one message per
 // exchange mail (or per complete set of parts) in a mailbox and commits the
 // mail (after: delete, move or keep) only when the message is acked. Mails
-// whose subject is not an exchange subject, or whose sender is not allowed,
-// are never touched. A matching mail that is malformed goes to dead letters
+// whose subject is not an exchange subject, names another node's message
+// (one for this node, in a mailbox its 1C also reads), or whose sender is
+// not allowed, are never touched. A matching mail that is malformed goes to dead letters
 // with the reason and is moved to the quarantine folder.
 type Pickup struct {
 	node    string
@@ -78,6 +79,7 @@ type transfer struct {
 	sha   string
 	n     int
 	parts map[int][]imap.UID // a part may arrive twice when a sender retried
+	sizes map[imap.UID]int64 // RFC822.SIZE of each part's mail
 	first time.Time
 }
 
@@ -370,6 +372,18 @@ func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, e
 			p.known[uid] = ignored
 			continue
 		}
+		var partFile string
+		if hdr.Get(HeaderPart) != "" {
+			partFile, _ = hdr.Text(HeaderFile)
+		}
+		if fromOtherNode(file, p.node) || fromOtherNode(partFile, p.node) {
+			// A message for this node (or a third one) in a mailbox its 1C
+			// shares: taking it would dead-letter it and, with after:
+			// delete, remove it before the 1C it is meant for has read it.
+			p.known[uid] = ignored
+			p.log.Debug("another node's exchange mail left alone", "uid", uid, "subject", subject)
+			continue
+		}
 		from := ""
 		if addrs, err := hdr.AddressList("From"); err == nil && len(addrs) > 0 {
 			from = addrs[0].Address
@@ -388,7 +402,7 @@ func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, e
 				if name == "" {
 					name = file
 				}
-				p.addPart(uid, id, name, sha, pt, arrived)
+				p.addPart(uid, id, name, sha, pt, arrived, size)
 				continue
 			}
 			p.log.Warn("part mail with bad part headers; taken as a single mail", "uid", uid, "part", v, "transfer", id)
@@ -402,13 +416,13 @@ func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, e
 	return singles, nil
 }
 
-func (p *Pickup) addPart(uid imap.UID, id, file, sha string, pt part, arrived time.Time) {
+func (p *Pickup) addPart(uid imap.UID, id, file, sha string, pt part, arrived time.Time, size int64) {
 	t := p.transfers[id]
 	if t == nil {
 		if arrived.IsZero() {
 			arrived = p.now()
 		}
-		t = &transfer{id: id, file: file, sha: sha, n: pt.n, parts: map[int][]imap.UID{}, first: arrived}
+		t = &transfer{id: id, file: file, sha: sha, n: pt.n, parts: map[int][]imap.UID{}, sizes: map[imap.UID]int64{}, first: arrived}
 		p.transfers[id] = t
 	}
 	if t.n != pt.n || t.sha != sha {
@@ -422,6 +436,7 @@ func (p *Pickup) addPart(uid imap.UID, id, file, sha string, pt part, arrived ti
 		t.first = arrived
 	}
 	t.parts[pt.i] = append(t.parts[pt.i], uid)
+	t.sizes[uid] = size
 	p.known[uid] = inTransfer
 }
 
@@ -469,6 +484,8 @@ func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate,
 	spooled.Size = attach.size
 	name, problem := m.file, ""
 	switch {
+	case !attach.found && attach.broken != nil:
+		problem = fmt.Sprintf("mail has no attachment that could be read: %v", attach.broken)
 	case !attach.found:
 		problem = "mail has no attachment"
 	case attach.tooBig:
@@ -624,7 +641,6 @@ func (p *Pickup) expunge(c *imapclient.Client, set imap.UIDSet) error {
 
 // takeSet joins the parts of a complete set in order and takes the file.
 func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer, out chan<- *message.Message) error {
-	uids := t.uids()
 	log := p.log.With("transfer", t.id, "file", t.file, "parts", t.n)
 	if p.after.Action == config.AfterKeep {
 		// Kept parts stay in the mailbox: a set taken before (also by an
@@ -634,7 +650,7 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 			return err
 		}
 		if taken {
-			for _, u := range uids {
+			for _, u := range t.uids() {
 				p.known[u] = done
 			}
 			delete(p.transfers, t.id)
@@ -648,7 +664,13 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 	defer spooled.Release()
 	problem := ""
 	for i := 1; i <= t.n && problem == ""; i++ {
-		a, err := p.fetchAttachment(c, t.parts[i][0], spooled.File)
+		uid := t.parts[i][0]
+		if size := t.sizes[uid]; size > maxMailSize(p.lim) {
+			// Not even fetched, as in takeOne.
+			problem = fmt.Sprintf("part %d/%d: mail of %d bytes is larger than an exchange file of the %d-byte limit can be", i, t.n, size, p.lim.MaxSize)
+			break
+		}
+		a, err := p.fetchAttachment(c, uid, spooled.File)
 		if errors.Is(err, errGone) {
 			return nil // the next scan sees the set without it
 		}
@@ -656,6 +678,8 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 			return err
 		}
 		switch {
+		case !a.found && a.broken != nil:
+			problem = fmt.Sprintf("part %d/%d has no attachment that could be read: %v", i, t.n, a.broken)
 		case !a.found:
 			problem = fmt.Sprintf("part %d/%d has no attachment", i, t.n)
 		case a.tooBig || spooled.Size+a.size > p.lim.MaxSize:
@@ -663,13 +687,25 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 		}
 		spooled.Size += a.size
 	}
-	delete(p.transfers, t.id)
 	name := t.file
 	if !isMessageName(name) {
 		name += spooled.Ext()
 	}
 	log.Debug("parts joined", "bytes", spooled.Size)
-	return p.emit(ctx, c, log, uids, name, t.sha, spooled, problem, out)
+	return p.emitSet(ctx, c, log, t, name, t.sha, spooled, problem, out)
+}
+
+// emitSet hands a set to the pipeline and forgets it once committed. When
+// the commit fails (the error ends the session) the set stays known as
+// complete, so the next session's scan takes and commits it again, as it
+// does a single mail; JetStream drops the duplicate. Forgetting it first
+// left its parts marked inTransfer and never looked at until a restart.
+func (p *Pickup) emitSet(ctx context.Context, c *imapclient.Client, log *slog.Logger, t *transfer, name, sha string, f folder.Fetched, problem string, out chan<- *message.Message) error {
+	if err := p.emit(ctx, c, log, t.uids(), name, sha, f, problem, out); err != nil {
+		return err
+	}
+	delete(p.transfers, t.id)
+	return nil
 }
 
 // keptSet reports whether every part of t has a mail that after: keep
@@ -710,8 +746,7 @@ func (p *Pickup) giveUpSet(ctx context.Context, c *imapclient.Client, t *transfe
 		return err
 	}
 	defer spooled.Release()
-	delete(p.transfers, t.id)
-	return p.emit(ctx, c, p.log.With("transfer", t.id), t.uids(), withExt(t.file), "", spooled, problem, out)
+	return p.emitSet(ctx, c, p.log.With("transfer", t.id), t, withExt(t.file), "", spooled, problem, out)
 }
 
 // newSpool makes an empty spool file for one message.
@@ -729,6 +764,9 @@ type attachment struct {
 	name   string
 	size   int64
 	tooBig bool
+	// broken is why the mail's MIME structure could not be read to its end
+	// (nil when it could); an attachment found before the damage stands.
+	broken error
 }
 
 // fetchAttachment streams one mail and appends its exchange attachment to
@@ -774,59 +812,190 @@ func (p *Pickup) fetchAttachment(c *imapclient.Client, uid imap.UID, f *os.File)
 
 // readAttachment parses a mail from r and copies the chosen attachment to
 // f at offset start. A mail that does not parse is not an error: it has no
-// attachment.
+// attachment, or keeps the one found before the damage, and broken says why.
+//
+// It walks the MIME tree itself with go-message's header and multipart
+// readers rather than go-message's mail reader, for two reasons. The mail
+// reader recodes every text/* part that names a charset once
+// go-message/charset is imported (as it is here, for subjects): an
+// attachment labelled "text/xml; charset=windows-1251" would be rewritten,
+// and relay never changes a file. And go-message reads each header whole
+// but bounds only the mail's own: here every header is bounded.
 func (p *Pickup) readAttachment(r io.Reader, f *os.File, start int64) (attachment, error) {
 	var a attachment
 	src, ok := r.(*srcReader)
 	if !ok {
 		src = &srcReader{r: r}
 	}
-	mr, err := gomail.CreateReader(src)
-	if err != nil && !gomessage.IsUnknownCharset(err) {
-		return a, nil
-	}
-	defer mr.Close()
-	for {
-		part, err := mr.NextPart()
-		if err == io.EOF {
-			return a, nil
-		}
-		if err != nil && !gomessage.IsUnknownCharset(err) {
-			if src.err != nil {
-				return a, src.err
-			}
-			return a, nil // broken MIME: what was found so far stands
-		}
-		ah, ok := part.Header.(*gomail.AttachmentHeader)
-		if !ok {
-			continue
-		}
-		name, _ := ah.Filename()
-		if a.found && (isMessageName(a.name) || !isMessageName(name)) {
-			continue
-		}
-		// The first attachment, or the first one named like a message
-		// after an unnamed one: (re)write it at start.
-		if _, err := f.Seek(start, io.SeekStart); err != nil {
-			return a, err
-		}
-		if err := f.Truncate(start); err != nil {
-			return a, err
-		}
-		w := &spoolWriter{w: f}
-		n, err := io.CopyBuffer(w, io.LimitReader(part.Body, p.lim.MaxSize+1), make([]byte, 256<<10))
+	lim := &headerLimit{r: src, left: -1}
+	br := bufio.NewReader(lim)
+	// stop ends the walk at a MIME error: one of the connection is the
+	// session's, any other is the mail's.
+	stop := func(err error) (attachment, error) {
 		if src.err != nil {
 			return a, src.err
 		}
-		if w.err != nil {
-			return a, w.err // the spool, not the mail
+		a.broken = err
+		return a, nil
+	}
+	lim.arm()
+	th, err := textproto.ReadHeader(br)
+	lim.disarm()
+	if err != nil {
+		return stop(err)
+	}
+	// The mail itself is the first entity; each multipart adds a level
+	// whose parts are the next ones, in the order they are written.
+	h, body := gomessage.Header{Header: th}, io.Reader(br)
+	type level struct {
+		mr  *textproto.MultipartReader
+		cur *textproto.Part
+	}
+	var levels []*level
+	for {
+		mediaType, params, _ := h.ContentType()
+		name, candidate := attachmentName(h, mediaType)
+		switch {
+		case strings.HasPrefix(mediaType, "multipart/"):
+			if len(levels) < maxMIMEDepth {
+				levels = append(levels, &level{mr: textproto.NewMultipartReader(body, params["boundary"])})
+			}
+		case !candidate:
+			// Text for people: not the file.
+		case a.found && (isMessageName(a.name) || !isMessageName(name)):
+			// The file is found already and this part is no better.
+		default:
+			// The first attachment, or the first one named like a message
+			// after an unnamed one: (re)write it at start.
+			found, err := p.copyAttachment(h, body, f, start, src)
+			if err != nil {
+				return a, err
+			}
+			if found.found {
+				found.name = name
+				a = found
+			}
 		}
-		a = attachment{found: true, name: name, size: n, tooBig: n > p.lim.MaxSize}
-		if err != nil {
-			// Bad base64 and the like: the content check will say so.
-			p.log.Debug("attachment did not decode to its end", "name", name, "err", err)
+		// On to the next entity: the rest of the current part is skipped
+		// with no header limit (it is body), then the next header is read
+		// under it; a finished multipart hands back to the one around it.
+		for {
+			if len(levels) == 0 {
+				return a, nil
+			}
+			l := levels[len(levels)-1]
+			if l.cur != nil {
+				if _, err := io.Copy(io.Discard, l.cur); err != nil {
+					return stop(err)
+				}
+			}
+			lim.arm()
+			part, err := l.mr.NextPart()
+			lim.disarm()
+			if err == io.EOF {
+				levels = levels[:len(levels)-1]
+				continue
+			}
+			if err != nil {
+				return stop(err)
+			}
+			l.cur = part
+			h, body = gomessage.Header{Header: part.Header}, io.Reader(part)
+			break
 		}
 	}
+}
+
+// maxMIMEHeader bounds the header of a mail and of each of its parts (with
+// the lines before a part's boundary; the few KiB that were buffered ahead
+// come on top): no mail client writes one near it, and go-message holds a
+// header whole while it reads it.
+const maxMIMEHeader = 1 << 20
+
+// maxMIMEDepth bounds how deep multiparts nest (each level holds a buffer);
+// a multipart deeper than that is skipped unread.
+const maxMIMEDepth = 32
+
+// errHeaderTooBig makes a mail with a larger header malformed.
+var errHeaderTooBig = fmt.Errorf("a MIME header is larger than %d bytes", maxMIMEHeader)
+
+// headerLimit passes the mail through, at most maxMIMEHeader bytes while
+// armed, that is while a header is read; bodies stream unbounded.
+type headerLimit struct {
+	r    io.Reader
+	left int64 // < 0: disarmed
+}
+
+func (l *headerLimit) arm()    { l.left = maxMIMEHeader }
+func (l *headerLimit) disarm() { l.left = -1 }
+
+func (l *headerLimit) Read(b []byte) (int, error) {
+	if l.left < 0 {
+		return l.r.Read(b)
+	}
+	if l.left == 0 {
+		return 0, errHeaderTooBig
+	}
+	if int64(len(b)) > l.left {
+		b = b[:l.left]
+	}
+	n, err := l.r.Read(b)
+	l.left -= int64(n)
+	return n, err
+}
+
+// attachmentName returns the file name a part carries (Content-Disposition
+// filename, else Content-Type name) and whether the part can be the
+// exchange file. A named part can, whatever its disposition: mail clients
+// attach files as "inline; filename=..." or with a name and no disposition
+// at all. An unnamed one can when go-message would call it an attachment
+// (not inline, and not text unless it says attachment).
+func attachmentName(h gomessage.Header, mediaType string) (string, bool) {
+	disp, dparams, _ := h.ContentDisposition()
+	name := dparams["filename"]
+	if name == "" {
+		_, cparams, _ := h.ContentType()
+		name = cparams["name"]
+	}
+	if name != "" {
+		return name, true
+	}
+	return "", disp == "attachment" || (disp != "inline" && !strings.HasPrefix(mediaType, "text/"))
+}
+
+// copyAttachment writes the body of a part to f at start. Only its transfer
+// encoding (base64, quoted-printable) is undone: go-message is given a
+// header that names nothing else, so it never converts a charset. A part
+// in an encoding go-message does not know is not taken (found is false).
+func (p *Pickup) copyAttachment(h gomessage.Header, body io.Reader, f *os.File, start int64, src *srcReader) (attachment, error) {
+	var eh gomessage.Header
+	if enc := h.Get("Content-Transfer-Encoding"); enc != "" {
+		eh.Set("Content-Transfer-Encoding", enc)
+	}
+	e, err := gomessage.New(eh, body)
+	if err != nil {
+		p.log.Debug("attachment in an unknown transfer encoding skipped", "err", err)
+		return attachment{}, nil
+	}
+	if _, err := f.Seek(start, io.SeekStart); err != nil {
+		return attachment{}, err
+	}
+	if err := f.Truncate(start); err != nil {
+		return attachment{}, err
+	}
+	w := &spoolWriter{w: f}
+	n, err := io.CopyBuffer(w, io.LimitReader(e.Body, p.lim.MaxSize+1), make([]byte, 256<<10))
+	if src.err != nil {
+		return attachment{}, src.err
+	}
+	if w.err != nil {
+		return attachment{}, w.err // the spool, not the mail
+	}
+	if err != nil {
+		// Bad base64 and the like: the content check will say so.
+		p.log.Debug("attachment did not decode to its end", "err", err)
+	}
+	return attachment{found: true, size: n, tooBig: n > p.lim.MaxSize}, nil
 }
 
 // spoolWriter remembers a failed write to the spool file.

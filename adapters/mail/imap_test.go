@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"mime/quotedprintable"
 	"net"
 	"os"
 	"strings"
@@ -134,14 +136,15 @@ func testMail(t *testing.T, name string, content []byte, pt part, per int64) []b
 	sum := sha256.Sum256(content)
 	out := outgoing{name: name, h: h, size: int64(len(content)), sha: hex.EncodeToString(sum[:])}
 	chunk := content
-	attach := name
+	attach, tid := name, ""
 	if pt.n > 1 {
 		lo := int64(pt.i-1) * per
 		chunk = content[lo:min(lo+per, int64(len(content)))]
 		attach = fmt.Sprintf("%s.%03d", name, pt.i)
+		tid = transferID(h, out.sha, pt.n, per)
 	}
 	var b bytes.Buffer
-	if err := pub.write(&b, out, pt, bytes.NewReader(chunk), attach); err != nil {
+	if err := pub.write(&b, out, pt, tid, bytes.NewReader(chunk), attach); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()
@@ -680,4 +683,296 @@ func TestIMAPPickupQuarantineRefusedDoesNotBlock(t *testing.T) {
 	badThenGood(t, out)
 	waitFor(t, "the good mail deleted", func() bool { n, _ := s.count(t, "INBOX"); return n == 1 })
 	none(t, out, 2500*time.Millisecond)
+}
+
+// TestIMAPPickupLeavesMailForThisNode: 1C's mail transport reads and
+// writes one mailbox, so besides the node's own outgoing mails it holds the
+// mails relay delivered TO the node. The pickup of ЦО takes its own
+// Message_ЦО_ОП and never touches the ones carrying a message from ОП (a
+// single mail, 1C's subject without extension, a split set): taking them
+// would dead-letter them ("from ОП found in the outbox of ЦО") and after:
+// delete would remove them before ЦО's 1C has read them.
+func TestIMAPPickupLeavesMailForThisNode(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	incoming := genXML(t, "ОП", "ЦО", 5, 300<<10)
+	s.add(t, "INBOX", testMail(t, "Message_ОП_ЦО.xml", incoming, part{1, 1}, 0))
+	s.add(t, "INBOX", []byte("From: base@example.com\r\nSubject: =?windows-1251?B?"+cp1251B64("Exchange message (Message_ОП_ЦО)")+"?=\r\n"+
+		"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XYZ\r\n\r\n"+
+		"--XYZ\r\nContent-Type: application/xml; name=\"Message_OP_CO.xml\"\r\nContent-Disposition: attachment\r\n"+
+		"Content-Transfer-Encoding: base64\r\n\r\n"+base64Lines(incoming)+"\r\n--XYZ--\r\n"))
+	per := int64(100 << 10)
+	n := int((int64(len(incoming)) + per - 1) / per)
+	for i := 1; i <= n; i++ {
+		s.add(t, "INBOX", testMail(t, "Message_ОП_ЦО.xml", incoming, part{i, n}, per))
+	}
+	own := fixture(t, "Message_ЦО_ОП.xml")
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", own, part{1, 1}, 0))
+	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	if name, pr := m.Metadata.Get(exchange.MetaFileName), m.Metadata.Get(exchange.MetaProblem); name != "Message_ЦО_ОП.xml" || pr != "" {
+		t.Fatalf("pickup of ЦО took %s (problem %q), want only its own Message_ЦО_ОП.xml", name, pr)
+	}
+	m.Ack()
+	waitFor(t, "own mail deleted", func() bool { k, _ := s.count(t, "INBOX"); return k == n+2 })
+	none(t, out, 1500*time.Millisecond)
+	if k, seen := s.count(t, "INBOX"); k != n+2 || seen != 0 {
+		t.Fatalf("INBOX has %d mails (%d seen), want the %d incoming ones untouched", k, seen, n+2)
+	}
+}
+
+// TestIMAPPickupDoesNotRecodeTextAttachment: mail clients (common Russian
+// ones) label an attached .xml "text/xml; charset=windows-1251". Importing
+// go-message/charset (for subjects) makes go-message's mail reader convert
+// such a part "to UTF-8", so relay rewrote the exchange file. The
+// attachment's bytes are taken as they are: only base64 or quoted-printable
+// is undone.
+func TestIMAPPickupDoesNotRecodeTextAttachment(t *testing.T) {
+	content := fixture(t, "Message_ЦО_ОП.xml")
+	var qp bytes.Buffer
+	w := quotedprintable.NewWriter(&qp)
+	w.Binary = true // line ends as =0A: the file's bytes, not text lines
+	if _, err := w.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for enc, body := range map[string]string{"base64": base64Lines(content), "quoted-printable": qp.String()} {
+		t.Run(enc, func(t *testing.T) {
+			s := startMemIMAP(t, nil)
+			raw := "From: base@example.com\r\n" +
+				"Subject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n" +
+				"MIME-Version: 1.0\r\n" +
+				"Content-Type: multipart/mixed; boundary=XYZ\r\n\r\n" +
+				"--XYZ\r\nContent-Type: text/plain\r\n\r\nexchange\r\n" +
+				"--XYZ\r\nContent-Type: text/xml; charset=windows-1251; name=\"Message_CO_OP.xml\"\r\n" +
+				"Content-Disposition: attachment; filename*=utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml\r\n" +
+				"Content-Transfer-Encoding: " + enc + "\r\n\r\n" + body + "\r\n--XYZ--\r\n"
+			s.add(t, "INBOX", []byte(raw))
+			out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+			m := next(t, out)
+			defer m.Ack()
+			if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+				t.Errorf("problem: %s", pr)
+			}
+			if b := bodyOf(t, m); !bytes.Equal(b, content) {
+				t.Fatalf("attachment rewritten: %d bytes taken, the file has %d", len(b), len(content))
+			}
+		})
+	}
+}
+
+// TestIMAPPickupNamedInlinePart: Apple Mail and others attach files as
+// "Content-Disposition: inline; filename=...", and older clients send a
+// named text/xml part with no Content-Disposition. go-message's mail reader
+// calls both inline; the pickup took neither and quarantined a mail that
+// carries the exchange file under its exact name. A named part is an
+// attachment whatever its disposition.
+func TestIMAPPickupNamedInlinePart(t *testing.T) {
+	content := fixture(t, "Message_ЦО_ОП.xml")
+	for name, partHeader := range map[string]string{
+		"inline with filename": "Content-Type: application/xml; name=\"Message_ЦО_ОП.xml\"\r\n" +
+			"Content-Disposition: inline; filename*=utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml\r\n",
+		"named text/xml, no disposition": "Content-Type: text/xml; name*=utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := startMemIMAP(t, nil)
+			raw := "From: base@example.com\r\n" +
+				"Subject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n" +
+				"MIME-Version: 1.0\r\n" +
+				"Content-Type: multipart/mixed; boundary=XYZ\r\n\r\n" +
+				"--XYZ\r\nContent-Type: text/plain\r\n\r\nexchange\r\n" +
+				"--XYZ\r\n" + partHeader +
+				"Content-Transfer-Encoding: base64\r\n\r\n" + base64Lines(content) + "\r\n--XYZ--\r\n"
+			s.add(t, "INBOX", []byte(raw))
+			out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+			m := next(t, out)
+			defer m.Ack()
+			if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+				t.Fatalf("problem: %s", pr)
+			}
+			if !bytes.Equal(bodyOf(t, m), content) {
+				t.Fatal("body differs")
+			}
+		})
+	}
+}
+
+// hostileMail streams a mail with pad bytes of unit repeated between head
+// and tail, without ever holding them; off is how far it has been read.
+type hostileMail struct {
+	head, unit, tail string
+	pad              int64
+	off              int64
+}
+
+func (h *hostileMail) Read(b []byte) (int, error) {
+	head, pad := int64(len(h.head)), h.pad
+	total := head + pad + int64(len(h.tail))
+	if h.off >= total {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(b) && h.off < total {
+		var c int
+		switch {
+		case h.off < head:
+			c = copy(b[n:], h.head[h.off:])
+		case h.off < head+pad:
+			u := (h.off - head) % int64(len(h.unit))
+			c = copy(b[n:min(len(b), n+int(head+pad-h.off))], h.unit[u:])
+		default:
+			c = copy(b[n:], h.tail[h.off-head-pad:])
+		}
+		n += c
+		h.off += int64(c)
+	}
+	return n, nil
+}
+
+// TestIMAPPickupBoundsPartHeader: go-message bounds the header of a mail
+// (1 MB) but reads the header of each MIME part whole, so a matching mail
+// with a 128 MiB field in a part header (still far below the largest mail
+// the pickup fetches, about 22 GiB) grew the heap by hundreds of MiB. Each
+// header is now read under maxMIMEHeader: past it the mail is malformed,
+// and no more of it is read. The proof is how much of the mail was read,
+// one long line or many folded ones, not the heap.
+func TestIMAPPickupBoundsPartHeader(t *testing.T) {
+	const pad = 16 << 20
+	for name, unit := range map[string]string{"one line": "a", "folded lines": strings.Repeat("a", 70) + "\r\n "} {
+		t.Run(name, func(t *testing.T) {
+			mail := &hostileMail{
+				head: "From: a@example.com\r\nSubject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n" +
+					"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XYZ\r\n\r\n--XYZ\r\nX-Pad: ",
+				unit: unit,
+				pad:  pad,
+				tail: "\r\nContent-Type: application/xml\r\nContent-Disposition: attachment; filename=Message_A_B.xml\r\n\r\n<x/>\r\n--XYZ--\r\n",
+			}
+			f, err := os.CreateTemp(t.TempDir(), "spool-*")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			p := &Pickup{lim: exchange.DefaultLimits(), log: slog.New(slog.DiscardHandler)}
+			a, err := p.readAttachment(mail, f, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a.found || !errors.Is(a.broken, errHeaderTooBig) {
+				t.Errorf("found=%v broken=%v, want no attachment for a header over the limit", a.found, a.broken)
+			}
+			if mail.off > maxMIMEHeader+64<<10 {
+				t.Fatalf("read %d MiB of the mail to get past a %d MiB header", mail.off>>20, pad>>20)
+			}
+		})
+	}
+	t.Run("through the pickup", func(t *testing.T) {
+		s := startMemIMAP(t, nil)
+		s.add(t, "INBOX", []byte("From: a@example.com\r\nSubject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n"+
+			"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XYZ\r\n\r\n--XYZ\r\nX-Pad: "+strings.Repeat("a", maxMIMEHeader+64<<10)+
+			"\r\nContent-Type: application/xml\r\nContent-Disposition: attachment; filename=Message_ЦО_ОП.xml\r\n\r\n<x/>\r\n--XYZ--\r\n"))
+		out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+		m := next(t, out)
+		if pr := m.Metadata.Get(exchange.MetaProblem); !strings.Contains(pr, "MIME header is larger") {
+			t.Fatalf("problem %q", pr)
+		}
+		m.Ack()
+		waitFor(t, "quarantine", func() bool { n, _ := s.count(t, DefaultQuarantine); return n == 1 })
+	})
+}
+
+// bodyFetches counts FETCHes of whole mails (BODY.PEEK[]), not of headers.
+type bodyFetches struct {
+	imapserver.Session
+	n *atomic.Int32
+}
+
+func (s bodyFetches) Fetch(w *imapserver.FetchWriter, set imap.NumSet, o *imap.FetchOptions) error {
+	for _, b := range o.BodySection {
+		if b.Specifier == imap.PartSpecifierNone && len(b.Part) == 0 {
+			s.n.Add(1)
+		}
+	}
+	return s.Session.Fetch(w, set, o)
+}
+
+// TestIMAPPickupRefusesHugePartUnread: like a single mail, a part mail
+// larger than a file within the limit can be is not even fetched (go-message
+// would read its header) and its set is a dead letter.
+func TestIMAPPickupRefusesHugePartUnread(t *testing.T) {
+	var fetches atomic.Int32
+	s := startMemIMAPWith(t, imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}}, func(s imapserver.Session) imapserver.Session { return bodyFetches{s, &fetches} })
+	content := genXML(t, "SHOP1", "ЦО", 7, 3<<20)
+	per := int64(3 << 19)
+	n := int((int64(len(content)) + per - 1) / per)
+	for i := 1; i <= n; i++ {
+		s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{i, n}, per))
+	}
+	out, _ := runPickupWith(t, "SHOP1", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil, func(p *Pickup) {
+		p.lim.MaxSize = 10000 // so the largest acceptable mail is about 1 MiB
+	})
+	m := next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); !strings.Contains(pr, fmt.Sprintf("part 1/%d: mail of", n)) {
+		t.Fatalf("problem %q", pr)
+	}
+	m.Ack()
+	waitFor(t, "quarantine", func() bool { k, _ := s.count(t, DefaultQuarantine); return k == n })
+	if n := fetches.Load(); n != 0 {
+		t.Fatalf("%d part mails fetched whole", n)
+	}
+}
+
+// failExpungeOnce refuses the first EXPUNGE, as a server does under a
+// transient error (or a connection that drops right then).
+type failExpungeOnce struct {
+	imapserver.Session
+	n *atomic.Int32
+}
+
+func (s failExpungeOnce) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
+	if s.n.Add(1) == 1 {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Text: "temporary failure"}
+	}
+	return s.Session.Expunge(w, uids)
+}
+
+// TestIMAPPickupSetCommitRetried: a joined set whose commit fails once (the
+// message is safe in JetStream) is committed on a later try, as a single
+// mail is. The set used to be forgotten before it was handed over while its
+// parts stayed marked as waiting, so no scan looked at them again and they
+// (each up to a 10 MiB mail) stayed in the mailbox until relay restarted.
+func TestIMAPPickupSetCommitRetried(t *testing.T) {
+	var n atomic.Int32
+	s := startMemIMAPWith(t, imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}}, func(s imapserver.Session) imapserver.Session { return failExpungeOnce{s, &n} })
+	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
+	per := int64(100 << 10)
+	parts := int((int64(len(content)) + per - 1) / per)
+	for i := 1; i <= parts; i++ {
+		s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{i, parts}, per))
+	}
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	f := false
+	c.IDLE = &f
+	out, _ := runPickup(t, "SHOP1", c, config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("problem: %s", pr)
+	}
+	m.Ack()
+	// The first expunge fails; the session is reopened after ~1 s. Taking
+	// the set again (a duplicate JetStream drops) and committing it then is fine.
+	deadline := time.Now().Add(8 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case again := <-out:
+			again.Ack()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if k, _ := s.count(t, "INBOX"); k == 0 {
+			return
+		}
+	}
+	k, _ := s.count(t, "INBOX")
+	t.Fatalf("%d part mails of a stored message still in INBOX %s after the failed commit (%d expunge attempts)", k, 8*time.Second, n.Load())
 }

@@ -138,7 +138,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	}
 	per := rawPerMail(limit)
 	if out.size <= per {
-		if err := p.send(c, out, part{1, 1}, &exactReader{r: io.LimitReader(out.body, out.size+1), left: out.size}, out.name); err != nil {
+		if err := p.send(c, out, part{1, 1}, "", &exactReader{r: io.LimitReader(out.body, out.size+1), left: out.size}, out.name); err != nil {
 			return err
 		}
 	} else if err := p.sendParts(c, out, per); err != nil {
@@ -155,7 +155,9 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 	if n > maxParts {
 		return exchange.Permanent(fmt.Errorf("smtp %s: %s: %d bytes would need %d parts of %d bytes (at most %d)", p.node, out.name, out.size, n, per, maxParts))
 	}
-	tid := transferID(out.h, out.sha, n)
+	// The id names this cutting: a retry under another limit starts a new
+	// transfer rather than add parts cut at other offsets to this one.
+	tid := transferID(out.h, out.sha, n, per)
 	p.mu.Lock()
 	done := p.sent[tid]
 	if done == nil {
@@ -176,7 +178,7 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 			if _, err := io.Copy(io.Discard, chunk); err != nil {
 				return fmt.Errorf("smtp %s: %s: read body: %w", p.node, out.name, err)
 			}
-		} else if err := p.send(c, out, part{i, n}, &exactReader{r: chunk, left: want}, fmt.Sprintf("%s.%03d", out.name, i)); err != nil {
+		} else if err := p.send(c, out, part{i, n}, tid, &exactReader{r: chunk, left: want}, fmt.Sprintf("%s.%03d", out.name, i)); err != nil {
 			return err
 		}
 		if chunk.n != want {
@@ -208,7 +210,8 @@ func rawPerMail(limit int64) int64 {
 }
 
 // send runs one mail transaction: MAIL, RCPT for each recipient, DATA.
-func (p *Publisher) send(c *smtp.Client, out outgoing, pt part, r io.Reader, attachName string) error {
+// tid is the transfer id of a part, "" for a whole file.
+func (p *Publisher) send(c *smtp.Client, out outgoing, pt part, tid string, r io.Reader, attachName string) error {
 	from := address(p.cfg.From).Address
 	if err := c.Mail(from, nil); err != nil {
 		return p.fail("MAIL FROM "+from, err, false)
@@ -223,7 +226,7 @@ func (p *Publisher) send(c *smtp.Client, out outgoing, pt part, r io.Reader, att
 	if err != nil {
 		return p.fail("DATA", err, true)
 	}
-	if err := p.write(w, out, pt, r, attachName); err != nil {
+	if err := p.write(w, out, pt, tid, r, attachName); err != nil {
 		// Never end DATA on a broken mail: dropping the connection makes
 		// the server discard the transaction.
 		_ = c.Close()
@@ -268,7 +271,7 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // write writes the whole mail: a header with the message's routing fields,
 // a short text part for people, and the file (or part) as a base64 attachment.
-func (p *Publisher) write(w io.Writer, out outgoing, pt part, r io.Reader, attachName string) error {
+func (p *Publisher) write(w io.Writer, out outgoing, pt part, tid string, r io.Reader, attachName string) error {
 	var h gomail.Header
 	h.SetDate(p.now())
 	h.SetAddressList("From", []*gomail.Address{address(p.cfg.From)})
@@ -297,7 +300,7 @@ func (p *Publisher) write(w io.Writer, out outgoing, pt part, r io.Reader, attac
 	h.Set(HeaderSize, strconv.FormatInt(out.size, 10))
 	h.Set(HeaderSHA256, out.sha)
 	if pt.n > 1 {
-		h.Set(HeaderTransfer, transferID(out.h, out.sha, pt.n))
+		h.Set(HeaderTransfer, tid)
 		h.Set(HeaderPart, pt.String())
 	}
 	mw, err := gomail.CreateWriter(w, h)

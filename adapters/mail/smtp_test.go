@@ -33,6 +33,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
 )
@@ -1285,5 +1286,88 @@ func TestSMTPCompressZipPartRetry(t *testing.T) {
 	}
 	if len(tried) < 5 || len(ids) != 1 || tried[2] != tried[3] {
 		t.Fatalf("server saw parts %v under %d transfer ids; want the retry to go on from part 3 of the same transfer", tried, len(ids))
+	}
+}
+
+// TestSMTPPartRetryOtherSizeSameCount: the size limit changes between two
+// attempts of a split delivery (the server's SIZE differs, max_message_size
+// was raised a little) but the part count stays the same. The transfer id
+// named only the count, so the retry skipped the parts "already sent"
+// although they were cut at other offsets, and the receiver joined parts of
+// two cuttings into a dead letter (sha256 mismatch). With the bytes per
+// part in the id the second cutting is a transfer of its own, and the
+// receiving relay joins it intact.
+func TestSMTPPartRetryOtherSizeSameCount(t *testing.T) {
+	const limit1, limit2 = 64 << 10, 66 << 10
+	srv := startSMTP(t, startTLSSMTP, 0)
+	srv.data = func(attempt int, _ []byte) error {
+		if attempt == 3 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}
+		}
+		return nil
+	}
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
+	body := bigXML(t, 42, 310_000)
+	per1, per2 := rawPerMail(limit1), rawPerMail(limit2)
+	n1 := (int64(len(body)) + per1 - 1) / per1
+	n2 := (int64(len(body)) + per2 - 1) / per2
+	if n1 != n2 || per1 == per2 {
+		t.Fatalf("setup: %d bytes make %d parts of %d and %d parts of %d; want the same count", len(body), n1, per1, n2, per2)
+	}
+	m := outMsg(t, nil, body)
+	if err := publish(p, m); err == nil {
+		t.Fatal("part 3 did not fail")
+	}
+	first := len(srv.accepted())
+	p.cfg.MaxMessageSize = limit2 // another limit on the retry, same part count
+	if err := publish(p, m); err != nil {
+		t.Fatal(err)
+	}
+	checkParts(t, srv.accepted()[first:], body, "Message_ЦО_ОП.xml", limit2)
+
+	// The receiving relay reads everything the server accepted.
+	s := startMemIMAP(t, nil)
+	for _, a := range srv.accepted() {
+		s.add(t, "INBOX", a.raw)
+	}
+	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	got := next(t, out)
+	defer got.Ack()
+	if pr := got.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("the delivered message arrived as a dead letter: %s", pr)
+	}
+	if !bytes.Equal(bodyOf(t, got), body) {
+		t.Fatal("joined file differs from the message")
+	}
+}
+
+// TestSMTPCheckHintNoAuthWithoutSTARTTLS: with starttls: off, a server that
+// offers AUTH only after STARTTLS fails the check with an error that says
+// so; the hint matched "STARTTLS" in it first and told the administrator
+// the opposite ("the server offers no STARTTLS here").
+func TestSMTPCheckHintNoAuthWithoutSTARTTLS(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0) // STARTTLS offered, AUTH only after it
+	cfg := smtpConf(t, smtpURL(srv, "smtp"), "", "starttls: off\n")
+	err := CheckSMTP(context.Background(), "ОП", cfg, slog.New(slog.DiscardHandler))
+	if err == nil {
+		t.Fatal("check passed without AUTH")
+	}
+	if msg := err.Error(); strings.Contains(msg, "offers no STARTTLS") || !strings.Contains(msg, "AUTH only after STARTTLS") {
+		t.Fatalf("misleading hint for a server that does offer STARTTLS: %v", err)
+	}
+}
+
+// TestHint: each failing step gets its own advice, whatever else its
+// error mentions.
+func TestHint(t *testing.T) {
+	for msg, want := range map[string]string{
+		"smtp ОП: AUTH: the server offers no authentication (on a plain connection many offer it only after STARTTLS)": "AUTH only after STARTTLS",
+		"smtp ОП: STARTTLS: smtp: server doesn't support STARTTLS":                                                     "offers no STARTTLS here",
+		"smtp ОП: STARTTLS: tls: failed to verify certificate: x509: certificate signed by unknown authority":          "ca_file",
+		"imap ЦО: LOGIN as relay: NO [AUTHENTICATIONFAILED] Invalid credentials":                                       "wrong user or password",
+	} {
+		if got := hint(errors.New(msg)); !strings.Contains(got, want) {
+			t.Errorf("hint(%q) = %q, want it to say %q", msg, got, want)
+		}
 	}
 }
