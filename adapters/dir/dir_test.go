@@ -396,3 +396,58 @@ func TestPickupNodeCodeWithUnderscore(t *testing.T) {
 	}
 	m.Ack()
 }
+
+// A commit that fails (here: the move folder is a file) is the pickup's
+// trouble in `relay status` until a commit succeeds, though the listings in
+// between succeed; the file stays and is taken again.
+func TestPickupCommitTroubleShown(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "done")
+	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a, err := config.ParseAfter("move:done")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSubscriber("A", fastPickup(dir), a, nil, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := s.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); s.Close() })
+	path, err := exchangetest.WriteFile(dir, exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 1}, 500, exchange.FormatXML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := next(t, ch, 3*time.Second)
+	if m == nil {
+		t.Fatal("not taken")
+	}
+	m.Ack()
+	time.Sleep(500 * time.Millisecond) // several listings, all fine
+	if msg, _ := s.LastError(); !strings.Contains(msg, "after move:done") {
+		t.Fatalf("trouble %q: want the failed move", msg)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the file must stay: %v", err)
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	if m = next(t, ch, 5*time.Second); m == nil {
+		t.Fatal("not taken again")
+	}
+	m.Ack()
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if msg, _ := s.LastError(); msg == "" {
+			return
+		}
+	}
+	msg, _ := s.LastError()
+	t.Fatalf("trouble %q after a commit that worked", msg)
+}

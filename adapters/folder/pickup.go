@@ -61,6 +61,10 @@ type Pickup struct {
 	now func() time.Time
 
 	trouble.Last
+	// commitTrouble is a failed commit (no right to delete in the outbox,
+	// a move folder that cannot be made): kept until a commit succeeds,
+	// since the listings that clear Last succeed all the while.
+	commitTrouble trouble.Last
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -570,10 +574,21 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 	if err != nil {
 		// The message is safe in JetStream; a second pickup is dropped as a duplicate.
 		log.Error("commit failed; the file may be taken again and dropped as a duplicate", "after", p.o.After.String(), "err", err)
+		p.commitTrouble.Set(fmt.Errorf("after %s of %s failed (the message is stored; the file will be taken again): %w", p.o.After.String(), name, err))
 		return false
 	}
+	p.commitTrouble.Set(nil)
 	log.Debug("committed", "after", p.o.After.String())
 	return true
+}
+
+// LastError is the pickup's current trouble for `relay status`: the source's
+// (cannot list, cannot read), else a commit that failed last.
+func (p *Pickup) LastError() (string, time.Time) {
+	if msg, at := p.Last.LastError(); msg != "" {
+		return msg, at
+	}
+	return p.commitTrouble.LastError()
 }
 
 // Backoff is capped exponential: 1s, 2s, 4s ... 5m.
