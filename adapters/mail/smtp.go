@@ -48,8 +48,23 @@ type Publisher struct {
 	mu sync.Mutex
 	// sent remembers, per transfer, the parts a server accepted, so a retry
 	// after a failed part sends only the rest.
-	sent map[string]map[int]bool
+	sent map[string]*sentParts
 }
+
+// sentParts are the parts of one transfer a server accepted, and when the
+// first of them was.
+type sentParts struct {
+	parts map[int]bool
+	first time.Time
+}
+
+// resendAfter is how long after its first part a retry still sends only the
+// missing parts; later it sends them all. The receiver waits part_timeout
+// (24 h by default) from the first part it got, then gives the set up as a
+// dead letter: parts sent after that would make a set that never completes,
+// and the message would be lost while this side counted it delivered. A
+// part that arrives twice is joined once.
+const resendAfter = time.Hour
 
 var _ message.Publisher = (*Publisher)(nil)
 
@@ -79,7 +94,7 @@ func NewPublisher(node string, cfg SMTPConfig, spool string, log *slog.Logger) (
 	return &Publisher{
 		node: node, cfg: cfg, t: t, tc: tc, spool: spool,
 		log: log.With("node", node, "adapter", "smtp", "server", t.display),
-		now: time.Now, sent: map[string]map[int]bool{},
+		now: time.Now, sent: map[string]*sentParts{},
 	}, nil
 }
 
@@ -159,14 +174,15 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 	// transfer rather than add parts cut at other offsets to this one.
 	tid := transferID(out.h, out.sha, n, per)
 	p.mu.Lock()
-	done := p.sent[tid]
-	if done == nil {
-		if len(p.sent) >= maxTransfersRemembered {
+	sp := p.sent[tid]
+	if sp == nil || p.now().Sub(sp.first) > resendAfter {
+		if sp == nil && len(p.sent) >= maxTransfersRemembered {
 			clear(p.sent) // transfers given up long ago; at worst parts are sent again
 		}
-		done = map[int]bool{}
-		p.sent[tid] = done
+		sp = &sentParts{parts: map[int]bool{}, first: p.now()}
+		p.sent[tid] = sp
 	}
+	done := sp.parts
 	p.mu.Unlock()
 	for i := 1; i <= n; i++ {
 		chunk := &countingReader{r: io.LimitReader(out.body, per)}

@@ -880,45 +880,62 @@ func TestSMTPNoAuthOffered(t *testing.T) {
 	}
 }
 
-// TestSMTPPartRetry: part 3 of 5 fails with 451; the retry sends only
-// parts 3..5, under the same transfer id.
+// TestSMTPPartRetry: part 3 of 5 fails with 451; a retry soon after sends
+// only parts 3..5, under the same transfer id. A retry more than
+// resendAfter after the first part sends them all: the receiver may have
+// given up the set by then, and parts 3..5 alone would never complete.
 func TestSMTPPartRetry(t *testing.T) {
-	const limit = 64 << 10
-	per := rawPerMail(limit)
-	srv := startSMTP(t, startTLSSMTP, 0)
-	srv.data = func(attempt int, _ []byte) error {
-		if attempt == 3 {
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "Temporary trouble"}
-		}
-		return nil
+	for _, tc := range []struct {
+		name  string
+		after time.Duration
+		tried string
+	}{
+		{"soon", time.Minute, "1/5 2/5 3/5 3/5 4/5 5/5"},
+		{"late", resendAfter + time.Minute, "1/5 2/5 3/5 1/5 2/5 3/5 4/5 5/5"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const limit = 64 << 10
+			per := rawPerMail(limit)
+			srv := startSMTP(t, startTLSSMTP, 0)
+			srv.data = func(attempt int, _ []byte) error {
+				if attempt == 3 {
+					return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "Temporary trouble"}
+				}
+				return nil
+			}
+			p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
+			clock := time.Now()
+			p.now = func() time.Time { return clock }
+			body := bigXML(t, 32, 4*per+per/2)
+			if n := (int64(len(body)) + per - 1) / per; n != 5 {
+				t.Fatalf("test body makes %d parts, want 5", n)
+			}
+			m := outMsg(t, nil, body)
+			err := publish(p, m)
+			if err == nil {
+				t.Fatal("delivered although part 3 failed")
+			}
+			if exchange.IsPermanent(err) || !strings.Contains(err.Error(), "part 3/5") || !strings.Contains(err.Error(), "451") {
+				t.Fatalf("error %v: want a temporary one naming part 3/5", err)
+			}
+			if n := len(srv.accepted()); n != 2 {
+				t.Fatalf("%d parts accepted before the failure, want 2", n)
+			}
+			clock = clock.Add(tc.after)
+			if err := publish(p, m); err != nil {
+				t.Fatal(err)
+			}
+			var tried []string
+			for _, a := range srv.tried() {
+				tried = append(tried, parseMail(t, a.raw).text1(t, HeaderPart))
+			}
+			if got := strings.Join(tried, " "); got != tc.tried {
+				t.Errorf("server saw parts %s, want %s", got, tc.tried)
+			}
+			accepted := srv.accepted()
+			checkParts(t, accepted[len(accepted)-5:], body, "Message_ЦО_ОП.xml", limit)
+		})
 	}
-	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
-	body := bigXML(t, 32, 4*per+per/2)
-	if n := (int64(len(body)) + per - 1) / per; n != 5 {
-		t.Fatalf("test body makes %d parts, want 5", n)
-	}
-	m := outMsg(t, nil, body)
-	err := publish(p, m)
-	if err == nil {
-		t.Fatal("delivered although part 3 failed")
-	}
-	if exchange.IsPermanent(err) || !strings.Contains(err.Error(), "part 3/5") || !strings.Contains(err.Error(), "451") {
-		t.Fatalf("error %v: want a temporary one naming part 3/5", err)
-	}
-	if n := len(srv.accepted()); n != 2 {
-		t.Fatalf("%d parts accepted before the failure, want 2", n)
-	}
-	if err := publish(p, m); err != nil {
-		t.Fatal(err)
-	}
-	var tried []string
-	for _, a := range srv.tried() {
-		tried = append(tried, parseMail(t, a.raw).text1(t, HeaderPart))
-	}
-	if got := strings.Join(tried, " "); got != "1/5 2/5 3/5 3/5 4/5 5/5" {
-		t.Errorf("server saw parts %s, want 1/5 2/5 3/5 3/5 4/5 5/5", got)
-	}
-	checkParts(t, srv.accepted(), body, "Message_ЦО_ОП.xml", limit)
 }
 
 // TestSMTPCompressZip: compress: zip sends an .xml as Message_A_B.zip with
