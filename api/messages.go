@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"mime"
 	"net/http"
 	"path/filepath"
@@ -23,6 +24,9 @@ type Outbox interface {
 	Next() (pull.Offer, bool)
 	// Ack completes the delivery of a waiting message.
 	Ack(id string) error
+	// Release ends the lease of a message that could not be handed over,
+	// so the node's next request gets it.
+	Release(id string)
 }
 
 // PushReply is the answer to an accepted POST /api/v1/messages.
@@ -35,6 +39,19 @@ type PushReply struct {
 	SHA256    string `json:"sha256"`
 }
 
+// stallGuard gives each read of a push's body idle to bring data: an
+// upload may take hours, a sender that stalls may not hold the connection.
+type stallGuard struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (g stallGuard) Read(b []byte) (int, error) {
+	_ = g.rc.SetReadDeadline(time.Now().Add(g.idle)) // a test's recorder has none: no limit there
+	return g.ReadCloser.Read(b)
+}
+
 // push takes one message file, raw or as the first file of a multipart
 // form, spools it, checks it like a pickup does and answers 202 only once
 // JetStream holds it. A bad file is refused with 400 and not stored.
@@ -45,26 +62,33 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	}
 	limit := int64(s.cfg.Relay.MaxMessageSize)
 	if r.ContentLength > limit {
-		writeErr(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("message of %d bytes is larger than relay.max_message_size (%d bytes)", r.ContentLength, limit))
+		refuse(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("message of %d bytes is larger than relay.max_message_size (%d bytes)", r.ContentLength, limit))
 		return
 	}
 	// The multipart envelope adds a little to the file.
-	r.Body = http.MaxBytesReader(w, r.Body, limit+64<<10)
+	r.Body = stallGuard{http.MaxBytesReader(w, r.Body, limit+64<<10), http.NewResponseController(w), s.pushIdle}
 	name, body, err := pushedFile(r)
 	if err != nil {
-		writeErr(w, http.StatusBadRequest, err.Error())
+		refuse(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	f, err := folder.Spool(r.Context(), s.spool, body, limit)
 	var mbe *http.MaxBytesError
+	var local *fs.PathError
 	switch {
 	case errors.Is(err, exchange.ErrTooLarge) || errors.As(err, &mbe):
-		writeErr(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("message is larger than relay.max_message_size (%d bytes)", limit))
+		refuse(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("message is larger than relay.max_message_size (%d bytes)", limit))
+		return
+	case errors.As(err, &local):
+		// relay's own trouble (disk full, spool folder unusable): the
+		// file is fine and may be sent again; the reply names no path.
+		s.log.Error("push: cannot spool the upload", "remote", r.RemoteAddr, "err", err)
+		refuse(w, http.StatusServiceUnavailable, "relay cannot store the upload now (its spool folder; see its log): not stored, try again")
 		return
 	case err != nil:
-		// Mostly a client that went away mid-upload: nothing was stored.
+		// A client that went away or stalled mid-upload: nothing was stored.
 		s.log.Warn("push: upload broken off", "remote", r.RemoteAddr, "err", err)
-		writeErr(w, http.StatusBadRequest, "upload broken off: "+err.Error())
+		refuse(w, http.StatusBadRequest, "upload broken off: "+err.Error())
 		return
 	}
 	defer f.Release()
@@ -156,6 +180,13 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 // pullNext hands the node its next waiting message: 200 with the file and
 // its id in Relay-Message-Id, 204 when nothing waits.
 func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		// The GET route takes HEAD too; a HEAD (a probe, a proxy's check)
+		// would lease the message away from the node's next GET.
+		w.Header().Set("Allow", http.MethodGet)
+		writeErr(w, http.StatusMethodNotAllowed, "GET only: fetching the next message leases it")
+		return
+	}
 	ob, code, ok := s.outbox(w, r)
 	if !ok {
 		return
@@ -167,6 +198,7 @@ func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := o.Open(r.Context())
 	if err != nil {
+		ob.Release(o.ID)
 		writeErr(w, http.StatusServiceUnavailable, "cannot read the message, try again: "+err.Error())
 		return
 	}

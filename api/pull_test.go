@@ -1,11 +1,18 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/relay1c/relay/adapters/pull"
 	"github.com/relay1c/relay/config"
@@ -17,6 +24,7 @@ type oneOffer struct{ o pull.Offer }
 
 func (b oneOffer) Next() (pull.Offer, bool) { return b.o, true }
 func (b oneOffer) Ack(string) error         { return nil }
+func (b oneOffer) Release(string)           {}
 
 // pullBackend is fakeBackend with an http_pull mailbox.
 type pullBackend struct {
@@ -66,5 +74,37 @@ func TestPullHeaders(t *testing.T) {
 				t.Errorf("%s: %s %q, want %q", c.what, k, w.Header().Get(k), want)
 			}
 		}
+	}
+}
+
+// Go's mux routes HEAD to the GET pattern of .../messages/next. A HEAD (a
+// monitoring probe, a proxy's check) is refused: it leased the waiting
+// message and read its payload for nothing, and the node's real GET then
+// heard 204 "nothing waits" for the whole lease (5 min by default).
+func TestPullHeadDoesNotLease(t *testing.T) {
+	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
+	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb := pull.NewMailbox("MOB", pull.Config{Lease: config.Duration(5 * time.Minute)}, nil)
+	defer mb.Close()
+	body := []byte("<x/>")
+	m := message.NewMessage(watermill.NewUUID(), nil)
+	exchange.SetHeader(m, exchange.Header{ExchangePlan: "P", From: "CO", To: "MOB", MessageNo: 1})
+	m.Metadata.Set(exchange.MetaFileName, "Message_CO_MOB.xml")
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil })
+	go mb.Publish("", m)
+	for mb.Waiting() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, mb}, "", slog.New(slog.DiscardHandler))
+	if w := do(s, "HEAD", "/api/v1/nodes/MOB/messages/next", "192.0.2.7:5000", "Bearer mob-secret"); w.Code != http.StatusMethodNotAllowed {
+		t.Errorf("HEAD: %d, want 405", w.Code)
+	}
+	w := do(s, "GET", "/api/v1/nodes/MOB/messages/next", "192.0.2.7:5000", "Bearer mob-secret")
+	if w.Code != 200 {
+		t.Fatalf("GET after a HEAD: %d, want 200 with the waiting message (the HEAD leased it away)", w.Code)
 	}
 }

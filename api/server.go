@@ -101,13 +101,18 @@ type Server struct {
 	spool      string
 	log        *slog.Logger
 	mux        *http.ServeMux
+	// handler is mux behind cross-origin protection: a web page the
+	// operator opens must not post to a relay that trusts loopback clients.
+	handler http.Handler
+	// pushIdle is how long a push's body may send nothing (a minute).
+	pushIdle time.Duration
 }
 
 // NewServer builds the handler. An empty token restricts the operator's
 // endpoints to loopback clients; nodes with api_token_env authenticate with
 // their own tokens from anywhere, for their own messages only.
 func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *Server {
-	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{},
+	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{}, pushIdle: time.Minute,
 		spool: filepath.Join(cfg.Resolve(cfg.Relay.DataDir), "spool", "api")}
 	for _, code := range cfg.NodeNames() {
 		n := cfg.Nodes[code]
@@ -140,11 +145,14 @@ func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *
 	s.mux.Handle("GET /api/v1/dead/{seq}", s.auth(s.deadGet))
 	s.mux.Handle("POST /api/v1/dead/{seq}/retry", s.auth(s.deadRetry))
 	s.mux.Handle("DELETE /api/v1/dead/{seq}", s.auth(s.deadDrop))
+	// Browsers mark a request another site's page makes (Sec-Fetch-Site,
+	// Origin); 1C, scripts and relay's own client send neither and pass.
+	s.handler = http.NewCrossOriginProtection().Handler(s.mux)
 	return s
 }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
 // Serve listens on addr until ctx ends.
 func (s *Server) Serve(ctx context.Context, addr string) error {
@@ -152,7 +160,9 @@ func (s *Server) Serve(ctx context.Context, addr string) error {
 	if err != nil {
 		return fmt.Errorf("api: listen %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	// IdleTimeout: a kept-alive connection nobody uses is closed. A body
+	// is bounded by the handler that reads it (push: pushIdle).
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -185,20 +195,35 @@ func (s *Server) identify(w http.ResponseWriter, r *http.Request) (caller, bool)
 			}
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
-		writeErr(w, http.StatusUnauthorized, "wrong bearer token")
+		refuse(w, http.StatusUnauthorized, "wrong bearer token")
 		return caller{}, false
 	}
 	if s.token == "" {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
 		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			if !rebindSafe(r.Host) {
+				refuse(w, http.StatusForbidden, fmt.Sprintf("without relay.api_token_env the API answers requests to an IP address or localhost only, not to %q (a page of another site could point that name at this machine)", r.Host))
+				return caller{}, false
+			}
 			return caller{admin: true}, true
 		}
-		writeErr(w, http.StatusForbidden, "the API answers loopback clients only unless relay.api_token_env is set (or a node's own token is sent)")
+		refuse(w, http.StatusForbidden, "the API answers loopback clients only unless relay.api_token_env is set (or a node's own token is sent)")
 		return caller{}, false
 	}
 	w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
-	writeErr(w, http.StatusUnauthorized, "missing bearer token")
+	refuse(w, http.StatusUnauthorized, "missing bearer token")
 	return caller{}, false
+}
+
+// rebindSafe says a request's Host cannot be a DNS rebinding: an IP
+// address, localhost, or none. Another site's name made to resolve to
+// 127.0.0.1 would otherwise give its pages the loopback operator's rights.
+func rebindSafe(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	return host == "" || net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost")
 }
 
 // auth lets only the operator through.
@@ -209,7 +234,7 @@ func (s *Server) auth(h http.HandlerFunc) http.Handler {
 			return
 		}
 		if !c.admin {
-			writeErr(w, http.StatusForbidden, fmt.Sprintf("the token of node %q gives access to its own messages only", c.node))
+			refuse(w, http.StatusForbidden, fmt.Sprintf("the token of node %q gives access to its own messages only", c.node))
 			return
 		}
 		h(w, r)
@@ -399,6 +424,15 @@ type ErrorBody struct {
 
 func writeErr(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, ErrorBody{Error: msg})
+}
+
+// refuse answers a request whose body is not read, and ends the
+// connection: Go's server would otherwise read what is left of the body
+// (up to 256 KiB) before answering, and a client trickling it holds the
+// server for as long as it likes.
+func refuse(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Connection", "close")
+	writeErr(w, code, msg)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

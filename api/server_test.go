@@ -1,14 +1,17 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,7 +77,7 @@ func newTestServer(t *testing.T, token string, be Backend) *Server {
 }
 
 func do(s *Server, method, path, remote, auth string) *httptest.ResponseRecorder {
-	r := httptest.NewRequest(method, path, nil)
+	r := httptest.NewRequest(method, "http://127.0.0.1:8088"+path, nil)
 	r.RemoteAddr = remote
 	if auth != "" {
 		r.Header.Set("Authorization", auth)
@@ -138,4 +141,142 @@ func TestEndpoints(t *testing.T) {
 	if w := do(s, "DELETE", "/api/v1/dead/1", lo, ""); w.Code != 204 || len(be.dropped) != 1 {
 		t.Errorf("drop: %d %v", w.Code, be.dropped)
 	}
+}
+
+// Without relay.api_token_env the operator's API trusts loopback clients,
+// and a browser on the relay's machine is one. A page of another site must
+// not use it: a form it posts (no CORS preflight) is refused by its
+// Sec-Fetch-Site or Origin, and a name of its own pointed at 127.0.0.1 (DNS
+// rebinding) by the Host. 1C, scripts and relay's client send none of
+// those headers, and reach it by IP address or localhost.
+func TestBrowserRequestsRefused(t *testing.T) {
+	s := newTestServer(t, "", &fakeBackend{ready: true})
+	for _, c := range []struct {
+		name, method, url string
+		headers           map[string]string
+		refused           bool
+	}{
+		{"retry from another site's form", "POST", "http://127.0.0.1:8088/api/v1/dead/1/retry",
+			map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, true},
+		{"push from another site's page, Origin only", "POST", "http://127.0.0.1:8088/api/v1/messages?name=Message_A_B.xml",
+			map[string]string{"Origin": "https://evil.example"}, true},
+		{"rebound name", "GET", "http://evil.example:8088/api/v1/channels", nil, true},
+		{"rebound name, same-origin post", "POST", "http://evil.example:8088/api/v1/dead/1/retry",
+			map[string]string{"Origin": "http://evil.example:8088", "Sec-Fetch-Site": "same-origin"}, true},
+		{"the dashboard's own request", "POST", "http://127.0.0.1:8088/api/v1/dead/1/retry",
+			map[string]string{"Origin": "http://127.0.0.1:8088", "Sec-Fetch-Site": "same-origin"}, false},
+		{"a script by IP", "GET", "http://127.0.0.1:8088/api/v1/channels", nil, false},
+		{"a script by localhost", "GET", "http://localhost:8088/api/v1/channels", nil, false},
+		{"IPv6", "GET", "http://[::1]:8088/api/v1/channels", nil, false},
+		{"listening on all addresses", "GET", "http://0.0.0.0:8088/api/v1/channels", nil, false},
+	} {
+		r := httptest.NewRequest(c.method, c.url, nil)
+		r.RemoteAddr = "127.0.0.1:50000"
+		for k, v := range c.headers {
+			r.Header.Set(k, v)
+		}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if refused := w.Code == http.StatusForbidden; refused != c.refused {
+			t.Errorf("%s: %d %s; refused: %v, want %v", c.name, w.Code, strings.TrimSpace(w.Body.String()), refused, c.refused)
+		}
+	}
+}
+
+// A stranger without a token who POSTs a push and trickles its body one
+// byte at a time gets its 401 at once and loses the connection: it held a
+// server goroutine and a file descriptor for as long as it trickled (Go's
+// server read the rest of the body before answering).
+func TestUnauthenticatedTrickleAnswered(t *testing.T) {
+	be := &fakeBackend{ready: true}
+	s := newTestServer(t, "s3cret", be)
+	c := serveConn(t, s)
+	fmt.Fprintf(c, "POST /api/v1/messages HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n")
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			if _, err := c.Write([]byte("1\r\nx\r\n")); err != nil {
+				return
+			}
+		}
+	}()
+	limit := 12 * time.Second
+	c.SetReadDeadline(time.Now().Add(limit))
+	start := time.Now()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	switch {
+	case err == nil:
+		t.Logf("answered after %s: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(line))
+		if !strings.Contains(line, "401") {
+			t.Errorf("status line %q, want 401", line)
+		}
+	case isTimeout(err):
+		t.Fatalf("no answer and connection still open after %s: an unauthenticated client holds the server as long as it trickles", limit)
+	default:
+		t.Logf("connection closed after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+}
+
+// serveConn serves s on a loopback port until the test ends and returns a
+// connection to it.
+func serveConn(t *testing.T, s *Server) net.Conn {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Serve(ctx, addr) }()
+	t.Cleanup(func() { cancel(); <-done })
+	var c net.Conn
+	for range 50 {
+		if c, err = net.Dial("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// A push whose sender stops sending mid-body is cut after pushIdle: the
+// connection does not stay held, and nothing is stored.
+func TestPushStallCut(t *testing.T) {
+	t.Setenv("RELAY_TEST_A_TOKEN", "a-secret")
+	cfg, err := config.Parse([]byte("nodes:\n  A:\n    api_token_env: RELAY_TEST_A_TOKEN\n    pickup: { dir: a }\n  B:\n    deliver: { dir: b }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(cfg, &fakeBackend{ready: true}, "", slog.New(slog.DiscardHandler))
+	s.pushIdle = 300 * time.Millisecond
+	c := serveConn(t, s)
+	fmt.Fprintf(c, "POST /api/v1/messages?name=Message_A_B.xml HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer a-secret\r\nContent-Length: 100000\r\n\r\n<v8msg:Message")
+	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if isTimeout(err) {
+		t.Fatalf("a stalled upload still holds the connection after %s", time.Since(start).Round(time.Millisecond))
+	}
+	if err == nil && !strings.Contains(line, "400") {
+		t.Fatalf("status line %q, want 400 (upload broken off)", line)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }

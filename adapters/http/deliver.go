@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -210,6 +211,9 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery, open func(context.Context) (io.ReadCloser, error), target *url.URL) *outcome {
 	rctx, guard, done := p.c.newAttemptContext(ctx)
 	defer done()
+	// sent is the body the transport took last (it asks again for a
+	// redirect or a retried connection): what it has sent of the file.
+	var sent atomic.Pointer[sendBody]
 	newBody := func() (io.ReadCloser, error) {
 		if d.Size == 0 {
 			return stdhttp.NoBody, nil
@@ -218,7 +222,10 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 		if err != nil {
 			return nil, fmt.Errorf("open body: %w", err)
 		}
-		return &sendBody{r: r, left: d.Size, g: guard}, nil
+		b := &sendBody{r: r, g: guard}
+		b.left.Store(d.Size)
+		sent.Store(b)
+		return b, nil
 	}
 	body, err := newBody()
 	if err != nil {
@@ -269,6 +276,13 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 	code := resp.StatusCode
 	switch {
 	case code >= 200 && code < 300:
+		if b := sent.Load(); b != nil && b.left.Load() > 0 {
+			// Go's transport hands over an answer that comes while the
+			// body is still going out: a service (or a proxy, a login
+			// page) that says OK after the first bytes did not take the
+			// file.
+			return &outcome{err: fmt.Errorf("%s before the whole file was sent (%d of %d bytes)", resp.Status, d.Size-b.left.Load(), d.Size), retry: true}
+		}
 		if desc, failed := oneCError(reply); failed {
 			return &outcome{err: fmt.Errorf("%s: the service reported an error: %s", resp.Status, desc), permanent: true}
 		}
@@ -293,20 +307,20 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 // takes bytes.
 type sendBody struct {
 	r    io.ReadCloser
-	left int64
+	left atomic.Int64 // read by attempt while the transport sends
 	g    *idleGuard
 }
 
 func (b *sendBody) Read(p []byte) (int, error) {
 	b.g.kick()
 	n, err := b.r.Read(p)
-	b.left -= int64(n)
+	left := b.left.Add(-int64(n))
 	switch {
-	case b.left < 0:
+	case left < 0:
 		return n, errors.New("the object store holds more bytes than the size metadata")
-	case err == io.EOF && b.left > 0:
-		return n, fmt.Errorf("the object store ended %d bytes early: %w", b.left, io.ErrUnexpectedEOF)
-	case b.left == 0:
+	case err == io.EOF && left > 0:
+		return n, fmt.Errorf("the object store ended %d bytes early: %w", left, io.ErrUnexpectedEOF)
+	case left == 0:
 		// All sent: the wait for the answer is response_timeout's.
 		b.g.pause()
 	}

@@ -882,7 +882,10 @@ func TestConfigValidate(t *testing.T) {
 		{"deliver", `{ url: https://h/, headers: { Authorization: "Basic eA==" } }`, []string{"headers: Authorization is set by relay (use user + password_env or token_env)"}},
 		{"deliver", `{ url: https://h/, headers: { content-type: text/plain } }`, []string{"headers: content-type is set by relay"}},
 		{"deliver", `{ url: https://h/, headers: { X-Relay-From: A } }`, []string{"headers: X-Relay-From is set by relay"}},
-		{"deliver", `{ url: https://h/, headers: { X-Ok: "a\nb" } }`, []string{"headers: X-Ok: the value cannot hold a line break"}},
+		{"deliver", `{ url: https://h/, headers: { X-Ok: "a\nb" } }`, []string{"headers: X-Ok: the value cannot hold a line break or another control character"}},
+		// Go's client would refuse it in every request, which validation did not say.
+		{"deliver", `{ url: https://h/, headers: { X-Ok: "trade\x01" } }`, []string{"headers: X-Ok: the value cannot hold a line break or another control character"}},
+		{"deliver", `{ url: https://h/, headers: { X-Ok: "a\tb Магазин" } }`, nil},
 		{"pickup", `{ url: https://h/, interval: 10ms }`, []string{"interval: 10ms is below 100ms"}},
 		{"deliver", `{ url: https://h/, interval: 1m }`, []string{"interval: only for pickup"}},
 		{"deliver", `{ url: https://h/, user: relay, password_env: RELAY_TEST_HTTP_PASSWORD, method: put, headers: { X-Base: a }, health_url: "https://h/ping" }`, nil},
@@ -1297,4 +1300,31 @@ func TestCheck(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	mustContain(t, Check(ctx, "N", "pickup", Config{URL: "http://" + addr + "/"}, nil), "connection refused", "hint: nothing listens there")
+}
+
+// A service (or a proxy, a login page in front of it) that answers 200
+// after reading only the start of the body has not taken the file: the
+// delivery fails and is retried, it is not counted delivered.
+func TestEarly2xxIsNotDelivered(t *testing.T) {
+	var got atomic.Int64
+	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		n, _ := io.CopyN(io.Discard, r.Body, 4<<10)
+		got.Store(n)
+		w.WriteHeader(stdhttp.StatusOK)
+		io.WriteString(w, "OK")
+	}))
+	defer srv.Close()
+	body := xmlOf(t, hdr(5), 1<<20)
+	p := newPub(t, Config{URL: srv.URL})
+	p.retry.tries = 1
+	m := newMsg(hdr(5), "Message_ЦО_ОП.xml", body, func() io.Reader {
+		// A slow object store read: the answer arrives long before the
+		// whole body could have been sent.
+		return &trickle{data: body, piece: 64 << 10, pause: 50 * time.Millisecond}
+	})
+	err := p.Publish("", m.Message)
+	t.Logf("server read %d of %d bytes; Publish: %v", got.Load(), len(body), err)
+	if err == nil || exchange.IsPermanent(err) || !strings.Contains(err.Error(), "before the whole file was sent") {
+		t.Fatalf("Publish: %v; the service read %d of %d bytes: want a failure to retry", err, got.Load(), len(body))
+	}
 }

@@ -242,6 +242,19 @@ func (mb *Mailbox) Next() (Offer, bool) {
 	return Offer{}, false
 }
 
+// Release ends the lease of the waiting message id (the API could not hand
+// it over), so the next request gets it rather than wait for the lease.
+func (mb *Mailbox) Release(id string) {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	for _, o := range mb.offers {
+		if o.ID == id {
+			o.leasedUntil = time.Time{}
+			return
+		}
+	}
+}
+
 // Ack completes the delivery of the waiting message id (also after its
 // lease ran out, as long as it is still waiting).
 func (mb *Mailbox) Ack(id string) error {

@@ -72,6 +72,12 @@ func TestMailbox(t *testing.T) {
 		t.Fatalf("Publish returned before the ack: %v", err)
 	default:
 	}
+	// Released (the API could not hand it over): the next request gets it
+	// at once, not after the lease.
+	mb.Release(o2.ID)
+	if o3, ok := mb.Next(); !ok || o3.ID != o.ID {
+		t.Fatal("not offered again after its release")
+	}
 	if err := mb.Ack("nope"); err == nil {
 		t.Fatal("ack of an unknown id succeeded")
 	}
