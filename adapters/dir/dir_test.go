@@ -53,11 +53,18 @@ func (m *memMemory) Remember(_ context.Context, k, fp string) error {
 
 func subscribe(t *testing.T, cfg PickupConfig, after string, mem folder.Memory) <-chan *message.Message {
 	t.Helper()
+	_, ch := startPickup(t, "A", cfg, after, mem)
+	return ch
+}
+
+// startPickup runs the pickup of node until the test ends.
+func startPickup(t *testing.T, node string, cfg PickupConfig, after string, mem folder.Memory) (*folder.Pickup, <-chan *message.Message) {
+	t.Helper()
 	a, err := config.ParseAfter(after)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewSubscriber("A", cfg, a, mem, nil, slog.New(slog.DiscardHandler))
+	s, err := NewSubscriber(node, cfg, a, mem, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +74,7 @@ func subscribe(t *testing.T, cfg PickupConfig, after string, mem folder.Memory) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); s.Close() })
-	return ch
+	return s, ch
 }
 
 func next(t *testing.T, ch <-chan *message.Message, d time.Duration) *message.Message {
@@ -373,16 +380,7 @@ func copyFile(t *testing.T, from, to string) {
 // skipped it for good as another node's file).
 func TestPickupNodeCodeWithUnderscore(t *testing.T) {
 	dir := t.TempDir()
-	s, err := NewSubscriber("SHOP_1", fastPickup(dir), config.After{Action: config.AfterDelete}, nil, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ch, err := s.Subscribe(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); s.Close() })
+	_, ch := startPickup(t, "SHOP_1", fastPickup(dir), "delete", nil)
 	path, err := exchangetest.WriteFile(dir, exchange.Header{ExchangePlan: "P", From: "SHOP_1", To: "CO", MessageNo: 4}, 1000, exchange.FormatXML)
 	if err != nil {
 		t.Fatal(err)
@@ -406,20 +404,7 @@ func TestPickupCommitTroubleShown(t *testing.T) {
 	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a, err := config.ParseAfter("move:done")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := NewSubscriber("A", fastPickup(dir), a, nil, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ch, err := s.Subscribe(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); s.Close() })
+	s, ch := startPickup(t, "A", fastPickup(dir), "move:done", nil)
 	path, err := exchangetest.WriteFile(dir, exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 1}, 500, exchange.FormatXML)
 	if err != nil {
 		t.Fatal(err)

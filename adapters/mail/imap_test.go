@@ -94,6 +94,17 @@ func (s *memIMAP) add(t *testing.T, folder string, raw []byte) {
 	}
 }
 
+// addParts appends content split into part mails of per bytes, in order,
+// to INBOX, as a relay's SMTP delivery sends file; it returns their number.
+func (s *memIMAP) addParts(t *testing.T, file string, content []byte, per int64) int {
+	t.Helper()
+	n := int((int64(len(content)) + per - 1) / per)
+	for i := 1; i <= n; i++ {
+		s.add(t, "INBOX", testMail(t, file, content, part{i, n}, per))
+	}
+	return n
+}
+
 // count returns how many mails a folder holds, and how many are \Seen.
 func (s *memIMAP) count(t *testing.T, folder string) (n, seen int) {
 	t.Helper()
@@ -646,10 +657,7 @@ func TestIMAPPickupKeepRemembersParts(t *testing.T) {
 	s := startMemIMAP(t, nil)
 	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
 	per := int64(100 << 10)
-	n := int((int64(len(content)) + per - 1) / per)
-	for i := 1; i <= n; i++ {
-		s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{i, n}, per))
-	}
+	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
 	mem := &memMemory{m: map[string]string{}}
 	c := imapTestConfig(s.addr)
 	out, p := runPickup(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem)
@@ -701,10 +709,7 @@ func TestIMAPPickupLeavesMailForThisNode(t *testing.T) {
 		"--XYZ\r\nContent-Type: application/xml; name=\"Message_OP_CO.xml\"\r\nContent-Disposition: attachment\r\n"+
 		"Content-Transfer-Encoding: base64\r\n\r\n"+base64Lines(incoming)+"\r\n--XYZ--\r\n"))
 	per := int64(100 << 10)
-	n := int((int64(len(incoming)) + per - 1) / per)
-	for i := 1; i <= n; i++ {
-		s.add(t, "INBOX", testMail(t, "Message_ОП_ЦО.xml", incoming, part{i, n}, per))
-	}
+	n := s.addParts(t, "Message_ОП_ЦО.xml", incoming, per)
 	own := fixture(t, "Message_ЦО_ОП.xml")
 	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", own, part{1, 1}, 0))
 	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
@@ -904,10 +909,7 @@ func TestIMAPPickupRefusesHugePartUnread(t *testing.T) {
 	s := startMemIMAPWith(t, imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}}, func(s imapserver.Session) imapserver.Session { return bodyFetches{s, &fetches} })
 	content := genXML(t, "SHOP1", "ЦО", 7, 3<<20)
 	per := int64(3 << 19)
-	n := int((int64(len(content)) + per - 1) / per)
-	for i := 1; i <= n; i++ {
-		s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{i, n}, per))
-	}
+	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
 	out, _ := runPickupWith(t, "SHOP1", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil, func(p *Pickup) {
 		p.lim.MaxSize = 10000 // so the largest acceptable mail is about 1 MiB
 	})
@@ -946,10 +948,7 @@ func TestIMAPPickupSetCommitRetried(t *testing.T) {
 	s := startMemIMAPWith(t, imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}}, func(s imapserver.Session) imapserver.Session { return failExpungeOnce{s, &n} })
 	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
 	per := int64(100 << 10)
-	parts := int((int64(len(content)) + per - 1) / per)
-	for i := 1; i <= parts; i++ {
-		s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{i, parts}, per))
-	}
+	s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
 	c := imapTestConfig(s.addr)
 	c.PollInterval = config.Duration(time.Second)
 	f := false

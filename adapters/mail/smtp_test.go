@@ -880,6 +880,15 @@ func TestSMTPNoAuthOffered(t *testing.T) {
 	}
 }
 
+// failThird is a server's DATA verdict that refuses the third mail of a
+// session's life with 451 (temporary) and takes every other.
+func failThird(attempt int, _ []byte) error {
+	if attempt == 3 {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "Temporary trouble"}
+	}
+	return nil
+}
+
 // TestSMTPPartRetry: part 3 of 5 fails with 451; a retry soon after sends
 // only parts 3..5, under the same transfer id. A retry more than
 // resendAfter after the first part sends them all: the receiver may have
@@ -897,12 +906,7 @@ func TestSMTPPartRetry(t *testing.T) {
 			const limit = 64 << 10
 			per := rawPerMail(limit)
 			srv := startSMTP(t, startTLSSMTP, 0)
-			srv.data = func(attempt int, _ []byte) error {
-				if attempt == 3 {
-					return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "Temporary trouble"}
-				}
-				return nil
-			}
+			srv.data = failThird
 			p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
 			clock := time.Now()
 			p.now = func() time.Time { return clock }
@@ -1204,12 +1208,7 @@ func TestSMTPConnectTimeoutBoundsGreeting(t *testing.T) {
 // not mix parts of different sizes under one transfer id.
 func TestSMTPPartRetryAfterLimitChange(t *testing.T) {
 	srv := startSMTP(t, startTLSSMTP, 0)
-	srv.data = func(attempt int, _ []byte) error {
-		if attempt == 3 {
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}
-		}
-		return nil
-	}
+	srv.data = failThird
 	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
 	body := bigXML(t, 41, 300_000)
 	m := outMsg(t, nil, body)
@@ -1269,12 +1268,7 @@ func TestSMTPCheck(t *testing.T) {
 // receiver holds an orphaned half set that dead-letters after part_timeout).
 func TestSMTPCompressZipPartRetry(t *testing.T) {
 	srv := startSMTP(t, startTLSSMTP, 0)
-	srv.data = func(attempt int, _ []byte) error {
-		if attempt == 3 {
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "Temporary trouble"}
-		}
-		return nil
-	}
+	srv.data = failThird
 	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\ncompress: zip\n"))
 	clock := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
 	p.now = func() time.Time { return clock }
@@ -1317,12 +1311,7 @@ func TestSMTPCompressZipPartRetry(t *testing.T) {
 func TestSMTPPartRetryOtherSizeSameCount(t *testing.T) {
 	const limit1, limit2 = 64 << 10, 66 << 10
 	srv := startSMTP(t, startTLSSMTP, 0)
-	srv.data = func(attempt int, _ []byte) error {
-		if attempt == 3 {
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}
-		}
-		return nil
-	}
+	srv.data = failThird
 	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
 	body := bigXML(t, 42, 310_000)
 	per1, per2 := rawPerMail(limit1), rawPerMail(limit2)
