@@ -744,23 +744,10 @@ func TestIMAPPickupDoesNotRecodeTextAttachment(t *testing.T) {
 	}
 	for enc, body := range map[string]string{"base64": base64Lines(content), "quoted-printable": qp.String()} {
 		t.Run(enc, func(t *testing.T) {
-			s := startMemIMAP(t, nil)
-			raw := "From: base@example.com\r\n" +
-				"Subject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n" +
-				"MIME-Version: 1.0\r\n" +
-				"Content-Type: multipart/mixed; boundary=XYZ\r\n\r\n" +
-				"--XYZ\r\nContent-Type: text/plain\r\n\r\nexchange\r\n" +
-				"--XYZ\r\nContent-Type: text/xml; charset=windows-1251; name=\"Message_CO_OP.xml\"\r\n" +
-				"Content-Disposition: attachment; filename*=utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml\r\n" +
-				"Content-Transfer-Encoding: " + enc + "\r\n\r\n" + body + "\r\n--XYZ--\r\n"
-			s.add(t, "INBOX", []byte(raw))
-			out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
-			m := next(t, out)
-			defer m.Ack()
-			if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
-				t.Errorf("problem: %s", pr)
-			}
-			if b := bodyOf(t, m); !bytes.Equal(b, content) {
+			b := pickOne(t, "Content-Type: text/xml; charset=windows-1251; name=\"Message_CO_OP.xml\"\r\n"+
+				"Content-Disposition: attachment; filename*=utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml\r\n"+
+				"Content-Transfer-Encoding: "+enc+"\r\n", body)
+			if !bytes.Equal(b, content) {
 				t.Fatalf("attachment rewritten: %d bytes taken, the file has %d", len(b), len(content))
 			}
 		})
@@ -781,22 +768,7 @@ func TestIMAPPickupNamedInlinePart(t *testing.T) {
 		"named text/xml, no disposition": "Content-Type: text/xml; name*=utf-8''Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml\r\n",
 	} {
 		t.Run(name, func(t *testing.T) {
-			s := startMemIMAP(t, nil)
-			raw := "From: base@example.com\r\n" +
-				"Subject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n" +
-				"MIME-Version: 1.0\r\n" +
-				"Content-Type: multipart/mixed; boundary=XYZ\r\n\r\n" +
-				"--XYZ\r\nContent-Type: text/plain\r\n\r\nexchange\r\n" +
-				"--XYZ\r\n" + partHeader +
-				"Content-Transfer-Encoding: base64\r\n\r\n" + base64Lines(content) + "\r\n--XYZ--\r\n"
-			s.add(t, "INBOX", []byte(raw))
-			out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
-			m := next(t, out)
-			defer m.Ack()
-			if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
-				t.Fatalf("problem: %s", pr)
-			}
-			if !bytes.Equal(bodyOf(t, m), content) {
+			if !bytes.Equal(pickOne(t, partHeader+"Content-Transfer-Encoding: base64\r\n", base64Lines(content)), content) {
 				t.Fatal("body differs")
 			}
 		})
@@ -974,4 +946,25 @@ func TestIMAPPickupSetCommitRetried(t *testing.T) {
 	}
 	k, _ := s.count(t, "INBOX")
 	t.Fatalf("%d part mails of a stored message still in INBOX %s after the failed commit (%d expunge attempts)", k, 8*time.Second, n.Load())
+}
+
+// pickOne puts one exchange mail for ЦО into a fresh mailbox, a text part
+// and then a part with partHeader (its header lines, each ending in CRLF)
+// and body, and returns what ЦО's pickup took from it.
+func pickOne(t *testing.T, partHeader, body string) []byte {
+	t.Helper()
+	s := startMemIMAP(t, nil)
+	s.add(t, "INBOX", []byte("From: base@example.com\r\n"+
+		"Subject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n"+
+		"MIME-Version: 1.0\r\n"+
+		"Content-Type: multipart/mixed; boundary=XYZ\r\n\r\n"+
+		"--XYZ\r\nContent-Type: text/plain\r\n\r\nexchange\r\n"+
+		"--XYZ\r\n"+partHeader+"\r\n"+body+"\r\n--XYZ--\r\n"))
+	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	defer m.Ack()
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("problem: %s", pr)
+	}
+	return bodyOf(t, m)
 }
