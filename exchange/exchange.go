@@ -276,9 +276,15 @@ func quote(s string) string {
 	return strconv.Quote(s)
 }
 
-// oneLine replaces control characters (newlines included) so that an error
-// message built from foreign text stays on one line.
+// oneLine replaces control characters (newlines included) and cuts the
+// text at 200 characters, so that an error message built from foreign text
+// stays one short line: it becomes a dead letter's reason, a log line, a
+// status line (a name may be a megabyte long).
 func oneLine(s string) string {
+	const max = 200
+	if utf8.RuneCountInString(s) > max {
+		s = string([]rune(s)[:max]) + "…"
+	}
 	return strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
 			return ' '

@@ -186,23 +186,31 @@ func (c *countHash) Write(p []byte) (int, error) {
 // onlyEntry reads a zip's central directory (bounded first: a push's zip is
 // untrusted) and returns its one entry.
 func onlyEntry(r io.ReaderAt, size int64, lim Limits) (*zip.File, error) {
-	if err := zipDirCheck(r, size, lim); err != nil {
-		return nil, err
+	f, _, err := onlyEntryAt(r, size, lim)
+	return f, err
+}
+
+// onlyEntryAt is onlyEntry that also tells where the central directory
+// starts, which the entry's stored bytes must end before.
+func onlyEntryAt(r io.ReaderAt, size int64, lim Limits) (*zip.File, int64, error) {
+	dirStart, err := zipDirCheck(r, size, lim)
+	if err != nil {
+		return nil, 0, err
 	}
 	zr, err := zip.NewReader(r, size)
 	if err != nil {
 		if errors.Is(err, zip.ErrInsecurePath) {
-			return nil, fmt.Errorf("%w: an entry name is a path traversal", ErrBadZip)
+			return nil, 0, fmt.Errorf("%w: an entry name is a path traversal", ErrBadZip)
 		}
-		return nil, fmt.Errorf("%w: central directory does not read: %s", ErrBadZip, oneLine(err.Error()))
+		return nil, 0, fmt.Errorf("%w: central directory does not read: %s", ErrBadZip, oneLine(err.Error()))
 	}
 	switch len(zr.File) {
 	case 1:
-		return zr.File[0], nil
+		return zr.File[0], dirStart, nil
 	case 0:
-		return nil, fmt.Errorf("%w: zip holds no entries, want one .xml message", ErrBadZip)
+		return nil, 0, fmt.Errorf("%w: zip holds no entries, want one .xml message", ErrBadZip)
 	}
-	return nil, fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, len(zr.File))
+	return nil, 0, fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, len(zr.File))
 }
 
 func inspectZip(r io.ReaderAt, size int64, lim Limits, password string, info Info) (Info, error) {
@@ -288,7 +296,7 @@ func InspectSealed(r io.ReaderAt, size int64, lim Limits) (Info, error) {
 	if !IsZip(magic) {
 		return info, fmt.Errorf("%w: not a zip", ErrBadZip)
 	}
-	f, err := onlyEntry(r, size, lim)
+	f, dirStart, err := onlyEntryAt(r, size, lim)
 	if err != nil {
 		return info, err
 	}
@@ -297,6 +305,11 @@ func InspectSealed(r io.ReaderAt, size int64, lim Limits) (Info, error) {
 	q := quote(name)
 	if f.Flags&flagEncrypted == 0 {
 		return info, fmt.Errorf("%w: entry %s is not password-protected", ErrBadZip, q)
+	}
+	// Unread, the entry must at least be all there: a copy cut short inside
+	// it, with a directory after, reads as a zip but cannot be unpacked.
+	if off, err := f.DataOffset(); err != nil || off+int64(f.CompressedSize64) > dirStart {
+		return info, fmt.Errorf("%w: entry %s: its %d stored bytes are not all in the file before the central directory", ErrBadZip, q, f.CompressedSize64)
 	}
 	// Any non-empty password gets the checks done before decryption.
 	if _, err := checkEntry(f, name, lim, "-"); err != nil {
@@ -495,43 +508,45 @@ const (
 // finds it and refuses, before archive/zip parses anything, a zip that is
 // still being written (no record: ErrIncomplete) or whose central directory
 // is larger than MaxZipEntries entries can be.
-func zipDirCheck(r io.ReaderAt, size int64, lim Limits) error {
+func zipDirCheck(r io.ReaderAt, size int64, lim Limits) (dirStart int64, err error) {
 	var buf []byte
 	end := int64(-1)
 	for i, n := range []int64{1024, 65 * 1024} {
 		n = min(n, size)
 		buf = make([]byte, n)
 		if k, err := r.ReadAt(buf, size-n); int64(k) < n {
-			return readAtErr(err)
+			return 0, readAtErr(err)
 		}
 		if p := findEOCD(buf); p >= 0 {
 			buf, end = buf[p:], size-n+int64(p)
 			break
 		}
 		if i == 1 || n == size {
-			return fmt.Errorf("%w: zip has no end of central directory (still being written?)", ErrIncomplete)
+			return 0, fmt.Errorf("%w: zip has no end of central directory (still being written?)", ErrIncomplete)
 		}
 	}
 	le := binary.LittleEndian
 	records := uint64(le.Uint16(buf[10:]))
 	dirSize := uint64(le.Uint32(buf[12:]))
 	dirOff := uint64(le.Uint32(buf[16:]))
-	if (records == 0xFFFF || dirSize == 0xFFFF || dirSize == 0xFFFFFFFF || dirOff == 0xFFFFFFFF) && end >= eocd64LocLen {
+	// Exactly archive/zip's condition for looking for a zip64 record: the
+	// bound must hold for the directory it will read, not another one.
+	if (records == 0xFFFF || dirSize == 0xFFFF || dirOff == 0xFFFFFFFF) && end >= eocd64LocLen {
 		loc := make([]byte, eocd64LocLen)
 		if k, err := r.ReadAt(loc, end-eocd64LocLen); k < len(loc) {
-			return readAtErr(err)
+			return 0, readAtErr(err)
 		}
 		if le.Uint32(loc) == 0x07064b50 && le.Uint32(loc[4:]) == 0 && le.Uint32(loc[16:]) == 1 {
 			off := le.Uint64(loc[8:])
 			if off > uint64(size)-eocd64Len || size < eocd64Len {
-				return fmt.Errorf("%w: zip64 end of central directory is outside the file", ErrBadZip)
+				return 0, fmt.Errorf("%w: zip64 end of central directory is outside the file", ErrBadZip)
 			}
 			rec := make([]byte, eocd64Len)
 			if k, err := r.ReadAt(rec, int64(off)); k < len(rec) {
-				return readAtErr(err)
+				return 0, readAtErr(err)
 			}
 			if le.Uint32(rec) != 0x06064b50 {
-				return fmt.Errorf("%w: zip64 end of central directory does not read", ErrBadZip)
+				return 0, fmt.Errorf("%w: zip64 end of central directory does not read", ErrBadZip)
 			}
 			records, dirSize, dirOff = le.Uint64(rec[32:]), le.Uint64(rec[40:]), le.Uint64(rec[48:])
 			end = int64(off)
@@ -539,13 +554,15 @@ func zipDirCheck(r io.ReaderAt, size int64, lim Limits) error {
 	}
 	max := uint64(lim.MaxZipEntries)
 	if records > max {
-		return fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, records)
+		return 0, fmt.Errorf("%w: zip holds %d entries, want exactly one .xml message", ErrBadZip, records)
 	}
 	bound := max * maxCDEntryLen
 	if dirSize > bound || (dirOff < uint64(end) && uint64(end)-dirOff > bound) {
-		return fmt.Errorf("%w: central directory is larger than %d entries can be", ErrBadZip, max)
+		return 0, fmt.Errorf("%w: central directory is larger than %d entries can be", ErrBadZip, max)
 	}
-	return nil
+	// Where archive/zip takes the directory to start (end is the end
+	// record's offset, or the zip64 record's).
+	return end - int64(min(dirSize, uint64(end))), nil
 }
 
 // findEOCD is archive/zip's search for the end-of-central-directory record

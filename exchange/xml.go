@@ -22,6 +22,10 @@ const (
 // that grows with the body, and real messages nest a few dozen levels.
 const maxDepth = 4096
 
+// maxNameBytes bounds an element's name (prefix and local part), kept on
+// that stack: 1C's are tens of characters.
+const maxNameBytes = 4096
+
 // maxTagBytes bounds one tag (a start tag with its attributes, an end tag, a
 // processing instruction) below MaxTokenBytes: encoding/xml holds a tag's
 // attributes as 48-byte xml.Attr values, so a tag of tiny attributes costs
@@ -109,12 +113,7 @@ func newParser(r io.Reader, lim Limits, size int64) *parser {
 // readHeader reads up to the end of the header and leaves the parser ready
 // to read the rest of the document.
 func (p *parser) readHeader() (Header, error) {
-	if p.lim.MaxSize < p.lim.MaxHeaderBytes {
-		p.s.setLimit(p.lim.MaxSize, fmt.Errorf("%w: XML larger than %d bytes", ErrTooLarge, p.lim.MaxSize))
-	} else {
-		p.s.setLimit(p.lim.MaxHeaderBytes,
-			fmt.Errorf("%w: header not complete within the first %d bytes", ErrTooLarge, p.lim.MaxHeaderBytes))
-	}
+	p.limitHeader("the first %d bytes")
 	if err := p.start(); err != nil {
 		return Header{}, err
 	}
@@ -149,8 +148,26 @@ func (p *parser) readHeader() (Header, error) {
 		return Header{}, err
 	}
 	p.trackNS, p.ns = false, nil
-	p.s.setLimit(p.lim.MaxSize, fmt.Errorf("%w: XML larger than %d bytes", ErrTooLarge, p.lim.MaxSize))
+	p.limitSize()
 	return h, nil
+}
+
+// limitHeader lets the header reader consume MaxHeaderBytes from here
+// (never past MaxSize); stretch names them in the error, with a %d for
+// their number.
+func (p *parser) limitHeader(stretch string) {
+	from := p.s.pos()
+	if p.lim.MaxSize-from < p.lim.MaxHeaderBytes {
+		p.limitSize()
+		return
+	}
+	p.s.setLimit(from+p.lim.MaxHeaderBytes,
+		fmt.Errorf("%w: header not complete within "+stretch, ErrTooLarge, p.lim.MaxHeaderBytes))
+}
+
+// limitSize lets the reader consume up to MaxSize.
+func (p *parser) limitSize() {
+	p.s.setLimit(p.lim.MaxSize, fmt.Errorf("%w: XML larger than %d bytes", ErrTooLarge, p.lim.MaxSize))
 }
 
 // start skips a UTF-8 byte order mark and leading whitespace and makes sure
@@ -215,6 +232,11 @@ func (p *parser) tok() (xml.Token, error) {
 		}
 		if len(p.stack) >= maxDepth {
 			return nil, fmt.Errorf("%w: elements nested deeper than %d", ErrTooLarge, maxDepth)
+		}
+		// Each open element's name is kept to match its end tag: bounded,
+		// the stack is at most maxDepth × maxNameBytes whatever the input.
+		if len(t.Name.Space)+len(t.Name.Local) > maxNameBytes {
+			return nil, fmt.Errorf("%w: an element name is longer than %d bytes", ErrTooLarge, maxNameBytes)
 		}
 		p.stack = append(p.stack, t.Name)
 		p.rootSeen = true
@@ -528,6 +550,17 @@ func (p *parser) rules() (Header, error) {
 			return f.header(DialectRules)
 		case "Объект":
 			return Header{}, fmt.Errorf("%w: ФайлОбмена has data (<Объект>) before ДанныеПоОбмену", ErrNoHeader)
+		case "ПравилаОбмена":
+			// The exchange rules a КД2 file may carry before its header
+			// (megabytes for a pair of typical configurations) are not
+			// header: read past them under the size limit alone.
+			p.limitSize()
+			for len(p.stack) > 1 {
+				if _, err := p.tok(); err != nil {
+					return Header{}, err
+				}
+			}
+			p.limitHeader("%d bytes after the exchange rules")
 		}
 	}
 }

@@ -1,0 +1,50 @@
+package exchange
+
+import (
+	"archive/zip"
+	"bytes"
+	"io"
+	"testing"
+)
+
+// TestSealedZipTruncatedEntry: a password-protected zip routed by its
+// name (no password configured) is only checked as a container, but the
+// check did not even make sure the entry's stored bytes are in the file:
+// a zip whose entry was cut short (half its bytes missing) but whose central
+// directory reads was taken as complete and carried to the addressee, which
+// cannot unpack it. The stored bytes (local header + CompressedSize) must at
+// least end where the central directory starts.
+func TestSealedZipTruncatedEntry(t *testing.T) {
+	for name, z := range cryptFiles(t) {
+		f := zipFile(t, z)
+		r, err := f.OpenRaw()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fh := f.FileHeader // keeps the full CompressedSize64
+		fh.Extra = bytes.Clone(fh.Extra)
+		var buf bytes.Buffer
+		w := zip.NewWriter(&buf)
+		wr, err := w.CreateRaw(&fh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wr.Write(raw[:len(raw)/2]) // the entry's second half never made it
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		cut := buf.Bytes()
+		if _, err := InspectWith(bytes.NewReader(cut), int64(len(cut)), Limits{}, []string{cryptPassword}); err == nil {
+			t.Fatalf("%s: with the password the cut entry reads?", name)
+		}
+		n, _ := ParseName("Message_ЦО_ОП.zip")
+		info, err := InspectFile(bytes.NewReader(cut), int64(len(cut)), Limits{}, n, nil)
+		if err == nil {
+			t.Errorf("%s with half its entry missing (%d of %d stored bytes): taken as a complete sealed zip: %+v", name, len(raw)/2, len(raw), info.Header)
+		}
+	}
+}
