@@ -93,6 +93,23 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	return int64(n), hex.EncodeToString(sum[:]), nil
 }
 
+// HasPayload says the payload name is stored whole with size bytes of
+// sha256 sha256hex (its meta says so; the chunks were written before it).
+func (b *Bus) HasPayload(ctx context.Context, name string, size int64, sha256hex string) (bool, error) {
+	sum, err := hex.DecodeString(sha256hex)
+	if err != nil || len(sum) != sha256.Size || size < 0 {
+		return false, nil
+	}
+	info, err := b.Payloads.GetInfo(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("payload %s: %w", name, err)
+	}
+	return !info.Deleted && info.Size == uint64(size) && info.Digest == digestOf(sum), nil
+}
+
 // publishMeta publishes an object's meta, replacing the one before it.
 func (b *Bus) publishMeta(info *jetstream.ObjectInfo) (jetstream.PubAckFuture, error) {
 	meta := nats.NewMsg(metaSubject(info.Name))

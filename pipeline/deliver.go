@@ -54,8 +54,26 @@ func (u stashUnmarshaler) Unmarshal(msg jetstream.Msg) (*message.Message, error)
 
 // holdDelay is how soon a held message (waiting for its predecessor,
 // another replica, the node) is looked at again: it is not failing, and
-// must follow soon after what it waits for, however long it has waited.
+// must follow soon after what it waits for.
 const holdDelay = time.Second
+
+// maxHoldDelay bounds how far apart a message held for long (behind a gap
+// or a dead letter for hours: every look costs a handler run) is looked
+// at: from a second at first, a second more per minute held, up to this.
+const maxHoldDelay = 30 * time.Second
+
+// heldFor is the delay before a message offered n times (all holds but
+// a few failures) is looked at again.
+func heldFor(n uint64) time.Duration {
+	return min(holdDelay*time.Duration(1+n/60), maxHoldDelay)
+}
+
+// maxHeld is how many of a node's messages may wait for their ack at once:
+// every held message does (a hold is a delayed nak), and at the limit
+// JetStream offers the node nothing new — not the number a gap waits for,
+// nor another channel's message. Thousands may wait behind a dead letter
+// on a sequential channel before someone retries or drops it.
+const maxHeld = 20000
 
 // maxFailing bounds how many failing messages a node's failure counts
 // remember (one resolved by another replica is never forgotten here); past
@@ -118,11 +136,12 @@ func (p *Pipeline) deliverySubscriber(node string, nc *nats.Conn, in *inflight) 
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       p.opts.AckWait, // offered again if no ack or progress (keepAlive) by then: covers a crash
 			MaxDeliver:    -1,
-			// Several may be outstanding so a held message (a gap in
-			// sequential mode) does not block the node's other channels;
-			// the handler still runs one at a time and the channel state
-			// decides what is delivered, so order is kept.
-			MaxAckPending: 64,
+			// Many may be outstanding so held messages (a gap, a dead
+			// letter in sequential mode) do not block the node's other
+			// channels or what the gap waits for; the handler still runs
+			// one at a time per channel and the channel state decides
+			// what is delivered, so order is kept.
+			MaxAckPending: maxHeld,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		},
 		PullOptions: deliveryPullOpts(),
@@ -206,7 +225,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		// error: the router would log every hold, once a second, as a
 		// handler failure.
 		hold := func() error {
-			setNakDelay(m, holdDelay)
+			setNakDelay(m, heldFor(timesOffered(in, m)))
 			m.Nack()
 			return nil
 		}

@@ -71,8 +71,21 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 			return err
 		}
 
-		if err := l.putPayload(ctx, m, id, size, sha); err != nil {
-			return err
+		// The same message taken again (its file left by a commit that
+		// failed, or by a relay stopped before it) may be stored with its
+		// record queued: a second put would rewrite that payload, and,
+		// had 1C meanwhile written its next message over the file, delete
+		// it under the queued record. What is stored whole stays.
+		kept := false
+		if h.ByName() || h.MessageNo <= st.PickedNo {
+			if kept, err = l.b.HasPayload(ctx, id, size, sha); err != nil {
+				return fmt.Errorf("ingest %s: %w", node, err)
+			}
+		}
+		if !kept {
+			if err := l.putPayload(ctx, m, id, size, sha); err != nil {
+				return err
+			}
 		}
 		if reason := p.routeProblem(h); reason != "" {
 			err := l.dead.put(ctx, DeadLetter{

@@ -2,6 +2,8 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -109,5 +111,44 @@ nodes:
 	l := ls[0]
 	if l.Object != "" || l.Size != size || l.Stage != StagePickup || !strings.Contains(l.Reason, "left in place") || !strings.Contains(l.Reason, "payload not kept") {
 		t.Errorf("dead letter %+v", l)
+	}
+}
+
+// A file taken again (the relay was killed after JetStream acked its
+// record, before the source was committed; or the commit failed) while 1C
+// overwrites it with its next message: the payload of the record queued by
+// the first take must still be there for its delivery. A second put read
+// the new bytes, found them not the inspected ones, and deleted the payload
+// under the queued record; now a payload stored whole is kept as it is.
+func TestReputChangedFileKeepsQueuedPayload(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: sequential, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	ingest := p.ingestHandler("SRC", "test", p.pushLane)
+	body := "<message 7/>"
+	if err := ingest(pickedUp("SRC", "DST", 7, body)); err != nil {
+		t.Fatal(err)
+	}
+	// Taken again: inspected as the same No 7, but while it is read into
+	// the object store, 1C writes No 8 over it.
+	again := pickedUp("SRC", "DST", 7, body)
+	exchange.SetBody(again, func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader("<message 8/>")), nil
+	})
+	if err := ingest(again); err != nil {
+		t.Fatalf("taken again: %v (its record is queued; the take is a duplicate)", err)
+	}
+	sum := sha256.Sum256([]byte(body))
+	id := MessageID(exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 7}, hex.EncodeToString(sum[:]))
+	r, err := b.OpenKnownPayload(context.Background(), id, int64(len(body)), hex.EncodeToString(sum[:]))
+	if err != nil {
+		t.Fatalf("the queued record of No 7 lost its payload: %v", err)
+	}
+	got, err := io.ReadAll(r)
+	if err != nil || string(got) != body {
+		t.Fatalf("payload of No 7 reads %q, %v; want %q", got, err, body)
 	}
 }

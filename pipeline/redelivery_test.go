@@ -560,3 +560,40 @@ func TestInPlaceCountsAsDelivered(t *testing.T) {
 		t.Fatalf("events %+v: want two delivered, No 1's saying it was found in place", evs)
 	}
 }
+
+// A sequential channel with a gap (No 2 comes late: a mail delayed, a
+// pickup that failed for a while) holds the numbers after it. Once 64 of
+// them were held, the node's consumer had 64 messages waiting for their ack
+// (each hold is a delayed nak, and MaxAckPending was 64) and JetStream
+// offered it nothing new: not the missing No 2 (the hold never ended), nor
+// any other channel's message for the node.
+func TestHeldMessagesDoNotStallNode(t *testing.T) {
+	b := testBus(t)
+	d := &scriptedDelivery{}
+	queueRecord(t, b, "SRC", "DST", 1)
+	for no := uint64(3); no <= 66; no++ {
+		queueRecord(t, b, "SRC", "DST", no)
+	}
+	p := runSequential(t, b, d)
+	waitChannel(t, p, "P", 20*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 })
+	time.Sleep(3 * time.Second) // the later numbers are held now
+
+	queueRecord(t, b, "OTHER", "DST", 1) // another sender's channel to DST
+	queueRecord(t, b, "SRC", "DST", 2)   // the missing number
+
+	ctx := context.Background()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		c, _ := p.States().Get(ctx, "P", "SRC", "DST")
+		o, _ := p.States().Get(ctx, "P", "OTHER", "DST")
+		if c.DeliveredNo == 66 && o.DeliveredNo == 1 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	c, _ := p.States().Get(ctx, "P", "SRC", "DST")
+	o, _ := p.States().Get(ctx, "P", "OTHER", "DST")
+	got := d.delivered()
+	t.Fatalf("after 30s: SRC→DST delivered No %d (want 66, error %q), OTHER→DST delivered No %d (want 1); No 2 written: %v",
+		c.DeliveredNo, c.LastError, o.DeliveredNo, slices.Contains(got, 2))
+}

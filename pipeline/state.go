@@ -270,7 +270,12 @@ func (s *States) List(ctx context.Context) ([]Channel, error) {
 }
 
 // setError records a failure on the channel without touching the numbers.
+// The same error again within a minute is not written: a held message
+// tells its hold at every look.
 func (s *States) setError(ctx context.Context, plan, from, to, msg string) {
+	if c, _, ok := s.cached(bus.ChannelKey(plan, from, to)); ok && c.LastError == msg && s.now().Sub(c.LastErrorAt) < time.Minute {
+		return
+	}
 	_, _ = s.Update(ctx, plan, from, to, func(c *Channel) {
 		c.LastError = msg
 		c.LastErrorAt = s.now()
