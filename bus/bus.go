@@ -360,6 +360,20 @@ func connectExternal(cfg config.NATS, id string, log *slog.Logger) (*nats.Conn, 
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
 	}
+	if cfg.User != "" {
+		pw := os.Getenv(cfg.PasswordEnv)
+		if pw == "" {
+			return nil, fmt.Errorf("nats.password_env: %s is not set", cfg.PasswordEnv)
+		}
+		opts = append(opts, nats.UserInfo(cfg.User, pw))
+	}
+	if cfg.TokenEnv != "" {
+		tok := os.Getenv(cfg.TokenEnv)
+		if tok == "" {
+			return nil, fmt.Errorf("nats.token_env: %s is not set", cfg.TokenEnv)
+		}
+		opts = append(opts, nats.Token(tok))
+	}
 	if cfg.TLS != nil {
 		tc, err := clientTLS(cfg.TLS)
 		if err != nil {

@@ -216,3 +216,42 @@ func TestLeafCredsChecked(t *testing.T) {
 		t.Fatalf("a real creds file refused: %v", err)
 	}
 }
+
+// nats.user with nats.password_env, and nats.token_env, log in to an
+// external server with user/password or token accounts, the secret read
+// from the environment (credentials in nats.url are refused by validate);
+// a variable that is not set stops the start with its name.
+func TestExternalUserAndToken(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	t.Setenv("RELAY_TEST_NATS_PW", "s3cret")
+	t.Setenv("RELAY_TEST_NATS_TOKEN", "t0ken")
+	for _, c := range []struct {
+		name string
+		opts func(*server.Options)
+		nats config.NATS
+	}{
+		{"user", func(o *server.Options) { o.Users = []*server.User{{Username: "relay", Password: "s3cret"}} },
+			config.NATS{User: "relay", PasswordEnv: "RELAY_TEST_NATS_PW"}},
+		{"token", func(o *server.Options) { o.Authorization = "t0ken" }, config.NATS{TokenEnv: "RELAY_TEST_NATS_TOKEN"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns, _, err := realserver.StartHub(t.TempDir(), c.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+			c.nats.URL = ns.ClientURL()
+			b, err := Open(ctx, Settings{NATS: c.nats, ID: "hq"}, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Close()
+		})
+	}
+	_, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://127.0.0.1:1", User: "relay", PasswordEnv: "RELAY_TEST_NATS_UNSET"}, ID: "hq"}, log)
+	if err == nil || !strings.Contains(err.Error(), "RELAY_TEST_NATS_UNSET is not set") {
+		t.Fatalf("unset password variable: %v", err)
+	}
+}

@@ -63,6 +63,13 @@ type NATS struct {
 	URL string `yaml:"url"`
 	// CredsFile is a NATS credentials file for the external server.
 	CredsFile string `yaml:"creds_file"`
+	// User and PasswordEnv (the environment variable holding the password)
+	// log in to an external server that uses user/password accounts.
+	User        string `yaml:"user"`
+	PasswordEnv string `yaml:"password_env"`
+	// TokenEnv names the environment variable holding a token, for an
+	// external server that authenticates by token.
+	TokenEnv string `yaml:"token_env"`
 	// TLS configures the connection to an external server.
 	TLS *TLS `yaml:"tls"`
 	// Listen, for the embedded server, opens a client port (e.g. 127.0.0.1:4222); empty keeps it in-process only.
@@ -182,8 +189,13 @@ type Endpoint struct {
 	After After
 }
 
-// UnmarshalYAML reads `{ <kind>: <options>, after: ... }`.
+// UnmarshalYAML reads `{ <kind>: <options>, after: ... }`. Aliases and
+// merge keys are resolved first, so the options stand on their own.
 func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {
+	n, err := resolveAliases(n)
+	if err != nil {
+		return err
+	}
 	if n.Kind != yaml.MappingNode {
 		return fmt.Errorf("line %d: an endpoint is a mapping like { dir: ./path }", n.Line)
 	}
@@ -399,7 +411,7 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	add := func(path, format string, a ...any) {
 		out = append(out, path+": "+fmt.Sprintf(format, a...))
 	}
-	if strings.ContainsAny(c.Relay.ID, " .*>\t") {
+	if !validRelayID(c.Relay.ID) {
 		add("relay.id", "%q must not contain spaces, '.', '*' or '>'", c.Relay.ID)
 	}
 	// As net.Listen reads it: a port number or a service name.
@@ -411,8 +423,19 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	if c.Relay.APITokenEnv != "" && !validEnvName(c.Relay.APITokenEnv) {
 		add("relay.api_token_env", "%q is not an environment variable name", c.Relay.APITokenEnv)
 	}
-	if c.NATS.URL == "" && (c.NATS.CredsFile != "" || c.NATS.TLS != nil) {
-		add("nats", "creds_file and tls apply to an external server; set nats.url or remove them")
+	if c.NATS.URL == "" && (c.NATS.CredsFile != "" || c.NATS.TLS != nil || c.NATS.User != "" || c.NATS.PasswordEnv != "" || c.NATS.TokenEnv != "") {
+		add("nats", "creds_file, user, password_env, token_env and tls apply to an external server; set nats.url or remove them")
+	}
+	for key, env := range map[string]string{"nats.password_env": c.NATS.PasswordEnv, "nats.token_env": c.NATS.TokenEnv} {
+		if env != "" && !validEnvName(env) {
+			add(key, "%q is not an environment variable name", env)
+		}
+	}
+	switch n := c.NATS; {
+	case (n.User != "") != (n.PasswordEnv != ""):
+		add("nats", "user and password_env go together")
+	case n.TokenEnv != "" && (n.User != "" || n.CredsFile != ""), n.User != "" && n.CredsFile != "":
+		add("nats", "one way to log in: creds_file, user with password_env, or token_env")
 	}
 	if c.NATS.Listen != "" {
 		// As the embedded server reads it: a port number (-1: any free one).
@@ -420,6 +443,11 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 			add("nats.listen", "%q is not host:port", c.NATS.Listen)
 		} else if p, err := strconv.Atoi(port); err != nil || p < -1 || p > 65535 {
 			add("nats.listen", "%q is not host:port (port %q)", c.NATS.Listen, port)
+		}
+	}
+	for _, one := range splitURLs(c.NATS.URL) {
+		if p := natsURLProblem(one, false); p != "" {
+			add("nats.url", "%s", p)
 		}
 	}
 	if c.NATS.URL != "" && c.NATS.Listen != "" {
@@ -438,8 +466,8 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 			add("nats.leaf", "a leaf node is the embedded server; remove nats.url or nats.leaf")
 		}
 		for _, one := range l.URLs() {
-			if u, err := url.Parse(one); err != nil || u.Host == "" || !leafSchemes[u.Scheme] {
-				add("nats.leaf.url", "%q is not nats-leaf://host:port (or tls://, nats://, ws://, wss://)", one)
+			if p := natsURLProblem(one, true); p != "" {
+				add("nats.leaf.url", "%s", p)
 			}
 		}
 	}
@@ -464,6 +492,10 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		if n == nil {
 			add(p, "empty node; give it a pickup and/or deliver")
 			continue
+		}
+		// The relay named here runs with it as relay.id: the same rules.
+		if n.Relay != "" && !validRelayID(n.Relay) {
+			add(p+".relay", "%q is not a possible relay.id: it must not contain spaces, '.', '*' or '>'", n.Relay)
 		}
 		if n.Mode != ModeLatest && n.Mode != ModeSequential {
 			add(p+".mode", "%q is not latest or sequential", n.Mode)
@@ -523,11 +555,63 @@ func (l *Leaf) URLs() []string {
 	return out
 }
 
+// validRelayID says id may be a relay.id: it names the relay's JetStream
+// domain, where spaces, '.', '*' and '>' have a meaning of their own.
+func validRelayID(id string) bool {
+	return !strings.ContainsAny(id, " .*>\t")
+}
+
+// splitURLs splits nats.url as nats.go does: at commas, spaces trimmed,
+// empty parts left out.
+func splitURLs(s string) []string {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// natsURLProblem says what is wrong with one URL of nats.url (or of
+// nats.leaf.url, leaf), "" when nothing. A user, password or token in it is
+// refused without showing it: secrets never sit in routing.yaml, NATS
+// authenticates relay with a credentials file.
+func natsURLProblem(raw string, leaf bool) string {
+	schemes, want, creds := natsSchemes, "nats://host:port (or tls://, ws://, wss://)",
+		"set nats.user with nats.password_env, nats.token_env, or nats.creds_file instead"
+	if leaf {
+		schemes, want, creds = leafSchemes, "nats-leaf://host:port (or tls://, nats://, ws://, wss://)",
+			"put the credentials in a NATS credentials file named by nats.leaf.creds_file"
+	}
+	// Anything up to the last '@' is user info (a host name has no '@'):
+	// it is not shown, and a password with a '/' in it would hide it from
+	// url.Parse.
+	if i := strings.LastIndex(raw, "@"); i >= 0 {
+		shown := raw[i+1:]
+		if scheme, _, ok := strings.Cut(raw, "://"); ok {
+			shown = scheme + "://" + shown
+		}
+		return fmt.Sprintf("%q has a user, password or token in it: %s", shown, creds)
+	}
+	parse := raw
+	if !leaf && !strings.Contains(raw, "://") {
+		parse = "nats://" + raw // nats.go reads host:port so
+	}
+	if u, err := url.Parse(parse); err != nil || u.Host == "" || !schemes[u.Scheme] {
+		return fmt.Sprintf("%q is not %s", raw, want)
+	}
+	return ""
+}
+
 // DefaultLeaseTTL is relay.lease_ttl when unset.
 const DefaultLeaseTTL = 6 * time.Second
 
 // leafSchemes are the URL schemes nats-server accepts for a leaf remote.
 var leafSchemes = map[string]bool{"nats-leaf": true, "nats": true, "tls": true, "ws": true, "wss": true}
+
+// natsSchemes are the URL schemes nats.go connects to.
+var natsSchemes = map[string]bool{"nats": true, "tls": true, "ws": true, "wss": true}
 
 // optionKey is an adapter option name at the start of an adapter's error.
 var optionKey = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
@@ -553,6 +637,10 @@ func ValidEnvName(s string) bool { return validEnvName(s) }
 // DecodeURLOrOptions decodes an endpoint value that is either a URL (the
 // short form, stored in *url) or a mapping of options decoded into v.
 func DecodeURLOrOptions(n *yaml.Node, v any, url *string) error {
+	n, err := resolveAliases(n)
+	if err != nil {
+		return err
+	}
 	switch n.Kind {
 	case yaml.ScalarNode:
 		*url = n.Value
@@ -565,8 +653,14 @@ func DecodeURLOrOptions(n *yaml.Node, v any, url *string) error {
 
 // DecodeOptions decodes an adapter's option node into v, refusing unknown
 // keys so a typo is an error, not a silently ignored option. (yaml.Node.Decode
-// has no strict switch, so the node is re-encoded and decoded strictly.)
+// has no strict switch, so the node is re-encoded and decoded strictly;
+// aliases and merge keys are resolved first, as the anchors they name are
+// not re-encoded with it.)
 func DecodeOptions(n *yaml.Node, v any) error {
+	n, err := resolveAliases(n)
+	if err != nil {
+		return err
+	}
 	b, err := yaml.Marshal(n)
 	if err != nil {
 		return err

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 )
 
 // kindChecker accepts dir and refuses everything else, like a registry that
@@ -35,7 +37,11 @@ func TestProblems(t *testing.T) {
 		{"after on deliver", "nodes:\n  A:\n    deliver: { dir: ./b, after: keep }\n", []string{"nodes.A.deliver.after: after applies to pickups only"}},
 		{"bad listen", "relay: { listen: nowhere }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "nowhere" is not host:port`}},
 		{"bad env name", "relay: { api_token_env: 'MY TOKEN' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.api_token_env: "MY TOKEN" is not an environment variable name`}},
-		{"creds without url", "nats: { creds_file: /x }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: creds_file and tls apply to an external server"}},
+		{"creds without url", "nats: { creds_file: /x }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: creds_file, user, password_env, token_env and tls apply to an external server"}},
+		{"user without url", "nats: { user: relay, password_env: NATS_PW }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: creds_file, user, password_env, token_env and tls apply to an external server"}},
+		{"user without password_env", "nats: { url: nats://h:4222, user: relay }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: user and password_env go together"}},
+		{"two ways to log in", "nats: { url: nats://h:4222, user: relay, password_env: NATS_PW, token_env: NATS_TOKEN }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: one way to log in"}},
+		{"bad token_env", "nats: { url: nats://h:4222, token_env: 'not a name' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.token_env: "not a name" is not an environment variable name`}},
 		{"leaf ok", "relay: { id: office1 }\nnats: { leaf: { url: 'nats-leaf://hq.example:7422', creds_file: /x } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
 		{"leaf with url", "nats: { url: 'nats://a:4222', leaf: { url: 'nats-leaf://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.leaf: a leaf node is the embedded server"}},
 		{"leaf bad url", "nats: { leaf: { url: 'http://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.leaf.url: "http://hq:7422" is not nats-leaf://host:port`}},
@@ -152,5 +158,161 @@ func TestZipPasswords(t *testing.T) {
 	t.Setenv("RELAY_T_PW_A", "hq")
 	if got := cfg.ZipPasswords("HQ", "A"); !slices.Equal(got, []string{"hq"}) {
 		t.Errorf("same password twice: %q", got)
+	}
+}
+
+// TestOptionsAliasesAndMergeKeys proves that YAML anchors, aliases and
+// merge keys (<<) in endpoint options read as YAML defines them: the
+// options are re-encoded alone for the strict decode, where an alias would
+// lose its anchor ("unknown anchor") and a plain alias was refused by
+// DecodeURLOrOptions. A key written in the mapping wins over a merged one.
+func TestOptionsAliasesAndMergeKeys(t *testing.T) {
+	const doc = `
+nodes:
+  SHOP1:
+    pickup:
+      ftp: &shop1 { url: "ftp://shop1@ftp.example:21/out", password_env: SHOP1_FTP_PASSWORD }
+    deliver:
+      ftp: { <<: *shop1, url: "ftp://shop1@ftp.example:21/in" }
+  WH:
+    pickup:  { dir: &whdir ./exchange/WH, after: &keep keep }
+    deliver: { dir: *whdir }
+  OP:
+    pickup: { dir: ./exchange/OP, after: *keep }
+`
+	c, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	type ftpOpts struct {
+		URL         string `yaml:"url"`
+		PasswordEnv string `yaml:"password_env"`
+	}
+	var o ftpOpts
+	if err := DecodeOptions(&c.Nodes["SHOP1"].Deliver.Options, &o); err != nil {
+		t.Errorf("deliver options with a merge key: %v", err)
+	} else if o.URL != "ftp://shop1@ftp.example:21/in" || o.PasswordEnv != "SHOP1_FTP_PASSWORD" {
+		t.Errorf("deliver options with a merge key = %+v", o)
+	}
+	var path string
+	var dummy struct {
+		Path string `yaml:"path"`
+	}
+	if err := DecodeURLOrOptions(&c.Nodes["WH"].Deliver.Options, &dummy, &path); err != nil {
+		t.Errorf("deliver dir given as an alias: %v", err)
+	} else if path != "./exchange/WH" {
+		t.Errorf("deliver dir given as an alias = %q", path)
+	}
+	if a := c.Nodes["OP"].Pickup.After; a.Action != AfterKeep {
+		t.Errorf("after given as an alias = %+v", a)
+	}
+}
+
+// TestOptionsMergeKeyRules proves that resolving aliases and merge keys
+// keeps the strict decode strict (an unknown key, even a merged one, and a
+// key written twice are refused), follows YAML's precedence (the mapping's
+// own key, then the earlier merged mapping), and refuses what cannot be
+// resolved: an anchor inside itself, aliases that expand without end, a
+// merge of something that is not a mapping.
+func TestOptionsMergeKeyRules(t *testing.T) {
+	type opts struct {
+		A string `yaml:"a"`
+		B string `yaml:"b"`
+		C string `yaml:"c"`
+	}
+	decode := func(doc string) (opts, error) {
+		var root yaml.Node
+		if err := yaml.Unmarshal([]byte(doc), &root); err != nil {
+			t.Fatalf("%q: %v", doc, err)
+		}
+		var o opts
+		err := DecodeOptions(root.Content[0].Content[len(root.Content[0].Content)-1], &o)
+		return o, err
+	}
+	for _, c := range []struct {
+		doc  string
+		want opts
+	}{
+		{"x: &x { a: 1, b: 2 }\ny: { <<: *x, b: 3 }", opts{"1", "3", ""}},
+		{"x: &x { a: 1, b: 2 }\ny: { b: 3, <<: *x }", opts{"1", "3", ""}},
+		{"x: &x { a: 1 }\nz: &z { a: 2, b: 2 }\ny: { <<: [*x, *z], c: 3 }", opts{"1", "2", "3"}},
+		{"x: &x { a: 1 }\nz: &z { <<: *x, b: 2 }\ny: { <<: *z }", opts{"1", "2", ""}},
+	} {
+		o, err := decode(c.doc)
+		if err != nil || o != c.want {
+			t.Errorf("%q = %+v, %v; want %+v", c.doc, o, err, c.want)
+		}
+	}
+	for doc, want := range map[string]string{
+		"x: &x { a: 1, typo: 2 }\ny: { <<: *x }":    "field typo not found",
+		"x: &x { a: 1 }\ny: { <<: *x, a: 2, a: 3 }": `"a" already defined`,
+		"y: &y { a: [ *y ] }":                       "contains itself",
+		"x: &x [ 1 ]\ny: { <<: *x }":                "takes a mapping or a list of mappings",
+		"y: { <<: { a: 1 }, '<<': { b: 2 } }":       "field << not found", // quoted, << is a plain key
+		"x: &x { a: 1 }\ny: { <<: *x, <<: *x }":     "a second merge key",
+		"a: &a [1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d]\ny: { a: *e, b: *e, c: *e }": "aliases expand to more than",
+	} {
+		if _, err := decode(doc); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error containing %q", doc, err, want)
+		}
+	}
+}
+
+// TestNATSURLRefusesSecrets proves that a user, password or token in
+// nats.url or nats.leaf.url (each of several comma-separated URLs) is a
+// validate problem pointing at the credentials file, without echoing the
+// secret: secrets never sit in routing.yaml (DESIGN §4), as the ftp, mail
+// and http adapters refuse a password in their url. An unparsable URL or
+// a scheme nats.go does not speak is refused too; host:port without a
+// scheme is read as nats.go reads it.
+func TestNATSURLRefusesSecrets(t *testing.T) {
+	const nodes = "nodes:\n  A:\n    deliver: { dir: ./b }\n"
+	for name, c := range map[string]struct{ nats, want string }{
+		"password":         {"{ url: 'nats://relay:s3cret@nats.example:4222' }", `nats.url: "nats://nats.example:4222" has a user, password or token in it: set nats.user with nats.password_env, nats.token_env, or nats.creds_file instead`},
+		"token":            {"{ url: 'nats://s3cret@nats.example:4222' }", `nats.url: "nats://nats.example:4222" has a user, password or token`},
+		"second of two":    {"{ url: 'nats://a:4222, tls://u:s3cret@b:4222' }", `nats.url: "tls://b:4222" has a user, password or token`},
+		"slash in secret":  {"{ url: 'nats://u:s3/cret@b:4222' }", `nats.url: "nats://b:4222" has a user, password or token`},
+		"leaf password":    {"{ leaf: { url: 'nats-leaf://office1:s3cret@hq.example:7422' } }", `nats.leaf.url: "nats-leaf://hq.example:7422" has a user, password or token in it: put the credentials in a NATS credentials file named by nats.leaf.creds_file`},
+		"scheme":           {"{ url: 'http://nats.example:4222' }", `nats.url: "http://nats.example:4222" is not nats://host:port`},
+		"unparsable":       {"{ url: 'nats://nats example:4222' }", `nats.url: "nats://nats example:4222" is not nats://host:port`},
+		"cluster":          {"{ url: 'nats://a:4222, tls://b:4222,wss://c' }", ""},
+		"without a scheme": {"{ url: 'nats.example:4222' }", ""},
+	} {
+		cfg, err := Parse([]byte("relay: { id: office1 }\nnats: " + c.nats + "\n" + nodes))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		probs := cfg.Problems(kindChecker{})
+		if c.want == "" {
+			if len(probs) > 0 {
+				t.Errorf("%s: %q", name, probs)
+			}
+			continue
+		}
+		if len(probs) != 1 || !strings.HasPrefix(probs[0], c.want) {
+			t.Errorf("%s: %q, want one problem starting %q", name, probs, c.want)
+		}
+		if strings.Contains(strings.Join(probs, "\n"), "s3") {
+			t.Errorf("%s: the problem shows the secret: %q", name, probs)
+		}
+	}
+}
+
+// TestNodeRelayIsARelayID proves that nodes.<code>.relay is held to the
+// rules of relay.id: it names the relay, and so the JetStream domain, the
+// node's messages are fetched from, and no relay can run with an id that
+// has a space, '.', '*' or '>' (its own validate refuses it).
+func TestNodeRelayIsARelayID(t *testing.T) {
+	for _, id := range []string{"office.1", "office 1", "office*", "office>"} {
+		doc := "relay: { id: hq }\nnodes:\n  A:\n    relay: '" + id + "'\n    deliver: { dir: ./a }\n  B:\n    relay: office-2\n    deliver: { dir: ./b }\n"
+		c, err := Parse([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		probs := c.Problems(kindChecker{})
+		want := `nodes.A.relay: "` + id + `" is not a possible relay.id`
+		if len(probs) != 1 || !strings.HasPrefix(probs[0], want) {
+			t.Errorf("relay %q: %q, want one problem starting %q", id, probs, want)
+		}
 	}
 }

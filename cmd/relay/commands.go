@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -88,6 +89,22 @@ func validateCmd(g *globals) *cobra.Command {
 	}
 }
 
+// nameMismatch says how the message name n contradicts the file, as a
+// pickup refuses it: other codes than the header's, or the extension of the
+// other format (a zip named .xml reaches the node under a name it cannot
+// read). Errors wrap exchange.ErrNameMismatch.
+func nameMismatch(n exchange.Name, info exchange.Info) error {
+	err := n.Check(info.Header)
+	if n.Format == info.Format {
+		return err
+	}
+	ext := fmt.Sprintf("file name says .%s but the file is %s", n.Format, info.Format)
+	if err != nil {
+		return fmt.Errorf("%w; %s", err, ext)
+	}
+	return fmt.Errorf("%w: %s", exchange.ErrNameMismatch, ext)
+}
+
 func inspectCmd(g *globals) *cobra.Command {
 	var passwordEnv string
 	cmd := &cobra.Command{
@@ -114,21 +131,23 @@ func inspectCmd(g *globals) *cobra.Command {
 			}
 			// As a pickup reads it: a password-protected zip that no
 			// password reads is routed by its file name when that parses.
+			// The name is checked here, not by InspectFile, so that a name
+			// contradicting the file still shows what the file says.
 			n, nameErr := exchange.ParseName(fi.Name())
-			var info exchange.Info
-			if nameErr == nil {
-				info, err = exchange.InspectFile(f, fi.Size(), exchange.DefaultLimits(), n, passwords)
-			} else {
-				info, err = exchange.InspectWith(f, fi.Size(), exchange.DefaultLimits(), passwords)
+			info, err := exchange.InspectWith(f, fi.Size(), exchange.DefaultLimits(), passwords)
+			if nameErr == nil && len(passwords) == 0 && errors.Is(err, exchange.ErrEncrypted) {
+				info, err = exchange.InspectFile(f, fi.Size(), exchange.DefaultLimits(), n, nil)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
-			nameNote := "ok"
+			// A name that is no message name claims nothing; a message
+			// name that the file contradicts is refused by every pickup.
+			nameNote, mismatch := "ok", error(nil)
 			if nameErr != nil {
 				nameNote = nameErr.Error()
-			} else if err := n.Check(info.Header); err != nil {
-				nameNote = err.Error()
+			} else if mismatch = nameMismatch(n, info); mismatch != nil {
+				nameNote = mismatch.Error()
 			}
 			h := info.Header
 			rows := [][2]string{{"file", args[0]}, {"name", nameNote}}
@@ -151,7 +170,13 @@ func inspectCmd(g *globals) *cobra.Command {
 			for _, r := range rows {
 				fmt.Fprintf(w, "%s\t%s\n", r[0], r[1])
 			}
-			return w.Flush()
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if mismatch != nil {
+				return fmt.Errorf("%s: %w", args[0], mismatch)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&passwordEnv, "zip-password-env", "", "environment variable holding the archive password of a password-protected zip")

@@ -45,6 +45,27 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestValidateAliases proves that endpoint options sharing settings through
+// a YAML anchor, a merge key (<<) or a plain alias pass validate with the
+// real adapters: the options used to be re-encoded without their anchor.
+func TestValidateAliases(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "r.yaml")
+	os.WriteFile(cfg, []byte(`nodes:
+  SHOP1:
+    pickup:
+      ftp: &shop1 { url: "ftp://shop1@ftp.example:21/out", password_env: SHOP1_FTP_PASSWORD }
+    deliver:
+      ftp: { <<: *shop1, url: "ftp://shop1@ftp.example:21/in" }
+  WH:
+    pickup:  { dir: &whdir ./exchange/WH }
+    deliver: { dir: *whdir }
+`), 0o644)
+	out, stderr, err := run(t, "validate", "-c", cfg)
+	if err != nil || !strings.Contains(out, "OK, 2 node(s)") {
+		t.Fatalf("validate: %v\n%s%s", err, out, stderr)
+	}
+}
+
 func TestInspect(t *testing.T) {
 	dir := t.TempDir()
 	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 20, ReceivedNo: 15}
@@ -64,6 +85,57 @@ func TestInspect(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "Message_X_Y.xml"), []byte("<v8msg:Message xmlns:v8msg=\"http://v8.1c.ru/messages\"><v8msg:Hea"), 0o644)
 	if _, _, err := run(t, "inspect", filepath.Join(dir, "Message_X_Y.xml")); err == nil || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("truncated file: %v (want a one-line error)", err)
+	}
+}
+
+// TestInspectNameContradictsHeader proves that inspect of a file whose
+// 1C name contradicts its header (what an operator inspects a dead letter
+// for) still shows the header, says how the name disagrees in its name row,
+// and exits non-zero: the name check used to fail the whole inspection, so
+// only the error was printed.
+func TestInspectNameContradictsHeader(t *testing.T) {
+	dir := t.TempDir()
+	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 20, ReceivedNo: 15}
+	var b bytes.Buffer
+	if err := exchangetest.WriteXML(&b, h, 1000); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "Message_ЦО_СКЛАД.xml")
+	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := run(t, "inspect", path)
+	if err == nil || !strings.Contains(err.Error(), "file name says Message_ЦО_СКЛАД") {
+		t.Errorf("err = %v, want the mismatch", err)
+	}
+	for _, want := range []string{"name         exchange: file name contradicts header: file name says Message_ЦО_СКЛАД", "from         ЦО", "to           ОП", "message_no   20", "sha256       "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestInspectZipNamedXML proves that a zip saved under a .xml name, which
+// every pickup refuses ("file name says .xml but the file is zip"), is not
+// reported as name ok: the name row says so and inspect exits non-zero.
+func TestInspectZipNamedXML(t *testing.T) {
+	dir := t.TempDir()
+	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 20, ReceivedNo: 15}
+	var b bytes.Buffer
+	if err := exchangetest.WriteZip(&b, h, 1000); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "Message_ЦО_ОП.xml")
+	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := run(t, "inspect", path)
+	const want = "file name says .xml but the file is zip"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("err = %v, want %q", err, want)
+	}
+	if !strings.Contains(out, "name         exchange: file name contradicts header: "+want) || !strings.Contains(out, "format       zip") {
+		t.Errorf("inspect output does not say %q:\n%s", want, out)
 	}
 }
 
