@@ -50,7 +50,7 @@ func TestValidate(t *testing.T) {
 // real adapters: the options used to be re-encoded without their anchor.
 func TestValidateAliases(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "r.yaml")
-	os.WriteFile(cfg, []byte(`nodes:
+	err := os.WriteFile(cfg, []byte(`nodes:
   SHOP1:
     pickup:
       ftp: &shop1 { url: "ftp://shop1@ftp.example:21/out", password_env: SHOP1_FTP_PASSWORD }
@@ -60,6 +60,9 @@ func TestValidateAliases(t *testing.T) {
     pickup:  { dir: &whdir ./exchange/WH }
     deliver: { dir: *whdir }
 `), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, stderr, err := run(t, "validate", "-c", cfg)
 	if err != nil || !strings.Contains(out, "OK, 2 node(s)") {
 		t.Fatalf("validate: %v\n%s%s", err, out, stderr)
