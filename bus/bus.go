@@ -444,9 +444,13 @@ func (b *Bus) provision(ctx context.Context) error {
 		// No age limit: a record waits as long as its node does (an age
 		// limit would drop it unacked, silently). PurgeDone removes the
 		// records that are done.
-		MaxAge:      0,
-		Duplicates:  DuplicateWindow,
-		AllowDirect: true,
+		MaxAge:     0,
+		Duplicates: DuplicateWindow,
+		// Direct gets only on one server: on a cluster any replica answers
+		// them, one behind from before the latest record, and a delivery
+		// that looks for a lower number queued before its own (sequential)
+		// or a newer one (latest) must see every acknowledged record.
+		AllowDirect: b.replicas == 1,
 	})
 	if err != nil {
 		return fmt.Errorf("nats: stream %s: %w", StreamExchange, err)
@@ -458,7 +462,7 @@ func (b *Bus) provision(ctx context.Context) error {
 		Storage:     jetstream.FileStorage,
 		Replicas:    b.replicas,
 		Retention:   jetstream.LimitsPolicy,
-		AllowDirect: true,
+		AllowDirect: b.replicas == 1, // as EXCHANGE: a retry reads the letter it was given
 	})
 	if err != nil {
 		return fmt.Errorf("nats: stream %s: %w", StreamDead, err)

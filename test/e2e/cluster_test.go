@@ -629,4 +629,28 @@ func TestPayloadReadAfterWrite(t *testing.T) {
 			}
 		}
 	}
+
+	// The records: a delivery reads the channel's records (a lower number
+	// queued before its own in sequential mode, the newest in latest mode)
+	// right after another replica's ingest stored them.
+	subject := bus.Subject("P", "A", "B")
+	stale := 0
+	for i := range 300 {
+		ack, err := w.JS.Publish(ctx, subject, []byte(strconv.Itoa(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := r.Exchange.GetLastMsgForSubject(ctx, subject)
+		switch {
+		case err != nil:
+			t.Errorf("record %d right after its publish: %v", i, err)
+			stale++
+		case m.Sequence != ack.Sequence:
+			t.Errorf("record %d right after its publish: the last is seq %d, want %d", i, m.Sequence, ack.Sequence)
+			stale++
+		}
+		if stale > 5 {
+			t.Fatal("giving up")
+		}
+	}
 }
