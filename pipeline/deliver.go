@@ -229,6 +229,17 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			m.Nack()
 			return nil
 		}
+		// holdTold holds the message and tells why: in the channel's
+		// state and the log, once a minute while it stays the same (a
+		// message held for long is looked at again and again).
+		holdTold := func(why string) error {
+			if l.states.setError(ctx, h.ExchangePlan, h.From, h.To, why) {
+				log.Warn(why)
+			} else {
+				log.Debug(why)
+			}
+			return hold()
+		}
 		obj := m.Metadata.Get(exchange.MetaObject)
 		unlock, ok := p.chanLocks.lock(ctx, bus.ChannelKey(h.ExchangePlan, h.From, h.To), lockWait)
 		if !ok {
@@ -296,9 +307,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) { c.Superseded++ })
 			case o == orderHold:
 				msg := "holding a message routed by name until the one queued before it is resolved"
-				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
-				log.Warn(msg)
-				return hold()
+				return holdTold(msg)
 			}
 		} else if !h.ByName() && h.MessageNo <= st.DeliveredNo {
 			dup := h.MessageNo == st.DeliveredNo
@@ -329,16 +338,12 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			// without it (relay dead drop).
 			if dead := st.deadHold(); dead > 0 && h.MessageNo > dead {
 				msg := fmt.Sprintf("gap: holding No %d: No %d is a dead letter; retry it once its cause is fixed, or drop it to go on without it (relay dead list)", h.MessageNo, dead)
-				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
-				log.Warn(msg)
-				return hold()
+				return holdTold(msg)
 			}
 			passed := st.passedNo()
 			if passed > 0 && h.MessageNo > passed+1 {
 				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, passed+1)
-				l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
-				log.Warn(msg)
-				return hold()
+				return holdTold(msg)
 			}
 			// Nothing delivered on the channel yet, so any number may
 			// start it; but a lower one queued before this one (nacked
@@ -351,9 +356,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				}
 				if earlier > 0 {
 					msg := fmt.Sprintf("gap: holding No %d until No %d, queued before it, is delivered", h.MessageNo, earlier)
-					l.states.setError(ctx, h.ExchangePlan, h.From, h.To, msg)
-					log.Warn(msg)
-					return hold()
+					return holdTold(msg)
 				}
 			}
 		}

@@ -269,15 +269,16 @@ func (s *States) List(ctx context.Context) ([]Channel, error) {
 	return out, nil
 }
 
-// setError records a failure on the channel without touching the numbers.
-// The same error again within a minute is not written: a held message
-// tells its hold at every look.
-func (s *States) setError(ctx context.Context, plan, from, to, msg string) {
+// setError records a failure on the channel without touching the numbers,
+// and says whether it did: the same error again within a minute is not
+// written (a held message tells its hold at every look).
+func (s *States) setError(ctx context.Context, plan, from, to, msg string) bool {
 	if c, _, ok := s.cached(bus.ChannelKey(plan, from, to)); ok && c.LastError == msg && s.now().Sub(c.LastErrorAt) < time.Minute {
-		return
+		return false
 	}
-	_, _ = s.Update(ctx, plan, from, to, func(c *Channel) {
+	_, err := s.Update(ctx, plan, from, to, func(c *Channel) {
 		c.LastError = msg
 		c.LastErrorAt = s.now()
 	})
+	return err == nil
 }
