@@ -1,9 +1,7 @@
 package exchange
 
 import (
-	"archive/zip"
 	"bytes"
-	"io"
 	"testing"
 )
 
@@ -16,28 +14,8 @@ import (
 // least end where the central directory starts.
 func TestSealedZipTruncatedEntry(t *testing.T) {
 	for name, z := range cryptFiles(t) {
-		f := zipFile(t, z)
-		r, err := f.OpenRaw()
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw, err := io.ReadAll(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fh := f.FileHeader // keeps the full CompressedSize64
-		fh.Extra = bytes.Clone(fh.Extra)
-		var buf bytes.Buffer
-		w := zip.NewWriter(&buf)
-		wr, err := w.CreateRaw(&fh)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wr.Write(raw[:len(raw)/2]) // the entry's second half never made it
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
-		cut := buf.Bytes()
+		fh, raw := rawEntry(t, z)                // fh keeps the full CompressedSize64
+		cut := writeRaw(t, fh, raw[:len(raw)/2]) // the entry's second half never made it
 		if _, err := InspectWith(bytes.NewReader(cut), int64(len(cut)), Limits{}, []string{cryptPassword}); err == nil {
 			t.Fatalf("%s: with the password the cut entry reads?", name)
 		}

@@ -215,6 +215,15 @@ func TestZipCryptoCheckBytePassed(t *testing.T) {
 // still well-formed containers.
 func rezip(t testing.TB, z []byte, edit func(fh *zip.FileHeader, raw []byte) []byte) []byte {
 	t.Helper()
+	fh, raw := rawEntry(t, z)
+	raw = edit(&fh, raw)
+	fh.CompressedSize64 = uint64(len(raw))
+	return writeRaw(t, fh, raw)
+}
+
+// rawEntry is the header and the stored bytes of a one-entry zip's entry.
+func rawEntry(t testing.TB, z []byte) (zip.FileHeader, []byte) {
+	t.Helper()
 	f := zipFile(t, z)
 	r, err := f.OpenRaw()
 	if err != nil {
@@ -226,8 +235,13 @@ func rezip(t testing.TB, z []byte, edit func(fh *zip.FileHeader, raw []byte) []b
 	}
 	fh := f.FileHeader
 	fh.Extra = bytes.Clone(fh.Extra)
-	raw = edit(&fh, raw)
-	fh.CompressedSize64 = uint64(len(raw))
+	return fh, raw
+}
+
+// writeRaw writes a zip of one entry with header fh and stored bytes raw,
+// as they are (fh's sizes are not made to agree).
+func writeRaw(t testing.TB, fh zip.FileHeader, raw []byte) []byte {
+	t.Helper()
 	var buf bytes.Buffer
 	w := zip.NewWriter(&buf)
 	wr, err := w.CreateRaw(&fh)
