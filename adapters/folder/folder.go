@@ -88,6 +88,15 @@ type Memory interface {
 	Remember(ctx context.Context, key, fingerprint string) error
 }
 
+// ForAnotherNode says the name makes the file a message of another node than
+// node (exchange.Name.MayBeFrom): a pickup leaves it alone, as in a folder
+// or mailbox shared with what is delivered to the node. A name that does
+// not parse is not judged here: the content check says what is wrong.
+func ForAnotherNode(name, node string) bool {
+	n, err := exchange.ParseName(name)
+	return err == nil && !n.MayBeFrom(node)
+}
+
 // IsMessageName is the cheap filter: Message_*.xml|.zip, extension in any case.
 func IsMessageName(base string) bool {
 	if !strings.HasPrefix(base, "Message_") {

@@ -259,7 +259,7 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 		if !IsMessageName(f.Name) {
 			continue
 		}
-		if n, err := exchange.ParseName(f.Name); err == nil && !n.MayBeFrom(p.o.Node) {
+		if ForAnotherNode(f.Name, p.o.Node) {
 			continue // another node's file, e.g. one delivered into a shared folder
 		}
 		present[f.Name] = true

@@ -102,7 +102,7 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 			if !folder.IsMessageName(f.Name) {
 				continue
 			}
-			if n, err := exchange.ParseName(f.Name); err == nil && !n.MayBeFrom(s.c.node) {
+			if folder.ForAnotherNode(f.Name, s.c.node) {
 				continue // another node's file: spare it the MDTM (the pickup skips it too)
 			}
 			if mdtm {

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -105,14 +106,7 @@ func sameStem(a, b string) bool {
 // A name that does not parse is not judged here: the content check says
 // what is wrong with it.
 func fromOtherNode(file, node string) bool {
-	if file == "" {
-		return false
-	}
-	n, err := exchange.ParseName(file)
-	if err != nil {
-		n, err = exchange.ParseName(file + ".xml")
-	}
-	return err == nil && !n.MayBeFrom(node)
+	return folder.ForAnotherNode(withExt(file), node)
 }
 
 // part is "i of n" of a split file.
