@@ -119,12 +119,9 @@ func (d *Dead) Get(ctx context.Context, seq uint64) (DeadLetter, error) {
 	return l, nil
 }
 
-// Drop deletes a dead letter and its payload.
-func (d *Dead) Drop(ctx context.Context, seq uint64) error {
-	l, err := d.Get(ctx, seq)
-	if err != nil {
-		return err
-	}
+// remove deletes the dead letter l (as Get read it) and its payload.
+func (d *Dead) remove(ctx context.Context, l DeadLetter) error {
+	seq := l.Seq
 	if l.Object != "" {
 		if err := d.b.DeletePayload(ctx, l.Object); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 			return fmt.Errorf("dead letter %d: delete payload: %w", seq, err)
@@ -156,7 +153,7 @@ func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 			return fmt.Errorf("dead letter %d: %w", seq, err)
 		}
 	}
-	if err := p.dead.Drop(ctx, seq); err != nil {
+	if err := p.dead.remove(ctx, l); err != nil {
 		return err
 	}
 	e := Event{Step: StepDropped, MsgID: l.MsgID, File: l.FileName, Node: l.Node, Source: l.Source, Detail: "dead letter dropped by the operator"}
