@@ -268,12 +268,15 @@ func (l Limits) norm() Limits {
 // quote renders an untrusted value for an error message: at most 64
 // characters, quoted, so the message stays one short line.
 func quote(s string) string {
-	const max = 64
+	return strconv.Quote(cut(s, 64))
+}
+
+// cut shortens s to max characters and an ellipsis.
+func cut(s string, max int) string {
 	if utf8.RuneCountInString(s) > max {
-		r := []rune(s)
-		s = string(r[:max]) + "…"
+		s = string([]rune(s)[:max]) + "…"
 	}
-	return strconv.Quote(s)
+	return s
 }
 
 // oneLine replaces control characters (newlines included) and cuts the
@@ -281,14 +284,10 @@ func quote(s string) string {
 // stays one short line: it becomes a dead letter's reason, a log line, a
 // status line (a name may be a megabyte long).
 func oneLine(s string) string {
-	const max = 200
-	if utf8.RuneCountInString(s) > max {
-		s = string([]rune(s)[:max]) + "…"
-	}
 	return strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
 			return ' '
 		}
 		return r
-	}, s)
+	}, cut(s, 200))
 }
