@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -91,23 +92,30 @@ func TestInspect(t *testing.T) {
 	}
 }
 
+// inspectAs writes message ЦО → ОП No 20 with write under the file name
+// name and runs relay inspect on it.
+func inspectAs(t *testing.T, name string, write func(io.Writer, exchange.Header, int64) error) (string, error) {
+	t.Helper()
+	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 20, ReceivedNo: 15}
+	var b bytes.Buffer
+	if err := write(&b, h, 1000); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := run(t, "inspect", path)
+	return out, err
+}
+
 // TestInspectNameContradictsHeader proves that inspect of a file whose
 // 1C name contradicts its header (what an operator inspects a dead letter
 // for) still shows the header, says how the name disagrees in its name row,
 // and exits non-zero: the name check used to fail the whole inspection, so
 // only the error was printed.
 func TestInspectNameContradictsHeader(t *testing.T) {
-	dir := t.TempDir()
-	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 20, ReceivedNo: 15}
-	var b bytes.Buffer
-	if err := exchangetest.WriteXML(&b, h, 1000); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "Message_ЦО_СКЛАД.xml")
-	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, _, err := run(t, "inspect", path)
+	out, err := inspectAs(t, "Message_ЦО_СКЛАД.xml", exchangetest.WriteXML)
 	if err == nil || !strings.Contains(err.Error(), "file name says Message_ЦО_СКЛАД") {
 		t.Errorf("err = %v, want the mismatch", err)
 	}
@@ -122,17 +130,7 @@ func TestInspectNameContradictsHeader(t *testing.T) {
 // every pickup refuses ("file name says .xml but the file is zip"), is not
 // reported as name ok: the name row says so and inspect exits non-zero.
 func TestInspectZipNamedXML(t *testing.T) {
-	dir := t.TempDir()
-	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 20, ReceivedNo: 15}
-	var b bytes.Buffer
-	if err := exchangetest.WriteZip(&b, h, 1000); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "Message_ЦО_ОП.xml")
-	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, _, err := run(t, "inspect", path)
+	out, err := inspectAs(t, "Message_ЦО_ОП.xml", exchangetest.WriteZip)
 	const want = "file name says .xml but the file is zip"
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("err = %v, want %q", err, want)
