@@ -216,10 +216,11 @@ type Limits struct {
 	MaxZipEntries  int   // central-directory entries accepted before refusing; default 16 (but exactly one must be an XML message)
 	MaxZipRatio    int64 // max uncompressed/compressed ratio of the entry; default 1000
 	// MaxTokenBytes bounds one XML token (a text run, a tag with its attributes,
-	// a comment): encoding/xml holds a whole token in memory, so this is what
-	// keeps memory flat on a body with one huge text node; default 64 MiB.
-	// A tag is bounded tighter, by the smaller of this and 1 MiB, as its
-	// attributes cost far more memory than their bytes.
+	// a comment): both XML readers (encoding/xml for the header, gosax for
+	// the body) hold a whole token in memory, so this is what keeps memory
+	// flat on a body with one huge text node; default 64 MiB. A tag is
+	// bounded tighter, by the smaller of this and 1 MiB: in the header its
+	// attributes cost encoding/xml far more memory than their bytes.
 	MaxTokenBytes int64
 }
 

@@ -11,11 +11,12 @@ var errBadCount = errors.New("exchange: reader returned an invalid byte count")
 // sequential reads, small enough that reading a header pulls in little body.
 const bufSize = 64 << 10
 
-// byteSrc is the buffered reader under encoding/xml. Unlike bufio.Reader it
-// knows how many bytes were consumed, enforces a consumption limit exactly
-// (the limit can be raised once the header is read), bounds the size of a
-// single token, and remembers whether the underlying reader hit EOF, which is
-// how a truncated document is told apart from a malformed one.
+// byteSrc is the buffered reader under encoding/xml (and then under gosax,
+// for the body). Unlike bufio.Reader it knows how many bytes were consumed,
+// enforces a consumption limit exactly (the limit can be raised once the
+// header is read), bounds the size of a single token, and remembers whether
+// the underlying reader hit EOF, which is how a truncated document is told
+// apart from a malformed one.
 type byteSrc struct {
 	r    io.Reader
 	buf  []byte

@@ -58,14 +58,7 @@ func checkXML(r io.Reader, lim Limits, size int64) (Header, error) {
 	if err != nil {
 		return Header{}, err
 	}
-	for {
-		if _, err := p.tok(); err != nil {
-			if err == io.EOF {
-				return h, nil
-			}
-			return h, err
-		}
-	}
+	return h, p.checkBody()
 }
 
 // nsDecl is one namespace declaration in scope while the header is read.
@@ -86,6 +79,8 @@ type parser struct {
 	trackNS    bool
 	rootSeen   bool
 	rootClosed bool
+	lastEnd    bool  // the last token was an end tag
+	size       int64 // the document's size if known, else -1
 	charsetErr error
 }
 
@@ -96,7 +91,7 @@ func newParser(r io.Reader, lim Limits, size int64) *parser {
 	s.tokErr = fmt.Errorf("%w: an XML token (text, tag or comment) is longer than %d bytes", ErrTooLarge, lim.MaxTokenBytes)
 	s.maxTag = maxTagBytes
 	s.tagErr = fmt.Errorf("%w: an XML tag (name and attributes) is longer than %d bytes", ErrTooLarge, maxTagBytes)
-	p := &parser{s: s, lim: lim, trackNS: true}
+	p := &parser{s: s, lim: lim, trackNS: true, size: size}
 	d := xml.NewDecoder(s) // s is an io.ByteReader, so the decoder adds no buffer of its own
 	d.Strict = true        // and Entity stays nil: only the five predefined entities exist
 	d.CharsetReader = func(label string, in io.Reader) (io.Reader, error) {
@@ -224,6 +219,7 @@ func (p *parser) tok() (xml.Token, error) {
 		}
 		return nil, p.fail(err)
 	}
+	_, p.lastEnd = t.(xml.EndElement)
 	switch t := t.(type) {
 	case xml.StartElement:
 		if p.rootClosed {

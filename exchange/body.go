@@ -1,0 +1,425 @@
+package exchange
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"unicode/utf8"
+
+	"github.com/orisano/gosax"
+)
+
+// The body — everything after the header, up to gigabytes — is proved
+// well-formed with gosax, a streaming XML lexer that splits the input into
+// tags, text, comments and the like at several hundred MB/s, where
+// encoding/xml's RawToken manages about 40: on a large message the check
+// was most of the relay's work. gosax only splits; checkBody adds what
+// well-formedness asks of each piece: names, attributes, character and
+// entity references, valid characters, one root, matching tags, no DTD.
+// The header, where names and namespaces matter, stays with encoding/xml.
+
+// checkBody reads the rest of the document after readHeader and proves it
+// well-formed up to its closing root tag (only whitespace, comments and
+// processing instructions may follow).
+func (p *parser) checkBody() (err error) {
+	// encoding/xml may hold a token it has half delivered: the end of a
+	// self-closing tag, or the '<' after a text. It holds nothing right
+	// after an end tag, so it reads on to the next one.
+	for !p.lastEnd {
+		if _, err := p.tok(); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+	b := &bodyCheck{p: p}
+	for _, n := range p.stack {
+		b.push([]byte(rawName(n)))
+	}
+	b.rootClosed = p.rootClosed
+	p.stack = nil
+	s := p.s
+	s.tokLim = 0 // the per-token limit is the guard's from here on
+	s.setEnd()
+	b.guard = tokenGuard{r: s, max: p.lim.MaxTokenBytes, chunk: min(bufSize, p.lim.MaxTokenBytes),
+		err: fmt.Errorf("%w: an XML token (text, tag or comment) is longer than %d bytes", ErrTooLarge, p.lim.MaxTokenBytes)}
+	left := int64(-1)
+	if p.size >= 0 {
+		left = max(p.size-s.pos(), 0)
+	}
+	r := gosax.NewReaderBuf(&b.guard, make([]byte, 0, max(BufferSize(left, bufSize), 4096)))
+	r.EmitSelfClosingTag = true
+	defer func() {
+		// gosax is a third party's lexer: whatever it does on hostile
+		// input must not take the relay down.
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%w: the XML lexer failed (%v)", ErrNotXML, oneLine(fmt.Sprint(v)))
+		}
+	}()
+	for {
+		b.guard.n = 0
+		e, err := r.Event()
+		if err != nil {
+			return b.readFailed(err)
+		}
+		if e.Type() == gosax.EventEOF {
+			if !b.rootClosed {
+				return b.endsEarly()
+			}
+			return nil
+		}
+		if err := b.event(e); err != nil {
+			if e.Type() == gosax.EventText && len(b.ends) > 0 {
+				// Text the file ends in is cut, not wrong: a character
+				// or a reference may be half written.
+				if next, nerr := r.Event(); nerr == io.EOF || nerr == nil && next.Type() == gosax.EventEOF {
+					return b.endsEarly()
+				}
+			}
+			return err
+		}
+	}
+}
+
+// bodyCheck is the state of checkBody: the open elements' names, stored
+// one after another in names with their ends in ends.
+type bodyCheck struct {
+	p          *parser
+	guard      tokenGuard
+	names      []byte
+	ends       []int
+	rootClosed bool
+}
+
+func (b *bodyCheck) push(name []byte) {
+	b.names = append(b.names, name...)
+	b.ends = append(b.ends, len(b.names))
+}
+
+// top is the innermost open element's name.
+func (b *bodyCheck) top() []byte {
+	n := len(b.ends)
+	start := 0
+	if n > 1 {
+		start = b.ends[n-2]
+	}
+	return b.names[start:b.ends[n-1]]
+}
+
+func (b *bodyCheck) pop() {
+	b.ends = b.ends[:len(b.ends)-1]
+	if n := len(b.ends); n > 0 {
+		b.names = b.names[:b.ends[n-1]]
+	} else {
+		b.names = b.names[:0]
+	}
+}
+
+// readFailed classifies an error gosax returned: the reader's end inside a
+// token is truncation, the parser's own limits pass through.
+func (b *bodyCheck) readFailed(err error) error {
+	switch {
+	case err == io.EOF:
+		return b.endsEarly()
+	case ours(err):
+		return err
+	case b.p.s.err != nil && b.p.s.err != io.EOF && errors.Is(err, b.p.s.err):
+		return fmt.Errorf("exchange: reading message: %w", err)
+	}
+	return fmt.Errorf("%w: %s", ErrNotXML, oneLine(err.Error()))
+}
+
+// endsEarly is the error for a document that stops before its root closed.
+func (b *bodyCheck) endsEarly() error {
+	if len(b.ends) == 0 {
+		return fmt.Errorf("%w: file ends after an element closed, before the root element did", ErrIncomplete)
+	}
+	return fmt.Errorf("%w: file ends inside <%s>", ErrIncomplete, oneLine(string(b.top())))
+}
+
+func (b *bodyCheck) event(e gosax.Event) error {
+	t := e.Bytes
+	switch e.Type() {
+	case gosax.EventStart, gosax.EventEnd, gosax.EventProcessingInstruction:
+		// Real tags are a few hundred bytes; the bound keeps the one
+		// limit that held with encoding/xml (see maxTagBytes).
+		if len(t) > maxTagBytes {
+			return fmt.Errorf("%w: an XML tag (name and attributes) is longer than %d bytes", ErrTooLarge, maxTagBytes)
+		}
+	}
+	switch e.Type() {
+	case gosax.EventStart:
+		return b.start(t)
+	case gosax.EventEnd:
+		return b.end(t)
+	case gosax.EventText:
+		if len(b.ends) == 0 {
+			if !isSpace(t) {
+				return b.outside("text")
+			}
+			return nil
+		}
+		if bytes.Contains(t, []byte("]]>")) {
+			return fmt.Errorf("%w: \"]]>\" in text", ErrNotXML)
+		}
+		return checkText(t, "text", nil)
+	case gosax.EventCData:
+		if !bytes.HasPrefix(t, []byte("<![CDATA[")) {
+			return fmt.Errorf("%w: markup %s is neither a comment nor CDATA", ErrNotXML, quote(string(t[:min(len(t), 12)])))
+		}
+		if len(b.ends) == 0 {
+			return b.outside("CDATA")
+		}
+		return checkChars(t[len("<![CDATA[") : len(t)-len("]]>")])
+	case gosax.EventComment:
+		if !bytes.HasPrefix(t, []byte("<!--")) || len(t) < len("<!---->") {
+			return fmt.Errorf("%w: markup %s is neither a comment nor CDATA", ErrNotXML, quote(string(t[:min(len(t), 12)])))
+		}
+		if bytes.Contains(t[len("<!--"):len(t)-len("-->")], []byte("--")) {
+			return fmt.Errorf("%w: \"--\" inside a comment", ErrNotXML)
+		}
+		return nil
+	case gosax.EventProcessingInstruction:
+		target := t[2 : len(t)-2]
+		if i := bytes.IndexAny(target, " \t\r\n"); i >= 0 {
+			target = target[:i]
+		}
+		if bytes.EqualFold(target, []byte("xml")) {
+			return fmt.Errorf("%w: XML declaration after the start of the document", ErrNotXML)
+		}
+		return nil
+	case gosax.EventDocType:
+		return fmt.Errorf("%w: document holds a <!%s> directive", ErrDTD, oneLine(firstWord(t[2:])))
+	}
+	return fmt.Errorf("%w: unexpected markup %s", ErrNotXML, quote(string(t[:min(len(t), 12)])))
+}
+
+// outside refuses what stands outside the root element.
+func (b *bodyCheck) outside(what string) error {
+	where := "before"
+	if b.rootClosed {
+		where = "after"
+	}
+	return fmt.Errorf("%w: %s %s the root element", ErrNotXML, what, where)
+}
+
+// start checks a start tag (<name attr="v" ...> or <name .../>).
+func (b *bodyCheck) start(t []byte) error {
+	name, attrs := gosax.Name(t)
+	if err := checkName(name, "element"); err != nil {
+		return err
+	}
+	if b.rootClosed {
+		return fmt.Errorf("%w: element <%s> after the root element closed", ErrNotXML, oneLine(string(name)))
+	}
+	if len(b.ends) >= maxDepth {
+		return fmt.Errorf("%w: elements nested deeper than %d", ErrTooLarge, maxDepth)
+	}
+	if len(name) > maxNameBytes {
+		return fmt.Errorf("%w: an element name is longer than %d bytes", ErrTooLarge, maxNameBytes)
+	}
+	if err := checkAttrs(name, attrs); err != nil {
+		return err
+	}
+	b.push(name)
+	return nil
+}
+
+// end checks an end tag (</name>, or the end gosax makes of <name/>)
+// against the innermost open element.
+func (b *bodyCheck) end(t []byte) error {
+	name, rest := gosax.Name(t)
+	if len(t) > 1 && t[1] == '/' && !isSpace(rest) {
+		return fmt.Errorf("%w: end tag </%s> holds more than a name", ErrNotXML, oneLine(string(name)))
+	}
+	if len(b.ends) == 0 {
+		return fmt.Errorf("%w: end tag </%s> without a start tag", ErrNotXML, oneLine(string(name)))
+	}
+	if open := b.top(); !bytes.Equal(open, name) {
+		return fmt.Errorf("%w: element <%s> closed by </%s>", ErrNotXML, oneLine(string(open)), oneLine(string(name)))
+	}
+	b.pop()
+	if len(b.ends) == 0 {
+		b.rootClosed = true
+	}
+	return nil
+}
+
+// checkAttrs checks the attributes of element el: name="value" or
+// name='value', each value free of '<' and of bad references.
+func checkAttrs(el, rest []byte) error {
+	for {
+		a, next, err := gosax.NextAttribute(rest)
+		if err != nil {
+			return fmt.Errorf("%w: element <%s>: %s", ErrNotXML, oneLine(string(el)), oneLine(err.Error()))
+		}
+		if len(a.Key) == 0 {
+			if len(next) == 0 && isSpace(rest) {
+				return nil
+			}
+			return fmt.Errorf("%w: element <%s> holds a stray %s", ErrNotXML, oneLine(string(el)), quote(string(rest[:min(len(rest), 12)])))
+		}
+		if err := checkName(a.Key, "attribute"); err != nil {
+			return err
+		}
+		v := a.Value
+		if len(v) < 2 || v[len(v)-1] != v[0] {
+			return fmt.Errorf("%w: attribute %s of <%s> has no quoted value", ErrNotXML, quote(string(a.Key)), oneLine(string(el)))
+		}
+		if bytes.IndexByte(v, '<') >= 0 {
+			return fmt.Errorf("%w: attribute %s of <%s> holds '<'", ErrNotXML, quote(string(a.Key)), oneLine(string(el)))
+		}
+		if err := checkText(v[1:len(v)-1], "attribute", a.Key); err != nil {
+			return err
+		}
+		rest = next
+	}
+}
+
+// checkName refuses an empty or malformed element or attribute name.
+func checkName(name []byte, what string) error {
+	if len(name) == 0 || !validName(name) {
+		return fmt.Errorf("%w: %s name %s is not a valid XML name", ErrNotXML, what, quote(string(name)))
+	}
+	return nil
+}
+
+// validName follows XML's name rule for ASCII (a letter, '_' or ':' first,
+// then also digits, '-' and '.') and takes any other character as XML 1.0
+// allows nearly all of them in names.
+func validName(b []byte) bool {
+	for i := 0; i < len(b); {
+		c := b[i]
+		if c >= utf8.RuneSelf {
+			r, n := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && n == 1 {
+				return false
+			}
+			i += n
+			continue
+		}
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', c == '_', c == ':':
+		case i > 0 && ('0' <= c && c <= '9' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+		i++
+	}
+	return true
+}
+
+// checkText checks character data (text, or the value of attribute key):
+// valid characters, and '&' only in a reference to one of the five
+// predefined entities or to a valid character.
+func checkText(t []byte, what string, key []byte) error {
+	if err := checkChars(t); err != nil {
+		return err
+	}
+	for {
+		i := bytes.IndexByte(t, '&')
+		if i < 0 {
+			return nil
+		}
+		t = t[i+1:]
+		j := bytes.IndexByte(t[:min(len(t), 16)], ';')
+		if j < 0 || !validRef(t[:j]) {
+			if key != nil {
+				what += " " + quote(string(key))
+			}
+			return fmt.Errorf("%w: %s holds '&' that is not a valid reference (%s)", ErrNotXML, what, quote(string(t[:min(len(t), 12)])))
+		}
+		t = t[j+1:]
+	}
+}
+
+// validRef reports whether ref (between '&' and ';') names a predefined
+// entity or a valid character.
+func validRef(ref []byte) bool {
+	switch string(ref) {
+	case "lt", "gt", "amp", "apos", "quot":
+		return true
+	}
+	if len(ref) < 2 || ref[0] != '#' {
+		return false
+	}
+	digits, base := ref[1:], rune(10)
+	if digits[0] == 'x' {
+		digits, base = digits[1:], 16
+	}
+	if len(digits) == 0 || len(digits) > 8 {
+		return false
+	}
+	var r rune
+	for _, c := range digits {
+		var d rune
+		switch {
+		case '0' <= c && c <= '9':
+			d = rune(c - '0')
+		case base == 16 && 'a' <= c && c <= 'f':
+			d = rune(c-'a') + 10
+		case base == 16 && 'A' <= c && c <= 'F':
+			d = rune(c-'A') + 10
+		default:
+			return false
+		}
+		r = r*base + d
+	}
+	return xmlChar(r)
+}
+
+// checkChars refuses invalid UTF-8 and characters XML does not allow
+// (controls other than tab, newline and carriage return; U+FFFE, U+FFFF;
+// valid UTF-8 holds no surrogates).
+func checkChars(t []byte) error {
+	if !utf8.Valid(t) {
+		return fmt.Errorf("%w: invalid UTF-8 in the document", ErrNotXML)
+	}
+	for _, c := range t {
+		if c < 0x20 && c != '\t' && c != '\n' && c != '\r' {
+			return fmt.Errorf("%w: control character %#02x in the document", ErrNotXML, c)
+		}
+	}
+	for i := 0; ; {
+		j := bytes.Index(t[i:], []byte("\xef\xbf"))
+		if j < 0 {
+			return nil
+		}
+		i += j + 2
+		if i < len(t) && (t[i] == 0xbe || t[i] == 0xbf) {
+			return fmt.Errorf("%w: character U+FFF%X is not allowed in XML", ErrNotXML, t[i]-0xb0)
+		}
+	}
+}
+
+// xmlChar is XML 1.0's Char production.
+func xmlChar(r rune) bool {
+	return r == '\t' || r == '\n' || r == '\r' ||
+		r >= 0x20 && r <= 0xD7FF ||
+		r >= 0xE000 && r <= 0xFFFD ||
+		r >= 0x10000 && r <= 0x10FFFF
+}
+
+// tokenGuard bounds what gosax buffers for one token, since gosax grows its
+// buffer to hold a whole token: it reads from r at most chunk bytes at a
+// time and refuses once more than max+chunk bytes were read since n was
+// last reset (at every token). A token of max bytes never trips it, one of
+// max+2×chunk always does.
+type tokenGuard struct {
+	r     io.Reader
+	n     int64
+	max   int64
+	chunk int64
+	err   error
+}
+
+func (g *tokenGuard) Read(p []byte) (int, error) {
+	if g.n > g.max+g.chunk {
+		return 0, g.err
+	}
+	n, err := g.r.Read(p[:min(int64(len(p)), g.chunk)])
+	g.n += int64(n)
+	return n, err
+}
