@@ -108,11 +108,20 @@ const doneAge = bus.DuplicateWindow
 func (r *Relay) sweep(ctx context.Context) {
 	t := time.NewTicker(partialAge)
 	defer t.Stop()
-	for {
+	for first := true; ; first = false {
 		if n, err := r.bus.SweepPartial(ctx, partialAge); err != nil && ctx.Err() == nil {
 			r.log.Warn("cannot sweep unfinished payloads", "err", err)
 		} else if n > 0 {
 			r.log.Info("removed unfinished payloads a crash left behind", "count", n)
+		}
+		if first {
+			// What another relay fetched while this one was down is
+			// counted as handed over before its records go.
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.pipe.HandoversCounted():
+			}
 		}
 		if err := r.bus.PurgeDone(ctx, doneAge); err != nil && ctx.Err() == nil {
 			r.log.Warn("cannot remove done records", "err", err)

@@ -171,16 +171,22 @@ func (f *fetch) session(ctx context.Context) (worked bool, err error) {
 		Description:   "relay " + p.cfg.Relay.ID + " fetches the messages for node " + f.node,
 		FilterSubject: bus.DeliverSubjects(f.node),
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       fetchAckWait,
+		AckWait:       p.opts.FetchAckWait,
 		MaxDeliver:    -1,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
+		// One record at a time, in stream order: with more out, a session
+		// cut short (a kill, the link, a lost lease) leaves records
+		// unacked that the next session gets only after AckWait, after
+		// the later ones — a sequential channel would see its newer
+		// numbers first and the older ones as stale.
+		MaxAckPending: 1,
 	})
 	if err != nil {
 		return false, fmt.Errorf("relay %s: consumer %s: %w", f.relay, fetchConsumer(f.node), err)
 	}
 	f.log.Info("fetching from relay " + f.relay)
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(16, jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return true, fmt.Errorf("relay %s: fetch: %w", f.relay, err)
 		}
@@ -197,38 +203,37 @@ func (f *fetch) session(ctx context.Context) (worked bool, err error) {
 	return true, ctx.Err()
 }
 
-// fetchAckWait is how long the other relay waits for a fetched record's ack
-// before offering it again; a long payload copy sends progress meanwhile.
-const fetchAckWait = time.Minute
-
 // copy takes one record (and its payload) into this relay's domain.
 func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstream.Msg) error {
 	hdr := msg.Headers()
 	obj := hdr.Get(exchange.MetaObject)
 	id := hdr.Get("_watermill_message_uuid")
-	stop := progress(msg, fetchAckWait/3)
+	stop := progress(msg, f.p.opts.FetchAckWait/3)
 	defer stop()
 
 	h, herr := headerOf(hdr)
+	if herr == nil {
+		// An earlier attempt took the record in here and its ack was lost
+		// (a kill, the link); the message may since have been delivered
+		// here and its payload dropped. One that the destination has (or
+		// newer) needs nothing more: copying its payload again would leave
+		// a copy nothing refers to, and finding the payload gone in both
+		// places is no reason for a dead letter.
+		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+		if err != nil {
+			return err
+		}
+		if !h.ByName() && h.MessageNo <= st.DeliveredNo || h.ByName() && id != "" && id == st.LastMsgID {
+			f.log.Info("fetched again after its delivery; nothing to do", "message_id", id, "channel", channelName(h), "message_no", h.MessageNo)
+			f.dropRemote(ctx, remote, obj)
+			return msg.DoubleAck(ctx)
+		}
+	}
 	gone := false
 	if obj != "" {
 		var err error
 		if gone, err = f.copyPayload(ctx, l, remote, obj, statedSize(hdr.Get(exchange.MetaSize))); err != nil {
 			return err
-		}
-	}
-	if gone && herr == nil {
-		// An earlier attempt copied the payload, took the record in here
-		// and dropped the payload there, and its ack was lost; the message
-		// may since have been delivered here and its payload dropped. One
-		// that the destination has (or newer) needs nothing more.
-		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
-		if err != nil {
-			return err
-		}
-		if !h.ByName() && h.MessageNo <= st.DeliveredNo {
-			f.log.Info("fetched again after its delivery; nothing to do", "message_id", id, "channel", channelName(h), "message_no", h.MessageNo)
-			return msg.DoubleAck(ctx)
 		}
 	}
 	// A record that cannot be delivered stays here as a dead letter (with

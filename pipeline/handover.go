@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,6 +28,8 @@ type handover struct {
 	log   *slog.Logger
 	// last is the highest stream sequence looked at.
 	last uint64
+	// counted is called after the first step that succeeded.
+	counted func()
 }
 
 // handoverEvery is how often the fetch consumers' ack floors are read.
@@ -43,7 +46,30 @@ func (p *Pipeline) wireHandovers() []*handover {
 		}
 		out = append(out, &handover{p: p, node: name, relay: n.Relay, log: p.log.With("node", name, "to_relay", n.Relay)})
 	}
+	var wg sync.WaitGroup
+	wg.Add(len(out))
+	for _, h := range out {
+		h.counted = sync.OnceFunc(wg.Done)
+	}
+	p.counted = make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(p.counted)
+	}()
 	return out
+}
+
+// HandoversCounted is closed once every handover watch has counted what
+// the other relays had fetched when it started. The sweep's first purge of
+// done records waits for it: a record purged before its handover was
+// counted would stay pending here for good.
+func (p *Pipeline) HandoversCounted() <-chan struct{} {
+	if p.counted == nil { // no other relay fetches from here
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return p.counted
 }
 
 // run watches until ctx ends.
@@ -53,6 +79,8 @@ func (h *handover) run(ctx context.Context) {
 	for {
 		if err := h.step(ctx); err != nil && ctx.Err() == nil {
 			h.log.Debug("handover not recorded", "err", err)
+		} else if err == nil {
+			h.counted()
 		}
 		select {
 		case <-ctx.Done():

@@ -41,6 +41,7 @@ var errLeaseHeld = errors.New("lease held by another relay")
 // try takes key if it is free or already ours; errLeaseHeld if another
 // holder has it.
 func (ls *leases) try(ctx context.Context, key string) (*lease, error) {
+	asked := time.Now() // the server's TTL counts from its write, after this
 	rev, err := ls.kv.Create(ctx, key, []byte(ls.owner))
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		e, gerr := ls.kv.Get(ctx, key)
@@ -60,7 +61,7 @@ func (ls *leases) try(ctx context.Context, key string) (*lease, error) {
 	case err != nil:
 		return nil, fmt.Errorf("lease %s: %w", key, err)
 	}
-	return ls.keep(ctx, key, rev), nil
+	return ls.keep(ctx, key, rev, asked), nil
 }
 
 // hold waits until it holds key, asking every ttl/6; it fails only when ctx
@@ -87,35 +88,52 @@ func (ls *leases) hold(ctx context.Context, key string) (*lease, error) {
 // Renewal is a compare-and-set on the lease's revision, so a holder whose
 // lease lapsed and was taken cannot renew it back. Without a successful
 // renewal for 2/3 of the TTL the lease counts as lost here, well before
-// the server lets another holder take it.
-func (ls *leases) keep(parent context.Context, key string, rev uint64) *lease {
+// the server lets another holder take it: a renewal counts from when it
+// was sent (the server's TTL runs from its write, after that), and no
+// attempt waits past that deadline, so a link that stalls mid-renewal is
+// noticed at 2/3 of the TTL, not when the answer times out. written is
+// when the lease was asked for.
+func (ls *leases) keep(parent context.Context, key string, rev uint64, written time.Time) *lease {
 	ctx, cancel := context.WithCancel(parent)
 	l := &lease{ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
-		renewed := time.Now()
+		renewed := written
 		t := time.NewTicker(ls.ttl / 3)
 		defer t.Stop()
 		for {
+			deadline := renewed.Add(2 * ls.ttl / 3)
+			lapse := time.NewTimer(time.Until(deadline))
 			select {
 			case <-ctx.Done():
+				lapse.Stop()
 				// Released (or the parent ended): free it for the others.
 				dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 				ls.drop(dctx, key, rev)
 				dcancel()
 				return
+			case <-lapse.C:
+				ls.log.Warn("lease lost: not renewed in time", "lease", key)
+				cancel()
+				return
 			case <-t.C:
+				lapse.Stop()
 			}
-			rctx, rcancel := context.WithTimeout(ctx, ls.ttl/3)
+			sent := time.Now()
+			until := sent.Add(ls.ttl / 3)
+			if deadline.Before(until) {
+				until = deadline
+			}
+			rctx, rcancel := context.WithDeadline(ctx, until)
 			next, err := ls.kv.Update(rctx, key, []byte(ls.owner), rev)
 			rcancel()
 			switch {
 			case err == nil:
-				rev, renewed = next, time.Now()
+				rev, renewed = next, sent
 				continue
 			case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 				ls.log.Warn("lease lost: taken by another relay", "lease", key)
-			case time.Since(renewed) > 2*ls.ttl/3:
+			case !time.Now().Before(deadline):
 				ls.log.Warn("lease lost: not renewed in time", "lease", key, "err", err)
 			default:
 				continue

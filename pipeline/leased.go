@@ -24,6 +24,11 @@ type leasedPickup struct {
 
 	mu  sync.Mutex
 	cur message.Subscriber // the running term's adapter, nil on standby
+	// startErr is why the last term's adapter did not start, kept (for
+	// `relay status`) until a term starts or another replica has held the
+	// lease for a whole TTL (it runs the pickup then).
+	startErr   string
+	startErrAt time.Time
 
 	closeOnce sync.Once
 	closing   chan struct{}
@@ -51,9 +56,13 @@ func (s *leasedPickup) Subscribe(ctx context.Context, topic string) (<-chan *mes
 		defer s.wg.Done()
 		defer close(out)
 		for ctx.Err() == nil {
+			asked := time.Now()
 			l, err := s.leases.hold(ctx, s.key)
 			if err != nil {
 				return
+			}
+			if time.Since(asked) > s.leases.ttl {
+				s.failed(nil)
 			}
 			s.log.Info("pickup lease taken: this replica runs the pickup", "lease", s.key)
 			s.term(l.Context(), topic, out)
@@ -75,7 +84,7 @@ func (s *leasedPickup) Subscribe(ctx context.Context, topic string) (<-chan *mes
 func (s *leasedPickup) term(ctx context.Context, topic string, out chan<- *message.Message) {
 	sub, err := s.open()
 	if err != nil {
-		s.log.Error("pickup not started", "err", err)
+		s.failed(err)
 		return
 	}
 	s.mu.Lock()
@@ -91,9 +100,10 @@ func (s *leasedPickup) term(ctx context.Context, topic string, out chan<- *messa
 	}()
 	in, err := sub.Subscribe(ctx, topic)
 	if err != nil {
-		s.log.Error("pickup not started", "err", err)
+		s.failed(err)
 		return
 	}
+	s.failed(nil)
 	for {
 		select {
 		case <-ctx.Done():
@@ -119,12 +129,26 @@ func (s *leasedPickup) Close() error {
 	return nil
 }
 
-// LastError is the running adapter's trouble; a standby replica has none.
+// failed records why a term's adapter did not start (nil: it started, or
+// another replica runs the pickup).
+func (s *leasedPickup) failed(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.startErr, s.startErrAt = "", time.Time{}
+		return
+	}
+	s.log.Error("pickup not started", "err", err)
+	s.startErr, s.startErrAt = "pickup not started: "+err.Error(), time.Now()
+}
+
+// LastError is the running adapter's trouble, or why the last term's
+// adapter did not start; a standby replica has none.
 func (s *leasedPickup) LastError() (string, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r, ok := s.cur.(errorReporter); ok {
 		return r.LastError()
 	}
-	return "", time.Time{}
+	return s.startErr, s.startErrAt
 }

@@ -38,6 +38,10 @@ type Options struct {
 	AckWait time.Duration
 	// MaxRetryDelay caps the backoff between delivery attempts (default 5m).
 	MaxRetryDelay time.Duration
+	// FetchAckWait is how long another relay waits for a fetched record's
+	// ack before offering it again (default 1m; a long payload copy sends
+	// progress every FetchAckWait/3).
+	FetchAckWait time.Duration
 	// Limits bound what a message may be.
 	Limits exchange.Limits
 }
@@ -73,8 +77,10 @@ type Pipeline struct {
 	leases *leases
 	// fetches move records for served nodes from other relays' domains.
 	fetches []*fetch
-	// handovers count what other relays fetched from here.
+	// handovers count what other relays fetched from here; counted closes
+	// when each has looked once (HandoversCounted).
 	handovers []*handover
+	counted   chan struct{}
 }
 
 // deliveryWorkers is how many messages of one node are delivered at once
@@ -122,6 +128,9 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 	}
 	if opts.MaxRetryDelay == 0 {
 		opts.MaxRetryDelay = 5 * time.Minute
+	}
+	if opts.FetchAckWait == 0 {
+		opts.FetchAckWait = time.Minute
 	}
 	if opts.Limits == (exchange.Limits{}) {
 		opts.Limits = exchange.DefaultLimits()
