@@ -114,11 +114,13 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions, floor 
 		go func() {
 			defer writers.Done()
 			for m := range q {
-				write := writeOut
+				var err error
 				if fl != nil {
-					write = func(dir string, m jetstream.Msg, fsync bool) error { return fl.deliver(ctx, dir, m, fsync) }
+					err = fl.deliver(ctx, dir, m, o.BaselineFsync, tr.writing)
+				} else {
+					err = writeData(dir, m.Subject(), m.Data(), o.BaselineFsync, tr.writing)
 				}
-				if err := write(dir, m, o.BaselineFsync); err != nil {
+				if err != nil {
 					sendErr(writeErr, err)
 					return
 				}
@@ -194,20 +196,24 @@ func runBaselineThroughput(ctx context.Context, w *workload, o tpOptions, floor 
 	res.CPU = cpuTime() - cpu0
 	res.Observed = tr.seen()
 	res.Lat = w.latencies(&tr.mu)
-	res.Delivered = uint64(w.messages)
-	o.logf("%s: %.0f msg/s, %d seen in in/", side, res.msgsPerSec(), res.Observed)
+	// Untimed: every (channel, No) the writers reported is checked against
+	// what was sent, none may be missing, and every inbox is read once more.
+	written, err := tr.verify()
+	if err != nil {
+		return res, fmt.Errorf("%s: after the run: %w", side, err)
+	}
+	res.Delivered = uint64(written)
+	o.logf("%s: %.0f msg/s, %d written to in/, %d seen in in/", side, res.msgsPerSec(), res.Delivered, res.Observed)
 	o.logf("%s: CPU %s (%.0f%% of one core over the run)", side, res.CPU.Round(time.Millisecond), 100*res.CPU.Seconds()/res.Elapsed.Seconds())
 	o.logf("%s: write→taken %s; taken→in/ %s", side, res.Lat.pickup, res.Lat.deliver)
 	return res, nil
 }
 
-// writeOut writes one record into dir: temp file, (fsync), rename, (fsync dir).
-func writeOut(dir string, m jetstream.Msg, fsync bool) error {
-	return writeData(dir, m.Subject(), m.Data(), fsync)
-}
-
-// writeData writes data as the file of the channel of subject (bench.<from>.<to>) into dir.
-func writeData(dir, subject string, data []byte, fsync bool) error {
+// writeData writes data as the file of the channel of subject
+// (bench.<from>.<to>) into dir: temp file, (fsync), rename, (fsync dir).
+// placing is told the final path and data just before the rename (the
+// tracker's writing).
+func writeData(dir, subject string, data []byte, fsync bool, placing func(path string, data []byte)) error {
 	parts := strings.Split(subject, ".")
 	if len(parts) != 3 {
 		return fmt.Errorf("bench: bad subject %s", subject)
@@ -233,7 +239,9 @@ func writeData(dir, subject string, data []byte, fsync bool) error {
 		os.Remove(tmp.Name())
 		return err
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+	path := filepath.Join(dir, name)
+	placing(path, data)
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		os.Remove(tmp.Name())
 		return err
 	}

@@ -12,7 +12,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -244,18 +246,33 @@ func eachEvent(ctx context.Context, w *fsnotify.Watcher, tick time.Duration, onE
 
 // tracker plays every receiving node: it watches the delivery folders of a
 // site and, each time a message file appears (rename of the deliverer's
-// temp file), reads it, checks it is in its channel's place and its sha256
-// against what was sent for that (channel, MessageNo), and notes the
-// number. The run is complete when every channel's delivered file holds the
-// channel's final MessageNo. Versions overwritten by the next one before
-// the tracker read them are not seen here; the relay runs check them
-// through the channel state.
+// temp file), reads it, checks it is in its channel's place, that its
+// sha256 is what was sent for that (channel, MessageNo) (every version read
+// is hashed, a number read before included) and that the inbox did not go
+// back to a lower number than one read from it before (an inbox never goes
+// back, DESIGN §6.3; in latest mode numbers may be skipped, never
+// undone). The clock stops when every channel's delivered file holds the
+// channel's final MessageNo.
+//
+// Versions overwritten by the next one before the tracker read them are not
+// seen here. So that no message can go missing unnoticed, every number of
+// every channel must be accounted for: seen by the tracker, or reported by
+// the side's writer, which the bench controls on the baselines (writing:
+// each file it puts into an inbox, kept and checked only after the clock).
+// A side that accounts for its messages another way (the relay: its
+// channel state) says so with numbersCheckedElsewhere. After the clock,
+// verify checks the reported writes' bytes, that every (channel, No) was
+// seen or written, and re-reads every inbox.
 type tracker struct {
-	site  site
-	chans map[string]*chanTrack // by channel key
-	watch *fsnotify.Watcher
+	site   site
+	chans  map[string]*chanTrack // by channel key
+	byPath map[string]*chanTrack // by delivered file's path
+	watch  *fsnotify.Watcher
+
+	readMu sync.Mutex // one inbox read (and its check) at a time, in order
 
 	mu        sync.Mutex // also guards the channels' stamps
+	needAll   bool       // every (channel, No) must be seen or reported by writing
 	remaining int
 	observed  int // distinct (channel, No) seen with the right sha256
 	corrupt   []string
@@ -265,17 +282,23 @@ type tracker struct {
 
 type chanTrack struct {
 	ch       *channel
-	seen     []bool
+	seen     []bool   // No read from the inbox with the right sha256
+	nseen    int      // how many are true in seen
+	last     uint64   // highest No read from the inbox so far
+	writes   [][]byte // what the side's writer reported putting into the inbox, in order
 	complete bool
 }
 
 // startTracker resets the stamps of w's channels and tracks s's delivery
-// folders until ctx ends; close stops its watcher.
+// folders until ctx ends; close stops its watcher. Every (channel, No) must
+// be seen or reported by writing unless numbersCheckedElsewhere is called.
 func startTracker(ctx context.Context, s site, w *workload) (*tracker, error) {
-	t := &tracker{site: s, chans: map[string]*chanTrack{}, remaining: len(w.channels), done: make(chan struct{})}
+	t := &tracker{site: s, chans: map[string]*chanTrack{}, byPath: map[string]*chanTrack{}, needAll: true, remaining: len(w.channels), done: make(chan struct{})}
 	for _, c := range w.channels {
 		c.times = make([]stamps, len(c.msgs))
-		t.chans[c.key()] = &chanTrack{ch: c, seen: make([]bool, len(c.msgs)+1)}
+		ct := &chanTrack{ch: c, seen: make([]bool, len(c.msgs)+1)}
+		t.chans[c.key()] = ct
+		t.byPath[s.inPath(c)] = ct
 	}
 	var err error
 	if t.watch, err = newWatcher(s.folders(w, s.in)...); err != nil {
@@ -287,41 +310,78 @@ func startTracker(ctx context.Context, s site, w *workload) (*tracker, error) {
 
 func (t *tracker) close() { t.watch.Close() }
 
+// numbersCheckedElsewhere lifts the rule that every (channel, No) be seen
+// or reported by writing: the side proves its messages were written
+// another way (the relay: its channel state, checkStates).
+func (t *tracker) numbersCheckedElsewhere() {
+	t.mu.Lock()
+	t.needAll = false
+	t.mu.Unlock()
+}
+
+// writing is the side's writer reporting that data goes to path now: it is
+// called just before the rename that puts it there (a failed rename fails
+// the run through the writer's error, so nothing is counted that was not
+// written). It only keeps data; verify checks it, outside the clock.
+func (t *tracker) writing(path string, data []byte) {
+	ct := t.byPath[path]
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if ct == nil {
+		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: written, but no channel delivers there", path))
+		return
+	}
+	ct.writes = append(ct.writes, data)
+}
+
 // observe reads one delivered file.
 func (t *tracker) observe(path string) {
+	t.readMu.Lock()
+	defer t.readMu.Unlock()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return // overwritten by a rename in between, or not there (yet)
 	}
-	at := time.Now()
+	t.check(path, data, time.Now())
+}
+
+// check checks data, read from path at at, and returns its header's
+// MessageNo (0 when it was no message of the workload).
+func (t *tracker) check(path string, data []byte, at time.Time) uint64 {
 	h, err := exchange.ReadHeader(bytes.NewReader(data), exchange.DefaultLimits())
+	sum := sha256.Sum256(data)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err != nil {
 		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: unreadable header: %v", path, err))
-		return
+		return 0
 	}
 	ct := t.chans[h.From+"\x00"+h.To]
 	switch {
 	case ct == nil || h.ExchangePlan != benchPlan:
 		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: unexpected message %s %s→%s", path, h.ExchangePlan, h.From, h.To))
-		return
+		return 0
 	case path != t.site.inPath(ct.ch):
 		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: message %s→%s delivered to the wrong place", path, h.From, h.To))
-		return
+		return 0
 	case h.MessageNo < 1 || h.MessageNo > ct.ch.final():
 		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: MessageNo %d was never sent", path, h.MessageNo))
-		return
-	case ct.seen[h.MessageNo]:
-		return
+		return 0
 	}
-	ct.ch.times[h.MessageNo-1].seen = at
-	sum := sha256.Sum256(data)
+	if h.MessageNo < ct.last {
+		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: the inbox went back from No %d to No %d", path, ct.last, h.MessageNo))
+	}
+	ct.last = max(ct.last, h.MessageNo)
 	if got, want := hex.EncodeToString(sum[:]), ct.ch.msgs[h.MessageNo-1].sha; got != want {
 		t.corrupt = append(t.corrupt, fmt.Sprintf("%s: No %d has sha256 %s, sent %s", path, h.MessageNo, got, want))
-		return
+		return h.MessageNo
 	}
+	if ct.seen[h.MessageNo] {
+		return h.MessageNo // read before: checked again, counted once
+	}
+	ct.ch.times[h.MessageNo-1].seen = at
 	ct.seen[h.MessageNo] = true
+	ct.nseen++
 	t.observed++
 	if h.MessageNo == ct.ch.final() && !ct.complete {
 		ct.complete = true
@@ -331,6 +391,7 @@ func (t *tracker) observe(path string) {
 			close(t.done)
 		}
 	}
+	return h.MessageNo
 }
 
 // run watches the delivery folders until ctx ends. A slow rescan of the
@@ -362,7 +423,11 @@ func (t *tracker) seen() int {
 	return t.observed
 }
 
-// problems returns what the tracker found wrong.
+// problems returns what the tracker found wrong: corrupt or misplaced
+// versions, an inbox that went back, channels whose final message was not
+// seen and, unless numbersCheckedElsewhere, channels where neither all
+// numbers were seen nor as many writes reported as messages were sent
+// (verify then checks the writes number by number).
 func (t *tracker) problems() []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -371,9 +436,93 @@ func (t *tracker) problems() []string {
 		if !ct.complete {
 			out = append(out, fmt.Sprintf("%s→%s: final No %d never seen in %s", ct.ch.from, ct.ch.to, ct.ch.final(), filepath.ToSlash(t.site.in(ct.ch))))
 		}
+		if t.needAll && ct.nseen < len(ct.ch.msgs) && len(ct.writes) < len(ct.ch.msgs) {
+			out = append(out, fmt.Sprintf("%s→%s: %d of %d messages seen in %s, %d writes reported", ct.ch.from, ct.ch.to, ct.nseen, len(ct.ch.msgs), filepath.ToSlash(t.site.in(ct.ch)), len(ct.writes)))
+		}
 	}
 	sort.Strings(out)
-	return out
+	return slices.Compact(out) // a version read twice (event and rescan) is reported once
+}
+
+// verify is the check after the clock (untimed). It checks the bytes of
+// every write reported (header and sha256 against what was sent for that
+// number) and, unless numbersCheckedElsewhere, that every (channel, No)
+// was seen or written; then it re-reads every inbox, which must hold its
+// channel's final message with the right sha256 (and, as every read, not a
+// lower number than one read before). written is the number of distinct
+// (channel, No) seen or written.
+func (t *tracker) verify() (written int, err error) {
+	t.mu.Lock()
+	needAll := t.needAll
+	chans := make([]*chanTrack, 0, len(t.chans))
+	for _, ct := range t.chans {
+		chans = append(chans, ct)
+	}
+	t.mu.Unlock()
+	sort.Slice(chans, func(i, j int) bool { return chans[i].ch.key() < chans[j].ch.key() })
+	var bad []string
+	for _, ct := range chans {
+		c := ct.ch
+		t.mu.Lock()
+		writes := ct.writes
+		got := slices.Clone(ct.seen)
+		written += ct.nseen
+		t.mu.Unlock()
+		for i, data := range writes {
+			h, err := exchange.ReadHeader(bytes.NewReader(data), exchange.DefaultLimits())
+			sum := sha256.Sum256(data)
+			switch {
+			case err != nil:
+				bad = append(bad, fmt.Sprintf("%s→%s: write %d: unreadable header: %v", c.from, c.to, i+1, err))
+			case h.ExchangePlan != benchPlan || h.From != c.from || h.To != c.to:
+				bad = append(bad, fmt.Sprintf("%s→%s: write %d is a message %s %s→%s", c.from, c.to, i+1, h.ExchangePlan, h.From, h.To))
+			case h.MessageNo < 1 || h.MessageNo > c.final():
+				bad = append(bad, fmt.Sprintf("%s→%s: write %d: MessageNo %d was never sent", c.from, c.to, i+1, h.MessageNo))
+			case hex.EncodeToString(sum[:]) != c.msgs[h.MessageNo-1].sha:
+				bad = append(bad, fmt.Sprintf("%s→%s: write %d: No %d with the wrong sha256", c.from, c.to, i+1, h.MessageNo))
+			default:
+				if !got[h.MessageNo] {
+					got[h.MessageNo] = true
+					written++
+				}
+			}
+		}
+		if needAll {
+			var missing []string
+			for no := uint64(1); no <= c.final(); no++ {
+				if !got[no] {
+					missing = append(missing, strconv.FormatUint(no, 10))
+				}
+			}
+			if len(missing) > 10 {
+				missing = append(missing[:10:10], fmt.Sprintf("... (%d in all)", len(missing)))
+			}
+			if len(missing) > 0 {
+				bad = append(bad, fmt.Sprintf("%s→%s: No %s neither seen in nor reported written to %s", c.from, c.to, strings.Join(missing, ", "), filepath.ToSlash(t.site.in(c))))
+			}
+		}
+		path := t.site.inPath(c)
+		t.readMu.Lock()
+		data, err := os.ReadFile(path)
+		no := uint64(0)
+		if err == nil {
+			no = t.check(path, data, time.Now())
+		}
+		t.readMu.Unlock()
+		switch {
+		case err != nil:
+			bad = append(bad, fmt.Sprintf("%s→%s: after the run: %v", c.from, c.to, err))
+		case no != c.final():
+			bad = append(bad, fmt.Sprintf("%s→%s: after the run %s holds No %d, not the final No %d", c.from, c.to, filepath.ToSlash(t.site.in(c)), no, c.final()))
+		}
+	}
+	// What check found in the re-read (a wrong sha256, an inbox gone back)
+	// and anything else the tracker saw since the clock stopped.
+	bad = append(bad, t.problems()...)
+	if len(bad) > 0 {
+		return written, errors.New(firstFew(bad))
+	}
+	return written, nil
 }
 
 // wait blocks until the tracker saw every channel's final message (then it

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -22,8 +23,9 @@ import (
 // (exchange.Inspect, as the relay's pickup does), the body stored as a claim
 // check (chunk and meta in one round trip), a record carrying the header
 // with a Nats-Msg-Id, one channel-state write at ingest and one at delivery
-// (revisions remembered, no reads) and one more at ingest when the message's
-// ReceivedNo acknowledges something new on the reverse channel, the body read back by one direct get and
+// (revisions remembered, no reads) and one more at ingest, in the same
+// round trip, when the message's ReceivedNo acknowledges something new on
+// the reverse channel, the body read back by one direct get and
 // its sha256 checked, the body deleted after the delivery without being
 // waited for. No settle, no folder watching, no framework, no logs, no trace
 // events, no metrics, one consumer. What the floor costs over the baseline
@@ -127,10 +129,10 @@ func (f *floorSteps) ingest(ctx context.Context, path string, c *channel) error 
 	if _, err := f.pub.PublishMsg(ctx, rec); err != nil {
 		return err
 	}
-	if err := f.state(ctx, f.inState, "picked."+hex.EncodeToString([]byte(c.from+"."+c.to)), h.MessageNo); err != nil {
-		return err
-	}
-	// The acknowledgement of the reverse channel, written when it moves.
+	// The channel's own state and, when it moves, the acknowledgement of
+	// the reverse channel: two keys that do not depend on each other,
+	// written together in one round trip as the relay's ingest does
+	// (pipeline/ingest.go).
 	reverse := "acked." + hex.EncodeToString([]byte(c.to+"."+c.from))
 	f.mu.Lock()
 	moved := h.ReceivedNo > f.acked[reverse]
@@ -138,15 +140,19 @@ func (f *floorSteps) ingest(ctx context.Context, path string, c *channel) error 
 		f.acked[reverse] = h.ReceivedNo
 	}
 	f.mu.Unlock()
+	var wg sync.WaitGroup
+	var ackErr error
 	if moved {
-		return f.state(ctx, f.inState, reverse, h.ReceivedNo)
+		wg.Go(func() { ackErr = f.state(ctx, f.inState, reverse, h.ReceivedNo) })
 	}
-	return nil
+	err = f.state(ctx, f.inState, "picked."+hex.EncodeToString([]byte(c.from+"."+c.to)), h.MessageNo)
+	wg.Wait()
+	return errors.Join(err, ackErr)
 }
 
 // deliver writes the record m's payload into dir and records it; the
 // caller acks m.
-func (f *floorSteps) deliver(ctx context.Context, dir string, m jetstream.Msg, fsync bool) error {
+func (f *floorSteps) deliver(ctx context.Context, dir string, m jetstream.Msg, fsync bool, placing func(path string, data []byte)) error {
 	var rec floorRecord
 	if err := json.Unmarshal(m.Data(), &rec); err != nil {
 		return err
@@ -158,7 +164,7 @@ func (f *floorSteps) deliver(ctx context.Context, dir string, m jetstream.Msg, f
 	if sum := sha256.Sum256(p.Data); hex.EncodeToString(sum[:]) != rec.SHA {
 		return fmt.Errorf("floor: payload %s: sha256 mismatch", rec.ID)
 	}
-	if err := writeData(dir, m.Subject(), p.Data, fsync); err != nil {
+	if err := writeData(dir, m.Subject(), p.Data, fsync, placing); err != nil {
 		return err
 	}
 	if err := f.state(ctx, f.outState, "delivered."+hex.EncodeToString([]byte(rec.From+"."+rec.To)), rec.No); err != nil {

@@ -411,6 +411,7 @@ func runMailRelays(ctx context.Context, mb *mailBench, w *workload, o mailOption
 	}
 	defer run.stop()
 	tr := run.tr
+	tr.numbersCheckedElsewhere() // by both relays' channel states: checkFTPStates
 	mw, err := startMaildirWatch(run.ctx, m.Maildir(mailHubUser))
 	if err != nil {
 		return side, err

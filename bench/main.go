@@ -39,7 +39,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	scenario := fs.String("scenario", "all", "throughput | big | ftp | ftpbig | mail | mailbig | push | all (= throughput, big, ftp, mail, push)")
 	messages := fs.Int("messages", 2000, "throughput: messages in all")
-	rounds := fs.Int("rounds", 1, "throughput: rounds of baseline then relay on fresh sites; the table shows the round with the median ratio and lists every round's ratio")
+	rounds := fs.Int("rounds", 1, "throughput: rounds of baseline, floor and relay on fresh sites (the order rotates from round to round), odd; the table shows the round with the median ratio and lists every round's ratio")
 	channels := fs.Int("channels", 200, "throughput: channels (plan, from, to); nodes = smallest n with n(n-1) >= channels")
 	size := fs.String("size", "10240", "throughput: body size of each message (file is ~0.4 KB more)")
 	mode := fs.String("mode", "sequential", "throughput: node mode, sequential (every message written) or latest")
@@ -64,8 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("dir", "", "parent of the temp folders (default $TMPDIR); must have room for ~3× -bigsize (~4× for ftpbig, ~5× -mail-bigsize for mailbig, whose mail server keeps its Maildirs under $TMPDIR); for ftp/ftpbig every folder above it must be enterable by others (vsftpd's user)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "per run")
 	logLevel := fs.String("relay-log-level", "info", "throughput: in-process relay log level (logs are formatted, then discarded)")
-	cpuProfile := fs.String("cpuprofile", "", "throughput: write a CPU profile of the relay run here")
-	blockProfile := fs.String("blockprofile", "", "throughput: write a blocking profile of the relay run here")
+	cpuProfile := fs.String("cpuprofile", "", "throughput: write a CPU profile of the relay here, from an extra relay run after the rounds (not counted)")
+	blockProfile := fs.String("blockprofile", "", "throughput: write a blocking profile of the relay here, from an extra relay run after the rounds (not counted)")
 	quiet := fs.Bool("q", false, "no progress lines")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -83,6 +83,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "bench: -%s: %v\n", f.name, err)
 			return 2
 		}
+	}
+	if *rounds < 1 || (*rounds > 1 && *rounds%2 == 0) {
+		// With an even count there is no middle round: either one picked
+		// would lean one way (the upper one towards the relay).
+		fmt.Fprintf(stderr, "bench: -rounds %d: want an odd number (1, 3, 5, ...), so that one round is the median\n", *rounds)
+		return 2
 	}
 	if *settle <= 0 {
 		// 0 in routing.yaml means "unset": the pickup would settle for its
@@ -228,17 +234,36 @@ type tpReport struct {
 	floor           *tpResult // nil without -floor
 	ratios          []float64 // relay/baseline msg/s of each round, in run order
 	floorRatios     []float64 // floor/baseline msg/s of each round
+	orders          []string  // each round's order of the sides, in run order
+	profiled        bool      // an extra, unreported relay run wrote the profiles
 }
 
 func (t tpReport) ratio() float64 { return t.relay.msgsPerSec() / t.baseline.msgsPerSec() }
 
-// runThroughput generates the workload once, then runs the baseline and the
-// relay on it, each on a fresh site, rounds times. This machine's speed
-// drifts between runs; a ratio from runs seconds apart, taken as the median
-// of several rounds, is what the figure means.
+// sideOrder is the order of the sides in round i (from 0): the list
+// baseline, floor, relay (without floor: baseline, relay) rotated by i, so
+// that over rounds each side runs first, in the middle and last alike. The
+// disk's cost drifts with what the previous runs left behind (on ext4, file
+// creation slows after many deletes), which a fixed order would charge to
+// one side.
+func sideOrder(i int, floor bool) []string {
+	sides := []string{"baseline", "floor", "relay"}
+	if !floor {
+		sides = []string{"baseline", "relay"}
+	}
+	k := i % len(sides)
+	return append(sides[k:len(sides):len(sides)], sides[:k]...)
+}
+
+// runThroughput generates the workload once, then runs the baseline, the
+// floor and the relay on it, each on a fresh site, rounds times (an odd
+// number), rotating their order (sideOrder). This machine's speed drifts
+// between runs; a ratio from runs seconds apart, taken as the median of
+// several rounds, is what the figure means. With a profile asked for, one
+// more relay run after the rounds writes it; that run is not reported.
 func runThroughput(ctx context.Context, messages, channels int, bodySize int64, rounds int, o tpOptions) (tpReport, error) {
-	if rounds < 1 {
-		return tpReport{}, fmt.Errorf("-rounds %d: want at least 1", rounds)
+	if rounds < 1 || (rounds > 1 && rounds%2 == 0) {
+		return tpReport{}, fmt.Errorf("-rounds %d: want an odd number, so that one round is the median", rounds)
 	}
 	w, err := newWorkload(messages, channels, bodySize)
 	if err != nil {
@@ -247,29 +272,32 @@ func runThroughput(ctx context.Context, messages, channels int, bodySize int64, 
 	type round struct{ relay, baseline, floor tpResult }
 	var runs []round
 	rep := tpReport{w: w, opts: o}
+	prof := o // the extra relay run's options
+	o.CPUProfile, o.BlockProfile = "", ""
 	for i := range rounds {
-		if i > 0 {
-			o.CPUProfile, o.BlockProfile = "", "" // profiles are of the first round
-		}
 		var r round
-		if r.baseline, err = runBaselineThroughput(ctx, w, o, false); err != nil {
-			return rep, err
-		}
-		if o.Floor {
-			if r.floor, err = runBaselineThroughput(ctx, w, o, true); err != nil {
+		order := sideOrder(i, o.Floor)
+		for _, side := range order {
+			switch side {
+			case "baseline":
+				r.baseline, err = runBaselineThroughput(ctx, w, o, false)
+			case "floor":
+				r.floor, err = runBaselineThroughput(ctx, w, o, true)
+			case "relay":
+				r.relay, err = runRelayThroughput(ctx, w, o)
+			}
+			if err != nil {
 				return rep, err
 			}
-			rep.floorRatios = append(rep.floorRatios, r.floor.msgsPerSec()/r.baseline.msgsPerSec())
-		}
-		if r.relay, err = runRelayThroughput(ctx, w, o); err != nil {
-			return rep, err
 		}
 		runs = append(runs, r)
+		rep.orders = append(rep.orders, strings.Join(order, ", "))
 		rep.ratios = append(rep.ratios, r.relay.msgsPerSec()/r.baseline.msgsPerSec())
 		if o.Floor {
-			o.logf("round %d of %d: ratio %.2f (floor %.2f)", i+1, rounds, rep.ratios[i], rep.floorRatios[i])
+			rep.floorRatios = append(rep.floorRatios, r.floor.msgsPerSec()/r.baseline.msgsPerSec())
+			o.logf("round %d of %d (%s): ratio %.2f (floor %.2f)", i+1, rounds, rep.orders[i], rep.ratios[i], rep.floorRatios[i])
 		} else {
-			o.logf("round %d of %d: ratio %.2f", i+1, rounds, rep.ratios[i])
+			o.logf("round %d of %d (%s): ratio %.2f", i+1, rounds, rep.orders[i], rep.ratios[i])
 		}
 	}
 	order := make([]int, len(runs))
@@ -277,10 +305,19 @@ func runThroughput(ctx context.Context, messages, channels int, bodySize int64, 
 		order[i] = i
 	}
 	sort.Slice(order, func(a, b int) bool { return rep.ratios[order[a]] < rep.ratios[order[b]] })
-	med := runs[order[len(order)/2]]
+	med := runs[order[len(order)/2]] // rounds is odd: the middle one
 	rep.relay, rep.baseline = med.relay, med.baseline
 	if o.Floor {
 		rep.floor = &med.floor
+	}
+	if prof.CPUProfile != "" || prof.BlockProfile != "" {
+		// Profiling slows the relay (the block profile most): its run is
+		// an extra one, not one of the rounds.
+		o.logf("profile: an extra relay run, not counted")
+		if _, err := runRelayThroughput(ctx, w, prof); err != nil {
+			return rep, fmt.Errorf("profiled relay run: %w", err)
+		}
+		rep.profiled = true
 	}
 	return rep, nil
 }
@@ -311,7 +348,7 @@ func (r *report) print(out io.Writer) {
 			for i, r := range t.ratios {
 				rs[i] = fmt.Sprintf("%.2f", r)
 			}
-			fmt.Fprintf(tw, "  ratio by round\t%s (the median round is shown)\t\t\n", strings.Join(rs, " "))
+			fmt.Fprintf(tw, "  ratio by round\t%s (the median round is shown; order per round: %s)\t\t\n", strings.Join(rs, " "), strings.Join(t.orders, " / "))
 		}
 		fmt.Fprintf(tw, "MB/s\t%.2f\t%.2f\t%.2f\n", t.relay.mbPerSec(), t.baseline.mbPerSec(), t.relay.mbPerSec()/t.baseline.mbPerSec())
 		fmt.Fprintf(tw, "written to in/\t%d (+%d superseded)\t%d\t\n", t.relay.Delivered, t.relay.Superseded, t.baseline.Delivered)
@@ -327,6 +364,9 @@ func (r *report) print(out io.Writer) {
 				}
 				fmt.Fprintf(tw, "  floor/baseline by round\t%s\t\t\n", strings.Join(rs, " "))
 			}
+		}
+		if t.profiled {
+			fmt.Fprintf(tw, "profiles\tof an extra relay run after the rounds, not counted above\t\t\n")
 		}
 	}
 	if b := r.big; b != nil {

@@ -223,19 +223,26 @@ func pushRelay(ctx context.Context, w *workload, bodies [][]byte, o pushOptions)
 	if err != nil {
 		return res, err
 	}
-	if hwm, _, merr := procMem(r.pid()); merr == nil {
-		res.PeakRSS = hwm
-	}
-	// Every message accepted must be accounted for: picked up on its channel.
+	// Every message accepted must be accounted for: picked up on its
+	// channel, and every channel's deliveries done (all resolved, the final
+	// number written to in/).
 	err = awaitStates(ctx, r.state(), time.Now().Add(60*time.Second), func(chans []pipeline.Channel) ([]string, error) {
 		states := benchStates(chans)
 		var pending []string
 		for _, c := range w.channels {
-			if st, ok := states[c.key()]; !ok || st.PickedNo != c.final() {
+			st, ok := states[c.key()]
+			if !ok || st.PickedNo != c.final() || st.Resolved < uint64(len(c.msgs)) || st.Queued > st.Resolved || st.DeliveredNo != c.final() {
 				pending = append(pending, c.from+"→"+c.to)
 			}
 		}
 		return pending, nil
 	})
-	return res, err
+	if err != nil {
+		return res, err
+	}
+	// The peak once the deliveries are done too: the relay's whole run.
+	if hwm, _, merr := procMem(r.pid()); merr == nil {
+		res.PeakRSS = hwm
+	}
+	return res, nil
 }

@@ -28,8 +28,8 @@ type tpOptions struct {
 	Floor         bool          // also run the floor (floorSteps) each round
 	Timeout       time.Duration
 	LogLevel      slog.Level // the in-process relay logs at this level into io.Discard
-	CPUProfile    string     // CPU profile of the relay run, if set
-	BlockProfile  string     // blocking profile of the relay run (where goroutines wait), if set
+	CPUProfile    string     // CPU profile of this relay run, if set (runThroughput: of an extra, unreported relay run)
+	BlockProfile  string     // blocking profile of this relay run (where goroutines wait), if set; the same
 	progress
 }
 
@@ -43,12 +43,24 @@ type tpResult struct {
 	Lat      latencies
 	CPU      time.Duration // CPU of the whole bench process from first write to last delivery
 
-	// From the relay's channel state (relay side only).
+	// Delivered is the number of messages written to in/: for the baseline
+	// and the floor the distinct (channel, No) their writers wrote (tracker
+	// verify: all of them, or the run failed); for the relay the messages
+	// its channel state resolved other than by a drop (sent minus
+	// superseded, stale, duplicate and dead). The rest is from the relay's
+	// channel state (relay side only).
 	Delivered, Superseded, Stale, Duplicates, Dead uint64
 }
 
-func (r tpResult) msgsPerSec() float64 { return float64(r.Messages) / r.Elapsed.Seconds() }
-func (r tpResult) mbPerSec() float64   { return float64(r.Bytes) / 1e6 / r.Elapsed.Seconds() }
+// msgsPerSec is messages written to in/ per second: in latest mode the
+// relay's superseded messages (taken in, never written) do not count.
+func (r tpResult) msgsPerSec() float64 { return float64(r.Delivered) / r.Elapsed.Seconds() }
+
+// mbPerSec is MB written to in/ per second, reckoned as the average file
+// size times Delivered (the messages differ in size by a few bytes).
+func (r tpResult) mbPerSec() float64 {
+	return float64(r.Bytes) * float64(r.Delivered) / float64(max(r.Messages, 1)) / 1e6 / r.Elapsed.Seconds()
+}
 
 // cpuPerMsg is the bench process's CPU per message over the run.
 func (r tpResult) cpuPerMsg() time.Duration {
@@ -131,6 +143,7 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 	}
 	defer run.stop()
 	tr := run.tr
+	tr.numbersCheckedElsewhere() // by the channel state: checkStates
 
 	if o.CPUProfile != "" {
 		f, err := os.Create(o.CPUProfile)
@@ -171,9 +184,14 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 
 	// Every message must be accounted for by the channel state (the numbers
 	// `relay status --json` prints): resolved = sent, the final No
-	// delivered, nothing dead.
-	if err := checkStates(ctx, r, w, &res); err != nil {
+	// delivered, nothing dead; in sequential mode nothing superseded.
+	if err := checkStates(ctx, r, w, o.Mode, &res); err != nil {
 		return res, fmt.Errorf("relay: %w", err)
+	}
+	// Then, once all is resolved, every inbox read once more: the final
+	// message with the right sha256, nothing gone back.
+	if _, err := tr.verify(); err != nil {
+		return res, fmt.Errorf("relay: after the run: %w", err)
 	}
 	o.logf("relay: %.0f msg/s, %d delivered, %d superseded, %d seen in in/", res.msgsPerSec(), res.Delivered, res.Superseded, res.Observed)
 	o.logf("relay: CPU %s (%.0f%% of one core over the run)", res.CPU.Round(time.Millisecond), 100*res.CPU.Seconds()/res.Elapsed.Seconds())
@@ -200,8 +218,10 @@ func waitReady(ctx context.Context, r *daemon.Relay, d time.Duration) error {
 }
 
 // checkStates waits (untimed) until every channel has resolved all its
-// messages, then checks the outcome.
-func checkStates(ctx context.Context, r *daemon.Relay, w *workload, res *tpResult) error {
+// messages, then checks the outcome: nothing dead, stale or duplicate, and
+// in sequential mode (every message written) nothing superseded either.
+// res.Delivered is the messages resolved other than by a drop.
+func checkStates(ctx context.Context, r *daemon.Relay, w *workload, mode string, res *tpResult) error {
 	return awaitStates(ctx, r, time.Now().Add(60*time.Second), func(chans []pipeline.Channel) ([]string, error) {
 		states := benchStates(chans)
 		var left []string
@@ -228,6 +248,9 @@ func checkStates(ctx context.Context, r *daemon.Relay, w *workload, res *tpResul
 		res.Delivered = uint64(w.messages) - sum.Superseded - sum.Stale - sum.Duplicates - sum.Dead
 		if sum.Dead > 0 || sum.Stale > 0 || sum.Duplicates > 0 {
 			return nil, fmt.Errorf("messages lost: %d dead, %d stale, %d duplicate", sum.Dead, sum.Stale, sum.Duplicates)
+		}
+		if mode == "sequential" && sum.Superseded > 0 {
+			return nil, fmt.Errorf("mode sequential, yet %d messages superseded (not written)", sum.Superseded)
 		}
 		return nil, nil
 	})
