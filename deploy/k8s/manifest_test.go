@@ -13,7 +13,9 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -21,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
@@ -579,14 +582,22 @@ type natsCluster struct {
 	C    *corev1.Container
 	CM   *corev1.ConfigMap
 	Conf string
-	Opts *natsserver.Options
+	// Includes are the files nats.conf includes, as the pod mounts them.
+	Includes map[string]*file
+	Opts     *natsserver.Options
 }
 
-var natsVar = regexp.MustCompile(`\$([A-Za-z_][A-Za-z0-9_]*)`)
+var (
+	natsVar     = regexp.MustCompile(`\$([A-Za-z_][A-Za-z0-9_]*)`)
+	natsInclude = regexp.MustCompile(`(?m)^[ \t]*include[ \t]+["']?([^"'\s;]+)["']?`)
+)
 
 // nats finds the NATS StatefulSet and parses its nats.conf with the
 // nats-server's own parser; every $VARIABLE must be an env var of the
-// container (it is replaced by a stand-in value for parsing).
+// container (it is replaced by a stand-in value for parsing), and every
+// included file must be mounted beside it from a Secret: its content is
+// then a stand-in too, an operator-mode auth.conf made by testTrust, as
+// `nsc generate config --mem-resolver` makes the real one.
 func (b *build) nats() (*natsCluster, error) {
 	var n *natsCluster
 	for _, w := range b.workloads() {
@@ -651,11 +662,63 @@ func (b *build) nats() (*natsCluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	// nats-server reads an include relative to the including file.
+	dir, err := os.MkdirTemp("", "nats-conf-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	n.Includes = map[string]*file{}
+	for _, m := range natsInclude.FindAllStringSubmatch(stripComments(conf), -1) {
+		inc := m[1]
+		if path.IsAbs(inc) || strings.HasPrefix(path.Clean(inc), "..") {
+			return nil, fmt.Errorf("nats.conf includes %s: want a file beside nats.conf", inc)
+		}
+		in := path.Join(path.Dir(p), inc)
+		f, err := resolve(n.W.Spec, n.C, in)
+		if err != nil {
+			return nil, fmt.Errorf("nats.conf includes %s: %w", inc, err)
+		}
+		if f.Source != "secret" {
+			return nil, fmt.Errorf("nats.conf includes %s from a %s volume, want a Secret (the deployment's own operator and accounts)", in, f.Source)
+		}
+		n.Includes[inc] = f
+		tr, err := testTrust()
+		if err != nil {
+			return nil, err
+		}
+		target := filepath.Join(dir, filepath.FromSlash(path.Clean(inc)))
+		if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(target, []byte(tr.AuthConf), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	confPath := filepath.Join(dir, path.Base(p))
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
 	n.Opts = &natsserver.Options{}
-	if err := n.Opts.ProcessConfigString(conf); err != nil {
+	if err := n.Opts.ProcessConfigFile(confPath); err != nil {
 		return nil, fmt.Errorf("nats.conf in ConfigMap %s: %w", n.CM.Name, err)
 	}
 	return n, nil
+}
+
+// stripComments blanks the # and // comments of a nats.conf.
+func stripComments(conf string) string {
+	lines := strings.Split(conf, "\n")
+	for i, l := range lines {
+		if j := strings.IndexAny(l, "#"); j >= 0 {
+			l = l[:j]
+		}
+		if j := strings.Index(l, "//"); j >= 0 && (j == 0 || l[j-1] != ':') {
+			l = l[:j]
+		}
+		lines[i] = l
+	}
+	return strings.Join(lines, "\n")
 }
 
 // containerPort resolves a probe's or Service's port against the
@@ -773,7 +836,37 @@ func checkRelayProbes(b *build) []string {
 		return []string{err.Error()}
 	}
 	out := httpProbe(r.C, "liveness", r.C.LivenessProbe, "/healthz", port)
-	return append(out, httpProbe(r.C, "readiness", r.C.ReadinessProbe, "/readyz", port)...)
+	out = append(out, httpProbe(r.C, "readiness", r.C.ReadinessProbe, "/readyz", port)...)
+	// /healthz answers only after bus.Open: without a startup probe that
+	// waits for it, liveness would restart a relay still opening NATS.
+	out = append(out, httpProbe(r.C, "startup", r.C.StartupProbe, "/healthz", port)...)
+	if p := r.C.StartupProbe; p != nil {
+		if got := probeBudget(p); got < relayStartup {
+			out = append(out, fmt.Sprintf("container %s: startup probe allows %s, the relay may take %s before /healthz answers", r.C.Name, got, relayStartup))
+		}
+	}
+	return out
+}
+
+// relayStartup is how long `relay run` may legitimately take before it
+// serves /healthz: daemon.Run starts the API only after daemon.Start
+// returned, and Start's bus.Open waits up to 30 s for the first connection
+// to an external NATS or for the embedded server, then retries provisioning
+// the streams for up to 2 min (~30 s measured for two relays on a new
+// cluster, which is what overlays/hq starts).
+const relayStartup = 30*time.Second + 2*time.Minute
+
+// probeBudget is how long a probe lets a container go without an answer
+// before it acts: initialDelaySeconds + periodSeconds × failureThreshold.
+func probeBudget(p *corev1.Probe) time.Duration {
+	period, fail := p.PeriodSeconds, p.FailureThreshold
+	if period == 0 {
+		period = 10
+	}
+	if fail == 0 {
+		fail = 3
+	}
+	return time.Duration(p.InitialDelaySeconds+period*fail) * time.Second
 }
 
 func listenPort(cfg *config.Config) (int32, error) {
@@ -1000,6 +1093,19 @@ func checkRouting(b *build) []string {
 		files["nats.leaf.creds_file"] = l.CredsFile
 		tlsFiles("nats.leaf.tls", l.TLS)
 	}
+	// And the endpoints' own files (ftp/http/smtp/imap ca_file, ...) of the
+	// nodes this relay serves: it builds adapters only for those.
+	for _, name := range cfg.NodeNames() {
+		n := cfg.Nodes[name]
+		if n == nil || !cfg.Serves(n) {
+			continue
+		}
+		for role, e := range map[string]*config.Endpoint{"pickup": n.Pickup, "deliver": n.Deliver} {
+			if e != nil {
+				fileKeys(&e.Options, "nodes."+name+"."+role+"."+e.Kind, files)
+			}
+		}
+	}
 	for _, at := range slices.Sorted(maps.Keys(files)) {
 		p := files[at]
 		if p == "" {
@@ -1007,6 +1113,8 @@ func checkRouting(b *build) []string {
 		}
 		f, err := resolve(r.W.Spec, r.C, p)
 		switch {
+		case !path.IsAbs(p):
+			out = append(out, fmt.Sprintf("%s %s is relative; name the file's absolute path on its volume", at, p))
 		case err != nil:
 			out = append(out, fmt.Sprintf("%s %s: %v", at, p, err))
 		case f.Source != "secret" && f.Source != "configMap":
@@ -1040,14 +1148,23 @@ func checkRouting(b *build) []string {
 	return out
 }
 
-// neededEnv lists the variables the relay reads: relay.api_token_env and
-// every node's api_token_env (the API authenticates any node's pushes), and
-// the *_env options of the endpoints of the nodes this relay serves (it
-// builds adapters only for those).
+// neededEnv lists the variables the relay reads: relay.api_token_env,
+// nats.password_env and nats.token_env (bus.Open refuses to start when
+// they are unset), every node's api_token_env (the API authenticates any
+// node's pushes) and zip_password_env (config.ZipPasswords: a pickup tries
+// the sender's and the addressee's archive password, whichever relay serves
+// them), and the *_env options of the endpoints of the nodes this relay
+// serves (it builds adapters only for those).
 func neededEnv(cfg *config.Config) map[string]string {
 	need := map[string]string{}
 	if cfg.Relay.APITokenEnv != "" {
 		need[cfg.Relay.APITokenEnv] = "relay.api_token_env"
+	}
+	if cfg.NATS.PasswordEnv != "" {
+		need[cfg.NATS.PasswordEnv] = "nats.password_env"
+	}
+	if cfg.NATS.TokenEnv != "" {
+		need[cfg.NATS.TokenEnv] = "nats.token_env"
 	}
 	for _, name := range cfg.NodeNames() {
 		n := cfg.Nodes[name]
@@ -1056,6 +1173,9 @@ func neededEnv(cfg *config.Config) map[string]string {
 		}
 		if n.APITokenEnv != "" {
 			need[n.APITokenEnv] = "nodes." + name + ".api_token_env"
+		}
+		if n.ZipPasswordEnv != "" {
+			need[n.ZipPasswordEnv] = "nodes." + name + ".zip_password_env"
 		}
 		if !cfg.Serves(n) {
 			continue
@@ -1067,6 +1187,24 @@ func neededEnv(cfg *config.Config) map[string]string {
 		}
 	}
 	return need
+}
+
+// fileKeys collects the *_file options (files the adapter reads) under n.
+func fileKeys(n *yaml.Node, at string, files map[string]string) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if strings.HasSuffix(k.Value, "_file") && v.Kind == yaml.ScalarNode && v.Value != "" {
+				files[at+"."+k.Value] = v.Value
+			}
+			fileKeys(v, at+"."+k.Value, files)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			fileKeys(c, fmt.Sprintf("%s[%d]", at, i), files)
+		}
+	}
 }
 
 func envKeys(n *yaml.Node, at string, need map[string]string) {
@@ -1320,6 +1458,22 @@ func checkNATS(b *build) []string {
 	}
 	out = append(out, httpProbe(n.C, "liveness", n.C.LivenessProbe, "/healthz", int32(o.HTTPPort))...)
 	out = append(out, httpProbe(n.C, "readiness", n.C.ReadinessProbe, "/healthz", int32(o.HTTPPort))...)
+	out = append(out, httpProbe(n.C, "startup", n.C.StartupProbe, "/healthz", int32(o.HTTPPort))...)
+	// A restarted server is started only once its JetStream meta group and
+	// streams are current (plain /healthz): js-enabled-only or
+	// js-server-only skip that, and a rolling update would restart the next
+	// server while this one still catches up.
+	if p := n.C.StartupProbe; p != nil && p.HTTPGet != nil && p.HTTPGet.Path != "/healthz" {
+		bad("nats startup probe GETs %s, want plain /healthz (JetStream current)", p.HTTPGet.Path)
+	}
+	// Authentication: the offices' leaf nodes present nats.leaf.creds_file, a
+	// user JWT and nkey seed, which only operator (JWT) mode verifies.
+	switch {
+	case len(o.TrustedOperators) == 0:
+		bad("nats.conf is not in operator (JWT) mode: the leaf node port %d lets in any leaf node, without credentials, and the offices' creds are never checked", o.LeafNode.Port)
+	case o.AccountResolver == nil:
+		bad("nats.conf: operator mode without an account resolver")
+	}
 	// The headless Service behind the route names.
 	svc := b.service(sts.Spec.ServiceName)
 	switch {
@@ -1361,6 +1515,9 @@ func checkHQ(b *build) []string {
 	}
 	if cfg.NATS.URL == "" {
 		out = append(out, "nats.url is empty: the HQ relay must use the NATS cluster, not an embedded server")
+	}
+	if len(n.Opts.TrustedOperators) > 0 && cfg.NATS.CredsFile == "" {
+		out = append(out, "nats.creds_file is not set: the NATS cluster is in operator mode and refuses a relay without a user's credentials")
 	}
 	for _, s := range strings.Split(cfg.NATS.URL, ",") {
 		u, err := url.Parse(strings.TrimSpace(s))
@@ -1503,6 +1660,8 @@ func TestChecksCatch(t *testing.T) {
 		{dirBase, "relay probes", func(b *build) { relayC(b).LivenessProbe = nil }, "no liveness probe"},
 		{dirBase, "relay probes", func(b *build) { relayC(b).ReadinessProbe.HTTPGet.Path = "/healthz" }, "readiness probe GETs /healthz, want /readyz"},
 		{dirBase, "relay probes", func(b *build) { relayC(b).LivenessProbe.HTTPGet.Port = intstr.FromInt32(9090) }, "port 9090 is not container port 8088"},
+		{dirBase, "relay probes", func(b *build) { relayC(b).StartupProbe = nil }, "no startup probe"},
+		{dirOffice, "relay probes", func(b *build) { relayC(b).StartupProbe.FailureThreshold = 3 }, "startup probe allows 15s"},
 		{dirBase, "resources", func(b *build) { delete(relayC(b).Resources.Limits, corev1.ResourceMemory) }, "no memory limit"},
 		{dirNATS, "resources", func(b *build) { delete(natsC(b).Resources.Requests, corev1.ResourceCPU) }, "no cpu request"},
 		{dirBase, "resources", func(b *build) { relayC(b).Resources.Requests[corev1.ResourceMemory] = resource.MustParse("1Gi") }, "above its limit"},
@@ -1539,6 +1698,14 @@ func TestChecksCatch(t *testing.T) {
 			}
 		}, "nats.leaf.creds_file /etc/relay/nats/leaf.creds"},
 		{dirBase, "routing.yaml valid", func(b *build) { relayC(b).Args = []string{"run"} }, "do not name routing.yaml"},
+		{dirHQ, "routing.yaml valid", func(b *build) {
+			vols := b.deployment("relay").Spec.Template.Spec.Volumes
+			vols[0].Projected.Sources = vols[0].Projected.Sources[:1]
+		}, "nats.creds_file /etc/relay/nats/relay.creds"},
+		{dirBase, "routing.yaml valid", routing("        password_env: ERP_PASSWORD\n", "        password_env: ERP_PASSWORD\n        ca_file: /etc/relay/tls/erp-ca.pem\n"),
+			"nodes.ERP.deliver.http.ca_file /etc/relay/tls/erp-ca.pem: /etc/relay/tls/erp-ca.pem: no source"},
+		{dirBase, "routing.yaml valid", routing("        password_env: ERP_PASSWORD\n", "        password_env: ERP_PASSWORD\n        ca_file: erp-ca.pem\n"),
+			"nodes.ERP.deliver.http.ca_file erp-ca.pem is relative"},
 		{dirBase, "secret env vars", func(b *build) {
 			c := relayC(b)
 			c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "ERP_PASSWORD" })
@@ -1548,6 +1715,8 @@ func TestChecksCatch(t *testing.T) {
 			relayC(b).Env[0].Value = "hunter2"
 		}, "is not taken from a Secret"},
 		{dirBase, "secret env vars", routing("api_token_env: RELAY_API_TOKEN", "api_token_env: OPERATOR_TOKEN"), "no env var OPERATOR_TOKEN"},
+		{dirBase, "secret env vars", routing("    title: Shop 1\n", "    title: Shop 1\n    zip_password_env: SHOP1_ZIP_PASSWORD\n"), "no env var SHOP1_ZIP_PASSWORD"},
+		{dirHQ, "secret env vars", routing("  replicas: 3", "  replicas: 3\n  token_env: NATS_TOKEN"), "no env var NATS_TOKEN"},
 		{dirOffice, "secret env vars", func(b *build) {
 			relayC(b).Env = append(relayC(b).Env, corev1.EnvVar{Name: "CO_FTP_PASSWORD", ValueFrom: &corev1.EnvVarSource{
 				SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "relay-secrets"}, Key: "CO_FTP_PASSWORD"}}})
@@ -1581,12 +1750,27 @@ func TestChecksCatch(t *testing.T) {
 		{dirNATS, "nats cluster", func(b *build) { natsC(b).Env[0].ValueFrom.FieldRef.FieldPath = "spec.nodeName" }, "is not the pod's metadata.name"},
 		{dirNATS, "nats cluster", natsConf("jetstream {", "jetstream {\n  bogus_option: 1"), "unknown field"},
 		{dirNATS, "nats cluster", func(b *build) { natsC(b).ReadinessProbe.HTTPGet.Port = intstr.FromString("client") }, "readiness probe port client"},
+		{dirNATS, "nats cluster", func(b *build) { natsC(b).StartupProbe.HTTPGet.Path = "/healthz?js-enabled-only=true" }, "want plain /healthz"},
+		{dirNATS, "nats cluster", func(b *build) { natsC(b).StartupProbe = nil }, "no startup probe"},
+		{dirNATS, "nats cluster", natsConf("include ./auth.conf", ""), "not in operator (JWT) mode"},
+		{dirNATS, "nats cluster", func(b *build) {
+			vols := b.statefulSet("nats").Spec.Template.Spec.Volumes
+			vols[0].Projected.Sources = vols[0].Projected.Sources[:1]
+		}, "no source of projected volume config lists item auth.conf"},
+		{dirNATS, "nats cluster", func(b *build) {
+			b.configMap("nats-config").Data["auth.conf"] = "x"
+			vols := b.statefulSet("nats").Spec.Template.Spec.Volumes
+			vols[0].Projected.Sources[1] = corev1.VolumeProjection{ConfigMap: &corev1.ConfigMapProjection{
+				LocalObjectReference: corev1.LocalObjectReference{Name: b.configMap("nats-config").Name},
+				Items:                []corev1.KeyToPath{{Key: "auth.conf", Path: "auth.conf"}}}}
+		}, "from a configMap volume, want a Secret"},
 		{dirNATS, "nats cluster", func(b *build) { b.service("nats").Spec.PublishNotReadyAddresses = false }, "publishNotReadyAddresses"},
 		{dirNATS, "nats cluster", func(b *build) { b.service("nats-leaf").Spec.Type = corev1.ServiceTypeClusterIP }, "leaf node port 7422"},
 		{dirHQ, "hq", natsConf("domain: hq", "domain: head"), `jetstream.domain "head" is not the relay.id "hq"`},
 		{dirHQ, "hq", routing("url: nats://nats:4222", "url: nats://nats-client:4222"), "host nats-client is not a Service"},
 		{dirHQ, "hq", routing("replicas: 3", "replicas: 1"), "would not survive"},
 		{dirHQ, "hq", func(b *build) { b.deployment("relay").Namespace = "default" }, `Deployment relay is in namespace "default"`},
+		{dirHQ, "hq", routing("  creds_file: /etc/relay/nats/relay.creds\n", ""), "nats.creds_file is not set"},
 		{dirOffice, "office", func(b *build) { b.deployment("relay").Spec.Strategy.Type = appsv1.RollingUpdateDeploymentStrategyType }, "want Recreate"},
 		{dirOffice, "office", routing("  leaf:\n    url: nats-leaf://hq-nats.example.com:7422\n    creds_file: /etc/relay/nats/leaf.creds   # from the Secret relay-nats-leaf\n", ""), "nats.leaf is not set"},
 		{dirOffice, "office", func(b *build) {
@@ -1623,6 +1807,108 @@ func TestChecksCatch(t *testing.T) {
 			t.Errorf("check %q has no case here proving it can fail", ck.name)
 		}
 	}
+}
+
+// editRouting replaces old with new in the build's routing.yaml.
+func editRouting(t *testing.T, b *build, old, new string) {
+	t.Helper()
+	cm := b.configMap("relay-config")
+	if !strings.Contains(cm.Data["routing.yaml"], old) {
+		t.Fatalf("routing.yaml has no %q", old)
+	}
+	cm.Data["routing.yaml"] = strings.Replace(cm.Data["routing.yaml"], old, new, 1)
+}
+
+// addSecretEnv gives the relay container env var name from relay-secrets.
+func addSecretEnv(b *build, name string) {
+	c := &b.deployment("relay").Spec.Template.Spec.Containers[0]
+	c.Env = append(c.Env, corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
+		SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "relay-secrets"}, Key: name}}})
+}
+
+// TestSecretEnvCoversZipAndNATSVariables: besides relay.api_token_env,
+// nodes.*.api_token_env and endpoint options, the relay reads
+// nodes.*.zip_password_env (config.ZipPasswords: the sender's and the
+// addressee's, nodes of other relays included) and nats.password_env /
+// nats.token_env (bus.Open refuses to start without them). Check "secret
+// env vars" asks for each, and accepts it once the Deployment has it.
+func TestSecretEnvCoversZipAndNATSVariables(t *testing.T) {
+	ck := func(t *testing.T, b *build) []string {
+		for _, p := range checkRouting(b) {
+			t.Fatalf("edited routing.yaml is not valid: %s", p)
+		}
+		return checkSecretEnv(b)
+	}
+	cases := []struct {
+		name, dir, old, new, env string
+	}{
+		{"zip_password_env of a served node", dirBase, "    title: Central office\n",
+			"    title: Central office\n    zip_password_env: CO_ZIP_PASSWORD\n", "CO_ZIP_PASSWORD"},
+		// HQ takes ЦО → SHOP1 zips: it tries SHOP1's password too.
+		{"zip_password_env of another relay's node", dirBase, "    title: Shop 1\n",
+			"    title: Shop 1\n    zip_password_env: SHOP1_ZIP_PASSWORD\n", "SHOP1_ZIP_PASSWORD"},
+		{"zip_password_env in an office", dirOffice, "    title: Central office\n",
+			"    title: Central office\n    zip_password_env: CO_ZIP_PASSWORD\n", "CO_ZIP_PASSWORD"},
+		{"nats.password_env", dirHQ, "  creds_file: /etc/relay/nats/relay.creds\n",
+			"  user: relay\n  password_env: NATS_PASSWORD\n", "NATS_PASSWORD"},
+		{"nats.token_env", dirHQ, "  creds_file: /etc/relay/nats/relay.creds\n",
+			"  token_env: NATS_TOKEN\n", "NATS_TOKEN"},
+	}
+	for _, c := range cases {
+		t.Run(c.name+"/missing env var is reported", func(t *testing.T) {
+			b := built(t, c.dir)
+			editRouting(t, b, c.old, c.new)
+			got := ck(t, b)
+			if !slices.ContainsFunc(got, func(p string) bool { return strings.Contains(p, "no env var "+c.env) }) {
+				t.Errorf("routing.yaml reads %s, the Deployment has no such env var, and check \"secret env vars\" reports %q", c.env, got)
+			}
+		})
+		t.Run(c.name+"/present env var is accepted", func(t *testing.T) {
+			b := built(t, c.dir)
+			editRouting(t, b, c.old, c.new)
+			addSecretEnv(b, c.env)
+			if got := ck(t, b); len(got) > 0 {
+				t.Errorf("routing.yaml reads %s and the Deployment provides it, yet check \"secret env vars\" reports %q", c.env, got)
+			}
+		})
+	}
+}
+
+// TestEndpointFilesMounted: an endpoint's own files (ftp/http/smtp/imap
+// ca_file) must be on a Secret or ConfigMap volume of the pod, like the nats
+// files: a CA named in routing.yaml that no volume holds fails every TLS
+// handshake. Mounting it clears the problem; a node this relay does not
+// serve is not its business.
+func TestEndpointFilesMounted(t *testing.T) {
+	const ca = "        password_env: ERP_PASSWORD\n        ca_file: /etc/relay/tls/erp-ca.pem\n"
+	has := func(got []string) bool {
+		return slices.ContainsFunc(got, func(p string) bool { return strings.Contains(p, "/etc/relay/tls/erp-ca.pem") })
+	}
+	t.Run("not mounted", func(t *testing.T) {
+		b := built(t, dirBase)
+		editRouting(t, b, "        password_env: ERP_PASSWORD\n", ca)
+		if got := checkRouting(b); !has(got) {
+			t.Errorf("nodes.ERP.deliver.http.ca_file is on no volume of the pod, yet check \"routing.yaml valid\" reports %q", got)
+		}
+	})
+	t.Run("mounted from a Secret", func(t *testing.T) {
+		b := built(t, dirBase)
+		editRouting(t, b, "        password_env: ERP_PASSWORD\n", ca)
+		v := &b.deployment("relay").Spec.Template.Spec.Volumes[0]
+		v.Projected.Sources = append(v.Projected.Sources, corev1.VolumeProjection{Secret: &corev1.SecretProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "relay-tls"},
+			Items:                []corev1.KeyToPath{{Key: "erp-ca.pem", Path: "tls/erp-ca.pem"}}}})
+		if got := checkRouting(b); len(got) > 0 {
+			t.Errorf("the CA is mounted from Secret relay-tls, yet check \"routing.yaml valid\" reports %q", got)
+		}
+	})
+	t.Run("node of another relay", func(t *testing.T) {
+		b := built(t, dirOffice)
+		editRouting(t, b, "        password_env: ERP_PASSWORD\n", ca)
+		if got := checkRouting(b); len(got) > 0 {
+			t.Errorf("office1 does not serve ERP, yet check \"routing.yaml valid\" reports %q", got)
+		}
+	})
 }
 
 // TestDecodeStrict proves the strict decoding refuses what the API server
