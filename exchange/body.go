@@ -324,7 +324,7 @@ func checkText(t []byte, what string, key []byte) error {
 			return nil
 		}
 		t = t[i+1:]
-		j := bytes.IndexByte(t[:min(len(t), 16)], ';')
+		j := bytes.IndexByte(t, ';')
 		if j < 0 || !validRef(t[:j]) {
 			if key != nil {
 				what += " " + quote(string(key))
@@ -338,9 +338,11 @@ func checkText(t []byte, what string, key []byte) error {
 // validRef reports whether ref (between '&' and ';') names a predefined
 // entity or a valid character.
 func validRef(ref []byte) bool {
-	switch string(ref) {
-	case "lt", "gt", "amp", "apos", "quot":
-		return true
+	if len(ref) <= len("quot") {
+		switch string(ref) {
+		case "lt", "gt", "amp", "apos", "quot":
+			return true
+		}
 	}
 	if len(ref) < 2 || ref[0] != '#' {
 		return false
@@ -349,7 +351,7 @@ func validRef(ref []byte) bool {
 	if digits[0] == 'x' {
 		digits, base = digits[1:], 16
 	}
-	if len(digits) == 0 || len(digits) > 8 {
+	if len(digits) == 0 {
 		return false
 	}
 	var r rune
@@ -365,7 +367,9 @@ func validRef(ref []byte) bool {
 		default:
 			return false
 		}
-		r = r*base + d
+		if r = r*base + d; r > utf8.MaxRune { // leading zeros may be many
+			return false
+		}
 	}
 	return xmlChar(r)
 }

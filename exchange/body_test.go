@@ -35,6 +35,7 @@ var bodySeeds = []string{
 	"<!DOCTYPE x>", "<?xml version=\"1.0\"?>", "<a>]]></a>", "<a>Ц\u0400</a>", "<a>\xef\xbf\xbe</a>",
 	"<!-- a -- b -->", "<a\tb='1'\n/>", "<a>&#0;</a>", "<a>&#x110000;</a>", "<a>&#xFFFE;</a>",
 	"<ns:a xmlns:ns=\"u\"><ns:b/></ns:a>", "<a b='x' b='y'/>", "<a>x</a><b/>",
+	"&#000000000000070;", "&#x00000000000000041;", "&#99999999999999999999;", "&amp" + strings.Repeat("x", 40) + ";",
 }
 
 // FuzzBodyCheck holds the gosax body check to encoding/xml's: a body
@@ -50,7 +51,7 @@ func FuzzBodyCheck(f *testing.F) {
 		h, err := CheckXML(strings.NewReader(doc), Limits{})
 		checkResult(t, "CheckXML", h, err)
 		_, stdErr := checkXMLStd(strings.NewReader(doc), Limits{})
-		if stdErr == nil && err != nil {
+		if stdErr == nil && err != nil && !strings.Contains(body, "<!--->") {
 			t.Fatalf("encoding/xml accepts, gosax check refuses: %v\nbody %q", err, body)
 		}
 		if errors.Is(stdErr, ErrIncomplete) && err == nil {
@@ -65,6 +66,19 @@ func FuzzBodyCheck(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestBodyCheckCommentDash is the one known well-formed body the gosax
+// check refuses: a comment whose text starts with "->" (`<!--->-->`), which
+// gosax ends at the first "-->" it finds. 1C writes no comments in bodies.
+func TestBodyCheckCommentDash(t *testing.T) {
+	doc := v8msg(v8fields, "<!--->-->")
+	if _, err := checkXMLStd(strings.NewReader(doc), Limits{}); err != nil {
+		t.Fatalf("encoding/xml: %v", err)
+	}
+	if _, err := CheckXML(strings.NewReader(doc), Limits{}); !errors.Is(err, ErrNotXML) {
+		t.Fatalf("gosax check: %v, want ErrNotXML (if it passes now, drop the exception in FuzzBodyCheck)", err)
+	}
 }
 
 // TestBodyCheckAgrees runs the seeds through both checks and shows where
