@@ -371,7 +371,9 @@ func validRef(ref []byte) bool {
 			return false
 		}
 	}
-	return xmlChar(r)
+	// A surrogate is no XML character, but encoding/xml (the header's
+	// reader) takes a reference to one as U+FFFD, and so does this check.
+	return xmlChar(r) || 0xD800 <= r && r <= 0xDFFF
 }
 
 // checkChars refuses invalid UTF-8 and characters XML does not allow

@@ -35,7 +35,7 @@ var bodySeeds = []string{
 	"<!DOCTYPE x>", "<?xml version=\"1.0\"?>", "<a>]]></a>", "<a>Ц\u0400</a>", "<a>\xef\xbf\xbe</a>",
 	"<!-- a -- b -->", "<a\tb='1'\n/>", "<a>&#0;</a>", "<a>&#x110000;</a>", "<a>&#xFFFE;</a>",
 	"<ns:a xmlns:ns=\"u\"><ns:b/></ns:a>", "<a b='x' b='y'/>", "<a>x</a><b/>",
-	"&#000000000000070;", "&#x00000000000000041;", "&#99999999999999999999;", "&amp" + strings.Repeat("x", 40) + ";",
+	"&#000000000000070;", "<a>&#xD800;</a>", "<a b='&#xDFFF;'/>", "&#x00000000000000041;", "&#99999999999999999999;", "&amp" + strings.Repeat("x", 40) + ";",
 }
 
 // FuzzBodyCheck holds the gosax body check to encoding/xml's: a body
