@@ -152,6 +152,9 @@ type Bus struct {
 	replicas int
 	leaseTTL time.Duration
 	leaf     bool
+	// markEvery is how often a long put rewrites its partial-put marker,
+	// so that SweepPartial's age means "idle for" (0: markRefresh).
+	markEvery time.Duration
 }
 
 // Settings say which NATS to open and how to lay it out.

@@ -55,13 +55,13 @@ func (b *Bus) OpenPayload(ctx context.Context, name string) (io.ReadCloser, erro
 // read, which the caller compares with what it expected.
 func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Reader) (stored int64, sha256hex string, err error) {
 	buf := make([]byte, exchange.BufferSize(size, maxChunk))
-	n, err := io.ReadFull(r, buf)
+	n, err := readChunk(r, buf)
 	switch {
+	case err != nil:
+		return 0, "", fmt.Errorf("payload %s: read: %w", name, err)
 	case n == len(buf):
 		// Larger than one chunk (or than size said): stream the rest.
 		return b.putChunks(ctx, name, io.MultiReader(bytes.NewReader(buf), r))
-	case err != io.EOF && err != io.ErrUnexpectedEOF:
-		return 0, "", err
 	}
 	data := buf[:n]
 	nuid := payloadNUID(name)
@@ -84,6 +84,10 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 	}
 	if chunk != nil {
 		if err := ackedWithin(ctx, chunk, putAckWait); err != nil && !wrongLastSeq(err) {
+			// The meta went out with the chunk, unanswered: it must not
+			// stand over a chunk that is not there (HasPayload would take
+			// the payload for stored).
+			b.undoMeta(ctx, name, f)
 			return 0, "", fmt.Errorf("payload %s: chunk: %w", name, err)
 		}
 	}
@@ -91,6 +95,49 @@ func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Read
 		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
 	}
 	return int64(n), hex.EncodeToString(sum[:]), nil
+}
+
+// readChunk fills buf from r, stopping early only at the end of r (io.EOF,
+// which it does not return). Any other error fails the read: a truncated
+// stream (io.ErrUnexpectedEOF from a cut HTTP body, a base64 part, a flate
+// stream) is not the end of a payload, as io.ReadFull would have it.
+func readChunk(r io.Reader, buf []byte) (int, error) {
+	n, idle := 0, 0
+	for n < len(buf) {
+		k, err := r.Read(buf[n:])
+		if k < 0 || k > len(buf)-n {
+			return n, fmt.Errorf("reader returned %d bytes for %d", k, len(buf)-n)
+		}
+		n += k
+		switch {
+		case err == io.EOF:
+			return n, nil
+		case err != nil:
+			return n, err
+		case k > 0:
+			idle = 0
+		default:
+			if idle++; idle >= 100 {
+				return n, io.ErrNoProgress
+			}
+		}
+	}
+	return n, nil
+}
+
+// undoMeta removes the meta of name that publish f sent, once its answer is
+// in (or the wait is over), by its sequence when it came, else by subject.
+// It is for a put that failed after sending the meta: a meta that stands
+// over missing chunks is a payload that fails only when read.
+func (b *Bus) undoMeta(ctx context.Context, name string, f jetstream.PubAckFuture) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	ack, err := ackOf(dctx, f, 5*time.Second)
+	if err != nil {
+		_ = b.payloadStream.Purge(dctx, jetstream.WithPurgeSubject(metaSubject(name)))
+		return
+	}
+	_ = b.payloadStream.DeleteMsg(dctx, ack.Sequence)
 }
 
 // HasPayload says the payload name is stored whole with size bytes of
@@ -164,6 +211,7 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 		// for one answer, not for the whole payload.
 		return p.buf, ackedWithin(ctx, p.f, putAckWait)
 	}
+	var meta jetstream.PubAckFuture // the meta's publish, once sent
 	defer func() {
 		if err == nil {
 			return
@@ -176,12 +224,43 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 		for len(inflight) > 0 && pctx.Err() == nil {
 			_, _ = next(pctx)
 		}
+		if meta != nil {
+			// The meta went out unanswered. Stored, it stands over these
+			// chunks: they are the payload, whole. Whether it was cannot
+			// be told: they stay with the marker, and the sweep looks
+			// again (liveChunks).
+			_, aerr := ackOf(pctx, meta, 5*time.Second)
+			var api *jetstream.APIError
+			switch {
+			case aerr == nil:
+				b.dropMarker(pctx, name, info.NUID)
+				return
+			case !errors.As(aerr, &api):
+				return
+			}
+		}
 		if b.payloadStream.Purge(pctx, jetstream.WithPurgeSubject(subj)) == nil {
 			b.dropMarker(pctx, name, info.NUID)
 		}
 	}()
+	markEvery := b.markEvery
+	if markEvery <= 0 {
+		markEvery = markRefresh
+	}
+	marked := time.Now()
 	sum := sha256.New()
 	for {
+		if time.Since(marked) >= markEvery {
+			// A put that moves is not unfinished: its marker's age is
+			// what SweepPartial goes by.
+			if !b.ownsMarker(ctx, name, info.NUID) {
+				return 0, "", fmt.Errorf("payload %s: another put of it took over", name)
+			}
+			if err = b.writeMarker(ctx, name, info.NUID); err != nil {
+				return 0, "", err
+			}
+			marked = time.Now()
+		}
 		var buf []byte
 		if len(inflight) < putWindow {
 			buf = make([]byte, maxChunk)
@@ -192,7 +271,7 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 				return 0, "", fmt.Errorf("payload %s: chunk %d: %w", name, n, err)
 			}
 		}
-		n, rerr := io.ReadFull(r, buf)
+		n, rerr := readChunk(r, buf)
 		if n > 0 {
 			sum.Write(buf[:n])
 			f, err := b.JS.PublishAsync(subj, buf[:n], jetstream.WithStallWait(putAckWait))
@@ -203,11 +282,11 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 			info.Chunks++
 			info.Size += uint64(n)
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
 		if rerr != nil {
 			return 0, "", fmt.Errorf("payload %s: read: %w", name, rerr)
+		}
+		if n < len(buf) {
+			break // the end of r
 		}
 	}
 	// Every chunk is stored before the meta names them: a meta over a
@@ -230,8 +309,23 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 	if err != nil {
 		return 0, "", err
 	}
-	if err = ackedWithin(ctx, f, putAckWait); err != nil {
+	meta = f
+	ack, err := ackOf(ctx, f, putAckWait)
+	if err != nil {
 		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
+	}
+	// A put of the same name that began between the marker check above
+	// and the meta's write has purged these chunks: the meta, which names
+	// them, goes again, and the other put's stands.
+	if st, err := b.payloadStream.Info(ctx, jetstream.WithSubjectFilter(subj)); err != nil || st.State.Subjects[subj] != uint64(info.Chunks) {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = b.payloadStream.DeleteMsg(dctx, ack.Sequence)
+		cancel()
+		meta = nil
+		if err != nil {
+			return 0, "", fmt.Errorf("payload %s: count chunks: %w", name, err)
+		}
+		return 0, "", fmt.Errorf("payload %s: another put of it took over", name)
 	}
 	b.dropMarker(ctx, name, info.NUID)
 	if old != nil && old.NUID != info.NUID {
@@ -243,6 +337,10 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 
 // putAckWait bounds the wait for JetStream's answers to a payload's writes.
 const putAckWait = 30 * time.Second
+
+// markRefresh is how often a put rewrites its marker: far below the
+// sweep's age (a day).
+const markRefresh = 10 * time.Minute
 
 // partialName is the name of the marker a put of name leaves while it
 // writes its chunks. Object names are "<plan>/<from>/<to>/<no>/<sha256>" or
@@ -258,12 +356,39 @@ func (b *Bus) markPartial(ctx context.Context, name, nuid string) error {
 	prev, err := b.Payloads.GetInfo(ctx, marker, jetstream.GetObjectInfoShowDeleted())
 	switch {
 	case err == nil:
-		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(prev.NUID))); err != nil {
-			return fmt.Errorf("payload %s: purge the chunks of a put cut short: %w", name, err)
+		live, err := b.liveChunks(ctx, name, prev.NUID)
+		if err != nil {
+			return err
+		}
+		if !live {
+			if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(prev.NUID))); err != nil {
+				return fmt.Errorf("payload %s: purge the chunks of a put cut short: %w", name, err)
+			}
 		}
 	case !errors.Is(err, jetstream.ErrObjectNotFound):
 		return fmt.Errorf("payload %s: %w", name, err)
 	}
+	return b.writeMarker(ctx, name, nuid)
+}
+
+// liveChunks says the stored meta of name names nuid's chunks: a marker
+// left over them (its put succeeded, but the marker's removal did not) must
+// not take them away.
+func (b *Bus) liveChunks(ctx context.Context, name, nuid string) (bool, error) {
+	m, err := b.Payloads.GetInfo(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("payload %s: %w", name, err)
+	}
+	return m.NUID == nuid, nil
+}
+
+// writeMarker writes (or rewrites, for its age) the partial-put marker of
+// name, naming nuid's chunks.
+func (b *Bus) writeMarker(ctx context.Context, name, nuid string) error {
+	marker := partialName(name)
 	info := jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: marker}, Bucket: BucketPayloads, NUID: nuid, Deleted: true}
 	f, err := b.publishMeta(&info)
 	if err != nil {
@@ -293,17 +418,23 @@ func (b *Bus) dropMarker(ctx context.Context, name, nuid string) {
 // an answer lost without a reconnect (which fails the futures) would leave
 // the wait to ctx alone, and the ingest's ctx has no deadline.
 func ackedWithin(ctx context.Context, f jetstream.PubAckFuture, d time.Duration) error {
+	_, err := ackOf(ctx, f, d)
+	return err
+}
+
+// ackOf is ackedWithin that also returns the answer.
+func ackOf(ctx context.Context, f jetstream.PubAckFuture, d time.Duration) (*jetstream.PubAck, error) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-f.Ok():
-		return nil
+	case a := <-f.Ok():
+		return a, nil
 	case err := <-f.Err():
-		return err
+		return nil, err
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	case <-t.C:
-		return fmt.Errorf("no answer from JetStream within %s", d)
+		return nil, fmt.Errorf("no answer from JetStream within %s", d)
 	}
 }
 
@@ -352,7 +483,16 @@ func (b *Bus) DeletePayload(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("payload %s: %w", name, err)
 	}
-	return b.purgeObject(ctx, name, info.NUID)
+	// The meta goes first: chunks left by a failure in between are only
+	// space (a one-chunk payload's are found again by a put of the same
+	// name), while a meta left over missing chunks would say "stored".
+	if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(name))); err != nil {
+		return fmt.Errorf("payload %s: purge %s: %w", name, metaSubject(name), err)
+	}
+	if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(info.NUID))); err != nil {
+		return fmt.Errorf("payload %s: purge %s: %w", name, chunkSubject(info.NUID), err)
+	}
+	return nil
 }
 
 // purgeObject purges the chunks (on nuid's subject) and the meta of the
@@ -473,6 +613,17 @@ func (b *Bus) SweepPartial(ctx context.Context, olderThan time.Duration) (int, e
 		}
 		m, err := b.Payloads.GetInfo(ctx, string(raw), jetstream.GetObjectInfoShowDeleted())
 		if err != nil || time.Since(m.ModTime) < olderThan {
+			continue
+		}
+		live, err := b.liveChunks(ctx, strings.TrimPrefix(string(raw), partialName("")), m.NUID)
+		if err != nil {
+			continue // looked at again at the next sweep
+		}
+		if live {
+			// The put succeeded; only its marker was left behind.
+			if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+				return n, fmt.Errorf("payload %s: purge %s: %w", raw, subj, err)
+			}
 			continue
 		}
 		if err := b.purgeObject(ctx, string(raw), m.NUID); err != nil {
