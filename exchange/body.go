@@ -2,9 +2,11 @@ package exchange
 
 import (
 	"bytes"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/orisano/gosax"
@@ -34,7 +36,7 @@ func (p *parser) checkBody() (err error) {
 			return err
 		}
 	}
-	b := &bodyCheck{p: p}
+	b := &bodyCheck{p: p, known: map[string]bool{}}
 	for _, n := range p.stack {
 		b.push([]byte(rawName(n)))
 	}
@@ -49,7 +51,10 @@ func (p *parser) checkBody() (err error) {
 	if p.size >= 0 {
 		left = max(p.size-s.pos(), 0)
 	}
-	r := gosax.NewReaderBuf(&b.guard, make([]byte, 0, max(BufferSize(left, bufSize), 4096)))
+	// A power of two times 4 KiB: gosax doubles its buffer when a token
+	// outgrows it, so its sizes reach MaxTokenBytes (64 MiB) exactly and
+	// the guard can stop a token before the buffer doubles past it.
+	r := gosax.NewReaderBuf(&b.guard, make([]byte, 0, pow2(max(BufferSize(left, bufSize), 4096))))
 	r.EmitSelfClosingTag = true
 	defer func() {
 		// gosax is a third party's lexer: whatever it does on hostile
@@ -91,6 +96,10 @@ type bodyCheck struct {
 	names      []byte
 	ends       []int
 	rootClosed bool
+	// known caches validName's verdict per distinct name (a document has a
+	// few hundred), up to knownBytes of names.
+	known      map[string]bool
+	knownBytes int
 }
 
 func (b *bodyCheck) push(name []byte) {
@@ -127,12 +136,19 @@ func (b *bodyCheck) readFailed(err error) error {
 		return err
 	case b.p.s.err != nil && b.p.s.err != io.EOF && errors.Is(err, b.p.s.err):
 		return fmt.Errorf("exchange: reading message: %w", err)
+	case strings.HasPrefix(err.Error(), "unknown bang type"):
+		// <!ENTITY, <!ELEMENT, ...: markup declarations, as encoding/xml
+		// classes them.
+		return fmt.Errorf("%w: document holds a markup declaration (<!...>)", ErrDTD)
 	}
 	return fmt.Errorf("%w: %s", ErrNotXML, oneLine(err.Error()))
 }
 
 // endsEarly is the error for a document that stops before its root closed.
 func (b *bodyCheck) endsEarly() error {
+	if b.rootClosed {
+		return fmt.Errorf("%w: file ends inside markup after the root element", ErrIncomplete)
+	}
 	if len(b.ends) == 0 {
 		return fmt.Errorf("%w: file ends after an element closed, before the root element did", ErrIncomplete)
 	}
@@ -177,14 +193,23 @@ func (b *bodyCheck) event(e gosax.Event) error {
 		if !bytes.HasPrefix(t, []byte("<!--")) || len(t) < len("<!---->") {
 			return fmt.Errorf("%w: markup %s is neither a comment nor CDATA", ErrNotXML, quote(string(t[:min(len(t), 12)])))
 		}
-		if bytes.Contains(t[len("<!--"):len(t)-len("-->")], []byte("--")) {
+		if c := t[len("<!--") : len(t)-len("-->")]; bytes.Contains(c, []byte("--")) || bytes.HasSuffix(c, []byte("-")) {
 			return fmt.Errorf("%w: \"--\" inside a comment", ErrNotXML)
 		}
 		return nil
 	case gosax.EventProcessingInstruction:
+		// The target is the name at the start, as encoding/xml reads it
+		// (<?A0!?> has target A0).
 		target := t[2 : len(t)-2]
-		if i := bytes.IndexAny(target, " \t\r\n"); i >= 0 {
-			target = target[:i]
+		for i, c := range target {
+			if c < utf8.RuneSelf && !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("_:-.", c) >= 0) {
+				target = target[:i]
+				break
+			}
+		}
+		// Any number of ':' (no namespaces here): checked as '_'.
+		if !b.validName(bytes.ReplaceAll(target, []byte(":"), []byte("_"))) {
+			return fmt.Errorf("%w: processing instruction target %s is not a valid XML name", ErrNotXML, quote(string(target)))
 		}
 		if bytes.EqualFold(target, []byte("xml")) {
 			return fmt.Errorf("%w: XML declaration after the start of the document", ErrNotXML)
@@ -208,7 +233,7 @@ func (b *bodyCheck) outside(what string) error {
 // start checks a start tag (<name attr="v" ...> or <name .../>).
 func (b *bodyCheck) start(t []byte) error {
 	name, attrs := gosax.Name(t)
-	if err := checkName(name, "element"); err != nil {
+	if err := b.checkName(name, "element"); err != nil {
 		return err
 	}
 	if b.rootClosed {
@@ -217,10 +242,11 @@ func (b *bodyCheck) start(t []byte) error {
 	if len(b.ends) >= maxDepth {
 		return fmt.Errorf("%w: elements nested deeper than %d", ErrTooLarge, maxDepth)
 	}
-	if len(name) > maxNameBytes {
+	if len(name)-bytes.Count(name[:min(len(name), bytes.IndexByte(name, ':')+1)], []byte(":")) > maxNameBytes {
+		// Counted as the header's reader counts it: prefix and local part.
 		return fmt.Errorf("%w: an element name is longer than %d bytes", ErrTooLarge, maxNameBytes)
 	}
-	if err := checkAttrs(name, attrs); err != nil {
+	if err := b.checkAttrs(name, attrs); err != nil {
 		return err
 	}
 	b.push(name)
@@ -230,9 +256,13 @@ func (b *bodyCheck) start(t []byte) error {
 // end checks an end tag (</name>, or the end gosax makes of <name/>)
 // against the innermost open element.
 func (b *bodyCheck) end(t []byte) error {
-	name, rest := gosax.Name(t)
-	if len(t) > 1 && t[1] == '/' && !isSpace(rest) {
-		return fmt.Errorf("%w: end tag </%s> holds more than a name", ErrNotXML, oneLine(string(name)))
+	name, _ := gosax.Name(t)
+	if t[1] == '/' {
+		// </name>, maybe with whitespace before the '>'; gosax.Name would
+		// also let a '/' or an attribute through.
+		if rest := t[min(2+len(name), len(t)-1) : len(t)-1]; !bytes.HasPrefix(t[2:], name) || !isSpace(rest) {
+			return fmt.Errorf("%w: end tag %s holds more than a name", ErrNotXML, quote(string(t[:min(len(t), 64)])))
+		}
 	}
 	if len(b.ends) == 0 {
 		return fmt.Errorf("%w: end tag </%s> without a start tag", ErrNotXML, oneLine(string(name)))
@@ -249,7 +279,7 @@ func (b *bodyCheck) end(t []byte) error {
 
 // checkAttrs checks the attributes of element el: name="value" or
 // name='value', each value free of '<' and of bad references.
-func checkAttrs(el, rest []byte) error {
+func (b *bodyCheck) checkAttrs(el, rest []byte) error {
 	for {
 		a, next, err := gosax.NextAttribute(rest)
 		if err != nil {
@@ -261,7 +291,7 @@ func checkAttrs(el, rest []byte) error {
 			}
 			return fmt.Errorf("%w: element <%s> holds a stray %s", ErrNotXML, oneLine(string(el)), quote(string(rest[:min(len(rest), 12)])))
 		}
-		if err := checkName(a.Key, "attribute"); err != nil {
+		if err := b.checkName(a.Key, "attribute"); err != nil {
 			return err
 		}
 		v := a.Value
@@ -278,37 +308,38 @@ func checkAttrs(el, rest []byte) error {
 	}
 }
 
-// checkName refuses an empty or malformed element or attribute name.
-func checkName(name []byte, what string) error {
-	if len(name) == 0 || !validName(name) {
+// checkName refuses an empty or malformed element, attribute or
+// processing instruction target name.
+func (b *bodyCheck) checkName(name []byte, what string) error {
+	if !b.validName(name) {
 		return fmt.Errorf("%w: %s name %s is not a valid XML name", ErrNotXML, what, quote(string(name)))
 	}
 	return nil
 }
 
-// validName follows XML's name rule for ASCII (a letter, '_' or ':' first,
-// then also digits, '-' and '.') and takes any other character as XML 1.0
-// allows nearly all of them in names.
-func validName(b []byte) bool {
-	for i := 0; i < len(b); {
-		c := b[i]
-		if c >= utf8.RuneSelf {
-			r, n := utf8.DecodeRune(b[i:])
-			if r == utf8.RuneError && n == 1 {
-				return false
-			}
-			i += n
-			continue
-		}
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', c == '_', c == ':':
-		case i > 0 && ('0' <= c && c <= '9' || c == '-' || c == '.'):
-		default:
-			return false
-		}
-		i++
+// knownBytes bounds the names whose verdict bodyCheck keeps.
+const knownBytes = 256 << 10
+
+// validName asks encoding/xml, the header's reader, whether name is a name
+// (its rules: XML's name characters, at most one ':'), once per distinct
+// name: the rules are its tables, not copied here.
+func (b *bodyCheck) validName(name []byte) bool {
+	if len(name) == 0 {
+		return false
 	}
-	return true
+	if ok, seen := b.known[string(name)]; seen {
+		return ok
+	}
+	doc := make([]byte, 0, len(name)+3)
+	doc = append(append(append(doc, '<'), name...), '/', '>')
+	t, err := xml.NewDecoder(bytes.NewReader(doc)).RawToken()
+	se, isStart := t.(xml.StartElement)
+	ok := err == nil && isStart && len(se.Attr) == 0 && rawName(se.Name) == string(name)
+	if b.knownBytes+len(name) <= knownBytes {
+		b.known[string(name)] = ok
+		b.knownBytes += len(name)
+	}
+	return ok
 }
 
 // checkText checks character data (text, or the value of attribute key):
@@ -410,9 +441,13 @@ func xmlChar(r rune) bool {
 
 // tokenGuard bounds what gosax buffers for one token, since gosax grows its
 // buffer to hold a whole token: it reads from r at most chunk bytes at a
-// time and refuses once more than max+chunk bytes were read since n was
-// last reset (at every token). A token of max bytes never trips it, one of
-// max+2×chunk always does.
+// time and refuses once more than limit() bytes were read since n was last
+// reset (at every token). For a max of a MiB or more (the default is 64
+// MiB) that is a little under max, so that gosax's buffer, which doubles
+// when a token leaves it less than 1 KiB free, stops at max: about 1.5 max
+// of memory at the worst moment (the old buffer and the new one), where
+// encoding/xml took some 1.75. Smaller limits (tests) are enforced as
+// max+chunk.
 type tokenGuard struct {
 	r     io.Reader
 	n     int64
@@ -422,10 +457,29 @@ type tokenGuard struct {
 }
 
 func (g *tokenGuard) Read(p []byte) (int, error) {
-	if g.n > g.max+g.chunk {
+	if g.n > g.limit() {
 		return 0, g.err
 	}
 	n, err := g.r.Read(p[:min(int64(len(p)), g.chunk)])
 	g.n += int64(n)
 	return n, err
+}
+
+// limit is how many bytes one token may read: the next read (chunk), what
+// was read ahead before the token began (up to chunk) and gosax's 1 KiB of
+// headroom must fit in max.
+func (g *tokenGuard) limit() int64 {
+	if g.max >= 1<<20 {
+		return g.max - 2*g.chunk - 1024
+	}
+	return g.max + g.chunk
+}
+
+// pow2 is the smallest power of two ≥ n.
+func pow2(n int) int {
+	p := 1
+	for p < n {
+		p <<= 1
+	}
+	return p
 }

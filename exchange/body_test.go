@@ -54,6 +54,9 @@ func FuzzBodyCheck(f *testing.F) {
 		if stdErr == nil && err != nil && !strings.Contains(body, "<!--->") {
 			t.Fatalf("encoding/xml accepts, gosax check refuses: %v\nbody %q", err, body)
 		}
+		if errors.Is(stdErr, ErrNotXML) && err == nil {
+			t.Fatalf("encoding/xml refuses (%v), gosax check accepts\nbody %q", stdErr, body)
+		}
 		if errors.Is(stdErr, ErrIncomplete) && err == nil {
 			t.Fatalf("encoding/xml says incomplete, gosax check accepts\nbody %q", body)
 		}
