@@ -21,21 +21,6 @@ import (
 	"github.com/relay1c/relay/exchange"
 )
 
-// officeSequential is the office relay's routing.yaml of officeAndHub, with
-// the office node OFF in sequential mode ("guaranteed delivery").
-func officeSequential(t *testing.T) *config.Config {
-	t.Helper()
-	cfg, err := config.Parse([]byte(`relay: { id: office1, listen: "127.0.0.1:1" }
-nodes:
-  HQ1: { relay: hq, deliver: { dir: ./hq1 } }
-  OFF: { relay: office1, mode: sequential, deliver: { dir: ./off } }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg
-}
-
 // A fetch session that ends in the middle of a batch (the relay is killed,
 // the link drops, the fetch lease is lost, a copy fails) leaves the rest of
 // its batch unacknowledged at the other relay until the consumer's AckWait
@@ -51,7 +36,7 @@ func TestFetchKeepsOrderAfterInterruptedBatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	hb, ob, _ := officeAndHub(ctx, t, log)
-	cfg := officeSequential(t)
+	cfg := twoRelays(t, "office1", "sequential")
 
 	const n = 20
 	for no := uint64(1); no <= n; no++ {
@@ -190,16 +175,7 @@ func TestFetchAgainLeavesNoOrphanPayload(t *testing.T) {
 	// What the interrupted fetch left here: the payload and the record.
 	obj := putRecord(t, ob, h, body, true)
 
-	d := &scriptedDelivery{}
-	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d, "HQ1": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runUntilEnd(t, p)
-	waitFor := time.Now().Add(20 * time.Second)
-	for len(d.delivered()) == 0 && time.Now().Before(waitFor) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	_, d := deliverTaken(t, cfg, ob, log)
 	if got := d.delivered(); !slices.Equal(got, []uint64{1}) {
 		t.Fatalf("delivered %v, want [1]", got)
 	}
@@ -238,16 +214,7 @@ func TestFetchAgainByNameNoFalseDeadLetter(t *testing.T) {
 	body := "PK sealed zip"
 	obj := putRecord(t, ob, h, body, true)
 
-	d := &scriptedDelivery{}
-	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d, "HQ1": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runUntilEnd(t, p)
-	waitFor := time.Now().Add(20 * time.Second)
-	for len(d.delivered()) == 0 && time.Now().Before(waitFor) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	p, d := deliverTaken(t, cfg, ob, log)
 	if got := d.delivered(); len(got) != 1 {
 		t.Fatalf("delivered %v, want one message", got)
 	}
@@ -270,4 +237,21 @@ func TestFetchAgainByNameNoFalseDeadLetter(t *testing.T) {
 	if got := d.delivered(); len(got) != 1 {
 		t.Errorf("delivered %d times, want once", len(got))
 	}
+}
+
+// deliverTaken runs the office relay (cfg, on ob) until it has delivered
+// something, and returns it and its delivery of OFF.
+func deliverTaken(t *testing.T, cfg *config.Config, ob *bus.Bus, log *slog.Logger) (*Pipeline, *scriptedDelivery) {
+	t.Helper()
+	d := &scriptedDelivery{}
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d, "HQ1": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	waitFor := time.Now().Add(20 * time.Second)
+	for len(d.delivered()) == 0 && time.Now().Before(waitFor) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return p, d
 }

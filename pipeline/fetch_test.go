@@ -79,6 +79,26 @@ func hubServer(t *testing.T) (ns *server.Server, leafURL string) {
 	return ns, leafURL
 }
 
+// twoRelays is the routing.yaml of relay id (hq or office1) where the head
+// office serves HQ1 and office1 serves OFF, OFF in mode offMode ("": the
+// default).
+func twoRelays(t *testing.T, id, offMode string) *config.Config {
+	t.Helper()
+	mode := ""
+	if offMode != "" {
+		mode = " mode: " + offMode + ","
+	}
+	cfg, err := config.Parse([]byte(`relay: { id: ` + id + `, listen: "127.0.0.1:1" }
+nodes:
+  HQ1: { relay: hq, deliver: { dir: ./hq1 } }
+  OFF: { relay: office1,` + mode + ` deliver: { dir: ./off } }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 // officeAndHub is a head office (JetStream domain hq, an embedded hub) and
 // the bus of an office relay (domain office1, a leaf of the hub), with the
 // office's config: HQ1 served by hq, OFF by office1. Closed when the test
@@ -92,14 +112,7 @@ func officeAndHub(ctx context.Context, t *testing.T, log *slog.Logger) (*bus.Bus
 	}
 	t.Cleanup(hb.Close)
 
-	cfg, err := config.Parse([]byte(`relay: { id: office1, listen: "127.0.0.1:1" }
-nodes:
-  HQ1: { relay: hq, deliver: { dir: ./hq1 } }
-  OFF: { relay: office1, deliver: { dir: ./off } }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := twoRelays(t, "office1", "")
 	ob, err := bus.Open(ctx, bus.Settings{
 		NATS: config.NATS{Leaf: &config.Leaf{URL: leafURL}}, DataDir: t.TempDir(), ID: "office1",
 	}, log)

@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/relay1c/relay/config"
 )
 
 // The head office took in messages for an office node; the office fetched
@@ -50,15 +48,7 @@ func TestHandoverCountsRecordsPurgedBeforeItLooked(t *testing.T) {
 	// The head office relay starts: its sweep purges the done records once
 	// the handover has counted them (daemon.sweep waits for
 	// HandoversCounted).
-	hqCfg, err := config.Parse([]byte(`relay: { id: hq, listen: "127.0.0.1:1" }
-nodes:
-  HQ1: { relay: hq, deliver: { dir: ./hq1 } }
-  OFF: { relay: office1, deliver: { dir: ./off } }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hp, err := New(hqCfg, hb, scriptedEndpoints{"HQ1": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second})
+	hp, err := New(twoRelays(t, "hq", ""), hb, scriptedEndpoints{"HQ1": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
