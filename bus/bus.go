@@ -540,7 +540,17 @@ func (b *Bus) provisionPayloads(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	stream, changed, err := b.leaderReads(ctx, "OBJ_"+BucketPayloads, nil)
+	stream, changed, err := b.leaderReads(ctx, "OBJ_"+BucketPayloads, func(c *jetstream.StreamConfig) {
+		// A payload lives as long as its record waits (an office may be
+		// away for weeks): an age limit, or a size limit that discards
+		// old payloads, would take the bytes of messages not yet
+		// delivered. A size limit that refuses new ones stays.
+		if c.MaxAge != 0 || c.MaxBytes > 0 && c.Discard == jetstream.DiscardOld || c.MaxMsgs > 0 && c.Discard == jetstream.DiscardOld {
+			b.log.Warn("payload bucket limits removed: they would drop bodies of messages not yet delivered",
+				"stream", "OBJ_"+BucketPayloads, "max_age", c.MaxAge, "max_bytes", c.MaxBytes, "max_msgs", c.MaxMsgs, "discard", c.Discard.String())
+			c.MaxAge, c.Discard = 0, jetstream.DiscardNew
+		}
+	})
 	if err != nil {
 		return err
 	}

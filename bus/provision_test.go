@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestOpenKeepsBucketsInStep: a start with another lease TTL brings the
@@ -44,5 +46,40 @@ func TestOpenKeepsBucketsInStep(t *testing.T) {
 			t.Errorf("lease bucket after a start with TTL %s: %v", ttl, err)
 		}
 		b.Close()
+	}
+}
+
+// TestOpenLiftsPayloadAgeLimit: an age limit on the payload bucket (an
+// operator's `nats stream edit`) would drop the bodies of messages still
+// waiting; a start removes it, and makes a size limit refuse new payloads
+// instead of discarding old ones.
+func TestOpenLiftsPayloadAgeLimit(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := Open(ctx, Settings{DataDir: dir, ID: "t"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.JS.Stream(ctx, "OBJ_"+BucketPayloads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.MaxAge, cfg.MaxBytes, cfg.Discard = time.Hour, 1<<30, jetstream.DiscardOld
+	if _, err := b.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if b, err = Open(ctx, Settings{DataDir: dir, ID: "t"}, log); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if st, err = b.JS.Stream(ctx, "OBJ_"+BucketPayloads); err != nil {
+		t.Fatal(err)
+	}
+	if c := st.CachedInfo().Config; c.MaxAge != 0 || c.Discard != jetstream.DiscardNew || c.MaxBytes != 1<<30 {
+		t.Errorf("payload bucket after a start: MaxAge %s, Discard %s, MaxBytes %d; want 0, DiscardNew, the operator's %d", c.MaxAge, c.Discard, c.MaxBytes, 1<<30)
 	}
 }
