@@ -12,23 +12,58 @@ cd "$(dirname "$0")/.."
 
 FUZZTIME=${FUZZTIME:-10s}
 tmp=$(mktemp -d -t relay-test.XXXXXX)
+# Processes to stop on the way out, by PID; a negative entry is a process
+# group (a `go test` and the test binaries it runs).
 pids=()
 
 cleanup() {
 	local rc=$?
 	for pid in "${pids[@]}"; do
-		if kill -0 "$pid" 2>/dev/null; then
-			kill "$pid" 2>/dev/null || true
-			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-			kill -9 "$pid" 2>/dev/null || true
-			wait "$pid" 2>/dev/null || true
+		if kill -0 -- "$pid" 2>/dev/null; then
+			kill -- "$pid" 2>/dev/null || true
+			for _ in $(seq 50); do kill -0 -- "$pid" 2>/dev/null || break; sleep 0.1; done
+			kill -9 -- "$pid" 2>/dev/null || true
 		fi
+		wait "${pid#-}" 2>/dev/null || true
 	done
 	rm -rf "$tmp"
 	exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# run CMD...: runs a long step in a process group of its own and waits for
+# it. Bash runs a trap only once the foreground command ends; waiting on a
+# background one lets INT/TERM stop the script, and cleanup the step's
+# whole group, at once.
+run() {
+	set -m # job control: the background job leads a process group of its own
+	"$@" &
+	local child=$!
+	set +m
+	pids+=("-$child")
+	local rc=0
+	wait "$child" || rc=$?
+	local keep=() pid
+	for pid in "${pids[@]}"; do
+		[ "$pid" = "-$child" ] || keep+=("$pid")
+	done
+	pids=("${keep[@]}")
+	return "$rc"
+}
+
+# watchdog PID: stops PID once this script is gone, even by SIGKILL (no
+# trap runs then).
+watchdog() {
+	local pid=$1 self=$$
+	(
+		trap '' INT TERM
+		while kill -0 "$self" 2>/dev/null; do sleep 1; done
+		kill "$pid" 2>/dev/null || true
+	) </dev/null >/dev/null 2>&1 &
+	pids+=($!)
+}
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -48,18 +83,19 @@ install_missing() {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" </dev/null >/dev/null
 }
 
-# free_port prints a TCP port on 127.0.0.1 nobody listens on.
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_port() {
-	local port=$1 what=$2
+# listen_port LOG WHAT: the port a server started with a random port (-p
+# -1) says in LOG it listens on for clients, once it does.
+listen_port() {
+	local log=$1 what=$2 port
 	for _ in $(seq 100); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+		port=$(sed -n 's/.*Listening for client connections on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+		if [ -n "$port" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			echo "$port"
+			return 0
+		fi
 		sleep 0.1
 	done
-	echo "$what did not open 127.0.0.1:$port" >&2
+	echo "$what did not open a port on 127.0.0.1" >&2
 	return 1
 }
 
@@ -98,12 +134,12 @@ install_missing zip zip # the password-protected zips of the e2e tests, written 
 # The http tests start their own nginx as a WebDAV target. Debian 12's nginx
 # has the DAV module (PUT) built in; nginx-light only adds the echo module.
 install_missing /usr/sbin/nginx nginx
-install_missing nats-server nats-server
+install_missing /usr/sbin/nats-server nats-server
 install_missing chromium chromium # the dashboard test's real browser (headless)
 export RELAY_E2E_REQUIRE_SERVERS=1
 
 step "unit tests with the race detector"
-go test -count=1 -race $(go list ./... | grep -v -e /test/e2e -e /bench)
+run go test -count=1 -race $(go list ./... | grep -v -e /test/e2e -e /bench)
 
 # fuzz_one PKG DIR TARGET fuzzes one target for $FUZZTIME. A failure counts
 # when the fuzzer found something: a failing input written under
@@ -145,20 +181,20 @@ for pkg in $(go list ./...); do
 done
 
 step "end-to-end and bench smoke tests, embedded NATS"
-go test -count=1 -timeout 20m ./test/e2e/... ./bench/...
+run go test -count=1 -timeout 20m ./test/e2e/... ./bench/...
 
 step "end-to-end tests against Debian's nats-server on 127.0.0.1"
-nats_port=$(free_port)
 mkdir -p "$tmp/nats"
-nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$tmp/nats" >"$tmp/nats.log" 2>&1 &
+/usr/sbin/nats-server -a 127.0.0.1 -p -1 -js -sd "$tmp/nats" >"$tmp/nats.log" 2>&1 &
 pids+=($!)
-wait_port "$nats_port" nats-server || { cat "$tmp/nats.log"; exit 1; }
+watchdog $!
+nats_port=$(listen_port "$tmp/nats.log" nats-server) || { cat "$tmp/nats.log"; exit 1; }
 # Everything whose NATS side matters: the folder flows, crash and restart
 # tests, dead letters, push and pull, the dashboard and metrics. The
 # transport adapters' own tests (FTP, mail, HTTP, and the push crash test)
 # use the pipeline exactly as the folder tests do; run a second time they
 # cost ~4 minutes of CI's 15 and prove nothing the first run did not.
-RELAY_TEST_NATS_URL="nats://127.0.0.1:$nats_port" go test -count=1 -timeout 20m \
+RELAY_TEST_NATS_URL="nats://127.0.0.1:$nats_port" run go test -count=1 -timeout 20m \
 	-skip '^Test(FTP|Mail|HTTP|Vsftpd)|^TestPushCrash$' ./test/e2e/... || { tail -50 "$tmp/nats.log"; exit 1; }
 
 step "all tests passed"

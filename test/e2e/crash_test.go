@@ -561,40 +561,49 @@ func TestCrashSIGKILL(t *testing.T) {
 	t.Logf("total %s, %d relay starts", time.Since(began).Round(time.Millisecond), rp.starts)
 }
 
+// TestRestartWithBacklog: files written while the relay is down are
+// delivered once it starts — on its first start (a backlog it never saw
+// the beginning of) and after a restart (the relay has state: delivered
+// numbers, consumers, a sequential channel's last number).
 func TestRestartWithBacklog(t *testing.T) {
 	// ОП is sequential: a channel the relay first sees at No 3 must not be
-	// held waiting for 1 and 2, which never existed on the relay's watch.
+	// held waiting for 1 and 2, which never existed on the relay's watch;
+	// after the restart its No 4 follows the delivered No 3.
 	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "ОП", mode: "sequential"}, nodeSpec{code: "SHOP1"})
 	type sent struct {
 		h    exchange.Header
 		data []byte
 	}
 	var all []sent
-	for _, from := range s.nodes {
-		for _, to := range s.nodes {
-			if from == to {
-				continue
+	// write puts one message on every channel into the outboxes: number
+	// first on ЦО → ОП, first-2 on the others.
+	write := func(first uint64) []sent {
+		var round []sent
+		for _, from := range s.nodes {
+			for _, to := range s.nodes {
+				if from == to {
+					continue
+				}
+				no := first - 2
+				if from == "ЦО" && to == "ОП" {
+					no = first
+				}
+				h := header(from, to, no, 0)
+				var buf bytes.Buffer
+				if err := exchangetest.WriteXML(&buf, h, int64(1000+len(all)*3000)); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(s.out(from), exchange.FileName(from, to, exchange.FormatXML)), buf.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				m := sent{h, buf.Bytes()}
+				round, all = append(round, m), append(all, m)
 			}
-			no := uint64(1)
-			if from == "ЦО" && to == "ОП" {
-				no = 3
-			}
-			h := header(from, to, no, 0)
-			var buf bytes.Buffer
-			if err := exchangetest.WriteXML(&buf, h, int64(1000+len(all)*3000)); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(s.out(from), exchange.FileName(from, to, exchange.FormatXML)), buf.Bytes(), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			all = append(all, sent{h, buf.Bytes()})
 		}
+		// Let the files age past settle before anything looks at them.
+		time.Sleep(300 * time.Millisecond)
+		return round
 	}
-	// Let the files age past settle before anything looks at them.
-	time.Sleep(300 * time.Millisecond)
-
-	s.start(t)
-
 	arrived := func(m sent) bool {
 		got, err := os.ReadFile(filepath.Join(s.in(m.h.To), exchange.FileName(m.h.From, m.h.To, exchange.FormatXML)))
 		return err == nil && bytes.Equal(got, m.data)
@@ -607,45 +616,69 @@ func TestRestartWithBacklog(t *testing.T) {
 		}
 		return true
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		done := outEmpty()
-		for _, m := range all {
-			done = done && arrived(m)
+	delivered := func(round []sent, when string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			done := outEmpty()
+			for _, m := range round {
+				done = done && arrived(m)
+			}
+			if done {
+				break
+			}
+			if time.Now().After(deadline) {
+				for _, m := range round {
+					if !arrived(m) {
+						p := filepath.Join(s.in(m.h.To), exchange.FileName(m.h.From, m.h.To, exchange.FormatXML))
+						t.Errorf("%s: %s → %s No %d: not delivered byte-identical to %s (destination holds No %d)", when, m.h.From, m.h.To, m.h.MessageNo, p, readNo(p))
+					}
+				}
+				for _, n := range s.nodes {
+					es, _ := os.ReadDir(s.out(n))
+					for _, e := range es {
+						t.Errorf("%s: source left in %s: %s", when, s.out(n), e.Name())
+					}
+				}
+				t.FailNow()
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if done {
-			break
-		}
-		if time.Now().After(deadline) {
-			for _, m := range all {
-				if !arrived(m) {
-					p := filepath.Join(s.in(m.h.To), exchange.FileName(m.h.From, m.h.To, exchange.FormatXML))
-					t.Errorf("%s → %s No %d: not delivered byte-identical to %s (destination holds No %d)", m.h.From, m.h.To, m.h.MessageNo, p, readNo(p))
+		// Nothing else shows up in the inboxes (no temp files, no strays).
+		for _, n := range s.nodes {
+			es, err := os.ReadDir(s.in(n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range es {
+				if !strings.HasPrefix(e.Name(), "Message_") {
+					t.Errorf("%s: unexpected file in %s: %s", when, s.in(n), e.Name())
 				}
 			}
-			for _, n := range s.nodes {
-				es, _ := os.ReadDir(s.out(n))
-				for _, e := range es {
-					t.Errorf("source left in %s: %s", s.out(n), e.Name())
-				}
+			if len(es) != 2 {
+				t.Errorf("%s: %s holds %d files, want 2", when, s.in(n), len(es))
 			}
-			t.FailNow()
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	// Nothing else shows up in the inboxes (no temp files, no strays).
-	for _, n := range s.nodes {
-		es, err := os.ReadDir(s.in(n))
-		if err != nil {
-			t.Fatal(err)
+
+	first := write(3)
+	rn := s.start(t)
+	delivered(first, "first start")
+	rn.close()
+
+	second := write(4) // while the relay is down
+	rn = s.start(t)
+	delivered(second, "after the restart")
+	chans, err := rn.r.Channels(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range chans {
+		if want := uint64(2); c.From == "ЦО" && c.To == "ОП" && c.DeliveredNo != 4 || !(c.From == "ЦО" && c.To == "ОП") && c.DeliveredNo != want {
+			t.Errorf("after the restart: %s → %s delivered_no %d", c.From, c.To, c.DeliveredNo)
 		}
-		for _, e := range es {
-			if !strings.HasPrefix(e.Name(), "Message_") {
-				t.Errorf("unexpected file in %s: %s", s.in(n), e.Name())
-			}
-		}
-		if len(es) != 2 {
-			t.Errorf("%s holds %d files, want 2", s.in(n), len(es))
+		if c.Pending() != 0 {
+			t.Errorf("after the restart: %s → %s pending %d", c.From, c.To, c.Pending())
 		}
 	}
 }

@@ -156,8 +156,8 @@ func (s *site) start(t testing.TB) *running {
 	}
 	rn := &running{r: r, stop: cancel, done: make(chan error, 1)}
 	go func() { rn.done <- r.Run(ctx) }()
+	t.Cleanup(rn.close) // before anything can fail: a relay never ready is stopped too
 	waitFor(t, 20*time.Second, "relay ready", func() bool { ok, _ := r.Ready(); return ok })
-	t.Cleanup(rn.close)
 	return rn
 }
 
