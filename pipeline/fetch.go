@@ -35,6 +35,32 @@ type fetch struct {
 	relay string // the other relay's id: its JetStream domain
 	node  string
 	log   *slog.Logger
+
+	// trouble is why the last session ended, until one reaches the other
+	// relay again: `relay status` shows it as the node's delivery error
+	// (its messages wait at the other relay), where the log says it once.
+	mu        sync.Mutex
+	trouble   string
+	troubleAt time.Time
+}
+
+// setTrouble records why a session ended (nil: it reached the other relay).
+func (f *fetch) setTrouble(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err == nil {
+		f.trouble, f.troubleAt = "", time.Time{}
+		return
+	}
+	f.trouble = "fetch from relay " + f.relay + ": " + strings.TrimPrefix(err.Error(), "relay "+f.relay+": ")
+	f.troubleAt = time.Now()
+}
+
+// LastError is why the fetch does not run, "" while it does.
+func (f *fetch) LastError() (string, time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.trouble, f.troubleAt
 }
 
 // fetchConsumer is the durable consumer, in the other relay's EXCHANGE
@@ -127,6 +153,7 @@ func (f *fetch) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		f.setTrouble(err)
 		if worked {
 			wait, failures = time.Second, 0
 		}
@@ -184,6 +211,7 @@ func (f *fetch) session(ctx context.Context) (worked bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("relay %s: consumer %s: %w", f.relay, fetchConsumer(f.node), err)
 	}
+	f.setTrouble(nil)
 	f.log.Info("fetching from relay " + f.relay)
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))

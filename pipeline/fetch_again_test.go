@@ -255,3 +255,35 @@ func deliverTaken(t *testing.T, cfg *config.Config, ob *bus.Bus, log *slog.Logge
 	}
 	return p, d
 }
+
+// TestFetchTroubleShown: a fetch that cannot reach the other relay (here a
+// relay id no JetStream domain answers to) is logged once, then at debug
+// level; `relay status` shows it as the node's delivery error, since the
+// node's messages wait there.
+func TestFetchTroubleShown(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, ob, _ := officeAndHub(ctx, t, log)
+	cfg, err := config.Parse([]byte(`relay: { id: office1, listen: "127.0.0.1:1" }
+nodes:
+  HQ1: { relay: nowhere, deliver: { dir: ./hq1 } }
+  OFF: { relay: office1, deliver: { dir: ./off } }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	var deliver string
+	for deadline := time.Now().Add(30 * time.Second); deliver == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		_, deliver = p.EndpointErrors("OFF")
+	}
+	if !strings.HasPrefix(deliver, "fetch from relay nowhere: ") {
+		t.Fatalf("delivery error of OFF: %q, want the fetch from relay nowhere's trouble", deliver)
+	}
+	t.Logf("shown: %s", deliver)
+}

@@ -106,7 +106,9 @@ type errorReporter interface {
 type endpoints struct{ pickup, deliver errorReporter }
 
 // EndpointErrors returns the current trouble of a node's pickup and delivery
-// endpoints, "" where there is none or the adapter cannot tell.
+// endpoints, "" where there is none or the adapter cannot tell. A node's
+// delivery trouble is also why its messages taken in by another relay
+// cannot be fetched (the link is down, the other relay refuses).
 func (p *Pipeline) EndpointErrors(node string) (pickup, deliver string) {
 	e := p.health[node]
 	if e == nil {
@@ -117,6 +119,15 @@ func (p *Pipeline) EndpointErrors(node string) (pickup, deliver string) {
 	}
 	if e.deliver != nil {
 		deliver, _ = e.deliver.LastError()
+	}
+	for _, f := range p.fetches {
+		if deliver != "" {
+			break
+		}
+		if f.node == node {
+			// Its messages taken in by another relay cannot come here.
+			deliver, _ = f.LastError()
+		}
 	}
 	return pickup, deliver
 }
