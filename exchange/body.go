@@ -3,7 +3,6 @@ package exchange
 import (
 	"bytes"
 	"encoding/xml"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -45,8 +44,7 @@ func (p *parser) checkBody() (err error) {
 	s := p.s
 	s.tokLim = 0 // the per-token limit is the guard's from here on
 	s.setEnd()
-	b.guard = tokenGuard{r: s, max: p.lim.MaxTokenBytes, chunk: min(bufSize, p.lim.MaxTokenBytes),
-		err: fmt.Errorf("%w: an XML token (text, tag or comment) is longer than %d bytes", ErrTooLarge, p.lim.MaxTokenBytes)}
+	b.guard = tokenGuard{r: s, max: p.lim.MaxTokenBytes, chunk: min(bufSize, p.lim.MaxTokenBytes), err: s.tokErr}
 	left := int64(-1)
 	if p.size >= 0 {
 		left = max(p.size-s.pos(), 0)
@@ -127,21 +125,18 @@ func (b *bodyCheck) pop() {
 }
 
 // readFailed classifies an error gosax returned: the reader's end inside a
-// token is truncation, the parser's own limits pass through.
+// token is truncation; the rest as the header's reader classifies its
+// errors (parser.fail: the parser's own limits pass through).
 func (b *bodyCheck) readFailed(err error) error {
 	switch {
 	case err == io.EOF:
 		return b.endsEarly()
-	case ours(err):
-		return err
-	case b.p.s.err != nil && b.p.s.err != io.EOF && errors.Is(err, b.p.s.err):
-		return fmt.Errorf("exchange: reading message: %w", err)
 	case strings.HasPrefix(err.Error(), "unknown bang type"):
 		// <!ENTITY, <!ELEMENT, ...: markup declarations, as encoding/xml
 		// classes them.
 		return fmt.Errorf("%w: document holds a markup declaration (<!...>)", ErrDTD)
 	}
-	return fmt.Errorf("%w: %s", ErrNotXML, oneLine(err.Error()))
+	return b.p.fail(err)
 }
 
 // endsEarly is the error for a document that stops before its root closed.
@@ -152,7 +147,7 @@ func (b *bodyCheck) endsEarly() error {
 	if len(b.ends) == 0 {
 		return fmt.Errorf("%w: file ends after an element closed, before the root element did", ErrIncomplete)
 	}
-	return fmt.Errorf("%w: file ends inside <%s>", ErrIncomplete, oneLine(string(b.top())))
+	return endsInside(string(b.top()))
 }
 
 func (b *bodyCheck) event(e gosax.Event) error {
@@ -162,7 +157,7 @@ func (b *bodyCheck) event(e gosax.Event) error {
 		// Real tags are a few hundred bytes; the bound keeps the one
 		// limit that held with encoding/xml (see maxTagBytes).
 		if len(t) > maxTagBytes {
-			return fmt.Errorf("%w: an XML tag (name and attributes) is longer than %d bytes", ErrTooLarge, maxTagBytes)
+			return b.p.s.tagErr
 		}
 	}
 	switch e.Type() {
@@ -173,7 +168,7 @@ func (b *bodyCheck) event(e gosax.Event) error {
 	case gosax.EventText:
 		if len(b.ends) == 0 {
 			if !isSpace(t) {
-				return b.outside("text")
+				return outsideRoot("text", b.rootClosed)
 			}
 			return nil
 		}
@@ -186,7 +181,7 @@ func (b *bodyCheck) event(e gosax.Event) error {
 			return fmt.Errorf("%w: markup %s is neither a comment nor CDATA", ErrNotXML, quote(string(t[:min(len(t), 12)])))
 		}
 		if len(b.ends) == 0 {
-			return b.outside("CDATA")
+			return outsideRoot("CDATA", b.rootClosed)
 		}
 		return checkChars(t[len("<![CDATA[") : len(t)-len("]]>")])
 	case gosax.EventComment:
@@ -212,22 +207,13 @@ func (b *bodyCheck) event(e gosax.Event) error {
 			return fmt.Errorf("%w: processing instruction target %s is not a valid XML name", ErrNotXML, quote(string(target)))
 		}
 		if bytes.EqualFold(target, []byte("xml")) {
-			return fmt.Errorf("%w: XML declaration after the start of the document", ErrNotXML)
+			return lateDeclaration()
 		}
 		return nil
 	case gosax.EventDocType:
-		return fmt.Errorf("%w: document holds a <!%s> directive", ErrDTD, oneLine(firstWord(t[2:])))
+		return directive(t[2:])
 	}
 	return fmt.Errorf("%w: unexpected markup %s", ErrNotXML, quote(string(t[:min(len(t), 12)])))
-}
-
-// outside refuses what stands outside the root element.
-func (b *bodyCheck) outside(what string) error {
-	where := "before"
-	if b.rootClosed {
-		where = "after"
-	}
-	return fmt.Errorf("%w: %s %s the root element", ErrNotXML, what, where)
 }
 
 // start checks a start tag (<name attr="v" ...> or <name .../>).
@@ -236,15 +222,10 @@ func (b *bodyCheck) start(t []byte) error {
 	if err := b.checkName(name, "element"); err != nil {
 		return err
 	}
-	if b.rootClosed {
-		return fmt.Errorf("%w: element <%s> after the root element closed", ErrNotXML, oneLine(string(name)))
-	}
-	if len(b.ends) >= maxDepth {
-		return fmt.Errorf("%w: elements nested deeper than %d", ErrTooLarge, maxDepth)
-	}
-	if len(name)-bytes.Count(name[:min(len(name), bytes.IndexByte(name, ':')+1)], []byte(":")) > maxNameBytes {
-		// Counted as the header's reader counts it: prefix and local part.
-		return fmt.Errorf("%w: an element name is longer than %d bytes", ErrTooLarge, maxNameBytes)
+	// Its size as the header's reader counts it: prefix and local part.
+	size := len(name) - bytes.Count(name[:min(len(name), bytes.IndexByte(name, ':')+1)], []byte(":"))
+	if err := openProblem(name, size, len(b.ends), b.rootClosed); err != nil {
+		return err
 	}
 	if err := b.checkAttrs(name, attrs); err != nil {
 		return err
@@ -265,10 +246,10 @@ func (b *bodyCheck) end(t []byte) error {
 		}
 	}
 	if len(b.ends) == 0 {
-		return fmt.Errorf("%w: end tag </%s> without a start tag", ErrNotXML, oneLine(string(name)))
+		return closeProblem("", string(name))
 	}
 	if open := b.top(); !bytes.Equal(open, name) {
-		return fmt.Errorf("%w: element <%s> closed by </%s>", ErrNotXML, oneLine(string(open)), oneLine(string(name)))
+		return closeProblem(string(open), string(name))
 	}
 	b.pop()
 	if len(b.ends) == 0 {

@@ -222,17 +222,8 @@ func (p *parser) tok() (xml.Token, error) {
 	_, p.lastEnd = t.(xml.EndElement)
 	switch t := t.(type) {
 	case xml.StartElement:
-		if p.rootClosed {
-			return nil, fmt.Errorf("%w: element <%s> after the root element closed",
-				ErrNotXML, oneLine(rawName(t.Name)))
-		}
-		if len(p.stack) >= maxDepth {
-			return nil, fmt.Errorf("%w: elements nested deeper than %d", ErrTooLarge, maxDepth)
-		}
-		// Each open element's name is kept to match its end tag: bounded,
-		// the stack is at most maxDepth × maxNameBytes whatever the input.
-		if len(t.Name.Space)+len(t.Name.Local) > maxNameBytes {
-			return nil, fmt.Errorf("%w: an element name is longer than %d bytes", ErrTooLarge, maxNameBytes)
+		if err := openProblem(rawName(t.Name), len(t.Name.Space)+len(t.Name.Local), len(p.stack), p.rootClosed); err != nil {
+			return nil, err
 		}
 		p.stack = append(p.stack, t.Name)
 		p.rootSeen = true
@@ -249,11 +240,10 @@ func (p *parser) tok() (xml.Token, error) {
 	case xml.EndElement:
 		n := len(p.stack)
 		if n == 0 {
-			return nil, fmt.Errorf("%w: end tag </%s> without a start tag", ErrNotXML, oneLine(rawName(t.Name)))
+			return nil, closeProblem("", rawName(t.Name))
 		}
 		if open := p.stack[n-1]; open != t.Name {
-			return nil, fmt.Errorf("%w: element <%s> closed by </%s>",
-				ErrNotXML, oneLine(rawName(open)), oneLine(rawName(t.Name)))
+			return nil, closeProblem(rawName(open), rawName(t.Name))
 		}
 		p.stack = p.stack[:n-1]
 		if n == 1 {
@@ -266,20 +256,71 @@ func (p *parser) tok() (xml.Token, error) {
 		}
 	case xml.CharData:
 		if len(p.stack) == 0 && !isSpace(t) {
-			where := "before"
-			if p.rootClosed {
-				where = "after"
-			}
-			return nil, fmt.Errorf("%w: text %s the root element", ErrNotXML, where)
+			return nil, outsideRoot("text", p.rootClosed)
 		}
 	case xml.Directive:
-		return nil, fmt.Errorf("%w: document holds a <!%s> directive", ErrDTD, oneLine(firstWord(t)))
+		return nil, directive(t)
 	case xml.ProcInst:
 		if p.rootSeen && strings.EqualFold(t.Target, "xml") {
-			return nil, fmt.Errorf("%w: XML declaration after the start of the document", ErrNotXML)
+			return nil, lateDeclaration()
 		}
 	}
 	return t, nil
+}
+
+// The well-formedness rules both readers enforce (encoding/xml's RawToken
+// for the header, gosax for the body), one error each.
+
+// openProblem says why an element named name (size bytes of prefix and
+// local part) may not open at depth, or nil. Each open element's name is
+// kept to match its end tag: bounded, the stack is at most maxDepth ×
+// maxNameBytes whatever the input.
+// (A []byte name is not copied unless it goes into the error: the body's
+// reader calls this for every element.)
+func openProblem[N ~string | ~[]byte](name N, size, depth int, rootClosed bool) error {
+	switch {
+	case rootClosed:
+		return fmt.Errorf("%w: element <%s> after the root element closed", ErrNotXML, oneLine(string(name)))
+	case depth >= maxDepth:
+		return fmt.Errorf("%w: elements nested deeper than %d", ErrTooLarge, maxDepth)
+	case size > maxNameBytes:
+		return fmt.Errorf("%w: an element name is longer than %d bytes", ErrTooLarge, maxNameBytes)
+	}
+	return nil
+}
+
+// closeProblem is the error of an end tag name that does not close open,
+// the innermost open element ("" when none is open).
+func closeProblem(open, name string) error {
+	if open == "" {
+		return fmt.Errorf("%w: end tag </%s> without a start tag", ErrNotXML, oneLine(name))
+	}
+	return fmt.Errorf("%w: element <%s> closed by </%s>", ErrNotXML, oneLine(open), oneLine(name))
+}
+
+// outsideRoot refuses what (text, CDATA) outside the root element.
+func outsideRoot(what string, rootClosed bool) error {
+	where := "before"
+	if rootClosed {
+		where = "after"
+	}
+	return fmt.Errorf("%w: %s %s the root element", ErrNotXML, what, where)
+}
+
+// directive refuses a <!DOCTYPE ...> (or other) directive; d is its text
+// after "<!".
+func directive(d []byte) error {
+	return fmt.Errorf("%w: document holds a <!%s> directive", ErrDTD, oneLine(firstWord(d)))
+}
+
+// lateDeclaration refuses an XML declaration that is not at the start.
+func lateDeclaration() error {
+	return fmt.Errorf("%w: XML declaration after the start of the document", ErrNotXML)
+}
+
+// endsInside is the error of a document that ends inside element name.
+func endsInside(name string) error {
+	return fmt.Errorf("%w: file ends inside <%s>", ErrIncomplete, oneLine(name))
 }
 
 // fail classifies an error from the decoder: truncation (the reader hit EOF)
@@ -290,7 +331,7 @@ func (p *parser) fail(err error) error {
 		if !p.rootSeen {
 			return fmt.Errorf("%w: file ends before the root element", ErrIncomplete)
 		}
-		return fmt.Errorf("%w: file ends inside <%s>", ErrIncomplete, oneLine(rawName(p.stack[len(p.stack)-1])))
+		return endsInside(rawName(p.stack[len(p.stack)-1]))
 	}
 	if p.charsetErr != nil {
 		return p.charsetErr
