@@ -137,7 +137,16 @@ func (b *Bus) undoMeta(ctx context.Context, name string, f jetstream.PubAckFutur
 		_ = b.payloadStream.Purge(dctx, jetstream.WithPurgeSubject(metaSubject(name)))
 		return
 	}
-	_ = b.payloadStream.DeleteMsg(dctx, ack.Sequence)
+	b.deleteMeta(ctx, ack.Sequence)
+}
+
+// deleteMeta deletes the meta stored at seq, and nothing else: a later meta
+// of the same name (another put's) stands. It has a short time of its own,
+// as ctx may be what ended the put.
+func (b *Bus) deleteMeta(ctx context.Context, seq uint64) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = b.payloadStream.DeleteMsg(dctx, seq)
 }
 
 // HasPayload says the payload name is stored whole with size bytes of
@@ -312,15 +321,16 @@ func (b *Bus) putChunks(ctx context.Context, name string, r io.Reader) (stored i
 	meta = f
 	ack, err := ackOf(ctx, f, putAckWait)
 	if err != nil {
+		if api := (*jetstream.APIError)(nil); errors.As(err, &api) {
+			meta = nil // refused: not stored, and its answer is taken
+		}
 		return 0, "", fmt.Errorf("payload %s: meta: %w", name, err)
 	}
 	// A put of the same name that began between the marker check above
 	// and the meta's write has purged these chunks: the meta, which names
 	// them, goes again, and the other put's stands.
 	if st, err := b.payloadStream.Info(ctx, jetstream.WithSubjectFilter(subj)); err != nil || st.State.Subjects[subj] != uint64(info.Chunks) {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_ = b.payloadStream.DeleteMsg(dctx, ack.Sequence)
-		cancel()
+		b.deleteMeta(ctx, ack.Sequence)
 		meta = nil
 		if err != nil {
 			return 0, "", fmt.Errorf("payload %s: count chunks: %w", name, err)
@@ -486,19 +496,19 @@ func (b *Bus) DeletePayload(ctx context.Context, name string) error {
 	// The meta goes first: chunks left by a failure in between are only
 	// space (a one-chunk payload's are found again by a put of the same
 	// name), while a meta left over missing chunks would say "stored".
-	if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(name))); err != nil {
-		return fmt.Errorf("payload %s: purge %s: %w", name, metaSubject(name), err)
-	}
-	if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(info.NUID))); err != nil {
-		return fmt.Errorf("payload %s: purge %s: %w", name, chunkSubject(info.NUID), err)
-	}
-	return nil
+	return b.purge(ctx, name, metaSubject(name), chunkSubject(info.NUID))
 }
 
-// purgeObject purges the chunks (on nuid's subject) and the meta of the
-// object name.
+// purgeObject purges the chunks (on nuid's subject) and then the meta of
+// the object name.
 func (b *Bus) purgeObject(ctx context.Context, name, nuid string) error {
-	for _, subj := range []string{chunkSubject(nuid), metaSubject(name)} {
+	return b.purge(ctx, name, chunkSubject(nuid), metaSubject(name))
+}
+
+// purge purges the subjects of object name in EXCHANGE_PAYLOADS, in order,
+// stopping at the first that fails.
+func (b *Bus) purge(ctx context.Context, name string, subjects ...string) error {
+	for _, subj := range subjects {
 		if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
 			return fmt.Errorf("payload %s: purge %s: %w", name, subj, err)
 		}
@@ -621,8 +631,8 @@ func (b *Bus) SweepPartial(ctx context.Context, olderThan time.Duration) (int, e
 		}
 		if live {
 			// The put succeeded; only its marker was left behind.
-			if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
-				return n, fmt.Errorf("payload %s: purge %s: %w", raw, subj, err)
+			if err := b.purge(ctx, string(raw), subj); err != nil {
+				return n, err
 			}
 			continue
 		}
