@@ -191,7 +191,7 @@ func TestSequentialHoldsGap(t *testing.T) {
 	waitFor(t, 10*time.Second, "1 delivered", func() bool { return readNo(dst) == 1 })
 	send(3)
 	waitFor(t, 10*time.Second, "gap reported", func() bool {
-		return strings.Contains(channel(t, s, "A", "S").LastError, "gap")
+		return strings.Contains(channelSoFar(t, s, "A", "S").LastError, "gap")
 	})
 	if readNo(dst) != 1 {
 		t.Fatalf("3 delivered over a gap")
@@ -213,5 +213,5 @@ func TestAcknowledgement(t *testing.T) {
 	exchangetest.WriteFile(s.out("A"), header("A", "B", 5, 0), 300, exchange.FormatXML)
 	waitFor(t, 10*time.Second, "A→B delivered", func() bool { return readNo(filepath.Join(s.in("B"), "Message_A_B.xml")) == 5 })
 	exchangetest.WriteFile(s.out("B"), header("B", "A", 1, 5), 0, exchange.FormatXML)
-	waitFor(t, 10*time.Second, "ack recorded", func() bool { return channel(t, s, "A", "B").AckedNo == 5 })
+	waitFor(t, 10*time.Second, "ack recorded", func() bool { return channelSoFar(t, s, "A", "B").AckedNo == 5 })
 }

@@ -65,7 +65,7 @@ func TestDashboard(t *testing.T) {
 	os.WriteFile(filepath.Join(s.out("ЦО"), ok), fxXML(t, header("ЦО", "SHOP1", 1, 0), 1000), 0o644)
 	os.WriteFile(filepath.Join(s.out("ЦО"), exchange.FileName("ЦО", "WH", exchange.FormatXML)), fxXML(t, header("ЦО", "WH", 1, 0), 1000), 0o644)
 	if !fxAwait(15*time.Second, func() bool {
-		return readNo(filepath.Join(s.in("SHOP1"), ok)) == 1 && channel(t, s, "ЦО", "WH").LastError != ""
+		return readNo(filepath.Join(s.in("SHOP1"), ok)) == 1 && channelSoFar(t, s, "ЦО", "WH").LastError != ""
 	}) {
 		t.Fatalf("setup: %+v", fxNodes(t, s))
 	}

@@ -189,13 +189,30 @@ func statusOf(t testing.TB, s *site) []api.ChannelView {
 
 func channel(t testing.TB, s *site, from, to string) api.ChannelView {
 	t.Helper()
+	c, ok := findChannel(t, s, from, to)
+	if !ok {
+		t.Fatalf("no channel %s→%s in status", from, to)
+	}
+	return c
+}
+
+// channelSoFar is the channel from→to as status shows it, the zero view
+// while it has none yet: for a wait, which starts before the relay took in
+// the channel's first message.
+func channelSoFar(t testing.TB, s *site, from, to string) api.ChannelView {
+	t.Helper()
+	c, _ := findChannel(t, s, from, to)
+	return c
+}
+
+func findChannel(t testing.TB, s *site, from, to string) (api.ChannelView, bool) {
+	t.Helper()
 	for _, c := range statusOf(t, s) {
 		if c.From == from && c.To == to {
-			return c
+			return c, true
 		}
 	}
-	t.Fatalf("no channel %s→%s in status", from, to)
-	return api.ChannelView{}
+	return api.ChannelView{}, false
 }
 
 // channelWhen waits up to 10 s for the channel from→to to satisfy ok and
@@ -236,7 +253,7 @@ func TestLatestSupersedes(t *testing.T) {
 		exchangetest.WriteFile(s.out("A"), header("A", "B", n, 0), 400, exchange.FormatXML)
 		waitFor(t, 10*time.Second, "taken", func() bool { return gone(src) })
 	}
-	waitFor(t, 10*time.Second, "failure shown", func() bool { return channel(t, s, "A", "B").LastError != "" })
+	waitFor(t, 10*time.Second, "failure shown", func() bool { return channelSoFar(t, s, "A", "B").LastError != "" })
 	if c := channel(t, s, "A", "B"); c.PickedNo != 3 || c.DeliveredNo != 0 || c.Pending != 3 {
 		t.Fatalf("while the inbox is broken: %+v", c)
 	}
