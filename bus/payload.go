@@ -54,6 +54,11 @@ func (b *Bus) OpenPayload(ctx context.Context, name string) (io.ReadCloser, erro
 // It returns what it stored: the size and the sha256 (hex) of the bytes it
 // read, which the caller compares with what it expected.
 func (b *Bus) PutPayload(ctx context.Context, name string, size int64, r io.Reader) (stored int64, sha256hex string, err error) {
+	// An ended ctx stores nothing: the answers to a small put's two
+	// publishes can be in before the wait for them looks at ctx.
+	if err := ctx.Err(); err != nil {
+		return 0, "", fmt.Errorf("payload %s: %w", name, err)
+	}
 	buf := make([]byte, exchange.BufferSize(size, maxChunk))
 	n, err := readChunk(r, buf)
 	switch {
