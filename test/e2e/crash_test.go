@@ -21,6 +21,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -176,6 +177,11 @@ type crashChannel struct {
 
 	mu   sync.Mutex
 	sums map[uint64]string // MessageNo -> sha256 of the bytes written for it
+
+	// written and taken are the last MessageNo whose file the writer
+	// finished and the last one the relay took from the outbox: the killer
+	// reads them to aim its kills (TestCrashSIGKILL).
+	written, taken atomic.Uint64
 }
 
 func (c *crashChannel) name() string { return exchange.FileName(c.from, c.to, exchange.FormatXML) }
@@ -363,7 +369,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	}
 	const (
 		perChannel = 20 // N messages per channel
-		kills      = 6
+		kills      = 9 // three aimed at each of pickup, commit, delivery
 	)
 	began := time.Now()
 	bin := buildRelay(t)
@@ -420,9 +426,11 @@ func TestCrashSIGKILL(t *testing.T) {
 					writerErr <- fmt.Errorf("%s No %d: %w", ch.name(), n, err)
 					return
 				}
+				ch.written.Store(n)
 				deadline := time.Now().Add(45 * time.Second)
 				for {
 					if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+						ch.taken.Store(n)
 						break
 					}
 					if ctx.Err() != nil {
@@ -439,20 +447,82 @@ func TestCrashSIGKILL(t *testing.T) {
 	}
 	writersDone := make(chan struct{})
 	go func() { wg.Wait(); close(writersDone) }()
+	defer func() { cancel(); <-writersDone }()
 
-	// The killer: SIGKILL at random instants, restart at once, same data dir.
+	// The killer: SIGKILL after a random pause, restart at once, same data
+	// dir. Each kill is aimed, in turn, at a pickup (a complete file in an
+	// outbox, not yet taken), at a commit (the moment a complete file
+	// leaves a sequential channel's outbox: a relay that deleted it before
+	// the message was stored would lose it there, and the channel would
+	// wait for the gap for good) and at a delivery (a message taken from
+	// its outbox that its destination does not hold yet). A kill that finds
+	// none of its kind within 5 s lands where it is.
 	krng := rand.New(rand.NewPCG(seed, 1<<32))
+	outbox := func(ch *crashChannel) string { return filepath.Join(s.out(ch.from), ch.name()) }
+	inPickup := func() bool {
+		for _, ch := range chans {
+			if ch.written.Load() > ch.taken.Load() {
+				return true
+			}
+		}
+		return false
+	}
+	complete := map[*crashChannel]bool{} // at the last look: a complete file waits in the outbox
+	atCommit := func() bool {
+		hit := false
+		for _, ch := range chans {
+			if ch.to != "ОП" {
+				continue
+			}
+			_, err := os.Stat(outbox(ch))
+			gone := errors.Is(err, fs.ErrNotExist)
+			if gone && complete[ch] {
+				hit = true
+			}
+			complete[ch] = !gone && ch.written.Load() > ch.taken.Load()
+		}
+		return hit
+	}
+	inDelivery := func() bool {
+		for _, ch := range chans {
+			if taken := ch.taken.Load(); taken > 0 && readNo(filepath.Join(s.in(ch.to), ch.name())) < taken {
+				return true
+			}
+		}
+		return false
+	}
+	aims := []struct {
+		name string
+		now  func() bool
+	}{{"pickup", inPickup}, {"commit", atCommit}, {"delivery", inDelivery}}
+	landed := map[string]int{}
 	var lastStart time.Time
 	for k := 1; k <= kills; k++ {
-		time.Sleep(time.Duration(300+krng.IntN(1700)) * time.Millisecond)
+		time.Sleep(time.Duration(300+krng.IntN(1200)) * time.Millisecond)
 		if rp.exited() {
 			t.Fatalf("relay exited on its own before kill #%d", k)
 		}
+		aim := aims[(k-1)%len(aims)]
+		clear(complete)
+		where := "no " + aim.name + " seen within 5s"
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if aim.now() {
+				where = "mid-" + aim.name
+				landed[aim.name]++
+				break
+			}
+		}
 		rp.kill()
+		t.Logf("kill #%d at %s: %s", k, time.Since(began).Round(time.Millisecond), where)
 		rp.start()
 		lastStart = rp.started
 	}
-	t.Logf("%d kills done after %s", kills, time.Since(began).Round(time.Millisecond))
+	t.Logf("%d kills done after %s: %v", kills, time.Since(began).Round(time.Millisecond), landed)
+	for _, aim := range aims {
+		if landed[aim.name] == 0 {
+			t.Errorf("no kill landed mid-%s (%v): the test proved little", aim.name, landed)
+		}
+	}
 
 	awaitWriters(t, writersDone, writerErr, 60*time.Second)
 	t.Logf("writers done after %s", time.Since(began).Round(time.Millisecond))
