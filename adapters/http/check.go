@@ -13,7 +13,8 @@ import (
 // Check proves an endpoint reachable the way relay will use it, sending no
 // message: for delivery a GET of health_url (2xx) or, without one, an
 // OPTIONS request on the URL, where any answer below 500 proves the
-// service is there and 401/403 says the credentials are refused; for
+// service is there, except 401/403 (the credentials are refused) and a
+// redirect relay does not follow (a delivery would not either); for
 // pickup one GET of the URL (200, 204 and 404 are fine; a 200 body is not
 // read). The error names the step and ends with a hint for the administrator.
 func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger) error {
@@ -38,7 +39,11 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 		case c.cfg.HealthURL != "":
 			return code >= 200 && code < 300
 		}
-		return code < 500 && code != stdhttp.StatusUnauthorized && code != stdhttp.StatusForbidden && code != stdhttp.StatusProxyAuthRequired
+		// A 3xx that comes back is a redirect the delivery would not
+		// follow either (one that turns POST into GET): every message
+		// would fail on it.
+		redirect := code >= 300 && code < 400
+		return code < 500 && !redirect && code != stdhttp.StatusUnauthorized && code != stdhttp.StatusForbidden && code != stdhttp.StatusProxyAuthRequired
 	})
 	if err != nil {
 		err = fmt.Errorf("http %s: %s %s: %w", node, method, display(target), err)

@@ -3,9 +3,12 @@ package http
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"mime"
@@ -222,8 +225,7 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 		if err != nil {
 			return nil, fmt.Errorf("open body: %w", err)
 		}
-		b := &sendBody{r: r, g: guard}
-		b.left.Store(d.Size)
+		b := newSendBody(r, d.Size, d.SHA256, guard)
 		sent.Store(b)
 		return b, nil
 	}
@@ -301,30 +303,82 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 	return &outcome{err: statusError(resp, reply)}
 }
 
-// sendBody streams the file to the connection: it fails a body that ends
-// before size or goes past it (a short object never becomes a
-// complete-looking request), and kicks the idle guard while the connection
-// takes bytes.
+// sendBody streams the file to the connection and makes sure a request
+// never looks complete unless it carries the file: the transport sends
+// exactly Content-Length bytes and only then reads on, so a body that fails
+// at its end (the store's digest check, a sha256 that does not match, more
+// bytes than the size) would already be a complete request at the service.
+// It therefore holds back the file's last byte until the source has ended
+// cleanly at size bytes with the sha256 the message names. It also kicks
+// the idle guard while the connection takes bytes.
 type sendBody struct {
 	r    io.ReadCloser
-	left atomic.Int64 // read by attempt while the transport sends
+	left atomic.Int64 // not yet handed to the transport; read by attempt while it sends
 	g    *idleGuard
+	sum  hash.Hash
+	want string // sha256 (hex) of the file; "" = not known
+}
+
+func newSendBody(r io.ReadCloser, size int64, sha256hex string, g *idleGuard) *sendBody {
+	b := &sendBody{r: r, g: g, sum: sha256.New(), want: sha256hex}
+	b.left.Store(size)
+	return b
 }
 
 func (b *sendBody) Read(p []byte) (int, error) {
-	b.g.kick()
-	n, err := b.r.Read(p)
-	left := b.left.Add(-int64(n))
+	left := b.left.Load()
 	switch {
-	case left < 0:
-		return n, errors.New("the object store holds more bytes than the size metadata")
-	case err == io.EOF && left > 0:
-		return n, fmt.Errorf("the object store ended %d bytes early: %w", left, io.ErrUnexpectedEOF)
 	case left == 0:
-		// All sent: the wait for the answer is response_timeout's.
-		b.g.pause()
+		// The transport's look past Content-Length: the guard stays
+		// paused, the wait for the answer is response_timeout's.
+		return 0, io.EOF
+	case len(p) == 0:
+		return 0, nil
 	}
-	return n, err
+	b.g.kick()
+	if left > 1 {
+		p = p[:min(int64(len(p)), left-1)]
+		n, err := b.r.Read(p)
+		b.sum.Write(p[:n])
+		b.left.Add(-int64(n))
+		if err == io.EOF {
+			return n, fmt.Errorf("the object store ended %d bytes early: %w", left-int64(n), io.ErrUnexpectedEOF)
+		}
+		return n, err
+	}
+	// The last byte: out only once the source proves the file whole.
+	var last [1]byte
+	if _, err := io.ReadFull(b.r, last[:]); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, fmt.Errorf("the object store ended 1 byte early: %w", err)
+	}
+	b.sum.Write(last[:])
+	var probe [1]byte
+	for idle := 0; ; idle++ {
+		n, err := b.r.Read(probe[:])
+		switch {
+		case n > 0:
+			return 0, errors.New("the object store holds more bytes than the size metadata")
+		case err == io.EOF:
+		case err != nil:
+			return 0, err
+		case idle >= 100:
+			return 0, io.ErrNoProgress
+		default:
+			continue
+		}
+		break
+	}
+	if got := hex.EncodeToString(b.sum.Sum(nil)); b.want != "" && got != b.want {
+		return 0, fmt.Errorf("sha256 of the stored file %s, want %s", got, b.want)
+	}
+	p[0] = last[0]
+	b.left.Store(0)
+	// All sent: the wait for the answer is response_timeout's.
+	b.g.pause()
+	return 1, nil
 }
 
 func (b *sendBody) Close() error { return b.r.Close() }

@@ -1087,6 +1087,11 @@ func TestPickupNames(t *testing.T) {
 		{map[string]string{"Content-Disposition": `inline`, HeaderFile: "Message_%D0%A6%D0%9E_B.xml"}, "Message_ЦО_B.xml"},
 		{map[string]string{HeaderFile: "=?utf-8?q?Message=5F=D0=A6=D0=9E=5FB.xml?="}, "Message_ЦО_B.xml"},
 		{nil, "Message_A_B.zip"},
+		// A 1C service writing the header by hand: unquoted UTF-8, which
+		// mime.ParseMediaType refuses (the name fell back to "next").
+		{map[string]string{"Content-Disposition": "attachment; filename=Message_ЦО_ОП.xml"}, "Message_ЦО_ОП.xml"},
+		{map[string]string{"Content-Disposition": `attachment; FileName="Message_ЦО_ОП.xml"; size=12`}, "Message_ЦО_ОП.xml"},
+		{map[string]string{"Content-Disposition": "attachment; filename=Message_\xff.xml"}, "Message_A_B.zip"},
 	} {
 		resp := &stdhttp.Response{Header: stdhttp.Header{}}
 		for k, v := range c.h {
@@ -1099,14 +1104,15 @@ func TestPickupNames(t *testing.T) {
 }
 
 // TestPickupJunk: a 200 that is not an exchange message is handed with a
-// problem (the pipeline dead-letters it), once.
+// problem (the pipeline dead-letters it), once; the service is asked again
+// (after a backoff) and the pickup shows the trouble meanwhile.
 func TestPickupJunk(t *testing.T) {
 	fs := &fileServer{reply: func(int) (int, map[string]string, []byte) {
 		return 200, map[string]string{"Content-Type": "text/html"}, []byte("<html><body>Log in first</body></html>")
 	}}
 	srv := httptest.NewServer(fs)
 	defer srv.Close()
-	_, ch := newPickup(t, srv.URL+"/hs/exchange/next", 100*time.Millisecond)
+	p, ch := newPickup(t, srv.URL+"/hs/exchange/next", 100*time.Millisecond)
 	m := next(t, ch, 5*time.Second)
 	if pr := m.Metadata.Get(exchange.MetaProblem); pr == "" {
 		t.Fatalf("junk handed without a problem: %v", m.Metadata)
@@ -1118,10 +1124,13 @@ func TestPickupJunk(t *testing.T) {
 	select {
 	case m := <-ch:
 		t.Fatalf("the same junk handed again: %v", m.Metadata)
-	case <-time.After(500 * time.Millisecond):
+	case <-time.After(2500 * time.Millisecond):
 	}
-	if fs.count() < 3 {
+	if fs.count() < 2 {
 		t.Errorf("%d GETs: polling stopped", fs.count())
+	}
+	if msg, _ := p.LastError(); !strings.Contains(msg, "not a valid exchange message") {
+		t.Errorf("pickup's last error %q, want the junk named (it is still served)", msg)
 	}
 }
 
@@ -1326,5 +1335,158 @@ func TestEarly2xxIsNotDelivered(t *testing.T) {
 	t.Logf("server read %d of %d bytes; Publish: %v", got.Load(), len(body), err)
 	if err == nil || exchange.IsPermanent(err) || !strings.Contains(err.Error(), "before the whole file was sent") {
 		t.Fatalf("Publish: %v; the service read %d of %d bytes: want a failure to retry", err, got.Load(), len(body))
+	}
+}
+
+// digestFailReader behaves like the object store's payload reader
+// (bus.payloadReader): it hands out all the bytes and only then, in place
+// of io.EOF, reports that their digest does not match the stored sha256.
+type digestFailReader struct {
+	r io.Reader
+}
+
+func (z *digestFailReader) Read(b []byte) (int, error) {
+	n, err := z.r.Read(b)
+	if err == io.EOF {
+		return n, errors.New("payload X: digest SHA-256=aaa, want SHA-256=bbb")
+	}
+	return n, err
+}
+
+// TestDeliverCorruptPayloadNeverComplete: a payload whose bytes do not
+// match the message's sha256 (the store notices only at the end, as
+// bus.payloadReader does) never reaches the service as a complete request.
+// The transport sends Content-Length bytes before it reads on, so the body
+// holds its last byte back until the source ended with the right digest;
+// without that the service got a complete, corrupted file on every retry.
+func TestDeliverCorruptPayloadNeverComplete(t *testing.T) {
+	good := xmlOf(t, hdr(7), 200_000)
+	bad := bytes.Clone(good)
+	copy(bad[len(bad)/2:], "CORRUPTED")
+
+	var mu sync.Mutex
+	complete := 0
+	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err == nil && int64(len(b)) == r.ContentLength && sum(b) != r.Header.Get(HeaderSHA256) {
+			mu.Lock()
+			complete++
+			mu.Unlock()
+		}
+		w.WriteHeader(stdhttp.StatusOK)
+	}))
+	defer srv.Close()
+
+	m := newMsg(hdr(7), "Message_ЦО_ОП.xml", good, func() io.Reader {
+		return &digestFailReader{r: bytes.NewReader(bad)}
+	})
+	p := newPub(t, Config{URL: srv.URL})
+	p.retry.tries = 2
+	err := p.Publish("", m.Message)
+	time.Sleep(100 * time.Millisecond) // let the handler finish
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("Publish: %v", err)
+	if complete > 0 {
+		t.Fatalf("the service received %d complete request(s) whose body (Content-Length bytes) does not match X-Relay-Sha256: a corrupted file was delivered", complete)
+	}
+}
+
+// TestPickupJunkNotPolledInALoop: a service (or a login page, a proxy error page in
+// front of it) that answers 200 with a body that is not a message and that
+// changes on every request (a timestamp, a request id) must not be polled
+// in a tight loop, each answer becoming a new dead letter. A dead-lettered
+// junk body once counted as "took a message", and the URL was asked again
+// at once, ignoring interval (2,463 GETs in 1.5 s).
+func TestPickupJunkNotPolledInALoop(t *testing.T) {
+	var n atomic.Int64
+	fs := &fileServer{reply: func(int) (int, map[string]string, []byte) {
+		return 200, map[string]string{"Content-Type": "text/html"},
+			fmt.Appendf(nil, "<html><body>Session expired, request id %d</body></html>", n.Add(1))
+	}}
+	srv := httptest.NewServer(fs)
+	defer srv.Close()
+	_, ch := newPickup(t, srv.URL+"/hs/exchange/next", time.Minute)
+
+	handed := 0
+	deadline := time.After(1500 * time.Millisecond)
+loop:
+	for {
+		select {
+		case m := <-ch:
+			handed++
+			m.Ack() // the pipeline dead-letters it and acks
+		case <-deadline:
+			break loop
+		}
+	}
+	t.Logf("interval 1m: %d GETs and %d dead letters in 1.5s", fs.count(), handed)
+	if handed > 2 || fs.count() > 3 {
+		t.Fatalf("interval 1m: %d GETs and %d junk bodies handed (dead letters) in 1.5s: polled in a tight loop", fs.count(), handed)
+	}
+}
+
+// TestCheckDeliverRedirectFails: `relay check` on a delivery
+// endpoint whose URL answers with a 302 (a login page, a moved
+// publication). Delivery never follows it (a POST would become a GET) and
+// fails every message, and the check's OPTIONS request, which gets the
+// same 302 back, called it healthy.
+func TestCheckDeliverRedirectFails(t *testing.T) {
+	mux := stdhttp.NewServeMux()
+	mux.HandleFunc("/base/hs/exchange/message", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		stdhttp.Redirect(w, r, "/login", stdhttp.StatusFound)
+	})
+	mux.HandleFunc("/login", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		io.WriteString(w, "<html>login</html>")
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	cfg := Config{URL: srv.URL + "/base/hs/exchange/message"}
+
+	body := xmlOf(t, hdr(5), 1000)
+	derr := newPub(t, cfg).Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", body, nil).Message)
+	if derr == nil {
+		t.Fatal("delivery to a 302 succeeded; the test premise is wrong")
+	}
+	t.Logf("delivery: %v", derr)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := Check(ctx, "ERP", "deliver", cfg, nil); err == nil {
+		t.Fatalf("relay check says the delivery endpoint is fine, but every delivery fails with: %v", derr)
+	}
+}
+
+// TestDeliverLongerPayloadNeverComplete: a stored body longer than its
+// size metadata never becomes a complete-looking request (a truncated
+// file): the transport sends exactly Content-Length bytes before it reads
+// on, so the surplus must be seen before the last byte goes.
+func TestDeliverLongerPayloadNeverComplete(t *testing.T) {
+	full := xmlOf(t, hdr(8), 200_000)
+	stated := full[:len(full)-5000] // the size metadata is 5000 bytes short
+
+	var mu sync.Mutex
+	complete := 0
+	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err == nil && int64(len(b)) == r.ContentLength && len(b) < len(full) {
+			mu.Lock()
+			complete++
+			mu.Unlock()
+		}
+		w.WriteHeader(stdhttp.StatusOK)
+	}))
+	defer srv.Close()
+
+	m := newMsg(hdr(8), "Message_ЦО_ОП.xml", stated, func() io.Reader { return bytes.NewReader(full) })
+	p := newPub(t, Config{URL: srv.URL})
+	p.retry.tries = 1
+	err := p.Publish("", m.Message)
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("Publish: %v", err)
+	if complete > 0 {
+		t.Fatalf("the service received %d complete request(s) holding the first %d of %d bytes: a truncated file", complete, len(stated), len(full))
 	}
 }

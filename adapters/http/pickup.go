@@ -14,6 +14,7 @@ import (
 	"path"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -47,8 +48,11 @@ type Pickup struct {
 
 	folder.Loop
 
-	// last is the sha256 of the last file the pipeline acked; run goroutine only.
-	last string
+	// last is the sha256 of the last file the pipeline acked, and
+	// lastBad why it was dead-lettered (nil: it was a message); run
+	// goroutine only.
+	last    string
+	lastBad error
 }
 
 var _ message.Subscriber = (*Pickup)(nil)
@@ -172,7 +176,7 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 	log := p.log.With("file", name, "bytes", f.Size)
 	if digest == p.last {
 		log.Debug("the service serves the file it served before; asking again after interval")
-		return false, nil
+		return false, p.lastBad
 	}
 
 	msg, bad := folder.NewMessage(p.c.node, where, name, f, p.lim, p.pw)
@@ -186,12 +190,17 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 	}
 	switch folder.Hand(ctx, p.Closing(), out, msg) {
 	case folder.Acked:
-		p.last = digest
+		p.last, p.lastBad = digest, nil
 		if problem != "" {
-			log.Warn("not a valid exchange message; dead-lettered", "reason", problem)
-		} else {
-			log.Debug("taken")
+			// Not "took": a service answering with something else (a
+			// login page, a proxy's error page, an error text that changes
+			// every time) is asked again after interval, with backoff,
+			// and shows as the pickup's trouble until it serves a message,
+			// rather than in a loop of dead letters.
+			p.lastBad = fail(fmt.Errorf("%s is not a valid exchange message (dead-lettered): %s", name, problem))
+			return false, p.lastBad
 		}
+		log.Debug("taken")
 		return true, nil
 	case folder.Nacked:
 		log.Warn("pipeline refused the file; asking again after interval")
@@ -200,12 +209,16 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 }
 
 // fileName is the name a 200 reply gives its file: Content-Disposition's
-// filename (RFC 2231 filename*= or quoted), else X-Relay-File, else the
-// last element of the URL's path. Only the base name counts.
+// filename (RFC 2231 filename*= or quoted, or as looseFileName reads it),
+// else X-Relay-File, else the last element of the URL's path. Only the
+// base name counts.
 func fileName(resp *stdhttp.Response, u *url.URL) string {
 	name := ""
-	if _, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition")); err == nil {
+	cd := resp.Header.Get("Content-Disposition")
+	if _, params, err := mime.ParseMediaType(cd); err == nil {
 		name = params["filename"]
+	} else {
+		name = looseFileName(cd)
 	}
 	if name == "" {
 		name = exchange.DecodeHeaderValue(resp.Header.Get(HeaderFile))
@@ -218,4 +231,27 @@ func fileName(resp *stdhttp.Response, u *url.URL) string {
 		return ""
 	}
 	return name
+}
+
+// looseFileName reads filename= from a Content-Disposition that
+// mime.ParseMediaType refuses: a 1C service that writes the header by hand
+// ("attachment; filename=" + ИмяФайла) sends the name unquoted, in UTF-8,
+// which is not a MIME token. "" when there is none or it is not UTF-8.
+func looseFileName(cd string) string {
+	_, params, _ := strings.Cut(cd, ";")
+	for _, p := range strings.Split(params, ";") {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), "filename") {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+			v = v[1 : len(v)-1]
+		}
+		if !utf8.ValidString(v) {
+			return ""
+		}
+		return v
+	}
+	return ""
 }
