@@ -3,12 +3,9 @@ package http
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"mime"
@@ -303,82 +300,39 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 	return &outcome{err: statusError(resp, reply)}
 }
 
-// sendBody streams the file to the connection and makes sure a request
-// never looks complete unless it carries the file: the transport sends
-// exactly Content-Length bytes and only then reads on, so a body that fails
-// at its end (the store's digest check, a sha256 that does not match, more
-// bytes than the size) would already be a complete request at the service.
-// It therefore holds back the file's last byte until the source has ended
-// cleanly at size bytes with the sha256 the message names. It also kicks
-// the idle guard while the connection takes bytes.
+// sendBody streams the file to the connection through an
+// exchange.WholeReader: the transport sends exactly Content-Length bytes
+// and only then reads on, so a file found wrong at its end (the store's
+// digest, the sha256, more bytes than the size) must fail before its last
+// byte, or the service would already hold a complete request with it. It
+// also kicks the idle guard while the connection takes bytes.
 type sendBody struct {
 	r    io.ReadCloser
+	w    *exchange.WholeReader
 	left atomic.Int64 // not yet handed to the transport; read by attempt while it sends
 	g    *idleGuard
-	sum  hash.Hash
-	want string // sha256 (hex) of the file; "" = not known
 }
 
 func newSendBody(r io.ReadCloser, size int64, sha256hex string, g *idleGuard) *sendBody {
-	b := &sendBody{r: r, g: g, sum: sha256.New(), want: sha256hex}
+	b := &sendBody{r: r, w: exchange.NewWholeReader(r, size, sha256hex), g: g}
 	b.left.Store(size)
 	return b
 }
 
 func (b *sendBody) Read(p []byte) (int, error) {
-	left := b.left.Load()
-	switch {
-	case left == 0:
+	if b.w.Left() == 0 {
 		// The transport's look past Content-Length: the guard stays
 		// paused, the wait for the answer is response_timeout's.
 		return 0, io.EOF
-	case len(p) == 0:
-		return 0, nil
 	}
 	b.g.kick()
-	if left > 1 {
-		p = p[:min(int64(len(p)), left-1)]
-		n, err := b.r.Read(p)
-		b.sum.Write(p[:n])
-		b.left.Add(-int64(n))
-		if err == io.EOF {
-			return n, fmt.Errorf("the object store ended %d bytes early: %w", left-int64(n), io.ErrUnexpectedEOF)
-		}
-		return n, err
+	n, err := b.w.Read(p)
+	b.left.Store(b.w.Left())
+	if b.w.Left() == 0 {
+		// All sent: the wait for the answer is response_timeout's.
+		b.g.pause()
 	}
-	// The last byte: out only once the source proves the file whole.
-	var last [1]byte
-	if _, err := io.ReadFull(b.r, last[:]); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, fmt.Errorf("the object store ended 1 byte early: %w", err)
-	}
-	b.sum.Write(last[:])
-	var probe [1]byte
-	for idle := 0; ; idle++ {
-		n, err := b.r.Read(probe[:])
-		switch {
-		case n > 0:
-			return 0, errors.New("the object store holds more bytes than the size metadata")
-		case err == io.EOF:
-		case err != nil:
-			return 0, err
-		case idle >= 100:
-			return 0, io.ErrNoProgress
-		default:
-			continue
-		}
-		break
-	}
-	if got := hex.EncodeToString(b.sum.Sum(nil)); b.want != "" && got != b.want {
-		return 0, fmt.Errorf("sha256 of the stored file %s, want %s", got, b.want)
-	}
-	p[0] = last[0]
-	b.left.Store(0)
-	// All sent: the wait for the answer is response_timeout's.
-	b.g.pause()
-	return 1, nil
+	return n, err
 }
 
 func (b *sendBody) Close() error { return b.r.Close() }
