@@ -48,7 +48,9 @@ func TestWholeReader(t *testing.T) {
 		{"longer than size", func() io.Reader { return bytes.NewReader(append(bytes.Clone(file), 'x')) }, size, good, "more bytes"},
 		{"shorter than size", func() io.Reader { return bytes.NewReader(file[:size-10]) }, size, good, "10 bytes early"},
 		{"one byte short", func() io.Reader { return bytes.NewReader(file[:size-1]) }, size, good, "1 byte early"},
-		{"source error", func() io.Reader { return io.MultiReader(bytes.NewReader(file[:100]), iotest.ErrReader(errors.New("link down"))) }, size, good, "link down"},
+		{"source error", func() io.Reader {
+			return io.MultiReader(bytes.NewReader(file[:100]), iotest.ErrReader(errors.New("link down")))
+		}, size, good, "link down"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			w := NewWholeReader(c.src(), c.size, c.sha)

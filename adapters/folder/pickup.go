@@ -65,6 +65,12 @@ type Pickup struct {
 	// a move folder that cannot be made): kept until a commit succeeds,
 	// since the listings that clear Last succeed all the while.
 	commitTrouble trouble.Last
+	// readTrouble is a file that could not be read (the user may not read
+	// it, a lock), readFile its name: kept until that file is read or
+	// leaves the folder, for the same reason.
+	readTrouble trouble.Last
+	readMu      sync.Mutex
+	readFile    string
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -303,6 +309,7 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 	for name := range sc.seen {
 		if !present[name] && !sc.busy[name] {
 			delete(sc.seen, name)
+			p.readDone(name)
 		}
 	}
 	sort.Slice(ready, func(i, j int) bool {
@@ -376,12 +383,13 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	fetched, err := p.src.Fetch(ctx, File{Name: name, Size: c.size, ModTime: c.mtime})
 	if err != nil {
 		if ctx.Err() == nil {
-			p.Last.Set(err)
+			p.readFailed(name, err)
 			log.Warn("cannot read the file; will retry", "err", err)
 		}
 		p.later(c)
 		return false
 	}
+	p.readDone(name)
 	defer fetched.Release()
 	changed := fetched.Size != c.size
 	if !changed && fetched.Copy {
@@ -583,12 +591,35 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 }
 
 // LastError is the pickup's current trouble for `relay status`: the source's
-// (cannot list, cannot read), else a commit that failed last.
+// (cannot list), else a file that cannot be read, else a commit that failed
+// last.
 func (p *Pickup) LastError() (string, time.Time) {
 	if msg, at := p.Last.LastError(); msg != "" {
 		return msg, at
 	}
+	if msg, at := p.readTrouble.LastError(); msg != "" {
+		return msg, at
+	}
 	return p.commitTrouble.LastError()
+}
+
+// readFailed records that the file name could not be read.
+func (p *Pickup) readFailed(name string, err error) {
+	p.readMu.Lock()
+	defer p.readMu.Unlock()
+	p.readFile = name
+	p.readTrouble.Set(err)
+}
+
+// readDone clears the read trouble if it is the file name's: it was read,
+// or it left the folder.
+func (p *Pickup) readDone(name string) {
+	p.readMu.Lock()
+	defer p.readMu.Unlock()
+	if p.readFile == name {
+		p.readFile = ""
+		p.readTrouble.Set(nil)
+	}
 }
 
 // Backoff is capped exponential: 1s, 2s, 4s ... 5m.
@@ -599,10 +630,14 @@ func Backoff(fails int) time.Duration {
 	return min(time.Second<<fails, 5*time.Minute)
 }
 
-// Close stops the scanner; it is idempotent and safe while a message waits
+// Close stops the scanner, then closes the source if it is an io.Closer
+// (an FTP connection); it is idempotent and safe while a message waits
 // for its ack.
 func (p *Pickup) Close() error {
 	p.closeOnce.Do(func() { close(p.closing) })
 	p.wg.Wait()
+	if c, ok := p.src.(io.Closer); ok {
+		return c.Close()
+	}
 	return nil
 }

@@ -237,6 +237,11 @@ func (c *client) dial(ctx context.Context) (*ftp.ServerConn, *dialer, error) {
 		if lerr := conn.Login(c.t.user, pass); lerr != nil {
 			conn.Quit()
 			conn, err = nil, step("login", lerr)
+			if tlsErr(lerr) {
+				// With explicit TLS, jlaffaye/ftp shakes hands on the
+				// first command after AUTH TLS: the login.
+				err = step("tls handshake", lerr)
+			}
 		}
 	}()
 	select {
@@ -253,15 +258,21 @@ func (c *client) dial(ctx context.Context) (*ftp.ServerConn, *dialer, error) {
 }
 
 func classifyDial(err error, mode string) error {
-	var terr *tls.CertificateVerificationError
-	var rerr tls.RecordHeaderError
 	switch {
-	case errors.As(err, &terr), errors.As(err, &rerr), strings.Contains(err.Error(), "tls:"), strings.Contains(err.Error(), "x509:"):
+	case tlsErr(err):
 		return step("tls handshake", err)
 	case mode == TLSExplicit && isReply(err):
 		return step("tls handshake", fmt.Errorf("AUTH TLS refused: %w", err))
 	}
 	return step("connect", err)
+}
+
+// tlsErr says err comes from a TLS handshake (a certificate not trusted,
+// a peer that does not speak TLS).
+func tlsErr(err error) bool {
+	var terr *tls.CertificateVerificationError
+	var rerr tls.RecordHeaderError
+	return errors.As(err, &terr) || errors.As(err, &rerr) || strings.Contains(err.Error(), "tls:") || strings.Contains(err.Error(), "x509:")
 }
 
 // dialer makes the control connection and every data connection of one

@@ -2,9 +2,11 @@ package ftp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"path"
 	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -69,11 +71,19 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	name, h, want, body := d.Name, d.Header, d.Size, d.Body
 
 	final, tmp := p.c.path(name), p.c.path(tempName(name))
-	return p.c.with(ctx, func(conn *ftp.ServerConn) error {
+	return p.c.with(ctx, func(conn *ftp.ServerConn) (err error) {
 		mkdirAll(conn, p.c, p.c.t.dir)
 		if err := p.checkNotNewer(conn, name, h, want); err != nil {
 			return err
 		}
+		defer func() {
+			if err != nil {
+				// What was sent is of no use (a later delivery would
+				// overwrite it, but a stale or dead message has none): it
+				// goes while the connection still works.
+				_ = conn.Delete(tmp)
+			}
+		}()
 		cr := &countingReader{r: folder.CtxReader{Ctx: ctx, R: body}}
 		if err := conn.Stor(tmp, cr); err != nil {
 			delete(p.c.made, p.c.t.dir) // the folder may be gone: create it again next time
@@ -89,21 +99,46 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		if got != want {
 			return fmt.Errorf("%s: server holds %d bytes after upload, sent %d", tempName(name), got, want)
 		}
-		if err := conn.Rename(tmp, final); err != nil {
-			if replyCode(err) < 500 {
-				return step("rename to "+name, err)
-			}
-			p.log.Warn("server refused to rename over the existing file; deleting it first", "file", name, "reply", err)
-			if derr := conn.Delete(final); derr != nil {
-				return step("delete old "+name, derr)
-			}
-			if err := conn.Rename(tmp, final); err != nil {
-				return step("rename to "+name, err)
-			}
+		// Checked again, last: a newer message may have landed while this
+		// one was uploaded (minutes, for a large one).
+		if err := p.checkNotNewer(conn, name, h, want); err != nil {
+			return err
+		}
+		if err := p.rename(conn, name, tmp, final); err != nil {
+			return err
 		}
 		p.log.Debug("delivered", "message_id", m.UUID, "file", name, "message_no", h.MessageNo, "bytes", want)
 		return nil
 	})
+}
+
+// rename puts the upload tmp in place as final (name). A server that
+// refuses to rename over an existing file (5xx) gets the old file moved
+// aside first, not deleted: if the upload cannot take its place either,
+// the old file goes back, and the node keeps its message.
+func (p *Publisher) rename(conn *ftp.ServerConn, name, tmp, final string) error {
+	err := conn.Rename(tmp, final)
+	if err == nil {
+		return nil
+	}
+	if replyCode(err) < 500 {
+		return step("rename to "+name, err)
+	}
+	aside := p.c.path(".relay-" + name + ".old")
+	_ = conn.Delete(aside) // left by a delivery cut short in between: older than final
+	if aerr := conn.Rename(final, aside); aerr != nil {
+		// No old file to move, or no renames at all: the refusal stands.
+		return step("rename to "+name, err)
+	}
+	p.log.Warn("server refused to rename over the existing file; moved it aside first", "file", name, "reply", err)
+	if err := conn.Rename(tmp, final); err != nil {
+		if berr := conn.Rename(aside, final); berr != nil {
+			return step("rename to "+name, fmt.Errorf("%w; the previous file stays as %s: %w", err, path.Base(aside), berr))
+		}
+		return step("rename to "+name, err)
+	}
+	_ = conn.Delete(aside)
+	return nil
 }
 
 // checkNotNewer refuses to replace a file of the same channel with a higher
@@ -111,22 +146,38 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 // (this message, written by an attempt the relay did not live to record)
 // as it is (exchange.CheckReplace). Only .xml files are checked: reading a zip's
 // header needs its central directory, i.e. the whole download; for those the
-// channel state in JetStream is the guard.
+// channel state in JetStream is the guard. A file that is there but cannot
+// be read, or whose transfer breaks before its header, fails the delivery
+// (it is tried again): only a file that is not there, or that reads whole
+// and is not a message, is replaced.
 func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.Header, size int64) error {
 	if !strings.EqualFold(name[len(name)-4:], ".xml") {
 		return nil
 	}
 	resp, err := conn.Retr(p.c.path(name))
 	if err != nil {
-		if isReply(err) {
-			return nil // no such file
+		if !isReply(err) {
+			return step("read "+name, err)
 		}
-		return step("read "+name, err)
+		// Refused: no such file, or one that cannot be read now (a lock,
+		// no right to read it). Only a SIZE refused too says there is none.
+		if _, serr := conn.FileSize(p.c.path(name)); serr == nil {
+			return step("read "+name, fmt.Errorf("the file there cannot be read to compare its number: %w", err))
+		} else if !isReply(serr) {
+			return step("size "+name, serr)
+		}
+		return nil
 	}
 	have, herr := exchange.ReadHeader(resp, p.lim)
-	_ = resp.Close() // closing early makes the server report an aborted transfer
-	if herr != nil {
-		return nil // unreadable: ours replaces it
+	cerr := resp.Close() // after a header read whole: an aborted transfer, as the server reports closing early
+	switch {
+	case herr == nil:
+	case errors.Is(herr, exchange.ErrIncomplete) && cerr != nil:
+		return step("read "+name, fmt.Errorf("the transfer broke before the header was read: %w", cerr))
+	case exchange.IsVerdict(herr):
+		return nil // not a message (or a truncated one): ours replaces it
+	default:
+		return step("read "+name, herr)
 	}
 	if have.ExchangePlan != h.ExchangePlan || have.From != h.From || have.To != h.To || have.MessageNo < h.MessageNo {
 		return nil

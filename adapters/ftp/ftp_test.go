@@ -431,8 +431,9 @@ func (d noReplace) Rename(ctx *ftpserver.Context, from, to string) error {
 	return d.Driver.Rename(ctx, from, to)
 }
 
-// TestDeliverWhereRenameCannotReplace: the old file is deleted, then the
-// temp file renamed; the final name never holds partial content.
+// TestDeliverWhereRenameCannotReplace: the old file is moved aside, the
+// temp file renamed, the old one deleted; the final name never holds
+// partial content, and nothing is left beside it.
 func TestDeliverWhereRenameCannotReplace(t *testing.T) {
 	root := t.TempDir()
 	drv, err := file.NewDriver(root)
@@ -454,6 +455,10 @@ func TestDeliverWhereRenameCannotReplace(t *testing.T) {
 		if got, _ := os.ReadFile(dst); !bytes.Equal(got, b.Bytes()) {
 			t.Fatalf("No %d: delivered file differs", no)
 		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(root, "in"))
+	if len(entries) != 1 {
+		t.Errorf("in/ holds %d entries, want the message alone: %v", len(entries), entries)
 	}
 }
 

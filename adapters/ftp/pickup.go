@@ -216,8 +216,20 @@ func (s *source) Move(ctx context.Context, name, to string) error {
 				}
 			}
 		}
-		return step("move "+name+" to "+to, conn.Rename(s.c.path(name), s.c.remote(dst)))
+		if err := conn.Rename(s.c.path(name), s.c.remote(dst)); err != nil {
+			delete(s.c.made, to) // the folder may be gone: create it again next time
+			return step("move "+name+" to "+to, err)
+		}
+		return nil
 	})
+}
+
+// Close drops the control connection: a closed pickup (a lease handed
+// over, a restart) does not hold one of the server's per-address
+// connections until its idle timer.
+func (s *source) Close() error {
+	s.c.close()
+	return nil
 }
 
 func (s *source) Where(name string) string {

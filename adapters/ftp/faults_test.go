@@ -1,0 +1,509 @@
+package ftp
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	ftpserver "goftp.io/server/v2"
+	"goftp.io/server/v2/driver/file"
+
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
+)
+
+func msgXML(t *testing.T, from, to string, no uint64, size int) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := exchangetest.WriteXML(&b, hdr(from, to, no), int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func fileNo(t *testing.T, p string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0
+	}
+	h, err := exchange.ReadHeader(bytes.NewReader(b), exchange.DefaultLimits())
+	if err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	return h.MessageNo
+}
+
+// newerDuringUpload is a server on which a newer message of the channel
+// lands under the final name (put there another way: an operator, a
+// restored backup, the old exchange script) while relay's upload of an
+// older one is running.
+type newerDuringUpload struct {
+	ftpserver.Driver
+	root  string
+	final string
+	newer []byte
+}
+
+func (d *newerDuringUpload) PutFile(ctx *ftpserver.Context, p string, r io.Reader, off int64) (int64, error) {
+	if strings.Contains(p, ".relay-") {
+		_ = os.WriteFile(filepath.Join(d.root, d.final), d.newer, 0o644)
+	}
+	return d.Driver.PutFile(ctx, p, r, off)
+}
+
+// TestDeliverNewerLandedDuringUpload: the destination is checked for a
+// newer message again right before the rename; checked only before the
+// upload, a newer file that arrived during it (minutes, for a big message)
+// was renamed over.
+func TestDeliverNewerLandedDuringUpload(t *testing.T) {
+	root := t.TempDir()
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(root, "in"), 0o755)
+	newer := msgXML(t, "A", "B", 5, 3000)
+	url := serve(t, &newerDuringUpload{Driver: drv, root: root, final: "in/Message_A_B.xml", newer: newer}, "in")
+	p, err := NewPublisher("B", testConfig(url, "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	old := msgXML(t, "A", "B", 2, 3000)
+	err = p.Publish("", deliverMsg(t, mustHeader(t, old), old))
+	if no := fileNo(t, filepath.Join(root, "in", "Message_A_B.xml")); no != 5 {
+		t.Fatalf("destination holds No %d after delivering No 2 (Publish: %v): the newer No 5 that landed during the upload was renamed over", no, err)
+	}
+	if !errors.Is(err, exchange.ErrStale) {
+		t.Fatalf("Publish: %v, want ErrStale", err)
+	}
+}
+
+// flakyFinalRead is a server whose RETR of the existing final file fails:
+// mode "cut" sends its first bytes and then breaks (a data connection reset,
+// a read error on the server), mode "refuse" refuses the RETR (file locked,
+// not readable by the FTP user, a transient 4xx).
+type flakyFinalRead struct {
+	ftpserver.Driver
+	mode string
+}
+
+type cutReader struct {
+	io.ReadCloser
+	left int
+}
+
+func (r *cutReader) Read(b []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, errors.New("read error on the server")
+	}
+	if len(b) > r.left {
+		b = b[:r.left]
+	}
+	n, err := r.ReadCloser.Read(b)
+	r.left -= n
+	return n, err
+}
+
+func (d *flakyFinalRead) GetFile(ctx *ftpserver.Context, p string, off int64) (int64, io.ReadCloser, error) {
+	if strings.HasSuffix(p, "/Message_A_B.xml") {
+		if d.mode == "refuse" {
+			return 0, nil, errors.New("file is locked")
+		}
+		size, rc, err := d.Driver.GetFile(ctx, p, off)
+		if err != nil {
+			return size, rc, err
+		}
+		return size, &cutReader{ReadCloser: rc, left: 60}, nil
+	}
+	return d.Driver.GetFile(ctx, p, off)
+}
+
+// TestDeliverUnreadableDestinationNotReplaced: a destination file that
+// cannot be read (a transfer cut short, a refused RETR of a file that is
+// there) fails the delivery; it was taken for "no file / unreadable: ours
+// replaces it", and the older message was renamed over the newer one
+// (DESIGN §6.3).
+func TestDeliverUnreadableDestinationNotReplaced(t *testing.T) {
+	for _, mode := range []string{"cut", "refuse"} {
+		t.Run(mode, func(t *testing.T) {
+			root := t.TempDir()
+			os.MkdirAll(filepath.Join(root, "in"), 0o755)
+			final := filepath.Join(root, "in", "Message_A_B.xml")
+			if err := os.WriteFile(final, msgXML(t, "A", "B", 5, 3000), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			drv, err := file.NewDriver(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := NewPublisher("B", testConfig(serve(t, &flakyFinalRead{Driver: drv, mode: mode}, "in"), "deliver"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			old := msgXML(t, "A", "B", 2, 3000)
+			err = p.Publish("", deliverMsg(t, mustHeader(t, old), old))
+			if no := fileNo(t, final); no != 5 {
+				t.Fatalf("destination holds No %d after delivering No 2 (Publish: %v): the newer No 5 was overwritten because its read failed", no, err)
+			}
+		})
+	}
+}
+
+// renameRefused is a server that refuses RNTO for a reason that is not an
+// existing target (no rename right, a lock, the temp file gone), while DELE
+// works.
+type renameRefused struct{ ftpserver.Driver }
+
+func (renameRefused) Rename(*ftpserver.Context, string, string) error {
+	return errors.New("permission denied")
+}
+
+// TestDeliverRenameRefusedKeepsPrevious: the fallback for a server that
+// cannot rename over an existing file moves the old file aside instead of
+// deleting it; it deleted the final file on any 5xx from RNTO, and when
+// the rename then failed again, the node's previous, still unread message
+// was gone and nothing replaced it.
+func TestDeliverRenameRefusedKeepsPrevious(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "in"), 0o755)
+	final := filepath.Join(root, "in", "Message_A_B.xml")
+	prev := msgXML(t, "A", "B", 1, 3000)
+	if err := os.WriteFile(final, prev, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPublisher("B", testConfig(serve(t, renameRefused{drv}, "in"), "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	next := msgXML(t, "A", "B", 2, 3000)
+	err = p.Publish("", deliverMsg(t, mustHeader(t, next), next))
+	if err == nil {
+		t.Fatal("delivered although every rename is refused")
+	}
+	if !exists(final) {
+		t.Fatalf("the rename failed (%v) and the previous message No 1 was deleted: the node's folder holds no message at all", err)
+	}
+}
+
+// TestDeliverFailureRemovesTemp: a failed upload does not leave its
+// .relay-*.part (as large as what was sent) on the server.
+func TestDeliverFailureRemovesTemp(t *testing.T) {
+	root := t.TempDir()
+	p, err := NewPublisher("B", testConfig(startServer(t, root, "in"), "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	b := msgXML(t, "A", "B", 1, 50_000)
+	m := deliverMsg(t, mustHeader(t, b), b[:40_000])
+	m.Metadata.Set(exchange.MetaSize, "50000")
+	if err := p.Publish("", m); err == nil {
+		t.Fatal("short body delivered")
+	}
+	entries, _ := os.ReadDir(filepath.Join(root, "in"))
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".part") {
+			fi, _ := e.Info()
+			t.Fatalf("failed delivery left %s (%d bytes) on the server", e.Name(), fi.Size())
+		}
+	}
+}
+
+// unreadable is a server on which the message file can be listed but not
+// downloaded (1C's service user wrote it 0600, a lock): every take fails.
+type unreadable struct {
+	ftpserver.Driver
+	retrs atomic.Int32
+}
+
+func (d *unreadable) GetFile(ctx *ftpserver.Context, p string, off int64) (int64, io.ReadCloser, error) {
+	if strings.Contains(p, "Message_") {
+		d.retrs.Add(1)
+		return 0, nil, errors.New("permission denied")
+	}
+	return d.Driver.GetFile(ctx, p, off)
+}
+
+// TestPickupUnreadableFileShown: a file that cannot be downloaded stays
+// the pickup's trouble until it is read or gone; it was cleared by the next
+// listing (a moment later), and `relay status` showed no pickup_error while
+// the message sat in the outbox, failing every backoff.
+func TestPickupUnreadableFileShown(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	os.MkdirAll(out, 0o755)
+	if _, err := exchangetest.WriteFile(out, hdr("A", "B", 1), 1000, exchange.FormatXML); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &unreadable{Driver: drv}
+	cfg := testConfig(serve(t, d, "out"), "pickup")
+	c, err := newClient("A", "pickup", cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
+		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
+		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterDelete},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := p.Subscribe(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for d.retrs.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d.retrs.Load() < 2 {
+		t.Fatalf("only %d download attempts", d.retrs.Load())
+	}
+	empty := 0
+	for range 10 {
+		if msg, _ := p.LastError(); msg == "" {
+			empty++
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if empty > 0 {
+		t.Fatalf("LastError empty in %d of 10 looks while Message_A_B.xml failed to download %d times", empty, d.retrs.Load())
+	}
+}
+
+// countingListener counts the connections the server holds open.
+type countingListener struct {
+	net.Listener
+	open atomic.Int32
+}
+
+type countedConn struct {
+	net.Conn
+	l    *countingListener
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.open.Add(1)
+	return &countedConn{Conn: c, l: l}, nil
+}
+
+// TestPickupCloseClosesConnection: Close of an FTP pickup closes its
+// control connection; it stayed open until the idle timer (up to 30 s),
+// holding one of the server's per-address connections, one more for each
+// lease handover back and forth.
+func TestPickupCloseClosesConnection(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "out"), 0o755)
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &countingListener{Listener: raw}
+	port := raw.Addr().(*net.TCPAddr).Port
+	srv, err := ftpserver.NewServer(&ftpserver.Options{
+		Driver: drv, Auth: &ftpserver.SimpleAuth{Name: "relay", Password: testPass},
+		Perm: ftpserver.NewSimplePerm("relay", "relay"), Hostname: "127.0.0.1", PublicIP: "127.0.0.1",
+		Port: port, Logger: quietLogger{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown() })
+	t.Setenv("TEST_FTP_PASSWORD", testPass)
+	cfg := testConfig("ftp://relay@127.0.0.1:"+strconv.Itoa(port)+"/out", "pickup")
+	p, err := NewSubscriber("A", cfg, config.After{Action: config.AfterDelete}, nil, nil, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := p.Subscribe(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // a few listings
+	p.Close()
+	time.Sleep(500 * time.Millisecond)
+	if n := ln.open.Load(); n > 0 {
+		t.Fatalf("the pickup is closed and the server still holds %d connection(s) of it", n)
+	}
+}
+
+// selfSignedCert is a certificate for 127.0.0.1 that no system root signs.
+func selfSignedCert(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestCheckExplicitTLSBadCertificate: with tls: explicit, jlaffaye/ftp
+// starts the TLS handshake at the first write after AUTH TLS (USER), so a
+// certificate the relay cannot verify (self-signed, no ca_file) fails in
+// Login; it is reported as step "tls handshake" with the hint, not as a
+// login failure without one.
+func TestCheckExplicitTLSBadCertificate(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	root := t.TempDir()
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ftpserver.NewServer(&ftpserver.Options{
+		Driver: drv, Auth: &ftpserver.SimpleAuth{Name: "relay", Password: testPass},
+		Perm: ftpserver.NewSimplePerm("relay", "relay"), Hostname: "127.0.0.1", PublicIP: "127.0.0.1",
+		Port: port, Logger: quietLogger{}, TLS: true, ExplicitFTPS: true,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t)}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ListenAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	t.Setenv("TEST_FTP_PASSWORD", testPass)
+	cfg := testConfig("ftp://relay@127.0.0.1:"+strconv.Itoa(port)+"/", "pickup")
+	cfg.TLS = TLSExplicit
+	var cerr error
+	for range 50 { // the server needs a moment to listen
+		if cerr = Check(context.Background(), "A", "pickup", cfg, nil); cerr == nil || !strings.Contains(cerr.Error(), "refused") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if cerr == nil {
+		t.Fatal("check passed against an unverifiable certificate")
+	}
+	for _, w := range []string{"tls handshake", "hint: check tls"} {
+		if !strings.Contains(cerr.Error(), w) {
+			t.Errorf("%q lacks %q", cerr, w)
+		}
+	}
+}
+
+// TestPickupMoveFolderMadeAgain: after: move:<folder> creates the folder
+// once per connection (client.made) and forgets it when a move fails: an
+// archive folder an operator removed made every commit fail for as long as
+// the connection lived (with a poll_interval under 2 s, for good), and the
+// file was taken again and again as a duplicate.
+func TestPickupMoveFolderMadeAgain(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	os.MkdirAll(out, 0o755)
+	cfg := testConfig(startServer(t, root, "out"), "pickup")
+	c, err := newClient("A", "pickup", cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
+		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
+		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterMove, Folder: "done"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := p.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	go func() {
+		for m := range ch {
+			m.Ack()
+		}
+	}()
+	src := filepath.Join(out, "Message_A_B.xml")
+	moved := filepath.Join(out, "done", "Message_A_B.xml")
+	wait := func(_ string, ok func() bool, d time.Duration) bool {
+		for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if ok() {
+				return true
+			}
+		}
+		return false
+	}
+	if err := os.WriteFile(src, msgXML(t, "A", "B", 1, 500), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !wait("first move", func() bool { return exists(moved) }, 5*time.Second) {
+		t.Fatal("first file not moved")
+	}
+	if err := os.RemoveAll(filepath.Join(out, "done")); err != nil { // the operator clears the archive
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(src, msgXML(t, "A", "B", 2, 500), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !wait("second move", func() bool { return exists(moved) }, 4*time.Second) {
+		msg, _ := p.LastError()
+		t.Fatalf("No 2 not moved 4 s after it was written (the archive folder is never made again); pickup error: %s", msg)
+	}
+}
