@@ -27,6 +27,9 @@ type Outbox interface {
 	// Release ends the lease of a message that could not be handed over,
 	// so the node's next request gets it.
 	Release(id string)
+	// Touch starts the lease of a message again from now: it is held while
+	// the message is being sent, and counts from the end of the transfer.
+	Touch(id string)
 }
 
 // PushReply is the answer to an accepted POST /api/v1/messages.
@@ -52,6 +55,10 @@ func (g stallGuard) Read(b []byte) (int, error) {
 	return g.ReadCloser.Read(b)
 }
 
+// formEnvelope is what a multipart/form-data push may add to the file:
+// boundaries, part headers, other small fields.
+const formEnvelope = 64 << 10
+
 // push takes one message file, raw or as the first file of a multipart
 // form, spools it, checks it like a pickup does and answers 202 only once
 // JetStream holds it. A bad file is refused with 400 and not stored.
@@ -61,12 +68,17 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	limit := int64(s.cfg.Relay.MaxMessageSize)
-	if r.ContentLength > limit {
+	// A form's envelope adds a little to the file: the early check allows
+	// for it, and the spool checks the file itself.
+	bodyLimit := limit
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
+		bodyLimit += formEnvelope
+	}
+	if r.ContentLength > bodyLimit {
 		refuse(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("message of %d bytes is larger than relay.max_message_size (%d bytes)", r.ContentLength, limit))
 		return
 	}
-	// The multipart envelope adds a little to the file.
-	r.Body = stallGuard{http.MaxBytesReader(w, r.Body, limit+64<<10), http.NewResponseController(w), s.pushIdle}
+	r.Body = stallGuard{http.MaxBytesReader(w, r.Body, limit+formEnvelope), http.NewResponseController(w), s.pushIdle}
 	name, body, err := pushedFile(r)
 	if err != nil {
 		refuse(w, http.StatusBadRequest, err.Error())
@@ -125,6 +137,11 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.cfg.Nodes[h.From] == nil {
 		writeErr(w, http.StatusBadRequest, fmt.Sprintf("unknown sender node %q: not in routing.yaml", h.From))
+		return
+	}
+	// What ingest would dead-letter is the sender's to fix: refused here.
+	if reason := pipeline.RouteProblem(s.cfg, h); reason != "" {
+		writeErr(w, http.StatusBadRequest, "addressee: "+reason)
 		return
 	}
 	msg.Metadata.Set(exchange.MetaNode, h.From)
@@ -224,9 +241,64 @@ func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
 	}
 	hd.Set("X-Relay-Sha256", o.SHA256)
 	w.WriteHeader(http.StatusOK)
-	if _, err := io.Copy(w, body); err != nil {
-		s.log.Warn("pull: transfer broken off; the message is offered again after its lease", "node", code, "file", o.Name, "err", err)
+	// The lease is held while the file is sent (a big one to a slow node
+	// may take longer than the lease) and counts from the end of the
+	// transfer; a node that takes nothing for pullIdle is cut off.
+	stop := holdLease(ob, o)
+	rc := http.NewResponseController(w)
+	// The last byte goes only once the stored file proved whole: the node
+	// never holds a complete-looking copy of a damaged one.
+	_, err = io.Copy(stallWriter{w, rc, s.pullIdle}, exchange.NewWholeReader(body, o.Size, o.SHA256))
+	if err == nil {
+		err = rc.Flush() // under the last write's deadline
 	}
+	_ = rc.SetWriteDeadline(time.Time{}) // the connection may serve more requests
+	stop()
+	if err != nil {
+		ob.Release(o.ID)
+		s.log.Warn("pull: transfer broken off; the message is offered again", "node", code, "file", o.Name, "err", err)
+		return
+	}
+	ob.Touch(o.ID)
+}
+
+// stallWriter gives each write of a pulled file idle to be taken by the
+// node: a transfer may take hours, a node that stops reading may not hold
+// the handler (and the message's reader) for ever.
+type stallWriter struct {
+	w    io.Writer
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (s stallWriter) Write(b []byte) (int, error) {
+	_ = s.rc.SetWriteDeadline(time.Now().Add(s.idle)) // a test's recorder has none: no limit there
+	return s.w.Write(b)
+}
+
+// leaseRenewal is the longest time between two renewals of a lease held
+// during a transfer.
+const leaseRenewal = 5 * time.Second
+
+// holdLease keeps the lease of o from running out until stop is called:
+// it starts the lease again every third of it (at most leaseRenewal).
+func holdLease(ob Outbox, o pull.Offer) (stop func()) {
+	every := min(max(time.Until(o.LeaseUntil)/3, 50*time.Millisecond), leaseRenewal)
+	t := time.NewTicker(every)
+	done, ended := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(ended)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				ob.Touch(o.ID)
+			}
+		}
+	}()
+	return func() { close(done); <-ended }
 }
 
 // pullAck completes the delivery of a fetched message.
@@ -239,6 +311,12 @@ func (s *Server) pullAck(w http.ResponseWriter, r *http.Request) {
 	if err := ob.Ack(id); err != nil {
 		if errors.Is(err, pull.ErrUnknownOffer) {
 			writeErr(w, http.StatusNotFound, fmt.Sprintf("no message %q waits for node %q (already acknowledged?)", id, code))
+			return
+		}
+		if errors.Is(err, pull.ErrWithdrawn) {
+			// The relay is stopping, or the message went back to JetStream
+			// before the acknowledgement came: not delivered, offered again.
+			writeErr(w, http.StatusServiceUnavailable, fmt.Sprintf("message %q is not acknowledged: it is no longer offered here and will be offered again; fetch it again", id))
 			return
 		}
 		writeErr(w, http.StatusInternalServerError, err.Error())

@@ -3,11 +3,16 @@ package api
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +30,7 @@ type oneOffer struct{ o pull.Offer }
 func (b oneOffer) Next() (pull.Offer, bool) { return b.o, true }
 func (b oneOffer) Ack(string) error         { return nil }
 func (b oneOffer) Release(string)           {}
+func (b oneOffer) Touch(string)             {}
 
 // pullBackend is fakeBackend with an http_pull mailbox.
 type pullBackend struct {
@@ -58,7 +64,7 @@ func TestPullHeaders(t *testing.T) {
 		{"by name", sealed.Sealed(), sealed.String(),
 			map[string]string{"X-Relay-Plan": "", "X-Relay-From": "CO", "X-Relay-To": "MOB", "X-Relay-Message-No": "", "X-Relay-Received-No": ""}},
 	} {
-		offer := pull.Offer{ID: "id1", Name: c.name, Header: c.h, Size: 4, SHA256: "x",
+		offer := pull.Offer{ID: "id1", Name: c.name, Header: c.h, Size: 4, SHA256: bodySHA,
 			Open: func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("body")), nil }}
 		s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, oneOffer{offer}}, "", slog.New(slog.DiscardHandler))
 		w := do(s, "GET", "/api/v1/nodes/MOB/messages/next", "127.0.0.1:5000", "Bearer mob-secret")
@@ -74,6 +80,40 @@ func TestPullHeaders(t *testing.T) {
 				t.Errorf("%s: %s %q, want %q", c.what, k, w.Header().Get(k), want)
 			}
 		}
+	}
+}
+
+// bodySHA is the sha256 of "body", the offers' file.
+const bodySHA = "230d8358dc8e8890b4c58deeb62912ee2f20357ae92a5cc861b98e68fe31acb5"
+
+// releasing is an outbox of one message that records its releases.
+type releasing struct {
+	oneOffer
+	released *atomic.Int32
+}
+
+func (b releasing) Release(string) { b.released.Add(1) }
+
+// TestPullDamagedFileNeverComplete: a stored file found wrong at its end
+// (another sha256, the store's digest check) reaches the node one byte
+// short of its Content-Length, never as a complete-looking download, and
+// is offered again at once.
+func TestPullDamagedFileNeverComplete(t *testing.T) {
+	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
+	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	offer := pull.Offer{ID: "id1", Name: "Message_CO_MOB.xml", Size: 4, SHA256: bodySHA,
+		Open: func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("bodY")), nil }}
+	var released atomic.Int32
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, releasing{oneOffer{offer}, &released}}, "", slog.New(slog.DiscardHandler))
+	w := do(s, "GET", "/api/v1/nodes/MOB/messages/next", "127.0.0.1:5000", "Bearer mob-secret")
+	if w.Body.Len() >= 4 {
+		t.Fatalf("the node got %d of 4 bytes of a file whose sha256 is wrong: a complete-looking download", w.Body.Len())
+	}
+	if released.Load() != 1 {
+		t.Errorf("released %d times, want once (offered again at once)", released.Load())
 	}
 }
 
@@ -106,5 +146,218 @@ func TestPullHeadDoesNotLease(t *testing.T) {
 	w := do(s, "GET", "/api/v1/nodes/MOB/messages/next", "192.0.2.7:5000", "Bearer mob-secret")
 	if w.Code != 200 {
 		t.Fatalf("GET after a HEAD: %d, want 200 with the waiting message (the HEAD leased it away)", w.Code)
+	}
+}
+
+// gatedBody is a message body that sends its first byte and then waits
+// for release before sending the rest.
+type gatedBody struct {
+	first   bool
+	head    io.Reader
+	release chan struct{}
+	rest    io.Reader
+	closed  *atomic.Bool
+}
+
+func (g *gatedBody) Read(b []byte) (int, error) {
+	if !g.first {
+		g.first = true
+		return g.head.Read(b) // enough to flush the response's buffer
+	}
+	<-g.release
+	return g.rest.Read(b)
+}
+func (g *gatedBody) Close() error { g.closed.Store(true); return nil }
+
+// The lease is held while the message is sent and counts from the end of
+// the transfer: a big message still streaming to the node when the lease
+// ran out was handed, in full, to a second poller (or back to JetStream
+// with replicas) while the first was still receiving it.
+func TestPullLeaseHeldDuringTransfer(t *testing.T) {
+	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
+	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := 300 * time.Millisecond
+	mb := pull.NewMailbox("MOB", pull.Config{Lease: config.Duration(lease)}, nil)
+	defer mb.Close()
+	content := "<v8msg:Message>" + strings.Repeat(" ", 200<<10) + "</v8msg:Message>"
+	release := make(chan struct{})
+	var closed atomic.Bool
+	var opens atomic.Int32
+	m := message.NewMessage(watermill.NewUUID(), nil)
+	exchange.SetHeader(m, exchange.Header{ExchangePlan: "P", From: "CO", To: "MOB", MessageNo: 1})
+	m.Metadata.Set(exchange.MetaFileName, "Message_CO_MOB.xml")
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(content)))
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) {
+		if opens.Add(1) == 2 { // the first Open is the mailbox's own (park)
+			return &gatedBody{head: strings.NewReader(content[:64<<10]), release: release, rest: strings.NewReader(content[64<<10:]), closed: &closed}, nil
+		}
+		return io.NopCloser(strings.NewReader(content)), nil
+	})
+	go mb.Publish("", m)
+	for mb.Waiting() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, mb}, "", slog.New(slog.DiscardHandler))
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	defer close(release)
+
+	get := func() *http.Response {
+		req, _ := http.NewRequest("GET", srv.URL+"/api/v1/nodes/MOB/messages/next", nil)
+		req.Header.Set("Authorization", "Bearer mob-secret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	first := get()
+	defer first.Body.Close()
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(first.Body, b); err != nil {
+		t.Fatal(err)
+	}
+	// The first poller is still receiving (the body is not complete).
+	time.Sleep(lease + 200*time.Millisecond)
+	second := get()
+	defer second.Body.Close()
+	if second.StatusCode == 200 {
+		t.Errorf("while poller 1 is still receiving message %s, poller 2 got it too (200, Relay-Message-Id %s); want 204 until the transfer has ended",
+			first.Header.Get("Relay-Message-Id"), second.Header.Get("Relay-Message-Id"))
+	}
+}
+
+// A node that stops reading a pulled message does not keep its handler
+// and the message's reader past the server's end: Serve's shutdown closes
+// the connections it waited 5 s for (it gave up without closing them).
+func TestPullStalledReaderEndsAtShutdown(t *testing.T) {
+	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
+	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var closed atomic.Bool
+	size := int64(256 << 20)
+	offer := pull.Offer{ID: "id1", Name: "Message_CO_MOB.xml", Header: exchange.Header{ExchangePlan: "P", From: "CO", To: "MOB", MessageNo: 1}, Size: size, SHA256: "x",
+		Open: func(context.Context) (io.ReadCloser, error) {
+			return closeFlag{io.LimitReader(zeros{}, size), &closed}, nil
+		}}
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, oneOffer{offer}}, "", slog.New(slog.DiscardHandler))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Serve(ctx, addr) }()
+	var c net.Conn
+	for range 50 {
+		if c, err = net.Dial("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var once sync.Once
+	closeConn := func() { once.Do(func() { c.Close() }) }
+	defer closeConn()
+	fmt.Fprint(c, "GET /api/v1/nodes/MOB/messages/next HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer mob-secret\r\n\r\n")
+	time.Sleep(500 * time.Millisecond) // the socket buffers fill; the client reads nothing
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+	// Serve's shutdown waits 5 s for handlers; allow that and more.
+	deadline := time.Now().Add(8 * time.Second)
+	for !closed.Load() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !closed.Load() {
+		t.Errorf("8 s after Serve's ctx ended, the pull handler still writes to a client that stopped reading: its goroutine and the message body stay open")
+	}
+	closeConn() // lets the leaked handler end
+}
+
+type zeros struct{}
+
+func (zeros) Read(b []byte) (int, error) {
+	clear(b)
+	return len(b), nil
+}
+
+type closeFlag struct {
+	io.Reader
+	closed *atomic.Bool
+}
+
+func (c closeFlag) Close() error { c.closed.Store(true); return nil }
+
+// recordingOutbox is oneOffer that records what the API does with it.
+type recordingOutbox struct {
+	oneOffer
+	ackErr   error
+	released atomic.Int32
+}
+
+func (b *recordingOutbox) Ack(string) error { return b.ackErr }
+func (b *recordingOutbox) Release(string)   { b.released.Add(1) }
+
+// A node that stops reading a pulled message is cut off after pullIdle
+// without a byte taken, and the message is released to be fetched again at
+// once: a handler had no write deadline and waited for ever.
+func TestPullStalledReaderCut(t *testing.T) {
+	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
+	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var closed atomic.Bool
+	size := int64(256 << 20)
+	ob := &recordingOutbox{oneOffer: oneOffer{pull.Offer{ID: "id1", Name: "Message_CO_MOB.xml", Header: exchange.Header{ExchangePlan: "P", From: "CO", To: "MOB", MessageNo: 1}, Size: size, SHA256: "x",
+		Open: func(context.Context) (io.ReadCloser, error) {
+			return closeFlag{io.LimitReader(zeros{}, size), &closed}, nil
+		}}}}
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, ob}, "", slog.New(slog.DiscardHandler))
+	s.pullIdle = 300 * time.Millisecond
+	c := serveConn(t, s)
+	fmt.Fprint(c, "GET /api/v1/nodes/MOB/messages/next HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer mob-secret\r\n\r\n")
+	deadline := time.Now().Add(10 * time.Second)
+	for !closed.Load() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !closed.Load() {
+		t.Fatal("10 s after the node stopped reading, the pull handler still writes to it")
+	}
+	for ob.released.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if ob.released.Load() == 0 {
+		t.Error("transfer broken off, but the message was not released to be fetched again")
+	}
+}
+
+// An acknowledgement of a message the mailbox no longer offers (the relay
+// is stopping, or it went back to JetStream) is 503: not acknowledged, the
+// node fetches it again; not 404 "already acknowledged?".
+func TestPullAckWithdrawnIs503(t *testing.T) {
+	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
+	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob := &recordingOutbox{ackErr: fmt.Errorf("http_pull MOB: id1: %w", pull.ErrWithdrawn)}
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, ob}, "", slog.New(slog.DiscardHandler))
+	if w := do(s, "POST", "/api/v1/nodes/MOB/messages/id1/ack", "192.0.2.7:5000", "Bearer mob-secret"); w.Code != http.StatusServiceUnavailable {
+		t.Errorf("ack of a withdrawn message: %d %s, want 503", w.Code, strings.TrimSpace(w.Body.String()))
 	}
 }

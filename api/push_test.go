@@ -2,11 +2,18 @@ package api
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"log/slog"
+	"mime/multipart"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
+
+	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/relay1c/relay/config"
 )
@@ -97,5 +104,76 @@ func TestPushSpoolFailureIs503(t *testing.T) {
 	s.ServeHTTP(w, r)
 	if w.Code != 503 {
 		t.Fatalf("good file, relay cannot spool it: %d %s, want 503 (not stored, send again)", w.Code, w.Body)
+	}
+}
+
+// A file exactly at relay.max_message_size pushed as a form is accepted:
+// the early Content-Length check allows for the multipart envelope (it
+// refused such a file 413, counting the envelope as the file).
+func TestPushMultipartFileAtLimit(t *testing.T) {
+	file, err := os.ReadFile("../testdata/fixtures/good/Message_CO_SHOP1.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("relay: { data_dir: %s, max_message_size: %d }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n", data, len(file))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(cfg, &fakeBackend{ready: true}, "", slog.New(slog.DiscardHandler))
+	// Raw: accepted (the file is exactly the limit).
+	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages?name=Message_CO_SHOP1.xml", bytes.NewReader(file))
+	r.RemoteAddr = "127.0.0.1:5000"
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	if w.Code != 202 {
+		t.Fatalf("raw push at the limit: %d %s", w.Code, w.Body)
+	}
+	// The same file as a form (curl -F file=@...).
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	fw, _ := mw.CreateFormFile("file", "Message_CO_SHOP1.xml")
+	fw.Write(file)
+	mw.Close()
+	r = httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages", bytes.NewReader(buf.Bytes()))
+	r.Header.Set("Content-Type", mw.FormDataContentType())
+	r.RemoteAddr = "127.0.0.1:5000"
+	w = httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	if w.Code != 202 {
+		t.Errorf("the same %d-byte file as multipart/form-data: %d %s, want 202 (the file is within max_message_size)", len(file), w.Code, strings.TrimSpace(w.Body.String()))
+	}
+}
+
+// recordingBackend counts pushes.
+type recordingBackend struct {
+	*fakeBackend
+	pushed atomic.Int32
+}
+
+func (b *recordingBackend) Push(context.Context, *message.Message) error {
+	b.pushed.Add(1)
+	return nil
+}
+
+// A push to a node not in routing.yaml is 400 and not stored, like one from
+// an unknown sender: it is the sender's to fix (it was taken, 202, and
+// dead-lettered by ingest).
+func TestPushToUnknownAddressee(t *testing.T) {
+	data := t.TempDir()
+	cfg, err := config.Parse([]byte("relay: { data_dir: " + data + " }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &recordingBackend{fakeBackend: &fakeBackend{ready: true}}
+	s := NewServer(cfg, be, "", slog.New(slog.DiscardHandler))
+	body := `<?xml version="1.0" encoding="UTF-8"?>
+<v8msg:Message xmlns:v8msg="http://v8.1c.ru/messages"><v8msg:Header><v8msg:ExchangePlan>Stores</v8msg:ExchangePlan><v8msg:To>NOSUCH</v8msg:To><v8msg:From>CO</v8msg:From><v8msg:MessageNo>1</v8msg:MessageNo></v8msg:Header><v8msg:Body/></v8msg:Message>`
+	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages", strings.NewReader(body))
+	r.RemoteAddr = "127.0.0.1:5000"
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	if w.Code != 400 || be.pushed.Load() != 0 {
+		t.Errorf("push to a node not in routing.yaml: %d %s (handed to the pipeline: %d), want 400 and not stored", w.Code, strings.TrimSpace(w.Body.String()), be.pushed.Load())
 	}
 }

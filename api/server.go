@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -106,13 +108,16 @@ type Server struct {
 	handler http.Handler
 	// pushIdle is how long a push's body may send nothing (a minute).
 	pushIdle time.Duration
+	// pullIdle is how long a pulling node may take no part of its file (a
+	// minute).
+	pullIdle time.Duration
 }
 
 // NewServer builds the handler. An empty token restricts the operator's
 // endpoints to loopback clients; nodes with api_token_env authenticate with
 // their own tokens from anywhere, for their own messages only.
 func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *Server {
-	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{}, pushIdle: time.Minute,
+	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{}, pushIdle: time.Minute, pullIdle: time.Minute,
 		spool: filepath.Join(cfg.Resolve(cfg.Relay.DataDir), "spool", "api")}
 	for _, code := range cfg.NodeNames() {
 		n := cfg.Nodes[code]
@@ -147,9 +152,76 @@ func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *
 	s.mux.Handle("DELETE /api/v1/dead/{seq}", s.auth(s.deadDrop))
 	// Browsers mark a request another site's page makes (Sec-Fetch-Site,
 	// Origin); 1C, scripts and relay's own client send neither and pass.
-	s.handler = http.NewCrossOriginProtection().Handler(s.mux)
+	s.handler = closeUnread(http.NewCrossOriginProtection().Handler(s.mux))
 	return s
 }
+
+// closeUnread answers with Connection: close whenever the reply starts
+// while the request's body has not been read to its end. Go's server would
+// otherwise read the rest (up to 256 KiB) before answering, and a client
+// that declares a body and never sends it would hold the connection and a
+// goroutine for ever on every reply that does not read it: healthz, the
+// mux's 404 and 405, the cross-origin 403.
+func closeUnread(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+			h.ServeHTTP(w, r)
+			return
+		}
+		b := &eofBody{ReadCloser: r.Body}
+		r.Body = b
+		h.ServeHTTP(&unreadGuard{ResponseWriter: w, body: b}, r)
+	})
+}
+
+// eofBody notes that a request body has been read to its end.
+type eofBody struct {
+	io.ReadCloser
+	eof atomic.Bool
+}
+
+func (b *eofBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.eof.Store(true)
+	}
+	return n, err
+}
+
+// unreadGuard is the ResponseWriter of closeUnread.
+type unreadGuard struct {
+	http.ResponseWriter
+	body    *eofBody
+	started bool
+}
+
+func (g *unreadGuard) WriteHeader(code int) {
+	if !g.started && code >= 200 {
+		g.started = true
+		if !g.body.eof.Load() {
+			g.Header().Set("Connection", "close")
+		}
+	}
+	g.ResponseWriter.WriteHeader(code)
+}
+
+func (g *unreadGuard) Write(b []byte) (int, error) {
+	if !g.started {
+		g.WriteHeader(http.StatusOK)
+	}
+	return g.ResponseWriter.Write(b)
+}
+
+// FlushError lets http.ResponseController flush through the guard.
+func (g *unreadGuard) FlushError() error {
+	if !g.started {
+		g.WriteHeader(http.StatusOK)
+	}
+	return http.NewResponseController(g.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection's deadlines.
+func (g *unreadGuard) Unwrap() http.ResponseWriter { return g.ResponseWriter }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
@@ -162,18 +234,28 @@ func (s *Server) Serve(ctx context.Context, addr string) error {
 	}
 	// IdleTimeout: a kept-alive connection nobody uses is closed. A body
 	// is bounded by the handler that reads it (push: pushIdle).
+	// A pull's writes are bounded by the handler too (pullIdle).
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			// Requests still running (a node taking a big file slowly):
+			// their connections are closed, which ends their handlers.
+			s.log.Warn("api: requests still running at shutdown: their connections are closed", "err", err)
+			_ = srv.Close()
+		}
 	}()
 	s.log.Info("api listening", "addr", ln.Addr().String())
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("api: %w", err)
+	err = srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		<-stopped
+		return nil
 	}
-	return nil
+	return fmt.Errorf("api: serve %s: %w", addr, err)
 }
 
 // caller is who made a request: the operator (admin) or a node with its
@@ -185,7 +267,9 @@ type caller struct {
 
 // identify authenticates a request; on failure it has answered it.
 func (s *Server) identify(w http.ResponseWriter, r *http.Request) (caller, bool) {
-	if got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+	// RFC 9110 §11.1: the scheme is case-insensitive.
+	if scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		got = strings.TrimLeft(got, " ")
 		if s.token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) == 1 {
 			return caller{admin: true}, true
 		}
@@ -201,6 +285,10 @@ func (s *Server) identify(w http.ResponseWriter, r *http.Request) (caller, bool)
 	if s.token == "" {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
 		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			if h := forwardedBy(r); h != "" {
+				refuse(w, http.StatusForbidden, fmt.Sprintf("the request came through a proxy (%s): without relay.api_token_env the API answers loopback clients only, and a proxy on this machine relays others; set relay.api_token_env to use the API through a proxy", h))
+				return caller{}, false
+			}
 			if !rebindSafe(r.Host) {
 				refuse(w, http.StatusForbidden, fmt.Sprintf("without relay.api_token_env the API answers requests to an IP address or localhost only, not to %q (a page of another site could point that name at this machine)", r.Host))
 				return caller{}, false
@@ -213,6 +301,18 @@ func (s *Server) identify(w http.ResponseWriter, r *http.Request) (caller, bool)
 	w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
 	refuse(w, http.StatusUnauthorized, "missing bearer token")
 	return caller{}, false
+}
+
+// forwardedBy names the header by which a reverse proxy says it relays a
+// request for another client, "" when there is none: such a request comes
+// from loopback, but not from a loopback client.
+func forwardedBy(r *http.Request) string {
+	for _, h := range []string{"Forwarded", "X-Forwarded-For", "X-Real-Ip"} {
+		if _, ok := r.Header[h]; ok {
+			return h
+		}
+	}
+	return ""
 }
 
 // rebindSafe says a request's Host cannot be a DNS rebinding: an IP
@@ -370,11 +470,17 @@ func seqOf(w http.ResponseWriter, r *http.Request) (uint64, bool) {
 	return seq, true
 }
 
+// deadStatus is the status of a dead letter operation's error: 409 only
+// for a retry refused for what the letter is; JetStream's failures are 503,
+// and the same request may be repeated.
 func (s *Server) deadStatus(err error) int {
-	if errors.Is(err, pipeline.ErrNoDeadLetter) {
+	switch {
+	case errors.Is(err, pipeline.ErrNoDeadLetter):
 		return http.StatusNotFound
+	case errors.Is(err, pipeline.ErrCannotRetry):
+		return http.StatusConflict
 	}
-	return http.StatusConflict
+	return http.StatusServiceUnavailable
 }
 
 func (s *Server) deadGet(w http.ResponseWriter, r *http.Request) {

@@ -54,7 +54,7 @@ func (f *fakeBackend) RetryDead(_ context.Context, seq uint64) (string, error) {
 	if seq != 1 {
 		return "", fmt.Errorf("dead letter %d: %w", seq, pipeline.ErrNoDeadLetter)
 	}
-	return "", errors.New("still cannot be routed")
+	return "", fmt.Errorf("dead letter 1: still cannot be routed: %w", pipeline.ErrCannotRetry)
 }
 func (f *fakeBackend) Push(context.Context, *message.Message) error { return nil }
 func (f *fakeBackend) Outbox(string) Outbox                         { return nil }
@@ -273,6 +273,92 @@ func TestPushStallCut(t *testing.T) {
 	}
 	if err == nil && !strings.Contains(line, "400") {
 		t.Fatalf("status line %q, want 400 (upload broken off)", line)
+	}
+}
+
+// A client that declares a request body and never sends it is answered
+// at once (and loses the connection) on the routes that do not read the
+// body: healthz, the mux's 404, Go's cross-origin 403. Go's server read the
+// body before answering, with no deadline, so the connection and its
+// goroutine were held for ever.
+func TestUnreadBodyNeverSentAnswered(t *testing.T) {
+	for _, c := range []struct{ name, req string }{
+		{"healthz", "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n"},
+		{"unknown path (404)", "POST /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n"},
+		{"cross-origin refusal (403)", "POST /api/v1/dead/1/retry HTTP/1.1\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 1000\r\n\r\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newTestServer(t, "s3cret", &fakeBackend{ready: true})
+			conn := serveConn(t, s)
+			fmt.Fprint(conn, c.req)
+			limit := 3 * time.Second
+			conn.SetReadDeadline(time.Now().Add(limit))
+			line, err := bufio.NewReader(conn).ReadString('\n')
+			if isTimeout(err) {
+				t.Fatalf("no answer and the connection still open after %s: a stranger holds a goroutine and a socket by declaring a body it never sends", limit)
+			}
+			t.Logf("answered: %q %v", line, err)
+		})
+	}
+}
+
+// Without relay.api_token_env the operator's endpoints answer loopback
+// clients only. A request a reverse proxy on the same machine relays for a
+// remote client arrives from 127.0.0.1 too; its Forwarded, X-Forwarded-For
+// or X-Real-IP says so, and it is refused (403), not given the operator's
+// rights.
+func TestForwardedRequestIsNotLoopback(t *testing.T) {
+	s := newTestServer(t, "", &fakeBackend{ready: true})
+	for _, h := range []struct{ k, v string }{
+		{"X-Forwarded-For", "203.0.113.9"},
+		{"Forwarded", "for=203.0.113.9"},
+		{"X-Real-IP", "203.0.113.9"},
+	} {
+		r := httptest.NewRequest("DELETE", "http://127.0.0.1:8088/api/v1/dead/1", nil)
+		r.RemoteAddr = "127.0.0.1:40000"
+		r.Header.Set(h.k, h.v)
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "relay.api_token_env") {
+			t.Errorf("request forwarded for a remote client (%s: %s): %d %s, want 403 naming relay.api_token_env (the operator's API answers loopback clients only)", h.k, h.v, w.Code, strings.TrimSpace(w.Body.String()))
+		}
+	}
+}
+
+// RFC 9110 §11.1: the auth scheme is case-insensitive; "bearer <token>"
+// with the right token was answered 401 "missing bearer token".
+func TestBearerSchemeCaseInsensitive(t *testing.T) {
+	s := newTestServer(t, "s3cret", &fakeBackend{ready: true})
+	w := do(s, "GET", "/api/v1/nodes", "192.0.2.7:5000", "bearer s3cret")
+	if w.Code != 200 {
+		t.Errorf("right token with scheme \"bearer\": %d %s, want 200", w.Code, strings.TrimSpace(w.Body.String()))
+	}
+}
+
+// natsDownBackend fails every dead-letter read and write the way JetStream
+// does when it does not answer.
+type natsDownBackend struct{ *fakeBackend }
+
+func (natsDownBackend) DeadLetter(context.Context, uint64) (pipeline.DeadLetter, error) {
+	return pipeline.DeadLetter{}, errors.New("dead letter 1: nats: timeout")
+}
+func (natsDownBackend) DropDead(context.Context, uint64) error {
+	return errors.New("dead letter 1: delete payload: nats: timeout")
+}
+func (natsDownBackend) RetryDead(context.Context, uint64) (string, error) {
+	return "", errors.New("dead letter 1: publish: nats: timeout")
+}
+
+// A dead letter operation that fails because JetStream did not answer is
+// 503 (the same request may be repeated), not 409 Conflict, which is kept
+// for a retry refused for what the letter is (still cannot be routed).
+func TestDeadLetterBackendFailureIs503(t *testing.T) {
+	s := newTestServer(t, "", natsDownBackend{&fakeBackend{ready: true}})
+	for _, c := range []struct{ method, path string }{{"GET", "/api/v1/dead/1"}, {"DELETE", "/api/v1/dead/1"}, {"POST", "/api/v1/dead/1/retry"}} {
+		w := do(s, c.method, c.path, "127.0.0.1:5000", "")
+		if w.Code < 500 {
+			t.Errorf("%s %s with JetStream not answering: %d %s, want a 5xx (503)", c.method, c.path, w.Code, strings.TrimSpace(w.Body.String()))
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -201,8 +202,13 @@ func publishRecord(ctx context.Context, js jetstream.JetStream, subject string, 
 }
 
 // routeProblem says why a valid message cannot be delivered, or "".
-func (p *Pipeline) routeProblem(h exchange.Header) string {
-	to, ok := p.cfg.Nodes[h.To]
+func (p *Pipeline) routeProblem(h exchange.Header) string { return RouteProblem(p.cfg, h) }
+
+// RouteProblem says why cfg cannot deliver a valid message with header h,
+// or "": ingest dead-letters such a message, and the API refuses a push of
+// it, so both judge by this one rule.
+func RouteProblem(cfg *config.Config, h exchange.Header) string {
+	to, ok := cfg.Nodes[h.To]
 	switch {
 	case !ok || to == nil:
 		return fmt.Sprintf("unknown node %q: not in routing.yaml", h.To)

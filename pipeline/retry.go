@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -24,7 +25,7 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 		return "", err
 	}
 	if l.Object == "" {
-		return "", fmt.Errorf("dead letter %d: its payload was not kept; it cannot be retried", seq)
+		return "", notRetriable{fmt.Errorf("dead letter %d: its payload was not kept; it cannot be retried", seq)}
 	}
 	h, size, sha, obj := l.Header, l.Size, l.SHA256, l.Object
 	name, nameErr := exchange.ParseName(l.FileName)
@@ -34,14 +35,17 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	}
 	if l.Stage == StagePickup || h == nil {
 		info, err := p.reinspect(ctx, l, name, nameErr)
-		if err != nil {
+		if errors.Is(err, ErrCannotRetry) {
 			return "", fmt.Errorf("dead letter %d: still not a valid message: %w", seq, err)
+		}
+		if err != nil {
+			return "", fmt.Errorf("dead letter %d: %w", seq, err)
 		}
 		h, size, sha, format = &info.Header, info.Size, info.SHA256, info.Format
 		obj = MessageID(info.Header, sha)
 	}
 	if reason := p.routeProblem(*h); reason != "" {
-		return "", fmt.Errorf("dead letter %d: still cannot be routed: %s", seq, reason)
+		return "", notRetriable{fmt.Errorf("dead letter %d: still cannot be routed: %s", seq, reason)}
 	}
 	if obj != l.Object {
 		if err := p.copyObject(ctx, l.Object, obj, size, sha); err != nil {
@@ -88,6 +92,18 @@ func fileNameFor(file string, n exchange.Name, nerr error, h exchange.Header, fo
 	return exchange.FileName(h.From, h.To, format)
 }
 
+// ErrCannotRetry marks a Retry refused for what the dead letter is (its
+// payload was not kept, it is still not a valid message, it still cannot be
+// routed): repeating the retry changes nothing until that is fixed. Other
+// errors of Retry are JetStream's or the disk's, and a repeat may succeed.
+var ErrCannotRetry = errors.New("cannot be retried")
+
+// notRetriable is an error of Retry that is ErrCannotRetry too; its text
+// is the wrapped error's.
+type notRetriable struct{ error }
+
+func (e notRetriable) Unwrap() []error { return []error{e.error, ErrCannotRetry} }
+
 // reinspect spools a dead payload to disk (a zip needs random access) and
 // inspects it again; name is its file name parsed (nerr: not a valid one).
 func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter, name exchange.Name, nerr error) (exchange.Info, error) {
@@ -112,10 +128,16 @@ func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter, name exchange.Na
 	}
 	// As at pickup: a password-protected zip is read with its channel's
 	// passwords (configured since, perhaps: the reason it was dead).
+	var info exchange.Info
 	if nerr != nil {
-		return exchange.InspectWith(f, n, p.opts.Limits, nil)
+		info, err = exchange.InspectWith(f, n, p.opts.Limits, nil)
+	} else {
+		info, err = exchange.InspectFile(f, n, p.opts.Limits, name, p.cfg.ZipPasswords(name.From, name.To))
 	}
-	return exchange.InspectFile(f, n, p.opts.Limits, name, p.cfg.ZipPasswords(name.From, name.To))
+	if exchange.IsVerdict(err) {
+		return info, notRetriable{err}
+	}
+	return info, err
 }
 
 // copyObject copies a payload of size bytes and sha256 sha (hex) to a new

@@ -60,8 +60,8 @@ func TestRetryUnroutableLeavesNoCopy(t *testing.T) {
 	l := pickupLetter(t, p, b, h)
 
 	_, err := p.Retry(context.Background(), l.Seq)
-	if err == nil || !strings.Contains(err.Error(), "still cannot be routed") {
-		t.Fatalf("retry: %v, want still cannot be routed", err)
+	if err == nil || !strings.Contains(err.Error(), "still cannot be routed") || !errors.Is(err, ErrCannotRetry) {
+		t.Fatalf("retry: %v, want still cannot be routed (ErrCannotRetry: the API's 409)", err)
 	}
 	if _, err := b.Payloads.GetInfo(context.Background(), MessageID(h, l.SHA256)); !errors.Is(err, jetstream.ErrObjectNotFound) {
 		t.Errorf("payload copy under the message id: %v, want none", err)
@@ -167,8 +167,8 @@ nodes:
 	}
 	ls, _ := p.Dead().List(ctx)
 	t.Setenv("RELAY_T_RETRY_ZIP_PW", "still-wrong")
-	if _, err := p.Retry(ctx, ls[0].Seq); !errors.Is(err, exchange.ErrWrongPassword) {
-		t.Fatalf("retry with a wrong password: %v, want ErrWrongPassword", err)
+	if _, err := p.Retry(ctx, ls[0].Seq); !errors.Is(err, exchange.ErrWrongPassword) || !errors.Is(err, ErrCannotRetry) {
+		t.Fatalf("retry with a wrong password: %v, want ErrWrongPassword and ErrCannotRetry", err)
 	}
 	t.Setenv("RELAY_T_RETRY_ZIP_PW", "relay-1C-test")
 	if _, err := p.Retry(ctx, ls[0].Seq); err != nil {

@@ -91,10 +91,15 @@ type Mailbox struct {
 	polled    func()
 	elsewhere func() bool
 
-	mu      sync.Mutex
-	offers  []*offer // in arrival order
-	closing chan struct{}
-	once    sync.Once
+	mu     sync.Mutex
+	offers []*offer // in arrival order
+	// withdrawn holds, for a lease, when park gave up on an offer (the
+	// relay stopping, the message's context ended, handed back): a node's
+	// late acknowledgement then hears that the message is offered again,
+	// not that it is unknown.
+	withdrawn map[string]time.Time
+	closing   chan struct{}
+	once      sync.Once
 }
 
 var _ message.Publisher = (*Mailbox)(nil)
@@ -104,11 +109,17 @@ func NewMailbox(node string, cfg Config, log *slog.Logger) *Mailbox {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Mailbox{node: node, lease: cfg.Lease.Std(), log: log.With("node", node, "adapter", "http_pull"), now: time.Now, closing: make(chan struct{})}
+	return &Mailbox{node: node, lease: cfg.Lease.Std(), log: log.With("node", node, "adapter", "http_pull"), now: time.Now,
+		withdrawn: map[string]time.Time{}, closing: make(chan struct{})}
 }
 
 // ErrUnknownOffer is returned by Ack for an id that is not waiting.
 var ErrUnknownOffer = errors.New("no such message waiting")
+
+// ErrWithdrawn is returned by Ack for a message that was waiting but is no
+// longer offered here (the relay is stopping, or the message went back to
+// JetStream): it is offered again, and the node must fetch it again.
+var ErrWithdrawn = errors.New("no longer offered here: it is offered again")
 
 // errClosed makes a parked delivery fail when the relay stops; JetStream
 // offers the message again after the restart.
@@ -152,6 +163,7 @@ func (mb *Mailbox) park(m *message.Message) error {
 		}
 	}
 	mb.offers = append(mb.offers, o)
+	delete(mb.withdrawn, o.ID)
 	mb.mu.Unlock()
 	mb.log.Debug("waiting for the node to pull", "message_id", m.UUID, "file", d.Name, "id", o.ID)
 	var check <-chan time.Time
@@ -160,19 +172,31 @@ func (mb *Mailbox) park(m *message.Message) error {
 		defer t.Stop()
 		check = t.C
 	}
+	// The outcome is decided once, under the lock: either Ack takes the
+	// offer (the node heard "acknowledged": delivered) or withdraw does (a
+	// later Ack fails with ErrWithdrawn), never both.
+	delivered := func() error {
+		mb.log.Debug("delivered: the node acknowledged", "message_id", m.UUID, "file", d.Name, "id", o.ID)
+		return nil
+	}
 	for {
 		select {
 		case <-o.acked:
-			mb.log.Debug("delivered: the node acknowledged", "message_id", m.UUID, "file", d.Name, "id", o.ID)
-			return nil
+			return delivered()
 		case <-m.Context().Done():
-			mb.remove(o)
-			return m.Context().Err()
+			if !mb.withdraw(o, false) {
+				return delivered()
+			}
+			return fmt.Errorf("http_pull %s: %s: %w", mb.node, d.Name, m.Context().Err())
 		case <-mb.closing:
-			mb.remove(o)
+			if !mb.withdraw(o, false) {
+				return delivered()
+			}
 			return errClosed
 		case <-check:
-			if mb.elsewhere() && mb.removeUnleased(o) {
+			// Not withdrawn: a client holds it, or Ack took it just now
+			// (o.acked is closed).
+			if mb.elsewhere() && mb.withdraw(o, true) {
 				return fmt.Errorf("http_pull %s: %s: the node pulls from another replica: %w", mb.node, d.Name, exchange.ErrNotTaken)
 			}
 		}
@@ -195,31 +219,29 @@ func (mb *Mailbox) Share(polled func(), elsewhere func() bool) {
 	mb.polled, mb.elsewhere = polled, elsewhere
 }
 
-// removeUnleased takes o out of the mailbox unless a client holds it now.
-func (mb *Mailbox) removeUnleased(o *offer) bool {
+// withdraw takes o out of the mailbox, unless Ack took it first or, with
+// unleased, a client holds it now; a later Ack of it fails with
+// ErrWithdrawn.
+func (mb *Mailbox) withdraw(o *offer, unleased bool) bool {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
-	if mb.now().Before(o.leasedUntil) {
+	now := mb.now()
+	if unleased && now.Before(o.leasedUntil) {
 		return false
 	}
 	for i, x := range mb.offers {
 		if x == o {
 			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
+			for id, at := range mb.withdrawn {
+				if now.Sub(at) > mb.lease {
+					delete(mb.withdrawn, id)
+				}
+			}
+			mb.withdrawn[o.ID] = now
 			return true
 		}
 	}
 	return false
-}
-
-func (mb *Mailbox) remove(o *offer) {
-	mb.mu.Lock()
-	defer mb.mu.Unlock()
-	for i, x := range mb.offers {
-		if x == o {
-			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
-			return
-		}
-	}
 }
 
 // Next leases the oldest waiting message that no client holds, false when
@@ -255,8 +277,24 @@ func (mb *Mailbox) Release(id string) {
 	}
 }
 
+// Touch starts the lease of the waiting message id again from now: the API
+// holds the lease of a message while it is still sending it, so that the
+// lease counts from the end of the transfer, not from its start.
+func (mb *Mailbox) Touch(id string) {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	for _, o := range mb.offers {
+		if o.ID == id {
+			o.leasedUntil = mb.now().Add(mb.lease)
+			return
+		}
+	}
+}
+
 // Ack completes the delivery of the waiting message id (also after its
-// lease ran out, as long as it is still waiting).
+// lease ran out, as long as it is still waiting). A message that was
+// waiting but has been withdrawn (see ErrWithdrawn) is not acknowledged:
+// it is offered again.
 func (mb *Mailbox) Ack(id string) error {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
@@ -266,6 +304,9 @@ func (mb *Mailbox) Ack(id string) error {
 			close(o.acked)
 			return nil
 		}
+	}
+	if _, ok := mb.withdrawn[id]; ok {
+		return fmt.Errorf("http_pull %s: %s: %w", mb.node, id, ErrWithdrawn)
 	}
 	return fmt.Errorf("http_pull %s: %s: %w", mb.node, id, ErrUnknownOffer)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync/atomic"
@@ -189,5 +190,46 @@ func TestMailboxHandBack(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("acknowledged delivery: %v", err)
+	}
+}
+
+// When the relay stops (Close) or a message's context ends at the moment
+// the node acknowledges it, the outcome is decided once: either Ack took
+// the offer and Publish reports the delivery, or Publish gave up and Ack
+// fails with ErrWithdrawn (the API answers 503 and the node fetches the
+// message again). Ack answering nil while Publish failed made the message
+// come a second time although its acknowledgement was accepted.
+func TestAckRacingWithdrawalDecidedOnce(t *testing.T) {
+	for _, how := range []string{"close", "ctx"} {
+		bad := 0
+		for i := range 30 {
+			mb := NewMailbox("B", Config{Lease: config.Duration(time.Minute)}, nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			m := testMsg(t, fmt.Sprintf("id-%s-%d", how, i), 1, "data")
+			exchange.Rebase(m, ctx)
+			done := make(chan error, 1)
+			go func() { done <- mb.Publish("", m) }()
+			var o Offer
+			for ok := false; !ok; o, ok = mb.Next() {
+				time.Sleep(time.Millisecond)
+			}
+			if how == "close" {
+				mb.Close()
+			} else {
+				cancel()
+			}
+			ackErr := mb.Ack(o.ID)
+			pubErr := <-done
+			cancel()
+			if ackErr == nil && pubErr != nil {
+				bad++
+			}
+			if ackErr != nil && !errors.Is(ackErr, ErrWithdrawn) {
+				t.Errorf("%s: Ack of a withdrawn offer: %v, want ErrWithdrawn", how, ackErr)
+			}
+		}
+		if bad > 0 {
+			t.Errorf("%s: %d of 30 acknowledgements answered nil while Publish failed (the message is offered again)", how, bad)
+		}
 	}
 }
