@@ -32,6 +32,18 @@ func (b oneOffer) Ack(string) error         { return nil }
 func (b oneOffer) Release(string)           {}
 func (b oneOffer) Touch(string)             {}
 
+// mobConfig is a routing.yaml whose node MOB pulls its messages with the
+// token mob-secret.
+func mobConfig(t *testing.T) *config.Config {
+	t.Helper()
+	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
+	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 // pullBackend is fakeBackend with an http_pull mailbox.
 type pullBackend struct {
 	*fakeBackend
@@ -44,11 +56,7 @@ func (p pullBackend) Outbox(string) Outbox { return p.ob }
 // numbers, and without them when the message was routed by its file name
 // (a sealed zip has none to tell; 0 or "" would read as real values).
 func TestPullHeaders(t *testing.T) {
-	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
-	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mobConfig(t)
 	sealed, err := exchange.ParseName("Message_CO_MOB.zip")
 	if err != nil {
 		t.Fatal(err)
@@ -86,34 +94,22 @@ func TestPullHeaders(t *testing.T) {
 // bodySHA is the sha256 of "body", the offers' file.
 const bodySHA = "230d8358dc8e8890b4c58deeb62912ee2f20357ae92a5cc861b98e68fe31acb5"
 
-// releasing is an outbox of one message that records its releases.
-type releasing struct {
-	oneOffer
-	released *atomic.Int32
-}
-
-func (b releasing) Release(string) { b.released.Add(1) }
-
 // TestPullDamagedFileNeverComplete: a stored file found wrong at its end
 // (another sha256, the store's digest check) reaches the node one byte
 // short of its Content-Length, never as a complete-looking download, and
 // is offered again at once.
 func TestPullDamagedFileNeverComplete(t *testing.T) {
-	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
-	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mobConfig(t)
 	offer := pull.Offer{ID: "id1", Name: "Message_CO_MOB.xml", Size: 4, SHA256: bodySHA,
 		Open: func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("bodY")), nil }}
-	var released atomic.Int32
-	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, releasing{oneOffer{offer}, &released}}, "", slog.New(slog.DiscardHandler))
+	ob := &recordingOutbox{oneOffer: oneOffer{offer}}
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, ob}, "", slog.New(slog.DiscardHandler))
 	w := do(s, "GET", "/api/v1/nodes/MOB/messages/next", "127.0.0.1:5000", "Bearer mob-secret")
 	if w.Body.Len() >= 4 {
 		t.Fatalf("the node got %d of 4 bytes of a file whose sha256 is wrong: a complete-looking download", w.Body.Len())
 	}
-	if released.Load() != 1 {
-		t.Errorf("released %d times, want once (offered again at once)", released.Load())
+	if n := ob.released.Load(); n != 1 {
+		t.Errorf("released %d times, want once (offered again at once)", n)
 	}
 }
 
@@ -122,11 +118,7 @@ func TestPullDamagedFileNeverComplete(t *testing.T) {
 // message and read its payload for nothing, and the node's real GET then
 // heard 204 "nothing waits" for the whole lease (5 min by default).
 func TestPullHeadDoesNotLease(t *testing.T) {
-	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
-	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mobConfig(t)
 	mb := pull.NewMailbox("MOB", pull.Config{Lease: config.Duration(5 * time.Minute)}, nil)
 	defer mb.Close()
 	body := []byte("<x/>")
@@ -174,11 +166,7 @@ func (g *gatedBody) Close() error { g.closed.Store(true); return nil }
 // ran out was handed, in full, to a second poller (or back to JetStream
 // with replicas) while the first was still receiving it.
 func TestPullLeaseHeldDuringTransfer(t *testing.T) {
-	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
-	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mobConfig(t)
 	lease := 300 * time.Millisecond
 	mb := pull.NewMailbox("MOB", pull.Config{Lease: config.Duration(lease)}, nil)
 	defer mb.Close()
@@ -234,11 +222,7 @@ func TestPullLeaseHeldDuringTransfer(t *testing.T) {
 // and the message's reader past the server's end: Serve's shutdown closes
 // the connections it waited 5 s for (it gave up without closing them).
 func TestPullStalledReaderEndsAtShutdown(t *testing.T) {
-	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
-	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mobConfig(t)
 	var closed atomic.Bool
 	size := int64(256 << 20)
 	offer := pull.Offer{ID: "id1", Name: "Message_CO_MOB.xml", Header: exchange.Header{ExchangePlan: "P", From: "CO", To: "MOB", MessageNo: 1}, Size: size, SHA256: "x",
@@ -316,11 +300,7 @@ func (b *recordingOutbox) Release(string)   { b.released.Add(1) }
 // without a byte taken, and the message is released to be fetched again at
 // once: a handler had no write deadline and waited for ever.
 func TestPullStalledReaderCut(t *testing.T) {
-	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
-	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mobConfig(t)
 	var closed atomic.Bool
 	size := int64(256 << 20)
 	ob := &recordingOutbox{oneOffer: oneOffer{pull.Offer{ID: "id1", Name: "Message_CO_MOB.xml", Header: exchange.Header{ExchangePlan: "P", From: "CO", To: "MOB", MessageNo: 1}, Size: size, SHA256: "x",
@@ -350,11 +330,7 @@ func TestPullStalledReaderCut(t *testing.T) {
 // is stopping, or it went back to JetStream) is 503: not acknowledged, the
 // node fetches it again; not 404 "already acknowledged?".
 func TestPullAckWithdrawnIs503(t *testing.T) {
-	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
-	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := mobConfig(t)
 	ob := &recordingOutbox{ackErr: fmt.Errorf("http_pull MOB: id1: %w", pull.ErrWithdrawn)}
 	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, ob}, "", slog.New(slog.DiscardHandler))
 	if w := do(s, "POST", "/api/v1/nodes/MOB/messages/id1/ack", "192.0.2.7:5000", "Bearer mob-secret"); w.Code != http.StatusServiceUnavailable {

@@ -11,7 +11,6 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -26,7 +25,6 @@ import (
 	ftpserver "goftp.io/server/v2"
 	"goftp.io/server/v2/driver/file"
 
-	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
@@ -269,24 +267,7 @@ func TestPickupUnreadableFileShown(t *testing.T) {
 	}
 	d := &unreadable{Driver: drv}
 	cfg := testConfig(serve(t, d, "out"), "pickup")
-	c, err := newClient("A", "pickup", cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
-	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
-		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
-		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterDelete},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := p.Subscribe(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, _ := startPickup(t, cfg, config.After{Action: config.AfterDelete})
 	deadline := time.Now().Add(5 * time.Second)
 	for d.retrs.Load() < 2 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
@@ -456,25 +437,7 @@ func TestPickupMoveFolderMadeAgain(t *testing.T) {
 	out := filepath.Join(root, "out")
 	os.MkdirAll(out, 0o755)
 	cfg := testConfig(startServer(t, root, "out"), "pickup")
-	c, err := newClient("A", "pickup", cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
-	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
-		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
-		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterMove, Folder: "done"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ch, err := p.Subscribe(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, ch := startPickup(t, cfg, config.After{Action: config.AfterMove, Folder: "done"})
 	go func() {
 		for m := range ch {
 			m.Ack()

@@ -662,23 +662,7 @@ func TestPickupCloseDuringLongDownload(t *testing.T) {
 	}
 	cfg := testConfig(serve(t, slowRetr{drv}, "out"), "pickup")
 	cfg.IOTimeout = config.Duration(30 * time.Second)
-	c, err := newClient("A", "pickup", cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
-	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
-		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
-		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterDelete},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := p.Subscribe(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
+	p, _ := startPickup(t, cfg, config.After{Action: config.AfterDelete})
 	time.Sleep(1 * time.Second) // the download runs; a later scan waits for the connection
 	start := time.Now()
 	done := make(chan struct{})
@@ -688,4 +672,30 @@ func TestPickupCloseDuringLongDownload(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatalf("Close still blocked %s after it was called: it waits for the running download", time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// startPickup makes a pickup of node A on an FTP source with cfg and
+// starts it; it is closed when the test ends (Close may come earlier).
+func startPickup(t *testing.T, cfg Config, after config.After) (*folder.Pickup, <-chan *message.Message) {
+	t.Helper()
+	c, err := newClient("A", "pickup", cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
+		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
+		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: after,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch, err := p.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, ch
 }
