@@ -369,7 +369,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	}
 	const (
 		perChannel = 20 // N messages per channel
-		kills      = 9 // three aimed at each of pickup, commit, delivery
+		kills      = 9  // three aimed at each of pickup, commit, delivery
 	)
 	began := time.Now()
 	bin := buildRelay(t)
