@@ -42,6 +42,10 @@ type Publisher struct {
 	mu    sync.Mutex
 	wrote map[string]written
 
+	// open opens the file at a destination's final name (os.Open; a test
+	// makes it fail).
+	open func(name string) (*os.File, error)
+
 	trouble.Last
 }
 
@@ -65,7 +69,7 @@ func NewPublisher(node string, cfg DeliverConfig, log *slog.Logger) (*Publisher,
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Publisher{node: node, cfg: cfg, log: log.With("node", node, "adapter", "dir", "path", cfg.Path), lim: exchange.DefaultLimits()}
+	p := &Publisher{node: node, cfg: cfg, log: log.With("node", node, "adapter", "dir", "path", cfg.Path), lim: exchange.DefaultLimits(), open: os.Open}
 	if err := os.MkdirAll(cfg.Path, 0o750); err != nil {
 		return nil, fmt.Errorf("dir %s: create %s: %w", node, cfg.Path, err)
 	}
@@ -178,21 +182,33 @@ func createPart(dir string) (*os.File, error) {
 // MessageNo: an older message never overwrites a newer one (DESIGN.md §6.3).
 // A file of the same channel and number and of the message's size is this
 // message, written by an attempt the relay did not live to record: it is
-// left as it is (exchange.ErrInPlace).
+// left as it is (exchange.ErrInPlace). A file there that cannot be read
+// (no right to read it, a disk error) fails the delivery, which is tried
+// again: only a missing file, or one that reads and is not a message, is
+// replaced.
 func (p *Publisher) checkNotNewer(dst string, h exchange.Header, size int64) error {
 	have, haveSize, ok := p.recall(dst)
 	if !ok {
-		f, err := os.Open(dst)
-		if err != nil {
+		f, err := p.open(dst)
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil
+		}
+		fail := func(err error) error {
+			return fmt.Errorf("dir %s: read %s to compare its number: %w", p.node, filepath.Base(dst), err)
+		}
+		if err != nil {
+			return fail(err)
 		}
 		defer f.Close()
 		fi, err := f.Stat()
 		if err != nil {
-			return nil
+			return fail(err)
 		}
 		if have, err = exchange.ReadFileHeader(f, fi.Size(), p.lim, ""); err != nil {
-			return nil // unreadable: ours replaces it
+			if exchange.IsVerdict(err) {
+				return nil // not a message, or a partial one: ours replaces it
+			}
+			return fail(err)
 		}
 		haveSize = fi.Size()
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -362,6 +363,46 @@ func TestDeliverSeesReplacedFile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDeliverUnreadableDestinationNotReplaced: a newer message at the
+// final name that relay cannot read (put there by another hand with a mode
+// relay's user may not read, a disk error) fails the delivery; it was taken
+// for "unreadable: ours replaces it", and the older message was renamed
+// over the newer one.
+func TestDeliverUnreadableDestinationNotReplaced(t *testing.T) {
+	dst := t.TempDir()
+	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := filepath.Join(dst, "Message_A_B.xml")
+	f7, _ := exchangetest.WriteFile(t.TempDir(), hdr(7), 5000, exchange.FormatXML)
+	copyFile(t, f7, final)
+	p.open = func(string) (*os.File, error) { return nil, fs.ErrPermission } // as for a user who may not read it
+	f6, _ := exchangetest.WriteFile(t.TempDir(), hdr(6), 3000, exchange.FormatXML)
+	err = p.Publish("", deliverMsg(t, f6, hdr(6)))
+	if no := readNo(t, final); no != 7 {
+		t.Fatalf("destination holds No %d after delivering No 6 (Publish: %v): the newer No 7 it could not read was replaced", no, err)
+	}
+	if err == nil || !strings.Contains(err.Error(), "to compare its number") {
+		t.Errorf("Publish: %v, want the read of the destination's file named", err)
+	}
+}
+
+// readNo is the MessageNo of the message file at path.
+func readNo(t *testing.T, path string) uint64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h, err := exchange.ReadHeader(f, exchange.DefaultLimits())
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return h.MessageNo
 }
 
 func copyFile(t *testing.T, from, to string) {
