@@ -190,40 +190,58 @@ type Endpoint struct {
 }
 
 // UnmarshalYAML reads `{ <kind>: <options>, after: ... }`. Aliases and
-// merge keys are resolved first, so the options stand on their own.
+// merge keys are resolved first, so the options stand on their own. Its
+// errors are *yaml.TypeError, which yaml.v3 collects and decodes past, so
+// that one bad endpoint does not hide the rest of routing.yaml.
 func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {
 	n, err := resolveAliases(n)
 	if err != nil {
-		return err
+		return &yaml.TypeError{Errors: []string{err.Error()}}
 	}
 	if n.Kind != yaml.MappingNode {
-		return fmt.Errorf("line %d: an endpoint is a mapping like { dir: ./path }", n.Line)
+		return valueError(n, "an endpoint is a mapping like { dir: ./path }")
 	}
-	after := ""
+	var errs []string
+	var after *yaml.Node
+	seen := map[string]*yaml.Node{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
+		if first, ok := seen[k.Value]; ok {
+			errs = append(errs, positioned(v, "written twice in one endpoint (first at line %d); keep one", first.Line))
+			continue
+		}
+		seen[k.Value] = k
 		switch k.Value {
 		case "after":
-			if v.Kind != yaml.ScalarNode {
-				return fmt.Errorf("line %d: after: want delete, move:<folder> or keep", v.Line)
-			}
-			after = v.Value
+			after = v
 		default:
 			if e.Kind != "" {
-				return fmt.Errorf("line %d: endpoint has two kinds, %s and %s; one endpoint is one kind", k.Line, e.Kind, k.Value)
+				errs = append(errs, positioned(v, "endpoint has two kinds, %s and %s; one endpoint is one kind", e.Kind, k.Value))
+				continue
 			}
 			e.Kind = k.Value
 			e.Options = *v
 		}
 	}
 	if e.Kind == "" {
-		return fmt.Errorf("line %d: endpoint names no kind (dir, ftp, imap, smtp, http)", n.Line)
+		errs = append(errs, positioned(n, "endpoint names no kind (dir, ftp, imap, smtp, http)"))
 	}
-	a, err := ParseAfter(after)
-	if err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+	e.After = After{Action: AfterDelete}
+	switch {
+	case after == nil:
+	case after.Kind != yaml.ScalarNode:
+		errs = append(errs, positioned(after, "want delete, move:<folder> or keep"))
+	default:
+		a, err := ParseAfter(after.Value)
+		if err != nil {
+			errs = append(errs, positioned(after, "%s", strings.TrimPrefix(err.Error(), "after: ")))
+		} else {
+			e.After = a
+		}
 	}
-	e.After = a
+	if len(errs) > 0 {
+		return &yaml.TypeError{Errors: errs}
+	}
 	return nil
 }
 
@@ -243,14 +261,15 @@ func ParseAfter(s string) (After, error) {
 // Duration is a time.Duration written as "10s", "2m" in YAML.
 type Duration time.Duration
 
-// UnmarshalYAML parses Go duration syntax.
+// UnmarshalYAML parses Go duration syntax. Its errors are *yaml.TypeError,
+// which yaml.v3 collects and decodes past.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration like 10s or 2m", n.Line, n.Value)
+		return valueError(n, "%q is not a duration like 10s or 2m", n.Value)
 	}
 	if v < 0 {
-		return fmt.Errorf("line %d: duration %q is negative", n.Line, n.Value)
+		return valueError(n, "duration %q is negative", n.Value)
 	}
 	*d = Duration(v)
 	return nil
@@ -262,11 +281,17 @@ func (d Duration) Std() time.Duration { return time.Duration(d) }
 // Size is a byte count written as "10MiB", "25MB" or a plain number in YAML.
 type Size int64
 
-// UnmarshalYAML parses sizes with IEC (KiB, MiB, GiB) or SI (kB, MB, GB) units.
+// UnmarshalYAML parses sizes with IEC (KiB, MiB, GiB) or SI (kB, MB, GB)
+// units. A ',' is refused: humanize reads it as a thousands separator, so
+// the decimal comma of 1,5GiB would make it 15 GiB. Its errors are
+// *yaml.TypeError, which yaml.v3 collects and decodes past.
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	if strings.Contains(n.Value, ",") {
+		return valueError(n, "%q has a ',': write a fraction with '.' (1.5GiB) and no thousands separators", n.Value)
+	}
 	v, err := humanize.ParseBytes(n.Value)
 	if err != nil || v > math.MaxInt64 {
-		return fmt.Errorf("line %d: %q is not a size like 10MiB or 25MB", n.Line, n.Value)
+		return valueError(n, "%q is not a size like 10MiB or 25MB", n.Value)
 	}
 	*s = Size(v)
 	return nil
@@ -282,7 +307,10 @@ const DefaultMaxMessageSize = 2 << 30
 const MaxConfigSize = 4 << 20
 
 // Load reads and decodes a routing.yaml file and fills defaults. It does not
-// validate adapter options; call Validate for that.
+// validate adapter options; call Problems for that. When the error is a
+// *DecodeError (values that do not decode, unknown keys, ...), Load also
+// returns what did decode, so that `relay validate` can list every problem
+// at once; such a Config must not be run.
 func Load(path string) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -297,26 +325,61 @@ func Load(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: larger than %d bytes", path, MaxConfigSize)
 	}
 	c, err := Parse(data)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+	if c != nil {
+		c.path = path
 	}
-	c.path = path
+	if err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
 	return c, nil
 }
 
-// Parse decodes routing.yaml bytes strictly (unknown top-level keys fail) and fills defaults.
+// Parse decodes routing.yaml bytes strictly (unknown keys, keys written
+// twice and a second YAML document fail) and fills defaults. Every problem
+// of decoding is reported at once, each with its path, in a *DecodeError;
+// with it Parse also returns what did decode (defaults filled where a value
+// did not), for Problems to check the rest. Any other error (YAML that does
+// not parse) returns no Config.
 func Parse(data []byte) (*Config, error) {
 	c := &Config{}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("file is empty")
+	var problems []string
+	var te *yaml.TypeError
+	switch err := dec.Decode(c); {
+	case errors.Is(err, io.EOF):
+		return nil, errors.New("file is empty")
+	case errors.As(err, &te):
+		loc := locate(data)
+		for _, msg := range te.Errors {
+			problems = append(problems, loc.name(msg))
 		}
+	case err != nil:
 		return nil, err
 	}
+	// The decoder stops after the first document: what follows a `---`
+	// would be ignored without a word.
+	// An empty one (a '---' at the end) ignores nothing.
+	var next yaml.Node
+	if err := dec.Decode(&next); !errors.Is(err, io.EOF) && (err != nil || !emptyDocument(&next)) {
+		at := ""
+		if err == nil {
+			at = fmt.Sprintf(" (the second starts at line %d)", next.Line)
+		}
+		problems = append(problems, "routing.yaml holds more than one YAML document"+at+
+			"; everything after the first '---' would be ignored: keep one")
+	}
 	c.setDefaults()
+	if len(problems) > 0 {
+		return c, &DecodeError{Problems: problems}
+	}
 	return c, nil
+}
+
+// emptyDocument says the document n holds nothing (only comments or a null).
+func emptyDocument(n *yaml.Node) bool {
+	return n.Kind == yaml.DocumentNode && (len(n.Content) == 0 ||
+		len(n.Content) == 1 && n.Content[0].Kind == yaml.ScalarNode && n.Content[0].ShortTag() == "!!null")
 }
 
 func (c *Config) setDefaults() {
@@ -414,21 +477,23 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	if !validRelayID(c.Relay.ID) {
 		add("relay.id", "%q must not contain spaces, '.', '*' or '>'", c.Relay.ID)
 	}
-	// As net.Listen reads it: a port number or a service name.
+	// A port number: net.Listen would serve a service name (:http), but
+	// the commands that talk to the relay build their URL from it, where
+	// only a number is a port.
 	if _, port, err := net.SplitHostPort(c.Relay.Listen); err != nil {
 		add("relay.listen", "%q is not host:port", c.Relay.Listen)
-	} else if _, err := net.LookupPort("tcp", port); err != nil {
-		add("relay.listen", "%q is not host:port (port %q)", c.Relay.Listen, port)
+	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		add("relay.listen", "%q is not host:port (port %q: a number from 0 to 65535)", c.Relay.Listen, port)
 	}
 	if c.Relay.APITokenEnv != "" && !validEnvName(c.Relay.APITokenEnv) {
-		add("relay.api_token_env", "%q is not an environment variable name", c.Relay.APITokenEnv)
+		add("relay.api_token_env", "%s", NotEnvName)
 	}
 	if c.NATS.URL == "" && (c.NATS.CredsFile != "" || c.NATS.TLS != nil || c.NATS.User != "" || c.NATS.PasswordEnv != "" || c.NATS.TokenEnv != "") {
 		add("nats", "creds_file, user, password_env, token_env and tls apply to an external server; set nats.url or remove them")
 	}
 	for key, env := range map[string]string{"nats.password_env": c.NATS.PasswordEnv, "nats.token_env": c.NATS.TokenEnv} {
 		if env != "" && !validEnvName(env) {
-			add(key, "%q is not an environment variable name", env)
+			add(key, "%s", NotEnvName)
 		}
 	}
 	switch n := c.NATS; {
@@ -489,6 +554,10 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		if strings.ContainsAny(name, "/\\\x00") {
 			add(p, "node code must not contain '/', '\\' or NUL")
 		}
+		if l := len(longestNodeName) + len(Token(name)); l > maxNATSName {
+			add(p, "node code is too long: its NATS consumer name %s<code> would be %d bytes, over %d "+
+				"(a byte other than A-Z, a-z, 0-9, '_' and '-' takes 3: a Cyrillic letter 6)", longestNodeName, l, maxNATSName)
+		}
 		if n == nil {
 			add(p, "empty node; give it a pickup and/or deliver")
 			continue
@@ -504,10 +573,10 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 			add(p, "has neither pickup nor deliver (nor api_token_env to push through the API)")
 		}
 		if n.ZipPasswordEnv != "" && !validEnvName(n.ZipPasswordEnv) {
-			add(p+".zip_password_env", "%q is not an environment variable name", n.ZipPasswordEnv)
+			add(p+".zip_password_env", "%s", NotEnvName)
 		}
 		if n.APITokenEnv != "" && !validEnvName(n.APITokenEnv) {
-			add(p+".api_token_env", "%q is not an environment variable name", n.APITokenEnv)
+			add(p+".api_token_env", "%s", NotEnvName)
 		} else if n.APITokenEnv != "" {
 			if other, ok := tokenOf[n.APITokenEnv]; ok {
 				add(p+".api_token_env", "%q is also the token of %s; every node needs its own", n.APITokenEnv, other)
@@ -529,7 +598,8 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 			if role == "deliver" && e.Kind == "http_pull" && n.APITokenEnv == "" {
 				add(p+".deliver.http_pull", "the node pulls with its own token: set %s.api_token_env", p)
 			}
-			if ep == nil {
+			// No kind: decoding said so (a *DecodeError), there is nothing to check.
+			if ep == nil || e.Kind == "" {
 				continue
 			}
 			for _, err := range ep.CheckEndpoint(role, e) {
@@ -615,6 +685,20 @@ var natsSchemes = map[string]bool{"nats": true, "tls": true, "ws": true, "wss": 
 
 // optionKey is an adapter option name at the start of an adapter's error.
 var optionKey = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+// NotEnvName is the problem of a *_env option whose value cannot name an
+// environment variable. The value is not shown: the likeliest slip is the
+// secret itself written where its variable's name goes.
+const NotEnvName = "is not an environment variable name (value not shown: put the secret in the environment and name the variable here)"
+
+// maxNATSName is the longest name JetStream gives a consumer (it is a
+// folder's name in the store).
+const maxNATSName = 255
+
+// longestNodeName is the longest prefix of a NATS name made of a node
+// code's Token: the delivery consumer's (bus.ConsumerName); the fetch
+// consumer's, fetch_, is shorter.
+const longestNodeName = "deliver_"
 
 // validEnvName accepts POSIX-ish variable names.
 func validEnvName(s string) bool {

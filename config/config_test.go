@@ -36,12 +36,12 @@ func TestProblems(t *testing.T) {
 		{"kind refused", "nodes:\n  SHOP1:\n    pickup: { ftp: { url: x } }\n", []string{"nodes.SHOP1.pickup.ftp: ftp endpoints are not available"}},
 		{"after on deliver", "nodes:\n  A:\n    deliver: { dir: ./b, after: keep }\n", []string{"nodes.A.deliver.after: after applies to pickups only"}},
 		{"bad listen", "relay: { listen: nowhere }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "nowhere" is not host:port`}},
-		{"bad env name", "relay: { api_token_env: 'MY TOKEN' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.api_token_env: "MY TOKEN" is not an environment variable name`}},
+		{"bad env name", "relay: { api_token_env: 'MY TOKEN' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.api_token_env: is not an environment variable name (value not shown`}},
 		{"creds without url", "nats: { creds_file: /x }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: creds_file, user, password_env, token_env and tls apply to an external server"}},
 		{"user without url", "nats: { user: relay, password_env: NATS_PW }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: creds_file, user, password_env, token_env and tls apply to an external server"}},
 		{"user without password_env", "nats: { url: nats://h:4222, user: relay }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: user and password_env go together"}},
 		{"two ways to log in", "nats: { url: nats://h:4222, user: relay, password_env: NATS_PW, token_env: NATS_TOKEN }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: one way to log in"}},
-		{"bad token_env", "nats: { url: nats://h:4222, token_env: 'not a name' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.token_env: "not a name" is not an environment variable name`}},
+		{"bad token_env", "nats: { url: nats://h:4222, token_env: 'not a name' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.token_env: is not an environment variable name (value not shown`}},
 		{"leaf ok", "relay: { id: office1 }\nnats: { leaf: { url: 'nats-leaf://hq.example:7422', creds_file: /x } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
 		{"leaf with url", "nats: { url: 'nats://a:4222', leaf: { url: 'nats-leaf://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.leaf: a leaf node is the embedded server"}},
 		{"leaf bad url", "nats: { leaf: { url: 'http://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.leaf.url: "http://hq:7422" is not nats-leaf://host:port`}},
@@ -49,9 +49,9 @@ func TestProblems(t *testing.T) {
 		{"replicas range", "nats: { url: 'nats://a:4222', replicas: 7 }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.replicas: 7 is not between 1 and 5"}},
 		{"lease too short", "relay: { lease_ttl: 100ms }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"relay.lease_ttl: 100ms is shorter than 1s"}},
 		{"listen port not a port", "relay: { listen: '127.0.0.1:99999' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "127.0.0.1:99999" is not host:port`}},
-		{"listen port a service name", "relay: { listen: 'localhost:http' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
+		{"listen port a service name", "relay: { listen: 'localhost:http' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "localhost:http" is not host:port (port "http": a number`}},
 		{"nats listen port not a number", "nats: { listen: '127.0.0.1:nats' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.listen: "127.0.0.1:nats" is not host:port`}},
-		{"bad zip password env", "nodes:\n  A:\n    zip_password_env: 'A PW'\n    deliver: { dir: ./a }\n", []string{`nodes.A.zip_password_env: "A PW" is not an environment variable name`}},
+		{"bad zip password env", "nodes:\n  A:\n    zip_password_env: 'A PW'\n    deliver: { dir: ./a }\n", []string{`nodes.A.zip_password_env: is not an environment variable name (value not shown`}},
 		{"node token shared", "nodes:\n  A:\n    api_token_env: T\n  B:\n    api_token_env: T\n", []string{`nodes.B.api_token_env: "T" is also the token of nodes.A`}},
 		{"node token is the operator's", "relay: { api_token_env: T }\nnodes:\n  A:\n    api_token_env: T\n", []string{`nodes.A.api_token_env: "T" is also the token of relay.api_token_env`}},
 		{"several at once", "relay: { listen: x }\nnodes:\n  A:\n    mode: m\n    pickup: { imap: {} }\n", []string{"relay.listen:", "nodes.A.mode:", "nodes.A.pickup.imap:"}},
@@ -78,7 +78,7 @@ func TestProblems(t *testing.T) {
 func TestParseErrors(t *testing.T) {
 	cases := map[string]string{
 		"":                                "empty",
-		"relay: { idd: x }":               "field idd not found",
+		"relay: { idd: x }":               "relay.idd: unknown key (field idd not found)",
 		"nodes:\n  A:\n    pickup: ./x\n": "an endpoint is a mapping",
 		"nodes:\n  A:\n    pickup: {}\n":  "names no kind",
 		"nodes:\n  A:\n    pickup: { dir: a, ftp: b }\n":         "two kinds",
@@ -313,6 +313,103 @@ func TestNodeRelayIsARelayID(t *testing.T) {
 		want := `nodes.A.relay: "` + id + `" is not a possible relay.id`
 		if len(probs) != 1 || !strings.HasPrefix(probs[0], want) {
 			t.Errorf("relay %q: %q, want one problem starting %q", id, probs, want)
+		}
+	}
+}
+
+// TestAfterWrittenTwice proves that `after` written twice in one endpoint
+// is refused like every other key written twice, instead of the last one
+// winning (`after: keep` then a stray `after: delete` deleted the sender's
+// files).
+func TestAfterWrittenTwice(t *testing.T) {
+	c, err := Parse([]byte("nodes:\n  A:\n    pickup: { dir: ./a, after: keep, after: delete }\n"))
+	if err == nil {
+		t.Fatalf("after written twice accepted; the pickup will %s its sources", c.Nodes["A"].Pickup.After)
+	}
+	if want := "nodes.A.pickup.after: written twice"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q lacks %q", err, want)
+	}
+}
+
+// TestSizeDecimalComma proves that a size with a decimal comma (1,5GiB, as
+// a Russian locale writes it) is refused with a hint to write '.', instead
+// of being read as 15 GiB (humanize takes ',' for a thousands separator).
+func TestSizeDecimalComma(t *testing.T) {
+	c, err := Parse([]byte("relay:\n  max_message_size: 1,5GiB\nnodes:\n  A:\n    deliver: { dir: ./a }\n"))
+	if err == nil {
+		t.Fatalf("max_message_size: 1,5GiB accepted as %d bytes (%s)", int64(c.Relay.MaxMessageSize), c.Relay.MaxMessageSize)
+	}
+	if want := `relay.max_message_size: "1,5GiB" has a ',': write a fraction with '.'`; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q lacks %q", err, want)
+	}
+	c, err = Parse([]byte("relay:\n  max_message_size: 1.5GiB\nnodes:\n  A:\n    deliver: { dir: ./a }\n"))
+	if err != nil || int64(c.Relay.MaxMessageSize) != 3<<29 {
+		t.Fatalf("max_message_size: 1.5GiB = %v, %v; want 1.5 GiB", c, err)
+	}
+}
+
+// TestSecondDocumentRefused proves that a routing.yaml with a second YAML
+// document (a `---` and more after it) is refused: everything after the
+// first was ignored, node B never served, while validate said OK. A '---'
+// that starts the only document, or ends it with nothing after, is fine.
+func TestSecondDocumentRefused(t *testing.T) {
+	c, err := Parse([]byte("nodes:\n  A:\n    deliver: { dir: ./a }\n---\nnodes:\n  B:\n    deliver: { dir: ./b }\n"))
+	if err == nil {
+		t.Fatalf("a second YAML document was ignored silently; nodes = %v", c.NodeNames())
+	}
+	if want := "routing.yaml holds more than one YAML document (the second starts at line 4)"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q lacks %q", err, want)
+	}
+	for _, in := range []string{"---\nnodes:\n  A:\n    deliver: { dir: ./a }\n", "nodes:\n  A:\n    deliver: { dir: ./a }\n---\n# old\n"} {
+		if _, err := Parse([]byte(in)); err != nil {
+			t.Errorf("Parse(%q): %v", in, err)
+		}
+	}
+}
+
+// TestParseReportsEveryError proves that decoding goes on past a value that
+// does not decode: a bad duration, an unknown key and a bad after: are all
+// reported, each with its path, and what did decode is returned for
+// Problems to check.
+func TestParseReportsEveryError(t *testing.T) {
+	c, err := Parse([]byte("relay:\n  ack_alert_after: 10\n  lisen: x\nnodes:\n  A:\n    pickup: { dir: ./a, after: shred }\n"))
+	var de *DecodeError
+	if !errors.As(err, &de) {
+		t.Fatalf("error %v (%T), want a *DecodeError", err, err)
+	}
+	want := []string{
+		`relay.ack_alert_after: "10" is not a duration like 10s or 2m (line 2)`,
+		"relay.lisen: unknown key (field lisen not found) (line 3)",
+		`nodes.A.pickup.after: "shred" is not delete, move:<folder> or keep (line 6)`,
+	}
+	if !slices.Equal(de.Problems, want) {
+		t.Errorf("problems:\n%q\nwant\n%q", de.Problems, want)
+	}
+	if c == nil || c.Nodes["A"] == nil || c.Nodes["A"].Pickup.Kind != "dir" {
+		t.Fatalf("what decoded is not returned: %+v", c)
+	}
+}
+
+// TestNodeCodeNATSNameLength proves that a node code is refused where its
+// delivery consumer's name, deliver_<token>, would pass JetStream's 255
+// bytes (the relay then failed at start), and taken up to them.
+func TestNodeCodeNATSNameLength(t *testing.T) {
+	for _, c := range []struct {
+		code string
+		ok   bool
+	}{
+		{strings.Repeat("a", 247), true},
+		{strings.Repeat("a", 248), false},
+		{strings.Repeat("Ц", 41), true}, // 246 bytes of token
+		{strings.Repeat("Ц", 42), false},
+	} {
+		cfg, err := Parse([]byte("nodes:\n  " + c.code + ":\n    deliver: { dir: ./a }\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := cfg.Problems(kindChecker{})
+		if c.ok && len(got) > 0 || !c.ok && (len(got) != 1 || !strings.HasPrefix(got[0], "nodes."+c.code+": node code is too long")) {
+			t.Errorf("code of %d bytes: problems %q", len(c.code), got)
 		}
 	}
 }

@@ -32,6 +32,7 @@ type Relay struct {
 	api  *api.Server
 	log  *slog.Logger
 	live atomic.Bool
+	lock *dataLock // data_dir's, released at the end of Run
 }
 
 // Options tune a relay beyond routing.yaml (tests shorten timeouts).
@@ -39,34 +40,51 @@ type Options struct {
 	Pipeline pipeline.Options
 }
 
-// Start validates cfg, opens NATS and builds the pipeline. Call Run next.
+// Start validates cfg, takes data_dir (refused while another relay holds
+// it), opens NATS and builds the pipeline. Call Run next: it gives data_dir
+// up at its end.
 func Start(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) (*Relay, error) {
 	reg := adapters.New(cfg)
 	if problems := cfg.Problems(reg); len(problems) > 0 {
 		return nil, fmt.Errorf("routing.yaml is not valid:\n  %s", strings.Join(problems, "\n  "))
+	}
+	// Before NATS: a second embedded server on the same JetStream store
+	// would corrupt it, and with an external NATS the spool is shared.
+	dataDir := cfg.Resolve(cfg.Relay.DataDir)
+	lock, err := lockDataDir(dataDir)
+	if err != nil {
+		return nil, err
 	}
 	token := ""
 	if cfg.Relay.APITokenEnv != "" {
 		token = os.Getenv(cfg.Relay.APITokenEnv)
 	}
 	b, err := bus.Open(ctx, bus.Settings{
-		NATS: cfg.NATSSettings(), DataDir: cfg.Resolve(cfg.Relay.DataDir), ID: cfg.Relay.ID, LeaseTTL: cfg.Relay.LeaseTTL.Std(),
+		NATS: cfg.NATSSettings(), DataDir: dataDir, ID: cfg.Relay.ID, LeaseTTL: cfg.Relay.LeaseTTL.Std(),
 	}, log)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, lock.release())
 	}
 	pipe, err := pipeline.New(cfg, b, reg, log, opts.Pipeline)
 	if err != nil {
 		b.Close()
-		return nil, err
+		return nil, errors.Join(err, lock.release())
 	}
-	r := &Relay{cfg: cfg, bus: b, pipe: pipe, log: log}
+	r := &Relay{cfg: cfg, bus: b, pipe: pipe, log: log, lock: lock}
 	r.api = api.NewServer(cfg, r, token, log.With("component", "api"))
 	return r, nil
 }
 
-// Run serves until ctx ends, then stops everything and closes NATS.
+// Run serves until ctx ends, then stops everything, closes NATS and gives
+// data_dir up.
 func (r *Relay) Run(ctx context.Context) error {
+	// Last, after NATS shut down: the store is closed when the next relay
+	// may take data_dir.
+	defer func() {
+		if err := r.lock.release(); err != nil {
+			r.log.Warn("cannot release data_dir", "err", err)
+		}
+	}()
 	defer r.bus.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -2,16 +2,23 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nkeys"
 
+	"github.com/relay1c/relay/adapters"
 	"github.com/relay1c/relay/config"
 )
 
@@ -74,4 +81,229 @@ func mustWd(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return wd
+}
+
+// freeAddr is a loopback address with a port free right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// loadConfig writes yaml as dir/routing.yaml and loads it.
+func loadConfig(t *testing.T, dir, yaml string) *config.Config {
+	t.Helper()
+	p := filepath.Join(dir, "routing.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// dirRelay is a relay's config in dir with its data in dataDir.
+func dirRelay(t *testing.T, dir, dataDir string) *config.Config {
+	t.Helper()
+	return loadConfig(t, dir, "relay: { id: hq, data_dir: '"+dataDir+"', listen: '"+freeAddr(t)+"' }\n"+
+		"nodes:\n  A:\n    pickup: { dir: ./a/out }\n    deliver: { dir: ./a/in }\n")
+}
+
+// TestSecondRelayOnDataDirRefused proves that data_dir is one relay's: a
+// second relay there (two embedded NATS servers on one JetStream store) is
+// refused at Start with the holder's pid, and data_dir is free again once
+// the first relay's Run has ended.
+func TestSecondRelayOnDataDirRefused(t *testing.T) {
+	base := t.TempDir()
+	data := filepath.Join(base, "data")
+	one, two := filepath.Join(base, "one"), filepath.Join(base, "two")
+	for _, d := range []string{one, two} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r1, err := Start(ctx, dirRelay(t, one, data), log, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Start(ctx, dirRelay(t, two, data), log, Options{})
+	if err == nil {
+		r2.Bus().Close()
+		r1.Bus().Close()
+		t.Fatalf("a second relay started on the data_dir %s a running relay uses", data)
+	}
+	if want := fmt.Sprintf("data_dir %s is in use by another relay (pid %d)", data, os.Getpid()); !strings.Contains(err.Error(), want) {
+		t.Errorf("refused with %q, want it to say %q", err, want)
+	}
+	stopped, stop := context.WithCancel(ctx)
+	stop()
+	if err := r1.Run(stopped); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	r3, err := Start(ctx, dirRelay(t, two, data), log, Options{})
+	if err != nil {
+		t.Fatalf("data_dir still taken after the relay holding it stopped: %v", err)
+	}
+	if err := r3.Run(stopped); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// TestNodeCodeValidatedIsRun proves that relay validate and JetStream agree
+// on how long a node code may be: its delivery consumer's name,
+// deliver_<token>, is at most 255 bytes. A code validate accepts (41
+// Cyrillic letters: 254 bytes) runs; one JetStream refuses (42: 260 bytes)
+// is a problem of routing.yaml instead of a relay that stops at start.
+func TestNodeCodeValidatedIsRun(t *testing.T) {
+	for _, letters := range []int{41, 42} {
+		code := strings.Repeat("Ц", letters)
+		t.Run(strconv.Itoa(letters), func(t *testing.T) {
+			base := t.TempDir()
+			cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+freeAddr(t)+"' }\nnodes:\n  "+code+":\n    deliver: { dir: ./in }\n  B:\n    pickup: { dir: ./out }\n")
+			if problems := cfg.Problems(adapters.New(cfg)); len(problems) > 0 {
+				if want := "nodes." + code + ": node code is too long"; len(problems) != 1 || !strings.HasPrefix(problems[0], want) {
+					t.Fatalf("problems %q, want one starting %q", problems, want)
+				}
+				if letters == 41 {
+					t.Fatalf("a code JetStream takes is refused: %s", problems[0])
+				}
+				return
+			}
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			r, err := Start(ctx, cfg, log, Options{})
+			if err != nil {
+				t.Fatalf("validated config does not start: %v", err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- r.Run(ctx) }()
+			deadline := time.Now().Add(15 * time.Second)
+			for {
+				if ok, why := r.Ready(); ok {
+					break
+				} else if time.Now().After(deadline) {
+					cancel()
+					<-done
+					t.Fatalf("a node code validate accepts (%d bytes) keeps the relay from becoming ready: %s", len(code), why)
+				}
+				select {
+				case err := <-done:
+					t.Fatalf("a node code validate accepts (%d bytes) stops the relay: %v", len(code), err)
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+		})
+	}
+}
+
+// TestRunStopsCleanly proves that cancelling Run (SIGTERM) stops the relay
+// within a bounded time with no error: an error would make `relay run`
+// exit 1 on a clean stop.
+func TestRunStopsCleanly(t *testing.T) {
+	base := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, err := Start(ctx, dirRelay(t, base, "./data"), log, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !r.Live() || func() bool { ok, _ := r.Ready(); return !ok }() {
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatal("not ready")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after cancel: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return within 30s of cancel")
+	}
+}
+
+// TestStopWithDeliveryInFlight proves that SIGTERM while a delivery is in
+// flight to an HTTP service that takes the body and never answers stops the
+// relay within a bounded time (systemd waits 90 s), with no error.
+func TestStopWithDeliveryInFlight(t *testing.T) {
+	base := t.TempDir()
+	got := make(chan struct{}, 1)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		<-release
+	}))
+	defer srv.Close()
+	defer close(release)
+	cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+freeAddr(t)+"' }\nnodes:\n  ЦО:\n    pickup: { dir: { path: ./out, settle: 100ms, poll_interval: 200ms } }\n"+
+		"  ОП:\n    deliver: { http: { url: '"+srv.URL+"/in', timeout: 10m, response_timeout: 10m } }\n")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, err := Start(ctx, cfg, log, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	src, err := os.ReadFile("../testdata/fixtures/good/Message_ЦО_ОП.xml")
+	if err != nil {
+		cancel()
+		<-done
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(base, "out"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(base, "out", "Message_ЦО_ОП.xml"), src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got:
+	case err := <-done:
+		t.Fatalf("relay stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		<-done
+		t.Fatal("no delivery reached the service")
+	}
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run after cancel with a delivery in flight: %v", err)
+		}
+		if d := time.Since(start); d > 35*time.Second {
+			t.Errorf("stop took %s", d)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("Run did not return within 90s of SIGTERM while a delivery hung")
+	}
 }

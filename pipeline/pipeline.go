@@ -298,14 +298,24 @@ func instanceName(cfg *config.Config) string {
 
 // Run runs the handlers until ctx ends, then closes everything.
 func (p *Pipeline) Run(ctx context.Context) error {
+	// The router's Running never closes when Run fails before it runs (a
+	// consumer it cannot create): the watcher ends with Run too, and Run
+	// waits for it, so that it cannot mark a stopped pipeline started.
+	routerDone, watched := make(chan struct{}), make(chan struct{})
 	go func() {
-		<-p.router.Running()
-		p.started.Store(true)
-		p.log.Info("pipeline running", "handlers", p.handlers)
+		defer close(watched)
+		select {
+		case <-p.router.Running():
+			p.started.Store(true)
+			p.log.Info("pipeline running", "handlers", p.handlers)
+		case <-routerDone:
+		}
 	}()
 	fctx, stopFetches := context.WithCancel(ctx)
 	fetchDone := p.runFetches(fctx)
 	err := p.router.Run(ctx)
+	close(routerDone)
+	<-watched
 	stopFetches()
 	<-fetchDone
 	p.started.Store(false)

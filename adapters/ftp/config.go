@@ -121,7 +121,7 @@ func (c *Config) Validate() []error {
 		add("tls: %q is not none, explicit or implicit", c.TLS)
 	}
 	if c.PasswordEnv != "" && !config.ValidEnvName(c.PasswordEnv) {
-		add("password_env: %q is not an environment variable name", c.PasswordEnv)
+		add("password_env: %s", config.NotEnvName)
 	}
 	if c.CAFile != "" && c.TLS == TLSNone {
 		add("ca_file: set, but tls is none")

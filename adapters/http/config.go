@@ -157,11 +157,11 @@ func (c *Config) Validate() []error {
 		add("password_env: set, but user is not")
 	}
 	if c.PasswordEnv != "" && !config.ValidEnvName(c.PasswordEnv) {
-		add("password_env: %q is not an environment variable name", c.PasswordEnv)
+		add("password_env: %s", config.NotEnvName)
 	}
 	if c.TokenEnv != "" {
 		if !config.ValidEnvName(c.TokenEnv) {
-			add("token_env: %q is not an environment variable name", c.TokenEnv)
+			add("token_env: %s", config.NotEnvName)
 		}
 		if c.User != "" || c.PasswordEnv != "" {
 			add("token_env: cannot go with user and password_env: one kind of authentication")

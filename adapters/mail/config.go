@@ -267,7 +267,7 @@ func (s *Server) validate(proto string) []error {
 		add("starttls: %q is not required or off", s.StartTLS)
 	}
 	if s.PasswordEnv != "" && !config.ValidEnvName(s.PasswordEnv) {
-		add("password_env: %q is not an environment variable name", s.PasswordEnv)
+		add("password_env: %s", config.NotEnvName)
 	}
 	if s.PasswordEnv != "" && t.user == "" && err == nil {
 		add("password_env: set, but the URL has no user")

@@ -199,7 +199,7 @@ func TestSMTPConfigErrors(t *testing.T) {
 		{"max_message_size tiny", smtpBase + "max_message_size: 1000\n", []string{"max_message_size: "}},
 		{"compress", smtpBase + "compress: gzip\n", []string{`compress: "gzip" is not zip`}},
 		{"compress upper", smtpBase + "compress: ZIP\n", []string{`compress: "ZIP"`}},
-		{"password_env name", "url: smtp://relay@mail.example.com\npassword_env: 1-BAD\nfrom: relay@example.com\nto: [wh@example.com]\n", []string{`password_env: "1-BAD" is not an environment variable name`}},
+		{"password_env name", "url: smtp://relay@mail.example.com\npassword_env: 1-BAD\nfrom: relay@example.com\nto: [wh@example.com]\n", []string{"password_env: is not an environment variable name"}},
 		{"password_env no user", "url: smtp://mail.example.com\npassword_env: RELAY_TEST_PW\nfrom: relay@example.com\nto: [wh@example.com]\n", []string{"password_env: set, but the URL has no user"}},
 		{"ca_file without TLS", "url: smtp://mail.example.com\nstarttls: \"off\"\nca_file: /etc/ca.pem\nfrom: relay@example.com\nto: [wh@example.com]\n", []string{"ca_file: set, but the connection is not TLS"}},
 		{"subject_prefix two lines", smtpBase + "subject_prefix: \"A\\r\\nBcc: x@example.com\"\n", []string{"subject_prefix: must be one line"}},

@@ -72,11 +72,18 @@ func validateCmd(g *globals) *cobra.Command {
 		Short: "Check routing.yaml and print every problem with its path",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// What does not decode is listed with what Problems finds in
+			// the rest, so that one typo does not hide the next.
 			cfg, err := config.Load(g.config)
-			if err != nil {
+			var undecoded *config.DecodeError
+			if err != nil && !errors.As(err, &undecoded) {
 				return err
 			}
-			problems := cfg.Problems(adapters.New(cfg))
+			var problems []string
+			if undecoded != nil {
+				problems = append(problems, undecoded.Problems...)
+			}
+			problems = append(problems, cfg.Problems(adapters.New(cfg))...)
 			for _, p := range problems {
 				fmt.Fprintln(g.stderr, p)
 			}

@@ -215,3 +215,92 @@ func TestStatusWithoutRelay(t *testing.T) {
 		t.Fatalf("status without a relay: %v", err)
 	}
 }
+
+// writeConfig writes yaml as a routing.yaml of its own and returns its path.
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "routing.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestValidateEveryProblemPastATypo proves that validate prints every
+// problem with its path past a key that does not exist: the typo (with its
+// path, not only its line) and the bad mode further on, together.
+func TestValidateEveryProblemPastATypo(t *testing.T) {
+	cfg := writeConfig(t, "relay:\n  lisen: 127.0.0.1:8088\nnodes:\n  A:\n    mode: fastest\n    deliver: { dir: ./a }\n")
+	_, stderr, err := run(t, "validate", "-c", cfg)
+	if err == nil {
+		t.Fatal("validate accepted a broken config")
+	}
+	for _, want := range []string{"relay.lisen: unknown key (field lisen not found) (line 2)", `nodes.A.mode: "fastest" is not latest or sequential`} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("validate output lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
+// TestValidateEveryProblemPastABadDuration proves that a value that does
+// not decode (a duration without its unit, a bad after:) is reported with
+// its path and does not stop validate from reporting the rest, while
+// `relay run` still refuses the config.
+func TestValidateEveryProblemPastABadDuration(t *testing.T) {
+	cfg := writeConfig(t, "relay:\n  ack_alert_after: 10\nnodes:\n  A:\n    pickup: { dir: ./a, after: shred }\n    deliver: { dir: { path: '' } }\n")
+	_, stderr, err := run(t, "validate", "-c", cfg)
+	if err == nil || !strings.Contains(err.Error(), "3 problem(s)") {
+		t.Fatalf("validate: %v, want 3 problem(s)", err)
+	}
+	for _, want := range []string{
+		`relay.ack_alert_after: "10" is not a duration like 10s or 2m (line 2)`,
+		`nodes.A.pickup.after: "shred" is not delete, move:<folder> or keep (line 5)`,
+		"nodes.A.deliver.dir.path: missing",
+	} {
+		if !strings.Contains(stderr, want+"\n") {
+			t.Errorf("validate output lacks %q:\n%s", want, stderr)
+		}
+	}
+	if _, _, err := run(t, "run", "-c", cfg); err == nil || !strings.Contains(err.Error(), "relay.ack_alert_after") {
+		t.Fatalf("relay run with an ack_alert_after that does not decode: %v", err)
+	}
+}
+
+// TestValidateDoesNotPrintSecrets proves that a secret written where its
+// variable's name goes (relay, node and adapter *_env options) is not
+// printed back by validate; the problem is still reported.
+func TestValidateDoesNotPrintSecrets(t *testing.T) {
+	const secret = "Tr0ub4dor&3x"
+	cfg := writeConfig(t, "relay: { api_token_env: '"+secret+"1' }\nnodes:\n  A:\n    zip_password_env: '"+secret+"2'\n"+
+		"    pickup: { ftp: { url: 'ftp://u@127.0.0.1/x', password_env: '"+secret+"3' } }\n    deliver: { dir: ./a }\n")
+	out, stderr, err := run(t, "validate", "-c", cfg)
+	if err == nil {
+		t.Fatal("validate accepted a broken config")
+	}
+	for _, line := range strings.Split(stderr+out+err.Error(), "\n") {
+		if strings.Contains(line, secret) {
+			t.Errorf("validate prints the secret: %s", line)
+		}
+	}
+	for _, key := range []string{"relay.api_token_env", "nodes.A.zip_password_env", "nodes.A.pickup.ftp.password_env"} {
+		if want := key + ": is not an environment variable name (value not shown"; !strings.Contains(stderr, want) {
+			t.Errorf("validate output lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
+// TestValidateListenPortNumber proves that validate refuses a relay.listen
+// whose port is a service name (127.0.0.1:http): net.Listen serves it, but
+// every command that talks to the relay (status, dead, send, trace) fails
+// building its URL from it.
+func TestValidateListenPortNumber(t *testing.T) {
+	cfg := writeConfig(t, "relay: { listen: '127.0.0.1:http' }\nnodes:\n  A:\n    deliver: { dir: ./a }\n")
+	_, stderr, err := run(t, "validate", "-c", cfg)
+	if err == nil {
+		_, _, err := run(t, "status", "-c", cfg)
+		t.Fatalf("validate accepted relay.listen 127.0.0.1:http; status with it: %v", err)
+	}
+	if want := `relay.listen: "127.0.0.1:http" is not host:port (port "http"`; !strings.Contains(stderr, want) {
+		t.Errorf("validate output lacks %q:\n%s", want, stderr)
+	}
+}
