@@ -92,6 +92,7 @@ var errRedirect = errors.New("redirect not followed")
 // checkRedirect follows at most maxRedirects redirects, never from https
 // to http, and none that would turn the request into a GET without its
 // body (301/302/303 after POST or PUT): those come back as the 3xx answer.
+// Credentials go only to the host and port of the endpoint's URL.
 func checkRedirect(req *stdhttp.Request, via []*stdhttp.Request) error {
 	if len(via) > maxRedirects {
 		return fmt.Errorf("%w: stopped after %d redirects (a redirect loop?)", errRedirect, maxRedirects)
@@ -101,6 +102,12 @@ func checkRedirect(req *stdhttp.Request, via []*stdhttp.Request) error {
 	}
 	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
 		return fmt.Errorf("%w: refused to follow a redirect from https to %s", errRedirect, req.URL.Redacted())
+	}
+	if req.URL.Host != via[0].URL.Host {
+		// Go keeps Authorization for the same host name on another port:
+		// another service there (the same machine's other site) gets no
+		// credentials of this endpoint.
+		req.Header.Del("Authorization")
 	}
 	return nil
 }

@@ -483,6 +483,32 @@ func TestDeliverUnavailable(t *testing.T) {
 	}
 }
 
+// TestRedirectToOtherPortGetsNoCredentials: a 307 to another port of the
+// same host (another service on the machine) is followed without the
+// endpoint's Authorization: Go keeps it for the same host name whatever the
+// port.
+func TestRedirectToOtherPortGetsNoCredentials(t *testing.T) {
+	var got atomic.Value
+	other := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		got.Store(r.Header.Get("Authorization"))
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(201)
+	}))
+	defer other.Close()
+	first := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		stdhttp.Redirect(w, r, other.URL+"/in", stdhttp.StatusTemporaryRedirect)
+	}))
+	defer first.Close()
+	t.Setenv("RELAY_TEST_HTTP_TOKEN", "s3cret")
+	body := xmlOf(t, hdr(5), 1000)
+	if err := newPub(t, Config{URL: first.URL + "/in", TokenEnv: "RELAY_TEST_HTTP_TOKEN"}).Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", body, nil).Message); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := got.Load().(string); a != "" {
+		t.Fatalf("the service on another port got Authorization %q", a)
+	}
+}
+
 // TestDeliverRedirects: 307 and 308 are followed with the body sent again;
 // more than 5 redirects fail; a 302 (which would turn POST into GET) is
 // not followed and is the endpoint's trouble, not a dead letter.
