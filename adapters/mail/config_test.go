@@ -350,7 +350,7 @@ func TestIMAPConfigErrors(t *testing.T) {
 		{"starttls", base + "starttls: optional\n", []string{`starttls: "optional"`}},
 		{"starttls off with imaps", base + "starttls: \"off\"\n", []string{"starttls: off contradicts the imaps:// URL"}},
 		{"ca_file without TLS", "url: imap://relay@127.0.0.1\nstarttls: \"off\"\nca_file: ca.pem\n", []string{"ca_file: set, but the connection is not TLS"}},
-		{"password_env name", base + "password_env: 'WH PASSWORD'\n", []string{`password_env: "WH PASSWORD"`}},
+		{"password_env name", base + "password_env: 'WH PASSWORD'\n", []string{"password_env: is not an environment variable name"}},
 		{"allowed_senders", base + "allowed_senders: ['bad', wh@example.com, '@', '@a b', '@x@y', '@branch.example', 'WH <wh@example.com>']\n",
 			[]string{`allowed_senders[0]: "bad" is not a mail address or @domain`, "allowed_senders[2]: ", "allowed_senders[3]: ", "allowed_senders[4]: "}},
 		{"subject_pattern without a group", base + "subject_pattern: '^Обмен: .+$'\n", []string{"subject_pattern: needs a group for the file name"}},
