@@ -28,10 +28,11 @@ func CheckSMTP(ctx context.Context, node string, cfg SMTPConfig, log *slog.Logge
 		return withHint(fmt.Errorf("smtp %s: %w", node, err))
 	}
 	defer closeSession()
-	if err := c.Mail(cfg.From, nil); err != nil {
-		return withHint(fmt.Errorf("smtp %s: MAIL FROM %s: %w", node, cfg.From, err))
+	from, rcpts := cfg.envelope()
+	if err := c.Mail(from, nil); err != nil {
+		return withHint(fmt.Errorf("smtp %s: MAIL FROM %s: %w", node, from, err))
 	}
-	for _, to := range cfg.To {
+	for _, to := range rcpts {
 		if err := c.Rcpt(to, nil); err != nil {
 			return withHint(fmt.Errorf("smtp %s: RCPT TO %s: %w", node, to, err))
 		}

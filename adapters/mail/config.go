@@ -37,7 +37,9 @@ type Server struct {
 	// ConnectTimeout bounds dialing, the TLS handshake and login (default 30s).
 	ConnectTimeout config.Duration `yaml:"connect_timeout"`
 	// IOTimeout is the longest wait for the server's answer to one command or
-	// for one write to go out (default 2m).
+	// for one write to go out (default 2m). For IMAP it is the longest time
+	// a reply, or a mail being downloaded, may go without a byte arriving:
+	// a large mail on a slow link takes as long as it needs.
 	IOTimeout config.Duration `yaml:"io_timeout"`
 }
 

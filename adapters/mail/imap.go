@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"mime"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -60,6 +62,9 @@ type Pickup struct {
 	validity  uint32
 	known     map[imap.UID]verdict
 	transfers map[string]*transfer
+	finished  map[string]finishedSet
+	skipped   map[imap.UID]*skippedMail
+	showing   bool // the trouble shown is about skipped mails
 	wake      chan struct{}
 }
 
@@ -94,6 +99,44 @@ func (t *transfer) uids() []imap.UID {
 	return all
 }
 
+// finishedSet is a set taken whole, remembered for part_timeout so that a
+// late copy of one of its parts (the sender missed the server's answer and
+// sent it again) is committed like its siblings instead of starting a set
+// that can never complete.
+type finishedSet struct {
+	n   int
+	sha string
+	at  time.Time
+}
+
+// maxFinished bounds the memory of finished sets; the oldest goes first.
+const maxFinished = 10000
+
+// skippedMail is a mail the server refused to hand out (a tagged NO to the
+// FETCH of it, as dovecot answers for a damaged mail file): it is passed
+// over, tried again later, and after unreadableGiveUp of failures no more.
+// It is never deleted or moved: relay did not read it.
+type skippedMail struct {
+	what  string // the file (and part) it carries, for people
+	err   error
+	fails int
+	first time.Time
+	retry time.Time // zero: not tried again
+}
+
+// Retries of an unreadable mail: after unreadableRetry, doubling up to
+// unreadableRetryMax, until unreadableGiveUp after the first failure.
+const (
+	unreadableRetry    = time.Minute
+	unreadableRetryMax = 2 * time.Hour
+	unreadableGiveUp   = 24 * time.Hour
+)
+
+// due reports whether a skipped mail may be fetched again.
+func (s *skippedMail) due(now time.Time) bool {
+	return !s.retry.IsZero() && !now.Before(s.retry)
+}
+
 var _ message.Subscriber = (*Pickup)(nil)
 
 // NewPickup makes the pickup of node from an IMAP mailbox. spool is where
@@ -124,6 +167,7 @@ func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memor
 		log:   log.With("node", node, "adapter", "imap", "mailbox", t.display),
 		now:   time.Now,
 		known: map[imap.UID]verdict{}, transfers: map[string]*transfer{},
+		finished: map[string]finishedSet{}, skipped: map[imap.UID]*skippedMail{},
 		wake: make(chan struct{}, 1),
 	}, nil
 }
@@ -187,6 +231,7 @@ func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (work
 		p.validity = sel.UIDValidity
 		clear(p.known)
 		clear(p.transfers)
+		clear(p.skipped)
 	}
 	for {
 		if err := p.scan(ctx, c, out); err != nil {
@@ -195,7 +240,9 @@ func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (work
 		if !worked {
 			worked = true
 			p.Last.Set(nil)
+			p.showing = false
 		}
+		p.showSkipped()
 		if err := p.wait(ctx, c); err != nil {
 			return worked, err
 		}
@@ -252,10 +299,14 @@ func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *mes
 		return fmt.Errorf("imap %s: search: %w", p.node, err)
 	}
 	uids := data.AllUIDs()
+	now := p.now()
 	present := make(map[imap.UID]bool, len(uids))
 	var fresh []imap.UID
 	for _, u := range uids {
 		present[u] = true
+		if sk := p.skipped[u]; sk != nil && !sk.due(now) {
+			continue
+		}
 		if _, ok := p.known[u]; !ok {
 			fresh = append(fresh, u)
 		}
@@ -263,6 +314,16 @@ func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *mes
 	for u := range p.known {
 		if !present[u] {
 			delete(p.known, u)
+		}
+	}
+	for u := range p.skipped {
+		if !present[u] {
+			delete(p.skipped, u)
+		}
+	}
+	for id, f := range p.finished {
+		if now.Sub(f.at) > p.cfg.PartTimeout.Std() {
+			delete(p.finished, id)
 		}
 	}
 	for id, t := range p.transfers {
@@ -279,13 +340,21 @@ func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *mes
 		}
 	}
 	var singles []candidate
+	var late []imap.UID
 	for start := 0; start < len(fresh); start += headerBatch {
 		batch := fresh[start:min(start+headerBatch, len(fresh))]
-		s, err := p.classify(c, batch)
+		s, l, err := p.classifyEach(c, batch)
 		if err != nil {
 			return err
 		}
 		singles = append(singles, s...)
+		late = append(late, l...)
+	}
+	if len(late) > 0 {
+		p.log.Info("late copy of a part of a set already taken; committed like its siblings", "uids", late)
+		if err := p.commit(ctx, c, p.log, late); err != nil {
+			return err
+		}
 	}
 	for _, m := range singles {
 		if p.Stopped(ctx) {
@@ -328,13 +397,68 @@ const headerBatch = 200
 // maxHeaderFields bounds the header fields fetched to classify one mail.
 const maxHeaderFields = 64 << 10
 
+// classifyEach classifies uids with one FETCH, and when the server
+// refuses that (a tagged NO: a damaged mail among them), each mail on its
+// own, so that the one it will not hand out is skipped and the others are
+// looked at.
+func (p *Pickup) classifyEach(c *imapclient.Client, uids []imap.UID) (singles []candidate, late []imap.UID, err error) {
+	singles, late, err = p.classify(c, uids)
+	var ie *imap.Error
+	if !errors.As(err, &ie) || len(uids) == 1 {
+		if len(uids) == 1 && p.unreadable(uids[0], "", err) {
+			return nil, nil, nil
+		}
+		return singles, late, err
+	}
+	singles, late = nil, nil
+	for _, u := range uids {
+		s, l, err := p.classify(c, []imap.UID{u})
+		if p.unreadable(u, "", err) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		singles = append(singles, s...)
+		late = append(late, l...)
+	}
+	slices.SortFunc(singles, func(a, b candidate) int { return int(a.uid) - int(b.uid) })
+	return singles, late, nil
+}
+
+// look is what a header tells about one mail, applied to the pickup's
+// state only once the whole FETCH has succeeded.
+type look struct {
+	uid    imap.UID
+	ignore bool       // never touched
+	single *candidate // a single-file exchange mail
+	part   *partLook  // a part of a split file
+}
+
+// partLook is a part mail's place in its set.
+type partLook struct {
+	id, file, sha string
+	pt            part
+	arrived       time.Time
+	size          int64
+}
+
 // classify fetches the few header fields that decide what a mail is and
-// records the verdict; it returns the single-file exchange mails.
-func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, error) {
+// records the verdicts; it returns the single-file exchange mails and the
+// late copies of parts of sets already taken. The verdicts are kept only
+// when the FETCH completed: a header cut off by a broken connection is the
+// session's trouble, not the mail's, and must not hide it for the life of
+// the process.
+func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, []imap.UID, error) {
 	section := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, HeaderFields: pickupHeaders, Peek: true}
 	cmd := c.Fetch(imap.UIDSetNum(uids...), &imap.FetchOptions{UID: true, RFC822Size: true, InternalDate: true, BodySection: []*imap.FetchItemBodySection{section}})
-	defer cmd.Close()
-	var singles []candidate
+	abandoned := false
+	defer func() {
+		if !abandoned {
+			cmd.Close()
+		}
+	}()
+	var looks []look
 	for m := cmd.Next(); m != nil; m = cmd.Next() {
 		var (
 			uid     imap.UID
@@ -352,72 +476,109 @@ func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, e
 			case imapclient.FetchItemDataInternalDate:
 				arrived = it.Time
 			case imapclient.FetchItemDataBodySection:
+				if it.Literal == nil {
+					hdrErr = errors.New("no header")
+					continue
+				}
+				lit := &srcReader{r: it.Literal}
 				var h textproto.Header
-				h, hdrErr = textproto.ReadHeader(bufio.NewReader(io.LimitReader(it.Literal, maxHeaderFields)))
+				h, hdrErr = textproto.ReadHeader(bufio.NewReader(io.LimitReader(lit, maxHeaderFields)))
 				hdr = gomail.Header{Header: gomessage.Header{Header: h}}
-				_, _ = io.Copy(io.Discard, it.Literal)
+				_, _ = io.Copy(io.Discard, lit)
+				if size := it.Literal.Size(); lit.broken(size) {
+					// The connection broke, not the header.
+					abandoned = true
+					c.Close()
+					err := lit.err
+					if err == nil {
+						err = fmt.Errorf("header cut off after %d of %d bytes", lit.n, size)
+					}
+					return nil, nil, fmt.Errorf("imap %s: fetch headers: message %d: %w", p.node, m.SeqNum, err)
+				}
 			}
 		}
 		if uid == 0 {
 			continue
 		}
-		if hdrErr != nil {
-			p.known[uid] = ignored
-			p.log.Info("mail with an unreadable header left alone", "uid", uid, "err", hdrErr)
-			continue
-		}
-		subject, _ := hdr.Subject()
-		file := subjectFile(subject, p.pattern)
-		if file == "" {
-			p.known[uid] = ignored
-			continue
-		}
-		var partFile string
-		if hdr.Get(HeaderPart) != "" {
-			partFile, _ = hdr.Text(HeaderFile)
-		}
-		if fromOtherNode(file, p.node) || fromOtherNode(partFile, p.node) {
-			// A message for this node (or a third one) in a mailbox its 1C
-			// shares: taking it would dead-letter it and, with after:
-			// delete, remove it before the 1C it is meant for has read it.
-			p.known[uid] = ignored
-			p.log.Debug("another node's exchange mail left alone", "uid", uid, "subject", subject)
-			continue
-		}
-		from := ""
-		if addrs, err := hdr.AddressList("From"); err == nil && len(addrs) > 0 {
-			from = addrs[0].Address
-		}
-		if !p.cfg.allowed(from) {
-			p.known[uid] = ignored
-			p.log.Warn("exchange mail from a sender not in allowed_senders left alone", "uid", uid, "from", from, "subject", subject)
-			continue
-		}
-		sha := strings.ToLower(strings.TrimSpace(hdr.Get(HeaderSHA256)))
-		if v := hdr.Get(HeaderPart); v != "" {
-			pt, ok := parsePart(v)
-			id := strings.TrimSpace(hdr.Get(HeaderTransfer))
-			name, _ := hdr.Text(HeaderFile)
-			if ok && validTransfer.MatchString(id) && validSHA256.MatchString(sha) {
-				if name == "" {
-					name = file
-				}
-				p.addPart(uid, id, name, sha, pt, arrived, size)
-				continue
-			}
-			p.log.Warn("part mail with bad part headers; taken as a single mail", "uid", uid, "part", v, "transfer", id)
-		}
-		singles = append(singles, candidate{uid: uid, file: file, sha: sha, size: size})
+		looks = append(looks, p.judge(uid, size, arrived, hdr, hdrErr))
 	}
 	if err := cmd.Close(); err != nil {
-		return nil, fmt.Errorf("imap %s: fetch headers: %w", p.node, err)
+		return nil, nil, fmt.Errorf("imap %s: fetch headers: %w", p.node, err)
+	}
+	var (
+		singles []candidate
+		late    []imap.UID
+	)
+	for _, l := range looks {
+		switch {
+		case l.ignore:
+			p.known[l.uid] = ignored
+		case l.single != nil:
+			singles = append(singles, *l.single)
+		case l.part != nil:
+			if p.addPart(l.uid, l.part) {
+				late = append(late, l.uid)
+			}
+		}
 	}
 	slices.SortFunc(singles, func(a, b candidate) int { return int(a.uid) - int(b.uid) })
-	return singles, nil
+	return singles, late, nil
 }
 
-func (p *Pickup) addPart(uid imap.UID, id, file, sha string, pt part, arrived time.Time, size int64) {
+// judge decides from its header what a mail is.
+func (p *Pickup) judge(uid imap.UID, size int64, arrived time.Time, hdr gomail.Header, hdrErr error) look {
+	if hdrErr != nil {
+		p.log.Info("mail with an unreadable header left alone", "uid", uid, "err", hdrErr)
+		return look{uid: uid, ignore: true}
+	}
+	subject, _ := hdr.Subject()
+	file := subjectFile(subject, p.pattern)
+	if file == "" {
+		return look{uid: uid, ignore: true}
+	}
+	var partFile string
+	if hdr.Get(HeaderPart) != "" {
+		partFile, _ = hdr.Text(HeaderFile)
+	}
+	if fromOtherNode(file, p.node) || fromOtherNode(partFile, p.node) {
+		// A message for this node (or a third one) in a mailbox its 1C
+		// shares: taking it would dead-letter it and, with after:
+		// delete, remove it before the 1C it is meant for has read it.
+		p.log.Debug("another node's exchange mail left alone", "uid", uid, "subject", subject)
+		return look{uid: uid, ignore: true}
+	}
+	from := ""
+	if addrs, err := hdr.AddressList("From"); err == nil && len(addrs) > 0 {
+		from = addrs[0].Address
+	}
+	if !p.cfg.allowed(from) {
+		p.log.Warn("exchange mail from a sender not in allowed_senders left alone", "uid", uid, "from", from, "subject", subject)
+		return look{uid: uid, ignore: true}
+	}
+	sha := strings.ToLower(strings.TrimSpace(hdr.Get(HeaderSHA256)))
+	if v := hdr.Get(HeaderPart); v != "" {
+		pt, ok := parsePart(v)
+		id := strings.TrimSpace(hdr.Get(HeaderTransfer))
+		name, _ := hdr.Text(HeaderFile)
+		if ok && validTransfer.MatchString(id) && validSHA256.MatchString(sha) {
+			if name == "" {
+				name = file
+			}
+			return look{uid: uid, part: &partLook{id: id, file: name, sha: sha, pt: pt, arrived: arrived, size: size}}
+		}
+		p.log.Warn("part mail with bad part headers; taken as a single mail", "uid", uid, "part", v, "transfer", id)
+	}
+	return look{uid: uid, single: &candidate{uid: uid, file: file, sha: sha, size: size}}
+}
+
+// addPart adds a part mail to its set; late reports a copy of a part of
+// a set taken already, which the caller commits.
+func (p *Pickup) addPart(uid imap.UID, l *partLook) (late bool) {
+	id, file, sha, pt, arrived, size := l.id, l.file, l.sha, l.pt, l.arrived, l.size
 	t := p.transfers[id]
+	if f, ok := p.finished[id]; ok && t == nil && f.n == pt.n && f.sha == sha {
+		return true
+	}
 	if t == nil {
 		if arrived.IsZero() {
 			arrived = p.now()
@@ -430,7 +591,7 @@ func (p *Pickup) addPart(uid imap.UID, id, file, sha string, pt part, arrived ti
 		// this one is judged on its own after the set is done.
 		p.log.Warn("part disagrees with its set; left alone", "uid", uid, "transfer", id, "part", pt.String())
 		p.known[uid] = ignored
-		return
+		return false
 	}
 	if !arrived.IsZero() && arrived.Before(t.first) {
 		t.first = arrived
@@ -438,6 +599,81 @@ func (p *Pickup) addPart(uid imap.UID, id, file, sha string, pt part, arrived ti
 	t.parts[pt.i] = append(t.parts[pt.i], uid)
 	t.sizes[uid] = size
 	p.known[uid] = inTransfer
+	return false
+}
+
+// finish remembers a set taken whole for part_timeout.
+func (p *Pickup) finish(t *transfer) {
+	if _, ok := p.finished[t.id]; !ok && len(p.finished) >= maxFinished {
+		oldest := ""
+		for id, f := range p.finished {
+			if oldest == "" || f.at.Before(p.finished[oldest].at) {
+				oldest = id
+			}
+		}
+		delete(p.finished, oldest)
+	}
+	p.finished[t.id] = finishedSet{n: t.n, sha: t.sha, at: p.now()}
+}
+
+// unreadable records a mail the server refused to hand out (err is an
+// *imap.Error) and reports whether it did: the mail is skipped until its
+// next try, or for good after unreadableGiveUp, and shown in the status.
+// what names the file it carries ("" when not known yet).
+func (p *Pickup) unreadable(uid imap.UID, what string, err error) bool {
+	var ie *imap.Error
+	if !errors.As(err, &ie) {
+		return false
+	}
+	now := p.now()
+	sk := p.skipped[uid]
+	if sk == nil {
+		sk = &skippedMail{first: now}
+		p.skipped[uid] = sk
+	}
+	if what != "" {
+		sk.what = what
+	}
+	sk.err = ie
+	sk.fails++
+	if now.Sub(sk.first) >= unreadableGiveUp {
+		sk.retry = time.Time{}
+		p.log.Error("the server has refused a mail for long; it is left in the mailbox and no longer tried", "uid", uid, "file", sk.what, "tries", sk.fails, "err", err)
+		return true
+	}
+	wait := min(unreadableRetry<<min(sk.fails-1, 10), unreadableRetryMax)
+	sk.retry = now.Add(wait)
+	p.log.Error("the server will not hand out a mail; it is skipped and tried again later", "uid", uid, "file", sk.what, "tries", sk.fails, "retry_in", wait, "err", err)
+	return true
+}
+
+// showSkipped shows the mails the server will not hand out as the
+// pickup's trouble, and clears that once there are none.
+func (p *Pickup) showSkipped() {
+	if len(p.skipped) == 0 {
+		if p.showing {
+			p.Last.Set(nil)
+			p.showing = false
+		}
+		return
+	}
+	uids := slices.Sorted(maps.Keys(p.skipped))
+	sk := p.skipped[uids[0]]
+	what := ""
+	if sk.what != "" {
+		what = " (" + sk.what + ")"
+	}
+	then := "tried again later"
+	if sk.retry.IsZero() {
+		then = "no longer tried"
+	}
+	more := ""
+	if len(uids) > 1 {
+		more = fmt.Sprintf("; and %d more mails", len(uids)-1)
+	}
+	p.Last.Set(fmt.Errorf("imap %s: fetch UID %d%s: %w; the mail is skipped and left in the mailbox, %s%s",
+		p.node, uids[0], what, sk.err, then, more))
+	p.showing = true
 }
 
 // where names a mail for logs, metadata and keep-memory keys, as an IMAP
@@ -471,16 +707,18 @@ func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate,
 	defer spooled.Release()
 	if m.size > maxMailSize(p.lim) {
 		// Not even fetched: go-message reads a mail's headers whole.
-		return p.emit(ctx, c, log, []imap.UID{m.uid}, withExt(m.file), "", spooled,
+		_, err := p.emit(ctx, c, log, []imap.UID{m.uid}, withExt(m.file), "", spooled,
 			fmt.Sprintf("mail of %d bytes is larger than an exchange file of the %d-byte limit can be", m.size, p.lim.MaxSize), out)
+		return err
 	}
 	attach, err := p.fetchAttachment(c, m.uid, spooled.File)
-	if errors.Is(err, errGone) {
+	if errors.Is(err, errGone) || p.unreadable(m.uid, withExt(m.file), err) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
+	delete(p.skipped, m.uid)
 	spooled.Size = attach.size
 	name, problem := m.file, ""
 	switch {
@@ -500,7 +738,8 @@ func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate,
 		// attachment with another name: the content decides.
 		name += spooled.Ext()
 	}
-	return p.emit(ctx, c, log, []imap.UID{m.uid}, name, m.sha, spooled, problem, out)
+	_, err = p.emit(ctx, c, log, []imap.UID{m.uid}, name, m.sha, spooled, problem, out)
+	return err
 }
 
 // maxMailSize is the largest mail that can carry a file within lim: base64
@@ -509,8 +748,10 @@ func maxMailSize(lim exchange.Limits) int64 {
 	return lim.MaxSize/57*78 + 1<<20
 }
 
-// emit hands one exchange file to the pipeline and commits its mails.
-func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logger, uids []imap.UID, name, sha string, f folder.Fetched, problem string, out chan<- *message.Message) error {
+// emit hands one exchange file to the pipeline and commits its mails;
+// taken reports that the file went through whole (acked, no problem) and
+// its mails are committed.
+func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logger, uids []imap.UID, name, sha string, f folder.Fetched, problem string, out chan<- *message.Message) (taken bool, err error) {
 	where := p.where(uids[0])
 	msg, bad := folder.NewMessage(p.node, where, name, f, p.lim, p.pw)
 	switch {
@@ -538,13 +779,13 @@ func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logge
 			default:
 			}
 		})
-		return nil
+		return false, nil
 	default:
-		return nil
+		return false, nil
 	}
 	if problem != "" {
 		log.Warn("malformed exchange mail moved to quarantine", "file", name, "reason", problem, "folder", p.cfg.Quarantine)
-		err := p.move(c, uids, p.cfg.Quarantine)
+		err = p.move(c, uids, p.cfg.Quarantine)
 		var ie *imap.Error
 		if errors.As(err, &ie) {
 			// The server refuses the folder (not allowed to create it, a
@@ -556,11 +797,14 @@ func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logge
 			for _, u := range uids {
 				p.known[u] = done
 			}
-			return nil
+			return false, nil
 		}
-		return err
+		return false, err
 	}
-	return p.commit(ctx, c, log, uids)
+	if err := p.commit(ctx, c, log, uids); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // commit applies `after` to the mails of a message JetStream holds.
@@ -654,7 +898,23 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 				p.known[u] = done
 			}
 			delete(p.transfers, t.id)
+			p.finish(t)
 			return nil
+		}
+	}
+	// Each part from a mail the server hands out: a copy the sender sent
+	// twice may stand in for one it refuses.
+	now := p.now()
+	pick := make([]imap.UID, t.n+1)
+	for i := 1; i <= t.n; i++ {
+		for _, u := range t.parts[i] {
+			if sk := p.skipped[u]; sk == nil || sk.due(now) {
+				pick[i] = u
+				break
+			}
+		}
+		if pick[i] == 0 {
+			return nil // tried again when one of them is due
 		}
 	}
 	spooled, err := p.newSpool()
@@ -664,7 +924,7 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 	defer spooled.Release()
 	problem := ""
 	for i := 1; i <= t.n && problem == ""; i++ {
-		uid := t.parts[i][0]
+		uid := pick[i]
 		if size := t.sizes[uid]; size > maxMailSize(p.lim) {
 			// Not even fetched, as in takeOne.
 			problem = fmt.Sprintf("part %d/%d: mail of %d bytes is larger than an exchange file of the %d-byte limit can be", i, t.n, size, p.lim.MaxSize)
@@ -674,9 +934,13 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 		if errors.Is(err, errGone) {
 			return nil // the next scan sees the set without it
 		}
+		if p.unreadable(uid, fmt.Sprintf("%s part %d/%d", t.file, i, t.n), err) {
+			return nil // the set waits for the mail's next try
+		}
 		if err != nil {
 			return err
 		}
+		delete(p.skipped, uid)
 		switch {
 		case !a.found && a.broken != nil:
 			problem = fmt.Sprintf("part %d/%d has no attachment that could be read: %v", i, t.n, a.broken)
@@ -700,11 +964,18 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 // complete, so the next session's scan takes and commits it again, as it
 // does a single mail; JetStream drops the duplicate. Forgetting it first
 // left its parts marked inTransfer and never looked at until a restart.
+//
+// A set taken whole is remembered as finished for part_timeout: a copy of
+// one of its parts that comes late is committed like the others.
 func (p *Pickup) emitSet(ctx context.Context, c *imapclient.Client, log *slog.Logger, t *transfer, name, sha string, f folder.Fetched, problem string, out chan<- *message.Message) error {
-	if err := p.emit(ctx, c, log, t.uids(), name, sha, f, problem, out); err != nil {
+	taken, err := p.emit(ctx, c, log, t.uids(), name, sha, f, problem, out)
+	if err != nil {
 		return err
 	}
 	delete(p.transfers, t.id)
+	if taken {
+		p.finish(t)
+	}
 	return nil
 }
 
@@ -779,7 +1050,12 @@ func (p *Pickup) fetchAttachment(c *imapclient.Client, uid imap.UID, f *os.File)
 		return a, err
 	}
 	cmd := c.Fetch(imap.UIDSetNum(uid), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}})
-	defer cmd.Close()
+	abandoned := false
+	defer func() {
+		if !abandoned {
+			cmd.Close()
+		}
+	}()
 	m := cmd.Next()
 	if m == nil {
 		if err := cmd.Close(); err != nil {
@@ -793,15 +1069,20 @@ func (p *Pickup) fetchAttachment(c *imapclient.Client, uid imap.UID, f *os.File)
 			continue
 		}
 		lit := &srcReader{r: body.Literal}
+		size := body.Literal.Size()
 		a, err = p.readAttachment(lit, f, start)
+		if err == nil {
+			_, err = io.Copy(io.Discard, lit)
+		}
+		if lit.broken(size) {
+			abandoned = true
+			c.Close()
+			if err == nil || lit.err == nil {
+				err = fmt.Errorf("mail cut off after %d of %d bytes", lit.n, size)
+			}
+		}
 		if err != nil {
 			return a, fmt.Errorf("imap %s: read UID %d: %w", p.node, uid, err)
-		}
-		if _, err := io.Copy(io.Discard, lit); err != nil {
-			return a, fmt.Errorf("imap %s: read UID %d: %w", p.node, uid, err)
-		}
-		if size := body.Literal.Size(); lit.n != size {
-			return a, fmt.Errorf("imap %s: read UID %d: mail cut off after %d of %d bytes", p.node, uid, lit.n, size)
 		}
 	}
 	if err := cmd.Close(); err != nil {
@@ -1016,20 +1297,36 @@ func (s *spoolWriter) Write(b []byte) (int, error) {
 // error of the connection itself: the MIME and transfer decoders above it
 // turn a cut-short part or base64 into io.ErrUnexpectedEOF as well, which is
 // the mail's own fault (a dead letter), while an error here is the
-// session's (a retry).
+// session's (a retry). Once a read has failed (io.EOF included) it never
+// reads again: imapclient lets its reader go on as soon as a literal read
+// fails, and another read of a literal cut short would race with it.
 type srcReader struct {
 	r   io.Reader
 	n   int64
 	err error
+	end error // the error that ended the reading, io.EOF included
 }
 
 func (s *srcReader) Read(b []byte) (int, error) {
+	if s.end != nil {
+		return 0, s.end
+	}
 	n, err := s.r.Read(b)
 	s.n += int64(n)
-	if err != nil && err != io.EOF && s.err == nil {
-		s.err = err
+	if err != nil {
+		s.end = err
+		if err != io.EOF && s.err == nil {
+			s.err = err
+		}
 	}
 	return n, err
+}
+
+// broken reports a literal of size bytes that ended before its end: the
+// connection failed, and the FETCH must be left as it is (closing it would
+// read the literal on; see srcReader) and the session ended.
+func (s *srcReader) broken(size int64) bool {
+	return s.end != nil && (s.end != io.EOF || s.n != size)
 }
 
 // withExt names a file whose content is unknown: as is when it has an
@@ -1057,16 +1354,19 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 		log.Warn("TLS certificate checks are off (insecure_skip_verify)")
 	}
 	d := net.Dialer{Timeout: s.ConnectTimeout.Std()}
-	raw, err := d.DialContext(ctx, "tcp", t.addr)
+	tcp, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", t.addr, err)
 	}
+	// Under TLS too: the TLS layer sets its deadlines on, and reads
+	// through, this one.
+	raw := &progressConn{Conn: tcp, idle: s.IOTimeout.Std()}
 	opts := &imapclient.Options{
 		TLSConfig:             tc,
 		UnilateralDataHandler: h,
 		WordDecoder:           &mime.WordDecoder{CharsetReader: charset.Reader},
 	}
-	raw.SetDeadline(time.Now().Add(s.ConnectTimeout.Std()))
+	tcp.SetDeadline(time.Now().Add(s.ConnectTimeout.Std()))
 	var c *imapclient.Client
 	switch {
 	case t.implicitTLS:
@@ -1093,7 +1393,9 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 			err = fmt.Errorf("LOGIN as %s: %w", t.user, err)
 		}
 	}
-	raw.SetDeadline(time.Time{})
+	// imapclient has set the read deadline since its first read (through
+	// raw); the write deadline is still the one for login.
+	tcp.SetWriteDeadline(time.Time{})
 	if err != nil {
 		if c != nil {
 			c.Close()
@@ -1106,4 +1408,54 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 		return nil, err
 	}
 	return c, nil
+}
+
+// progressConn is the connection under imapclient. It turns every read
+// deadline imapclient sets into a deadline for progress: a read fails only
+// when no byte arrived for idle (io_timeout), renewed by each read that
+// brings data, however long the whole response takes. imapclient gives a
+// whole literal (a mail of any size) one fixed 5 minutes and any other
+// response 30 seconds: a mail that took longer to download on a slow link
+// failed every time, and every mail behind it waited. A zero deadline
+// (imapclient's wait between responses, IDLE's included) stays zero.
+type progressConn struct {
+	net.Conn
+	idle time.Duration
+
+	mu    sync.Mutex
+	armed bool // imapclient wants a deadline: renew it on progress
+}
+
+// SetReadDeadline arms the progress deadline (any non-zero t) or clears it.
+func (c *progressConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.armed = !t.IsZero()
+	if !c.armed {
+		return c.Conn.SetReadDeadline(time.Time{})
+	}
+	return c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+}
+
+// SetDeadline is SetReadDeadline for reads; writes keep t as it is.
+func (c *progressConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// Read reads, and pushes an armed deadline on when data came.
+func (c *progressConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.mu.Lock()
+		if c.armed {
+			if derr := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); derr != nil && err == nil {
+				err = derr
+			}
+		}
+		c.mu.Unlock()
+	}
+	return n, err
 }

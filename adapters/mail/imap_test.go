@@ -968,3 +968,376 @@ func pickOne(t *testing.T, partHeader, body string) []byte {
 	}
 	return bodyOf(t, m)
 }
+
+// slowConn sends at most rate bytes a second, in chunks of 512 bytes: a
+// mail server at the end of a slow link. Once stallAt bytes are out (0:
+// never) it sends nothing for stall, once.
+type slowConn struct {
+	net.Conn
+	rate    int
+	stallAt int
+	stall   time.Duration
+
+	mu   sync.Mutex
+	sent int
+}
+
+func (c *slowConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	const chunk = 512
+	written := 0
+	for len(b) > 0 {
+		n := min(chunk, len(b))
+		time.Sleep(time.Duration(n) * time.Second / time.Duration(c.rate))
+		if c.stallAt > 0 && c.sent >= c.stallAt {
+			c.stallAt = 0
+			time.Sleep(c.stall)
+		}
+		w, err := c.Conn.Write(b[:n])
+		written += w
+		c.sent += w
+		if err != nil {
+			return written, err
+		}
+		b = b[n:]
+	}
+	return written, nil
+}
+
+// slowListener makes every connection a slowConn; the first one stalls.
+type slowListener struct {
+	net.Listener
+	rate     int
+	stallAt  int
+	stall    time.Duration
+	accepted atomic.Int32
+}
+
+func (l *slowListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	sc := &slowConn{Conn: c, rate: l.rate}
+	if l.accepted.Add(1) == 1 {
+		sc.stallAt, sc.stall = l.stallAt, l.stall
+	}
+	return sc, nil
+}
+
+// logBuffer collects a logger's lines for a test to look at.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(b)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestIMAPPickupSlowMailNeedsOnlyProgress proves that io_timeout bounds a
+// wait for progress, not a download. imapclient gives a whole mail one
+// fixed 5 minutes, so a large mail on a slow link could never be taken and
+// blocked the mails behind it. Here, with io_timeout 1s: a download that
+// stalls for 3s is ended (the first connection), one that lasts about 3s
+// with steady progress completes (the second), and the IDLE wait that
+// follows, with no deadline, outlives io_timeout without a reconnect.
+func TestIMAPPickupSlowMailNeedsOnlyProgress(t *testing.T) {
+	mem := imapmemserver.New()
+	u := imapmemserver.NewUser("relay", "secret")
+	if err := u.Create("INBOX", nil); err != nil {
+		t.Fatal(err)
+	}
+	mem.AddUser(u)
+	srv := imapserver.New(&imapserver.Options{
+		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return mem.NewSession(), nil, nil
+		},
+		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIdle: {}, imap.CapMove: {}, imap.CapUIDPlus: {}},
+		InsecureAuth: true,
+		Logger:       quietIMAPLog{},
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rate = 12000
+	sl := &slowListener{Listener: ln, rate: rate, stallAt: 6 << 10, stall: 3 * time.Second}
+	go srv.Serve(sl)
+	t.Cleanup(func() { srv.Close() })
+	s := &memIMAP{addr: ln.Addr().String(), user: u}
+
+	raw := testMail(t, "Message_ЦО_ОП.xml", genXML(t, "ЦО", "ОП", 3, 24<<10), part{1, 1}, 0)
+	s.add(t, "INBOX", raw)
+	c := imapTestConfig(s.addr)
+	c.IOTimeout = config.Duration(time.Second)
+	var logs logBuffer
+	start := time.Now()
+	out, p := runPickupWith(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil, func(p *Pickup) {
+		p.log = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	select {
+	case m := <-out:
+		if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+			t.Fatalf("problem: %s", pr)
+		}
+		m.Ack()
+	case <-time.After(15 * time.Second):
+		e, _ := p.LastError()
+		t.Fatalf("the mail was never taken; pickup error: %s", e)
+	}
+	t.Logf("mail of %d bytes (%.1fs at %d B/s) taken after %s", len(raw), float64(len(raw))/rate, rate, time.Since(start).Round(100*time.Millisecond))
+	if n := sl.accepted.Load(); n != 2 || !strings.Contains(logs.String(), "read UID 1: ") || !strings.Contains(logs.String(), "i/o timeout") {
+		t.Fatalf("a download stalled for 3s with io_timeout 1s was not ended: %d connections; log:\n%s", n, logs.String())
+	}
+	waitFor(t, "the mail deleted", func() bool { n, _ := s.count(t, "INBOX"); return n == 0 })
+	time.Sleep(1500 * time.Millisecond) // in IDLE
+	if n := sl.accepted.Load(); n != 2 {
+		t.Fatalf("the session ended while waiting in IDLE: %d connections; log:\n%s", n, logs.String())
+	}
+}
+
+// TestIMAPProgressConnDeadline proves the wrapper's rules on their own: a
+// deadline imapclient sets ends a read only after no byte came for idle,
+// however long the data keeps coming; a zero deadline stays none.
+func TestIMAPProgressConnDeadline(t *testing.T) {
+	client, server := net.Pipe()
+	defer server.Close()
+	c := &progressConn{Conn: client, idle: 300 * time.Millisecond}
+	defer c.Close()
+	go func() {
+		// 1.2s of steady progress, then 0.6s of silence, then one byte.
+		for range 12 {
+			time.Sleep(100 * time.Millisecond)
+			if _, err := server.Write([]byte("x")); err != nil {
+				return
+			}
+		}
+		time.Sleep(600 * time.Millisecond)
+		server.Write([]byte("y"))
+	}()
+	if err := c.SetReadDeadline(time.Now().Add(time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	for i := range 12 {
+		if _, err := c.Read(b); err != nil {
+			t.Fatalf("read %d of a steady stream: %v", i, err)
+		}
+	}
+	var ne net.Error
+	if _, err := c.Read(b); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("a stall longer than idle: %v, want a timeout", err)
+	}
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(b); err != nil || b[0] != 'y' {
+		t.Fatalf("with no deadline, a read after a 0.6s silence: %q %v", b, err)
+	}
+}
+
+// refuseBody answers NO to a FETCH of the whole mail with UID bad, as
+// dovecot does for a mail file it cannot read ("NO [SERVERBUG] Internal
+// error") and Exchange for a mail it cannot convert to MIME.
+type refuseBody struct {
+	imapserver.Session
+	bad     imap.UID
+	refused *atomic.Int32
+}
+
+func (s refuseBody) Fetch(w *imapserver.FetchWriter, set imap.NumSet, o *imap.FetchOptions) error {
+	if us, ok := set.(imap.UIDSet); ok && us.Contains(s.bad) {
+		for _, b := range o.BodySection {
+			if b.Specifier == imap.PartSpecifierNone && len(b.Part) == 0 {
+				s.refused.Add(1)
+				return &imap.Error{Type: imap.StatusResponseTypeNo, Code: "SERVERBUG", Text: "Internal error occurred. Refer to server log for more information."}
+			}
+		}
+	}
+	return s.Session.Fetch(w, set, o)
+}
+
+// TestIMAPPickupSkipsUnreadableMail proves that one exchange mail the
+// server refuses to hand out does not stop the mails after it: before, the
+// NO ended the session and the next one began with the same mail (oldest
+// first), for good. The refused mail is skipped (not fetched again at every
+// scan), shown in the status by UID and file, and left in the mailbox.
+func TestIMAPPickupSkipsUnreadableMail(t *testing.T) {
+	var refused atomic.Int32
+	s := startMemIMAPWith(t, imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}}, func(s imapserver.Session) imapserver.Session {
+		return refuseBody{s, 1, &refused}
+	})
+	content := fixture(t, "Message_ЦО_ОП.xml")
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", content, part{1, 1}, 0)) // UID 1: unreadable
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", content, part{1, 1}, 0)) // UID 2: fine
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	out, p := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	select {
+	case m := <-out:
+		if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+			t.Fatalf("problem: %s", pr)
+		}
+		m.Ack()
+	case <-time.After(8 * time.Second):
+		e, _ := p.LastError()
+		n, _ := s.count(t, "INBOX")
+		t.Fatalf("no mail taken, %d still in INBOX; pickup error: %s", n, e)
+	}
+	waitFor(t, "the readable mail deleted", func() bool { n, _ := s.count(t, "INBOX"); return n == 1 })
+	time.Sleep(2500 * time.Millisecond) // two more scans
+	e, _ := p.LastError()
+	if !strings.Contains(e, "UID 1 (Message_ЦО_ОП.xml)") || !strings.Contains(e, "SERVERBUG") {
+		t.Errorf("status does not name the skipped mail: %q", e)
+	}
+	if n, _ := s.count(t, "INBOX"); n != 1 {
+		t.Errorf("INBOX holds %d mails, want the unreadable one left", n)
+	}
+	if n := refused.Load(); n != 1 {
+		t.Errorf("the unreadable mail was fetched %d times in 3s, want once (then after a backoff)", n)
+	}
+	none(t, out, 0)
+}
+
+// cutProxy forwards IMAP between the pickup and backend and, the first time
+// the server sends a header literal (BODY[HEADER.FIELDS ...] {n}), cuts
+// the connection a few bytes into it: a link that drops, a server restart.
+type cutProxy struct {
+	addr    string
+	backend string
+	cut     atomic.Bool
+}
+
+func startCutProxy(t *testing.T, backend string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{addr: ln.Addr().String(), backend: backend}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) serve(c net.Conn) {
+	defer c.Close()
+	b, err := net.Dial("tcp", p.backend)
+	if err != nil {
+		return
+	}
+	defer b.Close()
+	go func() { io.Copy(b, c); b.Close() }()
+	buf := make([]byte, 64<<10)
+	var window []byte
+	for {
+		n, err := b.Read(buf)
+		if n > 0 {
+			chunk := buf[:n]
+			if !p.cut.Load() {
+				window = append(window, chunk...)
+				if i := bytes.Index(window, []byte("BODY[HEADER.FIELDS")); i >= 0 {
+					if j := bytes.Index(window[i:], []byte("}\r\n")); j >= 0 {
+						end := i + j + 3 + 10
+						if end <= len(window) {
+							p.cut.Store(true)
+							already := len(window) - len(chunk)
+							if end > already {
+								c.Write(chunk[:end-already])
+							}
+							return
+						}
+					}
+				}
+			}
+			if _, werr := c.Write(chunk); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// TestIMAPPickupHeaderCutDoesNotHideMail proves that a connection that
+// breaks while the header of an exchange mail is read is the session's
+// trouble, not the mail's: before, the cut header counted as unreadable,
+// the mail was marked ignored for the life of the process and never looked
+// at again after the reconnect.
+func TestIMAPPickupHeaderCutDoesNotHideMail(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	proxy := startCutProxy(t, s.addr)
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
+	c := imapTestConfig(proxy.addr)
+	c.PollInterval = config.Duration(time.Second)
+	out, p := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+	select {
+	case m := <-out:
+		if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+			t.Fatalf("problem: %s", pr)
+		}
+		m.Ack()
+	case <-time.After(8 * time.Second):
+		e, _ := p.LastError()
+		n, _ := s.count(t, "INBOX")
+		t.Fatalf("connection cut=%v; the mail was never taken after the reconnect (%d in INBOX); pickup error: %q", proxy.cut.Load(), n, e)
+	}
+	if !proxy.cut.Load() {
+		t.Fatal("the connection was never cut")
+	}
+}
+
+// TestIMAPPickupLatePartOfTakenSetCommitted proves that a part the sender
+// sends again after the set was joined (it missed the 250 for the last
+// part: io_timeout while the server's content filter scanned it, a cut
+// after the final dot) is committed like its siblings. Before, it was
+// collected as a new set that could never complete and, part_timeout
+// later, a message delivered whole showed up as an "incomplete" dead
+// letter with its part in quarantine.
+func TestIMAPPickupLatePartOfTakenSetCommitted(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
+	per := int64(100 << 10)
+	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	var skew atomic.Int64
+	out, _ := runPickupWith(t, "SHOP1", c, config.After{Action: config.AfterDelete}, nil, func(p *Pickup) {
+		p.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	})
+	m := next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("problem: %s", pr)
+	}
+	m.Ack()
+	waitFor(t, "parts deleted", func() bool { k, _ := s.count(t, "INBOX"); return k == 0 })
+	// The retried copy of the last part.
+	s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{n, n}, per))
+	waitFor(t, "the late part deleted like its siblings", func() bool { k, _ := s.count(t, "INBOX"); return k == 0 })
+	skew.Store(int64(25 * time.Hour))
+	select {
+	case m := <-out:
+		t.Fatalf("a delivered message became a dead letter: file %s, problem %q",
+			m.Metadata.Get(exchange.MetaFileName), m.Metadata.Get(exchange.MetaProblem))
+	case <-time.After(2500 * time.Millisecond):
+	}
+}

@@ -228,12 +228,11 @@ func rawPerMail(limit int64) int64 {
 // send runs one mail transaction: MAIL, RCPT for each recipient, DATA.
 // tid is the transfer id of a part, "" for a whole file.
 func (p *Publisher) send(c *smtp.Client, out outgoing, pt part, tid string, r io.Reader, attachName string) error {
-	from := address(p.cfg.From).Address
+	from, rcpts := p.cfg.envelope()
 	if err := c.Mail(from, nil); err != nil {
 		return p.fail("MAIL FROM "+from, err, false)
 	}
-	for _, a := range p.cfg.To {
-		to := address(a).Address
+	for _, to := range rcpts {
 		if err := c.Rcpt(to, nil); err != nil {
 			return p.fail("RCPT TO "+to, err, true)
 		}
@@ -281,6 +280,17 @@ func address(s string) *gomail.Address {
 		return a
 	}
 	return &gomail.Address{Address: s}
+}
+
+// envelope is MAIL FROM and the RCPT TO list: the bare addresses of from
+// and to. The delivery and `relay check` both use it, so the check probes
+// the transaction relay will run.
+func (c *SMTPConfig) envelope() (from string, to []string) {
+	to = make([]string, len(c.To))
+	for i, a := range c.To {
+		to[i] = address(a).Address
+	}
+	return address(c.From).Address, to
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

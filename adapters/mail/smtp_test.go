@@ -1377,3 +1377,29 @@ func TestHint(t *testing.T) {
 		}
 	}
 }
+
+// TestSMTPCheckDisplayNameAddresses proves that relay check probes the
+// envelope the delivery sends: from: and to: may carry a display name
+// ("Склад <wh@example.com>", accepted by validation and by the delivery,
+// which sends the bare address), and the check used to send
+// MAIL FROM:<Relay <relay@example.com>> and fail a config that works.
+func TestSMTPCheckDisplayNameAddresses(t *testing.T) {
+	s := startSMTP(t, startTLSSMTP, 0)
+	var rcpts []string
+	s.rcpt = func(to string) error { rcpts = append(rcpts, to); return nil }
+	cfg := smtpConf(t, smtpURL(s, "smtp"), caFile(t, nil), "from: \"Relay <relay@example.com>\"\nto: [\"Склад <wh@example.com>\"]\n")
+	// The delivery takes this config: envelope relay@example.com → wh@example.com.
+	if err := publish(newTestPublisher(t, cfg), outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml"))); err != nil {
+		t.Fatalf("delivery: %v", err)
+	}
+	if got := s.accepted(); len(got) != 1 || got[0].from != "relay@example.com" {
+		t.Fatalf("delivery envelope: %+v", got)
+	}
+	rcpts = nil
+	if err := CheckSMTP(context.Background(), "ОП", cfg, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("relay check fails a delivery config that works: %v", err)
+	}
+	if len(rcpts) != 1 || rcpts[0] != "wh@example.com" {
+		t.Fatalf("check probed RCPT TO %q, the delivery sends RCPT TO wh@example.com", rcpts)
+	}
+}
