@@ -10,7 +10,8 @@ import (
 	"github.com/relay1c/relay/bus"
 )
 
-// Memory is the KV-backed memory of `after: keep` pickups, shared by replicas.
+// Memory is the KV-backed memory of `after: keep` pickups, shared by
+// replicas: a folder.Memory for mail, a folder.KeepMemory for dir and ftp.
 type Memory struct{ kv jetstream.KeyValue }
 
 // NewMemory wraps the EXCHANGE_TAKEN bucket.
@@ -26,6 +27,18 @@ func (m *Memory) Seen(ctx context.Context, key, fingerprint string) (bool, error
 		return false, fmt.Errorf("pickup memory %s: %w", key, err)
 	}
 	return string(e.Value()) == fingerprint, nil
+}
+
+// Recall returns the fingerprint remembered under key, "" if none.
+func (m *Memory) Recall(ctx context.Context, key string) (string, error) {
+	e, err := m.kv.Get(ctx, bus.Token(key))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("pickup memory %s: %w", key, err)
+	}
+	return string(e.Value()), nil
 }
 
 // Remember stores the fingerprint of what was taken under key.

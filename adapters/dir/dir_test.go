@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,16 +34,16 @@ func fastPickup(path string) PickupConfig {
 	return PickupConfig{Path: path, Settle: config.Duration(50 * time.Millisecond), PollInterval: config.Duration(100 * time.Millisecond), IncompleteTimeout: config.Duration(time.Second)}
 }
 
-// memMemory is an in-memory Memory.
+// memMemory is an in-memory KeepMemory.
 type memMemory struct {
 	mu sync.Mutex
 	m  map[string]string
 }
 
-func (m *memMemory) Seen(_ context.Context, k, fp string) (bool, error) {
+func (m *memMemory) Recall(_ context.Context, k string) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.m[k] == fp, nil
+	return m.m[k], nil
 }
 
 func (m *memMemory) Remember(_ context.Context, k, fp string) error {
@@ -52,14 +53,14 @@ func (m *memMemory) Remember(_ context.Context, k, fp string) error {
 	return nil
 }
 
-func subscribe(t *testing.T, cfg PickupConfig, after string, mem folder.Memory) <-chan *message.Message {
+func subscribe(t *testing.T, cfg PickupConfig, after string, mem folder.KeepMemory) <-chan *message.Message {
 	t.Helper()
 	_, ch := startPickup(t, "A", cfg, after, mem)
 	return ch
 }
 
 // startPickup runs the pickup of node until the test ends.
-func startPickup(t *testing.T, node string, cfg PickupConfig, after string, mem folder.Memory) (*folder.Pickup, <-chan *message.Message) {
+func startPickup(t *testing.T, node string, cfg PickupConfig, after string, mem folder.KeepMemory) (*folder.Pickup, <-chan *message.Message) {
 	t.Helper()
 	a, err := config.ParseAfter(after)
 	if err != nil {
@@ -476,4 +477,50 @@ func TestPickupCommitTroubleShown(t *testing.T) {
 	}
 	msg, _ := s.LastError()
 	t.Fatalf("trouble %q after a commit that worked", msg)
+}
+
+// TestMoveToAnotherFileSystem: after: move:<folder> with the folder on
+// another file system than the pickup folder (/dev/shm here) commits: the
+// file arrives there whole, with its mtime, and leaves the pickup folder
+// (os.Rename failed with EXDEV every time, and the file was stored again
+// and again).
+func TestMoveToAnotherFileSystem(t *testing.T) {
+	dir := t.TempDir()
+	archive, err := os.MkdirTemp("/dev/shm", "relay-test-archive-")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(archive) })
+	probe := filepath.Join(dir, "probe")
+	if err := os.WriteFile(probe, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(probe, filepath.Join(archive, "probe")); !errors.Is(err, syscall.EXDEV) {
+		t.Skipf("/dev/shm is not another file system than %s here (rename: %v)", dir, err)
+	}
+	p, ch := startPickup(t, "A", fastPickup(dir), "move:"+archive, nil)
+	path, _ := exchangetest.WriteFile(dir, hdr(3), 1000, exchange.FormatXML)
+	want, _ := os.ReadFile(path)
+	before, _ := os.Stat(path)
+	m := next(t, ch, 5*time.Second)
+	if m == nil {
+		t.Fatal("no message")
+	}
+	m.Ack()
+	moved := filepath.Join(archive, filepath.Base(path))
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if !exists(path) && exists(moved) {
+			got, _ := os.ReadFile(moved)
+			after, _ := os.Stat(moved)
+			if string(got) != string(want) || !after.ModTime().Equal(before.ModTime()) {
+				t.Fatalf("moved file differs (%d bytes of %d) or lost its mtime (%s, was %s)", len(got), len(want), after.ModTime(), before.ModTime())
+			}
+			if left, _ := filepath.Glob(filepath.Join(archive, ".relay-*")); len(left) > 0 {
+				t.Fatalf("temp files left in the archive: %v", left)
+			}
+			return
+		}
+	}
+	msg, _ := p.LastError()
+	t.Fatalf("acked file not moved to %s (still in the outbox: %v); pickup error: %s", archive, exists(path), msg)
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -19,7 +21,7 @@ import (
 // NewSubscriber makes the pickup of node from cfg.Path: a folder.Pickup over
 // the local folder, woken by fsnotify. mem may be nil unless after is keep;
 // pw (may be nil) reads password-protected zips.
-func NewSubscriber(node string, cfg PickupConfig, after config.After, mem folder.Memory, pw folder.Passwords, log *slog.Logger) (*folder.Pickup, error) {
+func NewSubscriber(node string, cfg PickupConfig, after config.After, mem folder.KeepMemory, pw folder.Passwords, log *slog.Logger) (*folder.Pickup, error) {
 	cfg.setDefaults()
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("dir %s: %w", node, errors.Join(errs...))
@@ -93,10 +95,22 @@ func (s *source) Remove(_ context.Context, name string) error {
 	return os.Remove(filepath.Join(s.path, name))
 }
 
-func (s *source) Move(_ context.Context, name, to string) error {
+// Move moves name into the folder to (relative to the pickup folder, or
+// absolute), creating it; a file of that name there already (an earlier
+// moved one) is kept, and this one gets a UTC time prefix. A folder on
+// another file system gets a copy (synced, then renamed into place) before
+// the file is removed from the pickup folder.
+func (s *source) Move(ctx context.Context, name, to string) error {
 	if !filepath.IsAbs(to) {
 		to = filepath.Join(s.path, to)
 	}
+	if err := s.move(ctx, name, to); err != nil {
+		return fmt.Errorf("dir %s: move %s to %s: %w", s.node, name, to, err)
+	}
+	return nil
+}
+
+func (s *source) move(ctx context.Context, name, to string) error {
 	if err := os.MkdirAll(to, 0o750); err != nil {
 		return err
 	}
@@ -106,7 +120,76 @@ func (s *source) Move(_ context.Context, name, to string) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return os.Rename(filepath.Join(s.path, name), dst)
+	src := filepath.Join(s.path, name)
+	err := os.Rename(src, dst)
+	if errors.Is(err, syscall.EXDEV) {
+		return moveAcross(ctx, src, dst)
+	}
+	return err
+}
+
+// moveAcross moves src to dst on another file system, where rename cannot:
+// it copies src to a .relay-*.part file in dst's folder, syncs it, gives it
+// src's mode and mtime, renames it to dst and syncs the folder, then
+// removes src. If src changed meanwhile (1C wrote its next message) or
+// cannot be removed, the copy goes and src stays, as after a failed rename.
+func moveAcross(ctx context.Context, src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	before, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	to := filepath.Dir(dst)
+	tmp, err := createPart(to)
+	if err != nil {
+		return err
+	}
+	done := false
+	defer func() {
+		if !done {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := io.CopyBuffer(tmp, folder.CtxReader{Ctx: ctx, R: in}, make([]byte, 256<<10)); err != nil {
+		return fmt.Errorf("copy %s to %s: %w", src, tmp.Name(), err)
+	}
+	if err := tmp.Chmod(before.Mode().Perm()); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp.Name(), err)
+	}
+	if err := os.Chtimes(tmp.Name(), time.Time{}, before.ModTime()); err != nil {
+		return err
+	}
+	now, err := os.Lstat(src)
+	if err != nil {
+		return err
+	}
+	if !os.SameFile(before, now) || now.Size() != before.Size() || !now.ModTime().Equal(before.ModTime()) {
+		return fmt.Errorf("%s changed while it was copied to %s; it stays", src, to)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return err
+	}
+	done = true
+	if d, err := os.Open(to); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	if err := os.Remove(src); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("copied to %s, but cannot remove %s (the copy is removed again): %w", dst, src, err)
+	}
+	return nil
 }
 
 func (s *source) Where(name string) string {

@@ -88,6 +88,18 @@ type Memory interface {
 	Remember(ctx context.Context, key, fingerprint string) error
 }
 
+// KeepMemory is the memory of an `after: keep` folder pickup: under each
+// file's key, the fingerprint of the version taken last (size, mtime and
+// sha256, in the pickup's own format). The pickup reads the fingerprint
+// back rather than asking whether one matches: with a coarse mtime, equal
+// size and mtime only say that the content must be compared.
+type KeepMemory interface {
+	// Recall returns the fingerprint remembered under key, "" if none.
+	Recall(ctx context.Context, key string) (string, error)
+	// Remember stores fingerprint under key, replacing what was there.
+	Remember(ctx context.Context, key, fingerprint string) error
+}
+
 // ForAnotherNode says the name makes the file a message of another node than
 // node (exchange.Name.MayBeFrom): a pickup leaves it alone, as in a folder
 // or mailbox shared with what is delivered to the node. A name that does

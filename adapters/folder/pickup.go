@@ -2,6 +2,8 @@ package folder
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -43,7 +45,7 @@ type Options struct {
 	// After is what happens to a file once JetStream holds it.
 	After config.After
 	// Memory is required for after: keep.
-	Memory Memory
+	Memory KeepMemory
 	// Limits bound what a file may be.
 	Limits exchange.Limits
 	// Passwords read password-protected zips; nil: none.
@@ -65,12 +67,12 @@ type Pickup struct {
 	// a move folder that cannot be made): kept until a commit succeeds,
 	// since the listings that clear Last succeed all the while.
 	commitTrouble trouble.Last
-	// readTrouble is a file that could not be read (the user may not read
-	// it, a lock), readFile its name: kept until that file is read or
-	// leaves the folder, for the same reason.
-	readTrouble trouble.Last
-	readMu      sync.Mutex
-	readFile    string
+	// files holds, by name, why files cannot be taken (the user may not
+	// read one, a lock, a look at it that fails): each kept until that
+	// step works for the file or the file leaves the folder, for the same
+	// reason.
+	filesMu sync.Mutex
+	files   map[string]fileTrouble
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -97,6 +99,7 @@ func NewPickup(src Source, o Options) (*Pickup, error) {
 		src: src, o: o,
 		log:     o.Log.With("node", o.Node, "adapter", o.Adapter),
 		now:     time.Now,
+		files:   map[string]fileTrouble{},
 		closing: make(chan struct{}),
 	}, nil
 }
@@ -105,10 +108,14 @@ func NewPickup(src Source, o Options) (*Pickup, error) {
 type candidate struct {
 	size    int64
 	mtime   time.Time
-	since   time.Time // when this size/mtime was first seen
+	since   time.Time // when this size/mtime was first seen (settle runs from here)
+	found   time.Time // when a scan first listed this size/mtime
 	listed  time.Time // when a scan last listed this size/mtime
-	retryAt time.Time // after a nack, a failed fetch or an incomplete read
+	retryAt time.Time // after a nack, a failed fetch, an incomplete read, a keep
 	fails   int
+	// rechecks counts reads of this version that its coarse mtime could
+	// not prove final (unchanged); they back off.
+	rechecks int
 }
 
 // Subscribe starts scanning; the topic is ignored (a pickup has one source).
@@ -283,8 +290,10 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 				// The last write was at mtime: the settle time runs
 				// from there, not from when this scan happened to look.
 				// A change came after the scan that listed the old
-				// version, whatever a coarse mtime says.
-				since = f.ModTime
+				// version, whatever a coarse mtime says. since keeps
+				// now's monotonic reading (an mtime has none), so that
+				// a step of the wall clock does not move it.
+				since = now.Add(-now.Sub(f.ModTime))
 				if floor := now.Add(-p.o.Settle); since.Before(floor) {
 					since = floor
 				}
@@ -292,7 +301,7 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 					since = c.listed
 				}
 			}
-			c = &candidate{size: f.Size, mtime: f.ModTime, since: since, fails: fails}
+			c = &candidate{size: f.Size, mtime: f.ModTime, since: since, found: now, fails: fails}
 			sc.seen[f.Name] = c
 		}
 		c.listed = now
@@ -309,9 +318,9 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 	for name := range sc.seen {
 		if !present[name] && !sc.busy[name] {
 			delete(sc.seen, name)
-			p.readDone(name)
 		}
 	}
+	p.forgetFiles(func(name string) bool { return present[name] || sc.busy[name] })
 	sort.Slice(ready, func(i, j int) bool {
 		a, b := sc.seen[ready[i]], sc.seen[ready[j]]
 		if !a.mtime.Equal(b.mtime) {
@@ -346,10 +355,91 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 // takeParallel is how many files of one folder are in the pipeline at once.
 const takeParallel = 8
 
-// fingerprint identifies one version of a file for keep-memory and for the
-// "changed since taken" check.
-func fingerprint(size int64, mtime time.Time) string {
-	return strconv.FormatInt(size, 10) + "/" + strconv.FormatInt(mtime.UnixNano(), 10)
+// fingerprint identifies, for keep-memory, the version of a file that was
+// taken: "size/mtime in Unix nanoseconds/sha256". An older relay wrote the
+// first two only; parseFingerprint reads both.
+func fingerprint(size int64, mtime time.Time, sum string) string {
+	return strconv.FormatInt(size, 10) + "/" + strconv.FormatInt(mtime.UnixNano(), 10) + "/" + sum
+}
+
+// keptVersion is a fingerprint read back; sha256 is "" in an older one.
+type keptVersion struct {
+	size, mtime int64 // mtime in Unix nanoseconds
+	sha256      string
+}
+
+// parseFingerprint reads a fingerprint; false for "" or one it does not know.
+func parseFingerprint(fp string) (keptVersion, bool) {
+	parts := strings.Split(fp, "/")
+	if len(parts) != 2 && len(parts) != 3 {
+		return keptVersion{}, false
+	}
+	var k keptVersion
+	var err1, err2 error
+	k.size, err1 = strconv.ParseInt(parts[0], 10, 64)
+	k.mtime, err2 = strconv.ParseInt(parts[1], 10, 64)
+	if len(parts) == 3 {
+		k.sha256 = parts[2]
+	}
+	return k, err1 == nil && err2 == nil
+}
+
+// is reports whether k is the version c lists.
+func (k keptVersion) is(c *candidate) bool {
+	return k.size == c.size && k.mtime == c.mtime.UnixNano()
+}
+
+// coarse reports whether a listed mtime has no sub-second part: a file
+// system with coarse times (FAT, ext3, some shares) or an FTP server (MDTM
+// has seconds, LIST without MLSD minutes). There 1C's next message, written
+// over the same name with the same size soon after the one before, may list
+// exactly as that one did: only the content tells them apart.
+func coarse(mtime time.Time) bool { return mtime.Nanosecond() == 0 }
+
+// timeUnit is how far apart in time writes may be that give a file the
+// same mtime: 0 for a fine mtime; for a coarse one, two seconds (FAT counts
+// in twos), or a minute for an mtime on a whole minute (FTP LIST).
+func timeUnit(mtime time.Time) time.Duration {
+	switch {
+	case !coarse(mtime):
+		return 0
+	case mtime.Second() != 0:
+		return 2 * time.Second
+	default:
+		return time.Minute
+	}
+}
+
+// final reports whether a read of c's version that started at t got the
+// last content that version can have: a write after t would show another
+// mtime. So it is for a fine mtime. The writes that give one coarse mtime
+// fall within its time unit, and one of them came before the scan that
+// first listed the version, so a read that starts a unit after that scan
+// is final too, whatever the source's clock says; where the mtime is the
+// relay's clock (TrustMTime), so is one that starts a unit after the mtime.
+func (p *Pickup) final(c *candidate, t time.Time) bool {
+	u := timeUnit(c.mtime)
+	return u == 0 || !t.Before(c.found.Add(u)) || p.o.TrustMTime && c.mtime.Add(u).Before(t)
+}
+
+// unchanged schedules the next read of a version whose content is known
+// (taken already with after: keep, or incomplete), read from t on: at
+// until, since a listing shows any change; or, where the read was not
+// final, sooner, as a same-size rewrite within the mtime's time unit would
+// not show: after 2 s, 4 s ... (Backoff), and at the latest once a read is
+// sure to be final.
+func (p *Pickup) unchanged(c *candidate, t, until time.Time) {
+	if !p.final(c, t) {
+		at := p.now().Add(Backoff(c.rechecks + 1))
+		if end := c.found.Add(timeUnit(c.mtime)); end.Before(at) {
+			at = end
+		}
+		c.rechecks++
+		if at.Before(until) {
+			until = at
+		}
+	}
+	c.retryAt = until
 }
 
 // later schedules the next look at c after a failure.
@@ -358,38 +448,50 @@ func (p *Pickup) later(c *candidate) {
 	c.fails++
 }
 
-// take proves one file complete, emits it and waits for the verdict. It
-// returns true when the file is done with (committed or left for good).
-func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<- *message.Message) bool {
+// take proves one file complete, emits it and waits for the verdict; c is
+// left saying when to look at the file again.
+func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<- *message.Message) {
 	where := p.src.Where(name)
 	log := p.log.With("file", where)
-	fp := fingerprint(c.size, c.mtime)
-	if p.o.After.Action == config.AfterKeep {
-		ok, err := p.o.Memory.Seen(ctx, where, fp)
+	keep := p.o.After.Action == config.AfterKeep
+	var keptSHA string // keep: the sha256 taken with this size and coarse mtime
+	if keep {
+		fp, err := p.o.Memory.Recall(ctx, where)
 		if err != nil {
 			log.Warn("cannot read pickup memory; will retry", "err", err)
 			p.later(c)
-			return false
+			return
 		}
-		if ok {
-			c.retryAt = farFuture
-			return true
+		if k, ok := parseFingerprint(fp); ok && k.is(c) {
+			switch {
+			case !coarse(c.mtime):
+				c.retryAt = farFuture
+				return
+			case k.sha256 == "":
+				// A coarse mtime cannot tell this version from the next
+				// message of the same size; without a sha256 nothing can.
+				// Taken again: the same message is dropped as a duplicate.
+				log.Info("taken before by a relay that did not remember its sha256; taken again to be sure (a duplicate is dropped)")
+			default:
+				keptSHA = k.sha256
+			}
 		}
 	}
 
 	if lim := p.o.Limits.MaxSize; lim > 0 && c.size > lim {
-		return p.leaveTooLarge(ctx, log, name, where, c, lim, out)
+		p.leaveTooLarge(ctx, log, name, where, c, lim, out)
+		return
 	}
+	read := p.now()
 	fetched, err := p.src.Fetch(ctx, File{Name: name, Size: c.size, ModTime: c.mtime})
 	if err != nil {
 		if ctx.Err() == nil {
-			p.readFailed(name, err)
+			p.fileFailed(name, err, false)
 			log.Warn("cannot read the file; will retry", "err", err)
 		}
 		p.later(c)
-		return false
+		return
 	}
-	p.readDone(name)
 	defer fetched.Release()
 	changed := fetched.Size != c.size
 	if !changed && fetched.Copy {
@@ -401,49 +503,89 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		now, err := p.src.Stat(ctx, name)
 		if err != nil {
 			if ctx.Err() == nil {
+				p.fileFailed(name, fmt.Errorf("%s %s: look at %s after reading it: %w", p.o.Adapter, p.o.Node, name, err), false)
 				log.Warn("cannot look at the file after reading it; will retry", "err", err)
 			}
 			p.later(c)
-			return false
+			return
 		}
 		changed = now.Size != c.size || !now.ModTime.Equal(c.mtime)
 	}
+	p.fileRead(name)
 	if changed {
 		// Still being written: wait for it to settle again.
 		log.Debug("file changed while it was read; waiting", "listed", c.size, "read", fetched.Size)
 		c.size, c.since = -1, p.now()
 		c.retryAt = p.now().Add(p.o.Settle)
-		return false
+		return
+	}
+	if keptSHA != "" {
+		sum, err := p.contentSHA256(ctx, name, fetched)
+		if err != nil {
+			if ctx.Err() == nil {
+				p.fileFailed(name, err, false)
+				log.Warn("cannot read the file; will retry", "err", err)
+			}
+			p.later(c)
+			return
+		}
+		if sum == keptSHA {
+			p.unchanged(c, read, farFuture)
+			return
+		}
+		log.Info("file has the size and mtime of the one taken but another content: the node's next message")
 	}
 
 	msg, problem := NewMessage(p.o.Node, where, name, fetched, p.o.Limits, p.o.Passwords)
 	if errors.Is(problem, exchange.ErrIncomplete) && p.now().Sub(c.since) < p.o.IncompleteTimeout {
+		// Read again once it changes, or at incomplete_timeout to be
+		// dead-lettered: an unchanged file does not become complete.
 		log.Debug("file not complete yet; waiting", "reason", problem)
-		c.retryAt = p.now().Add(max(p.o.Settle, time.Second))
-		return false
+		p.unchanged(c, read, c.since.Add(p.o.IncompleteTimeout))
+		return
+	}
+	sum := msg.Metadata.Get(exchange.MetaSHA256)
+	if sum == "" && (keep || !p.final(c, read)) {
+		// A dead letter has no sha256 of its own; keep remembers one, and
+		// the commit may compare the file with it.
+		if sum, err = p.contentSHA256(ctx, name, fetched); err != nil {
+			if ctx.Err() == nil {
+				p.fileFailed(name, err, false)
+				log.Warn("cannot read the file; will retry", "err", err)
+			}
+			p.later(c)
+			return
+		}
 	}
 	switch Hand(ctx, p.closing, out, msg) {
 	case Acked:
-		if !p.commit(ctx, log, name, where, c) {
+		if !p.commit(ctx, log, name, where, c, read, sum) {
 			// Taking it again at once would only store it again (a
 			// duplicate) in a loop as fast as the file reads.
 			p.later(c)
-			return false
+			return
 		}
 		c.fails = 0
-		return true
 	case Nacked:
 		p.later(c)
 		log.Warn("pipeline refused the file; it stays and is retried", "retry_in", c.retryAt.Sub(p.now()).Round(time.Second))
 	}
-	return false
+}
+
+// contentSHA256 is the hex sha256 of the fetched content of name, streamed.
+func (p *Pickup) contentSHA256(ctx context.Context, name string, f Fetched) (string, error) {
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, CtxReader{Ctx: ctx, R: io.NewSectionReader(f.File, 0, f.Size)}, make([]byte, 256<<10)); err != nil {
+		return "", fmt.Errorf("%s %s: read %s: %w", p.o.Adapter, p.o.Node, name, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // leaveTooLarge records a file over the size limit as a dead letter without
 // its bytes (none are read: the pipeline could not keep them) and leaves the
 // file where it is, since committing it would delete or move the only copy.
 // It is looked at again once it changes.
-func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, where string, c *candidate, lim int64, out chan<- *message.Message) bool {
+func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, where string, c *candidate, lim int64, out chan<- *message.Message) {
 	problem := fmt.Errorf("%w: %d bytes, larger than the %d-byte limit; the file is left in place", exchange.ErrTooLarge, c.size, lim)
 	msg := fileMessage(p.o.Node, where, name)
 	msg.Metadata.Set(exchange.MetaProblem, problem.Error())
@@ -454,11 +596,9 @@ func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, wher
 		log.Error("file larger than the size limit: dead letter recorded, the file stays", "bytes", c.size, "limit", lim)
 		c.retryAt = farFuture
 		c.fails = 0
-		return true
 	case Nacked:
 		p.later(c)
 	}
-	return false
 }
 
 // Passwords gives the archive passwords to try, in order, on a
@@ -558,16 +698,21 @@ func inspect(name string, f Fetched, lim exchange.Limits, pw Passwords) (exchang
 	return info, nil
 }
 
-// commit applies `after` once JetStream holds the message. A file that changed
-// since it was read is a new message from the node: it is left in place.
-// It returns false when the file stays because the commit failed.
-func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where string, c *candidate) bool {
-	now, err := p.src.Stat(ctx, name)
+// commit applies `after` once JetStream holds the message read from t on,
+// whose sha256 is sum. A file that changed since it was read is a new
+// message from the node: it is left in place. It returns false when the
+// file stays because the commit failed.
+func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where string, c *candidate, t time.Time, sum string) bool {
+	stored, err := p.stillStored(ctx, name, c, t, sum)
 	if err != nil {
-		log.Warn("cannot look at the file before commit; it may be taken again and dropped as a duplicate", "err", err)
+		if ctx.Err() == nil {
+			p.fileFailed(name, err, true)
+			log.Warn("cannot look at the file before commit; it may be taken again and dropped as a duplicate", "err", err)
+		}
 		return false
 	}
-	if now.Size != c.size || !now.ModTime.Equal(c.mtime) {
+	p.fileLooked(name)
+	if !stored {
 		log.Info("file changed after it was taken; leaving the new version for the next scan")
 		return true
 	}
@@ -577,7 +722,9 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 	case config.AfterMove:
 		err = p.src.Move(ctx, name, p.o.After.Folder)
 	case config.AfterKeep:
-		err = p.o.Memory.Remember(ctx, where, fingerprint(c.size, c.mtime))
+		if err = p.o.Memory.Remember(ctx, where, fingerprint(c.size, c.mtime, sum)); err == nil {
+			p.unchanged(c, t, farFuture)
+		}
 	}
 	if err != nil {
 		// The message is safe in JetStream; a second pickup is dropped as a duplicate.
@@ -590,35 +737,118 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 	return true
 }
 
+// stillStored reports whether name is still the version of c read from t
+// on, whose sha256 is sum. Size and mtime tell, unless a same-size rewrite
+// within a coarse mtime's time unit could have come after the read began
+// (final): then the file is read again and its sha256 compared. keep needs
+// no such read: it remembers sum, and later reads compare it.
+func (p *Pickup) stillStored(ctx context.Context, name string, c *candidate, t time.Time, sum string) (bool, error) {
+	now, err := p.src.Stat(ctx, name)
+	if err != nil {
+		return false, fmt.Errorf("%s %s: look at %s before its commit: %w", p.o.Adapter, p.o.Node, name, err)
+	}
+	if now.Size != c.size || !now.ModTime.Equal(c.mtime) {
+		return false, nil
+	}
+	if p.o.After.Action == config.AfterKeep || p.final(c, t) {
+		return true, nil
+	}
+	f, err := p.src.Fetch(ctx, now)
+	if err != nil {
+		return false, fmt.Errorf("%s %s: read %s again before its commit: %w", p.o.Adapter, p.o.Node, name, err)
+	}
+	defer f.Release()
+	if f.Size != c.size {
+		return false, nil
+	}
+	got, err := p.contentSHA256(ctx, name, f)
+	return got == sum, err
+}
+
+// fileTrouble is why one file cannot be taken, and since when.
+type fileTrouble struct {
+	msg string
+	at  time.Time
+	// commit: the look before its commit failed, which a read of the
+	// file does not clear (each take reads it before it gets there).
+	commit bool
+}
+
 // LastError is the pickup's current trouble for `relay status`: the source's
-// (cannot list), else a file that cannot be read, else a commit that failed
-// last.
+// (cannot list), else a file that cannot be taken (the oldest such trouble,
+// with how many more files have one), else a commit that failed last.
 func (p *Pickup) LastError() (string, time.Time) {
 	if msg, at := p.Last.LastError(); msg != "" {
 		return msg, at
 	}
-	if msg, at := p.readTrouble.LastError(); msg != "" {
+	if msg, at := p.filesTrouble(); msg != "" {
 		return msg, at
 	}
 	return p.commitTrouble.LastError()
 }
 
-// readFailed records that the file name could not be read.
-func (p *Pickup) readFailed(name string, err error) {
-	p.readMu.Lock()
-	defer p.readMu.Unlock()
-	p.readFile = name
-	p.readTrouble.Set(err)
+// filesTrouble is the oldest file trouble (by name among equally old ones)
+// and how many more files have one, "" when none has.
+func (p *Pickup) filesTrouble() (string, time.Time) {
+	p.filesMu.Lock()
+	defer p.filesMu.Unlock()
+	var name string
+	var first fileTrouble
+	for n, t := range p.files {
+		if name == "" || t.at.Before(first.at) || t.at.Equal(first.at) && n < name {
+			name, first = n, t
+		}
+	}
+	switch more := len(p.files) - 1; {
+	case more < 0:
+		return "", time.Time{}
+	case more == 0:
+		return first.msg, first.at
+	case more == 1:
+		return first.msg + " (and 1 more file)", first.at
+	default:
+		return fmt.Sprintf("%s (and %d more files)", first.msg, more), first.at
+	}
 }
 
-// readDone clears the read trouble if it is the file name's: it was read,
-// or it left the folder.
-func (p *Pickup) readDone(name string) {
-	p.readMu.Lock()
-	defer p.readMu.Unlock()
-	if p.readFile == name {
-		p.readFile = ""
-		p.readTrouble.Set(nil)
+// fileFailed records why the file name cannot be taken: it cannot be read
+// (commit false), or looked at before its commit (commit true). The same
+// trouble again keeps its first time.
+func (p *Pickup) fileFailed(name string, err error, commit bool) {
+	p.filesMu.Lock()
+	defer p.filesMu.Unlock()
+	if t, ok := p.files[name]; ok && t.msg == err.Error() && t.commit == commit {
+		return
+	}
+	p.files[name] = fileTrouble{msg: err.Error(), at: p.now(), commit: commit}
+}
+
+// fileRead clears the read trouble of the file name: it was read.
+func (p *Pickup) fileRead(name string) {
+	p.filesMu.Lock()
+	defer p.filesMu.Unlock()
+	if t, ok := p.files[name]; ok && !t.commit {
+		delete(p.files, name)
+	}
+}
+
+// fileLooked clears any trouble of the file name: it was read, and looked
+// at before its commit.
+func (p *Pickup) fileLooked(name string) {
+	p.filesMu.Lock()
+	defer p.filesMu.Unlock()
+	delete(p.files, name)
+}
+
+// forgetFiles drops the trouble of files that left the folder: those
+// for which present is false.
+func (p *Pickup) forgetFiles(present func(name string) bool) {
+	p.filesMu.Lock()
+	defer p.filesMu.Unlock()
+	for name := range p.files {
+		if !present(name) {
+			delete(p.files, name)
+		}
 	}
 }
 

@@ -3,9 +3,13 @@ package folder
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -372,4 +376,318 @@ func (c *countingSource) Fetch(ctx context.Context, f File) (Fetched, error) {
 	c.fetches++
 	c.mu.Unlock()
 	return c.memSource.Fetch(ctx, f)
+}
+
+// keepMemory is an in-memory KeepMemory.
+type keepMemory struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (z *keepMemory) Recall(_ context.Context, k string) (string, error) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.m[k], nil
+}
+
+func (z *keepMemory) Remember(_ context.Context, k, fp string) error {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.m[k] = fp
+	return nil
+}
+
+func messageXML(t *testing.T, no uint64) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := exchangetest.WriteXML(&b, exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: no}, 100); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func messageNo(t *testing.T, msg *message.Message) uint64 {
+	t.Helper()
+	h, err := exchange.HeaderOf(msg)
+	if err != nil {
+		t.Fatalf("header: %v (problem %q)", err, msg.Metadata.Get(exchange.MetaProblem))
+	}
+	return h.MessageNo
+}
+
+const coarseName = "Message_A_B.xml"
+
+// coarseSource is a folder holding message no whose listing shows
+// minute-precision times (an FTP server without MLSD/MDTM, a coarse file
+// system): its mtime does not move while 1C writes the next message of the
+// same size.
+func coarseSource(t *testing.T, no uint64) *memSource {
+	m := &memSource{files: map[string][]byte{}, mtime: time.Now().Truncate(time.Minute), spool: t.TempDir()}
+	m.files[coarseName] = messageXML(t, no)
+	return m
+}
+
+// TestKeepTakesNextMessageOfSameSizeAndMTime: after: keep takes the node's
+// next message over the same name although its size and coarse mtime equal
+// the previous one's: keep remembers the sha256 too (DESIGN §4) and, while
+// the mtime cannot tell, compares the content.
+func TestKeepTakesNextMessageOfSameSizeAndMTime(t *testing.T) {
+	m := coarseSource(t, 1)
+	o := fastOptions()
+	o.After = config.After{Action: config.AfterKeep}
+	mem := &keepMemory{m: map[string]string{}}
+	o.Memory = mem
+	ch := subscribed(t, m, o)
+	msg := next(t, ch, 5*time.Second)
+	if msg == nil || messageNo(t, msg) != 1 {
+		t.Fatal("No 1 not taken")
+	}
+	msg.Ack()
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mem.mu.Lock()
+		n := len(mem.m)
+		mem.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("No 1 not remembered")
+		}
+	}
+	v2 := messageXML(t, 2)
+	m.mu.Lock()
+	if len(v2) != len(m.files[coarseName]) {
+		t.Fatalf("test setup: sizes differ %d %d", len(v2), len(m.files[coarseName]))
+	}
+	m.files[coarseName] = v2 // 1C writes its next message, same size, same listed minute
+	m.mu.Unlock()
+	msg = next(t, ch, 10*time.Second)
+	if msg == nil {
+		t.Fatal("after: keep never takes No 2 written over No 1 with the same size and listed mtime: the message is lost")
+	}
+	if no := messageNo(t, msg); no != 2 {
+		t.Fatalf("took No %d, want 2", no)
+	}
+	msg.Ack()
+}
+
+// TestDeleteSparesNextMessageOfSameSizeAndMTime: 1C writes its next message
+// (same size, the same coarse mtime) while the previous one is being stored;
+// the commit compares the content, does not delete the new one, and it is
+// taken in turn.
+func TestDeleteSparesNextMessageOfSameSizeAndMTime(t *testing.T) {
+	m := coarseSource(t, 1)
+	ch := subscribed(t, m, fastOptions())
+	msg := next(t, ch, 5*time.Second)
+	if msg == nil || messageNo(t, msg) != 1 {
+		t.Fatal("No 1 not taken")
+	}
+	m.mu.Lock()
+	m.files[coarseName] = messageXML(t, 2) // written while No 1 is in the pipeline
+	m.mu.Unlock()
+	msg.Ack() // JetStream holds No 1
+	var got2 bool
+	deadline := time.After(3 * time.Second)
+loop:
+	for {
+		select {
+		case again := <-ch:
+			if messageNo(t, again) == 2 {
+				got2 = true
+			}
+			again.Ack()
+		case <-deadline:
+			break loop
+		}
+	}
+	m.mu.Lock()
+	b, still := m.files[coarseName]
+	m.mu.Unlock()
+	if !got2 && !(still && bytes.Equal(b, messageXML(t, 2))) {
+		t.Fatal("No 2, written over the same name during the store of No 1, was deleted by No 1's commit and never handed over: lost")
+	}
+}
+
+func next(t *testing.T, ch <-chan *message.Message, d time.Duration) *message.Message {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// failingSource is a folder where reading some files, or every Stat, fails;
+// it counts reads.
+type failingSource struct {
+	*memSource
+	fmu     sync.Mutex
+	fetches map[string]int
+	fail    func(name string, n int) bool // n: the attempt, from 1
+	statErr error
+}
+
+func (z *failingSource) Fetch(ctx context.Context, f File) (Fetched, error) {
+	z.fmu.Lock()
+	z.fetches[f.Name]++
+	n := z.fetches[f.Name]
+	z.fmu.Unlock()
+	if z.fail != nil && z.fail(f.Name, n) {
+		return Fetched{}, errors.New("cannot read " + f.Name + ": permission denied")
+	}
+	return z.memSource.Fetch(ctx, f)
+}
+
+func (z *failingSource) Stat(ctx context.Context, name string) (File, error) {
+	if z.statErr != nil {
+		return File{}, z.statErr
+	}
+	return z.memSource.Stat(ctx, name)
+}
+
+func (z *failingSource) count(name string) int {
+	z.fmu.Lock()
+	defer z.fmu.Unlock()
+	return z.fetches[name]
+}
+
+// TestReadTroubleOfOneFileDoesNotHideAnother: file X cannot be read at all;
+// file Y fails once and then reads. Once Y is read, the pickup's error still
+// names X (it was empty until X's next attempt, up to 5 min later).
+func TestReadTroubleOfOneFileDoesNotHideAnother(t *testing.T) {
+	const x, y = "Message_A_B.xml", "Message_A_C.xml"
+	m := &memSource{files: map[string][]byte{}, mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
+	m.files[x] = messageXML(t, 1)
+	z := &failingSource{memSource: m, fetches: map[string]int{}, fail: func(name string, n int) bool { return name == x || n == 1 }}
+	p, err := NewPickup(z, fastOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := p.Subscribe(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	for deadline := time.Now().Add(5 * time.Second); z.count(x) < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("X not tried twice")
+		}
+	}
+	// X's next attempt is 2s away now; Y appears, fails once, reads 1s later.
+	var b bytes.Buffer
+	exchangetest.WriteXML(&b, exchange.Header{ExchangePlan: "P", From: "A", To: "C", MessageNo: 1}, 100)
+	m.mu.Lock()
+	m.files[y] = b.Bytes()
+	m.mu.Unlock()
+	msg := next(t, ch, 5*time.Second)
+	if msg == nil {
+		t.Fatal("Y not handed over")
+	}
+	defer msg.Ack()
+	// (Should X be tried again meanwhile, its new failure would name it
+	// anyway: then this run proves less, and still must not fail.)
+	xTries := z.count(x)
+	got, _ := p.LastError()
+	if !strings.Contains(got, x) {
+		t.Fatalf("X (%s) cannot be read (tried %d times, every time failed), but the pickup's error is %q", x, xTries, got)
+	}
+}
+
+// TestStatFailureIsShown: a file that reads but whose Stat fails (the check
+// "changed while copied") is never handed over; the pickup's error says so,
+// naming the file (it was empty).
+func TestStatFailureIsShown(t *testing.T) {
+	m := coarseSource(t, 1)
+	z := &failingSource{memSource: m, fetches: map[string]int{}, statErr: errors.New("550 SIZE not allowed")}
+	p, err := NewPickup(z, fastOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := p.Subscribe(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	if msg := next(t, ch, 2*time.Second); msg != nil {
+		msg.Ack()
+		t.Fatal("handed over although whether it changed while it was read cannot be told (its Stat fails)")
+	}
+	got, _ := p.LastError()
+	if z.count(coarseName) < 2 || !strings.Contains(got, coarseName) {
+		t.Fatalf("the file was read %d times and never handed over (its Stat fails), but the pickup's error is %q", z.count(coarseName), got)
+	}
+}
+
+// TestStableIncompleteFileNotReread: a truncated file that does not change
+// (1C died writing it) is not read whole again every second until
+// incomplete_timeout (10 min: ~300 reads of what may be gigabytes); with a
+// coarse mtime, which cannot show a same-size rewrite, it is read again at a
+// backoff (2 s, 4 s ...).
+func TestStableIncompleteFileNotReread(t *testing.T) {
+	m := coarseSource(t, 1)
+	m.files[coarseName] = m.files[coarseName][:len(m.files[coarseName])-30] // truncated
+	z := &failingSource{memSource: m, fetches: map[string]int{}}
+	o := fastOptions()
+	o.IncompleteTimeout = time.Minute
+	ch := subscribed(t, z, o)
+	if msg := next(t, ch, 3500*time.Millisecond); msg != nil {
+		msg.Nack()
+		t.Fatal("incomplete file handed over before its timeout")
+	}
+	if n := z.count(coarseName); n > 2 {
+		t.Fatalf("the unchanged incomplete file was read whole %d times in 3.5s", n)
+	}
+}
+
+// TestKeepReadsOlderFingerprints: an entry an older relay wrote (size and
+// mtime, no sha256) still keeps a file with a fine mtime from being taken
+// again; with a coarse mtime, which cannot tell the next message of the
+// same size, the file is taken once more and remembered with its sha256.
+func TestKeepReadsOlderFingerprints(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		mtime time.Time
+		taken bool
+	}{
+		{"fine mtime", time.Date(2026, 11, 26, 12, 0, 0, 123456789, time.Local), false},
+		{"coarse mtime", time.Date(2026, 11, 26, 12, 0, 0, 0, time.Local), true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := coarseSource(t, 1)
+			m.mtime = c.mtime
+			mem := &keepMemory{m: map[string]string{
+				m.Where(coarseName): strconv.Itoa(len(m.files[coarseName])) + "/" + strconv.FormatInt(c.mtime.UnixNano(), 10),
+			}}
+			o := fastOptions()
+			o.After = config.After{Action: config.AfterKeep}
+			o.Memory = mem
+			ch := subscribed(t, m, o)
+			msg := next(t, ch, 700*time.Millisecond)
+			if taken := msg != nil; taken != c.taken {
+				t.Fatalf("taken: %v, want %v", taken, c.taken)
+			}
+			if msg == nil {
+				return
+			}
+			msg.Ack()
+			want := fingerprint(int64(len(m.files[coarseName])), c.mtime, sha256Hex(m.files[coarseName]))
+			for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				mem.mu.Lock()
+				got := mem.m[m.Where(coarseName)]
+				mem.mu.Unlock()
+				if got == want {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("remembered %q, want %q", got, want)
+				}
+			}
+		})
+	}
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }

@@ -20,7 +20,7 @@ import (
 // that lists the folder every poll_interval (MLSD where the server has it,
 // LIST otherwise) and downloads each settled file into spoolDir before it is
 // inspected and streamed to the object store.
-func NewSubscriber(node string, cfg Config, after config.After, mem folder.Memory, pw folder.Passwords, spoolDir string, log *slog.Logger) (*folder.Pickup, error) {
+func NewSubscriber(node string, cfg Config, after config.After, mem folder.KeepMemory, pw folder.Passwords, spoolDir string, log *slog.Logger) (*folder.Pickup, error) {
 	c, err := newClient(node, "pickup", cfg, log)
 	if err != nil {
 		return nil, err
