@@ -485,11 +485,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	read := p.now()
 	fetched, err := p.src.Fetch(ctx, File{Name: name, Size: c.size, ModTime: c.mtime})
 	if err != nil {
-		if ctx.Err() == nil {
-			p.fileFailed(name, err, false)
-			log.Warn("cannot read the file; will retry", "err", err)
-		}
-		p.later(c)
+		p.cannotRead(ctx, log, c, name, "cannot read the file", err)
 		return
 	}
 	defer fetched.Release()
@@ -502,11 +498,8 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		// since its listing is taken.
 		now, err := p.src.Stat(ctx, name)
 		if err != nil {
-			if ctx.Err() == nil {
-				p.fileFailed(name, fmt.Errorf("%s %s: look at %s after reading it: %w", p.o.Adapter, p.o.Node, name, err), false)
-				log.Warn("cannot look at the file after reading it; will retry", "err", err)
-			}
-			p.later(c)
+			p.cannotRead(ctx, log, c, name, "cannot look at the file after reading it",
+				fmt.Errorf("%s %s: look at %s after reading it: %w", p.o.Adapter, p.o.Node, name, err))
 			return
 		}
 		changed = now.Size != c.size || !now.ModTime.Equal(c.mtime)
@@ -522,11 +515,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	if keptSHA != "" {
 		sum, err := p.contentSHA256(ctx, name, fetched)
 		if err != nil {
-			if ctx.Err() == nil {
-				p.fileFailed(name, err, false)
-				log.Warn("cannot read the file; will retry", "err", err)
-			}
-			p.later(c)
+			p.cannotRead(ctx, log, c, name, "cannot read the file", err)
 			return
 		}
 		if sum == keptSHA {
@@ -549,11 +538,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		// A dead letter has no sha256 of its own; keep remembers one, and
 		// the commit may compare the file with it.
 		if sum, err = p.contentSHA256(ctx, name, fetched); err != nil {
-			if ctx.Err() == nil {
-				p.fileFailed(name, err, false)
-				log.Warn("cannot read the file; will retry", "err", err)
-			}
-			p.later(c)
+			p.cannotRead(ctx, log, c, name, "cannot read the file", err)
 			return
 		}
 	}
@@ -570,6 +555,16 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		p.later(c)
 		log.Warn("pipeline refused the file; it stays and is retried", "retry_in", c.retryAt.Sub(p.now()).Round(time.Second))
 	}
+}
+
+// cannotRead records, unless the pickup is stopping, that name could not
+// be read (what says which step failed), and schedules its next try.
+func (p *Pickup) cannotRead(ctx context.Context, log *slog.Logger, c *candidate, name, what string, err error) {
+	if ctx.Err() == nil {
+		p.fileFailed(name, err, false)
+		log.Warn(what+"; will retry", "err", err)
+	}
+	p.later(c)
 }
 
 // contentSHA256 is the hex sha256 of the fetched content of name, streamed.

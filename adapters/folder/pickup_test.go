@@ -81,6 +81,13 @@ func newMem(t *testing.T, n int) *memSource {
 // subscribed starts a pickup of src, closed when the test ends.
 func subscribed(t *testing.T, src Source, o Options) <-chan *message.Message {
 	t.Helper()
+	_, ch := started(t, src, o)
+	return ch
+}
+
+// started is subscribed that also returns the pickup.
+func started(t *testing.T, src Source, o Options) (*Pickup, <-chan *message.Message) {
+	t.Helper()
 	p, err := NewPickup(src, o)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +97,7 @@ func subscribed(t *testing.T, src Source, o Options) <-chan *message.Message {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	return ch
+	return p, ch
 }
 
 func fastOptions() Options {
@@ -560,15 +567,7 @@ func TestReadTroubleOfOneFileDoesNotHideAnother(t *testing.T) {
 	m := &memSource{files: map[string][]byte{}, mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
 	m.files[x] = messageXML(t, 1)
 	z := &failingSource{memSource: m, fetches: map[string]int{}, fail: func(name string, n int) bool { return name == x || n == 1 }}
-	p, err := NewPickup(z, fastOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := p.Subscribe(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
+	p, ch := started(t, z, fastOptions())
 	for deadline := time.Now().Add(5 * time.Second); z.count(x) < 2; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("X not tried twice")
@@ -600,15 +599,7 @@ func TestReadTroubleOfOneFileDoesNotHideAnother(t *testing.T) {
 func TestStatFailureIsShown(t *testing.T) {
 	m := coarseSource(t, 1)
 	z := &failingSource{memSource: m, fetches: map[string]int{}, statErr: errors.New("550 SIZE not allowed")}
-	p, err := NewPickup(z, fastOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := p.Subscribe(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
+	p, ch := started(t, z, fastOptions())
 	if msg := next(t, ch, 2*time.Second); msg != nil {
 		msg.Ack()
 		t.Fatal("handed over although whether it changed while it was read cannot be told (its Stat fails)")
