@@ -153,6 +153,10 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	sha := msg.Metadata.Get(exchange.MetaSHA256)
 	id := pipeline.MessageID(h, sha)
 	s.log.Info("message pushed", "file", name, "message_id", id, "remote", r.RemoteAddr)
+	// The rest of a form (fields after the file: at most the envelope the
+	// body's limit allows) is read, so that the connection stays open for
+	// the sender's next push (closeUnread closes one with an unread body).
+	_, _ = io.Copy(io.Discard, r.Body)
 	writeJSON(w, http.StatusAccepted, PushReply{ID: id, File: name, MessageNo: h.MessageNo, Size: f.Size, SHA256: sha})
 }
 

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"mime/multipart"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -175,5 +177,49 @@ func TestPushToUnknownAddressee(t *testing.T) {
 	s.ServeHTTP(w, r)
 	if w.Code != 400 || be.pushed.Load() != 0 {
 		t.Errorf("push to a node not in routing.yaml: %d %s (handed to the pipeline: %d), want 400 and not stored", w.Code, strings.TrimSpace(w.Body.String()), be.pushed.Load())
+	}
+}
+
+// TestPushFormKeepsConnection: an accepted (202) form push keeps its
+// connection. pushedFile stops at the first file part; when more of the
+// form followed (a field after the file, here 16 KiB), closeUnread saw no
+// EOF and answered "Connection: close". The rest of the form is now read
+// before the 202.
+func TestPushFormKeepsConnection(t *testing.T) {
+	file, err := os.ReadFile("../testdata/fixtures/good/Message_CO_SHOP1.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("relay: { data_dir: %s }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n", data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(cfg, &fakeBackend{ready: true}, "", slog.New(slog.DiscardHandler))
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	for _, trailer := range []string{"", strings.Repeat("x", 16<<10)} {
+		var buf bytes.Buffer
+		mw := multipart.NewWriter(&buf)
+		fw, _ := mw.CreateFormFile("file", "Message_CO_SHOP1.xml")
+		fw.Write(file)
+		if trailer != "" {
+			mw.WriteField("comment", trailer)
+		}
+		mw.Close()
+		req, _ := http.NewRequest("POST", srv.URL+"/api/v1/messages", bytes.NewReader(buf.Bytes()))
+		req.Header.Set("Content-Type", mw.FormDataContentType())
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 202 {
+			t.Fatalf("push: %d", resp.StatusCode)
+		}
+		if resp.Close {
+			t.Errorf("form push (field after the file: %d bytes) answered 202 with Connection: close", len(trailer))
+		}
 	}
 }

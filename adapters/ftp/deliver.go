@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path"
 	"strings"
+	"sync"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jlaffaye/ftp"
@@ -27,6 +28,8 @@ type Publisher struct {
 	c    *client
 	log  *slog.Logger
 	lim  exchange.Limits
+	// noDownloads logs once that the account cannot download.
+	noDownloads sync.Once
 
 	trouble.Last
 }
@@ -73,7 +76,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	final, tmp := p.c.path(name), p.c.path(tempName(name))
 	return p.c.with(ctx, func(conn *ftp.ServerConn) (err error) {
 		mkdirAll(conn, p.c, p.c.t.dir)
-		if err := p.checkNotNewer(conn, name, h, want); err != nil {
+		if err := p.checkNotNewer(conn, name, h, want, ""); err != nil {
 			return err
 		}
 		defer func() {
@@ -101,7 +104,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		}
 		// Checked again, last: a newer message may have landed while this
 		// one was uploaded (minutes, for a large one).
-		if err := p.checkNotNewer(conn, name, h, want); err != nil {
+		if err := p.checkNotNewer(conn, name, h, want, tmp); err != nil {
 			return err
 		}
 		if err := p.rename(conn, name, tmp, final); err != nil {
@@ -149,8 +152,12 @@ func (p *Publisher) rename(conn *ftp.ServerConn, name, tmp, final string) error 
 // channel state in JetStream is the guard. A file that is there but cannot
 // be read, or whose transfer breaks before its header, fails the delivery
 // (it is tried again): only a file that is not there, or that reads whole
-// and is not a message, is replaced.
-func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.Header, size int64) error {
+// and is not a message, is replaced. The check before the rename has the
+// upload (probe) to tell why a file is refused: an account that may not
+// download at all (a drop box: vsftpd download_enable=NO) cannot compare,
+// and the channel state is the guard there too; the check before the
+// upload leaves that question to it.
+func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.Header, size int64, probe string) error {
 	if !strings.EqualFold(name[len(name)-4:], ".xml") {
 		return nil
 	}
@@ -161,12 +168,24 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.
 		}
 		// Refused: no such file, or one that cannot be read now (a lock,
 		// no right to read it). Only a SIZE refused too says there is none.
-		if _, serr := conn.FileSize(p.c.path(name)); serr == nil {
-			return step("read "+name, fmt.Errorf("the file there cannot be read to compare its number: %w", err))
-		} else if !isReply(serr) {
-			return step("size "+name, serr)
+		if _, serr := conn.FileSize(p.c.path(name)); serr != nil {
+			if !isReply(serr) {
+				return step("size "+name, serr)
+			}
+			return nil
 		}
-		return nil
+		switch downloads, perr := p.canDownload(conn, probe); {
+		case probe == "":
+			return nil // asked again before the rename, with the upload to tell
+		case perr != nil:
+			return step("read "+path.Base(probe), perr)
+		case !downloads:
+			p.noDownloads.Do(func() {
+				p.log.Warn("the account may not download (RETR refused for relay's own upload): the destination's files cannot be compared with the message; JetStream's channel state alone keeps older messages from replacing newer ones", "file", name, "reply", err)
+			})
+			return nil
+		}
+		return step("read "+name, fmt.Errorf("the file there cannot be read to compare its number: %w", err))
 	}
 	have, herr := exchange.ReadHeader(resp, p.lim)
 	cerr := resp.Close() // after a header read whole: an aborted transfer, as the server reports closing early
@@ -189,6 +208,23 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.
 		}
 	}
 	return exchange.CheckReplace(name, have, haveSize, h, size)
+}
+
+// canDownload says whether the server lets this account download: it
+// RETRieves the upload probe (the first bytes only).
+func (p *Publisher) canDownload(conn *ftp.ServerConn, probe string) (bool, error) {
+	if probe == "" {
+		return false, nil
+	}
+	resp, err := conn.Retr(probe)
+	switch {
+	case isReply(err):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	_ = resp.Close() // closing early: the server reports an aborted transfer
+	return true, nil
 }
 
 type countingReader struct {

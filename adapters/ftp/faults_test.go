@@ -470,3 +470,40 @@ func TestPickupMoveFolderMadeAgain(t *testing.T) {
 		t.Fatalf("No 2 not moved 4 s after it was written (the archive folder is never made again); pickup error: %s", msg)
 	}
 }
+
+// uploadOnly is an upload-only (drop box) account, as vsftpd's
+// download_enable=NO or proftpd's <Limit READ RETR> DenyAll give: STOR,
+// RNFR/RNTO, DELE, SIZE and LIST work, every RETR is refused with 550.
+type uploadOnly struct{ ftpserver.Driver }
+
+func (uploadOnly) GetFile(*ftpserver.Context, string, int64) (int64, io.ReadCloser, error) {
+	return 0, nil, errors.New("permission denied")
+}
+
+// TestDeliverUploadOnlyAccount: on an upload-only account every message is
+// delivered: RETR of relay's own upload is refused too, so the refused
+// read of the destination's file says "this account cannot download", not
+// "this file cannot be read" (every message after the first failed for
+// ever, "cannot be read to compare its number").
+func TestDeliverUploadOnlyAccount(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "in"), 0o755)
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPublisher("B", testConfig(serve(t, uploadOnly{drv}, "in"), "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for no := uint64(1); no <= 2; no++ {
+		b := msgXML(t, "A", "B", no, 3000)
+		if err := p.Publish("", deliverMsg(t, mustHeader(t, b), b)); err != nil {
+			t.Fatalf("No %d on an upload-only account: %v", no, err)
+		}
+	}
+	if no := fileNo(t, filepath.Join(root, "in", "Message_A_B.xml")); no != 2 {
+		t.Fatalf("destination holds No %d", no)
+	}
+}
