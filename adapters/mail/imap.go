@@ -1367,6 +1367,10 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 		WordDecoder:           &mime.WordDecoder{CharsetReader: charset.Reader},
 	}
 	tcp.SetDeadline(time.Now().Add(s.ConnectTimeout.Std()))
+	// raw's progress deadlines would let a server that trickles bytes
+	// hold the greeting and login for ever: connect_timeout bounds them
+	// as a whole.
+	loginTimer := time.AfterFunc(s.ConnectTimeout.Std(), func() { tcp.Close() })
 	var c *imapclient.Client
 	switch {
 	case t.implicitTLS:
@@ -1392,6 +1396,9 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 		if err = c.Login(t.user, pass).Wait(); err != nil {
 			err = fmt.Errorf("LOGIN as %s: %w", t.user, err)
 		}
+	}
+	if !loginTimer.Stop() {
+		err = fmt.Errorf("greeting and login took longer than connect_timeout (%s): %w", s.ConnectTimeout.Std(), errors.Join(err, os.ErrDeadlineExceeded))
 	}
 	// imapclient has set the read deadline since its first read (through
 	// raw); the write deadline is still the one for login.

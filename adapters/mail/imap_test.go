@@ -1341,3 +1341,52 @@ func TestIMAPPickupLatePartOfTakenSetCommitted(t *testing.T) {
 	case <-time.After(2500 * time.Millisecond):
 	}
 }
+
+// TestIMAPLoginBoundedByConnectTimeout: a server that trickles its
+// greeting a byte at a time never lets io_timeout's progress deadline run
+// out; connect_timeout bounds greeting and login as a whole (the session
+// hung for as long as the bytes came).
+func TestIMAPLoginBoundedByConnectTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		conn.Write([]byte("* OK "))
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, err := conn.Write([]byte("a")); err != nil {
+				return
+			}
+		}
+	}()
+	t.Setenv("RELAY_TEST_IMAP_PASSWORD", "x")
+	c := imapTestConfig(ln.Addr().String())
+	c.ConnectTimeout = config.Duration(time.Second)
+	c.IOTimeout = config.Duration(time.Second)
+	done := make(chan error, 1)
+	go func() {
+		_, err := CheckIMAP(context.Background(), "ЦО", c, slog.New(slog.DiscardHandler))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "connect_timeout") {
+			t.Fatalf("check: %v, want the login cut at connect_timeout", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a trickled greeting held the login 5 s past connect_timeout (1 s)")
+	}
+}
