@@ -1183,15 +1183,7 @@ func TestIMAPPickupSkipsUnreadableMail(t *testing.T) {
 	c := imapTestConfig(s.addr)
 	c.PollInterval = config.Duration(time.Second)
 	out, p := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
-	select {
-	case m := <-out:
-		if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
-			t.Fatalf("problem: %s", pr)
-		}
-		m.Ack()
-	case <-time.After(8 * time.Second):
-		e, _ := p.LastError()
-		n, _ := s.count(t, "INBOX")
+	if n, e, ok := takeGood(t, out, p, s); !ok {
 		t.Fatalf("no mail taken, %d still in INBOX; pickup error: %s", n, e)
 	}
 	waitFor(t, "the readable mail deleted", func() bool { n, _ := s.count(t, "INBOX"); return n == 1 })
@@ -1290,15 +1282,7 @@ func TestIMAPPickupHeaderCutDoesNotHideMail(t *testing.T) {
 	c := imapTestConfig(proxy.addr)
 	c.PollInterval = config.Duration(time.Second)
 	out, p := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
-	select {
-	case m := <-out:
-		if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
-			t.Fatalf("problem: %s", pr)
-		}
-		m.Ack()
-	case <-time.After(8 * time.Second):
-		e, _ := p.LastError()
-		n, _ := s.count(t, "INBOX")
+	if n, e, ok := takeGood(t, out, p, s); !ok {
 		t.Fatalf("connection cut=%v; the mail was never taken after the reconnect (%d in INBOX); pickup error: %q", proxy.cut.Load(), n, e)
 	}
 	if !proxy.cut.Load() {
@@ -1388,5 +1372,24 @@ func TestIMAPLoginBoundedByConnectTimeout(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a trickled greeting held the login 5 s past connect_timeout (1 s)")
+	}
+}
+
+// takeGood waits up to 8 s for the pickup to hand over a mail without a
+// problem and acks it; when none comes, it says how many mails are still
+// in s's INBOX and the pickup's error.
+func takeGood(t *testing.T, out <-chan *message.Message, p *Pickup, s *memIMAP) (inbox int, pickupErr string, ok bool) {
+	t.Helper()
+	select {
+	case m := <-out:
+		if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+			t.Fatalf("problem: %s", pr)
+		}
+		m.Ack()
+		return 0, "", true
+	case <-time.After(8 * time.Second):
+		pickupErr, _ = p.LastError()
+		inbox, _ = s.count(t, "INBOX")
+		return inbox, pickupErr, false
 	}
 }
