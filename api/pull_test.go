@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -230,34 +228,11 @@ func TestPullStalledReaderEndsAtShutdown(t *testing.T) {
 			return closeFlag{io.LimitReader(zeros{}, size), &closed}, nil
 		}}
 	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, oneOffer{offer}}, "", slog.New(slog.DiscardHandler))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Serve(ctx, addr) }()
-	var c net.Conn
-	for range 50 {
-		if c, err = net.Dial("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	var once sync.Once
-	closeConn := func() { once.Do(func() { c.Close() }) }
-	defer closeConn()
+	c, stop := served(t, s)
 	fmt.Fprint(c, "GET /api/v1/nodes/MOB/messages/next HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer mob-secret\r\n\r\n")
 	time.Sleep(500 * time.Millisecond) // the socket buffers fill; the client reads nothing
-	cancel()
 	select {
-	case <-done:
+	case <-stop():
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return")
 	}
@@ -269,7 +244,7 @@ func TestPullStalledReaderEndsAtShutdown(t *testing.T) {
 	if !closed.Load() {
 		t.Errorf("8 s after Serve's ctx ended, the pull handler still writes to a client that stopped reading: its goroutine and the message body stay open")
 	}
-	closeConn() // lets the leaked handler end
+	c.Close() // lets the leaked handler end
 }
 
 type zeros struct{}

@@ -227,6 +227,15 @@ func TestUnauthenticatedTrickleAnswered(t *testing.T) {
 // connection to it.
 func serveConn(t *testing.T, s *Server) net.Conn {
 	t.Helper()
+	c, _ := served(t, s)
+	return c
+}
+
+// served is serveConn that also returns stop: it ends Serve's context and
+// returns a channel closed once Serve has returned (the test's end does
+// both too).
+func served(t *testing.T, s *Server) (net.Conn, func() <-chan struct{}) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +257,7 @@ func serveConn(t *testing.T, s *Server) net.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c
+	return c, func() <-chan struct{} { cancel(); return done }
 }
 
 // A push whose sender stops sending mid-body is cut after pushIdle: the

@@ -53,10 +53,7 @@ var sentinels = []error{ErrBadName, ErrNameMismatch, ErrNotXML, ErrIncomplete, E
 // IsVerdict reports whether err is this package's verdict on the bytes it
 // read (it wraps one of the sentinels), as opposed to an I/O error of the
 // caller's reader, after which nothing is known about the file.
-func IsVerdict(err error) bool { return ours(err) }
-
-// ours reports whether err already carries one of this package's sentinels.
-func ours(err error) bool {
+func IsVerdict(err error) bool {
 	for _, s := range sentinels {
 		if errors.Is(err, s) {
 			return true

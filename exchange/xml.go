@@ -336,7 +336,7 @@ func (p *parser) fail(err error) error {
 	if p.charsetErr != nil {
 		return p.charsetErr
 	}
-	if ours(err) {
+	if IsVerdict(err) {
 		return err
 	}
 	if p.s.err != nil && p.s.err != io.EOF && errors.Is(err, p.s.err) {

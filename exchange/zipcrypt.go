@@ -327,7 +327,7 @@ func (a *aesReader) finish() error {
 			if err == io.EOF {
 				return nil
 			}
-			if ours(err) {
+			if IsVerdict(err) {
 				return err
 			}
 			return fmt.Errorf("%w: entry %s does not read: %s", ErrBadZip, a.q, oneLine(err.Error()))

@@ -174,9 +174,10 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.
 			}
 			return nil
 		}
-		switch downloads, perr := p.canDownload(conn, probe); {
-		case probe == "":
+		if probe == "" {
 			return nil // asked again before the rename, with the upload to tell
+		}
+		switch downloads, perr := p.canDownload(conn, probe); {
 		case perr != nil:
 			return step("read "+path.Base(probe), perr)
 		case !downloads:
@@ -213,9 +214,6 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.
 // canDownload says whether the server lets this account download: it
 // RETRieves the upload probe (the first bytes only).
 func (p *Publisher) canDownload(conn *ftp.ServerConn, probe string) (bool, error) {
-	if probe == "" {
-		return false, nil
-	}
 	resp, err := conn.Retr(probe)
 	switch {
 	case isReply(err):
