@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -1515,4 +1516,35 @@ func TestDeliverLongerPayloadNeverComplete(t *testing.T) {
 	if complete > 0 {
 		t.Fatalf("the service received %d complete request(s) holding the first %d of %d bytes: a truncated file", complete, len(stated), len(full))
 	}
+}
+
+// FuzzFileName: whatever Content-Disposition and X-Relay-File a service
+// sends (untrusted), the name taken is a base name — no folder, no "..",
+// valid UTF-8 when it came from the loose filename= reading — and never a
+// panic.
+func FuzzFileName(f *testing.F) {
+	for _, s := range []string{
+		"attachment; filename=Message_ЦО_ОП.xml",
+		`attachment; filename="../../etc/Message_X_Y.xml"`,
+		"attachment; filename*=utf-8''Message_%D0%A6%D0%9E_B.xml",
+		"attachment; FileName=\"a\\b.xml\"; size=12",
+		"attachment; filename=Message_\xff.xml",
+		";;=;filename",
+	} {
+		f.Add(s, "")
+	}
+	f.Add("", "Message_%D0%A6%D0%9E_B.xml")
+	u := mustURL(f, "http://h/base/hs/exchange/Message_A_B.zip")
+	f.Fuzz(func(t *testing.T, cd, file string) {
+		resp := &stdhttp.Response{Header: stdhttp.Header{}}
+		resp.Header.Set("Content-Disposition", cd)
+		resp.Header.Set(HeaderFile, file)
+		name := fileName(resp, u)
+		if strings.ContainsAny(name, `/\`) || name == "." || name == ".." {
+			t.Fatalf("fileName(%q, %q) = %q: not a base name", cd, file, name)
+		}
+		if n := looseFileName(cd); n != "" && !utf8.ValidString(n) {
+			t.Fatalf("looseFileName(%q) = %q: not UTF-8", cd, n)
+		}
+	})
 }
