@@ -1119,6 +1119,9 @@ func TestPickupNames(t *testing.T) {
 		{map[string]string{"Content-Disposition": "attachment; filename=Message_ЦО_ОП.xml"}, "Message_ЦО_ОП.xml"},
 		{map[string]string{"Content-Disposition": `attachment; FileName="Message_ЦО_ОП.xml"; size=12`}, "Message_ЦО_ОП.xml"},
 		{map[string]string{"Content-Disposition": "attachment; filename=Message_\xff.xml"}, "Message_A_B.zip"},
+		// ".." is no file's name (found by FuzzFileName in CI).
+		{map[string]string{HeaderFile: ".."}, ""},
+		{map[string]string{"Content-Disposition": `attachment; filename="a/.."`}, ""},
 	} {
 		resp := &stdhttp.Response{Header: stdhttp.Header{}}
 		for k, v := range c.h {

@@ -227,7 +227,7 @@ func fileName(resp *stdhttp.Response, u *url.URL) string {
 		name = path.Base(u.Path)
 	}
 	name = path.Base(strings.ReplaceAll(name, `\`, "/"))
-	if name == "." || name == "/" {
+	if name == "." || name == ".." || name == "/" {
 		return ""
 	}
 	return name
