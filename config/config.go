@@ -261,7 +261,9 @@ func ParseAfter(s string) (After, error) {
 // Duration is a time.Duration written as "10s", "2m" in YAML.
 type Duration time.Duration
 
-// UnmarshalYAML parses Go duration syntax. Its errors are *yaml.TypeError,
+// UnmarshalYAML parses Go duration syntax. Zero is refused: every duration
+// of the config reads an unset zero as its default, so an explicit `0s`
+// would silently mean something else. Its errors are *yaml.TypeError,
 // which yaml.v3 collects and decodes past.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
@@ -270,6 +272,9 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	if v < 0 {
 		return valueError(n, "duration %q is negative", n.Value)
+	}
+	if v == 0 {
+		return valueError(n, "%q: zero would silently become the default; leave the key out for that, or give more", n.Value)
 	}
 	*d = Duration(v)
 	return nil
@@ -282,7 +287,7 @@ func (d Duration) Std() time.Duration { return time.Duration(d) }
 type Size int64
 
 // UnmarshalYAML parses sizes with IEC (KiB, MiB, GiB) or SI (kB, MB, GB)
-// units. A ',' is refused: humanize reads it as a thousands separator, so
+// units. Zero is refused, as for Duration. A ',' is refused: humanize reads it as a thousands separator, so
 // the decimal comma of 1,5GiB would make it 15 GiB. Its errors are
 // *yaml.TypeError, which yaml.v3 collects and decodes past.
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
@@ -292,6 +297,9 @@ func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	v, err := humanize.ParseBytes(n.Value)
 	if err != nil || v > math.MaxInt64 {
 		return valueError(n, "%q is not a size like 10MiB or 25MB", n.Value)
+	}
+	if v == 0 {
+		return valueError(n, "%q: zero would silently become the default; leave the key out for that, or give more", n.Value)
 	}
 	*s = Size(v)
 	return nil
@@ -603,13 +611,16 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 				continue
 			}
 			for _, err := range ep.CheckEndpoint(role, e) {
-				msg := strings.TrimPrefix(err.Error(), e.Kind+": ")
-				at := p + "." + role + "." + e.Kind
-				// "url: bad" from an adapter becomes ...ftp.url: bad
-				if key, rest, ok := strings.Cut(msg, ": "); ok && optionKey.MatchString(key) {
-					at, msg = at+"."+key, rest
+				// One problem a line (DecodeOptions joins every one).
+				for _, msg := range strings.Split(err.Error(), "\n") {
+					msg = strings.TrimPrefix(msg, e.Kind+": ")
+					at := p + "." + role + "." + e.Kind
+					// "url: bad" from an adapter becomes ...ftp.url: bad
+					if key, rest, ok := strings.Cut(msg, ": "); ok && optionKey.MatchString(key) {
+						at, msg = at+"."+key, rest
+					}
+					add(at, "%s", msg)
 				}
-				add(at, "%s", msg)
 			}
 		}
 	}
@@ -684,7 +695,7 @@ var leafSchemes = map[string]bool{"nats-leaf": true, "nats": true, "tls": true, 
 var natsSchemes = map[string]bool{"nats": true, "tls": true, "ws": true, "wss": true}
 
 // optionKey is an adapter option name at the start of an adapter's error.
-var optionKey = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+var optionKey = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*|\[[0-9]+\])*$`)
 
 // NotEnvName is the problem of a *_env option whose value cannot name an
 // environment variable. The value is not shown: the likeliest slip is the
@@ -751,8 +762,26 @@ func DecodeOptions(n *yaml.Node, v any) error {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+	err = dec.Decode(v)
+	var te *yaml.TypeError
+	switch {
+	case err == nil, errors.Is(err, io.EOF):
+		return nil
+	case !errors.As(err, &te):
 		return err
 	}
-	return nil
+	// Each problem as routing.yaml's own: its key's path inside the
+	// options and the line of routing.yaml (not of the re-encoded text).
+	loc := locate(b)
+	var enc yaml.Node
+	if loc == nil || yaml.Unmarshal(b, &enc) != nil || len(enc.Content) != 1 {
+		return err
+	}
+	loc.lines = map[int]int{}
+	mapLines(enc.Content[0], n, loc.lines)
+	errs := make([]error, 0, len(te.Errors))
+	for _, msg := range te.Errors {
+		errs = append(errs, errors.New(loc.name(msg)))
+	}
+	return errors.Join(errs...)
 }

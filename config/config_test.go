@@ -413,3 +413,20 @@ func TestNodeCodeNATSNameLength(t *testing.T) {
 		}
 	}
 }
+
+// TestZeroRefused proves that an explicit zero duration or size is refused
+// with its path: every one of them reads an unset zero as its default, so
+// `ack_alert_after: 0s` or `max_message_size: 0` silently meant 24h or 2 GiB.
+func TestZeroRefused(t *testing.T) {
+	for _, c := range []struct{ yaml, want string }{
+		{"relay:\n  ack_alert_after: 0s\n", `relay.ack_alert_after: "0s": zero would silently become the default`},
+		{"relay:\n  lease_ttl: 0ms\n", `relay.lease_ttl: "0ms": zero would silently become the default`},
+		{"relay:\n  max_message_size: 0\n", `relay.max_message_size: "0": zero would silently become the default`},
+		{"relay:\n  max_message_size: 0MiB\n", `relay.max_message_size: "0MiB": zero would silently become the default`},
+	} {
+		_, err := Parse([]byte(c.yaml + "nodes:\n  A:\n    deliver: { dir: ./a }\n"))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: error %v, want %q", c.yaml, err, c.want)
+		}
+	}
+}

@@ -49,6 +49,33 @@ type place struct {
 type locator struct {
 	at     map[[2]int]string
 	byLine map[int][]place
+	// lines maps a line of the indexed text to the line of routing.yaml it
+	// came from, for an adapter's options re-encoded by DecodeOptions; nil
+	// when the text is routing.yaml itself.
+	lines map[int]int
+}
+
+// line is the line of routing.yaml that line n of the indexed text holds.
+func (l *locator) line(n int) int {
+	if o, ok := l.lines[n]; ok {
+		return o
+	}
+	return n
+}
+
+// mapLines records, for every node of enc (text re-encoded from orig), the
+// line of orig it was written on. Both trees have the same shape, since one
+// was marshalled from the other.
+func mapLines(enc, orig *yaml.Node, into map[int]int) {
+	if _, ok := into[enc.Line]; !ok && orig.Line > 0 {
+		into[enc.Line] = orig.Line
+	}
+	if len(enc.Content) != len(orig.Content) {
+		return
+	}
+	for i := range enc.Content {
+		mapLines(enc.Content[i], orig.Content[i], into)
+	}
 }
 
 // locate indexes the first document of data; nil when it does not parse.
@@ -122,14 +149,14 @@ func (l *locator) name(msg string) string {
 	line, _ := strconv.Atoi(m[1])
 	rest := m[3]
 	at := func(path, problem string) string {
-		return fmt.Sprintf("%s: %s (line %d)", path, problem, line)
+		return fmt.Sprintf("%s: %s (line %d)", path, problem, l.line(line))
 	}
 	if m[2] != "" {
 		col, _ := strconv.Atoi(m[2])
 		if p, ok := l.at[[2]int{line, col}]; ok {
 			return at(p, rest)
 		}
-		return fmt.Sprintf("line %d: %s", line, rest)
+		return fmt.Sprintf("line %d: %s", l.line(line), rest)
 	}
 	if f := unknownField.FindStringSubmatch(rest); f != nil {
 		if p := l.key(line, f[1]); p != "" {
@@ -142,9 +169,10 @@ func (l *locator) name(msg string) string {
 		}
 	}
 	if f := keyTwice.FindStringSubmatch(rest); f != nil {
+		first, _ := strconv.Atoi(f[2])
 		if k, err := strconv.Unquote(f[1]); err == nil {
 			if p := l.key(line, k); p != "" {
-				return fmt.Sprintf("%s: written twice (lines %s and %d)", p, f[2], line)
+				return fmt.Sprintf("%s: written twice (lines %d and %d)", p, l.line(first), l.line(line))
 			}
 		}
 	}
@@ -166,7 +194,7 @@ func (l *locator) name(msg string) string {
 	if p := l.common(line); p != "" {
 		return at(p, rest)
 	}
-	return fmt.Sprintf("line %d: %s", line, rest)
+	return fmt.Sprintf("line %d: %s", l.line(line), rest)
 }
 
 // key is the path of the key named k on line, "" if there is no one such key.

@@ -266,6 +266,30 @@ func TestValidateEveryProblemPastABadDuration(t *testing.T) {
 	}
 }
 
+// TestValidateAdapterOptionsByPath proves that an adapter's options that do
+// not decode are reported like routing.yaml's own: each problem with its
+// key's path and its line in routing.yaml. They read "nodes.A.pickup.dir.yaml:
+// unmarshal errors: line 1 column 25: ..." (the line of the options'
+// re-encoded text), and an explicit zero silently became the default.
+func TestValidateAdapterOptionsByPath(t *testing.T) {
+	cfg := writeConfig(t, "nodes:\n  A:\n    pickup: { dir: { path: ./a, settle: 10 } }\n    deliver:\n      dir:\n        path: ./b\n        bogus: 1\n"+
+		"  B:\n    deliver: { dir: ./c }\n    pickup:\n      ftp:\n        url: ftp://u@127.0.0.1/out\n        password_env: P\n        settle: 0s\n        io_timeout: 5\n")
+	_, stderr, err := run(t, "validate", "-c", cfg)
+	if err == nil || !strings.Contains(err.Error(), "4 problem(s)") {
+		t.Fatalf("validate: %v, want 4 problem(s):\n%s", err, stderr)
+	}
+	for _, want := range []string{
+		`nodes.A.pickup.dir.settle: "10" is not a duration like 10s or 2m (line 3)`,
+		"nodes.A.deliver.dir.bogus: unknown key (field bogus not found) (line 7)",
+		`nodes.B.pickup.ftp.settle: "0s": zero would silently become the default; leave the key out for that, or give more (line 14)`,
+		`nodes.B.pickup.ftp.io_timeout: "5" is not a duration like 10s or 2m (line 15)`,
+	} {
+		if !strings.Contains(stderr, want+"\n") {
+			t.Errorf("validate output lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
 // TestValidateDoesNotPrintSecrets proves that a secret written where its
 // variable's name goes (relay, node and adapter *_env options) is not
 // printed back by validate; the problem is still reported.
