@@ -174,7 +174,7 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 		}
 		b.Conn, err = nats.Connect("", nats.InProcessServer(b.server), nats.Name("relay-"+id), nats.MaxReconnects(-1))
 	} else {
-		b.Conn, err = connectExternal(cfg, id, log)
+		b.Conn, err = connectExternal(ctx, cfg, id, log)
 	}
 	if err != nil {
 		b.Close()
@@ -334,7 +334,7 @@ func checkCreds(path string) error {
 	return nil
 }
 
-func connectExternal(cfg config.NATS, id string, log *slog.Logger) (*nats.Conn, error) {
+func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.Logger) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name("relay-" + id),
 		nats.MaxReconnects(-1),
@@ -376,17 +376,30 @@ func connectExternal(cfg config.NATS, id string, log *slog.Logger) (*nats.Conn, 
 	if err != nil {
 		return nil, err
 	}
-	// RetryOnFailedConnect returns at once; wait a bounded time for the first connection.
-	deadline := time.Now().Add(30 * time.Second)
-	for !nc.IsConnected() && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !nc.IsConnected() {
-		nc.Close()
-		return nil, fmt.Errorf("no server reachable at %s within 30s", cfg.URL)
+	// RetryOnFailedConnect returns at once; wait a bounded time for the
+	// first connection, and no longer than ctx (a SIGTERM while the
+	// server is unreachable stops the relay at once).
+	deadline := time.NewTimer(connectWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !nc.IsConnected() {
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, fmt.Errorf("no server reached at %s before stopping: %w", cfg.URL, context.Cause(ctx))
+		case <-deadline.C:
+			nc.Close()
+			return nil, fmt.Errorf("no server reachable at %s within %s", cfg.URL, connectWait)
+		case <-tick.C:
+		}
 	}
 	return nc, nil
 }
+
+// connectWait bounds the wait for the first connection to an external
+// server: long enough for a cluster that starts beside the relay.
+const connectWait = 30 * time.Second
 
 func clientTLS(t *config.TLS) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}

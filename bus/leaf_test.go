@@ -3,6 +3,7 @@ package bus
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -253,5 +254,27 @@ func TestExternalUserAndToken(t *testing.T) {
 	_, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://127.0.0.1:1", User: "relay", PasswordEnv: "RELAY_TEST_NATS_UNSET"}, ID: "hq"}, log)
 	if err == nil || !strings.Contains(err.Error(), "RELAY_TEST_NATS_UNSET is not set") {
 		t.Fatalf("unset password variable: %v", err)
+	}
+}
+
+// TestExternalConnectStopsWithCtx proves that the wait for a first
+// connection to an unreachable external server ends with ctx (the relay's
+// SIGTERM): it held the start-up for its full 30 s.
+func TestExternalConnectStopsWithCtx(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	go func() {
+		_, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://127.0.0.1:1"}, ID: "hq"}, log)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "before stopping") || !errors.Is(err, context.Canceled) {
+			t.Fatalf("Open after ctx ended: %v, want the cancellation", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Open still waiting for a server 10 s after its ctx ended")
 	}
 }
