@@ -67,6 +67,13 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	select {
+	case s.pushes <- struct{}{}:
+		defer func() { <-s.pushes }()
+	default:
+		refuse(w, http.StatusServiceUnavailable, fmt.Sprintf("relay is taking %d messages already: not stored, try again", maxPushes))
+		return
+	}
 	limit := int64(s.cfg.Relay.MaxMessageSize)
 	// A form's envelope adds a little to the file: the early check allows
 	// for it, and the spool checks the file itself.

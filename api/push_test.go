@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,8 +13,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -104,8 +107,84 @@ func TestPushSpoolFailureIs503(t *testing.T) {
 	r.RemoteAddr = "127.0.0.1:5000"
 	w := httptest.NewRecorder()
 	s.ServeHTTP(w, r)
-	if w.Code != 503 {
-		t.Fatalf("good file, relay cannot spool it: %d %s, want 503 (not stored, send again)", w.Code, w.Body)
+	if w.Code != 503 || w.Header().Get("Retry-After") != "5" {
+		t.Fatalf("good file, relay cannot spool it: %d (Retry-After %q) %s, want 503 with Retry-After: 5 (not stored, send again)", w.Code, w.Header().Get("Retry-After"), w.Body)
+	}
+}
+
+// TestPushesBounded proves that relay takes at most maxPushes pushes at once
+// (each spools up to max_message_size: their number bounds the spool); one
+// more is answered 503 with Retry-After at once, and a slot freed by a push
+// that ends takes the next. There was no bound.
+func TestPushesBounded(t *testing.T) {
+	file, err := os.ReadFile("../testdata/fixtures/good/Message_CO_SHOP1.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("relay: { data_dir: %s }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n", data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(cfg, &fakeBackend{ready: true}, "", slog.New(slog.DiscardHandler))
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	push := func(body io.Reader) (*http.Response, error) {
+		req, _ := http.NewRequest("POST", srv.URL+"/api/v1/messages?name=Message_CO_SHOP1.xml", body)
+		return srv.Client().Do(req)
+	}
+	// maxPushes uploads that send a first piece and then hold.
+	var writers []*io.PipeWriter
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range maxPushes {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		wg.Go(func() {
+			if resp, err := push(pr); err == nil {
+				resp.Body.Close()
+			}
+		})
+		go pw.Write(file[:100])
+	}
+	defer func() {
+		for _, pw := range writers {
+			pw.CloseWithError(errors.New("test over"))
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.pushes) < maxPushes {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pushes in progress, want %d", len(s.pushes), maxPushes)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err := push(bytes.NewReader(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "5" {
+		t.Fatalf("push beyond %d at once: %d (Retry-After %q), want 503 with Retry-After: 5", maxPushes, resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	// One upload ends (broken off): its slot takes the next push.
+	writers[0].CloseWithError(errors.New("sender gone"))
+	deadline = time.Now().Add(10 * time.Second)
+	for len(s.pushes) == maxPushes {
+		if time.Now().After(deadline) {
+			t.Fatal("a broken-off push kept its slot")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err = push(bytes.NewReader(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Fatalf("push with a slot free: %d, want 202", resp.StatusCode)
 	}
 }
 

@@ -111,14 +111,26 @@ type Server struct {
 	// pullIdle is how long a pulling node may take no part of its file (a
 	// minute).
 	pullIdle time.Duration
+	// pushes holds a slot per push in progress: each spools up to
+	// max_message_size, so their number is what bounds the spool.
+	pushes chan struct{}
 }
+
+// maxPushes is how many pushes relay takes at once; one more is answered
+// 503 with Retry-After at once, before its body is read.
+const maxPushes = 16
+
+// retryAfter is the Retry-After of every 503: the trouble is relay's and
+// passing (a full push queue, JetStream briefly unavailable).
+const retryAfter = "5"
 
 // NewServer builds the handler. An empty token restricts the operator's
 // endpoints to loopback clients; nodes with api_token_env authenticate with
 // their own tokens from anywhere, for their own messages only.
 func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *Server {
 	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{}, pushIdle: time.Minute, pullIdle: time.Minute,
-		spool: filepath.Join(cfg.Resolve(cfg.Relay.DataDir), "spool", "api")}
+		pushes: make(chan struct{}, maxPushes),
+		spool:  filepath.Join(cfg.Resolve(cfg.Relay.DataDir), "spool", "api")}
 	for _, code := range cfg.NodeNames() {
 		n := cfg.Nodes[code]
 		if n == nil || n.APITokenEnv == "" {
@@ -529,6 +541,9 @@ type ErrorBody struct {
 }
 
 func writeErr(w http.ResponseWriter, code int, msg string) {
+	if code == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", retryAfter)
+	}
 	writeJSON(w, code, ErrorBody{Error: msg})
 }
 
