@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -1097,6 +1098,42 @@ func TestPickupFile(t *testing.T) {
 	}
 	if e, _ := p.LastError(); e != "" {
 		t.Errorf("LastError %q", e)
+	}
+}
+
+// TestPickupExportOnEveryGET proves that a service exporting a new message
+// on every GET (a 1C HTTP service writing the node's changes per request:
+// each answer a new number) is asked again at once only until a channel
+// comes a second time, then after interval; messages of other channels are
+// still taken at once. It was asked in a loop: hundreds of messages a
+// second, each stored and delivered.
+func TestPickupExportOnEveryGET(t *testing.T) {
+	fs := &fileServer{reply: func(n int) (int, map[string]string, []byte) {
+		h := hdr(uint64(n + 1))
+		if n == 1 {
+			h.To = "WH" // another channel first: taken at once too
+		}
+		name := exchange.FileName(h.From, h.To, exchange.FormatXML)
+		return 200, map[string]string{"Content-Disposition": mime.FormatMediaType("attachment", map[string]string{"filename": name})}, xmlOf(t, h, 1000)
+	}}
+	srv := httptest.NewServer(fs)
+	defer srv.Close()
+	_, ch := newPickup(t, srv.URL+"/hs/exchange/next", 3*time.Second)
+	var taken []string
+	deadline := time.After(2 * time.Second)
+	for loop := true; loop; {
+		select {
+		case m := <-ch:
+			taken = append(taken, m.Metadata.Get(exchange.MetaTo)+"#"+m.Metadata.Get(exchange.MetaMessageNo))
+			m.Ack()
+		case <-deadline:
+			loop = false
+		}
+	}
+	// ЦО→WH #2, ЦО→ОП #3, ЦО→ОП #4 (the second of its channel: the round
+	// ends), then nothing until the 3 s interval.
+	if want := []string{"WH#2", "ОП#3", "ОП#4"}; !slices.Equal(taken, want) {
+		t.Fatalf("taken in the first 2 s: %v (%d GETs), want %v", taken, fs.count(), want)
 	}
 }
 

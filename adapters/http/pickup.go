@@ -29,9 +29,12 @@ import (
 // spool folder, is checked like any picked-up file and handed to the
 // pipeline; a file that is not a valid message (junk body, a name that is
 // not Message_*) is handed with its problem and dead-lettered. After an
-// acked message the URL is polled again at once (more may wait); a nack or
-// nothing waits for the next interval, a failure backs off (1s doubling,
-// at most 5m, never sooner than interval).
+// acked message the URL is polled again at once (more may wait, for other
+// channels), until a channel comes a second time: a service that exports a
+// new message on every GET (a 1C HTTP service writing the node's changes
+// per request) would otherwise be asked in a loop, every answer a new
+// number. A nack or nothing waits for the next interval, a failure backs
+// off (1s doubling, at most 5m, never sooner than interval).
 //
 // HTTP has no commit: the service decides what its next GET returns. A
 // service that keeps serving the same file is asked again only every
@@ -87,6 +90,8 @@ func (p *Pickup) Close() error {
 func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 	interval := p.c.cfg.Interval.Std()
 	fails := 0
+	// round holds the channels taken since the last wait.
+	round := map[string]bool{}
 	for !p.Stopped(ctx) {
 		took, err := p.poll(ctx, out)
 		if p.Stopped(ctx) {
@@ -99,12 +104,17 @@ func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 			wait = max(interval, folder.Backoff(fails))
 			fails++
 			p.log.Warn("poll failed", "err", err, "retry_in", wait)
-		case took:
+		case took != "" && !round[took]:
 			fails = 0
+			round[took] = true
 			continue // more may wait
+		case took != "":
+			fails = 0
+			p.log.Debug("a second message of a channel in one round; asking again after interval", "channel", took)
 		default:
 			fails = 0
 		}
+		clear(round)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -115,18 +125,19 @@ func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 	}
 }
 
-// poll GETs the URL once; took tells whether a new file was handed and acked.
-func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bool, err error) {
+// poll GETs the URL once; took is the channel (plan/from/to) of a new
+// message handed and acked, "" when none was.
+func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took string, err error) {
 	where := display(p.c.u)
 	fail := func(err error) error { return fmt.Errorf("http %s: GET %s: %w", p.c.node, where, err) }
 	rctx, guard, done := p.c.newAttemptContext(ctx)
 	defer done()
 	req, err := stdhttp.NewRequestWithContext(rctx, stdhttp.MethodGet, p.c.u.String(), nil)
 	if err != nil {
-		return false, fail(err)
+		return "", fail(err)
 	}
 	if err := p.c.authorize(req); err != nil {
-		return false, fail(err)
+		return "", fail(err)
 	}
 	if req.Header.Get("Accept") == "" {
 		req.Header.Set("Accept", "application/xml, application/zip, */*;q=0.5")
@@ -134,9 +145,9 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 	resp, err := p.c.hc.Do(req)
 	if err != nil {
 		if p.Stopped(ctx) {
-			return false, nil
+			return "", nil
 		}
-		return false, fail(requestErr(rctx, err))
+		return "", fail(requestErr(rctx, err))
 	}
 	defer resp.Body.Close()
 	body := guardedReader{r: resp.Body, g: guard}
@@ -144,9 +155,9 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 	case stdhttp.StatusOK:
 	case stdhttp.StatusNoContent, stdhttp.StatusNotFound:
 		drain(body)
-		return false, nil
+		return "", nil
 	default:
-		return false, fail(statusError(resp, body))
+		return "", fail(statusError(resp, body))
 	}
 
 	name := fileName(resp, p.c.u)
@@ -166,9 +177,9 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 	}
 	if err != nil {
 		if p.Stopped(ctx) {
-			return false, nil
+			return "", nil
 		}
-		return false, fail(fmt.Errorf("read body: %w", requestErr(rctx, err)))
+		return "", fail(fmt.Errorf("read body: %w", requestErr(rctx, err)))
 	}
 	guard.stop() // all read: the wait for the pipeline is not the service's
 	defer f.Release()
@@ -176,7 +187,7 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 	log := p.log.With("file", name, "bytes", f.Size)
 	if digest == p.last {
 		log.Debug("the service serves the file it served before; asking again after interval")
-		return false, p.lastBad
+		return "", p.lastBad
 	}
 
 	msg, bad := folder.NewMessage(p.c.node, where, name, f, p.lim, p.pw)
@@ -198,14 +209,14 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took bo
 			// and shows as the pickup's trouble until it serves a message,
 			// rather than in a loop of dead letters.
 			p.lastBad = fail(fmt.Errorf("%s is not a valid exchange message (dead-lettered): %s", name, problem))
-			return false, p.lastBad
+			return "", p.lastBad
 		}
 		log.Debug("taken")
-		return true, nil
+		return strings.Join([]string{msg.Metadata.Get(exchange.MetaPlan), msg.Metadata.Get(exchange.MetaFrom), msg.Metadata.Get(exchange.MetaTo)}, "/"), nil
 	case folder.Nacked:
 		log.Warn("pipeline refused the file; asking again after interval")
 	}
-	return false, nil
+	return "", nil
 }
 
 // fileName is the name a 200 reply gives its file: Content-Disposition's
