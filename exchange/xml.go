@@ -587,17 +587,19 @@ func (p *parser) rules() (Header, error) {
 			return f.header(DialectRules)
 		case "Объект":
 			return Header{}, fmt.Errorf("%w: ФайлОбмена has data (<Объект>) before ДанныеПоОбмену", ErrNoHeader)
-		case "ПравилаОбмена":
-			// The exchange rules a КД2 file may carry before its header
-			// (megabytes for a pair of typical configurations) are not
-			// header: read past them under the size limit alone.
+		default:
+			// What a КД2 file may carry before its header is not header:
+			// the exchange rules (ПравилаОбмена, megabytes for a pair of
+			// typical configurations) and the description of the types
+			// they use (ИнформацияОТипахДанных, as large). Read past it
+			// under the size limit alone.
 			p.limitSize()
 			for len(p.stack) > 1 {
 				if _, err := p.tok(); err != nil {
 					return Header{}, err
 				}
 			}
-			p.limitHeader("%d bytes after the exchange rules")
+			p.limitHeader("%d bytes after " + strings.ReplaceAll(el.Name.Local, "%", "%%"))
 		}
 	}
 }
