@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -310,6 +311,10 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				return holdTold(msg)
 			}
 		} else if !h.ByName() && h.MessageNo <= st.DeliveredNo {
+			if l.resolvedBefore(ctx, in, m, obj) {
+				log.Info("offered again after it was resolved (its payload is gone); acked")
+				return nil
+			}
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
 			l.m.dropped.WithLabelValues(node, dropReason(dup)).Inc()
@@ -343,6 +348,13 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			passed := st.passedNo()
 			if passed > 0 && h.MessageNo > passed+1 {
 				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, passed+1)
+				if p.failingBefore(st, l.states.now()) {
+					// Not a gap: the number it waits for is failing at
+					// the destination, and that error is what the
+					// operator must see (and no gap alert).
+					log.Debug(msg)
+					return hold()
+				}
 				return holdTold(msg)
 			}
 			// Nothing delivered on the channel yet, so any number may
@@ -356,6 +368,10 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				}
 				if earlier > 0 {
 					msg := fmt.Sprintf("gap: holding No %d until No %d, queued before it, is delivered", h.MessageNo, earlier)
+					if p.failingBefore(st, l.states.now()) {
+						log.Debug(msg)
+						return hold()
+					}
 					return holdTold(msg)
 				}
 			}
@@ -446,19 +462,45 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			}
 			l.m.dead.WithLabelValues(node, StageDeliver).Inc()
 			ev(StepDead, reason)
-			return l.finish(ctx, h, seq, m.UUID, "", func(c *Channel) {
-				c.Dead++
-				c.LastError, c.LastErrorAt = reason, l.states.now()
-				if n.Mode == config.ModeSequential && !h.ByName() && (c.deadHold() == 0 || h.MessageNo < c.DeadNo) {
-					c.DeadNo = h.MessageNo
-				}
-			})
+			return l.finish(ctx, h, seq, m.UUID, "", func(c *Channel) { l.diedAtDelivery(c, h, n.Mode, reason) })
 		default:
 			log.Warn("delivery failed; will retry", "err", err)
 			ev(StepDeliveryFailed, err.Error())
 			l.states.setError(ctx, h.ExchangePlan, h.From, h.To, err.Error())
 			return err
 		}
+	}
+}
+
+// resolvedBefore says m, offered again, was resolved already and its ack
+// lost, after the channel resolved others (LastMsgID names only the last):
+// a resolution drops the payload, so one that is gone tells. Counted
+// again, it would make the channel's pending too low.
+func (l *lane) resolvedBefore(ctx context.Context, in *inflight, m *message.Message, obj string) bool {
+	if obj == "" || timesOffered(in, m) < 2 {
+		return false
+	}
+	has, err := l.b.HasPayload(ctx, obj, statedSize(m.Metadata.Get(exchange.MetaSize)), m.Metadata.Get(exchange.MetaSHA256))
+	return err == nil && !has
+}
+
+// failingBefore says the channel's last error is a delivery's since its
+// last success (a success clears it), and recent for the retries' backoff:
+// on a sequential channel, the number the next one waits for is queued and
+// failing, not missing.
+func (p *Pipeline) failingBefore(st Channel, now time.Time) bool {
+	return st.LastError != "" && !strings.HasPrefix(st.LastError, "gap: ") &&
+		now.Sub(st.LastErrorAt) < 2*p.opts.MaxRetryDelay+time.Minute
+}
+
+// diedAtDelivery records in c that the message of h died at delivery for
+// reason: counted, shown, and on a sequential channel held as the number
+// the next ones wait behind (until it is retried or dropped), not as a gap.
+func (l *lane) diedAtDelivery(c *Channel, h exchange.Header, mode config.Mode, reason string) {
+	c.Dead++
+	c.LastError, c.LastErrorAt = reason, l.states.now()
+	if mode == config.ModeSequential && !h.ByName() && (c.deadHold() == 0 || h.MessageNo < c.DeadNo) {
+		c.DeadNo = h.MessageNo
 	}
 }
 

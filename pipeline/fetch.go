@@ -282,6 +282,15 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 			return err
 		}
 		l.m.dead.WithLabelValues(f.node, StageDeliver).Inc()
+		if herr == nil {
+			// Taken in here and resolved as a dead letter, like one that
+			// dies at delivery: a sequential channel's next number waits
+			// behind it as a dead letter, not as a gap.
+			l.taken(ctx, h, l.states.now(), true)
+			if err := l.finish(ctx, h, 0, id, "", func(c *Channel) { l.diedAtDelivery(c, h, f.p.cfg.Nodes[f.node].Mode, dl.Reason) }); err != nil {
+				return err
+			}
+		}
 		f.dropRemote(ctx, remote, obj)
 		return msg.DoubleAck(ctx)
 	}

@@ -104,6 +104,9 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 			l.event(Event{Step: StepDead, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: h.To, Channel: channelName(h), No: h.MessageNo,
 				Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha, Detail: reason})
 			log.Warn("dead letter", "stage", StageRoute, "reason", reason)
+			// Not deliverable, yet its sender's ReceivedNo acknowledges
+			// the reverse channel all the same.
+			l.acknowledge(ctx, h, l.states.now(), id, m.Metadata.Get(exchange.MetaFileName))
 			return nil
 		}
 

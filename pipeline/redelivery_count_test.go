@@ -1,0 +1,85 @@
+package pipeline
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/relay1c/relay/exchange"
+)
+
+// TestLostAckNotRecountedAfterNextResolved: a delivery whose ack is lost is
+// offered again after AckWait, and acked without being counted again even
+// when the channel resolved another message meanwhile (the normal case on a
+// busy channel). Only LastMsgID was checked: it was counted a second time,
+// as stale here (superseded on a latest channel), and pending showed 0
+// while No 3 still waited (found by review).
+func TestLostAckNotRecountedAfterNextResolved(t *testing.T) {
+	b := testBus(t)
+	d := &scriptedDelivery{}
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: sequential, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	ctx := context.Background()
+	// Three messages taken in: No 1, 2, 3.
+	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 3, 3 }); err != nil {
+		t.Fatal(err)
+	}
+	queueRecord(t, b, "SRC", "DST", 1)
+	queueRecord(t, b, "SRC", "DST", 2)
+	queueRecord(t, b, "SRC", "DST", 3)
+
+	in := &inflight{}
+	nc := testConn(t, b)
+	handle := p.deliverHandler("DST", p.cfg.Nodes["DST"], d, p.laneOn(b, p.log), in)
+
+	// No 1 delivered and recorded; its ack is lost (subscriber gone).
+	s1 := newTestSubscriber(t, nc, "DST", 2*time.Second, in)
+	out, err := s1.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m1 := receive(t, out, 10*time.Second)
+	if err := handle(m1); err != nil {
+		t.Fatal(err)
+	}
+	closeWithin(t, s1, 10*time.Second)
+
+	// A new subscription: No 2 is offered and delivered (acked), then No 1
+	// comes back after its AckWait.
+	s := newTestSubscriber(t, nc, "DST", 2*time.Second, in)
+	defer closeWithin(t, s, 10*time.Second)
+	if out, err = s.Subscribe(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	handled := map[uint64]int{}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) && (handled[1] == 0 || handled[2] == 0) {
+		m := receive(t, out, 10*time.Second)
+		hd, err := exchange.HeaderOf(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := hd.MessageNo
+		if h == 3 { // leave No 3 waiting: nak it far away
+			setNakDelay(m, time.Minute)
+			m.Nack()
+			continue
+		}
+		if err := handle(m); err != nil {
+			t.Fatal(err)
+		}
+		m.Ack()
+		handled[h]++
+	}
+	c, err := p.States().Get(ctx, "P", "SRC", "DST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("delivered %v; state queued %d resolved %d stale %d duplicates %d superseded %d", d.delivered(), c.Queued, c.Resolved, c.Stale, c.Duplicates, c.Superseded)
+	if c.Pending() != 1 || c.Stale != 0 || c.Duplicates != 0 {
+		t.Fatalf("No 3 still waits, but pending %d (want 1), stale %d, duplicates %d (want 0): the redelivered No 1 was counted again", c.Pending(), c.Stale, c.Duplicates)
+	}
+}
