@@ -112,23 +112,30 @@ func TestPushSpoolFailureIs503(t *testing.T) {
 	}
 }
 
-// TestPushesBounded proves that relay takes at most maxPushes pushes at once
-// (each spools up to max_message_size: their number bounds the spool); one
-// more is answered 503 with Retry-After at once, and a slot freed by a push
-// that ends takes the next. There was no bound.
-func TestPushesBounded(t *testing.T) {
+// shopServer serves the API of a relay with CO (pickup) and SHOP1
+// (deliver) over a fake backend; file is a good message CO → SHOP1.
+func shopServer(t *testing.T) (*Server, *httptest.Server, []byte) {
+	t.Helper()
 	file, err := os.ReadFile("../testdata/fixtures/good/Message_CO_SHOP1.xml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := t.TempDir()
-	cfg, err := config.Parse([]byte(fmt.Sprintf("relay: { data_dir: %s }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n", data)))
+	cfg, err := config.Parse([]byte(fmt.Sprintf("relay: { data_dir: %s }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n", t.TempDir())))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := NewServer(cfg, &fakeBackend{ready: true}, "", slog.New(slog.DiscardHandler))
 	srv := httptest.NewServer(s)
-	defer srv.Close()
+	t.Cleanup(srv.Close)
+	return s, srv, file
+}
+
+// TestPushesBounded proves that relay takes at most maxPushes pushes at once
+// (each spools up to max_message_size: their number bounds the spool); one
+// more is answered 503 with Retry-After at once, and a slot freed by a push
+// that ends takes the next. There was no bound.
+func TestPushesBounded(t *testing.T) {
+	s, srv, file := shopServer(t)
 	push := func(body io.Reader) (*http.Response, error) {
 		req, _ := http.NewRequest("POST", srv.URL+"/api/v1/messages?name=Message_CO_SHOP1.xml", body)
 		return srv.Client().Do(req)
@@ -265,18 +272,7 @@ func TestPushToUnknownAddressee(t *testing.T) {
 // EOF and answered "Connection: close". The rest of the form is now read
 // before the 202.
 func TestPushFormKeepsConnection(t *testing.T) {
-	file, err := os.ReadFile("../testdata/fixtures/good/Message_CO_SHOP1.xml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := t.TempDir()
-	cfg, err := config.Parse([]byte(fmt.Sprintf("relay: { data_dir: %s }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n", data)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := NewServer(cfg, &fakeBackend{ready: true}, "", slog.New(slog.DiscardHandler))
-	srv := httptest.NewServer(s)
-	defer srv.Close()
+	_, srv, file := shopServer(t)
 	for _, trailer := range []string{"", strings.Repeat("x", 16<<10)} {
 		var buf bytes.Buffer
 		mw := multipart.NewWriter(&buf)

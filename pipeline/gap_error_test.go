@@ -8,6 +8,14 @@ import (
 	"time"
 )
 
+// srcToSequentialDST is a relay delivering to SRC and to DST, a sequential
+// node.
+const srcToSequentialDST = `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: sequential, deliver: { dir: ./dst } }
+`
+
 // TestGapHoldKeepsPredecessorFailure: on a sequential channel the number
 // queued behind one whose delivery fails (the destination is down) is held,
 // and the channel keeps showing the destination's error. The hold wrote
@@ -22,11 +30,7 @@ func TestGapHoldKeepsPredecessorFailure(t *testing.T) {
 		}
 		return nil
 	}}
-	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
-nodes:
-  SRC: { deliver: { dir: ./src } }
-  DST: { mode: sequential, deliver: { dir: ./dst } }
-`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
 	ctx := context.Background()
 	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) {
 		c.PickedNo, c.DeliveredNo, c.Queued, c.Resolved = 6, 4, 6, 4

@@ -17,11 +17,7 @@ import (
 func TestLostAckNotRecountedAfterNextResolved(t *testing.T) {
 	b := testBus(t)
 	d := &scriptedDelivery{}
-	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
-nodes:
-  SRC: { deliver: { dir: ./src } }
-  DST: { mode: sequential, deliver: { dir: ./dst } }
-`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
 	ctx := context.Background()
 	// Three messages taken in: No 1, 2, 3.
 	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 3, 3 }); err != nil {
