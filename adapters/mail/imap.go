@@ -1371,6 +1371,9 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 	// hold the greeting and login for ever: connect_timeout bounds them
 	// as a whole.
 	loginTimer := time.AfterFunc(s.ConnectTimeout.Std(), func() { tcp.Close() })
+	// And the relay stopping ends them at once (go-imap's greeting and
+	// login watch no context).
+	stopOnCtx := context.AfterFunc(ctx, func() { tcp.Close() })
 	var c *imapclient.Client
 	switch {
 	case t.implicitTLS:
@@ -1397,7 +1400,10 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 			err = fmt.Errorf("LOGIN as %s: %w", t.user, err)
 		}
 	}
-	if !loginTimer.Stop() {
+	if !stopOnCtx() {
+		err = errors.Join(err, ctx.Err())
+	}
+	if !loginTimer.Stop() && ctx.Err() == nil {
 		err = fmt.Errorf("greeting and login took longer than connect_timeout (%s): %w", s.ConnectTimeout.Std(), errors.Join(err, os.ErrDeadlineExceeded))
 	}
 	// imapclient has set the read deadline since its first read (through

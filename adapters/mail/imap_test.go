@@ -1329,7 +1329,8 @@ func TestIMAPPickupLatePartOfTakenSetCommitted(t *testing.T) {
 // TestIMAPLoginBoundedByConnectTimeout: a server that trickles its
 // greeting a byte at a time never lets io_timeout's progress deadline run
 // out; connect_timeout bounds greeting and login as a whole (the session
-// hung for as long as the bytes came).
+// hung for as long as the bytes came), and the relay's stop (ctx) ends
+// them at once.
 func TestIMAPLoginBoundedByConnectTimeout(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -1339,21 +1340,25 @@ func TestIMAPLoginBoundedByConnectTimeout(t *testing.T) {
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		conn.Write([]byte("* OK "))
 		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			if _, err := conn.Write([]byte("a")); err != nil {
+			conn, err := ln.Accept()
+			if err != nil {
 				return
 			}
+			go func() {
+				defer conn.Close()
+				conn.Write([]byte("* OK "))
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+					if _, err := conn.Write([]byte("a")); err != nil {
+						return
+					}
+				}
+			}()
 		}
 	}()
 	t.Setenv("RELAY_TEST_IMAP_PASSWORD", "x")
@@ -1372,6 +1377,24 @@ func TestIMAPLoginBoundedByConnectTimeout(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a trickled greeting held the login 5 s past connect_timeout (1 s)")
+	}
+
+	// The relay stopping ends the greeting's wait at once: it waited out
+	// connect_timeout (here 30 s; a shutdown held that long).
+	c.ConnectTimeout = config.Duration(30 * time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	go func() {
+		_, err := CheckIMAP(ctx, "ЦО", c, slog.New(slog.DiscardHandler))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("check cancelled during the greeting: %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a greeting held the login 5 s past the relay's stop")
 	}
 }
 
