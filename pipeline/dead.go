@@ -38,6 +38,10 @@ type DeadLetter struct {
 	Object   string           `json:"object,omitempty"`
 	Size     int64            `json:"size"`
 	SHA256   string           `json:"sha256,omitempty"`
+	// StreamSeq is the EXCHANGE sequence of a message routed by name that
+	// died at delivery: its place in its channel, which a retry must not
+	// put after a newer message.
+	StreamSeq uint64 `json:"stream_seq,omitempty"`
 }
 
 // Dead reads and writes the EXCHANGE_DEAD stream.
@@ -133,9 +137,10 @@ func (d *Dead) remove(ctx context.Context, l DeadLetter) error {
 	return nil
 }
 
-// DropDead deletes a dead letter and its payload. A message that died at
-// delivery on a sequential channel holds the numbers after it; dropping it
-// is the operator saying the channel goes on without it. The channel state
+// DropDead deletes a dead letter and its payload. A numbered message that
+// died holds the numbers after it on a sequential channel (as a dead letter
+// or as a gap); dropping it is the operator saying the channel goes on
+// without it. The channel state
 // records that before the letter goes, so a relay stopped in between
 // leaves a letter to drop again, never a channel held by a letter that is
 // gone.
@@ -145,7 +150,11 @@ func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 		return err
 	}
 	h := l.Header
-	if l.Stage == StageDeliver && h != nil && !h.ByName() {
+	// Whatever the stage it died at (delivery; route, while its node had
+	// no deliver endpoint; pickup, with a header that reads), a numbered
+	// message is a number its sequential channel waits for: dropped, the
+	// channel goes on.
+	if h != nil && !h.ByName() {
 		if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 			c.DroppedNo = max(c.DroppedNo, h.MessageNo)
 			c.settle()

@@ -453,10 +453,15 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		case exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound):
 			reason := err.Error()
 			log.Error("dead letter", "stage", StageDeliver, "reason", reason)
+			kept := obj
+			if errors.Is(err, jetstream.ErrObjectNotFound) {
+				kept = "" // nothing to retry with
+			}
 			if derr := l.dead.put(ctx, DeadLetter{
-				Node: node, Stage: StageDeliver, Reason: reason, Header: &h, MsgID: m.UUID, Object: obj,
+				Node: node, Stage: StageDeliver, Reason: reason, Header: &h, MsgID: m.UUID, Object: kept,
 				Size: atoi64(m.Metadata.Get(exchange.MetaSize)), SHA256: m.Metadata.Get(exchange.MetaSHA256),
 				Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
+				StreamSeq: seq,
 			}); derr != nil {
 				return derr
 			}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
@@ -26,6 +27,17 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	}
 	if l.Object == "" {
 		return "", notRetriable{fmt.Errorf("dead letter %d: its payload was not kept; it cannot be retried", seq)}
+	}
+	// A message that died because its payload was gone names it all the
+	// same: queued again, it would only die again.
+	if l.SHA256 != "" {
+		has, err := p.b.HasPayload(ctx, l.Object, l.Size, l.SHA256)
+		if err != nil {
+			return "", fmt.Errorf("dead letter %d: %w", seq, err)
+		}
+		if !has {
+			return "", notRetriable{fmt.Errorf("dead letter %d: its payload %s is gone; it cannot be retried", seq, l.Object)}
+		}
 	}
 	h, size, sha, obj := l.Header, l.Size, l.SHA256, l.Object
 	name, nameErr := exchange.ParseName(l.FileName)
@@ -47,13 +59,22 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	if reason := p.routeProblem(*h); reason != "" {
 		return "", notRetriable{fmt.Errorf("dead letter %d: still cannot be routed: %s", seq, reason)}
 	}
+	if h.ByName() {
+		newer, err := p.newerByName(ctx, l, *h)
+		if err != nil {
+			return "", fmt.Errorf("dead letter %d: %w", seq, err)
+		}
+		if newer {
+			return "", notRetriable{fmt.Errorf("dead letter %d: a newer message of %s came after it, and without a number (routed by its file name) the retry would be delivered over it; drop it", seq, channelName(*h))}
+		}
+	}
 	if obj != l.Object {
 		if err := p.copyObject(ctx, l.Object, obj, size, sha); err != nil {
 			return "", err
 		}
 	}
 	id := MessageID(*h, sha)
-	rec := message.NewMessage(id+"/retry-"+strconv.FormatUint(seq, 10), nil)
+	rec := message.NewMessage(id+retrySuffix+strconv.FormatUint(seq, 10), nil)
 	exchange.SetHeader(rec, *h)
 	rec.Metadata.Set(exchange.MetaFileName, fileNameFor(l.FileName, name, nameErr, *h, format))
 	rec.Metadata.Set(exchange.MetaSize, strconv.FormatInt(size, 10))
@@ -76,10 +97,44 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	if obj != l.Object {
 		_ = p.b.DeletePayload(ctx, l.Object)
 	}
+	if !dup {
+		recordEvent(p.b.Conn, p.log, Event{Step: StepRetried, MsgID: id, File: rec.Metadata.Get(exchange.MetaFileName), Node: l.Node,
+			Channel: channelName(*h), No: h.MessageNo, Size: size, SHA256: sha, Detail: fmt.Sprintf("dead letter %d sent on again as %s", seq, rec.UUID)})
+	}
 	if err := p.b.Dead.DeleteMsg(ctx, seq); err != nil {
 		return id, fmt.Errorf("dead letter %d: queued as %s but not removed: %w", seq, id, err)
 	}
 	return id, nil
+}
+
+// retrySuffix and the dead letter's number name a retried message's
+// record: the stream's duplicate window must not drop it as the original.
+const retrySuffix = "/retry-"
+
+// newerByName says a message of h's channel (routed by name: arrival is
+// its order) was queued after the dead letter l's. The retry queues l's at
+// the end of the stream, where it would count as the newest. Known by l's
+// place in the stream when it died at delivery; else by the channel's last
+// pickup after l died.
+func (p *Pipeline) newerByName(ctx context.Context, l DeadLetter, h exchange.Header) (bool, error) {
+	st, err := p.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+	if err != nil {
+		return false, err
+	}
+	if l.StreamSeq == 0 {
+		return st.LastPickupAt.After(l.Time), nil
+	}
+	if st.NameSeq > l.StreamSeq {
+		return true, nil
+	}
+	last, err := p.b.Exchange.GetLastMsgForSubject(ctx, bus.Subject(h.ExchangePlan, h.From, h.To))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("records of %s: %w", channelName(h), err)
+	}
+	return last.Sequence > l.StreamSeq, nil
 }
 
 // fileNameFor keeps the original name file (parsed as n, or nerr) when it

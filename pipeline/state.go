@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -242,6 +243,16 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 		if err == nil {
 			s.remember(key, c, nrev)
 			return c, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			// No answer is not "not written": a write the server applied
+			// while its answer was lost (a timeout on a slow or shared
+			// NATS) would be applied a second time (a message counted
+			// twice). The stored value tells.
+			if e, gerr := s.kv.Get(ctx, key); gerr == nil && e.Revision() != rev && bytes.Equal(e.Value(), b) {
+				s.remember(key, c, e.Revision())
+				return c, nil
+			}
 		}
 		if attempt >= 50 || ctx.Err() != nil {
 			return c, fmt.Errorf("channel state %s: %w", key, err)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,6 +49,9 @@ const (
 	StepAcknowledges   = "acknowledges"
 	// StepFetched: the message moved here from another relay's domain.
 	StepFetched = "fetched"
+	// StepRetried: the operator sent a dead letter on again (relay dead
+	// retry); the steps after it carry the id <id>/retry-<N>.
+	StepRetried = "retried"
 )
 
 // event records e without waiting: a lost event costs a line of a trace,
@@ -116,7 +120,8 @@ func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
 		return nil, fmt.Errorf("trace: %w", err)
 	}
 	var acks []Event
-	for seq := start; seq < info.State.LastSeq; {
+	// seq is the last sequence read; the loop ends once LastSeq was.
+	for seq := start - 1; seq < info.State.LastSeq; {
 		batch, err := cons.FetchNoWait(512)
 		if err != nil {
 			return nil, fmt.Errorf("trace: %w", err)
@@ -135,7 +140,9 @@ func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
 				acks = append(acks, e)
 			}
 			switch {
-			case q.Match != "" && (e.MsgID == q.Match || e.File == q.Match):
+			case q.Match != "" && (e.MsgID == q.Match || e.File == q.Match || strings.HasPrefix(e.MsgID, q.Match+retrySuffix)):
+				// A retried message's record is named <id>/retry-<N>:
+				// the id Retry printed finds its later steps too.
 			case q.Match == "" && q.Node != "" && e.Node == q.Node:
 			default:
 				continue

@@ -1,0 +1,144 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/relay1c/relay/exchange"
+)
+
+// TestDropRouteLetterReleasesSequentialGap: a sequential channel delivered
+// No 1; No 2 was dead-lettered at route (DST had no deliver endpoint while
+// routing.yaml was being changed); No 3 came after the fix and waits for
+// No 2. The operator drops No 2's letter: the channel goes on. DropDead
+// recorded DroppedNo for deliver-stage letters only, and the channel stayed
+// held for ever behind a number that no longer existed (found by review).
+func TestDropRouteLetterReleasesSequentialGap(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	d := &scriptedDelivery{}
+	queueRecord(t, b, "SRC", "DST", 1)
+	queueRecord(t, b, "SRC", "DST", 3)
+	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 2}
+	body := "No 2"
+	sum := sha256.Sum256([]byte(body))
+	sha := hex.EncodeToString(sum[:])
+	id := MessageID(h, sha)
+	if _, _, err := b.PutPayload(ctx, id, int64(len(body)), strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	// As ingest writes it (ingest.go, routeProblem != "").
+	if err := (&Dead{b: b}).put(ctx, DeadLetter{Node: "DST", Stage: StageRoute, Reason: `node "DST" has no deliver endpoint`,
+		Header: &h, MsgID: id, Object: id, Size: int64(len(body)), SHA256: sha, Source: "test:2",
+		FileName: exchange.FileName("SRC", "DST", exchange.FormatXML)}); err != nil {
+		t.Fatal(err)
+	}
+	p := runSequential(t, b, d)
+	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool {
+		return c.DeliveredNo == 1 && strings.Contains(c.LastError, "gap")
+	})
+	if c.DeliveredNo != 1 || !strings.Contains(c.LastError, "gap") {
+		t.Fatalf("state %+v: want No 1 delivered and No 3 held as a gap", c)
+	}
+	ls, err := p.Dead().List(ctx)
+	if err != nil || len(ls) != 1 {
+		t.Fatalf("dead letters %+v, %v", ls, err)
+	}
+	if err := p.DropDead(ctx, ls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	c = waitChannel(t, p, "P", 8*time.Second, func(c Channel) bool { return c.DeliveredNo == 3 })
+	if c.DeliveredNo != 3 {
+		t.Fatalf("dead letter No 2 dropped, yet No 3 still held: delivered %v, state delivered No %d, dropped No %d, last error %q",
+			d.delivered(), c.DeliveredNo, c.DroppedNo, c.LastError)
+	}
+}
+
+// bodyDelivery reads each message's payload, as every real deliver adapter
+// does (a missing payload is jetstream.ErrObjectNotFound: dead at delivery).
+type bodyDelivery struct{ got []uint64 }
+
+func (d *bodyDelivery) Publish(_ string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		r, err := exchange.Body(m.Context(), m)
+		if err != nil {
+			return fmt.Errorf("open payload: %w", err)
+		}
+		_, err = io.Copy(io.Discard, r)
+		r.Close()
+		if err != nil {
+			return err
+		}
+		h, _ := exchange.HeaderOf(m)
+		d.got = append(d.got, h.MessageNo)
+	}
+	return nil
+}
+
+func (d *bodyDelivery) Close() error { return nil }
+
+// TestRetryOfLetterWithoutPayloadRefused: a message whose payload is gone
+// dies at delivery, and its letter says the payload is not kept; a retry is
+// refused (ErrCannotRetry, the API's 409), as it is for a letter whose kept
+// payload went missing since. The letter named the payload ("kept; relay
+// dead retry sends it again"), the retry answered "queued", removed the
+// letter, and the message died again at once under a new letter (found by
+// review).
+func TestRetryOfLetterWithoutPayloadRefused(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	queueRecord(t, b, "SRC", "DST", 1)
+	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 1}
+	sum := sha256.Sum256([]byte("No 1"))
+	if err := b.DeletePayload(ctx, MessageID(h, hex.EncodeToString(sum[:]))); err != nil {
+		t.Fatal(err)
+	}
+	p := runSequential(t, b, &bodyDelivery{})
+	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Dead == 1 }); c.Dead != 1 {
+		t.Fatalf("state %+v: want No 1 dead", c)
+	}
+	ls, err := p.Dead().List(ctx)
+	if err != nil || len(ls) != 1 || ls[0].Object != "" {
+		t.Fatalf("dead letters %+v, %v: want one whose payload is not kept", ls, err)
+	}
+	id, err := p.Retry(ctx, ls[0].Seq)
+	if !errors.Is(err, ErrCannotRetry) {
+		time.Sleep(2 * time.Second)
+		again, _ := p.Dead().List(ctx)
+		t.Fatalf("retry of a letter whose payload is gone: id %q, err %v, want ErrCannotRetry; dead letters afterwards: %d (seq %v)", id, err, len(again), seqs(again))
+	}
+
+	// A letter that names its payload, gone since (deleted by hand, lost
+	// with a store): refused too, and the letter stays.
+	if err := (&Dead{b: b}).put(ctx, DeadLetter{Node: "DST", Stage: StageDeliver, Reason: "refused for good", Header: &h,
+		MsgID: ls[0].MsgID, Object: ls[0].MsgID, Size: ls[0].Size, SHA256: ls[0].SHA256, FileName: ls[0].FileName}); err != nil {
+		t.Fatal(err)
+	}
+	ls, err = p.Dead().List(ctx)
+	if err != nil || len(ls) != 2 {
+		t.Fatalf("dead letters %+v, %v: want two", ls, err)
+	}
+	if _, err := p.Retry(ctx, ls[1].Seq); !errors.Is(err, ErrCannotRetry) || !strings.Contains(err.Error(), "is gone") {
+		t.Fatalf("retry of a letter whose kept payload is gone: %v, want ErrCannotRetry (its payload is gone)", err)
+	}
+	if ls, err = p.Dead().List(ctx); err != nil || len(ls) != 2 {
+		t.Fatalf("dead letters after a refused retry %+v, %v: want both kept", ls, err)
+	}
+}
+
+func seqs(ls []DeadLetter) []uint64 {
+	var out []uint64
+	for _, l := range ls {
+		out = append(out, l.Seq)
+	}
+	return out
+}

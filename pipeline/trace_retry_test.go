@@ -1,0 +1,86 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/relay1c/relay/exchange"
+)
+
+// TestTraceOfRetriedIDShowsDelivery: `relay dead retry N` prints "queued
+// as <id>", the id an operator traces next. After the retried message is
+// delivered, its trace shows the retry and the delivery. The retried
+// record is named <id>/retry-N and Trace matched ids exactly: the trace
+// ended at "dead" for good (found by review).
+func TestTraceOfRetriedIDShowsDelivery(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
+		if attempt == 1 {
+			return exchange.Permanent(errors.New("refused for good"))
+		}
+		return nil
+	}}
+	queueRecord(t, b, "SRC", "DST", 1)
+	p := runSequential(t, b, d)
+	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Dead == 1 }); c.Dead != 1 {
+		t.Fatalf("state %+v: want No 1 dead", c)
+	}
+	ls, err := p.Dead().List(ctx)
+	if err != nil || len(ls) != 1 {
+		t.Fatalf("dead letters %+v, %v", ls, err)
+	}
+	id, err := p.Retry(ctx, ls[0].Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 }); c.DeliveredNo != 1 {
+		t.Fatalf("state %+v: retried No 1 not delivered", c)
+	}
+	time.Sleep(300 * time.Millisecond) // events are published without waiting
+	evs, err := p.Trace(ctx, TraceQuery{Match: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	for _, e := range evs {
+		steps = append(steps, e.Step+"("+e.MsgID+")")
+	}
+	if !slices.ContainsFunc(evs, func(e Event) bool { return e.Step == StepRetried && e.MsgID == id }) ||
+		!slices.ContainsFunc(evs, func(e Event) bool { return e.Step == StepDelivered }) {
+		t.Fatalf("retry said queued as %q; its trace after delivery is %v: want a retried and a delivered step", id, steps)
+	}
+}
+
+// TestTraceSingleEvent: a trace on an events stream holding exactly one
+// event (a fresh relay after its first pickup) finds it. The read loop ran
+// only while seq < LastSeq, starting at FirstSeq == LastSeq (found by
+// review).
+func TestTraceSingleEvent(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	p := newPipeline(t, retryYAML, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	recordEvent(b.Conn, p.log, Event{Step: StepPickedUp, MsgID: "P/SRC/DST/1/abc", File: "Message_SRC_DST.xml", Node: "SRC"})
+	if err := b.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if info, err := b.Events.Info(ctx); err == nil && info.State.Msgs == 1 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if info, _ := b.Events.Info(ctx); info == nil || info.State.Msgs != 1 {
+		t.Fatalf("events stream: %+v", info)
+	}
+	evs, err := p.Trace(ctx, TraceQuery{Match: "P/SRC/DST/1/abc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 {
+		t.Fatalf("trace of the only recorded event: %d events, want 1", len(evs))
+	}
+}
