@@ -38,9 +38,10 @@ type DeadLetter struct {
 	Object   string           `json:"object,omitempty"`
 	Size     int64            `json:"size"`
 	SHA256   string           `json:"sha256,omitempty"`
-	// StreamSeq is the EXCHANGE sequence of a message routed by name that
-	// died at delivery: its place in its channel, which a retry must not
-	// put after a newer message.
+	// StreamSeq is the EXCHANGE sequence of the record that died at
+	// delivery: for a message routed by name its place in its channel,
+	// which a retry must not put after a newer message; for any, what
+	// tells its own record from the same message taken in again.
 	StreamSeq uint64 `json:"stream_seq,omitempty"`
 }
 
@@ -124,9 +125,9 @@ func (d *Dead) Get(ctx context.Context, seq uint64) (DeadLetter, error) {
 }
 
 // remove deletes the dead letter l (as Get read it) and its payload.
-func (d *Dead) remove(ctx context.Context, l DeadLetter) error {
+func (d *Dead) remove(ctx context.Context, l DeadLetter, keepPayload bool) error {
 	seq := l.Seq
-	if l.Object != "" {
+	if l.Object != "" && !keepPayload {
 		if err := d.b.DeletePayload(ctx, l.Object); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 			return fmt.Errorf("dead letter %d: delete payload: %w", seq, err)
 		}
@@ -140,10 +141,9 @@ func (d *Dead) remove(ctx context.Context, l DeadLetter) error {
 // DropDead deletes a dead letter and its payload. A numbered message that
 // died holds the numbers after it on a sequential channel (as a dead letter
 // or as a gap); dropping it is the operator saying the channel goes on
-// without it. The channel state
-// records that before the letter goes, so a relay stopped in between
-// leaves a letter to drop again, never a channel held by a letter that is
-// gone.
+// without it. The channel state records that before the letter goes, so a
+// relay stopped in between leaves a letter to drop again, never a channel
+// held by a letter that is gone. A payload a queued record names too stays.
 func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 	l, err := p.dead.Get(ctx, seq)
 	if err != nil {
@@ -162,7 +162,11 @@ func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 			return fmt.Errorf("dead letter %d: %w", seq, err)
 		}
 	}
-	if err := p.dead.remove(ctx, l); err != nil {
+	inUse, err := p.payloadInUse(ctx, l)
+	if err != nil {
+		return fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	if err := p.dead.remove(ctx, l, inUse); err != nil {
 		return err
 	}
 	e := Event{Step: StepDropped, MsgID: l.MsgID, File: l.FileName, Node: l.Node, Source: l.Source, Detail: "dead letter dropped by the operator"}
@@ -171,6 +175,39 @@ func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 	}
 	recordEvent(p.b.Conn, p.log, e)
 	return nil
+}
+
+// maxInUseScan bounds the records of a channel payloadInUse reads.
+const maxInUseScan = 10000
+
+// payloadInUse says a queued record names the payload of the letter l:
+// a letter of route or delivery keeps the message's own payload, which
+// the same message taken in again (its file put back in the outbox after
+// a fix, while the letter stayed) names too. Dropping the letter must not
+// take that record's payload with it. A channel with more queued records
+// than maxInUseScan counts as in use: a payload left behind costs space,
+// one deleted costs the message.
+func (p *Pipeline) payloadInUse(ctx context.Context, l DeadLetter) (bool, error) {
+	if l.Object == "" || l.Header == nil {
+		return false, nil // a pickup's letter keeps its payload under a name of its own
+	}
+	subject := bus.Subject(l.Header.ExchangePlan, l.Header.From, l.Header.To)
+	for next, n := uint64(1), 0; ; n++ {
+		if n == maxInUseScan {
+			return true, nil
+		}
+		raw, err := p.b.Exchange.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("records of %s: %w", channelName(*l.Header), err)
+		}
+		if raw.Sequence != l.StreamSeq && raw.Header.Get(exchange.MetaObject) == l.Object {
+			return true, nil
+		}
+		next = raw.Sequence + 1
+	}
 }
 
 // storeDeadPayload keeps a refused file's bytes so the operator can retry it.

@@ -63,29 +63,6 @@ func TestDropRouteLetterReleasesSequentialGap(t *testing.T) {
 	}
 }
 
-// bodyDelivery reads each message's payload, as every real deliver adapter
-// does (a missing payload is jetstream.ErrObjectNotFound: dead at delivery).
-type bodyDelivery struct{ got []uint64 }
-
-func (d *bodyDelivery) Publish(_ string, msgs ...*message.Message) error {
-	for _, m := range msgs {
-		r, err := exchange.Body(m.Context(), m)
-		if err != nil {
-			return fmt.Errorf("open payload: %w", err)
-		}
-		_, err = io.Copy(io.Discard, r)
-		r.Close()
-		if err != nil {
-			return err
-		}
-		h, _ := exchange.HeaderOf(m)
-		d.got = append(d.got, h.MessageNo)
-	}
-	return nil
-}
-
-func (d *bodyDelivery) Close() error { return nil }
-
 // TestRetryOfLetterWithoutPayloadRefused: a message whose payload is gone
 // dies at delivery, and its letter says the payload is not kept; a retry is
 // refused (ErrCannotRetry, the API's 409), as it is for a letter whose kept
@@ -102,7 +79,7 @@ func TestRetryOfLetterWithoutPayloadRefused(t *testing.T) {
 	if err := b.DeletePayload(ctx, MessageID(h, hex.EncodeToString(sum[:]))); err != nil {
 		t.Fatal(err)
 	}
-	p := runSequential(t, b, &bodyDelivery{})
+	p := runSequential(t, b, readFirst{&scriptedDelivery{}})
 	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Dead == 1 }); c.Dead != 1 {
 		t.Fatalf("state %+v: want No 1 dead", c)
 	}
@@ -141,4 +118,83 @@ func seqs(ls []DeadLetter) []uint64 {
 		out = append(out, l.Seq)
 	}
 	return out
+}
+
+// TestDropKeepsPayloadOfQueuedRecord: a letter of route or delivery keeps
+// the message's own payload, under the message's id. When the same message
+// was taken in again meanwhile (its file put back in the outbox after the
+// fix, the letter left behind), dropping the letter leaves the payload to
+// the queued record: it deleted it, and the record died at delivery with
+// its payload gone (found by review). A letter whose record is only its
+// own still takes its payload with it.
+func TestDropKeepsPayloadOfQueuedRecord(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 2}
+	sum := sha256.Sum256([]byte("No 2"))
+	sha := hex.EncodeToString(sum[:])
+	id := MessageID(h, sha)
+	// No 2 taken in again (queueRecord stores its payload under id) while
+	// its route letter from before the fix still names that payload.
+	queueRecord(t, b, "SRC", "DST", 2)
+	if err := (&Dead{b: b}).put(ctx, DeadLetter{Node: "DST", Stage: StageRoute, Reason: `node "DST" has no deliver endpoint`,
+		Header: &h, MsgID: id, Object: id, Size: 4, SHA256: sha, FileName: exchange.FileName("SRC", "DST", exchange.FormatXML)}); err != nil {
+		t.Fatal(err)
+	}
+	// The destination is busy at first: the record waits while the letter
+	// is dropped; No 3 dies at delivery for good.
+	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
+		switch {
+		case no == 2 && attempt < 3:
+			return errors.New("destination busy")
+		case no == 3:
+			return exchange.Permanent(errors.New("refused for good"))
+		}
+		return nil
+	}}
+	p := runPipeline(t, retryYAML, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": readFirst{d}})
+	ls, err := p.Dead().List(ctx)
+	if err != nil || len(ls) != 1 {
+		t.Fatalf("dead letters %+v, %v", ls, err)
+	}
+	if err := p.DropDead(ctx, ls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 2 }); c.DeliveredNo != 2 {
+		t.Fatalf("No 2, queued again, not delivered after its old letter was dropped: delivered %v, state %+v", d.delivered(), c)
+	}
+
+	queueRecord(t, b, "SRC", "DST", 3)
+	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Dead == 1 }); c.Dead != 1 {
+		t.Fatalf("state %+v: want No 3 dead", c)
+	}
+	if ls, err = p.Dead().List(ctx); err != nil || len(ls) != 1 {
+		t.Fatalf("dead letters %+v, %v", ls, err)
+	}
+	if err := p.DropDead(ctx, ls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if has, err := b.HasPayload(ctx, ls[0].Object, ls[0].Size, ls[0].SHA256); err != nil || has {
+		t.Fatalf("payload of the dropped No 3 (its record its own): kept %v, %v; want it deleted", has, err)
+	}
+}
+
+// readFirst reads each message's payload, as every real deliver adapter
+// does (a missing one is jetstream.ErrObjectNotFound: dead at delivery),
+// before its scripted delivery decides.
+type readFirst struct{ *scriptedDelivery }
+
+func (d readFirst) Publish(topic string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		r, err := exchange.Body(m.Context(), m)
+		if err != nil {
+			return fmt.Errorf("open payload: %w", err)
+		}
+		_, err = io.Copy(io.Discard, r)
+		r.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return d.scriptedDelivery.Publish(topic, msgs...)
 }

@@ -461,7 +461,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				Node: node, Stage: StageDeliver, Reason: reason, Header: &h, MsgID: m.UUID, Object: kept,
 				Size: atoi64(m.Metadata.Get(exchange.MetaSize)), SHA256: m.Metadata.Get(exchange.MetaSHA256),
 				Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
-				StreamSeq: seq,
+				StreamSeq: streamSeq(in, m),
 			}); derr != nil {
 				return derr
 			}
