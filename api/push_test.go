@@ -298,3 +298,61 @@ func TestPushFormKeepsConnection(t *testing.T) {
 		}
 	}
 }
+
+// storingBackend's Push waits for release, then fails with err.
+type storingBackend struct {
+	*fakeBackend
+	entered chan struct{}
+	release chan struct{}
+	err     error
+}
+
+func (b *storingBackend) Push(ctx context.Context, _ *message.Message) error {
+	close(b.entered)
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return b.err
+}
+
+// TestPushAnsweredOnlyOnceStored: a push is answered only once Push
+// (JetStream holding the message) has returned, and a Push that cannot
+// store it is 503. No test held the 202 to that: every test backend's Push
+// returned nil at once, and the e2e push crash test cannot catch it by
+// timing (found by review: a 202 written before Push survived every test).
+func TestPushAnsweredOnlyOnceStored(t *testing.T) {
+	cfg, err := config.Parse([]byte("relay: { data_dir: " + t.TempDir() + " }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := os.ReadFile("../testdata/fixtures/good/Message_CO_SHOP1.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &storingBackend{fakeBackend: &fakeBackend{ready: true}, entered: make(chan struct{}), release: make(chan struct{}),
+		err: errors.New("nats: no responders available for request")}
+	s := NewServer(cfg, be, "", slog.New(slog.DiscardHandler))
+	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages?name=Message_CO_SHOP1.xml", bytes.NewReader(body))
+	r.RemoteAddr = "127.0.0.1:5000"
+	w := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() { defer close(done); s.ServeHTTP(w, r) }()
+	select {
+	case <-be.entered:
+	case <-done:
+		t.Fatalf("answered %d %s without handing the message to the pipeline", w.Code, w.Body)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Push never called")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if w.Flushed || w.Body.Len() > 0 {
+		t.Errorf("answered (%d %q) while Push, which stores the message in JetStream, had not returned", w.Code, w.Body)
+	}
+	close(be.release)
+	<-done
+	if w.Code != 503 {
+		t.Fatalf("Push failed (not stored): answered %d %s, want 503 (send again)", w.Code, w.Body)
+	}
+}
