@@ -45,6 +45,9 @@ run() {
 	pids+=("-$child")
 	local rc=0
 	wait "$child" || rc=$?
+	# Whatever of the step outlived it (a test binary that timed out runs
+	# no cleanup, and its children stay in the group) goes with it.
+	kill -KILL -- "-$child" 2>/dev/null || true
 	local keep=() pid
 	for pid in "${pids[@]}"; do
 		[ "$pid" = "-$child" ] || keep+=("$pid")

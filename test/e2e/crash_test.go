@@ -19,14 +19,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
+	"github.com/relay1c/relay/test/realserver"
 )
 
 // moduleRoot finds the directory holding go.mod above the test's folder.
@@ -78,7 +81,7 @@ type relayProc struct {
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
-	done    chan struct{}
+	done    <-chan struct{}
 	starts  int
 	started time.Time // when the current process was started
 }
@@ -108,19 +111,20 @@ func (rp *relayProc) start() {
 	if err != nil {
 		rp.t.Fatal(err)
 	}
-	defer logf.Close() // the child holds its own descriptor
 	rp.starts++
 	fmt.Fprintf(logf, "===== test: start #%d at %s\n", rp.starts, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(rp.bin, "run", "-c", rp.site.cfg, "--log-level", "info")
 	cmd.Dir = rp.site.root
 	cmd.Env = append(os.Environ(), rp.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// Killed with the test process: a test that times out (go test panics,
+	// no cleanup runs) left its relays running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	rp.started = time.Now()
-	if err := cmd.Start(); err != nil {
+	done, err := realserver.StartDaemon(cmd, logf)
+	if err != nil {
 		rp.t.Fatalf("start relay: %v", err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
 	rp.cmd, rp.done = cmd, done
 }
 
@@ -174,6 +178,8 @@ func tailFile(path string, lines int) string {
 // crashChannel is one (from, to) pair with what its writer wrote.
 type crashChannel struct {
 	from, to string
+
+	last uint64 // the writer's last MessageNo (read once it is done)
 
 	mu   sync.Mutex
 	sums map[uint64]string // MessageNo -> sha256 of the bytes written for it
@@ -368,15 +374,17 @@ func TestCrashSIGKILL(t *testing.T) {
 		t.Skip("SIGKILL crash test skipped under -short")
 	}
 	const (
-		perChannel = 20 // N messages per channel
-		kills      = 9  // three aimed at each of pickup, commit, delivery
+		perChannel = 12 // messages per channel at least
+		kills      = 12 // aimed in turn at pickup, commit, delivery, delivery
 	)
 	began := time.Now()
 	bin := buildRelay(t)
 	t.Logf("built relay in %s", time.Since(began).Round(time.Millisecond))
 
 	// ОП receives in sequential mode: there every message must arrive, in
-	// order, so a message lost in a crash would hold its channel for good.
+	// order, so a message lost before it was queued would hold its channel
+	// for good, and one lost at delivery is seen by its writer (it waits
+	// for each in the inbox).
 	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "ОП", mode: "sequential"}, nodeSpec{code: "SHOP1"})
 	var chans []*crashChannel
 	byName := map[string]*crashChannel{}
@@ -401,6 +409,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	go func() { defer close(checkerDone); checker.run(ctx) }()
 	defer func() { cancel(); <-checkerDone }()
 
+	var killsDone atomic.Bool
 	// Writers: one per channel, like 1C: message n+1 only after n was taken.
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
@@ -412,9 +421,18 @@ func TestCrashSIGKILL(t *testing.T) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(i)))
 			path := filepath.Join(s.out(ch.from), ch.name())
-			for n := uint64(1); n <= perChannel; n++ {
+			// At least perChannel messages, and on until the killer is
+			// done: its kills must find something to land in.
+			for n := uint64(1); n <= perChannel || !killsDone.Load(); n++ {
+				ch.last = n
 				var buf bytes.Buffer
-				if err := exchangetest.WriteXML(&buf, header(ch.from, ch.to, n, n-1), int64(512+rng.IntN(48<<10))); err != nil {
+				size := int64(512 + rng.IntN(48<<10))
+				if ch.to == "ОП" {
+					// Larger: a delivery that takes a while to write is
+					// where the delivery kills must land.
+					size = int64(64<<10 + rng.IntN(512<<10))
+				}
+				if err := exchangetest.WriteXML(&buf, header(ch.from, ch.to, n, n-1), size); err != nil {
 					writerErr <- err
 					return
 				}
@@ -438,6 +456,26 @@ func TestCrashSIGKILL(t *testing.T) {
 					}
 					if time.Now().After(deadline) {
 						writerErr <- fmt.Errorf("%s No %d: not taken from %s within 45s", ch.name(), n, s.out(ch.from))
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				if ch.to != "ОП" {
+					continue
+				}
+				// ОП's 1C needs every number: its senders write the next
+				// one only once this one is in its inbox. A message the
+				// relay recorded as delivered without writing it (a kill
+				// between the record and the file) is then missed here,
+				// where a later number would otherwise overwrite the
+				// evidence.
+				inbox := filepath.Join(s.in(ch.to), ch.name())
+				for readNo(inbox) < n {
+					if ctx.Err() != nil {
+						return
+					}
+					if time.Now().After(deadline) {
+						writerErr <- fmt.Errorf("%s No %d: taken, but the inbox holds No %d after 45s: the message was lost", ch.name(), n, readNo(inbox))
 						return
 					}
 					time.Sleep(10 * time.Millisecond)
@@ -483,9 +521,11 @@ func TestCrashSIGKILL(t *testing.T) {
 		}
 		return hit
 	}
+	// A delivery to ОП, whose senders wait for each message (see the
+	// writers): there a message lost at delivery is seen.
 	inDelivery := func() bool {
 		for _, ch := range chans {
-			if taken := ch.taken.Load(); taken > 0 && readNo(filepath.Join(s.in(ch.to), ch.name())) < taken {
+			if taken := ch.taken.Load(); ch.to == "ОП" && taken > 0 && readNo(filepath.Join(s.in(ch.to), ch.name())) < taken {
 				return true
 			}
 		}
@@ -494,7 +534,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	aims := []struct {
 		name string
 		now  func() bool
-	}{{"pickup", inPickup}, {"commit", atCommit}, {"delivery", inDelivery}}
+	}{{"pickup", inPickup}, {"commit", atCommit}, {"delivery", inDelivery}, {"delivery", inDelivery}}
 	landed := map[string]int{}
 	var lastStart time.Time
 	for k := 1; k <= kills; k++ {
@@ -509,6 +549,8 @@ func TestCrashSIGKILL(t *testing.T) {
 			if aim.now() {
 				where = "mid-" + aim.name
 				landed[aim.name]++
+				// A few ms in: inside the step rather than at its start.
+				time.Sleep(time.Duration(krng.IntN(8)) * time.Millisecond)
 				break
 			}
 		}
@@ -517,6 +559,7 @@ func TestCrashSIGKILL(t *testing.T) {
 		rp.start()
 		lastStart = rp.started
 	}
+	killsDone.Store(true)
 	t.Logf("%d kills done after %s: %v", kills, time.Since(began).Round(time.Millisecond), landed)
 	for _, aim := range aims {
 		if landed[aim.name] == 0 {
@@ -530,9 +573,9 @@ func TestCrashSIGKILL(t *testing.T) {
 	// Drain: every channel's destination holds N, byte-identical.
 	drained := func() bool {
 		for _, ch := range chans {
-			want, _ := ch.sum(perChannel)
+			want, _ := ch.sum(ch.last)
 			p := filepath.Join(s.in(ch.to), ch.name())
-			if readNo(p) != perChannel {
+			if readNo(p) != ch.last {
 				return false
 			}
 			if got := sha(t, p); got != want {
@@ -549,7 +592,7 @@ func TestCrashSIGKILL(t *testing.T) {
 		if time.Now().After(deadline) {
 			for _, ch := range chans {
 				p := filepath.Join(s.in(ch.to), ch.name())
-				t.Errorf("%s: destination holds No %d, want %d", ch.name(), readNo(p), perChannel)
+				t.Errorf("%s: destination holds No %d, want %d", ch.name(), readNo(p), ch.last)
 			}
 			t.FailNow()
 		}
@@ -563,7 +606,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	checker.report(t)
 
 	for _, ch := range chans {
-		want, _ := ch.sum(perChannel)
+		want, _ := ch.sum(ch.last)
 		if got := sha(t, filepath.Join(s.in(ch.to), ch.name())); got != want {
 			t.Errorf("%s: final content sha256 %s, writer wrote %s", ch.name(), got, want)
 		}
@@ -601,24 +644,35 @@ func TestCrashSIGKILL(t *testing.T) {
 		}
 	}
 
-	// The operator's view agrees.
+	// The operator's view agrees, once the last deliveries are recorded
+	// (the file lands first, then the state).
 	var rows []statusRow
-	var err error
-	waitFor(t, 15*time.Second, "relay status to answer", func() bool {
-		err = relayJSON(bin, s, &rows, "status")
-		return err == nil
-	})
 	got := map[string]statusRow{}
-	for _, r := range rows {
-		got[r.From+"→"+r.To] = r
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		err := relayJSON(bin, s, &rows, "status")
+		if err == nil {
+			clear(got)
+			for _, r := range rows {
+				got[r.From+"→"+r.To] = r
+			}
+			if !slices.ContainsFunc(chans, func(ch *crashChannel) bool { return got[ch.from+"→"+ch.to].DeliveredNo != ch.last }) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
 	}
 	for _, ch := range chans {
 		r, ok := got[ch.from+"→"+ch.to]
 		switch {
 		case !ok:
 			t.Errorf("relay status has no channel %s → %s: %+v", ch.from, ch.to, rows)
-		case r.DeliveredNo != perChannel:
-			t.Errorf("relay status %s → %s: delivered_no %d, want %d (%+v)", ch.from, ch.to, r.DeliveredNo, perChannel, r)
+		case r.DeliveredNo != ch.last:
+			t.Errorf("relay status %s → %s: delivered_no %d, want %d (%+v)", ch.from, ch.to, r.DeliveredNo, ch.last, r)
 		case r.Plan != "Магазины":
 			t.Errorf("relay status %s → %s: plan %q", ch.from, ch.to, r.Plan)
 		case r.Dead != 0:

@@ -836,7 +836,7 @@ func (d *mailDaemon) start() error {
 	cmd.Dir = filepath.Dir(d.out)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: d.setpgid}
-	done, err := startDaemon(cmd, out)
+	done, err := StartDaemon(cmd, out)
 	if err != nil {
 		return fmt.Errorf("%s: %w", d.name, err)
 	}

@@ -150,7 +150,7 @@ func (c *NATSCluster) Start(i int) error {
 	cmd.Stdout, cmd.Stderr = out, out
 	// SIGTERM if the test process dies without stopping it (see startDaemon).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	done, err := startDaemon(cmd, out)
+	done, err := StartDaemon(cmd, out)
 	if err != nil {
 		return fmt.Errorf("nats-server %s: %w", s.name, err)
 	}

@@ -194,7 +194,7 @@ func (n *Nginx) launch() error {
 	// follows the thread that forked: that goroutine stays locked to its
 	// thread and blocked in Wait for the server's whole life.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	done, err := startDaemon(cmd, out)
+	done, err := StartDaemon(cmd, out)
 	if err != nil {
 		return err
 	}

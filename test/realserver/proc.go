@@ -15,7 +15,7 @@ import (
 // thread that forked, not the process: the goroutine that starts the
 // process stays locked to its thread and blocked in Wait for the server's
 // whole life.
-func startDaemon(cmd *exec.Cmd, out *os.File) (<-chan struct{}, error) {
+func StartDaemon(cmd *exec.Cmd, out *os.File) (<-chan struct{}, error) {
 	started := make(chan error, 1)
 	done := make(chan struct{})
 	go func() {

@@ -439,7 +439,7 @@ func (s *Vsftpd) launch() error {
 	// the thread that forked, not the process: that goroutine stays locked
 	// to its thread and blocked in Wait for the server's whole life.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	done, err := startDaemon(cmd, out)
+	done, err := StartDaemon(cmd, out)
 	if err != nil {
 		return err
 	}
