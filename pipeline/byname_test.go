@@ -14,9 +14,10 @@ import (
 	"github.com/relay1c/relay/exchange"
 )
 
-// tagDelivery records the "tag" metadata of the messages it takes, in
-// order, and fails the attempts fail says to.
+// tagDelivery records the "tag" metadata (or the key's) of the messages it
+// takes, in order, and fails the attempts fail says to.
 type tagDelivery struct {
+	key   string // metadata to record; "" is "tag"
 	mu    sync.Mutex
 	got   []string
 	tries map[string]int
@@ -25,7 +26,11 @@ type tagDelivery struct {
 
 func (d *tagDelivery) Publish(_ string, msgs ...*message.Message) error {
 	for _, m := range msgs {
-		tag := m.Metadata.Get("tag")
+		key := d.key
+		if key == "" {
+			key = "tag"
+		}
+		tag := m.Metadata.Get(key)
 		d.mu.Lock()
 		if d.tries == nil {
 			d.tries = map[string]int{}

@@ -19,25 +19,29 @@ import (
 	"github.com/relay1c/relay/config"
 )
 
-// freezeProxy forwards TCP to target on 127.0.0.1 with 10 ms of latency each
-// way (a 20 ms round trip, as between a replica and a NATS server in
+// freezeProxy forwards TCP to target on 127.0.0.1 with latency each way
+// (10 ms: a 20 ms round trip, as between a replica and a NATS server in
 // another zone) and can be frozen: bytes stop moving both ways without the
 // connection closing, as on a network partition (a NATS client only
-// notices at its next ping, minutes later).
+// notices at its next ping, minutes later). With replies frozen, only what
+// the server sends waits: a write is applied and its answer is late, as
+// when a stream leader is slow or changes.
 type freezeProxy struct {
-	ln     net.Listener
-	frozen atomic.Bool
-	mu     sync.Mutex
-	conns  []net.Conn
+	ln      net.Listener
+	latency time.Duration
+	frozen  atomic.Bool
+	replies atomic.Bool
+	mu      sync.Mutex
+	conns   []net.Conn
 }
 
-func startFreezeProxy(t *testing.T, target string) *freezeProxy {
+func startFreezeProxy(t *testing.T, target string, latency time.Duration) *freezeProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &freezeProxy{ln: ln}
+	p := &freezeProxy{ln: ln, latency: latency}
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -52,8 +56,8 @@ func startFreezeProxy(t *testing.T, target string) *freezeProxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, s)
 			p.mu.Unlock()
-			go p.pipe(c, s)
-			go p.pipe(s, c)
+			go p.pipe(c, s, false)
+			go p.pipe(s, c, true)
 		}
 	}()
 	t.Cleanup(func() {
@@ -67,12 +71,13 @@ func startFreezeProxy(t *testing.T, target string) *freezeProxy {
 	return p
 }
 
-func (p *freezeProxy) pipe(from, to net.Conn) {
+// pipe copies from to to; fromServer says from is the server's side.
+func (p *freezeProxy) pipe(from, to net.Conn, fromServer bool) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := from.Read(buf)
-		time.Sleep(10 * time.Millisecond)
-		for p.frozen.Load() {
+		time.Sleep(p.latency)
+		for p.frozen.Load() || fromServer && p.replies.Load() {
 			time.Sleep(2 * time.Millisecond)
 		}
 		if n > 0 {
@@ -112,7 +117,7 @@ func TestLeaseLostBeforeOthersMayTakeIt(t *testing.T) {
 	t.Cleanup(hb.Close)
 
 	// Replica a talks to NATS through a link that will stall.
-	px := startFreezeProxy(t, hub.Addr().String())
+	px := startFreezeProxy(t, hub.Addr().String(), 10*time.Millisecond)
 	nc, err := nats.Connect("nats://" + px.addr())
 	if err != nil {
 		t.Fatal(err)

@@ -5,10 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,45 +15,6 @@ import (
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
 )
-
-// shaDelivery records the MetaSHA256 of each message it writes (a retried
-// record keeps the sha, not other metadata) and fails as fail says.
-type shaDelivery struct {
-	mu    sync.Mutex
-	got   []string
-	tries map[string]int
-	fail  func(sha string, attempt int) error
-}
-
-func (d *shaDelivery) Publish(_ string, msgs ...*message.Message) error {
-	for _, m := range msgs {
-		sha := m.Metadata.Get(exchange.MetaSHA256)
-		d.mu.Lock()
-		if d.tries == nil {
-			d.tries = map[string]int{}
-		}
-		d.tries[sha]++
-		n := d.tries[sha]
-		d.mu.Unlock()
-		if d.fail != nil {
-			if err := d.fail(sha, n); err != nil {
-				return err
-			}
-		}
-		d.mu.Lock()
-		d.got = append(d.got, sha)
-		d.mu.Unlock()
-	}
-	return nil
-}
-
-func (d *shaDelivery) Close() error { return nil }
-
-func (d *shaDelivery) delivered() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return slices.Clone(d.got)
-}
 
 // queueByNameStored queues a message routed by its file name (no numbers)
 // on SRC → DST with its payload stored, as ingest does for a password zip
@@ -92,7 +51,8 @@ func TestRetryByNameRefusedAfterNewer(t *testing.T) {
 	ctx := context.Background()
 	b := testBus(t)
 	var aSHA string
-	d := &shaDelivery{fail: func(sha string, attempt int) error {
+	// A retried record keeps the sha, not other metadata (no "tag").
+	d := &tagDelivery{key: exchange.MetaSHA256, fail: func(sha string, attempt int) error {
 		if sha == aSHA && attempt == 1 {
 			return exchange.Permanent(errors.New("refused for good"))
 		}
