@@ -59,7 +59,15 @@ func (d *Dead) put(ctx context.Context, l DeadLetter) error {
 	if err != nil {
 		return err
 	}
-	if _, err := d.b.JS.Publish(ctx, bus.DeadSubjectPrefix+bus.Token(l.Node), data); err != nil {
+	var opts []jetstream.PublishOpt
+	if l.StreamSeq > 0 {
+		// The record dies again when the relay stopped between its letter
+		// and its record in the channel state (it is offered again): one
+		// letter, within the stream's duplicate window (2 min). A retry
+		// queues a new record: its death is a new letter.
+		opts = append(opts, jetstream.WithMsgID(fmt.Sprintf("%s@%d", l.MsgID, l.StreamSeq)))
+	}
+	if _, err := d.b.JS.Publish(ctx, bus.DeadSubjectPrefix+bus.Token(l.Node), data, opts...); err != nil {
 		return fmt.Errorf("dead letter for %s: %w", l.FileName, err)
 	}
 	return nil

@@ -198,3 +198,30 @@ func (d readFirst) Publish(topic string, msgs ...*message.Message) error {
 	}
 	return d.scriptedDelivery.Publish(topic, msgs...)
 }
+
+// TestDeadLetterOncePerRecord: a record that dies at delivery again after
+// the relay stopped between its letter and the channel's record of it (it
+// is offered again and refused again) leaves one letter, not two; the same
+// message queued again (a retry: a new record) dies as a new letter.
+func TestDeadLetterOncePerRecord(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	d := &Dead{b: b}
+	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 1}
+	letter := DeadLetter{Node: "DST", Stage: StageDeliver, Reason: "refused for good", Header: &h, MsgID: "P/SRC/DST/1/x", StreamSeq: 7}
+	for range 2 {
+		if err := d.put(ctx, letter); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ls, err := d.List(ctx); err != nil || len(ls) != 1 {
+		t.Fatalf("one record dead twice: %d letters (%v), want 1", len(ls), err)
+	}
+	letter.StreamSeq = 9
+	if err := d.put(ctx, letter); err != nil {
+		t.Fatal(err)
+	}
+	if ls, err := d.List(ctx); err != nil || len(ls) != 2 {
+		t.Fatalf("its retry's record dead too: %d letters (%v), want 2", len(ls), err)
+	}
+}
