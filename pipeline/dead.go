@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -96,20 +97,29 @@ func (d *Dead) List(ctx context.Context) ([]DeadLetter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dead letters: %w", err)
 		}
-		if l, err := decodeDead(m.Data); err == nil {
-			l.Seq = m.Sequence
-			out = append(out, l)
-		}
+		l := decodeDead(m)
+		l.Seq = m.Sequence
+		out = append(out, l)
 		seq = m.Sequence + 1
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
 	return out, nil
 }
 
-func decodeDead(b []byte) (DeadLetter, error) {
+// decodeDead reads a letter. One that does not read (written by another
+// program, or damaged) is shown as such, not hidden: it can still be
+// looked at and dropped.
+func decodeDead(m *jetstream.RawStreamMsg) DeadLetter {
 	var l DeadLetter
-	err := json.Unmarshal(b, &l)
-	return l, err
+	if err := json.Unmarshal(m.Data, &l); err != nil {
+		node, uerr := bus.Untoken(strings.TrimPrefix(m.Subject, bus.DeadSubjectPrefix))
+		if uerr != nil {
+			node = m.Subject
+		}
+		return DeadLetter{Time: m.Time, Node: node,
+			Reason: fmt.Sprintf("the dead letter itself does not read (%d bytes): %v", len(m.Data), err)}
+	}
+	return l
 }
 
 // ErrNoDeadLetter means the sequence names no dead letter.
@@ -124,10 +134,7 @@ func (d *Dead) Get(ctx context.Context, seq uint64) (DeadLetter, error) {
 	if err != nil {
 		return DeadLetter{}, fmt.Errorf("dead letter %d: %w", seq, err)
 	}
-	l, err := decodeDead(m.Data)
-	if err != nil {
-		return l, fmt.Errorf("dead letter %d: %w", seq, err)
-	}
+	l := decodeDead(m)
 	l.Seq = seq
 	return l, nil
 }

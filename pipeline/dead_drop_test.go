@@ -13,6 +13,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -223,5 +224,31 @@ func TestDeadLetterOncePerRecord(t *testing.T) {
 	}
 	if ls, err := d.List(ctx); err != nil || len(ls) != 2 {
 		t.Fatalf("its retry's record dead too: %d letters (%v), want 2", len(ls), err)
+	}
+}
+
+// TestUnreadableDeadLetterShownAndDropped: a letter that does not read
+// (written by another program, or damaged) is listed with that reason and
+// can be dropped. List skipped it without a word and Get failed on it: it
+// could be neither seen nor dropped.
+func TestUnreadableDeadLetterShownAndDropped(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	if _, err := b.JS.Publish(ctx, bus.DeadSubjectPrefix+bus.Token("ЦО"), []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	p := newPipeline(t, retryYAML, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	ls, err := p.Dead().List(ctx)
+	if err != nil || len(ls) != 1 || ls[0].Node != "ЦО" || !strings.Contains(ls[0].Reason, "does not read") {
+		t.Fatalf("dead letters %+v, %v: want the unreadable one, of ЦО, said so", ls, err)
+	}
+	if _, err := p.Retry(ctx, ls[0].Seq); !errors.Is(err, ErrCannotRetry) {
+		t.Fatalf("retry of an unreadable letter: %v, want ErrCannotRetry", err)
+	}
+	if err := p.DropDead(ctx, ls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if ls, err = p.Dead().List(ctx); err != nil || len(ls) != 0 {
+		t.Fatalf("after the drop: %+v, %v", ls, err)
 	}
 }
