@@ -165,21 +165,26 @@ func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 		return err
 	}
 	h := l.Header
-	// Whatever the stage it died at (delivery; route, while its node had
-	// no deliver endpoint; pickup, with a header that reads), a numbered
-	// message is a number its sequential channel waits for: dropped, the
-	// channel goes on.
-	if h != nil && !h.ByName() {
-		if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
-			c.DroppedNo = max(c.DroppedNo, h.MessageNo)
-			c.settle()
-		}); err != nil {
-			return fmt.Errorf("dead letter %d: %w", seq, err)
-		}
-	}
 	inUse, err := p.payloadInUse(ctx, l)
 	if err != nil {
 		return fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	// A numbered message that died at delivery, or at route (while its
+	// node had no deliver endpoint), is a number its sequential channel
+	// waits for: dropped, the channel goes on — unless the same message
+	// was taken in again and waits (inUse). A pickup's letter with a
+	// header is a file found in another node's outbox: its number is not
+	// that channel's to skip.
+	if h != nil && !h.ByName() && !inUse && l.Node == h.To && (l.Stage == StageDeliver || l.Stage == StageRoute) {
+		if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+			c.DroppedNo = max(c.DroppedNo, h.MessageNo)
+			c.settle()
+			// Its reason is not the channel's trouble any more: what the
+			// channel waits for next tells its own.
+			c.LastError, c.LastErrorAt = "", time.Time{}
+		}); err != nil {
+			return fmt.Errorf("dead letter %d: %w", seq, err)
+		}
 	}
 	if err := p.dead.remove(ctx, l, inUse); err != nil {
 		return err
@@ -207,7 +212,15 @@ func (p *Pipeline) payloadInUse(ctx context.Context, l DeadLetter) (bool, error)
 		return false, nil // a pickup's letter keeps its payload under a name of its own
 	}
 	subject := bus.Subject(l.Header.ExchangePlan, l.Header.From, l.Header.To)
-	for next, n := uint64(1), 0; ; n++ {
+	// Records up to the delivery consumer's ack floor are done (they stay
+	// in the stream until PurgeDone): only those after it may wait.
+	next := uint64(1)
+	if c, err := p.b.Exchange.Consumer(ctx, bus.ConsumerName(l.Header.To)); err == nil {
+		if ci, err := c.Info(ctx); err == nil {
+			next = ci.AckFloor.Stream + 1
+		}
+	}
+	for n := 0; ; n++ {
 		if n == maxInUseScan {
 			return true, nil
 		}

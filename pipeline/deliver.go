@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -288,10 +289,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		}
 		// A message routed by its file name has no number: its place in
 		// the channel is its place in the stream.
-		var seq uint64
-		if h.ByName() {
-			seq = streamSeq(in, m)
-		}
+		seq := streamSeq(in, m)
 		if h.ByName() && seq > 0 {
 			switch o, err := l.nameOrder(ctx, h, n.Mode, seq, st.NameSeq); {
 			case err != nil:
@@ -311,8 +309,10 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				return holdTold(msg)
 			}
 		} else if !h.ByName() && h.MessageNo <= st.DeliveredNo {
-			if l.resolvedBefore(ctx, in, m, obj) {
-				log.Info("offered again after it was resolved (its payload is gone); acked")
+			if timesOffered(in, m) > 1 && slices.Contains(st.RecentSeqs, seq) {
+				// Resolved already, its ack lost, and others resolved
+				// since (LastMsgID names only the last).
+				log.Info("offered again after it was resolved; acked")
 				return nil
 			}
 			dup := h.MessageNo == st.DeliveredNo
@@ -449,6 +449,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			return l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) {
 				c.Stale++
 				c.DeliveredNo = max(c.DeliveredNo, have)
+				c.LastError = "" // moved on, as after a delivery
 			})
 		case exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound):
 			reason := err.Error()
@@ -477,17 +478,10 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 	}
 }
 
-// resolvedBefore says m, offered again, was resolved already and its ack
-// lost, after the channel resolved others (LastMsgID names only the last):
-// a resolution drops the payload, so one that is gone tells. Counted
-// again, it would make the channel's pending too low.
-func (l *lane) resolvedBefore(ctx context.Context, in *inflight, m *message.Message, obj string) bool {
-	if obj == "" || timesOffered(in, m) < 2 {
-		return false
-	}
-	has, err := l.b.HasPayload(ctx, obj, statedSize(m.Metadata.Get(exchange.MetaSize)), m.Metadata.Get(exchange.MetaSHA256))
-	return err == nil && !has
-}
+// recentSeqs is how many resolved records a channel remembers, so that
+// one offered again after its ack was lost is not counted twice: a lost
+// ack comes back after AckWait, by when a 1C channel has resolved a few.
+const recentSeqs = 16
 
 // failingBefore says the channel's last error is a delivery's since its
 // last success (a success clears it), and recent for the retries' backoff:
@@ -510,14 +504,22 @@ func (l *lane) diedAtDelivery(c *Channel, h exchange.Header, mode config.Mode, r
 }
 
 // finish records the outcome of a resolved message and frees its payload;
-// seq is the stream sequence of a message routed by name (0 for others).
+// seq is the record's stream sequence (0: not in this relay's stream).
 func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, obj string, fn func(c *Channel)) error {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
 		fn(c)
 		c.settle()
 		c.Resolved++
 		c.LastMsgID = id
-		c.NameSeq = max(c.NameSeq, seq)
+		if h.ByName() {
+			c.NameSeq = max(c.NameSeq, seq)
+		}
+		if seq > 0 {
+			c.RecentSeqs = append(c.RecentSeqs, seq)
+			if len(c.RecentSeqs) > recentSeqs {
+				c.RecentSeqs = c.RecentSeqs[len(c.RecentSeqs)-recentSeqs:]
+			}
+		}
 	}); err != nil {
 		return err
 	}

@@ -172,8 +172,9 @@ func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time
 	if c, err := l.states.Recent(ctx, h.ExchangePlan, h.To, h.From); err == nil {
 		changed := c
 		changed.applyAck(h.ReceivedNo, now)
-		if changed == c {
-			return
+		if changed.AckedNo == c.AckedNo && changed.LastAckAt.Equal(c.LastAckAt) &&
+			changed.Warning == c.Warning && changed.WarningAt.Equal(c.WarningAt) {
+			return // what applyAck sets is unchanged
 		}
 	}
 	l.event(Event{Step: StepAcknowledges, MsgID: id, File: file, Node: h.From, Channel: channelName(reverse), No: h.ReceivedNo,

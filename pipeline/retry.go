@@ -60,7 +60,7 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 		return "", notRetriable{fmt.Errorf("dead letter %d: still cannot be routed: %s", seq, reason)}
 	}
 	if h.ByName() {
-		newer, err := p.newerByName(ctx, l, *h)
+		newer, err := p.newerByName(ctx, l, *h, retryID(MessageID(*h, sha), seq))
 		if err != nil {
 			return "", fmt.Errorf("dead letter %d: %w", seq, err)
 		}
@@ -74,7 +74,7 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 		}
 	}
 	id := MessageID(*h, sha)
-	rec := message.NewMessage(id+retrySuffix+strconv.FormatUint(seq, 10), nil)
+	rec := message.NewMessage(retryID(id, seq), nil)
 	exchange.SetHeader(rec, *h)
 	rec.Metadata.Set(exchange.MetaFileName, fileNameFor(l.FileName, name, nameErr, *h, format))
 	rec.Metadata.Set(exchange.MetaSize, strconv.FormatInt(size, 10))
@@ -116,7 +116,7 @@ const retrySuffix = "/retry-"
 // the end of the stream, where it would count as the newest. Known by l's
 // place in the stream when it died at delivery; else by the channel's last
 // pickup after l died.
-func (p *Pipeline) newerByName(ctx context.Context, l DeadLetter, h exchange.Header) (bool, error) {
+func (p *Pipeline) newerByName(ctx context.Context, l DeadLetter, h exchange.Header, own string) (bool, error) {
 	st, err := p.states.Get(ctx, h.ExchangePlan, h.From, h.To)
 	if err != nil {
 		return false, err
@@ -134,8 +134,14 @@ func (p *Pipeline) newerByName(ctx context.Context, l DeadLetter, h exchange.Hea
 	case err != nil:
 		return false, fmt.Errorf("records of %s: %w", channelName(h), err)
 	}
-	return last.Sequence > l.StreamSeq, nil
+	// An earlier retry of this letter that could not remove it queued
+	// this very message: not a newer one.
+	return last.Sequence > l.StreamSeq && last.Header.Get("_watermill_message_uuid") != own, nil
 }
+
+// retryID names the record a retry of dead letter seq queues for the
+// message id.
+func retryID(id string, seq uint64) string { return id + retrySuffix + strconv.FormatUint(seq, 10) }
 
 // fileNameFor keeps the original name file (parsed as n, or nerr) when it
 // is a valid one for the message (header and format), else derives it from

@@ -64,6 +64,9 @@ type Channel struct {
 	// LastMsgID is the message id of the record resolved last, so that
 	// JetStream offering it again (its ack was lost) does not count it twice.
 	LastMsgID string `json:"last_msg_id,omitempty"`
+	// RecentSeqs are the stream sequences of the records resolved last
+	// (recentSeqs of them), for the same when others were resolved since.
+	RecentSeqs []uint64 `json:"recent_seqs,omitempty"`
 
 	LastPickupAt    time.Time `json:"last_pickup_at,omitzero"`
 	LastDeliveredAt time.Time `json:"last_delivered_at,omitzero"`
