@@ -2,20 +2,14 @@ package pipeline
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
-	"github.com/relay1c/relay/exchange"
 )
 
 // queueRecordAgain queues a second record of the same message No no (same
@@ -23,26 +17,13 @@ import (
 // again after the stream's 2-minute duplicate window: a fresh record.
 func queueRecordAgain(t *testing.T, b *bus.Bus, from, to string, no uint64) {
 	t.Helper()
-	h := exchange.Header{ExchangePlan: "P", From: from, To: to, MessageNo: no}
-	body := "No " + strconv.FormatUint(no, 10)
-	sum := sha256.Sum256([]byte(body))
-	sha := hex.EncodeToString(sum[:])
-	id := MessageID(h, sha)
-	if _, _, err := b.PutPayload(context.Background(), id, int64(len(body)), strings.NewReader(body)); err != nil {
-		t.Fatal(err)
-	}
-	m := message.NewMessage(id, nil)
-	exchange.SetHeader(m, h)
-	m.Metadata.Set(exchange.MetaFileName, exchange.FileName(from, to, exchange.FormatXML))
-	m.Metadata.Set(exchange.MetaObject, id)
-	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
-	m.Metadata.Set(exchange.MetaSHA256, sha)
+	m := storedRecord(t, b, from, to, no)
 	nm, err := (&wmnats.NATSMarshaler{}).Marshal(bus.Subject("P", from, to), m)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Past the duplicate window: the stream takes it as new.
-	if _, err := b.JS.PublishMsg(context.Background(), nm, jetstream.WithMsgID(id+"#later")); err != nil {
+	if _, err := b.JS.PublishMsg(context.Background(), nm, jetstream.WithMsgID(m.UUID+"#later")); err != nil {
 		t.Fatal(err)
 	}
 }

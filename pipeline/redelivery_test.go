@@ -106,6 +106,16 @@ func runUntilEnd(t *testing.T, p *Pipeline) {
 // read the payload; a dead letter's retry needs it).
 func queueRecord(t *testing.T, b *bus.Bus, from, to string, no uint64) {
 	t.Helper()
+	m := storedRecord(t, b, from, to, no)
+	if _, err := publishRecord(context.Background(), b.JS, bus.Subject("P", from, to), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// storedRecord stores the payload of message No no of from → to (plan P)
+// and returns its record, not yet published.
+func storedRecord(t *testing.T, b *bus.Bus, from, to string, no uint64) *message.Message {
+	t.Helper()
 	h := exchange.Header{ExchangePlan: "P", From: from, To: to, MessageNo: no}
 	body := "No " + strconv.FormatUint(no, 10)
 	sum := sha256.Sum256([]byte(body))
@@ -120,9 +130,7 @@ func queueRecord(t *testing.T, b *bus.Bus, from, to string, no uint64) {
 	m.Metadata.Set(exchange.MetaObject, id)
 	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
 	m.Metadata.Set(exchange.MetaSHA256, sha)
-	if _, err := publishRecord(context.Background(), b.JS, bus.Subject("P", from, to), m); err != nil {
-		t.Fatal(err)
-	}
+	return m
 }
 
 // A sequential channel's first messages: No 1 fails once (the destination
