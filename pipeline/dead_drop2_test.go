@@ -2,8 +2,7 @@ package pipeline
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -62,7 +61,7 @@ func TestDropRouteLetterWhileRetakenWaits(t *testing.T) {
 	b := testBus(t)
 	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
 		if no == 2 && attempt <= 3 {
-			return errorString("destination busy")
+			return errors.New("destination busy")
 		}
 		return nil
 	}}
@@ -71,15 +70,9 @@ func TestDropRouteLetterWhileRetakenWaits(t *testing.T) {
 	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 }); c.DeliveredNo != 1 {
 		t.Fatalf("state %+v: want No 1 delivered", c)
 	}
-	// No 2's letter from route, as ingest writes it, with its payload.
-	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 2}
-	queueRecord(t, b, "SRC", "DST", 2) // taken in again after the fix (stores the same payload)
+	queueRecord(t, b, "SRC", "DST", 2) // taken in again after the fix
 	queueRecord(t, b, "SRC", "DST", 3)
-	sha, id := payloadOf(h, "No 2")
-	if err := (&Dead{b: b}).put(ctx, DeadLetter{Node: "DST", Stage: StageRoute, Reason: `node "DST" has no deliver endpoint`,
-		Header: &h, MsgID: id, Object: id, Size: 4, SHA256: sha, FileName: exchange.FileName("SRC", "DST", exchange.FormatXML)}); err != nil {
-		t.Fatal(err)
-	}
+	putRouteLetter(t, b, 2) // No 2's letter from route, naming the same payload
 	time.Sleep(300 * time.Millisecond)
 	ls, err := p.Dead().List(ctx)
 	if err != nil || len(ls) != 1 {
@@ -95,18 +88,4 @@ func TestDropRouteLetterWhileRetakenWaits(t *testing.T) {
 	if len(got) != 3 || got[1] != 2 {
 		t.Fatalf("sequential SRC → DST wrote %v (want [1 2 3]): No 2, queued again, was overtaken once its old route letter was dropped; stale %d, dropped No %d", got, c.Stale, c.DroppedNo)
 	}
-}
-
-type errorString string
-
-func (e errorString) Error() string { return string(e) }
-
-func payloadOf(h exchange.Header, body string) (sha, id string) {
-	sum := sha256Sum(body)
-	return sum, MessageID(h, sum)
-}
-
-func sha256Sum(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
 }

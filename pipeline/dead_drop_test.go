@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,20 +30,7 @@ func TestDropRouteLetterReleasesSequentialGap(t *testing.T) {
 	d := &scriptedDelivery{}
 	queueRecord(t, b, "SRC", "DST", 1)
 	queueRecord(t, b, "SRC", "DST", 3)
-	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 2}
-	body := "No 2"
-	sum := sha256.Sum256([]byte(body))
-	sha := hex.EncodeToString(sum[:])
-	id := MessageID(h, sha)
-	if _, _, err := b.PutPayload(ctx, id, int64(len(body)), strings.NewReader(body)); err != nil {
-		t.Fatal(err)
-	}
-	// As ingest writes it (ingest.go, routeProblem != "").
-	if err := (&Dead{b: b}).put(ctx, DeadLetter{Node: "DST", Stage: StageRoute, Reason: `node "DST" has no deliver endpoint`,
-		Header: &h, MsgID: id, Object: id, Size: int64(len(body)), SHA256: sha, Source: "test:2",
-		FileName: exchange.FileName("SRC", "DST", exchange.FormatXML)}); err != nil {
-		t.Fatal(err)
-	}
+	putRouteLetter(t, b, 2)
 	p := runSequential(t, b, d)
 	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool {
 		return c.DeliveredNo == 1 && strings.Contains(c.LastError, "gap")
@@ -131,17 +119,10 @@ func seqs(ls []DeadLetter) []uint64 {
 func TestDropKeepsPayloadOfQueuedRecord(t *testing.T) {
 	ctx := context.Background()
 	b := testBus(t)
-	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 2}
-	sum := sha256.Sum256([]byte("No 2"))
-	sha := hex.EncodeToString(sum[:])
-	id := MessageID(h, sha)
-	// No 2 taken in again (queueRecord stores its payload under id) while
-	// its route letter from before the fix still names that payload.
+	// No 2 taken in again (queueRecord stores its payload under its id)
+	// while its route letter from before the fix still names that payload.
 	queueRecord(t, b, "SRC", "DST", 2)
-	if err := (&Dead{b: b}).put(ctx, DeadLetter{Node: "DST", Stage: StageRoute, Reason: `node "DST" has no deliver endpoint`,
-		Header: &h, MsgID: id, Object: id, Size: 4, SHA256: sha, FileName: exchange.FileName("SRC", "DST", exchange.FormatXML)}); err != nil {
-		t.Fatal(err)
-	}
+	putRouteLetter(t, b, 2)
 	// The destination is busy at first: the record waits while the letter
 	// is dropped; No 3 dies at delivery for good.
 	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
@@ -250,5 +231,20 @@ func TestUnreadableDeadLetterShownAndDropped(t *testing.T) {
 	}
 	if ls, err = p.Dead().List(ctx); err != nil || len(ls) != 0 {
 		t.Fatalf("after the drop: %+v, %v", ls, err)
+	}
+}
+
+// putRouteLetter stores the payload of SRC → DST No no (as storedRecord
+// does) and its dead letter from route, as ingest writes it while DST has
+// no deliver endpoint.
+func putRouteLetter(t *testing.T, b *bus.Bus, no uint64) {
+	t.Helper()
+	m := storedRecord(t, b, "SRC", "DST", no)
+	h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: no}
+	size, _ := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
+	if err := (&Dead{b: b}).put(context.Background(), DeadLetter{Node: "DST", Stage: StageRoute, Reason: `node "DST" has no deliver endpoint`,
+		Header: &h, MsgID: m.UUID, Object: m.UUID, Size: size, SHA256: m.Metadata.Get(exchange.MetaSHA256),
+		FileName: m.Metadata.Get(exchange.MetaFileName)}); err != nil {
+		t.Fatal(err)
 	}
 }
