@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/folder/foldertest"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
@@ -32,25 +32,6 @@ func hdr(no uint64) exchange.Header {
 
 func fastPickup(path string) PickupConfig {
 	return PickupConfig{Path: path, Settle: config.Duration(50 * time.Millisecond), PollInterval: config.Duration(100 * time.Millisecond), IncompleteTimeout: config.Duration(time.Second)}
-}
-
-// memMemory is an in-memory KeepMemory.
-type memMemory struct {
-	mu sync.Mutex
-	m  map[string]string
-}
-
-func (m *memMemory) Recall(_ context.Context, k string) (string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.m[k], nil
-}
-
-func (m *memMemory) Remember(_ context.Context, k, fp string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.m[k] = fp
-	return nil
 }
 
 func subscribe(t *testing.T, cfg PickupConfig, after string, mem folder.KeepMemory) <-chan *message.Message {
@@ -187,7 +168,7 @@ func TestPickupFilters(t *testing.T) {
 // the file into the folder without overwriting an earlier one.
 func TestPickupKeepAndMove(t *testing.T) {
 	dir := t.TempDir()
-	mem := &memMemory{m: map[string]string{}}
+	mem := foldertest.NewMemory(nil)
 	ch := subscribe(t, fastPickup(dir), "keep", mem)
 	path, _ := exchangetest.WriteFile(dir, hdr(1), 100, exchange.FormatXML)
 	next(t, ch, 3*time.Second).Ack()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/relay1c/relay/adapters/folder/foldertest"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
@@ -385,25 +386,6 @@ func (c *countingSource) Fetch(ctx context.Context, f File) (Fetched, error) {
 	return c.memSource.Fetch(ctx, f)
 }
 
-// keepMemory is an in-memory KeepMemory.
-type keepMemory struct {
-	mu sync.Mutex
-	m  map[string]string
-}
-
-func (z *keepMemory) Recall(_ context.Context, k string) (string, error) {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	return z.m[k], nil
-}
-
-func (z *keepMemory) Remember(_ context.Context, k, fp string) error {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	z.m[k] = fp
-	return nil
-}
-
 func messageXML(t *testing.T, no uint64) []byte {
 	t.Helper()
 	var b bytes.Buffer
@@ -442,7 +424,7 @@ func TestKeepTakesNextMessageOfSameSizeAndMTime(t *testing.T) {
 	m := coarseSource(t, 1)
 	o := fastOptions()
 	o.After = config.After{Action: config.AfterKeep}
-	mem := &keepMemory{m: map[string]string{}}
+	mem := foldertest.NewMemory(nil)
 	o.Memory = mem
 	ch := subscribed(t, m, o)
 	msg := next(t, ch, 5*time.Second)
@@ -451,10 +433,7 @@ func TestKeepTakesNextMessageOfSameSizeAndMTime(t *testing.T) {
 	}
 	msg.Ack()
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		mem.mu.Lock()
-		n := len(mem.m)
-		mem.mu.Unlock()
-		if n == 1 {
+		if fp, _ := mem.Recall(context.Background(), m.Where(coarseName)); fp != "" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -647,9 +626,9 @@ func TestKeepReadsOlderFingerprints(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			m := coarseSource(t, 1)
 			m.mtime = c.mtime
-			mem := &keepMemory{m: map[string]string{
+			mem := foldertest.NewMemory(map[string]string{
 				m.Where(coarseName): strconv.Itoa(len(m.files[coarseName])) + "/" + strconv.FormatInt(c.mtime.UnixNano(), 10),
-			}}
+			})
 			o := fastOptions()
 			o.After = config.After{Action: config.AfterKeep}
 			o.Memory = mem
@@ -664,9 +643,7 @@ func TestKeepReadsOlderFingerprints(t *testing.T) {
 			msg.Ack()
 			want := fingerprint(int64(len(m.files[coarseName])), c.mtime, sha256Hex(m.files[coarseName]))
 			for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				mem.mu.Lock()
-				got := mem.m[m.Where(coarseName)]
-				mem.mu.Unlock()
+				got, _ := mem.Recall(context.Background(), m.Where(coarseName))
 				if got == want {
 					break
 				}
