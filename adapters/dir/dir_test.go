@@ -60,16 +60,6 @@ func startPickup(t *testing.T, node string, cfg PickupConfig, after string, mem 
 	return s, ch
 }
 
-func next(t *testing.T, ch <-chan *message.Message, d time.Duration) *message.Message {
-	t.Helper()
-	select {
-	case m := <-ch:
-		return m
-	case <-time.After(d):
-		return nil
-	}
-}
-
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // TestPickupCommitsOnlyOnAck: a nacked file stays and comes again; an acked
@@ -78,7 +68,7 @@ func TestPickupCommitsOnlyOnAck(t *testing.T) {
 	dir := t.TempDir()
 	ch := subscribe(t, fastPickup(dir), "delete", nil)
 	path, _ := exchangetest.WriteFile(dir, hdr(3), 1000, exchange.FormatXML)
-	m := next(t, ch, 5*time.Second)
+	m := foldertest.Next(ch, 5*time.Second)
 	if m == nil {
 		t.Fatal("no message")
 	}
@@ -101,7 +91,7 @@ func TestPickupCommitsOnlyOnAck(t *testing.T) {
 	if !exists(path) {
 		t.Fatal("nacked file was removed")
 	}
-	m = next(t, ch, 5*time.Second) // offered again after backoff (1s)
+	m = foldertest.Next(ch, 5*time.Second) // offered again after backoff (1s)
 	if m == nil {
 		t.Fatal("nacked file not offered again")
 	}
@@ -128,17 +118,17 @@ func TestPickupWaitsForCompleteFile(t *testing.T) {
 	full := b.String()
 	path := filepath.Join(dir, "Message_A_B.xml")
 	os.WriteFile(path, []byte(full[:len(full)/2]), 0o644)
-	if m := next(t, ch, 700*time.Millisecond); m != nil {
+	if m := foldertest.Next(ch, 700*time.Millisecond); m != nil {
 		t.Fatalf("half-written file offered: problem %q", m.Metadata.Get(exchange.MetaProblem))
 	}
-	m := next(t, ch, 3*time.Second)
+	m := foldertest.Next(ch, 3*time.Second)
 	if m == nil || !strings.Contains(m.Metadata.Get(exchange.MetaProblem), "incomplete") {
 		t.Fatalf("stuck incomplete file not reported: %v", m)
 	}
 	m.Nack()
 	// The writer finishes: now the file is complete and offered without a problem.
 	os.WriteFile(path, []byte(full), 0o644)
-	m = next(t, ch, 5*time.Second)
+	m = foldertest.Next(ch, 5*time.Second)
 	if m == nil || m.Metadata.Get(exchange.MetaProblem) != "" {
 		t.Fatalf("completed file: %v", m)
 	}
@@ -153,11 +143,11 @@ func TestPickupFilters(t *testing.T) {
 	exchangetest.WriteFile(dir, exchange.Header{ExchangePlan: "P", From: "B", To: "A", MessageNo: 1}, 100, exchange.FormatXML) // inbound file in a shared folder
 	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644)
 	os.WriteFile(filepath.Join(dir, "Message_A_B.txt"), []byte("x"), 0o644)
-	if m := next(t, ch, 500*time.Millisecond); m != nil {
+	if m := foldertest.Next(ch, 500*time.Millisecond); m != nil {
 		t.Fatalf("offered %s", m.Metadata.Get(exchange.MetaFileName))
 	}
 	os.WriteFile(filepath.Join(dir, "Message_A.xml"), []byte("<x/>"), 0o644)
-	m := next(t, ch, 3*time.Second)
+	m := foldertest.Next(ch, 3*time.Second)
 	if m == nil || !strings.Contains(m.Metadata.Get(exchange.MetaProblem), "name") {
 		t.Fatalf("bad name not reported: %v", m)
 	}
@@ -171,8 +161,8 @@ func TestPickupKeepAndMove(t *testing.T) {
 	mem := foldertest.NewMemory(nil)
 	ch := subscribe(t, fastPickup(dir), "keep", mem)
 	path, _ := exchangetest.WriteFile(dir, hdr(1), 100, exchange.FormatXML)
-	next(t, ch, 3*time.Second).Ack()
-	if m := next(t, ch, 700*time.Millisecond); m != nil {
+	foldertest.Next(ch, 3*time.Second).Ack()
+	if m := foldertest.Next(ch, 700*time.Millisecond); m != nil {
 		t.Fatal("kept file offered twice")
 	}
 	if !exists(path) {
@@ -180,7 +170,7 @@ func TestPickupKeepAndMove(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond)
 	exchangetest.WriteFile(dir, hdr(2), 120, exchange.FormatXML)
-	if m := next(t, ch, 3*time.Second); m == nil || m.Metadata.Get(exchange.MetaMessageNo) != "2" {
+	if m := foldertest.Next(ch, 3*time.Second); m == nil || m.Metadata.Get(exchange.MetaMessageNo) != "2" {
 		t.Fatalf("new version not offered: %v", m)
 	} else {
 		m.Ack()
@@ -190,7 +180,7 @@ func TestPickupKeepAndMove(t *testing.T) {
 	mch := subscribe(t, fastPickup(mdir), "move:done", nil)
 	for n := uint64(1); n <= 2; n++ {
 		p, _ := exchangetest.WriteFile(mdir, hdr(n), 100, exchange.FormatZip)
-		next(t, mch, 3*time.Second).Ack()
+		foldertest.Next(mch, 3*time.Second).Ack()
 		deadline := time.Now().Add(2 * time.Second)
 		for exists(p) && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
@@ -408,7 +398,7 @@ func TestPickupNodeCodeWithUnderscore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := next(t, ch, 3*time.Second)
+	m := foldertest.Next(ch, 3*time.Second)
 	if m == nil {
 		t.Fatalf("%s (From SHOP_1) was never taken by the pickup of node SHOP_1", path)
 	}
@@ -432,7 +422,7 @@ func TestPickupCommitTroubleShown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := next(t, ch, 3*time.Second)
+	m := foldertest.Next(ch, 3*time.Second)
 	if m == nil {
 		t.Fatal("not taken")
 	}
@@ -447,7 +437,7 @@ func TestPickupCommitTroubleShown(t *testing.T) {
 	if err := os.Remove(blocker); err != nil {
 		t.Fatal(err)
 	}
-	if m = next(t, ch, 5*time.Second); m == nil {
+	if m = foldertest.Next(ch, 5*time.Second); m == nil {
 		t.Fatal("not taken again")
 	}
 	m.Ack()
@@ -483,7 +473,7 @@ func TestMoveToAnotherFileSystem(t *testing.T) {
 	path, _ := exchangetest.WriteFile(dir, hdr(3), 1000, exchange.FormatXML)
 	want, _ := os.ReadFile(path)
 	before, _ := os.Stat(path)
-	m := next(t, ch, 5*time.Second)
+	m := foldertest.Next(ch, 5*time.Second)
 	if m == nil {
 		t.Fatal("no message")
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/relay1c/relay/adapters/folder/foldertest"
 )
 
 // TestSettleSurvivesClockStepBack: a file first seen within its settle time
@@ -31,7 +33,7 @@ func TestSettleSurvivesClockStepBack(t *testing.T) {
 	t.Cleanup(func() { p.Close() })
 	time.Sleep(100 * time.Millisecond) // the first scan saw it, not settled yet
 	step.Store(int64(-time.Hour))      // the wall clock steps back
-	msg := next(t, ch, 3*time.Second)
+	msg := foldertest.Next(ch, 3*time.Second)
 	if msg == nil {
 		t.Fatal("a settled, unchanged file is not taken after the wall clock stepped back 1h (it waits for the hour)")
 	}

@@ -427,7 +427,7 @@ func TestKeepTakesNextMessageOfSameSizeAndMTime(t *testing.T) {
 	mem := foldertest.NewMemory(nil)
 	o.Memory = mem
 	ch := subscribed(t, m, o)
-	msg := next(t, ch, 5*time.Second)
+	msg := foldertest.Next(ch, 5*time.Second)
 	if msg == nil || messageNo(t, msg) != 1 {
 		t.Fatal("No 1 not taken")
 	}
@@ -447,7 +447,7 @@ func TestKeepTakesNextMessageOfSameSizeAndMTime(t *testing.T) {
 	}
 	m.files[coarseName] = v2 // 1C writes its next message, same size, same listed minute
 	m.mu.Unlock()
-	msg = next(t, ch, 10*time.Second)
+	msg = foldertest.Next(ch, 10*time.Second)
 	if msg == nil {
 		t.Fatal("after: keep never takes No 2 written over No 1 with the same size and listed mtime: the message is lost")
 	}
@@ -464,7 +464,7 @@ func TestKeepTakesNextMessageOfSameSizeAndMTime(t *testing.T) {
 func TestDeleteSparesNextMessageOfSameSizeAndMTime(t *testing.T) {
 	m := coarseSource(t, 1)
 	ch := subscribed(t, m, fastOptions())
-	msg := next(t, ch, 5*time.Second)
+	msg := foldertest.Next(ch, 5*time.Second)
 	if msg == nil || messageNo(t, msg) != 1 {
 		t.Fatal("No 1 not taken")
 	}
@@ -491,16 +491,6 @@ loop:
 	m.mu.Unlock()
 	if !got2 && !(still && bytes.Equal(b, messageXML(t, 2))) {
 		t.Fatal("No 2, written over the same name during the store of No 1, was deleted by No 1's commit and never handed over: lost")
-	}
-}
-
-func next(t *testing.T, ch <-chan *message.Message, d time.Duration) *message.Message {
-	t.Helper()
-	select {
-	case m := <-ch:
-		return m
-	case <-time.After(d):
-		return nil
 	}
 }
 
@@ -558,7 +548,7 @@ func TestReadTroubleOfOneFileDoesNotHideAnother(t *testing.T) {
 	m.mu.Lock()
 	m.files[y] = b.Bytes()
 	m.mu.Unlock()
-	msg := next(t, ch, 5*time.Second)
+	msg := foldertest.Next(ch, 5*time.Second)
 	if msg == nil {
 		t.Fatal("Y not handed over")
 	}
@@ -579,7 +569,7 @@ func TestStatFailureIsShown(t *testing.T) {
 	m := coarseSource(t, 1)
 	z := &failingSource{memSource: m, fetches: map[string]int{}, statErr: errors.New("550 SIZE not allowed")}
 	p, ch := started(t, z, fastOptions())
-	if msg := next(t, ch, 2*time.Second); msg != nil {
+	if msg := foldertest.Next(ch, 2*time.Second); msg != nil {
 		msg.Ack()
 		t.Fatal("handed over although whether it changed while it was read cannot be told (its Stat fails)")
 	}
@@ -601,7 +591,7 @@ func TestStableIncompleteFileNotReread(t *testing.T) {
 	o := fastOptions()
 	o.IncompleteTimeout = time.Minute
 	ch := subscribed(t, z, o)
-	if msg := next(t, ch, 3500*time.Millisecond); msg != nil {
+	if msg := foldertest.Next(ch, 3500*time.Millisecond); msg != nil {
 		msg.Nack()
 		t.Fatal("incomplete file handed over before its timeout")
 	}
@@ -633,7 +623,7 @@ func TestKeepReadsOlderFingerprints(t *testing.T) {
 			o.After = config.After{Action: config.AfterKeep}
 			o.Memory = mem
 			ch := subscribed(t, m, o)
-			msg := next(t, ch, 700*time.Millisecond)
+			msg := foldertest.Next(ch, 700*time.Millisecond)
 			if taken := msg != nil; taken != c.taken {
 				t.Fatalf("taken: %v, want %v", taken, c.taken)
 			}

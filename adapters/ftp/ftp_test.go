@@ -23,6 +23,7 @@ import (
 	"golang.org/x/text/encoding/charmap"
 
 	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/folder/foldertest"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
@@ -111,15 +112,6 @@ func pickup(t *testing.T, cfg Config, node string, list bool) <-chan *message.Me
 	return ch
 }
 
-func next(ch <-chan *message.Message, d time.Duration) *message.Message {
-	select {
-	case m := <-ch:
-		return m
-	case <-time.After(d):
-		return nil
-	}
-}
-
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 func waitGone(t *testing.T, p string) {
@@ -147,7 +139,7 @@ func TestPickup(t *testing.T) {
 				t.Fatal(err)
 			}
 			foreign, _ := exchangetest.WriteFile(out, hdr("ОП", "ЦО", 1), 100, exchange.FormatXML)
-			m := next(ch, 5*time.Second)
+			m := foldertest.Next(ch, 5*time.Second)
 			if m == nil {
 				t.Fatal("no message")
 			}
@@ -172,7 +164,7 @@ func TestPickup(t *testing.T) {
 			if !exists(path) {
 				t.Fatal("nacked file removed")
 			}
-			if m = next(ch, 5*time.Second); m == nil {
+			if m = foldertest.Next(ch, 5*time.Second); m == nil {
 				t.Fatal("nacked file not offered again")
 			}
 			m.Ack()
@@ -203,13 +195,13 @@ func TestPickupWaitsForSlowWriter(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		f.Write(data[i*len(data)/5 : (i+1)*len(data)/5])
 		f.Sync()
-		if m := next(ch, 400*time.Millisecond); m != nil {
+		if m := foldertest.Next(ch, 400*time.Millisecond); m != nil {
 			t.Fatalf("emitted after piece %d of 5 (problem %q)", i+1, m.Metadata.Get(exchange.MetaProblem))
 		}
 	}
 	f.Write(data[4*len(data)/5:])
 	f.Close()
-	m := next(ch, 5*time.Second)
+	m := foldertest.Next(ch, 5*time.Second)
 	if m == nil || m.Metadata.Get(exchange.MetaProblem) != "" {
 		t.Fatalf("complete file: %v", m)
 	}
@@ -226,7 +218,7 @@ func TestPickupCP1251(t *testing.T) {
 	exchangetest.WriteXML(&buf, hdr("ЦО", "ОП", 2), 100)
 	raw, _ := charmap.Windows1251.NewEncoder().String("Message_ЦО_ОП.xml")
 	os.WriteFile(filepath.Join(root, raw), buf.Bytes(), 0o644)
-	m := next(ch, 5*time.Second)
+	m := foldertest.Next(ch, 5*time.Second)
 	if m == nil || m.Metadata.Get(exchange.MetaFileName) != "Message_ЦО_ОП.xml" || m.Metadata.Get(exchange.MetaProblem) != "" {
 		t.Fatalf("got %v", m)
 	}
@@ -512,7 +504,7 @@ func TestPickupNodeCodeWithUnderscore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := next(ch, 3*time.Second)
+	m := foldertest.Next(ch, 3*time.Second)
 	if m == nil {
 		t.Fatalf("%s was never taken by the pickup of node SHOP_1", filepath.Base(path))
 	}
@@ -601,7 +593,7 @@ func TestPickupRewriteDuringDownload(t *testing.T) {
 	}
 	url := serve(t, &rewriteDuringRetr{Driver: drv, root: root, next: b.Bytes()}, "out")
 	ch := pickup(t, testConfig(url, "pickup"), "A", false)
-	m := next(ch, 10*time.Second)
+	m := foldertest.Next(ch, 10*time.Second)
 	if m == nil {
 		t.Fatal("nothing taken within 10s")
 	}

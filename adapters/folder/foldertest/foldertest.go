@@ -1,9 +1,13 @@
-// Package foldertest holds what the tests of the folder-based pickups share.
+// Package foldertest holds what the tests of the folder-based pickups
+// (folder, dir, ftp) share.
 package foldertest
 
 import (
 	"context"
 	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
 )
 
 // Memory is an in-memory folder.KeepMemory: the fingerprints `after: keep`
@@ -35,4 +39,14 @@ func (z *Memory) Remember(_ context.Context, key, fingerprint string) error {
 	defer z.mu.Unlock()
 	z.m[key] = fingerprint
 	return nil
+}
+
+// Next waits up to d for a message on ch; nil when none came.
+func Next(ch <-chan *message.Message, d time.Duration) *message.Message {
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(d):
+		return nil
+	}
 }
