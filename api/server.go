@@ -72,7 +72,7 @@ func alerts(c pipeline.Channel, ackAlertAfter time.Duration, now time.Time) []st
 	if c.Warning != "" {
 		out = append(out, c.Warning)
 	}
-	if strings.HasPrefix(c.LastError, "gap: ") && c.Pending() > 0 {
+	if c.HeldOnGap() && c.Pending() > 0 {
 		out = append(out, c.LastError)
 	}
 	return out

@@ -7,7 +7,6 @@ import (
 	"io"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -342,12 +341,12 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			// needs every one, and only the operator may say it goes on
 			// without it (relay dead drop).
 			if dead := st.deadHold(); dead > 0 && h.MessageNo > dead {
-				msg := fmt.Sprintf("gap: holding No %d: No %d is a dead letter; retry it once its cause is fixed, or drop it to go on without it (relay dead list)", h.MessageNo, dead)
+				msg := fmt.Sprintf(gapPrefix+"holding No %d: No %d is a dead letter; retry it once its cause is fixed, or drop it to go on without it (relay dead list)", h.MessageNo, dead)
 				return holdTold(msg)
 			}
 			passed := st.passedNo()
 			if passed > 0 && h.MessageNo > passed+1 {
-				msg := fmt.Sprintf("gap: holding No %d until No %d arrives", h.MessageNo, passed+1)
+				msg := fmt.Sprintf(gapPrefix+"holding No %d until No %d arrives", h.MessageNo, passed+1)
 				if p.failingBefore(st, l.states.now()) {
 					// Not a gap: the number it waits for is failing at
 					// the destination, and that error is what the
@@ -367,7 +366,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 					return err
 				}
 				if earlier > 0 {
-					msg := fmt.Sprintf("gap: holding No %d until No %d, queued before it, is delivered", h.MessageNo, earlier)
+					msg := fmt.Sprintf(gapPrefix+"holding No %d until No %d, queued before it, is delivered", h.MessageNo, earlier)
 					if p.failingBefore(st, l.states.now()) {
 						log.Debug(msg)
 						return hold()
@@ -488,7 +487,7 @@ const recentSeqs = 16
 // on a sequential channel, the number the next one waits for is queued and
 // failing, not missing.
 func (p *Pipeline) failingBefore(st Channel, now time.Time) bool {
-	return st.LastError != "" && !strings.HasPrefix(st.LastError, "gap: ") &&
+	return st.LastError != "" && !st.HeldOnGap() &&
 		now.Sub(st.LastErrorAt) < 2*p.opts.MaxRetryDelay+time.Minute
 }
 

@@ -169,13 +169,8 @@ func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time
 	// something new: most acknowledgements change nothing, and need no
 	// write and no trace event (a trace shows the first that covers a
 	// delivered message).
-	if c, err := l.states.Recent(ctx, h.ExchangePlan, h.To, h.From); err == nil {
-		changed := c
-		changed.applyAck(h.ReceivedNo, now)
-		if changed.AckedNo == c.AckedNo && changed.LastAckAt.Equal(c.LastAckAt) &&
-			changed.Warning == c.Warning && changed.WarningAt.Equal(c.WarningAt) {
-			return // what applyAck sets is unchanged
-		}
+	if c, err := l.states.Recent(ctx, h.ExchangePlan, h.To, h.From); err == nil && !c.applyAck(h.ReceivedNo, now) {
+		return
 	}
 	l.event(Event{Step: StepAcknowledges, MsgID: id, File: file, Node: h.From, Channel: channelName(reverse), No: h.ReceivedNo,
 		Detail: fmt.Sprintf("%s → %s up to No %d", h.To, h.From, h.ReceivedNo)})

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -84,7 +85,10 @@ type Channel struct {
 // messages it received. A ReceivedNo above anything relay carried on the
 // channel means the sender (From) sent numbers it no longer has — 1C's
 // "restored from a backup" — or To receives From's messages another way.
-func (c *Channel) applyAck(receivedNo uint64, now time.Time) {
+// changed says it changed anything: a node repeats its ReceivedNo until it
+// receives something new.
+func (c *Channel) applyAck(receivedNo uint64, now time.Time) (changed bool) {
+	acked, warning := c.AckedNo, c.Warning
 	if receivedNo > c.AckedNo {
 		c.AckedNo = receivedNo
 		c.LastAckAt = now
@@ -100,7 +104,16 @@ func (c *Channel) applyAck(receivedNo uint64, now time.Time) {
 	case c.Warning != "" && carried >= c.AckedNo:
 		c.Warning, c.WarningAt = "", time.Time{}
 	}
+	return c.AckedNo != acked || c.Warning != warning
 }
+
+// gapPrefix starts the last error of a sequential channel holding a number
+// for one before it.
+const gapPrefix = "gap: "
+
+// HeldOnGap says the channel's last error is a hold for a number before the
+// one waiting (a gap, or a dead letter it waits behind).
+func (c *Channel) HeldOnGap() bool { return strings.HasPrefix(c.LastError, gapPrefix) }
 
 // passedNo is the number a sequential channel has gone past: delivered,
 // found at the destination, or dropped by the operator.
