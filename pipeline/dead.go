@@ -89,18 +89,14 @@ func (d *Dead) List(ctx context.Context) ([]DeadLetter, error) {
 	// Direct gets, one letter after another: a consumer per call would pile
 	// up ephemeral consumers under a dashboard or a script polling the list.
 	out := []DeadLetter{}
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && len(out) < maxDeadList; {
-		m, err := d.b.Dead.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(bus.DeadSubjectPrefix+">"))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("dead letters: %w", err)
-		}
+	err = eachMsg(ctx, d.b.Dead, bus.DeadSubjectPrefix+">", info.State.FirstSeq, func(m *jetstream.RawStreamMsg) bool {
 		l := decodeDead(m)
 		l.Seq = m.Sequence
 		out = append(out, l)
-		seq = m.Sequence + 1
+		return m.Sequence < info.State.LastSeq && len(out) < maxDeadList
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
 	return out, nil
@@ -220,22 +216,16 @@ func (p *Pipeline) payloadInUse(ctx context.Context, l DeadLetter) (bool, error)
 			next = ci.AckFloor.Stream + 1
 		}
 	}
-	for n := 0; ; n++ {
-		if n == maxInUseScan {
-			return true, nil
-		}
-		raw, err := p.b.Exchange.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("records of %s: %w", channelName(*l.Header), err)
-		}
-		if raw.Sequence != l.StreamSeq && raw.Header.Get(exchange.MetaObject) == l.Object {
-			return true, nil
-		}
-		next = raw.Sequence + 1
+	inUse, n := false, 0
+	err := eachMsg(ctx, p.b.Exchange, subject, next, func(raw *jetstream.RawStreamMsg) bool {
+		n++
+		inUse = n > maxInUseScan || raw.Sequence != l.StreamSeq && raw.Header.Get(exchange.MetaObject) == l.Object
+		return !inUse
+	})
+	if err != nil {
+		return false, fmt.Errorf("records of %s: %w", channelName(*l.Header), err)
 	}
+	return inUse, nil
 }
 
 // storeDeadPayload keeps a refused file's bytes so the operator can retry it.

@@ -612,24 +612,24 @@ func timesOffered(in *inflight, m *message.Message) uint64 {
 // before the record at stream sequence seq, 0 when there is none (or seq
 // is unknown).
 func (l *lane) earlierNo(ctx context.Context, h exchange.Header, seq uint64) (uint64, error) {
-	subject := bus.Subject(h.ExchangePlan, h.From, h.To)
-	for next := uint64(1); next < seq; {
-		raw, err := l.b.Exchange.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return 0, nil
-		}
-		if err != nil {
-			return 0, fmt.Errorf("records of %s before seq %d: %w", channelName(h), seq, err)
-		}
+	var earlier uint64
+	if seq <= 1 {
+		return 0, nil // nothing before it (or its place unknown)
+	}
+	err := eachMsg(ctx, l.b.Exchange, bus.Subject(h.ExchangePlan, h.From, h.To), 1, func(raw *jetstream.RawStreamMsg) bool {
 		if raw.Sequence >= seq {
-			return 0, nil
+			return false
 		}
 		if n, err := strconv.ParseUint(raw.Header.Get(exchange.MetaMessageNo), 10, 64); err == nil && n > 0 && n < h.MessageNo {
-			return n, nil
+			earlier = n
+			return false
 		}
-		next = raw.Sequence + 1
+		return true
+	})
+	if err != nil {
+		return 0, fmt.Errorf("records of %s before seq %d: %w", channelName(h), seq, err)
 	}
-	return 0, nil
+	return earlier, nil
 }
 
 func atoi64(s string) int64 {
