@@ -772,11 +772,11 @@ func DecodeOptions(n *yaml.Node, v any) error {
 	}
 	// Each problem as routing.yaml's own: its key's path inside the
 	// options and the line of routing.yaml (not of the re-encoded text).
-	loc := locate(b)
 	var enc yaml.Node
-	if loc == nil || yaml.Unmarshal(b, &enc) != nil || len(enc.Content) != 1 {
+	if yaml.Unmarshal(b, &enc) != nil || len(enc.Content) != 1 {
 		return err
 	}
+	loc := locateDoc(&enc)
 	loc.lines = map[int]int{}
 	mapLines(enc.Content[0], n, loc.lines)
 	errs := make([]error, 0, len(te.Errors))

@@ -84,8 +84,13 @@ func locate(data []byte) *locator {
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil
 	}
+	return locateDoc(&doc)
+}
+
+// locateDoc indexes the parsed document doc.
+func locateDoc(doc *yaml.Node) *locator {
 	l := &locator{at: map[[2]int]string{}, byLine: map[int][]place{}}
-	l.walk(&doc, "")
+	l.walk(doc, "")
 	return l
 }
 
