@@ -106,6 +106,7 @@ nodes:
 // order it was queued: one that fails holds the ones queued after it, and
 // an older one never lands over a newer one.
 func TestByNameSequential(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	for _, tag := range []string{"a", "b", "c"} {
 		queueByName(t, b, tag)

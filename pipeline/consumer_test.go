@@ -126,6 +126,7 @@ func closeWithin(t *testing.T, s message.Subscriber, d time.Duration) {
 
 // Acked messages are gone, a nacked one comes back after the nak delay.
 func TestConsumerAckNack(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	nc := testConn(t, b)
 	publishN(t, b, "N1", 5)
@@ -207,6 +208,7 @@ func TestConsumerAckNack(t *testing.T) {
 // at once (as the router does), never sends on a closed channel, and Close
 // returns. watermill-nats v2.1.3's subscriber panics here.
 func TestConsumerCloseStress(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	const msgs, rounds = 300, 30
 	publishN(t, b, "N1", msgs)
@@ -298,6 +300,7 @@ func TestConsumerCloseStress(t *testing.T) {
 // A message in flight when the subscriber closes is offered again to the
 // next subscriber once AckWait runs out; none is lost.
 func TestConsumerRedeliversInFlightAfterClose(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	nc := testConn(t, b)
 	publishN(t, b, "N1", 3)

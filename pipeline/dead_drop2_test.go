@@ -57,6 +57,7 @@ func TestDropMisplacedPickupLetterKeepsGap(t *testing.T) {
 // (Recording DroppedNo there made No 3 go first and No 2 stale: lost;
 // found by review.)
 func TestDropRouteLetterWhileRetakenWaits(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b := testBus(t)
 	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {

@@ -25,6 +25,7 @@ import (
 // recorded DroppedNo for deliver-stage letters only, and the channel stayed
 // held for ever behind a number that no longer existed (found by review).
 func TestDropRouteLetterReleasesSequentialGap(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b := testBus(t)
 	d := &scriptedDelivery{}
@@ -117,6 +118,7 @@ func seqs(ls []DeadLetter) []uint64 {
 // its payload gone (found by review). A letter whose record is only its
 // own still takes its payload with it.
 func TestDropKeepsPayloadOfQueuedRecord(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b := testBus(t)
 	// No 2 taken in again (queueRecord stores its payload under its id)

@@ -31,6 +31,7 @@ import (
 // Here the crashed session is played by pulling one batch of 16 from the
 // office's fetch consumer at the head office and never acking it.
 func TestFetchKeepsOrderAfterInterruptedBatch(t *testing.T) {
+	t.Parallel()
 	const fetchWait = 5 * time.Second
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
@@ -165,6 +166,7 @@ func payloadGone(ctx context.Context, b *bus.Bus, obj string, d time.Duration) b
 // the payload stays in EXCHANGE_PAYLOADS for good: nothing refers to it and
 // no sweep removes it (a lost gigabyte per incident on a flaky link).
 func TestFetchAgainLeavesNoOrphanPayload(t *testing.T) {
+	t.Parallel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -205,6 +207,7 @@ func TestFetchAgainLeavesNoOrphanPayload(t *testing.T) {
 // operator sees a lost message that is not lost, and a retry of it has no
 // bytes to send.
 func TestFetchAgainByNameNoFalseDeadLetter(t *testing.T) {
+	t.Parallel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -17,6 +17,7 @@ import (
 // number was held as "gap: holding No 3 until No 2 arrives" (No 2 did
 // arrive: it is a dead letter), and status showed dead 0 (found by review).
 func TestFetchDeadLetterRecordedInChannel(t *testing.T) {
+	t.Parallel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -128,6 +128,7 @@ func officeAndHub(ctx context.Context, t *testing.T, log *slog.Logger) (*bus.Bus
 // record whose payload is gone become dead letters with their reason; the
 // fetch goes on and the good record after them arrives byte-identical.
 func TestFetchAcrossDomains(t *testing.T) {
+	t.Parallel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

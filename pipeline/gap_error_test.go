@@ -23,6 +23,7 @@ nodes:
 // error came back only at its retries, up to 5 min apart): status and the
 // gap alert told the operator No 5 never arrived (found by review).
 func TestGapHoldKeepsPredecessorFailure(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	d := &scriptedDelivery{fail: func(no uint64, _ int) error {
 		if no == 5 {

@@ -21,6 +21,7 @@ import (
 // The test runs the sweep's purge first (PurgeDone with the age already
 // reached) and then the head office pipeline.
 func TestHandoverCountsRecordsPurgedBeforeItLooked(t *testing.T) {
+	t.Parallel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -105,6 +105,7 @@ func (p *freezeProxy) addr() string { return p.ln.Addr().String() }
 // A pickup, fetch or channel delivery then still runs on the old holder
 // while the new one starts: no margin at all for stopping it.
 func TestLeaseLostBeforeOthersMayTakeIt(t *testing.T) {
+	t.Parallel()
 	const ttl = 3 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -226,6 +227,7 @@ func (failingPickup) Close() error { return nil }
 // relay, by contrast, refuses to run. Nothing tells the operator that
 // nobody takes the node's messages.
 func TestLeasedPickupStartFailureShown(t *testing.T) {
+	t.Parallel()
 	a, _ := testLeases(t)
 	s := newLeasedPickup(a, "pickup.N", func() (message.Subscriber, error) { return failingPickup{}, nil }, a.log)
 	ctx, cancel := context.WithCancel(context.Background())

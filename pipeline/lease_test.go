@@ -31,6 +31,7 @@ func testLeases(t *testing.T) (a, b *leases) {
 }
 
 func TestLeaseExclusiveAndReleased(t *testing.T) {
+	t.Parallel()
 	a, b := testLeases(t)
 	ctx := context.Background()
 	la, err := a.try(ctx, "k")
@@ -54,6 +55,7 @@ func TestLeaseExclusiveAndReleased(t *testing.T) {
 }
 
 func TestLeaseOfDeadHolderLapses(t *testing.T) {
+	t.Parallel()
 	a, b := testLeases(t)
 	ctx := context.Background()
 	// A holder that dies: it took the key and never renews.
@@ -184,6 +186,7 @@ func TestLeasedPickupFailsOver(t *testing.T) {
 }
 
 func TestPullsSharedBetweenReplicas(t *testing.T) {
+	t.Parallel()
 	a, b := testLeases(t)
 	polledA, elsewhereA := a.pulls("M")
 	_, elsewhereB := b.pulls("M")

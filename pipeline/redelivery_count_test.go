@@ -15,6 +15,7 @@ import (
 // as stale here (superseded on a latest channel), and pending showed 0
 // while No 3 still waited (found by review).
 func TestLostAckNotRecountedAfterNextResolved(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	d := &scriptedDelivery{}
 	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})

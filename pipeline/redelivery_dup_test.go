@@ -36,6 +36,7 @@ func queueRecordAgain(t *testing.T, b *bus.Bus, from, to string, no uint64) {
 // for ever (found by review); the channel remembers its recently resolved
 // records' stream sequences instead.
 func TestDuplicateRecordStillCounted(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b := testBus(t)
 	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {

@@ -137,6 +137,7 @@ func storedRecord(t *testing.T, b *bus.Bus, from, to string, no uint64) *message
 // hiccups), and No 2, queued behind it, must wait for it rather than be
 // written first, which would make No 1 stale and lose it.
 func TestSequentialFirstMessageNotOvertaken(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
 		if no == 1 && attempt == 1 {
@@ -255,6 +256,7 @@ nodes:
 // the record again: its payload is in neither domain, but the message is
 // delivered, so that is no dead letter.
 func TestFetchAgainAfterDeliveryIsNoDeadLetter(t *testing.T) {
+	t.Parallel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -317,6 +319,7 @@ func TestFetchAgainAfterDeliveryIsNoDeadLetter(t *testing.T) {
 // second offer must not count it again (nor as a duplicate the sender
 // sent), or the channel shows one message fewer pending from then on.
 func TestRedeliveryOfResolvedRecordNotCountedTwice(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	d := &scriptedDelivery{}
 	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
@@ -376,6 +379,7 @@ nodes:
 // not failures. (A sequential channel's next message, held through a
 // failover and then failing once, waited minutes while the channel stood.)
 func TestHeldThenFailedRetriedSoon(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	var mu sync.Mutex
 	var failedAt, retriedAt time.Time
@@ -576,6 +580,7 @@ func TestInPlaceCountsAsDelivered(t *testing.T) {
 // offered it nothing new: not the missing No 2 (the hold never ended), nor
 // any other channel's message for the node.
 func TestHeldMessagesDoNotStallNode(t *testing.T) {
+	t.Parallel()
 	b := testBus(t)
 	d := &scriptedDelivery{}
 	queueRecord(t, b, "SRC", "DST", 1)

@@ -48,6 +48,7 @@ func queueByNameStored(t *testing.T, b *bus.Bus, body string) string {
 // destination: the older message replaced the newer one, and b was lost if
 // the node had not read it yet (found by review). Now refused.
 func TestRetryByNameRefusedAfterNewer(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b := testBus(t)
 	var aSHA string

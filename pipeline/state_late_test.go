@@ -21,6 +21,7 @@ import (
 // change already, and applied fn on top again; Queued++ became +2 and the
 // channel showed a message pending for ever (found by review).
 func TestUpdateNotAppliedTwiceWhenAnswerLate(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	hub, _ := hubServer(t)

@@ -68,7 +68,9 @@ watchdog() {
 	pids+=($!)
 }
 
-step() { printf '\n==> %s\n' "$*"; }
+# step names what comes next and when it starts (seconds since the script
+# began): CI is to stay under 15 minutes, and this shows where they go.
+step() { printf '\n==> %s (at %ds)\n' "$*" "$SECONDS"; }
 
 # install_missing BIN PKG: apt-get install PKG when BIN is not on PATH.
 install_missing() {
@@ -141,8 +143,11 @@ install_missing /usr/sbin/nats-server nats-server
 install_missing chromium chromium # the dashboard test's real browser (headless)
 export RELAY_E2E_REQUIRE_SERVERS=1
 
+# -parallel: the tests marked parallel mostly wait (retry delays, a killed
+# relay's ack wait, a server's outage), so more of them than the 2 cores
+# run side by side.
 step "unit tests with the race detector"
-run go test -count=1 -race $(go list ./... | grep -v -e /test/e2e -e /bench)
+run go test -count=1 -race -parallel 4 $(go list ./... | grep -v -e /test/e2e -e /bench)
 
 # fuzz_one PKG DIR TARGET fuzzes one target for $FUZZTIME. A failure counts
 # when the fuzzer found something: a failing input written under
@@ -184,7 +189,7 @@ for pkg in $(go list ./...); do
 done
 
 step "end-to-end and bench smoke tests, embedded NATS"
-run go test -count=1 -timeout 20m ./test/e2e/... ./bench/...
+run go test -count=1 -timeout 20m -parallel 8 ./test/e2e/... ./bench/...
 
 step "end-to-end tests against Debian's nats-server on 127.0.0.1"
 mkdir -p "$tmp/nats"

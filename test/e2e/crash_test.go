@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -49,25 +48,6 @@ func moduleRoot(t testing.TB) string {
 		}
 		dir = parent
 	}
-}
-
-// buildRelay builds ./cmd/relay into a temp folder and returns the binary.
-func buildRelay(t testing.TB) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("build relay: no go on PATH: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "relay")
-	if runtime.GOOS == "windows" {
-		bin += ".exe"
-	}
-	cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/relay")
-	cmd.Dir = moduleRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/relay: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // relayProc is `relay run` as a child process that can be killed and restarted.
@@ -373,6 +353,7 @@ func TestCrashSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SIGKILL crash test skipped under -short")
 	}
+	sideBySide(t)
 	const (
 		perChannel = 12 // messages per channel at least
 		kills      = 12 // aimed in turn at pickup, commit, delivery, delivery

@@ -33,7 +33,7 @@ import (
 )
 
 // fxPasswordEnv holds the vsftpd user's password for the relays under test
-// (t.Setenv: in-process relays read it, child processes inherit it).
+// (set by TestMain).
 const fxPasswordEnv = "RELAY_E2E_FTP_PASSWORD"
 
 // relayCheck runs `relay check` on the site's config, expects exit status
@@ -214,7 +214,6 @@ func TestFTPToFTP(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			const total = 20
 			srv := startVsftpd(t, ftpOptions{TLS: mode})
-			t.Setenv(fxPasswordEnv, srv.Password)
 			fxMkdir(t, srv, "ЦО/out")
 			s := newSite(t,
 				nodeSpec{code: "ЦО", pickupYAML: fxPickup(srv, "ЦО/out", "delete")},
@@ -304,7 +303,6 @@ func TestFTPAndDir(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			const total = 4
 			srv := startVsftpd(t, ftpOptions{TLS: mode})
-			t.Setenv(fxPasswordEnv, srv.Password)
 			fxMkdir(t, srv, "shop1/out")
 			s := newSite(t,
 				nodeSpec{code: "SHOP1", pickupYAML: fxPickup(srv, "shop1/out", "move:archive"), deliverYAML: fxDeliver(srv, "shop1/in")},
@@ -450,7 +448,6 @@ func TestFTPSlowWriterNotEarly(t *testing.T) {
 				pause  = 1500 * time.Millisecond // settle is 300ms, poll 150ms
 			)
 			srv := startVsftpd(t, ftpOptions{TLS: tc.mode})
-			t.Setenv(fxPasswordEnv, srv.Password)
 			fxMkdir(t, srv, "co/out")
 			s := newSite(t, nodeSpec{code: "CO", pickupYAML: fxPickup(srv, "co/out", "delete")}, nodeSpec{code: "SHOP1"})
 			s.start(t)
@@ -545,9 +542,9 @@ func TestFTPSlowWriterNotEarly(t *testing.T) {
 // shows X's pickup and W's delivery failing. After the restart everything
 // queued arrives, nothing is lost and the errors clear.
 func TestFTPServerDownAndBack(t *testing.T) {
+	sideBySide(t)
 	const outage = 30 * time.Second
 	srv := startVsftpd(t, ftpOptions{TLS: "explicit"})
-	t.Setenv(fxPasswordEnv, srv.Password)
 	fxMkdir(t, srv, "x/out")
 	s := newSite(t,
 		nodeSpec{code: "X", pickupYAML: fxPickup(srv, "x/out", "delete")},
@@ -732,6 +729,7 @@ func TestFTPCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SIGKILL crash test skipped under -short")
 	}
+	sideBySide(t)
 	const (
 		perChannel = 6
 		kills      = 8
@@ -741,7 +739,6 @@ func TestFTPCrash(t *testing.T) {
 	t.Logf("built relay in %s", time.Since(began).Round(time.Millisecond))
 
 	srv := startVsftpd(t, ftpOptions{TLS: "explicit"})
-	t.Setenv(fxPasswordEnv, srv.Password)
 	fxMkdir(t, srv, "ЦО/out")
 	s := newSite(t,
 		nodeSpec{code: "ЦО", pickupYAML: fxPickup(srv, "ЦО/out", "delete")},
@@ -989,7 +986,6 @@ func TestFTPBadInput(t *testing.T) {
 	const badEnv = "RELAY_E2E_FTP_WRONG_PASSWORD"
 	bin := buildRelay(t)
 	srv := startVsftpd(t, ftpOptions{TLS: "none"})
-	t.Setenv(fxPasswordEnv, srv.Password)
 	t.Setenv(badEnv, srv.Password+"-wrong")
 	fxMkdir(t, srv, "good/out")
 	fxMkdir(t, srv, "bad/out")

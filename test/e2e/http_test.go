@@ -44,7 +44,6 @@ func hxDeliver(ng *realserver.Nginx, method, path string, extra ...string) strin
 func TestHTTPDeliverToNginx(t *testing.T) {
 	const total = 4
 	ng := startNginx(t)
-	t.Setenv(hxPasswordEnv, realserver.NginxPassword)
 	s := newSite(t,
 		nodeSpec{code: "ЦО"},
 		nodeSpec{code: "ОП", deliverYAML: hxDeliver(ng, "PUT", "dav/ОП/in/")},

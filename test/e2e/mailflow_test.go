@@ -89,7 +89,6 @@ func mailCount(m *realserver.Mail, user string) int {
 // relay B (IMAP pickup with IDLE) → dir delivery, every file identical.
 func TestMailFlow(t *testing.T) {
 	m := startMail(t, realserver.MailOptions{TLS: true})
-	t.Setenv(mxPasswordEnv, realserver.MailPassword)
 	a := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "WH", deliverYAML: mxSMTP(m, "wh")})
 	b := newSite(t,
 		nodeSpec{code: "ЦО", pickupYAML: mxIMAP(m, "wh", `allowed_senders: ["relay@localhost"]`)},
@@ -137,7 +136,6 @@ func TestMailFlow(t *testing.T) {
 // arrives whole and identical, as parts joined by the receiving relay.
 func TestMailBigAsParts(t *testing.T) {
 	m := startMail(t, realserver.MailOptions{TLS: true})
-	t.Setenv(mxPasswordEnv, realserver.MailPassword)
 	a := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "WH", deliverYAML: mxSMTP(m, "wh", "max_message_size: 10MiB")})
 	b := newSite(t, nodeSpec{code: "ЦО", pickupYAML: mxIMAP(m, "wh")}, nodeSpec{code: "WH"})
 	embedded(t, b)
@@ -222,7 +220,6 @@ func TestMailFromOtherClients(t *testing.T) {
 		missingServer(t, "curl not installed")
 	}
 	m := startMail(t, realserver.MailOptions{TLS: true})
-	t.Setenv(mxPasswordEnv, realserver.MailPassword)
 	b := newSite(t,
 		nodeSpec{code: "ЦО", pickupYAML: mxIMAP(m, "relay", `allowed_senders: ["base@localhost"]`)},
 		nodeSpec{code: "ОП"})
@@ -270,13 +267,13 @@ func TestMailCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SIGKILL crash test skipped under -short")
 	}
+	sideBySide(t)
 	if _, err := exec.LookPath("curl"); err != nil {
 		missingServer(t, "curl not installed")
 	}
 	const nodes = 12
 	bin := buildRelay(t)
 	m := startMail(t, realserver.MailOptions{TLS: true})
-	t.Setenv(mxPasswordEnv, realserver.MailPassword)
 	specs := []nodeSpec{{code: "ЦО", pickupYAML: mxIMAP(m, "relay")}}
 	for i := 1; i <= nodes; i++ {
 		specs = append(specs, nodeSpec{code: fmt.Sprintf("X%d", i)})
@@ -378,7 +375,6 @@ func fxNodesOK(s *site) bool {
 func TestMailCheck(t *testing.T) {
 	bin := buildRelay(t)
 	m := startMail(t, realserver.MailOptions{TLS: true})
-	t.Setenv(mxPasswordEnv, realserver.MailPassword)
 	t.Setenv("RELAY_E2E_WRONG_PASSWORD", "wrong")
 	bad := strings.Replace(mxIMAP(m, "relay"), "password_env: "+mxPasswordEnv, "password_env: RELAY_E2E_WRONG_PASSWORD", 1)
 	s := newSite(t,
@@ -415,7 +411,6 @@ func TestMailCheck(t *testing.T) {
 // goes as parts: the server's limit wins.
 func TestMailRefused(t *testing.T) {
 	m := startMail(t, realserver.MailOptions{TLS: true, MessageSizeLimit: 1 << 20})
-	t.Setenv(mxPasswordEnv, realserver.MailPassword)
 	s := newSite(t,
 		nodeSpec{code: "ЦО"},
 		nodeSpec{code: "NOBODY", deliverYAML: mxSMTP(m, "nobody")},

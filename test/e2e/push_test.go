@@ -34,7 +34,6 @@ const (
 // over HTTP with its own token; pushes are limited to 1 MiB.
 func pushSite(t *testing.T, lease string) *site {
 	t.Helper()
-	t.Setenv(mobTokenEnv, mobToken)
 	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "ОП"},
 		nodeSpec{code: "MOB", pickupYAML: "", deliverYAML: fmt.Sprintf("{ http_pull: { lease: %s } }", lease)})
 	b, err := os.ReadFile(s.cfg)
@@ -240,6 +239,7 @@ func TestPushCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SIGKILL crash test skipped under -short")
 	}
+	sideBySide(t)
 	if _, err := exec.LookPath("curl"); err != nil {
 		missingServer(t, "curl not installed")
 	}
