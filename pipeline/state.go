@@ -1,11 +1,12 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -68,6 +69,10 @@ type Channel struct {
 	// RecentSeqs are the stream sequences of the records resolved last
 	// (recentSeqs of them), for the same when others were resolved since.
 	RecentSeqs []uint64 `json:"recent_seqs,omitempty"`
+	// Writes are random ids of the last writes of this state (recentWrites
+	// of them), newest last: a writer whose answer was lost finds its own
+	// among them even when another writer changed the channel since.
+	Writes []uint64 `json:"writes,omitempty"`
 
 	LastPickupAt    time.Time `json:"last_pickup_at,omitzero"`
 	LastDeliveredAt time.Time `json:"last_delivered_at,omitzero"`
@@ -180,7 +185,7 @@ func (s *revCache) remember(key string, c Channel, rev uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.last[key]; !ok || rev >= old.rev {
-		s.last[key] = revState{c, rev}
+		s.last[key] = revState{c.clone(), rev}
 	}
 }
 
@@ -188,7 +193,16 @@ func (s *revCache) cached(key string) (Channel, uint64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.last[key]
-	return r.c, r.rev, ok
+	return r.c.clone(), r.rev, ok
+}
+
+// clone is a copy of c that shares no array with it: an Update appends to
+// a copy of the remembered state while another goroutine may append to
+// another copy.
+func (c Channel) clone() Channel {
+	c.RecentSeqs = slices.Clone(c.RecentSeqs)
+	c.Writes = slices.Clone(c.Writes)
+	return c
 }
 
 // Get returns the channel's state; a channel never seen is zero with its names set.
@@ -232,6 +246,10 @@ func (s *States) get(ctx context.Context, key string) (Channel, uint64, error) {
 	return c, e.Revision(), nil
 }
 
+// recentWrites is how many write ids a channel's state keeps: a lost
+// answer is looked into at once, and a channel sees a few writes a message.
+const recentWrites = 8
+
 // Update applies fn to the channel's state and stores it, retrying on a
 // concurrent change. fn may be called more than once.
 func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *Channel)) (Channel, error) {
@@ -246,6 +264,11 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 		}
 		c.Plan, c.From, c.To = plan, from, to
 		fn(&c)
+		id := rand.Uint64()
+		c.Writes = append(c.Writes, id)
+		if len(c.Writes) > recentWrites {
+			c.Writes = c.Writes[len(c.Writes)-recentWrites:]
+		}
 		b, err := json.Marshal(c)
 		if err != nil {
 			return c, err
@@ -264,10 +287,14 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 			// No answer is not "not written": a write the server applied
 			// while its answer was lost (a timeout on a slow or shared
 			// NATS) would be applied a second time (a message counted
-			// twice). The stored value tells.
-			if e, gerr := s.kv.Get(ctx, key); gerr == nil && e.Revision() != rev && bytes.Equal(e.Value(), b) {
-				s.remember(key, c, e.Revision())
-				return c, nil
+			// twice). The stored state tells, by this write's id, also
+			// when other writers changed it since.
+			if e, gerr := s.kv.Get(ctx, key); gerr == nil && e.Revision() != rev {
+				var cur Channel
+				if json.Unmarshal(e.Value(), &cur) == nil && slices.Contains(cur.Writes, id) {
+					s.remember(key, cur, e.Revision())
+					return cur, nil
+				}
 			}
 		}
 		if attempt >= 50 || ctx.Err() != nil {

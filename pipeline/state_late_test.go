@@ -64,3 +64,68 @@ func TestUpdateNotAppliedTwiceWhenAnswerLate(t *testing.T) {
 		t.Fatalf("one Queued++ (Update returned %v, fn called %d times) left queued %d, want 2", uerr, calls, c.Queued)
 	}
 }
+
+// TestUpdateLateAnswerWithAnotherWriter: as above, and another writer
+// (the ingest beside a delivery, another replica) changes the channel while
+// the answer is late. The stored value is then not the late write's, yet
+// holds it: comparing values applied Queued++ a second time.
+func TestUpdateLateAnswerWithAnotherWriter(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hub, _ := hubServer(t)
+	hb, err := bus.Open(ctx, bus.Settings{NATS: config.NATS{URL: hub.ClientURL()}, ID: "hq"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hb.Close)
+
+	px := startFreezeProxy(t, hub.Addr().String(), 0)
+	nc, err := nats.Connect("nats://" + px.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { px.replies.Store(false); nc.Close() })
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, bus.BucketChannels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewStates(kv)
+	if _, err := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued = 1 }); err != nil {
+		t.Fatal(err)
+	}
+
+	px.replies.Store(true)
+	other := NewStates(hb.Channels)
+	go func() {
+		// Once the late write is stored, the other writer changes the
+		// channel on top of it, then the answers flow again.
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if c, err := other.Get(ctx, "P", "SRC", "DST"); err == nil && c.Queued == 2 {
+				if _, err := other.Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Stale++ }); err != nil {
+					t.Error(err)
+				}
+				break
+			}
+		}
+		time.Sleep(5500 * time.Millisecond)
+		px.replies.Store(false)
+	}()
+	calls := 0
+	got, uerr := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { calls++; c.Queued++ })
+
+	c, err := other.Get(ctx, "P", "SRC", "DST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Queued != 2 || c.Stale != 1 {
+		t.Fatalf("one Queued++ beside another writer's Stale++ (Update returned %v, fn called %d times) left queued %d stale %d, want 2 and 1", uerr, calls, c.Queued, c.Stale)
+	}
+	if uerr != nil || got.Queued != 2 || got.Stale != 1 {
+		t.Fatalf("Update returned %+v, %v: want the stored state (queued 2, stale 1)", got, uerr)
+	}
+}
