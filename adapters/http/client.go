@@ -114,10 +114,10 @@ func checkRedirect(req *stdhttp.Request, via []*stdhttp.Request) error {
 
 // authorize adds the credentials and the static headers to req.
 func (c *client) authorize(req *stdhttp.Request) error {
+	req.Header.Set("User-Agent", "relay") // unless headers: names another
 	for k, v := range c.cfg.Headers {
 		req.Header.Set(k, v)
 	}
-	req.Header.Set("User-Agent", "relay")
 	switch {
 	case c.cfg.TokenEnv != "":
 		tok, err := secret(c.cfg.TokenEnv, "token_env")

@@ -207,6 +207,10 @@ func (c *Config) Validate() []error {
 			add("headers: %s is set by relay (%s)", k, hint)
 		case reserved, strings.HasPrefix(lk, "x-relay-"):
 			add("headers: %s is set by relay", k)
+		case strings.HasPrefix(lk, "content-"):
+			// Content-Encoding, Content-Range... would tell the service
+			// the body is something it is not.
+			add("headers: %s: relay describes the body itself", k)
 		case strings.ContainsFunc(v, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }):
 			// Go's client refuses such a value in every request.
 			add("headers: %s: the value cannot hold a line break or another control character", k)

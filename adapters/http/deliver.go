@@ -282,7 +282,16 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 			// file.
 			return &outcome{err: fmt.Errorf("%s before the whole file was sent (%d of %d bytes)", resp.Status, d.Size-b.left.Load(), d.Size), retry: true}
 		}
-		if desc, failed := oneCError(reply); failed {
+		b := readReply(reply)
+		if htmlPage(b) {
+			// A login page or a proxy's page answering in the service's
+			// place, having read as much of the body as it cared to (a
+			// message of a few hundred KB is all in the socket's buffers
+			// by then, so the check above cannot see it): the endpoint's
+			// trouble, the same for every message.
+			return &outcome{err: fmt.Errorf("%s with an HTML page (%s), not the service's answer: a login page or a proxy in between?", resp.Status, pageTitle(b))}
+		}
+		if desc, failed := oneCError(b); failed {
 			return &outcome{err: fmt.Errorf("%s: the service reported an error: %s", resp.Status, desc), permanent: true}
 		}
 		drain(reply)
@@ -348,11 +357,38 @@ func contentType(name string) string {
 // maxReply is how much of a 2xx reply is read for 1C's error convention.
 const maxReply = 64 << 10
 
-// oneCError reads a 2xx reply (at most 64 KiB) and reports whether it is
-// 1C's remote-query error convention {"error": true, "errorDescription": "..."}.
-func oneCError(r io.Reader) (string, bool) {
+// readReply reads the start of a 2xx reply (at most maxReply), without a
+// BOM and the space around it.
+func readReply(r io.Reader) []byte {
 	b, _ := io.ReadAll(io.LimitReader(r, maxReply))
-	b = bytes.TrimSpace(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf")))
+	return bytes.TrimSpace(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf")))
+}
+
+// htmlPage reports whether a reply is an HTML document: what a login page
+// or a proxy answers, never a 1C HTTP service's or a WebDAV server's
+// answer to a file.
+func htmlPage(b []byte) bool {
+	head := strings.ToLower(string(b[:min(len(b), 16)]))
+	return strings.HasPrefix(head, "<!doctype html") || strings.HasPrefix(head, "<html")
+}
+
+// pageTitle names an HTML page in an error: its title, else its start.
+func pageTitle(b []byte) string {
+	low := bytes.ToLower(b)
+	if i := bytes.Index(low, []byte("<title")); i >= 0 {
+		if j := bytes.IndexByte(low[i:], '>'); j >= 0 {
+			rest := b[i+j+1:]
+			if k := bytes.Index(bytes.ToLower(rest), []byte("</title")); k >= 0 {
+				return fmt.Sprintf("title %q", snippet(bytes.NewReader(rest[:k]), 80))
+			}
+		}
+	}
+	return fmt.Sprintf("%q", snippet(bytes.NewReader(b), 80))
+}
+
+// oneCError reports whether a 2xx reply (see readReply) is 1C's
+// remote-query error convention {"error": true, "errorDescription": "..."}.
+func oneCError(b []byte) (string, bool) {
 	if len(b) == 0 || b[0] != '{' {
 		return "", false
 	}

@@ -97,7 +97,13 @@ func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 		if p.Stopped(ctx) {
 			return
 		}
-		p.Last.Set(err)
+		trouble := err
+		if err == nil && took == "" {
+			// Nothing waits: an answer that was not a valid message
+			// stays the pickup's trouble until a message comes.
+			trouble = p.lastBad
+		}
+		p.Last.Set(trouble)
 		wait := interval
 		switch {
 		case err != nil:
