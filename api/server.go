@@ -307,7 +307,7 @@ func (s *Server) identify(w http.ResponseWriter, r *http.Request) (caller, bool)
 			}
 			return caller{admin: true}, true
 		}
-		refuse(w, http.StatusForbidden, "the API answers loopback clients only unless relay.api_token_env is set (or a node's own token is sent)")
+		refuse(w, http.StatusForbidden, "the API answers loopback clients only unless relay.api_token_env names a variable holding a token (or a node's own token is sent)")
 		return caller{}, false
 	}
 	w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)

@@ -18,6 +18,8 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -143,6 +145,12 @@ type Bus struct {
 	// markEvery is how often a long put rewrites its partial-put marker,
 	// so that SweepPartial's age means "idle for" (0: markRefresh).
 	markEvery time.Duration
+	// lost is closed, lostErr set first, when nats.go closes the main
+	// connection for good; closing says Close asked for it.
+	lost     chan struct{}
+	lostOnce sync.Once
+	lostErr  error
+	closing  atomic.Bool
 }
 
 // Settings say which NATS to open and how to lay it out.
@@ -162,7 +170,7 @@ type Settings struct {
 // then creates or updates every stream and bucket. It is idempotent.
 func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 	cfg, id := set.NATS, set.ID
-	b := &Bus{log: log, replicas: max(cfg.Replicas, 1), leaseTTL: set.LeaseTTL, leaf: cfg.Leaf != nil}
+	b := &Bus{log: log, replicas: max(cfg.Replicas, 1), leaseTTL: set.LeaseTTL, leaf: cfg.Leaf != nil, lost: make(chan struct{})}
 	if b.leaseTTL <= 0 {
 		b.leaseTTL = config.DefaultLeaseTTL
 	}
@@ -174,7 +182,7 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 		}
 		b.Conn, err = nats.Connect("", nats.InProcessServer(b.server), nats.Name("relay-"+id), nats.MaxReconnects(-1))
 	} else {
-		b.Conn, err = connectExternal(ctx, cfg, id, log)
+		b.Conn, err = connectExternal(ctx, cfg, id, log, nats.ClosedHandler(b.closed))
 	}
 	if err != nil {
 		b.Close()
@@ -334,7 +342,7 @@ func checkCreds(path string) error {
 	return nil
 }
 
-func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.Logger) (*nats.Conn, error) {
+func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.Logger, more ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name("relay-" + id),
 		nats.MaxReconnects(-1),
@@ -348,6 +356,7 @@ func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.
 			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
 		}),
 	}
+	opts = append(opts, more...)
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
 	}
@@ -643,8 +652,40 @@ func (b *Bus) leaderReads(ctx context.Context, name string, edit func(*jetstream
 // Connected reports whether the NATS connection is up (for /readyz).
 func (b *Bus) Connected() bool { return b.Conn != nil && b.Conn.IsConnected() }
 
+// closed is the main connection's ClosedHandler.
+func (b *Bus) closed(nc *nats.Conn) {
+	if b.closing.Load() {
+		return
+	}
+	b.lostOnce.Do(func() {
+		b.lostErr = nc.LastError()
+		if b.lostErr == nil {
+			b.lostErr = nats.ErrConnectionClosed
+		}
+		close(b.lost)
+	})
+}
+
+// Lost is closed when nats.go closes the connection to an external NATS for
+// good — it gives up after the same authorization error twice: a rotated
+// token or password, an expired user JWT. Nothing moves from then on, and
+// only a restart reads the credentials again. Never closed for the
+// embedded server, nor by Close.
+func (b *Bus) Lost() <-chan struct{} { return b.lost }
+
+// LostErr is why Lost was closed: the connection's last error.
+func (b *Bus) LostErr() error {
+	select {
+	case <-b.lost:
+		return b.lostErr
+	default:
+		return nil
+	}
+}
+
 // Close drains the connection and stops the embedded server, if any.
 func (b *Bus) Close() {
+	b.closing.Store(true)
 	if b.Conn != nil {
 		_ = b.Conn.Drain()
 		deadline := time.Now().Add(5 * time.Second)
@@ -667,6 +708,7 @@ func (b *Bus) NewConn(name string) (*nats.Conn, error) {
 	}
 	opts := b.Conn.Opts
 	opts.Name = name
+	opts.ClosedCB = nil // the main connection's tells; a lane closes at shutdown
 	nc, err := opts.Connect()
 	if err != nil {
 		return nil, fmt.Errorf("nats: connect %s: %w", name, err)

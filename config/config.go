@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
@@ -349,6 +350,9 @@ func Load(path string) (*Config, error) {
 // did not), for Problems to check the rest. Any other error (YAML that does
 // not parse) returns no Config.
 func Parse(data []byte) (*Config, error) {
+	if err := notUTF8(data); err != nil {
+		return nil, err
+	}
 	c := &Config{}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -485,13 +489,13 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	if !validRelayID(c.Relay.ID) {
 		add("relay.id", "%q must not contain spaces, '.', '*' or '>'", c.Relay.ID)
 	}
-	// A port number: net.Listen would serve a service name (:http), but
-	// the commands that talk to the relay build their URL from it, where
-	// only a number is a port.
+	// A port number: net.Listen would serve a service name (:http) or a
+	// port of its choosing (0), but the commands that talk to the relay
+	// build their URL from it, where only the number it listens on is.
 	if _, port, err := net.SplitHostPort(c.Relay.Listen); err != nil {
 		add("relay.listen", "%q is not host:port", c.Relay.Listen)
-	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
-		add("relay.listen", "%q is not host:port (port %q: a number from 0 to 65535)", c.Relay.Listen, port)
+	} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		add("relay.listen", "%q is not host:port (port %q: a number from 1 to 65535)", c.Relay.Listen, port)
 	}
 	if c.Relay.APITokenEnv != "" && !validEnvName(c.Relay.APITokenEnv) {
 		add("relay.api_token_env", "%s", NotEnvName)
@@ -522,6 +526,10 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		if p := natsURLProblem(one, false); p != "" {
 			add("nats.url", "%s", p)
 		}
+	}
+	if c.NATS.URL != "" && len(splitURLs(c.NATS.URL)) == 0 {
+		// The client would connect to its default, nats://127.0.0.1:4222.
+		add("nats.url", "%q names no server: leave it empty for the embedded server, or write nats://host:4222", c.NATS.URL)
 	}
 	if c.NATS.URL != "" && c.NATS.Listen != "" {
 		add("nats.listen", "only for the embedded server; remove it or nats.url")
@@ -784,4 +792,27 @@ func DecodeOptions(n *yaml.Node, v any) error {
 		errs = append(errs, errors.New(loc.name(msg)))
 	}
 	return errors.Join(errs...)
+}
+
+// notUTF8 names the first byte that is not UTF-8 in a file without a
+// UTF-16 byte order mark (which the YAML decoder reads): a routing.yaml
+// saved in Windows-1251 (Notepad's "ANSI" on a Russian Windows) got the
+// decoder's bare "invalid trailing UTF-8 octet", with no line.
+func notUTF8(data []byte) error {
+	if bytes.HasPrefix(data, []byte{0xfe, 0xff}) || bytes.HasPrefix(data, []byte{0xff, 0xfe}) || utf8.Valid(data) {
+		return nil
+	}
+	line, col := 1, 1
+	for len(data) > 0 {
+		r, n := utf8.DecodeRune(data)
+		if r == utf8.RuneError && n <= 1 {
+			break
+		}
+		if r == '\n' {
+			line, col = line+1, 0
+		}
+		col++
+		data = data[n:]
+	}
+	return fmt.Errorf("line %d column %d: not UTF-8 (saved as Windows-1251?): save routing.yaml as UTF-8", line, col)
 }

@@ -50,6 +50,8 @@ func TestProblems(t *testing.T) {
 		{"lease too short", "relay: { lease_ttl: 100ms }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"relay.lease_ttl: 100ms is shorter than 1s"}},
 		{"listen port not a port", "relay: { listen: '127.0.0.1:99999' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "127.0.0.1:99999" is not host:port`}},
 		{"listen port a service name", "relay: { listen: 'localhost:http' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "localhost:http" is not host:port (port "http": a number`}},
+		// Found by review: the commands could not find a port the kernel picked.
+		{"listen port 0", "relay: { listen: '127.0.0.1:0' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "127.0.0.1:0" is not host:port (port "0": a number from 1 to 65535)`}},
 		{"nats listen port not a number", "nats: { listen: '127.0.0.1:nats' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.listen: "127.0.0.1:nats" is not host:port`}},
 		{"bad zip password env", "nodes:\n  A:\n    zip_password_env: 'A PW'\n    deliver: { dir: ./a }\n", []string{`nodes.A.zip_password_env: is not an environment variable name (value not shown`}},
 		{"node token shared", "nodes:\n  A:\n    api_token_env: T\n  B:\n    api_token_env: T\n", []string{`nodes.B.api_token_env: "T" is also the token of nodes.A`}},
@@ -268,13 +270,16 @@ func TestOptionsMergeKeyRules(t *testing.T) {
 func TestNATSURLRefusesSecrets(t *testing.T) {
 	const nodes = "nodes:\n  A:\n    deliver: { dir: ./b }\n"
 	for name, c := range map[string]struct{ nats, want string }{
-		"password":         {"{ url: 'nats://relay:s3cret@nats.example:4222' }", `nats.url: "nats://nats.example:4222" has a user, password or token in it: set nats.user with nats.password_env, nats.token_env, or nats.creds_file instead`},
-		"token":            {"{ url: 'nats://s3cret@nats.example:4222' }", `nats.url: "nats://nats.example:4222" has a user, password or token`},
-		"second of two":    {"{ url: 'nats://a:4222, tls://u:s3cret@b:4222' }", `nats.url: "tls://b:4222" has a user, password or token`},
-		"slash in secret":  {"{ url: 'nats://u:s3/cret@b:4222' }", `nats.url: "nats://b:4222" has a user, password or token`},
-		"leaf password":    {"{ leaf: { url: 'nats-leaf://office1:s3cret@hq.example:7422' } }", `nats.leaf.url: "nats-leaf://hq.example:7422" has a user, password or token in it: put the credentials in a NATS credentials file named by nats.leaf.creds_file`},
-		"scheme":           {"{ url: 'http://nats.example:4222' }", `nats.url: "http://nats.example:4222" is not nats://host:port`},
-		"unparsable":       {"{ url: 'nats://nats example:4222' }", `nats.url: "nats://nats example:4222" is not nats://host:port`},
+		"password":        {"{ url: 'nats://relay:s3cret@nats.example:4222' }", `nats.url: "nats://nats.example:4222" has a user, password or token in it: set nats.user with nats.password_env, nats.token_env, or nats.creds_file instead`},
+		"token":           {"{ url: 'nats://s3cret@nats.example:4222' }", `nats.url: "nats://nats.example:4222" has a user, password or token`},
+		"second of two":   {"{ url: 'nats://a:4222, tls://u:s3cret@b:4222' }", `nats.url: "tls://b:4222" has a user, password or token`},
+		"slash in secret": {"{ url: 'nats://u:s3/cret@b:4222' }", `nats.url: "nats://b:4222" has a user, password or token`},
+		"leaf password":   {"{ leaf: { url: 'nats-leaf://office1:s3cret@hq.example:7422' } }", `nats.leaf.url: "nats-leaf://hq.example:7422" has a user, password or token in it: put the credentials in a NATS credentials file named by nats.leaf.creds_file`},
+		"scheme":          {"{ url: 'http://nats.example:4222' }", `nats.url: "http://nats.example:4222" is not nats://host:port`},
+		"unparsable":      {"{ url: 'nats://nats example:4222' }", `nats.url: "nats://nats example:4222" is not nats://host:port`},
+		// Found by review: nats.go connected to its default 127.0.0.1:4222.
+		"no server":        {"{ url: ' , ' }", `nats.url: " , " names no server: leave it empty for the embedded server`},
+		"blank":            {"{ url: ' ' }", `nats.url: " " names no server`},
 		"cluster":          {"{ url: 'nats://a:4222, tls://b:4222,wss://c' }", ""},
 		"without a scheme": {"{ url: 'nats.example:4222' }", ""},
 	} {
@@ -427,6 +432,28 @@ func TestZeroRefused(t *testing.T) {
 		_, err := Parse([]byte(c.yaml + "nodes:\n  A:\n    deliver: { dir: ./a }\n"))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: error %v, want %q", c.yaml, err, c.want)
+		}
+	}
+}
+
+// TestNotUTF8NamesTheLine: a routing.yaml saved in Windows-1251 (Notepad's
+// "ANSI" on a Russian Windows) got the YAML decoder's bare "invalid
+// trailing UTF-8 octet" (found by review); the line and the likely cause
+// are named now. UTF-8 with a BOM and UTF-16 still load.
+func TestNotUTF8NamesTheLine(t *testing.T) {
+	// ЦО in Windows-1251 is 0xD6 0xCE.
+	_, err := Parse([]byte("relay: { listen: 127.0.0.1:8088 }\nnodes:\n  \xd6\xce:\n    deliver: { dir: ./in }\n"))
+	if err == nil || err.Error() != "line 3 column 3: not UTF-8 (saved as Windows-1251?): save routing.yaml as UTF-8" {
+		t.Fatalf("Parse: %v", err)
+	}
+	doc := "nodes:\n  ЦО:\n    deliver: { dir: ./in }\n"
+	u16 := []byte{0xff, 0xfe}
+	for _, r := range doc {
+		u16 = append(u16, byte(r), byte(r>>8))
+	}
+	for name, data := range map[string][]byte{"UTF-8 with BOM": append([]byte("\xef\xbb\xbf"), doc...), "UTF-16LE": u16} {
+		if c, err := Parse(data); err != nil || c.Nodes["ЦО"] == nil {
+			t.Errorf("%s: %v", name, err)
 		}
 	}
 }

@@ -57,7 +57,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Optio
 	}
 	token := ""
 	if cfg.Relay.APITokenEnv != "" {
-		token = os.Getenv(cfg.Relay.APITokenEnv)
+		if token = os.Getenv(cfg.Relay.APITokenEnv); token == "" {
+			// The shipped routing.yaml names a variable nobody set for a
+			// first run; elsewhere it may be a typo or a Secret without
+			// the key, and the operator's token is off: say so.
+			log.Warn("relay.api_token_env names a variable that is not set: the operator's API answers loopback clients only, without a token", "variable", cfg.Relay.APITokenEnv)
+		}
 	}
 	b, err := bus.Open(ctx, bus.Settings{
 		NATS: cfg.NATSSettings(), DataDir: dataDir, ID: cfg.Relay.ID, LeaseTTL: cfg.Relay.LeaseTTL.Std(),
@@ -104,6 +109,13 @@ func (r *Relay) Run(ctx context.Context) error {
 	case err = <-pipeErr:
 		cancel()
 		<-apiErr
+	case <-r.bus.Lost():
+		// Exit, so that the service manager restarts relay: a relay that
+		// runs on without NATS would look alive and do nothing.
+		err = fmt.Errorf("nats: the connection was closed for good (%w); a restart reads the credentials again", r.bus.LostErr())
+		r.log.Error("stopping", "err", err)
+		cancel()
+		err = errors.Join(err, <-pipeErr, <-apiErr)
 	case <-ctx.Done():
 		err = errors.Join(<-pipeErr, <-apiErr)
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
 
 	"github.com/relay1c/relay/adapters"
@@ -305,5 +306,94 @@ func TestStopWithDeliveryInFlight(t *testing.T) {
 		}
 	case <-time.After(90 * time.Second):
 		t.Fatal("Run did not return within 90s of SIGTERM while a delivery hung")
+	}
+}
+
+// TestRunEndsWhenNATSClosedForGood: nats.go closes the connection for good
+// when a server refuses it twice with the same authorization error (a
+// rotated token or password, an expired JWT). The relay ran on as live,
+// doing nothing, and no liveness probe or service manager restarted it —
+// the restart that reads the credentials again (found by review). Run now
+// ends with an error naming why.
+func TestRunEndsWhenNATSClosedForGood(t *testing.T) {
+	base := t.TempDir()
+	opts := &server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		Authorization: "tok-one", NoLog: true, NoSigs: true,
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Setenv("RELAY_T_NATS_TOKEN", "tok-one")
+	cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+freeAddr(t)+"' }\n"+
+		"nats: { url: 'nats://"+ns.Addr().String()+"', token_env: RELAY_T_NATS_TOKEN }\n"+
+		"nodes:\n  A:\n    pickup: { dir: ./a/out }\n    deliver: { dir: ./a/in }\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, err := Start(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if ok, _ := r.Ready(); ok && r.Live() {
+			break
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatal("not ready")
+		}
+	}
+	// The token is rotated on the server: the connection is dropped and
+	// every reconnect refused.
+	rotated := opts.Clone()
+	rotated.Authorization = "tok-two"
+	if err := ns.ReloadOptions(rotated); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "closed for good") || !strings.Contains(err.Error(), "Authorization Violation") {
+			t.Fatalf("Run ended with %v: want the connection closed for good, naming why", err)
+		}
+		if r.Live() {
+			t.Fatal("still live after Run ended")
+		}
+	case <-time.After(20 * time.Second):
+		cancel()
+		<-done
+		t.Fatalf("Run still runs 20 s after the token was rotated (connection closed: %v, last error %v)", r.Bus().Conn.IsClosed(), r.Bus().Conn.LastError())
+	}
+}
+
+// TestAPITokenVariableUnsetIsSaid: relay.api_token_env naming a variable
+// nobody set turned the operator's token off without a word (found by
+// review). The shipped routing.yaml does that on a first run, so it is a
+// warning, not a refusal.
+func TestAPITokenVariableUnsetIsSaid(t *testing.T) {
+	base := t.TempDir()
+	t.Setenv("RELAY_T_API_TOKEN_UNSET", "")
+	cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+freeAddr(t)+"', api_token_env: RELAY_T_API_TOKEN_UNSET }\n"+
+		"nodes:\n  A:\n    pickup: { dir: ./a/out }\n    deliver: { dir: ./a/in }\n")
+	var logs strings.Builder
+	ctx, cancel := context.WithCancel(context.Background())
+	r, err := Start(ctx, cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := r.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "variable=RELAY_T_API_TOKEN_UNSET") {
+		t.Fatalf("no warning naming the unset variable:\n%s", logs.String())
 	}
 }

@@ -584,7 +584,9 @@ func traceCmd(g *globals) *cobra.Command {
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 			for _, e := range evs {
 				if e.MsgID != last && e.MsgID != "" {
-					fmt.Fprintf(w, "\n%s\t%s No %d\t\t\n", e.MsgID, e.Channel, e.No)
+					// No tab: a line without one ends the column block, so
+					// the steps are not padded to the id's width (~150).
+					fmt.Fprintf(w, "\n%s  %s No %d\n", e.MsgID, e.Channel, e.No)
 					last = e.MsgID
 				}
 				detail := e.Detail

@@ -2,15 +2,20 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
+	"github.com/relay1c/relay/pipeline"
 )
 
 func run(t *testing.T, args ...string) (string, string, error) {
@@ -326,5 +331,38 @@ func TestValidateListenPortNumber(t *testing.T) {
 	}
 	if want := `relay.listen: "127.0.0.1:http" is not host:port (port "http"`; !strings.Contains(stderr, want) {
 		t.Errorf("validate output lacks %q:\n%s", want, stderr)
+	}
+}
+
+// TestTraceRowsNotPaddedToTheID: `relay trace` padded every step of a
+// message out past the width of the message id (the id row and the step
+// rows shared one column block): with a real id (~150 bytes, the Cyrillic
+// codes encoded) every row wrapped on a terminal (found by review).
+func TestTraceRowsNotPaddedToTheID(t *testing.T) {
+	id := "=D0=9C=D0=B0=D0=B3=D0=B0=D0=B7=D0=B8=D0=BD=D1=8B/=D0=A6=D0=9E/=D0=9E=D0=9F/20/f05ec9d645c0d738a13d5172cd5d1d8b2e2c3fa4ecd509c14cf5663eafa721c4"
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	evs := []pipeline.Event{
+		{Time: at, Step: pipeline.StepPickedUp, MsgID: id, Node: "ЦО", Channel: "Магазины:ЦО->ОП", No: 20, Source: "dir:/x", Size: 2052, SHA256: "f05e", Detail: "stored"},
+		{Time: at.Add(time.Millisecond), Step: pipeline.StepDelivered, MsgID: id, Node: "ОП", Channel: "Магазины:ЦО->ОП", No: 20, Detail: "by dir"},
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/trace" {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode(evs)
+	}))
+	defer srv.Close()
+	cfg := writeConfig(t, "relay: { listen: '"+srv.Listener.Addr().String()+"' }\nnodes:\n  A:\n    deliver: { dir: ./a }\n")
+	out, _, err := run(t, "trace", "-c", cfg, "Message_ЦО_ОП.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		for _, step := range []string{pipeline.StepPickedUp, pipeline.StepDelivered} {
+			if i := strings.Index(line, step); i > 60 {
+				t.Errorf("step %s starts at column %d (padded to the message id's width):\n%s", step, i, out)
+			}
+		}
 	}
 }
