@@ -11,12 +11,13 @@ import (
 )
 
 // Check proves an endpoint reachable the way relay will use it, sending no
-// message: for delivery a GET of health_url (2xx) or, without one, an
+// message and taking none: a GET of health_url (2xx) or, without one, an
 // OPTIONS request on the URL, where any answer below 500 proves the
 // service is there, except 401/403 (the credentials are refused) and a
-// redirect relay does not follow (a delivery would not either); for
-// pickup one GET of the URL (200, 204 and 404 are fine; a 200 body is not
-// read). The error names the step and ends with a hint for the administrator.
+// redirect relay does not follow (a delivery would not either). A pickup's
+// URL is not asked with GET: a service that exports a new message on every
+// GET would hand the check a message, and it would be lost. The error
+// names the step and ends with a hint for the administrator.
 func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger) error {
 	cfg.role = role
 	c, err := newClient(node, cfg, "http", log)
@@ -25,18 +26,12 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 	}
 	defer c.hc.CloseIdleConnections()
 	method, target := stdhttp.MethodOptions, c.u
-	switch {
-	case role == "pickup":
-		method = stdhttp.MethodGet
-	case c.cfg.HealthURL != "":
+	if c.cfg.HealthURL != "" {
 		method = stdhttp.MethodGet
 		target, _ = parseURL(c.cfg.HealthURL)
 	}
 	err = c.probe(ctx, method, target.String(), func(code int) bool {
-		switch {
-		case role == "pickup":
-			return code == stdhttp.StatusOK || code == stdhttp.StatusNoContent || code == stdhttp.StatusNotFound
-		case c.cfg.HealthURL != "":
+		if c.cfg.HealthURL != "" {
 			return code >= 200 && code < 300
 		}
 		// A 3xx that comes back is a redirect the delivery would not

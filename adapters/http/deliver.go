@@ -299,9 +299,11 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 	case code == stdhttp.StatusRequestTimeout, code == stdhttp.StatusTooEarly, code == stdhttp.StatusTooManyRequests, code >= 500:
 		e := statusError(resp, reply)
 		return &outcome{err: e, retry: true, after: retryAfter(resp.Header.Get("Retry-After"), time.Now(), p.retry.maxRetryAfter)}
-	case code == stdhttp.StatusUnauthorized, code == stdhttp.StatusProxyAuthRequired, code >= 300 && code < 400:
-		// The endpoint's trouble (credentials, a redirect to a GET): the
-		// same for every message, so not this message's dead letter.
+	case code == stdhttp.StatusUnauthorized, code == stdhttp.StatusForbidden, code == stdhttp.StatusProxyAuthRequired, code >= 300 && code < 400:
+		// The endpoint's trouble (credentials, the user's rights to the
+		// 1C HTTP service or to the WebDAV folder, a redirect to a GET):
+		// the same for every message, so not this message's dead letter;
+		// once it is fixed everything queued goes on by itself.
 		return &outcome{err: statusError(resp, reply)}
 	case code >= 400 && code < 500:
 		return &outcome{err: statusError(resp, reply), permanent: true}
