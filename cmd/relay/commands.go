@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -241,8 +242,12 @@ func statusCmd(g *globals) *cobra.Command {
 				return enc.Encode(chans)
 			}
 			paint := colours(g.stdout)
-			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
+			// The table is aligned first and painted a row at a time
+			// after: colour codes inside its cells would count as width.
+			var table bytes.Buffer
+			w := tabwriter.NewWriter(&table, 0, 2, 2, ' ', 0)
 			fmt.Fprintln(w, "PLAN\tCHANNEL\tPICKED\tDELIVERED\tACKED\tPENDING\tAGE\tALERT / LAST ERROR")
+			rowColours := []string{""}
 			for _, ch := range chans {
 				note, colour := ch.LastError, ""
 				switch {
@@ -262,13 +267,17 @@ func statusCmd(g *globals) *cobra.Command {
 				if plan == "" {
 					plan = "(by name)" // password-protected zips no password reads: no header, no numbers
 				}
-				fmt.Fprintf(w, "%s\t%s → %s\t%d\t%d\t%d\t%d\t%s\t%s\n", plan, paint(colour, ch.From), paint(colour, ch.To),
+				fmt.Fprintf(w, "%s\t%s → %s\t%d\t%d\t%d\t%d\t%s\t%s\n", plan, ch.From, ch.To,
 					ch.PickedNo, ch.DeliveredNo, ch.AckedNo, ch.Pending, age(ch.LastDeliveredAt, ch.LastPickupAt), oneLine(note, 120))
+				rowColours = append(rowColours, colour)
 			}
 			if len(chans) == 0 {
 				fmt.Fprintln(w, "(no channel has carried a message yet)")
 			}
 			if err := w.Flush(); err != nil {
+				return err
+			}
+			if _, err := io.WriteString(g.stdout, paintRows(table.String(), rowColours, paint)); err != nil {
 				return err
 			}
 			for _, n := range nodes {
@@ -289,6 +298,19 @@ func statusCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// paintRows paints the lines of an aligned table, line i in colours[i]
+// ("" or past the end: plain).
+func paintRows(table string, colours []string, paint func(colour, s string) string) string {
+	var b strings.Builder
+	for i, line := range strings.SplitAfter(table, "\n") {
+		if i < len(colours) && colours[i] != "" {
+			line = paint(colours[i], strings.TrimSuffix(line, "\n")) + "\n"
+		}
+		b.WriteString(line)
+	}
+	return b.String()
 }
 
 // Terminal colours for `relay status`.

@@ -17,6 +17,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A second SIGINT or SIGTERM during a slow stop ends relay at once, as
+	// a kill would: nothing is lost by that (the crash tests SIGKILL it).
+	go func() { <-ctx.Done(); stop() }()
 	if err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		stop()

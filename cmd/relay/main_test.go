@@ -366,3 +366,17 @@ func TestTraceRowsNotPaddedToTheID(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusColoursKeepColumns: `relay status` painted the channel's cell
+// inside the table, so the colour codes counted as width and the header
+// stood apart from the rows on a terminal (found by review). Rows are
+// painted whole after alignment now.
+func TestStatusColoursKeepColumns(t *testing.T) {
+	table := "PLAN  CHANNEL\nП     ЦО → ОП\nП     A → B\n(x)\n"
+	paint := func(colour, s string) string { return colour + s + "\x1b[0m" }
+	got := paintRows(table, []string{"", red, ""}, paint)
+	want := "PLAN  CHANNEL\n" + red + "П     ЦО → ОП\x1b[0m\nП     A → B\n(x)\n"
+	if got != want {
+		t.Fatalf("painted\n%q\nwant\n%q", got, want)
+	}
+}
