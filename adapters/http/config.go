@@ -108,7 +108,9 @@ func (c *Config) setDefaults() {
 		c.Timeout = config.Duration(DefaultTimeout)
 	}
 	if c.ResponseTimeout == 0 {
-		c.ResponseTimeout = config.Duration(DefaultResponseTimeout)
+		// Never longer than timeout: `timeout: 1m` alone was refused
+		// for a response_timeout nobody wrote.
+		c.ResponseTimeout = min(config.Duration(DefaultResponseTimeout), c.Timeout)
 	}
 	if c.role == "pickup" && c.Interval == 0 {
 		c.Interval = config.Duration(DefaultInterval)

@@ -1683,3 +1683,14 @@ func TestPickupJunkTroubleStaysUntilAMessage(t *testing.T) {
 		t.Fatalf("after a valid message the pickup's trouble is %q", e)
 	}
 }
+
+// TestTimeoutAloneShorterThanDefaultResponse: `timeout: 1m` alone was
+// refused as "response_timeout: 2m0s is longer than timeout" for a
+// response_timeout nobody wrote (found by review).
+func TestTimeoutAloneShorterThanDefaultResponse(t *testing.T) {
+	cfg := Config{URL: "https://erp.example/hs/x", Timeout: config.Duration(time.Minute)}
+	cfg.setDefaults()
+	if errs := cfg.Validate(); len(errs) != 0 || cfg.ResponseTimeout.Std() != time.Minute {
+		t.Fatalf("timeout: 1m: %v, response_timeout %s", errs, cfg.ResponseTimeout.Std())
+	}
+}
