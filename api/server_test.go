@@ -3,12 +3,17 @@ package api
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +21,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/relay1c/relay/adapters/pull"
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/pipeline"
 )
 
@@ -374,4 +381,191 @@ func TestDeadLetterBackendFailureIs503(t *testing.T) {
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+// openAPIDoc is the OpenAPI document as GET /api/v1/openapi.json serves it.
+type openAPIDoc struct {
+	Paths      map[string]map[string]json.RawMessage `json:"paths"`
+	Components struct {
+		Schemas   map[string]openAPISchema   `json:"schemas"`
+		Responses map[string]json.RawMessage `json:"responses"`
+	} `json:"components"`
+}
+
+// openAPISchema is the part of a schema the tests read.
+type openAPISchema struct {
+	Properties map[string]openAPISchema `json:"properties"`
+}
+
+// openAPIResponse is the part of a response the tests read.
+type openAPIResponse struct {
+	Ref         string `json:"$ref"`
+	Description string `json:"description"`
+}
+
+// servedOpenAPI fetches the document from the API, as a client would.
+func servedOpenAPI(t *testing.T) openAPIDoc {
+	t.Helper()
+	w := do(newTestServer(t, "", &fakeBackend{ready: true}), "GET", "/api/v1/openapi.json", "127.0.0.1:5000", "")
+	if w.Code != 200 {
+		t.Fatalf("GET /api/v1/openapi.json: %d %s", w.Code, w.Body)
+	}
+	var d openAPIDoc
+	if err := json.Unmarshal(w.Body.Bytes(), &d); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// responses gives the responses the document lists for method (lower
+// case) on path, by status; a reference is resolved in components.
+func (d openAPIDoc) responses(t *testing.T, path, method string) map[string]openAPIResponse {
+	t.Helper()
+	raw, ok := d.Paths[path][method]
+	if !ok {
+		t.Fatalf("openapi.json has no %s %s", method, path)
+	}
+	var op struct {
+		Responses map[string]openAPIResponse `json:"responses"`
+	}
+	if err := json.Unmarshal(raw, &op); err != nil {
+		t.Fatal(err)
+	}
+	for code, r := range op.Responses {
+		if r.Ref == "" {
+			continue
+		}
+		name, ok := strings.CutPrefix(r.Ref, "#/components/responses/")
+		resolved, found := d.Components.Responses[name]
+		if !ok || !found {
+			t.Fatalf("%s %s: response %s refers to %q, which openapi.json does not hold", method, path, code, r.Ref)
+		}
+		if err := json.Unmarshal(resolved, &r); err != nil {
+			t.Fatal(err)
+		}
+		op.Responses[code] = r
+	}
+	return op.Responses
+}
+
+// TestOpenAPIListsEveryStatus proves that the OpenAPI document the API
+// serves lists, for each operation, the statuses the server really answers
+// that are easy to miss: 400 for a dead letter id that is not a number, 401
+// on every endpoint that takes a bearer token (the operator's and the
+// nodes'), 405 for a HEAD of .../messages/next (it would lease the message)
+// and 503 when the stored payload of a pulled message cannot be read. The
+// README calls the document the description of everything the HTTP API does
+// (found by review).
+func TestOpenAPIListsEveryStatus(t *testing.T) {
+	d := servedOpenAPI(t)
+	open := newTestServer(t, "", &fakeBackend{ready: true})
+	locked := newTestServer(t, "s3cret", &fakeBackend{ready: true})
+	pullSrv := NewServer(mobConfig(t), pullBackend{&fakeBackend{ready: true}, nil}, "", slog.New(slog.DiscardHandler))
+	// A stored payload that cannot be read: the pull answers 503.
+	unreadable := pull.Offer{ID: "id1", Name: "Message_CO_MOB.xml", Size: 4,
+		Open: func(context.Context) (io.ReadCloser, error) { return nil, errors.New("payload gone") }}
+	brokenSrv := NewServer(mobConfig(t), pullBackend{&fakeBackend{ready: true}, oneOffer{unreadable}}, "", slog.New(slog.DiscardHandler))
+	lo, remote := "127.0.0.1:5000", "192.0.2.7:5000"
+	for _, c := range []struct {
+		what         string
+		s            *Server
+		method, path string
+		docPath      string
+		remote, auth string
+	}{
+		{"dead letter id not a number", open, "GET", "/api/v1/dead/abc", "/api/v1/dead/{seq}", lo, ""},
+		{"drop: id not a number", open, "DELETE", "/api/v1/dead/abc", "/api/v1/dead/{seq}", lo, ""},
+		{"retry: id not a number", open, "POST", "/api/v1/dead/abc/retry", "/api/v1/dead/{seq}/retry", lo, ""},
+		{"nodes without token", locked, "GET", "/api/v1/nodes", "/api/v1/nodes", remote, ""},
+		{"dead list without token", locked, "GET", "/api/v1/dead", "/api/v1/dead", remote, ""},
+		{"metrics without token", locked, "GET", "/metrics", "/metrics", remote, ""},
+		{"trace without token", locked, "GET", "/api/v1/trace?q=x", "/api/v1/trace", remote, ""},
+		{"pull with a wrong token", pullSrv, "GET", "/api/v1/nodes/MOB/messages/next", "/api/v1/nodes/{code}/messages/next", remote, "Bearer nope"},
+		{"pull of an unreadable payload", brokenSrv, "GET", "/api/v1/nodes/MOB/messages/next", "/api/v1/nodes/{code}/messages/next", lo, "Bearer mob-secret"},
+		{"pull by HEAD", pullSrv, "HEAD", "/api/v1/nodes/MOB/messages/next", "/api/v1/nodes/{code}/messages/next", lo, "Bearer mob-secret"},
+	} {
+		w := do(c.s, c.method, c.path, c.remote, c.auth)
+		method := c.method
+		if method == "HEAD" {
+			method = "GET" // the GET route takes HEAD: its operation is the GET's
+		}
+		docs := d.responses(t, c.docPath, strings.ToLower(method))
+		_, listed := docs[strconv.Itoa(w.Code)]
+		if _, dflt := docs["default"]; !listed && !dflt {
+			t.Errorf("%s: %s %s answers %d, openapi.json lists only %v", c.what, c.method, c.path, w.Code, slices.Sorted(maps.Keys(docs)))
+		}
+	}
+}
+
+// TestOpenAPISchemasHaveEveryField proves that every field the API writes
+// in a node (GET /api/v1/nodes) and a dead letter (GET /api/v1/dead...),
+// each field set, is named in its schema in the OpenAPI document, down to
+// the fields of a dead letter's message header (found by review).
+func TestOpenAPISchemasHaveEveryField(t *testing.T) {
+	d := servedOpenAPI(t)
+	for _, c := range []struct {
+		schema string
+		v      any
+	}{
+		{"Node", NodeView{Code: "A", Title: "t", Mode: "latest", Relay: "hq", Served: true, Pickup: "dir", Deliver: "dir", PickupError: "e", DeliverError: "e"}},
+		{"DeadLetter", pipeline.DeadLetter{Seq: 1, Node: "A", Stage: "deliver", Reason: "r", Source: "s", FileName: "f",
+			Header: &exchange.Header{Dialect: exchange.DialectPlatform, ExchangePlan: "P", From: "A", To: "B", MessageNo: 2, ReceivedNo: 1},
+			MsgID:  "m", Object: "o", Size: 1, SHA256: "x", StreamSeq: 2}},
+	} {
+		b, err := json.Marshal(c.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var missing []string
+		var walk func(prefix string, v json.RawMessage, s openAPISchema)
+		walk = func(prefix string, v json.RawMessage, s openAPISchema) {
+			var fields map[string]json.RawMessage
+			if json.Unmarshal(v, &fields) != nil {
+				return // not an object: no fields to name
+			}
+			for k, fv := range fields {
+				ps, ok := s.Properties[k]
+				if !ok {
+					missing = append(missing, prefix+k)
+					continue
+				}
+				if ps.Properties != nil {
+					walk(prefix+k+".", fv, ps)
+				}
+			}
+		}
+		walk("", b, d.Components.Schemas[c.schema])
+		if len(missing) > 0 {
+			slices.Sort(missing)
+			t.Errorf("schema %s in openapi.json lacks %v, which the API writes", c.schema, missing)
+		}
+	}
+}
+
+// TestOpenAPIPullHeaders proves that the OpenAPI document names every
+// header a pulled message comes with (GET .../messages/next, 200): the
+// node reads the file's name, plan, addresses, numbers and sha256 from
+// them, and X-Relay-File was sent without being documented. Content-Type
+// and Content-Length are the content's own and need no mention (found by
+// review).
+func TestOpenAPIPullHeaders(t *testing.T) {
+	d := servedOpenAPI(t)
+	desc := d.responses(t, "/api/v1/nodes/{code}/messages/next", "get")["200"].Description
+	named := map[string]bool{"Content-Type": true, "Content-Length": true}
+	for _, w := range strings.FieldsFunc(desc, func(r rune) bool { return strings.ContainsRune(" ,;:()", r) }) {
+		named[w] = true
+	}
+	offer := pull.Offer{ID: "id1", Name: "Message_CO_MOB.xml", Size: 4, SHA256: bodySHA,
+		Header: exchange.Header{Dialect: exchange.DialectPlatform, ExchangePlan: "P", From: "CO", To: "MOB", MessageNo: 4},
+		Open:   func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("body")), nil }}
+	s := NewServer(mobConfig(t), pullBackend{&fakeBackend{ready: true}, oneOffer{offer}}, "", slog.New(slog.DiscardHandler))
+	w := do(s, "GET", "/api/v1/nodes/MOB/messages/next", "127.0.0.1:5000", "Bearer mob-secret")
+	if w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	for k := range w.Header() {
+		if !named[k] {
+			t.Errorf("pulled file comes with header %s: %q, not named by openapi.json (%q)", k, w.Header().Get(k), desc)
+		}
+	}
 }
