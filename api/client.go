@@ -116,6 +116,12 @@ func (c *Client) Push(ctx context.Context, name string, r io.Reader, size int64)
 	long := *c.HTTP
 	long.Timeout = 0
 	hc.HTTP = &long
-	err := hc.send(ctx, http.MethodPost, "/api/v1/messages?name="+url.QueryEscape(name), r, &size, &out)
+	// Only size bytes: with a zero length and a body, Go's client would
+	// send the body chunked until its end (a file that says 0 and reads on).
+	body := io.LimitReader(r, size)
+	if size <= 0 {
+		body = http.NoBody
+	}
+	err := hc.send(ctx, http.MethodPost, "/api/v1/messages?name="+url.QueryEscape(name), body, &size, &out)
 	return out, err
 }

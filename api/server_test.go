@@ -569,3 +569,26 @@ func TestOpenAPIPullHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestClientPushSendsOnlyItsSize: Push declared the file's size but sent
+// the reader to its end, and for a size of 0 Go's client streamed it
+// chunked: `relay send` of a file that says 0 and reads on (/dev/zero, a
+// /proc file) fed the relay's spool without end (found by review).
+func TestClientPushSendsOnlyItsSize(t *testing.T) {
+	var got []int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+		got = append(got, n)
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+	}))
+	defer srv.Close()
+	c := NewClient(srv.Listener.Addr().String(), "")
+	for _, size := range []int64{0, 10} {
+		if _, err := c.Push(context.Background(), "Message_A_B.xml", strings.NewReader(strings.Repeat("x", 4096)), size); err == nil {
+			t.Fatal("a 413 was not an error")
+		}
+	}
+	if len(got) != 2 || got[0] != 0 || got[1] != 10 {
+		t.Fatalf("bodies of %v bytes reached the server, want [0 10]", got)
+	}
+}

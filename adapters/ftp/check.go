@@ -33,6 +33,9 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 			return step("list "+orLogin(c.t.dir), err)
 		}
 		if err := conn.Stor(c.path(probe), strings.NewReader("relay check\n")); err != nil {
+			// The server may have made the file before the upload
+			// failed (a full disk, a quota): it is not left behind.
+			_ = conn.Delete(c.path(probe))
 			return step("upload probe file", err)
 		}
 		if err := conn.Delete(c.path(probe)); err != nil {

@@ -61,7 +61,14 @@ func CheckIMAP(ctx context.Context, node string, cfg IMAPConfig, log *slog.Logge
 		return "", withHint(fmt.Errorf("imap %s: %w", node, err))
 	}
 	defer c.Close()
+	// After login the client's commands watch no context: --timeout and
+	// Ctrl-C close the connection under them.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	if _, err := c.Select(t.mailbox, &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
+		if ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
 		return "", withHint(fmt.Errorf("imap %s: select %s: %w", node, t.mailbox, err))
 	}
 	if !c.Caps().Has(imap.CapIdle) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -128,15 +129,11 @@ func inspectCmd(g *globals) *cobra.Command {
 				}
 				passwords = []string{pw}
 			}
-			f, err := os.Open(args[0])
+			f, fi, err := openFile(args[0])
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			fi, err := f.Stat()
-			if err != nil {
-				return err
-			}
 			// As a pickup reads it: a password-protected zip that no
 			// password reads is routed by its file name when that parses.
 			// The name is checked here, not by InspectFile, so that a name
@@ -551,15 +548,11 @@ func sendCmd(g *globals) *cobra.Command {
 			failed := 0
 			for _, path := range args {
 				err := func() error {
-					f, err := os.Open(path)
+					f, st, err := openFile(path)
 					if err != nil {
 						return err
 					}
 					defer f.Close()
-					st, err := f.Stat()
-					if err != nil {
-						return err
-					}
 					rep, err := c.Push(cmd.Context(), filepath.Base(path), f, st.Size())
 					if err == nil {
 						fmt.Fprintf(g.stdout, "%s: stored as %s\n", path, rep.ID)
@@ -622,4 +615,43 @@ func traceCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// openFile opens a message file for inspect and send: a regular file only.
+// A named pipe would block its open until a writer came (Ctrl-C does not
+// end that), and a device or a /proc file says size 0 and reads on.
+func openFile(path string) (*os.File, os.FileInfo, error) {
+	if fi, err := os.Stat(path); err != nil {
+		return nil, nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, nil, &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("not a regular file (%s)", fileKind(fi.Mode()))}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("not a regular file (%s)", fileKind(fi.Mode()))}
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
+}
+
+// fileKind names what a path that is not a regular file is.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a folder"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return m.Type().String()
 }

@@ -1,0 +1,60 @@
+package mail
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+)
+
+// stallSelect is a session whose SELECT/EXAMINE never answers until
+// release is closed: a mail server that hangs after the login.
+type stallSelect struct {
+	imapserver.Session
+	release <-chan struct{}
+}
+
+func (s stallSelect) Select(mailbox string, o *imap.SelectOptions) (*imap.SelectData, error) {
+	<-s.release
+	return s.Session.Select(mailbox, o)
+}
+
+// TestCheckIMAPHonoursTimeoutAfterLogin: `relay check --timeout` (and
+// Ctrl-C, both the check's ctx) end the IMAP check while it waits for the
+// server's answer to SELECT. The ctx guarded only the dial and login;
+// SELECT then waited io_timeout (2 min by default; for ever for a server
+// that trickles untagged lines), whatever --timeout said (found by review).
+func TestCheckIMAPHonoursTimeoutAfterLogin(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	s := startMemIMAPWith(t, imap.CapSet{imap.CapIMAP4rev1: {}}, func(sess imapserver.Session) imapserver.Session {
+		return stallSelect{Session: sess, release: release}
+	})
+	t.Setenv("RELAY_TEST_IMAP_PASSWORD", "secret")
+	c := imapTestConfig(s.addr) // io_timeout: the default 2m
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond) // --timeout 500ms
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := CheckIMAP(ctx, "ЦО", c, slog.New(slog.DiscardHandler))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
+			t.Fatalf("check ended after %s: %v, want the deadline", time.Since(start).Round(time.Millisecond), err)
+		}
+	case <-time.After(5 * time.Second):
+		free()
+		t.Fatalf("CheckIMAP still waiting for SELECT 5 s after its ctx (--timeout 500ms) expired: --timeout and Ctrl-C do not bound the IMAP check after login (io_timeout %s does)", c.IOTimeout.Std())
+	}
+}
