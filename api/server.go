@@ -61,6 +61,11 @@ type ChannelView struct {
 	// overdue (relay.ack_alert_after), a sender restored from a backup, a
 	// sequential channel held on a gap.
 	Alerts []string `json:"alerts,omitempty"`
+	// Writes and RecentSeqs are the stored state's own bookkeeping (ids
+	// of its last writes, stream sequences of its last resolved records):
+	// left out, these nil pointers hide the embedded fields.
+	Writes     *struct{} `json:"writes,omitempty"`
+	RecentSeqs *struct{} `json:"recent_seqs,omitempty"`
 }
 
 // alerts judges a channel at now.

@@ -4,6 +4,7 @@
 package bus
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -401,6 +402,11 @@ func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.
 			nc.Close()
 			return nil, fmt.Errorf("no server reachable at %s within %s", cfg.URL, connectWait)
 		case <-tick.C:
+			if nc.IsClosed() {
+				// The client gave up (the same authorization error
+				// twice): say why now, not "unreachable" after 30 s.
+				return nil, fmt.Errorf("%s: %w", cfg.URL, cmp.Or(nc.LastError(), nats.ErrConnectionClosed))
+			}
 		}
 	}
 	return nc, nil

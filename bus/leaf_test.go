@@ -251,7 +251,20 @@ func TestExternalUserAndToken(t *testing.T) {
 			b.Close()
 		})
 	}
-	_, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://127.0.0.1:1", User: "relay", PasswordEnv: "RELAY_TEST_NATS_UNSET"}, ID: "hq"}, log)
+	// A wrong token: the client gives up after the second refusal, and
+	// the start says why at once, not "no server reachable" after 30 s
+	// (found by review).
+	ns, _, err := realserver.StartHub(t.TempDir(), func(o *server.Options) { o.Authorization = "other" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	began := time.Now()
+	_, err = Open(ctx, Settings{NATS: config.NATS{URL: ns.ClientURL(), TokenEnv: "RELAY_TEST_NATS_TOKEN"}, ID: "hq"}, log)
+	if err == nil || !strings.Contains(err.Error(), "Authorization Violation") || time.Since(began) > 15*time.Second {
+		t.Fatalf("a wrong token: %v after %s, want the refusal at once", err, time.Since(began).Round(time.Millisecond))
+	}
+	_, err = Open(ctx, Settings{NATS: config.NATS{URL: "nats://127.0.0.1:1", User: "relay", PasswordEnv: "RELAY_TEST_NATS_UNSET"}, ID: "hq"}, log)
 	if err == nil || !strings.Contains(err.Error(), "RELAY_TEST_NATS_UNSET is not set") {
 		t.Fatalf("unset password variable: %v", err)
 	}

@@ -687,8 +687,14 @@ func natsURLProblem(raw string, leaf bool) string {
 	if !leaf && !strings.Contains(raw, "://") {
 		parse = "nats://" + raw // nats.go reads host:port so
 	}
-	if u, err := url.Parse(parse); err != nil || u.Host == "" || !schemes[u.Scheme] {
+	u, err := url.Parse(parse)
+	if err != nil || u.Host == "" || !schemes[u.Scheme] {
 		return fmt.Sprintf("%q is not %s", raw, want)
+	}
+	if u.Hostname() == "" {
+		// nats://:4222, a template whose host came out empty: Go dials
+		// the local machine.
+		return fmt.Sprintf("%q names no host: write %s", raw, want)
 	}
 	return ""
 }
@@ -803,6 +809,7 @@ func notUTF8(data []byte) error {
 		return nil
 	}
 	line, col := 1, 1
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")) // a BOM is no column
 	for len(data) > 0 {
 		r, n := utf8.DecodeRune(data)
 		if r == utf8.RuneError && n <= 1 {

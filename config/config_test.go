@@ -280,6 +280,7 @@ func TestNATSURLRefusesSecrets(t *testing.T) {
 		// Found by review: nats.go connected to its default 127.0.0.1:4222.
 		"no server":        {"{ url: ' , ' }", `nats.url: " , " names no server: leave it empty for the embedded server`},
 		"blank":            {"{ url: ' ' }", `nats.url: " " names no server`},
+		"no host":          {"{ url: 'nats://:4222' }", `nats.url: "nats://:4222" names no host`},
 		"cluster":          {"{ url: 'nats://a:4222, tls://b:4222,wss://c' }", ""},
 		"without a scheme": {"{ url: 'nats.example:4222' }", ""},
 	} {
@@ -445,6 +446,10 @@ func TestNotUTF8NamesTheLine(t *testing.T) {
 	_, err := Parse([]byte("relay: { listen: 127.0.0.1:8088 }\nnodes:\n  \xd6\xce:\n    deliver: { dir: ./in }\n"))
 	if err == nil || err.Error() != "line 3 column 3: not UTF-8 (saved as Windows-1251?): save routing.yaml as UTF-8" {
 		t.Fatalf("Parse: %v", err)
+	}
+	// A BOM is no column (it counted as column 1; found by review).
+	if _, err := Parse([]byte("\xef\xbb\xbfnodes: \xd6\xce\n")); err == nil || !strings.HasPrefix(err.Error(), "line 1 column 8:") {
+		t.Fatalf("Parse with a BOM: %v; want line 1 column 8", err)
 	}
 	doc := "nodes:\n  ЦО:\n    deliver: { dir: ./in }\n"
 	u16 := []byte{0xff, 0xfe}

@@ -254,12 +254,25 @@ const recentWrites = 8
 // concurrent change. fn may be called more than once.
 func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *Channel)) (Channel, error) {
 	key := bus.ChannelKey(plan, from, to)
+	// No answer is not "not written": a write the server applied while its
+	// answer was lost (a timeout on a slow or shared NATS), or applies
+	// later, would be applied a second time by the retry (a message
+	// counted twice). lost holds the ids of this call's writes that got no
+	// answer; the state read next tells whether one of them is in, also
+	// when other writers changed the channel since.
+	var lost []uint64
+	applied := func(c Channel) bool {
+		return slices.ContainsFunc(c.Writes, func(id uint64) bool { return slices.Contains(lost, id) })
+	}
 	for attempt := 0; ; attempt++ {
 		c, rev, ok := s.cached(key)
 		if !ok || attempt > 0 {
 			var err error
 			if c, rev, err = s.get(ctx, key); err != nil {
 				return c, err
+			}
+			if applied(c) {
+				return c, nil
 			}
 		}
 		c.Plan, c.From, c.To = plan, from, to
@@ -284,18 +297,7 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 			return c, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
-			// No answer is not "not written": a write the server applied
-			// while its answer was lost (a timeout on a slow or shared
-			// NATS) would be applied a second time (a message counted
-			// twice). The stored state tells, by this write's id, also
-			// when other writers changed it since.
-			if e, gerr := s.kv.Get(ctx, key); gerr == nil && e.Revision() != rev {
-				var cur Channel
-				if json.Unmarshal(e.Value(), &cur) == nil && slices.Contains(cur.Writes, id) {
-					s.remember(key, cur, e.Revision())
-					return cur, nil
-				}
-			}
+			lost = append(lost, id)
 		}
 		if attempt >= 50 || ctx.Err() != nil {
 			return c, fmt.Errorf("channel state %s: %w", key, err)

@@ -129,3 +129,112 @@ func TestUpdateLateAnswerWithAnotherWriter(t *testing.T) {
 		t.Fatalf("Update returned %+v, %v: want the stored state (queued 2, stale 1)", got, uerr)
 	}
 }
+
+// lossyKV wraps a real bucket and scripts lost answers.
+type lossyKV struct {
+	jetstream.KeyValue
+	// onUpdate is called for each Update; it returns (handled, rev, err).
+	onUpdate func(ctx context.Context, key string, v []byte, last uint64) (bool, uint64, error)
+	// onGet likewise for Get.
+	onGet func(ctx context.Context, key string) (bool, jetstream.KeyValueEntry, error)
+}
+
+func (k *lossyKV) Update(ctx context.Context, key string, v []byte, last uint64) (uint64, error) {
+	if k.onUpdate != nil {
+		if ok, rev, err := k.onUpdate(ctx, key, v, last); ok {
+			return rev, err
+		}
+	}
+	return k.KeyValue.Update(ctx, key, v, last)
+}
+
+func (k *lossyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if k.onGet != nil {
+		if ok, e, err := k.onGet(ctx, key); ok {
+			return e, err
+		}
+	}
+	return k.KeyValue.Get(ctx, key)
+}
+
+// TestUpdateLostAnswerThenLookupFails: the write is applied, its answer
+// lost, and the one look-up Update made for its id failed too (the same
+// slow NATS). The next attempt re-read the state — which held the write —
+// and applied fn on top of it: Queued++ counted twice (found by review).
+func TestUpdateLostAnswerThenLookupFails(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	kv := &lossyKV{KeyValue: b.Channels}
+	s := NewStates(kv)
+	if _, err := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	var updates, gets int
+	kv.onUpdate = func(ctx context.Context, key string, v []byte, last uint64) (bool, uint64, error) {
+		updates++
+		if updates == 1 {
+			_, err := kv.KeyValue.Update(ctx, key, v, last) // applied...
+			if err != nil {
+				t.Fatal(err)
+			}
+			return true, 0, nats.ErrTimeout // ...answer lost
+		}
+		return false, 0, nil
+	}
+	kv.onGet = func(ctx context.Context, key string) (bool, jetstream.KeyValueEntry, error) {
+		gets++
+		if gets == 1 {
+			return true, nil, nats.ErrTimeout // the look-up's answer lost too
+		}
+		return false, nil, nil
+	}
+	calls := 0
+	got, uerr := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { calls++; c.Queued++ })
+	c, err := NewStates(b.Channels).Get(ctx, "P", "SRC", "DST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Queued != 2 {
+		t.Fatalf("one Queued++ whose answer was lost left queued %d, want 2 (Update returned queued %d, err %v; fn called %d times)", c.Queued, got.Queued, uerr, calls)
+	}
+}
+
+// TestUpdateLateWriteLandsAfterLookup: the write's answer is lost and the
+// write lands late, after the look-up saw the old revision. The retry's CAS
+// then failed on the late write's revision, and the next attempt re-read a
+// state holding the first attempt's id — and applied fn again (found by
+// review).
+func TestUpdateLateWriteLandsAfterLookup(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	kv := &lossyKV{KeyValue: b.Channels}
+	s := NewStates(kv)
+	if _, err := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	var late []byte
+	var lateRev uint64
+	updates := 0
+	kv.onUpdate = func(ctx context.Context, key string, v []byte, last uint64) (bool, uint64, error) {
+		updates++
+		switch updates {
+		case 1: // held by a slow server, answer lost
+			late, lateRev = v, last
+			return true, 0, nats.ErrTimeout
+		case 2: // the held write lands just before the retry's CAS
+			if _, err := kv.KeyValue.Update(ctx, key, late, lateRev); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return false, 0, nil
+	}
+	calls := 0
+	got, uerr := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { calls++; c.Queued++ })
+	c, err := NewStates(b.Channels).Get(ctx, "P", "SRC", "DST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Queued != 2 {
+		t.Fatalf("one Queued++ whose write landed late left queued %d, want 2 (Update returned queued %d, err %v; fn called %d times)", c.Queued, got.Queued, uerr, calls)
+	}
+}

@@ -283,12 +283,13 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 			return &outcome{err: fmt.Errorf("%s before the whole file was sent (%d of %d bytes)", resp.Status, d.Size-b.left.Load(), d.Size), retry: true}
 		}
 		b := readReply(reply)
-		if htmlPage(b) {
+		if code == stdhttp.StatusOK && htmlPage(b) {
 			// A login page or a proxy's page answering in the service's
 			// place, having read as much of the body as it cared to (a
 			// message of a few hundred KB is all in the socket's buffers
 			// by then, so the check above cannot see it): the endpoint's
-			// trouble, the same for every message.
+			// trouble, the same for every message. Only a 200: Apache's
+			// WebDAV answers 201 Created with an HTML page of that name.
 			return &outcome{err: fmt.Errorf("%s with an HTML page (%s), not the service's answer: a login page or a proxy in between?", resp.Status, pageTitle(b))}
 		}
 		if desc, failed := oneCError(b); failed {
@@ -366,9 +367,8 @@ func readReply(r io.Reader) []byte {
 	return bytes.TrimSpace(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf")))
 }
 
-// htmlPage reports whether a reply is an HTML document: what a login page
-// or a proxy answers, never a 1C HTTP service's or a WebDAV server's
-// answer to a file.
+// htmlPage reports whether a reply is an HTML document: with a 200, what
+// a login page or a proxy answers, not a 1C HTTP service.
 func htmlPage(b []byte) bool {
 	head := strings.ToLower(string(b[:min(len(b), 16)]))
 	return strings.HasPrefix(head, "<!doctype html") || strings.HasPrefix(head, "<html")

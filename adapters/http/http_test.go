@@ -1695,3 +1695,28 @@ func TestTimeoutAloneShorterThanDefaultResponse(t *testing.T) {
 		t.Fatalf("timeout: 1m: %v, response_timeout %s", errs, cfg.ResponseTimeout.Std())
 	}
 }
+
+// apacheCreated is what Apache httpd's mod_dav answers to a PUT that
+// creates a file (dav_created: 201 with an HTML body), the stock WebDAV
+// server in front of 1C publications.
+const apacheCreated = `<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">
+<html><head>
+<title>201 Created</title>
+</head><body>
+<h1>Created</h1>
+<p>Resource /dav/in/Message_ЦО_ОП.xml has been created.</p>
+</body></html>
+`
+
+// TestWebDAVCreatedHTMLIsDelivered: a WebDAV server that stored the file
+// and said so with 201 Created and its usual HTML body is a delivery; the
+// HTML check took it for a login page at first (found by review).
+func TestWebDAVCreatedHTMLIsDelivered(t *testing.T) {
+	rc, srv := serve(t, status(201, apacheCreated, "Content-Type", "text/html; charset=ISO-8859-1"))
+	p := newPub(t, Config{URL: srv.URL + "/dav/in/", Method: "PUT"})
+	p.retry.tries = 1
+	err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", xmlOf(t, hdr(5), 1000), nil).Message)
+	if err != nil {
+		t.Fatalf("the WebDAV server stored the file (%d request(s), 201 Created), but: %v", len(rc.requests()), err)
+	}
+}
