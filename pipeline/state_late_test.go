@@ -14,14 +14,11 @@ import (
 	"github.com/relay1c/relay/config"
 )
 
-// TestUpdateNotAppliedTwiceWhenAnswerLate: a state write the server applied
-// but whose answer came too late (JetStream's 5 s API timeout; the caller's
-// context still alive: ingest's, an API request's) is not applied again.
-// Update retried on any error: the retry re-read the state, which held the
-// change already, and applied fn on top again; Queued++ became +2 and the
-// channel showed a message pending for ever (found by review).
-func TestUpdateNotAppliedTwiceWhenAnswerLate(t *testing.T) {
-	t.Parallel()
+// lateAnswers is a channel state (P: SRC → DST, queued 1) on a NATS
+// reached two ways: s through px, a proxy that can hold the server's
+// answers back, and other directly.
+func lateAnswers(t *testing.T) (s, other *States, px *freezeProxy) {
+	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	hub, _ := hubServer(t)
@@ -30,8 +27,7 @@ func TestUpdateNotAppliedTwiceWhenAnswerLate(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(hb.Close)
-
-	px := startFreezeProxy(t, hub.Addr().String(), 0)
+	px = startFreezeProxy(t, hub.Addr().String(), 0)
 	nc, err := nats.Connect("nats://" + px.addr())
 	if err != nil {
 		t.Fatal(err)
@@ -45,10 +41,23 @@ func TestUpdateNotAppliedTwiceWhenAnswerLate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := NewStates(kv)
+	s = NewStates(kv)
 	if _, err := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued = 1 }); err != nil {
 		t.Fatal(err)
 	}
+	return s, NewStates(hb.Channels), px
+}
+
+// TestUpdateNotAppliedTwiceWhenAnswerLate: a state write the server applied
+// but whose answer came too late (JetStream's 5 s API timeout; the caller's
+// context still alive: ingest's, an API request's) is not applied again.
+// Update retried on any error: the retry re-read the state, which held the
+// change already, and applied fn on top again; Queued++ became +2 and the
+// channel showed a message pending for ever (found by review).
+func TestUpdateNotAppliedTwiceWhenAnswerLate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, other, px := lateAnswers(t)
 
 	// The next write's answer is late by a little more than the API timeout.
 	px.replies.Store(true)
@@ -56,7 +65,7 @@ func TestUpdateNotAppliedTwiceWhenAnswerLate(t *testing.T) {
 	calls := 0
 	_, uerr := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { calls++; c.Queued++ })
 
-	c, err := NewStates(hb.Channels).Get(ctx, "P", "SRC", "DST")
+	c, err := other.Get(ctx, "P", "SRC", "DST")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,35 +81,9 @@ func TestUpdateNotAppliedTwiceWhenAnswerLate(t *testing.T) {
 func TestUpdateLateAnswerWithAnotherWriter(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hub, _ := hubServer(t)
-	hb, err := bus.Open(ctx, bus.Settings{NATS: config.NATS{URL: hub.ClientURL()}, ID: "hq"}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(hb.Close)
-
-	px := startFreezeProxy(t, hub.Addr().String(), 0)
-	nc, err := nats.Connect("nats://" + px.addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { px.replies.Store(false); nc.Close() })
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(ctx, bus.BucketChannels)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := NewStates(kv)
-	if _, err := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued = 1 }); err != nil {
-		t.Fatal(err)
-	}
+	s, other, px := lateAnswers(t)
 
 	px.replies.Store(true)
-	other := NewStates(hb.Channels)
 	go func() {
 		// Once the late write is stored, the other writer changes the
 		// channel on top of it, then the answers flow again.
