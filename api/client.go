@@ -48,6 +48,9 @@ func (c *Client) send(ctx context.Context, method, path string, body io.Reader, 
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
 	resp, err := c.HTTP.Do(req)
+	if errors.Is(err, ErrChanged) {
+		return err
+	}
 	if err != nil {
 		return fmt.Errorf("relay is not reachable at %s (is `relay run` running with this config?): %w", c.Base, err)
 	}
@@ -116,12 +119,49 @@ func (c *Client) Push(ctx context.Context, name string, r io.Reader, size int64)
 	long := *c.HTTP
 	long.Timeout = 0
 	hc.HTTP = &long
-	// Only size bytes: with a zero length and a body, Go's client would
-	// send the body chunked until its end (a file that says 0 and reads on).
-	body := io.LimitReader(r, size)
+	// Exactly size bytes: with a zero length and a body, Go's client would
+	// send the body chunked until its end (a file that says 0 and reads
+	// on), and a file cut at its stated size while it grows would be
+	// stored as a shorter message.
+	var body io.Reader = &exactReader{r: r, left: size, size: size}
 	if size <= 0 {
+		var one [1]byte
+		if n, _ := r.Read(one[:]); n > 0 {
+			return out, fmt.Errorf("%w: it had 0 bytes", ErrChanged)
+		}
 		body = http.NoBody
 	}
 	err := hc.send(ctx, http.MethodPost, "/api/v1/messages?name="+url.QueryEscape(name), body, &size, &out)
 	return out, err
+}
+
+// ErrChanged says a file pushed was not the size it had when it was
+// looked at: it was still being written, or rewritten, while it was sent.
+var ErrChanged = errors.New("the file changed while it was sent")
+
+// exactReader passes size bytes of r and fails when r has more or fewer.
+type exactReader struct {
+	r          io.Reader
+	left, size int64
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.left == 0 {
+		return 0, io.EOF
+	}
+	n, err := e.r.Read(p[:min(int64(len(p)), e.left)])
+	e.left -= int64(n)
+	switch {
+	case e.left > 0 && err == io.EOF:
+		return n, fmt.Errorf("%w: %d bytes, not the %d it had", ErrChanged, e.size-e.left, e.size)
+	case e.left == 0:
+		// Before its last bytes go: a file that grew must not reach the
+		// relay as a complete request holding its beginning.
+		var one [1]byte
+		if m, _ := e.r.Read(one[:]); m > 0 {
+			return 0, fmt.Errorf("%w: more than its %d bytes", ErrChanged, e.size)
+		}
+		return n, io.EOF
+	}
+	return n, err
 }

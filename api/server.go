@@ -61,11 +61,6 @@ type ChannelView struct {
 	// overdue (relay.ack_alert_after), a sender restored from a backup, a
 	// sequential channel held on a gap.
 	Alerts []string `json:"alerts,omitempty"`
-	// Writes and RecentSeqs are the stored state's own bookkeeping (ids
-	// of its last writes, stream sequences of its last resolved records):
-	// left out, these nil pointers hide the embedded fields.
-	Writes     *struct{} `json:"writes,omitempty"`
-	RecentSeqs *struct{} `json:"recent_seqs,omitempty"`
 }
 
 // alerts judges a channel at now.
@@ -408,7 +403,11 @@ func (s *Server) channels(w http.ResponseWriter, r *http.Request) {
 	out := make([]ChannelView, 0, len(cs))
 	now := time.Now()
 	for _, c := range cs {
-		out = append(out, ChannelView{Channel: c, Pending: c.Pending(), Alerts: alerts(c, s.cfg.Relay.AckAlertAfter.Std(), now)})
+		v := ChannelView{Channel: c, Pending: c.Pending(), Alerts: alerts(c, s.cfg.Relay.AckAlertAfter.Std(), now)}
+		// The stored state's own bookkeeping (ids of its last writes,
+		// stream sequences of its last resolved records) is not shown.
+		v.Writes, v.RecentSeqs = nil, nil
+		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]

@@ -575,25 +575,39 @@ func TestOpenAPIPullHeaders(t *testing.T) {
 	}
 }
 
-// TestClientPushSendsOnlyItsSize: Push declared the file's size but sent
+// TestClientPushSendsExactlyItsSize: Push declared the file's size but sent
 // the reader to its end, and for a size of 0 Go's client streamed it
-// chunked: `relay send` of a file that says 0 and reads on (/dev/zero, a
-// /proc file) fed the relay's spool without end (found by review).
-func TestClientPushSendsOnlyItsSize(t *testing.T) {
-	var got []int64
+// chunked: `relay send` of a file that says 0 and reads on (/dev/zero)
+// fed the relay's spool without end. A file that grew after its stat was
+// cut at the stated size and stored as a shorter message; one that shrank
+// was told as "relay is not reachable" (found by review).
+func TestClientPushSendsExactlyItsSize(t *testing.T) {
+	var got []string // complete bodies the server received
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, _ := io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
-		got = append(got, n)
-		w.WriteHeader(http.StatusRequestEntityTooLarge)
+		if b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20)); err == nil {
+			got = append(got, string(b))
+		}
+		writeJSON(w, http.StatusAccepted, PushReply{ID: "x"})
 	}))
 	defer srv.Close()
 	c := NewClient(srv.Listener.Addr().String(), "")
-	for _, size := range []int64{0, 10} {
-		if _, err := c.Push(context.Background(), "Message_A_B.xml", strings.NewReader(strings.Repeat("x", 4096)), size); err == nil {
-			t.Fatal("a 413 was not an error")
+	for _, tc := range []struct {
+		name, file string
+		size       int64
+		changed    bool
+	}{
+		{"reads on, says 0", "0000", 0, true},
+		{"grew", "<Message>0123</Message>", 9, true},
+		{"shrank", "<Message/>", 100, true},
+		{"as it was", "<Message/>", 10, false},
+	} {
+		got = nil
+		_, err := c.Push(context.Background(), "Message_A_B.xml", strings.NewReader(tc.file), tc.size)
+		if errors.Is(err, ErrChanged) != tc.changed || strings.Contains(fmt.Sprint(err), "not reachable") {
+			t.Errorf("%s: %v", tc.name, err)
 		}
-	}
-	if len(got) != 2 || got[0] != 0 || got[1] != 10 {
-		t.Fatalf("bodies of %v bytes reached the server, want [0 10]", got)
+		if want := []string{tc.file}; tc.changed && len(got) > 0 || !tc.changed && !slices.Equal(got, want) {
+			t.Errorf("%s: the server received %q", tc.name, got)
+		}
 	}
 }

@@ -247,8 +247,11 @@ func (s *States) get(ctx context.Context, key string) (Channel, uint64, error) {
 }
 
 // recentWrites is how many write ids a channel's state keeps: a lost
-// answer is looked into at once, and a channel sees a few writes a message.
-const recentWrites = 8
+// answer is looked into at the next read, and a channel sees about three
+// writes a message, so this covers five messages of one channel within the
+// answer's timeout (5 s). More than that and a lost write can still count
+// twice.
+const recentWrites = 16
 
 // Update applies fn to the channel's state and stores it, retrying on a
 // concurrent change. fn may be called more than once.
@@ -269,7 +272,17 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 		if !ok || attempt > 0 {
 			var err error
 			if c, rev, err = s.get(ctx, key); err != nil {
-				return c, err
+				if len(lost) == 0 || attempt >= 50 || ctx.Err() != nil {
+					return c, err
+				}
+				// A write of this call may be in: failing now would have
+				// the caller do it again. Read again.
+				select {
+				case <-ctx.Done():
+					return c, err
+				case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
+				}
+				continue
 			}
 			if applied(c) {
 				return c, nil

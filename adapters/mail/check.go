@@ -90,6 +90,12 @@ func hint(err error) string {
 	msg := err.Error()
 	var ne net.Error
 	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		// Before the steps' own cases: "select INBOX: context deadline
+		// exceeded" is no missing folder.
+		return "no answer within --timeout: the server hangs or is slow"
+	case errors.Is(err, context.Canceled):
+		return ""
 	case strings.Contains(msg, "(password_env) is not set"):
 		return "export the password in the environment variable named by password_env"
 	case strings.Contains(msg, "connection refused"):
