@@ -34,8 +34,12 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 		}
 		if err := conn.Stor(c.path(probe), strings.NewReader("relay check\n")); err != nil {
 			// The server may have made the file before the upload
-			// failed (a full disk, a quota): it is not left behind.
-			_ = conn.Delete(c.path(probe))
+			// failed (a full disk, a quota): it is not left behind. Only
+			// after the server's reply: a connection that broke or timed
+			// out would only wait once more.
+			if isReply(err) {
+				_ = conn.Delete(c.path(probe))
+			}
 			return step("upload probe file", err)
 		}
 		if err := conn.Delete(c.path(probe)); err != nil {

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -345,8 +346,17 @@ func age(ts ...time.Time) string {
 	return time.Since(last).Round(time.Second).String()
 }
 
+// oneLine is s as one table cell of at most max characters.
 func oneLine(s string, max int) string {
-	s = strings.ReplaceAll(s, "\n", " ")
+	// Every control character, not only line breaks: an error text comes
+	// from remote servers, and a tab, a form feed or an escape sequence
+	// in it would break the table's columns or reach the terminal.
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
 	if r := []rune(s); len(r) > max {
 		return string(r[:max-1]) + "…"
 	}

@@ -421,3 +421,13 @@ func TestInspectAndSendRefuseNonRegularFiles(t *testing.T) {
 		t.Fatalf("send /dev/zero: %v, stderr %q, %d bytes reached the API", err, stderr, got.Load())
 	}
 }
+
+// TestOneLineDropsControls: an error text from a remote server is shown in
+// the tables of status and dead; only line breaks were replaced, so a tab
+// or a form feed broke the columns (tabwriter takes both as separators)
+// and an escape sequence reached the operator's terminal (found by review).
+func TestOneLineDropsControls(t *testing.T) {
+	if got := oneLine("530 Login\tincorrect\f\x1b[2J\r\nnext\u0085", 80); got != "530 Login incorrect  [2J  next " {
+		t.Fatalf("oneLine: %q", got)
+	}
+}
