@@ -387,7 +387,7 @@ func deadCmd(g *globals) *cobra.Command {
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tTIME\tNODE\tSTAGE\tFILE\tREASON")
 			for _, l := range ls {
-				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, l.FileName, oneLine(l.Reason, 120))
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, oneLine(l.FileName, 80), oneLine(l.Reason, 120))
 			}
 			return w.Flush()
 		},
@@ -433,7 +433,7 @@ func deadCmd(g *globals) *cobra.Command {
 				}
 				w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 				fmt.Fprintf(w, "id\t%d\ntime\t%s\nnode\t%s\nstage\t%s\nreason\t%s\nsource\t%s\nfile\t%s\n",
-					l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, l.Reason, l.Source, l.FileName)
+					l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, oneLine(l.Reason, 4096), oneLine(l.Source, 1024), oneLine(l.FileName, 1024))
 				if h := l.Header; h != nil {
 					fmt.Fprintf(w, "header\t%s, %s → %s, No %d, received No %d (%s)\n", h.ExchangePlan, h.From, h.To, h.MessageNo, h.ReceivedNo, h.Dialect)
 				}
