@@ -574,7 +574,7 @@ func (r *payloadReader) Read(p []byte) (int, error) {
 		if r.left == 0 {
 			got := digestOf(r.sum.Sum(nil))
 			if r.want != "" && got != r.want {
-				r.err = fmt.Errorf("payload %s: digest %s, want %s", r.name, got, r.want)
+				r.err = exchange.Permanent(fmt.Errorf("payload %s: %w: digest %s, want %s", r.name, exchange.ErrDamaged, got, r.want))
 			} else {
 				r.err = io.EOF
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
 )
 
 func openEmbedded(t *testing.T) *Bus {
@@ -404,4 +405,25 @@ func TestSweepPartial(t *testing.T) {
 		t.Fatalf("%d messages after the sweep, want the whole payload's %d", got, whole)
 	}
 	readBoth(t, b, "whole", data)
+}
+
+// TestDamagedPayloadIsPermanent: a payload that reads back with another
+// digest than its record names (the store damaged) failed every delivery
+// attempt, retried every few minutes for ever; it is exchange.ErrDamaged
+// and Permanent now, a dead letter (found by review).
+func TestDamagedPayloadIsPermanent(t *testing.T) {
+	b := openEmbedded(t)
+	ctx := context.Background()
+	data := []byte("<v8msg:Message/>")
+	if _, _, err := b.PutPayload(ctx, "P/A/B/1/x", int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.OpenKnownPayload(ctx, "P/A/B/1/x", int64(len(data)), hexSum([]byte("<v8msg:Other/>!!")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(r)
+	if !errors.Is(err, exchange.ErrDamaged) || !exchange.IsPermanent(err) {
+		t.Fatalf("read of a damaged payload: %v, want ErrDamaged and Permanent", err)
+	}
 }

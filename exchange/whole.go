@@ -9,6 +9,11 @@ import (
 	"io"
 )
 
+// ErrDamaged marks a stored file that does not read back as it was stored
+// (another sha256, more bytes than its size): no retry heals it, so it is
+// Permanent and its delivery a dead letter, not a failure retried for ever.
+var ErrDamaged = errors.New("the stored file is damaged")
+
 // WholeReader reads a stored file of known size and sha256 for a receiver
 // that takes its end from a declared length (an HTTP body with
 // Content-Length): it holds the file's last byte back until the source has
@@ -61,7 +66,7 @@ func (w *WholeReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	if got := hex.EncodeToString(w.sum.Sum(nil)); w.want != "" && got != w.want {
-		return 0, fmt.Errorf("the stored file's sha256 is %s, want %s", got, w.want)
+		return 0, Permanent(fmt.Errorf("%w: its sha256 is %s, want %s", ErrDamaged, got, w.want))
 	}
 	p[0] = last[0]
 	w.left = 0
@@ -75,7 +80,7 @@ func ended(r io.Reader) error {
 		n, err := r.Read(probe[:])
 		switch {
 		case n > 0:
-			return errors.New("the stored file holds more bytes than its size")
+			return Permanent(fmt.Errorf("%w: it holds more bytes than its size", ErrDamaged))
 		case err == io.EOF:
 			return nil
 		case err != nil:

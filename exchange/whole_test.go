@@ -71,6 +71,13 @@ func TestWholeReader(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err %v, want one saying %q", err, c.want)
 			}
+			// A file that reads back other than stored is damaged for
+			// good: a dead letter, not a failure retried every few
+			// minutes for ever (found by review). A short read may be a
+			// store still settling, a source error the network's.
+			if damaged := c.want == "sha256" || c.want == "more bytes"; errors.Is(err, ErrDamaged) != damaged || IsPermanent(err) != damaged {
+				t.Errorf("err %v: damaged %v, permanent %v; want both %v", err, errors.Is(err, ErrDamaged), IsPermanent(err), damaged)
+			}
 			if int64(len(got)) >= c.size {
 				t.Fatalf("read %d of %d bytes before failing: the receiver holds a complete-looking file", len(got), c.size)
 			}

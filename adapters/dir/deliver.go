@@ -134,7 +134,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		return fmt.Errorf("dir %s: %s: got %d bytes, want %d", p.node, name, n, want)
 	}
 	if got, wantSum := hex.EncodeToString(sum.Sum(nil)), m.Metadata.Get(exchange.MetaSHA256); wantSum != "" && got != wantSum {
-		return fmt.Errorf("dir %s: %s: sha256 %s, want %s", p.node, name, got, wantSum)
+		return exchange.Permanent(fmt.Errorf("dir %s: %s: %w: sha256 %s, want %s", p.node, name, exchange.ErrDamaged, got, wantSum))
 	}
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("dir %s: fsync %s: %w", p.node, name, err)

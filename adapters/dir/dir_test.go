@@ -495,3 +495,24 @@ func TestMoveToAnotherFileSystem(t *testing.T) {
 	msg, _ := p.LastError()
 	t.Fatalf("acked file not moved to %s (still in the outbox: %v); pickup error: %s", archive, exists(path), msg)
 }
+
+// TestDeliverDamagedIsPermanent: a stored file whose sha256 is not the one
+// its record names was a failure retried every few minutes for ever; it is
+// damaged for good, a dead letter (found by review), and nothing of it is
+// left in the destination.
+func TestDeliverDamagedIsPermanent(t *testing.T) {
+	dst := t.TempDir()
+	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := exchangetest.WriteFile(t.TempDir(), hdr(5), 3000, exchange.FormatXML)
+	m := deliverMsg(t, f, hdr(5))
+	m.Metadata.Set(exchange.MetaSHA256, strings.Repeat("0", 64))
+	if err := p.Publish("", m); !errors.Is(err, exchange.ErrDamaged) || !exchange.IsPermanent(err) {
+		t.Fatalf("Publish of a damaged file: %v, want ErrDamaged and Permanent", err)
+	}
+	if ents, _ := os.ReadDir(dst); len(ents) != 0 {
+		t.Fatalf("destination holds %v", ents)
+	}
+}
