@@ -702,6 +702,7 @@ func TestDeliverCancel(t *testing.T) {
 			return io.NopCloser(strings.NewReader(strings.Repeat("x", 1000))), nil
 		})
 		m.Metadata.Set(exchange.MetaSize, "1000")
+		m.Metadata.Set(exchange.MetaSHA256, sum([]byte(strings.Repeat("x", 1000)))) // not a damaged file
 		time.AfterFunc(300*time.Millisecond, cancel)
 		start := time.Now()
 		err := p.Publish("", m.Message)
