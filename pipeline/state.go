@@ -264,6 +264,7 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 	// answer; the state read next tells whether one of them is in, also
 	// when other writers changed the channel since.
 	var lost []uint64
+	readFails := 0
 	applied := func(c Channel) bool {
 		return slices.ContainsFunc(c.Writes, func(id uint64) bool { return slices.Contains(lost, id) })
 	}
@@ -272,7 +273,10 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 		if !ok || attempt > 0 {
 			var err error
 			if c, rev, err = s.get(ctx, key); err != nil {
-				if len(lost) == 0 || attempt >= 50 || ctx.Err() != nil {
+				readFails++
+				// A few reads only (each may wait the 5 s API timeout):
+				// a NATS that is down must not hold the caller minutes.
+				if len(lost) == 0 || readFails > 5 || ctx.Err() != nil {
 					return c, err
 				}
 				// A write of this call may be in: failing now would have

@@ -66,7 +66,10 @@ func CheckIMAP(ctx context.Context, node string, cfg IMAPConfig, log *slog.Logge
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	if _, err := c.Select(t.mailbox, &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
-		if ctx.Err() != nil {
+		switch {
+		case errors.Is(context.Cause(ctx), context.DeadlineExceeded):
+			err = fmt.Errorf("%w: %w", errCheckTimeout, context.Cause(ctx))
+		case ctx.Err() != nil:
 			err = context.Cause(ctx)
 		}
 		return "", withHint(fmt.Errorf("imap %s: select %s: %w", node, t.mailbox, err))
@@ -77,6 +80,9 @@ func CheckIMAP(ctx context.Context, node string, cfg IMAPConfig, log *slog.Logge
 	_ = c.Logout().Wait()
 	return note, nil
 }
+
+// errCheckTimeout marks a check that its own --timeout stopped.
+var errCheckTimeout = errors.New("no answer within --timeout")
 
 // withHint adds advice for the administrator to a failed check.
 func withHint(err error) error {
@@ -90,10 +96,11 @@ func hint(err error) string {
 	msg := err.Error()
 	var ne net.Error
 	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		// Before the steps' own cases: "select INBOX: context deadline
-		// exceeded" is no missing folder.
-		return "no answer within --timeout: the server hangs or is slow"
+	case errors.Is(err, errCheckTimeout):
+		// Before the steps' own cases: "select INBOX: ... deadline
+		// exceeded" is no missing folder. Not any deadline: a dial's
+		// timeout also says DeadlineExceeded, and has its own hint below.
+		return "the server hangs or is slow"
 	case errors.Is(err, context.Canceled):
 		return ""
 	case strings.Contains(msg, "(password_env) is not set"):

@@ -3,7 +3,9 @@ package mail
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -53,11 +55,29 @@ func TestCheckIMAPHonoursTimeoutAfterLogin(t *testing.T) {
 	case err := <-done:
 		// The hint was the select step's "the mailbox folder does not
 		// exist" (found by review).
-		if err == nil || !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second || !strings.Contains(err.Error(), "hint: no answer within --timeout") {
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second || !strings.Contains(err.Error(), "no answer within --timeout") || !strings.Contains(err.Error(), "hint: the server hangs or is slow") {
 			t.Fatalf("check ended after %s: %v, want the deadline", time.Since(start).Round(time.Millisecond), err)
 		}
 	case <-time.After(5 * time.Second):
 		free()
 		t.Fatalf("CheckIMAP still waiting for SELECT 5 s after its ctx (--timeout 500ms) expired: --timeout and Ctrl-C do not bound the IMAP check after login (io_timeout %s does)", c.IOTimeout.Std())
+	}
+}
+
+// TestHintConnectTimeoutIsNotTheCheckTimeout: a TCP connect cut by the
+// endpoint's connect_timeout (a firewall that drops SYNs, a wrong host)
+// fails with net's "i/o timeout", which also says DeadlineExceeded: it was
+// taken for the check's --timeout and blamed on a slow server (found by
+// review). It keeps the firewall hint.
+func TestHintConnectTimeoutIsNotTheCheckTimeout(t *testing.T) {
+	d := net.Dialer{Timeout: time.Nanosecond} // connect_timeout already over
+	_, derr := d.DialContext(context.Background(), "tcp", "127.0.0.1:1")
+	if derr == nil {
+		t.Fatal("a dial with a timeout of 1 ns succeeded")
+	}
+	err := fmt.Errorf("imap N: connect 127.0.0.1:1: %w", derr)
+	h := hint(err)
+	if !strings.Contains(h, "firewall") || strings.Contains(h, "--timeout") {
+		t.Fatalf("connect timeout %q got hint %q, want the firewall/host hint (connect_timeout, not --timeout, ran out)", err, h)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -348,19 +349,24 @@ func age(ts ...time.Time) string {
 
 // oneLine is s as one table cell of at most max characters.
 func oneLine(s string, max int) string {
-	// Every control character, not only line breaks: an error text comes
-	// from remote servers, and a tab, a form feed or an escape sequence
-	// in it would break the table's columns or reach the terminal.
-	s = strings.Map(func(r rune) rune {
+	s = noControls(s)
+	if utf8.RuneCountInString(s) > max {
+		return string([]rune(s)[:max-1]) + "…"
+	}
+	return s
+}
+
+// noControls is s with every control character a space, not only line
+// breaks: an error text comes from remote servers, and a tab, a form feed
+// or an escape sequence in it would break a table's columns or reach the
+// terminal.
+func noControls(s string) string {
+	return strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
 			return ' '
 		}
 		return r
 	}, s)
-	if r := []rune(s); len(r) > max {
-		return string(r[:max-1]) + "…"
-	}
-	return s
 }
 
 func deadCmd(g *globals) *cobra.Command {
@@ -433,7 +439,7 @@ func deadCmd(g *globals) *cobra.Command {
 				}
 				w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 				fmt.Fprintf(w, "id\t%d\ntime\t%s\nnode\t%s\nstage\t%s\nreason\t%s\nsource\t%s\nfile\t%s\n",
-					l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, oneLine(l.Reason, 4096), oneLine(l.Source, 1024), oneLine(l.FileName, 1024))
+					l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, noControls(l.Reason), noControls(l.Source), noControls(l.FileName))
 				if h := l.Header; h != nil {
 					fmt.Fprintf(w, "header\t%s, %s → %s, No %d, received No %d (%s)\n", h.ExchangePlan, h.From, h.To, h.MessageNo, h.ReceivedNo, h.Dialect)
 				}

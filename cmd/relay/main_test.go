@@ -431,3 +431,30 @@ func TestOneLineDropsControls(t *testing.T) {
 		t.Fatalf("oneLine: %q", got)
 	}
 }
+
+// TestDeadShowPrintsTheWholeReason: `relay dead show` is "everything about
+// dead letters" (README); the control-character filter added to it also cut
+// the reason at 4096 characters, losing the end of a long reason, the part
+// that usually names the cause (found by review).
+func TestDeadShowPrintsTheWholeReason(t *testing.T) {
+	reason := "deliver ERP: 400 Bad Request: " + strings.Repeat("строка документа не проведена; ", 150) + "THE-CAUSE"
+	l := pipeline.DeadLetter{Seq: 1, Time: time.Now(), Node: "ERP", Stage: pipeline.StageDeliver, Reason: reason, FileName: "Message_A_B.xml"}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/dead/1" {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode(l)
+	}))
+	defer srv.Close()
+	cfg := writeConfig(t, "relay: { listen: '"+srv.Listener.Addr().String()+"' }\nnodes:\n  A:\n    deliver: { dir: ./a }\n")
+	out, _, err := run(t, "dead", "show", "-c", cfg, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "THE-CAUSE") {
+		line, _, _ := strings.Cut(out[strings.Index(out, "reason"):], "\n")
+		r := []rune(line)
+		t.Fatalf("dead show cut a %d-character reason to %d: it ends %q", len([]rune(reason)), len(r), string(r[len(r)-30:]))
+	}
+}
