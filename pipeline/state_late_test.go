@@ -146,12 +146,7 @@ func (k *lossyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry,
 // and applied fn on top of it: Queued++ counted twice (found by review).
 func TestUpdateLostAnswerThenLookupFails(t *testing.T) {
 	ctx := context.Background()
-	b := testBus(t)
-	kv := &lossyKV{KeyValue: b.Channels}
-	s := NewStates(kv)
-	if _, err := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued = 1 }); err != nil {
-		t.Fatal(err)
-	}
+	s, kv, direct := lossyStates(t)
 	var updates, gets int
 	kv.onUpdate = func(ctx context.Context, key string, v []byte, last uint64) (bool, uint64, error) {
 		updates++
@@ -173,7 +168,7 @@ func TestUpdateLostAnswerThenLookupFails(t *testing.T) {
 	}
 	calls := 0
 	got, uerr := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { calls++; c.Queued++ })
-	c, err := NewStates(b.Channels).Get(ctx, "P", "SRC", "DST")
+	c, err := direct.Get(ctx, "P", "SRC", "DST")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,12 +184,7 @@ func TestUpdateLostAnswerThenLookupFails(t *testing.T) {
 // review).
 func TestUpdateLateWriteLandsAfterLookup(t *testing.T) {
 	ctx := context.Background()
-	b := testBus(t)
-	kv := &lossyKV{KeyValue: b.Channels}
-	s := NewStates(kv)
-	if _, err := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued = 1 }); err != nil {
-		t.Fatal(err)
-	}
+	s, kv, direct := lossyStates(t)
 	var late []byte
 	var lateRev uint64
 	updates := 0
@@ -213,11 +203,24 @@ func TestUpdateLateWriteLandsAfterLookup(t *testing.T) {
 	}
 	calls := 0
 	got, uerr := s.Update(ctx, "P", "SRC", "DST", func(c *Channel) { calls++; c.Queued++ })
-	c, err := NewStates(b.Channels).Get(ctx, "P", "SRC", "DST")
+	c, err := direct.Get(ctx, "P", "SRC", "DST")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Queued != 2 {
 		t.Fatalf("one Queued++ whose write landed late left queued %d, want 2 (Update returned queued %d, err %v; fn called %d times)", c.Queued, got.Queued, uerr, calls)
 	}
+}
+
+// lossyStates is a channel state (P: SRC → DST, queued 1) written through
+// kv, whose answers a test can script, and read directly through direct.
+func lossyStates(t *testing.T) (s *States, kv *lossyKV, direct *States) {
+	t.Helper()
+	b := testBus(t)
+	kv = &lossyKV{KeyValue: b.Channels}
+	s = NewStates(kv)
+	if _, err := s.Update(context.Background(), "P", "SRC", "DST", func(c *Channel) { c.Queued = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	return s, kv, NewStates(b.Channels)
 }

@@ -347,16 +347,7 @@ func TestTraceRowsNotPaddedToTheID(t *testing.T) {
 		{Time: at, Step: pipeline.StepPickedUp, MsgID: id, Node: "ЦО", Channel: "Магазины:ЦО->ОП", No: 20, Source: "dir:/x", Size: 2052, SHA256: "f05e", Detail: "stored"},
 		{Time: at.Add(time.Millisecond), Step: pipeline.StepDelivered, MsgID: id, Node: "ОП", Channel: "Магазины:ЦО->ОП", No: 20, Detail: "by dir"},
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/api/v1/trace" {
-			http.NotFound(w, r)
-			return
-		}
-		json.NewEncoder(w).Encode(evs)
-	}))
-	defer srv.Close()
-	cfg := writeConfig(t, "relay: { listen: '"+srv.Listener.Addr().String()+"' }\nnodes:\n  A:\n    deliver: { dir: ./a }\n")
-	out, _, err := run(t, "trace", "-c", cfg, "Message_ЦО_ОП.xml")
+	out, _, err := run(t, "trace", "-c", fakeAPI(t, "/api/v1/trace", evs), "Message_ЦО_ОП.xml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,16 +430,7 @@ func TestOneLineDropsControls(t *testing.T) {
 func TestDeadShowPrintsTheWholeReason(t *testing.T) {
 	reason := "deliver ERP: 400 Bad Request: " + strings.Repeat("строка документа не проведена; ", 150) + "THE-CAUSE"
 	l := pipeline.DeadLetter{Seq: 1, Time: time.Now(), Node: "ERP", Stage: pipeline.StageDeliver, Reason: reason, FileName: "Message_A_B.xml"}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/api/v1/dead/1" {
-			http.NotFound(w, r)
-			return
-		}
-		json.NewEncoder(w).Encode(l)
-	}))
-	defer srv.Close()
-	cfg := writeConfig(t, "relay: { listen: '"+srv.Listener.Addr().String()+"' }\nnodes:\n  A:\n    deliver: { dir: ./a }\n")
-	out, _, err := run(t, "dead", "show", "-c", cfg, "1")
+	out, _, err := run(t, "dead", "show", "-c", fakeAPI(t, "/api/v1/dead/1", l), "1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -457,4 +439,19 @@ func TestDeadShowPrintsTheWholeReason(t *testing.T) {
 		r := []rune(line)
 		t.Fatalf("dead show cut a %d-character reason to %d: it ends %q", len([]rune(reason)), len(r), string(r[len(r)-30:]))
 	}
+}
+
+// fakeAPI is a relay API on 127.0.0.1 that answers path with v as JSON
+// (anything else 404), and a routing.yaml pointing the commands at it.
+func fakeAPI(t *testing.T, path string, v any) (cfg string) {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != path {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode(v)
+	}))
+	t.Cleanup(srv.Close)
+	return writeConfig(t, "relay: { listen: '"+srv.Listener.Addr().String()+"' }\nnodes:\n  A:\n    deliver: { dir: ./a }\n")
 }
