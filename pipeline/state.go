@@ -270,6 +270,7 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 	}
 	for attempt := 0; ; attempt++ {
 		c, rev, ok := s.cached(key)
+		confirm := false
 		if !ok || attempt > 0 {
 			var err error
 			if c, rev, err = s.get(ctx, key); err != nil {
@@ -288,12 +289,16 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 				}
 				continue
 			}
-			if applied(c) {
-				return c, nil
-			}
+			// A read holding one of this call's lost writes is no proof
+			// the write stays: during a leader change the old leader may
+			// answer with a write it never committed. The same state
+			// written on top of it by compare-and-set is.
+			confirm = applied(c)
 		}
 		c.Plan, c.From, c.To = plan, from, to
-		fn(&c)
+		if !confirm {
+			fn(&c)
+		}
 		id := rand.Uint64()
 		c.Writes = append(c.Writes, id)
 		if len(c.Writes) > recentWrites {
