@@ -604,9 +604,11 @@ func (b *Bus) provisionKV(ctx context.Context, cfg jetstream.KeyValueConfig) (je
 		return nil, err
 	}
 	if changed {
-		return b.JS.KeyValue(ctx, cfg.Bucket)
+		if kv, err = b.JS.KeyValue(ctx, cfg.Bucket); err != nil {
+			return nil, err
+		}
 	}
-	return kv, nil
+	return newSerialKV(b.JS, kv), nil
 }
 
 // bucket binds the bucket lookup finds, making it with create first when it
@@ -745,16 +747,25 @@ func (b *Bus) Lane(ctx context.Context, name string) (*Bus, error) {
 	if l.Dead, err = l.JS.Stream(ctx, StreamDead); err != nil {
 		return fail(StreamDead, err)
 	}
-	if l.Channels, err = l.JS.KeyValue(ctx, BucketChannels); err != nil {
+	if l.Channels, err = l.bindKV(ctx, BucketChannels); err != nil {
 		return fail(BucketChannels, err)
 	}
-	if l.Taken, err = l.JS.KeyValue(ctx, BucketTaken); err != nil {
+	if l.Taken, err = l.bindKV(ctx, BucketTaken); err != nil {
 		return fail(BucketTaken, err)
 	}
-	if l.Leases, err = l.JS.KeyValue(ctx, BucketLeases); err != nil {
+	if l.Leases, err = l.bindKV(ctx, BucketLeases); err != nil {
 		return fail(BucketLeases, err)
 	}
 	return l, nil
+}
+
+// bindKV binds bucket on b's connection, its writes serialized (serialKV).
+func (b *Bus) bindKV(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	kv, err := b.JS.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	return newSerialKV(b.JS, kv), nil
 }
 
 // Shared reports whether other relay processes may use the same JetStream

@@ -324,6 +324,13 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 		if attempt >= 50 || ctx.Err() != nil {
 			return c, fmt.Errorf("channel state %s: %w", key, err)
 		}
+		if attempt >= 2 {
+			// Writers that keep colliding on one channel take turns.
+			select {
+			case <-ctx.Done():
+			case <-time.After(rand.N(time.Duration(attempt) * 2 * time.Millisecond)):
+			}
+		}
 	}
 }
 

@@ -1,0 +1,101 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The serialized writes keep jetstream's compare-and-set semantics; the
+// cluster's lost updates are proved in test/e2e (TestClusterStateCAS).
+func TestSerialKV(t *testing.T) {
+	b := openEmbedded(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv := b.Channels
+	if _, ok := kv.(serialKV); !ok {
+		t.Fatalf("EXCHANGE_CHANNELS is a %T, not serialized", kv)
+	}
+	value := func(key string) string {
+		t.Helper()
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			t.Fatalf("get %s: %v", key, err)
+		}
+		return string(e.Value())
+	}
+
+	rev, err := kv.Create(ctx, "k", []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, "k", []byte("x")); !errors.Is(err, jetstream.ErrKeyExists) {
+		t.Fatalf("create of an existing key: %v, want ErrKeyExists", err)
+	}
+	if _, err := kv.Update(ctx, "k", []byte("x"), rev+100); !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		t.Fatalf("update on a wrong revision: %v, want ErrKeyRevisionMismatch", err)
+	}
+	rev2, err := kv.Update(ctx, "k", []byte("2"), rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "k", []byte("x"), rev); !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		t.Fatalf("update on an old revision: %v, want ErrKeyRevisionMismatch", err)
+	}
+	if got := value("k"); got != "2" {
+		t.Fatalf("k = %q, want 2", got)
+	}
+
+	// A write made on the same revision before this one (on an old server,
+	// one the revision check let through) is a duplicate: a mismatch. (The
+	// id is the stream's, so another key's write can carry it here.)
+	m := &nats.Msg{Subject: "$KV." + BucketChannels + ".other", Data: []byte("other"), Header: nats.Header{}}
+	if _, err := b.JS.PublishMsg(ctx, m, jetstream.WithMsgID("k@"+strconv.FormatUint(rev2, 10))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "k", []byte("x"), rev2); !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		t.Fatalf("update answered as a duplicate: %v, want ErrKeyRevisionMismatch", err)
+	}
+	if got := value("k"); got != "2" {
+		t.Fatalf("k = %q after a duplicate, want 2", got)
+	}
+
+	// Deleted, purged, or gone from the stream within the duplicate window:
+	// free for a create again.
+	if err := kv.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, "k", []byte("after delete")); err != nil {
+		t.Fatalf("create after delete: %v", err)
+	}
+	if err := kv.Purge(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, "k", []byte("after purge")); err != nil {
+		t.Fatalf("create after purge: %v", err)
+	}
+	stream, err := b.JS.Stream(ctx, "KV_"+BucketChannels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, "gone", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+BucketChannels+".gone")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, "gone", []byte("2")); err != nil {
+		t.Fatalf("create of a key gone within the duplicate window: %v", err)
+	}
+	if got := value("gone"); got != "2" {
+		t.Fatalf("gone = %q, want 2", got)
+	}
+	if _, err := kv.Create(ctx, "gone", []byte("x")); !errors.Is(err, jetstream.ErrKeyExists) {
+		t.Fatalf("second create: %v, want ErrKeyExists", err)
+	}
+}
