@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,6 +190,12 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 		b.Close()
 		return nil, fmt.Errorf("nats: connect: %w", err)
 	}
+	if b.server == nil {
+		if err := clusterReady(b.Conn.ConnectedServerVersion(), b.replicas); err != nil {
+			b.Close()
+			return nil, err
+		}
+	}
 	// Provisioning is idempotent, so after a request that got no answer it
 	// starts again. Two relays creating the streams of a new cluster side by
 	// side (nats-server 2.9.10, three servers) get no answer to any stream
@@ -211,6 +218,46 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// minClusterVersion is the oldest nats-server relay runs on with replicas
+// > 1. Before it, a clustered stream checked a write's expected revision
+// ahead of the write's consensus, so two compare-and-set writes made on the
+// same revision both succeeded (nats-server#4320, fixed in 2.9.21; relay
+// now works around it, see serialKV), and a server restarting after a crash
+// replayed a purge by subject as a purge of the whole stream up to that
+// point (#4196, fixed in 2.9.18, more cases in 2.9.21 by #4357): relay
+// purges by subject after every delivery, so a crashed server lost every
+// message and payload stored before, for good. Debian 12 ships 2.9.10.
+var minClusterVersion = [3]int{2, 9, 21}
+
+// clusterReady refuses a server older than minClusterVersion for
+// replicated streams. version is what the server says it runs; one that
+// does not parse passes.
+func clusterReady(version string, replicas int) error {
+	if replicas <= 1 {
+		return nil
+	}
+	var v [3]int
+	core, _, _ := strings.Cut(strings.TrimPrefix(version, "v"), "-")
+	parts := strings.Split(core, ".")
+	if len(parts) != 3 {
+		return nil
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return nil
+		}
+		v[i] = n
+	}
+	if slices.Compare(v[:], minClusterVersion[:]) >= 0 {
+		return nil
+	}
+	return fmt.Errorf("nats: the server runs nats-server %s; with replicas %d relay needs %d.%d.%d or later: "+
+		"an older server that crashes loses the messages stored before relay's last purge (nats-server#4196), "+
+		"and two writes of a channel's state can both succeed (#4320); upgrade every server of the cluster",
+		version, replicas, minClusterVersion[0], minClusterVersion[1], minClusterVersion[2])
 }
 
 // unanswered says a JetStream API request timed out while ctx still runs.
@@ -351,6 +398,9 @@ func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.
 		nats.ReconnectJitter(500*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				return // relay closed it (a stop): nothing to warn about
+			}
 			log.Warn("nats disconnected", "err", err)
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {

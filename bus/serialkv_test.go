@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,5 +98,35 @@ func TestSerialKV(t *testing.T) {
 	}
 	if _, err := kv.Create(ctx, "gone", []byte("x")); !errors.Is(err, jetstream.ErrKeyExists) {
 		t.Fatalf("second create: %v, want ErrKeyExists", err)
+	}
+}
+
+func TestClusterReady(t *testing.T) {
+	for _, tc := range []struct {
+		version  string
+		replicas int
+		ok       bool
+	}{
+		{"2.9.10", 1, true}, // one server: no raft log, no pre-check
+		{"2.9.10", 3, false},
+		{"2.9.20", 3, false},
+		{"2.9.21", 3, true},
+		{"2.9.21-RC.1", 3, true},
+		{"2.10.0", 3, true},
+		{"2.8.4", 2, false},
+		{"v2.9.25", 3, true},
+		{"2.15.2", 5, true},
+		{"1.99.99", 3, false},
+		{"3.0.0", 3, true},
+		{"", 3, true}, // says nothing: not refused
+		{"2.x", 3, true},
+	} {
+		err := clusterReady(tc.version, tc.replicas)
+		if (err == nil) != tc.ok {
+			t.Errorf("clusterReady(%q, %d) = %v, want ok %v", tc.version, tc.replicas, err, tc.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "2.9.21 or later") {
+			t.Errorf("clusterReady(%q): %v does not say what it needs", tc.version, err)
+		}
 	}
 }

@@ -1,7 +1,7 @@
 package e2e
 
 // Several relays: two replicas of one relay id on a three-server JetStream
-// cluster of Debian nats-server processes (the head office), and an office
+// cluster of nats-server processes (the head office), and an office
 // relay whose embedded NATS is a leaf node of that cluster.
 
 import (
@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -35,10 +36,28 @@ import (
 	"github.com/relay1c/relay/test/realserver"
 )
 
-// startCluster starts three nats-servers in JetStream domain hq. The
-// cluster tests start their own servers, so they run once: not again in the
-// script's pass against a single external server.
+// startCluster starts three nats-servers in JetStream domain hq, of the
+// version relay embeds (clusterServer). The cluster tests start their own
+// servers, so they run once: not again in the script's pass against a
+// single external server.
 func startCluster(t *testing.T, leafTLS bool) *realserver.NATSCluster {
+	t.Helper()
+	return startClusterOf(t, clusterServer(t), leafTLS)
+}
+
+// clusterServer is the nats-server binary of the module version relay
+// embeds, built from the module cache. Not Debian's: Debian 12's 2.9.10
+// loses a crashed server's stream data to replayed purges and lets two
+// compare-and-set writes both succeed in a cluster, and relay refuses it
+// for replicas > 1 (see TestClusterOldServerRefused, which runs Debian's).
+func clusterServer(t *testing.T) string {
+	t.Helper()
+	return natsBinary.build(t, "github.com/nats-io/nats-server/v2", "nats-server")
+}
+
+// startClusterOf is startCluster with the nats-server binary bin ("":
+// Debian's).
+func startClusterOf(t *testing.T, bin string, leafTLS bool) *realserver.NATSCluster {
 	t.Helper()
 	// Mostly waiting (lease lapses, an outage): run beside each other.
 	t.Parallel()
@@ -48,7 +67,7 @@ func startCluster(t *testing.T, leafTLS bool) *realserver.NATSCluster {
 	if natsURL() != "" {
 		t.Skip("the cluster tests start their own nats-servers; they ran in the embedded pass")
 	}
-	c, err := realserver.StartNATSCluster(t.TempDir(), 3, "hq", leafTLS)
+	c, err := realserver.StartNATSCluster(bin, t.TempDir(), 3, "hq", leafTLS)
 	if err != nil {
 		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") != "1" && strings.Contains(err.Error(), "not found") {
 			t.Skip(err)
@@ -273,6 +292,40 @@ func (w *oneCWriter) halt() uint64 {
 	w.halted.Do(func() { close(w.stop) })
 	<-w.done
 	return w.last.Load()
+}
+
+// TestClusterOldServerRefused: relay with replicas 3 on a cluster of
+// Debian 12's nats-server 2.9.10 stops at start and says why, rather than
+// run where a crashed server loses what was stored before relay's last
+// purge. (Each process the test starts is stopped by PID: the relay exits
+// by itself, CommandContext kills it if not.)
+func TestClusterOldServerRefused(t *testing.T) {
+	c := startClusterOf(t, "", false)
+	bin := buildRelay(t)
+	s := relayDir(t, "hq", fmt.Sprintf("{ url: %q, replicas: 3 }", c.ClientURL()), "nodes:\n"+dirNode(t, t.TempDir(), "A", "hq", ""))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "run", "-c", s.cfg)
+	cmd.Dir = s.root
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("relay run on nats-server 2.9.10 with replicas 3: %v, want exit status 1\n%s", err, out)
+	}
+	if strings.Contains(string(out), "nats disconnected") {
+		t.Errorf("relay's own close of its connection is warned about:\n%s", out)
+	}
+	for _, want := range []string{"nats-server 2.9.10", "2.9.21 or later", "nats-server#4196"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("relay's refusal does not say %q:\n%s", want, out)
+		}
+	}
+	// With replicas 1 the same server is fine (a stream of one server has
+	// no raft log to replay).
+	one := relayDir(t, "hq", fmt.Sprintf("{ url: %q }", c.ClientURL()), "nodes:\n"+dirNode(t, t.TempDir(), "A", "hq", ""))
+	p := newRelayProc(t, bin, one)
+	p.start()
+	waitReady(t, one, 60*time.Second)
 }
 
 // TestClusterReplicas: two relays with the same id on a three-server

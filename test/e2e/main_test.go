@@ -17,7 +17,7 @@ import (
 // relays read the process's environment, child processes inherit it. Set
 // once here rather than with t.Setenv in each test, because t.Setenv is
 // refused in tests that run side by side (see sideBySide). It also removes
-// the relay binary the tests share.
+// the binaries the tests share.
 func TestMain(m *testing.M) {
 	for name, value := range map[string]string{
 		fxPasswordEnv: realserver.FTPPassword,
@@ -31,8 +31,8 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
-	if built.dir != "" {
-		os.RemoveAll(built.dir)
+	if binDir.path != "" {
+		os.RemoveAll(binDir.path)
 	}
 	os.Exit(code)
 }
@@ -47,43 +47,62 @@ func sideBySide(t *testing.T) {
 	}
 }
 
-// built is the relay binary the tests share, built by the first that asks.
-var built struct {
+// binDir holds the binaries the tests build, removed by TestMain.
+var binDir struct {
 	once sync.Once
-	dir  string
+	path string
+	err  error
+}
+
+// binary is one built binary, built by the first test that asks for it.
+type binary struct {
+	once sync.Once
 	bin  string
 	err  error
+}
+
+var (
+	relayBinary binary // ./cmd/relay
+	natsBinary  binary // the nats-server the cluster tests run (see clusterServer)
+)
+
+// build builds pkg (a path in this module, or a package of a module it
+// requires, at the version go.mod names) once for the package's tests and
+// returns the binary.
+func (b *binary) build(t testing.TB, pkg, name string) string {
+	t.Helper()
+	root := moduleRoot(t)
+	b.once.Do(func() {
+		binDir.once.Do(func() { binDir.path, binDir.err = os.MkdirTemp("", "relay-e2e-bin-") })
+		if b.err = binDir.err; b.err != nil {
+			return
+		}
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			b.err = fmt.Errorf("no go on PATH: %w", err)
+			return
+		}
+		bin := filepath.Join(binDir.path, name)
+		if runtime.GOOS == "windows" {
+			bin += ".exe"
+		}
+		cmd := exec.Command(goBin, "build", "-o", bin, pkg)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("%w\n%s", err, out)
+			return
+		}
+		b.bin = bin
+	})
+	if b.err != nil {
+		t.Fatalf("go build %s: %v", pkg, b.err)
+	}
+	return b.bin
 }
 
 // buildRelay builds ./cmd/relay once for the package's tests and returns
 // the binary.
 func buildRelay(t testing.TB) string {
 	t.Helper()
-	root := moduleRoot(t)
-	built.once.Do(func() {
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			built.err = fmt.Errorf("no go on PATH: %w", err)
-			return
-		}
-		if built.dir, err = os.MkdirTemp("", "relay-e2e-bin-"); err != nil {
-			built.err = err
-			return
-		}
-		bin := filepath.Join(built.dir, "relay")
-		if runtime.GOOS == "windows" {
-			bin += ".exe"
-		}
-		cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/relay")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			built.err = fmt.Errorf("%w\n%s", err, out)
-			return
-		}
-		built.bin = bin
-	})
-	if built.err != nil {
-		t.Fatalf("go build ./cmd/relay: %v", built.err)
-	}
-	return built.bin
+	return relayBinary.build(t, "./cmd/relay", "relay")
 }

@@ -15,7 +15,18 @@ import (
 	"time"
 )
 
-// NATSCluster is a JetStream cluster of Debian nats-server processes on
+// DebianNATSServer is the path of the Debian package's nats-server.
+func DebianNATSServer() (string, error) {
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		if bin, err = SbinPath("nats-server"); err != nil {
+			return "", errors.New("nats-server not found: install the Debian package nats-server")
+		}
+	}
+	return bin, nil
+}
+
+// NATSCluster is a JetStream cluster of nats-server processes on
 // 127.0.0.1, each with a client, cluster, leaf node and monitoring port,
 // all in one JetStream domain: the head office of a relay deployment.
 type NATSCluster struct {
@@ -42,14 +53,15 @@ type natsServer struct {
 }
 
 // StartNATSCluster writes the configs of n servers under dir and starts
-// them; it returns once every server is healthy. With leafTLS the leaf node
-// ports require TLS (a self-signed certificate, CertFile). On failure every
-// started server is stopped.
-func StartNATSCluster(dir string, n int, domain string, leafTLS bool) (*NATSCluster, error) {
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		if bin, err = SbinPath("nats-server"); err != nil {
-			return nil, errors.New("nats-server not found: install the Debian package nats-server")
+// them from the nats-server binary bin ("": Debian's); it returns once every
+// server is healthy. With leafTLS the leaf node ports require TLS (a
+// self-signed certificate, CertFile). On failure every started server is
+// stopped.
+func StartNATSCluster(bin, dir string, n int, domain string, leafTLS bool) (*NATSCluster, error) {
+	if bin == "" {
+		var err error
+		if bin, err = DebianNATSServer(); err != nil {
+			return nil, err
 		}
 	}
 	base, err := FreePortBlock(4 * n)

@@ -23,7 +23,7 @@ func startNATSClusterT(t *testing.T) *NATSCluster {
 		}
 		t.Skip("nats-server missing: install the Debian package nats-server (scripts/test.sh does)")
 	}
-	c, err := StartNATSCluster(t.TempDir(), 3, "hq", false)
+	c, err := StartNATSCluster("", t.TempDir(), 3, "hq", false)
 	if err != nil {
 		t.Fatal(err)
 	}
