@@ -191,10 +191,22 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 		return nil, fmt.Errorf("nats: connect: %w", err)
 	}
 	if b.server == nil {
-		if err := clusterReady(b.Conn.ConnectedServerVersion(), b.replicas); err != nil {
+		if err := b.serverReady(b.Conn); err != nil {
 			b.Close()
 			return nil, err
 		}
+		// A reconnect, of this connection or of a lane (they copy its
+		// options), may land on another server: one too old stops relay
+		// as a refusal at start would (see Lost).
+		reconnected := b.Conn.Opts.ReconnectedCB
+		b.Conn.SetReconnectHandler(func(nc *nats.Conn) {
+			if reconnected != nil {
+				reconnected(nc)
+			}
+			if err := b.serverReady(nc); err != nil {
+				b.lose(err)
+			}
+		})
 	}
 	// Provisioning is idempotent, so after a request that got no answer it
 	// starts again. Two relays creating the streams of a new cluster side by
@@ -231,6 +243,16 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 // message and payload stored before, for good. Debian 12 ships 2.9.10.
 var minClusterVersion = [3]int{2, 9, 21}
 
+// serverReady refuses the server nc is connected to when it is too old
+// for this relay's replicas (clusterReady), naming it: in a cluster being
+// upgraded, the one still to do.
+func (b *Bus) serverReady(nc *nats.Conn) error {
+	if err := clusterReady(nc.ConnectedServerVersion(), b.replicas); err != nil {
+		return fmt.Errorf("nats: server %s (%s) %w", nc.ConnectedServerName(), nc.ConnectedUrlRedacted(), err)
+	}
+	return nil
+}
+
 // clusterReady refuses a server older than minClusterVersion for
 // replicated streams. version is what the server says it runs; one that
 // does not parse passes.
@@ -239,7 +261,8 @@ func clusterReady(version string, replicas int) error {
 		return nil
 	}
 	var v [3]int
-	core, _, _ := strings.Cut(strings.TrimPrefix(version, "v"), "-")
+	core, _, _ := strings.Cut(strings.TrimPrefix(version, "v"), "+") // build metadata
+	core, _, _ = strings.Cut(core, "-")                              // pre-release
 	parts := strings.Split(core, ".")
 	if len(parts) != 3 {
 		return nil
@@ -254,7 +277,7 @@ func clusterReady(version string, replicas int) error {
 	if slices.Compare(v[:], minClusterVersion[:]) >= 0 {
 		return nil
 	}
-	return fmt.Errorf("nats: the server runs nats-server %s; with replicas %d relay needs %d.%d.%d or later: "+
+	return fmt.Errorf("runs nats-server %s; with replicas %d relay needs %d.%d.%d or later: "+
 		"an older server that crashes loses the messages stored before relay's last purge (nats-server#4196), "+
 		"and two writes of a channel's state can both succeed (#4320); upgrade every server of the cluster",
 		version, replicas, minClusterVersion[0], minClusterVersion[1], minClusterVersion[2])
@@ -397,9 +420,13 @@ func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.
 		nats.ReconnectWait(time.Second),
 		nats.ReconnectJitter(500*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(true),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 			if err == nil {
-				return // relay closed it (a stop): nothing to warn about
+				// nil: relay closed it (a stop), or nats.go gave it up
+				// after a server error it keeps as the last one.
+				if err = nc.LastError(); err == nil {
+					return
+				}
 			}
 			log.Warn("nats disconnected", "err", err)
 		}),
@@ -726,11 +753,17 @@ func (b *Bus) closed(nc *nats.Conn) {
 	if b.closing.Load() {
 		return
 	}
+	err := nc.LastError()
+	if err == nil {
+		err = nats.ErrConnectionClosed
+	}
+	b.lose(fmt.Errorf("nats: the connection was closed for good (%w); a restart reads the credentials again", err))
+}
+
+// lose closes Lost with err, once.
+func (b *Bus) lose(err error) {
 	b.lostOnce.Do(func() {
-		b.lostErr = nc.LastError()
-		if b.lostErr == nil {
-			b.lostErr = nats.ErrConnectionClosed
-		}
+		b.lostErr = err
 		close(b.lost)
 	})
 }
@@ -738,11 +771,13 @@ func (b *Bus) closed(nc *nats.Conn) {
 // Lost is closed when nats.go closes the connection to an external NATS for
 // good — it gives up after the same authorization error twice: a rotated
 // token or password, an expired user JWT. Nothing moves from then on, and
-// only a restart reads the credentials again. Never closed for the
-// embedded server, nor by Close.
+// only a restart reads the credentials again. Also when a connection
+// reconnects to a server too old for the relay's replicas (serverReady).
+// Never closed for the embedded server, nor by Close.
 func (b *Bus) Lost() <-chan struct{} { return b.lost }
 
-// LostErr is why Lost was closed: the connection's last error.
+// LostErr is why Lost was closed: the connection's last error, or the
+// server too old.
 func (b *Bus) LostErr() error {
 	select {
 	case <-b.lost:

@@ -120,6 +120,9 @@ func TestClusterReady(t *testing.T) {
 		{"3.0.0", 3, true},
 		{"", 3, true}, // says nothing: not refused
 		{"2.x", 3, true},
+		{"2.9.10+deb12u1", 3, false}, // build metadata
+		{"2.9.20+build.7", 3, false},
+		{"2.10.1+abc", 3, true},
 	} {
 		err := clusterReady(tc.version, tc.replicas)
 		if (err == nil) != tc.ok {

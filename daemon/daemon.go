@@ -112,7 +112,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	case <-r.bus.Lost():
 		// Exit, so that the service manager restarts relay: a relay that
 		// runs on without NATS would look alive and do nothing.
-		err = fmt.Errorf("nats: the connection was closed for good (%w); a restart reads the credentials again", r.bus.LostErr())
+		err = r.bus.LostErr()
 		r.log.Error("stopping", "err", err)
 		cancel()
 		err = errors.Join(err, <-pipeErr, <-apiErr)

@@ -1,0 +1,276 @@
+package bus
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/test/realserver"
+)
+
+// The servers relay refuses for replicas > 1 (clusterReady), at start and
+// at a reconnect, and how a connection's end is told.
+
+// An administrator whose cluster is part-way through an upgrade needs to
+// know which server is too old: relay checks only the one it connected to,
+// and the refusal names it and its address.
+func TestRefusalNamesTheServer(t *testing.T) {
+	ns, _, err := realserver.StartHub(t.TempDir(), func(o *server.Options) { o.ServerName = "nats-2" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	addr := newSwitchProxy(t, strings.TrimPrefix(ns.ClientURL(), "nats://"), "2.9.10").ln.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://" + addr, Replicas: 3}, ID: "hq"}, slog.New(slog.DiscardHandler))
+	if err == nil {
+		b.Close()
+		t.Fatal("Open with replicas 3 on a server saying 2.9.10 was not refused")
+	}
+	if !strings.Contains(err.Error(), "nats-2") || !strings.Contains(err.Error(), addr) {
+		t.Errorf("the refusal names neither the server (nats-2) nor its address (%s): %v", addr, err)
+	}
+}
+
+// syncBuffer is a log sink safe for nats.go's callback goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// fakeServerErr is a NATS server on 127.0.0.1 that completes the
+// handshake and then sends -ERR msg, as a server does before it drops a
+// client for good.
+func fakeServerErr(t *testing.T, msg string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				io.WriteString(c, `INFO {"server_id":"FAKE","server_name":"fake","version":"2.15.2","go":"go1.26","host":"127.0.0.1","port":4222,"headers":true,"max_payload":1048576,"proto":1}`+"\r\n")
+				br := bufio.NewReader(c)
+				sentErr := false
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if strings.HasPrefix(line, "PING") {
+						io.WriteString(c, "PONG\r\n")
+						if !sentErr {
+							sentErr = true
+							time.Sleep(100 * time.Millisecond)
+							io.WriteString(c, "-ERR '"+msg+"'\r\n")
+						}
+					}
+				}
+			})
+		}
+	})
+	return "nats://" + ln.Addr().String()
+}
+
+// nats.go passes a nil error to the disconnect handler not only when relay
+// closes its connection: also when it closes the connection for good on a
+// server's -ERR (processErr: close(CLOSED, true, nil), the reason in
+// LastError). That one is warned about: a lane's connection (NewConn:
+// ClosedCB nil) has no other report.
+func TestServerCloseIsWarned(t *testing.T) {
+	url := fakeServerErr(t, "Review Fault From Server")
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, err := connectExternal(ctx, config.NATS{URL: url}, "review", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !nc.IsClosed() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !nc.IsClosed() {
+		t.Fatal("the client did not close on the server's -ERR")
+	}
+	t.Logf("LastError: %v", nc.LastError())
+	time.Sleep(300 * time.Millisecond) // async callbacks
+	if out := buf.String(); !strings.Contains(out, "Review Fault") {
+		t.Fatalf("the connection was closed for good by the server (LastError %v), and relay logged nothing about it:\n%q", nc.LastError(), out)
+	}
+}
+
+// switchProxy forwards 127.0.0.1 connections to upstream, saying the
+// version it is told in the server's INFO lines and leaving out
+// connect_urls (so the client reconnects through it); drop cuts every
+// connection.
+type switchProxy struct {
+	ln      net.Listener
+	version atomic.Pointer[string]
+	mu      sync.Mutex
+	conns   []net.Conn
+	wg      sync.WaitGroup
+}
+
+func newSwitchProxy(t *testing.T, upstream, version string) *switchProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &switchProxy{ln: ln}
+	p.version.Store(&version)
+	t.Cleanup(func() { ln.Close(); p.drop(); p.wg.Wait() })
+	ver := regexp.MustCompile(`"version":"[^"]*"`)
+	urls := regexp.MustCompile(`,?"connect_urls":\[[^\]]*\]`)
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			p.wg.Go(func() {
+				defer c.Close()
+				br := bufio.NewReader(up)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if strings.HasPrefix(line, "INFO ") {
+						line = ver.ReplaceAllString(line, `"version":"`+*p.version.Load()+`"`)
+						line = urls.ReplaceAllString(line, "")
+					}
+					if _, err := io.WriteString(c, line); err != nil {
+						return
+					}
+				}
+			})
+			p.wg.Go(func() {
+				defer up.Close()
+				_, _ = io.Copy(up, c)
+			})
+		}
+	})
+	return p
+}
+
+func (p *switchProxy) drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// A relay with replicas 3 that started on a server saying 2.15.2 and
+// reconnects (a restart, a rolling update gone back, a load balancer) to
+// one saying 2.9.10 stops as it would have refused to start (Lost).
+func TestReconnectToOldServerStops(t *testing.T) {
+	bin, err := realserver.DebianNATSServer()
+	if err != nil {
+		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") != "1" {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	c, err := realserver.StartNATSCluster(bin, t.TempDir(), 3, "hq", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	first := strings.TrimPrefix(strings.Split(c.ClientURL(), ",")[0], "nats://")
+	p := newSwitchProxy(t, first, "2.15.2")
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://" + p.ln.Addr().String(), Replicas: 3}, ID: "hq"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	old := "2.9.10"
+	p.version.Store(&old)
+	p.drop()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) && !strings.Contains(buf.String(), "nats reconnected") {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(buf.String(), "nats reconnected") {
+		t.Fatalf("no reconnect seen:\n%s", buf.String())
+	}
+	if v := b.Conn.ConnectedServerVersion(); v != "2.9.10" {
+		t.Fatalf("connected to %q, want the old server", v)
+	}
+	select {
+	case <-b.Lost():
+		if err := b.LostErr(); err == nil || !strings.Contains(err.Error(), "2.9.21 or later") {
+			t.Fatalf("stopped for %v, want the server's version named", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("reconnected to nats-server %s with replicas 3 and ran on:\n%s", b.Conn.ConnectedServerVersion(), buf.String())
+	}
+}
