@@ -420,15 +420,15 @@ func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.
 		nats.ReconnectWait(time.Second),
 		nats.ReconnectJitter(500*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(true),
-		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
-			if err == nil {
-				// nil: relay closed it (a stop), or nats.go gave it up
-				// after a server error it keeps as the last one.
-				if err = nc.LastError(); err == nil {
-					return
-				}
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			// nil: closed, by relay at a stop, or by nats.go for good
+			// after a server error (the main connection's Lost tells
+			// that; a lane's requests fail with "connection closed").
+			// LastError is no help: it keeps an old error (a slow
+			// consumer, a refused permission) through a clean close.
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
 			}
-			log.Warn("nats disconnected", "err", err)
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
