@@ -191,22 +191,28 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 		return nil, fmt.Errorf("nats: connect: %w", err)
 	}
 	if b.server == nil {
-		if err := b.serverReady(b.Conn); err != nil {
-			b.Close()
-			return nil, err
-		}
 		// A reconnect, of this connection or of a lane (they copy its
 		// options), may land on another server: one too old stops relay
-		// as a refusal at start would (see Lost).
+		// as a refusal at start would (see Lost), and the connection to
+		// it closes at once, so that nothing more is written there.
+		// (Set before the check, so that no reconnect slips between.)
 		reconnected := b.Conn.Opts.ReconnectedCB
 		b.Conn.SetReconnectHandler(func(nc *nats.Conn) {
 			if reconnected != nil {
 				reconnected(nc)
 			}
+			if b.closing.Load() {
+				return
+			}
 			if err := b.serverReady(nc); err != nil {
 				b.lose(err)
+				nc.Close()
 			}
 		})
+		if err := b.serverReady(b.Conn); err != nil {
+			b.Close()
+			return nil, err
+		}
 	}
 	// Provisioning is idempotent, so after a request that got no answer it
 	// starts again. Two relays creating the streams of a new cluster side by

@@ -177,9 +177,6 @@ func TestReconnectToOldServerStops(t *testing.T) {
 	if !strings.Contains(buf.String(), "nats reconnected") {
 		t.Fatalf("no reconnect seen:\n%s", buf.String())
 	}
-	if v := b.Conn.ConnectedServerVersion(); v != "2.9.10" {
-		t.Fatalf("connected to %q, want the old server", v)
-	}
 	select {
 	case <-b.Lost():
 		if err := b.LostErr(); err == nil || !strings.Contains(err.Error(), "2.9.21 or later") {
@@ -187,5 +184,100 @@ func TestReconnectToOldServerStops(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatalf("reconnected to nats-server %s with replicas 3 and ran on:\n%s", b.Conn.ConnectedServerVersion(), buf.String())
+	}
+}
+
+// Lost is "never closed ... by Close" (its doc comment). A relay stopping
+// (Close) while the server restarts, whose lane is still open and lands on
+// a 2.9.10 server, must not have Lost closed after its own stop.
+func TestLaneReconnectAfterCloseKeepsLostOpen(t *testing.T) {
+	bin, err := realserver.DebianNATSServer()
+	if err != nil {
+		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") != "1" {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	c, err := realserver.StartNATSCluster(bin, t.TempDir(), 3, "hq", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	first := strings.TrimPrefix(strings.Split(c.ClientURL(), ",")[0], "nats://")
+	p := newSwitchProxy(t, first, "2.15.2")
+	var buf syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://" + p.ln.Addr().String(), Replicas: 3}, ID: "hq"}, slog.New(slog.NewTextHandler(&buf, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := b.Lane(ctx, "deliver A")
+	if err != nil {
+		b.Close()
+		t.Fatal(err)
+	}
+	defer l.CloseLane()
+	b.Close() // relay stops
+	old := "2.9.10"
+	p.version.Store(&old)
+	p.drop()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) &&
+		!(l.Conn.IsConnected() && l.Conn.ConnectedServerVersion() == "2.9.10"); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if v := l.Conn.ConnectedServerVersion(); v != "2.9.10" {
+		t.Fatalf("lane on %q, want the old server", v)
+	}
+	select {
+	case <-b.Lost():
+		t.Fatalf("Lost closed after Close: %v", b.LostErr())
+	default:
+	}
+}
+
+// Once a reconnect has found a server too old (Lost), relay is refused
+// there as at start: its connections must not go on writing to it (a
+// compare-and-set write of a channel's state here is what #4320 breaks).
+func TestNoWritesAfterOldServerFound(t *testing.T) {
+	bin, err := realserver.DebianNATSServer()
+	if err != nil {
+		t.Skip(err)
+	}
+	c, err := realserver.StartNATSCluster(bin, t.TempDir(), 3, "hq", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	first := strings.TrimPrefix(strings.Split(c.ClientURL(), ",")[0], "nats://")
+	p := newSwitchProxy(t, first, "2.15.2")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://" + p.ln.Addr().String(), Replicas: 3}, ID: "hq"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	old := "2.9.10"
+	p.version.Store(&old)
+	p.drop()
+	select {
+	case <-b.Lost():
+	case <-time.After(20 * time.Second):
+		t.Fatal("Lost not closed")
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if rev, err := b.Channels.Create(wctx, "P.A.B", []byte("{}")); err == nil {
+		t.Fatalf("after Lost (%v) a state write still went to nats-server %s (revision %d)", b.LostErr(), b.Conn.ConnectedServerVersion(), rev)
 	}
 }
