@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/test/realserver"
@@ -35,20 +36,23 @@ func waitLog(buf *syncBuffer, want string, d time.Duration) bool {
 	return strings.Contains(buf.String(), want)
 }
 
-// A slow consumer on the connection (a subscription's pending limit hit
-// once, long ago) leaves nats.go's LastError set while the connection runs
-// on. relay's own clean Close must not be warned about as "nats
-// disconnected" because of it.
-func TestCleanCloseAfterSlowConsumerIsQuiet(t *testing.T) {
-	ns := quietServer(t, nil)
-	var buf syncBuffer
+// openLogged opens a bus on the external server cfg names, logging into buf.
+func openLogged(t *testing.T, cfg config.NATS, buf *syncBuffer) *Bus {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := Open(ctx, Settings{NATS: config.NATS{URL: ns.ClientURL()}, ID: "hq"}, slog.New(slog.NewTextHandler(&buf, nil)))
+	b, err := Open(ctx, Settings{NATS: cfg, ID: "hq"}, slog.New(slog.NewTextHandler(buf, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := b.Conn.SubscribeSync("review.slow")
+	return b
+}
+
+// slowConsumer makes nc drop messages for a subscription once (its pending
+// limit hit), which leaves nats.go's LastError set while nc runs on.
+func slowConsumer(t *testing.T, nc *nats.Conn) {
+	t.Helper()
+	sub, err := nc.SubscribeSync("test.slow")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,20 +60,44 @@ func TestCleanCloseAfterSlowConsumerIsQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 5 {
-		if err := b.Conn.Publish("review.slow", []byte("x")); err != nil {
+		if err := nc.Publish("test.slow", []byte("x")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := b.Conn.Flush(); err != nil {
+	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	t.Logf("LastError before the clean Close: %v", b.Conn.LastError())
-	b.Close()
-	if waitLog(&buf, "nats disconnected", 2*time.Second) {
-		t.Fatalf("a clean Close was warned about:\n%s", buf.String())
+	lastError(t, nc)
+}
+
+// lastError waits for nc's LastError to be set: otherwise the test would
+// prove nothing.
+func lastError(t *testing.T, nc *nats.Conn) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Second); nc.LastError() == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no error recorded on the connection")
+		}
 	}
-	t.Logf("log:\n%s LastError after: %v", buf.String(), b.Conn.LastError())
+}
+
+// quiet fails the test if the log shows a disconnect warning.
+func quiet(t *testing.T, buf *syncBuffer, what string) {
+	t.Helper()
+	if waitLog(buf, "nats disconnected", 2*time.Second) {
+		t.Fatalf("%s was warned about:\n%s", what, buf.String())
+	}
+}
+
+// A slow consumer on the connection, long ago, leaves nats.go's LastError
+// set while the connection runs on: relay's own clean Close is not warned
+// about as "nats disconnected" because of it.
+func TestCleanCloseAfterSlowConsumerIsQuiet(t *testing.T) {
+	var buf syncBuffer
+	b := openLogged(t, config.NATS{URL: quietServer(t, nil).ClientURL()}, &buf)
+	slowConsumer(t, b.Conn)
+	b.Close()
+	quiet(t, &buf, "a clean Close")
 }
 
 // The same with a permissions violation: a relay user in a shared cluster
@@ -77,56 +105,30 @@ func TestCleanCloseAfterSlowConsumerIsQuiet(t *testing.T) {
 func TestCleanCloseAfterPermissionViolationIsQuiet(t *testing.T) {
 	ns := quietServer(t, []*server.User{{
 		Username: "relay", Password: "pw",
-		Permissions: &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"review.denied"}}},
+		Permissions: &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"test.denied"}}},
 	}})
-	t.Setenv("RELAY_REVIEW_PW", "pw")
+	t.Setenv("RELAY_TEST_PW", "pw")
 	var buf syncBuffer
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	b, err := Open(ctx, Settings{NATS: config.NATS{URL: ns.ClientURL(), User: "relay", PasswordEnv: "RELAY_REVIEW_PW"}, ID: "hq"},
-		slog.New(slog.NewTextHandler(&buf, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Conn.Publish("review.denied", []byte("x")); err != nil {
+	b := openLogged(t, config.NATS{URL: ns.ClientURL(), User: "relay", PasswordEnv: "RELAY_TEST_PW"}, &buf)
+	if err := b.Conn.Publish("test.denied", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	_ = b.Conn.Flush()
-	time.Sleep(300 * time.Millisecond)
-	t.Logf("LastError before the clean Close: %v", b.Conn.LastError())
+	lastError(t, b.Conn)
 	b.Close()
-	if waitLog(&buf, "nats disconnected", 2*time.Second) {
-		t.Fatalf("a clean Close was warned about:\n%s", buf.String())
-	}
+	quiet(t, &buf, "a clean Close")
 }
 
 // A lane closed at a normal stop (CloseLane) is the same: quiet.
 func TestCleanLaneCloseAfterSlowConsumerIsQuiet(t *testing.T) {
-	ns := quietServer(t, nil)
 	var buf syncBuffer
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	b, err := Open(ctx, Settings{NATS: config.NATS{URL: ns.ClientURL()}, ID: "hq"}, slog.New(slog.NewTextHandler(&buf, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := openLogged(t, config.NATS{URL: quietServer(t, nil).ClientURL()}, &buf)
 	defer b.Close()
-	l, err := b.Lane(ctx, "deliver A")
+	l, err := b.Lane(context.Background(), "deliver A")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := l.Conn.SubscribeSync("review.slow")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = sub.SetPendingLimits(1, -1)
-	for range 5 {
-		_ = l.Conn.Publish("review.slow", []byte("x"))
-	}
-	_ = l.Conn.Flush()
-	time.Sleep(200 * time.Millisecond)
+	slowConsumer(t, l.Conn)
 	l.CloseLane()
-	if waitLog(&buf, "nats disconnected", 2*time.Second) {
-		t.Fatalf("a lane's clean close was warned about:\n%s", buf.String())
-	}
+	quiet(t, &buf, "a lane's clean close")
 }

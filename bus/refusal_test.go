@@ -136,10 +136,12 @@ func (p *switchProxy) drop() {
 	p.conns = nil
 }
 
-// A relay with replicas 3 that started on a server saying 2.15.2 and
-// reconnects (a restart, a rolling update gone back, a load balancer) to
-// one saying 2.9.10 stops as it would have refused to start (Lost).
-func TestReconnectToOldServerStops(t *testing.T) {
+// openBehindProxy opens a bus with replicas 3 on three Debian nats-server
+// behind a switchProxy that says 2.15.2 (then what the test sets): a
+// cluster relay starts on, whose next reconnect the test steers. The bus
+// logs into buf; the caller closes it.
+func openBehindProxy(t *testing.T, buf *syncBuffer) (*Bus, *switchProxy) {
+	t.Helper()
 	bin, err := realserver.DebianNATSServer()
 	if err != nil {
 		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") != "1" {
@@ -158,23 +160,31 @@ func TestReconnectToOldServerStops(t *testing.T) {
 	})
 	first := strings.TrimPrefix(strings.Split(c.ClientURL(), ",")[0], "nats://")
 	p := newSwitchProxy(t, first, "2.15.2")
-	var buf syncBuffer
-	log := slog.New(slog.NewTextHandler(&buf, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	b, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://" + p.ln.Addr().String(), Replicas: 3}, ID: "hq"}, log)
+	b, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://" + p.ln.Addr().String(), Replicas: 3}, ID: "hq"}, slog.New(slog.NewTextHandler(buf, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(b.Close)
-	old := "2.9.10"
-	p.version.Store(&old)
+	return b, p
+}
+
+// say makes the proxy say version from the next connection on, and cuts
+// the ones there are: the clients reconnect through it.
+func (p *switchProxy) say(version string) {
+	p.version.Store(&version)
 	p.drop()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) && !strings.Contains(buf.String(), "nats reconnected") {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !strings.Contains(buf.String(), "nats reconnected") {
+}
+
+// A relay with replicas 3 that started on a server saying 2.15.2 and
+// reconnects (a restart, a rolling update gone back, a load balancer) to
+// one saying 2.9.10 stops as it would have refused to start (Lost).
+func TestReconnectToOldServerStops(t *testing.T) {
+	var buf syncBuffer
+	b, p := openBehindProxy(t, &buf)
+	defer b.Close()
+	p.say("2.9.10")
+	if !waitLog(&buf, "nats reconnected", 15*time.Second) {
 		t.Fatalf("no reconnect seen:\n%s", buf.String())
 	}
 	select {
@@ -187,45 +197,20 @@ func TestReconnectToOldServerStops(t *testing.T) {
 	}
 }
 
-// Lost is "never closed ... by Close" (its doc comment). A relay stopping
+// Lost is never closed by Close (its doc comment). A relay stopping
 // (Close) while the server restarts, whose lane is still open and lands on
 // a 2.9.10 server, must not have Lost closed after its own stop.
 func TestLaneReconnectAfterCloseKeepsLostOpen(t *testing.T) {
-	bin, err := realserver.DebianNATSServer()
-	if err != nil {
-		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") != "1" {
-			t.Skip(err)
-		}
-		t.Fatal(err)
-	}
-	c, err := realserver.StartNATSCluster(bin, t.TempDir(), 3, "hq", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	first := strings.TrimPrefix(strings.Split(c.ClientURL(), ",")[0], "nats://")
-	p := newSwitchProxy(t, first, "2.15.2")
 	var buf syncBuffer
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	b, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://" + p.ln.Addr().String(), Replicas: 3}, ID: "hq"}, slog.New(slog.NewTextHandler(&buf, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := b.Lane(ctx, "deliver A")
+	b, p := openBehindProxy(t, &buf)
+	l, err := b.Lane(context.Background(), "deliver A")
 	if err != nil {
 		b.Close()
 		t.Fatal(err)
 	}
 	defer l.CloseLane()
 	b.Close() // relay stops
-	old := "2.9.10"
-	p.version.Store(&old)
-	p.drop()
+	p.say("2.9.10")
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) &&
 		!(l.Conn.IsConnected() && l.Conn.ConnectedServerVersion() == "2.9.10"); {
 		time.Sleep(50 * time.Millisecond)
@@ -245,39 +230,18 @@ func TestLaneReconnectAfterCloseKeepsLostOpen(t *testing.T) {
 // there as at start: its connections must not go on writing to it (a
 // compare-and-set write of a channel's state here is what #4320 breaks).
 func TestNoWritesAfterOldServerFound(t *testing.T) {
-	bin, err := realserver.DebianNATSServer()
-	if err != nil {
-		t.Skip(err)
-	}
-	c, err := realserver.StartNATSCluster(bin, t.TempDir(), 3, "hq", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	first := strings.TrimPrefix(strings.Split(c.ClientURL(), ",")[0], "nats://")
-	p := newSwitchProxy(t, first, "2.15.2")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	b, err := Open(ctx, Settings{NATS: config.NATS{URL: "nats://" + p.ln.Addr().String(), Replicas: 3}, ID: "hq"}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var buf syncBuffer
+	b, p := openBehindProxy(t, &buf)
 	defer b.Close()
-	old := "2.9.10"
-	p.version.Store(&old)
-	p.drop()
+	p.say("2.9.10")
 	select {
 	case <-b.Lost():
 	case <-time.After(20 * time.Second):
 		t.Fatal("Lost not closed")
 	}
-	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
-	defer wcancel()
-	if rev, err := b.Channels.Create(wctx, "P.A.B", []byte("{}")); err == nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if rev, err := b.Channels.Create(ctx, "P.A.B", []byte("{}")); err == nil {
 		t.Fatalf("after Lost (%v) a state write still went to nats-server %s (revision %d)", b.LostErr(), b.Conn.ConnectedServerVersion(), rev)
 	}
 }
