@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -142,22 +141,7 @@ func (p *switchProxy) drop() {
 // logs into buf; the caller closes it.
 func openBehindProxy(t *testing.T, buf *syncBuffer) (*Bus, *switchProxy) {
 	t.Helper()
-	bin, err := realserver.DebianNATSServer()
-	if err != nil {
-		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") != "1" {
-			t.Skip(err)
-		}
-		t.Fatal(err)
-	}
-	c, err := realserver.StartNATSCluster(bin, t.TempDir(), 3, "hq", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	c := debianCluster(t)
 	first := strings.TrimPrefix(strings.Split(c.ClientURL(), ",")[0], "nats://")
 	p := newSwitchProxy(t, first, "2.15.2")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
