@@ -353,11 +353,23 @@ func TestRunEndsWhenNATSClosedForGood(t *testing.T) {
 		}
 	}
 	// The token is rotated on the server: the connection is dropped and
-	// every reconnect refused.
+	// every reconnect refused. The server is restarted on its port with the
+	// new token rather than reloaded: ReloadOptions races with the server's
+	// own direct-get handler (nats-server 2.15.2 reads its options unlocked
+	// there), which the race detector reported in CI.
 	rotated := opts.Clone()
 	rotated.Authorization = "tok-two"
-	if err := ns.ReloadOptions(rotated); err != nil {
+	rotated.Port = ns.Addr().(*net.TCPAddr).Port
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	ns, err = server.NewServer(rotated)
+	if err != nil {
 		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("restarted nats-server not ready")
 	}
 	select {
 	case err := <-done:
