@@ -42,9 +42,9 @@ type Publisher struct {
 	mu    sync.Mutex
 	wrote map[string]written
 
-	// open opens the file at a destination's final name (os.Open; a test
-	// makes it fail).
-	open func(name string) (*os.File, error)
+	// open opens the file at a destination's final name (openRegular; a
+	// test makes it fail).
+	open func(name string) (*os.File, os.FileInfo, error)
 
 	trouble.Last
 }
@@ -69,7 +69,7 @@ func NewPublisher(node string, cfg DeliverConfig, log *slog.Logger) (*Publisher,
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Publisher{node: node, cfg: cfg, log: log.With("node", node, "adapter", "dir", "path", cfg.Path), lim: exchange.DefaultLimits(), open: os.Open}
+	p := &Publisher{node: node, cfg: cfg, log: log.With("node", node, "adapter", "dir", "path", cfg.Path), lim: exchange.DefaultLimits(), open: openRegular}
 	if err := os.MkdirAll(cfg.Path, 0o750); err != nil {
 		return nil, fmt.Errorf("dir %s: create %s: %w", node, cfg.Path, err)
 	}
@@ -185,11 +185,13 @@ func createPart(dir string) (*os.File, error) {
 // left as it is (exchange.ErrInPlace). A file there that cannot be read
 // (no right to read it, a disk error) fails the delivery, which is tried
 // again: only a missing file, or one that reads and is not a message, is
-// replaced.
+// replaced. Nor is anything but a regular file there (a named pipe, a
+// link): the delivery fails, saying what is in the way, until someone
+// removes it.
 func (p *Publisher) checkNotNewer(dst string, h exchange.Header, size int64) error {
 	have, haveSize, ok := p.recall(dst)
 	if !ok {
-		f, err := p.open(dst)
+		f, fi, err := p.open(dst)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
@@ -200,10 +202,6 @@ func (p *Publisher) checkNotNewer(dst string, h exchange.Header, size int64) err
 			return fail(err)
 		}
 		defer f.Close()
-		fi, err := f.Stat()
-		if err != nil {
-			return fail(err)
-		}
 		if have, err = exchange.ReadFileHeader(f, fi.Size(), p.lim, ""); err != nil {
 			if exchange.IsVerdict(err) {
 				return nil // not a message, or a partial one: ours replaces it

@@ -77,16 +77,13 @@ func (s *source) Stat(_ context.Context, name string) (folder.File, error) {
 }
 
 // Fetch opens the file itself: inspection and the pipeline read the same
-// open file, so a replacement written meanwhile is a separate message.
+// open file, so a replacement written meanwhile is a separate message. The
+// listing took regular files only; openRegular keeps to that if the name
+// has become a link or a named pipe since.
 func (s *source) Fetch(_ context.Context, f folder.File) (folder.Fetched, error) {
-	h, err := os.Open(filepath.Join(s.path, f.Name))
+	h, fi, err := openRegular(filepath.Join(s.path, f.Name))
 	if err != nil {
 		return folder.Fetched{}, fmt.Errorf("dir %s: open %s: %w", s.node, f.Name, err)
-	}
-	fi, err := h.Stat()
-	if err != nil {
-		h.Close()
-		return folder.Fetched{}, fmt.Errorf("dir %s: stat %s: %w", s.node, f.Name, err)
 	}
 	return folder.Fetched{File: h, Size: fi.Size(), Release: func() { h.Close() }}, nil
 }
@@ -134,15 +131,11 @@ func (s *source) move(ctx context.Context, name, to string) error {
 // removes src. If src changed meanwhile (1C wrote its next message) or
 // cannot be removed, the copy goes and src stays, as after a failed rename.
 func moveAcross(ctx context.Context, src, dst string) error {
-	in, err := os.Open(src)
+	in, before, err := openRegular(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	before, err := in.Stat()
-	if err != nil {
-		return err
-	}
 	to := filepath.Dir(dst)
 	tmp, err := createPart(to)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -24,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/relay1c/relay/adapters"
+	"github.com/relay1c/relay/adapters/dir"
 	"github.com/relay1c/relay/api"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/daemon"
@@ -633,41 +633,8 @@ func traceCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// openFile opens a message file for inspect and send: a regular file only.
-// A named pipe would block its open until a writer came (Ctrl-C does not
-// end that), and a device or a /proc file says size 0 and reads on.
-func openFile(path string) (*os.File, os.FileInfo, error) {
-	if fi, err := os.Stat(path); err != nil {
-		return nil, nil, err
-	} else if !fi.Mode().IsRegular() {
-		return nil, nil, &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("not a regular file (%s)", fileKind(fi.Mode()))}
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("not a regular file (%s)", fileKind(fi.Mode()))}
-	}
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return f, fi, nil
-}
-
-// fileKind names what a path that is not a regular file is.
-func fileKind(m os.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a folder"
-	case m&os.ModeNamedPipe != 0:
-		return "a named pipe"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	case m&os.ModeDevice != 0:
-		return "a device"
-	}
-	return m.Type().String()
-}
+// openFile opens a message file for inspect and send: a regular file only
+// (dir.OpenRegular, following a link). A named pipe would block its open
+// until a writer came (Ctrl-C does not end that), and a device or a /proc
+// file says size 0 and reads on.
+func openFile(path string) (*os.File, os.FileInfo, error) { return dir.OpenRegular(path, true) }
