@@ -604,12 +604,19 @@ func traceCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if asJSON {
+				// [] for an unknown id still parses; the exit code says
+				// "not found" as the text form's does.
 				enc := json.NewEncoder(g.stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(evs)
+				if err := enc.Encode(evs); err != nil {
+					return err
+				}
 			}
 			if len(evs) == 0 {
 				return fmt.Errorf("no recorded step of %q (events are kept 7 days)", args[0])
+			}
+			if asJSON {
+				return nil
 			}
 			last := ""
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -357,6 +358,27 @@ func TestTraceRowsNotPaddedToTheID(t *testing.T) {
 				t.Errorf("step %s starts at column %d (padded to the message id's width):\n%s", step, i, out)
 			}
 		}
+	}
+}
+
+// TestTraceUnknownIDFailsInBothForms: `relay trace X --json` printed []
+// and exited 0 for an id nothing was recorded of, where the text form
+// exits 1: a script could not tell "not found" without parsing.
+func TestTraceUnknownIDFailsInBothForms(t *testing.T) {
+	cfg := fakeAPI(t, "/api/v1/trace", []pipeline.Event{})
+	for _, args := range [][]string{{"trace", "-c", cfg, "nope"}, {"trace", "--json", "-c", cfg, "nope"}} {
+		out, _, err := run(t, args...)
+		if err == nil || !strings.Contains(err.Error(), `no recorded step of "nope"`) {
+			t.Errorf("%v: %v, want a failure saying nothing was recorded", args, err)
+		}
+		if slices.Contains(args, "--json") && strings.TrimSpace(out) != "[]" {
+			t.Errorf("%v printed %q, want []", args, out)
+		}
+	}
+	// A known id still exits 0 with --json.
+	evs := []pipeline.Event{{Time: time.Now(), Step: pipeline.StepDelivered, MsgID: "x", Node: "B"}}
+	if out, _, err := run(t, "trace", "--json", "-c", fakeAPI(t, "/api/v1/trace", evs), "x"); err != nil || !strings.Contains(out, `"delivered"`) {
+		t.Errorf("trace --json of a known id: %v\n%s", err, out)
 	}
 }
 
