@@ -127,8 +127,8 @@ func ParseName(base string) (Name, error) {
 	if strings.Contains(base, "..") {
 		return bad(`contains ".."`)
 	}
-	if strings.IndexFunc(base, unicode.IsControl) >= 0 {
-		return bad("contains a control character")
+	if strings.IndexFunc(base, IsControl) >= 0 {
+		return bad("contains a control character or a text direction mark")
 	}
 	if !strings.HasPrefix(base, namePrefix) {
 		return bad(`does not start with "Message_"`)
@@ -282,13 +282,23 @@ func cut(s string, max int) string {
 	return s
 }
 
+// IsControl reports whether r is a control character or one of Unicode's
+// bidirectional controls (U+202E RIGHT-TO-LEFT OVERRIDE and its kin).
+// Codes and file names come from senders and are shown to operators: the
+// first kind breaks a line or a table and can reach a terminal, the second
+// shows a name reversed ("Message_A_B.xml" as something else) while its
+// bytes say otherwise. No 1C code or file name holds either.
+func IsControl(r rune) bool {
+	return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)
+}
+
 // oneLine replaces control characters (newlines included) and cuts the
 // text at 200 characters, so that an error message built from foreign text
 // stays one short line: it becomes a dead letter's reason, a log line, a
 // status line (a name may be a megabyte long).
 func oneLine(s string) string {
 	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
+		if IsControl(r) {
 			return ' '
 		}
 		return r

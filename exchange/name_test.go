@@ -39,7 +39,7 @@ func TestParseName(t *testing.T) {
 		"", "Message_A.xml", "Message__B.xml", "Message_A_.xml", "Message_A_B_.xml", "Message_A_B.txt",
 		"Message_A_B", "Message_A_B.", "Message_.xml", "Message_A_B_C_D.xml", "../Message_A_B.xml",
 		"dir/Message_A_B.xml", `dir\Message_A_B.xml`, "Message_A..B_C.xml", "Message_A_B.xml\x00",
-		"Message_A\nB_C.xml", "Message_A_B\x7f.xml", "Message_A_B.xml.zip.xml.gz", "Message_\xff_B.xml",
+		"Message_A\nB_C.xml", "Message_A_B\x7f.xml", "Message_A_B\u202elmx.xml", "Message_\u2067A_B.xml", "Message_A_B.xml.zip.xml.gz", "Message_\xff_B.xml",
 		// "Message_" is case-sensitive: 1C always writes it so, and other
 		// spellings are not messages (an operator's message_a_b.xml is left alone).
 		"message_a_b.xml", "MESSAGE_A_B.xml", "Msg_A_B.xml", " Message_A_B.xml",

@@ -649,8 +649,8 @@ func badCode(s string, node bool) string {
 		return "is not valid UTF-8"
 	case strings.ContainsAny(s, `/\`):
 		return "contains a path separator"
-	case strings.IndexFunc(s, unicode.IsControl) >= 0:
-		return "contains a control character"
+	case strings.IndexFunc(s, IsControl) >= 0:
+		return "contains a control character or a text direction mark"
 	case node && strings.Contains(s, ".."):
 		return `contains ".."`
 	}

@@ -202,6 +202,8 @@ func TestVariants(t *testing.T) {
 		{name: "From blank", xml: v8msg(strings.Replace(v8fields, ">CO<", ">  <", 1), ""), err: ErrBadHeader},
 		{name: "From with slash", xml: v8msg(strings.Replace(v8fields, ">CO<", ">../CO<", 1), ""), err: ErrBadHeader},
 		{name: "From with control char", xml: v8msg(strings.Replace(v8fields, ">CO<", ">C&#x9;O<", 1), ""), err: ErrBadHeader},
+		{name: "plan with right-to-left override", xml: v8msg(strings.Replace(v8fields, ">Stores<", ">Sto\u202eres<", 1), ""), err: ErrBadHeader},
+		{name: "To with left-to-right mark", xml: v8msg(strings.Replace(v8fields, ">SHOP1<", ">SHOP1&#x200E;<", 1), ""), err: ErrBadHeader},
 		{name: "plan missing", xml: v8msg(strings.Replace(v8fields, "<v8msg:ExchangePlan>Stores</v8msg:ExchangePlan>", "", 1), ""), err: ErrBadHeader},
 		{name: "empty Header", xml: v8msg("", ""), err: ErrBadHeader},
 		{name: "empty Message", xml: `<v8msg:Message xmlns:v8msg="http://v8.1c.ru/messages"/>`, err: ErrNoHeader},

@@ -17,7 +17,6 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -359,10 +358,11 @@ func oneLine(s string, max int) string {
 // noControls is s with every control character a space, not only line
 // breaks: an error text comes from remote servers, and a tab, a form feed
 // or an escape sequence in it would break a table's columns or reach the
-// terminal.
+// terminal, and a bidirectional control would show the rest reversed
+// (exchange.IsControl).
 func noControls(s string) string {
 	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
+		if exchange.IsControl(r) {
 			return ' '
 		}
 		return r

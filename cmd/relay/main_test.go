@@ -443,6 +443,10 @@ func TestOneLineDropsControls(t *testing.T) {
 	if got := oneLine("530 Login\tincorrect\f\x1b[2J\r\nnext\u0085", 80); got != "530 Login incorrect  [2J  next " {
 		t.Fatalf("oneLine: %q", got)
 	}
+	// A right-to-left override shows what follows it reversed.
+	if got := oneLine("bad file Message_A_B\u202elmx.exe", 80); got != "bad file Message_A_B lmx.exe" {
+		t.Fatalf("oneLine kept a bidirectional control: %q", got)
+	}
 }
 
 // TestDeadShowPrintsTheWholeReason: `relay dead show` is "everything about
