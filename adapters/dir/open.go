@@ -37,6 +37,9 @@ func OpenRegular(path string, follow bool) (*os.File, os.FileInfo, error) {
 	if err == nil && !fi.Mode().IsRegular() {
 		err = &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("not a regular file (%s)", fileKind(fi.Mode()))}
 	}
+	if err == nil {
+		err = blocking(f)
+	}
 	if err != nil {
 		f.Close()
 		return nil, nil, err

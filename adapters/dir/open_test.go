@@ -110,3 +110,29 @@ func TestDeliverRefusesWhatIsNotAFile(t *testing.T) {
 		t.Errorf("the named pipe was replaced (%v, %v)", fi, err)
 	}
 }
+
+// TestOpenRegularLeavesTheFileBlocking: the open is non-blocking (for a
+// named pipe in the file's place); the file read afterwards is not, as a
+// mounted file system may answer a non-blocking read with EAGAIN.
+func TestOpenRegularLeavesTheFileBlocking(t *testing.T) {
+	path, _ := exchangetest.WriteFile(t.TempDir(), hdr(1), 100, exchange.FormatXML)
+	f, _, err := OpenRegular(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags uintptr
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		flags, _, errno = syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+	}); err != nil || errno != 0 {
+		t.Fatal(err, errno)
+	}
+	if flags&syscall.O_NONBLOCK != 0 {
+		t.Error("the opened file is still O_NONBLOCK")
+	}
+}
