@@ -22,6 +22,8 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
+
+	"github.com/relay1c/relay/exchange"
 )
 
 // Config is routing.yaml as a whole.
@@ -567,8 +569,8 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		if strings.TrimSpace(name) != name || name == "" {
 			add(p, "node code has leading or trailing spaces")
 		}
-		if strings.ContainsAny(name, "/\\\x00") {
-			add(p, "node code must not contain '/', '\\' or NUL")
+		if why := exchange.CodeProblem(name); why != "" {
+			add(p, "node code %s: no message header could name it", why)
 		}
 		if l := len(longestNodeName) + len(Token(name)); l > maxNATSName {
 			add(p, "node code is too long: its NATS consumer name %s<code> would be %d bytes, over %d "+

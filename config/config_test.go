@@ -420,6 +420,31 @@ func TestNodeCodeNATSNameLength(t *testing.T) {
 	}
 }
 
+// TestNodeCodeAHeaderCouldName: routing.yaml accepted node codes that
+// every message's header is refused for (a control character, a text
+// direction mark, ".."), so such a node could never send or receive
+// (found by review); validate says so now, with the header's reason.
+func TestNodeCodeAHeaderCouldName(t *testing.T) {
+	for _, c := range []struct{ code, why string }{
+		{`"A/B"`, "contains a path separator"},
+		{`"A\\B"`, "contains a path separator"},
+		{`"A\x01B"`, "contains a control character"},
+		{`"A\u202eB"`, "text direction mark"},
+		{`"A..B"`, `contains ".."`},
+		{`ЦО`, ""},
+		{`SHOP-1_a`, ""},
+	} {
+		cfg, err := Parse([]byte("nodes:\n  " + c.code + ":\n    deliver: { dir: ./a }\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := cfg.Problems(kindChecker{})
+		if c.why == "" && len(got) > 0 || c.why != "" && (len(got) != 1 || !strings.Contains(got[0], c.why)) {
+			t.Errorf("node %s: problems %q, want %q", c.code, got, c.why)
+		}
+	}
+}
+
 // TestZeroRefused proves that an explicit zero duration or size is refused
 // with its path: every one of them reads an unset zero as its default, so
 // `ack_alert_after: 0s` or `max_message_size: 0` silently meant 24h or 2 GiB.

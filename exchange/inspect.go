@@ -357,8 +357,8 @@ func checkEntryName(f *zip.File, q string) error {
 		return fmt.Errorf("%w: entry has an empty name", ErrBadZip)
 	case strings.ContainsAny(f.Name, `/\:`) || strings.Contains(f.Name, ".."):
 		return fmt.Errorf("%w: entry %s is a path traversal: want a bare file name", ErrBadZip, q)
-	case strings.ContainsFunc(f.Name, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return fmt.Errorf("%w: entry %s has control characters in its name", ErrBadZip, q)
+	case strings.ContainsFunc(f.Name, IsControl):
+		return fmt.Errorf("%w: entry %s has control characters or text direction marks in its name", ErrBadZip, q)
 	case !f.Mode().IsRegular():
 		return fmt.Errorf("%w: entry %s is not a plain file (%s)", ErrBadZip, q, f.Mode().Type())
 	case !strings.EqualFold(extOf(f.Name), ".xml"):

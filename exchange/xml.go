@@ -640,6 +640,11 @@ func (f *fields) header(d Dialect) (Header, error) {
 	return h, nil
 }
 
+// CodeProblem says why s cannot be a node code, or "" if it can: what a
+// header's From or To is refused for, so that routing.yaml cannot name a
+// node no message could ever come from or go to.
+func CodeProblem(s string) string { return badCode(s, true) }
+
 // badCode says why a plan or node code cannot be used, or "" if it can.
 // Codes end up in file names and subjects, so separators and control
 // characters are refused; node codes also refuse "..", which ParseName refuses.

@@ -1,11 +1,9 @@
 package dir
 
 import (
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"syscall"
 )
 
 // openRegular opens path for reading if it is a regular file, without
@@ -19,23 +17,43 @@ func openRegular(path string) (*os.File, os.FileInfo, error) { return OpenRegula
 // be something else by the time it is opened: a named pipe would block
 // the open for good (a pickup slot or a channel's delivery stuck, the
 // relay unable to stop), and a link would let whoever writes the folder
-// make relay read and send any file it can read. `relay inspect` and
-// `relay send` follow links: the operator named the path.
+// make relay read and send any file it can read. What is not a regular
+// file is refused before the open (opening a pipe or a device has effects
+// of its own: a writer waiting on the pipe goes on), and, against a swap
+// in between, again after it. `relay inspect` and `relay send` follow
+// links: the operator named the path.
 func OpenRegular(path string, follow bool) (*os.File, os.FileInfo, error) {
-	flags := os.O_RDONLY | nonBlock
-	if !follow {
-		flags |= noFollow
+	return openChecked(path, follow, nil)
+}
+
+// openChecked is OpenRegular; a test swaps the file in between its check
+// and its open.
+func openChecked(path string, follow bool, between func()) (*os.File, os.FileInfo, error) {
+	stat, flags := os.Lstat, os.O_RDONLY|nonBlock|noFollow
+	if follow {
+		stat, flags = os.Stat, os.O_RDONLY|nonBlock
 	}
-	f, err := os.OpenFile(path, flags, 0)
-	if !follow && errors.Is(err, syscall.ELOOP) {
-		return nil, nil, &fs.PathError{Op: "open", Path: path, Err: errors.New("not a regular file (a symbolic link)")}
-	}
+	fi, err := stat(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("not a regular file (%s)", fileKind(fi.Mode()))}
+	if !fi.Mode().IsRegular() {
+		return nil, nil, notRegular(path, fi.Mode())
+	}
+	if between != nil {
+		between()
+	}
+	f, err := os.OpenFile(path, flags, 0)
+	if err != nil {
+		// A link put in its place since: ELOOP on Linux, other errors on
+		// other systems.
+		if fi, lerr := os.Lstat(path); !follow && lerr == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return nil, nil, notRegular(path, fi.Mode())
+		}
+		return nil, nil, err
+	}
+	if fi, err = f.Stat(); err == nil && !fi.Mode().IsRegular() {
+		err = notRegular(path, fi.Mode())
 	}
 	if err == nil {
 		err = blocking(f)
@@ -45,6 +63,11 @@ func OpenRegular(path string, follow bool) (*os.File, os.FileInfo, error) {
 		return nil, nil, err
 	}
 	return f, fi, nil
+}
+
+// notRegular is the error for path, which is not a regular file.
+func notRegular(path string, m os.FileMode) error {
+	return &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("not a regular file (%s)", fileKind(m))}
 }
 
 // fileKind names what a path that is not a regular file is.

@@ -136,3 +136,68 @@ func TestOpenRegularLeavesTheFileBlocking(t *testing.T) {
 		t.Error("the opened file is still O_NONBLOCK")
 	}
 }
+
+// TestOpenRegularAfterASwap: what the check before the open saw as a
+// regular file is a named pipe or a link by the open (the sender's folder
+// changes meanwhile): the open neither waits on the pipe nor follows the
+// link.
+func TestOpenRegularAfterASwap(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "Message_A_B.xml")
+	secret, _ := exchangetest.WriteFile(t.TempDir(), hdr(1), 100, exchange.FormatXML)
+	for _, tc := range []struct {
+		kind string
+		swap func()
+	}{
+		{"a named pipe", func() { os.Remove(path); mkfifo(t, path) }},
+		{"a symbolic link", func() { os.Remove(path); os.Symlink(secret, path) }},
+	} {
+		copyFile(t, secret, path)
+		err := returnsSoon(t, path, func() error {
+			f, _, err := openChecked(path, false, tc.swap)
+			if err == nil {
+				f.Close()
+			}
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), "not a regular file ("+tc.kind+")") {
+			t.Errorf("a regular file swapped for %s before the open: %v, want it refused naming it", tc.kind, err)
+		}
+		os.Remove(path)
+	}
+}
+
+// TestOpenRegularDoesNotOpenAPipe: `relay inspect PIPE` opened the pipe
+// before refusing it (found by review), which let a writer waiting on it
+// go on, its writes then failing once relay closed it; the same open
+// reaches a device, where opening has effects. What is not a regular file
+// is refused before any open.
+func TestOpenRegularDoesNotOpenAPipe(t *testing.T) {
+	pipe := filepath.Join(t.TempDir(), "Message_A_B.xml")
+	mkfifo(t, pipe)
+	opened := make(chan error, 1)
+	go func() {
+		w, err := os.OpenFile(pipe, os.O_WRONLY, 0) // blocks until a reader comes
+		if err == nil {
+			w.Close()
+		}
+		opened <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the writer is in its open
+	for _, follow := range []bool{true, false} {
+		if f, _, err := OpenRegular(pipe, follow); err == nil {
+			f.Close()
+			t.Errorf("OpenRegular(follow %v) opened a named pipe", follow)
+		}
+	}
+	select {
+	case err := <-opened:
+		t.Errorf("the named pipe was opened: the writer waiting on it went on (%v)", err)
+	case <-time.After(500 * time.Millisecond):
+		// Still waiting, as it should: end it.
+		if r, err := os.OpenFile(pipe, os.O_RDONLY|syscall.O_NONBLOCK, 0); err == nil {
+			<-opened
+			r.Close()
+		}
+	}
+}

@@ -88,7 +88,7 @@ func validateCmd(g *globals) *cobra.Command {
 			}
 			problems = append(problems, cfg.Problems(adapters.New(cfg))...)
 			for _, p := range problems {
-				fmt.Fprintln(g.stderr, p)
+				fmt.Fprintln(g.stderr, noControls(p)) // a code pasted with a direction mark
 			}
 			if len(problems) > 0 {
 				return fmt.Errorf("%s: %d problem(s)", g.config, len(problems))
@@ -174,7 +174,8 @@ func inspectCmd(g *globals) *cobra.Command {
 			rows = append(rows, [2]string{"size", strconv.FormatInt(info.Size, 10)}, [2]string{"sha256", info.SHA256})
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 			for _, r := range rows {
-				fmt.Fprintf(w, "%s\t%s\n", r[0], r[1])
+				// The file name and a zip entry's name are the sender's text.
+				fmt.Fprintf(w, "%s\t%s\n", r[0], noControls(r[1]))
 			}
 			if err := w.Flush(); err != nil {
 				return err

@@ -134,6 +134,31 @@ func TestInspectNameContradictsHeader(t *testing.T) {
 	}
 }
 
+// TestInspectBlanksForeignControls: inspect prints the sender's text (a
+// name, a zip entry's name) in its table; a text direction mark or an
+// escape in it showed the row reversed or reached the terminal (found by
+// review). The row is blanked as the other tables are.
+func TestInspectBlanksForeignControls(t *testing.T) {
+	out, _ := inspectAs(t, "Message_ЦО_ОП\u202elmx.exe\u009b2J.xml", exchangetest.WriteXML)
+	if !strings.Contains(out, "from ") || strings.ContainsFunc(out, func(r rune) bool { return r != '\n' && exchange.IsControl(r) }) {
+		t.Errorf("inspect printed a control character or a direction mark:\n%q", out)
+	}
+}
+
+// TestValidateBlanksDirectionMarks: a node code pasted with a text
+// direction mark is refused, and the problem's line does not show the
+// code reversed.
+func TestValidateBlanksDirectionMarks(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "routing.yaml")
+	if err := os.WriteFile(cfg, []byte("nodes:\n  \"A\\u202eB\":\n    deliver: { dir: ./a }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := run(t, "validate", "-c", cfg)
+	if err == nil || !strings.Contains(stderr, "text direction mark") || strings.ContainsFunc(stderr, func(r rune) bool { return r != '\n' && exchange.IsControl(r) }) {
+		t.Errorf("validate: %v\n%q", err, stderr)
+	}
+}
+
 // TestInspectZipNamedXML proves that a zip saved under a .xml name, which
 // every pickup refuses ("file name says .xml but the file is zip"), is not
 // reported as name ok: the name row says so and inspect exits non-zero.
