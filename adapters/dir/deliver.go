@@ -44,7 +44,7 @@ type Publisher struct {
 
 	// open opens the file at a destination's final name (openRegular; a
 	// test makes it fail).
-	open func(name string) (*os.File, os.FileInfo, error)
+	open func(ctx context.Context, name string) (*os.File, os.FileInfo, error)
 
 	trouble.Last
 }
@@ -144,7 +144,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		return fmt.Errorf("dir %s: close %s: %w", p.node, name, err)
 	}
 	// Checked once, last: a newer message may also land while this one is copied.
-	if err := p.checkNotNewer(dst, h, want); err != nil {
+	if err := p.checkNotNewer(ctx, dst, h, want); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp.Name(), dst); err != nil {
@@ -188,10 +188,10 @@ func createPart(dir string) (*os.File, error) {
 // replaced. Nor is anything but a regular file there (a named pipe, a
 // link): the delivery fails, saying what is in the way, until someone
 // removes it.
-func (p *Publisher) checkNotNewer(dst string, h exchange.Header, size int64) error {
+func (p *Publisher) checkNotNewer(ctx context.Context, dst string, h exchange.Header, size int64) error {
 	have, haveSize, ok := p.recall(dst)
 	if !ok {
-		f, fi, err := p.open(dst)
+		f, fi, err := p.open(ctx, dst)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}

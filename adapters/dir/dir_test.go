@@ -351,7 +351,7 @@ func TestDeliverUnreadableDestinationNotReplaced(t *testing.T) {
 	final := filepath.Join(dst, "Message_A_B.xml")
 	f7, _ := exchangetest.WriteFile(t.TempDir(), hdr(7), 5000, exchange.FormatXML)
 	copyFile(t, f7, final)
-	p.open = func(string) (*os.File, os.FileInfo, error) { return nil, nil, fs.ErrPermission } // as for a user who may not read it
+	p.open = func(context.Context, string) (*os.File, os.FileInfo, error) { return nil, nil, fs.ErrPermission } // as for a user who may not read it
 	f6, _ := exchangetest.WriteFile(t.TempDir(), hdr(6), 3000, exchange.FormatXML)
 	err = p.Publish("", deliverMsg(t, f6, hdr(6)))
 	if no := readNo(t, final); no != 7 {

@@ -1,14 +1,20 @@
 package dir
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"syscall"
+	"time"
 )
 
 // openRegular opens path for reading if it is a regular file, without
 // following a symbolic link in its place (OpenRegular).
-func openRegular(path string) (*os.File, os.FileInfo, error) { return OpenRegular(path, false) }
+func openRegular(ctx context.Context, path string) (*os.File, os.FileInfo, error) {
+	return OpenRegular(ctx, path, false)
+}
 
 // OpenRegular opens path for reading if it is a regular file, without
 // waiting for a writer of a named pipe in its place, and unless follow,
@@ -20,15 +26,22 @@ func openRegular(path string) (*os.File, os.FileInfo, error) { return OpenRegula
 // make relay read and send any file it can read. What is not a regular
 // file is refused before the open (opening a pipe or a device has effects
 // of its own: a writer waiting on the pipe goes on), and, against a swap
-// in between, again after it. `relay inspect` and `relay send` follow
+// in between, again after it. A file under a lease (a Samba oplock, an
+// NFS delegation) answers that open with EWOULDBLOCK while its holder is
+// told to let go; the open is tried again until it does, up to
+// leaseBreakWait or ctx's end. `relay inspect` and `relay send` follow
 // links: the operator named the path.
-func OpenRegular(path string, follow bool) (*os.File, os.FileInfo, error) {
-	return openChecked(path, follow, nil)
+func OpenRegular(ctx context.Context, path string, follow bool) (*os.File, os.FileInfo, error) {
+	return openChecked(ctx, path, follow, nil)
 }
+
+// leaseBreakWait bounds the wait for a lease's holder to let go: Linux's
+// default lease-break-time, after which the kernel breaks the lease itself.
+const leaseBreakWait = 45 * time.Second
 
 // openChecked is OpenRegular; a test swaps the file in between its check
 // and its open.
-func openChecked(path string, follow bool, between func()) (*os.File, os.FileInfo, error) {
+func openChecked(ctx context.Context, path string, follow bool, between func()) (*os.File, os.FileInfo, error) {
 	stat, flags := os.Lstat, os.O_RDONLY|nonBlock|noFollow
 	if follow {
 		stat, flags = os.Stat, os.O_RDONLY|nonBlock
@@ -43,7 +56,7 @@ func openChecked(path string, follow bool, between func()) (*os.File, os.FileInf
 	if between != nil {
 		between()
 	}
-	f, err := os.OpenFile(path, flags, 0)
+	f, err := openLeased(ctx, path, flags)
 	if err != nil {
 		// A link put in its place since: ELOOP on Linux, other errors on
 		// other systems.
@@ -63,6 +76,24 @@ func openChecked(path string, follow bool, between func()) (*os.File, os.FileInf
 		return nil, nil, err
 	}
 	return f, fi, nil
+}
+
+// openLeased opens path with flags, trying again while a lease on the
+// file is being broken (see OpenRegular).
+func openLeased(ctx context.Context, path string, flags int) (*os.File, error) {
+	start, wait := time.Now(), 10*time.Millisecond
+	for {
+		f, err := os.OpenFile(path, flags, 0)
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EAGAIN) || time.Since(start) > leaseBreakWait {
+			return f, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("open %s: waiting for a lease on it to be given up: %w", path, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
 }
 
 // notRegular is the error for path, which is not a regular file.

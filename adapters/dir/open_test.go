@@ -116,7 +116,7 @@ func TestDeliverRefusesWhatIsNotAFile(t *testing.T) {
 // mounted file system may answer a non-blocking read with EAGAIN.
 func TestOpenRegularLeavesTheFileBlocking(t *testing.T) {
 	path, _ := exchangetest.WriteFile(t.TempDir(), hdr(1), 100, exchange.FormatXML)
-	f, _, err := OpenRegular(path, false)
+	f, _, err := OpenRegular(context.Background(), path, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestOpenRegularAfterASwap(t *testing.T) {
 	} {
 		copyFile(t, secret, path)
 		err := returnsSoon(t, path, func() error {
-			f, _, err := openChecked(path, false, tc.swap)
+			f, _, err := openChecked(context.Background(), path, false, tc.swap)
 			if err == nil {
 				f.Close()
 			}
@@ -185,7 +185,7 @@ func TestOpenRegularDoesNotOpenAPipe(t *testing.T) {
 	}()
 	time.Sleep(200 * time.Millisecond) // the writer is in its open
 	for _, follow := range []bool{true, false} {
-		if f, _, err := OpenRegular(pipe, follow); err == nil {
+		if f, _, err := OpenRegular(context.Background(), pipe, follow); err == nil {
 			f.Close()
 			t.Errorf("OpenRegular(follow %v) opened a named pipe", follow)
 		}

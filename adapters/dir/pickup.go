@@ -80,8 +80,8 @@ func (s *source) Stat(_ context.Context, name string) (folder.File, error) {
 // open file, so a replacement written meanwhile is a separate message. The
 // listing took regular files only; openRegular keeps to that if the name
 // has become a link or a named pipe since.
-func (s *source) Fetch(_ context.Context, f folder.File) (folder.Fetched, error) {
-	h, fi, err := openRegular(filepath.Join(s.path, f.Name))
+func (s *source) Fetch(ctx context.Context, f folder.File) (folder.Fetched, error) {
+	h, fi, err := openRegular(ctx, filepath.Join(s.path, f.Name))
 	if err != nil {
 		return folder.Fetched{}, fmt.Errorf("dir %s: open %s: %w", s.node, f.Name, err)
 	}
@@ -131,7 +131,7 @@ func (s *source) move(ctx context.Context, name, to string) error {
 // removes src. If src changed meanwhile (1C wrote its next message) or
 // cannot be removed, the copy goes and src stays, as after a failed rename.
 func moveAcross(ctx context.Context, src, dst string) error {
-	in, before, err := openRegular(src)
+	in, before, err := openRegular(ctx, src)
 	if err != nil {
 		return err
 	}

@@ -130,7 +130,7 @@ func inspectCmd(g *globals) *cobra.Command {
 				}
 				passwords = []string{pw}
 			}
-			f, fi, err := openFile(args[0])
+			f, fi, err := openFile(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -565,7 +565,7 @@ func sendCmd(g *globals) *cobra.Command {
 			failed := 0
 			for _, path := range args {
 				err := func() error {
-					f, st, err := openFile(path)
+					f, st, err := openFile(cmd.Context(), path)
 					if err != nil {
 						return err
 					}
@@ -645,4 +645,6 @@ func traceCmd(g *globals) *cobra.Command {
 // (dir.OpenRegular, following a link). A named pipe would block its open
 // until a writer came (Ctrl-C does not end that), and a device or a /proc
 // file says size 0 and reads on.
-func openFile(path string) (*os.File, os.FileInfo, error) { return dir.OpenRegular(path, true) }
+func openFile(ctx context.Context, path string) (*os.File, os.FileInfo, error) {
+	return dir.OpenRegular(ctx, path, true)
+}
