@@ -51,14 +51,16 @@ func headless(t testing.TB, url string, flags ...string) string {
 
 // TestDashboard loads the dashboard in a real browser: every node is shown,
 // a flowing channel as flowing and a channel whose destination fails as
-// failing.
+// failing, its error on the page without the text direction mark its
+// folder's name holds (it would show the rest of the error reversed).
 func TestDashboard(t *testing.T) {
-	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "SHOP1"}, nodeSpec{code: "WH"})
+	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "SHOP1"}, nodeSpec{code: "WH", deliverYAML: "{ dir: \"./WH/in\u202eput\" }"})
 	s.start(t)
-	if err := os.RemoveAll(s.in("WH")); err != nil {
+	whIn := filepath.Join(s.root, "WH", "in\u202eput")
+	if err := os.RemoveAll(whIn); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(s.in("WH"), []byte("not a folder"), 0o644); err != nil {
+	if err := os.WriteFile(whIn, []byte("not a folder"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ok := exchange.FileName("ЦО", "SHOP1", exchange.FormatXML)
@@ -83,8 +85,11 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("channel %s shown as %v, want %s", ch, m, want)
 		}
 	}
-	if !strings.Contains(dom, "not a directory") {
-		t.Errorf("the failing channel's error is not on the page")
+	if !strings.Contains(dom, "not a directory") || !strings.Contains(dom, "in put") {
+		t.Errorf("the failing channel's error is not on the page, or not with its folder's name blanked")
+	}
+	if strings.ContainsRune(dom, '\u202e') {
+		t.Errorf("the page shows a right-to-left override")
 	}
 	if t.Failed() {
 		t.Logf("DOM:\n%s", dom)
