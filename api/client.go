@@ -155,11 +155,18 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	case e.left > 0 && err == io.EOF:
 		return n, fmt.Errorf("%w: %d bytes, not the %d it had", ErrChanged, e.size-e.left, e.size)
 	case e.left == 0:
-		// Before its last bytes go: a file that grew must not reach the
-		// relay as a complete request holding its beginning.
+		// Before its last bytes go: a file that grew, or that fails to
+		// read on, must not reach the relay as a complete request.
+		if err != nil && err != io.EOF {
+			return 0, err
+		}
 		var one [1]byte
-		if m, _ := e.r.Read(one[:]); m > 0 {
+		m, perr := e.r.Read(one[:])
+		if m > 0 {
 			return 0, fmt.Errorf("%w: more than its %d bytes", ErrChanged, e.size)
+		}
+		if perr != nil && perr != io.EOF {
+			return 0, fmt.Errorf("read past its %d bytes: %w", e.size, perr)
 		}
 		return n, io.EOF
 	}

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -608,6 +609,37 @@ func TestClientPushSendsExactlyItsSize(t *testing.T) {
 		}
 		if want := []string{tc.file}; tc.changed && len(got) > 0 || !tc.changed && !slices.Equal(got, want) {
 			t.Errorf("%s: the server received %q", tc.name, got)
+		}
+	}
+}
+
+// TestClientPushFailsOnAReadErrorAtTheEnd: the look past a file's last
+// byte ignored a read error there (a disk error), and the request went
+// out complete; a read error with the last bytes was dropped the same way.
+// The push fails now, before the last bytes go, naming the error.
+func TestClientPushFailsOnAReadErrorAtTheEnd(t *testing.T) {
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20)); err == nil {
+			got = append(got, string(b))
+		}
+		writeJSON(w, http.StatusAccepted, PushReply{ID: "x"})
+	}))
+	defer srv.Close()
+	c := NewClient(srv.Listener.Addr().String(), "")
+	eio := errors.New("input/output error")
+	const file = "<Message/>"
+	for name, r := range map[string]io.Reader{
+		"error after the last byte": io.MultiReader(strings.NewReader(file), iotest.ErrReader(eio)),
+		"error with the last bytes": iotest.DataErrReader(io.MultiReader(strings.NewReader(file), iotest.ErrReader(eio))),
+	} {
+		got = nil
+		_, err := c.Push(context.Background(), "Message_A_B.xml", r, int64(len(file)))
+		if !errors.Is(err, eio) {
+			t.Errorf("%s: %v, want the read error", name, err)
+		}
+		if len(got) > 0 {
+			t.Errorf("%s: the server received %q", name, got)
 		}
 	}
 }
