@@ -583,15 +583,7 @@ func TestOpenAPIPullHeaders(t *testing.T) {
 // cut at the stated size and stored as a shorter message; one that shrank
 // was told as "relay is not reachable" (found by review).
 func TestClientPushSendsExactlyItsSize(t *testing.T) {
-	var got []string // complete bodies the server received
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20)); err == nil {
-			got = append(got, string(b))
-		}
-		writeJSON(w, http.StatusAccepted, PushReply{ID: "x"})
-	}))
-	defer srv.Close()
-	c := NewClient(srv.Listener.Addr().String(), "")
+	c, got := pushRecorder(t)
 	for _, tc := range []struct {
 		name, file string
 		size       int64
@@ -602,13 +594,13 @@ func TestClientPushSendsExactlyItsSize(t *testing.T) {
 		{"shrank", "<Message/>", 100, true},
 		{"as it was", "<Message/>", 10, false},
 	} {
-		got = nil
+		*got = nil
 		_, err := c.Push(context.Background(), "Message_A_B.xml", strings.NewReader(tc.file), tc.size)
 		if errors.Is(err, ErrChanged) != tc.changed || strings.Contains(fmt.Sprint(err), "not reachable") {
 			t.Errorf("%s: %v", tc.name, err)
 		}
-		if want := []string{tc.file}; tc.changed && len(got) > 0 || !tc.changed && !slices.Equal(got, want) {
-			t.Errorf("%s: the server received %q", tc.name, got)
+		if want := []string{tc.file}; tc.changed && len(*got) > 0 || !tc.changed && !slices.Equal(*got, want) {
+			t.Errorf("%s: the server received %q", tc.name, *got)
 		}
 	}
 }
@@ -618,28 +610,35 @@ func TestClientPushSendsExactlyItsSize(t *testing.T) {
 // out complete; a read error with the last bytes was dropped the same way.
 // The push fails now, before the last bytes go, naming the error.
 func TestClientPushFailsOnAReadErrorAtTheEnd(t *testing.T) {
-	var got []string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20)); err == nil {
-			got = append(got, string(b))
-		}
-		writeJSON(w, http.StatusAccepted, PushReply{ID: "x"})
-	}))
-	defer srv.Close()
-	c := NewClient(srv.Listener.Addr().String(), "")
+	c, got := pushRecorder(t)
 	eio := errors.New("input/output error")
 	const file = "<Message/>"
 	for name, r := range map[string]io.Reader{
 		"error after the last byte": io.MultiReader(strings.NewReader(file), iotest.ErrReader(eio)),
 		"error with the last bytes": iotest.DataErrReader(io.MultiReader(strings.NewReader(file), iotest.ErrReader(eio))),
 	} {
-		got = nil
+		*got = nil
 		_, err := c.Push(context.Background(), "Message_A_B.xml", r, int64(len(file)))
 		if !errors.Is(err, eio) {
 			t.Errorf("%s: %v, want the read error", name, err)
 		}
-		if len(got) > 0 {
-			t.Errorf("%s: the server received %q", name, got)
+		if len(*got) > 0 {
+			t.Errorf("%s: the server received %q", name, *got)
 		}
 	}
+}
+
+// pushRecorder is a client of a server that accepts every push and keeps
+// each body it received whole in *got.
+func pushRecorder(t *testing.T) (*Client, *[]string) {
+	t.Helper()
+	got := new([]string)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20)); err == nil {
+			*got = append(*got, string(b))
+		}
+		writeJSON(w, http.StatusAccepted, PushReply{ID: "x"})
+	}))
+	t.Cleanup(srv.Close)
+	return NewClient(srv.Listener.Addr().String(), ""), got
 }
