@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,23 +46,7 @@ func debianCluster(t *testing.T) *realserver.NATSCluster {
 	if testing.Short() {
 		t.Skip("real servers skipped under -short")
 	}
-	bin, err := realserver.DebianNATSServer()
-	if err != nil {
-		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") != "1" {
-			t.Skip(err)
-		}
-		t.Fatal(err)
-	}
-	c, err := realserver.StartNATSCluster(bin, t.TempDir(), 3, "hq", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return c
+	return realserver.DebianNATSClusterT(t)
 }
 
 const casWriters, casCounts = 9, 60

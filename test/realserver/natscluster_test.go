@@ -2,8 +2,6 @@ package realserver
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"syscall"
 	"testing"
 	"time"
@@ -12,33 +10,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// startNATSClusterT starts a three-server cluster for t, stopped at
-// cleanup. A missing nats-server skips, or fails under
-// RELAY_E2E_REQUIRE_SERVERS=1.
-func startNATSClusterT(t *testing.T) *NATSCluster {
-	t.Helper()
-	if _, err := exec.LookPath("nats-server"); err != nil {
-		if os.Getenv("RELAY_E2E_REQUIRE_SERVERS") == "1" {
-			t.Fatal("nats-server missing (RELAY_E2E_REQUIRE_SERVERS=1)")
-		}
-		t.Skip("nats-server missing: install the Debian package nats-server (scripts/test.sh does)")
-	}
-	c, err := StartNATSCluster("", t.TempDir(), 3, "hq", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return c
-}
-
 // A replicated stream keeps taking messages with one server stopped, and
 // the stopped server's process is gone.
 func TestNATSClusterSurvivesOneServer(t *testing.T) {
-	c := startNATSClusterT(t)
+	c := DebianNATSClusterT(t)
 	nc, err := nats.Connect(c.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
