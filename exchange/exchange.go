@@ -292,15 +292,22 @@ func IsControl(r rune) bool {
 	return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)
 }
 
-// oneLine replaces control characters (newlines included) and cuts the
-// text at 200 characters, so that an error message built from foreign text
-// stays one short line: it becomes a dead letter's reason, a log line, a
-// status line (a name may be a megabyte long).
-func oneLine(s string) string {
+// NoControls is s with every IsControl character a space, so that foreign
+// text (a server's error, a sender's name) can be shown: a line break,
+// tab or form feed in it would break a line or a table's columns, an
+// escape sequence reach the terminal, a direction mark show the rest
+// reversed.
+func NoControls(s string) string {
 	return strings.Map(func(r rune) rune {
 		if IsControl(r) {
 			return ' '
 		}
 		return r
-	}, cut(s, 200))
+	}, s)
 }
+
+// oneLine replaces control characters (newlines included) and cuts the
+// text at 200 characters, so that an error message built from foreign text
+// stays one short line: it becomes a dead letter's reason, a log line, a
+// status line (a name may be a megabyte long).
+func oneLine(s string) string { return NoControls(cut(s, 200)) }

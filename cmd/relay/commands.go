@@ -88,7 +88,7 @@ func validateCmd(g *globals) *cobra.Command {
 			}
 			problems = append(problems, cfg.Problems(adapters.New(cfg))...)
 			for _, p := range problems {
-				fmt.Fprintln(g.stderr, noControls(p)) // a code pasted with a direction mark
+				fmt.Fprintln(g.stderr, exchange.NoControls(p)) // a code pasted with a direction mark
 			}
 			if len(problems) > 0 {
 				return fmt.Errorf("%s: %d problem(s)", g.config, len(problems))
@@ -175,7 +175,7 @@ func inspectCmd(g *globals) *cobra.Command {
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 			for _, r := range rows {
 				// The file name and a zip entry's name are the sender's text.
-				fmt.Fprintf(w, "%s\t%s\n", r[0], noControls(r[1]))
+				fmt.Fprintf(w, "%s\t%s\n", r[0], exchange.NoControls(r[1]))
 			}
 			if err := w.Flush(); err != nil {
 				return err
@@ -349,25 +349,11 @@ func age(ts ...time.Time) string {
 
 // oneLine is s as one table cell of at most max characters.
 func oneLine(s string, max int) string {
-	s = noControls(s)
+	s = exchange.NoControls(s)
 	if utf8.RuneCountInString(s) > max {
 		return string([]rune(s)[:max-1]) + "…"
 	}
 	return s
-}
-
-// noControls is s with every control character a space, not only line
-// breaks: an error text comes from remote servers, and a tab, a form feed
-// or an escape sequence in it would break a table's columns or reach the
-// terminal, and a bidirectional control would show the rest reversed
-// (exchange.IsControl).
-func noControls(s string) string {
-	return strings.Map(func(r rune) rune {
-		if exchange.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, s)
 }
 
 func deadCmd(g *globals) *cobra.Command {
@@ -440,7 +426,7 @@ func deadCmd(g *globals) *cobra.Command {
 				}
 				w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 				fmt.Fprintf(w, "id\t%d\ntime\t%s\nnode\t%s\nstage\t%s\nreason\t%s\nsource\t%s\nfile\t%s\n",
-					l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, noControls(l.Reason), noControls(l.Source), noControls(l.FileName))
+					l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, exchange.NoControls(l.Reason), exchange.NoControls(l.Source), exchange.NoControls(l.FileName))
 				if h := l.Header; h != nil {
 					fmt.Fprintf(w, "header\t%s, %s → %s, No %d, received No %d (%s)\n", h.ExchangePlan, h.From, h.To, h.MessageNo, h.ReceivedNo, h.Dialect)
 				}
