@@ -163,12 +163,14 @@ func ParseName(base string) (Name, error) {
 	return n, nil
 }
 
-// MayBeFrom says the file may be a message of node: its From, or, as codes
-// may contain '_' (see Check), its prefix and From joined. A pickup leaves
-// a name that cannot be node's alone: another node's file in a shared
-// folder or mailbox (1C's mail transport reads and writes one mailbox).
+// MayBeFrom says the file may be a message of node under any reading Check
+// accepts: its From; or, as codes may contain '_', its prefix and From
+// joined (Message_A_B_C from A_B to C), or its prefix alone (from A to B_C).
+// A pickup leaves a name that cannot be node's alone: another node's file
+// in a shared folder or mailbox (1C's mail transport reads and writes one
+// mailbox).
 func (n Name) MayBeFrom(node string) bool {
-	return n.From == node || (n.Prefix != "" && n.Prefix+"_"+n.From == node)
+	return n.From == node || (n.Prefix != "" && (n.Prefix == node || n.Prefix+"_"+n.From == node))
 }
 
 // stem is the name without its extension, as shown in mismatch errors.

@@ -109,10 +109,14 @@ func TestMayBeFrom(t *testing.T) {
 		{"Message_CO_SHOP1.xml", "CO", true},
 		{"Message_CO_SHOP1.xml", "SHOP1", false},
 		{"Message_X_CO_SHOP1.zip", "CO", true},
-		{"Message_X_CO_SHOP1.zip", "X", false},
+		{"Message_X_CO_SHOP1.zip", "X", true}, // from X to CO_SHOP1
+		{"Message_X_CO_SHOP1.zip", "SHOP1", false},
 		{"Message_SHOP_1_CO.xml", "SHOP_1", true},
 		{"Message_SHOP_1_CO.xml", "1", true}, // prefix SHOP
-		{"Message_SHOP_1_CO.xml", "SHOP", false},
+		{"Message_SHOP_1_CO.xml", "SHOP", true}, // to 1_CO (found by review: ЦО's own mail to ОП_1 was left unseen)
+		{"Message_ЦО_ОП_1.xml", "ЦО", true},
+		{"Message_ЦО_ОП_1.xml", "ОП", true}, // prefix ЦО
+		{"Message_ЦО_ОП_1.xml", "1", false},
 		{"Message_SHOP_1_CO.xml", "CO", false},
 		{"Message_ЦО_ОП.xml", "ЦО", true},
 	} {

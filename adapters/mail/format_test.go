@@ -152,7 +152,9 @@ func TestFromOtherNode(t *testing.T) {
 		{"Message_Полный_ЦО_ОП.xml", "ЦО", false}, // with a prefix
 		{"Message_SHOP_1_ЦО.xml", "SHOP_1", false},
 		{"Message_SHOP_1_ЦО.xml", "1", false},
-		{"Message_SHOP_1_ЦО.xml", "SHOP", true},
+		{"Message_SHOP_1_ЦО.xml", "SHOP", false}, // SHOP's to 1_ЦО (found by review: left unseen)
+		{"Message_SHOP_1_ЦО.xml", "ЦО", true},
+		{"Message_ЦО_ОП_1.xml", "ЦО", false},
 		{"Message_X", "ЦО", false},
 		{"", "ЦО", false},
 	} {

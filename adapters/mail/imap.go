@@ -85,10 +85,24 @@ type transfer struct {
 	n     int
 	parts map[int][]imap.UID // a part may arrive twice when a sender retried
 	sizes map[imap.UID]int64 // RFC822.SIZE of each part's mail
-	first time.Time
+	first time.Time          // the earliest arrival of any part
+	// again is the latest arrival of a copy of part 1: a sender whose
+	// retry comes more than an hour after it began the set sends it whole
+	// again, part 1 first, and the parts it then sends complete what that
+	// copy began.
+	again time.Time
 }
 
 func (t *transfer) complete() bool { return len(t.parts) == t.n }
+
+// since is when the set began, as part_timeout counts: at its latest
+// part 1, else at its first part.
+func (t *transfer) since() time.Time {
+	if t.again.After(t.first) {
+		return t.again
+	}
+	return t.first
+}
 
 func (t *transfer) uids() []imap.UID {
 	var all []imap.UID
@@ -378,7 +392,7 @@ func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *mes
 		switch {
 		case t.complete():
 			err = p.takeSet(ctx, c, t, out)
-		case p.now().Sub(t.first) > p.cfg.PartTimeout.Std():
+		case p.now().Sub(t.since()) > p.cfg.PartTimeout.Std():
 			err = p.giveUpSet(ctx, c, t, out)
 		}
 		if err != nil {
@@ -394,8 +408,12 @@ const nackRetry = 2 * time.Second
 // headerBatch is how many mails' headers one FETCH asks for.
 const headerBatch = 200
 
-// maxHeaderFields bounds the header fields fetched to classify one mail.
-const maxHeaderFields = 64 << 10
+// whoFields are the header fields that say whether a mail is an exchange
+// mail for this pickup at all. classify fetches them on their own too: when
+// the other fields make the header too large to read (a field of megabytes),
+// these still tell an exchange mail, which is then taken as malformed
+// (a dead letter and quarantine), not left alone unseen.
+var whoFields = []string{"From", "Subject"}
 
 // classifyEach classifies uids with one FETCH, and when the server
 // refuses that (a tagged NO: a damaged mail among them), each mail on its
@@ -450,8 +468,11 @@ type partLook struct {
 // session's trouble, not the mail's, and must not hide it for the life of
 // the process.
 func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, []imap.UID, error) {
-	section := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, HeaderFields: pickupHeaders, Peek: true}
-	cmd := c.Fetch(imap.UIDSetNum(uids...), &imap.FetchOptions{UID: true, RFC822Size: true, InternalDate: true, BodySection: []*imap.FetchItemBodySection{section}})
+	sections := []*imap.FetchItemBodySection{
+		{Specifier: imap.PartSpecifierHeader, HeaderFields: pickupHeaders, Peek: true},
+		{Specifier: imap.PartSpecifierHeader, HeaderFields: whoFields, Peek: true},
+	}
+	cmd := c.Fetch(imap.UIDSetNum(uids...), &imap.FetchOptions{UID: true, RFC822Size: true, InternalDate: true, BodySection: sections})
 	abandoned := false
 	defer func() {
 		if !abandoned {
@@ -466,6 +487,7 @@ func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, [
 			arrived time.Time
 			hdr     gomail.Header
 			hdrErr  error
+			who     fields
 		)
 		for item := m.Next(); item != nil; item = m.Next() {
 			switch it := item.(type) {
@@ -476,14 +498,30 @@ func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, [
 			case imapclient.FetchItemDataInternalDate:
 				arrived = it.Time
 			case imapclient.FetchItemDataBodySection:
+				f := &hdr
+				if it.Section != nil && len(it.Section.HeaderFields) == len(whoFields) {
+					f = &who.hdr
+				}
 				if it.Literal == nil {
-					hdrErr = errors.New("no header")
+					if f == &hdr {
+						hdrErr = errors.New("no header")
+					}
 					continue
 				}
 				lit := &srcReader{r: it.Literal}
-				var h textproto.Header
-				h, hdrErr = textproto.ReadHeader(bufio.NewReader(io.LimitReader(lit, maxHeaderFields)))
-				hdr = gomail.Header{Header: gomessage.Header{Header: h}}
+				var err error
+				if it.Literal.Size() > maxMIMEHeader {
+					err = errHeaderTooBig
+				} else {
+					var h textproto.Header
+					h, err = textproto.ReadHeader(bufio.NewReader(lit))
+					*f = gomail.Header{Header: gomessage.Header{Header: h}}
+				}
+				if f == &hdr {
+					hdrErr = err
+				} else {
+					who.err = err
+				}
 				_, _ = io.Copy(io.Discard, lit)
 				if size := it.Literal.Size(); lit.broken(size) {
 					// The connection broke, not the header.
@@ -498,6 +536,10 @@ func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, [
 			}
 		}
 		if uid == 0 {
+			continue
+		}
+		if errors.Is(hdrErr, errHeaderTooBig) && who.err == nil {
+			looks = append(looks, p.judgeTooBig(uid, size, who.hdr))
 			continue
 		}
 		looks = append(looks, p.judge(uid, size, arrived, hdr, hdrErr))
@@ -523,6 +565,25 @@ func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, [
 	}
 	slices.SortFunc(singles, func(a, b candidate) int { return int(a.uid) - int(b.uid) })
 	return singles, late, nil
+}
+
+// fields is a header section read on its own, or why it could not be.
+type fields struct {
+	hdr gomail.Header
+	err error
+}
+
+// judgeTooBig decides what a mail is whose header fields are larger than
+// maxMIMEHeader, from its sender and subject alone: an exchange mail for
+// this pickup is taken as a single mail, which its reading then finds
+// malformed (a dead letter, the mail quarantined); anything else is left.
+func (p *Pickup) judgeTooBig(uid imap.UID, size int64, who gomail.Header) look {
+	l := p.judge(uid, size, time.Time{}, who, nil)
+	if l.single == nil {
+		return l
+	}
+	p.log.Warn("exchange mail with a header over the limit: taken as malformed", "uid", uid, "limit", maxMIMEHeader)
+	return l
 }
 
 // judge decides from its header what a mail is.
@@ -595,6 +656,9 @@ func (p *Pickup) addPart(uid imap.UID, l *partLook) (late bool) {
 	}
 	if !arrived.IsZero() && arrived.Before(t.first) {
 		t.first = arrived
+	}
+	if pt.i == 1 && arrived.After(t.again) {
+		t.again = arrived
 	}
 	t.parts[pt.i] = append(t.parts[pt.i], uid)
 	t.sizes[uid] = size

@@ -13,6 +13,7 @@ import (
 	"mime/quotedprintable"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -434,6 +435,97 @@ func TestIMAPPickupIncompleteSetTimesOut(t *testing.T) {
 	}
 	m.Ack()
 	waitFor(t, "quarantine", func() bool { k, _ := s.count(t, DefaultQuarantine); return k == 2 })
+}
+
+// TestIMAPPickupSetBegunAgain: a sending relay whose retry comes more than
+// an hour after it began a set sends the set again from part 1, and later
+// retries only the parts still missing. part_timeout counts from that
+// latest part 1: counted from the first copy (a day before), the receiver
+// gave the set up and quarantined part 1 just before the missing parts
+// came, which then made a set that never completes while the sender had
+// counted the message delivered (found by review).
+func TestIMAPPickupSetBegunAgain(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	content := genXML(t, "SHOP1", "ЦО", 7, 250<<10)
+	if len(content) <= 200<<10 || len(content) > 300<<10 {
+		t.Fatalf("content of %d bytes is not three parts", len(content))
+	}
+	mail := func(i int) []byte { return testMail(t, "Message_SHOP1_ЦО.xml", content, part{i, 3}, 100<<10) }
+	at := func(raw []byte, when time.Time) {
+		t.Helper()
+		if _, err := s.user.Append("INBOX", literal{bytes.NewReader(raw)}, &imap.AppendOptions{Time: when}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t0 := time.Now().Add(-DefaultPartTimeout - 5*time.Minute)
+	at(mail(1), t0)                                  // the first try: part 2 refused
+	at(mail(1), t0.Add(23*time.Hour+30*time.Minute)) // the set begun again: part 2 refused again
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	out, _ := runPickup(t, "SHOP1", c, config.After{Action: config.AfterDelete}, nil)
+	none(t, out, 1500*time.Millisecond) // waiting for parts 2 and 3, not given up
+	at(mail(2), time.Now())
+	at(mail(3), time.Now())
+	m := next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("problem %q", pr)
+	}
+	m.Ack()
+	waitFor(t, "parts deleted", func() bool { k, _ := s.count(t, "INBOX"); return k == 0 })
+	if k, _ := s.count(t, DefaultQuarantine); k != 0 {
+		t.Fatalf("%d mails quarantined", k)
+	}
+}
+
+// TestIMAPPickupOwnMailToUnderscoreCode: node codes may contain '_', so
+// Message_ЦО_ОП_1.xml is ЦО's message to ОП_1; the pickup read it only as
+// prefix ЦО, from ОП, to 1, and left ЦО's own mail alone as another node's
+// for ever: never taken, never dead-lettered (found by review).
+func TestIMAPPickupOwnMailToUnderscoreCode(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП_1.xml", genXML(t, "ЦО", "ОП_1", 3, 2000), part{1, 1}, 0))
+	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	defer m.Ack()
+	if p := m.Metadata.Get(exchange.MetaProblem); p != "" || m.Metadata.Get(exchange.MetaTo) != "ОП_1" {
+		t.Fatalf("problem %q, to %q", p, m.Metadata.Get(exchange.MetaTo))
+	}
+}
+
+// TestIMAPPickupBigHeaderField: the fields that classify a mail were read
+// under 64 KiB, and a mail whose fields were longer (a folded field of 100
+// KiB, or of megabytes) was left alone for the life of the process, unseen:
+// now they are read up to the 1 MiB every MIME header may have, and past
+// that the mail is known by its From and Subject, read on their own, and
+// taken as malformed: a dead letter, quarantined (found by review).
+func TestIMAPPickupBigHeaderField(t *testing.T) {
+	for _, size := range []int{100 << 10, 2 << 20} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			s := startMemIMAP(t, nil)
+			var field strings.Builder
+			field.WriteString("X-Relay-Transfer: x")
+			for field.Len() < size {
+				field.WriteString("\r\n " + strings.Repeat("a", 76))
+			}
+			field.WriteString("\r\n")
+			raw := testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0)
+			s.add(t, "INBOX", append([]byte(field.String()), raw...))
+			out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+			m := next(t, out)
+			m.Ack()
+			problem := m.Metadata.Get(exchange.MetaProblem)
+			if size < maxMIMEHeader {
+				if problem != "" {
+					t.Fatalf("problem: %s", problem)
+				}
+				return
+			}
+			if !strings.Contains(problem, "MIME header is larger") {
+				t.Fatalf("a header over 1 MiB taken with problem %q", problem)
+			}
+			waitFor(t, "quarantine", func() bool { n, _ := s.count(t, DefaultQuarantine); return n == 1 })
+		})
+	}
 }
 
 func TestIMAPPickupKeepRemembers(t *testing.T) {

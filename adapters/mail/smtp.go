@@ -58,12 +58,13 @@ type sentParts struct {
 	first time.Time
 }
 
-// resendAfter is how long after its first part a retry still sends only the
-// missing parts; later it sends them all. The receiver waits part_timeout
-// (24 h by default) from the first part it got, then gives the set up as a
-// dead letter: parts sent after that would make a set that never completes,
-// and the message would be lost while this side counted it delivered. A
-// part that arrives twice is joined once.
+// resendAfter is how long after the try that began a set (sending part 1)
+// a retry still sends only the missing parts; later it begins the set again
+// and sends them all. The receiver waits part_timeout (24 h by default)
+// from the latest copy of part 1 it got, then gives the set up as a dead
+// letter: parts sent after that would make a set that never completes, and
+// the message would be lost while this side counted it delivered. A part
+// that arrives twice is joined once.
 const resendAfter = time.Hour
 
 var _ message.Publisher = (*Publisher)(nil)
