@@ -24,9 +24,10 @@ type Outbox interface {
 	Next() (pull.Offer, bool)
 	// Ack completes the delivery of a waiting message.
 	Ack(id string) error
-	// Release ends the lease of a message that could not be handed over,
-	// so the node's next request gets it.
-	Release(id string)
+	// Release ends the lease of a message that could not be handed over
+	// because of err, so the node's next request gets it; a stored file
+	// found damaged or gone is not offered again (its delivery fails).
+	Release(id string, err error)
 	// Touch starts the lease of a message again from now: it is held while
 	// the message is being sent, and counts from the end of the transfer.
 	Touch(id string)
@@ -224,9 +225,15 @@ func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
+	// The lease is held from now on while the message is opened and sent
+	// (opening may wait on NATS, and a big file to a slow node may take
+	// longer than the lease), so no other request gets it meanwhile; it
+	// counts from the end of the transfer.
+	stop := holdLease(ob, o)
 	body, err := o.Open(r.Context())
 	if err != nil {
-		ob.Release(o.ID)
+		stop()
+		ob.Release(o.ID, err)
 		writeErr(w, http.StatusServiceUnavailable, "cannot read the message, try again: "+err.Error())
 		return
 	}
@@ -252,10 +259,7 @@ func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
 	}
 	hd.Set("X-Relay-Sha256", o.SHA256)
 	w.WriteHeader(http.StatusOK)
-	// The lease is held while the file is sent (a big one to a slow node
-	// may take longer than the lease) and counts from the end of the
-	// transfer; a node that takes nothing for pullIdle is cut off.
-	stop := holdLease(ob, o)
+	// A node that takes nothing for pullIdle is cut off.
 	rc := http.NewResponseController(w)
 	// The last byte goes only once the stored file proved whole: the node
 	// never holds a complete-looking copy of a damaged one.
@@ -266,7 +270,7 @@ func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
 	_ = rc.SetWriteDeadline(time.Time{}) // the connection may serve more requests
 	stop()
 	if err != nil {
-		ob.Release(o.ID)
+		ob.Release(o.ID, err)
 		s.log.Warn("pull: transfer broken off; the message is offered again", "node", code, "file", o.Name, "err", err)
 		return
 	}

@@ -3,6 +3,9 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,7 +30,7 @@ type oneOffer struct{ o pull.Offer }
 
 func (b oneOffer) Next() (pull.Offer, bool) { return b.o, true }
 func (b oneOffer) Ack(string) error         { return nil }
-func (b oneOffer) Release(string)           {}
+func (b oneOffer) Release(string, error)    {}
 func (b oneOffer) Touch(string)             {}
 
 // mobConfig is a routing.yaml whose node MOB pulls its messages with the
@@ -268,8 +271,8 @@ type recordingOutbox struct {
 	released atomic.Int32
 }
 
-func (b *recordingOutbox) Ack(string) error { return b.ackErr }
-func (b *recordingOutbox) Release(string)   { b.released.Add(1) }
+func (b *recordingOutbox) Ack(string) error      { return b.ackErr }
+func (b *recordingOutbox) Release(string, error) { b.released.Add(1) }
 
 // A node that stops reading a pulled message is cut off after pullIdle
 // without a byte taken, and the message is released to be fetched again at
@@ -310,5 +313,167 @@ func TestPullAckWithdrawnIs503(t *testing.T) {
 	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, ob}, "", slog.New(slog.DiscardHandler))
 	if w := do(s, "POST", "/api/v1/nodes/MOB/messages/id1/ack", "192.0.2.7:5000", "Bearer mob-secret"); w.Code != http.StatusServiceUnavailable {
 		t.Errorf("ack of a withdrawn message: %d %s, want 503", w.Code, strings.TrimSpace(w.Body.String()))
+	}
+}
+
+// mobMsg is a message for MOB from `from` whose stored file reads back
+// as the bytes open returns; its size and sha256 are those of content.
+func mobMsg(id, from string, no uint64, content string, open func(ctx context.Context) (io.ReadCloser, error)) *message.Message {
+	m := message.NewMessage(id, nil)
+	exchange.SetHeader(m, exchange.Header{ExchangePlan: "P", From: from, To: "MOB", MessageNo: no})
+	m.Metadata.Set(exchange.MetaFileName, "Message_"+from+"_MOB.xml")
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(content)))
+	sum := sha256.Sum256([]byte(content))
+	m.Metadata.Set(exchange.MetaSHA256, hex.EncodeToString(sum[:]))
+	exchange.SetBody(m, open)
+	return m
+}
+
+// TestPullLeaseHeldWhileOpening: the lease is held from Next on. It was
+// held only once the body was open: an open slower than the lease (a slow
+// object store, a NATS leader change) let it run out while the first
+// poller's handler was still opening, and a second poller got the same
+// message: one message handed to two clients at once (found by review).
+func TestPullLeaseHeldWhileOpening(t *testing.T) {
+	cfg := mobConfig(t)
+	lease := 300 * time.Millisecond
+	mb := pull.NewMailbox("MOB", pull.Config{Lease: config.Duration(lease)}, nil)
+	defer mb.Close()
+	content := "<v8msg:Message>hello</v8msg:Message>"
+	var opens atomic.Int32
+	m := mobMsg("review-open-1", "CO", 1, content, func(ctx context.Context) (io.ReadCloser, error) {
+		if opens.Add(1) == 2 { // 1st: the mailbox's own (park); 2nd: poller 1's fetch
+			select {
+			case <-time.After(lease + 500*time.Millisecond): // a slow open
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return io.NopCloser(strings.NewReader(content)), nil
+	})
+	go mb.Publish("", m)
+	for mb.Waiting() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, mb}, "", slog.New(slog.DiscardHandler))
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	get := func() (*http.Response, error) {
+		req, _ := http.NewRequest("GET", srv.URL+"/api/v1/nodes/MOB/messages/next", nil)
+		req.Header.Set("Authorization", "Bearer mob-secret")
+		return http.DefaultClient.Do(req)
+	}
+	first := make(chan *http.Response, 1)
+	go func() {
+		resp, err := get()
+		if err != nil {
+			first <- nil
+			return
+		}
+		first <- resp
+	}()
+	time.Sleep(lease + 150*time.Millisecond) // poller 1's handler is still opening the body
+	second, err := get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := io.ReadAll(second.Body)
+	second.Body.Close()
+	r1 := <-first
+	if r1 == nil {
+		t.Fatal("poller 1's request failed")
+	}
+	b1, _ := io.ReadAll(r1.Body)
+	r1.Body.Close()
+	if r1.StatusCode == 200 && second.StatusCode == 200 && r1.Header.Get("Relay-Message-Id") == second.Header.Get("Relay-Message-Id") {
+		t.Errorf("message %s handed to two pollers within one lease (poller 1 got %d bytes, poller 2 got %d bytes): "+
+			"the lease ran out while poller 1's handler was opening the body, before holdLease started",
+			r1.Header.Get("Relay-Message-Id"), len(b1), len(b2))
+	}
+}
+
+// TestPullDamagedFileFailsItsDelivery: a stored file found damaged while
+// it is sent (exchange.ErrDamaged, permanent) ends its delivery with that
+// error, which the pipeline makes a dead letter. It was only released: the
+// message stayed parked for good, its channel stuck, and since Next hands
+// out the oldest waiting message, every later fetch got the same damaged
+// file again (all but its last byte) and the node's other messages never
+// (found by review).
+func TestPullDamagedFileFailsItsDelivery(t *testing.T) {
+	cfg := mobConfig(t)
+	mb := pull.NewMailbox("MOB", pull.Config{Lease: config.Duration(5 * time.Minute)}, nil)
+	defer mb.Close()
+	good := "<v8msg:Message>good</v8msg:Message>"
+	damaged := "<v8msg:Message>GOOD</v8msg:Message>" // same size, another sha256
+	bad := mobMsg("review-damaged", "CO", 7, good, func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader(damaged)), nil
+	})
+	badDone := make(chan error, 1)
+	go func() { badDone <- mb.Publish("", bad) }()
+	for mb.Waiting() < 1 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	other := mobMsg("review-other", "WH", 3, good, func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader(good)), nil
+	})
+	go mb.Publish("", other)
+	for mb.Waiting() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, mb}, "", slog.New(slog.DiscardHandler))
+
+	gotOther := false
+	damagedFetches := 0
+	for range 5 {
+		w := do(s, "GET", "/api/v1/nodes/MOB/messages/next", "192.0.2.7:5000", "Bearer mob-secret")
+		if w.Code == 200 && w.Header().Get("X-Relay-From") == "WH" && w.Body.String() == good {
+			gotOther = true
+			break
+		}
+		if w.Header().Get("X-Relay-From") == "CO" {
+			damagedFetches++
+		}
+	}
+	var deadLettered bool
+	select {
+	case err := <-badDone:
+		deadLettered = err != nil && exchange.IsPermanent(err) && errors.Is(err, exchange.ErrDamaged)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if !gotOther {
+		t.Errorf("5 fetches after the CO message was found damaged: %d got the damaged CO file again, none the waiting WH message: "+
+			"one damaged message blocks the node's whole mailbox", damagedFetches)
+	}
+	if !deadLettered {
+		t.Errorf("the damaged message's Publish did not end with a permanent ErrDamaged: it stays parked for ever (no dead letter, its channel stuck)")
+	}
+}
+
+// TestPullSharedTokenRefused: two nodes given the same token value
+// (distinct variables, so validate cannot see it) can use the API neither.
+// The token was kept for the first node and refused for the second only,
+// so the second's holder pulled and acknowledged (took for good) the
+// first's messages (found by review).
+func TestPullSharedTokenRefused(t *testing.T) {
+	t.Setenv("RELAY_TEST_MOB1_TOKEN", "same-secret")
+	t.Setenv("RELAY_TEST_MOB2_TOKEN", "same-secret")
+	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n" +
+		"  MOB1:\n    api_token_env: RELAY_TEST_MOB1_TOKEN\n    deliver: { http_pull: {} }\n" +
+		"  MOB2:\n    api_token_env: RELAY_TEST_MOB2_TOKEN\n    deliver: { http_pull: {} }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	offer := pull.Offer{ID: "id1", Name: "Message_CO_MOB1.xml", Header: exchange.Header{ExchangePlan: "P", From: "CO", To: "MOB1", MessageNo: 1}, Size: 4, SHA256: bodySHA,
+		Open: func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("body")), nil }}
+	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, oneOffer{offer}}, "", slog.New(slog.DiscardHandler))
+	for _, code := range []string{"MOB1", "MOB2"} {
+		w := do(s, "GET", "/api/v1/nodes/"+code+"/messages/next", "192.0.2.7:5000", "Bearer same-secret")
+		if w.Code == 200 {
+			t.Errorf("a token that is both MOB1's and MOB2's pulled %s's mailbox (200): whoever holds the other node's token takes %s's messages; a shared token must identify neither", code, code)
+		}
+		w = do(s, "POST", "/api/v1/nodes/"+code+"/messages/id1/ack", "192.0.2.7:5000", "Bearer same-secret")
+		if w.Code == 200 {
+			t.Errorf("a token that is both MOB1's and MOB2's acknowledged a message of %s (200)", code)
+		}
 	}
 }

@@ -131,19 +131,29 @@ func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *
 	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{}, pushIdle: time.Minute, pullIdle: time.Minute,
 		pushes: make(chan struct{}, maxPushes),
 		spool:  filepath.Join(cfg.Resolve(cfg.Relay.DataDir), "spool", "api")}
+	// A token two nodes share (or a node and the operator) names none of
+	// them: kept for the first, it would open that node's mailbox to the
+	// other's holder.
+	holders := map[string][]string{}
 	for _, code := range cfg.NodeNames() {
 		n := cfg.Nodes[code]
 		if n == nil || n.APITokenEnv == "" {
 			continue
 		}
-		t := os.Getenv(n.APITokenEnv)
-		switch {
-		case t == "":
+		if t := os.Getenv(n.APITokenEnv); t == "" {
 			log.Warn("node token not set: the node cannot use the API", "node", code, "env", n.APITokenEnv)
-		case t == token || s.nodeTokens[t] != "":
-			log.Error("node token is not unique: ignored", "node", code, "env", n.APITokenEnv)
-		default:
-			s.nodeTokens[t] = code
+		} else {
+			holders[t] = append(holders[t], code)
+		}
+	}
+	for t, codes := range holders {
+		if len(codes) == 1 && t != token {
+			s.nodeTokens[t] = codes[0]
+			continue
+		}
+		for _, code := range codes {
+			log.Error("node token is not unique (the operator's or another node's too): ignored, the node cannot use the API",
+				"node", code, "env", cfg.Nodes[code].APITokenEnv)
 		}
 	}
 	folder.ClearSpool(s.spool, log)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
 	"gopkg.in/yaml.v3"
 
 	"github.com/relay1c/relay/config"
@@ -77,6 +78,10 @@ type offer struct {
 	Offer
 	leasedUntil time.Time
 	acked       chan struct{}
+	// failed is closed when Release found the stored file damaged or
+	// gone; err says how.
+	failed chan struct{}
+	err    error
 }
 
 // Mailbox is a node's http_pull delivery, a Watermill Publisher: Publish
@@ -153,7 +158,8 @@ func (mb *Mailbox) park(m *message.Message) error {
 			ID: OfferID(m.UUID), Name: d.Name, Header: d.Header, Size: d.Size, SHA256: d.SHA256,
 			Open: func(ctx context.Context) (io.ReadCloser, error) { return exchange.Body(ctx, m) },
 		},
-		acked: make(chan struct{}),
+		acked:  make(chan struct{}),
+		failed: make(chan struct{}),
 	}
 	mb.mu.Lock()
 	for _, x := range mb.offers {
@@ -175,22 +181,29 @@ func (mb *Mailbox) park(m *message.Message) error {
 	// The outcome is decided once, under the lock: either Ack takes the
 	// offer (the node heard "acknowledged": delivered) or withdraw does (a
 	// later Ack fails with ErrWithdrawn), never both.
-	delivered := func() error {
+	taken := func() error { // by Ack, or by Release as damaged
+		select {
+		case <-o.failed:
+			return fmt.Errorf("http_pull %s: %s: %w", mb.node, d.Name, o.err)
+		default:
+		}
 		mb.log.Debug("delivered: the node acknowledged", "message_id", m.UUID, "file", d.Name, "id", o.ID)
 		return nil
 	}
 	for {
 		select {
 		case <-o.acked:
-			return delivered()
+			return taken()
+		case <-o.failed:
+			return taken()
 		case <-m.Context().Done():
 			if !mb.withdraw(o, false) {
-				return delivered()
+				return taken()
 			}
 			return fmt.Errorf("http_pull %s: %s: %w", mb.node, d.Name, m.Context().Err())
 		case <-mb.closing:
 			if !mb.withdraw(o, false) {
-				return delivered()
+				return taken()
 			}
 			return errClosed
 		case <-check:
@@ -264,16 +277,29 @@ func (mb *Mailbox) Next() (Offer, bool) {
 	return Offer{}, false
 }
 
-// Release ends the lease of the waiting message id (the API could not hand
-// it over), so the next request gets it rather than wait for the lease.
-func (mb *Mailbox) Release(id string) {
+// Release ends the lease of the waiting message id, which the API could not
+// hand over because of err, so that the next request gets it rather than
+// wait for the lease. A stored file found damaged or gone (err permanent,
+// or the payload not found) is not offered again: its delivery ends with
+// err, which the pipeline makes a dead letter. Offered first again, it
+// would come back on every fetch and hold up the node's whole mailbox.
+func (mb *Mailbox) Release(id string, err error) {
+	final := exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound)
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
-	for _, o := range mb.offers {
-		if o.ID == id {
-			o.leasedUntil = time.Time{}
-			return
+	for i, o := range mb.offers {
+		if o.ID != id {
+			continue
 		}
+		if final {
+			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
+			o.err = err
+			close(o.failed)
+			mb.log.Warn("stored file cannot be handed to the node: its delivery fails", "file", o.Name, "id", id, "err", err)
+		} else {
+			o.leasedUntil = time.Time{}
+		}
+		return
 	}
 }
 

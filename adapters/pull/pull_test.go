@@ -75,7 +75,7 @@ func TestMailbox(t *testing.T) {
 	}
 	// Released (the API could not hand it over): the next request gets it
 	// at once, not after the lease.
-	mb.Release(o2.ID)
+	mb.Release(o2.ID, errors.New("broken off"))
 	if o3, ok := mb.Next(); !ok || o3.ID != o.ID {
 		t.Fatal("not offered again after its release")
 	}
