@@ -30,7 +30,9 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 		method = stdhttp.MethodGet
 		target, _ = parseURL(c.cfg.HealthURL)
 	}
-	err = c.probe(ctx, method, target.String(), func(code int) bool {
+	var allow string
+	err = c.probe(ctx, method, target.String(), func(code int, h stdhttp.Header) bool {
+		allow = h.Get("Allow")
 		if c.cfg.HealthURL != "" {
 			return code >= 200 && code < 300
 		}
@@ -40,6 +42,12 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 		redirect := code >= 300 && code < 400
 		return code < 500 && !redirect && code != stdhttp.StatusUnauthorized && code != stdhttp.StatusForbidden && code != stdhttp.StatusProxyAuthRequired
 	})
+	if err == nil && method == stdhttp.MethodOptions && c.cfg.Method == stdhttp.MethodPut && !c.cfg.PutDirect && allow != "" && !listsMove(allow) {
+		// A server that says which methods it takes and leaves MOVE out
+		// would take every file under its temporary name only.
+		return fmt.Errorf("http %s: OPTIONS %s: Allow: %s has no MOVE, which renames a file PUT under a temporary name to its own (hint: a WebDAV folder takes MOVE; for a server that shows a PUT's file only once it is whole, set put_direct: true)",
+			node, display(target), allow)
+	}
 	if err != nil {
 		err = fmt.Errorf("http %s: %s %s: %w", node, method, display(target), err)
 		if h := Hint(err); h != "" {
@@ -49,8 +57,18 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 	return err
 }
 
-// probe sends one bodiless request and judges the status with ok.
-func (c *client) probe(ctx context.Context, method, target string, ok func(int) bool) error {
+// listsMove says an Allow header's list of methods has MOVE.
+func listsMove(allow string) bool {
+	for m := range strings.SplitSeq(allow, ",") {
+		if strings.EqualFold(strings.TrimSpace(m), "MOVE") {
+			return true
+		}
+	}
+	return false
+}
+
+// probe sends one bodiless request and judges its answer with ok.
+func (c *client) probe(ctx context.Context, method, target string, ok func(code int, h stdhttp.Header) bool) error {
 	rctx, guard, done := c.newAttemptContext(ctx)
 	defer done()
 	req, err := stdhttp.NewRequestWithContext(rctx, method, target, nil)
@@ -65,7 +83,7 @@ func (c *client) probe(ctx context.Context, method, target string, ok func(int) 
 		return requestErr(rctx, err)
 	}
 	defer resp.Body.Close()
-	if ok(resp.StatusCode) {
+	if ok(resp.StatusCode, resp.Header) {
 		return nil
 	}
 	return statusError(resp, guardedReader{r: resp.Body, g: guard})

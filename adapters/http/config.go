@@ -59,6 +59,11 @@ type Config struct {
 
 	// Delivery only.
 
+	// PutDirect makes a PUT go straight to the message's name, for a
+	// server that shows a PUT's file only once it is whole or that has no
+	// WebDAV MOVE; by default the file is PUT under a temporary name and
+	// renamed with MOVE, so a node never sees it half-written.
+	PutDirect bool `yaml:"put_direct"`
 	// HealthURL, when set, is what `relay check` GETs (2xx = healthy)
 	// instead of an OPTIONS request on URL.
 	HealthURL string `yaml:"health_url"`
@@ -148,6 +153,9 @@ func (c *Config) Validate() []error {
 		add("method: only for deliver (pickup always GETs)")
 	case c.role != "pickup" && c.Method != "POST" && c.Method != "PUT":
 		add("method: %q is not POST or PUT", c.Method)
+	}
+	if c.PutDirect && c.Method != "PUT" {
+		add("put_direct: only with method: PUT")
 	}
 	if c.User != "" && strings.ContainsAny(c.User, ":\r\n") {
 		add("user: %q cannot hold a colon or a line break", c.User)

@@ -11,6 +11,7 @@ import (
 	"mime"
 	stdhttp "net/http"
 	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -137,8 +138,13 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	}
 
 	target := p.c.u
+	put := target // where the body goes
 	if p.c.cfg.Method == "PUT" {
 		target = target.JoinPath(url.PathEscape(d.Name))
+		put = target
+		if !p.c.cfg.PutDirect {
+			put = p.c.u.JoinPath(url.PathEscape(d.Name + tempSuffix))
+		}
 	}
 	where := fmt.Sprintf("http %s: %s %s", p.c.node, p.c.cfg.Method, display(target))
 	log := p.c.log.With("file", d.Name, "message_id", m.UUID, "message_no", d.Header.MessageNo)
@@ -147,7 +153,15 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	var last error
 	op := func() (struct{}, error) {
 		attempts++
-		o := p.attempt(ctx, m.UUID, d, open, target)
+		o := p.attempt(ctx, m.UUID, d, open, put)
+		if put != target {
+			if o == nil {
+				o = p.move(ctx, put, target)
+			}
+			if o != nil {
+				p.discard(ctx, put, log)
+			}
+		}
 		if o == nil {
 			return struct{}{}, nil
 		}
@@ -228,7 +242,7 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 	}
 	body, err := newBody()
 	if err != nil {
-		return &outcome{err: err, retry: true}
+		return &outcome{err: err, retry: !exchange.IsPermanent(err), permanent: exchange.IsPermanent(err)}
 	}
 	req, err := stdhttp.NewRequestWithContext(rctx, p.c.cfg.Method, target.String(), body)
 	if err != nil {
@@ -267,6 +281,10 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 			return &outcome{err: err}
 		case errors.Is(err, errRedirect), certError(err):
 			return &outcome{err: err}
+		case exchange.IsPermanent(err):
+			// The stored file found damaged while it went out: no retry
+			// heals it, none re-sends it.
+			return &outcome{err: err, permanent: true}
 		}
 		return &outcome{err: err, retry: true}
 	}
@@ -310,6 +328,66 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 		return &outcome{err: statusError(resp, reply), permanent: true}
 	}
 	return &outcome{err: statusError(resp, reply)}
+}
+
+// tempSuffix names the file a WebDAV delivery PUTs before it renames it to
+// the message's name: 1C reads only Message_*.xml|.zip, so it never sees a
+// file still being written, nor one whose upload broke off.
+const tempSuffix = ".part"
+
+// move renames the file PUT at from to to with a WebDAV MOVE (Overwrite:
+// T, as a rename over the final name); nil means done. A failure is the
+// endpoint's trouble, never the message's dead letter.
+func (p *Publisher) move(ctx context.Context, from, to *url.URL) *outcome {
+	rctx, _, done := p.c.newAttemptContext(ctx)
+	defer done()
+	fail := func(err error) error { return fmt.Errorf("MOVE %s to its name: %w", path.Base(from.Path), err) }
+	req, err := stdhttp.NewRequestWithContext(rctx, "MOVE", from.String(), nil)
+	if err != nil {
+		return &outcome{err: fail(err)}
+	}
+	if err := p.c.authorize(req); err != nil {
+		return &outcome{err: fail(err)}
+	}
+	req.Header.Set("Destination", to.String())
+	req.Header.Set("Overwrite", "T")
+	resp, err := p.c.hc.Do(req)
+	if err != nil {
+		return &outcome{err: fail(requestErr(rctx, err)), retry: ctx.Err() == nil}
+	}
+	defer resp.Body.Close()
+	reply := io.LimitReader(resp.Body, 64<<10)
+	switch code := resp.StatusCode; {
+	case code >= 200 && code < 300:
+		drain(reply)
+		return nil
+	case code == stdhttp.StatusMethodNotAllowed, code == stdhttp.StatusNotImplemented:
+		return &outcome{err: fail(fmt.Errorf("%w (the server does not rename with MOVE: if it stores a PUT whole before the name shows, set put_direct: true)", statusError(resp, reply)))}
+	case code == stdhttp.StatusRequestTimeout, code == stdhttp.StatusLocked, code == stdhttp.StatusTooManyRequests, code >= 500:
+		return &outcome{err: fail(statusError(resp, reply)), retry: true, after: retryAfter(resp.Header.Get("Retry-After"), time.Now(), p.retry.maxRetryAfter)}
+	}
+	return &outcome{err: fail(statusError(resp, reply))}
+}
+
+// discard deletes the temporary file of a PUT that failed, if the server
+// kept any of it: a file 1C never reads, but that takes space. Best effort.
+func (p *Publisher) discard(ctx context.Context, u *url.URL, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.c.cfg.ConnectTimeout.Std()+10*time.Second)
+	defer cancel()
+	req, err := stdhttp.NewRequestWithContext(ctx, stdhttp.MethodDelete, u.String(), nil)
+	if err == nil {
+		err = p.c.authorize(req)
+	}
+	if err != nil {
+		return
+	}
+	resp, err := p.c.hc.Do(req)
+	if err != nil {
+		log.Debug("temporary file not deleted", "url", display(u), "err", err)
+		return
+	}
+	drain(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
 }
 
 // sendBody streams the file to the connection through an

@@ -151,7 +151,8 @@ func (h *holdingService) count(file string) int {
 	return h.got[file]
 }
 
-// deliverYAML is a node's deliver endpoint PUTting into the service.
+// deliverYAML is a node's deliver endpoint PUTting into the service
+// (straight to the file's name: the service counts requests by name).
 func (h *holdingService) deliverYAML() string {
-	return fmt.Sprintf("{ http: { url: %q, method: PUT, response_timeout: 5m, timeout: 5m } }", h.srv.URL+"/in/")
+	return fmt.Sprintf("{ http: { url: %q, method: PUT, put_direct: true, response_timeout: 5m, timeout: 5m } }", h.srv.URL+"/in/")
 }
