@@ -112,7 +112,7 @@ func TestMayBeFrom(t *testing.T) {
 		{"Message_X_CO_SHOP1.zip", "X", true}, // from X to CO_SHOP1
 		{"Message_X_CO_SHOP1.zip", "SHOP1", false},
 		{"Message_SHOP_1_CO.xml", "SHOP_1", true},
-		{"Message_SHOP_1_CO.xml", "1", true}, // prefix SHOP
+		{"Message_SHOP_1_CO.xml", "1", true},    // prefix SHOP
 		{"Message_SHOP_1_CO.xml", "SHOP", true}, // to 1_CO (found by review: ЦО's own mail to ОП_1 was left unseen)
 		{"Message_ЦО_ОП_1.xml", "ЦО", true},
 		{"Message_ЦО_ОП_1.xml", "ОП", true}, // prefix ЦО
