@@ -230,6 +230,11 @@ func StaleHave(err error) uint64 {
 // any replica, without counting a failure.
 var ErrNotTaken = errors.New("destination did not take the message here")
 
+// ErrStopping is returned by a delivery cut short because relay is
+// stopping: not the destination's trouble, so nothing is held against the
+// channel; the message is offered again after the restart.
+var ErrStopping = errors.New("relay stopping")
+
 type permanentError struct{ error }
 
 func (p permanentError) Unwrap() error { return p.error }

@@ -397,7 +397,10 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		if inPlace {
 			err = nil
 		}
-		if err != nil && !errors.Is(err, exchange.ErrStale) {
+		// Cut short by the relay's stop (the pipeline's or the adapter's
+		// own): no failure of the destination's to count or show.
+		stopping := err != nil && !exchange.IsPermanent(err) && (errors.Is(err, exchange.ErrStopping) || m.Context().Err() != nil)
+		if err != nil && !errors.Is(err, exchange.ErrStale) && !stopping {
 			l.m.attemptErrors.WithLabelValues(node, adapter).Inc()
 		}
 		// The destination's answer is in: record it even if the relay is
@@ -468,6 +471,9 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			l.m.dead.WithLabelValues(node, StageDeliver).Inc()
 			ev(StepDead, reason)
 			return l.finish(ctx, h, seq, m.UUID, "", func(c *Channel) { l.diedAtDelivery(c, h, n.Mode, reason) })
+		case stopping:
+			log.Info("delivery cut short: relay stopping; offered again after the restart", "err", err)
+			return err
 		default:
 			log.Warn("delivery failed; will retry", "err", err)
 			ev(StepDeliveryFailed, err.Error())

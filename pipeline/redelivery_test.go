@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,6 +154,36 @@ func TestSequentialFirstMessageNotOvertaken(t *testing.T) {
 	got := d.delivered()
 	if len(got) != 2 || got[0] != 1 || got[1] != 2 {
 		t.Fatalf("sequential channel delivered %v, want [1 2]; state %+v", got, c)
+	}
+}
+
+// TestDeliveryCutByStopIsNoFailure: a delivery an adapter cuts short
+// because relay is stopping (a pull node's parked message, exchange.
+// ErrStopping) is offered again later, and the channel shows no error: it
+// showed "relay stopping" as its last error after every restart until the
+// next delivery (found by review).
+func TestDeliveryCutByStopIsNoFailure(t *testing.T) {
+	t.Parallel()
+	b := testBus(t)
+	var tries atomic.Int32
+	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
+		tries.Add(1)
+		return fmt.Errorf("http_pull DST: Message_SRC_DST.xml: %w", exchange.ErrStopping)
+	}}
+	queueRecord(t, b, "SRC", "DST", 1)
+	p := runSequential(t, b, d)
+	for deadline := time.Now().Add(20 * time.Second); tries.Load() < 2 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if tries.Load() < 2 {
+		t.Fatal("the message cut short was not offered again")
+	}
+	c, err := p.States().Get(context.Background(), "P", "SRC", "DST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.LastError != "" || c.DeliveredNo != 0 {
+		t.Fatalf("channel after deliveries cut by a stop: last error %q, delivered No %d", c.LastError, c.DeliveredNo)
 	}
 }
 

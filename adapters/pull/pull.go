@@ -126,9 +126,6 @@ var ErrUnknownOffer = errors.New("no such message waiting")
 // JetStream): it is offered again, and the node must fetch it again.
 var ErrWithdrawn = errors.New("no longer offered here: it is offered again")
 
-// errClosed makes a parked delivery fail when the relay stops; JetStream
-// offers the message again after the restart.
-var errClosed = errors.New("relay stopping")
 
 // OfferID is the acknowledgement id of a message with the given relay id.
 func OfferID(messageID string) string {
@@ -205,7 +202,7 @@ func (mb *Mailbox) park(m *message.Message) error {
 			if !mb.withdraw(o, false) {
 				return taken()
 			}
-			return errClosed
+			return fmt.Errorf("http_pull %s: %s: %w", mb.node, d.Name, exchange.ErrStopping)
 		case <-check:
 			// Not withdrawn: a client holds it, or Ack took it just now
 			// (o.acked is closed).
