@@ -593,13 +593,18 @@ func (r *payloadReader) Read(p []byte) (int, error) {
 // fill reads the next chunk into cur.
 func (r *payloadReader) fill() error {
 	m, err := r.s.GetMsg(r.ctx, max(r.next, 1), jetstream.WithGetMsgSubject(r.subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		// Its chunks are gone (deleted under the reader): the payload is,
+		// as for one whose meta is gone.
+		return fmt.Errorf("payload %s: chunk after seq %d: %w (%w)", r.name, r.next, jetstream.ErrObjectNotFound, err)
+	}
 	if err != nil {
 		return fmt.Errorf("payload %s: chunk after seq %d: %w", r.name, r.next, err)
 	}
 	r.next = m.Sequence + 1
 	r.cur = m.Data
 	if int64(len(r.cur)) > r.left {
-		return fmt.Errorf("payload %s: more data than its size", r.name)
+		return exchange.Permanent(fmt.Errorf("payload %s: %w: more data than its size", r.name, exchange.ErrDamaged))
 	}
 	r.left -= int64(len(r.cur))
 	r.sum.Write(r.cur)

@@ -163,13 +163,17 @@ func ParseName(base string) (Name, error) {
 	return n, nil
 }
 
-// MayBeFrom says the file may be a message of node under any reading Check
+// MayBeFrom says the file may be a message of node under a reading Check
 // accepts: its From; or, as codes may contain '_', its prefix and From
-// joined (Message_A_B_C from A_B to C), or its prefix alone (from A to B_C).
-// A pickup leaves a name that cannot be node's alone: another node's file
-// in a shared folder or mailbox (1C's mail transport reads and writes one
-// mailbox).
+// joined (Message_A_B_C from A_B to C), or its prefix alone (from A to B_C)
+// — unless its To is node: addressed to node under the plain reading, it is
+// left for node's 1C (a node never sends to itself). A pickup leaves a name
+// that cannot be node's alone: another node's file in a shared folder or
+// mailbox (1C's mail transport reads and writes one mailbox).
 func (n Name) MayBeFrom(node string) bool {
+	if n.To == node {
+		return false
+	}
 	return n.From == node || (n.Prefix != "" && (n.Prefix == node || n.Prefix+"_"+n.From == node))
 }
 

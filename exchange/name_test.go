@@ -119,6 +119,11 @@ func TestMayBeFrom(t *testing.T) {
 		{"Message_ЦО_ОП_1.xml", "1", false},
 		{"Message_SHOP_1_CO.xml", "CO", false},
 		{"Message_ЦО_ОП.xml", "ЦО", true},
+		// SHOP_1's message to SHOP in a mailbox SHOP's 1C shares: not
+		// SHOP's to 1_SHOP (found by review: the pickup took the mail
+		// delivered to SHOP).
+		{"Message_SHOP_1_SHOP.xml", "SHOP", false},
+		{"Message_SHOP_1_SHOP.xml", "SHOP_1", true},
 	} {
 		n, err := ParseName(tc.file)
 		if err != nil {

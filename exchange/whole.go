@@ -50,16 +50,16 @@ func (w *WholeReader) Read(p []byte) (int, error) {
 		w.sum.Write(p[:n])
 		w.left -= int64(n)
 		if err == io.EOF {
-			return n, fmt.Errorf("the stored file ended %d bytes early: %w", w.left, io.ErrUnexpectedEOF)
+			return n, endedEarly(w.left)
 		}
 		return n, err
 	}
 	var last [1]byte
 	if _, err := io.ReadFull(w.r, last[:]); err != nil {
 		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+			return 0, endedEarly(1)
 		}
-		return 0, fmt.Errorf("the stored file ended 1 byte early: %w", err)
+		return 0, fmt.Errorf("the stored file's last byte: %w", err)
 	}
 	w.sum.Write(last[:])
 	if err := ended(w.r); err != nil {
@@ -71,6 +71,16 @@ func (w *WholeReader) Read(p []byte) (int, error) {
 	p[0] = last[0]
 	w.left = 0
 	return 1, nil
+}
+
+// endedEarly is the error of a stored file whose source ended cleanly left
+// bytes before its size: it is shorter than stored, which no retry heals.
+func endedEarly(left int64) error {
+	bytes := "bytes"
+	if left == 1 {
+		bytes = "byte"
+	}
+	return Permanent(fmt.Errorf("%w: it ended %d %s early (%w)", ErrDamaged, left, bytes, io.ErrUnexpectedEOF))
 }
 
 // ended says r is at its clean end (io.EOF), or why not.

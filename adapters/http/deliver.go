@@ -153,13 +153,15 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	var last error
 	op := func() (struct{}, error) {
 		attempts++
-		o := p.attempt(ctx, m.UUID, d, open, put)
+		o, at := p.attempt(ctx, m.UUID, d, open, put)
 		if put != target {
 			if o == nil {
-				o = p.move(ctx, put, target)
+				// Renamed where the PUT landed (after a 307/308, not
+				// where it was sent), in that folder.
+				o = p.move(ctx, at, at.JoinPath("..", url.PathEscape(d.Name)))
 			}
 			if o != nil {
-				p.discard(ctx, put, log)
+				p.discard(ctx, at, log)
 			}
 		}
 		if o == nil {
@@ -221,8 +223,15 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	return err
 }
 
-// attempt sends the file once; nil means delivered.
-func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery, open func(context.Context) (io.ReadCloser, error), target *url.URL) *outcome {
+// attempt sends the file once; nil means delivered, at where (target, or
+// where redirects took it).
+func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery, open func(context.Context) (io.ReadCloser, error), target *url.URL) (o *outcome, at *url.URL) {
+	at = target
+	return p.send(ctx, id, d, open, target, &at), at
+}
+
+// send is attempt's request; it sets *at to where the answer came from.
+func (p *Publisher) send(ctx context.Context, id string, d exchange.Delivery, open func(context.Context) (io.ReadCloser, error), target *url.URL, at **url.URL) *outcome {
 	rctx, guard, done := p.c.newAttemptContext(ctx)
 	defer done()
 	// sent is the body the transport took last (it asks again for a
@@ -289,6 +298,9 @@ func (p *Publisher) attempt(ctx context.Context, id string, d exchange.Delivery,
 		return &outcome{err: err, retry: true}
 	}
 	defer resp.Body.Close()
+	if resp.Request != nil && resp.Request.URL != nil {
+		*at = resp.Request.URL
+	}
 	reply := guardedReader{r: resp.Body, g: guard}
 	code := resp.StatusCode
 	switch {
@@ -351,16 +363,22 @@ func (p *Publisher) move(ctx context.Context, from, to *url.URL) *outcome {
 	}
 	req.Header.Set("Destination", to.String())
 	req.Header.Set("Overwrite", "T")
-	resp, err := p.c.hc.Do(req)
+	// Not redirected: the Destination would still name the old place.
+	hc := *p.c.hc
+	hc.CheckRedirect = func(*stdhttp.Request, []*stdhttp.Request) error { return stdhttp.ErrUseLastResponse }
+	resp, err := hc.Do(req)
 	if err != nil {
 		return &outcome{err: fail(requestErr(rctx, err)), retry: ctx.Err() == nil}
 	}
 	defer resp.Body.Close()
 	reply := io.LimitReader(resp.Body, 64<<10)
 	switch code := resp.StatusCode; {
-	case code >= 200 && code < 300:
+	case code == stdhttp.StatusOK, code == stdhttp.StatusCreated, code == stdhttp.StatusNoContent:
 		drain(reply)
 		return nil
+	case code == stdhttp.StatusMultiStatus:
+		// RFC 4918: errors stopped the MOVE (a locked destination).
+		return &outcome{err: fail(statusError(resp, reply)), retry: true}
 	case code == stdhttp.StatusMethodNotAllowed, code == stdhttp.StatusNotImplemented:
 		return &outcome{err: fail(fmt.Errorf("%w (the server does not rename with MOVE: if it stores a PUT whole before the name shows, set put_direct: true)", statusError(resp, reply)))}
 	case code == stdhttp.StatusRequestTimeout, code == stdhttp.StatusLocked, code == stdhttp.StatusTooManyRequests, code >= 500:

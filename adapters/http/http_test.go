@@ -372,6 +372,59 @@ func TestDeliverWebDAV(t *testing.T) {
 	}
 }
 
+// TestDeliverWebDAVBehindARedirect: a WebDAV folder moved behind a 308 is
+// delivered to as before the MOVE (Go follows a 307/308 with the body):
+// the MOVE goes where the PUT landed and names the file there. Sent to the
+// old place, it was redirected with a Destination naming the old place
+// and refused, every message failing for ever (found by review).
+func TestDeliverWebDAVBehindARedirect(t *testing.T) {
+	dir := t.TempDir()
+	mux := stdhttp.NewServeMux()
+	mux.Handle("/dav/", &webdav.Handler{Prefix: "/dav", FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()})
+	mux.HandleFunc("/old/", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		stdhttp.Redirect(w, r, "/dav/"+strings.TrimPrefix(r.URL.EscapedPath(), "/old/"), stdhttp.StatusPermanentRedirect)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	final := filepath.Join(dir, "Message_ЦО_ОП.xml")
+	body := xmlOf(t, hdr(3), 20_000)
+
+	// put_direct (the old behaviour): delivered through the redirect.
+	pd := newPub(t, Config{URL: srv.URL + "/old/", Method: "PUT", PutDirect: true})
+	if err := pd.Publish("", newMsg(hdr(3), "Message_ЦО_ОП.xml", body, nil).Message); err != nil {
+		t.Fatalf("put_direct through a 308: %v", err)
+	}
+	os.Remove(final)
+
+	p := newPub(t, Config{URL: srv.URL + "/old/", Method: "PUT"})
+	p.retry.tries = 2
+	if err := p.Publish("", newMsg(hdr(3), "Message_ЦО_ОП.xml", body, nil).Message); err != nil {
+		t.Fatalf("PUT .part + MOVE through the same 308 fails (Destination names the pre-redirect URL): %v", err)
+	}
+	if got, err := os.ReadFile(final); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("file not under its name: %v", err)
+	}
+}
+
+// TestDeliverMoveMultiStatus: a 207 Multi-Status to a MOVE means errors
+// stopped it (RFC 4918 §9.9.4; a locked destination): no delivery. Every
+// 2xx counted, and the file stayed under .part, unread by 1C, while the
+// message counted delivered (found by review).
+func TestDeliverMoveMultiStatus(t *testing.T) {
+	ms := `<?xml version="1.0" encoding="utf-8"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>/in/Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml</D:href><D:status>HTTP/1.1 423 Locked</D:status></D:response></D:multistatus>`
+	rc, srv := serve(t, status(201, ""), status(207, ms, "Content-Type", "application/xml; charset=utf-8"), status(204, ""))
+	p := newPub(t, Config{URL: srv.URL + "/in/", Method: "PUT"})
+	p.retry.tries = 1
+	err := p.Publish("", newMsg(hdr(3), "Message_ЦО_ОП.xml", xmlOf(t, hdr(3), 3000), nil).Message)
+	var got []string
+	for _, r := range rc.requests() {
+		got = append(got, r.method+" "+r.path)
+	}
+	if err == nil {
+		t.Fatalf("MOVE answered 207 Multi-Status (423 Locked inside: nothing moved) counted as delivered; requests %v", got)
+	}
+}
+
 // TestDeliverMoveRefused: a server that answers MOVE with 405 fails the
 // delivery as the endpoint's trouble (never a dead letter), says put_direct
 // is the way for a server without it, and its temporary file is deleted.
@@ -393,28 +446,33 @@ func TestDeliverMoveRefused(t *testing.T) {
 }
 
 // TestDeliverDamagedPayloadNotRetried: a stored file found damaged at its
-// end (exchange.ErrDamaged: no retry heals it) fails the delivery at once,
-// a dead letter; it was re-read and re-sent whole up to 5 times within one
-// delivery first (found by review).
+// end (another sha256, fewer bytes than its size: exchange.ErrDamaged, no
+// retry heals it) fails the delivery at once, a dead letter; it was re-read
+// and re-sent whole up to 5 times within one delivery first, and a short
+// one was retried by the pipeline for ever (found by review).
 func TestDeliverDamagedPayloadNotRetried(t *testing.T) {
 	good := xmlOf(t, hdr(7), 200_000)
-	bad := bytes.Clone(good)
-	copy(bad[len(bad)/2:], "CORRUPTED")
-	var n atomic.Int32
-	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
-		n.Add(1)
-		io.Copy(io.Discard, r.Body)
-		w.WriteHeader(200)
-	}))
-	defer srv.Close()
-	m := newMsg(hdr(7), "Message_ЦО_ОП.xml", good, func() io.Reader { return bytes.NewReader(bad) })
-	p := newPub(t, Config{URL: srv.URL})
-	err := p.Publish("", m.Message)
-	if !exchange.IsPermanent(err) {
-		t.Fatalf("damaged payload: %v, want a permanent error", err)
-	}
-	if got := m.opens.Load(); got != 1 || n.Load() > 1 {
-		t.Fatalf("damaged payload opened %d times and sent in %d requests within one delivery, want 1: %v", got, n.Load(), err)
+	other := bytes.Clone(good)
+	copy(other[len(other)/2:], "CORRUPTED")
+	for name, stored := range map[string][]byte{"another sha256": other, "shorter": good[:len(good)-5000]} {
+		t.Run(name, func(t *testing.T) {
+			var n atomic.Int32
+			srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+				n.Add(1)
+				io.Copy(io.Discard, r.Body)
+				w.WriteHeader(200)
+			}))
+			defer srv.Close()
+			m := newMsg(hdr(7), "Message_ЦО_ОП.xml", good, func() io.Reader { return bytes.NewReader(stored) })
+			p := newPub(t, Config{URL: srv.URL})
+			err := p.Publish("", m.Message)
+			if !exchange.IsPermanent(err) || !errors.Is(err, exchange.ErrDamaged) {
+				t.Fatalf("damaged payload: %v, want a permanent ErrDamaged", err)
+			}
+			if got := m.opens.Load(); got != 1 || n.Load() > 1 {
+				t.Fatalf("damaged payload opened %d times and sent in %d requests within one delivery, want 1: %v", got, n.Load(), err)
+			}
+		})
 	}
 }
 

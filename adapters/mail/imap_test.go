@@ -528,6 +528,25 @@ func TestIMAPPickupBigHeaderField(t *testing.T) {
 	}
 }
 
+// TestIMAPPickupLeavesMailToItsNode: in a mailbox its 1C shares, the
+// pickup of SHOP leaves SHOP_1's Message_SHOP_1_SHOP.xml, delivered to
+// SHOP, for SHOP's 1C; read as SHOP's to 1_SHOP it was taken, dead-lettered
+// and deleted before SHOP's 1C read it (found by review).
+func TestIMAPPickupLeavesMailToItsNode(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	s.add(t, "INBOX", testMail(t, "Message_SHOP_1_SHOP.xml", genXML(t, "SHOP_1", "SHOP", 4, 2000), part{1, 1}, 0))
+	out, _ := runPickup(t, "SHOP", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	select {
+	case m := <-out:
+		m.Ack()
+		t.Fatalf("pickup of SHOP took %s, a message delivered to SHOP by SHOP_1 (header From %q: the ingest dead-letters it as found in the outbox of SHOP)", m.Metadata.Get(exchange.MetaFileName), m.Metadata.Get(exchange.MetaFrom))
+	case <-time.After(1500 * time.Millisecond):
+	}
+	if k, _ := s.count(t, "INBOX"); k != 1 {
+		t.Fatalf("INBOX holds %d mails, want the incoming one untouched", k)
+	}
+}
+
 func TestIMAPPickupKeepRemembers(t *testing.T) {
 	s := startMemIMAP(t, nil)
 	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))

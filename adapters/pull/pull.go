@@ -126,7 +126,6 @@ var ErrUnknownOffer = errors.New("no such message waiting")
 // JetStream): it is offered again, and the node must fetch it again.
 var ErrWithdrawn = errors.New("no longer offered here: it is offered again")
 
-
 // OfferID is the acknowledgement id of a message with the given relay id.
 func OfferID(messageID string) string {
 	sum := sha256.Sum256([]byte(messageID))
