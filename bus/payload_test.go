@@ -427,3 +427,42 @@ func TestDamagedPayloadIsPermanent(t *testing.T) {
 		t.Fatalf("read of a damaged payload: %v, want ErrDamaged and Permanent", err)
 	}
 }
+
+// TestPayloadGoneUnderItsReader: chunks deleted while a reader is between
+// them (the payload dropped under a delivery) read as a payload gone
+// (jetstream.ErrObjectNotFound, a dead letter with nothing to retry), not
+// as a failure retried for ever; a chunk larger than what is left of the
+// stated size is damaged (Permanent).
+func TestPayloadGoneUnderItsReader(t *testing.T) {
+	b := openEmbedded(t)
+	ctx := context.Background()
+	data := patterned(3*maxChunk, 7)
+	if _, _, err := b.PutPayload(ctx, "P/A/B/2/x", int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.OpenPayload(ctx, "P/A/B/2/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(r, make([]byte, maxChunk)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeletePayload(ctx, "P/A/B/2/x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(r); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Fatalf("read on after the payload's delete: %v, want ErrObjectNotFound", err)
+	}
+
+	if _, _, err := b.PutPayload(ctx, "P/A/B/3/x", int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.Payloads.GetInfo(ctx, "P/A/B/3/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := &payloadReader{ctx: ctx, s: b.payloadStream, name: "P/A/B/3/x", subject: chunkSubject(info.NUID), left: maxChunk / 2, sum: sha256.New()}
+	if _, err := io.ReadAll(short); !errors.Is(err, exchange.ErrDamaged) || !exchange.IsPermanent(err) {
+		t.Fatalf("a chunk past the stated size: %v, want ErrDamaged and Permanent", err)
+	}
+}
