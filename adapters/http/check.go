@@ -32,7 +32,7 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 	}
 	var allow string
 	err = c.probe(ctx, method, target.String(), func(code int, h stdhttp.Header) bool {
-		allow = h.Get("Allow")
+		allow = strings.Join(h.Values("Allow"), ", ")
 		if c.cfg.HealthURL != "" {
 			return code >= 200 && code < 300
 		}

@@ -390,7 +390,11 @@ func (p *Publisher) move(ctx context.Context, from, to *url.URL) *outcome {
 // discard deletes the temporary file of a PUT that failed, if the server
 // kept any of it: a file 1C never reads, but that takes space. Best effort.
 func (p *Publisher) discard(ctx context.Context, u *url.URL, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.c.cfg.ConnectTimeout.Std()+10*time.Second)
+	if ctx.Err() != nil {
+		// Stopping: the next delivery's PUT replaces the file.
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.c.cfg.ConnectTimeout.Std()+10*time.Second)
 	defer cancel()
 	req, err := stdhttp.NewRequestWithContext(ctx, stdhttp.MethodDelete, u.String(), nil)
 	if err == nil {
