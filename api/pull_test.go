@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -122,17 +121,9 @@ func TestPullHeadDoesNotLease(t *testing.T) {
 	cfg := mobConfig(t)
 	mb := pull.NewMailbox("MOB", pull.Config{Lease: config.Duration(5 * time.Minute)}, nil)
 	defer mb.Close()
-	body := []byte("<x/>")
-	m := message.NewMessage(watermill.NewUUID(), nil)
-	exchange.SetHeader(m, exchange.Header{ExchangePlan: "P", From: "CO", To: "MOB", MessageNo: 1})
-	m.Metadata.Set(exchange.MetaFileName, "Message_CO_MOB.xml")
-	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
-	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil })
-	go mb.Publish("", m)
-	for mb.Waiting() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, mb}, "", slog.New(slog.DiscardHandler))
+	body := "<x/>"
+	park(mb, mobMsg(watermill.NewUUID(), "CO", 1, body, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(body)), nil }), 1)
+	s := mobServer(cfg, mb)
 	if w := do(s, "HEAD", "/api/v1/nodes/MOB/messages/next", "192.0.2.7:5000", "Bearer mob-secret"); w.Code != http.StatusMethodNotAllowed {
 		t.Errorf("HEAD: %d, want 405", w.Code)
 	}
@@ -175,22 +166,13 @@ func TestPullLeaseHeldDuringTransfer(t *testing.T) {
 	release := make(chan struct{})
 	var closed atomic.Bool
 	var opens atomic.Int32
-	m := message.NewMessage(watermill.NewUUID(), nil)
-	exchange.SetHeader(m, exchange.Header{ExchangePlan: "P", From: "CO", To: "MOB", MessageNo: 1})
-	m.Metadata.Set(exchange.MetaFileName, "Message_CO_MOB.xml")
-	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(content)))
-	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) {
+	park(mb, mobMsg(watermill.NewUUID(), "CO", 1, content, func(context.Context) (io.ReadCloser, error) {
 		if opens.Add(1) == 2 { // the first Open is the mailbox's own (park)
 			return &gatedBody{head: strings.NewReader(content[:64<<10]), release: release, rest: strings.NewReader(content[64<<10:]), closed: &closed}, nil
 		}
 		return io.NopCloser(strings.NewReader(content)), nil
-	})
-	go mb.Publish("", m)
-	for mb.Waiting() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, mb}, "", slog.New(slog.DiscardHandler))
-	srv := httptest.NewServer(s)
+	}), 1)
+	srv := httptest.NewServer(mobServer(cfg, mb))
 	defer srv.Close()
 	defer close(release)
 
@@ -329,6 +311,22 @@ func mobMsg(id, from string, no uint64, content string, open func(ctx context.Co
 	return m
 }
 
+// park hands m to the mailbox and waits until n messages wait there; the
+// channel gets Publish's result (when the node acknowledged, or not).
+func park(mb *pull.Mailbox, m *message.Message, n int) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- mb.Publish("", m) }()
+	for mb.Waiting() < n {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return done
+}
+
+// mobServer is the API for mobConfig whose MOB pulls from mb.
+func mobServer(cfg *config.Config, mb *pull.Mailbox) *Server {
+	return NewServer(cfg, pullBackend{&fakeBackend{ready: true}, mb}, "", slog.New(slog.DiscardHandler))
+}
+
 // TestPullLeaseHeldWhileOpening: the lease is held from Next on. It was
 // held only once the body was open: an open slower than the lease (a slow
 // object store, a NATS leader change) let it run out while the first
@@ -341,7 +339,7 @@ func TestPullLeaseHeldWhileOpening(t *testing.T) {
 	defer mb.Close()
 	content := "<v8msg:Message>hello</v8msg:Message>"
 	var opens atomic.Int32
-	m := mobMsg("review-open-1", "CO", 1, content, func(ctx context.Context) (io.ReadCloser, error) {
+	m := mobMsg("slow-open-1", "CO", 1, content, func(ctx context.Context) (io.ReadCloser, error) {
 		if opens.Add(1) == 2 { // 1st: the mailbox's own (park); 2nd: poller 1's fetch
 			select {
 			case <-time.After(lease + 500*time.Millisecond): // a slow open
@@ -351,12 +349,8 @@ func TestPullLeaseHeldWhileOpening(t *testing.T) {
 		}
 		return io.NopCloser(strings.NewReader(content)), nil
 	})
-	go mb.Publish("", m)
-	for mb.Waiting() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, mb}, "", slog.New(slog.DiscardHandler))
-	srv := httptest.NewServer(s)
+	park(mb, m, 1)
+	srv := httptest.NewServer(mobServer(cfg, mb))
 	defer srv.Close()
 	get := func() (*http.Response, error) {
 		req, _ := http.NewRequest("GET", srv.URL+"/api/v1/nodes/MOB/messages/next", nil)
@@ -405,22 +399,14 @@ func TestPullDamagedFileFailsItsDelivery(t *testing.T) {
 	defer mb.Close()
 	good := "<v8msg:Message>good</v8msg:Message>"
 	damaged := "<v8msg:Message>GOOD</v8msg:Message>" // same size, another sha256
-	bad := mobMsg("review-damaged", "CO", 7, good, func(context.Context) (io.ReadCloser, error) {
+	bad := mobMsg("damaged-1", "CO", 7, good, func(context.Context) (io.ReadCloser, error) {
 		return io.NopCloser(strings.NewReader(damaged)), nil
 	})
-	badDone := make(chan error, 1)
-	go func() { badDone <- mb.Publish("", bad) }()
-	for mb.Waiting() < 1 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	other := mobMsg("review-other", "WH", 3, good, func(context.Context) (io.ReadCloser, error) {
+	badDone := park(mb, bad, 1)
+	park(mb, mobMsg("other-1", "WH", 3, good, func(context.Context) (io.ReadCloser, error) {
 		return io.NopCloser(strings.NewReader(good)), nil
-	})
-	go mb.Publish("", other)
-	for mb.Waiting() < 2 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	s := NewServer(cfg, pullBackend{&fakeBackend{ready: true}, mb}, "", slog.New(slog.DiscardHandler))
+	}), 2)
+	s := mobServer(cfg, mb)
 
 	gotOther := false
 	damagedFetches := 0
