@@ -56,6 +56,7 @@ var kinds = map[string]kind{
 				return nil, err
 			}
 			c.Path = r.cfg.Resolve(c.Path)
+			c.IsNode = r.cfg.IsNode
 			return dir.NewSubscriber(node, c, e.After, mem, r.cfg.ZipPasswords, log)
 		},
 		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
@@ -92,6 +93,7 @@ var kinds = map[string]kind{
 			if err != nil {
 				return nil, err
 			}
+			c.IsNode = r.cfg.IsNode
 			return ftp.NewSubscriber(node, c, e.After, mem, r.cfg.ZipPasswords, r.spool(node), log)
 		},
 		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
@@ -122,6 +124,7 @@ var kinds = map[string]kind{
 			if err != nil {
 				return nil, err
 			}
+			c.IsNode = r.cfg.IsNode
 			return mail.NewPickup(node, c, e.After, mem, r.cfg.ZipPasswords, r.spool(node), log)
 		},
 		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {

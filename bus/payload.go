@@ -34,7 +34,7 @@ func (b *Bus) OpenPayload(ctx context.Context, name string) (io.ReadCloser, erro
 		return nil, fmt.Errorf("payload %s: %w", name, err)
 	}
 	return &payloadReader{
-		ctx: ctx, s: b.payloadStream, name: name,
+		ctx: ctx, s: b.payloadStream, objects: b.Payloads, name: name,
 		subject: chunkSubject(info.NUID),
 		want:    info.Digest, left: int64(info.Size), sum: sha256.New(),
 	}, nil
@@ -471,7 +471,7 @@ func (b *Bus) OpenKnownPayload(ctx context.Context, name string, size int64, sha
 		return b.OpenPayload(ctx, name)
 	}
 	r := &payloadReader{
-		ctx: ctx, s: b.payloadStream, name: name,
+		ctx: ctx, s: b.payloadStream, objects: b.Payloads, name: name,
 		subject: chunkSubject(payloadNUID(name)),
 		want:    digestOf(sum), left: size, sum: sha256.New(),
 	}
@@ -556,6 +556,7 @@ func chunkSubject(nuid string) string { return "$O." + BucketPayloads + ".C." + 
 type payloadReader struct {
 	ctx     context.Context
 	s       jetstream.Stream
+	objects jetstream.ObjectStore // tells a payload gone from one stored again
 	name    string
 	subject string
 	next    uint64 // stream sequence to look from
@@ -594,9 +595,12 @@ func (r *payloadReader) Read(p []byte) (int, error) {
 func (r *payloadReader) fill() error {
 	m, err := r.s.GetMsg(r.ctx, max(r.next, 1), jetstream.WithGetMsgSubject(r.subject))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		// Its chunks are gone (deleted under the reader): the payload is,
-		// as for one whose meta is gone.
-		return fmt.Errorf("payload %s: chunk after seq %d: %w (%w)", r.name, r.next, jetstream.ErrObjectNotFound, err)
+		// Its chunks are gone under the reader: deleted with the payload
+		// (gone, as one whose meta is), or replaced by a put of the same
+		// name (stored again: a read from the start finds it).
+		if _, ierr := r.objects.GetInfo(r.ctx, r.name); errors.Is(ierr, jetstream.ErrObjectNotFound) {
+			return fmt.Errorf("payload %s: chunk after seq %d: %w (%w)", r.name, r.next, jetstream.ErrObjectNotFound, err)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("payload %s: chunk after seq %d: %w", r.name, r.next, err)

@@ -431,8 +431,9 @@ func TestDamagedPayloadIsPermanent(t *testing.T) {
 // TestPayloadGoneUnderItsReader: chunks deleted while a reader is between
 // them (the payload dropped under a delivery) read as a payload gone
 // (jetstream.ErrObjectNotFound, a dead letter with nothing to retry), not
-// as a failure retried for ever; a chunk larger than what is left of the
-// stated size is damaged (Permanent).
+// as a failure retried for ever — unless the payload was stored again;
+// a chunk larger than what is left of the stated size is damaged
+// (Permanent).
 func TestPayloadGoneUnderItsReader(t *testing.T) {
 	b := openEmbedded(t)
 	ctx := context.Background()
@@ -454,6 +455,26 @@ func TestPayloadGoneUnderItsReader(t *testing.T) {
 		t.Fatalf("read on after the payload's delete: %v, want ErrObjectNotFound", err)
 	}
 
+	// Stored again under its name (a re-pickup's ingest) while read: the
+	// read fails, not as gone (a dead letter keeping nothing, found by
+	// review), and a read from the start gets it whole.
+	if _, _, err := b.PutPayload(ctx, "P/A/B/2/x", int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = b.OpenPayload(ctx, "P/A/B/2/x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(r, make([]byte, maxChunk)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.PutPayload(ctx, "P/A/B/2/x", int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(r); err == nil || errors.Is(err, jetstream.ErrObjectNotFound) || exchange.IsPermanent(err) {
+		t.Fatalf("read on after the payload was stored again: %v, want a failure to retry", err)
+	}
+	readBoth(t, b, "P/A/B/2/x", data)
+
 	if _, _, err := b.PutPayload(ctx, "P/A/B/3/x", int64(len(data)), bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
@@ -461,7 +482,7 @@ func TestPayloadGoneUnderItsReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	short := &payloadReader{ctx: ctx, s: b.payloadStream, name: "P/A/B/3/x", subject: chunkSubject(info.NUID), left: maxChunk / 2, sum: sha256.New()}
+	short := &payloadReader{ctx: ctx, s: b.payloadStream, objects: b.Payloads, name: "P/A/B/3/x", subject: chunkSubject(info.NUID), left: maxChunk / 2, sum: sha256.New()}
 	if _, err := io.ReadAll(short); !errors.Is(err, exchange.ErrDamaged) || !exchange.IsPermanent(err) {
 		t.Fatalf("a chunk past the stated size: %v, want ErrDamaged and Permanent", err)
 	}

@@ -138,6 +138,12 @@ type Node struct {
 	ZipPasswordEnv string `yaml:"zip_password_env"`
 }
 
+// IsNode says code is a node of routing.yaml.
+func (c *Config) IsNode(code string) bool {
+	_, ok := c.Nodes[code]
+	return ok
+}
+
 // ZipPasswords are the archive passwords to try, in order, on a
 // password-protected zip of the channel from → to: the sender's, then the
 // addressee's. 1C keeps the password per pair of nodes, on both sides, so

@@ -163,18 +163,40 @@ func ParseName(base string) (Name, error) {
 	return n, nil
 }
 
-// MayBeFrom says the file may be a message of node under a reading Check
-// accepts: its From; or, as codes may contain '_', its prefix and From
-// joined (Message_A_B_C from A_B to C), or its prefix alone (from A to B_C)
-// — unless its To is node: addressed to node under the plain reading, it is
-// left for node's 1C (a node never sends to itself). A pickup leaves a name
-// that cannot be node's alone: another node's file in a shared folder or
-// mailbox (1C's mail transport reads and writes one mailbox).
-func (n Name) MayBeFrom(node string) bool {
-	if n.To == node {
-		return false
+// MayBeFrom says the file may be a message of node. Codes may contain
+// '_', so a three-part name reads three ways, each of which Check accepts:
+// Message_A_B_C is prefix A from B to C, from A_B to C, or from A to B_C.
+// isNode (nil: any code) keeps the readings whose two codes are both nodes,
+// when any is. The file may be node's when a reading left is from node and
+// none is to node: in a folder or mailbox node's 1C shares, a file
+// addressed to node is for its 1C (a node never sends to itself). A pickup
+// leaves what cannot be node's alone: another node's file in a shared
+// folder or mailbox (1C's mail transport reads and writes one mailbox).
+func (n Name) MayBeFrom(node string, isNode func(string) bool) bool {
+	type reading struct{ from, to string }
+	all := []reading{{n.From, n.To}}
+	if n.Prefix != "" {
+		all = append(all, reading{n.Prefix + "_" + n.From, n.To}, reading{n.Prefix, n.From + "_" + n.To})
 	}
-	return n.From == node || (n.Prefix != "" && (n.Prefix == node || n.Prefix+"_"+n.From == node))
+	if isNode != nil {
+		var known []reading
+		for _, r := range all {
+			if isNode(r.from) && isNode(r.to) {
+				known = append(known, r)
+			}
+		}
+		if len(known) > 0 {
+			all = known
+		}
+	}
+	from := false
+	for _, r := range all {
+		if r.to == node {
+			return false
+		}
+		from = from || r.from == node
+	}
+	return from
 }
 
 // stem is the name without its extension, as shown in mismatch errors.

@@ -23,6 +23,9 @@ type PickupConfig struct {
 	// IncompleteTimeout is how long a stable but incomplete file (truncated XML,
 	// a zip without central directory) is waited for before it is dead-lettered (default 10m).
 	IncompleteTimeout config.Duration `yaml:"incomplete_timeout"`
+	// IsNode tells routing.yaml's node codes (set by relay, not read from
+	// the file): see folder.Options.IsNode.
+	IsNode func(code string) bool `yaml:"-"`
 }
 
 // DeliverConfig is `deliver: { dir: ... }`: a path, or a mapping with options.

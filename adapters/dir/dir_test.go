@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -514,5 +515,38 @@ func TestDeliverDamagedIsPermanent(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dst); len(ents) != 0 {
 		t.Fatalf("destination holds %v", ents)
+	}
+}
+
+// TestPickupReadsNamesByTheNodes: SHOP's message to node 1_SHOP is named
+// Message_SHOP_1_SHOP.xml, which also reads as SHOP_1's to SHOP (a file
+// for SHOP's 1C, left alone); the configured node codes tell which it is,
+// and SHOP's pickup takes it. It was left in the outbox for ever, unseen
+// (found by review).
+func TestPickupReadsNamesByTheNodes(t *testing.T) {
+	for _, nodes := range [][]string{{"SHOP", "1_SHOP"}, {"SHOP", "SHOP_1"}} {
+		dir := t.TempDir()
+		cfg := fastPickup(dir)
+		cfg.IsNode = func(code string) bool { return slices.Contains(nodes, code) }
+		_, ch := startPickup(t, "SHOP", cfg, "delete", nil)
+		from, to := "SHOP", "1_SHOP"
+		if nodes[1] == "SHOP_1" {
+			from, to = "SHOP_1", "SHOP"
+		}
+		if _, err := exchangetest.WriteFile(dir, exchange.Header{ExchangePlan: "P", From: from, To: to, MessageNo: 4}, 1000, exchange.FormatXML); err != nil {
+			t.Fatal(err)
+		}
+		m := foldertest.Next(ch, 2*time.Second)
+		switch {
+		case from == "SHOP" && m == nil:
+			t.Fatalf("nodes %v: SHOP's Message_SHOP_1_SHOP.xml to 1_SHOP never taken", nodes)
+		case from == "SHOP" && m.Metadata.Get(exchange.MetaProblem) != "":
+			t.Fatalf("nodes %v: problem %s", nodes, m.Metadata.Get(exchange.MetaProblem))
+		case from != "SHOP" && m != nil:
+			t.Fatalf("nodes %v: SHOP's pickup took SHOP_1's Message_SHOP_1_SHOP.xml, delivered to SHOP", nodes)
+		}
+		if m != nil {
+			m.Ack()
+		}
 	}
 }

@@ -104,9 +104,9 @@ type KeepMemory interface {
 // node (exchange.Name.MayBeFrom): a pickup leaves it alone, as in a folder
 // or mailbox shared with what is delivered to the node. A name that does
 // not parse is not judged here: the content check says what is wrong.
-func ForAnotherNode(name, node string) bool {
+func ForAnotherNode(name, node string, isNode func(string) bool) bool {
 	n, err := exchange.ParseName(name)
-	return err == nil && !n.MayBeFrom(node)
+	return err == nil && !n.MayBeFrom(node, isNode)
 }
 
 // IsMessageName is the cheap filter: Message_*.xml|.zip, extension in any case.

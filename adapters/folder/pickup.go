@@ -27,6 +27,9 @@ type Options struct {
 	// Node is the node code whose outgoing folder this is; only files that
 	// name it as sender are taken.
 	Node string
+	// IsNode tells the configured node codes, to read a name whose codes
+	// hold '_' (exchange.Name.MayBeFrom); nil: any code.
+	IsNode func(code string) bool
 	// Adapter names the transport in logs ("dir", "ftp").
 	Adapter string
 	// Settle is how long size and mtime must stay unchanged before a file is read.
@@ -272,7 +275,7 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 		if !IsMessageName(f.Name) {
 			continue
 		}
-		if ForAnotherNode(f.Name, p.o.Node) {
+		if ForAnotherNode(f.Name, p.o.Node, p.o.IsNode) {
 			continue // another node's file, e.g. one delivered into a shared folder
 		}
 		present[f.Name] = true

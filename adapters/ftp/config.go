@@ -55,6 +55,9 @@ type Config struct {
 	IncompleteTimeout config.Duration `yaml:"incomplete_timeout"`
 
 	role string
+	// IsNode tells routing.yaml's node codes (set by relay, not read from
+	// the file): see folder.Options.IsNode.
+	IsNode func(code string) bool `yaml:"-"`
 }
 
 // TLS modes.

@@ -28,7 +28,7 @@ func NewSubscriber(node string, cfg Config, after config.After, mem folder.KeepM
 	folder.ClearSpool(spoolDir, c.log)
 	src := &source{c: c, spool: spoolDir, lim: exchange.DefaultLimits()}
 	return folder.NewPickup(src, folder.Options{
-		Node: node, Adapter: "ftp",
+		Node: node, IsNode: cfg.IsNode, Adapter: "ftp",
 		Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(), IncompleteTimeout: cfg.IncompleteTimeout.Std(),
 		After: after, Memory: mem, Passwords: pw, Log: c.log,
 	})
@@ -102,7 +102,7 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 			if !folder.IsMessageName(f.Name) {
 				continue
 			}
-			if folder.ForAnotherNode(f.Name, s.c.node) {
+			if folder.ForAnotherNode(f.Name, s.c.node, s.c.cfg.IsNode) {
 				continue // another node's file: spare it the MDTM (the pickup skips it too)
 			}
 			if mdtm {

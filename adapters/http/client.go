@@ -135,6 +135,18 @@ func (c *client) authorize(req *stdhttp.Request) error {
 	return nil
 }
 
+// authorizeAfterRedirect is authorize for a request sent where an earlier
+// one was redirected to (a WebDAV MOVE after its PUT): the credentials go
+// only to the endpoint's host and port, as checkRedirect keeps them.
+func (c *client) authorizeAfterRedirect(req *stdhttp.Request) error {
+	if req.URL.Host == c.u.Host {
+		return c.authorize(req)
+	}
+	bare := *c
+	bare.cfg.TokenEnv, bare.cfg.User = "", ""
+	return bare.authorize(req)
+}
+
 // StatusError is an HTTP answer that is not the success the request
 // wanted: its status line and the first bytes of the reply, on one line.
 type StatusError struct {

@@ -358,7 +358,7 @@ func (p *Publisher) move(ctx context.Context, from, to *url.URL) *outcome {
 	if err != nil {
 		return &outcome{err: fail(err)}
 	}
-	if err := p.c.authorize(req); err != nil {
+	if err := p.c.authorizeAfterRedirect(req); err != nil {
 		return &outcome{err: fail(err)}
 	}
 	req.Header.Set("Destination", to.String())
@@ -398,7 +398,7 @@ func (p *Publisher) discard(ctx context.Context, u *url.URL, log *slog.Logger) {
 	defer cancel()
 	req, err := stdhttp.NewRequestWithContext(ctx, stdhttp.MethodDelete, u.String(), nil)
 	if err == nil {
-		err = p.c.authorize(req)
+		err = p.c.authorizeAfterRedirect(req)
 	}
 	if err != nil {
 		return

@@ -406,6 +406,54 @@ func TestDeliverWebDAVBehindARedirect(t *testing.T) {
 	}
 }
 
+// TestDeliverMoveAfterARedirectElsewhere: a PUT of <name>.part redirected
+// (307) to another host:port goes there without the endpoint's
+// credentials, and so do the MOVE after it and the DELETE of a failed
+// one, sent where the PUT landed: they carried the token there (found by
+// review).
+func TestDeliverMoveAfterARedirectElsewhere(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		putCode int
+	}{
+		{"MOVE after a PUT that worked", 201},
+		{"DELETE after a PUT that failed", 500},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var leaked []string
+			other := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+				io.Copy(io.Discard, r.Body)
+				if a := r.Header.Get("Authorization"); a != "" {
+					mu.Lock()
+					leaked = append(leaked, r.Method+" "+r.URL.Path+" Authorization: "+a)
+					mu.Unlock()
+				}
+				switch r.Method {
+				case stdhttp.MethodPut:
+					w.WriteHeader(tc.putCode)
+				default:
+					w.WriteHeader(201)
+				}
+			}))
+			defer other.Close()
+			first := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+				stdhttp.Redirect(w, r, other.URL+r.URL.EscapedPath(), stdhttp.StatusTemporaryRedirect)
+			}))
+			defer first.Close()
+			t.Setenv("RELAY_TEST_HTTP_TOKEN", "s3cret")
+			p := newPub(t, Config{URL: first.URL + "/in/", Method: "PUT", TokenEnv: "RELAY_TEST_HTTP_TOKEN"})
+			p.retry.tries = 1
+			err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", xmlOf(t, hdr(5), 1000), nil).Message)
+			mu.Lock()
+			defer mu.Unlock()
+			if len(leaked) > 0 {
+				t.Fatalf("the service on another host:port (reached by a redirect the PUT followed without credentials) got them: %s (delivery err %v)", strings.Join(leaked, "; "), err)
+			}
+		})
+	}
+}
+
 // TestDeliverMoveMultiStatus: a 207 Multi-Status to a MOVE means errors
 // stopped it (RFC 4918 §9.9.4; a locked destination): no delivery. Every
 // 2xx counted, and the file stayed under .part, unread by 1C, while the

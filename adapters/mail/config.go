@@ -100,6 +100,9 @@ type IMAPConfig struct {
 	// PartTimeout is how long the parts of a split file are waited for
 	// after the first arrived before the set is dead-lettered (default 24h).
 	PartTimeout config.Duration `yaml:"part_timeout"`
+	// IsNode tells routing.yaml's node codes (set by relay, not read from
+	// the file): see folder.Options.IsNode.
+	IsNode func(code string) bool `yaml:"-"`
 }
 
 // DecodeSMTP reads the value under `smtp:`.

@@ -105,8 +105,8 @@ func sameStem(a, b string) bool {
 // a node also sees the mails delivered to it; those are its 1C's to read.
 // A name that does not parse is not judged here: the content check says
 // what is wrong with it.
-func fromOtherNode(file, node string) bool {
-	return folder.ForAnotherNode(withExt(file), node)
+func fromOtherNode(file, node string, isNode func(string) bool) bool {
+	return folder.ForAnotherNode(withExt(file), node, isNode)
 }
 
 // part is "i of n" of a split file.

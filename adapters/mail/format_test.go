@@ -158,7 +158,7 @@ func TestFromOtherNode(t *testing.T) {
 		{"Message_X", "ЦО", false},
 		{"", "ЦО", false},
 	} {
-		if got := fromOtherNode(c.file, c.node); got != c.other {
+		if got := fromOtherNode(c.file, c.node, nil); got != c.other {
 			t.Errorf("fromOtherNode(%q, %q) = %v, want %v", c.file, c.node, got, c.other)
 		}
 	}

@@ -601,7 +601,7 @@ func (p *Pickup) judge(uid imap.UID, size int64, arrived time.Time, hdr gomail.H
 	if hdr.Get(HeaderPart) != "" {
 		partFile, _ = hdr.Text(HeaderFile)
 	}
-	if fromOtherNode(file, p.node) || fromOtherNode(partFile, p.node) {
+	if fromOtherNode(file, p.node, p.cfg.IsNode) || fromOtherNode(partFile, p.node, p.cfg.IsNode) {
 		// A message for this node (or a third one) in a mailbox its 1C
 		// shares: taking it would dead-letter it and, with after:
 		// delete, remove it before the 1C it is meant for has read it.
