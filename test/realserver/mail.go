@@ -184,6 +184,8 @@ type Mail struct {
 	UID, GID         int // VmailUser, owner of the Maildirs
 
 	logf func(format string, args ...any)
+	// ports holds the five ports until Close.
+	ports *portBlock
 
 	mu      sync.Mutex
 	closed  bool // Stop was called
@@ -247,11 +249,13 @@ func StartMail(o MailOptions) (*Mail, error) {
 	// bind: try fresh ports a few times.
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		base, err := FreePortBlock(5)
+		ports, err := reservePorts(5)
 		if err != nil {
 			os.RemoveAll(dir)
 			return nil, err
 		}
+		base := ports.Base
+		m.ports = ports
 		m.SMTPPort, m.IMAPPort, m.LMTPPort, m.AuthPort = base, base+1, base+3, base+4
 		m.IMAPSPort = 0
 		if m.TLS {
@@ -261,6 +265,7 @@ func StartMail(o MailOptions) (*Mail, error) {
 			return m, nil
 		}
 		m.stopAll()
+		ports.release()
 		m.note("mail servers attempt %d on ports %d-%d: %v", attempt+1, base, base+4, lastErr)
 	}
 	err = fmt.Errorf("mail servers did not start: %v\n%s", lastErr, m.LogTail())
@@ -665,6 +670,7 @@ func (m *Mail) Stop() error {
 // Close stops the servers and removes the temp folder.
 func (m *Mail) Close() error {
 	err := m.Stop()
+	m.ports.release()
 	if rerr := os.RemoveAll(m.Dir); err == nil {
 		err = rerr
 	}

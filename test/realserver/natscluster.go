@@ -40,6 +40,9 @@ type NATSCluster struct {
 	bin     string
 	dir     string
 	servers []*natsServer
+	// ports holds every server's ports until Close, also while an outage
+	// stops the servers.
+	ports *portBlock
 }
 
 type natsServer struct {
@@ -57,18 +60,23 @@ type natsServer struct {
 // server is healthy. With leafTLS the leaf node ports require TLS (a
 // self-signed certificate, CertFile). On failure every started server is
 // stopped.
-func StartNATSCluster(bin, dir string, n int, domain string, leafTLS bool) (*NATSCluster, error) {
+func StartNATSCluster(bin, dir string, n int, domain string, leafTLS bool) (_ *NATSCluster, err error) {
 	if bin == "" {
-		var err error
 		if bin, err = DebianNATSServer(); err != nil {
 			return nil, err
 		}
 	}
-	base, err := FreePortBlock(4 * n)
+	ports, err := reservePorts(4 * n)
 	if err != nil {
 		return nil, err
 	}
-	c := &NATSCluster{Domain: domain, bin: bin, dir: dir}
+	defer func() {
+		if err != nil {
+			ports.release()
+		}
+	}()
+	base := ports.Base
+	c := &NATSCluster{Domain: domain, bin: bin, dir: dir, ports: ports}
 	for i := range n {
 		p := base + 4*i
 		c.servers = append(c.servers, &natsServer{
@@ -252,6 +260,7 @@ func (c *NATSCluster) Close() error {
 	for i := range c.servers {
 		errs = append(errs, c.Stop(i))
 	}
+	c.ports.release()
 	return errors.Join(errs...)
 }
 

@@ -94,6 +94,8 @@ type Nginx struct {
 	dir  string // temp dir: nginx.conf, logs, body/, root/
 	root string
 	conf string
+	// ports holds Port until Close.
+	ports *portBlock
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -124,19 +126,22 @@ func StartNginx(o NginxOptions) (*Nginx, error) {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		port, err := FreePortBlock(1)
+		ports, err := reservePorts(1)
 		if err != nil {
 			os.RemoveAll(dir)
 			return nil, err
 		}
-		n.Port = port
+		port := ports.Base
+		n.Port, n.ports = port, ports
 		if err := os.WriteFile(n.conf, []byte(n.config()), 0o644); err != nil {
+			ports.release()
 			os.RemoveAll(dir)
 			return nil, err
 		}
 		if lastErr = n.launch(); lastErr == nil {
 			return n, nil
 		}
+		ports.release()
 		if o.Logf != nil {
 			o.Logf("nginx attempt %d on port %d: %v", attempt+1, port, lastErr)
 		}
@@ -290,6 +295,7 @@ func (n *Nginx) Start() error {
 // Close stops the server and removes its temp folder (config, logs, root).
 func (n *Nginx) Close() error {
 	err := n.Stop()
+	n.ports.release()
 	if rerr := os.RemoveAll(n.dir); err == nil {
 		err = rerr
 	}

@@ -66,7 +66,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	mrand "math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -127,9 +126,10 @@ type Vsftpd struct {
 	TLS            string // "none" | "explicit" | "implicit"
 	UID, GID       int    // owner of Root and of what the server writes
 
-	bin  string
-	dir  string // temp dir: vsftpd.conf, logs, cert, root/, empty/
-	conf string
+	bin   string
+	dir   string // temp dir: vsftpd.conf, logs, cert, root/, empty/
+	conf  string
+	ports *portBlock // Port and the passive ports, held until Close
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -328,19 +328,22 @@ func StartVsftpd(o VsftpdOptions) (*Vsftpd, error) {
 	// try fresh ports a few times.
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		base, err := FreePortBlock(1 + PasvPorts)
+		ports, err := reservePorts(1 + PasvPorts)
 		if err != nil {
 			os.RemoveAll(dir)
 			return nil, err
 		}
-		s.Port = base
+		base := ports.Base
+		s.Port, s.ports = base, ports
 		if err := os.WriteFile(s.conf, []byte(s.config(base+1, base+PasvPorts, certFile, keyFile)), 0o600); err != nil {
+			ports.release()
 			os.RemoveAll(dir)
 			return nil, err
 		}
 		if lastErr = s.launch(); lastErr == nil {
 			return s, nil
 		}
+		ports.release()
 		if o.Logf != nil {
 			o.Logf("vsftpd attempt %d on port %d: %v", attempt+1, base, lastErr)
 		}
@@ -548,6 +551,7 @@ func (s *Vsftpd) Stop() error {
 // Close stops the server and removes its temp folder (config, logs, Root).
 func (s *Vsftpd) Close() error {
 	err := s.Stop()
+	s.ports.release()
 	if rerr := os.RemoveAll(s.dir); err == nil {
 		err = rerr
 	}
@@ -738,40 +742,6 @@ func (s *Vsftpd) LogTail() string {
 		fmt.Fprintf(&b, "--- %s\n%s\n", name, strings.Join(lines, "\n"))
 	}
 	return b.String()
-}
-
-// FreePortBlock finds n consecutive free TCP ports on 127.0.0.1 below the
-// kernel's ephemeral range (see the note at the top of the file) and returns
-// the first.
-func FreePortBlock(n int) (int, error) {
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil {
-				low = v
-			}
-		}
-	}
-	lo, hi := 10000, low-n // base in [lo, hi)
-	if hi-lo < 1000 {
-		lo, hi = 1024, 65535-n
-	}
-	for try := 0; try < 200; try++ {
-		base := lo + mrand.IntN(hi-lo)
-		ok := true
-		for p := base; p < base+n && ok; p++ {
-			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-			if err != nil {
-				ok = false
-				break
-			}
-			ln.Close()
-		}
-		if ok {
-			return base, nil
-		}
-	}
-	return 0, fmt.Errorf("no %d consecutive free ports on 127.0.0.1", n)
 }
 
 // writeSelfSignedCert writes a self-signed RSA certificate for 127.0.0.1
