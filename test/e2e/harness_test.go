@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +28,7 @@ import (
 	"github.com/relay1c/relay/daemon"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/pipeline"
+	"github.com/relay1c/relay/test/realserver"
 )
 
 // natsURL is the external NATS to test against, or "" for embedded.
@@ -54,14 +56,17 @@ type nodeSpec struct {
 	extraYAML string
 }
 
+// freeAddr is a port on 127.0.0.1 held for the test: a relay killed and
+// started again listens there again, and no server another test starts
+// meanwhile can take it.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, release, err := realserver.ReservePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Cleanup(release)
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
 // newSite writes routing.yaml for the nodes with dir endpoints and short

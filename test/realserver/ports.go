@@ -87,3 +87,14 @@ func portsFree(base, n int) bool {
 	}
 	return true
 }
+
+// ReservePorts holds n consecutive free ports on 127.0.0.1 for a server the
+// caller starts itself (a relay under test), until release: one that is
+// stopped and started again on the same port keeps it meanwhile.
+func ReservePorts(n int) (base int, release func(), err error) {
+	b, err := reservePorts(n)
+	if err != nil {
+		return 0, nil, err
+	}
+	return b.Base, b.release, nil
+}
