@@ -89,6 +89,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		if err := r.lock.release(); err != nil {
 			r.log.Warn("cannot release data_dir", "err", err)
 		}
+		// The operator's sign that the stop was clean: everything below
+		// has finished and data_dir is free for the next relay.
+		r.log.Info("stopped")
 	}()
 	defer r.bus.Close()
 	ctx, cancel := context.WithCancel(ctx)
@@ -117,6 +120,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		cancel()
 		err = errors.Join(err, <-pipeErr, <-apiErr)
 	case <-ctx.Done():
+		r.log.Info("stopping: finishing the deliveries in flight, closing NATS")
 		err = errors.Join(<-pipeErr, <-apiErr)
 	}
 	r.live.Store(false)

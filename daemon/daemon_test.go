@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -216,7 +217,8 @@ func TestNodeCodeValidatedIsRun(t *testing.T) {
 // exit 1 on a clean stop.
 func TestRunStopsCleanly(t *testing.T) {
 	base := t.TempDir()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r, err := Start(ctx, dirRelay(t, base, "./data"), log, Options{})
@@ -242,6 +244,11 @@ func TestRunStopsCleanly(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Run did not return within 30s of cancel")
+	}
+	// A clean stop says so, last.
+	out := strings.TrimSpace(logs.String())
+	if !strings.Contains(out, "msg=\"stopping: ") || !strings.HasSuffix(out, "msg=stopped") {
+		t.Fatalf("a clean stop should log stopping, then stopped last; logs end:\n%s", out[max(0, len(out)-600):])
 	}
 }
 
@@ -395,7 +402,7 @@ func TestAPITokenVariableUnsetIsSaid(t *testing.T) {
 	t.Setenv("RELAY_T_API_TOKEN_UNSET", "")
 	cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+freeAddr(t)+"', api_token_env: RELAY_T_API_TOKEN_UNSET }\n"+
 		"nodes:\n  A:\n    pickup: { dir: ./a/out }\n    deliver: { dir: ./a/in }\n")
-	var logs strings.Builder
+	var logs syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	r, err := Start(ctx, cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{})
 	if err != nil {
@@ -408,4 +415,22 @@ func TestAPITokenVariableUnsetIsSaid(t *testing.T) {
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "variable=RELAY_T_API_TOKEN_UNSET") {
 		t.Fatalf("no warning naming the unset variable:\n%s", logs.String())
 	}
+}
+
+// syncBuffer is a log sink the relay's goroutines may write at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
