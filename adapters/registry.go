@@ -170,6 +170,7 @@ var kinds = map[string]kind{
 			if err != nil {
 				return nil, err
 			}
+			c.IsNode = r.cfg.IsNode
 			return http.NewPickup(node, c, r.cfg.ZipPasswords, r.spool(node), log)
 		},
 		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {

@@ -596,10 +596,15 @@ func (r *payloadReader) fill() error {
 	m, err := r.s.GetMsg(r.ctx, max(r.next, 1), jetstream.WithGetMsgSubject(r.subject))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		// Its chunks are gone under the reader: deleted with the payload
-		// (gone, as one whose meta is), or replaced by a put of the same
-		// name (stored again: a read from the start finds it).
-		if _, ierr := r.objects.GetInfo(r.ctx, r.name); errors.Is(ierr, jetstream.ErrObjectNotFound) {
+		// (gone, as one whose meta is), replaced by a put of the same name
+		// (stored again: a read from the start finds it), or missing under
+		// the very record being read (damaged: no read ever finds them).
+		info, ierr := r.objects.GetInfo(r.ctx, r.name)
+		switch {
+		case errors.Is(ierr, jetstream.ErrObjectNotFound):
 			return fmt.Errorf("payload %s: chunk after seq %d: %w (%w)", r.name, r.next, jetstream.ErrObjectNotFound, err)
+		case ierr == nil && chunkSubject(info.NUID) == r.subject:
+			return exchange.Permanent(fmt.Errorf("payload %s: %w: its data ends %d bytes before its size (no chunk after seq %d)", r.name, exchange.ErrDamaged, r.left, r.next))
 		}
 	}
 	if err != nil {

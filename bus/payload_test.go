@@ -487,3 +487,51 @@ func TestPayloadGoneUnderItsReader(t *testing.T) {
 		t.Fatalf("a chunk past the stated size: %v, want ErrDamaged and Permanent", err)
 	}
 }
+
+// TestPayloadMissingChunksAreDamaged: chunks missing under the very record
+// being read (purged under the same NUID), or ending before the record's
+// size, are found missing by every read from the start as well; they were
+// retried for ever, the pull mailbox held at that message (found by
+// review). They are ErrDamaged and Permanent: a dead letter.
+func TestPayloadMissingChunksAreDamaged(t *testing.T) {
+	b := openEmbedded(t)
+	ctx := context.Background()
+	data := patterned(3*maxChunk, 7)
+	if _, _, err := b.PutPayload(ctx, "P/A/B/9/x", int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.Payloads.GetInfo(ctx, "P/A/B/9/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	damaged := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, exchange.ErrDamaged) || !exchange.IsPermanent(err) {
+			t.Fatalf("%s: %v, want ErrDamaged and Permanent", what, err)
+		}
+	}
+
+	// Chunks ending before the stated size.
+	long := &payloadReader{ctx: ctx, s: b.payloadStream, objects: b.Payloads, name: "P/A/B/9/x", subject: chunkSubject(info.NUID), left: int64(len(data)) + 10, sum: sha256.New()}
+	_, err = io.ReadAll(long)
+	damaged("chunks end before the stated size", err)
+
+	// Chunks purged under their own record, mid-read and then from the start.
+	r, err := b.OpenPayload(ctx, "P/A/B/9/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(r, make([]byte, maxChunk)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.payloadStream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(info.NUID))); err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(r)
+	damaged("chunks purged under their record while read", err)
+	if r, err = b.OpenPayload(ctx, "P/A/B/9/x"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(r)
+	damaged("chunks purged under their record, read again", err)
+}

@@ -173,30 +173,55 @@ func ParseName(base string) (Name, error) {
 // leaves what cannot be node's alone: another node's file in a shared
 // folder or mailbox (1C's mail transport reads and writes one mailbox).
 func (n Name) MayBeFrom(node string, isNode func(string) bool) bool {
-	type reading struct{ from, to string }
-	all := []reading{{n.From, n.To}}
-	if n.Prefix != "" {
-		all = append(all, reading{n.Prefix + "_" + n.From, n.To}, reading{n.Prefix, n.From + "_" + n.To})
-	}
-	if isNode != nil {
-		var known []reading
-		for _, r := range all {
-			if isNode(r.from) && isNode(r.to) {
-				known = append(known, r)
-			}
-		}
-		if len(known) > 0 {
-			all = known
-		}
-	}
 	from := false
-	for _, r := range all {
-		if r.to == node {
+	for _, r := range n.readings(isNode) {
+		if r.To == node {
 			return false
 		}
-		from = from || r.from == node
+		from = from || r.From == node
 	}
 	return from
+}
+
+// ReadBy is the name as the pickup of node takes it (MayBeFrom): the first
+// reading from node left by isNode, as a name of two codes, or n itself
+// when that is its plain reading or none is from node. A password-protected
+// zip is routed by it and opened with its channel's passwords: with nodes
+// SHOP and 1_SHOP, SHOP's Message_SHOP_1_SHOP.zip goes to 1_SHOP (found by
+// review: it went From "1" To "SHOP", a dead letter).
+func (n Name) ReadBy(node string, isNode func(string) bool) Name {
+	for i, r := range n.readings(isNode) {
+		if r.From == node {
+			if i == 0 && r == (Name{From: n.From, To: n.To}) {
+				return n
+			}
+			return Name{From: r.From, To: r.To, Format: n.Format}
+		}
+	}
+	return n
+}
+
+// readings are the ways the codes split (MayBeFrom): the plain one first,
+// as From and To of names without prefix or format. isNode (nil: any code)
+// keeps those whose two codes are both nodes, when any is.
+func (n Name) readings(isNode func(string) bool) []Name {
+	all := []Name{{From: n.From, To: n.To}}
+	if n.Prefix != "" {
+		all = append(all, Name{From: n.Prefix + "_" + n.From, To: n.To}, Name{From: n.Prefix, To: n.From + "_" + n.To})
+	}
+	if isNode == nil {
+		return all
+	}
+	var known []Name
+	for _, r := range all {
+		if isNode(r.From) && isNode(r.To) {
+			known = append(known, r)
+		}
+	}
+	if len(known) == 0 {
+		return all
+	}
+	return known
 }
 
 // stem is the name without its extension, as shown in mismatch errors.

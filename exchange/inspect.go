@@ -108,12 +108,13 @@ func InspectWith(r io.ReaderAt, size int64, lim Limits, passwords []string) (Inf
 // InspectFile is InspectWith for a file named n, whose header must agree
 // with the name. A password-protected zip that there is no password to try
 // for is routed by its name (DESIGN §2): proven complete by InspectSealed,
-// with n.Sealed() as its header.
-func InspectFile(r io.ReaderAt, size int64, lim Limits, n Name, passwords []string) (Info, error) {
+// with sealed as its header (n.ReadBy(node, isNode).Sealed(): the reading
+// the node's pickup took it by).
+func InspectFile(r io.ReaderAt, size int64, lim Limits, n Name, sealed Header, passwords []string) (Info, error) {
 	info, err := InspectWith(r, size, lim, passwords)
 	if errors.Is(err, ErrEncrypted) && len(passwords) == 0 {
 		if info, err = InspectSealed(r, size, lim); err == nil {
-			info.Header = n.Sealed()
+			info.Header = sealed
 		}
 	}
 	if err != nil {
@@ -282,7 +283,7 @@ func fileSHA256(r io.ReaderAt, size int64) (string, error) {
 // password: the central directory reads and holds one encrypted .xml entry
 // within the limits (as far as they can be told without decrypting). Info
 // has no Header: the file is routed by its name (DESIGN §2), with the
-// header n.Sealed() gives.
+// header Name.Sealed gives.
 func InspectSealed(r io.ReaderAt, size int64, lim Limits) (Info, error) {
 	lim = lim.norm()
 	info := Info{Size: size, Format: FormatZip}

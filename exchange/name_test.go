@@ -153,6 +153,40 @@ func TestMayBeFrom(t *testing.T) {
 	}
 }
 
+// ReadBy is the reading MayBeFrom took the file by: what a sealed zip is
+// routed by and whose channel's passwords open it.
+func TestReadBy(t *testing.T) {
+	for _, tc := range []struct {
+		file, node, nodes string
+		want              string // prefix/from/to
+	}{
+		{"Message_CO_SHOP1.zip", "CO", "", "/CO/SHOP1"},
+		{"Message_CO_SHOP1.zip", "X", "", "/CO/SHOP1"}, // none from X: as named
+		{"Message_X_CO_SHOP1.zip", "CO", "", "X/CO/SHOP1"},
+		{"Message_X_CO_SHOP1.zip", "X", "", "/X/CO_SHOP1"},
+		{"Message_X_CO_SHOP1.zip", "X_CO", "", "/X_CO/SHOP1"},
+		{"Message_SHOP_1_SHOP.zip", "SHOP", "SHOP 1_SHOP", "/SHOP/1_SHOP"},
+		{"Message_SHOP_1_SHOP.zip", "SHOP_1", "SHOP SHOP_1", "/SHOP_1/SHOP"},
+		{"Message_ЦО_ОП_1.zip", "ЦО", "ЦО ОП_1", "/ЦО/ОП_1"},
+		{"Message_ЦО_ОП_1.zip", "ЦО", "", "/ЦО/ОП_1"},
+		{"Message_ЦО_ОП_1.zip", "ОП", "", "ЦО/ОП/1"},
+		{"Message_Полный_ЦО_ОП.zip", "ЦО", "ЦО ОП", "Полный/ЦО/ОП"},
+	} {
+		n, err := ParseName(tc.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var isNode func(string) bool
+		if tc.nodes != "" {
+			isNode = func(code string) bool { return slices.Contains(strings.Fields(tc.nodes), code) }
+		}
+		got := n.ReadBy(tc.node, isNode)
+		if s := got.Prefix + "/" + got.From + "/" + got.To; s != tc.want || got.Format != FormatZip {
+			t.Errorf("%s read by %s (nodes %q): %s (%s), want %s", tc.file, tc.node, tc.nodes, s, got.Format, tc.want)
+		}
+	}
+}
+
 func TestCheckReplace(t *testing.T) {
 	at := func(no uint64) Header {
 		return Header{Dialect: DialectPlatform, ExchangePlan: "P", From: "A", To: "B", MessageNo: no}

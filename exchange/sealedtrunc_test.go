@@ -20,7 +20,7 @@ func TestSealedZipTruncatedEntry(t *testing.T) {
 			t.Fatalf("%s: with the password the cut entry reads?", name)
 		}
 		n, _ := ParseName("Message_ЦО_ОП.zip")
-		info, err := InspectFile(bytes.NewReader(cut), int64(len(cut)), Limits{}, n, nil)
+		info, err := InspectFile(bytes.NewReader(cut), int64(len(cut)), Limits{}, n, n.Sealed(), nil)
 		if err == nil {
 			t.Errorf("%s with half its entry missing (%d of %d stored bytes): taken as a complete sealed zip: %+v", name, len(raw)/2, len(raw), info.Header)
 		}

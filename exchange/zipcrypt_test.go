@@ -719,13 +719,13 @@ func TestRoutedByName(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, z := range files {
-		info, err := InspectFile(bytes.NewReader(z), int64(len(z)), Limits{}, n, nil)
+		info, err := InspectFile(bytes.NewReader(z), int64(len(z)), Limits{}, n, n.Sealed(), nil)
 		sum := sha256.Sum256(z)
 		if err != nil || info.Header != (Header{Dialect: DialectName, From: "ЦО", To: "ОП"}) || info.Format != FormatZip ||
 			info.SHA256 != hex.EncodeToString(sum[:]) || info.Entry != cryptEntry {
 			t.Errorf("%s without a password: %+v, %v", name, info, err)
 		}
-		if _, err := InspectFile(bytes.NewReader(z), int64(len(z)), Limits{}, n, []string{"guess"}); !errors.Is(err, ErrWrongPassword) {
+		if _, err := InspectFile(bytes.NewReader(z), int64(len(z)), Limits{}, n, n.Sealed(), []string{"guess"}); !errors.Is(err, ErrWrongPassword) {
 			t.Errorf("%s with a wrong password: %v, want ErrWrongPassword (not routed by name)", name, err)
 		}
 		for cut := int64(0); cut < int64(len(z)); cut += 97 {
@@ -736,7 +736,7 @@ func TestRoutedByName(t *testing.T) {
 	}
 	other, _ := ParseName("Message_A_B.zip")
 	z := files["aes256-7zip-deflate.zip"]
-	if _, err := InspectFile(bytes.NewReader(z), int64(len(z)), Limits{}, other, nil); err != nil {
+	if _, err := InspectFile(bytes.NewReader(z), int64(len(z)), Limits{}, other, other.Sealed(), nil); err != nil {
 		t.Errorf("routed by name: the name is the only header there is: %v", err)
 	}
 	plain := fixtures(t, "good")["Message_CO_SHOP1.zip"]

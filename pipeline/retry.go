@@ -193,7 +193,8 @@ func (p *Pipeline) reinspect(ctx context.Context, l DeadLetter, name exchange.Na
 	if nerr != nil {
 		info, err = exchange.InspectWith(f, n, p.opts.Limits, nil)
 	} else {
-		info, err = exchange.InspectFile(f, n, p.opts.Limits, name, p.cfg.ZipPasswords(name.From, name.To))
+		read := name.ReadBy(l.Node, p.cfg.IsNode)
+		info, err = exchange.InspectFile(f, n, p.opts.Limits, name, read.Sealed(), p.cfg.ZipPasswords(read.From, read.To))
 	}
 	if exchange.IsVerdict(err) {
 		return info, notRetriable{err}

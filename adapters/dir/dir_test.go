@@ -550,3 +550,49 @@ func TestPickupReadsNamesByTheNodes(t *testing.T) {
 		}
 	}
 }
+
+// TestPickupReadsSealedZipByTheNodes: a password-protected zip with no
+// password to open it is routed by its name, and its passwords are those
+// of the channel its name says; with nodes SHOP and 1_SHOP that is the
+// reading SHOP's pickup took Message_SHOP_1_SHOP.zip by, SHOP → 1_SHOP. It
+// went From "1" To "SHOP", dead-lettered as another node's file in SHOP's
+// outbox (found by review).
+func TestPickupReadsSealedZipByTheNodes(t *testing.T) {
+	zipped, err := os.ReadFile(filepath.Join("..", "..", "exchange", "testdata", "zipcrypt", "zipcrypto-infozip-store.zip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := fastPickup(dir)
+	nodes := []string{"SHOP", "1_SHOP"}
+	cfg.IsNode = func(code string) bool { return slices.Contains(nodes, code) }
+	asked := make(chan string, 4)
+	pw := func(from, to string) []string { asked <- from + " → " + to; return nil }
+	s, err := NewSubscriber("SHOP", cfg, config.After{Action: config.AfterDelete}, nil, pw, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); s.Close() })
+	ch, err := s.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "Message_SHOP_1_SHOP.zip"), zipped, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := foldertest.Next(ch, 3*time.Second)
+	if m == nil {
+		t.Fatal("SHOP's sealed Message_SHOP_1_SHOP.zip never taken")
+	}
+	defer m.Ack()
+	if p := m.Metadata.Get(exchange.MetaProblem); p != "" {
+		t.Fatalf("problem: %s", p)
+	}
+	if from, to := m.Metadata.Get(exchange.MetaFrom), m.Metadata.Get(exchange.MetaTo); from != "SHOP" || to != "1_SHOP" {
+		t.Fatalf("routed From %q To %q, want SHOP → 1_SHOP", from, to)
+	}
+	if got := <-asked; got != "SHOP → 1_SHOP" {
+		t.Fatalf("passwords asked for channel %s, want SHOP → 1_SHOP", got)
+	}
+}

@@ -528,7 +528,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		log.Info("file has the size and mtime of the one taken but another content: the node's next message")
 	}
 
-	msg, problem := NewMessage(p.o.Node, where, name, fetched, p.o.Limits, p.o.Passwords)
+	msg, problem := NewMessage(p.o.Node, p.o.IsNode, where, name, fetched, p.o.Limits, p.o.Passwords)
 	if errors.Is(problem, exchange.ErrIncomplete) && p.now().Sub(c.since) < p.o.IncompleteTimeout {
 		// Read again once it changes, or at incomplete_timeout to be
 		// dead-lettered: an unchanged file does not become complete.
@@ -607,10 +607,12 @@ type Passwords func(from, to string) []string
 // at where under name: its header in the metadata when name and content
 // make a valid message, else the problem, also set as MetaProblem so that
 // the pipeline dead-letters it. pw (may be nil) reads a password-protected
-// zip. The body reads f, which must stay open until the pipeline answers.
-func NewMessage(node, where, name string, f Fetched, lim exchange.Limits, pw Passwords) (*message.Message, error) {
+// zip; isNode (nil: any code) tells the node codes, to read a name whose
+// codes hold '_' (exchange.Name.ReadBy). The body reads f, which must stay
+// open until the pipeline answers.
+func NewMessage(node string, isNode func(string) bool, where, name string, f Fetched, lim exchange.Limits, pw Passwords) (*message.Message, error) {
 	msg := fileMessage(node, where, name)
-	info, problem := inspect(name, f, lim, pw)
+	info, problem := inspect(node, isNode, name, f, lim, pw)
 	if problem != nil {
 		msg.Metadata.Set(exchange.MetaProblem, problem.Error())
 		msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(f.Size, 10))
@@ -672,19 +674,21 @@ func Hand(ctx context.Context, stop <-chan struct{}, out chan<- *message.Message
 
 var farFuture = time.Unix(1<<40, 0)
 
-// inspect checks the whole content; the name must agree with the header.
-// A password-protected zip is read with the channel's passwords, or routed
-// by its name when there are none (exchange.InspectFile).
-func inspect(name string, f Fetched, lim exchange.Limits, pw Passwords) (exchange.Info, error) {
+// inspect checks the whole content of node's file; the name must agree
+// with the header. A password-protected zip is read with the channel's
+// passwords, or routed by its name when there are none (exchange.InspectFile).
+func inspect(node string, isNode func(string) bool, name string, f Fetched, lim exchange.Limits, pw Passwords) (exchange.Info, error) {
 	n, err := exchange.ParseName(name)
 	if err != nil {
 		return exchange.Info{}, err
 	}
+	// A name whose codes hold '_' is read as the node's pickup took it.
+	read := n.ReadBy(node, isNode)
 	var passwords []string
 	if pw != nil {
-		passwords = pw(n.From, n.To)
+		passwords = pw(read.From, read.To)
 	}
-	info, err := exchange.InspectFile(f.File, f.Size, lim, n, passwords)
+	info, err := exchange.InspectFile(f.File, f.Size, lim, n, read.Sealed(), passwords)
 	if err != nil {
 		return info, err
 	}

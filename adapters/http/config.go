@@ -72,6 +72,9 @@ type Config struct {
 
 	// Interval is how often URL is polled while it has nothing (default 1m).
 	Interval config.Duration `yaml:"interval"`
+	// IsNode tells routing.yaml's node codes (set by relay, not read from
+	// the file): see folder.Options.IsNode.
+	IsNode func(code string) bool `yaml:"-"`
 
 	role string
 }

@@ -196,7 +196,7 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took st
 		return "", p.lastBad
 	}
 
-	msg, bad := folder.NewMessage(p.c.node, where, name, f, p.lim, p.pw)
+	msg, bad := folder.NewMessage(p.c.node, p.c.cfg.IsNode, where, name, f, p.lim, p.pw)
 	if want := strings.ToLower(strings.TrimSpace(resp.Header.Get(HeaderSHA256))); problem == "" && bad == nil && want != "" && msg.Metadata.Get(exchange.MetaSHA256) != want {
 		problem = fmt.Sprintf("sha256 of the body is %s, %s says %s", msg.Metadata.Get(exchange.MetaSHA256), HeaderSHA256, want)
 	}

@@ -817,7 +817,7 @@ func maxMailSize(lim exchange.Limits) int64 {
 // its mails are committed.
 func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logger, uids []imap.UID, name, sha string, f folder.Fetched, problem string, out chan<- *message.Message) (taken bool, err error) {
 	where := p.where(uids[0])
-	msg, bad := folder.NewMessage(p.node, where, name, f, p.lim, p.pw)
+	msg, bad := folder.NewMessage(p.node, p.cfg.IsNode, where, name, f, p.lim, p.pw)
 	switch {
 	case problem != "":
 	case bad != nil:

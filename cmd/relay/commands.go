@@ -142,7 +142,7 @@ func inspectCmd(g *globals) *cobra.Command {
 			n, nameErr := exchange.ParseName(fi.Name())
 			info, err := exchange.InspectWith(f, fi.Size(), exchange.DefaultLimits(), passwords)
 			if nameErr == nil && len(passwords) == 0 && errors.Is(err, exchange.ErrEncrypted) {
-				info, err = exchange.InspectFile(f, fi.Size(), exchange.DefaultLimits(), n, nil)
+				info, err = exchange.InspectFile(f, fi.Size(), exchange.DefaultLimits(), n, n.Sealed(), nil)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
