@@ -190,10 +190,10 @@ func (n Name) MayBeFrom(node string, isNode func(string) bool) bool {
 // SHOP and 1_SHOP, SHOP's Message_SHOP_1_SHOP.zip goes to 1_SHOP (found by
 // review: it went From "1" To "SHOP", a dead letter).
 func (n Name) ReadBy(node string, isNode func(string) bool) Name {
-	for i, r := range n.readings(isNode) {
+	for _, r := range n.readings(isNode) {
 		if r.From == node {
-			if i == 0 && r == (Name{From: n.From, To: n.To}) {
-				return n
+			if r.From == n.From && r.To == n.To {
+				return n // the plain reading: prefix kept
 			}
 			return Name{From: r.From, To: r.To, Format: n.Format}
 		}
