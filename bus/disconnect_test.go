@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/test/logtest"
 	"github.com/relay1c/relay/test/realserver"
 )
 
@@ -27,7 +28,7 @@ func quietServer(t *testing.T, users []*server.User) *server.Server {
 }
 
 // waitLog gives nats.go's callback goroutine time to run.
-func waitLog(buf *syncBuffer, want string, d time.Duration) bool {
+func waitLog(buf *logtest.Buffer, want string, d time.Duration) bool {
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if strings.Contains(buf.String(), want) {
 			return true
@@ -37,7 +38,7 @@ func waitLog(buf *syncBuffer, want string, d time.Duration) bool {
 }
 
 // openLogged opens a bus on the external server cfg names, logging into buf.
-func openLogged(t *testing.T, cfg config.NATS, buf *syncBuffer) *Bus {
+func openLogged(t *testing.T, cfg config.NATS, buf *logtest.Buffer) *Bus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -82,7 +83,7 @@ func lastError(t *testing.T, nc *nats.Conn) {
 }
 
 // quiet fails the test if the log shows a disconnect warning.
-func quiet(t *testing.T, buf *syncBuffer, what string) {
+func quiet(t *testing.T, buf *logtest.Buffer, what string) {
 	t.Helper()
 	if waitLog(buf, "nats disconnected", 2*time.Second) {
 		t.Fatalf("%s was warned about:\n%s", what, buf.String())
@@ -93,7 +94,7 @@ func quiet(t *testing.T, buf *syncBuffer, what string) {
 // set while the connection runs on: relay's own clean Close is not warned
 // about as "nats disconnected" because of it.
 func TestCleanCloseAfterSlowConsumerIsQuiet(t *testing.T) {
-	var buf syncBuffer
+	var buf logtest.Buffer
 	b := openLogged(t, config.NATS{URL: quietServer(t, nil).ClientURL()}, &buf)
 	slowConsumer(t, b.Conn)
 	b.Close()
@@ -108,7 +109,7 @@ func TestCleanCloseAfterPermissionViolationIsQuiet(t *testing.T) {
 		Permissions: &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"test.denied"}}},
 	}})
 	t.Setenv("RELAY_TEST_PW", "pw")
-	var buf syncBuffer
+	var buf logtest.Buffer
 	b := openLogged(t, config.NATS{URL: ns.ClientURL(), User: "relay", PasswordEnv: "RELAY_TEST_PW"}, &buf)
 	if err := b.Conn.Publish("test.denied", []byte("x")); err != nil {
 		t.Fatal(err)
@@ -121,7 +122,7 @@ func TestCleanCloseAfterPermissionViolationIsQuiet(t *testing.T) {
 
 // A lane closed at a normal stop (CloseLane) is the same: quiet.
 func TestCleanLaneCloseAfterSlowConsumerIsQuiet(t *testing.T) {
-	var buf syncBuffer
+	var buf logtest.Buffer
 	b := openLogged(t, config.NATS{URL: quietServer(t, nil).ClientURL()}, &buf)
 	defer b.Close()
 	l, err := b.Lane(context.Background(), "deliver A")

@@ -431,9 +431,7 @@ func TestDamagedPayloadIsPermanent(t *testing.T) {
 // TestPayloadGoneUnderItsReader: chunks deleted while a reader is between
 // them (the payload dropped under a delivery) read as a payload gone
 // (jetstream.ErrObjectNotFound, a dead letter with nothing to retry), not
-// as a failure retried for ever — unless the payload was stored again;
-// a chunk larger than what is left of the stated size is damaged
-// (Permanent).
+// as a failure retried for ever — unless the payload was stored again.
 func TestPayloadGoneUnderItsReader(t *testing.T) {
 	b := openEmbedded(t)
 	ctx := context.Background()
@@ -474,26 +472,15 @@ func TestPayloadGoneUnderItsReader(t *testing.T) {
 		t.Fatalf("read on after the payload was stored again: %v, want a failure to retry", err)
 	}
 	readBoth(t, b, "P/A/B/2/x", data)
-
-	if _, _, err := b.PutPayload(ctx, "P/A/B/3/x", int64(len(data)), bytes.NewReader(data)); err != nil {
-		t.Fatal(err)
-	}
-	info, err := b.Payloads.GetInfo(ctx, "P/A/B/3/x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	short := &payloadReader{ctx: ctx, s: b.payloadStream, objects: b.Payloads, name: "P/A/B/3/x", subject: chunkSubject(info.NUID), left: maxChunk / 2, sum: sha256.New()}
-	if _, err := io.ReadAll(short); !errors.Is(err, exchange.ErrDamaged) || !exchange.IsPermanent(err) {
-		t.Fatalf("a chunk past the stated size: %v, want ErrDamaged and Permanent", err)
-	}
 }
 
-// TestPayloadMissingChunksAreDamaged: chunks missing under the very record
-// being read (purged under the same NUID), or ending before the record's
-// size, are found missing by every read from the start as well; they were
-// retried for ever, the pull mailbox held at that message (found by
-// review). They are ErrDamaged and Permanent: a dead letter.
-func TestPayloadMissingChunksAreDamaged(t *testing.T) {
+// TestPayloadChunksDamaged: chunks that disagree with the record being
+// read are ErrDamaged and Permanent, a dead letter: a chunk larger than
+// what is left of the stated size; chunks ending before it, or missing
+// under the very record (purged under the same NUID) — those are found
+// missing by every read from the start as well, and were retried for ever,
+// the pull mailbox held at that message (found by review).
+func TestPayloadChunksDamaged(t *testing.T) {
 	b := openEmbedded(t)
 	ctx := context.Background()
 	data := patterned(3*maxChunk, 7)
@@ -511,10 +498,17 @@ func TestPayloadMissingChunksAreDamaged(t *testing.T) {
 		}
 	}
 
-	// Chunks ending before the stated size.
-	long := &payloadReader{ctx: ctx, s: b.payloadStream, objects: b.Payloads, name: "P/A/B/9/x", subject: chunkSubject(info.NUID), left: int64(len(data)) + 10, sum: sha256.New()}
-	_, err = io.ReadAll(long)
-	damaged("chunks end before the stated size", err)
+	for _, tc := range []struct {
+		what string
+		size int64
+	}{
+		{"a chunk past the stated size", maxChunk / 2},
+		{"chunks end before the stated size", int64(len(data)) + 10},
+	} {
+		r := &payloadReader{ctx: ctx, s: b.payloadStream, objects: b.Payloads, name: "P/A/B/9/x", subject: chunkSubject(info.NUID), left: tc.size, sum: sha256.New()}
+		_, err := io.ReadAll(r)
+		damaged(tc.what, err)
+	}
 
 	// Chunks purged under their own record, mid-read and then from the start.
 	r, err := b.OpenPayload(ctx, "P/A/B/9/x")

@@ -2,7 +2,6 @@ package bus
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/test/logtest"
 	"github.com/relay1c/relay/test/realserver"
 )
 
@@ -43,24 +43,6 @@ func TestRefusalNamesTheServer(t *testing.T) {
 	if !strings.Contains(err.Error(), "nats-2") || !strings.Contains(err.Error(), addr) {
 		t.Errorf("the refusal names neither the server (nats-2) nor its address (%s): %v", addr, err)
 	}
-}
-
-// syncBuffer is a log sink safe for nats.go's callback goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // switchProxy forwards 127.0.0.1 connections to upstream, saying the
@@ -139,7 +121,7 @@ func (p *switchProxy) drop() {
 // behind a switchProxy that says 2.15.2 (then what the test sets): a
 // cluster relay starts on, whose next reconnect the test steers. The bus
 // logs into buf; the caller closes it.
-func openBehindProxy(t *testing.T, buf *syncBuffer) (*Bus, *switchProxy) {
+func openBehindProxy(t *testing.T, buf *logtest.Buffer) (*Bus, *switchProxy) {
 	t.Helper()
 	c := debianCluster(t)
 	first := strings.TrimPrefix(strings.Split(c.ClientURL(), ",")[0], "nats://")
@@ -164,7 +146,7 @@ func (p *switchProxy) say(version string) {
 // reconnects (a restart, a rolling update gone back, a load balancer) to
 // one saying 2.9.10 stops as it would have refused to start (Lost).
 func TestReconnectToOldServerStops(t *testing.T) {
-	var buf syncBuffer
+	var buf logtest.Buffer
 	b, p := openBehindProxy(t, &buf)
 	defer b.Close()
 	p.say("2.9.10")
@@ -185,7 +167,7 @@ func TestReconnectToOldServerStops(t *testing.T) {
 // (Close) while the server restarts, whose lane is still open and lands on
 // a 2.9.10 server, must not have Lost closed after its own stop.
 func TestLaneReconnectAfterCloseKeepsLostOpen(t *testing.T) {
-	var buf syncBuffer
+	var buf logtest.Buffer
 	b, p := openBehindProxy(t, &buf)
 	l, err := b.Lane(context.Background(), "deliver A")
 	if err != nil {
@@ -214,7 +196,7 @@ func TestLaneReconnectAfterCloseKeepsLostOpen(t *testing.T) {
 // there as at start: its connections must not go on writing to it (a
 // compare-and-set write of a channel's state here is what #4320 breaks).
 func TestNoWritesAfterOldServerFound(t *testing.T) {
-	var buf syncBuffer
+	var buf logtest.Buffer
 	b, p := openBehindProxy(t, &buf)
 	defer b.Close()
 	p.say("2.9.10")

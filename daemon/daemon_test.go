@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 
 	"github.com/relay1c/relay/adapters"
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/test/logtest"
 )
 
 // writeCreds writes a NATS credentials file (a user JWT and its seed) to path.
@@ -217,7 +217,7 @@ func TestNodeCodeValidatedIsRun(t *testing.T) {
 // exit 1 on a clean stop.
 func TestRunStopsCleanly(t *testing.T) {
 	base := t.TempDir()
-	var logs syncBuffer
+	var logs logtest.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -402,7 +402,7 @@ func TestAPITokenVariableUnsetIsSaid(t *testing.T) {
 	t.Setenv("RELAY_T_API_TOKEN_UNSET", "")
 	cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+freeAddr(t)+"', api_token_env: RELAY_T_API_TOKEN_UNSET }\n"+
 		"nodes:\n  A:\n    pickup: { dir: ./a/out }\n    deliver: { dir: ./a/in }\n")
-	var logs syncBuffer
+	var logs logtest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	r, err := Start(ctx, cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{})
 	if err != nil {
@@ -415,22 +415,4 @@ func TestAPITokenVariableUnsetIsSaid(t *testing.T) {
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "variable=RELAY_T_API_TOKEN_UNSET") {
 		t.Fatalf("no warning naming the unset variable:\n%s", logs.String())
 	}
-}
-
-// syncBuffer is a log sink the relay's goroutines may write at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

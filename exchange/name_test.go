@@ -139,14 +139,7 @@ func TestMayBeFrom(t *testing.T) {
 		{"Message_SHOP_1_SHOP.xml", "SHOP", "SHOP 1_SHOP", true},
 		{"Message_SHOP_1_SHOP.xml", "SHOP", "CO", false}, // no reading names nodes: all count
 	} {
-		n, err := ParseName(tc.file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var isNode func(string) bool
-		if tc.nodes != "" {
-			isNode = func(code string) bool { return slices.Contains(strings.Fields(tc.nodes), code) }
-		}
+		n, isNode := nameAndNodes(t, tc.file, tc.nodes)
 		if got := n.MayBeFrom(tc.node, isNode); got != tc.want {
 			t.Errorf("%s may be from %s (nodes %q): %v, want %v", tc.file, tc.node, tc.nodes, got, tc.want)
 		}
@@ -172,19 +165,26 @@ func TestReadBy(t *testing.T) {
 		{"Message_ЦО_ОП_1.zip", "ОП", "", "ЦО/ОП/1"},
 		{"Message_Полный_ЦО_ОП.zip", "ЦО", "ЦО ОП", "Полный/ЦО/ОП"},
 	} {
-		n, err := ParseName(tc.file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var isNode func(string) bool
-		if tc.nodes != "" {
-			isNode = func(code string) bool { return slices.Contains(strings.Fields(tc.nodes), code) }
-		}
+		n, isNode := nameAndNodes(t, tc.file, tc.nodes)
 		got := n.ReadBy(tc.node, isNode)
 		if s := got.Prefix + "/" + got.From + "/" + got.To; s != tc.want || got.Format != FormatZip {
 			t.Errorf("%s read by %s (nodes %q): %s (%s), want %s", tc.file, tc.node, tc.nodes, s, got.Format, tc.want)
 		}
 	}
+}
+
+// nameAndNodes parses file and makes the node-code test of nodes (codes
+// separated by spaces; "": nil, any code).
+func nameAndNodes(t *testing.T, file, nodes string) (Name, func(string) bool) {
+	t.Helper()
+	n, err := ParseName(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nodes == "" {
+		return n, nil
+	}
+	return n, func(code string) bool { return slices.Contains(strings.Fields(nodes), code) }
 }
 
 func TestCheckReplace(t *testing.T) {

@@ -29,6 +29,7 @@ import (
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
+	"github.com/relay1c/relay/test/logtest"
 )
 
 // memIMAP is an in-process IMAP server with one user "relay" (password
@@ -1137,24 +1138,6 @@ func (l *slowListener) Accept() (net.Conn, error) {
 	return sc, nil
 }
 
-// logBuffer collects a logger's lines for a test to look at.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(b)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestIMAPPickupSlowMailNeedsOnlyProgress proves that io_timeout bounds a
 // wait for progress, not a download. imapclient gives a whole mail one
 // fixed 5 minutes, so a large mail on a slow link could never be taken and
@@ -1191,7 +1174,7 @@ func TestIMAPPickupSlowMailNeedsOnlyProgress(t *testing.T) {
 	s.add(t, "INBOX", raw)
 	c := imapTestConfig(s.addr)
 	c.IOTimeout = config.Duration(time.Second)
-	var logs logBuffer
+	var logs logtest.Buffer
 	start := time.Now()
 	out, p := runPickupWith(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil, func(p *Pickup) {
 		p.log = slog.New(slog.NewTextHandler(&logs, nil))
