@@ -129,7 +129,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	if c.node != "" {
 		where = "api:" + c.node + "@" + r.RemoteAddr
 	}
-	msg, problem := folder.NewMessage("", s.cfg.IsNode, where, name, f, exchange.DefaultLimits(), s.cfg.ZipPasswords)
+	msg, problem := folder.NewMessage(c.node, s.cfg.IsNode, where, name, f, exchange.DefaultLimits(), s.cfg.ZipPasswords)
 	if problem != nil {
 		writeErr(w, http.StatusBadRequest, oneLine(problem.Error()))
 		return

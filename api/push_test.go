@@ -356,3 +356,28 @@ func TestPushAnsweredOnlyOnceStored(t *testing.T) {
 		t.Fatalf("Push failed (not stored): answered %d %s, want 503 (send again)", w.Code, w.Body)
 	}
 }
+
+// TestPushSealedZipReadByTheNodes: a pushed password-protected zip with no
+// password to open it is routed by its name, read by the node codes as a
+// pickup reads it: with nodes SHOP and 1_SHOP, Message_SHOP_1_SHOP.zip is
+// SHOP's to 1_SHOP (its plain reading, From "1" To "SHOP", was refused as
+// from a node not in routing.yaml).
+func TestPushSealedZipReadByTheNodes(t *testing.T) {
+	cfg, err := config.Parse([]byte("relay: { data_dir: " + t.TempDir() + " }\nnodes:\n  SHOP:\n    pickup: { dir: a }\n  1_SHOP:\n    deliver: { dir: b }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := os.ReadFile("../exchange/testdata/zipcrypt/zipcrypto-infozip-store.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &recordingBackend{fakeBackend: &fakeBackend{ready: true}}
+	s := NewServer(cfg, be, "", slog.New(slog.DiscardHandler))
+	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages?name=Message_SHOP_1_SHOP.zip", bytes.NewReader(body))
+	r.RemoteAddr = "127.0.0.1:5000"
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	if w.Code != 202 || be.pushed.Load() != 1 {
+		t.Fatalf("sealed Message_SHOP_1_SHOP.zip pushed: %d %s (stored: %d), want 202 and stored", w.Code, strings.TrimSpace(w.Body.String()), be.pushed.Load())
+	}
+}

@@ -184,14 +184,15 @@ func (n Name) MayBeFrom(node string, isNode func(string) bool) bool {
 }
 
 // ReadBy is the name as the pickup of node takes it (MayBeFrom): the first
-// reading from node left by isNode, as a name of two codes, or n itself
-// when that is its plain reading or none is from node. A password-protected
-// zip is routed by it and opened with its channel's passwords: with nodes
-// SHOP and 1_SHOP, SHOP's Message_SHOP_1_SHOP.zip goes to 1_SHOP (found by
-// review: it went From "1" To "SHOP", a dead letter).
+// reading from node left by isNode (node "", a sender not known: the first
+// left), as a name of two codes, or n itself when that is its plain
+// reading or none is from node. A password-protected zip is routed by it
+// and opened with its channel's passwords: with nodes SHOP and 1_SHOP,
+// SHOP's Message_SHOP_1_SHOP.zip goes to 1_SHOP (found by review: it went
+// From "1" To "SHOP", a dead letter).
 func (n Name) ReadBy(node string, isNode func(string) bool) Name {
 	for _, r := range n.readings(isNode) {
-		if r.From == node {
+		if r.From == node || node == "" {
 			if r.From == n.From && r.To == n.To {
 				return n // the plain reading: prefix kept
 			}

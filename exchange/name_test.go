@@ -164,6 +164,12 @@ func TestReadBy(t *testing.T) {
 		{"Message_ЦО_ОП_1.zip", "ЦО", "", "/ЦО/ОП_1"},
 		{"Message_ЦО_ОП_1.zip", "ОП", "", "ЦО/ОП/1"},
 		{"Message_Полный_ЦО_ОП.zip", "ЦО", "ЦО ОП", "Полный/ЦО/ОП"},
+		// No sender known (a push with a token of no node): the first
+		// reading naming two nodes.
+		{"Message_SHOP_1_SHOP.zip", "", "SHOP 1_SHOP", "/SHOP/1_SHOP"},
+		{"Message_SHOP_1_SHOP.zip", "", "SHOP SHOP_1", "/SHOP_1/SHOP"},
+		{"Message_SHOP_1_SHOP.zip", "", "", "SHOP/1/SHOP"},
+		{"Message_ЦО_ОП_1.zip", "", "ЦО ОП_1", "/ЦО/ОП_1"},
 	} {
 		n, isNode := nameAndNodes(t, tc.file, tc.nodes)
 		got := n.ReadBy(tc.node, isNode)
