@@ -604,7 +604,14 @@ func (r *payloadReader) fill() error {
 		case errors.Is(ierr, jetstream.ErrObjectNotFound):
 			return fmt.Errorf("payload %s: chunk after seq %d: %w (%w)", r.name, r.next, jetstream.ErrObjectNotFound, err)
 		case ierr == nil && chunkSubject(info.NUID) == r.subject:
-			return exchange.Permanent(fmt.Errorf("payload %s: %w: its data ends %d bytes before its size (no chunk after seq %d)", r.name, exchange.ErrDamaged, r.left, r.next))
+			// A one-chunk payload stored again keeps its NUID
+			// (payloadNUID): its chunk, written before its meta, is
+			// there now. Only a chunk still missing is damage.
+			_, again := r.s.GetMsg(r.ctx, max(r.next, 1), jetstream.WithGetMsgSubject(r.subject))
+			if errors.Is(again, jetstream.ErrMsgNotFound) {
+				return exchange.Permanent(fmt.Errorf("payload %s: %w: its data ends %d bytes before its size (no chunk after seq %d)", r.name, exchange.ErrDamaged, r.left, r.next))
+			}
+			return fmt.Errorf("payload %s: chunk after seq %d: stored again while read: %w", r.name, r.next, err)
 		}
 	}
 	if err != nil {

@@ -529,3 +529,64 @@ func TestPayloadChunksDamaged(t *testing.T) {
 	_, err = io.ReadAll(r)
 	damaged("chunks purged under their record, read again", err)
 }
+
+// racyStream runs hook once, right after a GetMsg that found nothing:
+// what another goroutine may do between the reader's GetMsg and its
+// GetInfo.
+type racyStream struct {
+	jetstream.Stream
+	hook func()
+}
+
+func (s *racyStream) GetMsg(ctx context.Context, seq uint64, opts ...jetstream.GetMsgOpt) (*jetstream.RawStreamMsg, error) {
+	m, err := s.Stream.GetMsg(ctx, seq, opts...)
+	if errors.Is(err, jetstream.ErrMsgNotFound) && s.hook != nil {
+		h := s.hook
+		s.hook = nil
+		h()
+	}
+	return m, err
+}
+
+// TestPayloadOneChunkStoredAgainWhileRead: a one-chunk payload (nearly
+// every message) dropped under its reader and stored again under its name
+// keeps its NUID (payloadNUID is derived from the name). A new put landing
+// between the reader's GetMsg and its GetInfo made the whole payload read
+// as damaged (Permanent: a dead letter; found by review); it is a failure
+// to retry, and a read from the start gets it.
+func TestPayloadOneChunkStoredAgainWhileRead(t *testing.T) {
+	b := openEmbedded(t)
+	ctx := context.Background()
+	const name = "P/A/B/7/x"
+	data := patterned(1000, 3)
+	if _, _, err := b.PutPayload(ctx, name, int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.Payloads.GetInfo(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeletePayload(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	s := &racyStream{Stream: b.payloadStream, hook: func() {
+		if _, _, err := b.PutPayload(ctx, name, int64(len(data)), bytes.NewReader(data)); err != nil {
+			t.Error(err)
+		}
+	}}
+	sum := sha256.Sum256(data)
+	r := &payloadReader{ctx: ctx, s: s, objects: b.Payloads, name: name, subject: chunkSubject(info.NUID),
+		want: digestOf(sum[:]), left: int64(len(data)), sum: sha256.New()}
+	_, err = io.ReadAll(r)
+	if fresh, oerr := b.OpenPayload(ctx, name); oerr == nil {
+		got, rerr := io.ReadAll(fresh)
+		if rerr != nil || !bytes.Equal(got, data) {
+			t.Fatalf("stored again: a read from the start: %v", rerr)
+		}
+	} else {
+		t.Fatal(oerr)
+	}
+	if errors.Is(err, exchange.ErrDamaged) || exchange.IsPermanent(err) {
+		t.Fatalf("payload stored again (whole) while read: %v — Permanent ErrDamaged, a dead letter; want a failure to retry", err)
+	}
+}
