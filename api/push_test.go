@@ -48,10 +48,7 @@ func TestPushExtensionMustMatchContent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages?name="+c.name, bytes.NewReader(body))
-		r.RemoteAddr = "127.0.0.1:5000"
-		w := httptest.NewRecorder()
-		s.ServeHTTP(w, r)
+		w := push(s, "?name="+c.name, bytes.NewReader(body))
 		if w.Code != c.code {
 			t.Errorf("%s pushed as %s: %d %s, want %d", c.fixture, c.name, w.Code, w.Body, c.code)
 		}
@@ -63,10 +60,7 @@ func TestPushExtensionMustMatchContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages", bytes.NewReader(append([]byte("PK\x07\x08"), body...)))
-	r.RemoteAddr = "127.0.0.1:5000"
-	w := httptest.NewRecorder()
-	s.ServeHTTP(w, r)
+	w := push(s, "", bytes.NewReader(append([]byte("PK\x07\x08"), body...)))
 	if w.Code != 202 {
 		t.Errorf("zip starting with the spanning marker, pushed without a name: %d %s, want 202", w.Code, w.Body)
 	}
@@ -103,13 +97,20 @@ func TestPushSpoolFailureIs503(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages?name=Message_CO_SHOP1.xml", bytes.NewReader(body))
-	r.RemoteAddr = "127.0.0.1:5000"
-	w := httptest.NewRecorder()
-	s.ServeHTTP(w, r)
+	w := push(s, "?name=Message_CO_SHOP1.xml", bytes.NewReader(body))
 	if w.Code != 503 || w.Header().Get("Retry-After") != "5" {
 		t.Fatalf("good file, relay cannot spool it: %d (Retry-After %q) %s, want 503 with Retry-After: 5 (not stored, send again)", w.Code, w.Header().Get("Retry-After"), w.Body)
 	}
+}
+
+// push POSTs body to s's /api/v1/messages with query ("" or "?name=...")
+// from a loopback client, and returns the answer.
+func push(s *Server, query string, body io.Reader) *httptest.ResponseRecorder {
+	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages"+query, body)
+	r.RemoteAddr = "127.0.0.1:5000"
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	return w
 }
 
 // shopServer serves the API of a relay with CO (pickup) and SHOP1
@@ -210,10 +211,7 @@ func TestPushMultipartFileAtLimit(t *testing.T) {
 	}
 	s := NewServer(cfg, &fakeBackend{ready: true}, "", slog.New(slog.DiscardHandler))
 	// Raw: accepted (the file is exactly the limit).
-	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages?name=Message_CO_SHOP1.xml", bytes.NewReader(file))
-	r.RemoteAddr = "127.0.0.1:5000"
-	w := httptest.NewRecorder()
-	s.ServeHTTP(w, r)
+	w := push(s, "?name=Message_CO_SHOP1.xml", bytes.NewReader(file))
 	if w.Code != 202 {
 		t.Fatalf("raw push at the limit: %d %s", w.Code, w.Body)
 	}
@@ -223,7 +221,7 @@ func TestPushMultipartFileAtLimit(t *testing.T) {
 	fw, _ := mw.CreateFormFile("file", "Message_CO_SHOP1.xml")
 	fw.Write(file)
 	mw.Close()
-	r = httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages", bytes.NewReader(buf.Bytes()))
+	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages", bytes.NewReader(buf.Bytes()))
 	r.Header.Set("Content-Type", mw.FormDataContentType())
 	r.RemoteAddr = "127.0.0.1:5000"
 	w = httptest.NewRecorder()
@@ -257,10 +255,7 @@ func TestPushToUnknownAddressee(t *testing.T) {
 	s := NewServer(cfg, be, "", slog.New(slog.DiscardHandler))
 	body := `<?xml version="1.0" encoding="UTF-8"?>
 <v8msg:Message xmlns:v8msg="http://v8.1c.ru/messages"><v8msg:Header><v8msg:ExchangePlan>Stores</v8msg:ExchangePlan><v8msg:To>NOSUCH</v8msg:To><v8msg:From>CO</v8msg:From><v8msg:MessageNo>1</v8msg:MessageNo></v8msg:Header><v8msg:Body/></v8msg:Message>`
-	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages", strings.NewReader(body))
-	r.RemoteAddr = "127.0.0.1:5000"
-	w := httptest.NewRecorder()
-	s.ServeHTTP(w, r)
+	w := push(s, "", strings.NewReader(body))
 	if w.Code != 400 || be.pushed.Load() != 0 {
 		t.Errorf("push to a node not in routing.yaml: %d %s (handed to the pipeline: %d), want 400 and not stored", w.Code, strings.TrimSpace(w.Body.String()), be.pushed.Load())
 	}
@@ -373,10 +368,7 @@ func TestPushSealedZipReadByTheNodes(t *testing.T) {
 	}
 	be := &recordingBackend{fakeBackend: &fakeBackend{ready: true}}
 	s := NewServer(cfg, be, "", slog.New(slog.DiscardHandler))
-	r := httptest.NewRequest("POST", "http://127.0.0.1:8088/api/v1/messages?name=Message_SHOP_1_SHOP.zip", bytes.NewReader(body))
-	r.RemoteAddr = "127.0.0.1:5000"
-	w := httptest.NewRecorder()
-	s.ServeHTTP(w, r)
+	w := push(s, "?name=Message_SHOP_1_SHOP.zip", bytes.NewReader(body))
 	if w.Code != 202 || be.pushed.Load() != 1 {
 		t.Fatalf("sealed Message_SHOP_1_SHOP.zip pushed: %d %s (stored: %d), want 202 and stored", w.Code, strings.TrimSpace(w.Body.String()), be.pushed.Load())
 	}

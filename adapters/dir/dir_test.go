@@ -44,11 +44,17 @@ func subscribe(t *testing.T, cfg PickupConfig, after string, mem folder.KeepMemo
 // startPickup runs the pickup of node until the test ends.
 func startPickup(t *testing.T, node string, cfg PickupConfig, after string, mem folder.KeepMemory) (*folder.Pickup, <-chan *message.Message) {
 	t.Helper()
+	return startPickupPw(t, node, cfg, after, mem, nil)
+}
+
+// startPickupPw is startPickup with zip passwords pw.
+func startPickupPw(t *testing.T, node string, cfg PickupConfig, after string, mem folder.KeepMemory, pw folder.Passwords) (*folder.Pickup, <-chan *message.Message) {
+	t.Helper()
 	a, err := config.ParseAfter(after)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewSubscriber(node, cfg, a, mem, nil, slog.New(slog.DiscardHandler))
+	s, err := NewSubscriber(node, cfg, a, mem, pw, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -568,16 +574,7 @@ func TestPickupReadsSealedZipByTheNodes(t *testing.T) {
 	cfg.IsNode = func(code string) bool { return slices.Contains(nodes, code) }
 	asked := make(chan string, 4)
 	pw := func(from, to string) []string { asked <- from + " → " + to; return nil }
-	s, err := NewSubscriber("SHOP", cfg, config.After{Action: config.AfterDelete}, nil, pw, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() { cancel(); s.Close() })
-	ch, err := s.Subscribe(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ch := startPickupPw(t, "SHOP", cfg, "delete", nil, pw)
 	if err := os.WriteFile(filepath.Join(dir, "Message_SHOP_1_SHOP.zip"), zipped, 0o644); err != nil {
 		t.Fatal(err)
 	}
