@@ -156,5 +156,20 @@ func FuzzParseName(f *testing.F) {
 		if n.From == "" || n.To == "" || strings.ContainsAny(n.String(), `/\`) {
 			t.Fatalf("bad parse %+v", n)
 		}
+		// A sealed zip is routed by the reading its pickup took it by: that
+		// reading must be the node's and agree with the name, or the file
+		// is a dead letter for a mismatch it does not have.
+		codes := []string{n.Prefix, n.From, n.To, n.Prefix + "_" + n.From, n.From + "_" + n.To}
+		for _, isNode := range []func(string) bool{nil, func(c string) bool { return c == n.To || c == n.Prefix+"_"+n.From || c == n.From+"_"+n.To }} {
+			for _, node := range append(codes, "") {
+				read := n.ReadBy(node, isNode)
+				if err := n.Check(read.Sealed()); err != nil {
+					t.Fatalf("%q read by %q: %+v disagrees with the name: %v", s, node, read, err)
+				}
+				if node != "" && n.MayBeFrom(node, isNode) && read.From != node {
+					t.Fatalf("%q may be from %q, yet read as %+v", s, node, read)
+				}
+			}
+		}
 	})
 }
