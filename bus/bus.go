@@ -47,7 +47,8 @@ const (
 	StreamDead = "EXCHANGE_DEAD"
 	// DeadSubjectPrefix is followed by the encoded node the dead letter concerns.
 	DeadSubjectPrefix = "exchange.dead."
-	// BucketTaken remembers what `after: keep` pickups already took.
+	// BucketTaken remembers what `after: keep` pickups already took, and the
+	// mail sets an IMAP pickup took whole.
 	BucketTaken = "EXCHANGE_TAKEN"
 	// BucketLeases holds the leases of a shared NATS: which replica runs a
 	// pickup or fetch, which delivers a channel right now. Entries expire

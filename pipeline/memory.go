@@ -10,7 +10,8 @@ import (
 	"github.com/relay1c/relay/bus"
 )
 
-// Memory is the KV-backed memory of `after: keep` pickups, shared by
+// Memory is the KV-backed memory of pickups (`after: keep`, mail sets taken
+// whole), shared by
 // replicas: a folder.Memory for mail, a folder.KeepMemory for dir and ftp.
 type Memory struct{ kv jetstream.KeyValue }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"maps"
@@ -125,6 +126,13 @@ type finishedSet struct {
 
 // maxFinished bounds the memory of finished sets; the oldest goes first.
 const maxFinished = 10000
+
+// finishedSlots is how many sets taken whole a pickup remembers in the
+// shared pickup memory, so that a late copy of a part is known after a
+// restart (or on another replica) too. A set's slot follows from its
+// transfer id; a later set in the same slot replaces it, which only
+// brings back the in-process memory's limits for the one replaced.
+const finishedSlots = 1024
 
 // skippedMail is a mail the server refused to hand out (a tagged NO to the
 // FETCH of it, as dovecot answers for a damaged mail file): it is passed
@@ -357,7 +365,7 @@ func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *mes
 	var late []imap.UID
 	for start := 0; start < len(fresh); start += headerBatch {
 		batch := fresh[start:min(start+headerBatch, len(fresh))]
-		s, l, err := p.classifyEach(c, batch)
+		s, l, err := p.classifyEach(ctx, c, batch)
 		if err != nil {
 			return err
 		}
@@ -419,8 +427,8 @@ var whoFields = []string{"From", "Subject"}
 // refuses that (a tagged NO: a damaged mail among them), each mail on its
 // own, so that the one it will not hand out is skipped and the others are
 // looked at.
-func (p *Pickup) classifyEach(c *imapclient.Client, uids []imap.UID) (singles []candidate, late []imap.UID, err error) {
-	singles, late, err = p.classify(c, uids)
+func (p *Pickup) classifyEach(ctx context.Context, c *imapclient.Client, uids []imap.UID) (singles []candidate, late []imap.UID, err error) {
+	singles, late, err = p.classify(ctx, c, uids)
 	var ie *imap.Error
 	if !errors.As(err, &ie) || len(uids) == 1 {
 		if len(uids) == 1 && p.unreadable(uids[0], "", err) {
@@ -430,7 +438,7 @@ func (p *Pickup) classifyEach(c *imapclient.Client, uids []imap.UID) (singles []
 	}
 	singles, late = nil, nil
 	for _, u := range uids {
-		s, l, err := p.classify(c, []imap.UID{u})
+		s, l, err := p.classify(ctx, c, []imap.UID{u})
 		if p.unreadable(u, "", err) {
 			continue
 		}
@@ -467,7 +475,7 @@ type partLook struct {
 // when the FETCH completed: a header cut off by a broken connection is the
 // session's trouble, not the mail's, and must not hide it for the life of
 // the process.
-func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, []imap.UID, error) {
+func (p *Pickup) classify(ctx context.Context, c *imapclient.Client, uids []imap.UID) ([]candidate, []imap.UID, error) {
 	sections := []*imap.FetchItemBodySection{
 		{Specifier: imap.PartSpecifierHeader, HeaderFields: pickupHeaders, Peek: true},
 		{Specifier: imap.PartSpecifierHeader, HeaderFields: whoFields, Peek: true},
@@ -558,7 +566,11 @@ func (p *Pickup) classify(c *imapclient.Client, uids []imap.UID) ([]candidate, [
 		case l.single != nil:
 			singles = append(singles, *l.single)
 		case l.part != nil:
-			if p.addPart(l.uid, l.part) {
+			isLate, err := p.addPart(ctx, l.uid, l.part)
+			if err != nil {
+				return nil, nil, err
+			}
+			if isLate {
 				late = append(late, l.uid)
 			}
 		}
@@ -634,13 +646,14 @@ func (p *Pickup) judge(uid imap.UID, size int64, arrived time.Time, hdr gomail.H
 
 // addPart adds a part mail to its set; late reports a copy of a part of
 // a set taken already, which the caller commits.
-func (p *Pickup) addPart(uid imap.UID, l *partLook) (late bool) {
+func (p *Pickup) addPart(ctx context.Context, uid imap.UID, l *partLook) (late bool, err error) {
 	id, file, sha, pt, arrived, size := l.id, l.file, l.sha, l.pt, l.arrived, l.size
 	t := p.transfers[id]
-	if f, ok := p.finished[id]; ok && t == nil && f.n == pt.n && f.sha == sha {
-		return true
-	}
 	if t == nil {
+		taken, err := p.takenWhole(ctx, id, pt.n, sha)
+		if err != nil || taken {
+			return taken, err
+		}
 		if arrived.IsZero() {
 			arrived = p.now()
 		}
@@ -652,7 +665,7 @@ func (p *Pickup) addPart(uid imap.UID, l *partLook) (late bool) {
 		// this one is judged on its own after the set is done.
 		p.log.Warn("part disagrees with its set; left alone", "uid", uid, "transfer", id, "part", pt.String())
 		p.known[uid] = ignored
-		return false
+		return false, nil
 	}
 	if !arrived.IsZero() && arrived.Before(t.first) {
 		t.first = arrived
@@ -663,11 +676,44 @@ func (p *Pickup) addPart(uid imap.UID, l *partLook) (late bool) {
 	t.parts[pt.i] = append(t.parts[pt.i], uid)
 	t.sizes[uid] = size
 	p.known[uid] = inTransfer
-	return false
+	return false, nil
 }
 
-// finish remembers a set taken whole for part_timeout.
-func (p *Pickup) finish(t *transfer) {
+// takenWhole reports whether the set id of n parts with this sha256 was
+// taken whole before: by this process (for part_timeout) or, as the
+// shared pickup memory recalls, by an earlier one.
+func (p *Pickup) takenWhole(ctx context.Context, id string, n int, sha string) (bool, error) {
+	if f, ok := p.finished[id]; ok && f.n == n && f.sha == sha {
+		return true, nil
+	}
+	if p.mem == nil {
+		return false, nil
+	}
+	return p.mem.Seen(ctx, p.finishedKey(id), finishedPrint(id, n, sha))
+}
+
+// finishedKey is the pickup memory's key for the slot of set id.
+func (p *Pickup) finishedKey(id string) string {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return fmt.Sprintf("%s;SET=%d", p.t.display, h.Sum32()%finishedSlots)
+}
+
+// finishedPrint is what the pickup memory holds for a set taken whole.
+func finishedPrint(id string, n int, sha string) string {
+	return fmt.Sprintf("set %s %d %s", id, n, strings.ToLower(sha))
+}
+
+// finish remembers a set taken whole: for part_timeout in the process,
+// and in the shared pickup memory until its slot is taken by another.
+// The set is committed already; a memory that cannot be written only
+// leaves a late copy after a restart to time out as incomplete.
+func (p *Pickup) finish(ctx context.Context, t *transfer) {
+	if p.mem != nil {
+		if err := p.mem.Remember(ctx, p.finishedKey(t.id), finishedPrint(t.id, t.n, t.sha)); err != nil {
+			p.log.Warn("set taken whole not remembered", "transfer", t.id, "err", err)
+		}
+	}
 	if _, ok := p.finished[t.id]; !ok && len(p.finished) >= maxFinished {
 		oldest := ""
 		for id, f := range p.finished {
@@ -962,7 +1008,7 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 				p.known[u] = done
 			}
 			delete(p.transfers, t.id)
-			p.finish(t)
+			p.finish(ctx, t)
 			return nil
 		}
 	}
@@ -1038,7 +1084,7 @@ func (p *Pickup) emitSet(ctx context.Context, c *imapclient.Client, log *slog.Lo
 	}
 	delete(p.transfers, t.id)
 	if taken {
-		p.finish(t)
+		p.finish(ctx, t)
 	}
 	return nil
 }

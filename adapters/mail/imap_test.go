@@ -436,6 +436,24 @@ func TestIMAPPickupIncompleteSetTimesOut(t *testing.T) {
 	}
 	m.Ack()
 	waitFor(t, "quarantine", func() bool { k, _ := s.count(t, DefaultQuarantine); return k == 2 })
+
+	// The missing part, later still, is no copy of a part taken: it joins
+	// its siblings in quarantine, as a set of its own that times out too,
+	// and is not deleted as if it were. (The clock back to now: the part
+	// arrives now.)
+	skew.Store(0)
+	s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{2, 3}, 100<<10))
+	none(t, out, 1500*time.Millisecond)
+	if k, _ := s.count(t, "INBOX"); k != 1 {
+		t.Fatalf("INBOX has %d mails, want the late part 2 waiting", k)
+	}
+	skew.Store(int64(25 * time.Hour))
+	m = next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); !strings.Contains(pr, "only parts 2 of 3") {
+		t.Fatalf("problem %q", pr)
+	}
+	m.Ack()
+	waitFor(t, "quarantine", func() bool { k, _ := s.count(t, DefaultQuarantine); return k == 3 })
 }
 
 // TestIMAPPickupSetBegunAgain: a sending relay whose retry comes more than
@@ -1411,6 +1429,42 @@ func TestIMAPPickupLatePartOfTakenSetCommitted(t *testing.T) {
 	// The retried copy of the last part.
 	s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{n, n}, per))
 	waitFor(t, "the late part deleted like its siblings", func() bool { k, _ := s.count(t, "INBOX"); return k == 0 })
+	skew.Store(int64(25 * time.Hour))
+	select {
+	case m := <-out:
+		t.Fatalf("a delivered message became a dead letter: file %s, problem %q",
+			m.Metadata.Get(exchange.MetaFileName), m.Metadata.Get(exchange.MetaProblem))
+	case <-time.After(2500 * time.Millisecond):
+	}
+}
+
+// TestIMAPPickupLatePartAfterRestartCommitted: the memory of sets taken
+// whole outlives the process. A late copy of a part that came after a
+// restart began a set that could never complete: part_timeout later, a
+// message delivered whole showed up as an "incomplete" dead letter.
+func TestIMAPPickupLatePartAfterRestartCommitted(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
+	per := int64(100 << 10)
+	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	mem := &memMemory{m: map[string]string{}}
+	out, first := runPickup(t, "SHOP1", c, config.After{Action: config.AfterDelete}, mem)
+	m := next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("problem: %s", pr)
+	}
+	m.Ack()
+	waitFor(t, "parts deleted", func() bool { k, _ := s.count(t, "INBOX"); return k == 0 })
+	first.Close()
+
+	s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{n, n}, per))
+	var skew atomic.Int64
+	out, _ = runPickupWith(t, "SHOP1", c, config.After{Action: config.AfterDelete}, mem, func(p *Pickup) {
+		p.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	})
+	waitFor(t, "the late part deleted after the restart", func() bool { k, _ := s.count(t, "INBOX"); return k == 0 })
 	skew.Store(int64(25 * time.Hour))
 	select {
 	case m := <-out:
