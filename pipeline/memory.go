@@ -10,9 +10,9 @@ import (
 	"github.com/relay1c/relay/bus"
 )
 
-// Memory is the KV-backed memory of pickups (`after: keep`, mail sets taken
-// whole), shared by
-// replicas: a folder.Memory for mail, a folder.KeepMemory for dir and ftp.
+// Memory is the KV-backed memory of pickups (`after: keep`, mail sets
+// taken whole), shared by replicas: a folder.Memory for mail, a
+// folder.KeepMemory for dir and ftp.
 type Memory struct{ kv jetstream.KeyValue }
 
 // NewMemory wraps the EXCHANGE_TAKEN bucket.
