@@ -81,8 +81,10 @@ type Notifier interface {
 	Notify(ctx context.Context) (<-chan struct{}, error)
 }
 
-// Memory remembers what an `after: keep` pickup already took, so a file left
-// in place is not taken twice. Keys and fingerprints are opaque strings.
+// Memory remembers what a pickup already took: under `after: keep`, so a
+// file left in place is not taken twice; for mail, the sets of parts taken
+// whole, so a late copy of a part is known. Keys and fingerprints are
+// opaque strings.
 type Memory interface {
 	Seen(ctx context.Context, key, fingerprint string) (bool, error)
 	Remember(ctx context.Context, key, fingerprint string) error
