@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -130,19 +131,32 @@ func inspectCmd(g *globals) *cobra.Command {
 				}
 				passwords = []string{pw}
 			}
+			cfg, err := g.inspectConfig(cmd)
+			if err != nil {
+				return err
+			}
 			f, fi, err := openFile(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			// As a pickup reads it: a password-protected zip that no
-			// password reads is routed by its file name when that parses.
-			// The name is checked here, not by InspectFile, so that a name
-			// contradicting the file still shows what the file says.
+			// As a pickup reads it: a name whose codes hold '_' by
+			// routing.yaml's node codes, a password-protected zip with its
+			// channel's passwords, or, with none, routed by its file name
+			// when that parses. The name is checked here, not by
+			// InspectFile, so that a name contradicting the file still
+			// shows what the file says.
 			n, nameErr := exchange.ParseName(fi.Name())
+			read := n
+			if cfg != nil && nameErr == nil {
+				read = n.ReadBy("", cfg.IsNode)
+				if passwordEnv == "" {
+					passwords = cfg.ZipPasswords(read.From, read.To)
+				}
+			}
 			info, err := exchange.InspectWith(f, fi.Size(), exchange.DefaultLimits(), passwords)
 			if nameErr == nil && len(passwords) == 0 && errors.Is(err, exchange.ErrEncrypted) {
-				info, err = exchange.InspectFile(f, fi.Size(), exchange.DefaultLimits(), n, n.Sealed(), nil)
+				info, err = exchange.InspectFile(f, fi.Size(), exchange.DefaultLimits(), n, read.Sealed(), nil)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
@@ -188,6 +202,25 @@ func inspectCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&passwordEnv, "zip-password-env", "", "environment variable holding the archive password of a password-protected zip")
 	return cmd
+}
+
+// inspectConfig is the routing.yaml inspect reads a file by, nil when
+// there is none: the default one may be missing or broken (inspect works
+// without it, and says so on stderr when it is broken), one named by
+// --config must load.
+func (g *globals) inspectConfig(cmd *cobra.Command) (*config.Config, error) {
+	cfg, err := config.Load(g.config)
+	switch {
+	case err == nil:
+		return cfg, nil
+	case cmd.Flags().Changed("config"):
+		return nil, err
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil
+	}
+	why, _, _ := strings.Cut(err.Error(), "\n")
+	fmt.Fprintf(g.stderr, "relay inspect: %s not used (%s); reading by the file name alone\n", g.config, exchange.NoControls(why))
+	return nil, nil
 }
 
 // client builds an API client from the config's relay.listen and token.

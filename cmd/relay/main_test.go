@@ -237,6 +237,64 @@ func TestInspectSealedZip(t *testing.T) {
 	}
 }
 
+// TestInspectByRoutingYAML: with a routing.yaml, inspect reads a file as
+// the relay would: a sealed zip whose name's codes hold '_' by the node
+// codes (with nodes SHOP and 1_SHOP, Message_SHOP_1_SHOP.zip is SHOP →
+// 1_SHOP, not 1 → SHOP), and a password-protected zip with its channel's
+// zip_password_env. A broken default routing.yaml is reported and not
+// used; a broken one named by --config fails inspect.
+func TestInspectByRoutingYAML(t *testing.T) {
+	src, err := os.ReadFile("../../exchange/testdata/zipcrypt/aes256-7zip-deflate.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	sealed := filepath.Join(dir, "Message_SHOP_1_SHOP.zip")
+	withPw := filepath.Join(dir, "Message_ЦО_ОП.zip")
+	for _, p := range []string{sealed, withPw} {
+		if err := os.WriteFile(p, src, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := writeConfig(t, `nodes:
+  SHOP:   { deliver: { dir: shop } }
+  1_SHOP: { deliver: { dir: shop1 } }
+  ЦО:     { deliver: { dir: co }, zip_password_env: RELAY_T_ZIP_PW }
+  ОП:     { deliver: { dir: op } }
+`)
+	t.Setenv("RELAY_T_ZIP_PW", "relay-1C-test")
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"inspect", sealed}, []string{"from     1\n", "to       SHOP\n"}},
+		{[]string{"inspect", "-c", cfg, sealed}, []string{"from     SHOP\n", "to       1_SHOP\n"}},
+		{[]string{"inspect", "-c", cfg, withPw}, []string{"from         ЦО\n", "message_no   20\n"}},
+	} {
+		out, _, err := run(t, c.args...)
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: output lacks %q:\n%s", c.args, w, out)
+			}
+		}
+	}
+
+	t.Chdir(dir)
+	if err := os.WriteFile("routing.yaml", []byte("nodes: ["), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, err := run(t, "inspect", sealed)
+	if err != nil || !strings.Contains(out, "to       SHOP\n") || !strings.Contains(stderr, "routing.yaml not used") {
+		t.Errorf("broken default routing.yaml: err %v, stdout\n%s, stderr %q", err, out, stderr)
+	}
+	if _, _, err := run(t, "inspect", "-c", "routing.yaml", sealed); err == nil {
+		t.Error("a broken --config was not reported")
+	}
+}
+
 func TestStatusWithoutRelay(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "r.yaml")
