@@ -7,6 +7,7 @@ package exchange
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -109,9 +110,16 @@ type Name struct {
 // other spellings would let stray files (message_a_b.xml) look like messages.
 const namePrefix = "Message_"
 
+// maxNameCodes bounds the '_'-separated parts of a name: each split is a
+// reading to look at (readings), and 1C's codes are short.
+const maxNameCodes = 16
+
 // ParseName parses a message file base name: "Message_" then FROM_TO or
 // PREFIX_FROM_TO (non-empty parts) then ".xml" or ".zip" (extension
-// case-insensitive, the "Message_" prefix is not). Names with path separators,
+// case-insensitive, the "Message_" prefix is not). Codes may hold '_'
+// themselves, so a name of more parts is one of these too, split
+// otherwise (readings); its plain reading takes the first part as the
+// prefix and the second as From, as for three. Names with path separators,
 // "..", control characters or invalid UTF-8 are refused so a name can never
 // escape a folder. Errors wrap ErrBadName.
 func ParseName(base string) (Name, error) {
@@ -152,20 +160,24 @@ func ParseName(base string) (Name, error) {
 			return bad("empty code")
 		}
 	}
-	switch len(parts) {
-	case 2:
-		n.From, n.To = parts[0], parts[1]
-	case 3:
-		n.Prefix, n.From, n.To = parts[0], parts[1], parts[2]
-	default:
+	switch {
+	case len(parts) < 2:
 		return bad("want Message_FROM_TO or Message_PREFIX_FROM_TO")
+	case len(parts) > maxNameCodes:
+		return bad(fmt.Sprintf("more than %d '_'-separated codes", maxNameCodes))
+	case len(parts) == 2:
+		n.From, n.To = parts[0], parts[1]
+	default:
+		n.Prefix, n.From, n.To = parts[0], parts[1], strings.Join(parts[2:], "_")
 	}
 	return n, nil
 }
 
 // MayBeFrom says the file may be a message of node. Codes may contain
-// '_', so a three-part name reads three ways, each of which Check accepts:
-// Message_A_B_C is prefix A from B to C, from A_B to C, or from A to B_C.
+// '_', so a name of three or more parts reads several ways, each of which
+// Check accepts: Message_A_B_C is prefix A from B to C, from A_B to C, or
+// from A to B_C; Message_A_B_C_D also from A_B to C_D (two nodes whose
+// codes hold '_'), and so on.
 // isNode (nil: any code) keeps the readings whose two codes are both nodes,
 // when any is. The file may be node's when a reading left is from node and
 // none is to node: in a folder or mailbox node's 1C shares, a file
@@ -205,10 +217,26 @@ func (n Name) ReadBy(node string, isNode func(string) bool) Name {
 // readings are the ways the codes split (MayBeFrom): the plain one first,
 // as From and To of names without prefix or format. isNode (nil: any code)
 // keeps those whose two codes are both nodes, when any is.
+//
+// The others follow: every split of the codes at a '_' (the last one
+// first: Message_A_B_C is A_B's to C before A's to B_C), then every split
+// of the codes after a prefix (the first part).
 func (n Name) readings(isNode func(string) bool) []Name {
 	all := []Name{{From: n.From, To: n.To}}
 	if n.Prefix != "" {
-		all = append(all, Name{From: n.Prefix + "_" + n.From, To: n.To}, Name{From: n.Prefix, To: n.From + "_" + n.To})
+		parts := strings.Split(n.codes(), "_")
+		add := func(from, to []string) {
+			r := Name{From: strings.Join(from, "_"), To: strings.Join(to, "_")}
+			if !slices.Contains(all, r) {
+				all = append(all, r)
+			}
+		}
+		for i := len(parts) - 1; i >= 1; i-- {
+			add(parts[:i], parts[i:])
+		}
+		for i := len(parts) - 1; i >= 2; i-- {
+			add(parts[1:i], parts[i:])
+		}
 	}
 	if isNode == nil {
 		return all
@@ -226,11 +254,14 @@ func (n Name) readings(isNode func(string) bool) []Name {
 }
 
 // stem is the name without its extension, as shown in mismatch errors.
-func (n Name) stem() string {
+func (n Name) stem() string { return namePrefix + n.codes() }
+
+// codes is the name between "Message_" and the extension.
+func (n Name) codes() string {
 	if n.Prefix != "" {
-		return namePrefix + n.Prefix + "_" + n.From + "_" + n.To
+		return n.Prefix + "_" + n.From + "_" + n.To
 	}
-	return namePrefix + n.From + "_" + n.To
+	return n.From + "_" + n.To
 }
 
 // String formats the name back; it round-trips ParseName (extension in lower case).
@@ -252,13 +283,15 @@ func (n Name) Sealed() Header { return Header{Dialect: DialectName, From: n.From
 
 // Check compares the name with the header, which is the truth: From and To
 // must equal the header's. Because codes may themselves contain '_', a
-// three-part name also matches a header whose From_To equals the joined parts
-// (Message_A_B_C.xml fits From "A_B" To "C"). Errors wrap ErrNameMismatch.
+// name also matches a header whose From_To equals its codes joined, with
+// or without the prefix (Message_A_B_C.xml fits From "A_B" To "C", and
+// From "B" To "C"): any of its readings. Errors wrap ErrNameMismatch.
 func (n Name) Check(h Header) error {
 	if n.From == h.From && n.To == h.To {
 		return nil
 	}
-	if n.Prefix != "" && n.Prefix+"_"+n.From+"_"+n.To == h.From+"_"+h.To {
+	joined := h.From + "_" + h.To
+	if n.Prefix != "" && (joined == n.codes() || joined == n.From+"_"+n.To) {
 		return nil
 	}
 	return fmt.Errorf("%w: file name says %s but header says From %s To %s",

@@ -159,8 +159,16 @@ func FuzzParseName(f *testing.F) {
 		// A sealed zip is routed by the reading its pickup took it by: that
 		// reading must be the node's and agree with the name, or the file
 		// is a dead letter for a mismatch it does not have.
-		codes := []string{n.Prefix, n.From, n.To, n.Prefix + "_" + n.From, n.From + "_" + n.To}
-		for _, isNode := range []func(string) bool{nil, func(c string) bool { return c == n.To || c == n.Prefix+"_"+n.From || c == n.From+"_"+n.To }} {
+		all := n.readings(nil)
+		var codes []string
+		for _, r := range all {
+			if r.Check(Header{From: r.From, To: r.To}) != nil || n.Check(Header{From: r.From, To: r.To}) != nil {
+				t.Fatalf("%q: reading %+v disagrees with the name", s, r)
+			}
+			codes = append(codes, r.From, r.To)
+		}
+		last := all[len(all)-1] // some reading's two codes as the nodes
+		for _, isNode := range []func(string) bool{nil, func(c string) bool { return c == last.From || c == last.To }} {
 			for _, node := range append(codes, "") {
 				read := n.ReadBy(node, isNode)
 				if err := n.Check(read.Sealed()); err != nil {

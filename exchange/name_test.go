@@ -21,6 +21,10 @@ func TestParseName(t *testing.T) {
 		{in: "Message_Магазины_ЦО_ОП.xml", want: Name{"Магазины", "ЦО", "ОП", FormatXML}},
 		{in: "Message_PFX_A_B.zip", want: Name{"PFX", "A", "B", FormatZip}},
 		{in: "Message_A.1_B 2.xml", want: Name{"", "A.1", "B 2", FormatXML}},
+		// Codes holding '_' on both sides: read by the node codes (readings).
+		{in: "Message_A_B_C_D.xml", want: Name{"A", "B", "C_D", FormatXML}},
+		{in: "Message_MAG_01_MAG_02.zip", want: Name{"MAG", "01", "MAG_02", FormatZip}},
+		{in: "Message_1_2_3_4_5_6_7_8_9_10_11_12_13_14_15_16.xml", want: Name{"1", "2", "3_4_5_6_7_8_9_10_11_12_13_14_15_16", FormatXML}},
 	}
 	for _, tc := range good {
 		n, err := ParseName(tc.in)
@@ -38,7 +42,8 @@ func TestParseName(t *testing.T) {
 	}
 	bad := []string{
 		"", "Message_A.xml", "Message__B.xml", "Message_A_.xml", "Message_A_B_.xml", "Message_A_B.txt",
-		"Message_A_B", "Message_A_B.", "Message_.xml", "Message_A_B_C_D.xml", "../Message_A_B.xml",
+		"Message_A_B", "Message_A_B.", "Message_.xml", "Message_A_B__D.xml", "../Message_A_B.xml",
+		"Message_1_2_3_4_5_6_7_8_9_10_11_12_13_14_15_16_17.xml",
 		"dir/Message_A_B.xml", `dir\Message_A_B.xml`, "Message_A..B_C.xml", "Message_A_B.xml\x00",
 		"Message_A\nB_C.xml", "Message_A_B\x7f.xml", "Message_A_B\u202elmx.xml", "Message_\u2067A_B.xml", "Message_A_B.xml.zip.xml.gz", "Message_\xff_B.xml",
 		// "Message_" is case-sensitive: 1C always writes it so, and other
@@ -98,6 +103,17 @@ func TestCheck(t *testing.T) {
 	if err := n.Check(Header{From: "1", To: "CO"}); err != nil {
 		t.Errorf("prefixed name: %v", err)
 	}
+	// Four parts: every split, with or without the first as a prefix.
+	n, _ = ParseName("Message_MAG_01_MAG_02.xml")
+	for _, h := range []Header{{From: "MAG_01", To: "MAG_02"}, {From: "MAG", To: "01_MAG_02"}, {From: "MAG_01_MAG", To: "02"},
+		{From: "01", To: "MAG_02"}, {From: "01_MAG", To: "02"}} {
+		if err := n.Check(h); err != nil {
+			t.Errorf("%s, From %s To %s: %v", n, h.From, h.To, err)
+		}
+	}
+	for _, h := range []Header{{From: "MAG_01", To: "MAG_03"}, {From: "MAG_0", To: "1_MAG_02"}, {From: "", To: "MAG_01_MAG_02"}, {From: "MAG_01_MAG_02", To: ""}} {
+		wantErr(t, n.String()+" From "+h.From+" To "+h.To, n.Check(h), ErrNameMismatch)
+	}
 }
 
 // MayBeFrom follows Check: a node's file is one whose header could say
@@ -138,6 +154,16 @@ func TestMayBeFrom(t *testing.T) {
 		{"Message_SHOP_1_SHOP.xml", "SHOP_1", "SHOP SHOP_1", true},
 		{"Message_SHOP_1_SHOP.xml", "SHOP", "SHOP 1_SHOP", true},
 		{"Message_SHOP_1_SHOP.xml", "SHOP", "CO", false}, // no reading names nodes: all count
+		// Both codes hold '_' (found by review: refused as no message
+		// name, and in a folder MAG_02's 1C shares, MAG_02's pickup took
+		// the file delivered to it as a dead letter).
+		{"Message_MAG_01_MAG_02.xml", "MAG_01", "MAG_01 MAG_02", true},
+		{"Message_MAG_01_MAG_02.xml", "MAG_02", "MAG_01 MAG_02", false},
+		{"Message_MAG_01_MAG_02.xml", "MAG_01", "", true},
+		{"Message_MAG_01_MAG_02.xml", "MAG_02", "", false},
+		{"Message_MAG_01_MAG_02.xml", "01", "MAG_01 MAG_02", false},
+		{"Message_Полный_ЦО_ОП_1.xml", "ЦО", "ЦО ОП_1", true},
+		{"Message_Полный_ЦО_ОП_1.xml", "ОП_1", "ЦО ОП_1", false},
 	} {
 		n, isNode := nameAndNodes(t, tc.file, tc.nodes)
 		if got := n.MayBeFrom(tc.node, isNode); got != tc.want {
@@ -170,6 +196,11 @@ func TestReadBy(t *testing.T) {
 		{"Message_SHOP_1_SHOP.zip", "", "SHOP SHOP_1", "/SHOP_1/SHOP"},
 		{"Message_SHOP_1_SHOP.zip", "", "", "SHOP/1/SHOP"},
 		{"Message_ЦО_ОП_1.zip", "", "ЦО ОП_1", "/ЦО/ОП_1"},
+		{"Message_MAG_01_MAG_02.zip", "MAG_01", "MAG_01 MAG_02", "/MAG_01/MAG_02"},
+		{"Message_MAG_01_MAG_02.zip", "", "MAG_01 MAG_02", "/MAG_01/MAG_02"},
+		{"Message_MAG_01_MAG_02.zip", "MAG_01", "", "/MAG_01/MAG_02"},
+		{"Message_MAG_01_MAG_02.zip", "", "", "MAG/01/MAG_02"},
+		{"Message_Полный_ЦО_ОП_1.zip", "ЦО", "ЦО ОП_1", "Полный/ЦО/ОП_1"},
 	} {
 		n, isNode := nameAndNodes(t, tc.file, tc.nodes)
 		got := n.ReadBy(tc.node, isNode)
