@@ -387,14 +387,20 @@ func (p *Publisher) move(ctx context.Context, from, to *url.URL) *outcome {
 	return &outcome{err: fail(statusError(resp, reply))}
 }
 
+// stopDiscardWait bounds the DELETE of a temporary file whose PUT relay's
+// stop cut short, which holds the stop up.
+const stopDiscardWait = 3 * time.Second
+
 // discard deletes the temporary file of a PUT that failed, if the server
-// kept any of it: a file 1C never reads, but that takes space. Best effort.
+// kept any of it: a file 1C never reads, but that takes space. Best effort;
+// also when relay is stopping (briefly): the next PUT of the name would
+// replace the file, but for a node taken out of routing.yaml none comes.
 func (p *Publisher) discard(ctx context.Context, u *url.URL, log *slog.Logger) {
+	wait := p.c.cfg.ConnectTimeout.Std() + 10*time.Second
 	if ctx.Err() != nil {
-		// Stopping: the next delivery's PUT replaces the file.
-		return
+		ctx, wait = context.WithoutCancel(ctx), min(wait, stopDiscardWait)
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.c.cfg.ConnectTimeout.Std()+10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	req, err := stdhttp.NewRequestWithContext(ctx, stdhttp.MethodDelete, u.String(), nil)
 	if err == nil {

@@ -493,6 +493,51 @@ func TestDeliverMoveRefused(t *testing.T) {
 	}
 }
 
+// TestDeliverStopDeletesPart: a PUT cut short by relay's stop leaves its
+// temporary file on the server; it is deleted (briefly, on the way out)
+// rather than left for the next PUT of the name, which for a node taken
+// out of routing.yaml never comes.
+func TestDeliverStopDeletesPart(t *testing.T) {
+	rc, srv := serve(t, status(201, ""), status(204, ""))
+	p := newPub(t, Config{URL: srv.URL + "/in/", Method: "PUT"})
+	body := xmlOf(t, hdr(3), 3000)
+	sending := make(chan struct{})
+	var ctx context.Context
+	m := newMsg(hdr(3), "Message_ЦО_ОП.xml", body, func() io.Reader {
+		// The stored payload's reader ends with the stop, as the bus's does.
+		return io.MultiReader(bytes.NewReader(body[:1000]), readerFunc(func([]byte) (int, error) {
+			close(sending)
+			<-ctx.Done()
+			return 0, ctx.Err()
+		}))
+	})
+	ctx, stop := context.WithCancel(m.Context()) // the body opener rides on it
+	m.SetContext(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Publish("", m.Message) }()
+	select {
+	case <-sending:
+	case err := <-done:
+		t.Fatalf("Publish ended before its body was sent: %v", err)
+	}
+	stop()
+	if err := <-done; err == nil {
+		t.Fatal("a PUT cut short by the stop counted as delivered")
+	}
+	var got []string
+	for _, r := range rc.requests() {
+		got = append(got, r.method+" "+r.path)
+	}
+	if !slices.Contains(got, "DELETE /in/Message_ЦО_ОП.xml.part") {
+		t.Fatalf("requests %v: the temporary file of the PUT cut short was not deleted", got)
+	}
+}
+
+// readerFunc is an io.Reader of a function.
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
+
 // TestDeliverDamagedPayloadNotRetried: a stored file found damaged at its
 // end (another sha256, fewer bytes than its size: exchange.ErrDamaged, no
 // retry heals it) fails the delivery at once, a dead letter; it was re-read
