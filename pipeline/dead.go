@@ -154,7 +154,8 @@ func (d *Dead) remove(ctx context.Context, l DeadLetter, keepPayload bool) error
 // or as a gap); dropping it is the operator saying the channel goes on
 // without it. The channel state records that before the letter goes, so a
 // relay stopped in between leaves a letter to drop again, never a channel
-// held by a letter that is gone. A payload a queued record names too stays.
+// held by a letter that is gone. A payload a queued record or another
+// letter names too stays, and then the channel waits for that one.
 func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 	l, err := p.dead.Get(ctx, seq)
 	if err != nil {
@@ -196,11 +197,11 @@ func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 // maxInUseScan bounds the records of a channel payloadInUse reads.
 const maxInUseScan = 10000
 
-// payloadInUse says a queued record names the payload of the letter l:
-// a letter of route or delivery keeps the message's own payload, which
-// the same message taken in again (its file put back in the outbox after
-// a fix, while the letter stayed) names too. Dropping the letter must not
-// take that record's payload with it. A channel with more queued records
+// payloadInUse says a queued record, or another dead letter, names the
+// payload of the letter l: a letter of route or delivery keeps the
+// message's own payload, which the same message taken in again (its file
+// put back in the outbox after a fix, while the letter stayed) names too.
+// Dropping the letter must not take that record's payload with it. A channel with more queued records
 // than maxInUseScan counts as in use: a payload left behind costs space,
 // one deleted costs the message.
 func (p *Pipeline) payloadInUse(ctx context.Context, l DeadLetter) (bool, error) {
@@ -219,11 +220,35 @@ func (p *Pipeline) payloadInUse(ctx context.Context, l DeadLetter) (bool, error)
 	inUse, n := false, 0
 	err := eachMsg(ctx, p.b.Exchange, subject, next, func(raw *jetstream.RawStreamMsg) bool {
 		n++
-		inUse = n > maxInUseScan || raw.Sequence != l.StreamSeq && raw.Header.Get(exchange.MetaObject) == l.Object
+		// A record before the letter's own is one this message died as
+		// before (the letter is its retry's) and is done, whatever the
+		// ack floor says: the floor stays below any record of the node
+		// still unacked, one held on another channel's gap too (found by
+		// review: the channel was held for good behind a dropped letter).
+		inUse = n > maxInUseScan || raw.Sequence > l.StreamSeq && raw.Header.Get(exchange.MetaObject) == l.Object
 		return !inUse
 	})
 	if err != nil {
 		return false, fmt.Errorf("records of %s: %w", channelName(*l.Header), err)
+	}
+	if inUse {
+		return true, nil
+	}
+	// Another letter of the same message (a route letter written twice:
+	// the file taken again before its source was committed) still needs
+	// the payload to be retried (found by review: dropping the duplicate
+	// lost the message).
+	n = 0
+	err = eachMsg(ctx, p.b.Dead, bus.DeadSubjectPrefix+bus.Token(l.Node), 1, func(raw *jetstream.RawStreamMsg) bool {
+		n++
+		if raw.Sequence != l.Seq {
+			o := decodeDead(raw)
+			inUse = n > maxInUseScan || o.Object == l.Object
+		}
+		return !inUse
+	})
+	if err != nil {
+		return false, fmt.Errorf("dead letters of %s: %w", l.Node, err)
 	}
 	return inUse, nil
 }

@@ -250,3 +250,103 @@ func putRouteLetter(t *testing.T, b *bus.Bus, no uint64) {
 		t.Fatal(err)
 	}
 }
+
+// TestDropRetriedLetterWhileAckFloorLags: on sequential node DST another
+// channel (OTH → DST) holds a record on a gap, so the delivery consumer's
+// ack floor stays below everything after it. SRC → DST No 1 dies, is
+// retried, and dies again; No 2 waits behind it. The operator drops the
+// second letter. payloadInUse scanned from the ack floor, found No 1's
+// first (long finished) record naming the same payload and called it in
+// use, so no DroppedNo was recorded: the letter was gone and No 2 held for
+// ever behind a dead letter that no longer existed (found by review).
+func TestDropRetriedLetterWhileAckFloorLags(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := testBus(t)
+	d := &scriptedDelivery{fail: func(no uint64, _ int) error {
+		if no == 1 {
+			return exchange.Permanent(errors.New("refused for good"))
+		}
+		return nil
+	}}
+	queueRecord(t, b, "OTH", "DST", 5)
+	queueRecord(t, b, "OTH", "DST", 7) // held on a gap: unacked, holds the ack floor
+	queueRecord(t, b, "SRC", "DST", 1)
+	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  OTH: { deliver: { dir: ./oth } }
+  DST: { mode: sequential, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "OTH": &scriptedDelivery{}, "DST": d})
+
+	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Dead == 1 }); c.Dead != 1 {
+		t.Fatalf("state %+v: want No 1 dead", c)
+	}
+	ls, err := p.Dead().List(ctx)
+	if err != nil || len(ls) != 1 {
+		t.Fatalf("dead letters %+v, %v", ls, err)
+	}
+	if _, err := p.Retry(ctx, ls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Dead == 2 }); c.Dead != 2 {
+		t.Fatalf("state %+v: want No 1 dead again after its retry", c)
+	}
+	queueRecord(t, b, "SRC", "DST", 2)
+	if ls, err = p.Dead().List(ctx); err != nil || len(ls) != 1 {
+		t.Fatalf("dead letters %+v, %v", ls, err)
+	}
+	if err := p.DropDead(ctx, ls[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	c := waitChannel(t, p, "P", 10*time.Second, func(c Channel) bool { return c.DeliveredNo == 2 })
+	left, _ := p.Dead().List(ctx)
+	if c.DeliveredNo != 2 {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		t.Fatalf("No 1's only letter dropped, yet No 2 is still held: delivered %v, dead letters left %d, state dead_no %d dropped_no %d last error %q",
+			d.got, len(left), c.DeadNo, c.DroppedNo, c.LastError)
+	}
+}
+
+// TestDropDuplicateRouteLetterKeepsPayload: B has no deliver endpoint
+// yet. A's No 3 is dead-lettered at route; the relay stops before its
+// source is committed (or the commit fails), so the same file is taken
+// again and dead-lettered again: two letters naming one payload (the
+// message id). routing.yaml is fixed; the operator drops the second
+// letter as the duplicate it is and retries the first. The drop deleted
+// the payload the first letter names: the retry is refused ("payload
+// gone") and the message, whose source was committed, is lost.
+func TestDropDuplicateRouteLetterKeepsPayload(t *testing.T) {
+	b := testBus(t)
+	ctx := context.Background()
+	p1 := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  A: { pickup: { dir: ./a/out }, deliver: { dir: ./a/in } }
+  B: { pickup: { dir: ./b/out } }
+`, b, channelEndpoints{pickups: map[string]*handPickup{"A": newHandPickup(), "B": newHandPickup()}})
+	for range 2 { // the same file, taken twice
+		if err := p1.ingestHandler("A", "test", p1.pushLane)(pickedUp("A", "B", 3, "<m>3</m>")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ls, err := p1.Dead().List(ctx)
+	if err != nil || len(ls) != 2 {
+		t.Fatalf("dead letters %+v, %v: want two route letters", ls, err)
+	}
+	if ls[0].Object != ls[1].Object {
+		t.Fatalf("letters name payloads %q and %q", ls[0].Object, ls[1].Object)
+	}
+	// routing.yaml fixed: B has its deliver endpoint now.
+	p2 := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  A: { pickup: { dir: ./a/out }, deliver: { dir: ./a/in } }
+  B: { pickup: { dir: ./b/out }, deliver: { dir: ./b/in } }
+`, b, channelEndpoints{pickups: map[string]*handPickup{"A": newHandPickup(), "B": newHandPickup()}})
+	if err := p2.DropDead(ctx, ls[1].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p2.Retry(ctx, ls[0].Seq); err != nil {
+		t.Fatalf("the duplicate letter dropped, the remaining one cannot be retried: %v", err)
+	}
+}

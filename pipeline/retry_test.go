@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go/jetstream"
@@ -177,5 +178,38 @@ nodes:
 	raw, err := b.Exchange.GetLastMsgForSubject(ctx, bus.Subject("Магазины", "ЦО", "ОП"))
 	if err != nil || raw.Header.Get(exchange.MetaMessageNo) != "20" {
 		t.Fatalf("record of the retried zip: %v, %v", raw, err)
+	}
+}
+
+// TestRetriedPickupLetterAcknowledges: SRC's No 4, carrying ReceivedNo 7
+// (SRC got DST's messages up to 7), died at pickup (e.g. its zip password
+// was not configured yet). It is retried once that is fixed and goes on to
+// DST. Its ReceivedNo acknowledges DST → SRC (DESIGN: the ReceivedNo of
+// B→A acknowledges A→B), as a route letter's does; the retry never
+// records it, so DST → SRC stays unacknowledged (and its ack alert fires)
+// until SRC writes again.
+func TestRetriedPickupLetterAcknowledges(t *testing.T) {
+	b := testBus(t)
+	p := runPipeline(t, retryYAML, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	ctx := context.Background()
+	// DST → SRC: relay carried and delivered up to No 7.
+	if _, err := p.States().Update(ctx, "P", "DST", "SRC", func(c *Channel) {
+		c.PickedNo, c.DeliveredNo, c.Queued, c.Resolved = 7, 7, 7, 7
+	}); err != nil {
+		t.Fatal(err)
+	}
+	l := pickupLetter(t, p, b, exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 4, ReceivedNo: 7})
+	if _, err := p.Retry(ctx, l.Seq); err != nil {
+		t.Fatal(err)
+	}
+	if c := waitChannel(t, p, "P", 10*time.Second, func(c Channel) bool { return c.DeliveredNo == 4 }); c.DeliveredNo != 4 {
+		t.Fatalf("SRC → DST %+v: retried No 4 not delivered", c)
+	}
+	c, err := p.States().Get(ctx, "P", "DST", "SRC")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AckedNo != 7 {
+		t.Fatalf("DST → SRC acknowledged No %d after SRC's retried message with ReceivedNo 7, want 7", c.AckedNo)
 	}
 }
