@@ -431,8 +431,16 @@ func TestNodeCodeAHeaderCouldName(t *testing.T) {
 		{`"A\x01B"`, "contains a control character"},
 		{`"A\u202eB"`, "text direction mark"},
 		{`"A..B"`, `contains ".."`},
+		// Their messages' file names would not read back (found by review:
+		// validate said OK, and in a folder the addressee's 1C shares its
+		// pickup took the delivered file as a dead letter).
+		{`SHOP_`, `begins or ends with "_"`},
+		{`_SHOP`, `begins or ends with "_"`},
+		{`SHOP__1`, `holds "__"`},
+		{`R_01_02_03_04_05_06`, `more than 6 "_"-separated parts`},
 		{`ЦО`, ""},
 		{`SHOP-1_a`, ""},
+		{`R_01_02_03_04_05`, ""},
 	} {
 		cfg, err := Parse([]byte("nodes:\n  " + c.code + ":\n    deliver: { dir: ./a }\n"))
 		if err != nil {

@@ -220,22 +220,19 @@ func (n Name) ReadBy(node string, isNode func(string) bool) Name {
 //
 // The others follow: every split of the codes at a '_' (the last one
 // first: Message_A_B_C is A_B's to C before A's to B_C), then every split
-// of the codes after a prefix (the first part).
+// of what follows a prefix of one part, of two parts, and so on (a plan's
+// name may hold '_' too).
 func (n Name) readings(isNode func(string) bool) []Name {
 	all := []Name{{From: n.From, To: n.To}}
 	if n.Prefix != "" {
 		parts := strings.Split(n.codes(), "_")
-		add := func(from, to []string) {
-			r := Name{From: strings.Join(from, "_"), To: strings.Join(to, "_")}
-			if !slices.Contains(all, r) {
-				all = append(all, r)
+		for p := 0; p < len(parts)-1; p++ {
+			for i := len(parts) - 1; i > p; i-- {
+				r := Name{From: strings.Join(parts[p:i], "_"), To: strings.Join(parts[i:], "_")}
+				if !slices.Contains(all, r) {
+					all = append(all, r)
+				}
 			}
-		}
-		for i := len(parts) - 1; i >= 1; i-- {
-			add(parts[:i], parts[i:])
-		}
-		for i := len(parts) - 1; i >= 2; i-- {
-			add(parts[1:i], parts[i:])
 		}
 	}
 	if isNode == nil {
@@ -283,15 +280,15 @@ func (n Name) Sealed() Header { return Header{Dialect: DialectName, From: n.From
 
 // Check compares the name with the header, which is the truth: From and To
 // must equal the header's. Because codes may themselves contain '_', a
-// name also matches a header whose From_To equals its codes joined, with
-// or without the prefix (Message_A_B_C.xml fits From "A_B" To "C", and
-// From "B" To "C"): any of its readings. Errors wrap ErrNameMismatch.
+// name also matches a header whose From_To is its codes joined, whole or
+// after a prefix (Message_A_B_C.xml fits From "A_B" To "C", and From "B"
+// To "C"): any of its readings. Errors wrap ErrNameMismatch.
 func (n Name) Check(h Header) error {
 	if n.From == h.From && n.To == h.To {
 		return nil
 	}
-	joined := h.From + "_" + h.To
-	if n.Prefix != "" && (joined == n.codes() || joined == n.From+"_"+n.To) {
+	joined, codes := h.From+"_"+h.To, n.codes()
+	if h.From != "" && h.To != "" && (joined == codes || strings.HasSuffix(codes, "_"+joined)) {
 		return nil
 	}
 	return fmt.Errorf("%w: file name says %s but header says From %s To %s",

@@ -111,8 +111,56 @@ func TestCheck(t *testing.T) {
 			t.Errorf("%s, From %s To %s: %v", n, h.From, h.To, err)
 		}
 	}
-	for _, h := range []Header{{From: "MAG_01", To: "MAG_03"}, {From: "MAG_0", To: "1_MAG_02"}, {From: "", To: "MAG_01_MAG_02"}, {From: "MAG_01_MAG_02", To: ""}} {
+	for _, h := range []Header{{From: "MAG_01", To: "MAG_03"}, {From: "MAG_0", To: "1_MAG_02"}, {From: "", To: "MAG_01_MAG_02"}, {From: "MAG_01_MAG_02", To: ""},
+		{From: "", To: "MAG_02"}, {From: "AG_01", To: "MAG_02"}} {
 		wantErr(t, n.String()+" From "+h.From+" To "+h.To, n.Check(h), ErrNameMismatch)
+	}
+	// A prefix of more than one part.
+	n, _ = ParseName("Message_ОбменНоменклатурой_Тест_A_B.xml")
+	if err := n.Check(Header{From: "A", To: "B"}); err != nil {
+		t.Errorf("%s, From A To B: %v", n, err)
+	}
+}
+
+// TestCodeProblemMatchesNames: a node code routing.yaml accepts
+// (CodeProblem) makes message names that read back as that channel; one
+// whose names would not (an empty '_'-separated part, too many parts) is
+// refused there (found by review: validate said OK for nodes no file could
+// name).
+func TestCodeProblemMatchesNames(t *testing.T) {
+	for _, c := range []struct {
+		from, to string
+		ok       bool
+	}{
+		{"ЦО", "ОП", true},
+		{"MAG_01", "MAG_02", true},
+		{"R_1_2_3_4_5", "R_1_2_3_4_6", true},
+		{"SHOP_", "CO", false},
+		{"_SHOP", "CO", false},
+		{"SHOP__1", "CO", false},
+		{"R_1_2_3_4_5_6", "CO", false},
+	} {
+		if ok := CodeProblem(c.from) == "" && CodeProblem(c.to) == ""; ok != c.ok {
+			t.Errorf("%s → %s: accepted %v, want %v", c.from, c.to, ok, c.ok)
+			continue
+		}
+		if !c.ok {
+			continue
+		}
+		isNode := func(code string) bool { return code == c.from || code == c.to }
+		for _, name := range []string{FileName(c.from, c.to, FormatXML), "Message_План_Обмена_" + c.from + "_" + c.to + ".zip"} {
+			n, err := ParseName(name)
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+				continue
+			}
+			if err := n.Check(Header{From: c.from, To: c.to}); err != nil || !n.MayBeFrom(c.from, isNode) || n.MayBeFrom(c.to, isNode) {
+				t.Errorf("%s: check %v, may be from %s %v, from %s %v", name, err, c.from, n.MayBeFrom(c.from, isNode), c.to, n.MayBeFrom(c.to, isNode))
+			}
+			if r := n.ReadBy(c.from, isNode); r.From != c.from || r.To != c.to {
+				t.Errorf("%s read by %s: %+v", name, c.from, r)
+			}
+		}
 	}
 }
 
@@ -164,6 +212,10 @@ func TestMayBeFrom(t *testing.T) {
 		{"Message_MAG_01_MAG_02.xml", "01", "MAG_01 MAG_02", false},
 		{"Message_Полный_ЦО_ОП_1.xml", "ЦО", "ЦО ОП_1", true},
 		{"Message_Полный_ЦО_ОП_1.xml", "ОП_1", "ЦО ОП_1", false},
+		// A prefix (a plan's name) holding '_': no pickup took A's file
+		// (found by review).
+		{"Message_ОбменНоменклатурой_Тест_A_B.xml", "A", "A B", true},
+		{"Message_ОбменНоменклатурой_Тест_A_B.xml", "B", "A B", false},
 	} {
 		n, isNode := nameAndNodes(t, tc.file, tc.nodes)
 		if got := n.MayBeFrom(tc.node, isNode); got != tc.want {

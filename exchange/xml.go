@@ -645,9 +645,15 @@ func (f *fields) header(d Dialect) (Header, error) {
 // node no message could ever come from or go to.
 func CodeProblem(s string) string { return badCode(s, true) }
 
+// maxCodeParts bounds the '_'-separated parts of a node code: two codes
+// and a prefix of a few parts must fit a message name (maxNameCodes).
+const maxCodeParts = 6
+
 // badCode says why a plan or node code cannot be used, or "" if it can.
 // Codes end up in file names and subjects, so separators and control
-// characters are refused; node codes also refuse "..", which ParseName refuses.
+// characters are refused; node codes also refuse what would make their
+// messages' names ones ParseName refuses: "..", an empty '_'-separated
+// part, more than maxCodeParts parts.
 func badCode(s string, node bool) string {
 	switch {
 	case !utf8.ValidString(s):
@@ -656,8 +662,14 @@ func badCode(s string, node bool) string {
 		return "contains a path separator"
 	case strings.IndexFunc(s, IsControl) >= 0:
 		return "contains a control character or a text direction mark"
-	case node && strings.Contains(s, ".."):
+	case !node:
+		return ""
+	case strings.Contains(s, ".."):
 		return `contains ".."`
+	case s != "" && (strings.HasPrefix(s, "_") || strings.HasSuffix(s, "_") || strings.Contains(s, "__")):
+		return `begins or ends with "_" or holds "__": the file names of its messages (Message_<from>_<to>) would not read back`
+	case strings.Count(s, "_") >= maxCodeParts:
+		return fmt.Sprintf(`holds more than %d "_"-separated parts: the file names of its messages would not read back`, maxCodeParts)
 	}
 	return ""
 }
