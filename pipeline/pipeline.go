@@ -132,10 +132,14 @@ func (p *Pipeline) EndpointErrors(node string) (pickup, deliver string) {
 	return pickup, deliver
 }
 
+// DefaultAckWait is Options.AckWait when unset: also how long a message
+// in flight in a relay that crashed waits before it is offered again.
+const DefaultAckWait = 30 * time.Second
+
 // New wires the pipeline for every node this relay serves. It starts nothing.
 func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts Options) (*Pipeline, error) {
 	if opts.AckWait == 0 {
-		opts.AckWait = 30 * time.Second
+		opts.AckWait = DefaultAckWait
 	}
 	if opts.MaxRetryDelay == 0 {
 		opts.MaxRetryDelay = 5 * time.Minute

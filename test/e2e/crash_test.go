@@ -28,6 +28,7 @@ import (
 
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
+	"github.com/relay1c/relay/pipeline"
 	"github.com/relay1c/relay/test/realserver"
 )
 
@@ -450,13 +451,21 @@ func TestCrashSIGKILL(t *testing.T) {
 				// between the record and the file) is then missed here,
 				// where a later number would otherwise overwrite the
 				// evidence.
+				//
+				// A message in flight when the relay is killed is offered
+				// again only after AckWait, and on this sequential channel
+				// the next one waits behind it and may be in flight at the
+				// next kill: two AckWaits in a row are the relay working
+				// as designed (CI saw No 6 come back after 30 s, then No 7
+				// not by the 45 s this waited before).
 				inbox := filepath.Join(s.in(ch.to), ch.name())
+				deadline = deadline.Add(2 * pipeline.DefaultAckWait)
 				for readNo(inbox) < n {
 					if ctx.Err() != nil {
 						return
 					}
 					if time.Now().After(deadline) {
-						writerErr <- fmt.Errorf("%s No %d: taken, but the inbox holds No %d after 45s: the message was lost", ch.name(), n, readNo(inbox))
+						writerErr <- fmt.Errorf("%s No %d: taken, but the inbox holds No %d after %s: the message was lost", ch.name(), n, readNo(inbox), 45*time.Second+2*pipeline.DefaultAckWait)
 						return
 					}
 					time.Sleep(10 * time.Millisecond)
@@ -548,7 +557,7 @@ func TestCrashSIGKILL(t *testing.T) {
 		}
 	}
 
-	awaitWriters(t, writersDone, writerErr, 60*time.Second)
+	awaitWriters(t, writersDone, writerErr, 60*time.Second+2*pipeline.DefaultAckWait)
 	t.Logf("writers done after %s", time.Since(began).Round(time.Millisecond))
 
 	// Drain: every channel's destination holds N, byte-identical.
