@@ -278,22 +278,10 @@ nodes:
   OTH: { deliver: { dir: ./oth } }
   DST: { mode: sequential, deliver: { dir: ./dst } }
 `, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "OTH": &scriptedDelivery{}, "DST": d})
-
-	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Dead == 1 }); c.Dead != 1 {
-		t.Fatalf("state %+v: want No 1 dead", c)
-	}
+	diesRetriedDiesAgain(t, p)
+	queueRecord(t, b, "SRC", "DST", 2)
 	ls, err := p.Dead().List(ctx)
 	if err != nil || len(ls) != 1 {
-		t.Fatalf("dead letters %+v, %v", ls, err)
-	}
-	if _, err := p.Retry(ctx, ls[0].Seq); err != nil {
-		t.Fatal(err)
-	}
-	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Dead == 2 }); c.Dead != 2 {
-		t.Fatalf("state %+v: want No 1 dead again after its retry", c)
-	}
-	queueRecord(t, b, "SRC", "DST", 2)
-	if ls, err = p.Dead().List(ctx); err != nil || len(ls) != 1 {
 		t.Fatalf("dead letters %+v, %v", ls, err)
 	}
 	if err := p.DropDead(ctx, ls[0].Seq); err != nil {
