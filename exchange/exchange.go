@@ -7,7 +7,6 @@ package exchange
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -228,8 +227,9 @@ func (n Name) readings(isNode func(string) bool) []Name {
 		parts := strings.Split(n.codes(), "_")
 		for p := 0; p < len(parts)-1; p++ {
 			for i := len(parts) - 1; i > p; i-- {
-				r := Name{From: strings.Join(parts[p:i], "_"), To: strings.Join(parts[i:], "_")}
-				if !slices.Contains(all, r) {
+				// Each split is another pair of codes; only the plain
+				// reading comes twice.
+				if r := (Name{From: strings.Join(parts[p:i], "_"), To: strings.Join(parts[i:], "_")}); r != all[0] {
 					all = append(all, r)
 				}
 			}
