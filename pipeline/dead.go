@@ -201,9 +201,10 @@ const maxInUseScan = 10000
 // payload of the letter l: a letter of route or delivery keeps the
 // message's own payload, which the same message taken in again (its file
 // put back in the outbox after a fix, while the letter stayed) names too.
-// Dropping the letter must not take that record's payload with it. A channel with more queued records
-// than maxInUseScan counts as in use: a payload left behind costs space,
-// one deleted costs the message.
+// Dropping the letter must not take that record's payload with it. A
+// channel with more queued records (or a node with more letters) than
+// maxInUseScan counts as in use: a payload left behind costs space, one
+// deleted costs the message.
 func (p *Pipeline) payloadInUse(ctx context.Context, l DeadLetter) (bool, error) {
 	if l.Object == "" || l.Header == nil {
 		return false, nil // a pickup's letter keeps its payload under a name of its own
