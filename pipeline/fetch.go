@@ -153,6 +153,12 @@ func (f *fetch) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errFetchLeaseEnded) {
+			f.setTrouble(nil)
+			f.log.Info(err.Error(), "relay", f.relay)
+			wait, failures = time.Second, 0
+			continue
+		}
 		f.setTrouble(err)
 		if worked {
 			wait, failures = time.Second, 0
@@ -172,16 +178,30 @@ func (f *fetch) run(ctx context.Context) {
 	}
 }
 
+// errFetchLeaseEnded ends a session whose fetch lease was lost or taken by
+// another replica: no trouble of the link's.
+var errFetchLeaseEnded = errors.New("fetch lease ended: another replica may fetch")
+
 // session fetches until an error; worked says it reached the other domain.
 func (f *fetch) session(ctx context.Context) (worked bool, err error) {
 	p := f.p
 	if p.leases != nil {
-		l, err := p.leases.hold(ctx, "fetch."+bus.Token(f.relay)+"."+bus.Token(f.node))
-		if err != nil {
-			return false, err
+		// Another replica holding the lease for a whole TTL fetches: what
+		// went wrong here before is not the node's trouble then.
+		stale := time.AfterFunc(p.leases.ttl, func() { f.setTrouble(nil) })
+		held, herr := p.leases.hold(ctx, "fetch."+bus.Token(f.relay)+"."+bus.Token(f.node))
+		stale.Stop()
+		if herr != nil {
+			return false, herr
 		}
-		defer l.Release()
-		ctx = l.Context()
+		defer held.Release()
+		parent := ctx
+		ctx = held.Context()
+		defer func() { // err is the session's result
+			if err != nil && parent.Err() == nil && ctx.Err() != nil {
+				err = errFetchLeaseEnded
+			}
+		}()
 	}
 	lb, err := p.b.Lane(ctx, "fetch "+f.node+" from "+f.relay)
 	if err != nil {
@@ -257,20 +277,30 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 			return msg.DoubleAck(ctx)
 		}
 	}
-	gone := false
+	gone, damaged := false, error(nil)
 	if obj != "" {
 		var err error
-		if gone, err = f.copyPayload(ctx, l, remote, obj, statedSize(hdr.Get(exchange.MetaSize))); err != nil {
+		gone, err = f.copyPayload(ctx, l, remote, obj, statedSize(hdr.Get(exchange.MetaSize)))
+		switch {
+		case exchange.IsPermanent(err):
+			// Damaged at the other relay: no later session reads it
+			// better, and with one record out at a time every record
+			// after it waited for good (found by review).
+			damaged = err
+		case err != nil:
 			return err
 		}
 	}
 	// A record that cannot be delivered stays here as a dead letter (with
 	// its payload, when there is one) rather than going into the stream.
-	if gone || herr != nil {
+	if gone || damaged != nil || herr != nil {
 		dl := DeadLetter{Node: f.node, Stage: StageDeliver, MsgID: id, FileName: hdr.Get(exchange.MetaFileName)}
-		if gone {
+		switch {
+		case gone:
 			dl.Reason = fmt.Sprintf("payload %s is gone from relay %s", obj, f.relay)
-		} else {
+		case damaged != nil:
+			dl.Reason = fmt.Sprintf("payload %s is damaged at relay %s: %v", obj, f.relay, damaged)
+		default:
 			dl.Reason = fmt.Sprintf("unreadable record from relay %s: %v", f.relay, herr)
 			dl.Object, dl.Size, dl.SHA256 = obj, atoi64(hdr.Get(exchange.MetaSize)), hdr.Get(exchange.MetaSHA256)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -211,5 +212,107 @@ func TestFetchAcrossDomains(t *testing.T) {
 	}
 	if _, err := ob.Payloads.GetInfo(ctx, "HQ1/OFF/1"); err != nil {
 		t.Errorf("the unreadable record's payload is not kept with its dead letter: %v", err)
+	}
+}
+
+// A payload damaged at the other relay (a chunk missing under its meta: the
+// same damage a delivery turns into a dead letter) makes copyPayload fail
+// with a permanent error. fetch.copy returns it, the session naks the
+// record and ends, the next session gets the same record first again
+// (MaxAckPending 1, stream order): every later message for the node waits
+// behind it for good (found by review). It is a dead letter now, as at a
+// delivery, and the node's later messages go on.
+func TestFetchDamagedPayloadIsDeadLetter(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, ob, cfg := officeAndHub(ctx, t, log)
+
+	bad := putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one/>", true)
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 2}, "<two/>", true)
+
+	// Damage No 1's payload at the head office: its only chunk is lost.
+	info, err := hb.Payloads.GetInfo(ctx, bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := hb.JS.Stream(ctx, "OBJ_"+bus.BucketPayloads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk, err := s.GetLastMsgForSubject(ctx, "$O."+bus.BucketPayloads+".C."+info.NUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteMsg(ctx, chunk.Sequence); err != nil {
+		t.Fatal(err)
+	}
+
+	d := &scriptedDelivery{}
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if slices.Contains(d.delivered(), 2) {
+			return
+		}
+	}
+	_, derr := p.EndpointErrors("OFF")
+	dls, _ := p.Dead().List(ctx)
+	t.Fatalf("No 2 (intact) never reached OFF in 30 s: the fetch is stuck on No 1, whose payload is damaged at hq (dead letters here: %d; OFF's delivery error: %q)", len(dls), derr)
+}
+
+// Two head office replicas share the fetch of HQ1's messages from office1
+// through the lease fetch.office1.HQ1. When the replica that fetches loses
+// the lease to the other one (a stall past 2/3 of the TTL, here the other
+// replica writing the key), its session ends with its lease context's
+// error, and run records that as the fetch's trouble: relay status on this
+// replica shows "fetch from relay office1: context canceled" as HQ1's
+// delivery error for as long as the other replica fetches — nothing is
+// wrong, the link is up and the messages flow (found by review).
+func TestFetchLeaseLossIsNoTrouble(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, _, _ := officeAndHub(ctx, t, log)
+
+	hp, err := New(twoRelays(t, "hq", ""), hb, scriptedEndpoints{"HQ1": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hp.leases == nil || len(hp.fetches) == 0 {
+		t.Fatal("setup: no leases or no fetch at hq")
+	}
+	runUntilEnd(t, hp)
+	key := "fetch." + bus.Token("office1") + "." + bus.Token("HQ1")
+	// Wait until this replica holds the lease and fetches.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if e, err := hb.Leases.Get(ctx, key); err == nil && string(e.Value()) == hp.leases.owner {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("this replica never took the fetch lease")
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	if _, derr := hp.EndpointErrors("HQ1"); derr != "" {
+		t.Fatalf("setup: trouble before the lease moved: %q", derr)
+	}
+	// The other replica takes the lease and keeps it.
+	other := "hq@other-replica/0.0.0.0:8088"
+	var derr string
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if _, err := hb.Leases.Put(ctx, key, []byte(other)); err != nil {
+			t.Fatal(err)
+		}
+		_, derr = hp.EndpointErrors("HQ1")
+	}
+	if derr != "" {
+		t.Fatalf("standby replica (another replica fetches, link up) shows HQ1's delivery error %q", derr)
 	}
 }

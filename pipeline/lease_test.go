@@ -207,3 +207,50 @@ func TestPullsSharedBetweenReplicas(t *testing.T) {
 		t.Fatal("the record of the node's pulls did not lapse")
 	}
 }
+
+// leasedPickup keeps why its last term's adapter did not start "until a
+// term starts or another replica has held the lease for a whole TTL (it
+// runs the pickup then)". The second half is only checked once hold
+// returns, i.e. once this replica holds the lease again: while the other
+// replica runs the pickup (for good), this standby replica keeps showing
+// "pickup not started: ..." as the node's pickup error (found by review).
+func TestLeasedPickupStartErrorClearedOnStandby(t *testing.T) {
+	t.Parallel()
+	a, b := testLeases(t)
+	var sentB atomic.Int64
+	pa := newLeasedPickup(a, "pickup.N", func() (message.Subscriber, error) { return failingPickup{}, nil }, a.log)
+	pb := newLeasedPickup(b, "pickup.N", func() (message.Subscriber, error) { return &fakePickup{name: "b", sent: &sentB}, nil }, b.log)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	outA, _ := pa.Subscribe(ctx, "N")
+	go func() {
+		for m := range outA {
+			m.Nack()
+		}
+	}()
+	defer pa.Close()
+	// a took the lease first and failed to start.
+	for deadline := time.Now().Add(5 * testLeaseTTL); ; time.Sleep(20 * time.Millisecond) {
+		if msg, _ := pa.LastError(); msg != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("setup: a never tried")
+		}
+	}
+	outB, _ := pb.Subscribe(ctx, "N")
+	go func() {
+		for m := range outB {
+			m.Ack()
+		}
+	}()
+	defer pb.Close()
+	// b runs the pickup from now on (it holds the lease while it runs).
+	time.Sleep(5 * testLeaseTTL)
+	if sentB.Load() == 0 {
+		t.Fatal("setup: b never ran the pickup")
+	}
+	if msg, _ := pa.LastError(); msg != "" {
+		t.Fatalf("replica b has run the pickup for %s (5 TTLs), yet standby a still reports %q", 5*testLeaseTTL, msg)
+	}
+}

@@ -56,13 +56,14 @@ func (s *leasedPickup) Subscribe(ctx context.Context, topic string) (<-chan *mes
 		defer s.wg.Done()
 		defer close(out)
 		for ctx.Err() == nil {
-			asked := time.Now()
+			// Another replica holding the lease for a whole TTL runs the
+			// pickup: this one's start error is stale from then on, not
+			// only once this one holds the lease again (found by review).
+			stale := time.AfterFunc(s.leases.ttl, func() { s.failed(nil) })
 			l, err := s.leases.hold(ctx, s.key)
+			stale.Stop()
 			if err != nil {
 				return
-			}
-			if time.Since(asked) > s.leases.ttl {
-				s.failed(nil)
 			}
 			s.log.Info("pickup lease taken: this replica runs the pickup", "lease", s.key)
 			s.term(l.Context(), topic, out)
