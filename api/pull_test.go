@@ -36,7 +36,9 @@ func (b oneOffer) Touch(string)             {}
 // token mob-secret.
 func mobConfig(t *testing.T) *config.Config {
 	t.Helper()
-	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
+	// With the newline of a token stored from a file (a Kubernetes Secret
+	// made --from-file), which no request could carry: it is trimmed.
+	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret\n")
 	cfg, err := config.Parse([]byte("nodes:\n  CO:\n    pickup: { dir: a }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { http_pull: {} }\n"))
 	if err != nil {
 		t.Fatal(err)

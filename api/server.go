@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -140,7 +139,7 @@ func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *
 		if n == nil || n.APITokenEnv == "" {
 			continue
 		}
-		if t := os.Getenv(n.APITokenEnv); t == "" {
+		if t := config.APIToken(n.APITokenEnv); t == "" {
 			log.Warn("node token not set: the node cannot use the API", "node", code, "env", n.APITokenEnv)
 		} else {
 			holders[t] = append(holders[t], code)

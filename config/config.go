@@ -144,6 +144,12 @@ func (c *Config) IsNode(code string) bool {
 	return ok
 }
 
+// APIToken is the bearer token in the environment variable env ("" when
+// unset), without surrounding whitespace: an HTTP header cannot carry it,
+// and a token stored from a file (a Kubernetes Secret made with
+// --from-file) keeps the file's newline, which no request would ever match.
+func APIToken(env string) string { return strings.TrimSpace(os.Getenv(env)) }
+
 // ZipPasswords are the archive passwords to try, in order, on a
 // password-protected zip of the channel from → to: the sender's, then the
 // addressee's. 1C keeps the password per pair of nodes, on both sides, so

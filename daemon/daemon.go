@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -57,7 +56,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Optio
 	}
 	token := ""
 	if cfg.Relay.APITokenEnv != "" {
-		if token = os.Getenv(cfg.Relay.APITokenEnv); token == "" {
+		if token = config.APIToken(cfg.Relay.APITokenEnv); token == "" {
 			// The shipped routing.yaml names a variable nobody set for a
 			// first run; elsewhere it may be a typo or a Secret without
 			// the key, and the operator's token is off: say so.

@@ -231,7 +231,7 @@ func (g *globals) client() (*api.Client, error) {
 	}
 	token := ""
 	if cfg.Relay.APITokenEnv != "" {
-		token = os.Getenv(cfg.Relay.APITokenEnv)
+		token = config.APIToken(cfg.Relay.APITokenEnv)
 	}
 	return api.NewClient(cfg.Relay.Listen, token), nil
 }
