@@ -1408,23 +1408,35 @@ func TestIMAPPickupHeaderCutDoesNotHideMail(t *testing.T) {
 // after the final dot) is committed like its siblings. Before, it was
 // collected as a new set that could never complete and, part_timeout
 // later, a message delivered whole showed up as an "incomplete" dead
-// letter with its part in quarantine.
+// letter with its part in quarantine. The memory of sets taken whole
+// outlives the process: the same after a restart.
 func TestIMAPPickupLatePartOfTakenSetCommitted(t *testing.T) {
-	s := startMemIMAP(t, nil)
-	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
-	per := int64(100 << 10)
-	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
-	c := imapTestConfig(s.addr)
-	c.PollInterval = config.Duration(time.Second)
-	var skew atomic.Int64
-	out, _ := runPickupWith(t, "SHOP1", c, config.After{Action: config.AfterDelete}, nil, func(p *Pickup) {
-		p.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
-	})
-	takeSetWhole(t, s, out)
-	// The retried copy of the last part.
-	s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{n, n}, per))
-	waitFor(t, "the late part deleted like its siblings", func() bool { k, _ := s.count(t, "INBOX"); return k == 0 })
-	noDeadLetterPastTimeout(t, out, &skew)
+	for _, restart := range []bool{false, true} {
+		t.Run(fmt.Sprintf("restart=%v", restart), func(t *testing.T) {
+			s := startMemIMAP(t, nil)
+			content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
+			per := int64(100 << 10)
+			n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
+			c := imapTestConfig(s.addr)
+			c.PollInterval = config.Duration(time.Second)
+			var mem *memMemory // in the process: its own memory
+			if restart {
+				mem = &memMemory{m: map[string]string{}}
+			}
+			var skew atomic.Int64
+			skewed := func(p *Pickup) { p.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) } }
+			out, p := runPickupWith(t, "SHOP1", c, config.After{Action: config.AfterDelete}, mem, skewed)
+			takeSetWhole(t, s, out)
+			if restart {
+				p.Close()
+				out, _ = runPickupWith(t, "SHOP1", c, config.After{Action: config.AfterDelete}, mem, skewed)
+			}
+			// The retried copy of the last part.
+			s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{n, n}, per))
+			waitFor(t, "the late part deleted like its siblings", func() bool { k, _ := s.count(t, "INBOX"); return k == 0 })
+			noDeadLetterPastTimeout(t, out, &skew)
+		})
+	}
 }
 
 // takeSetWhole takes the set the pickup hands over, which must have no
@@ -1450,31 +1462,6 @@ func noDeadLetterPastTimeout(t *testing.T, out <-chan *message.Message, skew *at
 			m.Metadata.Get(exchange.MetaFileName), m.Metadata.Get(exchange.MetaProblem))
 	case <-time.After(2500 * time.Millisecond):
 	}
-}
-
-// TestIMAPPickupLatePartAfterRestartCommitted: the memory of sets taken
-// whole outlives the process. A late copy of a part that came after a
-// restart began a set that could never complete: part_timeout later, a
-// message delivered whole showed up as an "incomplete" dead letter.
-func TestIMAPPickupLatePartAfterRestartCommitted(t *testing.T) {
-	s := startMemIMAP(t, nil)
-	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
-	per := int64(100 << 10)
-	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
-	c := imapTestConfig(s.addr)
-	c.PollInterval = config.Duration(time.Second)
-	mem := &memMemory{m: map[string]string{}}
-	out, first := runPickup(t, "SHOP1", c, config.After{Action: config.AfterDelete}, mem)
-	takeSetWhole(t, s, out)
-	first.Close()
-
-	s.add(t, "INBOX", testMail(t, "Message_SHOP1_ЦО.xml", content, part{n, n}, per))
-	var skew atomic.Int64
-	out, _ = runPickupWith(t, "SHOP1", c, config.After{Action: config.AfterDelete}, mem, func(p *Pickup) {
-		p.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
-	})
-	waitFor(t, "the late part deleted after the restart", func() bool { k, _ := s.count(t, "INBOX"); return k == 0 })
-	noDeadLetterPastTimeout(t, out, &skew)
 }
 
 // TestIMAPLoginBoundedByConnectTimeout: a server that trickles its
