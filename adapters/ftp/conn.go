@@ -31,6 +31,8 @@ type client struct {
 	tlsConf *tls.Config // nil without TLS; shared so sessions resume across data connections
 	cp1251  bool
 	noMLSD  bool // tests: force LIST on a server that has MLSD
+	// listBounds bound a folder listing (defaultListBounds; tests lower them).
+	listBounds listBounds
 
 	mu       sync.Mutex
 	conn     *ftp.ServerConn
@@ -58,7 +60,7 @@ func newClient(node, role string, cfg Config, log *slog.Logger) (*client, error)
 	if err != nil {
 		return nil, fmt.Errorf("ftp %s: url: %w", node, err)
 	}
-	c := &client{node: node, cfg: cfg, t: t, log: log.With("url", t.display)}
+	c := &client{node: node, cfg: cfg, t: t, log: log.With("url", t.display), listBounds: defaultListBounds}
 	switch strings.ToLower(cfg.Encoding) {
 	case "cp1251", "windows-1251":
 		c.cp1251 = true
@@ -285,12 +287,62 @@ type dialer struct {
 	mu    sync.Mutex
 	conns []net.Conn
 	n     int
+	// listing: the next data connection carries a listing (listingConn).
+	listing bool
+}
+
+// listNext says whether the next data connection carries a listing.
+func (d *dialer) listNext(on bool) {
+	d.mu.Lock()
+	d.listing = on
+	d.mu.Unlock()
+}
+
+// listBounds bound one folder listing. io_timeout only measures silence: a
+// server (hostile, or broken and looping over a folder) that streams a
+// listing for ever without pausing held the pickup for good, and
+// jlaffaye/ftp keeps every entry in memory (found by review).
+type listBounds struct {
+	bytes  int64
+	within time.Duration
+}
+
+// defaultListBounds: 16 MiB is some 150,000 files; a real listing of a
+// few thousand takes seconds even on a slow line.
+var defaultListBounds = listBounds{bytes: 16 << 20, within: 5 * time.Minute}
+
+// listingConn is the data connection of a listing, ended at its bounds
+// however steadily the server sends.
+type listingConn struct {
+	net.Conn
+	b     listBounds
+	left  int64
+	until time.Time
+}
+
+// fixReadDeadline is the deadlineConn's under it (tlsDataConn's drain).
+func (c *listingConn) fixReadDeadline(t time.Time) {
+	if dc, ok := c.Conn.(*deadlineConn); ok {
+		dc.fixReadDeadline(t)
+	}
+}
+
+func (c *listingConn) Read(b []byte) (int, error) {
+	if c.left < 0 || time.Now().After(c.until) {
+		return 0, fmt.Errorf("the folder listing goes on past %d MiB or %s: a folder of hundreds of thousands of files, or a server that repeats itself",
+			c.b.bytes>>20, c.b.within)
+	}
+	n, err := c.Conn.Read(b)
+	c.left -= int64(n)
+	return n, err
 }
 
 func (d *dialer) dial(network, addr string) (net.Conn, error) {
 	d.mu.Lock()
 	first := d.n == 0
 	d.n++
+	listing := d.listing && !first
+	d.listing = d.listing && first
 	d.mu.Unlock()
 	nd := net.Dialer{Timeout: d.c.cfg.ConnectTimeout.Std()}
 	ctx := d.ctx
@@ -306,6 +358,10 @@ func (d *dialer) dial(network, addr string) (net.Conn, error) {
 		return nil, err
 	}
 	var conn net.Conn = &deadlineConn{Conn: raw, timeout: d.c.cfg.IOTimeout.Std()}
+	if listing {
+		b := d.c.listBounds
+		conn = &listingConn{Conn: conn, b: b, left: b.bytes, until: time.Now().Add(b.within)}
+	}
 	d.mu.Lock()
 	d.conns = append(d.conns[:0:0], append(openOnly(d.conns), raw)...)
 	d.mu.Unlock()
@@ -340,7 +396,7 @@ const (
 
 func (c *tlsDataConn) Close() error {
 	if c.Conn.ConnectionState().HandshakeComplete && c.Conn.CloseWrite() == nil {
-		if dc, ok := c.Conn.NetConn().(*deadlineConn); ok {
+		if dc, ok := c.Conn.NetConn().(interface{ fixReadDeadline(time.Time) }); ok {
 			dc.fixReadDeadline(time.Now().Add(dataDrainTimeout))
 		}
 		_, _ = io.CopyN(io.Discard, c.Conn, dataDrainLimit)

@@ -63,7 +63,9 @@ func (s *source) list(conn *ftp.ServerConn, dir string) ([]folder.File, error) {
 // changing into the folder and back; a missing folder then fails with the
 // server's 550 instead of looking like an empty one.
 func (c *client) listDir(conn *ftp.ServerConn, dir string) ([]*ftp.Entry, error) {
+	c.sockets.listNext(true)
 	entries, err := conn.List(c.remote(dir))
+	c.sockets.listNext(false)
 	if err != nil || len(entries) > 0 || dir == "" {
 		return entries, err
 	}

@@ -1,0 +1,326 @@
+package ftp
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	ftpserver "goftp.io/server/v2"
+	"goftp.io/server/v2/driver/file"
+
+	"github.com/relay1c/relay/adapters/folder/foldertest"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
+)
+
+// minuteInfo reports a file's mtime in whole minutes, as a server whose
+// only times are LIST's (no MLSD, no MDTM) shows them to relay.
+type minuteInfo struct{ os.FileInfo }
+
+func (m minuteInfo) ModTime() time.Time { return m.FileInfo.ModTime().Truncate(time.Minute) }
+
+// minuteRewrite is a server with minute times on whose disk 1C rewrites
+// Message_A_B.xml in place with its next message (same size, same minute)
+// while relay's first download of it runs.
+type minuteRewrite struct {
+	ftpserver.Driver
+	root  string
+	once  sync.Once
+	next  []byte
+	mtime time.Time
+}
+
+func (d *minuteRewrite) Stat(ctx *ftpserver.Context, p string) (os.FileInfo, error) {
+	fi, err := d.Driver.Stat(ctx, p)
+	if err != nil || fi == nil {
+		return fi, err
+	}
+	return minuteInfo{fi}, nil
+}
+
+func (d *minuteRewrite) ListDir(ctx *ftpserver.Context, p string, cb func(os.FileInfo) error) error {
+	return d.Driver.ListDir(ctx, p, func(fi os.FileInfo) error { return cb(minuteInfo{fi}) })
+}
+
+func (d *minuteRewrite) GetFile(ctx *ftpserver.Context, p string, off int64) (int64, io.ReadCloser, error) {
+	size, rc, err := d.Driver.GetFile(ctx, p, off)
+	if err != nil || !strings.HasSuffix(p, "Message_A_B.xml") {
+		return size, rc, err
+	}
+	first := false
+	d.once.Do(func() { first = true })
+	if !first {
+		return size, rc, err
+	}
+	return size, &rewritingReader{ReadCloser: rc, after: func() {
+		full := filepath.Join(d.root, p)
+		_ = os.WriteFile(full, d.next, 0o644)
+		_ = os.Chtimes(full, d.mtime, d.mtime) // written within the same minute
+	}}, nil
+}
+
+// TestPickupMinuteTimesNoMixedCopy: on a server whose times are
+// whole minutes (LIST only), 1C rewrites the file in place with its next
+// message of the same size, in the same minute, while relay downloads it.
+// Size and (coarse) mtime after the download match the listing, so the
+// copy -- head of No 7, tail of No 8, well-formed -- was handed over (found
+// by review). A read that is not final is now taken only when a second
+// copy reads the same: only No 7 or No 8 whole is ever emitted.
+func TestPickupMinuteTimesNoMixedCopy(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := msgXML(t, "A", "B", 7, 50_000)
+	b := msgXML(t, "A", "B", 8, 50_000)
+	if len(a) != len(b) {
+		t.Fatalf("sizes differ: %d %d", len(a), len(b))
+	}
+	base := time.Now().Add(-time.Hour).Truncate(time.Minute)
+	src := filepath.Join(out, "Message_A_B.xml")
+	if err := os.WriteFile(src, a, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(src, base.Add(10*time.Second), base.Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := serve(t, &minuteRewrite{Driver: drv, root: root, next: b, mtime: base.Add(40 * time.Second)}, "out")
+	cfg := testConfig(url, "pickup")
+	// A settle of seconds, as in production: the read still comes within
+	// the minute that LIST times cannot tell apart.
+	cfg.Settle, cfg.IncompleteTimeout = config.Duration(3*time.Second), config.Duration(time.Minute)
+	ch := pickup(t, cfg, "A", true)
+	m := foldertest.Next(ch, 15*time.Second)
+	if m == nil {
+		t.Fatal("nothing taken within 10s")
+	}
+	defer m.Ack()
+	body, err := exchange.Body(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(body)
+	body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, a) && !bytes.Equal(got, b) {
+		h, _ := exchange.HeaderOf(m)
+		t.Fatalf("emitted a copy that is neither No 7 nor No 8 whole: header No %d, problem %q, %d bytes (head of No 7: %v, tail of No 8: %v)",
+			h.MessageNo, m.Metadata.Get(exchange.MetaProblem), len(got), bytes.Equal(got[:4096], a[:4096]), bytes.Equal(got[len(got)-1000:], b[len(b)-1000:]))
+	}
+}
+
+// scriptedServer is a minimal scripted FTP server for replies the in-process
+// server cannot give: feats are its FEAT lines; mlsd/list write a listing
+// onto the data connection; mdtm answers MDTM; files serve RETR and SIZE.
+type scriptedServer struct {
+	feats []string
+	mlsd  func(w io.Writer)
+	list  func(w io.Writer)
+	mdtm  func(name string) string
+	files map[string][]byte
+}
+
+func (s *scriptedServer) serve(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.session(c)
+		}
+	}()
+	t.Setenv("TEST_FTP_PASSWORD", testPass)
+	return "ftp://relay@" + ln.Addr().String() + "/out"
+}
+
+func (s *scriptedServer) session(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	say := func(f string, a ...any) { fmt.Fprintf(c, f+"\r\n", a...) }
+	say("220 scripted")
+	var data net.Listener
+	accept := func() net.Conn {
+		if data == nil {
+			return nil
+		}
+		d, err := data.Accept()
+		data.Close()
+		data = nil
+		if err != nil {
+			return nil
+		}
+		return d
+	}
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimRight(line, "\r\n")
+		cmd, arg, _ := strings.Cut(line, " ")
+		name := path.Base(arg)
+		switch strings.ToUpper(cmd) {
+		case "USER":
+			say("331 password")
+		case "PASS":
+			say("230 in")
+		case "FEAT":
+			say("211-Features:")
+			for _, f := range s.feats {
+				say(" %s", f)
+			}
+			say("211 End")
+		case "TYPE", "OPTS":
+			say("200 ok")
+		case "PWD":
+			say(`257 "/" is current`)
+		case "CWD":
+			say("250 ok")
+		case "NOOP":
+			say("200 ok")
+		case "QUIT":
+			say("221 bye")
+			return
+		case "EPSV":
+			data, _ = net.Listen("tcp", "127.0.0.1:0")
+			say("229 Entering Extended Passive Mode (|||%d|)", data.Addr().(*net.TCPAddr).Port)
+		case "MLSD", "LIST":
+			say("150 here")
+			if d := accept(); d != nil {
+				if strings.ToUpper(cmd) == "MLSD" && s.mlsd != nil {
+					s.mlsd(d)
+				} else if s.list != nil {
+					s.list(d)
+				}
+				d.Close()
+			}
+			say("226 done")
+		case "MDTM":
+			if _, ok := s.files[name]; !ok || s.mdtm == nil {
+				say("550 no")
+				continue
+			}
+			say("213 %s", s.mdtm(name))
+		case "SIZE":
+			b, ok := s.files[name]
+			if !ok {
+				say("550 no")
+				continue
+			}
+			say("213 %d", len(b))
+		case "RETR":
+			b, ok := s.files[name]
+			if !ok {
+				say("550 no")
+				continue
+			}
+			say("150 here")
+			if d := accept(); d != nil {
+				d.Write(b)
+				d.Close()
+			}
+			say("226 done")
+		case "DELE":
+			say("250 deleted")
+		default:
+			say("502 not implemented")
+		}
+	}
+}
+
+// pickupSource is an FTP pickup source of node A on url.
+func pickupSource(t *testing.T, url string) *source {
+	t.Helper()
+	c, err := newClient("A", "pickup", testConfig(url, "pickup"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	return &source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}
+}
+
+// TestPickupEndlessListing: a server (hostile, or broken and looping over
+// a folder) that never ends an MLSD listing but is never silent either.
+// io_timeout only measures silence: List never returned and jlaffaye/ftp
+// kept every entry in memory, so the node's pickup hung for good while the
+// relay's heap grew until it was killed, with every other node (found by
+// review). A listing ends at its size bound, and a trickling one at its
+// time bound (both lowered here).
+func TestPickupEndlessListing(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		bounds listBounds
+		pause  time.Duration // after each 64 KiB
+	}{
+		{"size", listBounds{bytes: 1 << 20, within: time.Minute}, 0},
+		{"time", listBounds{bytes: 1 << 30, within: 2 * time.Second}, 50 * time.Millisecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var sent atomic.Int64
+			stop := make(chan struct{})
+			defer close(stop)
+			s := &scriptedServer{
+				feats: []string{"MLST type*;size*;modify*;", "SIZE", "MDTM"},
+				mlsd: func(w io.Writer) {
+					bw := bufio.NewWriterSize(w, 64<<10)
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						n, err := fmt.Fprintf(bw, "type=file;size=100;modify=20240105120000; junk-%09d-%s.txt\r\n", i, strings.Repeat("x", 150))
+						if err != nil {
+							return
+						}
+						if sent.Add(int64(n))%(64<<10) < int64(n) {
+							time.Sleep(c.pause) // never silent, never done
+						}
+					}
+				},
+			}
+			src := pickupSource(t, s.serve(t)) // io_timeout 5s
+			src.c.listBounds = c.bounds
+			done := make(chan error, 1)
+			go func() { _, err := src.List(context.Background()); done <- err }()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), "the folder listing goes on past") {
+					t.Fatalf("an endless listing ended with %v, want its bounds named", err)
+				}
+			case <-time.After(15 * time.Second):
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				t.Fatalf("List still running after 15 s (3x io_timeout): %d MB of listing received and held (heap %d MB); nothing bounds a listing",
+					sent.Load()>>20, ms.HeapAlloc>>20)
+			}
+		})
+	}
+}
