@@ -1403,3 +1403,75 @@ func TestSMTPCheckDisplayNameAddresses(t *testing.T) {
 		t.Fatalf("check probed RCPT TO %q, the delivery sends RCPT TO wh@example.com", rcpts)
 	}
 }
+
+// digestAtEOF serves data and checks its sha256 only when asked for more
+// after the last byte, as bus.payloadReader (OpenKnownPayload) does: a
+// damaged payload shows only at its end.
+type digestAtEOF struct {
+	r    *bytes.Reader
+	sum  [32]byte
+	want string
+}
+
+func (d *digestAtEOF) Read(b []byte) (int, error) {
+	if d.r.Len() == 0 {
+		return 0, d.end()
+	}
+	return d.r.Read(b)
+}
+
+func (d *digestAtEOF) end() error {
+	if got := hex.EncodeToString(d.sum[:]); got != d.want {
+		return exchange.Permanent(fmt.Errorf("payload: %w: digest %s, want %s", exchange.ErrDamaged, got, d.want))
+	}
+	return io.EOF
+}
+
+// TestSMTPDamagedPayloadExactMultipleOfPart: a stored payload whose bytes
+// are damaged (same size, another sha256) is found out by the object store
+// only when it is read to its end. The whole-mail path reads to the end
+// (LimitReader size+1) and the HTTP delivery holds back the last byte
+// (exchange.WholeReader); the split path reads each part with
+// LimitReader(body, per), so when the file is an exact multiple of the part
+// size the end was never read, the last part was ended with 250 and
+// Publish returned nil: the message counted as delivered while the
+// receiving relay joined a file whose sha256 did not match (found by
+// review). The last part now reads past its end.
+func TestSMTPDamagedPayloadExactMultipleOfPart(t *testing.T) {
+	const limit = 64 << 10
+	per := rawPerMail(limit)
+	srv := startSMTP(t, startTLSSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
+
+	good := bytes.Repeat([]byte("0123456789abcdef"), int(2*per/16+1))[:2*per]
+	bad := bytes.Clone(good)
+	bad[per+100] ^= 0xff // damaged in storage: same size, another sha256
+	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 50}
+	m := outMsgAs(context.Background(), h, "Message_ЦО_ОП.xml", good)
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(&digestAtEOF{r: bytes.NewReader(bad), sum: sha256.Sum256(bad), want: sha256Hex(good)}), nil
+	})
+	err := publish(p, m)
+	got := srv.accepted()
+	if err == nil {
+		t.Fatalf("Publish returned nil (delivered) for a damaged payload; the server accepted %d of 2 parts, the receiver will find sha256 %s instead of %s",
+			len(got), sha256Hex(bad), sha256Hex(good))
+	}
+	if !errors.Is(err, exchange.ErrDamaged) {
+		t.Errorf("error %v is not the store's damage", err)
+	}
+	if len(got) == 2 {
+		t.Errorf("the server holds a complete (damaged) set")
+	}
+
+	// Control: one byte shorter than the exact multiple, the last part
+	// reads past its end and the damage is found.
+	good2, bad2 := good[:2*per-1], bad[:2*per-1]
+	m2 := outMsgAs(context.Background(), exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 51}, "Message_ЦО_ОП.xml", good2)
+	exchange.SetBody(m2, func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(&digestAtEOF{r: bytes.NewReader(bad2), sum: sha256.Sum256(bad2), want: sha256Hex(good2)}), nil
+	})
+	if err := publish(p, m2); !errors.Is(err, exchange.ErrDamaged) {
+		t.Errorf("control (size not a multiple of the part): %v", err)
+	}
+}
