@@ -254,3 +254,26 @@ func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p)
 }
+
+type progressedError struct{ error }
+
+func (p progressedError) Unwrap() error { return p.error }
+
+// Progressed marks a delivery error that came after part of the file
+// reached the destination (parts of a split mail accepted): the pipeline
+// tries again after its first, shortest wait, not after one grown by the
+// earlier failures, so a server that takes a few mails at a time (a rate
+// limit) still gets the whole set while the sender goes on with it.
+func Progressed(err error) error {
+	if err == nil {
+		return nil
+	}
+	return progressedError{err}
+}
+
+// HasProgressed reports whether err, or an error it wraps, was marked
+// Progressed.
+func HasProgressed(err error) bool {
+	var p progressedError
+	return errors.As(err, &p)
+}

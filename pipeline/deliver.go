@@ -94,6 +94,16 @@ func (in *inflight) failed(id string, max time.Duration) time.Duration {
 	return min(time.Second<<(n-1), max)
 }
 
+// retryAfter counts a failed attempt of message id (err) and returns how
+// long it waits before the next; an attempt that got part of the file
+// through (exchange.Progressed) starts its waits again from the shortest.
+func (in *inflight) retryAfter(id string, err error, max time.Duration) time.Duration {
+	if exchange.HasProgressed(err) {
+		in.resolved(id)
+	}
+	return in.failed(id, max)
+}
+
 // resolved forgets the failures of message id.
 func (in *inflight) resolved(id string) {
 	in.mu.Lock()
@@ -188,7 +198,7 @@ func (p *Pipeline) deliverHandler(node string, n *config.Node, pub message.Publi
 		err := deliver(m)
 		switch {
 		case err != nil:
-			setNakDelay(m, in.failed(m.UUID, p.opts.MaxRetryDelay))
+			setNakDelay(m, in.retryAfter(m.UUID, err, p.opts.MaxRetryDelay))
 		case m.Metadata.Get(nakDelayKey) == "": // not held: resolved
 			in.resolved(m.UUID)
 		}

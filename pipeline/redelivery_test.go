@@ -643,3 +643,25 @@ func TestHeldMessagesDoNotStallNode(t *testing.T) {
 	t.Fatalf("after 30s: SRC→DST delivered No %d (want 66, error %q), OTHER→DST delivered No %d (want 1); No 2 written: %v",
 		c.DeliveredNo, c.LastError, o.DeliveredNo, slices.Contains(got, 2))
 }
+
+// TestRetryAfterProgress: a message's waits grow with its failures (1 s,
+// 2 s, 4 s ... up to the maximum), and start again from the shortest after
+// an attempt that got part of the file through (exchange.Progressed): a
+// server taking a few mails of a split file at a time, then refusing the
+// rest for a while (a rate limit), saw the waits grow to minutes and the
+// set begun again after an hour, for ever (found by review).
+func TestRetryAfterProgress(t *testing.T) {
+	in := &inflight{}
+	plain := errors.New("451 try later")
+	var got []time.Duration
+	for _, err := range []error{plain, plain, plain, plain, exchange.Progressed(plain), plain, plain} {
+		got = append(got, in.retryAfter("m1", err, 5*time.Minute))
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, time.Second, 2 * time.Second, 4 * time.Second}
+	if !slices.Equal(got, want) {
+		t.Fatalf("waits %v, want %v", got, want)
+	}
+	if in.retryAfter("m2", exchange.Permanent(plain), time.Minute) != time.Second {
+		t.Fatal("another message's waits are its own")
+	}
+}

@@ -185,6 +185,7 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 	}
 	done := sp.parts
 	p.mu.Unlock()
+	accepted := 0 // parts this try got through
 	for i := 1; i <= n; i++ {
 		want := min(per, out.size-int64(i-1)*per)
 		limit := want
@@ -203,6 +204,13 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 				return fmt.Errorf("smtp %s: %s: read body: %w", p.node, out.name, err)
 			}
 		} else if err := p.send(c, out, part{i, n}, tid, &exactReader{r: chunk, left: want}, fmt.Sprintf("%s.%03d", out.name, i)); err != nil {
+			if accepted > 0 && !exchange.IsPermanent(err) {
+				// This try got parts through: the next goes on soon, or a
+				// server that takes a few mails at a time (a rate limit)
+				// never saw the set whole within resendAfter, the waits
+				// between tries growing to minutes (found by review).
+				err = exchange.Progressed(err)
+			}
 			return err
 		}
 		if chunk.n != want {
@@ -212,6 +220,7 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 		done[i] = true
 		p.mu.Unlock()
 		if !skip {
+			accepted++
 			p.log.Debug("part sent", "file", out.name, "part", part{i, n}.String(), "transfer", tid)
 		}
 	}

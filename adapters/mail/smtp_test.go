@@ -768,6 +768,9 @@ func TestSMTPTemporaryFailure(t *testing.T) {
 	if exchange.IsPermanent(err) {
 		t.Errorf("451 made permanent: %v", err)
 	}
+	if exchange.HasProgressed(err) {
+		t.Errorf("a single mail refused with 451 marked Progressed: %v", err)
+	}
 	if !strings.Contains(err.Error(), "end of DATA") || !strings.Contains(err.Error(), "451") || !strings.Contains(err.Error(), "Queue full, try later") {
 		t.Errorf("error %q does not name the step, the code and the server's words", err)
 	}
@@ -921,6 +924,9 @@ func TestSMTPPartRetry(t *testing.T) {
 			}
 			if exchange.IsPermanent(err) || !strings.Contains(err.Error(), "part 3/5") || !strings.Contains(err.Error(), "451") {
 				t.Fatalf("error %v: want a temporary one naming part 3/5", err)
+			}
+			if !exchange.HasProgressed(err) {
+				t.Fatalf("error %v after parts 1 and 2 went through: not marked Progressed, so the next try waits as long as one that got nothing through", err)
 			}
 			if n := len(srv.accepted()); n != 2 {
 				t.Fatalf("%d parts accepted before the failure, want 2", n)
