@@ -2,132 +2,20 @@ package ftp
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path"
-	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	ftpserver "goftp.io/server/v2"
-	"goftp.io/server/v2/driver/file"
-
-	"github.com/relay1c/relay/adapters/folder/foldertest"
-	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 )
-
-// minuteInfo reports a file's mtime in whole minutes, as a server whose
-// only times are LIST's (no MLSD, no MDTM) shows them to relay.
-type minuteInfo struct{ os.FileInfo }
-
-func (m minuteInfo) ModTime() time.Time { return m.FileInfo.ModTime().Truncate(time.Minute) }
-
-// minuteRewrite is a server with minute times on whose disk 1C rewrites
-// Message_A_B.xml in place with its next message (same size, same minute)
-// while relay's first download of it runs.
-type minuteRewrite struct {
-	ftpserver.Driver
-	root  string
-	once  sync.Once
-	next  []byte
-	mtime time.Time
-}
-
-func (d *minuteRewrite) Stat(ctx *ftpserver.Context, p string) (os.FileInfo, error) {
-	fi, err := d.Driver.Stat(ctx, p)
-	if err != nil || fi == nil {
-		return fi, err
-	}
-	return minuteInfo{fi}, nil
-}
-
-func (d *minuteRewrite) ListDir(ctx *ftpserver.Context, p string, cb func(os.FileInfo) error) error {
-	return d.Driver.ListDir(ctx, p, func(fi os.FileInfo) error { return cb(minuteInfo{fi}) })
-}
-
-func (d *minuteRewrite) GetFile(ctx *ftpserver.Context, p string, off int64) (int64, io.ReadCloser, error) {
-	size, rc, err := d.Driver.GetFile(ctx, p, off)
-	if err != nil || !strings.HasSuffix(p, "Message_A_B.xml") {
-		return size, rc, err
-	}
-	first := false
-	d.once.Do(func() { first = true })
-	if !first {
-		return size, rc, err
-	}
-	return size, &rewritingReader{ReadCloser: rc, after: func() {
-		full := filepath.Join(d.root, p)
-		_ = os.WriteFile(full, d.next, 0o644)
-		_ = os.Chtimes(full, d.mtime, d.mtime) // written within the same minute
-	}}, nil
-}
-
-// TestPickupMinuteTimesNoMixedCopy: on a server whose times are
-// whole minutes (LIST only), 1C rewrites the file in place with its next
-// message of the same size, in the same minute, while relay downloads it.
-// Size and (coarse) mtime after the download match the listing, so the
-// copy -- head of No 7, tail of No 8, well-formed -- was handed over (found
-// by review). A read that is not final is now taken only when a second
-// copy reads the same: only No 7 or No 8 whole is ever emitted.
-func TestPickupMinuteTimesNoMixedCopy(t *testing.T) {
-	root := t.TempDir()
-	out := filepath.Join(root, "out")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	a := msgXML(t, "A", "B", 7, 50_000)
-	b := msgXML(t, "A", "B", 8, 50_000)
-	if len(a) != len(b) {
-		t.Fatalf("sizes differ: %d %d", len(a), len(b))
-	}
-	base := time.Now().Add(-time.Hour).Truncate(time.Minute)
-	src := filepath.Join(out, "Message_A_B.xml")
-	if err := os.WriteFile(src, a, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(src, base.Add(10*time.Second), base.Add(10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	drv, err := file.NewDriver(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := serve(t, &minuteRewrite{Driver: drv, root: root, next: b, mtime: base.Add(40 * time.Second)}, "out")
-	cfg := testConfig(url, "pickup")
-	// A settle of seconds, as in production: the read still comes within
-	// the minute that LIST times cannot tell apart.
-	cfg.Settle, cfg.IncompleteTimeout = config.Duration(3*time.Second), config.Duration(time.Minute)
-	ch := pickup(t, cfg, "A", true)
-	m := foldertest.Next(ch, 15*time.Second)
-	if m == nil {
-		t.Fatal("nothing taken within 10s")
-	}
-	defer m.Ack()
-	body, err := exchange.Body(context.Background(), m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(body)
-	body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, a) && !bytes.Equal(got, b) {
-		h, _ := exchange.HeaderOf(m)
-		t.Fatalf("emitted a copy that is neither No 7 nor No 8 whole: header No %d, problem %q, %d bytes (head of No 7: %v, tail of No 8: %v)",
-			h.MessageNo, m.Metadata.Get(exchange.MetaProblem), len(got), bytes.Equal(got[:4096], a[:4096]), bytes.Equal(got[len(got)-1000:], b[len(b)-1000:]))
-	}
-}
 
 // scriptedServer is a minimal scripted FTP server for replies the in-process
 // server cannot give: feats are its FEAT lines; mlsd/list write a listing
