@@ -287,11 +287,12 @@ type dialer struct {
 	mu    sync.Mutex
 	conns []net.Conn
 	n     int
-	// listing: the next data connection carries a listing (listingConn).
+	// listing: the data connections opened now carry a listing (listingConn).
 	listing bool
 }
 
-// listNext says whether the next data connection carries a listing.
+// listNext says whether the data connections opened from now on carry a
+// listing (all of one List: a client may try MLSD, then LIST).
 func (d *dialer) listNext(on bool) {
 	d.mu.Lock()
 	d.listing = on
@@ -342,7 +343,6 @@ func (d *dialer) dial(network, addr string) (net.Conn, error) {
 	first := d.n == 0
 	d.n++
 	listing := d.listing && !first
-	d.listing = d.listing && first
 	d.mu.Unlock()
 	nd := net.Dialer{Timeout: d.c.cfg.ConnectTimeout.Std()}
 	ctx := d.ctx
