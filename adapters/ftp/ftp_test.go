@@ -89,15 +89,24 @@ func hdr(from, to string, no uint64) exchange.Header {
 	return exchange.Header{ExchangePlan: "Полный", From: from, To: to, MessageNo: no}
 }
 
-// pickup subscribes a pickup of node A; list forces LIST instead of MLSD.
-func pickup(t *testing.T, cfg Config, node string, list bool) <-chan *message.Message {
+// newSource is an FTP pickup source of node with cfg; its connection is
+// closed when the test ends.
+func newSource(t *testing.T, node string, cfg Config) *source {
 	t.Helper()
 	c, err := newClient(node, "pickup", cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.noMLSD = list
-	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
+	t.Cleanup(c.close)
+	return &source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}
+}
+
+// pickup subscribes a pickup of node A; list forces LIST instead of MLSD.
+func pickup(t *testing.T, cfg Config, node string, list bool) <-chan *message.Message {
+	t.Helper()
+	src := newSource(t, node, cfg)
+	src.c.noMLSD = list
+	p, err := folder.NewPickup(src, folder.Options{
 		Node: node, Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
 		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterDelete},
 	})
@@ -109,7 +118,7 @@ func pickup(t *testing.T, cfg Config, node string, list bool) <-chan *message.Me
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); p.Close(); c.close() })
+	t.Cleanup(func() { cancel(); p.Close() })
 	return ch
 }
 
@@ -711,12 +720,7 @@ func TestPickupCloseDuringLongDownload(t *testing.T) {
 // starts it; it is closed when the test ends (Close may come earlier).
 func startPickup(t *testing.T, cfg Config, after config.After) (*folder.Pickup, <-chan *message.Message) {
 	t.Helper()
-	c, err := newClient("A", "pickup", cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.close)
-	p, err := folder.NewPickup(&source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}, folder.Options{
+	p, err := folder.NewPickup(newSource(t, "A", cfg), folder.Options{
 		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
 		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: after,
 	})

@@ -5,27 +5,20 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"path"
 	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/relay1c/relay/exchange"
 )
 
-// scriptedServer is a minimal scripted FTP server for replies the in-process
-// server cannot give: feats are its FEAT lines; mlsd/list write a listing
-// onto the data connection; mdtm answers MDTM; files serve RETR and SIZE.
+// scriptedServer is a minimal scripted FTP server for a reply the
+// in-process server cannot give: feats are its FEAT lines; mlsd writes the
+// listing onto the data connection.
 type scriptedServer struct {
 	feats []string
 	mlsd  func(w io.Writer)
-	list  func(w io.Writer)
-	mdtm  func(name string) string
-	files map[string][]byte
 }
 
 func (s *scriptedServer) serve(t *testing.T) string {
@@ -72,8 +65,7 @@ func (s *scriptedServer) session(c net.Conn) {
 			return
 		}
 		line = strings.TrimRight(line, "\r\n")
-		cmd, arg, _ := strings.Cut(line, " ")
-		name := path.Base(arg)
+		cmd, _, _ := strings.Cut(line, " ")
 		switch strings.ToUpper(cmd) {
 		case "USER":
 			say("331 password")
@@ -99,59 +91,17 @@ func (s *scriptedServer) session(c net.Conn) {
 		case "EPSV":
 			data, _ = net.Listen("tcp", "127.0.0.1:0")
 			say("229 Entering Extended Passive Mode (|||%d|)", data.Addr().(*net.TCPAddr).Port)
-		case "MLSD", "LIST":
+		case "MLSD":
 			say("150 here")
 			if d := accept(); d != nil {
-				if strings.ToUpper(cmd) == "MLSD" && s.mlsd != nil {
-					s.mlsd(d)
-				} else if s.list != nil {
-					s.list(d)
-				}
+				s.mlsd(d)
 				d.Close()
 			}
 			say("226 done")
-		case "MDTM":
-			if _, ok := s.files[name]; !ok || s.mdtm == nil {
-				say("550 no")
-				continue
-			}
-			say("213 %s", s.mdtm(name))
-		case "SIZE":
-			b, ok := s.files[name]
-			if !ok {
-				say("550 no")
-				continue
-			}
-			say("213 %d", len(b))
-		case "RETR":
-			b, ok := s.files[name]
-			if !ok {
-				say("550 no")
-				continue
-			}
-			say("150 here")
-			if d := accept(); d != nil {
-				d.Write(b)
-				d.Close()
-			}
-			say("226 done")
-		case "DELE":
-			say("250 deleted")
 		default:
 			say("502 not implemented")
 		}
 	}
-}
-
-// pickupSource is an FTP pickup source of node A on url.
-func pickupSource(t *testing.T, url string) *source {
-	t.Helper()
-	c, err := newClient("A", "pickup", testConfig(url, "pickup"), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.close)
-	return &source{c: c, spool: t.TempDir(), lim: exchange.DefaultLimits()}
 }
 
 // TestPickupEndlessListing: a server (hostile, or broken and looping over
@@ -194,7 +144,7 @@ func TestPickupEndlessListing(t *testing.T) {
 					}
 				},
 			}
-			src := pickupSource(t, s.serve(t)) // io_timeout 5s
+			src := newSource(t, "A", testConfig(s.serve(t), "pickup")) // io_timeout 5s
 			src.c.listBounds = c.bounds
 			done := make(chan error, 1)
 			go func() { _, err := src.List(context.Background()); done <- err }()
