@@ -540,7 +540,8 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		// copy that reads the same proves the first is one message
 		// (found by review: a copy of No 7's head and No 8's tail was
 		// handed over).
-		again, err := p.readsAgainOtherwise(ctx, File{Name: name, Size: c.size, ModTime: c.mtime}, fetched, sum)
+		var again bool
+		sum, again, err = p.readsAgainOtherwise(ctx, File{Name: name, Size: c.size, ModTime: c.mtime}, fetched, sum)
 		if err != nil {
 			p.cannotRead(ctx, log, c, name, "cannot read the file again", err)
 			return
@@ -592,23 +593,24 @@ func (p *Pickup) settleAgain(log *slog.Logger, c *candidate, read int64) {
 }
 
 // readsAgainOtherwise copies file once more and reports whether that copy
-// differs from f, the first one, whose sha256 is sum ("": not known yet).
-func (p *Pickup) readsAgainOtherwise(ctx context.Context, file File, f Fetched, sum string) (bool, error) {
+// differs from f, the first one, whose sha256 is sum ("": not known yet,
+// then computed here and returned for the commit to compare with).
+func (p *Pickup) readsAgainOtherwise(ctx context.Context, file File, f Fetched, sum string) (string, bool, error) {
 	again, err := p.src.Fetch(ctx, file)
 	if err != nil {
-		return false, err
+		return sum, false, err
 	}
 	defer again.Release()
 	if again.Size != f.Size {
-		return true, nil
+		return sum, true, nil
 	}
 	if sum == "" {
 		if sum, err = p.contentSHA256(ctx, file.Name, f); err != nil {
-			return false, err
+			return "", false, err
 		}
 	}
 	second, err := p.contentSHA256(ctx, file.Name, again)
-	return sum != second, err
+	return sum, sum != second, err
 }
 
 // contentSHA256 is the hex sha256 of the fetched content of name, streamed.
