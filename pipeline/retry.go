@@ -103,7 +103,7 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 		// Its ReceivedNo acknowledges the reverse channel, as at ingest:
 		// a message that died at pickup was never read that far (one that
 		// died later was, and changes nothing now).
-		(&lane{b: p.b, states: p.states, log: p.log}).acknowledge(ctx, *h, p.states.now(), id, rec.Metadata.Get(exchange.MetaFileName))
+		p.laneOn(p.b, p.log).acknowledge(ctx, *h, p.states.now(), id, rec.Metadata.Get(exchange.MetaFileName))
 	}
 	if err := p.b.Dead.DeleteMsg(ctx, seq); err != nil {
 		return id, fmt.Errorf("dead letter %d: queued as %s but not removed: %w", seq, id, err)
