@@ -51,21 +51,29 @@ type Publisher struct {
 	sent map[string]*sentParts
 }
 
-// sentParts are the parts of one transfer a server accepted, and when the
-// first of them was.
+// sentParts are the parts of one transfer a server accepted, and when
+// the latest copy of part 1 was sent.
 type sentParts struct {
 	parts map[int]bool
-	first time.Time
+	part1 time.Time
 }
 
-// resendAfter is how long after the try that began a set (sending part 1)
-// a retry still sends only the missing parts; later it begins the set again
-// and sends them all. The receiver waits part_timeout (24 h by default)
-// from the latest copy of part 1 it got, then gives the set up as a dead
-// letter: parts sent after that would make a set that never completes, and
-// the message would be lost while this side counted it delivered. A part
-// that arrives twice is joined once.
+// resendAfter is how long after the latest copy of part 1 went out a retry
+// still sends only the missing parts; later it begins the set again and
+// sends them all. The receiver waits part_timeout (24 h by default, to be
+// kept well above this hour) from the latest copy of part 1 it got, then
+// gives the set up as a dead letter: parts sent after that would make a
+// set that never completes, and the message would be lost while this side
+// counted it delivered. A part that arrives twice is joined once.
 const resendAfter = time.Hour
+
+// refreshAfter is how long after the latest copy of part 1 a retry sends
+// part 1 once more before the missing parts: that copy restarts the
+// receiver's part_timeout, so a set that keeps getting parts through (a
+// server taking a few mails at a time) slides its hour along and completes
+// however long it needs, instead of beginning again from part 1 every hour
+// and never completing (found by review: 1 mail a minute, 100 parts).
+const refreshAfter = resendAfter / 2
 
 var _ message.Publisher = (*Publisher)(nil)
 
@@ -176,14 +184,17 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 	tid := transferID(out.h, out.sha, n, per)
 	p.mu.Lock()
 	sp := p.sent[tid]
-	if sp == nil || p.now().Sub(sp.first) > resendAfter {
+	if sp == nil || p.now().Sub(sp.part1) > resendAfter {
 		if sp == nil && len(p.sent) >= maxTransfersRemembered {
 			clear(p.sent) // transfers given up long ago; at worst parts are sent again
 		}
-		sp = &sentParts{parts: map[int]bool{}, first: p.now()}
+		sp = &sentParts{parts: map[int]bool{}}
 		p.sent[tid] = sp
 	}
 	done := sp.parts
+	if done[1] && p.now().Sub(sp.part1) > refreshAfter {
+		delete(done, 1) // its copy goes out first again: see refreshAfter
+	}
 	p.mu.Unlock()
 	accepted := 0 // parts this try got through
 	for i := 1; i <= n; i++ {
@@ -199,6 +210,9 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 		p.mu.Lock()
 		skip := done[i]
 		p.mu.Unlock()
+		// Counted from before the send: the receiver's part_timeout runs
+		// from the copy's arrival, which is no earlier.
+		sentAt := p.now()
 		if skip {
 			if _, err := io.Copy(io.Discard, chunk); err != nil {
 				return fmt.Errorf("smtp %s: %s: read body: %w", p.node, out.name, err)
@@ -218,6 +232,9 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 		}
 		p.mu.Lock()
 		done[i] = true
+		if i == 1 && !skip {
+			sp.part1 = sentAt
+		}
 		p.mu.Unlock()
 		if !skip {
 			accepted++

@@ -893,9 +893,11 @@ func failThird(attempt int, _ []byte) error {
 }
 
 // TestSMTPPartRetry: part 3 of 5 fails with 451; a retry soon after sends
-// only parts 3..5, under the same transfer id. A retry more than
-// resendAfter after the first part sends them all: the receiver may have
-// given up the set by then, and parts 3..5 alone would never complete.
+// only parts 3..5, under the same transfer id. One more than refreshAfter
+// after part 1 sends a copy of part 1 first (restarting the receiver's
+// part_timeout), then 3..5. One more than resendAfter after part 1 sends
+// them all: the receiver may have given up the set by then, and parts 3..5
+// alone would never complete.
 func TestSMTPPartRetry(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -903,6 +905,7 @@ func TestSMTPPartRetry(t *testing.T) {
 		tried string
 	}{
 		{"soon", time.Minute, "1/5 2/5 3/5 3/5 4/5 5/5"},
+		{"refresh", refreshAfter + time.Minute, "1/5 2/5 3/5 1/5 3/5 4/5 5/5"},
 		{"late", resendAfter + time.Minute, "1/5 2/5 3/5 1/5 2/5 3/5 4/5 5/5"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -942,10 +945,75 @@ func TestSMTPPartRetry(t *testing.T) {
 			if got := strings.Join(tried, " "); got != tc.tried {
 				t.Errorf("server saw parts %s, want %s", got, tc.tried)
 			}
-			accepted := srv.accepted()
-			checkParts(t, accepted[len(accepted)-5:], body, "Message_ЦО_ОП.xml", limit)
+			checkParts(t, latestCopies(t, srv.accepted()), body, "Message_ЦО_ОП.xml", limit)
 		})
 	}
+}
+
+// TestSMTPPartRetryRateLimited: a server that takes two mails and then
+// refuses one (a submission rate limit), tries 40 minutes apart: every try after the
+// first sends a fresh copy of part 1, which restarts the receiver's
+// part_timeout, and one new part. The set of 8 completes after 4 hours
+// without ever beginning again; counted from the set's first part 1, every
+// try after the second came more than resendAfter later (found by review:
+// the set began again from part 1 every hour and never completed).
+func TestSMTPPartRetryRateLimited(t *testing.T) {
+	const limit = 64 << 10
+	per := rawPerMail(limit)
+	srv := startSMTP(t, startTLSSMTP, 0)
+	srv.data = func(attempt int, _ []byte) error {
+		if attempt%3 == 0 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Rate limit exceeded, try again later"}
+		}
+		return nil
+	}
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
+	clock := time.Now()
+	p.now = func() time.Time { return clock }
+	body := bigXML(t, 32, 7*per+per/2)
+	m := outMsg(t, nil, body)
+	var err error
+	tries := 0
+	for ; tries < 20; tries++ {
+		if err = publish(p, m); err == nil {
+			break
+		}
+		if !exchange.HasProgressed(err) {
+			t.Fatalf("try %d: %v: not marked Progressed although a part went through", tries+1, err)
+		}
+		clock = clock.Add(40 * time.Minute)
+	}
+	if err != nil {
+		t.Fatalf("not delivered after %d tries: %v", tries, err)
+	}
+	var tried []string
+	for _, a := range srv.accepted() {
+		tried = append(tried, parseMail(t, a.raw).text1(t, HeaderPart))
+	}
+	if got, want := strings.Join(tried, " "), "1/8 2/8 1/8 3/8 1/8 4/8 1/8 5/8 1/8 6/8 1/8 7/8 1/8 8/8"; got != want {
+		t.Errorf("server took parts %s, want %s", got, want)
+	}
+	checkParts(t, latestCopies(t, srv.accepted()), body, "Message_ЦО_ОП.xml", limit)
+}
+
+// latestCopies is the latest copy of each part among mails, in part order:
+// the set as the receiver joins it.
+func latestCopies(t *testing.T, mails []gotMail) []gotMail {
+	t.Helper()
+	byPart := map[int]gotMail{}
+	for _, m := range mails {
+		v := parseMail(t, m.raw).text1(t, HeaderPart)
+		pt, ok := parsePart(v)
+		if !ok {
+			t.Fatalf("mail with %s %q", HeaderPart, v)
+		}
+		byPart[pt.i] = m
+	}
+	var set []gotMail
+	for i := 1; i <= len(byPart); i++ {
+		set = append(set, byPart[i])
+	}
+	return set
 }
 
 // TestSMTPCompressZip: compress: zip sends an .xml as Message_A_B.zip with
