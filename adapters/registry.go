@@ -65,7 +65,7 @@ var kinds = map[string]kind{
 				return nil, err
 			}
 			c.Path = r.cfg.Resolve(c.Path)
-			return dir.NewPublisher(node, c, log)
+			return dir.NewPublisher(node, c, r.cfg.ZipPasswords, log)
 		},
 		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
 			var path string

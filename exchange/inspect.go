@@ -581,6 +581,26 @@ func findEOCD(b []byte) int {
 	return -1
 }
 
+// ReadFileHeaderWith is ReadFileHeader trying, on a password-protected
+// zip, no password and then passwords in turn (as InspectWith does) until
+// one reads it; when none does, the error is the first password's.
+func ReadFileHeaderWith(r io.ReaderAt, size int64, lim Limits, passwords []string) (Header, error) {
+	h, err := ReadFileHeader(r, size, lim, "")
+	if !errors.Is(err, ErrEncrypted) || len(passwords) == 0 {
+		return h, err
+	}
+	var firstErr error
+	for i, pw := range passwordVariants(passwords) {
+		if h, err = ReadFileHeader(r, size, lim, pw); err == nil {
+			return h, nil
+		}
+		if i == 0 {
+			firstErr = err
+		}
+	}
+	return Header{}, firstErr
+}
+
 // ReadFileHeader reads only the header of a message file, XML or zip,
 // without proving the file complete: cheap enough for a delivery to look at
 // what the destination already holds before replacing it. password decrypts

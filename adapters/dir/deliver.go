@@ -35,6 +35,9 @@ type Publisher struct {
 	cfg  DeliverConfig
 	log  *slog.Logger
 	lim  exchange.Limits
+	// pw reads a password-protected zip already at the destination, to
+	// compare its number (nil: no passwords).
+	pw folder.Passwords
 
 	// wrote remembers, per final path, the file this publisher renamed
 	// there last and its header, so the next delivery on the channel
@@ -61,15 +64,17 @@ const maxWritten = 4096
 var _ message.Publisher = (*Publisher)(nil)
 
 // NewPublisher makes the delivery of node into cfg.Path, creating the folder
-// and removing partial files an earlier crash left behind.
-func NewPublisher(node string, cfg DeliverConfig, log *slog.Logger) (*Publisher, error) {
+// and removing partial files an earlier crash left behind. pw gives the
+// archive passwords that read a password-protected zip found at the
+// destination (config.ZipPasswords; nil: none).
+func NewPublisher(node string, cfg DeliverConfig, pw folder.Passwords, log *slog.Logger) (*Publisher, error) {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return nil, fmt.Errorf("dir %s: %w", node, errors.Join(errs...))
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Publisher{node: node, cfg: cfg, log: log.With("node", node, "adapter", "dir", "path", cfg.Path), lim: exchange.DefaultLimits(), open: openRegular}
+	p := &Publisher{node: node, cfg: cfg, log: log.With("node", node, "adapter", "dir", "path", cfg.Path), lim: exchange.DefaultLimits(), pw: pw, open: openRegular}
 	if err := os.MkdirAll(cfg.Path, 0o750); err != nil {
 		return nil, fmt.Errorf("dir %s: create %s: %w", node, cfg.Path, err)
 	}
@@ -115,6 +120,13 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	name, h, want, body := d.Name, d.Header, d.Size, d.Body
 	dst := filepath.Join(p.cfg.Path, name)
 	tmp, err := createPart(p.cfg.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The folder went away while relay ran (an operator cleared it
+		// out): made again, as at start (found by review).
+		if err = os.MkdirAll(p.cfg.Path, 0o750); err == nil {
+			tmp, err = createPart(p.cfg.Path)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("dir %s: create temp for %s: %w", p.node, name, err)
 	}
@@ -202,9 +214,15 @@ func (p *Publisher) checkNotNewer(ctx context.Context, dst string, h exchange.He
 			return fail(err)
 		}
 		defer f.Close()
-		if have, err = exchange.ReadFileHeader(f, fi.Size(), p.lim, ""); err != nil {
+		var passwords []string
+		if p.pw != nil {
+			passwords = p.pw(h.From, h.To)
+		}
+		if have, err = exchange.ReadFileHeaderWith(f, fi.Size(), p.lim, passwords); err != nil {
 			if exchange.IsVerdict(err) {
-				return nil // not a message, or a partial one: ours replaces it
+				// Not a message, a partial one, or a password-protected
+				// zip no configured password reads: ours replaces it.
+				return nil
 			}
 			return fail(err)
 		}

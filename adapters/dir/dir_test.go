@@ -218,7 +218,7 @@ func deliverMsg(t *testing.T, src string, h exchange.Header) *message.Message {
 func publisherWith5(t *testing.T) (p *Publisher, dst, f5 string) {
 	t.Helper()
 	dst = t.TempDir()
-	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func TestDeliverFindsItInPlace(t *testing.T) {
 	if err := os.Chtimes(final, past, past); err != nil {
 		t.Fatal(err)
 	}
-	restarted, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+	restarted, err := NewPublisher("B", DeliverConfig{Path: dst}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +351,7 @@ func TestDeliverSeesReplacedFile(t *testing.T) {
 // over the newer one.
 func TestDeliverUnreadableDestinationNotReplaced(t *testing.T) {
 	dst := t.TempDir()
-	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,7 +509,7 @@ func TestMoveToAnotherFileSystem(t *testing.T) {
 // left in the destination.
 func TestDeliverDamagedIsPermanent(t *testing.T) {
 	dst := t.TempDir()
-	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,5 +602,69 @@ func TestPickupReadsSealedZipByTheNodes(t *testing.T) {
 	}
 	if got := <-asked; got != "SHOP → 1_SHOP" {
 		t.Fatalf("passwords asked for channel %s, want SHOP → 1_SHOP", got)
+	}
+}
+// TestDeliverRecreatesMissingFolder: a delivery folder that disappears
+// while relay runs (an operator clears out exchange/<node>/in) is made
+// again and the file delivered (found by review: every delivery to the
+// node failed with "no such file or directory" until a restart).
+func TestDeliverRecreatesMissingFolder(t *testing.T) {
+	dst := filepath.Join(t.TempDir(), "in")
+	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dst); err != nil {
+		t.Fatal(err)
+	}
+	f5, _ := exchangetest.WriteFile(t.TempDir(), hdr(5), 3000, exchange.FormatXML)
+	if err := p.Publish("", deliverMsg(t, f5, hdr(5))); err != nil {
+		t.Fatalf("delivery into a folder removed after start: %v; want the folder made again and the file delivered", err)
+	}
+	if !exists(filepath.Join(dst, "Message_A_B.xml")) {
+		t.Fatal("file not delivered")
+	}
+}
+
+// TestDeliverEncryptedZipNeverBackwards: the destination holds
+// Message_ЦО_ОП.zip, a password-protected zip carrying No 20 of channel
+// Магазины ЦО → ОП. A delivery of No 19 of the same channel (its header
+// read with the password at pickup) is dropped as stale (DESIGN §6.3): the
+// file there is read with the channel's passwords, a wrong one first
+// (found by review: it was read without a password, taken for no message
+// and replaced by the older No 19).
+func TestDeliverEncryptedZipNeverBackwards(t *testing.T) {
+	zipped, err := os.ReadFile(filepath.Join("..", "..", "exchange", "testdata", "zipcrypt", "zipcrypto-infozip-deflate.zip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fixture's password (exchange/testdata/zipcrypt/make.sh) reads
+	// its header: No 20 of Магазины ЦО → ОП.
+	if have, err := exchange.ReadFileHeader(strings.NewReader(string(zipped)), int64(len(zipped)), exchange.DefaultLimits(), "relay-1C-test"); err != nil || have.MessageNo != 20 || have.From != "ЦО" || have.To != "ОП" || have.ExchangePlan != "Магазины" {
+		t.Fatalf("fixture header %+v, %v", have, err)
+	}
+	dst := t.TempDir()
+	final := filepath.Join(dst, "Message_ЦО_ОП.zip")
+	if err := os.WriteFile(final, zipped, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPublisher("ОП", DeliverConfig{Path: dst}, func(from, to string) []string { return []string{"wrong", "relay-1C-test"} }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 19, ReceivedNo: 15}
+	body := "PK-stand-in for an encrypted zip of No 19"
+	m := message.NewMessage(watermill.NewUUID(), nil)
+	exchange.SetHeader(m, h)
+	m.Metadata.Set(exchange.MetaFileName, "Message_ЦО_ОП.zip")
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(body)), nil })
+	err = p.Publish("", m)
+	got, _ := os.ReadFile(final)
+	if string(got) != string(zipped) {
+		t.Fatalf("No 19 replaced the newer No 20 (password-protected zip) at the destination (Publish: %v)", err)
+	}
+	if !errors.Is(err, exchange.ErrStale) {
+		t.Fatalf("Publish: %v, want ErrStale", err)
 	}
 }

@@ -95,7 +95,7 @@ func TestFetchTakesRegularFilesOnly(t *testing.T) {
 // delivery fails saying what is in the way, and leaves it there.
 func TestDeliverRefusesWhatIsNotAFile(t *testing.T) {
 	dst := t.TempDir()
-	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil)
+	p, err := NewPublisher("B", DeliverConfig{Path: dst}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

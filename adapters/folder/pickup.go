@@ -461,8 +461,10 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	if keep {
 		fp, err := p.o.Memory.Recall(ctx, where)
 		if err != nil {
-			log.Warn("cannot read pickup memory; will retry", "err", err)
-			p.later(c)
+			// Shown as the node's trouble: no file is taken meanwhile
+			// (found by review: relay status showed nothing).
+			p.cannotRead(ctx, log, c, name, "cannot read pickup memory",
+				fmt.Errorf("%s %s: read pickup memory for %s: %w", p.o.Adapter, p.o.Node, name, err))
 			return
 		}
 		if k, ok := parseFingerprint(fp); ok && k.is(c) {

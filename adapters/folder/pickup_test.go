@@ -649,3 +649,40 @@ func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
+
+// recallFails is a keep memory that cannot be read (the EXCHANGE_TAKEN
+// bucket gone, or a NATS user whose permissions do not cover $KV.>).
+type recallFails struct{ *foldertest.Memory }
+
+func (*recallFails) Recall(context.Context, string) (string, error) {
+	return "", errors.New("pickup memory: nats: permissions violation")
+}
+
+// TestKeepRecallFailureIsShown: with after: keep, take reads the pickup
+// memory before anything else. When that read fails no file is taken, and
+// the failure is the pickup's error naming the file, as a read failure is
+// (found by review: only a warning was logged, and relay status showed
+// the node's pickup healthy while nothing of its outbox was taken).
+func TestKeepRecallFailureIsShown(t *testing.T) {
+	m := newMem(t, 1)
+	o := fastOptions()
+	o.After = config.After{Action: config.AfterKeep}
+	o.Memory = &recallFails{foldertest.NewMemory(nil)}
+	p, ch := started(t, m, o)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case msg := <-ch:
+			msg.Ack()
+			t.Fatal("a file was taken although the memory cannot be read")
+		case <-time.After(50 * time.Millisecond):
+		}
+		if msg, _ := p.LastError(); msg != "" {
+			if !strings.Contains(msg, "Message_A_B.xml") {
+				t.Fatalf("LastError %q does not name the file", msg)
+			}
+			return
+		}
+	}
+	t.Fatal("the keep memory cannot be read, no file is taken, and LastError is empty: relay status shows nothing wrong")
+}
