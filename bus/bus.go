@@ -167,6 +167,9 @@ type Settings struct {
 	ID string
 	// LeaseTTL is how long an unrenewed lease lasts (EXCHANGE_LEASES' TTL).
 	LeaseTTL time.Duration
+	// ConnectWait bounds the wait for the first connection to an external
+	// NATS (0: 30 s).
+	ConnectWait time.Duration
 }
 
 // Open starts the embedded server (NATS.URL empty) or connects to NATS.URL,
@@ -179,13 +182,13 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 	}
 	var err error
 	if cfg.URL == "" {
-		b.server, err = startEmbedded(cfg, set.DataDir, id)
+		b.server, err = startEmbedded(ctx, cfg, set.DataDir, id, log)
 		if err != nil {
 			return nil, err
 		}
 		b.Conn, err = nats.Connect("", nats.InProcessServer(b.server), nats.Name("relay-"+id), nats.MaxReconnects(-1))
 	} else {
-		b.Conn, err = connectExternal(ctx, cfg, id, log, nats.ClosedHandler(b.closed))
+		b.Conn, err = connectExternal(ctx, cfg, id, cmp.Or(set.ConnectWait, connectWait), log, nats.ClosedHandler(b.closed))
 	}
 	if err != nil {
 		b.Close()
@@ -295,7 +298,7 @@ func unanswered(ctx context.Context, err error) bool {
 	return ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout))
 }
 
-func startEmbedded(cfg config.NATS, dataDir, id string) (*server.Server, error) {
+func startEmbedded(ctx context.Context, cfg config.NATS, dataDir, id string, log *slog.Logger) (*server.Server, error) {
 	store := filepath.Join(dataDir, "jetstream")
 	if err := os.MkdirAll(store, 0o750); err != nil {
 		return nil, fmt.Errorf("nats: data dir: %w", err)
@@ -331,13 +334,33 @@ func startEmbedded(cfg config.NATS, dataDir, id string) (*server.Server, error) 
 	if err != nil {
 		return nil, fmt.Errorf("nats: embedded server: %w", err)
 	}
+	srvLog := newServerLog(log)
+	ns.SetLoggerV2(srvLog, false, false, false)
 	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		ns.Shutdown()
-		return nil, errors.New("nats: embedded server did not start within 30s (is another relay using " + store + "?)")
+	deadline := time.Now().Add(embeddedStartWait)
+	for !ns.ReadyForConnections(100 * time.Millisecond) {
+		fail := func(err error) (*server.Server, error) {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			return nil, err
+		}
+		select {
+		case msg := <-srvLog.fatal:
+			return fail(fmt.Errorf("nats: embedded server: %s (store %s)", msg, store))
+		case <-ctx.Done():
+			return fail(fmt.Errorf("nats: embedded server not started before stopping: %w", context.Cause(ctx)))
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fail(fmt.Errorf("nats: embedded server on %s did not start within %s", store, embeddedStartWait))
+		}
 	}
 	return ns, nil
 }
+
+// embeddedStartWait bounds the embedded server's start (recovering a big
+// store takes a while); what stops it for good ends the wait at once.
+const embeddedStartWait = 30 * time.Second
 
 // LeafDeny are the subjects that never cross the leaf connection, either
 // way. The remote cluster has streams and buckets of the same names and
@@ -377,8 +400,8 @@ func leafOptions(opts *server.Options, l *config.Leaf, id string) error {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
 		if l.TLS != nil {
 			var err error
-			if tc, err = clientTLS(l.TLS); err != nil {
-				return fmt.Errorf("nats.leaf: %w", err)
+			if tc, err = clientTLS("nats.leaf.tls", l.TLS); err != nil {
+				return err
 			}
 		}
 		remote.TLS, remote.TLSConfig = true, tc
@@ -420,8 +443,16 @@ func checkCreds(path string) error {
 	return nil
 }
 
-func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.Logger, more ...nats.Option) (*nats.Conn, error) {
+func connectExternal(ctx context.Context, cfg config.NATS, id string, wait time.Duration, log *slog.Logger, more ...nats.Option) (*nats.Conn, error) {
+	// Why the latest try to connect failed: a dial's error reaches only
+	// this handler, a TLS handshake's only LastError.
+	var tryErr atomic.Pointer[error]
 	opts := []nats.Option{
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				tryErr.Store(&err)
+			}
+		}),
 		nats.Name("relay-" + id),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
@@ -460,7 +491,7 @@ func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.
 		opts = append(opts, nats.Token(tok))
 	}
 	if cfg.TLS != nil {
-		tc, err := clientTLS(cfg.TLS)
+		tc, err := clientTLS("nats.tls", cfg.TLS)
 		if err != nil {
 			return nil, err
 		}
@@ -473,7 +504,7 @@ func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.
 	// RetryOnFailedConnect returns at once; wait a bounded time for the
 	// first connection, and no longer than ctx (a SIGTERM while the
 	// server is unreachable stops the relay at once).
-	deadline := time.NewTimer(connectWait)
+	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -483,8 +514,17 @@ func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.
 			nc.Close()
 			return nil, fmt.Errorf("no server reached at %s before stopping: %w", cfg.URL, context.Cause(ctx))
 		case <-deadline.C:
+			why := nc.LastError()
+			if p := tryErr.Load(); why == nil && p != nil {
+				why = *p
+			}
 			nc.Close()
-			return nil, fmt.Errorf("no server reachable at %s within %s", cfg.URL, connectWait)
+			if why != nil {
+				// A server that answers but fails the TLS handshake is
+				// not a firewall problem (found by review).
+				return nil, fmt.Errorf("no server reached at %s within %s: %w", cfg.URL, wait, why)
+			}
+			return nil, fmt.Errorf("no server reachable at %s within %s", cfg.URL, wait)
 		case <-tick.C:
 			if nc.IsClosed() {
 				// The client gave up (the same authorization error
@@ -500,23 +540,25 @@ func connectExternal(ctx context.Context, cfg config.NATS, id string, log *slog.
 // server: long enough for a cluster that starts beside the relay.
 const connectWait = 30 * time.Second
 
-func clientTLS(t *config.TLS) (*tls.Config, error) {
+// clientTLS is the TLS config t of routing.yaml's section at path
+// (nats.tls, nats.leaf.tls), which its errors name.
+func clientTLS(path string, t *config.TLS) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("nats.tls.ca_file: %w", err)
+			return nil, fmt.Errorf("%s.ca_file: %w", path, err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("nats.tls.ca_file %s: no certificates", t.CAFile)
+			return nil, fmt.Errorf("%s.ca_file %s: no certificates", path, t.CAFile)
 		}
 		tc.RootCAs = pool
 	}
 	if t.CertFile != "" || t.KeyFile != "" {
 		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("nats.tls cert/key: %w", err)
+			return nil, fmt.Errorf("%s cert_file/key_file: %w", path, err)
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}

@@ -291,3 +291,18 @@ func TestExternalConnectStopsWithCtx(t *testing.T) {
 		t.Fatal("Open still waiting for a server 10 s after its ctx ended")
 	}
 }
+
+// TestLeafTLSErrorNamesLeafKey: a missing nats.leaf.tls.ca_file is named
+// as such (found by review: the error named nats.tls.ca_file, a section
+// an office relay does not have).
+func TestLeafTLSErrorNamesLeafKey(t *testing.T) {
+	opts := &server.Options{}
+	missing := filepath.Join(t.TempDir(), "ca.pem")
+	err := leafOptions(opts, &config.Leaf{URL: "tls://hub.example:7422", TLS: &config.TLS{CAFile: missing}}, "office1")
+	if err == nil {
+		t.Fatal("leafOptions accepted a missing ca_file")
+	}
+	if !strings.Contains(err.Error(), "nats.leaf.tls.ca_file") {
+		t.Errorf("error %q does not name nats.leaf.tls.ca_file", err)
+	}
+}

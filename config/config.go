@@ -534,7 +534,20 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 			add("nats.listen", "%q is not host:port", c.NATS.Listen)
 		} else if p, err := strconv.Atoi(port); err != nil || p < -1 || p > 65535 {
 			add("nats.listen", "%q is not host:port (port %q)", c.NATS.Listen, port)
+		} else if p == 0 {
+			// nats-server reads 0 as its default port, 4222, not as one
+			// the kernel picks (found by review).
+			add("nats.listen", "%q: port 0 would be nats-server's default 4222; give a port, or -1 for any free one", c.NATS.Listen)
 		}
+	}
+	tlsPair := func(path string, t *TLS) {
+		if t != nil && (t.CertFile == "") != (t.KeyFile == "") {
+			add(path, "cert_file and key_file go together")
+		}
+	}
+	tlsPair("nats.tls", c.NATS.TLS)
+	if c.NATS.Leaf != nil {
+		tlsPair("nats.leaf.tls", c.NATS.Leaf.TLS)
 	}
 	for _, one := range splitURLs(c.NATS.URL) {
 		if p := natsURLProblem(one, false); p != "" {

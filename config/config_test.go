@@ -53,6 +53,12 @@ func TestProblems(t *testing.T) {
 		// Found by review: the commands could not find a port the kernel picked.
 		{"listen port 0", "relay: { listen: '127.0.0.1:0' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "127.0.0.1:0" is not host:port (port "0": a number from 1 to 65535)`}},
 		{"nats listen port not a number", "nats: { listen: '127.0.0.1:nats' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.listen: "127.0.0.1:nats" is not host:port`}},
+		// Found by review: nats-server listened on 4222.
+		{"nats listen port 0", "nats: { listen: '127.0.0.1:0' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.listen: "127.0.0.1:0": port 0 would be nats-server's default 4222`}},
+		{"nats listen any port", "nats: { listen: '127.0.0.1:-1' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
+		// Found by review: relay run failed on "open : no such file".
+		{"tls cert without key", "nats: { url: 'tls://n.example:4222', tls: { ca_file: ca.pem, cert_file: relay.pem } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.tls: cert_file and key_file go together"}},
+		{"leaf tls key without cert", "relay: { id: office1 }\nnats: { leaf: { url: 'tls://hq.example:7422', tls: { key_file: relay.key } } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.leaf.tls: cert_file and key_file go together"}},
 		{"bad zip password env", "nodes:\n  A:\n    zip_password_env: 'A PW'\n    deliver: { dir: ./a }\n", []string{`nodes.A.zip_password_env: is not an environment variable name (value not shown`}},
 		{"node token shared", "nodes:\n  A:\n    api_token_env: T\n  B:\n    api_token_env: T\n", []string{`nodes.B.api_token_env: "T" is also the token of nodes.A`}},
 		{"node token is the operator's", "relay: { api_token_env: T }\nnodes:\n  A:\n    api_token_env: T\n", []string{`nodes.A.api_token_env: "T" is also the token of relay.api_token_env`}},

@@ -1,0 +1,71 @@
+package bus
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// serverLog is the embedded server's logger. nats-server reports what
+// stops its start (JetStream cannot use the store, nats.listen's port is
+// taken) only by logging it and giving up, so the first fatal line ends
+// startEmbedded's wait at once with the server's own words (found by
+// review: 30 s, then a guess about another relay). Errors and warnings —
+// a leaf link refused, say — reach relay's log, each kind at most once a
+// minute: a link that is down is tried every 2 s.
+type serverLog struct {
+	log   *slog.Logger
+	fatal chan string // the first fatal line; buffered
+
+	mu   sync.Mutex
+	last map[string]time.Time // format → when last logged
+}
+
+func newServerLog(log *slog.Logger) *serverLog {
+	return &serverLog{log: log, fatal: make(chan string, 1), last: map[string]time.Time{}}
+}
+
+// serverLogEvery is how often one kind of server warning or error is logged.
+const serverLogEvery = time.Minute
+
+func (l *serverLog) Noticef(format string, v ...any) {
+	l.log.Debug("nats-server: " + fmt.Sprintf(format, v...))
+}
+
+func (l *serverLog) Warnf(format string, v ...any) {
+	if l.due(format) {
+		l.log.Warn("nats-server: " + fmt.Sprintf(format, v...))
+	}
+}
+
+func (l *serverLog) Errorf(format string, v ...any) {
+	if l.due(format) {
+		l.log.Error("nats-server: " + fmt.Sprintf(format, v...))
+	}
+}
+
+func (l *serverLog) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	l.log.Error("nats-server: " + msg)
+	select {
+	case l.fatal <- msg:
+	default:
+	}
+}
+
+func (l *serverLog) Debugf(string, ...any) {}
+
+func (l *serverLog) Tracef(string, ...any) {}
+
+// due says whether a line of this format may be logged now.
+func (l *serverLog) due(format string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if t, ok := l.last[format]; ok && now.Sub(t) < serverLogEvery {
+		return false
+	}
+	l.last[format] = now
+	return true
+}
