@@ -78,12 +78,18 @@ func NewPublisher(node string, cfg DeliverConfig, pw folder.Passwords, log *slog
 	if err := os.MkdirAll(cfg.Path, 0o750); err != nil {
 		return nil, fmt.Errorf("dir %s: create %s: %w", node, cfg.Path, err)
 	}
-	p.removeStaleParts(10 * time.Minute)
+	sweepParts(cfg.Path, p.log)
 	return p, nil
 }
 
-func (p *Publisher) removeStaleParts(olderThan time.Duration) {
-	entries, err := os.ReadDir(p.cfg.Path)
+// staleParts is how old a .relay-*.part file must be for sweepParts to
+// take it for one a killed relay left, not one being written.
+const staleParts = 10 * time.Minute
+
+// sweepParts removes the .relay-*.part files in dir older than staleParts:
+// what a relay killed while it wrote one there left behind.
+func sweepParts(dir string, log *slog.Logger) {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
@@ -91,9 +97,9 @@ func (p *Publisher) removeStaleParts(olderThan time.Duration) {
 		if !strings.HasPrefix(e.Name(), tempPrefix) || !strings.HasSuffix(e.Name(), ".part") {
 			continue
 		}
-		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > olderThan {
-			if os.Remove(filepath.Join(p.cfg.Path, e.Name())) == nil {
-				p.log.Info("removed partial file of an interrupted delivery", "file", e.Name())
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleParts {
+			if os.Remove(filepath.Join(dir, e.Name())) == nil {
+				log.Info("removed partial file of an interrupted write", "folder", dir, "file", e.Name())
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,6 +46,11 @@ type source struct {
 	node string
 	path string
 	log  *slog.Logger
+
+	// swept are the folders on other file systems moved into since the
+	// start, whose partial copies a killed relay left were removed.
+	sweptMu sync.Mutex
+	swept   map[string]bool
 }
 
 var _ folder.Notifier = (*source)(nil)
@@ -120,9 +126,26 @@ func (s *source) move(ctx context.Context, name, to string) error {
 	src := filepath.Join(s.path, name)
 	err := os.Rename(src, dst)
 	if errors.Is(err, syscall.EXDEV) {
+		s.sweepOnce(to)
 		return moveAcross(ctx, src, dst)
 	}
 	return err
+}
+
+// sweepOnce removes, at the first move into folder to since the start, the
+// partial copies a relay killed while it moved a file there left (found
+// by review: nothing removed them).
+func (s *source) sweepOnce(to string) {
+	s.sweptMu.Lock()
+	defer s.sweptMu.Unlock()
+	if s.swept[to] {
+		return
+	}
+	if s.swept == nil {
+		s.swept = map[string]bool{}
+	}
+	s.swept[to] = true
+	sweepParts(to, s.log)
 }
 
 // moveAcross moves src to dst on another file system, where rename cannot:

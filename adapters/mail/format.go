@@ -58,9 +58,12 @@ var (
 // subjectFile returns the exchange file a subject names, or "" when the
 // subject is not one of the accepted forms. The name may lack its
 // extension (older 1C releases); the attachment supplies it then. custom,
-// when set, is tried first: its group "file" (or its first group) is the name.
+// when set, is tried first: its group "file" (or its first group) is the
+// name. A part mail's " (part i/n)" is no part of the name, whichever form
+// found it, and a name custom finds that is no exchange file name leaves
+// the built-in forms to try (found by review: with `(?P<file>.+)` every
+// part mail, the relay's own standard ones too, went unseen).
 func subjectFile(subject string, custom *regexp.Regexp) string {
-	var name string
 	if custom != nil {
 		if m := custom.FindStringSubmatch(subject); m != nil {
 			i := custom.SubexpIndex("file")
@@ -68,17 +71,23 @@ func subjectFile(subject string, custom *regexp.Regexp) string {
 				i = 1
 			}
 			if i > 0 {
-				name = m[i]
+				if name := fileName(partTail.ReplaceAllString(m[i], "")); name != "" {
+					return name
+				}
 			}
 		}
 	}
-	if name == "" {
-		if m := prefixRE.FindStringSubmatch(subject); m != nil {
-			name = partTail.ReplaceAllString(m[1], "")
-		} else if m := oneCRE.FindStringSubmatch(subject); m != nil {
-			name = m[1]
-		}
+	if m := prefixRE.FindStringSubmatch(subject); m != nil {
+		return fileName(partTail.ReplaceAllString(m[1], ""))
 	}
+	if m := oneCRE.FindStringSubmatch(subject); m != nil {
+		return fileName(m[1])
+	}
+	return ""
+}
+
+// fileName is name trimmed if it can be an exchange file's name, else "".
+func fileName(name string) string {
 	name = strings.TrimSpace(name)
 	if !strings.HasPrefix(name, "Message_") || strings.ContainsAny(name, `/\`) {
 		return ""

@@ -100,11 +100,16 @@ func TestSubjectFile(t *testing.T) {
 		// the "file" group did not take part: the built-in forms apply
 		{"Batch: Message_A_B.xml", optional, "Message_A_B.xml"},
 		{"EXCHANGE_MESSAGE:Message_C_D.xml", optional, "Message_C_D.xml"},
-		// A custom pattern that matches and yields a non-name wins over the
-		// built-in forms: a greedy pattern hides them (documented behaviour
-		// of "tried first"; see the report).
-		{"EXCHANGE_MESSAGE:Message_A_B.xml", greedy, ""},
+		// A custom pattern that matches and yields no exchange file name
+		// leaves the built-in forms to try (found by review: a pattern
+		// also matching EXCHANGE_MESSAGE: hid the relay's own part mails).
+		{"EXCHANGE_MESSAGE:Message_A_B.xml", greedy, "Message_A_B.xml"},
+		{"EXCHANGE_MESSAGE:Message_A_B.xml (part 2/3)", greedy, "Message_A_B.xml"},
 		{"Message_A_B.xml", greedy, "Message_A_B.xml"},
+		// a part mail's tail is no part of the name a custom pattern finds
+		// (found by review: every part mail went unseen)
+		{"Обмен: Message_ЦО_ОП.xml (part 1/3)", regexp.MustCompile(`^Обмен: (?P<file>.+)$`), "Message_ЦО_ОП.xml"},
+		{"Message_A_B.xml (part 12/30)", greedy, "Message_A_B.xml"},
 	} {
 		name := c.subject
 		if c.custom != nil {

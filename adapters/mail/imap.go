@@ -65,7 +65,15 @@ type Pickup struct {
 	transfers map[string]*transfer
 	finished  map[string]finishedSet
 	skipped   map[imap.UID]*skippedMail
-	showing   bool // the trouble shown is about skipped mails
+	// cuts counts, per mail, the sessions in a row that broke off while
+	// it was fetched (see unreadable).
+	cuts map[imap.UID]int
+	showing   bool // the trouble shown is about skipped mails or the quarantine
+	// unquarantined is the server's refusal of the quarantine folder
+	// while a malformed mail it kept out sits in the mailbox: shown after
+	// every scan until a move there succeeds (found by review: the first
+	// scan of a session cleared it at once).
+	unquarantined error
 	wake      chan struct{}
 }
 
@@ -135,7 +143,8 @@ const maxFinished = 10000
 const finishedSlots = 1024
 
 // skippedMail is a mail the server refused to hand out (a tagged NO to the
-// FETCH of it, as dovecot answers for a damaged mail file): it is passed
+// FETCH of it, as dovecot answers for a damaged mail file), or whose
+// fetch broke the session off cutsToSkip times in a row: it is passed
 // over, tried again later, and after unreadableGiveUp of failures no more.
 // It is never deleted or moved: relay did not read it.
 type skippedMail struct {
@@ -148,7 +157,13 @@ type skippedMail struct {
 
 // Retries of an unreadable mail: after unreadableRetry, doubling up to
 // unreadableRetryMax, until unreadableGiveUp after the first failure.
+// cutsToSkip is how many sessions in a row must break off while one mail
+// is fetched before it is skipped like a refused one: dovecot, having
+// announced a damaged mail file's size, can only disconnect, and the
+// next session, oldest mail first, would fetch it first again for ever
+// while every mail behind it waited (found by review).
 const (
+	cutsToSkip         = 3
 	unreadableRetry    = time.Minute
 	unreadableRetryMax = 2 * time.Hour
 	unreadableGiveUp   = 24 * time.Hour
@@ -189,7 +204,7 @@ func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memor
 		log:   log.With("node", node, "adapter", "imap", "mailbox", t.display),
 		now:   time.Now,
 		known: map[imap.UID]verdict{}, transfers: map[string]*transfer{},
-		finished: map[string]finishedSet{}, skipped: map[imap.UID]*skippedMail{},
+		finished: map[string]finishedSet{}, skipped: map[imap.UID]*skippedMail{}, cuts: map[imap.UID]int{},
 		wake: make(chan struct{}, 1),
 	}, nil
 }
@@ -254,6 +269,7 @@ func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (work
 		clear(p.known)
 		clear(p.transfers)
 		clear(p.skipped)
+		clear(p.cuts)
 	}
 	for {
 		if err := p.scan(ctx, c, out); err != nil {
@@ -431,7 +447,7 @@ func (p *Pickup) classifyEach(ctx context.Context, c *imapclient.Client, uids []
 	singles, late, err = p.classify(ctx, c, uids)
 	var ie *imap.Error
 	if !errors.As(err, &ie) || len(uids) == 1 {
-		if len(uids) == 1 && p.unreadable(uids[0], "", err) {
+		if len(uids) == 1 && p.unreadable(ctx, uids[0], "", err) {
 			return nil, nil, nil
 		}
 		return singles, late, err
@@ -439,7 +455,7 @@ func (p *Pickup) classifyEach(ctx context.Context, c *imapclient.Client, uids []
 	singles, late = nil, nil
 	for _, u := range uids {
 		s, l, err := p.classify(ctx, c, []imap.UID{u})
-		if p.unreadable(u, "", err) {
+		if p.unreadable(ctx, u, "", err) {
 			continue
 		}
 		if err != nil {
@@ -727,12 +743,21 @@ func (p *Pickup) finish(ctx context.Context, t *transfer) {
 }
 
 // unreadable records a mail the server refused to hand out (err is an
-// *imap.Error) and reports whether it did: the mail is skipped until its
-// next try, or for good after unreadableGiveUp, and shown in the status.
-// what names the file it carries ("" when not known yet).
-func (p *Pickup) unreadable(uid imap.UID, what string, err error) bool {
+// *imap.Error), or whose fetch broke the session off (a *cutOff) for the
+// cutsToSkip-th time in a row, and reports whether it did: the mail is
+// skipped until its next try, or for good after unreadableGiveUp, and
+// shown in the status. what names the file it carries ("" when not known
+// yet).
+func (p *Pickup) unreadable(ctx context.Context, uid imap.UID, what string, err error) bool {
 	var ie *imap.Error
-	if !errors.As(err, &ie) {
+	var cut *cutOff
+	switch {
+	case errors.As(err, &ie):
+	case errors.As(err, &cut) && ctx.Err() == nil:
+		if p.cuts[uid]++; p.cuts[uid] < cutsToSkip {
+			return false // the session ends; the next fetches it again
+		}
+	default:
 		return false
 	}
 	now := p.now()
@@ -744,7 +769,7 @@ func (p *Pickup) unreadable(uid imap.UID, what string, err error) bool {
 	if what != "" {
 		sk.what = what
 	}
-	sk.err = ie
+	sk.err = err
 	sk.fails++
 	if now.Sub(sk.first) >= unreadableGiveUp {
 		sk.retry = time.Time{}
@@ -757,11 +782,16 @@ func (p *Pickup) unreadable(uid imap.UID, what string, err error) bool {
 	return true
 }
 
-// showSkipped shows the mails the server will not hand out as the
-// pickup's trouble, and clears that once there are none.
+// showSkipped shows the mails the server will not hand out, else a
+// refused quarantine, as the pickup's trouble, and clears that once there
+// is neither.
 func (p *Pickup) showSkipped() {
 	if len(p.skipped) == 0 {
-		if p.showing {
+		switch {
+		case p.unquarantined != nil:
+			p.Last.Set(p.unquarantined)
+			p.showing = true
+		case p.showing:
 			p.Last.Set(nil)
 			p.showing = false
 		}
@@ -822,13 +852,14 @@ func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate,
 		return err
 	}
 	attach, err := p.fetchAttachment(c, m.uid, spooled.File)
-	if errors.Is(err, errGone) || p.unreadable(m.uid, withExt(m.file), err) {
+	if errors.Is(err, errGone) || p.unreadable(ctx, m.uid, withExt(m.file), err) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
 	delete(p.skipped, m.uid)
+	delete(p.cuts, m.uid)
 	spooled.Size = attach.size
 	name, problem := m.file, ""
 	switch {
@@ -902,6 +933,7 @@ func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logge
 			// namespace prefix): the dead letter is stored, so leave the
 			// mail where it is rather than end the session and take it,
 			// and only it, again and again.
+			p.unquarantined = err
 			p.Last.Set(err)
 			log.Error("cannot move the malformed mail to quarantine; it stays in the mailbox", "err", err)
 			for _, u := range uids {
@@ -909,7 +941,11 @@ func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logge
 			}
 			return false, nil
 		}
-		return false, err
+		if err != nil {
+			return false, err
+		}
+		p.unquarantined = nil
+		return false, nil
 	}
 	if err := p.commit(ctx, c, log, uids); err != nil {
 		return false, err
@@ -1044,13 +1080,14 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 		if errors.Is(err, errGone) {
 			return nil // the next scan sees the set without it
 		}
-		if p.unreadable(uid, fmt.Sprintf("%s part %d/%d", t.file, i, t.n), err) {
+		if p.unreadable(ctx, uid, fmt.Sprintf("%s part %d/%d", t.file, i, t.n), err) {
 			return nil // the set waits for the mail's next try
 		}
 		if err != nil {
 			return err
 		}
 		delete(p.skipped, uid)
+		delete(p.cuts, uid)
 		switch {
 		case !a.found && a.broken != nil:
 			problem = fmt.Sprintf("part %d/%d has no attachment that could be read: %v", i, t.n, a.broken)
@@ -1190,6 +1227,7 @@ func (p *Pickup) fetchAttachment(c *imapclient.Client, uid imap.UID, f *os.File)
 			if err == nil || lit.err == nil {
 				err = fmt.Errorf("mail cut off after %d of %d bytes", lit.n, size)
 			}
+			err = &cutOff{err}
 		}
 		if err != nil {
 			return a, fmt.Errorf("imap %s: read UID %d: %w", p.node, uid, err)
@@ -1431,6 +1469,13 @@ func (s *srcReader) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// cutOff is a fetch whose mail the connection broke off in the middle of.
+type cutOff struct{ err error }
+
+func (c *cutOff) Error() string { return c.err.Error() }
+
+func (c *cutOff) Unwrap() error { return c.err }
 
 // broken reports a literal of size bytes that ended before its end: the
 // connection failed, and the FETCH must be left as it is (closing it would
