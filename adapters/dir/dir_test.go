@@ -615,6 +615,7 @@ func TestPickupReadsSealedZipByTheNodes(t *testing.T) {
 		t.Fatalf("passwords asked for channel %s, want SHOP → 1_SHOP", got)
 	}
 }
+
 // TestDeliverRecreatesMissingFolder: a delivery folder that disappears
 // while relay runs (an operator clears out exchange/<node>/in) is made
 // again and the file delivered (found by review: every delivery to the

@@ -67,14 +67,14 @@ type Pickup struct {
 	skipped   map[imap.UID]*skippedMail
 	// cuts counts, per mail, the sessions in a row that broke off while
 	// it was fetched (see unreadable).
-	cuts map[imap.UID]int
-	showing   bool // the trouble shown is about skipped mails or the quarantine
+	cuts    map[imap.UID]int
+	showing bool // the trouble shown is about skipped mails or the quarantine
 	// unquarantined is the server's refusal of the quarantine folder
 	// while a malformed mail it kept out sits in the mailbox: shown after
 	// every scan until a move there succeeds (found by review: the first
 	// scan of a session cleared it at once).
 	unquarantined error
-	wake      chan struct{}
+	wake          chan struct{}
 }
 
 // verdict is what the pickup decided about a mail it has looked at.
