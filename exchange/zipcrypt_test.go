@@ -168,6 +168,18 @@ func TestEncryptedFixtures(t *testing.T) {
 				_, err = readFileHeaderPw(z, pw)
 				wantErr(t, "ReadFileHeader with "+pw, err, ErrWrongPassword)
 			}
+
+			// ReadFileHeaderWith tries the passwords in turn.
+			with := func(pws ...string) (Header, error) {
+				return ReadFileHeaderWith(bytes.NewReader(z), int64(len(z)), Limits{}, pws)
+			}
+			if h, err := with("wrong", cryptPassword); err != nil || h != want {
+				t.Errorf("ReadFileHeaderWith(wrong, right) = %+v, %v; want %+v", h, err, want)
+			}
+			_, err = with()
+			wantErr(t, "ReadFileHeaderWith no passwords", err, ErrEncrypted)
+			_, err = with("wrong", "relay-1C-tesT")
+			wantErr(t, "ReadFileHeaderWith wrong passwords", err, ErrWrongPassword)
 		})
 	}
 }
