@@ -636,10 +636,7 @@ func (p *Pickup) judge(uid imap.UID, size int64, arrived time.Time, hdr gomail.H
 		p.log.Debug("another node's exchange mail left alone", "uid", uid, "subject", subject)
 		return look{uid: uid, ignore: true}
 	}
-	from := ""
-	if addrs, err := hdr.AddressList("From"); err == nil && len(addrs) > 0 {
-		from = addrs[0].Address
-	}
+	from := senderAddress(hdr)
 	if !p.cfg.allowed(from) {
 		p.log.Warn("exchange mail from a sender not in allowed_senders left alone", "uid", uid, "from", from, "subject", subject)
 		return look{uid: uid, ignore: true}
@@ -658,6 +655,24 @@ func (p *Pickup) judge(uid imap.UID, size int64, arrived time.Time, hdr gomail.H
 		p.log.Warn("part mail with bad part headers; taken as a single mail", "uid", uid, "part", v, "transfer", id)
 	}
 	return look{uid: uid, single: &candidate{uid: uid, file: file, sha: sha, size: size}}
+}
+
+// angleAddr is the address in the last angle brackets of a From field.
+var angleAddr = regexp.MustCompile(`<\s*([^<>\s@]+@[^<>\s@]+)\s*>\s*$`)
+
+// senderAddress is the address of a mail's From field as RFC 5322 reads
+// it; else, for a display name the standard does not allow unquoted that
+// some mail programs write (`buh@example.ru <buh@example.ru>`,
+// `1C:Предприятие <x@example.ru>`), the one in its last angle brackets;
+// else "".
+func senderAddress(h gomail.Header) string {
+	if addrs, err := h.AddressList("From"); err == nil && len(addrs) > 0 {
+		return addrs[0].Address
+	}
+	if m := angleAddr.FindStringSubmatch(h.Get("From")); m != nil {
+		return m[1]
+	}
+	return ""
 }
 
 // addPart adds a part mail to its set; late reports a copy of a part of

@@ -354,13 +354,32 @@ func TestIMAPPickupStrangerAndForeignSubjectUntouched(t *testing.T) {
 	}
 }
 
+// TestIMAPPickupAllowedSender: a mail from an allowed sender is taken,
+// also when its From field has a display name RFC 5322 does not allow
+// unquoted, as some mail programs write it: the address in its angle
+// brackets counts (found by review: the sender read as "", and the mail
+// was left alone for ever with only a warning in the log).
 func TestIMAPPickupAllowedSender(t *testing.T) {
-	s := startMemIMAP(t, nil)
-	s.add(t, "INBOX", testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0))
-	c := imapTestConfig(s.addr)
-	c.AllowedSenders = []string{"@EXAMPLE.com"}
-	out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
-	next(t, out).Ack()
+	fromLine := regexp.MustCompile(`(?m)^From: .*\r\n`)
+	for _, from := range []string{
+		"", // as the smtp delivery writes it
+		"shop@example.com <shop@example.com>",
+		"1C:Предприятие <shop@example.com>",
+		"=?utf-8?B?MUM6UHJlZA==?= <shop@example.com>",
+	} {
+		t.Run(from, func(t *testing.T) {
+			s := startMemIMAP(t, nil)
+			raw := testMail(t, "Message_ЦО_ОП.xml", fixture(t, "Message_ЦО_ОП.xml"), part{1, 1}, 0)
+			if from != "" {
+				raw = fromLine.ReplaceAll(raw, []byte("From: "+from+"\r\n"))
+			}
+			s.add(t, "INBOX", raw)
+			c := imapTestConfig(s.addr)
+			c.AllowedSenders = []string{"@EXAMPLE.com"}
+			out, _ := runPickup(t, "ЦО", c, config.After{Action: config.AfterDelete}, nil)
+			next(t, out).Ack()
+		})
+	}
 }
 
 func TestIMAPPickupQuarantinesMalformed(t *testing.T) {
