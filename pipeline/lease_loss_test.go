@@ -17,6 +17,7 @@ import (
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/test/loopback"
 )
 
 // freezeProxy forwards TCP to target on 127.0.0.1 with latency each way
@@ -27,7 +28,7 @@ import (
 // the server sends waits: a write is applied and its answer is late, as
 // when a stream leader is slow or changes.
 type freezeProxy struct {
-	ln      net.Listener
+	address string
 	latency time.Duration
 	frozen  atomic.Bool
 	replies atomic.Bool
@@ -37,36 +38,25 @@ type freezeProxy struct {
 
 func startFreezeProxy(t *testing.T, target string, latency time.Duration) *freezeProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &freezeProxy{ln: ln, latency: latency}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go p.pipe(c, s, false)
-			go p.pipe(s, c, true)
-		}
-	}()
+	p := &freezeProxy{latency: latency}
 	t.Cleanup(func() {
-		ln.Close()
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		for _, c := range p.conns {
 			c.Close()
 		}
+	})
+	p.address = loopback.Serve(t, func(c net.Conn) {
+		s, err := net.Dial("tcp", target)
+		if err != nil {
+			c.Close()
+			return
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, s) // c, the client's end, is loopback.Serve's to close
+		p.mu.Unlock()
+		go p.pipe(c, s, false)
+		p.pipe(s, c, true)
 	})
 	return p
 }
@@ -92,7 +82,7 @@ func (p *freezeProxy) pipe(from, to net.Conn, fromServer bool) {
 	}
 }
 
-func (p *freezeProxy) addr() string { return p.ln.Addr().String() }
+func (p *freezeProxy) addr() string { return p.address }
 
 // The lease's promise (lease.go, keep): "Without a successful renewal for
 // 2/3 of the TTL the lease counts as lost here, well before the server lets

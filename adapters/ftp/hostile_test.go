@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/relay1c/relay/test/loopback"
 )
 
 // scriptedServer is a minimal scripted FTP server for a reply the
@@ -23,22 +25,9 @@ type scriptedServer struct {
 
 func (s *scriptedServer) serve(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go s.session(c)
-		}
-	}()
+	addr := loopback.Serve(t, s.session)
 	t.Setenv("TEST_FTP_PASSWORD", testPass)
-	return "ftp://relay@" + ln.Addr().String() + "/out"
+	return "ftp://relay@" + addr + "/out"
 }
 
 func (s *scriptedServer) session(c net.Conn) {

@@ -31,6 +31,7 @@ import (
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
 	"github.com/relay1c/relay/test/logtest"
+	"github.com/relay1c/relay/test/loopback"
 )
 
 // memIMAP is an in-process IMAP server with one user "relay" (password
@@ -1360,21 +1361,8 @@ var bodyOfFirst = regexp.MustCompile(`\* 1 FETCH \([^\r\n]*BODY\[\] \{\d+\}\r\n`
 
 func startCutProxy(t *testing.T, backend string, at *regexp.Regexp, always bool) *cutProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{addr: ln.Addr().String(), backend: backend, at: at, always: always}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c)
-		}
-	}()
+	p := &cutProxy{backend: backend, at: at, always: always}
+	p.addr = loopback.Serve(t, p.serve)
 	return p
 }
 
@@ -1504,37 +1492,17 @@ func noDeadLetterPastTimeout(t *testing.T, out <-chan *message.Message, skew *at
 // hung for as long as the bytes came), and the relay's stop (ctx) ends
 // them at once.
 func TestIMAPLoginBoundedByConnectTimeout(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
+	addr := loopback.Serve(t, func(conn net.Conn) {
+		conn.Write([]byte("* OK "))
 		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
+			time.Sleep(50 * time.Millisecond)
+			if _, err := conn.Write([]byte("a")); err != nil {
+				return // closed when the test ends
 			}
-			go func() {
-				defer conn.Close()
-				conn.Write([]byte("* OK "))
-				for {
-					select {
-					case <-stop:
-						return
-					case <-time.After(50 * time.Millisecond):
-					}
-					if _, err := conn.Write([]byte("a")); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	t.Setenv("RELAY_TEST_IMAP_PASSWORD", "x")
-	c := imapTestConfig(ln.Addr().String())
+	c := imapTestConfig(addr)
 	c.ConnectTimeout = config.Duration(time.Second)
 	c.IOTimeout = config.Duration(time.Second)
 	done := make(chan error, 1)

@@ -36,6 +36,7 @@ import (
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
+	"github.com/relay1c/relay/test/loopback"
 )
 
 // --- certificates -----------------------------------------------------
@@ -1239,36 +1240,12 @@ func TestSMTPDisplayNameAddresses(t *testing.T) {
 // connection but never greets is given up after connect_timeout, not after
 // go-smtp's default 5-minute command timeout.
 func TestSMTPConnectTimeoutBoundsGreeting(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	var conns []net.Conn
-	var mu sync.Mutex
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c) // held open, silent
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	p := newTestPublisher(t, smtpConf(t, "smtp://relay@"+ln.Addr().String(), caFile(t, nil), "connect_timeout: 1s\nio_timeout: 1m\n"))
+	addr := loopback.Serve(t, func(net.Conn) {}) // held open, silent
+	p := newTestPublisher(t, smtpConf(t, "smtp://relay@"+addr, caFile(t, nil), "connect_timeout: 1s\nio_timeout: 1m\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	err = publish(p, outMsg(t, ctx, readFixture(t, "Message_ЦО_ОП.xml")))
+	err := publish(p, outMsg(t, ctx, readFixture(t, "Message_ЦО_ОП.xml")))
 	if err == nil {
 		t.Fatal("delivered to a silent server")
 	}
