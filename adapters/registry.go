@@ -204,8 +204,14 @@ var kinds = map[string]kind{
 			return pull.NewMailbox(node, c, log), nil
 		},
 		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
-			if n := r.cfg.Nodes[node]; n == nil || n.APITokenEnv == "" {
+			n := r.cfg.Nodes[node]
+			if n == nil || n.APITokenEnv == "" {
 				return fmt.Errorf("http_pull %s: the node pulls with its own token: set nodes.%s.api_token_env", node, node)
+			}
+			if config.APIToken(n.APITokenEnv) == "" {
+				// The relay ignores the node's token then and refuses
+				// every pull (found by review: check said OK).
+				return fmt.Errorf("http_pull %s: %s (nodes.%s.api_token_env) is not set: the relay would refuse every pull of the node", node, n.APITokenEnv, node)
 			}
 			return nil
 		},

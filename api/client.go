@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -48,10 +49,17 @@ func (c *Client) send(ctx context.Context, method, path string, body io.Reader, 
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
 	resp, err := c.HTTP.Do(req)
-	if errors.Is(err, ErrChanged) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, ErrChanged):
 		return err
-	}
-	if err != nil {
+	case err != nil && ctx.Err() != nil:
+		return fmt.Errorf("%s %s: %w", method, path, context.Cause(ctx))
+	case errors.As(err, &ne) && ne.Timeout():
+		// It is running and at work on the request: a retry or drop may
+		// have been done (found by review: "not reachable").
+		return fmt.Errorf("relay at %s did not answer within %s; it may still be at work, and what was asked may have been done: look again with relay status or relay dead list: %w", c.Base, c.HTTP.Timeout, err)
+	case err != nil:
 		return fmt.Errorf("relay is not reachable at %s (is `relay run` running with this config?): %w", c.Base, err)
 	}
 	defer resp.Body.Close()
@@ -99,26 +107,37 @@ func (c *Client) Trace(ctx context.Context, match string) ([]pipeline.Event, err
 	return out, c.do(ctx, http.MethodGet, "/api/v1/trace?q="+url.QueryEscape(match), &out)
 }
 
+// slowWait bounds the requests that may take long on the relay's side: a
+// retry inspects the stored file again, a drop looks through the queue.
+const slowWait = 10 * time.Minute
+
+// waiting is c with its requests waiting up to d for an answer (0: as
+// long as their context allows).
+func (c *Client) waiting(d time.Duration) *Client {
+	hc := *c
+	long := *c.HTTP
+	long.Timeout = d
+	hc.HTTP = &long
+	return &hc
+}
+
 // RetryDead queues a dead letter again and returns the message id.
 func (c *Client) RetryDead(ctx context.Context, seq uint64) (string, error) {
 	var out map[string]string
-	err := c.do(ctx, http.MethodPost, "/api/v1/dead/"+strconv.FormatUint(seq, 10)+"/retry", &out)
+	err := c.waiting(slowWait).do(ctx, http.MethodPost, "/api/v1/dead/"+strconv.FormatUint(seq, 10)+"/retry", &out)
 	return out["id"], err
 }
 
 // DropDead deletes a dead letter and its payload.
 func (c *Client) DropDead(ctx context.Context, seq uint64) error {
-	return c.do(ctx, http.MethodDelete, "/api/v1/dead/"+strconv.FormatUint(seq, 10), nil)
+	return c.waiting(slowWait).do(ctx, http.MethodDelete, "/api/v1/dead/"+strconv.FormatUint(seq, 10), nil)
 }
 
 // Push sends one message file to the relay (POST /api/v1/messages). The
 // file streams; the client waits as long as ctx allows, not its usual 30 s.
 func (c *Client) Push(ctx context.Context, name string, r io.Reader, size int64) (PushReply, error) {
 	var out PushReply
-	hc := *c
-	long := *c.HTTP
-	long.Timeout = 0
-	hc.HTTP = &long
+	hc := c.waiting(0)
 	// Exactly size bytes: with a zero length and a body, Go's client would
 	// send the body chunked until its end (a file that says 0 and reads
 	// on), and a file cut at its stated size while it grows would be

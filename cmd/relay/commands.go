@@ -316,6 +316,14 @@ func statusCmd(g *globals) *cobra.Command {
 				if node != "" && n.Code != node {
 					continue
 				}
+				if !n.Served {
+					// Its endpoints are the other relay's: no error here
+					// is no proof they work (found by review: "ok").
+					if node != "" {
+						fmt.Fprintf(g.stdout, "node %s: served by relay %s, whose status shows its endpoints\n", n.Code, n.Relay)
+					}
+					continue
+				}
 				for _, e := range []struct{ role, kind, err string }{{"pickup", n.Pickup, n.PickupError}, {"deliver", n.Deliver, n.DeliverError}} {
 					switch {
 					case e.err != "":
@@ -390,7 +398,10 @@ func oneLine(s string, max int) string {
 }
 
 func deadCmd(g *globals) *cobra.Command {
-	dead := &cobra.Command{Use: "dead", Short: "List, show, retry or drop dead letters"}
+	// NoArgs: a mistyped subcommand (relay dead retyr 12) is an error, not
+	// the help with exit 0 (found by review).
+	dead := &cobra.Command{Use: "dead", Short: "List, show, retry or drop dead letters", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() }}
 	var asJSON bool
 	list := &cobra.Command{
 		Use:   "list",
@@ -514,7 +525,14 @@ func checkCmd(g *globals) *cobra.Command {
 			}
 			nodes := args
 			if len(nodes) == 0 {
-				nodes = cfg.NodeNames()
+				// This relay's own nodes: another relay's endpoints may be
+				// out of reach from here, and a dir check would make their
+				// folders on this machine (found by review).
+				for _, n := range cfg.NodeNames() {
+					if cfg.Serves(cfg.Nodes[n]) {
+						nodes = append(nodes, n)
+					}
+				}
 			}
 			for _, n := range nodes {
 				if cfg.Nodes[n] == nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
+	"github.com/relay1c/relay/api"
 	"github.com/relay1c/relay/pipeline"
 )
 
@@ -429,7 +430,7 @@ func TestTraceRowsNotPaddedToTheID(t *testing.T) {
 		{Time: at, Step: pipeline.StepPickedUp, MsgID: id, Node: "ЦО", Channel: "Магазины:ЦО->ОП", No: 20, Source: "dir:/x", Size: 2052, SHA256: "f05e", Detail: "stored"},
 		{Time: at.Add(time.Millisecond), Step: pipeline.StepDelivered, MsgID: id, Node: "ОП", Channel: "Магазины:ЦО->ОП", No: 20, Detail: "by dir"},
 	}
-	out, _, err := run(t, "trace", "-c", fakeAPI(t, "/api/v1/trace", evs), "Message_ЦО_ОП.xml")
+	out, _, err := run(t, "trace", "-c", fakeAPI(t, map[string]any{"/api/v1/trace": evs}), "Message_ЦО_ОП.xml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +447,7 @@ func TestTraceRowsNotPaddedToTheID(t *testing.T) {
 // and exited 0 for an id nothing was recorded of, where the text form
 // exits 1: a script could not tell "not found" without parsing.
 func TestTraceUnknownIDFailsInBothForms(t *testing.T) {
-	cfg := fakeAPI(t, "/api/v1/trace", []pipeline.Event{})
+	cfg := fakeAPI(t, map[string]any{"/api/v1/trace": []pipeline.Event{}})
 	for _, args := range [][]string{{"trace", "-c", cfg, "nope"}, {"trace", "--json", "-c", cfg, "nope"}} {
 		out, _, err := run(t, args...)
 		if err == nil || !strings.Contains(err.Error(), `no recorded step of "nope"`) {
@@ -458,7 +459,7 @@ func TestTraceUnknownIDFailsInBothForms(t *testing.T) {
 	}
 	// A known id still exits 0 with --json.
 	evs := []pipeline.Event{{Time: time.Now(), Step: pipeline.StepDelivered, MsgID: "x", Node: "B"}}
-	if out, _, err := run(t, "trace", "--json", "-c", fakeAPI(t, "/api/v1/trace", evs), "x"); err != nil || !strings.Contains(out, `"delivered"`) {
+	if out, _, err := run(t, "trace", "--json", "-c", fakeAPI(t, map[string]any{"/api/v1/trace": evs}), "x"); err != nil || !strings.Contains(out, `"delivered"`) {
 		t.Errorf("trace --json of a known id: %v\n%s", err, out)
 	}
 }
@@ -498,7 +499,7 @@ func TestOneLineDropsControls(t *testing.T) {
 func TestDeadShowPrintsTheWholeReason(t *testing.T) {
 	reason := "deliver ERP: 400 Bad Request: " + strings.Repeat("строка документа не проведена; ", 150) + "THE-CAUSE"
 	l := pipeline.DeadLetter{Seq: 1, Time: time.Now(), Node: "ERP", Stage: pipeline.StageDeliver, Reason: reason, FileName: "Message_A_B.xml"}
-	out, _, err := run(t, "dead", "show", "-c", fakeAPI(t, "/api/v1/dead/1", l), "1")
+	out, _, err := run(t, "dead", "show", "-c", fakeAPI(t, map[string]any{"/api/v1/dead/1": l}), "1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,17 +510,92 @@ func TestDeadShowPrintsTheWholeReason(t *testing.T) {
 	}
 }
 
-// fakeAPI is a relay API on 127.0.0.1 that answers path with v as JSON
-// (anything else 404), and a routing.yaml pointing the commands at it.
-func fakeAPI(t *testing.T, path string, v any) (cfg string) {
+// fakeAPI is a relay API on 127.0.0.1 that answers each path of replies
+// with its value as JSON (anything else 404), and the routing.yaml of
+// relay hq pointing the commands at it.
+func fakeAPI(t *testing.T, replies map[string]any) (cfg string) {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != path {
+		v, ok := replies[r.URL.Path]
+		if !ok {
 			http.NotFound(w, r)
 			return
 		}
 		json.NewEncoder(w).Encode(v)
 	}))
 	t.Cleanup(srv.Close)
-	return writeConfig(t, "relay: { listen: '"+srv.Listener.Addr().String()+"' }\nnodes:\n  A:\n    deliver: { dir: ./a }\n")
+	return writeConfig(t, "relay: { id: hq, listen: '"+srv.Listener.Addr().String()+"' }\nnodes:\n  A:\n    deliver: { dir: ./a }\n")
+}
+
+// TestStatusNodeServedElsewhere: `relay status NODE` for a node another
+// relay serves says so, and vouches for none of its endpoints (found by
+// review: "node SHOP1 pickup (ftp): ok" for an FTP server this relay never
+// talks to: the API leaves an unserved node's errors empty).
+func TestStatusNodeServedElsewhere(t *testing.T) {
+	cfg := fakeAPI(t, map[string]any{
+		"/api/v1/channels": []api.ChannelView{},
+		"/api/v1/nodes": []api.NodeView{
+			{Code: "SHOP1", Mode: "latest", Relay: "office1", Served: false, Pickup: "ftp", Deliver: "ftp"},
+		},
+	})
+	out, _, err := run(t, "status", "-c", cfg, "SHOP1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "node SHOP1") && strings.HasSuffix(line, ": ok") {
+			t.Errorf("status vouches for an endpoint this relay does not run: %q\n%s", line, out)
+		}
+	}
+	if !strings.Contains(out, "node SHOP1: served by relay office1") {
+		t.Errorf("status does not say who serves SHOP1:\n%s", out)
+	}
+}
+
+// TestCheckOnlyOwnNodes: `relay check` without NODE checks the nodes this
+// relay serves (found by review: at the head office it probed an office's
+// folders and FTP servers it never uses and cannot reach, failed, and made
+// a dir endpoint's folder on this machine).
+func TestCheckOnlyOwnNodes(t *testing.T) {
+	base := t.TempDir()
+	// The office's folder sits below a regular file here: this machine
+	// cannot have it (as a Windows path of the office's server would not).
+	blocker := filepath.Join(base, "blocker")
+	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	officeIn := filepath.Join(blocker, "office-in")
+	cfg := writeConfig(t, "relay: { id: hq }\nnodes:\n"+
+		"  HQ:\n    deliver: { dir: '"+filepath.Join(base, "hq-in")+"' }\n"+
+		"  SHOP1:\n    relay: office1\n    deliver: { dir: '"+officeIn+"' }\n")
+	out, _, err := run(t, "check", "-c", cfg)
+	if err != nil {
+		t.Errorf("relay check at hq failed on a node served by relay office1: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "SHOP1") && strings.Contains(out, "FAIL") {
+		t.Errorf("check probed SHOP1 (relay office1) from relay hq:\n%s", out)
+	}
+}
+
+// TestCheckHTTPPullTokenUnset: `relay check` fails an http_pull node whose
+// api_token_env names a variable that is not set: the relay then refuses
+// every pull of the node (found by review: check said OK).
+func TestCheckHTTPPullTokenUnset(t *testing.T) {
+	os.Unsetenv("RELAY_TEST_ERP_TOKEN_UNSET")
+	cfg := writeConfig(t, "nodes:\n  ERP:\n    api_token_env: RELAY_TEST_ERP_TOKEN_UNSET\n    deliver: { http_pull: {} }\n")
+	out, _, err := run(t, "check", "-c", cfg)
+	if err == nil {
+		t.Errorf("relay check passed an http_pull node whose token variable is not set (the relay refuses its pulls):\n%s", out)
+	}
+}
+
+// TestDeadUnknownSubcommandFails: `relay dead retyr 12` (a typo of retry)
+// fails (found by review: cobra printed dead's help and exited 0, so
+// `relay dead retyr 12 && echo requeued` reported a retry never made).
+func TestDeadUnknownSubcommandFails(t *testing.T) {
+	cfg := writeConfig(t, "nodes:\n  A:\n    deliver: { dir: ./a }\n")
+	out, _, err := run(t, "dead", "retyr", "-c", cfg, "12")
+	if err == nil {
+		t.Errorf("relay dead retyr 12 succeeded (exit 0); it printed:\n%s", out)
+	}
 }

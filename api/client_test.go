@@ -1,0 +1,42 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestClientSlowAnswer: a relay that answers later than the client waits
+// is told apart from one that is not running — it may have done what was
+// asked — and a retry or drop waits longer than the usual wait (found by
+// review: "relay is not reachable ... is relay run running?" while a retry
+// inspecting a big file was under way).
+func TestClientSlowAnswer(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		if r.Method == http.MethodPost {
+			w.Write([]byte(`{"id":"P/A/B/7/abc"}`))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c := NewClient(srv.Listener.Addr().String(), "")
+	c.HTTP.Timeout = 100 * time.Millisecond
+	_, err := c.Channels(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "did not answer within 100ms") || strings.Contains(err.Error(), "not reachable") {
+		t.Errorf("slow answer: %v, want it told apart from a relay not running", err)
+	}
+	if id, err := c.RetryDead(context.Background(), 7); err != nil || id != "P/A/B/7/abc" {
+		t.Errorf("retry answered after the usual wait: %q, %v; want its answer", id, err)
+	}
+	if err := c.DropDead(context.Background(), 7); err != nil {
+		t.Errorf("drop answered after the usual wait: %v", err)
+	}
+
+	srv.Close()
+	if _, err := c.Channels(context.Background()); err == nil || !strings.Contains(err.Error(), "not reachable") {
+		t.Errorf("relay gone: %v, want not reachable", err)
+	}
+}
