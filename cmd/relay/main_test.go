@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relay1c/relay/api"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
-	"github.com/relay1c/relay/api"
 	"github.com/relay1c/relay/pipeline"
 )
 
