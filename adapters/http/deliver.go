@@ -312,7 +312,13 @@ func (p *Publisher) send(ctx context.Context, id string, d exchange.Delivery, op
 			// file.
 			return &outcome{err: fmt.Errorf("%s before the whole file was sent (%d of %d bytes)", resp.Status, d.Size-b.left.Load(), d.Size), retry: true}
 		}
-		b := readReply(reply)
+		b, err := readReply(reply)
+		if err != nil {
+			// What came may be the first bytes of 1C's {"error": true}:
+			// not proof of a delivery (found by review). The
+			// Idempotency-Key lets the service drop the repeat.
+			return &outcome{err: fmt.Errorf("%s, but its reply broke off: %w", resp.Status, err), retry: true}
+		}
 		if code == stdhttp.StatusOK && htmlPage(b) {
 			// A login page or a proxy's page answering in the service's
 			// place, having read as much of the body as it cared to (a
@@ -327,7 +333,8 @@ func (p *Publisher) send(ctx context.Context, id string, d exchange.Delivery, op
 		}
 		drain(reply)
 		return nil
-	case code == stdhttp.StatusRequestTimeout, code == stdhttp.StatusTooEarly, code == stdhttp.StatusTooManyRequests, code >= 500:
+	case code == stdhttp.StatusRequestTimeout, code == stdhttp.StatusTooEarly, code == stdhttp.StatusTooManyRequests, code >= 500,
+		code == stdhttp.StatusLocked: // WebDAV: another client's lock on the file (as at the MOVE)
 		e := statusError(resp, reply)
 		return &outcome{err: e, retry: true, after: retryAfter(resp.Header.Get("Retry-After"), time.Now(), p.retry.maxRetryAfter)}
 	case code == stdhttp.StatusUnauthorized, code == stdhttp.StatusForbidden, code == stdhttp.StatusProxyAuthRequired, code >= 300 && code < 400:
@@ -467,10 +474,10 @@ func contentType(name string) string {
 const maxReply = 64 << 10
 
 // readReply reads the start of a 2xx reply (at most maxReply), without a
-// BOM and the space around it.
-func readReply(r io.Reader) []byte {
-	b, _ := io.ReadAll(io.LimitReader(r, maxReply))
-	return bytes.TrimSpace(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf")))
+// BOM and the space around it; err says the reply broke off before that.
+func readReply(r io.Reader) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxReply))
+	return bytes.TrimSpace(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))), err
 }
 
 // htmlPage reports whether a reply is an HTML document: with a 200, what

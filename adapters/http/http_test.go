@@ -611,7 +611,11 @@ func TestOneCError(t *testing.T) {
 		{``, "", false},
 		{`{"error": true, "pad": "` + strings.Repeat("x", maxReply) + `"}`, "", false}, // beyond 64 KiB: not read whole
 	} {
-		desc, fail := oneCError(readReply(strings.NewReader(c.in)))
+		b, err := readReply(strings.NewReader(c.in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		desc, fail := oneCError(b)
 		if desc != c.desc || fail != c.fail {
 			t.Errorf("oneCError(%.40q) = %q, %v; want %q, %v", c.in, desc, fail, c.desc, c.fail)
 		}
@@ -1437,11 +1441,11 @@ func TestPickupNames(t *testing.T) {
 		{map[string]string{HeaderFile: ".."}, ""},
 		{map[string]string{"Content-Disposition": `attachment; filename="a/.."`}, ""},
 	} {
-		resp := &stdhttp.Response{Header: stdhttp.Header{}}
+		resp := &stdhttp.Response{Header: stdhttp.Header{}, Request: &stdhttp.Request{URL: u}}
 		for k, v := range c.h {
 			resp.Header.Set(k, v)
 		}
-		if got := fileName(resp, u); got != c.want {
+		if got := fileName(resp); got != c.want {
 			t.Errorf("fileName(%v) = %q, want %q", c.h, got, c.want)
 		}
 	}
@@ -1872,10 +1876,10 @@ func FuzzFileName(f *testing.F) {
 	f.Add("", "Message_%D0%A6%D0%9E_B.xml")
 	u := mustURL(f, "http://h/base/hs/exchange/Message_A_B.zip")
 	f.Fuzz(func(t *testing.T, cd, file string) {
-		resp := &stdhttp.Response{Header: stdhttp.Header{}}
+		resp := &stdhttp.Response{Header: stdhttp.Header{}, Request: &stdhttp.Request{URL: u}}
 		resp.Header.Set("Content-Disposition", cd)
 		resp.Header.Set(HeaderFile, file)
-		name := fileName(resp, u)
+		name := fileName(resp)
 		if strings.ContainsAny(name, `/\`) || name == "." || name == ".." {
 			t.Fatalf("fileName(%q, %q) = %q: not a base name", cd, file, name)
 		}
@@ -2003,5 +2007,108 @@ func TestWebDAVCreatedHTMLIsDelivered(t *testing.T) {
 	err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", xmlOf(t, hdr(5), 1000), nil).Message)
 	if err != nil {
 		t.Fatalf("the WebDAV server stored the file (%d request(s), 201 Created), but: %v", len(rc.requests()), err)
+	}
+}
+
+// TestDeliverPutLockedIsRetried: a WebDAV PUT answered 423 Locked (another
+// client, the Windows WebDAV redirector a 1C base reads the folder
+// through, holds a lock on the file) is retried, as a 423 to the MOVE is
+// (found by review: the message became a dead letter at once).
+func TestDeliverPutLockedIsRetried(t *testing.T) {
+	rc, srv := serve(t,
+		status(stdhttp.StatusLocked, "<d:error xmlns:d=\"DAV:\"><d:lock-token-submitted/></d:error>"),
+		status(stdhttp.StatusCreated, ""))
+	p := newPub(t, Config{URL: srv.URL + "/dav/in/", Method: "PUT", PutDirect: true})
+	err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", xmlOf(t, hdr(5), 1000), nil).Message)
+	if err != nil {
+		t.Fatalf("PUT answered 423 Locked once: delivery failed after %d request(s), permanent (dead letter) = %v: %v",
+			len(rc.requests()), exchange.IsPermanent(err), err)
+	}
+	if n := len(rc.requests()); n != 2 {
+		t.Errorf("%d requests, want 2 (the 423, then the retry)", n)
+	}
+}
+
+// TestDeliverReplyCutShort: a 200 whose reply breaks off (here the start
+// of 1C's {"error": true, ...}: the message was not taken) is no proof of
+// a delivery: a failure, retried (found by review: counted as delivered,
+// the message lost to the node).
+func TestDeliverReplyCutShort(t *testing.T) {
+	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		io.Copy(io.Discard, r.Body)
+		conn, bw, err := w.(stdhttp.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		part := `{"error": true, "errorDescription": "Ошибка: не удалось`
+		fmt.Fprintf(bw, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n%s", part)
+		bw.Flush()
+	}))
+	t.Cleanup(srv.Close)
+	p := newPub(t, Config{URL: srv.URL + "/base/hs/exchange/message"})
+	err := p.Publish("", newMsg(hdr(6), "Message_ЦО_ОП.xml", xmlOf(t, hdr(6), 1000), nil).Message)
+	if err == nil {
+		t.Fatal("a 200 whose reply broke off after 60 of 400 bytes (a 1C error reply) counted as delivered")
+	}
+}
+
+// TestPickupEmpty200IsNothing: a 1C HTTP service with nothing to give
+// answers 200 with no body (Новый HTTPСервисОтвет(200)), said with
+// Content-Length: 0 or sent chunked: nothing waits, as with 204 — no
+// message, no trouble (found by review: a zero-byte dead letter, then the
+// pickup shown failing and its polling backed off while the service was
+// idle).
+func TestPickupEmpty200IsNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reply stdhttp.HandlerFunc
+	}{
+		{"content-length 0", func(w stdhttp.ResponseWriter, _ *stdhttp.Request) {}},
+		{"chunked", func(w stdhttp.ResponseWriter, _ *stdhttp.Request) { w.(stdhttp.Flusher).Flush() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(tc.reply)
+			defer srv.Close()
+			p, ch := newPickup(t, srv.URL+"/hs/exchange/next", 100*time.Millisecond)
+			select {
+			case m := <-ch:
+				m.Ack()
+				t.Fatalf("an empty 200 was handed as a message (dead letter): problem %q, name %q",
+					m.Metadata.Get(exchange.MetaProblem), m.Metadata.Get(exchange.MetaFileName))
+			case <-time.After(700 * time.Millisecond):
+			}
+			if e, _ := p.LastError(); e != "" {
+				t.Errorf("pickup trouble for a service with nothing to give: %q", e)
+			}
+		})
+	}
+}
+
+// TestPickupNameAfterRedirect: a pickup URL that redirects to the file
+// itself (/hs/exchange/next → 302 → /files/Message_ЦО_ОП.xml, a presigned
+// storage URL), served without Content-Disposition or X-Relay-File, names
+// the file after the URL that answered (found by review: after the URL
+// asked, next — a valid message dead-lettered, and never taken).
+func TestPickupNameAfterRedirect(t *testing.T) {
+	data := xmlOf(t, hdr(9), 2000)
+	mux := stdhttp.NewServeMux()
+	mux.HandleFunc("/hs/exchange/next", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		stdhttp.Redirect(w, r, "/files/Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml", stdhttp.StatusFound)
+	})
+	mux.HandleFunc("/files/", func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		w.Header().Set("Content-Type", "application/xml")
+		w.Write(data)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	_, ch := newPickup(t, srv.URL+"/hs/exchange/next", time.Minute)
+	m := next(t, ch, 5*time.Second)
+	m.Ack()
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("a valid message served after a redirect dead-lettered as %q: %s", m.Metadata.Get(exchange.MetaFileName), pr)
+	}
+	if got := m.Metadata.Get(exchange.MetaFileName); got != "Message_ЦО_ОП.xml" {
+		t.Errorf("file name %q, want Message_ЦО_ОП.xml", got)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"mime"
 	stdhttp "net/http"
-	"net/url"
 	"path"
 	"strings"
 	"time"
@@ -157,16 +156,17 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took st
 	}
 	defer resp.Body.Close()
 	body := guardedReader{r: resp.Body, g: guard}
-	switch resp.StatusCode {
-	case stdhttp.StatusOK:
-	case stdhttp.StatusNoContent, stdhttp.StatusNotFound:
+	switch {
+	case resp.StatusCode == stdhttp.StatusOK && resp.ContentLength != 0:
+	case resp.StatusCode == stdhttp.StatusNoContent, resp.StatusCode == stdhttp.StatusNotFound,
+		resp.StatusCode == stdhttp.StatusOK: // with no body, what a 1C service says by HTTPСервисОтвет(200) (found by review)
 		drain(body)
 		return "", nil
 	default:
 		return "", fail(statusError(resp, body))
 	}
 
-	name := fileName(resp, p.c.u)
+	name := fileName(resp)
 	problem := ""
 	var f folder.Fetched
 	sum := sha256.New()
@@ -189,6 +189,9 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took st
 	}
 	guard.stop() // all read: the wait for the pipeline is not the service's
 	defer f.Release()
+	if f.Size == 0 && problem == "" {
+		return "", nil // an empty 200 sent chunked: nothing waits, as above
+	}
 	digest := hex.EncodeToString(sum.Sum(nil))
 	log := p.log.With("file", name, "bytes", f.Size)
 	if digest == p.last {
@@ -227,9 +230,10 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took st
 
 // fileName is the name a 200 reply gives its file: Content-Disposition's
 // filename (RFC 2231 filename*= or quoted, or as looseFileName reads it),
-// else X-Relay-File, else the last element of the URL's path. Only the
-// base name counts.
-func fileName(resp *stdhttp.Response, u *url.URL) string {
+// else X-Relay-File, else the last element of the path of the URL that
+// answered (after redirects: found by review, a file served by a redirect
+// took the asked URL's name, next). Only the base name counts.
+func fileName(resp *stdhttp.Response) string {
 	name := ""
 	cd := resp.Header.Get("Content-Disposition")
 	if _, params, err := mime.ParseMediaType(cd); err == nil {
@@ -240,8 +244,8 @@ func fileName(resp *stdhttp.Response, u *url.URL) string {
 	if name == "" {
 		name = exchange.DecodeHeaderValue(resp.Header.Get(HeaderFile))
 	}
-	if name == "" {
-		name = path.Base(u.Path)
+	if name == "" && resp.Request != nil && resp.Request.URL != nil {
+		name = path.Base(resp.Request.URL.Path)
 	}
 	name = path.Base(strings.ReplaceAll(name, `\`, "/"))
 	if name == "." || name == ".." || name == "/" {
