@@ -337,7 +337,10 @@ func (p *Publisher) send(ctx context.Context, id string, d exchange.Delivery, op
 		code == stdhttp.StatusLocked: // WebDAV: another client's lock on the file (as at the MOVE)
 		e := statusError(resp, reply)
 		return &outcome{err: e, retry: true, after: retryAfter(resp.Header.Get("Retry-After"), time.Now(), p.retry.maxRetryAfter)}
-	case code == stdhttp.StatusUnauthorized, code == stdhttp.StatusForbidden, code == stdhttp.StatusProxyAuthRequired, code >= 300 && code < 400:
+	case code == stdhttp.StatusUnauthorized, code == stdhttp.StatusForbidden, code == stdhttp.StatusProxyAuthRequired, code >= 300 && code < 400,
+		// WebDAV: the folder the file goes in does not exist (RFC 4918
+		// 9.7.1), the same for every message.
+		code == stdhttp.StatusConflict && p.c.cfg.Method == stdhttp.MethodPut:
 		// The endpoint's trouble (credentials, the user's rights to the
 		// 1C HTTP service or to the WebDAV folder, a redirect to a GET):
 		// the same for every message, so not this message's dead letter;

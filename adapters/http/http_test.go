@@ -2029,6 +2029,22 @@ func TestDeliverPutLockedIsRetried(t *testing.T) {
 	}
 }
 
+// TestDeliverPutConflictIsEndpointTrouble: a WebDAV PUT answered 409
+// Conflict (the folder it goes in does not exist) is the endpoint's
+// trouble, the same for every message: a failure that is not a dead
+// letter (found by review: every message became one).
+func TestDeliverPutConflictIsEndpointTrouble(t *testing.T) {
+	_, srv := serve(t, status(stdhttp.StatusConflict, "parent collection missing"))
+	p := newPub(t, Config{URL: srv.URL + "/dav/missing/", Method: "PUT", PutDirect: true})
+	err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", xmlOf(t, hdr(5), 1000), nil).Message)
+	if err == nil || exchange.IsPermanent(err) || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("PUT answered 409: %v (permanent %v), want a failure that is not a dead letter", err, exchange.IsPermanent(err))
+	}
+	if msg, _ := p.LastError(); !strings.Contains(msg, "409") {
+		t.Errorf("status shows %q, want the 409", msg)
+	}
+}
+
 // TestDeliverReplyCutShort: a 200 whose reply breaks off (here the start
 // of 1C's {"error": true, ...}: the message was not taken) is no proof of
 // a delivery: a failure, retried (found by review: counted as delivered,
