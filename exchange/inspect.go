@@ -309,7 +309,9 @@ func InspectSealed(r io.ReaderAt, size int64, lim Limits) (Info, error) {
 	}
 	// Unread, the entry must at least be all there: a copy cut short inside
 	// it, with a directory after, reads as a zip but cannot be unpacked.
-	if off, err := f.DataOffset(); err != nil || off+int64(f.CompressedSize64) > dirStart {
+	// In uint64: a zip64 size near 2^64 made the int64 sum wrap and pass
+	// (found by review).
+	if off, err := f.DataOffset(); err != nil || off < 0 || f.CompressedSize64 > uint64(dirStart) || uint64(off) > uint64(dirStart)-f.CompressedSize64 {
 		return info, fmt.Errorf("%w: entry %s: its %d stored bytes are not all in the file before the central directory", ErrBadZip, q, f.CompressedSize64)
 	}
 	// Any non-empty password gets the checks done before decryption.

@@ -124,8 +124,8 @@ func TestCheck(t *testing.T) {
 
 // TestCodeProblemMatchesNames: a node code routing.yaml accepts
 // (CodeProblem) makes message names that read back as that channel; one
-// whose names would not (an empty '_'-separated part, too many parts) is
-// refused there (found by review: validate said OK for nodes no file could
+// whose names would not (an empty '_'-separated part, too many parts, a
+// '.' at either end) is refused there (found by review: validate said OK for nodes no file could
 // name).
 func TestCodeProblemMatchesNames(t *testing.T) {
 	for _, c := range []struct {
@@ -139,6 +139,10 @@ func TestCodeProblemMatchesNames(t *testing.T) {
 		{"_SHOP", "CO", false},
 		{"SHOP__1", "CO", false},
 		{"R_1_2_3_4_5_6", "CO", false},
+		// Message_CO_SHOP..xml holds ".." (found by review)
+		{"CO", "SHOP.", false},
+		{".SHOP", "CO", false},
+		{"SHOP.1", "CO", true},
 	} {
 		if ok := CodeProblem(c.from) == "" && CodeProblem(c.to) == ""; ok != c.ok {
 			t.Errorf("%s → %s: accepted %v, want %v", c.from, c.to, ok, c.ok)

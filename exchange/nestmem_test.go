@@ -8,13 +8,12 @@ import (
 	"testing"
 )
 
-// nestGen streams a platform message whose body opens depth elements, each
-// with a name of nameLen bytes, and then stops (a truncated file): after the
-// last start tag it records the live heap, which is what the parser holds
-// for the open elements.
+// nestGen streams head, then depth copies of the start tag tag, and then
+// stops (a truncated file): after the last start tag it records the live
+// heap, which is what the parser holds for the open elements.
 type nestGen struct {
 	head  string
-	name  string
+	tag   string
 	depth int
 	cur   string
 	live  uint64
@@ -30,7 +29,7 @@ func (g *nestGen) Read(p []byte) (int, error) {
 				g.cur, g.head = g.head, ""
 			case g.depth > 0:
 				g.depth--
-				g.cur = "<" + g.name + ">"
+				g.cur = g.tag
 			default:
 				if !g.done {
 					g.done = true
@@ -61,7 +60,7 @@ func TestNestedNamesMemory(t *testing.T) {
 	doc := v8msg(v8fields, "")
 	head := doc[:strings.Index(doc, "</v8msg:Body>")]
 	const depth, nameLen = 1000, 128 << 10 // 128 MiB of start tags
-	g := &nestGen{head: head, name: "n" + strings.Repeat("x", nameLen-1), depth: depth}
+	g := &nestGen{head: head, tag: "<n" + strings.Repeat("x", nameLen-1) + ">", depth: depth}
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -73,5 +72,29 @@ func TestNestedNamesMemory(t *testing.T) {
 	t.Logf("CheckXML: %v; live heap with %d open elements of %d-byte names: %d MiB", err, depth, nameLen, held>>20)
 	if held > 64<<20 {
 		t.Errorf("parser holds %d MiB for the names of open elements (input so far %d MiB): memory grows with the input", held>>20, int64(depth)*nameLen>>20)
+	}
+}
+
+// TestRulesSkipNamespaceMemory: what a КД2 file carries before
+// <ДанныеПоОбмену> is skipped under the size limit alone, and the xmlns
+// declarations of its open elements are not kept meanwhile (found by
+// review: ~40 bytes per 12-byte declaration, the parser holding 3-6 times
+// the input — many GiB at 4096 levels of 1 MiB tags).
+func TestRulesSkipNamespaceMemory(t *testing.T) {
+	head := "\ufeff<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ФайлОбмена ВерсияФормата=\"2.0\"><ПравилаОбмена>"
+	const tagLen, depth = 1000000, 24 // 24 MB of start tags, each below the 1 MiB tag bound
+	tag := "<a" + strings.Repeat(` xmlns:p="u"`, (tagLen-3)/12) + ">"
+	g := &nestGen{head: head, tag: tag, depth: depth}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := CheckXML(g, Limits{})
+	if !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("CheckXML: %v, want ErrIncomplete", err)
+	}
+	held := int64(g.live) - int64(before.HeapAlloc)
+	t.Logf("live heap with %d open elements of %d-byte tags: %d MiB", depth, len(tag), held>>20)
+	if held > 64<<20 {
+		t.Errorf("parser holds %d MiB after %d MiB of input: memory grows with the input", held>>20, depth*len(tag)>>20)
 	}
 }

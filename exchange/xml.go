@@ -194,6 +194,10 @@ func (p *parser) start() error {
 		}
 	}
 	if b != '<' {
+		if c, err := s.ReadByte(); err == nil && (b == 0xFF && c == 0xFE || b == 0xFE && c == 0xFF) {
+			// An editor shows it starting with '<' (found by review).
+			return fmt.Errorf("%w: file is UTF-16 (byte order mark %X %X), not UTF-8", ErrNotXML, b, c)
+		}
 		return fmt.Errorf("%w: content does not start with '<'", ErrNotXML)
 	}
 	s.unreadByte()
@@ -593,11 +597,20 @@ func (p *parser) rules() (Header, error) {
 			// typical configurations) and the description of the types
 			// they use (ИнформацияОТипахДанных, as large). Read past it
 			// under the size limit alone.
+			// Its namespace declarations are not kept (found by review:
+			// ~40 bytes each for the whole skip, memory growing with
+			// the file); they go out of scope with the section.
 			p.limitSize()
+			track := p.trackNS
+			p.trackNS = false
 			for len(p.stack) > 1 {
 				if _, err := p.tok(); err != nil {
 					return Header{}, err
 				}
+			}
+			p.trackNS = track
+			for len(p.ns) > 0 && p.ns[len(p.ns)-1].depth > len(p.stack) {
+				p.ns = p.ns[:len(p.ns)-1]
 			}
 			p.limitHeader("%d bytes after " + strings.ReplaceAll(el.Name.Local, "%", "%%"))
 		}
@@ -666,6 +679,10 @@ func badCode(s string, node bool) string {
 		return ""
 	case strings.Contains(s, ".."):
 		return `contains ".."`
+	case strings.HasPrefix(s, ".") || strings.HasSuffix(s, "."):
+		// Message_A_B..xml, Message_._B.xml: names ParseName refuses
+		// (found by review).
+		return `begins or ends with ".": the file names of its messages would not read back`
 	case s != "" && (strings.HasPrefix(s, "_") || strings.HasSuffix(s, "_") || strings.Contains(s, "__")):
 		return `begins or ends with "_" or holds "__": the file names of its messages (Message_<from>_<to>) would not read back`
 	case strings.Count(s, "_") >= maxCodeParts:

@@ -442,3 +442,28 @@ func TestBufferSizeHint(t *testing.T) {
 		}
 	}
 }
+
+// TestUTF16Reason: a UTF-16 message (ЗаписьXML.ОткрытьФайл(..., "UTF-16"),
+// or a file saved as "Unicode" by a Windows editor) is refused, DESIGN
+// wants UTF-8, with a reason naming the encoding (found by review:
+// "content does not start with '<'", which in an editor it does).
+func TestUTF16Reason(t *testing.T) {
+	doc := strings.TrimPrefix(v8msg(v8fields, ""), "\ufeff")
+	doc = strings.Replace(doc, "UTF-8", "UTF-16", 1)
+	var le, be []byte
+	le, be = append(le, 0xFF, 0xFE), append(be, 0xFE, 0xFF)
+	for _, r := range doc { // ASCII only in v8fields
+		le = append(le, byte(r), 0)
+		be = append(be, 0, byte(r))
+	}
+	for name, b := range map[string][]byte{"UTF-16LE": le, "UTF-16BE": be} {
+		_, err := Inspect(bytes.NewReader(b), int64(len(b)), Limits{}, "")
+		if !errors.Is(err, ErrNotXML) {
+			t.Errorf("%s: %v, want ErrNotXML", name, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), "UTF-16") {
+			t.Errorf("%s: reason %q does not say the file is UTF-16", name, err)
+		}
+	}
+}
