@@ -57,6 +57,7 @@ var kinds = map[string]kind{
 			}
 			c.Path = r.cfg.Resolve(c.Path)
 			c.IsNode = r.cfg.IsNode
+			c.Limits = r.cfg.Limits()
 			return dir.NewSubscriber(node, c, e.After, mem, r.cfg.ZipPasswords, log)
 		},
 		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
@@ -94,6 +95,7 @@ var kinds = map[string]kind{
 				return nil, err
 			}
 			c.IsNode = r.cfg.IsNode
+			c.Limits = r.cfg.Limits()
 			return ftp.NewSubscriber(node, c, e.After, mem, r.cfg.ZipPasswords, r.spool(node), log)
 		},
 		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {
@@ -125,6 +127,7 @@ var kinds = map[string]kind{
 				return nil, err
 			}
 			c.IsNode = r.cfg.IsNode
+			c.Limits = r.cfg.Limits()
 			return mail.NewPickup(node, c, e.After, mem, r.cfg.ZipPasswords, r.spool(node), log)
 		},
 		check: func(ctx context.Context, r *Registry, node, role string, e *config.Endpoint, log *slog.Logger) error {
@@ -171,6 +174,7 @@ var kinds = map[string]kind{
 				return nil, err
 			}
 			c.IsNode = r.cfg.IsNode
+			c.Limits = r.cfg.Limits()
 			return http.NewPickup(node, c, r.cfg.ZipPasswords, r.spool(node), log)
 		},
 		deliver: func(r *Registry, node string, e *config.Endpoint, log *slog.Logger) (message.Publisher, error) {

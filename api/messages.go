@@ -114,7 +114,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	defer f.Release()
 	if name == "" {
 		// The header names sender and addressee: the usual name follows.
-		h, err := exchange.ReadFileHeader(f.File, f.Size, exchange.DefaultLimits(), "")
+		h, err := exchange.ReadFileHeader(f.File, f.Size, s.cfg.Limits(), "")
 		if err != nil {
 			writeErr(w, http.StatusBadRequest, oneLine(err.Error()))
 			return
@@ -129,7 +129,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	if c.node != "" {
 		where = "api:" + c.node + "@" + r.RemoteAddr
 	}
-	msg, problem := folder.NewMessage(c.node, s.cfg.IsNode, where, name, f, exchange.DefaultLimits(), s.cfg.ZipPasswords)
+	msg, problem := folder.NewMessage(c.node, s.cfg.IsNode, where, name, f, s.cfg.Limits(), s.cfg.ZipPasswords)
 	if problem != nil {
 		writeErr(w, http.StatusBadRequest, oneLine(problem.Error()))
 		return

@@ -51,6 +51,10 @@ type Relay struct {
 	APITokenEnv string `yaml:"api_token_env"`
 	// MaxMessageSize bounds a message pushed to POST /api/v1/messages (default 2GiB).
 	MaxMessageSize Size `yaml:"max_message_size"`
+	// MaxXMLToken bounds one XML token of a message (a text run, such as
+	// a file 1C keeps in the infobase and writes as one base64 text):
+	// checking a file holds its longest token in memory (default 64MiB).
+	MaxXMLToken Size `yaml:"max_xml_token"`
 	// AckAlertAfter is how long a delivered message may wait for its
 	// acknowledgement before the channel is flagged (default 24h).
 	AckAlertAfter Duration `yaml:"ack_alert_after"`
@@ -323,6 +327,20 @@ func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 // String writes the size with IEC units.
 func (s Size) String() string { return humanize.IBytes(uint64(s)) }
 
+// maxXMLToken bounds relay.max_xml_token: checking a file may hold about
+// twice it in memory.
+const maxXMLToken = 1 << 30
+
+// Limits are the bounds every reading of a message here keeps to: the
+// exchange defaults, one XML token up to relay.max_xml_token.
+func (c *Config) Limits() exchange.Limits {
+	l := exchange.DefaultLimits()
+	if c.Relay.MaxXMLToken > 0 {
+		l.MaxTokenBytes = int64(c.Relay.MaxXMLToken)
+	}
+	return l
+}
+
 // DefaultMaxMessageSize is relay.max_message_size when unset.
 const DefaultMaxMessageSize = 2 << 30
 
@@ -421,6 +439,9 @@ func (c *Config) setDefaults() {
 	if c.Relay.MaxMessageSize == 0 {
 		c.Relay.MaxMessageSize = DefaultMaxMessageSize
 	}
+	if c.Relay.MaxXMLToken == 0 {
+		c.Relay.MaxXMLToken = Size(exchange.DefaultLimits().MaxTokenBytes)
+	}
 	if c.Relay.AckAlertAfter == 0 {
 		c.Relay.AckAlertAfter = Duration(24 * time.Hour)
 	}
@@ -510,6 +531,9 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		add("relay.listen", "%q is not host:port", c.Relay.Listen)
 	} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
 		add("relay.listen", "%q is not host:port (port %q: a number from 1 to 65535)", c.Relay.Listen, port)
+	}
+	if t := c.Relay.MaxXMLToken; t < 1<<20 || t > maxXMLToken {
+		add("relay.max_xml_token", "%s is not between 1MiB and 1GiB", t)
 	}
 	if c.Relay.APITokenEnv != "" && !validEnvName(c.Relay.APITokenEnv) {
 		add("relay.api_token_env", "%s", NotEnvName)

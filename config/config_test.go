@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/relay1c/relay/exchange"
+
 	"gopkg.in/yaml.v3"
 )
 
@@ -53,6 +55,8 @@ func TestProblems(t *testing.T) {
 		// Found by review: the commands could not find a port the kernel picked.
 		{"listen port 0", "relay: { listen: '127.0.0.1:0' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`relay.listen: "127.0.0.1:0" is not host:port (port "0": a number from 1 to 65535)`}},
 		{"nats listen port not a number", "nats: { listen: '127.0.0.1:nats' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.listen: "127.0.0.1:nats" is not host:port`}},
+		{"max_xml_token too small", "relay: { max_xml_token: 512KiB }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"relay.max_xml_token: 512 KiB is not between 1MiB and 1GiB"}},
+		{"max_xml_token too big", "relay: { max_xml_token: 2GiB }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"relay.max_xml_token: 2.0 GiB is not between 1MiB and 1GiB"}},
 		// Found by review: nats-server listened on 4222.
 		{"nats listen port 0", "nats: { listen: '127.0.0.1:0' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.listen: "127.0.0.1:0": port 0 would be nats-server's default 4222`}},
 		{"nats listen any port", "nats: { listen: '127.0.0.1:-1' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
@@ -498,6 +502,24 @@ func TestNotUTF8NamesTheLine(t *testing.T) {
 	for name, data := range map[string][]byte{"UTF-8 with BOM": append([]byte("\xef\xbb\xbf"), doc...), "UTF-16LE": u16} {
 		if c, err := Parse(data); err != nil || c.Nodes["ЦО"] == nil {
 			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// TestLimits: relay.max_xml_token sets the limit of one XML token every
+// reading of a message keeps to; the other limits stay the defaults.
+func TestLimits(t *testing.T) {
+	for y, want := range map[string]int64{
+		"":                                   64 << 20,
+		"relay: { max_xml_token: 256MiB }\n": 256 << 20,
+	} {
+		cfg, err := Parse([]byte(y + "nodes:\n  A:\n    deliver: { dir: ./b }\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := cfg.Limits()
+		if d := exchange.DefaultLimits(); l.MaxTokenBytes != want || l.MaxSize != d.MaxSize || l.MaxHeaderBytes != d.MaxHeaderBytes {
+			t.Errorf("%q: limits %+v, want MaxTokenBytes %d and the rest default", y, l, want)
 		}
 	}
 }

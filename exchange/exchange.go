@@ -331,6 +331,9 @@ func DefaultLimits() Limits {
 	}
 }
 
+// WithDefaults is l with its zero or negative fields set to the defaults.
+func (l Limits) WithDefaults() Limits { return l.norm() }
+
 // norm fills zero or negative fields with defaults.
 func (l Limits) norm() Limits {
 	d := DefaultLimits()

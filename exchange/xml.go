@@ -88,7 +88,7 @@ func newParser(r io.Reader, lim Limits, size int64) *parser {
 	lim = lim.norm()
 	s := newByteSrc(r, size)
 	s.maxTok = lim.MaxTokenBytes
-	s.tokErr = fmt.Errorf("%w: an XML token (text, tag or comment) is longer than %d bytes", ErrTooLarge, lim.MaxTokenBytes)
+	s.tokErr = fmt.Errorf("%w: an XML token (text, tag or comment) is longer than %d bytes (relay.max_xml_token)", ErrTooLarge, lim.MaxTokenBytes)
 	s.maxTag = maxTagBytes
 	s.tagErr = fmt.Errorf("%w: an XML tag (name and attributes) is longer than %d bytes", ErrTooLarge, maxTagBytes)
 	p := &parser{s: s, lim: lim, trackNS: true, size: size}

@@ -148,7 +148,7 @@ func New(cfg *config.Config, b *bus.Bus, eps Endpoints, log *slog.Logger, opts O
 		opts.FetchAckWait = time.Minute
 	}
 	if opts.Limits == (exchange.Limits{}) {
-		opts.Limits = exchange.DefaultLimits()
+		opts.Limits = cfg.Limits()
 	}
 	p := &Pipeline{
 		cfg: cfg, b: b, eps: eps, log: log, opts: opts,

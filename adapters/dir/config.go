@@ -10,6 +10,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
 )
 
 // PickupConfig is `pickup: { dir: ... }`: a path, or a mapping with options.
@@ -26,6 +27,9 @@ type PickupConfig struct {
 	// IsNode tells routing.yaml's node codes (set by relay, not read from
 	// the file): see folder.Options.IsNode.
 	IsNode func(code string) bool `yaml:"-"`
+	// Limits bound the reading of a picked-up message (set by relay from
+	// routing.yaml's relay section; zero: the exchange defaults).
+	Limits exchange.Limits `yaml:"-"`
 }
 
 // DeliverConfig is `deliver: { dir: ... }`: a path, or a mapping with options.

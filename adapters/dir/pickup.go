@@ -35,7 +35,7 @@ func NewSubscriber(node string, cfg PickupConfig, after config.After, mem folder
 	}
 	src := &source{node: node, path: cfg.Path, log: log}
 	return folder.NewPickup(src, folder.Options{
-		Node: node, IsNode: cfg.IsNode, Adapter: "dir", TrustMTime: true,
+		Node: node, IsNode: cfg.IsNode, Adapter: "dir", TrustMTime: true, Limits: cfg.Limits.WithDefaults(),
 		Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(), IncompleteTimeout: cfg.IncompleteTimeout.Std(),
 		After: after, Memory: mem, Passwords: pw, Log: log.With("path", cfg.Path),
 	})

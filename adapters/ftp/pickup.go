@@ -26,9 +26,10 @@ func NewSubscriber(node string, cfg Config, after config.After, mem folder.KeepM
 		return nil, err
 	}
 	folder.ClearSpool(spoolDir, c.log)
-	src := &source{c: c, spool: spoolDir, lim: exchange.DefaultLimits()}
+	lim := cfg.Limits.WithDefaults()
+	src := &source{c: c, spool: spoolDir, lim: lim}
 	return folder.NewPickup(src, folder.Options{
-		Node: node, IsNode: cfg.IsNode, Adapter: "ftp",
+		Node: node, IsNode: cfg.IsNode, Adapter: "ftp", Limits: lim,
 		Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(), IncompleteTimeout: cfg.IncompleteTimeout.Std(),
 		After: after, Memory: mem, Passwords: pw, Log: c.log,
 	})

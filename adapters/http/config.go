@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
 )
 
 // Config is the value under `http:` of a pickup or deliver endpoint.
@@ -75,6 +76,9 @@ type Config struct {
 	// IsNode tells routing.yaml's node codes (set by relay, not read from
 	// the file): see folder.Options.IsNode.
 	IsNode func(code string) bool `yaml:"-"`
+	// Limits bound the reading of a picked-up message (set by relay from
+	// routing.yaml's relay section; zero: the exchange defaults).
+	Limits exchange.Limits `yaml:"-"`
 
 	role string
 }

@@ -68,7 +68,7 @@ func NewPickup(node string, cfg Config, pw folder.Passwords, spool string, log *
 		return nil, err
 	}
 	return &Pickup{
-		c: c, spool: spool, lim: exchange.DefaultLimits(), pw: pw, log: c.log,
+		c: c, spool: spool, lim: cfg.Limits.WithDefaults(), pw: pw, log: c.log,
 	}, nil
 }
 

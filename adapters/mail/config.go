@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
 )
 
 // Server is what SMTP and IMAP endpoints share: where the server is, how
@@ -103,6 +104,9 @@ type IMAPConfig struct {
 	// IsNode tells routing.yaml's node codes (set by relay, not read from
 	// the file): see folder.Options.IsNode.
 	IsNode func(code string) bool `yaml:"-"`
+	// Limits bound the reading of a picked-up message (set by relay from
+	// routing.yaml's relay section; zero: the exchange defaults).
+	Limits exchange.Limits `yaml:"-"`
 }
 
 // DecodeSMTP reads the value under `smtp:`.

@@ -200,7 +200,7 @@ func NewPickup(node string, cfg IMAPConfig, after config.After, mem folder.Memor
 	}
 	return &Pickup{
 		node: node, cfg: cfg, t: t, tc: tc, after: after, mem: mem, pw: pw, spool: spool,
-		lim: exchange.DefaultLimits(), pattern: pattern,
+		lim: cfg.Limits.WithDefaults(), pattern: pattern,
 		log:   log.With("node", node, "adapter", "imap", "mailbox", t.display),
 		now:   time.Now,
 		known: map[imap.UID]verdict{}, transfers: map[string]*transfer{},

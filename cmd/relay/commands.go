@@ -154,9 +154,13 @@ func inspectCmd(g *globals) *cobra.Command {
 					passwords = cfg.ZipPasswords(read.From, read.To)
 				}
 			}
-			info, err := exchange.InspectWith(f, fi.Size(), exchange.DefaultLimits(), passwords)
+			lim := exchange.DefaultLimits()
+			if cfg != nil {
+				lim = cfg.Limits()
+			}
+			info, err := exchange.InspectWith(f, fi.Size(), lim, passwords)
 			if nameErr == nil && len(passwords) == 0 && errors.Is(err, exchange.ErrEncrypted) {
-				info, err = exchange.InspectFile(f, fi.Size(), exchange.DefaultLimits(), n, read.Sealed(), nil)
+				info, err = exchange.InspectFile(f, fi.Size(), lim, n, read.Sealed(), nil)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
