@@ -258,7 +258,7 @@ func runCurl(ctx context.Context, curl, confPath string, conf *curlConfig) error
 	if err := os.WriteFile(confPath, []byte(conf.b.String()), 0o600); err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, curl, "-K", confPath)
+	cmd := exec.CommandContext(ctx, curl, "--noproxy", "*", "-K", confPath)
 	cmd.SysProcAttr = childAttr()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -270,7 +270,7 @@ func runCurl(ctx context.Context, curl, confPath string, conf *curlConfig) error
 // curlList names the files of a server folder (NLST; vsftpd leaves
 // dot-files out).
 func curlList(ctx context.Context, curl string, v *realserver.Vsftpd, rel string) ([]string, error) {
-	cmd := exec.CommandContext(ctx, curl, "-sS", "-P", curlActive, "--list-only", ftpURLWithPassword(v, rel)+"/")
+	cmd := exec.CommandContext(ctx, curl, "--noproxy", "*", "-sS", "-P", curlActive, "--list-only", ftpURLWithPassword(v, rel)+"/")
 	cmd.SysProcAttr = childAttr()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

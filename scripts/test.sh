@@ -12,12 +12,25 @@ cd "$(dirname "$0")/.."
 
 FUZZTIME=${FUZZTIME:-10s}
 tmp=$(mktemp -d -t relay-test.XXXXXX)
+# Every test's temp folders (t.TempDir, the servers' folders, the built
+# binaries) go under $tmp too, so that removing it removes them also when
+# a test binary was killed or timed out, which runs no cleanup. The
+# servers' own users (vsftpd's, dovecot's vmail) must pass through it.
+chmod 711 "$tmp"
+mkdir -m 755 "$tmp/t"
+export TMPDIR="$tmp/t"
 # Processes to stop on the way out, by PID; a negative entry is a process
-# group (a `go test` and the test binaries it runs).
+# group (a `go test` and the test binaries it runs). watchdogs (see
+# watchdog) go first, at once: they ignore TERM.
 pids=()
+watchdogs=()
 
 cleanup() {
 	local rc=$?
+	for pid in "${watchdogs[@]}"; do
+		kill -9 "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
 	for pid in "${pids[@]}"; do
 		if kill -0 -- "$pid" 2>/dev/null; then
 			kill -- "$pid" 2>/dev/null || true
@@ -65,7 +78,7 @@ watchdog() {
 		while kill -0 "$self" 2>/dev/null; do sleep 1; done
 		kill "$pid" 2>/dev/null || true
 	) </dev/null >/dev/null 2>&1 &
-	pids+=($!)
+	watchdogs+=($!)
 }
 
 # step names what comes next and when it starts (seconds since the script
@@ -142,6 +155,9 @@ install_missing /usr/sbin/nginx nginx
 install_missing /usr/sbin/nats-server nats-server
 install_missing chromium chromium # the dashboard test's real browser (headless)
 export RELAY_E2E_REQUIRE_SERVERS=1
+# Test traffic goes to 127.0.0.1 only: curl would take even that through
+# a proxy named in the environment (Go's client does not).
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY ftp_proxy FTP_PROXY
 
 # -parallel: the tests marked parallel mostly wait (retry delays, a killed
 # relay's ack wait, a server's outage), so more of them than the 2 cores

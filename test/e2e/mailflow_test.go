@@ -202,7 +202,7 @@ func curlSend(t testing.TB, m *realserver.Mail, from, to string, mail []byte) {
 	if err := os.WriteFile(f, mail, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"-sS", "--max-time", "30", "smtp://" + m.SMTPAddr(), "--mail-from", from, "--mail-rcpt", to, "-T", f}
+	args := []string{"--noproxy", "*", "-sS", "--max-time", "30", "smtp://" + m.SMTPAddr(), "--mail-from", from, "--mail-rcpt", to, "-T", f}
 	if m.CAFile != "" {
 		args = append(args, "--ssl-reqd", "--cacert", m.CAFile)
 	}

@@ -53,7 +53,7 @@ func curlDo(t testing.TB, args ...string) (int, http.Header, []byte) {
 	t.Helper()
 	dir := t.TempDir()
 	hdrFile, bodyFile := filepath.Join(dir, "h"), filepath.Join(dir, "b")
-	all := append([]string{"-sS", "--max-time", "30", "-D", hdrFile, "-o", bodyFile, "-w", "%{http_code}"}, args...)
+	all := append([]string{"--noproxy", "*", "-sS", "--max-time", "30", "-D", hdrFile, "-o", bodyFile, "-w", "%{http_code}"}, args...)
 	out, err := exec.Command("curl", all...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("curl %v: %v\n%s", args, err, out)

@@ -82,7 +82,7 @@ func writeMail(t *testing.T, to, subject string, size int) string {
 // curlSend sends file to rcpt@localhost with curl, an SMTP client
 // independent of relay's; extra holds TLS and AUTH options.
 func curlSend(m *Mail, rcpt, file string, extra ...string) (string, error) {
-	args := append([]string{"-sS", "--max-time", "20", "smtp://" + m.SMTPAddr(),
+	args := append([]string{"--noproxy", "*", "-sS", "--max-time", "20", "smtp://" + m.SMTPAddr(),
 		"--mail-from", "a@localhost", "--mail-rcpt", m.Address(rcpt), "-T", file}, extra...)
 	out, err := exec.Command("curl", args...).CombinedOutput()
 	return string(out), err

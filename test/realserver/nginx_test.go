@@ -55,7 +55,7 @@ func startNginxT(t *testing.T) *Nginx {
 // curlCode runs curl with args and returns the HTTP status it got.
 func curlCode(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command("curl", append([]string{"-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"}, args...)...).CombinedOutput()
+	out, err := exec.Command("curl", append([]string{"--noproxy", "*", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"}, args...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("curl %v: %v: %s", args, err, out)
 	}
@@ -89,7 +89,7 @@ func TestNginx(t *testing.T) {
 	if c := curlCode(t, "-T", f, u); c != "204" {
 		t.Errorf("PUT over an existing file: %s, want 204", c)
 	}
-	out, err := exec.Command("curl", "-sS", "--max-time", "10", u).Output()
+	out, err := exec.Command("curl", "--noproxy", "*", "-sS", "--max-time", "10", u).Output()
 	if err != nil || !bytes.Equal(out, data) {
 		t.Errorf("GET back: %d bytes, %v", len(out), err)
 	}
@@ -120,7 +120,7 @@ func TestNginx(t *testing.T) {
 		t.Errorf("/gone/: %s, want 404", c)
 	}
 
-	out, err = exec.Command("curl", "-sS", "--max-time", "10", "-T", f, n.URL("1c-error/exchange")).Output()
+	out, err = exec.Command("curl", "--noproxy", "*", "-sS", "--max-time", "10", "-T", f, n.URL("1c-error/exchange")).Output()
 	if err != nil || string(out) != OneCErrorReply {
 		t.Errorf("/1c-error/: %q, %v; want %q", out, err, OneCErrorReply)
 	}
