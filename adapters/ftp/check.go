@@ -71,6 +71,8 @@ func Hint(err error) string {
 		return "export the password in the environment variable named by password_env"
 	case stepName == "login" && code == 530:
 		return "wrong user or password"
+	case code == 421:
+		return "the server takes no more connections now: a limit per address (vsftpd max_per_ip, max_clients) that relay's nodes and other programs sharing it reach, or it is going down; raise the limit or spread the nodes"
 	case stepName == "tls handshake":
 		return "check tls: explicit (port 21) vs implicit (port 990), ca_file, and that the certificate names the host in the URL"
 	case code == 522 || strings.Contains(msg, "session reuse"):

@@ -143,6 +143,13 @@ func step(name string, err error) error {
 func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.conn != nil && time.Since(c.lastUse) > aliveCheckAfter && c.conn.NoOp() != nil {
+		// The server ended the idle session (vsftpd's idle_session_timeout
+		// says 421 and closes; a restart does the same): a fresh one,
+		// rather than a failed delivery first (found by review).
+		c.sockets.closeAll()
+		c.conn = nil
+	}
 	if c.conn == nil {
 		if wait := time.Until(c.retryAt); wait > 0 && c.lastDial != nil {
 			return fmt.Errorf("ftp %s: %s: %w (next attempt in %s)", c.node, c.t.display, c.lastDial, wait.Round(time.Second))
@@ -168,7 +175,7 @@ func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error
 	err := fn(conn)
 	// After anything but a server reply the connection may be out of step
 	// (a broken transfer, a timeout): keep it only if it still answers NOOP.
-	if !stop() || (err != nil && !isReply(err) && conn.NoOp() != nil) {
+	if !stop() || (err != nil && (!isReply(err) || replyCode(err) == 421) && conn.NoOp() != nil) {
 		c.sockets.closeAll()
 		c.conn = nil
 	}
@@ -180,6 +187,10 @@ func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error
 	}
 	return nil
 }
+
+// aliveCheckAfter is how long a connection may sit unused before a NOOP
+// proves it alive: one round trip, only after a pause.
+const aliveCheckAfter = time.Second
 
 // isReply reports whether err is the server's answer (the control connection
 // is still in step) rather than a broken connection.
@@ -263,7 +274,9 @@ func classifyDial(err error, mode string) error {
 	switch {
 	case tlsErr(err):
 		return step("tls handshake", err)
-	case mode == TLSExplicit && isReply(err):
+	case mode == TLSExplicit && isReply(err) && replyCode(err) != 421:
+		// 421 is the greeting of a server at its connection limit, or
+		// going down: no word on TLS (found by review).
 		return step("tls handshake", fmt.Errorf("AUTH TLS refused: %w", err))
 	}
 	return step("connect", err)

@@ -212,11 +212,15 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.
 }
 
 // canDownload says whether the server lets this account download: it
-// RETRieves the upload probe (the first bytes only).
+// RETRieves the upload probe (the first bytes only). Only a permanent
+// refusal (5xx) says no; a temporary one (450 busy, 421 too many
+// transfers) is an error, and the delivery is tried again (found by
+// review: taken for "no downloads", it let an older message replace a
+// newer one).
 func (p *Publisher) canDownload(conn *ftp.ServerConn, probe string) (bool, error) {
 	resp, err := conn.Retr(probe)
 	switch {
-	case isReply(err):
+	case replyCode(err) >= 500:
 		return false, nil
 	case err != nil:
 		return false, err

@@ -1,6 +1,7 @@
 package ftp
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -13,6 +14,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -28,6 +30,7 @@ import (
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
+	"github.com/relay1c/relay/test/loopback"
 )
 
 func msgXML(t *testing.T, from, to string, no uint64, size int) []byte {
@@ -505,5 +508,149 @@ func TestDeliverUploadOnlyAccount(t *testing.T) {
 	}
 	if no := fileNo(t, filepath.Join(root, "in", "Message_A_B.xml")); no != 2 {
 		t.Fatalf("destination holds No %d", no)
+	}
+}
+
+// replyProxy sits in front of an FTP server's control port: it passes
+// commands through and rewrites replies with rewrite. cut closes every
+// connection it carries, after sending the client "421 Timeout." as vsftpd
+// does when idle_session_timeout ends a session (or as any server restart,
+// failover or NAT timeout drops it).
+type replyProxy struct {
+	mu      sync.Mutex
+	clients []net.Conn
+	uppers  []net.Conn
+}
+
+func (p *replyProxy) start(t *testing.T, upstream string, rewrite func(string) string) string {
+	t.Helper()
+	return loopback.Serve(t, func(c net.Conn) {
+		up, err := net.Dial("tcp", upstream)
+		if err != nil {
+			c.Close()
+			return
+		}
+		p.mu.Lock()
+		p.clients = append(p.clients, c)
+		p.uppers = append(p.uppers, up)
+		p.mu.Unlock()
+		go func() { io.Copy(up, c); up.Close() }()
+		r := bufio.NewReader(up)
+		for {
+			line, err := r.ReadString('\n')
+			if line != "" {
+				if rewrite != nil {
+					line = rewrite(line)
+				}
+				if _, werr := io.WriteString(c, line); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				c.Close()
+				return
+			}
+		}
+	})
+}
+
+func (p *replyProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.clients {
+		io.WriteString(c, "421 Timeout.\r\n")
+		c.Close()
+	}
+	for _, c := range p.uppers {
+		c.Close()
+	}
+	p.clients, p.uppers = nil, nil
+}
+
+// proxied serves drv and returns the URL of dir through a replyProxy.
+func proxied(t *testing.T, drv ftpserver.Driver, dir string, rewrite func(string) string) (string, *replyProxy) {
+	t.Helper()
+	direct := serve(t, drv, dir)
+	u, err := url.Parse(direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &replyProxy{}
+	addr := p.start(t, u.Host, rewrite)
+	return "ftp://relay@" + addr + "/" + dir, p
+}
+
+// TestDeliverAfterServerDroppedIdleConnection: the server ended relay's
+// idle control connection (vsftpd's idle_session_timeout says "421
+// Timeout." and closes; a restart does the same): the next delivery proves
+// the connection dead and uses a fresh one (found by review: it failed on
+// the dead one first, shown as the node's error).
+func TestDeliverAfterServerDroppedIdleConnection(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "in"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, proxy := proxied(t, drv, "in", nil)
+	p, err := NewPublisher("B", testConfig(u, "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	one := msgXML(t, "A", "B", 1, 3000)
+	if err := p.Publish("", deliverMsg(t, mustHeader(t, one), one)); err != nil {
+		t.Fatal(err)
+	}
+	proxy.cut() // the server drops the idle session
+	time.Sleep(aliveCheckAfter + 200*time.Millisecond)
+	two := msgXML(t, "A", "B", 2, 3000)
+	if err := p.Publish("", deliverMsg(t, mustHeader(t, two), two)); err != nil {
+		t.Errorf("the delivery right after the server closed the idle connection failed: %v (a fresh connection would have worked)", err)
+	}
+	if no := fileNo(t, filepath.Join(root, "in", "Message_A_B.xml")); no != 2 {
+		t.Errorf("destination holds No %d, want 2", no)
+	}
+}
+
+// TestDeliverTransientRetrRefusalNotDropBox: the destination's file and
+// relay's own upload both answered RETR with a temporary 450 ("file busy")
+// say nothing of an upload-only account: the delivery fails and is tried
+// again rather than rename over a file it could not compare (found by
+// review: No 2 replaced No 5).
+func TestDeliverTransientRetrRefusalNotDropBox(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "in"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	final := filepath.Join(root, "in", "Message_A_B.xml")
+	if err := os.WriteFile(final, msgXML(t, "A", "B", 5, 3000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every RETR refused; the proxy turns goftp's 551 into a transient 450.
+	u, _ := proxied(t, uploadOnly{drv}, "in", func(line string) string {
+		if strings.HasPrefix(line, "551 ") {
+			return "450 File busy, try again later\r\n"
+		}
+		return line
+	})
+	p, err := NewPublisher("B", testConfig(u, "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	old := msgXML(t, "A", "B", 2, 3000)
+	err = p.Publish("", deliverMsg(t, mustHeader(t, old), old))
+	if no := fileNo(t, final); no != 5 {
+		t.Fatalf("destination holds No %d after delivering No 2 (Publish: %v): a transient 450 to RETR was taken for a drop-box account and the newer No 5 was renamed over", no, err)
+	}
+	if err == nil {
+		t.Fatal("delivered although the destination's file could not be compared")
 	}
 }

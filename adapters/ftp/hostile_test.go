@@ -15,19 +15,20 @@ import (
 	"github.com/relay1c/relay/test/loopback"
 )
 
-// scriptedServer is a minimal scripted FTP server for a reply the
-// in-process server cannot give: feats are its FEAT lines; mlsd writes the
-// listing onto the data connection.
+// scriptedServer is a small scripted FTP server for replies the in-process
+// server cannot give: cmd answers the commands it knows (false: the
+// defaults below); feats are its FEAT lines (no MLST: a LIST-only server).
 type scriptedServer struct {
 	feats []string
-	mlsd  func(w io.Writer)
+	cmd   func(verb, arg string, say func(string, ...any), data func() net.Conn) bool
 }
 
-func (s *scriptedServer) serve(t *testing.T) string {
+// serve starts the server and returns the URL of dir on it.
+func (s *scriptedServer) serve(t *testing.T, dir string) string {
 	t.Helper()
 	addr := loopback.Serve(t, s.session)
 	t.Setenv("TEST_FTP_PASSWORD", testPass)
-	return "ftp://relay@" + addr + "/out"
+	return "ftp://relay@" + addr + "/" + dir
 }
 
 func (s *scriptedServer) session(c net.Conn) {
@@ -54,8 +55,20 @@ func (s *scriptedServer) session(c net.Conn) {
 			return
 		}
 		line = strings.TrimRight(line, "\r\n")
-		cmd, _, _ := strings.Cut(line, " ")
-		switch strings.ToUpper(cmd) {
+		verb, arg, _ := strings.Cut(line, " ")
+		verb = strings.ToUpper(verb)
+		if verb == "EPSV" {
+			if data != nil {
+				data.Close()
+			}
+			data, _ = net.Listen("tcp", "127.0.0.1:0")
+			say("229 Entering Extended Passive Mode (|||%d|)", data.Addr().(*net.TCPAddr).Port)
+			continue
+		}
+		if s.cmd != nil && s.cmd(verb, arg, say, accept) {
+			continue
+		}
+		switch verb {
 		case "USER":
 			say("331 password")
 		case "PASS":
@@ -66,27 +79,15 @@ func (s *scriptedServer) session(c net.Conn) {
 				say(" %s", f)
 			}
 			say("211 End")
-		case "TYPE", "OPTS":
+		case "TYPE", "OPTS", "NOOP":
 			say("200 ok")
 		case "PWD":
 			say(`257 "/" is current`)
 		case "CWD":
 			say("250 ok")
-		case "NOOP":
-			say("200 ok")
 		case "QUIT":
 			say("221 bye")
 			return
-		case "EPSV":
-			data, _ = net.Listen("tcp", "127.0.0.1:0")
-			say("229 Entering Extended Passive Mode (|||%d|)", data.Addr().(*net.TCPAddr).Port)
-		case "MLSD":
-			say("150 here")
-			if d := accept(); d != nil {
-				s.mlsd(d)
-				d.Close()
-			}
-			say("226 done")
 		default:
 			say("502 not implemented")
 		}
@@ -113,27 +114,39 @@ func TestPickupEndlessListing(t *testing.T) {
 			var sent atomic.Int64
 			stop := make(chan struct{})
 			defer close(stop)
+			endless := func(w io.Writer) {
+				bw := bufio.NewWriterSize(w, 64<<10)
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					n, err := fmt.Fprintf(bw, "type=file;size=100;modify=20240105120000; junk-%09d-%s.txt\r\n", i, strings.Repeat("x", 150))
+					if err != nil {
+						return
+					}
+					if sent.Add(int64(n))%(64<<10) < int64(n) {
+						time.Sleep(c.pause) // never silent, never done
+					}
+				}
+			}
 			s := &scriptedServer{
 				feats: []string{"MLST type*;size*;modify*;", "SIZE", "MDTM"},
-				mlsd: func(w io.Writer) {
-					bw := bufio.NewWriterSize(w, 64<<10)
-					for i := 0; ; i++ {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						n, err := fmt.Fprintf(bw, "type=file;size=100;modify=20240105120000; junk-%09d-%s.txt\r\n", i, strings.Repeat("x", 150))
-						if err != nil {
-							return
-						}
-						if sent.Add(int64(n))%(64<<10) < int64(n) {
-							time.Sleep(c.pause) // never silent, never done
-						}
+				cmd: func(verb, _ string, say func(string, ...any), data func() net.Conn) bool {
+					if verb != "MLSD" {
+						return false
 					}
+					say("150 here")
+					if d := data(); d != nil {
+						endless(d)
+						d.Close()
+					}
+					say("226 done")
+					return true
 				},
 			}
-			src := newSource(t, "A", testConfig(s.serve(t), "pickup")) // io_timeout 5s
+			src := newSource(t, "A", testConfig(s.serve(t, "out"), "pickup")) // io_timeout 5s
 			src.c.listBounds = c.bounds
 			done := make(chan error, 1)
 			go func() { _, err := src.List(context.Background()); done <- err }()
@@ -149,5 +162,66 @@ func TestPickupEndlessListing(t *testing.T) {
 					sent.Load()>>20, ms.HeapAlloc>>20)
 			}
 		})
+	}
+}
+
+// TestPickupEmptyFolderAnswered550: a server that answers LIST of an empty
+// folder with "550 No files found" (FluentFTP and Cyberduck carry
+// workarounds for such servers) has an empty outbox, not a failing one,
+// when CWD enters the folder (found by review: the pickup showed the 550
+// as its error while the outbox was empty, and relay check said "folder
+// missing").
+func TestPickupEmptyFolderAnswered550(t *testing.T) {
+	s := &scriptedServer{
+		feats: []string{"SIZE", "MDTM"},
+		cmd: func(verb, arg string, say func(string, ...any), data func() net.Conn) bool {
+			switch verb {
+			case "LIST":
+				say("550 No files found")
+				return true
+			case "CWD":
+				if arg == "out" || arg == "/" {
+					say("250 ok")
+				} else {
+					say("550 no such folder")
+				}
+				return true
+			}
+			return false
+		},
+	}
+	url := s.serve(t, "out")
+	src := newSource(t, "A", testConfig(url, "pickup"))
+	files, err := src.List(context.Background())
+	if err != nil {
+		t.Errorf("List of an existing, empty folder failed: %v (files %v): the pickup shows this error for as long as the outbox is empty", err, files)
+	}
+	if err := Check(context.Background(), "A", "pickup", testConfig(url, "pickup"), nil); err != nil && strings.Contains(err.Error(), "list") {
+		t.Errorf("relay check of an existing, empty folder: %v", err)
+	}
+}
+
+// TestConnectionLimitIsNotTLS: a server at its connection limit greets
+// with 421 (vsftpd max_per_ip, max_clients): with tls: explicit that is
+// not a TLS failure, and relay check's hint names the limit (found by
+// review: "tls handshake: AUTH TLS refused" and a hint about certificates).
+func TestConnectionLimitIsNotTLS(t *testing.T) {
+	addr := loopback.Serve(t, func(c net.Conn) {
+		fmt.Fprintf(c, "421 There are too many connections from your internet address.\r\n")
+		time.Sleep(100 * time.Millisecond)
+		c.Close()
+	})
+	t.Setenv("TEST_FTP_PASSWORD", testPass)
+	cfg := testConfig("ftp://relay@"+addr+"/out", "pickup")
+	cfg.TLS = TLSExplicit
+	err := Check(context.Background(), "A", "pickup", cfg, nil)
+	if err == nil {
+		t.Fatal("check passed against a server that refuses the session")
+	}
+	if strings.Contains(err.Error(), "tls handshake") || strings.Contains(err.Error(), "hint: check tls") {
+		t.Errorf("a 421 'too many connections' greeting is reported as a TLS problem: %v", err)
+	}
+	if !strings.Contains(err.Error(), "hint:") {
+		t.Errorf("no hint for the server's connection limit: %v", err)
 	}
 }

@@ -62,19 +62,28 @@ func (s *source) list(conn *ftp.ServerConn, dir string) ([]folder.File, error) {
 // a folder that does not exist with an empty listing and "226 Transfer done
 // (but failed to open directory)", so an empty answer is confirmed by
 // changing into the folder and back; a missing folder then fails with the
-// server's 550 instead of looking like an empty one.
+// server's 550 instead of looking like an empty one. Other servers answer
+// LIST of an empty folder with "550 No files found" (or a 450): a folder
+// the same test enters is empty, not missing (found by review: an empty
+// outbox showed as the pickup's error).
 func (c *client) listDir(conn *ftp.ServerConn, dir string) ([]*ftp.Entry, error) {
 	c.sockets.listNext(true)
 	entries, err := conn.List(c.remote(dir))
 	c.sockets.listNext(false)
-	if err != nil || len(entries) > 0 || dir == "" {
+	code := replyCode(err)
+	refused := code == 550 || code == 450
+	if err != nil && !refused || len(entries) > 0 || dir == "" {
 		return entries, err
 	}
+	listErr := err
 	home, err := conn.CurrentDir()
 	if err != nil {
 		return nil, err
 	}
 	if err := conn.ChangeDir(c.remote(dir)); err != nil {
+		if listErr != nil {
+			return nil, listErr
+		}
 		return nil, err
 	}
 	if err := conn.ChangeDir(home); err != nil {
