@@ -76,12 +76,13 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		// failed, or by a relay stopped before it) may be stored with its
 		// record queued: a second put would rewrite that payload, and,
 		// had 1C meanwhile written its next message over the file, delete
-		// it under the queued record. What is stored whole stays.
-		kept := false
-		if h.ByName() || h.MessageNo <= st.PickedNo {
-			if kept, err = l.b.HasPayload(ctx, id, size, sha); err != nil {
-				return fmt.Errorf("ingest %s: %w", node, err)
-			}
+		// it under the queued record. What is stored whole stays. Asked
+		// of every message: a relay stopped between the publish and the
+		// channel state's update left a queued record the state does not
+		// show (found by review: its payload deleted, the message lost).
+		kept, err := l.b.HasPayload(ctx, id, size, sha)
+		if err != nil {
+			return fmt.Errorf("ingest %s: %w", node, err)
 		}
 		if !kept {
 			if err := l.putPayload(ctx, m, id, size, sha); err != nil {

@@ -152,3 +152,41 @@ nodes:
 		t.Fatalf("payload of No 7 reads %q, %v; want %q", got, err, body)
 	}
 }
+
+// TestRepickAfterCrashKeepsQueuedPayload: a relay killed between the
+// publish of No 7's record and the channel state's update leaves the record
+// queued with PickedNo behind it; after the restart the file (never
+// committed) is taken again while 1C writes its next message over it. The
+// payload the queued record names stays (found by review: the re-put found
+// the changed bytes and deleted it — No 7 dead at delivery, lost).
+func TestRepickAfterCrashKeepsQueuedPayload(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: sequential, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	// No 7 stored and published; the relay died before taken.
+	queueRecord(t, b, "SRC", "DST", 7)
+	body := "No 7"
+	again := pickedUp("SRC", "DST", 7, body)
+	exchange.SetBody(again, func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader("No 8")), nil // 1C's next message, written over it
+	})
+	_ = p.ingestHandler("SRC", "test", p.pushLane)(again) // fails: changed while read; the source stays
+	sum := sha256.Sum256([]byte(body))
+	sha := hex.EncodeToString(sum[:])
+	id := MessageID(exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 7}, sha)
+	if info, err := b.Exchange.Info(context.Background()); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("stream: %+v, %v", info, err)
+	}
+	r, err := b.OpenKnownPayload(context.Background(), id, int64(len(body)), sha)
+	if err != nil {
+		t.Fatalf("the queued record of No 7 lost its payload to a re-pickup of its file: %v", err)
+	}
+	got, err := io.ReadAll(r)
+	r.Close()
+	if err != nil || string(got) != body {
+		t.Fatalf("payload of No 7 reads %q, %v; want %q", got, err, body)
+	}
+}
