@@ -68,7 +68,7 @@ func queueByName(t *testing.T, b *bus.Bus, tag string) {
 	exchange.SetHeader(m, h)
 	m.Metadata.Set(exchange.MetaFileName, "Message_SRC_DST.zip")
 	m.Metadata.Set("tag", tag)
-	if _, err := publishRecord(context.Background(), b.JS, bus.Subject("", "SRC", "DST"), m); err != nil {
+	if _, _, err := publishRecord(context.Background(), b.JS, bus.Subject("", "SRC", "DST"), m); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -52,7 +52,7 @@ func publishN(t *testing.T, b *bus.Bus, node string, n int) {
 	for i := range n {
 		m := message.NewMessage(watermill.NewUUID(), []byte("body "+strconv.Itoa(i)))
 		m.Metadata.Set("n", strconv.Itoa(i))
-		if _, err := publishRecord(context.Background(), b.JS, subject, m); err != nil {
+		if _, _, err := publishRecord(context.Background(), b.JS, subject, m); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -429,9 +429,6 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				if h.MessageNo > c.DeliveredNo {
 					c.DeliveredNo = h.MessageNo
 				}
-				if h.MessageNo > c.PickedNo {
-					c.PickedNo = h.MessageNo
-				}
 				c.LastDeliveredAt = now
 				c.LastError = ""
 			}); err != nil {
@@ -522,6 +519,18 @@ func (l *lane) diedAtDelivery(c *Channel, h exchange.Header, mode config.Mode, r
 // seq is the record's stream sequence (0: not in this relay's stream).
 func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, obj string, fn func(c *Channel)) error {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+		if seq > 0 && !h.ByName() && h.MessageNo > c.PickedNo {
+			// Its pickup's count is not in: the relay stopped between the
+			// publish and it (or it is still to come: taken skips it
+			// then). Counted here, or the channel would show one waiting
+			// fewer for good (found by review: a gap's alert silenced).
+			c.Queued++
+			c.PickedNo = h.MessageNo
+			c.Uncounted = append(c.Uncounted, seq)
+			if len(c.Uncounted) > recentSeqs {
+				c.Uncounted = c.Uncounted[len(c.Uncounted)-recentSeqs:]
+			}
+		}
 		fn(c)
 		c.settle()
 		c.Resolved++

@@ -316,7 +316,7 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 			// Taken in here and resolved as a dead letter, like one that
 			// dies at delivery: a sequential channel's next number waits
 			// behind it as a dead letter, not as a gap.
-			l.taken(ctx, h, l.states.now(), true)
+			l.taken(ctx, h, l.states.now(), true, 0)
 			if err := l.finish(ctx, h, 0, id, "", func(c *Channel) { l.diedAtDelivery(c, h, f.p.cfg.Nodes[f.node].Mode, dl.Reason) }); err != nil {
 				return err
 			}
@@ -336,7 +336,7 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 		return fmt.Errorf("fetch %s: publish here: %w", id, err)
 	}
 	if !ack.Duplicate {
-		l.taken(ctx, h, l.states.now(), true)
+		l.taken(ctx, h, l.states.now(), true, ack.Sequence)
 		l.event(Event{Step: StepFetched, MsgID: id, File: hdr.Get(exchange.MetaFileName), Node: f.node, Channel: channelName(h), No: h.MessageNo,
 			Size: atoi64(hdr.Get(exchange.MetaSize)), Detail: "from relay " + f.relay})
 		l.m.fetched.WithLabelValues(f.node, f.relay).Inc()

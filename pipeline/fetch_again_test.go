@@ -125,7 +125,7 @@ func putRecord(t *testing.T, b *bus.Bus, h exchange.Header, body string, withPay
 	m.Metadata.Set(exchange.MetaObject, id)
 	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
 	m.Metadata.Set(exchange.MetaSHA256, sha)
-	if _, err := publishRecord(context.Background(), b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), m); err != nil {
+	if _, _, err := publishRecord(context.Background(), b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), m); err != nil {
 		t.Fatal(err)
 	}
 	return id

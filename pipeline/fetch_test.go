@@ -153,7 +153,7 @@ func TestFetchAcrossDomains(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := publishRecord(ctx, hb.JS, bus.Subject("P", "HQ1", "OFF"), m); err != nil {
+		if _, _, err := publishRecord(ctx, hb.JS, bus.Subject("P", "HQ1", "OFF"), m); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -120,7 +121,7 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		// delivery may start the moment JetStream has the record) is later.
 		pickedAt := time.Now()
 		rec.Metadata.Set(metaPickedAt, strconv.FormatInt(pickedAt.UnixNano(), 10))
-		dup, err := publishRecord(ctx, l.b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
+		dup, seq, err := publishRecord(ctx, l.b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
 		if err != nil {
 			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 		}
@@ -132,7 +133,7 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 		// each other.
 		now := l.states.now()
 		var wg sync.WaitGroup
-		wg.Go(func() { l.taken(ctx, h, now, !dup) })
+		wg.Go(func() { l.taken(ctx, h, now, !dup, seq) })
 		l.acknowledge(ctx, h, now, id, file)
 		wg.Wait()
 		l.m.picked.WithLabelValues(node, adapter).Inc()
@@ -143,14 +144,18 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 }
 
 // taken records in the channel state that a message was taken in (picked
-// up here, or fetched from another relay) at now. fresh says the stream
-// took a new record: it is counted whatever its number (one picked up after
-// a higher one is queued all the same). A record the stream already had
-// (the same file picked up again) is counted only if its number is new to
-// the channel: the relay stopped between the publish and this update.
-func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fresh bool) {
+// up here, or fetched from another relay) at now; seq is its record's
+// stream sequence (0: none here). fresh says the stream took a new record:
+// it is counted whatever its number (one picked up after a higher one is
+// queued all the same). A record the stream already had (the same file
+// picked up again) is counted only if its number is new to the channel:
+// the relay stopped between the publish and this update. One the delivery
+// counted already when it resolved it (finish) is not counted again.
+func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fresh bool, seq uint64) {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
-		if fresh || h.MessageNo > c.PickedNo {
+		if i := slices.Index(c.Uncounted, seq); seq > 0 && i >= 0 {
+			c.Uncounted = slices.Delete(c.Uncounted, i, i+1)
+		} else if fresh || h.MessageNo > c.PickedNo {
 			c.Queued++
 		}
 		c.PickedNo = max(c.PickedNo, h.MessageNo)
@@ -187,18 +192,19 @@ func (l *lane) acknowledge(ctx context.Context, h exchange.Header, now time.Time
 
 // publishRecord publishes rec to the EXCHANGE stream on subject, with its
 // UUID as Nats-Msg-Id so that the stream's duplicate window drops a
-// re-publish; dup says the stream had it already. It marshals as
-// watermill-nats does, so the delivery subscriber reads it back.
-func publishRecord(ctx context.Context, js jetstream.JetStream, subject string, rec *message.Message) (dup bool, err error) {
+// re-publish; dup says the stream had it already, seq is the record's
+// stream sequence. It marshals as watermill-nats does, so the delivery
+// subscriber reads it back.
+func publishRecord(ctx context.Context, js jetstream.JetStream, subject string, rec *message.Message) (dup bool, seq uint64, err error) {
 	nm, err := (&wmnats.NATSMarshaler{}).Marshal(subject, rec)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	ack, err := js.PublishMsg(ctx, nm, jetstream.WithMsgID(rec.UUID), jetstream.WithExpectStream(bus.StreamExchange))
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
-	return ack.Duplicate, nil
+	return ack.Duplicate, ack.Sequence, nil
 }
 
 // routeProblem says why a valid message cannot be delivered, or "".

@@ -190,3 +190,81 @@ nodes:
 		t.Fatalf("payload of No 7 reads %q, %v; want %q", got, err, body)
 	}
 }
+
+// TestCrashBeforeCountShowsPending: a relay killed between a record's
+// publish and its count (taken) left a record the state never counted;
+// the delivery counts it when it resolves it, so the next message waiting
+// (No 3, held on a gap) shows as pending and the gap alert can fire (found
+// by review: queued one below resolved for good, pending 0 while the
+// channel stalled). The re-pickup of its file, dropped as a duplicate, is
+// not counted again.
+func TestCrashBeforeCountShowsPending(t *testing.T) {
+	b := testBus(t)
+	d := &scriptedDelivery{}
+	// No 1 published by ingest, relay killed before its taken.
+	queueRecord(t, b, "SRC", "DST", 1)
+	p := runSequential(t, b, d)
+	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 && c.Resolved == 1 }); c.DeliveredNo != 1 {
+		t.Fatalf("state %+v: want No 1 delivered", c)
+	}
+	ingest := p.ingestHandler("SRC", "test", p.pushLane)
+	// The source was never committed: taken again after the restart.
+	if err := ingest(pickedUp("SRC", "DST", 1, "No 1")); err != nil {
+		t.Fatal(err)
+	}
+	// No 2 is lost on its way; No 3 waits for it.
+	if err := ingest(pickedUp("SRC", "DST", 3, "No 3")); err != nil {
+		t.Fatal(err)
+	}
+	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.HeldOnGap() })
+	if !c.HeldOnGap() {
+		t.Fatalf("state %+v: No 3 not held on the gap", c)
+	}
+	if c.Pending() != 1 {
+		t.Fatalf("No 3 waits on a gap, yet the channel shows pending %d (queued %d, resolved %d, duplicates %d): relay status shows nothing waiting and the gap alert is off",
+			c.Pending(), c.Queued, c.Resolved, c.Duplicates)
+	}
+}
+
+// TestCountedOnceWhicheverComesFirst: a record is counted as queued once,
+// whether its pickup's count (taken) comes before its resolution (finish)
+// or after it — the delivery may finish before the count is in — or never.
+func TestCountedOnceWhicheverComesFirst(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		order []string
+		want  uint64 // queued
+	}{
+		{"count first", []string{"taken", "finish"}, 1},
+		{"finish first", []string{"finish", "taken"}, 1},
+		{"count never", []string{"finish"}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { deliver: { dir: ./dst } }
+`, testBus(t), scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+			l := p.pushLane
+			h := exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 4}
+			for _, step := range tc.order {
+				switch step {
+				case "taken":
+					l.taken(ctx, h, time.Now(), true, 9)
+				case "finish":
+					if err := l.finish(ctx, h, 9, "id-4", "", func(*Channel) {}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			c, err := p.states.Get(ctx, "P", "SRC", "DST")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Queued != tc.want || c.Resolved != 1 || c.PickedNo != 4 || c.Pending() != 0 {
+				t.Errorf("queued %d, resolved %d, picked No %d, pending %d; want queued %d, resolved 1, picked 4, pending 0", c.Queued, c.Resolved, c.PickedNo, c.Pending(), tc.want)
+			}
+		})
+	}
+}

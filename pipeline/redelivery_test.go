@@ -108,7 +108,7 @@ func runUntilEnd(t *testing.T, p *Pipeline) {
 func queueRecord(t *testing.T, b *bus.Bus, from, to string, no uint64) {
 	t.Helper()
 	m := storedRecord(t, b, from, to, no)
-	if _, err := publishRecord(context.Background(), b.JS, bus.Subject("P", from, to), m); err != nil {
+	if _, _, err := publishRecord(context.Background(), b.JS, bus.Subject("P", from, to), m); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -320,7 +320,7 @@ func TestFetchAgainAfterDeliveryIsNoDeadLetter(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := publishRecord(ctx, hb.JS, bus.Subject("P", "HQ1", "OFF"), m); err != nil {
+		if _, _, err := publishRecord(ctx, hb.JS, bus.Subject("P", "HQ1", "OFF"), m); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -83,16 +83,16 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	rec.Metadata.Set(exchange.MetaSource, "dead:"+strconv.FormatUint(seq, 10))
 	rec.Metadata.Set(exchange.MetaNode, l.Node)
 	// Retries of dead letters are rare: they publish on the main connection.
-	dup, err := publishRecord(ctx, p.b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
+	dup, rseq, err := publishRecord(ctx, p.b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
 	if err != nil {
 		return "", fmt.Errorf("dead letter %d: publish: %w", seq, err)
 	}
 	// A repeated retry (the first could not remove the dead letter) finds
-	// its record queued already: counted once.
+	// its record queued already: counted once. Counted as a pickup is, so
+	// that its delivery does not count it again (a letter that died at
+	// pickup never raised the picked-up number).
 	if !dup {
-		if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) { c.Queued++ }); err != nil {
-			p.log.Warn("channel state not updated", "err", err)
-		}
+		p.laneOn(p.b, p.log).taken(ctx, *h, p.states.now(), true, rseq)
 	}
 	if obj != l.Object {
 		_ = p.b.DeletePayload(ctx, l.Object)

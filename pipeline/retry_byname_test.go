@@ -35,7 +35,7 @@ func queueByNameStored(t *testing.T, b *bus.Bus, body string) string {
 	m.Metadata.Set(exchange.MetaObject, id)
 	m.Metadata.Set(exchange.MetaSHA256, sha)
 	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
-	if _, err := publishRecord(ctx, b.JS, bus.Subject("", "SRC", "DST"), m); err != nil {
+	if _, _, err := publishRecord(ctx, b.JS, bus.Subject("", "SRC", "DST"), m); err != nil {
 		t.Fatal(err)
 	}
 	return sha

@@ -48,7 +48,7 @@ func TestRepeatedRetryByName(t *testing.T) {
 	rec.Metadata.Set(exchange.MetaObject, id)
 	rec.Metadata.Set(exchange.MetaSource, "dead:"+strconv.FormatUint(seq, 10))
 	rec.Metadata.Set(exchange.MetaNode, "DST")
-	if _, err := publishRecord(ctx, b.JS, bus.Subject("", "SRC", "DST"), rec); err != nil {
+	if _, _, err := publishRecord(ctx, b.JS, bus.Subject("", "SRC", "DST"), rec); err != nil {
 		t.Fatal(err)
 	}
 	// The operator runs the retry again, as the error told.

@@ -85,7 +85,7 @@ func TestRetryRepeatedCountsOnce(t *testing.T) {
 	// What the first retry left: its record, under the id Retry gives it.
 	first := message.NewMessage(MessageID(h, l.SHA256)+"/retry-"+strconv.FormatUint(l.Seq, 10), nil)
 	exchange.SetHeader(first, h)
-	if dup, err := publishRecord(ctx, b.JS, bus.Subject("P", "SRC", "DST"), first); err != nil || dup {
+	if dup, _, err := publishRecord(ctx, b.JS, bus.Subject("P", "SRC", "DST"), first); err != nil || dup {
 		t.Fatalf("first record: dup %v, %v", dup, err)
 	}
 	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued++ }); err != nil {

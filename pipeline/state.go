@@ -69,6 +69,11 @@ type Channel struct {
 	// RecentSeqs are the stream sequences of the records resolved last
 	// (recentSeqs of them), for the same when others were resolved since.
 	RecentSeqs []uint64 `json:"recent_seqs,omitempty"`
+	// Uncounted are the stream sequences of records the delivery counted
+	// as queued when it resolved them (recentSeqs of them): their pickup's
+	// count had not come, as when the relay stopped between the publish and
+	// it, or not yet. A count that still comes for one of them is skipped.
+	Uncounted []uint64 `json:"uncounted,omitempty"`
 	// Writes are random ids of the last writes of this state (recentWrites
 	// of them), newest last: a writer whose answer was lost finds its own
 	// among them even when another writer changed the channel since.
