@@ -37,6 +37,8 @@ type Config struct {
 
 	// path is the file the config was read from; relative paths resolve against its folder.
 	path string
+	// idDefaulted says relay.id was not written (the default "relay").
+	idDefaulted bool
 }
 
 // Relay is the `relay:` section.
@@ -428,7 +430,7 @@ func emptyDocument(n *yaml.Node) bool {
 
 func (c *Config) setDefaults() {
 	if c.Relay.ID == "" {
-		c.Relay.ID = "relay"
+		c.Relay.ID, c.idDefaulted = "relay", true
 	}
 	if c.Relay.DataDir == "" {
 		c.Relay.DataDir = "./data"
@@ -594,6 +596,11 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		add("relay.lease_ttl", "%s is shorter than 1s", time.Duration(c.Relay.LeaseTTL))
 	}
 	if l := c.NATS.Leaf; l != nil {
+		if c.idDefaulted {
+			// Found by review: offices that all forgot it shared one
+			// domain, and each served the head office's nodes.
+			add("relay.id", "an office relay (nats.leaf) needs its own id: it names its JetStream domain and the nodes it serves (nodes.<code>.relay)")
+		}
 		if c.NATS.URL != "" {
 			add("nats.leaf", "a leaf node is the embedded server; remove nats.url or nats.leaf")
 		}

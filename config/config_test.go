@@ -45,8 +45,10 @@ func TestProblems(t *testing.T) {
 		{"two ways to log in", "nats: { url: nats://h:4222, user: relay, password_env: NATS_PW, token_env: NATS_TOKEN }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats: one way to log in"}},
 		{"bad token_env", "nats: { url: nats://h:4222, token_env: 'not a name' }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.token_env: is not an environment variable name (value not shown`}},
 		{"leaf ok", "relay: { id: office1 }\nnats: { leaf: { url: 'nats-leaf://hq.example:7422', creds_file: /x } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", nil},
-		{"leaf with url", "nats: { url: 'nats://a:4222', leaf: { url: 'nats-leaf://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.leaf: a leaf node is the embedded server"}},
-		{"leaf bad url", "nats: { leaf: { url: 'http://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.leaf.url: "http://hq:7422" is not nats-leaf://host:port`}},
+		{"leaf with url", "relay: { id: office1 }\nnats: { url: 'nats://a:4222', leaf: { url: 'nats-leaf://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.leaf: a leaf node is the embedded server"}},
+		{"leaf bad url", "relay: { id: office1 }\nnats: { leaf: { url: 'http://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{`nats.leaf.url: "http://hq:7422" is not nats-leaf://host:port`}},
+		// Found by review: offices without an id shared one domain.
+		{"leaf without id", "nats: { leaf: { url: 'nats-leaf://hq:7422' } }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"relay.id: an office relay (nats.leaf) needs its own id"}},
 		{"replicas embedded", "nats: { replicas: 3 }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.replicas: applies to an external cluster"}},
 		{"replicas range", "nats: { url: 'nats://a:4222', replicas: 7 }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"nats.replicas: 7 is not between 1 and 5"}},
 		{"lease too short", "relay: { lease_ttl: 100ms }\nnodes:\n  A:\n    deliver: { dir: ./b }\n", []string{"relay.lease_ttl: 100ms is shorter than 1s"}},
