@@ -149,28 +149,42 @@ func (d *flakyFinalRead) GetFile(ctx *ftpserver.Context, p string, off int64) (i
 func TestDeliverUnreadableDestinationNotReplaced(t *testing.T) {
 	for _, mode := range []string{"cut", "refuse"} {
 		t.Run(mode, func(t *testing.T) {
-			root := t.TempDir()
-			os.MkdirAll(filepath.Join(root, "in"), 0o755)
-			final := filepath.Join(root, "in", "Message_A_B.xml")
-			if err := os.WriteFile(final, msgXML(t, "A", "B", 5, 3000), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			drv, err := file.NewDriver(root)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := NewPublisher("B", testConfig(serve(t, &flakyFinalRead{Driver: drv, mode: mode}, "in"), "deliver"), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			old := msgXML(t, "A", "B", 2, 3000)
-			err = p.Publish("", deliverMsg(t, mustHeader(t, old), old))
-			if no := fileNo(t, final); no != 5 {
-				t.Fatalf("destination holds No %d after delivering No 2 (Publish: %v): the newer No 5 was overwritten because its read failed", no, err)
-			}
+			deliverOlderOverNo5(t, func(drv ftpserver.Driver) string {
+				return serve(t, &flakyFinalRead{Driver: drv, mode: mode}, "in")
+			})
 		})
 	}
+}
+
+// deliverOlderOverNo5 delivers No 2 of A → B into in/, which holds No 5,
+// through the server url serves drv (a file driver on the folder) at,
+// fails the test unless No 5 is still there, and returns the delivery's
+// error.
+func deliverOlderOverNo5(t *testing.T, url func(drv ftpserver.Driver) string) error {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "in"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	final := filepath.Join(root, "in", "Message_A_B.xml")
+	if err := os.WriteFile(final, msgXML(t, "A", "B", 5, 3000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPublisher("B", testConfig(url(drv), "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	old := msgXML(t, "A", "B", 2, 3000)
+	err = p.Publish("", deliverMsg(t, mustHeader(t, old), old))
+	if no := fileNo(t, final); no != 5 {
+		t.Fatalf("destination holds No %d after delivering No 2 (Publish: %v): the newer No 5 was overwritten", no, err)
+	}
+	return err
 }
 
 // renameRefused is a server that refuses RNTO for a reason that is not an
@@ -621,35 +635,16 @@ func TestDeliverAfterServerDroppedIdleConnection(t *testing.T) {
 // again rather than rename over a file it could not compare (found by
 // review: No 2 replaced No 5).
 func TestDeliverTransientRetrRefusalNotDropBox(t *testing.T) {
-	root := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(root, "in"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	final := filepath.Join(root, "in", "Message_A_B.xml")
-	if err := os.WriteFile(final, msgXML(t, "A", "B", 5, 3000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	drv, err := file.NewDriver(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Every RETR refused; the proxy turns goftp's 551 into a transient 450.
-	u, _ := proxied(t, uploadOnly{drv}, "in", func(line string) string {
-		if strings.HasPrefix(line, "551 ") {
-			return "450 File busy, try again later\r\n"
-		}
-		return line
+	err := deliverOlderOverNo5(t, func(drv ftpserver.Driver) string {
+		// Every RETR refused; the proxy turns goftp's 551 into a transient 450.
+		u, _ := proxied(t, uploadOnly{drv}, "in", func(line string) string {
+			if strings.HasPrefix(line, "551 ") {
+				return "450 File busy, try again later\r\n"
+			}
+			return line
+		})
+		return u
 	})
-	p, err := NewPublisher("B", testConfig(u, "deliver"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	old := msgXML(t, "A", "B", 2, 3000)
-	err = p.Publish("", deliverMsg(t, mustHeader(t, old), old))
-	if no := fileNo(t, final); no != 5 {
-		t.Fatalf("destination holds No %d after delivering No 2 (Publish: %v): a transient 450 to RETR was taken for a drop-box account and the newer No 5 was renamed over", no, err)
-	}
 	if err == nil {
 		t.Fatal("delivered although the destination's file could not be compared")
 	}
