@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/relay1c/relay/pipeline"
@@ -48,6 +50,12 @@ func (c *Client) send(ctx context.Context, method, path string, body io.Reader, 
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
+	// A request that never got a connection (a host that drops it) times
+	// out too, and is no request the relay may be at work on.
+	var connected atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { connected.Store(true) },
+	}))
 	resp, err := c.HTTP.Do(req)
 	var ne net.Error
 	switch {
@@ -55,7 +63,7 @@ func (c *Client) send(ctx context.Context, method, path string, body io.Reader, 
 		return err
 	case err != nil && ctx.Err() != nil:
 		return fmt.Errorf("%s %s: %w", method, path, context.Cause(ctx))
-	case errors.As(err, &ne) && ne.Timeout():
+	case errors.As(err, &ne) && ne.Timeout() && connected.Load():
 		// It is running and at work on the request: a retry or drop may
 		// have been done (found by review: "not reachable").
 		return fmt.Errorf("relay at %s did not answer within %s; it may still be at work, and what was asked may have been done: look again with relay status or relay dead list: %w", c.Base, c.HTTP.Timeout, err)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -38,5 +39,16 @@ func TestClientSlowAnswer(t *testing.T) {
 	srv.Close()
 	if _, err := c.Channels(context.Background()); err == nil || !strings.Contains(err.Error(), "not reachable") {
 		t.Errorf("relay gone: %v, want not reachable", err)
+	}
+
+	// A host that drops the connection attempt times out too, before any
+	// request went out: not reachable, nothing may have been done (found
+	// by review).
+	c.HTTP.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		<-ctx.Done()
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: ctx.Err()}
+	}}
+	if _, err := c.Channels(context.Background()); err == nil || strings.Contains(err.Error(), "may have been done") || !strings.Contains(err.Error(), "not reachable") {
+		t.Errorf("no connection made: %v, want not reachable", err)
 	}
 }

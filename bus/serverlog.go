@@ -3,6 +3,7 @@ package bus
 import (
 	"fmt"
 	"log/slog"
+	"regexp"
 	"sync"
 	"time"
 )
@@ -58,14 +59,27 @@ func (l *serverLog) Debugf(string, ...any) {}
 
 func (l *serverLog) Tracef(string, ...any) {}
 
+// connID is the connection's address and id nats-server writes into the
+// format of a line about one connection ("127.0.0.1:7422 - lid:5 - "):
+// each reconnect is a new one, not a new kind (found by review: a refused
+// leaf link logged every 2 s).
+var connID = regexp.MustCompile(`^\S+ - [a-z]{3}:\d+ - `)
+
+// maxKinds bounds what serverLog remembers.
+const maxKinds = 256
+
 // due says whether a line of this format may be logged now.
 func (l *serverLog) due(format string) bool {
+	kind := connID.ReplaceAllString(format, "")
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	if t, ok := l.last[format]; ok && now.Sub(t) < serverLogEvery {
+	if t, ok := l.last[kind]; ok && now.Sub(t) < serverLogEvery {
 		return false
 	}
-	l.last[format] = now
+	if len(l.last) >= maxKinds {
+		clear(l.last)
+	}
+	l.last[kind] = now
 	return true
 }

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -105,5 +106,31 @@ func TestExternalConnectFailureSaysWhy(t *testing.T) {
 				t.Errorf("error %q, want one saying %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestServerLogOncePerKind: the embedded server's lines reach relay's log
+// once a minute per kind, a kind being the format without the connection
+// nats-server writes into it ("127.0.0.1:7422 - lid:5 - "): a refused leaf
+// link reconnects every 2 s under a new id (found by review: logged every
+// time, and every id remembered for good).
+func TestServerLogOncePerKind(t *testing.T) {
+	var buf strings.Builder
+	l := newServerLog(slog.New(slog.NewTextHandler(&buf, nil)))
+	for id := range 5 {
+		l.Errorf(fmt.Sprintf("127.0.0.1:7422 - lid:%d - TLS leafnode handshake error: %%v", id), "tls: first record does not look like a TLS handshake")
+	}
+	l.Warnf("JetStream is slow: %s", "disk")
+	if n := strings.Count(buf.String(), "TLS leafnode handshake error"); n != 1 {
+		t.Errorf("%d lines of one kind, want 1:\n%s", n, buf.String())
+	}
+	if !strings.Contains(buf.String(), "JetStream is slow") {
+		t.Errorf("another kind not logged:\n%s", buf.String())
+	}
+	for i := range 2 * maxKinds {
+		l.Warnf(fmt.Sprintf("kind %d: %%s", i), "x")
+	}
+	if n := len(l.last); n > maxKinds {
+		t.Errorf("%d kinds remembered, want at most %d", n, maxKinds)
 	}
 }

@@ -143,12 +143,15 @@ func step(name string, err error) error {
 func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.conn != nil && time.Since(c.lastUse) > aliveCheckAfter && c.conn.NoOp() != nil {
+	if c.conn != nil && time.Since(c.lastUse) > aliveCheckAfter && !c.alive(ctx) {
 		// The server ended the idle session (vsftpd's idle_session_timeout
 		// says 421 and closes; a restart does the same): a fresh one,
 		// rather than a failed delivery first (found by review).
 		c.sockets.closeAll()
 		c.conn = nil
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("ftp %s: %s: %w", c.node, c.t.display, err)
+		}
 	}
 	if c.conn == nil {
 		if wait := time.Until(c.retryAt); wait > 0 && c.lastDial != nil {
@@ -191,6 +194,14 @@ func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error
 // aliveCheckAfter is how long a connection may sit unused before a NOOP
 // proves it alive: one round trip, only after a pause.
 const aliveCheckAfter = time.Second
+
+// alive sends NOOP on the open connection; ctx ending cuts it short (a
+// silent connection would hold a stopping relay io_timeout long).
+func (c *client) alive(ctx context.Context) bool {
+	stop := context.AfterFunc(ctx, c.sockets.closeAll)
+	defer stop()
+	return c.conn.NoOp() == nil && ctx.Err() == nil
+}
 
 // isReply reports whether err is the server's answer (the control connection
 // is still in step) rather than a broken connection.

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jlaffaye/ftp"
 	ftpserver "goftp.io/server/v2"
 	"goftp.io/server/v2/driver/file"
 
@@ -647,5 +648,38 @@ func TestDeliverTransientRetrRefusalNotDropBox(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("delivered although the destination's file could not be compared")
+	}
+}
+
+// TestIdleCheckStopsWithCtx: the NOOP that proves an idle connection
+// alive ends with ctx: against a connection gone silent (a NAT that
+// dropped the idle flow, a hung server) a stopping relay would otherwise
+// wait io_timeout in it (found by review of the check).
+func TestIdleCheckStopsWithCtx(t *testing.T) {
+	var uses atomic.Int32
+	s := &scriptedServer{cmd: func(verb, _ string, say func(string, ...any), _ func() net.Conn) bool {
+		if verb == "NOOP" {
+			return true // silent: the flow is gone
+		}
+		return false
+	}}
+	url := s.serve(t, "out")
+	cfg := testConfig(url, "deliver")
+	cfg.IOTimeout = config.Duration(10 * time.Second)
+	c, err := newClient("B", "deliver", cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	if err := c.with(context.Background(), func(*ftp.ServerConn) error { uses.Add(1); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(aliveCheckAfter + 200*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	start := time.Now()
+	_ = c.with(ctx, func(*ftp.ServerConn) error { uses.Add(1); return nil })
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("with() returned %s after its ctx was cancelled (300 ms in), want at once: the alive-check NOOP ignores ctx", took.Round(100*time.Millisecond))
 	}
 }

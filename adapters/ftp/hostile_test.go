@@ -225,3 +225,28 @@ func TestConnectionLimitIsNotTLS(t *testing.T) {
 		t.Errorf("no hint for the server's connection limit: %v", err)
 	}
 }
+
+// TestPickupLoginFolderAnswered550: a pickup from the login folder
+// (ftp://user@host/) on a server that answers LIST of an empty folder
+// with 550 has an empty outbox too (found by review: the 550 was its
+// error whenever the outbox was empty).
+func TestPickupLoginFolderAnswered550(t *testing.T) {
+	s := &scriptedServer{cmd: func(verb, _ string, say func(string, ...any), _ func() net.Conn) bool {
+		switch verb {
+		case "LIST", "NLST":
+			say("550 No files found")
+			return true
+		}
+		return false
+	}}
+	url := s.serve(t, "")
+	src := newSource(t, "A", testConfig(url, "pickup"))
+	src.c.noMLSD = true
+	files, err := src.List(context.Background())
+	if err != nil {
+		t.Fatalf("pickup of an empty login folder failed: %v", err)
+	}
+	if len(files) != 0 {
+		t.Fatalf("files %v, want none", files)
+	}
+}

@@ -72,7 +72,12 @@ func (c *client) listDir(conn *ftp.ServerConn, dir string) ([]*ftp.Entry, error)
 	c.sockets.listNext(false)
 	code := replyCode(err)
 	refused := code == 550 || code == 450
-	if err != nil && !refused || len(entries) > 0 || dir == "" {
+	switch {
+	case err != nil && !refused || len(entries) > 0:
+		return entries, err
+	case dir == "" && refused:
+		return nil, nil // the login folder, relay is in it: empty
+	case dir == "":
 		return entries, err
 	}
 	listErr := err

@@ -222,7 +222,16 @@ func (g *globals) inspectConfig(cmd *cobra.Command) (*config.Config, error) {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, nil
 	}
-	why, _, _ := strings.Cut(err.Error(), "\n")
+	// The first problem, not only the heading above the list (found by
+	// review: "routing.yaml is not valid:" and no reason).
+	lines := strings.Split(err.Error(), "\n")
+	why := lines[0]
+	if len(lines) > 1 {
+		why += " " + strings.TrimSpace(lines[1])
+		if len(lines) > 2 {
+			why += fmt.Sprintf(" (and %d more)", len(lines)-2)
+		}
+	}
 	fmt.Fprintf(g.stderr, "relay inspect: %s not used (%s); reading by the file name alone\n", g.config, exchange.NoControls(why))
 	return nil, nil
 }

@@ -294,6 +294,14 @@ func TestInspectByRoutingYAML(t *testing.T) {
 	if _, _, err := run(t, "inspect", "-c", "routing.yaml", sealed); err == nil {
 		t.Error("a broken --config was not reported")
 	}
+	// One that parses with a problem: the problem is said, not only the
+	// heading above the list (found by review).
+	if err := os.WriteFile("routing.yaml", []byte("relay: { lisen: x }\nnodes:\n  A: { deliver: { dir: ./a } }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, err := run(t, "inspect", sealed); err != nil || !strings.Contains(stderr, "relay.lisen: unknown key") {
+		t.Errorf("default routing.yaml with a problem: err %v, stderr %q; want the problem named", err, stderr)
+	}
 }
 
 func TestStatusWithoutRelay(t *testing.T) {
