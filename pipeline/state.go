@@ -207,6 +207,7 @@ func (s *revCache) cached(key string) (Channel, uint64, bool) {
 func (c Channel) clone() Channel {
 	c.RecentSeqs = slices.Clone(c.RecentSeqs)
 	c.Writes = slices.Clone(c.Writes)
+	c.Uncounted = slices.Clone(c.Uncounted)
 	return c
 }
 

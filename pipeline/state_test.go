@@ -169,3 +169,16 @@ func TestAcknowledgeWritesOnlyChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestCloneSharesNoArray: a clone of a remembered state shares no slice
+// with it: Updates of one channel run at once, each on its own clone, and
+// one's edit of its Uncounted (taken removes a sequence in place) must not
+// change another's (found by CI: the push bench counted a message twice).
+func TestCloneSharesNoArray(t *testing.T) {
+	c := Channel{RecentSeqs: []uint64{1, 2}, Writes: []uint64{3, 4}, Uncounted: []uint64{5, 6}}
+	d := c.clone()
+	d.RecentSeqs[0], d.Writes[0], d.Uncounted[0] = 0, 0, 0
+	if c.RecentSeqs[0] != 1 || c.Writes[0] != 3 || c.Uncounted[0] != 5 {
+		t.Errorf("editing a clone changed the original: %+v", c)
+	}
+}
