@@ -347,7 +347,15 @@ func (s *States) List(ctx context.Context) ([]Channel, error) {
 		return nil, fmt.Errorf("channel states: %w", err)
 	}
 	var out []Channel
+	seen := map[string]bool{}
 	for key := range lister.Keys() {
+		if seen[key] {
+			// A key written while it was listed comes again (seen with
+			// nats-server 2.9.10): listed twice, /metrics refused the
+			// duplicate series with a 500 (found by local CI).
+			continue
+		}
+		seen[key] = true
 		c, _, err := s.get(ctx, key)
 		if err != nil {
 			return nil, err

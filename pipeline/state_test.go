@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
 )
@@ -180,5 +182,51 @@ func TestCloneSharesNoArray(t *testing.T) {
 	d.RecentSeqs[0], d.Writes[0], d.Uncounted[0] = 0, 0, 0
 	if c.RecentSeqs[0] != 1 || c.Writes[0] != 3 || c.Uncounted[0] != 5 {
 		t.Errorf("editing a clone changed the original: %+v", c)
+	}
+}
+
+// twiceListedKV lists every key twice, as a bucket listing can hand out a
+// key written while the listing runs.
+type twiceListedKV struct{ jetstream.KeyValue }
+
+func (k twiceListedKV) ListKeys(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyLister, error) {
+	l, err := k.KeyValue.ListKeys(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan string)
+	go func() {
+		defer close(out)
+		for key := range l.Keys() {
+			out <- key
+			out <- key
+		}
+	}()
+	return twiceLister{l, out}, nil
+}
+
+type twiceLister struct {
+	jetstream.KeyLister
+	keys chan string
+}
+
+func (l twiceLister) Keys() <-chan string { return l.keys }
+
+// TestListOnceEachChannel: a channel listed twice by the bucket is one
+// channel (found by local CI against Debian's nats-server: /metrics
+// answered 500 for a duplicate series).
+func TestListOnceEachChannel(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	s := NewStates(b.Channels)
+	if _, err := s.Update(ctx, "P", "A", "B", func(c *Channel) { c.Queued++ }); err != nil {
+		t.Fatal(err)
+	}
+	chans, err := NewStates(twiceListedKV{b.Channels}).List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(chans) != 1 {
+		t.Errorf("%d channels listed, want 1: %+v", len(chans), chans)
 	}
 }
