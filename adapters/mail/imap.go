@@ -280,7 +280,7 @@ func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (work
 			p.Last.Set(nil)
 			p.showing = false
 		}
-		p.showSkipped()
+		p.showTrouble()
 		if err := p.wait(ctx, c); err != nil {
 			return worked, err
 		}
@@ -797,10 +797,10 @@ func (p *Pickup) unreadable(ctx context.Context, uid imap.UID, what string, err 
 	return true
 }
 
-// showSkipped shows the mails the server will not hand out, else a
+// showTrouble shows the mails the server will not hand out, else a
 // refused quarantine, as the pickup's trouble, and clears that once there
 // is neither.
-func (p *Pickup) showSkipped() {
+func (p *Pickup) showTrouble() {
 	if len(p.skipped) == 0 {
 		switch {
 		case p.unquarantined != nil:
