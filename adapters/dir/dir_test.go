@@ -83,12 +83,7 @@ func TestPickupCommitsOnlyOnAck(t *testing.T) {
 	if err != nil || h.MessageNo != 3 || m.Metadata.Get(exchange.MetaProblem) != "" {
 		t.Fatalf("header %+v %v, problem %q", h, err, m.Metadata.Get(exchange.MetaProblem))
 	}
-	body, err := exchange.Body(context.Background(), m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(body)
-	body.Close()
+	got := exchangetest.Body(t, m)
 	want, _ := os.ReadFile(path)
 	if string(got) != string(want) {
 		t.Fatal("body differs from the file")

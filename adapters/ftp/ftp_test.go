@@ -163,8 +163,7 @@ func TestPickup(t *testing.T) {
 			if src := m.Metadata.Get(exchange.MetaSource); !strings.HasPrefix(src, "ftp://relay@127.0.0.1:") || !strings.HasSuffix(src, "/out/Message_ЦО_ОП.xml") {
 				t.Fatalf("source %q", src)
 			}
-			body, _ := exchange.Body(context.Background(), m)
-			got, _ := io.ReadAll(body)
+			got := exchangetest.Body(t, m)
 			want, _ := os.ReadFile(path)
 			if !bytes.Equal(got, want) {
 				t.Fatalf("body: %d bytes, want %d", len(got), len(want))
@@ -646,15 +645,7 @@ func TestPickupRewriteDuringDownload(t *testing.T) {
 				t.Fatal("nothing taken within 15s")
 			}
 			defer m.Ack()
-			body, err := exchange.Body(context.Background(), m)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := io.ReadAll(body)
-			body.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
+			got := exchangetest.Body(t, m)
 			if h, _ := exchange.HeaderOf(m); !bytes.Equal(got, b) && (!minutes || !bytes.Equal(got, a)) {
 				t.Fatalf("emitted header No %d, problem %q, %d bytes: not a message as 1C wrote it (head of No 7: %v, tail of No 8: %v)",
 					h.MessageNo, m.Metadata.Get(exchange.MetaProblem), len(got), bytes.Equal(got[:4096], a[:4096]), bytes.Equal(got[len(got)-1000:], b[len(b)-1000:]))

@@ -1265,20 +1265,6 @@ func next(t testing.TB, ch <-chan *message.Message, d time.Duration) *message.Me
 	}
 }
 
-func bodyOf(t testing.TB, m *message.Message) []byte {
-	t.Helper()
-	r, err := exchange.Body(context.Background(), m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	b, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // fileServer serves what its serve function returns: status, headers, body.
 type fileServer struct {
 	mu    sync.Mutex
@@ -1358,7 +1344,7 @@ func TestPickupFile(t *testing.T) {
 			t.Errorf("metadata %s = %q, want %q", k, got, v)
 		}
 	}
-	if !bytes.Equal(bodyOf(t, m), data) {
+	if !bytes.Equal(exchangetest.Body(t, m), data) {
 		t.Fatal("body differs from the served bytes")
 	}
 	acked := time.Now()
@@ -1498,7 +1484,7 @@ func TestPickupNack(t *testing.T) {
 	if d := time.Since(nacked); d < 250*time.Millisecond {
 		t.Errorf("offered again %s after the nack, want the interval", d)
 	}
-	if !bytes.Equal(bodyOf(t, m), data) || m.Metadata.Get(exchange.MetaFileName) != "Message_ЦО_ОП.xml" {
+	if !bytes.Equal(exchangetest.Body(t, m), data) || m.Metadata.Get(exchange.MetaFileName) != "Message_ЦО_ОП.xml" {
 		t.Error("second offer differs")
 	}
 	m.Ack()
@@ -1545,7 +1531,7 @@ func TestPickupServerDown(t *testing.T) {
 	srv.Start()
 	defer srv.Close()
 	m := next(t, ch, 10*time.Second)
-	if m.Metadata.Get(exchange.MetaProblem) != "" || !bytes.Equal(bodyOf(t, m), data) {
+	if m.Metadata.Get(exchange.MetaProblem) != "" || !bytes.Equal(exchangetest.Body(t, m), data) {
 		t.Fatalf("message after recovery: %v", m.Metadata)
 	}
 	m.Ack()

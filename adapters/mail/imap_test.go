@@ -263,20 +263,6 @@ func none(t *testing.T, out <-chan *message.Message, d time.Duration) {
 	}
 }
 
-func bodyOf(t *testing.T, m *message.Message) []byte {
-	t.Helper()
-	r, err := exchange.Body(context.Background(), m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	b, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -304,7 +290,7 @@ func TestIMAPPickupTakesAndDeletes(t *testing.T) {
 	if m.Metadata.Get(exchange.MetaFrom) != "ЦО" || m.Metadata.Get(exchange.MetaTo) != "ОП" {
 		t.Errorf("header metadata %v", m.Metadata)
 	}
-	if !bytes.Equal(bodyOf(t, m), content) {
+	if !bytes.Equal(exchangetest.Body(t, m), content) {
 		t.Fatal("body differs from the attached file")
 	}
 	if !strings.HasPrefix(m.Metadata.Get(exchange.MetaSource), "imap://relay@"+s.addr+"/INBOX;UIDVALIDITY=") {
@@ -430,7 +416,7 @@ func TestIMAPPickupJoinsParts(t *testing.T) {
 	if p := m.Metadata.Get(exchange.MetaProblem); p != "" {
 		t.Fatalf("problem: %s", p)
 	}
-	if !bytes.Equal(bodyOf(t, m), content) {
+	if !bytes.Equal(exchangetest.Body(t, m), content) {
 		t.Fatal("joined parts differ from the file")
 	}
 	if m.Metadata.Get(exchange.MetaFileName) != "Message_SHOP1_ЦО.xml" {
@@ -635,7 +621,7 @@ func TestIMAPPickupOneCStyle(t *testing.T) {
 	if m.Metadata.Get(exchange.MetaFileName) != "Message_ЦО_ОП.zip" || m.Metadata.Get(exchange.MetaMessageNo) != "3" {
 		t.Fatalf("metadata %v", m.Metadata)
 	}
-	if !bytes.Equal(bodyOf(t, m), zipped.Bytes()) {
+	if !bytes.Equal(exchangetest.Body(t, m), zipped.Bytes()) {
 		t.Fatal("body differs")
 	}
 	m.Ack()
@@ -1123,7 +1109,7 @@ func pickOne(t *testing.T, partHeader, body string) []byte {
 	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
 		t.Fatalf("problem: %s", pr)
 	}
-	return bodyOf(t, m)
+	return exchangetest.Body(t, m)
 }
 
 // slowConn sends at most rate bytes a second, in chunks of 512 bytes: a
@@ -1582,7 +1568,7 @@ func TestIMAPPickupSubjectPatternTakesParts(t *testing.T) {
 			if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
 				t.Fatalf("problem: %s", pr)
 			}
-			if !bytes.Equal(bodyOf(t, m), content) {
+			if !bytes.Equal(exchangetest.Body(t, m), content) {
 				t.Fatal("joined parts differ")
 			}
 			m.Ack()

@@ -1393,7 +1393,7 @@ func TestSMTPPartRetryOtherSizeSameCount(t *testing.T) {
 	if pr := got.Metadata.Get(exchange.MetaProblem); pr != "" {
 		t.Fatalf("the delivered message arrived as a dead letter: %s", pr)
 	}
-	if !bytes.Equal(bodyOf(t, got), body) {
+	if !bytes.Equal(exchangetest.Body(t, got), body) {
 		t.Fatal("joined file differs from the message")
 	}
 }
