@@ -268,14 +268,11 @@ func TestFetchTroubleShown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	_, ob, _ := officeAndHub(ctx, t, log)
-	cfg, err := config.Parse([]byte(`relay: { id: office1, listen: "127.0.0.1:1" }
+	cfg := testConfig(t, `relay: { id: office1, listen: "127.0.0.1:1" }
 nodes:
   HQ1: { relay: nowhere, deliver: { dir: ./hq1 } }
   OFF: { relay: office1, deliver: { dir: ./off } }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	p, err := New(cfg, ob, scriptedEndpoints{"OFF": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -89,14 +89,11 @@ func twoRelays(t *testing.T, id, offMode string) *config.Config {
 	if offMode != "" {
 		mode = " mode: " + offMode + ","
 	}
-	cfg, err := config.Parse([]byte(`relay: { id: ` + id + `, listen: "127.0.0.1:1" }
+	cfg := testConfig(t, `relay: { id: ` + id + `, listen: "127.0.0.1:1" }
 nodes:
   HQ1: { relay: hq, deliver: { dir: ./hq1 } }
   OFF: { relay: office1,` + mode + ` deliver: { dir: ./off } }
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	return cfg
 }
 

@@ -77,20 +77,24 @@ func (e scriptedEndpoints) Deliver(node string, _ *config.Endpoint, _ *slog.Logg
 	return e[node], nil
 }
 
-// runPipeline starts a pipeline for cfg on b until the test ends.
+// runPipeline starts a pipeline for yaml on b until the test ends.
 func runPipeline(t *testing.T, yaml string, b *bus.Bus, eps Endpoints) *Pipeline {
+	t.Helper()
+	p := newPipeline(t, yaml, b, eps)
+	runUntilEnd(t, p)
+	return p
+}
+
+// testConfig parses yaml, with the data folder (a dead letter's retry
+// spools there) in the test's temp folder.
+func testConfig(t *testing.T, yaml string) *config.Config {
 	t.Helper()
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, err := New(cfg, b, eps, log, Options{AckWait: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runUntilEnd(t, p)
-	return p
+	cfg.Relay.DataDir = t.TempDir()
+	return cfg
 }
 
 // runUntilEnd runs p until the test ends.
@@ -216,11 +220,7 @@ func waitChannel(t *testing.T, p *Pipeline, plan string, within time.Duration, o
 // the test's end.
 func newPipeline(t *testing.T, yaml string, b *bus.Bus, eps Endpoints) *Pipeline {
 	t.Helper()
-	cfg, err := config.Parse([]byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := New(cfg, b, eps, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{AckWait: 5 * time.Second})
+	p, err := New(testConfig(t, yaml), b, eps, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{AckWait: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

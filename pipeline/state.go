@@ -158,6 +158,9 @@ func (c *Channel) Pending() uint64 {
 type States struct {
 	kv  jetstream.KeyValue
 	now func() time.Time
+	// after is time.After, for the backoff between tries (a test's own
+	// timer proves the backoff ends with ctx).
+	after func(time.Duration) <-chan time.Time
 	*revCache
 }
 
@@ -177,13 +180,13 @@ type revState struct {
 
 // NewStates wraps the channels bucket.
 func NewStates(kv jetstream.KeyValue) *States {
-	return &States{kv: kv, now: time.Now, revCache: &revCache{last: map[string]revState{}}}
+	return &States{kv: kv, now: time.Now, after: time.After, revCache: &revCache{last: map[string]revState{}}}
 }
 
 // on is s working through kv (another connection's handle on the same
 // bucket) and sharing s's cache.
 func (s *States) on(kv jetstream.KeyValue) *States {
-	return &States{kv: kv, now: s.now, revCache: s.revCache}
+	return &States{kv: kv, now: s.now, after: s.after, revCache: s.revCache}
 }
 
 func (s *revCache) remember(key string, c Channel, rev uint64) {
@@ -291,7 +294,7 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 				select {
 				case <-ctx.Done():
 					return c, err
-				case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
+				case <-s.after(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
 				}
 				continue
 			}
@@ -334,7 +337,7 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 			// Writers that keep colliding on one channel take turns.
 			select {
 			case <-ctx.Done():
-			case <-time.After(rand.N(time.Duration(attempt) * 2 * time.Millisecond)):
+			case <-s.after(rand.N(time.Duration(attempt) * 2 * time.Millisecond)):
 			}
 		}
 	}
