@@ -484,8 +484,27 @@ func readReply(r io.Reader) ([]byte, error) {
 }
 
 // htmlPage reports whether a reply is an HTML document: with a 200, what
-// a login page or a proxy answers, not a 1C HTTP service.
+// a login page or a proxy answers, not a 1C HTTP service. An XML prolog
+// and comments before it (XHTML portals write both) are passed over.
 func htmlPage(b []byte) bool {
+	for {
+		b = bytes.TrimSpace(b)
+		var skip []byte
+		switch {
+		case bytes.HasPrefix(b, []byte("<?")):
+			skip = []byte("?>")
+		case bytes.HasPrefix(b, []byte("<!--")):
+			skip = []byte("-->")
+		}
+		if skip == nil {
+			break
+		}
+		_, rest, ok := bytes.Cut(b, skip)
+		if !ok {
+			return false
+		}
+		b = rest
+	}
 	head := strings.ToLower(string(b[:min(len(b), 16)]))
 	return strings.HasPrefix(head, "<!doctype html") || strings.HasPrefix(head, "<html")
 }

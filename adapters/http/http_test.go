@@ -1880,25 +1880,37 @@ func FuzzFileName(f *testing.F) {
 // message of a few hundred KB is all in the socket's buffers by then, so
 // the early-2xx check cannot see it: it counted as delivered, the record
 // was acked and the infobase never got the file (found by review). It is
-// the endpoint's trouble now, named by the page's title.
+// the endpoint's trouble now, named by the page's title; also a page
+// behind an XML prolog (XHTML portals) or a comment (found by review).
 func TestLoginPage200NotDelivered(t *testing.T) {
-	var got atomic.Int64
-	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
-		n, _ := io.CopyN(io.Discard, r.Body, 4<<10)
-		got.Store(n)
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		io.WriteString(w, "\n<!DOCTYPE html>\n<html><head><TITLE>Sign in</TITLE></head><body>Please log in</body></html>")
-	}))
-	defer srv.Close()
-	body := xmlOf(t, hdr(5), 200_000)
-	p := newPub(t, Config{URL: srv.URL})
-	p.retry.tries = 1
-	err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", body, nil).Message)
-	if err == nil {
-		t.Fatalf("delivered, but the service read only %d of %d bytes and answered a login page", got.Load(), len(body))
+	pages := map[string]string{
+		"doctype": "\n<!DOCTYPE html>\n<html><head><TITLE>Sign in</TITLE></head><body>Please log in</body></html>",
+		"xml prolog + XHTML": `<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
+<html xmlns="http://www.w3.org/1999/xhtml"><head><title>Sign in</title></head><body>Please log in</body></html>`,
+		"leading comment": "<!-- portal v2 -->\n<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in</body></html>",
 	}
-	if !strings.Contains(err.Error(), `HTML page (title "Sign in")`) || exchange.IsPermanent(err) {
-		t.Fatalf("error %q: want the endpoint's trouble naming the page", err)
+	for name, page := range pages {
+		t.Run(name, func(t *testing.T) {
+			var got atomic.Int64
+			srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+				n, _ := io.CopyN(io.Discard, r.Body, 4<<10)
+				got.Store(n)
+				w.Header().Set("Content-Type", "text/html; charset=utf-8")
+				io.WriteString(w, page)
+			}))
+			defer srv.Close()
+			body := xmlOf(t, hdr(5), 200_000)
+			p := newPub(t, Config{URL: srv.URL})
+			p.retry.tries = 1
+			err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", body, nil).Message)
+			if err == nil {
+				t.Fatalf("delivered, but the service read only %d of %d bytes and answered a login page", got.Load(), len(body))
+			}
+			if !strings.Contains(err.Error(), `HTML page (title "Sign in")`) || exchange.IsPermanent(err) {
+				t.Fatalf("error %q: want the endpoint's trouble naming the page", err)
+			}
+		})
 	}
 }
 
