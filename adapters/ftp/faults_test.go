@@ -28,6 +28,8 @@ import (
 	ftpserver "goftp.io/server/v2"
 	"goftp.io/server/v2/driver/file"
 
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/folder/foldertest"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
@@ -681,5 +683,63 @@ func TestIdleCheckStopsWithCtx(t *testing.T) {
 	_ = c.with(ctx, func(*ftp.ServerConn) error { uses.Add(1); return nil })
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("with() returned %s after its ctx was cancelled (300 ms in), want at once: the alive-check NOOP ignores ctx", took.Round(100*time.Millisecond))
+	}
+}
+
+// TestMoveListingFailsNothingReplaced: after: move:sent never replaces an
+// earlier moved file, README says; Move looks for one by listing the
+// archive folder, and when that listing failed (an archive grown past the
+// 16 MiB listing bound in a few years, lowered here; a passing error) it
+// renamed over sent/Message_A_B.xml all the same: the archived No 6 was
+// overwritten by No 7 (found by review). The moved file gets a time stamp
+// then.
+func TestMoveListingFailsNothingReplaced(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	sent := filepath.Join(out, "sent")
+	if err := os.MkdirAll(sent, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	no6, no7 := msgXML(t, "A", "B", 6, 500), msgXML(t, "A", "B", 7, 600)
+	if err := os.WriteFile(filepath.Join(sent, "Message_A_B.xml"), no6, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 200; i++ { // earlier moves, timestamped
+		n := time.Now().UTC().Add(-time.Duration(i)*time.Hour).Format("20060102T150405.000000000Z") + "_Message_A_B.xml"
+		if err := os.WriteFile(filepath.Join(sent, n), no6, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(out, "Message_A_B.xml"), no7, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(startServer(t, root, "out"), "pickup")
+	src := newSource(t, "A", cfg)
+	src.c.listBounds = listBounds{bytes: 4 << 10, within: time.Minute} // the pickup folder lists within it, the archive not
+	p, err := folder.NewPickup(src, folder.Options{
+		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
+		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterMove, Folder: "sent"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := p.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	m := foldertest.Next(ch, 5*time.Second)
+	if m == nil {
+		t.Fatal("No 7 not taken")
+	}
+	m.Ack()
+	waitGone(t, filepath.Join(out, "Message_A_B.xml"))
+	if no := fileNo(t, filepath.Join(sent, "Message_A_B.xml")); no != 6 {
+		t.Fatalf("the archived sent/Message_A_B.xml holds No %d after the move of No 7, want No 6: the earlier moved file was replaced (the archive folder's listing failed and Move renamed over it)", no)
+	}
+	if es, err := os.ReadDir(sent); err != nil || len(es) != 202 {
+		t.Fatalf("sent/ holds %d files (%v), want 202: the 201 earlier and No 7", len(es), err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -225,13 +226,13 @@ func (s *source) Move(ctx context.Context, name, to string) error {
 	}
 	return s.c.with(ctx, func(conn *ftp.ServerConn) error {
 		mkdirAll(conn, s.c, to)
-		dst := to + "/" + name
-		if existing, err := s.list(conn, to); err == nil {
-			for _, f := range existing {
-				if f.Name == name {
-					dst = to + "/" + time.Now().UTC().Format("20060102T150405.000000000Z") + "_" + name
-				}
-			}
+		// A name the archive holds already gets a time stamp; so does any
+		// name when the archive's listing fails (one grown past the
+		// listing's bounds in a few years, a passing error): the rename
+		// must not replace an earlier moved file.
+		dst := to + "/" + time.Now().UTC().Format("20060102T150405.000000000Z") + "_" + name
+		if existing, err := s.list(conn, to); err == nil && !slices.ContainsFunc(existing, func(f folder.File) bool { return f.Name == name }) {
+			dst = to + "/" + name
 		}
 		if err := conn.Rename(s.c.path(name), s.c.remote(dst)); err != nil {
 			delete(s.c.made, to) // the folder may be gone: create it again next time
