@@ -119,7 +119,7 @@ var kinds = map[string]kind{
 			if err != nil {
 				return []error{err}
 			}
-			return c.Validate()
+			return append(c.Validate(), c.CheckAfter(e.After)...)
 		},
 		pickup: func(r *Registry, node string, e *config.Endpoint, mem *pipeline.Memory, log *slog.Logger) (message.Subscriber, error) {
 			c, err := r.imapConfig(e)

@@ -225,7 +225,26 @@ func (c *IMAPConfig) Validate() []error {
 	if strings.ContainsAny(c.Quarantine, "\r\n*%") {
 		add("quarantine: %q is not a folder name", c.Quarantine)
 	}
+	if t, err := c.target(); err == nil && sameMailbox(c.Quarantine, t.mailbox) {
+		add("quarantine: %q is the mailbox read: a bad mail would come back to it under a new UID and make a new dead letter at every scan", c.Quarantine)
+	}
 	return errs
+}
+
+// CheckAfter reports an after: move: to the mailbox read, where each
+// moved mail would come back under a new UID and be taken again.
+func (c *IMAPConfig) CheckAfter(after config.After) []error {
+	if t, err := c.target(); err == nil && after.Action == config.AfterMove && sameMailbox(after.Folder, t.mailbox) {
+		return []error{fmt.Errorf("after: move:%s is the mailbox read: every mail moved would come back and be taken again", after.Folder)}
+	}
+	return nil
+}
+
+// sameMailbox says IMAP names a and b the same mailbox: INBOX in any case
+// (RFC 3501 §5.1), any other name as it is.
+func sameMailbox(a, b string) bool {
+	a, b = strings.Trim(a, "/"), strings.Trim(b, "/")
+	return a == b || strings.EqualFold(a, "INBOX") && strings.EqualFold(b, "INBOX")
 }
 
 func (c *IMAPConfig) pattern() (*regexp.Regexp, error) {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relay1c/relay/config"
 	"gopkg.in/yaml.v3"
 )
 
@@ -359,6 +360,8 @@ func TestIMAPConfigErrors(t *testing.T) {
 		{"poll_interval", base + "poll_interval: 500ms\n", []string{"poll_interval: 500ms is below 1s"}},
 		{"part_timeout", base + "part_timeout: 30s\n", []string{"part_timeout: 30s is below 1m"}},
 		{"quarantine", base + "quarantine: 'Bad*'\n", []string{`quarantine: "Bad*" is not a folder name`}},
+		{"quarantine is the mailbox", base + "quarantine: inbox\n", []string{`quarantine: "inbox" is the mailbox read`}},
+		{"quarantine is the named mailbox", "url: imaps://relay@mail.example.com/Exchange/In\nquarantine: Exchange/In\n", []string{`quarantine: "Exchange/In" is the mailbox read`}},
 		{"io_timeout", base + "io_timeout: 100ms\n", []string{"io_timeout: "}},
 		{"connect_timeout", base + "connect_timeout: 100ms\n", []string{"connect_timeout: "}},
 	} {
@@ -369,6 +372,27 @@ func TestIMAPConfigErrors(t *testing.T) {
 			}
 			wantErrs(t, cfg.Validate(), c.want...)
 		})
+	}
+}
+
+// An after: move: to the mailbox read is refused: each mail moved would
+// come back under a new UID and be taken again.
+func TestIMAPCheckAfter(t *testing.T) {
+	cfg, err := DecodeIMAP(yamlValue(t, "url: imaps://relay@mail.example.com/Exchange\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		after config.After
+		bad   bool
+	}{
+		{config.After{Action: config.AfterMove, Folder: "Exchange"}, true},
+		{config.After{Action: config.AfterMove, Folder: "Exchange/Done"}, false},
+		{config.After{Action: config.AfterDelete}, false},
+	} {
+		if errs := cfg.CheckAfter(c.after); (len(errs) > 0) != c.bad {
+			t.Errorf("after %s: %v, want refused %v", c.after, errs, c.bad)
+		}
 	}
 }
 

@@ -83,6 +83,7 @@ type verdict int
 const (
 	ignored    verdict = iota + 1 // not an exchange mail, or from a stranger: never touched
 	inTransfer                    // a part, waiting for its set
+	disagrees                     // a part at odds with its set: looked at again when a set ends
 	done                          // taken and kept (after: keep)
 )
 
@@ -374,7 +375,7 @@ func (p *Pickup) scan(ctx context.Context, c *imapclient.Client, out chan<- *mes
 			}
 		}
 		if len(t.parts) == 0 {
-			delete(p.transfers, id)
+			p.endTransfer(id)
 		}
 	}
 	var singles []candidate
@@ -504,6 +505,7 @@ func (p *Pickup) classify(ctx context.Context, c *imapclient.Client, uids []imap
 		}
 	}()
 	var looks []look
+	answered := 0
 	for m := cmd.Next(); m != nil; m = cmd.Next() {
 		var (
 			uid     imap.UID
@@ -511,6 +513,7 @@ func (p *Pickup) classify(ctx context.Context, c *imapclient.Client, uids []imap
 			arrived time.Time
 			hdr     gomail.Header
 			hdrErr  error
+			sawHdr  bool
 			who     fields
 		)
 		for item := m.Next(); item != nil; item = m.Next() {
@@ -526,6 +529,7 @@ func (p *Pickup) classify(ctx context.Context, c *imapclient.Client, uids []imap
 				if it.Section != nil && len(it.Section.HeaderFields) == len(whoFields) {
 					f = &who.hdr
 				}
+				sawHdr = sawHdr || f == &hdr
 				if it.Literal == nil {
 					if f == &hdr {
 						hdrErr = errors.New("no header")
@@ -559,7 +563,14 @@ func (p *Pickup) classify(ctx context.Context, c *imapclient.Client, uids []imap
 				}
 			}
 		}
-		if uid == 0 {
+		if uid != 0 {
+			answered++
+		}
+		if uid == 0 || !sawHdr {
+			// No header came: a server's unsolicited FETCH of the mail
+			// (its flags changed) taken for the answer, the answer itself
+			// passed over. Judged at the next scan (found by review: a
+			// good mail was ignored for good).
 			continue
 		}
 		if errors.Is(hdrErr, errHeaderTooBig) && who.err == nil {
@@ -570,6 +581,13 @@ func (p *Pickup) classify(ctx context.Context, c *imapclient.Client, uids []imap
 	}
 	if err := cmd.Close(); err != nil {
 		return nil, nil, fmt.Errorf("imap %s: fetch headers: %w", p.node, err)
+	}
+	if answered == 0 {
+		// Not one answer matched by UID: a server naming the UID after
+		// the data, which the IMAP client cannot match (found by review:
+		// the mailbox stalled with no error shown). Mails expunged since
+		// the search are the other cause: the next session tells.
+		return nil, nil, fmt.Errorf("imap %s: fetch headers: the server answered none of %d mails by UID (it may name the UID after the data, which relay cannot read)", p.node, len(uids))
 	}
 	var (
 		singles []candidate
@@ -695,7 +713,7 @@ func (p *Pickup) addPart(ctx context.Context, uid imap.UID, l *partLook) (late b
 		// Another sender's parts under the same id: keep the first set's view;
 		// this one is judged on its own after the set is done.
 		p.log.Warn("part disagrees with its set; left alone", "uid", uid, "transfer", id, "part", pt.String())
-		p.known[uid] = ignored
+		p.known[uid] = disagrees
 		return false, nil
 	}
 	if !arrived.IsZero() && arrived.Before(t.first) {
@@ -1058,7 +1076,7 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 			for _, u := range t.uids() {
 				p.known[u] = done
 			}
-			delete(p.transfers, t.id)
+			p.endTransfer(t.id)
 			p.finish(ctx, t)
 			return nil
 		}
@@ -1134,11 +1152,24 @@ func (p *Pickup) emitSet(ctx context.Context, c *imapclient.Client, log *slog.Lo
 	if err != nil {
 		return err
 	}
-	delete(p.transfers, t.id)
+	p.endTransfer(t.id)
 	if taken {
 		p.finish(ctx, t)
 	}
 	return nil
+}
+
+// endTransfer forgets the set id. The parts that disagreed with a set are
+// looked at again: theirs may have been this one, and each is then judged
+// on its own (a set of its own that times out into a dead letter; found by
+// review: they were left in the mailbox for good).
+func (p *Pickup) endTransfer(id string) {
+	delete(p.transfers, id)
+	for u, v := range p.known {
+		if v == disagrees {
+			delete(p.known, u)
+		}
+	}
 }
 
 // keptSet reports whether every part of t has a mail that after: keep
@@ -1225,8 +1256,10 @@ func (p *Pickup) fetchAttachment(c *imapclient.Client, uid imap.UID, f *os.File)
 		}
 		return a, errGone
 	}
+	sawBody := false
 	for item := m.Next(); item != nil; item = m.Next() {
 		body, ok := item.(imapclient.FetchItemDataBodySection)
+		sawBody = sawBody || ok
 		if !ok || body.Literal == nil {
 			continue
 		}
@@ -1250,6 +1283,14 @@ func (p *Pickup) fetchAttachment(c *imapclient.Client, uid imap.UID, f *os.File)
 	}
 	if err := cmd.Close(); err != nil {
 		return a, fmt.Errorf("imap %s: fetch UID %d: %w", p.node, uid, err)
+	}
+	if !sawBody {
+		// A server's unsolicited FETCH of the mail (its flags changed)
+		// taken for the answer, the body passed over: not a mail without
+		// attachment (found by review: a good mail quarantined). Like a
+		// mail cut off: the next session fetches it again, and one the
+		// server never hands out is skipped and shown.
+		return a, fmt.Errorf("imap %s: read UID %d: %w", p.node, uid, &cutOff{errors.New("the server's answer held no body of the mail")})
 	}
 	return a, nil
 }
