@@ -252,7 +252,8 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			return hold()
 		}
 		obj := m.Metadata.Get(exchange.MetaObject)
-		unlock, ok := p.chanLocks.lock(ctx, bus.ChannelKey(h.ExchangePlan, h.From, h.To), lockWait)
+		key := bus.ChannelKey(h.ExchangePlan, h.From, h.To)
+		unlock, ok := p.chanLocks.lock(ctx, key, lockWait)
 		if !ok {
 			// The channel's previous message is still being delivered
 			// (a big file, a slow destination): give this worker to the
@@ -279,6 +280,17 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			ctx = claim.Context()
 		}
 
+		seq := streamSeq(in, m)
+		// An outcome the destination has but the channel's state does
+		// not (its write failed) is written first: this record may be
+		// it, and the channel's next message is judged by it.
+		if mine, err := l.recordUnrecorded(ctx, &p.unrecorded, key, seq, m.UUID); err != nil {
+			return err
+		} else if mine {
+			log.Info("resolved before, its channel state written now; acked")
+			return nil
+		}
+
 		// On an embedded NATS this process alone writes the channel
 		// states, so the newest it read or wrote is the bucket's (a write
 		// it lost track of only lags, and the update below re-reads).
@@ -291,14 +303,18 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		if err != nil {
 			return err
 		}
-		if m.UUID != "" && m.UUID == st.LastMsgID && timesOffered(in, m) > 1 {
-			// Resolved already; the relay stopped before its ack.
+		if timesOffered(in, m) > 1 && (seq > 0 && slices.Contains(st.RecentSeqs, seq) || seq == 0 && m.UUID != "" && m.UUID == st.LastMsgID) {
+			// Resolved already, its ack lost (the relay stopped before
+			// it, or its AckWait passed), whatever the outcome was. By
+			// the record's stream sequence: the same message queued
+			// again (relay send, a re-pickup past the duplicate window)
+			// is a record of its own (found by review: one was acked
+			// undelivered behind a dead letter of the same id).
 			log.Info("offered again after it was resolved; acked")
 			return nil
 		}
 		// A message routed by its file name has no number: its place in
 		// the channel is its place in the stream.
-		seq := streamSeq(in, m)
 		if h.ByName() && seq > 0 {
 			switch o, err := l.nameOrder(ctx, h, n.Mode, seq, st.NameSeq); {
 			case err != nil:
@@ -318,12 +334,6 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				return holdTold(msg)
 			}
 		} else if !h.ByName() && h.MessageNo <= st.DeliveredNo {
-			if timesOffered(in, m) > 1 && slices.Contains(st.RecentSeqs, seq) {
-				// Resolved already, its ack lost, and others resolved
-				// since (LastMsgID names only the last).
-				log.Info("offered again after it was resolved; acked")
-				return nil
-			}
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
 			l.m.dropped.WithLabelValues(node, dropReason(dup)).Inc()
@@ -425,27 +435,26 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				// Written by an attempt that stopped before this record.
 				detail += ", found in place (written before the relay stopped)"
 			}
-			if err := l.finish(ctx, h, seq, m.UUID, obj, func(c *Channel) {
+			// Told once it is recorded: a relay stopped in between
+			// delivers it again, finds it in place, and tells it then.
+			told := func() {
+				if inPlace {
+					log.Info("delivered: found in place, written before the relay stopped")
+				} else {
+					log.Info("delivered")
+				}
+				l.m.delivered.WithLabelValues(node, adapter).Inc()
+				l.m.deliveredBytes.WithLabelValues(node, adapter).Add(payloadSize(m.Metadata))
+				l.m.observeLatency(node, m.Metadata)
+				ev(StepDelivered, detail)
+			}
+			return l.finishDone(ctx, &p.unrecorded, outcome{key: key, h: h, seq: seq, id: m.UUID, obj: obj, told: told, fn: func(c *Channel) {
 				if h.MessageNo > c.DeliveredNo {
 					c.DeliveredNo = h.MessageNo
 				}
 				c.LastDeliveredAt = now
 				c.LastError = ""
-			}); err != nil {
-				return err
-			}
-			// Told once it is recorded: a relay stopped in between
-			// delivers it again, finds it in place, and tells it then.
-			if inPlace {
-				log.Info("delivered: found in place, written before the relay stopped")
-			} else {
-				log.Info("delivered")
-			}
-			l.m.delivered.WithLabelValues(node, adapter).Inc()
-			l.m.deliveredBytes.WithLabelValues(node, adapter).Add(payloadSize(m.Metadata))
-			l.m.observeLatency(node, m.Metadata)
-			ev(StepDelivered, detail)
-			return nil
+			}})
 		case errors.Is(err, exchange.ErrStale):
 			log.Info("dropped: " + err.Error())
 			l.m.dropped.WithLabelValues(node, "stale").Inc()
@@ -477,7 +486,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			}
 			l.m.dead.WithLabelValues(node, StageDeliver).Inc()
 			ev(StepDead, reason)
-			return l.finish(ctx, h, seq, m.UUID, "", func(c *Channel) { l.diedAtDelivery(c, h, n.Mode, reason) })
+			return l.finishDone(ctx, &p.unrecorded, outcome{key: key, h: h, seq: seq, id: m.UUID, fn: func(c *Channel) { l.diedAtDelivery(c, h, n.Mode, reason) }})
 		case stopping:
 			log.Info("delivery cut short: relay stopping; offered again after the restart", "err", err)
 			return err
@@ -551,6 +560,95 @@ func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, ob
 		l.drop(obj)
 	}
 	return nil
+}
+
+// outcome is a resolved record's channel-state update (finish's
+// arguments), with what is told once it is written.
+type outcome struct {
+	key  string
+	h    exchange.Header
+	seq  uint64
+	id   string
+	obj  string
+	fn   func(c *Channel)
+	told func()
+}
+
+// unrecorded are outcomes the destination has (a delivery made, a dead
+// letter stored) whose channel-state write failed (the KV unavailable), by
+// channel: written before the channel's next delivery, so that the
+// record, offered again, is not delivered again, and the channel's other
+// messages are judged by it (found by review: a mail or HTTP destination,
+// which cannot be asked what it holds, got No 6, then No 5, then No 6
+// again). Kept in memory: a relay that stops meanwhile delivers it again
+// (a folder finds it in place).
+type unrecorded struct {
+	mu sync.Mutex
+	by map[string][]outcome
+}
+
+func (u *unrecorded) put(outs ...outcome) {
+	if len(outs) == 0 {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.by == nil {
+		u.by = map[string][]outcome{}
+	}
+	u.by[outs[0].key] = append(u.by[outs[0].key], outs...)
+}
+
+func (u *unrecorded) take(key string) []outcome {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	outs := u.by[key]
+	delete(u.by, key)
+	return outs
+}
+
+// finishDone finishes o, or keeps it in u when its write fails: the
+// record is then offered again, and recordUnrecorded writes it.
+func (l *lane) finishDone(ctx context.Context, u *unrecorded, o outcome) error {
+	if err := l.finish(ctx, o.h, o.seq, o.id, o.obj, o.fn); err != nil {
+		u.put(o)
+		return err
+	}
+	if o.told != nil {
+		o.told()
+	}
+	return nil
+}
+
+// recordUnrecorded writes the channel key's unrecorded outcomes (the
+// caller holds the channel's lock); mine says one was the record seq
+// (message id, when it has no sequence here), which is resolved then. A
+// write that failed may have been applied all the same (its answer lost):
+// an outcome whose record the state lists as resolved is not written
+// twice.
+func (l *lane) recordUnrecorded(ctx context.Context, u *unrecorded, key string, seq uint64, id string) (mine bool, err error) {
+	outs := u.take(key)
+	for i, o := range outs {
+		st, err := l.states.Get(ctx, o.h.ExchangePlan, o.h.From, o.h.To)
+		switch {
+		case err != nil:
+		case o.seq > 0 && slices.Contains(st.RecentSeqs, o.seq):
+			if o.obj != "" {
+				l.drop(o.obj) // finish's, after the write it lost track of
+			}
+		default:
+			err = l.finish(ctx, o.h, o.seq, o.id, o.obj, o.fn)
+		}
+		if err != nil {
+			u.put(outs[i:]...)
+			return false, err
+		}
+		if o.told != nil {
+			o.told()
+		}
+		mine = mine || seq > 0 && o.seq == seq || seq == 0 && o.id == id
+	}
+	return mine, nil
 }
 
 // lastNo is the MessageNo of the newest record queued on the channel.

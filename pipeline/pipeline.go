@@ -73,6 +73,8 @@ type Pipeline struct {
 	metrics  *metrics
 	// chanLocks serialises one channel's deliveries across the node's workers.
 	chanLocks channelLocks
+	// unrecorded are outcomes whose channel-state write failed.
+	unrecorded unrecorded
 	// leases coordinate replicas on a shared NATS; nil on an embedded one.
 	leases *leases
 	// fetches move records for served nodes from other relays' domains.
