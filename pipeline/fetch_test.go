@@ -89,10 +89,10 @@ func twoRelays(t *testing.T, id, offMode string) *config.Config {
 	if offMode != "" {
 		mode = " mode: " + offMode + ","
 	}
-	cfg := testConfig(t, `relay: { id: ` + id + `, listen: "127.0.0.1:1" }
+	cfg := testConfig(t, `relay: { id: `+id+`, listen: "127.0.0.1:1" }
 nodes:
   HQ1: { relay: hq, deliver: { dir: ./hq1 } }
-  OFF: { relay: office1,` + mode + ` deliver: { dir: ./off } }
+  OFF: { relay: office1,`+mode+` deliver: { dir: ./off } }
 `)
 	return cfg
 }
