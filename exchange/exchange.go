@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -192,6 +193,13 @@ func (n Name) MayBeFrom(node string, isNode func(string) bool) bool {
 		from = from || r.From == node
 	}
 	return from
+}
+
+// NamesANode says some reading of the name has a node of isNode at either
+// end. A name that has none is nobody's relay knows: a code 1C writes
+// otherwise than routing.yaml, or a name read in the wrong encoding.
+func (n Name) NamesANode(isNode func(string) bool) bool {
+	return slices.ContainsFunc(n.readings(nil), func(r Name) bool { return isNode(r.From) || isNode(r.To) })
 }
 
 // ReadBy is the name as the pickup of node takes it (MayBeFrom): the first

@@ -317,3 +317,28 @@ func TestCheckReplace(t *testing.T) {
 		}
 	}
 }
+
+// NamesANode: a name none of whose readings has a node at either end is
+// nobody's relay knows (a code 1C writes otherwise, a wrong encoding).
+func TestNamesANode(t *testing.T) {
+	isNode := func(c string) bool { return c == "SHOP1" || c == "ЦО" || c == "1_SHOP" }
+	for _, tc := range []struct {
+		file string
+		want bool
+	}{
+		{"Message_SHOP1_ЦО.xml", true},
+		{"Message_X_SHOP1.xml", true},
+		{"Message_SHOP01_ЦО1.xml", false},
+		{"Message_Р¦Рћ_РћРџ.xml", false},
+		{"Message_PLAN_A_1_SHOP.zip", true}, // a split after the prefix
+		{"Message_PLAN_A_B.zip", false},
+	} {
+		n, err := ParseName(tc.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := n.NamesANode(isNode); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.file, got, tc.want)
+		}
+	}
+}

@@ -675,3 +675,42 @@ func TestDeliverEncryptedZipNeverBackwards(t *testing.T) {
 		t.Fatalf("Publish: %v, want ErrStale", err)
 	}
 }
+
+// TestPickupShowsNobodysFile: a file whose codes are no node of
+// routing.yaml (1C writes SHOP01 where routing.yaml says SHOP1) was skipped
+// as another node's in silence: the node's messages stalled with nothing
+// shown. It is left alone and shown as the pickup's trouble now; a file
+// delivered to the node (the other end unknown) stays unshown.
+func TestPickupShowsNobodysFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := fastPickup(dir)
+	nodes := []string{"SHOP1", "ЦО"}
+	cfg.IsNode = func(code string) bool { return slices.Contains(nodes, code) }
+	p, ch := startPickup(t, "SHOP1", cfg, "delete", nil)
+	for _, name := range []string{"Message_SHOP01_ЦО1.xml", "Message_X_SHOP1.xml"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("<x/>"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := foldertest.Next(ch, time.Second); m != nil {
+		m.Ack()
+		t.Fatalf("took %s", m.Metadata.Get(exchange.MetaFileName))
+	}
+	msg, _ := p.LastError()
+	if !strings.Contains(msg, "Message_SHOP01_ЦО1.xml: neither code of the name is a node of routing.yaml") || strings.Contains(msg, "more file") {
+		t.Fatalf("pickup error %q: want SHOP01_ЦО1's file shown, and only it", msg)
+	}
+	for _, name := range []string{"Message_SHOP01_ЦО1.xml", "Message_X_SHOP1.xml"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Fatalf("%s: %v, want it left alone", name, err)
+		}
+	}
+	os.Remove(filepath.Join(dir, "Message_SHOP01_ЦО1.xml"))
+	deadline := time.Now().Add(5 * time.Second)
+	for msg, _ := p.LastError(); msg != ""; msg, _ = p.LastError() {
+		if time.Now().After(deadline) {
+			t.Fatalf("pickup error %q stays after the file is gone", msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -16,8 +16,10 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/relay1c/relay/exchange"
+	"golang.org/x/text/encoding/charmap"
 )
 
 // File is one regular file of a pickup folder as a listing shows it.
@@ -105,10 +107,26 @@ type KeepMemory interface {
 // ForAnotherNode says the name makes the file a message of another node than
 // node (exchange.Name.MayBeFrom): a pickup leaves it alone, as in a folder
 // or mailbox shared with what is delivered to the node. A name that does
-// not parse is not judged here: the content check says what is wrong.
+// not parse is not judged here: the content check says what is wrong; nor
+// one that names no node (nobodys: the pickup shows it).
 func ForAnotherNode(name, node string, isNode func(string) bool) bool {
 	n, err := exchange.ParseName(name)
-	return err == nil && !n.MayBeFrom(node, isNode)
+	return err == nil && !n.MayBeFrom(node, isNode) && (isNode == nil || n.NamesANode(isNode))
+}
+
+// Nobodys says why a Message_ name is no node's relay knows, "" when it is
+// some node's: not UTF-8 (read in the wrong encoding), or no node's code
+// at either end (isNode nil: any code is a node).
+func Nobodys(name string, isNode func(string) bool) string {
+	if !utf8.ValidString(name) {
+		as1251, _ := charmap.Windows1251.NewDecoder().String(name)
+		return fmt.Sprintf("the name is not UTF-8 (as Windows-1251 it reads %s: for an FTP folder, set encoding: cp1251)", as1251)
+	}
+	n, err := exchange.ParseName(name)
+	if err != nil || isNode == nil || n.NamesANode(isNode) {
+		return ""
+	}
+	return "neither code of the name is a node of routing.yaml (a code 1C writes otherwise, or for an FTP folder the wrong encoding?)"
 }
 
 // IsMessageName is the cheap filter: Message_*.xml|.zip, extension in any case.

@@ -275,6 +275,16 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 		if !IsMessageName(f.Name) {
 			continue
 		}
+		if why := Nobodys(f.Name, p.o.IsNode); why != "" {
+			// Whose it is cannot be told: taking it could take a message
+			// delivered to the node's 1C (found by review: a name in
+			// Windows-1251 on an FTP pickup left at utf-8), and leaving
+			// it in silence stalls a node whose code 1C writes otherwise
+			// (or a name read in the wrong encoding). Shown, left alone.
+			present[f.Name] = true
+			p.fileFailed(f.Name, fmt.Errorf("%s %s: %s: %s; left alone", p.o.Adapter, p.o.Node, p.src.Where(f.Name), why), false)
+			continue
+		}
 		if ForAnotherNode(f.Name, p.o.Node, p.o.IsNode) {
 			continue // another node's file, e.g. one delivered into a shared folder
 		}

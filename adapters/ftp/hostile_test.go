@@ -6,13 +6,20 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/relay1c/relay/adapters/folder"
+	"github.com/relay1c/relay/adapters/folder/foldertest"
+	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/test/loopback"
+	"golang.org/x/text/encoding/charmap"
 )
 
 // scriptedServer is a small scripted FTP server for replies the in-process
@@ -248,5 +255,83 @@ func TestPickupLoginFolderAnswered550(t *testing.T) {
 	}
 	if len(files) != 0 {
 		t.Fatalf("files %v, want none", files)
+	}
+}
+
+// TestForeignEncodedNameLeftAlone: ЦО's deliver endpoint says encoding:
+// cp1251, its pickup on the same folder of the same server was left at
+// utf-8 (the default). The delivered Message_ОП_ЦО.xml lists with a name
+// that is not valid UTF-8; such a name does not parse, and ЦО's pickup
+// took the message addressed to ЦО's 1C as its own, dead-lettered it and
+// deleted it from the server before 1C read it (found by review). It is
+// left alone and shown now.
+func TestForeignEncodedNameLeftAlone(t *testing.T) {
+	root := t.TempDir()
+	url := startServer(t, root, "")
+	dcfg := testConfig(url, "deliver")
+	dcfg.Encoding = "cp1251"
+	pub, err := NewPublisher("ЦО", dcfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	body := msgXML(t, "ОП", "ЦО", 3, 1000)
+	if err := pub.Publish("", deliverMsg(t, mustHeader(t, body), body)); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := charmap.Windows1251.NewEncoder().String("Message_ОП_ЦО.xml")
+	delivered := filepath.Join(root, raw)
+	if !exists(delivered) {
+		t.Fatal("test setup: delivery did not land under its Windows-1251 name")
+	}
+	ch := pickup(t, testConfig(url, "pickup"), "ЦО", false) // encoding: utf-8 (default)
+	m := foldertest.Next(ch, 3*time.Second)
+	if m == nil && exists(delivered) {
+		return // left alone for ЦО's 1C
+	}
+	if m == nil {
+		t.Fatal("the delivered file is gone")
+	}
+	m.Ack() // the pipeline stores the dead letter and acks
+	time.Sleep(1 * time.Second)
+	t.Fatalf("node ЦО's pickup took Message_ОП_ЦО.xml, delivered to ЦО's 1C (Windows-1251 name, pickup encoding utf-8), as its own outgoing file: problem %q; still on the server for 1C: %v",
+		m.Metadata.Get(exchange.MetaProblem), exists(delivered))
+}
+
+// TestWrongEncodingShown: encoding: cp1251 on a server that stores and
+// lists names in UTF-8. The node's own Message_ЦО_ОП.xml decodes to
+// mojibake, which parses as a message of other "nodes", and was skipped as
+// another node's file with no error shown: a silent stall of all the
+// node's outgoing messages (found by review). It is shown now.
+func TestWrongEncodingShown(t *testing.T) {
+	root := t.TempDir()
+	cfg := testConfig(startServer(t, root, ""), "pickup")
+	cfg.Encoding = "cp1251"
+	if err := os.WriteFile(filepath.Join(root, "Message_ЦО_ОП.xml"), msgXML(t, "ЦО", "ОП", 2, 500), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	isNode := func(c string) bool { return c == "ЦО" || c == "ОП" }
+	cfg.IsNode = isNode
+	src := newSource(t, "ЦО", cfg)
+	p, err := folder.NewPickup(src, folder.Options{
+		Node: "ЦО", IsNode: isNode, Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
+		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterDelete},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := p.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if m := foldertest.Next(ch, 2*time.Second); m != nil {
+		m.Ack()
+		return
+	}
+	if msg, _ := p.LastError(); !strings.Contains(msg, "neither code of the name is a node") {
+		t.Fatalf("the node's own Message_ЦО_ОП.xml (UTF-8 name, encoding: cp1251) was never taken, and the pickup's error is %q: want it shown", msg)
 	}
 }

@@ -120,7 +120,7 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 			if !folder.IsMessageName(f.Name) {
 				continue
 			}
-			if folder.ForAnotherNode(f.Name, s.c.node, s.c.cfg.IsNode) {
+			if folder.ForAnotherNode(f.Name, s.c.node, s.c.cfg.IsNode) && folder.Nobodys(f.Name, s.c.cfg.IsNode) == "" {
 				continue // another node's file: spare it the MDTM (the pickup skips it too)
 			}
 			if mdtm {
