@@ -170,15 +170,19 @@ func (s *Server) setDefaults() {
 func (c *SMTPConfig) Validate() []error {
 	errs := c.Server.validate("smtp")
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if _, err := mail.ParseAddress(c.From); err != nil || c.From == "" {
+	if a, err := mail.ParseAddress(c.From); err != nil || c.From == "" {
 		add("from: %q is not a mail address", c.From)
+	} else if _, err := asciiAddress(a.Address); err != nil {
+		add("from: %q: %v", c.From, err)
 	}
 	if len(c.To) == 0 {
 		add("to: at least one recipient is needed")
 	}
 	for i, t := range c.To {
-		if _, err := mail.ParseAddress(t); err != nil {
+		if a, err := mail.ParseAddress(t); err != nil {
 			add("to[%d]: %q is not a mail address", i, t)
+		} else if _, err := asciiAddress(a.Address); err != nil {
+			add("to[%d]: %q: %v", i, t, err)
 		}
 	}
 	if strings.ContainsAny(c.SubjectPrefix, "\r\n") {

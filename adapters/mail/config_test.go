@@ -196,6 +196,8 @@ func TestSMTPConfigErrors(t *testing.T) {
 		{"to empty", "url: smtp://mail.example.com\nfrom: relay@example.com\nto: []\n", []string{"to: at least one recipient"}},
 		{"to[1] bad", "url: smtp://mail.example.com\nfrom: relay@example.com\nto: [wh@example.com, 'not an address', ok@example.com, '']\n",
 			[]string{`to[1]: "not an address"`, `to[3]: ""`}},
+		{"to local part not ASCII", "url: smtp://mail.example.com\nfrom: relay@example.com\nto: [обмен@склад.рф]\n", []string{`to[0]: "обмен@склад.рф": the part before @ is not ASCII`}},
+		{"from local part not ASCII", "url: smtp://mail.example.com\nfrom: обмен@example.com\nto: [wh@example.com]\n", []string{`from: "обмен@example.com": the part before @ is not ASCII`}},
 		{"max_message_size below 64KiB", smtpBase + "max_message_size: 64KB\n", []string{"max_message_size: 63 KiB is below 64 KiB"}},
 		{"max_message_size tiny", smtpBase + "max_message_size: 1000\n", []string{"max_message_size: "}},
 		{"compress", smtpBase + "compress: gzip\n", []string{`compress: "gzip" is not zip`}},

@@ -18,11 +18,13 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	gomail "github.com/emersion/go-message/mail"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/net/idna"
 
 	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/adapters/trouble"
@@ -209,7 +211,15 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 		chunk := &countingReader{r: io.LimitReader(out.body, limit)}
 		p.mu.Lock()
 		skip := done[i]
+		stale := !skip && accepted > 0 && done[1] && p.now().Sub(sp.part1) > refreshAfter
 		p.mu.Unlock()
+		if stale {
+			// A try as long as this (a slow line) must refresh part 1
+			// as a retry does, or the next would find it older than
+			// resendAfter and begin the set again, for ever (found by
+			// review). The next try sends it first and goes on here.
+			return exchange.Progressed(fmt.Errorf("smtp %s: %s: part 1/%d went out %s ago; it goes out again before part %d/%d", p.node, out.name, n, p.now().Sub(sp.part1).Round(time.Minute), i, n))
+		}
 		// Counted from before the send: the receiver's part_timeout runs
 		// from the copy's arrival, which is no earlier.
 		sentAt := p.now()
@@ -308,12 +318,40 @@ func (p *Publisher) fail(step string, err error, perMessage bool) error {
 }
 
 // address parses a validated from or to: the envelope takes its bare
-// address, the header keeps the display name.
+// address, the header keeps the display name. A domain in another script
+// (склад.рф) goes in its ASCII form (xn--80aiqe2a.xn--p1ai): a server
+// without SMTPUTF8 refuses the raw one with a 5xx (found by review: every
+// message to such a node was a dead letter), and the mail stays 7-bit.
 func address(s string) *gomail.Address {
-	if a, err := gomail.ParseAddress(s); err == nil {
-		return a
+	a, err := gomail.ParseAddress(s)
+	if err != nil {
+		a = &gomail.Address{Address: s}
 	}
-	return &gomail.Address{Address: s}
+	if ascii, err := asciiAddress(a.Address); err == nil {
+		a.Address = ascii
+	}
+	return a
+}
+
+// asciiAddress is addr with its domain in ASCII (IDNA); a local part in
+// another script has no ASCII form (it needs SMTPUTF8, which relay does
+// not use): an error.
+func asciiAddress(addr string) (string, error) {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return addr, nil
+	}
+	local, domain := addr[:at], addr[at+1:]
+	for _, r := range local {
+		if r >= utf8.RuneSelf {
+			return "", fmt.Errorf("the part before @ is not ASCII (it would need SMTPUTF8)")
+		}
+	}
+	d, err := idna.Lookup.ToASCII(domain)
+	if err != nil {
+		return "", fmt.Errorf("domain %s: %w", domain, err)
+	}
+	return local + "@" + d, nil
 }
 
 // envelope is MAIL FROM and the RCPT TO list: the bare addresses of from

@@ -1526,3 +1526,97 @@ func TestSMTPDamagedPayloadExactMultipleOfPart(t *testing.T) {
 		t.Errorf("control (size not a multiple of the part): %v", err)
 	}
 }
+
+// TestSMTPLongTryRefreshesPart1: on a slow uplink one try of a split
+// delivery takes longer than resendAfter (here each accepted part costs 3
+// minutes; a 10 MiB mail at 512 kbit/s takes about that), and the server
+// takes at most 30 mails per session (then 451: a session or rate limit).
+// Each retry found part 1 "older than an hour" and began the set again
+// from part 1: the same 30 parts again and again, the set of 40 never
+// complete, the mailbox filling with copies (found by review). A try now
+// ends when part 1 is due a refresh, and the next sends it first.
+func TestSMTPLongTryRefreshesPart1(t *testing.T) {
+	const limit = 64 << 10
+	per := rawPerMail(limit)
+	srv := startSMTP(t, startTLSSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
+	var mu sync.Mutex
+	clock := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
+	p.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	inSession := 0
+	srv.data = func(int, []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if inSession == 30 {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many messages in this session, try again later"}
+		}
+		inSession++
+		clock = clock.Add(3 * time.Minute) // upload time of one part
+		return nil
+	}
+	body := bigXML(t, 60, 39*per+per/2)
+	if n := (int64(len(body)) + per - 1) / per; n != 40 {
+		t.Fatalf("setup: %d parts, want 40", n)
+	}
+	m := outMsg(t, nil, body)
+	var err error
+	tries := 0
+	for ; tries < 6; tries++ {
+		mu.Lock()
+		inSession = 0
+		clock = clock.Add(time.Second) // a try that got parts through is retried after 1 s
+		mu.Unlock()
+		if err = publish(p, m); err == nil {
+			break
+		}
+		if exchange.IsPermanent(err) {
+			t.Fatalf("try %d: permanent %v", tries+1, err)
+		}
+	}
+	var parts []string
+	for _, a := range srv.accepted() {
+		parts = append(parts, parseMail(t, a.raw).text1(t, HeaderPart))
+	}
+	if err != nil {
+		first := strings.Join(parts[:min(len(parts), 3)], " ")
+		t.Fatalf("a set of 40 parts whose every try got 30 parts through is still not delivered after %d tries (%d mails accepted, %d of them part 1; each try began again with %s ...): a try longer than resendAfter throws away its own progress, so a slow link never completes the set; last error: %v",
+			tries, len(parts), strings.Count(" "+strings.Join(parts, " ")+" ", " 1/40 "), first, err)
+	}
+	checkParts(t, latestCopies(t, srv.accepted()), body, "Message_ЦО_ОП.xml", limit)
+}
+
+// TestSMTPCyrillicDomain: `to: [obmen@склад.рф]` (a .рф domain, as many
+// Russian offices have) went as raw UTF-8 in RCPT TO and the To header to
+// a server that announced no SMTPUTF8, which answers 501 5.1.3: every
+// message to the node was a dead letter (found by review). The domain goes
+// in its ASCII form (IDNA) now.
+func TestSMTPCyrillicDomain(t *testing.T) {
+	srv := startSMTP(t, startTLSSMTP, 0)
+	srv.rcpt = func(to string) error {
+		for _, c := range []byte(to) {
+			if c >= 0x80 {
+				// what a server without SMTPUTF8 answers
+				return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+			}
+		}
+		return nil
+	}
+	cfg := smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "to: [\"obmen@склад.рф\"]\n")
+	p, err := NewPublisher("ОП", cfg, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = publish(p, outMsg(t, nil, readFixture(t, "Message_ЦО_ОП.xml")))
+	if err != nil {
+		t.Fatalf("a recipient accepted by the config cannot be delivered to (permanent=%v, every message dead-lettered): %v; the envelope went as raw UTF-8 to a server without SMTPUTF8 instead of obmen@xn--80aiqe2a.xn--p1ai", exchange.IsPermanent(err), err)
+	}
+	got := srv.accepted()
+	if len(got) != 1 || fmt.Sprint(got[0].to) != "[obmen@xn--80aiqe2a.xn--p1ai]" {
+		t.Fatalf("accepted %+v: want one mail to obmen@xn--80aiqe2a.xn--p1ai", got)
+	}
+	for i, c := range got[0].raw {
+		if c >= 0x80 {
+			t.Fatalf("byte %d of the mail is %#x: the To header carries the raw 8-bit address (%s)", i, c, fmt.Sprint(got[0].to))
+		}
+	}
+}
