@@ -68,6 +68,25 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if c.node != "" {
+		s.nodePushesMu.Lock()
+		held := s.nodePushes[c.node]
+		if held < maxNodePushes {
+			s.nodePushes[c.node]++
+		}
+		s.nodePushesMu.Unlock()
+		if held >= maxNodePushes {
+			refuse(w, http.StatusServiceUnavailable, fmt.Sprintf("node %s is sending %d messages already: not stored, try again", c.node, maxNodePushes))
+			return
+		}
+		defer func() {
+			s.nodePushesMu.Lock()
+			if s.nodePushes[c.node]--; s.nodePushes[c.node] == 0 {
+				delete(s.nodePushes, c.node)
+			}
+			s.nodePushesMu.Unlock()
+		}()
+	}
 	select {
 	case s.pushes <- struct{}{}:
 		defer func() { <-s.pushes }()
@@ -87,7 +106,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = stallGuard{http.MaxBytesReader(w, r.Body, limit+formEnvelope), http.NewResponseController(w), s.pushIdle}
-	name, body, err := pushedFile(r)
+	name, body, rest, err := pushedFile(r)
 	if err != nil {
 		refuse(w, http.StatusBadRequest, err.Error())
 		return
@@ -112,6 +131,10 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Release()
+	if err := rest(); err != nil {
+		refuse(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	if name == "" {
 		// The header names sender and addressee: the usual name follows.
 		h, err := exchange.ReadFileHeader(f.File, f.Size, s.cfg.Limits(), "")
@@ -171,25 +194,44 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 // pushedFile finds the file in a push: the first file part of a
 // multipart/form-data body, or the raw body; its name comes from the part,
 // the ?name= query, X-Relay-File or Content-Disposition, or "" (the header
-// decides).
-func pushedFile(r *http.Request) (string, io.Reader, error) {
+// decides). rest reads what follows the file (once it is read) and fails
+// for a form with a second file: one message per push, not one stored and
+// one dropped behind a 202 (found by review).
+func pushedFile(r *http.Request) (name string, body io.Reader, rest func() error, err error) {
+	none := func() error { return nil }
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt == "multipart/form-data" {
 		mr, err := r.MultipartReader()
 		if err != nil {
-			return "", nil, fmt.Errorf("multipart body: %w", err)
+			return "", nil, nil, fmt.Errorf("multipart body: %w", err)
+		}
+		rest := func() error {
+			for {
+				p, err := mr.NextPart()
+				switch {
+				case errors.Is(err, io.EOF):
+					return nil
+				case err != nil:
+					return fmt.Errorf("multipart body after the file: %w", err)
+				case p.FileName() != "":
+					return fmt.Errorf("the form holds a second file (%s): one message per push, nothing stored", filepath.Base(p.FileName()))
+				}
+				if _, err := io.Copy(io.Discard, p); err != nil {
+					return fmt.Errorf("multipart body after the file: %w", err)
+				}
+			}
 		}
 		for {
 			p, err := mr.NextPart()
 			if err != nil {
-				return "", nil, errors.New("multipart body has no file part")
+				return "", nil, nil, errors.New("multipart body has no file part")
 			}
 			if p.FileName() != "" {
-				return filepath.Base(p.FileName()), p, nil
+				return filepath.Base(p.FileName()), p, rest, nil
 			}
 		}
 	}
-	name := r.URL.Query().Get("name")
+	name = r.URL.Query().Get("name")
 	if name == "" {
 		name = exchange.DecodeHeaderValue(r.Header.Get("X-Relay-File"))
 	}
@@ -199,9 +241,9 @@ func pushedFile(r *http.Request) (string, io.Reader, error) {
 		}
 	}
 	if strings.ContainsAny(name, `/\`) {
-		return "", nil, fmt.Errorf("file name %q: no folders", name)
+		return "", nil, nil, fmt.Errorf("file name %q: no folders", name)
 	}
-	return name, r.Body, nil
+	return name, r.Body, none, nil
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

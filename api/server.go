@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -113,11 +114,18 @@ type Server struct {
 	// pushes holds a slot per push in progress: each spools up to
 	// max_message_size, so their number is what bounds the spool.
 	pushes chan struct{}
+	// nodePushes counts the slots each node (by its own token) holds.
+	nodePushesMu sync.Mutex
+	nodePushes   map[string]int
 }
 
 // maxPushes is how many pushes relay takes at once; one more is answered
 // 503 with Retry-After at once, before its body is read.
 const maxPushes = 16
+
+// maxNodePushes is how many of them one node's token may hold: a node
+// trickling its uploads must not lock the others out (found by review).
+const maxNodePushes = 4
 
 // retryAfter is the Retry-After of every 503: the trouble is relay's and
 // passing (a full push queue, JetStream briefly unavailable).
@@ -128,8 +136,8 @@ const retryAfter = "5"
 // their own tokens from anywhere, for their own messages only.
 func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *Server {
 	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{}, pushIdle: time.Minute, pullIdle: time.Minute,
-		pushes: make(chan struct{}, maxPushes),
-		spool:  filepath.Join(cfg.Resolve(cfg.Relay.DataDir), "spool", "api")}
+		pushes: make(chan struct{}, maxPushes), nodePushes: map[string]int{},
+		spool: filepath.Join(cfg.Resolve(cfg.Relay.DataDir), "spool", "api")}
 	// A token two nodes share (or a node and the operator) names none of
 	// them: kept for the first, it would open that node's mailbox to the
 	// other's holder.
