@@ -14,6 +14,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,8 @@ import (
 type Publisher struct {
 	c     *client
 	retry retryPolicy
+	// noReads says once that the WebDAV account may not read its folder.
+	noReads sync.Once
 
 	trouble.Last
 }
@@ -151,17 +154,47 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 
 	attempts := 0
 	var last error
+	// checked compares the WebDAV folder's file with the message (as the
+	// dir and ftp deliveries do): a newer one there is not replaced.
+	checked := func(at *url.URL) (stop error, o *outcome) {
+		if p.c.cfg.Method != "PUT" {
+			return nil, nil
+		}
+		err := p.checkNotNewer(ctx, at, d, log)
+		if errors.Is(err, exchange.ErrStale) || errors.Is(err, exchange.ErrInPlace) {
+			return err, nil
+		}
+		if err != nil {
+			return nil, &outcome{err: err, retry: true}
+		}
+		return nil, nil
+	}
 	op := func() (struct{}, error) {
 		attempts++
-		o, at := p.attempt(ctx, m.UUID, d, open, put)
-		if put != target {
+		stop, o := checked(target)
+		if stop != nil {
+			return struct{}{}, backoff.Permanent(stop)
+		}
+		sent := o == nil
+		var at *url.URL
+		if sent {
+			o, at = p.attempt(ctx, m.UUID, d, open, put)
+		}
+		if put != target && sent {
 			if o == nil {
 				// Renamed where the PUT landed (after a 307/308, not
-				// where it was sent), in that folder.
-				o = p.move(ctx, at, at.JoinPath("..", url.PathEscape(d.Name)))
+				// where it was sent), in that folder; looked at again
+				// first: a newer file may have come during the upload.
+				final := at.JoinPath("..", url.PathEscape(d.Name))
+				if stop, o = checked(final); stop == nil && o == nil {
+					o = p.move(ctx, at, final)
+				}
 			}
-			if o != nil {
+			if o != nil || stop != nil {
 				p.discard(ctx, at, log)
+			}
+			if stop != nil {
+				return struct{}{}, backoff.Permanent(stop)
 			}
 		}
 		if o == nil {
@@ -395,6 +428,57 @@ func (p *Publisher) move(ctx context.Context, from, to *url.URL) *outcome {
 		return &outcome{err: fail(statusError(resp, reply)), retry: true, after: retryAfter(resp.Header.Get("Retry-After"), time.Now(), p.retry.maxRetryAfter)}
 	}
 	return &outcome{err: fail(statusError(resp, reply))}
+}
+
+// checkNotNewer refuses to replace a file of the same channel with a
+// higher MessageNo in a WebDAV folder (DESIGN §6.3; found by review: an
+// older message replaced a newer one put there another way), and leaves
+// one of the same number and size (this message, written by an attempt the
+// relay did not live to record) as it is (exchange.CheckReplace). As for
+// FTP, only .xml files are read (a zip's header needs the whole file);
+// nothing there (404, 410, any answer but 200) or a file that is not a
+// message is replaced. An account that may not read the folder (401, 403,
+// 405) cannot compare: the channel state is the guard then. A server's
+// passing trouble (408, 429, 5xx) fails the attempt.
+func (p *Publisher) checkNotNewer(ctx context.Context, at *url.URL, d exchange.Delivery, log *slog.Logger) error {
+	if !strings.EqualFold(path.Ext(d.Name), ".xml") {
+		return nil
+	}
+	rctx, _, done := p.c.newAttemptContext(ctx)
+	defer done()
+	fail := func(err error) error { return fmt.Errorf("GET %s to compare its number: %w", path.Base(at.Path), err) }
+	req, err := stdhttp.NewRequestWithContext(rctx, stdhttp.MethodGet, at.String(), nil)
+	if err != nil {
+		return fail(err)
+	}
+	if err := p.c.authorizeAfterRedirect(req); err != nil {
+		return fail(err)
+	}
+	resp, err := p.c.hc.Do(req)
+	if err != nil {
+		return fail(requestErr(rctx, err))
+	}
+	defer resp.Body.Close()
+	switch code := resp.StatusCode; {
+	case code == stdhttp.StatusRequestTimeout, code == stdhttp.StatusTooManyRequests, code >= 500:
+		return fail(statusError(resp, io.LimitReader(resp.Body, 64<<10)))
+	case code == stdhttp.StatusUnauthorized, code == stdhttp.StatusForbidden, code == stdhttp.StatusMethodNotAllowed:
+		p.noReads.Do(func() {
+			log.Warn("the account may not read the folder (GET refused): the file there cannot be compared with the message; JetStream's channel state alone keeps older messages from replacing newer ones", "status", resp.Status)
+		})
+		return nil
+	case code != stdhttp.StatusOK:
+		return nil // nothing there (404, 410, 204)
+	}
+	have, err := exchange.ReadHeader(resp.Body, p.c.cfg.Limits.WithDefaults())
+	switch {
+	case err == nil:
+	case exchange.IsVerdict(err):
+		return nil // not a message (a login page, a truncated file): ours replaces it
+	default:
+		return fail(requestErr(rctx, err))
+	}
+	return exchange.CheckReplace(display(at), have, resp.ContentLength, d.Header, d.Size)
 }
 
 // stopDiscardWait bounds the DELETE of a temporary file whose PUT relay's

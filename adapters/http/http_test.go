@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/big"
 	"mime"
 	"net"
@@ -122,9 +123,16 @@ type recorder struct {
 	mu      sync.Mutex
 	reqs    []request
 	replies []func(w stdhttp.ResponseWriter, r *stdhttp.Request)
+	// noFile answers GET with 404, unrecorded: a WebDAV folder without
+	// the file, for the PUT delivery's look at it before it writes.
+	noFile bool
 }
 
 func (rc *recorder) ServeHTTP(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+	if rc.noFile && r.Method == stdhttp.MethodGet {
+		stdhttp.NotFound(w, r)
+		return
+	}
 	body, _ := io.ReadAll(r.Body)
 	rc.mu.Lock()
 	n := len(rc.reqs)
@@ -155,6 +163,15 @@ func serve(t testing.TB, replies ...func(stdhttp.ResponseWriter, *stdhttp.Reques
 	rc := &recorder{replies: replies}
 	srv := httptest.NewServer(rc)
 	t.Cleanup(srv.Close)
+	return rc, srv
+}
+
+// serveDAV is serve for a WebDAV folder that does not hold the file: its
+// GETs are answered 404, its other requests by replies.
+func serveDAV(t testing.TB, replies ...func(stdhttp.ResponseWriter, *stdhttp.Request)) (*recorder, *httptest.Server) {
+	t.Helper()
+	rc, srv := serve(t, replies...)
+	rc.noFile = true
 	return rc, srv
 }
 
@@ -282,7 +299,7 @@ func TestDeliverByName(t *testing.T) {
 // name plus .part and renamed with a WebDAV MOVE; with put_direct, PUT
 // under its name.
 func TestDeliverPUT(t *testing.T) {
-	rc, srv := serve(t, status(201, ""))
+	rc, srv := serveDAV(t, status(201, ""))
 	body := xmlOf(t, hdr(3), 5000)
 	const final, finalRaw = "/dav/in/Message_ЦО_ОП.xml", "/dav/in/Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml"
 	for _, u := range []string{srv.URL + "/dav/in/", srv.URL + "/dav/in"} {
@@ -460,7 +477,7 @@ func TestDeliverMoveAfterARedirectElsewhere(t *testing.T) {
 // message counted delivered (found by review).
 func TestDeliverMoveMultiStatus(t *testing.T) {
 	ms := `<?xml version="1.0" encoding="utf-8"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>/in/Message_%D0%A6%D0%9E_%D0%9E%D0%9F.xml</D:href><D:status>HTTP/1.1 423 Locked</D:status></D:response></D:multistatus>`
-	rc, srv := serve(t, status(201, ""), status(207, ms, "Content-Type", "application/xml; charset=utf-8"), status(204, ""))
+	rc, srv := serveDAV(t, status(201, ""), status(207, ms, "Content-Type", "application/xml; charset=utf-8"), status(204, ""))
 	p := newPub(t, Config{URL: srv.URL + "/in/", Method: "PUT"})
 	p.retry.tries = 1
 	err := p.Publish("", newMsg(hdr(3), "Message_ЦО_ОП.xml", xmlOf(t, hdr(3), 3000), nil).Message)
@@ -477,7 +494,7 @@ func TestDeliverMoveMultiStatus(t *testing.T) {
 // delivery as the endpoint's trouble (never a dead letter), says put_direct
 // is the way for a server without it, and its temporary file is deleted.
 func TestDeliverMoveRefused(t *testing.T) {
-	rc, srv := serve(t, status(201, ""), status(405, "no"), status(204, ""))
+	rc, srv := serveDAV(t, status(201, ""), status(405, "no"), status(204, ""))
 	p := newPub(t, Config{URL: srv.URL + "/in/", Method: "PUT"})
 	err := p.Publish("", newMsg(hdr(3), "Message_ЦО_ОП.xml", xmlOf(t, hdr(3), 3000), nil).Message)
 	mustContain(t, err, "MOVE Message_ЦО_ОП.xml.part to its name: 405", "put_direct: true")
@@ -498,7 +515,7 @@ func TestDeliverMoveRefused(t *testing.T) {
 // rather than left for the next PUT of the name, which for a node taken
 // out of routing.yaml never comes.
 func TestDeliverStopDeletesPart(t *testing.T) {
-	rc, srv := serve(t, status(201, ""), status(204, ""))
+	rc, srv := serveDAV(t, status(201, ""), status(204, ""))
 	p := newPub(t, Config{URL: srv.URL + "/in/", Method: "PUT"})
 	body := xmlOf(t, hdr(3), 3000)
 	sending := make(chan struct{})
@@ -1999,7 +2016,7 @@ const apacheCreated = `<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">
 // and said so with 201 Created and its usual HTML body is a delivery; the
 // HTML check took it for a login page at first (found by review).
 func TestWebDAVCreatedHTMLIsDelivered(t *testing.T) {
-	rc, srv := serve(t, status(201, apacheCreated, "Content-Type", "text/html; charset=ISO-8859-1"))
+	rc, srv := serveDAV(t, status(201, apacheCreated, "Content-Type", "text/html; charset=ISO-8859-1"))
 	p := newPub(t, Config{URL: srv.URL + "/dav/in/", Method: "PUT"})
 	p.retry.tries = 1
 	err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", xmlOf(t, hdr(5), 1000), nil).Message)
@@ -2013,7 +2030,7 @@ func TestWebDAVCreatedHTMLIsDelivered(t *testing.T) {
 // through, holds a lock on the file) is retried, as a 423 to the MOVE is
 // (found by review: the message became a dead letter at once).
 func TestDeliverPutLockedIsRetried(t *testing.T) {
-	rc, srv := serve(t,
+	rc, srv := serveDAV(t,
 		status(stdhttp.StatusLocked, "<d:error xmlns:d=\"DAV:\"><d:lock-token-submitted/></d:error>"),
 		status(stdhttp.StatusCreated, ""))
 	p := newPub(t, Config{URL: srv.URL + "/dav/in/", Method: "PUT", PutDirect: true})
@@ -2032,7 +2049,7 @@ func TestDeliverPutLockedIsRetried(t *testing.T) {
 // trouble, the same for every message: a failure that is not a dead
 // letter (found by review: every message became one).
 func TestDeliverPutConflictIsEndpointTrouble(t *testing.T) {
-	_, srv := serve(t, status(stdhttp.StatusConflict, "parent collection missing"))
+	_, srv := serveDAV(t, status(stdhttp.StatusConflict, "parent collection missing"))
 	p := newPub(t, Config{URL: srv.URL + "/dav/missing/", Method: "PUT", PutDirect: true})
 	err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", xmlOf(t, hdr(5), 1000), nil).Message)
 	if err == nil || exchange.IsPermanent(err) || !strings.Contains(err.Error(), "409") {
@@ -2124,5 +2141,56 @@ func TestPickupNameAfterRedirect(t *testing.T) {
 	}
 	if got := m.Metadata.Get(exchange.MetaFileName); got != "Message_ЦО_ОП.xml" {
 		t.Errorf("file name %q, want Message_ЦО_ОП.xml", got)
+	}
+}
+
+// TestWebDAVNewerNotReplaced: a WebDAV folder that already holds a newer
+// message of the channel (put there another way, or restored) was
+// overwritten by an older one: PUT .part + MOVE with Overwrite: T, no look
+// at the destination (found by review; DESIGN §6.3, and dir and ftp check
+// it). The delivery is dropped as stale now, also when the newer file
+// lands while the message is uploaded.
+func TestWebDAVNewerNotReplaced(t *testing.T) {
+	dir := t.TempDir()
+	srv := httptest.NewServer(&webdav.Handler{FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()})
+	defer srv.Close()
+	final := filepath.Join(dir, "Message_ЦО_ОП.xml")
+	newer := xmlOf(t, hdr(7), 5_000)
+	if err := os.WriteFile(final, newer, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, direct := range []bool{false, true} {
+		p := newPub(t, Config{URL: srv.URL + "/", Method: "PUT", PutDirect: direct})
+		p.retry.tries = 1
+		older := xmlOf(t, hdr(5), 5_000)
+		err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", older, nil).Message)
+		got, _ := os.ReadFile(final)
+		if !bytes.Equal(got, newer) {
+			t.Errorf("put_direct=%v: the folder held No 7; after delivering No 5 (err %v) it holds No 5: an older message overwrote a newer one", direct, err)
+			os.WriteFile(final, newer, 0o644)
+		}
+		if !errors.Is(err, exchange.ErrStale) {
+			t.Errorf("put_direct=%v: Publish of No 5 over No 7 returned %v, want exchange.ErrStale", direct, err)
+		}
+	}
+	// The newer file lands while No 5 is uploaded under .part: looked at
+	// again before the MOVE.
+	os.Remove(final)
+	dav := &webdav.Handler{FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()}
+	landing := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		if r.Method == stdhttp.MethodPut {
+			os.WriteFile(final, newer, 0o644)
+		}
+		dav.ServeHTTP(w, r)
+	}))
+	defer landing.Close()
+	p := newPub(t, Config{URL: landing.URL + "/", Method: "PUT"})
+	p.retry.tries = 1
+	err := p.Publish("", newMsg(hdr(5), "Message_ЦО_ОП.xml", xmlOf(t, hdr(5), 5_000), nil).Message)
+	if got, _ := os.ReadFile(final); !bytes.Equal(got, newer) || !errors.Is(err, exchange.ErrStale) {
+		t.Errorf("No 7 landed during the upload of No 5: Publish %v, the folder holds No 7: %v", err, bytes.Equal(got, newer))
+	}
+	if _, err := os.Stat(final + tempSuffix); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the upload's .part is left: %v", err)
 	}
 }
