@@ -34,9 +34,12 @@ type client struct {
 	// listBounds bound a folder listing (defaultListBounds; tests lower them).
 	listBounds listBounds
 
-	mu       sync.Mutex
-	conn     *ftp.ServerConn
-	sockets  *dialer         // the current connection's sockets, closed to interrupt it
+	mu      sync.Mutex
+	conn    *ftp.ServerConn
+	sockets *dialer // the current connection's sockets, closed to interrupt it
+	// pasv: the connection asks for data connections with PASV, not EPSV
+	// (switched when a data connection fails: see switchPassive).
+	pasv     bool
 	made     map[string]bool // folders created on this connection
 	lastUse  time.Time
 	idle     *time.Timer
@@ -178,7 +181,9 @@ func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error
 	err := fn(conn)
 	// After anything but a server reply the connection may be out of step
 	// (a broken transfer, a timeout): keep it only if it still answers NOOP.
-	if !stop() || (err != nil && (!isReply(err) || replyCode(err) == 421) && conn.NoOp() != nil) {
+	// A data connection that failed switches EPSV and PASV for the next.
+	cut, switched := !stop(), err != nil && c.switchPassive()
+	if cut || switched || (err != nil && (!isReply(err) || replyCode(err) == 421) && conn.NoOp() != nil) {
 		c.sockets.closeAll()
 		c.conn = nil
 	}
@@ -189,6 +194,32 @@ func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error
 		return fmt.Errorf("ftp %s: %s: %w", c.node, c.t.display, err)
 	}
 	return nil
+}
+
+// switchPassive makes the next connection ask for data connections the
+// other way (EPSV, PASV) when one could not be opened on this one. A
+// firewall or NAT that knows only PASV lets the server's EPSV answer
+// through and the port it names not (found by review: jlaffaye/ftp falls
+// back to PASV only when the EPSV command fails, and the node stalled for
+// good); a broken PASV (a private address behind NAT) is what EPSV mends.
+// Not on IPv6, where PASV cannot name the address. It says the connection
+// is to be dropped.
+func (c *client) switchPassive() bool {
+	if !c.sockets.takeDataFailed() {
+		return false
+	}
+	if host, _, err := net.SplitHostPort(c.t.addr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+			return false
+		}
+	}
+	c.pasv = !c.pasv
+	from, to := "EPSV", "PASV"
+	if !c.pasv {
+		from, to = to, from
+	}
+	c.log.Warn("a data connection could not be opened; the next connection asks for them with "+to+" instead of "+from, "server", c.t.display)
+	return true
 }
 
 // aliveCheckAfter is how long a connection may sit unused before a NOOP
@@ -235,6 +266,7 @@ func (c *client) dial(ctx context.Context) (*ftp.ServerConn, *dialer, error) {
 		ftp.DialWithDialFunc(d.dial),
 		ftp.DialWithDisabledUTF8(c.cp1251),
 		ftp.DialWithDisabledMLSD(c.noMLSD),
+		ftp.DialWithDisabledEPSV(c.pasv),
 		ftp.DialWithShutTimeout(c.cfg.IOTimeout.Std()),
 	}
 	switch c.cfg.TLS {
@@ -313,6 +345,18 @@ type dialer struct {
 	n     int
 	// listing: the data connections opened now carry a listing (listingConn).
 	listing bool
+	// dataFailed: a data connection could not be opened.
+	dataFailed bool
+}
+
+// takeDataFailed says a data connection could not be opened since the
+// last call.
+func (d *dialer) takeDataFailed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	failed := d.dataFailed
+	d.dataFailed = false
+	return failed
 }
 
 // listNext says whether the data connections opened from now on carry a
@@ -377,6 +421,9 @@ func (d *dialer) dial(network, addr string) (net.Conn, error) {
 	raw, err := nd.DialContext(ctx, network, addr)
 	if err != nil {
 		if !first {
+			d.mu.Lock()
+			d.dataFailed = true
+			d.mu.Unlock()
 			return nil, step("data connection (passive mode)", err)
 		}
 		return nil, err

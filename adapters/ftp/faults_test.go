@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -742,4 +743,54 @@ func TestMoveListingFailsNothingReplaced(t *testing.T) {
 	if es, err := os.ReadDir(sent); err != nil || len(es) != 202 {
 		t.Fatalf("sent/ holds %d files (%v), want 202: the 201 earlier and No 7", len(es), err)
 	}
+}
+
+// TestEPSVDataPortBlockedFallsBackToPASV: the server answers EPSV, but the
+// port it names cannot be reached (a firewall or NAT that knows PASV, not
+// EPSV); PASV works. jlaffaye/ftp falls back to PASV only when the EPSV
+// command itself fails, and every listing failed for good: the node's
+// pickup stalled (found by review). The next connection asks with PASV.
+func TestEPSVDataPortBlockedFallsBackToPASV(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "out"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "out", "Message_A_B.xml"), msgXML(t, "A", "B", 1, 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	epsv := regexp.MustCompile(`\(\|\|\|\d+\|\)`)
+	var epsvSeen atomic.Int32
+	u, _ := proxied(t, drv, "out", func(line string) string {
+		if strings.HasPrefix(line, "229 ") {
+			epsvSeen.Add(1)
+			return epsv.ReplaceAllString(line, "(|||"+strconv.Itoa(closed)+"|)")
+		}
+		return line
+	})
+	cfg := testConfig(u, "pickup")
+	cfg.ConnectTimeout = config.Duration(2 * time.Second)
+	src := newSource(t, "A", cfg)
+	var lastErr error
+	for i := 0; i < 3; i++ {
+		files, err := src.List(context.Background())
+		if err == nil && len(files) == 1 {
+			return
+		}
+		lastErr = err
+		time.Sleep(1100 * time.Millisecond) // past the re-dial backoff
+	}
+	if epsvSeen.Load() == 0 {
+		t.Fatal("test setup: no EPSV went through the proxy")
+	}
+	t.Fatalf("3 listings failed on a server whose EPSV data port is unreachable but whose PASV works: %v (no fallback to PASV, no option to disable EPSV: the node stays stalled)", lastErr)
 }
