@@ -714,3 +714,68 @@ func TestPickupShowsNobodysFile(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestPickupGivesHeldFileBack: a relay stopped in the middle of a commit
+// leaves the file under its held name (folder.HeldName): the next pickup
+// gives it its name back and takes it (a duplicate, dropped by the
+// pipeline). With a file of that name there again, both are kept and the
+// held one shown; the file of the name is then committed in place, the
+// held one not replaced, and given its name back after.
+func TestPickupGivesHeldFileBack(t *testing.T) {
+	src := t.TempDir()
+	path, _ := exchangetest.WriteFile(src, hdr(3), 1000, exchange.FormatXML)
+	body, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	name := filepath.Base(path)
+	held := filepath.Join(dir, folder.HeldName(name))
+	if err := os.WriteFile(held, body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, ch := startPickup(t, "A", fastPickup(dir), "delete", nil)
+	m := foldertest.Next(ch, 3*time.Second)
+	if m == nil {
+		t.Fatal("the held file was not given back and taken")
+	}
+	m.Ack()
+	deadline := time.Now().Add(5 * time.Second)
+	for exists(held) || exists(filepath.Join(dir, name)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("held file there %v, %s there %v: want both gone with the commit", exists(held), name, exists(filepath.Join(dir, name)))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// A file under the name again: both kept, shown.
+	for _, f := range []string{held, filepath.Join(dir, name)} {
+		if err := os.WriteFile(f, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for msg, _ := p.LastError(); !strings.Contains(msg, "was held for its commit and "+name+" is there again"); msg, _ = p.LastError() {
+		if time.Now().After(deadline) {
+			t.Fatalf("pickup error %q: want the held file shown", msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The file of the name is taken and committed in place, the held one
+	// not replaced; then the held one gets its name back.
+	if m := foldertest.Next(ch, 3*time.Second); m != nil {
+		m.Ack()
+	}
+	if m := foldertest.Next(ch, 3*time.Second); m == nil {
+		t.Fatal("the held file was not given its name back once the file of its name was committed")
+	} else {
+		m.Ack()
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for exists(held) || exists(filepath.Join(dir, name)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("held file there %v, %s there %v: want both gone with their commits", exists(held), name, exists(filepath.Join(dir, name)))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -62,7 +62,7 @@ func (s *source) List(context.Context) ([]folder.File, error) {
 	}
 	var files []folder.File
 	for _, e := range entries {
-		if !e.Type().IsRegular() || !folder.IsMessageName(e.Name()) {
+		if _, held := folder.IsHeldName(e.Name()); !e.Type().IsRegular() || !folder.IsMessageName(e.Name()) && !held {
 			continue
 		}
 		fi, err := e.Info()
@@ -98,28 +98,33 @@ func (s *source) Remove(_ context.Context, name string) error {
 	return os.Remove(filepath.Join(s.path, name))
 }
 
+// Rename renames a file of the folder.
+func (s *source) Rename(_ context.Context, from, to string) error {
+	return os.Rename(filepath.Join(s.path, from), filepath.Join(s.path, to))
+}
+
 // Move moves name into the folder to (relative to the pickup folder, or
-// absolute), creating it; a file of that name there already (an earlier
-// moved one) is kept, and this one gets a UTC time prefix. A folder on
-// another file system gets a copy (synced, then renamed into place) before
-// the file is removed from the pickup folder.
-func (s *source) Move(ctx context.Context, name, to string) error {
+// absolute) as the file as, creating the folder; a file of that name there
+// already (an earlier moved one) is kept, and this one gets a UTC time
+// prefix. A folder on another file system gets a copy (synced, then
+// renamed into place) before the file is removed from the pickup folder.
+func (s *source) Move(ctx context.Context, name, as, to string) error {
 	if !filepath.IsAbs(to) {
 		to = filepath.Join(s.path, to)
 	}
-	if err := s.move(ctx, name, to); err != nil {
-		return fmt.Errorf("dir %s: move %s to %s: %w", s.node, name, to, err)
+	if err := s.move(ctx, name, as, to); err != nil {
+		return fmt.Errorf("dir %s: move %s to %s: %w", s.node, as, to, err)
 	}
 	return nil
 }
 
-func (s *source) move(ctx context.Context, name, to string) error {
+func (s *source) move(ctx context.Context, name, as, to string) error {
 	if err := os.MkdirAll(to, 0o750); err != nil {
 		return err
 	}
-	dst := filepath.Join(to, name)
+	dst := filepath.Join(to, as)
 	if _, err := os.Lstat(dst); err == nil {
-		dst = filepath.Join(to, time.Now().UTC().Format("20060102T150405.000000000Z")+"_"+name)
+		dst = filepath.Join(to, time.Now().UTC().Format("20060102T150405.000000000Z")+"_"+as)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

@@ -68,8 +68,11 @@ type Source interface {
 	// Remove deletes name from the folder.
 	Remove(ctx context.Context, name string) error
 	// Move moves name into folder (relative to the pickup folder, or
-	// absolute), never overwriting an earlier moved file.
-	Move(ctx context.Context, name, folder string) error
+	// absolute) as the file as, never overwriting an earlier moved file.
+	Move(ctx context.Context, name, as, folder string) error
+	// Rename renames a file of the folder: the commit takes the file out
+	// of its name before it looks at it (see HeldName).
+	Rename(ctx context.Context, from, to string) error
 	// Where names a file for logs, metadata and keep-memory keys, e.g.
 	// "dir:/srv/out/Message_A_B.xml" or "ftp://shop1@host:21/out/Message_A_B.xml".
 	Where(name string) string
@@ -127,6 +130,23 @@ func Nobodys(name string, isNode func(string) bool) string {
 		return ""
 	}
 	return "neither code of the name is a node of routing.yaml (a code 1C writes otherwise, or for an FTP folder the wrong encoding?)"
+}
+
+// heldPrefix starts the name a commit holds a file under (HeldName).
+const heldPrefix = "relay-commit-"
+
+// HeldName is the name a commit gives the file name before it looks at it
+// and deletes or moves it: 1C's next message written under name meanwhile
+// is a new file, never the one deleted (found by review: between the look
+// and the DELE an FTP commit deleted 1C's newer file unread). No pickup
+// takes it (it does not start "Message_"); one a stopped relay left is
+// given its name back (IsHeldName).
+func HeldName(name string) string { return heldPrefix + name }
+
+// IsHeldName says base is a HeldName, and of which file.
+func IsHeldName(base string) (name string, ok bool) {
+	name, ok = strings.CutPrefix(base, heldPrefix)
+	return name, ok && IsMessageName(name)
 }
 
 // IsMessageName is the cheap filter: Message_*.xml|.zip, extension in any case.

@@ -76,6 +76,9 @@ type Pickup struct {
 	// reason.
 	filesMu sync.Mutex
 	files   map[string]fileTrouble
+	// held are the HeldNames of the commits in progress.
+	heldMu sync.Mutex
+	held   map[string]bool
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -100,9 +103,9 @@ func NewPickup(src Source, o Options) (*Pickup, error) {
 	}
 	return &Pickup{
 		src: src, o: o,
-		log:     o.Log.With("node", o.Node, "adapter", o.Adapter),
-		now:     time.Now,
-		files:   map[string]fileTrouble{},
+		log:   o.Log.With("node", o.Node, "adapter", o.Adapter),
+		now:   time.Now,
+		files: map[string]fileTrouble{}, held: map[string]bool{},
 		closing: make(chan struct{}),
 	}, nil
 }
@@ -272,6 +275,14 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 	present := map[string]bool{}
 	var ready []string
 	for _, f := range files {
+		if name, ok := IsHeldName(f.Name); ok {
+			// Left by a commit a stopped relay did not finish.
+			present[f.Name] = true
+			if !p.holding(f.Name) {
+				p.giveBack(ctx, p.log, f.Name, name)
+			}
+			continue
+		}
 		if !IsMessageName(f.Name) {
 			continue
 		}
@@ -760,8 +771,31 @@ func inspect(node string, isNode func(string) bool, name string, f Fetched, lim 
 // message from the node: it is left in place. It returns false when the
 // file stays because the commit failed.
 func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where string, c *candidate, t time.Time, sum string) bool {
-	stored, err := p.stillStored(ctx, name, c, t, sum)
+	// delete and move: the file is taken out of its name first, so that
+	// what is looked at is what goes (HeldName). A source that cannot
+	// rename (an FTP account without the right) is looked at in place.
+	at := name
+	if p.o.After.Action != config.AfterKeep {
+		held := HeldName(name)
+		p.hold(held, true)
+		defer p.hold(held, false)
+		if p.troubled(held) {
+			// One kept there (given back while a file of its name was
+			// there again): not replaced; looked at in place.
+		} else if err := p.src.Rename(ctx, name, held); err == nil {
+			at = held
+		} else {
+			log.Debug("cannot hold the file under another name for its commit; looked at in place", "err", err)
+		}
+	}
+	giveBack := func() {
+		if at != name {
+			p.giveBack(ctx, log, at, name)
+		}
+	}
+	stored, err := p.stillStored(ctx, at, c, t, sum)
 	if err != nil {
+		giveBack()
 		if ctx.Err() == nil {
 			p.fileFailed(name, err, true)
 			log.Warn("cannot look at the file before commit; it may be taken again and dropped as a duplicate", "err", err)
@@ -770,20 +804,22 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 	}
 	p.fileLooked(name)
 	if !stored {
+		giveBack()
 		log.Info("file changed after it was taken; leaving the new version for the next scan")
 		return true
 	}
 	switch p.o.After.Action {
 	case config.AfterDelete:
-		err = p.src.Remove(ctx, name)
+		err = p.src.Remove(ctx, at)
 	case config.AfterMove:
-		err = p.src.Move(ctx, name, p.o.After.Folder)
+		err = p.src.Move(ctx, at, name, p.o.After.Folder)
 	case config.AfterKeep:
 		if err = p.o.Memory.Remember(ctx, where, fingerprint(c.size, c.mtime, sum)); err == nil {
 			p.unchanged(c, t, farFuture)
 		}
 	}
 	if err != nil {
+		giveBack()
 		// The message is safe in JetStream; a second pickup is dropped as a duplicate.
 		log.Error("commit failed; the file may be taken again and dropped as a duplicate", "after", p.o.After.String(), "err", err)
 		p.commitTrouble.Set(fmt.Errorf("after %s of %s failed (the message is stored; the file will be taken again): %w", p.o.After.String(), name, err))
@@ -792,6 +828,43 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 	p.commitTrouble.Set(nil)
 	log.Debug("committed", "after", p.o.After.String())
 	return true
+}
+
+// hold marks the held name of a commit in progress (on), or done: the
+// scan gives back only held files no commit is at.
+func (p *Pickup) hold(held string, on bool) {
+	p.heldMu.Lock()
+	defer p.heldMu.Unlock()
+	if on {
+		p.held[held] = true
+	} else {
+		delete(p.held, held)
+	}
+}
+
+func (p *Pickup) holding(held string) bool {
+	p.heldMu.Lock()
+	defer p.heldMu.Unlock()
+	return p.held[held]
+}
+
+// giveBack renames a held file back to name: a commit that did not
+// finish (the file changed, a failure), or one a stopped relay left. A
+// file under name already (written since) is not replaced: the held one
+// stays, shown as the pickup's trouble, for the operator to look at.
+func (p *Pickup) giveBack(ctx context.Context, log *slog.Logger, held, name string) {
+	if _, err := p.src.Stat(ctx, name); err == nil {
+		err := fmt.Errorf("%s %s: %s was held for its commit and %s is there again: both kept, look at them", p.o.Adapter, p.o.Node, p.src.Where(held), name)
+		log.Error(err.Error())
+		p.fileFailed(held, err, true)
+		return
+	}
+	if err := p.src.Rename(ctx, held, name); err != nil {
+		log.Error("cannot give the file its name back after its commit failed; tried again at the next scan", "held", held, "err", err)
+		p.fileFailed(held, fmt.Errorf("%s %s: give %s its name back: %w", p.o.Adapter, p.o.Node, p.src.Where(held), err), true)
+		return
+	}
+	p.fileLooked(held)
 }
 
 // stillStored reports whether name is still the version of c read from t
@@ -878,6 +951,14 @@ func (p *Pickup) fileFailed(name string, err error, commit bool) {
 		return
 	}
 	p.files[name] = fileTrouble{msg: err.Error(), at: p.now(), commit: commit}
+}
+
+// troubled says the file name has a trouble shown.
+func (p *Pickup) troubled(name string) bool {
+	p.filesMu.Lock()
+	defer p.filesMu.Unlock()
+	_, ok := p.files[name]
+	return ok
 }
 
 // fileRead clears the read trouble of the file name: it was read.

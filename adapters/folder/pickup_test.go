@@ -65,8 +65,20 @@ func (m *memSource) Remove(_ context.Context, name string) error {
 	return nil
 }
 
-func (m *memSource) Move(context.Context, string, string) error { return nil }
-func (m *memSource) Where(name string) string                   { return "mem:" + name }
+func (m *memSource) Move(context.Context, string, string, string) error { return nil }
+func (m *memSource) Where(name string) string                           { return "mem:" + name }
+
+func (m *memSource) Rename(_ context.Context, from, to string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.files[from]
+	if !ok {
+		return fs.ErrNotExist
+	}
+	delete(m.files, from)
+	m.files[to] = b
+	return nil
+}
 
 func newMem(t *testing.T, n int) *memSource {
 	m := &memSource{files: map[string][]byte{}, mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}

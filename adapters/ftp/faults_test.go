@@ -794,3 +794,76 @@ func TestEPSVDataPortBlockedFallsBackToPASV(t *testing.T) {
 	}
 	t.Fatalf("3 listings failed on a server whose EPSV data port is unreachable but whose PASV works: %v (no fallback to PASV, no option to disable EPSV: the node stays stalled)", lastErr)
 }
+
+// uploadBeforeDele is a Unix FTP server on which 1C's upload of its next
+// message (same name, higher number) completes after relay's last look at
+// the file before its commit and before relay's DELE arrives: a few
+// milliseconds between two commands of relay, ample for a small message.
+// It writes under the file's name whatever name the DELE gives.
+type uploadBeforeDele struct {
+	ftpserver.Driver
+	root  string
+	name  string
+	next  []byte
+	fired atomic.Bool
+}
+
+func (d *uploadBeforeDele) DeleteFile(ctx *ftpserver.Context, p string) error {
+	if strings.HasSuffix(p, d.name) && d.fired.CompareAndSwap(false, true) {
+		full := filepath.Join(d.root, filepath.Dir(p), d.name) // 1C writes under the file's name
+		_ = os.WriteFile(full, d.next, 0o644)
+		later := time.Now().Add(10 * time.Second) // another mtime: 1C wrote it now
+		_ = os.Chtimes(full, later, later)
+	}
+	return d.Driver.DeleteFile(ctx, p)
+}
+
+// TestCommitLeavesNewerUpload: the commit (after: delete) looked at the
+// file (Stat, maybe a second download) and then sent DELE by name: 1C's
+// next message written over the same name in between was deleted without
+// ever being picked up (found by review). The commit holds the file under
+// another name first now: what 1C writes meanwhile is a new file.
+func TestCommitLeavesNewerUpload(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	no7, no8 := msgXML(t, "A", "B", 7, 5000), msgXML(t, "A", "B", 8, 6000)
+	if err := os.WriteFile(filepath.Join(out, "Message_A_B.xml"), no7, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &uploadBeforeDele{Driver: drv, root: root, name: "Message_A_B.xml", next: no8}
+	cfg := testConfig(serve(t, d, "out"), "pickup")
+	_, ch := startPickup(t, cfg, config.After{Action: config.AfterDelete})
+	m := foldertest.Next(ch, 5*time.Second)
+	if m == nil {
+		t.Fatal("No 7 not taken")
+	}
+	if h, _ := exchange.HeaderOf(m); h.MessageNo != 7 {
+		t.Fatalf("took No %d first", h.MessageNo)
+	}
+	m.Ack()
+	deadline := time.Now().Add(5 * time.Second)
+	for !d.fired.Load() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !d.fired.Load() {
+		t.Fatal("no DELE came")
+	}
+	// No 8 must either stay in the folder or be emitted.
+	if m := foldertest.Next(ch, 3*time.Second); m != nil {
+		if h, _ := exchange.HeaderOf(m); h.MessageNo == 8 {
+			m.Ack()
+			return
+		}
+		m.Ack()
+	}
+	if _, err := os.Stat(filepath.Join(out, "Message_A_B.xml")); err != nil {
+		t.Fatalf("1C's No 8, written over Message_A_B.xml after the commit's check of No 7 and before its DELE, was deleted by relay without being picked up (%v): the message is lost (a sequential channel waits for it for ever)", err)
+	}
+}

@@ -117,6 +117,10 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 		}
 		mdtm := useMDTM(conn)
 		for _, f := range all {
+			if _, held := folder.IsHeldName(f.Name); held {
+				files = append(files, f) // a commit's, or one a stopped relay left
+				continue
+			}
 			if !folder.IsMessageName(f.Name) {
 				continue
 			}
@@ -218,9 +222,17 @@ func (s *source) Remove(ctx context.Context, name string) error {
 	})
 }
 
+// Rename renames a file of the folder.
+func (s *source) Rename(ctx context.Context, from, to string) error {
+	return s.c.with(ctx, func(conn *ftp.ServerConn) error {
+		return step("rename "+from+" to "+to, conn.Rename(s.c.path(from), s.c.path(to)))
+	})
+}
+
 // Move renames name into folder (relative to the pickup folder unless it
-// starts with /), creating it, and never overwrites an earlier moved file.
-func (s *source) Move(ctx context.Context, name, to string) error {
+// starts with /) as the file as, creating the folder, and never overwrites
+// an earlier moved file.
+func (s *source) Move(ctx context.Context, name, as, to string) error {
 	if !path.IsAbs(to) && s.c.t.dir != "" {
 		to = s.c.t.dir + "/" + to
 	}
@@ -230,13 +242,13 @@ func (s *source) Move(ctx context.Context, name, to string) error {
 		// name when the archive's listing fails (one grown past the
 		// listing's bounds in a few years, a passing error): the rename
 		// must not replace an earlier moved file.
-		dst := to + "/" + time.Now().UTC().Format("20060102T150405.000000000Z") + "_" + name
-		if existing, err := s.list(conn, to); err == nil && !slices.ContainsFunc(existing, func(f folder.File) bool { return f.Name == name }) {
-			dst = to + "/" + name
+		dst := to + "/" + time.Now().UTC().Format("20060102T150405.000000000Z") + "_" + as
+		if existing, err := s.list(conn, to); err == nil && !slices.ContainsFunc(existing, func(f folder.File) bool { return f.Name == as }) {
+			dst = to + "/" + as
 		}
 		if err := conn.Rename(s.c.path(name), s.c.remote(dst)); err != nil {
 			delete(s.c.made, to) // the folder may be gone: create it again next time
-			return step("move "+name+" to "+to, err)
+			return step("move "+as+" to "+to, err)
 		}
 		return nil
 	})
