@@ -29,7 +29,6 @@ import (
 	ftpserver "goftp.io/server/v2"
 	"goftp.io/server/v2/driver/file"
 
-	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/adapters/folder/foldertest"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
@@ -717,20 +716,7 @@ func TestMoveListingFailsNothingReplaced(t *testing.T) {
 	cfg := testConfig(startServer(t, root, "out"), "pickup")
 	src := newSource(t, "A", cfg)
 	src.c.listBounds = listBounds{bytes: 4 << 10, within: time.Minute} // the pickup folder lists within it, the archive not
-	p, err := folder.NewPickup(src, folder.Options{
-		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
-		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterMove, Folder: "sent"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ch, err := p.Subscribe(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	_, ch := runPickup(t, src, cfg, config.After{Action: config.AfterMove, Folder: "sent"})
 	m := foldertest.Next(ch, 5*time.Second)
 	if m == nil {
 		t.Fatal("No 7 not taken")

@@ -106,9 +106,16 @@ func pickup(t *testing.T, cfg Config, node string, list bool) <-chan *message.Me
 	t.Helper()
 	src := newSource(t, node, cfg)
 	src.c.noMLSD = list
+	_, ch := runPickup(t, src, cfg, config.After{Action: config.AfterDelete})
+	return ch
+}
+
+// runPickup runs a pickup of src's node until the test ends.
+func runPickup(t *testing.T, src *source, cfg Config, after config.After) (*folder.Pickup, <-chan *message.Message) {
+	t.Helper()
 	p, err := folder.NewPickup(src, folder.Options{
-		Node: node, Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
-		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterDelete},
+		Node: src.c.node, IsNode: cfg.IsNode, Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
+		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: after,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -116,10 +123,11 @@ func pickup(t *testing.T, cfg Config, node string, list bool) <-chan *message.Me
 	ctx, cancel := context.WithCancel(context.Background())
 	ch, err := p.Subscribe(ctx, "")
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); p.Close() })
-	return ch
+	return p, ch
 }
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
@@ -711,19 +719,5 @@ func TestPickupCloseDuringLongDownload(t *testing.T) {
 // starts it; it is closed when the test ends (Close may come earlier).
 func startPickup(t *testing.T, cfg Config, after config.After) (*folder.Pickup, <-chan *message.Message) {
 	t.Helper()
-	p, err := folder.NewPickup(newSource(t, "A", cfg), folder.Options{
-		Node: "A", Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
-		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: after,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	ch, err := p.Subscribe(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p, ch
+	return runPickup(t, newSource(t, "A", cfg), cfg, after)
 }

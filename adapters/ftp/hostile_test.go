@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/adapters/folder/foldertest"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
@@ -310,23 +309,8 @@ func TestWrongEncodingShown(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "Message_ЦО_ОП.xml"), msgXML(t, "ЦО", "ОП", 2, 500), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	isNode := func(c string) bool { return c == "ЦО" || c == "ОП" }
-	cfg.IsNode = isNode
-	src := newSource(t, "ЦО", cfg)
-	p, err := folder.NewPickup(src, folder.Options{
-		Node: "ЦО", IsNode: isNode, Adapter: "ftp", Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(),
-		IncompleteTimeout: cfg.IncompleteTimeout.Std(), After: config.After{Action: config.AfterDelete},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ch, err := p.Subscribe(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	cfg.IsNode = func(c string) bool { return c == "ЦО" || c == "ОП" }
+	p, ch := runPickup(t, newSource(t, "ЦО", cfg), cfg, config.After{Action: config.AfterDelete})
 	if m := foldertest.Next(ch, 2*time.Second); m != nil {
 		m.Ack()
 		return
