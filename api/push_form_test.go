@@ -77,18 +77,8 @@ func TestPushFormSecondFileRefused(t *testing.T) {
 // (found by review). A node holds at most 4 now.
 func TestPushNodeCannotHoldEverySlot(t *testing.T) {
 	t.Setenv("RELAY_TEST_MOB_TOKEN", "mob-secret")
-	file, err := os.ReadFile("../testdata/fixtures/good/Message_CO_SHOP1.xml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Parse([]byte(fmt.Sprintf("relay: { data_dir: %s }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { dir: m }\n", t.TempDir())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := NewServer(cfg, &fakeBackend{ready: true}, "", slog.New(slog.DiscardHandler))
+	s, srv, file := shopServer(t, "  MOB:\n    api_token_env: RELAY_TEST_MOB_TOKEN\n    deliver: { dir: m }\n")
 	s.pushIdle = 300 * time.Millisecond // stands for the minute
-	srv := httptest.NewServer(s)
-	defer srv.Close()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	defer wg.Wait()

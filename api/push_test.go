@@ -114,14 +114,15 @@ func push(s *Server, query string, body io.Reader) *httptest.ResponseRecorder {
 }
 
 // shopServer serves the API of a relay with CO (pickup) and SHOP1
-// (deliver) over a fake backend; file is a good message CO → SHOP1.
-func shopServer(t *testing.T) (*Server, *httptest.Server, []byte) {
+// (deliver), and the nodes more adds (routing.yaml lines under nodes:),
+// over a fake backend; file is a good message CO → SHOP1.
+func shopServer(t *testing.T, more ...string) (*Server, *httptest.Server, []byte) {
 	t.Helper()
 	file, err := os.ReadFile("../testdata/fixtures/good/Message_CO_SHOP1.xml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Parse([]byte(fmt.Sprintf("relay: { data_dir: %s }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n", t.TempDir())))
+	cfg, err := config.Parse([]byte(fmt.Sprintf("relay: { data_dir: %s }\nnodes:\n  CO:\n    pickup: { dir: a }\n  SHOP1:\n    deliver: { dir: b }\n%s", t.TempDir(), strings.Join(more, ""))))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -184,12 +184,11 @@ var literalEnd = regexp.MustCompile(`\{(\d+)\}\r\n$`)
 
 func (p *uidLastProxy) serve(c net.Conn) {
 	defer c.Close()
-	b, err := net.Dial("tcp", p.backend)
-	if err != nil {
+	b := upstream(c, p.backend)
+	if b == nil {
 		return
 	}
 	defer b.Close()
-	go func() { io.Copy(b, c); b.Close() }()
 	r := bufio.NewReader(b)
 	uid := ""
 	for {

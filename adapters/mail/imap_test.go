@@ -1352,14 +1352,24 @@ func startCutProxy(t *testing.T, backend string, at *regexp.Regexp, always bool)
 	return p
 }
 
+// upstream dials backend for the proxied client c and copies what c sends
+// there; nil if it cannot be reached. The caller reads the answers.
+func upstream(c net.Conn, backend string) net.Conn {
+	b, err := net.Dial("tcp", backend)
+	if err != nil {
+		return nil
+	}
+	go func() { io.Copy(b, c); b.Close() }()
+	return b
+}
+
 func (p *cutProxy) serve(c net.Conn) {
 	defer c.Close()
-	b, err := net.Dial("tcp", p.backend)
-	if err != nil {
+	b := upstream(c, p.backend)
+	if b == nil {
 		return
 	}
 	defer b.Close()
-	go func() { io.Copy(b, c); b.Close() }()
 	buf := make([]byte, 64<<10)
 	var window []byte
 	for {
