@@ -109,10 +109,10 @@ func TestLongDeliveryLeavesNodeFlowing(t *testing.T) {
 	waitFor(t, 20*time.Second, "SHOP1's No 2 delivered after No 1", func() bool { return count("SHOP1") == 2 })
 }
 
-// holdingService is a node's HTTP service on 127.0.0.1 that counts the
-// requests it gets by file name and holds open those hold picks until
-// release (called at the latest when the test ends) or until the request
-// ends.
+// holdingService is a node's WebDAV folder on 127.0.0.1 that counts the
+// PUTs it gets by file name and holds open those hold picks until release
+// (called at the latest when the test ends) or until the request ends. It
+// holds no file: the delivery's look at the folder (GET) is answered 404.
 type holdingService struct {
 	srv     *httptest.Server
 	mu      sync.Mutex
@@ -126,6 +126,10 @@ func startHoldingService(t *testing.T, hold func(file string) bool) *holdingServ
 	var once sync.Once
 	h := &holdingService{got: map[string]int{}, release: func() { once.Do(func() { close(released) }) }}
 	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			http.NotFound(w, r)
+			return
+		}
 		file := path.Base(r.URL.Path)
 		h.mu.Lock()
 		h.got[file]++
@@ -144,7 +148,7 @@ func startHoldingService(t *testing.T, hold func(file string) bool) *holdingServ
 	return h
 }
 
-// count is how many requests for file the service got.
+// count is how many PUTs of file the service got.
 func (h *holdingService) count(file string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
