@@ -220,9 +220,6 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 			// review). The next try sends it first and goes on here.
 			return exchange.Progressed(fmt.Errorf("smtp %s: %s: part 1/%d went out %s ago; it goes out again before part %d/%d", p.node, out.name, n, p.now().Sub(sp.part1).Round(time.Minute), i, n))
 		}
-		// Counted from before the send: the receiver's part_timeout runs
-		// from the copy's arrival, which is no earlier.
-		sentAt := p.now()
 		if skip {
 			if _, err := io.Copy(io.Discard, chunk); err != nil {
 				return fmt.Errorf("smtp %s: %s: read body: %w", p.node, out.name, err)
@@ -243,7 +240,11 @@ func (p *Publisher) sendParts(c *smtp.Client, out outgoing, per int64) error {
 		p.mu.Lock()
 		done[i] = true
 		if i == 1 && !skip {
-			sp.part1 = sentAt
+			// From the end of its upload, no later than its arrival
+			// either: a part that takes longer than refreshAfter to send
+			// (a slow line) would else make part 1 due again at once,
+			// and every try would send part 1 only (found by review).
+			sp.part1 = p.now()
 		}
 		p.mu.Unlock()
 		if !skip {
@@ -333,6 +334,10 @@ func address(s string) *gomail.Address {
 	return a
 }
 
+func nonASCII(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r >= utf8.RuneSelf })
+}
+
 // asciiAddress is addr with its domain in ASCII (IDNA); a local part in
 // another script has no ASCII form (it needs SMTPUTF8, which relay does
 // not use): an error.
@@ -342,10 +347,13 @@ func asciiAddress(addr string) (string, error) {
 		return addr, nil
 	}
 	local, domain := addr[:at], addr[at+1:]
-	for _, r := range local {
-		if r >= utf8.RuneSelf {
-			return "", fmt.Errorf("the part before @ is not ASCII (it would need SMTPUTF8)")
-		}
+	if !nonASCII(local) && !nonASCII(domain) {
+		// As it is: an address literal ([192.168.10.5]) or a host name
+		// with '_' is no IDNA name (found by review: refused).
+		return addr, nil
+	}
+	if nonASCII(local) {
+		return "", fmt.Errorf("the part before @ is not ASCII (it would need SMTPUTF8)")
 	}
 	d, err := idna.Lookup.ToASCII(domain)
 	if err != nil {

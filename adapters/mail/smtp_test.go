@@ -1620,3 +1620,67 @@ func TestSMTPCyrillicDomain(t *testing.T) {
 		}
 	}
 }
+
+// TestSMTPSlowPartsComplete: on a slow uplink a single part takes longer
+// than refreshAfter (31 minutes here: a 10 MiB mail at ~45 kbit/s). With
+// part 1's age counted from before its own upload, each try sent part 1,
+// found it due a refresh before part 2 and stopped: the set never
+// completed (found by review of the mid-try stop). It counts from the end
+// of the upload now.
+func TestSMTPSlowPartsComplete(t *testing.T) {
+	const limit = 64 << 10
+	per := rawPerMail(limit)
+	srv := startSMTP(t, startTLSSMTP, 0)
+	p := newTestPublisher(t, smtpConf(t, smtpURL(srv, "smtp"), caFile(t, nil), "max_message_size: 64KiB\n"))
+	var mu sync.Mutex
+	clock := time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
+	p.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	srv.data = func(int, []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		clock = clock.Add(31 * time.Minute) // upload time of one part on a slow line
+		return nil
+	}
+	body := bigXML(t, 60, 2*per+per/2)
+	if n := (int64(len(body)) + per - 1) / per; n != 3 {
+		t.Fatalf("setup: %d parts, want 3", n)
+	}
+	m := outMsg(t, nil, body)
+	var err error
+	tries := 0
+	for ; tries < 8; tries++ {
+		mu.Lock()
+		clock = clock.Add(time.Second) // a try that got parts through is retried at once
+		mu.Unlock()
+		if err = publish(p, m); err == nil {
+			break
+		}
+		if exchange.IsPermanent(err) {
+			t.Fatalf("try %d: permanent %v", tries+1, err)
+		}
+	}
+	if err != nil {
+		var parts []string
+		for _, a := range srv.accepted() {
+			parts = append(parts, parseMail(t, a.raw).text1(t, HeaderPart))
+		}
+		t.Fatalf("a 3-part set whose parts each take 31 min to upload is not delivered after %d tries: mails accepted %v (only part 1, again and again): the refresh stop fires right after part 1 whenever one part takes longer than refreshAfter, so the set never completes; last error: %v",
+			tries, strings.Join(parts, " "), err)
+	}
+}
+
+// TestSMTPAsciiAddressesValid: addresses that need no IDNA at all (an
+// address literal, as offices without DNS MX use, and a host name with an
+// underscore, common for Windows/AD hosts) are taken as they are; the IDNA
+// Lookup profile (STD3 rules) refused them (found by review).
+func TestSMTPAsciiAddressesValid(t *testing.T) {
+	for _, to := range []string{"obmen@[192.168.10.5]", "obmen@mail_srv.corp.local"} {
+		cfg := smtpConf(t, "smtp://relay@127.0.0.1:2525", "", "to: [\""+to+"\"]\n")
+		errs := cfg.Validate()
+		for _, err := range errs {
+			if strings.Contains(err.Error(), to) {
+				t.Errorf("to: %s (pure ASCII, no IDNA needed, accepted before) is refused by Validate: %v", to, err)
+			}
+		}
+	}
+}
