@@ -62,7 +62,7 @@ func (s *source) List(context.Context) ([]folder.File, error) {
 	}
 	var files []folder.File
 	for _, e := range entries {
-		if _, held := folder.IsHeldName(e.Name()); !e.Type().IsRegular() || !folder.IsMessageName(e.Name()) && !held {
+		if !e.Type().IsRegular() || !folder.IsMessageName(folder.MessageName(e.Name())) {
 			continue
 		}
 		fi, err := e.Info()

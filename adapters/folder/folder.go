@@ -138,15 +138,24 @@ const heldPrefix = "relay-commit-"
 // HeldName is the name a commit gives the file name before it looks at it
 // and deletes or moves it: 1C's next message written under name meanwhile
 // is a new file, never the one deleted (found by review: between the look
-// and the DELE an FTP commit deleted 1C's newer file unread). No pickup
-// takes it (it does not start "Message_"); one a stopped relay left is
-// given its name back (IsHeldName).
+// and the DELE an FTP commit deleted 1C's newer file unread). 1C reads no
+// such name. One a commit leaves (the file changed, the delete failed, the
+// relay stopped) is taken as the message name it holds (MessageName).
 func HeldName(name string) string { return heldPrefix + name }
 
 // IsHeldName says base is a HeldName, and of which file.
 func IsHeldName(base string) (name string, ok bool) {
 	name, ok = strings.CutPrefix(base, heldPrefix)
 	return name, ok && IsMessageName(name)
+}
+
+// MessageName is the message file name a folder entry holds: its own, or
+// the one a HeldName holds.
+func MessageName(base string) string {
+	if name, ok := IsHeldName(base); ok {
+		return name
+	}
+	return base
 }
 
 // IsMessageName is the cheap filter: Message_*.xml|.zip, extension in any case.

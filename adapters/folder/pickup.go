@@ -76,9 +76,11 @@ type Pickup struct {
 	// reason.
 	filesMu sync.Mutex
 	files   map[string]fileTrouble
-	// held are the HeldNames of the commits in progress.
-	heldMu sync.Mutex
-	held   map[string]bool
+	// held are the HeldNames of the commits in progress, listedHeld
+	// those the last listing had.
+	heldMu     sync.Mutex
+	held       map[string]bool
+	listedHeld map[string]bool
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -274,19 +276,21 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 	}
 	present := map[string]bool{}
 	var ready []string
+	held := map[string]bool{}
 	for _, f := range files {
-		if name, ok := IsHeldName(f.Name); ok {
-			// Left by a commit a stopped relay did not finish.
-			present[f.Name] = true
-			if !p.holding(f.Name) {
-				p.giveBack(ctx, p.log, f.Name, name)
+		name := MessageName(f.Name)
+		if name != f.Name {
+			held[f.Name] = true
+			if p.holding(f.Name) {
+				present[f.Name] = true
+				continue // a commit is at it
 			}
+			// Left by a commit (the file changed, the delete failed, the
+			// relay stopped): taken as the message it holds.
+		} else if !IsMessageName(f.Name) {
 			continue
 		}
-		if !IsMessageName(f.Name) {
-			continue
-		}
-		if why := Nobodys(f.Name, p.o.IsNode); why != "" {
+		if why := Nobodys(name, p.o.IsNode); why != "" {
 			// Whose it is cannot be told: taking it could take a message
 			// delivered to the node's 1C (found by review: a name in
 			// Windows-1251 on an FTP pickup left at utf-8), and leaving
@@ -296,7 +300,7 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 			p.fileFailed(f.Name, fmt.Errorf("%s %s: %s: %s; left alone", p.o.Adapter, p.o.Node, p.src.Where(f.Name), why), false)
 			continue
 		}
-		if ForAnotherNode(f.Name, p.o.Node, p.o.IsNode) {
+		if ForAnotherNode(name, p.o.Node, p.o.IsNode) {
 			continue // another node's file, e.g. one delivered into a shared folder
 		}
 		present[f.Name] = true
@@ -339,6 +343,9 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 		}
 		ready = append(ready, f.Name)
 	}
+	p.heldMu.Lock()
+	p.listedHeld = held
+	p.heldMu.Unlock()
 	for name := range sc.seen {
 		if !present[name] && !sc.busy[name] {
 			delete(sc.seen, name)
@@ -548,7 +555,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 		log.Info("file has the size and mtime of the one taken but another content: the node's next message")
 	}
 
-	msg, problem := NewMessage(p.o.Node, p.o.IsNode, where, name, fetched, p.o.Limits, p.o.Passwords)
+	msg, problem := NewMessage(p.o.Node, p.o.IsNode, where, MessageName(name), fetched, p.o.Limits, p.o.Passwords)
 	if errors.Is(problem, exchange.ErrIncomplete) && p.now().Sub(c.since) < p.o.IncompleteTimeout {
 		// Read again once it changes, or at incomplete_timeout to be
 		// dead-lettered: an unchanged file does not become complete.
@@ -651,7 +658,7 @@ func (p *Pickup) contentSHA256(ctx context.Context, name string, f Fetched) (str
 // It is looked at again once it changes.
 func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, where string, c *candidate, lim int64, out chan<- *message.Message) {
 	problem := fmt.Errorf("%w: %d bytes, larger than the %d-byte limit; the file is left in place", exchange.ErrTooLarge, c.size, lim)
-	msg := fileMessage(p.o.Node, where, name)
+	msg := fileMessage(p.o.Node, where, MessageName(name))
 	msg.Metadata.Set(exchange.MetaProblem, problem.Error())
 	msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(c.size, 10))
 	exchange.SetBody(msg, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("")), nil })
@@ -772,30 +779,22 @@ func inspect(node string, isNode func(string) bool, name string, f Fetched, lim 
 // file stays because the commit failed.
 func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where string, c *candidate, t time.Time, sum string) bool {
 	// delete and move: the file is taken out of its name first, so that
-	// what is looked at is what goes (HeldName). A source that cannot
-	// rename (an FTP account without the right) is looked at in place.
+	// what is looked at is what goes (HeldName); one held already (left by
+	// an earlier commit) is looked at where it is, and so is one whose
+	// held name is taken (a held file not taken yet: never replaced), or
+	// when the source cannot rename (an FTP account without the right).
 	at := name
-	if p.o.After.Action != config.AfterKeep {
-		held := HeldName(name)
+	if held := HeldName(name); p.o.After.Action != config.AfterKeep && MessageName(name) == name && !p.listed(held) {
 		p.hold(held, true)
 		defer p.hold(held, false)
-		if p.troubled(held) {
-			// One kept there (given back while a file of its name was
-			// there again): not replaced; looked at in place.
-		} else if err := p.src.Rename(ctx, name, held); err == nil {
+		if err := p.src.Rename(ctx, name, held); err == nil {
 			at = held
 		} else {
 			log.Debug("cannot hold the file under another name for its commit; looked at in place", "err", err)
 		}
 	}
-	giveBack := func() {
-		if at != name {
-			p.giveBack(ctx, log, at, name)
-		}
-	}
-	stored, err := p.stillStored(ctx, at, c, t, sum)
+	stored, err := p.stillStored(ctx, at, at != name, c, t, sum)
 	if err != nil {
-		giveBack()
 		if ctx.Err() == nil {
 			p.fileFailed(name, err, true)
 			log.Warn("cannot look at the file before commit; it may be taken again and dropped as a duplicate", "err", err)
@@ -804,7 +803,7 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 	}
 	p.fileLooked(name)
 	if !stored {
-		giveBack()
+		// Under its held name it is taken as the message it holds.
 		log.Info("file changed after it was taken; leaving the new version for the next scan")
 		return true
 	}
@@ -812,14 +811,13 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 	case config.AfterDelete:
 		err = p.src.Remove(ctx, at)
 	case config.AfterMove:
-		err = p.src.Move(ctx, at, name, p.o.After.Folder)
+		err = p.src.Move(ctx, at, MessageName(name), p.o.After.Folder)
 	case config.AfterKeep:
 		if err = p.o.Memory.Remember(ctx, where, fingerprint(c.size, c.mtime, sum)); err == nil {
 			p.unchanged(c, t, farFuture)
 		}
 	}
 	if err != nil {
-		giveBack()
 		// The message is safe in JetStream; a second pickup is dropped as a duplicate.
 		log.Error("commit failed; the file may be taken again and dropped as a duplicate", "after", p.o.After.String(), "err", err)
 		p.commitTrouble.Set(fmt.Errorf("after %s of %s failed (the message is stored; the file will be taken again): %w", p.o.After.String(), name, err))
@@ -848,23 +846,11 @@ func (p *Pickup) holding(held string) bool {
 	return p.held[held]
 }
 
-// giveBack renames a held file back to name: a commit that did not
-// finish (the file changed, a failure), or one a stopped relay left. A
-// file under name already (written since) is not replaced: the held one
-// stays, shown as the pickup's trouble, for the operator to look at.
-func (p *Pickup) giveBack(ctx context.Context, log *slog.Logger, held, name string) {
-	if _, err := p.src.Stat(ctx, name); err == nil {
-		err := fmt.Errorf("%s %s: %s was held for its commit and %s is there again: both kept, look at them", p.o.Adapter, p.o.Node, p.src.Where(held), name)
-		log.Error(err.Error())
-		p.fileFailed(held, err, true)
-		return
-	}
-	if err := p.src.Rename(ctx, held, name); err != nil {
-		log.Error("cannot give the file its name back after its commit failed; tried again at the next scan", "held", held, "err", err)
-		p.fileFailed(held, fmt.Errorf("%s %s: give %s its name back: %w", p.o.Adapter, p.o.Node, p.src.Where(held), err), true)
-		return
-	}
-	p.fileLooked(held)
+// listed says the last listing held the file held.
+func (p *Pickup) listed(held string) bool {
+	p.heldMu.Lock()
+	defer p.heldMu.Unlock()
+	return p.listedHeld[held]
 }
 
 // stillStored reports whether name is still the version of c read from t
@@ -872,15 +858,19 @@ func (p *Pickup) giveBack(ctx context.Context, log *slog.Logger, held, name stri
 // within a coarse mtime's time unit could have come after the read began
 // (final): then the file is read again and its sha256 compared. keep needs
 // no such read: it remembers sum, and later reads compare it.
-func (p *Pickup) stillStored(ctx context.Context, name string, c *candidate, t time.Time, sum string) (bool, error) {
+func (p *Pickup) stillStored(ctx context.Context, name string, renamed bool, c *candidate, t time.Time, sum string) (bool, error) {
 	now, err := p.src.Stat(ctx, name)
 	if err != nil {
 		return false, fmt.Errorf("%s %s: look at %s before its commit: %w", p.o.Adapter, p.o.Node, name, err)
 	}
-	if now.Size != c.size || !now.ModTime.Equal(c.mtime) {
+	// A server whose rename is a copy (FTP on object storage) gives the
+	// renamed file a new mtime: its content tells then (found by review:
+	// every commit found the file changed).
+	moved := renamed && now.Size == c.size && !now.ModTime.Equal(c.mtime)
+	if now.Size != c.size || !now.ModTime.Equal(c.mtime) && !moved {
 		return false, nil
 	}
-	if p.o.After.Action == config.AfterKeep || p.final(c, t) {
+	if !moved && (p.o.After.Action == config.AfterKeep || p.final(c, t)) {
 		return true, nil
 	}
 	f, err := p.src.Fetch(ctx, now)
@@ -951,14 +941,6 @@ func (p *Pickup) fileFailed(name string, err error, commit bool) {
 		return
 	}
 	p.files[name] = fileTrouble{msg: err.Error(), at: p.now(), commit: commit}
-}
-
-// troubled says the file name has a trouble shown.
-func (p *Pickup) troubled(name string) bool {
-	p.filesMu.Lock()
-	defer p.filesMu.Unlock()
-	_, ok := p.files[name]
-	return ok
 }
 
 // fileRead clears the read trouble of the file name: it was read.

@@ -38,14 +38,15 @@ type client struct {
 	conn    *ftp.ServerConn
 	sockets *dialer // the current connection's sockets, closed to interrupt it
 	// pasv: the connection asks for data connections with PASV, not EPSV
-	// (switched when a data connection fails: see switchPassive).
-	pasv     bool
-	made     map[string]bool // folders created on this connection
-	lastUse  time.Time
-	idle     *time.Timer
-	fails    int
-	retryAt  time.Time
-	lastDial error
+	// (switched when a data connection fails: see switchPassive);
+	// pasvWorks: one was opened that way.
+	pasv, pasvWorks bool
+	made            map[string]bool // folders created on this connection
+	lastUse         time.Time
+	idle            *time.Timer
+	fails           int
+	retryAt         time.Time
+	lastDial        error
 }
 
 // newClient validates cfg for role (pickup or deliver) and prepares the
@@ -182,7 +183,7 @@ func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error
 	// After anything but a server reply the connection may be out of step
 	// (a broken transfer, a timeout): keep it only if it still answers NOOP.
 	// A data connection that failed switches EPSV and PASV for the next.
-	cut, switched := !stop(), err != nil && c.switchPassive()
+	cut, switched := !stop(), c.switchPassive(err)
 	if cut || switched || (err != nil && (!isReply(err) || replyCode(err) == 421) && conn.NoOp() != nil) {
 		c.sockets.closeAll()
 		c.conn = nil
@@ -197,21 +198,31 @@ func (c *client) with(ctx context.Context, fn func(*ftp.ServerConn) error) error
 }
 
 // switchPassive makes the next connection ask for data connections the
-// other way (EPSV, PASV) when one could not be opened on this one. A
-// firewall or NAT that knows only PASV lets the server's EPSV answer
-// through and the port it names not (found by review: jlaffaye/ftp falls
-// back to PASV only when the EPSV command fails, and the node stalled for
-// good); a broken PASV (a private address behind NAT) is what EPSV mends.
-// Not on IPv6, where PASV cannot name the address. It says the connection
-// is to be dropped.
-func (c *client) switchPassive() bool {
-	if !c.sockets.takeDataFailed() {
-		return false
+// other way (EPSV, PASV) when one could not be opened on this one (err is
+// the use's outcome). A firewall or NAT that knows only PASV lets the
+// server's EPSV answer through and the port it names not (found by review:
+// jlaffaye/ftp falls back to PASV only when the EPSV command fails, and the
+// node stalled for good). Only over IPv4 (by the control connection's
+// address), where PASV can name the address; a PASV the server refuses
+// before one worked goes back to EPSV. It says the connection is to be
+// dropped.
+func (c *client) switchPassive(err error) bool {
+	failed, opened := c.sockets.takeData()
+	if c.pasv && opened > 0 {
+		c.pasvWorks = true
 	}
-	if host, _, err := net.SplitHostPort(c.t.addr); err == nil {
-		if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+	switch {
+	case err == nil:
+		return false
+	case failed:
+		if ip := c.sockets.controlIP(); ip == nil || ip.To4() == nil {
 			return false
 		}
+	case c.pasv && !c.pasvWorks && opened == 0 && isReply(err):
+		// PASV itself refused (a server that has only EPSV): back to
+		// EPSV (found by review: stalled for good).
+	default:
+		return false
 	}
 	c.pasv = !c.pasv
 	from, to := "EPSV", "PASV"
@@ -345,18 +356,34 @@ type dialer struct {
 	n     int
 	// listing: the data connections opened now carry a listing (listingConn).
 	listing bool
-	// dataFailed: a data connection could not be opened.
+	// dataFailed: a data connection could not be opened; dataOpened:
+	// how many were.
 	dataFailed bool
+	dataOpened int
+	control    net.Conn
 }
 
-// takeDataFailed says a data connection could not be opened since the
-// last call.
-func (d *dialer) takeDataFailed() bool {
+// takeData says whether a data connection could not be opened since the
+// last call, and how many were.
+func (d *dialer) takeData() (failed bool, opened int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	failed := d.dataFailed
-	d.dataFailed = false
-	return failed
+	failed, opened = d.dataFailed, d.dataOpened
+	d.dataFailed, d.dataOpened = false, 0
+	return failed, opened
+}
+
+// controlIP is the address the control connection went to (nil before).
+func (d *dialer) controlIP() net.IP {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.control == nil {
+		return nil
+	}
+	if a, ok := d.control.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP
+	}
+	return nil
 }
 
 // listNext says whether the data connections opened from now on carry a
@@ -435,6 +462,11 @@ func (d *dialer) dial(network, addr string) (net.Conn, error) {
 	}
 	d.mu.Lock()
 	d.conns = append(d.conns[:0:0], append(openOnly(d.conns), raw)...)
+	if first {
+		d.control = raw
+	} else {
+		d.dataOpened++
+	}
 	d.mu.Unlock()
 	switch {
 	case d.c.cfg.TLS != TLSNone && !first:

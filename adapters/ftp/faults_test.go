@@ -29,6 +29,7 @@ import (
 	ftpserver "goftp.io/server/v2"
 	"goftp.io/server/v2/driver/file"
 
+	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/adapters/folder/foldertest"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
@@ -852,4 +853,230 @@ func TestCommitLeavesNewerUpload(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(out, "Message_A_B.xml")); err != nil {
 		t.Fatalf("1C's No 8, written over Message_A_B.xml after the commit's check of No 7 and before its DELE, was deleted by relay without being picked up (%v): the message is lost (a sequential channel waits for it for ever)", err)
 	}
+}
+
+// renameStampsMTime is a server whose rename gives the file a new mtime:
+// an FTP front end on object storage (S3, GCS, Azure: SFTPGo, AWS
+// Transfer Family), where a rename is a copy and a delete and the copy's
+// time is the time of the copy.
+type renameStampsMTime struct {
+	ftpserver.Driver
+	root string
+}
+
+func (d renameStampsMTime) Rename(ctx *ftpserver.Context, from, to string) error {
+	if err := d.Driver.Rename(ctx, from, to); err != nil {
+		return err
+	}
+	now := time.Now()
+	return os.Chtimes(filepath.Join(d.root, to), now, now)
+}
+
+// TestCommitOnRenameStampingServer: the commit renames the file to
+// relay-commit-<name> and compared the held file's mtime with the one
+// taken: on a server whose rename stamps a new mtime every commit saw a
+// "changed" file, and the same message was taken again and again, never
+// deleted (found by review). The content decides there now.
+func TestCommitOnRenameStampingServer(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(out, "Message_A_B.xml")
+	if err := os.WriteFile(p, msgXML(t, "A", "B", 7, 3000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour).Truncate(time.Minute).Add(17 * time.Second)
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(serve(t, renameStampsMTime{drv, root}, "out"), "pickup")
+	// A settle past a second (the FTP default is 5 s): a rename's new
+	// mtime and the listed one fall in different seconds.
+	cfg.Settle, cfg.IncompleteTimeout = config.Duration(1200*time.Millisecond), config.Duration(10*time.Second)
+	_, ch := startPickup(t, cfg, config.After{Action: config.AfterDelete})
+	taken := 0
+	deadline := time.Now().Add(8 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case m := <-ch:
+			taken++
+			m.Ack()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if taken >= 1 && !exists(p) && !exists(filepath.Join(out, folder.HeldName("Message_A_B.xml"))) {
+			break
+		}
+	}
+	if taken > 1 || exists(p) {
+		t.Fatalf("No 7 taken %d times in 8 s and still in the folder (%v): the server's rename gives the file a new mtime, and every commit found the held file \"changed\"", taken, exists(p))
+	}
+}
+
+// slowDele is a server whose DELE takes a while (a busy NAS, a large
+// file on a slow disk, a long round trip).
+type slowDele struct {
+	ftpserver.Driver
+}
+
+func (d slowDele) DeleteFile(ctx *ftpserver.Context, p string) error {
+	time.Sleep(600 * time.Millisecond)
+	return d.Driver.DeleteFile(ctx, p)
+}
+
+// TestSharedFolderHeldFileLeftToItsNode: two nodes' pickups read one FTP
+// folder (each takes only its own files: ForAnotherNode). A's commit holds
+// its file as relay-commit-Message_A_C.xml; B's scan gave it its name back
+// in the middle of A's commit (found by review of the give-back, since
+// removed): A's DELE failed and the file came again. A held file is A's
+// as its message name is.
+func TestSharedFolderHeldFileLeftToItsNode(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(out, "Message_A_C.xml")
+	if err := os.WriteFile(p, msgXML(t, "A", "C", 3, 3000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := serve(t, slowDele{drv}, "out")
+	cfgA, cfgB := testConfig(u, "pickup"), testConfig(u, "pickup")
+	pa, chA := runPickup(t, newSource(t, "A", cfgA), cfgA, config.After{Action: config.AfterDelete})
+	_, chB := runPickup(t, newSource(t, "B", cfgB), cfgB, config.After{Action: config.AfterDelete})
+	taken := 0
+	var lastErr string
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case m := <-chA:
+			taken++
+			m.Ack()
+		case m := <-chB:
+			m.Ack()
+			t.Fatalf("B took %s", m.Metadata.Get(exchange.MetaFileName))
+		case <-time.After(100 * time.Millisecond):
+		}
+		if msg, _ := pa.LastError(); msg != "" {
+			lastErr = msg
+		}
+		if taken == 1 && !exists(p) && !exists(filepath.Join(out, folder.HeldName("Message_A_C.xml"))) {
+			time.Sleep(300 * time.Millisecond)
+			if !exists(p) {
+				break
+			}
+		}
+	}
+	if taken != 1 || exists(p) || lastErr != "" {
+		t.Fatalf("A's file taken %d times, still there %v, A's error %q: B's pickup touched A's held file during A's commit", taken, exists(p), lastErr)
+	}
+}
+
+// TestRefusedPASVSwitchesBack: one data connection that cannot be opened
+// (a port the server named closed for a moment) switches the client to
+// PASV; a server that refuses PASV answers with an error reply, which
+// never switched back: the node stalled for good (found by review). A
+// PASV refused before any worked goes back to EPSV.
+func TestRefusedPASVSwitchesBack(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "out"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "out", "Message_A_B.xml"), msgXML(t, "A", "B", 1, 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var epsvCount atomic.Int32
+	u, _ := proxied(t, drv, "out", func(line string) string {
+		switch {
+		case strings.HasPrefix(line, "229 "):
+			if epsvCount.Add(1) == 1 {
+				// The first data port is gone before relay connects.
+				return "229 Entering Extended Passive Mode (|||1|)\r\n"
+			}
+		case strings.HasPrefix(line, "227 "):
+			return "500 PASV not available on this connection\r\n"
+		}
+		return line
+	})
+	cfg := testConfig(u, "pickup")
+	cfg.ConnectTimeout = config.Duration(2 * time.Second)
+	src := newSource(t, "A", cfg)
+	if _, err := src.List(context.Background()); err == nil {
+		t.Fatal("test setup: the first listing went through")
+	}
+	var lastErr error
+	for i := 0; i < 4; i++ {
+		files, err := src.List(context.Background())
+		if err == nil && len(files) == 1 {
+			return
+		}
+		lastErr = err
+		time.Sleep(300 * time.Millisecond)
+	}
+	t.Fatalf("after one failed data connection every listing fails: %v — switched to PASV, which the server refuses, and never back to the EPSV that works", lastErr)
+}
+
+// TestFailingCommitLeavesNewerUpload: a commit that keeps failing (a move
+// folder that cannot be made) leaves the file under its held name, taken
+// again as its message (a duplicate) and committed again later; 1C's next
+// message written under the name meanwhile is taken, never replaced (found
+// by review: giving the held file its name back could rename it over it).
+func TestFailingCommitLeavesNewerUpload(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(out, "Message_A_B.xml")
+	if err := os.WriteFile(p, msgXML(t, "A", "B", 7, 3000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// "sent" is a file: the move folder cannot be made, every move fails.
+	if err := os.WriteFile(filepath.Join(out, "sent"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pk, ch := startPickup(t, testConfig(startServer(t, root, "out"), "pickup"), config.After{Action: config.AfterMove, Folder: "sent"})
+	m := foldertest.Next(ch, 5*time.Second)
+	if m == nil {
+		t.Fatal("No 7 not taken")
+	}
+	m.Ack()
+	deadline := time.Now().Add(5 * time.Second)
+	for msg, _ := pk.LastError(); !strings.Contains(msg, "after move:sent of Message_A_B.xml failed"); msg, _ = pk.LastError() {
+		if time.Now().After(deadline) {
+			t.Fatalf("pickup error %q: want the failed move shown", msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := os.WriteFile(p, msgXML(t, "A", "B", 8, 4000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		m := foldertest.Next(ch, time.Second)
+		if m == nil {
+			continue
+		}
+		h, _ := exchange.HeaderOf(m)
+		m.Ack()
+		if h.MessageNo == 8 {
+			if no := fileNo(t, filepath.Join(out, folder.HeldName("Message_A_B.xml"))); no != 7 && no != 8 {
+				t.Fatalf("the held file holds No %d", no)
+			}
+			return
+		}
+	}
+	t.Fatal("1C's No 8, written while No 7's move kept failing, was never taken")
 }

@@ -117,14 +117,11 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 		}
 		mdtm := useMDTM(conn)
 		for _, f := range all {
-			if _, held := folder.IsHeldName(f.Name); held {
-				files = append(files, f) // a commit's, or one a stopped relay left
+			name := folder.MessageName(f.Name) // a commit's held file is taken as its message
+			if !folder.IsMessageName(name) {
 				continue
 			}
-			if !folder.IsMessageName(f.Name) {
-				continue
-			}
-			if folder.ForAnotherNode(f.Name, s.c.node, s.c.cfg.IsNode) && folder.Nobodys(f.Name, s.c.cfg.IsNode) == "" {
+			if folder.ForAnotherNode(name, s.c.node, s.c.cfg.IsNode) && folder.Nobodys(name, s.c.cfg.IsNode) == "" {
 				continue // another node's file: spare it the MDTM (the pickup skips it too)
 			}
 			if mdtm {
