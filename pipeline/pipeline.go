@@ -317,6 +317,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case <-routerDone:
 		}
 	}()
+	p.countUncounted(ctx)
 	fctx, stopFetches := context.WithCancel(ctx)
 	fetchDone := p.runFetches(fctx)
 	err := p.router.Run(ctx)

@@ -80,3 +80,33 @@ func TestLostAckNotRecountedAfterNextResolved(t *testing.T) {
 		t.Fatalf("No 3 still waits, but pending %d (want 1), stale %d, duplicates %d (want 0): the redelivered No 1 was counted again", c.Pending(), c.Stale, c.Duplicates)
 	}
 }
+
+// TestCrashBeforeCountCountedAtStart: a relay stopped between the publish
+// of No 5 and its count; restarted, its pickup counted 1C's newer No 6
+// first, and No 5, resolved later, was never counted: the channel showed
+// one waiting fewer for good (found by review). The start counts it.
+func TestCrashBeforeCountCountedAtStart(t *testing.T) {
+	t.Parallel()
+	b := testBus(t)
+	ctx := context.Background()
+	eps := scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}}
+	before := newPipeline(t, srcToSequentialDST, b, eps)
+	if err := before.ingestHandler("SRC", "test", before.pushLane)(pickedUp("SRC", "DST", 4, "<message 4/>")); err != nil {
+		t.Fatal(err)
+	}
+	queueRecord(t, b, "SRC", "DST", 5) // published; the relay stopped before its count
+
+	after := newPipeline(t, srcToSequentialDST, b, eps)
+	after.countUncounted(ctx)
+	after.countUncounted(ctx) // a second start counts nothing more
+	if err := after.ingestHandler("SRC", "test", after.pushLane)(pickedUp("SRC", "DST", 6, "<message 6/>")); err != nil {
+		t.Fatal(err)
+	}
+	c, err := after.States().Get(ctx, "P", "SRC", "DST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Queued != 3 || c.Pending() != 3 || c.PickedNo != 6 {
+		t.Fatalf("No 4, 5 (published before a stop, not counted) and 6 taken in: queued %d, pending %d, picked No %d; want 3, 3, 6", c.Queued, c.Pending(), c.PickedNo)
+	}
+}

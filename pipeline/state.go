@@ -74,6 +74,11 @@ type Channel struct {
 	// count had not come, as when the relay stopped between the publish and
 	// it, or not yet. A count that still comes for one of them is skipped.
 	Uncounted []uint64 `json:"uncounted,omitempty"`
+	// TakenSeq is the stream sequence of the newest record a pickup's
+	// count has seen (0: none, or a state from before it was kept): one
+	// newer than it at a relay's start was published by a relay that
+	// stopped before its count (countUncounted).
+	TakenSeq uint64 `json:"taken_seq,omitempty"`
 	// Writes are random ids of the last writes of this state (recentWrites
 	// of them), newest last: a writer whose answer was lost finds its own
 	// among them even when another writer changed the channel since.
