@@ -111,8 +111,18 @@ func (c *Client) DeadLetter(ctx context.Context, seq uint64) (pipeline.DeadLette
 
 // Trace reads the recorded steps of the messages with this id or file name.
 func (c *Client) Trace(ctx context.Context, match string) ([]pipeline.Event, error) {
+	return c.TraceLimit(ctx, match, 0)
+}
+
+// TraceLimit is Trace returning at most limit events, the newest (0: the
+// relay's default, pipeline.DefaultTraceLimit).
+func (c *Client) TraceLimit(ctx context.Context, match string, limit int) ([]pipeline.Event, error) {
 	var out []pipeline.Event
-	return out, c.do(ctx, http.MethodGet, "/api/v1/trace?q="+url.QueryEscape(match), &out)
+	q := "/api/v1/trace?q=" + url.QueryEscape(match)
+	if limit > 0 {
+		q += "&limit=" + strconv.Itoa(limit)
+	}
+	return out, c.do(ctx, http.MethodGet, q, &out)
 }
 
 // slowWait bounds the requests that may take long on the relay's side: a

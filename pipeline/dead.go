@@ -74,10 +74,12 @@ func (d *Dead) put(ctx context.Context, l DeadLetter) error {
 	return nil
 }
 
-// maxDeadList bounds what List returns.
-const maxDeadList = 10000
+// MaxDeadList bounds what List returns.
+const MaxDeadList = 10000
 
-// List returns the dead letters, oldest first (at most 10,000).
+// List returns the dead letters, oldest first: the newest MaxDeadList of
+// them by id (found by review: the oldest were listed, so that with more
+// the latest letters, the ones an operator looks for, did not show).
 func (d *Dead) List(ctx context.Context) ([]DeadLetter, error) {
 	info, err := d.b.Dead.Info(ctx)
 	if err != nil {
@@ -89,11 +91,15 @@ func (d *Dead) List(ctx context.Context) ([]DeadLetter, error) {
 	// Direct gets, one letter after another: a consumer per call would pile
 	// up ephemeral consumers under a dashboard or a script polling the list.
 	out := []DeadLetter{}
-	err = eachMsg(ctx, d.b.Dead, bus.DeadSubjectPrefix+">", info.State.FirstSeq, func(m *jetstream.RawStreamMsg) bool {
+	from := info.State.FirstSeq
+	if info.State.LastSeq >= MaxDeadList {
+		from = max(from, info.State.LastSeq-MaxDeadList+1)
+	}
+	err = eachMsg(ctx, d.b.Dead, bus.DeadSubjectPrefix+">", from, func(m *jetstream.RawStreamMsg) bool {
 		l := decodeDead(m)
 		l.Seq = m.Sequence
 		out = append(out, l)
-		return m.Sequence < info.State.LastSeq && len(out) < maxDeadList
+		return m.Sequence < info.State.LastSeq && len(out) < MaxDeadList
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dead letters: %w", err)

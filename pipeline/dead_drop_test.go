@@ -338,3 +338,30 @@ nodes:
 		t.Fatalf("the duplicate letter dropped, the remaining one cannot be retried: %v", err)
 	}
 }
+
+// TestDeadListNewest: past MaxDeadList letters the list is the newest of
+// them (it was the oldest: the letters an operator looks for, today's, did
+// not show; found by review).
+func TestDeadListNewest(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := testBus(t)
+	n := MaxDeadList + 5
+	for i := range n {
+		if _, err := b.JS.PublishAsync(bus.DeadSubjectPrefix+"B", fmt.Appendf(nil, `{"node":"B","reason":"r%d"}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-b.JS.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("letters not stored")
+	}
+	ls, err := (&Dead{b: b}).List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != MaxDeadList || ls[len(ls)-1].Reason != fmt.Sprintf("r%d", n-1) || ls[0].Reason != "r5" {
+		t.Fatalf("%d letters listed, first %q, last %q: want the newest %d, r5 … r%d", len(ls), ls[0].Reason, ls[len(ls)-1].Reason, MaxDeadList, n-1)
+	}
+}

@@ -83,6 +83,9 @@ func recordEvent(conn *nats.Conn, log *slog.Logger, e Event) {
 // traceScan bounds how many of the newest events a trace reads.
 const traceScan = 100_000
 
+// DefaultTraceLimit is how many events a trace returns unless told.
+const DefaultTraceLimit = 1000
+
 // TraceQuery selects events: those of a message id, of a file name, or the
 // latest of a node.
 type TraceQuery struct {
@@ -90,7 +93,7 @@ type TraceQuery struct {
 	Match string
 	// Node, when Match is empty, asks for that node's latest events.
 	Node string
-	// Limit caps the result (newest kept); 0 means 1000.
+	// Limit caps the result (newest kept); 0 means DefaultTraceLimit.
 	Limit int
 }
 
@@ -99,7 +102,7 @@ type TraceQuery struct {
 // message back on the reverse channel whose ReceivedNo reached its No.
 func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
 	if q.Limit <= 0 {
-		q.Limit = 1000
+		q.Limit = DefaultTraceLimit
 	}
 	info, err := p.b.Events.Info(ctx)
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,6 +29,7 @@ import (
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/daemon"
 	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/pipeline"
 )
 
 // defaultMemoryLimit is the soft memory limit of `relay run` (see runCmd).
@@ -439,7 +441,13 @@ func deadCmd(g *globals) *cobra.Command {
 			for _, l := range ls {
 				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, oneLine(l.FileName, 80), oneLine(l.Reason, 120))
 			}
-			return w.Flush()
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if len(ls) >= pipeline.MaxDeadList {
+				fmt.Fprintf(g.stderr, "only the newest %d dead letters are listed: drop the ones dealt with (relay dead drop ID...)\n", pipeline.MaxDeadList)
+			}
+			return nil
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -641,18 +649,25 @@ func sendCmd(g *globals) *cobra.Command {
 
 func traceCmd(g *globals) *cobra.Command {
 	var asJSON bool
+	var limit int
 	cmd := &cobra.Command{
 		Use:   "trace MESSAGE-ID|FILE-NAME",
 		Short: "Every step of a message: picked up (where, size, sha256), delivery attempts and errors, delivered, dropped or dead, acknowledged by which message",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if limit < 0 {
+				return fmt.Errorf("--limit %d: want a positive number", limit)
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			evs, err := c.Trace(cmd.Context(), args[0])
+			evs, err := c.TraceLimit(cmd.Context(), args[0], limit)
 			if err != nil {
 				return err
+			}
+			if shown := cmp.Or(limit, pipeline.DefaultTraceLimit); len(evs) >= shown {
+				defer fmt.Fprintf(g.stderr, "only the newest %d steps are shown (--limit for more)\n", shown)
 			}
 			if asJSON {
 				// [] for an unknown id still parses; the exit code says
@@ -688,6 +703,7 @@ func traceCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().IntVar(&limit, "limit", 0, fmt.Sprintf("at most this many steps, the newest (default %d)", pipeline.DefaultTraceLimit))
 	return cmd
 }
 

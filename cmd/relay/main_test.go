@@ -529,6 +529,9 @@ func fakeAPI(t *testing.T, replies map[string]any) (cfg string) {
 			http.NotFound(w, r)
 			return
 		}
+		if f, ok := v.(func(*http.Request) any); ok {
+			v = f(r) // a reply that looks at the request
+		}
 		json.NewEncoder(w).Encode(v)
 	}))
 	t.Cleanup(srv.Close)
@@ -605,5 +608,31 @@ func TestDeadUnknownSubcommandFails(t *testing.T) {
 	out, _, err := run(t, "dead", "retyr", "-c", cfg, "12")
 	if err == nil {
 		t.Errorf("relay dead retyr 12 succeeded (exit 0); it printed:\n%s", out)
+	}
+}
+
+// TestCutListsSaySo: `relay dead list` (10,000 letters at most) and `relay
+// trace` (1,000 steps unless --limit says otherwise) cut their lists
+// without saying so (found by review); they say it on stderr now, and
+// trace passes --limit on.
+func TestCutListsSaySo(t *testing.T) {
+	letters := make([]pipeline.DeadLetter, pipeline.MaxDeadList)
+	for i := range letters {
+		letters[i] = pipeline.DeadLetter{Seq: uint64(i + 1), Time: time.Now(), Node: "B", Stage: pipeline.StageDeliver, Reason: "x"}
+	}
+	if _, stderr, err := run(t, "dead", "list", "-c", fakeAPI(t, map[string]any{"/api/v1/dead": letters})); err != nil || !strings.Contains(stderr, "only the newest 10000 dead letters are listed") {
+		t.Errorf("dead list of %d letters: %v, stderr %q: want it to say the list is cut", len(letters), err, stderr)
+	}
+	if _, stderr, err := run(t, "dead", "list", "-c", fakeAPI(t, map[string]any{"/api/v1/dead": letters[:3]})); err != nil || stderr != "" {
+		t.Errorf("dead list of 3 letters: %v, stderr %q: want nothing said", err, stderr)
+	}
+	evs := []pipeline.Event{{Time: time.Now(), Step: pipeline.StepDelivered, MsgID: "x", Node: "B"}, {Time: time.Now(), Step: pipeline.StepDelivered, MsgID: "y", Node: "B"}}
+	var asked string
+	cfg := fakeAPI(t, map[string]any{"/api/v1/trace": func(r *http.Request) any { asked = r.URL.Query().Get("limit"); return evs }})
+	if _, stderr, err := run(t, "trace", "--limit", "2", "-c", cfg, "Message_A_B.xml"); err != nil || asked != "2" || !strings.Contains(stderr, "only the newest 2 steps are shown") {
+		t.Errorf("trace --limit 2 of 2 steps: %v, limit asked %q, stderr %q", err, asked, stderr)
+	}
+	if _, _, err := run(t, "trace", "--limit", "-1", "-c", cfg, "x"); err == nil {
+		t.Error("trace --limit -1 accepted")
 	}
 }
