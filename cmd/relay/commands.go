@@ -564,8 +564,14 @@ func checkCmd(g *globals) *cobra.Command {
 			lines := make([]string, len(nodes))
 			failed := make([]bool, len(nodes))
 			var wg sync.WaitGroup
+			// A few nodes at once: a relay of hundreds of nodes on one FTP
+			// server would open hundreds of connections (its per-address
+			// limit refuses them: false failures).
+			slots := make(chan struct{}, checkParallel)
 			for i, name := range nodes {
 				wg.Go(func() {
+					slots <- struct{}{}
+					defer func() { <-slots }()
 					n := cfg.Nodes[name]
 					var probs []string
 					for _, ep := range []struct {
@@ -646,6 +652,9 @@ func sendCmd(g *globals) *cobra.Command {
 		},
 	}
 }
+
+// checkParallel is how many nodes relay check looks at at once.
+const checkParallel = 8
 
 func traceCmd(g *globals) *cobra.Command {
 	var asJSON bool

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -634,5 +636,36 @@ func TestCutListsSaySo(t *testing.T) {
 	}
 	if _, _, err := run(t, "trace", "--limit", "-1", "-c", cfg, "x"); err == nil {
 		t.Error("trace --limit -1 accepted")
+	}
+}
+
+// TestCheckFewNodesAtOnce: `relay check` looked at every node at once: a
+// relay of hundreds of nodes on one FTP server opened as many connections
+// (found by review). It takes checkParallel nodes at a time.
+func TestCheckFewNodesAtOnce(t *testing.T) {
+	var mu sync.Mutex
+	now, most := 0, 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		now++
+		most = max(most, now)
+		mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
+		mu.Lock()
+		now--
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	var yaml strings.Builder
+	yaml.WriteString("nodes:\n")
+	for i := range 3 * checkParallel {
+		fmt.Fprintf(&yaml, "  N%d:\n    deliver: { http: { url: '%s/n%d' } }\n", i, srv.URL, i)
+	}
+	out, _, err := run(t, "check", "-c", writeConfig(t, yaml.String()))
+	if err != nil {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	if most > checkParallel || most < 2 {
+		t.Fatalf("%d checks at once, want 2 … %d", most, checkParallel)
 	}
 }
