@@ -829,7 +829,7 @@ func (p *Pickup) commit(ctx context.Context, log *slog.Logger, name, where strin
 }
 
 // hold marks the held name of a commit in progress (on), or done: the
-// scan gives back only held files no commit is at.
+// scan takes only held files no commit is at.
 func (p *Pickup) hold(held string, on bool) {
 	p.heldMu.Lock()
 	defer p.heldMu.Unlock()
