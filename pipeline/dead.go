@@ -44,6 +44,9 @@ type DeadLetter struct {
 	// which a retry must not put after a newer message; for any, what
 	// tells its own record from the same message taken in again.
 	StreamSeq uint64 `json:"stream_seq,omitempty"`
+	// dedupID, when set, is the letter's Nats-Msg-Id instead of one made
+	// of StreamSeq (a fetched record's: its sequence at the other relay).
+	dedupID string
 }
 
 // Dead reads and writes the EXCHANGE_DEAD stream.
@@ -61,7 +64,9 @@ func (d *Dead) put(ctx context.Context, l DeadLetter) error {
 		return err
 	}
 	var opts []jetstream.PublishOpt
-	if l.StreamSeq > 0 {
+	if l.dedupID != "" {
+		opts = append(opts, jetstream.WithMsgID(l.dedupID))
+	} else if l.StreamSeq > 0 {
 		// The record dies again when the relay stopped between its letter
 		// and its record in the channel state (it is offered again): one
 		// letter, within the stream's duplicate window (2 min). A retry

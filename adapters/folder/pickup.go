@@ -124,6 +124,8 @@ type candidate struct {
 	// rechecks counts reads of this version that its coarse mtime could
 	// not prove final (unchanged); they back off.
 	rechecks int
+	// stored: JetStream took this version (its commit may have failed).
+	stored bool
 }
 
 // Subscribe starts scanning; the topic is ignored (a pickup has one source).
@@ -360,11 +362,27 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 		return ready[i] < ready[j]
 	})
 	sc.waiting = false
+	// One file of a message name at a time: a held file (HeldName) and
+	// 1C's newer file of the name are one channel, the held one first
+	// (found by review: taken side by side, a channel routed by name,
+	// whose order is the stream's, could deliver the older after the
+	// newer).
+	taking := map[string]bool{}
+	for name := range sc.busy {
+		taking[MessageName(name)] = true
+	}
 	for _, name := range ready {
+		if hc := sc.seen[HeldName(name)]; present[HeldName(name)] && (hc == nil || !hc.stored) {
+			continue // after its held file is stored (its commit may still fail)
+		}
+		if taking[MessageName(name)] {
+			continue
+		}
 		if len(sc.busy) >= takeParallel {
 			sc.waiting = true
 			break
 		}
+		taking[MessageName(name)] = true
 		sc.busy[name] = true
 		cc := *sc.seen[name]
 		sc.takes.Add(1)
@@ -581,9 +599,10 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 			return
 		}
 	}
-	if sum == "" && (keep || !p.final(c, read)) {
+	if sum == "" {
 		// A dead letter has no sha256 of its own; keep remembers one, and
-		// the commit may compare the file with it.
+		// the commit may compare the file with it (also after a rename
+		// that stamped a new mtime: found by review).
 		if sum, err = p.contentSHA256(ctx, name, fetched); err != nil {
 			p.cannotRead(ctx, log, c, name, "cannot read the file", err)
 			return
@@ -591,6 +610,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	}
 	switch Hand(ctx, p.closing, out, msg) {
 	case Acked:
+		c.stored = true
 		if !p.commit(ctx, log, name, where, c, read, sum) {
 			// Taking it again at once would only store it again (a
 			// duplicate) in a loop as fast as the file reads.

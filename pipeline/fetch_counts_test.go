@@ -1,0 +1,208 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
+)
+
+// killedMsg is a fetched record whose attempt is killed right before its
+// ack: the relay stopped there, nothing reached the other relay.
+type killedMsg struct{ jetstream.Msg }
+
+var errKilled = errors.New("killed before the ack")
+
+func (killedMsg) DoubleAck(context.Context) error { return errKilled }
+func (killedMsg) Ack() error                      { return errKilled }
+func (killedMsg) Nak() error                      { return errKilled }
+
+// fetchOnceKilled runs one real fetch.copy of the next record for f's node
+// at f's relay, as a session does, and kills it before its ack.
+func fetchOnceKilled(ctx context.Context, t *testing.T, p *Pipeline, f *fetch) {
+	t.Helper()
+	lb, err := p.b.Lane(ctx, "killed fetch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.CloseLane()
+	l := p.laneOn(lb, f.log)
+	remote, err := bus.Remote(ctx, lb.Conn, f.relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := remote.Exchange.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       fetchConsumer(f.node),
+		Description:   "relay " + p.cfg.Relay.ID + " fetches the messages for node " + f.node,
+		FilterSubject: bus.DeliverSubjects(f.node),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       p.opts.FetchAckWait,
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for msg := range batch.Messages() {
+		n++
+		if err := f.copy(ctx, l, remote, killedMsg{msg}); !errors.Is(err, errKilled) {
+			t.Fatalf("setup: the killed attempt ended with %v, want it to reach its ack", err)
+		}
+	}
+	if n != 1 {
+		t.Fatalf("setup: the killed attempt got %d records, want 1", n)
+	}
+}
+
+// A fetched record whose payload is gone at the other relay becomes a dead
+// letter here (fetch.copy: dead.put, taken, finish, dropRemote, ack). The
+// relay is killed after the dead letter and before the ack: the other relay
+// offers the record again, and the next session makes a second dead letter
+// of the same message and counts it again (taken + finish: Queued, Resolved
+// and Dead each once more). The delivery path's dead letters carry a
+// Nats-Msg-Id (id@stream seq) for exactly this; the fetch's carry none
+// (StreamSeq 0), and nothing checked that the record was resolved already
+// (found by review). One letter, counted once, now.
+func TestFetchDeadLetterOnceAfterKill(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, ob, cfg := officeAndHub(ctx, t, log)
+
+	// At the head office: No 1 for OFF, its payload gone.
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one/>", false)
+
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.fetches) != 1 {
+		t.Fatalf("setup: %d fetches, want 1", len(p.fetches))
+	}
+	fetchOnceKilled(ctx, t, p, p.fetches[0])
+	if dls, err := p.Dead().List(ctx); err != nil || len(dls) != 1 {
+		t.Fatalf("setup: after the killed attempt %d dead letters (%v), want 1", len(dls), err)
+	}
+
+	// The relay comes back; the head office offers the record again.
+	runUntilEnd(t, p)
+	fetchedAll(ctx, t, hb, "OFF")
+	time.Sleep(500 * time.Millisecond)
+
+	dls, err := p.Dead().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := p.States().Get(ctx, "P", "HQ1", "OFF")
+	if len(dls) != 1 || st.Dead != 1 || st.Queued != 1 || st.Resolved != 1 {
+		var reasons []string
+		for _, d := range dls {
+			reasons = append(reasons, d.Reason)
+		}
+		t.Fatalf("one message (No 1, payload gone at hq), fetch killed before its ack and offered again: %d dead letters %q; channel dead %d, queued %d, resolved %d (want 1 dead letter, dead 1, queued 1, resolved 1)",
+			len(dls), reasons, st.Dead, st.Queued, st.Resolved)
+	}
+}
+
+// A fetch publishes the record here, then counts it (lane.taken). A relay
+// killed between the two leaves the record here uncounted; the other relay
+// offers it again, the publish is a duplicate and copy skips the count
+// (`if !ack.Duplicate`). countUncounted, which repairs this for a pickup,
+// skips channels whose From node another relay serves, and finish counts it
+// only if nothing newer was taken first. Here the node's delivery is down
+// while the fetch takes No 2 and No 3: three messages waited at the office,
+// relay status said two (found by review). The duplicate publish counts a
+// number new to the channel now.
+func TestFetchCountedAfterKillBetweenPublishAndCount(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, ob, cfg := officeAndHub(ctx, t, log)
+
+	h1 := exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}
+	// At the head office: No 1..3 for OFF, none fetched yet.
+	putRecord(t, hb, h1, "<one/>", true)
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 2}, "<two/>", true)
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 3}, "<three/>", true)
+	// What the killed fetch of No 1 left here: its payload and its record
+	// (same message id), not its count.
+	putRecord(t, ob, h1, "<one/>", true)
+
+	d := &scriptedDelivery{fail: func(uint64, int) error { return errors.New("OFF's FTP is down") }}
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	fetchedAll(ctx, t, hb, "OFF")
+	time.Sleep(500 * time.Millisecond)
+
+	st, err := p.States().Get(ctx, "P", "HQ1", "OFF")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Pending() != 3 || st.Queued != 3 {
+		t.Fatalf("office status of P: HQ1 → OFF with No 1..3 in its stream, none delivered (No 1's fetch killed between its publish and its count, offered again): pending %d, queued %d, picked_no %d (want pending 3, queued 3)",
+			st.Pending(), st.Queued, st.PickedNo)
+	}
+}
+
+// A record for OFF that the head office queued after a newer one (an
+// operator's `relay dead retry` or `relay send` of an older message at
+// hq) arrives at the office after that newer number was delivered there.
+// A local record in that place is "dropped: destination already has this
+// or a newer message", counted stale (DESIGN rule 3: a stale MessageNo is
+// dropped and counted), with a trace event and the dropped metric. The
+// fetch takes it for a record "fetched again after its delivery": acked,
+// its payload dropped at hq, nothing counted here — no stale, not queued,
+// no trace event: the message vanished silently at the office (found by
+// review). A record offered the first time is dropped as stale, counted.
+func TestFetchStaleRecordCounted(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, ob, cfg := officeAndHub(ctx, t, log)
+
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 2}, "<two/>", true)
+	d := &scriptedDelivery{}
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(d.delivered(), 2); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("setup: No 2 never delivered")
+		}
+	}
+	// The older message, queued at hq after No 2.
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one, older/>", true)
+	fetchedAll(ctx, t, hb, "OFF")
+	time.Sleep(time.Second)
+
+	st, err := p.States().Get(ctx, "P", "HQ1", "OFF")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Stale != 1 || st.Queued != 2 || st.Resolved != 2 {
+		t.Fatalf("office status after a stale No 1 arrived by fetch behind delivered No 2: stale %d, queued %d, resolved %d (want stale 1, queued 2, resolved 2, as a local record is counted); delivered %v",
+			st.Stale, st.Queued, st.Resolved, d.delivered())
+	}
+}
