@@ -317,7 +317,10 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case <-routerDone:
 		}
 	}()
-	p.countUncounted(ctx)
+	// Bounded: a stream that does not answer must not hold the start up.
+	cctx, cancel := context.WithTimeout(ctx, countUncountedWithin)
+	p.countUncounted(cctx)
+	cancel()
 	fctx, stopFetches := context.WithCancel(ctx)
 	fetchDone := p.runFetches(fctx)
 	err := p.router.Run(ctx)
@@ -332,6 +335,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	return err
 }
+
+// countUncountedWithin bounds countUncounted at the start.
+const countUncountedWithin = 30 * time.Second
 
 // close releases what New opened, newest first.
 func (p *Pipeline) close() {
