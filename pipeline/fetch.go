@@ -213,21 +213,7 @@ func (f *fetch) session(ctx context.Context) (worked bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	cons, err := remote.Exchange.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       fetchConsumer(f.node),
-		Description:   "relay " + p.cfg.Relay.ID + " fetches the messages for node " + f.node,
-		FilterSubject: bus.DeliverSubjects(f.node),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       p.opts.FetchAckWait,
-		MaxDeliver:    -1,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		// One record at a time, in stream order: with more out, a session
-		// cut short (a kill, the link, a lost lease) leaves records
-		// unacked that the next session gets only after AckWait, after
-		// the later ones — a sequential channel would see its newer
-		// numbers first and the older ones as stale.
-		MaxAckPending: 1,
-	})
+	cons, err := f.consumer(ctx, remote)
 	if err != nil {
 		return false, fmt.Errorf("relay %s: consumer %s: %w", f.relay, fetchConsumer(f.node), err)
 	}
@@ -383,6 +369,26 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 func (f *fetch) resolved(ctx context.Context, l *lane, h exchange.Header, id string) bool {
 	st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
 	return err == nil && id != "" && st.LastMsgID == id
+}
+
+// consumer is the durable consumer at the other relay that f reads its
+// node's records with.
+func (f *fetch) consumer(ctx context.Context, remote *bus.Bus) (jetstream.Consumer, error) {
+	return remote.Exchange.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       fetchConsumer(f.node),
+		Description:   "relay " + f.p.cfg.Relay.ID + " fetches the messages for node " + f.node,
+		FilterSubject: bus.DeliverSubjects(f.node),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       f.p.opts.FetchAckWait,
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		// One record at a time, in stream order: with more out, a session
+		// cut short (a kill, the link, a lost lease) leaves records
+		// unacked that the next session gets only after AckWait, after
+		// the later ones — a sequential channel would see its newer
+		// numbers first and the older ones as stale.
+		MaxAckPending: 1,
+	})
 }
 
 // dropRemote removes the other relay's copy of a payload now held here.

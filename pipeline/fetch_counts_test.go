@@ -39,16 +39,7 @@ func fetchOnceKilled(ctx context.Context, t *testing.T, p *Pipeline, f *fetch) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := remote.Exchange.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       fetchConsumer(f.node),
-		Description:   "relay " + p.cfg.Relay.ID + " fetches the messages for node " + f.node,
-		FilterSubject: bus.DeliverSubjects(f.node),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       p.opts.FetchAckWait,
-		MaxDeliver:    -1,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		MaxAckPending: 1,
-	})
+	cons, err := f.consumer(ctx, remote)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -738,13 +738,7 @@ func TestMoveListingFailsNothingReplaced(t *testing.T) {
 // command itself fails, and every listing failed for good: the node's
 // pickup stalled (found by review). The next connection asks with PASV.
 func TestEPSVDataPortBlockedFallsBackToPASV(t *testing.T) {
-	root := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(root, "out"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "out", "Message_A_B.xml"), msgXML(t, "A", "B", 1, 1000), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	root, _ := outbox(t, "Message_A_B.xml", msgXML(t, "A", "B", 1, 1000))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -878,15 +872,8 @@ func (d renameStampsMTime) Rename(ctx *ftpserver.Context, from, to string) error
 // "changed" file, and the same message was taken again and again, never
 // deleted (found by review). The content decides there now.
 func TestCommitOnRenameStampingServer(t *testing.T) {
-	root := t.TempDir()
-	out := filepath.Join(root, "out")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	root, out := outbox(t, "Message_A_B.xml", msgXML(t, "A", "B", 7, 3000))
 	p := filepath.Join(out, "Message_A_B.xml")
-	if err := os.WriteFile(p, msgXML(t, "A", "B", 7, 3000), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	old := time.Now().Add(-time.Hour).Truncate(time.Minute).Add(17 * time.Second)
 	if err := os.Chtimes(p, old, old); err != nil {
 		t.Fatal(err)
@@ -936,15 +923,8 @@ func (d slowDele) DeleteFile(ctx *ftpserver.Context, p string) error {
 // removed): A's DELE failed and the file came again. A held file is A's
 // as its message name is.
 func TestSharedFolderHeldFileLeftToItsNode(t *testing.T) {
-	root := t.TempDir()
-	out := filepath.Join(root, "out")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	root, out := outbox(t, "Message_A_C.xml", msgXML(t, "A", "C", 3, 3000))
 	p := filepath.Join(out, "Message_A_C.xml")
-	if err := os.WriteFile(p, msgXML(t, "A", "C", 3, 3000), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	drv, err := file.NewDriver(root)
 	if err != nil {
 		t.Fatal(err)
@@ -987,13 +967,7 @@ func TestSharedFolderHeldFileLeftToItsNode(t *testing.T) {
 // never switched back: the node stalled for good (found by review). A
 // PASV refused before any worked goes back to EPSV.
 func TestRefusedPASVSwitchesBack(t *testing.T) {
-	root := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(root, "out"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "out", "Message_A_B.xml"), msgXML(t, "A", "B", 1, 1000), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	root, _ := outbox(t, "Message_A_B.xml", msgXML(t, "A", "B", 1, 1000))
 	drv, err := file.NewDriver(root)
 	if err != nil {
 		t.Fatal(err)
@@ -1035,15 +1009,8 @@ func TestRefusedPASVSwitchesBack(t *testing.T) {
 // message written under the name meanwhile is taken, never replaced (found
 // by review: giving the held file its name back could rename it over it).
 func TestFailingCommitLeavesNewerUpload(t *testing.T) {
-	root := t.TempDir()
-	out := filepath.Join(root, "out")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	root, out := outbox(t, "Message_A_B.xml", msgXML(t, "A", "B", 7, 3000))
 	p := filepath.Join(out, "Message_A_B.xml")
-	if err := os.WriteFile(p, msgXML(t, "A", "B", 7, 3000), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	// "sent" is a file: the move folder cannot be made, every move fails.
 	if err := os.WriteFile(filepath.Join(out, "sent"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
@@ -1079,4 +1046,18 @@ func TestFailingCommitLeavesNewerUpload(t *testing.T) {
 		}
 	}
 	t.Fatal("1C's No 8, written while No 7's move kept failing, was never taken")
+}
+
+// outbox is an FTP root whose folder out holds the file name.
+func outbox(t *testing.T, name string, data []byte) (root, out string) {
+	t.Helper()
+	root = t.TempDir()
+	out = filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(out, name), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root, out
 }

@@ -1558,21 +1558,12 @@ func TestSMTPLongTryRefreshesPart1(t *testing.T) {
 	if n := (int64(len(body)) + per - 1) / per; n != 40 {
 		t.Fatalf("setup: %d parts, want 40", n)
 	}
-	m := outMsg(t, nil, body)
-	var err error
-	tries := 0
-	for ; tries < 6; tries++ {
+	tries, err := tryDelivery(t, p, outMsg(t, nil, body), 6, func() {
 		mu.Lock()
 		inSession = 0
 		clock = clock.Add(time.Second) // a try that got parts through is retried after 1 s
 		mu.Unlock()
-		if err = publish(p, m); err == nil {
-			break
-		}
-		if exchange.IsPermanent(err) {
-			t.Fatalf("try %d: permanent %v", tries+1, err)
-		}
-	}
+	})
 	var parts []string
 	for _, a := range srv.accepted() {
 		parts = append(parts, parseMail(t, a.raw).text1(t, HeaderPart))
@@ -1645,20 +1636,11 @@ func TestSMTPSlowPartsComplete(t *testing.T) {
 	if n := (int64(len(body)) + per - 1) / per; n != 3 {
 		t.Fatalf("setup: %d parts, want 3", n)
 	}
-	m := outMsg(t, nil, body)
-	var err error
-	tries := 0
-	for ; tries < 8; tries++ {
+	tries, err := tryDelivery(t, p, outMsg(t, nil, body), 8, func() {
 		mu.Lock()
 		clock = clock.Add(time.Second) // a try that got parts through is retried at once
 		mu.Unlock()
-		if err = publish(p, m); err == nil {
-			break
-		}
-		if exchange.IsPermanent(err) {
-			t.Fatalf("try %d: permanent %v", tries+1, err)
-		}
-	}
+	})
 	if err != nil {
 		var parts []string
 		for _, a := range srv.accepted() {
@@ -1683,4 +1665,21 @@ func TestSMTPAsciiAddressesValid(t *testing.T) {
 			}
 		}
 	}
+}
+
+// tryDelivery publishes m up to n times, calling before ahead of each try,
+// as the pipeline retries a delivery that got parts through; it returns
+// the tries made and the last error. A permanent error ends the test.
+func tryDelivery(t *testing.T, p *Publisher, m *message.Message, n int, before func()) (tries int, err error) {
+	t.Helper()
+	for ; tries < n; tries++ {
+		before()
+		if err = publish(p, m); err == nil {
+			return tries, nil
+		}
+		if exchange.IsPermanent(err) {
+			t.Fatalf("try %d: permanent %v", tries+1, err)
+		}
+	}
+	return tries, err
 }
