@@ -156,22 +156,24 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	var last error
 	// checked compares the WebDAV folder's file with the message (as the
 	// dir and ftp deliveries do): a newer one there is not replaced.
-	checked := func(at *url.URL) (stop error, o *outcome) {
+	// stop is the outcome that ends the delivery (stale, in place), o a
+	// failed look, retried.
+	checked := func(at *url.URL) (o *outcome, stop error) {
 		if p.c.cfg.Method != "PUT" {
 			return nil, nil
 		}
 		err := p.checkNotNewer(ctx, at, d, log)
 		if errors.Is(err, exchange.ErrStale) || errors.Is(err, exchange.ErrInPlace) {
-			return err, nil
+			return nil, err
 		}
 		if err != nil {
-			return nil, &outcome{err: err, retry: true}
+			return &outcome{err: err, retry: true}, nil
 		}
 		return nil, nil
 	}
 	op := func() (struct{}, error) {
 		attempts++
-		stop, o := checked(target)
+		o, stop := checked(target)
 		if stop != nil {
 			return struct{}{}, backoff.Permanent(stop)
 		}
@@ -186,7 +188,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 				// where it was sent), in that folder; looked at again
 				// first: a newer file may have come during the upload.
 				final := at.JoinPath("..", url.PathEscape(d.Name))
-				if stop, o = checked(final); stop == nil && o == nil {
+				if o, stop = checked(final); stop == nil && o == nil {
 					o = p.move(ctx, at, final)
 				}
 			}
