@@ -83,8 +83,10 @@ func (d *Dead) put(ctx context.Context, l DeadLetter) error {
 const MaxDeadList = 10000
 
 // List returns the dead letters, oldest first: the newest MaxDeadList of
-// them by id (found by review: the oldest were listed, so that with more
-// the latest letters, the ones an operator looks for, did not show).
+// them (found by review: the oldest were listed, so that with more the
+// latest letters, the ones an operator looks for, did not show). Read
+// backwards in ranges of ids, as many as are still wanted: dropped and
+// retried letters leave holes.
 func (d *Dead) List(ctx context.Context) ([]DeadLetter, error) {
 	info, err := d.b.Dead.Info(ctx)
 	if err != nil {
@@ -95,19 +97,30 @@ func (d *Dead) List(ctx context.Context) ([]DeadLetter, error) {
 	}
 	// Direct gets, one letter after another: a consumer per call would pile
 	// up ephemeral consumers under a dashboard or a script polling the list.
-	out := []DeadLetter{}
-	from := info.State.FirstSeq
-	if info.State.LastSeq >= MaxDeadList {
-		from = max(from, info.State.LastSeq-MaxDeadList+1)
+	var out []DeadLetter
+	for hi := info.State.LastSeq; len(out) < MaxDeadList && hi >= info.State.FirstSeq && hi > 0; {
+		lo := info.State.FirstSeq
+		if want := uint64(MaxDeadList - len(out)); hi >= want && hi-want+1 > lo {
+			lo = hi - want + 1
+		}
+		var part []DeadLetter
+		err = eachMsg(ctx, d.b.Dead, bus.DeadSubjectPrefix+">", lo, func(m *jetstream.RawStreamMsg) bool {
+			if m.Sequence > hi {
+				return false
+			}
+			l := decodeDead(m)
+			l.Seq = m.Sequence
+			part = append(part, l)
+			return m.Sequence < hi
+		})
+		if err != nil {
+			return nil, fmt.Errorf("dead letters: %w", err)
+		}
+		out = append(part, out...)
+		hi = lo - 1
 	}
-	err = eachMsg(ctx, d.b.Dead, bus.DeadSubjectPrefix+">", from, func(m *jetstream.RawStreamMsg) bool {
-		l := decodeDead(m)
-		l.Seq = m.Sequence
-		out = append(out, l)
-		return m.Sequence < info.State.LastSeq && len(out) < MaxDeadList
-	})
-	if err != nil {
-		return nil, fmt.Errorf("dead letters: %w", err)
+	if out == nil {
+		out = []DeadLetter{}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
 	return out, nil

@@ -364,4 +364,17 @@ func TestDeadListNewest(t *testing.T) {
 	if len(ls) != MaxDeadList || ls[len(ls)-1].Reason != fmt.Sprintf("r%d", n-1) || ls[0].Reason != "r5" {
 		t.Fatalf("%d letters listed, first %q, last %q: want the newest %d, r5 … r%d", len(ls), ls[0].Reason, ls[len(ls)-1].Reason, MaxDeadList, n-1)
 	}
+	// Three of the newest dropped: still the newest MaxDeadList letters,
+	// reaching three further back (not fewer, found by the docs review).
+	for _, seq := range []uint64{uint64(n), uint64(n - 1), uint64(n - 10)} {
+		if err := b.Dead.DeleteMsg(ctx, seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ls, err = (&Dead{b: b}).List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != MaxDeadList || ls[0].Reason != "r2" || ls[len(ls)-1].Reason != fmt.Sprintf("r%d", n-3) {
+		t.Fatalf("after three drops: %d letters listed, first %q, last %q: want %d, r2 … r%d", len(ls), ls[0].Reason, ls[len(ls)-1].Reason, MaxDeadList, n-3)
+	}
 }

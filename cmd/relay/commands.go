@@ -431,6 +431,9 @@ func deadCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if len(ls) >= pipeline.MaxDeadList {
+				defer fmt.Fprintf(g.stderr, "at most the newest %d dead letters are listed: drop the ones dealt with (relay dead drop ID...)\n", pipeline.MaxDeadList)
+			}
 			if asJSON {
 				enc := json.NewEncoder(g.stdout)
 				enc.SetIndent("", "  ")
@@ -441,13 +444,7 @@ func deadCmd(g *globals) *cobra.Command {
 			for _, l := range ls {
 				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, oneLine(l.FileName, 80), oneLine(l.Reason, 120))
 			}
-			if err := w.Flush(); err != nil {
-				return err
-			}
-			if len(ls) >= pipeline.MaxDeadList {
-				fmt.Fprintf(g.stderr, "only the newest %d dead letters are listed: drop the ones dealt with (relay dead drop ID...)\n", pipeline.MaxDeadList)
-			}
-			return nil
+			return w.Flush()
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -676,7 +673,7 @@ func traceCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if shown := cmp.Or(limit, pipeline.DefaultTraceLimit); len(evs) >= shown {
-				defer fmt.Fprintf(g.stderr, "only the newest %d steps are shown (--limit for more)\n", shown)
+				defer fmt.Fprintf(g.stderr, "at most the newest %d steps are shown (--limit for more)\n", shown)
 			}
 			if asJSON {
 				// [] for an unknown id still parses; the exit code says

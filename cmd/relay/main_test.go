@@ -622,8 +622,11 @@ func TestCutListsSaySo(t *testing.T) {
 	for i := range letters {
 		letters[i] = pipeline.DeadLetter{Seq: uint64(i + 1), Time: time.Now(), Node: "B", Stage: pipeline.StageDeliver, Reason: "x"}
 	}
-	if _, stderr, err := run(t, "dead", "list", "-c", fakeAPI(t, map[string]any{"/api/v1/dead": letters})); err != nil || !strings.Contains(stderr, "only the newest 10000 dead letters are listed") {
+	if _, stderr, err := run(t, "dead", "list", "-c", fakeAPI(t, map[string]any{"/api/v1/dead": letters})); err != nil || !strings.Contains(stderr, "at most the newest 10000 dead letters are listed") {
 		t.Errorf("dead list of %d letters: %v, stderr %q: want it to say the list is cut", len(letters), err, stderr)
+	}
+	if _, stderr, err := run(t, "dead", "list", "--json", "-c", fakeAPI(t, map[string]any{"/api/v1/dead": letters})); err != nil || !strings.Contains(stderr, "at most the newest") {
+		t.Errorf("dead list --json of %d letters: %v, stderr %q: want it to say the list is cut", len(letters), err, stderr)
 	}
 	if _, stderr, err := run(t, "dead", "list", "-c", fakeAPI(t, map[string]any{"/api/v1/dead": letters[:3]})); err != nil || stderr != "" {
 		t.Errorf("dead list of 3 letters: %v, stderr %q: want nothing said", err, stderr)
@@ -631,7 +634,7 @@ func TestCutListsSaySo(t *testing.T) {
 	evs := []pipeline.Event{{Time: time.Now(), Step: pipeline.StepDelivered, MsgID: "x", Node: "B"}, {Time: time.Now(), Step: pipeline.StepDelivered, MsgID: "y", Node: "B"}}
 	var asked string
 	cfg := fakeAPI(t, map[string]any{"/api/v1/trace": func(r *http.Request) any { asked = r.URL.Query().Get("limit"); return evs }})
-	if _, stderr, err := run(t, "trace", "--limit", "2", "-c", cfg, "Message_A_B.xml"); err != nil || asked != "2" || !strings.Contains(stderr, "only the newest 2 steps are shown") {
+	if _, stderr, err := run(t, "trace", "--limit", "2", "-c", cfg, "Message_A_B.xml"); err != nil || asked != "2" || !strings.Contains(stderr, "at most the newest 2 steps are shown") {
 		t.Errorf("trace --limit 2 of 2 steps: %v, limit asked %q, stderr %q", err, asked, stderr)
 	}
 	if _, _, err := run(t, "trace", "--limit", "-1", "-c", cfg, "x"); err == nil {
