@@ -246,6 +246,14 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 	defer stop()
 
 	h, herr := headerOf(hdr)
+	// Where the record stands in the other relay's stream: what tells one
+	// taken in here before from a new one.
+	var remoteSeq uint64
+	first := false
+	if meta, err := msg.Metadata(); err == nil {
+		remoteSeq, first = meta.Sequence.Stream, meta.NumDelivered == 1
+	}
+	fetched := func(c *Channel) { c.FetchedSeq = max(c.FetchedSeq, remoteSeq) }
 	if herr == nil {
 		// An earlier attempt took the record in here and its ack was lost
 		// (a kill, the link); the message may since have been delivered
@@ -258,14 +266,16 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 			return err
 		}
 		if !h.ByName() && h.MessageNo <= st.DeliveredNo || h.ByName() && id != "" && id == st.LastMsgID {
-			if meta, err := msg.Metadata(); err == nil && meta.NumDelivered == 1 && id != st.LastMsgID && !h.ByName() {
-				// Offered the first time: not one taken in here before
-				// (its ack lost), but an older message queued at the
-				// other relay after a newer one (a retried dead letter,
-				// relay send): dropped as stale, counted and traced as
-				// here (found by review: dropped in silence).
+			if first && !h.ByName() && st.FetchedSeq > 0 && remoteSeq > st.FetchedSeq {
+				// Newer in the other relay's stream than every record
+				// fetched here, offered the first time: not one taken in
+				// here before (its ack lost, the other relay's consumer
+				// made anew), but an older message queued there after a
+				// newer one (a retried dead letter, relay send): dropped
+				// as stale, counted and traced as here (found by review:
+				// dropped in silence).
 				dup := h.MessageNo == st.DeliveredNo
-				l.taken(ctx, h, l.states.now(), true, 0)
+				l.taken(ctx, h, l.states.now(), true, 0, fetched)
 				l.m.dropped.WithLabelValues(f.node, dropReason(dup)).Inc()
 				l.event(Event{Step: StepDropped, MsgID: id, File: hdr.Get(exchange.MetaFileName), Node: f.node, Channel: channelName(h), No: h.MessageNo,
 					Detail: fmt.Sprintf("%s already has No %d (%s)", f.node, st.DeliveredNo, dropReason(dup))})
@@ -302,11 +312,11 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 	// its payload, when there is one) rather than going into the stream.
 	if gone || damaged != nil || herr != nil {
 		dl := DeadLetter{Node: f.node, Stage: StageDeliver, MsgID: id, FileName: hdr.Get(exchange.MetaFileName)}
-		if meta, err := msg.Metadata(); err == nil {
+		if remoteSeq > 0 {
 			// One letter for the record, also when the relay stopped
 			// before its ack and it is offered again (found by review:
 			// two letters, one payload).
-			dl.dedupID = fmt.Sprintf("%s@%s:%d", id, f.relay, meta.Sequence.Stream)
+			dl.dedupID = fmt.Sprintf("%s@%s:%d", id, f.relay, remoteSeq)
 		}
 		switch {
 		case gone:
@@ -329,7 +339,7 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 			// Taken in here and resolved as a dead letter, like one that
 			// dies at delivery: a sequential channel's next number waits
 			// behind it as a dead letter, not as a gap.
-			l.taken(ctx, h, l.states.now(), true, 0)
+			l.taken(ctx, h, l.states.now(), true, 0, fetched)
 			if err := l.finish(ctx, h, 0, id, "", func(c *Channel) { l.diedAtDelivery(c, h, f.p.cfg.Nodes[f.node].Mode, dl.Reason) }); err != nil {
 				return err
 			}
@@ -352,9 +362,9 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 		// Published before the relay stopped, its count maybe not:
 		// counted if its number is new to the channel, as a pickup's
 		// record taken again is (found by review: one waiting fewer).
-		l.taken(ctx, h, l.states.now(), false, ack.Sequence)
+		l.taken(ctx, h, l.states.now(), false, ack.Sequence, fetched)
 	} else {
-		l.taken(ctx, h, l.states.now(), true, ack.Sequence)
+		l.taken(ctx, h, l.states.now(), true, ack.Sequence, fetched)
 		l.event(Event{Step: StepFetched, MsgID: id, File: hdr.Get(exchange.MetaFileName), Node: f.node, Channel: channelName(h), No: h.MessageNo,
 			Size: atoi64(hdr.Get(exchange.MetaSize)), Detail: "from relay " + f.relay})
 		l.m.fetched.WithLabelValues(f.node, f.relay).Inc()

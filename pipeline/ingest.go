@@ -151,8 +151,11 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 // picked up again) is counted only if its number is new to the channel:
 // the relay stopped between the publish and this update. One the delivery
 // counted already when it resolved it (finish) is not counted again.
-func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fresh bool, seq uint64) {
+func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fresh bool, seq uint64, also ...func(c *Channel)) {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+		for _, f := range also {
+			f(c)
+		}
 		if i := slices.Index(c.Uncounted, seq); seq > 0 && i >= 0 {
 			c.Uncounted = slices.Delete(c.Uncounted, i, i+1)
 		} else if fresh || h.MessageNo > c.PickedNo {

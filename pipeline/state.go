@@ -79,6 +79,11 @@ type Channel struct {
 	// newer than it at a relay's start was published by a relay that
 	// stopped before its count (countUncounted).
 	TakenSeq uint64 `json:"taken_seq,omitempty"`
+	// FetchedSeq is the other relay's stream sequence of the newest
+	// record fetched for this channel (0: none, or a state from before it
+	// was kept): a record at or below it offered again was taken in here
+	// before, its ack lost or the other relay's consumer made anew.
+	FetchedSeq uint64 `json:"fetched_seq,omitempty"`
 	// Writes are random ids of the last writes of this state (recentWrites
 	// of them), newest last: a writer whose answer was lost finds its own
 	// among them even when another writer changed the channel since.

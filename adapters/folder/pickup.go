@@ -687,6 +687,7 @@ func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, wher
 		log.Error("file larger than the size limit: dead letter recorded, the file stays", "bytes", c.size, "limit", lim)
 		c.retryAt = farFuture
 		c.fails = 0
+		c.stored = true // handed over: a newer file of its name may go (found by review)
 	case Nacked:
 		p.later(c)
 	}
