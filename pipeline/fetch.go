@@ -249,9 +249,8 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 	// Where the record stands in the other relay's stream: what tells one
 	// taken in here before from a new one.
 	var remoteSeq uint64
-	first := false
 	if meta, err := msg.Metadata(); err == nil {
-		remoteSeq, first = meta.Sequence.Stream, meta.NumDelivered == 1
+		remoteSeq = meta.Sequence.Stream
 	}
 	fetched := func(c *Channel) { c.FetchedSeq = max(c.FetchedSeq, remoteSeq) }
 	if herr == nil {
@@ -266,14 +265,13 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 			return err
 		}
 		if !h.ByName() && h.MessageNo <= st.DeliveredNo || h.ByName() && id != "" && id == st.LastMsgID {
-			if first && !h.ByName() && st.FetchedSeq > 0 && remoteSeq > st.FetchedSeq {
+			if !h.ByName() && st.FetchedSeq > 0 && remoteSeq > st.FetchedSeq {
 				// Newer in the other relay's stream than every record
-				// fetched here, offered the first time: not one taken in
-				// here before (its ack lost, the other relay's consumer
-				// made anew), but an older message queued there after a
-				// newer one (a retried dead letter, relay send): dropped
-				// as stale, counted and traced as here (found by review:
-				// dropped in silence).
+				// fetched here: not one taken in here before (its ack
+				// lost, the other relay's consumer made anew), but an
+				// older message queued there after a newer one (a retried
+				// dead letter, relay send): dropped as stale, counted and
+				// traced as here (found by review: dropped in silence).
 				dup := h.MessageNo == st.DeliveredNo
 				l.taken(ctx, h, l.states.now(), true, 0, fetched)
 				l.m.dropped.WithLabelValues(f.node, dropReason(dup)).Inc()
