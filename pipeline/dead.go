@@ -198,8 +198,7 @@ func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 	// that channel's to skip.
 	if h != nil && !h.ByName() && !inUse && l.Node == h.To && (l.Stage == StageDeliver || l.Stage == StageRoute) {
 		if _, err := p.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
-			c.DroppedNo = max(c.DroppedNo, h.MessageNo)
-			c.settle()
+			c.drop(h.MessageNo)
 			// Its reason is not the channel's trouble any more: what the
 			// channel waits for next tells its own.
 			c.LastError, c.LastErrorAt = "", time.Time{}

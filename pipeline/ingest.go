@@ -148,8 +148,9 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 // stream sequence (0: none here). fresh says the stream took a new record:
 // it is counted whatever its number (one picked up after a higher one is
 // queued all the same). A record the stream already had (the same file
-// picked up again) is counted only if its number is new to the channel:
-// the relay stopped between the publish and this update. One the delivery
+// picked up again) is counted only if its number is new to the channel, or
+// its record newer than every one counted and not resolved: the relay
+// stopped between the publish and this update. One the delivery
 // counted already when it resolved it (finish) is not counted again.
 func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fresh bool, seq uint64, also ...func(c *Channel)) {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
@@ -158,7 +159,10 @@ func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fres
 		}
 		if i := slices.Index(c.Uncounted, seq); seq > 0 && i >= 0 {
 			c.Uncounted = slices.Delete(c.Uncounted, i, i+1)
-		} else if fresh || h.MessageNo > c.PickedNo {
+		} else if fresh || h.MessageNo > c.PickedNo || seq > c.TakenSeq && !slices.Contains(c.RecentSeqs, seq) {
+			// The stream's record of it newer than every one counted
+			// and not resolved: its count never came (found by review:
+			// a retry repeated after a lost publish reply).
 			c.Queued++
 		}
 		c.TakenSeq = max(c.TakenSeq, seq)

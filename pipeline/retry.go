@@ -87,24 +87,24 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("dead letter %d: publish: %w", seq, err)
 	}
-	// A repeated retry (the first could not remove the dead letter) finds
-	// its record queued already: counted once. Counted as a pickup is, so
-	// that its delivery does not count it again (a letter that died at
-	// pickup never raised the picked-up number).
-	if !dup {
-		p.laneOn(p.b, p.log).taken(ctx, *h, p.states.now(), true, rseq)
-	}
+	// A repeated retry (the first could not remove the dead letter, or
+	// lost its publish's answer) finds its record queued already: counted
+	// once (taken counts a record the stream had only if no count has seen
+	// it). Counted as a pickup is, so that its delivery does not count it
+	// again (a letter that died at pickup never raised the picked-up
+	// number).
+	p.laneOn(p.b, p.log).taken(ctx, *h, p.states.now(), !dup, rseq)
 	if obj != l.Object {
 		_ = p.b.DeletePayload(ctx, l.Object)
 	}
-	if !dup {
-		recordEvent(p.b.Conn, p.log, Event{Step: StepRetried, MsgID: id, File: rec.Metadata.Get(exchange.MetaFileName), Node: l.Node,
-			Channel: channelName(*h), No: h.MessageNo, Size: size, SHA256: sha, Detail: fmt.Sprintf("dead letter %d sent on again as %s", seq, rec.UUID)})
-		// Its ReceivedNo acknowledges the reverse channel, as at ingest:
-		// a message that died at pickup was never read that far (one that
-		// died later was, and changes nothing now).
-		p.laneOn(p.b, p.log).acknowledge(ctx, *h, p.states.now(), id, rec.Metadata.Get(exchange.MetaFileName))
-	}
+	// Told and acknowledged also on a repeated retry: the first may have
+	// stopped before either.
+	recordEvent(p.b.Conn, p.log, Event{Step: StepRetried, MsgID: id, File: rec.Metadata.Get(exchange.MetaFileName), Node: l.Node,
+		Channel: channelName(*h), No: h.MessageNo, Size: size, SHA256: sha, Detail: fmt.Sprintf("dead letter %d sent on again as %s", seq, rec.UUID)})
+	// Its ReceivedNo acknowledges the reverse channel, as at ingest: a
+	// message that died at pickup was never read that far (one that died
+	// later was, and changes nothing now).
+	p.laneOn(p.b, p.log).acknowledge(ctx, *h, p.states.now(), id, rec.Metadata.Get(exchange.MetaFileName))
 	if err := p.b.Dead.DeleteMsg(ctx, seq); err != nil {
 		return id, fmt.Errorf("dead letter %d: queued as %s but not removed: %w", seq, id, err)
 	}

@@ -62,6 +62,10 @@ type Channel struct {
 	// letter (`relay dead drop`): a sequential channel goes on past it as
 	// past a delivered one.
 	DroppedNo uint64 `json:"dropped_no,omitempty"`
+	// DroppedAhead are numbers the operator dropped past a lower one the
+	// channel still waits for (a dead letter, a gap): passed once the
+	// channel gets to each (settle).
+	DroppedAhead []uint64 `json:"dropped_ahead,omitempty"`
 
 	// LastMsgID is the message id of the record resolved last, so that
 	// JetStream offering it again (its ack was lost) does not count it twice.
@@ -148,8 +152,33 @@ func (c *Channel) deadHold() uint64 {
 	return 0
 }
 
-// settle forgets a dead number the channel has gone past.
+// drop records the operator's drop of number no: the channel goes past it
+// when it gets to it, never past a lower number it still waits for (found
+// by review: dropping No 3 let No 4 go while No 2 was a dead letter, and
+// No 2 retried was stale: lost).
+func (c *Channel) drop(no uint64) {
+	switch {
+	case no <= c.passedNo():
+	case c.passedNo() == 0 && (c.deadHold() == 0 || c.DeadNo >= no):
+		// Nothing delivered yet: any number may start the channel.
+		c.DroppedNo = no
+	case !slices.Contains(c.DroppedAhead, no):
+		c.DroppedAhead = append(c.DroppedAhead, no)
+	}
+	c.settle()
+}
+
+// settle goes past the dropped numbers the channel has got to, and forgets
+// a dead number it has gone past.
 func (c *Channel) settle() {
+	for i := slices.Index(c.DroppedAhead, c.passedNo()+1); i >= 0; i = slices.Index(c.DroppedAhead, c.passedNo()+1) {
+		c.DroppedNo = c.passedNo() + 1
+		c.DroppedAhead = slices.Delete(c.DroppedAhead, i, i+1)
+	}
+	c.DroppedAhead = slices.DeleteFunc(c.DroppedAhead, func(n uint64) bool { return n <= c.passedNo() })
+	if len(c.DroppedAhead) == 0 {
+		c.DroppedAhead = nil
+	}
 	if c.deadHold() == 0 {
 		c.DeadNo = 0
 	}
@@ -221,6 +250,7 @@ func (c Channel) clone() Channel {
 	c.RecentSeqs = slices.Clone(c.RecentSeqs)
 	c.Writes = slices.Clone(c.Writes)
 	c.Uncounted = slices.Clone(c.Uncounted)
+	c.DroppedAhead = slices.Clone(c.DroppedAhead)
 	return c
 }
 

@@ -230,3 +230,30 @@ func TestListOnceEachChannel(t *testing.T) {
 		t.Errorf("%d channels listed, want 1: %+v", len(chans), chans)
 	}
 }
+
+// A number dropped past a lower one the channel waits for is passed once
+// the channel gets to it, by a delivery or a drop of the lower one; before
+// the first delivery a drop starts the channel as any number may.
+func TestDropPassedInOrder(t *testing.T) {
+	c := Channel{DeliveredNo: 1, DeadNo: 2}
+	c.drop(3)
+	if c.passedNo() != 1 || c.deadHold() != 2 {
+		t.Fatalf("No 3 dropped while No 2 is dead: passed %d, dead hold %d; want 1, 2", c.passedNo(), c.deadHold())
+	}
+	c.drop(2)
+	if c.passedNo() != 3 || c.deadHold() != 0 || c.DroppedAhead != nil {
+		t.Fatalf("then No 2 dropped: passed %d, dead hold %d, ahead %v; want 3, 0, none", c.passedNo(), c.deadHold(), c.DroppedAhead)
+	}
+	c = Channel{DeliveredNo: 4}
+	c.drop(6)
+	c.DeliveredNo = 5 // No 5 delivered
+	c.settle()
+	if c.passedNo() != 6 {
+		t.Fatalf("No 6 dropped, then No 5 delivered: passed %d, want 6", c.passedNo())
+	}
+	c = Channel{DeadNo: 5}
+	c.drop(5)
+	if c.passedNo() != 5 || c.deadHold() != 0 {
+		t.Fatalf("the first number dead and dropped: passed %d, dead hold %d; want 5, 0", c.passedNo(), c.deadHold())
+	}
+}
