@@ -159,10 +159,11 @@ func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fres
 		}
 		if i := slices.Index(c.Uncounted, seq); seq > 0 && i >= 0 {
 			c.Uncounted = slices.Delete(c.Uncounted, i, i+1)
-		} else if fresh || h.MessageNo > c.PickedNo || seq > c.TakenSeq && !slices.Contains(c.RecentSeqs, seq) {
+		} else if fresh || h.MessageNo > c.PickedNo || seq > c.TakenSeq {
 			// The stream's record of it newer than every one counted
-			// and not resolved: its count never came (found by review:
-			// a retry repeated after a lost publish reply).
+			// (and not counted at its delivery: Uncounted above): its
+			// count never came (found by review: a retry repeated after
+			// a lost publish reply).
 			c.Queued++
 		}
 		c.TakenSeq = max(c.TakenSeq, seq)

@@ -85,10 +85,12 @@ func TestRetryRepeatedCountsOnce(t *testing.T) {
 	// What the first retry left: its record, under the id Retry gives it.
 	first := message.NewMessage(MessageID(h, l.SHA256)+"/retry-"+strconv.FormatUint(l.Seq, 10), nil)
 	exchange.SetHeader(first, h)
-	if dup, _, err := publishRecord(ctx, b.JS, bus.Subject("P", "SRC", "DST"), first); err != nil || dup {
+	dup, seq, err := publishRecord(ctx, b.JS, bus.Subject("P", "SRC", "DST"), first)
+	if err != nil || dup {
 		t.Fatalf("first record: dup %v, %v", dup, err)
 	}
-	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued++ }); err != nil {
+	// and its count (taken's: the record's sequence seen).
+	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.Queued++; c.TakenSeq = seq; c.PickedNo = max(c.PickedNo, h.MessageNo) }); err != nil {
 		t.Fatal(err)
 	}
 
