@@ -164,7 +164,8 @@ func TestFetchCountedAfterKillBetweenPublishAndCount(t *testing.T) {
 // fetch takes it for a record "fetched again after its delivery": acked,
 // its payload dropped at hq, nothing counted here — no stale, not queued,
 // no trace event: the message vanished silently at the office (found by
-// review). A record offered the first time is dropped as stale, counted.
+// review). A record newer in the other relay's stream than every one
+// fetched here is dropped as stale now, counted and traced.
 func TestFetchStaleRecordCounted(t *testing.T) {
 	t.Parallel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
