@@ -535,10 +535,7 @@ func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, ob
 			// fewer for good (found by review: a gap's alert silenced).
 			c.Queued++
 			c.PickedNo = h.MessageNo
-			c.Uncounted = append(c.Uncounted, seq)
-			if len(c.Uncounted) > recentSeqs {
-				c.Uncounted = c.Uncounted[len(c.Uncounted)-recentSeqs:]
-			}
+			c.Uncounted = appendLast(c.Uncounted, seq, recentSeqs)
 		}
 		fn(c)
 		c.settle()
@@ -548,10 +545,7 @@ func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, ob
 			c.NameSeq = max(c.NameSeq, seq)
 		}
 		if seq > 0 {
-			c.RecentSeqs = append(c.RecentSeqs, seq)
-			if len(c.RecentSeqs) > recentSeqs {
-				c.RecentSeqs = c.RecentSeqs[len(c.RecentSeqs)-recentSeqs:]
-			}
+			c.RecentSeqs = appendLast(c.RecentSeqs, seq, recentSeqs)
 		}
 	}); err != nil {
 		return err

@@ -149,8 +149,8 @@ func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublis
 // it is counted whatever its number (one picked up after a higher one is
 // queued all the same). A record the stream already had (the same file
 // picked up again) is counted only if its number is new to the channel, or
-// its record newer than every one counted and not resolved: the relay
-// stopped between the publish and this update. One the delivery
+// its record newer than every one counted: the relay stopped between the
+// publish and this update. One the delivery
 // counted already when it resolved it (finish) is not counted again.
 func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fresh bool, seq uint64, also ...func(c *Channel)) {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
@@ -205,6 +205,7 @@ func (p *Pipeline) countUncounted(ctx context.Context) {
 		if !uncounted(&c) {
 			continue
 		}
+		name := channelName(exchange.Header{ExchangePlan: c.Plan, From: c.From, To: c.To})
 		if _, err := p.states.Update(ctx, c.Plan, c.From, c.To, func(c *Channel) {
 			if !uncounted(c) {
 				return
@@ -212,15 +213,12 @@ func (p *Pipeline) countUncounted(ctx context.Context) {
 			c.Queued++
 			c.PickedNo = max(c.PickedNo, no)
 			c.TakenSeq = raw.Sequence
-			c.Uncounted = append(c.Uncounted, raw.Sequence)
-			if len(c.Uncounted) > recentSeqs {
-				c.Uncounted = c.Uncounted[len(c.Uncounted)-recentSeqs:]
-			}
+			c.Uncounted = appendLast(c.Uncounted, raw.Sequence, recentSeqs)
 		}); err != nil {
-			p.log.Warn("channel state not updated", "channel", channelName(exchange.Header{ExchangePlan: c.Plan, From: c.From, To: c.To}), "err", err)
+			p.log.Warn("channel state not updated", "channel", name, "err", err)
 			continue
 		}
-		p.log.Info("counted a message taken in before a stop", "channel", channelName(exchange.Header{ExchangePlan: c.Plan, From: c.From, To: c.To}), "message_no", no)
+		p.log.Info("counted a message taken in before a stop", "channel", name, "message_no", no)
 	}
 }
 

@@ -184,6 +184,16 @@ func (c *Channel) settle() {
 	}
 }
 
+// appendLast appends v to s and keeps the last n: the channel state's
+// bounded memories of sequences and write ids.
+func appendLast(s []uint64, v uint64, n int) []uint64 {
+	s = append(s, v)
+	if len(s) > n {
+		s = s[len(s)-n:]
+	}
+	return s
+}
+
 // Pending is the number of messages taken in and not yet finished.
 func (c *Channel) Pending() uint64 {
 	if c.Queued < c.Resolved {
@@ -349,10 +359,7 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 			fn(&c)
 		}
 		id := rand.Uint64()
-		c.Writes = append(c.Writes, id)
-		if len(c.Writes) > recentWrites {
-			c.Writes = c.Writes[len(c.Writes)-recentWrites:]
-		}
+		c.Writes = appendLast(c.Writes, id, recentWrites)
 		b, err := json.Marshal(c)
 		if err != nil {
 			return c, err
