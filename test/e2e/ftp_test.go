@@ -367,12 +367,20 @@ func TestFTPAndDir(t *testing.T) {
 				t.FailNow()
 			}
 			// after: move:archive kept every taken SHOP1 file on the server.
-			// A name already in the archive gets a time prefix.
+			// A name already in the archive gets a time prefix. A file
+			// leaves its name (relay-commit-) before its move ends: the
+			// last move may still be under way.
 			var archived []string
-			es, _ := os.ReadDir(filepath.Join(srv.Root, "shop1", "out", "archive"))
-			for _, e := range es {
-				if e.Type().IsRegular() && strings.Contains(e.Name(), "Message_SHOP1_ЦО.") {
-					archived = append(archived, e.Name())
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+				archived = nil
+				es, _ := os.ReadDir(filepath.Join(srv.Root, "shop1", "out", "archive"))
+				for _, e := range es {
+					if e.Type().IsRegular() && strings.Contains(e.Name(), "Message_SHOP1_ЦО.") {
+						archived = append(archived, e.Name())
+					}
+				}
+				if len(archived) >= total || time.Now().After(deadline) {
+					break
 				}
 			}
 			if len(archived) != total {
