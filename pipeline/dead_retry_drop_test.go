@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,9 +24,18 @@ import (
 func TestRepeatedRetryAfterLostPublishReplyCounted(t *testing.T) {
 	ctx := context.Background()
 	b := testBus(t)
+	// The first retry's record is not delivered before the second retry
+	// runs (delivered, its payload is freed, and a second retry is rightly
+	// refused): the delivery of No 1's second attempt waits for it.
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
 		if no == 1 && attempt == 1 {
 			return exchange.Permanent(errors.New("refused for good"))
+		}
+		if no == 1 && attempt == 2 {
+			<-release
 		}
 		return nil
 	}}
@@ -57,7 +67,9 @@ func TestRepeatedRetryAfterLostPublishReplyCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The operator repeats the retry.
-	if _, err := p.Retry(ctx, l.Seq); err != nil {
+	_, err = p.Retry(ctx, l.Seq)
+	once.Do(func() { close(release) })
+	if err != nil {
 		t.Fatalf("repeated retry: %v", err)
 	}
 	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 && c.Resolved >= before.Resolved+1 })
