@@ -177,10 +177,11 @@ func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fres
 // countUncounted counts, before the pipeline runs, the record a relay that
 // stopped between its publish and its count left on a channel of a node
 // this relay serves: the channel's last record, newer than every record
-// the channel's count has seen, and neither resolved nor counted at its
-// delivery yet. Counted when it is resolved otherwise (finish), unless the
-// restarted pickup counted a newer number first: then the channel showed
-// one waiting fewer for good (found by review).
+// the channel's count has seen, and not counted at its delivery (finish
+// counts one above the picked-up number). Resolved or not, as taken counts
+// it: a pickup takes it again and counts it then, unless 1C's newer file
+// replaced it; then the channel showed one waiting fewer for good (found
+// by review).
 func (p *Pipeline) countUncounted(ctx context.Context) {
 	states, err := p.states.List(ctx)
 	if err != nil {
@@ -200,7 +201,7 @@ func (p *Pipeline) countUncounted(ctx context.Context) {
 			continue
 		}
 		uncounted := func(c *Channel) bool {
-			return raw.Sequence > c.TakenSeq && !slices.Contains(c.Uncounted, raw.Sequence) && !slices.Contains(c.RecentSeqs, raw.Sequence)
+			return raw.Sequence > c.TakenSeq && !slices.Contains(c.Uncounted, raw.Sequence)
 		}
 		if !uncounted(&c) {
 			continue

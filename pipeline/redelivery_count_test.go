@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -108,5 +109,51 @@ func TestCrashBeforeCountCountedAtStart(t *testing.T) {
 	}
 	if c.Queued != 3 || c.Pending() != 3 || c.PickedNo != 6 {
 		t.Fatalf("No 4, 5 (published before a stop, not counted) and 6 taken in: queued %d, pending %d, picked No %d; want 3, 3, 6", c.Queued, c.Pending(), c.PickedNo)
+	}
+}
+
+// TestResolvedBeforeCountCountedAtStart: a relay stopped between the
+// publish of a second No 5 (1C wrote No 5 again, other content) and its
+// count, after its delivery had resolved it (its number not above the
+// channel's picked-up one, so the delivery did not count it). 1C's newer
+// No 6 replaced the file, so no pickup takes it again: the start counted
+// only records not yet resolved, and the channel showed one waiting fewer
+// for good. The start counts a record no count has seen, resolved or not.
+func TestResolvedBeforeCountCountedAtStart(t *testing.T) {
+	t.Parallel()
+	b := testBus(t)
+	ctx := context.Background()
+	eps := scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}}
+	before := newPipeline(t, srcToSequentialDST, b, eps)
+	if err := before.ingestHandler("SRC", "test", before.pushLane)(pickedUp("SRC", "DST", 5, "<message 5/>")); err != nil {
+		t.Fatal(err)
+	}
+	again := storedRecord(t, b, "SRC", "DST", 5)
+	_, seq, err := publishRecord(ctx, b.JS, bus.Subject("P", "SRC", "DST"), again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := exchange.HeaderOf(again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Resolved (stale: No 5 was there already) before its count.
+	if err := before.laneOn(b, before.log).finish(ctx, h, seq, again.UUID, "", func(c *Channel) { c.Stale++ }); err != nil {
+		t.Fatal(err)
+	}
+
+	after := newPipeline(t, srcToSequentialDST, b, eps)
+	after.countUncounted(ctx)
+	after.countUncounted(ctx) // a second start counts nothing more
+	if err := after.ingestHandler("SRC", "test", after.pushLane)(pickedUp("SRC", "DST", 6, "<message 6/>")); err != nil {
+		t.Fatal(err)
+	}
+	c, err := after.States().Get(ctx, "P", "SRC", "DST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Waiting: the first No 5 and No 6.
+	if c.Queued != 3 || c.Resolved != 1 || c.Pending() != 2 {
+		t.Fatalf("two No 5 and No 6 taken in, the second No 5 resolved: queued %d, resolved %d, pending %d; want 3, 1, 2", c.Queued, c.Resolved, c.Pending())
 	}
 }

@@ -166,7 +166,7 @@ func channelState(ctx context.Context, js jetstream.JetStream, plan, from, to st
 // traceStuck logs, for a test that failed, the channel's state and every
 // recorded step of the number after its delivered one: whether that message
 // was ever taken in, dead-lettered, dropped or delivered.
-func traceStuck(t *testing.T, js jetstream.JetStream, plan, from, to string) {
+func traceStuck(t *testing.T, js jetstream.JetStream, urls, plan, from, to string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -177,7 +177,7 @@ func traceStuck(t *testing.T, js jetstream.JetStream, plan, from, to string) {
 	}
 	t.Logf("stuck channel %s:%s->%s: %+v", plan, from, to, st)
 	channel := plan + ":" + from + "->" + to
-	for _, e := range events(ctx, t, js) {
+	for _, e := range events(ctx, t, urls) {
 		if e.Channel == channel && e.No == st.DeliveredNo+1 {
 			t.Logf("No %d: %s %s at %s: %s (msg %s, source %s)", e.No, e.Step, e.Node, e.Time.Format(time.RFC3339Nano), e.Detail, e.MsgID, e.Source)
 		}
@@ -197,42 +197,58 @@ func leaseHolder(ctx context.Context, js jetstream.JetStream, key string) string
 	return string(e.Value())
 }
 
-// events reads every event of EXCHANGE_EVENTS.
-func events(ctx context.Context, t *testing.T, js jetstream.JetStream) []pipeline.Event {
+// events reads every event of EXCHANGE_EVENTS from the cluster at urls
+// (comma-separated). A server that restarted a moment ago may not answer
+// yet ("no responders", seen for a whole minute once on one connection):
+// each try is a fresh connection to the next server in turn, for up to a
+// minute.
+func events(ctx context.Context, t *testing.T, urls string) []pipeline.Event {
 	t.Helper()
-	// A server that restarted a moment ago may not answer yet ("no
-	// responders"): read again from the start, for up to a minute.
-	var err error
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
-		var out []pipeline.Event
-		if out, err = readEvents(ctx, js); err == nil || time.Now().After(deadline) || ctx.Err() != nil {
-			if err != nil {
-				t.Fatalf("events: %v", err)
-			}
+	servers := strings.Split(urls, ",")
+	var tries []string
+	for i, deadline := 0, time.Now().Add(time.Minute); ; i++ {
+		url := servers[i%len(servers)]
+		out, err := readEventsAt(ctx, url)
+		if err == nil {
 			return out
 		}
+		tries = append(tries, fmt.Sprintf("%s: %v", url, err))
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("events: %d tries, the last: %s", len(tries), strings.Join(tries[max(0, len(tries)-len(servers)):], "; "))
+		}
+		time.Sleep(time.Second)
 	}
 }
 
-// readEvents reads every event in EXCHANGE_EVENTS once.
-func readEvents(ctx context.Context, js jetstream.JetStream) ([]pipeline.Event, error) {
-	s, err := js.Stream(ctx, bus.StreamEvents)
+// readEventsAt reads every event in EXCHANGE_EVENTS once, through a
+// connection of its own to the server at url.
+func readEventsAt(ctx context.Context, url string) ([]pipeline.Event, error) {
+	nc, err := nats.Connect(url, nats.NoReconnect())
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
+	}
+	s, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		return nil, fmt.Errorf("stream info: %w", err)
 	}
 	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ordered consumer: %w", err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("stream info: %w", err)
 	}
 	var out []pipeline.Event
 	for uint64(len(out)) < info.State.Msgs {
 		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
 		if err != nil {
-			return nil, fmt.Errorf("%w after %d of %d", err, len(out), info.State.Msgs)
+			return nil, fmt.Errorf("next: %w after %d of %d", err, len(out), info.State.Msgs)
 		}
 		var e pipeline.Event
 		if err := json.Unmarshal(m.Data(), &e); err == nil {
@@ -441,7 +457,7 @@ func TestClusterReplicas(t *testing.T) {
 	last := w.halt()
 	t.Cleanup(func() {
 		if t.Failed() {
-			traceStuck(t, js, "Магазины", "A", "B")
+			traceStuck(t, js, c.ClientURL(), "Магазины", "A", "B")
 		}
 	})
 	// Every number arrives: B is sequential, so a lost message would hold
@@ -456,7 +472,7 @@ func TestClusterReplicas(t *testing.T) {
 	}
 	// Every number delivered, none twice (sequential: none superseded).
 	delivered := map[uint64]int{}
-	for _, e := range events(ctx, t, js) {
+	for _, e := range events(ctx, t, c.ClientURL()) {
 		if e.Step == pipeline.StepDelivered && e.Node == "B" {
 			delivered[e.No]++
 		}
