@@ -607,6 +607,11 @@ func (b *Bus) provision(ctx context.Context) error {
 		Storage:     jetstream.FileStorage,
 		Replicas:    b.replicas,
 		Retention:   jetstream.LimitsPolicy,
+		// A letter's Nats-Msg-Id is its record's: the record offered
+		// again after its ack was lost (a relay down, an office link
+		// down for an hour) makes no second letter (found by review:
+		// the server's default of 2 minutes did).
+		Duplicates:  DuplicateWindow,
 		AllowDirect: b.replicas == 1, // as EXCHANGE: a retry reads the letter it was given
 	})
 	if err != nil {

@@ -83,3 +83,35 @@ func TestOpenLiftsPayloadAgeLimit(t *testing.T) {
 		t.Errorf("payload bucket after a start: MaxAge %s, Discard %s, MaxBytes %d; want 0, DiscardNew, the operator's %d", c.MaxAge, c.Discard, c.MaxBytes, 1<<30)
 	}
 }
+
+// TestOpenDeadLettersRememberIDs: a dead letter's Nats-Msg-Id is its
+// record's, so that the record offered again after a lost ack makes no
+// second letter; the server's default window (2 minutes) was shorter than
+// a relay or an office link down for an hour (found by review). A start
+// brings an existing stream to the window.
+func TestOpenDeadLettersRememberIDs(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for start := range 2 {
+		b, err := Open(ctx, Settings{DataDir: dir, ID: "t"}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := b.Dead.Info(ctx)
+		if err != nil {
+			b.Close()
+			t.Fatal(err)
+		}
+		if got := info.Config.Duplicates; got != DuplicateWindow {
+			t.Errorf("start %d: %s duplicate window %s, want %s", start+1, StreamDead, got, DuplicateWindow)
+		}
+		cfg := info.Config
+		cfg.Duplicates = 2 * time.Minute // as a relay before this made it
+		if _, err := b.JS.UpdateStream(ctx, cfg); err != nil {
+			t.Error(err)
+		}
+		b.Close()
+	}
+}

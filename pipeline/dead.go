@@ -69,7 +69,7 @@ func (d *Dead) put(ctx context.Context, l DeadLetter) error {
 	} else if l.StreamSeq > 0 {
 		// The record dies again when the relay stopped between its letter
 		// and its record in the channel state (it is offered again): one
-		// letter, within the stream's duplicate window (2 min). A retry
+		// letter, within the stream's duplicate window (bus.DuplicateWindow). A retry
 		// queues a new record: its death is a new letter.
 		opts = append(opts, jetstream.WithMsgID(fmt.Sprintf("%s@%d", l.MsgID, l.StreamSeq)))
 	}

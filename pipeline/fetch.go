@@ -253,47 +253,46 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 		remoteSeq = meta.Sequence.Stream
 	}
 	fetched := func(c *Channel) { c.FetchedSeq = max(c.FetchedSeq, remoteSeq) }
+	payload := obj != ""
 	if herr == nil {
-		// An earlier attempt took the record in here and its ack was lost
-		// (a kill, the link); the message may since have been delivered
-		// here and its payload dropped. One that the destination has (or
-		// newer) needs nothing more: copying its payload again would leave
-		// a copy nothing refers to, and finding the payload gone in both
-		// places is no reason for a dead letter.
 		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
 		if err != nil {
 			return err
 		}
-		if !h.ByName() && h.MessageNo <= st.DeliveredNo || h.ByName() && id != "" && id == st.LastMsgID {
-			if !h.ByName() && st.FetchedSeq > 0 && remoteSeq > st.FetchedSeq {
-				// Newer in the other relay's stream than every record
-				// fetched here: not one taken in here before (its ack
-				// lost, the other relay's consumer made anew), but an
-				// older message queued there after a newer one (a retried
-				// dead letter, relay send): dropped as stale, counted and
-				// traced as here (found by review: dropped in silence).
-				dup := h.MessageNo == st.DeliveredNo
-				l.taken(ctx, h, l.states.now(), true, 0, fetched)
-				l.m.dropped.WithLabelValues(f.node, dropReason(dup)).Inc()
-				l.event(Event{Step: StepDropped, MsgID: id, File: hdr.Get(exchange.MetaFileName), Node: f.node, Channel: channelName(h), No: h.MessageNo,
-					Detail: fmt.Sprintf("%s already has No %d (%s)", f.node, st.DeliveredNo, dropReason(dup))})
-				if err := l.finish(ctx, h, 0, id, "", func(c *Channel) {
-					if dup {
-						c.Duplicates++
-					} else {
-						c.Stale++
-					}
-				}); err != nil {
-					return err
-				}
-			}
-			f.log.Info("fetched again after its delivery; nothing to do", "message_id", id, "channel", channelName(h), "message_no", h.MessageNo)
+		if remoteSeq > 0 && remoteSeq <= st.FetchedSeq {
+			// Taken in here before, one record at a time in the other
+			// relay's stream order: its ack was lost (a kill, the link)
+			// or the other relay's consumer was made anew. Its payload
+			// may be gone from both places since (delivered, or a dead
+			// letter here): no reason for a dead letter (found by
+			// review: a message routed by name, delivered, was one).
+			f.log.Info("fetched again; taken in here before, nothing to do", "message_id", id, "channel", channelName(h), "message_no", h.MessageNo)
 			f.dropRemote(ctx, remote, obj)
 			return msg.DoubleAck(ctx)
 		}
+		if !h.ByName() && h.MessageNo <= st.DeliveredNo || h.ByName() && id != "" && id == st.LastMsgID {
+			if h.ByName() || st.FetchedSeq == 0 {
+				// Delivered here (a state from before fetched_seq was
+				// kept cannot tell more): copying its payload again
+				// would leave a copy nothing refers to.
+				f.log.Info("fetched again after its delivery; nothing to do", "message_id", id, "channel", channelName(h), "message_no", h.MessageNo)
+				f.dropRemote(ctx, remote, obj)
+				return msg.DoubleAck(ctx)
+			}
+			// Newer in the other relay's stream than every record
+			// counted here, its number delivered: an older message
+			// queued there after a newer one (a retried dead letter,
+			// relay send), or one published here by a relay killed
+			// before its count. Its record goes in without its payload:
+			// the stream's duplicate window tells the second (counted
+			// once), the delivery drops the first as stale, counted and
+			// traced (found by review: a message delivered once was
+			// counted a duplicate as well).
+			payload = false
+		}
 	}
 	gone, damaged := false, error(nil)
-	if obj != "" {
+	if payload {
 		var err error
 		gone, err = f.copyPayload(ctx, l, remote, obj, statedSize(hdr.Get(exchange.MetaSize)))
 		switch {
@@ -336,9 +335,17 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 		if herr == nil && !f.resolved(ctx, l, h, id) {
 			// Taken in here and resolved as a dead letter, like one that
 			// dies at delivery: a sequential channel's next number waits
-			// behind it as a dead letter, not as a gap.
-			l.taken(ctx, h, l.states.now(), true, 0, fetched)
-			if err := l.finish(ctx, h, 0, id, "", func(c *Channel) { l.diedAtDelivery(c, h, f.p.cfg.Nodes[f.node].Mode, dl.Reason) }); err != nil {
+			// behind it as a dead letter, not as a gap. One write, with
+			// fetched_seq: a kill between two left it counted as taken
+			// and never resolved.
+			now := l.states.now()
+			if err := l.finish(ctx, h, 0, id, "", func(c *Channel) {
+				c.Queued++
+				c.PickedNo = max(c.PickedNo, h.MessageNo)
+				c.LastPickupAt = now
+				fetched(c)
+				l.diedAtDelivery(c, h, f.p.cfg.Nodes[f.node].Mode, dl.Reason)
+			}); err != nil {
 				return err
 			}
 		}

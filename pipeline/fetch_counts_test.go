@@ -259,3 +259,229 @@ func TestFetchRecreatedConsumerCountsNothingAgain(t *testing.T) {
 			before.Queued, after.Queued, before.Resolved, after.Resolved, before.Duplicates, after.Duplicates, before.Stale, after.Stale, d.delivered(), strings.Join(steps, ","))
 	}
 }
+
+// A fetch publishes No 2 here and is killed before its count (lane.taken,
+// which also moves fetched_seq). The office relay restarts and delivers No 2
+// from its own stream (finish counts it: queued 2). The head office offers
+// the record again once its ack wait is over: No 2 <= delivered_no,
+// fetched_seq (1, No 1's) > 0 and the record's place at hq (2) above it, so
+// copy took it for "an older message queued at hq after a newer one":
+// queued once more, resolved once more, counted a duplicate, traced
+// "dropped" — for a message delivered exactly once (found by review). Its
+// record goes in again without its payload, and the stream's duplicate
+// window tells it.
+func TestFetchKilledBeforeCountNotDroppedAsDuplicate(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, ob, cfg := officeAndHub(ctx, t, log)
+
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one/>", true)
+	d := &scriptedDelivery{}
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(d.delivered(), 1); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("setup: No 1 never delivered")
+		}
+	}
+	fetchedAll(ctx, t, hb, "OFF")
+
+	// What the fetch of No 2 killed between its publish here and its count
+	// left: the record and payload here (same message id as at hq).
+	h2 := exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 2}
+	putRecord(t, ob, h2, "<two/>", true)
+	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(d.delivered(), 2); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("setup: No 2 never delivered")
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	before, _ := p.States().Get(ctx, "P", "HQ1", "OFF")
+	// The head office offers No 2's record again (its ack never came).
+	putRecord(t, hb, h2, "<two/>", true)
+	fetchedAll(ctx, t, hb, "OFF")
+	time.Sleep(time.Second)
+
+	st, err := p.States().Get(ctx, "P", "HQ1", "OFF")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Queued != 2 || st.Resolved != 2 || st.Duplicates != 0 || st.Stale != 0 {
+		t.Fatalf("No 1, No 2 each delivered once (No 2's fetch killed between publish and count, offered again): before the re-offer queued %d resolved %d; after queued %d, resolved %d, duplicates %d, stale %d (want 2, 2, 0, 0); delivered %v, fetched_seq %d",
+			before.Queued, before.Resolved, st.Queued, st.Resolved, st.Duplicates, st.Stale, d.delivered(), st.FetchedSeq)
+	}
+}
+
+// A fetched record whose payload is gone at hq becomes a dead letter here;
+// the session ends before its ack (the leaf link drops, the relay is
+// killed). The letter's Nats-Msg-Id (id@hq:seq) guarded only within
+// EXCHANGE_DEAD's duplicate window, then the server default of 2 minutes:
+// a link down longer (an office offline for an hour) brought the record
+// back for a second letter (found by review). The window is a day now
+// (TestOpenDeadLettersRememberIDs), and a record at or below fetched_seq
+// is known as taken in before: played here by shortening the window to 1 s.
+func TestFetchDeadLetterOnceAfterLongOutage(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, ob, cfg := officeAndHub(ctx, t, log)
+
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one/>", false)
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": &scriptedDelivery{}}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetchOnceKilled(ctx, t, p, p.fetches[0])
+	if dls, err := p.Dead().List(ctx); err != nil || len(dls) != 1 {
+		t.Fatalf("setup: after the killed attempt %d dead letters (%v), want 1", len(dls), err)
+	}
+	info, err := ob.Dead.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("EXCHANGE_DEAD duplicate window: %s", info.Config.Duplicates)
+	scfg := info.Config
+	scfg.Duplicates = time.Second // as if the outage outlasted the window
+	if _, err := ob.JS.UpdateStream(ctx, scfg); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+
+	runUntilEnd(t, p)
+	fetchedAll(ctx, t, hb, "OFF")
+	time.Sleep(500 * time.Millisecond)
+	dls, err := p.Dead().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := p.States().Get(ctx, "P", "HQ1", "OFF")
+	if len(dls) != 1 {
+		t.Fatalf("one message (payload gone at hq), its fetch cut off before the ack and offered again after the duplicate window: %d dead letters (want 1); channel dead %d", len(dls), st.Dead)
+	}
+}
+
+// Two messages routed by name (encrypted zips without a configured
+// password: no numbers) are fetched from hq and delivered here. Then the
+// office's fetch consumer at hq is made anew (an operator's `nats consumer
+// rm`, a lost consumer state: the case TestFetchRecreatedConsumerCountsNothingAgain
+// covers for numbered messages) and DeliverAll offers both done records
+// again. Only the channel's last message was known (LastMsgID); the older
+// one was looked for at hq (payload dropped by the fetch) and here (dropped
+// at its delivery), found in neither, and made a dead letter "payload ... is
+// gone from relay hq" — a delivered message turned dead (found by review).
+// fetched_seq, which tells a record taken in before, was only consulted
+// for numbered messages.
+func TestFetchRecreatedConsumerByNameNoFalseDeadLetter(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, ob, cfg := officeAndHub(ctx, t, log)
+
+	h := exchange.Header{Dialect: exchange.DialectName, From: "HQ1", To: "OFF"}
+	a := putRecord(t, hb, h, "PK sealed zip A", true)
+	b := putRecord(t, hb, h, "PK sealed zip B", true)
+	d := &scriptedDelivery{}
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	for deadline := time.Now().Add(20 * time.Second); len(d.delivered()) < 2; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("setup: delivered %v, want both", d.delivered())
+		}
+	}
+	fetchedAll(ctx, t, hb, "OFF")
+	for _, obj := range []string{a, b} {
+		if !payloadGone(ctx, ob, obj, 10*time.Second) {
+			t.Fatalf("setup: payload %s not dropped after its delivery", obj)
+		}
+	}
+	before, _ := p.States().Get(ctx, "P", "HQ1", "OFF")
+	if err := hb.Exchange.DeleteConsumer(ctx, fetchConsumer("OFF")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	fetchedAll(ctx, t, hb, "OFF")
+	time.Sleep(time.Second)
+
+	dls, err := p.Dead().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := p.States().Get(ctx, h.ExchangePlan, h.From, h.To)
+	if len(dls) != 0 || len(d.delivered()) != 2 {
+		var reasons []string
+		for _, dl := range dls {
+			reasons = append(reasons, dl.Reason)
+		}
+		t.Fatalf("two messages by name, each delivered once, offered again by a recreated fetch consumer: %d dead letters %q, delivered %d times; channel dead %d→%d, error %q (want no dead letter)",
+			len(dls), reasons, len(d.delivered()), before.Dead, st.Dead, st.LastError)
+	}
+}
+
+// No 1 is fetched (its delivery here still to come); No 2, its payload gone
+// at hq, becomes a dead letter at the fetch and the relay is killed before
+// its ack. After the restart No 1 is resolved here first (LastMsgID is now
+// No 1's), then hq offers No 2 again: judged by LastMsgID only, No 2's
+// death was counted a second time (found by review); fetched_seq tells it.
+func TestFetchDeadLetterCountedOnceWhenAnotherResolvedMeanwhile(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, ob, cfg := officeAndHub(ctx, t, log)
+
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one/>", true)
+	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 2}, "<two/>", false)
+	d := &scriptedDelivery{}
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := p.fetches[0]
+	// No 1: fetched and acked, as a session does.
+	lb, err := p.b.Lane(ctx, "fetch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := p.laneOn(lb, f.log)
+	remote, err := bus.Remote(ctx, lb.Conn, f.relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := f.consumer(ctx, remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for msg := range batch.Messages() {
+		if err := f.copy(ctx, l, remote, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lb.CloseLane()
+	// No 2: dead letter, killed before its ack.
+	fetchOnceKilled(ctx, t, p, f)
+	mid, _ := p.States().Get(ctx, "P", "HQ1", "OFF")
+
+	runUntilEnd(t, p)
+	fetchedAll(ctx, t, hb, "OFF")
+	time.Sleep(time.Second)
+	st, _ := p.States().Get(ctx, "P", "HQ1", "OFF")
+	dls, _ := p.Dead().List(ctx)
+	if st.Dead != 1 || st.Queued != 2 || st.Resolved != 2 || len(dls) != 1 {
+		t.Fatalf("No 1 fetched and delivered, No 2 a dead letter (payload gone at hq) offered again after a kill: dead %d, queued %d, resolved %d, %d dead letters (want 1, 2, 2, 1); before the restart dead %d queued %d resolved %d; delivered %v",
+			st.Dead, st.Queued, st.Resolved, len(dls), mid.Dead, mid.Queued, mid.Resolved, d.delivered())
+	}
+}
