@@ -41,7 +41,11 @@ var kinds = map[string]kind{
 			if err != nil {
 				return []error{err}
 			}
-			return c.Validate()
+			errs := c.Validate()
+			if c.Path != "" {
+				c.Path = r.cfg.Resolve(c.Path)
+			}
+			return append(errs, c.CheckAfter(e.After)...)
 		},
 		checkDeliver: func(r *Registry, e *config.Endpoint) []error {
 			c, err := dir.DecodeDeliver(&e.Options)
@@ -242,6 +246,9 @@ func checkFTP(e *config.Endpoint, role string) []error {
 	c, err := ftp.Decode(&e.Options, role)
 	if err != nil {
 		return []error{err}
+	}
+	if role == "pickup" {
+		return append(c.Validate(), c.CheckAfter(e.After)...)
 	}
 	return c.Validate()
 }

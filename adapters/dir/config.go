@@ -5,6 +5,7 @@ package dir
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -70,6 +71,25 @@ func (c *PickupConfig) Validate() []error {
 		errs = append(errs, errors.New("incomplete_timeout: must not be shorter than settle"))
 	}
 	return errs
+}
+
+// CheckAfter reports an after: move: into the pickup folder itself, where
+// every file moved would be taken again at once, in a loop (found by
+// review: one file stored 15,000 times in 1.5 s).
+func (c *PickupConfig) CheckAfter(after config.After) []error {
+	if after.Action != config.AfterMove || c.Path == "" {
+		return nil
+	}
+	to := after.Folder
+	if !filepath.IsAbs(to) {
+		to = filepath.Join(c.Path, to)
+	}
+	a, errA := filepath.Abs(to)
+	b, errB := filepath.Abs(c.Path)
+	if errA == nil && errB == nil && a == b {
+		return []error{fmt.Errorf("after: move:%s is the pickup folder itself: every file moved would be taken again", after.Folder)}
+	}
+	return nil
 }
 
 // Validate reports every problem of the options.

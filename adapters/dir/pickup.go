@@ -24,7 +24,7 @@ import (
 // pw (may be nil) reads password-protected zips.
 func NewSubscriber(node string, cfg PickupConfig, after config.After, mem folder.KeepMemory, pw folder.Passwords, log *slog.Logger) (*folder.Pickup, error) {
 	cfg.setDefaults()
-	if errs := cfg.Validate(); len(errs) > 0 {
+	if errs := append(cfg.Validate(), cfg.CheckAfter(after)...); len(errs) > 0 {
 		return nil, fmt.Errorf("dir %s: %w", node, errors.Join(errs...))
 	}
 	if log == nil {

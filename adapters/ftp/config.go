@@ -161,6 +161,25 @@ func (c *Config) Validate() []error {
 	return errs
 }
 
+// CheckAfter reports an after: move: into the pickup folder itself, where
+// every file moved would be taken again at once, in a loop. An absolute
+// folder is told only against an absolute pickup folder: where "/" is
+// depends on the account.
+func (c *Config) CheckAfter(after config.After) []error {
+	t, err := c.target()
+	if err != nil || after.Action != config.AfterMove || path.IsAbs(after.Folder) && !path.IsAbs(t.dir) {
+		return nil
+	}
+	to := after.Folder
+	if !path.IsAbs(to) {
+		to = path.Join(t.dir, to)
+	}
+	if path.Clean(to) == path.Join(t.dir, ".") {
+		return []error{fmt.Errorf("after: move:%s is the pickup folder itself: every file moved would be taken again", after.Folder)}
+	}
+	return nil
+}
+
 // target is the parsed URL.
 type target struct {
 	addr string // host:port

@@ -721,3 +721,31 @@ func startPickup(t *testing.T, cfg Config, after config.After) (*folder.Pickup, 
 	t.Helper()
 	return runPickup(t, newSource(t, "A", cfg), cfg, after)
 }
+
+// TestMoveIntoPickupFolderRefused: `after: move:` naming the pickup folder
+// itself would take every moved file again, in a loop (found by review, on
+// a local folder).
+func TestMoveIntoPickupFolderRefused(t *testing.T) {
+	for _, tc := range []struct {
+		url, to string
+		refused bool
+	}{
+		{"ftp://u@h/out", ".", true},
+		{"ftp://u@h/out", "./", true},
+		{"ftp://u@h/out", "../out", true},
+		{"ftp://u@h", ".", true},
+		{"ftp://u@h//srv/out", "/srv/out/", true},
+		{"ftp://u@h/out", "done", false},
+		{"ftp://u@h/out", "/out", false}, // where "/" is depends on the account
+		{"ftp://u@h//srv/out", "/srv/done", false},
+	} {
+		c := Config{URL: tc.url}
+		after, err := config.ParseAfter("move:" + tc.to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if errs := c.CheckAfter(after); (len(errs) > 0) != tc.refused {
+			t.Errorf("%s, move:%s: %v, want refused %v", tc.url, tc.to, errs, tc.refused)
+		}
+	}
+}
