@@ -113,8 +113,78 @@ func DeliverSubjects(node string) string {
 	return SubjectPrefix + "*.*." + Token(node)
 }
 
-// ConsumerName is the durable delivery consumer of a node.
-func ConsumerName(node string) string { return "deliver_" + Token(node) }
+// ConsumerName is the durable delivery consumer of a node in the JetStream
+// domain of relay id. Named for the domain too: an ack's subject
+// ($JS.ACK.<stream>.<consumer>...) names no domain and crosses leaf links,
+// so that an office's ack of its deliver_<node> record N also acked record
+// N of the head office's consumer of that name, pending there, which was
+// then never offered again (found by review).
+func ConsumerName(relay, node string) string { return ConsumerFor("deliver", node, relay) }
+
+// ConsumerFor is the name of the durable consumer of kind (deliver, fetch)
+// reading node's records in the JetStream domain of relay id.
+func ConsumerFor(kind, node, relay string) string {
+	return kind + "_" + Token(node) + "@" + Token(relay)
+}
+
+// LegacyConsumerFor is the name a consumer had before it named its domain
+// (ConsumerName): EnsureConsumer takes it over.
+func LegacyConsumerFor(kind, node string) string { return kind + "_" + Token(node) }
+
+// EnsureConsumer creates or updates the durable consumer cfg on stream,
+// taking over from the consumer of the name legacy (none: "") when there
+// is one: the new one starts after the records legacy acked up to its ack
+// floor (the records acked above it are offered once more, and judged as
+// resolved by the channel states), and legacy is removed, or it would hold
+// back the removal of done records. A consumer made before keeps where it
+// starts (JetStream cannot change it).
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, legacy string) (jetstream.Consumer, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	var c jetstream.Consumer
+	for try := 0; ; try++ {
+		c, err = ensureConsumer(ctx, s, cfg, legacy)
+		if err == nil || try == 2 || ctx.Err() != nil {
+			break
+		}
+		// Another worker or replica took legacy over meanwhile: bind
+		// to what it made.
+	}
+	if err != nil {
+		return nil, err
+	}
+	if legacy != "" {
+		if err := s.DeleteConsumer(ctx, legacy); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("remove consumer %s (now %s): %w", legacy, cfg.Durable, err)
+		}
+	}
+	return c, nil
+}
+
+func ensureConsumer(ctx context.Context, s jetstream.Stream, cfg jetstream.ConsumerConfig, legacy string) (jetstream.Consumer, error) {
+	have, err := s.Consumer(ctx, cfg.Durable)
+	switch {
+	case err == nil:
+		hc := have.CachedInfo().Config
+		cfg.DeliverPolicy, cfg.OptStartSeq = hc.DeliverPolicy, hc.OptStartSeq
+	case !errors.Is(err, jetstream.ErrConsumerNotFound):
+		return nil, err
+	case legacy != "":
+		old, err := s.Consumer(ctx, legacy)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if floor := old.CachedInfo().AckFloor.Stream; floor > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+		}
+	}
+	return s.CreateOrUpdateConsumer(ctx, cfg)
+}
 
 // ChannelKey is the EXCHANGE_CHANNELS key of a channel.
 func ChannelKey(plan, from, to string) string {
@@ -193,6 +263,9 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("nats: connect: %w", err)
+	}
+	if b.server != nil {
+		go b.watchJetStream(jetStreamWatch)
 	}
 	if b.server == nil {
 		// A reconnect, of this connection or of a lane (they copy its
@@ -725,10 +798,21 @@ func (b *Bus) provisionKV(ctx context.Context, cfg jetstream.KeyValueConfig) (je
 	}
 	_, changed, err := b.leaderReads(ctx, "KV_"+cfg.Bucket, func(c *jetstream.StreamConfig) {
 		// What CreateOrUpdateKeyValue would update from cfg.
-		c.Description, c.MaxMsgsPerSubject, c.MaxAge = cfg.Description, int64(max(cfg.History, 1)), cfg.TTL
+		ttl := cfg.TTL
+		if ttl > 0 && c.MaxAge > ttl {
+			// Never shortened: the replicas running time their renewals
+			// from their own lease_ttl, and a key lapsing before they
+			// renew it hands their lease to another (found by review: a
+			// replica started with a shorter lease_ttl made two hold
+			// one pickup).
+			b.log.Warn("bucket "+cfg.Bucket+" keeps its longer TTL, set by a replica before this one; a shorter lease_ttl takes effect once every replica runs with it and the bucket is removed while all are stopped",
+				"bucket_ttl", c.MaxAge, "lease_ttl", ttl)
+			ttl = c.MaxAge
+		}
+		c.Description, c.MaxMsgsPerSubject, c.MaxAge = cfg.Description, int64(max(cfg.History, 1)), ttl
 		c.Duplicates = 2 * time.Minute
-		if cfg.TTL > 0 && cfg.TTL < c.Duplicates {
-			c.Duplicates = cfg.TTL
+		if ttl > 0 && ttl < c.Duplicates {
+			c.Duplicates = ttl
 		}
 	})
 	if err != nil {
@@ -814,6 +898,36 @@ func (b *Bus) closed(nc *nats.Conn) {
 	b.lose(fmt.Errorf("nats: the connection was closed for good (%w); a restart reads the credentials again", err))
 }
 
+// jetStreamWatch is how often watchJetStream looks.
+const jetStreamWatch = time.Second
+
+// watchJetStream closes Lost when the embedded server shuts its JetStream
+// down for good, as it does when its disk is full or its store refuses a
+// write: nothing moves from then on, and only a restart (once the disk has
+// room) brings it back (found by review: /readyz stayed 200 and relay ran
+// on, moving nothing).
+func (b *Bus) watchJetStream(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.lost:
+			return
+		case <-t.C:
+		}
+		if b.closing.Load() {
+			return
+		}
+		if !b.server.JetStreamEnabled() {
+			if b.closing.Load() {
+				return
+			}
+			b.lose(errors.New("nats: the embedded server shut JetStream down (its disk is full, or its store refused a write: see the log above); restart relay once that is mended"))
+			return
+		}
+	}
+}
+
 // lose closes Lost with err, once.
 func (b *Bus) lose(err error) {
 	b.lostOnce.Do(func() {
@@ -826,8 +940,9 @@ func (b *Bus) lose(err error) {
 // good — it gives up after the same authorization error twice: a rotated
 // token or password, an expired user JWT. Nothing moves from then on, and
 // only a restart reads the credentials again. Also when a connection
-// reconnects to a server too old for the relay's replicas (serverReady).
-// Never closed for the embedded server, nor by Close.
+// reconnects to a server too old for the relay's replicas (serverReady),
+// and when the embedded server shuts its JetStream down (watchJetStream).
+// Never closed by Close.
 func (b *Bus) Lost() <-chan struct{} { return b.lost }
 
 // LostErr is why Lost was closed: the connection's last error, or the

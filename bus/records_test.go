@@ -75,7 +75,7 @@ func TestPurgeDone(t *testing.T) {
 	time.Sleep(time.Second)
 	young := time.Now()
 	a3, a4 := publish("A"), publish("A")
-	deliverA := consumer(ConsumerName("A"), DeliverSubjects("A"))
+	deliverA := consumer(ConsumerName("r", "A"), DeliverSubjects("A"))
 	watch := consumer("watch", SubjectPrefix+">") // reads node A's records too
 	ack(deliverA, 3, a1, a2, a3)                  // a4 waits: its node's backlog
 	ack(watch, 5, a1, b1, a2, a3, a4)

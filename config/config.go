@@ -619,6 +619,14 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	if c.Relay.APITokenEnv != "" {
 		tokenOf[c.Relay.APITokenEnv] = "relay.api_token_env"
 	}
+	// A consumer's name carries the node's code and the relay id of the
+	// JetStream domain it reads (bus.ConsumerName): the longest id named.
+	longestRelay := Token(c.Relay.ID)
+	for _, n := range c.Nodes {
+		if n != nil && len(Token(n.Relay)) > len(longestRelay) {
+			longestRelay = Token(n.Relay)
+		}
+	}
 	for _, name := range c.NodeNames() {
 		n := c.Nodes[name]
 		p := "nodes." + name
@@ -628,9 +636,9 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		if why := exchange.CodeProblem(name); why != "" {
 			add(p, "node code %s: no message header could name it", why)
 		}
-		if l := len(longestNodeName) + len(Token(name)); l > maxNATSName {
-			add(p, "node code is too long: its NATS consumer name %s<code> would be %d bytes, over %d "+
-				"(a byte other than A-Z, a-z, 0-9, '_' and '-' takes 3: a Cyrillic letter 6)", longestNodeName, l, maxNATSName)
+		if l := len(longestNodeName) + len(Token(name)) + 1 + len(longestRelay); l > maxNATSName {
+			add(p, "node code is too long: its NATS consumer name %s<code>@%s would be %d bytes, over %d "+
+				"(a byte other than A-Z, a-z, 0-9, '_' and '-' takes 3: a Cyrillic letter 6)", longestNodeName, longestRelay, l, maxNATSName)
 		}
 		if n == nil {
 			add(p, "empty node; give it a pickup and/or deliver")
@@ -779,8 +787,8 @@ const NotEnvName = "is not an environment variable name (value not shown: put th
 const maxNATSName = 255
 
 // longestNodeName is the longest prefix of a NATS name made of a node
-// code's Token: the delivery consumer's (bus.ConsumerName); the fetch
-// consumer's, fetch_, is shorter.
+// code's Token and a relay id's: the delivery consumer's
+// (bus.ConsumerName); the fetch consumer's, fetch_, is shorter.
 const longestNodeName = "deliver_"
 
 // validEnvName accepts POSIX-ish variable names.

@@ -409,17 +409,18 @@ func TestParseReportsEveryError(t *testing.T) {
 }
 
 // TestNodeCodeNATSNameLength proves that a node code is refused where its
-// delivery consumer's name, deliver_<token>, would pass JetStream's 255
-// bytes (the relay then failed at start), and taken up to them.
+// delivery consumer's name, deliver_<token>@<relay id>, would pass
+// JetStream's 255 bytes (the relay then failed at start), and taken up to
+// them (relay id "relay", the default).
 func TestNodeCodeNATSNameLength(t *testing.T) {
 	for _, c := range []struct {
 		code string
 		ok   bool
 	}{
-		{strings.Repeat("a", 247), true},
-		{strings.Repeat("a", 248), false},
-		{strings.Repeat("Ц", 41), true}, // 246 bytes of token
-		{strings.Repeat("Ц", 42), false},
+		{strings.Repeat("a", 241), true},
+		{strings.Repeat("a", 242), false},
+		{strings.Repeat("Ц", 40), true}, // 240 bytes of token
+		{strings.Repeat("Ц", 41), false},
 	} {
 		cfg, err := Parse([]byte("nodes:\n  " + c.code + ":\n    deliver: { dir: ./a }\n"))
 		if err != nil {

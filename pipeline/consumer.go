@@ -11,6 +11,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/relay1c/relay/bus"
 )
 
 // consumerSubscriber is a Watermill subscriber on a durable JetStream pull
@@ -29,6 +31,7 @@ type consumerSubscriber struct {
 	js           jetstream.JetStream
 	stream       string
 	consumer     jetstream.ConsumerConfig
+	legacy       string
 	pullOpts     []jetstream.PullMessagesOpt
 	unmarshaler  msgUnmarshaler
 	logger       watermill.LoggerAdapter
@@ -65,6 +68,8 @@ type consumerSubscriberConfig struct {
 	// this config on every Subscribe.
 	Stream   string
 	Consumer jetstream.ConsumerConfig
+	// Legacy is the name the consumer had before (bus.EnsureConsumer).
+	Legacy string
 	// PullOptions are passed to Messages (e.g. PullMaxMessages(1)).
 	PullOptions []jetstream.PullMessagesOpt
 	Unmarshaler msgUnmarshaler
@@ -89,7 +94,7 @@ func newConsumerSubscriber(cfg consumerSubscriberConfig) (*consumerSubscriber, e
 		cfg.CloseTimeout = 30 * time.Second
 	}
 	return &consumerSubscriber{
-		js: js, stream: cfg.Stream, consumer: cfg.Consumer, pullOpts: cfg.PullOptions,
+		js: js, stream: cfg.Stream, consumer: cfg.Consumer, legacy: cfg.Legacy, pullOpts: cfg.PullOptions,
 		unmarshaler: cfg.Unmarshaler, logger: cfg.Logger,
 		closeTimeout: cfg.CloseTimeout,
 		subs:         map[*consumeSub]struct{}{},
@@ -128,7 +133,7 @@ func (s *consumerSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *m
 	if s.closed {
 		return nil, errors.New("subscriber closed")
 	}
-	c, err := s.js.CreateOrUpdateConsumer(ctx, s.stream, s.consumer)
+	c, err := bus.EnsureConsumer(ctx, s.js, s.stream, s.consumer, s.legacy)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", s.consumer.Durable, err)
 	}

@@ -64,7 +64,7 @@ func newTestSubscriber(t *testing.T, nc *nats.Conn, node string, ackWait time.Du
 		Conn:   nc,
 		Stream: bus.StreamExchange,
 		Consumer: jetstream.ConsumerConfig{
-			Durable:       bus.ConsumerName(node),
+			Durable:       bus.ConsumerName("r1", node),
 			FilterSubject: bus.DeliverSubjects(node),
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       ackWait,
@@ -187,7 +187,7 @@ func TestConsumerAckNack(t *testing.T) {
 	case <-time.After(700 * time.Millisecond):
 	}
 	js, _ := jetstream.New(nc)
-	c, err := js.Consumer(context.Background(), bus.StreamExchange, bus.ConsumerName("N1"))
+	c, err := js.Consumer(context.Background(), bus.StreamExchange, bus.ConsumerName("r1", "N1"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -236,7 +236,7 @@ func (p *Pipeline) payloadInUse(ctx context.Context, l DeadLetter) (bool, error)
 	// Records up to the delivery consumer's ack floor are done (they stay
 	// in the stream until PurgeDone): only those after it may wait.
 	next := uint64(1)
-	if c, err := p.b.Exchange.Consumer(ctx, bus.ConsumerName(l.Header.To)); err == nil {
+	if c, err := p.b.Exchange.Consumer(ctx, bus.ConsumerName(p.cfg.Relay.ID, l.Header.To)); err == nil {
 		if ci, err := c.Info(ctx); err == nil {
 			next = ci.AckFloor.Stream + 1
 		}

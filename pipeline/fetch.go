@@ -63,9 +63,10 @@ func (f *fetch) LastError() (string, time.Time) {
 	return f.trouble, f.troubleAt
 }
 
-// fetchConsumer is the durable consumer, in the other relay's EXCHANGE
-// stream, of the records for node.
-func fetchConsumer(node string) string { return "fetch_" + bus.Token(node) }
+// fetchConsumer is the durable consumer, in the EXCHANGE stream of relay
+// (the other relay's JetStream domain), of the records for node: named for
+// that domain, as bus.ConsumerName says why.
+func fetchConsumer(node, relay string) string { return bus.ConsumerFor("fetch", node, relay) }
 
 // wireFetches plans a fetch for every node this relay serves by name
 // (nodes.X.relay is its id) from every other relay routing.yaml names.
@@ -215,7 +216,7 @@ func (f *fetch) session(ctx context.Context) (worked bool, err error) {
 	}
 	cons, err := f.consumer(ctx, remote)
 	if err != nil {
-		return false, fmt.Errorf("relay %s: consumer %s: %w", f.relay, fetchConsumer(f.node), err)
+		return false, fmt.Errorf("relay %s: consumer %s: %w", f.relay, fetchConsumer(f.node, f.relay), err)
 	}
 	f.setTrouble(nil)
 	f.log.Info("fetching from relay " + f.relay)
@@ -389,8 +390,8 @@ func (f *fetch) resolved(ctx context.Context, l *lane, h exchange.Header, id str
 // consumer is the durable consumer at the other relay that f reads its
 // node's records with.
 func (f *fetch) consumer(ctx context.Context, remote *bus.Bus) (jetstream.Consumer, error) {
-	return remote.Exchange.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       fetchConsumer(f.node),
+	return bus.EnsureConsumer(ctx, remote.JS, bus.StreamExchange, jetstream.ConsumerConfig{
+		Durable:       fetchConsumer(f.node, f.relay),
 		Description:   "relay " + f.p.cfg.Relay.ID + " fetches the messages for node " + f.node,
 		FilterSubject: bus.DeliverSubjects(f.node),
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -403,7 +404,7 @@ func (f *fetch) consumer(ctx context.Context, remote *bus.Bus) (jetstream.Consum
 		// the later ones — a sequential channel would see its newer
 		// numbers first and the older ones as stale.
 		MaxAckPending: 1,
-	})
+	}, bus.LegacyConsumerFor("fetch", f.node))
 }
 
 // dropRemote removes the other relay's copy of a payload now held here.

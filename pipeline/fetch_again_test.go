@@ -50,7 +50,7 @@ func TestFetchKeepsOrderAfterInterruptedBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons, err := remote.Exchange.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       fetchConsumer("OFF"),
+		Durable:       fetchConsumer("OFF", "hq"),
 		Description:   "relay " + cfg.Relay.ID + " fetches the messages for node OFF",
 		FilterSubject: bus.DeliverSubjects("OFF"),
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -137,7 +137,7 @@ func fetchedAll(ctx context.Context, t *testing.T, hb *bus.Bus, node string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		c, err := hb.Exchange.Consumer(ctx, fetchConsumer(node))
+		c, err := hb.Exchange.Consumer(ctx, fetchConsumer(node, "hq"))
 		if err == nil {
 			if ci, err := c.Info(ctx); err == nil && ci.NumPending == 0 && ci.NumAckPending == 0 && ci.Delivered.Stream > 0 {
 				return

@@ -238,7 +238,7 @@ func TestFetchRecreatedConsumerCountsNothingAgain(t *testing.T) {
 
 	// The head office's fetch consumer is gone; the office's next session
 	// creates it again.
-	if err := hb.Exchange.DeleteConsumer(ctx, fetchConsumer("OFF")); err != nil {
+	if err := hb.Exchange.DeleteConsumer(ctx, fetchConsumer("OFF", "hq")); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -405,7 +405,7 @@ func TestFetchRecreatedConsumerByNameNoFalseDeadLetter(t *testing.T) {
 		}
 	}
 	before, _ := p.States().Get(ctx, "P", "HQ1", "OFF")
-	if err := hb.Exchange.DeleteConsumer(ctx, fetchConsumer("OFF")); err != nil {
+	if err := hb.Exchange.DeleteConsumer(ctx, fetchConsumer("OFF", "hq")); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)

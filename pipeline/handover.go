@@ -93,9 +93,14 @@ func (h *handover) run(ctx context.Context) {
 // step counts the records fetched since the last step.
 func (h *handover) step(ctx context.Context) error {
 	b := h.p.b
-	cons, err := b.Exchange.Consumer(ctx, fetchConsumer(h.node))
+	cons, err := b.Exchange.Consumer(ctx, fetchConsumer(h.node, h.p.cfg.Relay.ID))
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil // the other relay has not fetched yet
+		// The other relay runs a version before the names carried the
+		// domain, or has not fetched yet.
+		cons, err = b.Exchange.Consumer(ctx, bus.LegacyConsumerFor("fetch", h.node))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil
+		}
 	}
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
@@ -238,12 +240,124 @@ func TestRequeuedAfterDeathDelivered(t *testing.T) {
 		tries := d.seen[4]
 		d.mu.Unlock()
 		waiting := -1
-		if cons, err := b.Exchange.Consumer(context.Background(), bus.ConsumerName("DST")); err == nil {
+		if cons, err := b.Exchange.Consumer(context.Background(), bus.ConsumerName("r1", "DST")); err == nil {
 			if ci, err := cons.Info(context.Background()); err == nil {
 				waiting = ci.NumAckPending + int(ci.NumPending)
 			}
 		}
 		t.Fatalf("No 4 queued again after its death: the destination received %v (attempts of No 4: %d; records still waiting in the consumer: %d), want [4]; state: delivered No %d, dead No %d, resolved %d, last error %q — the second record was acked as \"resolved already\" because its id equals the dead record's LastMsgID",
 			got, tries, waiting, c.DeliveredNo, c.DeadNo, c.Resolved, c.LastError)
+	}
+}
+
+// scriptedKVRig is startStateRig with the delivery lane's KV scripted by the caller.
+func scriptedKVRig(t *testing.T, mode string, d *scriptedDelivery, rig *stateRig, kv *lossyKV) (run func()) {
+	t.Helper()
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: `+mode+`, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	rig.p, rig.b, rig.d = p, b, d
+	kv.KeyValue = b.Channels
+	l := p.laneOn(b, p.log)
+	l.states = p.states.on(kv)
+	in := &inflight{}
+	handle := p.deliverHandler("DST", p.cfg.Nodes["DST"], d, l, in)
+	return func() { runStateRig(t, rig, handle, in) }
+}
+
+// TestStaleWriteAppliedAnswerLostCountedOnce: No 4 arrives after No 5
+// was delivered and is dropped as stale. Its channel-state write reaches
+// the KV but the answer is lost, and the KV stays unreachable for the
+// read-backs Update makes (a few seconds): Update returns an error, the
+// record is nacked. Offered again, it was judged against the relay's cached
+// state (which lags: no RecentSeqs entry) and finished a second time:
+// Stale and Resolved counted twice, pending wrong for good (found by
+// review). finish now writes nothing for a record the state lists.
+func TestStaleWriteAppliedAnswerLostCountedOnce(t *testing.T) {
+	rig := &stateRig{}
+	d := &scriptedDelivery{}
+	var armed atomic.Bool
+	var getFails atomic.Int32
+	kv := &lossyKV{}
+	kv.onUpdate = func(ctx context.Context, key string, v []byte, last uint64) (bool, uint64, error) {
+		var c Channel
+		_ = json.Unmarshal(v, &c)
+		if c.Stale == 1 && armed.CompareAndSwap(false, true) {
+			if _, err := kv.KeyValue.Update(ctx, key, v, last); err != nil {
+				t.Errorf("setup: %v", err)
+			}
+			getFails.Store(6) // the KV unreachable a moment longer
+			return true, 0, nats.ErrTimeout
+		}
+		return false, 0, nil
+	}
+	kv.onGet = func(ctx context.Context, key string) (bool, jetstream.KeyValueEntry, error) {
+		if getFails.Add(-1) >= 0 {
+			return true, nil, nats.ErrTimeout
+		}
+		return false, nil, nil
+	}
+	run := scriptedKVRig(t, "latest", d, rig, kv)
+	ingestNo(t, rig.p, 5)
+	ingestNo(t, rig.p, 4)
+	run()
+	c := waitOwnRead(t, rig, 20*time.Second, func(c Channel) bool { return c.Resolved >= 2 && rig.failedRuns.Load() > 0 })
+	time.Sleep(3 * time.Second)
+	c = waitOwnRead(t, rig, 0, func(Channel) bool { return true })
+	if rig.failedRuns.Load() == 0 {
+		t.Fatalf("setup: no failed run; state %+v", c)
+	}
+	if c.Stale != 1 || c.Resolved != 2 || c.Queued != 2 {
+		t.Fatalf("2 queued (No 5 delivered, No 4 stale): want stale 1, resolved 2, queued 2; got stale %d, resolved %d, queued %d, delivered %v: the stale record, its write applied but unanswered, was counted again when offered again",
+			c.Stale, c.Resolved, c.Queued, d.delivered())
+	}
+}
+
+// waitOwnRead is waitChannel reading through a States of its own, so that the
+// test's reads do not refresh the pipeline's cache of channel states.
+func waitOwnRead(t *testing.T, rig *stateRig, within time.Duration, ok func(Channel) bool) Channel {
+	t.Helper()
+	s := NewStates(rig.b.Channels)
+	var c Channel
+	for deadline := time.Now().Add(within); ; time.Sleep(50 * time.Millisecond) {
+		var err error
+		if c, err = s.Get(context.Background(), "P", "SRC", "DST"); err == nil && ok(c) || !time.Now().Before(deadline) {
+			return c
+		}
+	}
+}
+
+// TestUnreadableRecordOneLetterAfterLostAck: a record the delivery cannot
+// read (no header) is dead-lettered and acked; its ack is lost (the relay
+// stopped right after the letter, or its AckWait passed) and JetStream offers
+// it again: a second dead letter for the same record (found by review). Its
+// letter carries its stream sequence now, the Nats-Msg-Id the delivery's
+// other letters have.
+func TestUnreadableRecordOneLetterAfterLostAck(t *testing.T) {
+	rig := &stateRig{}
+	var once atomic.Bool
+	rig.loseAck = func(no uint64) bool { return no == 0 && once.CompareAndSwap(false, true) }
+	run := startStateRig(t, "sequential", &scriptedDelivery{}, rig)
+	if _, err := rig.b.JS.Publish(context.Background(), bus.Subject("P", "SRC", "DST"), []byte("not a record")); err != nil {
+		t.Fatal(err)
+	}
+	run()
+	var ls []DeadLetter
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ls, _ = rig.p.Dead().List(context.Background())
+		if rig.lost.Load() == 1 && len(ls) >= 1 {
+			break
+		}
+	}
+	time.Sleep(2 * time.Second) // the record's second offer has surely been handled
+	ls, _ = rig.p.Dead().List(context.Background())
+	if rig.lost.Load() != 1 {
+		t.Fatalf("setup: no ack lost (letters %d)", len(ls))
+	}
+	if len(ls) != 1 {
+		t.Fatalf("one unreadable record, its ack lost once: %d dead letters, want 1", len(ls))
 	}
 }
