@@ -562,10 +562,32 @@ func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, ob
 	}); err != nil {
 		return err
 	}
-	if obj != "" {
+	if obj != "" && !l.laterNames(ctx, h, seq, obj) {
 		l.drop(obj)
 	}
 	return nil
+}
+
+// laterNames says a record queued on h's channel after the one at stream
+// sequence seq names the payload obj: a message routed by name taken in
+// again while its first record waited (relay send again, the file put
+// back past the duplicate window) is one payload for both, and the first
+// record's finish deleted it under the second (found by review: superseded
+// by itself, a sealed zip was lost). Numbered messages need no look: one
+// of the same number and content is a duplicate when its turn comes. Any
+// doubt (the look fails, too many records) keeps the payload: one left
+// behind costs space, one deleted costs the message.
+func (l *lane) laterNames(ctx context.Context, h exchange.Header, seq uint64, obj string) bool {
+	if !h.ByName() || seq == 0 {
+		return false
+	}
+	found, n := false, 0
+	err := eachMsg(ctx, l.b.Exchange, bus.Subject(h.ExchangePlan, h.From, h.To), seq+1, func(raw *jetstream.RawStreamMsg) bool {
+		n++
+		found = n > maxInUseScan || raw.Header.Get(exchange.MetaObject) == obj
+		return !found
+	})
+	return found || err != nil
 }
 
 // outcome is a resolved record's channel-state update (finish's
