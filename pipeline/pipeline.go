@@ -328,6 +328,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	<-watched
 	stopFetches()
 	<-fetchDone
+	p.unrecorded.releaseAll()
 	p.started.Store(false)
 	p.close()
 	if errors.Is(err, context.Canceled) {

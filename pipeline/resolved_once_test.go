@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -359,5 +361,90 @@ func TestUnreadableRecordOneLetterAfterLostAck(t *testing.T) {
 	}
 	if len(ls) != 1 {
 		t.Fatalf("one unreadable record, its ack lost once: %d dead letters, want 1", len(ls))
+	}
+}
+
+// TestReplicaStateWriteFailedKeepsChannel: two replicas share the
+// node's consumer on a shared NATS (leases set). On a latest channel No 6
+// and No 5 are taken in out of order. Replica A delivers No 6 to a
+// destination that cannot say what it holds, and its channel-state write
+// fails: the outcome is kept in A's memory only (p.unrecorded) and the
+// record nacked. Replica B took the channel's next records: it judged No 5
+// by the bucket (delivered No 0) and wrote it after No 6, then No 6 again
+// (found by review). A keeps the channel's lease until the outcome is
+// written: B waits.
+func TestReplicaStateWriteFailedKeepsChannel(t *testing.T) {
+	b := testBus(t)
+	d := &scriptedDelivery{}
+	yaml := `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: latest, deliver: { dir: ./dst } }
+`
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	in := &inflight{}
+	mk := func(owner string, kv jetstream.KeyValue) (*Pipeline, func(*message.Message) error) {
+		p := newPipeline(t, yaml, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+		p.leases = &leases{kv: b.Leases, owner: owner, ttl: 5 * time.Second, log: log}
+		l := p.laneOn(b, p.log)
+		l.states = p.states.on(kv)
+		return p, p.deliverHandler("DST", p.cfg.Nodes["DST"], d, l, in)
+	}
+	var down atomic.Bool
+	kvA := &lossyKV{KeyValue: b.Channels}
+	kvA.onUpdate = func(ctx context.Context, key string, v []byte, last uint64) (bool, uint64, error) {
+		if down.Load() {
+			return true, 0, nats.ErrTimeout
+		}
+		return false, 0, nil
+	}
+	d.fail = func(no uint64, attempt int) error {
+		if no == 6 && attempt == 1 {
+			down.Store(true) // A's state write after this delivery fails
+		}
+		return nil
+	}
+	pA, handleA := mk("a", kvA)
+	_, handleB := mk("b", b.Channels)
+	ingestNo(t, pA, 6)
+	ingestNo(t, pA, 5)
+
+	// One consumer, records handed to A first, then (A busy elsewhere) to B:
+	// as JetStream hands a nacked record to whichever replica pulls.
+	nc := testConn(t, b)
+	s := newTestSubscriber(t, nc, "DST", 5*time.Second, in)
+	ctx, cancel := context.WithCancel(context.Background())
+	out, err := s.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m := range out {
+			handle := handleB
+			if runs.Add(1) == 1 {
+				handle = handleA
+			}
+			if err := handle(m); err != nil {
+				m.Nack()
+			} else {
+				m.Ack()
+			}
+			down.Store(false)
+		}
+	}()
+	t.Cleanup(func() { cancel(); closeWithin(t, s, 10*time.Second); <-done })
+
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if c, err := NewStates(b.Channels).Get(context.Background(), "P", "SRC", "DST"); err == nil && c.Pending() == 0 && c.Resolved >= 2 {
+			break
+		}
+	}
+	time.Sleep(time.Second)
+	got := d.delivered()
+	if !slices.Equal(got, []uint64{6}) {
+		t.Fatalf("latest channel, two replicas: the destination received %v, want [6]: replica A delivered No 6, its state write failed and the outcome stayed in A's memory; replica B, judging by the bucket, wrote No 5 after No 6 (and No 6 again)", got)
 	}
 }

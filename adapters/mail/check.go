@@ -56,7 +56,7 @@ func CheckIMAP(ctx context.Context, node string, cfg IMAPConfig, log *slog.Logge
 	if err != nil {
 		return "", err
 	}
-	c, err := dialIMAP(ctx, &cfg.Server, t, tc, log, nil)
+	c, _, err := dialIMAP(ctx, &cfg.Server, t, tc, log, nil)
 	if err != nil {
 		return "", withHint(fmt.Errorf("imap %s: %w", node, err))
 	}

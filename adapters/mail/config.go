@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/idna"
 	"gopkg.in/yaml.v3"
 
 	"github.com/relay1c/relay/config"
@@ -265,22 +266,52 @@ func (c *IMAPConfig) pattern() (*regexp.Regexp, error) {
 	return re, nil
 }
 
-// allowed reports whether a sender address may hand in messages.
+// allowed reports whether a sender address may hand in messages. Case
+// does not count, nor the form of a domain in another script: склад.рф in
+// allowed_senders matches the xn--80aiqe2a.xn--p1ai a sending relay writes
+// (found by review: it never did), and the other way round.
 func (c *IMAPConfig) allowed(addr string) bool {
 	if len(c.AllowedSenders) == 0 {
 		return true
 	}
-	addr = strings.ToLower(strings.TrimSpace(addr))
+	addr = senderKey(strings.TrimSpace(addr))
 	for _, s := range c.AllowedSenders {
-		s = strings.ToLower(s)
-		if s == addr || (strings.HasPrefix(s, "@") && strings.HasSuffix(addr, s)) {
+		s = strings.TrimSpace(s)
+		if strings.HasPrefix(s, "@") {
+			if strings.HasSuffix(addr, "@"+domainKey(s[1:])) {
+				return true
+			}
+			continue
+		}
+		if senderKey(s) == addr {
 			return true
 		}
-		if a, err := mail.ParseAddress(s); err == nil && strings.ToLower(a.Address) == addr {
+		if a, err := mail.ParseAddress(s); err == nil && senderKey(a.Address) == addr {
 			return true
 		}
 	}
 	return false
+}
+
+// senderKey is addr as allowed compares it: lower case, the domain in its
+// ASCII (IDNA) form.
+func senderKey(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return strings.ToLower(addr)
+	}
+	return strings.ToLower(addr[:at]) + "@" + domainKey(addr[at+1:])
+}
+
+// domainKey is a domain in lower case and, when it is in another script,
+// in its ASCII (IDNA) form; one with no such form stays as it is.
+func domainKey(domain string) string {
+	if nonASCII(domain) {
+		if d, err := idna.Lookup.ToASCII(domain); err == nil {
+			domain = d
+		}
+	}
+	return strings.ToLower(domain)
 }
 
 func (s *Server) validate(proto string) []error {

@@ -429,6 +429,14 @@ func TestIMAPAllowed(t *testing.T) {
 		{[]string{"a@example.org", "@branch.example", "WH <wh@example.com>"}, "a@example.org", true},
 		{[]string{"a@example.org", "@branch.example", "WH <wh@example.com>"}, "wh@example.com", true},
 		{[]string{"a@example.org", "@branch.example", "WH <wh@example.com>"}, "b@example.org", false},
+		// A domain in another script matches in either form, and case
+		// counts in neither (found by review: only the same form did).
+		{[]string{"obmen@склад.рф"}, "obmen@xn--80aiqe2a.xn--p1ai", true},
+		{[]string{"@СКЛАД.РФ"}, "obmen@xn--80aiqe2a.xn--p1ai", true},
+		{[]string{"Склад <obmen@склад.рф>"}, "obmen@XN--80AIQE2A.XN--P1AI", true},
+		{[]string{"@xn--80aiqe2a.xn--p1ai"}, "obmen@Склад.рф", true},
+		{[]string{"@склад.рф"}, "obmen@sub.xn--80aiqe2a.xn--p1ai", false},
+		{[]string{"obmen@склад.рф"}, "other@xn--80aiqe2a.xn--p1ai", false},
 	} {
 		cfg := IMAPConfig{AllowedSenders: c.senders}
 		if got := cfg.allowed(c.addr); got != c.want {

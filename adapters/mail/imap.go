@@ -12,6 +12,7 @@ import (
 	"maps"
 	"mime"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -75,6 +76,8 @@ type Pickup struct {
 	// scan of a session cleared it at once).
 	unquarantined error
 	wake          chan struct{}
+	// conn is the current session's connection, nil between sessions.
+	conn *progressConn
 }
 
 // verdict is what the pickup decided about a mail it has looked at.
@@ -242,7 +245,7 @@ func (p *Pickup) run(ctx context.Context, out chan<- *message.Message) {
 // session logs in, selects the mailbox and scans it until an error.
 // worked tells whether it got as far as a scan.
 func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (worked bool, err error) {
-	c, err := dialIMAP(ctx, &p.cfg.Server, p.t, p.tc, p.log, &imapclient.UnilateralDataHandler{
+	c, conn, err := dialIMAP(ctx, &p.cfg.Server, p.t, p.tc, p.log, &imapclient.UnilateralDataHandler{
 		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
 			if d.NumMessages != nil {
 				select {
@@ -255,6 +258,8 @@ func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (work
 	if err != nil {
 		return false, fmt.Errorf("imap %s: %w", p.node, err)
 	}
+	p.conn = conn
+	defer func() { p.conn = nil }()
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
@@ -303,6 +308,8 @@ func (p *Pickup) wait(ctx context.Context, c *imapclient.Client) error {
 			return fmt.Errorf("imap %s: IDLE: %w", p.node, err)
 		}
 	}
+	// No reply is due while the session waits: a quiet server is fine.
+	p.conn.wait(true)
 	select {
 	case <-p.wake:
 	case <-timer.C:
@@ -310,6 +317,7 @@ func (p *Pickup) wait(ctx context.Context, c *imapclient.Client) error {
 	case <-p.Closing():
 	case <-c.Closed():
 	}
+	p.conn.wait(false)
 	if idle != nil {
 		if err := idle.Close(); err != nil {
 			return fmt.Errorf("imap %s: end IDLE: %w", p.node, err)
@@ -927,6 +935,8 @@ func maxMailSize(lim exchange.Limits) int64 {
 // its mails are committed.
 func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logger, uids []imap.UID, name, sha string, f folder.Fetched, problem string, out chan<- *message.Message) (taken bool, err error) {
 	where := p.where(uids[0])
+	// The pipeline may take its time to ack: no reply is due meanwhile.
+	p.conn.wait(true)
 	msg, bad := folder.NewMessage(p.node, p.cfg.IsNode, where, name, f, p.lim, p.pw)
 	switch {
 	case problem != "":
@@ -938,7 +948,9 @@ func (p *Pickup) emit(ctx context.Context, c *imapclient.Client, log *slog.Logge
 	if problem != "" {
 		msg.Metadata.Set(exchange.MetaProblem, problem)
 	}
-	switch folder.Hand(ctx, p.Closing(), out, msg) {
+	handed := folder.Hand(ctx, p.Closing(), out, msg)
+	p.conn.wait(false)
+	switch handed {
 	case folder.Acked:
 	case folder.Nacked:
 		// Left in the mailbox; the next scan offers it again.
@@ -1338,8 +1350,8 @@ func (p *Pickup) readAttachment(r io.Reader, f *os.File, start int64) (attachmen
 	}
 	var levels []*level
 	for {
-		mediaType, params, _ := h.ContentType()
-		name, candidate := attachmentName(h, mediaType)
+		mediaType, params := partType(h)
+		name, candidate := attachmentName(h, mediaType, params)
 		switch {
 		case strings.HasPrefix(mediaType, "multipart/"):
 			if len(levels) < maxMIMEDepth {
@@ -1430,22 +1442,167 @@ func (l *headerLimit) Read(b []byte) (int, error) {
 }
 
 // attachmentName returns the file name a part carries (Content-Disposition
-// filename, else Content-Type name) and whether the part can be the
-// exchange file. A named part can, whatever its disposition: mail clients
-// attach files as "inline; filename=..." or with a name and no disposition
-// at all. An unnamed one can when go-message would call it an attachment
-// (not inline, and not text unless it says attachment).
-func attachmentName(h gomessage.Header, mediaType string) (string, bool) {
-	disp, dparams, _ := h.ContentDisposition()
+// filename, else the Content-Type name among cparams) and whether the part
+// can be the exchange file. A named part can, whatever its disposition: mail
+// clients attach files as "inline; filename=..." or with a name and no
+// disposition at all. An unnamed one can when go-message would call it an
+// attachment (not inline, and not text unless it says attachment).
+func attachmentName(h gomessage.Header, mediaType string, cparams map[string]string) (string, bool) {
+	disp, dparams := mediaField(h.Get("Content-Disposition"))
 	name := dparams["filename"]
 	if name == "" {
-		_, cparams, _ := h.ContentType()
 		name = cparams["name"]
 	}
 	if name != "" {
 		return name, true
 	}
 	return "", disp == "attachment" || (disp != "inline" && !strings.HasPrefix(mediaType, "text/"))
+}
+
+// partType is the media type of a part and its parameters, as mediaField
+// reads them; a part without Content-Type is text/plain.
+func partType(h gomessage.Header) (string, map[string]string) {
+	v := h.Get("Content-Type")
+	if v == "" {
+		return "text/plain", map[string]string{}
+	}
+	return mediaField(v)
+}
+
+// mediaField reads a Content-Type or Content-Disposition field: its value
+// in lower case and its parameters, RFC 2047 words in them decoded as
+// go-message does. Unlike go-message it keeps what a mail client meant
+// where mime.ParseMediaType gives up (found by review: the exchange file
+// went unseen and the mail was quarantined):
+//   - a parameter the standard does not allow, such as an unquoted raw
+//     UTF-8 name=Message_ЦО_ОП.xml, fails the whole field there, and
+//     go-message then took the raw field for the type: the media type is
+//     kept and the parameters are read leniently (lenientParams);
+//   - an RFC 2231 name in a charset other than UTF-8 or ASCII (filename*
+//     in windows-1251 or koi8-r) is dropped there: it is decoded here with
+//     go-message's charsets (extendedParam).
+func mediaField(v string) (string, map[string]string) {
+	value, params, err := mime.ParseMediaType(v)
+	if err != nil {
+		if value == "" {
+			// No valid type at all: what is written before the first
+			// parameter, as go-message would have it (a prefix check on
+			// "text/" still works).
+			base, _, _ := strings.Cut(v, ";")
+			value = strings.ToLower(strings.TrimSpace(base))
+		}
+		params = lenientParams(v)
+	}
+	dec := mime.WordDecoder{CharsetReader: charset.Reader}
+	for k, p := range params {
+		if d, err := dec.DecodeHeader(p); err == nil {
+			params[k] = d
+		}
+	}
+	for _, k := range []string{"filename", "name"} {
+		if x, ok := extendedParam(v, k); ok {
+			params[k] = x
+		}
+	}
+	return value, params
+}
+
+// rawParams splits the parameters of a field at each ';' into names (in
+// lower case) and values, with the quotes around a value removed and
+// nothing else undone; the first of a name counts. It is the fallback for
+// fields mime.ParseMediaType refuses, not a parser: a ';' inside quotes
+// ends a value too.
+func rawParams(v string) map[string]string {
+	params := map[string]string{}
+	_, rest, _ := strings.Cut(v, ";")
+	for seg := range strings.SplitSeq(rest, ";") {
+		key, val, ok := strings.Cut(seg, "=")
+		key = strings.ToLower(strings.TrimSpace(key))
+		if !ok || key == "" {
+			continue
+		}
+		val = strings.TrimSpace(val)
+		if len(val) >= 2 && val[0] == '"' && val[len(val)-1] == '"' {
+			val = val[1 : len(val)-1]
+		}
+		if _, dup := params[key]; !dup {
+			params[key] = val
+		}
+	}
+	return params
+}
+
+// lenientParams is rawParams without RFC 2231 (name*) parameters, each
+// value made valid UTF-8 (a raw 8-bit name in another charset keeps its
+// ASCII letters).
+func lenientParams(v string) map[string]string {
+	params := rawParams(v)
+	for k, p := range params {
+		if strings.Contains(k, "*") {
+			delete(params, k)
+			continue
+		}
+		params[k] = strings.ToValidUTF8(p, "\uFFFD")
+	}
+	return params
+}
+
+// extendedParam decodes the RFC 2231 parameter key (key*=charset'lang'value,
+// or continued as key*0*=..., key*1*=..., key*2=...) of field v: its
+// percent escapes undone and its charset converted to UTF-8 with
+// go-message's charsets. ok is false when v has none, or one that does not
+// decode (an unknown charset, a bad escape).
+func extendedParam(v, key string) (string, bool) {
+	raw := rawParams(v)
+	var pieces []string // each percent-encoded but the plain continuations
+	var plain []bool
+	if x, ok := raw[key+"*"]; ok {
+		pieces, plain = []string{x}, []bool{false}
+	} else if x, ok := raw[key+"*0*"]; ok {
+		pieces, plain = []string{x}, []bool{false}
+		for n := 1; ; n++ {
+			if x, ok := raw[key+"*"+strconv.Itoa(n)+"*"]; ok {
+				pieces, plain = append(pieces, x), append(plain, false)
+			} else if x, ok := raw[key+"*"+strconv.Itoa(n)]; ok {
+				pieces, plain = append(pieces, x), append(plain, true)
+			} else {
+				break
+			}
+		}
+	} else {
+		return "", false
+	}
+	cs, rest, ok := strings.Cut(pieces[0], "'")
+	if !ok {
+		return "", false
+	}
+	if _, pieces[0], ok = strings.Cut(rest, "'"); !ok {
+		return "", false
+	}
+	var b strings.Builder
+	for i, p := range pieces {
+		if !plain[i] {
+			var err error
+			if p, err = url.PathUnescape(p); err != nil {
+				return "", false
+			}
+		}
+		b.WriteString(p)
+	}
+	text := b.String()
+	switch strings.ToLower(cs) {
+	case "", "utf-8", "us-ascii":
+		return strings.ToValidUTF8(text, "\uFFFD"), true
+	}
+	r, err := charset.Reader(cs, strings.NewReader(text))
+	if err != nil {
+		return "", false
+	}
+	d, err := io.ReadAll(r)
+	if err != nil {
+		return "", false
+	}
+	return strings.ToValidUTF8(string(d), "\uFFFD"), true
 }
 
 // copyAttachment writes the body of a part to f at start. Only its transfer
@@ -1555,11 +1712,12 @@ func isMessageName(name string) bool {
 }
 
 // dialIMAP opens an authenticated session: connect, TLS (implicit or
-// STARTTLS), LOGIN. Pickup and `relay check` share it.
-func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slog.Logger, h *imapclient.UnilateralDataHandler) (*imapclient.Client, error) {
+// STARTTLS), LOGIN. Pickup and `relay check` share it. The progressConn
+// under the client is returned for the pickup to mark its waits.
+func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slog.Logger, h *imapclient.UnilateralDataHandler) (*imapclient.Client, *progressConn, error) {
 	pass, err := s.password()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if s.InsecureSkipVerify && t.tls() {
 		log.Warn("TLS certificate checks are off (insecure_skip_verify)")
@@ -1567,7 +1725,7 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 	d := net.Dialer{Timeout: s.ConnectTimeout.Std()}
 	tcp, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", t.addr, err)
+		return nil, nil, fmt.Errorf("connect %s: %w", t.addr, err)
 	}
 	// Under TLS too: the TLS layer sets its deadlines on, and reads
 	// through, this one.
@@ -1627,11 +1785,11 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 			raw.Close()
 		}
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	return c, nil
+	return c, raw, nil
 }
 
 // progressConn is the connection under imapclient. It turns every read
@@ -1640,22 +1798,32 @@ func dialIMAP(ctx context.Context, s *Server, t target, tc *tls.Config, log *slo
 // brings data, however long the whole response takes. imapclient gives a
 // whole literal (a mail of any size) one fixed 5 minutes and any other
 // response 30 seconds: a mail that took longer to download on a slow link
-// failed every time, and every mail behind it waited. A zero deadline
-// (imapclient's wait between responses, IDLE's included) stays zero.
+// failed every time, and every mail behind it waited.
+//
+// imapclient clears the deadline between responses and waits for the first
+// byte of the next one with none. A command sent makes that wait a
+// progress deadline too (found by review: a server that took a command and
+// never answered held the session for ever): from the write on, until the
+// pickup marks the session waiting (IDLE, poll_interval, the pipeline),
+// no byte for idle ends the session. While waiting, a zero deadline stays
+// zero: a quiet server is what the wait is for.
 type progressConn struct {
 	net.Conn
 	idle time.Duration
 
-	mu    sync.Mutex
-	armed bool // imapclient wants a deadline: renew it on progress
+	mu      sync.Mutex
+	armed   bool // imapclient wants a deadline: renew it on progress
+	expect  bool // a command was sent since the last wait: a reply is due
+	waiting bool // the pickup waits for something other than a reply
 }
 
-// SetReadDeadline arms the progress deadline (any non-zero t) or clears it.
+// SetReadDeadline arms the progress deadline (any non-zero t) or clears it;
+// a cleared one stays a progress deadline while a reply is due.
 func (c *progressConn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.armed = !t.IsZero()
-	if !c.armed {
+	if !c.armed && !c.expect {
 		return c.Conn.SetReadDeadline(time.Time{})
 	}
 	return c.Conn.SetReadDeadline(time.Now().Add(c.idle))
@@ -1669,12 +1837,50 @@ func (c *progressConn) SetDeadline(t time.Time) error {
 	return c.Conn.SetWriteDeadline(t)
 }
 
+// Write sends a command (or its part): unless the session is waiting, its
+// reply is due from now on, and the read that waits for it gets a progress
+// deadline.
+func (c *progressConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	if !c.waiting {
+		c.expect = true
+		if !c.armed {
+			if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+				c.mu.Unlock()
+				return 0, fmt.Errorf("arm the reply deadline: %w", err)
+			}
+		}
+	}
+	c.mu.Unlock()
+	return c.Conn.Write(b)
+}
+
+// wait marks the session waiting for something other than a reply (on)
+// or done with it (off). Waiting clears a due reply's deadline; what is
+// written while waiting (IDLE's restarts) expects none.
+func (c *progressConn) wait(on bool) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.waiting = on
+	if on {
+		c.expect = false
+		if !c.armed {
+			// Ends the progress deadline of a read already waiting; an
+			// error here shows on that read.
+			_ = c.Conn.SetReadDeadline(time.Time{})
+		}
+	}
+}
+
 // Read reads, and pushes an armed deadline on when data came.
 func (c *progressConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
 		c.mu.Lock()
-		if c.armed {
+		if c.armed || c.expect {
 			if derr := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); derr != nil && err == nil {
 				err = derr
 			}
