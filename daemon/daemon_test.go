@@ -162,11 +162,12 @@ func TestSecondRelayOnDataDirRefused(t *testing.T) {
 
 // TestNodeCodeValidatedIsRun proves that relay validate and JetStream agree
 // on how long a node code may be: its delivery consumer's name,
-// deliver_<token>, is at most 255 bytes. A code validate accepts (41
-// Cyrillic letters: 254 bytes) runs; one JetStream refuses (42: 260 bytes)
-// is a problem of routing.yaml instead of a relay that stops at start.
+// deliver_<token>@<relay id>, is at most 255 bytes. A code validate accepts
+// (40 Cyrillic letters, relay hq: 251 bytes) runs; one JetStream refuses
+// (41: 257 bytes) is a problem of routing.yaml instead of a relay that
+// stops at start.
 func TestNodeCodeValidatedIsRun(t *testing.T) {
-	for _, letters := range []int{41, 42} {
+	for _, letters := range []int{40, 41} {
 		code := strings.Repeat("Ц", letters)
 		t.Run(strconv.Itoa(letters), func(t *testing.T) {
 			base := t.TempDir()
@@ -175,7 +176,7 @@ func TestNodeCodeValidatedIsRun(t *testing.T) {
 				if want := "nodes." + code + ": node code is too long"; len(problems) != 1 || !strings.HasPrefix(problems[0], want) {
 					t.Fatalf("problems %q, want one starting %q", problems, want)
 				}
-				if letters == 41 {
+				if letters == 40 {
 					t.Fatalf("a code JetStream takes is refused: %s", problems[0])
 				}
 				return
