@@ -90,16 +90,7 @@ func TestLeafAckStaysInItsDomain(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	hub, leafURL, err := realserver.StartHub(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hub.Shutdown(); hub.WaitForShutdown() })
-	hq, err := Open(ctx, Settings{NATS: config.NATS{URL: hub.ClientURL()}, ID: "hq"}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(hq.Close)
+	hq, leafURL := hubAndHQ(ctx, t, log)
 	office, err := Open(ctx, Settings{NATS: config.NATS{Leaf: &config.Leaf{URL: leafURL}}, DataDir: t.TempDir(), ID: "office1"}, log)
 	if err != nil {
 		t.Fatal(err)
@@ -135,26 +126,14 @@ func TestLeafAckStaysInItsDomain(t *testing.T) {
 	if _, err := office.JS.Publish(ctx, Subject("P", "B", "Y"), []byte("office record")); err != nil {
 		t.Fatal(err)
 	}
-	take := func(c jetstream.Consumer) jetstream.Msg {
-		t.Helper()
-		batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for m := range batch.Messages() {
-			return m
-		}
-		t.Fatal("no record")
-		return nil
-	}
 	// The head office's delivery of its record is in flight (or held).
-	_ = take(hqC)
+	_ = takeOne(t, hqC)
 	time.Sleep(500 * time.Millisecond)
 	if info, err := hqC.Info(ctx); err != nil || info.NumAckPending != 1 {
 		t.Fatalf("control: hq deliver_Y before the office's ack: %+v, %v", info, err)
 	}
 	// The office delivers its own record and acks it.
-	if err := take(officeC).DoubleAck(ctx); err != nil {
+	if err := takeOne(t, officeC).DoubleAck(ctx); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -179,16 +158,7 @@ func TestFetchAckStaysInItsOffice(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	hub, leafURL, err := realserver.StartHub(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hub.Shutdown(); hub.WaitForShutdown() })
-	hq, err := Open(ctx, Settings{NATS: config.NATS{URL: hub.ClientURL()}, ID: "hq"}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(hq.Close)
+	hq, leafURL := hubAndHQ(ctx, t, log)
 	office := func(id string) (*Bus, *Bus) {
 		t.Helper()
 		o, err := Open(ctx, Settings{NATS: config.NATS{Leaf: &config.Leaf{URL: leafURL}}, DataDir: t.TempDir(), ID: id}, log)
@@ -230,24 +200,12 @@ func TestFetchAckStaysInItsOffice(t *testing.T) {
 	if _, err := o2.JS.Publish(ctx, Subject("P", "O2", "X"), []byte("from office2")); err != nil {
 		t.Fatal(err)
 	}
-	take := func(c jetstream.Consumer) jetstream.Msg {
-		t.Helper()
-		batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for m := range batch.Messages() {
-			return m
-		}
-		t.Fatal("no record")
-		return nil
-	}
-	m2 := take(c2) // hq's session with office2: copying
+	m2 := takeOne(t, c2) // hq's session with office2: copying
 	time.Sleep(500 * time.Millisecond)
 	if info, err := c2.Info(ctx); err != nil || info.NumAckPending != 1 {
 		t.Fatalf("control: office2 fetch_X before: %+v, %v", info, err)
 	}
-	if err := take(c1).DoubleAck(ctx); err != nil { // hq's session with office1: done
+	if err := takeOne(t, c1).DoubleAck(ctx); err != nil { // hq's session with office1: done
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -268,4 +226,35 @@ func TestFetchAckStaysInItsOffice(t *testing.T) {
 		t.Fatalf("office2's record, Nak'd after a failed copy, is never offered again: hq's ack of office1's record (same sequence, same consumer name fetch_X) acked it (office2 fetch_X ack floor %d, pending %d)",
 			info.AckFloor.Stream, info.NumAckPending)
 	}
+}
+
+// takeOne takes the next record c offers, within 5 s.
+func takeOne(t *testing.T, c jetstream.Consumer) jetstream.Msg {
+	t.Helper()
+	batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		return m
+	}
+	t.Fatal("no record")
+	return nil
+}
+
+// hubAndHQ starts a head office server with leaf node port (leafURL) and
+// opens the head office relay's bus on it, relay id hq.
+func hubAndHQ(ctx context.Context, t *testing.T, log *slog.Logger) (*Bus, string) {
+	t.Helper()
+	hub, leafURL, err := realserver.StartHub(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hub.Shutdown(); hub.WaitForShutdown() })
+	hq, err := Open(ctx, Settings{NATS: config.NATS{URL: hub.ClientURL()}, ID: "hq"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hq.Close)
+	return hq, leafURL
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -180,11 +181,7 @@ func TestFetchStaleRecordCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	runUntilEnd(t, p)
-	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(d.delivered(), 2); time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("setup: No 2 never delivered")
-		}
-	}
+	waitDelivered(t, d, 2)
 	// The older message, queued at hq after No 2.
 	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one, older/>", true)
 	fetchedAll(ctx, t, hb, "OFF")
@@ -219,16 +216,9 @@ func TestFetchRecreatedConsumerCountsNothingAgain(t *testing.T) {
 	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one/>", true)
 	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 2}, "<two/>", true)
 	d := &scriptedDelivery{}
-	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := officePipeline(t, cfg, ob, log, d)
 	runUntilEnd(t, p)
-	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(d.delivered(), 2); time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("setup: No 2 never delivered")
-		}
-	}
+	waitDelivered(t, d, 2)
 	fetchedAll(ctx, t, hb, "OFF")
 	time.Sleep(500 * time.Millisecond)
 	before, err := p.States().Get(ctx, "P", "HQ1", "OFF")
@@ -279,27 +269,16 @@ func TestFetchKilledBeforeCountNotDroppedAsDuplicate(t *testing.T) {
 
 	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one/>", true)
 	d := &scriptedDelivery{}
-	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := officePipeline(t, cfg, ob, log, d)
 	runUntilEnd(t, p)
-	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(d.delivered(), 1); time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("setup: No 1 never delivered")
-		}
-	}
+	waitDelivered(t, d, 1)
 	fetchedAll(ctx, t, hb, "OFF")
 
 	// What the fetch of No 2 killed between its publish here and its count
 	// left: the record and payload here (same message id as at hq).
 	h2 := exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 2}
 	putRecord(t, ob, h2, "<two/>", true)
-	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(d.delivered(), 2); time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("setup: No 2 never delivered")
-		}
-	}
+	waitDelivered(t, d, 2)
 	time.Sleep(300 * time.Millisecond)
 	before, _ := p.States().Get(ctx, "P", "HQ1", "OFF")
 	// The head office offers No 2's record again (its ack never came).
@@ -388,10 +367,7 @@ func TestFetchRecreatedConsumerByNameNoFalseDeadLetter(t *testing.T) {
 	a := putRecord(t, hb, h, "PK sealed zip A", true)
 	b := putRecord(t, hb, h, "PK sealed zip B", true)
 	d := &scriptedDelivery{}
-	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := officePipeline(t, cfg, ob, log, d)
 	runUntilEnd(t, p)
 	for deadline := time.Now().Add(20 * time.Second); len(d.delivered()) < 2; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -442,10 +418,7 @@ func TestFetchDeadLetterCountedOnceWhenAnotherResolvedMeanwhile(t *testing.T) {
 	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 1}, "<one/>", true)
 	putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 2}, "<two/>", false)
 	d := &scriptedDelivery{}
-	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := officePipeline(t, cfg, ob, log, d)
 	f := p.fetches[0]
 	// No 1: fetched and acked, as a session does.
 	lb, err := p.b.Lane(ctx, "fetch")
@@ -483,5 +456,26 @@ func TestFetchDeadLetterCountedOnceWhenAnotherResolvedMeanwhile(t *testing.T) {
 	if st.Dead != 1 || st.Queued != 2 || st.Resolved != 2 || len(dls) != 1 {
 		t.Fatalf("No 1 fetched and delivered, No 2 a dead letter (payload gone at hq) offered again after a kill: dead %d, queued %d, resolved %d, %d dead letters (want 1, 2, 2, 1); before the restart dead %d queued %d resolved %d; delivered %v",
 			st.Dead, st.Queued, st.Resolved, len(dls), mid.Dead, mid.Queued, mid.Resolved, d.delivered())
+	}
+}
+
+// officePipeline is the office relay's pipeline of officeAndHub, node OFF
+// delivered by d, with short ack waits.
+func officePipeline(t *testing.T, cfg *config.Config, ob *bus.Bus, log *slog.Logger, d *scriptedDelivery) *Pipeline {
+	t.Helper()
+	p, err := New(cfg, ob, scriptedEndpoints{"OFF": d}, log, Options{AckWait: 5 * time.Second, FetchAckWait: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// waitDelivered waits up to 20 s for d to have delivered No no.
+func waitDelivered(t *testing.T, d *scriptedDelivery, no uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(d.delivered(), no); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("setup: No %d never delivered", no)
+		}
 	}
 }
