@@ -306,9 +306,9 @@ func TestStaleWriteAppliedAnswerLostCountedOnce(t *testing.T) {
 	ingestNo(t, rig.p, 5)
 	ingestNo(t, rig.p, 4)
 	run()
-	c := waitOwnRead(t, rig, 20*time.Second, func(c Channel) bool { return c.Resolved >= 2 && rig.failedRuns.Load() > 0 })
+	waitOwnRead(t, rig, 20*time.Second, func(c Channel) bool { return c.Resolved >= 2 && rig.failedRuns.Load() > 0 })
 	time.Sleep(3 * time.Second)
-	c = waitOwnRead(t, rig, 0, func(Channel) bool { return true })
+	c := waitOwnRead(t, rig, 0, func(Channel) bool { return true })
 	if rig.failedRuns.Load() == 0 {
 		t.Fatalf("setup: no failed run; state %+v", c)
 	}
