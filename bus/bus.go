@@ -403,6 +403,9 @@ func startEmbedded(ctx context.Context, cfg config.NATS, dataDir, id string, log
 		opts.DontListen = false
 		opts.Host, opts.Port = host, p
 	}
+	if always, every, ok := cfg.SyncInterval(); ok {
+		opts.SyncAlways, opts.SyncInterval = always, every
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("nats: embedded server: %w", err)

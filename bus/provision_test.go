@@ -195,3 +195,31 @@ func TestEmbeddedJetStreamOffLost(t *testing.T) {
 		t.Fatalf("JetStream is off on the embedded server for good, yet Connected() = true (readyz 200) and Lost() never closes: relay runs on, moving nothing")
 	}
 }
+
+// TestOpenSync: nats.sync reaches the embedded server: always flushes the
+// store before each acknowledgement, a duration sets how often it is
+// flushed (a power loss loses what was written since).
+func TestOpenSync(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, tc := range []struct {
+		sync   string
+		always bool
+		every  time.Duration
+	}{
+		{"", false, 2 * time.Minute},
+		{"always", true, 2 * time.Minute},
+		{"10s", false, 10 * time.Second},
+	} {
+		b, err := Open(ctx, Settings{DataDir: t.TempDir(), ID: "t", NATS: config.NATS{Sync: tc.sync}}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		js := b.server.JetStreamConfig()
+		b.Close()
+		if js == nil || js.SyncAlways != tc.always || js.SyncInterval != tc.every {
+			t.Errorf("sync %q: server's JetStream config %+v, want always %v every %s", tc.sync, js, tc.always, tc.every)
+		}
+	}
+}

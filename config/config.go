@@ -90,6 +90,28 @@ type NATS struct {
 	// cluster (the head office): messages are stored here and move to and
 	// from the remote relays' JetStream domains whenever the link is up.
 	Leaf *Leaf `yaml:"leaf"`
+	// Sync, for the embedded server, is how often its store is flushed to
+	// the disk (a duration; default nats-server's 2m), or "always": before
+	// each write is acknowledged. A killed process loses nothing either
+	// way; a power loss or an OS crash loses what was written since the
+	// last flush, whose sources were committed already.
+	Sync string `yaml:"sync"`
+}
+
+// SyncAlways is nats.sync's value for a flush before every acknowledgement.
+const SyncAlways = "always"
+
+// SyncInterval is nats.sync read: always, or how often (0: the server's
+// default); ok false when it reads as neither.
+func (n NATS) SyncInterval() (always bool, every time.Duration, ok bool) {
+	switch n.Sync {
+	case "":
+		return false, 0, true
+	case SyncAlways:
+		return true, 0, true
+	}
+	d, err := time.ParseDuration(n.Sync)
+	return false, d, err == nil && d > 0
 }
 
 // Leaf is the `nats.leaf:` section.
@@ -591,6 +613,13 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		add("nats.replicas", "%d is not between 1 and 5", c.NATS.Replicas)
 	} else if c.NATS.Replicas > 1 && c.NATS.URL == "" {
 		add("nats.replicas", "applies to an external cluster; set nats.url or remove it")
+	}
+	if c.NATS.Sync != "" {
+		if _, _, ok := c.NATS.SyncInterval(); !ok {
+			add("nats.sync", "%q is neither a duration like 10s nor always", c.NATS.Sync)
+		} else if c.NATS.URL != "" {
+			add("nats.sync", "only for the embedded server (an external server's own config sets sync_interval); remove it or nats.url")
+		}
 	}
 	if time.Duration(c.Relay.LeaseTTL) < time.Second {
 		add("relay.lease_ttl", "%s is shorter than 1s", time.Duration(c.Relay.LeaseTTL))
