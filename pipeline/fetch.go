@@ -253,12 +253,26 @@ func (f *fetch) copy(ctx context.Context, l *lane, remote *bus.Bus, msg jetstrea
 	if meta, err := msg.Metadata(); err == nil {
 		remoteSeq = meta.Sequence.Stream
 	}
-	fetched := func(c *Channel) { c.FetchedSeq = max(c.FetchedSeq, remoteSeq) }
+	from := f.relay + "@" + remote.Exchange.CachedInfo().Created.UTC().Format(time.RFC3339Nano)
+	fetched := func(c *Channel) {
+		if c.FetchedFrom != from {
+			c.FetchedFrom, c.FetchedSeq = from, 0
+		}
+		c.FetchedSeq = max(c.FetchedSeq, remoteSeq)
+	}
 	payload := obj != ""
 	if herr == nil {
 		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
 		if err != nil {
 			return err
+		}
+		if st.FetchedFrom != from {
+			// Counted in another stream (made anew since, or another
+			// relay's), or in none yet: it tells nothing of this one
+			// (found by review of the check below: an office installed
+			// anew would have had its first records taken for old ones,
+			// acked and lost).
+			st.FetchedSeq = 0
 		}
 		if remoteSeq > 0 && remoteSeq <= st.FetchedSeq {
 			// Taken in here before, one record at a time in the other

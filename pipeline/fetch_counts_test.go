@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -476,6 +477,47 @@ func waitDelivered(t *testing.T, d *scriptedDelivery, no uint64) {
 	for deadline := time.Now().Add(20 * time.Second); !slices.Contains(d.delivered(), no); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("setup: No %d never delivered", no)
+		}
+	}
+}
+
+// TestFetchFromStreamMadeAnew: the other relay's EXCHANGE stream is made
+// anew (an office's store wiped, its relay installed again): its records
+// count from 1 again. A record at or below the channel's fetched_seq of the
+// old stream is not one taken in before; judged so, it would be acked
+// undelivered and lost (found by review of the fetched_seq check). The
+// channel state names the stream its fetched_seq counts in.
+func TestFetchFromStreamMadeAnew(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	hb, ob, cfg := officeAndHub(ctx, t, log)
+
+	for no := uint64(1); no <= 3; no++ {
+		putRecord(t, hb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: no}, fmt.Sprintf("<n%d/>", no), true)
+	}
+	d := &scriptedDelivery{}
+	p := officePipeline(t, cfg, ob, log, d)
+	runUntilEnd(t, p)
+	waitDelivered(t, d, 3)
+	fetchedAll(ctx, t, hb, "OFF")
+
+	// hq's stream made anew: No 4 is record 1 there.
+	if err := hb.JS.DeleteStream(ctx, bus.StreamExchange); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // another creation time
+	nb, err := bus.Open(ctx, bus.Settings{NATS: config.NATS{URL: hb.Conn.ConnectedUrl()}, ID: "hq"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nb.Close)
+	putRecord(t, nb, exchange.Header{ExchangePlan: "P", From: "HQ1", To: "OFF", MessageNo: 4}, "<n4/>", true)
+	for deadline := time.Now().Add(30 * time.Second); !slices.Contains(d.delivered(), 4); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			st, _ := p.States().Get(ctx, "P", "HQ1", "OFF")
+			t.Fatalf("No 4, record 1 of hq's new stream, never delivered (delivered %v; fetched_seq %d of %q): taken for a record fetched before", d.delivered(), st.FetchedSeq, st.FetchedFrom)
 		}
 	}
 }

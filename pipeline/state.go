@@ -88,6 +88,11 @@ type Channel struct {
 	// was kept): a record at or below it offered again was taken in here
 	// before, its ack lost or the other relay's consumer made anew.
 	FetchedSeq uint64 `json:"fetched_seq,omitempty"`
+	// FetchedFrom names the stream FetchedSeq counts in: the other relay's
+	// id and its EXCHANGE stream's creation time. A stream made anew (an
+	// office's store wiped, its relay installed again) counts from 1
+	// again, and its new records are not ones taken in here before.
+	FetchedFrom string `json:"fetched_from,omitempty"`
 	// Writes are random ids of the last writes of this state (recentWrites
 	// of them), newest last: a writer whose answer was lost finds its own
 	// among them even when another writer changed the channel since.
