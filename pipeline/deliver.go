@@ -320,15 +320,17 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		if err != nil {
 			return err
 		}
-		if seq > 0 && slices.Contains(st.RecentSeqs, seq) || timesOffered(in, m) > 1 && seq == 0 && m.UUID != "" && m.UUID == st.LastMsgID {
+		if timesOffered(in, m) > 1 && (seq > 0 && slices.Contains(st.RecentSeqs, seq) || seq == 0 && m.UUID != "" && m.UUID == st.LastMsgID) {
 			// Resolved already, its ack lost (the relay stopped before
-			// it, or its AckWait passed), whatever the outcome was, or
-			// offered anew by a consumer that took an older one over
-			// (bus.EnsureConsumer). By the record's stream sequence: the
-			// same message queued again (relay send, a re-pickup past
-			// the duplicate window) is a record of its own (found by
-			// review: one was acked undelivered behind a dead letter of
-			// the same id).
+			// it, or its AckWait passed), whatever the outcome was. By
+			// the record's stream sequence: the same message queued
+			// again (relay send, a re-pickup past the duplicate window)
+			// is a record of its own (found by review: one was acked
+			// undelivered behind a dead letter of the same id). A first
+			// offer is never taken for one (a stream made anew under
+			// kept channel states counts from 1 again); one from a
+			// consumer that took an older one over (bus.EnsureConsumer)
+			// is judged by its number, and finish counts it once.
 			log.Info("offered again after it was resolved; acked")
 			return nil
 		}
