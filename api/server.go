@@ -111,6 +111,11 @@ type Server struct {
 	// pullIdle is how long a pulling node may take no part of its file (a
 	// minute).
 	pullIdle time.Duration
+	// replyWait bounds the writing of any other answer, from its first
+	// byte: a caller that stops reading may not hold a handler, and its
+	// connection, for ever (found by review: anyone could, without a
+	// token, by asking for answers and never reading them).
+	replyWait time.Duration
 	// pushes holds a slot per push in progress: each spools up to
 	// max_message_size, so their number is what bounds the spool.
 	pushes chan struct{}
@@ -135,7 +140,7 @@ const retryAfter = "5"
 // endpoints to loopback clients; nodes with api_token_env authenticate with
 // their own tokens from anywhere, for their own messages only.
 func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *Server {
-	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{}, pushIdle: time.Minute, pullIdle: time.Minute,
+	s := &Server{cfg: cfg, be: be, token: token, log: log, mux: http.NewServeMux(), nodeTokens: map[string]string{}, pushIdle: time.Minute, pullIdle: time.Minute, replyWait: 2 * time.Minute,
 		pushes: make(chan struct{}, maxPushes), nodePushes: map[string]int{},
 		spool: filepath.Join(cfg.Resolve(cfg.Relay.DataDir), "spool", "api")}
 	// A token two nodes share (or a node and the operator) names none of
@@ -252,8 +257,54 @@ func (g *unreadGuard) FlushError() error {
 // Unwrap lets http.ResponseController reach the connection's deadlines.
 func (g *unreadGuard) Unwrap() http.ResponseWriter { return g.ResponseWriter }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. An answer is written within
+// replyWait of its first byte (a pull sets its own deadlines past that),
+// and flushed before the deadline is lifted for the connection's next
+// request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rw := &replyWriter{ResponseWriter: w, rc: http.NewResponseController(w), wait: s.replyWait}
+	s.handler.ServeHTTP(rw, r)
+	if rw.started {
+		_ = rw.rc.Flush()
+		_ = rw.rc.SetWriteDeadline(time.Time{})
+	}
+}
+
+// replyWriter sets the connection's write deadline when an answer starts.
+type replyWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	wait    time.Duration
+	started bool
+}
+
+func (w *replyWriter) start() {
+	if !w.started {
+		w.started = true
+		_ = w.rc.SetWriteDeadline(time.Now().Add(w.wait)) // a test's recorder has none
+	}
+}
+
+func (w *replyWriter) WriteHeader(code int) {
+	if code >= 200 {
+		w.start()
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *replyWriter) Write(b []byte) (int, error) {
+	w.start()
+	return w.ResponseWriter.Write(b)
+}
+
+// FlushError lets http.ResponseController flush through the writer.
+func (w *replyWriter) FlushError() error {
+	w.start()
+	return w.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection's deadlines.
+func (w *replyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Serve listens on addr until ctx ends.
 func (s *Server) Serve(ctx context.Context, addr string) error {
@@ -263,7 +314,8 @@ func (s *Server) Serve(ctx context.Context, addr string) error {
 	}
 	// IdleTimeout: a kept-alive connection nobody uses is closed. A body
 	// is bounded by the handler that reads it (push: pushIdle).
-	// A pull's writes are bounded by the handler too (pullIdle).
+	// A pull's writes are bounded by the handler too (pullIdle), any
+	// other answer's by ServeHTTP (replyWait).
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	stopped := make(chan struct{})
 	go func() {
