@@ -45,6 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	mode := fs.String("mode", "sequential", "throughput: node mode, sequential (every message written) or latest")
 	settle := fs.Duration("settle", 50*time.Millisecond, "pickup settle (dir and ftp pickups), > 0")
 	poll := fs.Duration("poll", 100*time.Millisecond, "pickup poll_interval, >= 100ms (dir and ftp pickups)")
+	natsSync := fs.String("sync", "", "throughput: the relay's nats.sync (embedded server: how often its store is flushed, or always); empty: the default")
 	baseFsync := fs.Bool("baseline-fsync", true, "baseline fsyncs each written file and its folder, as the relay does")
 	floor := fs.Bool("floor", true, "throughput: also run the floor each round (the baseline plus only what the contract asks for per message, no relay code)")
 	bigSize := fs.String("bigsize", "1GiB", "big, ftpbig: size of the message file")
@@ -161,7 +162,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	log := progress{Verbose: verbose}
 	if doTP {
-		o := tpOptions{Dir: *dir, Settle: *settle, Poll: *poll, Mode: *mode, BaselineFsync: *baseFsync, Floor: *floor,
+		o := tpOptions{Dir: *dir, Settle: *settle, Poll: *poll, Mode: *mode, Sync: *natsSync, BaselineFsync: *baseFsync, Floor: *floor,
 			Timeout: *timeout, LogLevel: lvl, CPUProfile: *cpuProfile, BlockProfile: *blockProfile, progress: log}
 		if tp, err := runThroughput(ctx, *messages, *channels, bodySize, *rounds, o); ok("throughput", err) {
 			rep.tp = &tp

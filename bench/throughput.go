@@ -24,6 +24,7 @@ type tpOptions struct {
 	Settle        time.Duration // dir pickup settle
 	Poll          time.Duration // dir pickup poll_interval
 	Mode          string        // node mode: sequential | latest
+	Sync          string        // the embedded server's nats.sync ("" = its default)
 	BaselineFsync bool          // the baseline fsyncs file and folder like the relay does
 	Floor         bool          // also run the floor (floorSteps) each round
 	Timeout       time.Duration
@@ -103,7 +104,11 @@ func runRelayThroughput(ctx context.Context, w *workload, o tpOptions) (res tpRe
 		return res, err
 	}
 	cfgPath := filepath.Join(root, "routing.yaml")
-	if err := os.WriteFile(cfgPath, []byte(dirRoutingYAML("bench", listen, w.nodes, o.Mode, o.Settle, o.Poll)), 0o644); err != nil {
+	yaml := dirRoutingYAML("bench", listen, w.nodes, o.Mode, o.Settle, o.Poll)
+	if o.Sync != "" {
+		yaml += "nats:\n  sync: " + o.Sync + "\n"
+	}
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
 		return res, err
 	}
 	cfg, err := config.Load(cfgPath)

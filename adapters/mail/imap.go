@@ -296,6 +296,19 @@ func (p *Pickup) session(ctx context.Context, out chan<- *message.Message) (work
 	}
 }
 
+// memSeen is p.mem.Seen, its time not counted as the server's silence.
+func (p *Pickup) memSeen(ctx context.Context, key, value string) (bool, error) {
+	defer p.conn.pause()()
+	return p.mem.Seen(ctx, key, value)
+}
+
+// memRemember is p.mem.Remember, its time not counted as the server's
+// silence.
+func (p *Pickup) memRemember(ctx context.Context, key, value string) error {
+	defer p.conn.pause()()
+	return p.mem.Remember(ctx, key, value)
+}
+
 // wait returns when new mail may have arrived: at once with IDLE, or after
 // poll_interval (also the IDLE safety net: parts time out, servers forget).
 func (p *Pickup) wait(ctx context.Context, c *imapclient.Client) error {
@@ -746,7 +759,7 @@ func (p *Pickup) takenWhole(ctx context.Context, id string, n int, sha string) (
 	if p.mem == nil {
 		return false, nil
 	}
-	return p.mem.Seen(ctx, p.finishedKey(id), finishedPrint(id, n, sha))
+	return p.memSeen(ctx, p.finishedKey(id), finishedPrint(id, n, sha))
 }
 
 // finishedKey is the pickup memory's key for the slot of set id.
@@ -767,7 +780,7 @@ func finishedPrint(id string, n int, sha string) string {
 // leaves a late copy after a restart to time out as incomplete.
 func (p *Pickup) finish(ctx context.Context, t *transfer) {
 	if p.mem != nil {
-		if err := p.mem.Remember(ctx, p.finishedKey(t.id), finishedPrint(t.id, t.n, t.sha)); err != nil {
+		if err := p.memRemember(ctx, p.finishedKey(t.id), finishedPrint(t.id, t.n, t.sha)); err != nil {
 			p.log.Warn("set taken whole not remembered", "transfer", t.id, "err", err)
 		}
 	}
@@ -872,7 +885,7 @@ func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate,
 	where := p.where(m.uid)
 	log := p.log.With("uid", m.uid, "source", where)
 	if p.after.Action == config.AfterKeep {
-		seen, err := p.mem.Seen(ctx, where, "taken")
+		seen, err := p.memSeen(ctx, where, "taken")
 		if err != nil {
 			return err
 		}
@@ -1009,7 +1022,7 @@ func (p *Pickup) commit(ctx context.Context, c *imapclient.Client, log *slog.Log
 			return fmt.Errorf("imap %s: mark seen: %w", p.node, err)
 		}
 		for _, u := range uids {
-			if err := p.mem.Remember(ctx, p.where(u), "taken"); err != nil {
+			if err := p.memRemember(ctx, p.where(u), "taken"); err != nil {
 				log.Error("cannot remember a kept mail; it may be taken again and dropped as a duplicate", "err", err)
 			}
 			p.known[u] = done
@@ -1190,7 +1203,7 @@ func (p *Pickup) keptSet(ctx context.Context, t *transfer) (bool, error) {
 	for i := 1; i <= t.n; i++ {
 		kept := false
 		for _, u := range t.parts[i] {
-			seen, err := p.mem.Seen(ctx, p.where(u), "taken")
+			seen, err := p.memSeen(ctx, p.where(u), "taken")
 			if err != nil {
 				return false, err
 			}
@@ -1815,6 +1828,10 @@ type progressConn struct {
 	armed   bool // imapclient wants a deadline: renew it on progress
 	expect  bool // a command was sent since the last wait: a reply is due
 	waiting bool // the pickup waits for something other than a reply
+	// wroteWaiting: something was written while waiting (go-imap
+	// restarting IDLE on its own, every 28 minutes): its reply is due
+	// once the wait ends.
+	wroteWaiting bool
 }
 
 // SetReadDeadline arms the progress deadline (any non-zero t) or clears it;
@@ -1842,6 +1859,7 @@ func (c *progressConn) SetDeadline(t time.Time) error {
 // deadline.
 func (c *progressConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
+	c.wroteWaiting = c.wroteWaiting || c.waiting
 	if !c.waiting {
 		c.expect = true
 		if !c.armed {
@@ -1855,6 +1873,34 @@ func (c *progressConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
+// pause stops counting the server's silence while the pickup does work
+// of its own between commands (a pickup-memory lookup in JetStream); the
+// func it returns counts again, from then, if a reply was due (found by
+// review: a slow lookup with a short io_timeout ended every session).
+func (c *progressConn) pause() (resume func()) {
+	if c == nil {
+		return func() {}
+	}
+	c.mu.Lock()
+	expect, waiting := c.expect, c.waiting
+	c.expect, c.waiting = false, true
+	if !c.armed {
+		_ = c.Conn.SetReadDeadline(time.Time{})
+	}
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.waiting = waiting
+		if expect || c.wroteWaiting && !waiting {
+			c.expect, c.wroteWaiting = true, false
+			if !c.armed {
+				_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+			}
+		}
+	}
+}
+
 // wait marks the session waiting for something other than a reply (on)
 // or done with it (off). Waiting clears a due reply's deadline; what is
 // written while waiting (IDLE's restarts) expects none.
@@ -1866,11 +1912,20 @@ func (c *progressConn) wait(on bool) {
 	defer c.mu.Unlock()
 	c.waiting = on
 	if on {
-		c.expect = false
+		c.expect, c.wroteWaiting = false, false
 		if !c.armed {
 			// Ends the progress deadline of a read already waiting; an
 			// error here shows on that read.
 			_ = c.Conn.SetReadDeadline(time.Time{})
+		}
+		return
+	}
+	if c.wroteWaiting {
+		// IDLE restarted meanwhile: a server that never answered it
+		// would hold the end of IDLE for ever (found by review).
+		c.expect, c.wroteWaiting = true, false
+		if !c.armed {
+			_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
 		}
 	}
 }
