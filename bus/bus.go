@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -169,6 +170,13 @@ func ensureConsumer(ctx context.Context, s jetstream.Stream, cfg jetstream.Consu
 	case err == nil:
 		hc := have.CachedInfo().Config
 		cfg.DeliverPolicy, cfg.OptStartSeq = hc.DeliverPolicy, hc.OptStartSeq
+		if v, ok := hc.Metadata[metaOfferedUpTo]; ok {
+			cfg.Metadata = maps.Clone(cfg.Metadata)
+			if cfg.Metadata == nil {
+				cfg.Metadata = map[string]string{}
+			}
+			cfg.Metadata[metaOfferedUpTo] = v
+		}
 	case !errors.Is(err, jetstream.ErrConsumerNotFound):
 		return nil, err
 	case legacy != "":
@@ -179,11 +187,36 @@ func ensureConsumer(ctx context.Context, s jetstream.Stream, cfg jetstream.Consu
 		if err != nil {
 			return nil, err
 		}
-		if floor := old.CachedInfo().AckFloor.Stream; floor > 0 {
+		info := old.CachedInfo()
+		if floor := info.AckFloor.Stream; floor > 0 {
 			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+		}
+		if upto := info.Delivered.Stream; upto > info.AckFloor.Stream {
+			cfg.Metadata = maps.Clone(cfg.Metadata)
+			if cfg.Metadata == nil {
+				cfg.Metadata = map[string]string{}
+			}
+			cfg.Metadata[metaOfferedUpTo] = strconv.FormatUint(upto, 10)
 		}
 	}
 	return s.CreateOrUpdateConsumer(ctx, cfg)
+}
+
+// metaOfferedUpTo is the consumer metadata naming the last record the
+// consumer it took over had offered (OfferedUpTo).
+const metaOfferedUpTo = "relay_offered_upto"
+
+// OfferedUpTo is, for a consumer that took an older one over
+// (EnsureConsumer), the stream sequence of the last record the old one
+// offered, 0 for none: a record up to it offered for the first time by
+// the new one was offered before, and most likely resolved. (Consumer
+// metadata needs nats-server 2.10; an older one keeps none: 0.)
+func OfferedUpTo(info *jetstream.ConsumerInfo) uint64 {
+	if info == nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(info.Config.Metadata[metaOfferedUpTo], 10, 64)
+	return n
 }
 
 // ChannelKey is the EXCHANGE_CHANNELS key of a channel.

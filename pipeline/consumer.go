@@ -32,6 +32,7 @@ type consumerSubscriber struct {
 	stream       string
 	consumer     jetstream.ConsumerConfig
 	legacy       string
+	bound        func(jetstream.Consumer)
 	pullOpts     []jetstream.PullMessagesOpt
 	unmarshaler  msgUnmarshaler
 	logger       watermill.LoggerAdapter
@@ -70,6 +71,8 @@ type consumerSubscriberConfig struct {
 	Consumer jetstream.ConsumerConfig
 	// Legacy is the name the consumer had before (bus.EnsureConsumer).
 	Legacy string
+	// Bound, if set, is told the consumer at each Subscribe.
+	Bound func(jetstream.Consumer)
 	// PullOptions are passed to Messages (e.g. PullMaxMessages(1)).
 	PullOptions []jetstream.PullMessagesOpt
 	Unmarshaler msgUnmarshaler
@@ -94,7 +97,7 @@ func newConsumerSubscriber(cfg consumerSubscriberConfig) (*consumerSubscriber, e
 		cfg.CloseTimeout = 30 * time.Second
 	}
 	return &consumerSubscriber{
-		js: js, stream: cfg.Stream, consumer: cfg.Consumer, legacy: cfg.Legacy, pullOpts: cfg.PullOptions,
+		js: js, stream: cfg.Stream, consumer: cfg.Consumer, legacy: cfg.Legacy, bound: cfg.Bound, pullOpts: cfg.PullOptions,
 		unmarshaler: cfg.Unmarshaler, logger: cfg.Logger,
 		closeTimeout: cfg.CloseTimeout,
 		subs:         map[*consumeSub]struct{}{},
@@ -136,6 +139,9 @@ func (s *consumerSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *m
 	c, err := bus.EnsureConsumer(ctx, s.js, s.stream, s.consumer, s.legacy)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", s.consumer.Durable, err)
+	}
+	if s.bound != nil {
+		s.bound(c)
 	}
 	sub := &consumeSub{s: s, output: make(chan *message.Message), done: make(chan struct{})}
 	sub.ctx, sub.cancel = context.WithCancel(context.WithoutCancel(ctx))

@@ -156,6 +156,7 @@ func (p *Pipeline) deliverySubscriber(node string, nc *nats.Conn, in *inflight) 
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		},
 		Legacy:      bus.LegacyConsumerFor("deliver", node),
+		Bound:       func(c jetstream.Consumer) { p.offeredUpTo.Store(node, bus.OfferedUpTo(c.CachedInfo())) },
 		PullOptions: deliveryPullOpts(),
 		Unmarshaler: stashUnmarshaler{in: in},
 		Logger:      p.router.Logger(),
@@ -340,6 +341,9 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			switch o, err := l.nameOrder(ctx, h, n.Mode, seq, st.NameSeq); {
 			case err != nil:
 				return err
+			case o == orderStale && p.offeredBefore(node, in, m, seq):
+				log.Info("offered again by a consumer that took an older one over; resolved before: acked")
+				return nil
 			case o == orderStale:
 				log.Info("dropped: a message queued after it on the channel was resolved already")
 				l.m.dropped.WithLabelValues(node, "stale").Inc()
@@ -355,6 +359,10 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				return holdTold(msg)
 			}
 		} else if !h.ByName() && h.MessageNo <= st.DeliveredNo {
+			if p.offeredBefore(node, in, m, seq) {
+				log.Info("offered again by a consumer that took an older one over; resolved before: acked")
+				return nil
+			}
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)
 			l.m.dropped.WithLabelValues(node, dropReason(dup)).Inc()
@@ -549,12 +557,6 @@ func (l *lane) diedAtDelivery(c *Channel, h exchange.Header, mode config.Mode, r
 // seq is the record's stream sequence (0: not in this relay's stream).
 func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, obj string, fn func(c *Channel)) error {
 	if _, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
-		if seq > 0 && slices.Contains(c.RecentSeqs, seq) {
-			// Written already: a write whose answer was lost, the record
-			// offered again and judged by a cached state behind it
-			// (found by review: counted twice).
-			return
-		}
 		if seq > 0 && !h.ByName() && h.MessageNo > c.PickedNo {
 			// Its pickup's count is not in: the relay stopped between the
 			// publish and it (or it is still to come: taken skips it
@@ -798,6 +800,19 @@ func jsMeta(in *inflight, m *message.Message) *jetstream.MsgMetadata {
 		return nil
 	}
 	return md
+}
+
+// offeredBefore says the record m (stream sequence seq), offered for the
+// first time by node's delivery consumer, had been offered by the older
+// consumer it took over (bus.OfferedUpTo): one the destination has
+// already was resolved then, and counted (found by review: counted again,
+// the channel's pending count read short for good). One that was held
+// then and turns out stale now goes uncounted: rare, and the pending
+// count then reads one high, not short.
+func (p *Pipeline) offeredBefore(node string, in *inflight, m *message.Message, seq uint64) bool {
+	upto, _ := p.offeredUpTo.Load(node)
+	n, _ := upto.(uint64)
+	return seq > 0 && seq <= n && timesOffered(in, m) == 1
 }
 
 // streamSeq is the EXCHANGE stream sequence of the record m, 0 when unknown.

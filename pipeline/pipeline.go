@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -75,6 +76,8 @@ type Pipeline struct {
 	chanLocks channelLocks
 	// unrecorded are outcomes whose channel-state write failed.
 	unrecorded unrecorded
+	// offeredUpTo is, by node, bus.OfferedUpTo of its delivery consumer.
+	offeredUpTo sync.Map
 	// leases coordinate replicas on a shared NATS; nil on an embedded one.
 	leases *leases
 	// fetches move records for served nodes from other relays' domains.

@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"slices"
 	"testing"
 	"time"
 
@@ -156,50 +155,5 @@ func TestResolvedBeforeCountCountedAtStart(t *testing.T) {
 	// Waiting: the first No 5 and No 6.
 	if c.Queued != 3 || c.Resolved != 1 || c.Pending() != 2 {
 		t.Fatalf("two No 5 and No 6 taken in, the second No 5 resolved: queued %d, resolved %d, pending %d; want 3, 1, 2", c.Queued, c.Resolved, c.Pending())
-	}
-}
-
-// TestTakenOverConsumerOffersResolvedOnce: a consumer made anew (one that
-// took an older name over, bus.EnsureConsumer, starting after its ack
-// floor) offers a record resolved before as its first offer: judged by its
-// number (a duplicate), not delivered, and not counted again (finish knows
-// its stream sequence).
-func TestTakenOverConsumerOffersResolvedOnce(t *testing.T) {
-	t.Parallel()
-	b := testBus(t)
-	d := &scriptedDelivery{}
-	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
-	ctx := context.Background()
-	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 1, 1 }); err != nil {
-		t.Fatal(err)
-	}
-	queueRecord(t, b, "SRC", "DST", 1)
-	in := &inflight{}
-	nc := testConn(t, b)
-	handle := p.deliverHandler("DST", p.cfg.Nodes["DST"], d, p.laneOn(b, p.log), in)
-	for round := range 2 {
-		s := newTestSubscriber(t, nc, "DST", time.Minute, in)
-		out, err := s.Subscribe(ctx, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := receive(t, out, 10*time.Second)
-		if err := handle(m); err != nil {
-			t.Fatal(err)
-		}
-		m.Ack()
-		closeWithin(t, s, 10*time.Second)
-		if round == 0 {
-			if err := b.Exchange.DeleteConsumer(ctx, bus.ConsumerName("r1", "DST")); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	c, err := p.States().Get(ctx, "P", "SRC", "DST")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := d.delivered(); !slices.Equal(got, []uint64{1}) || c.Resolved != 1 || c.Duplicates != 0 || c.Pending() != 0 {
-		t.Fatalf("No 1 delivered, then offered first by a new consumer: delivered %v, resolved %d, duplicates %d, pending %d; want [1], 1, 0, 0", got, c.Resolved, c.Duplicates, c.Pending())
 	}
 }

@@ -251,6 +251,13 @@ func (s *revCache) remember(key string, c Channel, rev uint64) {
 	}
 }
 
+// forget drops what is remembered of key: the next Recent reads it.
+func (s *revCache) forget(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.last, key)
+}
+
 func (s *revCache) cached(key string) (Channel, uint64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -318,9 +325,21 @@ func (s *States) get(ctx context.Context, key string) (Channel, uint64, error) {
 const recentWrites = 16
 
 // Update applies fn to the channel's state and stores it, retrying on a
-// concurrent change. fn may be called more than once.
+// concurrent change. fn may be called more than once. When it fails with a
+// write whose answer was lost, the state this relay remembers is
+// forgotten: the write may be in, and what is judged next by Recent (the
+// record offered again) must see it (found by review: judged by the state
+// from before, a stale record was counted twice).
 func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *Channel)) (Channel, error) {
 	key := bus.ChannelKey(plan, from, to)
+	c, lost, err := s.update(ctx, key, plan, from, to, fn)
+	if err != nil && lost {
+		s.forget(key)
+	}
+	return c, err
+}
+
+func (s *States) update(ctx context.Context, key, plan, from, to string, fn func(c *Channel)) (Channel, bool, error) {
 	// No answer is not "not written": a write the server applied while its
 	// answer was lost (a timeout on a slow or shared NATS), or applies
 	// later, would be applied a second time by the retry (a message
@@ -342,13 +361,13 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 				// A few reads only (each may wait the 5 s API timeout):
 				// a NATS that is down must not hold the caller minutes.
 				if len(lost) == 0 || readFails > 5 || ctx.Err() != nil {
-					return c, err
+					return c, len(lost) > 0, err
 				}
 				// A write of this call may be in: failing now would have
 				// the caller do it again. Read again.
 				select {
 				case <-ctx.Done():
-					return c, err
+					return c, len(lost) > 0, err
 				case <-s.after(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
 				}
 				continue
@@ -367,7 +386,7 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 		c.Writes = appendLast(c.Writes, id, recentWrites)
 		b, err := json.Marshal(c)
 		if err != nil {
-			return c, err
+			return c, len(lost) > 0, err
 		}
 		var nrev uint64
 		if rev == 0 {
@@ -377,13 +396,13 @@ func (s *States) Update(ctx context.Context, plan, from, to string, fn func(c *C
 		}
 		if err == nil {
 			s.remember(key, c, nrev)
-			return c, nil
+			return c, false, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
 			lost = append(lost, id)
 		}
 		if attempt >= 50 || ctx.Err() != nil {
-			return c, fmt.Errorf("channel state %s: %w", key, err)
+			return c, len(lost) > 0, fmt.Errorf("channel state %s: %w", key, err)
 		}
 		if attempt >= 2 {
 			// Writers that keep colliding on one channel take turns.
