@@ -25,6 +25,10 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 	defer c.close()
 	c.retryAt = time.Time{}
 	probe := ".relay-check-" + strconv.FormatInt(time.Now().UnixNano(), 36) + ".tmp"
+	rprobe, err := c.path(probe)
+	if err != nil {
+		return c.fail(step("upload probe file", err))
+	}
 	err = c.with(ctx, func(conn *ftp.ServerConn) error {
 		if role == "deliver" {
 			mkdirAll(conn, c, c.t.dir)
@@ -32,17 +36,17 @@ func Check(ctx context.Context, node, role string, cfg Config, log *slog.Logger)
 		if _, err := c.listDir(conn, c.t.dir); err != nil {
 			return step("list "+orLogin(c.t.dir), err)
 		}
-		if err := conn.Stor(c.path(probe), strings.NewReader("relay check\n")); err != nil {
+		if err := conn.Stor(rprobe, strings.NewReader("relay check\n")); err != nil {
 			// The server may have made the file before the upload
 			// failed (a full disk, a quota): it is not left behind. Only
 			// after the server's reply: a connection that broke or timed
 			// out would only wait once more.
 			if isReply(err) {
-				_ = conn.Delete(c.path(probe))
+				_ = conn.Delete(rprobe)
 			}
 			return step("upload probe file", err)
 		}
-		if err := conn.Delete(c.path(probe)); err != nil {
+		if err := conn.Delete(rprobe); err != nil {
 			return step("delete probe file", err)
 		}
 		return nil
@@ -81,6 +85,8 @@ func Hint(err error) string {
 		return "passive mode blocked: open the server's passive port range in the firewall, or fix pasv_address"
 	case strings.HasPrefix(stepName, "list") && code == 550:
 		return "folder missing (or not readable by this user)"
+	case strings.HasPrefix(stepName, "list") && strings.Contains(msg, "folder not readable"):
+		return "the user may enter the folder but not list it: give it read permission for this user"
 	case (strings.HasPrefix(stepName, "upload") || strings.HasPrefix(stepName, "delete") || strings.HasPrefix(stepName, "rename")) && (code == 550 || code == 553 || code == 532):
 		return "permission denied: the user cannot write to this folder"
 	case code == 552 || code == 452:

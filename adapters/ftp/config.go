@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/text/encoding/charmap"
 	"gopkg.in/yaml.v3"
 
 	"github.com/relay1c/relay/config"
@@ -134,7 +135,13 @@ func (c *Config) Validate() []error {
 		add("ca_file: set, but tls is none")
 	}
 	switch strings.ToLower(c.Encoding) {
-	case "utf-8", "utf8", "cp1251", "windows-1251":
+	case "utf-8", "utf8":
+	case "cp1251", "windows-1251":
+		if t, err := c.target(); err == nil {
+			if _, err := charmap.Windows1251.NewEncoder().String(t.dir); err != nil {
+				add("url: the folder %s cannot be written in Windows-1251 (encoding: cp1251)", t.dir)
+			}
+		}
 	default:
 		add("encoding: %q is not utf-8 or cp1251", c.Encoding)
 	}

@@ -1,6 +1,7 @@
 package ftp
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jlaffaye/ftp"
 	"golang.org/x/text/encoding/charmap"
@@ -93,16 +95,31 @@ func newClient(node, role string, cfg Config, log *slog.Logger) (*client, error)
 	return c, nil
 }
 
-// remote converts a name to what the server expects on the wire.
-func (c *client) remote(name string) string {
+// remote converts a name to what the server expects on the wire. A name
+// Windows-1251 cannot write (a Kazakh Қ, an emoji) is an error: it was sent
+// as its UTF-8 bytes, and a delivery landed under a name in another
+// encoding than every other file of the folder, which the node's 1C,
+// reading the folder in Windows-1251, never found, and counted as done
+// (found by review).
+func (c *client) remote(name string) (string, error) {
 	if !c.cp1251 {
-		return name
+		return name, nil
 	}
 	s, err := charmap.Windows1251.NewEncoder().String(name)
 	if err != nil {
-		return name // not representable: the server will say the file is missing
+		return "", notCP1251(name)
 	}
-	return s
+	return s, nil
+}
+
+// notCP1251 says which character of name Windows-1251 cannot write.
+func notCP1251(name string) error {
+	for _, r := range name {
+		if _, ok := charmap.Windows1251.EncodeRune(r); !ok {
+			return fmt.Errorf("the name %s cannot be written in Windows-1251 (encoding: cp1251): it holds %q", name, r)
+		}
+	}
+	return fmt.Errorf("the name %s cannot be written in Windows-1251 (encoding: cp1251)", name)
 }
 
 // local converts a name the server listed into UTF-8.
@@ -117,12 +134,33 @@ func (c *client) local(name string) string {
 	return s
 }
 
+// listedInUTF8 says raw, a name as the server sent it on the wire, is in
+// UTF-8 though encoding: cp1251 says the server writes Windows-1251: valid
+// UTF-8 with bytes beyond ASCII. Read as Windows-1251 such a name is
+// mojibake (Message_A_ОП.xml reads Message_A_РћРџ.xml) that may still
+// name a node at one end and was taken, dead-lettered and deleted (found
+// by review). Safe enough to tell the two apart: a Cyrillic letter in
+// Windows-1251 is one byte of 0xC0-0xFF, and valid UTF-8 needs each such
+// byte followed by one to three bytes of 0x80-0xBF, which Windows-1251
+// gives to punctuation, Ё and the letters of other Cyrillic alphabets (Ђ,
+// Љ, Ў, Ї, ...): a capital letter followed by one of those, or a small
+// one by two or three, all through the name. A real Windows-1251 name that
+// happens to be so is not lost either: it is left alone and shown.
+func (c *client) listedInUTF8(raw string) bool {
+	return c.cp1251 && utf8.ValidString(raw) && strings.ContainsFunc(raw, func(r rune) bool { return r >= utf8.RuneSelf })
+}
+
 // path joins the endpoint folder and a name, in the server's encoding.
-func (c *client) path(name string) string {
+func (c *client) path(name string) (string, error) {
 	if c.t.dir == "" {
 		return c.remote(name)
 	}
 	return c.remote(c.t.dir + "/" + name)
+}
+
+// fail wraps err as with() does, for a failure before the connection is used.
+func (c *client) fail(err error) error {
+	return fmt.Errorf("ftp %s: %s: %w", c.node, c.t.display, err)
 }
 
 // step names the operation that failed, for errors and `relay check` hints.
@@ -279,6 +317,7 @@ func (c *client) dial(ctx context.Context) (*ftp.ServerConn, *dialer, error) {
 		ftp.DialWithDisabledMLSD(c.noMLSD),
 		ftp.DialWithDisabledEPSV(c.pasv),
 		ftp.DialWithShutTimeout(c.cfg.IOTimeout.Std()),
+		ftp.DialWithDebugOutput(&d.replies),
 	}
 	switch c.cfg.TLS {
 	case TLSExplicit:
@@ -361,6 +400,8 @@ type dialer struct {
 	dataFailed bool
 	dataOpened int
 	control    net.Conn
+	// replies notes the control connection's last 226 reply.
+	replies replyNotes
 }
 
 // takeData says whether a data connection could not be opened since the
@@ -392,6 +433,21 @@ func (d *dialer) listNext(on bool) {
 	d.mu.Lock()
 	d.listing = on
 	d.mu.Unlock()
+	if on {
+		d.replies.take226()
+	}
+}
+
+// replyWithin is how long the server's reply to one command may keep the
+// control connection reading: a listing's time bound while one is under
+// way, else controlReplyWithin (io_timeout if longer).
+func (d *dialer) replyWithin() time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.listing {
+		return d.c.listBounds.within
+	}
+	return max(d.c.cfg.IOTimeout.Std(), controlReplyWithin)
 }
 
 // listBounds bound one folder listing. io_timeout only measures silence: a
@@ -456,6 +512,9 @@ func (d *dialer) dial(network, addr string) (net.Conn, error) {
 		return nil, err
 	}
 	var conn net.Conn = &deadlineConn{Conn: raw, timeout: d.c.cfg.IOTimeout.Std()}
+	if first {
+		conn = newControlConn(raw, d)
+	}
 	if listing {
 		b := d.c.listBounds
 		conn = &listingConn{Conn: conn, b: b, left: b.bytes, until: time.Now().Add(b.within)}
@@ -523,6 +582,114 @@ func (d *dialer) closeAll() {
 	for _, c := range d.conns {
 		c.Close()
 	}
+}
+
+// Bounds of the server's reply to one command on the control connection.
+// io_timeout only measures silence, and jlaffaye/ftp reads a reply's lines
+// until its last one: a server that sent "150-..." lines for ever, never
+// silent, held the command, and with it the endpoint's connection lock, for
+// good (the node stalled, nothing shown) while the lines piled up in
+// memory (found by review). Real replies are a few lines; the time is
+// spent waiting for the server, not on a transfer (whose data connection
+// the control connection is not read during).
+const (
+	controlReplyBytes  = 1 << 20
+	controlReplyWithin = 5 * time.Minute
+)
+
+// controlConn is the control connection's socket: each read waits
+// io_timeout at most, and the reads after one command (a write) together
+// get controlReplyBytes and replyWithin of waiting. Past either, the socket
+// is closed: the connection is out of step, and the NOOP that would prove
+// it alive must not read on in the endless reply.
+type controlConn struct {
+	net.Conn
+	d       *dialer
+	timeout time.Duration
+	within  time.Duration // waiting allowed for the current reply
+	left    int64         // bytes left for the current reply
+	waited  time.Duration // waited for the current reply so far
+}
+
+func newControlConn(raw net.Conn, d *dialer) *controlConn {
+	return &controlConn{Conn: raw, d: d, timeout: d.c.cfg.IOTimeout.Std(), within: d.replyWithin(), left: controlReplyBytes}
+}
+
+func (c *controlConn) overrun() error {
+	return fmt.Errorf("the server's reply to one command goes on past %d MiB or %s: a server that does not end it", controlReplyBytes>>20, c.within)
+}
+
+func (c *controlConn) Read(b []byte) (int, error) {
+	if c.left < 0 || c.waited >= c.within {
+		c.Conn.Close()
+		return 0, c.overrun()
+	}
+	start := time.Now()
+	wait := min(c.timeout, c.within-c.waited)
+	c.Conn.SetReadDeadline(start.Add(wait))
+	n, err := c.Conn.Read(b)
+	c.waited += time.Since(start)
+	c.left -= int64(n)
+	if err != nil && wait < c.timeout && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.Conn.Close()
+		return n, c.overrun()
+	}
+	return n, err
+}
+
+// Write sends a command (or TLS records of one): the reply to come gets
+// its own bounds.
+func (c *controlConn) Write(b []byte) (int, error) {
+	c.within, c.left, c.waited = c.d.replyWithin(), controlReplyBytes, 0
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(b)
+}
+
+// replyNotes takes what jlaffaye/ftp writes to its debug output: the
+// control connection's commands and replies, and listings, in clear text
+// (the socket under explicit TLS sees them encrypted). It keeps only the
+// last "226 " reply line: vsftpd says there alone that it could not open a
+// folder it answered with an empty listing (see listDir). Nothing else is
+// kept (the PASS command passes by too).
+type replyNotes struct {
+	mu      sync.Mutex
+	line    []byte
+	long    bool // the current line is past maxNotedLine: not a 226
+	last226 string
+}
+
+// maxNotedLine bounds the line replyNotes holds while it comes.
+const maxNotedLine = 512
+
+func (r *replyNotes) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := len(p)
+	for len(p) > 0 {
+		part, rest, ended := bytes.Cut(p, []byte("\n"))
+		if len(r.line)+len(part) <= maxNotedLine {
+			r.line = append(r.line, part...)
+		} else {
+			r.long = true
+		}
+		if !ended {
+			break
+		}
+		if !r.long && bytes.HasPrefix(r.line, []byte("226 ")) {
+			r.last226 = string(bytes.TrimRight(r.line, "\r"))
+		}
+		r.line, r.long, p = r.line[:0], false, rest
+	}
+	return n, nil
+}
+
+// take226 returns the last 226 reply line noted ("" if none) and forgets it.
+func (r *replyNotes) take226() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.last226
+	r.last226 = ""
+	return s
 }
 
 // deadlineConn gives up on a connection that stays silent for timeout.

@@ -21,15 +21,16 @@ import (
 // Publisher is an FTP delivery: Publish returns only after the server holds
 // the complete file under its final name. The upload goes to a hidden temp
 // name in the same folder (.relay-<name>.part: vsftpd and most servers hide
-// dot-files, 1C reads only Message_*), its size is checked with SIZE, and it
-// is renamed over the final name.
+// dot-files, 1C reads only Message_*), its size is checked with SIZE (where
+// the account may ask it), and it is renamed over the final name.
 type Publisher struct {
 	node string
 	c    *client
 	log  *slog.Logger
 	lim  exchange.Limits
-	// noDownloads logs once that the account cannot download.
-	noDownloads sync.Once
+	// noDownloads logs once that the account cannot download; noSize,
+	// that it may not ask SIZE.
+	noDownloads, noSize sync.Once
 
 	trouble.Last
 }
@@ -73,10 +74,18 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	defer d.Body.Close()
 	name, h, want, body := d.Name, d.Header, d.Size, d.Body
 
-	final, tmp := p.c.path(name), p.c.path(tempName(name))
+	final, err := p.c.path(name)
+	if err != nil {
+		// No retry makes the name writable (see client.remote).
+		return exchange.Permanent(p.c.fail(err))
+	}
+	tmp, err := p.c.path(tempName(name))
+	if err != nil {
+		return exchange.Permanent(p.c.fail(err))
+	}
 	return p.c.with(ctx, func(conn *ftp.ServerConn) (err error) {
 		mkdirAll(conn, p.c, p.c.t.dir)
-		if err := p.checkNotNewer(conn, name, h, want, ""); err != nil {
+		if err := p.checkNotNewer(conn, name, final, h, want, ""); err != nil {
 			return err
 		}
 		defer func() {
@@ -95,16 +104,23 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		if cr.n != want {
 			return fmt.Errorf("%s: read %d bytes from the object store, want %d", name, cr.n, want)
 		}
-		got, err := conn.FileSize(tmp)
-		if err != nil {
+		switch got, err := conn.FileSize(tmp); {
+		case replyCode(err) >= 500:
+			// An upload-only account may not ask SIZE either (ProFTPD's
+			// <Limit READ> takes RETR, SIZE and STAT away): the server's
+			// 226 for the bytes counted out is all there is to go by
+			// (found by review: every delivery failed for good).
+			p.noSize.Do(func() {
+				p.log.Warn("the server refuses SIZE: an upload is trusted by the server's 226 and the bytes sent, not checked", "file", name, "reply", err)
+			})
+		case err != nil:
 			return step("size "+tempName(name), err)
-		}
-		if got != want {
+		case got != want:
 			return fmt.Errorf("%s: server holds %d bytes after upload, sent %d", tempName(name), got, want)
 		}
 		// Checked again, last: a newer message may have landed while this
 		// one was uploaded (minutes, for a large one).
-		if err := p.checkNotNewer(conn, name, h, want, tmp); err != nil {
+		if err := p.checkNotNewer(conn, name, final, h, want, tmp); err != nil {
 			return err
 		}
 		if err := p.rename(conn, name, tmp, final); err != nil {
@@ -127,7 +143,10 @@ func (p *Publisher) rename(conn *ftp.ServerConn, name, tmp, final string) error 
 	if replyCode(err) < 500 {
 		return step("rename to "+name, err)
 	}
-	aside := p.c.path(".relay-" + name + ".old")
+	aside, aerr := p.c.path(".relay-" + name + ".old")
+	if aerr != nil {
+		return step("rename to "+name, err)
+	}
 	_ = conn.Delete(aside) // left by a delivery cut short in between: older than final
 	if aerr := conn.Rename(final, aside); aerr != nil {
 		// No old file to move, or no renames at all: the refusal stands.
@@ -156,19 +175,19 @@ func (p *Publisher) rename(conn *ftp.ServerConn, name, tmp, final string) error 
 // upload (probe) to tell why a file is refused: an account that may not
 // download at all (a drop box: vsftpd download_enable=NO) cannot compare,
 // and the channel state is the guard there too; the check before the
-// upload leaves that question to it.
-func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.Header, size int64, probe string) error {
+// upload leaves that question to it. final is name's wire path.
+func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h exchange.Header, size int64, probe string) error {
 	if !strings.EqualFold(name[len(name)-4:], ".xml") {
 		return nil
 	}
-	resp, err := conn.Retr(p.c.path(name))
+	resp, err := conn.Retr(final)
 	if err != nil {
 		if !isReply(err) {
 			return step("read "+name, err)
 		}
 		// Refused: no such file, or one that cannot be read now (a lock,
 		// no right to read it). Only a SIZE refused too says there is none.
-		if _, serr := conn.FileSize(p.c.path(name)); serr != nil {
+		if _, serr := conn.FileSize(final); serr != nil {
 			if !isReply(serr) {
 				return step("size "+name, serr)
 			}
@@ -204,7 +223,7 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name string, h exchange.
 	}
 	haveSize := int64(-1)
 	if have.MessageNo == h.MessageNo {
-		if n, err := conn.FileSize(p.c.path(name)); err == nil {
+		if n, err := conn.FileSize(final); err == nil {
 			haveSize = n
 		}
 	}

@@ -529,6 +529,41 @@ func TestDeliverUploadOnlyAccount(t *testing.T) {
 	}
 }
 
+// TestDeliverUploadOnlyAccountWithoutSize: an upload-only account as
+// ProFTPD's <Limit READ> DenyAll makes it: the READ group is RETR, SITE,
+// SIZE and STAT, so SIZE is refused as well as RETR (LIST, STOR, RNFR/RNTO
+// work). The size check after the upload asked SIZE and failed every
+// delivery for good, where the README says such an account "cannot
+// compare: relay logs that once and delivers" (found by review). A SIZE
+// refused with a 5xx leaves the server's 226 and the bytes sent to go by
+// (logged once): the message is delivered.
+func TestDeliverUploadOnlyAccountWithoutSize(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "in"), 0o755)
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := proxied(t, uploadOnly{drv}, "in", func(line string) string {
+		if strings.HasPrefix(line, "213 ") { // SIZE's answer
+			return "550 SIZE: Operation not permitted\r\n"
+		}
+		return line
+	})
+	p, err := NewPublisher("B", testConfig(u, "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	b := msgXML(t, "A", "B", 1, 3000)
+	if err := p.Publish("", deliverMsg(t, mustHeader(t, b), b)); err != nil {
+		t.Fatalf("No 1 on an upload-only account that refuses SIZE (proftpd <Limit READ>): %v", err)
+	}
+	if no := fileNo(t, filepath.Join(root, "in", "Message_A_B.xml")); no != 1 {
+		t.Fatalf("destination holds No %d", no)
+	}
+}
+
 // replyProxy sits in front of an FTP server's control port: it passes
 // commands through and rewrites replies with rewrite. cut closes every
 // connection it carries, after sending the client "421 Timeout." as vsftpd

@@ -171,6 +171,50 @@ func TestPickupEndlessListing(t *testing.T) {
 	}
 }
 
+// TestPickupEndlessControlReply: a server that answers MLSD with a
+// multi-line preliminary reply ("150-...") it never ends, one line every
+// 100 ms: never silent for io_timeout. The listing's bounds only covered
+// the data connection and jlaffaye/ftp reads a reply without any bound, so
+// the pickup's List never returned, holding the endpoint's connection lock
+// (the node stuck for good, nothing shown) while the reply grew in memory
+// (found by review). The reply to one command is bounded now (a listing's
+// by the listing's time bound): List fails and the error is shown.
+func TestPickupEndlessControlReply(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	s := &scriptedServer{
+		feats: []string{"MLST type*;size*;modify*;", "SIZE", "MDTM"},
+		cmd: func(verb, _ string, say func(string, ...any), data func() net.Conn) bool {
+			if verb != "MLSD" {
+				return false
+			}
+			say("150-here it comes")
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return true
+				case <-time.After(100 * time.Millisecond):
+				}
+				say(" still preparing %d %s", i, strings.Repeat("x", 100))
+			}
+		},
+	}
+	cfg := testConfig(s.serve(t, "out"), "pickup")
+	cfg.IOTimeout = config.Duration(time.Second)
+	src := newSource(t, "A", cfg)
+	src.c.listBounds = listBounds{bytes: 1 << 20, within: 2 * time.Second}
+	done := make(chan error, 1)
+	go func() { _, err := src.List(context.Background()); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "does not end it") {
+			t.Fatalf("List of a server that never ends its reply: %v, want the reply's bound", err)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("List still running after 6 s (io_timeout 1 s, listing bound 2 s): an endless control reply holds the pickup (and its connection lock) for good")
+	}
+}
+
 // TestPickupEmptyFolderAnswered550: a server that answers LIST of an empty
 // folder with "550 No files found" (FluentFTP and Cyberduck carry
 // workarounds for such servers) has an empty outbox, not a failing one,
@@ -317,5 +361,115 @@ func TestWrongEncodingShown(t *testing.T) {
 	}
 	if msg, _ := p.LastError(); !strings.Contains(msg, "neither code of the name is a node") {
 		t.Fatalf("the node's own Message_ЦО_ОП.xml (UTF-8 name, encoding: cp1251) was never taken, and the pickup's error is %q: want it shown", msg)
+	}
+}
+
+// TestPickupUnreadableFolderShown: vsftpd answers LIST of a folder it
+// cannot open (mode 0733/0711: CWD works, opendir does not) with an empty
+// listing and "226 Transfer done (but failed to open directory)." — the
+// same answer listDir confirms with CWD for a missing folder. CWD worked,
+// so the outbox listed as empty for good: the node's files were never
+// taken and nothing showed, relay check passing too (found by review). The
+// 226 reply's text is noted now: the listing fails, "folder not readable",
+// and relay check says what to do.
+func TestPickupUnreadableFolderShown(t *testing.T) {
+	s := &scriptedServer{
+		feats: []string{"SIZE", "MDTM"},
+		cmd: func(verb, arg string, say func(string, ...any), data func() net.Conn) bool {
+			switch verb {
+			case "LIST":
+				say("150 Here comes the directory listing.")
+				if d := data(); d != nil {
+					d.Close()
+				}
+				say("226 Transfer done (but failed to open directory).")
+				return true
+			case "CWD":
+				say("250 Directory successfully changed.")
+				return true
+			}
+			return false
+		},
+	}
+	url := s.serve(t, "out")
+	cfg := testConfig(url, "pickup")
+	src := newSource(t, "A", cfg)
+	src.c.noMLSD = true
+	files, err := src.List(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "folder not readable") {
+		t.Fatalf("the listing of a folder the server could not open: %d files, error %v; want \"folder not readable\"", len(files), err)
+	}
+	if err := Check(context.Background(), "A", "pickup", cfg, nil); err == nil || !strings.Contains(err.Error(), "read permission") {
+		t.Errorf("relay check of a folder the user cannot read: %v", err)
+	}
+}
+
+// TestWrongEncodingMixedCodesLeftAlone: encoding: cp1251 on a server that
+// lists names in UTF-8 (as in TestWrongEncodingShown), for a node whose
+// code is Latin (A) and a partner whose code is Cyrillic (ОП).
+// Message_A_ОП.xml read as Windows-1251 is Message_A_РћРџ.xml; one of its
+// codes is a node, so the pickup took it under the mangled name: a dead
+// letter (name and header disagree), and the file was deleted from the
+// server (found by review). A name the server sends in UTF-8 is never
+// downloaded now: the file stays, and the pickup's error says why.
+func TestWrongEncodingMixedCodesLeftAlone(t *testing.T) {
+	root := t.TempDir()
+	cfg := testConfig(startServer(t, root, ""), "pickup")
+	cfg.Encoding = "cp1251"
+	file := filepath.Join(root, "Message_A_ОП.xml")
+	if err := os.WriteFile(file, msgXML(t, "A", "ОП", 2, 500), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.IsNode = func(c string) bool { return c == "A" || c == "ОП" }
+	p, ch := runPickup(t, newSource(t, "A", cfg), cfg, config.After{Action: config.AfterDelete})
+	m := foldertest.Next(ch, 2*time.Second)
+	if m == nil {
+		if msg, _ := p.LastError(); !exists(file) || !strings.Contains(msg, "lists this name in UTF-8") {
+			t.Fatalf("Message_A_ОП.xml (UTF-8 name, encoding: cp1251): still on the server %v, pickup error %q; want it left alone and shown", exists(file), msg)
+		}
+		return
+	}
+	name, problem := m.Metadata.Get(exchange.MetaFileName), m.Metadata.Get(exchange.MetaProblem)
+	m.Ack() // the pipeline stores it (a dead letter) and acks
+	time.Sleep(time.Second)
+	if name == "Message_A_ОП.xml" && problem == "" {
+		return // taken under its right name
+	}
+	msg, _ := p.LastError()
+	t.Fatalf("Message_A_ОП.xml (UTF-8 name, encoding: cp1251) taken as %q, problem %q; file still on the server: %v; pickup error %q",
+		name, problem, exists(file), msg)
+}
+
+// TestDeliverNameNotInCP1251Refused: with encoding: cp1251, a name that
+// Windows-1251 cannot write (a Kazakh code, Қ) was sent as its UTF-8 bytes
+// ("the server will say the file is missing" held for a RETR, not for a
+// STOR): the delivery "succeeded" under a name in another encoding than
+// every other file of the folder, which the node's 1C, reading the folder
+// in Windows-1251, never finds (found by review). It fails for good now
+// (no retry makes the name writable: a dead letter naming the name and
+// the encoding), and nothing is uploaded.
+func TestDeliverNameNotInCP1251Refused(t *testing.T) {
+	root := t.TempDir()
+	cfg := testConfig(startServer(t, root, ""), "deliver")
+	cfg.Encoding = "cp1251"
+	pub, err := NewPublisher("ҚА", cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	body := msgXML(t, "A", "ҚА", 3, 500)
+	err = pub.Publish("", deliverMsg(t, mustHeader(t, body), body))
+	ents, _ := os.ReadDir(root)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	switch {
+	case err == nil:
+		t.Fatalf("delivery of Message_A_ҚА.xml with encoding: cp1251 reported success; the folder holds %q (a UTF-8 name on a Windows-1251 server)", names)
+	case !exchange.IsPermanent(err) || !strings.Contains(err.Error(), "Message_A_ҚА.xml") || !strings.Contains(err.Error(), "Windows-1251"):
+		t.Fatalf("delivery of Message_A_ҚА.xml with encoding: cp1251: %v (permanent: %v); want a permanent error naming the name and the encoding", err, exchange.IsPermanent(err))
+	case len(names) > 0:
+		t.Fatalf("the refused delivery left %q in the folder", names)
 	}
 }
