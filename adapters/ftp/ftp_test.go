@@ -1,6 +1,7 @@
 package ftp
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -63,8 +64,20 @@ func serve(t *testing.T, drv ftpserver.Driver, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown() })
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	// Serving once its greeting comes: a Shutdown before Serve has set
+	// its fields races with it (local CI, a test that never connected).
+	probe, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = probe.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := bufio.NewReader(probe).ReadString('\n'); err != nil {
+		t.Fatalf("test FTP server: no greeting: %v", err)
+	}
+	probe.Close()
+	t.Cleanup(func() { srv.Shutdown(); <-done })
 	t.Setenv("TEST_FTP_PASSWORD", testPass)
 	return "ftp://relay@127.0.0.1:" + strconv.Itoa(port) + "/" + dir
 }
