@@ -335,6 +335,13 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			log.Info("offered again after it was resolved; acked")
 			return nil
 		}
+		if seq > 0 && slices.Contains(st.RecentSeqs, seq) && p.offeredBefore(node, in, m, seq) {
+			// Offered anew by a consumer that took an older one over,
+			// and resolved by the old one, whatever the outcome
+			// (superseded, dead: found by review, counted again).
+			log.Info("offered again by a consumer that took an older one over; resolved before: acked")
+			return nil
+		}
 		// A message routed by its file name has no number: its place in
 		// the channel is its place in the stream.
 		if h.ByName() && seq > 0 {

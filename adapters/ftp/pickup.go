@@ -2,6 +2,7 @@ package ftp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -63,6 +64,10 @@ func (s *source) list(conn *ftp.ServerConn, dir string) ([]folder.File, error) {
 	return files, nil
 }
 
+// errFolderNotReadable is listDir's answer for a folder the server could
+// not open, though it exists: a pickup sees nothing there.
+var errFolderNotReadable = errors.New("folder not readable")
+
 // listDir lists dir (relative to the login folder). vsftpd answers LIST of
 // a folder that does not exist with an empty listing and "226 Transfer done
 // (but failed to open directory)", so an empty answer is confirmed by
@@ -88,7 +93,7 @@ func (c *client) listDir(conn *ftp.ServerConn, dir string) ([]*ftp.Entry, error)
 	c.sockets.listNext(false)
 	var unreadable error
 	if reply := c.sockets.replies.take226(); err == nil && len(entries) == 0 && strings.Contains(strings.ToLower(reply), "failed to open directory") {
-		unreadable = fmt.Errorf("folder not readable: the server lists it as empty, but says %q", reply)
+		unreadable = fmt.Errorf("%w: the server lists it as empty, but says %q", errFolderNotReadable, reply)
 	}
 	code := replyCode(err)
 	refused := code == 550 || code == 450
