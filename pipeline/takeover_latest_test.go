@@ -22,21 +22,12 @@ import (
 // channel lists as resolved, offered first up to the mark, is acked.
 func TestTakeOverSupersededCountedOnce(t *testing.T) {
 	ctx := context.Background()
-	b := testBus(t)
 	d := &scriptedDelivery{}
-	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
-nodes:
-  SRC: { deliver: { dir: ./src } }
-  OTH: { deliver: { dir: ./oth } }
-  DST: { mode: latest, deliver: { dir: ./dst } }
-`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "OTH": &scriptedDelivery{}, "DST": d})
+	p, b, nc, in, handle := takeOverSite(t, "latest", d)
 	queueRecord(t, b, "OTH", "DST", 1) // seq 1: keeps the old consumer's floor at 0
 	for no := uint64(1); no <= 3; no++ {
 		ingestNo(t, p, no)
 	}
-	in := &inflight{}
-	nc := testConn(t, b)
-	handle := p.deliverHandler("DST", p.cfg.Nodes["DST"], d, p.laneOn(b, p.log), in)
 	legacy := bus.LegacyConsumerFor("deliver", "DST")
 	old := func(m *message.Message) error {
 		h, err := exchange.HeaderOf(m)

@@ -94,14 +94,8 @@ func drainFor(t *testing.T, s message.Subscriber, handle func(*message.Message) 
 // resolved is acked uncounted.
 func TestTakeOverCountsResolvedOnce(t *testing.T) {
 	ctx := context.Background()
-	b := testBus(t)
 	d := &scriptedDelivery{}
-	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
-nodes:
-  SRC: { deliver: { dir: ./src } }
-  OTH: { deliver: { dir: ./oth } }
-  DST: { mode: sequential, deliver: { dir: ./dst } }
-`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "OTH": &scriptedDelivery{}, "DST": d})
+	p, b, nc, in, handle := takeOverSite(t, "sequential", d)
 	// OTH → DST: No 1 delivered long ago, No 3 waits for No 2 (a gap).
 	if _, err := p.States().Update(ctx, "P", "OTH", "DST", func(c *Channel) { c.PickedNo, c.DeliveredNo, c.Queued, c.Resolved = 1, 1, 1, 1 }); err != nil {
 		t.Fatal(err)
@@ -110,9 +104,6 @@ nodes:
 	for no := uint64(1); no <= 20; no++ {
 		ingestNo(t, p, no)
 	}
-	in := &inflight{}
-	nc := testConn(t, b)
-	handle := p.deliverHandler("DST", p.cfg.Nodes["DST"], d, p.laneOn(b, p.log), in)
 	legacy := bus.LegacyConsumerFor("deliver", "DST")
 
 	// The version before: the consumer of the old name.
@@ -150,19 +141,13 @@ nodes:
 // held behind a dead letter whose message was delivered (found by review).
 func TestTakeOverDeadTriedAgainRecorded(t *testing.T) {
 	ctx := context.Background()
-	b := testBus(t)
 	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
 		if no == 2 && attempt == 1 {
 			return exchange.Permanent(errors.New("refused"))
 		}
 		return nil
 	}}
-	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
-nodes:
-  SRC: { deliver: { dir: ./src } }
-  OTH: { deliver: { dir: ./oth } }
-  DST: { mode: sequential, deliver: { dir: ./dst } }
-`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "OTH": &scriptedDelivery{}, "DST": d})
+	p, b, nc, in, handle := takeOverSite(t, "sequential", d)
 	if _, err := p.States().Update(ctx, "P", "OTH", "DST", func(c *Channel) { c.PickedNo, c.DeliveredNo, c.Queued, c.Resolved = 1, 1, 1, 1 }); err != nil {
 		t.Fatal(err)
 	}
@@ -170,9 +155,6 @@ nodes:
 	for no := uint64(1); no <= 3; no++ {
 		ingestNo(t, p, no)
 	}
-	in := &inflight{}
-	nc := testConn(t, b)
-	handle := p.deliverHandler("DST", p.cfg.Nodes["DST"], d, p.laneOn(b, p.log), in)
 	legacy := bus.LegacyConsumerFor("deliver", "DST")
 	drainFor(t, namedSubscriber(t, nc, "DST", legacy, "", in), handle, 3*time.Second)
 	before, _ := p.States().Get(ctx, "P", "SRC", "DST")
@@ -196,12 +178,8 @@ nodes:
 // (found by review). finish writes every outcome now.
 func TestStreamMadeAnewDeliveryRecorded(t *testing.T) {
 	ctx := context.Background()
-	b := testBus(t)
 	d := &scriptedDelivery{}
-	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
-	in := &inflight{}
-	nc := testConn(t, b)
-	handle := p.deliverHandler("DST", p.cfg.Nodes["DST"], d, p.laneOn(b, p.log), in)
+	p, b, nc, in, handle := takeOverSite(t, "sequential", d)
 	for no := uint64(1); no <= 3; no++ {
 		ingestNo(t, p, no)
 	}
@@ -226,4 +204,20 @@ func TestStreamMadeAnewDeliveryRecorded(t *testing.T) {
 		t.Fatalf("stream made anew, No 4 and 5 queued: destination got %v, state delivered No %d, resolved %d of %d, last error %q; want 1-5 delivered and recorded",
 			got, c.DeliveredNo, c.Resolved, c.Queued, c.LastError)
 	}
+}
+
+// takeOverSite is a pipeline with nodes SRC, OTH and DST (in mode), d
+// delivering to DST, and DST's delivery handler run by hand on the
+// inflight records of in.
+func takeOverSite(t *testing.T, mode string, d *scriptedDelivery) (*Pipeline, *bus.Bus, *nats.Conn, *inflight, func(*message.Message) error) {
+	t.Helper()
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  OTH: { deliver: { dir: ./oth } }
+  DST: { mode: `+mode+`, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "OTH": &scriptedDelivery{}, "DST": d})
+	in := &inflight{}
+	return p, b, testConn(t, b), in, p.deliverHandler("DST", p.cfg.Nodes["DST"], d, p.laneOn(b, p.log), in)
 }
