@@ -565,7 +565,37 @@ func zipDirCheck(r io.ReaderAt, size int64, lim Limits) (dirStart int64, err err
 	}
 	// Where archive/zip takes the directory to start (end is the end
 	// record's offset, or the zip64 record's).
-	return end - int64(min(dirSize, uint64(end))), nil
+	start := end - int64(min(dirSize, uint64(end)))
+	if n, err := dirRecords(r, start, size, max); err != nil {
+		return 0, err
+	} else if n > max {
+		// archive/zip reads records until one does not parse, and checks
+		// their number against the end record's only modulo 65536: 65537
+		// small records under an end record saying 1 were all parsed (17
+		// MiB for a 3 MB file) before the count refused them (found by
+		// review).
+		return 0, fmt.Errorf("%w: zip holds more than %d entries, want exactly one .xml message", ErrBadZip, max)
+	}
+	return start, nil
+}
+
+// dirRecords counts the central directory records from off on as
+// archive/zip will read them (one after another until a signature does
+// not match), up to one past max.
+func dirRecords(r io.ReaderAt, off, size int64, max uint64) (uint64, error) {
+	var rec [cdHeaderLen]byte
+	le := binary.LittleEndian
+	n := uint64(0)
+	for ; n <= max && off+cdHeaderLen <= size; n++ {
+		if k, err := r.ReadAt(rec[:], off); k < len(rec) {
+			return 0, readAtErr(err)
+		}
+		if le.Uint32(rec[:]) != 0x02014b50 {
+			break
+		}
+		off += cdHeaderLen + int64(le.Uint16(rec[28:])) + int64(le.Uint16(rec[30:])) + int64(le.Uint16(rec[32:]))
+	}
+	return n, nil
 }
 
 // findEOCD is archive/zip's search for the end-of-central-directory record
