@@ -21,6 +21,11 @@ type dropper struct {
 	done chan struct{}
 	once sync.Once
 	log  *slog.Logger
+	// mu orders drops against close: a handler the router left running
+	// past its close drops after it (local CI: a send on the closed
+	// queue).
+	mu     sync.RWMutex
+	closed bool
 }
 
 // dropQueue bounds the payloads waiting for their delete; a full queue makes
@@ -40,11 +45,17 @@ func newDropper(del func(ctx context.Context, name string) error, log *slog.Logg
 
 // drop deletes the payload name, soon.
 func (d *dropper) drop(name string) {
-	select {
-	case d.q <- name:
-	default:
-		d.delete(name)
+	d.mu.RLock()
+	if !d.closed {
+		select {
+		case d.q <- name:
+			d.mu.RUnlock()
+			return
+		default:
+		}
 	}
+	d.mu.RUnlock()
+	d.delete(name)
 }
 
 func (d *dropper) delete(name string) { deletePayload(d.del, name, d.log) }
@@ -59,9 +70,14 @@ func deletePayload(del func(ctx context.Context, name string) error, name string
 	}
 }
 
-// close deletes what is queued and stops; no drop may follow.
+// close deletes what is queued and stops; a drop after it deletes at once.
 func (d *dropper) close() error {
-	d.once.Do(func() { close(d.q) })
+	d.once.Do(func() {
+		d.mu.Lock()
+		d.closed = true
+		close(d.q)
+		d.mu.Unlock()
+	})
 	<-d.done
 	return nil
 }

@@ -50,3 +50,27 @@ func TestDropper(t *testing.T) {
 		t.Fatalf("%d deleted after close, want %d", len(deleted), dropQueue+6)
 	}
 }
+
+// TestDropAfterClose: a delivery the router left running past its close
+// finishes after the pipeline closed the dropper: its drop sent on the
+// closed queue (local CI: the race detector; a panic without it). It
+// deletes at once instead.
+func TestDropAfterClose(t *testing.T) {
+	var mu sync.Mutex
+	var deleted []string
+	d := newDropper(func(_ context.Context, name string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		deleted = append(deleted, name)
+		return nil
+	}, slog.New(slog.DiscardHandler))
+	if err := d.close(); err != nil {
+		t.Fatal(err)
+	}
+	d.drop("late")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(deleted) != 1 || deleted[0] != "late" {
+		t.Fatalf("deleted %v after close, want [late]", deleted)
+	}
+}
