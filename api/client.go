@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,9 @@ type Client struct {
 	// Token is the bearer token, if the relay requires one.
 	Token string
 	HTTP  *http.Client
+	// pushAnswer bounds the wait for a push's answer once its file is
+	// sent (0: slowWait).
+	pushAnswer time.Duration
 }
 
 // NewClient makes a client for the relay listening on addr.
@@ -156,6 +160,18 @@ func (c *Client) DropDead(ctx context.Context, seq uint64) error {
 func (c *Client) Push(ctx context.Context, name string, r io.Reader, size int64) (PushReply, error) {
 	var out PushReply
 	hc := c.waiting(0)
+	// No limit on the upload, but on the answer once it is in: the relay
+	// stores the file then (minutes for gigabytes, at most slowWait); one
+	// that never answers held relay send for ever (found by review).
+	base, _ := hc.HTTP.Transport.(*http.Transport)
+	if hc.HTTP.Transport == nil {
+		base = http.DefaultTransport.(*http.Transport)
+	}
+	if base != nil {
+		t := base.Clone()
+		t.ResponseHeaderTimeout = cmp.Or(c.pushAnswer, slowWait)
+		hc.HTTP.Transport = t
+	}
 	// Exactly size bytes: with a zero length and a body, Go's client would
 	// send the body chunked until its end (a file that says 0 and reads
 	// on), and a file cut at its stated size while it grows would be

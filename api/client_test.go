@@ -1,7 +1,9 @@
 package api
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -50,5 +52,46 @@ func TestClientSlowAnswer(t *testing.T) {
 	}}
 	if _, err := c.Channels(context.Background()); err == nil || strings.Contains(err.Error(), "may have been done") || !strings.Contains(err.Error(), "not reachable") {
 		t.Errorf("no connection made: %v, want not reachable", err)
+	}
+}
+
+// TestPushAnswerBounded: a relay that took the whole file and never
+// answers (frozen by SIGSTOP, a JetStream that hangs, another program on
+// relay.listen) held `relay send` for ever: the push had no limit at all
+// (found by review). The upload has none; the answer after it has one.
+func TestPushAnswerBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	release := make(chan struct{})
+	defer close(release)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			_, _ = io.Copy(io.Discard, req.Body)
+		}
+		<-release // never answers
+	}()
+	c := NewClient(ln.Addr().String(), "")
+	c.pushAnswer = 500 * time.Millisecond
+	body := "<Message/>"
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Push(context.Background(), "Message_A_B.xml", strings.NewReader(body), int64(len(body)))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("push without an answer succeeded")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("push still waiting 30 s for an answer that never comes")
 	}
 }

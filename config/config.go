@@ -437,11 +437,37 @@ func Parse(data []byte) (*Config, error) {
 		problems = append(problems, "routing.yaml holds more than one YAML document"+at+
 			"; everything after the first '---' would be ignored: keep one")
 	}
+	problems = append(problems, nullCodes(data)...)
 	c.setDefaults()
 	if len(problems) > 0 {
 		return c, &DecodeError{Problems: problems}
 	}
 	return c, nil
+}
+
+// nullCodes are the problems of node codes YAML reads as null (NULL, Null,
+// null, ~): yaml.v3 drops such a key of a map without a word, and the
+// node's messages became dead letters of an unknown node (found by
+// review).
+func nullCodes(data []byte) []string {
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil
+	}
+	root := doc.Content[0].Content
+	var out []string
+	for i := 0; i+1 < len(root); i += 2 {
+		if root[i].Value != "nodes" || root[i+1].Kind != yaml.MappingNode {
+			continue
+		}
+		nodes := root[i+1].Content
+		for j := 0; j < len(nodes); j += 2 {
+			if k := nodes[j]; k.ShortTag() == "!!null" {
+				out = append(out, fmt.Sprintf("nodes: line %d: code %q is what YAML reads as null, and would be dropped: quote it ('%s')", k.Line, k.Value, k.Value))
+			}
+		}
+	}
+	return out
 }
 
 // emptyDocument says the document n holds nothing (only comments or a null).
@@ -553,7 +579,9 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 	// build their URL from it, where only the number it listens on is.
 	if _, port, err := net.SplitHostPort(c.Relay.Listen); err != nil {
 		add("relay.listen", "%q is not host:port", c.Relay.Listen)
-	} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+	} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 || strings.Trim(port, "0123456789") != "" {
+		// Digits only: Atoi takes "+38999", a URL does not (found by
+		// review: every command failed on it).
 		add("relay.listen", "%q is not host:port (port %q: a number from 1 to 65535)", c.Relay.Listen, port)
 	}
 	if t := c.Relay.MaxXMLToken; t < 1<<20 || t > maxXMLToken {
