@@ -26,13 +26,26 @@ type Client struct {
 	Token string
 	HTTP  *http.Client
 	// pushAnswer bounds the wait for a push's answer once its file is
-	// sent (0: slowWait).
+	// sent (0: slowWait); push is the transport that bounds it, made
+	// once, so that pushes share their connections.
 	pushAnswer time.Duration
+	push       *http.Transport
+	// answerWait is the wait named when an answer did not come (0: the
+	// HTTP client's timeout).
+	answerWait time.Duration
 }
 
 // NewClient makes a client for the relay listening on addr.
 func NewClient(addr, token string) *Client {
-	return &Client{Base: "http://" + addr, Token: token, HTTP: &http.Client{Timeout: 30 * time.Second}}
+	return &Client{Base: "http://" + addr, Token: token, HTTP: &http.Client{Timeout: 30 * time.Second}, push: answerBounded(slowWait)}
+}
+
+// answerBounded is a transport whose answers must begin within d of the
+// request's end: the upload itself has no limit.
+func answerBounded(d time.Duration) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ResponseHeaderTimeout = d
+	return t
 }
 
 // maxReply bounds how much of a reply the client reads.
@@ -70,7 +83,7 @@ func (c *Client) send(ctx context.Context, method, path string, body io.Reader, 
 	case errors.As(err, &ne) && ne.Timeout() && connected.Load():
 		// It is running and at work on the request: a retry or drop may
 		// have been done (found by review: "not reachable").
-		return fmt.Errorf("relay at %s did not answer within %s; it may still be at work, and what was asked may have been done: look again with relay status or relay dead list: %w", c.Base, c.HTTP.Timeout, err)
+		return fmt.Errorf("relay at %s did not answer within %s; it may still be at work, and what was asked may have been done: look again with relay status or relay dead list: %w", c.Base, cmp.Or(c.answerWait, c.HTTP.Timeout), err)
 	case err != nil:
 		return fmt.Errorf("relay is not reachable at %s (is `relay run` running with this config?): %w", c.Base, err)
 	}
@@ -163,13 +176,12 @@ func (c *Client) Push(ctx context.Context, name string, r io.Reader, size int64)
 	// No limit on the upload, but on the answer once it is in: the relay
 	// stores the file then (minutes for gigabytes, at most slowWait); one
 	// that never answers held relay send for ever (found by review).
-	base, _ := hc.HTTP.Transport.(*http.Transport)
-	if hc.HTTP.Transport == nil {
-		base = http.DefaultTransport.(*http.Transport)
-	}
-	if base != nil {
-		t := base.Clone()
-		t.ResponseHeaderTimeout = cmp.Or(c.pushAnswer, slowWait)
+	hc.answerWait = cmp.Or(c.pushAnswer, slowWait)
+	if c.push != nil && c.pushAnswer == 0 {
+		hc.HTTP.Transport = c.push
+	} else {
+		t := answerBounded(hc.answerWait)
+		defer t.CloseIdleConnections()
 		hc.HTTP.Transport = t
 	}
 	// Exactly size bytes: with a zero length and a body, Go's client would

@@ -457,10 +457,15 @@ func nullCodes(data []byte) []string {
 	root := doc.Content[0].Content
 	var out []string
 	for i := 0; i+1 < len(root); i += 2 {
-		if root[i].Value != "nodes" || root[i+1].Kind != yaml.MappingNode {
+		if root[i].Value != "nodes" {
 			continue
 		}
-		nodes := root[i+1].Content
+		// As yaml.v3 reads it: an alias, merge keys (<<) resolved.
+		m, err := resolveAliases(root[i+1])
+		if err != nil || m.Kind != yaml.MappingNode {
+			continue
+		}
+		nodes := m.Content
 		for j := 0; j < len(nodes); j += 2 {
 			if k := nodes[j]; k.ShortTag() == "!!null" {
 				out = append(out, fmt.Sprintf("nodes: line %d: code %q is what YAML reads as null, and would be dropped: quote it ('%s')", k.Line, k.Value, k.Value))

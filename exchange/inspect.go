@@ -566,6 +566,16 @@ func zipDirCheck(r io.ReaderAt, size int64, lim Limits) (dirStart int64, err err
 	// Where archive/zip takes the directory to start (end is the end
 	// record's offset, or the zip64 record's).
 	start := end - int64(min(dirSize, uint64(end)))
+	if base := start - int64(min(dirOff, uint64(start))); base > 0 && dirOff < uint64(size) {
+		// archive/zip's rule for end records that name a wrong base:
+		// a directory record at the offset the end record names is
+		// where it reads from (found by review: the count read from
+		// elsewhere and saw one record of 65,537).
+		var sig [4]byte
+		if k, _ := r.ReadAt(sig[:], int64(dirOff)); k == len(sig) && binary.LittleEndian.Uint32(sig[:]) == 0x02014b50 {
+			start = int64(dirOff)
+		}
+	}
 	if n, err := dirRecords(r, start, size, max); err != nil {
 		return 0, err
 	} else if n > max {
