@@ -227,7 +227,14 @@ func TestOfficeLeafWithCredsReachesHQ(t *testing.T) {
 	}
 	set := r.Cfg.NATSSettings()
 	l := *set.Leaf
-	l.URL = strings.Replace(l.URL, "hq-nats.example.com:7422", "127.0.0.1:"+strconv.Itoa(leafPort), 1)
+	// Whatever the overlay names (a user may have put the head office's
+	// real address there): only 127.0.0.1 is dialled (found by review).
+	u, err := url.Parse(l.URL)
+	if err != nil || strings.Contains(l.URL, ",") {
+		t.Fatalf("the office's leaf url %q: want one URL (%v)", l.URL, err)
+	}
+	u.Host = "127.0.0.1:" + strconv.Itoa(leafPort)
+	l.URL = u.String()
 	l.CredsFile = trustedCreds(t, "office1")
 	set.Leaf = &l
 	b, err := bus.Open(ctx, bus.Settings{NATS: set, DataDir: t.TempDir(), ID: r.Cfg.Relay.ID}, slog.New(slog.NewTextHandler(io.Discard, nil)))
