@@ -60,25 +60,8 @@ func TestClientSlowAnswer(t *testing.T) {
 // relay.listen) held `relay send` for ever: the push had no limit at all
 // (found by review). The upload has none; the answer after it has one.
 func TestPushAnswerBounded(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	release := make(chan struct{})
-	defer close(release)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-			_, _ = io.Copy(io.Discard, req.Body)
-		}
-		<-release // never answers
-	}()
-	c := NewClient(ln.Addr().String(), "")
+	addr := silentRelay(t)
+	c := NewClient(addr, "")
 	c.pushAnswer = 500 * time.Millisecond
 	body := "<Message/>"
 	done := make(chan error, 1)
@@ -94,4 +77,28 @@ func TestPushAnswerBounded(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("push still waiting 30 s for an answer that never comes")
 	}
+}
+
+// silentRelay is the address of a relay stand-in that reads one request
+// whole and never answers, until the test ends.
+func silentRelay(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release); ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			_, _ = io.Copy(io.Discard, req.Body)
+		}
+		<-release // never answers
+	}()
+	return ln.Addr().String()
 }

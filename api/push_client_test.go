@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -55,28 +54,11 @@ func TestPushReusesConnection(t *testing.T) {
 // c.HTTP.Timeout, which Push sets to 0), not the bound that elapsed (found
 // by review).
 func TestPushAnswerTimeoutMessage(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	release := make(chan struct{})
-	defer close(release)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-			_, _ = io.Copy(io.Discard, req.Body)
-		}
-		<-release
-	}()
-	c := NewClient(ln.Addr().String(), "")
+	addr := silentRelay(t)
+	c := NewClient(addr, "")
 	c.pushAnswer = 300 * time.Millisecond
 	body := "<Message/>"
-	_, err = c.Push(context.Background(), "Message_A_B.xml", strings.NewReader(body), int64(len(body)))
+	_, err := c.Push(context.Background(), "Message_A_B.xml", strings.NewReader(body), int64(len(body)))
 	if err == nil {
 		t.Fatal("no error")
 	}

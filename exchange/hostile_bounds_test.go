@@ -8,11 +8,10 @@ import (
 	"testing"
 )
 
-// moduloDirZip is a zip whose end record declares 1 entry, but whose
-// central directory holds 65537 (1 mod 65536) 46-byte records: archive/zip
-// reads records until one does not read and compares the count modulo
-// 65536 only, so it builds a *zip.File for each.
-func moduloDirZip(n int) []byte {
+// recordsZip is a zip of n minimal 46-byte central directory records
+// under an end record that says entries entries and a directory of dirSize
+// bytes (0: all n records) at the first record.
+func recordsZip(n, entries, dirSize int) []byte {
 	le := binary.LittleEndian
 	var b bytes.Buffer
 	b.WriteString("PK\x03\x04")
@@ -22,19 +21,26 @@ func moduloDirZip(n int) []byte {
 	le.PutUint32(rec, 0x02014b50)
 	le.PutUint16(rec[4:], 20)
 	le.PutUint16(rec[6:], 20)
-	for i := 0; i < n; i++ {
+	for range n {
 		b.Write(rec)
 	}
-	dirSize := b.Len() - dirOff
+	if dirSize == 0 {
+		dirSize = b.Len() - dirOff
+	}
 	eocd := make([]byte, 22)
 	le.PutUint32(eocd, 0x06054b50)
-	le.PutUint16(eocd[8:], uint16(n))
-	le.PutUint16(eocd[10:], uint16(n))
+	le.PutUint16(eocd[8:], uint16(entries))
+	le.PutUint16(eocd[10:], uint16(entries))
 	le.PutUint32(eocd[12:], uint32(dirSize))
 	le.PutUint32(eocd[16:], uint32(dirOff))
 	b.Write(eocd)
 	return b.Bytes()
 }
+
+// moduloDirZip is a zip whose end record declares n mod 65536 entries
+// (1 for 65537) over n records: archive/zip reads records until one does
+// not read and compares the count modulo 65536 only.
+func moduloDirZip(n int) []byte { return recordsZip(n, n, 0) }
 
 // README: "≤ 16 zip entries"; zipDirCheck is meant to refuse a directory of
 // many entries before archive/zip builds a zip.File for each (see

@@ -2,39 +2,16 @@ package exchange
 
 import (
 	"bytes"
-	"encoding/binary"
 	"runtime"
 	"testing"
 )
 
-// baseZeroDirZip is moduloDirZip's 65537 records, with an end record that
-// says 1 entry and a directory size of one record (46 bytes) at an offset
-// that points to the first record: the offsets give a base offset > 0,
-// but a record reads at the directory offset itself, so archive/zip takes
-// base 0 and reads all 65537 records from there, while zipDirCheck counts
-// from end-dirSize (the last record: 1).
-func baseZeroDirZip(n int) []byte {
-	le := binary.LittleEndian
-	var b bytes.Buffer
-	b.WriteString("PK\x03\x04")
-	b.Write(make([]byte, 60))
-	dirOff := b.Len()
-	rec := make([]byte, 46)
-	le.PutUint32(rec, 0x02014b50)
-	le.PutUint16(rec[4:], 20)
-	le.PutUint16(rec[6:], 20)
-	for i := 0; i < n; i++ {
-		b.Write(rec)
-	}
-	eocd := make([]byte, 22)
-	le.PutUint32(eocd, 0x06054b50)
-	le.PutUint16(eocd[8:], 1)
-	le.PutUint16(eocd[10:], 1)
-	le.PutUint32(eocd[12:], 46)
-	le.PutUint32(eocd[16:], uint32(dirOff))
-	b.Write(eocd)
-	return b.Bytes()
-}
+// baseZeroDirZip is n records under an end record that says 1 entry and
+// a directory size of one record (46 bytes) at an offset that points to
+// the first record: the offsets give a base offset > 0, but a record reads
+// at the directory offset itself, so archive/zip takes base 0 and reads all
+// n records from there, while a count from end-dirSize sees the last one.
+func baseZeroDirZip(n int) []byte { return recordsZip(n, 1, 46) }
 
 // TestZipDirectoryBaseZeroCounted: an end record whose offsets name a
 // wrong base while a directory record sits at the offset it names: archive/zip
