@@ -75,7 +75,7 @@ func (c *client) probe(ctx context.Context, method, target string, ok func(code 
 	if err != nil {
 		return err
 	}
-	if err := c.authorize(req); err != nil {
+	if err := c.authorizeAfterRedirect(req); err != nil {
 		return err
 	}
 	resp, err := c.hc.Do(req)

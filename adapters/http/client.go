@@ -139,7 +139,10 @@ func (c *client) authorize(req *stdhttp.Request) error {
 // one was redirected to (a WebDAV MOVE after its PUT): the credentials go
 // only to the endpoint's host and port, as checkRedirect keeps them.
 func (c *client) authorizeAfterRedirect(req *stdhttp.Request) error {
-	if req.URL.Host == c.u.Host {
+	// The host and port of url, and never from https down to http (found
+	// by review: relay check sent the password in clear text to an
+	// http:// health_url).
+	if req.URL.Host == c.u.Host && (c.u.Scheme != "https" || req.URL.Scheme == "https") {
 		return c.authorize(req)
 	}
 	bare := *c

@@ -12,6 +12,7 @@ import (
 	stdhttp "net/http"
 	"net/url"
 	"path"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -347,7 +348,7 @@ func (p *Publisher) send(ctx context.Context, id string, d exchange.Delivery, op
 			// file.
 			return &outcome{err: fmt.Errorf("%s before the whole file was sent (%d of %d bytes)", resp.Status, d.Size-b.left.Load(), d.Size), retry: true}
 		}
-		b, err := readReply(reply)
+		b, cut, err := readReply(reply)
 		if err != nil {
 			// What came may be the first bytes of 1C's {"error": true}:
 			// not proof of a delivery (found by review). The
@@ -363,7 +364,7 @@ func (p *Publisher) send(ctx context.Context, id string, d exchange.Delivery, op
 			// WebDAV answers 201 Created with an HTML page of that name.
 			return &outcome{err: fmt.Errorf("%s with an HTML page (%s), not the service's answer: a login page or a proxy in between?", resp.Status, pageTitle(b))}
 		}
-		if desc, failed := oneCError(b); failed {
+		if desc, failed := oneCError(b, cut); failed {
 			return &outcome{err: fmt.Errorf("%s: the service reported an error: %s", resp.Status, desc), permanent: true}
 		}
 		drain(reply)
@@ -446,7 +447,7 @@ func (p *Publisher) checkNotNewer(ctx context.Context, at *url.URL, d exchange.D
 	if !strings.EqualFold(path.Ext(d.Name), ".xml") {
 		return nil
 	}
-	rctx, _, done := p.c.newAttemptContext(ctx)
+	rctx, guard, done := p.c.newAttemptContext(ctx)
 	defer done()
 	fail := func(err error) error { return fmt.Errorf("GET %s to compare its number: %w", path.Base(at.Path), err) }
 	req, err := stdhttp.NewRequestWithContext(rctx, stdhttp.MethodGet, at.String(), nil)
@@ -472,7 +473,9 @@ func (p *Publisher) checkNotNewer(ctx context.Context, at *url.URL, d exchange.D
 	case code != stdhttp.StatusOK:
 		return nil // nothing there (404, 410, 204)
 	}
-	have, err := exchange.ReadHeader(resp.Body, p.c.cfg.Limits.WithDefaults())
+	// Through the idle guard: a body that stalls is cut at
+	// response_timeout, not at timeout (found by review).
+	have, err := exchange.ReadHeader(guardedReader{r: resp.Body, g: guard}, p.c.cfg.Limits.WithDefaults())
 	switch {
 	case err == nil:
 	case exchange.IsVerdict(err):
@@ -563,10 +566,14 @@ func contentType(name string) string {
 const maxReply = 64 << 10
 
 // readReply reads the start of a 2xx reply (at most maxReply), without a
-// BOM and the space around it; err says the reply broke off before that.
-func readReply(r io.Reader) ([]byte, error) {
-	b, err := io.ReadAll(io.LimitReader(r, maxReply))
-	return bytes.TrimSpace(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))), err
+// BOM and the space around it; cut says it went on past that, err that it
+// broke off before.
+func readReply(r io.Reader) (b []byte, cut bool, err error) {
+	b, err = io.ReadAll(io.LimitReader(r, maxReply+1))
+	if cut = len(b) > maxReply; cut {
+		b = b[:maxReply]
+	}
+	return bytes.TrimSpace(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))), cut, err
 }
 
 // htmlPage reports whether a reply is an HTML document: with a 200, what
@@ -611,7 +618,7 @@ func pageTitle(b []byte) string {
 
 // oneCError reports whether a 2xx reply (see readReply) is 1C's
 // remote-query error convention {"error": true, "errorDescription": "..."}.
-func oneCError(b []byte) (string, bool) {
+func oneCError(b []byte, cut bool) (string, bool) {
 	if len(b) == 0 || b[0] != '{' {
 		return "", false
 	}
@@ -620,7 +627,21 @@ func oneCError(b []byte) (string, bool) {
 		ErrorDescription string `json:"errorDescription"`
 	}
 	if json.Unmarshal(b, &v) != nil {
-		return "", false
+		// Not a whole document: a reply over the 64 KiB read (a long
+		// 1C exception text) is cut, and was taken for no error at all
+		// (found by review). Its error flag and the start of its
+		// description are looked for as they are written.
+		if !cut {
+			return "", false
+		}
+		if loc := cutErrorTrue.FindIndex(b); loc == nil || jsonDepth(b[:loc[0]]) != 1 {
+			return "", false
+		}
+		desc := "error: true (the reply is longer than what was read)"
+		if m := cutErrorDesc.FindSubmatch(b); m != nil {
+			desc = strings.Join(strings.Fields(string(m[1])), " ") + " … (cut)"
+		}
+		return desc, true
 	}
 	switch e := v.Error.(type) {
 	case bool:
@@ -640,6 +661,35 @@ func oneCError(b []byte) (string, bool) {
 	}
 	return desc, true
 }
+
+// jsonDepth is how deep in objects and arrays the end of the JSON text b
+// is (strings passed over): 1 is a key of the top-level object.
+func jsonDepth(b []byte) int {
+	depth, inString, escaped := 0, false, false
+	for _, c := range b {
+		switch {
+		case escaped:
+			escaped = false
+		case inString && c == '\\':
+			escaped = true
+		case c == '"':
+			inString = !inString
+		case inString:
+		case c == '{' || c == '[':
+			depth++
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return depth
+}
+
+// cutErrorTrue and cutErrorDesc find 1C's error flag and the start of its
+// description in a reply cut before its end.
+var (
+	cutErrorTrue = regexp.MustCompile(`"error"\s*:\s*(?:true|"(?i:true)")`)
+	cutErrorDesc = regexp.MustCompile(`"errorDescription"\s*:\s*"((?:[^"\\]|\\.){0,300})`)
+)
 
 // retryAfter reads a Retry-After header (seconds or an HTTP date), at most
 // max; 0 when absent or unreadable.

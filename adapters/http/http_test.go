@@ -626,13 +626,17 @@ func TestOneCError(t *testing.T) {
 		{`[{"error": true}]`, "", false},
 		{`<ok/>`, "", false},
 		{``, "", false},
-		{`{"error": true, "pad": "` + strings.Repeat("x", maxReply) + `"}`, "", false}, // beyond 64 KiB: not read whole
+		// Beyond 64 KiB: not read whole, the flag found as written (found
+		// by review: a long exception text counted as delivered).
+		{`{"error": true, "pad": "` + strings.Repeat("x", maxReply) + `"}`, "error: true (the reply is longer than what was read)", true},
+		{`{"errorDescription": "Ошибка: ` + strings.Repeat("x", maxReply) + `", "error": true}`, "", false}, // the flag past what was read: not known
+		{`{"items": [{"error": true}], "pad": "` + strings.Repeat("x", maxReply) + `"}`, "", false},         // not the top level's
 	} {
-		b, err := readReply(strings.NewReader(c.in))
+		b, cut, err := readReply(strings.NewReader(c.in))
 		if err != nil {
 			t.Fatal(err)
 		}
-		desc, fail := oneCError(b)
+		desc, fail := oneCError(b, cut)
 		if desc != c.desc || fail != c.fail {
 			t.Errorf("oneCError(%.40q) = %q, %v; want %q, %v", c.in, desc, fail, c.desc, c.fail)
 		}

@@ -172,7 +172,15 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took st
 	sum := sha256.New()
 	if resp.ContentLength > p.lim.MaxSize {
 		problem = fmt.Sprintf("the service offers %d bytes, more than the %d-byte limit", resp.ContentLength, p.lim.MaxSize)
+		// What tells this message from the channel's next one of the
+		// same size (found by review: taken for the file served before,
+		// it was never handed on): its headers and first bytes, which
+		// hold its number.
 		_, _ = io.WriteString(sum, problem+name)
+		for _, h := range []string{"ETag", "Last-Modified", HeaderSHA256, "Content-Disposition"} {
+			_, _ = io.WriteString(sum, "\n"+resp.Header.Get(h))
+		}
+		_, _ = io.CopyN(sum, body, oversizeSample)
 		f, err = folder.Spool(rctx, p.spool, strings.NewReader(""), 0)
 	} else {
 		f, err = folder.Spool(rctx, p.spool, io.TeeReader(body, sum), p.lim.MaxSize)
@@ -233,6 +241,10 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took st
 // else X-Relay-File, else the last element of the path of the URL that
 // answered (after redirects: found by review, a file served by a redirect
 // took the asked URL's name, next). Only the base name counts.
+// oversizeSample is how much of a body over the size limit is read, to
+// tell one such message from the next.
+const oversizeSample = 64 << 10
+
 func fileName(resp *stdhttp.Response) string {
 	name := ""
 	cd := resp.Header.Get("Content-Disposition")
