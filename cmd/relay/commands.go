@@ -35,14 +35,42 @@ import (
 // defaultMemoryLimit is the soft memory limit of `relay run` (see runCmd).
 const defaultMemoryLimit = 100 << 20
 
+// load reads routing.yaml (-c); one that is not there says how to name it
+// (found by a walk through the quick start: a command run in another
+// folder said only "no such file").
+func (g *globals) load() (*config.Config, error) {
+	cfg, err := config.Load(g.config)
+	if errors.Is(err, fs.ErrNotExist) {
+		return cfg, fmt.Errorf("%w (run relay in the folder of routing.yaml, or give its path with -c)", err)
+	}
+	return cfg, err
+}
+
 // loggerAndConfig is what the commands that use endpoints start with.
 func (g *globals) loggerAndConfig() (*slog.Logger, *config.Config, error) {
 	log, err := g.logger()
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, err := config.Load(g.config)
+	cfg, err := g.load()
 	return log, cfg, err
+}
+
+// checkedConfig loads routing.yaml with every problem validate reports:
+// what does not decode listed with what Problems finds in the rest, so
+// that one typo does not hide the next (found by a walk through the quick
+// start: relay run reported them a round at a time).
+func (g *globals) checkedConfig() (*config.Config, []string, error) {
+	cfg, err := g.load()
+	var undecoded *config.DecodeError
+	if err != nil && !errors.As(err, &undecoded) {
+		return nil, nil, err
+	}
+	var problems []string
+	if undecoded != nil {
+		problems = append(problems, undecoded.Problems...)
+	}
+	return cfg, append(problems, cfg.Problems(adapters.New(cfg))...), nil
 }
 
 func runCmd(g *globals) *cobra.Command {
@@ -51,9 +79,19 @@ func runCmd(g *globals) *cobra.Command {
 		Short: "Run the relay (embedded NATS unless nats.url is set)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, cfg, err := g.loggerAndConfig()
+			log, err := g.logger()
 			if err != nil {
 				return err
+			}
+			cfg, problems, err := g.checkedConfig()
+			if err != nil {
+				return err
+			}
+			if len(problems) > 0 {
+				for i, p := range problems {
+					problems[i] = exchange.NoControls(p) // a code pasted with a direction mark
+				}
+				return fmt.Errorf("%s is not valid (%d problem(s)):\n  %s", g.config, len(problems), strings.Join(problems, "\n  "))
 			}
 			// Payloads stream through in 128-256 KiB pieces, so the live heap
 			// is small but churns fast; without a limit the GC lets RSS grow to
@@ -78,18 +116,10 @@ func validateCmd(g *globals) *cobra.Command {
 		Short: "Check routing.yaml and print every problem with its path",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// What does not decode is listed with what Problems finds in
-			// the rest, so that one typo does not hide the next.
-			cfg, err := config.Load(g.config)
-			var undecoded *config.DecodeError
-			if err != nil && !errors.As(err, &undecoded) {
+			cfg, problems, err := g.checkedConfig()
+			if err != nil {
 				return err
 			}
-			var problems []string
-			if undecoded != nil {
-				problems = append(problems, undecoded.Problems...)
-			}
-			problems = append(problems, cfg.Problems(adapters.New(cfg))...)
 			for _, p := range problems {
 				fmt.Fprintln(g.stderr, exchange.NoControls(p)) // a code pasted with a direction mark
 			}
@@ -215,7 +245,7 @@ func inspectCmd(g *globals) *cobra.Command {
 // without it, and says so on stderr when it is broken), one named by
 // --config must load.
 func (g *globals) inspectConfig(cmd *cobra.Command) (*config.Config, error) {
-	cfg, err := config.Load(g.config)
+	cfg, err := g.load()
 	switch {
 	case err == nil:
 		return cfg, nil
@@ -240,7 +270,7 @@ func (g *globals) inspectConfig(cmd *cobra.Command) (*config.Config, error) {
 
 // client builds an API client from the config's relay.listen and token.
 func (g *globals) client() (*api.Client, error) {
-	cfg, err := config.Load(g.config)
+	cfg, err := g.load()
 	if err != nil {
 		return nil, err
 	}
@@ -517,7 +547,11 @@ func eachSeq(g *globals, cmd *cobra.Command, args []string, fn func(*api.Client,
 	failed := 0
 	for _, a := range args {
 		seq, err := strconv.ParseUint(a, 10, 64)
-		if err == nil {
+		if err != nil || seq == 0 {
+			// Said as the operator would (found by a walk through the
+			// quick start: strconv's words came out).
+			err = errors.New("not a dead letter's id (the number in the first column of relay dead list)")
+		} else {
 			err = fn(c, seq)
 		}
 		if err != nil {

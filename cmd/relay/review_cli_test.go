@@ -41,3 +41,43 @@ func TestCompletionUnknownShellFails(t *testing.T) {
 		t.Fatalf("relay completion bsah exited 0; it printed on stdout:\n%s", out)
 	}
 }
+
+// TestDeadBadIDSaysWhat: `relay dead show abc` said `strconv.ParseUint:
+// parsing "abc": invalid syntax` (found by a walk through the quick start);
+// it says what an id is now.
+func TestDeadBadIDSaysWhat(t *testing.T) {
+	cfg := writeConfig(t, "nodes:\n  A:\n    deliver: { dir: ./a }\n")
+	for _, id := range []string{"abc", "0"} {
+		_, stderr, err := run(t, "dead", "show", id, "-c", cfg)
+		if err == nil || !strings.Contains(stderr, "not a dead letter's id") || strings.Contains(stderr, "strconv") {
+			t.Errorf("dead show %s: %v, stderr %q", id, err, stderr)
+		}
+	}
+}
+
+// TestRunListsEveryProblem: relay run refused a routing.yaml a round at a
+// time (what did not decode first, the rest after it was fixed), where
+// validate lists every problem at once (found by a walk through the quick
+// start). run lists them all too, and starts nothing.
+func TestRunListsEveryProblem(t *testing.T) {
+	cfg := writeConfig(t, "relay: { listen: '127.0.0.1:1', ack_alert_after: x }\nnodes:\n  A:\n    delivr: { dir: ./a }\n")
+	_, stderr, err := run(t, "run", "-c", cfg)
+	if err == nil {
+		t.Fatal("run started on a routing.yaml with problems")
+	}
+	for _, want := range []string{"relay.ack_alert_after", "nodes.A.delivr", "nodes.A: has neither", "3 problem(s)"} {
+		if !strings.Contains(stderr+err.Error(), want) {
+			t.Errorf("run's refusal %q %v lacks %q", stderr, err, want)
+		}
+	}
+}
+
+// TestMissingConfigSaysHow: a command run away from routing.yaml said only
+// "open routing.yaml: no such file or directory" (found by a walk through
+// the quick start); it says how to name the file.
+func TestMissingConfigSaysHow(t *testing.T) {
+	_, stderr, err := run(t, "status", "-c", t.TempDir()+"/routing.yaml")
+	if err == nil || !strings.Contains(stderr+err.Error(), "give its path with -c") {
+		t.Fatalf("status without routing.yaml: %v, stderr %q", err, stderr)
+	}
+}
