@@ -236,15 +236,15 @@ func (p *Pickup) poll(ctx context.Context, out chan<- *message.Message) (took st
 	return "", nil
 }
 
+// oversizeSample is how much of a body over the size limit is read, to
+// tell one such message from the next.
+const oversizeSample = 64 << 10
+
 // fileName is the name a 200 reply gives its file: Content-Disposition's
 // filename (RFC 2231 filename*= or quoted, or as looseFileName reads it),
 // else X-Relay-File, else the last element of the path of the URL that
 // answered (after redirects: found by review, a file served by a redirect
 // took the asked URL's name, next). Only the base name counts.
-// oversizeSample is how much of a body over the size limit is read, to
-// tell one such message from the next.
-const oversizeSample = 64 << 10
-
 func fileName(resp *stdhttp.Response) string {
 	name := ""
 	cd := resp.Header.Get("Content-Disposition")
