@@ -1513,8 +1513,8 @@ func mediaField(v string) (string, map[string]string) {
 		}
 	}
 	for _, k := range []string{"filename", "name"} {
-		if x, ok := extendedParam(v, k); ok {
-			params[k] = x
+		if x, ok := extendedParam(v, k); ok && x != "" {
+			params[k] = x // one that decodes to nothing leaves the plain one
 		}
 	}
 	return value, params

@@ -1803,3 +1803,13 @@ func TestIMAPPickupMailThatCutsSessionSkipped(t *testing.T) {
 		t.Errorf("pickup error %q does not show UID 1 skipped", e)
 	}
 }
+
+// TestMediaFieldEmptyExtendedName: a filename* that decodes to nothing
+// (an escape sequence alone) left the part unnamed though its plain
+// filename= was good (found by review); the plain one stays.
+func TestMediaFieldEmptyExtendedName(t *testing.T) {
+	_, params := mediaField(`attachment; filename="Message_A_B.xml"; filename*=iso-2022-jp''%1B%24B`)
+	if got := params["filename"]; got != "Message_A_B.xml" {
+		t.Fatalf("filename %q, want Message_A_B.xml", got)
+	}
+}
