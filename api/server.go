@@ -308,10 +308,26 @@ func (w *replyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Serve listens on addr until ctx ends.
 func (s *Server) Serve(ctx context.Context, addr string) error {
+	ln, err := Listen(addr)
+	if err != nil {
+		return err
+	}
+	return s.ServeOn(ctx, ln)
+}
+
+// Listen opens the API's port, so that a relay can find it taken before it
+// starts anything else.
+func Listen(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("api: listen %s: %w", addr, err)
+		return nil, fmt.Errorf("api: listen %s: %w", addr, err)
 	}
+	return ln, nil
+}
+
+// ServeOn serves on ln until ctx ends, and closes it.
+func (s *Server) ServeOn(ctx context.Context, ln net.Listener) error {
+	addr := ln.Addr().String()
 	// IdleTimeout: a kept-alive connection nobody uses is closed. A body
 	// is bounded by the handler that reads it (push: pushIdle).
 	// A pull's writes are bounded by the handler too (pullIdle), any
@@ -331,7 +347,7 @@ func (s *Server) Serve(ctx context.Context, addr string) error {
 		}
 	}()
 	s.log.Info("api listening", "addr", ln.Addr().String())
-	err = srv.Serve(ln)
+	err := srv.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		<-stopped
 		return nil

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -31,7 +32,8 @@ type Relay struct {
 	api  *api.Server
 	log  *slog.Logger
 	live atomic.Bool
-	lock *dataLock // data_dir's, released at the end of Run
+	lock *dataLock    // data_dir's, released at the end of Run
+	ln   net.Listener // the API's, opened by Start
 }
 
 // Options tune a relay beyond routing.yaml (tests shorten timeouts).
@@ -54,6 +56,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Optio
 	if err != nil {
 		return nil, err
 	}
+	// The API's port before NATS: one that is taken stops the start
+	// before anything runs (found by a walk through the quick start:
+	// "relay started" was logged, then the port was found taken).
+	ln, err := api.Listen(cfg.Relay.Listen)
+	if err != nil {
+		return nil, errors.Join(err, lock.release())
+	}
 	token := ""
 	if cfg.Relay.APITokenEnv != "" {
 		if token = config.APIToken(cfg.Relay.APITokenEnv); token == "" {
@@ -67,14 +76,16 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Optio
 		NATS: cfg.NATSSettings(), DataDir: dataDir, ID: cfg.Relay.ID, LeaseTTL: cfg.Relay.LeaseTTL.Std(),
 	}, log)
 	if err != nil {
+		ln.Close()
 		return nil, errors.Join(err, lock.release())
 	}
 	pipe, err := pipeline.New(cfg, b, reg, log, opts.Pipeline)
 	if err != nil {
+		ln.Close()
 		b.Close()
 		return nil, errors.Join(err, lock.release())
 	}
-	r := &Relay{cfg: cfg, bus: b, pipe: pipe, log: log, lock: lock}
+	r := &Relay{cfg: cfg, bus: b, pipe: pipe, log: log, lock: lock, ln: ln}
 	r.api = api.NewServer(cfg, r, token, log.With("component", "api"))
 	return r, nil
 }
@@ -96,7 +107,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	apiErr := make(chan error, 1)
-	go func() { apiErr <- r.api.Serve(ctx, r.cfg.Relay.Listen) }()
+	go func() { apiErr <- r.api.ServeOn(ctx, r.ln) }()
 	r.live.Store(true)
 	pipeErr := make(chan error, 1)
 	go func() { pipeErr <- r.pipe.Run(ctx) }()

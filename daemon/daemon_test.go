@@ -417,3 +417,34 @@ func TestAPITokenVariableUnsetIsSaid(t *testing.T) {
 		t.Fatalf("no warning naming the unset variable:\n%s", logs.String())
 	}
 }
+
+// TestStartPortTaken: relay.listen taken by another program stops the
+// start before NATS or anything else runs (found by a walk through the
+// quick start: "relay started" was logged, then the port was found
+// taken), and gives data_dir back.
+func TestStartPortTaken(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	base := t.TempDir()
+	cfg := loadConfig(t, base, "relay: { listen: '"+taken.Addr().String()+"' }\nnodes:\n  A:\n    deliver: { dir: ./in }\n")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if _, err := Start(context.Background(), cfg, log, Options{}); err == nil || !strings.Contains(err.Error(), "api: listen") {
+		t.Fatalf("Start on a taken port: %v, want the api's listen error", err)
+	}
+	cfg = loadConfig(t, base, "relay: { listen: '"+freeAddr(t)+"' }\nnodes:\n  A:\n    deliver: { dir: ./in }\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	r, err := Start(ctx, cfg, log, Options{})
+	if err != nil {
+		cancel()
+		t.Fatalf("data_dir not given back after the refused start: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
