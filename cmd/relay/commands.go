@@ -378,6 +378,22 @@ func statusCmd(g *globals) *cobra.Command {
 					}
 				}
 			}
+			// Dead letters have no row when they never reached a channel
+			// (a file refused at pickup): they would go unseen here
+			// (found by a walk through the quick start). A list that
+			// cannot be read is not the channels' trouble: left out.
+			if letters, err := c.DeadLetters(cmd.Context()); err == nil {
+				n := 0
+				var newest pipeline.DeadLetter
+				for _, l := range letters {
+					if node == "" || l.Node == node {
+						n, newest = n+1, l
+					}
+				}
+				if n > 0 {
+					fmt.Fprintf(g.stdout, "%s, the newest: %s (relay dead list)\n", paint(red, fmt.Sprintf("%d dead letter(s)", n)), oneLine(newest.FileName+": "+newest.Reason, 120))
+				}
+			}
 			return nil
 		},
 	}

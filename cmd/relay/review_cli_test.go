@@ -3,6 +3,9 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/relay1c/relay/api"
+	"github.com/relay1c/relay/pipeline"
 )
 
 // TestNullNodeCodeRefused: a node whose code YAML reads as null (NULL, Null,
@@ -79,5 +82,31 @@ func TestMissingConfigSaysHow(t *testing.T) {
 	_, stderr, err := run(t, "status", "-c", t.TempDir()+"/routing.yaml")
 	if err == nil || !strings.Contains(stderr+err.Error(), "give its path with -c") {
 		t.Fatalf("status without routing.yaml: %v, stderr %q", err, stderr)
+	}
+}
+
+// TestStatusCountsDeadLetters: a file refused at pickup (no header, an
+// unknown node) has no channel row, and relay status showed nothing of it
+// (found by a walk through the quick start). A line under the table counts
+// the dead letters (of NODE, with it) and names the newest.
+func TestStatusCountsDeadLetters(t *testing.T) {
+	letters := []pipeline.DeadLetter{
+		{Seq: 1, Node: "SHOP1", Stage: pipeline.StagePickup, Reason: "no header", FileName: "Message_SHOP1_CO.xml"},
+		{Seq: 2, Node: "A", Stage: pipeline.StagePickup, Reason: "unknown node \"CO\"", FileName: "Message_A_CO.xml"},
+	}
+	cfg := fakeAPI(t, map[string]any{
+		"/api/v1/channels": []api.ChannelView{},
+		"/api/v1/nodes":    []api.NodeView{{Code: "A", Served: true, Deliver: "dir"}},
+		"/api/v1/dead":     letters,
+	})
+	out, _, err := run(t, "status", "-c", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "2 dead letter(s), the newest: Message_A_CO.xml: unknown node") {
+		t.Errorf("status without the dead letters' line:\n%s", out)
+	}
+	if out, _, err = run(t, "status", "-c", cfg, "A"); err != nil || !strings.Contains(out, "1 dead letter(s)") {
+		t.Errorf("status A (%v) does not count A's one letter:\n%s", err, out)
 	}
 }
