@@ -171,11 +171,7 @@ func ensureConsumer(ctx context.Context, s jetstream.Stream, cfg jetstream.Consu
 		hc := have.CachedInfo().Config
 		cfg.DeliverPolicy, cfg.OptStartSeq = hc.DeliverPolicy, hc.OptStartSeq
 		if v, ok := hc.Metadata[metaOfferedUpTo]; ok {
-			cfg.Metadata = maps.Clone(cfg.Metadata)
-			if cfg.Metadata == nil {
-				cfg.Metadata = map[string]string{}
-			}
-			cfg.Metadata[metaOfferedUpTo] = v
+			setOfferedUpTo(&cfg, v)
 		}
 	case !errors.Is(err, jetstream.ErrConsumerNotFound):
 		return nil, err
@@ -192,14 +188,20 @@ func ensureConsumer(ctx context.Context, s jetstream.Stream, cfg jetstream.Consu
 			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
 		}
 		if upto := info.Delivered.Stream; upto > info.AckFloor.Stream {
-			cfg.Metadata = maps.Clone(cfg.Metadata)
-			if cfg.Metadata == nil {
-				cfg.Metadata = map[string]string{}
-			}
-			cfg.Metadata[metaOfferedUpTo] = strconv.FormatUint(upto, 10)
+			setOfferedUpTo(&cfg, strconv.FormatUint(upto, 10))
 		}
 	}
 	return s.CreateOrUpdateConsumer(ctx, cfg)
+}
+
+// setOfferedUpTo puts v in cfg's metadata as metaOfferedUpTo, on a copy of
+// the caller's map.
+func setOfferedUpTo(cfg *jetstream.ConsumerConfig, v string) {
+	cfg.Metadata = maps.Clone(cfg.Metadata)
+	if cfg.Metadata == nil {
+		cfg.Metadata = map[string]string{}
+	}
+	cfg.Metadata[metaOfferedUpTo] = v
 }
 
 // metaOfferedUpTo is the consumer metadata naming the last record the
@@ -299,8 +301,7 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 	}
 	if b.server != nil {
 		go b.watchJetStream(jetStreamWatch)
-	}
-	if b.server == nil {
+	} else {
 		// A reconnect, of this connection or of a lane (they copy its
 		// options), may land on another server: one too old stops relay
 		// as a refusal at start would (see Lost), and the connection to

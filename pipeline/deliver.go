@@ -335,12 +335,17 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			log.Info("offered again after it was resolved; acked")
 			return nil
 		}
-		if seq > 0 && slices.Contains(st.RecentSeqs, seq) && p.offeredBefore(node, in, m, seq) {
-			// Offered anew by a consumer that took an older one over,
-			// and resolved by the old one, whatever the outcome
-			// (superseded, dead: found by review, counted again).
+		// Offered anew by a consumer that took an older one over, and
+		// resolved by the old one: acked uncounted (found by review:
+		// counted again).
+		offeredBefore := p.offeredBefore(node, in, m, seq)
+		resolvedBefore := func() error {
 			log.Info("offered again by a consumer that took an older one over; resolved before: acked")
 			return nil
+		}
+		if offeredBefore && slices.Contains(st.RecentSeqs, seq) {
+			// Whatever the outcome (superseded, dead).
+			return resolvedBefore()
 		}
 		// A message routed by its file name has no number: its place in
 		// the channel is its place in the stream.
@@ -348,9 +353,8 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			switch o, err := l.nameOrder(ctx, h, n.Mode, seq, st.NameSeq); {
 			case err != nil:
 				return err
-			case o == orderStale && p.offeredBefore(node, in, m, seq):
-				log.Info("offered again by a consumer that took an older one over; resolved before: acked")
-				return nil
+			case o == orderStale && offeredBefore:
+				return resolvedBefore()
 			case o == orderStale:
 				log.Info("dropped: a message queued after it on the channel was resolved already")
 				l.m.dropped.WithLabelValues(node, "stale").Inc()
@@ -366,9 +370,8 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				return holdTold(msg)
 			}
 		} else if !h.ByName() && h.MessageNo <= st.DeliveredNo {
-			if p.offeredBefore(node, in, m, seq) {
-				log.Info("offered again by a consumer that took an older one over; resolved before: acked")
-				return nil
+			if offeredBefore {
+				return resolvedBefore()
 			}
 			dup := h.MessageNo == st.DeliveredNo
 			log.Info("dropped: destination already has this or a newer message", "delivered_no", st.DeliveredNo)

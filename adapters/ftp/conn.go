@@ -603,16 +603,15 @@ const (
 // is closed: the connection is out of step, and the NOOP that would prove
 // it alive must not read on in the endless reply.
 type controlConn struct {
-	net.Conn
-	d       *dialer
-	timeout time.Duration
-	within  time.Duration // waiting allowed for the current reply
-	left    int64         // bytes left for the current reply
-	waited  time.Duration // waited for the current reply so far
+	deadlineConn // its writes; its reads' deadline is set here
+	d            *dialer
+	within       time.Duration // waiting allowed for the current reply
+	left         int64         // bytes left for the current reply
+	waited       time.Duration // waited for the current reply so far
 }
 
 func newControlConn(raw net.Conn, d *dialer) *controlConn {
-	return &controlConn{Conn: raw, d: d, timeout: d.c.cfg.IOTimeout.Std(), within: d.replyWithin(), left: controlReplyBytes}
+	return &controlConn{deadlineConn: deadlineConn{Conn: raw, timeout: d.c.cfg.IOTimeout.Std()}, d: d, within: d.replyWithin(), left: controlReplyBytes}
 }
 
 func (c *controlConn) overrun() error {
@@ -641,8 +640,7 @@ func (c *controlConn) Read(b []byte) (int, error) {
 // its own bounds.
 func (c *controlConn) Write(b []byte) (int, error) {
 	c.within, c.left, c.waited = c.d.replyWithin(), controlReplyBytes, 0
-	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
-	return c.Conn.Write(b)
+	return c.deadlineConn.Write(b)
 }
 
 // replyNotes takes what jlaffaye/ftp writes to its debug output: the
