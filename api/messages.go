@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +42,12 @@ type PushReply struct {
 	MessageNo uint64 `json:"message_no"`
 	Size      int64  `json:"size"`
 	SHA256    string `json:"sha256"`
+	// Outcome is what became of it (pipeline.Outcome*): queued,
+	// stored_before (the same file was taken in before: not queued
+	// again), dropped (the addressee already has this number or a newer
+	// one) or dead; Detail says why for all but queued.
+	Outcome string `json:"outcome"`
+	Detail  string `json:"detail,omitempty"`
 }
 
 // stallGuard gives each read of a push's body idle to bring data: an
@@ -176,19 +183,21 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	msg.Metadata.Set(exchange.MetaNode, h.From)
-	if err := s.be.Push(r.Context(), msg); err != nil {
+	out, err := s.be.Push(r.Context(), msg)
+	if err != nil {
 		s.log.Error("push: not stored", "file", name, "err", err)
 		writeErr(w, http.StatusServiceUnavailable, "not stored, try again: "+err.Error())
 		return
 	}
 	sha := msg.Metadata.Get(exchange.MetaSHA256)
 	id := pipeline.MessageID(h, sha)
-	s.log.Info("message pushed", "file", name, "message_id", id, "remote", r.RemoteAddr)
+	s.log.Info("message pushed", "file", name, "message_id", id, "outcome", out.Result, "remote", r.RemoteAddr)
 	// The rest of a form (fields after the file: at most the envelope the
 	// body's limit allows) is read, so that the connection stays open for
 	// the sender's next push (closeUnread closes one with an unread body).
 	_, _ = io.Copy(io.Discard, r.Body)
-	writeJSON(w, http.StatusAccepted, PushReply{ID: id, File: name, MessageNo: h.MessageNo, Size: f.Size, SHA256: sha})
+	writeJSON(w, http.StatusAccepted, PushReply{ID: id, File: name, MessageNo: h.MessageNo, Size: f.Size, SHA256: sha,
+		Outcome: cmp.Or(out.Result, pipeline.OutcomeQueued), Detail: out.Detail})
 }
 
 // pushedFile finds the file in a push: the first file part of a

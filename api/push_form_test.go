@@ -19,6 +19,7 @@ import (
 
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/pipeline"
 )
 
 // storedFiles records the files of the messages it stored.
@@ -28,11 +29,11 @@ type storedFiles struct {
 	files []string
 }
 
-func (b *storedFiles) Push(_ context.Context, m *message.Message) error {
+func (b *storedFiles) Push(_ context.Context, m *message.Message) (pipeline.Outcome, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.files = append(b.files, m.Metadata.Get(exchange.MetaFileName))
-	return nil
+	return pipeline.Outcome{}, nil
 }
 
 // TestPushFormSecondFileRefused: a form with two files (curl -F

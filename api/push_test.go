@@ -21,6 +21,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/relay1c/relay/config"
+	"github.com/relay1c/relay/pipeline"
 )
 
 // TestPushExtensionMustMatchContent: the file name's extension is part of
@@ -238,9 +239,9 @@ type recordingBackend struct {
 	pushed atomic.Int32
 }
 
-func (b *recordingBackend) Push(context.Context, *message.Message) error {
+func (b *recordingBackend) Push(context.Context, *message.Message) (pipeline.Outcome, error) {
 	b.pushed.Add(1)
-	return nil
+	return pipeline.Outcome{}, nil
 }
 
 // A push to a node not in routing.yaml is 400 and not stored, like one from
@@ -303,14 +304,14 @@ type storingBackend struct {
 	err     error
 }
 
-func (b *storingBackend) Push(ctx context.Context, _ *message.Message) error {
+func (b *storingBackend) Push(ctx context.Context, _ *message.Message) (pipeline.Outcome, error) {
 	close(b.entered)
 	select {
 	case <-b.release:
 	case <-ctx.Done():
-		return ctx.Err()
+		return pipeline.Outcome{}, ctx.Err()
 	}
-	return b.err
+	return pipeline.Outcome{}, b.err
 }
 
 // TestPushAnsweredOnlyOnceStored: a push is answered only once Push

@@ -42,9 +42,9 @@ type Backend interface {
 	DropDead(ctx context.Context, seq uint64) error
 	// EndpointErrors is a served node's current pickup and delivery trouble.
 	EndpointErrors(node string) (pickup, deliver string)
-	// Push takes a message pushed through the API into JetStream; nil
-	// means JetStream holds it.
-	Push(ctx context.Context, m *message.Message) error
+	// Push takes a message pushed through the API into JetStream; a nil
+	// error means it was taken, the outcome says how.
+	Push(ctx context.Context, m *message.Message) (pipeline.Outcome, error)
 	// Outbox is the http_pull mailbox of a served node, nil when it has none.
 	Outbox(node string) Outbox
 	// Gatherer holds the relay's Prometheus metrics.

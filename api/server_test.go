@@ -64,9 +64,11 @@ func (f *fakeBackend) RetryDead(_ context.Context, seq uint64) (string, error) {
 	}
 	return "", fmt.Errorf("dead letter 1: still cannot be routed: %w", pipeline.ErrCannotRetry)
 }
-func (f *fakeBackend) Push(context.Context, *message.Message) error { return nil }
-func (f *fakeBackend) Outbox(string) Outbox                         { return nil }
-func (f *fakeBackend) Gatherer() prometheus.Gatherer                { return prometheus.NewRegistry() }
+func (f *fakeBackend) Push(context.Context, *message.Message) (pipeline.Outcome, error) {
+	return pipeline.Outcome{Result: pipeline.OutcomeQueued}, nil
+}
+func (f *fakeBackend) Outbox(string) Outbox          { return nil }
+func (f *fakeBackend) Gatherer() prometheus.Gatherer { return prometheus.NewRegistry() }
 func (f *fakeBackend) Trace(context.Context, pipeline.TraceQuery) ([]pipeline.Event, error) {
 	return nil, nil
 }

@@ -226,7 +226,9 @@ func (r *Relay) EndpointErrors(node string) (pickup, deliver string) {
 }
 
 // Push implements api.Backend.
-func (r *Relay) Push(ctx context.Context, m *message.Message) error { return r.pipe.Push(ctx, m) }
+func (r *Relay) Push(ctx context.Context, m *message.Message) (pipeline.Outcome, error) {
+	return r.pipe.Push(ctx, m)
+}
 
 // Outbox implements api.Backend: the node's http_pull mailbox, if it has one.
 func (r *Relay) Outbox(node string) api.Outbox {

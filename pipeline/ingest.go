@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,120 +28,174 @@ func MessageID(h exchange.Header, sha string) string {
 		strconv.FormatUint(h.MessageNo, 10) + "/" + sha
 }
 
+// ReadableID is a message id as an operator reads it: plan, from and to
+// decoded from their NATS tokens (ЦО, not =D0=A6=D0=9E). relay send,
+// trace and dead show print it, and trace finds a message by it as by the
+// id itself. An id that does not decode is returned as it is.
+func ReadableID(id string) string {
+	parts := strings.SplitN(id, "/", 4)
+	if len(parts) < 4 {
+		return id
+	}
+	for i := range 3 {
+		s, err := bus.Untoken(parts[i])
+		if err != nil {
+			return id
+		}
+		parts[i] = s
+	}
+	return strings.Join(parts, "/")
+}
+
 // ingestHandler takes one picked-up message into JetStream. Returning nil
 // acks it, which lets the pickup commit its source; an error nacks it and the
 // source stays for a later attempt.
 func (p *Pipeline) ingestHandler(node, adapter string, l *lane) message.NoPublishHandlerFunc {
 	return func(m *message.Message) error {
-		ctx := m.Context()
-		log := p.log.With("node", node, "file", m.Metadata.Get(exchange.MetaFileName), "source", m.Metadata.Get(exchange.MetaSource))
-		if problem := m.Metadata.Get(exchange.MetaProblem); problem != "" {
-			return l.deadFromPickup(ctx, node, m, nil, problem)
-		}
-		h, err := exchange.HeaderOf(m)
-		if err != nil {
-			return l.deadFromPickup(ctx, node, m, nil, err.Error())
-		}
-		if h.From != node {
-			return l.deadFromPickup(ctx, node, m, &h, fmt.Sprintf("message from %q found in the outbox of node %q", h.From, node))
-		}
-		size, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
-		if err != nil {
-			return fmt.Errorf("ingest %s: bad size metadata: %w", node, err)
-		}
-		sha := m.Metadata.Get(exchange.MetaSHA256)
-		id := MessageID(h, sha)
-		log = log.With("message_id", id, "channel", channelName(h))
-
-		// A message routed by its file name has no number to compare.
-		st, err := l.states.Recent(ctx, h.ExchangePlan, h.From, h.To)
-		if err != nil {
-			return err
-		}
-		if !h.ByName() && h.MessageNo <= st.DeliveredNo {
-			dup := h.MessageNo == st.DeliveredNo
-			_, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
-				if dup {
-					c.Duplicates++
-				} else {
-					c.Stale++
-				}
-			})
-			l.m.dropped.WithLabelValues(h.To, dropReason(dup)).Inc()
-			l.event(Event{Step: StepDropped, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: h.To, Channel: channelName(h), No: h.MessageNo,
-				Source: m.Metadata.Get(exchange.MetaSource), Detail: fmt.Sprintf("at pickup: %s already has No %d (%s)", h.To, st.DeliveredNo, dropReason(dup))})
-			log.Info("dropped at pickup: destination already has this or a newer message", "message_no", h.MessageNo, "delivered_no", st.DeliveredNo)
-			return err
-		}
-
-		// The same message taken again (its file left by a commit that
-		// failed, or by a relay stopped before it) may be stored with its
-		// record queued: a second put would rewrite that payload, and,
-		// had 1C meanwhile written its next message over the file, delete
-		// it under the queued record. What is stored whole stays. Asked
-		// of every message: a relay stopped between the publish and the
-		// channel state's update left a queued record the state does not
-		// show (found by review: its payload deleted, the message lost).
-		kept, err := l.b.HasPayload(ctx, id, size, sha)
-		if err != nil {
-			return fmt.Errorf("ingest %s: %w", node, err)
-		}
-		if !kept {
-			if err := l.putPayload(ctx, m, id, size, sha); err != nil {
-				return err
-			}
-		}
-		if reason := p.routeProblem(h); reason != "" {
-			err := l.dead.put(ctx, DeadLetter{
-				Node: h.To, Stage: StageRoute, Reason: reason, Header: &h, MsgID: id, Object: id, Size: size, SHA256: sha,
-				Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
-			})
-			if err != nil {
-				return err
-			}
-			_, _ = l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
-				c.Dead++
-				c.LastError, c.LastErrorAt = reason, l.states.now()
-			})
-			l.m.dead.WithLabelValues(h.To, StageRoute).Inc()
-			l.event(Event{Step: StepDead, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: h.To, Channel: channelName(h), No: h.MessageNo,
-				Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha, Detail: reason})
-			log.Warn("dead letter", "stage", StageRoute, "reason", reason)
-			// Not deliverable, yet its sender's ReceivedNo acknowledges
-			// the reverse channel all the same.
-			l.acknowledge(ctx, h, l.states.now(), id, m.Metadata.Get(exchange.MetaFileName))
-			return nil
-		}
-
-		rec := message.NewMessage(id, nil)
-		for k, v := range m.Metadata {
-			rec.Metadata.Set(k, v)
-		}
-		rec.Metadata.Set(exchange.MetaObject, id)
-		// Taken in now: before the publish, so that every later step (the
-		// delivery may start the moment JetStream has the record) is later.
-		pickedAt := time.Now()
-		rec.Metadata.Set(metaPickedAt, strconv.FormatInt(pickedAt.UnixNano(), 10))
-		dup, seq, err := publishRecord(ctx, l.b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
-		if err != nil {
-			return fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
-		}
-		file := m.Metadata.Get(exchange.MetaFileName)
-		l.event(Event{Time: pickedAt, Step: StepPickedUp, MsgID: id, File: file, Node: node, Channel: channelName(h), No: h.MessageNo,
-			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha,
-			Detail: fmt.Sprintf("stored for %s by %s (received No %d)", h.To, adapter, h.ReceivedNo)})
-		// Two channels' states, one round trip: they do not depend on
-		// each other.
-		now := l.states.now()
-		var wg sync.WaitGroup
-		wg.Go(func() { l.taken(ctx, h, now, !dup, seq) })
-		l.acknowledge(ctx, h, now, id, file)
-		wg.Wait()
-		l.m.picked.WithLabelValues(node, adapter).Inc()
-		l.m.pickedBytes.WithLabelValues(node, adapter).Add(float64(size))
-		log.Info("picked up", "message_no", h.MessageNo, "received_no", h.ReceivedNo, "bytes", size)
-		return nil
+		_, err := p.ingest(node, adapter, l, m)
+		return err
 	}
+}
+
+// Outcome says what the ingest made of a message. Push hands it to the
+// API, so that relay send tells a message queued from one JetStream
+// already had or one dropped as stale.
+type Outcome struct {
+	// Result is one of the Outcome* constants.
+	Result string
+	// Detail says why, for anything but OutcomeQueued.
+	Detail string
+}
+
+// Results of an ingest (Outcome.Result).
+const (
+	// OutcomeQueued: stored, its record waits for delivery.
+	OutcomeQueued = "queued"
+	// OutcomeStoredBefore: the same file (number and sha256) was taken in
+	// within bus.DuplicateWindow; not queued again.
+	OutcomeStoredBefore = "stored_before"
+	// OutcomeDropped: the destination already has this number or a newer
+	// one; dropped and counted.
+	OutcomeDropped = "dropped"
+	// OutcomeDead: made a dead letter.
+	OutcomeDead = "dead"
+)
+
+// ingest takes one picked-up message into JetStream; a nil error lets the
+// pickup commit its source.
+func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Outcome, error) {
+	ctx := m.Context()
+	log := p.log.With("node", node, "file", m.Metadata.Get(exchange.MetaFileName), "source", m.Metadata.Get(exchange.MetaSource))
+	if problem := m.Metadata.Get(exchange.MetaProblem); problem != "" {
+		return Outcome{OutcomeDead, problem}, l.deadFromPickup(ctx, node, m, nil, problem)
+	}
+	h, err := exchange.HeaderOf(m)
+	if err != nil {
+		return Outcome{OutcomeDead, err.Error()}, l.deadFromPickup(ctx, node, m, nil, err.Error())
+	}
+	if h.From != node {
+		reason := fmt.Sprintf("message from %q found in the outbox of node %q", h.From, node)
+		return Outcome{OutcomeDead, reason}, l.deadFromPickup(ctx, node, m, &h, reason)
+	}
+	size, err := strconv.ParseInt(m.Metadata.Get(exchange.MetaSize), 10, 64)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("ingest %s: bad size metadata: %w", node, err)
+	}
+	sha := m.Metadata.Get(exchange.MetaSHA256)
+	id := MessageID(h, sha)
+	log = log.With("message_id", id, "channel", channelName(h))
+
+	// A message routed by its file name has no number to compare.
+	st, err := l.states.Recent(ctx, h.ExchangePlan, h.From, h.To)
+	if err != nil {
+		return Outcome{}, err
+	}
+	if !h.ByName() && h.MessageNo <= st.DeliveredNo {
+		dup := h.MessageNo == st.DeliveredNo
+		_, err := l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+			if dup {
+				c.Duplicates++
+			} else {
+				c.Stale++
+			}
+		})
+		l.m.dropped.WithLabelValues(h.To, dropReason(dup)).Inc()
+		l.event(Event{Step: StepDropped, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: h.To, Channel: channelName(h), No: h.MessageNo,
+			Source: m.Metadata.Get(exchange.MetaSource), Detail: fmt.Sprintf("at pickup: %s already has No %d (%s)", h.To, st.DeliveredNo, dropReason(dup))})
+		log.Info("dropped at pickup: destination already has this or a newer message", "message_no", h.MessageNo, "delivered_no", st.DeliveredNo)
+		return Outcome{OutcomeDropped, fmt.Sprintf("%s already has No %d (%s)", h.To, st.DeliveredNo, dropReason(dup))}, err
+	}
+
+	// The same message taken again (its file left by a commit that
+	// failed, or by a relay stopped before it) may be stored with its
+	// record queued: a second put would rewrite that payload, and,
+	// had 1C meanwhile written its next message over the file, delete
+	// it under the queued record. What is stored whole stays. Asked
+	// of every message: a relay stopped between the publish and the
+	// channel state's update left a queued record the state does not
+	// show (found by review: its payload deleted, the message lost).
+	kept, err := l.b.HasPayload(ctx, id, size, sha)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("ingest %s: %w", node, err)
+	}
+	if !kept {
+		if err := l.putPayload(ctx, m, id, size, sha); err != nil {
+			return Outcome{}, err
+		}
+	}
+	if reason := p.routeProblem(h); reason != "" {
+		err := l.dead.put(ctx, DeadLetter{
+			Node: h.To, Stage: StageRoute, Reason: reason, Header: &h, MsgID: id, Object: id, Size: size, SHA256: sha,
+			Source: m.Metadata.Get(exchange.MetaSource), FileName: m.Metadata.Get(exchange.MetaFileName),
+		})
+		if err != nil {
+			return Outcome{}, err
+		}
+		_, _ = l.states.Update(ctx, h.ExchangePlan, h.From, h.To, func(c *Channel) {
+			c.Dead++
+			c.LastError, c.LastErrorAt = reason, l.states.now()
+		})
+		l.m.dead.WithLabelValues(h.To, StageRoute).Inc()
+		l.event(Event{Step: StepDead, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: h.To, Channel: channelName(h), No: h.MessageNo,
+			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha, Detail: reason})
+		log.Warn("dead letter", "stage", StageRoute, "reason", reason)
+		// Not deliverable, yet its sender's ReceivedNo acknowledges
+		// the reverse channel all the same.
+		l.acknowledge(ctx, h, l.states.now(), id, m.Metadata.Get(exchange.MetaFileName))
+		return Outcome{OutcomeDead, reason}, nil
+	}
+
+	rec := message.NewMessage(id, nil)
+	for k, v := range m.Metadata {
+		rec.Metadata.Set(k, v)
+	}
+	rec.Metadata.Set(exchange.MetaObject, id)
+	// Taken in now: before the publish, so that every later step (the
+	// delivery may start the moment JetStream has the record) is later.
+	pickedAt := time.Now()
+	rec.Metadata.Set(metaPickedAt, strconv.FormatInt(pickedAt.UnixNano(), 10))
+	dup, seq, err := publishRecord(ctx, l.b.JS, bus.Subject(h.ExchangePlan, h.From, h.To), rec)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
+	}
+	file := m.Metadata.Get(exchange.MetaFileName)
+	l.event(Event{Time: pickedAt, Step: StepPickedUp, MsgID: id, File: file, Node: node, Channel: channelName(h), No: h.MessageNo,
+		Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha,
+		Detail: fmt.Sprintf("stored for %s by %s (received No %d)", h.To, adapter, h.ReceivedNo)})
+	// Two channels' states, one round trip: they do not depend on
+	// each other.
+	now := l.states.now()
+	var wg sync.WaitGroup
+	wg.Go(func() { l.taken(ctx, h, now, !dup, seq) })
+	l.acknowledge(ctx, h, now, id, file)
+	wg.Wait()
+	l.m.picked.WithLabelValues(node, adapter).Inc()
+	l.m.pickedBytes.WithLabelValues(node, adapter).Add(float64(size))
+	log.Info("picked up", "message_no", h.MessageNo, "received_no", h.ReceivedNo, "bytes", size)
+	if dup {
+		return Outcome{OutcomeStoredBefore, fmt.Sprintf("the same file (No %d, same sha256) was taken in before; not queued again", h.MessageNo)}, nil
+	}
+	return Outcome{Result: OutcomeQueued}, nil
 }
 
 // taken records in the channel state that a message was taken in (picked

@@ -361,19 +361,20 @@ func (p *Pipeline) Ready() bool { return p.started.Load() }
 func (p *Pipeline) DeliverPublisher(node string) message.Publisher { return p.delivers[node] }
 
 // Push takes a message handed in through the API (POST /api/v1/messages)
-// into JetStream exactly as a pickup of its sender would: nil means
-// JetStream holds it (or it was dropped as a duplicate or stale, or dead-
-// lettered for a route problem); an error means it was not taken.
-func (p *Pipeline) Push(ctx context.Context, m *message.Message) error {
+// into JetStream exactly as a pickup of its sender would: a nil error
+// means it was taken, and the Outcome says how (queued, stored before,
+// dropped as stale, dead-lettered for a route problem); an error means it
+// was not taken.
+func (p *Pipeline) Push(ctx context.Context, m *message.Message) (Outcome, error) {
 	if !p.started.Load() {
-		return errors.New("pipeline not running")
+		return Outcome{}, errors.New("pipeline not running")
 	}
 	from := m.Metadata.Get(exchange.MetaFrom)
 	if n := p.cfg.Nodes[from]; n == nil {
-		return fmt.Errorf("push: unknown node %q", from)
+		return Outcome{}, fmt.Errorf("push: unknown node %q", from)
 	}
 	exchange.Rebase(m, ctx)
-	return p.ingestHandler(from, "api", p.pushLane)(m)
+	return p.ingest(from, "api", p.pushLane, m)
 }
 
 // States gives read access to channel state.

@@ -143,9 +143,9 @@ func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
 				acks = append(acks, e)
 			}
 			switch {
-			case q.Match != "" && (e.MsgID == q.Match || e.File == q.Match || strings.HasPrefix(e.MsgID, q.Match+retrySuffix)):
-				// A retried message's record is named <id>/retry-<N>:
-				// the id Retry printed finds its later steps too.
+			case q.Match != "" && (e.File == q.Match || idMatches(e.MsgID, q.Match) || idMatches(ReadableID(e.MsgID), q.Match)):
+				// The id as relay prints it (ReadableID) finds the
+				// message as the id itself does.
 			case q.Match == "" && q.Node != "" && e.Node == q.Node:
 			default:
 				continue
@@ -176,4 +176,11 @@ func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
 		out = out[len(out)-q.Limit:]
 	}
 	return out, nil
+}
+
+// idMatches says whether id is match's message: the same id, or the
+// record of a retry of it (named <id>/retry-<N>), so that the id Retry
+// printed finds its later steps too.
+func idMatches(id, match string) bool {
+	return id == match || strings.HasPrefix(id, match+retrySuffix)
 }

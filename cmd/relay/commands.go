@@ -488,7 +488,7 @@ func deadCmd(g *globals) *cobra.Command {
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tTIME\tNODE\tSTAGE\tFILE\tREASON")
 			for _, l := range ls {
-				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, oneLine(l.FileName, 80), oneLine(l.Reason, 120))
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", l.Seq, l.Time.Local().Format(time.DateTime), letterNode(l), l.Stage, oneLine(l.FileName, 80), oneLine(l.Reason, 120))
 			}
 			return w.Flush()
 		},
@@ -502,7 +502,7 @@ func deadCmd(g *globals) *cobra.Command {
 			return eachSeq(g, cmd, args, func(c *api.Client, seq uint64) error {
 				id, err := c.RetryDead(cmd.Context(), seq)
 				if err == nil {
-					fmt.Fprintf(g.stdout, "%d: queued as %s\n", seq, id)
+					fmt.Fprintf(g.stdout, "%d: queued as %s\n", seq, pipeline.ReadableID(id))
 				}
 				return err
 			})
@@ -534,15 +534,16 @@ func deadCmd(g *globals) *cobra.Command {
 				}
 				w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 				fmt.Fprintf(w, "id\t%d\ntime\t%s\nnode\t%s\nstage\t%s\nreason\t%s\nsource\t%s\nfile\t%s\n",
-					l.Seq, l.Time.Local().Format(time.DateTime), l.Node, l.Stage, exchange.NoControls(l.Reason), exchange.NoControls(l.Source), exchange.NoControls(l.FileName))
+					l.Seq, l.Time.Local().Format(time.DateTime), letterNode(l), l.Stage, exchange.NoControls(l.Reason), exchange.NoControls(l.Source), exchange.NoControls(l.FileName))
 				if h := l.Header; h != nil {
 					fmt.Fprintf(w, "header\t%s, %s → %s, No %d, received No %d (%s)\n", h.ExchangePlan, h.From, h.To, h.MessageNo, h.ReceivedNo, h.Dialect)
 				}
 				if l.MsgID != "" {
-					fmt.Fprintf(w, "message id\t%s\n", l.MsgID)
+					fmt.Fprintf(w, "message id\t%s\n", pipeline.ReadableID(l.MsgID))
 				}
 				if l.Object != "" {
-					fmt.Fprintf(w, "payload\t%d bytes, sha256 %s (kept; `relay dead retry %d` sends it again)\n", l.Size, l.SHA256, l.Seq)
+					fmt.Fprintf(w, "payload\t%d bytes, sha256 %s (kept)\n", l.Size, l.SHA256)
+					fmt.Fprintf(w, "retry\t%s\n", retryHint(l))
 				} else {
 					fmt.Fprintf(w, "payload\tnot kept\n")
 				}
@@ -682,10 +683,21 @@ func sendCmd(g *globals) *cobra.Command {
 					}
 					defer f.Close()
 					rep, err := c.Push(cmd.Context(), filepath.Base(path), f, st.Size())
-					if err == nil {
-						fmt.Fprintf(g.stdout, "%s: stored as %s\n", path, rep.ID)
+					if err != nil {
+						return err
 					}
-					return err
+					id := pipeline.ReadableID(rep.ID)
+					switch rep.Outcome {
+					case pipeline.OutcomeStoredBefore:
+						fmt.Fprintf(g.stdout, "%s: stored before as %s: %s\n", path, id, rep.Detail)
+					case pipeline.OutcomeDropped:
+						fmt.Fprintf(g.stdout, "%s: not queued (%s): %s\n", path, id, rep.Detail)
+					case pipeline.OutcomeDead:
+						return fmt.Errorf("dead letter (%s): %s", id, rep.Detail)
+					default:
+						fmt.Fprintf(g.stdout, "%s: stored as %s\n", path, id)
+					}
+					return nil
 				}()
 				if err != nil {
 					fmt.Fprintf(g.stderr, "%s: %v\n", path, err)
@@ -698,6 +710,31 @@ func sendCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// letterNode names a dead letter's node with its part: a file refused at
+// pickup was in the outbox of its node (the sender), any other letter's
+// node is the addressee; one column showed both unmarked.
+func letterNode(l pipeline.DeadLetter) string {
+	if l.Stage == pipeline.StagePickup {
+		return "from " + l.Node
+	}
+	return "to " + l.Node
+}
+
+// retryHint says what `relay dead retry` can do for a letter: a file
+// refused at pickup is checked again, which heals a routing.yaml that
+// lacked its node, never a broken file (dead show offered every letter
+// the same retry).
+func retryHint(l pipeline.DeadLetter) string {
+	switch l.Stage {
+	case pipeline.StagePickup:
+		return fmt.Sprintf("`relay dead retry %d` checks the file again and queues it if it passes now (after routing.yaml was fixed); "+
+			"a retry cannot mend a broken file: its sender must write it anew, then `relay dead drop %d`", l.Seq, l.Seq)
+	case pipeline.StageRoute:
+		return fmt.Sprintf("`relay dead retry %d` queues it again once routing.yaml can route it", l.Seq)
+	}
+	return fmt.Sprintf("`relay dead retry %d` sends it again (once the destination takes it)", l.Seq)
 }
 
 // checkParallel is how many nodes relay check looks at at once.
@@ -746,7 +783,7 @@ func traceCmd(g *globals) *cobra.Command {
 				if e.MsgID != last && e.MsgID != "" {
 					// No tab: a line without one ends the column block, so
 					// the steps are not padded to the id's width (~150).
-					fmt.Fprintf(w, "\n%s  %s No %d\n", e.MsgID, e.Channel, e.No)
+					fmt.Fprintf(w, "\n%s  %s No %d\n", pipeline.ReadableID(e.MsgID), e.Channel, e.No)
 					last = e.MsgID
 				}
 				detail := e.Detail

@@ -444,11 +444,45 @@ func TestTraceRowsNotPaddedToTheID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The id as routing.yaml names plan and nodes, not their NATS tokens
+	// (found walking through the quick start).
+	if !strings.Contains(out, "Магазины/ЦО/ОП/20/f05ec9d6") || strings.Contains(out, "=D0") {
+		t.Errorf("trace shows the id in its NATS form:\n%s", out)
+	}
 	for _, line := range strings.Split(out, "\n") {
 		for _, step := range []string{pipeline.StepPickedUp, pipeline.StepDelivered} {
 			if i := strings.Index(line, step); i > 60 {
 				t.Errorf("step %s starts at column %d (padded to the message id's width):\n%s", step, i, out)
 			}
+		}
+	}
+}
+
+// TestSendSaysWhatBecameOfIt: `relay send` said "stored as" for a file
+// the relay had stored before (not queued again) and for one the
+// addressee's newer number made stale (found walking through the quick
+// start); it says which now, with the id as routing.yaml names the nodes,
+// and a dead letter fails the command.
+func TestSendSaysWhatBecameOfIt(t *testing.T) {
+	id := "P/=D0=A6=D0=9E/=D0=9E=D0=9F/5/abc"
+	file := filepath.Join(t.TempDir(), "Message_ЦО_ОП.xml")
+	if err := os.WriteFile(file, []byte("<x/>"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		outcome, detail, want string
+		fails               bool
+	}{
+		{pipeline.OutcomeQueued, "", "stored as P/ЦО/ОП/5/abc", false},
+		{"", "", "stored as P/ЦО/ОП/5/abc", false}, // a relay before outcomes
+		{pipeline.OutcomeStoredBefore, "the same file was taken in before", "stored before as P/ЦО/ОП/5/abc: the same file was taken in before", false},
+		{pipeline.OutcomeDropped, "ОП already has No 7 (stale)", "not queued (P/ЦО/ОП/5/abc): ОП already has No 7 (stale)", false},
+		{pipeline.OutcomeDead, "no deliver", "dead letter (P/ЦО/ОП/5/abc): no deliver", true},
+	} {
+		cfg := fakeAPI(t, map[string]any{"/api/v1/messages": api.PushReply{ID: id, Outcome: tc.outcome, Detail: tc.detail}})
+		out, stderr, err := run(t, "send", "-c", cfg, file)
+		if (err != nil) != tc.fails || !strings.Contains(out+stderr, tc.want) {
+			t.Errorf("outcome %q: err %v, output %q%q, want %q", tc.outcome, err, out, stderr, tc.want)
 		}
 	}
 }
@@ -517,6 +551,42 @@ func TestDeadShowPrintsTheWholeReason(t *testing.T) {
 		line, _, _ := strings.Cut(out[strings.Index(out, "reason"):], "\n")
 		r := []rune(line)
 		t.Fatalf("dead show cut a %d-character reason to %d: it ends %q", len([]rune(reason)), len(r), string(r[len(r)-30:]))
+	}
+}
+
+// TestDeadLettersNameTheNodesPart: a letter's node is the sender for a
+// file refused at pickup and the addressee otherwise; list and show
+// printed both unmarked, and show offered every kept letter a retry "that
+// sends it again", also a broken file no retry can mend (found walking
+// through the quick start).
+func TestDeadLettersNameTheNodesPart(t *testing.T) {
+	letters := []pipeline.DeadLetter{
+		{Seq: 1, Time: time.Now(), Node: "ЦО", Stage: pipeline.StagePickup, Reason: "not XML", FileName: "Message_ЦО_ОП.xml", Object: "o1", Size: 3},
+		{Seq: 2, Time: time.Now(), Node: "ОП", Stage: pipeline.StageDeliver, Reason: "refused", FileName: "Message_ЦО_ОП.xml", Object: "o2", Size: 3,
+			MsgID: "P/=D0=A6=D0=9E/=D0=9E=D0=9F/5/abc"},
+	}
+	cfg := fakeAPI(t, map[string]any{"/api/v1/dead": letters, "/api/v1/dead/1": letters[0], "/api/v1/dead/2": letters[1]})
+	out, _, err := run(t, "dead", "list", "-c", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "from ЦО") || !strings.Contains(out, "to ОП") {
+		t.Errorf("dead list does not say whose the node is:\n%s", out)
+	}
+	out, _, err = run(t, "dead", "show", "-c", cfg, "1", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pickup, deliver, _ := strings.Cut(out, "\nid ")
+	for _, want := range []string{"from ЦО", "a retry cannot mend a broken file"} {
+		if !strings.Contains(pickup, want) {
+			t.Errorf("dead show of a pickup letter lacks %q:\n%s", want, pickup)
+		}
+	}
+	for _, want := range []string{"to ОП", "`relay dead retry 2` sends it again", "P/ЦО/ОП/5/abc"} {
+		if !strings.Contains(deliver, want) {
+			t.Errorf("dead show of a delivery letter lacks %q:\n%s", want, deliver)
+		}
 	}
 }
 
