@@ -275,6 +275,9 @@ type Settings struct {
 	// ConnectWait bounds the wait for the first connection to an external
 	// NATS (0: 30 s).
 	ConnectWait time.Duration
+	// provisionTry bounds each try of Open's provisioning (0:
+	// provisionTry); tests shorten it.
+	provisionTry time.Duration
 }
 
 // Open starts the embedded server (NATS.URL empty) or connects to NATS.URL,
@@ -330,11 +333,34 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 	// side (nats-server 2.9.10, three servers) get no answer to any stream
 	// create that overlaps the other's, although the stream is made: each
 	// try gets one stream further, about 30 s for all of them.
+	//
+	// A connection whose reply inbox the server lost (its interest gone
+	// from a server under route churn, nats-server#5738) gets no answer to
+	// any request, however often it asks: from the second try in a row
+	// with no answer on, an external server's connection is made again
+	// before the next try, which re-sends its subscriptions, the reply
+	// inbox among them. (The embedded server is in process: nothing to
+	// lose there.) The new connection passes serverReady as any
+	// reconnect does; the requests of the next try wait in nats.go's
+	// reconnect buffer meanwhile. Each try has its own time
+	// (provisionTry): under a caller's deadline the first unanswered
+	// request would wait until it, leaving no time for another try.
+	unansweredBefore := false
+	try := cmp.Or(set.provisionTry, provisionTry)
 	_, err = backoff.Retry(ctx, func() (struct{}, error) {
-		err := b.provision(ctx)
+		tctx, cancel := context.WithTimeout(ctx, try)
+		defer cancel()
+		err := b.provision(tctx)
 		if err != nil && !unanswered(ctx, err) {
 			return struct{}{}, backoff.Permanent(err)
 		}
+		if err != nil && unansweredBefore && b.server == nil {
+			log.Warn("nats: no answer twice; reconnecting to re-send subscriptions", "err", err)
+			if rerr := b.Conn.ForceReconnect(); rerr != nil {
+				log.Warn("nats: reconnect", "err", rerr)
+			}
+		}
+		unansweredBefore = err != nil
 		return struct{}{}, err
 	},
 		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 500 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 5 * time.Second}),
@@ -348,6 +374,11 @@ func Open(ctx context.Context, set Settings, log *slog.Logger) (*Bus, error) {
 	}
 	return b, nil
 }
+
+// provisionTry bounds one try of Open's provisioning: far longer than a
+// cluster takes to make a stream (seconds), short enough for three tries
+// in the two minutes Open keeps trying.
+const provisionTry = 20 * time.Second
 
 // minClusterVersion is the oldest nats-server relay runs on with replicas
 // > 1. Before it, a clustered stream checked a write's expected revision

@@ -92,7 +92,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Optio
 
 // Run serves until ctx ends, then stops everything, closes NATS and gives
 // data_dir up.
-func (r *Relay) Run(ctx context.Context) error {
+func (r *Relay) Run(ctx context.Context) (err error) {
 	// Last, after NATS shut down: the store is closed when the next relay
 	// may take data_dir.
 	defer func() {
@@ -103,37 +103,50 @@ func (r *Relay) Run(ctx context.Context) error {
 		// has finished and data_dir is free for the next relay.
 		r.log.Info("stopped")
 	}()
+	// The API stops after NATS closed: while the deliveries in flight
+	// finish and NATS closes, /healthz and /readyz answer 503 (the API
+	// stopped with the rest and a probe got "connection refused", found
+	// by review).
+	apiCtx, stopAPI := context.WithCancel(context.WithoutCancel(ctx))
+	apiErr := make(chan error, 1)
+	go func() { apiErr <- r.api.ServeOn(apiCtx, r.ln) }()
+	apiEnded := false
+	defer func() {
+		stopAPI()
+		if !apiEnded {
+			err = errors.Join(err, <-apiErr)
+		}
+	}()
 	defer r.bus.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	apiErr := make(chan error, 1)
-	go func() { apiErr <- r.api.ServeOn(ctx, r.ln) }()
 	r.live.Store(true)
 	pipeErr := make(chan error, 1)
 	go func() { pipeErr <- r.pipe.Run(ctx) }()
 	swept := make(chan struct{})
 	go func() { r.sweep(ctx); close(swept) }()
 	defer func() { cancel(); <-swept }() // before the bus closes
-	var err error
 	select {
 	case err = <-apiErr:
+		apiEnded = true
+		r.live.Store(false)
 		cancel()
 		<-pipeErr
 	case err = <-pipeErr:
-		cancel()
-		<-apiErr
+		r.live.Store(false)
 	case <-r.bus.Lost():
 		// Exit, so that the service manager restarts relay: a relay that
 		// runs on without NATS would look alive and do nothing.
+		r.live.Store(false)
 		err = r.bus.LostErr()
 		r.log.Error("stopping", "err", err)
 		cancel()
-		err = errors.Join(err, <-pipeErr, <-apiErr)
+		err = errors.Join(err, <-pipeErr)
 	case <-ctx.Done():
+		r.live.Store(false)
 		r.log.Info("stopping: finishing the deliveries in flight, closing NATS")
-		err = errors.Join(<-pipeErr, <-apiErr)
+		err = <-pipeErr
 	}
-	r.live.Store(false)
 	return err
 }
 
@@ -184,6 +197,8 @@ func (r *Relay) Live() bool { return r.live.Load() }
 // Ready implements api.Backend: NATS connected and every adapter started.
 func (r *Relay) Ready() (bool, string) {
 	switch {
+	case !r.live.Load():
+		return false, "stopping"
 	case !r.bus.Connected():
 		return false, "NATS not connected"
 	case !r.pipe.Ready():

@@ -448,3 +448,82 @@ func TestStartPortTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHealthzAnswers503WhileStopping: README: GET /healthz is "200 while
+// the process serves; 503 once it is stopping". While the relay is stopping
+// (here: finishing a delivery in flight), a probe must get that 503; the
+// API stopped with everything else and probes were refused (found by
+// review).
+func TestHealthzAnswers503WhileStopping(t *testing.T) {
+	base := t.TempDir()
+	got := make(chan struct{}, 1)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		<-release
+	}))
+	defer srv.Close()
+	defer close(release)
+	addr := freeAddr(t)
+	cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+addr+"' }\nnodes:\n  ЦО:\n    pickup: { dir: { path: ./out, settle: 100ms, poll_interval: 200ms } }\n"+
+		"  ОП:\n    deliver: { http: { url: '"+srv.URL+"/in', timeout: 10m, response_timeout: 10m } }\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, err := Start(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	src, err := os.ReadFile("../testdata/fixtures/good/Message_ЦО_ОП.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = os.MkdirAll(filepath.Join(base, "out"), 0o755)
+	if err := os.WriteFile(filepath.Join(base, "out", "Message_ЦО_ОП.xml"), src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got:
+	case <-time.After(30 * time.Second):
+		cancel()
+		<-done
+		t.Fatal("no delivery reached the service")
+	}
+	c := &http.Client{Timeout: 2 * time.Second}
+	if resp, err := c.Get("http://" + addr + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz before stop: %v %v", resp, err)
+	}
+	cancel() // SIGTERM
+	var answers []string
+	for {
+		select {
+		case <-done:
+			if len(answers) == 0 {
+				t.Fatal("the stop ended before any probe: the delivery in flight did not hold it")
+			}
+			t.Fatalf("probes while stopping got %q; README says 503", answers)
+		default:
+		}
+		resp, err := c.Get("http://" + addr + "/healthz")
+		if err != nil {
+			answers = append(answers, "error: "+err.Error())
+		} else {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusServiceUnavailable {
+				<-done
+				return
+			}
+			answers = append(answers, resp.Status)
+		}
+		if len(answers) > 3 {
+			<-done
+			t.Fatalf("probes while the relay was still stopping got %q, not README's 503", answers)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
