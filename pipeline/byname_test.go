@@ -9,10 +9,12 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go/jetstream"
@@ -226,5 +228,86 @@ nodes:
 		}
 		t.Fatalf("one sealed zip queued twice, latest mode: delivered %q, dead letters %v (state: resolved %d, superseded %d, dead %d); want it delivered once, no dead letter",
 			got, reasons, c.Resolved, c.Superseded, c.Dead)
+	}
+}
+
+// TestByNameRetakenAsItsFirstRecordFinishes: a message routed by name (a
+// sealed zip) whose first record waited past the duplicate window is taken
+// in again (same content: the same payload object) just as the first
+// record resolves. finish's laterNames looked for a later record naming
+// the payload, found none yet, and queued the delete behind the dropper;
+// ingest meanwhile found the payload stored whole, skipped its put and
+// queued a second record; the late delete removed the payload under it,
+// and the message was lost (found by review). A by-name payload is deleted
+// at once now, and ingest puts one that vanished after its look again.
+func TestByNameRetakenAsItsFirstRecordFinishes(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: latest, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	const body = "sealed zip"
+	h := exchange.Header{Dialect: exchange.DialectName, From: "SRC", To: "DST"}
+	sum := sha256.Sum256([]byte(body))
+	sha := hex.EncodeToString(sum[:])
+	id := MessageID(h, sha)
+	if _, _, err := b.PutPayload(ctx, id, int64(len(body)), strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	rec := message.NewMessage(id, nil)
+	exchange.SetHeader(rec, h)
+	rec.Metadata.Set(exchange.MetaFileName, "Message_SRC_DST.zip")
+	rec.Metadata.Set(exchange.MetaObject, id)
+	rec.Metadata.Set(exchange.MetaSHA256, sha)
+	rec.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
+	nm, err := (&wmnats.NATSMarshaler{}).Marshal(bus.Subject("", "SRC", "DST"), rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Its Nats-Msg-Id long forgotten (queued past the duplicate window).
+	ack, err := b.JS.PublishMsg(ctx, nm, jetstream.WithMsgID(id+"#past-window"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq1 := ack.Sequence
+
+	l := p.laneOn(b, p.log)
+	gate := make(chan struct{})
+	l.dropper = newDropper(func(ctx context.Context, name string) error {
+		<-gate // the dropper is behind (its queue, three requests a delete)
+		return b.DeletePayload(ctx, name)
+	}, p.log)
+	// The first record resolves (delivered): laterNames sees no later record.
+	if err := l.finish(ctx, h, seq1, id, id, func(c *Channel) {}); err != nil {
+		t.Fatal(err)
+	}
+	// The same file is taken in again meanwhile.
+	m := message.NewMessage(watermill.NewUUID(), nil)
+	exchange.SetHeader(m, h)
+	m.Metadata.Set(exchange.MetaNode, "SRC")
+	m.Metadata.Set(exchange.MetaFileName, "Message_SRC_DST.zip")
+	m.Metadata.Set(exchange.MetaSource, "test:Message_SRC_DST.zip")
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
+	m.Metadata.Set(exchange.MetaSHA256, sha)
+	m.SetContext(ctx)
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(body)), nil })
+	out, err := p.ingest("SRC", "dir", l, m)
+	if err != nil || out.Result != OutcomeQueued {
+		t.Fatalf("second take: %+v, %v (want queued)", out, err)
+	}
+	close(gate)
+	l.dropper.close()
+	last, err := b.Exchange.GetLastMsgForSubject(ctx, bus.Subject("", "SRC", "DST"))
+	if err != nil || last.Sequence <= seq1 || last.Header.Get(exchange.MetaObject) != id {
+		t.Fatalf("setup: second record %v, %v", last, err)
+	}
+	has, err := b.HasPayload(ctx, id, int64(len(body)), sha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !has {
+		t.Fatalf("the record queued at seq %d names payload %s, which the first record's background drop deleted: its delivery cannot open the body, the message is lost", last.Sequence, id)
 	}
 }

@@ -589,8 +589,17 @@ func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, ob
 	}); err != nil {
 		return err
 	}
-	if obj != "" && !l.laterNames(ctx, h, seq, obj) {
+	switch {
+	case obj == "":
+	case !h.ByName():
 		l.drop(obj)
+	case !l.laterNames(ctx, h, seq, obj):
+		// Deleted now, not behind the dropper's queue: the same file
+		// taken in again after the look would find its payload stored,
+		// queue a record naming it and lose it to the late delete
+		// (found by review; ingest puts such a payload again, see
+		// ingest, for the moment between the look and the delete).
+		deletePayload(l.b.DeletePayload, obj, l.log)
 	}
 	return nil
 }

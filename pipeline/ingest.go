@@ -178,6 +178,17 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 	if err != nil {
 		return Outcome{}, fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 	}
+	if kept && h.ByName() {
+		// The payload found stored belongs to a record of the same
+		// content too (routed by name: one object per content), whose
+		// delivery may have finished since the look and deleted it:
+		// put again under the new record (found by review).
+		if has, err := l.b.HasPayload(ctx, id, size, sha); err != nil || !has {
+			if err := l.putPayload(ctx, m, id, size, sha); err != nil {
+				return Outcome{}, err
+			}
+		}
+	}
 	file := m.Metadata.Get(exchange.MetaFileName)
 	l.event(Event{Time: pickedAt, Step: StepPickedUp, MsgID: id, File: file, Node: node, Channel: channelName(h), No: h.MessageNo,
 		Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha,

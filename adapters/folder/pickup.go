@@ -539,6 +539,11 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	}
 
 	if lim := p.o.Limits.MaxSize; lim > 0 && c.size > lim {
+		if p.leftBefore(ctx, where, c) {
+			log.Info("file larger than the size limit, recorded as a dead letter before: left in place", "bytes", c.size, "limit", lim)
+			c.retryAt, c.stored = farFuture, true
+			return
+		}
 		p.leaveTooLarge(ctx, log, name, where, c, lim, out)
 		return
 	}
@@ -698,9 +703,36 @@ func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, wher
 		c.retryAt = farFuture
 		c.fails = 0
 		c.stored = true // handed over: a newer file of its name may go (found by review)
+		if p.o.Memory != nil {
+			if err := p.o.Memory.Remember(ctx, tooLargeKey(where), fingerprint(c.size, c.mtime, "")); err != nil {
+				log.Warn("file left for its size not remembered: a restart records it as a dead letter again", "err", err)
+			}
+		}
 	case Nacked:
 		p.later(c)
 	}
+}
+
+// tooLargeKey is the pickup memory's key for a file left in place for its
+// size: remembered with its size and mtime, it is not recorded as a dead
+// letter again after a restart (each restart made one more, found by
+// review), until it changes.
+func tooLargeKey(where string) string { return "too-large:" + where }
+
+// leftBefore says whether this version of c, too large, was recorded as a
+// dead letter and left in place before (by this relay before a restart, or
+// by a replica). A memory that cannot be read says no: a second letter is
+// better than none.
+func (p *Pickup) leftBefore(ctx context.Context, where string, c *candidate) bool {
+	if p.o.Memory == nil {
+		return false
+	}
+	fp, err := p.o.Memory.Recall(ctx, tooLargeKey(where))
+	if err != nil || fp == "" {
+		return false
+	}
+	k, ok := parseFingerprint(fp)
+	return ok && k.is(c)
 }
 
 // Passwords gives the archive passwords to try, in order, on a

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -921,6 +922,8 @@ func (p *Pickup) takeOne(ctx context.Context, c *imapclient.Client, m candidate,
 		problem = fmt.Sprintf("mail has no attachment that could be read: %v", attach.broken)
 	case !attach.found:
 		problem = "mail has no attachment"
+	case attach.undecodable != nil:
+		problem = fmt.Sprintf("attachment does not decode (its Content-Transfer-Encoding): %v", attach.undecodable)
 	case attach.tooBig:
 		problem = fmt.Sprintf("attachment is larger than the %d-byte limit", p.lim.MaxSize)
 	case isMessageName(attach.name):
@@ -1151,6 +1154,8 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 			problem = fmt.Sprintf("part %d/%d has no attachment that could be read: %v", i, t.n, a.broken)
 		case !a.found:
 			problem = fmt.Sprintf("part %d/%d has no attachment", i, t.n)
+		case a.undecodable != nil:
+			problem = fmt.Sprintf("part %d/%d: attachment does not decode (its Content-Transfer-Encoding): %v", i, t.n, a.undecodable)
 		case a.tooBig || spooled.Size+a.size > p.lim.MaxSize:
 			problem = fmt.Sprintf("joined parts are larger than the %d-byte limit", p.lim.MaxSize)
 		}
@@ -1256,6 +1261,11 @@ type attachment struct {
 	// broken is why the mail's MIME structure could not be read to its end
 	// (nil when it could); an attachment found before the damage stands.
 	broken error
+	// undecodable is why the attachment's body did not decode to its end
+	// (bad base64, such as each line padded on its own): the file is
+	// refused with it, not with the content check's "file ends early",
+	// which blamed the sender's 1C (found by review).
+	undecodable error
 }
 
 // fetchAttachment streams one mail and appends its exchange attachment to
@@ -1646,11 +1656,17 @@ func (p *Pickup) copyAttachment(h gomessage.Header, body io.Reader, f *os.File, 
 	if w.err != nil {
 		return attachment{}, w.err // the spool, not the mail
 	}
-	if err != nil {
-		// Bad base64 and the like: the content check will say so.
+	a := attachment{found: true, size: n, tooBig: n > p.lim.MaxSize}
+	var corrupt base64.CorruptInputError
+	switch {
+	case err == nil:
+	case errors.As(err, &corrupt) || strings.HasPrefix(err.Error(), "quotedprintable:"):
+		a.undecodable = err
+	default:
+		// A part cut short and the like: the content check says so.
 		p.log.Debug("attachment did not decode to its end", "err", err)
 	}
-	return attachment{found: true, size: n, tooBig: n > p.lim.MaxSize}, nil
+	return a, nil
 }
 
 // spoolWriter remembers a failed write to the spool file.

@@ -3,6 +3,7 @@ package mail
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"io"
 	"net"
 	"regexp"
@@ -252,5 +253,41 @@ func TestUIDAfterDataShown(t *testing.T) {
 	}
 	if proxy.rewritten.Load() == 0 {
 		t.Fatal("test setup: no FETCH response rewritten")
+	}
+}
+
+// eachPadded encodes b in chunks of n bytes, each chunk its own base64
+// text with its own padding, one a line.
+func eachPadded(b []byte, n int) string {
+	var out strings.Builder
+	for len(b) > 0 {
+		k := min(n, len(b))
+		out.WriteString(base64.StdEncoding.EncodeToString(b[:k]) + "\r\n")
+		b = b[k:]
+	}
+	return out.String()
+}
+
+// TestIMAPUndecodableAttachmentSaysSo: an attachment whose base64 lines
+// are each padded (each chunk encoded on its own) does not decode past the
+// first; the file was refused as "file ends early", which blamed the
+// sender's 1C file, the decoding error logged at Debug only (found by
+// review). The reason names the transfer encoding now.
+func TestIMAPUndecodableAttachmentSaysSo(t *testing.T) {
+	content := fixture(t, "Message_ЦО_ОП.xml")
+	s := startMemIMAP(t, nil)
+	s.add(t, "INBOX", []byte("From: base@example.com\r\n"+
+		"Subject: EXCHANGE_MESSAGE:Message_ЦО_ОП.xml\r\n"+
+		"MIME-Version: 1.0\r\n"+
+		"Content-Type: multipart/mixed; boundary=XYZ\r\n\r\n"+
+		"--XYZ\r\nContent-Type: text/plain\r\n\r\nexchange\r\n"+
+		"--XYZ\r\nContent-Type: application/xml; name=\"Message_ЦО_ОП.xml\"\r\nContent-Disposition: attachment; filename=\"Message_ЦО_ОП.xml\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"+
+		eachPadded(content, 50)+"\r\n--XYZ--\r\n"))
+	out, _ := runPickup(t, "ЦО", imapTestConfig(s.addr), config.After{Action: config.AfterDelete}, nil)
+	m := next(t, out)
+	defer m.Ack()
+	pr := m.Metadata.Get(exchange.MetaProblem)
+	if !strings.Contains(pr, "attachment does not decode") || !strings.Contains(pr, "base64") {
+		t.Fatalf("each-padded base64 of a whole %d-byte file: dead letter reason %q names no decoding error", len(content), pr)
 	}
 }
