@@ -471,7 +471,7 @@ func TestSendSaysWhatBecameOfIt(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		outcome, detail, want string
-		fails               bool
+		fails                 bool
 	}{
 		{pipeline.OutcomeQueued, "", "stored as P/ЦО/ОП/5/abc", false},
 		{"", "", "stored as P/ЦО/ОП/5/abc", false}, // a relay before outcomes
