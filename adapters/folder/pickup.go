@@ -168,7 +168,10 @@ func (p *Pickup) Subscribe(ctx context.Context, _ string) (<-chan *message.Messa
 // scanner is the loop's state: what it knows of each file, and which files
 // are in the pipeline right now.
 type scanner struct {
-	seen    map[string]*candidate
+	seen map[string]*candidate
+	// passed are the listed names that look meant as exchange messages
+	// but are not named as 1C names them (passedOver), told once each.
+	passed  map[string]bool
 	busy    map[string]bool
 	results chan takeResult
 	waiting bool // ready files were left for a free slot
@@ -185,7 +188,7 @@ type takeResult struct {
 }
 
 func (p *Pickup) loop(ctx context.Context, notify <-chan struct{}, out chan<- *message.Message, takes *sync.WaitGroup) {
-	sc := &scanner{seen: map[string]*candidate{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: takes}
+	sc := &scanner{seen: map[string]*candidate{}, passed: map[string]bool{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: takes}
 	w := newWake()
 	defer w.t.Stop()
 	for {
@@ -277,6 +280,7 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 		}
 	}
 	present := map[string]bool{}
+	passed := map[string]bool{}
 	var ready []string
 	held := map[string]bool{}
 	for _, f := range files {
@@ -290,6 +294,12 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 			// Left by a commit (the file changed, the delete failed, the
 			// relay stopped): taken as the message it holds.
 		} else if !IsMessageName(f.Name) {
+			if passedOver(f.Name) {
+				if !sc.passed[f.Name] {
+					p.log.Info("file passed over: not named Message_<from>_<to>.xml or .zip as 1C names an exchange message", "name", f.Name)
+				}
+				passed[f.Name] = true
+			}
 			continue
 		}
 		if why := Nobodys(name, p.o.IsNode); why != "" {
@@ -354,6 +364,7 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 	p.heldMu.Lock()
 	p.listedHeld = held
 	p.heldMu.Unlock()
+	sc.passed = passed
 	for name := range sc.seen {
 		if !present[name] && !sc.busy[name] {
 			delete(sc.seen, name)
@@ -711,6 +722,15 @@ func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, wher
 	case Nacked:
 		p.later(c)
 	}
+}
+
+// passedOver says a name a pickup passes over looks meant as an exchange
+// message (message_ЦО_ОП.xml, Message_ЦО_ОП.xml.txt): it is told once in
+// the log, since the file waits there in silence otherwise (found walking
+// through the quick start). Other files (a readme, a temp file) are
+// passed over without a word.
+func passedOver(name string) bool {
+	return len(name) >= len("message_") && strings.EqualFold(name[:len("message_")], "message_")
 }
 
 // tooLargeKey is the pickup memory's key for a file left in place for its

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -697,4 +698,51 @@ func TestKeepRecallFailureIsShown(t *testing.T) {
 		}
 	}
 	t.Fatal("the keep memory cannot be read, no file is taken, and LastError is empty: relay status shows nothing wrong")
+}
+
+// TestNearMissNamesTold: a file whose name looks meant as an exchange
+// message but is not one 1C writes (message_A_B.xml, Message_A_B.txt) was
+// passed over without a word, and waited in the outbox unnoticed (found
+// walking through the quick start). It is told once while it stays, again
+// if it comes back; other files are passed over in silence.
+func TestNearMissNamesTold(t *testing.T) {
+	m := &memSource{files: map[string][]byte{"message_A_B.xml": []byte("<x/>"), "Message_A_B.txt": []byte("x"), "readme.txt": []byte("x")},
+		mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
+	var logs bytes.Buffer
+	o := fastOptions()
+	o.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	p, err := NewPickup(m, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var takes sync.WaitGroup
+	t.Cleanup(func() { cancel(); takes.Wait() })
+	sc := &scanner{seen: map[string]*candidate{}, passed: map[string]bool{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
+	scan := func() { p.scan(ctx, sc, make(chan *message.Message)) }
+	told := func(name string) (n int) {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, "file passed over") && strings.Contains(line, "name="+name) {
+				n++
+			}
+		}
+		return n
+	}
+	scan()
+	scan()
+	for _, name := range []string{"message_A_B.xml", "Message_A_B.txt"} {
+		if n := told(name); n != 1 {
+			t.Errorf("%s told %d times in two scans, want once:\n%s", name, n, logs.String())
+		}
+	}
+	if strings.Contains(logs.String(), "readme.txt") {
+		t.Errorf("readme.txt told:\n%s", logs.String())
+	}
+	m.Remove(ctx, "message_A_B.xml")
+	scan()
+	m.files["message_A_B.xml"] = []byte("<x/>")
+	scan()
+	if n := told("message_A_B.xml"); n != 2 {
+		t.Errorf("message_A_B.xml, gone and back, told %d times in all, want twice:\n%s", n, logs.String())
+	}
 }
