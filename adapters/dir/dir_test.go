@@ -25,6 +25,7 @@ import (
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/exchange"
 	"github.com/relay1c/relay/exchange/exchangetest"
+	"github.com/relay1c/relay/test/logtest"
 )
 
 func hdr(no uint64) exchange.Header {
@@ -875,4 +876,38 @@ func TestKeepAfterFailedMoveLetsNewerGo(t *testing.T) {
 		t.Fatalf("run 3 (after: keep, after a restart): 1C's next message No 2 never taken in 3 s; it waits for %s, which keep remembers as taken; relay status shows %q", filepath.Base(held), msg)
 	}
 	m.Ack()
+}
+
+// TestPickupTellsNearMissNames: a dir pickup hands a name that looks
+// meant as an exchange message (message_A_B.xml) to the pickup, which
+// tells it once in the log and leaves the file; the folder's listing
+// dropped it before, so nothing was ever told (found walking through the
+// quick start with the shipped routing.yaml). Other files stay unmentioned.
+func TestPickupTellsNearMissNames(t *testing.T) {
+	dir := t.TempDir()
+	var logs logtest.Buffer
+	s, err := NewSubscriber("A", fastPickup(dir), config.After{Action: config.AfterDelete}, nil, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); s.Close() })
+	ch, err := s.Subscribe(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(dir, "message_A_B.xml"), []byte("<x/>"), 0o644)
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), "file passed over") && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "file passed over") || !strings.Contains(logs.String(), "message_A_B.xml") || strings.Contains(logs.String(), "notes.txt") {
+		t.Fatalf("want message_A_B.xml told as passed over, notes.txt not:\n%s", logs.String())
+	}
+	if m := foldertest.Next(ch, 300*time.Millisecond); m != nil {
+		t.Fatalf("offered %s", m.Metadata.Get(exchange.MetaFileName))
+	}
+	if !exists(filepath.Join(dir, "message_A_B.xml")) {
+		t.Fatal("the file passed over was removed")
+	}
 }

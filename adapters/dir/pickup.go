@@ -62,7 +62,7 @@ func (s *source) List(context.Context) ([]folder.File, error) {
 	}
 	var files []folder.File
 	for _, e := range entries {
-		if !e.Type().IsRegular() || !folder.IsMessageName(folder.MessageName(e.Name())) {
+		if !e.Type().IsRegular() || !folder.Listed(e.Name()) {
 			continue
 		}
 		fi, err := e.Info()
@@ -244,7 +244,7 @@ func (s *source) Notify(ctx context.Context) (<-chan struct{}, error) {
 				if !ok {
 					return
 				}
-				if !folder.IsMessageName(filepath.Base(ev.Name)) {
+				if !folder.Listed(filepath.Base(ev.Name)) {
 					continue
 				}
 				select {

@@ -158,6 +158,11 @@ func MessageName(base string) string {
 	return base
 }
 
+// Listed says a source hands the folder entry base to the pickup: a
+// message file, a commit's held one (MessageName), or a name the pickup
+// tells of as passed over (PassedOver).
+func Listed(base string) bool { return IsMessageName(MessageName(base)) || PassedOver(base) }
+
 // IsMessageName is the cheap filter: Message_*.xml|.zip, extension in any case.
 func IsMessageName(base string) bool {
 	if !strings.HasPrefix(base, "Message_") {

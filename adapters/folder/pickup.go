@@ -294,7 +294,7 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 			// Left by a commit (the file changed, the delete failed, the
 			// relay stopped): taken as the message it holds.
 		} else if !IsMessageName(f.Name) {
-			if passedOver(f.Name) {
+			if PassedOver(f.Name) {
 				if !sc.passed[f.Name] {
 					p.log.Info("file passed over: not named Message_<from>_<to>.xml or .zip as 1C names an exchange message", "name", f.Name)
 				}
@@ -724,12 +724,12 @@ func (p *Pickup) leaveTooLarge(ctx context.Context, log *slog.Logger, name, wher
 	}
 }
 
-// passedOver says a name a pickup passes over looks meant as an exchange
+// PassedOver says a name a pickup passes over looks meant as an exchange
 // message (message_ЦО_ОП.xml, Message_ЦО_ОП.xml.txt): it is told once in
 // the log, since the file waits there in silence otherwise (found walking
 // through the quick start). Other files (a readme, a temp file) are
 // passed over without a word.
-func passedOver(name string) bool {
+func PassedOver(name string) bool {
 	return len(name) >= len("message_") && strings.EqualFold(name[:len("message_")], "message_")
 }
 

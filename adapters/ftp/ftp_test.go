@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -763,5 +764,33 @@ func TestMoveIntoPickupFolderRefused(t *testing.T) {
 		if errs := c.CheckAfter(after); (len(errs) > 0) != tc.refused {
 			t.Errorf("%s, move:%s: %v, want refused %v", tc.url, tc.to, errs, tc.refused)
 		}
+	}
+}
+
+// TestListHandsNearMissNames: the listing hands a name that looks meant as
+// an exchange message (message_A_B.xml) to the pickup, which tells it once
+// in the log; it dropped it before, and the file waited unmentioned (found
+// walking through the quick start). Other files are not handed over.
+func TestListHandsNearMissNames(t *testing.T) {
+	root := t.TempDir()
+	out := filepath.Join(root, "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"message_A_B.xml", "notes.txt"} {
+		if err := os.WriteFile(filepath.Join(out, name), []byte("<x/>"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, err := newSource(t, "A", testConfig(startServer(t, root, "out"), "pickup")).List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, f.Name)
+	}
+	if !slices.Equal(names, []string{"message_A_B.xml"}) {
+		t.Fatalf("listed %q, want [message_A_B.xml]", names)
 	}
 }

@@ -148,6 +148,9 @@ func (s *source) List(ctx context.Context) ([]folder.File, error) {
 		for _, f := range all {
 			name := folder.MessageName(f.Name) // a commit's held file is taken as its message
 			if !folder.IsMessageName(name) {
+				if folder.PassedOver(f.Name) {
+					files = append(files, f) // told of, never read
+				}
 				continue
 			}
 			if folder.ForAnotherNode(name, s.c.node, s.c.cfg.IsNode) && folder.Nobodys(name, s.c.cfg.IsNode) == "" {
