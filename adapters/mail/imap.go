@@ -1101,11 +1101,7 @@ func (p *Pickup) takeSet(ctx context.Context, c *imapclient.Client, t *transfer,
 			return err
 		}
 		if taken {
-			for _, u := range t.uids() {
-				p.known[u] = done
-			}
-			p.endTransfer(t.id)
-			p.finish(ctx, t)
+			p.takenBefore(ctx, t)
 			return nil
 		}
 	}
@@ -1202,31 +1198,61 @@ func (p *Pickup) endTransfer(id string) {
 	}
 }
 
+// takenBefore leaves the kept parts of a set taken before alone from now on.
+func (p *Pickup) takenBefore(ctx context.Context, t *transfer) {
+	for _, u := range t.uids() {
+		p.known[u] = done
+	}
+	p.endTransfer(t.id)
+	p.finish(ctx, t)
+}
+
 // keptSet reports whether every part of t has a mail that after: keep
 // remembers as taken.
 func (p *Pickup) keptSet(ctx context.Context, t *transfer) (bool, error) {
+	n, err := p.keptParts(ctx, t)
+	return n == t.n, err
+}
+
+// keptParts counts the parts of t that have a mail after: keep remembers
+// as taken.
+func (p *Pickup) keptParts(ctx context.Context, t *transfer) (int, error) {
+	n := 0
 	for i := 1; i <= t.n; i++ {
-		kept := false
 		for _, u := range t.parts[i] {
 			seen, err := p.memSeen(ctx, p.where(u), "taken")
 			if err != nil {
-				return false, err
+				return n, err
 			}
 			if seen {
-				kept = true
+				n++
 				break
 			}
 		}
-		if !kept {
-			return false, nil
-		}
 	}
-	return true, nil
+	return n, nil
 }
 
 // giveUpSet dead-letters a set whose parts did not all arrive in time and
-// moves the parts it has to quarantine.
+// moves the parts it has to quarantine. Under after: keep, a set with a
+// part remembered as taken was taken whole before, and a part of it has
+// gone from the mailbox since (deleted by hand, or by the server's
+// retention) after the memory of the finished set was given to later
+// sets: it is left alone, as a set taken before is (found by review: a
+// restart made it an "incomplete" dead letter and moved the user's kept
+// mails to quarantine).
 func (p *Pickup) giveUpSet(ctx context.Context, c *imapclient.Client, t *transfer, out chan<- *message.Message) error {
+	if p.after.Action == config.AfterKeep {
+		n, err := p.keptParts(ctx, t)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			p.log.Info("parts of a set taken before, the rest gone from the mailbox: left alone", "transfer", t.id, "file", t.file, "parts", t.n)
+			p.takenBefore(ctx, t)
+			return nil
+		}
+	}
 	var have []string
 	for i := 1; i <= t.n; i++ {
 		if len(t.parts[i]) > 0 {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 	"golang.org/x/text/encoding/charmap"
@@ -1811,5 +1812,82 @@ func TestMediaFieldEmptyExtendedName(t *testing.T) {
 	_, params := mediaField(`attachment; filename="Message_A_B.xml"; filename*=iso-2022-jp''%1B%24B`)
 	if got := params["filename"]; got != "Message_A_B.xml" {
 		t.Fatalf("filename %q, want Message_A_B.xml", got)
+	}
+}
+
+// expungeUIDs removes the mails uids from s's INBOX, as a person (or the
+// server's retention policy) would.
+func expungeUIDs(t *testing.T, s *memIMAP, uids ...imap.UID) {
+	t.Helper()
+	c, err := imapclient.DialInsecure(s.addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("relay", "secret").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	set := imap.UIDSetNum(uids...)
+	if err := c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.UIDExpunge(set).Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIMAPPickupKeptSetPartlyGoneLeftAlone: after: keep leaves a set's parts
+// in the mailbox, remembered by UID as taken. When one of them is later
+// removed (a person, a retention policy) and the set's slot in the shared
+// memory has been taken by a later set, a restarted pickup sees the rest
+// as an incomplete set whose part_timeout (counted from their old
+// INTERNALDATE) ran out long ago, and gives it up at once: a dead letter
+// "incomplete" for a message delivered whole long ago, and the kept mails
+// moved to quarantine (found by review). A set with a part remembered as
+// taken is left alone now, as a set taken whole before is.
+func TestIMAPPickupKeptSetPartlyGoneLeftAlone(t *testing.T) {
+	s := startMemIMAP(t, nil)
+	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
+	per := int64(100 << 10)
+	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
+	if n < 3 {
+		t.Fatalf("%d parts", n)
+	}
+	mem := &memMemory{m: map[string]string{}}
+	c := imapTestConfig(s.addr)
+	c.PollInterval = config.Duration(time.Second)
+	out, p := runPickup(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem)
+	m := next(t, out)
+	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
+		t.Fatalf("problem: %s", pr)
+	}
+	m.Ack()
+	waitFor(t, "seen flags", func() bool { _, seen := s.count(t, "INBOX"); return seen == n })
+	p.Close()
+
+	// Later: part 2's mail is gone, and the set's slot holds a later set.
+	expungeUIDs(t, s, 2)
+	mem.mu.Lock()
+	for k := range mem.m {
+		if strings.Contains(k, ";SET=") {
+			mem.m[k] = "set someotherset00 2 " + strings.Repeat("0", 64)
+		}
+	}
+	mem.mu.Unlock()
+
+	var skew = 25 * time.Hour // the parts came a day ago
+	out2, _ := runPickupWith(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem, func(p *Pickup) {
+		p.now = func() time.Time { return time.Now().Add(skew) }
+	})
+	select {
+	case m := <-out2:
+		m.Ack()
+		time.Sleep(300 * time.Millisecond)
+		k, _ := s.count(t, DefaultQuarantine)
+		t.Fatalf("a set taken whole and kept became a dead letter: problem %q; %d kept mails moved to quarantine", m.Metadata.Get(exchange.MetaProblem), k)
+	case <-time.After(2500 * time.Millisecond):
 	}
 }
