@@ -32,6 +32,9 @@ type Outbox interface {
 	// Touch starts the lease of a message again from now: it is held while
 	// the message is being sent, and counts from the end of the transfer.
 	Touch(id string)
+	// Sent records that a transfer of a message ended whole (only then
+	// may the node acknowledge it) and starts its lease again.
+	Sent(id string)
 }
 
 // PushReply is the answer to an accepted POST /api/v1/messages.
@@ -325,21 +328,37 @@ func (s *Server) pullNext(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("pull: transfer broken off; the message is offered again", "node", code, "file", o.Name, "err", err)
 		return
 	}
-	ob.Touch(o.ID)
+	ob.Sent(o.ID)
 }
 
 // stallWriter gives each write of a pulled file idle to be taken by the
 // node: a transfer may take hours, a node that stops reading may not hold
-// the handler (and the message's reader) for ever.
+// the handler (and the message's reader) for ever. It writes at most
+// stallSlice bytes under one deadline, so that a node reading slowly but
+// steadily (a few KiB a minute) is not cut off as one that stopped (found
+// by review: io.Copy's 32 KiB writes each had one idle to go).
 type stallWriter struct {
 	w    io.Writer
 	rc   *http.ResponseController
 	idle time.Duration
 }
 
+// stallSlice is the most a pulled file's write sends under one deadline.
+const stallSlice = 4 << 10
+
 func (s stallWriter) Write(b []byte) (int, error) {
-	_ = s.rc.SetWriteDeadline(time.Now().Add(s.idle)) // a test's recorder has none: no limit there
-	return s.w.Write(b)
+	n := 0
+	for len(b) > 0 {
+		k := min(len(b), stallSlice)
+		_ = s.rc.SetWriteDeadline(time.Now().Add(s.idle)) // a test's recorder has none: no limit there
+		m, err := s.w.Write(b[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		b = b[k:]
+	}
+	return n, nil
 }
 
 // leaseRenewal is the longest time between two renewals of a lease held
@@ -377,6 +396,10 @@ func (s *Server) pullAck(w http.ResponseWriter, r *http.Request) {
 	if err := ob.Ack(id); err != nil {
 		if errors.Is(err, pull.ErrUnknownOffer) {
 			writeErr(w, http.StatusNotFound, fmt.Sprintf("no message %q waits for node %q (already acknowledged?)", id, code))
+			return
+		}
+		if errors.Is(err, pull.ErrNotSent) {
+			writeErr(w, http.StatusConflict, fmt.Sprintf("message %q is not acknowledged: no transfer of it ended whole; fetch it again and acknowledge it once curl (or the like) succeeded and its sha256 matches X-Relay-Sha256", id))
 			return
 		}
 		if errors.Is(err, pull.ErrWithdrawn) {

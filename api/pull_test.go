@@ -31,6 +31,7 @@ func (b oneOffer) Next() (pull.Offer, bool) { return b.o, true }
 func (b oneOffer) Ack(string) error         { return nil }
 func (b oneOffer) Release(string, error)    {}
 func (b oneOffer) Touch(string)             {}
+func (b oneOffer) Sent(string)              {}
 
 // mobConfig is a routing.yaml whose node MOB pulls its messages with the
 // token mob-secret.

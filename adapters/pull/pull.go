@@ -82,6 +82,9 @@ type offer struct {
 	// gone; err says how.
 	failed chan struct{}
 	err    error
+	// sent says a transfer of it to the node ended whole (Sent): only
+	// then may the node acknowledge it.
+	sent bool
 }
 
 // Mailbox is a node's http_pull delivery, a Watermill Publisher: Publish
@@ -120,6 +123,11 @@ func NewMailbox(node string, cfg Config, log *slog.Logger) *Mailbox {
 
 // ErrUnknownOffer is returned by Ack for an id that is not waiting.
 var ErrUnknownOffer = errors.New("no such message waiting")
+
+// ErrNotSent is returned by Ack for a waiting message no transfer ever
+// handed over whole: the node cannot hold the file (found by review: a
+// node that acked after its download broke off lost the message).
+var ErrNotSent = errors.New("never sent whole: fetch it again")
 
 // ErrWithdrawn is returned by Ack for a message that was waiting but is no
 // longer offered here (the relay is stopping, or the message went back to
@@ -313,15 +321,33 @@ func (mb *Mailbox) Touch(id string) {
 	}
 }
 
+// Sent records that a transfer of the waiting message id ended whole, and
+// starts its lease again from now (Touch).
+func (mb *Mailbox) Sent(id string) {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	for _, o := range mb.offers {
+		if o.ID == id {
+			o.sent = true
+			o.leasedUntil = mb.now().Add(mb.lease)
+			return
+		}
+	}
+}
+
 // Ack completes the delivery of the waiting message id (also after its
 // lease ran out, as long as it is still waiting). A message that was
 // waiting but has been withdrawn (see ErrWithdrawn) is not acknowledged:
-// it is offered again.
+// it is offered again; nor is one no transfer handed over whole
+// (ErrNotSent).
 func (mb *Mailbox) Ack(id string) error {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
 	for i, o := range mb.offers {
 		if o.ID == id {
+			if !o.sent {
+				return fmt.Errorf("http_pull %s: %s: %w", mb.node, id, ErrNotSent)
+			}
 			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
 			close(o.acked)
 			return nil

@@ -82,6 +82,11 @@ func TestMailbox(t *testing.T) {
 	if err := mb.Ack("nope"); err == nil {
 		t.Fatal("ack of an unknown id succeeded")
 	}
+	// Acknowledged only once a transfer of it ended whole.
+	if err := mb.Ack(o.ID); !errors.Is(err, ErrNotSent) {
+		t.Fatalf("ack of a message never sent whole: %v, want ErrNotSent", err)
+	}
+	mb.Sent(o.ID)
 	if err := mb.Ack(o.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -185,6 +190,7 @@ func TestMailboxHandBack(t *testing.T) {
 		t.Fatalf("fetched message handed back: %v", err)
 	default:
 	}
+	mb.Sent(o.ID)
 	if err := mb.Ack(o.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -213,6 +219,7 @@ func TestAckRacingWithdrawalDecidedOnce(t *testing.T) {
 			for ok := false; !ok; o, ok = mb.Next() {
 				time.Sleep(time.Millisecond)
 			}
+			mb.Sent(o.ID)
 			if how == "close" {
 				mb.Close()
 			} else {
