@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -83,8 +84,10 @@ type offer struct {
 	failed chan struct{}
 	err    error
 	// sent says a transfer of it to the node ended whole (Sent): only
-	// then may the node acknowledge it.
-	sent bool
+	// then may the node acknowledge it. sending says a transfer handed
+	// out (Next) has not ended yet (Sent, Release).
+	sent    bool
+	sending bool
 }
 
 // Mailbox is a node's http_pull delivery, a Watermill Publisher: Publish
@@ -106,8 +109,10 @@ type Mailbox struct {
 	// late acknowledgement then hears that the message is offered again,
 	// not that it is unknown.
 	withdrawn map[string]time.Time
-	closing   chan struct{}
-	once      sync.Once
+	// ended is closed (and made anew) when a transfer ends: Sent, Release.
+	ended   chan struct{}
+	closing chan struct{}
+	once    sync.Once
 }
 
 var _ message.Publisher = (*Mailbox)(nil)
@@ -118,7 +123,7 @@ func NewMailbox(node string, cfg Config, log *slog.Logger) *Mailbox {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Mailbox{node: node, lease: cfg.Lease.Std(), log: log.With("node", node, "adapter", "http_pull"), now: time.Now,
-		withdrawn: map[string]time.Time{}, closing: make(chan struct{})}
+		withdrawn: map[string]time.Time{}, ended: make(chan struct{}), closing: make(chan struct{})}
 }
 
 // ErrUnknownOffer is returned by Ack for an id that is not waiting.
@@ -273,6 +278,9 @@ func (mb *Mailbox) Next() (Offer, bool) {
 	for _, o := range mb.offers {
 		if !now.Before(o.leasedUntil) {
 			o.leasedUntil = now.Add(mb.lease)
+			// A transfer holds the lease while it runs (the API renews
+			// it): one whose lease lapsed is over or abandoned.
+			o.sending = true
 			out := o.Offer
 			out.LeaseUntil = o.leasedUntil
 			return out, true
@@ -295,6 +303,7 @@ func (mb *Mailbox) Release(id string, err error) {
 		if o.ID != id {
 			continue
 		}
+		mb.transferEnded(o)
 		if final {
 			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
 			o.err = err
@@ -330,10 +339,24 @@ func (mb *Mailbox) Sent(id string) {
 		if o.ID == id {
 			o.sent = true
 			o.leasedUntil = mb.now().Add(mb.lease)
+			mb.transferEnded(o)
 			return
 		}
 	}
 }
+
+// transferEnded counts the end of a transfer of o and wakes the
+// acknowledgements waiting for it; mb.mu is held.
+func (mb *Mailbox) transferEnded(o *offer) {
+	o.sending = false
+	close(mb.ended)
+	mb.ended = make(chan struct{})
+}
+
+// ackWait bounds how long an acknowledgement waits for the end of a
+// transfer of its message still running here: the node may have the last
+// byte before the API has seen its write return.
+const ackWait = 5 * time.Second
 
 // Ack completes the delivery of the waiting message id (also after its
 // lease ran out, as long as it is still waiting). A message that was
@@ -343,6 +366,22 @@ func (mb *Mailbox) Sent(id string) {
 func (mb *Mailbox) Ack(id string) error {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
+	for deadline := time.Now().Add(ackWait); ; {
+		i := slices.IndexFunc(mb.offers, func(o *offer) bool { return o.ID == id })
+		wait := time.Until(deadline)
+		if i < 0 || mb.offers[i].sent || !mb.offers[i].sending || wait <= 0 {
+			break
+		}
+		// A transfer of it is still ending here (the node read its last
+		// byte before the API saw the write return): its end decides.
+		ended := mb.ended
+		mb.mu.Unlock()
+		select {
+		case <-ended:
+		case <-time.After(wait):
+		}
+		mb.mu.Lock()
+	}
 	for i, o := range mb.offers {
 		if o.ID == id {
 			if !o.sent {

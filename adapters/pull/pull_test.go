@@ -82,13 +82,22 @@ func TestMailbox(t *testing.T) {
 	if err := mb.Ack("nope"); err == nil {
 		t.Fatal("ack of an unknown id succeeded")
 	}
-	// Acknowledged only once a transfer of it ended whole.
+	// Acknowledged only once a transfer of it ended whole: refused after
+	// a transfer broken off; one still ending decides (the node may have
+	// its last byte before the API saw the write return).
+	mb.Release(o.ID, errors.New("broken off again"))
 	if err := mb.Ack(o.ID); !errors.Is(err, ErrNotSent) {
 		t.Fatalf("ack of a message never sent whole: %v, want ErrNotSent", err)
 	}
+	if _, ok := mb.Next(); !ok {
+		t.Fatal("not offered again after its second release")
+	}
+	acked := make(chan error, 1)
+	go func() { acked <- mb.Ack(o.ID) }()
+	time.Sleep(50 * time.Millisecond)
 	mb.Sent(o.ID)
-	if err := mb.Ack(o.ID); err != nil {
-		t.Fatal(err)
+	if err := <-acked; err != nil {
+		t.Fatalf("ack that came while the transfer ended whole: %v", err)
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("Publish after the ack: %v", err)
