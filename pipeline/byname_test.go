@@ -231,6 +231,91 @@ nodes:
 	}
 }
 
+// sealedZip is a pipeline with channel SRC → DST (latest) and a sealed
+// zip's content: a message routed by name, whose payload object (id) all
+// records of the same content share.
+type sealedZip struct {
+	p             *Pipeline
+	b             *bus.Bus
+	h             exchange.Header
+	body, sha, id string
+}
+
+func newSealedZip(t *testing.T) *sealedZip {
+	t.Helper()
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: latest, deliver: { dir: ./dst } }
+`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
+	z := &sealedZip{p: p, b: b, h: exchange.Header{Dialect: exchange.DialectName, From: "SRC", To: "DST"}, body: "sealed zip"}
+	sum := sha256.Sum256([]byte(z.body))
+	z.sha = hex.EncodeToString(sum[:])
+	z.id = MessageID(z.h, z.sha)
+	return z
+}
+
+// take is the zip as a pickup of SRC hands it to ingest.
+func (z *sealedZip) take(ctx context.Context) *message.Message {
+	m := message.NewMessage(watermill.NewUUID(), nil)
+	exchange.SetHeader(m, z.h)
+	m.Metadata.Set(exchange.MetaNode, "SRC")
+	m.Metadata.Set(exchange.MetaFileName, "Message_SRC_DST.zip")
+	m.Metadata.Set(exchange.MetaSource, "test:Message_SRC_DST.zip")
+	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(z.body)))
+	m.Metadata.Set(exchange.MetaSHA256, z.sha)
+	m.SetContext(ctx)
+	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(z.body)), nil })
+	return m
+}
+
+// queuedPastWindow stores the payload and queues a record naming it whose
+// Nats-Msg-Id is long forgotten (queued past the duplicate window: a take
+// of the same file now is a new record); returns its sequence.
+func (z *sealedZip) queuedPastWindow(t *testing.T) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	if _, _, err := z.b.PutPayload(ctx, z.id, int64(len(z.body)), strings.NewReader(z.body)); err != nil {
+		t.Fatal(err)
+	}
+	rec := message.NewMessage(z.id, nil)
+	exchange.SetHeader(rec, z.h)
+	rec.Metadata.Set(exchange.MetaFileName, "Message_SRC_DST.zip")
+	rec.Metadata.Set(exchange.MetaObject, z.id)
+	rec.Metadata.Set(exchange.MetaSHA256, z.sha)
+	rec.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(z.body)))
+	nm, err := (&wmnats.NATSMarshaler{}).Marshal(bus.Subject("", "SRC", "DST"), rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := z.b.JS.PublishMsg(ctx, nm, jetstream.WithMsgID(z.id+"#past-window"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
+// lastSeq is the sequence of the channel's last record.
+func (z *sealedZip) lastSeq(t *testing.T) uint64 {
+	t.Helper()
+	last, err := z.b.Exchange.GetLastMsgForSubject(context.Background(), bus.Subject("", "SRC", "DST"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return last.Sequence
+}
+
+// stored says the payload is stored whole.
+func (z *sealedZip) stored(t *testing.T) bool {
+	t.Helper()
+	has, err := z.b.HasPayload(context.Background(), z.id, int64(len(z.body)), z.sha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return has
+}
+
 // TestByNameRetakenAsItsFirstRecordFinishes: a message routed by name (a
 // sealed zip) whose first record waited past the duplicate window is taken
 // in again (same content: the same payload object) just as the first
@@ -239,75 +324,164 @@ nodes:
 // ingest meanwhile found the payload stored whole, skipped its put and
 // queued a second record; the late delete removed the payload under it,
 // and the message was lost (found by review). A by-name payload is deleted
-// at once now, and ingest puts one that vanished after its look again.
+// at once now, under a lock ingest takes too.
 func TestByNameRetakenAsItsFirstRecordFinishes(t *testing.T) {
 	ctx := context.Background()
-	b := testBus(t)
-	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
-nodes:
-  SRC: { deliver: { dir: ./src } }
-  DST: { mode: latest, deliver: { dir: ./dst } }
-`, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": &scriptedDelivery{}})
-	const body = "sealed zip"
-	h := exchange.Header{Dialect: exchange.DialectName, From: "SRC", To: "DST"}
-	sum := sha256.Sum256([]byte(body))
-	sha := hex.EncodeToString(sum[:])
-	id := MessageID(h, sha)
-	if _, _, err := b.PutPayload(ctx, id, int64(len(body)), strings.NewReader(body)); err != nil {
-		t.Fatal(err)
-	}
-	rec := message.NewMessage(id, nil)
-	exchange.SetHeader(rec, h)
-	rec.Metadata.Set(exchange.MetaFileName, "Message_SRC_DST.zip")
-	rec.Metadata.Set(exchange.MetaObject, id)
-	rec.Metadata.Set(exchange.MetaSHA256, sha)
-	rec.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
-	nm, err := (&wmnats.NATSMarshaler{}).Marshal(bus.Subject("", "SRC", "DST"), rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Its Nats-Msg-Id long forgotten (queued past the duplicate window).
-	ack, err := b.JS.PublishMsg(ctx, nm, jetstream.WithMsgID(id+"#past-window"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	seq1 := ack.Sequence
-
-	l := p.laneOn(b, p.log)
+	z := newSealedZip(t)
+	seq1 := z.queuedPastWindow(t)
+	l := z.p.laneOn(z.b, z.p.log)
 	gate := make(chan struct{})
 	l.dropper = newDropper(func(ctx context.Context, name string) error {
 		<-gate // the dropper is behind (its queue, three requests a delete)
-		return b.DeletePayload(ctx, name)
-	}, p.log)
-	// The first record resolves (delivered): laterNames sees no later record.
-	if err := l.finish(ctx, h, seq1, id, id, func(c *Channel) {}); err != nil {
+		return z.b.DeletePayload(ctx, name)
+	}, z.p.log)
+	if err := l.finish(ctx, z.h, seq1, z.id, z.id, func(c *Channel) {}); err != nil {
 		t.Fatal(err)
 	}
-	// The same file is taken in again meanwhile.
-	m := message.NewMessage(watermill.NewUUID(), nil)
-	exchange.SetHeader(m, h)
-	m.Metadata.Set(exchange.MetaNode, "SRC")
-	m.Metadata.Set(exchange.MetaFileName, "Message_SRC_DST.zip")
-	m.Metadata.Set(exchange.MetaSource, "test:Message_SRC_DST.zip")
-	m.Metadata.Set(exchange.MetaSize, strconv.Itoa(len(body)))
-	m.Metadata.Set(exchange.MetaSHA256, sha)
-	m.SetContext(ctx)
-	exchange.SetBody(m, func(context.Context) (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(body)), nil })
-	out, err := p.ingest("SRC", "dir", l, m)
+	out, err := z.p.ingest("SRC", "dir", l, z.take(ctx))
 	if err != nil || out.Result != OutcomeQueued {
 		t.Fatalf("second take: %+v, %v (want queued)", out, err)
 	}
 	close(gate)
 	l.dropper.close()
-	last, err := b.Exchange.GetLastMsgForSubject(ctx, bus.Subject("", "SRC", "DST"))
-	if err != nil || last.Sequence <= seq1 || last.Header.Get(exchange.MetaObject) != id {
-		t.Fatalf("setup: second record %v, %v", last, err)
+	if seq := z.lastSeq(t); seq <= seq1 || !z.stored(t) {
+		t.Fatalf("the record queued at seq %d names payload %s, which the first record's drop deleted: the message is lost", seq, z.id)
 	}
-	has, err := b.HasPayload(ctx, id, int64(len(body)), sha)
-	if err != nil {
+}
+
+// hookedStream runs atEnd once, when a GetMsg finds nothing further: the
+// end of laterNames' scan, which has just concluded "no later record".
+type hookedStream struct {
+	jetstream.Stream
+	once  sync.Once
+	atEnd func()
+}
+
+func (s *hookedStream) GetMsg(ctx context.Context, seq uint64, opts ...jetstream.GetMsgOpt) (*jetstream.RawStreamMsg, error) {
+	m, err := s.Stream.GetMsg(ctx, seq, opts...)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		s.once.Do(s.atEnd)
+	}
+	return m, err
+}
+
+// hookedStore runs after once, right after the first GetInfo (ingest's
+// look for the payload) answered.
+type hookedStore struct {
+	jetstream.ObjectStore
+	once  sync.Once
+	after func()
+}
+
+func (s *hookedStore) GetInfo(ctx context.Context, name string, opts ...jetstream.GetObjectInfoOpt) (*jetstream.ObjectInfo, error) {
+	i, err := s.ObjectStore.GetInfo(ctx, name, opts...)
+	s.once.Do(s.after)
+	return i, err
+}
+
+// waitShortly gives done a second to close: long enough for a step that
+// is not held back to finish, short for one that waits for a lock.
+func waitShortly(done <-chan struct{}) {
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+}
+
+// waitDone waits for done; a step that never ends fails the test.
+func waitDone(t *testing.T, done <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the step started by the hook did not end (the hook did not run, or a lock is never given back)")
+	}
+}
+
+// TestByNameRetakeBetweenLookAndDelete: the same file taken in again
+// while a finishing record of its content is between its look for a
+// later record (none) and its delete: the retake found the payload stored,
+// queued its record and looked again before the delete came, which then
+// removed the payload under it (found by review of the first fix, which
+// put a payload gone by the second look again). The retake waits for the
+// finish now (payloadLocks): it finds the payload gone and puts it.
+func TestByNameRetakeBetweenLookAndDelete(t *testing.T) {
+	ctx := context.Background()
+	z := newSealedZip(t)
+	seq1 := z.queuedPastWindow(t)
+	var out Outcome
+	var ingErr error
+	done := make(chan struct{})
+	exchangeStream := z.b.Exchange
+	z.b.Exchange = &hookedStream{Stream: exchangeStream, atEnd: func() {
+		go func() {
+			defer close(done)
+			out, ingErr = z.p.ingest("SRC", "dir", z.p.pushLane, z.take(ctx))
+		}()
+		waitShortly(done)
+	}}
+	defer func() { z.b.Exchange = exchangeStream }()
+	if err := z.p.laneOn(z.b, z.p.log).finish(ctx, z.h, seq1, z.id, z.id, func(c *Channel) {}); err != nil {
 		t.Fatal(err)
 	}
-	if !has {
-		t.Fatalf("the record queued at seq %d names payload %s, which the first record's background drop deleted: its delivery cannot open the body, the message is lost", last.Sequence, id)
+	waitDone(t, done)
+	if ingErr != nil || out.Result != OutcomeQueued {
+		t.Fatalf("retake: %+v, %v (want queued)", out, ingErr)
 	}
+	if seq := z.lastSeq(t); seq <= seq1 || !z.stored(t) {
+		t.Fatalf("record seq %d names payload %s, deleted by the first record's finish after its look: the message is lost", seq, z.id)
+	}
+}
+
+// TestByNameDuplicateLeavesNoPayload: the same file taken in again within
+// the duplicate window makes no record (stored_before). Its payload, put
+// because the first record's finish had deleted it, or put "again" as the
+// first fix did when the first record finished between the look and the
+// publish, named nothing and stayed for good (found by review). And the
+// outcome's detail showed "No 0" for a message that has no number.
+func TestByNameDuplicateLeavesNoPayload(t *testing.T) {
+	ctx := context.Background()
+	t.Run("finished before", func(t *testing.T) {
+		z := newSealedZip(t)
+		if out, err := z.p.ingest("SRC", "api", z.p.pushLane, z.take(ctx)); err != nil || out.Result != OutcomeQueued {
+			t.Fatalf("first take: %+v, %v", out, err)
+		}
+		if err := z.p.laneOn(z.b, z.p.log).finish(ctx, z.h, z.lastSeq(t), z.id, z.id, func(c *Channel) {}); err != nil {
+			t.Fatal(err)
+		}
+		out, err := z.p.ingest("SRC", "api", z.p.pushLane, z.take(ctx))
+		if err != nil || out.Result != OutcomeStoredBefore || strings.Contains(out.Detail, "No ") {
+			t.Fatalf("taken again: %+v, %v (want stored_before, without a number)", out, err)
+		}
+		if z.stored(t) {
+			t.Fatalf("stored_before, no record queued, yet payload %s is stored: an orphan", z.id)
+		}
+	})
+	t.Run("finishing meanwhile", func(t *testing.T) {
+		z := newSealedZip(t)
+		if out, err := z.p.ingest("SRC", "api", z.p.pushLane, z.take(ctx)); err != nil || out.Result != OutcomeQueued {
+			t.Fatalf("first take: %+v, %v", out, err)
+		}
+		seq1 := z.lastSeq(t)
+		done := make(chan struct{})
+		store := z.b.Payloads
+		z.b.Payloads = &hookedStore{ObjectStore: store, after: func() {
+			go func() {
+				defer close(done)
+				if err := z.p.laneOn(z.b, z.p.log).finish(ctx, z.h, seq1, z.id, z.id, func(c *Channel) {}); err != nil {
+					t.Error(err)
+				}
+			}()
+			waitShortly(done)
+		}}
+		defer func() { z.b.Payloads = store }()
+		out, err := z.p.ingest("SRC", "dir", z.p.laneOn(z.b, z.p.log), z.take(ctx))
+		waitDone(t, done)
+		if err != nil || out.Result != OutcomeStoredBefore || z.lastSeq(t) != seq1 {
+			t.Fatalf("taken again: %+v, %v (want stored_before, no record)", out, err)
+		}
+		if z.stored(t) {
+			t.Fatalf("payload %s stored for a duplicate whose only record finished: an orphan", z.id)
+		}
+	})
 }

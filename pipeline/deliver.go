@@ -589,19 +589,27 @@ func (l *lane) finish(ctx context.Context, h exchange.Header, seq uint64, id, ob
 	}); err != nil {
 		return err
 	}
+	l.dropFinished(ctx, h, seq, obj)
+	return nil
+}
+
+// dropFinished deletes the payload obj of a finished record (stream
+// sequence seq) of h's channel. A message routed by name shares its
+// payload with every record of the same content: it stays while a later
+// record names it, and is deleted at once under its lock, not behind the
+// dropper's queue (found by review: a retake between the look and a late
+// delete queued a record naming a deleted payload).
+func (l *lane) dropFinished(ctx context.Context, h exchange.Header, seq uint64, obj string) {
 	switch {
 	case obj == "":
 	case !h.ByName():
 		l.drop(obj)
-	case !l.laterNames(ctx, h, seq, obj):
-		// Deleted now, not behind the dropper's queue: the same file
-		// taken in again after the look would find its payload stored,
-		// queue a record naming it and lose it to the late delete
-		// (found by review; ingest puts such a payload again, see
-		// ingest, for the moment between the look and the delete).
-		deletePayload(l.b.DeletePayload, obj, l.log)
+	default:
+		defer l.payloads.lock(obj)()
+		if !l.laterNames(ctx, h, seq, obj) {
+			deletePayload(l.b.DeletePayload, obj, l.log)
+		}
 	}
-	return nil
 }
 
 // laterNames says a record queued on h's channel after the one at stream
@@ -740,9 +748,7 @@ func (l *lane) recordUnrecorded(ctx context.Context, u *unrecorded, key string, 
 		switch {
 		case err != nil:
 		case o.seq > 0 && slices.Contains(st.RecentSeqs, o.seq):
-			if o.obj != "" {
-				l.drop(o.obj) // finish's, after the write it lost track of
-			}
+			l.dropFinished(ctx, o.h, o.seq, o.obj) // finish's, after the write it lost track of
 		default:
 			err = l.finish(ctx, o.h, o.seq, o.id, o.obj, o.fn)
 		}

@@ -134,6 +134,12 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 	// of every message: a relay stopped between the publish and the
 	// channel state's update left a queued record the state does not
 	// show (found by review: its payload deleted, the message lost).
+	// A message routed by name shares its payload with every record of
+	// the same content: a finishing one must not delete it between this
+	// look and the publish of the record that needs it (payloadLocks).
+	if h.ByName() {
+		defer l.payloads.lock(id)()
+	}
 	kept, err := l.b.HasPayload(ctx, id, size, sha)
 	if err != nil {
 		return Outcome{}, fmt.Errorf("ingest %s: %w", node, err)
@@ -178,15 +184,9 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 	if err != nil {
 		return Outcome{}, fmt.Errorf("ingest %s: publish %s: %w", node, id, err)
 	}
-	if kept && h.ByName() {
-		// The payload found stored belongs to a record of the same
-		// content too (routed by name: one object per content), whose
-		// delivery may have finished since the look and deleted it:
-		// put again under the new record (found by review).
-		if has, err := l.b.HasPayload(ctx, id, size, sha); err != nil || !has {
-			if err := l.putPayload(ctx, m, id, size, sha); err != nil {
-				return Outcome{}, err
-			}
+	if h.ByName() {
+		if err := l.byNamePublished(ctx, m, h, id, size, sha, kept, dup, seq); err != nil {
+			return Outcome{}, err
 		}
 	}
 	file := m.Metadata.Get(exchange.MetaFileName)
@@ -204,9 +204,39 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 	l.m.pickedBytes.WithLabelValues(node, adapter).Add(float64(size))
 	log.Info("picked up", "message_no", h.MessageNo, "received_no", h.ReceivedNo, "bytes", size)
 	if dup {
-		return Outcome{OutcomeStoredBefore, fmt.Sprintf("the same file (No %d, same sha256) was taken in before; not queued again", h.MessageNo)}, nil
+		same := fmt.Sprintf("the same file (No %d, same sha256)", h.MessageNo)
+		if h.ByName() {
+			same = "the same file (same sha256)" // no number to show
+		}
+		return Outcome{OutcomeStoredBefore, same + " was taken in before; not queued again"}, nil
 	}
 	return Outcome{Result: OutcomeQueued}, nil
+}
+
+// byNamePublished settles the payload of a message routed by name once
+// its record's publish was answered (seq: the record's sequence, the
+// earlier one's when dup); the caller holds the payload's lock. kept says
+// the payload was stored before this ingest looked.
+//   - A new record naming a payload found stored: another relay sharing
+//     the channel (no lock between processes) may have deleted it since
+//     the look, after its record finished; put again (found by review).
+//   - A duplicate (the same file taken in within the duplicate window)
+//     whose payload this ingest put, while the earlier record was
+//     finished already (its delete came before): the put names nothing
+//     and is deleted, or it stayed for good (found by review).
+func (l *lane) byNamePublished(ctx context.Context, m *message.Message, h exchange.Header, id string, size int64, sha string, kept, dup bool, seq uint64) error {
+	switch {
+	case !dup && kept:
+		if has, err := l.b.HasPayload(ctx, id, size, sha); err != nil || !has {
+			return l.putPayload(ctx, m, id, size, sha)
+		}
+	case dup && !kept:
+		st, err := l.states.Get(ctx, h.ExchangePlan, h.From, h.To)
+		if err == nil && st.NameSeq >= seq {
+			deletePayload(l.b.DeletePayload, id, l.log)
+		}
+	}
+	return nil
 }
 
 // taken records in the channel state that a message was taken in (picked

@@ -49,14 +49,16 @@ type Options struct {
 
 // Pipeline is one relay's running set of handlers.
 type Pipeline struct {
-	cfg    *config.Config
-	b      *bus.Bus
-	eps    Endpoints
-	log    *slog.Logger
-	opts   Options
-	states *States
-	dead   *Dead
-	mem    *Memory
+	// payloads locks by-name payloads for ingest and finish (payloadLocks).
+	payloads payloadLocks
+	cfg      *config.Config
+	b        *bus.Bus
+	eps      Endpoints
+	log      *slog.Logger
+	opts     Options
+	states   *States
+	dead     *Dead
+	mem      *Memory
 
 	router *message.Router
 	// handlers counts the router's handlers, for the start log line: the
@@ -197,6 +199,8 @@ type lane struct {
 	opts   Options
 	// dropper deletes finished payloads behind a delivery; nil: inline.
 	dropper *dropper
+	// payloads is the pipeline's: by-name payloads' ingest and finish.
+	payloads *payloadLocks
 }
 
 // drop deletes a finished message's payload.
@@ -222,7 +226,7 @@ func (p *Pipeline) newLane(name string, wlog watermill.LoggerAdapter) (*lane, er
 
 // laneOn is a lane working through lb (a bus.Lane), without a publisher.
 func (p *Pipeline) laneOn(lb *bus.Bus, log *slog.Logger) *lane {
-	return &lane{m: p.metrics, b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: log, opts: p.opts}
+	return &lane{m: p.metrics, b: lb, states: p.states.on(lb.Channels), dead: &Dead{b: lb}, log: log, opts: p.opts, payloads: &p.payloads}
 }
 
 // wire adds the handlers of every served node to the router.
