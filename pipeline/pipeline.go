@@ -104,6 +104,13 @@ type pollSharer interface {
 	Share(polled func(), elsewhere func() bool)
 }
 
+// superseder is a delivery that holds a message until the node fetches it
+// (http_pull): in mode latest it lets a message go that a newer one of its
+// channel supersedes meanwhile.
+type superseder interface {
+	Supersede(superseded func(m *message.Message) bool)
+}
+
 // errorReporter is implemented by adapters that can say what is wrong with
 // their endpoint right now (cannot log in, cannot list); `relay status` shows it.
 type errorReporter interface {
@@ -275,6 +282,17 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 			p.closers = append(p.closers, pub.Close)
 			if ps, ok := pub.(pollSharer); ok && p.leases != nil {
 				ps.Share(p.leases.pulls(name))
+			}
+			if ss, ok := pub.(superseder); ok && n.Mode == config.ModeLatest {
+				l := p.laneOn(p.b, nlog)
+				ss.Supersede(func(m *message.Message) bool {
+					h, err := exchange.HeaderOf(m)
+					if err != nil || h.ByName() {
+						return false
+					}
+					last, ok := l.lastNo(m.Context(), h)
+					return ok && last > h.MessageNo
+				})
 			}
 			p.delivers[name] = pub
 			in := &inflight{}

@@ -101,6 +101,9 @@ type Mailbox struct {
 	// polled and elsewhere coordinate relay replicas (see Share).
 	polled    func()
 	elsewhere func() bool
+	// superseded says a newer message of a parked one's channel is
+	// queued (see Supersede).
+	superseded func(m *message.Message) bool
 
 	mu     sync.Mutex
 	offers []*offer // in arrival order
@@ -182,7 +185,7 @@ func (mb *Mailbox) park(m *message.Message) error {
 	mb.mu.Unlock()
 	mb.log.Debug("waiting for the node to pull", "message_id", m.UUID, "file", d.Name, "id", o.ID)
 	var check <-chan time.Time
-	if mb.elsewhere != nil {
+	if mb.elsewhere != nil || mb.superseded != nil {
 		t := time.NewTicker(handBackCheck)
 		defer t.Stop()
 		check = t.C
@@ -218,15 +221,18 @@ func (mb *Mailbox) park(m *message.Message) error {
 		case <-check:
 			// Not withdrawn: a client holds it, or Ack took it just now
 			// (o.acked is closed).
-			if mb.elsewhere() && mb.withdraw(o, true) {
+			if mb.elsewhere != nil && mb.elsewhere() && mb.withdraw(o, true) {
 				return fmt.Errorf("http_pull %s: %s: the node pulls from another replica: %w", mb.node, d.Name, exchange.ErrNotTaken)
+			}
+			if mb.superseded != nil && mb.superseded(m) && mb.withdraw(o, true) {
+				return fmt.Errorf("http_pull %s: %s: a newer message of its channel is queued: %w", mb.node, d.Name, exchange.ErrNotTaken)
 			}
 		}
 	}
 }
 
 // handBackCheck is how often a parked message asks whether its node pulls
-// from another replica.
+// from another replica, and whether it was superseded.
 const handBackCheck = time.Second
 
 // Share coordinates the mailboxes of one node in several relay replicas:
@@ -240,6 +246,14 @@ const handBackCheck = time.Second
 func (mb *Mailbox) Share(polled func(), elsewhere func() bool) {
 	mb.polled, mb.elsewhere = polled, elsewhere
 }
+
+// Supersede makes a parked message that no client holds leave the
+// mailbox (Publish returns exchange.ErrNotTaken: the pipeline offers it
+// again and drops it as superseded) once superseded says a newer message
+// of its channel is queued: mode latest. Without it a node back after a
+// week got the week-old message first, and one it could not load held
+// the newest back for good (found by review). Set before use.
+func (mb *Mailbox) Supersede(superseded func(m *message.Message) bool) { mb.superseded = superseded }
 
 // withdraw takes o out of the mailbox, unless Ack took it first or, with
 // unleased, a client holds it now; a later Ack of it fails with
