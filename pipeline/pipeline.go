@@ -285,14 +285,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 			}
 			if ss, ok := pub.(superseder); ok && n.Mode == config.ModeLatest {
 				l := p.laneOn(p.b, nlog)
-				ss.Supersede(func(m *message.Message) bool {
-					h, err := exchange.HeaderOf(m)
-					if err != nil || h.ByName() {
-						return false
-					}
-					last, ok := l.lastNo(m.Context(), h)
-					return ok && last > h.MessageNo
-				})
+				ss.Supersede(func(m *message.Message) bool { return l.superseded(m) })
 			}
 			p.delivers[name] = pub
 			in := &inflight{}

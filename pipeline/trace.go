@@ -166,7 +166,7 @@ func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
 		for _, a := range acks {
 			if a.Channel == e.Channel && a.No >= e.No && !a.Time.Before(e.Time) {
 				out = append(out, Event{Time: a.Time, Step: "acknowledged", MsgID: e.MsgID, File: e.File, Node: e.Node,
-					Channel: e.Channel, No: e.No, Detail: fmt.Sprintf("by %s (%s, received No %d)", a.MsgID, a.File, a.No)})
+					Channel: e.Channel, No: e.No, Detail: fmt.Sprintf("by %s (%s, received No %d)", ReadableID(a.MsgID), a.File, a.No)})
 				break
 			}
 		}

@@ -113,7 +113,9 @@ type Mailbox struct {
 	// not that it is unknown.
 	withdrawn map[string]time.Time
 	// ended is closed (and made anew) when a transfer ends: Sent, Release.
-	ended   chan struct{}
+	ended chan struct{}
+	// ackWait: the package's ackWait (tests lengthen it).
+	ackWait time.Duration
 	closing chan struct{}
 	once    sync.Once
 }
@@ -126,7 +128,7 @@ func NewMailbox(node string, cfg Config, log *slog.Logger) *Mailbox {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Mailbox{node: node, lease: cfg.Lease.Std(), log: log.With("node", node, "adapter", "http_pull"), now: time.Now,
-		withdrawn: map[string]time.Time{}, ended: make(chan struct{}), closing: make(chan struct{})}
+		withdrawn: map[string]time.Time{}, ended: make(chan struct{}), ackWait: ackWait, closing: make(chan struct{})}
 }
 
 // ErrUnknownOffer is returned by Ack for an id that is not waiting.
@@ -274,6 +276,10 @@ func (mb *Mailbox) withdraw(o *offer, unleased bool) bool {
 				}
 			}
 			mb.withdrawn[o.ID] = now
+			// An acknowledgement waiting for the transfer's end hears
+			// now that the message went (found by review: it waited
+			// out ackWait).
+			mb.transferEnded(o)
 			return true
 		}
 	}
@@ -359,8 +365,8 @@ func (mb *Mailbox) Sent(id string) {
 	}
 }
 
-// transferEnded counts the end of a transfer of o and wakes the
-// acknowledgements waiting for it; mb.mu is held.
+// transferEnded counts the end of a transfer of o (or of o itself, taken
+// out) and wakes the acknowledgements waiting for it; mb.mu is held.
 func (mb *Mailbox) transferEnded(o *offer) {
 	o.sending = false
 	close(mb.ended)
@@ -380,7 +386,7 @@ const ackWait = 5 * time.Second
 func (mb *Mailbox) Ack(id string) error {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
-	for deadline := time.Now().Add(ackWait); ; {
+	for deadline := time.Now().Add(mb.ackWait); ; {
 		i := slices.IndexFunc(mb.offers, func(o *offer) bool { return o.ID == id })
 		wait := time.Until(deadline)
 		if i < 0 || mb.offers[i].sent || !mb.offers[i].sending || wait <= 0 {

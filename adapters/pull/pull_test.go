@@ -249,3 +249,35 @@ func TestAckRacingWithdrawalDecidedOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestAckWokenByWithdrawal: an acknowledgement that came while a transfer
+// of its message is still ending waits for that end (ackWait). When the
+// message left the mailbox meanwhile (the relay stopping: Close; the
+// delivery's context ending), withdraw did not wake the waiting Ack: it
+// sat out the whole wait before answering ErrWithdrawn (503), although the
+// answer was settled at once; with the API's 5 s shutdown budget the node
+// got its connection closed instead (found by review). Here the wait is
+// an hour: only the withdrawal can end it.
+func TestAckWokenByWithdrawal(t *testing.T) {
+	mb := NewMailbox("B", Config{Lease: config.Duration(time.Minute)}, nil)
+	mb.ackWait = time.Hour
+	done := make(chan error, 1)
+	go func() { done <- mb.Publish("", testMsg(t, "id-w", 1, "data")) }()
+	var o Offer
+	for ok := false; !ok; o, ok = mb.Next() { // a transfer starts
+		time.Sleep(time.Millisecond)
+	}
+	acked := make(chan error, 1)
+	go func() { acked <- mb.Ack(o.ID) }()
+	time.Sleep(50 * time.Millisecond)
+	mb.Close() // the relay stops: the message is withdrawn
+	<-done
+	select {
+	case err := <-acked:
+		if !errors.Is(err, ErrWithdrawn) {
+			t.Fatalf("ack after the withdrawal: %v, want ErrWithdrawn", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the ack of a withdrawn message still waits: withdraw does not wake it")
+	}
+}
