@@ -24,6 +24,9 @@ type Client struct {
 	Base string
 	// Token is the bearer token, if the relay requires one.
 	Token string
+	// TokenHint, when set, follows the relay's 401: how to give the
+	// token (relay's CLI names the variable).
+	TokenHint string
 	HTTP  *http.Client
 	// pushAnswer bounds the wait for a push's answer once its file is
 	// sent (0: slowWait); push is the transport that bounds it, made
@@ -91,10 +94,14 @@ func (c *Client) send(ctx context.Context, method, path string, body io.Reader, 
 	reply := io.LimitReader(resp.Body, maxReply)
 	if resp.StatusCode >= 300 {
 		var e ErrorBody
+		msg := fmt.Sprintf("%s %s: %s", method, path, resp.Status)
 		if json.NewDecoder(reply).Decode(&e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+			msg = e.Error
 		}
-		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+		if resp.StatusCode == http.StatusUnauthorized && c.TokenHint != "" {
+			msg += " (" + c.TokenHint + ")"
+		}
+		return errors.New(msg)
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		return nil

@@ -25,6 +25,7 @@ import (
 
 	"github.com/relay1c/relay/adapters"
 	"github.com/relay1c/relay/adapters/dir"
+	"github.com/relay1c/relay/adapters/folder"
 	"github.com/relay1c/relay/api"
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/daemon"
@@ -41,6 +42,9 @@ const defaultMemoryLimit = 100 << 20
 func (g *globals) load() (*config.Config, error) {
 	cfg, err := config.Load(g.config)
 	if errors.Is(err, fs.ErrNotExist) {
+		if g.config != defaultConfig {
+			return cfg, fmt.Errorf("%w (the path given with -c)", err)
+		}
 		return cfg, fmt.Errorf("%w (run relay in the folder of routing.yaml, or give its path with -c)", err)
 	}
 	return cfg, err
@@ -222,6 +226,9 @@ func inspectCmd(g *globals) *cobra.Command {
 					[2]string{"message_no", strconv.FormatUint(h.MessageNo, 10)}, [2]string{"received_no", strconv.FormatUint(h.ReceivedNo, 10)})
 			}
 			rows = append(rows, [2]string{"size", strconv.FormatInt(info.Size, 10)}, [2]string{"sha256", info.SHA256})
+			if cfg != nil {
+				rows = append(rows, [2]string{"route", routeNote(cfg, h)})
+			}
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
 			for _, r := range rows {
 				// The file name and a zip entry's name are the sender's text.
@@ -238,6 +245,24 @@ func inspectCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&passwordEnv, "zip-password-env", "", "environment variable holding the archive password of a password-protected zip")
 	return cmd
+}
+
+// routeNote says what relay, with cfg, makes of a message h: inspect said
+// only "name ok" for a file whose sender routing.yaml does not have (a
+// pickup passes it over in silence) or whose addressee it does not have
+// (a dead letter) (found walking through the quick start).
+func routeNote(cfg *config.Config, h exchange.Header) string {
+	from := cfg.Nodes[h.From]
+	switch {
+	case from == nil:
+		return fmt.Sprintf("sender %q is not a node of routing.yaml: no pickup takes it (relay send refuses it)", h.From)
+	case from.Pickup == nil:
+		return fmt.Sprintf("ok, to %s; sender %s has no pickup here: hand it in with relay send", h.To, h.From)
+	}
+	if reason := pipeline.RouteProblem(cfg, h); reason != "" {
+		return reason + ": taken, it becomes a dead letter"
+	}
+	return fmt.Sprintf("ok: %s's pickup takes it, delivered to %s (%s)", h.From, h.To, cmp.Or(cfg.Nodes[h.To].Mode, config.ModeLatest))
 }
 
 // inspectConfig is the routing.yaml inspect reads a file by, nil when
@@ -278,7 +303,13 @@ func (g *globals) client() (*api.Client, error) {
 	if cfg.Relay.APITokenEnv != "" {
 		token = config.APIToken(cfg.Relay.APITokenEnv)
 	}
-	return api.NewClient(cfg.Relay.Listen, token), nil
+	c := api.NewClient(cfg.Relay.Listen, token)
+	if env := cfg.Relay.APITokenEnv; env != "" {
+		// The bare 401 named nothing to do (found walking through the
+		// quick start).
+		c.TokenHint = fmt.Sprintf("set %s, the variable relay.api_token_env names, to the token the relay runs with", env)
+	}
+	return c, nil
 }
 
 func statusCmd(g *globals) *cobra.Command {
@@ -682,7 +713,15 @@ func sendCmd(g *globals) *cobra.Command {
 						return err
 					}
 					defer f.Close()
-					rep, err := c.Push(cmd.Context(), filepath.Base(path), f, st.Size())
+					// A file not named as 1C names messages (a copy under
+					// another name) goes without its name: the header
+					// decides it (found walking through the quick start:
+					// the relay refused the name).
+					name := filepath.Base(path)
+					if !folder.IsMessageName(name) {
+						name = ""
+					}
+					rep, err := c.Push(cmd.Context(), name, f, st.Size())
 					if err != nil {
 						return err
 					}
@@ -755,7 +794,14 @@ func traceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			evs, err := c.TraceLimit(cmd.Context(), args[0], limit)
+			q := args[0]
+			if strings.ContainsRune(q, '/') && folder.IsMessageName(filepath.Base(q)) {
+				// A path to the file (exchange/ОП/out/Message_ОП_ЦО.xml):
+				// events know it by its name (found walking through the
+				// quick start: nothing was found).
+				q = filepath.Base(q)
+			}
+			evs, err := c.TraceLimit(cmd.Context(), q, limit)
 			if err != nil {
 				return err
 			}

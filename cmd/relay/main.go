@@ -28,6 +28,9 @@ func main() {
 }
 
 // globals are the flags every subcommand takes.
+// defaultConfig is -c's default: routing.yaml in the working folder.
+const defaultConfig = "routing.yaml"
+
 type globals struct {
 	config    string
 	logFormat string
@@ -46,7 +49,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.PersistentFlags().StringVarP(&g.config, "config", "c", "routing.yaml", "routing.yaml to use")
+	root.PersistentFlags().StringVarP(&g.config, "config", "c", defaultConfig, "routing.yaml to use")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(runCmd(g), validateCmd(g), inspectCmd(g), statusCmd(g), deadCmd(g), checkCmd(g), sendCmd(g), traceCmd(g))

@@ -79,6 +79,30 @@ func TestValidateAliases(t *testing.T) {
 	}
 }
 
+// TestInspectSaysTheRoute: inspect said "name ok" for a file whose sender
+// routing.yaml lacks (a pickup passes it over in silence) and for one
+// whose addressee it lacks (a dead letter) (found walking through the
+// quick start); with a routing.yaml it says what relay makes of it.
+func TestInspectSaysTheRoute(t *testing.T) {
+	cfg := writeConfig(t, "relay: { id: hq }\nnodes:\n  A:\n    pickup: { dir: ./a/out }\n    deliver: { dir: ./a/in }\n  B:\n    mode: sequential\n    deliver: { dir: ./b/in }\n  C:\n    pickup: { dir: ./c/out }\n")
+	for _, tc := range []struct{ from, to, want string }{
+		{"A", "B", "ok: A's pickup takes it, delivered to B (sequential)"},
+		{"X", "B", `sender "X" is not a node of routing.yaml`},
+		{"A", "C", `node "C" has no deliver endpoint: taken, it becomes a dead letter`},
+		{"A", "Y", `unknown node "Y": not in routing.yaml: taken, it becomes a dead letter`},
+		{"B", "A", "sender B has no pickup here"},
+	} {
+		path, err := exchangetest.WriteFile(t.TempDir(), exchange.Header{ExchangePlan: "P", From: tc.from, To: tc.to, MessageNo: 1}, 100, exchange.FormatXML)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := run(t, "inspect", "-c", cfg, path)
+		if err != nil || !strings.Contains(out, "route") || !strings.Contains(out, tc.want) {
+			t.Errorf("%s → %s: %v; want a route line with %q:\n%s", tc.from, tc.to, err, tc.want, out)
+		}
+	}
+}
+
 func TestInspect(t *testing.T) {
 	dir := t.TempDir()
 	h := exchange.Header{ExchangePlan: "Магазины", From: "ЦО", To: "ОП", MessageNo: 20, ReceivedNo: 15}
@@ -484,6 +508,46 @@ func TestSendSaysWhatBecameOfIt(t *testing.T) {
 		if (err != nil) != tc.fails || !strings.Contains(out+stderr, tc.want) {
 			t.Errorf("outcome %q: err %v, output %q%q, want %q", tc.outcome, err, out, stderr, tc.want)
 		}
+	}
+}
+
+// TestSendAndTraceTakePaths: relay send of a copy under another name
+// ("copy-of-message.xml") sent that name, which the relay refused as no
+// message name; relay trace of a path to a file found nothing, events
+// knowing the file by its name (both found walking through the quick
+// start). A copy goes without its name (the header decides), a path is
+// traced by its file name.
+func TestSendAndTraceTakePaths(t *testing.T) {
+	var names, queries []string
+	cfg := fakeAPI(t, map[string]any{
+		"/api/v1/messages": func(r *http.Request) any {
+			names = append(names, r.URL.Query().Get("name"))
+			return api.PushReply{ID: "P/A/B/1/x", Outcome: pipeline.OutcomeQueued}
+		},
+		"/api/v1/trace": func(r *http.Request) any {
+			queries = append(queries, r.URL.Query().Get("q"))
+			return []pipeline.Event{{Time: time.Now(), Step: pipeline.StepDelivered, MsgID: "P/A/B/1/x", Node: "B"}}
+		},
+	})
+	dir := t.TempDir()
+	for _, name := range []string{"copy-of-message.xml", "Message_A_B.xml"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("<x/>"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := run(t, "send", "-c", cfg, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(names, []string{"", "Message_A_B.xml"}) {
+		t.Errorf("names sent %q, want [\"\" Message_A_B.xml]", names)
+	}
+	for _, arg := range []string{"exchange/B/out/sent/Message_A_B.xml", "Message_A_B.xml", "P/A/B/1/x"} {
+		if _, _, err := run(t, "trace", "-c", cfg, arg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(queries, []string{"Message_A_B.xml", "Message_A_B.xml", "P/A/B/1/x"}) {
+		t.Errorf("trace asked %q", queries)
 	}
 }
 

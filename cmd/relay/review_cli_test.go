@@ -1,6 +1,9 @@
 package main
 
 import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -77,11 +80,32 @@ func TestRunListsEveryProblem(t *testing.T) {
 
 // TestMissingConfigSaysHow: a command run away from routing.yaml said only
 // "open routing.yaml: no such file or directory" (found by a walk through
-// the quick start); it says how to name the file.
+// the quick start); it says how to name the file, and, when -c named one
+// that is not there, not to use -c (a later walk).
 func TestMissingConfigSaysHow(t *testing.T) {
-	_, stderr, err := run(t, "status", "-c", t.TempDir()+"/routing.yaml")
+	_, stderr, err := run(t, "status") // no routing.yaml in the package's folder
 	if err == nil || !strings.Contains(stderr+err.Error(), "give its path with -c") {
 		t.Fatalf("status without routing.yaml: %v, stderr %q", err, stderr)
+	}
+	_, stderr, err = run(t, "status", "-c", t.TempDir()+"/routing.yaml")
+	if err == nil || !strings.Contains(stderr+err.Error(), "(the path given with -c)") {
+		t.Fatalf("status -c with a path that is not there: %v, stderr %q", err, stderr)
+	}
+}
+
+// TestUnauthorizedNamesTheVariable: with relay.api_token_env set and the
+// variable not set in the operator's shell, a command said only "missing
+// bearer token" (found walking through the quick start).
+func TestUnauthorizedNamesTheVariable(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized)
+		json.NewEncoder(w).Encode(api.ErrorBody{Error: "missing bearer token"})
+	}))
+	t.Cleanup(srv.Close)
+	cfg := writeConfig(t, "relay: { id: hq, listen: '"+srv.Listener.Addr().String()+"', api_token_env: RELAY_TEST_NO_SUCH_TOKEN }\nnodes:\n  A:\n    deliver: { dir: ./a }\n")
+	_, _, err := run(t, "status", "-c", cfg)
+	if err == nil || !strings.Contains(err.Error(), "missing bearer token (set RELAY_TEST_NO_SUCH_TOKEN") {
+		t.Fatalf("status refused for want of a token: %v", err)
 	}
 }
 
