@@ -57,7 +57,9 @@ func writeCreds(t *testing.T, path string) {
 func TestNATSPathsRelativeToConfig(t *testing.T) {
 	dir := t.TempDir()
 	writeCreds(t, filepath.Join(dir, "leaf.creds"))
-	yaml := "relay: { id: office1, data_dir: ./data }\n" +
+	// A free port, not the default 8088: a relay running on this machine
+	// (a quick start) failed the test (local CI).
+	yaml := "relay: { id: office1, data_dir: ./data, listen: '" + freeAddr(t) + "' }\n" +
 		"nats: { leaf: { url: 'nats-leaf://127.0.0.1:1', creds_file: leaf.creds } }\n" +
 		"nodes:\n  A:\n    deliver: { dir: ./in }\n"
 	cfgPath := filepath.Join(dir, "routing.yaml")
