@@ -299,8 +299,25 @@ func (n Name) Check(h Header) error {
 	if h.From != "" && h.To != "" && (joined == codes || strings.HasSuffix(codes, "_"+joined)) {
 		return nil
 	}
-	return fmt.Errorf("%w: file name says %s but header says From %s To %s",
-		ErrNameMismatch, oneLine(n.stem()), quote(h.From), quote(h.To))
+	hint := ""
+	if lookalike(codes, joined) {
+		hint = " (they differ only in letters that look alike: a Latin letter where the other has a Cyrillic one, or the other way round)"
+	}
+	return fmt.Errorf("%w: file name says %s but header says From %s To %s%s",
+		ErrNameMismatch, oneLine(n.stem()), quote(h.From), quote(h.To), hint)
+}
+
+// latinCyrillic maps the Latin letters that look like Cyrillic ones to
+// them: Message_ЦО_OП.xml (a Latin O) against a header's "ОП" showed the
+// same text twice and no hint (found walking through the quick start).
+var latinCyrillic = strings.NewReplacer(
+	"A", "А", "B", "В", "C", "С", "E", "Е", "H", "Н", "K", "К", "M", "М", "O", "О", "P", "Р", "T", "Т", "X", "Х", "Y", "У",
+	"a", "а", "c", "с", "e", "е", "o", "о", "p", "р", "x", "х", "y", "у")
+
+// lookalike says a and b differ and read the same once Latin look-alikes
+// are taken as Cyrillic.
+func lookalike(a, b string) bool {
+	return a != b && latinCyrillic.Replace(a) == latinCyrillic.Replace(b)
 }
 
 // Limits bound every input. Zero (or negative) fields mean the default.

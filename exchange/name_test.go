@@ -95,6 +95,15 @@ func TestCheck(t *testing.T) {
 	if want := `exchange: file name contradicts header: file name says Message_SHOP2_CO but header says From "CO" To "SHOP1"`; err == nil || err.Error() != want {
 		t.Errorf("message = %v, want %s", err, want)
 	}
+	// A Latin O where the header has a Cyrillic О reads the same: the
+	// message says so (found walking through the quick start).
+	n, _ = ParseName("Message_ЦО_OП.xml")
+	if err := n.Check(Header{From: "ЦО", To: "ОП"}); err == nil || !strings.Contains(err.Error(), "letters that look alike") {
+		t.Errorf("look-alike letters: %v", err)
+	}
+	if err := (Name{From: "CO", To: "SHOP2"}).Check(Header{From: "CO", To: "SHOP1"}); err == nil || strings.Contains(err.Error(), "look alike") {
+		t.Errorf("different codes told as look-alikes: %v", err)
+	}
 	// Codes with '_' match the joined name.
 	n, _ = ParseName("Message_SHOP_1_CO.xml")
 	if err := n.Check(Header{From: "SHOP_1", To: "CO"}); err != nil {
