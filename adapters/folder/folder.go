@@ -117,6 +117,15 @@ func ForAnotherNode(name, node string, isNode func(string) bool) bool {
 	return err == nil && !n.MayBeFrom(node, isNode) && (isNode == nil || n.NamesANode(isNode))
 }
 
+// Stranded says a name a pickup leaves to another node (ForAnotherNode)
+// has a sender routing.yaml does not have: no pickup anywhere takes it
+// (found walking through the quick start: Message_CO_SHOP1.xml in ЦО's
+// outbox, CO no node, waited unseen). isNode nil: any code is a node.
+func Stranded(name string, isNode func(string) bool) bool {
+	n, err := exchange.ParseName(name)
+	return err == nil && isNode != nil && !isNode(n.ReadBy("", isNode).From)
+}
+
 // Nobodys says why a Message_ name is no node's relay knows, "" when it is
 // some node's: not UTF-8 (read in the wrong encoding), or no node's code
 // at either end (isNode nil: any code is a node).

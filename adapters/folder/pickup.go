@@ -280,7 +280,15 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 		}
 	}
 	present := map[string]bool{}
+	// passedOver tells, once while it stays, of a file passed over that
+	// its sender may have meant for a pickup.
 	passed := map[string]bool{}
+	passedOver := func(name, why string) {
+		if !sc.passed[name] {
+			p.log.Info("file passed over: "+why, "name", name)
+		}
+		passed[name] = true
+	}
 	var ready []string
 	held := map[string]bool{}
 	for _, f := range files {
@@ -295,10 +303,7 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 			// relay stopped): taken as the message it holds.
 		} else if !IsMessageName(f.Name) {
 			if PassedOver(f.Name) {
-				if !sc.passed[f.Name] {
-					p.log.Info("file passed over: not named Message_<from>_<to>.xml or .zip as 1C names an exchange message", "name", f.Name)
-				}
-				passed[f.Name] = true
+				passedOver(f.Name, "not named Message_<from>_<to>.xml or .zip as 1C names an exchange message")
 			}
 			continue
 		}
@@ -313,7 +318,12 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 			continue
 		}
 		if ForAnotherNode(name, p.o.Node, p.o.IsNode) {
-			continue // another node's file, e.g. one delivered into a shared folder
+			// Another node's file, e.g. one delivered into a shared
+			// folder; told when its sender is no node at all.
+			if Stranded(name, p.o.IsNode) {
+				passedOver(f.Name, "its sender is not a node of routing.yaml, so no pickup takes it")
+			}
+			continue
 		}
 		present[f.Name] = true
 		if sc.busy[f.Name] {

@@ -746,3 +746,33 @@ func TestNearMissNamesTold(t *testing.T) {
 		t.Errorf("message_A_B.xml, gone and back, told %d times in all, want twice:\n%s", n, logs.String())
 	}
 }
+
+// TestStrandedFileTold: a file in node A's folder from a sender that is no
+// node of routing.yaml (Message_CO_SHOP1.xml, CO unknown) is left to
+// "another node" that does not exist: no pickup ever takes it, and it
+// waited unseen (found walking through the quick start). It is told once;
+// a file between two other nodes (a shared folder) is not.
+func TestStrandedFileTold(t *testing.T) {
+	m := &memSource{files: map[string][]byte{"Message_CO_SHOP1.xml": []byte("<x/>"), "Message_B_SHOP1.xml": []byte("<x/>")},
+		mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
+	var logs bytes.Buffer
+	o := fastOptions()
+	o.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	o.IsNode = func(code string) bool { return code == "A" || code == "B" || code == "SHOP1" }
+	p, err := NewPickup(m, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var takes sync.WaitGroup
+	t.Cleanup(func() { cancel(); takes.Wait() })
+	sc := &scanner{seen: map[string]*candidate{}, passed: map[string]bool{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
+	p.scan(ctx, sc, make(chan *message.Message))
+	p.scan(ctx, sc, make(chan *message.Message))
+	if n := strings.Count(logs.String(), "name=Message_CO_SHOP1.xml"); n != 1 || !strings.Contains(logs.String(), "its sender is not a node") {
+		t.Errorf("Message_CO_SHOP1.xml told %d times, want once:\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "Message_B_SHOP1.xml") {
+		t.Errorf("a file between two other nodes told:\n%s", logs.String())
+	}
+}
