@@ -27,7 +27,7 @@ type Client struct {
 	// TokenHint, when set, follows the relay's 401: how to give the
 	// token (relay's CLI names the variable).
 	TokenHint string
-	HTTP  *http.Client
+	HTTP      *http.Client
 	// pushAnswer bounds the wait for a push's answer once its file is
 	// sent (0: slowWait); push is the transport that bounds it, made
 	// once, so that pushes share their connections.
