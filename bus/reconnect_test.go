@@ -8,7 +8,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -52,61 +51,21 @@ func TestOpenReconnectsWhenRepliesAreLost(t *testing.T) {
 	}
 }
 
-// inboxEater forwards 127.0.0.1 connections to upstream. On the first one it
-// swallows every message the server sends to an _INBOX subject, the replies
-// of requests, and passes the rest (PING, PONG, INFO, other messages); later
-// connections pass untouched. (A server outside a cluster offers no other
-// address in its INFO: a reconnect comes back through the proxy.)
+// inboxEater forwards 127.0.0.1 connections to upstream. On the first one
+// it swallows every message the server sends to an _INBOX subject, the
+// replies of requests, and passes the rest (PING, PONG, INFO, other
+// messages); later connections pass untouched. (A server outside a
+// cluster offers no other address in its INFO: a reconnect comes back
+// through the proxy.)
 type inboxEater struct {
-	ln      net.Listener
-	conns   atomic.Int32
+	*tcpProxy
 	dropped atomic.Int32
-	mu      sync.Mutex
-	open    []net.Conn
-	wg      sync.WaitGroup
 }
 
 func newInboxEater(t *testing.T, upstream string) *inboxEater {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &inboxEater{ln: ln}
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		for _, c := range p.open {
-			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	p.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", upstream)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.open = append(p.open, c, up)
-			p.mu.Unlock()
-			first := p.conns.Add(1) == 1
-			p.wg.Go(func() {
-				defer c.Close()
-				p.toClient(c, up, first)
-			})
-			p.wg.Go(func() {
-				defer up.Close()
-				_, _ = io.Copy(up, c)
-			})
-		}
-	})
+	p := &inboxEater{}
+	p.tcpProxy = newTCPProxy(t, upstream, func(nth int32, c, up net.Conn) { p.toClient(c, up, nth == 1) })
 	return p
 }
 

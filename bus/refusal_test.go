@@ -8,7 +8,6 @@ import (
 	"net"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -47,74 +46,35 @@ func TestRefusalNamesTheServer(t *testing.T) {
 
 // switchProxy forwards 127.0.0.1 connections to upstream, saying the
 // version it is told in the server's INFO lines and leaving out
-// connect_urls (so the client reconnects through it); drop cuts every
-// connection.
+// connect_urls (so the client reconnects through it).
 type switchProxy struct {
-	ln      net.Listener
+	*tcpProxy
 	version atomic.Pointer[string]
-	mu      sync.Mutex
-	conns   []net.Conn
-	wg      sync.WaitGroup
 }
 
 func newSwitchProxy(t *testing.T, upstream, version string) *switchProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &switchProxy{ln: ln}
+	p := &switchProxy{}
 	p.version.Store(&version)
-	t.Cleanup(func() { ln.Close(); p.drop(); p.wg.Wait() })
 	ver := regexp.MustCompile(`"version":"[^"]*"`)
 	urls := regexp.MustCompile(`,?"connect_urls":\[[^\]]*\]`)
-	p.wg.Go(func() {
+	p.tcpProxy = newTCPProxy(t, upstream, func(_ int32, c, up net.Conn) {
+		br := bufio.NewReader(up)
 		for {
-			c, err := ln.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			up, err := net.Dial("tcp", upstream)
-			if err != nil {
-				c.Close()
-				continue
+			if strings.HasPrefix(line, "INFO ") {
+				line = ver.ReplaceAllString(line, `"version":"`+*p.version.Load()+`"`)
+				line = urls.ReplaceAllString(line, "")
 			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			p.wg.Go(func() {
-				defer c.Close()
-				br := bufio.NewReader(up)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if strings.HasPrefix(line, "INFO ") {
-						line = ver.ReplaceAllString(line, `"version":"`+*p.version.Load()+`"`)
-						line = urls.ReplaceAllString(line, "")
-					}
-					if _, err := io.WriteString(c, line); err != nil {
-						return
-					}
-				}
-			})
-			p.wg.Go(func() {
-				defer up.Close()
-				_, _ = io.Copy(up, c)
-			})
+			if _, err := io.WriteString(c, line); err != nil {
+				return
+			}
 		}
 	})
 	return p
-}
-
-func (p *switchProxy) drop() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
 }
 
 // openBehindProxy opens a bus with replicas 3 on three Debian nats-server

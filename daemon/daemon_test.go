@@ -255,10 +255,12 @@ func TestRunStopsCleanly(t *testing.T) {
 	}
 }
 
-// TestStopWithDeliveryInFlight proves that SIGTERM while a delivery is in
-// flight to an HTTP service that takes the body and never answers stops the
-// relay within a bounded time (systemd waits 90 s), with no error.
-func TestStopWithDeliveryInFlight(t *testing.T) {
+// deliveryInFlight runs a relay on listen addr whose node ЦО's file goes
+// to an HTTP service that takes the body and never answers, and returns
+// once that delivery is in flight: the relay's Run ends on done after
+// cancel. The service is released when the test ends.
+func deliveryInFlight(t *testing.T, addr string) (cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
 	base := t.TempDir()
 	got := make(chan struct{}, 1)
 	release := make(chan struct{})
@@ -270,40 +272,48 @@ func TestStopWithDeliveryInFlight(t *testing.T) {
 		}
 		<-release
 	}))
-	defer srv.Close()
-	defer close(release)
-	cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+freeAddr(t)+"' }\nnodes:\n  ЦО:\n    pickup: { dir: { path: ./out, settle: 100ms, poll_interval: 200ms } }\n"+
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+addr+"' }\nnodes:\n  ЦО:\n    pickup: { dir: { path: ./out, settle: 100ms, poll_interval: 200ms } }\n"+
 		"  ОП:\n    deliver: { http: { url: '"+srv.URL+"/in', timeout: 10m, response_timeout: 10m } }\n")
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r, err := Start(ctx, cfg, log, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	src, err := os.ReadFile("../testdata/fixtures/good/Message_ЦО_ОП.xml")
+	r, err := Start(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
 	if err != nil {
 		cancel()
-		<-done
 		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- r.Run(ctx) }()
+	stop := func(msg string, args ...any) {
+		cancel()
+		<-ran
+		t.Fatalf(msg, args...)
+	}
+	src, err := os.ReadFile("../testdata/fixtures/good/Message_ЦО_ОП.xml")
+	if err != nil {
+		stop("%v", err)
 	}
 	if err := os.MkdirAll(filepath.Join(base, "out"), 0o755); err != nil {
-		t.Fatal(err)
+		stop("%v", err)
 	}
 	if err := os.WriteFile(filepath.Join(base, "out", "Message_ЦО_ОП.xml"), src, 0o644); err != nil {
-		t.Fatal(err)
+		stop("%v", err)
 	}
 	select {
 	case <-got:
-	case err := <-done:
+	case err := <-ran:
 		t.Fatalf("relay stopped: %v", err)
 	case <-time.After(30 * time.Second):
-		cancel()
-		<-done
-		t.Fatal("no delivery reached the service")
+		stop("no delivery reached the service")
 	}
+	return cancel, ran
+}
+
+// TestStopWithDeliveryInFlight proves that SIGTERM while a delivery is in
+// flight to an HTTP service that takes the body and never answers stops the
+// relay within a bounded time (systemd waits 90 s), with no error.
+func TestStopWithDeliveryInFlight(t *testing.T) {
+	cancel, done := deliveryInFlight(t, freeAddr(t))
 	start := time.Now()
 	cancel()
 	select {
@@ -457,45 +467,8 @@ func TestStartPortTaken(t *testing.T) {
 // API stopped with everything else and probes were refused (found by
 // review).
 func TestHealthzAnswers503WhileStopping(t *testing.T) {
-	base := t.TempDir()
-	got := make(chan struct{}, 1)
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		select {
-		case got <- struct{}{}:
-		default:
-		}
-		<-release
-	}))
-	defer srv.Close()
-	defer close(release)
 	addr := freeAddr(t)
-	cfg := loadConfig(t, base, "relay: { id: hq, listen: '"+addr+"' }\nnodes:\n  ЦО:\n    pickup: { dir: { path: ./out, settle: 100ms, poll_interval: 200ms } }\n"+
-		"  ОП:\n    deliver: { http: { url: '"+srv.URL+"/in', timeout: 10m, response_timeout: 10m } }\n")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r, err := Start(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	src, err := os.ReadFile("../testdata/fixtures/good/Message_ЦО_ОП.xml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = os.MkdirAll(filepath.Join(base, "out"), 0o755)
-	if err := os.WriteFile(filepath.Join(base, "out", "Message_ЦО_ОП.xml"), src, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-got:
-	case <-time.After(30 * time.Second):
-		cancel()
-		<-done
-		t.Fatal("no delivery reached the service")
-	}
+	cancel, done := deliveryInFlight(t, addr)
 	c := &http.Client{Timeout: 2 * time.Second}
 	if resp, err := c.Get("http://" + addr + "/healthz"); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("healthz before stop: %v %v", resp, err)

@@ -708,18 +708,7 @@ func TestKeepRecallFailureIsShown(t *testing.T) {
 func TestNearMissNamesTold(t *testing.T) {
 	m := &memSource{files: map[string][]byte{"message_A_B.xml": []byte("<x/>"), "Message_A_B.txt": []byte("x"), "readme.txt": []byte("x")},
 		mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
-	var logs bytes.Buffer
-	o := fastOptions()
-	o.Log = slog.New(slog.NewTextHandler(&logs, nil))
-	p, err := NewPickup(m, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var takes sync.WaitGroup
-	t.Cleanup(func() { cancel(); takes.Wait() })
-	sc := &scanner{seen: map[string]*candidate{}, passed: map[string]bool{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
-	scan := func() { p.scan(ctx, sc, make(chan *message.Message)) }
+	scan, logs := loggedScan(t, m, nil)
 	told := func(name string) (n int) {
 		for _, line := range strings.Split(logs.String(), "\n") {
 			if strings.Contains(line, "file passed over") && strings.Contains(line, "name="+name) {
@@ -738,7 +727,7 @@ func TestNearMissNamesTold(t *testing.T) {
 	if strings.Contains(logs.String(), "readme.txt") {
 		t.Errorf("readme.txt told:\n%s", logs.String())
 	}
-	m.Remove(ctx, "message_A_B.xml")
+	m.Remove(context.Background(), "message_A_B.xml")
 	scan()
 	m.files["message_A_B.xml"] = []byte("<x/>")
 	scan()
@@ -755,10 +744,25 @@ func TestNearMissNamesTold(t *testing.T) {
 func TestStrandedFileTold(t *testing.T) {
 	m := &memSource{files: map[string][]byte{"Message_CO_SHOP1.xml": []byte("<x/>"), "Message_B_SHOP1.xml": []byte("<x/>")},
 		mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
-	var logs bytes.Buffer
+	scan, logs := loggedScan(t, m, func(code string) bool { return code == "A" || code == "B" || code == "SHOP1" })
+	scan()
+	scan()
+	if n := strings.Count(logs.String(), "name=Message_CO_SHOP1.xml"); n != 1 || !strings.Contains(logs.String(), "its sender is not a node") {
+		t.Errorf("Message_CO_SHOP1.xml told %d times, want once:\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "Message_B_SHOP1.xml") {
+		t.Errorf("a file between two other nodes told:\n%s", logs.String())
+	}
+}
+
+// loggedScan is a scan of node A's pickup of m (isNode: routing.yaml's
+// nodes, nil any) whose log the test reads; nothing is taken from it.
+func loggedScan(t *testing.T, m *memSource, isNode func(string) bool) (scan func(), logs *bytes.Buffer) {
+	t.Helper()
+	logs = &bytes.Buffer{}
 	o := fastOptions()
-	o.Log = slog.New(slog.NewTextHandler(&logs, nil))
-	o.IsNode = func(code string) bool { return code == "A" || code == "B" || code == "SHOP1" }
+	o.Log = slog.New(slog.NewTextHandler(logs, nil))
+	o.IsNode = isNode
 	p, err := NewPickup(m, o)
 	if err != nil {
 		t.Fatal(err)
@@ -767,12 +771,5 @@ func TestStrandedFileTold(t *testing.T) {
 	var takes sync.WaitGroup
 	t.Cleanup(func() { cancel(); takes.Wait() })
 	sc := &scanner{seen: map[string]*candidate{}, passed: map[string]bool{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
-	p.scan(ctx, sc, make(chan *message.Message))
-	p.scan(ctx, sc, make(chan *message.Message))
-	if n := strings.Count(logs.String(), "name=Message_CO_SHOP1.xml"); n != 1 || !strings.Contains(logs.String(), "its sender is not a node") {
-		t.Errorf("Message_CO_SHOP1.xml told %d times, want once:\n%s", n, logs.String())
-	}
-	if strings.Contains(logs.String(), "Message_B_SHOP1.xml") {
-		t.Errorf("a file between two other nodes told:\n%s", logs.String())
-	}
+	return func() { p.scan(ctx, sc, make(chan *message.Message)) }, logs
 }
