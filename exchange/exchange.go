@@ -202,6 +202,15 @@ func (n Name) NamesANode(isNode func(string) bool) bool {
 	return slices.ContainsFunc(n.readings(nil), func(r Name) bool { return isNode(r.From) || isNode(r.To) })
 }
 
+// Senders are the codes some reading of the name has as its sender.
+func (n Name) Senders() []string {
+	var out []string
+	for _, r := range n.readings(nil) {
+		out = append(out, r.From)
+	}
+	return out
+}
+
 // ReadBy is the name as the pickup of node takes it (MayBeFrom): the first
 // reading from node left by isNode (node "", a sender not known: the first
 // left), as a name of two codes, or n itself when that is its plain
@@ -300,7 +309,7 @@ func (n Name) Check(h Header) error {
 		return nil
 	}
 	hint := ""
-	if lookalike(codes, joined) {
+	if lookalike(codes, joined) || lookalike(lastCodes(codes, joined), joined) {
 		hint = " (they differ only in letters that look alike: a Latin letter where the other has a Cyrillic one, or the other way round)"
 	}
 	return fmt.Errorf("%w: file name says %s but header says From %s To %s%s",
@@ -313,6 +322,16 @@ func (n Name) Check(h Header) error {
 var latinCyrillic = strings.NewReplacer(
 	"A", "А", "B", "В", "C", "С", "E", "Е", "H", "Н", "K", "К", "M", "М", "O", "О", "P", "Р", "T", "Т", "X", "Х", "Y", "У",
 	"a", "а", "c", "с", "e", "е", "o", "о", "p", "р", "x", "х", "y", "у")
+
+// lastCodes is as much of the end of codes as joined is long in runes (a
+// name's codes after its prefix), codes whole when shorter.
+func lastCodes(codes, joined string) string {
+	r, n := []rune(codes), utf8.RuneCountInString(joined)
+	if len(r) <= n {
+		return codes
+	}
+	return string(r[len(r)-n:])
+}
 
 // lookalike says a and b differ and read the same once Latin look-alikes
 // are taken as Cyrillic.

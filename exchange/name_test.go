@@ -97,9 +97,12 @@ func TestCheck(t *testing.T) {
 	}
 	// A Latin O where the header has a Cyrillic О reads the same: the
 	// message says so (found walking through the quick start).
-	n, _ = ParseName("Message_ЦО_OП.xml")
-	if err := n.Check(Header{From: "ЦО", To: "ОП"}); err == nil || !strings.Contains(err.Error(), "letters that look alike") {
-		t.Errorf("look-alike letters: %v", err)
+	// Under a prefix too (found by review).
+	for _, file := range []string{"Message_ЦО_OП.xml", "Message_Полный_ЦО_OП.xml"} {
+		n, _ = ParseName(file)
+		if err := n.Check(Header{From: "ЦО", To: "ОП"}); err == nil || !strings.Contains(err.Error(), "letters that look alike") {
+			t.Errorf("%s, look-alike letters: %v", file, err)
+		}
 	}
 	if err := (Name{From: "CO", To: "SHOP2"}).Check(Header{From: "CO", To: "SHOP1"}); err == nil || strings.Contains(err.Error(), "look alike") {
 		t.Errorf("different codes told as look-alikes: %v", err)

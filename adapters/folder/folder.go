@@ -14,6 +14,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -123,7 +124,10 @@ func ForAnotherNode(name, node string, isNode func(string) bool) bool {
 // outbox, CO no node, waited unseen). isNode nil: any code is a node.
 func Stranded(name string, isNode func(string) bool) bool {
 	n, err := exchange.ParseName(name)
-	return err == nil && isNode != nil && !isNode(n.ReadBy("", isNode).From)
+	// No reading's sender is a node: a name a node's pickup reads as its
+	// own (Message_A_X_Y.xml, A's to X_Y) is no stranger's (found by
+	// review).
+	return err == nil && isNode != nil && !slices.ContainsFunc(n.Senders(), isNode)
 }
 
 // Nobodys says why a Message_ name is no node's relay knows, "" when it is

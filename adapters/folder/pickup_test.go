@@ -708,7 +708,7 @@ func TestKeepRecallFailureIsShown(t *testing.T) {
 func TestNearMissNamesTold(t *testing.T) {
 	m := &memSource{files: map[string][]byte{"message_A_B.xml": []byte("<x/>"), "Message_A_B.txt": []byte("x"), "readme.txt": []byte("x")},
 		mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
-	scan, logs := loggedScan(t, m, nil)
+	scan, logs := loggedScan(t, m, "A", nil)
 	told := func(name string) (n int) {
 		for _, line := range strings.Split(logs.String(), "\n") {
 			if strings.Contains(line, "file passed over") && strings.Contains(line, "name="+name) {
@@ -744,7 +744,7 @@ func TestNearMissNamesTold(t *testing.T) {
 func TestStrandedFileTold(t *testing.T) {
 	m := &memSource{files: map[string][]byte{"Message_CO_SHOP1.xml": []byte("<x/>"), "Message_B_SHOP1.xml": []byte("<x/>")},
 		mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
-	scan, logs := loggedScan(t, m, func(code string) bool { return code == "A" || code == "B" || code == "SHOP1" })
+	scan, logs := loggedScan(t, m, "A", func(code string) bool { return code == "A" || code == "B" || code == "SHOP1" })
 	scan()
 	scan()
 	if n := strings.Count(logs.String(), "name=Message_CO_SHOP1.xml"); n != 1 || !strings.Contains(logs.String(), "its sender is not a node") {
@@ -753,14 +753,29 @@ func TestStrandedFileTold(t *testing.T) {
 	if strings.Contains(logs.String(), "Message_B_SHOP1.xml") {
 		t.Errorf("a file between two other nodes told:\n%s", logs.String())
 	}
+	// In a folder shared by A and B, Message_A_X_Y.xml reads as A's to
+	// X_Y: A's pickup takes it (a dead letter), so B's may not say that
+	// no pickup does (found by review: only the plain reading, X → Y, was
+	// looked at).
+	isAB := func(code string) bool { return code == "A" || code == "B" }
+	const name = "Message_A_X_Y.xml"
+	if ForAnotherNode(name, "A", isAB) {
+		t.Fatalf("A's pickup leaves %s: the premise does not hold", name)
+	}
+	scan, logs = loggedScan(t, &memSource{files: map[string][]byte{name: []byte("<x/>")}, mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}, "B", isAB)
+	scan()
+	if strings.Contains(logs.String(), "no pickup takes it") {
+		t.Errorf("B's pickup says no pickup takes %s, which A's pickup takes:\n%s", name, logs.String())
+	}
 }
 
-// loggedScan is a scan of node A's pickup of m (isNode: routing.yaml's
+// loggedScan is a scan of node's pickup of m (isNode: routing.yaml's
 // nodes, nil any) whose log the test reads; nothing is taken from it.
-func loggedScan(t *testing.T, m *memSource, isNode func(string) bool) (scan func(), logs *bytes.Buffer) {
+func loggedScan(t *testing.T, m *memSource, node string, isNode func(string) bool) (scan func(), logs *bytes.Buffer) {
 	t.Helper()
 	logs = &bytes.Buffer{}
 	o := fastOptions()
+	o.Node = node
 	o.Log = slog.New(slog.NewTextHandler(logs, nil))
 	o.IsNode = isNode
 	p, err := NewPickup(m, o)

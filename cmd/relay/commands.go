@@ -42,7 +42,7 @@ const defaultMemoryLimit = 100 << 20
 func (g *globals) load() (*config.Config, error) {
 	cfg, err := config.Load(g.config)
 	if errors.Is(err, fs.ErrNotExist) {
-		if g.config != defaultConfig {
+		if g.configGiven != nil && g.configGiven() {
 			return cfg, fmt.Errorf("%w (the path given with -c)", err)
 		}
 		return cfg, fmt.Errorf("%w (run relay in the folder of routing.yaml, or give its path with -c)", err)
@@ -226,7 +226,13 @@ func inspectCmd(g *globals) *cobra.Command {
 					[2]string{"message_no", strconv.FormatUint(h.MessageNo, 10)}, [2]string{"received_no", strconv.FormatUint(h.ReceivedNo, 10)})
 			}
 			rows = append(rows, [2]string{"size", strconv.FormatInt(info.Size, 10)}, [2]string{"sha256", info.SHA256})
-			if cfg != nil {
+			switch {
+			case cfg == nil:
+			case nameErr != nil:
+				rows = append(rows, [2]string{"route", "not a Message_ name: no pickup takes it (relay send lets its header decide)"})
+			case mismatch != nil:
+				rows = append(rows, [2]string{"route", "the name contradicts the header: a pickup refuses it (a dead letter)"})
+			default:
 				rows = append(rows, [2]string{"route", routeNote(cfg, h)})
 			}
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)

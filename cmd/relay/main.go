@@ -32,11 +32,13 @@ func main() {
 const defaultConfig = "routing.yaml"
 
 type globals struct {
-	config    string
-	logFormat string
-	logLevel  string
-	stdout    io.Writer
-	stderr    io.Writer
+	config string
+	// configGiven says -c was given (also as its default's value).
+	configGiven func() bool
+	logFormat   string
+	logLevel    string
+	stdout      io.Writer
+	stderr      io.Writer
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -50,6 +52,8 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVarP(&g.config, "config", "c", defaultConfig, "routing.yaml to use")
+	configFlag := root.PersistentFlags().Lookup("config")
+	g.configGiven = func() bool { return configFlag.Changed }
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(runCmd(g), validateCmd(g), inspectCmd(g), statusCmd(g), deadCmd(g), checkCmd(g), sendCmd(g), traceCmd(g))

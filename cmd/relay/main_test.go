@@ -101,6 +101,25 @@ func TestInspectSaysTheRoute(t *testing.T) {
 			t.Errorf("%s → %s: %v; want a route line with %q:\n%s", tc.from, tc.to, err, tc.want, out)
 		}
 	}
+	// A → B under a name that contradicts it, and under one that is no
+	// message name: no pickup takes either as A's (found by review: the
+	// route line said A's pickup did).
+	dir := t.TempDir()
+	path, err := exchangetest.WriteFile(dir, exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 1}, 100, exchange.FormatXML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"Message_A_C.xml": "the name contradicts the header: a pickup refuses it", "copy.xml": "not a Message_ name: no pickup takes it"} {
+		renamed := filepath.Join(dir, name)
+		if err := os.Rename(path, renamed); err != nil {
+			t.Fatal(err)
+		}
+		path = renamed
+		out, _, _ := run(t, "inspect", "-c", cfg, renamed)
+		if !strings.Contains(out, want) {
+			t.Errorf("%s: want a route line with %q:\n%s", name, want, out)
+		}
+	}
 }
 
 func TestInspect(t *testing.T) {

@@ -87,9 +87,13 @@ func TestMissingConfigSaysHow(t *testing.T) {
 	if err == nil || !strings.Contains(stderr+err.Error(), "give its path with -c") {
 		t.Fatalf("status without routing.yaml: %v, stderr %q", err, stderr)
 	}
-	_, stderr, err = run(t, "status", "-c", t.TempDir()+"/routing.yaml")
-	if err == nil || !strings.Contains(stderr+err.Error(), "(the path given with -c)") {
-		t.Fatalf("status -c with a path that is not there: %v, stderr %q", err, stderr)
+	// Also -c routing.yaml, the default's value (found by review).
+	t.Chdir(t.TempDir())
+	for _, path := range []string{t.TempDir() + "/routing.yaml", "routing.yaml"} {
+		_, stderr, err = run(t, "status", "-c", path)
+		if err == nil || !strings.Contains(stderr+err.Error(), "(the path given with -c)") {
+			t.Fatalf("status -c %s, not there: %v, stderr %q", path, err, stderr)
+		}
 	}
 }
 
