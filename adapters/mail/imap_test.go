@@ -833,12 +833,24 @@ func TestIMAPPickupTruncatedAttachmentDoesNotBlock(t *testing.T) {
 // TestIMAPPickupKeepRemembersParts: after: keep remembers the mails of a
 // joined set too, so a restarted pickup does not take the set again.
 func TestIMAPPickupKeepRemembersParts(t *testing.T) {
+	_, c, mem := keptSetTaken(t, imapTestConfig)
+	out2, _ := runPickup(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem)
+	none(t, out2, time.Second)
+}
+
+// keptSetTaken is a mailbox holding a set of parts of one file that a
+// pickup of SHOP1 (config made by cfg) took whole under after: keep, into
+// mem; the pickup is closed.
+func keptSetTaken(t *testing.T, cfg func(addr string) IMAPConfig) (*memIMAP, IMAPConfig, *memMemory) {
+	t.Helper()
 	s := startMemIMAP(t, nil)
 	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
-	per := int64(100 << 10)
-	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
+	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, 100<<10)
+	if n < 3 {
+		t.Fatalf("%d parts", n)
+	}
 	mem := &memMemory{m: map[string]string{}}
-	c := imapTestConfig(s.addr)
+	c := cfg(s.addr)
 	out, p := runPickup(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem)
 	m := next(t, out)
 	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
@@ -847,8 +859,7 @@ func TestIMAPPickupKeepRemembersParts(t *testing.T) {
 	m.Ack()
 	waitFor(t, "seen flags", func() bool { _, seen := s.count(t, "INBOX"); return seen == n })
 	p.Close()
-	out2, _ := runPickup(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem)
-	none(t, out2, time.Second)
+	return s, c, mem
 }
 
 // noCreate is a server session that refuses CREATE, as servers do that
@@ -1849,24 +1860,11 @@ func expungeUIDs(t *testing.T, s *memIMAP, uids ...imap.UID) {
 // moved to quarantine (found by review). A set with a part remembered as
 // taken is left alone now, as a set taken whole before is.
 func TestIMAPPickupKeptSetPartlyGoneLeftAlone(t *testing.T) {
-	s := startMemIMAP(t, nil)
-	content := genXML(t, "SHOP1", "ЦО", 7, 300<<10)
-	per := int64(100 << 10)
-	n := s.addParts(t, "Message_SHOP1_ЦО.xml", content, per)
-	if n < 3 {
-		t.Fatalf("%d parts", n)
-	}
-	mem := &memMemory{m: map[string]string{}}
-	c := imapTestConfig(s.addr)
-	c.PollInterval = config.Duration(time.Second)
-	out, p := runPickup(t, "SHOP1", c, config.After{Action: config.AfterKeep}, mem)
-	m := next(t, out)
-	if pr := m.Metadata.Get(exchange.MetaProblem); pr != "" {
-		t.Fatalf("problem: %s", pr)
-	}
-	m.Ack()
-	waitFor(t, "seen flags", func() bool { _, seen := s.count(t, "INBOX"); return seen == n })
-	p.Close()
+	s, c, mem := keptSetTaken(t, func(addr string) IMAPConfig {
+		c := imapTestConfig(addr)
+		c.PollInterval = config.Duration(time.Second)
+		return c
+	})
 
 	// Later: part 2's mail is gone, and the set's slot holds a later set.
 	expungeUIDs(t, s, 2)
