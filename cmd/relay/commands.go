@@ -409,7 +409,17 @@ func statusCmd(g *globals) *cobra.Command {
 				for _, e := range []struct{ role, kind, err string }{{"pickup", n.Pickup, n.PickupError}, {"deliver", n.Deliver, n.DeliverError}} {
 					switch {
 					case e.err != "":
-						fmt.Fprintf(g.stdout, "node %s %s: %s\n", n.Code, e.role, paint(red, oneLine(e.err, 160)))
+						// Whole for one node; cut in the overview, saying
+						// where the rest is (its end, "(and 3 more
+						// files)", was lost; found walking through the
+						// quick start).
+						msg := exchange.NoControls(e.err)
+						if node == "" {
+							if cut := oneLine(e.err, 160); cut != msg {
+								msg = cut + " (relay status " + n.Code + ": the whole error)"
+							}
+						}
+						fmt.Fprintf(g.stdout, "node %s %s: %s\n", n.Code, e.role, paint(red, msg))
 					case node != "" && e.kind != "":
 						fmt.Fprintf(g.stdout, "node %s %s (%s): %s\n", n.Code, e.role, e.kind, paint(green, "ok"))
 					}
