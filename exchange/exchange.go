@@ -309,7 +309,7 @@ func (n Name) Check(h Header) error {
 		return nil
 	}
 	hint := ""
-	if lookalike(codes, joined) || lookalike(lastCodes(codes, joined), joined) {
+	if lookalike(lastCodes(codes, joined), joined) {
 		hint = " (they differ only in letters that look alike: a Latin letter where the other has a Cyrillic one, or the other way round)"
 	}
 	return fmt.Errorf("%w: file name says %s but header says From %s To %s%s",
@@ -324,7 +324,8 @@ var latinCyrillic = strings.NewReplacer(
 	"a", "а", "c", "с", "e", "е", "o", "о", "p", "р", "x", "х", "y", "у")
 
 // lastCodes is as much of the end of codes as joined is long in runes (a
-// name's codes after its prefix), codes whole when shorter.
+// name's codes after its prefix), codes whole when not longer: lookalike
+// maps rune for rune, so only as many runes can read the same.
 func lastCodes(codes, joined string) string {
 	r, n := []rune(codes), utf8.RuneCountInString(joined)
 	if len(r) <= n {

@@ -284,8 +284,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 				ps.Share(p.leases.pulls(name))
 			}
 			if ss, ok := pub.(superseder); ok && n.Mode == config.ModeLatest {
-				l := p.laneOn(p.b, nlog)
-				ss.Supersede(func(m *message.Message) bool { return l.superseded(m) })
+				ss.Supersede(p.laneOn(p.b, nlog).superseded)
 			}
 			p.delivers[name] = pub
 			in := &inflight{}

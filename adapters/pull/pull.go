@@ -176,11 +176,9 @@ func (mb *Mailbox) park(m *message.Message) error {
 		failed: make(chan struct{}),
 	}
 	mb.mu.Lock()
-	for _, x := range mb.offers {
-		if x.ID == o.ID {
-			mb.mu.Unlock()
-			return fmt.Errorf("http_pull %s: %s is already waiting", mb.node, d.Name)
-		}
+	if mb.find(o.ID) != nil {
+		mb.mu.Unlock()
+		return fmt.Errorf("http_pull %s: %s is already waiting", mb.node, d.Name)
 	}
 	mb.offers = append(mb.offers, o)
 	delete(mb.withdrawn, o.ID)
@@ -267,23 +265,20 @@ func (mb *Mailbox) withdraw(o *offer, unleased bool) bool {
 	if unleased && now.Before(o.leasedUntil) {
 		return false
 	}
-	for i, x := range mb.offers {
-		if x == o {
-			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
-			for id, at := range mb.withdrawn {
-				if now.Sub(at) > mb.lease {
-					delete(mb.withdrawn, id)
-				}
-			}
-			mb.withdrawn[o.ID] = now
-			// An acknowledgement waiting for the transfer's end hears
-			// now that the message went (found by review: it waited
-			// out ackWait).
-			mb.transferEnded(o)
-			return true
+	if !slices.Contains(mb.offers, o) {
+		return false // Ack took it first
+	}
+	mb.remove(o)
+	for id, at := range mb.withdrawn {
+		if now.Sub(at) > mb.lease {
+			delete(mb.withdrawn, id)
 		}
 	}
-	return false
+	mb.withdrawn[o.ID] = now
+	// An acknowledgement waiting for the transfer's end hears now that the
+	// message went (found by review: it waited out ackWait).
+	mb.transferEnded(o)
+	return true
 }
 
 // Next leases the oldest waiting message that no client holds, false when
@@ -319,20 +314,18 @@ func (mb *Mailbox) Release(id string, err error) {
 	final := exchange.IsPermanent(err) || errors.Is(err, jetstream.ErrObjectNotFound)
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
-	for i, o := range mb.offers {
-		if o.ID != id {
-			continue
-		}
-		mb.transferEnded(o)
-		if final {
-			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
-			o.err = err
-			close(o.failed)
-			mb.log.Warn("stored file cannot be handed to the node: its delivery fails", "file", o.Name, "id", id, "err", err)
-		} else {
-			o.leasedUntil = time.Time{}
-		}
+	o := mb.find(id)
+	if o == nil {
 		return
+	}
+	mb.transferEnded(o)
+	if final {
+		mb.remove(o)
+		o.err = err
+		close(o.failed)
+		mb.log.Warn("stored file cannot be handed to the node: its delivery fails", "file", o.Name, "id", id, "err", err)
+	} else {
+		o.leasedUntil = time.Time{}
 	}
 }
 
@@ -342,11 +335,8 @@ func (mb *Mailbox) Release(id string, err error) {
 func (mb *Mailbox) Touch(id string) {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
-	for _, o := range mb.offers {
-		if o.ID == id {
-			o.leasedUntil = mb.now().Add(mb.lease)
-			return
-		}
+	if o := mb.find(id); o != nil {
+		o.leasedUntil = mb.now().Add(mb.lease)
 	}
 }
 
@@ -355,14 +345,24 @@ func (mb *Mailbox) Touch(id string) {
 func (mb *Mailbox) Sent(id string) {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
-	for _, o := range mb.offers {
-		if o.ID == id {
-			o.sent = true
-			o.leasedUntil = mb.now().Add(mb.lease)
-			mb.transferEnded(o)
-			return
-		}
+	if o := mb.find(id); o != nil {
+		o.sent = true
+		o.leasedUntil = mb.now().Add(mb.lease)
+		mb.transferEnded(o)
 	}
+}
+
+// find is the waiting offer id, nil when none; mb.mu is held.
+func (mb *Mailbox) find(id string) *offer {
+	if i := slices.IndexFunc(mb.offers, func(o *offer) bool { return o.ID == id }); i >= 0 {
+		return mb.offers[i]
+	}
+	return nil
+}
+
+// remove takes o out of the waiting offers; mb.mu is held.
+func (mb *Mailbox) remove(o *offer) {
+	mb.offers = slices.DeleteFunc(mb.offers, func(x *offer) bool { return x == o })
 }
 
 // transferEnded counts the end of a transfer of o (or of o itself, taken
@@ -387,9 +387,9 @@ func (mb *Mailbox) Ack(id string) error {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
 	for deadline := time.Now().Add(mb.ackWait); ; {
-		i := slices.IndexFunc(mb.offers, func(o *offer) bool { return o.ID == id })
+		o := mb.find(id)
 		wait := time.Until(deadline)
-		if i < 0 || mb.offers[i].sent || !mb.offers[i].sending || wait <= 0 {
+		if o == nil || o.sent || !o.sending || wait <= 0 {
 			break
 		}
 		// A transfer of it is still ending here (the node read its last
@@ -402,15 +402,13 @@ func (mb *Mailbox) Ack(id string) error {
 		}
 		mb.mu.Lock()
 	}
-	for i, o := range mb.offers {
-		if o.ID == id {
-			if !o.sent {
-				return fmt.Errorf("http_pull %s: %s: %w", mb.node, id, ErrNotSent)
-			}
-			mb.offers = append(mb.offers[:i], mb.offers[i+1:]...)
-			close(o.acked)
-			return nil
+	if o := mb.find(id); o != nil {
+		if !o.sent {
+			return fmt.Errorf("http_pull %s: %s: %w", mb.node, id, ErrNotSent)
 		}
+		mb.remove(o)
+		close(o.acked)
+		return nil
 	}
 	if _, ok := mb.withdrawn[id]; ok {
 		return fmt.Errorf("http_pull %s: %s: %w", mb.node, id, ErrWithdrawn)
