@@ -38,7 +38,47 @@ const (
 	// MetaProblem, set by a pickup, is the one-line reason the file is not a
 	// valid message; the pipeline dead-letters such messages.
 	MetaProblem = "Relay-Problem"
+	// MetaKeepUnread, set by the pipeline on a sequential channel's
+	// delivery, is "<acked>/<delivered>": the highest number of the
+	// channel the addressee acknowledged and the highest relay delivered
+	// (see Keep).
+	MetaKeepUnread = "Relay-Keep-Unread"
 )
+
+// Keep says which earlier number of a channel a folder destination (one
+// file per channel: dir, FTP, WebDAV) must not write over. A sequential
+// node needs every message, and 1C never removes what it read: the file
+// there is read only once the node acknowledged its number (a ReceivedNo
+// on the reverse channel) or someone removed it. Latest mode keeps nothing
+// (its next message carries all the earlier one's changes).
+type Keep struct {
+	// On is set for a sequential channel's message with a number.
+	On bool
+	// Acked and Delivered are the channel's acknowledged and delivered
+	// numbers when the delivery began.
+	Acked, Delivered uint64
+}
+
+// SetKeep writes k into a delivery's metadata (nothing when k is off).
+func SetKeep(m *message.Message, k Keep) {
+	if k.On {
+		m.Metadata.Set(MetaKeepUnread, strconv.FormatUint(k.Acked, 10)+"/"+strconv.FormatUint(k.Delivered, 10))
+	}
+}
+
+// KeepOf reads what SetKeep wrote; off when absent or unreadable.
+func KeepOf(m *message.Message) Keep {
+	acked, delivered, ok := strings.Cut(m.Metadata.Get(MetaKeepUnread), "/")
+	if !ok {
+		return Keep{}
+	}
+	a, err1 := strconv.ParseUint(acked, 10, 64)
+	d, err2 := strconv.ParseUint(delivered, 10, 64)
+	if err1 != nil || err2 != nil {
+		return Keep{}
+	}
+	return Keep{On: true, Acked: a, Delivered: d}
+}
 
 // SetHeader writes h into the message metadata.
 func SetHeader(m *message.Message, h Header) {
@@ -120,6 +160,8 @@ type Delivery struct {
 	Header Header
 	Size   int64
 	SHA256 string
+	// Keep is the earlier number the destination must not write over.
+	Keep Keep
 	// Body streams the payload; the caller closes it.
 	Body io.ReadCloser
 }
@@ -128,7 +170,7 @@ type Delivery struct {
 // Errors start with who (e.g. "ftp SHOP1"); bad metadata is Permanent, as no
 // retry can fix it, while a body that cannot be opened is worth a retry.
 func OpenDelivery(ctx context.Context, m *message.Message, who string) (Delivery, error) {
-	d := Delivery{Name: m.Metadata.Get(MetaFileName), SHA256: m.Metadata.Get(MetaSHA256)}
+	d := Delivery{Name: m.Metadata.Get(MetaFileName), SHA256: m.Metadata.Get(MetaSHA256), Keep: KeepOf(m)}
 	if _, err := ParseName(d.Name); err != nil {
 		return d, Permanent(fmt.Errorf("%s: %w", who, err))
 	}
@@ -195,14 +237,43 @@ func (e *StaleError) Error() string {
 // Unwrap makes errors.Is(err, ErrStale) hold.
 func (e *StaleError) Unwrap() error { return ErrStale }
 
+// ErrUnread is returned by a delivery of a sequential channel's message
+// into a folder that still holds an earlier number of the channel its node
+// has not acknowledged: writing over it would lose it. The pipeline holds
+// the message and tries again.
+var ErrUnread = errors.New("the node has not read it yet")
+
+// UnreadError is ErrUnread naming the file and numbers, for the operator.
+type UnreadError struct {
+	// Where names the destination file, e.g. "dir B: Message_A_B.xml".
+	Where string
+	// Node is the addressee.
+	Node string
+	// Have is the number there (0 if it could not be read), Acked the
+	// highest the node acknowledged, No the one held.
+	Have, Acked, No uint64
+}
+
+func (e *UnreadError) Error() string {
+	have := "an earlier number"
+	if e.Have > 0 {
+		have = fmt.Sprintf("No %d", e.Have)
+	}
+	return fmt.Sprintf("holding No %d: %s still holds %s, not acknowledged by %s (acknowledged up to No %d); written once %s's 1C sends back a message that acknowledges it, or the file is removed (sequential: overwriting it would lose it)", e.No, e.Where, have, e.Node, e.Acked, e.Node)
+}
+
+// Unwrap makes errors.Is(err, ErrUnread) hold.
+func (e *UnreadError) Unwrap() error { return ErrUnread }
+
 // CheckReplace is what a delivery that reads the header of the file it is
 // about to replace (have, of haveSize bytes, -1 if unknown; named where)
-// makes of it before writing h, of size bytes: a StaleError when the file
-// is of the same channel with a higher number (an older message never
-// overwrites a newer one, DESIGN §6.3), ErrInPlace when it is of the same
-// channel and number and size (this message, written by an attempt the
-// relay did not live to record), else nil.
-func CheckReplace(where string, have Header, haveSize int64, h Header, size int64) error {
+// makes of it before writing h, of size bytes, under k: a StaleError when
+// the file is of the same channel with a higher number (an older message
+// never overwrites a newer one, DESIGN §6.3), ErrInPlace when it is of the
+// same channel and number and size (this message, written by an attempt
+// the relay did not live to record), an UnreadError when k keeps it (a
+// lower number its node has not acknowledged), else nil.
+func CheckReplace(where string, have Header, haveSize int64, h Header, size int64, k Keep) error {
 	if have.ExchangePlan != h.ExchangePlan || have.From != h.From || have.To != h.To || h.ByName() {
 		return nil
 	}
@@ -211,6 +282,19 @@ func CheckReplace(where string, have Header, haveSize int64, h Header, size int6
 		return &StaleError{Where: where, Have: have.MessageNo, No: h.MessageNo}
 	case have.MessageNo == h.MessageNo && haveSize == size:
 		return fmt.Errorf("%s holds No %d already: %w", where, h.MessageNo, ErrInPlace)
+	case k.On && have.MessageNo < h.MessageNo && have.MessageNo > k.Acked:
+		return &UnreadError{Where: where, Node: h.To, Have: have.MessageNo, Acked: k.Acked, No: h.MessageNo}
+	}
+	return nil
+}
+
+// CheckUnknown is CheckReplace for a file there whose header the delivery
+// cannot read (a zip over FTP or WebDAV, an account that may not
+// download): under k it is taken for the channel's last delivered number,
+// kept while the node has not acknowledged that.
+func CheckUnknown(where string, h Header, k Keep) error {
+	if k.On && !h.ByName() && k.Delivered > k.Acked && k.Delivered < h.MessageNo {
+		return &UnreadError{Where: where, Node: h.To, Acked: k.Acked, No: h.MessageNo}
 	}
 	return nil
 }

@@ -2,9 +2,12 @@ package exchange
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ThreeDotsLabs/watermill/message"
 )
 
 func TestParseName(t *testing.T) {
@@ -305,19 +308,29 @@ func TestCheckReplace(t *testing.T) {
 		haveSize int64
 		h        Header
 		size     int64
-		want     error // nil, ErrStale or ErrInPlace
+		want     error // nil, ErrStale, ErrInPlace or ErrUnread
+		keep     Keep
 	}{
-		{"older there", at(4), 100, at(5), 100, nil},
-		{"newer there", at(6), 100, at(5), 100, ErrStale},
-		{"this one there", at(5), 100, at(5), 100, ErrInPlace},
-		{"same number, other size", at(5), 99, at(5), 100, nil},
-		{"same number, size unknown", at(5), -1, at(5), 100, nil},
-		{"another channel's newer", other, 100, at(5), 100, nil},
-		{"another plan's", Header{ExchangePlan: "Q", From: "A", To: "B", MessageNo: 9}, 100, at(5), 100, nil},
-		{"routed by name", at(5), 100, sealed, 100, nil},
+		{"older there", at(4), 100, at(5), 100, nil, Keep{}},
+		{"newer there", at(6), 100, at(5), 100, ErrStale, Keep{}},
+		{"this one there", at(5), 100, at(5), 100, ErrInPlace, Keep{}},
+		{"same number, other size", at(5), 99, at(5), 100, nil, Keep{}},
+		{"same number, size unknown", at(5), -1, at(5), 100, nil, Keep{}},
+		{"another channel's newer", other, 100, at(5), 100, nil, Keep{}},
+		{"another plan's", Header{ExchangePlan: "Q", From: "A", To: "B", MessageNo: 9}, 100, at(5), 100, nil, Keep{}},
+		{"routed by name", at(5), 100, sealed, 100, nil, Keep{}},
+		// Sequential: a lower number the node has not acknowledged stays.
+		{"unread there", at(4), 100, at(5), 100, ErrUnread, Keep{On: true, Acked: 3, Delivered: 4}},
+		{"acknowledged there", at(4), 100, at(5), 100, nil, Keep{On: true, Acked: 4, Delivered: 4}},
+		{"acknowledged past it", at(2), 100, at(5), 100, nil, Keep{On: true, Acked: 4, Delivered: 4}},
+		{"newer there, kept", at(6), 100, at(5), 100, ErrStale, Keep{On: true, Acked: 3, Delivered: 4}},
+		{"this one there, kept", at(5), 100, at(5), 100, ErrInPlace, Keep{On: true}},
+		{"this number, other size, kept", at(5), 99, at(5), 100, nil, Keep{On: true}},
+		{"another channel's, kept", other, 100, at(10), 100, nil, Keep{On: true}},
+		{"routed by name, kept", at(5), 100, sealed, 100, nil, Keep{On: true}},
 	}
 	for _, c := range cases {
-		err := CheckReplace("in/Message_A_B.xml", c.have, c.haveSize, c.h, c.size)
+		err := CheckReplace("in/Message_A_B.xml", c.have, c.haveSize, c.h, c.size, c.keep)
 		switch {
 		case c.want == nil && err != nil, c.want != nil && !errors.Is(err, c.want):
 			t.Errorf("%s: %v, want %v", c.what, err, c.want)
@@ -327,6 +340,53 @@ func TestCheckReplace(t *testing.T) {
 		if c.want == ErrStale && StaleHave(err) != c.have.MessageNo {
 			t.Errorf("%s: StaleHave %d, want %d", c.what, StaleHave(err), c.have.MessageNo)
 		}
+		if c.want == ErrUnread && !strings.Contains(err.Error(), fmt.Sprintf("holds No %d, not acknowledged by B", c.have.MessageNo)) {
+			t.Errorf("%s: %q does not say which number waits for whom", c.what, err)
+		}
+	}
+}
+
+// CheckUnknown: a file whose header cannot be read is taken for the last
+// delivered number, kept while that is not acknowledged.
+func TestCheckUnknown(t *testing.T) {
+	h := Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 5}
+	for _, c := range []struct {
+		what string
+		h    Header
+		keep Keep
+		want bool
+	}{
+		{"latest", h, Keep{}, false},
+		{"last delivered unacknowledged", h, Keep{On: true, Acked: 3, Delivered: 4}, true},
+		{"last delivered acknowledged", h, Keep{On: true, Acked: 4, Delivered: 4}, false},
+		{"nothing delivered", h, Keep{On: true}, false},
+		{"routed by name", Name{From: "A", To: "B", Format: FormatZip}.Sealed(), Keep{On: true, Acked: 3, Delivered: 4}, false},
+	} {
+		err := CheckUnknown("in/Message_A_B.zip", c.h, c.keep)
+		if got := errors.Is(err, ErrUnread); got != c.want {
+			t.Errorf("%s: %v, want unread %v", c.what, err, c.want)
+		}
+	}
+}
+
+// Keep travels in a delivery's metadata; off unless set.
+func TestKeepMetadata(t *testing.T) {
+	m := message.NewMessage("x", nil)
+	if k := KeepOf(m); k.On {
+		t.Fatalf("unset: %+v", k)
+	}
+	SetKeep(m, Keep{})
+	if m.Metadata.Get(MetaKeepUnread) != "" {
+		t.Fatalf("off written as %q", m.Metadata.Get(MetaKeepUnread))
+	}
+	want := Keep{On: true, Acked: 0, Delivered: 7}
+	SetKeep(m, want)
+	if k := KeepOf(m); k != want {
+		t.Fatalf("read back %+v, want %+v", k, want)
+	}
+	m.Metadata.Set(MetaKeepUnread, "x/1")
+	if k := KeepOf(m); k.On {
+		t.Fatalf("unreadable read as %+v", k)
 	}
 }
 

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -250,7 +252,11 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		// message held for long is looked at again and again).
 		holdTold := func(why string) error {
 			if l.states.setError(ctx, h.ExchangePlan, h.From, h.To, why) {
-				log.Warn(why)
+				level := slog.LevelWarn
+				if strings.HasPrefix(why, unreadPrefix) {
+					level = slog.LevelInfo // the node's pace
+				}
+				log.Log(ctx, level, why)
 			} else {
 				log.Debug(why)
 			}
@@ -441,6 +447,11 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				out.Metadata.Set(k, v)
 			}
 		}
+		if n.Mode == config.ModeSequential && !h.ByName() {
+			// A folder destination holds one file per channel: the one
+			// there may be a number the node has not read yet.
+			exchange.SetKeep(out, exchange.Keep{On: true, Acked: st.AckedNo, Delivered: st.DeliveredNo})
+		}
 		out.SetContext(context.WithValue(ctx, recordSeqKey{}, seq))
 		exchange.SetBody(out, func(ctx context.Context) (io.ReadCloser, error) {
 			return l.b.OpenKnownPayload(ctx, obj, statedSize(m.Metadata.Get(exchange.MetaSize)), m.Metadata.Get(exchange.MetaSHA256))
@@ -451,6 +462,10 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		if errors.Is(err, exchange.ErrNotTaken) {
 			log.Debug("handed back: " + err.Error())
 			return hold()
+		}
+		if errors.Is(err, exchange.ErrUnread) {
+			// Not failing: the node reads at its own pace.
+			return holdTold(unreadPrefix + err.Error())
 		}
 		inPlace := errors.Is(err, exchange.ErrInPlace)
 		if inPlace {

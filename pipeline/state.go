@@ -140,6 +140,14 @@ func (c *Channel) applyAck(receivedNo uint64, now time.Time) (changed bool) {
 // for one before it.
 const gapPrefix = "gap: "
 
+// unreadPrefix starts the last error of a sequential channel whose next
+// number waits for the node to read the one in its folder.
+const unreadPrefix = "waiting: "
+
+// WaitsForRead says the channel's next number waits for the node to read
+// (acknowledge) the one its folder holds: the node's pace, not a failure.
+func (c *Channel) WaitsForRead() bool { return strings.HasPrefix(c.LastError, unreadPrefix) }
+
 // HeldOnGap says the channel's last error is a hold for a number before the
 // one waiting (a gap, or a dead letter it waits behind).
 func (c *Channel) HeldOnGap() bool { return strings.HasPrefix(c.LastError, gapPrefix) }

@@ -125,6 +125,14 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	defer d.Body.Close()
 	name, h, want, body := d.Name, d.Header, d.Size, d.Body
 	dst := filepath.Join(p.cfg.Path, name)
+	if d.Keep.On {
+		// A sequential channel's message waits while the node has not
+		// read the one there: asked before the copy too, or every look
+		// while it waits would copy the whole payload.
+		if err := p.checkNotNewer(ctx, dst, h, want, d.Keep); err != nil {
+			return err
+		}
+	}
 	tmp, err := createPart(p.cfg.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		// The folder went away while relay ran (an operator cleared it
@@ -162,7 +170,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		return fmt.Errorf("dir %s: close %s: %w", p.node, name, err)
 	}
 	// Checked once, last: a newer message may also land while this one is copied.
-	if err := p.checkNotNewer(ctx, dst, h, want); err != nil {
+	if err := p.checkNotNewer(ctx, dst, h, want, d.Keep); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp.Name(), dst); err != nil {
@@ -205,8 +213,9 @@ func createPart(dir string) (*os.File, error) {
 // again: only a missing file, or one that reads and is not a message, is
 // replaced. Nor is anything but a regular file there (a named pipe, a
 // link): the delivery fails, saying what is in the way, until someone
-// removes it.
-func (p *Publisher) checkNotNewer(ctx context.Context, dst string, h exchange.Header, size int64) error {
+// removes it. Under k (a sequential channel) a lower number the node has
+// not acknowledged is not replaced either (exchange.ErrUnread).
+func (p *Publisher) checkNotNewer(ctx context.Context, dst string, h exchange.Header, size int64, k exchange.Keep) error {
 	have, haveSize, ok := p.recall(dst)
 	if !ok {
 		f, fi, err := p.open(ctx, dst)
@@ -234,7 +243,7 @@ func (p *Publisher) checkNotNewer(ctx context.Context, dst string, h exchange.He
 		}
 		haveSize = fi.Size()
 	}
-	return exchange.CheckReplace("dir "+p.node+": "+filepath.Base(dst), have, haveSize, h, size)
+	return exchange.CheckReplace("dir "+p.node+": "+filepath.Base(dst), have, haveSize, h, size, k)
 }
 
 // remember notes that dst now holds the file fi with header h.

@@ -85,7 +85,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 	}
 	return p.c.with(ctx, func(conn *ftp.ServerConn) (err error) {
 		mkdirAll(conn, p.c, p.c.t.dir)
-		if err := p.checkNotNewer(conn, name, final, h, want, ""); err != nil {
+		if err := p.checkNotNewer(conn, name, final, h, want, d.Keep, ""); err != nil {
 			return err
 		}
 		defer func() {
@@ -120,7 +120,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 		}
 		// Checked again, last: a newer message may have landed while this
 		// one was uploaded (minutes, for a large one).
-		if err := p.checkNotNewer(conn, name, final, h, want, tmp); err != nil {
+		if err := p.checkNotNewer(conn, name, final, h, want, d.Keep, tmp); err != nil {
 			return err
 		}
 		if err := p.rename(conn, name, tmp, final); err != nil {
@@ -176,9 +176,25 @@ func (p *Publisher) rename(conn *ftp.ServerConn, name, tmp, final string) error 
 // download at all (a drop box: vsftpd download_enable=NO) cannot compare,
 // and the channel state is the guard there too; the check before the
 // upload leaves that question to it. final is name's wire path.
-func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h exchange.Header, size int64, probe string) error {
+//
+// Under k (a sequential channel) a lower number its node has not
+// acknowledged is not replaced either (exchange.ErrUnread); a file there
+// whose header is not read (a zip, an account that may not download) is
+// taken for the last number delivered (exchange.CheckUnknown). A file
+// SIZE says is not there is none, so an account that may not ask SIZE
+// either cannot keep one.
+func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h exchange.Header, size int64, k exchange.Keep, probe string) error {
 	if !strings.EqualFold(name[len(name)-4:], ".xml") {
-		return nil
+		if !k.On {
+			return nil
+		}
+		if _, err := conn.FileSize(final); err != nil {
+			if !isReply(err) {
+				return step("size "+name, err)
+			}
+			return nil // not there
+		}
+		return exchange.CheckUnknown(name, h, k)
 	}
 	resp, err := conn.Retr(final)
 	if err != nil {
@@ -192,6 +208,9 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 				return step("size "+name, serr)
 			}
 			return nil
+		}
+		if err := exchange.CheckUnknown(name, h, k); err != nil {
+			return err
 		}
 		if probe == "" {
 			return nil // asked again before the rename, with the upload to tell
@@ -218,16 +237,13 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 	default:
 		return step("read "+name, herr)
 	}
-	if have.ExchangePlan != h.ExchangePlan || have.From != h.From || have.To != h.To || have.MessageNo < h.MessageNo {
-		return nil
-	}
 	haveSize := int64(-1)
-	if have.MessageNo == h.MessageNo {
+	if have.ExchangePlan == h.ExchangePlan && have.From == h.From && have.To == h.To && have.MessageNo == h.MessageNo {
 		if n, err := conn.FileSize(final); err == nil {
 			haveSize = n
 		}
 	}
-	return exchange.CheckReplace(name, have, haveSize, h, size)
+	return exchange.CheckReplace(name, have, haveSize, h, size, k)
 }
 
 // canDownload says whether the server lets this account download: it

@@ -794,3 +794,58 @@ func TestListHandsNearMissNames(t *testing.T) {
 		t.Fatalf("listed %q, want [message_A_B.xml]", names)
 	}
 }
+
+// TestDeliverKeepsUnread: a sequential channel's message is not written
+// over a lower number its node has not acknowledged (exchange.ErrUnread),
+// read from an .xml there; a zip there, whose header is not downloaded, is
+// taken for the last number delivered. Acknowledged, or removed, it is
+// replaced.
+func TestDeliverKeepsUnread(t *testing.T) {
+	root := t.TempDir()
+	p, err := NewPublisher("ОП", testConfig(startServer(t, root, "in"), "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	publish := func(format exchange.Format, no uint64, k exchange.Keep) ([]byte, error) {
+		var b bytes.Buffer
+		h := hdr("ЦО", "ОП", no)
+		if format == exchange.FormatZip {
+			exchangetest.WriteZip(&b, h, 3000)
+		} else {
+			exchangetest.WriteXML(&b, h, 3000)
+		}
+		m := deliverMsg(t, h, b.Bytes())
+		m.Metadata.Set(exchange.MetaFileName, exchange.FileName("ЦО", "ОП", format))
+		exchange.SetKeep(m, k)
+		return b.Bytes(), p.Publish("", m)
+	}
+	for _, format := range []exchange.Format{exchange.FormatXML, exchange.FormatZip} {
+		dst := filepath.Join(root, "in", exchange.FileName("ЦО", "ОП", format))
+		four, err := publish(format, 4, exchange.Keep{On: true, Acked: 3, Delivered: 3})
+		if err != nil {
+			t.Fatalf("%s: No 4 over nothing: %v", format, err)
+		}
+		unread := exchange.Keep{On: true, Acked: 3, Delivered: 4}
+		if _, err := publish(format, 5, unread); !errors.Is(err, exchange.ErrUnread) || !strings.Contains(err.Error(), "not acknowledged by ОП") {
+			t.Fatalf("%s: No 5 over No 4, which ОП has not acknowledged: %v, want ErrUnread", format, err)
+		}
+		if got, _ := os.ReadFile(dst); !bytes.Equal(got, four) {
+			t.Fatalf("%s: No 4 was written over, unread", format)
+		}
+		if e, _ := p.LastError(); e != "" {
+			t.Fatalf("%s: a hold shows as the endpoint's trouble: %q", format, e)
+		}
+		if _, err := publish(format, 5, exchange.Keep{}); err != nil {
+			t.Fatalf("%s: latest mode keeps nothing: %v", format, err)
+		}
+		if _, err := publish(format, 6, exchange.Keep{On: true, Acked: 5, Delivered: 5}); err != nil {
+			t.Fatalf("%s: No 6 over No 5 acknowledged: %v", format, err)
+		}
+		os.Remove(dst)
+		seven, err := publish(format, 7, exchange.Keep{On: true, Acked: 5, Delivered: 6})
+		if got, _ := os.ReadFile(dst); err != nil || !bytes.Equal(got, seven) {
+			t.Fatalf("%s: No 7 once No 6 was removed: %v", format, err)
+		}
+	}
+}

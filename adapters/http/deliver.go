@@ -164,7 +164,7 @@ func (p *Publisher) deliver(ctx context.Context, m *message.Message) error {
 			return nil, nil
 		}
 		err := p.checkNotNewer(ctx, at, d, log)
-		if errors.Is(err, exchange.ErrStale) || errors.Is(err, exchange.ErrInPlace) {
+		if errors.Is(err, exchange.ErrStale) || errors.Is(err, exchange.ErrInPlace) || errors.Is(err, exchange.ErrUnread) {
 			return nil, err
 		}
 		if err != nil {
@@ -443,14 +443,25 @@ func (p *Publisher) move(ctx context.Context, from, to *url.URL) *outcome {
 // message is replaced. An account that may not read the folder (401, 403,
 // 405) cannot compare: the channel state is the guard then. A server's
 // passing trouble (408, 429, 5xx) fails the attempt.
+//
+// Under d.Keep (a sequential channel) a lower number its node has not
+// acknowledged is not replaced either (exchange.ErrUnread); a zip there
+// (asked with HEAD) or a file the account may not read is taken for the
+// last number delivered (exchange.CheckUnknown).
 func (p *Publisher) checkNotNewer(ctx context.Context, at *url.URL, d exchange.Delivery, log *slog.Logger) error {
+	method := stdhttp.MethodGet
 	if !strings.EqualFold(path.Ext(d.Name), ".xml") {
-		return nil
+		if !d.Keep.On {
+			return nil
+		}
+		method = stdhttp.MethodHead
 	}
 	rctx, guard, done := p.c.newAttemptContext(ctx)
 	defer done()
-	fail := func(err error) error { return fmt.Errorf("GET %s to compare its number: %w", path.Base(at.Path), err) }
-	req, err := stdhttp.NewRequestWithContext(rctx, stdhttp.MethodGet, at.String(), nil)
+	fail := func(err error) error {
+		return fmt.Errorf("%s %s to compare its number: %w", method, path.Base(at.Path), err)
+	}
+	req, err := stdhttp.NewRequestWithContext(rctx, method, at.String(), nil)
 	if err != nil {
 		return fail(err)
 	}
@@ -469,9 +480,11 @@ func (p *Publisher) checkNotNewer(ctx context.Context, at *url.URL, d exchange.D
 		p.noReads.Do(func() {
 			log.Warn("the account may not read the folder (GET refused): the file there cannot be compared with the message; JetStream's channel state alone keeps older messages from replacing newer ones", "status", resp.Status)
 		})
-		return nil
+		return exchange.CheckUnknown(display(at), d.Header, d.Keep)
 	case code != stdhttp.StatusOK:
 		return nil // nothing there (404, 410, 204)
+	case method == stdhttp.MethodHead:
+		return exchange.CheckUnknown(display(at), d.Header, d.Keep)
 	}
 	// Through the idle guard: a body that stalls is cut at
 	// response_timeout, not at timeout (found by review).
@@ -483,7 +496,7 @@ func (p *Publisher) checkNotNewer(ctx context.Context, at *url.URL, d exchange.D
 	default:
 		return fail(requestErr(rctx, err))
 	}
-	return exchange.CheckReplace(display(at), have, resp.ContentLength, d.Header, d.Size)
+	return exchange.CheckReplace(display(at), have, resp.ContentLength, d.Header, d.Size, d.Keep)
 }
 
 // stopDiscardWait bounds the DELETE of a temporary file whose PUT relay's

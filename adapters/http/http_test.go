@@ -2198,3 +2198,54 @@ func TestWebDAVNewerNotReplaced(t *testing.T) {
 		t.Errorf("the upload's .part is left: %v", err)
 	}
 }
+
+// TestWebDAVKeepsUnread: in a WebDAV folder, a sequential channel's
+// message is not written over a lower number its node has not
+// acknowledged (exchange.ErrUnread): an .xml there is read, a zip there
+// (asked with HEAD) is taken for the last number delivered. Acknowledged,
+// or removed, it is replaced.
+func TestWebDAVKeepsUnread(t *testing.T) {
+	dir := t.TempDir()
+	srv := httptest.NewServer(&webdav.Handler{FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()})
+	defer srv.Close()
+	for _, direct := range []bool{false, true} {
+		p := newPub(t, Config{URL: srv.URL + "/", Method: "PUT", PutDirect: direct})
+		p.retry.tries = 1
+		for _, zipped := range []bool{false, true} {
+			name, of := "Message_ЦО_ОП.xml", xmlOf
+			if zipped {
+				name, of = "Message_ЦО_ОП.zip", zipOf
+			}
+			what := fmt.Sprintf("put_direct=%v %s", direct, name)
+			final := filepath.Join(dir, name)
+			os.Remove(final)
+			publish := func(no uint64, k exchange.Keep) ([]byte, error) {
+				body := of(t, hdr(no), 3_000)
+				m := newMsg(hdr(no), name, body, nil)
+				exchange.SetKeep(m.Message, k)
+				return body, p.Publish("", m.Message)
+			}
+			four, err := publish(4, exchange.Keep{On: true, Acked: 3, Delivered: 3})
+			if err != nil {
+				t.Fatalf("%s: No 4 over nothing: %v", what, err)
+			}
+			if _, err := publish(5, exchange.Keep{On: true, Acked: 3, Delivered: 4}); !errors.Is(err, exchange.ErrUnread) {
+				t.Fatalf("%s: No 5 over No 4, which ОП has not acknowledged: %v, want ErrUnread", what, err)
+			}
+			if got, _ := os.ReadFile(final); !bytes.Equal(got, four) {
+				t.Fatalf("%s: No 4 was written over, unread", what)
+			}
+			if e, _ := p.LastError(); e != "" {
+				t.Fatalf("%s: a hold shows as the endpoint's trouble: %q", what, e)
+			}
+			if _, err := publish(5, exchange.Keep{On: true, Acked: 4, Delivered: 4}); err != nil {
+				t.Fatalf("%s: No 5 over No 4 acknowledged: %v", what, err)
+			}
+			os.Remove(final)
+			six, err := publish(6, exchange.Keep{On: true, Acked: 4, Delivered: 5})
+			if got, _ := os.ReadFile(final); err != nil || !bytes.Equal(got, six) {
+				t.Fatalf("%s: No 6 once No 5 was removed: %v", what, err)
+			}
+		}
+	}
+}

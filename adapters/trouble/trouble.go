@@ -23,12 +23,13 @@ type Last struct {
 // Set records the outcome of the endpoint's latest attempt: nil clears the
 // trouble; the same message again keeps its first time. A stale message
 // (the destination holds a newer one) is not the endpoint's trouble; one
-// found in place (the destination holds it already) is its success.
+// found in place (the destination holds it already), or held for an
+// unread one there (exchange.ErrUnread), is its success: it answered.
 func (l *Last) Set(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
-	case err == nil, errors.Is(err, exchange.ErrInPlace):
+	case err == nil, errors.Is(err, exchange.ErrInPlace), errors.Is(err, exchange.ErrUnread):
 		l.msg, l.at = "", time.Time{}
 	case errors.Is(err, exchange.ErrStale):
 	case err.Error() != l.msg:

@@ -39,4 +39,10 @@ func TestLast(t *testing.T) {
 	if msg, at := l.LastError(); msg != "" || !at.IsZero() {
 		t.Errorf("after a message found in place (a success): %q %v", msg, at)
 	}
+	// A message held for an unread one there: the endpoint answered.
+	l.Set(errors.New("login: 530"))
+	l.Set(&exchange.UnreadError{Where: "Message_A_B.xml", Node: "B", Have: 2, Acked: 1, No: 3})
+	if msg, at := l.LastError(); msg != "" || !at.IsZero() {
+		t.Errorf("after a message held for an unread one (the endpoint answered): %q %v", msg, at)
+	}
 }

@@ -367,7 +367,7 @@ func statusCmd(g *globals) *cobra.Command {
 				switch {
 				case len(ch.Alerts) > 0:
 					note, colour = strings.Join(ch.Alerts, "; "), red
-				case ch.LastError != "":
+				case ch.LastError != "" && !ch.WaitsForRead():
 					colour = red
 				case ch.Pending > 0:
 					colour = yellow

@@ -178,11 +178,14 @@ func TestKeepAndMove(t *testing.T) {
 
 // TestSequentialHoldsGap: a sequential node gets 1, then 3 (held: 2 is
 // missing), then 2; it receives 1, 2, 3 in order and status showed the gap.
+// Its 1C acknowledges each number it reads, which lets the next one into
+// its folder.
 func TestSequentialHoldsGap(t *testing.T) {
 	s := newSite(t, nodeSpec{code: "A"}, nodeSpec{code: "S", mode: "sequential"})
 	s.start(t)
 	dst := filepath.Join(s.in("S"), "Message_A_S.xml")
 	src := filepath.Join(s.out("A"), "Message_A_S.xml")
+	s.acknowledge(t, "S", "A", dst)
 	send := func(n uint64) {
 		exchangetest.WriteFile(s.out("A"), header("A", "S", n, 0), 500, exchange.FormatXML)
 		waitFor(t, 10*time.Second, "taken", func() bool { return gone(src) })

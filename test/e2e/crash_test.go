@@ -169,6 +169,8 @@ type crashChannel struct {
 	// finished and the last one the relay took from the outbox: the killer
 	// reads them to aim its kills (TestCrashSIGKILL).
 	written, taken atomic.Uint64
+	// done is set when the writer stopped.
+	done atomic.Bool
 }
 
 func (c *crashChannel) name() string { return exchange.FileName(c.from, c.to, exchange.FormatXML) }
@@ -366,7 +368,9 @@ func TestCrashSIGKILL(t *testing.T) {
 	// ОП receives in sequential mode: there every message must arrive, in
 	// order, so a message lost before it was queued would hold its channel
 	// for good, and one lost at delivery is seen by its writer (it waits
-	// for each in the inbox).
+	// for each in the inbox). ОП's 1C acknowledges what its inbox shows,
+	// in each message it writes: relay writes a sender's next number into
+	// ОП's folder only once the one there is acknowledged.
 	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "ОП", mode: "sequential"}, nodeSpec{code: "SHOP1"})
 	var chans []*crashChannel
 	byName := map[string]*crashChannel{}
@@ -401,11 +405,24 @@ func TestCrashSIGKILL(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer ch.done.Store(true)
 			rng := rand.New(rand.NewPCG(seed, uint64(i)))
 			path := filepath.Join(s.out(ch.from), ch.name())
+			// What ОП's message acknowledges: the number its inbox shows of
+			// the reverse channel, which waits for it (others: the number
+			// before, as before).
+			reverse := byName[exchange.FileName(ch.to, ch.from, exchange.FormatXML)]
+			received := func(n uint64) uint64 {
+				if ch.from == "ОП" {
+					return readNo(filepath.Join(s.in("ОП"), reverse.name()))
+				}
+				return n - 1
+			}
 			// At least perChannel messages, and on until the killer is
-			// done: its kills must find something to land in.
-			for n := uint64(1); n <= perChannel || !killsDone.Load(); n++ {
+			// done: its kills must find something to land in; ОП's on
+			// until the reverse channel's writer is done, whose last
+			// number waits for ОП's acknowledgement of the one before.
+			for n := uint64(1); n <= perChannel || !killsDone.Load() || ch.from == "ОП" && !reverse.done.Load(); n++ {
 				ch.last = n
 				var buf bytes.Buffer
 				size := int64(512 + rng.IntN(48<<10))
@@ -414,7 +431,7 @@ func TestCrashSIGKILL(t *testing.T) {
 					// where the delivery kills must land.
 					size = int64(64<<10 + rng.IntN(512<<10))
 				}
-				if err := exchangetest.WriteXML(&buf, header(ch.from, ch.to, n, n-1), size); err != nil {
+				if err := exchangetest.WriteXML(&buf, header(ch.from, ch.to, n, received(n)), size); err != nil {
 					writerErr <- err
 					return
 				}
@@ -702,7 +719,13 @@ func TestRestartWithBacklog(t *testing.T) {
 				if from == "ЦО" && to == "ОП" {
 					no = first
 				}
-				h := header(from, to, no, 0)
+				// ОП's 1C acknowledges what its inbox holds: the next
+				// number goes into its folder only then.
+				var received uint64
+				if from == "ОП" {
+					received = readNo(filepath.Join(s.in(from), exchange.FileName(to, from, exchange.FormatXML)))
+				}
+				h := header(from, to, no, received)
 				var buf bytes.Buffer
 				if err := exchangetest.WriteXML(&buf, h, int64(1000+len(all)*3000)); err != nil {
 					t.Fatal(err)

@@ -27,6 +27,7 @@ import (
 	"github.com/relay1c/relay/config"
 	"github.com/relay1c/relay/daemon"
 	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/exchange/exchangetest"
 	"github.com/relay1c/relay/pipeline"
 	"github.com/relay1c/relay/test/realserver"
 )
@@ -239,4 +240,36 @@ func sameFile(t testing.TB, a, b string) bool {
 	x, err1 := os.ReadFile(a)
 	y, err2 := os.ReadFile(b)
 	return err1 == nil && err2 == nil && bytes.Equal(x, y)
+}
+
+// acknowledge plays the 1C of a sequential node reading its folder: once
+// inbox (the file from's messages land in) holds a number it has not
+// acknowledged, it writes its next message to from into its outbox with
+// that number as ReceivedNo. Relay writes the next number of from → node
+// over the file only after that (a folder holds one file per channel).
+// Its messages are written one at a time, each once the one before was
+// taken. It runs until the test ends.
+func (s *site) acknowledge(t testing.TB, node, from, inbox string) {
+	t.Helper()
+	out := filepath.Join(s.out(node), exchange.FileName(node, from, exchange.FormatXML))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var no, acked uint64
+		for ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+			read := readNo(inbox)
+			if read <= acked || !gone(out) {
+				continue
+			}
+			no++
+			if _, err := exchangetest.WriteFile(s.out(node), header(node, from, no, read), 0, exchange.FormatXML); err != nil {
+				t.Errorf("%s acknowledging %s's No %d: %v", node, from, read, err)
+				return
+			}
+			acked = read
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
 }
