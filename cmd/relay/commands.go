@@ -363,17 +363,7 @@ func statusCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(w, "PLAN\tCHANNEL\tPICKED\tDELIVERED\tACKED\tPENDING\tAGE\tALERT / LAST ERROR")
 			rowColours := []string{""}
 			for _, ch := range chans {
-				note, colour := ch.LastError, ""
-				switch {
-				case len(ch.Alerts) > 0:
-					note, colour = strings.Join(ch.Alerts, "; "), red
-				case ch.LastError != "" && !ch.WaitsForRead():
-					colour = red
-				case ch.Pending > 0:
-					colour = yellow
-				default:
-					colour = green
-				}
+				note, colour := channelNote(ch)
 				if note == "" && ch.HandedTo != "" {
 					note = fmt.Sprintf("handed to relay %s up to No %d", ch.HandedTo, ch.HandedNo)
 				}
@@ -470,6 +460,22 @@ const (
 
 // colours returns a painter that colours text when out is a terminal and
 // NO_COLOR is not set, and leaves it plain otherwise.
+// channelNote is what a status row says of a channel and its colour: its
+// alerts (red), a failure (red), else waiting (yellow: queued, or a
+// sequential node's next number waiting for it to read the one in its
+// folder, the node's pace) or flowing (green).
+func channelNote(ch api.ChannelView) (note, colour string) {
+	switch {
+	case len(ch.Alerts) > 0:
+		return strings.Join(ch.Alerts, "; "), red
+	case ch.LastError != "" && !ch.WaitsForRead():
+		return ch.LastError, red
+	case ch.Pending > 0:
+		return ch.LastError, yellow
+	}
+	return ch.LastError, green
+}
+
 func colours(out io.Writer) func(colour, s string) string {
 	plain := func(_, s string) string { return s }
 	f, ok := out.(*os.File)

@@ -605,6 +605,30 @@ func TestStatusColoursKeepColumns(t *testing.T) {
 	}
 }
 
+// TestStatusNoteColour: a sequential node's next number waiting for it to
+// read the one in its folder is the node's pace, yellow like any queued
+// message; a failure is red.
+func TestStatusNoteColour(t *testing.T) {
+	view := func(lastError string, pending uint64, alerts ...string) api.ChannelView {
+		return api.ChannelView{Channel: pipeline.Channel{LastError: lastError}, Pending: pending, Alerts: alerts}
+	}
+	waiting := "waiting: holding No 3: dir ОП: Message_ЦО_ОП.xml still holds No 2, not acknowledged by ОП"
+	for _, c := range []struct {
+		ch         api.ChannelView
+		note, want string
+	}{
+		{view(waiting, 1), waiting, yellow},
+		{view("ftp ОП: connection refused", 1), "ftp ОП: connection refused", red},
+		{view(waiting, 1, "no acknowledgement for 2h0m0s"), "no acknowledgement for 2h0m0s", red},
+		{view("", 2), "", yellow},
+		{view("", 0), "", green},
+	} {
+		if note, colour := channelNote(c.ch); note != c.note || colour != c.want {
+			t.Errorf("%+v: %q in %q, want %q in %q", c.ch, note, colour, c.note, c.want)
+		}
+	}
+}
+
 // TestOneLineDropsControls: an error text from a remote server is shown in
 // the tables of status and dead; only line breaks were replaced, so a tab
 // or a form feed broke the columns (tabwriter takes both as separators)

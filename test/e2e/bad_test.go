@@ -185,7 +185,7 @@ func TestSequentialHoldsGap(t *testing.T) {
 	s.start(t)
 	dst := filepath.Join(s.in("S"), "Message_A_S.xml")
 	src := filepath.Join(s.out("A"), "Message_A_S.xml")
-	s.acknowledge(t, "S", "A", dst)
+	acknowledge(t, s.out("S"), "S", "A", dst)
 	send := func(n uint64) {
 		exchangetest.WriteFile(s.out("A"), header("A", "S", n, 0), 500, exchange.FormatXML)
 		waitFor(t, 10*time.Second, "taken", func() bool { return gone(src) })

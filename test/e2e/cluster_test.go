@@ -273,7 +273,7 @@ type oneCWriter struct {
 	halted  sync.Once
 }
 
-func startWriter(path, from, to string) *oneCWriter {
+func startWriter(path, from, to string, pace time.Duration) *oneCWriter {
 	w := &oneCWriter{path: path, from: from, to: to, stop: make(chan struct{}), done: make(chan struct{}), takenAt: map[uint64]time.Time{}}
 	go func() {
 		defer close(w.done)
@@ -303,11 +303,10 @@ func startWriter(path, from, to string) *oneCWriter {
 					break
 				}
 			}
-			// pace: about 10 messages a second
 			select {
 			case <-w.stop:
 				return
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(pace):
 			}
 		}
 	}()
@@ -392,7 +391,11 @@ func TestClusterReplicas(t *testing.T) {
 	defer cancel()
 
 	out := filepath.Join(ex, "A", "out", "Message_A_B.xml")
-	w := startWriter(out, "A", "B")
+	// B's 1C acknowledges what its folder shows: each number waits for
+	// that (B is sequential), about a second and a half a message; A
+	// writes one a second.
+	acknowledge(t, filepath.Join(ex, "B", "out"), "B", "A", filepath.Join(ex, "B", "in", "Message_A_B.xml"))
+	w := startWriter(out, "A", "B", time.Second)
 	defer w.halt()
 	holder := func() int {
 		h := leaseHolder(ctx, js, "pickup."+bus.Token("A"))

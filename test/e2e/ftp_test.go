@@ -564,6 +564,9 @@ func TestFTPServerDownAndBack(t *testing.T) {
 	xName, yzName, ywName := "Message_X_Z.xml", "Message_Y_Z.xml", "Message_Y_W.xml"
 	xSrc := filepath.Join(srv.Root, "x", "out", xName)
 	wIn := filepath.Join(srv.Root, "w", "in")
+	// W's 1C acknowledges each number it reads: the next one waits for
+	// that (W is sequential).
+	acknowledge(t, s.out("W"), "W", "Y", filepath.Join(wIn, ywName))
 	// sendDir writes a message into a local outbox and waits until it is taken.
 	sendDir := func(from, to string, n uint64) ([]byte, error) {
 		data := fxXML(t, header(from, to, n, 0), int64(2000+int(n)*1000))
@@ -753,6 +756,11 @@ func TestFTPCrash(t *testing.T) {
 		nodeSpec{code: "ОП", mode: "sequential", deliverYAML: fxDeliver(srv, "ОП/in")},
 		nodeSpec{code: "SHOP1"})
 	inbox := fxMkdir(t, srv, "ОП/in")
+	// ОП's 1C acknowledges each number it reads: the next one waits for
+	// that (ОП is sequential).
+	for _, from := range []string{"ЦО", "SHOP1"} {
+		acknowledge(t, s.out("ОП"), "ОП", from, filepath.Join(inbox, exchange.FileName(from, "ОП", exchange.FormatXML)))
+	}
 
 	chans := []*crashChannel{
 		{from: "ЦО", to: "ОП", sums: map[uint64]string{}},    // FTP → FTP

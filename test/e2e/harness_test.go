@@ -244,14 +244,14 @@ func sameFile(t testing.TB, a, b string) bool {
 
 // acknowledge plays the 1C of a sequential node reading its folder: once
 // inbox (the file from's messages land in) holds a number it has not
-// acknowledged, it writes its next message to from into its outbox with
-// that number as ReceivedNo. Relay writes the next number of from → node
-// over the file only after that (a folder holds one file per channel).
-// Its messages are written one at a time, each once the one before was
-// taken. It runs until the test ends.
-func (s *site) acknowledge(t testing.TB, node, from, inbox string) {
+// acknowledged, it writes its next message to from into outbox with that
+// number as ReceivedNo. Relay writes the next number of from → node over
+// the file only after that (a folder holds one file per channel). Its
+// messages are written one at a time, each once the one before was taken.
+// It runs until the test ends.
+func acknowledge(t testing.TB, outbox, node, from, inbox string) {
 	t.Helper()
-	out := filepath.Join(s.out(node), exchange.FileName(node, from, exchange.FormatXML))
+	out := filepath.Join(outbox, exchange.FileName(node, from, exchange.FormatXML))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -264,7 +264,7 @@ func (s *site) acknowledge(t testing.TB, node, from, inbox string) {
 				continue
 			}
 			no++
-			if _, err := exchangetest.WriteFile(s.out(node), header(node, from, no, read), 0, exchange.FormatXML); err != nil {
+			if _, err := exchangetest.WriteFile(outbox, header(node, from, no, read), 0, exchange.FormatXML); err != nil {
 				t.Errorf("%s acknowledging %s's No %d: %v", node, from, read, err)
 				return
 			}
