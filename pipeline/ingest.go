@@ -166,8 +166,12 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha, Detail: reason})
 		log.Warn("dead letter", "stage", StageRoute, "reason", reason)
 		// Not deliverable, yet its sender's ReceivedNo acknowledges
-		// the reverse channel all the same.
-		l.acknowledge(ctx, h, l.states.now(), id, m.Metadata.Get(exchange.MetaFileName))
+		// the reverse channel all the same: when there is one. A node
+		// routing.yaml does not know sends nothing through relay (found
+		// walking through the quick start: status showed a row for it).
+		if to, ok := p.cfg.Nodes[h.To]; ok && to != nil {
+			l.acknowledge(ctx, h, l.states.now(), id, m.Metadata.Get(exchange.MetaFileName))
+		}
 		return Outcome{OutcomeDead, reason}, nil
 	}
 

@@ -45,3 +45,33 @@ nodes:
 		t.Fatalf("B → A acknowledged No %d after A's message with ReceivedNo 7, want 7", c.AckedNo)
 	}
 }
+
+// TestUnknownAddresseeAcknowledgesNothing: a message to a node routing.yaml
+// does not know is a dead letter; its ReceivedNo made a channel row from
+// that node, which sends nothing through relay (found walking through the
+// quick start).
+func TestUnknownAddresseeAcknowledgesNothing(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  A: { pickup: { dir: ./a/out }, deliver: { dir: ./a/in } }
+`, b, channelEndpoints{pickups: map[string]*handPickup{"A": newHandPickup()}})
+	ctx := context.Background()
+	m := pickedUp("A", "X", 3, "<m/>")
+	m.Metadata.Set(exchange.MetaReceivedNo, strconv.Itoa(7))
+	if err := p.ingestHandler("A", "test", p.pushLane)(m); err != nil {
+		t.Fatal(err)
+	}
+	chans, err := p.States().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range chans {
+		if c.From == "X" {
+			t.Fatalf("a channel from the unknown node X: %+v", c)
+		}
+	}
+	if len(chans) != 1 || chans[0].From != "A" || chans[0].To != "X" || chans[0].Dead != 1 {
+		t.Fatalf("channels %+v: want A → X with its dead letter", chans)
+	}
+}

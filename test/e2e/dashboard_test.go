@@ -59,8 +59,11 @@ func headless(t testing.TB, url string, flags ...string) string {
 // a flowing channel as flowing and a channel whose destination fails as
 // failing, its error on the page without the text direction mark its
 // folder's name holds (it would show the rest of the error reversed).
+// A sequential node's next number waiting for it to read the one in its
+// folder is waiting, not failing.
 func TestDashboard(t *testing.T) {
-	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "SHOP1"}, nodeSpec{code: "WH", deliverYAML: "{ dir: \"./WH/in\u202eput\" }"})
+	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "SHOP1"}, nodeSpec{code: "WH", deliverYAML: "{ dir: \"./WH/in\u202eput\" }"},
+		nodeSpec{code: "ОП", mode: "sequential"})
 	s.start(t)
 	whIn := filepath.Join(s.root, "WH", "in\u202eput")
 	if err := os.RemoveAll(whIn); err != nil {
@@ -72,8 +75,14 @@ func TestDashboard(t *testing.T) {
 	ok := exchange.FileName("ЦО", "SHOP1", exchange.FormatXML)
 	os.WriteFile(filepath.Join(s.out("ЦО"), ok), fxXML(t, header("ЦО", "SHOP1", 1, 0), 1000), 0o644)
 	os.WriteFile(filepath.Join(s.out("ЦО"), exchange.FileName("ЦО", "WH", exchange.FormatXML)), fxXML(t, header("ЦО", "WH", 1, 0), 1000), 0o644)
+	op := exchange.FileName("ЦО", "ОП", exchange.FormatXML)
+	for no := uint64(1); no <= 2; no++ {
+		os.WriteFile(filepath.Join(s.out("ЦО"), op), fxXML(t, header("ЦО", "ОП", no, 0), 1000), 0o644)
+		waitFor(t, 10*time.Second, "ЦО→ОП taken", func() bool { return gone(filepath.Join(s.out("ЦО"), op)) })
+	}
 	if !fxAwait(15*time.Second, func() bool {
-		return readNo(filepath.Join(s.in("SHOP1"), ok)) == 1 && channelSoFar(t, s, "ЦО", "WH").LastError != ""
+		return readNo(filepath.Join(s.in("SHOP1"), ok)) == 1 && channelSoFar(t, s, "ЦО", "WH").LastError != "" &&
+			strings.HasPrefix(channelSoFar(t, s, "ЦО", "ОП").LastError, "waiting: ")
 	}) {
 		t.Fatalf("setup: %+v", fxNodes(t, s))
 	}
@@ -84,7 +93,7 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("node %s not on the page", code)
 		}
 	}
-	for ch, want := range map[string]string{"ЦО→SHOP1": "flowing", "ЦО→WH": "failing"} {
+	for ch, want := range map[string]string{"ЦО→SHOP1": "flowing", "ЦО→WH": "failing", "ЦО→ОП": "waiting"} {
 		re := regexp.MustCompile(`data-channel="` + ch + `" data-state="([a-z]+)"`)
 		m := re.FindStringSubmatch(dom)
 		if m == nil || m[1] != want {
