@@ -610,11 +610,16 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	}
 
 	msg, problem := NewMessage(p.o.Node, p.o.IsNode, where, MessageName(name), fetched, p.o.Limits, p.o.Passwords)
-	if errors.Is(problem, exchange.ErrIncomplete) && p.now().Sub(c.since) < p.o.IncompleteTimeout {
+	if left := p.incompleteLeft(c); errors.Is(problem, exchange.ErrIncomplete) && left > 0 {
 		// Read again once it changes, or at incomplete_timeout to be
 		// dead-lettered: an unchanged file does not become complete.
-		log.Debug("file not complete yet; waiting", "reason", problem)
-		p.unchanged(c, read, c.since.Add(p.o.IncompleteTimeout))
+		// Shown meanwhile: its sender's 1C may have died writing it
+		// (found walking through the quick start: nothing said so).
+		until := read.Add(left)
+		log.Debug("file not complete yet; waiting", "reason", problem, "until", until)
+		p.fileFailed(name, fmt.Errorf("%s %s: %s is not complete and does not change (%w): waiting for its writer until %s, then a dead letter",
+			p.o.Adapter, p.o.Node, name, problem, until.Format(time.DateTime)), false)
+		p.unchanged(c, read, until)
 		return
 	}
 	sum := msg.Metadata.Get(exchange.MetaSHA256)
@@ -976,6 +981,18 @@ func (p *Pickup) stillStored(ctx context.Context, name string, renamed bool, c *
 	}
 	got, err := p.contentSHA256(ctx, name, f)
 	return got == sum, err
+}
+
+// incompleteLeft is how much longer the unchanged version c waits to
+// become complete before it is a dead letter. A trusted mtime is when its
+// writer last wrote, so a restart does not start the wait again (found
+// walking through the quick start).
+func (p *Pickup) incompleteLeft(c *candidate) time.Duration {
+	waited := p.now().Sub(c.since)
+	if p.o.TrustMTime {
+		waited = max(waited, p.now().Sub(c.mtime))
+	}
+	return p.o.IncompleteTimeout - waited
 }
 
 // fileTrouble is why one file cannot be taken, and since when.

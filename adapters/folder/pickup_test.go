@@ -788,3 +788,45 @@ func loggedScan(t *testing.T, m *memSource, node string, isNode func(string) boo
 	sc := &scanner{seen: map[string]*candidate{}, passed: map[string]bool{}, busy: map[string]bool{}, results: make(chan takeResult, takeParallel), takes: &takes}
 	return func() { p.scan(ctx, sc, make(chan *message.Message)) }, logs
 }
+
+// TestIncompleteFileShownAndTimedFromMTime: a file that stays incomplete
+// (its writer died) is shown in the pickup's error while it waits; before,
+// nothing said so for the whole incomplete_timeout. With a trusted mtime
+// the wait runs from the last write, so a restart does not start it again:
+// a file last written two minutes ago, under a one-minute timeout, is a
+// dead letter at once (found walking through the quick start).
+func TestIncompleteFileShownAndTimedFromMTime(t *testing.T) {
+	truncated := func(age time.Duration) *memSource {
+		m := coarseSource(t, 1)
+		m.mtime = time.Now().Add(-age)
+		m.files[coarseName] = m.files[coarseName][:len(m.files[coarseName])-30]
+		return m
+	}
+	o := fastOptions()
+	o.IncompleteTimeout = time.Minute
+	o.TrustMTime = true
+	p, ch := started(t, truncated(30*time.Second), o)
+	var shown string
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if shown, _ = p.LastError(); shown != "" {
+			break
+		}
+	}
+	if !strings.Contains(shown, coarseName+" is not complete") || !strings.Contains(shown, "then a dead letter") {
+		t.Fatalf("a file waiting to become complete is not shown: the pickup's error is %q", shown)
+	}
+	if msg := foldertest.Next(ch, 500*time.Millisecond); msg != nil {
+		msg.Nack()
+		t.Fatal("handed over half a minute before its timeout")
+	}
+
+	_, ch = started(t, truncated(2*time.Minute), o)
+	msg := foldertest.Next(ch, 5*time.Second)
+	if msg == nil {
+		t.Fatal("a file unchanged for 2 min, under a 1 min incomplete_timeout, waits another minute")
+	}
+	defer msg.Ack()
+	if !strings.Contains(msg.Metadata.Get(exchange.MetaProblem), "incomplete") {
+		t.Fatalf("handed over without its problem: %q", msg.Metadata.Get(exchange.MetaProblem))
+	}
+}
