@@ -255,11 +255,11 @@ type UnreadError struct {
 }
 
 func (e *UnreadError) Error() string {
-	have := "an earlier number"
+	have, it := "an earlier number", "one"
 	if e.Have > 0 {
-		have = fmt.Sprintf("No %d", e.Have)
+		have, it = fmt.Sprintf("No %d", e.Have), "it"
 	}
-	return fmt.Sprintf("holding No %d: %s still holds %s, not acknowledged by %s (acknowledged up to No %d); written once %s's 1C sends back a message that acknowledges it, or the file is removed (sequential: overwriting it would lose it)", e.No, e.Where, have, e.Node, e.Acked, e.Node)
+	return fmt.Sprintf("holding No %d until %s reads %s: %s still holds %s, unacknowledged (acknowledged up to No %d); written once %s's 1C sends back a message that acknowledges it, or the file is removed (sequential: overwriting it would lose it)", e.No, e.Node, have, e.Where, it, e.Acked, e.Node)
 }
 
 // Unwrap makes errors.Is(err, ErrUnread) hold.
@@ -294,7 +294,7 @@ func CheckReplace(where string, have Header, haveSize int64, h Header, size int6
 // kept while the node has not acknowledged that.
 func CheckUnknown(where string, h Header, k Keep) error {
 	if k.On && !h.ByName() && k.Delivered > k.Acked && k.Delivered < h.MessageNo {
-		return &UnreadError{Where: where, Node: h.To, Acked: k.Acked, No: h.MessageNo}
+		return &UnreadError{Where: where, Node: h.To, Have: k.Delivered, Acked: k.Acked, No: h.MessageNo}
 	}
 	return nil
 }

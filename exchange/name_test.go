@@ -340,7 +340,7 @@ func TestCheckReplace(t *testing.T) {
 		if c.want == ErrStale && StaleHave(err) != c.have.MessageNo {
 			t.Errorf("%s: StaleHave %d, want %d", c.what, StaleHave(err), c.have.MessageNo)
 		}
-		if c.want == ErrUnread && !strings.Contains(err.Error(), fmt.Sprintf("holds No %d, not acknowledged by B", c.have.MessageNo)) {
+		if c.want == ErrUnread && !strings.Contains(err.Error(), fmt.Sprintf("until B reads No %d: in/Message_A_B.xml still holds it", c.have.MessageNo)) {
 			t.Errorf("%s: %q does not say which number waits for whom", c.what, err)
 		}
 	}

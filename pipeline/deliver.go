@@ -463,9 +463,11 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			log.Debug("handed back: " + err.Error())
 			return hold()
 		}
-		if errors.Is(err, exchange.ErrUnread) {
-			// Not failing: the node reads at its own pace.
-			return holdTold(unreadPrefix + err.Error())
+		if ue := (*exchange.UnreadError)(nil); errors.As(err, &ue) {
+			// Not failing: the node reads at its own pace. Its own words
+			// first, without the adapter's wrapping: a status row shows
+			// only the start.
+			return holdTold(unreadPrefix + ue.Error())
 		}
 		inPlace := errors.Is(err, exchange.ErrInPlace)
 		if inPlace {

@@ -96,7 +96,7 @@ nodes:
 	// checks for a while that the folder keeps have.
 	heldOn := func(no, have uint64) {
 		t.Helper()
-		want := "waiting: holding No " + strconv.FormatUint(no, 10) + ": dir DST: Message_SRC_DST.xml still holds No " + strconv.FormatUint(have, 10) + ", not acknowledged by DST"
+		want := "waiting: holding No " + strconv.FormatUint(no, 10) + " until DST reads No " + strconv.FormatUint(have, 10) + ": dir DST: Message_SRC_DST.xml still holds it, unacknowledged"
 		waitUntil("No "+strconv.FormatUint(no, 10)+" held", func() bool { return strings.HasPrefix(state().LastError, want) })
 		c := state()
 		if !c.WaitsForRead() || c.HeldOnGap() {

@@ -194,7 +194,7 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 			}
 			return nil // not there
 		}
-		return exchange.CheckUnknown(name, h, k)
+		return p.nameNode(exchange.CheckUnknown(name, h, k))
 	}
 	resp, err := conn.Retr(final)
 	if err != nil {
@@ -210,7 +210,7 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 			return nil
 		}
 		if err := exchange.CheckUnknown(name, h, k); err != nil {
-			return err
+			return p.nameNode(err)
 		}
 		if probe == "" {
 			return nil // asked again before the rename, with the upload to tell
@@ -243,7 +243,16 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 			haveSize = n
 		}
 	}
-	return exchange.CheckReplace(name, have, haveSize, h, size, k)
+	return p.nameNode(exchange.CheckReplace(name, have, haveSize, h, size, k))
+}
+
+// nameNode names the node in a hold for an unread file, whose words the
+// channel's status shows without the wrapping that names the server.
+func (p *Publisher) nameNode(err error) error {
+	if ue := (*exchange.UnreadError)(nil); errors.As(err, &ue) {
+		ue.Where = "ftp " + p.node + ": " + ue.Where
+	}
+	return err
 }
 
 // canDownload says whether the server lets this account download: it

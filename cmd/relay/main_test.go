@@ -612,7 +612,7 @@ func TestStatusNoteColour(t *testing.T) {
 	view := func(lastError string, pending uint64, alerts ...string) api.ChannelView {
 		return api.ChannelView{Channel: pipeline.Channel{LastError: lastError}, Pending: pending, Alerts: alerts}
 	}
-	waiting := "waiting: holding No 3: dir ОП: Message_ЦО_ОП.xml still holds No 2, not acknowledged by ОП"
+	waiting := "waiting: holding No 3 until ОП reads No 2: dir ОП: Message_ЦО_ОП.xml still holds it, unacknowledged"
 	for _, c := range []struct {
 		ch         api.ChannelView
 		note, want string
