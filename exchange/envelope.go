@@ -249,17 +249,27 @@ type UnreadError struct {
 	Where string
 	// Node is the addressee.
 	Node string
-	// Have is the number there (0 if it could not be read), Acked the
-	// highest the node acknowledged, No the one held.
+	// Have is the number there, Acked the highest the node acknowledged,
+	// No the one held.
 	Have, Acked, No uint64
+	// Unseen: the file's header was not read; Have is the last number
+	// delivered, taken for it.
+	Unseen bool
 }
 
 func (e *UnreadError) Error() string {
 	have, it := "an earlier number", "one"
-	if e.Have > 0 {
+	switch {
+	case e.Unseen && e.Have > 0:
+		have, it = fmt.Sprintf("No %d", e.Have), fmt.Sprintf("a file, taken for No %d (its header is not read there)", e.Have)
+	case e.Have > 0:
 		have, it = fmt.Sprintf("No %d", e.Have), "it"
 	}
-	return fmt.Sprintf("holding No %d until %s reads %s: %s still holds %s, unacknowledged (acknowledged up to No %d); written once %s's 1C sends back a message that acknowledges it, or the file is removed (sequential: overwriting it would lose it)", e.No, e.Node, have, e.Where, it, e.Acked, e.Node)
+	acked := fmt.Sprintf("acknowledged up to No %d", e.Acked)
+	if e.Acked == 0 {
+		acked = "nothing acknowledged yet"
+	}
+	return fmt.Sprintf("holding No %d until %s reads %s: %s still holds %s, unacknowledged (%s); written once %s's 1C sends back a message that acknowledges it, or the file is removed (sequential: overwriting it would lose it)", e.No, e.Node, have, e.Where, it, acked, e.Node)
 }
 
 // Unwrap makes errors.Is(err, ErrUnread) hold.
@@ -294,7 +304,7 @@ func CheckReplace(where string, have Header, haveSize int64, h Header, size int6
 // kept while the node has not acknowledged that.
 func CheckUnknown(where string, h Header, k Keep) error {
 	if k.On && !h.ByName() && k.Delivered > k.Acked && k.Delivered < h.MessageNo {
-		return &UnreadError{Where: where, Node: h.To, Have: k.Delivered, Acked: k.Acked, No: h.MessageNo}
+		return &UnreadError{Where: where, Node: h.To, Have: k.Delivered, Acked: k.Acked, No: h.MessageNo, Unseen: true}
 	}
 	return nil
 }

@@ -321,6 +321,7 @@ func TestCheckReplace(t *testing.T) {
 		{"routed by name", at(5), 100, sealed, 100, nil, Keep{}},
 		// Sequential: a lower number the node has not acknowledged stays.
 		{"unread there", at(4), 100, at(5), 100, ErrUnread, Keep{On: true, Acked: 3, Delivered: 4}},
+		{"unread there, nothing acknowledged", at(4), 100, at(5), 100, ErrUnread, Keep{On: true, Delivered: 4}},
 		{"acknowledged there", at(4), 100, at(5), 100, nil, Keep{On: true, Acked: 4, Delivered: 4}},
 		{"acknowledged past it", at(2), 100, at(5), 100, nil, Keep{On: true, Acked: 4, Delivered: 4}},
 		{"newer there, kept", at(6), 100, at(5), 100, ErrStale, Keep{On: true, Acked: 3, Delivered: 4}},
@@ -365,6 +366,10 @@ func TestCheckUnknown(t *testing.T) {
 		err := CheckUnknown("in/Message_A_B.zip", c.h, c.keep)
 		if got := errors.Is(err, ErrUnread); got != c.want {
 			t.Errorf("%s: %v, want unread %v", c.what, err, c.want)
+		}
+		// It says what it took the file for, not that it saw No 4.
+		if c.want && !strings.Contains(err.Error(), "until B reads No 4: in/Message_A_B.zip still holds a file, taken for No 4 (its header is not read there), unacknowledged (acknowledged up to No 3)") {
+			t.Errorf("%s: %q", c.what, err)
 		}
 	}
 }

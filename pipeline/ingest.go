@@ -123,6 +123,11 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 		l.event(Event{Step: StepDropped, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: h.To, Channel: channelName(h), No: h.MessageNo,
 			Source: m.Metadata.Get(exchange.MetaSource), Detail: fmt.Sprintf("at pickup: %s already has No %d (%s)", h.To, st.DeliveredNo, dropReason(dup))})
 		log.Info("dropped at pickup: destination already has this or a newer message", "message_no", h.MessageNo, "delivered_no", st.DeliveredNo)
+		// Its ReceivedNo is the node's word all the same: a sequential
+		// channel to it may wait for just that (found by review: a node
+		// whose number relay had delivered before, restored from a copy,
+		// acknowledged in vain).
+		l.acknowledge(ctx, h, l.states.now(), id, m.Metadata.Get(exchange.MetaFileName))
 		return Outcome{OutcomeDropped, fmt.Sprintf("%s already has No %d (%s)", h.To, st.DeliveredNo, dropReason(dup))}, err
 	}
 

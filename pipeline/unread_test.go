@@ -31,6 +31,58 @@ func (e folderEndpoints) Deliver(node string, _ *config.Endpoint, log *slog.Logg
 	return dir.NewPublisher(node, dir.DeliverConfig{Path: filepath.Join(e.root, node)}, nil, log)
 }
 
+// srcToSequentialFolder is a relay delivering with the real dir adapter
+// to SRC and to DST, a sequential node.
+const srcToSequentialFolder = `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  SRC: { deliver: { dir: ./src } }
+  DST: { mode: sequential, deliver: { dir: ./dst } }
+`
+
+// pickedUpXML is pickedUp with a real message of size body bytes, whose
+// ReceivedNo is received.
+func pickedUpXML(t *testing.T, from, to string, no, received uint64, size int64) *message.Message {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := exchangetest.WriteXML(&buf, exchange.Header{ExchangePlan: "P", From: from, To: to, MessageNo: no, ReceivedNo: received}, size); err != nil {
+		t.Fatal(err)
+	}
+	m := pickedUp(from, to, no, buf.String())
+	m.Metadata.Set(exchange.MetaReceivedNo, strconv.FormatUint(received, 10))
+	return m
+}
+
+// fileNo is the MessageNo of the message file at path, 0 if none reads.
+func fileNo(path string) uint64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	h, err := exchange.ReadHeader(f, exchange.DefaultLimits())
+	if err != nil {
+		return 0
+	}
+	return h.MessageNo
+}
+
+// channelUntil waits up to 20 s for the channel P: from → to to be ok.
+func channelUntil(t *testing.T, p *Pipeline, from, to, what string, ok func(Channel) bool) Channel {
+	t.Helper()
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c, err := p.States().Get(context.Background(), "P", from, to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok(c) {
+			return c
+		}
+		if time.Now().After(end) {
+			t.Fatalf("%s: %s → %s is %+v", what, from, to, c)
+		}
+	}
+}
+
 // TestSequentialFolderKeepsUnread: a sequential node's folder holds one
 // file per channel, and its 1C never removes what it read. No 2 waits
 // while the folder holds No 1 unacknowledged; the node's message back
@@ -41,79 +93,37 @@ func (e folderEndpoints) Deliver(node string, _ *config.Endpoint, log *slog.Logg
 func TestSequentialFolderKeepsUnread(t *testing.T) {
 	b := testBus(t)
 	root := t.TempDir()
-	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
-nodes:
-  SRC: { deliver: { dir: ./src } }
-  DST: { mode: sequential, deliver: { dir: ./dst } }
-`, b, folderEndpoints{root: root})
+	p := newPipeline(t, srcToSequentialFolder, b, folderEndpoints{root: root})
 	ingest := p.ingestHandler("SRC", "test", p.pushLane)
-	message := func(from, to string, no, received uint64) *message.Message {
-		var buf bytes.Buffer
-		if err := exchangetest.WriteXML(&buf, exchange.Header{ExchangePlan: "P", From: from, To: to, MessageNo: no, ReceivedNo: received}, 100); err != nil {
-			t.Fatal(err)
-		}
-		m := pickedUp(from, to, no, buf.String())
-		m.Metadata.Set(exchange.MetaReceivedNo, strconv.FormatUint(received, 10))
-		return m
-	}
 	for no := uint64(1); no <= 3; no++ {
-		if err := ingest(message("SRC", "DST", no, 0)); err != nil {
+		if err := ingest(pickedUpXML(t, "SRC", "DST", no, 0, 100)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	runUntilEnd(t, p)
 
-	ctx := context.Background()
 	inbox := filepath.Join(root, "DST", "Message_SRC_DST.xml")
-	has := func() uint64 {
-		f, err := os.Open(inbox)
-		if err != nil {
-			return 0
-		}
-		defer f.Close()
-		h, err := exchange.ReadHeader(f, exchange.DefaultLimits())
-		if err != nil {
-			return 0
-		}
-		return h.MessageNo
-	}
-	state := func() Channel {
-		c, err := p.States().Get(ctx, "P", "SRC", "DST")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	waitUntil := func(what string, ok func() bool) {
-		t.Helper()
-		for end := time.Now().Add(20 * time.Second); !ok(); time.Sleep(50 * time.Millisecond) {
-			if time.Now().After(end) {
-				t.Fatalf("%s: the folder has No %d, the channel %+v", what, has(), state())
-			}
-		}
-	}
 	// heldOn waits for the channel to say No no waits for have, then
 	// checks for a while that the folder keeps have.
 	heldOn := func(no, have uint64) {
 		t.Helper()
 		want := "waiting: holding No " + strconv.FormatUint(no, 10) + " until DST reads No " + strconv.FormatUint(have, 10) + ": dir DST: Message_SRC_DST.xml still holds it, unacknowledged"
-		waitUntil("No "+strconv.FormatUint(no, 10)+" held", func() bool { return strings.HasPrefix(state().LastError, want) })
-		c := state()
+		c := channelUntil(t, p, "SRC", "DST", "No "+strconv.FormatUint(no, 10)+" held", func(c Channel) bool { return strings.HasPrefix(c.LastError, want) })
 		if !c.WaitsForRead() || c.HeldOnGap() {
 			t.Fatalf("the hold reads as a failure or a gap: %q", c.LastError)
 		}
 		time.Sleep(2500 * time.Millisecond) // more than two looks at it
-		if got := has(); got != have {
+		if got := fileNo(inbox); got != have {
 			t.Fatalf("No %d written over No %d, which DST had not acknowledged: the folder has No %d", no, have, got)
 		}
 	}
 	heldOn(2, 1)
 
 	// DST's 1C read No 1 and says so in its next message to SRC.
-	if err := p.ingestHandler("DST", "test", p.pushLane)(message("DST", "SRC", 1, 1)); err != nil {
+	if err := p.ingestHandler("DST", "test", p.pushLane)(pickedUpXML(t, "DST", "SRC", 1, 1, 100)); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil("No 2 delivered once No 1 was acknowledged", func() bool { return has() == 2 })
+	channelUntil(t, p, "SRC", "DST", "No 2 delivered once No 1 was acknowledged", func(Channel) bool { return fileNo(inbox) == 2 })
 	heldOn(3, 2)
 
 	// Someone took No 2 out of the folder (a script that archives read
@@ -121,12 +131,41 @@ nodes:
 	if err := os.Remove(inbox); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil("No 3 delivered once No 2 was removed", func() bool { return has() == 3 })
-	waitUntil("the channel at No 3 with no error", func() bool {
-		c := state()
-		return c.DeliveredNo == 3 && c.LastError == ""
+	channelUntil(t, p, "SRC", "DST", "No 3 delivered once No 2 was removed, the channel at No 3 with no error", func(c Channel) bool {
+		return fileNo(inbox) == 3 && c.DeliveredNo == 3 && c.LastError == ""
 	})
-	if ls, err := p.Dead().List(ctx); err != nil || len(ls) != 0 {
+	if ls, err := p.Dead().List(context.Background()); err != nil || len(ls) != 0 {
 		t.Fatalf("dead letters %+v, %v", ls, err)
 	}
+}
+
+// TestAckInDroppedReplyCounts: the node's message back whose own number
+// relay delivered before (the node restored from a copy, its file found
+// again) is dropped at pickup, but its ReceivedNo still acknowledges: No 2
+// waited for DST to read No 1, which DST had said it did (found by
+// review).
+func TestAckInDroppedReplyCounts(t *testing.T) {
+	b := testBus(t)
+	root := t.TempDir()
+	p := newPipeline(t, srcToSequentialFolder, b, folderEndpoints{root: root})
+	fromSRC, fromDST := p.ingestHandler("SRC", "test", p.pushLane), p.ingestHandler("DST", "test", p.pushLane)
+	for no := uint64(1); no <= 2; no++ {
+		if err := fromSRC(pickedUpXML(t, "SRC", "DST", no, 0, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fromDST(pickedUpXML(t, "DST", "SRC", 5, 0, 100)); err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	channelUntil(t, p, "DST", "SRC", "DST → SRC No 5 delivered", func(c Channel) bool { return c.DeliveredNo == 5 })
+	channelUntil(t, p, "SRC", "DST", "No 2 held", func(c Channel) bool { return c.WaitsForRead() })
+	// DST read No 1; its message back carries No 5 again (another content).
+	if err := fromDST(pickedUpXML(t, "DST", "SRC", 5, 1, 120)); err != nil {
+		t.Fatal(err)
+	}
+	inbox := filepath.Join(root, "DST", "Message_SRC_DST.xml")
+	channelUntil(t, p, "SRC", "DST", "No 1 acknowledged and No 2 delivered", func(c Channel) bool {
+		return c.AckedNo == 1 && fileNo(inbox) == 2
+	})
 }

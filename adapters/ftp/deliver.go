@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 
@@ -180,9 +181,7 @@ func (p *Publisher) rename(conn *ftp.ServerConn, name, tmp, final string) error 
 // Under k (a sequential channel) a lower number its node has not
 // acknowledged is not replaced either (exchange.ErrUnread); a file there
 // whose header is not read (a zip, an account that may not download) is
-// taken for the last number delivered (exchange.CheckUnknown). A file
-// SIZE says is not there is none, so an account that may not ask SIZE
-// either cannot keep one.
+// taken for the last number delivered (exchange.CheckUnknown).
 func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h exchange.Header, size int64, k exchange.Keep, probe string) error {
 	if !strings.EqualFold(name[len(name)-4:], ".xml") {
 		if !k.On {
@@ -192,7 +191,12 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 			if !isReply(err) {
 				return step("size "+name, err)
 			}
-			return nil // not there
+			switch there, err := listed(conn, final); {
+			case err != nil:
+				return step("list the folder of "+name, err)
+			case !there:
+				return nil
+			}
 		}
 		return p.nameNode(exchange.CheckUnknown(name, h, k))
 	}
@@ -202,12 +206,21 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 			return step("read "+name, err)
 		}
 		// Refused: no such file, or one that cannot be read now (a lock,
-		// no right to read it). Only a SIZE refused too says there is none.
+		// no right to read it). Only a SIZE refused too says there is none;
+		// under k, asked of the folder's listing too.
 		if _, serr := conn.FileSize(final); serr != nil {
 			if !isReply(serr) {
 				return step("size "+name, serr)
 			}
-			return nil
+			if !k.On {
+				return nil
+			}
+			switch there, err := listed(conn, final); {
+			case err != nil:
+				return step("list the folder of "+name, err)
+			case !there:
+				return nil
+			}
 		}
 		if err := exchange.CheckUnknown(name, h, k); err != nil {
 			return p.nameNode(err)
@@ -244,6 +257,22 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 		}
 	}
 	return p.nameNode(exchange.CheckReplace(name, have, haveSize, h, size, k))
+}
+
+// listed says whether the folder's name listing holds the file at the
+// wire path final: asked when SIZE refused it, which may be an account
+// that may not ask SIZE (ProFTPD's <Limit READ>, found by review) rather
+// than no file. A listing refused too is taken for an empty folder
+// (ProFTPD answers an empty one's NLST with 450).
+func listed(conn *ftp.ServerConn, final string) (bool, error) {
+	names, err := conn.NameList(path.Dir(final))
+	if err != nil {
+		if isReply(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return slices.ContainsFunc(names, func(n string) bool { return path.Base(n) == path.Base(final) }), nil
 }
 
 // nameNode names the node in a hold for an unread file, whose words the

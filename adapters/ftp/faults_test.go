@@ -1096,3 +1096,58 @@ func outbox(t *testing.T, name string, data []byte) (root, out string) {
 	}
 	return root, out
 }
+
+// TestDeliverKeepsUnreadOnReadDeniedAccount: a sequential node's account
+// as ProFTPD's <Limit READ> DenyAll makes it (RETR and SIZE refused, STOR,
+// rename and listings allowed): No 2 came before the node acknowledged
+// No 1 and was written over it, the refused SIZE taken for "no file
+// there" (found by review). The folder's listing tells now, for an .xml
+// and a zip; once the file is gone, No 2 goes.
+func TestDeliverKeepsUnreadOnReadDeniedAccount(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "in"), 0o755)
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := proxied(t, uploadOnly{drv}, "in", func(line string) string {
+		if strings.HasPrefix(line, "213 ") { // SIZE's answer
+			return "550 SIZE: Operation not permitted\r\n"
+		}
+		return line
+	})
+	p, err := NewPublisher("B", testConfig(u, "deliver"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, format := range []exchange.Format{exchange.FormatXML, exchange.FormatZip} {
+		dst := filepath.Join(root, "in", exchange.FileName("A", "B", format))
+		publish := func(no uint64, k exchange.Keep) error {
+			var b bytes.Buffer
+			if format == exchange.FormatZip {
+				exchangetest.WriteZip(&b, hdr("A", "B", no), 3000)
+			} else {
+				exchangetest.WriteXML(&b, hdr("A", "B", no), 3000)
+			}
+			m := deliverMsg(t, hdr("A", "B", no), b.Bytes())
+			m.Metadata.Set(exchange.MetaFileName, filepath.Base(dst))
+			exchange.SetKeep(m, k)
+			return p.Publish("", m)
+		}
+		if err := publish(1, exchange.Keep{On: true}); err != nil {
+			t.Fatalf("%s: No 1: %v", format, err)
+		}
+		err := publish(2, exchange.Keep{On: true, Delivered: 1})
+		if !errors.Is(err, exchange.ErrUnread) {
+			t.Fatalf("%s: No 2 over No 1, which B has not acknowledged, on an account that may not RETR or SIZE: %v, want ErrUnread", format, err)
+		}
+		os.Remove(dst)
+		if err := publish(2, exchange.Keep{On: true, Delivered: 1}); err != nil {
+			t.Fatalf("%s: No 2 once No 1 is gone: %v", format, err)
+		}
+		if _, err := os.Stat(dst); err != nil {
+			t.Fatalf("%s: No 2 not there: %v", format, err)
+		}
+	}
+}

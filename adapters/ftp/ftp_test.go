@@ -827,7 +827,7 @@ func TestDeliverKeepsUnread(t *testing.T) {
 			t.Fatalf("%s: No 4 over nothing: %v", format, err)
 		}
 		unread := exchange.Keep{On: true, Acked: 3, Delivered: 4}
-		if _, err := publish(format, 5, unread); !errors.Is(err, exchange.ErrUnread) || !strings.Contains(err.Error(), "until ОП reads No 4: ftp ОП: Message_ЦО_ОП."+string(format)+" still holds it") {
+		if _, err := publish(format, 5, unread); !errors.Is(err, exchange.ErrUnread) || !strings.Contains(err.Error(), "until ОП reads No 4: ftp ОП: Message_ЦО_ОП."+string(format)+" still holds") {
 			t.Fatalf("%s: No 5 over No 4, which ОП has not acknowledged: %v, want ErrUnread", format, err)
 		}
 		if got, _ := os.ReadFile(dst); !bytes.Equal(got, four) {

@@ -446,8 +446,9 @@ func (p *Publisher) move(ctx context.Context, from, to *url.URL) *outcome {
 //
 // Under d.Keep (a sequential channel) a lower number its node has not
 // acknowledged is not replaced either (exchange.ErrUnread); a zip there
-// (asked with HEAD) or a file the account may not read is taken for the
-// last number delivered (exchange.CheckUnknown).
+// (asked with HEAD) or a file the account may not read (403, 405) is
+// taken for the last number delivered (exchange.CheckUnknown); a 401
+// fails the attempt.
 func (p *Publisher) checkNotNewer(ctx context.Context, at *url.URL, d exchange.Delivery, log *slog.Logger) error {
 	method := stdhttp.MethodGet
 	if !strings.EqualFold(path.Ext(d.Name), ".xml") {
@@ -475,6 +476,11 @@ func (p *Publisher) checkNotNewer(ctx context.Context, at *url.URL, d exchange.D
 	defer resp.Body.Close()
 	switch code := resp.StatusCode; {
 	case code == stdhttp.StatusRequestTimeout, code == stdhttp.StatusTooManyRequests, code >= 500:
+		return fail(statusError(resp, io.LimitReader(resp.Body, 64<<10)))
+	case code == stdhttp.StatusUnauthorized && d.Keep.On:
+		// Under a hold for an unread file this would read as a wait for
+		// the node, the endpoint healthy, while its password is refused
+		// (found by review): a failure, shown as one.
 		return fail(statusError(resp, io.LimitReader(resp.Body, 64<<10)))
 	case code == stdhttp.StatusUnauthorized, code == stdhttp.StatusForbidden, code == stdhttp.StatusMethodNotAllowed:
 		p.noReads.Do(func() {

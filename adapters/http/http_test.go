@@ -2249,3 +2249,41 @@ func TestWebDAVKeepsUnread(t *testing.T) {
 		}
 	}
 }
+
+// TestWebDAVRefusedPasswordIsAFailure: a sequential node's WebDAV folder;
+// No 1 is delivered, then the account's password is changed on the server
+// (every request now 401). No 2 came before the node acknowledged No 1:
+// the refused GET that compares numbers was taken for "the last number
+// delivered is there, unread", a wait for the node in yellow with the
+// endpoint healthy, and nobody was told of the password (found by review).
+func TestWebDAVRefusedPasswordIsAFailure(t *testing.T) {
+	dir := t.TempDir()
+	dav := &webdav.Handler{FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()}
+	var refuse atomic.Bool
+	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		if refuse.Load() {
+			w.Header().Set("WWW-Authenticate", `Basic realm="dav"`)
+			stdhttp.Error(w, "401 Unauthorized", stdhttp.StatusUnauthorized)
+			return
+		}
+		dav.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	p := newPub(t, Config{URL: srv.URL + "/", Method: "PUT"})
+	p.retry.tries = 1
+	name := "Message_ЦО_ОП.xml"
+	publish := func(no uint64, k exchange.Keep) error {
+		m := newMsg(hdr(no), name, xmlOf(t, hdr(no), 3_000), nil)
+		exchange.SetKeep(m.Message, k)
+		return p.Publish("", m.Message)
+	}
+	if err := publish(1, exchange.Keep{On: true}); err != nil {
+		t.Fatalf("No 1: %v", err)
+	}
+	refuse.Store(true)
+	err := publish(2, exchange.Keep{On: true, Acked: 0, Delivered: 1})
+	trouble, _ := p.LastError()
+	if errors.Is(err, exchange.ErrUnread) || trouble == "" {
+		t.Fatalf("every request refused with 401: delivery says %v; endpoint trouble %q (want the 401 shown, not a wait for the node)", err, trouble)
+	}
+}
