@@ -984,15 +984,13 @@ func (p *Pickup) stillStored(ctx context.Context, name string, renamed bool, c *
 }
 
 // incompleteLeft is how much longer the unchanged version c waits to
-// become complete before it is a dead letter. A trusted mtime is when its
-// writer last wrote, so a restart does not start the wait again (found
-// walking through the quick start).
+// become complete before it is a dead letter: from when this relay first
+// saw it so. Not from its mtime, which would survive a restart: a file
+// server whose clock is behind relay's would make a file its writer only
+// paused a dead letter at once, and its commit would take it from under
+// the writer.
 func (p *Pickup) incompleteLeft(c *candidate) time.Duration {
-	waited := p.now().Sub(c.since)
-	if p.o.TrustMTime {
-		waited = max(waited, p.now().Sub(c.mtime))
-	}
-	return p.o.IncompleteTimeout - waited
+	return p.o.IncompleteTimeout - p.now().Sub(c.since)
 }
 
 // fileTrouble is why one file cannot be taken, and since when.
