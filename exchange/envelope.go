@@ -252,16 +252,17 @@ type UnreadError struct {
 	// Have is the number there, Acked the highest the node acknowledged,
 	// No the one held.
 	Have, Acked, No uint64
-	// Unseen: the file's header was not read; Have is the last number
-	// delivered, taken for it.
+	// Unseen: the file's header was not read (Why says why); Have is the
+	// last number delivered, taken for it.
 	Unseen bool
+	Why    string
 }
 
 func (e *UnreadError) Error() string {
 	have, it := "an earlier number", "one"
 	switch {
 	case e.Unseen && e.Have > 0:
-		have, it = fmt.Sprintf("No %d", e.Have), fmt.Sprintf("a file, taken for No %d (its header is not read there)", e.Have)
+		have, it = fmt.Sprintf("No %d", e.Have), fmt.Sprintf("a file, taken for No %d (its header is not read: %s)", e.Have, e.Why)
 	case e.Have > 0:
 		have, it = fmt.Sprintf("No %d", e.Have), "it"
 	}
@@ -299,15 +300,19 @@ func CheckReplace(where string, have Header, haveSize int64, h Header, size int6
 }
 
 // CheckUnknown is CheckReplace for a file there whose header the delivery
-// cannot read (a zip over FTP or WebDAV, an account that may not
-// download): under k it is taken for the channel's last delivered number,
-// kept while the node has not acknowledged that.
-func CheckUnknown(where string, h Header, k Keep) error {
+// does not read, for the reason why (a zip over FTP or WebDAV, an account
+// that may not download): under k it is taken for the channel's last
+// delivered number, kept while the node has not acknowledged that.
+func CheckUnknown(where, why string, h Header, k Keep) error {
 	if k.On && !h.ByName() && k.Delivered > k.Acked && k.Delivered < h.MessageNo {
-		return &UnreadError{Where: where, Node: h.To, Have: k.Delivered, Acked: k.Acked, No: h.MessageNo, Unseen: true}
+		return &UnreadError{Where: where, Node: h.To, Have: k.Delivered, Acked: k.Acked, No: h.MessageNo, Unseen: true, Why: why}
 	}
 	return nil
 }
+
+// WhyZip is CheckUnknown's reason for a zip a remote delivery does not
+// download: its header needs the central directory at its end.
+const WhyZip = "a zip's header needs the whole download"
 
 // StaleHave is the number the destination holds, if err says it (0 if not).
 func StaleHave(err error) uint64 {

@@ -363,12 +363,12 @@ func TestCheckUnknown(t *testing.T) {
 		{"nothing delivered", h, Keep{On: true}, false},
 		{"routed by name", Name{From: "A", To: "B", Format: FormatZip}.Sealed(), Keep{On: true, Acked: 3, Delivered: 4}, false},
 	} {
-		err := CheckUnknown("in/Message_A_B.zip", c.h, c.keep)
+		err := CheckUnknown("in/Message_A_B.zip", WhyZip, c.h, c.keep)
 		if got := errors.Is(err, ErrUnread); got != c.want {
 			t.Errorf("%s: %v, want unread %v", c.what, err, c.want)
 		}
 		// It says what it took the file for, not that it saw No 4.
-		if c.want && !strings.Contains(err.Error(), "until B reads No 4: in/Message_A_B.zip still holds a file, taken for No 4 (its header is not read there), unacknowledged (acknowledged up to No 3)") {
+		if c.want && !strings.Contains(err.Error(), "until B reads No 4: in/Message_A_B.zip still holds a file, taken for No 4 (its header is not read: a zip's header needs the whole download), unacknowledged (acknowledged up to No 3)") {
 			t.Errorf("%s: %q", c.what, err)
 		}
 	}

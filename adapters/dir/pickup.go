@@ -33,7 +33,7 @@ func NewSubscriber(node string, cfg PickupConfig, after config.After, mem folder
 	if err := os.MkdirAll(cfg.Path, 0o750); err != nil {
 		return nil, fmt.Errorf("dir %s: create %s: %w", node, cfg.Path, err)
 	}
-	src := &source{node: node, path: cfg.Path, log: log}
+	src := &source{node: node, path: cfg.Path, log: log.With("node", node, "adapter", "dir", "path", cfg.Path)}
 	return folder.NewPickup(src, folder.Options{
 		Node: node, IsNode: cfg.IsNode, Adapter: "dir", TrustMTime: true, Limits: cfg.Limits.WithDefaults(),
 		Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(), IncompleteTimeout: cfg.IncompleteTimeout.Std(),

@@ -334,6 +334,10 @@ func (p *Pickup) scan(ctx context.Context, sc *scanner, out chan<- *message.Mess
 			fails := 0
 			if c != nil {
 				fails = c.fails
+				// What a read of the version before found (not
+				// complete and not changing) is old news (found by
+				// review: shown while 1C wrote on).
+				p.fileRead(f.Name)
 			}
 			since := now
 			if p.o.TrustMTime && !f.ModTime.After(now) {
@@ -560,6 +564,7 @@ func (p *Pickup) take(ctx context.Context, name string, c *candidate, out chan<-
 	}
 
 	if lim := p.o.Limits.MaxSize; lim > 0 && c.size > lim {
+		p.fileRead(name) // not read: what a read of a smaller version found is old news (found by review)
 		if p.leftBefore(ctx, where, c) {
 			log.Info("file larger than the size limit, recorded as a dead letter before: left in place", "bytes", c.size, "limit", lim)
 			c.retryAt, c.stored = farFuture, true

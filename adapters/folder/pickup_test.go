@@ -826,3 +826,87 @@ func TestIncompleteFileShown(t *testing.T) {
 		t.Fatal("a file whose mtime is two hours old (a file server's clock behind) made a dead letter at once, under a 1 min incomplete_timeout")
 	}
 }
+
+// TestIncompleteTroubleGoesWhenTooLarge: a file read incomplete is shown;
+// its writer goes on and the file grows past max_message_size, a dead
+// letter left in place without a read. Nothing cleared the incomplete
+// trouble: status showed, for as long as the file stayed, a file waiting
+// for its writer until a time long past (found by review).
+func TestIncompleteTroubleGoesWhenTooLarge(t *testing.T) {
+	var full bytes.Buffer
+	if err := exchangetest.WriteXML(&full, exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 1}, 5000); err != nil {
+		t.Fatal(err)
+	}
+	m := &memSource{files: map[string][]byte{}, mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
+	m.files[coarseName] = full.Bytes()[:1000] // half written
+	o := fastOptions()
+	o.IncompleteTimeout = time.Minute
+	o.TrustMTime = true
+	o.Limits = exchange.DefaultLimits()
+	o.Limits.MaxSize = 2000
+	p, ch := started(t, m, o)
+	var shown string
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if shown, _ = p.LastError(); shown != "" {
+			break
+		}
+	}
+	if !strings.Contains(shown, "is not complete") {
+		t.Fatalf("incomplete file not shown: %q", shown)
+	}
+	// The writer finishes: the file is now over the limit.
+	m.mu.Lock()
+	m.files[coarseName] = full.Bytes()
+	m.mtime = time.Now()
+	m.mu.Unlock()
+	msg := foldertest.Next(ch, 5*time.Second)
+	if msg == nil {
+		t.Fatal("the too-large file was not recorded as a dead letter")
+	}
+	if !strings.Contains(msg.Metadata.Get(exchange.MetaProblem), "larger than") {
+		t.Fatalf("unexpected problem %q", msg.Metadata.Get(exchange.MetaProblem))
+	}
+	msg.Ack()
+	time.Sleep(500 * time.Millisecond) // several scans
+	if shown, _ = p.LastError(); strings.Contains(shown, "is not complete") {
+		t.Fatalf("after the file grew past the limit and its dead letter was recorded, the pickup's error still says: %q", shown)
+	}
+}
+
+// TestIncompleteTroubleGoesWhileWriterWrites: once shown, "is not
+// complete and does not change" stayed while the file was seen changing
+// (its writer resumed) until the writer paused for settle again, with a
+// dead letter time that no longer applied (found by review).
+func TestIncompleteTroubleGoesWhileWriterWrites(t *testing.T) {
+	var full bytes.Buffer
+	if err := exchangetest.WriteXML(&full, exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 1}, 50000); err != nil {
+		t.Fatal(err)
+	}
+	m := &memSource{files: map[string][]byte{}, mtime: time.Now().Add(-time.Hour), spool: t.TempDir()}
+	n := 1000
+	m.files[coarseName] = full.Bytes()[:n]
+	o := fastOptions()
+	o.IncompleteTimeout = time.Minute
+	o.Settle = 400 * time.Millisecond
+	p, _ := started(t, m, o)
+	var shown string
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if shown, _ = p.LastError(); shown != "" {
+			break
+		}
+	}
+	if !strings.Contains(shown, "does not change") {
+		t.Fatalf("incomplete file not shown: %q", shown)
+	}
+	// The writer resumes: the file grows every 50 ms for 1.5 s.
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		n += 100
+		m.mu.Lock()
+		m.files[coarseName] = full.Bytes()[:n]
+		m.mtime = time.Now()
+		m.mu.Unlock()
+	}
+	if shown, _ = p.LastError(); strings.Contains(shown, "does not change") {
+		t.Fatalf("the file changed at every scan for 1.5 s, yet the pickup's error says: %q", shown)
+	}
+}

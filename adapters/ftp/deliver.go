@@ -198,7 +198,7 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 				return nil
 			}
 		}
-		return p.nameNode(exchange.CheckUnknown(name, h, k))
+		return p.nameNode(exchange.CheckUnknown(name, exchange.WhyZip, h, k))
 	}
 	resp, err := conn.Retr(final)
 	if err != nil {
@@ -222,7 +222,7 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 				return nil
 			}
 		}
-		if err := exchange.CheckUnknown(name, h, k); err != nil {
+		if err := exchange.CheckUnknown(name, "RETR refused: "+err.Error(), h, k); err != nil {
 			return p.nameNode(err)
 		}
 		if probe == "" {
@@ -262,14 +262,18 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 // listed says whether the folder's name listing holds the file at the
 // wire path final: asked when SIZE refused it, which may be an account
 // that may not ask SIZE (ProFTPD's <Limit READ>, found by review) rather
-// than no file. A listing refused too is taken for an empty folder
-// (ProFTPD answers an empty one's NLST with 450).
+// than no file. A 450 is an empty folder (ProFTPD's answer to its NLST);
+// a listing refused otherwise (an account that may not list either) cannot
+// tell, and the file is taken to be there: 1C never removes what it read.
 func listed(conn *ftp.ServerConn, final string) (bool, error) {
 	names, err := conn.NameList(path.Dir(final))
-	if err != nil {
-		if isReply(err) {
-			return false, nil
-		}
+	switch {
+	case err == nil:
+	case replyCode(err) == ftp.StatusFileActionIgnored:
+		return false, nil
+	case isReply(err):
+		return true, nil
+	default:
 		return false, err
 	}
 	return slices.ContainsFunc(names, func(n string) bool { return path.Base(n) == path.Base(final) }), nil

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -1097,57 +1098,84 @@ func outbox(t *testing.T, name string, data []byte) (root, out string) {
 	return root, out
 }
 
+// noListing is an account as a write-only drop box makes it (ProFTPD's
+// <Limit READ DIRS> DenyAll): RETR, SIZE and the listings refused; STOR
+// and rename allowed.
+type noListing struct{ uploadOnly }
+
+func (noListing) ListDir(*ftpserver.Context, string, func(os.FileInfo) error) error {
+	return errors.New("permission denied")
+}
+
 // TestDeliverKeepsUnreadOnReadDeniedAccount: a sequential node's account
 // as ProFTPD's <Limit READ> DenyAll makes it (RETR and SIZE refused, STOR,
 // rename and listings allowed): No 2 came before the node acknowledged
 // No 1 and was written over it, the refused SIZE taken for "no file
 // there" (found by review). The folder's listing tells now, for an .xml
-// and a zip; once the file is gone, No 2 goes.
+// and a zip; once the file is gone, No 2 goes. An account that may not
+// list either (<Limit READ DIRS>) cannot tell: the file is taken to be
+// there until the node acknowledges it (found by review: a refused
+// listing was taken for an empty folder).
 func TestDeliverKeepsUnreadOnReadDeniedAccount(t *testing.T) {
-	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "in"), 0o755)
-	drv, err := file.NewDriver(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := proxied(t, uploadOnly{drv}, "in", func(line string) string {
-		if strings.HasPrefix(line, "213 ") { // SIZE's answer
-			return "550 SIZE: Operation not permitted\r\n"
+	for _, lists := range []bool{true, false} {
+		root := t.TempDir()
+		os.MkdirAll(filepath.Join(root, "in"), 0o755)
+		drv, err := file.NewDriver(root)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return line
-	})
-	p, err := NewPublisher("B", testConfig(u, "deliver"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	for _, format := range []exchange.Format{exchange.FormatXML, exchange.FormatZip} {
-		dst := filepath.Join(root, "in", exchange.FileName("A", "B", format))
-		publish := func(no uint64, k exchange.Keep) error {
-			var b bytes.Buffer
-			if format == exchange.FormatZip {
-				exchangetest.WriteZip(&b, hdr("A", "B", no), 3000)
-			} else {
-				exchangetest.WriteXML(&b, hdr("A", "B", no), 3000)
+		var account ftpserver.Driver = uploadOnly{drv}
+		if !lists {
+			account = noListing{uploadOnly{drv}}
+		}
+		u, _ := proxied(t, account, "in", func(line string) string {
+			if strings.HasPrefix(line, "213 ") { // SIZE's answer
+				return "550 SIZE: Operation not permitted\r\n"
 			}
-			m := deliverMsg(t, hdr("A", "B", no), b.Bytes())
-			m.Metadata.Set(exchange.MetaFileName, filepath.Base(dst))
-			exchange.SetKeep(m, k)
-			return p.Publish("", m)
+			return line
+		})
+		p, err := NewPublisher("B", testConfig(u, "deliver"), nil)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if err := publish(1, exchange.Keep{On: true}); err != nil {
-			t.Fatalf("%s: No 1: %v", format, err)
-		}
-		err := publish(2, exchange.Keep{On: true, Delivered: 1})
-		if !errors.Is(err, exchange.ErrUnread) {
-			t.Fatalf("%s: No 2 over No 1, which B has not acknowledged, on an account that may not RETR or SIZE: %v, want ErrUnread", format, err)
-		}
-		os.Remove(dst)
-		if err := publish(2, exchange.Keep{On: true, Delivered: 1}); err != nil {
-			t.Fatalf("%s: No 2 once No 1 is gone: %v", format, err)
-		}
-		if _, err := os.Stat(dst); err != nil {
-			t.Fatalf("%s: No 2 not there: %v", format, err)
+		defer p.Close()
+		for _, format := range []exchange.Format{exchange.FormatXML, exchange.FormatZip} {
+			what := fmt.Sprintf("%s, listings allowed %v", format, lists)
+			dst := filepath.Join(root, "in", exchange.FileName("A", "B", format))
+			publish := func(no uint64, k exchange.Keep) error {
+				var b bytes.Buffer
+				if format == exchange.FormatZip {
+					exchangetest.WriteZip(&b, hdr("A", "B", no), 3000)
+				} else {
+					exchangetest.WriteXML(&b, hdr("A", "B", no), 3000)
+				}
+				m := deliverMsg(t, hdr("A", "B", no), b.Bytes())
+				m.Metadata.Set(exchange.MetaFileName, filepath.Base(dst))
+				exchange.SetKeep(m, k)
+				return p.Publish("", m)
+			}
+			if err := publish(1, exchange.Keep{On: true}); err != nil {
+				t.Fatalf("%s: No 1: %v", what, err)
+			}
+			one, _ := os.ReadFile(dst)
+			err := publish(2, exchange.Keep{On: true, Delivered: 1})
+			if got, _ := os.ReadFile(dst); !errors.Is(err, exchange.ErrUnread) || !bytes.Equal(got, one) {
+				t.Fatalf("%s: No 2 over No 1, which B has not acknowledged, on an account that may not RETR or SIZE: %v, want ErrUnread and No 1 kept", what, err)
+			}
+			keep := exchange.Keep{On: true, Delivered: 1}
+			os.Remove(dst)
+			if !lists {
+				if err := publish(2, keep); !errors.Is(err, exchange.ErrUnread) {
+					t.Fatalf("%s: No 2 once No 1 is gone, which this account cannot see: %v, want it held until acknowledged", what, err)
+				}
+				keep.Acked = 1
+			}
+			if err := publish(2, keep); err != nil {
+				t.Fatalf("%s: No 2 once No 1 is gone or acknowledged: %v", what, err)
+			}
+			if _, err := os.Stat(dst); err != nil {
+				t.Fatalf("%s: No 2 not there: %v", what, err)
+			}
 		}
 	}
 }

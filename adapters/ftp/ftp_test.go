@@ -849,3 +849,32 @@ func TestDeliverKeepsUnread(t *testing.T) {
 		}
 	}
 }
+
+// TestPickupLogsNameNode: the pipeline hands adapters its logger without
+// node= (they name their node in their own logs); the FTP pickup's client
+// lines (spool clean-up, the insecure TLS warning, the EPSV/PASV switch)
+// named none (found by review).
+func TestPickupLogsNameNode(t *testing.T) {
+	spool := t.TempDir()
+	if err := os.WriteFile(filepath.Join(spool, "pickup-123.spool"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Setenv("TEST_FTP_PASSWORD", "x")
+	cfg := testConfig("ftp://relay@127.0.0.1:1/out", "pickup")
+	p, err := NewSubscriber("SHOP1", cfg, config.After{Action: config.AfterDelete}, nil, nil, spool, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	out := buf.String()
+	if !strings.Contains(out, "removed a spool file") {
+		t.Fatalf("no spool clean-up logged: %q", out)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if !strings.Contains(line, "node=SHOP1") {
+			t.Errorf("FTP pickup log line names no node: %s", line)
+		}
+	}
+}

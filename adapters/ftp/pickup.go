@@ -27,13 +27,17 @@ func NewSubscriber(node string, cfg Config, after config.After, mem folder.KeepM
 	if err != nil {
 		return nil, err
 	}
+	// The folder pickup names the node in its own log; the client's lines
+	// (spool, TLS, passive mode) name it too (found by review).
+	base := c.log
+	c.log = base.With("node", node, "adapter", "ftp")
 	folder.ClearSpool(spoolDir, c.log)
 	lim := cfg.Limits.WithDefaults()
 	src := &source{c: c, spool: spoolDir, lim: lim}
 	return folder.NewPickup(src, folder.Options{
 		Node: node, IsNode: cfg.IsNode, Adapter: "ftp", Limits: lim,
 		Settle: cfg.Settle.Std(), PollInterval: cfg.PollInterval.Std(), IncompleteTimeout: cfg.IncompleteTimeout.Std(),
-		After: after, Memory: mem, Passwords: pw, Log: c.log,
+		After: after, Memory: mem, Passwords: pw, Log: base,
 	})
 }
 

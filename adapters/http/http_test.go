@@ -2250,13 +2250,15 @@ func TestWebDAVKeepsUnread(t *testing.T) {
 	}
 }
 
-// TestWebDAVRefusedPasswordIsAFailure: a sequential node's WebDAV folder;
-// No 1 is delivered, then the account's password is changed on the server
-// (every request now 401). No 2 came before the node acknowledged No 1:
-// the refused GET that compares numbers was taken for "the last number
-// delivered is there, unread", a wait for the node in yellow with the
-// endpoint healthy, and nobody was told of the password (found by review).
-func TestWebDAVRefusedPasswordIsAFailure(t *testing.T) {
+// TestWebDAVRefusedGetSaysWhy: a sequential node's WebDAV folder; No 1 is
+// delivered, then every request is answered 401 (the password changed, or
+// an account that may only write: Apache answers its GET with 401 too).
+// No 2 came before the node acknowledged No 1: the file there is taken for
+// No 1, unread, and the hold says the GET was refused and how; before, it
+// read as a plain wait for the node, and nobody was told of the 401 (found
+// by review). Failing the delivery instead stopped a write-only account's
+// channel for good (found by review).
+func TestWebDAVRefusedGetSaysWhy(t *testing.T) {
 	dir := t.TempDir()
 	dav := &webdav.Handler{FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()}
 	var refuse atomic.Bool
@@ -2282,8 +2284,41 @@ func TestWebDAVRefusedPasswordIsAFailure(t *testing.T) {
 	}
 	refuse.Store(true)
 	err := publish(2, exchange.Keep{On: true, Acked: 0, Delivered: 1})
-	trouble, _ := p.LastError()
-	if errors.Is(err, exchange.ErrUnread) || trouble == "" {
-		t.Fatalf("every request refused with 401: delivery says %v; endpoint trouble %q (want the 401 shown, not a wait for the node)", err, trouble)
+	if !errors.Is(err, exchange.ErrUnread) || !strings.Contains(err.Error(), "still holds a file, taken for No 1 (its header is not read: GET refused: 401 Unauthorized)") {
+		t.Fatalf("every request refused with 401: delivery says %v, want a hold that names the 401", err)
+	}
+}
+
+// TestWebDAVWriteOnlyAccountSequential: a WebDAV account that may write
+// but not read (Apache's <Limit GET> with Basic auth answers an authorised
+// user that may not read with 401, not 403) delivers on a latest channel,
+// and on a sequential one (a 401 failed every delivery there, even the
+// first into an empty folder: found by review).
+func TestWebDAVWriteOnlyAccountSequential(t *testing.T) {
+	dir := t.TempDir()
+	dav := &webdav.Handler{FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()}
+	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		if r.Method == stdhttp.MethodGet || r.Method == stdhttp.MethodHead {
+			w.Header().Set("WWW-Authenticate", `Basic realm="dav"`)
+			stdhttp.Error(w, "401 Unauthorized", stdhttp.StatusUnauthorized)
+			return
+		}
+		dav.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	p := newPub(t, Config{URL: srv.URL + "/", Method: "PUT"})
+	p.retry.tries = 1
+	name := "Message_ЦО_ОП.xml"
+	// Latest channel: delivered.
+	m := newMsg(hdr(1), name, xmlOf(t, hdr(1), 3_000), nil)
+	if err := p.Publish("", m.Message); err != nil {
+		t.Fatalf("latest channel, write-only account: %v", err)
+	}
+	_ = os.Remove(filepath.Join(dir, name))
+	// Sequential channel, first message, empty folder.
+	m = newMsg(hdr(1), name, xmlOf(t, hdr(1), 3_000), nil)
+	exchange.SetKeep(m.Message, exchange.Keep{On: true})
+	if err := p.Publish("", m.Message); err != nil {
+		t.Fatalf("sequential channel, write-only account, empty folder: No 1 not delivered: %v", err)
 	}
 }
