@@ -82,10 +82,17 @@ func dirRoutingYAML(id, listen string, nodes []string, mode string, settle, poll
 	return b.String()
 }
 
-// modeYAML is a node's mode line, or nothing for the default mode.
+// modeYAML is a node's mode line, or nothing for the default mode. A
+// sequential node overwrites unread files: the bench's watchers read every
+// version as it lands, as a node that takes its files away at once would,
+// so waiting for an acknowledgement (which no bench node sends) measures
+// nothing but that wait.
 func modeYAML(mode string) string {
-	if mode == "" {
+	switch mode {
+	case "":
 		return ""
+	case "sequential":
+		return "    mode: sequential\n    overwrite_unread: true\n"
 	}
 	return "    mode: " + mode + "\n"
 }

@@ -153,6 +153,11 @@ type Node struct {
 	Relay string `yaml:"relay"`
 	// Mode is latest (default) or sequential.
 	Mode Mode `yaml:"mode"`
+	// OverwriteUnread lets a sequential node's folder destination take the
+	// next number over one the node has not acknowledged: for a node whose
+	// files are taken away as they land, or that acknowledges outside relay
+	// (by default relay waits, as overwriting would lose an increment).
+	OverwriteUnread bool `yaml:"overwrite_unread"`
 	// Pickup is where the node leaves its outgoing messages.
 	Pickup *Endpoint `yaml:"pickup"`
 	// Deliver is where the node reads its incoming messages.
@@ -712,6 +717,8 @@ func (c *Config) Problems(ep EndpointChecker) []string {
 		}
 		if n.Mode != ModeLatest && n.Mode != ModeSequential {
 			add(p+".mode", "%q is not latest or sequential", n.Mode)
+		} else if n.OverwriteUnread && n.Mode != ModeSequential {
+			add(p+".overwrite_unread", "applies to a sequential node (a latest node's newest message always goes over the one before)")
 		}
 		if n.Pickup == nil && n.Deliver == nil && n.APITokenEnv == "" {
 			add(p, "has neither pickup nor deliver (nor api_token_env to push through the API)")

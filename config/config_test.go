@@ -34,6 +34,8 @@ func TestProblems(t *testing.T) {
 		{"ok", "nodes:\n  A:\n    pickup: { dir: ./a }\n    deliver: { dir: ./b }\n", nil},
 		{"no nodes", "relay: { id: x }\n", []string{"nodes: no nodes defined"}},
 		{"bad mode", "nodes:\n  A:\n    mode: fastest\n    deliver: { dir: ./b }\n", []string{`nodes.A.mode: "fastest" is not latest or sequential`}},
+		{"overwrite_unread sequential", "nodes:\n  A:\n    mode: sequential\n    overwrite_unread: true\n    deliver: { dir: ./b }\n", nil},
+		{"overwrite_unread latest", "nodes:\n  A:\n    overwrite_unread: true\n    deliver: { dir: ./b }\n", []string{"nodes.A.overwrite_unread: applies to a sequential node"}},
 		{"empty node", "nodes:\n  A: {}\n", []string{"nodes.A: has neither pickup nor deliver"}},
 		{"kind refused", "nodes:\n  SHOP1:\n    pickup: { ftp: { url: x } }\n", []string{"nodes.SHOP1.pickup.ftp: ftp endpoints are not available"}},
 		{"after on deliver", "nodes:\n  A:\n    deliver: { dir: ./b, after: keep }\n", []string{"nodes.A.deliver.after: after applies to pickups only"}},

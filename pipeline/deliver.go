@@ -447,7 +447,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				out.Metadata.Set(k, v)
 			}
 		}
-		if n.Mode == config.ModeSequential && !h.ByName() {
+		if n.Mode == config.ModeSequential && !n.OverwriteUnread && !h.ByName() {
 			// A folder destination holds one file per channel: the one
 			// there may be a number the node has not read yet.
 			exchange.SetKeep(out, exchange.Keep{On: true, Acked: st.AckedNo, Delivered: st.DeliveredNo})

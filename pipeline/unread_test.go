@@ -169,3 +169,24 @@ func TestAckInDroppedReplyCounts(t *testing.T) {
 		return c.AckedNo == 1 && fileNo(inbox) == 2
 	})
 }
+
+// TestOverwriteUnreadWritesOver: a sequential node with overwrite_unread
+// (its files taken away as they land, or acknowledged outside relay) gets
+// each number over the one before, unacknowledged, in order.
+func TestOverwriteUnreadWritesOver(t *testing.T) {
+	b := testBus(t)
+	root := t.TempDir()
+	p := newPipeline(t, strings.Replace(srcToSequentialFolder, "mode: sequential,", "mode: sequential, overwrite_unread: true,", 1), b, folderEndpoints{root: root})
+	ingest := p.ingestHandler("SRC", "test", p.pushLane)
+	for no := uint64(1); no <= 3; no++ {
+		if err := ingest(pickedUpXML(t, "SRC", "DST", no, 0, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runUntilEnd(t, p)
+	inbox := filepath.Join(root, "DST", "Message_SRC_DST.xml")
+	c := channelUntil(t, p, "SRC", "DST", "No 3 delivered unacknowledged", func(c Channel) bool { return c.DeliveredNo == 3 && fileNo(inbox) == 3 })
+	if c.AckedNo != 0 || c.Superseded != 0 || c.LastError != "" {
+		t.Fatalf("channel %+v", c)
+	}
+}
