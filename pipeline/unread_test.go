@@ -83,6 +83,23 @@ func channelUntil(t *testing.T, p *Pipeline, from, to, what string, ok func(Chan
 	}
 }
 
+// sendThree runs a relay for yaml (SRC and DST delivered into folders)
+// with SRC's No 1, 2 and 3 to DST queued, and returns it with the path of
+// DST's file of the channel.
+func sendThree(t *testing.T, yaml string) (*Pipeline, string) {
+	t.Helper()
+	root := t.TempDir()
+	p := newPipeline(t, yaml, testBus(t), folderEndpoints{root: root})
+	ingest := p.ingestHandler("SRC", "test", p.pushLane)
+	for no := uint64(1); no <= 3; no++ {
+		if err := ingest(pickedUpXML(t, "SRC", "DST", no, 0, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runUntilEnd(t, p)
+	return p, filepath.Join(root, "DST", "Message_SRC_DST.xml")
+}
+
 // TestSequentialFolderKeepsUnread: a sequential node's folder holds one
 // file per channel, and its 1C never removes what it read. No 2 waits
 // while the folder holds No 1 unacknowledged; the node's message back
@@ -91,18 +108,7 @@ func channelUntil(t *testing.T, p *Pipeline, from, to, what string, ok func(Chan
 // was delivered: a node that read less often than numbers came lost the
 // increments between (found walking through the quick start).
 func TestSequentialFolderKeepsUnread(t *testing.T) {
-	b := testBus(t)
-	root := t.TempDir()
-	p := newPipeline(t, srcToSequentialFolder, b, folderEndpoints{root: root})
-	ingest := p.ingestHandler("SRC", "test", p.pushLane)
-	for no := uint64(1); no <= 3; no++ {
-		if err := ingest(pickedUpXML(t, "SRC", "DST", no, 0, 100)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	runUntilEnd(t, p)
-
-	inbox := filepath.Join(root, "DST", "Message_SRC_DST.xml")
+	p, inbox := sendThree(t, srcToSequentialFolder)
 	// heldOn waits for the channel to say No no waits for have, then
 	// checks for a while that the folder keeps have.
 	heldOn := func(no, have uint64) {
@@ -174,17 +180,7 @@ func TestAckInDroppedReplyCounts(t *testing.T) {
 // (its files taken away as they land, or acknowledged outside relay) gets
 // each number over the one before, unacknowledged, in order.
 func TestOverwriteUnreadWritesOver(t *testing.T) {
-	b := testBus(t)
-	root := t.TempDir()
-	p := newPipeline(t, strings.Replace(srcToSequentialFolder, "mode: sequential,", "mode: sequential, overwrite_unread: true,", 1), b, folderEndpoints{root: root})
-	ingest := p.ingestHandler("SRC", "test", p.pushLane)
-	for no := uint64(1); no <= 3; no++ {
-		if err := ingest(pickedUpXML(t, "SRC", "DST", no, 0, 100)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	runUntilEnd(t, p)
-	inbox := filepath.Join(root, "DST", "Message_SRC_DST.xml")
+	p, inbox := sendThree(t, strings.Replace(srcToSequentialFolder, "mode: sequential,", "mode: sequential, overwrite_unread: true,", 1))
 	c := channelUntil(t, p, "SRC", "DST", "No 3 delivered unacknowledged", func(c Channel) bool { return c.DeliveredNo == 3 && fileNo(inbox) == 3 })
 	if c.AckedNo != 0 || c.Superseded != 0 || c.LastError != "" {
 		t.Fatalf("channel %+v", c)

@@ -540,18 +540,7 @@ func TestDeliverUploadOnlyAccount(t *testing.T) {
 // (logged once): the message is delivered.
 func TestDeliverUploadOnlyAccountWithoutSize(t *testing.T) {
 	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "in"), 0o755)
-	drv, err := file.NewDriver(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := proxied(t, uploadOnly{drv}, "in", func(line string) string {
-		if strings.HasPrefix(line, "213 ") { // SIZE's answer
-			return "550 SIZE: Operation not permitted\r\n"
-		}
-		return line
-	})
-	p, err := NewPublisher("B", testConfig(u, "deliver"), nil)
+	p, err := NewPublisher("B", testConfig(withoutSize(t, root, false), "deliver"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1098,6 +1087,29 @@ func outbox(t *testing.T, name string, data []byte) (root, out string) {
 	return root, out
 }
 
+// withoutSize serves root/in to an account that may upload and rename but
+// not download or ask SIZE (ProFTPD's <Limit READ>), nor list when
+// noList, and returns its URL.
+func withoutSize(t *testing.T, root string, noList bool) string {
+	t.Helper()
+	os.MkdirAll(filepath.Join(root, "in"), 0o755)
+	drv, err := file.NewDriver(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var account ftpserver.Driver = uploadOnly{drv}
+	if noList {
+		account = noListing{uploadOnly{drv}}
+	}
+	u, _ := proxied(t, account, "in", func(line string) string {
+		if strings.HasPrefix(line, "213 ") { // SIZE's answer
+			return "550 SIZE: Operation not permitted\r\n"
+		}
+		return line
+	})
+	return u
+}
+
 // noListing is an account as a write-only drop box makes it (ProFTPD's
 // <Limit READ DIRS> DenyAll): RETR, SIZE and the listings refused; STOR
 // and rename allowed.
@@ -1119,22 +1131,7 @@ func (noListing) ListDir(*ftpserver.Context, string, func(os.FileInfo) error) er
 func TestDeliverKeepsUnreadOnReadDeniedAccount(t *testing.T) {
 	for _, lists := range []bool{true, false} {
 		root := t.TempDir()
-		os.MkdirAll(filepath.Join(root, "in"), 0o755)
-		drv, err := file.NewDriver(root)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var account ftpserver.Driver = uploadOnly{drv}
-		if !lists {
-			account = noListing{uploadOnly{drv}}
-		}
-		u, _ := proxied(t, account, "in", func(line string) string {
-			if strings.HasPrefix(line, "213 ") { // SIZE's answer
-				return "550 SIZE: Operation not permitted\r\n"
-			}
-			return line
-		})
-		p, err := NewPublisher("B", testConfig(u, "deliver"), nil)
+		p, err := NewPublisher("B", testConfig(withoutSize(t, root, !lists), "deliver"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

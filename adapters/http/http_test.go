@@ -2259,19 +2259,9 @@ func TestWebDAVKeepsUnread(t *testing.T) {
 // by review). Failing the delivery instead stopped a write-only account's
 // channel for good (found by review).
 func TestWebDAVRefusedGetSaysWhy(t *testing.T) {
-	dir := t.TempDir()
-	dav := &webdav.Handler{FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()}
 	var refuse atomic.Bool
-	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
-		if refuse.Load() {
-			w.Header().Set("WWW-Authenticate", `Basic realm="dav"`)
-			stdhttp.Error(w, "401 Unauthorized", stdhttp.StatusUnauthorized)
-			return
-		}
-		dav.ServeHTTP(w, r)
-	}))
-	defer srv.Close()
-	p := newPub(t, Config{URL: srv.URL + "/", Method: "PUT"})
+	_, url := davRefusing(t, func(*stdhttp.Request) bool { return refuse.Load() })
+	p := newPub(t, Config{URL: url, Method: "PUT"})
 	p.retry.tries = 1
 	name := "Message_ЦО_ОП.xml"
 	publish := func(no uint64, k exchange.Keep) error {
@@ -2295,18 +2285,10 @@ func TestWebDAVRefusedGetSaysWhy(t *testing.T) {
 // and on a sequential one (a 401 failed every delivery there, even the
 // first into an empty folder: found by review).
 func TestWebDAVWriteOnlyAccountSequential(t *testing.T) {
-	dir := t.TempDir()
-	dav := &webdav.Handler{FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()}
-	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
-		if r.Method == stdhttp.MethodGet || r.Method == stdhttp.MethodHead {
-			w.Header().Set("WWW-Authenticate", `Basic realm="dav"`)
-			stdhttp.Error(w, "401 Unauthorized", stdhttp.StatusUnauthorized)
-			return
-		}
-		dav.ServeHTTP(w, r)
-	}))
-	defer srv.Close()
-	p := newPub(t, Config{URL: srv.URL + "/", Method: "PUT"})
+	dir, url := davRefusing(t, func(r *stdhttp.Request) bool {
+		return r.Method == stdhttp.MethodGet || r.Method == stdhttp.MethodHead
+	})
+	p := newPub(t, Config{URL: url, Method: "PUT"})
 	p.retry.tries = 1
 	name := "Message_ЦО_ОП.xml"
 	// Latest channel: delivered.
@@ -2321,4 +2303,23 @@ func TestWebDAVWriteOnlyAccountSequential(t *testing.T) {
 	if err := p.Publish("", m.Message); err != nil {
 		t.Fatalf("sequential channel, write-only account, empty folder: No 1 not delivered: %v", err)
 	}
+}
+
+// davRefusing serves a WebDAV folder (returned with the URL) that answers
+// 401 to the requests refuse says, as Apache does to a wrong password or
+// to an account that may not do that.
+func davRefusing(t *testing.T, refuse func(*stdhttp.Request) bool) (dir, url string) {
+	t.Helper()
+	dir = t.TempDir()
+	dav := &webdav.Handler{FileSystem: webdav.Dir(dir), LockSystem: webdav.NewMemLS()}
+	srv := httptest.NewServer(stdhttp.HandlerFunc(func(w stdhttp.ResponseWriter, r *stdhttp.Request) {
+		if refuse(r) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="dav"`)
+			stdhttp.Error(w, "401 Unauthorized", stdhttp.StatusUnauthorized)
+			return
+		}
+		dav.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return dir, srv.URL + "/"
 }
