@@ -248,12 +248,12 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 		if n == nil || !cfg.Serves(n) {
 			continue
 		}
-		// The adapters name their node in their own logs.
-		nlog, alog := p.log.With("node", name), p.log
+		// The adapters name their node in their own logs: they get p.log.
+		nlog := p.log.With("node", name)
 		h := &endpoints{}
 		p.health[name] = h
 		if n.Pickup != nil {
-			sub, err := eps.Pickup(name, n.Pickup, p.mem, alog)
+			sub, err := eps.Pickup(name, n.Pickup, p.mem, p.log)
 			if err != nil {
 				return fmt.Errorf("nodes.%s.pickup: %w", name, err)
 			}
@@ -263,7 +263,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 				// an adapter of its own.
 				_ = sub.Close()
 				sub = newLeasedPickup(p.leases, "pickup."+bus.Token(name), func() (message.Subscriber, error) {
-					return eps.Pickup(name, n.Pickup, p.mem, alog)
+					return eps.Pickup(name, n.Pickup, p.mem, p.log)
 				}, nlog)
 			}
 			p.closers = append(p.closers, sub.Close)
@@ -276,7 +276,7 @@ func (p *Pipeline) wire(wlog watermill.LoggerAdapter) error {
 			p.handlers++
 		}
 		if n.Deliver != nil {
-			pub, err := eps.Deliver(name, n.Deliver, alog)
+			pub, err := eps.Deliver(name, n.Deliver, p.log)
 			if err != nil {
 				return fmt.Errorf("nodes.%s.deliver: %w", name, err)
 			}

@@ -187,16 +187,11 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 		if !k.On {
 			return nil
 		}
-		if _, err := conn.FileSize(final); err != nil {
-			if !isReply(err) {
-				return step("size "+name, err)
-			}
-			switch there, err := listed(conn, final); {
-			case err != nil:
-				return step("list the folder of "+name, err)
-			case !there:
-				return nil
-			}
+		switch there, err := present(conn, final, true); {
+		case err != nil:
+			return step("look for "+name, err)
+		case !there:
+			return nil
 		}
 		return p.nameNode(exchange.CheckUnknown(name, exchange.WhyZip, h, k))
 	}
@@ -208,19 +203,11 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 		// Refused: no such file, or one that cannot be read now (a lock,
 		// no right to read it). Only a SIZE refused too says there is none;
 		// under k, asked of the folder's listing too.
-		if _, serr := conn.FileSize(final); serr != nil {
-			if !isReply(serr) {
-				return step("size "+name, serr)
-			}
-			if !k.On {
-				return nil
-			}
-			switch there, err := listed(conn, final); {
-			case err != nil:
-				return step("list the folder of "+name, err)
-			case !there:
-				return nil
-			}
+		switch there, serr := present(conn, final, k.On); {
+		case serr != nil:
+			return step("look for "+name, serr)
+		case !there:
+			return nil
 		}
 		if err := exchange.CheckUnknown(name, "RETR refused: "+err.Error(), h, k); err != nil {
 			return p.nameNode(err)
@@ -257,6 +244,22 @@ func (p *Publisher) checkNotNewer(conn *ftp.ServerConn, name, final string, h ex
 		}
 	}
 	return p.nameNode(exchange.CheckReplace(name, have, haveSize, h, size, k))
+}
+
+// present says whether the file at the wire path final is there: SIZE
+// answers it; a refused SIZE says no, or, when list, is asked again of the
+// folder's name listing (listed).
+func present(conn *ftp.ServerConn, final string, list bool) (bool, error) {
+	_, err := conn.FileSize(final)
+	switch {
+	case err == nil:
+		return true, nil
+	case !isReply(err):
+		return false, err
+	case !list:
+		return false, nil
+	}
+	return listed(conn, final)
 }
 
 // listed says whether the folder's name listing holds the file at the
