@@ -466,8 +466,13 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		if ue := (*exchange.UnreadError)(nil); errors.As(err, &ue) {
 			// Not failing: the node reads at its own pace. Its own words
 			// first, without the adapter's wrapping: a status row shows
-			// only the start.
-			return holdTold(unreadPrefix + ue.Error())
+			// only the start. In its trace once (found walking through
+			// the quick start: a held message showed nothing there).
+			why := unreadPrefix + ue.Error()
+			if st.LastError != why {
+				ev(StepHeld, ue.Error())
+			}
+			return holdTold(why)
 		}
 		inPlace := errors.Is(err, exchange.ErrInPlace)
 		if inPlace {

@@ -52,6 +52,9 @@ const (
 	// StepRetried: the operator sent a dead letter on again (relay dead
 	// retry); the steps after it carry the id <id>/retry-<N>.
 	StepRetried = "retried"
+	// StepHeld: a sequential channel's message waits for its node to read
+	// the one in its folder; told once per reason.
+	StepHeld = "held"
 )
 
 // event records e without waiting: a lost event costs a line of a trace,

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -124,6 +125,19 @@ func TestSequentialFolderKeepsUnread(t *testing.T) {
 		}
 	}
 	heldOn(2, 1)
+	// The message's trace says it once (found walking through the quick
+	// start: a held message showed nothing there).
+	var held []Event
+	for end := time.Now().Add(10 * time.Second); len(held) == 0 && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		evs, err := p.Trace(context.Background(), TraceQuery{Node: "DST"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = slices.DeleteFunc(evs, func(e Event) bool { return e.Step != StepHeld })
+	}
+	if len(held) != 1 || held[0].No != 2 || !strings.HasPrefix(held[0].Detail, "holding No 2 until DST reads No 1") {
+		t.Fatalf("held steps %+v: want one, for No 2", held)
+	}
 
 	// DST's 1C read No 1 and says so in its next message to SRC.
 	if err := p.ingestHandler("DST", "test", p.pushLane)(pickedUpXML(t, "DST", "SRC", 1, 1, 100)); err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -362,6 +363,13 @@ func statusCmd(g *globals) *cobra.Command {
 			w := tabwriter.NewWriter(&table, 0, 2, 2, ' ', 0)
 			fmt.Fprintln(w, "PLAN\tCHANNEL\tPICKED\tDELIVERED\tACKED\tPENDING\tAGE\tALERT / LAST ERROR")
 			rowColours := []string{""}
+			// The overview cuts a channel's note; a node's view shows it
+			// whole (found walking through the quick start: what a hold
+			// waits for was cut off).
+			noteMax := 120
+			if node != "" {
+				noteMax = math.MaxInt
+			}
 			for _, ch := range chans {
 				note, colour := channelNote(ch)
 				if note == "" && ch.HandedTo != "" {
@@ -372,7 +380,7 @@ func statusCmd(g *globals) *cobra.Command {
 					plan = "(by name)" // password-protected zips no password reads: no header, no numbers
 				}
 				fmt.Fprintf(w, "%s\t%s → %s\t%d\t%d\t%d\t%d\t%s\t%s\n", plan, ch.From, ch.To,
-					ch.PickedNo, ch.DeliveredNo, ch.AckedNo, ch.Pending, age(ch.LastDeliveredAt, ch.LastPickupAt), oneLine(note, 120))
+					ch.PickedNo, ch.DeliveredNo, ch.AckedNo, ch.Pending, age(ch.LastDeliveredAt, ch.LastPickupAt), oneLine(note, noteMax))
 				rowColours = append(rowColours, colour)
 			}
 			if len(chans) == 0 {

@@ -762,6 +762,26 @@ func TestStatusEndpointErrorWholeForOneNode(t *testing.T) {
 	}
 }
 
+// TestStatusChannelNoteWholeForOneNode: a channel's note (a hold's "what
+// it waits for", an alert) was cut at 120 characters in `relay status
+// NODE` too, where what to do comes last (found walking through the quick
+// start). One node's status shows it whole.
+func TestStatusChannelNoteWholeForOneNode(t *testing.T) {
+	long := "waiting: holding No 2 until SHOP1 reads No 1: dir SHOP1: Message_ЦО_SHOP1.xml still holds it, unacknowledged (nothing acknowledged yet); written once SHOP1's 1C sends back a message that acknowledges it, or the file is removed"
+	cfg := fakeAPI(t, map[string]any{
+		"/api/v1/channels": []api.ChannelView{{Channel: pipeline.Channel{Plan: "П", From: "ЦО", To: "SHOP1", LastError: long}, Pending: 1}},
+		"/api/v1/nodes":    []api.NodeView{{Code: "SHOP1", Mode: "sequential", Relay: "hq", Served: true, Deliver: "dir"}},
+	})
+	out, _, err := run(t, "status", "-c", cfg)
+	if err != nil || strings.Contains(out, "or the file is removed") {
+		t.Errorf("overview: %v\n%s", err, out)
+	}
+	out, _, err = run(t, "status", "-c", cfg, "SHOP1")
+	if err != nil || !strings.Contains(out, "or the file is removed") {
+		t.Errorf("status SHOP1 does not show the whole note: %v\n%s", err, out)
+	}
+}
+
 // TestCheckOnlyOwnNodes: `relay check` without NODE checks the nodes this
 // relay serves (found by review: at the head office it probed an office's
 // folders and FTP servers it never uses and cannot reach, failed, and made

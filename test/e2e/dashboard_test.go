@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relay1c/relay/api"
 	"github.com/relay1c/relay/exchange"
+	"github.com/relay1c/relay/pipeline"
 )
 
 // headless runs Debian's chromium headless on url with extra flags (a DOM
@@ -60,10 +62,13 @@ func headless(t testing.TB, url string, flags ...string) string {
 // failing, its error on the page without the text direction mark its
 // folder's name holds (it would show the rest of the error reversed).
 // A sequential node's next number waiting for it to read the one in its
-// folder is waiting, not failing.
+// folder is waiting, not failing. A channel whose dead letter was dropped
+// is not shown as dead any more (found walking through the quick start:
+// the count of dead letters ever made it dead for good); one whose letter
+// is there is.
 func TestDashboard(t *testing.T) {
 	s := newSite(t, nodeSpec{code: "ЦО"}, nodeSpec{code: "SHOP1"}, nodeSpec{code: "WH", deliverYAML: "{ dir: \"./WH/in\u202eput\" }"},
-		nodeSpec{code: "ОП", mode: "sequential"})
+		nodeSpec{code: "ОП", mode: "sequential"}, nodeSpec{code: "R1", noDeliver: true}, nodeSpec{code: "R2", noDeliver: true})
 	s.start(t)
 	whIn := filepath.Join(s.root, "WH", "in\u202eput")
 	if err := os.RemoveAll(whIn); err != nil {
@@ -75,6 +80,19 @@ func TestDashboard(t *testing.T) {
 	ok := exchange.FileName("ЦО", "SHOP1", exchange.FormatXML)
 	os.WriteFile(filepath.Join(s.out("ЦО"), ok), fxXML(t, header("ЦО", "SHOP1", 1, 0), 1000), 0o644)
 	os.WriteFile(filepath.Join(s.out("ЦО"), exchange.FileName("ЦО", "WH", exchange.FormatXML)), fxXML(t, header("ЦО", "WH", 1, 0), 1000), 0o644)
+	// Dead letters at route (R1 and R2 cannot receive); R1's is dropped.
+	for _, to := range []string{"R1", "R2"} {
+		os.WriteFile(filepath.Join(s.out("ЦО"), exchange.FileName("ЦО", to, exchange.FormatXML)), fxXML(t, header("ЦО", to, 1, 0), 1000), 0o644)
+	}
+	var letters []pipeline.DeadLetter
+	waitFor(t, 15*time.Second, "two dead letters", func() bool { letters = fxDead(t, s); return len(letters) == 2 })
+	for _, l := range letters {
+		if l.Header != nil && l.Header.To == "R1" {
+			if err := api.NewClient(s.listen, "").DropDead(context.Background(), l.Seq); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	op := exchange.FileName("ЦО", "ОП", exchange.FormatXML)
 	for no := uint64(1); no <= 2; no++ {
 		os.WriteFile(filepath.Join(s.out("ЦО"), op), fxXML(t, header("ЦО", "ОП", no, 0), 1000), 0o644)
@@ -93,7 +111,7 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("node %s not on the page", code)
 		}
 	}
-	for ch, want := range map[string]string{"ЦО→SHOP1": "flowing", "ЦО→WH": "failing", "ЦО→ОП": "waiting"} {
+	for ch, want := range map[string]string{"ЦО→SHOP1": "flowing", "ЦО→WH": "failing", "ЦО→ОП": "waiting", "ЦО→R1": "flowing", "ЦО→R2": "dead"} {
 		re := regexp.MustCompile(`data-channel="` + ch + `" data-state="([a-z]+)"`)
 		m := re.FindStringSubmatch(dom)
 		if m == nil || m[1] != want {

@@ -53,6 +53,8 @@ type nodeSpec struct {
 	after       string
 	pickupYAML  string
 	deliverYAML string
+	// noDeliver leaves the node without a deliver endpoint.
+	noDeliver bool
 	// extraYAML is more of the node's keys, one "key: value" per line.
 	extraYAML string
 }
@@ -95,9 +97,11 @@ func newSite(t testing.TB, specs ...nodeSpec) *site {
 		} else {
 			fmt.Fprintf(&b, "    pickup: { dir: { path: ./%s/out, settle: 200ms, poll_interval: 500ms, incomplete_timeout: 3s }%s }\n", sp.code, after)
 		}
-		if sp.deliverYAML != "" {
+		switch {
+		case sp.noDeliver:
+		case sp.deliverYAML != "":
 			fmt.Fprintf(&b, "    deliver: %s\n", sp.deliverYAML)
-		} else {
+		default:
 			fmt.Fprintf(&b, "    deliver: { dir: ./%s/in }\n", sp.code)
 		}
 		for _, d := range []string{"out", "in"} {
