@@ -39,6 +39,9 @@ type Config struct {
 	path string
 	// idDefaulted says relay.id was not written (the default "relay").
 	idDefaulted bool
+	// lines is the line of routing.yaml each key's path is written on,
+	// for Problems to say it as decoding's problems do.
+	lines map[string]int
 }
 
 // Relay is the `relay:` section.
@@ -404,6 +407,9 @@ func Load(path string) (*Config, error) {
 	return c, nil
 }
 
+// saysLine matches a problem that names its line already.
+var saysLine = regexp.MustCompile(`\bline \d+`)
+
 // Parse decodes routing.yaml bytes strictly (unknown keys, keys written
 // twice and a second YAML document fail) and fills defaults. Every problem
 // of decoding is reported at once, each with its path, in a *DecodeError;
@@ -419,11 +425,14 @@ func Parse(data []byte) (*Config, error) {
 	dec.KnownFields(true)
 	var problems []string
 	var te *yaml.TypeError
+	loc := locate(data)
+	if loc != nil {
+		c.lines = loc.keyLine
+	}
 	switch err := dec.Decode(c); {
 	case errors.Is(err, io.EOF):
 		return nil, errors.New("file is empty")
 	case errors.As(err, &te):
-		loc := locate(data)
 		for _, msg := range te.Errors {
 			problems = append(problems, loc.name(msg))
 		}
@@ -578,8 +587,15 @@ type EndpointChecker interface {
 // (nodes.SHOP1.pickup.ftp.url: ...). An empty result means valid.
 func (c *Config) Problems(ep EndpointChecker) []string {
 	var out []string
+	// Each with its line when the path is written in routing.yaml (found
+	// walking through the quick start: decoding's problems had it, these
+	// not).
 	add := func(path, format string, a ...any) {
-		out = append(out, path+": "+fmt.Sprintf(format, a...))
+		msg := path + ": " + fmt.Sprintf(format, a...)
+		if line, ok := c.lines[path]; ok && !saysLine.MatchString(msg) {
+			msg += fmt.Sprintf(" (line %d)", line)
+		}
+		out = append(out, msg)
 	}
 	if !validRelayID(c.Relay.ID) {
 		add("relay.id", "%q must not contain spaces, '.', '*' or '>'", c.Relay.ID)

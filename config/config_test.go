@@ -533,3 +533,22 @@ func TestLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestProblemsNameTheirLine: a problem found after decoding (a mode that
+// is none, an option for the other mode) names the line its key is on, as
+// decoding's own problems do (found walking through the quick start: only
+// these had none); one that names its line already gets no second.
+func TestProblemsNameTheirLine(t *testing.T) {
+	cfg, err := Parse([]byte("nodes:\n  A:\n    mode: sequental\n    deliver: { dir: ./a }\n  B:\n    overwrite_unread: true\n    deliver: { dir: ./b }\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := cfg.Problems(kindChecker{})
+	want := []string{
+		`nodes.A.mode: "sequental" is not latest or sequential (line 3)`,
+		"nodes.B.overwrite_unread: applies to a sequential node (a latest node's newest message always goes over the one before) (line 6)",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("problems\n%q\nwant\n%q", got, want)
+	}
+}

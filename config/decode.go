@@ -49,6 +49,8 @@ type place struct {
 type locator struct {
 	at     map[[2]int]string
 	byLine map[int][]place
+	// keyLine is the line of each key's path (its first writing).
+	keyLine map[string]int
 	// lines maps a line of the indexed text to the line of routing.yaml it
 	// came from, for an adapter's options re-encoded by DecodeOptions; nil
 	// when the text is routing.yaml itself.
@@ -89,7 +91,7 @@ func locate(data []byte) *locator {
 
 // locateDoc indexes the parsed document doc.
 func locateDoc(doc *yaml.Node) *locator {
-	l := &locator{at: map[[2]int]string{}, byLine: map[int][]place{}}
+	l := &locator{at: map[[2]int]string{}, byLine: map[int][]place{}, keyLine: map[string]int{}}
 	l.walk(doc, "")
 	return l
 }
@@ -108,6 +110,9 @@ func (l *locator) walk(n *yaml.Node, path string) {
 				p = path + "." + k.Value
 			}
 			l.byLine[k.Line] = append(l.byLine[k.Line], place{path: p, key: k.Value, isKey: true})
+			if _, ok := l.keyLine[p]; !ok {
+				l.keyLine[p] = k.Line
+			}
 			l.value(v, p)
 		}
 	case yaml.SequenceNode:

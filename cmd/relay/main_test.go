@@ -40,10 +40,10 @@ func TestValidate(t *testing.T) {
 		t.Fatal("validate accepted a broken config")
 	}
 	for _, want := range []string{
-		`relay.listen: "nowhere" is not host:port`,
-		`nodes.SHOP1.mode: "fast" is not latest or sequential`,
-		"nodes.SHOP1.pickup.ftp.url: not a URL like ftp://user@host:21/folder",
-		"nodes.SHOP1.deliver.dir.path: missing",
+		`relay.listen: "nowhere" is not host:port (line 1)`,
+		`nodes.SHOP1.mode: "fast" is not latest or sequential (line 4)`,
+		"nodes.SHOP1.pickup.ftp.url: not a URL like ftp://user@host:21/folder (line 5)",
+		"nodes.SHOP1.deliver.dir.path: missing (line 6)",
 	} {
 		if !strings.Contains(stderr, want+"\n") {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
@@ -398,7 +398,7 @@ func TestValidateEveryProblemPastABadDuration(t *testing.T) {
 	for _, want := range []string{
 		`relay.ack_alert_after: "10" is not a duration like 10s or 2m (line 2)`,
 		`nodes.A.pickup.after: "shred" is not delete, move:<folder> or keep (line 5)`,
-		"nodes.A.deliver.dir.path: missing",
+		"nodes.A.deliver.dir.path: missing (line 6)",
 	} {
 		if !strings.Contains(stderr, want+"\n") {
 			t.Errorf("validate output lacks %q:\n%s", want, stderr)
