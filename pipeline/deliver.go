@@ -35,6 +35,9 @@ type inflight struct {
 
 	mu    sync.Mutex
 	fails map[string]int // by message id, until it is resolved
+	// held is why each message waits for its node to read the file
+	// there, as last told, until it is resolved.
+	held map[string]string
 }
 
 // stashUnmarshaler is Watermill's default unmarshaler plus the in-flight handle.
@@ -106,11 +109,27 @@ func (in *inflight) retryAfter(id string, err error, max time.Duration) time.Dur
 	return in.failed(id, max)
 }
 
-// resolved forgets the failures of message id.
+// resolved forgets the failures of message id, and why it was held.
 func (in *inflight) resolved(id string) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	delete(in.fails, id)
+	delete(in.held, id)
+}
+
+// heldAnew records that message id is held for why and says whether that
+// is news: its first hold, or another reason than the last.
+func (in *inflight) heldAnew(id, why string) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.held == nil || len(in.held) >= maxFailing {
+		in.held = map[string]string{}
+	}
+	if in.held[id] == why {
+		return false
+	}
+	in.held[id] = why
+	return true
 }
 
 // deliverySubscribers makes workers subscriptions to the node's durable
@@ -467,12 +486,21 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			// Not failing: the node reads at its own pace. Its own words
 			// first, without the adapter's wrapping: a status row shows
 			// only the start. In its trace once (found walking through
-			// the quick start: a held message showed nothing there).
+			// the quick start: a held message showed nothing there),
+			// and, when two numbers of the channel wait for the same
+			// file (before its first delivery), the channel's state kept
+			// by the one that told last (found by review: they wrote
+			// their words over each other's, and a held step, at every
+			// look).
 			why := unreadPrefix + ue.Error()
-			if st.LastError != why {
+			switch {
+			case in.heldAnew(m.UUID, why):
 				ev(StepHeld, ue.Error())
+				return holdTold(why)
+			case st.LastError == why:
+				return holdTold(why) // kept fresh, once a minute
 			}
-			return holdTold(why)
+			return hold()
 		}
 		inPlace := errors.Is(err, exchange.ErrInPlace)
 		if inPlace {

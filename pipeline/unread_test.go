@@ -200,3 +200,36 @@ func TestOverwriteUnreadWritesOver(t *testing.T) {
 		t.Fatalf("channel %+v", c)
 	}
 }
+
+// TestHeldToldOncePerMessage: two numbers of a channel held for the same
+// unread file (before the channel's first delivery: the folder holds No 5
+// from before relay, and No 7 was picked up before No 6, as mails arrive
+// out of order) each say "held" once; they said it at every look (found
+// by review).
+func TestHeldToldOncePerMessage(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "DST"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exchangetest.WriteFile(filepath.Join(root, "DST"), exchange.Header{ExchangePlan: "P", From: "SRC", To: "DST", MessageNo: 5}, 100, exchange.FormatXML); err != nil {
+		t.Fatal(err)
+	}
+	p := newPipeline(t, srcToSequentialFolder, testBus(t), folderEndpoints{root: root})
+	fromSRC := p.ingestHandler("SRC", "test", p.pushLane)
+	for _, no := range []uint64{7, 6} {
+		if err := fromSRC(pickedUpXML(t, "SRC", "DST", no, 0, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runUntilEnd(t, p)
+	channelUntil(t, p, "SRC", "DST", "held", func(c Channel) bool { return c.WaitsForRead() })
+	time.Sleep(6 * time.Second) // several looks at each
+	evs, err := p.Trace(context.Background(), TraceQuery{Node: "DST"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := slices.DeleteFunc(evs, func(e Event) bool { return e.Step != StepHeld })
+	if len(held) > 2 {
+		t.Fatalf("%d held steps in 6 s for two held messages (want one each): first %+v, last %+v", len(held), held[0], held[len(held)-1])
+	}
+}
