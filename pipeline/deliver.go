@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -272,7 +271,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		holdTold := func(why string) error {
 			if l.states.setError(ctx, h.ExchangePlan, h.From, h.To, why) {
 				level := slog.LevelWarn
-				if strings.HasPrefix(why, unreadPrefix) {
+				if waitsForRead(why) {
 					level = slog.LevelInfo // the node's pace
 				}
 				log.Log(ctx, level, why)

@@ -127,7 +127,7 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 		// channel to it may wait for just that (found by review: a node
 		// whose number relay had delivered before, restored from a copy,
 		// acknowledged in vain).
-		if p.knows(h.To) {
+		if p.cfg.IsNode(h.To) {
 			l.acknowledge(ctx, h, l.states.now(), id, m.Metadata.Get(exchange.MetaFileName))
 		}
 		return Outcome{OutcomeDropped, fmt.Sprintf("%s already has No %d (%s)", h.To, st.DeliveredNo, dropReason(dup))}, err
@@ -173,8 +173,11 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha, Detail: reason})
 		log.Warn("dead letter", "stage", StageRoute, "reason", reason)
 		// Not deliverable, yet its sender's ReceivedNo acknowledges
-		// the reverse channel all the same: when there is one.
-		if p.knows(h.To) {
+		// the reverse channel all the same: when there is one. A node
+		// routing.yaml does not know sends nothing through relay, and
+		// status showed a channel row from it (found walking through the
+		// quick start).
+		if p.cfg.IsNode(h.To) {
 			l.acknowledge(ctx, h, l.states.now(), id, m.Metadata.Get(exchange.MetaFileName))
 		}
 		return Outcome{OutcomeDead, reason}, nil
@@ -372,15 +375,6 @@ func publishRecord(ctx context.Context, js jetstream.JetStream, subject string, 
 
 // routeProblem says why a valid message cannot be delivered, or "".
 func (p *Pipeline) routeProblem(h exchange.Header) string { return RouteProblem(p.cfg, h) }
-
-// knows says whether routing.yaml has node. Only a known node's ReceivedNo
-// acknowledges: one relay does not know sends nothing through it, and
-// status showed a channel row from it (found walking through the quick
-// start).
-func (p *Pipeline) knows(node string) bool {
-	n, ok := p.cfg.Nodes[node]
-	return ok && n != nil
-}
 
 // RouteProblem says why cfg cannot deliver a valid message with header h,
 // or "": ingest dead-letters such a message, and the API refuses a push of

@@ -146,7 +146,10 @@ const unreadPrefix = "waiting: "
 
 // WaitsForRead says the channel's next number waits for the node to read
 // (acknowledge) the one its folder holds: the node's pace, not a failure.
-func (c *Channel) WaitsForRead() bool { return strings.HasPrefix(c.LastError, unreadPrefix) }
+func (c *Channel) WaitsForRead() bool { return waitsForRead(c.LastError) }
+
+// waitsForRead says a channel's last error msg is such a wait.
+func waitsForRead(msg string) bool { return strings.HasPrefix(msg, unreadPrefix) }
 
 // HeldOnGap says the channel's last error is a hold for a number before the
 // one waiting (a gap, or a dead letter it waits behind).

@@ -806,12 +806,7 @@ func TestIncompleteFileShown(t *testing.T) {
 	o.IncompleteTimeout = time.Minute
 	o.TrustMTime = true
 	p, ch := started(t, truncated(30*time.Second), o)
-	var shown string
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if shown, _ = p.LastError(); shown != "" {
-			break
-		}
-	}
+	shown := firstTrouble(p)
 	if !strings.Contains(shown, coarseName+" is not complete") || !strings.Contains(shown, "then a dead letter") {
 		t.Fatalf("a file waiting to become complete is not shown: the pickup's error is %q", shown)
 	}
@@ -845,12 +840,7 @@ func TestIncompleteTroubleGoesWhenTooLarge(t *testing.T) {
 	o.Limits = exchange.DefaultLimits()
 	o.Limits.MaxSize = 2000
 	p, ch := started(t, m, o)
-	var shown string
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if shown, _ = p.LastError(); shown != "" {
-			break
-		}
-	}
+	shown := firstTrouble(p)
 	if !strings.Contains(shown, "is not complete") {
 		t.Fatalf("incomplete file not shown: %q", shown)
 	}
@@ -889,12 +879,7 @@ func TestIncompleteTroubleGoesWhileWriterWrites(t *testing.T) {
 	o.IncompleteTimeout = time.Minute
 	o.Settle = 400 * time.Millisecond
 	p, _ := started(t, m, o)
-	var shown string
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if shown, _ = p.LastError(); shown != "" {
-			break
-		}
-	}
+	shown := firstTrouble(p)
 	if !strings.Contains(shown, "does not change") {
 		t.Fatalf("incomplete file not shown: %q", shown)
 	}
@@ -909,4 +894,14 @@ func TestIncompleteTroubleGoesWhileWriterWrites(t *testing.T) {
 	if shown, _ = p.LastError(); strings.Contains(shown, "does not change") {
 		t.Fatalf("the file changed at every scan for 1.5 s, yet the pickup's error says: %q", shown)
 	}
+}
+
+// firstTrouble is the pickup's error once it has one (or "" after 5 s).
+func firstTrouble(p *Pickup) string {
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if shown, _ := p.LastError(); shown != "" {
+			return shown
+		}
+	}
+	return ""
 }

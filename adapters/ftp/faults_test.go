@@ -1140,15 +1140,7 @@ func TestDeliverKeepsUnreadOnReadDeniedAccount(t *testing.T) {
 			what := fmt.Sprintf("%s, listings allowed %v", format, lists)
 			dst := filepath.Join(root, "in", exchange.FileName("A", "B", format))
 			publish := func(no uint64, k exchange.Keep) error {
-				var b bytes.Buffer
-				if format == exchange.FormatZip {
-					exchangetest.WriteZip(&b, hdr("A", "B", no), 3000)
-				} else {
-					exchangetest.WriteXML(&b, hdr("A", "B", no), 3000)
-				}
-				m := deliverMsg(t, hdr("A", "B", no), b.Bytes())
-				m.Metadata.Set(exchange.MetaFileName, filepath.Base(dst))
-				exchange.SetKeep(m, k)
+				m, _ := keptMsg(t, hdr("A", "B", no), format, k)
 				return p.Publish("", m)
 			}
 			if err := publish(1, exchange.Keep{On: true}); err != nil {

@@ -808,17 +808,8 @@ func TestDeliverKeepsUnread(t *testing.T) {
 	}
 	defer p.Close()
 	publish := func(format exchange.Format, no uint64, k exchange.Keep) ([]byte, error) {
-		var b bytes.Buffer
-		h := hdr("ЦО", "ОП", no)
-		if format == exchange.FormatZip {
-			exchangetest.WriteZip(&b, h, 3000)
-		} else {
-			exchangetest.WriteXML(&b, h, 3000)
-		}
-		m := deliverMsg(t, h, b.Bytes())
-		m.Metadata.Set(exchange.MetaFileName, exchange.FileName("ЦО", "ОП", format))
-		exchange.SetKeep(m, k)
-		return b.Bytes(), p.Publish("", m)
+		m, body := keptMsg(t, hdr("ЦО", "ОП", no), format, k)
+		return body, p.Publish("", m)
 	}
 	for _, format := range []exchange.Format{exchange.FormatXML, exchange.FormatZip} {
 		dst := filepath.Join(root, "in", exchange.FileName("ЦО", "ОП", format))
@@ -877,4 +868,22 @@ func TestPickupLogsNameNode(t *testing.T) {
 			t.Errorf("FTP pickup log line names no node: %s", line)
 		}
 	}
+}
+
+// keptMsg is a delivery of message h in format (3,000 body bytes) under k,
+// with its bytes.
+func keptMsg(t *testing.T, h exchange.Header, format exchange.Format, k exchange.Keep) (*message.Message, []byte) {
+	t.Helper()
+	var b bytes.Buffer
+	write := exchangetest.WriteXML
+	if format == exchange.FormatZip {
+		write = exchangetest.WriteZip
+	}
+	if err := write(&b, h, 3000); err != nil {
+		t.Fatal(err)
+	}
+	m := deliverMsg(t, h, b.Bytes())
+	m.Metadata.Set(exchange.MetaFileName, exchange.FileName(h.From, h.To, format))
+	exchange.SetKeep(m, k)
+	return m, b.Bytes()
 }
