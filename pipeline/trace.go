@@ -119,45 +119,23 @@ func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
 	if info.State.LastSeq > traceScan && info.State.LastSeq-traceScan > start {
 		start = info.State.LastSeq - traceScan
 	}
-	cons, err := p.b.Events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start,
+	var acks []Event
+	err = readEvents(ctx, p.b.Events, start, info.State.LastSeq, func(e Event) {
+		if e.Step == StepAcknowledges {
+			acks = append(acks, e)
+		}
+		switch {
+		case q.Match != "" && (e.File == q.Match || idMatches(e.MsgID, q.Match) || idMatches(ReadableID(e.MsgID), q.Match)):
+			// The id as relay prints it (ReadableID) finds the
+			// message as the id itself does.
+		case q.Match == "" && q.Node != "" && e.Node == q.Node:
+		default:
+			return
+		}
+		out = append(out, e)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("trace: %w", err)
-	}
-	var acks []Event
-	// seq is the last sequence read; the loop ends once LastSeq was.
-	for seq := start - 1; seq < info.State.LastSeq; {
-		batch, err := cons.FetchNoWait(512)
-		if err != nil {
-			return nil, fmt.Errorf("trace: %w", err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			if md, err := m.Metadata(); err == nil {
-				seq = md.Sequence.Stream
-			}
-			var e Event
-			if json.Unmarshal(m.Data(), &e) != nil {
-				continue
-			}
-			if e.Step == StepAcknowledges {
-				acks = append(acks, e)
-			}
-			switch {
-			case q.Match != "" && (e.File == q.Match || idMatches(e.MsgID, q.Match) || idMatches(ReadableID(e.MsgID), q.Match)):
-				// The id as relay prints it (ReadableID) finds the
-				// message as the id itself does.
-			case q.Match == "" && q.Node != "" && e.Node == q.Node:
-			default:
-				continue
-			}
-			out = append(out, e)
-		}
-		if n == 0 || batch.Error() != nil {
-			break
-		}
 	}
 	// The acknowledgement of each delivered message, once.
 	seen := map[string]bool{}
@@ -179,6 +157,55 @@ func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
 		out = out[len(out)-q.Limit:]
 	}
 	return out, nil
+}
+
+// traceWait is how long a trace waits for the next event it knows is
+// stored before it gives up: the stream delivers them back to back, so
+// this is a server that stopped answering, not a slow one.
+const traceWait = 15 * time.Second
+
+// readEvents hands fn every event of stream from sequence from through
+// last, oldest first. It reads through one ordered consumer's message
+// iterator, which makes a new consumer and goes on where it was when
+// the server stops answering for the old one (a cluster server that
+// restarted a moment ago answers "no responders" for consumers placed
+// on it). It fails rather than return part of the events.
+func readEvents(ctx context.Context, stream jetstream.Stream, from, last uint64, fn func(Event)) error {
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
+	})
+	if err != nil {
+		return fmt.Errorf("events from %d: %w", from, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("events from %d: %w", from, err)
+	}
+	defer it.Stop()
+	// seq is the last sequence read; the loop ends once last was.
+	for seq := from - 1; seq < last; {
+		m, err := nextEvent(ctx, it)
+		if err != nil {
+			return fmt.Errorf("events %d..%d: after %d: %w", from, last, seq, err)
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("events %d..%d: after %d: %w", from, last, seq, err)
+		}
+		seq = md.Sequence.Stream
+		var e Event
+		if json.Unmarshal(m.Data(), &e) == nil {
+			fn(e)
+		}
+	}
+	return nil
+}
+
+// nextEvent waits up to traceWait for it's next message.
+func nextEvent(ctx context.Context, it jetstream.MessagesContext) (jetstream.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, traceWait)
+	defer cancel()
+	return it.Next(jetstream.NextContext(ctx))
 }
 
 // idMatches says whether id is match's message: the same id, or the

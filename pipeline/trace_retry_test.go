@@ -3,6 +3,8 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -82,5 +84,47 @@ func TestTraceSingleEvent(t *testing.T) {
 	}
 	if len(evs) != 1 {
 		t.Fatalf("trace of the only recorded event: %d events, want 1", len(evs))
+	}
+}
+
+// TestReadEventsWholeOrError: a trace reads every stored event, across
+// the iterator's batches, and one that cannot reach the last event it
+// knows is stored fails instead of answering with a part. The read
+// fetched batches through an ordered consumer and stopped quietly at the
+// first batch that came back empty or with an error ("no responders" from
+// a cluster server that restarted a moment ago): the trace then lacked
+// its newest steps and said nothing.
+func TestReadEventsWholeOrError(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	const n = 1300 // more than one pull batch
+	for i := range n {
+		recordEvent(b.Conn, slog.New(slog.DiscardHandler), Event{Step: StepPickedUp, MsgID: fmt.Sprintf("P/SRC/DST/%d/abc", i+1)})
+	}
+	if err := b.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for range 100 {
+		if info, err := b.Events.Info(ctx); err == nil && info.State.Msgs == n {
+			last = info.State.LastSeq
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if last == 0 {
+		t.Fatalf("events stream did not reach %d events", n)
+	}
+	var got int
+	if err := readEvents(ctx, b.Events, 1, last, func(Event) { got++ }); err != nil || got != n {
+		t.Fatalf("read %d of %d events, err %v", got, n, err)
+	}
+	// One more than is stored: the read waits for it, then fails.
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	got = 0
+	err := readEvents(short, b.Events, 1, last+1, func(Event) { got++ })
+	if err == nil {
+		t.Fatalf("a read short of the last event answered with %d events and no error", got)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -166,7 +167,7 @@ func channelState(ctx context.Context, js jetstream.JetStream, plan, from, to st
 // traceStuck logs, for a test that failed, the channel's state and every
 // recorded step of the number after its delivered one: whether that message
 // was ever taken in, dead-lettered, dropped or delivered.
-func traceStuck(t *testing.T, js jetstream.JetStream, urls, plan, from, to string) {
+func traceStuck(t *testing.T, js jetstream.JetStream, listen, plan, from, to string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -177,7 +178,7 @@ func traceStuck(t *testing.T, js jetstream.JetStream, urls, plan, from, to strin
 	}
 	t.Logf("stuck channel %s:%s->%s: %+v", plan, from, to, st)
 	channel := plan + ":" + from + "->" + to
-	for _, e := range events(ctx, t, urls) {
+	for _, e := range traceEvents(ctx, t, listen, url.Values{"q": {"Message_" + from + "_" + to + ".xml"}}) {
 		if e.Channel == channel && e.No == st.DeliveredNo+1 {
 			t.Logf("No %d: %s %s at %s: %s (msg %s, source %s)", e.No, e.Step, e.Node, e.Time.Format(time.RFC3339Nano), e.Detail, e.MsgID, e.Source)
 		}
@@ -197,65 +198,32 @@ func leaseHolder(ctx context.Context, js jetstream.JetStream, key string) string
 	return string(e.Value())
 }
 
-// events reads every event of EXCHANGE_EVENTS from the cluster at urls
-// (comma-separated). A server that restarted a moment ago may not answer
-// yet ("no responders", seen for a whole minute once on one connection):
-// each try is a fresh connection to the next server in turn, for up to a
-// minute.
-func events(ctx context.Context, t *testing.T, urls string) []pipeline.Event {
+// traceEvents asks the relay API at listen for a trace (query: node=<code>
+// or q=<file name>), all of it: the way an operator reads them, through the
+// relay's own reading of EXCHANGE_EVENTS. A server of the cluster that
+// restarted a moment ago answers "no responders" for a while for the
+// consumers placed on it; that reading rides it out (once, the test's
+// own reader failed for a whole minute on it).
+func traceEvents(ctx context.Context, t *testing.T, listen string, query url.Values) []pipeline.Event {
 	t.Helper()
-	servers := strings.Split(urls, ",")
-	var tries []string
-	for i, deadline := 0, time.Now().Add(time.Minute); ; i++ {
-		url := servers[i%len(servers)]
-		out, err := readEventsAt(ctx, url)
-		if err == nil {
-			return out
-		}
-		tries = append(tries, fmt.Sprintf("%s: %v", url, err))
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("events: %d tries, the last: %s", len(tries), strings.Join(tries[max(0, len(tries)-len(servers)):], "; "))
-		}
-		time.Sleep(time.Second)
-	}
-}
-
-// readEventsAt reads every event in EXCHANGE_EVENTS once, through a
-// connection of its own to the server at url.
-func readEventsAt(ctx context.Context, url string) ([]pipeline.Event, error) {
-	nc, err := nats.Connect(url, nats.NoReconnect())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+listen+"/api/v1/trace?limit=1000000&"+query.Encode(), nil)
 	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
+		t.Fatal(err)
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, err
+		t.Fatalf("trace %s: %v", query.Encode(), err)
 	}
-	s, err := js.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		return nil, fmt.Errorf("stream info: %w", err)
-	}
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return nil, fmt.Errorf("ordered consumer: %w", err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("stream info: %w", err)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("trace %s: %s: %s", query.Encode(), resp.Status, b)
 	}
 	var out []pipeline.Event
-	for uint64(len(out)) < info.State.Msgs {
-		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("next: %w after %d of %d", err, len(out), info.State.Msgs)
-		}
-		var e pipeline.Event
-		if err := json.Unmarshal(m.Data(), &e); err == nil {
-			out = append(out, e)
-		}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatalf("trace %s: %v", query.Encode(), err)
 	}
-	return out, nil
+	return out
 }
 
 // oneCWriter writes No 1, 2, ... of one channel into the sender's outbox,
@@ -460,7 +428,7 @@ func TestClusterReplicas(t *testing.T) {
 	last := w.halt()
 	t.Cleanup(func() {
 		if t.Failed() {
-			traceStuck(t, js, c.ClientURL(), "Магазины", "A", "B")
+			traceStuck(t, js, sites[0].listen, "Магазины", "A", "B")
 		}
 	})
 	// Every number arrives: B is sequential, so a lost message would hold
@@ -475,8 +443,8 @@ func TestClusterReplicas(t *testing.T) {
 	}
 	// Every number delivered, none twice (sequential: none superseded).
 	delivered := map[uint64]int{}
-	for _, e := range events(ctx, t, c.ClientURL()) {
-		if e.Step == pipeline.StepDelivered && e.Node == "B" {
+	for _, e := range traceEvents(ctx, t, sites[0].listen, url.Values{"node": {"B"}}) {
+		if e.Step == pipeline.StepDelivered {
 			delivered[e.No]++
 		}
 	}
