@@ -169,6 +169,12 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 			c.LastError, c.LastErrorAt = reason, l.states.now()
 		})
 		l.m.dead.WithLabelValues(h.To, StageRoute).Inc()
+		// Taken in all the same (its payload is kept for a retry): the
+		// trace says from where, as for a routed message (found walking
+		// through the quick start: it began at "dead").
+		l.event(Event{Step: StepPickedUp, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: node, Channel: channelName(h), No: h.MessageNo,
+			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha,
+			Detail: fmt.Sprintf("kept for a retry by %s (received No %d); not routed", adapter, h.ReceivedNo)})
 		l.event(Event{Step: StepDead, MsgID: id, File: m.Metadata.Get(exchange.MetaFileName), Node: h.To, Channel: channelName(h), No: h.MessageNo,
 			Source: m.Metadata.Get(exchange.MetaSource), Size: size, SHA256: sha, Detail: reason})
 		log.Warn("dead letter", "stage", StageRoute, "reason", reason)

@@ -100,7 +100,7 @@ func (p *Pipeline) Retry(ctx context.Context, seq uint64) (string, error) {
 	// Told and acknowledged also on a repeated retry: the first may have
 	// stopped before either.
 	recordEvent(p.b.Conn, p.log, Event{Step: StepRetried, MsgID: id, File: rec.Metadata.Get(exchange.MetaFileName), Node: l.Node,
-		Channel: channelName(*h), No: h.MessageNo, Size: size, SHA256: sha, Detail: fmt.Sprintf("dead letter %d sent on again as %s", seq, rec.UUID)})
+		Channel: channelName(*h), No: h.MessageNo, Size: size, SHA256: sha, Detail: fmt.Sprintf("dead letter %d sent on again as %s", seq, ReadableID(rec.UUID))})
 	// Its ReceivedNo acknowledges the reverse channel, as at ingest: a
 	// message that died at pickup was never read that far (one that died
 	// later was, and changes nothing now).

@@ -2,8 +2,10 @@ package pipeline
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/relay1c/relay/exchange"
 )
@@ -82,5 +84,36 @@ nodes:
 		if want := uint64(1 - delivered/3); len(chans) != 1 || chans[0].From != "A" || chans[0].To != "X" || chans[0].Dead != want {
 			t.Fatalf("X delivered up to No %d: channels %+v, want A → X with %d dead letter(s)", delivered, chans, want)
 		}
+	}
+}
+
+// TestRouteDeadLetterTraceStartsAtPickup: a message dead-lettered at route
+// was taken in (its payload kept for a retry): its trace says from where
+// before it says why it died. It began at "dead", the pickup's node and
+// adapter untold (found walking through the quick start).
+func TestRouteDeadLetterTraceStartsAtPickup(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  A: { pickup: { dir: ./a/out }, deliver: { dir: ./a/in } }
+  B: { pickup: { dir: ./b/out } }
+`, b, channelEndpoints{pickups: map[string]*handPickup{"A": newHandPickup(), "B": newHandPickup()}})
+	ctx := context.Background()
+	if err := p.ingestHandler("A", "dir", p.pushLane)(pickedUp("A", "B", 3, "<m/>")); err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && len(steps) < 2; time.Sleep(50 * time.Millisecond) {
+		evs, err := p.Trace(ctx, TraceQuery{Match: "Message_A_B.xml"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		steps = steps[:0]
+		for _, e := range evs {
+			steps = append(steps, e.Step+"@"+e.Node)
+		}
+	}
+	if want := []string{StepPickedUp + "@A", StepDead + "@B"}; !slices.Equal(steps, want) {
+		t.Fatalf("trace of a route dead letter: %v, want %v", steps, want)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,5 +127,52 @@ func TestReadEventsWholeOrError(t *testing.T) {
 	err := readEvents(short, b.Events, 1, last+1, func(Event) { got++ })
 	if err == nil {
 		t.Fatalf("a read short of the last event answered with %d events and no error", got)
+	}
+}
+
+// TestRetriedStepNamesReadableID: the retried step says what the retry
+// was queued as in the id's readable form, as `relay dead retry` prints
+// it and `relay trace` takes it. It gave the NATS form, the Cyrillic
+// codes as =D0=A6=D0=9E (found walking through the quick start).
+func TestRetriedStepNamesReadableID(t *testing.T) {
+	ctx := context.Background()
+	b := testBus(t)
+	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
+		if attempt == 1 {
+			return exchange.Permanent(errors.New("refused for good"))
+		}
+		return nil
+	}}
+	queueRecord(t, b, "ЦО", "ОП", 1)
+	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  ЦО: { deliver: { dir: ./co } }
+  ОП: { deliver: { dir: ./op } }
+`, b, scriptedEndpoints{"ЦО": &scriptedDelivery{}, "ОП": d})
+	var ls []DeadLetter
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && len(ls) == 0; time.Sleep(50 * time.Millisecond) {
+		ls, _ = p.Dead().List(ctx)
+	}
+	if len(ls) != 1 {
+		t.Fatalf("dead letters %+v: want No 1's", ls)
+	}
+	id, err := p.Retry(ctx, ls[0].Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var detail string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && detail == ""; time.Sleep(50 * time.Millisecond) {
+		evs, err := p.Trace(ctx, TraceQuery{Match: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			if e.Step == StepRetried {
+				detail = e.Detail
+			}
+		}
+	}
+	if want := ReadableID(id) + retrySuffix; !strings.Contains(detail, want) || strings.Contains(detail, "=D0") {
+		t.Fatalf("retried step %q: want the readable id %s…", detail, want)
 	}
 }
