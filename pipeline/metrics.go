@@ -40,7 +40,7 @@ func newMetrics(p *Pipeline) *metrics {
 	m.deliveredBytes = counter("bytes_delivered_total", "Payload bytes delivered.", "node", "adapter")
 	m.dead = counter("messages_dead_total", "Messages put into dead letters, by the node they concern and the stage (pickup, route, deliver).", "node", "stage")
 	m.dropped = counter("messages_dropped_total", "Valid messages not delivered on purpose, by destination node and reason (duplicate, stale, superseded).", "node", "reason")
-	m.attempts = counter("delivery_attempts_total", "Calls of a node's delivery adapter.", "node", "adapter")
+	m.attempts = counter("delivery_attempts_total", "Deliveries tried by a node's delivery adapter (holds not counted).", "node", "adapter")
 	m.attemptErrors = counter("delivery_errors_total", "Delivery attempts that failed (retried later, or dead-lettered).", "node", "adapter")
 	m.fetched = counter("messages_fetched_total", "Messages for a node this relay serves moved here from another relay's JetStream domain (an office, the head office).", "node", "relay")
 	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{

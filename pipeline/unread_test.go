@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/relay1c/relay/adapters/dir"
 	"github.com/relay1c/relay/config"
@@ -156,6 +157,15 @@ func TestSequentialFolderKeepsUnread(t *testing.T) {
 	})
 	if ls, err := p.Dead().List(context.Background()); err != nil || len(ls) != 0 {
 		t.Fatalf("dead letters %+v, %v", ls, err)
+	}
+	// Three deliveries tried, however often the held ones were looked at
+	// (found by review: every look counted as an attempt).
+	var mv dto.Metric
+	if err := p.metrics.attempts.WithLabelValues("DST", p.adapterOf("DST", "deliver")).Write(&mv); err != nil {
+		t.Fatal(err)
+	}
+	if n := mv.GetCounter().GetValue(); n != 3 {
+		t.Fatalf("delivery attempts of DST: %v, want 3", n)
 	}
 }
 
