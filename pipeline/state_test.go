@@ -49,6 +49,43 @@ func TestApplyAck(t *testing.T) {
 	}
 }
 
+// TestAheadWarningFollowsPickups: the warning that a node acknowledged more
+// than relay carried names what relay carried; each pickup of the channel
+// keeps that number current, and the one that reaches the acknowledged
+// number clears it. It kept the number of the day it was raised until
+// the node's next acknowledgement (found walking through the quick
+// start).
+func TestAheadWarningFollowsPickups(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  A: { deliver: { dir: ./a/in } }
+  B: { pickup: { dir: ./b/out } }
+`, b, channelEndpoints{pickups: map[string]*handPickup{"B": newHandPickup()}})
+	ctx := context.Background()
+	if _, err := p.States().Update(ctx, "P", "B", "A", func(c *Channel) {
+		c.PickedNo, c.DeliveredNo, c.Queued, c.Resolved = 7, 7, 7, 7
+		c.applyAck(9, time.Now())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		no   uint64
+		want string
+	}{{8, "relay carried only up to No 8:"}, {9, ""}} {
+		if err := p.ingestHandler("B", "test", p.pushLane)(pickedUp("B", "A", step.no, "<m/>")); err != nil {
+			t.Fatal(err)
+		}
+		c, err := p.States().Get(ctx, "P", "B", "A")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if step.want == "" && c.Warning != "" || !strings.Contains(c.Warning, step.want) {
+			t.Fatalf("after No %d picked up, A having acknowledged No 9: warning %q, want %q", step.no, c.Warning, step.want)
+		}
+	}
+}
+
 // Recent answers from what this relay last read or wrote; only a channel it
 // has not seen yet costs a read. Get always reads.
 func TestStatesRecent(t *testing.T) {
