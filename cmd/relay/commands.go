@@ -853,20 +853,25 @@ func traceCmd(g *globals) *cobra.Command {
 			if asJSON {
 				return nil
 			}
-			last := ""
 			w := tabwriter.NewWriter(g.stdout, 0, 2, 2, ' ', 0)
-			for _, e := range evs {
-				if e.MsgID != last && e.MsgID != "" {
-					// No tab: a line without one ends the column block, so
-					// the steps are not padded to the id's width (~150).
+			for _, group := range byMessage(evs) {
+				// No tab: a line without one ends the column block, so
+				// the steps are not padded to the id's width (~150).
+				if e := group[0]; e.MsgID != "" {
 					fmt.Fprintf(w, "\n%s  %s No %d\n", pipeline.ReadableID(e.MsgID), e.Channel, e.No)
-					last = e.MsgID
+				} else {
+					fmt.Fprintf(w, "\nnot taken in (no message id)\n")
 				}
-				detail := e.Detail
-				if e.Step == "picked_up" {
-					detail = fmt.Sprintf("%s; from %s, %d bytes, sha256 %s", e.Detail, e.Source, e.Size, e.SHA256)
+				for _, e := range group {
+					detail := e.Detail
+					if e.Step == "picked_up" {
+						detail = fmt.Sprintf("%s; from %s, %d bytes, sha256 %s", e.Detail, e.Source, e.Size, e.SHA256)
+					}
+					if e.MsgID == "" && e.File != "" {
+						detail = e.File + ": " + detail
+					}
+					fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Step, e.Node, oneLine(detail, 160))
 				}
-				fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Step, e.Node, oneLine(detail, 160))
 			}
 			return w.Flush()
 		},
@@ -874,6 +879,28 @@ func traceCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().IntVar(&limit, "limit", 0, fmt.Sprintf("at most this many steps, the newest (default %d)", pipeline.DefaultTraceLimit))
 	return cmd
+}
+
+// byMessage groups a trace's steps by message, in the order each message
+// first appears, each message's steps in their order: a trace of a file
+// name holds several messages whose steps interleave in time, and one
+// header per run of steps split a message into blocks (found walking
+// through the quick start: a message's acknowledgement stood under the
+// next message's header). Steps of no message (a file refused at pickup)
+// form one group.
+func byMessage(evs []pipeline.Event) [][]pipeline.Event {
+	var out [][]pipeline.Event
+	at := map[string]int{}
+	for _, e := range evs {
+		i, ok := at[e.MsgID]
+		if !ok {
+			i = len(out)
+			at[e.MsgID] = i
+			out = append(out, nil)
+		}
+		out[i] = append(out[i], e)
+	}
+	return out
 }
 
 // openFile opens a message file for inspect and send: a regular file only

@@ -501,6 +501,48 @@ func TestTraceRowsNotPaddedToTheID(t *testing.T) {
 	}
 }
 
+// TestTraceGroupsStepsByMessage: a trace of a file name holds the steps
+// of several messages, interleaved in time. A header was printed at each
+// change of message, so a message came out in several blocks (its
+// acknowledgement under the next one's steps), and a step of no message
+// (a file refused at pickup) stood under the message before it (found
+// walking through the quick start).
+func TestTraceGroupsStepsByMessage(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	step := func(ms int, step, id string, no uint64) pipeline.Event {
+		return pipeline.Event{Time: at.Add(time.Duration(ms) * time.Millisecond), Step: step, MsgID: id, File: "Message_A_B.xml", Node: "B", Channel: "P:A->B", No: no}
+	}
+	evs := []pipeline.Event{
+		step(1, pipeline.StepPickedUp, "P/A/B/1/aa", 1),
+		step(2, pipeline.StepDelivered, "P/A/B/1/aa", 1),
+		step(3, pipeline.StepPickedUp, "P/A/B/2/bb", 2),
+		step(4, "acknowledged", "P/A/B/1/aa", 1),
+		step(5, pipeline.StepDead, "", 0),
+		step(6, pipeline.StepDelivered, "P/A/B/2/bb", 2),
+	}
+	out, _, err := run(t, "trace", "-c", fakeAPI(t, map[string]any{"/api/v1/trace": evs}), "Message_A_B.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 0 {
+			if strings.HasPrefix(l, "  ") {
+				lines = append(lines, f[2]) // the step
+			} else {
+				lines = append(lines, f[0]) // a header's first word
+			}
+		}
+	}
+	want := []string{"P/A/B/1/aa", "picked_up", "delivered", "acknowledged", "P/A/B/2/bb", "picked_up", "delivered", "not", "dead"}
+	if !slices.Equal(lines, want) {
+		t.Fatalf("trace printed %q, want %q:\n%s", lines, want, out)
+	}
+	if !strings.Contains(out, "Message_A_B.xml: ") {
+		t.Errorf("the step of no message does not name its file:\n%s", out)
+	}
+}
+
 // TestSendSaysWhatBecameOfIt: `relay send` said "stored as" for a file
 // the relay had stored before (not queued again) and for one the
 // addressee's newer number made stale (found walking through the quick
