@@ -87,7 +87,13 @@ func (p *Pipeline) ingest(node, adapter string, l *lane, m *message.Message) (Ou
 	ctx := m.Context()
 	log := p.log.With("node", node, "file", m.Metadata.Get(exchange.MetaFileName), "source", m.Metadata.Get(exchange.MetaSource))
 	if problem := m.Metadata.Get(exchange.MetaProblem); problem != "" {
-		return Outcome{OutcomeDead, problem}, l.deadFromPickup(ctx, node, m, nil, problem)
+		// A header read all the same (a name that contradicts it) goes
+		// with the letter.
+		var read *exchange.Header
+		if h, err := exchange.HeaderOf(m); err == nil {
+			read = &h
+		}
+		return Outcome{OutcomeDead, problem}, l.deadFromPickup(ctx, node, m, read, problem)
 	}
 	h, err := exchange.HeaderOf(m)
 	if err != nil {

@@ -117,3 +117,30 @@ nodes:
 		t.Fatalf("trace of a route dead letter: %v, want %v", steps, want)
 	}
 }
+
+// TestPickupLetterKeepsHeaderRead: a file refused at pickup whose header
+// read (its name contradicts it) makes a dead letter that carries that
+// header (found walking through the quick start: `relay dead show` had
+// no plan or numbers for it).
+func TestPickupLetterKeepsHeaderRead(t *testing.T) {
+	b := testBus(t)
+	p := newPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
+nodes:
+  A: { pickup: { dir: ./a/out } }
+  B: { deliver: { dir: ./b/in } }
+`, b, channelEndpoints{pickups: map[string]*handPickup{"A": newHandPickup()}})
+	ctx := context.Background()
+	m := pickedUp("A", "B", 4, "<m/>")
+	m.Metadata.Set(exchange.MetaFileName, "Message_A_C.xml")
+	m.Metadata.Set(exchange.MetaProblem, "exchange: file name contradicts header: file name says A_C but header says From A To B")
+	if err := p.ingestHandler("A", "dir", p.pushLane)(m); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := p.Dead().List(ctx)
+	if err != nil || len(ls) != 1 {
+		t.Fatalf("dead letters %+v, %v: want one", ls, err)
+	}
+	if h := ls[0].Header; ls[0].Stage != StagePickup || h == nil || h.To != "B" || h.MessageNo != 4 {
+		t.Fatalf("dead letter %+v (header %+v): want a pickup letter with the header read", ls[0], h)
+	}
+}

@@ -911,3 +911,30 @@ func TestPickupTellsNearMissNames(t *testing.T) {
 		t.Fatal("the file passed over was removed")
 	}
 }
+
+// TestPickupNameMismatchKeepsHeader: a file whose name contradicts its
+// header is refused, and the header read goes with the refusal, so that
+// its dead letter shows plan and numbers (found walking through the quick
+// start: only the contradiction was told).
+func TestPickupNameMismatchKeepsHeader(t *testing.T) {
+	dir := t.TempDir()
+	_, ch := startPickup(t, "A", fastPickup(dir), "delete", nil)
+	path, err := exchangetest.WriteFile(t.TempDir(), exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 4, ReceivedNo: 2}, 1000, exchange.FormatXML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path, filepath.Join(dir, "Message_A_C.xml")); err != nil {
+		t.Fatal(err)
+	}
+	m := foldertest.Next(ch, 3*time.Second)
+	if m == nil {
+		t.Fatal("the file was never offered")
+	}
+	defer m.Ack()
+	if p := m.Metadata.Get(exchange.MetaProblem); !strings.Contains(p, "file name says") {
+		t.Fatalf("problem %q, want the name's contradiction", p)
+	}
+	if h, err := exchange.HeaderOf(m); err != nil || h.To != "B" || h.MessageNo != 4 || h.ReceivedNo != 2 {
+		t.Fatalf("header %+v, %v: want the file's (To B, No 4, received No 2)", h, err)
+	}
+}

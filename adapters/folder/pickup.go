@@ -792,6 +792,12 @@ func NewMessage(node string, isNode func(string) bool, where, name string, f Fet
 	if problem != nil {
 		msg.Metadata.Set(exchange.MetaProblem, problem.Error())
 		msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(f.Size, 10))
+		if errors.Is(problem, exchange.ErrNameMismatch) && info.Header.From != "" {
+			// The header read: its dead letter shows plan and numbers
+			// (found walking through the quick start: only the name's
+			// contradiction was told).
+			exchange.SetHeader(msg, info.Header)
+		}
 	} else {
 		exchange.SetHeader(msg, info.Header)
 		msg.Metadata.Set(exchange.MetaSize, strconv.FormatInt(info.Size, 10))
