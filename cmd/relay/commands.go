@@ -796,11 +796,17 @@ func letterNode(l pipeline.DeadLetter) string {
 // lacked its node, never a broken file (dead show offered every letter
 // the same retry).
 func retryHint(l pipeline.DeadLetter) string {
-	switch l.Stage {
-	case pipeline.StagePickup:
+	switch {
+	case l.Stage == pipeline.StagePickup && strings.Contains(l.Reason, exchange.ErrNameMismatch.Error()):
+		// Kept under the name it came by: a retry reads the same
+		// contradiction (found walking through the quick start: the hint
+		// sent the operator to routing.yaml).
+		return fmt.Sprintf("its name contradicts its header, and `relay dead retry %d` would read it under the same name: "+
+			"its sender must write it anew under the name its header gives, then `relay dead drop %d`", l.Seq, l.Seq)
+	case l.Stage == pipeline.StagePickup:
 		return fmt.Sprintf("`relay dead retry %d` checks the file again and queues it if it passes now (after routing.yaml was fixed); "+
 			"a retry cannot mend a broken file: its sender must write it anew, then `relay dead drop %d`", l.Seq, l.Seq)
-	case pipeline.StageRoute:
+	case l.Stage == pipeline.StageRoute:
 		return fmt.Sprintf("`relay dead retry %d` queues it again once routing.yaml can route it", l.Seq)
 	}
 	return fmt.Sprintf("`relay dead retry %d` sends it again (once the destination takes it)", l.Seq)

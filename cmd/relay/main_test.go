@@ -739,6 +739,28 @@ func TestDeadLettersNameTheNodesPart(t *testing.T) {
 	}
 }
 
+// TestDeadShowOfNameContradiction: a file refused because its name
+// contradicts its header shows the header read, and its retry hint does
+// not send the operator to routing.yaml: a retry reads it under the same
+// name and fails again (found walking through the quick start).
+func TestDeadShowOfNameContradiction(t *testing.T) {
+	l := pipeline.DeadLetter{Seq: 3, Time: time.Now(), Node: "A", Stage: pipeline.StagePickup, FileName: "Message_A_C.xml", Object: "o3", Size: 3,
+		Reason: "exchange: file name contradicts header: file name says A_C but header says From A To B",
+		Header: &exchange.Header{ExchangePlan: "P", From: "A", To: "B", MessageNo: 4, ReceivedNo: 2, Dialect: exchange.DialectPlatform}}
+	out, _, err := run(t, "dead", "show", "-c", fakeAPI(t, map[string]any{"/api/v1/dead/3": l}), "3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"P, A → B, No 4, received No 2", "under the name its header gives, then `relay dead drop 3`"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dead show lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "routing.yaml") {
+		t.Errorf("dead show of a name contradiction points at routing.yaml:\n%s", out)
+	}
+}
+
 // fakeAPI is a relay API on 127.0.0.1 that answers each path of replies
 // with its value as JSON (anything else 404), and the routing.yaml of
 // relay hq pointing the commands at it.
