@@ -164,6 +164,9 @@ func (p *Pipeline) Trace(ctx context.Context, q TraceQuery) ([]Event, error) {
 // this is a server that stopped answering, not a slow one.
 const traceWait = 15 * time.Second
 
+// traceResetTries bounds the tries at each new consumer readEvents makes.
+const traceResetTries = 3
+
 // readEvents hands fn every event of stream from sequence from through
 // last, oldest first. It reads through one ordered consumer's message
 // iterator, which makes a new consumer and goes on where it was when
@@ -173,6 +176,12 @@ const traceWait = 15 * time.Second
 func readEvents(ctx context.Context, stream jetstream.Stream, from, last uint64, fn func(Event)) error {
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
+		// Each new consumer is made in up to this many tries (10 s each
+		// at most, 1 s and 2 s apart). The client's default tries for
+		// ever, deaf to ctx: with a JetStream that did not answer (the
+		// stream gone, a cluster without quorum) a trace, the dashboard's
+		// too, never returned (found by review).
+		MaxResetAttempts: traceResetTries,
 	})
 	if err != nil {
 		return fmt.Errorf("events from %d: %w", from, err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relay1c/relay/bus"
 	"github.com/relay1c/relay/exchange"
 )
 
@@ -174,5 +175,40 @@ nodes:
 	}
 	if want := ReadableID(id) + retrySuffix; !strings.Contains(detail, want) || strings.Contains(detail, "=D0") {
 		t.Fatalf("retried step %q: want the readable id %s…", detail, want)
+	}
+}
+
+// TestReadEventsBoundedWhenJetStreamFails: a read whose consumer must be
+// made anew while JetStream does not make it (here the stream is deleted
+// under it) fails within a few seconds. The client's ordered consumer
+// tried to make it for ever, deaf to the read's context: the trace (and
+// the dashboard's request for it) never returned (found by review).
+func TestReadEventsBoundedWhenJetStreamFails(t *testing.T) {
+	b := testBus(t)
+	for i := range 3 {
+		recordEvent(b.Conn, slog.New(slog.DiscardHandler), Event{Step: StepPickedUp, MsgID: fmt.Sprintf("id%d", i)})
+	}
+	if err := b.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		// Past what is stored: the read waits in the iterator.
+		done <- readEvents(ctx, b.Events, 1, 10, func(Event) {})
+	}()
+	time.Sleep(500 * time.Millisecond)
+	if err := b.JS.DeleteStream(context.Background(), bus.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a read of a deleted stream answered without an error")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the read still runs 30 s after its stream was deleted (its context ended after 2 s)")
 	}
 }

@@ -206,24 +206,38 @@ func leaseHolder(ctx context.Context, js jetstream.JetStream, key string) string
 // own reader failed for a whole minute on it).
 func traceEvents(ctx context.Context, t *testing.T, listen string, query url.Values) []pipeline.Event {
 	t.Helper()
+	// The relay's own connection may sit on a server that restarted a
+	// moment ago: a failed trace is asked again, for up to a minute.
+	var last string
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		out, err := askTrace(ctx, listen, query)
+		if err == nil {
+			return out
+		}
+		last = err.Error()
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("trace %s: %s", query.Encode(), last)
+		}
+	}
+}
+
+// askTrace is one GET /api/v1/trace of the relay API at listen.
+func askTrace(ctx context.Context, listen string, query url.Values) ([]pipeline.Event, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+listen+"/api/v1/trace?limit=1000000&"+query.Encode(), nil)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("trace %s: %v", query.Encode(), err)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("trace %s: %s: %s", query.Encode(), resp.Status, b)
+		return nil, fmt.Errorf("%s: %s", resp.Status, b)
 	}
 	var out []pipeline.Event
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		t.Fatalf("trace %s: %v", query.Encode(), err)
-	}
-	return out
+	return out, json.NewDecoder(resp.Body).Decode(&out)
 }
 
 // oneCWriter writes No 1, 2, ... of one channel into the sender's outbox,
