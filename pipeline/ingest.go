@@ -289,9 +289,6 @@ func (l *lane) taken(ctx context.Context, h exchange.Header, now time.Time, fres
 		c.TakenSeq = max(c.TakenSeq, seq)
 		c.PickedNo = max(c.PickedNo, h.MessageNo)
 		c.LastPickupAt = now
-		if c.Warning != "" {
-			c.aheadOfCarried(now)
-		}
 	}); err != nil {
 		l.log.Warn("channel state not updated", "channel", channelName(h), "err", err)
 	}

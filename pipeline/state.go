@@ -128,9 +128,10 @@ func (c *Channel) applyAck(receivedNo uint64, now time.Time) (changed bool) {
 
 // aheadOfCarried sets the warning that To acknowledged more than relay
 // carried, or clears it once relay carried as far. Asked at every
-// acknowledgement and, while the warning stands, at every pickup: the
-// number it names is what relay carried, kept current (found walking
-// through the quick start: it named the number of the day it was raised).
+// acknowledgement and, while the warning stands, at every write of the
+// channel's state: the number it names is what relay carried, kept current
+// (found walking through the quick start: it named the number of the day
+// it was raised).
 func (c *Channel) aheadOfCarried(now time.Time) {
 	carried := max(c.PickedNo, c.DeliveredNo)
 	switch {
@@ -401,6 +402,12 @@ func (s *States) update(ctx context.Context, key, plan, from, to string, fn func
 		c.Plan, c.From, c.To = plan, from, to
 		if !confirm {
 			fn(&c)
+			if c.Warning != "" {
+				// Whatever moved the numbers (a pickup, a delivery, a
+				// count made up after a stop), the warning names them
+				// as they are now.
+				c.aheadOfCarried(s.now())
+			}
 		}
 		id := rand.Uint64()
 		c.Writes = appendLast(c.Writes, id, recentWrites)
