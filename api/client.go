@@ -175,6 +175,15 @@ func (c *Client) DropDead(ctx context.Context, seq uint64) error {
 	return c.waiting(slowWait).do(ctx, http.MethodDelete, "/api/v1/dead/"+strconv.FormatUint(seq, 10), nil)
 }
 
+// Skip lets a sequential channel go on without the numbers up to no it
+// waits for, and returns the channel's state after.
+func (c *Client) Skip(ctx context.Context, plan, from, to string, no uint64) (pipeline.Channel, error) {
+	var out pipeline.Channel
+	q := url.Values{"plan": {plan}, "from": {from}, "to": {to}, "through": {strconv.FormatUint(no, 10)}}
+	err := c.do(ctx, http.MethodPost, "/api/v1/channels/skip?"+q.Encode(), &out)
+	return out, err
+}
+
 // Push sends one message file to the relay (POST /api/v1/messages). The
 // file streams; the client waits as long as ctx allows, not its usual 30 s.
 func (c *Client) Push(ctx context.Context, name string, r io.Reader, size int64) (PushReply, error) {

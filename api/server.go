@@ -40,6 +40,9 @@ type Backend interface {
 	DeadLetter(ctx context.Context, seq uint64) (pipeline.DeadLetter, error)
 	RetryDead(ctx context.Context, seq uint64) (string, error)
 	DropDead(ctx context.Context, seq uint64) error
+	// SkipThrough lets a sequential channel go on without the numbers
+	// up to no it waits for (pipeline.Pipeline.SkipThrough).
+	SkipThrough(ctx context.Context, plan, from, to string, no uint64) (pipeline.Channel, error)
 	// EndpointErrors is a served node's current pickup and delivery trouble.
 	EndpointErrors(node string) (pickup, deliver string)
 	// Push takes a message pushed through the API into JetStream; a nil
@@ -184,6 +187,7 @@ func NewServer(cfg *config.Config, be Backend, token string, log *slog.Logger) *
 	s.mux.Handle("GET /api/v1/dead/{seq}", s.auth(s.deadGet))
 	s.mux.Handle("POST /api/v1/dead/{seq}/retry", s.auth(s.deadRetry))
 	s.mux.Handle("DELETE /api/v1/dead/{seq}", s.auth(s.deadDrop))
+	s.mux.Handle("POST /api/v1/channels/skip", s.auth(s.skip))
 	// Browsers mark a request another site's page makes (Sec-Fetch-Site,
 	// Origin); 1C, scripts and relay's own client send neither and pass.
 	s.handler = closeUnread(http.NewCrossOriginProtection().Handler(s.mux))
@@ -622,6 +626,29 @@ func (s *Server) deadDrop(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("dead letter dropped", "seq", seq)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// skip lets a sequential channel go on past a gap:
+// ?plan=&from=&to=&through=N. 409 when there is nothing to skip there.
+func (s *Server) skip(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	plan, from, to := q.Get("plan"), q.Get("from"), q.Get("to")
+	no, err := strconv.ParseUint(q.Get("through"), 10, 64)
+	if plan == "" || from == "" || to == "" || err != nil || no == 0 {
+		writeErr(w, http.StatusBadRequest, "give plan, from, to and through=<message number>")
+		return
+	}
+	c, err := s.be.SkipThrough(r.Context(), plan, from, to, no)
+	switch {
+	case errors.Is(err, pipeline.ErrCannotSkip):
+		writeErr(w, http.StatusConflict, err.Error())
+		return
+	case err != nil:
+		writeErr(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	s.log.Info("gap skipped", "plan", plan, "from", from, "to", to, "through", no)
+	writeJSON(w, http.StatusOK, c)
 }
 
 // ErrorBody is the JSON of every error reply.

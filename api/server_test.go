@@ -76,6 +76,12 @@ func (f *fakeBackend) DropDead(_ context.Context, seq uint64) error {
 	f.dropped = append(f.dropped, seq)
 	return nil
 }
+func (f *fakeBackend) SkipThrough(_ context.Context, plan, from, to string, no uint64) (pipeline.Channel, error) {
+	if to != "B" {
+		return pipeline.Channel{}, fmt.Errorf("%s:%s->%s: %w: %s is a latest node", plan, from, to, pipeline.ErrCannotSkip, to)
+	}
+	return pipeline.Channel{Plan: plan, From: from, To: to, DroppedNo: no}, nil
+}
 
 func newTestServer(t *testing.T, token string, be Backend) *Server {
 	t.Helper()
@@ -488,6 +494,10 @@ func TestOpenAPIListsEveryStatus(t *testing.T) {
 		{"dead list without token", locked, "GET", "/api/v1/dead", "/api/v1/dead", remote, ""},
 		{"metrics without token", locked, "GET", "/metrics", "/metrics", remote, ""},
 		{"trace without token", locked, "GET", "/api/v1/trace?q=x", "/api/v1/trace", remote, ""},
+		{"skip without token", locked, "POST", "/api/v1/channels/skip?plan=P&from=A&to=B&through=3", "/api/v1/channels/skip", remote, ""},
+		{"skip without a number", open, "POST", "/api/v1/channels/skip?plan=P&from=A&to=B", "/api/v1/channels/skip", lo, ""},
+		{"skip on a latest node", open, "POST", "/api/v1/channels/skip?plan=P&from=B&to=A&through=3", "/api/v1/channels/skip", lo, ""},
+		{"skip", open, "POST", "/api/v1/channels/skip?plan=P&from=A&to=B&through=3", "/api/v1/channels/skip", lo, ""},
 		{"pull with a wrong token", pullSrv, "GET", "/api/v1/nodes/MOB/messages/next", "/api/v1/nodes/{code}/messages/next", remote, "Bearer nope"},
 		{"pull of an unreadable payload", brokenSrv, "GET", "/api/v1/nodes/MOB/messages/next", "/api/v1/nodes/{code}/messages/next", lo, "Bearer mob-secret"},
 		{"pull by HEAD", pullSrv, "HEAD", "/api/v1/nodes/MOB/messages/next", "/api/v1/nodes/{code}/messages/next", lo, "Bearer mob-secret"},

@@ -232,6 +232,11 @@ func (r *Relay) DropDead(ctx context.Context, seq uint64) error {
 	return r.pipe.DropDead(ctx, seq)
 }
 
+// SkipThrough implements api.Backend.
+func (r *Relay) SkipThrough(ctx context.Context, plan, from, to string, no uint64) (pipeline.Channel, error) {
+	return r.pipe.SkipThrough(ctx, plan, from, to, no)
+}
+
 // Bus exposes the NATS side for tests and tools.
 func (r *Relay) Bus() *bus.Bus { return r.bus }
 

@@ -617,6 +617,37 @@ func deadCmd(g *globals) *cobra.Command {
 	return dead
 }
 
+// skipCmd is the operator's way past a gap of a sequential channel that
+// will not fill: without it, the channel waits for good.
+func skipCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "skip PLAN FROM TO NO",
+		Short: "Let a sequential channel go on without the numbers up to NO it waits for (a gap that will never fill)",
+		Long: "A sequential channel holds its messages while a number before them is missing. When that number will never come " +
+			"(its file was written over in the sender's outbox before relay took it), `relay skip` lets the channel go on without " +
+			"the numbers up to NO; `relay status` shows the command to give. The held message is delivered within 30 s. " +
+			"What the skipped messages carried has to be sent again from the sender's 1C.",
+		Args: cobra.ExactArgs(4),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			no, err := strconv.ParseUint(args[3], 10, 64)
+			if err != nil || no == 0 {
+				return fmt.Errorf("NO %q: want a message number (a positive number)", args[3])
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ch, err := c.Skip(cmd.Context(), args[0], args[1], args[2], no)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "%s: %s → %s goes on past No %d (delivered up to No %d); the next number is delivered within 30 s\n",
+				ch.Plan, ch.From, ch.To, no, ch.DeliveredNo)
+			return nil
+		},
+	}
+}
+
 func eachSeq(g *globals, cmd *cobra.Command, args []string, fn func(*api.Client, uint64) error) error {
 	c, err := g.client()
 	if err != nil {

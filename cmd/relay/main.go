@@ -56,7 +56,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	g.configGiven = func() bool { return configFlag.Changed }
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(runCmd(g), validateCmd(g), inspectCmd(g), statusCmd(g), deadCmd(g), checkCmd(g), sendCmd(g), traceCmd(g))
+	root.AddCommand(runCmd(g), validateCmd(g), inspectCmd(g), statusCmd(g), deadCmd(g), skipCmd(g), checkCmd(g), sendCmd(g), traceCmd(g))
 	// cobra's completion command, made now so that a mistyped shell
 	// (relay completion bsah) is an error rather than its help on stdout
 	// and exit 0, installed as a completion script (found by review).

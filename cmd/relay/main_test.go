@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -758,6 +759,31 @@ func TestDeadShowOfNameContradiction(t *testing.T) {
 	}
 	if strings.Contains(out, "routing.yaml") {
 		t.Errorf("dead show of a name contradiction points at routing.yaml:\n%s", out)
+	}
+}
+
+// TestSkipAsksTheRelay: relay skip names the channel and the number to the
+// API and says what the channel does now; a number that is none fails
+// before asking.
+func TestSkipAsksTheRelay(t *testing.T) {
+	var asked url.Values
+	cfg := fakeAPI(t, map[string]any{"/api/v1/channels/skip": func(r *http.Request) any {
+		asked = r.URL.Query()
+		return pipeline.Channel{Plan: "Магазины", From: "ЦО", To: "ОП", DeliveredNo: 4, DroppedNo: 5}
+	}})
+	out, _, err := run(t, "skip", "-c", cfg, "Магазины", "ЦО", "ОП", "5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asked.Get("plan") != "Магазины" || asked.Get("from") != "ЦО" || asked.Get("to") != "ОП" || asked.Get("through") != "5" {
+		t.Errorf("asked %v", asked)
+	}
+	if want := "Магазины: ЦО → ОП goes on past No 5 (delivered up to No 4)"; !strings.Contains(out, want) {
+		t.Errorf("skip printed %q, want %q", out, want)
+	}
+	asked = nil
+	if _, _, err := run(t, "skip", "-c", cfg, "Магазины", "ЦО", "ОП", "five"); err == nil || asked != nil {
+		t.Errorf("skip of NO five: %v (asked %v), want a failure before asking", err, asked)
 	}
 }
 

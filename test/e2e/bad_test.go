@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -234,6 +235,35 @@ func TestSequentialGapFilledByHand(t *testing.T) {
 		t.Fatalf("push of an empty No 2: %+v, %v", reply, err)
 	}
 	waitFor(t, 20*time.Second, "No 3 delivered after the empty No 2", func() bool { return readNo(dst) == 3 })
+}
+
+// TestSequentialGapSkipped: the same gap, passed with the command the
+// hold names (`relay skip`, the real binary against the running relay):
+// No 3 is delivered, and the state keeps No 2 as skipped.
+func TestSequentialGapSkipped(t *testing.T) {
+	s := newSite(t, nodeSpec{code: "A"}, nodeSpec{code: "S", mode: "sequential", extraYAML: "overwrite_unread: true"})
+	s.start(t)
+	dst := filepath.Join(s.in("S"), "Message_A_S.xml")
+	for _, n := range []uint64{1, 3} {
+		exchangetest.WriteFile(s.out("A"), header("A", "S", n, 0), 500, exchange.FormatXML)
+		waitFor(t, 10*time.Second, "taken", func() bool { return gone(filepath.Join(s.out("A"), "Message_A_S.xml")) })
+	}
+	const command = "relay skip Магазины A S 2"
+	waitFor(t, 10*time.Second, "the gap reported with the command past it", func() bool {
+		return strings.Contains(channelSoFar(t, s, "A", "S").LastError, command)
+	})
+	bin := buildRelay(t)
+	if out, err := exec.Command(bin, "skip", "-c", s.cfg, "Магазины", "A", "S", "3").CombinedOutput(); err == nil {
+		t.Fatalf("relay skip of the held No 3 itself succeeded:\n%s", out)
+	}
+	out, err := exec.Command(bin, "skip", "-c", s.cfg, "Магазины", "A", "S", "2").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "goes on past No 2") {
+		t.Fatalf("%s: %v\n%s", command, err, out)
+	}
+	waitFor(t, 40*time.Second, "No 3 delivered after the skip", func() bool { return readNo(dst) == 3 })
+	if c := channelSoFar(t, s, "A", "S"); c.DroppedNo != 2 || c.DeliveredNo != 3 || c.LastError != "" {
+		t.Fatalf("after the skip: %+v", c)
+	}
 }
 
 // TestAcknowledgement: ReceivedNo of B→A acknowledges A→B.
