@@ -429,7 +429,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			}
 			passed := st.passedNo()
 			if passed > 0 && h.MessageNo > passed+1 {
-				msg := fmt.Sprintf(gapPrefix+"holding No %d until No %d arrives; if it never will (its file was written over before relay took it), `relay skip %s %s %s %d` goes on without it",
+				msg := fmt.Sprintf(gapPrefix+"holding No %d until No %d arrives; if it never will, `relay skip %s %s %s %d` goes on without it",
 					h.MessageNo, passed+1, shellArg(h.ExchangePlan), shellArg(h.From), shellArg(h.To), passed+1)
 				if p.failingBefore(st, l.states.now()) {
 					// Not a gap: the number it waits for is failing at

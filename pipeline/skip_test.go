@@ -29,7 +29,7 @@ func TestSkipGoesOnPastAGap(t *testing.T) {
 	runUntilEnd(t, p)
 	// (No 3 may first wait for No 1, queued before it.)
 	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 && strings.Contains(c.LastError, "until No 2 arrives") })
-	if want := "gap: holding No 3 until No 2 arrives; if it never will (its file was written over before relay took it), `relay skip P SRC DST 2` goes on without it"; c.LastError != want {
+	if want := "gap: holding No 3 until No 2 arrives; if it never will, `relay skip P SRC DST 2` goes on without it"; c.LastError != want {
 		t.Fatalf("held: %q, want %q", c.LastError, want)
 	}
 	// Refused where there is nothing to skip.
