@@ -61,6 +61,17 @@ func (d *scriptedDelivery) Publish(_ string, msgs ...*message.Message) error {
 
 func (d *scriptedDelivery) Close() error { return nil }
 
+// diesFirst is a scriptedDelivery whose first attempt of No no is refused
+// for good (a dead letter); everything else is delivered.
+func diesFirst(no uint64) *scriptedDelivery {
+	return &scriptedDelivery{fail: func(n uint64, attempt int) error {
+		if n == no && attempt == 1 {
+			return exchange.Permanent(errors.New("refused for good"))
+		}
+		return nil
+	}}
+}
+
 func (d *scriptedDelivery) delivered() []uint64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()

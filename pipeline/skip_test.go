@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/relay1c/relay/exchange"
 )
 
 // TestSkipGoesOnPastAGap: No 2 of a sequential channel never comes (1C
@@ -68,12 +66,7 @@ func TestSkipRefusedBehindDeadLetter(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := testBus(t)
-	d := &scriptedDelivery{fail: func(no uint64, _ int) error {
-		if no == 2 {
-			return exchange.Permanent(errors.New("refused for good"))
-		}
-		return nil
-	}}
+	d := diesFirst(2)
 	for no := uint64(1); no <= 3; no++ {
 		queueRecord(t, b, "SRC", "DST", no)
 	}

@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/relay1c/relay/bus"
-	"github.com/relay1c/relay/exchange"
 )
 
 // TestTraceOfRetriedIDShowsDelivery: `relay dead retry N` prints "queued
@@ -22,12 +20,7 @@ import (
 func TestTraceOfRetriedIDShowsDelivery(t *testing.T) {
 	ctx := context.Background()
 	b := testBus(t)
-	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
-		if attempt == 1 {
-			return exchange.Permanent(errors.New("refused for good"))
-		}
-		return nil
-	}}
+	d := diesFirst(1)
 	queueRecord(t, b, "SRC", "DST", 1)
 	p := runSequential(t, b, d)
 	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Dead == 1 }); c.Dead != 1 {
@@ -138,12 +131,7 @@ func TestReadEventsWholeOrError(t *testing.T) {
 func TestRetriedStepNamesReadableID(t *testing.T) {
 	ctx := context.Background()
 	b := testBus(t)
-	d := &scriptedDelivery{fail: func(no uint64, attempt int) error {
-		if attempt == 1 {
-			return exchange.Permanent(errors.New("refused for good"))
-		}
-		return nil
-	}}
+	d := diesFirst(1)
 	queueRecord(t, b, "ЦО", "ОП", 1)
 	p := runPipeline(t, `relay: { id: r1, listen: "127.0.0.1:1" }
 nodes:

@@ -211,11 +211,11 @@ func TestSequentialHoldsGap(t *testing.T) {
 	})
 }
 
-// TestSequentialGapFilledByHand: a number that will never come (its file
-// written over in the sender's outbox before relay took it) is given to
-// the channel by hand, as the README says: an empty message of that
-// number, pushed as relay send does. The numbers after it go on.
-func TestSequentialGapFilledByHand(t *testing.T) {
+// gapOfNo2 runs a relay whose sequential node S got A's No 1 and No 3, No 2
+// never written (1C wrote No 3 over it before relay took it); dst is S's
+// file of the channel.
+func gapOfNo2(t *testing.T) (*site, string) {
+	t.Helper()
 	s := newSite(t, nodeSpec{code: "A"}, nodeSpec{code: "S", mode: "sequential", extraYAML: "overwrite_unread: true"})
 	s.start(t)
 	dst := filepath.Join(s.in("S"), "Message_A_S.xml")
@@ -223,6 +223,15 @@ func TestSequentialGapFilledByHand(t *testing.T) {
 		exchangetest.WriteFile(s.out("A"), header("A", "S", n, 0), 500, exchange.FormatXML)
 		waitFor(t, 10*time.Second, "taken", func() bool { return gone(filepath.Join(s.out("A"), "Message_A_S.xml")) })
 	}
+	return s, dst
+}
+
+// TestSequentialGapFilledByHand: a number that will never come (its file
+// written over in the sender's outbox before relay took it) is given to
+// the channel by hand, as the README says: an empty message of that
+// number, pushed as relay send does. The numbers after it go on.
+func TestSequentialGapFilledByHand(t *testing.T) {
+	s, dst := gapOfNo2(t)
 	waitFor(t, 10*time.Second, "the gap reported", func() bool {
 		return strings.Contains(channelSoFar(t, s, "A", "S").LastError, "until No 2 arrives")
 	})
@@ -241,13 +250,7 @@ func TestSequentialGapFilledByHand(t *testing.T) {
 // hold names (`relay skip`, the real binary against the running relay):
 // No 3 is delivered, and the state keeps No 2 as skipped.
 func TestSequentialGapSkipped(t *testing.T) {
-	s := newSite(t, nodeSpec{code: "A"}, nodeSpec{code: "S", mode: "sequential", extraYAML: "overwrite_unread: true"})
-	s.start(t)
-	dst := filepath.Join(s.in("S"), "Message_A_S.xml")
-	for _, n := range []uint64{1, 3} {
-		exchangetest.WriteFile(s.out("A"), header("A", "S", n, 0), 500, exchange.FormatXML)
-		waitFor(t, 10*time.Second, "taken", func() bool { return gone(filepath.Join(s.out("A"), "Message_A_S.xml")) })
-	}
+	s, dst := gapOfNo2(t)
 	const command = "relay skip Магазины A S 2"
 	waitFor(t, 10*time.Second, "the gap reported with the command past it", func() bool {
 		return strings.Contains(channelSoFar(t, s, "A", "S").LastError, command)
