@@ -217,6 +217,21 @@ func (p *Pipeline) DropDead(ctx context.Context, seq uint64) error {
 	return nil
 }
 
+// doneThrough is the stream sequence up to which node's records are all
+// done: its delivery consumer's ack floor (they stay in the stream until
+// PurgeDone), 0 when unknown.
+func (p *Pipeline) doneThrough(ctx context.Context, node string) uint64 {
+	c, err := p.b.Exchange.Consumer(ctx, bus.ConsumerName(p.cfg.Relay.ID, node))
+	if err != nil {
+		return 0
+	}
+	ci, err := c.Info(ctx)
+	if err != nil {
+		return 0
+	}
+	return ci.AckFloor.Stream
+}
+
 // maxInUseScan bounds the records of a channel payloadInUse reads.
 const maxInUseScan = 10000
 
@@ -233,14 +248,7 @@ func (p *Pipeline) payloadInUse(ctx context.Context, l DeadLetter) (bool, error)
 		return false, nil // a pickup's letter keeps its payload under a name of its own
 	}
 	subject := bus.Subject(l.Header.ExchangePlan, l.Header.From, l.Header.To)
-	// Records up to the delivery consumer's ack floor are done (they stay
-	// in the stream until PurgeDone): only those after it may wait.
-	next := uint64(1)
-	if c, err := p.b.Exchange.Consumer(ctx, bus.ConsumerName(p.cfg.Relay.ID, l.Header.To)); err == nil {
-		if ci, err := c.Info(ctx); err == nil {
-			next = ci.AckFloor.Stream + 1
-		}
-	}
+	next := p.doneThrough(ctx, l.Header.To) + 1
 	inUse, n := false, 0
 	err := eachMsg(ctx, p.b.Exchange, subject, next, func(raw *jetstream.RawStreamMsg) bool {
 		n++

@@ -429,8 +429,8 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			}
 			passed := st.passedNo()
 			if passed > 0 && h.MessageNo > passed+1 {
-				msg := fmt.Sprintf(gapPrefix+"holding No %d until No %d arrives; if it never will, `relay skip %s %s %s %d` goes on without it",
-					h.MessageNo, passed+1, shellArg(h.ExchangePlan), shellArg(h.From), shellArg(h.To), passed+1)
+				msg := fmt.Sprintf(gapPrefix+"holding No %d until No %d arrives; if it never will, `%s` goes on without it",
+					h.MessageNo, passed+1, skipCommand(h, passed+1))
 				if p.failingBefore(st, l.states.now()) {
 					// Not a gap: the number it waits for is failing at
 					// the destination, and that error is what the
@@ -441,16 +441,18 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				return holdTold(msg)
 			}
 			// Nothing delivered on the channel yet, so any number may
-			// start it; but a lower one queued before this one (nacked
-			// after a failure, or taken by the node's other worker) must
-			// go first, or it would be dropped as stale behind this one.
+			// start it; but a lower one queued (nacked after a failure,
+			// taken by the node's other worker, or queued after this one:
+			// mails arrive out of order) must go first, or it would be
+			// dropped as stale behind this one (found by review: No 6,
+			// queued after No 7, was).
 			if passed == 0 {
-				earlier, err := l.earlierNo(ctx, h, streamSeq(in, m))
+				lower, err := l.queuedIn(ctx, h, streamSeq(in, m), p.doneThrough(ctx, node)+1, st.RecentSeqs, 0, h.MessageNo-1)
 				if err != nil {
 					return err
 				}
-				if earlier > 0 {
-					msg := fmt.Sprintf(gapPrefix+"holding No %d until No %d, queued before it, is delivered", h.MessageNo, earlier)
+				if lower > 0 {
+					msg := fmt.Sprintf(gapPrefix+"holding No %d until No %d, also queued, is delivered", h.MessageNo, lower)
 					if p.failingBefore(st, l.states.now()) {
 						log.Debug(msg)
 						return hold()
@@ -933,28 +935,26 @@ func timesOffered(in *inflight, m *message.Message) uint64 {
 	return 0
 }
 
-// earlierNo is a MessageNo below h's of a record queued on h's channel
-// before the record at stream sequence seq, 0 when there is none (or seq
-// is unknown).
-func (l *lane) earlierNo(ctx context.Context, h exchange.Header, seq uint64) (uint64, error) {
-	var earlier uint64
-	if seq <= 1 {
-		return 0, nil // nothing before it (or its place unknown)
-	}
-	err := eachMsg(ctx, l.b.Exchange, bus.Subject(h.ExchangePlan, h.From, h.To), 1, func(raw *jetstream.RawStreamMsg) bool {
-		if raw.Sequence >= seq {
-			return false
+// queuedIn is a MessageNo in (lo, hi] of a record of channel h that may
+// still wait, 0 when there is none: one from stream sequence from on
+// (records before it are done), other than the record at seq and the ones
+// the channel resolved lately (done).
+func (l *lane) queuedIn(ctx context.Context, h exchange.Header, seq, from uint64, done []uint64, lo, hi uint64) (uint64, error) {
+	var found uint64
+	err := eachMsg(ctx, l.b.Exchange, bus.Subject(h.ExchangePlan, h.From, h.To), from, func(raw *jetstream.RawStreamMsg) bool {
+		if raw.Sequence == seq || slices.Contains(done, raw.Sequence) {
+			return true
 		}
-		if n, err := strconv.ParseUint(raw.Header.Get(exchange.MetaMessageNo), 10, 64); err == nil && n > 0 && n < h.MessageNo {
-			earlier = n
+		if n, err := strconv.ParseUint(raw.Header.Get(exchange.MetaMessageNo), 10, 64); err == nil && n > lo && n <= hi {
+			found = n
 			return false
 		}
 		return true
 	})
 	if err != nil {
-		return 0, fmt.Errorf("records of %s before seq %d: %w", channelName(h), seq, err)
+		return 0, fmt.Errorf("records of %s: %w", channelName(h), err)
 	}
-	return earlier, nil
+	return found, nil
 }
 
 func atoi64(s string) int64 {

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,5 +59,28 @@ func TestGapHoldKeepsPredecessorFailure(t *testing.T) {
 	}
 	if misleading > 0 {
 		t.Fatalf("No 5 is queued and failing (connection refused), yet in %d of %d samples the channel's last error said %q", misleading, samples, last)
+	}
+}
+
+// TestFirstDeliveryWaitsForLowerQueuedAfter: before a sequential
+// channel's first delivery any number may start it, but not one with a
+// lower number queued, whether before or after it in the stream (mails
+// arrive out of order: the IMAP pickup took No 7 before No 6). No 7 went
+// first and No 6 was dropped as stale behind it: its increments lost.
+func TestFirstDeliveryWaitsForLowerQueuedAfter(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := testBus(t)
+	d := &scriptedDelivery{}
+	queueRecord(t, b, "SRC", "DST", 7)
+	queueRecord(t, b, "SRC", "DST", 6)
+	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 7, 2 }); err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Resolved == 2 })
+	if !slices.Equal(d.delivered(), []uint64{6, 7}) || c.DeliveredNo != 7 || c.Stale != 0 {
+		t.Fatalf("delivered %v, state %+v: want No 6, then No 7", d.delivered(), c)
 	}
 }

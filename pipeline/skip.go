@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,8 +14,9 @@ import (
 )
 
 // ErrCannotSkip marks a skip refused for what the channel is: not
-// sequential, or no number above the one named waits, or a dead letter in
-// the way (that one is dropped or retried instead).
+// sequential, served by another relay, no number above the one named
+// waits, or a number in the way is queued (it waits for its delivery) or
+// a dead letter (retried or dropped instead).
 var ErrCannotSkip = errors.New("cannot skip")
 
 // SkipThrough is the operator's word that the sequential channel plan:
@@ -27,7 +30,8 @@ var ErrCannotSkip = errors.New("cannot skip")
 // delivered if the destination has nothing newer (a folder's stale check
 // drops it otherwise), as a dropped dead letter's is.
 func (p *Pipeline) SkipThrough(ctx context.Context, plan, from, to string, no uint64) (Channel, error) {
-	name := channelName(exchange.Header{ExchangePlan: plan, From: from, To: to})
+	h := exchange.Header{ExchangePlan: plan, From: from, To: to}
+	name := channelName(h)
 	refuse := func(format string, a ...any) (Channel, error) {
 		return Channel{}, fmt.Errorf("%s: %w: %s", name, ErrCannotSkip, fmt.Sprintf(format, a...))
 	}
@@ -39,6 +43,10 @@ func (p *Pipeline) SkipThrough(ctx context.Context, plan, from, to string, no ui
 		return refuse("no node %q in routing.yaml", to)
 	case n.Mode != config.ModeSequential:
 		return refuse("%s is a %s node: no number is waited for", to, n.Mode)
+	case !p.cfg.Serves(n):
+		// Its channel states are that relay's (found by review: taken
+		// here, told done, and nothing moved).
+		return refuse("%s is served by relay %s: give the skip there", to, n.Relay)
 	case no == 0:
 		return refuse("No 0 is no message number")
 	}
@@ -56,10 +64,21 @@ func (p *Pipeline) SkipThrough(ctx context.Context, plan, from, to string, no ui
 	case st.deadHold() > 0 && st.deadHold() <= no:
 		return refuse("No %d is a dead letter: retry it or drop it (relay dead list), then skip what is left", st.deadHold())
 	}
+	// A number in the way that is queued (failing at the destination, or
+	// held) waits for its delivery: skipped, it would be passed and then
+	// dropped as stale behind the next one (found by review).
+	queued, err := p.laneOn(p.b, p.log).queuedIn(ctx, h, 0, p.doneThrough(ctx, to)+1, st.RecentSeqs, st.passedNo(), no)
+	if err != nil {
+		return Channel{}, fmt.Errorf("%s: %w", name, err)
+	}
+	if queued > 0 {
+		return refuse("No %d is queued: it waits for its delivery (relay status %s shows why), not for a skip", queued, to)
+	}
+	moved := false
 	c, err := p.states.Update(ctx, plan, from, to, func(c *Channel) {
 		// Checked again on the state written: another replica may have
 		// moved the channel since.
-		if no <= c.passedNo() || c.deadHold() > 0 && c.deadHold() <= no {
+		if moved = no <= c.passedNo() || c.deadHold() > 0 && c.deadHold() <= no; moved {
 			return
 		}
 		c.DroppedNo = no
@@ -72,10 +91,27 @@ func (p *Pipeline) SkipThrough(ctx context.Context, plan, from, to string, no ui
 	if err != nil {
 		return Channel{}, fmt.Errorf("%s: %w", name, err)
 	}
-	recordEvent(p.b.Conn, p.log, Event{Step: StepDropped, Node: to, Channel: name, No: no,
+	if moved {
+		return refuse("the channel moved on meanwhile (delivered up to No %d): see relay status", c.DeliveredNo)
+	}
+	recordEvent(p.b.Conn, p.log, Event{Step: StepDropped, File: exchange.FileName(from, to, exchange.FormatXML), Node: to, Channel: name, No: no,
 		Detail: fmt.Sprintf("the operator skipped the numbers up to No %d: the channel goes on without them", no)})
 	p.log.Info("gap skipped by the operator", "channel", name, "through", no)
 	return c, nil
+}
+
+// skipCommand is the command that lets the channel of h go on past No no,
+// as an operator pastes it into a shell.
+func skipCommand(h exchange.Header, no uint64) string {
+	args := []string{h.ExchangePlan, h.From, h.To}
+	cmd := "relay skip "
+	if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "-") }) {
+		cmd += "-- " // a code starting with '-' is no flag (found by review)
+	}
+	for _, a := range args {
+		cmd += shellArg(a) + " "
+	}
+	return cmd + strconv.FormatUint(no, 10)
 }
 
 // shellArg is s as one word of a shell command an operator can paste:

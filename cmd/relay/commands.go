@@ -641,7 +641,7 @@ func skipCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "%s: %s → %s goes on past No %d (delivered up to No %d); the next number is delivered within 30 s\n",
+			fmt.Fprintf(g.stdout, "%s: %s → %s goes on past No %d (delivered up to No %d); what waits behind it goes within 30 s, unless another number before it is missing too (relay status shows it)\n",
 				ch.Plan, ch.From, ch.To, no, ch.DeliveredNo)
 			return nil
 		},
@@ -897,7 +897,7 @@ func traceCmd(g *globals) *cobra.Command {
 				if e := group[0]; e.MsgID != "" {
 					fmt.Fprintf(w, "\n%s  %s No %d\n", pipeline.ReadableID(e.MsgID), e.Channel, e.No)
 				} else {
-					fmt.Fprintf(w, "\nnot taken in (no message id)\n")
+					fmt.Fprintf(w, "\n(no message id: files refused at pickup, skips)\n")
 				}
 				for _, e := range group {
 					detail := e.Detail
@@ -923,8 +923,8 @@ func traceCmd(g *globals) *cobra.Command {
 // name holds several messages whose steps interleave in time, and one
 // header per run of steps split a message into blocks (found walking
 // through the quick start: a message's acknowledgement stood under the
-// next message's header). Steps of no message (a file refused at pickup)
-// form one group.
+// next message's header). Steps of no message (a file refused at pickup,
+// a skip) form one group.
 func byMessage(evs []pipeline.Event) [][]pipeline.Event {
 	var out [][]pipeline.Event
 	at := map[string]int{}
