@@ -210,7 +210,7 @@ func readEvents(ctx context.Context, stream jetstream.Stream, from, last uint64,
 	return nil
 }
 
-// nextEvent waits up to traceWait for it's next message.
+// nextEvent waits up to traceWait for the iterator's next message.
 func nextEvent(ctx context.Context, it jetstream.MessagesContext) (jetstream.Msg, error) {
 	ctx, cancel := context.WithTimeout(ctx, traceWait)
 	defer cancel()
