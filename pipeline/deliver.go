@@ -13,6 +13,7 @@ import (
 	"time"
 
 	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
+	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -945,8 +946,12 @@ func (l *lane) queuedIn(ctx context.Context, h exchange.Header, seq, from uint64
 		if raw.Sequence == seq || slices.Contains(done, raw.Sequence) {
 			return true
 		}
-		if n, err := strconv.ParseUint(raw.Header.Get(exchange.MetaMessageNo), 10, 64); err == nil && n > lo && n <= hi {
-			found = n
+		// One the delivery reads as it would: an unreadable record is a
+		// dead letter that leaves no mark in the channel's state, and no
+		// number waits for it (found by review: it held the channel for
+		// good, and refused the skip its own hold named).
+		if rh, ok := recordHeader(raw.Header); ok && !rh.ByName() && rh.MessageNo > lo && rh.MessageNo <= hi {
+			found = rh.MessageNo
 			return false
 		}
 		return true
@@ -955,6 +960,28 @@ func (l *lane) queuedIn(ctx context.Context, h exchange.Header, seq, from uint64
 		return 0, fmt.Errorf("records of %s: %w", channelName(h), err)
 	}
 	return found, nil
+}
+
+// recordHeader is the exchange header of a record whose NATS headers are
+// hdr, read as the delivery reads it (Watermill's unmarshaler, then
+// exchange.HeaderOf); ok is false for a record the delivery would
+// dead-letter as unreadable.
+func recordHeader(hdr nats.Header) (h exchange.Header, ok bool) {
+	md := message.Metadata{}
+	for k, v := range hdr {
+		switch {
+		case k == wmnats.WatermillUUIDHdr || k == nats.MsgIdHdr:
+		case len(v) != 1:
+			return h, false
+		default:
+			md.Set(k, v[0])
+		}
+	}
+	if md.Get(exchange.MetaProblem) != "" {
+		return h, false
+	}
+	h, err := exchange.HeaderOf(&message.Message{Metadata: md})
+	return h, err == nil
 }
 
 func atoi64(s string) int64 {

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/relay1c/relay/bus"
+	"github.com/relay1c/relay/exchange"
 )
 
 // srcToSequentialDST is a relay delivering to SRC and to DST, a sequential
@@ -82,5 +85,79 @@ func TestFirstDeliveryWaitsForLowerQueuedAfter(t *testing.T) {
 	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Resolved == 2 })
 	if !slices.Equal(d.delivered(), []uint64{6, 7}) || c.DeliveredNo != 7 || c.Stale != 0 {
 		t.Fatalf("delivered %v, state %+v: want No 6, then No 7", d.delivered(), c)
+	}
+}
+
+// queueUnreadable puts a record of No no on P: from → to that the delivery
+// cannot read (its received number is no number): it is dead-lettered at
+// delivery (StageDeliver, no header) and acked, leaving no trace in the
+// channel's state (no RecentSeqs, no DeadNo).
+func queueUnreadable(t *testing.T, b *bus.Bus, from, to string, no uint64) {
+	t.Helper()
+	m := storedRecord(t, b, from, to, no)
+	m.Metadata.Set(exchange.MetaReceivedNo, "x")
+	m.UUID += "#unreadable"
+	if _, _, err := publishRecord(context.Background(), b.JS, bus.Subject("P", from, to), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUnreadableLowerRecordHoldsNothing: No 7, then an unreadable record
+// carrying No 6 (dead-lettered at delivery). The unreadable one is
+// resolved (acked, a dead letter) but stays above the ack floor (No 7,
+// held, is nacked below it) and is not in RecentSeqs: the first
+// delivery's wait for a lower queued number found it at every look, and
+// No 7 waited for good (found by review).
+func TestUnreadableLowerRecordHoldsNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := testBus(t)
+	d := &scriptedDelivery{}
+	queueRecord(t, b, "SRC", "DST", 7)
+	queueUnreadable(t, b, "SRC", "DST", 6)
+	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 7, 1 }); err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	c := waitChannel(t, p, "P", 12*time.Second, func(c Channel) bool { return c.DeliveredNo == 7 })
+	letters, _ := p.dead.List(ctx)
+	if c.DeliveredNo != 7 {
+		_, skipErr := p.SkipThrough(ctx, "P", "SRC", "DST", 6)
+		t.Fatalf("No 7 never delivered (dead letters: %d): last error %q; relay skip 6: %v", len(letters), c.LastError, skipErr)
+	}
+}
+
+// TestSkipPastUnreadableRecord: No 5 delivered, No 7 held on the gap at
+// No 6, whose only record is unreadable (a dead letter with no header:
+// neither retried nor dropped into the channel's state). The hold tells
+// the operator to `relay skip P SRC DST 6`; the skip was refused ("No 6 is
+// queued") for as long as No 7 held the ack floor: for good (found by
+// review).
+func TestSkipPastUnreadableRecord(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := testBus(t)
+	d := &scriptedDelivery{}
+	queueRecord(t, b, "SRC", "DST", 5)
+	queueRecord(t, b, "SRC", "DST", 7)
+	queueUnreadable(t, b, "SRC", "DST", 6)
+	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 7, 2 }); err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	c := waitChannel(t, p, "P", 12*time.Second, func(c Channel) bool {
+		return c.DeliveredNo == 5 && strings.Contains(c.LastError, "until No 6 arrives")
+	})
+	if !strings.Contains(c.LastError, "relay skip P SRC DST 6") {
+		t.Fatalf("not held on the gap: %+v", c)
+	}
+	time.Sleep(2 * time.Second) // the unreadable record is dead-lettered by now
+	if _, err := p.SkipThrough(ctx, "P", "SRC", "DST", 6); errors.Is(err, ErrCannotSkip) {
+		letters, _ := p.dead.List(ctx)
+		t.Fatalf("the hold's own command is refused (dead letters: %d): %v", len(letters), err)
+	} else if err != nil {
+		t.Fatal(err)
 	}
 }
