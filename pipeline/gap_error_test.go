@@ -20,6 +20,20 @@ nodes:
   DST: { mode: sequential, deliver: { dir: ./dst } }
 `
 
+// runSequentialTaken runs a relay delivering to SRC and, with d, to DST, a
+// sequential node, whose channel P: SRC → DST counts picked-up number
+// picked and queued records taken in, as the pickups of the records the
+// test queued left it.
+func runSequentialTaken(t *testing.T, b *bus.Bus, d *scriptedDelivery, picked, queued uint64) *Pipeline {
+	t.Helper()
+	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
+	if _, err := p.States().Update(context.Background(), "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = picked, queued }); err != nil {
+		t.Fatal(err)
+	}
+	runUntilEnd(t, p)
+	return p
+}
+
 // TestGapHoldKeepsPredecessorFailure: on a sequential channel the number
 // queued behind one whose delivery fails (the destination is down) is held,
 // and the channel keeps showing the destination's error. The hold wrote
@@ -72,16 +86,11 @@ func TestGapHoldKeepsPredecessorFailure(t *testing.T) {
 // first and No 6 was dropped as stale behind it: its increments lost.
 func TestFirstDeliveryWaitsForLowerQueuedAfter(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	b := testBus(t)
 	d := &scriptedDelivery{}
 	queueRecord(t, b, "SRC", "DST", 7)
 	queueRecord(t, b, "SRC", "DST", 6)
-	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
-	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 7, 2 }); err != nil {
-		t.Fatal(err)
-	}
-	runUntilEnd(t, p)
+	p := runSequentialTaken(t, b, d, 7, 2)
 	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.Resolved == 2 })
 	if !slices.Equal(d.delivered(), []uint64{6, 7}) || c.DeliveredNo != 7 || c.Stale != 0 {
 		t.Fatalf("delivered %v, state %+v: want No 6, then No 7", d.delivered(), c)
@@ -115,11 +124,7 @@ func TestUnreadableLowerRecordHoldsNothing(t *testing.T) {
 	d := &scriptedDelivery{}
 	queueRecord(t, b, "SRC", "DST", 7)
 	queueUnreadable(t, b, "SRC", "DST", 6)
-	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
-	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 7, 1 }); err != nil {
-		t.Fatal(err)
-	}
-	runUntilEnd(t, p)
+	p := runSequentialTaken(t, b, d, 7, 1)
 	c := waitChannel(t, p, "P", 12*time.Second, func(c Channel) bool { return c.DeliveredNo == 7 })
 	letters, _ := p.dead.List(ctx)
 	if c.DeliveredNo != 7 {
@@ -142,11 +147,7 @@ func TestSkipPastUnreadableRecord(t *testing.T) {
 	queueRecord(t, b, "SRC", "DST", 5)
 	queueRecord(t, b, "SRC", "DST", 7)
 	queueUnreadable(t, b, "SRC", "DST", 6)
-	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
-	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 7, 2 }); err != nil {
-		t.Fatal(err)
-	}
-	runUntilEnd(t, p)
+	p := runSequentialTaken(t, b, d, 7, 2)
 	c := waitChannel(t, p, "P", 12*time.Second, func(c Channel) bool {
 		return c.DeliveredNo == 5 && strings.Contains(c.LastError, "until No 6 arrives")
 	})

@@ -23,11 +23,7 @@ func TestSkipGoesOnPastAGap(t *testing.T) {
 	d := &scriptedDelivery{}
 	queueRecord(t, b, "SRC", "DST", 1)
 	queueRecord(t, b, "SRC", "DST", 3)
-	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
-	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 3, 2 }); err != nil {
-		t.Fatal(err)
-	}
-	runUntilEnd(t, p)
+	p := runSequentialTaken(t, b, d, 3, 2)
 	// (No 3 may first wait for No 1, queued before it.)
 	c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 && strings.Contains(c.LastError, "until No 2 arrives") })
 	if want := "gap: holding No 3 until No 2 arrives; if it never will, `relay skip P SRC DST 2` goes on without it"; c.LastError != want {
@@ -73,11 +69,7 @@ func TestSkipRefusedBehindDeadLetter(t *testing.T) {
 	for no := uint64(1); no <= 3; no++ {
 		queueRecord(t, b, "SRC", "DST", no)
 	}
-	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
-	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) { c.PickedNo, c.Queued = 3, 3 }); err != nil {
-		t.Fatal(err)
-	}
-	runUntilEnd(t, p)
+	p := runSequentialTaken(t, b, d, 3, 3)
 	if c := waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeadNo == 2 && c.DeliveredNo == 1 }); c.DeadNo != 2 {
 		t.Fatalf("state %+v: want No 2 dead", c)
 	}
@@ -135,13 +127,7 @@ func skipOverQueued(t *testing.T, delivered uint64) {
 	}
 	queueRecord(t, b, "SRC", "DST", 2)
 	queueRecord(t, b, "SRC", "DST", 4)
-	p := newPipeline(t, srcToSequentialDST, b, scriptedEndpoints{"SRC": &scriptedDelivery{}, "DST": d})
-	if _, err := p.States().Update(ctx, "P", "SRC", "DST", func(c *Channel) {
-		c.PickedNo, c.Queued = 4, 2+delivered
-	}); err != nil {
-		t.Fatal(err)
-	}
-	runUntilEnd(t, p)
+	p := runSequentialTaken(t, b, d, 4, 2+delivered)
 	waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == delivered && c.LastError != "" })
 	time.Sleep(2 * time.Second) // No 2 failed, No 4 held behind it
 	if got := d.delivered(); slices.Contains(got, 4) {
