@@ -430,16 +430,20 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			}
 			passed := st.passedNo()
 			if passed > 0 && h.MessageNo > passed+1 {
-				msg := fmt.Sprintf(gapPrefix+"holding No %d until No %d arrives; if it never will, `%s` goes on without it",
-					h.MessageNo, passed+1, skipCommand(h, passed+1))
 				if p.failingBefore(st, l.states.now()) {
 					// Not a gap: the number it waits for is failing at
 					// the destination, and that error is what the
 					// operator must see (and no gap alert).
-					log.Debug(msg)
+					log.Debug(fmt.Sprintf("holding No %d until No %d is delivered", h.MessageNo, passed+1))
 					return hold()
 				}
-				return holdTold(msg)
+				// The run of missing numbers ends below the lowest one
+				// queued: the skip the hold names covers all of it.
+				lowest, err := l.queuedIn(ctx, h, streamSeq(in, m), p.doneThrough(ctx, node)+1, st.RecentSeqs, passed, h.MessageNo-1)
+				if err != nil {
+					return err
+				}
+				return holdTold(gapHold(h, passed, lowest))
 			}
 			// Nothing delivered on the channel yet, so any number may
 			// start it; but a lower one queued (nacked after a failure,
@@ -936,10 +940,10 @@ func timesOffered(in *inflight, m *message.Message) uint64 {
 	return 0
 }
 
-// queuedIn is a MessageNo in (lo, hi] of a record of channel h that may
-// still wait, 0 when there is none: one from stream sequence from on
-// (records before it are done), other than the record at seq and the ones
-// the channel resolved lately (done).
+// queuedIn is the lowest MessageNo in (lo, hi] of the records of channel h
+// that may still wait, 0 when there is none: those from stream sequence
+// from on (records before it are done), other than the record at seq and
+// the ones the channel resolved lately (done).
 func (l *lane) queuedIn(ctx context.Context, h exchange.Header, seq, from uint64, done []uint64, lo, hi uint64) (uint64, error) {
 	var found uint64
 	err := eachMsg(ctx, l.b.Exchange, bus.Subject(h.ExchangePlan, h.From, h.To), from, func(raw *jetstream.RawStreamMsg) bool {
@@ -950,9 +954,8 @@ func (l *lane) queuedIn(ctx context.Context, h exchange.Header, seq, from uint64
 		// dead letter that leaves no mark in the channel's state, and no
 		// number waits for it (found by review: it held the channel for
 		// good, and refused the skip its own hold named).
-		if rh, ok := recordHeader(raw.Header); ok && !rh.ByName() && rh.MessageNo > lo && rh.MessageNo <= hi {
+		if rh, ok := recordHeader(raw.Header); ok && !rh.ByName() && rh.MessageNo > lo && rh.MessageNo <= hi && (found == 0 || rh.MessageNo < found) {
 			found = rh.MessageNo
-			return false
 		}
 		return true
 	})

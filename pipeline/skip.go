@@ -100,6 +100,28 @@ func (p *Pipeline) SkipThrough(ctx context.Context, plan, from, to string, no ui
 	return c, nil
 }
 
+// gapHold is what a message of h held on a gap says: the channel passed
+// No passed, and lowest (0: none) is the lowest number queued between
+// them. The numbers from passed+1 to below lowest (or to below h's) are
+// missing, and the command it names goes on without all of them: a relay
+// down while 1C wrote over its file leaves a run of them, which one
+// number at a time would take a skip each (found by review).
+func gapHold(h exchange.Header, passed, lowest uint64) string {
+	through := h.MessageNo - 1
+	if lowest > 0 {
+		through = lowest - 1
+	}
+	switch {
+	case through <= passed:
+		return fmt.Sprintf(gapPrefix+"holding No %d until No %d, queued, is delivered", h.MessageNo, passed+1)
+	case through == passed+1:
+		return fmt.Sprintf(gapPrefix+"holding No %d until No %d arrives; if it never will, `%s` goes on without it",
+			h.MessageNo, passed+1, skipCommand(h, through))
+	}
+	return fmt.Sprintf(gapPrefix+"holding No %d until No %d arrives (No %d to No %d are missing); if they never will, `%s` goes on without them",
+		h.MessageNo, passed+1, passed+1, through, skipCommand(h, through))
+}
+
 // skipCommand is the command that lets the channel of h go on past No no,
 // as an operator pastes it into a shell.
 func skipCommand(h exchange.Header, no uint64) string {
