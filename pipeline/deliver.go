@@ -346,6 +346,19 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 		if err != nil {
 			return err
 		}
+		// gapTold holds a message behind a gap (or a dead letter): each
+		// held number tells its hold once; then only the one whose words
+		// the channel shows keeps them fresh, and a channel that shows
+		// no gap is told again (found by review: the held numbers wrote
+		// their words over each other's at every look, a warning and a
+		// state write each).
+		gapTold := func(why string) error {
+			if in.heldAnew(m.UUID, why) || st.LastError == why || !st.HeldOnGap() {
+				return holdTold(why)
+			}
+			log.Debug(why)
+			return hold()
+		}
 		if timesOffered(in, m) > 1 && (seq > 0 && slices.Contains(st.RecentSeqs, seq) || seq == 0 && m.UUID != "" && m.UUID == st.LastMsgID) {
 			// Resolved already, its ack lost (the relay stopped before
 			// it, or its AckWait passed), whatever the outcome was. By
@@ -426,7 +439,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			// without it (relay dead drop).
 			if dead := st.deadHold(); dead > 0 && h.MessageNo > dead {
 				msg := fmt.Sprintf(gapPrefix+"holding No %d: No %d is a dead letter; retry it once its cause is fixed, or drop it to go on without it (relay dead list)", h.MessageNo, dead)
-				return holdTold(msg)
+				return gapTold(msg)
 			}
 			passed := st.passedNo()
 			if passed > 0 && h.MessageNo > passed+1 {
@@ -443,7 +456,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				if err != nil {
 					return err
 				}
-				return holdTold(gapHold(h, passed, lowest))
+				return gapTold(gapHold(h, passed, lowest))
 			}
 			// Nothing delivered on the channel yet, so any number may
 			// start it; but a lower one queued (nacked after a failure,
@@ -462,7 +475,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 						log.Debug(msg)
 						return hold()
 					}
-					return holdTold(msg)
+					return gapTold(msg)
 				}
 			}
 		}

@@ -162,3 +162,33 @@ func TestSkipPastUnreadableRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestGapHoldsKeepOneWord: two numbers held behind the same gap each tell
+// their hold once; then the channel keeps one of their words. They wrote
+// their own words over each other's at every look (about once a second
+// each: a warning in the log and a state write each time), as the unread
+// holds did before them (found by review).
+func TestGapHoldsKeepOneWord(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := testBus(t)
+	for _, no := range []uint64{1, 3, 4} {
+		queueRecord(t, b, "SRC", "DST", no)
+	}
+	p := runSequentialTaken(t, b, &scriptedDelivery{}, 4, 3)
+	waitChannel(t, p, "P", 15*time.Second, func(c Channel) bool { return c.DeliveredNo == 1 && c.HeldOnGap() })
+	time.Sleep(2 * time.Second) // both told once
+	rev := func() uint64 {
+		e, err := b.Channels.Get(ctx, bus.ChannelKey("P", "SRC", "DST"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Revision()
+	}
+	r0 := rev()
+	time.Sleep(5 * time.Second) // about five looks at each
+	if n := rev() - r0; n > 1 {
+		c, _ := p.States().Get(ctx, "P", "SRC", "DST")
+		t.Fatalf("the channel's state was written %d times in 5 s by two held numbers (now %q)", n, c.LastError)
+	}
+}
