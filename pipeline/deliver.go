@@ -13,7 +13,6 @@ import (
 	"time"
 
 	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
-	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -122,7 +121,7 @@ func (in *inflight) resolved(id string) {
 func (in *inflight) heldAnew(id, why string) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.held == nil || len(in.held) >= maxFailing {
+	if in.held == nil || len(in.held) >= maxHeld {
 		in.held = map[string]string{}
 	}
 	if in.held[id] == why {
@@ -452,7 +451,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 				}
 				// The run of missing numbers ends below the lowest one
 				// queued: the skip the hold names covers all of it.
-				lowest, err := l.queuedIn(ctx, h, streamSeq(in, m), p.doneThrough(ctx, node)+1, st.RecentSeqs, passed, h.MessageNo-1)
+				lowest, err := p.lowest.below(ctx, l, h, passed, func() uint64 { return p.doneThrough(ctx, node) + 1 }, st.RecentSeqs)
 				if err != nil {
 					return err
 				}
@@ -465,7 +464,7 @@ func (p *Pipeline) deliverOne(node string, n *config.Node, pub message.Publisher
 			// dropped as stale behind this one (found by review: No 6,
 			// queued after No 7, was).
 			if passed == 0 {
-				lower, err := l.queuedIn(ctx, h, streamSeq(in, m), p.doneThrough(ctx, node)+1, st.RecentSeqs, 0, h.MessageNo-1)
+				lower, err := p.lowest.below(ctx, l, h, 0, func() uint64 { return p.doneThrough(ctx, node) + 1 }, st.RecentSeqs)
 				if err != nil {
 					return err
 				}
@@ -951,53 +950,6 @@ func timesOffered(in *inflight, m *message.Message) uint64 {
 		return md.NumDelivered
 	}
 	return 0
-}
-
-// queuedIn is the lowest MessageNo in (lo, hi] of the records of channel h
-// that may still wait, 0 when there is none: those from stream sequence
-// from on (records before it are done), other than the record at seq and
-// the ones the channel resolved lately (done).
-func (l *lane) queuedIn(ctx context.Context, h exchange.Header, seq, from uint64, done []uint64, lo, hi uint64) (uint64, error) {
-	var found uint64
-	err := eachMsg(ctx, l.b.Exchange, bus.Subject(h.ExchangePlan, h.From, h.To), from, func(raw *jetstream.RawStreamMsg) bool {
-		if raw.Sequence == seq || slices.Contains(done, raw.Sequence) {
-			return true
-		}
-		// One the delivery reads as it would: an unreadable record is a
-		// dead letter that leaves no mark in the channel's state, and no
-		// number waits for it (found by review: it held the channel for
-		// good, and refused the skip its own hold named).
-		if rh, ok := recordHeader(raw.Header); ok && !rh.ByName() && rh.MessageNo > lo && rh.MessageNo <= hi && (found == 0 || rh.MessageNo < found) {
-			found = rh.MessageNo
-		}
-		return true
-	})
-	if err != nil {
-		return 0, fmt.Errorf("records of %s: %w", channelName(h), err)
-	}
-	return found, nil
-}
-
-// recordHeader is the exchange header of a record whose NATS headers are
-// hdr, read as the delivery reads it (Watermill's unmarshaler, then
-// exchange.HeaderOf); ok is false for a record the delivery would
-// dead-letter as unreadable.
-func recordHeader(hdr nats.Header) (h exchange.Header, ok bool) {
-	md := message.Metadata{}
-	for k, v := range hdr {
-		switch {
-		case k == wmnats.WatermillUUIDHdr || k == nats.MsgIdHdr:
-		case len(v) != 1:
-			return h, false
-		default:
-			md.Set(k, v[0])
-		}
-	}
-	if md.Get(exchange.MetaProblem) != "" {
-		return h, false
-	}
-	h, err := exchange.HeaderOf(&message.Message{Metadata: md})
-	return h, err == nil
 }
 
 func atoi64(s string) int64 {

@@ -76,6 +76,9 @@ type Pipeline struct {
 	metrics  *metrics
 	// chanLocks serialises one channel's deliveries across the node's workers.
 	chanLocks channelLocks
+	// lowest is each sequential channel's lowest queued number, as holds
+	// ask for it.
+	lowest lowestQueued
 	// unrecorded are outcomes whose channel-state write failed.
 	unrecorded unrecorded
 	// offeredUpTo is, by node, bus.OfferedUpTo of its delivery consumer.
