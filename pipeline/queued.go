@@ -61,7 +61,7 @@ func (q *lowestQueued) below(ctx context.Context, l *lane, h exchange.Header, pa
 	seen, ok := q.m[key]
 	q.mu.Unlock()
 	if !ok || seen.passed != passed || seen.newest != newest || time.Since(seen.at) >= maxHoldDelay {
-		lowest, err := l.queuedIn(ctx, h, 0, from(), done, passed, math.MaxUint64)
+		lowest, err := l.queuedIn(ctx, h, from(), done, passed, math.MaxUint64)
 		if err != nil {
 			return 0, err
 		}
@@ -81,12 +81,12 @@ func (q *lowestQueued) below(ctx context.Context, l *lane, h exchange.Header, pa
 
 // queuedIn is the lowest MessageNo in (lo, hi] of the records of channel h
 // that may still wait, 0 when there is none: those from stream sequence
-// from on (records before it are done), other than the record at seq and
-// the ones the channel resolved lately (done).
-func (l *lane) queuedIn(ctx context.Context, h exchange.Header, seq, from uint64, done []uint64, lo, hi uint64) (uint64, error) {
+// from on (records before it are done), other than the ones the channel
+// resolved lately (done).
+func (l *lane) queuedIn(ctx context.Context, h exchange.Header, from uint64, done []uint64, lo, hi uint64) (uint64, error) {
 	var found uint64
 	err := eachMsg(ctx, l.b.Exchange, bus.Subject(h.ExchangePlan, h.From, h.To), from, func(raw *jetstream.RawStreamMsg) bool {
-		if raw.Sequence == seq || slices.Contains(done, raw.Sequence) {
+		if slices.Contains(done, raw.Sequence) {
 			return true
 		}
 		// One the delivery reads as it would: an unreadable record is a

@@ -67,7 +67,7 @@ func (p *Pipeline) SkipThrough(ctx context.Context, plan, from, to string, no ui
 	// A number in the way that is queued (failing at the destination, or
 	// held) waits for its delivery: skipped, it would be passed and then
 	// dropped as stale behind the next one (found by review).
-	queued, err := p.laneOn(p.b, p.log).queuedIn(ctx, h, 0, p.doneThrough(ctx, to)+1, st.RecentSeqs, st.passedNo(), no)
+	queued, err := p.laneOn(p.b, p.log).queuedIn(ctx, h, p.doneThrough(ctx, to)+1, st.RecentSeqs, st.passedNo(), no)
 	if err != nil {
 		return Channel{}, fmt.Errorf("%s: %w", name, err)
 	}
