@@ -40,11 +40,12 @@ type lowestSeen struct {
 	at                     time.Time
 }
 
-// below is the lowest number of a record of h's channel above passed and
-// below h's own that may still wait, 0 when there is none. from gives the
-// stream sequence before which the node's records are all done (asked
-// only when the channel is read); done are those resolved lately.
-func (q *lowestQueued) below(ctx context.Context, l *lane, h exchange.Header, passed uint64, from func() uint64, done []uint64) (uint64, error) {
+// lowestBelow is the lowest number of a record of h's channel (to node)
+// above passed and below h's own that may still wait, 0 when there is
+// none; done are the records resolved lately. It reads the channel only
+// when p.lowest has no answer that still holds.
+func (p *Pipeline) lowestBelow(ctx context.Context, l *lane, node string, h exchange.Header, passed uint64, done []uint64) (uint64, error) {
+	q := &p.lowest
 	key := bus.ChannelKey(h.ExchangePlan, h.From, h.To)
 	var newest uint64
 	if passed == 0 {
@@ -61,7 +62,7 @@ func (q *lowestQueued) below(ctx context.Context, l *lane, h exchange.Header, pa
 	seen, ok := q.m[key]
 	q.mu.Unlock()
 	if !ok || seen.passed != passed || seen.newest != newest || time.Since(seen.at) >= maxHoldDelay {
-		lowest, err := l.queuedIn(ctx, h, from(), done, passed, math.MaxUint64)
+		lowest, err := l.queuedIn(ctx, h, p.doneThrough(ctx, node)+1, done, passed, math.MaxUint64)
 		if err != nil {
 			return 0, err
 		}
